@@ -1,0 +1,253 @@
+"""The command line. The only module that prints.
+
+`main(argv, stdout=…, stderr=…, environ=…)` returns an exit code; streams and environment are
+injected so tests call it directly. Every error crosses `error_boundary`, which maps it to
+one message, an optional `hint:` line and an exit code (2 bad input, 3 auth/billing, 130
+interrupted). A traceback is printed only for a bug, or with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from . import schemas
+from .errors import ManifestError, RendererError, UsageError
+
+EXIT_BUG = 70  # EX_SOFTWARE
+
+
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports through our streams and error boundary instead of sys.exit."""
+
+    out: TextIO
+    err: TextIO
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            self.err.write(message)
+        raise _Exit(status)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            (self.err if file is sys.stderr else self.out).write(message)
+
+
+class Context:
+    """What a command needs from the outside world, resolved once."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO, env: Mapping[str, str]):
+        self.args = args
+        self.out = out
+        self.err = err
+        self.env = env
+
+    def print(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+
+    def note(self, text: str) -> None:
+        self.err.write(text + "\n")
+
+    def schema_dir(self) -> Path:
+        flag = getattr(self.args, "schemas", None)
+        if flag:
+            return Path(flag)
+        if self.env.get("RENDERER_SCHEMAS"):
+            return Path(self.env["RENDERER_SCHEMAS"])
+        return schemas.default_schema_dir()
+
+    def registry(self) -> schemas.SchemaRegistry:
+        return schemas.SchemaRegistry(self.schema_dir())
+
+
+# ---------------------------------------------------------------- schemas and models
+
+
+def cmd_schemas_build(ctx: Context) -> int:
+    out_dir = Path(ctx.args.dir)
+    result = schemas.build(out_dir / "docs")
+    for warning in result.warnings:
+        ctx.note(f"warning: {warning}")
+    if ctx.args.check:
+        stale = schemas.stale_files(result, out_dir)
+        if stale:
+            for rel in stale:
+                ctx.print(f"stale: {out_dir / rel}")
+            ctx.note("hint: run `renderer schemas build` and commit the result")
+            return 1
+        ctx.print(f"schemas up to date: {len(result.files) - 1} endpoints in {out_dir}")
+        return 0
+    changed = schemas.write(result, out_dir)
+    ctx.print(f"wrote {len(changed)} changed file(s); {len(result.files) - 1} endpoints in {out_dir}")
+    return 0
+
+
+def _describe(prop: dict[str, Any]) -> tuple[str, str]:
+    """(type, allowed) for a property, as a person reads them."""
+    if "anyOf" in prop:
+        presets = next((b["enum"] for b in prop["anyOf"] if "enum" in b), [])
+        return "size", "{width, height} or " + ", ".join(presets)
+    if "$ref" in prop:
+        return prop["$ref"].rsplit("/", 1)[-1], "object"
+    kind = prop.get("type", "any")
+    if kind == "array":
+        items = prop.get("items", {})
+        inner = items.get("type") or items.get("$ref", "any").rsplit("/", 1)[-1]
+        return f"list<{inner}>", ""
+    if "enum" in prop:
+        return kind, ", ".join(map(str, prop["enum"]))
+    if "minimum" in prop and "maximum" in prop:
+        return kind, f"{prop['minimum']} to {prop['maximum']}"
+    if "minimum" in prop:
+        return kind, f">= {prop['minimum']}"
+    return kind, ""
+
+
+def cmd_models(ctx: Context) -> int:
+    registry = ctx.registry()
+    if ctx.args.endpoint is None:
+        rows = [(e, ", ".join(registry.index["endpoints"][e]["required"])) for e in registry.endpoints]
+        if ctx.args.json:
+            ctx.print(json.dumps([{"endpoint": e, "required": r.split(", ")} for e, r in rows], indent=2))
+            return 0
+        width = max(len(e) for e, _ in rows)
+        ctx.print(f"{'ENDPOINT':<{width}}  REQUIRED")
+        for endpoint, required in rows:
+            ctx.print(f"{endpoint:<{width}}  {required}")
+        return 0
+    endpoint = ctx.args.endpoint
+    if endpoint not in registry:
+        guess = schemas.closest(endpoint, registry.endpoints)
+        raise UsageError(
+            f"unknown endpoint {endpoint!r}",
+            hint=f"did you mean {guess}?" if guess else "run `renderer models` to list endpoints",
+        )
+    schema = registry.schema(endpoint)
+    if ctx.args.json:
+        ctx.print(json.dumps(schema, indent=2, ensure_ascii=False))
+        return 0
+    required = set(schema.get("required", []))
+    ctx.print(f"{endpoint}  (documented in {', '.join(schema['x-sources'])})")
+    rows = []
+    for name, prop in schema["properties"].items():
+        kind, allowed = _describe(prop)
+        default = json.dumps(prop["default"], ensure_ascii=False) if "default" in prop else ""
+        mark = "required" if name in required else ""
+        rows.append((name, kind, mark, default[:30], allowed, ", ".join(prop.get("x-source", []))))
+    headers = ("PARAMETER", "TYPE", "", "DEFAULT", "ALLOWED", "SOURCE")
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(5)]
+    for row in [headers, *rows]:
+        cells = [str(c)[:60].ljust(widths[i]) if i < 5 else str(c) for i, c in enumerate(row)]
+        ctx.print("  ".join(cells).rstrip())
+    return 0
+
+
+# ---------------------------------------------------------------- parser and boundary
+
+Command = Callable[[Context], int]
+
+
+def build_parser(out: TextIO, err: TextIO) -> _Parser:
+    def parser(*args: Any, **kw: Any) -> _Parser:
+        p = _Parser(*args, **kw)
+        p.out, p.err = out, err
+        return p
+
+    root = parser(prog="renderer", description="Declarative batch renderer for fal.ai text-to-image models.")
+    root.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, func: Command, help: str) -> _Parser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.out, p.err = out, err
+        p.set_defaults(func=func)
+        return p
+
+    p_schemas = command("schemas", lambda ctx: 0, "generate the endpoint JSON Schemas from model documents")
+    schema_sub = p_schemas.add_subparsers(dest="schemas_command", metavar="ACTION", parser_class=_Parser)
+    schema_sub.required = True
+    p_build = schema_sub.add_parser("build", help="read schemas/docs/ and write one schema per endpoint")
+    p_build.out, p_build.err = out, err
+    p_build.set_defaults(func=cmd_schemas_build)
+    p_build.add_argument("--dir", default="schemas", help="schema directory (default: ./schemas)")
+    p_build.add_argument("--check", action="store_true", help="exit 1 if the committed schemas are stale")
+
+    p_models = command("models", cmd_models, "list endpoints, or show one endpoint's parameters")
+    p_models.add_argument("endpoint", nargs="?", help="e.g. fal-ai/imagen4/preview")
+    p_models.add_argument("--json", action="store_true", help="machine-readable output")
+    p_models.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+
+    for extend in _EXTENSIONS:
+        extend(command)
+    return root
+
+
+# Later pipeline stages register their sub-commands here (see the bottom of this module).
+_EXTENSIONS: list[Callable[[Callable[..., _Parser]], None]] = []
+
+
+@contextmanager
+def error_boundary(err: TextIO, debug: bool, result: list[int]) -> Iterator[None]:
+    try:
+        yield
+    except _Exit as done:
+        result.append(done.code)
+    except ManifestError as exc:
+        for problem in exc.problems:
+            err.write(problem.render() + "\n")
+        err.write(f"error: {exc.message}\n")
+        if exc.hint:
+            err.write(f"hint: {exc.hint}\n")
+        result.append(exc.exit_code)
+    except RendererError as exc:
+        if debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=err)
+        err.write(f"error: {exc.message}\n")
+        if exc.hint:
+            err.write(f"hint: {exc.hint}\n")
+        result.append(exc.exit_code)
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        result.append(130)
+    except Exception as exc:  # a bug: say so, with the traceback a maintainer needs
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=err)
+        err.write("error: internal error (this is a bug in renderer; please report it)\n")
+        result.append(EXIT_BUG)
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    env = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else argv
+    result: list[int] = []
+    with error_boundary(err, "--debug" in argv, result):
+        args = build_parser(out, err).parse_args(argv)
+        result.append(args.func(Context(args, out, err, env)))
+    return result[-1]
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Model documents → typed field lists. The first stage of the schema generator.
+
+Four text layouts are understood (see schemas/docs/):
+  * fal model page copied from the web: a `5. Schema` section with `Input`, `Output` and
+    `Other types` headings; field lines like `image_size ImageSize | Enum` (000, 004);
+  * several such pages in one file, each opened by a line `N)owner/app/path` (002);
+  * fal's markdown page: `- **`name`** (`type`, _required_)` bullets (003);
+  * a third-party proxy's parameter table: `nametypeRequiredDescription` rows (001).
+
+Parsing never guesses silently: anything it cannot place is either kept in a field's
+description or reported as a DocumentError naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DocumentError
+
+NO_DEFAULT: Any = object()  # sentinel: the document gives no default
+
+PRIMITIVES = ("string", "integer", "float", "number", "boolean")
+
+
+@dataclass
+class Field:
+    name: str
+    type: str  # as written: "string", "list<LoraWeight>", "ImageSize | Enum", "AspectRatioEnum"
+    line: int
+    description: str = ""
+    required: bool | None = None  # None: the document does not say
+    default: Any = NO_DEFAULT
+    enum: list[str] | None = None
+    range: tuple[float, float] | None = None  # stated explicitly ("Range: 1 to 1")
+    prose_range: tuple[float, float] | None = None  # only in prose ("(1-4)")
+
+
+@dataclass
+class TypeDef:
+    name: str
+    line: int
+    fields: list[Field] = field(default_factory=list)
+
+
+@dataclass
+class Example:
+    kind: str  # "input" or "output"
+    label: str
+    line: int
+    body: dict[str, Any]
+    repaired: bool = False  # the block was not valid JSON as printed (unescaped inner quotes)
+
+
+@dataclass
+class EndpointDoc:
+    endpoint: str
+    source: str  # file name under schemas/docs/
+    line: int  # where this endpoint's text starts
+    style: str  # "fal-page" | "fal-markdown" | "proxy-table"
+    auth: str = "Key"
+    summary: str = ""
+    inputs: list[Field] = field(default_factory=list)
+    outputs: list[Field] = field(default_factory=list)
+    types: dict[str, TypeDef] = field(default_factory=dict)
+    examples: list[Example] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+# ---------------------------------------------------------------- text repair
+
+_MOJIBAKE = re.compile(r"[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u2122]{1,3}")
+
+
+def repair_mojibake(text: str) -> str:
+    """Undo UTF-8 bytes that were decoded as Windows-1252 ("Googleâ€™s" → "Google’s")."""
+
+    def fix(match: re.Match[str]) -> str:
+        chunk = match.group(0)
+        try:
+            return chunk.encode("cp1252").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            return chunk
+
+    return _MOJIBAKE.sub(fix, text)
+
+
+# ---------------------------------------------------------------- shared helpers
+
+_DEFAULT_RE = re.compile(r"Default value:\s*(.+?)\s*$")
+_PROSE_RANGE_RE = re.compile(r"\((-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\)")
+_NUM = r"-?\d+(?:\.\d+)?"
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def parse_default(raw: str, type_: str) -> Any:
+    """A default as written in a document, typed by the field's type.
+
+    `""` is the empty string, `"1:1"` is 1:1, `5` on a float is 5.0, `true` is True.
+    """
+    raw = raw.strip().strip("`").strip()
+    if raw.startswith('"'):
+        value, _ = json.JSONDecoder().raw_decode(raw)
+        return value
+    kind = type_.strip()
+    if kind == "integer":
+        return int(float(raw))
+    if kind in ("float", "number"):
+        return float(raw)
+    if kind == "boolean":
+        if raw.lower() not in ("true", "false"):
+            raise ValueError(f"not a boolean: {raw}")
+        return raw.lower() == "true"
+    return raw
+
+
+def _finish(f: Field) -> Field:
+    """Derive default and prose range from the collected description."""
+    f.description = repair_mojibake(" ".join(f.description.split()))
+    match = _DEFAULT_RE.search(f.description)
+    if match and f.default is NO_DEFAULT:
+        raw = match.group(1)
+        try:
+            f.default = parse_default(raw, f.type)
+        except ValueError:
+            f.default = raw.strip("`")
+        f.description = f.description[: match.start()].rstrip()
+    prose = _PROSE_RANGE_RE.search(f.description)
+    if prose:
+        f.prose_range = (_number(prose.group(1)), _number(prose.group(2)))
+    return f
+
+
+_STRING_MEMBER_RE = re.compile(r'^(\s*"[^"]+":\s*")(.*)("\s*,?\s*)$')
+
+
+def _escape_inner_quotes(line: str) -> str:
+    """`"k": "say "hi"",` → `"k": "say \\"hi\\"",`: a defect seen in copied example blocks."""
+    match = _STRING_MEMBER_RE.match(line)
+    if not match:
+        return line
+    inner = re.sub(r'(?<!\\)"', r'\\"', match.group(2))
+    return match.group(1) + inner + match.group(3)
+
+
+def _json_at(lines: list[str], index: int) -> tuple[dict[str, Any], int, bool] | None:
+    """Decode the JSON object starting at lines[index].
+
+    Returns the object, the number of lines it spans, and whether unescaped inner quotes
+    had to be repaired to read it.
+    """
+    text = "\n".join(lines[index:])
+    start = text.find("{")
+    try:
+        value, end = json.JSONDecoder().raw_decode(text, start)
+        repaired = False
+    except json.JSONDecodeError:
+        # Retry with inner quotes escaped, up to the first line that closes the object.
+        close = next((n for n in range(index, len(lines)) if lines[n].startswith("}")), None)
+        if close is None:
+            return None
+        block = "\n".join(_escape_inner_quotes(ln) for ln in lines[index : close + 1])
+        try:
+            value, _ = json.JSONDecoder().raw_decode(block, block.find("{"))
+        except json.JSONDecodeError:
+            return None
+        end = len("\n".join(lines[index : close + 1])) - 1
+        text = "\n".join(lines[index:])
+        repaired = True
+    if not isinstance(value, dict):
+        return None
+    return value, text.count("\n", 0, end) + 1, repaired
+
+
+# ---------------------------------------------------------------- fal web page
+
+_FIELD_RE = re.compile(
+    r"^(?P<name>[a-z_][a-z0-9_]*) "
+    r"(?P<type>list<[A-Za-z0-9_]+>|[A-Z][A-Za-z0-9_]* \| Enum|string|integer|float|boolean"
+    r"|[A-Z][A-Za-z0-9]*?Enum|Enum|[A-Z][A-Za-z0-9_]*)"
+    r"(?P<rest>.*)$"
+)
+# 004 glues headings to the end of the preceding JSON block: `}Output#`.
+_HEADING_RE = re.compile(r"^\}?(?P<title>[A-Za-z][A-Za-z0-9 ]*?)#$")
+
+
+def _headings(lines: list[str], start: int) -> list[tuple[int, str]]:
+    """Headings in a fal page: a title line followed by a `#` line, or `Title#`."""
+    found = []
+    for i in range(start, len(lines)):
+        line = lines[i].strip()
+        match = _HEADING_RE.match(line)
+        if match:
+            found.append((i, match.group("title")))
+        elif line and line != "#" and i + 1 < len(lines) and lines[i + 1].strip() == "#":
+            found.append((i, line))
+    return found
+
+
+def _page_fields(
+    lines: list[str], begin: int, end: int, base: int, doc: EndpointDoc, kind: str
+) -> list[Field]:
+    fields: list[Field] = []
+    current: Field | None = None
+    i = begin
+    while i < end:
+        raw = lines[i]
+        line = raw.strip()
+        if line == "{" or (line.startswith("{") and not raw.startswith(" ")):
+            decoded = _json_at(lines, i)
+            if decoded:
+                body, used, repaired = decoded
+                doc.examples.append(
+                    Example(kind, f"{kind.title()} block", base + i + 1, body, repaired)
+                )
+                i += used
+                continue
+        match = _FIELD_RE.match(line)
+        if match and not raw.startswith((" ", "\t")):
+            if current:
+                fields.append(_finish(current))
+            rest = match.group("rest")
+            required: bool | None = None
+            if rest.startswith("* required"):
+                required, rest = True, rest[len("* required") :]
+            current = Field(match.group("name"), match.group("type"), base + i + 1, rest, required)
+        elif current and line.startswith("Possible enum values:"):
+            values = line.split(":", 1)[1]
+            current.enum = [v.strip() for v in values.split(",") if v.strip()]
+        elif (
+            current
+            and line
+            and line != "#"
+            # indented or quoted lines are code snippets (the `"image_size": {…}` note)
+            and not raw.startswith((" ", "\t", '"', "}", "Note: For custom image sizes"))
+        ):
+            current.description += " " + line
+        i += 1
+    if current:
+        fields.append(_finish(current))
+    return fields
+
+
+def parse_fal_page(text: str, source: str, endpoint: str, base: int = 0) -> EndpointDoc:
+    lines = text.split("\n")
+    doc = EndpointDoc(endpoint, source, base + 1, "fal-page")
+    first = lines[0].strip()
+    if first.endswith(".") and " " in first:
+        doc.summary = repair_mojibake(first)
+    schema_at = next((i for i, ln in enumerate(lines) if re.match(r"^5\. Schema#?$", ln.strip())), None)
+    if schema_at is None:
+        raise DocumentError(source, base + 1, f"{endpoint}: no '5. Schema' section")
+    heads = _headings(lines, schema_at + 1)
+    index = {title: i for i, title in heads}
+    if "Input" not in index:
+        raise DocumentError(source, base + schema_at + 1, f"{endpoint}: schema has no 'Input' heading")
+    positions = [i for i, _ in heads] + [len(lines)]
+
+    def section_end(start: int) -> int:
+        return min(p for p in positions if p > start)
+
+    doc.inputs = _page_fields(lines, index["Input"] + 1, section_end(index["Input"]), base, doc, "input")
+    if "Output" in index:
+        doc.outputs = _page_fields(
+            lines, index["Output"] + 1, section_end(index["Output"]), base, doc, "output"
+        )
+    if "Other types" in index:
+        for i, title in heads:
+            if i <= index["Other types"] or title in ("Input", "Output"):
+                continue
+            if not re.fullmatch(r"[A-Z][A-Za-z0-9_]*", title):
+                continue
+            tdef = TypeDef(title, base + i + 1)
+            tdef.fields = _page_fields(lines, i + 1, section_end(i), base, doc, "type")
+            doc.types[title] = tdef
+    # Example blocks inside a type definition are not request examples.
+    doc.examples = [e for e in doc.examples if e.kind in ("input", "output")]
+    if not doc.inputs:
+        raise DocumentError(source, base + index["Input"] + 1, f"{endpoint}: the Input section lists no fields")
+    return doc
+
+
+def _page_endpoint(text: str) -> str | None:
+    first = text.lstrip().split("\n", 1)[0].strip()
+    if re.fullmatch(r"[a-z0-9-]+(/[A-Za-z0-9._-]+)+", first):
+        return first
+    match = re.search(r'fal\.(?:subscribe|queue\.submit)\("([^"]+)"', text)
+    return match.group(1) if match else None
+
+
+# ---------------------------------------------------------------- fal markdown page
+
+_MD_FIELD_RE = re.compile(r"^- \*\*`(?P<name>\w+)`\*\* \(`(?P<type>[^`]+)`, _(?P<req>required|optional)_\):?\s*$")
+_MD_EXAMPLES = {
+    "**Required Parameters Example**:": "input",
+    "**Full Example**:": "input",
+    "**Example Response**:": "output",
+}
+
+
+def parse_fal_markdown(text: str, source: str) -> EndpointDoc:
+    lines = text.split("\n")
+    match = re.search(r"^- \*\*Model ID\*\*: `([^`]+)`", text, re.M)
+    if not match:
+        raise DocumentError(source, 1, "markdown page without a '- **Model ID**:' line")
+    doc = EndpointDoc(match.group(1), source, 1, "fal-markdown")
+    tagline = re.search(r"^> (.+)$", text, re.M)
+    if tagline:
+        doc.summary = repair_mojibake(tagline.group(1).strip())
+    section: list[Field] | None = None
+    current: Field | None = None
+    for i, raw in enumerate(lines):
+        line = raw.rstrip()
+        if line.startswith("### "):
+            if current:
+                _finish(current)
+                current = None
+            section = {"### Input Schema": doc.inputs, "### Output Schema": doc.outputs}.get(line)
+            continue
+        if line in _MD_EXAMPLES:
+            decoded = _json_at(lines, i + 1)
+            if decoded:
+                label = line.strip("*:").strip()
+                doc.examples.append(Example(_MD_EXAMPLES[line], label, i + 2, decoded[0], decoded[2]))
+            continue
+        if section is None:
+            continue
+        fm = _MD_FIELD_RE.match(line)
+        if fm:
+            if current:
+                _finish(current)
+            current = Field(fm.group("name"), fm.group("type"), i + 1, "", fm.group("req") == "required")
+            section.append(current)
+            continue
+        if current is None or not line.startswith("  "):
+            if line and not line.startswith("  ") and current:
+                _finish(current)
+                current = None
+            continue
+        item = line.strip()
+        if item.startswith("- Default:"):
+            current.default = parse_default(item.split(":", 1)[1], current.type)
+        elif item.startswith("- Options:"):
+            current.enum = [json.loads(v) for v in re.findall(r"`([^`]+)`", item)]
+        elif item.startswith("- Range:"):
+            bounds = re.findall(r"`(" + _NUM + r")`", item)
+            if len(bounds) == 2:
+                current.range = (_number(bounds[0]), _number(bounds[1]))
+        elif item.startswith(("- Examples:", "- Array of")):
+            pass
+        else:
+            current.description += " " + item.replace("`", "")
+    if current:
+        _finish(current)
+    for f in doc.inputs + doc.outputs:
+        if f.description and f.default is NO_DEFAULT:
+            _finish(f)
+    if not doc.inputs:
+        raise DocumentError(source, 1, f"{doc.endpoint}: no '### Input Schema' fields")
+    return doc
+
+
+# ---------------------------------------------------------------- proxy parameter table
+
+_ROW_RE = re.compile(
+    r"^(?P<name>[a-z_][a-z0-9_]*?)(?P<type>string|integer|number|float|boolean)"
+    r"(?P<req>Required|Optional)(?P<desc>.*)$"
+)
+
+
+def parse_proxy_table(text: str, source: str) -> EndpointDoc:
+    lines = text.split("\n")
+    match = re.search(r"^/([a-z0-9-]+(?:/[A-Za-z0-9._-]+)+)\s*$", text, re.M) or re.search(
+        r"fal\.ai/models/(\S+)", text
+    )
+    if not match:
+        raise DocumentError(source, 1, "parameter table without an endpoint path line ('/owner/app/…')")
+    auth = "Bearer" if "Bearer" in text else "Key"
+    doc = EndpointDoc(match.group(1), source, 1, "proxy-table", auth=auth)
+    header = next(i for i, ln in enumerate(lines) if ln.strip() == "ParameterTypeRequiredDescription")
+    for i in range(header + 1, len(lines)):
+        row = _ROW_RE.match(lines[i].strip())
+        if not row:
+            break
+        desc = row.group("desc")
+        f = Field(row.group("name"), row.group("type"), i + 1, desc, row.group("req") == "Required")
+        enum = re.search(r"enum values:\s*(.+)$", desc)
+        if enum:
+            f.enum = [v.strip().strip('"') for v in enum.group(1).split(",") if v.strip()]
+        rng = re.search(r"range:\s*(" + _NUM + r")\s*-\s*(" + _NUM + r")", desc)
+        if rng:
+            f.range = (_number(rng.group(1)), _number(rng.group(2)))
+        doc.inputs.append(_finish(f))
+    for i, ln in enumerate(lines):
+        if ln.strip() == "Request Example":
+            decoded = _json_at(lines, i + 1)
+            if decoded:
+                doc.examples.append(
+                    Example("input", "Request Example", i + 2, decoded[0], decoded[2])
+                )
+    if not doc.inputs:
+        raise DocumentError(source, header + 2, "the parameter table has no rows")
+    return doc
+
+
+# ---------------------------------------------------------------- dispatch
+
+_SECTION_RE = re.compile(r"^(\d+)\)([a-z0-9-]+(?:/[A-Za-z0-9._-]+)+)\s*$", re.M)
+
+LAYOUTS = (
+    "a fal model page with a '5. Schema' section",
+    "several fal pages, each opened by 'N)owner/app'",
+    "a fal markdown page with '### Input Schema'",
+    "a parameter table headed 'ParameterTypeRequiredDescription'",
+)
+
+
+def parse_text(text: str, source: str) -> list[EndpointDoc]:
+    """Every endpoint described in one document, in document order."""
+    sections = list(_SECTION_RE.finditer(text))
+    if sections:
+        docs = []
+        for n, match in enumerate(sections):
+            end = sections[n + 1].start() if n + 1 < len(sections) else len(text)
+            base = text.count("\n", 0, match.start())
+            docs.append(parse_fal_page(text[match.start() : end], source, match.group(2), base))
+        return docs
+    if "### Input Schema" in text:
+        return [parse_fal_markdown(text, source)]
+    if re.search(r"^ParameterTypeRequiredDescription\s*$", text, re.M):
+        return [parse_proxy_table(text, source)]
+    if re.search(r"^5\. Schema#?\s*$", text, re.M):
+        endpoint = _page_endpoint(text)
+        if endpoint is None:
+            raise DocumentError(source, 1, "fal page without an endpoint id (first line or fal.subscribe call)")
+        return [parse_fal_page(text, source, endpoint)]
+    raise DocumentError(
+        source,
+        1,
+        "unknown document layout",
+        hint="expected one of: " + "; ".join(LAYOUTS),
+    )
+
+
+def parse_file(path: Path) -> list[EndpointDoc]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DocumentError(path.name, line, "not UTF-8 text") from exc
+    # Pages copied from a browser carry non-breaking spaces between a field and its type.
+    return parse_text(text.replace("\r\n", "\n").replace("\u00a0", " "), path.name)
