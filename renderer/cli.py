@@ -14,10 +14,12 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from . import manifest as manifest_mod
+from . import plan as plan_mod
 from . import schemas
 from .errors import ManifestError, RendererError, UsageError
 
@@ -157,6 +159,75 @@ def cmd_models(ctx: Context) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- validate and plan
+
+
+def _load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
+    """Plan every manifest; collect all problems across all of them before failing."""
+    registry = ctx.registry()
+    plans, problems = [], []
+    for name in paths:
+        try:
+            plans.append(plan_mod.build(manifest_mod.load(Path(name)), registry))
+        except ManifestError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ManifestError(problems)
+    for plan in plans:
+        for note in plan.notes:
+            ctx.note(f"note: {plan.manifest.file}: {note}")
+    return plans
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
+def cmd_validate(ctx: Context) -> int:
+    for plan in _load_plans(ctx, ctx.args.manifests):
+        models = len({j.model for j in plan.jobs})
+        ctx.print(f"ok: {plan.manifest.file}: {len(plan.jobs)} jobs, {plan.images} images, {models} models")
+    return 0
+
+
+def cmd_plan(ctx: Context) -> int:
+    (plan,) = _load_plans(ctx, [ctx.args.manifest])
+    if ctx.args.json:
+        for job in plan.jobs:
+            ctx.print(json.dumps(
+                {"key": job.key, "endpoint": job.endpoint, "model": job.model, "prompt": job.prompt_id,
+                 "seed": job.seed, "axes": job.axes, "input": job.input,
+                 "paths": [f"{plan.manifest.run_dir / p}" for p in job.paths()]},
+                ensure_ascii=False, separators=(",", ":")))
+        return 0
+    done = _done_keys(plan)
+    m = plan.manifest
+    ctx.print(f"plan for {m.file} → {m.run_dir}/")
+    rows = []
+    for name in dict.fromkeys(j.model for j in plan.jobs):
+        jobs = [j for j in plan.jobs if j.model == name]
+        rows.append((name, jobs[0].endpoint, str(len(jobs)), str(sum(j.num_images for j in jobs)),
+                     str(sum(1 for j in jobs if j.key in done)), _money(plan.costs.get(name))))
+    rows.append(("total", "", str(len(plan.jobs)), str(plan.images), str(sum(1 for j in plan.jobs if j.key in done)),
+                 _money(plan.total_cost)))
+    headers = ("MODEL", "ENDPOINT", "JOBS", "IMAGES", "DONE", "EST. COST")
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        ctx.print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    if m.budget is not None:
+        ctx.print(f"budget: {_money(m.budget)}")
+    ctx.print("sample paths:")
+    step = max(1, len(plan.jobs) // 5)
+    for job in plan.jobs[::step][:5]:
+        ctx.print(f"  {m.run_dir / job.paths()[0]}")
+    return 0
+
+
+def _done_keys(plan: plan_mod.Plan) -> set[str]:
+    """Keys already downloaded in an earlier run of this manifest (none before a first run)."""
+    return set()
+
+
 # ---------------------------------------------------------------- parser and boundary
 
 Command = Callable[[Context], int]
@@ -193,6 +264,15 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_models.add_argument("--json", action="store_true", help="machine-readable output")
     p_models.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
+    p_validate = command("validate", cmd_validate, "check manifests and every job they expand to; send nothing")
+    p_validate.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    p_validate.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+
+    p_plan = command("plan", cmd_plan, "show what a run would do: jobs, images, cost, output paths")
+    p_plan.add_argument("manifest", metavar="MANIFEST")
+    p_plan.add_argument("--json", action="store_true", help="one JSON line per job")
+    p_plan.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+
     for extend in _EXTENSIONS:
         extend(command)
     return root
@@ -225,6 +305,11 @@ def error_boundary(err: TextIO, debug: bool, result: list[int]) -> Iterator[None
     except KeyboardInterrupt:
         err.write("interrupted\n")
         result.append(130)
+    except BrokenPipeError:
+        # `renderer plan --json | head`: the reader is done; that is not an error.
+        with suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter shutdown quiet
+        result.append(0)
     except Exception as exc:  # a bug: say so, with the traceback a maintainer needs
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=err)
         err.write("error: internal error (this is a bug in renderer; please report it)\n")

@@ -1,0 +1,67 @@
+"""Where things go on disk. Pure functions of a job: no I/O, no clock, no plan order.
+
+A job's images live at  RUN/<model>/<prompt id>/[<axis>-<value>_…/]s<seed>-<i>.<ext>
+  * every segment is safe on Linux, macOS and Windows (no reserved names, no `:` or `\\`,
+    no trailing dot or space, at most 80 characters), and compared case-insensitively for
+    collisions, because macOS and Windows file systems fold case;
+  * the extension comes from the verified image bytes, so the plan's `stem` is the identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{n}" for p in ("com", "lpt") for n in range(1, 10)}
+MAX_SEGMENT = 80
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+SIDECAR_SUFFIX = ".json"
+
+
+def segment(text: str) -> str:
+    """A readable, portable path segment for any text (`16:9` → `16x9`, `a/b` → `a_b`)."""
+    value = text.replace(":", "x").replace("/", "_")
+    value = _UNSAFE.sub("-", value).strip("-. ") or "_"
+    if len(value) > MAX_SEGMENT:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        value = value[: MAX_SEGMENT - 9].rstrip("-.") + "-" + digest
+    if value.split(".")[0].lower() in _WINDOWS_RESERVED:
+        value = "_" + value
+    return value
+
+
+def value_segment(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"width", "height"}:
+        return f"{value['width']}x{value['height']}"
+    if isinstance(value, (dict, list)):
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return "h" + hashlib.sha256(canonical.encode()).hexdigest()[:10]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return segment(str(value))
+
+
+def model_segment(name: str) -> str:
+    # Flattened: nesting endpoint ids would let `…/preview` + prompt `ultra` collide
+    # with `…/preview/ultra`.
+    return segment(name.replace("/", "--"))
+
+
+def job_stem(model: str, prompt_id: str, axes: dict[str, Any], seed: int | None) -> str:
+    """The job's path relative to the run directory, without image index and extension."""
+    parts = [model_segment(model), segment(prompt_id)]
+    if axes:
+        parts.append(segment("_".join(f"{segment(k)}-{value_segment(v)}" for k, v in axes.items())))
+    parts.append(f"s{seed}" if seed is not None else "s-auto")
+    return "/".join(parts)
+
+
+def image_path(stem: str, index: int, ext: str) -> str:
+    return f"{stem}-{index}.{ext}"
+
+
+def predicted_extension(fmt: Any) -> str:
+    return {"jpeg": "jpg", "jpg": "jpg", "webp": "webp"}.get(str(fmt).lower(), "png")

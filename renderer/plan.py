@@ -1,0 +1,428 @@
+"""Manifest → the ordered list of jobs, each checked against its endpoint's schema.
+
+Invariants:
+  * Deterministic: the same manifest (and schemas) always gives the same jobs in the same
+    order: prompt (slowest), model, axes in the order written, seed (fastest), then the
+    combinations that `include` and `extra` create.
+  * A job's key is `j1-` + sha256 of the canonical JSON of {endpoint, input}; its stem
+    (layout.job_stem) depends only on the job's own values. Adding, removing or reordering
+    other prompts, models or seeds changes neither.
+  * No seed that a model could read as "random" is ever sent: seeds are 1 … 2**31-1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+from . import matrix
+from .errors import ManifestError, Problem
+from .layout import job_stem, predicted_extension
+from .manifest import Located, Manifest, Model, Prompt, json_path
+from .schemas import SchemaRegistry, Violation, closest
+
+KEY_VERSION = "j1"
+SEED_MIN, SEED_MAX = 1, 2**31 - 1
+RESERVED = ("prompt", "model", "seed")
+# fal's size presets: (width, height) as fal documents them.
+PRESETS = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+RATIO_PRESET = {"1:1": "square_hd", "3:4": "portrait_4_3", "9:16": "portrait_16_9",
+                "4:3": "landscape_4_3", "16:9": "landscape_16_9"}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    index: int  # position in plan order
+    key: str
+    endpoint: str
+    model: str
+    prompt_id: str
+    seed: int | None
+    axes: dict[str, Any]
+    input: dict[str, Any]
+    stem: str  # relative to the run directory
+    num_images: int
+    tags: tuple[str, ...]
+    where: str  # "file:line" of the prompt
+    seed_sent: bool = True  # False: the endpoint has no seed; `seed` only labels a sample
+
+    def paths(self, ext: str | None = None) -> list[str]:
+        ext = ext or predicted_extension(self.input.get("output_format", "png"))
+        return [f"{self.stem}-{i}.{ext}" for i in range(self.num_images)]
+
+    def describe(self) -> str:
+        axes = "".join(f" {k}={json.dumps(v)}" for k, v in self.axes.items())
+        return f"prompt={self.prompt_id} model={self.model} seed={self.seed}{axes}"
+
+
+@dataclass
+class Plan:
+    manifest: Manifest
+    jobs: list[Job]
+    costs: dict[str, float | None]  # per model name; None where no price is given
+    notes: list[str]  # things worth knowing that are not errors
+
+    @property
+    def images(self) -> int:
+        return sum(j.num_images for j in self.jobs)
+
+    @property
+    def total_cost(self) -> float | None:
+        known = [c for c in self.costs.values() if c is not None]
+        return sum(known) if known else None
+
+
+def canonical(value: Any) -> Any:
+    """Integral floats become ints so `5` and `5.0` name the same job."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_key(endpoint: str, payload: dict[str, Any], sample: int | None = None) -> str:
+    """`sample` tells apart repeated requests to an endpoint that takes no seed."""
+    identity: dict[str, Any] = {"endpoint": endpoint, "input": payload}
+    if sample is not None:
+        identity["sample"] = sample
+    text = canonical_json(identity)
+    return f"{KEY_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def random_seed(run: str, prompt_id: str, model: str, n: int) -> int:
+    digest = hashlib.sha256(f"{run}\0{prompt_id}\0{model}\0{n}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (SEED_MAX - SEED_MIN + 1) + SEED_MIN
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    # 1 == True in Python; a seed of `true` must not match seed 1.
+    return (type(a) is type(b) and a == b) or (
+        isinstance(a, (int, float)) and isinstance(b, (int, float))
+        and not isinstance(a, bool) and not isinstance(b, bool) and a == b
+    )
+
+
+def ratio_size(ratio: str, area: int = 1024 * 1024) -> dict[str, int]:
+    """A {width, height} near one megapixel for a ratio, in multiples of 16."""
+    w, h = (int(x) for x in ratio.split(":"))
+    width = round(math.sqrt(area * w / h) / 16) * 16
+    height = round(math.sqrt(area * h / w) / 16) * 16
+    return {"width": width, "height": height}
+
+
+class _Planner:
+    def __init__(self, manifest: Manifest, registry: SchemaRegistry) -> None:
+        self.m = manifest
+        self.doc: Located = manifest.doc
+        self.registry = registry
+        self.problems: dict[tuple[Any, ...], Problem] = {}
+        self.counts: dict[tuple[Any, ...], int] = defaultdict(int)
+        self._checked: dict[tuple[str, str], list[Violation]] = {}
+
+    def add(self, problem: Problem) -> None:
+        key = (problem.file, problem.line, problem.col, problem.json_path, problem.message)
+        self.counts[key] += 1
+        self.problems.setdefault(key, problem)
+
+    def at(self, path: tuple[Any, ...], message: str, **kw: Any) -> None:
+        self.add(self.doc.problem(path, message, **kw))
+
+    # -------------------------------------------------- manifest-level checks
+
+    def check_names(self) -> tuple[dict[str, Prompt], dict[str, Model]]:
+        prompts: dict[str, Prompt] = {}
+        folded: dict[str, Prompt] = {}
+        for p in self.m.prompts:
+            other = folded.get(p.id.lower())
+            if other is not None:
+                self.add(Problem(p.where[0], p.where[1], p.where[2],
+                                 f"duplicate prompt id {p.id!r} (first at {other.where[0]}:{other.where[1]}; "
+                                 "ids are compared ignoring case, as macOS and Windows file names are)",
+                                 json_path(p.path)))
+                continue
+            prompts[p.id] = p
+            folded[p.id.lower()] = p
+        models: dict[str, Model] = {}
+        for model in self.m.models:
+            if model.name.lower() in {n.lower() for n in models}:
+                self.at(model.path, f"model {model.name!r} is listed twice",
+                        allowed="give one of them a distinct `label`")
+                continue
+            if model.endpoint not in self.registry and not model.unchecked:
+                self.at((*model.path, "endpoint") if isinstance(self.doc.data["models"][model.path[1]], dict) else model.path,
+                        f"unknown endpoint {model.endpoint!r}",
+                        allowed="an endpoint from `renderer models`, or set `unchecked: true` to send it unchecked",
+                        suggestion=closest(model.endpoint, self.registry.endpoints))
+                continue
+            models[model.name] = model
+        return prompts, models
+
+    def seeds_for(self, prompt: Prompt, model: Model) -> list[int]:
+        spec = self.m.seeds
+        if isinstance(spec, dict) and "random" in spec:
+            return [random_seed(self.m.name, prompt.id, model.name, n) for n in range(spec["random"])]
+        if isinstance(spec, dict):
+            return list(range(spec["start"], spec["start"] + spec["count"]))
+        return list(spec)
+
+    def check_seeds(self) -> None:
+        spec = self.m.seeds
+        values = []
+        if isinstance(spec, list):
+            values = [(("seeds", i), s) for i, s in enumerate(spec)]
+            seen: dict[int, int] = {}
+            for i, s in enumerate(spec):
+                if s in seen:
+                    self.at(("seeds", i), f"seed {s} is listed twice (also at index {seen[s]})")
+                seen.setdefault(s, i)
+        elif isinstance(spec, dict) and "start" in spec:
+            values = [(("seeds", "start"), spec["start"]),
+                      (("seeds", "count"), spec["start"] + spec["count"] - 1)]
+        for path, s in values:
+            if not SEED_MIN <= s <= SEED_MAX:
+                self.at(path, f"seed {s} is out of range",
+                        allowed=f"{SEED_MIN} to {SEED_MAX} (0 and -1 mean 'random' to some models)")
+
+    def check_references(self, prompts: dict[str, Prompt], models: dict[str, Model]) -> None:
+        """include/exclude/extra values for prompt and model must name real ones."""
+        by_endpoint = {m.endpoint: m.name for m in models.values()}
+        for section in ("include", "exclude", "extra"):
+            for i, entry in enumerate(getattr(self.m, section)):
+                if "prompt" in entry and entry["prompt"] not in prompts:
+                    self.at((section, i, "prompt"), f"no prompt with id {entry['prompt']!r}",
+                            suggestion=closest(entry["prompt"], prompts))
+                if "model" in entry and entry["model"] not in models and entry["model"] not in by_endpoint:
+                    self.at((section, i, "model"), f"no model named {entry['model']!r}",
+                            allowed=", ".join(models), suggestion=closest(entry["model"], list(models)))
+
+    # -------------------------------------------------- job assembly
+
+    def translate_ratio(self, model: Model, payload: dict[str, Any], origin: tuple[Any, ...], job: str) -> None:
+        """Give the portable `aspect_ratio` to a model in its own vocabulary."""
+        if model.unchecked or "aspect_ratio" not in payload:
+            return
+        props = self.registry.properties(model.endpoint)
+        if "aspect_ratio" in props:
+            return
+        ratio = payload.pop("aspect_ratio")
+        size = props.get("image_size")
+        if not isinstance(ratio, str) or not all(p.isdigit() and int(p) > 0 for p in ratio.split(":")) or ratio.count(":") != 1:
+            self.at(origin, f"aspect_ratio {ratio!r} is not a ratio like 16:9", job=job)
+            return
+        if size is None:
+            self.at(origin, f"{model.endpoint} cannot take an aspect ratio: it has neither aspect_ratio nor image_size",
+                    job=job)
+            return
+        if "image_size" in payload:
+            self.at(origin, f"both aspect_ratio and image_size are set for {model.endpoint}; keep one", job=job)
+            return
+        presets = next((b.get("enum", []) for b in size.get("anyOf", [size]) if "enum" in b), [])
+        takes_object = any(b.get("$ref") or b.get("type") == "object" for b in size.get("anyOf", [size]))
+        preset = RATIO_PRESET.get(ratio)
+        if preset in presets:
+            payload["image_size"] = preset
+        elif takes_object:
+            payload["image_size"] = ratio_size(ratio)
+        else:
+            self.at(origin, f"{model.endpoint} cannot express aspect ratio {ratio}", job=job,
+                    allowed="image_size presets: " + ", ".join(presets))
+
+    def validate(self, model: Model, payload: dict[str, Any], layers: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                 job: str) -> bool:
+        if model.unchecked:
+            return True
+        rest = {k: v for k, v in payload.items() if k not in ("prompt", "seed")}
+        checks = [(canonical_json(rest), {**rest, "prompt": "x"}, lambda v: v.json_path != "$.prompt")]
+        checks.append((json.dumps(["prompt", payload.get("prompt")]), {"prompt": payload.get("prompt")},
+                       lambda v: v.json_path.startswith("$.prompt")))
+        if "seed" in payload:
+            checks.append((json.dumps(["seed", payload["seed"]]), {"prompt": "x", "seed": payload["seed"]},
+                           lambda v: v.json_path.startswith("$.seed")))
+        ok = True
+        for cache_key, body, keep in checks:
+            key = (model.endpoint, cache_key)
+            if key not in self._checked:
+                self._checked[key] = [v for v in self.registry.check(model.endpoint, body) if keep(v)]
+            for v in self._checked[key]:
+                ok = False
+                top = v.json_path[2:].replace("[", ".").split(".")[0]
+                origin = next((path + (top,) for path, params in reversed(layers) if top in params), None)
+                if origin is None:
+                    origin = ("models", self.m.models.index(model))
+                self.at(origin, f"{model.endpoint}: {v.json_path}: {v.message}",
+                        job=job, allowed=v.allowed, suggestion=v.suggestion)
+        return ok
+
+    def build(self) -> Plan:
+        self.check_seeds()
+        prompts, models = self.check_names()
+        self.check_references(prompts, models)
+        # Planning goes on past these problems so one run of `validate` lists them all;
+        # combinations naming an unknown prompt or model are skipped below.
+        axes_global = list(self.m.axes.items())
+        endpoint_names = {m.endpoint: m.name for m in models.values()}
+
+        originals: list[dict[str, Any]] = []
+        for prompt in prompts.values():
+            for model in models.values():
+                variables = axes_global + list(model.axes.items())
+                for values in product(*(vals for _, vals in variables)):
+                    axis_values = dict(zip((n for n, _ in variables), values))
+                    for seed in self.seeds_for(prompt, model):
+                        originals.append({"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed})
+        include = [dict(e) for e in self.m.include]
+        for e in include:
+            if "model" in e:
+                e["model"] = endpoint_names.get(e["model"], e["model"])
+        exclude = [{**e, "model": endpoint_names.get(e["model"], e["model"])} if "model" in e else e
+                   for e in self.m.exclude]
+        combos = matrix.apply(originals, include, exclude, _same)
+        combos += [({**e, "model": endpoint_names.get(e["model"], e["model"])}, True) for e in self.m.extra]
+        if not combos and not self.problems:
+            self.at(("exclude",) if self.m.exclude else ("prompts",),
+                    "the matrix is empty: every combination was excluded")
+            self.fail()
+
+        axis_names = {n for n, _ in axes_global} | {n for m in models.values() for n in m.axes}
+        jobs: list[Job] = []
+        unseeded: set[str] = set()
+        by_stem: dict[str, Job] = {}
+        by_key: dict[str, Job] = {}
+        for combo, created in combos:
+            missing = [k for k in RESERVED if k not in combo]
+            if missing:
+                entry = next((i for i, e in enumerate(include) if e == combo), None)
+                where = ("include", entry) if entry is not None else ("extra",)
+                self.at(where, f"this entry creates a new combination but lacks {', '.join(missing)}",
+                        allowed="a new combination needs prompt, model and seed")
+                continue
+            if combo["prompt"] not in prompts or combo["model"] not in models:
+                continue  # already reported
+            prompt, model = prompts[combo["prompt"]], models[combo["model"]]
+            seed = combo["seed"]
+            if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_MIN <= seed <= SEED_MAX:
+                if created:  # listed seeds were checked once, in check_seeds
+                    entry = next((i for i, e in enumerate(include) if e == combo), None)
+                    where = ("include", entry, "seed") if entry is not None else ("extra",)
+                    self.at(where, f"seed {seed!r} is out of range", allowed=f"integers {SEED_MIN} to {SEED_MAX}")
+                continue
+            job_axes = {k: v for k, v in combo.items() if k in axis_names}
+            extra_params = {k: v for k, v in combo.items() if k not in axis_names and k not in RESERVED}
+            layers: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+                (("defaults",), self.m.defaults),
+                ((*model.path, "params"), model.params),
+                ((*prompt.path, "params"), prompt.params),
+                (("axes",), {k: v for k, v in job_axes.items() if k in self.m.axes}),
+                ((*model.path, "axes"), {k: v for k, v in job_axes.items() if k in model.axes}),
+                (("include",) if not created else ("extra",), extra_params),
+            ]
+            payload: dict[str, Any] = {}
+            for _, params in layers:
+                payload.update(params)
+            payload["prompt"] = prompt.text
+            seed_sent = model.unchecked or "seed" in self.registry.properties(model.endpoint)
+            if seed_sent:
+                payload["seed"] = seed
+            else:
+                unseeded.add(model.name)
+            draft = Job(0, "", model.endpoint, model.name, prompt.id, seed, job_axes, {}, "", 1, prompt.tags, "")
+            described = draft.describe()
+            origin = next((path + ("aspect_ratio",) for path, params in reversed(layers) if "aspect_ratio" in params),
+                          ("defaults",))
+            self.translate_ratio(model, payload, origin, described)
+            if not self.validate(model, payload, layers, described):
+                continue
+            payload = canonical(payload)
+            stem = job_stem(model.name, prompt.id, job_axes, seed)
+            job = Job(len(jobs), job_key(model.endpoint, payload, None if seed_sent else seed), model.endpoint,
+                      model.name, prompt.id, seed, job_axes, payload, stem, int(payload.get("num_images", 1)),
+                      prompt.tags, f"{prompt.where[0]}:{prompt.where[1]}", seed_sent)
+            clash = by_stem.get(stem.lower())
+            if clash is not None:
+                self.at(prompt.path, f"two jobs map to one output path {stem!r}: {clash.describe()} and {described}",
+                        allowed="give them a distinguishing axis, label or prompt id")
+                continue
+            twin = by_key.get(job.key)
+            if twin is not None:
+                self.at(prompt.path, f"{described} sends exactly the input of {twin.describe()}; it would be paid twice")
+                continue
+            by_stem[stem.lower()] = job
+            by_key[job.key] = job
+            jobs.append(job)
+        if self.problems:
+            self.fail()
+        costs = self.estimate(jobs, models)
+        total = sum(c for c in costs.values() if c is not None)
+        if self.m.budget is not None and total > self.m.budget:
+            self.at(("budget",), f"the estimated cost ${total:.2f} exceeds the budget ${self.m.budget:.2f}",
+                    allowed="raise the budget, or render fewer jobs (seeds, axes, exclude)")
+            self.fail()
+        notes = [
+            f"{name} takes no seed: its seeds only label repeated samples, and its images are not reproducible"
+            for name in sorted(unseeded)
+        ]
+        return Plan(self.m, jobs, costs, notes)
+
+    def estimate(self, jobs: list[Job], models: dict[str, Model]) -> dict[str, float | None]:
+        costs: dict[str, float | None] = {}
+        for name, model in models.items():
+            price = self.m.prices.get(model.endpoint) or self.m.prices.get(name)
+            if not price:
+                costs[name] = None
+                continue
+            total = 0.0
+            for job in jobs:
+                if job.model != name:
+                    continue
+                if "per_image" in price:
+                    total += price["per_image"] * job.num_images
+                else:
+                    total += price["per_megapixel"] * job.num_images * megapixels(job.input)
+            costs[name] = total
+        return costs
+
+    def fail(self) -> None:
+        problems = []
+        for key, problem in self.problems.items():
+            n = self.counts[key]
+            if n > 1 and problem.job:
+                problem = Problem(problem.file, problem.line, problem.col, problem.message, problem.json_path,
+                                  f"{problem.job} (and {n - 1} more job{'s' if n > 2 else ''})",
+                                  problem.allowed, problem.suggestion)
+            problems.append(problem)
+        raise ManifestError(problems)
+
+
+def megapixels(payload: dict[str, Any]) -> float:
+    size = payload.get("image_size")
+    if isinstance(size, dict):
+        return size.get("width", 1024) * size.get("height", 1024) / 1e6
+    if isinstance(size, str) and size in PRESETS:
+        w, h = PRESETS[size]
+        return w * h / 1e6
+    scale = {"2K": 4.0}.get(str(payload.get("resolution", "1K")), 1.0)
+    return 1.048576 * scale
+
+
+def build(manifest: Manifest, registry: SchemaRegistry) -> Plan:
+    """Expand and check every job; raise ManifestError listing every problem."""
+    return _Planner(manifest, registry).build()
