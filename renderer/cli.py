@@ -213,7 +213,7 @@ def cmd_plan(ctx: Context) -> int:
     headers = ("MODEL", "ENDPOINT", "JOBS", "IMAGES", "DONE", "EST. COST")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     for row in [headers, *rows]:
-        ctx.print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        ctx.print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))))
     if m.budget is not None:
         ctx.print(f"budget: {_money(m.budget)}")
     ctx.print("sample paths:")

@@ -28,7 +28,7 @@ def _equal(_key: str, a: Any, b: Any) -> bool:
 def cartesian(variables: Sequence[tuple[str, Sequence[Any]]]) -> list[Combo]:
     """All combinations; the first variable varies slowest (GitHub's job order)."""
     names = [name for name, _ in variables]
-    return [dict(zip(names, values)) for values in product(*(vals for _, vals in variables))]
+    return [dict(zip(names, values, strict=False)) for values in product(*(vals for _, vals in variables))]
 
 
 def matches(combo: Combo, entry: Combo, same: Same = _equal) -> bool:
@@ -50,7 +50,7 @@ def apply(
     created: list[Combo] = []
     for entry in include:
         merged = False
-        for combo, keys in zip(kept, original_keys):
+        for combo, keys in zip(kept, original_keys, strict=False):
             if all(k in keys and same(k, combo[k], v) for k, v in entry.items() if k in matrix_keys):
                 combo.update(entry)
                 merged = True

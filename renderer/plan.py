@@ -265,7 +265,7 @@ class _Planner:
             for v in self._checked[key]:
                 ok = False
                 top = v.json_path[2:].replace("[", ".").split(".")[0]
-                origin = next((path + (top,) for path, params in reversed(layers) if top in params), None)
+                origin = next(((*path, top) for path, params in reversed(layers) if top in params), None)
                 if origin is None:
                     origin = ("models", self.m.models.index(model))
                 self.at(origin, f"{model.endpoint}: {v.json_path}: {v.message}",
@@ -286,7 +286,7 @@ class _Planner:
             for model in models.values():
                 variables = axes_global + list(model.axes.items())
                 for values in product(*(vals for _, vals in variables)):
-                    axis_values = dict(zip((n for n, _ in variables), values))
+                    axis_values = dict(zip((n for n, _ in variables), values, strict=False))
                     for seed in self.seeds_for(prompt, model):
                         originals.append({"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed})
         include = [dict(e) for e in self.m.include]
@@ -346,7 +346,7 @@ class _Planner:
                 unseeded.add(model.name)
             draft = Job(0, "", model.endpoint, model.name, prompt.id, seed, job_axes, {}, "", 1, prompt.tags, "")
             described = draft.describe()
-            origin = next((path + ("aspect_ratio",) for path, params in reversed(layers) if "aspect_ratio" in params),
+            origin = next(((*path, "aspect_ratio") for path, params in reversed(layers) if "aspect_ratio" in params),
                           ("defaults",))
             self.translate_ratio(model, payload, origin, described)
             if not self.validate(model, payload, layers, described):
