@@ -134,6 +134,14 @@ def _structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
             if error.validator_value[i].get("type") == kind
             or (kind == "string" and "enum" in error.validator_value[i])
         ]
+        if len(fitting) > 1 and isinstance(error.instance, dict):
+            # Several mapping forms (e.g. seeds: {start, count} or {random}): pick the one
+            # whose required keys the value has.
+            fitting = [
+                errs for i, errs in branches.items()
+                if set(error.validator_value[i].get("required", [])) <= set(error.instance)
+                and error.validator_value[i].get("type") == kind
+            ] or fitting
         if len(fitting) == 1:
             return [p for sub in fitting[0] for p in _structure_problems(doc, sub)]
         if not fitting:
@@ -185,6 +193,10 @@ def _structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
                 "(it becomes a directory name)",
             )
         ]
+    if error.validator == "pattern":
+        return [doc.problem(path, f"{error.instance!r} is not in the expected form", allowed=error.schema.get("x-hint"))]
+    if error.validator == "const":
+        return [doc.problem(path, f"must be {json.dumps(error.validator_value)}, not {json.dumps(error.instance)}")]
     return [doc.problem(path, error.message)]
 
 
@@ -285,7 +297,7 @@ def _prompt_file(doc: Located, base: Path, index: int, rel: str) -> tuple[list[P
     path = (base / rel).resolve()
     where = ("prompts", index, "file")
     if not path.is_file():
-        return [], [doc.problem(where, f"prompt file not found: {path}")]
+        return [], [doc.problem(where, f"prompt file not found: {rel} (relative to the manifest's folder)")]
     name = str(path)
     prompts: list[Prompt] = []
     problems: list[Problem] = []

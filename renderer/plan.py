@@ -182,7 +182,7 @@ class _Planner:
             return [random_seed(self.m.name, prompt.id, model.name, n) for n in range(spec["random"])]
         if isinstance(spec, dict):
             return list(range(spec["start"], spec["start"] + spec["count"]))
-        return list(spec)
+        return list(dict.fromkeys(spec))  # a repeated seed is reported once, in check_seeds
 
     def check_seeds(self) -> None:
         spec = self.m.seeds
@@ -295,8 +295,13 @@ class _Planner:
                 e["model"] = endpoint_names.get(e["model"], e["model"])
         exclude = [{**e, "model": endpoint_names.get(e["model"], e["model"])} if "model" in e else e
                    for e in self.m.exclude]
-        combos = matrix.apply(originals, include, exclude, _same)
-        combos += [({**e, "model": endpoint_names.get(e["model"], e["model"])}, True) for e in self.m.extra]
+        resolved = matrix.apply(originals, include, exclude, _same)
+        combos: list[tuple[dict[str, Any], tuple[Any, ...] | None]] = []
+        for combo, created in resolved:
+            entry = next((i for i, e in enumerate(include) if e == combo), None) if created else None
+            combos.append((combo, ("include", entry) if created else None))
+        combos += [({**e, "model": endpoint_names.get(e["model"], e["model"])}, ("extra", i))
+                   for i, e in enumerate(self.m.extra)]
         if not combos and not self.problems:
             self.at(("exclude",) if self.m.exclude else ("prompts",),
                     "the matrix is empty: every combination was excluded")
@@ -307,24 +312,21 @@ class _Planner:
         unseeded: set[str] = set()
         by_stem: dict[str, Job] = {}
         by_key: dict[str, Job] = {}
-        for combo, created in combos:
+        for combo, source in combos:
+            created = source is not None
             missing = [k for k in RESERVED if k not in combo]
             if missing:
-                entry = next((i for i, e in enumerate(include) if e == combo), None)
-                where = ("include", entry) if entry is not None else ("extra",)
-                self.at(where, f"this entry creates a new combination but lacks {', '.join(missing)}",
+                self.at(source or ("include",), f"this entry creates a new combination but lacks {', '.join(missing)}",
                         allowed="a new combination needs prompt, model and seed")
                 continue
             if combo["prompt"] not in prompts or combo["model"] not in models:
                 continue  # already reported
             prompt, model = prompts[combo["prompt"]], models[combo["model"]]
             seed = combo["seed"]
-            if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_MIN <= seed <= SEED_MAX:
-                if created:  # listed seeds were checked once, in check_seeds
-                    entry = next((i for i, e in enumerate(include) if e == combo), None)
-                    where = ("include", entry, "seed") if entry is not None else ("extra",)
-                    self.at(where, f"seed {seed!r} is out of range", allowed=f"integers {SEED_MIN} to {SEED_MAX}")
-                continue
+            seed_ok = isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX
+            if not seed_ok and source is not None:  # listed seeds were checked once, in check_seeds
+                self.at((*source, "seed"), f"seed {seed!r} is out of range",
+                        allowed=f"integers {SEED_MIN} to {SEED_MAX}")
             job_axes = {k: v for k, v in combo.items() if k in axis_names}
             extra_params = {k: v for k, v in combo.items() if k not in axis_names and k not in RESERVED}
             layers: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
@@ -333,14 +335,14 @@ class _Planner:
                 ((*prompt.path, "params"), prompt.params),
                 (("axes",), {k: v for k, v in job_axes.items() if k in self.m.axes}),
                 ((*model.path, "axes"), {k: v for k, v in job_axes.items() if k in model.axes}),
-                (("include",) if not created else ("extra",), extra_params),
+                (source or ("include",), extra_params),
             ]
             payload: dict[str, Any] = {}
             for _, params in layers:
                 payload.update(params)
             payload["prompt"] = prompt.text
             seed_sent = model.unchecked or "seed" in self.registry.properties(model.endpoint)
-            if seed_sent:
+            if seed_sent and seed_ok:
                 payload["seed"] = seed
             else:
                 unseeded.add(model.name)
@@ -349,7 +351,8 @@ class _Planner:
             origin = next(((*path, "aspect_ratio") for path, params in reversed(layers) if "aspect_ratio" in params),
                           ("defaults",))
             self.translate_ratio(model, payload, origin, described)
-            if not self.validate(model, payload, layers, described):
+            # A job with a bad seed is still checked, so one run lists all of its problems.
+            if not self.validate(model, payload, layers, described) or not seed_ok:
                 continue
             payload = canonical(payload)
             stem = job_stem(model.name, prompt.id, job_axes, seed)
@@ -358,12 +361,14 @@ class _Planner:
                       prompt.tags, f"{prompt.where[0]}:{prompt.where[1]}", seed_sent)
             clash = by_stem.get(stem.lower())
             if clash is not None:
-                self.at(prompt.path, f"two jobs map to one output path {stem!r}: {clash.describe()} and {described}",
+                self.at(source or prompt.path,
+                        f"two jobs map to one output path {stem!r}: {clash.describe()} and {described}",
                         allowed="give them a distinguishing axis, label or prompt id")
                 continue
             twin = by_key.get(job.key)
             if twin is not None:
-                self.at(prompt.path, f"{described} sends exactly the input of {twin.describe()}; it would be paid twice")
+                self.at(source or prompt.path,
+                        f"{described} sends exactly the input of {twin.describe()}; it would be paid twice")
                 continue
             by_stem[stem.lower()] = job
             by_key[job.key] = job
