@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -21,6 +22,7 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 SIDECAR_SUFFIX = ".json"
 
 
+@lru_cache(maxsize=65536)
 def segment(text: str) -> str:
     """A readable, portable path segment for any text (`16:9` → `16x9`, `a/b` → `a_b`)."""
     value = text.replace(":", "x").replace("/", "_")

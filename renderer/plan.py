@@ -100,12 +100,20 @@ def canonical_json(value: Any) -> str:
 
 
 def job_key(endpoint: str, payload: dict[str, Any], sample: int | None = None) -> str:
-    """`sample` tells apart repeated requests to an endpoint that takes no seed."""
+    """`sample` tells apart repeated requests to an endpoint that takes no seed.
+
+    `payload` must already be canonical (see `canonical`); the planner builds it so.
+    """
     identity: dict[str, Any] = {"endpoint": endpoint, "input": payload}
     if sample is not None:
         identity["sample"] = sample
-    text = canonical_json(identity)
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return f"{KEY_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _freeze(values: dict[str, Any]) -> str:
+    """A cheap hashable stand-in for a small dict of parameters (empty for the common case)."""
+    return repr(sorted(values.items())) if values else ""
 
 
 def random_seed(run: str, prompt_id: str, model: str, n: int) -> int:
@@ -136,7 +144,14 @@ class _Planner:
         self.registry = registry
         self.problems: dict[tuple[Any, ...], Problem] = {}
         self.counts: dict[tuple[Any, ...], int] = defaultdict(int)
-        self._checked: dict[tuple[str, str], list[Violation]] = {}
+        self._checked: dict[tuple[Any, ...], list[Violation]] = {}
+        self._props: dict[str, dict[str, Any]] = {}
+        self._ratio: dict[tuple[str, str, bool], tuple[str, Any] | None] = {}
+
+    def props(self, model: Model) -> dict[str, Any]:
+        if model.endpoint not in self._props:
+            self._props[model.endpoint] = {} if model.unchecked else self.registry.properties(model.endpoint)
+        return self._props[model.endpoint]
 
     def add(self, problem: Problem) -> None:
         key = (problem.file, problem.line, problem.col, problem.json_path, problem.message)
@@ -220,10 +235,25 @@ class _Planner:
         """Give the portable `aspect_ratio` to a model in its own vocabulary."""
         if model.unchecked or "aspect_ratio" not in payload:
             return
-        props = self.registry.properties(model.endpoint)
+        props = self.props(model)
         if "aspect_ratio" in props:
             return
         ratio = payload.pop("aspect_ratio")
+        if not isinstance(ratio, str):
+            self._translate(model, props, payload, ratio, origin, job)
+            return
+        memo = (model.endpoint, ratio, "image_size" in payload)
+        if memo in self._ratio:
+            result = self._ratio[memo]
+            if result is not None:
+                payload[result[0]] = result[1]
+                return
+        before = len(self.problems)
+        self._translate(model, props, payload, ratio, origin, job)
+        self._ratio[memo] = ("image_size", payload["image_size"]) if len(self.problems) == before else None
+
+    def _translate(self, model: Model, props: dict[str, Any], payload: dict[str, Any], ratio: Any,
+                   origin: tuple[Any, ...], job: str) -> None:
         size = props.get("image_size")
         if not isinstance(ratio, str) or not all(p.isdigit() and int(p) > 0 for p in ratio.split(":")) or ratio.count(":") != 1:
             self.at(origin, f"aspect_ratio {ratio!r} is not a ratio like 16:9", job=job)
@@ -247,21 +277,34 @@ class _Planner:
                     allowed="image_size presets: " + ", ".join(presets))
 
     def validate(self, model: Model, payload: dict[str, Any], layers: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                 job: str) -> bool:
+                 job: Any, shape: tuple[Any, ...]) -> bool:
+        """Check a job's input; each distinct shape, prompt and seed is validated once.
+
+        `shape` identifies everything but prompt and seed (the layers the input was built
+        from), so 100,000 jobs over a handful of shapes cost a handful of validations.
+        """
         if model.unchecked:
             return True
-        rest = {k: v for k, v in payload.items() if k not in ("prompt", "seed")}
-        checks = [(canonical_json(rest), {**rest, "prompt": "x"}, lambda v: v.json_path != "$.prompt")]
-        checks.append((json.dumps(["prompt", payload.get("prompt")]), {"prompt": payload.get("prompt")},
-                       lambda v: v.json_path.startswith("$.prompt")))
+        prompt = payload.get("prompt")
+        checks: list[tuple[tuple[Any, ...], Any, Any]] = [
+            (("shape", *shape), lambda: {**{k: v for k, v in payload.items() if k not in ("prompt", "seed")},
+                                         "prompt": "x"}, "rest"),
+            (("prompt", prompt), lambda: {"prompt": prompt}, "$.prompt"),
+        ]
         if "seed" in payload:
-            checks.append((json.dumps(["seed", payload["seed"]]), {"prompt": "x", "seed": payload["seed"]},
-                           lambda v: v.json_path.startswith("$.seed")))
+            seed = payload["seed"]
+            checks.append((("seed", seed), lambda: {"prompt": "x", "seed": seed}, "$.seed"))
         ok = True
-        for cache_key, body, keep in checks:
-            key = (model.endpoint, cache_key)
+        for cache_key, body, part in checks:
+            key = (model.endpoint, *cache_key)
             if key not in self._checked:
-                self._checked[key] = [v for v in self.registry.check(model.endpoint, body) if keep(v)]
+                found = self.registry.check(model.endpoint, body())
+                self._checked[key] = [
+                    v for v in found
+                    if (v.json_path.startswith(part) if part != "rest" else v.json_path != "$.prompt")
+                ]
+            if self._checked[key] and callable(job):
+                job = job()
             for v in self._checked[key]:
                 ok = False
                 top = v.json_path[2:].replace("[", ".").split(".")[0]
@@ -281,6 +324,10 @@ class _Planner:
         axes_global = list(self.m.axes.items())
         endpoint_names = {m.endpoint: m.name for m in models.values()}
 
+        # Canonical layers make every assembled input canonical: keys are hashed as built.
+        defaults = canonical(self.m.defaults)
+        model_params = {name: canonical(m.params) for name, m in models.items()}
+        prompt_params = {pid: canonical(p.params) for pid, p in prompts.items()}
         originals: list[dict[str, Any]] = []
         for prompt in prompts.values():
             for model in models.values():
@@ -327,12 +374,12 @@ class _Planner:
             if not seed_ok and source is not None:  # listed seeds were checked once, in check_seeds
                 self.at((*source, "seed"), f"seed {seed!r} is out of range",
                         allowed=f"integers {SEED_MIN} to {SEED_MAX}")
-            job_axes = {k: v for k, v in combo.items() if k in axis_names}
-            extra_params = {k: v for k, v in combo.items() if k not in axis_names and k not in RESERVED}
+            job_axes = canonical({k: v for k, v in combo.items() if k in axis_names})
+            extra_params = canonical({k: v for k, v in combo.items() if k not in axis_names and k not in RESERVED})
             layers: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
-                (("defaults",), self.m.defaults),
-                ((*model.path, "params"), model.params),
-                ((*prompt.path, "params"), prompt.params),
+                (("defaults",), defaults),
+                ((*model.path, "params"), model_params[model.name]),
+                ((*prompt.path, "params"), prompt_params[prompt.id]),
                 (("axes",), {k: v for k, v in job_axes.items() if k in self.m.axes}),
                 ((*model.path, "axes"), {k: v for k, v in job_axes.items() if k in model.axes}),
                 (source or ("include",), extra_params),
@@ -341,20 +388,24 @@ class _Planner:
             for _, params in layers:
                 payload.update(params)
             payload["prompt"] = prompt.text
-            seed_sent = model.unchecked or "seed" in self.registry.properties(model.endpoint)
+            seed_sent = model.unchecked or "seed" in self.props(model)
             if seed_sent and seed_ok:
                 payload["seed"] = seed
             else:
                 unseeded.add(model.name)
-            draft = Job(0, "", model.endpoint, model.name, prompt.id, seed, job_axes, {}, "", 1, prompt.tags, "")
-            described = draft.describe()
-            origin = next(((*path, "aspect_ratio") for path, params in reversed(layers) if "aspect_ratio" in params),
-                          ("defaults",))
-            self.translate_ratio(model, payload, origin, described)
+            def described(model: Model = model, prompt: Prompt = prompt, seed: Any = seed,
+                          job_axes: dict[str, Any] = job_axes) -> str:
+                draft = Job(0, "", model.endpoint, model.name, prompt.id, seed, job_axes, {}, "", 1, (), "")
+                return draft.describe()
+
+            if "aspect_ratio" in payload:
+                origin = next(((*path, "aspect_ratio") for path, params in reversed(layers)
+                               if "aspect_ratio" in params), ("defaults",))
+                self.translate_ratio(model, payload, origin, described())
+            shape = (model.name, prompt.id if prompt.params else "", _freeze(job_axes), _freeze(extra_params))
             # A job with a bad seed is still checked, so one run lists all of its problems.
-            if not self.validate(model, payload, layers, described) or not seed_ok:
+            if not self.validate(model, payload, layers, described, shape) or not seed_ok:
                 continue
-            payload = canonical(payload)
             stem = job_stem(model.name, prompt.id, job_axes, seed)
             job = Job(len(jobs), job_key(model.endpoint, payload, None if seed_sent else seed), model.endpoint,
                       model.name, prompt.id, seed, job_axes, payload, stem, int(payload.get("num_images", 1)),
@@ -362,13 +413,13 @@ class _Planner:
             clash = by_stem.get(stem.lower())
             if clash is not None:
                 self.at(source or prompt.path,
-                        f"two jobs map to one output path {stem!r}: {clash.describe()} and {described}",
+                        f"two jobs map to one output path {stem!r}: {clash.describe()} and {described()}",
                         allowed="give them a distinguishing axis, label or prompt id")
                 continue
             twin = by_key.get(job.key)
             if twin is not None:
                 self.at(source or prompt.path,
-                        f"{described} sends exactly the input of {twin.describe()}; it would be paid twice")
+                        f"{described()} sends exactly the input of {twin.describe()}; it would be paid twice")
                 continue
             by_stem[stem.lower()] = job
             by_key[job.key] = job
@@ -394,6 +445,9 @@ class _Planner:
             if not price:
                 costs[name] = None
                 continue
+            # Unset sizes are priced at the endpoint's documented default size.
+            props = {} if model.unchecked else self.registry.properties(model.endpoint)
+            documented = {k: v["default"] for k, v in props.items() if "default" in v}
             total = 0.0
             for job in jobs:
                 if job.model != name:
@@ -401,7 +455,7 @@ class _Planner:
                 if "per_image" in price:
                     total += price["per_image"] * job.num_images
                 else:
-                    total += price["per_megapixel"] * job.num_images * megapixels(job.input)
+                    total += price["per_megapixel"] * job.num_images * megapixels({**documented, **job.input})
             costs[name] = total
         return costs
 

@@ -1,0 +1,160 @@
+"""Planning: determinism, identity, portable aspect ratios, seeds, cost; properties by hypothesis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from renderer import plan
+from renderer.errors import ManifestError
+from renderer.manifest import parse
+from renderer.schemas import SchemaRegistry
+
+from .conftest import MANIFESTS
+
+MODELS = ["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview", "fal-ai/hidream-i1-fast", "fal-ai/recraft/v2/text-to-image"]
+
+
+def build(registry: SchemaRegistry, data: dict[str, Any]) -> plan.Plan:
+    text = yaml.safe_dump({"name": "t", **data}, sort_keys=False)
+    return plan.build(parse(text, Path("m.yaml")), registry)
+
+
+def by_identity(p: plan.Plan) -> dict[tuple[Any, ...], plan.Job]:
+    return {(j.prompt_id, j.model, j.seed, tuple(sorted(j.axes.items()))): j for j in p.jobs}
+
+
+def test_example_manifests_validate(registry: SchemaRegistry):
+    """Every manifest under manifests/ plans without problems."""
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        p = plan.build(parse(path.read_text(), path), registry)
+        assert p.jobs, path
+
+
+def test_portable_aspect_ratio_in_each_vocabulary(registry: SchemaRegistry):
+    """16:9 is aspect_ratio for imagen4, a preset for flux, and 3:2 a size object for f-lite."""
+    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1],
+                         "models": ["fal-ai/imagen4/preview", "fal-ai/flux-1/schnell"],
+                         "defaults": {"aspect_ratio": "16:9"}})
+    assert p.jobs[0].input["aspect_ratio"] == "16:9"
+    assert p.jobs[1].input["image_size"] == "landscape_16_9" and "aspect_ratio" not in p.jobs[1].input
+    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1], "models": ["fal-ai/f-lite/standard"],
+                         "defaults": {"aspect_ratio": "3:2"}})
+    assert p.jobs[0].input["image_size"] == {"width": 1248, "height": 832}
+
+
+def test_ratio_a_model_cannot_express_names_it(registry: SchemaRegistry):
+    """imagen4 has no 21:9: the error names the model and what it accepts."""
+    with pytest.raises(ManifestError) as info:
+        build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1], "models": ["fal-ai/imagen4/preview"],
+                         "defaults": {"aspect_ratio": "21:9"}})
+    (problem,) = info.value.problems
+    assert "fal-ai/imagen4/preview" in problem.message
+    assert problem.allowed == "1:1, 16:9, 9:16, 3:4, 4:3"
+
+
+def test_keys_are_versioned_and_canonical(registry: SchemaRegistry):
+    """`5` and `5.0` name the same job; keys carry their version prefix."""
+    a = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1], "models": ["fal-ai/hidream-i1-full"],
+                         "defaults": {"guidance_scale": 5}})
+    b = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1], "models": ["fal-ai/hidream-i1-full"],
+                         "defaults": {"guidance_scale": 5.0}})
+    assert a.jobs[0].key == b.jobs[0].key
+    assert a.jobs[0].key.startswith("j1-") and len(a.jobs[0].key) == 43
+
+
+def test_random_seeds_are_fixed_per_run_prompt_and_model(registry: SchemaRegistry):
+    """`random: N` draws the same seeds on every plan, different ones for another run name."""
+    data = {"prompts": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}], "seeds": {"random": 3},
+            "models": ["fal-ai/flux-1/schnell"]}
+    first = [j.seed for j in build(registry, data).jobs]
+    assert first == [j.seed for j in build(registry, data).jobs]
+    assert len(set(first)) == 6 and all(plan.SEED_MIN <= s <= plan.SEED_MAX for s in first)
+    other = plan.build(parse(yaml.safe_dump({"name": "u", **data}), Path("m.yaml")), registry)
+    assert [j.seed for j in other.jobs] != first
+
+
+def test_model_without_seed_gets_sample_labels(registry: SchemaRegistry):
+    """recraft takes no seed: none is sent, yet each seed is a distinct job, and a note says so."""
+    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1, 2],
+                         "models": ["fal-ai/recraft/v2/text-to-image"]})
+    assert all("seed" not in j.input for j in p.jobs)
+    assert len({j.key for j in p.jobs}) == 2 and len({j.stem for j in p.jobs}) == 2
+    assert p.notes and "takes no seed" in p.notes[0]
+
+
+def test_cost_estimate_by_image_and_megapixel(registry: SchemaRegistry):
+    """per_image multiplies images; per_megapixel uses each job's size."""
+    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1, 2],
+                         "models": ["fal-ai/imagen4/preview", "fal-ai/flux-1/schnell"],
+                         "defaults": {"num_images": 2},
+                         "prices": {"fal-ai/imagen4/preview": {"per_image": 0.05},
+                                    "fal-ai/flux-1/schnell": {"per_megapixel": 0.01}}})
+    assert p.costs["fal-ai/imagen4/preview"] == pytest.approx(0.2)
+    assert p.costs["fal-ai/flux-1/schnell"] == pytest.approx(2 * 2 * 0.01 * 1024 * 768 / 1e6)
+
+
+def test_unchecked_endpoint_passes_parameters_through(registry: SchemaRegistry):
+    """An endpoint without a schema is allowed only with unchecked: true, and is sent as written."""
+    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1],
+                         "models": [{"endpoint": "acme/new-model", "unchecked": True, "params": {"magic": 3}}]})
+    assert p.jobs[0].input == {"magic": 3, "prompt": "x", "seed": 1}
+
+
+# ---------------------------------------------------------------- properties
+
+ids = st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True)
+manifests = st.fixed_dictionaries({
+    "prompts": st.lists(ids, min_size=1, max_size=4, unique_by=str.lower).map(
+        lambda xs: [{"id": x, "text": f"a picture of {x}"} for x in xs]),
+    "models": st.lists(st.sampled_from(MODELS), min_size=1, max_size=3, unique=True),
+    "seeds": st.one_of(st.lists(st.integers(1, 10**6), min_size=1, max_size=3, unique=True),
+                       st.builds(lambda n: {"random": n}, st.integers(1, 3))),
+    "axes": st.sampled_from([{}, {"aspect_ratio": ["1:1", "16:9"]}, {"aspect_ratio": ["3:4"]}]),
+})
+slow = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@slow
+@given(manifests)
+def test_expansion_is_deterministic(registry, data):
+    """The same manifest always gives the same jobs, in the same order."""
+    a, b = build(registry, data), build(registry, data)
+    assert [(j.key, j.stem, j.input) for j in a.jobs] == [(j.key, j.stem, j.input) for j in b.jobs]
+
+
+@slow
+@given(manifests)
+def test_output_paths_and_keys_are_unique(registry, data):
+    """No two jobs share an output path (ignoring case) or a key."""
+    p = build(registry, data)
+    assert len({j.stem.lower() for j in p.jobs}) == len(p.jobs)
+    assert len({j.key for j in p.jobs}) == len(p.jobs)
+
+
+@slow
+@given(manifests, ids, st.integers(0, 4))
+def test_adding_a_prompt_changes_no_other_job(registry, data, new_id, position):
+    """Inserting a prompt anywhere leaves every existing job's key and path as they were."""
+    if any(p["id"].lower() == new_id.lower() for p in data["prompts"]):
+        return
+    before = by_identity(build(registry, data))
+    prompts = list(data["prompts"])
+    prompts.insert(min(position, len(prompts)), {"id": new_id, "text": f"new {new_id}"})
+    after = by_identity(build(registry, {**data, "prompts": prompts}))
+    for ident, job in before.items():
+        assert (after[ident].key, after[ident].stem) == (job.key, job.stem)
+
+
+@slow
+@given(manifests)
+def test_reordering_models_keeps_identity(registry, data):
+    """Reversing the model list changes plan order only, never a key or a path."""
+    before = by_identity(build(registry, data))
+    after = by_identity(build(registry, {**data, "models": list(reversed(data["models"]))}))
+    assert {k: (j.key, j.stem) for k, j in before.items()} == {k: (j.key, j.stem) for k, j in after.items()}
