@@ -223,6 +223,47 @@ def cmd_plan(ctx: Context) -> int:
     return 0
 
 
+def cmd_emulator(ctx: Context) -> int:
+    """Run the emulator in the foreground until interrupted."""
+    import asyncio
+    import ssl
+
+    from .emulator import Emulator, EmulatorConfig, Faults, ServiceTime
+
+    a = ctx.args
+    key = None
+    if a.key_env:
+        key = ctx.env.get(a.key_env)
+        if not key:
+            raise UsageError(f"--key-env {a.key_env}: that environment variable is not set",
+                             hint=f"export {a.key_env}=… first, or drop --key-env to accept any caller")
+    try:
+        service = ServiceTime.parse(a.latency)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    faults = Faults(submit_429=a.fault_429, ingress_5xx=a.fault_ingress, runner_error=a.fault_runner,
+                    drop_download=a.fault_drop, truncate_image=a.fault_truncate, corrupt_image=a.fault_corrupt,
+                    stuck=a.fault_stuck, retention=a.retention, lock_after=a.lock_after)
+    variants = tuple(tuple(v.split("=", 1)) for v in a.variant)  # type: ignore[misc]
+    config = EmulatorConfig(host=a.host, port=a.port, workers=a.workers, service=service, seed=a.seed, key=key,
+                            max_side=a.max_side or None, faults=faults, keepalive=a.keepalive,
+                            variants=variants, allow_unknown=a.allow_unknown)  # type: ignore[arg-type]
+    context = None
+    if a.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(a.tls_cert, a.tls_key)
+
+    async def serve() -> None:
+        async with Emulator(config, ssl_context=context, registry=ctx.registry()) as emu:
+            ctx.print(emu.url)
+            ctx.out.flush()
+            ctx.note(f"emulator: {config.workers} worker slots, service time {a.latency}; Ctrl-C stops it")
+            await asyncio.Event().wait()
+
+    asyncio.run(serve())
+    return 0
+
+
 def _done_keys(plan: plan_mod.Plan) -> set[str]:
     """Keys already downloaded in an earlier run of this manifest (none before a first run)."""
     return set()
@@ -272,6 +313,32 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_plan.add_argument("manifest", metavar="MANIFEST")
     p_plan.add_argument("--json", action="store_true", help="one JSON line per job")
     p_plan.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+
+    p_emu = command("emulator", cmd_emulator, "run the built-in fal emulator on this machine and print its base URL")
+    p_emu.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p_emu.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p_emu.add_argument("--workers", type=int, default=2, help="concurrent worker slots (default 2, like a new fal account)")
+    p_emu.add_argument("--latency", default="0.05", help="service time: S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA")
+    p_emu.add_argument("--seed", type=int, default=0, help="seed for service times and faults")
+    p_emu.add_argument("--key-env", help="require the key held in this environment variable")
+    p_emu.add_argument("--max-side", type=int, default=256, help="cap on the longest image side (0: none)")
+    p_emu.add_argument("--keepalive", type=float, default=15.0, help="seconds between SSE keep-alive comments")
+    p_emu.add_argument("--allow-unknown", action="store_true", help="serve endpoints that have no schema")
+    p_emu.add_argument("--variant", action="append", default=[], metavar="ENDPOINT=SALT",
+                       help="render this endpoint differently (to exercise `renderer diff`)")
+    p_emu.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    p_emu.add_argument("--tls-key", help="private key for --tls-cert")
+    for flag, dest, what in (("--fault-429", "fault_429", "429 on submit"),
+                             ("--fault-ingress", "fault_ingress", "ingress 502/503/504"),
+                             ("--fault-runner", "fault_runner", "runner_server_error results"),
+                             ("--fault-drop", "fault_drop", "downloads dropped half-way"),
+                             ("--fault-truncate", "fault_truncate", "truncated downloads"),
+                             ("--fault-corrupt", "fault_corrupt", "corrupted downloads"),
+                             ("--fault-stuck", "fault_stuck", "requests stuck IN_QUEUE")):
+        p_emu.add_argument(flag, dest=dest, type=float, default=0.0, metavar="P", help=f"probability of {what}")
+    p_emu.add_argument("--retention", type=float, help="seconds results live after completion (then 404)")
+    p_emu.add_argument("--lock-after", type=int, help="answer 403 'User is locked' after this many submits")
+    p_emu.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
     for extend in _EXTENSIONS:
         extend(command)

@@ -1,0 +1,532 @@
+"""A local aiohttp server that speaks fal's queue protocol: the default provider and the test double.
+
+What it serves (see ../shared/docs/fal-protocol.md §1, §8):
+  POST /{owner}/{app}[/{path…}]                 submit → request_id and absolute status/response/cancel URLs
+  GET  /{owner}/{app}/requests/{id}/status      202 IN_QUEUE / IN_PROGRESS, 200 COMPLETED
+  GET  /{owner}/{app}/requests/{id}/status/stream   server-sent events, closed after COMPLETED
+  GET  /{owner}/{app}/requests/{id}[/response]  the model output, or its error replayed (422 …)
+  PUT  /{owner}/{app}/requests/{id}/cancel      202 / 400 ALREADY_COMPLETED / 404 NOT_FOUND
+  POST /run/{endpoint}                          the synchronous form: the output directly
+  GET  /_files/{id}/{n}.{ext}                   generated images (public, like fal's CDN)
+  GET  /_emulator/stats                         counters for tests and benchmarks
+Status, result and cancel accept the app-level path and the full endpoint path alike.
+
+Behaviour: inputs are checked with the renderer's own endpoint schemas (failures surface as 422
+on the result, as on fal); a queue with `workers` slots and a seeded service-time distribution;
+deterministic images (renderer.pictures); faults with seeded probabilities (`Faults`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import math
+import random
+import ssl
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .pictures import capped, render, requested_size
+from .schemas import SchemaRegistry, default_schema_dir
+
+INGRESS_BODY = (
+    "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
+    "<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+LOCKED = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+NAMESPACES = ("workflows", "comfy")  # app ids with one extra segment
+
+
+@dataclass(frozen=True)
+class ServiceTime:
+    """How long the model 'runs': fixed:S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA (seconds)."""
+
+    kind: str = "fixed"
+    a: float = 0.05
+    b: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceTime:
+        parts = text.split(":")
+        try:
+            if len(parts) == 1:
+                return cls("fixed", float(parts[0]))
+            if parts[0] == "fixed" and len(parts) == 2:
+                return cls("fixed", float(parts[1]))
+            if parts[0] in ("uniform", "lognormal") and len(parts) == 3:
+                return cls(parts[0], float(parts[1]), float(parts[2]))
+        except ValueError:
+            pass
+        raise ValueError(f"service time {text!r}: use S, fixed:S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA")
+
+    def draw(self, rng: random.Random) -> float:
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b)
+        if self.kind == "lognormal":
+            return rng.lognormvariate(math.log(max(self.a, 1e-9)), self.b)
+        return self.a
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Probabilities (0…1) of each fault, drawn from the emulator's seeded generator."""
+
+    submit_429: float = 0.0  # 429 on submit (queue length exceeded)
+    ingress_5xx: float = 0.0  # 502/503/504 from nginx: HTML body, no x-fal-request-id
+    runner_error: float = 0.0  # COMPLETED with error_type runner_server_error; result replays 500
+    drop_download: float = 0.0  # connection closed half-way through an image download
+    truncate_image: float = 0.0  # a download that ends early (with a matching Content-Length)
+    corrupt_image: float = 0.0  # a download whose bytes are damaged in the middle
+    stuck: float = 0.0  # a request that stays IN_QUEUE forever
+    retention: float | None = None  # seconds a completed result and its files live; then 404
+    lock_after: int | None = None  # after this many accepted submits: 403 "User is locked"
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    workers: int = 2  # fal gives new accounts 2 concurrent requests
+    service: ServiceTime = ServiceTime()
+    seed: int = 0
+    key: str | None = None  # when set, Authorization: Key/Bearer <key> is required
+    max_side: int | None = 256  # cap on the longest image side, for speed
+    faults: Faults = Faults()
+    keepalive: float = 15.0  # seconds between SSE comment lines
+    variants: tuple[tuple[str, str], ...] = ()  # (endpoint, salt): render that model differently
+    allow_unknown: bool = False  # serve endpoints without a schema (generic output)
+    schema_dir: Path | None = None
+
+
+@dataclass(eq=False)
+class _Request:
+    id: str
+    endpoint: str
+    app: str
+    payload: Any
+    base: str
+    seq: int
+    status: str = "IN_QUEUE"
+    cancelled: bool = False
+    completed_at: float | None = None
+    started_at: float | None = None
+    inference: float = 0.0
+    result_status: int = 200
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def touch(self) -> None:
+        event, self.changed = self.changed, asyncio.Event()
+        event.set()
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+class Emulator:
+    """`async with Emulator(config) as emu:` serves on emu.url until the block ends."""
+
+    def __init__(self, config: EmulatorConfig = EmulatorConfig(), *, ssl_context: ssl.SSLContext | None = None,
+                 registry: SchemaRegistry | None = None) -> None:
+        self.config = config
+        self.ssl_context = ssl_context
+        self.registry = registry or SchemaRegistry(config.schema_dir or default_schema_dir())
+        self.rng = random.Random(config.seed)
+        self.url = ""
+        self.requests: dict[str, _Request] = {}
+        self.files: dict[tuple[str, int], tuple[bytes, str]] = {}
+        self.counts: Counter[str] = Counter()
+        self.inputs: Counter[str] = Counter()
+        self.submit_times: list[float] = []
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._seq = 0
+        self._started = 0
+        self._busy = 0
+        self._workers: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self._variants = dict(config.variants)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Emulator:
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/_emulator/stats", self._stats)
+        app.router.add_get("/_files/{rid}/{name}", self._file)
+        app.router.add_post("/run/{tail:.+}", self._sync)
+        app.router.add_post("/{tail:.+}", self._submit)
+        app.router.add_get("/{tail:.+}", self._get)
+        app.router.add_put("/{tail:.+}", self._cancel)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self.ssl_context)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        port = sockets[0].getsockname()[1]
+        scheme = "https" if self.ssl_context else "http"
+        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+        self.url = f"{scheme}://{host}:{port}"
+        self._workers = [asyncio.ensure_future(self._work()) for _ in range(self.config.workers)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for req in self.requests.values():
+            req.touch()  # wake any open status streams so they can finish
+        if self._runner:
+            await self._runner.cleanup()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **{k: self.counts[k] for k in ("requests", "submits", "submit_attempts", "status_calls", "stream_calls",
+                                           "result_calls", "downloads", "cancels", "sync_calls")},
+            "faults": {k[6:]: v for k, v in sorted(self.counts.items()) if k.startswith("fault:")},
+            "distinct_inputs": len(self.inputs),
+            "duplicate_submits": sum(n - 1 for n in self.inputs.values() if n > 1),
+            "inputs": dict(self.inputs),
+            "submit_times": list(self.submit_times),
+            "queued": self._queue.qsize(),
+            "busy": self._busy,
+        }
+
+    # ------------------------------------------------------------ plumbing
+
+    def _chance(self, p: float) -> bool:
+        return p > 0 and self.rng.random() < p
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.counts["requests"] += 1
+        path = request.path
+        if path.startswith(("/_files/", "/_emulator/")):
+            return await handler(request)  # files are public, like fal's CDN
+        if self._chance(self.config.faults.ingress_5xx):
+            code = self.rng.choice((502, 503, 504))
+            self.counts[f"fault:ingress_{code}"] += 1
+            reason = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}[code]
+            return web.Response(status=code, text=INGRESS_BODY.format(code=code, reason=reason),
+                                content_type="text/html")
+        if self.config.key is not None:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme not in ("Key", "Bearer") or token != self.config.key:
+                self.counts["fault:unauthorized"] += 1
+                detail = "No user found for Key ID and Secret" if auth else "Missing Authorization header"
+                return web.json_response({"detail": detail}, status=401,
+                                         headers={"x-fal-request-id": str(uuid.uuid4())})
+        return await handler(request)
+
+    def _app_id(self, endpoint: str) -> str:
+        parts = endpoint.split("/")
+        n = 3 if parts[0] in NAMESPACES else 2
+        return "/".join(parts[:n])
+
+    def _urls(self, req: _Request) -> dict[str, str]:
+        root = f"{req.base}/{req.app}/requests/{req.id}"
+        return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
+
+    def _position(self, req: _Request) -> int:
+        return max(0, req.seq - self._started - 1) if req.status == "IN_QUEUE" else 0  # requests ahead
+
+    def _status_body(self, req: _Request, logs: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": req.status, "request_id": req.id, **self._urls(req)}
+        if req.status == "IN_QUEUE":
+            body["queue_position"] = self._position(req)
+            return body
+        body["logs"] = list(req.logs) if logs else None
+        if req.status == "COMPLETED":
+            body["metrics"] = {"inference_time": round(req.inference, 4)}
+            if req.error:
+                body["error"], body["error_type"] = req.error, req.error_type
+        return body
+
+    def _expired(self, req: _Request) -> bool:
+        keep = self.config.faults.retention
+        return keep is not None and req.completed_at is not None and time.monotonic() - req.completed_at > keep
+
+    def _find(self, tail: str) -> tuple[_Request | None, str]:
+        """(request, rest) for `…/requests/{id}{rest}`; app-level and full-endpoint prefixes alike."""
+        prefix, sep, after = tail.partition("/requests/")
+        if not sep:
+            return None, ""
+        rid, _, rest = after.partition("/")
+        req = self.requests.get(rid)
+        if req is None or self._expired(req):
+            return None, rest
+        if prefix.strip("/") not in (req.app, req.endpoint):
+            return None, rest
+        return req, rest
+
+    # ------------------------------------------------------------ queue
+
+    async def _work(self) -> None:
+        while True:
+            req = await self._queue.get()
+            self._started = max(self._started, req.seq)
+            if req.cancelled:
+                continue
+            self._busy += 1
+            try:
+                req.status, req.started_at = "IN_PROGRESS", time.monotonic()
+                req.logs.append({"message": "Starting generation", "level": "INFO", "source": "USER",
+                                 "timestamp": _now_iso()})
+                req.touch()
+                req.inference = self.config.service.draw(self.rng)
+                await asyncio.sleep(req.inference)
+                self._finish(req)
+            finally:
+                self._busy -= 1
+
+    def _finish(self, req: _Request) -> None:
+        req.result_status, req.result = self._outcome(req)
+        if req.result_status == 500:
+            req.error, req.error_type = "Internal Server Error", "runner_server_error"
+        req.logs.append({"message": "Generation finished", "level": "INFO", "source": "USER", "timestamp": _now_iso()})
+        req.status, req.completed_at = "COMPLETED", time.monotonic()
+        req.touch()
+
+    def _outcome(self, req: _Request) -> tuple[int, Any]:
+        endpoint, payload = req.endpoint, req.payload
+        if not isinstance(payload, dict):
+            return 422, {"detail": [{"loc": ["body"], "msg": "Input should be a valid dictionary",
+                                     "type": "dict_type", "input": payload}]}
+        if endpoint in self.registry:
+            violations = self.registry.check(endpoint, payload)
+            if violations:
+                return 422, {"detail": [_detail(v, payload) for v in violations]}
+        if self._chance(self.config.faults.runner_error):
+            self.counts["fault:runner_error"] += 1
+            return 500, {"detail": "Internal Server Error", "error_type": "runner_server_error"}
+        return 200, self._output(req)
+
+    def _output(self, req: _Request) -> dict[str, Any]:
+        payload = req.payload
+        known = req.endpoint in self.registry
+        props = self.registry.properties(req.endpoint) if known else {}
+        documented = {k: v["default"] for k, v in props.items() if "default" in v}
+        seed = payload.get("seed")
+        if not isinstance(seed, int) or seed in (0, -1):  # 0 and -1 mean "random" to some models
+            seed = int.from_bytes(hashlib.sha256(req.id.encode()).digest()[:4], "big") or 1
+        count = int(payload.get("num_images", documented.get("num_images", 1)))
+        fmt = str(payload.get("output_format", documented.get("output_format", "png")))
+        width, height = capped(requested_size(payload, documented), self.config.max_side)
+        prompt = str(payload.get("prompt", ""))
+        variant = self._variants.get(req.endpoint, "")
+        images = []
+        for i in range(count):
+            data, content_type = render(req.endpoint, prompt, seed, i, (width, height), fmt, variant)
+            ext = content_type.split("/")[1]
+            if payload.get("sync_mode"):
+                url = f"data:{content_type};base64," + base64.b64encode(data).decode()
+            else:
+                self.files[(req.id, i)] = (data, content_type)
+                url = f"{req.base}/_files/{req.id}/{i}.{ext}"
+            images.append({"url": url, "content_type": content_type, "file_name": f"{i}.{ext}",
+                           "file_size": len(data), "width": width, "height": height})
+        output: dict[str, Any] = {"images": images}
+        out_props = {}
+        if known and self.registry.has_output_schema(req.endpoint):
+            out_props = self.registry.schema(req.endpoint)["$defs"]["Output"].get("properties", {})
+        if "seed" in out_props or not out_props:
+            output["seed"] = seed
+        if "timings" in out_props:
+            output["timings"] = {"inference": round(req.inference, 4)}
+        if "has_nsfw_concepts" in out_props:
+            output["has_nsfw_concepts"] = [False] * count
+        if "prompt" in out_props:
+            output["prompt"] = prompt
+        return output
+
+    # ------------------------------------------------------------ handlers
+
+    async def _submit(self, request: web.Request) -> web.StreamResponse:
+        endpoint = request.match_info["tail"].strip("/")
+        self.counts["submit_attempts"] += 1
+        faults = self.config.faults
+        if faults.lock_after is not None and self.counts["submits"] >= faults.lock_after:
+            self.counts["fault:locked"] += 1
+            return web.json_response({"detail": LOCKED}, status=403)
+        if self._chance(faults.submit_429):
+            self.counts["fault:submit_429"] += 1
+            return web.json_response({"detail": "Too many requests in the queue", "error_type": "queue_full"},
+                                     status=429, headers={"X-Fal-Needs-Retry": "1"})
+        if endpoint not in self.registry and not self.config.allow_unknown:
+            return web.json_response({"detail": f"Application '{endpoint}' not found"}, status=404)
+        try:
+            payload = await request.json()
+        except ValueError:
+            payload = None
+        self._seq += 1
+        req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload, str(request.url.origin()),
+                       self._seq)
+        self.requests[req.id] = req
+        self.counts["submits"] += 1
+        self.submit_times.append(time.monotonic())
+        self.inputs[hashlib.sha256(f"{endpoint}\n{json.dumps(payload, sort_keys=True)}".encode()).hexdigest()] += 1
+        if self._chance(faults.stuck):
+            self.counts["fault:stuck"] += 1  # never handed to a worker: IN_QUEUE forever
+        else:
+            self._queue.put_nowait(req)
+        body = {"status": "IN_QUEUE", "request_id": req.id, **self._urls(req), "queue_position": self._position(req)}
+        return web.json_response(body, headers={"x-fal-request-id": req.id})
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        req, rest = self._find(request.match_info["tail"])
+        if rest in ("status", "status/stream"):
+            self.counts["stream_calls" if rest == "status/stream" else "status_calls"] += 1
+            if req is None:
+                return web.json_response({"detail": "Request not found"}, status=404)
+            logs = _truthy(request.query.get("logs"))
+            if rest == "status/stream":
+                return await self._stream(request, req, logs)
+            body = self._status_body(req, logs)
+            return web.json_response(body, status=200 if req.status == "COMPLETED" else 202,
+                                     headers={"x-fal-request-id": req.id})
+        if rest in ("", "response"):
+            self.counts["result_calls"] += 1
+            if req is None:
+                return web.json_response({"detail": "Request not found"}, status=404)
+            if req.status != "COMPLETED":
+                return web.json_response({"detail": "Request is still in progress"}, status=400,
+                                         headers={"x-fal-request-id": req.id})
+            headers = {"x-fal-request-id": req.id}
+            if req.error_type:
+                headers["X-Fal-Error-Type"] = req.error_type
+            return web.json_response(req.result, status=req.result_status, headers=headers)
+        return web.json_response({"detail": f"Path {request.path} not found"}, status=404)
+
+    async def _stream(self, request: web.Request, req: _Request, logs: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "x-fal-request-id": req.id})
+        await response.prepare(request)
+        last: dict[str, Any] | None = None
+        while True:
+            body = self._status_body(req, logs)
+            if body != last:
+                await response.write(f"data: {json.dumps(body)}\n\n".encode())
+                last = body
+            if req.status == "COMPLETED":
+                break
+            changed = req.changed
+            try:
+                await asyncio.wait_for(changed.wait(), self.config.keepalive)
+            except asyncio.TimeoutError:
+                await response.write(b": keepalive\n\n")
+            if self._runner is None or not self._workers or all(t.done() for t in self._workers):
+                break  # shutting down
+        await response.write_eof()
+        return response
+
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
+        self.counts["cancels"] += 1
+        req, rest = self._find(request.match_info["tail"])
+        if req is None or rest != "cancel":
+            return web.json_response({"status": "NOT_FOUND"}, status=404)
+        if req.status == "COMPLETED":
+            return web.json_response({"status": "ALREADY_COMPLETED"}, status=400, headers={"x-fal-request-id": req.id})
+        if req.status == "IN_QUEUE":
+            req.cancelled = True
+            req.result_status = 499
+            req.result = {"detail": "Request was cancelled by the client", "error_type": "client_cancelled"}
+            req.error, req.error_type = "Request was cancelled by the client", "client_cancelled"
+            req.status, req.completed_at = "COMPLETED", time.monotonic()
+            req.touch()
+        return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202, headers={"x-fal-request-id": req.id})
+
+    async def _sync(self, request: web.Request) -> web.StreamResponse:
+        endpoint = request.match_info["tail"].strip("/")
+        self.counts["sync_calls"] += 1
+        if self._busy >= self.config.workers:
+            return web.json_response({"detail": "Concurrent requests limit reached",
+                                      "error_type": "concurrent_requests_limit"},
+                                     status=429, headers={"X-Fal-Needs-Retry": "1"})
+        if endpoint not in self.registry and not self.config.allow_unknown:
+            return web.json_response({"detail": f"Application '{endpoint}' not found"}, status=404)
+        try:
+            payload = await request.json()
+        except ValueError:
+            payload = None
+        req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload, str(request.url.origin()), 0)
+        self._busy += 1
+        try:
+            req.inference = self.config.service.draw(self.rng)
+            await asyncio.sleep(req.inference)
+            status, body = self._outcome(req)
+        finally:
+            self._busy -= 1
+        return web.json_response(body, status=status, headers={"x-fal-request-id": req.id})
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        rid, name = request.match_info["rid"], request.match_info["name"]
+        req = self.requests.get(rid)
+        try:
+            index = int(name.split(".")[0])
+        except ValueError:
+            index = -1
+        found = self.files.get((rid, index))
+        if found is None or req is None or self._expired(req):
+            return web.Response(status=404, text="Not Found")
+        self.counts["downloads"] += 1
+        data, content_type = found
+        faults = self.config.faults
+        if self._chance(faults.drop_download):
+            self.counts["fault:drop_download"] += 1
+            response = web.StreamResponse(headers={"Content-Type": content_type, "Content-Length": str(len(data))})
+            await response.prepare(request)
+            await response.write(data[: len(data) // 2])
+            if request.transport is not None:
+                request.transport.close()  # the client sees the body end early: a dropped connection
+            return response
+        if self._chance(faults.truncate_image):
+            self.counts["fault:truncate_image"] += 1
+            data = data[: max(1, len(data) * 2 // 3)]
+        elif self._chance(faults.corrupt_image):
+            self.counts["fault:corrupt_image"] += 1
+            middle = len(data) // 2
+            data = data[:middle] + bytes(b ^ 0x5A for b in data[middle: middle + 64]) + data[middle + 64:]
+        return web.Response(body=data, content_type=content_type)
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.stats())
+
+
+def _detail(violation: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """A jsonschema violation in fal's (pydantic-like) 422 `detail` shape."""
+    loc: list[Any] = ["body"]
+    for part in violation.json_path[2:].replace("]", "").replace("[", ".").split("."):
+        if part:
+            loc.append(int(part) if part.isdigit() else part)
+    value: Any = payload
+    for part in loc[1:]:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            value = None
+            break
+    kind = "extra_forbidden" if "unknown property" in violation.message else (
+        "missing" if "missing" in violation.message else "value_error")
+    if "greater than the maximum" in violation.message:
+        kind = "less_than_equal"
+    elif "less than the minimum" in violation.message:
+        kind = "greater_than_equal"
+    elif "not an allowed value" in violation.message:
+        kind = "enum"
+    return {"loc": loc, "msg": violation.message, "type": kind, "input": value}
