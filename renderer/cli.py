@@ -15,11 +15,13 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from . import manifest as manifest_mod
 from . import plan as plan_mod
+from . import run as run_mod
 from . import schemas
 from .errors import ManifestError, RendererError, UsageError
 
@@ -266,7 +268,57 @@ def cmd_emulator(ctx: Context) -> int:
 
 def _done_keys(plan: plan_mod.Plan) -> set[str]:
     """Keys already downloaded in an earlier run of this manifest (none before a first run)."""
-    return set()
+    from .store import DB_NAME, Store
+
+    if not (plan.manifest.run_dir / DB_NAME).is_file():
+        return set()
+    store = Store(plan.manifest.run_dir, readonly=True)
+    try:
+        return store.done_keys()
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- run and status
+
+
+def _setting(flag: Any, env: Mapping[str, str], name: str, manifest_value: Any, cast: Callable[[str], Any]) -> Any:
+    """flag > environment > manifest (whose own default applies when it says nothing)."""
+    if flag is not None:
+        return flag
+    if env.get(name):
+        try:
+            return cast(env[name])
+        except ValueError as exc:
+            raise UsageError(f"{name}={env[name]!r} is not valid: {exc}") from exc
+    return manifest_value
+
+
+def cmd_run(ctx: Context) -> int:
+    from .runner import RunConfig
+
+    a = ctx.args
+    (plan,) = _load_plans(ctx, [a.manifest])
+    if a.dry_run:
+        return cmd_plan(ctx)
+    m = plan.manifest
+    if a.output:
+        plan.manifest = m = replace(m, output=Path(a.output))
+    provider = run_mod.resolve_provider(m.provider, a.provider or ctx.env.get("RENDERER_PROVIDER"), ctx.env)
+    config = RunConfig(
+        concurrency=_setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", m.limits.concurrency, int),
+        per_endpoint=dict(m.limits.per_endpoint),
+        rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, float),
+        timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, float),
+        retry=m.retries, retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify,
+    )
+    display = run_mod.Display(ctx.err, quiet=a.quiet, total=len(plan.jobs))
+    summary = run_mod.execute(plan, provider, config, ctx.registry(), display)
+    return run_mod.report(summary, plan, ctx.out, ctx.err)
+
+
+def cmd_status(ctx: Context) -> int:
+    return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json)
 
 
 # ---------------------------------------------------------------- parser and boundary
@@ -339,6 +391,25 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_emu.add_argument("--retention", type=float, help="seconds results live after completion (then 404)")
     p_emu.add_argument("--lock-after", type=int, help="answer 403 'User is locked' after this many submits")
     p_emu.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+
+    p_run = command("run", cmd_run, "render a manifest: submit, wait, download and verify every image")
+    p_run.add_argument("manifest", metavar="MANIFEST")
+    p_run.add_argument("--provider", help="emulator, fal, or a base URL (env RENDERER_PROVIDER; default: manifest)")
+    p_run.add_argument("--output", help="output root (default: the manifest's, else outputs/)")
+    p_run.add_argument("--concurrency", type=int, help="jobs in flight (env RENDERER_CONCURRENCY)")
+    p_run.add_argument("--rate", type=float, help="submissions per second (env RENDERER_RATE)")
+    p_run.add_argument("--timeout", type=float, help="seconds per job before it is cancelled (env RENDERER_TIMEOUT)")
+    p_run.add_argument("--retry-failed", action="store_true", help="try failed jobs again")
+    p_run.add_argument("--max-jobs", type=int, help="render only the first N jobs of the plan (a trial)")
+    p_run.add_argument("--verify", action="store_true", help="re-hash finished files instead of trusting size+mtime")
+    p_run.add_argument("--dry-run", action="store_true", help="show the plan; send nothing")
+    p_run.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    p_run.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p_run.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+
+    p_status = command("status", cmd_status, "show a run directory's state and what a rerun would do")
+    p_status.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/quickstart")
+    p_status.add_argument("--json", action="store_true", help="machine-readable output")
 
     for extend in _EXTENSIONS:
         extend(command)

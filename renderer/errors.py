@@ -10,6 +10,7 @@
     │   ├── JobRejected            this job can never succeed as sent (422 and other 4xx)
     │   ├── RunnerFailed           fal ran the job and the runner failed; a resubmit may succeed
     │   ├── RequestGone            the provider no longer knows the request id (404)
+    │   ├── OutcomeUnknown         a submit may or may not have been accepted; never resent blindly
     │   └── AccountError           exit 3: auth or billing; every further request would fail
     └── StateError                 the output directory or its database
         └── RunLocked              another run holds the output directory
@@ -104,6 +105,11 @@ class TransientError(ProviderError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
+        self.maybe_sent = False  # the request may have reached the server before the failure
+
+
+class OutcomeUnknown(ProviderError):
+    pass
 
 
 class JobRejected(ProviderError):

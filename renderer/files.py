@@ -1,0 +1,145 @@
+"""Files on disk: verified images, atomic writes, sidecars, and the dataset export.
+
+Invariants:
+  * A final path only ever holds a complete, verified image: bytes go to a hidden temporary
+    file in the same directory, are fsynced, then renamed into place.
+  * The extension comes from the decoded image, never from a URL or a server-given name.
+  * metadata.jsonl lists images in plan order, with `file_name` relative to the run directory,
+    loadable as a Hugging Face ImageFolder dataset; README.md pins the split so a path segment
+    such as `dev` or `test` is never read as one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from .layout import SIDECAR_SUFFIX
+
+FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
+PART_SUFFIX = ".part"
+
+
+class BadImage(ValueError):
+    """Downloaded bytes that are not the image they claim to be."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    data: bytes
+    ext: str
+    content_type: str
+    width: int
+    height: int
+    sha256: str
+
+
+def verify_image(data: bytes, declared_type: str = "", expected_size: int | None = None) -> Verified:
+    if expected_size is not None and len(data) != expected_size:
+        raise BadImage(f"{len(data)} bytes received, {expected_size} announced")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt = probe.format
+            probe.verify()  # structure and checksums
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # a full decode: catches truncation that verify() does not
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"not a decodable image: {exc}") from exc
+    if fmt not in FORMATS:
+        raise BadImage(f"unsupported image format {fmt}")
+    ext, content_type = FORMATS[fmt]
+    if declared_type.startswith("image/") and declared_type not in (content_type, "image/jpg"):
+        raise BadImage(f"declared {declared_type} but the bytes are {content_type}")
+    return Verified(data, ext, content_type, width, height, hashlib.sha256(data).hexdigest())
+
+
+def write_atomic(path: Path, data: bytes) -> os.stat_result:
+    """Write bytes so that `path` is either absent, the old file, or the complete new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=PART_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # Windows cannot open directories
+        return path.stat()
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path.stat()
+
+
+def write_json(path: Path, data: Any) -> os.stat_result:
+    return write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode())
+
+
+def remove_partials(run_dir: Path) -> int:
+    """Temporary files left by a process that was killed mid-write."""
+    found = 0
+    for part in run_dir.rglob(f".*{PART_SUFFIX}"):
+        part.unlink(missing_ok=True)
+        found += 1
+    return found
+
+
+def sidecar_path(image: Path) -> Path:
+    return image.with_suffix(SIDECAR_SUFFIX)
+
+
+def file_intact(run_dir: Path, entry: dict[str, Any], *, rehash: bool) -> bool:
+    """Is a recorded file still there, unchanged? Size and mtime by default; the hash with rehash."""
+    path = run_dir / entry["path"]
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if stat.st_size != entry["size"]:
+        return False
+    if rehash:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+    return stat.st_mtime_ns == entry["mtime_ns"]
+
+
+HF_README = """---
+# Written by renderer. Pins every image to one split, so that path segments such as
+# "dev" or "test" (e.g. a model called flux-1/dev) are never read as split names.
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path:
+    - "metadata.jsonl"
+    - "**/*.png"
+    - "**/*.jpg"
+    - "**/*.webp"
+---
+# {name}
+
+Images rendered by `renderer` from `{manifest}`. `metadata.jsonl` has one row per image:
+`file_name` (relative to this folder), `prompt`, `prompt_id`, `model`, `endpoint`, `seed`,
+`job_key`, `params` (everything else that was sent) and `tags`.
+"""
+
+
+def export(run_dir: Path, name: str, manifest: str, rows: list[dict[str, Any]]) -> None:
+    """metadata.jsonl (plan order) and the dataset README beside it."""
+    lines = [json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in rows]
+    write_atomic(run_dir / "metadata.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
+    write_atomic(run_dir / "README.md", HF_README.format(name=name, manifest=manifest).encode())

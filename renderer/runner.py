@@ -1,0 +1,406 @@
+"""The runner: the plan's pending jobs → verified images on disk, within the provider's limits.
+
+Invariants:
+  * Work comes from the store (`Store.pending`), in plan order; results are keyed by job.
+  * A job holds an in-flight slot from submit until its files are written (that is what the
+    provider's concurrency limit and fal's short result retention care about).
+  * Resubmission happens only when the provider says the request is gone (404) or its runner
+    failed; a submit whose outcome is unknown is failed, never resent (see client.submit).
+  * Every state change is committed before the next step, so stopping anywhere is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiolimiter import AsyncLimiter
+
+from . import files
+from .client import RUNNER_ERRORS, Client, Handle, Status
+from .errors import (
+    AccountError,
+    JobRejected,
+    OutcomeUnknown,
+    RequestGone,
+    RunnerFailed,
+    TransientError,
+)
+from .layout import image_path
+from .manifest import RetryPolicy
+from .plan import Plan
+from .store import Row, Store
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    concurrency: int = 2  # jobs in flight (submitted, not yet downloaded)
+    per_endpoint: Mapping[str, int] = field(default_factory=dict)
+    rate: float = 10.0  # submissions per second
+    timeout: float = 900.0  # seconds to wait for one job's completion before cancelling it
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_failed: bool = False
+    max_jobs: int | None = None
+    verify: bool = False  # re-hash finished files instead of trusting size + mtime
+    grace: float = 10.0  # after Ctrl-C: seconds for submits in flight to record their request ids
+    queue_report: float = 30.0  # surface queue_position for jobs waiting longer than this
+
+
+class AdaptiveLimit:
+    """In-flight cap with additive increase, multiplicative decrease on throttling (429)."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.limit = float(ceiling)  #: current allowance; 1 ≤ limit ≤ ceiling
+        self.active = 0  #: slots held right now
+        self._cond = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.active < max(1, math.floor(self.limit)))
+            self.active += 1
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.active -= 1
+            self._cond.notify_all()
+
+    def throttled(self) -> None:
+        self.limit = max(1.0, self.limit / 2)
+
+    def succeeded(self) -> None:
+        self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
+
+
+@dataclass
+class Summary:
+    outcome: str  # done | failed | interrupted | stopped
+    counts: dict[str, int]
+    started: float
+    finished: float
+    images: int
+    ambiguous_resubmits: int
+    calls: dict[str, int]
+    error: str | None = None
+    hint: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return {"done": 0, "failed": 1, "stopped": 3, "interrupted": 130}[self.outcome]
+
+
+def _limiter(rate: float) -> AsyncLimiter:
+    # A bucket of one second's worth (at least one token): bursts never exceed `rate`.
+    capacity = max(1.0, rate)
+    return AsyncLimiter(capacity, capacity / rate)
+
+
+class Runner:
+    def __init__(self, plan: Plan, store: Store, client: Client, config: RunConfig,
+                 events: Callable[[Event], None] | None = None, output_check: Callable[..., list[Any]] | None = None):
+        self.plan = plan
+        self.store = store
+        self.client = client
+        self.config = config
+        self.emit = events or (lambda event: None)
+        self.output_check = output_check
+        self.run_dir: Path = store.run_dir
+        self.stopping = False
+        self.fatal: AccountError | None = None
+        self.slots = AdaptiveLimit(config.concurrency)
+        self.endpoint_slots = {e: asyncio.Semaphore(n) for e, n in config.per_endpoint.items()}
+        self.limiter = _limiter(config.rate)
+        self.phase: dict[str, str] = {}  # key → what its task is doing now
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.queued: dict[str, int | None] = {}  # keys waiting in the provider's queue → position
+        self.done = 0
+        self.failed = 0
+        self.images = 0
+        client.on_event = self._client_event
+
+    # -------------------------------------------------- events
+
+    def _client_event(self, kind: str) -> None:
+        if kind == "throttled":
+            self.slots.throttled()
+            self.emit({"type": "throttled", "limit": self.slots.limit})
+
+    def progress(self) -> Event:
+        return {"type": "progress", "done": self.done, "failed": self.failed, "in_flight": self.slots.active,
+                "queued": len(self.queued), "images": self.images, "limit": self.slots.limit}
+
+    # -------------------------------------------------- the run
+
+    def prepare(self) -> tuple[list[str], int]:
+        """Sync the plan, check finished files, and list the pending keys (in plan order)."""
+        files.remove_partials(self.run_dir)
+        self.store.sync_plan(self.plan.jobs)
+        if self.config.retry_failed:
+            self.store.retry_failed()
+        for key, entries in self.store.downloaded_files():
+            if not all(files.file_intact(self.run_dir, e, rehash=self.config.verify) for e in entries):
+                self.store.redownload(key, "a finished file was missing or changed")
+        ambiguous = self.store.ambiguous()
+        pending = self.store.pending()
+        if self.config.max_jobs is not None:
+            allowed = {j.key for j in self.plan.jobs[: self.config.max_jobs]}
+            pending = [k for k in pending if k in allowed]
+        return pending, ambiguous
+
+    async def run(self) -> Summary:
+        started = time.time()
+        pending, ambiguous = self.prepare()
+        run_id = self.store.start_run(ambiguous)
+        self.emit({"type": "start", "pending": len(pending), "total": len(self.plan.jobs),
+                   "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
+        queue = iter(pending)
+
+        async def worker() -> None:
+            for key in queue:
+                if self.stopping:
+                    return
+                await self.slots.acquire()
+                try:
+                    if self.stopping:
+                        return
+                    task = asyncio.ensure_future(self._job(key))
+                    self.tasks[key] = task
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        if not self.stopping:
+                            raise
+                    finally:
+                        self.tasks.pop(key, None)
+                        self.phase.pop(key, None)
+                        self.queued.pop(key, None)
+                finally:
+                    await self.slots.release()
+                self.emit(self.progress())
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(self.config.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            summary = self.finish(run_id, started, ambiguous)
+        return summary
+
+    def stop(self, force: bool = False) -> None:
+        """Ctrl-C: stop new submissions; abandon waits and downloads (their state is recorded).
+
+        Submits in flight get `grace` seconds to record their request ids; with force, or
+        after the grace period, everything is cancelled.
+        """
+        self.stopping = True
+        for key, task in list(self.tasks.items()):
+            if force or self.phase.get(key) != "submitting":
+                task.cancel()
+        if not force:
+            asyncio.get_running_loop().call_later(self.config.grace, self.stop, True)
+
+    def finish(self, run_id: int, started: float, ambiguous: int) -> Summary:
+        counts = self.store.counts()
+        self.export()
+        if self.fatal is not None:
+            outcome = "stopped"
+        elif self.stopping:
+            outcome = "interrupted"
+        elif counts["failed"]:
+            outcome = "failed"
+        else:
+            outcome = "done"
+        summary = Summary(outcome, counts, started, time.time(), self.images, ambiguous, dict(self.client.calls),
+                          self.fatal.message if self.fatal else None, self.fatal.hint if self.fatal else None)
+        record = {
+            "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": outcome,
+            "provider": self.plan.manifest.provider.kind, "started": started, "finished": summary.finished,
+            "seconds": round(summary.finished - started, 3), "counts": counts,
+            "images_this_run": self.images, "ambiguous_resubmits": ambiguous,
+            "ambiguous_resubmits_all_runs": self.store.total_ambiguous(), "requests": summary.calls,
+            "error": summary.error,
+        }
+        files.write_json(self.run_dir / "run.json", record)
+        self.store.finish_run(run_id, outcome, record)
+        return summary
+
+    def export(self) -> None:
+        rows = []
+        for key, entries in self.store.downloaded_files():
+            row = self.store.get(key)
+            params = {k: v for k, v in row.input.items() if k not in ("prompt", "seed")}
+            for entry in entries:
+                rows.append({"file_name": entry["path"], "prompt": row.prompt, "prompt_id": row.prompt_id,
+                             "model": row.model, "endpoint": row.endpoint, "seed": entry.get("seed", row.seed),
+                             "job_key": row.key, "params": params, "tags": row.tags})
+        files.export(self.run_dir, self.plan.manifest.name, str(self.plan.manifest.file), rows)
+
+    # -------------------------------------------------- one job
+
+    async def _job(self, key: str) -> None:
+        slot = self.endpoint_slots.get(self.store.get(key).endpoint)
+        if slot is None:
+            await self._advance(key)
+            return
+        async with slot:
+            await self._advance(key)
+
+    async def _advance(self, key: str) -> None:
+        try:
+            while True:
+                row = self.store.get(key)
+                if row.state == "planned":
+                    if self.stopping or not await self._submit(row):
+                        return
+                elif row.state == "submitted":
+                    await self._follow(row)
+                elif row.state == "completed":
+                    await self._download(row)
+                else:
+                    if row.state == "downloaded":
+                        self.done += 1
+                    return
+        except AccountError as exc:
+            self.fatal = self.fatal or exc
+            self.emit({"type": "fatal", "message": exc.message})
+            self.stop(force=True)
+        except OutcomeUnknown as exc:
+            self._fail(key, exc.message, "outcome_unknown")
+        except JobRejected as exc:
+            self._fail(key, exc.message, "rejected")
+        except TransientError as exc:
+            self._fail(key, f"gave up after {self.config.retry.attempts} attempts: {exc.message}", "transient")
+
+    def _fail(self, key: str, reason: str, kind: str) -> None:
+        self.store.failed(key, reason, kind)
+        self.failed += 1
+        self.emit({"type": "failed", "key": key, "reason": reason})
+
+    def _retry_job(self, row: Row, reason: str) -> None:
+        """Resubmit after a runner failure or a lost request, within the attempt budget."""
+        if row.attempts >= self.config.retry.attempts:
+            raise JobRejected(f"{reason}; gave up after {row.attempts} submissions")
+        self.store.resubmit(row.key, reason)
+        self.emit({"type": "resubmit", "key": row.key, "reason": reason})
+
+    async def _submit(self, row: Row) -> bool:
+        self.phase[row.key] = "limited"
+        await self.limiter.acquire()
+        if self.stopping:
+            return False
+        self.phase[row.key] = "submitting"
+        self.store.submit_started(row.key)
+        handle = await self.client.submit(row.endpoint, row.input)
+        self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url)
+        self.slots.succeeded()
+        self.phase[row.key] = "submitted"
+        return True
+
+    async def _follow(self, row: Row) -> None:
+        assert row.request_id and row.status_url and row.response_url and row.cancel_url
+        handle = Handle(row.request_id, row.status_url, row.response_url, row.cancel_url)
+        self.phase[row.key] = "waiting"
+        reported = [time.monotonic()]  # when queue_position was last surfaced for this job
+        last: list[Status] = []
+
+        def on_status(status: Status) -> None:
+            last[:] = [status]
+            if status.state == "IN_QUEUE":
+                self.queued[row.key] = status.queue_position
+                if time.monotonic() - reported[0] > self.config.queue_report:
+                    self.emit({"type": "queued", "key": row.key, "position": status.queue_position})
+                    reported[0] = time.monotonic()
+            else:
+                self.queued.pop(row.key, None)
+
+        try:
+            status = await asyncio.wait_for(self.client.wait(handle, on_status), self.config.timeout)
+        except asyncio.TimeoutError:
+            answer = await self.client.cancel(handle)
+            where = f"; last status {last[0].state}" if last else ""
+            if last and last[0].queue_position is not None:
+                where += f" at queue position {last[0].queue_position}"
+            self._fail(row.key, f"no result within {self.config.timeout:g} s{where}; cancel: {answer}", "deadline")
+            return
+        except RequestGone:
+            self._retry_job(row, "the provider no longer knows the request")
+            return
+        finally:
+            self.queued.pop(row.key, None)
+        if status.error_type in RUNNER_ERRORS:
+            self._retry_job(row, f"the provider's runner failed ({status.error_type}: {status.error})")
+            return
+        try:
+            result = await self.client.result(handle)
+        except RunnerFailed as exc:
+            self._retry_job(row, exc.message)
+            return
+        except RequestGone:
+            self._retry_job(row, "the provider no longer has the result")
+            return
+        images = result.get("images")
+        if not isinstance(images, list) or not images:
+            raise JobRejected(f"result has no images: {str(result)[:200]}")
+        if self.output_check is not None:
+            for problem in self.output_check(row.endpoint, result):
+                self.emit({"type": "warning", "key": row.key,
+                           "message": f"result does not match the output schema: {problem.json_path}: {problem.message}"})
+        self.store.completed(row.key, result)
+
+    async def _download(self, row: Row) -> None:
+        assert row.result is not None
+        self.phase[row.key] = "downloading"
+        entries = []
+        for index, image in enumerate(row.result.get("images", [])):
+            try:
+                verified = await self._fetch_verified(row, image)
+            except RequestGone:
+                self._retry_job(row, "the result's file has expired")
+                return
+            rel = image_path(row.stem, index, verified.ext)
+            path = self.run_dir / rel
+            stat = files.write_atomic(path, verified.data)
+            entry = {"path": rel, "sha256": verified.sha256, "size": len(verified.data), "mtime_ns": stat.st_mtime_ns,
+                     "width": verified.width, "height": verified.height, "content_type": verified.content_type,
+                     "seed": row.result.get("seed", row.seed)}
+            files.write_json(files.sidecar_path(path), self._sidecar(row, index, entry))
+            entries.append(entry)
+        self.store.downloaded(row.key, entries)
+        self.images += len(entries)
+
+    async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:
+        url = image.get("url")
+        if not isinstance(url, str):
+            raise JobRejected("result image has no url")
+        expected = image.get("file_size") if isinstance(image.get("file_size"), int) else None
+        for attempt in range(1, self.config.retry.attempts + 1):
+            try:
+                data, declared = await self.client.fetch(url)
+                return files.verify_image(data, declared, expected)
+            except files.BadImage as exc:
+                if attempt >= self.config.retry.attempts:
+                    raise JobRejected(f"download of {url[:80]} failed verification: {exc}") from exc
+                await asyncio.sleep(self.client.backoff(attempt))
+        raise AssertionError("unreachable")
+
+    def _sidecar(self, row: Row, index: int, entry: dict[str, Any]) -> dict[str, Any]:
+        result = row.result or {}
+        return {
+            "job_key": row.key, "image_index": index, "endpoint": row.endpoint, "model": row.model,
+            "prompt_id": row.prompt_id, "axes": row.axes, "input": row.input, "request_id": row.request_id,
+            "seed": result.get("seed", row.seed), "sha256": entry["sha256"], "width": entry["width"],
+            "height": entry["height"], "content_type": entry["content_type"], "file": Path(entry["path"]).name,
+            "timings": {"submitted_at": row.submitted_at, "completed_at": row.completed_at,
+                        "downloaded_at": time.time(), "provider": result.get("timings")},
+            "manifest": {"file": str(self.plan.manifest.file), "prompt_at": row.source},
+        }
+

@@ -1,0 +1,336 @@
+"""The run's state in SQLite. This module owns the database; nothing else writes SQL.
+
+Invariants:
+  * One row per job key. A job moves planned → submitted → completed → downloaded, or to
+    failed; every move is one committed transaction.
+  * `request_id` is committed before anything else happens after a submit. A submit whose
+    outcome was not recorded leaves `submit_started` set with no request id: the rerun counts
+    it as an ambiguous resubmission (the only way one input is ever paid twice).
+  * Pending work is derived by query from the states; there is no separate to-do list.
+  * Migrations are ordered, named and applied on open; a new and an old database behave alike.
+  * WAL with synchronous=NORMAL: a killed process loses nothing committed; a power cut may lose
+    the last commits (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import RunLocked, StateError
+
+DB_NAME = "renderer.sqlite"
+LOCK_NAME = ".renderer.lock"
+STATES = ("planned", "submitted", "completed", "downloaded", "failed")
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+migration = MIGRATIONS.append
+
+
+@migration
+def m001_jobs(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE jobs (
+            key TEXT PRIMARY KEY,
+            plan_index INTEGER,
+            in_plan INTEGER NOT NULL DEFAULT 1,
+            endpoint TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt_id TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            seed INTEGER,
+            axes TEXT NOT NULL,
+            stem TEXT NOT NULL,
+            input TEXT NOT NULL,
+            num_images INTEGER NOT NULL,
+            tags TEXT NOT NULL,
+            source TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'planned'
+                CHECK (state IN ('planned', 'submitted', 'completed', 'downloaded', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            submit_started REAL,
+            request_id TEXT,
+            status_url TEXT,
+            response_url TEXT,
+            cancel_url TEXT,
+            submitted_at REAL,
+            completed_at REAL,
+            downloaded_at REAL,
+            result TEXT,
+            files TEXT,
+            error TEXT,
+            error_kind TEXT,
+            updated_at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX jobs_pending ON jobs (in_plan, state, plan_index)")
+
+
+@migration
+def m002_runs(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            outcome TEXT,
+            ambiguous_resubmits INTEGER NOT NULL DEFAULT 0,
+            summary TEXT
+        )""")
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    applied = []
+    for step in MIGRATIONS:
+        if step.__name__ in done:
+            continue
+        with db:
+            step(db)
+            db.execute("INSERT INTO _migrations VALUES (?, ?)", (step.__name__, time.time()))
+        applied.append(step.__name__)
+    return applied
+
+
+@dataclass(frozen=True)
+class Row:
+    """A job as stored."""
+
+    key: str
+    plan_index: int | None
+    in_plan: bool
+    endpoint: str
+    model: str
+    prompt_id: str
+    prompt: str
+    seed: int | None
+    axes: dict[str, Any]
+    stem: str
+    input: dict[str, Any]
+    num_images: int
+    tags: list[str]
+    source: str
+    state: str
+    attempts: int
+    submit_started: float | None
+    request_id: str | None
+    status_url: str | None
+    response_url: str | None
+    cancel_url: str | None
+    submitted_at: float | None
+    completed_at: float | None
+    downloaded_at: float | None
+    result: dict[str, Any] | None
+    files: list[dict[str, Any]] | None
+    error: str | None
+    error_kind: str | None
+
+    @classmethod
+    def from_sql(cls, r: sqlite3.Row) -> Row:
+        def load(v: str | None) -> Any:
+            return json.loads(v) if v is not None else None
+        return cls(r["key"], r["plan_index"], bool(r["in_plan"]), r["endpoint"], r["model"], r["prompt_id"],
+                   r["prompt"], r["seed"], load(r["axes"]), r["stem"], load(r["input"]), r["num_images"],
+                   load(r["tags"]), r["source"], r["state"], r["attempts"], r["submit_started"], r["request_id"],
+                   r["status_url"], r["response_url"], r["cancel_url"], r["submitted_at"], r["completed_at"],
+                   r["downloaded_at"], load(r["result"]), load(r["files"]), r["error"], r["error_kind"])
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Store:
+    def __init__(self, run_dir: Path, *, readonly: bool = False) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / DB_NAME
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path)
+            self.db.row_factory = sqlite3.Row
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA busy_timeout=5000")
+                migrate(self.db)
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot open the run database: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self.db:
+            yield self.db
+
+    # -------------------------------------------------- plan sync
+
+    def sync_plan(self, jobs: Iterable[Any]) -> None:
+        """Record the current plan: new jobs are planned; jobs no longer planned are kept, marked out."""
+        now = time.time()
+        rows = [
+            (j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input.get("prompt", ""), j.seed, _dumps(j.axes),
+             j.stem, _dumps(j.input), j.num_images, _dumps(list(j.tags)), j.where, now)
+            for j in jobs
+        ]
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET in_plan = 0, plan_index = NULL")
+            db.executemany(
+                """INSERT INTO jobs (key, plan_index, endpoint, model, prompt_id, prompt, seed, axes, stem, input,
+                                     num_images, tags, source, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (key) DO UPDATE SET plan_index = excluded.plan_index, in_plan = 1,
+                       model = excluded.model, source = excluded.source, tags = excluded.tags""",
+                rows,
+            )
+
+    # -------------------------------------------------- state changes (one transaction each)
+
+    def _set(self, key: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        names = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE jobs SET {names} WHERE key = ?", (*fields.values(), key))
+
+    def submit_started(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET submit_started = ?, attempts = attempts + 1, updated_at = ? WHERE key = ?",
+                       (time.time(), time.time(), key))
+
+    def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str) -> None:
+        self._set(key, state="submitted", request_id=request_id, status_url=status_url, response_url=response_url,
+                  cancel_url=cancel_url, submitted_at=time.time(), submit_started=None, error=None, error_kind=None)
+
+    def completed(self, key: str, result: dict[str, Any]) -> None:
+        self._set(key, state="completed", result=_dumps(result), completed_at=time.time())
+
+    def downloaded(self, key: str, files: list[dict[str, Any]]) -> None:
+        self._set(key, state="downloaded", files=_dumps(files), downloaded_at=time.time(), error=None,
+                  error_kind=None)
+
+    def failed(self, key: str, reason: str, kind: str) -> None:
+        self._set(key, state="failed", error=reason, error_kind=kind, submit_started=None)
+
+    def resubmit(self, key: str, reason: str) -> None:
+        """Forget the request: the provider lost it or its runner failed. The next pass submits again."""
+        self._set(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
+                  result=None, error=reason, error_kind="resubmit", submit_started=None)
+
+    def redownload(self, key: str, reason: str) -> None:
+        self._set(key, state="completed", files=None, error=reason, error_kind="redownload")
+
+    def retry_failed(self) -> int:
+        with self._tx() as db:
+            cur = db.execute("""UPDATE jobs SET state = CASE WHEN result IS NOT NULL THEN 'completed'
+                                    WHEN request_id IS NOT NULL THEN 'submitted' ELSE 'planned' END,
+                                    attempts = 0, error = NULL, error_kind = NULL
+                                WHERE state = 'failed' AND in_plan = 1""")
+            return cur.rowcount
+
+    # -------------------------------------------------- queries
+
+    def get(self, key: str) -> Row:
+        row = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise StateError(f"job {key} is not in {self.path}")
+        return Row.from_sql(row)
+
+    def pending(self) -> list[str]:
+        """Keys of planned jobs that still need work, in plan order."""
+        return [r[0] for r in self.db.execute(
+            "SELECT key FROM jobs WHERE in_plan = 1 AND state NOT IN ('downloaded', 'failed') ORDER BY plan_index")]
+
+    def rows(self, *, in_plan: bool | None = None, state: str | None = None) -> list[Row]:
+        sql, args = "SELECT * FROM jobs WHERE 1 = 1", []
+        if in_plan is not None:
+            sql += " AND in_plan = ?"
+            args.append(int(in_plan))
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        return [Row.from_sql(r) for r in self.db.execute(sql + " ORDER BY plan_index, key", args)]
+
+    def downloaded_files(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        return [(r[0], json.loads(r[1])) for r in self.db.execute(
+            "SELECT key, files FROM jobs WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index")]
+
+    def counts(self) -> dict[str, int]:
+        found = {state: 0 for state in STATES}
+        for state, n in self.db.execute("SELECT state, COUNT(*) FROM jobs WHERE in_plan = 1 GROUP BY state"):
+            found[state] = n
+        found["no_longer_planned"] = self.db.execute("SELECT COUNT(*) FROM jobs WHERE in_plan = 0").fetchone()[0]
+        return found
+
+    def ambiguous(self) -> int:
+        """Jobs whose last submit has no recorded outcome (a crash between submit and commit)."""
+        return self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE submit_started IS NOT NULL AND request_id IS NULL").fetchone()[0]
+
+    def done_keys(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT key FROM jobs WHERE state = 'downloaded'")}
+
+    # -------------------------------------------------- runs
+
+    def start_run(self, ambiguous: int) -> int:
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO runs (started_at, ambiguous_resubmits) VALUES (?, ?)", (time.time(), ambiguous))
+            return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, outcome: str, summary: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?",
+                       (time.time(), outcome, _dumps(summary), run_id))
+
+    def total_ambiguous(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(SUM(ambiguous_resubmits), 0) FROM runs").fetchone()[0])
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the length of a run (advisory, per file system)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd)
+        except OSError as exc:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(
+                f"{self.path.parent} is in use by another renderer run ({holder})",
+                hint="wait for it to finish, or give this run another output directory",
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
