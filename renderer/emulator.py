@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import math
@@ -417,6 +418,12 @@ class Emulator:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "x-fal-request-id": req.id})
         await response.prepare(request)
+        # A reader that went away (a killed or cancelled client) is nobody's error.
+        with contextlib.suppress(ConnectionResetError):
+            await self._stream_events(response, req, logs)
+        return response
+
+    async def _stream_events(self, response: web.StreamResponse, req: _Request, logs: bool) -> None:
         last: dict[str, Any] | None = None
         while True:
             body = self._status_body(req, logs)
@@ -433,7 +440,6 @@ class Emulator:
             if self._runner is None or not self._workers or all(t.done() for t in self._workers):
                 break  # shutting down
         await response.write_eof()
-        return response
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
         self.counts["cancels"] += 1

@@ -97,9 +97,10 @@ class Summary:
 
 
 def _limiter(rate: float) -> AsyncLimiter:
-    # A bucket of one second's worth (at least one token): bursts never exceed `rate`.
-    capacity = max(1.0, rate)
-    return AsyncLimiter(capacity, capacity / rate)
+    # A bucket of one token that refills every 1/rate seconds: submissions are evenly spaced,
+    # so any one-second window holds at most rate + 1 (a larger bucket would let a full
+    # bucket's worth through on top of the steady rate).
+    return AsyncLimiter(1, 1.0 / rate)
 
 
 class Runner:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from renderer.cli import main
+from renderer.emulator import Emulator, EmulatorConfig
 from renderer.schemas import SchemaRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,3 +33,42 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def registry() -> SchemaRegistry:
     return SchemaRegistry(SCHEMAS)
+
+
+@contextmanager
+def background_emulator(**settings: Any) -> Iterator[Emulator]:
+    """An emulator on its own thread and event loop, so code under test may call asyncio.run."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        box["stop"] = asyncio.Event()
+        async with Emulator(EmulatorConfig(**settings)) as emu:
+            box["emu"] = emu
+            ready.set()
+            await box["stop"].wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "emulator did not start"
+    try:
+        yield box["emu"]
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+        loop.close()
+
+
+def write_manifest(folder: Path, **data: Any) -> Path:
+    body = {"name": "t", "provider": "emulator", "prompts": [{"id": "cat", "text": "a cat"}],
+            "models": ["fal-ai/flux-1/schnell"], "seeds": [1], **data}
+    path = folder / "m.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err, environ=env or {})
+    return code, out.getvalue(), err.getvalue()

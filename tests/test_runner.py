@@ -1,0 +1,350 @@
+"""The runner end to end against the emulator over real sockets: resume, faults, limits, secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from renderer.emulator import Faults, ServiceTime
+from renderer.store import Store
+
+from .conftest import MANIFESTS, ROOT, background_emulator, cli, write_manifest
+
+FAST = ServiceTime("fixed", 0.01)
+
+
+def images(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.rglob("*") if p.suffix in (".png", ".jpg", ".webp") and not p.name.startswith("."))
+
+
+def assert_all_verified(run_dir: Path) -> None:
+    """Every image decodes and matches its sidecar's hash; metadata lists exactly these files."""
+    found = images(run_dir)
+    for path in found:
+        with Image.open(path) as im:
+            im.load()
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        assert sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest(), path
+    rows = [json.loads(line) for line in (run_dir / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["file_name"] for r in rows) == sorted(str(p.relative_to(run_dir)) for p in found)
+
+
+def test_quickstart_renders_end_to_end(tmp_path: Path):
+    """The README's first command: the quickstart renders 8 verified images with metadata on the emulator."""
+    code, out, err = cli("run", str(MANIFESTS / "quickstart.yaml"), "--output", str(tmp_path), "--quiet")
+    assert code == 0, err
+    run_dir = tmp_path / "quickstart"
+    assert len(images(run_dir)) == 8
+    assert_all_verified(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metadata.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in rows[:2]] == ["cat-skateboard", "cat-skateboard"]
+    assert set(rows[0]) == {"file_name", "prompt", "prompt_id", "model", "endpoint", "seed", "job_key", "params", "tags"}
+    assert "split: train" in (run_dir / "README.md").read_text()
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert summary["outcome"] == "done" and summary["counts"]["downloaded"] == 8
+    assert out.startswith("done: 8/8 jobs downloaded")
+
+
+def test_rerun_skips_finished_and_never_pays_twice(tmp_path: Path):
+    """A second run sends nothing; a changed parameter is a new job and the old one is listed."""
+    with background_emulator(service=FAST) as emu:
+        env = {"FAL_KEY": "k"}
+        m = write_manifest(tmp_path, seeds=[1, 2, 3])
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet")
+        assert cli(*base, env=env)[0] == 0
+        assert cli(*base, env=env)[0] == 0
+        assert emu.stats()["submits"] == 3 and emu.stats()["duplicate_submits"] == 0
+        write_manifest(tmp_path, seeds=[1, 2, 3], defaults={"num_inference_steps": 2})
+        assert cli(*base, env=env)[0] == 0
+        assert emu.stats()["submits"] == 6
+    code, out, _ = cli("status", str(tmp_path / "out/t"))
+    assert code == 0
+    assert out.count("no longer in the manifest") == 3
+    assert "downloaded=3" in out and "no_longer_planned=3" in out
+
+
+def test_damaged_file_is_downloaded_again_without_a_resubmit(tmp_path: Path):
+    """A deleted or edited image is fetched again from the stored result, not paid for again."""
+    with background_emulator(service=FAST) as emu:
+        m = write_manifest(tmp_path, seeds=[1, 2])
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet")
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        first, second = images(tmp_path / "out/t")
+        first.unlink()
+        second.write_bytes(second.read_bytes()[:-10] + b"0123456789")
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        assert emu.stats()["submits"] == 2 and emu.stats()["downloads"] == 4
+    assert_all_verified(tmp_path / "out/t")
+
+
+def test_fault_mix_500_jobs_all_valid(tmp_path: Path):
+    """10% 429, 5% ingress 502, 5% runner errors, 5% dropped and 2% corrupt downloads: all 500 complete."""
+    faults = Faults(submit_429=0.10, ingress_5xx=0.05, runner_error=0.05, drop_download=0.05, corrupt_image=0.02)
+    m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(50)],
+                       seeds=list(range(1, 11)), retries={"attempts": 10, "backoff": 0.01, "max_backoff": 0.2},
+                       limits={"concurrency": 32, "rate": 2000})
+    with background_emulator(service=FAST, workers=32, seed=7, faults=faults) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet",
+                             env={"FAL_KEY": "k"})
+        stats = emu.stats()
+    assert code == 0, out + err
+    assert len(images(tmp_path / "out/t")) == 500
+    assert_all_verified(tmp_path / "out/t")
+    # Each fault really happened, and only runner failures caused a second submit of an input.
+    assert all(stats["faults"].get(k, 0) > 0 for k in ("submit_429", "runner_error", "drop_download", "corrupt_image"))
+    assert stats["duplicate_submits"] == stats["faults"]["runner_error"]
+
+
+def test_unauthorized_stops_the_run_with_exit_3(tmp_path: Path):
+    """A 401 stops everything at once with the provider's message; nothing more is sent."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 21)))
+    with background_emulator(service=FAST, key="right") as emu:
+        code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), env={"FAL_KEY": "wrong"})
+        attempts = emu.stats()["submit_attempts"]
+    assert code == 3
+    assert "HTTP 401" in err and "No user found" in err and "hint:" in err
+    assert attempts == 0  # refused at the door: the middleware answers before any submit
+
+
+def test_locked_account_stops_the_run_with_exit_3(tmp_path: Path):
+    """403 'User is locked' stops the run; jobs already submitted are kept for the next run."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 21)), limits={"concurrency": 1})
+    with background_emulator(service=FAST, faults=Faults(lock_after=3)) as emu:
+        code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), env={"FAL_KEY": "k"})
+        attempts = emu.stats()["submit_attempts"]
+    assert code == 3
+    assert "User is locked. Reason: Exhausted balance" in err
+    assert attempts == 4  # three accepted, one refused, then nothing
+    store = Store(tmp_path / "o/t", readonly=True)
+    assert store.counts()["downloaded"] == 3
+    store.close()
+
+
+def test_rejected_jobs_fail_alone(tmp_path: Path):
+    """Jobs the provider refuses (an endpoint it does not have: 404) fail at once; the others finish; exit 1."""
+    m = write_manifest(tmp_path, seeds=[1, 2], models=[{"endpoint": "fal-ai/flux-1/schnell"},
+                                                       {"endpoint": "acme/strict", "unchecked": True}])
+    with background_emulator(service=FAST) as emu:
+        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
+                           env={"FAL_KEY": "k"})
+    assert code == 1
+    code, out, _ = cli("status", str(tmp_path / "o/t"), "--json")
+    status = json.loads(out)
+    assert status["counts"]["downloaded"] == 2 and status["counts"]["failed"] == 2
+    assert all(f["kind"] == "rejected" and "HTTP 404" in f["reason"] for f in status["failures"])
+
+
+def test_422_from_the_provider_is_kept(tmp_path: Path):
+    """A job the provider rejects with 422 keeps fal's detail in its failure."""
+    m = write_manifest(tmp_path, models=[{"endpoint": "fal-ai/flux-1/schnell", "unchecked": True,
+                                          "params": {"num_inference_steps": "many"}}])
+    with background_emulator(service=FAST) as emu:
+        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
+                         env={"FAL_KEY": "k"})
+        assert emu.stats()["submits"] == 1
+    assert code == 1
+    failure = json.loads(cli("status", str(tmp_path / "o/t"), "--json")[1])["failures"][0]
+    assert "HTTP 422" in failure["reason"] and "num_inference_steps" in failure["reason"]
+
+
+def test_key_never_appears_in_files_or_logs(tmp_path: Path):
+    """The key from the environment is in no file under the output directory and no output line."""
+    secret = "sekrit-" + os.urandom(8).hex()
+    m = write_manifest(tmp_path, seeds=[1, 2])
+    with background_emulator(service=FAST, key=secret) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), env={"FAL_KEY": secret})
+        bad = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o2"), env={"FAL_KEY": secret + "x"})
+    assert code == 0
+    texts = [out, err, bad[1], bad[2]]
+    for path in (tmp_path / "o").rglob("*"):
+        if path.is_file():
+            texts.append(path.read_bytes().decode("latin-1"))
+    assert not any(secret in t for t in texts)
+
+
+def test_missing_key_is_a_usage_error(tmp_path: Path):
+    """fal without FAL_KEY is exit 2 with a hint; nothing is created."""
+    m = write_manifest(tmp_path, provider="fal")
+    code, _, err = cli("run", str(m), "--output", str(tmp_path / "o"))
+    assert code == 2 and "FAL_KEY is not set" in err and "hint:" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_second_run_on_the_same_directory_is_refused(tmp_path: Path):
+    """A locked output directory is refused with a clear message."""
+    from renderer.store import RunLock
+
+    m = write_manifest(tmp_path)
+    with RunLock(tmp_path / "o/t"):
+        code, _, err = cli("run", str(m), "--output", str(tmp_path / "o"))
+    assert code == 1 and "in use by another renderer run" in err
+
+
+def test_stuck_job_is_cancelled_at_its_deadline(tmp_path: Path):
+    """A job stuck IN_QUEUE past --timeout is cancelled and reported with its queue position."""
+    m = write_manifest(tmp_path)
+    with background_emulator(service=FAST, faults=Faults(stuck=1.0)) as emu:
+        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--timeout", "0.5",
+                         "--quiet", env={"FAL_KEY": "k"})
+        assert emu.stats()["cancels"] == 1
+    assert code == 1
+    failure = json.loads(cli("status", str(tmp_path / "o/t"), "--json")[1])["failures"][0]
+    assert failure["kind"] == "deadline" and "IN_QUEUE at queue position 0" in failure["reason"]
+    assert "CANCELLATION_REQUESTED" in failure["reason"]
+
+
+def test_expired_results_are_resubmitted_within_the_budget(tmp_path: Path):
+    """When the provider no longer has a result, the job is resubmitted, up to the attempt budget."""
+    m = write_manifest(tmp_path, retries={"attempts": 3, "backoff": 0.01})
+    with background_emulator(service=FAST, faults=Faults(retention=0.0)) as emu:
+        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
+                         env={"FAL_KEY": "k"})
+        assert emu.stats()["submits"] == 3
+    assert code == 1
+
+
+def test_max_jobs_and_retry_failed(tmp_path: Path):
+    """--max-jobs renders a trial subset; --retry-failed sends failed jobs again."""
+    m = write_manifest(tmp_path, seeds=[1, 2, 3, 4])
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet")
+        assert cli(*base, "--max-jobs", "2", env={"FAL_KEY": "k"})[0] == 0
+        assert len(images(tmp_path / "o/t")) == 2
+    with background_emulator(service=FAST, faults=Faults(lock_after=0)) as emu:
+        assert cli(*base[:3], emu.url, *base[4:], env={"FAL_KEY": "k"})[0] == 3
+    with background_emulator(service=FAST) as emu:
+        assert cli(*base[:3], emu.url, *base[4:], "--retry-failed", env={"FAL_KEY": "k"})[0] == 0
+        assert emu.stats()["submits"] == 2
+    assert len(images(tmp_path / "o/t")) == 4
+
+
+def test_rate_limit_allows_no_burst(tmp_path: Path):
+    """With rate R, the emulator never sees more than R submissions inside any one-second window."""
+    rate = 20
+    m = write_manifest(tmp_path, seeds=list(range(1, 61)), limits={"concurrency": 64, "rate": rate})
+    with background_emulator(service=FAST, workers=64) as emu:
+        assert cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
+                   env={"FAL_KEY": "k"})[0] == 0
+        times = emu.stats()["submit_times"]
+    assert len(times) == 60
+    worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert worst <= rate + 1  # one of tolerance for the window's edge
+
+
+def test_throttling_halves_the_in_flight_limit():
+    """AIMD: a 429 halves the limit, successes add back one per limit's worth."""
+    from renderer.runner import AdaptiveLimit
+
+    limit = AdaptiveLimit(8)
+    limit.throttled()
+    limit.throttled()
+    assert limit.limit == 2.0
+    limit.succeeded()
+    limit.succeeded()
+    assert limit.limit == pytest.approx(2 + 1 / 2 + 1 / 2.5)  # +1 per limit's worth of successes
+    for _ in range(100):
+        limit.succeeded()
+    assert limit.limit == 8.0
+
+
+# ---------------------------------------------------------------- crashes and interrupts
+
+
+def _subprocess_run(manifest: Path, url: str, output: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FAL_KEY": "k", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "renderer", "run", str(manifest), "--provider", url,
+                             "--output", str(output), "--quiet"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
+    """20 SIGKILLs at random moments: the final run completes every job, every file matches its
+    sidecar, no partial file is ever at a final path, and inputs are submitted twice only where a
+    kill fell between a submit and its commit (counted by the store, and compared here)."""
+    rng = random.Random(20261122)
+    # 240 jobs at ~20 jobs/s: more work than twenty short-lived runs can finish, so each kill
+    # lands mid-run (process start-up takes ~0.4 s of each trial).
+    m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(8)],
+                       seeds=list(range(1, 31)), limits={"concurrency": 4, "rate": 200})
+    output = tmp_path / "out"
+    kills = 0
+    with background_emulator(service=ServiceTime("fixed", 0.1), workers=2) as emu:
+        for _ in range(20):
+            proc = _subprocess_run(m, emu.url, output)
+            time.sleep(rng.uniform(0.3, 1.3))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(30)
+            for path in images(output / "t"):  # whatever is at a final path is a whole image
+                with Image.open(path) as im:
+                    im.load()
+        final = _subprocess_run(m, emu.url, output)
+        assert final.wait(120) == 0
+        stats = emu.stats()
+    assert kills == 20  # every trial really was killed mid-run
+    assert len(images(output / "t")) == 240
+    assert_all_verified(output / "t")
+    store = Store(output / "t", readonly=True)
+    ambiguous = store.total_ambiguous()
+    store.close()
+    assert stats["duplicate_submits"] <= ambiguous
+    print(f"kills={kills} submits={stats['submits']} duplicates={stats['duplicate_submits']} ambiguous={ambiguous}")
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path: Path):
+    """SIGINT: exit 130 with state saved; the rerun completes without resubmitting recorded jobs."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 31)), limits={"concurrency": 4, "rate": 100})
+    with background_emulator(service=ServiceTime("fixed", 0.2), workers=4) as emu:
+        proc = _subprocess_run(m, emu.url, tmp_path / "o")
+        time.sleep(1.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        submitted = emu.stats()["submits"]
+        assert 0 < submitted < 30
+        final = _subprocess_run(m, emu.url, tmp_path / "o")
+        assert final.wait(60) == 0
+        stats = emu.stats()
+    assert stats["submits"] == 30 and stats["duplicate_submits"] == 0
+    assert json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "done"
+
+
+# ---------------------------------------------------------------- property
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(st.integers(1, 6), st.integers(0, 6), st.integers(0, 6))
+def test_resuming_twice_equals_running_once(tmp_path_factory, seeds, first, second):
+    """Stopping after any number of jobs and resuming (twice) gives the bytes of one uninterrupted run."""
+    folder = tmp_path_factory.mktemp("resume")
+    m = write_manifest(folder, seeds=list(range(1, seeds + 1)), models=["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview"])
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--quiet")
+        cli(*base, "--output", str(folder / "once"), env={"FAL_KEY": "k"})
+        cli(*base, "--output", str(folder / "resumed"), "--max-jobs", str(first), env={"FAL_KEY": "k"})
+        cli(*base, "--output", str(folder / "resumed"), "--max-jobs", str(first + second), env={"FAL_KEY": "k"})
+        cli(*base, "--output", str(folder / "resumed"), env={"FAL_KEY": "k"})
+        cli(*base, "--output", str(folder / "resumed"), env={"FAL_KEY": "k"})
+        assert emu.stats()["duplicate_submits"] == seeds * 2  # each input once per output folder
+
+    def digest(run: Path) -> dict[str, str]:
+        return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in images(run)}
+
+    assert digest(folder / "once/t") == digest(folder / "resumed/t")
+    once = [json.loads(x)["file_name"] for x in io.StringIO((folder / "once/t/metadata.jsonl").read_text())]
+    again = [json.loads(x)["file_name"] for x in io.StringIO((folder / "resumed/t/metadata.jsonl").read_text())]
+    assert once == again
