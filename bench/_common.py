@@ -22,3 +22,57 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def manifest(folder: Path, jobs: int, concurrency: int, rate: float = 100000.0) -> Path:
+    """A one-model manifest with exactly `jobs` jobs (distinct prompts, one seed each)."""
+    import yaml
+
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "bench", "prompts": [{"id": f"p{i:06d}", "text": f"picture {i}"} for i in range(jobs)],
+        "models": ["fal-ai/flux-1/schnell"], "seeds": [1],
+        "limits": {"concurrency": concurrency, "rate": rate},
+    }, sort_keys=False))
+    return path
+
+
+def run_renderer(manifest_path: Path, url: str, output: Path, extra_env: dict | None = None,
+                 *args: str) -> dict:
+    """`renderer run` against `url` in a child process; returns its BENCH record."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path as P
+
+    here = P(__file__).resolve().parent
+    env = {**os.environ, "FAL_KEY": "bench", **(extra_env or {})}
+    done = subprocess.run([sys.executable, str(here / "_run.py"), "run", str(manifest_path), "--provider", url,
+                           "--output", str(output), "--quiet", *args], capture_output=True, text=True, env=env,
+                          check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(done.stderr[-2000:])
+    record = json.loads(line[6:])
+    if record["code"] != 0:
+        raise RuntimeError(f"renderer exited {record['code']}: {record['stderr']}")
+    return record
+
+
+def run_baseline(url: str, jobs: int, concurrency: int, output: Path, extra_env: dict) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path as P
+
+    here = P(__file__).resolve().parent
+    host = url.split("://", 1)[1]
+    env = {**os.environ, "FAL_KEY": "bench", "FAL_QUEUE_RUN_HOST": host, "FAL_RUN_HOST": host, **extra_env}
+    done = subprocess.run([sys.executable, str(here / "baseline_falclient.py"), str(jobs), str(concurrency),
+                           str(output)], capture_output=True, text=True, env=env, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(line[6:])

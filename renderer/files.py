@@ -62,32 +62,30 @@ def verify_image(data: bytes, declared_type: str = "", expected_size: int | None
     return Verified(data, ext, content_type, width, height, hashlib.sha256(data).hexdigest())
 
 
-def write_atomic(path: Path, data: bytes) -> os.stat_result:
-    """Write bytes so that `path` is either absent, the old file, or the complete new file."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> os.stat_result:
+    """Write bytes so that `path` is either absent, the old file, or the complete new file.
+
+    The data is fsynced before the rename; the directory is not. After a power cut the rename
+    may be undone, and a rerun notices the missing file (size/mtime check) and fetches it again.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=PART_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # Windows cannot open directories
-        return path.stat()
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return path.stat()
 
 
-def write_json(path: Path, data: Any) -> os.stat_result:
-    return write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode())
+def write_json(path: Path, data: Any, *, durable: bool = True) -> os.stat_result:
+    text = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    return write_atomic(path, text.encode(), durable=durable)
 
 
 def remove_partials(run_dir: Path) -> int:

@@ -1,0 +1,47 @@
+"""Benchmark 1: throughput against the ideal S / L jobs per second.
+
+The emulator (own process) has S worker slots and a fixed service time L; the renderer runs
+N jobs with concurrency S. Reports achieved / ideal (target >= 0.9), median of --runs.
+Reproduce:  python bench/throughput.py [--jobs 2000] [--runs 3] [--configs 8:0.5,64:0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, manifest, median, run_renderer, table
+from _emu import emulator
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--configs", default="8:0.5,64:0.2", help="S:L pairs")
+    args = ap.parse_args()
+    rows = []
+    for pair in args.configs.split(","):
+        slots, latency = int(pair.split(":")[0]), float(pair.split(":")[1])
+        ideal = slots / latency
+        rates, cpus = [], []
+        with emulator("--workers", str(slots), "--latency", str(latency), "--max-side", "64") as (url, _), \
+                tempfile.TemporaryDirectory() as tmp:
+            m = manifest(Path(tmp), args.jobs, slots)
+            for n in range(args.runs):
+                record = run_renderer(m, url, Path(tmp) / f"out{n}")
+                rates.append(args.jobs / record["wall"])
+                cpus.append(record["cpu"])
+        rows.append([slots, f"{latency:g}", args.jobs, f"{ideal:.1f}", f"{median(rates):.1f}",
+                     f"{median(rates) / ideal:.3f}", f"{min(rates) / ideal:.3f}", f"{median(cpus):.1f}", ">= 0.9"])
+    print(f"# throughput vs ideal S/L; {machine()}; wall time includes start-up and planning")
+    print(f"# reproduce: python bench/throughput.py --jobs {args.jobs} --runs {args.runs} --configs {args.configs}")
+    print(table(["S", "L s", "jobs", "ideal jobs/s", "median jobs/s", "median ratio", "worst ratio",
+                 "client CPU s", "target"], rows))
+
+
+if __name__ == "__main__":
+    main()
