@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 
 def machine() -> str:
@@ -26,7 +32,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def manifest(folder: Path, jobs: int, concurrency: int, rate: float = 100000.0) -> Path:
     """A one-model manifest with exactly `jobs` jobs (distinct prompts, one seed each)."""
-    import yaml
+    import yaml  # only the benchmarks that write manifests need it
 
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump({
@@ -40,13 +46,7 @@ def manifest(folder: Path, jobs: int, concurrency: int, rate: float = 100000.0) 
 def run_renderer(manifest_path: Path, url: str, output: Path, extra_env: dict | None = None,
                  *args: str) -> dict:
     """`renderer run` against `url` in a child process; returns its BENCH record."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path as P
-
-    here = P(__file__).resolve().parent
+    here = HERE
     env = {**os.environ, "FAL_KEY": "bench", **(extra_env or {})}
     done = subprocess.run([sys.executable, str(here / "_run.py"), "run", str(manifest_path), "--provider", url,
                            "--output", str(output), "--quiet", *args], capture_output=True, text=True, env=env,
@@ -61,13 +61,7 @@ def run_renderer(manifest_path: Path, url: str, output: Path, extra_env: dict | 
 
 
 def run_baseline(url: str, jobs: int, concurrency: int, output: Path, extra_env: dict) -> dict:
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path as P
-
-    here = P(__file__).resolve().parent
+    here = HERE
     host = url.split("://", 1)[1]
     env = {**os.environ, "FAL_KEY": "bench", "FAL_QUEUE_RUN_HOST": host, "FAL_RUN_HOST": host, **extra_env}
     done = subprocess.run([sys.executable, str(here / "baseline_falclient.py"), str(jobs), str(concurrency),

@@ -237,13 +237,12 @@ class Runner:
 
     def export(self) -> None:
         rows = []
-        for key, entries in self.store.downloaded_files():
-            row = self.store.get(key)
-            params = {k: v for k, v in row.input.items() if k not in ("prompt", "seed")}
+        for key, prompt, prompt_id, model, endpoint, seed, payload, tags, entries in self.store.export_rows():
+            params = {k: v for k, v in payload.items() if k not in ("prompt", "seed")}
             for entry in entries:
-                rows.append({"file_name": entry["path"], "prompt": row.prompt, "prompt_id": row.prompt_id,
-                             "model": row.model, "endpoint": row.endpoint, "seed": entry.get("seed", row.seed),
-                             "job_key": row.key, "params": params, "tags": row.tags})
+                rows.append({"file_name": entry["path"], "prompt": prompt, "prompt_id": prompt_id, "model": model,
+                             "endpoint": endpoint, "seed": entry.get("seed", seed), "job_key": key,
+                             "params": params, "tags": tags})
         files.export(self.run_dir, self.plan.manifest.name, str(self.plan.manifest.file), rows)
 
     # -------------------------------------------------- one job

@@ -265,6 +265,13 @@ class Store:
         return [(r[0], json.loads(r[1])) for r in self.db.execute(
             "SELECT key, files FROM jobs WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index")]
 
+    def export_rows(self) -> Iterator[tuple[Any, ...]]:
+        """(key, prompt, prompt_id, model, endpoint, seed, input, tags, files) of finished jobs, in plan order."""
+        for r in self.db.execute(
+                "SELECT key, prompt, prompt_id, model, endpoint, seed, input, tags, files FROM jobs "
+                "WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index"):
+            yield (*r[:6], json.loads(r[6]), json.loads(r[7]), json.loads(r[8]))
+
     def counts(self) -> dict[str, int]:
         found = {state: 0 for state in STATES}
         for state, n in self.db.execute("SELECT state, COUNT(*) FROM jobs WHERE in_plan = 1 GROUP BY state"):

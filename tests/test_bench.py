@@ -19,3 +19,33 @@ def test_plan_scale_smoke():
     out = _run("bench/plan_scale.py", "--prompts", "3", "--seeds", "2", "--runs", "1")
     assert "# reproduce: python bench/plan_scale.py" in out
     assert "| 60 " in out
+
+
+def test_throughput_smoke():
+    """bench/throughput.py runs end to end on a tiny configuration."""
+    out = _run("bench/throughput.py", "--jobs", "20", "--runs", "1", "--configs", "4:0.02")
+    assert "| 4 " in out and "# reproduce:" in out
+
+
+def test_requests_per_job_smoke():
+    """bench/requests_per_job.py runs the renderer and the fal-client baseline."""
+    out = _run("bench/requests_per_job.py", "--jobs", "4", "--latencies", "0.05")
+    assert "renderer req/job" in out and "| 0.05 " in out
+
+
+def test_client_cost_smoke():
+    """bench/client_cost.py compares the renderer and fal-client over HTTP and TLS."""
+    out = _run("bench/client_cost.py", "--jobs", "20", "--runs", "1", "--concurrency", "4")
+    assert "fal-client tls" in out and "renderer/fal-client throughput" in out
+
+
+def test_rate_precision_smoke():
+    """bench/rate_precision.py measures an observed rate and the largest burst."""
+    out = _run("bench/rate_precision.py", "--rates", "20", "--seconds", "1")
+    assert "largest 1 s burst" in out
+
+
+def test_state_scale_smoke():
+    """bench/state_scale.py synthesises a finished run, reruns it, and runs a small real run."""
+    out = _run("bench/state_scale.py", "--jobs", "200", "--run-jobs", "30", "--runs", "1")
+    assert "no-op rerun, 200 finished jobs" in out and "full run, 30 jobs" in out

@@ -1,0 +1,89 @@
+"""Benchmark 5: the scale of state.
+
+(a) A no-op rerun of a finished 100,000-job run: every file present, so the run only checks
+    (size + mtime, no re-hash) and exports. The finished run is synthesised through the store
+    (same rows and files a real run leaves) because rendering 100k images first takes minutes.
+(b) Peak RSS of the renderer during a real 20,000-job run against a zero-latency emulator.
+Targets: no-op rerun <= 5 s; peak RSS <= 300 MB. (Plan time: bench/plan_scale.py.)
+Reproduce:  python bench/state_scale.py [--jobs 100000] [--run-jobs 20000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import machine, manifest, median, run_renderer, table
+from _emu import emulator
+
+from renderer import manifest as manifest_mod
+from renderer import plan as plan_mod
+from renderer.layout import image_path
+from renderer.schemas import SchemaRegistry, default_schema_dir
+from renderer.store import Store
+
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                    "1f15c4890000000d4944415478da63f8ffff3f0005fe02fea7d6a0a20000000049454e44ae426082")
+
+
+def synthesise_finished_run(path: Path, output: Path) -> Path:
+    """Plan the manifest and record every job as downloaded, with its file on disk."""
+    m = manifest_mod.load(path)
+    m = manifest_mod.Manifest(**{**m.__dict__, "output": output})
+    plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
+    store = Store(m.run_dir)
+    store.sync_plan(plan.jobs)
+    digest = hashlib.sha256(PNG).hexdigest()
+    rows = []
+    for job in plan.jobs:
+        rel = image_path(job.stem, 0, "png")
+        target = m.run_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(PNG)
+        entry = {"path": rel, "sha256": digest, "size": len(PNG), "mtime_ns": target.stat().st_mtime_ns,
+                 "width": 1, "height": 1, "content_type": "image/png", "seed": job.seed}
+        rows.append((json.dumps([entry]), json.dumps({"images": [{"url": "x"}], "seed": job.seed}), job.key))
+    with store.db:
+        store.db.executemany("UPDATE jobs SET state = 'downloaded', files = ?, result = ?, request_id = 'r', "
+                             "downloaded_at = 0 WHERE key = ?", rows)
+    store.close()
+    return m.run_dir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=100_000)
+    ap.add_argument("--run-jobs", type=int, default=20_000)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        m = manifest(folder, args.jobs, 64)
+        started = time.perf_counter()
+        synthesise_finished_run(m, folder / "out")
+        setup = time.perf_counter() - started
+        with emulator("--latency", "0") as (url, _):
+            noop = [run_renderer(m, url, folder / "out") for _ in range(args.runs)]
+        rows.append([f"no-op rerun, {args.jobs} finished jobs", f"{median([r['wall'] for r in noop]):.2f} s",
+                     f"{median([r['rss_mb'] for r in noop]):.0f} MB", "<= 5 s"])
+        (folder / "run").mkdir()
+        run_m = manifest(folder / "run", args.run_jobs, 64)
+        with emulator("--workers", "256", "--latency", "0", "--max-side", "16") as (url, _):
+            record = run_renderer(run_m, url, folder / "run" / "out")
+        rows.append([f"full run, {args.run_jobs} jobs", f"{record['wall']:.1f} s ({args.run_jobs / record['wall']:.0f} jobs/s)",
+                     f"{record['rss_mb']:.0f} MB", "<= 300 MB"])
+    print(f"# scale of state; {machine()}; synthesising the finished run took {setup:.0f} s (not measured)")
+    print(f"# reproduce: python bench/state_scale.py --jobs {args.jobs} --run-jobs {args.run_jobs} --runs {args.runs}")
+    print(table(["case", "wall", "peak RSS", "target"], rows))
+
+
+if __name__ == "__main__":
+    main()

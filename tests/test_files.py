@@ -1,0 +1,70 @@
+"""Verified images and atomic writes: a final path holds a whole image or nothing."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from renderer.files import BadImage, file_intact, remove_partials, verify_image, write_atomic
+
+
+def _png(size: tuple[int, int] = (8, 4), fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(out, fmt)
+    return out.getvalue()
+
+
+def test_verify_reads_format_size_and_hash():
+    """A good image yields its own extension, content type, dimensions and sha256."""
+    v = verify_image(_png(), "image/png", None)
+    assert (v.ext, v.content_type, v.width, v.height) == ("png", "image/png", 8, 4)
+    assert verify_image(_png(fmt="JPEG"), "").ext == "jpg"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "size", "type"])
+def test_verify_rejects_damage(damage):
+    """Truncated, flipped, non-image, mis-sized and mis-typed downloads are all rejected."""
+    data, declared, expected = _png((64, 64)), "image/png", None
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        middle = len(data) // 2
+        data = data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 16]) + data[middle + 16:]
+    elif damage == "garbage":
+        data = b"<html>not an image</html>"
+    elif damage == "size":
+        expected = len(data) + 1
+    else:
+        declared = "image/jpeg"
+    with pytest.raises(BadImage):
+        verify_image(data, declared, expected)
+
+
+def test_atomic_write_leaves_no_partial_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """If writing fails, neither the final path nor a temporary file remains."""
+    target = tmp_path / "a/b.png"
+
+    def boom(fd: int) -> None:
+        raise OSError("disk full")
+    monkeypatch.setattr("os.fsync", boom)
+    with pytest.raises(OSError):
+        write_atomic(target, b"data")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_partials_are_cleaned_and_intact_files_recognised(tmp_path: Path):
+    """Hidden .part files from a killed process are removed; size+mtime or hash say intact."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x/.s1-0.png.abc.part").write_bytes(b"half")
+    assert remove_partials(tmp_path) == 1
+    stat = write_atomic(tmp_path / "x/s1-0.png", b"12345")
+    import hashlib
+    entry = {"path": "x/s1-0.png", "size": 5, "mtime_ns": stat.st_mtime_ns, "sha256": hashlib.sha256(b"12345").hexdigest()}
+    assert file_intact(tmp_path, entry, rehash=False) and file_intact(tmp_path, entry, rehash=True)
+    (tmp_path / "x/s1-0.png").write_bytes(b"54321")
+    assert not file_intact(tmp_path, entry, rehash=True)
+    (tmp_path / "x/s1-0.png").unlink()
+    assert not file_intact(tmp_path, entry, rehash=False)

@@ -1,0 +1,89 @@
+"""The run database: migrations, one transaction per state change, pending work by query, the lock."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from renderer import plan
+from renderer.errors import RunLocked
+from renderer.manifest import load
+from renderer.schemas import SchemaRegistry
+from renderer.store import DB_NAME, MIGRATIONS, RunLock, Store, migrate
+
+from .conftest import MANIFESTS
+
+
+def _plan(registry: SchemaRegistry) -> plan.Plan:
+    return plan.build(load(MANIFESTS / "quickstart.yaml"), registry)
+
+
+def test_blank_and_old_databases_migrate_to_the_same_schema(tmp_path: Path):
+    """A new database and one stopped at the first migration end up with the same tables."""
+    fresh = sqlite3.connect(tmp_path / "fresh.db")
+    assert migrate(fresh) == [m.__name__ for m in MIGRATIONS]
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    with old:
+        MIGRATIONS[0](old)
+        old.execute("INSERT INTO _migrations VALUES (?, 0)", (MIGRATIONS[0].__name__,))
+    assert migrate(old) == [m.__name__ for m in MIGRATIONS[1:]]
+    assert migrate(old) == []
+
+    def tables(db: sqlite3.Connection) -> list[tuple[str, str]]:
+        return db.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name").fetchall()
+    assert tables(fresh) == tables(old)
+
+
+def test_state_moves_and_pending_is_derived(tmp_path: Path, registry: SchemaRegistry):
+    """Pending work comes from states, in plan order; finished and failed jobs are not pending."""
+    p = _plan(registry)
+    store = Store(tmp_path)
+    store.sync_plan(p.jobs)
+    keys = [j.key for j in p.jobs]
+    assert store.pending() == keys
+    store.submit_started(keys[0])
+    assert store.ambiguous() == 1
+    store.submitted(keys[0], "r1", "s", "r", "c")
+    assert store.ambiguous() == 0 and store.get(keys[0]).attempts == 1
+    store.completed(keys[0], {"images": []})
+    store.downloaded(keys[0], [])
+    store.failed(keys[1], "nope", "rejected")
+    assert store.pending() == keys[2:]
+    assert store.counts()["downloaded"] == 1 and store.counts()["failed"] == 1
+    assert store.retry_failed() == 1
+    assert store.pending() == keys[1:]
+
+
+def test_jobs_leaving_the_plan_are_kept_and_marked(tmp_path: Path, registry: SchemaRegistry):
+    """Syncing a smaller plan keeps the old rows (and their files) as no longer planned."""
+    p = _plan(registry)
+    store = Store(tmp_path)
+    store.sync_plan(p.jobs)
+    store.sync_plan(p.jobs[:3])
+    assert store.counts()["no_longer_planned"] == 5
+    assert len(store.rows(in_plan=False)) == 5
+    assert store.pending() == [j.key for j in p.jobs[:3]]
+
+
+def test_database_is_wal_and_survives_reopen(tmp_path: Path, registry: SchemaRegistry):
+    """The database uses WAL and keeps committed state across connections."""
+    store = Store(tmp_path)
+    store.sync_plan(_plan(registry).jobs)
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    again = Store(tmp_path, readonly=True)
+    assert len(again.pending()) == 8
+    again.close()
+    assert (tmp_path / DB_NAME).is_file()
+
+
+def test_the_lock_refuses_a_second_holder(tmp_path: Path):
+    """Two runs on one directory: the second is refused with the holder named."""
+    with RunLock(tmp_path), pytest.raises(RunLocked) as info, RunLock(tmp_path):
+        pass
+    assert "pid" in info.value.message
+    with RunLock(tmp_path):  # released after use
+        pass
