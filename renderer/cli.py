@@ -321,6 +321,56 @@ def cmd_status(ctx: Context) -> int:
     return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json)
 
 
+# ---------------------------------------------------------------- report and diff
+
+
+def cmd_report(ctx: Context) -> int:
+    from . import report
+
+    a = ctx.args
+    axes = a.axes.split(",")
+    if len(axes) != 2 or not all(axes):
+        raise UsageError(f"--axes {a.axes!r}: give two axes, ROW,COL", hint="e.g. --axes prompt,model or seed,model")
+    done = report.build(Path(a.run), row_axis=axes[0], col_axis=axes[1], tags=set(a.tag) or None,
+                        models=set(a.model) or None, seeds=set(a.seed) or None, max_side=a.max_sheet)
+    ctx.print(f"report: {done['index']} ({done['pages']} page(s), {done['cells']} cells, "
+              f"{done['thumbnails_made']} new thumbnails)")
+    for sheet in done["sheets"]:
+        ctx.print(f"sheet: {sheet}")
+    return 0
+
+
+def cmd_diff(ctx: Context) -> int:
+    from . import compare
+
+    a = ctx.args
+    mapping = None
+    if a.map:
+        mapping = {}
+        for item in a.map:
+            left, sep, right = item.partition("=")
+            if not sep or not left or not right:
+                raise UsageError(f"--map {item!r}: use MODEL_A=MODEL_B (labels or endpoint ids)")
+            mapping[left] = right
+    result = compare.compare(Path(a.run_a), Path(a.run_b), mapping=mapping, hash_limit=a.hash_limit,
+                             rmse_limit=a.rmse_limit)
+    if a.html:
+        compare.write_html(result, Path(a.html))
+    if a.json:
+        ctx.print(json.dumps(result, indent=2))
+    else:
+        counts = result["counts"]
+        ctx.print("  ".join(f"{k}={v}" for k, v in counts.items()))
+        for pair in result["pairs"]:
+            if pair["verdict"] in ("changed", "missing"):
+                metrics = "" if pair["hash_distance"] is None else \
+                    f"  dHash {pair['hash_distance']}  RMSE {pair['rmse']:.3f}"
+                ctx.print(f"{pair['verdict']:8} {pair['label']} #{pair['index']}{metrics}")
+        if a.html:
+            ctx.print(f"html: {a.html}")
+    return 1 if result["counts"]["changed"] else 0
+
+
 # ---------------------------------------------------------------- parser and boundary
 
 Command = Callable[[Context], int]
@@ -411,13 +461,25 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_status.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/quickstart")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    for extend in _EXTENSIONS:
-        extend(command)
+    p_report = command("report", cmd_report, "write a static HTML contact sheet and PNG sheets for a run")
+    p_report.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")
+    p_report.add_argument("--axes", default="prompt,model", help="ROW,COL axes (default prompt,model)")
+    p_report.add_argument("--tag", action="append", default=[], help="only prompts with this tag (repeatable)")
+    p_report.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
+    p_report.add_argument("--seed", action="append", default=[], type=int, help="only this seed (repeatable)")
+    p_report.add_argument("--max-sheet", type=int, default=4096, help="largest PNG sheet side in pixels")
+
+    p_diff = command("diff", cmd_diff, "compare two runs image by image; exit 1 if anything changed")
+    p_diff.add_argument("run_a", metavar="RUN_A")
+    p_diff.add_argument("run_b", metavar="RUN_B")
+    p_diff.add_argument("--map", action="append", metavar="MODEL_A=MODEL_B",
+                        help="compare model A in RUN_A with model B in RUN_B (same prompt, seed, axes)")
+    p_diff.add_argument("--json", action="store_true", help="machine-readable output")
+    p_diff.add_argument("--html", help="also write an HTML page with changed pairs side by side")
+    p_diff.add_argument("--hash-limit", type=int, default=6, help="largest dHash distance still 'same' (of 64)")
+    p_diff.add_argument("--rmse-limit", type=float, default=0.04, help="largest RMSE (0-1) still 'same'")
+
     return root
-
-
-# Later pipeline stages register their sub-commands here (see the bottom of this module).
-_EXTENSIONS: list[Callable[[Callable[..., _Parser]], None]] = []
 
 
 @contextmanager

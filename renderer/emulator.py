@@ -198,7 +198,8 @@ class Emulator:
     def stats(self) -> dict[str, Any]:
         return {
             **{k: self.counts[k] for k in ("requests", "submits", "submit_attempts", "status_calls", "stream_calls",
-                                           "result_calls", "downloads", "cancels", "sync_calls")},
+                                           "result_calls", "downloads", "downloads_with_credentials", "cancels",
+                                           "sync_calls")},
             "faults": {k[6:]: v for k, v in sorted(self.counts.items()) if k.startswith("fault:")},
             "distinct_inputs": len(self.inputs),
             "duplicate_submits": sum(n - 1 for n in self.inputs.values() if n > 1),
@@ -491,6 +492,8 @@ class Emulator:
         if found is None or req is None or self._expired(req):
             return web.Response(status=404, text="Not Found")
         self.counts["downloads"] += 1
+        if "Authorization" in request.headers:
+            self.counts["downloads_with_credentials"] += 1  # a client leaking its key to a file host
         data, content_type = found
         faults = self.config.faults
         if self._chance(faults.drop_download):

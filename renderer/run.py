@@ -110,7 +110,8 @@ class Display:
 def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
     return EmulatorConfig(workers=int(settings.get("workers", 2)),
                           service=ServiceTime("fixed", float(settings.get("latency", 0.05))),
-                          max_side=int(settings.get("max_side", 256)))
+                          max_side=int(settings.get("max_side", 256)),
+                          variants=tuple(sorted(dict(settings.get("variants", {})).items())))
 
 
 def execute(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,

@@ -91,5 +91,7 @@ def test_the_key_goes_to_the_provider_only():
             data, _ = await client.fetch(result["images"][0]["url"])
             return len(data), client.calls["download"]
     with background_emulator(service=ServiceTime("fixed", 0.01), key="secret") as emu:
-        size, downloads = asyncio.run(scenario(emu.url))  # files are public: no key needed or sent
+        size, downloads = asyncio.run(scenario(emu.url))  # the submit needed the key; the file did not get it
+        stats = emu.stats()
     assert size > 0 and downloads == 1
+    assert stats["downloads"] == 1 and stats["downloads_with_credentials"] == 0
