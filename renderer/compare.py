@@ -3,11 +3,13 @@
 Jobs are matched by key (same endpoint and input, so the same seed), or, with a model
 mapping, by prompt, seed and axes across two models. Each matched image pair is:
   identical  byte for byte (same sha256);
-  same       different bytes, the same picture: dHash distance <= HASH_LIMIT *and*
-             RMSE <= RMSE_LIMIT, both on a 64x64 grayscale downscale;
+  same       different bytes, the same picture: dHash distance <= HASH_LIMIT (grayscale)
+             *and* RMSE <= RMSE_LIMIT (over RGB), both on a 64x64 downscale;
   changed    anything else.
 dHash (64 bits: is each pixel brighter than its right neighbour, on a 9x8 downscale) ignores
-re-encoding and small noise; RMSE (0…1) catches a shift in tone that dHash misses. JPEG
+re-encoding and small noise; RMSE (0…1, in colour) catches shifts of tone and hue that dHash
+misses (a grayscale RMSE called two pictures the same when their colours merely had equal
+luminance: bench/report_scale.py). JPEG
 re-encoding at quality 75 of the same picture measures about dHash 0-2, RMSE 0.01 (tests).
 """
 
@@ -42,14 +44,14 @@ class Pair:
     rmse: float | None = None
 
 
-def _gray(path: str) -> Image.Image:
+def _small(path: str) -> Image.Image:
     with Image.open(path) as image:
-        return image.convert("L").resize((64, 64), Image.Resampling.BILINEAR)
+        return image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
 
 
 def dhash(image: Image.Image) -> int:
     small = image.resize((9, 8), Image.Resampling.BILINEAR)
-    pixels = list(small.getdata())
+    pixels = small.tobytes()  # one byte a pixel: the image is grayscale ("L")
     bits = 0
     for y in range(8):
         for x in range(8):
@@ -58,13 +60,15 @@ def dhash(image: Image.Image) -> int:
 
 
 def measure(paths: tuple[str, str]) -> tuple[int, float]:
-    """(dHash Hamming distance, RMSE in 0…1) of two images on a common 64x64 grayscale."""
-    a, b = _gray(paths[0]), _gray(paths[1])
-    distance = bin(dhash(a) ^ dhash(b)).count("1")
-    diff = ImageChops.difference(a, b)
-    histogram = diff.histogram()
-    squares = sum(count * value * value for value, count in enumerate(histogram))
-    rmse = (squares / (64 * 64)) ** 0.5 / 255
+    """(dHash Hamming distance on grayscale, RMSE in 0…1 over RGB) on a common 64x64 downscale.
+
+    RMSE is taken in colour: two pictures whose tones match in gray but not in hue differ.
+    """
+    a, b = _small(paths[0]), _small(paths[1])
+    distance = bin(dhash(a.convert("L")) ^ dhash(b.convert("L"))).count("1")
+    histogram = ImageChops.difference(a, b).histogram()  # 256 bins per band, three bands
+    squares = sum(count * (value % 256) ** 2 for value, count in enumerate(histogram))
+    rmse = (squares / (64 * 64 * 3)) ** 0.5 / 255
     return distance, rmse
 
 

@@ -157,7 +157,7 @@ nav button.on{background:#222;color:#fff;border-color:#222}
 #detail{position:fixed;inset:0;background:#000c;display:none;align-items:center;justify-content:center}
 #detail.open{display:flex}
 #detail .box{background:#fff;max-width:92vw;max-height:92vh;overflow:auto;display:flex;gap:16px;padding:16px;border-radius:6px}
-#detail img{max-width:60vw;max-height:85vh}
+#detail img{max-width:60vw;max-height:85vh;align-self:flex-start;object-fit:contain}
 #detail pre{font-size:12px;max-width:32vw;white-space:pre-wrap;word-break:break-word}
 """
 

@@ -49,3 +49,9 @@ def test_state_scale_smoke():
     """bench/state_scale.py synthesises a finished run, reruns it, and runs a small real run."""
     out = _run("bench/state_scale.py", "--jobs", "200", "--run-jobs", "30", "--runs", "1")
     assert "no-op rerun, 200 finished jobs" in out and "full run, 30 jobs" in out
+
+
+def test_report_scale_smoke():
+    """bench/report_scale.py times cold and warm reports and a full diff on a synthesised run."""
+    out = _run("bench/report_scale.py", "--images", "40", "--runs", "1")
+    assert "report, cold" in out and "diff, every pair measured" in out
