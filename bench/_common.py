@@ -35,8 +35,12 @@ def manifest(folder: Path, jobs: int, concurrency: int, rate: float = 100000.0) 
     import yaml  # only the benchmarks that write manifests need it
 
     path = folder / "bench.yaml"
+    prompts: list = [{"id": f"p{i:06d}", "text": f"picture {i}"} for i in range(jobs)]
+    if jobs > 500:  # dataset-scale lists belong in a prompt file, as users would write them
+        (folder / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+        prompts = [{"file": "prompts.jsonl"}]
     path.write_text(yaml.safe_dump({
-        "name": "bench", "prompts": [{"id": f"p{i:06d}", "text": f"picture {i}"} for i in range(jobs)],
+        "name": "bench", "prompts": prompts,
         "models": ["fal-ai/flux-1/schnell"], "seeds": [1],
         "limits": {"concurrency": concurrency, "rate": rate},
     }, sort_keys=False))

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,19 @@ def write_json(path: Path, data: Any, *, durable: bool = True) -> os.stat_result
     return write_atomic(path, text.encode(), durable=durable)
 
 
-def remove_partials(run_dir: Path) -> int:
-    """Temporary files left by a process that was killed mid-write."""
+def remove_partials(run_dir: Path, folders: Iterable[Path] | None = None) -> int:
+    """Temporary files left by a process that was killed mid-write.
+
+    `folders` limits the search (the folders of unfinished jobs: a finished job's files were
+    all renamed into place before it was recorded as finished); None searches the whole run.
+    """
     found = 0
-    for part in run_dir.rglob(f".*{PART_SUFFIX}"):
-        part.unlink(missing_ok=True)
-        found += 1
+    places = [run_dir] if folders is None else sorted(set(folders))
+    for folder in places:
+        pattern = folder.rglob if folders is None else folder.glob
+        for part in pattern(f".*{PART_SUFFIX}"):
+            part.unlink(missing_ok=True)
+            found += 1
     return found
 
 
@@ -103,15 +111,16 @@ def sidecar_path(image: Path) -> Path:
 
 def file_intact(run_dir: Path, entry: dict[str, Any], *, rehash: bool) -> bool:
     """Is a recorded file still there, unchanged? Size and mtime by default; the hash with rehash."""
-    path = run_dir / entry["path"]
+    path = os.path.join(run_dir, entry["path"])  # plain strings: this runs once per file on every rerun
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except OSError:
         return False
     if stat.st_size != entry["size"]:
         return False
     if rehash:
-        return hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest() == entry["sha256"]
     return stat.st_mtime_ns == entry["mtime_ns"]
 
 
@@ -136,8 +145,17 @@ Images rendered by `renderer` from `{manifest}`. `metadata.jsonl` has one row pe
 """
 
 
-def export(run_dir: Path, name: str, manifest: str, rows: list[dict[str, Any]]) -> None:
-    """metadata.jsonl (plan order) and the dataset README beside it."""
-    lines = [json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in rows]
-    write_atomic(run_dir / "metadata.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
+def export(run_dir: Path, name: str, manifest: str, rows: Iterable[dict[str, Any]]) -> None:
+    """metadata.jsonl (plan order), streamed to a temporary file and renamed; the dataset README."""
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".metadata.jsonl.", suffix=PART_SUFFIX)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, run_dir / "metadata.jsonl")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     write_atomic(run_dir / "README.md", HF_README.format(name=name, manifest=manifest).encode())

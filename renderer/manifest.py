@@ -71,12 +71,23 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+# libyaml's loader when PyYAML was built with it (the wheels are): the same nodes and marks, faster.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml(text: str, file: str) -> Located:
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
+    except yaml.MarkedYAMLError:
+        if _Loader is not yaml.SafeLoader:
+            # libyaml's messages drop detail ("found character '\t'"); syntax errors are rare,
+            # so the pure-Python parser is asked again for the clearer wording.
+            try:
+                yaml.SafeLoader(text).get_single_node()
+            except yaml.MarkedYAMLError as clearer:
+                exc = clearer
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = " ".join(str(p) for p in (exc.context, exc.problem) if p)

@@ -148,6 +148,14 @@ class _Planner:
         self._props: dict[str, dict[str, Any]] = {}
         self._ratio: dict[tuple[str, str, bool], tuple[str, Any] | None] = {}
 
+    def _plain_string_prompt(self, model: Model) -> bool:
+        """True when the endpoint asks nothing of a prompt but that it be a string.
+
+        Then a str needs no schema check: dataset-scale prompt lists stay fast.
+        """
+        schema = self.props(model).get("prompt", {})
+        return schema.get("type") == "string" and set(schema) <= {"type", "description", "x-source", "default"}
+
     def props(self, model: Model) -> dict[str, Any]:
         if model.endpoint not in self._props:
             self._props[model.endpoint] = {} if model.unchecked else self.registry.properties(model.endpoint)
@@ -289,8 +297,9 @@ class _Planner:
         checks: list[tuple[tuple[Any, ...], Any, Any]] = [
             (("shape", *shape), lambda: {**{k: v for k, v in payload.items() if k not in ("prompt", "seed")},
                                          "prompt": "x"}, "rest"),
-            (("prompt", prompt), lambda: {"prompt": prompt}, "$.prompt"),
         ]
+        if not (isinstance(prompt, str) and self._plain_string_prompt(model)):
+            checks.append((("prompt", prompt), lambda: {"prompt": prompt}, "$.prompt"))
         if "seed" in payload:
             seed = payload["seed"]
             checks.append((("seed", seed), lambda: {"prompt": "x", "seed": seed}, "$.seed"))

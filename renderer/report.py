@@ -223,43 +223,54 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+def _draw_sheet(spec: tuple[str, str, list[str], list[str], dict[tuple[str, str], tuple[str, str | None]]]) -> str:
+    """One labelled sheet; runs in a worker process (sheets are independent)."""
+    path, title, rows, cols, cells = spec
+    font = _font(13)
+    sheet = Image.new("RGB", (CELL * (len(cols) + 1), LABEL * 2 + CELL * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((6, 6), title, fill="black", font=font)
+    for j, col in enumerate(cols):
+        draw.text((CELL * (j + 1) + 6, LABEL + 6), col[:28], fill="black", font=font)
+    for i, row in enumerate(rows):
+        top = LABEL * 2 + CELL * i
+        draw.text((6, top + 6), row[:26], fill="black", font=font)
+        for j, col in enumerate(cols):
+            left = CELL * (j + 1)
+            state, thumb = cells.get((row, col), ("pending", None))
+            if thumb is None:
+                color = "#fde2e2" if state == "failed" else "#e8e8e8"
+                draw.rectangle((left + 2, top + 2, left + CELL - 2, top + CELL - 2), fill=color)
+                draw.text((left + 8, top + 8), "failed" if state == "failed" else "pending", fill="black", font=font)
+                continue
+            with Image.open(thumb) as image:
+                image.thumbnail((CELL - 4, CELL - 4))
+                sheet.paste(image, (left + 2, top + 2))
+    sheet.save(path, "PNG", optimize=False)
+    return path
+
+
 def write_sheets(report_dir: Path, pages: list[Page], max_side: int = 4096) -> list[Path]:
     """One labelled PNG per page; pages too large for `max_side` are split into several."""
-    font = _font(13)
-    per_row = max(1, (max_side - CELL) // CELL)  # columns per sheet after the label column
-    written = []
+    fit_cols = max(1, (max_side - CELL) // CELL)  # the first column holds the row labels
+    fit_rows = max(1, (max_side - LABEL * 2) // CELL)
+    specs = []
     for index, page in enumerate(pages, 1):
-        row_chunks = [page.rows[i:i + per_row] for i in range(0, len(page.rows), per_row)] or [[]]
-        col_chunks = [page.cols[i:i + per_row] for i in range(0, len(page.cols), per_row)] or [[]]
+        row_chunks = [page.rows[i:i + fit_rows] for i in range(0, len(page.rows), fit_rows)] or [[]]
+        col_chunks = [page.cols[i:i + fit_cols] for i in range(0, len(page.cols), fit_cols)] or [[]]
         parts = [(r, c) for r in row_chunks for c in col_chunks]
         for n, (rows, cols) in enumerate(parts, 1):
-            width, height = CELL * (len(cols) + 1), LABEL * 2 + CELL * len(rows)
-            sheet = Image.new("RGB", (width, height), "white")
-            draw = ImageDraw.Draw(sheet)
-            draw.text((6, 6), page.title, fill="black", font=font)
-            for j, col in enumerate(cols):
-                draw.text((CELL * (j + 1) + 6, LABEL + 6), col[:28], fill="black", font=font)
-            for i, row in enumerate(rows):
-                top = LABEL * 2 + CELL * i
-                draw.text((6, top + 6), row[:26], fill="black", font=font)
-                for j, col in enumerate(cols):
-                    left = CELL * (j + 1)
-                    cell = page.cells.get((row, col))
-                    box = (left + 2, top + 2, left + CELL - 2, top + CELL - 2)
-                    if cell is None or cell.state != "downloaded" or not cell.images:
-                        color = "#fde2e2" if cell is not None and cell.state == "failed" else "#e8e8e8"
-                        draw.rectangle(box, fill=color)
-                        draw.text((left + 8, top + 8), "failed" if color == "#fde2e2" else "pending", fill="black",
-                                  font=font)
-                        continue
-                    with Image.open(report_dir / cell.images[0]["thumb"]) as thumb:
-                        thumb.thumbnail((CELL - 4, CELL - 4))
-                        sheet.paste(thumb, (left + 2, top + 2))
+            cells = {}
+            for key, cell in page.cells.items():
+                if key[0] in rows and key[1] in cols:
+                    thumb = str(report_dir / cell.images[0]["thumb"]) if cell.state == "downloaded" and cell.images else None
+                    cells[key] = (cell.state, thumb)
             suffix = f"-{n}" if len(parts) > 1 else ""
-            path = report_dir / f"sheet-{index}{suffix}.png"
-            sheet.save(path, "PNG", optimize=False)
-            written.append(path)
-    return written
+            specs.append((str(report_dir / f"sheet-{index}{suffix}.png"), page.title, rows, cols, cells))
+    if len(specs) < 4:
+        return [Path(_draw_sheet(spec)) for spec in specs]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return [Path(p) for p in pool.map(_draw_sheet, specs)]
 
 
 def build(run_dir: Path, *, row_axis: str = "prompt", col_axis: str = "model", tags: set[str] | None = None,

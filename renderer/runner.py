@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,7 @@ class Runner:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.queued: dict[str, int | None] = {}  # keys waiting in the provider's queue → position
         self._endpoints = {j.key: j.endpoint for j in plan.jobs}
+        self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.done = 0
         self.failed = 0
         self.images = 0
@@ -150,13 +151,14 @@ class Runner:
 
     def prepare(self) -> tuple[list[str], int]:
         """Sync the plan, check finished files, and list the pending keys (in plan order)."""
-        files.remove_partials(self.run_dir)
-        self.store.sync_plan(self.plan.jobs)
+        self.plan_changed = self.store.sync_plan(self.plan.jobs)
+        files.remove_partials(self.run_dir, {(self.run_dir / stem).parent for stem in self.store.unfinished_stems()})
         if self.config.retry_failed:
             self.store.retry_failed()
         for key, entries in self.store.downloaded_files():
             if not all(files.file_intact(self.run_dir, e, rehash=self.config.verify) for e in entries):
                 self.store.redownload(key, "a finished file was missing or changed")
+                self.plan_changed = True
         ambiguous = self.store.ambiguous()
         pending = self.store.pending()
         if self.config.max_jobs is not None:
@@ -244,14 +246,18 @@ class Runner:
         return summary
 
     def export(self) -> None:
-        rows = []
-        for key, prompt, prompt_id, model, endpoint, seed, payload, tags, entries in self.store.export_rows():
-            params = {k: v for k, v in payload.items() if k not in ("prompt", "seed")}
-            for entry in entries:
-                rows.append({"file_name": entry["path"], "prompt": prompt, "prompt_id": prompt_id, "model": model,
-                             "endpoint": endpoint, "seed": entry.get("seed", seed), "job_key": key,
-                             "params": params, "tags": tags})
-        files.export(self.run_dir, self.plan.manifest.name, str(self.plan.manifest.file), rows)
+        # metadata.jsonl is derived from the finished rows alone: unchanged rows, unchanged file.
+        if not self.plan_changed and self.images == 0 and self.failed == 0 and \
+                (self.run_dir / "metadata.jsonl").is_file():
+            return
+        def rows() -> Iterator[dict[str, Any]]:
+            for key, prompt, prompt_id, model, endpoint, seed, payload, tags, entries in self.store.export_rows():
+                params = {k: v for k, v in payload.items() if k not in ("prompt", "seed")}
+                for entry in entries:
+                    yield {"file_name": entry["path"], "prompt": prompt, "prompt_id": prompt_id, "model": model,
+                           "endpoint": endpoint, "seed": entry.get("seed", seed), "job_key": key,
+                           "params": params, "tags": tags}
+        files.export(self.run_dir, self.plan.manifest.name, str(self.plan.manifest.file), rows())
 
     # -------------------------------------------------- one job
 

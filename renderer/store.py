@@ -176,24 +176,40 @@ class Store:
 
     # -------------------------------------------------- plan sync
 
-    def sync_plan(self, jobs: Iterable[Any]) -> None:
-        """Record the current plan: new jobs are planned; jobs no longer planned are kept, marked out."""
+    def sync_plan(self, jobs: Iterable[Any]) -> bool:
+        """Record the current plan: new jobs are planned; jobs no longer planned are kept, marked out.
+
+        Only what differs from the stored rows is written (a rerun of an unchanged plan writes
+        nothing, and known jobs' inputs are never re-encoded). Returns whether anything changed.
+        """
         now = time.time()
-        rows = [
-            (j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input.get("prompt", ""), j.seed, _dumps(j.axes),
-             j.stem, _dumps(j.input), j.num_images, _dumps(list(j.tags)), j.where, now)
-            for j in jobs
-        ]
+        stored = {r[0]: tuple(r[1:]) for r in self.db.execute(
+            "SELECT key, plan_index, in_plan, model, source, tags FROM jobs")}
+        tag_json: dict[tuple[str, ...], str] = {}
+        new, moved, seen = [], [], set()
+        for j in jobs:
+            seen.add(j.key)
+            tags = tag_json.get(j.tags) or tag_json.setdefault(j.tags, _dumps(list(j.tags)))
+            row = stored.get(j.key)
+            if row is None:
+                new.append((j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input.get("prompt", ""), j.seed,
+                            _dumps(j.axes), j.stem, _dumps(j.input), j.num_images, tags, j.where, now))
+            elif row != (j.index, 1, j.model, j.where, tags):
+                moved.append((j.index, j.model, j.where, tags, j.key))
+        dropped = [(key,) for key, row in stored.items() if row[1] == 1 and key not in seen]
+        if not (new or moved or dropped):
+            return False
         with self._tx() as db:
-            db.execute("UPDATE jobs SET in_plan = 0, plan_index = NULL")
+            db.executemany("UPDATE jobs SET in_plan = 0, plan_index = NULL WHERE key = ?", dropped)
+            db.executemany("UPDATE jobs SET plan_index = ?, in_plan = 1, model = ?, source = ?, tags = ? WHERE key = ?",
+                           moved)
             db.executemany(
                 """INSERT INTO jobs (key, plan_index, endpoint, model, prompt_id, prompt, seed, axes, stem, input,
                                      num_images, tags, source, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (key) DO UPDATE SET plan_index = excluded.plan_index, in_plan = 1,
-                       model = excluded.model, source = excluded.source, tags = excluded.tags""",
-                rows,
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                new,
             )
+        return True
 
     # -------------------------------------------------- state changes (one transaction each)
 
@@ -262,8 +278,15 @@ class Store:
         return [Row.from_sql(r) for r in self.db.execute(sql + " ORDER BY plan_index, key", args)]
 
     def downloaded_files(self) -> list[tuple[str, list[dict[str, Any]]]]:
-        return [(r[0], json.loads(r[1])) for r in self.db.execute(
-            "SELECT key, files FROM jobs WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index")]
+        """(key, files) of every finished job, in no particular order.
+
+        One JSON document built by SQLite and decoded once: on a rerun of 100,000 finished jobs
+        this is several times faster than decoding each row's column on its own.
+        """
+        blob = self.db.execute(
+            "SELECT '[' || COALESCE(group_concat('[' || json_quote(key) || ',' || files || ']', ','), '') || ']' "
+            "FROM jobs WHERE in_plan = 1 AND state = 'downloaded'").fetchone()[0]
+        return [(key, entries) for key, entries in json.loads(blob)]
 
     def export_rows(self) -> Iterator[tuple[Any, ...]]:
         """(key, prompt, prompt_id, model, endpoint, seed, input, tags, files) of finished jobs, in plan order."""
@@ -283,6 +306,10 @@ class Store:
         """Jobs whose last submit has no recorded outcome (a crash between submit and commit)."""
         return self.db.execute(
             "SELECT COUNT(*) FROM jobs WHERE submit_started IS NOT NULL AND request_id IS NULL").fetchone()[0]
+
+    def unfinished_stems(self) -> list[str]:
+        """Stems of jobs whose files may be mid-write (anything not downloaded, planned or not)."""
+        return [r[0] for r in self.db.execute("SELECT stem FROM jobs WHERE state != 'downloaded'")]
 
     def done_keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM jobs WHERE state = 'downloaded'")}
