@@ -48,7 +48,7 @@ def test_rate_precision_smoke():
 def test_state_scale_smoke():
     """bench/state_scale.py synthesises a finished run, reruns it, and runs a small real run."""
     out = _run("bench/state_scale.py", "--jobs", "200", "--run-jobs", "30", "--runs", "1")
-    assert "no-op rerun, 200 finished jobs" in out and "full run, 30 jobs" in out
+    assert "no-op rerun, 100 prompts x 10 models" in out and "200 distinct prompts" in out and "full run, 30 jobs" in out
 
 
 def test_report_scale_smoke():
