@@ -67,6 +67,20 @@ class Job:
         return f"prompt={self.prompt_id} model={self.model} seed={self.seed}{axes}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Who:
+    """A job's identity for messages, turned into text only when there is something to say."""
+
+    endpoint: str
+    model: str
+    prompt_id: str
+    seed: Any
+    axes: dict[str, Any]
+
+    def __str__(self) -> str:
+        return Job(0, "", self.endpoint, self.model, self.prompt_id, self.seed, self.axes, {}, "", 1, (), "").describe()
+
+
 @dataclass
 class Plan:
     manifest: Manifest
@@ -312,8 +326,8 @@ class _Planner:
                     v for v in found
                     if (v.json_path.startswith(part) if part != "rest" else v.json_path != "$.prompt")
                 ]
-            if self._checked[key] and callable(job):
-                job = job()
+            if self._checked[key] and not isinstance(job, str):
+                job = str(job)
             for v in self._checked[key]:
                 ok = False
                 top = v.json_path[2:].replace("[", ".").split(".")[0]
@@ -402,18 +416,15 @@ class _Planner:
                 payload["seed"] = seed
             else:
                 unseeded.add(model.name)
-            def described(model: Model = model, prompt: Prompt = prompt, seed: Any = seed,
-                          job_axes: dict[str, Any] = job_axes) -> str:
-                draft = Job(0, "", model.endpoint, model.name, prompt.id, seed, job_axes, {}, "", 1, (), "")
-                return draft.describe()
+            who = _Who(model.endpoint, model.name, prompt.id, seed, job_axes)  # described only on a problem
 
             if "aspect_ratio" in payload:
                 origin = next(((*path, "aspect_ratio") for path, params in reversed(layers)
                                if "aspect_ratio" in params), ("defaults",))
-                self.translate_ratio(model, payload, origin, described())
+                self.translate_ratio(model, payload, origin, str(who))
             shape = (model.name, prompt.id if prompt.params else "", _freeze(job_axes), _freeze(extra_params))
             # A job with a bad seed is still checked, so one run lists all of its problems.
-            if not self.validate(model, payload, layers, described, shape) or not seed_ok:
+            if not self.validate(model, payload, layers, who, shape) or not seed_ok:
                 continue
             stem = job_stem(model.name, prompt.id, job_axes, seed)
             job = Job(len(jobs), job_key(model.endpoint, payload, None if seed_sent else seed), model.endpoint,
@@ -422,13 +433,13 @@ class _Planner:
             clash = by_stem.get(stem.lower())
             if clash is not None:
                 self.at(source or prompt.path,
-                        f"two jobs map to one output path {stem!r}: {clash.describe()} and {described()}",
+                        f"two jobs map to one output path {stem!r}: {clash.describe()} and {who}",
                         allowed="give them a distinguishing axis, label or prompt id")
                 continue
             twin = by_key.get(job.key)
             if twin is not None:
                 self.at(source or prompt.path,
-                        f"{described()} sends exactly the input of {twin.describe()}; it would be paid twice")
+                        f"{who} sends exactly the input of {twin.describe()}; it would be paid twice")
                 continue
             by_stem[stem.lower()] = job
             by_key[job.key] = job
