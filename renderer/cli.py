@@ -153,12 +153,23 @@ def cmd_models(ctx: Context) -> int:
         default = json.dumps(prop["default"], ensure_ascii=False) if "default" in prop else ""
         mark = "required" if name in required else ""
         rows.append((name, kind, mark, default[:30], allowed, ", ".join(prop.get("x-source", []))))
-    headers = ("PARAMETER", "TYPE", "", "DEFAULT", "ALLOWED", "SOURCE")
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(5)]
-    for row in [headers, *rows]:
-        cells = [str(c)[:60].ljust(widths[i]) if i < 5 else str(c) for i, c in enumerate(row)]
-        ctx.print("  ".join(cells).rstrip())
+    for line in _table(("PARAMETER", "TYPE", "", "DEFAULT", "ALLOWED", "SOURCE"), rows, clip=60):
+        ctx.print(line)
     return 0
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]], *, right: int | None = None,
+           clip: int | None = None) -> list[str]:
+    """Aligned columns; columns from index `right` on are right-aligned; the last is never padded."""
+    text = [[str(c)[:clip] if clip else str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(r[i]) for r in text) for i in range(len(headers))]
+    lines = []
+    for row in text:
+        cells = [c if i == len(row) - 1 and right is None else
+                 (c.rjust(widths[i]) if right is not None and i >= right else c.ljust(widths[i]))
+                 for i, c in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return lines
 
 
 # ---------------------------------------------------------------- validate and plan
@@ -212,10 +223,8 @@ def cmd_plan(ctx: Context) -> int:
                      str(sum(1 for j in jobs if j.key in done)), _money(plan.costs.get(name))))
     rows.append(("total", "", str(len(plan.jobs)), str(plan.images), str(sum(1 for j in plan.jobs if j.key in done)),
                  _money(plan.total_cost)))
-    headers = ("MODEL", "ENDPOINT", "JOBS", "IMAGES", "DONE", "EST. COST")
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    for row in [headers, *rows]:
-        ctx.print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))))
+    for line in _table(("MODEL", "ENDPOINT", "JOBS", "IMAGES", "DONE", "EST. COST"), rows, right=2):
+        ctx.print(line)
     if m.budget is not None:
         ctx.print(f"budget: {_money(m.budget)}")
     ctx.print("sample paths:")

@@ -377,6 +377,18 @@ class Emulator:
 
     # ------------------------------------------------------------ handlers
 
+    async def _read_input(self, request: web.Request, endpoint: str) -> Any:
+        """The model input of a submit or sync call, or the 404 for an endpoint we do not serve.
+
+        A body that is not JSON is accepted as None: fal reports it as a 422 from the model.
+        """
+        if endpoint not in self.registry and not self.config.allow_unknown:
+            return web.json_response({"detail": f"Application '{endpoint}' not found"}, status=404)
+        try:
+            return await request.json()
+        except ValueError:
+            return None
+
     async def _submit(self, request: web.Request) -> web.StreamResponse:
         endpoint = request.match_info["tail"].strip("/")
         self.counts["submit_attempts"] += 1
@@ -388,12 +400,9 @@ class Emulator:
             self.counts["fault:submit_429"] += 1
             return web.json_response({"detail": "Too many requests in the queue", "error_type": "queue_full"},
                                      status=429, headers={"X-Fal-Needs-Retry": "1"})
-        if endpoint not in self.registry and not self.config.allow_unknown:
-            return web.json_response({"detail": f"Application '{endpoint}' not found"}, status=404)
-        try:
-            payload = await request.json()
-        except ValueError:
-            payload = None
+        payload = await self._read_input(request, endpoint)
+        if isinstance(payload, web.Response):
+            return payload
         self._seq += 1
         req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload, str(request.url.origin()),
                        self._seq)
@@ -483,12 +492,9 @@ class Emulator:
             return web.json_response({"detail": "Concurrent requests limit reached",
                                       "error_type": "concurrent_requests_limit"},
                                      status=429, headers={"X-Fal-Needs-Retry": "1"})
-        if endpoint not in self.registry and not self.config.allow_unknown:
-            return web.json_response({"detail": f"Application '{endpoint}' not found"}, status=404)
-        try:
-            payload = await request.json()
-        except ValueError:
-            payload = None
+        payload = await self._read_input(request, endpoint)
+        if isinstance(payload, web.Response):
+            return payload
         req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload, str(request.url.origin()), 0)
         self._busy += 1
         try:

@@ -24,20 +24,12 @@ from . import matrix
 from .errors import ManifestError, Problem
 from .layout import job_stem, predicted_extension
 from .manifest import Located, Manifest, Model, Prompt, json_path
+from .pictures import PRESETS  # fal's size presets, (width, height)
 from .schemas import SchemaRegistry, Violation, closest
 
 KEY_VERSION = "j1"
 SEED_MIN, SEED_MAX = 1, 2**31 - 1
 RESERVED = ("prompt", "model", "seed")
-# fal's size presets: (width, height) as fal documents them.
-PRESETS = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
 RATIO_PRESET = {"1:1": "square_hd", "3:4": "portrait_4_3", "9:16": "portrait_16_9",
                 "4:3": "landscape_4_3", "16:9": "landscape_16_9"}
 
