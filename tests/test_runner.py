@@ -277,13 +277,14 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
     sidecar, no partial file is ever at a final path, and inputs are submitted twice only where a
     kill fell between a submit and its commit (counted by the store, and compared here)."""
     rng = random.Random(20261122)
-    # 240 jobs at ~20 jobs/s: more work than twenty short-lived runs can finish, so each kill
-    # lands mid-run (process start-up takes ~0.4 s of each trial).
+    # Every kill must land mid-run: 2 slots x 0.2 s is at most 10 jobs/s, and no trial lives
+    # past 1.3 s (at least 0.3 s of it is start-up), so twenty trials render at most
+    # 20 x 1.0 s x 10 = 200 of the 240 jobs, whatever the machine's speed.
     m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(8)],
                        seeds=list(range(1, 31)), limits={"concurrency": 4, "rate": 200})
     output = tmp_path / "out"
     kills = 0
-    with background_emulator(service=ServiceTime("fixed", 0.1), workers=2) as emu:
+    with background_emulator(service=ServiceTime("fixed", 0.2), workers=2) as emu:
         for _ in range(20):
             proc = _subprocess_run(m, emu.url, output)
             time.sleep(rng.uniform(0.3, 1.3))
