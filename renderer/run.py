@@ -69,10 +69,12 @@ class Display:
         self.quiet = quiet
         self.bar: tqdm[Any] | None = None
         self.total = total
+        self.finished_before = 0  # jobs an earlier run finished: the bar starts there
 
     def __call__(self, event: Event) -> None:
         kind = event["type"]
         if kind == "start":
+            self.finished_before = event["done"]
             if not self.quiet:
                 self.bar = tqdm(total=self.total, initial=event["done"], file=self.err, unit="job",
                                 mininterval=0.2, dynamic_ncols=True, leave=True)
@@ -80,7 +82,7 @@ class Display:
                 self.log(f"note: {event['ambiguous']} submit(s) of an earlier run have no recorded outcome "
                          "and will be sent again")
         elif kind == "progress" and self.bar is not None:
-            self.bar.n = event["done"] + event["failed"] + (self.total - self.bar.total if self.bar.total else 0)
+            self.bar.n = self.finished_before + event["done"] + event["failed"]
             self.bar.set_postfix(failed=event["failed"], in_flight=event["in_flight"], queued=event["queued"],
                                  refresh=False)
             self.bar.update(0)
