@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -74,3 +75,40 @@ def run_baseline(url: str, jobs: int, concurrency: int, output: Path, extra_env:
     if line is None:
         raise RuntimeError(done.stderr[-2000:])
     return json.loads(line[6:])
+
+
+def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Path:
+    """Plan a manifest and record every job as downloaded, as a real run would leave it.
+
+    `image(job)` gives each job's PNG bytes. Used where rendering the run first would take
+    minutes and the benchmark measures what comes after (reruns, reports, diffs).
+    """
+    import hashlib
+
+    from renderer import manifest as manifest_mod
+    from renderer import plan as plan_mod
+    from renderer.layout import image_path
+    from renderer.schemas import SchemaRegistry, default_schema_dir
+    from renderer.store import Store
+
+    m = manifest_mod.load(manifest_path)
+    m = manifest_mod.Manifest(**{**m.__dict__, "output": output})
+    plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
+    store = Store(m.run_dir)
+    store.sync_plan(plan.jobs)
+    rows = []
+    for job in plan.jobs:
+        data = image(job)
+        rel = image_path(job.stem, 0, "png")
+        target = m.run_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        entry = {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                 "mtime_ns": target.stat().st_mtime_ns, "width": 0, "height": 0, "content_type": "image/png",
+                 "seed": job.seed}
+        rows.append((json.dumps([entry]), json.dumps({"images": [{"url": "x"}], "seed": job.seed}), job.key))
+    with store.db:
+        store.db.executemany("UPDATE jobs SET state = 'downloaded', files = ?, result = ?, request_id = 'r', "
+                             "downloaded_at = 0 WHERE key = ?", rows)
+    store.close()
+    return m.run_dir

@@ -9,8 +9,6 @@ Reproduce:  python bench/report_scale.py [--images 5000] [--runs 3]
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import shutil
 import sys
 import tempfile
@@ -19,36 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import machine, manifest, median, table
+from _common import machine, manifest, median, synthesise_finished_run, table
 
 from renderer import compare, report
-from renderer import manifest as manifest_mod
 from renderer import plan as plan_mod
-from renderer.layout import image_path
 from renderer.pictures import render
-from renderer.schemas import SchemaRegistry, default_schema_dir
-from renderer.store import Store
 
 
 def synthesise(folder: Path, images: int, salt: str) -> Path:
-    m = manifest_mod.load(manifest(folder, images, 64))
-    m = manifest_mod.Manifest(**{**m.__dict__, "output": folder / f"out-{salt or 'a'}"})
-    plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
-    store = Store(m.run_dir)
-    store.sync_plan(plan.jobs)
-    rows = []
-    for job in plan.jobs:
-        data, _ = render(job.endpoint, job.input["prompt"], job.seed or 0, 0, (256, 192), "png", salt)
-        rel = image_path(job.stem, 0, "png")
-        (m.run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (m.run_dir / rel).write_bytes(data)
-        entry = {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "mtime_ns": 0,
-                 "width": 256, "height": 192, "content_type": "image/png", "seed": job.seed}
-        rows.append((json.dumps([entry]), job.key))
-    with store.db:
-        store.db.executemany("UPDATE jobs SET state = 'downloaded', files = ?, request_id = 'r' WHERE key = ?", rows)
-    store.close()
-    return m.run_dir
+    """A finished run of real emulator pictures (256x192); `salt` renders them differently."""
+    def picture(job: plan_mod.Job) -> bytes:
+        return render(job.endpoint, job.input["prompt"], job.seed or 0, 0, (256, 192), "png", salt)[0]
+    return synthesise_finished_run(manifest(folder, images, 64), folder / f"out-{salt or 'a'}", picture)
 
 
 def main() -> None:

@@ -13,8 +13,6 @@ Reproduce:  python bench/state_scale.py [--jobs 100000] [--run-jobs 20000] [--ru
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import tempfile
 import time
@@ -22,43 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import machine, manifest, median, run_renderer, table
+from _common import machine, manifest, median, run_renderer, synthesise_finished_run, table
 from _emu import emulator
 from plan_scale import write_manifest
-
-from renderer import manifest as manifest_mod
-from renderer import plan as plan_mod
-from renderer.layout import image_path
-from renderer.schemas import SchemaRegistry, default_schema_dir
-from renderer.store import Store
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d4944415478da63f8ffff3f0005fe02fea7d6a0a20000000049454e44ae426082")
 
 
-def synthesise_finished_run(path: Path, output: Path) -> Path:
-    """Plan the manifest and record every job as downloaded, with its file on disk."""
-    m = manifest_mod.load(path)
-    m = manifest_mod.Manifest(**{**m.__dict__, "output": output})
-    # plan_scale's manifest names the emulator; the run is pointed at a URL, same plan either way.
-    plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
-    store = Store(m.run_dir)
-    store.sync_plan(plan.jobs)
-    digest = hashlib.sha256(PNG).hexdigest()
-    rows = []
-    for job in plan.jobs:
-        rel = image_path(job.stem, 0, "png")
-        target = m.run_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(PNG)
-        entry = {"path": rel, "sha256": digest, "size": len(PNG), "mtime_ns": target.stat().st_mtime_ns,
-                 "width": 1, "height": 1, "content_type": "image/png", "seed": job.seed}
-        rows.append((json.dumps([entry]), json.dumps({"images": [{"url": "x"}], "seed": job.seed}), job.key))
-    with store.db:
-        store.db.executemany("UPDATE jobs SET state = 'downloaded', files = ?, result = ?, request_id = 'r', "
-                             "downloaded_at = 0 WHERE key = ?", rows)
-    store.close()
-    return m.run_dir
+def synthesise(path: Path, output: Path) -> Path:
+    return synthesise_finished_run(path, output, lambda job: PNG)
 
 
 def main() -> None:
@@ -79,7 +50,7 @@ def main() -> None:
             (f"no-op rerun, {args.jobs} distinct prompts (JSONL)", manifest(folder / "dataset", args.jobs, 64), "(info)"),
         ]
         for _, path, _ in shapes:
-            synthesise_finished_run(path, path.parent / "out")
+            synthesise(path, path.parent / "out")
         setup = time.perf_counter() - started
         with emulator("--latency", "0") as (url, _):
             for label, path, target in shapes:

@@ -21,7 +21,6 @@ from typing import Any, NoReturn, TextIO
 
 from . import manifest as manifest_mod
 from . import plan as plan_mod
-from . import run as run_mod
 from . import schemas
 from .errors import ManifestError, RendererError, UsageError
 
@@ -304,6 +303,8 @@ def _setting(flag: Any, env: Mapping[str, str], name: str, manifest_value: Any, 
 
 
 def cmd_run(ctx: Context) -> int:
+    # Imported here: aiohttp, tqdm and Pillow cost ~0.35 s that validate, plan and models never need.
+    from . import run as run_mod
     from .runner import RunConfig
 
     a = ctx.args
@@ -327,6 +328,8 @@ def cmd_run(ctx: Context) -> int:
 
 
 def cmd_status(ctx: Context) -> int:
+    from . import run as run_mod
+
     return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json)
 
 
@@ -462,7 +465,7 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_run.add_argument("--max-jobs", type=int, help="render only the first N jobs of the plan (a trial)")
     p_run.add_argument("--verify", action="store_true", help="re-hash finished files instead of trusting size+mtime")
     p_run.add_argument("--dry-run", action="store_true", help="show the plan; send nothing")
-    p_run.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    p_run.add_argument("--json", action="store_true", help="with --dry-run: one JSON line per job")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p_run.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 

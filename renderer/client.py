@@ -188,7 +188,7 @@ class Client:
             try:
                 body, _ = await self._json("submit", "POST", f"{self.base_url}/{endpoint}", payload)
             except TransientError as exc:
-                if getattr(exc, "maybe_sent", False):
+                if exc.maybe_sent:
                     raise OutcomeUnknown(
                         f"submit: the connection failed after the request was sent ({exc.message}); "
                         "it may have been accepted and billed",

@@ -36,8 +36,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .pictures import capped, render, requested_size
+from .pictures import render
 from .schemas import SchemaRegistry, default_schema_dir
+from .sizes import capped, requested_size
 
 INGRESS_BODY = (
     "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"

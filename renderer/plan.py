@@ -24,8 +24,8 @@ from . import matrix
 from .errors import ManifestError, Problem
 from .layout import job_stem, predicted_extension
 from .manifest import Located, Manifest, Model, Prompt, json_path
-from .pictures import PRESETS  # fal's size presets, (width, height)
 from .schemas import SchemaRegistry, Violation, closest
+from .sizes import PRESETS  # fal's size presets, (width, height)
 
 KEY_VERSION = "j1"
 SEED_MIN, SEED_MAX = 1, 2**31 - 1

@@ -182,9 +182,7 @@ def _span(bounds: tuple[float, float]) -> str:
 # ---------------------------------------------------------------- merging documents
 
 
-def _merge_props(
-    into: dict[str, Any], other: dict[str, Any], where: str, endpoint: str, warnings: list[str]
-) -> None:
+def _merge_props(into: dict[str, Any], other: dict[str, Any], endpoint: str, warnings: list[str]) -> None:
     for name, prop in other.items():
         mine = into.get(name)
         if mine is None:
@@ -206,17 +204,17 @@ def _merge_props(
 def merge(endpoint: str, docs: list[EndpointDoc], warnings: list[str]) -> dict[str, Any]:
     """One endpoint schema from every document describing it (fal's pages first)."""
     docs = sorted(docs, key=lambda d: (_STYLE_RANK[d.style], d.source, d.line))
-    built = [(d, _Builder(d, warnings).build()) for d in docs]
-    _first_doc, first = built[0]
+    built = [_Builder(d, warnings).build() for d in docs]
+    first = built[0]
     root, output, defs = first["input"], first["output"], dict(first["defs"])
-    for doc, part in built[1:]:
-        _merge_props(root["properties"], part["input"]["properties"], doc.where, endpoint, warnings)
+    for part in built[1:]:
+        _merge_props(root["properties"], part["input"]["properties"], endpoint, warnings)
         root["required"] = list(dict.fromkeys(root.get("required", []) + part["input"].get("required", [])))
         if part["output"]:
             if output is None:
                 output = part["output"]
             else:
-                _merge_props(output["properties"], part["output"]["properties"], doc.where, endpoint, warnings)
+                _merge_props(output["properties"], part["output"]["properties"], endpoint, warnings)
         for name, schema in part["defs"].items():
             defs.setdefault(name, schema)
     schema: dict[str, Any] = {

@@ -6,7 +6,8 @@ import io
 
 from PIL import Image
 
-from renderer.pictures import capped, render, requested_size
+from renderer.pictures import render
+from renderer.sizes import capped, requested_size
 
 
 def test_same_inputs_same_bytes_other_seed_other_bytes():
