@@ -321,6 +321,7 @@ def cmd_run(ctx: Context) -> int:
         rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, float),
         timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, float),
         retry=m.retries, retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify,
+        provider=provider.label,
     )
     display = run_mod.Display(ctx.err, quiet=a.quiet, total=len(plan.jobs))
     summary = run_mod.execute(plan, provider, config, ctx.registry(), display)

@@ -281,6 +281,7 @@ class Manifest:
     limits: Limits
     retries: RetryPolicy
     budget: float | None
+    license: str | None
     prices: dict[str, dict[str, float]]
     defaults: dict[str, Any]
     prompts: tuple[Prompt, ...]
@@ -426,6 +427,7 @@ def parse(text: str, file: Path) -> Manifest:
             max_backoff=float(retries.get("max_backoff", RetryPolicy.max_backoff)),
         ),
         budget=raw.get("budget"),
+        license=raw.get("license"),
         prices=dict(raw.get("prices", {})),
         defaults=dict(raw.get("defaults", {})),
         prompts=tuple(prompts),

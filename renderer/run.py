@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -38,6 +39,14 @@ class ProviderSettings:
     key_env: str
     key: str | None = field(default=None, repr=False)  # never printed, logged or stored
     emulator: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Who renders, as recorded beside each image: emulator, fal, or a custom provider's origin."""
+        if self.kind != "custom" or not self.url:
+            return self.kind
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[str, str]) -> ProviderSettings:
