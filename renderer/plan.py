@@ -18,6 +18,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import product
+from pathlib import Path
 from typing import Any
 
 from . import matrix
@@ -79,6 +80,10 @@ class Plan:
     jobs: list[Job]
     costs: dict[str, float | None]  # per model name; None where no price is given
     notes: list[str]  # things worth knowing that are not errors
+
+    @property
+    def run_dir(self) -> Path:
+        return self.manifest.run_dir
 
     @property
     def images(self) -> int:
