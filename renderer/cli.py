@@ -397,32 +397,33 @@ def _check_output(ctx: Context, m: manifest_mod.Manifest) -> None:
 
 def cmd_run(ctx: Context) -> int:
     # Imported here: aiohttp, tqdm and Pillow cost ~0.35 s that validate, plan and models never need.
-    from . import run as run_mod
-    from .runner import RunConfig
+    from . import api
+    from . import session as run_mod
 
     a = ctx.args
     (plan,) = _load_plans(ctx, [a.manifest])
     if a.dry_run:
         return cmd_plan(ctx)
-    m = plan.manifest
     if a.output:
-        plan.manifest = m = replace(m, output=Path(a.output))
+        plan.manifest = replace(plan.manifest, output=Path(a.output))
+    m = plan.manifest
     _check_output(ctx, m)
-    provider = run_mod.resolve_provider(m.provider, _provider_override(ctx), ctx.env)
-    config = RunConfig(
-        concurrency=_setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", m.limits.concurrency, "concurrency"),
-        per_endpoint=dict(m.limits.per_endpoint),
-        rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, "rate"),
-        timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, "timeout"),
-        retry=m.retries, retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify,
-    )
-    display = run_mod.Display(ctx.err, quiet=a.quiet, total=len(plan.jobs))
-    summary = run_mod.execute(plan, provider, config, ctx.registry(), display)
+    display = run_mod.Display(ctx.err, quiet=a.quiet, jobs=plan.jobs)
+    try:
+        summary = api.run(
+            plan, provider=_provider_override(ctx),
+            concurrency=_setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", m.limits.concurrency, "concurrency"),
+            rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, "rate"),
+            timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, "timeout"),
+            retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=display, env=ctx.env,
+            schemas=ctx.schema_dir())
+    finally:
+        display.close()
     return run_mod.report(summary, plan, ctx.out, ctx.err)
 
 
 def cmd_status(ctx: Context) -> int:
-    from . import run as run_mod
+    from . import session as run_mod
 
     return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json)
 

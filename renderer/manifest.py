@@ -650,6 +650,7 @@ class Manifest:
     limits: Limits
     retries: RetryPolicy
     budget: float | None
+    license: str | None
     prices: dict[str, dict[str, float]]
     defaults: dict[str, Any]
     prompts: tuple[Prompt, ...]
@@ -922,6 +923,7 @@ def parse(text: str, file: Path) -> Manifest:
             max_backoff=float(numbers.get(("retries", "max_backoff"), RetryPolicy.max_backoff)),
         ),
         budget=float(numbers[("budget",)]) if ("budget",) in numbers else None,
+        license=raw.get("license"),
         prices=dict(raw.get("prices", {})),
         defaults=dict(raw.get("defaults", {})),
         prompts=tuple(prompts),

@@ -18,11 +18,12 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import product
+from pathlib import Path
 from typing import Any
 
 from . import matrix
 from .errors import ManifestError, Problem
-from .layout import job_stem, predicted_extension
+from .layout import image_path, job_stem, predicted_extension
 from .manifest import Located, Manifest, Model, Prompt, json_path
 from .schemas import SchemaRegistry, Violation, closest
 from .sizes import PRESETS  # fal's size presets, (width, height)
@@ -44,7 +45,7 @@ class Job:
     seed: int | None
     axes: dict[str, Any]
     input: dict[str, Any]
-    stem: str  # relative to the run directory
+    stem: str  # identity of the job's files: layout.image_path places them in the run directory
     num_images: int
     tags: tuple[str, ...]
     where: str  # "file:line" of the prompt
@@ -52,7 +53,7 @@ class Job:
 
     def paths(self, ext: str | None = None) -> list[str]:
         ext = ext or predicted_extension(self.input.get("output_format", "png"))
-        return [f"{self.stem}-{i}.{ext}" for i in range(self.num_images)]
+        return [image_path(self.stem, i, ext) for i in range(self.num_images)]
 
     def describe(self) -> str:
         axes = "".join(f" {k}={json.dumps(v)}" for k, v in self.axes.items())
@@ -79,6 +80,10 @@ class Plan:
     jobs: list[Job]
     costs: dict[str, float | None]  # per model name; None where no price is given
     notes: list[str]  # things worth knowing that are not errors
+
+    @property
+    def run_dir(self) -> Path:
+        return self.manifest.run_dir
 
     @property
     def images(self) -> int:

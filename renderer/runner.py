@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from . import files
+from . import dataset, files
 from .client import RUNNER_ERRORS, Client, Handle, Status
 from .errors import (
     AccountError,
@@ -31,7 +31,7 @@ from .errors import (
     RunnerFailed,
     TransientError,
 )
-from .layout import image_path
+from .layout import DATA_DIR, image_path, job_folder
 from .manifest import RetryPolicy
 from .plan import Plan
 from .store import Row, Store
@@ -51,6 +51,7 @@ class RunConfig:
     verify: bool = False  # re-hash finished files instead of trusting size + mtime
     grace: float = 10.0  # after Ctrl-C: seconds for submits in flight to record their request ids
     queue_report: float = 30.0  # surface queue_position for jobs waiting longer than this
+    provider: str = ""  # who renders: emulator, fal, or the custom provider's origin (recorded per image)
 
 
 class AdaptiveLimit:
@@ -152,7 +153,7 @@ class Runner:
     def prepare(self) -> tuple[list[str], int]:
         """Sync the plan, check finished files, and list the pending keys (in plan order)."""
         self.plan_changed = self.store.sync_plan(self.plan.jobs)
-        files.remove_partials(self.run_dir, {(self.run_dir / stem).parent for stem in self.store.unfinished_stems()})
+        files.remove_partials(self.run_dir, {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()})
         if self.config.retry_failed:
             self.store.retry_failed()
         for key, entries in self.store.downloaded_files():
@@ -235,7 +236,7 @@ class Runner:
                           self.fatal.message if self.fatal else None, self.fatal.hint if self.fatal else None)
         record = {
             "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": outcome,
-            "provider": self.plan.manifest.provider.kind, "started": started, "finished": summary.finished,
+            "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started, "finished": summary.finished,
             "seconds": round(summary.finished - started, 3), "counts": counts,
             "images_this_run": self.images, "ambiguous_resubmits": ambiguous,
             "ambiguous_resubmits_all_runs": self.store.total_ambiguous(), "requests": summary.calls,
@@ -246,18 +247,18 @@ class Runner:
         return summary
 
     def export(self) -> None:
-        # metadata.jsonl is derived from the finished rows alone: unchanged rows, unchanged file.
+        # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.
         if not self.plan_changed and self.images == 0 and self.failed == 0 and \
-                (self.run_dir / "metadata.jsonl").is_file():
+                (self.run_dir / DATA_DIR / dataset.METADATA).is_file():
             return
-        def rows() -> Iterator[dict[str, Any]]:
-            for key, prompt, prompt_id, model, endpoint, seed, payload, tags, entries in self.store.export_rows():
-                params = {k: v for k, v in payload.items() if k not in ("prompt", "seed")}
-                for entry in entries:
-                    yield {"file_name": entry["path"], "prompt": prompt, "prompt_id": prompt_id, "model": model,
-                           "endpoint": endpoint, "seed": entry.get("seed", seed), "job_key": key,
-                           "params": params, "tags": tags}
-        files.export(self.run_dir, self.plan.manifest.name, str(self.plan.manifest.file), rows())
+        manifest = self.plan.manifest
+        try:
+            text: str | None = manifest.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None  # a manifest given as a dict (the Python API), or gone since
+        info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
+        columns = dataset.Columns.from_axes(j.axes for j in self.plan.jobs)
+        dataset.write(self.run_dir, info, columns, self.store.export_rows(), self.config.provider or None)
 
     # -------------------------------------------------- one job
 

@@ -288,12 +288,19 @@ class Store:
             "FROM jobs WHERE in_plan = 1 AND state = 'downloaded'").fetchone()[0]
         return [(key, entries) for key, entries in json.loads(blob)]
 
-    def export_rows(self) -> Iterator[tuple[Any, ...]]:
-        """(key, prompt, prompt_id, model, endpoint, seed, input, tags, files) of finished jobs, in plan order."""
+    def export_rows(self) -> Iterator[dict[str, Any]]:
+        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags)."""
         for r in self.db.execute(
-                "SELECT key, prompt, prompt_id, model, endpoint, seed, input, tags, files FROM jobs "
+                "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
+                "json_extract(result, '$.has_nsfw_concepts') AS nsfw FROM jobs "
                 "WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index"):
-            yield (*r[:6], json.loads(r[6]), json.loads(r[7]), json.loads(r[8]))
+            nsfw = r["nsfw"]
+            yield {"key": r["key"], "prompt": r["prompt"], "prompt_id": r["prompt_id"], "model": r["model"],
+                   "endpoint": r["endpoint"], "seed": r["seed"], "axes": json.loads(r["axes"]),
+                   "input": json.loads(r["input"]), "tags": json.loads(r["tags"]), "files": json.loads(r["files"]),
+                   "request_id": r["request_id"],
+                   # json_extract gives JSON text for arrays and a bare value for scalars
+                   "has_nsfw_concepts": json.loads(nsfw) if isinstance(nsfw, str) and nsfw.startswith("[") else None}
 
     def counts(self) -> dict[str, int]:
         found = {state: 0 for state in STATES}

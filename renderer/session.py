@@ -1,6 +1,6 @@
-"""The `run` and `status` commands: part of the CLI layer (it writes only to the streams it is given).
+"""Running a plan, and the `run` and `status` commands' output (it writes only to the streams it is given).
 
-`execute` wires the pieces: the provider (fal, a custom URL, or an emulator started in this
+(Not `run.py`: `renderer.run` is the Python API's function.) `execute_async` wires the pieces: the provider (fal, a custom URL, or an emulator started in this
 process), the run lock, the store, the protocol client and the runner, plus Ctrl-C handling:
 the first stops new submissions and lets submits in flight record their ids; the second stops
 at once. Either way everything recorded stays recorded, and the next run resumes.
@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import json
 import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar, cast
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -24,10 +26,12 @@ from .client import Client
 from .emulator import Emulator, EmulatorConfig, ServiceTime
 from .errors import UsageError
 from .manifest import PROVIDERS, ProviderConfig
-from .plan import Plan
+from .plan import Job, Plan
 from .runner import Event, RunConfig, Runner, Summary
 from .schemas import SchemaRegistry
 from .store import DB_NAME, RunLock, Store
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,14 @@ class ProviderSettings:
     key_env: str
     key: str | None = field(default=None, repr=False)  # never printed, logged or stored
     emulator: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Who renders, as recorded beside each image: emulator, fal, or a custom provider's origin."""
+        if self.kind != "custom" or not self.url:
+            return self.kind
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[str, str]) -> ProviderSettings:
@@ -62,38 +74,79 @@ def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[
 
 
 class Display:
-    """Progress bar and log lines on stderr; silent with --quiet."""
+    """Progress and log lines on stderr; silent with --quiet.
 
-    def __init__(self, err: TextIO, *, quiet: bool, total: int) -> None:
+    On a terminal: a tqdm bar. Otherwise (piped, CI, a log file): a plain line every
+    `interval` seconds and one at the end, never a carriage return. Either way the total is
+    what this run will end at: jobs finished earlier plus the jobs this run will try.
+    """
+
+    def __init__(self, err: TextIO, *, quiet: bool, jobs: Sequence[Job] = (), tty: bool | None = None,
+                 interval: float = 10.0) -> None:
         self.err = err
         self.quiet = quiet
+        self.jobs = jobs
+        self._by_key: dict[str, Job] | None = None
+        if tty is None:
+            isatty = getattr(err, "isatty", None)
+            tty = bool(isatty and isatty())
+        self.tty = tty
+        self.interval = interval
         self.bar: tqdm[Any] | None = None
-        self.total = total
-        self.finished_before = 0  # jobs an earlier run finished: the bar starts there
+        self.total = 0
+        self.finished_before = 0  # jobs an earlier run finished: the count starts there
+        self.last: Event | None = None
+        self.last_line = 0.0
+        self.started = time.monotonic()
+
+    def describe(self, key: str) -> str:
+        """prompt, model, axes and seed of a job, for a person reading a failure line."""
+        if self._by_key is None:  # built on the first failure only
+            self._by_key = {j.key: j for j in self.jobs}
+        job = self._by_key.get(key)
+        return f"{job.describe()} ({key})" if job else key
 
     def __call__(self, event: Event) -> None:
         kind = event["type"]
         if kind == "start":
             self.finished_before = event["done"]
-            if not self.quiet:
+            self.total = event["done"] + event["pending"]
+            if self.quiet:
+                pass
+            elif self.tty:
                 self.bar = tqdm(total=self.total, initial=event["done"], file=self.err, unit="job",
                                 mininterval=0.2, dynamic_ncols=True, leave=True)
+            else:
+                self.line(event["done"], 0, 0, 0)
             if event["ambiguous"]:
                 self.log(f"note: {event['ambiguous']} submit(s) of an earlier run have no recorded outcome "
                          "and will be sent again")
-        elif kind == "progress" and self.bar is not None:
-            self.bar.n = self.finished_before + event["done"] + event["failed"]
-            self.bar.set_postfix(failed=event["failed"], in_flight=event["in_flight"], queued=event["queued"],
-                                 refresh=False)
-            self.bar.update(0)
+        elif kind == "progress":
+            self.last = event
+            done = self.finished_before + event["done"] + event["failed"]
+            if self.bar is not None:
+                self.bar.n = done
+                self.bar.set_postfix(failed=event["failed"], in_flight=event["in_flight"], queued=event["queued"],
+                                     refresh=False)
+                self.bar.update(0)
+            elif not self.quiet and not self.tty and time.monotonic() - self.last_line >= self.interval:
+                self.line(done, event["failed"], event["in_flight"], event["queued"])
         elif kind == "failed":
-            self.log(f"failed: {event['key']}: {event['reason']}")
+            self.log(f"failed: {self.describe(event['key'])}: {event['reason']}")
         elif kind == "throttled":
             self.log(f"throttled by the provider (429): in-flight limit now {event['limit']:.1f}")
         elif kind == "queued":
-            self.log(f"waiting in the provider's queue: {event['key']} at position {event['position']}")
+            self.log(f"waiting in the provider's queue: {self.describe(event['key'])} at position {event['position']}")
         elif kind in ("fatal", "warning", "note"):
             self.log(f"{kind}: {event['message']}")
+
+    def line(self, done: int, failed: int, in_flight: int, queued: int) -> None:
+        self.last_line = time.monotonic()
+        percent = f"{100 * done / self.total:.0f}%" if self.total else "-"
+        self.err.write(f"progress: {done}/{self.total} jobs ({percent}), {failed} failed, {in_flight} in flight, "
+                       f"{queued} queued, {self.last_line - self.started:.0f} s\n")
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            self.err.flush()
 
     def log(self, text: str) -> None:
         if self.quiet:
@@ -107,6 +160,10 @@ class Display:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        elif not self.quiet and not self.tty and self.last is not None:
+            e = self.last
+            self.line(self.finished_before + e["done"] + e["failed"], e["failed"], e["in_flight"], e["queued"])
+            self.last = None
 
 
 def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
@@ -116,20 +173,51 @@ def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
                           variants=tuple(sorted(dict(settings.get("variants", {})).items())))
 
 
-def execute(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,
-            display: Display) -> Summary:
+def run_sync(work: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, even inside a running event loop.
+
+    Outside a loop this is asyncio.run. Inside one (a Jupyter cell, an async framework) the
+    loop cannot be re-entered, so the coroutine runs on a fresh loop in a worker thread while
+    this call waits; `await run_async(...)` is the non-blocking alternative there.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(work)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="renderer-run", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["result"])
+
+
+async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,
+                        events: Callable[[Event], None], *, interrupts: bool = True) -> Summary:
+    """The whole run on the caller's event loop: lock, state, provider, runner.
+
+    `interrupts`: take over Ctrl-C for a graceful stop while the run lasts (only when this
+    process owns the loop: a notebook kernel's own interrupt handling must stay in place).
+    """
     run_dir = plan.manifest.run_dir
     with RunLock(run_dir):
         store = Store(run_dir)
         try:
-            return asyncio.run(_execute(plan, provider, config, registry, display, store))
+            return await _execute(plan, provider, config, registry, events, store, interrupts)
         finally:
             store.close()
-            display.close()
 
 
 async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,
-                   display: Display, store: Store) -> Summary:
+                   events: Callable[[Event], None], store: Store, interrupts: bool = True) -> Summary:
     async with contextlib.AsyncExitStack() as stack:
         url = provider.url
         if provider.kind == "emulator":
@@ -143,23 +231,24 @@ async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, re
         def check_output(endpoint: str, output: Any) -> list[Any]:
             return registry.check(endpoint, output, "output") if endpoint in registry else []
 
-        runner = Runner(plan, store, client, config, events=display, output_check=check_output)
+        runner = Runner(plan, store, client, config, events=events, output_check=check_output)
         presses = [0]
 
         def on_interrupt() -> None:
             presses[0] += 1
             if presses[0] == 1:
-                display.log("stopping: no new submissions; waiting for submits in flight to record their "
-                            "request ids (Ctrl-C again to stop at once)")
+                events({"type": "note", "message": "stopping: no new submissions; waiting for submits in flight "
+                        "to record their request ids (Ctrl-C again to stop at once)"})
                 runner.stop()
             else:
                 runner.stop(force=True)
 
         loop = asyncio.get_running_loop()
         installed = False
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGINT, on_interrupt)
-            installed = True
+        if interrupts:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGINT, on_interrupt)
+                installed = True
         try:
             summary = await runner.run()
         finally:
