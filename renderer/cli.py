@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from . import __version__, schemas, settings
 from . import manifest as manifest_mod
 from . import plan as plan_mod
-from . import schemas, settings
 from .errors import ManifestError, Problem, RendererError, UsageError
 
 EXIT_BUG = 70  # EX_SOFTWARE
@@ -409,17 +409,31 @@ def cmd_run(ctx: Context) -> int:
     m = plan.manifest
     _check_output(ctx, m)
     display = run_mod.Display(ctx.err, quiet=a.quiet, jobs=plan.jobs)
+    listeners: list[Callable[[Any], None]] = [display]
+    log = None
+    if a.log:
+        keys = [ctx.env.get(m.provider.key_env, ""), ctx.env.get("FAL_KEY_ID", ""), ctx.env.get("FAL_KEY_SECRET", "")]
+        log = run_mod.EventLog(Path(a.log), secrets=keys)
+        listeners.append(log)
+
+    def on_event(event: Any) -> None:
+        for listener in listeners:
+            listener(event)
+
     try:
         summary = api.run(
             plan, provider=_provider_override(ctx),
             concurrency=_setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", m.limits.concurrency, "concurrency"),
             rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, "rate"),
             timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, "timeout"),
-            retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=display, env=ctx.env,
+            retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=on_event, env=ctx.env,
             schemas=ctx.schema_dir())
     finally:
         display.close()
-    return run_mod.report(summary, plan, ctx.out, ctx.err)
+    if log is not None:
+        log({"type": "finished", **run_mod.summary_record(summary, plan)})
+        log.close()
+    return run_mod.report(summary, plan, ctx.out, ctx.err, as_json=a.json)
 
 
 def cmd_status(ctx: Context) -> int:
@@ -491,6 +505,7 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
 
     root = parser(prog="renderer", description="Declarative batch renderer for fal.ai text-to-image models.")
     root.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    root.add_argument("--version", action="version", version=f"renderer {__version__}")
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -565,7 +580,9 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_run.add_argument("--max-jobs", type=_number("max_jobs"), help="render only the first N jobs of the plan (a trial)")
     p_run.add_argument("--verify", action="store_true", help="re-hash finished files instead of trusting size+mtime")
     p_run.add_argument("--dry-run", action="store_true", help="show the plan; send nothing")
-    p_run.add_argument("--json", action="store_true", help="with --dry-run: one JSON line per job")
+    p_run.add_argument("--json", action="store_true",
+                       help="print the run's summary as JSON on stdout (with --dry-run: one JSON line per job)")
+    p_run.add_argument("--log", metavar="FILE", help="append a JSON-lines log of the run's events to FILE")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p_run.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
     p_run.add_argument("--max-plan-jobs", type=_number("max_plan_jobs"), metavar="N",

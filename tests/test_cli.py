@@ -98,3 +98,11 @@ def test_python_dash_m_entry_point():
     )
     assert done.returncode == 0, done.stderr
     assert '"x-endpoint": "fal-ai/omnigen-v2"' in done.stdout
+
+
+def test_version_flag():
+    """`renderer --version` prints the package version and exits 0."""
+    from renderer import __version__
+
+    code, out, _ = run("--version")
+    assert (code, out.strip()) == (0, f"renderer {__version__}")
