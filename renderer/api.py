@@ -52,6 +52,7 @@ def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any], *, output:
         manifest = manifest_mod.load(Path(source))
     if output is not None:
         manifest = replace(manifest, output=Path(output))
+    manifest_mod.check_plan_size(manifest)  # by arithmetic, before a single job is expanded
     return plan_mod.build(manifest, _registry(schemas))
 
 

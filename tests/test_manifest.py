@@ -119,4 +119,4 @@ def test_missing_manifest_file_is_a_user_error():
     """A path that does not exist is exit 2 with a hint, not a traceback."""
     err = io.StringIO()
     assert main(["validate", "nope.yaml"], stdout=io.StringIO(), stderr=err, environ={}) == 2
-    assert err.getvalue().startswith("error: nope.yaml: no such manifest")
+    assert err.getvalue().startswith("nope.yaml:1:1: $: no such manifest file")
