@@ -442,7 +442,20 @@ def cmd_status(ctx: Context) -> int:
     return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json)
 
 
-# ---------------------------------------------------------------- report and diff
+# ---------------------------------------------------------------- report, export and diff
+
+
+def cmd_export(ctx: Context) -> int:
+    from . import export
+
+    a = ctx.args
+    done = export.export(Path(a.run), a.format, Path(a.out) if a.out else None, a.shard_size)
+    if a.json:
+        ctx.print(json.dumps(done, indent=2))
+        return 0
+    ctx.print(f"export: {done['rows']} images, {done['bytes']:,} bytes in {len(done['shards'])} {a.format} "
+              f"shard(s) → {done['dir']}/")
+    return 0
 
 
 def cmd_report(ctx: Context) -> int:
@@ -599,6 +612,14 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_report.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
     p_report.add_argument("--seed", action="append", default=[], type=int, help="only this seed (repeatable)")
     p_report.add_argument("--max-sheet", type=_number("max_sheet"), default=4096, help="largest PNG sheet side in pixels")
+
+    p_export = command("export", cmd_export, "write a run's dataset as Parquet shards or WebDataset tars")
+    p_export.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")
+    p_export.add_argument("--format", required=True, choices=("parquet", "webdataset"),
+                          help="parquet (images embedded; what the Hub serves) or webdataset (tar shards)")
+    p_export.add_argument("--shard-size", type=int, default=1000, metavar="N", help="images per shard (default 1000)")
+    p_export.add_argument("--out", metavar="DIR", help="destination (default: RUN/export/FORMAT/)")
+    p_export.add_argument("--json", action="store_true", help="machine-readable output")
 
     p_diff = command("diff", cmd_diff, "compare two runs image by image; exit 1 if anything changed")
     p_diff.add_argument("run_a", metavar="RUN_A")
