@@ -25,12 +25,11 @@ import yaml
 from . import dataset
 from . import manifest as manifest_mod
 from . import plan as plan_mod
-from .errors import UsageError
 from .layout import DATA_DIR
 from .plan import Plan
 from .runner import Event, RunConfig, Summary
 from .schemas import SchemaRegistry, default_schema_dir
-from .store import DB_NAME, Store
+from .store import Store
 
 __all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
 
@@ -53,6 +52,7 @@ def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any], *, output:
         manifest = manifest_mod.load(Path(source))
     if output is not None:
         manifest = replace(manifest, output=Path(output))
+    manifest_mod.check_plan_size(manifest)  # by arithmetic, before a single job is expanded
     return plan_mod.build(manifest, _registry(schemas))
 
 
@@ -131,23 +131,17 @@ class Run:
 def open_run(run_dir: str | os.PathLike[str]) -> Run:
     """Read a run directory (read-only; safe while another process runs it)."""
     folder = Path(run_dir)
-    if not (folder / DB_NAME).is_file():
-        raise UsageError(f"{folder}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
-    summary_file = folder / "run.json"
-    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
-    provider = summary.get("provider") if isinstance(summary, dict) else None
+    with dataset.reading(folder) as (_, found):
+        rows = []
+        for row, path in found:
+            row["path"] = (folder / path).resolve()
+            rows.append(row)
     store = Store(folder, readonly=True)
     try:
-        planned = store.rows(in_plan=True)
-        columns = dataset.Columns.from_axes(r.axes for r in planned)
-        rows = []
-        for job in store.export_rows():
-            for index, entry in enumerate(job["files"]):
-                row = columns.row(job, entry, index, provider)
-                row["path"] = (folder / entry["path"]).resolve()
-                rows.append(row)
         failures = [{"key": r.key, "prompt_id": r.prompt_id, "model": r.model, "seed": r.seed, "axes": r.axes,
-                     "kind": r.error_kind, "reason": r.error} for r in planned if r.state == "failed"]
+                     "kind": r.error_kind, "reason": r.error} for r in store.rows(in_plan=True, state="failed")]
     finally:
         store.close()
+    summary_file = folder / "run.json"
+    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
     return Run(folder.resolve(), rows, failures, summary)

@@ -19,16 +19,20 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import files
+from .errors import UsageError
 from .layout import DATA_DIR
+from .store import DB_NAME, Store
 
 METADATA = "metadata.jsonl"
 CARD = "README.md"
@@ -203,7 +207,7 @@ def card_text(info: CardInfo, columns: Columns, *, data_globs: tuple[str, ...] =
     lines += ["task_categories:", "- text-to-image", "size_categories:", f"- {size_category(info.images)}",
               "tags:", "- synthetic", "- renderer",
               "# One split, pinned: path segments such as `dev` or `test` (a model called flux-1/dev)",
-              "# are never taken for split names. The globs see only this folder's images.",
+              "# are never taken for split names. The globs see only this folder's dataset files.",
               "configs:", "- config_name: default", "  data_files:", "  - split: train", "    path:"]
     lines += [f"    - {_yaml_string(g)}" for g in data_globs]
     lines.append("  features:")
@@ -251,3 +255,29 @@ def write(run_dir: Path, info: CardInfo, columns: Columns, jobs: Iterable[Mappin
                     {m: (e, n) for (m, e), n in models.items()}, count)
     files.write_atomic(data_dir / CARD, card_text(info, columns).encode())
     return count
+
+
+@contextmanager
+def reading(run_dir: Path) -> Iterator[tuple[Columns, Iterator[tuple[dict[str, Any], str]]]]:
+    """A finished run's dataset rows from its state, read-only: (columns, iterator of (row, path)).
+
+    `path` is the image's path relative to the run directory. Rows come in plan order, the
+    same rows metadata.jsonl holds. Safe while another process runs the directory.
+    """
+    if not (run_dir / DB_NAME).is_file():
+        raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
+    provider = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        provider = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("provider")
+    store = Store(run_dir, readonly=True)
+    try:
+        columns = Columns.from_axes(r.axes for r in store.rows(in_plan=True))
+
+        def rows() -> Iterator[tuple[dict[str, Any], str]]:
+            for job in store.export_rows():
+                for index, entry in enumerate(job["files"]):
+                    yield columns.row(job, entry, index, provider), entry["path"]
+
+        yield columns, rows()
+    finally:
+        store.close()

@@ -499,6 +499,18 @@ def megapixels(payload: dict[str, Any]) -> float:
     return 1.048576 * scale
 
 
+def price_of(prices: dict[str, dict[str, float]], endpoint: str, model: str) -> dict[str, float] | None:
+    """The manifest's price for a model: by endpoint id, else by label; None when unpriced."""
+    return prices.get(endpoint) or prices.get(model) or None
+
+
+def image_cost(price: dict[str, float], width: int, height: int) -> float:
+    """What one delivered image cost by the manifest's price: per image, or per megapixel of its real size."""
+    if "per_image" in price:
+        return float(price["per_image"])
+    return float(price.get("per_megapixel", 0.0)) * width * height / 1e6
+
+
 def build(manifest: Manifest, registry: SchemaRegistry) -> Plan:
     """Expand and check every job; raise ManifestError listing every problem."""
     return _Planner(manifest, registry).build()

@@ -22,12 +22,13 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from . import files
 from .client import Client
 from .emulator import Emulator, EmulatorConfig, ServiceTime
 from .errors import UsageError
 from .manifest import PROVIDERS, ProviderConfig
 from .plan import Job, Plan
-from .runner import Event, RunConfig, Runner, Summary
+from .runner import Event, RunConfig, Runner, Summary, iso_time
 from .schemas import SchemaRegistry
 from .store import DB_NAME, RunLock, Store
 
@@ -64,9 +65,13 @@ def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[
     key = None
     if kind != "emulator":
         key = env.get(config.key_env)
+        split = config.key_env == "FAL_KEY"  # fal's own clients also accept the key as id + secret
+        if not key and split and env.get("FAL_KEY_ID") and env.get("FAL_KEY_SECRET"):
+            key = f"{env['FAL_KEY_ID']}:{env['FAL_KEY_SECRET']}"
         if not key:
             raise UsageError(
-                f"the API key variable {config.key_env} is not set",
+                f"the API key variable {config.key_env} is not set"
+                + (" (nor FAL_KEY_ID and FAL_KEY_SECRET)" if split else ""),
                 hint=f"export {config.key_env}=… (renderer reads keys only from the environment), "
                 "or run on the built-in emulator with --provider emulator",
             )
@@ -257,12 +262,37 @@ async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, re
         return summary
 
 
-def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO) -> int:
+def summary_record(summary: Summary, plan: Plan) -> dict[str, Any]:
+    """The run's outcome as data: `run --json` prints it, one JSON document on stdout."""
+    return {
+        "outcome": summary.outcome, "exit_code": summary.exit_code, "run": str(plan.manifest.run_dir),
+        "manifest": str(plan.manifest.file), "jobs": len(plan.jobs), "counts": summary.counts,
+        "images_this_run": summary.images, "started": summary.started, "finished": summary.finished,
+        "started_at": iso_time(summary.started), "finished_at": iso_time(summary.finished),
+        "seconds": round(summary.finished - summary.started, 3), "requests": summary.calls,
+        "ambiguous_resubmits": summary.ambiguous_resubmits,
+        "cost": {"currency": "USD", "this_run": summary.cost, "all_runs": summary.total_cost,
+                 "estimate": summary.estimate},
+        "error": summary.error, "hint": summary.hint,
+    }
+
+
+def _usd(value: float | None) -> str:
+    return "unpriced" if value is None else f"${value:,.2f}"
+
+
+def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
     counts = summary.counts
     seconds = summary.finished - summary.started
     run_dir = plan.manifest.run_dir
-    out.write(f"{summary.outcome}: {counts['downloaded']}/{len(plan.jobs)} jobs downloaded, {counts['failed']} failed, "
-              f"{summary.images} images written this run in {seconds:.1f} s → {run_dir}/\n")
+    if as_json:
+        out.write(json.dumps(summary_record(summary, plan), indent=2, ensure_ascii=False) + "\n")
+    else:
+        out.write(f"{summary.outcome}: {counts['downloaded']}/{len(plan.jobs)} jobs downloaded, {counts['failed']} failed, "
+                  f"{summary.images} images written this run in {seconds:.1f} s → {run_dir}/\n")
+        if summary.total_cost is not None:
+            out.write(f"cost: {_usd(summary.cost)} this run, {_usd(summary.total_cost)} for all finished jobs "
+                      f"(estimate for the plan {_usd(summary.estimate)})\n")
     if summary.outcome == "stopped":
         err.write(f"error: {summary.error}\n")
         if summary.hint:
@@ -275,39 +305,83 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO) -> int:
     return summary.exit_code
 
 
+class EventLog:
+    """`--log FILE`: one JSON object per line for each event of the run (not the per-job progress ticks).
+
+    Lines carry `time` (epoch) and `at` (ISO 8601). Any secret given (the API key, its parts)
+    is replaced by "***" wherever it appears, as a last line of defence.
+    """
+
+    def __init__(self, path: Path, secrets: Sequence[str] = ()) -> None:
+        try:
+            self.handle: TextIO | None = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--log {path}: cannot open it for writing: {exc.strerror or exc}",
+                             hint="give a writable file path") from exc
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, event: Event) -> None:
+        if self.handle is None or event.get("type") == "progress":
+            return
+        now = time.time()
+        line = json.dumps({"time": round(now, 3), "at": iso_time(now), **event}, ensure_ascii=False, default=str)
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        self.handle.write(line + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
 def status(run_dir: Path, out: TextIO, *, as_json: bool) -> int:
     if not (run_dir / DB_NAME).is_file():
         raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
     store = Store(run_dir, readonly=True)
     try:
         counts = store.counts()
-        failures = [(r.key, r.prompt_id, r.model, r.seed, r.error_kind, r.error) for r in store.rows(in_plan=True, state="failed")]
+        failures = [(r.key, r.prompt_id, r.model, r.seed, r.axes, r.error_kind, r.error)
+                    for r in store.rows(in_plan=True, state="failed")]
         stale = [(r.key, r.stem, r.state) for r in store.rows(in_plan=False)]
         ambiguous = store.ambiguous()
+        # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
+        missing = [(key, e["path"]) for key, entries in store.downloaded_files()
+                   for e in entries if not files.file_intact(run_dir, e, rehash=False)]
         last_run = store.db.execute("SELECT summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
     finally:
         store.close()
+    damaged_jobs = len({key for key, _ in missing})
     rerun = {"submit": counts["planned"], "of_which_ambiguous": ambiguous, "reattach": counts["submitted"],
-             "download": counts["completed"], "skip_failed": counts["failed"], "skip_done": counts["downloaded"]}
+             "download": counts["completed"] + damaged_jobs, "of_which_missing_on_disk": damaged_jobs,
+             "skip_failed": counts["failed"], "skip_done": counts["downloaded"] - damaged_jobs}
     if as_json:
         out.write(json.dumps({"run": str(run_dir), "counts": counts, "rerun": rerun,
-                              "failures": [dict(zip(("key", "prompt", "model", "seed", "kind", "reason"), f, strict=True))
-                                           for f in failures],
+                              "missing_on_disk": [{"key": k, "path": p} for k, p in missing],
+                              "failures": [dict(zip(("key", "prompt", "model", "seed", "axes", "kind", "reason"), f,
+                                                    strict=True)) for f in failures],
                               "no_longer_in_manifest": [dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale],
                               "last_run": json.loads(last_run[0]) if last_run and last_run[0] else None},
-                             indent=2) + "\n")
+                             indent=2, ensure_ascii=False) + "\n")
         return 0
     out.write(f"run: {run_dir}\n")
     out.write("  " + "  ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
     out.write(f"a rerun would: submit {rerun['submit']} (ambiguous {ambiguous}), reattach {rerun['reattach']}, "
-              f"download {rerun['download']}, leave {rerun['skip_failed']} failed (use --retry-failed)\n")
-    for key, prompt, model, seed, kind, reason in failures:
-        out.write(f"failed: {prompt} / {model} / seed {seed} [{kind}] {reason}  ({key})\n")
+              f"download {rerun['download']} ({damaged_jobs} with files missing or changed on disk), "
+              f"leave {rerun['skip_failed']} failed (use --retry-failed)\n")
+    for key, path in missing:
+        out.write(f"missing or changed on disk: {path} ({key})\n")
+    for key, prompt, model, seed, axes, kind, reason in failures:
+        described = "".join(f" {k}={json.dumps(v, ensure_ascii=False)}" for k, v in axes.items())
+        out.write(f"failed: prompt={prompt} model={model} seed={seed}{described} [{kind}] {reason}  ({key})\n")
     for key, stem, state in stale:
         out.write(f"no longer in the manifest: {stem} ({state}, {key})\n")
     if last_run and last_run[0]:
         last = json.loads(last_run[0])
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["finished"]))
-        out.write(f"last run: {last['outcome']} at {when}, {last['images_this_run']} images\n")
+        out.write(f"last run: {last['outcome']} at {iso_time(last['finished'])}, {last['images_this_run']} images\n")
+        cost = last.get("cost") or {}
+        if cost.get("all_runs") is not None:
+            out.write(f"cost: {_usd(cost.get('this_run'))} last run, {_usd(cost['all_runs'])} for all finished jobs "
+                      f"(estimate {_usd(cost.get('estimate'))})\n")
     return 0
-
