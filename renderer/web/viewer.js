@@ -316,6 +316,7 @@
         const box = el('div', 'box');
         if (src) box.append(thumb(src, side));
         else box.append(el('span', null, side === 'difference' ? (it.verdict === 'identical' ? 'identical' : 'n/a') : 'missing in ' + side));
+        box.append(el('span', 'side', side === 'difference' ? 'difference ×4' : side));
         trio.append(box);
       }
       trio.firstChild.append(badge);
