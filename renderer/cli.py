@@ -428,11 +428,12 @@ def cmd_run(ctx: Context) -> int:
             timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, "timeout"),
             retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=on_event, env=ctx.env,
             schemas=ctx.schema_dir())
+        if log is not None:
+            log({"type": "finished", **run_mod.summary_record(summary, plan)})
     finally:
         display.close()
-    if log is not None:
-        log({"type": "finished", **run_mod.summary_record(summary, plan)})
-        log.close()
+        if log is not None:
+            log.close()
     return run_mod.report(summary, plan, ctx.out, ctx.err, as_json=a.json)
 
 

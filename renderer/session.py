@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -313,16 +314,25 @@ class EventLog:
     """
 
     def __init__(self, path: Path, secrets: Sequence[str] = ()) -> None:
-        try:
-            self.handle: TextIO | None = path.open("a", encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--log {path}: cannot open it for writing: {exc.strerror or exc}",
-                             hint="give a writable file path") from exc
+        # Checked now, opened at the first event: bad input elsewhere must leave no file behind.
+        folder = path.parent if str(path.parent) else Path(".")
+        if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK) or \
+                (path.exists() and not os.access(path, os.W_OK)):
+            raise UsageError(f"--log {path}: not a writable file path",
+                             hint="give a file in an existing, writable folder")
+        self.path = path
+        self.handle: TextIO | None = None
+        self.closed = False
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def __call__(self, event: Event) -> None:
-        if self.handle is None or event.get("type") == "progress":
+        if self.closed or event.get("type") == "progress":
             return
+        if self.handle is None:
+            try:
+                self.handle = self.path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"--log {self.path}: cannot open it for writing: {exc.strerror or exc}") from exc
         now = time.time()
         line = json.dumps({"time": round(now, 3), "at": iso_time(now), **event}, ensure_ascii=False, default=str)
         for secret in self.secrets:
@@ -331,6 +341,7 @@ class EventLog:
         self.handle.flush()
 
     def close(self) -> None:
+        self.closed = True
         if self.handle is not None:
             self.handle.close()
             self.handle = None

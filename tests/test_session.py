@@ -129,3 +129,16 @@ def test_status_checks_files_on_disk_and_shows_axes(tmp_path: Path):
     main(["status", str(tmp_path / "o/t"), "--json"], stdout=out, stderr=io.StringIO(), environ={})
     data = json.loads(out.getvalue())
     assert data["rerun"]["download"] == 1 and data["failures"][0]["axes"] == {"num_inference_steps": 3}
+
+
+def test_log_path_problems_are_usage_errors(tmp_path: Path):
+    """--log into a missing folder exits 2 before anything runs; a key error leaves no log file behind."""
+    m = write_manifest(tmp_path)
+    err = io.StringIO()
+    code = main(["run", str(m), "--output", str(tmp_path / "o"), "--log", str(tmp_path / "nope/x.log")],
+                stdout=io.StringIO(), stderr=err, environ={})
+    assert code == 2 and "--log" in err.getvalue() and not (tmp_path / "o").exists()
+    fal = write_manifest(tmp_path, provider="fal")
+    code = main(["run", str(fal), "--output", str(tmp_path / "o"), "--log", str(tmp_path / "run.log")],
+                stdout=io.StringIO(), stderr=io.StringIO(), environ={})
+    assert code == 2 and not (tmp_path / "run.log").exists()
