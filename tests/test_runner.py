@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -566,3 +567,34 @@ def test_a_file_where_a_folder_must_be_is_a_clear_error_and_the_rerun_pays_nothi
         assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
         assert emu.stats()["submits"] == 2 and emu.stats()["duplicate_submits"] == 0
     assert_all_verified(tmp_path / "o/t")
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_faulty_run_loses_nothing_and_explains_every_duplicate():
+    """bench/kill_trials.py at a small size: kills after the first submit, with faults; 0 lost, 0 partial files,
+    0 temporary files left, and every duplicate submission recorded (ambiguous window or resubmit with a reason)."""
+    done = subprocess.run([sys.executable, "bench/kill_trials.py", "--jobs", "40", "--kills", "6"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["kills"] == record["kills_mid_run"] == 6
+    assert record["final_exit"] == 0
+    assert record["lost"] == record["partial"] == record["orphaned_temp"] == 0
+    assert record["partial_seen_after_kills"] == 0  # no kill ever left a broken file at a final path
+    assert record["unexplained_duplicates"] == 0
+
+
+def test_a_run_whose_directory_disappears_stops_with_an_error(tmp_path: Path):
+    """The run directory deleted mid-run: the run stops with an error naming it (exit 1), never 'done'."""
+    m = _emulator_manifest(tmp_path, list(range(1, 41)), 0.2)
+    proc = _popen(m, tmp_path / "o")
+    run_dir = tmp_path / "o/t"
+    deadline = time.monotonic() + 30
+    while not list((run_dir / "data").rglob("*.png")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run_dir.rename(tmp_path / "deleted")  # in one step, like `rm -r` seen from the run
+    shutil.rmtree(tmp_path / "deleted", ignore_errors=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    assert b"was removed during the run" in err and b"Traceback" not in err
+    assert not out.startswith(b"done")
