@@ -190,6 +190,8 @@ def _load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
         try:
             manifest = manifest_mod.load(Path(name))
             manifest_mod.check_plan_size(manifest, limit)
+            if not getattr(ctx.args, "output", None):
+                _check_output(ctx, manifest)  # what `run` would write into, reported by validate too
             plans.append(plan_mod.build(manifest, registry))
         except ManifestError as exc:
             problems.extend(exc.problems)
@@ -372,7 +374,7 @@ def _provider_override(ctx: Context) -> str | None:
 
 def _check_output(ctx: Context, m: manifest_mod.Manifest) -> None:
     """The output root and run directory must be directories or creatable as such."""
-    given = "--output" if ctx.args.output else None
+    given = "--output" if getattr(ctx.args, "output", None) else None
     text = str(m.output)
     reason = None
     if "\0" in text:

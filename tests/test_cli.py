@@ -191,3 +191,12 @@ def test_plan_size_cap_is_refused_before_expansion_and_can_be_raised(tmp_path: P
     code, _, err = run("validate", str(m), "--max-plan-jobs", "10")
     assert code == 2 and "up to 50 jobs" in err and "--max-plan-jobs" in err
     assert run("validate", str(m), "--max-plan-jobs", "50")[0] == 0
+
+
+def test_manifest_output_that_is_a_file_is_reported_by_validate(tmp_path: Path):
+    """`output: /dev/null` in a manifest is a located problem for validate as well as run."""
+    m = tmp_path / "m.yaml"
+    m.write_text("name: t\noutput: /dev/null\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\n"
+                 "seeds: [1]\n")
+    code, _, err = run("validate", str(m))
+    assert code == 2 and err.startswith(f"{m}:2:9: $.output: output '/dev/null': /dev/null exists and is not a directory")
