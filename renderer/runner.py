@@ -129,7 +129,7 @@ class Runner:
         self.phase: dict[str, str] = {}  # key → what its task is doing now
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.queued: dict[str, int | None] = {}  # keys waiting in the provider's queue → position
-        self._endpoints = {j.key: j.endpoint for j in plan.jobs}
+        self._endpoints: dict[str, str] = {}  # key → endpoint, for the jobs read but not yet finished
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.done = 0
         self.failed = 0
@@ -149,9 +149,9 @@ class Runner:
 
     # -------------------------------------------------- the run
 
-    def prepare(self) -> tuple[list[str], int]:
-        """Sync the plan, check finished files, and list the pending keys (in plan order)."""
-        self.plan_changed = self.store.sync_plan(self.plan.jobs)
+    def prepare(self) -> int:
+        """Sync the plan and check finished files; returns the count of ambiguous submits."""
+        self.plan_changed = self.store.sync_plan(self.plan.jobs, getattr(self.plan, "digest", ""))
         files.remove_partials(self.run_dir, {(self.run_dir / stem).parent for stem in self.store.unfinished_stems()})
         if self.config.retry_failed:
             self.store.retry_failed()
@@ -159,20 +159,30 @@ class Runner:
             if not all(files.file_intact(self.run_dir, e, rehash=self.config.verify) for e in entries):
                 self.store.redownload(key, "a finished file was missing or changed")
                 self.plan_changed = True
-        ambiguous = self.store.ambiguous()
-        pending = self.store.pending()
-        if self.config.max_jobs is not None:
-            allowed = {j.key for j in self.plan.jobs[: self.config.max_jobs]}
-            pending = [k for k in pending if k in allowed]
-        return pending, ambiguous
+        return self.store.ambiguous()
+
+    def pending(self) -> Iterator[str]:
+        """Pending keys in plan order, read from the store a page at a time (never one list).
+
+        A trial (--max-jobs N) takes the plan's first N jobs: plan_index is the plan position.
+        """
+        after = -1
+        while True:
+            page = self.store.pending_page(after, before=self.config.max_jobs)
+            if not page:
+                return
+            for _index, key, endpoint in page:
+                self._endpoints[key] = endpoint
+                yield key
+            after = page[-1][0]
 
     async def run(self) -> Summary:
         started = time.time()
-        pending, ambiguous = self.prepare()
+        ambiguous = self.prepare()
         run_id = self.store.start_run(ambiguous)
-        self.emit({"type": "start", "pending": len(pending), "total": len(self.plan.jobs),
-                   "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
-        queue = iter(pending)
+        self.emit({"type": "start", "pending": self.store.pending_count(self.config.max_jobs),
+                   "total": len(self.plan.jobs), "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
+        queue = self.pending()
 
         async def worker() -> None:
             for key in queue:
@@ -193,6 +203,7 @@ class Runner:
                         self.tasks.pop(key, None)
                         self.phase.pop(key, None)
                         self.queued.pop(key, None)
+                        self._endpoints.pop(key, None)
                 finally:
                     await self.slots.release()
                 self.emit(self.progress())
@@ -262,7 +273,7 @@ class Runner:
     # -------------------------------------------------- one job
 
     async def _job(self, key: str) -> None:
-        slot = self.endpoint_slots.get(self._endpoints[key]) if self.endpoint_slots else None
+        slot = self.endpoint_slots.get(self._endpoints.get(key, "")) if self.endpoint_slots else None
         if slot is None:
             await self._advance(key)
             return
