@@ -19,10 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from . import __version__, schemas, settings
 from . import manifest as manifest_mod
 from . import plan as plan_mod
-from . import schemas
-from .errors import ManifestError, RendererError, UsageError
+from .errors import ManifestError, Problem, RendererError, UsageError
 
 EXIT_BUG = 70  # EX_SOFTWARE
 
@@ -83,6 +83,9 @@ class Context:
 
 def cmd_schemas_build(ctx: Context) -> int:
     out_dir = Path(ctx.args.dir)
+    if not (out_dir / "docs").is_dir():
+        raise UsageError(f"{out_dir / 'docs'}: no model documents here",
+                         hint="run in the repository root, or give --dir SCHEMA_DIR (it needs a docs/ folder)")
     result = schemas.build(out_dir / "docs")
     for warning in result.warnings:
         ctx.note(f"warning: {warning}")
@@ -175,12 +178,19 @@ def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]], *, right: int 
 
 
 def _load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
-    """Plan every manifest; collect all problems across all of them before failing."""
+    """Plan every manifest; collect all problems across all of them before failing.
+
+    The plan's size is bounded by arithmetic first, so an enormous manifest is refused
+    before a single job is expanded.
+    """
     registry = ctx.registry()
+    limit = getattr(ctx.args, "max_plan_jobs", None) or manifest_mod.MAX_PLAN_JOBS
     plans, problems = [], []
     for name in paths:
         try:
-            plans.append(plan_mod.build(manifest_mod.load(Path(name)), registry))
+            manifest = manifest_mod.load(Path(name))
+            manifest_mod.check_plan_size(manifest, limit)
+            plans.append(plan_mod.build(manifest, registry))
         except ManifestError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -188,6 +198,10 @@ def _load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
     for plan in plans:
         for note in plan.notes:
             ctx.note(f"note: {plan.manifest.file}: {note}")
+        unpriced = [name for name, cost in plan.costs.items() if cost is None]
+        if unpriced and len(unpriced) < len(plan.costs):
+            ctx.note(f"note: {plan.manifest.file}: the cost estimate leaves out {len(unpriced)} model(s) with no "
+                     f"price: {', '.join(unpriced)}")
     return plans
 
 
@@ -195,8 +209,29 @@ def _money(value: float | None) -> str:
     return "-" if value is None else f"${value:,.2f}"
 
 
+def problem_json(problem: Problem) -> dict[str, Any]:
+    """One problem for editors and CI: where it is, what is wrong, and what would fix it."""
+    hint = "; ".join(filter(None, [problem.allowed and f"allowed: {problem.allowed}",
+                                   problem.suggestion and f"did you mean {problem.suggestion}?"]))
+    return {"file": problem.file, "line": problem.line, "column": problem.col, "json_path": problem.json_path,
+            "message": problem.message, "hint": hint or None, "job": problem.job}
+
+
 def cmd_validate(ctx: Context) -> int:
-    for plan in _load_plans(ctx, ctx.args.manifests):
+    try:
+        plans = _load_plans(ctx, ctx.args.manifests)
+    except ManifestError as exc:
+        if not ctx.args.json:
+            raise
+        ctx.print(json.dumps({"ok": False, "problems": [problem_json(p) for p in exc.problems]},
+                             indent=2, ensure_ascii=False))
+        return exc.exit_code
+    if ctx.args.json:
+        ctx.print(json.dumps({"ok": True, "problems": [], "manifests": [
+            {"file": str(p.manifest.file), "jobs": len(p.jobs), "images": p.images,
+             "models": len(p.by_model) if p.by_model else len({j.model for j in p.jobs})} for p in plans]}, indent=2, ensure_ascii=False))
+        return 0
+    for plan in plans:
         models = len(plan.by_model) if plan.by_model else len({j.model for j in plan.jobs})
         ctx.print(f"ok: {plan.manifest.file}: {len(plan.jobs)} jobs, {plan.images} images, {models} models")
     return 0
@@ -317,50 +352,138 @@ def cmd_emulator(ctx: Context) -> int:
 # ---------------------------------------------------------------- run and status
 
 
-def _setting(flag: Any, env: Mapping[str, str], name: str, manifest_value: Any, cast: Callable[[str], Any]) -> Any:
-    """flag > environment > manifest (whose own default applies when it says nothing)."""
+def _setting(flag: Any, env: Mapping[str, str], name: str, manifest_value: Any, setting: str) -> Any:
+    """flag > environment > manifest (whose own default applies when it says nothing).
+
+    Flags were checked by argparse (`_number`); the environment is checked here, by the same
+    `settings.parse`, and reported as the variable it came from.
+    """
     if flag is not None:
         return flag
     if env.get(name):
         try:
-            return cast(env[name])
-        except ValueError as exc:
-            raise UsageError(f"{name}={env[name]!r} is not valid: {exc}") from exc
+            return settings.parse(setting, env[name])
+        except settings.SettingError as exc:
+            raise UsageError(f"{name}={env[name]!r}: {exc.message}",
+                             hint=f"allowed: {exc.allowed}; or unset {name}") from None
     return manifest_value
+
+
+def _number(setting: str) -> Callable[[str], Any]:
+    """An argparse `type` that parses a flag with `settings.parse`."""
+    def convert(text: str) -> Any:
+        try:
+            return settings.parse(setting, text)
+        except settings.SettingError as exc:
+            raise argparse.ArgumentTypeError(f"{exc.message} (allowed: {exc.allowed})") from None
+
+    convert.__name__ = setting
+    return convert
+
+
+def _provider_override(ctx: Context) -> str | None:
+    """--provider, else RENDERER_PROVIDER, checked and reported under the name the user gave."""
+    value, source = ctx.args.provider, "--provider"
+    if not value:
+        value, source = ctx.env.get("RENDERER_PROVIDER") or None, "RENDERER_PROVIDER"
+    if value is None or value in manifest_mod.PROVIDERS:
+        return value
+    if not value.startswith(("http://", "https://")):
+        raise UsageError(f"{source} {value!r}: use emulator, fal, or a base URL (http://… or https://…)")
+    try:
+        settings.check_url(value)
+    except settings.SettingError as exc:
+        raise UsageError(f"{source}: {exc.message}", hint=exc.allowed) from None
+    return value
+
+
+def _check_output(ctx: Context, m: manifest_mod.Manifest) -> None:
+    """The output root and run directory must be directories or creatable as such."""
+    given = "--output" if ctx.args.output else None
+    text = str(m.output)
+    reason = None
+    if "\0" in text:
+        reason = "contains a NUL character"
+    else:
+        for path in (m.run_dir, m.output, *m.output.absolute().parents):
+            try:
+                if path.exists():
+                    if not path.is_dir():
+                        reason = f"{path} exists and is not a directory"
+                    break
+            except OSError as exc:
+                reason = f"{path}: {exc.strerror or exc}"
+                break
+    if reason is None:
+        return
+    if given:
+        raise UsageError(f"--output {text!r}: {reason}", hint="give a directory (it is created if missing)")
+    raise ManifestError([m.doc.problem(("output",), f"output {text!r}: {reason}",
+                                       allowed="a directory (created if missing)")])
 
 
 def cmd_run(ctx: Context) -> int:
     # Imported here: aiohttp, tqdm and Pillow cost ~0.35 s that validate, plan and models never need.
-    from . import run as run_mod
-    from .runner import RunConfig
+    from . import api
+    from . import session as run_mod
 
     a = ctx.args
     (plan,) = _load_plans(ctx, [a.manifest])
     if a.dry_run:
         return cmd_plan(ctx)
-    m = plan.manifest
     if a.output:
-        plan.manifest = m = replace(m, output=Path(a.output))
-    provider = run_mod.resolve_provider(m.provider, a.provider or ctx.env.get("RENDERER_PROVIDER"), ctx.env)
-    config = RunConfig(
-        concurrency=_setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", m.limits.concurrency, int),
-        per_endpoint=dict(m.limits.per_endpoint),
-        rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, float),
-        timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, float),
-        retry=m.retries, retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify,
-    )
-    display = run_mod.Display(ctx.err, quiet=a.quiet, total=len(plan.jobs))
-    summary = run_mod.execute(plan, provider, config, ctx.registry(), display)
-    return run_mod.report(summary, plan, ctx.out, ctx.err)
+        plan.manifest = replace(plan.manifest, output=Path(a.output))
+    m = plan.manifest
+    _check_output(ctx, m)
+    display = run_mod.Display(ctx.err, quiet=a.quiet, jobs=plan.jobs)
+    listeners: list[Callable[[Any], None]] = [display]
+    log = None
+    if a.log:
+        keys = [ctx.env.get(m.provider.key_env, ""), ctx.env.get("FAL_KEY_ID", ""), ctx.env.get("FAL_KEY_SECRET", "")]
+        log = run_mod.EventLog(Path(a.log), secrets=keys)
+        listeners.append(log)
+
+    def on_event(event: Any) -> None:
+        for listener in listeners:
+            listener(event)
+
+    try:
+        summary = api.run(
+            plan, provider=_provider_override(ctx),
+            concurrency=_setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", m.limits.concurrency, "concurrency"),
+            rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, "rate"),
+            timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, "timeout"),
+            retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=on_event, env=ctx.env,
+            schemas=ctx.schema_dir())
+        if log is not None:
+            log({"type": "finished", **run_mod.summary_record(summary, plan)})
+    finally:
+        display.close()
+        if log is not None:
+            log.close()
+    return run_mod.report(summary, plan, ctx.out, ctx.err, as_json=a.json)
 
 
 def cmd_status(ctx: Context) -> int:
-    from . import run as run_mod
+    from . import session as run_mod
 
     return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json)
 
 
-# ---------------------------------------------------------------- report and diff
+# ---------------------------------------------------------------- report, export and diff
+
+
+def cmd_export(ctx: Context) -> int:
+    from . import export
+
+    a = ctx.args
+    done = export.export(Path(a.run), a.format, Path(a.out) if a.out else None, a.shard_size)
+    if a.json:
+        ctx.print(json.dumps(done, indent=2))
+        return 0
+    ctx.print(f"export: {done['rows']} images, {done['bytes']:,} bytes in {len(done['shards'])} {a.format} "
+              f"shard(s) → {done['dir']}/")
+    return 0
 
 
 def cmd_report(ctx: Context) -> int:
@@ -423,6 +546,7 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
 
     root = parser(prog="renderer", description="Declarative batch renderer for fal.ai text-to-image models.")
     root.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    root.add_argument("--version", action="version", version=f"renderer {__version__}")
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -449,21 +573,26 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_validate = command("validate", cmd_validate, "check manifests and every job they expand to; send nothing")
     p_validate.add_argument("manifests", nargs="+", metavar="MANIFEST")
     p_validate.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+    p_validate.add_argument("--json", action="store_true",
+                            help="machine-readable result: problems with file, line, column, json_path, message, hint")
 
     p_plan = command("plan", cmd_plan, "show what a run would do: jobs, images, cost, output paths")
     p_plan.add_argument("manifest", metavar="MANIFEST")
     p_plan.add_argument("--json", action="store_true", help="one JSON line per job")
     p_plan.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+    for p in (p_validate, p_plan):
+        p.add_argument("--max-plan-jobs", type=_number("max_plan_jobs"), metavar="N",
+                       help=f"refuse plans above N jobs (default {manifest_mod.MAX_PLAN_JOBS:,})")
 
     p_emu = command("emulator", cmd_emulator, "run the built-in fal emulator on this machine and print its base URL")
     p_emu.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p_emu.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    p_emu.add_argument("--workers", type=int, default=2, help="concurrent worker slots (default 2, like a new fal account)")
+    p_emu.add_argument("--port", type=_number("port"), default=0, help="port (default: a free one)")
+    p_emu.add_argument("--workers", type=_number("workers"), default=2, help="concurrent worker slots (default 2, like a new fal account)")
     p_emu.add_argument("--latency", default="0.05", help="service time: S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA")
     p_emu.add_argument("--seed", type=int, default=0, help="seed for service times and faults")
     p_emu.add_argument("--key-env", help="require the key held in this environment variable")
-    p_emu.add_argument("--max-side", type=int, default=256, help="cap on the longest image side (0: none)")
-    p_emu.add_argument("--keepalive", type=float, default=15.0, help="seconds between SSE keep-alive comments")
+    p_emu.add_argument("--max-side", type=_number("max_side"), default=256, help="cap on the longest image side (0: none)")
+    p_emu.add_argument("--keepalive", type=_number("keepalive"), default=15.0, help="seconds between SSE keep-alive comments")
     p_emu.add_argument("--allow-unknown", action="store_true", help="serve endpoints that have no schema")
     p_emu.add_argument("--variant", action="append", default=[], metavar="ENDPOINT=SALT",
                        help="render this endpoint differently (to exercise `renderer diff`)")
@@ -476,25 +605,29 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
                              ("--fault-truncate", "fault_truncate", "truncated downloads"),
                              ("--fault-corrupt", "fault_corrupt", "corrupted downloads"),
                              ("--fault-stuck", "fault_stuck", "requests stuck IN_QUEUE")):
-        p_emu.add_argument(flag, dest=dest, type=float, default=0.0, metavar="P", help=f"probability of {what}")
-    p_emu.add_argument("--retention", type=float, help="seconds results live after completion (then 404)")
-    p_emu.add_argument("--lock-after", type=int, help="answer 403 'User is locked' after this many submits")
+        p_emu.add_argument(flag, dest=dest, type=_number("probability"), default=0.0, metavar="P", help=f"probability of {what}")
+    p_emu.add_argument("--retention", type=_number("retention"), help="seconds results live after completion (then 404)")
+    p_emu.add_argument("--lock-after", type=_number("lock_after"), help="answer 403 'User is locked' after this many submits")
     p_emu.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
     p_run = command("run", cmd_run, "render a manifest: submit, wait, download and verify every image")
     p_run.add_argument("manifest", metavar="MANIFEST")
     p_run.add_argument("--provider", help="emulator, fal, or a base URL (env RENDERER_PROVIDER; default: manifest)")
     p_run.add_argument("--output", help="output root (default: the manifest's, else outputs/)")
-    p_run.add_argument("--concurrency", type=int, help="jobs in flight (env RENDERER_CONCURRENCY)")
-    p_run.add_argument("--rate", type=float, help="submissions per second (env RENDERER_RATE)")
-    p_run.add_argument("--timeout", type=float, help="seconds per job before it is cancelled (env RENDERER_TIMEOUT)")
+    p_run.add_argument("--concurrency", type=_number("concurrency"), help="jobs in flight (env RENDERER_CONCURRENCY)")
+    p_run.add_argument("--rate", type=_number("rate"), help="submissions per second, or 5/s, 120/min (env RENDERER_RATE)")
+    p_run.add_argument("--timeout", type=_number("timeout"), help="seconds per job before it is cancelled (env RENDERER_TIMEOUT)")
     p_run.add_argument("--retry-failed", action="store_true", help="try failed jobs again")
-    p_run.add_argument("--max-jobs", type=int, help="render only the first N jobs of the plan (a trial)")
+    p_run.add_argument("--max-jobs", type=_number("max_jobs"), help="render only the first N jobs of the plan (a trial)")
     p_run.add_argument("--verify", action="store_true", help="re-hash finished files instead of trusting size+mtime")
     p_run.add_argument("--dry-run", action="store_true", help="show the plan; send nothing")
-    p_run.add_argument("--json", action="store_true", help="with --dry-run: one JSON line per job")
+    p_run.add_argument("--json", action="store_true",
+                       help="print the run's summary as JSON on stdout (with --dry-run: one JSON line per job)")
+    p_run.add_argument("--log", metavar="FILE", help="append a JSON-lines log of the run's events to FILE")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p_run.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+    p_run.add_argument("--max-plan-jobs", type=_number("max_plan_jobs"), metavar="N",
+                       help=f"refuse plans above N jobs (default {manifest_mod.MAX_PLAN_JOBS:,})")
 
     p_status = command("status", cmd_status, "show a run directory's state and what a rerun would do")
     p_status.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/quickstart")
@@ -506,7 +639,15 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_report.add_argument("--tag", action="append", default=[], help="only prompts with this tag (repeatable)")
     p_report.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
     p_report.add_argument("--seed", action="append", default=[], type=int, help="only this seed (repeatable)")
-    p_report.add_argument("--max-sheet", type=int, default=4096, help="largest PNG sheet side in pixels")
+    p_report.add_argument("--max-sheet", type=_number("max_sheet"), default=4096, help="largest PNG sheet side in pixels")
+
+    p_export = command("export", cmd_export, "write a run's dataset as Parquet shards or WebDataset tars")
+    p_export.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")
+    p_export.add_argument("--format", required=True, choices=("parquet", "webdataset"),
+                          help="parquet (images embedded; what the Hub serves) or webdataset (tar shards)")
+    p_export.add_argument("--shard-size", type=int, default=1000, metavar="N", help="images per shard (default 1000)")
+    p_export.add_argument("--out", metavar="DIR", help="destination (default: RUN/export/FORMAT/)")
+    p_export.add_argument("--json", action="store_true", help="machine-readable output")
 
     p_diff = command("diff", cmd_diff, "compare two runs image by image; exit 1 if anything changed")
     p_diff.add_argument("run_a", metavar="RUN_A")
@@ -515,8 +656,8 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
                         help="compare model A in RUN_A with model B in RUN_B (same prompt, seed, axes)")
     p_diff.add_argument("--json", action="store_true", help="machine-readable output")
     p_diff.add_argument("--html", help="also write an HTML page with changed pairs side by side")
-    p_diff.add_argument("--hash-limit", type=int, default=6, help="largest dHash distance still 'same' (of 64)")
-    p_diff.add_argument("--rmse-limit", type=float, default=0.04, help="largest RMSE (0-1) still 'same'")
+    p_diff.add_argument("--hash-limit", type=_number("hash_limit"), default=6, help="largest dHash distance still 'same' (of 64)")
+    p_diff.add_argument("--rmse-limit", type=_number("rmse_limit"), default=0.04, help="largest RMSE (0-1) still 'same'")
 
     return root
 

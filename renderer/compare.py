@@ -15,7 +15,6 @@ re-encoding at quality 75 of the same picture measures about dHash 0-2, RMSE 0.0
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -138,29 +137,7 @@ def compare(run_a: Path, run_b: Path, *, mapping: dict[str, str] | None = None,
 
 
 def write_html(result: dict[str, Any], path: Path) -> Path:
-    """Changed pairs side by side with an amplified difference image (files beside the page)."""
-    folder = path.parent / (path.stem + "-images")
-    folder.mkdir(parents=True, exist_ok=True)
-    run_a, run_b = Path(result["run_a"]), Path(result["run_b"])
-    rows = []
-    for n, pair in enumerate(p for p in result["pairs"] if p["verdict"] == "changed"):
-        a, b = run_a / pair["a"], run_b / pair["b"]
-        with Image.open(a) as ia, Image.open(b) as ib:
-            ia, ib = ia.convert("RGB"), ib.convert("RGB").resize(ia.size)
-            delta = ImageChops.difference(ia, ib).point(lambda v: min(255, v * 4))
-            delta.save(folder / f"{n}-diff.png")
-            ia.save(folder / f"{n}-a.png")
-            ib.save(folder / f"{n}-b.png")
-        rows.append(f"<tr><td>{html.escape(pair['label'])} #{pair['index']}<br>dHash {pair['hash_distance']}, "
-                    f"RMSE {pair['rmse']:.3f}</td><td><img src='{folder.name}/{n}-a.png'></td>"
-                    f"<td><img src='{folder.name}/{n}-b.png'></td><td><img src='{folder.name}/{n}-diff.png'></td></tr>")
-    counts = result["counts"]
-    page = ("<!doctype html><html lang=en><head><meta charset=utf-8><title>renderer diff</title><style>"
-            "body{font:14px system-ui;margin:16px}img{max-width:256px}td{vertical-align:top;padding:4px}"
-            "</style></head><body>"
-            f"<h1>{html.escape(result['run_a'])} → {html.escape(result['run_b'])}</h1>"
-            f"<p>{', '.join(f'{k}: {v}' for k, v in counts.items())}</p>"
-            "<table><tr><th>job</th><th>A</th><th>B</th><th>difference ×4</th></tr>" + "".join(rows) +
-            "</table></body></html>\n")
-    path.write_text(page, encoding="utf-8")
-    return path
+    """The comparison page: the report's viewer with A | B | difference per pair (renderer/diffpage.py)."""
+    from . import diffpage
+
+    return diffpage.write(result, path)

@@ -4,9 +4,8 @@ Invariants:
   * A final path only ever holds a complete, verified image: bytes go to a hidden temporary
     file in the same directory, are fsynced, then renamed into place.
   * The extension comes from the decoded image, never from a URL or a server-given name.
-  * metadata.jsonl lists images in plan order, with `file_name` relative to the run directory,
-    loadable as a Hugging Face ImageFolder dataset; README.md pins the split so a path segment
-    such as `dev` or `test` is never read as one.
+  * Files get the mode the umask allows (0666 & ~umask), like any other program's files: a
+    team drive or a web server must be able to read them (mkstemp's 0600 did not allow that).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +68,7 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> os.stat_re
     The data is fsynced before the rename; the directory is not. After a power cut the rename
     may be undone, and a rerun notices the missing file (size/mtime check) and fetches it again.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=PART_SUFFIX)
+    fd, tmp = open_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -82,6 +80,22 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> os.stat_re
         Path(tmp).unlink(missing_ok=True)
         raise
     return path.stat()
+
+
+def open_temporary(path: Path) -> tuple[int, str]:
+    """A new hidden temporary file beside `path` (same file system, so a rename is atomic).
+
+    Created with O_EXCL and mode 0666, so the kernel applies the process umask (mkstemp would
+    force 0600). The name ends in PART_SUFFIX, which is how `remove_partials` finds leftovers.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}{PART_SUFFIX}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # 48 random bits: practically never, but never overwrite
+            continue
 
 
 def write_json(path: Path, data: Any, *, durable: bool = True) -> os.stat_result:
@@ -122,40 +136,3 @@ def file_intact(run_dir: Path, entry: dict[str, Any], *, rehash: bool) -> bool:
         with open(path, "rb") as handle:
             return hashlib.sha256(handle.read()).hexdigest() == entry["sha256"]
     return stat.st_mtime_ns == entry["mtime_ns"]
-
-
-HF_README = """---
-# Written by renderer. Pins every image to one split, so that path segments such as
-# "dev" or "test" (e.g. a model called flux-1/dev) are never read as split names.
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path:
-    - "metadata.jsonl"
-    - "**/*.png"
-    - "**/*.jpg"
-    - "**/*.webp"
----
-# {name}
-
-Images rendered by `renderer` from `{manifest}`. `metadata.jsonl` has one row per image:
-`file_name` (relative to this folder), `prompt`, `prompt_id`, `model`, `endpoint`, `seed`,
-`job_key`, `params` (everything else that was sent) and `tags`.
-"""
-
-
-def export(run_dir: Path, name: str, manifest: str, rows: Iterable[dict[str, Any]]) -> None:
-    """metadata.jsonl (plan order), streamed to a temporary file and renamed; the dataset README."""
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".metadata.jsonl.", suffix=PART_SUFFIX)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, run_dir / "metadata.jsonl")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    write_atomic(run_dir / "README.md", HF_README.format(name=name, manifest=manifest).encode())

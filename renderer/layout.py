@@ -1,6 +1,9 @@
 """Where things go on disk. Pure functions of a job: no I/O, no clock, no plan order.
 
-A job's images live at  RUN/<model>/<prompt id>/[<axis>-<value>_…/]s<seed>-<i>.<ext>
+A job's images live at  RUN/data/<model>/<prompt id>/[<axis>-<value>_…/]s<seed>-<i>.<ext>
+  * RUN/data/ is the dataset (images, sidecars, metadata.jsonl, the card); the run's machinery
+    (state, lock, run.json, report/) stays outside it, so the card's globs and an upload of
+    data/ carry only the dataset;
   * every segment is safe on Linux, macOS and Windows (no reserved names, no `:` or `\\`,
     no trailing dot or space, at most 80 characters), and compared case-insensitively for
     collisions, because macOS and Windows file systems fold case;
@@ -20,6 +23,7 @@ _WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{n}" for p in ("com", "
 MAX_SEGMENT = 80
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 SIDECAR_SUFFIX = ".json"
+DATA_DIR = "data"  # the dataset folder inside a run directory
 
 
 @lru_cache(maxsize=65536)
@@ -62,7 +66,13 @@ def job_stem(model: str, prompt_id: str, axes: dict[str, Any], seed: int | None)
 
 
 def image_path(stem: str, index: int, ext: str) -> str:
-    return f"{stem}-{index}.{ext}"
+    """An image's path relative to the run directory (inside the dataset folder)."""
+    return f"{DATA_DIR}/{stem}-{index}.{ext}"
+
+
+def job_folder(stem: str) -> str:
+    """The folder, relative to the run directory, that holds a job's images."""
+    return image_path(stem, 0, "x").rsplit("/", 1)[0]
 
 
 def predicted_extension(fmt: Any) -> str:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import math
 import re
-from dataclasses import dataclass, field
+import stat
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from .errors import ManifestError, Problem, UserError
+from . import settings
+from .errors import ManifestError, Problem
 from .schemas import closest, default_schema_dir
 
 Path_ = tuple[str | int, ...]
@@ -74,36 +78,188 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 # libyaml's loader when PyYAML was built with it (the wheels are): the same nodes and marks, faster.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+# Limits that keep a hostile or mistaken file from exhausting the machine. A real manifest is
+# a few levels deep; libyaml's composer recurses in C (it crashed the process at 50,000
+# levels), so depth is checked on the event stream, which is flat, before anything is composed.
+MAX_DEPTH = 64
+MAX_VALUES = 1_000_000  # values after alias expansion: stops "billion laughs"
+_YAML = "tag:yaml.org,2002:"
+_PLAIN_TAGS = {_YAML + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+_TAG_HINTS = {
+    _YAML + "binary": "binary (!!binary) values are not accepted; write the value as text",
+    _YAML + "timestamp": "this is read by YAML as a date or time; quote it to keep it text",
+    _YAML + "set": "!!set is not accepted; write a list",
+    _YAML + "omap": "!!omap is not accepted; write a mapping",
+    _YAML + "pairs": "!!pairs is not accepted; write a mapping",
+}
+
+
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def _yaml_error(text: str, file: str, exc: yaml.YAMLError) -> ManifestError:
+    if isinstance(exc, yaml.reader.ReaderError):
+        line, col = _line_col(text, max(0, min(exc.position, len(text))))
+        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        return ManifestError([Problem(file, line, col, f"invalid YAML: the character {what} is not allowed "
+                                      "(control characters and NUL bytes cannot appear in a manifest)")])
+    if isinstance(exc, yaml.MarkedYAMLError) and _Loader is not yaml.SafeLoader:
+        # libyaml's messages drop detail ("found character '\t'"); syntax errors are rare,
+        # so the pure-Python parser is asked again for the clearer wording.
+        try:
+            yaml.SafeLoader(text).get_single_node()
+        except yaml.MarkedYAMLError as clearer:
+            exc = clearer
+        except (yaml.YAMLError, RecursionError):
+            pass
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    reason = " ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+    return ManifestError([Problem(file, line, col, f"invalid YAML: {reason or exc}")])
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, reading events only as far as the first too-deep one."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line, col = event.start_mark.line + 1, event.start_mark.column + 1
+                raise ManifestError([Problem(file, line, col, f"nested more than {MAX_DEPTH} levels deep",
+                                             allowed="a manifest needs a few levels; check for runaway brackets")])
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
+def _scalar_problem(node: yaml.ScalarNode) -> str | None:
+    """Why a scalar must not be accepted as YAML typed it, or None."""
+    tag, value = node.tag, node.value
+    if tag in (_YAML + "int", _YAML + "float") and ":" in value:
+        return (f"{value} is read by YAML 1.1 as a base-60 number, not text; quote it: \"{value}\"")
+    if tag == _YAML + "int" and re.fullmatch(r"[-+]?(0[0-7_]+|0[xX][0-9a-fA-F_]+|0b[01_]+)", value):
+        return f"{value} is read by YAML as a number in another base; write it in decimal, or quote it"
+    if tag == _YAML + "float":
+        plain = value.lower().lstrip("+-").replace("_", "")
+        try:
+            finite = plain not in (".nan", ".inf") and math.isfinite(float(plain))
+        except ValueError:
+            finite = True  # a float spelling Python does not read is constructed by YAML, finitely
+        if not finite:
+            return f"{value} is not a finite number"
+    if tag == _YAML + "str":
+        if "\0" in value:
+            return "text contains a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text contains an unpaired surrogate escape, which is not valid Unicode"
+    if tag in _TAG_HINTS:
+        return _TAG_HINTS[tag]
+    if tag not in _PLAIN_TAGS:
+        return (f"the YAML tag {tag.replace(_YAML, '!!')} is not accepted "
+                "(a manifest is plain data: tags that build objects or include files are refused)")
+    return None
+
+
+def _check_nodes(root: yaml.Node, file: str) -> None:
+    """Tags, keys, numbers and alias expansion, checked on the composed graph before construction."""
+    problems: list[Problem] = []
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def visit(node: yaml.Node, path: Path_) -> int:
+        ident = id(node)
+        if ident in sizes:
+            return sizes[ident]
+        if ident in active:
+            line, col = _mark(node)
+            raise ManifestError([Problem(file, line, col, "an alias refers to the value that contains it")])
+        active.add(ident)
+        size = 1
+        if isinstance(node, yaml.ScalarNode):
+            reason = _scalar_problem(node)
+            if reason:
+                problems.append(Problem(file, *_mark(node), reason, json_path(path)))
+        elif isinstance(node, yaml.SequenceNode):
+            if node.tag not in _PLAIN_TAGS:
+                problems.append(Problem(file, *_mark(node), _TAG_HINTS.get(node.tag) or
+                                        f"the YAML tag {node.tag.replace(_YAML, '!!')} is not accepted",
+                                        json_path(path)))
+            for i, item in enumerate(node.value):
+                size += visit(item, (*path, i))
+        elif isinstance(node, yaml.MappingNode):
+            if node.tag not in _PLAIN_TAGS:
+                problems.append(Problem(file, *_mark(node), _TAG_HINTS.get(node.tag) or
+                                        f"the YAML tag {node.tag.replace(_YAML, '!!')} is not accepted",
+                                        json_path(path)))
+            for key, value in node.value:
+                if key.tag == _YAML + "merge":
+                    size += visit(value, path)
+                    continue
+                if not isinstance(key, yaml.ScalarNode) or key.tag != _YAML + "str":
+                    shown = key.value if isinstance(key, yaml.ScalarNode) else "a list or mapping"
+                    problems.append(Problem(file, *_mark(key), f"the key {shown} is not text; quote it",
+                                            json_path(path)))
+                    continue
+                size += visit(key, path) + visit(value, (*path, key.value))
+        active.discard(ident)
+        sizes[ident] = size
+        if size > MAX_VALUES:
+            raise ManifestError([Problem(file, *_mark(node),
+                                         f"aliases here expand to more than {MAX_VALUES:,} values", json_path(path),
+                                         allowed="anchors and aliases that repeat a value a few times")])
+        return size
+
+    visit(root, ())
+    if problems:
+        raise ManifestError(problems)
+
 
 def load_yaml(text: str, file: str) -> Located:
+    """Safe-load one YAML document with the location of every key and value.
+
+    Total: any text either loads as plain data (mappings, lists, text, finite numbers,
+    booleans, null) or raises ManifestError located at file:line:col.
+    """
+    nul = text.find("\0")
+    if nul >= 0:
+        line, col = _line_col(text, nul)
+        raise ManifestError([Problem(file, line, col, "the file contains a NUL byte; a manifest is text")])
     loader = _Loader(text)
     try:
+        _check_depth(text, file)
         node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError:
-        if _Loader is not yaml.SafeLoader:
-            # libyaml's messages drop detail ("found character '\t'"); syntax errors are rare,
-            # so the pure-Python parser is asked again for the clearer wording.
-            try:
-                yaml.SafeLoader(text).get_single_node()
-            except yaml.MarkedYAMLError as clearer:
-                exc = clearer
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        reason = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        raise ManifestError([Problem(file, line, col, f"invalid YAML: {reason}")]) from exc
-    finally:
+        if node is not None:
+            _check_nodes(node, file)
+    except yaml.YAMLError as exc:
         loader.dispose()
-    located = Located(file, data)
+        raise _yaml_error(text, file, exc) from None
+    located = Located(file, None)
     problems: list[Problem] = []
 
     def walk(n: yaml.Node, path: Path_) -> None:
         located.values[path] = _mark(n)
         if isinstance(n, yaml.MappingNode):
+            # Merge keys (`<<: *base`) first: a key written in this mapping overrides a merged one,
+            # which is legal and not a duplicate.
+            for key_node, value_node in n.value:
+                if key_node.tag == _YAML + "merge":
+                    merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                    for source in merged:
+                        if isinstance(source, yaml.MappingNode):
+                            for k, v in source.value:
+                                if k.tag != _YAML + "merge":
+                                    located.keys[(*path, k.value)] = _mark(k)
+                                    walk(v, (*path, k.value))
             seen: dict[Any, yaml.Node] = {}
             for key_node, value_node in n.value:
+                if key_node.tag == _YAML + "merge":
+                    continue
                 key = key_node.value
-                if key in seen and key != "<<":
+                if key in seen:
                     line, col = _mark(key_node)
                     first = _mark(seen[key])[0]
                     problems.append(
@@ -116,10 +272,16 @@ def load_yaml(text: str, file: str) -> Located:
             for i, item in enumerate(n.value):
                 walk(item, (*path, i))
 
-    if node is not None:
-        walk(node, ())
-    if problems:
-        raise ManifestError(problems)
+    try:
+        if node is not None:
+            walk(node, ())
+        if problems:
+            raise ManifestError(problems)
+        located.data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise _yaml_error(text, file, exc) from None
+    finally:
+        loader.dispose()
     return located
 
 
@@ -133,6 +295,8 @@ def _manifest_validator() -> Draft202012Validator:
 
 def _structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
     path = tuple(error.absolute_path)
+    if _setting_for(path):
+        return []  # numeric settings are judged by settings.parse (see numeric_settings)
     if error.validator in ("oneOf", "anyOf") and error.context:
         # Report the alternative written for this kind of value (a mapping, a list, a
         # string…) rather than "is not valid under any of the given schemas".
@@ -144,6 +308,7 @@ def _structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
             errs for i, errs in branches.items()
             if error.validator_value[i].get("type") == kind
             or (kind == "string" and "enum" in error.validator_value[i])
+            or (kind == "integer" and error.validator_value[i].get("type") == "number")
         ]
         if len(fitting) > 1 and isinstance(error.instance, dict):
             # Several mapping forms (e.g. seeds: {start, count} or {random}): pick the one
@@ -225,6 +390,210 @@ def _json_kind(value: Any) -> str:
     return "object" if isinstance(value, dict) else "null"
 
 
+# ---------------------------------------------------------------- values the schema cannot judge
+
+# Where each numeric setting lives in a manifest; `settings.parse` owns these paths (range,
+# finiteness, "5/s"), so the schema's own verdict on them is not repeated.
+_SETTING_AT = {
+    ("limits", "concurrency"): "concurrency", ("limits", "rate"): "rate", ("limits", "timeout"): "timeout",
+    ("retries", "attempts"): "attempts", ("retries", "backoff"): "backoff",
+    ("retries", "max_backoff"): "max_backoff", ("budget",): "budget",
+    ("provider", "emulator", "workers"): "workers", ("provider", "emulator", "latency"): "latency",
+    ("provider", "emulator", "max_side"): "emulator_max_side",
+}
+
+
+def _setting_for(path: Path_) -> str | None:
+    if path in _SETTING_AT:
+        return _SETTING_AT[path]
+    if len(path) == 3 and path[:2] == ("limits", "per_endpoint"):
+        return "per_endpoint"
+    if len(path) == 3 and path[0] == "prices" and path[2] in ("per_image", "per_megapixel"):
+        return "price"
+    return None
+
+
+def _get(data: Any, path: Path_) -> Any:
+    for part in path:
+        if isinstance(part, str) and isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            return _MISSING
+    return data
+
+
+_MISSING = object()
+# Windows refuses these as file or directory names, with or without an extension.
+WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+RESERVED_PARAMS = {
+    "seed": "seeds come from `seeds:` (or `seed:` in an `extra` entry), never from parameters",
+    "prompt": "prompt text comes from `prompts:` (or a prompt file), never from parameters",
+    "model": "models are listed under `models:`",
+}
+# Caps where the endpoint schemas give only a minimum (the documents state no maximum). They
+# refuse typos, not real requests: no documented model needs over a few hundred steps or
+# renders beyond a few megapixels, and downloads are capped at 64 MB an image.
+PARAM_CAPS = {"num_inference_steps": 1_000, "num_images": 100}
+MAX_SIDE = 16_384
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+def numeric_settings(doc: Located) -> tuple[dict[Path_, int | float], list[Problem]]:
+    """Every numeric setting present, parsed by `settings.parse`, or a located problem."""
+    values: dict[Path_, int | float] = {}
+    problems: list[Problem] = []
+    paths = list(_SETTING_AT)
+    raw = doc.data
+    for key in ("limits",):
+        per = _get(raw, (key, "per_endpoint"))
+        if isinstance(per, dict):
+            paths += [(key, "per_endpoint", e) for e in per]
+    prices = raw.get("prices")
+    if isinstance(prices, dict):
+        paths += [("prices", e, unit) for e, p in prices.items() if isinstance(p, dict)
+                  for unit in ("per_image", "per_megapixel") if unit in p]
+    for path in paths:
+        value = _get(raw, path)
+        if value is _MISSING or (path == ("budget",) and value is None):
+            continue
+        name = _setting_for(path)
+        assert name is not None
+        try:
+            values[path] = settings.parse(name, value)
+        except settings.SettingError as exc:
+            problems.append(doc.problem(path, exc.message, allowed=exc.allowed))
+    return values, problems
+
+
+def _param_layers(raw: dict[str, Any]) -> list[tuple[Path_, dict[str, Any], bool]]:
+    """(path, parameters, is_axes) for every place a manifest gives model input parameters."""
+    layers: list[tuple[Path_, dict[str, Any], bool]] = []
+    if isinstance(raw.get("defaults"), dict):
+        layers.append((("defaults",), raw["defaults"], False))
+    if isinstance(raw.get("axes"), dict):
+        layers.append((("axes",), raw["axes"], True))
+    for section in ("models", "prompts"):
+        for i, item in enumerate(raw.get(section) or []):
+            if isinstance(item, dict):
+                if isinstance(item.get("params"), dict):
+                    layers.append(((section, i, "params"), item["params"], False))
+                if isinstance(item.get("axes"), dict):
+                    layers.append(((section, i, "axes"), item["axes"], True))
+    for section in ("include", "extra"):
+        for i, item in enumerate(raw.get(section) or []):
+            if isinstance(item, dict):
+                params = {k: v for k, v in item.items() if k not in RESERVED_PARAMS}
+                layers.append(((section, i), params, False))
+    return layers
+
+
+def _value_caps(doc: Located, path: Path_, key: str, value: Any) -> list[Problem]:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if key in PARAM_CAPS and number(value) and value > PARAM_CAPS[key]:
+        return [doc.problem(path, f"{key} {value:g} is beyond any documented model",
+                            allowed=f"at most {PARAM_CAPS[key]:,} (renderer's cap: the schemas give no maximum)")]
+    if key == "image_size" and isinstance(value, dict):
+        w, h = value.get("width"), value.get("height")
+        sides = [s for s in (w, h) if number(s)]
+        if any(s > MAX_SIDE for s in sides) or (len(sides) == 2 and w * h > MAX_PIXELS):
+            return [doc.problem(path, f"image_size {w}x{h} is beyond any documented model",
+                                allowed=f"sides up to {MAX_SIDE:,} px and at most {MAX_PIXELS // 2**20} megapixels "
+                                "(renderer's cap: the schemas give no maximum; downloads stop at 64 MB)")]
+    return []
+
+
+def semantic_problems(doc: Located, *, file: Path) -> list[Problem]:
+    """What structure alone cannot catch: names that must resolve, reserved keys, sizes."""
+    raw = doc.data
+    problems: list[Problem] = []
+    name = raw.get("name")
+    if isinstance(name, str) and name.split(".")[0].lower() in WINDOWS_DEVICES:
+        problems.append(doc.problem(("name",), f"{name!r} is a Windows device name and cannot be a directory",
+                                    allowed="any other name, e.g. " + f"{name}-run"))
+    output = raw.get("output")
+    if isinstance(output, str) and "\0" in output:
+        problems.append(doc.problem(("output",), "the output path contains a NUL character"))
+    provider = raw.get("provider")
+    if isinstance(provider, dict) and isinstance(provider.get("url"), str):
+        try:
+            settings.check_url(provider["url"])
+        except settings.SettingError as exc:
+            problems.append(doc.problem(("provider", "url"), exc.message, allowed=exc.allowed))
+    for path, params, is_axes in _param_layers(raw):
+        for key, value in params.items():
+            if key in RESERVED_PARAMS and path[0] not in ("include", "extra"):
+                what = "an axis" if is_axes else "a parameter"
+                problems.append(doc.problem((*path, key), f"{key!r} cannot be {what}", key=True,
+                                            allowed=RESERVED_PARAMS[key]))
+                continue
+            values = value if is_axes and isinstance(value, list) else [value]
+            for i, v in enumerate(values):
+                problems += _value_caps(doc, (*path, key, i) if is_axes else (*path, key), key, v)
+    problems += _name_references(doc)
+    return problems
+
+
+def _model_names(raw: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(endpoints, names) of the listed models; a model's name is its label, or its endpoint."""
+    endpoints, names = [], []
+    for item in raw.get("models") or []:
+        if isinstance(item, str):
+            endpoints.append(item)
+            names.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("endpoint"), str):
+            endpoints.append(item["endpoint"])
+            names.append(item.get("label", item["endpoint"]) if isinstance(item.get("label"), str)
+                         else item["endpoint"])
+    return endpoints, names
+
+
+def _name_references(doc: Located) -> list[Problem]:
+    """Every key that names a model, endpoint or axis must name one that exists."""
+    raw = doc.data
+    problems: list[Problem] = []
+    endpoints, names = _model_names(raw)
+    known_models = list(dict.fromkeys(endpoints + names))
+    prices = raw.get("prices")
+    if isinstance(prices, dict):
+        for key in prices:
+            if key not in known_models:
+                problems.append(doc.problem(("prices", key), f"prices names {key!r}, which is not a listed model",
+                                            key=True, allowed=", ".join(known_models),
+                                            suggestion=closest(key, known_models)))
+    per = _get(raw, ("limits", "per_endpoint"))
+    if isinstance(per, dict):
+        for key in per:
+            if key not in endpoints:
+                problems.append(doc.problem(("limits", "per_endpoint", key),
+                                            f"per_endpoint names {key!r}, which is not a listed endpoint",
+                                            key=True, allowed=", ".join(dict.fromkeys(endpoints)),
+                                            suggestion=closest(key, endpoints)))
+    axes = set(raw.get("axes") or {}) if isinstance(raw.get("axes"), dict) else set()
+    for item in raw.get("models") or []:
+        if isinstance(item, dict) and isinstance(item.get("axes"), dict):
+            axes |= set(item["axes"])
+    keys = ["prompt", "model", "seed", *sorted(axes)]
+    for i, entry in enumerate(raw.get("exclude") or []):
+        if isinstance(entry, dict):
+            for key in entry:
+                if key not in keys:
+                    problems.append(doc.problem(("exclude", i, key),
+                                                f"exclude entry key {key!r} is not prompt, model, seed or an axis",
+                                                key=True, allowed=", ".join(keys), suggestion=closest(key, keys)))
+    budget = raw.get("budget")
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool) and raw.get("allow_unpriced") is not True:
+        priced = set(prices) if isinstance(prices, dict) else set()
+        unpriced = [n for e, n in zip(endpoints, names, strict=True) if e not in priced and n not in priced]
+        if unpriced:
+            problems.append(doc.problem(("budget",), "a budget is set but these models have no price, so it cannot "
+                                        "bound them: " + ", ".join(dict.fromkeys(unpriced)),
+                                        allowed="add them to `prices:`, or set `allow_unpriced: true` to count "
+                                        "them as free"))
+    return problems
+
+
 # ---------------------------------------------------------------- the typed manifest
 
 
@@ -281,6 +650,7 @@ class Manifest:
     limits: Limits
     retries: RetryPolicy
     budget: float | None
+    license: str | None
     prices: dict[str, dict[str, float]]
     defaults: dict[str, Any]
     prompts: tuple[Prompt, ...]
@@ -297,68 +667,188 @@ class Manifest:
         return self.output / self.name
 
 
-def _rate(value: float | str) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    amount, unit = value.split("/")
-    return float(amount) / (60.0 if unit.startswith("m") else 1.0)
+MAX_PROMPT_FILE_BYTES = 512 * 1024 * 1024
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+CSV_COLUMNS = ("id", "text", "tags")
+
+
+def _bad_text(body: str) -> str | None:
+    """Why prompt text cannot be sent, or None."""
+    if not body.strip():
+        return "is empty or only whitespace"
+    if "\0" in body:
+        return "contains a NUL character"
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate, which is not valid Unicode"
+    return None
+
+
+def _csv_rows(text: str, name: str) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
+    """Rows of a CSV read by the csv module from the undecoded-newline text (quoted line breaks kept)."""
+    problems: list[Problem] = []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    header: list[str] | None = None
+    start = 1
+    try:
+        for record in reader:
+            line, start = start, reader.line_num + 1
+            if not record or all(not c.strip() for c in record):
+                continue
+            if header is None:
+                header = [c.strip() for c in record]
+                for col, column in enumerate(header, 1):
+                    if column not in CSV_COLUMNS:
+                        problems.append(Problem(name, line, col, f"unknown column {column!r}",
+                                                allowed=", ".join(CSV_COLUMNS),
+                                                suggestion=closest(column, CSV_COLUMNS)))
+                for column in ("id", "text") if not problems else ():
+                    if column not in header:
+                        problems.append(Problem(name, line, 1, f"the header has no {column!r} column",
+                                                allowed="a first row naming the columns: id,text[,tags]"))
+                if problems:
+                    return [], problems
+                continue
+            if len(record) != len(header):
+                problems.append(Problem(name, line, 1, f"row has {len(record)} fields; the header has {len(header)}",
+                                        allowed="quote fields that contain commas: \"a, b\""))
+                continue
+            rows.append((line, dict(zip(header, record, strict=True))))
+    except csv.Error as exc:
+        # strict=True: a quote left open runs to the end of the file instead of silently
+        # swallowing the rows after it; report where that row started.
+        reason = ("a quote opened in this row is never closed (it would swallow every row after it)"
+                  if "end of data" in str(exc) else f"CSV error in the row starting here: {exc}")
+        problems.append(Problem(name, start, 1, reason,
+                                allowed="close every opening quote; double a quote inside a quoted field (\"\")"))
+    if header is None and not problems:
+        problems.append(Problem(name, 1, 1, "the CSV has no header row", allowed="id,text[,tags]"))
+    return rows, problems
+
+
+def _jsonl_rows(text: str, name: str) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
+    rows: list[tuple[int, dict[str, Any]]] = []
+    problems: list[Problem] = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as exc:
+            col = exc.colno if isinstance(exc, json.JSONDecodeError) else 1
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            problems.append(Problem(name, n, col, f"invalid JSON: {msg}"))
+            continue
+        except RecursionError:
+            problems.append(Problem(name, n, 1, "invalid JSON: nested too deeply"))
+            continue
+        if not isinstance(row, dict):
+            problems.append(Problem(name, n, 1, "each line must be a JSON object with id and text"))
+            continue
+        rows.append((n, row))
+    return rows, problems
+
+
+def _no_constant(word: str) -> Any:
+    raise ValueError(f"{word} is not a finite number")
 
 
 def _prompt_file(doc: Located, base: Path, index: int, rel: str) -> tuple[list[Prompt], list[Problem]]:
-    path = (base / rel).resolve()
     where = ("prompts", index, "file")
-    if not path.is_file():
+    if "\0" in rel:
+        return [], [doc.problem(where, "the prompt file path contains a NUL character")]
+    path = (base / rel).resolve()
+    if not path.exists():
         return [], [doc.problem(where, f"prompt file not found: {rel} (relative to the manifest's folder)")]
-    name = str(path)
+    shown = str(base / rel)  # as the user wrote it, relative to where they are; `where` keeps the full path
+    try:
+        text, name = read_text_file(path, "prompt file", MAX_PROMPT_FILE_BYTES)
+    except ManifestError as exc:
+        return [], [replace(p, file=shown) for p in exc.problems]
     prompts: list[Prompt] = []
     problems: list[Problem] = []
-    text = path.read_text(encoding="utf-8")
+    nul = text.find("\0")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        return [], [Problem(name, line, 1, "the prompt file contains a NUL byte; prompts are text")]
     if path.suffix == ".txt":
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 body = line.strip()
                 words = re.sub(r"[^a-z0-9]+", "-", body.lower()).strip("-").split("-")[:4]
                 # Content-derived ids: inserting a line never renames another prompt.
                 pid = "-".join(w for w in words if w)[:40] + "-" + hashlib.sha256(body.encode()).hexdigest()[:6]
                 prompts.append(Prompt(pid.lstrip("-"), body, {}, (), (name, n, 1), where))
-        return prompts, problems
-    rows: list[tuple[int, dict[str, Any]]] = []
-    if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        rows = [(reader.line_num, dict(r)) for r in reader]
     else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(name, n, exc.colno, f"invalid JSON: {exc.msg}"))
-                continue
-            if not isinstance(row, dict):
-                problems.append(Problem(name, n, 1, "each line must be a JSON object with id and text"))
-                continue
-            rows.append((n, row))
-    for n, row in rows:
-        pid, body = row.get("id"), row.get("text")
-        if not isinstance(pid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", pid):
-            problems.append(
-                Problem(name, n, 1, f"prompt id {pid!r} is missing or not a safe name",
-                        allowed="1-64 letters, digits, '.', '_' or '-'")
-            )
+        rows, problems = _csv_rows(text, name) if path.suffix == ".csv" else _jsonl_rows(text, name)
+        for n, row in rows:
+            prompt = _row_prompt(row, name, n, where, problems)
+            if prompt is not None:
+                prompts.append(prompt)
+    if not prompts and not problems:
+        problems.append(doc.problem(where, f"the prompt file {rel} holds no prompts"))
+    return prompts, [replace(p, file=shown) if p.file == name else p for p in problems]
+
+
+def _row_prompt(row: dict[str, Any], name: str, n: int, where: Path_, problems: list[Problem]) -> Prompt | None:
+    unknown = [k for k in row if k not in ("id", "text", "tags", "params")]
+    for key in unknown:
+        problems.append(Problem(name, n, 1, f"unknown field {key!r}", allowed="id, text, tags, params",
+                                suggestion=closest(key, ("id", "text", "tags", "params"))))
+    pid, body = row.get("id"), row.get("text")
+    if not isinstance(pid, str) or not _SAFE_ID.fullmatch(pid):
+        problems.append(Problem(name, n, 1, f"prompt id {pid!r} is missing or not a safe name",
+                                allowed="1-64 letters, digits, '.', '_' or '-'"))
+        return None
+    if not isinstance(body, str):
+        problems.append(Problem(name, n, 1, f"prompt {pid!r} has no text"))
+        return None
+    reason = _bad_text(body)
+    if reason:
+        problems.append(Problem(name, n, 1, f"prompt {pid!r} text {reason}"))
+        return None
+    tags = row.get("tags")
+    if tags is None or tags == "":
+        tags = []
+    elif isinstance(tags, str):
+        tags = [t.strip() for t in re.split(r"[;,|]", tags) if t.strip()]
+    elif not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        problems.append(Problem(name, n, 1, f"prompt {pid!r}: tags must be a list of strings, not {tags!r}"[:200],
+                                allowed='["a", "b"] or "a;b"'))
+        return None
+    params = row.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        problems.append(Problem(name, n, 1, f"prompt {pid!r}: params must be an object"))
+        return None
+    for key in params:
+        if key in RESERVED_PARAMS:
+            problems.append(Problem(name, n, 1, f"prompt {pid!r}: {key!r} cannot be a parameter",
+                                    allowed=RESERVED_PARAMS[key]))
+            return None
+    return Prompt(pid, body, params, tuple(t.strip() for t in tags), (name, n, 1), where)
+
+
+def duplicate_texts(prompts: list[Prompt], shown: dict[str, str]) -> list[Problem]:
+    """One problem per text listed more than once with the same parameters (it would be paid twice)."""
+    groups: dict[tuple[str, str], list[Prompt]] = {}
+    for p in prompts:
+        groups.setdefault((p.text, json.dumps(p.params, sort_keys=True, default=str)), []).append(p)
+    problems = []
+    for same in groups.values():
+        if len(same) < 2:
             continue
-        if not isinstance(body, str) or not body.strip():
-            problems.append(Problem(name, n, 1, f"prompt {pid!r} has no text"))
-            continue
-        tags = row.get("tags") or []
-        if isinstance(tags, str):
-            tags = [t for t in re.split(r"[;,|]", tags) if t.strip()]
-        params = row.get("params") or {}
-        if not isinstance(params, dict):
-            problems.append(Problem(name, n, 1, f"prompt {pid!r}: params must be an object"))
-            continue
-        prompts.append(Prompt(pid, body, params, tuple(t.strip() for t in tags), (name, n, 1), where))
-    return prompts, problems
+        first, second = same[0], same[1]
+        rows = ", ".join(f"{shown.get(p.where[0], p.where[0])}:{p.where[1]}" for p in same[:10])
+        rows += " …" if len(same) > 10 else ""
+        problems.append(Problem(shown.get(second.where[0], second.where[0]), second.where[1], second.where[2],
+                                f"the text of prompt {first.id!r} is listed {len(same)} times (at {rows}); "
+                                "each copy would be rendered and paid again", json_path(second.path),
+                                allowed="keep one copy, or give the copies different params"))
+    return problems
 
 
 def _provider(raw: Any) -> ProviderConfig:
@@ -380,9 +870,14 @@ def parse(text: str, file: Path) -> Manifest:
     for error in sorted(_manifest_validator().iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))):
         problems.extend(_structure_problems(doc, error))
     raw = doc.data
+    numbers, found = numeric_settings(doc)
+    problems += found
     provider = raw.get("provider")
     if isinstance(provider, dict) and provider.get("kind", "custom" if "url" in provider else "fal") == "custom" and "url" not in provider:
         problems.append(doc.problem(("provider",), "a custom provider needs a url", allowed="url: https://…"))
+    if problems:
+        raise ManifestError(problems)
+    problems += semantic_problems(doc, file=file)
     if problems:
         raise ManifestError(problems)
 
@@ -395,6 +890,9 @@ def parse(text: str, file: Path) -> Manifest:
             problems.extend(errs)
         else:
             line, col = doc.where(("prompts", i))
+            if not item["text"].strip():
+                problems.append(doc.problem(("prompts", i, "text"), f"prompt {item['id']!r} is only whitespace"))
+                continue
             prompts.append(
                 Prompt(item["id"], item["text"], dict(item.get("params", {})), tuple(item.get("tags", [])),
                        (str(file), line, col), ("prompts", i))
@@ -407,7 +905,6 @@ def parse(text: str, file: Path) -> Manifest:
                   dict(item.get("axes", {})), bool(item.get("unchecked")), ("models", i))
         )
     limits = raw.get("limits", {})
-    retries = raw.get("retries", {})
     manifest = Manifest(
         file=file,
         name=raw["name"],
@@ -415,17 +912,18 @@ def parse(text: str, file: Path) -> Manifest:
         output=Path(raw.get("output", "outputs")),
         provider=_provider(provider),
         limits=Limits(
-            concurrency=limits.get("concurrency", Limits.concurrency),
-            per_endpoint=dict(limits.get("per_endpoint", {})),
-            rate=_rate(limits["rate"]) if "rate" in limits else Limits.rate,
-            timeout=float(limits.get("timeout", Limits.timeout)),
+            concurrency=int(numbers.get(("limits", "concurrency"), Limits.concurrency)),
+            per_endpoint={e: int(numbers[("limits", "per_endpoint", e)]) for e in limits.get("per_endpoint", {})},
+            rate=float(numbers.get(("limits", "rate"), Limits.rate)),
+            timeout=float(numbers.get(("limits", "timeout"), Limits.timeout)),
         ),
         retries=RetryPolicy(
-            attempts=retries.get("attempts", RetryPolicy.attempts),
-            backoff=float(retries.get("backoff", RetryPolicy.backoff)),
-            max_backoff=float(retries.get("max_backoff", RetryPolicy.max_backoff)),
+            attempts=int(numbers.get(("retries", "attempts"), RetryPolicy.attempts)),
+            backoff=float(numbers.get(("retries", "backoff"), RetryPolicy.backoff)),
+            max_backoff=float(numbers.get(("retries", "max_backoff"), RetryPolicy.max_backoff)),
         ),
-        budget=raw.get("budget"),
+        budget=float(numbers[("budget",)]) if ("budget",) in numbers else None,
+        license=raw.get("license"),
         prices=dict(raw.get("prices", {})),
         defaults=dict(raw.get("defaults", {})),
         prompts=tuple(prompts),
@@ -437,16 +935,102 @@ def parse(text: str, file: Path) -> Manifest:
         extra=list(raw.get("extra", [])),
         doc=doc,
     )
+    problems += duplicate_texts(prompts, {str((base / item["file"]).resolve()): str(base / item["file"])
+                                          for item in raw["prompts"] if "file" in item})
     if problems:
         raise ManifestError(problems)
     return manifest
 
 
-def load(path: Path) -> Manifest:
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # a manifest is text; larger is a wrong file (lists belong in prompt files)
+
+
+def read_text_file(path: Path, what: str, limit: int) -> tuple[str, str]:
+    """(text, shown name) of a regular UTF-8 file (BOM or not); ManifestError for every other case.
+
+    Guards each OS-level problem: NUL in the path, missing, a directory, a device or pipe
+    (`/dev/zero` would never end), unreadable, too large, not UTF-8 (with the byte offset).
+    """
+    shown = str(path)
+    if "\0" in shown:
+        raise ManifestError([Problem(shown.replace("\0", "\\0"), 1, 1, f"the {what} path contains a NUL byte")])
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise UserError(f"{path}: no such manifest", hint="check the path; manifests/ has examples") from exc
+        info = path.stat()
+    except FileNotFoundError:
+        raise ManifestError([Problem(shown, 1, 1, f"no such {what} file")],
+                            hint="check the path; manifests/ has examples") from None
+    except OSError as exc:
+        raise ManifestError([Problem(shown, 1, 1, f"cannot read the {what}: {exc.strerror or exc}")]) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ManifestError([Problem(shown, 1, 1, f"is a directory, not a {what} file")])
+    if not stat.S_ISREG(info.st_mode):
+        raise ManifestError([Problem(shown, 1, 1, f"is not a regular file (a device, pipe or socket); "
+                                     f"give a {what} file")])
+    if info.st_size > limit:
+        raise ManifestError([Problem(shown, 1, 1, f"the {what} is {info.st_size:,} bytes; the limit is {limit:,}")])
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(limit + 1)
+    except OSError as exc:
+        raise ManifestError([Problem(shown, 1, 1, f"cannot read the {what}: {exc.strerror or exc}")]) from None
+    return decode_utf8(raw, shown, what), shown
+
+
+def decode_utf8(raw: bytes, shown: str, what: str) -> str:
+    """UTF-8 with or without a BOM; anything else is located by line and byte offset."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ManifestError([Problem(shown, 1, 1, f"the {what} is UTF-16 text; save it as UTF-8")])
+    try:
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ManifestError([Problem(str(path), 1, 1, "not UTF-8 text")]) from exc
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ManifestError([Problem(shown, line, col, f"the {what} is not UTF-8 text: byte 0x{raw[exc.start]:02x} "
+                                     f"at byte offset {exc.start} cannot be decoded",
+                                     allowed="UTF-8 (with or without BOM); re-save it as UTF-8")]) from None
+
+
+def load(path: Path) -> Manifest:
+    text, _ = read_text_file(path, "manifest", MAX_MANIFEST_BYTES)
     return parse(text, path)
+
+
+# ---------------------------------------------------------------- plan size, before expansion
+
+MAX_PLAN_JOBS = 10_000_000  # above this, `--max-plan-jobs` must say the user means it
+
+
+def plan_size(manifest: Manifest) -> int:
+    """An upper bound on the plan's job count, by arithmetic alone: nothing is expanded.
+
+    prompts × Σ over models (global axes × the model's axes × seeds), plus one per include
+    entry (each extends combinations or adds exactly one) and one per extra entry; exclude
+    only removes. Exact when there is no include or exclude.
+    """
+    spec = manifest.seeds
+    if isinstance(spec, list):
+        seeds = len(set(spec))
+    elif "random" in spec:
+        seeds = spec["random"]
+    else:
+        seeds = spec["count"]
+    shared = math.prod(len(v) for v in manifest.axes.values())
+    per_model = sum(math.prod(len(v) for v in m.axes.values()) for m in manifest.models)
+    return len(manifest.prompts) * shared * per_model * seeds + len(manifest.include) + len(manifest.extra)
+
+
+def check_plan_size(manifest: Manifest, limit: int = MAX_PLAN_JOBS) -> int:
+    """The bound from `plan_size`, or ManifestError (located at `seeds`) when it exceeds `limit`."""
+    size = plan_size(manifest)
+    if size > limit:
+        spec = manifest.seeds
+        seeds = len(set(spec)) if isinstance(spec, list) else spec.get("random", spec.get("count"))
+        axes = math.prod(len(v) for v in manifest.axes.values())
+        raise ManifestError([manifest.doc.problem(
+            ("seeds",),
+            f"this manifest expands to up to {size:,} jobs ({len(manifest.prompts):,} prompts × "
+            f"{len(manifest.models)} models × {seeds:,} seeds × {axes:,} axis combinations, "
+            "models' own axes aside); the limit is " + f"{limit:,}",
+            allowed="fewer prompts, seeds or axis values; or pass --max-plan-jobs N to go on",
+        )])
+    return size

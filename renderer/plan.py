@@ -19,11 +19,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, product
+from pathlib import Path
 from typing import Any, overload
 
 from . import matrix
 from .errors import ManifestError, Problem
-from .layout import job_stem, predicted_extension
+from .layout import image_path, job_stem, predicted_extension
 from .manifest import Located, Manifest, Model, Prompt, json_path
 from .schemas import SchemaRegistry, Violation, closest
 from .sizes import PRESETS  # fal's size presets, (width, height)
@@ -45,7 +46,7 @@ class Job:
     seed: int | None
     axes: dict[str, Any]
     input: dict[str, Any]
-    stem: str  # relative to the run directory
+    stem: str  # identity of the job's files: layout.image_path places them in the run directory
     num_images: int
     tags: tuple[str, ...]
     where: str  # "file:line" of the prompt
@@ -53,7 +54,7 @@ class Job:
 
     def paths(self, ext: str | None = None) -> list[str]:
         ext = ext or predicted_extension(self.input.get("output_format", "png"))
-        return [f"{self.stem}-{i}.{ext}" for i in range(self.num_images)]
+        return [image_path(self.stem, i, ext) for i in range(self.num_images)]
 
     def describe(self) -> str:
         axes = "".join(f" {k}={json.dumps(v)}" for k, v in self.axes.items())
@@ -123,6 +124,11 @@ class Plan:
     digest: str = ""  # sha256 over every job's key, model, source and tags, in order ("" = unknown)
     by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # model → (jobs, images), plan order
     image_count: int | None = None
+    distinct_axes: list[dict[str, Any]] | None = None  # each distinct set of axis values, in plan order
+
+    @property
+    def run_dir(self) -> Path:
+        return self.manifest.run_dir
 
     @property
     def images(self) -> int:
@@ -170,8 +176,13 @@ class _Tally:
     by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
     digest: Any = field(default_factory=hashlib.sha256)
+    axes: dict[str, dict[str, Any]] = field(default_factory=dict)  # distinct axis values, first seen first
+    _last_axes: Any = None
 
     def add(self, job: Job) -> None:
+        if job.axes is not self._last_axes:  # once per cell: its jobs share one axes dict
+            self._last_axes = job.axes
+            self.axes.setdefault(_freeze(job.axes), job.axes)
         self.jobs += 1
         self.images += job.num_images
         jobs, images = self.by_model.get(job.model, (0, 0))
@@ -527,7 +538,8 @@ class _Planner:
             for name in sorted(self.unseeded)
         ]
         return Plan(self.m, Jobs(lambda: self._generate(check=False), tally.jobs), costs, notes,
-                    digest=tally.digest.hexdigest(), by_model=dict(tally.by_model), image_count=tally.images)
+                    digest=tally.digest.hexdigest(), by_model=dict(tally.by_model), image_count=tally.images,
+                    distinct_axes=list(tally.axes.values()))
 
     # -------------------------------------------------- generation (lazy, in plan order)
 
@@ -729,6 +741,18 @@ def megapixels(payload: dict[str, Any]) -> float:
         return w * h / 1e6
     scale = {"2K": 4.0}.get(str(payload.get("resolution", "1K")), 1.0)
     return 1.048576 * scale
+
+
+def price_of(prices: dict[str, dict[str, float]], endpoint: str, model: str) -> dict[str, float] | None:
+    """The manifest's price for a model: by endpoint id, else by label; None when unpriced."""
+    return prices.get(endpoint) or prices.get(model) or None
+
+
+def image_cost(price: dict[str, float], width: int, height: int) -> float:
+    """What one delivered image cost by the manifest's price: per image, or per megapixel of its real size."""
+    if "per_image" in price:
+        return float(price["per_image"])
+    return float(price.get("per_megapixel", 0.0)) * width * height / 1e6
 
 
 def build(manifest: Manifest, registry: SchemaRegistry) -> Plan:

@@ -1,109 +1,128 @@
-"""Contact sheets: a static HTML report and labelled PNG sheets for a run directory.
+"""Contact sheets: a static viewer page and labelled PNG sheets for a run directory.
 
-Layout: one grid per page, ROW axis × COL axis (default prompt × model); every other axis
-that varies (seed, parameter axes) makes the pages, like an X/Y/Z plot. Failed jobs are
-visible red cells with their reason, jobs not yet run are grey: never silent blanks.
+Every job is a point in a space of dimensions: prompt, model, each parameter axis (an axis
+only some models have is "(not set)" for the others), seed, and, where seeds are drawn per
+prompt and model, "sample" (the seed's position within its prompt and model, so random seeds
+still line up). The page lets the user put any dimension on X, Y or pages and filter the rest;
+a combination the run does not have is "n/a", never "pending"; failed jobs show their reason.
 
-Files (all inside RUN/report/, no server or network needed, works from file://):
-  index.html        the grid, tabs per page, a detail panel per cell (input, seed, request id)
+Files (all inside RUN/report/, nothing needs a server or the network, works from file://):
+  index.html        the viewer (renderer/web/) with the run's data inlined as escaped JSON
   thumbs/<sha>.jpg  one thumbnail per image content, made once and reused by later reports
-  sheet-P[-N].png   a labelled PNG per page, split so no sheet exceeds the size cap
+  sheet-P[-N].png   one labelled grid per page value of the default view (A1111's X/Y/Z
+                    style), split so no sheet exceeds the size cap; sheets an earlier report
+                    wrote and this one did not are removed
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
+import textwrap
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from . import page as page_mod
 from .errors import UsageError
 from .store import Row, Store
 
 THUMB = 256
 CELL = 192  # pixels per cell in a PNG sheet
-LABEL = 28
-
-
-@dataclass
-class Cell:
-    state: str  # downloaded | failed | pending
-    job: dict[str, Any]
-    images: list[dict[str, Any]] = field(default_factory=list)  # {path, thumb, width, height, sha256}
-
-
-@dataclass
-class Page:
-    title: str
-    rows: list[str]
-    cols: list[str]
-    cells: dict[tuple[str, str], Cell]
-
-
-def dims(row: Row) -> dict[str, Any]:
-    return {"prompt": row.prompt_id, "model": row.model, "seed": row.seed, **row.axes}
+LABEL = 28  # one line of header text
+ROW_LABEL = 220  # width of the row-label column in a PNG sheet
+NOT_SET = "(not set)"
 
 
 def _label(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def build_pages(rows: list[Row], row_axis: str, col_axis: str) -> list[Page]:
-    """Group rows into pages of ROW × COL grids, in plan order.
+@dataclass
+class Space:
+    """The run's dimensions and each job's coordinates in them (value index, -1 = not set)."""
 
-    Pages come from the other axes that vary *within* a grid cell. Seeds page by their
-    position among the cell's seeds ("sample k"), so seeds drawn per prompt and model
-    (`random: N`) still line up; a page whose cells all share one seed is titled by it.
-    """
-    known = {name for r in rows for name in dims(r)}
+    names: list[str]
+    values: list[list[str]]
+    missing: list[bool]
+    coords: list[list[int]]
+    sample: bool  # "sample" is a dimension: seeds differ between prompts/models
+
+    def index(self, name: str) -> int:
+        return self.names.index(name) if name in self.names else -1
+
+
+def space(rows: list[Row]) -> Space:
+    """Dimensions in a fixed order (prompt, model, axes by first appearance, seed, sample)."""
+    axis_names = list(dict.fromkeys(k for r in rows for k in r.axes))
+    # A seed's position among its prompt/model/axes group's seeds, in plan order.
+    groups: dict[tuple[str, str, str], list[int | None]] = {}
+    samples = []
+    for r in rows:
+        seeds = groups.setdefault((r.prompt_id, r.model, json.dumps(r.axes, sort_keys=True)), [])
+        if r.seed not in seeds:
+            seeds.append(r.seed)
+        samples.append(seeds.index(r.seed))
+    seeds_of_sample: dict[int, set[int | None]] = {}
+    for r, s in zip(rows, samples, strict=True):
+        seeds_of_sample.setdefault(s, set()).add(r.seed)
+    with_sample = any(len(v) > 1 for v in seeds_of_sample.values())
+    names = ["prompt", "model", *axis_names, "seed", *(["sample"] if with_sample else [])]
+    raw: list[list[str | None]] = []
+    for r, s in zip(rows, samples, strict=True):
+        point: list[str | None] = [r.prompt_id, r.model]
+        point += [_label(r.axes[a]) if a in r.axes else None for a in axis_names]
+        point.append(None if r.seed is None else str(r.seed))
+        if with_sample:
+            point.append(str(s))
+        raw.append(point)
+    values: list[list[str]] = []
+    index: list[dict[str, int]] = []
+    for d, name in enumerate(names):
+        seen = list(dict.fromkeys(p[d] for p in raw if p[d] is not None))
+        if name in ("seed", "sample"):
+            seen.sort(key=int)
+        values.append(seen)
+        index.append({v: i for i, v in enumerate(seen)})
+    coords = [[-1 if v is None else index[d][v] for d, v in enumerate(p)] for p in raw]
+    missing = [any(c[d] < 0 for c in coords) for d in range(len(names))]
+    return Space(names, values, missing, coords, with_sample)
+
+
+@dataclass(frozen=True)
+class View:
+    x: str
+    y: str
+    page: str  # "" for none
+
+
+def default_view(sp: Space, row_axis: str, col_axis: str) -> View:
+    """Models side by side, prompts down, samples (or seeds) as pages."""
     for axis in (row_axis, col_axis):
-        if axis not in known:
-            raise UsageError(f"no axis {axis!r} in this run", hint="axes here: " + ", ".join(sorted(known)))
-    pick = [(r, dims(r)) for r in rows]
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for r, d in pick:
-        others = tuple(f"{k}={_label(v)}" for k, v in d.items() if k not in (row_axis, col_axis, "seed"))
-        groups.setdefault((_label(d.get(row_axis)), _label(d.get(col_axis)), *others), []).append(r.seed or 0)
-    for r, d in pick:
-        if "seed" not in (row_axis, col_axis):
-            others = tuple(f"{k}={_label(v)}" for k, v in d.items() if k not in (row_axis, col_axis, "seed"))
-            d["sample"] = groups[(_label(d.get(row_axis)), _label(d.get(col_axis)), *others)].index(r.seed or 0)
-            del d["seed"]
-    cells: dict[tuple[str, str], set[str]] = {}
-    for _, d in pick:
-        for k, v in d.items():
-            cells.setdefault((f"{_label(d.get(row_axis))}\0{_label(d.get(col_axis))}", k), set()).add(_label(v))
-    candidates = list(dict.fromkeys(k for _, d in pick for k in d if k not in (row_axis, col_axis)))
-    paging = [a for a in candidates if any(len(v) > 1 for (_, k), v in cells.items() if k == a)]
-    pages: dict[str, Page] = {}
-    for r, d in pick:
-        parts = [f"{a}={_label(d.get(a))}" for a in paging if a in d]
-        page = pages.setdefault("  ".join(parts) or "all", Page("  ".join(parts) or "all", [], [], {}))
-        rv, cv = _label(d.get(row_axis)), _label(d.get(col_axis))
-        if rv not in page.rows:
-            page.rows.append(rv)
-        if cv not in page.cols:
-            page.cols.append(cv)
-        job = {"key": r.key, "endpoint": r.endpoint, "model": r.model, "prompt_id": r.prompt_id, "prompt": r.prompt,
-               "seed": (r.result or {}).get("seed", r.seed), "axes": r.axes, "input": r.input,
-               "request_id": r.request_id, "error": r.error,
-               "timings": {"submitted_at": r.submitted_at, "completed_at": r.completed_at,
-                           "downloaded_at": r.downloaded_at}}
-        state = r.state if r.state in ("downloaded", "failed") else "pending"
-        images = [{k: e[k] for k in ("path", "width", "height", "sha256")} for e in (r.files or [])]
-        page.cells[(rv, cv)] = Cell(state, job, images)
-    for page in pages.values():
-        seeds = {cell.job["seed"] for cell in page.cells.values()}
-        if len(seeds) == 1 and "sample=" in page.title:
-            kept = [p for p in page.title.split("  ") if not p.startswith("sample=")]
-            page.title = "  ".join([*kept, f"seed={seeds.pop()}"])
-    return list(pages.values())
+        if axis not in sp.names:
+            raise UsageError(f"no axis {axis!r} in this run", hint="axes here: " + ", ".join(sp.names))
+    page = ""
+    for name in ("sample", "seed"):
+        d = sp.index(name)
+        if d >= 0 and name not in (row_axis, col_axis) and len(sp.values[d]) > 1:
+            page = name
+            break
+    if page == "seed" and sp.sample:
+        page = ""  # seeds differ per prompt/model and "sample" has one value: pages would be 1-cell grids
+    return View(col_axis, row_axis, page)
+
+
+def _linked(sp: Space, view: View) -> set[str]:
+    """seed and sample name the same thing: one on an axis implies the other."""
+    on = {view.x, view.y, view.page}
+    if "seed" in on:
+        return {"sample"}
+    # Seeds drawn per prompt and model never line up across a row: "sample" is the aligned name.
+    return {"seed"} if "sample" in on or sp.sample else set()
 
 
 def _make_thumb(task: tuple[str, str]) -> None:
@@ -115,19 +134,7 @@ def _make_thumb(task: tuple[str, str]) -> None:
     os.replace(tmp, target)
 
 
-def make_thumbnails(run_dir: Path, report_dir: Path, pages: Iterable[Page], workers: int | None = None) -> int:
-    """Thumbnails named by content hash: made once, reused by every later report. Returns how many were made."""
-    thumbs = report_dir / "thumbs"
-    thumbs.mkdir(parents=True, exist_ok=True)
-    todo: dict[str, tuple[str, str]] = {}
-    for page in pages:
-        for cell in page.cells.values():
-            for image in cell.images:
-                name = image["sha256"][:24] + ".jpg"
-                image["thumb"] = f"thumbs/{name}"
-                if not (thumbs / name).exists() and (run_dir / image["path"]).is_file():
-                    todo[name] = (str(run_dir / image["path"]), str(thumbs / name))
-    tasks = list(todo.values())
+def make_thumbs(tasks: list[tuple[str, str]], workers: int | None = None) -> int:
     if len(tasks) < 16:
         for task in tasks:
             _make_thumb(task)
@@ -137,83 +144,124 @@ def make_thumbnails(run_dir: Path, report_dir: Path, pages: Iterable[Page], work
     return len(tasks)
 
 
-# ---------------------------------------------------------------- HTML
+def thumbnails(run_dir: Path, report_dir: Path, rows: Iterable[Row]) -> tuple[dict[str, str], int]:
+    """Thumbnails named by content hash: made once, reused by every later report.
 
-STYLE = """
-body{font:14px system-ui,sans-serif;margin:0;background:#fafafa;color:#222}
-header{padding:12px 16px;background:#222;color:#fff}header h1{margin:0;font-size:18px}
-nav{padding:8px 16px;display:flex;flex-wrap:wrap;gap:6px}
-nav button{border:1px solid #bbb;background:#fff;padding:4px 10px;border-radius:4px;cursor:pointer}
-nav button.on{background:#222;color:#fff;border-color:#222}
-.grid{border-collapse:collapse;margin:8px 16px}
-.grid th{font-weight:600;padding:6px;max-width:200px;word-break:break-word;text-align:left;vertical-align:bottom}
-.grid td{padding:4px;vertical-align:top}
-.cell{width:192px;height:192px;display:flex;align-items:center;justify-content:center;border-radius:4px;
-      overflow:hidden;cursor:pointer;position:relative;background:#eee}
-.cell img{max-width:100%;max-height:100%}
-.cell.failed{background:#fde2e2;color:#a11;font-size:12px;padding:8px;box-sizing:border-box;text-align:center}
-.cell.pending{background:#e8e8e8;color:#666}
-.cell .count{position:absolute;right:4px;bottom:4px;background:#0009;color:#fff;font-size:11px;padding:1px 5px;border-radius:8px}
-#detail{position:fixed;inset:0;background:#000c;display:none;align-items:center;justify-content:center}
-#detail.open{display:flex}
-#detail .box{background:#fff;max-width:92vw;max-height:92vh;overflow:auto;display:flex;gap:16px;padding:16px;border-radius:6px}
-#detail img{max-width:60vw;max-height:85vh;align-self:flex-start;object-fit:contain}
-#detail pre{font-size:12px;max-width:32vw;white-space:pre-wrap;word-break:break-word}
-"""
-
-SCRIPT = """
-const pages = DATA.pages;
-const nav = document.getElementById('tabs'), main = document.getElementById('grid');
-function show(i){
-  [...nav.children].forEach((b,j)=>b.classList.toggle('on',i===j));
-  const p = pages[i], t = document.createElement('table'); t.className='grid';
-  const head = t.insertRow(); head.appendChild(document.createElement('th'));
-  p.cols.forEach(c=>{const th=document.createElement('th'); th.textContent=c; th.className='col'; head.appendChild(th);});
-  p.rows.forEach(r=>{
-    const tr=t.insertRow(); const th=document.createElement('th'); th.textContent=r; th.className='row'; tr.appendChild(th);
-    p.cols.forEach(c=>{
-      const td=tr.insertCell(), cell=p.cells[r+'\\u0000'+c], div=document.createElement('div');
-      div.className='cell '+(cell?cell.state:'pending');
-      if(!cell){div.textContent='not planned';}
-      else if(cell.state==='downloaded'){
-        const img=document.createElement('img'); img.src=cell.images[0].thumb; img.alt=r+' / '+c; div.appendChild(img);
-        if(cell.images.length>1){const n=document.createElement('span'); n.className='count'; n.textContent=cell.images.length; div.appendChild(n);}
-      } else if(cell.state==='failed'){div.textContent='failed: '+(cell.job.error||'unknown reason');}
-      else {div.textContent='not rendered yet';}
-      if(cell){div.onclick=()=>detail(cell);}
-      td.appendChild(div);
-    });
-  });
-  main.replaceChildren(t);
-}
-function detail(cell){
-  const box=document.querySelector('#detail .box'); box.replaceChildren();
-  if(cell.images.length){const img=document.createElement('img'); img.src='../'+cell.images[0].path; box.appendChild(img);}
-  const pre=document.createElement('pre'); pre.id='detail-text';
-  pre.textContent=JSON.stringify(Object.assign({state:cell.state,files:cell.images.map(i=>i.path)},cell.job),null,2);
-  box.appendChild(pre); document.getElementById('detail').classList.add('open');
-}
-document.getElementById('detail').onclick=(e)=>{if(e.target.id==='detail')e.target.classList.remove('open');};
-pages.forEach((p,i)=>{const b=document.createElement('button'); b.textContent=p.title; b.onclick=()=>show(i); nav.appendChild(b);});
-if(pages.length) show(0);
-"""
+    Returns {sha256: path relative to report_dir} for every image that has one, and how many were made.
+    """
+    thumbs = report_dir / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    have = set(os.listdir(thumbs))
+    made: dict[str, str] = {}
+    todo: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        for entry in r.files or []:
+            name = entry["sha256"][:24] + ".jpg"
+            source = run_dir / entry["path"]
+            if name in have:
+                made[entry["sha256"]] = f"thumbs/{name}"
+            elif name not in todo and source.is_file():
+                todo[name] = (str(source), str(thumbs / name))
+                made[entry["sha256"]] = f"thumbs/{name}"
+    return made, make_thumbs(list(todo.values()))
 
 
-def write_html(report_dir: Path, title: str, pages: list[Page]) -> Path:
-    data = {"pages": [{"title": p.title, "rows": p.rows, "cols": p.cols,
-                       "cells": {f"{r}\u0000{c}": {"state": cell.state, "job": cell.job, "images": cell.images}
-                                 for (r, c), cell in p.cells.items()}} for p in pages]}
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
-    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1></header>"
-            f"<nav id=tabs></nav><main id=grid></main><div id=detail><div class=box></div></div>"
-            f"<script>const DATA = {payload};</script><script>{SCRIPT}</script></body></html>\n")
-    path = report_dir / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+# ---------------------------------------------------------------- the page
+
+
+def _summary(rows: list[Row]) -> str:
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r.state] = states.get(r.state, 0) + 1
+    images = sum(len(r.files or []) for r in rows)
+    parts = [f"{n} {s}" for s, n in sorted(states.items(), key=lambda kv: -kv[1])]
+    return f"{len(rows)} jobs, {images} images: " + ", ".join(parts)
+
+
+def page_data(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str]) -> dict[str, Any]:
+    items = []
+    for r, point in zip(rows, sp.coords, strict=True):
+        images = [{"path": "../" + e["path"], "thumb": thumbs.get(e["sha256"]), "width": e.get("width"),
+                   "height": e.get("height")} for e in (r.files or [])]
+        items.append({
+            "v": point, "state": r.state, "key": r.key, "prompt": r.prompt, "prompt_id": r.prompt_id,
+            "model": r.model, "endpoint": r.endpoint, "seed": (r.result or {}).get("seed", r.seed),
+            "input": r.input, "request_id": r.request_id, "error": r.error, "error_kind": r.error_kind,
+            "attempts": r.attempts, "images": images, "cost": None,
+            "t": {"submitted": r.submitted_at, "completed": r.completed_at, "downloaded": r.downloaded_at},
+        })
+    return {"mode": "run", "summary": _summary(rows),
+            "dims": [{"name": n, "values": v, "missing": m}
+                     for n, v, m in zip(sp.names, sp.values, sp.missing, strict=True)],
+            "linked": [["seed", "sample"]] if sp.sample else [],
+            "view": {"x": view.x, "y": view.y, "page": view.page}, "items": items}
 
 
 # ---------------------------------------------------------------- PNG sheets
+
+
+@dataclass
+class Sheet:
+    """One labelled grid (or a part of one): what `_draw_sheet` needs, picklable."""
+
+    path: str
+    title: str
+    corner: str
+    cols: list[str]
+    rows: list[list[str]]  # label lines per row
+    cells: dict[tuple[int, int], tuple[str, str | None, str]]  # (state, thumbnail, failure reason)
+
+
+def sheets_for(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str], report_dir: Path,
+               max_side: int) -> list[Sheet]:
+    """One grid per page value of `view`; rows are Y values × the other dimensions that vary."""
+    x, y, pg = sp.index(view.x), sp.index(view.y), sp.index(view.page)
+    skip = {sp.index(n) for n in _linked(sp, view)}
+    inner = [d for d in range(len(sp.names)) if d not in (x, y, pg) and d not in skip
+             and len({c[d] for c in sp.coords}) > 1]
+
+    def name(d: int, v: int) -> str:
+        return NOT_SET if v < 0 else sp.values[d][v]
+
+    def order(values: Iterable[int]) -> list[int]:
+        return sorted(set(values), key=lambda v: (v < 0, v))
+
+    pages: dict[int, list[int]] = {}
+    for i, c in enumerate(sp.coords):
+        pages.setdefault(c[pg] if pg >= 0 else 0, []).append(i)
+    fit_cols = max(1, (max_side - ROW_LABEL) // CELL)
+    fit_rows = max(1, (max_side - LABEL * 3) // CELL)
+    out: list[Sheet] = []
+    for n, pv in enumerate(order(pages), 1):
+        members = pages[pv]
+        cols = order(sp.coords[i][x] for i in members)
+        row_keys = sorted({(sp.coords[i][y], *(sp.coords[i][d] for d in inner)) for i in members},
+                          key=lambda k: [(v < 0, v) for v in k])
+        grid: dict[tuple[int, int], tuple[str, str | None, str]] = {}
+        row_at = {k: j for j, k in enumerate(row_keys)}
+        col_at = {v: j for j, v in enumerate(cols)}
+        for i in members:
+            c, r = sp.coords[i], rows[i]
+            at = (row_at[(c[y], *(c[d] for d in inner))], col_at[c[x]])
+            if at in grid:
+                continue  # a cell shows its first job; the page shows all of them
+            thumb = next((thumbs.get(e["sha256"]) for e in r.files or [] if thumbs.get(e["sha256"])), None)
+            state = r.state if r.state in ("downloaded", "failed") else "pending"
+            grid[at] = (state, str(report_dir / thumb) if thumb and state == "downloaded" else None, r.error or "")
+        title = f"{view.page} = {name(pg, pv)}" if pg >= 0 else "all"
+        corner = f"rows: {view.y}, columns: {view.x}"
+        labels = [[f"{view.y}: {name(y, k[0])}", *(f"{sp.names[d]}: {name(d, v)}" for d, v in zip(inner, k[1:], strict=True))]
+                  for k in row_keys]
+        row_chunks = [range(i, min(i + fit_rows, len(row_keys))) for i in range(0, len(row_keys), fit_rows)]
+        col_chunks = [range(i, min(i + fit_cols, len(cols))) for i in range(0, len(cols), fit_cols)]
+        parts = [(rc, cc) for rc in row_chunks for cc in col_chunks]
+        for m, (rc, cc) in enumerate(parts, 1):
+            cells = {(a, b): grid[(ri, ci)] for a, ri in enumerate(rc) for b, ci in enumerate(cc) if (ri, ci) in grid}
+            suffix = f"-{m}" if len(parts) > 1 else ""
+            part = f"  (part {m} of {len(parts)})" if len(parts) > 1 else ""
+            out.append(Sheet(str(report_dir / f"sheet-{n}{suffix}.png"), title + part, corner,
+                             [name(x, cols[ci]) for ci in cc], [labels[ri] for ri in rc], cells))
+    return out
 
 
 def _font(size: int) -> Any:
@@ -223,54 +271,72 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _draw_sheet(spec: tuple[str, str, list[str], list[str], dict[tuple[str, str], tuple[str, str | None]]]) -> str:
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    """Text cut to `width` pixels, with an ellipsis when cut."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _draw_sheet(sheet: Sheet) -> str:
     """One labelled sheet; runs in a worker process (sheets are independent)."""
-    path, title, rows, cols, cells = spec
-    font = _font(13)
-    sheet = Image.new("RGB", (CELL * (len(cols) + 1), LABEL * 2 + CELL * len(rows)), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((6, 6), title, fill="black", font=font)
-    for j, col in enumerate(cols):
-        draw.text((CELL * (j + 1) + 6, LABEL + 6), col[:28], fill="black", font=font)
-    for i, row in enumerate(rows):
-        top = LABEL * 2 + CELL * i
-        draw.text((6, top + 6), row[:26], fill="black", font=font)
-        for j, col in enumerate(cols):
-            left = CELL * (j + 1)
-            state, thumb = cells.get((row, col), ("pending", None))
-            if thumb is None:
-                color = "#fde2e2" if state == "failed" else "#e8e8e8"
-                draw.rectangle((left + 2, top + 2, left + CELL - 2, top + CELL - 2), fill=color)
-                draw.text((left + 8, top + 8), "failed" if state == "failed" else "pending", fill="black", font=font)
+    font, bold = _font(13), _font(15)
+    top = LABEL * 3
+    image = Image.new("RGB", (ROW_LABEL + CELL * len(sheet.cols), top + CELL * len(sheet.rows)), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((6, 6), _fit(draw, sheet.title, bold, image.width - 12), fill="black", font=bold)
+    draw.text((6, LABEL * 2 + 6), _fit(draw, sheet.corner, font, ROW_LABEL - 12), fill="#555", font=font)
+    for j, col in enumerate(sheet.cols):
+        left = ROW_LABEL + CELL * j
+        lines = textwrap.wrap(col, 26)[:2] or [""]
+        for k, line in enumerate(lines):
+            draw.text((left + 6, LABEL * (1 + k) + 10), _fit(draw, line, font, CELL - 12), fill="black", font=font)
+    for i, label_lines in enumerate(sheet.rows):
+        y0 = top + CELL * i
+        draw.line((0, y0, image.width, y0), fill="#ddd")
+        for k, line in enumerate(label_lines[: CELL // 18]):
+            draw.text((6, y0 + 6 + 18 * k), _fit(draw, line, font, ROW_LABEL - 12), fill="black", font=font)
+        for j in range(len(sheet.cols)):
+            x0 = ROW_LABEL + CELL * j
+            state, thumb, reason = sheet.cells.get((i, j), ("n/a", None, ""))
+            box = (x0 + 2, y0 + 2, x0 + CELL - 2, y0 + CELL - 2)
+            if thumb is not None:
+                with Image.open(thumb) as picture:
+                    picture.thumbnail((CELL - 4, CELL - 4), Image.Resampling.BILINEAR)
+                    # Centred whatever the aspect ratio.
+                    image.paste(picture, (x0 + (CELL - picture.width) // 2, y0 + (CELL - picture.height) // 2))
                 continue
-            with Image.open(thumb) as image:
-                image.thumbnail((CELL - 4, CELL - 4))
-                sheet.paste(image, (left + 2, top + 2))
-    sheet.save(path, "PNG", optimize=False)
-    return path
+            if state == "failed":
+                draw.rectangle(box, fill="#fde3e1")
+                lines = ["failed", *textwrap.wrap(reason or "no reason recorded", 24)][:9]
+                for k, line in enumerate(lines):
+                    draw.text((x0 + 8, y0 + 8 + 17 * k), _fit(draw, line, font, CELL - 16), fill="#9d1b12", font=font)
+            elif state == "n/a":
+                draw.rectangle(box, fill="#f3f3f0")
+                draw.text((x0 + CELL // 2 - 10, y0 + CELL // 2 - 8), "n/a", fill="#999", font=font)
+            else:
+                draw.rectangle(box, fill="#e3e3e0")
+                draw.text((x0 + 8, y0 + 8), "pending" if state == "pending" else state, fill="#555", font=font)
+    tmp = sheet.path + ".tmp"
+    image.save(tmp, "PNG", optimize=False, compress_level=1)  # zlib dominated the sheet time (bench/)
+    os.replace(tmp, sheet.path)
+    return sheet.path
 
 
-def write_sheets(report_dir: Path, pages: list[Page], max_side: int = 4096) -> list[Path]:
-    """One labelled PNG per page; pages too large for `max_side` are split into several."""
-    fit_cols = max(1, (max_side - CELL) // CELL)  # the first column holds the row labels
-    fit_rows = max(1, (max_side - LABEL * 2) // CELL)
-    specs = []
-    for index, page in enumerate(pages, 1):
-        row_chunks = [page.rows[i:i + fit_rows] for i in range(0, len(page.rows), fit_rows)] or [[]]
-        col_chunks = [page.cols[i:i + fit_cols] for i in range(0, len(page.cols), fit_cols)] or [[]]
-        parts = [(r, c) for r in row_chunks for c in col_chunks]
-        for n, (rows, cols) in enumerate(parts, 1):
-            cells = {}
-            for key, cell in page.cells.items():
-                if key[0] in rows and key[1] in cols:
-                    thumb = str(report_dir / cell.images[0]["thumb"]) if cell.state == "downloaded" and cell.images else None
-                    cells[key] = (cell.state, thumb)
-            suffix = f"-{n}" if len(parts) > 1 else ""
-            specs.append((str(report_dir / f"sheet-{index}{suffix}.png"), page.title, rows, cols, cells))
-    if len(specs) < 4:
-        return [Path(_draw_sheet(spec)) for spec in specs]
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return [Path(p) for p in pool.map(_draw_sheet, specs)]
+def write_sheets(report_dir: Path, sheets: list[Sheet]) -> list[Path]:
+    """Draw every sheet, then remove sheets an earlier report left that this one did not write."""
+    if len(sheets) < 4:
+        paths = [Path(_draw_sheet(s)) for s in sheets]
+    else:
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            paths = [Path(p) for p in pool.map(_draw_sheet, sheets, chunksize=4)]
+    keep = {p.name for p in paths}
+    for old in report_dir.glob("sheet-*.png"):
+        if old.name not in keep:
+            old.unlink()
+    return paths
 
 
 def build(run_dir: Path, *, row_axis: str = "prompt", col_axis: str = "model", tags: set[str] | None = None,
@@ -288,10 +354,15 @@ def build(run_dir: Path, *, row_axis: str = "prompt", col_axis: str = "model", t
         rows = [r for r in rows if r.seed in seeds]
     if not rows:
         raise UsageError(f"{run_dir}: no jobs match", hint="check the filters, or run the manifest first")
-    pages = build_pages(rows, row_axis, col_axis)
+    sp = space(rows)
+    view = default_view(sp, row_axis, col_axis)
     report_dir = run_dir / "report"
-    made = make_thumbnails(run_dir, report_dir, pages)
-    index = write_html(report_dir, f"{run_dir.name}: {row_axis} × {col_axis}", pages)
-    sheets = write_sheets(report_dir, pages, max_side)
-    return {"index": index, "sheets": sheets, "pages": len(pages), "thumbnails_made": made,
-            "cells": sum(len(p.cells) for p in pages)}
+    thumbs, made = thumbnails(run_dir, report_dir, rows)
+    index = page_mod.write(report_dir / "index.html", f"{run_dir.name}: {len(rows)} jobs",
+                           page_data(rows, sp, view, thumbs))
+    specs = sheets_for(rows, sp, view, thumbs, report_dir, max_side)
+    sheets = write_sheets(report_dir, specs)
+    pg = sp.index(view.page)
+    pages = len({c[pg] for c in sp.coords}) if pg >= 0 else 1
+    return {"index": index, "sheets": sheets, "pages": pages, "thumbnails_made": made, "cells": len(rows),
+            "view": view}

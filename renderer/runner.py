@@ -16,12 +16,13 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from . import files
+from . import dataset, files
 from .client import RUNNER_ERRORS, Client, Handle, Status
 from .errors import (
     AccountError,
@@ -31,9 +32,9 @@ from .errors import (
     RunnerFailed,
     TransientError,
 )
-from .layout import image_path
+from .layout import DATA_DIR, image_path, job_folder
 from .manifest import RetryPolicy
-from .plan import Plan
+from .plan import Plan, image_cost, price_of
 from .store import Row, Store
 
 Event = dict[str, Any]
@@ -51,6 +52,14 @@ class RunConfig:
     verify: bool = False  # re-hash finished files instead of trusting size + mtime
     grace: float = 10.0  # after Ctrl-C: seconds for submits in flight to record their request ids
     queue_report: float = 30.0  # surface queue_position for jobs waiting longer than this
+    provider: str = ""  # who renders: emulator, fal, or the custom provider's origin (recorded per image)
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """ISO 8601 in UTC (for people and other tools), beside the epoch seconds that are kept."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AdaptiveLimit:
@@ -90,6 +99,10 @@ class Summary:
     calls: dict[str, int]
     error: str | None = None
     hint: str | None = None
+    cost: float | None = None  # what this run's finished jobs cost by the manifest's prices (USD)
+    total_cost: float | None = None  # every finished job of the plan, all runs
+    estimate: float | None = None  # the plan's estimate for all its jobs
+    run_dir: Path | None = None
 
     @property
     def exit_code(self) -> int:
@@ -134,6 +147,7 @@ class Runner:
         self.done = 0
         self.failed = 0
         self.images = 0
+        self.cost = 0.0  # of this run's finished jobs, by the manifest's prices
         client.on_event = self._client_event
 
     # -------------------------------------------------- events
@@ -152,7 +166,7 @@ class Runner:
     def prepare(self) -> int:
         """Sync the plan and check finished files; returns the count of ambiguous submits."""
         self.plan_changed = self.store.sync_plan(self.plan.jobs, getattr(self.plan, "digest", ""))
-        files.remove_partials(self.run_dir, {(self.run_dir / stem).parent for stem in self.store.unfinished_stems()})
+        files.remove_partials(self.run_dir, {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()})
         if self.config.retry_failed:
             self.store.retry_failed()
         for key, entries in self.store.downloaded_files():
@@ -242,33 +256,59 @@ class Runner:
             outcome = "failed"
         else:
             outcome = "done"
+        total_cost, unpriced = self.total_cost()
         summary = Summary(outcome, counts, started, time.time(), self.images, ambiguous, dict(self.client.calls),
-                          self.fatal.message if self.fatal else None, self.fatal.hint if self.fatal else None)
+                          self.fatal.message if self.fatal else None, self.fatal.hint if self.fatal else None,
+                          None if total_cost is None else round(self.cost, 6), total_cost, self.plan.total_cost,
+                          self.run_dir)
         record = {
             "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": outcome,
-            "provider": self.plan.manifest.provider.kind, "started": started, "finished": summary.finished,
+            "provider": self.config.provider or self.plan.manifest.provider.kind,
+            "started": started, "finished": summary.finished,
+            "started_at": iso_time(started), "finished_at": iso_time(summary.finished),
             "seconds": round(summary.finished - started, 3), "counts": counts,
             "images_this_run": self.images, "ambiguous_resubmits": ambiguous,
             "ambiguous_resubmits_all_runs": self.store.total_ambiguous(), "requests": summary.calls,
+            "cost": {"currency": "USD", "this_run": summary.cost, "all_runs": total_cost,
+                     "estimate": self.plan.total_cost, "unpriced_models": unpriced},
             "error": summary.error,
         }
         files.write_json(self.run_dir / "run.json", record)
         self.store.finish_run(run_id, outcome, record)
         return summary
 
+    def total_cost(self) -> tuple[float | None, list[str]]:
+        """(cost of every finished job by the manifest's prices, models without a price)."""
+        total, uncosted = 0.0, False
+        for _key, entries in self.store.downloaded_files():
+            for entry in entries:
+                if "cost" in entry:
+                    total += entry["cost"]
+                else:
+                    uncosted = True
+        # Models named once from the store, not looked up per file (a million-job plan is not held).
+        unpriced = set(self.store.models_without_cost()) if uncosted else set()
+        in_plan = self.plan.by_model or None
+        models = {(m.endpoint, m.name) for m in self.plan.manifest.models if in_plan is None or m.name in in_plan} \
+            if in_plan is not None else {(j.endpoint, j.model) for j in self.plan.jobs}
+        priced = {m for e, m in models if price_of(self.plan.manifest.prices, e, m) is not None}
+        unpriced |= {m for _, m in models} - priced
+        return (round(total, 6) if priced else None), sorted(unpriced)
+
     def export(self) -> None:
-        # metadata.jsonl is derived from the finished rows alone: unchanged rows, unchanged file.
+        # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.
         if not self.plan_changed and self.images == 0 and self.failed == 0 and \
-                (self.run_dir / "metadata.jsonl").is_file():
+                (self.run_dir / DATA_DIR / dataset.METADATA).is_file():
             return
-        def rows() -> Iterator[dict[str, Any]]:
-            for key, prompt, prompt_id, model, endpoint, seed, payload, tags, entries in self.store.export_rows():
-                params = {k: v for k, v in payload.items() if k not in ("prompt", "seed")}
-                for entry in entries:
-                    yield {"file_name": entry["path"], "prompt": prompt, "prompt_id": prompt_id, "model": model,
-                           "endpoint": endpoint, "seed": entry.get("seed", seed), "job_key": key,
-                           "params": params, "tags": tags}
-        files.export(self.run_dir, self.plan.manifest.name, str(self.plan.manifest.file), rows())
+        manifest = self.plan.manifest
+        try:
+            text: str | None = manifest.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None  # a manifest given as a dict (the Python API), or gone since
+        info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
+        axes = self.plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
+        columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in self.plan.jobs))
+        dataset.write(self.run_dir, info, columns, self.store.export_rows(), self.config.provider or None)
 
     # -------------------------------------------------- one job
 
@@ -333,6 +373,7 @@ class Runner:
         self.store.submit_started(row.key)
         handle = await self.client.submit(row.endpoint, row.input)
         self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url)
+        self.emit({"type": "submitted", "key": row.key, "endpoint": row.endpoint, "request_id": handle.request_id})
         self.slots.succeeded()
         self.phase[row.key] = "submitted"
         return replace(row, state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
@@ -405,11 +446,16 @@ class Runner:
             entry = {"path": rel, "sha256": verified.sha256, "size": len(verified.data),
                      "width": verified.width, "height": verified.height, "content_type": verified.content_type,
                      "seed": row.result.get("seed", row.seed)}
+            price = price_of(self.plan.manifest.prices, row.endpoint, row.model)
+            if price is not None:
+                entry["cost"] = round(image_cost(price, verified.width, verified.height), 6)
             # Written on the loop: a thread hop per file cost more than the fsync it hid (bench/).
             entry["mtime_ns"] = self._write(self.run_dir / rel, verified.data, self._sidecar(row, index, entry))
             entries.append(entry)
         self.store.downloaded(row.key, entries)
         self.images += len(entries)
+        self.cost += sum(e.get("cost") or 0.0 for e in entries)
+        self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
         return replace(row, state="downloaded", files=entries)
 
     @staticmethod
@@ -437,13 +483,17 @@ class Runner:
 
     def _sidecar(self, row: Row, index: int, entry: dict[str, Any]) -> dict[str, Any]:
         result = row.result or {}
+        now = time.time()
         return {
             "job_key": row.key, "image_index": index, "endpoint": row.endpoint, "model": row.model,
             "prompt_id": row.prompt_id, "axes": row.axes, "input": row.input, "request_id": row.request_id,
             "seed": result.get("seed", row.seed), "sha256": entry["sha256"], "width": entry["width"],
             "height": entry["height"], "content_type": entry["content_type"], "file": Path(entry["path"]).name,
+            "cost": entry.get("cost"),  # USD by the manifest's prices; null when unpriced
             "timings": {"submitted_at": row.submitted_at, "completed_at": row.completed_at,
-                        "downloaded_at": time.time(), "provider": result.get("timings")},
+                        "downloaded_at": now, "submitted": iso_time(row.submitted_at),
+                        "completed": iso_time(row.completed_at), "downloaded": iso_time(now),
+                        "provider": result.get("timings")},
             "manifest": {"file": str(self.plan.manifest.file), "prompt_at": row.source},
         }
 

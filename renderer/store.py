@@ -359,12 +359,19 @@ class Store:
             yield from ((key, entries) for key, entries in json.loads(blob))
             after = last
 
-    def export_rows(self) -> Iterator[tuple[Any, ...]]:
-        """(key, prompt, prompt_id, model, endpoint, seed, input, tags, files) of finished jobs, in plan order."""
+    def export_rows(self) -> Iterator[dict[str, Any]]:
+        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags)."""
         for r in self.db.execute(
-                "SELECT key, prompt, prompt_id, model, endpoint, seed, input, tags, files FROM jobs "
+                "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
+                "json_extract(result, '$.has_nsfw_concepts') AS nsfw FROM jobs "
                 "WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index"):
-            yield (*r[:6], json.loads(r[6]), json.loads(r[7]), json.loads(r[8]))
+            nsfw = r["nsfw"]
+            yield {"key": r["key"], "prompt": r["prompt"], "prompt_id": r["prompt_id"], "model": r["model"],
+                   "endpoint": r["endpoint"], "seed": r["seed"], "axes": json.loads(r["axes"]),
+                   "input": json.loads(r["input"]), "tags": json.loads(r["tags"]), "files": json.loads(r["files"]),
+                   "request_id": r["request_id"],
+                   # json_extract gives JSON text for arrays and a bare value for scalars
+                   "has_nsfw_concepts": json.loads(nsfw) if isinstance(nsfw, str) and nsfw.startswith("[") else None}
 
     def counts(self) -> dict[str, int]:
         found = {state: 0 for state in STATES}
@@ -387,6 +394,12 @@ class Store:
         for r in self.db.execute("SELECT stem FROM jobs WHERE state != 'downloaded' AND "
                                  "(result IS NOT NULL OR state = 'completed')"):
             yield r[0]
+
+    def models_without_cost(self) -> list[str]:
+        """Models of finished jobs with a file that has no recorded cost."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "
+            "(SELECT 1 FROM json_each(jobs.files) WHERE json_type(value, '$.cost') IS NULL)")]
 
     def done_by_model(self) -> dict[str, int]:
         """Downloaded jobs of the recorded plan, per model."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from .conftest import ROOT
 
@@ -55,3 +58,12 @@ def test_report_scale_smoke():
     """bench/report_scale.py times cold and warm reports and a full diff on a synthesised run."""
     out = _run("bench/report_scale.py", "--images", "40", "--runs", "1")
     assert "report, cold" in out and "diff, every pair measured" in out
+
+
+@pytest.mark.browser
+def test_report_open_smoke():
+    """bench/report_open.py opens a tiny report in Chromium and prints its table."""
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    out = _run("bench/report_open.py", "--prompts", "2", "--seeds", "1", "--runs", "1")
+    assert "first grid (s)" in out and "8 items in the DOM" in out

@@ -98,3 +98,96 @@ def test_python_dash_m_entry_point():
     )
     assert done.returncode == 0, done.stderr
     assert '"x-endpoint": "fal-ai/omnigen-v2"' in done.stdout
+
+
+def test_version_flag():
+    """`renderer --version` prints the package version and exits 0."""
+    from renderer import __version__
+
+    code, out, _ = run("--version")
+    assert (code, out.strip()) == (0, f"renderer {__version__}")
+
+
+QUICKSTART = str(ROOT / "manifests/quickstart.yaml")
+
+
+def test_bad_flags_are_usage_errors_naming_the_flag(tmp_path: Path):
+    """--concurrency 0/-1, --max-jobs -1, --rate 0/-5, --timeout -3 exit 2 before anything is written."""
+    for flag, value in (("--concurrency", "0"), ("--concurrency", "-1"), ("--max-jobs", "-1"), ("--rate", "0"),
+                        ("--rate=-5", None), ("--timeout", "-3"), ("--rate", "nan")):
+        argv = ["run", QUICKSTART, "--output", str(tmp_path / "o"), flag] + ([value] if value else [])
+        code, _, err = run(*argv)
+        assert code == 2, (flag, value, err)
+        assert flag.split("=")[0] in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_rate_flag_and_environment_accept_the_manifest_spelling(tmp_path: Path):
+    """`--rate 5/s` and RENDERER_RATE=5/s are accepted as the manifest accepts them (checked by a dry run)."""
+    assert run("run", QUICKSTART, "--rate", "5/s", "--dry-run")[0] == 0
+    assert run("run", QUICKSTART, "--dry-run", env={"RENDERER_RATE": "5/s"})[0] == 0
+
+
+def test_bad_environment_is_reported_as_the_variable(tmp_path: Path):
+    """RENDERER_CONCURRENCY=-1 and RENDERER_PROVIDER=bogus are named as environment variables, not flags."""
+    out_dir = str(tmp_path / "o")
+    code, _, err = run("run", QUICKSTART, "--output", out_dir, env={"RENDERER_CONCURRENCY": "-1"})
+    assert code == 2 and err.startswith("error: RENDERER_CONCURRENCY='-1':")
+    code, _, err = run("run", QUICKSTART, "--output", out_dir, env={"RENDERER_PROVIDER": "bogus"})
+    assert code == 2 and err.startswith("error: RENDERER_PROVIDER 'bogus'") and "--provider" not in err
+    code, _, err = run("run", QUICKSTART, "--output", out_dir, env={"RENDERER_PROVIDER": "https://u:p@h.example"})
+    assert code == 2 and "user:password" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_other_commands_range_check_their_numbers():
+    """emulator --port 99999, --fault-429 2 and report --max-sheet 0 are usage errors (exit 2)."""
+    for argv in (["emulator", "--port", "99999"], ["emulator", "--fault-429", "2"],
+                 ["report", "somewhere", "--max-sheet", "0"], ["diff", "a", "b", "--rmse-limit", "nan"]):
+        code, _, err = run(*argv)
+        assert code == 2 and "allowed:" in err, argv
+
+
+def test_output_that_is_not_a_directory_is_refused(tmp_path: Path):
+    """--output naming an existing file, /dev/null, or a path under a file: exit 2, nothing written."""
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for output in (str(afile), "/dev/null", str(afile / "below")):
+        code, _, err = run("run", QUICKSTART, "--output", output)
+        assert code == 2 and "not a directory" in err, err
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_schemas_build_outside_the_repository_is_a_usage_error(tmp_path: Path, monkeypatch):
+    """`schemas build --check` where there is no schemas/docs folder says so (exit 2), no traceback."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("schemas", "build", "--check")
+    assert code == 2 and "no model documents" in err
+
+
+def test_validate_json_lists_problems_for_machines(tmp_path: Path):
+    """validate --json prints file, line, column, json_path, message and hint for each problem; exit 2."""
+    import json
+
+    bad = tmp_path / "m.yaml"
+    bad.write_text("name: t\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\nseeds: [1]\nlimts: {}\n")
+    code, out, _ = run("validate", "--json", str(bad))
+    result = json.loads(out)
+    assert code == 2 and result["ok"] is False
+    (problem,) = result["problems"]
+    assert problem == {"file": str(bad), "line": 5, "column": 1, "json_path": "$.limts",
+                       "message": "unknown key 'limts'", "job": None,
+                       "hint": problem["hint"]}
+    assert "did you mean limits?" in problem["hint"]
+    code, out, _ = run("validate", "--json", QUICKSTART)
+    assert code == 0 and json.loads(out)["manifests"][0]["jobs"] == 8
+
+
+def test_plan_size_cap_is_refused_before_expansion_and_can_be_raised(tmp_path: Path):
+    """A plan above --max-plan-jobs is refused with its count; raising the cap lets it through."""
+    m = tmp_path / "m.yaml"
+    m.write_text("name: t\nprovider: emulator\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\n"
+                 "seeds: {start: 1, count: 50}\n")
+    code, _, err = run("validate", str(m), "--max-plan-jobs", "10")
+    assert code == 2 and "up to 50 jobs" in err and "--max-plan-jobs" in err
+    assert run("validate", str(m), "--max-plan-jobs", "50")[0] == 0

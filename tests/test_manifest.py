@@ -6,6 +6,8 @@ import io
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from renderer.cli import main
 from renderer.errors import ManifestError
@@ -119,4 +121,86 @@ def test_missing_manifest_file_is_a_user_error():
     """A path that does not exist is exit 2 with a hint, not a traceback."""
     err = io.StringIO()
     assert main(["validate", "nope.yaml"], stdout=io.StringIO(), stderr=err, environ={}) == 2
-    assert err.getvalue().startswith("error: nope.yaml: no such manifest")
+    assert err.getvalue().startswith("nope.yaml:1:1: $: no such manifest file")
+
+
+PROMPTS_BAD = ROOT / "tests/manifests/prompts/bad"
+
+
+def _one_file_manifest(tmp_path: Path, prompt_file: Path) -> Path:
+    m = tmp_path / "m.yaml"
+    m.write_text(f"name: t\nprovider: emulator\nprompts: [{{file: {prompt_file}}}]\n"
+                 "models: [fal-ai/flux-1/schnell]\nseeds: [1]\n")
+    return m
+
+
+def test_excel_bom_csv_reads_its_ids(tmp_path: Path):
+    """A UTF-8 BOM (Excel's CSV) does not turn the first column into 'prompt id None'."""
+    (prompt,) = load(_one_file_manifest(tmp_path, PROMPTS_BAD / "bom.csv")).prompts
+    assert (prompt.id, prompt.text, prompt.tags) == ("bom", "excel wrote a BOM", ("x",))
+
+
+def test_quoted_csv_field_keeps_its_line_break(tmp_path: Path):
+    """A quoted field spanning two lines keeps the line break (the csv module reads the raw file)."""
+    (prompt,) = load(_one_file_manifest(tmp_path, PROMPTS_BAD / "multiline.csv")).prompts
+    assert prompt.text == "line one\nline two"
+
+
+def test_yaml_merge_key_with_override_is_legal():
+    """`<<: *base` followed by an overriding key is standard YAML, not a duplicate key."""
+    doc = load_yaml("base: &b {x: 1, y: 2}\nm:\n  <<: *b\n  x: 3\n", "f.yaml")
+    assert doc.data["m"] == {"x": 3, "y": 2}
+    assert doc.where(("m", "x")) == (4, 6) and doc.where(("m", "y")) == (1, 20)
+
+
+def test_duplicate_prompt_text_is_reported_once_with_its_rows(tmp_path: Path):
+    """Three copies of one text in a CSV give one problem at the CSV row, naming every row."""
+    with pytest.raises(ManifestError) as info:
+        load(_one_file_manifest(tmp_path, PROMPTS_BAD / "duplicate-text.csv"))
+    (problem,) = info.value.problems
+    assert problem.file.endswith("duplicate-text.csv") and problem.line == 3
+    assert "listed 3 times" in problem.message and "duplicate-text.csv:4" in problem.message
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "/", "no\0where.yaml"])
+def test_paths_that_are_not_manifest_files_are_located_errors(path: str):
+    """A device, a directory or a NUL in the path: exit 2 with `path:1:1`, never a traceback or a hang."""
+    err = io.StringIO()
+    assert main(["validate", path], stdout=io.StringIO(), stderr=err, environ={}) == 2
+    assert ":1:1: $: " in err.getvalue() and "Traceback" not in err.getvalue()
+
+
+def test_unreadable_manifest_is_a_located_error(tmp_path: Path):
+    """A manifest without read permission is exit 2 naming it (skipped when running as root)."""
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads everything")
+    m = tmp_path / "m.yaml"
+    m.write_text("name: t\n")
+    m.chmod(0)
+    err = io.StringIO()
+    assert main(["validate", str(m)], stdout=io.StringIO(), stderr=err, environ={}) == 2
+    assert err.getvalue().startswith(f"{m}:1:1: $: cannot read the manifest")
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(prompts=st.integers(1, 3), seeds=st.integers(1, 4), steps=st.lists(st.integers(1, 8), min_size=1, max_size=3,
+                                                                           unique=True),
+       images=st.lists(st.integers(1, 4), min_size=1, max_size=2, unique=True), exclude=st.booleans())
+def test_plan_size_bounds_the_expanded_plan(prompts: int, seeds: int, steps: list[int], images: list[int],
+                                            exclude: bool):
+    """The arithmetic plan size equals the job count without exclude, and bounds it with exclude."""
+    from renderer import plan
+    from renderer.manifest import plan_size
+    from renderer.schemas import SchemaRegistry
+
+    text = ("name: t\nprompts: [" + ", ".join(f"{{id: p{i}, text: prompt {i}}}" for i in range(prompts)) + "]\n"
+            f"models: [{{endpoint: fal-ai/flux-1/schnell, axes: {{num_inference_steps: {steps}}}}}, "
+            "fal-ai/imagen4/preview]\n"
+            f"seeds: {{start: 1, count: {seeds}}}\naxes: {{num_images: {images}}}\n"
+            + ("exclude: [{prompt: p0}]\n" if exclude and prompts > 1 else ""))
+    m = parse(text, Path("m.yaml"))
+    jobs = len(plan.build(m, SchemaRegistry(ROOT / "schemas")).jobs)
+    assert plan_size(m) == prompts * len(images) * (len(steps) + 1) * seeds
+    assert jobs <= plan_size(m) and (jobs == plan_size(m)) == (not m.exclude)

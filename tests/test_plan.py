@@ -183,9 +183,8 @@ def test_seed_template_jobs_equal_jobs_made_one_by_one(registry: SchemaRegistry,
             "seeds": seeds, "defaults": {"aspect_ratio": "16:9"}}
     try:
         p = build(registry, data)
-    except ManifestError as exc:  # repeated texts: the same input twice, named exactly
+    except ManifestError:  # repeated texts are refused
         assert len(set(texts)) < len(texts)
-        assert all("it would be paid twice" in problem.message for problem in exc.problems)
         return
     assert len(set(texts)) == len(texts)
     planner = plan._Planner(p.manifest, registry)
@@ -205,3 +204,14 @@ def test_plan_digest_follows_what_the_state_records(registry: SchemaRegistry):
     assert build(registry, {**data, "seeds": [2, 1]}).digest != base
     assert build(registry, {**data, "prompts": [{"id": "a", "text": "x", "tags": ["t"]},
                                                 {"id": "b", "text": "y"}]}).digest != base
+
+
+def test_the_same_input_twice_is_named_with_both_jobs(registry: SchemaRegistry):
+    """Two labels of one endpoint send identical inputs: found by fingerprint, then named exactly."""
+    with pytest.raises(ManifestError) as info:
+        build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": {"start": 1, "count": 50},
+                         "models": [{"endpoint": MODELS[0], "label": "one"}, {"endpoint": MODELS[0], "label": "two"}]})
+    problems = info.value.problems
+    assert len(problems) == 50 and all("it would be paid twice" in p.message for p in problems)
+    assert [p.message.split(" sends")[0] for p in problems] == [f"prompt=a model=two seed={s}" for s in range(1, 51)]
+    assert all(f"model=one seed={s};" in p.message for s, p in zip(range(1, 51), problems, strict=True))

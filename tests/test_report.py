@@ -1,47 +1,130 @@
-"""Contact sheets: the HTML grid opens in a real browser, failed cells show, thumbnails are reused."""
+"""Contact sheets: the viewer in a real browser (axes, filters, zoom, keyboard, shared links,
+hostile text), the PNG sheets (labels, failures, n/a, split, stale sheets), thumbnails reused."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from renderer import report
 from renderer.emulator import ServiceTime
+from renderer.plan import Job
+from renderer.store import Store
 
-from .conftest import background_emulator, cli, write_manifest
+from .conftest import MANIFESTS, background_emulator, cli, write_manifest
 
+FAST = ServiceTime("fixed", 0.005)
 SWEEP = {
     "prompts": [{"id": "cat", "text": "a cat", "tags": ["animal"]}, {"id": "fuji", "text": "Mount Fuji", "tags": ["place"]}],
     "models": [{"endpoint": "fal-ai/flux-1/schnell", "label": "flux"}, {"endpoint": "fal-ai/imagen4/preview", "label": "imagen"},
                {"endpoint": "acme/missing", "label": "broken", "unchecked": True}],
     "seeds": [1, 2],
 }
+# The issue's sweep: 3 prompts × 4 models × 3 aspect ratios × 3 seeds, with a style axis on one model.
+SWEEP_135 = {
+    "prompts": [{"id": "cat", "text": "a cat on a windowsill"}, {"id": "fuji", "text": "Mount Fuji at dawn"},
+                {"id": "tea", "text": "a teapot in studio light"}],
+    "models": [{"endpoint": "fal-ai/flux-1/schnell", "label": "flux"},
+               {"endpoint": "fal-ai/imagen4/preview", "label": "imagen"},
+               {"endpoint": "fal-ai/ideogram/v2", "label": "ideogram"},
+               {"endpoint": "fal-ai/recraft/v2/text-to-image", "label": "recraft",
+                "axes": {"style": ["vector_illustration", "icon/outline"]}}],
+    "axes": {"aspect_ratio": ["1:1", "16:9", "9:16"]},
+    "seeds": [1, 2, 3],
+}
+MODELS = ["flux", "imagen", "ideogram", "recraft"]
+RATIOS = ["1:1", "16:9", "9:16"]
+HOSTILE = ["</script><script>window.pwned=1</script>", "<!--<script>", "\"'><img src=x onerror=window.pwned=1>",
+           "\u202eevil\u202c \u200f", "🎨🐈‍⬛ emoji", "&amp; &lt;b&gt;", "{{data}}"]
+
+
+def _render(folder: Path, spec: dict[str, Any], **emulator: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    m = write_manifest(folder, **spec)
+    with background_emulator(service=FAST, **emulator) as emu:
+        code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(folder / "out"), "--quiet",
+                           env={"FAL_KEY": "k"})
+    assert code in (0, 1), err
+    return folder / "out/t"
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("sweep")
-    m = write_manifest(folder, **SWEEP)
-    with background_emulator(service=ServiceTime("fixed", 0.01)) as emu:
-        code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(folder / "out"), "--quiet",
-                           env={"FAL_KEY": "k"})
-    assert code == 1, err  # the unknown endpoint fails; the rest render
-    return folder / "out/t"
+    return _render(tmp_path_factory.mktemp("sweep"), SWEEP)  # the unknown endpoint fails; the rest render
 
 
-def test_pages_rows_columns_and_failed_cells(sweep: Path):
-    """prompt × model grids, one page per seed, failed jobs as failed cells with their reason."""
+@pytest.fixture(scope="module")
+def sweep135(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = _render(tmp_path_factory.mktemp("s135"), SWEEP_135)
+    report.build(run)
+    return run
+
+
+def _rows(run: Path) -> list[Any]:
+    store = Store(run, readonly=True)
+    try:
+        return store.rows(in_plan=True)
+    finally:
+        store.close()
+
+
+def _data(run: Path) -> dict[str, Any]:
+    text = (run / "report/index.html").read_text()
+    start = text.index('<script type="application/json" id="renderer-data">') + 51
+    return json.loads(text[start:text.index("</script>", start)])
+
+
+# ---------------------------------------------------------------- without a browser
+
+
+def test_dimensions_cover_every_axis_and_mark_absent_ones(sweep135: Path):
+    """prompt, model, each axis (style absent for three models) and seed are dimensions; the
+    default view puts models across, prompts down and seeds on pages."""
+    rows = _rows(sweep135)
+    sp = report.space(rows)
+    assert sp.names == ["prompt", "model", "aspect_ratio", "style", "seed"]
+    assert sp.values[1] == MODELS and sp.values[2] == RATIOS and sp.values[4] == ["1", "2", "3"]
+    style = sp.index("style")
+    assert {r.model for r, c in zip(rows, sp.coords, strict=True) if c[style] < 0} == {"flux", "imagen", "ideogram"}
+    assert report.default_view(sp, "prompt", "model") == report.View("model", "prompt", "seed")
+
+
+def test_data_block_is_escaped_for_script_context(tmp_path: Path):
+    """No '<', '>' or '&' reaches the page's data block, and the data reads back exactly."""
+    run = _hostile_run(tmp_path)
+    report.build(run)
+    text = (run / "report/index.html").read_text()
+    block = text[text.index('id="renderer-data">') + 19:text.index("</script>", text.index('id="renderer-data">'))]
+    assert not set("<>&") & set(block)
+    assert {i["request_id"] for i in _data(run)["items"]} >= set(HOSTILE)
+
+
+def test_random_seeds_line_up_as_samples(tmp_path: Path):
+    """Seeds drawn per prompt and model become 'sample' pages; seed itself never makes 1-cell pages."""
+    run = _render(tmp_path, {**SWEEP, "models": SWEEP["models"][:2], "seeds": {"random": 2}})
+    sp = report.space(_rows(run))
+    assert sp.sample and sp.values[sp.index("sample")] == ["0", "1"]
+    assert report.default_view(sp, "prompt", "model").page == "sample"
+    done = report.build(run)
+    assert done["pages"] == 2 and len(done["sheets"]) == 2
+
+
+def test_failed_cells_and_counts(sweep: Path):
+    """Every job is an item; failed jobs carry their reason into the page data."""
     done = report.build(sweep)
     assert done["pages"] == 2 and done["cells"] == 12
-    pages = report.build_pages(__import__("renderer.store", fromlist=["Store"]).Store(sweep, readonly=True).rows(in_plan=True),
-                               "prompt", "model")
-    assert [p.title for p in pages] == ["seed=1", "seed=2"]
-    assert pages[0].rows == ["cat", "fuji"] and pages[0].cols == ["flux", "imagen", "broken"]
-    failed = pages[0].cells[("cat", "broken")]
-    assert failed.state == "failed" and "HTTP 404" in failed.job["error"]
+    items = _data(sweep)["items"]
+    failed = [i for i in items if i["model"] == "broken"]
+    assert len(failed) == 4 and all(i["state"] == "failed" and "HTTP 404" in i["error"] for i in failed)
 
 
 def test_thumbnails_are_made_once(sweep: Path):
@@ -51,54 +134,276 @@ def test_thumbnails_are_made_once(sweep: Path):
     assert len(list((sweep / "report/thumbs").glob("*.jpg"))) == 8
 
 
-def test_sheets_are_labelled_and_split_under_the_cap(sweep: Path, tmp_path: Path):
-    """A small size cap splits a page into several sheets, each within the cap."""
+def test_sheets_split_under_the_cap_and_stale_ones_go(sweep: Path, tmp_path: Path):
+    """A small size cap splits a page into several sheets, each within the cap; a later report
+    with fewer sheets removes the ones it did not write."""
     copy = tmp_path / "run"
     shutil.copytree(sweep, copy)
-    done = report.build(copy, max_side=2 * report.CELL + 10)
-    assert len(done["sheets"]) > 2
+    cap = report.ROW_LABEL + 2 * report.CELL + 10
+    done = report.build(copy, max_side=cap)
+    assert len(done["sheets"]) == 4  # 2 pages × (3 models in 2 column chunks)
     for sheet in done["sheets"]:
         with Image.open(sheet) as im:
-            assert max(im.size) <= 2 * report.CELL + 10 + report.LABEL * 2
+            assert max(im.size) <= cap
+    again = report.build(copy)
+    assert sorted(p.name for p in (copy / "report").glob("sheet-*.png")) == sorted(p.name for p in again["sheets"])
+    assert len(again["sheets"]) == 2
 
 
-def test_filters_and_axes(sweep: Path):
-    """--tag, --model and --seed filter; --axes picks the grid's row and column."""
-    assert report.build(sweep, tags={"place"}, seeds={1})["cells"] == 3
-    assert report.build(sweep, row_axis="seed", col_axis="model", models={"flux"})["pages"] == 2
+def test_sheet_cells_failed_na_and_centred(sweep: Path, tmp_path: Path):
+    """In a sheet a failed job is a red cell, a missing combination a grey n/a cell, and an image
+    of any ratio sits centred in its cell."""
+    copy = tmp_path / "run"
+    shutil.copytree(sweep, copy)
+    done = report.build(copy, row_axis="model", col_axis="prompt", tags={"animal"})
+    with Image.open(done["sheets"][0]) as im:
+        sheet = im.convert("RGB")
+    top, cell, left = report.LABEL * 3, report.CELL, report.ROW_LABEL
+    broken_row = 2  # rows: flux, imagen, broken
+    assert sheet.getpixel((left + 4, top + cell * broken_row + cell - 6)) == (0xFD, 0xE3, 0xE1)
+    # The flux picture of cat, seed 1 (row 0, column 0) is centred: equal margins either side.
+    item = next(i for i in _data(copy)["items"] if i["model"] == "flux" and i["seed"] == 1)
+    with Image.open(copy / "report" / item["images"][0]["thumb"]) as thumb:
+        thumb.thumbnail((cell - 4, cell - 4))
+        w, h = thumb.size
+    assert w != h
+    x0, y0 = left + (cell - w) // 2, top + (cell - h) // 2
+    assert sheet.getpixel((x0 + w // 2, y0 - 1)) == sheet.getpixel((x0 - 1, y0 + h // 2)) == (255, 255, 255)
+    assert sheet.getpixel((x0 + w // 2, y0 + 1)) != (255, 255, 255) and sheet.getpixel((x0 + 1, y0 + h // 2)) != (255, 255, 255)
+    assert sheet.getpixel((x0 + w // 2, y0 + h)) == (255, 255, 255)
+    # A model that lacks a combination: build a two-model page where one has an axis the other lacks.
+    run = _render(tmp_path / "axis", {"prompts": [{"id": "cat", "text": "a cat"}],
+                                      "models": ["fal-ai/flux-1/schnell",
+                                                 {"endpoint": "fal-ai/recraft/v2/text-to-image", "label": "recraft",
+                                                  "axes": {"style": ["vector_illustration"]}}]})
+    done = report.build(run)
+    with Image.open(done["sheets"][0]) as im:
+        sheet = im.convert("RGB")
+    # rows: (cat, vector_illustration), (cat, style not set); columns flux-1/schnell, recraft
+    assert sheet.getpixel((left + 4, top + 4)) == (0xF3, 0xF3, 0xF0)  # flux with a style: n/a
+    assert sheet.getpixel((left + cell + 4, top + cell + 4)) == (0xF3, 0xF3, 0xF0)  # recraft without one: n/a
+
+
+def test_report_axes_errors(sweep: Path):
+    """--axes naming an axis the run lacks is a usage error (exit 2) listing the run's axes."""
     code, _, err = cli("report", str(sweep), "--axes", "prompt,colour")
-    assert code == 2 and "no axis 'colour'" in err
+    assert code == 2 and "no axis 'colour'" in err and "axes here: prompt, model, seed" in err
+    assert report.build(sweep, tags={"place"}, seeds={1})["cells"] == 3
 
 
-def test_report_opens_in_headless_chromium(sweep: Path, tmp_path: Path):
-    """The page loads from file:// with no console errors; the grid has its rows, columns and
-    images; clicking a cell shows its details. A screenshot is saved in the test's tmp dir."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+# ---------------------------------------------------------------- in Chromium
+
+
+@contextmanager
+def chromium() -> Iterator[tuple[Any, list[str]]]:
+    """A headless Debian Chromium; yields (browser, console errors)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     playwright = pytest.importorskip("playwright.sync_api")
-    report.build(sweep)
     errors: list[str] = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
+        browser = p.chromium.launch(executable_path=path, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--no-first-run", "--disable-sync"])
-        page = browser.new_page()
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto((sweep / "report/index.html").as_uri())
-        page.wait_for_selector("table.grid")
-        assert page.locator("nav button").count() == 2
-        assert page.locator("th.row").all_inner_texts() == ["cat", "fuji"]
-        assert page.locator("th.col").all_inner_texts() == ["flux", "imagen", "broken"]
-        page.wait_for_function("[...document.querySelectorAll('.cell img')].every(i => i.complete && i.naturalWidth > 0)")
-        assert page.locator(".cell img").count() == 4
-        assert "failed: " in page.locator(".cell.failed").first.inner_text()
-        page.locator(".cell img").first.click()
-        page.wait_for_selector("#detail.open")
-        detail = page.locator("#detail-text").inner_text()
-        assert '"request_id"' in detail and '"prompt_id": "cat"' in detail
-        page.screenshot(path=str(tmp_path / "report.png"))
-        browser.close()
+        try:
+            yield browser, errors
+        finally:
+            browser.close()
+
+
+def _open(browser: Any, errors: list[str], url: str) -> Any:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready]")
+    return page
+
+
+def _screens(tmp_path: Path) -> Path:
+    """Screenshots go to the test's tmp dir, and also to $RENDERER_SCREENS when it is set."""
+    return Path(os.environ.get("RENDERER_SCREENS") or tmp_path)
+
+
+def _thumb(entry: dict[str, Any]) -> str:
+    return f"thumbs/{entry['sha256'][:24]}.jpg"
+
+
+@pytest.mark.browser
+def test_default_view_shows_every_model_side_by_side(sweep135: Path):
+    """The 135-job sweep opens as one grid per seed with all four models across and every job present."""
+    with chromium() as (browser, errors):
+        page = _open(browser, errors, (sweep135 / "report/index.html").as_uri())
+        assert page.locator("section.page h2").all_inner_texts() == ["seed = 1", "seed = 2", "seed = 3"]
+        first = page.locator("section.page").first
+        assert first.locator("th.col").all_inner_texts() == MODELS
+        assert first.locator("th.row").all_inner_texts() == ["cat", "fuji", "tea"]
+        assert page.locator(".item").count() == 135 and page.locator(".cell.na").count() == 0
+        assert page.locator(".item img").count() == 135
     assert errors == []
-    assert (tmp_path / "report.png").stat().st_size > 1000
+
+
+@pytest.mark.browser
+def test_axes_filter_reload_and_keyboard(sweep135: Path):
+    """X = aspect_ratio, Y = model, seed = 2: exactly the 12 cells and 45 pictures expected, each
+    the right thumbnail; the URL reopens the same view; arrows, Enter and Esc work."""
+    rows = _rows(sweep135)
+    expected: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        if r.seed == 2:
+            expected.setdefault((r.model, r.axes["aspect_ratio"]), set()).add(_thumb(r.files[0]))
+    with chromium() as (browser, errors):
+        page = _open(browser, errors, (sweep135 / "report/index.html").as_uri())
+        page.select_option("select[name=x]", "aspect_ratio")
+        page.select_option("select[name=y]", "model")
+        page.click("#filters details[data-dim=seed] summary")
+        page.uncheck("#filters details[data-dim=seed] input[value='1']")
+        page.uncheck("#filters details[data-dim=seed] input[value='3']")
+
+        def check(page: Any) -> None:
+            assert page.locator("section.page").count() == 1
+            assert page.locator("th.col").all_inner_texts() == RATIOS
+            assert page.locator("th.row").all_inner_texts() == MODELS
+            assert page.locator(".cell").count() == 12 and page.locator(".cell.na").count() == 0
+            assert page.locator(".item").count() == 45
+            seen = page.evaluate("""() => [...document.querySelectorAll('tbody tr')].map(tr => [
+                tr.querySelector('th').textContent,
+                [...tr.querySelectorAll('.cell')].map(c => [...c.querySelectorAll('img')].map(i => i.getAttribute('src')))])""")
+            got = {(model, RATIOS[c]): set(srcs) for model, cells in seen for c, srcs in enumerate(cells)}
+            assert got == expected
+
+        check(page)
+        url = page.url
+        assert "x=aspect_ratio" in url and "only.seed=2" in url
+        page.reload()
+        page.wait_for_selector("body[data-ready]")
+        check(page)
+        other = _open(browser, errors, url)  # a shared link, opened fresh
+        check(other)
+        assert other.locator("select[name=x]").input_value() == "aspect_ratio"
+
+        # Keyboard: the cursor starts at the first cell; arrows move it; Enter opens; Esc closes.
+        other.locator("body").press("ArrowRight")
+        other.keyboard.press("ArrowDown")
+        cur = other.locator(".cell.cur")
+        assert (cur.get_attribute("data-r"), cur.get_attribute("data-c")) == ("1", "1")
+        other.keyboard.press("Enter")
+        other.wait_for_selector("#detail:not([hidden])")
+        facts = other.locator("#detail-facts").inner_text()
+        assert "imagen" in facts and "16:9" in facts and "request id" in facts and "UTC" in facts
+        assert other.locator("#detail img").count() == 1
+        before = other.locator("#detail .where").inner_text()
+        other.keyboard.press("ArrowRight")
+        assert other.locator("#detail .where").inner_text() != before
+        other.keyboard.press("Escape")
+        assert other.locator("#detail").is_hidden()
+    assert errors == []
+
+
+@pytest.mark.browser
+def test_size_slider_fit_and_detail_of_a_failure(sweep: Path, tmp_path: Path):
+    """The slider and fit-to-screen resize cells; a failed cell shows its reason in the grid and
+    in the large view; the large view gives prompt text, exact input and readable times."""
+    report.build(sweep)
+    with chromium() as (browser, errors):
+        page = _open(browser, errors, (sweep / "report/index.html").as_uri())
+        width = lambda: page.locator(".item").first.bounding_box()["width"]  # noqa: E731
+        page.locator("input[name=size]").fill("320")
+        assert width() == pytest.approx(320, abs=1) and "size=320" in page.url
+        page.click("button[name=fit]")
+        fitted = width()
+        assert fitted != 320
+        table = page.locator("table.grid").first.bounding_box()
+        assert table["x"] + table["width"] <= 1400
+        shown = page.locator(".item.failed").first.inner_text()
+        assert shown.startswith("failed: ") and "HTTP 404" in shown
+        page.locator(".item.failed").first.click()
+        facts = page.locator("#detail-facts").inner_text()
+        assert "HTTP 404" in facts and "a cat" in facts and '"prompt": "a cat"' in facts
+        page.keyboard.press("Escape")
+        page.locator(".item img").first.click()
+        page.wait_for_selector("#detail:not([hidden]) img")
+        page.wait_for_function("document.querySelector('#detail img').naturalWidth > 0")
+    assert errors == []
+
+
+@pytest.mark.browser
+def test_design_sweep_default_view_screenshot(tmp_path: Path):
+    """manifests/design-sweep.yaml: both models side by side in one grid; a screenshot is saved."""
+    with background_emulator(service=FAST) as emu:
+        code, _, err = cli("run", str(MANIFESTS / "design-sweep.yaml"), "--provider", emu.url,
+                           "--output", str(tmp_path), "--quiet", env={"FAL_KEY": "k"})
+    assert code == 0, err
+    run = tmp_path / "design-sweep"
+    report.build(run)
+    with chromium() as (browser, errors):
+        page = _open(browser, errors, (run / "report/index.html").as_uri())
+        assert page.locator("table.grid").count() == 1
+        assert page.locator("th.col").all_inner_texts() == ["recraft", "ideogram"]
+        page.wait_for_function("[...document.querySelectorAll('.item img')].slice(0, 6).every(i => i.complete && i.naturalWidth > 0)")
+        shot = _screens(tmp_path) / "design-sweep.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot))
+    assert errors == []
+    assert shot.stat().st_size > 10_000
+
+
+def _hostile_run(folder: Path) -> Path:
+    """A run whose every text field is hostile: ids, prompt, axis names and values, request ids,
+    failure reasons (written through the store, as a run would)."""
+    from renderer.pictures import render
+
+    run = folder / "hostile"
+    store = Store(run)
+    jobs = []
+    for n, text in enumerate(HOSTILE):
+        axes = {"style": text, "aspect_ratio": "1:1" if n % 2 else text}
+        jobs.append(Job(n, f"key-{n}-{text}", f"acme/{text}", text, f"{text}-{n % 3}", n, axes,
+                        {"prompt": text, "seed": n, "style": text}, f"m/{n}/s{n}", 1, (text,), "m.yaml:1"))
+    store.sync_plan(jobs)
+    for n, job in enumerate(jobs):
+        store.submitted(job.key, HOSTILE[n], "u", "u", "u")
+        if n % 3 == 2:
+            store.failed(job.key, HOSTILE[(n + 1) % len(HOSTILE)], "server")
+            continue
+        data = render("acme/x", job.input["prompt"], n, 0, (96, 64 + 16 * n), "png")[0]
+        rel = f"m/{n}/s{n}-0.png"
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(data)
+        store.completed(job.key, {"images": [], "seed": n})
+        store.downloaded(job.key, [{"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                    "width": 96, "height": 64 + 16 * n}])
+    store.close()
+    return run
+
+
+@pytest.mark.browser
+def test_hostile_text_stays_text(tmp_path: Path):
+    """</script>, <!--, attribute breakers, RTL marks and emoji in every field: the page works, no
+    console error, every job is present, and the text is shown as text."""
+    run = _hostile_run(tmp_path)
+    report.build(run, row_axis="model", col_axis="style")
+    with chromium() as (browser, errors):
+        page = _open(browser, errors, (run / "report/index.html").as_uri())
+        assert page.evaluate("window.pwned") is None
+        assert page.locator(".item").count() == len(HOSTILE)
+        assert set(page.locator("th.col").all_inner_texts()) == set(HOSTILE)
+        assert page.locator("img[src=x]").count() == 0 and page.locator("script").count() == 2
+        assert page.locator(".item.failed").count() == 2
+        assert page.locator(".item.failed").first.inner_text().startswith("failed: ")
+        page.wait_for_function("[...document.querySelectorAll('.item img')].every(i => i.complete && i.naturalWidth > 0)")
+        for n in range(len(HOSTILE)):
+            page.locator(".item").nth(n).click()
+            facts = page.locator("#detail-facts").inner_text()
+            page.keyboard.press("Escape")
+            assert any(h in facts for h in HOSTILE)
+        # Every hostile value is offered as a filter value, verbatim.
+        page.click("#filters details[data-dim=prompt] summary")
+        page.wait_for_selector("#filters details[data-dim=prompt] input")
+        values = page.locator("#filters details[data-dim=prompt] input").evaluate_all("l => l.map(i => i.value)")
+        assert set(values) == {f"{t}-{n % 3}" for n, t in enumerate(HOSTILE)}
+        page.goto(page.url)  # the fragment with hostile values in it reopens the view
+        page.wait_for_selector("body[data-ready]")
+        assert page.locator(".item").count() == len(HOSTILE) and page.evaluate("window.pwned") is None
+    assert errors == []

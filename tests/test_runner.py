@@ -38,8 +38,8 @@ def assert_all_verified(run_dir: Path) -> None:
             im.load()
         sidecar = json.loads(path.with_suffix(".json").read_text())
         assert sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest(), path
-    rows = [json.loads(line) for line in (run_dir / "metadata.jsonl").read_text().splitlines()]
-    assert sorted(r["file_name"] for r in rows) == sorted(str(p.relative_to(run_dir)) for p in found)
+    rows = [json.loads(line) for line in (run_dir / "data/metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["file_name"] for r in rows) == sorted(str(p.relative_to(run_dir / "data")) for p in found)
 
 
 def test_quickstart_renders_end_to_end(tmp_path: Path):
@@ -49,10 +49,11 @@ def test_quickstart_renders_end_to_end(tmp_path: Path):
     run_dir = tmp_path / "quickstart"
     assert len(images(run_dir)) == 8
     assert_all_verified(run_dir)
-    rows = [json.loads(line) for line in (run_dir / "metadata.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "data/metadata.jsonl").read_text().splitlines()]
     assert [r["prompt_id"] for r in rows[:2]] == ["cat-skateboard", "cat-skateboard"]
-    assert set(rows[0]) == {"file_name", "prompt", "prompt_id", "model", "endpoint", "seed", "job_key", "params", "tags"}
-    assert "split: train" in (run_dir / "README.md").read_text()
+    assert {"file_name", "prompt", "prompt_id", "model", "endpoint", "seed", "job_key", "input", "tags", "width",
+            "height", "sha256", "provider", "has_nsfw_concepts"} <= set(rows[0])
+    assert "split: train" in (run_dir / "data/README.md").read_text()
     summary = json.loads((run_dir / "run.json").read_text())
     assert summary["outcome"] == "done" and summary["counts"]["downloaded"] == 8
     assert out.startswith("done: 8/8 jobs downloaded")
@@ -216,18 +217,18 @@ def test_expired_results_are_resubmitted_within_the_budget(tmp_path: Path):
     assert code == 1
 
 
-def test_progress_bar_counts_earlier_runs(tmp_path: Path):
-    """A resumed run's bar starts at the jobs already finished and ends at the total."""
+def test_progress_counts_earlier_runs(tmp_path: Path):
+    """A resumed run's progress starts at the jobs already finished and ends at the total; piped, no \\r."""
     m = write_manifest(tmp_path, seeds=[1, 2, 3, 4, 5, 6, 7, 8])
     with background_emulator(service=FAST) as emu:
         base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"))
         assert cli(*base, "--max-jobs", "3", "--quiet", env={"FAL_KEY": "k"})[0] == 0
         code, _, err = cli(*base, env={"FAL_KEY": "k"})
     assert code == 0
-    frames = [f for f in err.replace("\r", "\n").splitlines() if "job" in f and "/8" in f]
-    assert frames[0].lstrip().startswith("38%") and "3/8" in frames[0]
-    assert "8/8" in frames[-1]
-    assert all(int(f.split("/8")[0].split()[-1]) >= 3 for f in frames)
+    assert "\r" not in err
+    frames = [f for f in err.splitlines() if f.startswith("progress: ")]
+    assert frames[0].startswith("progress: 3/8 jobs (38%)")
+    assert frames[-1].startswith("progress: 8/8 jobs (100%)")
 
 
 def test_max_jobs_and_retry_failed(tmp_path: Path):
@@ -362,6 +363,6 @@ def test_resuming_twice_equals_running_once(tmp_path_factory, seeds, first, seco
         return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in images(run)}
 
     assert digest(folder / "once/t") == digest(folder / "resumed/t")
-    once = [json.loads(x)["file_name"] for x in io.StringIO((folder / "once/t/metadata.jsonl").read_text())]
-    again = [json.loads(x)["file_name"] for x in io.StringIO((folder / "resumed/t/metadata.jsonl").read_text())]
+    once = [json.loads(x)["file_name"] for x in io.StringIO((folder / "once/t/data/metadata.jsonl").read_text())]
+    again = [json.loads(x)["file_name"] for x in io.StringIO((folder / "resumed/t/data/metadata.jsonl").read_text())]
     assert once == again

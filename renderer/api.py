@@ -1,0 +1,147 @@
+"""The Python API: what the CLI does, callable from scripts and notebooks.
+
+    plan = renderer.load_manifest("manifests/quickstart.yaml")   # or a dict
+    summary = renderer.run(plan)                 # blocks; works inside a running loop too
+    summary = await renderer.run_async(plan)     # in a notebook cell or async code
+    run = renderer.open_run(plan.run_dir)        # rows with paths and metadata
+
+Settings: an argument given here wins over the manifest, which wins over the defaults. The
+environment is read only for the provider's API key (at call time, from `env`, default
+os.environ); the CLI resolves its flags and RENDERER_* variables and passes them in here.
+Errors are raised as renderer.errors exceptions (ManifestError lists every problem).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import dataset
+from . import manifest as manifest_mod
+from . import plan as plan_mod
+from .layout import DATA_DIR
+from .plan import Plan
+from .runner import Event, RunConfig, Summary
+from .schemas import SchemaRegistry, default_schema_dir
+from .store import Store
+
+__all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
+
+
+def _registry(schemas: str | os.PathLike[str] | None) -> SchemaRegistry:
+    return SchemaRegistry(Path(schemas) if schemas is not None else default_schema_dir())
+
+
+def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any], *, output: str | os.PathLike[str] | None = None,
+                  schemas: str | os.PathLike[str] | None = None) -> Plan:
+    """Validate a manifest (a YAML file, or the same structure as a dict) and plan its jobs.
+
+    `output` replaces the manifest's output root. Prompt files named in a dict are read
+    relative to the working directory. Raises ManifestError listing every problem.
+    """
+    if isinstance(source, Mapping):
+        text = yaml.safe_dump(dict(source), sort_keys=False, allow_unicode=True)
+        manifest = manifest_mod.parse(text, Path("<manifest>"))
+    else:
+        manifest = manifest_mod.load(Path(source))
+    if output is not None:
+        manifest = replace(manifest, output=Path(output))
+    manifest_mod.check_plan_size(manifest)  # by arithmetic, before a single job is expanded
+    return plan_mod.build(manifest, _registry(schemas))
+
+
+def _prepare(plan: Plan, *, provider: str | None, output: str | os.PathLike[str] | None, concurrency: int | None,
+             rate: float | None, timeout: float | None, retry_failed: bool, max_jobs: int | None, verify: bool,
+             env: Mapping[str, str] | None) -> tuple[Plan, Any, RunConfig]:
+    from .session import resolve_provider  # aiohttp and friends load only when something runs
+
+    if output is not None:
+        plan = replace(plan, manifest=replace(plan.manifest, output=Path(output)))
+    m = plan.manifest
+    settings = resolve_provider(m.provider, provider, os.environ if env is None else env)
+    config = RunConfig(
+        concurrency=m.limits.concurrency if concurrency is None else concurrency,
+        per_endpoint=dict(m.limits.per_endpoint),
+        rate=m.limits.rate if rate is None else rate,
+        timeout=m.limits.timeout if timeout is None else timeout,
+        retry=m.retries, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify, provider=settings.label,
+    )
+    return plan, settings, config
+
+
+async def run_async(plan: Plan, *, provider: str | None = None, output: str | os.PathLike[str] | None = None,
+                    concurrency: int | None = None, rate: float | None = None, timeout: float | None = None,
+                    retry_failed: bool = False, max_jobs: int | None = None, verify: bool = False,
+                    on_event: Callable[[Event], None] | None = None, env: Mapping[str, str] | None = None,
+                    schemas: str | os.PathLike[str] | None = None) -> Summary:
+    """Render the plan on the running event loop; resumable like the CLI (finished jobs are skipped).
+
+    `provider`: "emulator", "fal", or a base URL (default: the manifest's). `on_event` receives
+    each progress event (dicts with a "type"). Ctrl-C handling is left to the caller's loop.
+    """
+    from .session import execute_async
+
+    plan, settings, config = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
+                                      timeout=timeout, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify,
+                                      env=env)
+    return await execute_async(plan, settings, config, _registry(schemas), on_event or (lambda event: None),
+                               interrupts=False)
+
+
+def run(plan: Plan, *, provider: str | None = None, output: str | os.PathLike[str] | None = None,
+        concurrency: int | None = None, rate: float | None = None, timeout: float | None = None,
+        retry_failed: bool = False, max_jobs: int | None = None, verify: bool = False,
+        on_event: Callable[[Event], None] | None = None, env: Mapping[str, str] | None = None,
+        schemas: str | os.PathLike[str] | None = None) -> Summary:
+    """Render the plan and wait for it. Inside a running event loop (Jupyter) it runs on a worker thread."""
+    from .session import execute_async, run_sync
+
+    plan, settings, config = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
+                                      timeout=timeout, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify,
+                                      env=env)
+    return run_sync(execute_async(plan, settings, config, _registry(schemas), on_event or (lambda event: None)))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory, read: one row per image (metadata plus `path`), failures, the last summary."""
+
+    dir: Path
+    rows: list[dict[str, Any]]  # the dataset's columns, plus `path`: the image's absolute path
+    failures: list[dict[str, Any]]  # key, prompt_id, model, seed, axes, kind, reason
+    summary: dict[str, Any] | None = field(default=None)  # run.json of the last run
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / DATA_DIR
+
+
+def open_run(run_dir: str | os.PathLike[str]) -> Run:
+    """Read a run directory (read-only; safe while another process runs it)."""
+    folder = Path(run_dir)
+    with dataset.reading(folder) as (_, found):
+        rows = []
+        for row, path in found:
+            row["path"] = (folder / path).resolve()
+            rows.append(row)
+    store = Store(folder, readonly=True)
+    try:
+        failures = [{"key": r.key, "prompt_id": r.prompt_id, "model": r.model, "seed": r.seed, "axes": r.axes,
+                     "kind": r.error_kind, "reason": r.error} for r in store.rows(in_plan=True, state="failed")]
+    finally:
+        store.close()
+    summary_file = folder / "run.json"
+    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
+    return Run(folder.resolve(), rows, failures, summary)

@@ -1,0 +1,283 @@
+"""The dataset a run produces in RUN/data/: `metadata.jsonl` and the dataset card (README.md).
+
+Loadable with Hugging Face `datasets` both as an ImageFolder and through the card's `configs:`.
+
+Invariants:
+  * Every column has one Arrow type in every row, whatever the manifest sweeps: fixed columns
+    have fixed types; each axis is its own top-level column whose type is decided from the
+    plan's values for that axis (bool, int64, float64 or string; a mix of kinds, such as a
+    size preset beside a {width, height} object, becomes string, non-strings as canonical
+    JSON); the full input sent is one JSON string column (`input`). No struct column exists,
+    so no empty struct can be written (Parquet refuses those).
+  * Every row carries every column (null where it does not apply), so a reader that infers
+    types from the first rows sees all of them; the card's `features:` pins the types too.
+  * A row is a pure function of the stored job and one of its files (`Columns.row`), so the
+    metadata can be appended to as jobs finish instead of being rebuilt.
+  * The card's data_files globs are relative to RUN/data/, which holds only the dataset
+    (images, sidecars, metadata, card): state, lock, run.json and report/ live outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import files
+from .errors import UsageError
+from .layout import DATA_DIR
+from .store import DB_NAME, Store
+
+METADATA = "metadata.jsonl"
+CARD = "README.md"
+IMAGE_GLOBS = ("**/*.png", "**/*.jpg", "**/*.webp")
+
+# Column → Arrow/`datasets` dtype, in the order rows are written. file_name is ImageFolder's
+# link to the image (it becomes the `image` column on load).
+FIXED: dict[str, str] = {
+    "file_name": "string",
+    "prompt": "string",
+    "prompt_id": "string",
+    "model": "string",
+    "endpoint": "string",
+    "seed": "int64",
+    "image_index": "int64",
+    "job_key": "string",
+    "request_id": "string",
+    "provider": "string",
+    "width": "int64",
+    "height": "int64",
+    "sha256": "string",
+    "content_type": "string",
+    "has_nsfw_concepts": "bool",
+    "tags": "list<string>",
+    "input": "string",
+}
+AXIS_PREFIX = "axis_"  # an axis whose name is a fixed column's gets this prefix
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int64"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    return "json"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The run's columns: the fixed ones, then one per axis (name → (column, dtype)), in plan order."""
+
+    axes: tuple[tuple[str, str, str], ...]  # (axis, column, dtype)
+
+    @classmethod
+    def from_axes(cls, per_job: Iterable[Mapping[str, Any]]) -> Columns:
+        kinds: dict[str, set[str]] = {}
+        for axes in per_job:
+            for name, value in axes.items():
+                seen = kinds.setdefault(name, set())
+                if value is not None:
+                    seen.add(_kind(value))
+        found = []
+        for name, seen in kinds.items():
+            if len(seen) == 1 and "json" not in seen:
+                dtype = next(iter(seen))
+            elif seen and seen <= {"int64", "float64"}:
+                dtype = "float64"
+            else:
+                dtype = "string"
+            column = AXIS_PREFIX + name if name in FIXED else name
+            found.append((name, column, dtype))
+        return cls(tuple(found))
+
+    def dtypes(self) -> dict[str, str]:
+        return {**FIXED, **{column: dtype for _, column, dtype in self.axes}}
+
+    def row(self, job: Mapping[str, Any], entry: Mapping[str, Any], index: int, provider: str | None) -> dict[str, Any]:
+        """One image's metadata row. `job` is a stored job (Store.export_rows), `entry` one of its files."""
+        nsfw = job.get("has_nsfw_concepts")
+        flag = nsfw[index] if isinstance(nsfw, list) and index < len(nsfw) else None
+        path = entry["path"]
+        prefix = DATA_DIR + "/"
+        row: dict[str, Any] = {
+            "file_name": path[len(prefix):] if path.startswith(prefix) else path,
+            "prompt": job["prompt"], "prompt_id": job["prompt_id"], "model": job["model"],
+            "endpoint": job["endpoint"], "seed": _int(entry.get("seed", job["seed"])), "image_index": index,
+            "job_key": job["key"], "request_id": job.get("request_id"),
+            "provider": job.get("provider") or provider, "width": _int(entry.get("width")),
+            "height": _int(entry.get("height")), "sha256": entry.get("sha256"),
+            "content_type": entry.get("content_type"), "has_nsfw_concepts": flag if isinstance(flag, bool) else None,
+            "tags": [str(t) for t in job.get("tags") or []], "input": _canonical(job["input"]),
+        }
+        axes = job.get("axes") or {}
+        for name, column, dtype in self.axes:
+            row[column] = _cell(axes.get(name), dtype)
+        return row
+
+    def features(self) -> list[dict[str, Any]]:
+        """The card's `features:` (the YAML form both datasets 2.x and 5.x read)."""
+        out: list[dict[str, Any]] = [{"name": "image", "dtype": "image"}]
+        for column, dtype in self.dtypes().items():
+            if column == "file_name":
+                continue
+            if dtype == "list<string>":
+                out.append({"name": column, "sequence": "string"})
+            else:
+                out.append({"name": column, "dtype": dtype})
+        return out
+
+
+def _int(value: Any) -> int | None:
+    # A provider may report a seed as anything: keep the column int64 (a huge or odd seed is dropped).
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        return None
+    return value
+
+
+def _cell(value: Any, dtype: str) -> Any:
+    if value is None:
+        return None
+    if dtype == "string":
+        return value if isinstance(value, str) else _canonical(value)
+    if dtype == "float64":
+        return float(value)
+    return value
+
+
+def write_metadata(data_dir: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """metadata.jsonl, streamed to a temporary file and renamed into place. Returns the row count."""
+    path = data_dir / METADATA
+    fd, tmp = files.open_temporary(path)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def size_category(n: int) -> str:
+    """The Hub's size_categories value for n rows."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    return next((label for bound, label in bounds if n < bound), "n>1T")
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    name: str
+    manifest_file: str
+    manifest_text: str | None  # the generating manifest, verbatim (keys never live in a manifest)
+    license: str | None
+    models: Mapping[str, tuple[str, int]]  # model → (endpoint, images)
+    images: int
+
+
+def _yaml_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid YAML flow scalar
+
+
+def card_text(info: CardInfo, columns: Columns, *, data_globs: tuple[str, ...] = (METADATA, *IMAGE_GLOBS),
+              builder_note: str = "") -> str:
+    """The dataset card: YAML front matter the Hub and `datasets` read, then a human description."""
+    lines = ["---", "# Written by renderer.", f"pretty_name: {_yaml_string(info.name)}"]
+    if info.license:
+        lines.append(f"license: {_yaml_string(info.license)}")
+    lines += ["task_categories:", "- text-to-image", "size_categories:", f"- {size_category(info.images)}",
+              "tags:", "- synthetic", "- renderer",
+              "# One split, pinned: path segments such as `dev` or `test` (a model called flux-1/dev)",
+              "# are never taken for split names. The globs see only this folder's dataset files.",
+              "configs:", "- config_name: default", "  data_files:", "  - split: train", "    path:"]
+    lines += [f"    - {_yaml_string(g)}" for g in data_globs]
+    lines.append("  features:")
+    for feature in columns.features():
+        name, (key, value) = feature["name"], next((k, v) for k, v in feature.items() if k != "name")
+        lines.append(f"  - name: {_yaml_string(name)}")
+        lines.append(f"    {key}: {value}")
+    lines += ["---", f"# {info.name}", "",
+              f"{info.images} images rendered by `renderer` from "
+              f"`{info.manifest_file}`.{builder_note}", ""]
+    if not info.license:
+        lines += ["**License: not set.** Add `license: <SPDX id>` to the manifest to state one; "
+                  "each model provider's terms apply to its images.", ""]
+    lines += ["## Models", "", "| model | endpoint | images |", "|---|---|---|"]
+    lines += [f"| {m} | `{e}` | {n} |" for m, (e, n) in info.models.items()]
+    lines += ["", "## Columns", "",
+              "`image` (from `file_name`), `prompt`, `prompt_id`, `model`, `endpoint`, `seed`, `image_index`, "
+              "`job_key`, `request_id`, `provider`, `width`, `height`, `sha256`, `content_type`, "
+              "`has_nsfw_concepts` (as the provider reported it; null when it did not), `tags`, and "
+              "`input`: the exact input sent, as a JSON string."]
+    if columns.axes:
+        described = ", ".join(f"`{column}` ({dtype})" for _, column, dtype in columns.axes)
+        lines += ["", f"One column per swept axis, holding the value the manifest gave (before it was "
+                      f"translated into each model's own parameters): {described}."]
+    if info.manifest_text is not None:
+        fence = "````" if "```" in info.manifest_text else "```"
+        lines += ["", "## Manifest", "", f"{fence}yaml", info.manifest_text.rstrip("\n"), fence]
+    return "\n".join(lines) + "\n"
+
+
+def write(run_dir: Path, info: CardInfo, columns: Columns, jobs: Iterable[Mapping[str, Any]],
+          provider: str | None) -> int:
+    """RUN/data/metadata.jsonl (plan order) and RUN/data/README.md. Returns the number of rows."""
+    data_dir = run_dir / DATA_DIR
+    models: Counter[tuple[str, str]] = Counter()
+
+    def rows() -> Iterable[dict[str, Any]]:
+        for job in jobs:
+            for index, entry in enumerate(job["files"]):
+                models[(job["model"], job["endpoint"])] += 1
+                yield columns.row(job, entry, index, provider)
+
+    count = write_metadata(data_dir, rows())
+    info = CardInfo(info.name, info.manifest_file, info.manifest_text, info.license,
+                    {m: (e, n) for (m, e), n in models.items()}, count)
+    files.write_atomic(data_dir / CARD, card_text(info, columns).encode())
+    return count
+
+
+@contextmanager
+def reading(run_dir: Path) -> Iterator[tuple[Columns, Iterator[tuple[dict[str, Any], str]]]]:
+    """A finished run's dataset rows from its state, read-only: (columns, iterator of (row, path)).
+
+    `path` is the image's path relative to the run directory. Rows come in plan order, the
+    same rows metadata.jsonl holds. Safe while another process runs the directory.
+    """
+    if not (run_dir / DB_NAME).is_file():
+        raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
+    provider = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        provider = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("provider")
+    store = Store(run_dir, readonly=True)
+    try:
+        columns = Columns.from_axes(r.axes for r in store.rows(in_plan=True))
+
+        def rows() -> Iterator[tuple[dict[str, Any], str]]:
+            for job in store.export_rows():
+                for index, entry in enumerate(job["files"]):
+                    yield columns.row(job, entry, index, provider), entry["path"]
+
+        yield columns, rows()
+    finally:
+        store.close()

@@ -1,0 +1,398 @@
+"""Running a plan, and the `run` and `status` commands' output (it writes only to the streams it is given).
+
+(Not `run.py`: `renderer.run` is the Python API's function.) `execute_async` wires the pieces: the provider (fal, a custom URL, or an emulator started in this
+process), the run lock, the store, the protocol client and the runner, plus Ctrl-C handling:
+the first stops new submissions and lets submits in flight record their ids; the second stops
+at once. Either way everything recorded stays recorded, and the next run resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, TypeVar, cast
+from urllib.parse import urlsplit
+
+from tqdm import tqdm
+
+from . import files
+from .client import Client
+from .emulator import Emulator, EmulatorConfig, ServiceTime
+from .errors import UsageError
+from .manifest import PROVIDERS, ProviderConfig
+from .plan import Job, Plan
+from .runner import Event, RunConfig, Runner, Summary, iso_time
+from .schemas import SchemaRegistry
+from .store import DB_NAME, RunLock, Store
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    kind: str  # emulator | fal | custom
+    url: str | None
+    auth: str
+    key_env: str
+    key: str | None = field(default=None, repr=False)  # never printed, logged or stored
+    emulator: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Who renders, as recorded beside each image: emulator, fal, or a custom provider's origin."""
+        if self.kind != "custom" or not self.url:
+            return self.kind
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[str, str]) -> ProviderSettings:
+    kind, url = config.kind, config.url
+    if override:
+        if override in PROVIDERS:
+            kind, url = override, PROVIDERS[override]
+        elif override.startswith(("http://", "https://")):
+            kind, url = "custom", override
+        else:
+            raise UsageError(f"--provider {override!r}: use emulator, fal, or a base URL (http://… or https://…)")
+    key = None
+    if kind != "emulator":
+        key = env.get(config.key_env)
+        split = config.key_env == "FAL_KEY"  # fal's own clients also accept the key as id + secret
+        if not key and split and env.get("FAL_KEY_ID") and env.get("FAL_KEY_SECRET"):
+            key = f"{env['FAL_KEY_ID']}:{env['FAL_KEY_SECRET']}"
+        if not key:
+            raise UsageError(
+                f"the API key variable {config.key_env} is not set"
+                + (" (nor FAL_KEY_ID and FAL_KEY_SECRET)" if split else ""),
+                hint=f"export {config.key_env}=… (renderer reads keys only from the environment), "
+                "or run on the built-in emulator with --provider emulator",
+            )
+    return ProviderSettings(kind, url, config.auth, config.key_env, key, dict(config.emulator))
+
+
+class Display:
+    """Progress and log lines on stderr; silent with --quiet.
+
+    On a terminal: a tqdm bar. Otherwise (piped, CI, a log file): a plain line every
+    `interval` seconds and one at the end, never a carriage return. Either way the total is
+    what this run will end at: jobs finished earlier plus the jobs this run will try.
+    """
+
+    def __init__(self, err: TextIO, *, quiet: bool, jobs: Sequence[Job] = (), tty: bool | None = None,
+                 interval: float = 10.0) -> None:
+        self.err = err
+        self.quiet = quiet
+        self.jobs = jobs
+        self._by_key: dict[str, Job] | None = None
+        if tty is None:
+            isatty = getattr(err, "isatty", None)
+            tty = bool(isatty and isatty())
+        self.tty = tty
+        self.interval = interval
+        self.bar: tqdm[Any] | None = None
+        self.total = 0
+        self.finished_before = 0  # jobs an earlier run finished: the count starts there
+        self.last: Event | None = None
+        self.last_line = 0.0
+        self.started = time.monotonic()
+
+    def describe(self, key: str) -> str:
+        """prompt, model, axes and seed of a job, for a person reading a failure line."""
+        if self._by_key is None:  # built on the first failure only
+            self._by_key = {j.key: j for j in self.jobs}
+        job = self._by_key.get(key)
+        return f"{job.describe()} ({key})" if job else key
+
+    def __call__(self, event: Event) -> None:
+        kind = event["type"]
+        if kind == "start":
+            self.finished_before = event["done"]
+            self.total = event["done"] + event["pending"]
+            if self.quiet:
+                pass
+            elif self.tty:
+                self.bar = tqdm(total=self.total, initial=event["done"], file=self.err, unit="job",
+                                mininterval=0.2, dynamic_ncols=True, leave=True)
+            else:
+                self.line(event["done"], 0, 0, 0)
+            if event["ambiguous"]:
+                self.log(f"note: {event['ambiguous']} submit(s) of an earlier run have no recorded outcome "
+                         "and will be sent again")
+        elif kind == "progress":
+            self.last = event
+            done = self.finished_before + event["done"] + event["failed"]
+            if self.bar is not None:
+                self.bar.n = done
+                self.bar.set_postfix(failed=event["failed"], in_flight=event["in_flight"], queued=event["queued"],
+                                     refresh=False)
+                self.bar.update(0)
+            elif not self.quiet and not self.tty and time.monotonic() - self.last_line >= self.interval:
+                self.line(done, event["failed"], event["in_flight"], event["queued"])
+        elif kind == "failed":
+            self.log(f"failed: {self.describe(event['key'])}: {event['reason']}")
+        elif kind == "throttled":
+            self.log(f"throttled by the provider (429): in-flight limit now {event['limit']:.1f}")
+        elif kind == "queued":
+            self.log(f"waiting in the provider's queue: {self.describe(event['key'])} at position {event['position']}")
+        elif kind in ("fatal", "warning", "note"):
+            self.log(f"{kind}: {event['message']}")
+
+    def line(self, done: int, failed: int, in_flight: int, queued: int) -> None:
+        self.last_line = time.monotonic()
+        percent = f"{100 * done / self.total:.0f}%" if self.total else "-"
+        self.err.write(f"progress: {done}/{self.total} jobs ({percent}), {failed} failed, {in_flight} in flight, "
+                       f"{queued} queued, {self.last_line - self.started:.0f} s\n")
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            self.err.flush()
+
+    def log(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.err)
+        else:
+            self.err.write(text + "\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif not self.quiet and not self.tty and self.last is not None:
+            e = self.last
+            self.line(self.finished_before + e["done"] + e["failed"], e["failed"], e["in_flight"], e["queued"])
+            self.last = None
+
+
+def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
+    return EmulatorConfig(workers=int(settings.get("workers", 2)),
+                          service=ServiceTime("fixed", float(settings.get("latency", 0.05))),
+                          max_side=int(settings.get("max_side", 256)),
+                          variants=tuple(sorted(dict(settings.get("variants", {})).items())))
+
+
+def run_sync(work: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, even inside a running event loop.
+
+    Outside a loop this is asyncio.run. Inside one (a Jupyter cell, an async framework) the
+    loop cannot be re-entered, so the coroutine runs on a fresh loop in a worker thread while
+    this call waits; `await run_async(...)` is the non-blocking alternative there.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(work)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="renderer-run", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["result"])
+
+
+async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,
+                        events: Callable[[Event], None], *, interrupts: bool = True) -> Summary:
+    """The whole run on the caller's event loop: lock, state, provider, runner.
+
+    `interrupts`: take over Ctrl-C for a graceful stop while the run lasts (only when this
+    process owns the loop: a notebook kernel's own interrupt handling must stay in place).
+    """
+    run_dir = plan.manifest.run_dir
+    with RunLock(run_dir):
+        store = Store(run_dir)
+        try:
+            return await _execute(plan, provider, config, registry, events, store, interrupts)
+        finally:
+            store.close()
+
+
+async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,
+                   events: Callable[[Event], None], store: Store, interrupts: bool = True) -> Summary:
+    async with contextlib.AsyncExitStack() as stack:
+        url = provider.url
+        if provider.kind == "emulator":
+            emulator = await stack.enter_async_context(Emulator(_emulator_config(provider.emulator), registry=registry))
+            url = emulator.url
+        assert url is not None
+        client = await stack.enter_async_context(
+            Client(url, auth_scheme=provider.auth, key=provider.key, retry=config.retry,
+                   connections=max(8, config.concurrency * 2 + 4)))
+
+        def check_output(endpoint: str, output: Any) -> list[Any]:
+            return registry.check(endpoint, output, "output") if endpoint in registry else []
+
+        runner = Runner(plan, store, client, config, events=events, output_check=check_output)
+        presses = [0]
+
+        def on_interrupt() -> None:
+            presses[0] += 1
+            if presses[0] == 1:
+                events({"type": "note", "message": "stopping: no new submissions; waiting for submits in flight "
+                        "to record their request ids (Ctrl-C again to stop at once)"})
+                runner.stop()
+            else:
+                runner.stop(force=True)
+
+        loop = asyncio.get_running_loop()
+        installed = False
+        if interrupts:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGINT, on_interrupt)
+                installed = True
+        try:
+            summary = await runner.run()
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)
+        return summary
+
+
+def summary_record(summary: Summary, plan: Plan) -> dict[str, Any]:
+    """The run's outcome as data: `run --json` prints it, one JSON document on stdout."""
+    return {
+        "outcome": summary.outcome, "exit_code": summary.exit_code, "run": str(plan.manifest.run_dir),
+        "manifest": str(plan.manifest.file), "jobs": len(plan.jobs), "counts": summary.counts,
+        "images_this_run": summary.images, "started": summary.started, "finished": summary.finished,
+        "started_at": iso_time(summary.started), "finished_at": iso_time(summary.finished),
+        "seconds": round(summary.finished - summary.started, 3), "requests": summary.calls,
+        "ambiguous_resubmits": summary.ambiguous_resubmits,
+        "cost": {"currency": "USD", "this_run": summary.cost, "all_runs": summary.total_cost,
+                 "estimate": summary.estimate},
+        "error": summary.error, "hint": summary.hint,
+    }
+
+
+def _usd(value: float | None) -> str:
+    return "unpriced" if value is None else f"${value:,.2f}"
+
+
+def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
+    counts = summary.counts
+    seconds = summary.finished - summary.started
+    run_dir = plan.manifest.run_dir
+    if as_json:
+        out.write(json.dumps(summary_record(summary, plan), indent=2, ensure_ascii=False) + "\n")
+    else:
+        out.write(f"{summary.outcome}: {counts['downloaded']}/{len(plan.jobs)} jobs downloaded, {counts['failed']} failed, "
+                  f"{summary.images} images written this run in {seconds:.1f} s → {run_dir}/\n")
+        if summary.total_cost is not None:
+            out.write(f"cost: {_usd(summary.cost)} this run, {_usd(summary.total_cost)} for all finished jobs "
+                      f"(estimate for the plan {_usd(summary.estimate)})\n")
+    if summary.outcome == "stopped":
+        err.write(f"error: {summary.error}\n")
+        if summary.hint:
+            err.write(f"hint: {summary.hint}\n")
+        err.write("hint: nothing further was sent; fix the account and rerun to resume\n")
+    elif summary.outcome == "interrupted":
+        err.write(f"interrupted: state saved in {run_dir / DB_NAME}; rerun the same command to resume\n")
+    elif summary.outcome == "failed":
+        err.write(f"hint: `renderer status {run_dir}` lists the failures; `--retry-failed` tries them again\n")
+    return summary.exit_code
+
+
+class EventLog:
+    """`--log FILE`: one JSON object per line for each event of the run (not the per-job progress ticks).
+
+    Lines carry `time` (epoch) and `at` (ISO 8601). Any secret given (the API key, its parts)
+    is replaced by "***" wherever it appears, as a last line of defence.
+    """
+
+    def __init__(self, path: Path, secrets: Sequence[str] = ()) -> None:
+        # Checked now, opened at the first event: bad input elsewhere must leave no file behind.
+        folder = path.parent if str(path.parent) else Path(".")
+        if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK) or \
+                (path.exists() and not os.access(path, os.W_OK)):
+            raise UsageError(f"--log {path}: not a writable file path",
+                             hint="give a file in an existing, writable folder")
+        self.path = path
+        self.handle: TextIO | None = None
+        self.closed = False
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, event: Event) -> None:
+        if self.closed or event.get("type") == "progress":
+            return
+        if self.handle is None:
+            try:
+                self.handle = self.path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"--log {self.path}: cannot open it for writing: {exc.strerror or exc}") from exc
+        now = time.time()
+        line = json.dumps({"time": round(now, 3), "at": iso_time(now), **event}, ensure_ascii=False, default=str)
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        self.handle.write(line + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def status(run_dir: Path, out: TextIO, *, as_json: bool) -> int:
+    if not (run_dir / DB_NAME).is_file():
+        raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
+    store = Store(run_dir, readonly=True)
+    try:
+        counts = store.counts()
+        failures = [(r.key, r.prompt_id, r.model, r.seed, r.axes, r.error_kind, r.error)
+                    for r in store.rows(in_plan=True, state="failed")]
+        stale = [(r.key, r.stem, r.state) for r in store.rows(in_plan=False)]
+        ambiguous = store.ambiguous()
+        # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
+        missing = [(key, e["path"]) for key, entries in store.downloaded_files()
+                   for e in entries if not files.file_intact(run_dir, e, rehash=False)]
+        last_run = store.db.execute("SELECT summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        store.close()
+    damaged_jobs = len({key for key, _ in missing})
+    rerun = {"submit": counts["planned"], "of_which_ambiguous": ambiguous, "reattach": counts["submitted"],
+             "download": counts["completed"] + damaged_jobs, "of_which_missing_on_disk": damaged_jobs,
+             "skip_failed": counts["failed"], "skip_done": counts["downloaded"] - damaged_jobs}
+    if as_json:
+        out.write(json.dumps({"run": str(run_dir), "counts": counts, "rerun": rerun,
+                              "missing_on_disk": [{"key": k, "path": p} for k, p in missing],
+                              "failures": [dict(zip(("key", "prompt", "model", "seed", "axes", "kind", "reason"), f,
+                                                    strict=True)) for f in failures],
+                              "no_longer_in_manifest": [dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale],
+                              "last_run": json.loads(last_run[0]) if last_run and last_run[0] else None},
+                             indent=2, ensure_ascii=False) + "\n")
+        return 0
+    out.write(f"run: {run_dir}\n")
+    out.write("  " + "  ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
+    out.write(f"a rerun would: submit {rerun['submit']} (ambiguous {ambiguous}), reattach {rerun['reattach']}, "
+              f"download {rerun['download']} ({damaged_jobs} with files missing or changed on disk), "
+              f"leave {rerun['skip_failed']} failed (use --retry-failed)\n")
+    for key, path in missing:
+        out.write(f"missing or changed on disk: {path} ({key})\n")
+    for key, prompt, model, seed, axes, kind, reason in failures:
+        described = "".join(f" {k}={json.dumps(v, ensure_ascii=False)}" for k, v in axes.items())
+        out.write(f"failed: prompt={prompt} model={model} seed={seed}{described} [{kind}] {reason}  ({key})\n")
+    for key, stem, state in stale:
+        out.write(f"no longer in the manifest: {stem} ({state}, {key})\n")
+    if last_run and last_run[0]:
+        last = json.loads(last_run[0])
+        out.write(f"last run: {last['outcome']} at {iso_time(last['finished'])}, {last['images_this_run']} images\n")
+        cost = last.get("cost") or {}
+        if cost.get("all_runs") is not None:
+            out.write(f"cost: {_usd(cost.get('this_run'))} last run, {_usd(cost['all_runs'])} for all finished jobs "
+                      f"(estimate {_usd(cost.get('estimate'))})\n")
+    return 0

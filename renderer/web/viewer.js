@@ -1,0 +1,507 @@
+'use strict';
+// The renderer viewer: builds every element from the JSON data block with textContent and
+// attributes (never from markup), so any text in the data stays text.
+// Views: X, Y and an optional page axis from every dimension; every other dimension is a
+// filter, and its selected values share a cell. The view lives in the URL fragment.
+(function () {
+  const DATA = JSON.parse(document.getElementById('renderer-data').textContent);
+  const DIFF = DATA.mode === 'diff';
+  const dims = DATA.dims;
+  const items = DATA.items;
+  const byName = new Map(dims.map((d, i) => [d.name, i]));
+  const linked = new Map();
+  for (const [a, b] of DATA.linked || []) { linked.set(a, b); linked.set(b, a); }
+  const NOT_SET = '(not set)';
+  const MIN = 40, MAX = 640;
+
+  const state = {x: -1, y: -1, page: -1, sel: dims.map(() => null), size: 160, overlay: false, fade: 0.5};
+  let grids = [];      // per page: {rows: [[cell element]]}
+  let flat = [];       // every visible item in page order: {item, g, r, c}
+  let cursor = null;   // {g, r, c}
+  let open = -1;       // index in `flat` shown in the detail view, or -1
+
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  };
+  const label = (d, i) => (i < 0 ? NOT_SET : dims[d].values[i]);
+  // A path relative to the page, each segment percent-encoded: `#` or `?` in a name is a name.
+  const href = (p) => p.split('/').map((s) => (s === '..' || s === '.' ? s : encodeURIComponent(s))).join('/');
+
+  // ------------------------------------------------------------ the view in the URL fragment
+
+  function readHash() {
+    const q = new URLSearchParams(location.hash.slice(1));
+    const dim = (name, fallback) => (q.has(name) ? (q.get(name) === '' ? -1 : (byName.has(q.get(name)) ? byName.get(q.get(name)) : fallback)) : fallback);
+    const v = DATA.view;
+    state.x = dim('x', byName.has(v.x) ? byName.get(v.x) : -1);
+    state.y = dim('y', byName.has(v.y) ? byName.get(v.y) : -1);
+    state.page = dim('page', byName.has(v.page) ? byName.get(v.page) : -1);
+    state.sel = dims.map(() => null);
+    for (const [key, value] of q) {
+      if (!key.startsWith('only.')) continue;
+      const d = byName.get(key.slice(5));
+      if (d === undefined) continue;
+      const i = value === NOT_SET ? -1 : dims[d].values.indexOf(value);
+      if (i < -1 || (i === -1 && value !== NOT_SET)) continue;
+      (state.sel[d] = state.sel[d] || new Set()).add(i);
+    }
+    const size = parseInt(q.get('size'), 10);
+    state.size = Number.isFinite(size) ? Math.min(MAX, Math.max(MIN, size)) : 160;
+    state.overlay = q.get('overlay') === '1';
+    const fade = parseFloat(q.get('fade'));
+    state.fade = Number.isFinite(fade) ? Math.min(1, Math.max(0, fade)) : 0.5;
+  }
+
+  function writeHash() {
+    const q = new URLSearchParams();
+    const name = (d) => (d < 0 ? '' : dims[d].name);
+    q.set('x', name(state.x)); q.set('y', name(state.y)); q.set('page', name(state.page));
+    state.sel.forEach((s, d) => { if (s) for (const i of s) q.append('only.' + dims[d].name, label(d, i)); });
+    q.set('size', String(state.size));
+    if (DIFF) { q.set('overlay', state.overlay ? '1' : '0'); q.set('fade', String(state.fade)); }
+    const hash = '#' + q.toString();
+    if (location.hash !== hash) history.replaceState(null, '', hash);
+  }
+
+  // ------------------------------------------------------------ controls
+
+  function axisSelect(text, key) {
+    const wrap = el('label', null, text);
+    const s = el('select');
+    s.name = key;
+    s.append(new Option('(none)', ''));
+    dims.forEach((d) => s.append(new Option(d.name + ' (' + d.values.length + (d.missing ? ' + ' + NOT_SET : '') + ')', d.name)));
+    s.value = state[key] < 0 ? '' : dims[state[key]].name;
+    s.addEventListener('change', () => {
+      const d = s.value === '' ? -1 : byName.get(s.value);
+      // One dimension per axis: taking it from another axis leaves that one empty.
+      for (const k of ['x', 'y', 'page']) if (k !== key && state[k] === d && d >= 0) state[k] = -1;
+      state[key] = d;
+      update();
+    });
+    wrap.append(s);
+    return wrap;
+  }
+
+  function buildControls() {
+    const bar = document.getElementById('controls');
+    bar.replaceChildren();
+    bar.append(axisSelect('X', 'x'), axisSelect('Y', 'y'), axisSelect('page', 'page'));
+    const swap = el('button', null, 'swap X/Y');
+    swap.type = 'button';
+    swap.addEventListener('click', () => { [state.x, state.y] = [state.y, state.x]; update(); });
+    const sizeLabel = el('label', null, 'cell size');
+    const slider = el('input');
+    Object.assign(slider, {type: 'range', min: MIN, max: MAX, step: 8, value: state.size, name: 'size'});
+    const shown = el('output', null, state.size + ' px');
+    slider.addEventListener('input', () => { state.size = +slider.value; shown.textContent = state.size + ' px'; applySize(); writeHash(); });
+    sizeLabel.append(slider, shown);
+    const fit = el('button', null, 'fit to screen');
+    fit.type = 'button';
+    fit.name = 'fit';
+    fit.addEventListener('click', fitToScreen);
+    bar.append(swap, sizeLabel, fit);
+    if (DIFF) {
+      const ov = el('label', null, 'overlay A/B');
+      const box = el('input');
+      Object.assign(box, {type: 'checkbox', checked: state.overlay, name: 'overlay'});
+      box.addEventListener('change', () => { state.overlay = box.checked; update(); });
+      ov.append(box);
+      const fl = el('label', null, 'B opacity');
+      const fade = el('input');
+      Object.assign(fade, {type: 'range', min: 0, max: 1, step: 0.05, value: state.fade, name: 'fade'});
+      fade.addEventListener('input', () => { state.fade = +fade.value; applySize(); writeHash(); });
+      fl.append(fade);
+      bar.append(ov, fl);
+    }
+    const help = el('span', 'axisname', 'arrows move · Enter opens · Esc closes');
+    bar.append(help);
+  }
+
+  function buildFilters() {
+    const box = document.getElementById('filters');
+    box.replaceChildren();
+    dims.forEach((d, di) => {
+      const count = d.values.length + (d.missing ? 1 : 0);
+      if (count < 2) return;
+      const det = el('details');
+      det.dataset.dim = d.name;
+      const sum = el('summary');
+      const s = state.sel[di];
+      sum.append(el('span', null, d.name + ' '), el('span', 'sel', s ? s.size + ' of ' + count : 'all ' + count));
+      det.append(sum);
+      // Values are listed only when opened: a 5,000-prompt run does not build 5,000 checkboxes up front.
+      det.addEventListener('toggle', () => { if (det.open && det.children.length === 1) det.append(...filterValues(di)); }, {once: false});
+      box.append(det);
+    });
+  }
+
+  function filterValues(di) {
+    const d = dims[di];
+    const list = el('div', 'values');
+    const indexes = d.values.map((_, i) => i);
+    if (d.missing) indexes.push(-1);
+    for (const i of indexes) {
+      const l = el('label');
+      const c = el('input');
+      c.type = 'checkbox';
+      c.value = label(di, i);
+      c.checked = !state.sel[di] || state.sel[di].has(i);
+      c.addEventListener('change', () => {
+        const s = state.sel[di] || new Set(indexes);
+        if (c.checked) s.add(i); else s.delete(i);
+        state.sel[di] = s.size === indexes.length ? null : s;
+        update(true);
+      });
+      l.append(c, el('span', null, label(di, i)));
+      list.append(l);
+    }
+    const bulk = el('div', 'bulk');
+    const all = el('button', null, 'all');
+    all.type = 'button';
+    all.addEventListener('click', () => { state.sel[di] = null; list.querySelectorAll('input').forEach((c) => { c.checked = true; }); update(true); });
+    bulk.append(all);
+    return [list, bulk];
+  }
+
+  function refreshFilterSummaries() {
+    document.querySelectorAll('#filters details').forEach((det) => {
+      const di = byName.get(det.dataset.dim);
+      const d = dims[di], count = d.values.length + (d.missing ? 1 : 0), s = state.sel[di];
+      det.querySelector('.sel').textContent = s ? s.size + ' of ' + count : 'all ' + count;
+    });
+  }
+
+  // ------------------------------------------------------------ the grids
+
+  function applySize() {
+    document.documentElement.style.setProperty('--size', state.size + 'px');
+    document.documentElement.style.setProperty('--fade', String(state.fade));
+  }
+
+  function presentValues(d, visible) {
+    if (d < 0) return [null];
+    const seen = new Set();
+    for (const it of visible) seen.add(it.v[d]);
+    const out = dims[d].values.map((_, i) => i).filter((i) => seen.has(i));
+    if (seen.has(-1)) out.push(-1);
+    return out;
+  }
+
+  function render() {
+    const main = document.getElementById('grids');
+    const visible = items.filter((it) => state.sel.every((s, d) => !s || s.has(it.v[d])));
+    const {x, y, page} = state;
+    const onAxis = new Set([x, y, page].filter((d) => d >= 0).map((d) => dims[d].name));
+    // Dimensions that still vary inside a cell are named in each item's caption; a dimension
+    // linked to one on an axis (seed with sample) is implied by it.
+    const inner = dims.map((_, i) => i).filter((i) => i !== x && i !== y && i !== page &&
+      !(linked.has(dims[i].name) && onAxis.has(linked.get(dims[i].name))) && presentValues(i, visible).length > 1);
+    const allCols = presentValues(x, visible), allRows = presentValues(y, visible), pages = presentValues(page, visible);
+    const buckets = new Map();
+    const keyOf = (p, r, c) => p + '|' + r + '|' + c;
+    for (const it of visible) {
+      const k = keyOf(page < 0 ? null : it.v[page], y < 0 ? null : it.v[y], x < 0 ? null : it.v[x]);
+      let b = buckets.get(k);
+      if (!b) buckets.set(k, b = []);
+      b.push(it);
+    }
+    if (DIFF) for (const b of buckets.values()) b.sort((a, c) => a.rank - c.rank);
+    grids = []; flat = [];
+    const frag = document.createDocumentFragment();
+    if (!visible.length) frag.append(el('p', 'empty', 'No images match these filters.'));
+    // A comparison's pages (verdicts) each show only their own rows and columns: the changed
+    // page is not padded with every unchanged model. A run's pages keep one layout throughout.
+    const perPage = new Map();
+    if (DIFF && page >= 0) for (const it of visible) { const k = it.v[page]; if (!perPage.has(k)) perPage.set(k, []); perPage.get(k).push(it); }
+    pages.forEach((pv, g) => {
+      const own = perPage.get(pv);
+      const cols = own ? presentValues(x, own) : allCols, rows = own ? presentValues(y, own) : allRows;
+      const sec = el('section', 'page');
+      if (page >= 0) {
+        const h = el('h2');
+        h.append(el('span', 'axisname', dims[page].name + ' = '), el('span', null, label(page, pv)));
+        sec.append(h);
+      }
+      const table = el('table', 'grid');
+      const head = table.createTHead().insertRow();
+      const corner = el('th', 'corner', (y < 0 ? '' : dims[y].name + ' ↓') + (x < 0 ? '' : '  ' + dims[x].name + ' →'));
+      head.append(corner);
+      for (const cv of cols) head.append(el('th', 'col', x < 0 ? '' : label(x, cv)));
+      const body = table.createTBody();
+      const grid = {rows: []};
+      let most = 1;
+      for (const rv of rows) for (const cv of cols) most = Math.max(most, (buckets.get(keyOf(pv, rv, cv)) || []).length);
+      const across = Math.max(1, Math.ceil(Math.sqrt(most)));
+      rows.forEach((rv, r) => {
+        const tr = body.insertRow();
+        tr.append(el('th', 'row', y < 0 ? '' : label(y, rv)));
+        const line = [];
+        cols.forEach((cv, c) => {
+          const td = tr.insertCell();
+          const list = buckets.get(keyOf(pv, rv, cv)) || [];
+          const cell = el('div', list.length ? 'cell' : 'cell na', list.length ? undefined : 'n/a');
+          cell.tabIndex = -1;
+          cell.dataset.g = g; cell.dataset.r = r; cell.dataset.c = c;
+          if (list.length) cell.style.gridTemplateColumns = 'repeat(' + Math.min(across, list.length) + ', auto)';
+          else cell.title = 'this combination is not part of the run';
+          for (const it of list) {
+            const n = flat.length;
+            flat.push({item: it, g, r, c});
+            const node = DIFF ? diffItem(it) : runItem(it);
+            if (inner.length) {
+              const cap = inner.map((d) => label(d, it.v[d])).join(' · ');
+              const capEl = el('div', 'cap', cap);
+              capEl.title = inner.map((d) => dims[d].name + ' = ' + label(d, it.v[d])).join('\n');
+              node.append(capEl);
+            }
+            node.addEventListener('click', () => { setCursor({g, r, c}, false); showDetail(n); });
+            cell.append(node);
+          }
+          td.append(cell);
+          line.push(cell);
+        });
+        grid.rows.push(line);
+      });
+      grids.push(grid);
+      sec.append(table);
+      frag.append(sec);
+    });
+    main.replaceChildren(frag);
+    cursor = null;
+    if (grids.length && grids[0].rows.length) setCursor({g: 0, r: 0, c: 0}, false, false);
+  }
+
+  function thumb(src, alt, cls) {
+    const img = el('img', cls);
+    img.loading = 'lazy';
+    img.decoding = 'async';
+    img.alt = alt;
+    img.src = href(src);
+    return img;
+  }
+
+  function runItem(it) {
+    const node = el('div', 'item ' + it.state);
+    const box = el('div', 'box');
+    if (it.state === 'downloaded' && it.images.length) {
+      box.append(thumb(it.images[0].thumb || it.images[0].path, it.prompt_id + ' / ' + it.model));
+      if (it.images.length > 1) box.append(el('span', 'count', it.images.length));
+    } else if (it.state === 'failed') {
+      box.textContent = 'failed: ' + (it.error || 'no reason recorded');
+    } else {
+      box.textContent = 'not rendered yet (' + it.state + ')';
+    }
+    box.title = it.state === 'failed' ? 'failed: ' + (it.error || '') : it.prompt;
+    node.append(box);
+    return node;
+  }
+
+  function diffItem(it) {
+    const node = el('div', 'item diff' + (state.overlay ? ' overlay' : ''));
+    const badge = el('span', 'verdict ' + it.verdict, it.verdict);
+    if (state.overlay) {
+      const stack = el('div', 'stack box');
+      stack.append(badge);
+      if (it.a) stack.append(thumb(it.a.thumb, 'A', 'a'));
+      if (it.b) stack.append(thumb(it.b.thumb, 'B', 'b'));
+      if (!it.a && !it.b) stack.append(el('span', null, 'no image'));
+      node.append(stack);
+    } else {
+      const trio = el('div', 'trio');
+      for (const [side, src] of [['A', it.a && it.a.thumb], ['B', it.b && it.b.thumb], ['difference', it.diff_thumb]]) {
+        const box = el('div', 'box');
+        if (src) box.append(thumb(src, side));
+        else box.append(el('span', null, side === 'difference' ? (it.verdict === 'identical' ? 'identical' : 'n/a') : 'missing in ' + side));
+        box.append(el('span', 'side', side === 'difference' ? 'difference ×4' : side));
+        trio.append(box);
+      }
+      trio.firstChild.append(badge);
+      node.append(trio);
+    }
+    node.title = it.label + ' #' + it.index;
+    return node;
+  }
+
+  function fitToScreen() {
+    let widest = 1;
+    for (const grid of grids) {
+      let units = 0;
+      for (const cell of grid.rows[0] || []) {
+        let most = 1;
+        for (const line of grid.rows) {
+          const c = line[grid.rows[0].indexOf(cell)];
+          const cols = c.style.gridTemplateColumns.match(/repeat\((\d+)/);
+          most = Math.max(most, cols ? +cols[1] : 1);
+        }
+        units += most * (DIFF && !state.overlay ? 3 : 1);
+      }
+      widest = Math.max(widest, units);
+    }
+    const header = document.querySelector('table.grid th.row');
+    const room = document.documentElement.clientWidth - 48 - (header ? header.getBoundingClientRect().width : 100);
+    state.size = Math.max(MIN, Math.min(MAX, Math.floor(room / widest - 8)));
+    document.querySelector('input[name=size]').value = state.size;
+    document.querySelector('#controls output').textContent = state.size + ' px';
+    applySize();
+    writeHash();
+  }
+
+  // ------------------------------------------------------------ keyboard and detail
+
+  function setCursor(to, focus = true, scroll = true) {
+    if (cursor) { const old = cellAt(cursor); if (old) { old.classList.remove('cur'); old.tabIndex = -1; } }
+    cursor = to;
+    const now = cellAt(to);
+    if (!now) return;
+    now.classList.add('cur');
+    now.tabIndex = 0;
+    if (focus) now.focus({preventScroll: !scroll});
+  }
+
+  const cellAt = (p) => (grids[p.g] && grids[p.g].rows[p.r] ? grids[p.g].rows[p.r][p.c] : null);
+
+  function move(dr, dc) {
+    if (!grids.length) return;
+    let {g, r, c} = cursor || {g: 0, r: 0, c: 0};
+    c = Math.max(0, Math.min(grids[g].rows[r].length - 1, c + dc));
+    r += dr;
+    if (r < 0 && g > 0) { g -= 1; r = grids[g].rows.length - 1; }
+    else if (r >= grids[g].rows.length && g < grids.length - 1) { g += 1; r = 0; }
+    r = Math.max(0, Math.min(grids[g].rows.length - 1, r));
+    c = Math.min(c, grids[g].rows[r].length - 1);
+    setCursor({g, r, c});
+  }
+
+  function firstItemAt(p) { return flat.findIndex((f) => f.g === p.g && f.r === p.r && f.c === p.c); }
+
+  function fmtTime(t) {
+    if (typeof t !== 'number') return 'n/a';
+    const d = new Date(t * 1000);
+    return d.toLocaleString(undefined, {dateStyle: 'medium', timeStyle: 'medium'}) + ' (' + d.toISOString().replace('T', ' ').slice(0, 19) + ' UTC)';
+  }
+  const secs = (a, b) => (typeof a === 'number' && typeof b === 'number' ? (b - a).toFixed(1) + ' s' : 'n/a');
+
+  function facts(list, rows) {
+    for (const [k, v, cls] of rows) {
+      if (v === undefined) continue;
+      list.append(el('dt', null, k));
+      const dd = el('dd', cls || null);
+      if (v instanceof Node) dd.append(v); else dd.textContent = v === null ? 'n/a' : String(v);
+      list.append(dd);
+    }
+  }
+
+  function figure(src, caption) {
+    const f = el('figure');
+    const img = el('img');
+    img.alt = caption;
+    img.src = href(src);
+    f.append(img, el('figcaption', null, caption));
+    return f;
+  }
+
+  function showDetail(n) {
+    if (n < 0 || n >= flat.length) return;
+    open = n;
+    const {item: it} = flat[n];
+    const host = document.getElementById('detail');
+    const box = el('div', 'box');
+    const media = el('div', 'media');
+    const side = el('div', 'facts');
+    const nav = el('div', 'nav');
+    const prev = el('button', null, '← previous'), next = el('button', null, 'next →'), close = el('button', null, 'close (Esc)');
+    prev.addEventListener('click', () => showDetail(open - 1));
+    next.addEventListener('click', () => showDetail(open + 1));
+    close.addEventListener('click', closeDetail);
+    nav.append(prev, next, close, el('span', 'where', (n + 1) + ' of ' + flat.length));
+    side.append(nav);
+    const list = el('dl');
+    list.id = 'detail-facts';
+    const dimsRows = dims.map((d, i) => [d.name, label(i, it.v[i])]);
+    if (DIFF) {
+      for (const [name, part] of [['A', it.a], ['B', it.b]]) if (part) media.append(figure(part.full || part.thumb, name + ': ' + part.path));
+      if (it.diff) media.append(figure(it.diff, 'difference ×4'));
+      facts(list, [['verdict', it.verdict], ['pair', it.label + ' #' + it.index], ...dimsRows,
+        ['dHash distance', it.hash === null ? 'n/a' : it.hash + ' of 64'], ['RMSE', it.rmse === null ? 'n/a' : it.rmse],
+        ['A', it.a ? it.a.path : 'missing'], ['B', it.b ? it.b.path : 'missing'], ['job key (A)', it.key]]);
+    } else {
+      it.images.forEach((im, i) => media.append(figure(im.path, it.images.length > 1 ? 'image ' + i + ' · ' + im.width + '×' + im.height : im.width + '×' + im.height)));
+      if (!it.images.length) media.append(el('p', 'empty', it.state === 'failed' ? 'failed: ' + (it.error || 'no reason recorded') : 'not rendered yet (' + it.state + ')'));
+      const input = el('pre', null, JSON.stringify(it.input, null, 2));
+      const t = it.t || {};
+      facts(list, [['prompt', it.prompt], ...dimsRows, ['state', it.state],
+        ['failure', it.state === 'failed' ? (it.error || 'no reason recorded') + (it.error_kind ? ' [' + it.error_kind + ']' : '') : undefined, 'error'],
+        ['note', it.state !== 'failed' && it.error ? it.error : undefined],
+        ['endpoint', it.endpoint], ['seed', it.seed], ['request id', it.request_id], ['attempts', it.attempts],
+        ['submitted', fmtTime(t.submitted)], ['completed', fmtTime(t.completed)], ['downloaded', fmtTime(t.downloaded)],
+        ['queue + inference', secs(t.submitted, t.completed)], ['download', secs(t.completed, t.downloaded)],
+        ['cost', typeof it.cost === 'number' ? '$' + it.cost.toFixed(4) : 'not recorded by this run'],
+        ['files', it.images.map((im) => im.path.replace(/^\.\.\//, '')).join('\n') || 'none'],
+        ['job key', it.key], ['exact input', input]]);
+    }
+    side.append(list);
+    box.append(media, side);
+    host.replaceChildren(box);
+    host.hidden = false;
+    const at = flat[n];
+    setCursor({g: at.g, r: at.r, c: at.c}, false);
+  }
+
+  function closeDetail() {
+    const host = document.getElementById('detail');
+    host.hidden = true;
+    host.replaceChildren();
+    open = -1;
+    if (cursor) setCursor(cursor);
+  }
+
+  document.getElementById('detail').addEventListener('click', (e) => { if (e.target.id === 'detail') closeDetail(); });
+
+  document.addEventListener('keydown', (e) => {
+    if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement) return;
+    if (open >= 0) {
+      if (e.key === 'Escape') closeDetail();
+      else if (e.key === 'ArrowRight') showDetail(open + 1);
+      else if (e.key === 'ArrowLeft') showDetail(open - 1);
+      else if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+        move(e.key === 'ArrowDown' ? 1 : -1, 0);
+        const n = firstItemAt(cursor);
+        if (n >= 0) showDetail(n);
+      } else return;
+      e.preventDefault();
+      return;
+    }
+    const steps = {ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0]};
+    if (steps[e.key]) { move(...steps[e.key]); e.preventDefault(); }
+    else if ((e.key === 'Enter' || e.key === ' ') && cursor) {
+      const n = firstItemAt(cursor);
+      if (n >= 0) { showDetail(n); e.preventDefault(); }
+    }
+  });
+
+  // ------------------------------------------------------------ start
+
+  function update(keepFilters) {
+    writeHash();
+    applySize();
+    if (!keepFilters) buildControls();
+    refreshFilterSummaries();
+    render();
+  }
+
+  window.addEventListener('hashchange', () => { readHash(); buildControls(); buildFilters(); applySize(); render(); });
+  if (DIFF) items.forEach((it) => { it.rank = {changed: 0, missing: 1, same: 2, identical: 3}[it.verdict] ?? 4; });
+  document.getElementById('summary').textContent = DATA.summary || '';
+  readHash();
+  buildControls();
+  buildFilters();
+  applySize();
+  render();
+  writeHash();
+  document.body.dataset.ready = '1';
+  window.rendererFirstGrid = performance.now();
+})();

@@ -1,0 +1,143 @@
+"""The dataset a run writes (RUN/data/): loads with Hugging Face `datasets`, every column typed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from renderer import dataset
+from renderer.emulator import ServiceTime
+
+from .conftest import background_emulator, cli, write_manifest
+
+# Mixed-type axes (a preset name beside a {width, height} object), an int axis only one model
+# has, a string axis another model has, a model that always fails, tags on one prompt only.
+SWEEP = {
+    "prompts": [{"id": "cat", "text": "a cat", "tags": ["animal", "pet"]}, {"id": "fuji", "text": "Mount Fuji"}],
+    "models": [
+        {"endpoint": "fal-ai/flux-1/schnell", "label": "flux",
+         "axes": {"image_size": ["landscape_16_9", {"width": 512, "height": 768}], "num_inference_steps": [2, 4]}},
+        {"endpoint": "fal-ai/imagen4/preview", "label": "imagen", "axes": {"aspect_ratio": ["1:1", "16:9"]}},
+        {"endpoint": "acme/missing", "label": "broken", "unchecked": True},
+    ],
+    "seeds": [7],
+    "license": "cc-by-4.0",
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("dataset")
+    m = write_manifest(folder, **SWEEP)
+    old = os.umask(0o022)
+    try:
+        with background_emulator(service=ServiceTime("fixed", 0.01)) as emu:
+            code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(folder / "out"), "--quiet",
+                               env={"FAL_KEY": "k"})
+        assert code == 1, err  # acme/missing fails; everything else renders
+        assert cli("report", str(folder / "out/t"))[0] == 0  # report/ holds PNG sheets and JPEG thumbnails
+    finally:
+        os.umask(old)
+    yield folder / "out/t"
+
+
+def _images(data: Path) -> list[Path]:
+    return sorted(p for p in data.rglob("*") if p.suffix in (".png", ".jpg", ".webp"))
+
+
+def _metadata(data: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+
+
+def test_metadata_has_every_column_with_one_type(sweep: Path):
+    """One row per image; fixed columns, one column per axis with a single type, input as JSON text."""
+    data = sweep / "data"
+    rows = _metadata(data)
+    assert len(rows) == len(_images(data)) == 2 * (4 + 2)
+    columns = set(dataset.FIXED) | {"image_size", "num_inference_steps", "aspect_ratio"}
+    assert all(set(r) == columns for r in rows)
+    for r in rows:
+        image = data / r["file_name"]
+        assert hashlib.sha256(image.read_bytes()).hexdigest() == r["sha256"]
+        assert json.loads(r["input"])["prompt"] == r["prompt"]
+        assert r["provider"].startswith("http://127.0.0.1:") and r["width"] > 0 and r["height"] > 0
+    flux = [r for r in rows if r["model"] == "flux"]
+    assert {r["image_size"] for r in flux} == {"landscape_16_9", '{"height":768,"width":512}'}
+    assert {r["num_inference_steps"] for r in flux} == {2, 4} and all(r["aspect_ratio"] is None for r in flux)
+    imagen = [r for r in rows if r["model"] == "imagen"]
+    assert {r["aspect_ratio"] for r in imagen} == {"1:1", "16:9"} and all(r["image_size"] is None for r in imagen)
+    assert {tuple(r["tags"]) for r in rows} == {("animal", "pet"), ()}
+    assert {r["has_nsfw_concepts"] for r in flux} == {False}  # flux's schema reports it; the emulator sends it
+
+
+def test_card_is_complete_and_sees_only_the_dataset(sweep: Path):
+    """The card names the license, task, size, models with counts and the manifest; machinery is outside data/."""
+    card = (sweep / "data/README.md").read_text()
+    for needle in ('pretty_name: "t"', 'license: "cc-by-4.0"', "- text-to-image", "- n<1K", "| flux | `fal-ai/flux-1/schnell` | 8 |",
+                   "| imagen | `fal-ai/imagen4/preview` | 4 |", "split: train", "## Manifest", "acme/missing"):
+        assert needle in card, needle
+    assert "broken" not in card.split("## Manifest")[0]  # no images, no row in the model table
+    top = {p.name for p in sweep.iterdir() if not p.name.startswith(".")}
+    assert {"data", "renderer.sqlite", "report", "run.json"} <= top
+    assert top <= {"data", "renderer.sqlite", "renderer.sqlite-shm", "renderer.sqlite-wal", "report", "run.json"}
+    assert not any(p.suffix in (".sqlite", ".html") for p in (sweep / "data").rglob("*"))
+
+
+def test_files_honour_the_umask(sweep: Path):
+    """Images, sidecars, metadata and card are readable by group and others under umask 022 (not 0600)."""
+    data = sweep / "data"
+    paths = [*_images(data), *data.rglob("*.json"), data / "metadata.jsonl", data / "README.md", sweep / "run.json"]
+    assert len(paths) > 20
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_loads_through_the_card_configs_and_as_imagefolder(sweep: Path, tmp_path: Path):
+    """`datasets` loads data/ both ways with a report present: row count = images, every column, typed."""
+    datasets = pytest.importorskip("datasets")
+    data = sweep / "data"
+    rows = _metadata(data)
+    for loaded in (datasets.load_dataset(str(data), cache_dir=str(tmp_path / "c1")),
+                   datasets.load_dataset("imagefolder", data_dir=str(data), cache_dir=str(tmp_path / "c2"))):
+        assert list(loaded) == ["train"]
+        train = loaded["train"]
+        assert train.num_rows == len(rows) == len(_images(data))
+        expected = {c for c in rows[0] if c != "file_name"} | {"image"}
+        assert set(train.column_names) == expected
+        assert str(train.features["has_nsfw_concepts"].dtype) == "bool"
+        assert str(train.features["num_inference_steps"].dtype) == "int64"
+        assert str(train.features["image_size"].dtype) == "string"
+        by_job = {(r["job_key"], r["image_index"]): r for r in rows}
+        assert len(by_job) == len(rows)
+        for record in train:
+            source = by_job.pop((record["job_key"], record["image_index"]))
+            assert record["image"].size == (source["width"], source["height"])
+            assert {k: record[k] for k in expected - {"image"}} == {k: source[k] for k in expected - {"image"}}
+        assert not by_job
+        train.to_parquet(str(tmp_path / "out.parquet"))  # no empty struct: Parquet accepts it
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["a", "seed", "b"]),
+                                st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False),
+                                          st.text(max_size=3), st.fixed_dictionaries({"w": st.integers(1, 9)}))),
+                max_size=6))
+def test_axis_columns_have_one_type_whatever_the_values(axes: list[dict[str, Any]]):
+    """Whatever mix of values an axis takes, every row's cell has the column's one type (or null)."""
+    columns = dataset.Columns.from_axes(axes)
+    python = {"bool": bool, "int64": int, "float64": float, "string": str}
+    job = {"key": "k", "prompt": "p", "prompt_id": "p", "model": "m", "endpoint": "e", "seed": 1, "input": {},
+           "tags": []}
+    for axis_values in axes:
+        row = columns.row({**job, "axes": axis_values}, {"path": "data/x.png"}, 0, "emulator")
+        assert row["seed"] == 1  # an axis named like a fixed column gets its own prefixed column
+        for _, column, dtype in columns.axes:
+            assert row[column] is None or type(row[column]) is python[dtype]
