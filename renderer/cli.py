@@ -514,6 +514,11 @@ def cmd_diff(ctx: Context) -> int:
             if not sep or not left or not right:
                 raise UsageError(f"--map {item!r}: use MODEL_A=MODEL_B (labels or endpoint ids)")
             mapping[left] = right
+    if a.html:
+        folder = Path(a.html).parent
+        if not folder.is_dir():
+            raise UsageError(f"--html {a.html}: the folder {folder} does not exist",
+                             hint="create it first, or write the page into an existing folder")
     result = compare.compare(Path(a.run_a), Path(a.run_b), mapping=mapping, hash_limit=a.hash_limit,
                              rmse_limit=a.rmse_limit)
     if a.html:
@@ -530,7 +535,9 @@ def cmd_diff(ctx: Context) -> int:
                 ctx.print(f"{pair['verdict']:8} {pair['label']} #{pair['index']}{metrics}")
         if a.html:
             ctx.print(f"html: {a.html}")
-    return 1 if result["counts"]["changed"] else 0
+    # A CI gate: anything changed, or an image missing on either side, fails it.
+    counts = result["counts"]
+    return 1 if counts["changed"] or counts["missing"] or counts["only_in_a"] or counts["only_in_b"] else 0
 
 
 # ---------------------------------------------------------------- parser and boundary
@@ -649,7 +656,7 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_export.add_argument("--out", metavar="DIR", help="destination (default: RUN/export/FORMAT/)")
     p_export.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p_diff = command("diff", cmd_diff, "compare two runs image by image; exit 1 if anything changed")
+    p_diff = command("diff", cmd_diff, "compare two runs image by image; exit 1 if anything changed or is missing")
     p_diff.add_argument("run_a", metavar="RUN_A")
     p_diff.add_argument("run_b", metavar="RUN_B")
     p_diff.add_argument("--map", action="append", metavar="MODEL_A=MODEL_B",

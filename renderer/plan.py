@@ -142,7 +142,7 @@ class Plan:
         return sum(known) if known else None
 
 
-class _Fingerprints:
+class Fingerprints:
     """A set of 64-bit fingerprints at ~8 bytes each (a Python set of ints costs ~70).
 
     Members live in 8-byte slots of 65,536 byte strings chosen by the low 16 bits; a lookup is
@@ -687,7 +687,7 @@ class _Planner:
         return True
 
     def _check_pass(self) -> _Tally:
-        self._stems, self._keys = _Fingerprints(), _Fingerprints()
+        self._stems, self._keys = Fingerprints(), Fingerprints()
         if not self._exact:
             self._suspect_stems: set[int] = set()
             self._suspect_keys: set[int] = set()
@@ -717,7 +717,7 @@ class _Planner:
             if memo not in sizes:
                 sizes[memo] = megapixels({**documented, **job.input})
             tally.costs[job.model] += price["per_megapixel"] * job.num_images * sizes[memo]
-        self._stems = self._keys = _Fingerprints(0)  # freed: only the suspects matter from here
+        self._stems = self._keys = Fingerprints(0)  # freed: only the suspects matter from here
         return tally
 
     def fail(self) -> None:

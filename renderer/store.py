@@ -25,12 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunLocked, StateError
+from .plan import Fingerprints
 
 DB_NAME = "renderer.sqlite"
 LOCK_NAME = ".renderer.lock"
 STATES = ("planned", "submitted", "completed", "downloaded", "failed")
 SYNC_BATCH = 5000  # jobs per plan-sync transaction
 PAGE = 2000  # rows per page when the runner reads pending work or finished files
+
+DAMAGED_HINT = (f"if the file is damaged, move {DB_NAME} aside (and its -wal/-shm files) and rerun: the state is "
+                "rebuilt from the images' sidecars, so finished jobs are not paid for again")
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
 migration = MIGRATIONS.append
@@ -88,7 +92,24 @@ def m002_runs(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m003_meta(db: sqlite3.Connection) -> None:
+def m003_provider_and_resubmits(db: sqlite3.Connection) -> None:
+    # Who rendered a job (emulator, fal, a custom origin): a placeholder from the emulator is
+    # not a finished job for a real provider. NULL for rows written before this migration.
+    db.execute("ALTER TABLE jobs ADD COLUMN provider TEXT")
+    # One row per submission that paid (or may have paid) for an input a second time, and why:
+    # run.json, the summary line and `status` count them.
+    db.execute("""
+        CREATE TABLE resubmits (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL,
+            run_id INTEGER,
+            at REAL NOT NULL,
+            reason TEXT NOT NULL
+        )""")
+
+
+@migration
+def m004_meta(db: sqlite3.Connection) -> None:
     """Facts about the run as a whole (the digest of the plan last recorded in full)."""
     db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
     # Pending work is read in pages in plan order; (in_plan, state, plan_index) would make
@@ -142,6 +163,7 @@ class Row:
     files: list[dict[str, Any]] | None
     error: str | None
     error_kind: str | None
+    provider: str | None = None
 
     @classmethod
     def from_sql(cls, r: sqlite3.Row) -> Row:
@@ -151,7 +173,13 @@ class Row:
                    r["prompt"], r["seed"], load(r["axes"]), r["stem"], load(r["input"]), r["num_images"],
                    load(r["tags"]), r["source"], r["state"], r["attempts"], r["submit_started"], r["request_id"],
                    r["status_url"], r["response_url"], r["cancel_url"], r["submitted_at"], r["completed_at"],
-                   r["downloaded_at"], load(r["result"]), load(r["files"]), r["error"], r["error_kind"])
+                   r["downloaded_at"], load(r["result"]), load(r["files"]), r["error"], r["error_kind"],
+                   r["provider"])
+
+
+def distinct_stem(stem: str, key: str) -> str:
+    """A job's own path when its natural one belongs to another job: the stem plus part of its key."""
+    return f"{stem}_{key.removeprefix('j1-')[:8]}"
 
 
 def _dumps(value: Any) -> str:
@@ -175,7 +203,10 @@ class Store:
                 self.db.execute("PRAGMA busy_timeout=5000")
                 migrate(self.db)
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot open the run database: {exc}") from exc
+            raise StateError(f"{self.path}: cannot open the run database: {exc}", hint=DAMAGED_HINT) from exc
+        self.run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
+        stat = os.stat(self.path) if self.path.exists() else None
+        self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
 
     def close(self) -> None:
         self.db.close()
@@ -202,16 +233,22 @@ class Store:
         if not empty:
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY)")
             self.db.execute("DELETE FROM temp.seen")
+        # Paths already recorded, as fingerprints (8 bytes a row): a new job whose path another
+        # recorded job owns gets its own path (see distinct_stem). The plan's own paths never clash.
+        stems = Fingerprints()
+        if not empty:
+            for (stem,) in self.db.execute("SELECT stem FROM jobs"):
+                stems.add(hash(stem.lower()))
         tag_json: dict[tuple[str, ...], str] = {}
         changed = False
         batch: list[Any] = []
         for j in jobs:
             batch.append(j)
             if len(batch) >= SYNC_BATCH:
-                changed |= self._sync_batch(batch, tag_json, now, empty)
+                changed |= self._sync_batch(batch, tag_json, now, empty, stems)
                 batch = []
         if batch:
-            changed |= self._sync_batch(batch, tag_json, now, empty)
+            changed |= self._sync_batch(batch, tag_json, now, empty, stems)
         with self._tx() as db:
             if not empty:
                 cur = db.execute("UPDATE jobs SET in_plan = 0, plan_index = NULL "
@@ -222,7 +259,8 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('plan_digest', ?)", (digest,))
         return changed
 
-    def _sync_batch(self, batch: list[Any], tag_json: dict[tuple[str, ...], str], now: float, empty: bool) -> bool:
+    def _sync_batch(self, batch: list[Any], tag_json: dict[tuple[str, ...], str], now: float, empty: bool,
+                    stems: Fingerprints) -> bool:
         stored: dict[str, tuple[Any, ...]] = {}
         if not empty:
             for at in range(0, len(batch), 500):
@@ -231,12 +269,20 @@ class Store:
                     "SELECT key, plan_index, in_plan, model, source, tags FROM jobs "
                     f"WHERE key IN ({','.join('?' * len(part))})", part))
         new, moved = [], []
+        batch_stems: set[str] = set()
         for j in batch:
             tags = tag_json.get(j.tags) or tag_json.setdefault(j.tags, _dumps(list(j.tags)))
             row = stored.get(j.key)
             if row is None:
+                stem = j.stem
+                if hash(stem.lower()) in stems and self._stem_taken(stem, batch_stems):
+                    # Another recorded job owns this path (a parameter that is not an axis changed):
+                    # never overwrite its files; this job gets its own, named after its key.
+                    stem = distinct_stem(stem, j.key)
+                stems.add(hash(stem.lower()))
+                batch_stems.add(stem.lower())
                 new.append((j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input.get("prompt", ""), j.seed,
-                            _dumps(j.axes), j.stem, _dumps(j.input), j.num_images, tags, j.where, now))
+                            _dumps(j.axes), stem, _dumps(j.input), j.num_images, tags, j.where, now))
             elif row != (j.index, 1, j.model, j.where, tags):
                 moved.append((j.index, j.model, j.where, tags, j.key))
         with self._tx() as db:
@@ -251,6 +297,11 @@ class Store:
                 new,
             )
         return bool(new or moved)
+
+    def _stem_taken(self, stem: str, batch_stems: set[str]) -> bool:
+        """Exactly: does a recorded row, or a new one of this batch, own `stem` (ignoring case)?"""
+        return stem.lower() in batch_stems or self.db.execute(
+            "SELECT 1 FROM jobs WHERE lower(stem) = ? LIMIT 1", (stem.lower(),)).fetchone() is not None
 
     def meta(self, name: str) -> str | None:
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
@@ -271,9 +322,11 @@ class Store:
             db.execute("UPDATE jobs SET submit_started = ?, attempts = attempts + 1, updated_at = ? WHERE key = ?",
                        (time.time(), time.time(), key))
 
-    def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str) -> None:
+    def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str,
+                  provider: str | None = None) -> None:
         self._set(key, state="submitted", request_id=request_id, status_url=status_url, response_url=response_url,
-                  cancel_url=cancel_url, submitted_at=time.time(), submit_started=None, error=None, error_kind=None)
+                  cancel_url=cancel_url, submitted_at=time.time(), submit_started=None, error=None, error_kind=None,
+                  provider=provider)
 
     def completed(self, key: str, result: dict[str, Any]) -> None:
         self._set(key, state="completed", result=_dumps(result), completed_at=time.time())
@@ -285,10 +338,79 @@ class Store:
     def failed(self, key: str, reason: str, kind: str) -> None:
         self._set(key, state="failed", error=reason, error_kind=kind, submit_started=None)
 
-    def resubmit(self, key: str, reason: str) -> None:
-        """Forget the request: the provider lost it or its runner failed. The next pass submits again."""
+    def resubmit(self, key: str, reason: str, *, paid: bool = True) -> None:
+        """Forget the request: the provider lost it or its runner failed. The next pass submits again.
+
+        With `paid` (the default) the resubmission is recorded with its reason in the same
+        transaction (see `record_resubmit`): the input will be paid for again.
+        """
+        now = time.time()
+        with self._tx() as db:
+            db.execute("""UPDATE jobs SET state = 'planned', request_id = NULL, status_url = NULL,
+                              response_url = NULL, cancel_url = NULL, result = NULL, error = ?,
+                              error_kind = 'resubmit', submit_started = NULL, updated_at = ? WHERE key = ?""",
+                       (reason, now, key))
+            if paid:
+                db.execute("INSERT INTO resubmits (key, run_id, at, reason) VALUES (?, ?, ?, ?)",
+                           (key, self.run_id, now, reason))
+
+    def record_resubmit(self, key: str, reason: str) -> None:
+        """Record that `key` is about to be (or was) paid for again, and why (one transaction)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO resubmits (key, run_id, at, reason) VALUES (?, ?, ?, ?)",
+                       (key, self.run_id, time.time(), reason))
+
+    def resubmit_reasons(self, run_id: int | None = None) -> dict[str, int]:
+        """Recorded resubmissions by reason: of one run, or of all runs (run_id None)."""
+        sql, args = "SELECT reason, COUNT(*) FROM resubmits", ()
+        if run_id is not None:
+            sql, args = sql + " WHERE run_id = ?", (run_id,)
+        return {reason: n for reason, n in self.db.execute(sql + " GROUP BY reason ORDER BY COUNT(*) DESC, reason",
+                                                            args)}
+
+    def adopt(self, key: str, stem: str, request_id: str | None, provider: str | None,
+              entries: list[dict[str, Any]]) -> None:
+        """Record a job as downloaded from files found on disk (rebuilding lost state from sidecars)."""
+        self._set(key, state="downloaded", stem=stem, request_id=request_id, provider=provider, files=_dumps(entries),
+                  downloaded_at=time.time(), error=None, error_kind=None, submit_started=None)
+
+    def restem(self, key: str, stem: str) -> None:
+        """Give a job that has not rendered yet another path (its own is held by another job's files)."""
+        self._set(key, stem=stem)
+
+    def rendered_by(self, provider: str) -> list[str]:
+        """Keys of finished jobs in the plan that `provider` rendered."""
+        return [r[0] for r in self.db.execute(
+            "SELECT key FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND provider = ?", (provider,))]
+
+    def rerender(self, key: str, reason: str) -> None:
+        """A finished job to render again for another provider (its files stay until replaced)."""
         self._set(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
-                  result=None, error=reason, error_kind="resubmit", submit_started=None)
+                  result=None, files=None, error=reason, error_kind="other_provider", submit_started=None)
+
+    def fresh_keys(self) -> Iterator[tuple[str, str, int]]:
+        """(key, stem, num_images) of planned jobs never submitted from this database, in plan order.
+
+        Read in pages by plan position (the caller may adopt or restem rows between pages).
+        """
+        after = -1
+        while True:
+            page = self.db.execute(
+                "SELECT plan_index, key, stem, num_images FROM jobs WHERE plan_index > ? AND +in_plan = 1 "
+                "AND +state = 'planned' AND request_id IS NULL AND submit_started IS NULL AND attempts = 0 "
+                "ORDER BY plan_index LIMIT ?", (after, PAGE * 5)).fetchall()
+            if not page:
+                return
+            yield from ((r[1], r[2], r[3]) for r in page)
+            after = page[-1][0]
+
+    def gone(self) -> bool:
+        """Has the database file been deleted or replaced since it was opened (the run directory removed)?"""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self._identity
 
     def redownload(self, key: str, reason: str) -> None:
         self._set(key, state="completed", files=None, error=reason, error_kind="redownload")
@@ -363,13 +485,13 @@ class Store:
         """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags)."""
         for r in self.db.execute(
                 "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
-                "json_extract(result, '$.has_nsfw_concepts') AS nsfw FROM jobs "
+                "json_extract(result, '$.has_nsfw_concepts') AS nsfw, provider FROM jobs "
                 "WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index"):
             nsfw = r["nsfw"]
             yield {"key": r["key"], "prompt": r["prompt"], "prompt_id": r["prompt_id"], "model": r["model"],
                    "endpoint": r["endpoint"], "seed": r["seed"], "axes": json.loads(r["axes"]),
                    "input": json.loads(r["input"]), "tags": json.loads(r["tags"]), "files": json.loads(r["files"]),
-                   "request_id": r["request_id"],
+                   "request_id": r["request_id"], "provider": r["provider"],
                    # json_extract gives JSON text for arrays and a bare value for scalars
                    "has_nsfw_concepts": json.loads(nsfw) if isinstance(nsfw, str) and nsfw.startswith("[") else None}
 
@@ -414,7 +536,8 @@ class Store:
     def start_run(self, ambiguous: int) -> int:
         with self._tx() as db:
             cur = db.execute("INSERT INTO runs (started_at, ambiguous_resubmits) VALUES (?, ?)", (time.time(), ambiguous))
-            return int(cur.lastrowid or 0)
+            self.run_id = int(cur.lastrowid or 0)
+            return self.run_id
 
     def finish_run(self, run_id: int, outcome: str, summary: dict[str, Any]) -> None:
         with self._tx() as db:

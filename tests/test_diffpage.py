@@ -92,10 +92,10 @@ def test_diff_page_in_chromium(runs: tuple[Path, Path], tmp_path: Path):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto((tmp_path / "d.html").as_uri())
         page.wait_for_selector("body[data-ready]")
-        assert page.locator("section.page h2").all_inner_texts() == ["verdict = changed", "verdict = identical"]
+        assert page.locator("section.page h2").all_text_contents() == ["verdict = changed", "verdict = identical"]
         first = page.locator("section.page").first
-        assert first.locator(".verdict").all_inner_texts() == ["changed"] * 8
-        assert first.locator("th.col").all_inner_texts() == ["imagen"]
+        assert first.locator(".verdict").all_text_contents() == ["changed"] * 8
+        assert first.locator("th.col").all_text_contents() == ["imagen"]
         assert first.locator(".item.diff").first.locator("img").count() == 3
         page.wait_for_function("[...document.querySelectorAll('section.page:first-child img')].every(i => i.complete && i.naturalWidth > 0)")
         shot = Path(os.environ.get("RENDERER_SCREENS") or tmp_path) / "diff.png"
@@ -107,7 +107,7 @@ def test_diff_page_in_chromium(runs: tuple[Path, Path], tmp_path: Path):
         page.wait_for_selector("body[data-ready]")
         assert page.locator(".item.diff.overlay").count() == 16
         page.locator(".item.diff").first.click()
-        captions = page.locator("#detail figcaption").all_inner_texts()
+        captions = page.locator("#detail figcaption").all_text_contents()
         assert [c.split(":")[0] for c in captions] == ["A", "B", "difference ×4"]
         assert "changed" in page.locator("#detail-facts").inner_text()
         browser.close()

@@ -235,10 +235,10 @@ def test_default_view_shows_every_model_side_by_side(sweep135: Path):
     """The 135-job sweep opens as one grid per seed with all four models across and every job present."""
     with chromium() as (browser, errors):
         page = _open(browser, errors, (sweep135 / "report/index.html").as_uri())
-        assert page.locator("section.page h2").all_inner_texts() == ["seed = 1", "seed = 2", "seed = 3"]
+        assert page.locator("section.page h2").all_text_contents() == ["seed = 1", "seed = 2", "seed = 3"]
         first = page.locator("section.page").first
-        assert first.locator("th.col").all_inner_texts() == MODELS
-        assert first.locator("th.row").all_inner_texts() == ["cat", "fuji", "tea"]
+        assert first.locator("th.col").all_text_contents() == MODELS
+        assert first.locator("th.row").all_text_contents() == ["cat", "fuji", "tea"]
         assert page.locator(".item").count() == 135 and page.locator(".cell.na").count() == 0
         assert page.locator(".item img").count() == 135
     assert errors == []
@@ -263,8 +263,8 @@ def test_axes_filter_reload_and_keyboard(sweep135: Path):
 
         def check(page: Any) -> None:
             assert page.locator("section.page").count() == 1
-            assert page.locator("th.col").all_inner_texts() == RATIOS
-            assert page.locator("th.row").all_inner_texts() == MODELS
+            assert page.locator("th.col").all_text_contents() == RATIOS
+            assert page.locator("th.row").all_text_contents() == MODELS
             assert page.locator(".cell").count() == 12 and page.locator(".cell.na").count() == 0
             assert page.locator(".item").count() == 45
             seen = page.evaluate("""() => [...document.querySelectorAll('tbody tr')].map(tr => [
@@ -340,7 +340,7 @@ def test_design_sweep_default_view_screenshot(tmp_path: Path):
     with chromium() as (browser, errors):
         page = _open(browser, errors, (run / "report/index.html").as_uri())
         assert page.locator("table.grid").count() == 1
-        assert page.locator("th.col").all_inner_texts() == ["recraft", "ideogram"]
+        assert page.locator("th.col").all_text_contents() == ["recraft", "ideogram"]
         page.wait_for_function("[...document.querySelectorAll('.item img')].slice(0, 6).every(i => i.complete && i.naturalWidth > 0)")
         shot = _screens(tmp_path) / "design-sweep.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
@@ -388,7 +388,7 @@ def test_hostile_text_stays_text(tmp_path: Path):
         page = _open(browser, errors, (run / "report/index.html").as_uri())
         assert page.evaluate("window.pwned") is None
         assert page.locator(".item").count() == len(HOSTILE)
-        assert set(page.locator("th.col").all_inner_texts()) == set(HOSTILE)
+        assert set(page.locator("th.col").all_text_contents()) == set(HOSTILE)
         assert page.locator("img[src=x]").count() == 0 and page.locator("script").count() == 2
         assert page.locator(".item.failed").count() == 2
         assert page.locator(".item.failed").first.inner_text().startswith("failed: ")

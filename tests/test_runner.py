@@ -366,3 +366,112 @@ def test_resuming_twice_equals_running_once(tmp_path_factory, seeds, first, seco
     once = [json.loads(x)["file_name"] for x in io.StringIO((folder / "once/t/data/metadata.jsonl").read_text())]
     again = [json.loads(x)["file_name"] for x in io.StringIO((folder / "resumed/t/data/metadata.jsonl").read_text())]
     assert once == again
+
+
+# ---------------------------------------------------------------- paying twice is never silent (issue 10, part B)
+
+
+def _emulator_manifest(folder: Path, seeds: list[int], latency: float) -> Path:
+    return write_manifest(folder, seeds=seeds, provider={"kind": "emulator", "emulator": {"latency": latency,
+                                                                                        "workers": 4}},
+                          limits={"concurrency": 4, "rate": 100})
+
+
+def _popen(manifest: Path, output: Path, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FAL_KEY", None)
+    return subprocess.Popen([sys.executable, "-m", "renderer", "run", str(manifest), "--output", str(output),
+                             "--quiet", *extra], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sigterm_is_handled_like_ctrl_c_and_the_in_process_emulator_run_can_be_finished(tmp_path: Path):
+    """SIGTERM: exit 143 with run.json and metadata written; the rerun on a new in-process emulator completes."""
+    m = _emulator_manifest(tmp_path, list(range(1, 41)), 0.3)
+    proc = _popen(m, tmp_path / "o")
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 143
+    run_dir = tmp_path / "o/t"
+    assert json.loads((run_dir / "run.json").read_text())["outcome"] == "interrupted"
+    assert (run_dir / "data/metadata.jsonl").is_file()
+    store = Store(run_dir, readonly=True)
+    left = store.counts()
+    store.close()
+    assert left["downloaded"] < 40 and left["submitted"] + left["completed"] > 0  # requests were in flight
+    code, out, err = cli("run", str(m), "--output", str(tmp_path / "o"), "--quiet")
+    assert code == 0, out + err
+    assert len(images(run_dir)) == 40
+    assert_all_verified(run_dir)
+    assert "paid twice" not in out  # the emulator is free: resending its lost requests costs nothing
+
+
+def test_a_crashed_run_never_leaves_run_json_saying_done(tmp_path: Path):
+    """kill -9 during a rerun of a finished run: run.json says the run is in progress, not done."""
+    m = _emulator_manifest(tmp_path, [1, 2], 0.01)
+    assert cli("run", str(m), "--output", str(tmp_path / "o"), "--quiet")[0] == 0
+    assert json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "done"
+    m = _emulator_manifest(tmp_path, list(range(1, 41)), 0.5)
+    proc = _popen(m, tmp_path / "o")
+    deadline = time.monotonic() + 20
+    while json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "done" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "running"
+
+
+def test_retry_failed_on_a_dead_download_url_resubmits_and_says_it_pays_again(tmp_path: Path):
+    """--retry-failed after the result's file host is gone: the job is submitted again, counted as paid twice."""
+    m = write_manifest(tmp_path, retries={"attempts": 2, "backoff": 0.01, "max_backoff": 0.02})
+    with background_emulator(service=FAST, faults=Faults(drop_download=1.0)) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"))
+        assert cli(*base, "--quiet", env={"FAL_KEY": "k"})[0] == 1
+    with background_emulator(service=FAST) as emu:  # the old file URLs now point nowhere
+        code, out, err = cli(*base[:3], emu.url, *base[4:], "--retry-failed", env={"FAL_KEY": "k"})
+        assert emu.stats()["submits"] == 1
+    assert code == 0, out + err
+    assert "submitting again, which pays for it again" in err
+    assert "paid twice: 1 (1 x download URL dead on retry" in out
+    record = json.loads((tmp_path / "o/t/run.json").read_text())
+    assert record["paid_twice"]["this_run"] == 1 and record["paid_twice"]["all_runs"] == 1
+    assert len(images(tmp_path / "o/t")) == 1
+
+
+def test_resubmits_are_counted_in_run_json_the_summary_and_status(tmp_path: Path):
+    """Runner failures that make the runner pay again: run.json, the summary line and status give the count and why."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 31)), retries={"attempts": 10, "backoff": 0.01},
+                       limits={"concurrency": 8, "rate": 1000})
+    with background_emulator(service=FAST, workers=8, seed=3, faults=Faults(runner_error=0.3)) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"),
+                             env={"FAL_KEY": "k"})
+        duplicates = emu.stats()["duplicate_submits"]
+    assert code == 0, err
+    assert duplicates > 0
+    record = json.loads((tmp_path / "o/t/run.json").read_text())
+    assert record["paid_twice"]["this_run"] == duplicates
+    assert sum(record["paid_twice"]["resubmits"].values()) == duplicates
+    assert all("runner failed" in reason for reason in record["paid_twice"]["resubmits"])
+    assert f"paid twice: {duplicates} (" in out
+    assert f"paid twice: {duplicates} over all runs" in cli("status", str(tmp_path / "o/t"))[1]
+    assert json.loads(cli("status", str(tmp_path / "o/t"), "--json")[1])["paid_twice"]["count"] == duplicates
+
+
+def test_emulator_placeholders_are_not_done_for_a_real_provider(tmp_path: Path):
+    """Rendered on the emulator, then run against another provider: rendered again there, provider recorded per image."""
+    m = write_manifest(tmp_path, seeds=[1, 2])
+    base = ("run", str(m), "--output", str(tmp_path / "o"), "--quiet")
+    assert cli(*base, "--provider", "emulator")[0] == 0
+    sidecar = json.loads(images(tmp_path / "o/t")[0].with_suffix(".json").read_text())
+    assert sidecar["provider"] == "emulator"
+    with background_emulator(service=FAST) as emu:
+        code, out, _ = cli(*base[:-1], "--provider", emu.url, env={"FAL_KEY": "k"})
+        assert emu.stats()["submits"] == 2
+        assert cli(*base, "--provider", emu.url, env={"FAL_KEY": "k"})[0] == 0  # and now it is done
+        assert cli(*base, "--provider", "emulator")[0] == 0  # an emulator run never replaces real images
+        assert emu.stats()["submits"] == 2
+    assert code == 0 and "2 images written" in out
+    origin = emu.url.rstrip("/")
+    for path in images(tmp_path / "o/t"):
+        assert json.loads(path.with_suffix(".json").read_text())["provider"] == origin
+    rows = [json.loads(line) for line in (tmp_path / "o/t/data/metadata.jsonl").read_text().splitlines()]
+    assert [r["provider"] for r in rows] == [origin, origin]
