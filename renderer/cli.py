@@ -190,6 +190,8 @@ def _load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
         try:
             manifest = manifest_mod.load(Path(name))
             manifest_mod.check_plan_size(manifest, limit)
+            if not getattr(ctx.args, "output", None):
+                _check_output(ctx, manifest)  # what `run` would write into, reported by validate too
             plans.append(plan_mod.build(manifest, registry))
         except ManifestError as exc:
             problems.extend(exc.problems)
@@ -324,8 +326,14 @@ def cmd_emulator(ctx: Context) -> int:
                              hint=f"export {a.key_env}=… first, or drop --key-env to accept any caller")
     try:
         service = ServiceTime.parse(a.latency)
+        for value in (service.a, service.b):  # seconds (or lognormal's sigma): finite, 0 to an hour
+            settings.parse("latency", value)
+        if service.kind == "uniform" and service.a > service.b:
+            raise ValueError(f"service time {a.latency!r}: LOW is above HIGH")
+    except settings.SettingError as exc:
+        raise UsageError(f"--latency {a.latency!r}: {exc.message}", hint=f"allowed: {exc.allowed}") from None
     except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(f"--latency {a.latency!r}: {exc}") from None
     faults = Faults(submit_429=a.fault_429, ingress_5xx=a.fault_ingress, runner_error=a.fault_runner,
                     drop_download=a.fault_drop, truncate_image=a.fault_truncate, corrupt_image=a.fault_corrupt,
                     stuck=a.fault_stuck, retention=a.retention, lock_after=a.lock_after)
@@ -399,7 +407,7 @@ def _provider_override(ctx: Context) -> str | None:
 
 def _check_output(ctx: Context, m: manifest_mod.Manifest) -> None:
     """The output root and run directory must be directories or creatable as such."""
-    given = "--output" if ctx.args.output else None
+    given = "--output" if getattr(ctx.args, "output", None) else None
     text = str(m.output)
     reason = None
     if "\0" in text:
@@ -429,6 +437,12 @@ def cmd_run(ctx: Context) -> int:
 
     a = ctx.args
     (plan,) = _load_plans(ctx, [a.manifest])
+    # Resolved before --dry-run returns, so a dry run reports a bad flag or RENDERER_* variable too.
+    limits = plan.manifest.limits
+    concurrency = _setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", limits.concurrency, "concurrency")
+    rate = _setting(a.rate, ctx.env, "RENDERER_RATE", limits.rate, "rate")
+    timeout = _setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", limits.timeout, "timeout")
+    provider = _provider_override(ctx)
     if a.dry_run:
         return cmd_plan(ctx)
     if a.output:
@@ -449,10 +463,7 @@ def cmd_run(ctx: Context) -> int:
 
     try:
         summary = api.run(
-            plan, provider=_provider_override(ctx),
-            concurrency=_setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", m.limits.concurrency, "concurrency"),
-            rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, "rate"),
-            timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, "timeout"),
+            plan, provider=provider, concurrency=concurrency, rate=rate, timeout=timeout,
             retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=on_event, env=ctx.env,
             schemas=ctx.schema_dir())
         if log is not None:
