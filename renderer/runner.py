@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -182,6 +183,7 @@ class Runner:
         self.queued: dict[str, int | None] = {}  # keys waiting in the provider's queue → position
         self._endpoints: dict[str, str] = {}  # key → endpoint, for the jobs read but not yet finished
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
+        self.fsyncs = files.GroupFsync()
         self.done = 0
         self.failed = 0
         self.images = 0
@@ -569,23 +571,26 @@ class Runner:
                 entry["cost"] = round(image_cost(price, verified.width, verified.height), 6)
             if self.store.gone():
                 raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run")
-            # Written on the loop: a thread hop per file cost more than the fsync it hid (bench/).
-            with writing(self.run_dir / rel):
-                entry["mtime_ns"] = self._write(self.run_dir / rel, verified.data, self._sidecar(row, index, entry))
+            # Written on the loop, fsynced in groups off it (files.GroupFsync), then renamed into
+            # place: the record below still follows a durable, complete file.
+            target = self.run_dir / rel
+            with writing(target):
+                tmp = files.write_temporary(target, verified.data)
+                try:
+                    await self.fsyncs.sync(tmp)
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+                entry["mtime_ns"] = target.stat().st_mtime_ns
+                # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
+                files.write_json(files.sidecar_path(target), self._sidecar(row, index, entry), durable=False)
             entries.append(entry)
         self.store.downloaded(row.key, entries)
         self.images += len(entries)
         self.cost += sum(e.get("cost") or 0.0 for e in entries)
         self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
         return replace(row, state="downloaded", files=entries)
-
-    @staticmethod
-    def _write(path: Path, data: bytes, sidecar: dict[str, Any]) -> int:
-        """Image, then its sidecar; returns the image's mtime (recorded for the rerun check)."""
-        stat = files.write_atomic(path, data)
-        # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
-        files.write_json(files.sidecar_path(path), sidecar, durable=False)
-        return stat.st_mtime_ns
 
     async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:
         url = image.get("url")
