@@ -9,7 +9,7 @@ from multidict import CIMultiDict
 
 from renderer.client import Client, classify
 from renderer.emulator import Faults, ServiceTime
-from renderer.errors import AccountError, JobRejected, RequestGone, RunnerFailed, TransientError
+from renderer.errors import AccountError, JobRejected, OutcomeUnknown, RequestGone, RunnerFailed, TransientError
 from renderer.manifest import RetryPolicy
 
 from .conftest import background_emulator
@@ -23,7 +23,14 @@ H = CIMultiDict
     ("submit", 429, H(), "", TransientError),
     ("status", 408, H(), "", TransientError),
     ("submit", 502, H(), "<html>nginx</html>", TransientError),
-    ("result", 503, H({"x-fal-request-id": "r"}), '{"detail": "x"}', RunnerFailed),
+    ("result", 503, H({"x-fal-request-id": "r"}), '{"detail": "x"}', TransientError),  # a read: read again
+    ("result", 500, H(), "Internal Server Error", TransientError),  # bare 500 after COMPLETED: never resubmit
+    ("result", 502, H({"X-Fal-Error-Type": "runner_disconnected"}), "", RunnerFailed),
+    ("submit", 500, H({"x-fal-request-id": "r"}), '{"detail": "x"}', OutcomeUnknown),
+    ("submit", 504, H(), "<html>nginx</html>", OutcomeUnknown),  # the gateway may have passed it on
+    ("submit", 503, H(), "<html>nginx</html>", TransientError),
+    ("submit", 422, H(), '{"detail": "bad"}', JobRejected),
+    ("status", 500, H({"x-fal-request-id": "r"}), "", TransientError),
     ("result", 500, H({"x-fal-request-id": "r"}), '{"detail": "Internal", "error_type": "runner_server_error"}', RunnerFailed),
     ("result", 422, H({"x-fal-request-id": "r"}), '{"detail": [{"loc": ["body", "x"]}]}', JobRejected),
     ("status", 404, H(), '{"detail": "Request not found"}', RequestGone),
