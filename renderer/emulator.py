@@ -144,6 +144,7 @@ class _Request:
     logs: list[dict[str, Any]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     auth: str = ""  # the Authorization header of the submit (echoed by the echo_key fault)
+    files: str = ""  # the origin serving this request's files (base may name another origin)
 
     def touch(self) -> None:
         event, self.changed = self.changed, asyncio.Event()
@@ -374,12 +375,15 @@ class Emulator:
         images = []
         for i in range(count):
             data, content_type = render(req.endpoint, prompt, seed, i, (width, height), fmt, variant)
+            if self._chance(self.config.faults.bomb_image):
+                self.counts["fault:bomb_image"] += 1
+                data, content_type = bomb_png(), "image/png"
             ext = content_type.split("/")[1]
             if payload.get("sync_mode"):
                 url = f"data:{content_type};base64," + base64.b64encode(data).decode()
             else:
                 self.files[(req.id, i)] = (data, content_type)
-                url = f"{req.base}/_files/{req.id}/{i}.{ext}"
+                url = f"{req.files or req.base}/_files/{req.id}/{i}.{ext}"
             images.append({"url": url, "content_type": content_type, "file_name": f"{i}.{ext}",
                            "file_size": len(data), "width": width, "height": height})
         output: dict[str, Any] = {"images": images}
@@ -429,7 +433,7 @@ class Emulator:
         self._seq += 1
         req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload,
                        faults.other_origin or str(request.url.origin()), self._seq,
-                       auth=request.headers.get("Authorization", ""))
+                       auth=request.headers.get("Authorization", ""), files=str(request.url.origin()))
         self.requests[req.id] = req
         self.counts["submits"] += 1
         self.submit_times.append(time.monotonic())
@@ -611,9 +615,6 @@ class Emulator:
             self.counts["downloads_with_credentials"] += 1  # a client leaking its key to a file host
         data, content_type = found
         faults = self.config.faults
-        if self._chance(faults.bomb_image):
-            self.counts["fault:bomb_image"] += 1
-            return web.Response(body=bomb_png(), content_type="image/png")
         if "download" in faults.slow:
             return await self._deliver(request, "download", data, content_type=content_type)
         if self._chance(faults.drop_download):
