@@ -51,6 +51,7 @@ RUNNER_ERRORS = {"runner_server_error", "internal_error", "runner_incomplete_res
                  "runner_scheduling_failure", "startup_timeout", "request_timeout"}
 FAL_QUEUE_ORIGINS = frozenset({"https://queue.fal.run"})  # where fal's queue answers may point
 ERROR_BODY_CAP = 64 * 1024  # of an error answer only the start is read: enough for its detail
+MIN_SECRET = 6  # keys shorter than this are not scrubbed (every "k" in every message would go)
 UNKNOWN_HINT = "check the provider's request history; `--retry-failed` sends it again (and may pay twice)"
 
 
@@ -522,8 +523,8 @@ async def _lines(content: aiohttp.StreamReader, cap: int) -> Any:
 
 def _secret_forms(key: str | None) -> list[str]:
     """The key as sent, JSON-escaped and URL-quoted, and each half of an id:secret pair (longest first)."""
-    if not key:
-        return []
+    if not key or len(key) < MIN_SECRET:
+        return []  # a key this short (a test's "k") cannot be told from ordinary text
     forms = {key, json.dumps(key)[1:-1], quote(key, safe="")}
     forms |= {part for part in key.split(":") if len(part) >= 8}
     return sorted((f for f in forms if f), key=len, reverse=True)
