@@ -190,6 +190,8 @@ def _load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
         try:
             manifest = manifest_mod.load(Path(name))
             manifest_mod.check_plan_size(manifest, limit)
+            if not getattr(ctx.args, "output", None):
+                _check_output(ctx, manifest)  # what `run` would write into, reported by validate too
             plans.append(plan_mod.build(manifest, registry))
         except ManifestError as exc:
             problems.extend(exc.problems)
@@ -284,8 +286,14 @@ def cmd_emulator(ctx: Context) -> int:
                              hint=f"export {a.key_env}=… first, or drop --key-env to accept any caller")
     try:
         service = ServiceTime.parse(a.latency)
+        for value in (service.a, service.b):  # seconds (or lognormal's sigma): finite, 0 to an hour
+            settings.parse("latency", value)
+        if service.kind == "uniform" and service.a > service.b:
+            raise ValueError(f"service time {a.latency!r}: LOW is above HIGH")
+    except settings.SettingError as exc:
+        raise UsageError(f"--latency {a.latency!r}: {exc.message}", hint=f"allowed: {exc.allowed}") from None
     except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(f"--latency {a.latency!r}: {exc}") from None
     faults = Faults(submit_429=a.fault_429, ingress_5xx=a.fault_ingress, runner_error=a.fault_runner,
                     drop_download=a.fault_drop, truncate_image=a.fault_truncate, corrupt_image=a.fault_corrupt,
                     stuck=a.fault_stuck, retention=a.retention, lock_after=a.lock_after)
@@ -372,7 +380,7 @@ def _provider_override(ctx: Context) -> str | None:
 
 def _check_output(ctx: Context, m: manifest_mod.Manifest) -> None:
     """The output root and run directory must be directories or creatable as such."""
-    given = "--output" if ctx.args.output else None
+    given = "--output" if getattr(ctx.args, "output", None) else None
     text = str(m.output)
     reason = None
     if "\0" in text:
@@ -402,6 +410,12 @@ def cmd_run(ctx: Context) -> int:
 
     a = ctx.args
     (plan,) = _load_plans(ctx, [a.manifest])
+    # Resolved before --dry-run returns, so a dry run reports a bad flag or RENDERER_* variable too.
+    limits = plan.manifest.limits
+    concurrency = _setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", limits.concurrency, "concurrency")
+    rate = _setting(a.rate, ctx.env, "RENDERER_RATE", limits.rate, "rate")
+    timeout = _setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", limits.timeout, "timeout")
+    provider = _provider_override(ctx)
     if a.dry_run:
         return cmd_plan(ctx)
     if a.output:
@@ -422,10 +436,7 @@ def cmd_run(ctx: Context) -> int:
 
     try:
         summary = api.run(
-            plan, provider=_provider_override(ctx),
-            concurrency=_setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", m.limits.concurrency, "concurrency"),
-            rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, "rate"),
-            timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, "timeout"),
+            plan, provider=provider, concurrency=concurrency, rate=rate, timeout=timeout,
             retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=on_event, env=ctx.env,
             schemas=ctx.schema_dir())
         if log is not None:
@@ -487,6 +498,11 @@ def cmd_diff(ctx: Context) -> int:
             if not sep or not left or not right:
                 raise UsageError(f"--map {item!r}: use MODEL_A=MODEL_B (labels or endpoint ids)")
             mapping[left] = right
+    if a.html:
+        folder = Path(a.html).parent
+        if not folder.is_dir():
+            raise UsageError(f"--html {a.html}: the folder {folder} does not exist",
+                             hint="create it first, or write the page into an existing folder")
     result = compare.compare(Path(a.run_a), Path(a.run_b), mapping=mapping, hash_limit=a.hash_limit,
                              rmse_limit=a.rmse_limit)
     if a.html:
@@ -503,7 +519,9 @@ def cmd_diff(ctx: Context) -> int:
                 ctx.print(f"{pair['verdict']:8} {pair['label']} #{pair['index']}{metrics}")
         if a.html:
             ctx.print(f"html: {a.html}")
-    return 1 if result["counts"]["changed"] else 0
+    # A CI gate: anything changed, or an image missing on either side, fails it.
+    counts = result["counts"]
+    return 1 if counts["changed"] or counts["missing"] or counts["only_in_a"] or counts["only_in_b"] else 0
 
 
 # ---------------------------------------------------------------- parser and boundary
@@ -622,7 +640,7 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_export.add_argument("--out", metavar="DIR", help="destination (default: RUN/export/FORMAT/)")
     p_export.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p_diff = command("diff", cmd_diff, "compare two runs image by image; exit 1 if anything changed")
+    p_diff = command("diff", cmd_diff, "compare two runs image by image; exit 1 if anything changed or is missing")
     p_diff.add_argument("run_a", metavar="RUN_A")
     p_diff.add_argument("run_b", metavar="RUN_B")
     p_diff.add_argument("--map", action="append", metavar="MODEL_A=MODEL_B",

@@ -15,8 +15,10 @@ re-encoding at quality 75 of the same picture measures about dHash 0-2, RMSE 0.0
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 from PIL import Image, ImageChops
 
 from .errors import UsageError
+from .schemas import closest
 from .store import DB_NAME, Row, Store
 
 HASH_LIMIT = 6
@@ -71,6 +74,52 @@ def measure(paths: tuple[str, str]) -> tuple[int, float]:
     return distance, rmse
 
 
+def _measure_or_none(paths: tuple[str, str]) -> tuple[int, float] | None:
+    """`measure`, or None when either file is not a readable image (then the pair is 'changed')."""
+    try:
+        return measure(paths)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def disk_sha256(run: Path, entry: dict[str, Any]) -> str | None:
+    """The sha256 of the file as it is on disk now, or None when it is gone.
+
+    The recorded hash is trusted only while size and mtime still match what the run
+    recorded (the same fast path a rerun uses); a re-encoded, edited or replaced file is
+    hashed again, so it can never pass as "identical".
+    """
+    path = run / entry["path"]
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    if info.st_size == entry.get("size") and info.st_mtime_ns == entry.get("mtime_ns") and entry.get("sha256"):
+        return str(entry["sha256"])
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _check_mapping(mapping: dict[str, str], rows_a: list[Row], rows_b: list[Row]) -> None:
+    """Every --map label must name a model (label or endpoint) of its run; a typo compares nothing."""
+    for side, names, rows in (("A", list(mapping), rows_a), ("B", list(mapping.values()), rows_b)):
+        known = sorted({r.model for r in rows} | {r.endpoint for r in rows})
+        for name in names:
+            if name not in known:
+                guess = closest(name, known)
+                raise UsageError(f"--map: run {side} has no model {name!r}",
+                                 hint=(f"did you mean {guess}? " if guess else "") + f"models in run {side}: "
+                                 + ", ".join(known))
+
+
 def _load(run: Path) -> list[Row]:
     if not (run / DB_NAME).is_file():
         raise UsageError(f"{run}: no run here (no {DB_NAME})", hint="pass run directories such as outputs/NAME")
@@ -99,6 +148,11 @@ def compare(run_a: Path, run_b: Path, *, mapping: dict[str, str] | None = None,
             hash_limit: int = HASH_LIMIT, rmse_limit: float = RMSE_LIMIT) -> dict[str, Any]:
     """Match, measure and judge every image pair. `mapping` pairs A_MODEL=B_MODEL (labels or endpoints)."""
     rows_a, rows_b = _load(run_a), _load(run_b)
+    if mapping is not None:
+        _check_mapping(mapping, rows_a, rows_b)
+        # Only the mapped models take part: the rest of each run is not being compared.
+        rows_a = [r for r in rows_a if _identity(r, "a", mapping) is not None]
+        rows_b = [r for r in rows_b if _identity(r, "b", mapping) is not None]
     index_b = {ident: r for r in rows_b if (ident := _identity(r, "b", mapping)) is not None}
     pairs: list[Pair] = []
     only_a, matched = [], set()
@@ -113,9 +167,12 @@ def compare(run_a: Path, run_b: Path, *, mapping: dict[str, str] | None = None,
         for i in range(max(len(files_a), len(files_b), 1)):
             fa = files_a[i] if i < len(files_a) else None
             fb = files_b[i] if i < len(files_b) else None
-            if fa is None or fb is None:
-                pairs.append(Pair(ra.key, label, i, fa and fa["path"], fb and fb["path"], "missing"))
-            elif fa["sha256"] == fb["sha256"]:
+            ha = disk_sha256(run_a, fa) if fa else None
+            hb = disk_sha256(run_b, fb) if fb else None
+            if ha is None or hb is None:
+                pairs.append(Pair(ra.key, label, i, fa["path"] if fa and ha else None,
+                                  fb["path"] if fb and hb else None, "missing"))
+            elif ha == hb:
                 pairs.append(Pair(ra.key, label, i, fa["path"], fb["path"], "identical", 0, 0.0))
             else:
                 pairs.append(Pair(ra.key, label, i, fa["path"], fb["path"], "pending"))
@@ -123,10 +180,14 @@ def compare(run_a: Path, run_b: Path, *, mapping: dict[str, str] | None = None,
     tasks = [(str(run_a / p.a), str(run_b / p.b)) for p in todo if p.a and p.b]
     if len(tasks) >= 16:
         with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            results = list(pool.map(measure, tasks, chunksize=8))
+            results = list(pool.map(_measure_or_none, tasks, chunksize=8))
     else:
-        results = [measure(t) for t in tasks]
-    for pair, (distance, rmse) in zip(todo, results, strict=True):
+        results = [_measure_or_none(t) for t in tasks]
+    for pair, measured in zip(todo, results, strict=True):
+        if measured is None:  # one side is no longer a readable image
+            pair.verdict = "changed"
+            continue
+        distance, rmse = measured
         pair.hash_distance, pair.rmse = distance, round(rmse, 5)
         pair.verdict = "same" if distance <= hash_limit and rmse <= rmse_limit else "changed"
     only_b = [r.key for r in rows_b if r.key not in matched]

@@ -178,6 +178,12 @@ def _summary(rows: list[Row]) -> str:
     return f"{len(rows)} jobs, {images} images: " + ", ".join(parts)
 
 
+def _cost(row: Row) -> float | None:
+    """What the job's delivered images cost by the manifest's prices (recorded per file); None when unpriced."""
+    costs = [e["cost"] for e in row.files or [] if isinstance(e.get("cost"), (int, float))]
+    return round(sum(costs), 6) if costs else None
+
+
 def page_data(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str]) -> dict[str, Any]:
     items = []
     for r, point in zip(rows, sp.coords, strict=True):
@@ -187,7 +193,7 @@ def page_data(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str]) ->
             "v": point, "state": r.state, "key": r.key, "prompt": r.prompt, "prompt_id": r.prompt_id,
             "model": r.model, "endpoint": r.endpoint, "seed": (r.result or {}).get("seed", r.seed),
             "input": r.input, "request_id": r.request_id, "error": r.error, "error_kind": r.error_kind,
-            "attempts": r.attempts, "images": images, "cost": None,
+            "attempts": r.attempts, "images": images, "cost": _cost(r),
             "t": {"submitted": r.submitted_at, "completed": r.completed_at, "downloaded": r.downloaded_at},
         })
     return {"mode": "run", "summary": _summary(rows),

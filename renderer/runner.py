@@ -12,9 +12,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
+import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from . import dataset, files
+from . import dataset, files, recover
 from .client import RUNNER_ERRORS, Client, Handle, Status
 from .errors import (
     AccountError,
@@ -30,14 +33,18 @@ from .errors import (
     OutcomeUnknown,
     RequestGone,
     RunnerFailed,
+    StateError,
     TransientError,
 )
 from .layout import DATA_DIR, image_path, job_folder
 from .manifest import RetryPolicy
 from .plan import Plan, image_cost, price_of
-from .store import Row, Store
+from .store import DB_NAME, Row, Store
 
 Event = dict[str, Any]
+# Free bytes below which no new request is paid for: a submit whose request id cannot be
+# committed (disk full) would be paid again by the rerun after the fix.
+FREE_SPACE_RESERVE = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -124,10 +131,38 @@ class Summary:
     total_cost: float | None = None  # every finished job of the plan, all runs
     estimate: float | None = None  # the plan's estimate for all its jobs
     run_dir: Path | None = None
+    resubmits: dict[str, int] = field(default_factory=dict)  # this run's paid resubmissions, by reason
+    signal: int = 2  # what interrupted the run: SIGINT (Ctrl-C) or SIGTERM
+
+    @property
+    def paid_twice(self) -> int:
+        """Submissions of this run that paid (or may have paid) for an input again."""
+        return self.ambiguous_resubmits + sum(self.resubmits.values())
 
     @property
     def exit_code(self) -> int:
-        return {"done": 0, "failed": 1, "stopped": 3, "interrupted": 130}[self.outcome]
+        return {"done": 0, "failed": 1, "stopped": 3, "interrupted": 128 + self.signal}[self.outcome]
+
+
+def _disk_hint(exc: OSError) -> str:
+    """What to do about a file that cannot be written (the job stays recorded as rendered, not downloaded)."""
+    what = {errno.ENOSPC: "free space on that disk", errno.EDQUOT: "free space within your quota",
+            errno.EROFS: "make that file system writable", errno.EACCES: "make the folder writable",
+            errno.EPERM: "make the folder writable",
+            errno.ENOTDIR: "a file stands where a folder must be: move it away",
+            errno.EEXIST: "a file stands where a folder must be: move it away",
+            errno.EISDIR: "a folder stands where an image must be: move it away"}.get(exc.errno or 0, "fix the cause")
+    return (f"{what}, then rerun the same command: rendered jobs are downloaded again from the provider "
+            "without paying twice")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """File system errors while writing the run's files, as a StateError naming the file and what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}", hint=_disk_hint(exc)) from exc
 
 
 def bucket_size(rate: float) -> int:
@@ -157,6 +192,9 @@ class Runner:
         self.run_dir: Path = store.run_dir
         self.stopping = False
         self.fatal: AccountError | None = None
+        self.broken: StateError | None = None  # the run's own files cannot be written: stop, say why
+        self.signal = 2  # SIGINT unless stop() is told otherwise (SIGTERM → exit 143)
+        self.redownloads: set[str] = set()  # failed downloads put back by --retry-failed
         self.slots = AdaptiveLimit(config.concurrency)
         self.endpoint_slots = {e: asyncio.Semaphore(n) for e, n in config.per_endpoint.items()}
         self.limiter = _limiter(config.rate)
@@ -196,8 +234,28 @@ class Runner:
         """Sync the plan, check finished files, and list the pending keys (in plan order)."""
         self.plan_changed = self.store.sync_plan(self.plan.jobs)
         files.remove_partials(self.run_dir, {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()})
+        recover.leftovers(self.run_dir)
+        adopted = recover.from_sidecars(self.store, self.run_dir)
+        if adopted:
+            self.plan_changed = True
+            self.emit({"type": "note", "message": f"rebuilt the state of {adopted} finished job(s) from their sidecars "
+                       f"({DB_NAME} was missing or had no record of them): they are not submitted again"})
+        if self.config.provider and self.config.provider != "emulator":
+            # The emulator's placeholders are not images: for a real provider those jobs are not
+            # done. (The other way round, real images are kept: an emulator run never replaces them;
+            # and images from one real provider are not paid for again at another.)
+            for key in self.store.rendered_by("emulator"):
+                self.store.rerender(key, f"rendered by the emulator, not by {self.config.provider}")
+                self.plan_changed = True
         if self.config.retry_failed:
+            self.redownloads = {r.key for r in self.store.rows(in_plan=True, state="failed") if r.result is not None}
             self.store.retry_failed()
+        if self.config.provider == "emulator":
+            # The emulator lives in this process: an earlier run's requests died with it. It is
+            # free, so sending them again costs nothing (and is not counted as paying twice).
+            for row in self.store.rows(in_plan=True, state="submitted") + self.store.rows(in_plan=True, state="completed"):
+                if not (row.status_url or "").startswith(self.client.base_url + "/"):
+                    self.store.resubmit(row.key, "the in-process emulator of an earlier run is gone", paid=False)
         for key, entries in self.store.downloaded_files():
             if not all(files.file_intact(self.run_dir, e, rehash=self.config.verify) for e in entries):
                 self.store.redownload(key, "a finished file was missing or changed")
@@ -213,6 +271,12 @@ class Runner:
         started = time.time()
         pending, ambiguous = self.prepare()
         run_id = self.store.start_run(ambiguous)
+        # Until finish() replaces it, run.json says the run is in progress: a crash never leaves "done".
+        with writing(self.run_dir / "run.json"):
+            files.write_json(self.run_dir / "run.json", {
+                "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": "running",
+                "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started,
+                "started_at": iso_time(started), "pending": len(pending)})
         self.emit({"type": "start", "pending": len(pending), "total": len(self.plan.jobs),
                    "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
         queue = iter(pending)
@@ -250,12 +314,14 @@ class Runner:
             summary = self.finish(run_id, started, ambiguous)
         return summary
 
-    def stop(self, force: bool = False) -> None:
-        """Ctrl-C: stop new submissions; abandon waits and downloads (their state is recorded).
+    def stop(self, force: bool = False, signal: int | None = None) -> None:
+        """Ctrl-C or SIGTERM: stop new submissions; abandon waits and downloads (their state is recorded).
 
         Submits in flight get `grace` seconds to record their request ids; with force, or
-        after the grace period, everything is cancelled.
+        after the grace period, everything is cancelled. `signal` sets the exit code (128 + it).
         """
+        if signal is not None:
+            self.signal = signal
         self.stopping = True
         for key, task in list(self.tasks.items()):
             if force or self.phase.get(key) != "submitting":
@@ -264,8 +330,20 @@ class Runner:
             asyncio.get_running_loop().call_later(self.config.grace, self.stop, True)
 
     def finish(self, run_id: int, started: float, ambiguous: int) -> Summary:
+        if self.store.gone():
+            # Writing run.json or the dataset now would re-create the folder the user removed.
+            raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run; "
+                             "the run stopped", hint="rerun the same command: images still on disk are found by "
+                             "their sidecars and not paid for again")
+        if self.broken is not None:
+            with_state = self.store.counts()
+            self.store.finish_run(run_id, "error", {"outcome": "error", "error": self.broken.message,
+                                                     "counts": with_state, "finished": time.time(),
+                                                     "images_this_run": self.images})
+            raise self.broken
         counts = self.store.counts()
-        self.export()
+        with writing(self.run_dir / DATA_DIR):
+            self.export()
         if self.fatal is not None:
             outcome = "stopped"
         elif self.stopping:
@@ -275,10 +353,12 @@ class Runner:
         else:
             outcome = "done"
         total_cost, unpriced = self.total_cost()
+        resubmits = self.store.resubmit_reasons(run_id)
         summary = Summary(outcome, counts, started, time.time(), self.images, ambiguous, dict(self.client.calls),
                           self.fatal.message if self.fatal else None, self.fatal.hint if self.fatal else None,
                           None if total_cost is None else round(self.cost, 6), total_cost, self.plan.total_cost,
-                          self.run_dir)
+                          self.run_dir, resubmits, self.signal)
+        all_runs = self.store.resubmit_reasons()
         record = {
             "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": outcome,
             "provider": self.config.provider or self.plan.manifest.provider.kind,
@@ -287,11 +367,17 @@ class Runner:
             "seconds": round(summary.finished - started, 3), "counts": counts,
             "images_this_run": self.images, "ambiguous_resubmits": ambiguous,
             "ambiguous_resubmits_all_runs": self.store.total_ambiguous(), "requests": summary.calls,
+            # Every input paid for more than once, and why: kills between a submit and its commit
+            # (ambiguous) and resubmissions after the provider lost a request or its runner failed.
+            "paid_twice": {"this_run": summary.paid_twice, "ambiguous": ambiguous, "resubmits": resubmits,
+                           "all_runs": self.store.total_ambiguous() + sum(all_runs.values()),
+                           "resubmits_all_runs": all_runs},
             "cost": {"currency": "USD", "this_run": summary.cost, "all_runs": total_cost,
                      "estimate": self.plan.total_cost, "unpriced_models": unpriced},
             "error": summary.error,
         }
-        files.write_json(self.run_dir / "run.json", record)
+        with writing(self.run_dir / "run.json"):
+            files.write_json(self.run_dir / "run.json", record)
         self.store.finish_run(run_id, outcome, record)
         return summary
 
@@ -365,6 +451,13 @@ class Runner:
             self.fatal = self.fatal or exc
             self.emit({"type": "fatal", "message": exc.message})
             self.stop(force=True)
+        except StateError as exc:
+            # The run's own files or state cannot be written: every further job would fail the same way.
+            self.broken = self.broken or exc
+            # Not forced: a submit in flight still gets to record its request id (if the disk lets
+            # it), so that the rerun after the fix does not pay for it again.
+            if not self.stopping:
+                self.stop()
         except OutcomeUnknown as exc:
             self._fail(key, exc.message, "outcome_unknown")
         except JobRejected as exc:
@@ -404,6 +497,7 @@ class Runner:
         if self.stopping:
             return None
         self.phase[row.key] = "submitting"
+        self._check_space()
 
         def sending() -> None:  # the submit→commit window opens: a kill now leaves an ambiguous submit
             self._sending.add(row.key)
@@ -420,13 +514,25 @@ class Runner:
             raise
         finally:
             self._sending.discard(row.key)
-        self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url)
+        self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url,
+                             self.config.provider or None)
         self.emit({"type": "submitted", "key": row.key, "endpoint": row.endpoint, "request_id": handle.request_id})
         self.slots.succeeded()
         self.phase[row.key] = "submitted"
         return replace(row, state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
                        status_url=handle.status_url, response_url=handle.response_url, cancel_url=handle.cancel_url,
                        submitted_at=time.time())
+
+    def _check_space(self) -> None:
+        """Refuse to pay for a request whose id the disk may have no room left to record."""
+        try:
+            free = shutil.disk_usage(self.run_dir).free
+        except OSError:
+            return  # the writes themselves will say what is wrong
+        if free < FREE_SPACE_RESERVE:
+            raise StateError(f"{self.run_dir}: only {free / 1e6:.1f} MB free; renderer stops submitting below "
+                             f"{FREE_SPACE_RESERVE / 1e6:.0f} MB, so that every paid request can still be recorded",
+                             hint=_disk_hint(OSError(errno.ENOSPC, "no space")))
 
     async def _follow(self, row: Row, deadline: float) -> Row | None:
         assert row.request_id and row.status_url and row.response_url and row.cancel_url
@@ -494,6 +600,17 @@ class Runner:
             except RequestGone:
                 self._retry_job(row, "the result's file has expired")
                 return None
+            except (TransientError, JobRejected) as exc:
+                if row.key not in self.redownloads:
+                    raise
+                # --retry-failed on a download that failed before: the URL is dead (an emulator
+                # that exited, an expired CDN file). Retrying it forever never ends; render again.
+                self.redownloads.discard(row.key)
+                reason = f"download URL dead on retry ({exc.message[:120]})"
+                self.emit({"type": "warning", "key": row.key,
+                           "message": f"{row.key}: {reason}: submitting again, which pays for it again"})
+                self._retry_job(row, reason)
+                return None
             rel = image_path(row.stem, index, verified.ext)
             entry = {"path": rel, "sha256": verified.sha256, "size": len(verified.data),
                      "width": verified.width, "height": verified.height, "content_type": verified.content_type,
@@ -501,8 +618,11 @@ class Runner:
             price = price_of(self.plan.manifest.prices, row.endpoint, row.model)
             if price is not None:
                 entry["cost"] = round(image_cost(price, verified.width, verified.height), 6)
+            if self.store.gone():
+                raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run")
             # Written on the loop: a thread hop per file cost more than the fsync it hid (bench/).
-            entry["mtime_ns"] = self._write(self.run_dir / rel, verified.data, self._sidecar(row, index, entry))
+            with writing(self.run_dir / rel):
+                entry["mtime_ns"] = self._write(self.run_dir / rel, verified.data, self._sidecar(row, index, entry))
             entries.append(entry)
         self.store.downloaded(row.key, entries)
         self.images += len(entries)
@@ -537,6 +657,7 @@ class Runner:
         return {
             "job_key": row.key, "image_index": index, "endpoint": row.endpoint, "model": row.model,
             "prompt_id": row.prompt_id, "axes": row.axes, "input": row.input, "request_id": row.request_id,
+            "provider": self.config.provider or None,
             "seed": result.get("seed", row.seed), "sha256": entry["sha256"], "width": entry["width"],
             "height": entry["height"], "content_type": entry["content_type"], "file": Path(entry["path"]).name,
             "cost": entry.get("cost"),  # USD by the manifest's prices; null when unpriced

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -31,7 +32,7 @@ from .manifest import PROVIDERS, ProviderConfig
 from .plan import Job, Plan
 from .runner import Event, RunConfig, Runner, Summary, iso_time
 from .schemas import SchemaRegistry
-from .store import DB_NAME, RunLock, Store
+from .store import DB_NAME, RunLock, Store, sql_error
 
 T = TypeVar("T")
 
@@ -218,6 +219,9 @@ async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfi
         store = Store(run_dir)
         try:
             return await _execute(plan, provider, config, registry, events, store, interrupts)
+        except sqlite3.Error as exc:
+            # A damaged page shows only when it is read: say what, where and what to do.
+            raise sql_error(store.path, exc) from exc
         finally:
             store.close()
 
@@ -243,26 +247,28 @@ async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, re
         runner = Runner(plan, store, client, config, events=events, output_check=check_output)
         presses = [0]
 
-        def on_interrupt() -> None:
+        def on_interrupt(signum: int) -> None:
+            # SIGTERM (a service manager, `kill`, a CI timeout) is handled like Ctrl-C.
             presses[0] += 1
             if presses[0] == 1:
                 events({"type": "note", "message": "stopping: no new submissions; waiting for submits in flight "
                         "to record their request ids (Ctrl-C again to stop at once)"})
-                runner.stop()
+                runner.stop(signal=signum)
             else:
-                runner.stop(force=True)
+                runner.stop(force=True, signal=signum)
 
         loop = asyncio.get_running_loop()
-        installed = False
+        installed = []
         if interrupts:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGINT, on_interrupt)
-                installed = True
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(signum, on_interrupt, int(signum))
+                    installed.append(signum)
         try:
             summary = await runner.run()
         finally:
-            if installed:
-                loop.remove_signal_handler(signal.SIGINT)
+            for signum in installed:
+                loop.remove_signal_handler(signum)
         return summary
 
 
@@ -275,10 +281,20 @@ def summary_record(summary: Summary, plan: Plan) -> dict[str, Any]:
         "started_at": iso_time(summary.started), "finished_at": iso_time(summary.finished),
         "seconds": round(summary.finished - summary.started, 3), "requests": summary.calls,
         "ambiguous_resubmits": summary.ambiguous_resubmits,
+        "paid_twice": {"count": summary.paid_twice, "ambiguous": summary.ambiguous_resubmits,
+                       "resubmits": summary.resubmits},
         "cost": {"currency": "USD", "this_run": summary.cost, "all_runs": summary.total_cost,
                  "estimate": summary.estimate},
         "error": summary.error, "hint": summary.hint,
     }
+
+
+def _why(summary: Summary) -> str:
+    """The reasons inputs were paid for again this run, most frequent first."""
+    reasons = [f"{n} x {reason}" for reason, n in summary.resubmits.items()]
+    if summary.ambiguous_resubmits:
+        reasons.append(f"{summary.ambiguous_resubmits} x an earlier run stopped between a submit and its record")
+    return "; ".join(reasons)
 
 
 def _usd(value: float | None) -> str:
@@ -294,6 +310,8 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: b
     else:
         out.write(f"{summary.outcome}: {counts['downloaded']}/{len(plan.jobs)} jobs downloaded, {counts['failed']} failed, "
                   f"{summary.images} images written this run in {seconds:.1f} s → {run_dir}/\n")
+        if summary.paid_twice:
+            out.write(f"paid twice: {summary.paid_twice} ({_why(summary)})\n")
         if summary.total_cost is not None:
             out.write(f"cost: {_usd(summary.cost)} this run, {_usd(summary.total_cost)} for all finished jobs "
                       f"(estimate for the plan {_usd(summary.estimate)})\n")
@@ -355,6 +373,13 @@ def status(run_dir: Path, out: TextIO, *, as_json: bool) -> int:
         raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
     store = Store(run_dir, readonly=True)
     try:
+        return _status(run_dir, store, out, as_json=as_json)
+    except sqlite3.Error as exc:
+        raise sql_error(store.path, exc) from exc
+
+
+def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
+    try:
         counts = store.counts()
         failures = [(r.key, r.prompt_id, r.model, r.seed, r.axes, r.error_kind, r.error)
                     for r in store.rows(in_plan=True, state="failed")]
@@ -364,6 +389,8 @@ def status(run_dir: Path, out: TextIO, *, as_json: bool) -> int:
         missing = [(key, e["path"]) for key, entries in store.downloaded_files()
                    for e in entries if not files.file_intact(run_dir, e, rehash=False)]
         last_run = store.db.execute("SELECT summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        resubmits = store.resubmit_reasons()
+        paid_twice = store.total_ambiguous() + sum(resubmits.values())
     finally:
         store.close()
     damaged_jobs = len({key for key, _ in missing})
@@ -376,6 +403,7 @@ def status(run_dir: Path, out: TextIO, *, as_json: bool) -> int:
                               "failures": [dict(zip(("key", "prompt", "model", "seed", "axes", "kind", "reason"), f,
                                                     strict=True)) for f in failures],
                               "no_longer_in_manifest": [dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale],
+                              "paid_twice": {"count": paid_twice, "resubmits": resubmits},
                               "last_run": json.loads(last_run[0]) if last_run and last_run[0] else None},
                              indent=2, ensure_ascii=False) + "\n")
         return 0
@@ -384,6 +412,12 @@ def status(run_dir: Path, out: TextIO, *, as_json: bool) -> int:
     out.write(f"a rerun would: submit {rerun['submit']} (ambiguous {ambiguous}), reattach {rerun['reattach']}, "
               f"download {rerun['download']} ({damaged_jobs} with files missing or changed on disk), "
               f"leave {rerun['skip_failed']} failed (use --retry-failed)\n")
+    if paid_twice:
+        reasons = "; ".join(f"{n} x {reason}" for reason, n in resubmits.items())
+        ambiguous_all = paid_twice - sum(resubmits.values())
+        if ambiguous_all:
+            reasons += ("; " if reasons else "") + f"{ambiguous_all} x a run stopped between a submit and its record"
+        out.write(f"paid twice: {paid_twice} over all runs ({reasons})\n")
     for key, path in missing:
         out.write(f"missing or changed on disk: {path} ({key})\n")
     for key, prompt, model, seed, axes, kind, reason in failures:

@@ -30,6 +30,9 @@ DB_NAME = "renderer.sqlite"
 LOCK_NAME = ".renderer.lock"
 STATES = ("planned", "submitted", "completed", "downloaded", "failed")
 
+DAMAGED_HINT = (f"if the file is damaged, move {DB_NAME} aside (and its -wal/-shm files) and rerun: the state is "
+                "rebuilt from the images' sidecars, so finished jobs are not paid for again")
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
 migration = MIGRATIONS.append
 
@@ -85,6 +88,23 @@ def m002_runs(db: sqlite3.Connection) -> None:
         )""")
 
 
+@migration
+def m003_provider_and_resubmits(db: sqlite3.Connection) -> None:
+    # Who rendered a job (emulator, fal, a custom origin): a placeholder from the emulator is
+    # not a finished job for a real provider. NULL for rows written before this migration.
+    db.execute("ALTER TABLE jobs ADD COLUMN provider TEXT")
+    # One row per submission that paid (or may have paid) for an input a second time, and why:
+    # run.json, the summary line and `status` count them.
+    db.execute("""
+        CREATE TABLE resubmits (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL,
+            run_id INTEGER,
+            at REAL NOT NULL,
+            reason TEXT NOT NULL
+        )""")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
@@ -131,6 +151,7 @@ class Row:
     files: list[dict[str, Any]] | None
     error: str | None
     error_kind: str | None
+    provider: str | None = None
 
     @classmethod
     def from_sql(cls, r: sqlite3.Row) -> Row:
@@ -140,7 +161,29 @@ class Row:
                    r["prompt"], r["seed"], load(r["axes"]), r["stem"], load(r["input"]), r["num_images"],
                    load(r["tags"]), r["source"], r["state"], r["attempts"], r["submit_started"], r["request_id"],
                    r["status_url"], r["response_url"], r["cancel_url"], r["submitted_at"], r["completed_at"],
-                   r["downloaded_at"], load(r["result"]), load(r["files"]), r["error"], r["error_kind"])
+                   r["downloaded_at"], load(r["result"]), load(r["files"]), r["error"], r["error_kind"],
+                   r["provider"])
+
+
+def sql_error(path: Path, exc: sqlite3.Error) -> StateError:
+    """An SQLite failure as the person running renderer needs it: what, where, what to do."""
+    text = str(exc)
+    if "full" in text:
+        return StateError(f"{path}: cannot write the run database: the disk is full ({text})",
+                          hint="free space on that disk, then rerun the same command: nothing recorded is lost "
+                          "and nothing is paid twice")
+    if "readonly" in text or "read-only" in text:
+        return StateError(f"{path}: cannot write the run database ({text})",
+                          hint="make the run folder writable, then rerun the same command")
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return StateError(f"{path}: the run database is damaged ({text})", hint=DAMAGED_HINT)
+    return StateError(f"{path}: the run database failed: {text}", hint="rerun the same command; if it fails again, "
+                      + DAMAGED_HINT)
+
+
+def distinct_stem(stem: str, key: str) -> str:
+    """A job's own path when its natural one belongs to another job: the stem plus part of its key."""
+    return f"{stem}_{key.removeprefix('j1-')[:8]}"
 
 
 def _dumps(value: Any) -> str:
@@ -164,15 +207,21 @@ class Store:
                 self.db.execute("PRAGMA busy_timeout=5000")
                 migrate(self.db)
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot open the run database: {exc}") from exc
+            raise sql_error(self.path, exc) from exc
+        self.run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
+        stat = os.stat(self.path) if self.path.exists() else None
+        self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self.db:
-            yield self.db
+        try:
+            with self.db:
+                yield self.db
+        except sqlite3.Error as exc:
+            raise sql_error(self.path, exc) from exc
 
     # -------------------------------------------------- plan sync
 
@@ -183,8 +232,10 @@ class Store:
         nothing, and known jobs' inputs are never re-encoded). Returns whether anything changed.
         """
         now = time.time()
-        stored = {r[0]: tuple(r[1:]) for r in self.db.execute(
-            "SELECT key, plan_index, in_plan, model, source, tags FROM jobs")}
+        stored, stems = {}, set()
+        for r in self.db.execute("SELECT key, plan_index, in_plan, model, source, tags, stem FROM jobs"):
+            stored[r[0]] = tuple(r[1:6])
+            stems.add(r[6].lower())
         tag_json: dict[tuple[str, ...], str] = {}
         new, moved, seen = [], [], set()
         for j in jobs:
@@ -192,8 +243,14 @@ class Store:
             tags = tag_json.get(j.tags) or tag_json.setdefault(j.tags, _dumps(list(j.tags)))
             row = stored.get(j.key)
             if row is None:
+                stem = j.stem
+                if stem.lower() in stems:
+                    # Another recorded job owns this path (a parameter that is not an axis changed):
+                    # never overwrite its files; this job gets its own, named after its key.
+                    stem = distinct_stem(stem, j.key)
+                stems.add(stem.lower())
                 new.append((j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input.get("prompt", ""), j.seed,
-                            _dumps(j.axes), j.stem, _dumps(j.input), j.num_images, tags, j.where, now))
+                            _dumps(j.axes), stem, _dumps(j.input), j.num_images, tags, j.where, now))
             elif row != (j.index, 1, j.model, j.where, tags):
                 moved.append((j.index, j.model, j.where, tags, j.key))
         dropped = [(key,) for key, row in stored.items() if row[1] == 1 and key not in seen]
@@ -231,9 +288,11 @@ class Store:
             db.execute("""UPDATE jobs SET submit_started = NULL, attempts = MAX(0, attempts - 1), updated_at = ?
                           WHERE key = ? AND submit_started IS NOT NULL""", (time.time(), key))
 
-    def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str) -> None:
+    def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str,
+                  provider: str | None = None) -> None:
         self._set(key, state="submitted", request_id=request_id, status_url=status_url, response_url=response_url,
-                  cancel_url=cancel_url, submitted_at=time.time(), submit_started=None, error=None, error_kind=None)
+                  cancel_url=cancel_url, submitted_at=time.time(), submit_started=None, error=None, error_kind=None,
+                  provider=provider)
 
     def completed(self, key: str, result: dict[str, Any]) -> None:
         self._set(key, state="completed", result=_dumps(result), completed_at=time.time())
@@ -245,10 +304,69 @@ class Store:
     def failed(self, key: str, reason: str, kind: str) -> None:
         self._set(key, state="failed", error=reason, error_kind=kind, submit_started=None)
 
-    def resubmit(self, key: str, reason: str) -> None:
-        """Forget the request: the provider lost it or its runner failed. The next pass submits again."""
+    def resubmit(self, key: str, reason: str, *, paid: bool = True) -> None:
+        """Forget the request: the provider lost it or its runner failed. The next pass submits again.
+
+        With `paid` (the default) the resubmission is recorded with its reason in the same
+        transaction (see `record_resubmit`): the input will be paid for again.
+        """
+        now = time.time()
+        with self._tx() as db:
+            db.execute("""UPDATE jobs SET state = 'planned', request_id = NULL, status_url = NULL,
+                              response_url = NULL, cancel_url = NULL, result = NULL, error = ?,
+                              error_kind = 'resubmit', submit_started = NULL, updated_at = ? WHERE key = ?""",
+                       (reason, now, key))
+            if paid:
+                db.execute("INSERT INTO resubmits (key, run_id, at, reason) VALUES (?, ?, ?, ?)",
+                           (key, self.run_id, now, reason))
+
+    def record_resubmit(self, key: str, reason: str) -> None:
+        """Record that `key` is about to be (or was) paid for again, and why (one transaction)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO resubmits (key, run_id, at, reason) VALUES (?, ?, ?, ?)",
+                       (key, self.run_id, time.time(), reason))
+
+    def resubmit_reasons(self, run_id: int | None = None) -> dict[str, int]:
+        """Recorded resubmissions by reason: of one run, or of all runs (run_id None)."""
+        sql, args = "SELECT reason, COUNT(*) FROM resubmits", ()
+        if run_id is not None:
+            sql, args = sql + " WHERE run_id = ?", (run_id,)
+        return {reason: n for reason, n in self.db.execute(sql + " GROUP BY reason ORDER BY COUNT(*) DESC, reason",
+                                                            args)}
+
+    def adopt(self, key: str, stem: str, request_id: str | None, provider: str | None,
+              entries: list[dict[str, Any]]) -> None:
+        """Record a job as downloaded from files found on disk (rebuilding lost state from sidecars)."""
+        self._set(key, state="downloaded", stem=stem, request_id=request_id, provider=provider, files=_dumps(entries),
+                  downloaded_at=time.time(), error=None, error_kind=None, submit_started=None)
+
+    def restem(self, key: str, stem: str) -> None:
+        """Give a job that has not rendered yet another path (its own is held by another job's files)."""
+        self._set(key, stem=stem)
+
+    def rendered_by(self, provider: str) -> list[str]:
+        """Keys of finished jobs in the plan that `provider` rendered."""
+        return [r[0] for r in self.db.execute(
+            "SELECT key FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND provider = ?", (provider,))]
+
+    def rerender(self, key: str, reason: str) -> None:
+        """A finished job to render again for another provider (its files stay until replaced)."""
         self._set(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
-                  result=None, error=reason, error_kind="resubmit", submit_started=None)
+                  result=None, files=None, error=reason, error_kind="other_provider", submit_started=None)
+
+    def fresh_keys(self) -> list[tuple[str, str, int]]:
+        """(key, stem, num_images) of planned jobs never submitted from this database."""
+        return [(r[0], r[1], r[2]) for r in self.db.execute(
+            "SELECT key, stem, num_images FROM jobs WHERE in_plan = 1 AND state = 'planned' AND request_id IS NULL "
+            "AND submit_started IS NULL AND attempts = 0 ORDER BY plan_index")]
+
+    def gone(self) -> bool:
+        """Has the database file been deleted or replaced since it was opened (the run directory removed)?"""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self._identity
 
     def redownload(self, key: str, reason: str) -> None:
         self._set(key, state="completed", files=None, error=reason, error_kind="redownload")
@@ -299,13 +417,13 @@ class Store:
         """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags)."""
         for r in self.db.execute(
                 "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
-                "json_extract(result, '$.has_nsfw_concepts') AS nsfw FROM jobs "
+                "json_extract(result, '$.has_nsfw_concepts') AS nsfw, provider FROM jobs "
                 "WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index"):
             nsfw = r["nsfw"]
             yield {"key": r["key"], "prompt": r["prompt"], "prompt_id": r["prompt_id"], "model": r["model"],
                    "endpoint": r["endpoint"], "seed": r["seed"], "axes": json.loads(r["axes"]),
                    "input": json.loads(r["input"]), "tags": json.loads(r["tags"]), "files": json.loads(r["files"]),
-                   "request_id": r["request_id"],
+                   "request_id": r["request_id"], "provider": r["provider"],
                    # json_extract gives JSON text for arrays and a bare value for scalars
                    "has_nsfw_concepts": json.loads(nsfw) if isinstance(nsfw, str) and nsfw.startswith("[") else None}
 
@@ -333,7 +451,8 @@ class Store:
     def start_run(self, ambiguous: int) -> int:
         with self._tx() as db:
             cur = db.execute("INSERT INTO runs (started_at, ambiguous_resubmits) VALUES (?, ?)", (time.time(), ambiguous))
-            return int(cur.lastrowid or 0)
+            self.run_id = int(cur.lastrowid or 0)
+            return self.run_id
 
     def finish_run(self, run_id: int, outcome: str, summary: dict[str, Any]) -> None:
         with self._tx() as db:
@@ -352,8 +471,12 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"{self.path.parent}: cannot use this folder for a run: {exc.strerror or exc}",
+                             hint="give the run a writable folder (--output), or make this one writable") from exc
         try:
             _lock(fd)
         except OSError as exc:

@@ -96,3 +96,49 @@ def test_measure_is_zero_for_the_same_file(baseline: Path):
     """An image compared with itself has distance 0 and RMSE 0."""
     first = next(baseline.rglob("*.png"))
     assert measure((str(first), str(first))) == (0, 0.0)
+
+
+def _images(run: Path) -> list[Path]:
+    return sorted(p for p in run.rglob("*.png") if "report" not in p.parts)
+
+
+def test_diff_judges_the_files_on_disk_not_the_recorded_hashes(baseline: Path, tmp_path: Path):
+    """A blurred image is 'changed' and a deleted one 'missing' although SQLite still records the old hashes: exit 1."""
+    from PIL import ImageFilter
+
+    copy = tmp_path / "b"
+    shutil.copytree(baseline, copy)
+    blurred, deleted = _images(copy)[:2]
+    with Image.open(blurred) as im:
+        im.convert("RGB").filter(ImageFilter.GaussianBlur(8)).rotate(90).save(blurred, "PNG")
+    deleted.unlink()
+    code, out, _ = cli("diff", str(baseline), str(copy), "--json")
+    result = json.loads(out)
+    assert code == 1
+    assert result["counts"]["changed"] == 1 and result["counts"]["missing"] == 1
+    assert result["counts"]["identical"] == 16
+
+
+def test_diff_fails_when_images_are_missing_on_either_side(baseline: Path, tmp_path: Path):
+    """B lacking images exits 1 (a CI gate must not pass), and so does A lacking them."""
+    copy = tmp_path / "b"
+    shutil.copytree(baseline, copy)
+    for path in _images(copy)[:5]:
+        path.unlink()
+    for a, b in ((baseline, copy), (copy, baseline)):
+        code, out, _ = cli("diff", str(a), str(b), "--json")
+        assert code == 1 and json.loads(out)["counts"]["missing"] == 5
+
+
+def test_unknown_map_labels_are_refused(baseline: Path):
+    """--map naming a model neither run has exits 2 with a did-you-mean, instead of comparing nothing."""
+    code, out, err = cli("diff", str(baseline), str(baseline), "--map", "hidream-ful=hidream-fast")
+    assert code == 2 and out == ""
+    assert "run A has no model 'hidream-ful'" in err and "did you mean hidream-full?" in err
+
+
+def test_html_into_a_missing_folder_is_refused(baseline: Path, tmp_path: Path):
+    """--html into a folder that does not exist is exit 2, and the folder is not created."""
+    code, _, err = cli("diff", str(baseline), str(baseline), "--html", str(tmp_path / "nope/x.html"))
+    assert code == 2 and "does not exist" in err
+    assert not (tmp_path / "nope").exists()

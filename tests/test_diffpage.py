@@ -113,3 +113,30 @@ def test_diff_page_in_chromium(runs: tuple[Path, Path], tmp_path: Path):
         browser.close()
     assert errors == []
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_hostile_text_in_a_comparison(tmp_path: Path):
+    """A run full of hostile text compared with itself: the page works, no console error, every pair shown."""
+    from .test_report import HOSTILE, _hostile_run
+
+    run = _hostile_run(tmp_path)
+    page_path = diffpage.write(compare.compare(run, run), tmp_path / "d.html")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(page_path.as_uri())
+        page.wait_for_selector("body[data-ready]")
+        assert page.locator(".item.diff").count() == len(HOSTILE)
+        assert page.evaluate("window.pwned") is None and page.locator("img[src=x]").count() == 0
+        page.locator(".item.diff").first.click()
+        assert any(h in page.locator("#detail-facts").inner_text() for h in HOSTILE)
+        browser.close()
+    assert errors == []

@@ -40,6 +40,7 @@ SWEEP_135 = {
                 "axes": {"style": ["vector_illustration", "icon/outline"]}}],
     "axes": {"aspect_ratio": ["1:1", "16:9", "9:16"]},
     "seeds": [1, 2, 3],
+    "prices": {"fal-ai/imagen4/preview": {"per_image": 0.04}},
 }
 MODELS = ["flux", "imagen", "ideogram", "recraft"]
 RATIOS = ["1:1", "16:9", "9:16"]
@@ -292,6 +293,7 @@ def test_axes_filter_reload_and_keyboard(sweep135: Path):
         other.wait_for_selector("#detail:not([hidden])")
         facts = other.locator("#detail-facts").inner_text()
         assert "imagen" in facts and "16:9" in facts and "request id" in facts and "UTC" in facts
+        assert "$0.0400" in facts
         assert other.locator("#detail img").count() == 1
         before = other.locator("#detail .where").inner_text()
         other.keyboard.press("ArrowRight")
@@ -341,6 +343,8 @@ def test_design_sweep_default_view_screenshot(tmp_path: Path):
         page = _open(browser, errors, (run / "report/index.html").as_uri())
         assert page.locator("table.grid").count() == 1
         assert page.locator("th.col").all_text_contents() == ["recraft", "ideogram"]
+        # 28 planned jobs, all shown; the excluded combination is not a "pending" placeholder.
+        assert page.locator(".item").count() == page.locator(".item.downloaded").count() == 28
         page.wait_for_function("[...document.querySelectorAll('.item img')].slice(0, 6).every(i => i.complete && i.naturalWidth > 0)")
         shot = _screens(tmp_path) / "design-sweep.png"
         shot.parent.mkdir(parents=True, exist_ok=True)

@@ -439,7 +439,7 @@
         ['endpoint', it.endpoint], ['seed', it.seed], ['request id', it.request_id], ['attempts', it.attempts],
         ['submitted', fmtTime(t.submitted)], ['completed', fmtTime(t.completed)], ['downloaded', fmtTime(t.downloaded)],
         ['queue + inference', secs(t.submitted, t.completed)], ['download', secs(t.completed, t.downloaded)],
-        ['cost', typeof it.cost === 'number' ? '$' + it.cost.toFixed(4) : 'not recorded by this run'],
+        ['cost', typeof it.cost === 'number' ? '$' + it.cost.toFixed(4) + ' (by the manifest\'s prices)' : 'unpriced (the manifest gives no price for this model)'],
         ['files', it.images.map((im) => im.path.replace(/^\.\.\//, '')).join('\n') || 'none'],
         ['job key', it.key], ['exact input', input]]);
     }
