@@ -94,7 +94,7 @@ class Faults:
     retention: float | None = None  # seconds a completed result and its files live; then 404
     lock_after: int | None = None  # after this many accepted submits: 403 "User is locked"
     # Hostile shapes (issue 10): what an independent or misbehaving server does.
-    ingress_codes: tuple[int, ...] = (502, 503, 504)  # which codes ingress_5xx draws from
+    ingress_codes: tuple[int, ...] = (502, 503, 504)  # which codes ingress_5xx draws from (504: see _middleware)
     result_500: float = 0.0  # a bare 500 on GET result (no request id, no error_type) after COMPLETED
     submit_html: float = 0.0  # the submit is queued, but answered 200 + an HTML page
     submit_500_with_id: float = 0.0  # the submit is queued, but answered 500 carrying x-fal-request-id
@@ -242,7 +242,13 @@ class Emulator:
         if "Authorization" in request.headers:
             self.counts["requests_with_credentials"] += 1
         if self._chance(self.config.faults.ingress_5xx):
-            code = self.rng.choice(self.config.faults.ingress_codes)
+            codes = self.config.faults.ingress_codes
+            if request.method == "POST":
+                # A 504 on a submit may come after the gateway passed it on (an unknown outcome to the
+                # client, never resent): drawn only when it is the sole code asked for, so a fault mix
+                # of "ingress errors" stays the kind a client may safely resend.
+                codes = tuple(c for c in codes if c != 504) or codes
+            code = self.rng.choice(codes)
             self.counts[f"fault:ingress_{code}"] += 1
             reason = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}[code]
             return web.Response(status=code, text=INGRESS_BODY.format(code=code, reason=reason),
