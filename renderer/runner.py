@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aiolimiter import AsyncLimiter
@@ -36,9 +36,10 @@ from .errors import (
     StateError,
     TransientError,
 )
-from .layout import DATA_DIR, image_path, job_folder
+from .layout import DATA_DIR, SIDECAR_SUFFIX, image_path, job_folder
 from .manifest import RetryPolicy
 from .plan import Plan, image_cost, price_of
+from .storage import LocalStorage, Storage
 from .store import DB_NAME, Row, Store
 
 Event = dict[str, Any]
@@ -182,7 +183,8 @@ def _limiter(rate: float) -> AsyncLimiter:
 
 class Runner:
     def __init__(self, plan: Plan, store: Store, client: Client, config: RunConfig,
-                 events: Callable[[Event], None] | None = None, output_check: Callable[..., list[Any]] | None = None):
+                 events: Callable[[Event], None] | None = None, output_check: Callable[..., list[Any]] | None = None,
+                 storage: Storage | None = None):
         self.plan = plan
         self.store = store
         self.client = client
@@ -190,6 +192,8 @@ class Runner:
         self.emit = events or (lambda event: None)
         self.output_check = output_check
         self.run_dir: Path = store.run_dir
+        # Where images, sidecars and the dataset land: the run directory, or a bucket (storage.py).
+        self.storage: Storage = storage or LocalStorage(self.run_dir)
         self.stopping = False
         self.fatal: AccountError | None = None
         self.broken: StateError | None = None  # the run's own files cannot be written: stop, say why
@@ -201,13 +205,12 @@ class Runner:
         self.phase: dict[str, str] = {}  # key → what its task is doing now
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.queued: dict[str, int | None] = {}  # keys waiting in the provider's queue → position
-        self._endpoints = {j.key: j.endpoint for j in plan.jobs}
+        self._endpoints: dict[str, str] = {}  # key → endpoint, for the jobs read but not yet finished
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.done = 0
         self.failed = 0
         self.images = 0
         self.cost = 0.0  # of this run's finished jobs, by the manifest's prices
-        self._models = {j.key: j.model for j in plan.jobs}
         self._capped_said = False
         self._sending: set[str] = set()  # keys whose submit is on the wire (sent, not yet answered)
         client.on_event = self._client_event
@@ -230,9 +233,9 @@ class Runner:
 
     # -------------------------------------------------- the run
 
-    def prepare(self) -> tuple[list[str], int]:
-        """Sync the plan, check finished files, and list the pending keys (in plan order)."""
-        self.plan_changed = self.store.sync_plan(self.plan.jobs)
+    def prepare(self) -> int:
+        """Sync the plan and check finished files; returns the count of ambiguous submits."""
+        self.plan_changed = self.store.sync_plan(self.plan.jobs, getattr(self.plan, "digest", ""))
         files.remove_partials(self.run_dir, {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()})
         recover.leftovers(self.run_dir)
         adopted = recover.from_sidecars(self.store, self.run_dir)
@@ -257,29 +260,41 @@ class Runner:
                 if not (row.status_url or "").startswith(self.client.base_url + "/"):
                     self.store.resubmit(row.key, "the in-process emulator of an earlier run is gone", paid=False)
         for key, entries in self.store.downloaded_files():
-            if not all(files.file_intact(self.run_dir, e, rehash=self.config.verify) for e in entries):
+            if not all(self.storage.intact(e, rehash=self.config.verify) for e in entries):
                 self.store.redownload(key, "a finished file was missing or changed")
                 self.plan_changed = True
-        ambiguous = self.store.ambiguous()
-        pending = self.store.pending()
-        if self.config.max_jobs is not None:
-            allowed = {j.key for j in self.plan.jobs[: self.config.max_jobs]}
-            pending = [k for k in pending if k in allowed]
-        return pending, ambiguous
+        return self.store.ambiguous()
+
+    def pending(self) -> Iterator[str]:
+        """Pending keys in plan order, read from the store a page at a time (never one list).
+
+        A trial (--max-jobs N) takes the plan's first N jobs: plan_index is the plan position.
+        """
+        after = -1
+        while True:
+            page = self.store.pending_page(after, before=self.config.max_jobs)
+            if not page:
+                return
+            for _index, key, endpoint in page:
+                self._endpoints[key] = endpoint
+                yield key
+            after = page[-1][0]
 
     async def run(self) -> Summary:
         started = time.time()
-        pending, ambiguous = self.prepare()
+        ambiguous = self.prepare()
         run_id = self.store.start_run(ambiguous)
+        pending = self.store.pending_count(self.config.max_jobs)
         # Until finish() replaces it, run.json says the run is in progress: a crash never leaves "done".
         with writing(self.run_dir / "run.json"):
             files.write_json(self.run_dir / "run.json", {
                 "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": "running",
                 "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started,
-                "started_at": iso_time(started), "pending": len(pending)})
-        self.emit({"type": "start", "pending": len(pending), "total": len(self.plan.jobs),
+                "started_at": iso_time(started), "pending": pending})
+        self.publish("run.json")
+        self.emit({"type": "start", "pending": pending, "total": len(self.plan.jobs),
                    "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
-        queue = iter(pending)
+        queue = self.pending()
 
         async def worker() -> None:
             for key in queue:
@@ -300,6 +315,7 @@ class Runner:
                         self.tasks.pop(key, None)
                         self.phase.pop(key, None)
                         self.queued.pop(key, None)
+                        self._endpoints.pop(key, None)
                 finally:
                     await self.slots.release()
                 self.emit(self.progress())
@@ -378,19 +394,24 @@ class Runner:
         }
         with writing(self.run_dir / "run.json"):
             files.write_json(self.run_dir / "run.json", record)
+        self.publish("run.json")
         self.store.finish_run(run_id, outcome, record)
         return summary
 
     def total_cost(self) -> tuple[float | None, list[str]]:
         """(cost of every finished job by the manifest's prices, models without a price)."""
-        total, unpriced = 0.0, set()
-        for key, entries in self.store.downloaded_files():
+        total, uncosted = 0.0, False
+        for _key, entries in self.store.downloaded_files():
             for entry in entries:
                 if "cost" in entry:
                     total += entry["cost"]
                 else:
-                    unpriced.add(self._models.get(key, "?"))
-        models = {(j.endpoint, j.model) for j in self.plan.jobs}
+                    uncosted = True
+        # Models named once from the store, not looked up per file (a million-job plan is not held).
+        unpriced = set(self.store.models_without_cost()) if uncosted else set()
+        in_plan = self.plan.by_model or None
+        models = {(m.endpoint, m.name) for m in self.plan.manifest.models if in_plan is None or m.name in in_plan} \
+            if in_plan is not None else {(j.endpoint, j.model) for j in self.plan.jobs}
         priced = {m for e, m in models if price_of(self.plan.manifest.prices, e, m) is not None}
         unpriced |= {m for _, m in models} - priced
         return (round(total, 6) if priced else None), sorted(unpriced)
@@ -406,13 +427,24 @@ class Runner:
         except (OSError, UnicodeDecodeError):
             text = None  # a manifest given as a dict (the Python API), or gone since
         info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
-        columns = dataset.Columns.from_axes(j.axes for j in self.plan.jobs)
+        axes = self.plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
+        columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in self.plan.jobs))
         dataset.write(self.run_dir, info, columns, self.store.export_rows(), self.config.provider or None)
+        self.publish(f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
+
+    def publish(self, *rels: str) -> None:
+        """Copy files written in the run directory to a remote output (the dataset beside its images)."""
+        if not self.storage.remote:
+            return
+        for rel in rels:
+            path = self.run_dir / rel
+            if path.is_file():
+                self.storage.put_bytes(rel, path.read_bytes())
 
     # -------------------------------------------------- one job
 
     async def _job(self, key: str) -> None:
-        slot = self.endpoint_slots.get(self._endpoints[key]) if self.endpoint_slots else None
+        slot = self.endpoint_slots.get(self._endpoints.get(key, "")) if self.endpoint_slots else None
         if slot is None:
             await self._advance(key)
             return
@@ -622,7 +654,11 @@ class Runner:
                 raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run")
             # Written on the loop: a thread hop per file cost more than the fsync it hid (bench/).
             with writing(self.run_dir / rel):
-                entry["mtime_ns"] = self._write(self.run_dir / rel, verified.data, self._sidecar(row, index, entry))
+                sidecar = self._sidecar(row, index, entry)
+                if self.storage.remote:  # network I/O: off the loop
+                    entry["mtime_ns"] = await asyncio.to_thread(self._write, rel, verified, sidecar)
+                else:
+                    entry["mtime_ns"] = self._write(rel, verified, sidecar)
             entries.append(entry)
         self.store.downloaded(row.key, entries)
         self.images += len(entries)
@@ -630,13 +666,12 @@ class Runner:
         self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
         return replace(row, state="downloaded", files=entries)
 
-    @staticmethod
-    def _write(path: Path, data: bytes, sidecar: dict[str, Any]) -> int:
-        """Image, then its sidecar; returns the image's mtime (recorded for the rerun check)."""
-        stat = files.write_atomic(path, data)
+    def _write(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int | None:
+        """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
+        mtime = self.storage.put_image(rel, image.data, sha256=image.sha256, content_type=image.content_type)
         # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
-        files.write_json(files.sidecar_path(path), sidecar, durable=False)
-        return stat.st_mtime_ns
+        self.storage.put_json(str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)), sidecar, durable=False)
+        return mtime
 
     async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:
         url = image.get("url")
