@@ -25,6 +25,7 @@ import yaml
 from . import dataset
 from . import manifest as manifest_mod
 from . import plan as plan_mod
+from .errors import UsageError
 from .layout import DATA_DIR
 from .plan import Plan
 from .runner import Event, RunConfig, Summary
@@ -56,11 +57,27 @@ def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any], *, output:
     return plan_mod.build(manifest, _registry(schemas))
 
 
+def _checked(name: str, value: Any) -> Any:
+    """None, or `value` as `settings.parse` allows it; UsageError naming the argument otherwise."""
+    from . import settings as settings_mod
+
+    if value is None:
+        return None
+    try:
+        return settings_mod.parse(name, value)
+    except settings_mod.SettingError as exc:
+        raise UsageError(f"{name}={value!r}: {exc.message}", hint=f"allowed: {exc.allowed}") from None
+
+
 def _prepare(plan: Plan, *, provider: str | None, output: str | os.PathLike[str] | None, concurrency: int | None,
              rate: float | None, timeout: float | None, retry_failed: bool, max_jobs: int | None, verify: bool,
              env: Mapping[str, str] | None) -> tuple[Plan, Any, RunConfig]:
     from .session import resolve_provider  # aiohttp and friends load only when something runs
 
+    # The same checks as the manifest, flags and environment (renderer/settings.py).
+    checked = {name: _checked(name, value) for name, value in
+               (("concurrency", concurrency), ("rate", rate), ("timeout", timeout), ("max_jobs", max_jobs))}
+    concurrency, rate, timeout, max_jobs = (checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs"))
     if output is not None:
         plan = replace(plan, manifest=replace(plan.manifest, output=Path(output)))
     m = plan.manifest

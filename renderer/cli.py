@@ -190,6 +190,8 @@ def _load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
         try:
             manifest = manifest_mod.load(Path(name))
             manifest_mod.check_plan_size(manifest, limit)
+            if not getattr(ctx.args, "output", None):
+                _check_output(ctx, manifest)  # what `run` would write into, reported by validate too
             plans.append(plan_mod.build(manifest, registry))
         except ManifestError as exc:
             problems.extend(exc.problems)
@@ -372,7 +374,7 @@ def _provider_override(ctx: Context) -> str | None:
 
 def _check_output(ctx: Context, m: manifest_mod.Manifest) -> None:
     """The output root and run directory must be directories or creatable as such."""
-    given = "--output" if ctx.args.output else None
+    given = "--output" if getattr(ctx.args, "output", None) else None
     text = str(m.output)
     reason = None
     if "\0" in text:
@@ -402,6 +404,12 @@ def cmd_run(ctx: Context) -> int:
 
     a = ctx.args
     (plan,) = _load_plans(ctx, [a.manifest])
+    # Resolved before --dry-run returns, so a dry run reports a bad flag or RENDERER_* variable too.
+    limits = plan.manifest.limits
+    concurrency = _setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", limits.concurrency, "concurrency")
+    rate = _setting(a.rate, ctx.env, "RENDERER_RATE", limits.rate, "rate")
+    timeout = _setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", limits.timeout, "timeout")
+    provider = _provider_override(ctx)
     if a.dry_run:
         return cmd_plan(ctx)
     if a.output:
@@ -422,10 +430,7 @@ def cmd_run(ctx: Context) -> int:
 
     try:
         summary = api.run(
-            plan, provider=_provider_override(ctx),
-            concurrency=_setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", m.limits.concurrency, "concurrency"),
-            rate=_setting(a.rate, ctx.env, "RENDERER_RATE", m.limits.rate, "rate"),
-            timeout=_setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", m.limits.timeout, "timeout"),
+            plan, provider=provider, concurrency=concurrency, rate=rate, timeout=timeout,
             retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=on_event, env=ctx.env,
             schemas=ctx.schema_dir())
         if log is not None:

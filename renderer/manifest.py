@@ -25,6 +25,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from . import settings
 from .errors import ManifestError, Problem
+from .layout import _WINDOWS_RESERVED as WINDOWS_DEVICES
 from .schemas import closest, default_schema_dir
 
 Path_ = tuple[str | int, ...]
@@ -423,8 +424,6 @@ def _get(data: Any, path: Path_) -> Any:
 
 
 _MISSING = object()
-# Windows refuses these as file or directory names, with or without an extension.
-WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 RESERVED_PARAMS = {
     "seed": "seeds come from `seeds:` (or `seed:` in an `extra` entry), never from parameters",
     "prompt": "prompt text comes from `prompts:` (or a prompt file), never from parameters",

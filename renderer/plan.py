@@ -267,9 +267,11 @@ class _Planner:
             if result is not None:
                 payload[result[0]] = result[1]
                 return
-        before = len(self.problems)
+        # Counted, not len(self.problems): a repeated problem is folded into an existing entry.
+        before = sum(self.counts.values())
         self._translate(model, props, payload, ratio, origin, job)
-        self._ratio[memo] = ("image_size", payload["image_size"]) if len(self.problems) == before else None
+        ok = sum(self.counts.values()) == before
+        self._ratio[memo] = ("image_size", payload["image_size"]) if ok else None
 
     def _translate(self, model: Model, props: dict[str, Any], payload: dict[str, Any], ratio: Any,
                    origin: tuple[Any, ...], job: str) -> None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
+import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +42,9 @@ from .plan import Plan, image_cost, price_of
 from .store import DB_NAME, Row, Store
 
 Event = dict[str, Any]
+# Free bytes below which no new request is paid for: a submit whose request id cannot be
+# committed (disk full) would be paid again by the rerun after the fix.
+FREE_SPACE_RESERVE = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,15 @@ def _disk_hint(exc: OSError) -> str:
             errno.EISDIR: "a folder stands where an image must be: move it away"}.get(exc.errno or 0, "fix the cause")
     return (f"{what}, then rerun the same command: rendered jobs are downloaded again from the provider "
             "without paying twice")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """File system errors while writing the run's files, as a StateError naming the file and what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}", hint=_disk_hint(exc)) from exc
 
 
 def bucket_size(rate: float) -> int:
@@ -230,10 +244,11 @@ class Runner:
         pending, ambiguous = self.prepare()
         run_id = self.store.start_run(ambiguous)
         # Until finish() replaces it, run.json says the run is in progress: a crash never leaves "done".
-        files.write_json(self.run_dir / "run.json", {
-            "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": "running",
-            "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started,
-            "started_at": iso_time(started), "pending": len(pending)})
+        with writing(self.run_dir / "run.json"):
+            files.write_json(self.run_dir / "run.json", {
+                "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": "running",
+                "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started,
+                "started_at": iso_time(started), "pending": len(pending)})
         self.emit({"type": "start", "pending": len(pending), "total": len(self.plan.jobs),
                    "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
         queue = iter(pending)
@@ -299,7 +314,8 @@ class Runner:
                                                      "images_this_run": self.images})
             raise self.broken
         counts = self.store.counts()
-        self.export()
+        with writing(self.run_dir / DATA_DIR):
+            self.export()
         if self.fatal is not None:
             outcome = "stopped"
         elif self.stopping:
@@ -332,7 +348,8 @@ class Runner:
                      "estimate": self.plan.total_cost, "unpriced_models": unpriced},
             "error": summary.error,
         }
-        files.write_json(self.run_dir / "run.json", record)
+        with writing(self.run_dir / "run.json"):
+            files.write_json(self.run_dir / "run.json", record)
         self.store.finish_run(run_id, outcome, record)
         return summary
 
@@ -402,7 +419,10 @@ class Runner:
         except StateError as exc:
             # The run's own files or state cannot be written: every further job would fail the same way.
             self.broken = self.broken or exc
-            self.stop(force=True)
+            # Not forced: a submit in flight still gets to record its request id (if the disk lets
+            # it), so that the rerun after the fix does not pay for it again.
+            if not self.stopping:
+                self.stop()
         except OutcomeUnknown as exc:
             self._fail(key, exc.message, "outcome_unknown")
         except JobRejected as exc:
@@ -428,6 +448,7 @@ class Runner:
         if self.stopping:
             return None
         self.phase[row.key] = "submitting"
+        self._check_space()
         self.store.submit_started(row.key)
         handle = await self.client.submit(row.endpoint, row.input)
         self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url,
@@ -438,6 +459,17 @@ class Runner:
         return replace(row, state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
                        status_url=handle.status_url, response_url=handle.response_url, cancel_url=handle.cancel_url,
                        submitted_at=time.time())
+
+    def _check_space(self) -> None:
+        """Refuse to pay for a request whose id the disk may have no room left to record."""
+        try:
+            free = shutil.disk_usage(self.run_dir).free
+        except OSError:
+            return  # the writes themselves will say what is wrong
+        if free < FREE_SPACE_RESERVE:
+            raise StateError(f"{self.run_dir}: only {free / 1e6:.1f} MB free; renderer stops submitting below "
+                             f"{FREE_SPACE_RESERVE / 1e6:.0f} MB, so that every paid request can still be recorded",
+                             hint=_disk_hint(OSError(errno.ENOSPC, "no space")))
 
     async def _follow(self, row: Row) -> Row | None:
         assert row.request_id and row.status_url and row.response_url and row.cancel_url
@@ -522,11 +554,8 @@ class Runner:
             if self.store.gone():
                 raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run")
             # Written on the loop: a thread hop per file cost more than the fsync it hid (bench/).
-            try:
+            with writing(self.run_dir / rel):
                 entry["mtime_ns"] = self._write(self.run_dir / rel, verified.data, self._sidecar(row, index, entry))
-            except OSError as exc:
-                raise StateError(f"cannot write {self.run_dir / rel}: {exc.strerror or exc}", hint=_disk_hint(exc)) \
-                    from exc
             entries.append(entry)
         self.store.downloaded(row.key, entries)
         self.images += len(entries)

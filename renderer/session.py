@@ -27,12 +27,12 @@ from tqdm import tqdm
 from . import files
 from .client import Client
 from .emulator import Emulator, EmulatorConfig, ServiceTime
-from .errors import StateError, UsageError
+from .errors import UsageError
 from .manifest import PROVIDERS, ProviderConfig
 from .plan import Job, Plan
 from .runner import Event, RunConfig, Runner, Summary, iso_time
 from .schemas import SchemaRegistry
-from .store import DAMAGED_HINT, DB_NAME, RunLock, Store
+from .store import DB_NAME, RunLock, Store, sql_error
 
 T = TypeVar("T")
 
@@ -219,9 +219,9 @@ async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfi
         store = Store(run_dir)
         try:
             return await _execute(plan, provider, config, registry, events, store, interrupts)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             # A damaged page shows only when it is read: say what, where and what to do.
-            raise StateError(f"{store.path}: the run database is damaged ({exc})", hint=DAMAGED_HINT) from exc
+            raise sql_error(store.path, exc) from exc
         finally:
             store.close()
 
@@ -369,6 +369,13 @@ def status(run_dir: Path, out: TextIO, *, as_json: bool) -> int:
     if not (run_dir / DB_NAME).is_file():
         raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
     store = Store(run_dir, readonly=True)
+    try:
+        return _status(run_dir, store, out, as_json=as_json)
+    except sqlite3.Error as exc:
+        raise sql_error(store.path, exc) from exc
+
+
+def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
     try:
         counts = store.counts()
         failures = [(r.key, r.prompt_id, r.model, r.seed, r.axes, r.error_kind, r.error)

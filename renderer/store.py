@@ -165,6 +165,22 @@ class Row:
                    r["provider"])
 
 
+def sql_error(path: Path, exc: sqlite3.Error) -> StateError:
+    """An SQLite failure as the person running renderer needs it: what, where, what to do."""
+    text = str(exc)
+    if "full" in text:
+        return StateError(f"{path}: cannot write the run database: the disk is full ({text})",
+                          hint="free space on that disk, then rerun the same command: nothing recorded is lost "
+                          "and nothing is paid twice")
+    if "readonly" in text or "read-only" in text:
+        return StateError(f"{path}: cannot write the run database ({text})",
+                          hint="make the run folder writable, then rerun the same command")
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return StateError(f"{path}: the run database is damaged ({text})", hint=DAMAGED_HINT)
+    return StateError(f"{path}: the run database failed: {text}", hint="rerun the same command; if it fails again, "
+                      + DAMAGED_HINT)
+
+
 def distinct_stem(stem: str, key: str) -> str:
     """A job's own path when its natural one belongs to another job: the stem plus part of its key."""
     return f"{stem}_{key.removeprefix('j1-')[:8]}"
@@ -191,7 +207,7 @@ class Store:
                 self.db.execute("PRAGMA busy_timeout=5000")
                 migrate(self.db)
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot open the run database: {exc}", hint=DAMAGED_HINT) from exc
+            raise sql_error(self.path, exc) from exc
         self.run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
         stat = os.stat(self.path) if self.path.exists() else None
         self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
@@ -201,8 +217,11 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self.db:
-            yield self.db
+        try:
+            with self.db:
+                yield self.db
+        except sqlite3.Error as exc:
+            raise sql_error(self.path, exc) from exc
 
     # -------------------------------------------------- plan sync
 
@@ -445,8 +464,12 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"{self.path.parent}: cannot use this folder for a run: {exc.strerror or exc}",
+                             hint="give the run a writable folder (--output), or make this one writable") from exc
         try:
             _lock(fd)
         except OSError as exc:

@@ -70,3 +70,14 @@ def test_api_errors_are_exceptions(tmp_path: Path):
     with pytest.raises(UsageError, match="FAL_KEY"):
         renderer.run(renderer.load_manifest({**MANIFEST, "provider": "fal"}, output=tmp_path), env={})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_arguments_are_range_checked_like_the_cli():
+    """run(concurrency=0), rate=nan, timeout=-3 or max_jobs=-1 raise UsageError before anything is written."""
+    import math
+
+    plan = renderer.load_manifest(MANIFEST)
+    for kwargs in ({"concurrency": 0}, {"rate": math.nan}, {"timeout": -3}, {"max_jobs": -1}, {"rate": "0/s"}):
+        with pytest.raises(UsageError):
+            renderer.run(plan, output="/nonexistent-never-created", **kwargs)
+    assert not Path("/nonexistent-never-created").exists()

@@ -67,3 +67,10 @@ def test_report_open_smoke():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     out = _run("bench/report_open.py", "--prompts", "2", "--seeds", "1", "--runs", "1")
     assert "first grid (s)" in out and "8 items in the DOM" in out
+
+
+def test_hostile_inputs_smoke():
+    """bench/hostile_inputs.py validates the alias bomb in a fresh process and reports it within the bound."""
+    out = _run("bench/hostile_inputs.py", "--only", "alias-bomb")
+    assert "# reproduce: python bench/hostile_inputs.py --only alias-bomb" in out
+    assert "yaml-alias-bomb.yaml | 2" in out and "0 outside the bound" in out

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from renderer.cli import main
 
@@ -191,3 +195,33 @@ def test_plan_size_cap_is_refused_before_expansion_and_can_be_raised(tmp_path: P
     code, _, err = run("validate", str(m), "--max-plan-jobs", "10")
     assert code == 2 and "up to 50 jobs" in err and "--max-plan-jobs" in err
     assert run("validate", str(m), "--max-plan-jobs", "50")[0] == 0
+
+
+def test_manifest_output_that_is_a_file_is_reported_by_validate(tmp_path: Path):
+    """`output: /dev/null` in a manifest is a located problem for validate as well as run."""
+    m = tmp_path / "m.yaml"
+    m.write_text("name: t\noutput: /dev/null\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\n"
+                 "seeds: [1]\n")
+    code, _, err = run("validate", str(m))
+    assert code == 2 and err.startswith(f"{m}:2:9: $.output: output '/dev/null': /dev/null exists and is not a directory")
+
+
+_FLAG_TEXT = st.one_of(st.sampled_from(["0", "-1", "1", "5/s", "0/s", "0.5/min", "nan", "inf", "-inf", "1e309", "2.5",
+                                        "10" * 12, "", " ", "5/h", "/s", "1/", "0x10", "1_000", "１２"]),
+                       st.text(max_size=8))
+
+
+@settings(max_examples=int(os.environ.get("RENDERER_FUZZ_EXAMPLES") or 60), derandomize=True, deadline=None,
+          database=None)
+@given(flags=st.dictionaries(st.sampled_from(["--concurrency", "--rate", "--timeout", "--max-jobs", "--max-plan-jobs"]),
+                             _FLAG_TEXT, max_size=3),
+       env=st.dictionaries(st.sampled_from(["RENDERER_CONCURRENCY", "RENDERER_RATE", "RENDERER_TIMEOUT",
+                                            "RENDERER_PROVIDER"]), _FLAG_TEXT, max_size=3))
+def test_flags_and_environment_are_total(flags: dict[str, str], env: dict[str, str]):
+    """Any flag or RENDERER_* value: a dry run exits 0, or 2 naming the flag or variable; never a traceback."""
+    argv = ["run", QUICKSTART, "--dry-run"] + [f"{k}={v}" for k, v in flags.items()]
+    code, _, err = run(*argv, env={k: v.replace("\0", "") for k, v in env.items()})
+    assert "Traceback" not in err
+    assert code in (0, 2), err
+    if code == 2:
+        assert any(name in err for name in [*flags, *env]), err

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import io
+import json
+import os
+import re
+import resource
+import sys
+import tempfile
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
+import yaml
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from renderer.cli import main
@@ -204,3 +214,183 @@ def test_plan_size_bounds_the_expanded_plan(prompts: int, seeds: int, steps: lis
     jobs = len(plan.build(m, SchemaRegistry(ROOT / "schemas")).jobs)
     assert plan_size(m) == prompts * len(images) * (len(steps) + 1) * seeds
     assert jobs <= plan_size(m) and (jobs == plan_size(m)) == (not m.exclude)
+
+
+# ---------------------------------------------------------------- the fuzzer: validation is total
+#
+# Manifests and prompt files come from a small grammar (valid ones), then mutations of them:
+# wrong types, deleted keys, typos, huge values, unicode, NaN, aliases, hostile YAML snippets,
+# other encodings. For every input `renderer validate` must exit 0, or exit 2 with a located
+# `file:line:col` message, no traceback, nothing written, nothing sent, within a time and
+# memory bound. The suite runs a small fixed-seed budget; RENDERER_FUZZ_EXAMPLES=2000 runs more.
+
+FUZZ_EXAMPLES = int(os.environ.get("RENDERER_FUZZ_EXAMPLES") or 60)
+FUZZ_ENDPOINTS = ["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview", "fal-ai/hidream-i1-fast",
+                  "fal-ai/recraft/v2/text-to-image", "fal-ai/ideogram/v2"]
+_CONNECTS: list[object] = []
+_GUARD = {"on": False}
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    # An audit hook, not a mock: any connection attempted while validating is recorded.
+    if _GUARD["on"] and event == "socket.connect":
+        _CONNECTS.append(args[1])
+
+
+sys.addaudithook(_audit)
+
+_ids = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
+_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+_junk = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True, allow_infinity=True),
+    _text, st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(_ids, st.integers(0, 9), max_size=2),
+)
+
+
+@st.composite
+def _valid_manifest(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A manifest the grammar says is valid, and the prompt files it names."""
+    files: dict[str, bytes] = {}
+    prompts: list[Any] = [{"id": f"p{i}", "text": draw(_text.filter(str.strip)) + f" {i}",
+                           "tags": draw(st.lists(_ids, max_size=2))}
+                          for i in range(draw(st.integers(0, 3)))]
+    kind = draw(st.sampled_from(["none", "csv", "jsonl", "txt"]))
+    if kind != "none" or not prompts:
+        kind = "csv" if kind == "none" else kind
+        rows = [(f"f{i}", draw(_text.filter(str.strip)) + f" row {i}") for i in range(draw(st.integers(1, 4)))]
+        if kind == "csv":
+            out = io.StringIO(newline="")
+            writer = csv.writer(out)
+            writer.writerow(["id", "text", "tags"])
+            writer.writerows([(i, t, "a;b") for i, t in rows])
+            body = out.getvalue()
+        elif kind == "jsonl":
+            body = "".join(json.dumps({"id": i, "text": t, "tags": ["x"]}) + "\n" for i, t in rows)
+        else:
+            body = "".join(t.replace("\n", " ").replace("\r", " ") + "\n" for _, t in rows)
+        files[f"prompts.{kind}"] = body.encode("utf-8")
+        prompts.append({"file": f"prompts.{kind}"})
+    models: list[Any] = [draw(st.sampled_from([e, {"endpoint": e, "label": f"m{n}"}]))
+                         for n, e in enumerate(draw(st.lists(st.sampled_from(FUZZ_ENDPOINTS), min_size=1,
+                                                             max_size=3, unique=True)))]
+    data: dict[str, Any] = {
+        "name": draw(_ids), "provider": "emulator", "prompts": prompts, "models": models,
+        "seeds": draw(st.one_of(st.lists(st.integers(1, 10**6), min_size=1, max_size=3, unique=True),
+                                st.builds(lambda s, c: {"start": s, "count": c}, st.integers(1, 99), st.integers(1, 3)),
+                                st.builds(lambda n: {"random": n}, st.integers(1, 3)))),
+    }
+    if draw(st.booleans()):
+        data["limits"] = {"concurrency": draw(st.integers(1, 8)), "rate": draw(st.sampled_from([5, "5/s", "30/min"])),
+                          "timeout": 60}
+    if draw(st.booleans()):
+        data["defaults"] = {"aspect_ratio": draw(st.sampled_from(["1:1", "16:9", "9:16"]))}
+    if draw(st.booleans()):
+        data["retries"] = {"attempts": 3, "backoff": 0.5}
+    if draw(st.booleans()):
+        data["prices"] = {(m if isinstance(m, str) else m["endpoint"]): {"per_image": 0.01} for m in models}
+        data["budget"] = 1000
+    return data, files
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += _paths(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _paths(v, (*path, i))
+    return found
+
+
+HOSTILE = ["!!python/object/apply:os.system [id]", "!include other.yaml", "&a [1, 2]", "*a", "*undefined",
+           "<<: {x: 1}", "16:9", ".nan", "-.inf", "1e400", "0o17", "2024-01-01", "!!binary aGk=", "!!set {a}",
+           "\t", "{", "[", "? [a, b]\n: c", "- - -", "'", '"', "\x00", "\x07", "\ufeff", "\u202e", "~", "CON",
+           "yes", "[" * 200, "{a: " * 80, "&b [*b]"]
+
+
+@st.composite
+def _fuzzed(draw: st.DrawFn) -> tuple[str, dict[str, bytes]]:
+    """YAML text (a valid manifest, perhaps mutated structurally and then textually) and its files."""
+    data, files = draw(_valid_manifest())
+    for _ in range(draw(st.integers(0, 3))):
+        path = draw(st.sampled_from(_paths(data)))
+        if not path:
+            continue
+        parent = data
+        for part in path[:-1]:
+            parent = parent[part]
+        key = path[-1]
+        action = draw(st.sampled_from(["delete", "junk", "typo", "huge", "nan"]))
+        if action == "delete" and isinstance(parent, dict):
+            del parent[key]
+        elif action == "typo" and isinstance(parent, dict) and isinstance(key, str) and key:
+            i = draw(st.integers(0, len(key) - 1))
+            parent[key[:i] + key[i + 1:] + draw(st.sampled_from(["", "e", "_"]))] = parent.pop(key)
+        elif action == "huge":
+            parent[key] = draw(st.sampled_from([10**12, 10**30, 1e308, -1, 0, 2**31, 10**8]))
+        elif action == "nan":
+            parent[key] = draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+        else:
+            parent[key] = draw(_junk)
+    text = yaml.safe_dump(data, allow_unicode=draw(st.booleans()), sort_keys=False)
+    if draw(st.booleans()):
+        lines = text.split("\n")
+        at = draw(st.integers(0, len(lines) - 1))
+        snippet = draw(st.sampled_from(HOSTILE))
+        where = draw(st.sampled_from(["line", "value", "end"]))
+        if where == "line":
+            lines.insert(at, snippet)
+        elif where == "value" and ": " in lines[at]:
+            lines[at] = lines[at].split(": ", 1)[0] + ": " + snippet
+        else:
+            lines[at] += snippet
+        text = "\n".join(lines)
+    if draw(st.integers(0, 9)) == 9:  # truncated (9, not 0: hypothesis favours small draws)
+        text = text[: draw(st.integers(0, len(text)))]
+    for name in list(files):
+        mutation = draw(st.sampled_from(["none", "none", "bom", "latin1", "utf16", "nul", "quote", "binary", "empty"]))
+        body = files[name]
+        files[name] = {
+            "none": body, "bom": b"\xef\xbb\xbf" + body, "nul": body[:5] + b"\x00" + body[5:],
+            "latin1": body.decode("utf-8").encode("latin-1", "replace") + b"caf\xe9\n",
+            "utf16": body.decode("utf-8").encode("utf-16"), "quote": body.replace(b",", b',"', 1),
+            "binary": bytes(range(256)), "empty": b"",
+        }[mutation]
+    return text, files
+
+
+@settings(max_examples=FUZZ_EXAMPLES, derandomize=True, deadline=timedelta(seconds=10), database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(case=_fuzzed())
+def test_validate_is_total_on_fuzzed_manifests(case: tuple[str, dict[str, bytes]]):
+    """Every generated or mutated manifest: exit 0, or exit 2 located at file:line:col; no traceback,
+    nothing written, nothing sent, under 10 s (the deadline) and 1 GB of memory."""
+    text, files = case
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "m.yaml").write_text(text, encoding="utf-8", errors="surrogatepass")
+        for name, body in files.items():
+            (root / name).write_bytes(body)
+        before = sorted(p.name for p in root.iterdir())
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out, err = io.StringIO(), io.StringIO()
+        cwd = os.getcwd()
+        os.chdir(root)
+        _GUARD["on"] = True
+        try:
+            code = main(["validate", "m.yaml"], stdout=out, stderr=err, environ={})
+        finally:
+            _GUARD["on"] = False
+            os.chdir(cwd)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak  # KiB on Linux
+        assert sorted(p.name for p in root.iterdir()) == before, "validate wrote a file"
+    assert not _CONNECTS, f"validate opened a connection: {_CONNECTS}"
+    assert grown < 1024 * 1024, f"validate grew the process by {grown} KiB"
+    assert "Traceback" not in err.getvalue(), err.getvalue()
+    if code == 0:
+        assert out.getvalue().startswith("ok: m.yaml:")
+    else:
+        assert code == 2, err.getvalue()
+        first = err.getvalue().splitlines()[0]
+        assert re.match(r"^[^\n]+:\d+:\d+: \$", first), first

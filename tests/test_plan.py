@@ -15,7 +15,7 @@ from renderer.errors import ManifestError
 from renderer.manifest import parse
 from renderer.schemas import SchemaRegistry
 
-from .conftest import MANIFESTS
+from .conftest import MANIFESTS, ROOT
 
 MODELS = ["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview", "fal-ai/hidream-i1-fast", "fal-ai/recraft/v2/text-to-image"]
 
@@ -34,6 +34,17 @@ def test_example_manifests_validate(registry: SchemaRegistry):
     for path in sorted(MANIFESTS.glob("*.yaml")):
         p = plan.build(parse(path.read_text(), path), registry)
         assert p.jobs, path
+
+
+def test_readme_manifest_examples_validate(registry: SchemaRegistry):
+    """Every YAML block in the README plans without problems (its prompt file ships in manifests/)."""
+    import re
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    assert blocks
+    for n, block in enumerate(blocks):
+        p = plan.build(parse(block, MANIFESTS / f"README-block-{n}.yaml"), registry)
+        assert p.jobs and not any(cost is None for cost in p.costs.values())
 
 
 def test_portable_aspect_ratio_in_each_vocabulary(registry: SchemaRegistry):

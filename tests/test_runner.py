@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -475,3 +477,92 @@ def test_emulator_placeholders_are_not_done_for_a_real_provider(tmp_path: Path):
         assert json.loads(path.with_suffix(".json").read_text())["provider"] == origin
     rows = [json.loads(line) for line in (tmp_path / "o/t/data/metadata.jsonl").read_text().splitlines()]
     assert [r["provider"] for r in rows] == [origin, origin]
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `folder` (needs root and mount rights; the test is skipped without them)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
+
+
+def test_a_nearly_full_disk_stops_submissions_before_anything_is_paid(tmp_path: Path):
+    """Less free space than the reserve: nothing is submitted, a clear error; after more space, the run completes."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 11)))
+    with _small_disk(tmp_path / "disk", "2m") as disk, background_emulator(service=FAST, workers=4) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", str(disk), "--quiet")
+        code, out, err = cli(*base, env={"FAL_KEY": "k"})
+        assert code == 1, out + err
+        assert "MB free; renderer stops submitting below 8 MB" in err and "hint: free space on that disk" in err
+        assert emu.stats()["submit_attempts"] == 0
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        assert emu.stats()["submits"] == 10 and emu.stats()["duplicate_submits"] == 0
+
+
+def test_disk_full_is_a_clear_error_and_the_rerun_after_freeing_space_completes(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch):
+    """No space left mid-run (no reserve): exit 1 naming the file and what to do, no traceback, run.json not done;
+    after more space the rerun completes, paying again only for submits whose id could not be recorded (counted)."""
+    monkeypatch.setattr("renderer.runner.FREE_SPACE_RESERVE", 0)
+    m = write_manifest(tmp_path, seeds=list(range(1, 41)), defaults={"image_size": {"width": 256, "height": 256}})
+    with _small_disk(tmp_path / "disk", "400k") as disk, background_emulator(service=FAST, workers=4) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", str(disk), "--quiet")
+        code, out, err = cli(*base, env={"FAL_KEY": "k"})
+        assert code == 1, out + err
+        assert "Traceback" not in err and "internal error" not in err
+        assert "No space left on device" in err or "disk is full" in err
+        assert "hint: free space on that disk, then rerun the same command" in err
+        assert json.loads((disk / "t/run.json").read_text())["outcome"] != "done"
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        code, out, err = cli(*base, env={"FAL_KEY": "k"})
+        assert code == 0, out + err
+        duplicates = emu.stats()["duplicate_submits"]
+        assert len(images(disk / "t")) == 40
+        assert_all_verified(disk / "t")
+        store = Store(disk / "t", readonly=True)
+        assert duplicates == store.total_ambiguous() <= 4  # at most the submits in flight, each counted
+        store.close()
+        assert (f"paid twice: {duplicates}" in out) == (duplicates > 0)
+
+
+def test_read_only_output_is_a_clear_error_and_the_rerun_after_the_fix_pays_nothing_twice(tmp_path: Path):
+    """A file system remounted read-only mid-project (read-only even for root): a clear error, then a clean resume."""
+    m = write_manifest(tmp_path, seeds=[1, 2, 3, 4])
+    with _small_disk(tmp_path / "disk", "64m") as disk, background_emulator(service=FAST) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", str(disk), "--quiet")
+        assert cli(*base, "--max-jobs", "2", env={"FAL_KEY": "k"})[0] == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        code, out, err = cli(*base, env={"FAL_KEY": "k"})
+        assert code == 1, out + err
+        assert "Traceback" not in err and ("Read-only file system" in err or "readonly" in err)
+        assert "hint:" in err
+        assert emu.stats()["submits"] == 2  # nothing was sent
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        assert emu.stats()["submits"] == 4 and emu.stats()["duplicate_submits"] == 0
+
+
+def test_a_file_where_a_folder_must_be_is_a_clear_error_and_the_rerun_pays_nothing_twice(tmp_path: Path):
+    """An image folder that cannot be created (a file is in the way): exit 1, the fix named; then it resumes."""
+    m = write_manifest(tmp_path, seeds=[1, 2])
+    blocker = tmp_path / "o/t/data/fal-ai--flux-1--schnell"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet")
+        code, out, err = cli(*base, env={"FAL_KEY": "k"})
+        assert code == 1, out + err
+        assert "Traceback" not in err
+        assert f"error: cannot write {blocker}/" in err and "hint: a file stands where a folder must be" in err
+        blocker.unlink()
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        assert emu.stats()["submits"] == 2 and emu.stats()["duplicate_submits"] == 0
+    assert_all_verified(tmp_path / "o/t")
