@@ -286,8 +286,14 @@ def cmd_emulator(ctx: Context) -> int:
                              hint=f"export {a.key_env}=… first, or drop --key-env to accept any caller")
     try:
         service = ServiceTime.parse(a.latency)
+        for value in (service.a, service.b):  # seconds (or lognormal's sigma): finite, 0 to an hour
+            settings.parse("latency", value)
+        if service.kind == "uniform" and service.a > service.b:
+            raise ValueError(f"service time {a.latency!r}: LOW is above HIGH")
+    except settings.SettingError as exc:
+        raise UsageError(f"--latency {a.latency!r}: {exc.message}", hint=f"allowed: {exc.allowed}") from None
     except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(f"--latency {a.latency!r}: {exc}") from None
     faults = Faults(submit_429=a.fault_429, ingress_5xx=a.fault_ingress, runner_error=a.fault_runner,
                     drop_download=a.fault_drop, truncate_image=a.fault_truncate, corrupt_image=a.fault_corrupt,
                     stuck=a.fault_stuck, retention=a.retention, lock_after=a.lock_after)

@@ -934,8 +934,8 @@ def parse(text: str, file: Path) -> Manifest:
         extra=list(raw.get("extra", [])),
         doc=doc,
     )
-    problems += duplicate_texts(prompts, {str((base / item["file"]).resolve()): str(base / item["file"])
-                                          for item in raw["prompts"] if "file" in item})
+    shown = {str((base / item["file"]).resolve()): str(base / item["file"]) for item in raw["prompts"] if "file" in item}
+    problems += duplicate_texts(prompts, shown)  # duplicate ids are the planner's (check_names)
     if problems:
         raise ManifestError(problems)
     return manifest

@@ -145,11 +145,12 @@ def test_bad_environment_is_reported_as_the_variable(tmp_path: Path):
 
 
 def test_other_commands_range_check_their_numbers():
-    """emulator --port 99999, --fault-429 2 and report --max-sheet 0 are usage errors (exit 2)."""
-    for argv in (["emulator", "--port", "99999"], ["emulator", "--fault-429", "2"],
+    """emulator --port 99999, --fault-429 2, --latency nan/-1/LOW>HIGH and report --max-sheet 0 exit 2."""
+    for argv in (["emulator", "--port", "99999"], ["emulator", "--fault-429", "2"], ["emulator", "--latency", "nan"],
+                 ["emulator", "--latency", "-1"], ["emulator", "--latency", "uniform:5:1"],
                  ["report", "somewhere", "--max-sheet", "0"], ["diff", "a", "b", "--rmse-limit", "nan"]):
         code, _, err = run(*argv)
-        assert code == 2 and "allowed:" in err, argv
+        assert code == 2 and ("allowed:" in err or "LOW is above HIGH" in err), argv
 
 
 def test_output_that_is_not_a_directory_is_refused(tmp_path: Path):
