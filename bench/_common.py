@@ -95,9 +95,16 @@ def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Pa
     m = manifest_mod.Manifest(**{**m.__dict__, "output": output})
     plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
     store = Store(m.run_dir)
-    store.sync_plan(plan.jobs)
+    store.sync_plan(plan.jobs, plan.digest)
     rows = []
-    for job in plan.jobs:
+
+    def flush() -> None:
+        with store.db:
+            store.db.executemany("UPDATE jobs SET state = 'downloaded', files = ?, result = ?, request_id = 'r', "
+                                 "downloaded_at = 0 WHERE key = ?", rows)
+        rows.clear()
+
+    for job in plan.jobs:  # streamed: a 10M-job plan is never held
         data = image(job)
         rel = image_path(job.stem, 0, "png")
         target = m.run_dir / rel
@@ -107,8 +114,8 @@ def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Pa
                  "mtime_ns": target.stat().st_mtime_ns, "width": 0, "height": 0, "content_type": "image/png",
                  "seed": job.seed}
         rows.append((json.dumps([entry]), json.dumps({"images": [{"url": "x"}], "seed": job.seed}), job.key))
-    with store.db:
-        store.db.executemany("UPDATE jobs SET state = 'downloaded', files = ?, result = ?, request_id = 'r', "
-                             "downloaded_at = 0 WHERE key = ?", rows)
+        if len(rows) >= 10_000:
+            flush()
+    flush()
     store.close()
     return m.run_dir

@@ -231,10 +231,10 @@ def cmd_validate(ctx: Context) -> int:
     if ctx.args.json:
         ctx.print(json.dumps({"ok": True, "problems": [], "manifests": [
             {"file": str(p.manifest.file), "jobs": len(p.jobs), "images": p.images,
-             "models": len({j.model for j in p.jobs})} for p in plans]}, indent=2, ensure_ascii=False))
+             "models": len(p.by_model) if p.by_model else len({j.model for j in p.jobs})} for p in plans]}, indent=2, ensure_ascii=False))
         return 0
     for plan in plans:
-        models = len({j.model for j in plan.jobs})
+        models = len(plan.by_model) if plan.by_model else len({j.model for j in plan.jobs})
         ctx.print(f"ok: {plan.manifest.file}: {len(plan.jobs)} jobs, {plan.images} images, {models} models")
     return 0
 
@@ -249,25 +249,65 @@ def cmd_plan(ctx: Context) -> int:
                  "paths": [f"{plan.manifest.run_dir / p}" for p in job.paths()]},
                 ensure_ascii=False, separators=(",", ":")))
         return 0
-    done = _done_keys(plan)
     m = plan.manifest
+    # One pass over the jobs at most (a plan of millions is made on demand, never held).
+    step = max(1, len(plan.jobs) // 5)
+    samples = [step * i for i in range(5) if step * i < len(plan.jobs)]
+    done_by_model, picked = _done_and_samples(plan, set(samples))
+    by_model = plan.by_model or {}
+    if not by_model:
+        for job in plan.jobs:
+            jobs, images = by_model.get(job.model, (0, 0))
+            by_model[job.model] = (jobs + 1, images + job.num_images)
+    endpoints = {model.name: model.endpoint for model in m.models}
     ctx.print(f"plan for {m.file} → {m.run_dir}/")
     rows = []
-    for name in dict.fromkeys(j.model for j in plan.jobs):
-        jobs = [j for j in plan.jobs if j.model == name]
-        rows.append((name, jobs[0].endpoint, str(len(jobs)), str(sum(j.num_images for j in jobs)),
-                     str(sum(1 for j in jobs if j.key in done)), _money(plan.costs.get(name))))
-    rows.append(("total", "", str(len(plan.jobs)), str(plan.images), str(sum(1 for j in plan.jobs if j.key in done)),
+    for name, (jobs, images) in by_model.items():
+        rows.append((name, endpoints.get(name, ""), str(jobs), str(images), str(done_by_model.get(name, 0)),
+                     _money(plan.costs.get(name))))
+    rows.append(("total", "", str(len(plan.jobs)), str(plan.images), str(sum(done_by_model.values())),
                  _money(plan.total_cost)))
     for line in _table(("MODEL", "ENDPOINT", "JOBS", "IMAGES", "DONE", "EST. COST"), rows, right=2):
         ctx.print(line)
     if m.budget is not None:
         ctx.print(f"budget: {_money(m.budget)}")
     ctx.print("sample paths:")
-    step = max(1, len(plan.jobs) // 5)
-    for job in plan.jobs[::step][:5]:
+    for job in picked:
         ctx.print(f"  {m.run_dir / job.paths()[0]}")
     return 0
+
+
+def _done_and_samples(plan: plan_mod.Plan, wanted: set[int]) -> tuple[dict[str, int], list[plan_mod.Job]]:
+    """Jobs already downloaded per model, and the jobs at the `wanted` plan positions.
+
+    When the run's state recorded this very plan (same digest), the counts come from one
+    query; otherwise from one pass over the jobs against the finished keys.
+    """
+    from .store import DB_NAME, Store
+
+    picked: list[plan_mod.Job] = []
+    done: dict[str, int] = {}
+    keys: set[str] = set()
+    if (plan.manifest.run_dir / DB_NAME).is_file():
+        store = Store(plan.manifest.run_dir, readonly=True)
+        try:
+            if plan.digest and store.meta("plan_digest") == plan.digest:
+                done = store.done_by_model()
+            else:
+                keys = store.done_keys()
+        finally:
+            store.close()
+    last = max(wanted, default=-1)
+    if not keys and last < 0:
+        return done, picked
+    for n, job in enumerate(plan.jobs):
+        if n in wanted:
+            picked.append(job)
+        if job.key in keys:
+            done[job.model] = done.get(job.model, 0) + 1
+        elif not keys and n >= last:
+            break
+    return done, picked
 
 
 def cmd_emulator(ctx: Context) -> int:
@@ -315,19 +355,6 @@ def cmd_emulator(ctx: Context) -> int:
 
     asyncio.run(serve())
     return 0
-
-
-def _done_keys(plan: plan_mod.Plan) -> set[str]:
-    """Keys already downloaded in an earlier run of this manifest (none before a first run)."""
-    from .store import DB_NAME, Store
-
-    if not (plan.manifest.run_dir / DB_NAME).is_file():
-        return set()
-    store = Store(plan.manifest.run_dir, readonly=True)
-    try:
-        return store.done_keys()
-    finally:
-        store.close()
 
 
 # ---------------------------------------------------------------- run and status

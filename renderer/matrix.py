@@ -13,7 +13,7 @@ Rules (docs.github.com, `jobs.<id>.strategy.matrix`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import product
 from typing import Any
 
@@ -57,3 +57,38 @@ def apply(
         if not merged:
             created.append(dict(entry))
     return [(c, False) for c in kept] + [(c, True) for c in created]
+
+
+def stream(
+    originals: Callable[[], Iterable[Combo]],
+    include: Sequence[Combo] = (),
+    exclude: Sequence[Combo] = (),
+    same: Same = _equal,
+) -> Iterator[tuple[Combo, bool]]:
+    """`apply`, without holding the combinations: `originals()` is called twice (re-iterable).
+
+    The first pass learns the matrix keys of the kept combinations (the ragged-matrix rule
+    needs them); the second yields each kept combination with its includes merged, in order,
+    then the includes that merged nowhere. Same result as `apply` (tests/test_matrix.py).
+    """
+    if not include and not exclude:
+        yield from ((c, False) for c in originals())
+        return
+    matrix_keys: set[str] = set()
+    if include:
+        for c in originals():
+            if not any(matches(c, e, same) for e in exclude):
+                matrix_keys.update(c)
+    merged = [False] * len(include)
+    for original in originals():
+        if any(matches(original, e, same) for e in exclude):
+            continue
+        combo = dict(original)
+        for i, entry in enumerate(include):
+            if all(k in original and same(k, combo[k], v) for k, v in entry.items() if k in matrix_keys):
+                combo.update(entry)
+                merged[i] = True
+        yield combo, False
+    for entry, done in zip(include, merged, strict=True):
+        if not done:
+            yield dict(entry), True

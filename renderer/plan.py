@@ -16,10 +16,11 @@ import hashlib
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
-from itertools import product
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice, product
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from . import matrix
 from .errors import ManifestError, Problem
@@ -74,12 +75,56 @@ class _Who:
         return Job(0, "", self.endpoint, self.model, self.prompt_id, self.seed, self.axes, {}, "", 1, (), "").describe()
 
 
+class Jobs(Sequence[Job]):
+    """The plan's jobs, made on demand in plan order: re-iterable, with len() and indexing.
+
+    A plan of ten million jobs is never held in memory: each iteration rebuilds the jobs from
+    the manifest (the same jobs in the same order: planning is deterministic). Indexing walks
+    from the start, so iterate rather than index in a loop.
+    """
+
+    __slots__ = ("_count", "_make")
+
+    def __init__(self, make: Callable[[], Iterator[Job]], count: int) -> None:
+        self._make = make
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Job]:
+        return self._make()
+
+    @overload
+    def __getitem__(self, index: int) -> Job: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Job]: ...
+    def __getitem__(self, index: int | slice) -> Job | list[Job]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._count)
+            if step < 0:
+                return list(self)[index]
+            return list(islice(self._make(), start, stop, step))
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("job index out of range")
+        return next(islice(self._make(), index, None))
+
+    def __repr__(self) -> str:
+        return f"<{self._count} jobs>"
+
+
 @dataclass
 class Plan:
     manifest: Manifest
-    jobs: list[Job]
+    jobs: Sequence[Job]  # a list, or `Jobs` (made on demand) from `build`
     costs: dict[str, float | None]  # per model name; None where no price is given
     notes: list[str]  # things worth knowing that are not errors
+    digest: str = ""  # sha256 over every job's key, model, source and tags, in order ("" = unknown)
+    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # model → (jobs, images), plan order
+    image_count: int | None = None
+    distinct_axes: list[dict[str, Any]] | None = None  # each distinct set of axis values, in plan order
 
     @property
     def run_dir(self) -> Path:
@@ -87,12 +132,122 @@ class Plan:
 
     @property
     def images(self) -> int:
+        if self.image_count is not None:
+            return self.image_count
         return sum(j.num_images for j in self.jobs)
 
     @property
     def total_cost(self) -> float | None:
         known = [c for c in self.costs.values() if c is not None]
         return sum(known) if known else None
+
+
+class Fingerprints:
+    """A set of 64-bit fingerprints at ~8 bytes each (a Python set of ints costs ~70).
+
+    Members live in 8-byte slots of 65,536 byte strings chosen by the low 16 bits; a lookup is
+    one C-level search of a short string.
+    """
+
+    def __init__(self, buckets: int = 1 << 16) -> None:
+        self.buckets = [bytearray() for _ in range(buckets)]
+
+    def __contains__(self, fp: int) -> bool:
+        bucket = self.buckets[fp & 0xFFFF]
+        item = (fp & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+        at = bucket.find(item)
+        while at != -1:
+            if at % 8 == 0:
+                return True
+            at = bucket.find(item, at + 1)
+        return False
+
+    def add(self, fp: int) -> None:
+        self.buckets[fp & 0xFFFF] += (fp & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+
+
+@dataclass
+class _Tally:
+    """What the checking pass learns about the whole plan without keeping its jobs."""
+
+    combos: int = 0
+    jobs: int = 0
+    images: int = 0
+    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)
+    digest: Any = field(default_factory=hashlib.sha256)
+    axes: dict[str, dict[str, Any]] = field(default_factory=dict)  # distinct axis values, first seen first
+    _last_axes: Any = None
+
+    def add(self, job: Job) -> None:
+        if job.axes is not self._last_axes:  # once per cell: its jobs share one axes dict
+            self._last_axes = job.axes
+            self.axes.setdefault(_freeze(job.axes), job.axes)
+        self.jobs += 1
+        self.images += job.num_images
+        jobs, images = self.by_model.get(job.model, (0, 0))
+        self.by_model[job.model] = (jobs + 1, images + job.num_images)
+        self.digest.update(f"{job.key}\0{job.model}\0{job.where}\0{job.tags}\n".encode())
+
+
+_SENTINEL = 7340031999999999991  # stands for the seed in a key's text; never a real seed (> 2**31)
+
+
+@dataclass
+class _Template:
+    """Jobs of one cell (same prompt, model, axes) that differ only by seed, made cheaply.
+
+    Built from a job made the long way; each seed then costs a string join and one sha256.
+    The key's text is the canonical JSON with the seed spliced in, the same bytes `job_key`
+    hashes (a template whose splice would be ambiguous is not made).
+    """
+
+    planner: _Planner
+    first: Job
+    before: str
+    after: str
+    stem: str
+    check_seed: bool
+
+    @classmethod
+    def of(cls, planner: _Planner, job: Job, model: Model) -> _Template | None:
+        if not isinstance(job.seed, int):
+            return None
+        payload = dict(job.input)
+        identity: dict[str, Any] = {"endpoint": job.endpoint, "input": payload}
+        if job.seed_sent:
+            payload["seed"] = _SENTINEL
+        else:
+            identity["sample"] = _SENTINEL
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        token = str(_SENTINEL)
+        suffix = f"/s{job.seed}"
+        if text.count(token) != 1 or not job.stem.endswith(suffix):
+            return None
+        before, after = text.split(token)
+        made = cls(planner, job, before, after, job.stem[: -len(suffix) + 2],
+                   job.seed_sent and not model.unchecked and "seed" in job.input)
+        if made._key(job.seed) != job.key:
+            return None
+        return made
+
+    def _key(self, seed: int) -> str:
+        return f"{KEY_VERSION}-" + hashlib.sha256(f"{self.before}{seed}{self.after}".encode()).hexdigest()[:40]
+
+    def make(self, n: int, seed: Any, check: bool) -> Job | None:
+        """The job for `seed`, or None when it needs the long way (a problem to report)."""
+        if not (isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX):
+            return None
+        j = self.first
+        if check and self.check_seed:
+            found = self.planner._checked.get((j.endpoint, "seed", seed))
+            if found is None or found:
+                return None
+        payload = dict(j.input)
+        if j.seed_sent:
+            payload["seed"] = seed
+        return Job(n, self._key(seed), j.endpoint, j.model, j.prompt_id, seed, j.axes, payload,
+                   f"{self.stem}{seed}", j.num_images, j.tags, j.where, j.seed_sent)
 
 
 def canonical(value: Any) -> Any:
@@ -343,109 +498,38 @@ class _Planner:
         self.check_references(prompts, models)
         # Planning goes on past these problems so one run of `validate` lists them all;
         # combinations naming an unknown prompt or model are skipped below.
-        axes_global = list(self.m.axes.items())
-        endpoint_names = {m.endpoint: m.name for m in models.values()}
-
+        self.prompts, self.models = prompts, models
+        self.axes_global = list(self.m.axes.items())
+        self.endpoint_names = {m.endpoint: m.name for m in models.values()}
         # Canonical layers make every assembled input canonical: keys are hashed as built.
-        defaults = canonical(self.m.defaults)
-        model_params = {name: canonical(m.params) for name, m in models.items()}
-        prompt_params = {pid: canonical(p.params) for pid, p in prompts.items()}
-        originals: list[dict[str, Any]] = []
-        for prompt in prompts.values():
-            for model in models.values():
-                variables = axes_global + list(model.axes.items())
-                for values in product(*(vals for _, vals in variables)):
-                    axis_values = dict(zip((n for n, _ in variables), values, strict=False))
-                    for seed in self.seeds_for(prompt, model):
-                        originals.append({"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed})
-        include = [dict(e) for e in self.m.include]
-        for e in include:
+        self.defaults = canonical(self.m.defaults)
+        self.model_params = {name: canonical(m.params) for name, m in models.items()}
+        self.prompt_params = {pid: canonical(p.params) for pid, p in prompts.items()}
+        self.include = [dict(e) for e in self.m.include]
+        for e in self.include:
             if "model" in e:
-                e["model"] = endpoint_names.get(e["model"], e["model"])
-        exclude = [{**e, "model": endpoint_names.get(e["model"], e["model"])} if "model" in e else e
-                   for e in self.m.exclude]
-        resolved = matrix.apply(originals, include, exclude, _same)
-        combos: list[tuple[dict[str, Any], tuple[Any, ...] | None]] = []
-        for combo, created in resolved:
-            entry = next((i for i, e in enumerate(include) if e == combo), None) if created else None
-            combos.append((combo, ("include", entry) if created else None))
-        combos += [({**e, "model": endpoint_names.get(e["model"], e["model"])}, ("extra", i))
-                   for i, e in enumerate(self.m.extra)]
-        if not combos and not self.problems:
+                e["model"] = self.endpoint_names.get(e["model"], e["model"])
+        self.exclude = [{**e, "model": self.endpoint_names.get(e["model"], e["model"])} if "model" in e else e
+                        for e in self.m.exclude]
+        self.axis_names = {n for n, _ in self.axes_global} | {n for m in models.values() for n in m.axes}
+        self.unseeded: set[str] = set()
+
+        # One checking pass over every job, holding none of them: fingerprints catch repeated
+        # paths and inputs; only if one repeats is the pass run again, exactly, to name both jobs.
+        self._exact = False
+        tally = self._check_pass()
+        if self._suspect_stems or self._suspect_keys:
+            self.problems.clear()
+            self.counts.clear()
+            self._exact = True
+            tally = self._check_pass()
+        if not tally.combos and not self.problems:
             self.at(("exclude",) if self.m.exclude else ("prompts",),
                     "the matrix is empty: every combination was excluded")
             self.fail()
-
-        axis_names = {n for n, _ in axes_global} | {n for m in models.values() for n in m.axes}
-        jobs: list[Job] = []
-        unseeded: set[str] = set()
-        by_stem: dict[str, Job] = {}
-        by_key: dict[str, Job] = {}
-        for combo, source in combos:
-            created = source is not None
-            missing = [k for k in RESERVED if k not in combo]
-            if missing:
-                self.at(source or ("include",), f"this entry creates a new combination but lacks {', '.join(missing)}",
-                        allowed="a new combination needs prompt, model and seed")
-                continue
-            if combo["prompt"] not in prompts or combo["model"] not in models:
-                continue  # already reported
-            prompt, model = prompts[combo["prompt"]], models[combo["model"]]
-            seed = combo["seed"]
-            seed_ok = isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX
-            if not seed_ok and source is not None:  # listed seeds were checked once, in check_seeds
-                self.at((*source, "seed"), f"seed {seed!r} is out of range",
-                        allowed=f"integers {SEED_MIN} to {SEED_MAX}")
-            job_axes = canonical({k: v for k, v in combo.items() if k in axis_names})
-            extra_params = canonical({k: v for k, v in combo.items() if k not in axis_names and k not in RESERVED})
-            layers: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
-                (("defaults",), defaults),
-                ((*model.path, "params"), model_params[model.name]),
-                ((*prompt.path, "params"), prompt_params[prompt.id]),
-                (("axes",), {k: v for k, v in job_axes.items() if k in self.m.axes}),
-                ((*model.path, "axes"), {k: v for k, v in job_axes.items() if k in model.axes}),
-                (source or ("include",), extra_params),
-            ]
-            payload: dict[str, Any] = {}
-            for _, params in layers:
-                payload.update(params)
-            payload["prompt"] = prompt.text
-            seed_sent = model.unchecked or "seed" in self.props(model)
-            if seed_sent and seed_ok:
-                payload["seed"] = seed
-            else:
-                unseeded.add(model.name)
-            who = _Who(model.endpoint, model.name, prompt.id, seed, job_axes)  # described only on a problem
-
-            if "aspect_ratio" in payload:
-                origin = next(((*path, "aspect_ratio") for path, params in reversed(layers)
-                               if "aspect_ratio" in params), ("defaults",))
-                self.translate_ratio(model, payload, origin, str(who))
-            shape = (model.name, prompt.id if prompt.params else "", _freeze(job_axes), _freeze(extra_params))
-            # A job with a bad seed is still checked, so one run lists all of its problems.
-            if not self.validate(model, payload, layers, who, shape) or not seed_ok:
-                continue
-            stem = job_stem(model.name, prompt.id, job_axes, seed)
-            job = Job(len(jobs), job_key(model.endpoint, payload, None if seed_sent else seed), model.endpoint,
-                      model.name, prompt.id, seed, job_axes, payload, stem, int(payload.get("num_images", 1)),
-                      prompt.tags, f"{prompt.where[0]}:{prompt.where[1]}", seed_sent)
-            clash = by_stem.get(stem.lower())
-            if clash is not None:
-                self.at(source or prompt.path,
-                        f"two jobs map to one output path {stem!r}: {clash.describe()} and {who}",
-                        allowed="give them a distinguishing axis, label or prompt id")
-                continue
-            twin = by_key.get(job.key)
-            if twin is not None:
-                self.at(source or prompt.path,
-                        f"{who} sends exactly the input of {twin.describe()}; it would be paid twice")
-                continue
-            by_stem[stem.lower()] = job
-            by_key[job.key] = job
-            jobs.append(job)
         if self.problems:
             self.fail()
-        costs = self.estimate(jobs, models)
+        costs = {name: tally.costs.get(name) for name in models}
         total = sum(c for c in costs.values() if c is not None)
         if self.m.budget is not None and total > self.m.budget:
             self.at(("budget",), f"the estimated cost ${total:.2f} exceeds the budget ${self.m.budget:.2f}",
@@ -453,30 +537,190 @@ class _Planner:
             self.fail()
         notes = [
             f"{name} takes no seed: its seeds only label repeated samples, and its images are not reproducible"
-            for name in sorted(unseeded)
+            for name in sorted(self.unseeded)
         ]
-        return Plan(self.m, jobs, costs, notes)
+        return Plan(self.m, Jobs(lambda: self._generate(check=False), tally.jobs), costs, notes,
+                    digest=tally.digest.hexdigest(), by_model=dict(tally.by_model), image_count=tally.images,
+                    distinct_axes=list(tally.axes.values()))
 
-    def estimate(self, jobs: list[Job], models: dict[str, Model]) -> dict[str, float | None]:
-        costs: dict[str, float | None] = {}
-        for name, model in models.items():
-            price = self.m.prices.get(model.endpoint) or self.m.prices.get(name)
-            if not price:
-                costs[name] = None
-                continue
-            # Unset sizes are priced at the endpoint's documented default size.
-            props = {} if model.unchecked else self.registry.properties(model.endpoint)
-            documented = {k: v["default"] for k, v in props.items() if "default" in v}
-            total = 0.0
-            for job in jobs:
-                if job.model != name:
+    # -------------------------------------------------- generation (lazy, in plan order)
+
+    def _originals(self) -> Iterator[dict[str, Any]]:
+        for prompt in self.prompts.values():
+            for model in self.models.values():
+                variables = self.axes_global + list(model.axes.items())
+                names = [n for n, _ in variables]
+                seeds = self.seeds_for(prompt, model)
+                for values in product(*(vals for _, vals in variables)):
+                    axis_values = dict(zip(names, values, strict=False))
+                    for seed in seeds:
+                        yield {"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed}
+
+    def _cells(self, tally: _Tally | None) -> Iterator[tuple[Prompt, Model, dict[str, Any], dict[str, Any],
+                                                              tuple[Any, ...] | None, list[Any]]]:
+        """(prompt, model, axes, extra params, source, seeds): jobs that differ only by seed, grouped."""
+        if not self.include and not self.exclude:
+            # The plain matrix: no combination dicts at all, seeds innermost.
+            for prompt in self.prompts.values():
+                for model in self.models.values():
+                    variables = self.axes_global + list(model.axes.items())
+                    names = [n for n, _ in variables]
+                    seeds = self.seeds_for(prompt, model)
+                    for values in product(*(vals for _, vals in variables)):
+                        if tally is not None:
+                            tally.combos += len(seeds)
+                        yield prompt, model, canonical(dict(zip(names, values, strict=False))), {}, None, seeds
+        else:
+            for combo, created in matrix.stream(self._originals, self.include, self.exclude, _same):
+                if tally is not None:
+                    tally.combos += 1
+                entry = next((i for i, e in enumerate(self.include) if e == combo), None) if created else None
+                cell = self._cell(combo, ("include", entry) if created else None)
+                if cell is not None:
+                    yield cell
+        for i, e in enumerate(self.m.extra):
+            if tally is not None:
+                tally.combos += 1
+            cell = self._cell({**e, "model": self.endpoint_names.get(e["model"], e["model"])}, ("extra", i))
+            if cell is not None:
+                yield cell
+
+    def _cell(self, combo: dict[str, Any], source: tuple[Any, ...] | None) -> Any:
+        missing = [k for k in RESERVED if k not in combo]
+        if missing:
+            self.at(source or ("include",), f"this entry creates a new combination but lacks {', '.join(missing)}",
+                    allowed="a new combination needs prompt, model and seed")
+            return None
+        if combo["prompt"] not in self.prompts or combo["model"] not in self.models:
+            return None  # already reported
+        job_axes = canonical({k: v for k, v in combo.items() if k in self.axis_names})
+        extra_params = canonical({k: v for k, v in combo.items() if k not in self.axis_names and k not in RESERVED})
+        return (self.prompts[combo["prompt"]], self.models[combo["model"]], job_axes, extra_params, source,
+                [combo["seed"]])
+
+    def _generate(self, check: bool, tally: _Tally | None = None) -> Iterator[Job]:
+        """Every job in plan order; with `check`, validated and tested for repeats (problems recorded)."""
+        n = 0
+        for prompt, model, job_axes, extra_params, source, seeds in self._cells(tally):
+            template: _Template | None = None
+            for seed in seeds:
+                job = template.make(n, seed, check) if template is not None else None
+                if job is None:
+                    before = len(self.problems)
+                    job = self._full(n, prompt, model, job_axes, extra_params, source, seed, check)
+                    if job is not None and template is None and len(self.problems) == before:
+                        template = _Template.of(self, job, model)
+                if job is None:
                     continue
-                if "per_image" in price:
-                    total += price["per_image"] * job.num_images
-                else:
-                    total += price["per_megapixel"] * job.num_images * megapixels({**documented, **job.input})
-            costs[name] = total
-        return costs
+                if check and not self._unique(job, source or prompt.path):
+                    continue
+                n += 1
+                yield job
+
+    def _full(self, n: int, prompt: Prompt, model: Model, job_axes: dict[str, Any], extra_params: dict[str, Any],
+              source: tuple[Any, ...] | None, seed: Any, check: bool) -> Job | None:
+        """One job assembled from its layers (the template path's reference)."""
+        seed_ok = isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX
+        if check and not seed_ok and source is not None:  # listed seeds were checked once, in check_seeds
+            self.at((*source, "seed"), f"seed {seed!r} is out of range",
+                    allowed=f"integers {SEED_MIN} to {SEED_MAX}")
+        layers: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (("defaults",), self.defaults),
+            ((*model.path, "params"), self.model_params[model.name]),
+            ((*prompt.path, "params"), self.prompt_params[prompt.id]),
+            (("axes",), {k: v for k, v in job_axes.items() if k in self.m.axes}),
+            ((*model.path, "axes"), {k: v for k, v in job_axes.items() if k in model.axes}),
+            (source or ("include",), extra_params),
+        ]
+        payload: dict[str, Any] = {}
+        for _, params in layers:
+            payload.update(params)
+        payload["prompt"] = prompt.text
+        seed_sent = model.unchecked or "seed" in self.props(model)
+        if seed_sent and seed_ok:
+            payload["seed"] = seed
+        else:
+            self.unseeded.add(model.name)
+        who = _Who(model.endpoint, model.name, prompt.id, seed, job_axes)  # described only on a problem
+
+        if "aspect_ratio" in payload:
+            origin = next(((*path, "aspect_ratio") for path, params in reversed(layers)
+                           if "aspect_ratio" in params), ("defaults",))
+            self.translate_ratio(model, payload, origin, str(who))
+        shape = (model.name, prompt.id if prompt.params else "", _freeze(job_axes), _freeze(extra_params))
+        # A job with a bad seed is still checked, so one run lists all of its problems.
+        if (check and not self.validate(model, payload, layers, who, shape)) or not seed_ok:
+            return None
+        stem = job_stem(model.name, prompt.id, job_axes, seed)
+        return Job(n, job_key(model.endpoint, payload, None if seed_sent else seed), model.endpoint,
+                   model.name, prompt.id, seed, job_axes, payload, stem, int(payload.get("num_images", 1)),
+                   prompt.tags, f"{prompt.where[0]}:{prompt.where[1]}", seed_sent)
+
+    def _unique(self, job: Job, where: tuple[Any, ...]) -> bool:
+        """No two jobs share an output path (ignoring case) or an input (it would be paid twice)."""
+        folded = job.stem.lower()
+        stem_fp, key_fp = hash(folded), int(job.key[3:19], 16)
+        if not self._exact:
+            if stem_fp in self._stems:
+                self._suspect_stems.add(stem_fp)
+                return False
+            if key_fp in self._keys:
+                self._suspect_keys.add(key_fp)
+                return False
+            self._stems.add(stem_fp)
+            self._keys.add(key_fp)
+            return True
+        # The exact pass: only fingerprints seen twice need the values themselves.
+        clash = self._first_stem.get(folded) if stem_fp in self._suspect_stems else None
+        if clash is not None:
+            who = _Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
+            self.at(where, f"two jobs map to one output path {job.stem!r}: {clash.describe()} and {who}",
+                    allowed="give them a distinguishing axis, label or prompt id")
+            return False
+        twin = self._first_key.get(job.key) if key_fp in self._suspect_keys else None
+        if twin is not None:
+            who = _Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
+            self.at(where, f"{who} sends exactly the input of {twin.describe()}; it would be paid twice")
+            return False
+        if stem_fp in self._suspect_stems:
+            self._first_stem[folded] = job
+        if key_fp in self._suspect_keys:
+            self._first_key[job.key] = job
+        return True
+
+    def _check_pass(self) -> _Tally:
+        self._stems, self._keys = Fingerprints(), Fingerprints()
+        if not self._exact:
+            self._suspect_stems: set[int] = set()
+            self._suspect_keys: set[int] = set()
+        self._first_stem: dict[str, Job] = {}
+        self._first_key: dict[str, Job] = {}
+        tally = _Tally()
+        prices = {}
+        for name, model in self.models.items():
+            price = self.m.prices.get(model.endpoint) or self.m.prices.get(name)
+            if price:
+                # Unset sizes are priced at the endpoint's documented default size.
+                props = {} if model.unchecked else self.registry.properties(model.endpoint)
+                prices[name] = (price, {k: v["default"] for k, v in props.items() if "default" in v})
+                tally.costs[name] = 0.0
+        sizes: dict[tuple[Any, ...], float] = {}
+        for job in self._generate(check=True, tally=tally):
+            tally.add(job)
+            priced = prices.get(job.model)
+            if priced is None:
+                continue
+            price, documented = priced
+            if "per_image" in price:
+                tally.costs[job.model] += price["per_image"] * job.num_images
+                continue
+            size = job.input.get("image_size")
+            memo = (job.model, _freeze(size) if isinstance(size, dict) else size, job.input.get("resolution"))
+            if memo not in sizes:
+                sizes[memo] = megapixels({**documented, **job.input})
+            tally.costs[job.model] += price["per_megapixel"] * job.num_images * sizes[memo]
+        self._stems = self._keys = Fingerprints(0)  # freed: only the suspects matter from here
+        return tally
 
     def fail(self) -> None:
         problems = []

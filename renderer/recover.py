@@ -68,7 +68,18 @@ def from_sidecars(store: Store, run_dir: Path) -> int:
     if not (run_dir / DATA_DIR).is_dir():
         return 0
     adopted = 0
+    # One directory listing per folder (jobs come in plan order, folder by folder), not one
+    # failed open per job: a first run of a million jobs has no sidecars to find.
+    listed: tuple[str, set[str]] = ("", set())
     for key, stem, num_images in store.fresh_keys():
+        folder, _, name = f"{DATA_DIR}/{stem}".rpartition("/")
+        if folder != listed[0]:
+            try:
+                listed = (folder, set(os.listdir(run_dir / folder)))
+            except OSError:
+                listed = (folder, set())
+        if f"{name}-0.json" not in listed[1]:
+            continue  # what _sidecar would find: nothing (a job's own path is tried only after this one)
         first = _sidecar(run_dir, stem, 0)
         if first is None:
             continue

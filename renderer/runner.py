@@ -180,13 +180,12 @@ class Runner:
         self.phase: dict[str, str] = {}  # key → what its task is doing now
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.queued: dict[str, int | None] = {}  # keys waiting in the provider's queue → position
-        self._endpoints = {j.key: j.endpoint for j in plan.jobs}
+        self._endpoints: dict[str, str] = {}  # key → endpoint, for the jobs read but not yet finished
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.done = 0
         self.failed = 0
         self.images = 0
         self.cost = 0.0  # of this run's finished jobs, by the manifest's prices
-        self._models = {j.key: j.model for j in plan.jobs}
         client.on_event = self._client_event
 
     # -------------------------------------------------- events
@@ -202,9 +201,9 @@ class Runner:
 
     # -------------------------------------------------- the run
 
-    def prepare(self) -> tuple[list[str], int]:
-        """Sync the plan, check finished files, and list the pending keys (in plan order)."""
-        self.plan_changed = self.store.sync_plan(self.plan.jobs)
+    def prepare(self) -> int:
+        """Sync the plan and check finished files; returns the count of ambiguous submits."""
+        self.plan_changed = self.store.sync_plan(self.plan.jobs, getattr(self.plan, "digest", ""))
         files.remove_partials(self.run_dir, {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()})
         recover.leftovers(self.run_dir)
         adopted = recover.from_sidecars(self.store, self.run_dir)
@@ -232,26 +231,37 @@ class Runner:
             if not all(files.file_intact(self.run_dir, e, rehash=self.config.verify) for e in entries):
                 self.store.redownload(key, "a finished file was missing or changed")
                 self.plan_changed = True
-        ambiguous = self.store.ambiguous()
-        pending = self.store.pending()
-        if self.config.max_jobs is not None:
-            allowed = {j.key for j in self.plan.jobs[: self.config.max_jobs]}
-            pending = [k for k in pending if k in allowed]
-        return pending, ambiguous
+        return self.store.ambiguous()
+
+    def pending(self) -> Iterator[str]:
+        """Pending keys in plan order, read from the store a page at a time (never one list).
+
+        A trial (--max-jobs N) takes the plan's first N jobs: plan_index is the plan position.
+        """
+        after = -1
+        while True:
+            page = self.store.pending_page(after, before=self.config.max_jobs)
+            if not page:
+                return
+            for _index, key, endpoint in page:
+                self._endpoints[key] = endpoint
+                yield key
+            after = page[-1][0]
 
     async def run(self) -> Summary:
         started = time.time()
-        pending, ambiguous = self.prepare()
+        ambiguous = self.prepare()
         run_id = self.store.start_run(ambiguous)
+        pending = self.store.pending_count(self.config.max_jobs)
         # Until finish() replaces it, run.json says the run is in progress: a crash never leaves "done".
         with writing(self.run_dir / "run.json"):
             files.write_json(self.run_dir / "run.json", {
                 "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": "running",
                 "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started,
-                "started_at": iso_time(started), "pending": len(pending)})
-        self.emit({"type": "start", "pending": len(pending), "total": len(self.plan.jobs),
+                "started_at": iso_time(started), "pending": pending})
+        self.emit({"type": "start", "pending": pending, "total": len(self.plan.jobs),
                    "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
-        queue = iter(pending)
+        queue = self.pending()
 
         async def worker() -> None:
             for key in queue:
@@ -272,6 +282,7 @@ class Runner:
                         self.tasks.pop(key, None)
                         self.phase.pop(key, None)
                         self.queued.pop(key, None)
+                        self._endpoints.pop(key, None)
                 finally:
                     await self.slots.release()
                 self.emit(self.progress())
@@ -355,14 +366,18 @@ class Runner:
 
     def total_cost(self) -> tuple[float | None, list[str]]:
         """(cost of every finished job by the manifest's prices, models without a price)."""
-        total, unpriced = 0.0, set()
-        for key, entries in self.store.downloaded_files():
+        total, uncosted = 0.0, False
+        for _key, entries in self.store.downloaded_files():
             for entry in entries:
                 if "cost" in entry:
                     total += entry["cost"]
                 else:
-                    unpriced.add(self._models.get(key, "?"))
-        models = {(j.endpoint, j.model) for j in self.plan.jobs}
+                    uncosted = True
+        # Models named once from the store, not looked up per file (a million-job plan is not held).
+        unpriced = set(self.store.models_without_cost()) if uncosted else set()
+        in_plan = self.plan.by_model or None
+        models = {(m.endpoint, m.name) for m in self.plan.manifest.models if in_plan is None or m.name in in_plan} \
+            if in_plan is not None else {(j.endpoint, j.model) for j in self.plan.jobs}
         priced = {m for e, m in models if price_of(self.plan.manifest.prices, e, m) is not None}
         unpriced |= {m for _, m in models} - priced
         return (round(total, 6) if priced else None), sorted(unpriced)
@@ -378,13 +393,14 @@ class Runner:
         except (OSError, UnicodeDecodeError):
             text = None  # a manifest given as a dict (the Python API), or gone since
         info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
-        columns = dataset.Columns.from_axes(j.axes for j in self.plan.jobs)
+        axes = self.plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
+        columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in self.plan.jobs))
         dataset.write(self.run_dir, info, columns, self.store.export_rows(), self.config.provider or None)
 
     # -------------------------------------------------- one job
 
     async def _job(self, key: str) -> None:
-        slot = self.endpoint_slots.get(self._endpoints[key]) if self.endpoint_slots else None
+        slot = self.endpoint_slots.get(self._endpoints.get(key, "")) if self.endpoint_slots else None
         if slot is None:
             await self._advance(key)
             return

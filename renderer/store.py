@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunLocked, StateError
+from .plan import Fingerprints
 
 DB_NAME = "renderer.sqlite"
 LOCK_NAME = ".renderer.lock"
 STATES = ("planned", "submitted", "completed", "downloaded", "failed")
+SYNC_BATCH = 5000  # jobs per plan-sync transaction
+PAGE = 2000  # rows per page when the runner reads pending work or finished files
 
 DAMAGED_HINT = (f"if the file is damaged, move {DB_NAME} aside (and its -wal/-shm files) and rerun: the state is "
                 "rebuilt from the images' sidecars, so finished jobs are not paid for again")
@@ -103,6 +106,15 @@ def m003_provider_and_resubmits(db: sqlite3.Connection) -> None:
             at REAL NOT NULL,
             reason TEXT NOT NULL
         )""")
+
+
+@migration
+def m004_meta(db: sqlite3.Connection) -> None:
+    """Facts about the run as a whole (the digest of the plan last recorded in full)."""
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # Pending work is read in pages in plan order; (in_plan, state, plan_index) would make
+    # every page sort all pending rows.
+    db.execute("CREATE INDEX jobs_order ON jobs (plan_index)")
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
@@ -225,39 +237,76 @@ class Store:
 
     # -------------------------------------------------- plan sync
 
-    def sync_plan(self, jobs: Iterable[Any]) -> bool:
+    def sync_plan(self, jobs: Iterable[Any], digest: str = "") -> bool:
         """Record the current plan: new jobs are planned; jobs no longer planned are kept, marked out.
 
-        Only what differs from the stored rows is written (a rerun of an unchanged plan writes
-        nothing, and known jobs' inputs are never re-encoded). Returns whether anything changed.
+        Streams: the plan is read in batches of SYNC_BATCH jobs, each looked up and written in
+        its own transaction, so memory does not grow with the plan. Only what differs from the
+        stored rows is written, and a plan whose `digest` matches the one recorded after the
+        last complete sync is not read at all (a no-op rerun). Returns whether anything changed.
         """
+        if digest and self.meta("plan_digest") == digest:
+            return False
         now = time.time()
-        stored, stems = {}, set()
-        for r in self.db.execute("SELECT key, plan_index, in_plan, model, source, tags, stem FROM jobs"):
-            stored[r[0]] = tuple(r[1:6])
-            stems.add(r[6].lower())
+        empty = self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is None
+        if not empty:
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY)")
+            self.db.execute("DELETE FROM temp.seen")
+        # Paths already recorded, as fingerprints (8 bytes a row): a new job whose path another
+        # recorded job owns gets its own path (see distinct_stem). The plan's own paths never clash.
+        stems = Fingerprints()
+        if not empty:
+            for (stem,) in self.db.execute("SELECT stem FROM jobs"):
+                stems.add(hash(stem.lower()))
         tag_json: dict[tuple[str, ...], str] = {}
-        new, moved, seen = [], [], set()
+        changed = False
+        batch: list[Any] = []
         for j in jobs:
-            seen.add(j.key)
+            batch.append(j)
+            if len(batch) >= SYNC_BATCH:
+                changed |= self._sync_batch(batch, tag_json, now, empty, stems)
+                batch = []
+        if batch:
+            changed |= self._sync_batch(batch, tag_json, now, empty, stems)
+        with self._tx() as db:
+            if not empty:
+                cur = db.execute("UPDATE jobs SET in_plan = 0, plan_index = NULL "
+                                 "WHERE in_plan = 1 AND key NOT IN (SELECT key FROM temp.seen)")
+                changed |= cur.rowcount > 0
+                db.execute("DELETE FROM temp.seen")
+            if digest:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('plan_digest', ?)", (digest,))
+        return changed
+
+    def _sync_batch(self, batch: list[Any], tag_json: dict[tuple[str, ...], str], now: float, empty: bool,
+                    stems: Fingerprints) -> bool:
+        stored: dict[str, tuple[Any, ...]] = {}
+        if not empty:
+            for at in range(0, len(batch), 500):
+                part = [j.key for j in batch[at:at + 500]]
+                stored.update((r[0], tuple(r[1:])) for r in self.db.execute(
+                    "SELECT key, plan_index, in_plan, model, source, tags FROM jobs "
+                    f"WHERE key IN ({','.join('?' * len(part))})", part))
+        new, moved = [], []
+        batch_stems: set[str] = set()
+        for j in batch:
             tags = tag_json.get(j.tags) or tag_json.setdefault(j.tags, _dumps(list(j.tags)))
             row = stored.get(j.key)
             if row is None:
                 stem = j.stem
-                if stem.lower() in stems:
+                if hash(stem.lower()) in stems and self._stem_taken(stem, batch_stems):
                     # Another recorded job owns this path (a parameter that is not an axis changed):
                     # never overwrite its files; this job gets its own, named after its key.
                     stem = distinct_stem(stem, j.key)
-                stems.add(stem.lower())
+                stems.add(hash(stem.lower()))
+                batch_stems.add(stem.lower())
                 new.append((j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input.get("prompt", ""), j.seed,
                             _dumps(j.axes), stem, _dumps(j.input), j.num_images, tags, j.where, now))
             elif row != (j.index, 1, j.model, j.where, tags):
                 moved.append((j.index, j.model, j.where, tags, j.key))
-        dropped = [(key,) for key, row in stored.items() if row[1] == 1 and key not in seen]
-        if not (new or moved or dropped):
-            return False
         with self._tx() as db:
-            db.executemany("UPDATE jobs SET in_plan = 0, plan_index = NULL WHERE key = ?", dropped)
+            if not empty:
+                db.executemany("INSERT OR IGNORE INTO temp.seen VALUES (?)", [(j.key,) for j in batch])
             db.executemany("UPDATE jobs SET plan_index = ?, in_plan = 1, model = ?, source = ?, tags = ? WHERE key = ?",
                            moved)
             db.executemany(
@@ -266,7 +315,18 @@ class Store:
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 new,
             )
-        return True
+        return bool(new or moved)
+
+    def _stem_taken(self, stem: str, batch_stems: set[str]) -> bool:
+        """Exactly: does a recorded row, or a new one of this batch, own `stem` (ignoring case)?"""
+        return stem.lower() in batch_stems or self.db.execute(
+            "SELECT 1 FROM jobs WHERE lower(stem) = ? LIMIT 1", (stem.lower(),)).fetchone() is not None
+
+    def meta(self, name: str) -> str | None:
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+            return None  # a read-only open of a database from before migration 3
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
 
     # -------------------------------------------------- state changes (one transaction each)
 
@@ -347,11 +407,21 @@ class Store:
         self._set(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
                   result=None, files=None, error=reason, error_kind="other_provider", submit_started=None)
 
-    def fresh_keys(self) -> list[tuple[str, str, int]]:
-        """(key, stem, num_images) of planned jobs never submitted from this database."""
-        return [(r[0], r[1], r[2]) for r in self.db.execute(
-            "SELECT key, stem, num_images FROM jobs WHERE in_plan = 1 AND state = 'planned' AND request_id IS NULL "
-            "AND submit_started IS NULL AND attempts = 0 ORDER BY plan_index")]
+    def fresh_keys(self) -> Iterator[tuple[str, str, int]]:
+        """(key, stem, num_images) of planned jobs never submitted from this database, in plan order.
+
+        Read in pages by plan position (the caller may adopt or restem rows between pages).
+        """
+        after = -1
+        while True:
+            page = self.db.execute(
+                "SELECT plan_index, key, stem, num_images FROM jobs WHERE plan_index > ? AND +in_plan = 1 "
+                "AND +state = 'planned' AND request_id IS NULL AND submit_started IS NULL AND attempts = 0 "
+                "ORDER BY plan_index LIMIT ?", (after, PAGE * 5)).fetchall()
+            if not page:
+                return
+            yield from ((r[1], r[2], r[3]) for r in page)
+            after = page[-1][0]
 
     def gone(self) -> bool:
         """Has the database file been deleted or replaced since it was opened (the run directory removed)?"""
@@ -385,6 +455,23 @@ class Store:
         return [r[0] for r in self.db.execute(
             "SELECT key FROM jobs WHERE in_plan = 1 AND state NOT IN ('downloaded', 'failed') ORDER BY plan_index")]
 
+    def pending_page(self, after: int, limit: int = PAGE, before: int | None = None) -> list[tuple[int, str, str]]:
+        """(plan_index, key, endpoint) of pending jobs after plan index `after`, in plan order.
+
+        The runner reads its work in such pages, never as one list; `before` bounds the plan
+        index (a trial run's --max-jobs).
+        """
+        return [(r[0], r[1], r[2]) for r in self.db.execute(
+            # `+` keeps SQLite off the (in_plan, state) index, which would sort all pending rows per page.
+            "SELECT plan_index, key, endpoint FROM jobs WHERE +in_plan = 1 AND +state NOT IN ('downloaded', 'failed') "
+            "AND plan_index > ? AND plan_index < ? ORDER BY plan_index LIMIT ?",
+            (after, before if before is not None else 2**62, limit))]
+
+    def pending_count(self, before: int | None = None) -> int:
+        return int(self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE in_plan = 1 AND state NOT IN ('downloaded', 'failed') "
+            "AND plan_index < ?", (before if before is not None else 2**62,)).fetchone()[0])
+
     def rows(self, *, in_plan: bool | None = None, state: str | None = None) -> list[Row]:
         sql, args = "SELECT * FROM jobs WHERE 1 = 1", []
         if in_plan is not None:
@@ -395,16 +482,23 @@ class Store:
             args.append(state)
         return [Row.from_sql(r) for r in self.db.execute(sql + " ORDER BY plan_index, key", args)]
 
-    def downloaded_files(self) -> list[tuple[str, list[dict[str, Any]]]]:
-        """(key, files) of every finished job, in no particular order.
+    def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """(key, files) of every finished job, in no particular order, read in pages.
 
-        One JSON document built by SQLite and decoded once: on a rerun of 100,000 finished jobs
-        this is several times faster than decoding each row's column on its own.
+        Each page is one JSON document built by SQLite and decoded once: on a rerun of 100,000
+        finished jobs this is several times faster than decoding each row's column on its own.
+        Pages go by rowid, so rows changed while the caller works are neither skipped nor repeated.
         """
-        blob = self.db.execute(
-            "SELECT '[' || COALESCE(group_concat('[' || json_quote(key) || ',' || files || ']', ','), '') || ']' "
-            "FROM jobs WHERE in_plan = 1 AND state = 'downloaded'").fetchone()[0]
-        return [(key, entries) for key, entries in json.loads(blob)]
+        after = 0
+        while True:
+            last, blob = self.db.execute(
+                "SELECT MAX(r), '[' || COALESCE(group_concat('[' || json_quote(key) || ',' || files || ']', ','), '')"
+                " || ']' FROM (SELECT rowid AS r, key, files FROM jobs WHERE rowid > ? AND +in_plan = 1 "
+                "AND +state = 'downloaded' ORDER BY rowid LIMIT ?)", (after, PAGE * 5)).fetchone()
+            if last is None:
+                return
+            yield from ((key, entries) for key, entries in json.loads(blob))
+            after = last
 
     def export_rows(self) -> Iterator[dict[str, Any]]:
         """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags)."""
@@ -432,9 +526,26 @@ class Store:
         return self.db.execute(
             "SELECT COUNT(*) FROM jobs WHERE submit_started IS NOT NULL AND request_id IS NULL").fetchone()[0]
 
-    def unfinished_stems(self) -> list[str]:
-        """Stems of jobs whose files may be mid-write (anything not downloaded, planned or not)."""
-        return [r[0] for r in self.db.execute("SELECT stem FROM jobs WHERE state != 'downloaded'")]
+    def unfinished_stems(self) -> Iterator[str]:
+        """Stems of jobs whose files may be mid-write, planned or not.
+
+        Only a job with a result writes files (state completed, or failed after one); a planned
+        or submitted job has written nothing, and a million of them need not be listed.
+        """
+        for r in self.db.execute("SELECT stem FROM jobs WHERE state != 'downloaded' AND "
+                                 "(result IS NOT NULL OR state = 'completed')"):
+            yield r[0]
+
+    def models_without_cost(self) -> list[str]:
+        """Models of finished jobs with a file that has no recorded cost."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "
+            "(SELECT 1 FROM json_each(jobs.files) WHERE json_type(value, '$.cost') IS NULL)")]
+
+    def done_by_model(self) -> dict[str, int]:
+        """Downloaded jobs of the recorded plan, per model."""
+        return dict(self.db.execute(
+            "SELECT model, COUNT(*) FROM jobs WHERE in_plan = 1 AND state = 'downloaded' GROUP BY model").fetchall())
 
     def done_keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM jobs WHERE state = 'downloaded'")}

@@ -394,3 +394,16 @@ def test_validate_is_total_on_fuzzed_manifests(case: tuple[str, dict[str, bytes]
         assert code == 2, err.getvalue()
         first = err.getvalue().splitlines()[0]
         assert re.match(r"^[^\n]+:\d+:\d+: \$", first), first
+
+
+def test_a_manifest_too_large_to_check_quickly_is_refused_before_composing():
+    """More than MAX_VALUES values written out (not only through aliases) is refused at the first one over."""
+    from renderer.manifest import MAX_VALUES
+
+    count = MAX_VALUES // 5 + 10  # an inline prompt is five values: mapping, two keys, two strings
+    text = "name: t\nprompts:\n" + "".join(f"  - {{id: p{i}, text: x}}\n" for i in range(count))
+    with pytest.raises(ManifestError) as info:
+        load_yaml(text, "big.yaml")
+    (problem,) = info.value.problems
+    assert problem.message == f"the manifest holds more than {MAX_VALUES:,} values"
+    assert "prompt file" in (problem.allowed or "") and problem.line > MAX_VALUES // 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from renderer.matrix import apply, cartesian
+from renderer.matrix import apply, cartesian, stream
 
 
 def test_githubs_worked_example():
@@ -64,3 +64,20 @@ def test_originals_never_change_their_matrix_values(values, include):
     for combo, created in apply(base, include):
         if not created:
             assert combo["k"] in values and combo["v"] in ("a", "b")
+
+
+_value = st.sampled_from(["a", "b", 1, 1.0, True])
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b", "c"]), min_size=0, max_size=3, unique=True),
+    st.booleans(),
+    st.lists(st.dictionaries(st.sampled_from(["k", "v", "w", "new"]), _value, min_size=1), max_size=4),
+    st.lists(st.dictionaries(st.sampled_from(["k", "v", "w"]), _value, min_size=1), max_size=3),
+)
+def test_stream_gives_what_apply_gives(values, ragged, include, exclude):
+    """The streaming form (for plans too big to hold) yields exactly apply's combinations, in order."""
+    base = cartesian([("k", values), ("v", ["a", 1])])
+    if ragged:  # per-model axes: some originals carry a key others lack
+        base += cartesian([("k", ["z"]), ("w", ["a", "b"])])
+    assert list(stream(lambda: iter(base), include, exclude)) == apply(base, include, exclude)

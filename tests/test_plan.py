@@ -169,3 +169,60 @@ def test_reordering_models_keeps_identity(registry, data):
     before = by_identity(build(registry, data))
     after = by_identity(build(registry, {**data, "models": list(reversed(data["models"]))}))
     assert {k: (j.key, j.stem) for k, j in before.items()} == {k: (j.key, j.stem) for k, j in after.items()}
+
+
+def test_jobs_are_made_on_demand_and_behave_as_a_sequence(registry: SchemaRegistry):
+    """plan.jobs has len(), indexing and slicing, and gives the same jobs on every iteration."""
+    p = build(registry, {"prompts": [{"id": f"p{i}", "text": f"t{i}"} for i in range(3)], "models": MODELS[:2],
+                         "seeds": {"start": 1, "count": 4}})
+    first = list(p.jobs)
+    assert isinstance(p.jobs, plan.Jobs) and len(p.jobs) == len(first) == 24
+    assert [j.index for j in first] == list(range(24))
+    assert list(p.jobs) == first and p.jobs[5] == first[5] and p.jobs[-1] == first[-1]
+    assert p.jobs[2:9:3] == first[2:9:3] and p.jobs[::-1] == first[::-1]
+    assert p.images == 24 and p.by_model == {MODELS[0]: (12, 12), MODELS[1]: (12, 12)}
+    with pytest.raises(IndexError):
+        p.jobs[24]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["a", "b", "A", "same"]), min_size=1, max_size=4),
+       st.lists(st.integers(1, 5), min_size=1, max_size=4, unique=True))
+def test_seed_template_jobs_equal_jobs_made_one_by_one(registry: SchemaRegistry, texts, seeds):
+    """The fast per-seed path gives each job the key, stem and input the long way gives it."""
+    data = {"prompts": [{"id": f"p{i}", "text": t} for i, t in enumerate(texts)], "models": MODELS[:3],
+            "seeds": seeds, "defaults": {"aspect_ratio": "16:9"}}
+    try:
+        p = build(registry, data)
+    except ManifestError:  # repeated texts are refused
+        assert len(set(texts)) < len(texts)
+        return
+    assert len(set(texts)) == len(texts)
+    planner = plan._Planner(p.manifest, registry)
+    planner.build()
+    for job in p.jobs:
+        prompt = planner.prompts[job.prompt_id]
+        model = planner.models[job.model]
+        slow = planner._full(job.index, prompt, model, job.axes, {}, None, job.seed, check=True)
+        assert slow == job
+
+
+def test_plan_digest_follows_what_the_state_records(registry: SchemaRegistry):
+    """The digest changes when a job's key, order, model or tags change, not otherwise."""
+    data = {"prompts": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}], "models": MODELS[:1], "seeds": [1, 2]}
+    base = build(registry, data).digest
+    assert build(registry, data).digest == base
+    assert build(registry, {**data, "seeds": [2, 1]}).digest != base
+    assert build(registry, {**data, "prompts": [{"id": "a", "text": "x", "tags": ["t"]},
+                                                {"id": "b", "text": "y"}]}).digest != base
+
+
+def test_the_same_input_twice_is_named_with_both_jobs(registry: SchemaRegistry):
+    """Two labels of one endpoint send identical inputs: found by fingerprint, then named exactly."""
+    with pytest.raises(ManifestError) as info:
+        build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": {"start": 1, "count": 50},
+                         "models": [{"endpoint": MODELS[0], "label": "one"}, {"endpoint": MODELS[0], "label": "two"}]})
+    problems = info.value.problems
+    assert len(problems) == 50 and all("it would be paid twice" in p.message for p in problems)
+    assert [p.message.split(" sends")[0] for p in problems] == [f"prompt=a model=two seed={s}" for s in range(1, 51)]
+    assert all(f"model=one seed={s};" in p.message for s, p in zip(range(1, 51), problems, strict=True))

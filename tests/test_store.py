@@ -87,3 +87,52 @@ def test_the_lock_refuses_a_second_holder(tmp_path: Path):
     assert "pid" in info.value.message
     with RunLock(tmp_path):  # released after use
         pass
+
+
+def _many(registry: SchemaRegistry, seeds: int, tmp_path: Path, name: str = "m.yaml") -> plan.Plan:
+    import yaml
+
+    from renderer.manifest import parse
+    text = yaml.safe_dump({"name": "t", "prompts": [{"id": f"p{i}", "text": f"t{i}"} for i in range(5)],
+                           "models": ["fal-ai/flux-1/schnell"], "seeds": {"start": 1, "count": seeds}})
+    return plan.build(parse(text, tmp_path / name), registry)
+
+
+def test_sync_streams_in_batches_and_keeps_the_plan_exact(tmp_path: Path, registry: SchemaRegistry,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """Synced in many small transactions, the rows match the plan; a shrunk plan marks the rest out."""
+    import renderer.store as store_mod
+    monkeypatch.setattr(store_mod, "SYNC_BATCH", 7)
+    big, small = _many(registry, 20, tmp_path), _many(registry, 13, tmp_path)
+    store = Store(tmp_path)
+    assert store.sync_plan(big.jobs, big.digest)
+    assert store.pending() == [j.key for j in big.jobs]
+    assert not store.sync_plan(big.jobs, big.digest)  # same digest: nothing read, nothing written
+    assert store.sync_plan(small.jobs, small.digest)
+    assert store.pending() == [j.key for j in small.jobs]
+    assert store.counts()["no_longer_planned"] == 35
+    assert store.sync_plan(big.jobs, big.digest)  # back again: the rows return to the plan, in order
+    assert store.pending() == [j.key for j in big.jobs] and store.counts()["no_longer_planned"] == 0
+
+
+def test_pending_and_finished_files_are_read_in_pages(tmp_path: Path, registry: SchemaRegistry,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """Paging by plan position and rowid sees every row once, whatever the page size."""
+    import renderer.store as store_mod
+    monkeypatch.setattr(store_mod, "PAGE", 3)
+    p = _many(registry, 10, tmp_path)
+    store = Store(tmp_path)
+    store.sync_plan(p.jobs, p.digest)
+    keys = [j.key for j in p.jobs]
+    for key in keys[::4]:
+        store.downloaded(key, [{"path": key}])
+    seen: list[str] = []
+    after = -1
+    while page := store.pending_page(after, limit=4):
+        seen.extend(k for _, k, _ in page)
+        after = page[-1][0]
+    assert seen == [k for k in keys if k not in keys[::4]]
+    assert store.pending_page(-1, limit=100, before=5) == [(i, keys[i], "fal-ai/flux-1/schnell")
+                                                           for i in range(5) if i % 4]
+    assert store.pending_count() == 50 - 13 and store.pending_count(before=5) == 3
+    assert sorted(store.downloaded_files()) == sorted((k, [{"path": k}]) for k in keys[::4])
