@@ -4,7 +4,7 @@ Every image is written with a sidecar (`<image>.json`) that names its job key, r
 provider and sha256. When `renderer.sqlite` is deleted, emptied or moved aside (say, after
 it was damaged), a job the database knows nothing about may still be on disk: before
 anything is submitted, a planned job that was never submitted from this database is looked
-up by its path, and adopted as finished when every one of its images is there, whole, and
+up by its path (on the first run of a new database only), and adopted as finished when every one of its images is there, whole, and
 its sidecar names this very job.
 
 Invariants:
@@ -65,7 +65,9 @@ def _entry(run_dir: Path, stem: str, index: int, sidecar: dict[str, Any]) -> dic
 
 def from_sidecars(store: Store, run_dir: Path) -> int:
     """Adopt planned, never-submitted jobs whose images and sidecars are on disk. Returns how many."""
-    if not (run_dir / DATA_DIR).is_dir():
+    # Only a database that has never started a run can have lost track of files: later runs
+    # record everything they write, and skip this scan (a stat per planned job).
+    if store.runs_started() or not (run_dir / DATA_DIR).is_dir():
         return 0
     adopted = 0
     # One directory listing per folder (jobs come in plan order, folder by folder), not one

@@ -563,6 +563,9 @@ class Store:
             db.execute("UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?",
                        (time.time(), outcome, _dumps(summary), run_id))
 
+    def runs_started(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
     def total_ambiguous(self) -> int:
         return int(self.db.execute("SELECT COALESCE(SUM(ambiguous_resubmits), 0) FROM runs").fetchone()[0])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -87,6 +88,42 @@ def test_the_lock_refuses_a_second_holder(tmp_path: Path):
     assert "pid" in info.value.message
     with RunLock(tmp_path):  # released after use
         pass
+
+
+def test_resubmits_are_recorded_per_run_with_their_reason(tmp_path: Path, registry: SchemaRegistry):
+    """Each paid resubmission is one row with its reason and run; a free one (paid=False) is not counted."""
+    p = _plan(registry)
+    store = Store(tmp_path)
+    store.sync_plan(p.jobs)
+    keys = [j.key for j in p.jobs]
+    first = store.start_run(0)
+    store.submitted(keys[0], "r1", "s", "r", "c", "fal")
+    assert store.get(keys[0]).provider == "fal"
+    store.resubmit(keys[0], "runner failed")
+    store.resubmit(keys[1], "emulator gone", paid=False)
+    second = store.start_run(0)
+    store.record_resubmit(keys[2], "runner failed")
+    store.record_resubmit(keys[3], "result expired")
+    assert store.get(keys[0]).state == "planned" and store.get(keys[0]).request_id is None
+    assert store.resubmit_reasons(first) == {"runner failed": 1}
+    assert store.resubmit_reasons(second) == {"result expired": 1, "runner failed": 1}
+    assert store.resubmit_reasons() == {"runner failed": 2, "result expired": 1}
+    store.close()
+
+
+def test_a_new_job_never_takes_a_path_a_recorded_job_holds(tmp_path: Path, registry: SchemaRegistry):
+    """Two keys with one stem (a non-axis parameter changed): the later one gets stem + '_' + its key's start."""
+    p = _plan(registry)
+    store = Store(tmp_path)
+    store.sync_plan(p.jobs[:1])
+    job = p.jobs[0]
+    other = dataclasses.replace(job, key="j1-" + "ab" * 32)
+    store.sync_plan([other])
+    assert store.get(job.key).stem == job.stem
+    assert store.get(other.key).stem == f"{job.stem}_abababab"
+    store.sync_plan([other])  # decided once: a rerun keeps it
+    assert store.get(other.key).stem == f"{job.stem}_abababab"
+    store.close()
 
 
 def _many(registry: SchemaRegistry, seeds: int, tmp_path: Path, name: str = "m.yaml") -> plan.Plan:
