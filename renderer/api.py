@@ -25,11 +25,13 @@ import yaml
 from . import dataset
 from . import manifest as manifest_mod
 from . import plan as plan_mod
+from . import storage as storage_mod
 from .errors import UsageError
 from .layout import DATA_DIR
 from .plan import Plan
 from .runner import Event, RunConfig, Summary
 from .schemas import SchemaRegistry, default_schema_dir
+from .storage import Storage
 from .store import Store
 
 __all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
@@ -71,17 +73,23 @@ def _checked(name: str, value: Any) -> Any:
 
 def _prepare(plan: Plan, *, provider: str | None, output: str | os.PathLike[str] | None, concurrency: int | None,
              rate: float | None, timeout: float | None, retry_failed: bool, max_jobs: int | None, verify: bool,
-             env: Mapping[str, str] | None) -> tuple[Plan, Any, RunConfig]:
+             env: Mapping[str, str] | None) -> tuple[Plan, Any, RunConfig, Storage | None]:
     from .session import resolve_provider  # aiohttp and friends load only when something runs
 
     # The same checks as the manifest, flags and environment (renderer/settings.py).
     checked = {name: _checked(name, value) for name, value in
                (("concurrency", concurrency), ("rate", rate), ("timeout", timeout), ("max_jobs", max_jobs))}
     concurrency, rate, timeout, max_jobs = (checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs"))
-    if output is not None:
-        plan = replace(plan, manifest=replace(plan.manifest, output=Path(output)))
+    environ = os.environ if env is None else env
+    if output is not None and storage_mod.is_remote(str(output)):
+        storage_mod.parse_s3(str(output))
+        plan = replace(plan, manifest=replace(plan.manifest, output_url=str(output)))
+    elif output is not None:
+        plan = replace(plan, manifest=replace(plan.manifest, output=Path(output), output_url=None))
     m = plan.manifest
-    settings = resolve_provider(m.provider, provider, os.environ if env is None else env)
+    # A bucket when the output is s3://…, configured by the standard AWS variables.
+    storage = storage_mod.open_storage(m.output_url, m.name, environ) if m.output_url else None
+    settings = resolve_provider(m.provider, provider, environ)
     config = RunConfig(
         concurrency=m.limits.concurrency if concurrency is None else concurrency,
         per_endpoint=dict(m.limits.per_endpoint),
@@ -89,7 +97,7 @@ def _prepare(plan: Plan, *, provider: str | None, output: str | os.PathLike[str]
         timeout=m.limits.timeout if timeout is None else timeout,
         retry=m.retries, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify, provider=settings.label,
     )
-    return plan, settings, config
+    return plan, settings, config, storage
 
 
 async def run_async(plan: Plan, *, provider: str | None = None, output: str | os.PathLike[str] | None = None,
@@ -104,11 +112,11 @@ async def run_async(plan: Plan, *, provider: str | None = None, output: str | os
     """
     from .session import execute_async
 
-    plan, settings, config = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
+    plan, settings, config, storage = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
                                       timeout=timeout, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify,
                                       env=env)
     return await execute_async(plan, settings, config, _registry(schemas), on_event or (lambda event: None),
-                               interrupts=False)
+                               interrupts=False, storage=storage)
 
 
 def run(plan: Plan, *, provider: str | None = None, output: str | os.PathLike[str] | None = None,
@@ -119,10 +127,11 @@ def run(plan: Plan, *, provider: str | None = None, output: str | os.PathLike[st
     """Render the plan and wait for it. Inside a running event loop (Jupyter) it runs on a worker thread."""
     from .session import execute_async, run_sync
 
-    plan, settings, config = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
+    plan, settings, config, storage = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
                                       timeout=timeout, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify,
                                       env=env)
-    return run_sync(execute_async(plan, settings, config, _registry(schemas), on_event or (lambda event: None)))
+    return run_sync(execute_async(plan, settings, config, _registry(schemas), on_event or (lambda event: None),
+                                  storage=storage))
 
 
 @dataclass(frozen=True)

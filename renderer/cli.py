@@ -23,6 +23,7 @@ from . import __version__, schemas, settings
 from . import manifest as manifest_mod
 from . import plan as plan_mod
 from .errors import ManifestError, Problem, RendererError, UsageError
+from .storage import is_remote, parse_s3
 
 EXIT_BUG = 70  # EX_SOFTWARE
 
@@ -445,8 +446,11 @@ def cmd_run(ctx: Context) -> int:
     provider = _provider_override(ctx)
     if a.dry_run:
         return cmd_plan(ctx)
-    if a.output:
-        plan.manifest = replace(plan.manifest, output=Path(a.output))
+    if a.output and is_remote(a.output):
+        parse_s3(a.output)  # a mistake here is the user's: exit 2 before anything is sent
+        plan.manifest = replace(plan.manifest, output_url=a.output)
+    elif a.output:
+        plan.manifest = replace(plan.manifest, output=Path(a.output), output_url=None)
     m = plan.manifest
     _check_output(ctx, m)
     display = run_mod.Display(ctx.err, quiet=a.quiet, jobs=plan.jobs)
@@ -631,7 +635,8 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_run = command("run", cmd_run, "render a manifest: submit, wait, download and verify every image")
     p_run.add_argument("manifest", metavar="MANIFEST")
     p_run.add_argument("--provider", help="emulator, fal, or a base URL (env RENDERER_PROVIDER; default: manifest)")
-    p_run.add_argument("--output", help="output root (default: the manifest's, else outputs/)")
+    p_run.add_argument("--output", help="output root: a directory, or s3://bucket/prefix (AWS_ENDPOINT_URL, "
+                       "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); default: the manifest's, else outputs/")
     p_run.add_argument("--concurrency", type=_number("concurrency"), help="jobs in flight (env RENDERER_CONCURRENCY)")
     p_run.add_argument("--rate", type=_number("rate"), help="submissions per second, or 5/s, 120/min (env RENDERER_RATE)")
     p_run.add_argument("--timeout", type=_number("timeout"), help="seconds per job before it is cancelled (env RENDERER_TIMEOUT)")

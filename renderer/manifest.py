@@ -24,9 +24,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from . import settings
-from .errors import ManifestError, Problem
+from .errors import ManifestError, Problem, UsageError
 from .layout import _WINDOWS_RESERVED as WINDOWS_DEVICES
 from .schemas import closest, default_schema_dir
+from .storage import is_remote, parse_s3
 
 Path_ = tuple[str | int, ...]
 SECRET_KEYS = {"key", "api_key", "apikey", "fal_key", "token", "secret", "authorization"}
@@ -528,6 +529,11 @@ def semantic_problems(doc: Located, *, file: Path) -> list[Problem]:
     output = raw.get("output")
     if isinstance(output, str) and "\0" in output:
         problems.append(doc.problem(("output",), "the output path contains a NUL character"))
+    elif isinstance(output, str) and is_remote(output):
+        try:
+            parse_s3(output)
+        except UsageError as exc:
+            problems.append(doc.problem(("output",), exc.message, allowed="a directory, or s3://bucket/prefix"))
     provider = raw.get("provider")
     if isinstance(provider, dict) and isinstance(provider.get("url"), str):
         try:
@@ -674,6 +680,9 @@ class Manifest:
     exclude: list[dict[str, Any]]
     extra: list[dict[str, Any]]
     doc: Located = field(repr=False, compare=False)
+    # `output: s3://bucket/prefix`: the outputs go to the bucket (storage.py); the run's own
+    # state and lock stay in `output` (then the default outputs/) on this machine.
+    output_url: str | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -924,7 +933,8 @@ def parse(text: str, file: Path) -> Manifest:
         file=file,
         name=raw["name"],
         # Like the default outputs/, an explicit output is relative to the working directory.
-        output=Path(raw.get("output", "outputs")),
+        output=Path("outputs" if is_remote(str(raw.get("output", ""))) else raw.get("output", "outputs")),
+        output_url=str(raw["output"]) if is_remote(str(raw.get("output", ""))) else None,
         provider=_provider(provider),
         limits=Limits(
             concurrency=int(numbers.get(("limits", "concurrency"), Limits.concurrency)),

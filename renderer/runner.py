@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aiolimiter import AsyncLimiter
@@ -36,9 +36,10 @@ from .errors import (
     StateError,
     TransientError,
 )
-from .layout import DATA_DIR, image_path, job_folder
+from .layout import DATA_DIR, SIDECAR_SUFFIX, image_path, job_folder
 from .manifest import RetryPolicy
 from .plan import Plan, image_cost, price_of
+from .storage import LocalStorage, Storage
 from .store import DB_NAME, Row, Store
 
 Event = dict[str, Any]
@@ -161,7 +162,8 @@ def _limiter(rate: float) -> AsyncLimiter:
 
 class Runner:
     def __init__(self, plan: Plan, store: Store, client: Client, config: RunConfig,
-                 events: Callable[[Event], None] | None = None, output_check: Callable[..., list[Any]] | None = None):
+                 events: Callable[[Event], None] | None = None, output_check: Callable[..., list[Any]] | None = None,
+                 storage: Storage | None = None):
         self.plan = plan
         self.store = store
         self.client = client
@@ -169,6 +171,8 @@ class Runner:
         self.emit = events or (lambda event: None)
         self.output_check = output_check
         self.run_dir: Path = store.run_dir
+        # Where images, sidecars and the dataset land: the run directory, or a bucket (storage.py).
+        self.storage: Storage = storage or LocalStorage(self.run_dir)
         self.stopping = False
         self.fatal: AccountError | None = None
         self.broken: StateError | None = None  # the run's own files cannot be written: stop, say why
@@ -228,7 +232,7 @@ class Runner:
                 if not (row.status_url or "").startswith(self.client.base_url + "/"):
                     self.store.resubmit(row.key, "the in-process emulator of an earlier run is gone", paid=False)
         for key, entries in self.store.downloaded_files():
-            if not all(files.file_intact(self.run_dir, e, rehash=self.config.verify) for e in entries):
+            if not all(self.storage.intact(e, rehash=self.config.verify) for e in entries):
                 self.store.redownload(key, "a finished file was missing or changed")
                 self.plan_changed = True
         return self.store.ambiguous()
@@ -259,6 +263,7 @@ class Runner:
                 "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": "running",
                 "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started,
                 "started_at": iso_time(started), "pending": pending})
+        self.publish("run.json")
         self.emit({"type": "start", "pending": pending, "total": len(self.plan.jobs),
                    "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
         queue = self.pending()
@@ -361,6 +366,7 @@ class Runner:
         }
         with writing(self.run_dir / "run.json"):
             files.write_json(self.run_dir / "run.json", record)
+        self.publish("run.json")
         self.store.finish_run(run_id, outcome, record)
         return summary
 
@@ -396,6 +402,16 @@ class Runner:
         axes = self.plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
         columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in self.plan.jobs))
         dataset.write(self.run_dir, info, columns, self.store.export_rows(), self.config.provider or None)
+        self.publish(f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
+
+    def publish(self, *rels: str) -> None:
+        """Copy files written in the run directory to a remote output (the dataset beside its images)."""
+        if not self.storage.remote:
+            return
+        for rel in rels:
+            path = self.run_dir / rel
+            if path.is_file():
+                self.storage.put_bytes(rel, path.read_bytes())
 
     # -------------------------------------------------- one job
 
@@ -571,7 +587,11 @@ class Runner:
                 raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run")
             # Written on the loop: a thread hop per file cost more than the fsync it hid (bench/).
             with writing(self.run_dir / rel):
-                entry["mtime_ns"] = self._write(self.run_dir / rel, verified.data, self._sidecar(row, index, entry))
+                sidecar = self._sidecar(row, index, entry)
+                if self.storage.remote:  # network I/O: off the loop
+                    entry["mtime_ns"] = await asyncio.to_thread(self._write, rel, verified, sidecar)
+                else:
+                    entry["mtime_ns"] = self._write(rel, verified, sidecar)
             entries.append(entry)
         self.store.downloaded(row.key, entries)
         self.images += len(entries)
@@ -579,13 +599,12 @@ class Runner:
         self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
         return replace(row, state="downloaded", files=entries)
 
-    @staticmethod
-    def _write(path: Path, data: bytes, sidecar: dict[str, Any]) -> int:
-        """Image, then its sidecar; returns the image's mtime (recorded for the rerun check)."""
-        stat = files.write_atomic(path, data)
+    def _write(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int | None:
+        """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
+        mtime = self.storage.put_image(rel, image.data, sha256=image.sha256, content_type=image.content_type)
         # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
-        files.write_json(files.sidecar_path(path), sidecar, durable=False)
-        return stat.st_mtime_ns
+        self.storage.put_json(str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)), sidecar, durable=False)
+        return mtime
 
     async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:
         url = image.get("url")

@@ -32,6 +32,7 @@ from .manifest import PROVIDERS, ProviderConfig
 from .plan import Job, Plan
 from .runner import Event, RunConfig, Runner, Summary, iso_time
 from .schemas import SchemaRegistry
+from .storage import Storage
 from .store import DB_NAME, RunLock, Store, sql_error
 
 T = TypeVar("T")
@@ -208,7 +209,8 @@ def run_sync(work: Coroutine[Any, Any, T]) -> T:
 
 
 async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,
-                        events: Callable[[Event], None], *, interrupts: bool = True) -> Summary:
+                        events: Callable[[Event], None], *, interrupts: bool = True,
+                        storage: Storage | None = None) -> Summary:
     """The whole run on the caller's event loop: lock, state, provider, runner.
 
     `interrupts`: take over Ctrl-C for a graceful stop while the run lasts (only when this
@@ -218,7 +220,7 @@ async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfi
     with RunLock(run_dir):
         store = Store(run_dir)
         try:
-            return await _execute(plan, provider, config, registry, events, store, interrupts)
+            return await _execute(plan, provider, config, registry, events, store, interrupts, storage)
         except sqlite3.Error as exc:
             # A damaged page shows only when it is read: say what, where and what to do.
             raise sql_error(store.path, exc) from exc
@@ -227,7 +229,8 @@ async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfi
 
 
 async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,
-                   events: Callable[[Event], None], store: Store, interrupts: bool = True) -> Summary:
+                   events: Callable[[Event], None], store: Store, interrupts: bool = True,
+                   storage: Storage | None = None) -> Summary:
     async with contextlib.AsyncExitStack() as stack:
         url = provider.url
         if provider.kind == "emulator":
@@ -241,7 +244,7 @@ async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, re
         def check_output(endpoint: str, output: Any) -> list[Any]:
             return registry.check(endpoint, output, "output") if endpoint in registry else []
 
-        runner = Runner(plan, store, client, config, events=events, output_check=check_output)
+        runner = Runner(plan, store, client, config, events=events, output_check=check_output, storage=storage)
         presses = [0]
 
         def on_interrupt(signum: int) -> None:

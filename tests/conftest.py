@@ -72,3 +72,44 @@ def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), stdout=out, stderr=err, environ=env or {})
     return code, out.getvalue(), err.getvalue()
+
+
+# -------------------------------------------------- real servers (tests/servers.py)
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """One private PostgreSQL cluster for the session: a libpq URL of its `postgres` database."""
+    from tests import servers
+    with servers.postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database of the session's cluster for one test (dropped afterwards)."""
+    import uuid
+
+    import psycopg
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres_server.replace("@/postgres?", f"@/{name}?")
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """One S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1 for the session."""
+    from tests import servers
+    with servers.seaweedfs() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server: Any) -> tuple[Any, str, dict[str, str]]:
+    """(server, a fresh s3://bucket/prefix URL for this test, the AWS variables that reach it)."""
+    import uuid
+    return s3_server, f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}", s3_server.env()
