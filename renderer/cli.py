@@ -70,13 +70,21 @@ class Context:
     def schema_dir(self) -> Path:
         flag = getattr(self.args, "schemas", None)
         if flag:
-            return Path(flag)
+            return _directory(Path(flag), "--schemas")
         if self.env.get("RENDERER_SCHEMAS"):
-            return Path(self.env["RENDERER_SCHEMAS"])
+            return _directory(Path(self.env["RENDERER_SCHEMAS"]), "RENDERER_SCHEMAS")
         return schemas.default_schema_dir()
 
     def registry(self) -> schemas.SchemaRegistry:
         return schemas.SchemaRegistry(self.schema_dir())
+
+
+def _directory(path: Path, source: str) -> Path:
+    """`path` if it is a directory; otherwise a usage error naming the flag or variable it came from."""
+    if "\0" in str(path) or not path.is_dir():
+        raise UsageError(f"{source} {str(path)!r}: not a directory",
+                         hint="give the schema directory (it holds index.json), e.g. schemas")
+    return path
 
 
 # ---------------------------------------------------------------- schemas and models
@@ -508,6 +516,10 @@ def cmd_report(ctx: Context) -> int:
     axes = a.axes.split(",")
     if len(axes) != 2 or not all(axes):
         raise UsageError(f"--axes {a.axes!r}: give two axes, ROW,COL", hint="e.g. --axes prompt,model or seed,model")
+    from .store import DB_NAME
+
+    if not (Path(a.run) / DB_NAME).is_file():
+        raise UsageError(f"{a.run}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
     done = report.build(Path(a.run), row_axis=axes[0], col_axis=axes[1], tags=set(a.tag) or None,
                         models=set(a.model) or None, seeds=set(a.seed) or None, max_side=a.max_sheet)
     ctx.print(f"report: {done['index']} ({done['pages']} page(s), {done['cells']} cells, "

@@ -226,3 +226,13 @@ def test_flags_and_environment_are_total(flags: dict[str, str], env: dict[str, s
     assert code in (0, 2), err
     if code == 2:
         assert any(name in err for name in [*flags, *env]), err
+
+
+def test_paths_given_to_commands_are_checked_not_crashed_on(tmp_path: Path):
+    """--schemas /dev/null, RENDERER_SCHEMAS pointing nowhere and `report` on a non-run exit 2 naming them."""
+    code, _, err = run("models", "--schemas", "/dev/null")
+    assert code == 2 and err.startswith("error: --schemas '/dev/null': not a directory")
+    code, _, err = run("validate", QUICKSTART, env={"RENDERER_SCHEMAS": str(tmp_path / "none")})
+    assert code == 2 and err.startswith("error: RENDERER_SCHEMAS")
+    code, _, err = run("report", str(tmp_path / "none"))
+    assert code == 2 and "no run here" in err and not (tmp_path / "none").exists()
