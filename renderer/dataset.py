@@ -10,7 +10,7 @@ Invariants:
     JSON); the full input sent is one JSON string column (`input`). No struct column exists,
     so no empty struct can be written (Parquet refuses those).
   * Every row carries every column (null where it does not apply), so a reader that infers
-    types from the first rows sees all of them; the card's `features:` pins the types too.
+    types from the first rows sees all of them. The card lists the types in `dataset_info`.
   * A row is a pure function of the stored job and one of its files (`Columns.row`), so the
     metadata can be appended to as jobs finish instead of being rebuilt.
   * The card's data_files globs are relative to RUN/data/, which holds only the dataset
@@ -210,7 +210,10 @@ def card_text(info: CardInfo, columns: Columns, *, data_globs: tuple[str, ...] =
               "# are never taken for split names. The globs see only this folder's dataset files.",
               "configs:", "- config_name: default", "  data_files:", "  - split: train", "    path:"]
     lines += [f"    - {_yaml_string(g)}" for g in data_globs]
-    lines.append("  features:")
+    # The types go in dataset_info (what the Hub shows), not in configs: datasets 2.x cannot
+    # read `features:` inside a config and fails to load. The rows themselves keep one type
+    # per column, so both 2.x and 5.x infer the same schema.
+    lines += ["dataset_info:", "  features:"]
     for feature in columns.features():
         name, (key, value) = feature["name"], next((k, v) for k, v in feature.items() if k != "name")
         lines.append(f"  - name: {_yaml_string(name)}")

@@ -85,6 +85,9 @@ def test_card_is_complete_and_sees_only_the_dataset(sweep: Path):
     for needle in ('pretty_name: "t"', 'license: "cc-by-4.0"', "- text-to-image", "- n<1K", "| flux | `fal-ai/flux-1/schnell` | 8 |",
                    "| imagen | `fal-ai/imagen4/preview` | 4 |", "split: train", "## Manifest", "acme/missing"):
         assert needle in card, needle
+    configs = card.split("configs:")[1].split("dataset_info:")[0]
+    assert "features" not in configs  # datasets 2.x cannot load a card with features inside a config
+    assert "  - name: \"image_size\"\n    dtype: string" in card.split("dataset_info:")[1]
     assert "broken" not in card.split("## Manifest")[0]  # no images, no row in the model table
     top = {p.name for p in sweep.iterdir() if not p.name.startswith(".")}
     assert {"data", "renderer.sqlite", "report", "run.json"} <= top
