@@ -250,6 +250,9 @@ def cmd_validate(ctx: Context) -> int:
 
 def cmd_plan(ctx: Context) -> int:
     (plan,) = _load_plans(ctx, [ctx.args.manifest])
+    if getattr(ctx.args, "output", None):  # `run --dry-run --output X` shows the paths under X
+        plan.manifest = replace(plan.manifest, output=Path(ctx.args.output))
+        _check_output(ctx, plan.manifest)
     if ctx.args.json:
         for job in plan.jobs:
             ctx.print(json.dumps(

@@ -236,3 +236,11 @@ def test_paths_given_to_commands_are_checked_not_crashed_on(tmp_path: Path):
     assert code == 2 and err.startswith("error: RENDERER_SCHEMAS")
     code, _, err = run("report", str(tmp_path / "none"))
     assert code == 2 and "no run here" in err and not (tmp_path / "none").exists()
+
+
+def test_dry_run_shows_paths_under_the_given_output(tmp_path: Path):
+    """`run --dry-run --output X` lists paths under X and writes nothing; an --output that is a file is refused."""
+    code, out, _ = run("run", QUICKSTART, "--dry-run", "--output", str(tmp_path / "o"))
+    assert code == 0 and f"{tmp_path / 'o' / 'quickstart'}" in out and not (tmp_path / "o").exists()
+    code, _, err = run("run", QUICKSTART, "--dry-run", "--output", "/dev/null")
+    assert code == 2 and "not a directory" in err

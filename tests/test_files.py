@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -68,3 +69,21 @@ def test_partials_are_cleaned_and_intact_files_recognised(tmp_path: Path):
     assert not file_intact(tmp_path, entry, rehash=True)
     (tmp_path / "x/s1-0.png").unlink()
     assert not file_intact(tmp_path, entry, rehash=False)
+
+
+def test_group_fsync_serves_every_caller_in_fewer_groups(tmp_path: Path):
+    """Files handed in together are fsynced as a group; each caller resumes; a failure reaches its group."""
+    import asyncio
+
+    from renderer.files import GroupFsync, write_temporary
+
+    async def main() -> tuple[int, list[Any]]:
+        group = GroupFsync()
+        names = [write_temporary(tmp_path / f"f{i}.png", b"x" * i) for i in range(40)]
+        results = await asyncio.gather(*(group.sync(n) for n in names), return_exceptions=True)
+        bad = await asyncio.gather(group.sync(str(tmp_path / "missing")), return_exceptions=True)
+        return group.groups, [*results, *bad]
+
+    groups, results = asyncio.run(main())
+    assert results[:40] == [None] * 40 and isinstance(results[40], FileNotFoundError)
+    assert groups <= 3  # 40 callers at once: one group (plus the failing one)
