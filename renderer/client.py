@@ -1,13 +1,18 @@
 """The protocol client: fal's queue API over aiohttp. The only module that sees aiohttp's errors.
 
-Every failure is classified here, once (see errors.py for the tree):
-  * transport errors, timeouts, 408/409/429 and ingress-style 5xx (no x-fal-request-id)
-    → TransientError, retried with exponential backoff and full jitter (Retry-After honoured);
-  * a submit that may have reached the server before the connection failed → OutcomeUnknown,
-    never resent blindly (that is how one pays twice);
-  * 401/403 → AccountError: the whole run stops;
-  * 404 for a request → RequestGone; a runner failure → RunnerFailed; other 4xx → JobRejected.
-The API key is sent only to the provider (never to file hosts) and never appears in an error.
+Every server answer is hostile until checked. Every failure is classified here, once (errors.py):
+  * reads (status, result, download) are free and idempotent: transport errors, timeouts, 5xx
+    without a runner `error_type`, unparsable answers → TransientError, the read is retried;
+  * a submit is resent only when the server demonstrably did not take it: 429, 408, 502/503
+    from the ingress (no x-fal-request-id), a connection refused before the body was sent.
+    Anything else after the body may have arrived (200 + HTML, a 5xx carrying a request id, an
+    ill-shaped answer, a dropped connection) → OutcomeUnknown, never resent blindly;
+  * 401/403 → AccountError: the whole run stops (a definite refusal: nothing was taken);
+  * 404 for a request → RequestGone; a runner `error_type` → RunnerFailed (both: resubmit);
+    other 4xx → JobRejected.
+The key goes only to the provider's origin (answers naming another origin are rebased onto it or
+refused), never to file hosts, and is scrubbed from every body before anything reads it.
+Every request has a total deadline and every body a size cap: a slow or huge answer ends.
 """
 
 from __future__ import annotations
@@ -15,14 +20,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import email.utils
 import json
+import math
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from .errors import (
     AccountError,
@@ -39,13 +49,25 @@ T = TypeVar("T")
 RUNNER_ERRORS = {"runner_server_error", "internal_error", "runner_incomplete_response", "runner_disconnected",
                  "runner_connection_error", "runner_connection_refused", "runner_connection_timeout",
                  "runner_scheduling_failure", "startup_timeout", "request_timeout"}
+FAL_QUEUE_ORIGINS = frozenset({"https://queue.fal.run"})  # where fal's queue answers may point
+ERROR_BODY_CAP = 64 * 1024  # of an error answer only the start is read: enough for its detail
+MIN_SECRET = 6  # keys shorter than this are not scrubbed (every "k" in every message would go)
+UNKNOWN_HINT = "check the provider's request history; `--retry-failed` sends it again (and may pay twice)"
 
 
 @dataclass(frozen=True)
 class Timeouts:
     connect: float = 10.0
-    read: float = 120.0  # any single response
+    read: float = 120.0  # silence within any single response
     stream_idle: float = 45.0  # fal sends a keep-alive every 15 s
+    total: float = 300.0  # any single request, body included: a server trickling bytes ends here
+
+
+@dataclass(frozen=True)
+class Limits:
+    json_body: int = 64 * 1024 * 1024  # a submit/status/result answer (data: URLs included)
+    sse_line: int = 1024 * 1024  # one line of the status stream
+    retry_after: float = 60.0  # the longest Retry-After obeyed; longer (1e9, inf) is cut to this
 
 
 @dataclass(frozen=True)
@@ -65,11 +87,28 @@ class Status:
 
 
 def _retry_after(headers: Any) -> float | None:
+    """Seconds from a Retry-After header (delta or HTTP date); inf for absurd values; None if unusable."""
     value = headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+    if value is None:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text[:limit] + ("…" if len(text) > limit else "")
 
 
 def classify(op: str, status: int, headers: Any, text: str) -> ProviderError:
@@ -80,6 +119,8 @@ def classify(op: str, status: int, headers: Any, text: str) -> ProviderError:
         body = None
     detail: Any = body.get("detail") if isinstance(body, dict) else None
     error_type = (body.get("error_type") if isinstance(body, dict) else None) or headers.get("X-Fal-Error-Type")
+    if not isinstance(error_type, str):
+        error_type = None
     summary = detail if isinstance(detail, str) else (json.dumps(detail)[:500] if detail else text[:200].strip())
     message = f"{op}: HTTP {status}: {summary}" if summary else f"{op}: HTTP {status}"
     kw: dict[str, Any] = {"status": status, "error_type": error_type, "detail": detail}
@@ -88,36 +129,57 @@ def classify(op: str, status: int, headers: Any, text: str) -> ProviderError:
     if status == 403:
         return AccountError(message, hint="the account is locked or unpaid; fix it on the provider's dashboard",
                             **kw)
-    if status in (408, 409, 429):
-        return TransientError(message, retry_after=_retry_after(headers), **kw)
     ingress = "x-fal-request-id" not in headers
-    if status in (502, 503, 504) and (ingress or op != "result"):
-        if headers.get("X-Fal-Request-Timeout-Type") == "user":
-            return JobRejected(message, **kw)
+    if status in (408, 429):
         return TransientError(message, retry_after=_retry_after(headers), **kw)
+    if status == 504 and headers.get("X-Fal-Request-Timeout-Type") == "user":
+        return JobRejected(message, **kw)  # the request's own start deadline passed: never ran, never billed
+    if op == "submit":
+        if status in (502, 503) and ingress:
+            return TransientError(message, retry_after=_retry_after(headers), **kw)  # the app never saw it
+        if 400 <= status < 500:
+            return JobRejected(message, **kw)  # a definite refusal: nothing was queued
+        return OutcomeUnknown(f"{message}; the provider may have accepted and billed it", hint=UNKNOWN_HINT, **kw)
     if status == 404 and op in ("status", "result", "download", "cancel"):
         return RequestGone(message, **kw)
-    if op == "result" and (status >= 500 or error_type in RUNNER_ERRORS):
-        return RunnerFailed(message, **kw)
-    if status >= 500:
-        return TransientError(message, **kw)
+    if op == "result" and error_type in RUNNER_ERRORS:
+        return RunnerFailed(message, **kw)  # definite: this request will never deliver
+    if status == 409 or status >= 500:
+        return TransientError(message, retry_after=_retry_after(headers), **kw)  # a read: read again
     if op == "result" and status == 400 and "progress" in summary.lower():
         return TransientError(message, **kw)  # fetched a moment too early
     return JobRejected(message, **kw)
 
 
+def origin_of(url: str) -> str:
+    parsed = URL(url)
+    return f"{parsed.scheme}://{parsed.raw_authority}".lower()
+
+
 class Client:
-    """One provider, one connection pool. Use as `async with Client(...) as client:`."""
+    """One provider, one connection pool. Use as `async with Client(...) as client:`.
+
+    `rebase`: answers that name another origin are moved onto the provider's origin (how
+    proxies of fal's API are used); without it (fal itself) such an answer is refused.
+    `trusted_origins`: further origins the key may go to (fal's queue hosts).
+    """
 
     def __init__(self, base_url: str, *, auth_scheme: str = "Key", key: str | None = None,
-                 retry: RetryPolicy | None = None, timeouts: Timeouts | None = None,
-                 max_download: int = 64 * 1024 * 1024, connections: int = 256,
+                 retry: RetryPolicy | None = None, timeouts: Timeouts | None = None, limits: Limits | None = None,
+                 max_download: int = 64 * 1024 * 1024, connections: int = 256, rebase: bool = True,
+                 trusted_origins: frozenset[str] = frozenset(),
                  on_event: Callable[[str], None] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, rng: random.Random | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.origin = origin_of(self.base_url)
+        self.prefix = URL(self.base_url).raw_path.rstrip("/")  # a proxy mounted under a path
+        self.origins = {self.origin, *(o.lower() for o in trusted_origins)}
+        self.rebase = rebase
         self._auth = {"Authorization": f"{auth_scheme} {key}"} if key else {}
+        self._secrets = _secret_forms(key)
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
+        self.limits = limits or Limits()
         self.max_download = max_download
         self.connections = connections
         self.on_event = on_event or (lambda kind: None)
@@ -127,7 +189,8 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=self.timeouts.read)
+        timeout = aiohttp.ClientTimeout(total=self.timeouts.total, connect=self.timeouts.connect,
+                                        sock_read=self.timeouts.read)
         connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False,
                                               headers={"User-Agent": "renderer/0.1"})
@@ -142,11 +205,64 @@ class Client:
         assert self._session is not None, "use `async with Client(...)`"
         return self._session
 
+    # -------------------------------------------------- the key
+
+    def scrub(self, text: str) -> str:
+        """`text` without the key in any form it was sent or could be echoed in."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def _scrubbed(self, exc: ProviderError) -> ProviderError:
+        exc.message = self.scrub(exc.message)
+        exc.args = (exc.message,)
+        if exc.detail is not None:
+            exc.detail = json.loads(self.scrub(json.dumps(exc.detail)))
+        return exc
+
+    def provider_url(self, url: Any, what: str) -> str:
+        """`url` if it is the provider's; rebased onto the provider's origin; or refused (JobRejected)."""
+        if not isinstance(url, str):
+            raise JobRejected(f"{what} is {type(url).__name__}, not a URL: {_short(url, 80)}")
+        try:
+            parsed = URL(url)
+        except (ValueError, TypeError) as exc:
+            raise JobRejected(f"{what} is not a URL: {_short(url, 80)}") from exc
+        if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+            raise JobRejected(f"{what} is not an http(s) URL: {_short(url, 80)}")
+        origin = origin_of(url)
+        if origin in self.origins:
+            return url
+        if not self.rebase:
+            raise JobRejected(
+                f"{what} points at {origin}, which is not the provider ({self.origin}); "
+                "refused to send the API key there",
+                hint="set provider.url to the origin that answers, if you trust it")
+        path = parsed.raw_path
+        if self.prefix and not path.startswith(self.prefix + "/"):
+            path = self.prefix + path
+        return self.origin + path + (f"?{parsed.raw_query_string}" if parsed.raw_query_string else "")
+
     # -------------------------------------------------- plumbing
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform(0, min(cap, base·2^(attempt-1)))."""
         return self.rng.uniform(0, min(self.retry.max_backoff, self.retry.backoff * 2 ** (attempt - 1)))
+
+    def _delay(self, exc: TransientError, attempt: int) -> float:
+        """The wait before the next try: Retry-After if sane, capped (and said) if not; else backoff."""
+        if exc.retry_after is None:
+            return self.backoff(attempt)
+        if exc.retry_after > self.limits.retry_after:
+            asked = "inf" if math.isinf(exc.retry_after) else f"{exc.retry_after:g}"
+            note = f" (Retry-After {asked} s capped to {self.limits.retry_after:g} s)"
+            if note not in exc.message:
+                exc.message += note
+                exc.args = (exc.message,)
+            self.on_event("retry_after_capped")
+            return self.limits.retry_after
+        return exc.retry_after
 
     async def _retrying(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(1, self.retry.attempts + 1):
@@ -155,73 +271,151 @@ class Client:
             except TransientError as exc:
                 if exc.status == 429:
                     self.on_event("throttled")
+                delay = self._delay(exc, attempt)
                 if attempt >= self.retry.attempts:
                     raise
                 self.on_event("retry")
-                await self.sleep(exc.retry_after if exc.retry_after is not None else self.backoff(attempt))
+                await self.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _json(self, op: str, method: str, url: str, body: Any = None) -> tuple[Any, Any]:
-        """One request; (parsed JSON, headers) on 2xx, a classified error otherwise."""
+    async def _body(self, op: str, resp: aiohttp.ClientResponse, cap: int, *, truncate: bool = False) -> bytes:
+        """The body, read in chunks and stopped at `cap` bytes (cut there, or JobRejected)."""
+        declared = resp.content_length
+        if declared is not None and declared > cap and not truncate:
+            raise JobRejected(f"{op}: the answer is {declared} bytes, over the {cap}-byte cap")
+        buf = bytearray()
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            buf += chunk
+            if len(buf) > cap:
+                if truncate:
+                    return bytes(buf[:cap])
+                raise JobRejected(f"{op}: the answer is over the {cap}-byte cap")
+        return bytes(buf)
+
+    async def _json(self, op: str, method: str, url: str, body: Any = None) -> Any:
+        """One request to the provider; the parsed JSON of a 2xx answer, a classified error otherwise.
+
+        A 2xx answer that is not JSON (or not UTF-8) raises TransientError: the caller decides
+        what that means (a read retries; a submit's outcome is unknown).
+        """
         self.calls[op] += 1
+        url = self.provider_url(url, f"the {op} URL")  # the key goes nowhere else
+        sent = False
         try:
-            async with self.session.request(method, url, json=body, headers=self._auth) as resp:
-                text = await resp.text()
+            async with self.session.request(method, url, json=body, headers=self._auth,
+                                            allow_redirects=False) as resp:
+                sent = True
                 if resp.status >= 300:
-                    raise classify(op, resp.status, resp.headers, text)
-                try:
-                    return (json.loads(text) if text else None), resp.headers
-                except ValueError as exc:
-                    raise TransientError(f"{op}: the provider answered {resp.status} with invalid JSON") from exc
+                    raw = await self._body(op, resp, ERROR_BODY_CAP, truncate=True)
+                    raise classify(op, resp.status, resp.headers, self.scrub(raw.decode("utf-8", "replace")))
+                raw = await self._body(op, resp, self.limits.json_body)
         except aiohttp.ClientConnectorError as exc:
+            # No connection was made: the body was never sent.
             raise TransientError(f"{op}: cannot connect to {exc.host}:{exc.port}: {exc.os_error}") from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             # The request may have reached the server: for a submit that matters (see submit).
-            error = TransientError(f"{op}: connection failed: {type(exc).__name__}: {exc}".rstrip(": "))
+            what = (f"no complete answer within {self.timeouts.total:g} s" if isinstance(exc, asyncio.TimeoutError)
+                    else f"connection failed: {type(exc).__name__}: {exc}".rstrip(": "))
+            error = TransientError(self.scrub(f"{op}: {what}"))
             error.maybe_sent = True
+            error.answered = sent
             raise error from exc
+        except ProviderError as exc:
+            raise self._scrubbed(exc) from None
+        try:
+            text = self.scrub(raw.decode("utf-8"))
+            return json.loads(text) if text else None
+        except UnicodeDecodeError as exc:
+            problem = f"a body that is not UTF-8 (byte {exc.start})"
+        except ValueError:
+            kind = resp.headers.get("Content-Type", "?").split(";")[0]
+            problem = f"{kind} that is not JSON: {_short(text.strip(), 80)}"
+        error = TransientError(f"{op}: the provider answered {resp.status} with {problem}")
+        error.maybe_sent = error.answered = True
+        raise error
 
     # -------------------------------------------------- operations
 
-    async def submit(self, endpoint: str, payload: dict[str, Any]) -> Handle:
+    async def submit(self, endpoint: str, payload: dict[str, Any], *,
+                     sending: Callable[[], None] | None = None,
+                     refused: Callable[[], None] | None = None) -> Handle:
+        """Submit once per call, resending only what the server demonstrably did not take.
+
+        `sending` runs before each send (the caller records the submit→commit window), `refused`
+        after each definite refusal (the window closes: nothing was taken).
+        """
         async def once() -> Handle:
+            if sending is not None:
+                sending()
             try:
-                body, _ = await self._json("submit", "POST", f"{self.base_url}/{endpoint}", payload)
+                body = await self._json("submit", "POST", f"{self.base_url}/{endpoint}", payload)
             except TransientError as exc:
+                if exc.answered:  # an answer we could not read: the server had the whole request
+                    raise OutcomeUnknown(f"{exc.message}; the provider may have accepted and billed it",
+                                         hint=UNKNOWN_HINT) from exc
                 if exc.maybe_sent:
                     raise OutcomeUnknown(
                         f"submit: the connection failed after the request was sent ({exc.message}); "
-                        "it may have been accepted and billed",
-                        hint="check the provider's request history; `--retry-failed` sends it again",
+                        "it may have been accepted and billed", hint=UNKNOWN_HINT,
                     ) from exc
+                if refused is not None:
+                    refused()
                 raise
-            try:
-                return Handle(body["request_id"], body["status_url"], body["response_url"], body["cancel_url"])
-            except (KeyError, TypeError) as exc:
-                raise JobRejected(f"submit: the provider's answer lacks {exc}: {str(body)[:200]}") from exc
+            except (AccountError, JobRejected):
+                if refused is not None:
+                    refused()
+                raise
+            return self._handle(body)
         return await self._retrying("submit", once)
+
+    def _handle(self, body: Any) -> Handle:
+        """The submit answer, checked before anything uses it; an unusable one is an unknown outcome."""
+        def unknown(problem: str) -> OutcomeUnknown:
+            return OutcomeUnknown(f"submit: unusable answer ({problem}): {_short(body)}; the provider may have "
+                                  "accepted and billed it", hint=UNKNOWN_HINT)
+        if not isinstance(body, dict):
+            raise unknown(f"a JSON {type(body).__name__}, not an object")
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id or len(request_id) > 200 \
+                or not request_id.isprintable() or "/" in request_id:
+            raise unknown(f"request_id is {_short(request_id, 60)}")
+        urls = {}
+        for name in ("status_url", "response_url", "cancel_url"):
+            value = body.get(name)
+            if not isinstance(value, str):
+                raise unknown(f"{name} is {type(value).__name__}, not a string")
+            try:
+                urls[name] = self.provider_url(value, f"the submit answer's {name}")
+            except JobRejected as exc:
+                raise JobRejected(f"{exc.message} (request {request_id} was accepted and may be billed)",
+                                  hint=exc.hint) from None
+        return Handle(request_id, urls["status_url"], urls["response_url"], urls["cancel_url"])
 
     async def status(self, handle: Handle) -> Status:
         async def once() -> Status:
-            body, _ = await self._json("status", "GET", handle.status_url)
-            return _status(body)
+            return _status(await self._json("status", "GET", handle.status_url))
         return await self._retrying("status", once)
 
     async def result(self, handle: Handle) -> dict[str, Any]:
         async def once() -> dict[str, Any]:
-            body, _ = await self._json("result", "GET", handle.response_url)
+            body = await self._json("result", "GET", handle.response_url)
             if not isinstance(body, dict):
-                raise JobRejected(f"result: expected a JSON object, got {str(body)[:100]}")
+                raise TransientError(f"result: expected a JSON object, got {_short(body, 100)}")
+            error_type = body.get("error_type")
+            if isinstance(error_type, str) and error_type in RUNNER_ERRORS:
+                raise RunnerFailed(f"result: the provider's runner failed ({error_type})", error_type=error_type)
             return body
         return await self._retrying("result", once)
 
     async def cancel(self, handle: Handle) -> str:
         try:
-            body, _ = await self._json("cancel", "PUT", handle.cancel_url)
-            return str((body or {}).get("status", "CANCELLATION_REQUESTED"))
+            body = await self._json("cancel", "PUT", handle.cancel_url)
+            answer = body.get("status") if isinstance(body, dict) else None
+            return _short(answer if isinstance(answer, str) else "CANCELLATION_REQUESTED", 60)
         except ProviderError as exc:
             detail = exc.detail if isinstance(exc.detail, dict) else {}
-            return str(detail.get("status", f"HTTP {exc.status}"))
+            answer = detail.get("status")
+            return _short(answer if isinstance(answer, str) else f"HTTP {exc.status}", 60)
 
     async def wait(self, handle: Handle, on_status: Callable[[Status], None]) -> Status:
         """Until COMPLETED: the status stream first; polling with growing intervals if it fails."""
@@ -245,23 +439,26 @@ class Client:
 
     async def _stream(self, handle: Handle, on_status: Callable[[Status], None]) -> Status | None:
         self.calls["stream"] += 1
+        # A stream lives as long as the job waits (the caller's deadline); silence is what ends it here.
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=self.timeouts.stream_idle)
+        url = self.provider_url(handle.status_url, "the status URL") + "/stream"
         try:
-            async with self.session.get(handle.status_url + "/stream", headers=self._auth, timeout=timeout) as resp:
+            async with self.session.get(url, headers=self._auth, timeout=timeout, allow_redirects=False) as resp:
                 is_stream = resp.headers.get("Content-Type", "").startswith("text/event-stream")
                 if resp.status in (404, 405) or (resp.status < 300 and not is_stream):
                     return None  # no status stream at this provider: the caller polls
                 if resp.status >= 300:
-                    raise classify("status", resp.status, resp.headers, await resp.text())
+                    raw = await self._body("status", resp, ERROR_BODY_CAP, truncate=True)
+                    raise self._scrubbed(classify("status", resp.status, resp.headers,
+                                                  self.scrub(raw.decode("utf-8", "replace"))))
                 last: Status | None = None
-                async for raw in resp.content:
-                    line = raw.decode("utf-8", "replace").strip()
-                    if not line.startswith("data:"):
+                async for line in _lines(resp.content, self.limits.sse_line):
+                    if not line.startswith(b"data:"):
                         continue
                     try:
-                        last = _status(json.loads(line[5:].strip()))
-                    except ValueError:
-                        continue
+                        last = _status(json.loads(self.scrub(line[5:].decode("utf-8").strip())))
+                    except (ValueError, TransientError):
+                        continue  # not UTF-8, not JSON, not a status: a bad line is skipped
                     on_status(last)
                     if last.state == "COMPLETED":
                         return last
@@ -271,8 +468,13 @@ class Client:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise TransientError(f"status stream: {type(exc).__name__}") from exc
 
-    async def fetch(self, url: str) -> tuple[bytes, str]:
-        """Image bytes and the declared content type. Only http, https and data URLs; size-capped."""
+    async def fetch(self, url: Any) -> tuple[bytes, str]:
+        """Image bytes and the declared content type. Only http, https and data URLs; size-capped.
+
+        Never with the key: files are not the provider (fal's CDN is public).
+        """
+        if not isinstance(url, str):
+            raise JobRejected(f"download: the image URL is {type(url).__name__}, not a string")
         if url.startswith("data:"):
             header, _, data = url.partition(",")
             if ";base64" not in header:
@@ -281,10 +483,11 @@ class Client:
                 raise JobRejected(f"download: data URL larger than {self.max_download} bytes")
             try:
                 return base64.b64decode(data, validate=True), header[5:].split(";")[0]
-            except binascii.Error as exc:
+            except (binascii.Error, ValueError) as exc:
                 raise JobRejected("download: data URL is not valid base64") from exc
         if not url.startswith(("http://", "https://")):
-            raise JobRejected(f"download: refusing a {url.split(':', 1)[0]!r} URL (only http, https and data)")
+            raise JobRejected(f"download: refusing a {_short(url.split(':', 1)[0], 20)!r} URL "
+                              "(only http, https and data)")
 
         async def once() -> tuple[bytes, str]:
             self.calls["download"] += 1
@@ -292,24 +495,47 @@ class Client:
                 async with self.session.get(url) as resp:  # no Authorization: files are not the provider
                     if resp.status >= 300:
                         raise classify("download", resp.status, resp.headers, "")
-                    declared = resp.content_length
-                    if declared is not None and declared > self.max_download:
-                        raise JobRejected(f"download: {declared} bytes is over the {self.max_download}-byte cap")
-                    chunks, size = [], 0
-                    async for chunk in resp.content.iter_chunked(1 << 16):
-                        size += len(chunk)
-                        if size > self.max_download:
-                            raise JobRejected(f"download: over the {self.max_download}-byte cap")
-                        chunks.append(chunk)
-                    return b"".join(chunks), resp.headers.get("Content-Type", "").split(";")[0]
+                    data = await self._body("download", resp, self.max_download)
+                    kind = resp.headers.get("Content-Type", "").split(";")[0]
+                    return data, kind
             except aiohttp.ClientConnectorError as exc:
                 raise TransientError(f"download: cannot connect: {exc.os_error}") from exc
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except asyncio.TimeoutError as exc:
+                raise TransientError(f"download: no complete file within {self.timeouts.total:g} s") from exc
+            except (aiohttp.ClientError, ValueError) as exc:
                 raise TransientError(f"download: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
         return await self._retrying("download", once)
 
 
+async def _lines(content: aiohttp.StreamReader, cap: int) -> Any:
+    """The stream's lines (without line ends); a line over `cap` bytes ends the stream (TransientError)."""
+    pending = b""
+    async for chunk in content.iter_any():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r")
+        if len(pending) > cap:
+            raise TransientError(f"status stream: a line over {cap} bytes")
+    if pending:
+        yield pending
+
+
+def _secret_forms(key: str | None) -> list[str]:
+    """The key as sent, JSON-escaped and URL-quoted, and each half of an id:secret pair (longest first)."""
+    if not key or len(key) < MIN_SECRET:
+        return []  # a key this short (a test's "k") cannot be told from ordinary text
+    forms = {key, json.dumps(key)[1:-1], quote(key, safe="")}
+    forms |= {part for part in key.split(":") if len(part) >= 8}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
 def _status(body: Any) -> Status:
     if not isinstance(body, dict) or body.get("status") not in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED"):
-        raise TransientError(f"status: unexpected answer {str(body)[:200]}")
-    return Status(body["status"], body.get("queue_position"), body.get("error"), body.get("error_type"))
+        raise TransientError(f"status: unexpected answer {_short(body)}")
+    position = body.get("queue_position")
+    error, error_type = body.get("error"), body.get("error_type")
+    return Status(body["status"],
+                  position if isinstance(position, int) and not isinstance(position, bool) else None,
+                  _short(error, 500) if isinstance(error, str) else None,
+                  error_type if isinstance(error_type, str) else None)

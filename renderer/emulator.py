@@ -26,8 +26,10 @@ import json
 import math
 import random
 import ssl
+import struct
 import time
 import uuid
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -91,6 +93,19 @@ class Faults:
     stuck: float = 0.0  # a request that stays IN_QUEUE forever
     retention: float | None = None  # seconds a completed result and its files live; then 404
     lock_after: int | None = None  # after this many accepted submits: 403 "User is locked"
+    # Hostile shapes (issue 10): what an independent or misbehaving server does.
+    ingress_codes: tuple[int, ...] = (502, 503, 504)  # which codes ingress_5xx draws from (504: see _middleware)
+    result_500: float = 0.0  # a bare 500 on GET result (no request id, no error_type) after COMPLETED
+    submit_html: float = 0.0  # the submit is queued, but answered 200 + an HTML page
+    submit_500_with_id: float = 0.0  # the submit is queued, but answered 500 carrying x-fal-request-id
+    other_origin: str | None = None  # submit answers name this origin in their URLs (a proxy of fal)
+    echo_key: bool = False  # 401/403/422 bodies repeat the Authorization header they were sent
+    slow: tuple[str, ...] = ()  # ops (submit, result, download) whose body trickles one byte per slow_interval
+    slow_interval: float = 2.0
+    huge_result: int = 0  # pad each result JSON with this many bytes (streamed, never held)
+    bomb_image: float = 0.0  # a download is a 50000x50000 PNG header (a decompression bomb)
+    malformed: str | None = None  # request_id_int | status_url_int | images_strings | result_not_utf8 | sse_long_line
+    retry_after: str | None = None  # the Retry-After header sent with every 429 (e.g. 1e9, inf, garbage)
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,8 @@ class _Request:
     error_type: str | None = None
     logs: list[dict[str, Any]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    auth: str = ""  # the Authorization header of the submit (echoed by the echo_key fault)
+    files: str = ""  # the origin serving this request's files (base may name another origin)
 
     def touch(self) -> None:
         event, self.changed = self.changed, asyncio.Event()
@@ -199,9 +216,9 @@ class Emulator:
 
     def stats(self) -> dict[str, Any]:
         return {
-            **{k: self.counts[k] for k in ("requests", "submits", "submit_attempts", "status_calls", "stream_calls",
-                                           "result_calls", "downloads", "downloads_with_credentials", "cancels",
-                                           "sync_calls")},
+            **{k: self.counts[k] for k in ("requests", "requests_with_credentials", "submits", "submit_attempts",
+                                           "status_calls", "stream_calls", "result_calls", "downloads",
+                                           "downloads_with_credentials", "cancels", "sync_calls")},
             "faults": {k[6:]: v for k, v in sorted(self.counts.items()) if k.startswith("fault:")},
             "distinct_inputs": len(self.inputs),
             "duplicate_submits": sum(n - 1 for n in self.inputs.values() if n > 1),
@@ -222,8 +239,16 @@ class Emulator:
         path = request.path
         if path.startswith(("/_files/", "/_emulator/")):
             return await handler(request)  # files are public, like fal's CDN
+        if "Authorization" in request.headers:
+            self.counts["requests_with_credentials"] += 1
         if self._chance(self.config.faults.ingress_5xx):
-            code = self.rng.choice((502, 503, 504))
+            codes = self.config.faults.ingress_codes
+            if request.method == "POST":
+                # A 504 on a submit may come after the gateway passed it on (an unknown outcome to the
+                # client, never resent): drawn only when it is the sole code asked for, so a fault mix
+                # of "ingress errors" stays the kind a client may safely resend.
+                codes = tuple(c for c in codes if c != 504) or codes
+            code = self.rng.choice(codes)
             self.counts[f"fault:ingress_{code}"] += 1
             reason = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}[code]
             return web.Response(status=code, text=INGRESS_BODY.format(code=code, reason=reason),
@@ -234,6 +259,8 @@ class Emulator:
             if scheme not in ("Key", "Bearer") or token != self.config.key:
                 self.counts["fault:unauthorized"] += 1
                 detail = "No user found for Key ID and Secret" if auth else "Missing Authorization header"
+                if self.config.faults.echo_key:
+                    detail += f" (you sent {auth!r})"
                 return web.json_response({"detail": detail}, status=401,
                                          headers={"x-fal-request-id": str(uuid.uuid4())})
         return await handler(request)
@@ -354,12 +381,15 @@ class Emulator:
         images = []
         for i in range(count):
             data, content_type = render(req.endpoint, prompt, seed, i, (width, height), fmt, variant)
+            if self._chance(self.config.faults.bomb_image):
+                self.counts["fault:bomb_image"] += 1
+                data, content_type = bomb_png(), "image/png"
             ext = content_type.split("/")[1]
             if payload.get("sync_mode"):
                 url = f"data:{content_type};base64," + base64.b64encode(data).decode()
             else:
                 self.files[(req.id, i)] = (data, content_type)
-                url = f"{req.base}/_files/{req.id}/{i}.{ext}"
+                url = f"{req.files or req.base}/_files/{req.id}/{i}.{ext}"
             images.append({"url": url, "content_type": content_type, "file_name": f"{i}.{ext}",
                            "file_size": len(data), "width": width, "height": height})
         output: dict[str, Any] = {"images": images}
@@ -396,17 +426,20 @@ class Emulator:
         faults = self.config.faults
         if faults.lock_after is not None and self.counts["submits"] >= faults.lock_after:
             self.counts["fault:locked"] += 1
-            return web.json_response({"detail": LOCKED}, status=403)
+            echo = f" (you sent {request.headers.get('Authorization', '')!r})" if faults.echo_key else ""
+            return web.json_response({"detail": LOCKED + echo}, status=403)
         if self._chance(faults.submit_429):
             self.counts["fault:submit_429"] += 1
+            headers = {"X-Fal-Needs-Retry": "1", **({"Retry-After": faults.retry_after} if faults.retry_after else {})}
             return web.json_response({"detail": "Too many requests in the queue", "error_type": "queue_full"},
-                                     status=429, headers={"X-Fal-Needs-Retry": "1"})
+                                     status=429, headers=headers)
         payload = await self._read_input(request, endpoint)
         if isinstance(payload, web.Response):
             return payload
         self._seq += 1
-        req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload, str(request.url.origin()),
-                       self._seq)
+        req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload,
+                       faults.other_origin or str(request.url.origin()), self._seq,
+                       auth=request.headers.get("Authorization", ""), files=str(request.url.origin()))
         self.requests[req.id] = req
         self.counts["submits"] += 1
         self.submit_times.append(time.monotonic())
@@ -416,7 +449,19 @@ class Emulator:
         else:
             self._queue.put_nowait(req)
         body = {"status": "IN_QUEUE", "request_id": req.id, **self._urls(req), "queue_position": self._position(req)}
-        return web.json_response(body, headers={"x-fal-request-id": req.id})
+        # Taken (queued, billed) but answered in a shape the client cannot use: an unknown outcome to it.
+        if self._chance(faults.submit_html):
+            self.counts["fault:submit_html"] += 1
+            return web.Response(text="<html><body>Accepted</body></html>", content_type="text/html")
+        if self._chance(faults.submit_500_with_id):
+            self.counts["fault:submit_500_with_id"] += 1
+            return web.json_response({"detail": "Internal Server Error"}, status=500,
+                                     headers={"x-fal-request-id": req.id})
+        if faults.malformed == "request_id_int":
+            body["request_id"] = req.seq
+        elif faults.malformed == "status_url_int":
+            body["status_url"] = req.seq
+        return await self._deliver(request, "submit", json.dumps(body).encode(), headers={"x-fal-request-id": req.id})
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         req, rest = self._find(request.match_info["tail"])
@@ -437,11 +482,58 @@ class Emulator:
             if req.status != "COMPLETED":
                 return web.json_response({"detail": "Request is still in progress"}, status=400,
                                          headers={"x-fal-request-id": req.id})
+            faults = self.config.faults
+            if self._chance(faults.result_500):
+                self.counts["fault:result_500"] += 1  # a proxy's hiccup: no request id, no error_type
+                return web.Response(status=500, text="Internal Server Error")
             headers = {"x-fal-request-id": req.id}
             if req.error_type:
                 headers["X-Fal-Error-Type"] = req.error_type
-            return web.json_response(req.result, status=req.result_status, headers=headers)
+            result = req.result
+            if faults.echo_key and req.result_status == 422 and isinstance(result, dict):
+                result = {**result, "detail": [*result.get("detail", []), {"msg": f"sent with {req.auth}"}]}
+            if faults.malformed == "images_strings" and req.result_status == 200:
+                result = {**result, "images": [i["url"] for i in result["images"]]}
+            body = json.dumps(result).encode()
+            if faults.malformed == "result_not_utf8" and req.result_status == 200:
+                body = body[:-1] + b', "x": "\xff\xfe"}'  # bytes that are not UTF-8
+            if faults.huge_result and req.result_status == 200:
+                return await self._huge(request, body, headers)
+            return await self._deliver(request, "result", body, status=req.result_status, headers=headers)
         return web.json_response({"detail": f"Path {request.path} not found"}, status=404)
+
+    async def _deliver(self, request: web.Request, op: str, body: bytes, *, status: int = 200,
+                       headers: dict[str, str] | None = None,
+                       content_type: str = "application/json") -> web.StreamResponse:
+        """A response; for the `slow` fault's ops, trickled one byte per `slow_interval` (slowloris)."""
+        faults = self.config.faults
+        if op not in faults.slow:
+            return web.Response(body=body, status=status, headers=headers, content_type=content_type)
+        self.counts[f"fault:slow_{op}"] += 1
+        response = web.StreamResponse(status=status, headers={**(headers or {}), "Content-Type": content_type,
+                                                              "Content-Length": str(len(body))})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):
+            for i in range(len(body)):
+                await response.write(body[i:i + 1])
+                await asyncio.sleep(faults.slow_interval)
+        return response
+
+    async def _huge(self, request: web.Request, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
+        """The result with `huge_result` bytes of padding in front, streamed in 1 MB pieces."""
+        self.counts["fault:huge_result"] += 1
+        size = self.config.faults.huge_result
+        response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+        await response.prepare(request)
+        piece = b"x" * (1 << 20)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(b'{"padding": "')
+            sent = 0
+            while sent < size:
+                await response.write(piece[: min(len(piece), size - sent)])
+                sent += len(piece)
+            await response.write(b'", ' + body[1:])
+        return response
 
     async def _stream(self, request: web.Request, req: _Request, logs: bool) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -454,6 +546,14 @@ class Emulator:
 
     async def _stream_events(self, response: web.StreamResponse, req: _Request, logs: bool) -> None:
         last: dict[str, Any] | None = None
+        if self.config.faults.malformed == "sse_long_line":
+            self.counts["fault:sse_long_line"] += 1
+            piece = b"y" * (1 << 20)
+            await response.write(b"data: ")
+            for _ in range(64):  # one 64 MB line, never ended
+                await response.write(piece)
+            await response.write_eof()
+            return
         while True:
             body = self._status_body(req, logs)
             if body != last:
@@ -521,6 +621,8 @@ class Emulator:
             self.counts["downloads_with_credentials"] += 1  # a client leaking its key to a file host
         data, content_type = found
         faults = self.config.faults
+        if "download" in faults.slow:
+            return await self._deliver(request, "download", data, content_type=content_type)
         if self._chance(faults.drop_download):
             self.counts["fault:drop_download"] += 1
             response = web.StreamResponse(headers={"Content-Type": content_type, "Content-Length": str(len(data))})
@@ -540,6 +642,15 @@ class Emulator:
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.stats())
+
+
+def bomb_png(width: int = 50000, height: int = 50000) -> bytes:
+    """A PNG that claims width x height RGB pixels (a decompression bomb): a header, a stub of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + \
+        chunk(b"IEND", b"")
 
 
 def _detail(violation: Any, payload: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@
         └── RunLocked              another run holds the output directory
 
 The CLI is the only place that turns these into text and exit codes (`cli.error_boundary`).
-Messages never contain the API key: the protocol client never puts headers into errors.
+Messages never contain the API key: the protocol client scrubs it from every body it reads and
+never puts headers into errors.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class TransientError(ProviderError):
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
         self.maybe_sent = False  # the request may have reached the server before the failure
+        self.answered = False  # the server answered (a status line arrived) before the failure
 
 
 class OutcomeUnknown(ProviderError):

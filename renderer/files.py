@@ -16,6 +16,7 @@ import io
 import json
 import os
 import secrets
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +44,27 @@ class Verified:
     sha256: str
 
 
+MAX_PIXELS = 64 * 1024 * 1024  # a bigger image would need gigabytes to decode; no model makes one
+
+
 def verify_image(data: bytes, declared_type: str = "", expected_size: int | None = None) -> Verified:
     if expected_size is not None and len(data) != expected_size:
         raise BadImage(f"{len(data)} bytes received, {expected_size} announced")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt = probe.format
-            probe.verify()  # structure and checksums
+        with warnings.catch_warnings():
+            # Pillow warns (and past 2x raises) for decompression bombs: both are a bad image here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                fmt = probe.format
+                if probe.width * probe.height > MAX_PIXELS:
+                    raise BadImage(f"{probe.width}x{probe.height} pixels is over the {MAX_PIXELS}-pixel cap "
+                                   "(a decompression bomb?)")
+                probe.verify()  # structure and checksums
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # a full decode: catches truncation that verify() does not
             width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"refused a decompression bomb: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"not a decodable image: {exc}") from exc
     if fmt not in FORMATS:

@@ -54,7 +54,7 @@ class RunConfig:
     concurrency: int = 2  # jobs in flight (submitted, not yet downloaded)
     per_endpoint: Mapping[str, int] = field(default_factory=dict)
     rate: float = 10.0  # submissions per second
-    timeout: float = 900.0  # seconds to wait for one job's completion before cancelling it
+    timeout: float = 900.0  # seconds for one job, submit to download (a wait past it cancels the request)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retry_failed: bool = False
     max_jobs: int | None = None
@@ -69,6 +69,27 @@ def iso_time(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+CANCEL_WAIT = 10.0  # seconds a cancel after the job deadline may take: the bounded margin past it
+
+
+def _left(deadline: float) -> float:
+    """Seconds until a monotonic deadline (never negative)."""
+    return max(0.0, deadline - time.monotonic())
+
+
+def check_images(result: Any) -> None:
+    """A result's shape before anything stores or reads it: `images` is a non-empty list of objects with a URL."""
+    images = result.get("images") if isinstance(result, dict) else None
+    if not isinstance(images, list) or not images:
+        raise JobRejected(f"result has no images: {str(result)[:200]}")
+    for index, image in enumerate(images):
+        if not isinstance(image, dict):
+            raise JobRejected(f"result images[{index}] is a {type(image).__name__}, not an object with a url: "
+                              f"{str(image)[:100]}")
+        if not isinstance(image.get("url"), str):
+            raise JobRejected(f"result images[{index}] has no url string: {str(image)[:100]}")
 
 
 class AdaptiveLimit:
@@ -192,6 +213,8 @@ class Runner:
         self.failed = 0
         self.images = 0
         self.cost = 0.0  # of this run's finished jobs, by the manifest's prices
+        self._capped_said = False
+        self._sending: set[str] = set()  # keys whose submit is on the wire (sent, not yet answered)
         client.on_event = self._client_event
 
     # -------------------------------------------------- events
@@ -200,6 +223,11 @@ class Runner:
         if kind == "throttled":
             self.slots.throttled()
             self.emit({"type": "throttled", "limit": self.slots.limit})
+        elif kind == "retry_after_capped" and not self._capped_said:
+            self._capped_said = True
+            self.emit({"type": "warning", "message": "the provider asked to wait longer than "
+                       f"{self.client.limits.retry_after:g} s (Retry-After); waiting {self.client.limits.retry_after:g} s "
+                       "instead"})
 
     def progress(self) -> Event:
         return {"type": "progress", "done": self.done, "failed": self.failed, "in_flight": self.slots.active,
@@ -426,25 +454,32 @@ class Runner:
             await self._advance(key)
 
     async def _advance(self, key: str) -> None:
+        # The job deadline covers the whole job: submit, wait, result and download.
+        deadline = time.monotonic() + self.config.timeout
         try:
             row: Row | None = None
             while True:
                 # Each step returns the row as it now stands, or None when the store must be
                 # read again (after a resubmit or a failure): no re-read on the common path.
                 row = row or self.store.get(key)
-                if row.state == "planned":
-                    if self.stopping:
+                step = row.state
+                try:
+                    if step == "planned":
+                        if self.stopping:
+                            return
+                        row = await asyncio.wait_for(self._submit(row), _left(deadline))
+                        if row is None:
+                            return
+                    elif step == "submitted":
+                        row = await self._follow(row, deadline)
+                    elif step == "completed":
+                        row = await asyncio.wait_for(self._download(row), _left(deadline))
+                    else:
+                        if row.state == "downloaded":
+                            self.done += 1
                         return
-                    row = await self._submit(row)
-                    if row is None:
-                        return
-                elif row.state == "submitted":
-                    row = await self._follow(row)
-                elif row.state == "completed":
-                    row = await self._download(row)
-                else:
-                    if row.state == "downloaded":
-                        self.done += 1
+                except asyncio.TimeoutError:
+                    self._over_deadline(key, step)
                     return
         except AccountError as exc:
             self.fatal = self.fatal or exc
@@ -464,7 +499,21 @@ class Runner:
         except TransientError as exc:
             self._fail(key, f"gave up after {self.config.retry.attempts} attempts: {exc.message}", "transient")
 
+    def _over_deadline(self, key: str, step: str) -> None:
+        limit = f"{self.config.timeout:g} s"
+        if key in self._sending:  # cut off between sending the submit and reading its answer
+            self._sending.discard(key)
+            self._fail(key, f"submit: no answer within the job deadline ({limit}); the provider may have "
+                       "accepted and billed it", "outcome_unknown")
+        elif step == "planned":
+            self._fail(key, f"submit: not accepted within the job deadline ({limit}); nothing was sent "
+                       "that the provider took", "deadline")
+        else:
+            what = "result" if step == "submitted" else "download"
+            self._fail(key, f"{what}: not complete within the job deadline ({limit})", "deadline")
+
     def _fail(self, key: str, reason: str, kind: str) -> None:
+        reason = self.client.scrub(reason)  # a server may echo the key into anything it answers
         self.store.failed(key, reason, kind)
         self.failed += 1
         self.emit({"type": "failed", "key": key, "reason": reason})
@@ -483,8 +532,22 @@ class Runner:
             return None
         self.phase[row.key] = "submitting"
         self._check_space()
-        self.store.submit_started(row.key)
-        handle = await self.client.submit(row.endpoint, row.input)
+
+        def sending() -> None:  # the submit→commit window opens: a kill now leaves an ambiguous submit
+            self._sending.add(row.key)
+            self.store.submit_started(row.key)
+
+        def refused() -> None:  # a definite refusal (429, 401, ingress 502…): nothing was taken
+            self._sending.discard(row.key)
+            self.store.submit_refused(row.key)
+
+        try:
+            handle = await self.client.submit(row.endpoint, row.input, sending=sending, refused=refused)
+        except AccountError:
+            self.store.submit_refused(row.key)  # a definite refusal is not an ambiguous submit
+            raise
+        finally:
+            self._sending.discard(row.key)
         self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url,
                              self.config.provider or None)
         self.emit({"type": "submitted", "key": row.key, "endpoint": row.endpoint, "request_id": handle.request_id})
@@ -505,7 +568,7 @@ class Runner:
                              f"{FREE_SPACE_RESERVE / 1e6:.0f} MB, so that every paid request can still be recorded",
                              hint=_disk_hint(OSError(errno.ENOSPC, "no space")))
 
-    async def _follow(self, row: Row) -> Row | None:
+    async def _follow(self, row: Row, deadline: float) -> Row | None:
         assert row.request_id and row.status_url and row.response_url and row.cancel_url
         handle = Handle(row.request_id, row.status_url, row.response_url, row.cancel_url)
         self.phase[row.key] = "waiting"
@@ -523,9 +586,12 @@ class Runner:
                 self.queued.pop(row.key, None)
 
         try:
-            status = await asyncio.wait_for(self.client.wait(handle, on_status), self.config.timeout)
+            status = await asyncio.wait_for(self.client.wait(handle, on_status), _left(deadline))
         except asyncio.TimeoutError:
-            answer = await self.client.cancel(handle)
+            try:
+                answer = await asyncio.wait_for(self.client.cancel(handle), CANCEL_WAIT)
+            except asyncio.TimeoutError:
+                answer = f"no answer within {CANCEL_WAIT:g} s"
             where = f"; last status {last[0].state}" if last else ""
             if last and last[0].queue_position is not None:
                 where += f" at queue position {last[0].queue_position}"
@@ -539,17 +605,17 @@ class Runner:
         if status.error_type in RUNNER_ERRORS:
             self._retry_job(row, f"the provider's runner failed ({status.error_type}: {status.error})")
             return None
+        # A read error here is retried as a read (client.result); only definite evidence that
+        # this request will never deliver (a runner error_type, a 404) pays for a new one.
         try:
-            result = await self.client.result(handle)
+            result = await asyncio.wait_for(self.client.result(handle), _left(deadline))
         except RunnerFailed as exc:
             self._retry_job(row, exc.message)
             return None
         except RequestGone:
             self._retry_job(row, "the provider no longer has the result")
             return None
-        images = result.get("images")
-        if not isinstance(images, list) or not images:
-            raise JobRejected(f"result has no images: {str(result)[:200]}")
+        check_images(result)
         if self.output_check is not None:
             for problem in self.output_check(row.endpoint, result):
                 self.emit({"type": "warning", "key": row.key,
@@ -559,6 +625,7 @@ class Runner:
 
     async def _download(self, row: Row) -> Row | None:
         assert row.result is not None
+        check_images(row.result)  # also for results stored by an earlier version
         self.phase[row.key] = "downloading"
         entries = []
         for index, image in enumerate(row.result.get("images", [])):
@@ -628,8 +695,6 @@ class Runner:
 
     async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:
         url = image.get("url")
-        if not isinstance(url, str):
-            raise JobRejected("result image has no url")
         expected = image.get("file_size") if isinstance(image.get("file_size"), int) else None
         for attempt in range(1, self.config.retry.attempts + 1):
             try:

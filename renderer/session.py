@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from . import files
-from .client import Client
+from .client import FAL_QUEUE_ORIGINS, Client
 from .emulator import Emulator, EmulatorConfig, ServiceTime
 from .errors import UsageError
 from .manifest import PROVIDERS, ProviderConfig
@@ -239,7 +239,10 @@ async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, re
         assert url is not None
         client = await stack.enter_async_context(
             Client(url, auth_scheme=provider.auth, key=provider.key, retry=config.retry,
-                   connections=max(8, config.concurrency * 2 + 4)))
+                   connections=max(8, config.concurrency * 2 + 4),
+                   # fal's answers must stay on fal's queue hosts; a proxy's are rebased onto the proxy
+                   rebase=provider.kind != "fal", trusted_origins=FAL_QUEUE_ORIGINS if provider.kind == "fal"
+                   else frozenset()))
 
         def check_output(endpoint: str, output: Any) -> list[Any]:
             return registry.check(endpoint, output, "output") if endpoint in registry else []

@@ -341,6 +341,13 @@ class Store:
             db.execute("UPDATE jobs SET submit_started = ?, attempts = attempts + 1, updated_at = ? WHERE key = ?",
                        (time.time(), time.time(), key))
 
+    def submit_refused(self, key: str) -> None:
+        """A definite refusal (401/403/429, ingress 5xx, no connection): the submit→commit window
+        closes and the attempt is not counted (only submits the server may have taken count)."""
+        with self._tx() as db:
+            db.execute("""UPDATE jobs SET submit_started = NULL, attempts = MAX(0, attempts - 1), updated_at = ?
+                          WHERE key = ? AND submit_started IS NOT NULL""", (time.time(), key))
+
     def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str,
                   provider: str | None = None) -> None:
         self._set(key, state="submitted", request_id=request_id, status_url=status_url, response_url=response_url,

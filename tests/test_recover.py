@@ -165,6 +165,8 @@ def test_damaged_database_is_a_clear_error_and_moving_it_aside_recovers(tmp_path
         assert "Traceback" not in err
         assert f"error: {db}" in err and ("damaged" in err or "malformed" in err)
         assert "hint: if the file is damaged, move renderer.sqlite aside" in err
+        code, _, err = cli("status", str(run_dir))
+        assert code == 1 and "Traceback" not in err and "hint: if the file is damaged" in err
         db.rename(run_dir / "renderer.sqlite.damaged")
         code, _, err = cli(*base, env=ENV)
         assert code == 0, err

@@ -97,7 +97,9 @@ def test_damaged_file_is_downloaded_again_without_a_resubmit(tmp_path: Path):
 
 def test_fault_mix_500_jobs_all_valid(tmp_path: Path):
     """10% 429, 5% ingress 502, 5% runner errors, 5% dropped and 2% corrupt downloads: all 500 complete."""
-    faults = Faults(submit_429=0.10, ingress_5xx=0.05, runner_error=0.05, drop_download=0.05, corrupt_image=0.02)
+    # Ingress 502/503 only: a 504 on a submit may have been passed on, so it is an unknown outcome (not resent).
+    faults = Faults(submit_429=0.10, ingress_5xx=0.05, ingress_codes=(502, 503), runner_error=0.05,
+                    drop_download=0.05, corrupt_image=0.02)
     m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(50)],
                        seeds=list(range(1, 11)), retries={"attempts": 10, "backoff": 0.01, "max_backoff": 0.2},
                        limits={"concurrency": 32, "rate": 2000})
@@ -615,3 +617,102 @@ def test_a_run_whose_directory_disappears_stops_with_an_error(tmp_path: Path):
     assert proc.returncode == 1, out + err
     assert b"was removed during the run" in err and b"Traceback" not in err
     assert not out.startswith(b"done")
+
+
+# ---------------------------------------------------------------- issue 10: hostile servers
+
+KEY = "k3y-id-1234:s3cret-part-abcdef"
+
+
+def _everything_written(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate", [0.20, 0.35])
+def test_fault_mix_pays_twice_only_for_runner_errors(tmp_path: Path, rate: float):
+    """20 % / 35 % faults (bare result 500s, truncated downloads, 429s, ingress 502/503, runner errors):
+    every image valid, and the only second submits of an input are the runner-error resubmits."""
+    faults = Faults(submit_429=rate, ingress_5xx=rate / 2, ingress_codes=(502, 503), result_500=rate,
+                    truncate_image=rate, runner_error=rate / 4)
+    m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(12)],
+                       seeds=list(range(1, 6)), retries={"attempts": 12, "backoff": 0.01, "max_backoff": 0.05},
+                       limits={"concurrency": 16, "rate": 2000})
+    with background_emulator(service=FAST, workers=16, seed=11, faults=faults) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet",
+                             env={"FAL_KEY": "k"})
+        stats = emu.stats()
+    assert code == 0, out + err
+    assert len(images(tmp_path / "out/t")) == 60
+    assert_all_verified(tmp_path / "out/t")
+    assert all(stats["faults"].get(k, 0) > 0 for k in ("submit_429", "result_500", "truncate_image"))
+    assert stats["duplicate_submits"] == stats["faults"].get("runner_error", 0)
+
+
+@pytest.mark.parametrize("fault", [{"submit_html": 1.0}, {"submit_500_with_id": 1.0}, {"malformed": "request_id_int"},
+                                   {"malformed": "status_url_int"}])
+def test_an_unusable_submit_answer_fails_the_job_and_is_never_paid_again(tmp_path: Path, fault):
+    """Outcome unknown: the job fails with that reason (exit 1, no traceback); a rerun sends nothing."""
+    m = write_manifest(tmp_path, seeds=[1, 2])
+    base = ("run", str(m), "--provider", "", "--output", str(tmp_path / "out"))
+    with background_emulator(service=FAST, faults=Faults(**fault)) as emu:
+        args = list(base)
+        args[3] = emu.url
+        code, _, err = cli(*args, env={"FAL_KEY": "k"})
+        again = cli(*args, env={"FAL_KEY": "k"})
+        stats = emu.stats()
+    assert code == 1 and "Traceback" not in err and "may have accepted" in err
+    assert again[0] == 1
+    assert stats["submit_attempts"] == 2 and stats["duplicate_submits"] == 0
+
+
+@pytest.mark.parametrize(("fault", "reason"), [({"bomb_image": 1.0}, "decompression bomb"),
+                                                ({"malformed": "images_strings"}, "not an object"),
+                                                ({"huge_result": 80 * 1024 * 1024}, "cap")])
+def test_a_hostile_answer_fails_that_job_only(tmp_path: Path, fault, reason):
+    """A bomb image, `images: ["http://…"]` or a result over the cap fails the job with a reason, never exit 70."""
+    m = write_manifest(tmp_path, seeds=[1], retries={"attempts": 2, "backoff": 0.001, "max_backoff": 0.002})
+    with background_emulator(service=FAST, faults=Faults(**fault)) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"),
+                             env={"FAL_KEY": "k"})
+    assert code == 1 and "Traceback" not in err and reason in err, out + err
+
+
+def test_a_key_echoed_by_the_server_is_in_no_file_and_no_output(tmp_path: Path):
+    """A 403 repeating the Authorization header: exit 3, and the key is in no output line and no file."""
+    m = write_manifest(tmp_path, seeds=[1, 2, 3])
+    with background_emulator(service=FAST, key=KEY, faults=Faults(echo_key=True, lock_after=1)) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"),
+                             env={"FAL_KEY": KEY})
+        status = cli("status", str(tmp_path / "out/t"), "--json")
+    assert code == 3 and "you sent" in err
+    written = _everything_written(tmp_path / "out")
+    for secret in (KEY, KEY.split(":")[1]):
+        assert secret not in out + err + status[1] and secret.encode() not in written
+
+
+def test_a_refused_submit_is_not_ambiguous(tmp_path: Path):
+    """A 401 on submit is a definite refusal: no attempt counted, nothing ambiguous for the next run."""
+    m = write_manifest(tmp_path, seeds=[1, 2])
+    with background_emulator(service=FAST, key="right") as emu:
+        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), env={"FAL_KEY": "no"})
+    assert code == 3
+    store = Store(tmp_path / "out/t")
+    try:
+        assert store.ambiguous() == 0
+        assert all(r.attempts == 0 and r.submit_started is None for r in store.rows())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("op", ["submit", "result", "download"])
+def test_a_slowloris_ends_within_the_job_deadline(tmp_path: Path, op):
+    """One byte every 2 s on submit, result or download: the job fails at its deadline plus a bounded margin."""
+    m = write_manifest(tmp_path, seeds=[1], limits={"timeout": 3})
+    with background_emulator(service=FAST, faults=Faults(slow=(op,), slow_interval=2.0)) as emu:
+        started = time.monotonic()
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"),
+                             env={"FAL_KEY": "k"})
+        elapsed = time.monotonic() - started
+    assert code == 1 and "job deadline (3 s)" in err and "Traceback" not in err, out + err
+    assert elapsed < 3 + 12
