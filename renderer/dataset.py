@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -161,19 +160,11 @@ def _cell(value: Any, dtype: str) -> Any:
 def write_metadata(data_dir: Path, rows: Iterable[dict[str, Any]]) -> int:
     """metadata.jsonl, streamed to a temporary file and renamed into place. Returns the row count."""
     path = data_dir / METADATA
-    fd, tmp = files.open_temporary(path)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with files.atomic_stream(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+            count += 1
     return count
 
 

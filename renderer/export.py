@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,26 +167,18 @@ def _parquet(run_dir: Path, out: Path, columns: Columns, chunks: Iterator[list[t
     total = 0
     for index, chunk in enumerate(chunks):
         path = out / _shard_name("train", index, shards, "parquet")
-        fd, tmp = files.open_temporary(path)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
-                    for start in range(0, len(chunk), ROW_GROUP):
-                        group = chunk[start:start + ROW_GROUP]
-                        data: dict[str, list[Any]] = {n: [] for n in names}
-                        for row, rel in group:
-                            blob = _read_verified(run_dir, rel, row["sha256"])
-                            total += len(blob)
-                            data["image"].append({"bytes": blob, "path": row["file_name"]})
-                            for n in names[1:]:
-                                data[n].append(row[n])
-                        writer.write_table(pa.table(data, schema=schema))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with files.atomic_stream(path) as handle, \
+                pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            for start in range(0, len(chunk), ROW_GROUP):
+                group = chunk[start:start + ROW_GROUP]
+                data: dict[str, list[Any]] = {n: [] for n in names}
+                for row, rel in group:
+                    blob = _read_verified(run_dir, rel, row["sha256"])
+                    total += len(blob)
+                    data["image"].append({"bytes": blob, "path": row["file_name"]})
+                    for n in names[1:]:
+                        data[n].append(row[n])
+                writer.write_table(pa.table(data, schema=schema))
         written.append(path)
     _replace_shards(out, written, "train-*-of-*.parquet")
     return written, total
@@ -200,27 +191,19 @@ def _webdataset(run_dir: Path, out: Path, chunks: Iterator[list[tuple[dict[str, 
     total = 0
     for index, chunk in enumerate(chunks):
         path = out / _shard_name("train", index, shards, "tar")
-        fd, tmp = files.open_temporary(path)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                writer = wds.TarWriter(handle, encoder=False)
-                try:
-                    for row, rel in chunk:
-                        blob = _read_verified(run_dir, rel, row["sha256"])
-                        total += len(blob)
-                        ext = rel.rsplit(".", 1)[-1]
-                        # The key must not contain a dot: WebDataset splits a member's name at the first one.
-                        key = f"{row['job_key']}-{row['image_index']}"
-                        writer.write({"__key__": key, ext: blob,
-                                      "json": json.dumps(row, ensure_ascii=False, sort_keys=True).encode()})
-                finally:
-                    writer.close()  # while the file is open (tarfile writes its end blocks on close)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with files.atomic_stream(path) as handle:
+            writer = wds.TarWriter(handle, encoder=False)
+            try:
+                for row, rel in chunk:
+                    blob = _read_verified(run_dir, rel, row["sha256"])
+                    total += len(blob)
+                    ext = rel.rsplit(".", 1)[-1]
+                    # The key must not contain a dot: WebDataset splits a member's name at the first one.
+                    key = f"{row['job_key']}-{row['image_index']}"
+                    writer.write({"__key__": key, ext: blob,
+                                  "json": json.dumps(row, ensure_ascii=False, sort_keys=True).encode()})
+            finally:
+                writer.close()  # while the file is open (tarfile writes its end blocks on close)
         written.append(path)
     _replace_shards(out, written, "train-*-of-*.tar")
     return written, total

@@ -17,7 +17,8 @@ import json
 import os
 import secrets
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,25 @@ def open_temporary(path: Path) -> tuple[int, str]:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:  # 48 random bits: practically never, but never overwrite
             continue
+
+
+@contextmanager
+def atomic_stream(path: Path, mode: str = "wb") -> Iterator[Any]:
+    """A file object whose contents appear at `path` whole, or not at all.
+
+    On a clean exit the temporary file is flushed, fsynced and renamed over `path`; on any
+    exception (a kill leaves a PART_SUFFIX file for `remove_partials`) it is removed.
+    """
+    fd, tmp = open_temporary(path)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: Any, *, durable: bool = True) -> os.stat_result:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from renderer import dataset
@@ -129,6 +129,7 @@ def test_loads_through_the_card_configs_and_as_imagefolder(sweep: Path, tmp_path
         train.to_parquet(str(tmp_path / "out.parquet"))  # no empty struct: Parquet accepts it
 
 
+@settings(deadline=None)  # the first example pays for lazy imports; a deadline would make it flaky
 @given(st.lists(st.dictionaries(st.sampled_from(["a", "seed", "b"]),
                                 st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False),
                                           st.text(max_size=3), st.fixed_dictionaries({"w": st.integers(1, 9)}))),
