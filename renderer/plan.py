@@ -545,31 +545,30 @@ class _Planner:
 
     # -------------------------------------------------- generation (lazy, in plan order)
 
-    def _originals(self) -> Iterator[dict[str, Any]]:
+    def _matrix(self) -> Iterator[tuple[Prompt, Model, dict[str, Any], list[Any]]]:
+        """(prompt, model, axis values, seeds) of the plain matrix, in plan order (seeds innermost)."""
         for prompt in self.prompts.values():
             for model in self.models.values():
                 variables = self.axes_global + list(model.axes.items())
                 names = [n for n, _ in variables]
                 seeds = self.seeds_for(prompt, model)
                 for values in product(*(vals for _, vals in variables)):
-                    axis_values = dict(zip(names, values, strict=False))
-                    for seed in seeds:
-                        yield {"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed}
+                    yield prompt, model, dict(zip(names, values, strict=False)), seeds
+
+    def _originals(self) -> Iterator[dict[str, Any]]:
+        for prompt, model, axis_values, seeds in self._matrix():
+            for seed in seeds:
+                yield {"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed}
 
     def _cells(self, tally: _Tally | None) -> Iterator[tuple[Prompt, Model, dict[str, Any], dict[str, Any],
                                                               tuple[Any, ...] | None, list[Any]]]:
         """(prompt, model, axes, extra params, source, seeds): jobs that differ only by seed, grouped."""
         if not self.include and not self.exclude:
             # The plain matrix: no combination dicts at all, seeds innermost.
-            for prompt in self.prompts.values():
-                for model in self.models.values():
-                    variables = self.axes_global + list(model.axes.items())
-                    names = [n for n, _ in variables]
-                    seeds = self.seeds_for(prompt, model)
-                    for values in product(*(vals for _, vals in variables)):
-                        if tally is not None:
-                            tally.combos += len(seeds)
-                        yield prompt, model, canonical(dict(zip(names, values, strict=False))), {}, None, seeds
+            for prompt, model, axis_values, seeds in self._matrix():
+                if tally is not None:
+                    tally.combos += len(seeds)
+                yield prompt, model, canonical(axis_values), {}, None, seeds
         else:
             for combo, created in matrix.stream(self._originals, self.include, self.exclude, _same):
                 if tally is not None:
