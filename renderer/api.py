@@ -32,7 +32,7 @@ from .plan import Plan
 from .runner import Event, RunConfig, Summary
 from .schemas import SchemaRegistry, default_schema_dir
 from .storage import Storage
-from .store import Store
+from .store import SQLiteStore
 
 __all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
 
@@ -162,7 +162,7 @@ def open_run(run_dir: str | os.PathLike[str]) -> Run:
         for row, path in found:
             row["path"] = (folder / path).resolve()
             rows.append(row)
-    store = Store(folder, readonly=True)
+    store = SQLiteStore(folder, readonly=True)
     try:
         failures = [{"key": r.key, "prompt_id": r.prompt_id, "model": r.model, "seed": r.seed, "axes": r.axes,
                      "kind": r.error_kind, "reason": r.error} for r in store.rows(in_plan=True, state="failed")]

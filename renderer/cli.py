@@ -295,13 +295,13 @@ def _done_and_samples(plan: plan_mod.Plan, wanted: set[int]) -> tuple[dict[str, 
     When the run's state recorded this very plan (same digest), the counts come from one
     query; otherwise from one pass over the jobs against the finished keys.
     """
-    from .store import DB_NAME, Store
+    from .store import DB_NAME, SQLiteStore
 
     picked: list[plan_mod.Job] = []
     done: dict[str, int] = {}
     keys: set[str] = set()
     if (plan.manifest.run_dir / DB_NAME).is_file():
-        store = Store(plan.manifest.run_dir, readonly=True)
+        store = SQLiteStore(plan.manifest.run_dir, readonly=True)
         try:
             if plan.digest and store.meta("plan_digest") == plan.digest:
                 done = store.done_by_model()

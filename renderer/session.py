@@ -33,7 +33,7 @@ from .plan import Job, Plan
 from .runner import Event, RunConfig, Runner, Summary, iso_time
 from .schemas import SchemaRegistry
 from .storage import Storage
-from .store import DB_NAME, RunLock, Store, sql_error
+from .store import DB_NAME, RunLock, SQLiteStore, Store, sql_error
 
 T = TypeVar("T")
 
@@ -218,7 +218,7 @@ async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfi
     """
     run_dir = plan.manifest.run_dir
     with RunLock(run_dir):
-        store = Store(run_dir)
+        store = SQLiteStore(run_dir)
         try:
             return await _execute(plan, provider, config, registry, events, store, interrupts, storage)
         except sqlite3.Error as exc:
@@ -374,7 +374,7 @@ class EventLog:
 def status(run_dir: Path, out: TextIO, *, as_json: bool) -> int:
     if not (run_dir / DB_NAME).is_file():
         raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
-    store = Store(run_dir, readonly=True)
+    store = SQLiteStore(run_dir, readonly=True)
     try:
         return _status(run_dir, store, out, as_json=as_json)
     except sqlite3.Error as exc:
@@ -391,7 +391,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
         missing = [(key, e["path"]) for key, entries in store.downloaded_files()
                    for e in entries if not files.file_intact(run_dir, e, rehash=False)]
-        last_run = store.db.execute("SELECT summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        last = store.last_summary()
         resubmits = store.resubmit_reasons()
         paid_twice = store.total_ambiguous() + sum(resubmits.values())
     finally:
@@ -407,7 +407,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
                                                     strict=True)) for f in failures],
                               "no_longer_in_manifest": [dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale],
                               "paid_twice": {"count": paid_twice, "resubmits": resubmits},
-                              "last_run": json.loads(last_run[0]) if last_run and last_run[0] else None},
+                              "last_run": last},
                              indent=2, ensure_ascii=False) + "\n")
         return 0
     out.write(f"run: {run_dir}\n")
@@ -428,8 +428,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         out.write(f"failed: prompt={prompt} model={model} seed={seed}{described} [{kind}] {reason}  ({key})\n")
     for key, stem, state in stale:
         out.write(f"no longer in the manifest: {stem} ({state}, {key})\n")
-    if last_run and last_run[0]:
-        last = json.loads(last_run[0])
+    if last:
         out.write(f"last run: {last['outcome']} at {iso_time(last['finished'])}, {last['images_this_run']} images\n")
         cost = last.get("cost") or {}
         if cost.get("all_runs") is not None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from renderer.emulator import Faults, ServiceTime
-from renderer.store import Store
+from renderer.store import SQLiteStore
 
 from .conftest import MANIFESTS, ROOT, background_emulator, cli, write_manifest
 
@@ -135,7 +135,7 @@ def test_locked_account_stops_the_run_with_exit_3(tmp_path: Path):
     assert code == 3
     assert "User is locked. Reason: Exhausted balance" in err
     assert attempts == 4  # three accepted, one refused, then nothing
-    store = Store(tmp_path / "o/t", readonly=True)
+    store = SQLiteStore(tmp_path / "o/t", readonly=True)
     assert store.counts()["downloaded"] == 3
     store.close()
 
@@ -322,7 +322,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
     assert kills == 20  # every trial really was killed mid-run
     assert len(images(output / "t")) == 240
     assert_all_verified(output / "t")
-    store = Store(output / "t", readonly=True)
+    store = SQLiteStore(output / "t", readonly=True)
     ambiguous = store.total_ambiguous()
     store.close()
     assert stats["duplicate_submits"] <= ambiguous
@@ -415,7 +415,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_the_in_process_emulator_run_can_be_f
     assert proc.wait(30) == 143
     assert json.loads((run_dir / "run.json").read_text())["outcome"] == "interrupted"
     assert (run_dir / "data/metadata.jsonl").is_file() and (run_dir / "data/README.md").is_file()
-    store = Store(run_dir, readonly=True)
+    store = SQLiteStore(run_dir, readonly=True)
     left = store.counts()
     store.close()
     assert left["downloaded"] < 40 and left["submitted"] >= 2  # requests of the old emulator were in flight
@@ -547,7 +547,7 @@ def test_disk_full_is_a_clear_error_and_the_rerun_after_freeing_space_completes(
         duplicates = emu.stats()["duplicate_submits"]
         assert len(images(disk / "t")) == 40
         assert_all_verified(disk / "t")
-        store = Store(disk / "t", readonly=True)
+        store = SQLiteStore(disk / "t", readonly=True)
         assert duplicates == store.total_ambiguous() <= 4  # at most the submits in flight, each counted
         store.close()
         assert (f"paid twice: {duplicates}" in out) == (duplicates > 0)
@@ -697,7 +697,7 @@ def test_a_refused_submit_is_not_ambiguous(tmp_path: Path):
     with background_emulator(service=FAST, key="right") as emu:
         code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), env={"FAL_KEY": "no"})
     assert code == 3
-    store = Store(tmp_path / "out/t")
+    store = SQLiteStore(tmp_path / "out/t")
     try:
         assert store.ambiguous() == 0
         assert all(r.attempts == 0 and r.submit_started is None for r in store.rows())
