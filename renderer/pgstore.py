@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import StateError
+from .errors import StateError, UsageError
 from .store import Store
 
 SCHEMA_VERSION = [
@@ -218,7 +218,7 @@ class PostgresStore(Store):
         exists = self.db.execute("SELECT 1 FROM pg_namespace WHERE nspname = ?", (self.schema,)).fetchone()
         if readonly and not exists:
             conn.close()
-            raise StateError(f"no run {run!r} in the shared state {redact(url)}",
+            raise UsageError(f"no run {run!r} in the shared state {redact(url)}",
                              hint="give the manifest's name (the run directory's last part) of a run started "
                              "with this --state")
         if not readonly:

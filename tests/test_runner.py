@@ -716,3 +716,109 @@ def test_a_slowloris_ends_within_the_job_deadline(tmp_path: Path, op):
         elapsed = time.monotonic() - started
     assert code == 1 and "job deadline (3 s)" in err and "Traceback" not in err, out + err
     assert elapsed < 3 + 12
+
+
+# -------------------------------------------------- shared state: several workers, one PostgreSQL
+
+
+def _worker(manifest: Path, url: str, state: str, events: list[dict], **options: object) -> object:
+    """One `renderer run` worker, as the Python API runs it (its own event loop, in this thread)."""
+    from renderer import api
+    plan = api.load_manifest(manifest)
+    return api.run(plan, provider=url, state=state, on_event=events.append, env={"FAL_KEY": "k"}, **options)
+
+
+def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+    """Three workers on one PostgreSQL state: every job rendered once, images written once, the dataset written once."""
+    monkeypatch.chdir(tmp_path)
+    import threading
+    manifest = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"a cat {i}"} for i in range(6)],
+                              seeds=[1, 2, 3, 4])
+    with background_emulator(service=ServiceTime("fixed", 0.05), workers=16) as emu:
+        events: list[list[dict]] = [[], [], []]
+        summaries: list[object] = [None, None, None]
+
+        def go(i: int) -> None:
+            summaries[i] = _worker(manifest, emu.url, postgres_url, events[i], concurrency=4, lease=5)
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        stats = emu.stats()
+    assert all(getattr(s, "outcome", None) == "done" for s in summaries), summaries
+    downloaded = [e["key"] for evs in events for e in evs if e["type"] == "downloaded"]
+    assert len(downloaded) == len(set(downloaded)) == 24
+    assert sum(1 for evs in events if any(e["type"] == "downloaded" for e in evs)) >= 2  # the work was shared
+    assert stats["submits"] == 24 and stats["duplicate_submits"] == 0
+    run_dir = tmp_path / "outputs" / "t"
+    assert len(images(run_dir)) == 24
+    rows = (run_dir / "data" / "metadata.jsonl").read_text().splitlines()
+    assert len(rows) == 24 and json.loads((run_dir / "run.json").read_text())["outcome"] == "done"
+    assert not (run_dir / "renderer.sqlite").exists()  # the state is the shared one
+
+
+def test_a_paused_worker_is_fenced_and_its_jobs_reattached(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+    """A worker paused past its lease loses its jobs to another, which reattaches by request id: nothing paid twice, nothing written twice."""
+    monkeypatch.chdir(tmp_path)
+    import asyncio
+    import threading
+    manifest = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"a dog {i}"} for i in range(4)],
+                              )
+    with background_emulator(service=ServiceTime("fixed", 1.5), workers=8) as emu:
+        first: list[dict] = []
+        loops: list[asyncio.AbstractEventLoop] = []
+
+        def on_event(event: dict) -> None:
+            first.append(event)
+            if event["type"] == "submitted" and not loops:
+                loops.append(asyncio.get_running_loop())
+        box: dict[str, object] = {}
+        a = threading.Thread(target=lambda: box.setdefault("a", _run_with(manifest, emu.url, postgres_url, on_event)))
+        a.start()
+        deadline = time.monotonic() + 30
+        while not (loops and sum(e["type"] == "submitted" for e in first) == 4) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert loops, "the first worker never submitted"
+        # The first worker's loop stops for 3 s (a paused VM): its 1 s leases expire meanwhile.
+        loops[0].call_soon_threadsafe(time.sleep, 3.0)
+        time.sleep(1.3)
+        second: list[dict] = []
+        box["b"] = _worker(manifest, emu.url, postgres_url, second, concurrency=4, lease=30)
+        a.join(60)
+        stats = emu.stats()
+    assert getattr(box["b"], "outcome", None) == "done"
+    taken = {e["key"] for e in second if e["type"] == "downloaded"}
+    assert len(taken) == 4  # the second finished every job...
+    assert not [e for e in second if e["type"] == "submitted"]  # ...by reattaching, never submitting
+    assert not [e for e in first if e["type"] == "downloaded"]  # the stale worker wrote nothing
+    assert any("lease" in str(e.get("message", "")) for e in first)
+    assert stats["submits"] == 4 and stats["duplicate_submits"] == 0
+    assert len(images(tmp_path / "outputs" / "t")) == 4
+
+
+def _run_with(manifest: Path, url: str, state: str, on_event: object) -> object:
+    from renderer import api
+    return api.run(api.load_manifest(manifest), provider=url, state=state, on_event=on_event,  # type: ignore[arg-type]
+                   env={"FAL_KEY": "k"}, concurrency=4, lease=1)
+
+
+def test_finalize_and_status_read_the_shared_state(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+    """`renderer finalize` writes the dataset from shared state; `status --state` shows workers and counts."""
+    monkeypatch.chdir(tmp_path)
+    manifest = write_manifest(tmp_path, seeds=[1, 2, 3])
+    with background_emulator(service=FAST) as emu:
+        code, _out, err = cli("run", str(manifest), "--provider", emu.url, "--state", postgres_url, "--quiet",
+                              env={"FAL_KEY": "k"})
+    assert code == 0, err
+    run_dir = tmp_path / "outputs" / "t"
+    (run_dir / "data" / "metadata.jsonl").unlink()
+    code, out, err = cli("finalize", str(manifest), "--state", postgres_url)
+    assert code == 0, err
+    assert "3 finished jobs" in out and len((run_dir / "data" / "metadata.jsonl").read_text().splitlines()) == 3
+    code, out, err = cli("status", str(run_dir), "--state", postgres_url, "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["counts"]["downloaded"] == 3 and len(shown["workers"]) == 1 and shown["workers"][0]["held"] == 0
+    code, _out, err = cli("status", str(tmp_path / "outputs" / "nope"), "--state", postgres_url)
+    assert code == 2 and "no run 'nope'" in err
