@@ -12,8 +12,8 @@ import pytest
 from renderer import plan
 from renderer.errors import RunLocked
 from renderer.manifest import load
-from renderer.schemas import SchemaRegistry
 from renderer.pgstore import PostgresStore
+from renderer.schemas import SchemaRegistry
 from renderer.store import DB_NAME, MIGRATIONS, LeaseLost, RunLock, SQLiteStore, Store, migrate
 
 from .conftest import MANIFESTS
@@ -319,3 +319,23 @@ def test_account_slots_are_global_and_leased(postgres_url: str, tmp_path: Path, 
     a.set_accounts({"A": 1, "B": 1})  # a lower limit: slots above it are never handed out
     b.release()
     assert b.acquire_slot("A", "j9") == 0 and b.acquire_slot("A", "j10") is None
+
+
+def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(open_state: Callable[[], Store],
+                                                                                tmp_path: Path,
+                                                                                registry: SchemaRegistry):
+    """The account is stored with the request id, survives reopen and --retry-failed, and is cleared by a resubmit."""
+    p = _plan(registry)
+    store = open_state()
+    store.sync_plan(p.jobs)
+    a, b = p.jobs[0].key, p.jobs[1].key
+    store.submitted(a, "r1", "s", "r", "c", account="team-b")
+    store.submitted(b, "r2", "s", "r", "c")
+    store.failed(a, "deadline", "deadline")
+    store.close()
+    store = open_state()
+    assert store.get(a).account == "team-b" and store.get(b).account is None
+    store.retry_failed()
+    assert store.get(a).state == "submitted" and store.get(a).account == "team-b"
+    store.resubmit(a, "the provider no longer knows the request")
+    assert store.get(a).account is None and store.get(a).request_id is None
