@@ -16,8 +16,8 @@ on the result, as on fal); a queue with `workers` slots and a seeded service-tim
 deterministic images (renderer.pictures); faults with seeded probabilities (`Faults`).
 
 Accounting per credential (an "account" in the stats, named by a label, never by its key): accepted
-submits, requests in flight (from the submit until its result is handed over, or it is cancelled,
-or its result expired) with their peak, requests running with their peak, and inputs submitted
+submits, requests in flight (from the submit until its outcome is handed over: the result, or a
+status saying it failed; or until it is cancelled or its result expired) with their peak, requests running with their peak, and inputs submitted
 more than once. A harness in another process reads them at GET /_emulator/stats.
 """
 
@@ -220,6 +220,7 @@ class Emulator:
         self._open: dict[str, _Request] = {}  # requests in flight, by id
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.last_closed_at: float | None = None  # time.monotonic() of the last request leaving flight
 
     # ------------------------------------------------------------ lifecycle
 
@@ -270,6 +271,8 @@ class Emulator:
             "busy": self._busy,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            "open_ids": sorted(self._open),  # requests in flight, to follow one set of them over time
+            "last_closed_at": self.last_closed_at,  # on the emulator's monotonic clock, like submit_times
             "accounts": {label: acct.as_dict() for label, acct in list(self.accounts.items())},
         }
 
@@ -305,13 +308,15 @@ class Emulator:
         self._open[req.id] = req
 
     def _close(self, req: _Request) -> None:
-        """The request leaves flight (idempotent): its result was handed over, it was cancelled or expired."""
+        """The request leaves flight (idempotent): its outcome was handed over (the result, or a status
+        saying it failed), it was cancelled, or its result expired."""
         if not req.open:
             return
         req.open = False
         self._open.pop(req.id, None)
         self._account(req.account).in_flight -= 1
         self.in_flight -= 1
+        self.last_closed_at = time.monotonic()
 
     def _run_slot(self, label: str, delta: int) -> None:
         acct = self._account(label)
@@ -368,6 +373,7 @@ class Emulator:
         return max(0, req.seq - self._started - 1) if req.status == "IN_QUEUE" else 0  # requests ahead
 
     def _status_body(self, req: _Request, logs: bool) -> dict[str, Any]:
+        """A status answer; one that reports the request failed hands its outcome over (it leaves flight)."""
         body: dict[str, Any] = {"status": req.status, "request_id": req.id, **self._urls(req)}
         if req.status == "IN_QUEUE":
             body["queue_position"] = self._position(req)
@@ -377,6 +383,7 @@ class Emulator:
             body["metrics"] = {"inference_time": round(req.inference, 4)}
             if req.error:
                 body["error"], body["error_type"] = req.error, req.error_type
+                self._close(req)  # a client told of the failure need not fetch the result
         return body
 
     def _expired(self, req: _Request) -> bool:

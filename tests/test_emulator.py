@@ -416,13 +416,15 @@ def test_each_key_is_its_own_account_with_in_flight_peaks_and_duplicates():
             await wait_done(http, handle, headers=_auth(key))
             async with http.get(handle["response_url"], headers=_auth(key)) as r:
                 assert r.status == 200
-        return during, await _stats(emu, http)
-    during, after = run(scenario, keys=KEYS)
+        return during, await _stats(emu, http), handles
+    during, after, handles = run(scenario, keys=KEYS)
     a, b = during["accounts"]["acct_a"], during["accounts"]["acct_b"]
     assert (a["submits"], a["in_flight"], a["peak_in_flight"], a["duplicate_submits"]) == (3, 3, 3, 1)
     assert (b["submits"], b["in_flight"], b["peak_in_flight"], b["duplicate_submits"]) == (1, 1, 1, 0)
     assert during["in_flight"] == 4 and during["duplicate_submits"] == 2  # "one" went in three times in all
     assert after["in_flight"] == 0 and after["peak_in_flight"] == 4
+    assert sorted(h["request_id"] for h in handles) == during["open_ids"] and after["open_ids"] == []
+    assert during["last_closed_at"] is None and after["last_closed_at"] >= max(after["submit_times"])
     assert after["accounts"]["acct_a"]["in_flight"] == 0 and after["accounts"]["acct_a"]["peak_in_flight"] == 3
     assert after["accounts"]["acct_a"]["peak_running"] <= 2  # two worker slots, shared
     assert "key-of-a" not in json.dumps(after) and "key-of-b" not in json.dumps(after)
@@ -457,8 +459,8 @@ def test_peak_in_flight_matches_a_model_of_submit_and_fetch(steps):
     run(scenario, keys=KEYS, service=ServiceTime("fixed", 0.0))
 
 
-def test_in_flight_ends_on_cancel_and_on_expiry_but_not_on_a_proxy_500():
-    """A cancelled request and an expired result leave flight; a bare 500 on the result does not."""
+def test_in_flight_ends_on_cancel_failure_and_expiry_but_not_on_a_proxy_500():
+    """A cancelled request, a failure told by status and an expired result leave flight; a proxy's 500 does not."""
     async def cancelled(emu, http):
         handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
         before = (await _stats(emu, http))["in_flight"]
@@ -474,6 +476,12 @@ def test_in_flight_ends_on_cancel_and_on_expiry_but_not_on_a_proxy_500():
         await asyncio.sleep(0.3)  # past retention, never fetched
         return (await _stats(emu, http))["in_flight"]
     assert run(expired, faults=Faults(retention=0.1)) == 0
+
+    async def failed(emu, http):
+        handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
+        body = await wait_done(http, handle)  # the status names the failure: no result fetch needed
+        return body["error_type"], (await _stats(emu, http))["in_flight"]
+    assert run(failed, faults=Faults(runner_error=1.0)) == ("runner_server_error", 0)
 
     async def proxy_500(emu, http):
         handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
