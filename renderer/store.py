@@ -445,10 +445,16 @@ class Store:
         with self._tx() as db:
             db.execute("UPDATE jobs SET owner = NULL, lease_until = NULL WHERE owner = ?", (self.owner,))
 
-    def unfinished(self, before: int | None = None) -> int:
-        """Jobs of the plan not finished yet, held or not: 0 means the run is complete."""
-        return int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE " + OPEN + " AND plan_index < ?",
-                                   (before if before is not None else 2**62,)).fetchone()[0])
+    def unfinished(self, before: int | None = None, *, others: bool = False) -> int:
+        """Jobs of the plan not finished yet, held or not: 0 means the run is complete.
+
+        `others`: only those this worker does not hold (free, expired, or another worker's).
+        """
+        sql, args = "SELECT COUNT(*) FROM jobs WHERE " + OPEN + " AND plan_index < ?", [before or 2**62]
+        if others and self.owner is not None:
+            sql += f" AND (owner IS NULL OR owner <> ? OR lease_until <= {self.NOW})"
+            args.append(self.owner)
+        return int(self.db.execute(sql, args).fetchone()[0])
 
     def workers(self) -> list[dict[str, Any]]:
         """Per worker: id, host, pid, last heartbeat (epoch s) and the jobs it holds now."""
