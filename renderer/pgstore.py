@@ -252,6 +252,11 @@ class PostgresStore(Store):
         finally:
             self.db.execute(f"SELECT pg_advisory_unlock({ADVISORY_SYNC})")
 
+    cost_sql = ("SELECT COALESCE(SUM((f.value ->> 'cost')::double precision), 0), "
+                "COALESCE(BOOL_OR(COALESCE(jsonb_typeof(f.value -> 'cost'), 'null') = 'null'), false) "
+                "FROM jobs, jsonb_array_elements(jobs.files::jsonb) AS f(value) "
+                "WHERE jobs.in_plan = 1 AND jobs.state = 'downloaded'")
+
     def models_without_cost(self) -> list[str]:
         return [r[0] for r in self.db.execute(
             "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "

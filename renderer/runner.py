@@ -46,7 +46,7 @@ from .errors import (
 )
 from .layout import DATA_DIR, SIDECAR_SUFFIX, image_path, job_folder
 from .manifest import RetryPolicy
-from .plan import Plan, image_cost, price_of
+from .plan import Job, Plan, image_cost, price_of
 from .storage import LocalStorage, Storage
 from .store import DB_NAME, LeaseLost, Row, Store
 
@@ -99,6 +99,11 @@ CANCEL_WAIT = 10.0  # seconds a cancel after the job deadline may take: the boun
 def _left(deadline: float) -> float:
     """Seconds until a monotonic deadline (never negative)."""
     return max(0.0, deadline - time.monotonic())
+
+
+def describe(row: Row) -> str:
+    """prompt, model, seed and axes of a stored job, as Job.describe says them (for failure lines)."""
+    return Job(0, row.key, row.endpoint, row.model, row.prompt_id, row.seed, row.axes, {}, "", 1, (), "").describe()
 
 
 def check_images(result: Any) -> None:
@@ -658,13 +663,7 @@ class Runner:
 
     def total_cost(self) -> tuple[float | None, list[str]]:
         """(cost of every finished job by the manifest's prices, models without a price)."""
-        total, uncosted = 0.0, False
-        for _key, entries in self.store.downloaded_files():
-            for entry in entries:
-                if "cost" in entry:
-                    total += entry["cost"]
-                else:
-                    uncosted = True
+        total, uncosted = self.store.cost()  # summed in the database: no pass over the finished files here
         # Models named once from the store, not looked up per file (a million-job plan is not held).
         unpriced = set(self.store.models_without_cost()) if uncosted else set()
         in_plan = self.plan.by_model or None
@@ -846,7 +845,7 @@ class Runner:
         reason = self.client.scrub(reason)  # a server may echo the key into anything it answers
         self.store.failed(key, reason, kind)
         self.failed += 1
-        self.emit({"type": "failed", "key": key, "reason": reason})
+        self.emit({"type": "failed", "key": key, "reason": reason, "job": describe(self.store.get(key))})
 
     def _retry_job(self, row: Row, reason: str) -> None:
         """Resubmit after a runner failure or a lost request, within the attempt budget."""
@@ -931,7 +930,8 @@ class Runner:
             if status.state == "IN_QUEUE":
                 self.queued[row.key] = status.queue_position
                 if time.monotonic() - reported[0] > self.config.queue_report:
-                    self.emit({"type": "queued", "key": row.key, "position": status.queue_position})
+                    self.emit({"type": "queued", "key": row.key, "position": status.queue_position,
+                               "job": describe(row)})
                     reported[0] = time.monotonic()
             else:
                 self.queued.pop(row.key, None)
@@ -1028,7 +1028,8 @@ class Runner:
         """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
         mtime = self.storage.put_image(rel, image.data, sha256=image.sha256, content_type=image.content_type)
         # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
-        self.storage.put_json(str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)), sidecar, durable=False)
+        self.storage.put_bytes(str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)), files.json_text(sidecar).encode(),
+                               durable=False)
         return mtime
 
     async def _write_local(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int:
@@ -1043,7 +1044,9 @@ class Runner:
             Path(tmp).unlink(missing_ok=True)
             raise
         mtime = target.stat().st_mtime_ns
-        self.storage.put_json(str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)), sidecar, durable=False)
+        # Beside the image just renamed into place: its folder exists.
+        files.write_atomic(target.with_suffix(SIDECAR_SUFFIX), files.json_text(sidecar).encode(), durable=False,
+                           parents=False)
         return mtime
 
     async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:

@@ -714,6 +714,16 @@ class Store:
             "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "
             "(SELECT 1 FROM json_each(jobs.files) WHERE json_type(value, '$.cost') IS NULL)")]
 
+    # Each finished file's cost, and 1 where a file has none (json_each: one row per file entry).
+    cost_sql = ("SELECT COALESCE(SUM(json_extract(f.value, '$.cost')), 0), "
+                "COALESCE(MAX(COALESCE(json_type(f.value, '$.cost'), 'null') = 'null'), 0) "
+                "FROM jobs, json_each(jobs.files) AS f WHERE jobs.in_plan = 1 AND jobs.state = 'downloaded'")
+
+    def cost(self) -> tuple[float, bool]:
+        """(the recorded cost of every finished file of the plan, whether some file has no cost), summed in SQL."""
+        total, uncosted = self.db.execute(self.cost_sql).fetchone()
+        return float(total or 0.0), bool(uncosted)
+
     def done_by_model(self) -> dict[str, int]:
         """Downloaded jobs of the recorded plan, per model."""
         return {m: int(n) for m, n in self.db.execute(

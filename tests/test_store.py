@@ -339,3 +339,20 @@ def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(o
     assert store.get(a).state == "submitted" and store.get(a).account == "team-b"
     store.resubmit(a, "the provider no longer knows the request")
     assert store.get(a).account is None and store.get(a).request_id is None
+
+
+def test_cost_is_summed_in_the_database(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
+    """The cost of the plan's finished files is their recorded costs' sum; a file without one is flagged."""
+    p = _plan(registry)
+    store = open_state()
+    store.sync_plan(p.jobs)
+    keys = [j.key for j in p.jobs]
+    assert store.cost() == (0.0, False)
+    store.downloaded(keys[0], [{"path": "a", "cost": 0.25}, {"path": "b", "cost": 0.5}])
+    store.downloaded(keys[1], [{"path": "c", "cost": 1.0}])
+    store.failed(keys[2], "no", "rejected")
+    assert store.cost() == (1.75, False)
+    store.downloaded(keys[3], [{"path": "d"}])
+    assert store.cost() == (1.75, True)
+    store.sync_plan(p.jobs[1:])  # a job no longer planned no longer counts
+    assert store.cost() == (1.0, True)
