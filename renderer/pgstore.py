@@ -236,7 +236,7 @@ class PostgresStore(Store):
         self.db.execute(f'SET search_path TO "{self.schema}"')
 
     @contextmanager
-    def _tx(self) -> Iterator[_Connection]:
+    def _tx(self, defer: bool = False) -> Iterator[_Connection]:  # every change commits at once (no grouping)
         import psycopg
         try:
             with self.db.conn.transaction():

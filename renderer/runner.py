@@ -143,6 +143,41 @@ def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | No
     publish(storage, store.run_dir, f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
 
 
+class GroupCommit:
+    """One commit for the step changes of every job that reached a step in the same turn of the loop.
+
+    A job calls `durable()` after its change and resumes once that change is committed: the
+    commit is scheduled for the end of the current turn, so changes made meanwhile by other
+    jobs share it (group commit: one write of the log instead of one per change).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._future: asyncio.Future[None] | None = None
+        self.commits = 0  # for the benchmark: how many commits the step changes took
+
+    async def durable(self) -> None:
+        if not self.store.grouping:
+            return  # every change was committed as it was made
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit)
+        # Shielded: a job cancelled while it waits does not cancel the commit the others wait for.
+        await asyncio.shield(self._future)
+
+    def _commit(self) -> None:
+        future, self._future = self._future, None
+        assert future is not None
+        self.commits += 1
+        try:
+            self.store.commit()
+        except StateError as exc:
+            future.set_exception(exc)
+            future.exception()  # marked seen: the waiting jobs raise it, and if all were cancelled nothing logs it
+        else:
+            future.set_result(None)
+
+
 class AdaptiveLimit:
     """In-flight cap with additive increase, multiplicative decrease on throttling (429)."""
 
@@ -383,6 +418,7 @@ class Runner:
         self._endpoints: dict[str, str] = {}  # key → endpoint, for the jobs read but not yet finished
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.fsyncs = files.GroupFsync()
+        self.commits = GroupCommit(store)
         self.done = 0
         self.failed = 0
         self.images = 0
@@ -562,12 +598,18 @@ class Runner:
 
         workers = [asyncio.ensure_future(worker()) for _ in range(self.config.concurrency)]
         helpers = [asyncio.ensure_future(self._feed(queue, len(workers))), asyncio.ensure_future(self._renew())]
+        self.store.grouping = self.store.group_commit
         try:
             await asyncio.gather(*workers)
         finally:
             for w in workers + helpers:
                 w.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
+            self.store.grouping = False
+            try:
+                self.store.commit()  # anything deferred by a job cancelled while it waited
+            except StateError as exc:
+                self.broken = self.broken or exc
             self.store.release()  # claimed, not finished: others (or the next run) may take them at once
             summary = self.finish(run_id, started, ambiguous)
         return summary
@@ -875,6 +917,7 @@ class Runner:
                 return None
         self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url,
                              self.config.provider or None, account=account.name)
+        await self.commits.durable()  # the request id is committed before anything follows it
         account.submitted += 1
         self.emit({"type": "submitted", "key": row.key, "endpoint": row.endpoint, "request_id": handle.request_id,
                    **({"account": account.name} if self.pooled else {})})
@@ -972,6 +1015,7 @@ class Runner:
                 self.emit({"type": "warning", "key": row.key,
                            "message": f"result does not match the output schema: {problem.json_path}: {problem.message}"})
         self.store.completed(row.key, result)
+        await self.commits.durable()
         return replace(row, state="completed", result=result, completed_at=time.time())
 
     async def _download(self, row: Row) -> Row | None:
@@ -1019,6 +1063,7 @@ class Runner:
                     entry["mtime_ns"] = self._write(rel, verified, sidecar)
             entries.append(entry)
         self.store.downloaded(row.key, entries)
+        await self.commits.durable()
         self.images += len(entries)
         self.cost += sum(e.get("cost") or 0.0 for e in entries)
         self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
