@@ -323,12 +323,21 @@ def cmd_emulator(ctx: Context) -> int:
     from .emulator import Emulator, EmulatorConfig, Faults, ServiceTime
 
     a = ctx.args
-    key = None
-    if a.key_env:
-        key = ctx.env.get(a.key_env)
+    # Each --key-env is one account, named in the stats by its variable (never by the key).
+    keys: list[tuple[str, str]] = []
+    for name in a.key_env:
+        key = ctx.env.get(name)
         if not key:
-            raise UsageError(f"--key-env {a.key_env}: that environment variable is not set",
-                             hint=f"export {a.key_env}=… first, or drop --key-env to accept any caller")
+            raise UsageError(f"--key-env {name}: that environment variable is not set",
+                             hint=f"export {name}=… first, or drop --key-env to accept any caller")
+        if any(key == k for _, k in keys):
+            raise UsageError(f"--key-env {name}: holds the same key as another --key-env",
+                             hint="give each account its own key")
+        keys.append((name, key))
+    for label in a.lock_account:
+        if label not in a.key_env:
+            raise UsageError(f"--lock-account {label}: not one of the --key-env accounts",
+                             hint=f"allowed: {', '.join(a.key_env) or 'none (give --key-env first)'}")
     try:
         service = ServiceTime.parse(a.latency)
         for value in (service.a, service.b):  # seconds (or lognormal's sigma): finite, 0 to an hour
@@ -341,9 +350,12 @@ def cmd_emulator(ctx: Context) -> int:
         raise UsageError(f"--latency {a.latency!r}: {exc}") from None
     faults = Faults(submit_429=a.fault_429, ingress_5xx=a.fault_ingress, runner_error=a.fault_runner,
                     drop_download=a.fault_drop, truncate_image=a.fault_truncate, corrupt_image=a.fault_corrupt,
-                    stuck=a.fault_stuck, retention=a.retention, lock_after=a.lock_after)
+                    stuck=a.fault_stuck, retention=a.retention, lock_after=a.lock_after,
+                    result_500=a.fault_result_500, submit_html=a.fault_submit_html,
+                    submit_500_with_id=a.fault_submit_500)
     variants = tuple(tuple(v.split("=", 1)) for v in a.variant)  # type: ignore[misc]
-    config = EmulatorConfig(host=a.host, port=a.port, workers=a.workers, service=service, seed=a.seed, key=key,
+    config = EmulatorConfig(host=a.host, port=a.port, workers=a.workers, service=service, seed=a.seed,
+                            keys=tuple(keys), locked=tuple(a.lock_account),
                             max_side=a.max_side or None, faults=faults, keepalive=a.keepalive,
                             variants=variants, allow_unknown=a.allow_unknown)  # type: ignore[arg-type]
     context = None
@@ -620,7 +632,11 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_emu.add_argument("--workers", type=_number("workers"), default=2, help="concurrent worker slots (default 2, like a new fal account)")
     p_emu.add_argument("--latency", default="0.05", help="service time: S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA")
     p_emu.add_argument("--seed", type=int, default=0, help="seed for service times and faults")
-    p_emu.add_argument("--key-env", help="require the key held in this environment variable")
+    p_emu.add_argument("--key-env", action="append", default=[], metavar="VAR",
+                       help="require the key held in this environment variable; repeat for several accounts "
+                       "(each counted apart at /_emulator/stats, under the variable's name)")
+    p_emu.add_argument("--lock-account", action="append", default=[], metavar="VAR",
+                       help="answer this --key-env account's submits 403 'User is locked'")
     p_emu.add_argument("--max-side", type=_number("max_side"), default=256, help="cap on the longest image side (0: none)")
     p_emu.add_argument("--keepalive", type=_number("keepalive"), default=15.0, help="seconds between SSE keep-alive comments")
     p_emu.add_argument("--allow-unknown", action="store_true", help="serve endpoints that have no schema")
@@ -634,7 +650,11 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
                              ("--fault-drop", "fault_drop", "downloads dropped half-way"),
                              ("--fault-truncate", "fault_truncate", "truncated downloads"),
                              ("--fault-corrupt", "fault_corrupt", "corrupted downloads"),
-                             ("--fault-stuck", "fault_stuck", "requests stuck IN_QUEUE")):
+                             ("--fault-stuck", "fault_stuck", "requests stuck IN_QUEUE"),
+                             ("--fault-result-500", "fault_result_500", "a bare 500 on a finished result"),
+                             ("--fault-submit-html", "fault_submit_html", "a submit taken but answered as HTML"),
+                             ("--fault-submit-500", "fault_submit_500",
+                              "a submit taken but answered 500 with its request id")):
         p_emu.add_argument(flag, dest=dest, type=_number("probability"), default=0.0, metavar="P", help=f"probability of {what}")
     p_emu.add_argument("--retention", type=_number("retention"), help="seconds results live after completion (then 404)")
     p_emu.add_argument("--lock-after", type=_number("lock_after"), help="answer 403 'User is locked' after this many submits")

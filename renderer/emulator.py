@@ -8,12 +8,17 @@ What it serves (see ../shared/docs/fal-protocol.md §1, §8):
   PUT  /{owner}/{app}/requests/{id}/cancel      202 / 400 ALREADY_COMPLETED / 404 NOT_FOUND
   POST /run/{endpoint}                          the synchronous form: the output directly
   GET  /_files/{id}/{n}.{ext}                   generated images (public, like fal's CDN)
-  GET  /_emulator/stats                         counters for tests and benchmarks
+  GET  /_emulator/stats                         counters for tests and benchmarks (no key needed)
 Status, result and cancel accept the app-level path and the full endpoint path alike.
 
 Behaviour: inputs are checked with the renderer's own endpoint schemas (failures surface as 422
 on the result, as on fal); a queue with `workers` slots and a seeded service-time distribution;
 deterministic images (renderer.pictures); faults with seeded probabilities (`Faults`).
+
+Accounting per credential (an "account" in the stats, named by a label, never by its key): accepted
+submits, requests in flight (from the submit until its outcome is handed over: the result, or a
+status saying it failed; or until it is cancelled or its result expired) with their peak, requests running with their peak, and inputs submitted
+more than once. A harness in another process reads them at GET /_emulator/stats.
 """
 
 from __future__ import annotations
@@ -115,7 +120,9 @@ class EmulatorConfig:
     workers: int = 2  # fal gives new accounts 2 concurrent requests
     service: ServiceTime = ServiceTime()
     seed: int = 0
-    key: str | None = None  # when set, Authorization: Key/Bearer <key> is required
+    key: str | None = None  # when set, Authorization: Key/Bearer <key> is required (the account "key")
+    keys: tuple[tuple[str, str], ...] = ()  # (label, key): more accepted keys, each its own account
+    locked: tuple[str, ...] = ()  # labels of accounts whose submits get 403 "User is locked"
     max_side: int | None = 256  # cap on the longest image side, for speed
     faults: Faults = Faults()
     keepalive: float = 15.0  # seconds between SSE comment lines
@@ -145,10 +152,33 @@ class _Request:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     auth: str = ""  # the Authorization header of the submit (echoed by the echo_key fault)
     files: str = ""  # the origin serving this request's files (base may name another origin)
+    account: str = ""  # the label of the credential that submitted it
+    open: bool = False  # in flight: submitted, and its result not yet handed over (nor cancelled, nor expired)
 
     def touch(self) -> None:
         event, self.changed = self.changed, asyncio.Event()
         event.set()
+
+
+@dataclass(eq=False)
+class Account:
+    """What one credential did. Invariants: 0 <= in_flight <= peak_in_flight, same for running."""
+
+    submits: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    running: int = 0
+    peak_running: int = 0
+    inputs: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def duplicate_submits(self) -> int:
+        return sum(n - 1 for n in self.inputs.values() if n > 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"submits": self.submits, "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
+                "running": self.running, "peak_running": self.peak_running,
+                "distinct_inputs": len(self.inputs), "duplicate_submits": self.duplicate_submits}
 
 
 def _now_iso() -> str:
@@ -182,6 +212,15 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._variants = dict(config.variants)
         self._shapes: dict[tuple[str, bool, str], list[Any]] = {}  # input shape → violations
+        # Accepted credentials: key → account label (labels, never keys, appear in the stats).
+        self._keys: dict[str, str] = dict((k, label) for label, k in config.keys)
+        if config.key is not None:
+            self._keys.setdefault(config.key, "key")
+        self.accounts: dict[str, Account] = {label: Account() for label in self._keys.values()}
+        self._open: dict[str, _Request] = {}  # requests in flight, by id
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.last_closed_at: float | None = None  # time.monotonic() of the last request leaving flight
 
     # ------------------------------------------------------------ lifecycle
 
@@ -215,6 +254,10 @@ class Emulator:
             await self._runner.cleanup()
 
     def stats(self) -> dict[str, Any]:
+        """Every counter, as plain JSON-able values (also served at GET /_emulator/stats)."""
+        for req in list(self._open.values()):
+            if self._expired(req):
+                self._close(req)
         return {
             **{k: self.counts[k] for k in ("requests", "requests_with_credentials", "submits", "submit_attempts",
                                            "status_calls", "stream_calls", "result_calls", "downloads",
@@ -226,7 +269,59 @@ class Emulator:
             "submit_times": list(self.submit_times),
             "queued": self._queue.qsize(),
             "busy": self._busy,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "open_ids": sorted(self._open),  # requests in flight, to follow one set of them over time
+            "last_closed_at": self.last_closed_at,  # on the emulator's monotonic clock, like submit_times
+            "accounts": {label: acct.as_dict() for label, acct in list(self.accounts.items())},
         }
+
+    # ------------------------------------------------------------ accounting
+
+    def _account_of(self, auth: str) -> str:
+        """The label of the credential in an Authorization header.
+
+        With keys configured only accepted keys get here; without, any caller is served and is
+        told apart by a short hash of its token (so the stats never carry a key).
+        """
+        token = auth.partition(" ")[2]
+        if token in self._keys:
+            return self._keys[token]
+        if not auth:
+            return "anonymous"
+        return "key-" + hashlib.sha256(token.encode()).hexdigest()[:10]
+
+    def _account(self, label: str) -> Account:
+        acct = self.accounts.get(label)
+        if acct is None:
+            acct = self.accounts[label] = Account()
+        return acct
+
+    def _open_request(self, req: _Request) -> None:
+        acct = self._account(req.account)
+        acct.submits += 1
+        acct.in_flight += 1
+        acct.peak_in_flight = max(acct.peak_in_flight, acct.in_flight)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        req.open = True
+        self._open[req.id] = req
+
+    def _close(self, req: _Request) -> None:
+        """The request leaves flight (idempotent): its outcome was handed over (the result, or a status
+        saying it failed), it was cancelled, or its result expired."""
+        if not req.open:
+            return
+        req.open = False
+        self._open.pop(req.id, None)
+        self._account(req.account).in_flight -= 1
+        self.in_flight -= 1
+        self.last_closed_at = time.monotonic()
+
+    def _run_slot(self, label: str, delta: int) -> None:
+        acct = self._account(label)
+        acct.running += delta
+        acct.peak_running = max(acct.peak_running, acct.running)
 
     # ------------------------------------------------------------ plumbing
 
@@ -253,10 +348,10 @@ class Emulator:
             reason = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}[code]
             return web.Response(status=code, text=INGRESS_BODY.format(code=code, reason=reason),
                                 content_type="text/html")
-        if self.config.key is not None:
+        if self._keys:
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
-            if scheme not in ("Key", "Bearer") or token != self.config.key:
+            if scheme not in ("Key", "Bearer") or token not in self._keys:
                 self.counts["fault:unauthorized"] += 1
                 detail = "No user found for Key ID and Secret" if auth else "Missing Authorization header"
                 if self.config.faults.echo_key:
@@ -278,6 +373,7 @@ class Emulator:
         return max(0, req.seq - self._started - 1) if req.status == "IN_QUEUE" else 0  # requests ahead
 
     def _status_body(self, req: _Request, logs: bool) -> dict[str, Any]:
+        """A status answer; one that reports the request failed hands its outcome over (it leaves flight)."""
         body: dict[str, Any] = {"status": req.status, "request_id": req.id, **self._urls(req)}
         if req.status == "IN_QUEUE":
             body["queue_position"] = self._position(req)
@@ -287,6 +383,7 @@ class Emulator:
             body["metrics"] = {"inference_time": round(req.inference, 4)}
             if req.error:
                 body["error"], body["error_type"] = req.error, req.error_type
+                self._close(req)  # a client told of the failure need not fetch the result
         return body
 
     def _expired(self, req: _Request) -> bool:
@@ -300,7 +397,10 @@ class Emulator:
             return None, ""
         rid, _, rest = after.partition("/")
         req = self.requests.get(rid)
-        if req is None or self._expired(req):
+        if req is not None and self._expired(req):
+            self._close(req)  # its result is gone: nobody can still be waiting for it
+            return None, rest
+        if req is None:
             return None, rest
         if prefix.strip("/") not in (req.app, req.endpoint):
             return None, rest
@@ -315,6 +415,7 @@ class Emulator:
             if req.cancelled:
                 continue
             self._busy += 1
+            self._run_slot(req.account, 1)
             try:
                 req.status, req.started_at = "IN_PROGRESS", time.monotonic()
                 req.logs.append({"message": "Starting generation", "level": "INFO", "source": "USER",
@@ -325,6 +426,7 @@ class Emulator:
                 self._finish(req)
             finally:
                 self._busy -= 1
+                self._run_slot(req.account, -1)
 
     def _finish(self, req: _Request) -> None:
         req.result_status, req.result = self._outcome(req)
@@ -424,7 +526,9 @@ class Emulator:
         endpoint = request.match_info["tail"].strip("/")
         self.counts["submit_attempts"] += 1
         faults = self.config.faults
-        if faults.lock_after is not None and self.counts["submits"] >= faults.lock_after:
+        account = self._account_of(request.headers.get("Authorization", ""))
+        if account in self.config.locked or (faults.lock_after is not None
+                                             and self.counts["submits"] >= faults.lock_after):
             self.counts["fault:locked"] += 1
             echo = f" (you sent {request.headers.get('Authorization', '')!r})" if faults.echo_key else ""
             return web.json_response({"detail": LOCKED + echo}, status=403)
@@ -439,11 +543,15 @@ class Emulator:
         self._seq += 1
         req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload,
                        faults.other_origin or str(request.url.origin()), self._seq,
-                       auth=request.headers.get("Authorization", ""), files=str(request.url.origin()))
+                       auth=request.headers.get("Authorization", ""), files=str(request.url.origin()),
+                       account=account)
         self.requests[req.id] = req
         self.counts["submits"] += 1
         self.submit_times.append(time.monotonic())
-        self.inputs[hashlib.sha256(f"{endpoint}\n{json.dumps(payload, sort_keys=True)}".encode()).hexdigest()] += 1
+        digest = hashlib.sha256(f"{endpoint}\n{json.dumps(payload, sort_keys=True)}".encode()).hexdigest()
+        self.inputs[digest] += 1
+        self._open_request(req)
+        self._account(account).inputs[digest] += 1
         if self._chance(faults.stuck):
             self.counts["fault:stuck"] += 1  # never handed to a worker: IN_QUEUE forever
         else:
@@ -486,6 +594,7 @@ class Emulator:
             if self._chance(faults.result_500):
                 self.counts["fault:result_500"] += 1  # a proxy's hiccup: no request id, no error_type
                 return web.Response(status=500, text="Internal Server Error")
+            self._close(req)  # the outcome (an output or its error) is handed over now
             headers = {"x-fal-request-id": req.id}
             if req.error_type:
                 headers["X-Fal-Error-Type"] = req.error_type
@@ -577,6 +686,7 @@ class Emulator:
             return web.json_response({"status": "NOT_FOUND"}, status=404)
         if req.status == "COMPLETED":
             return web.json_response({"status": "ALREADY_COMPLETED"}, status=400, headers={"x-fal-request-id": req.id})
+        self._close(req)  # a cancelled request is nobody's work any more, whether it still runs or not
         if req.status == "IN_QUEUE":
             req.cancelled = True
             req.result_status = 499
@@ -596,14 +706,25 @@ class Emulator:
         payload = await self._read_input(request, endpoint)
         if isinstance(payload, web.Response):
             return payload
-        req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload, str(request.url.origin()), 0)
+        account = self._account_of(request.headers.get("Authorization", ""))
+        req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload, str(request.url.origin()), 0,
+                       account=account)
+        acct = self._account(account)
         self._busy += 1
+        self._run_slot(account, 1)
+        acct.in_flight += 1  # in flight for exactly as long as the call runs (not a queue submit)
+        acct.peak_in_flight = max(acct.peak_in_flight, acct.in_flight)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             req.inference = self.config.service.draw(self.rng)
             await asyncio.sleep(req.inference)
             status, body = self._outcome(req)
         finally:
             self._busy -= 1
+            self._run_slot(account, -1)
+            acct.in_flight -= 1
+            self.in_flight -= 1
         return web.json_response(body, status=status, headers={"x-fal-request-id": req.id})
 
     async def _file(self, request: web.Request) -> web.StreamResponse:

@@ -117,6 +117,13 @@ def m004_meta(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX jobs_order ON jobs (plan_index)")
 
 
+@migration
+def m005_account(db: sqlite3.Connection) -> None:
+    """The account (by name, never its key) that submitted a job's request: a request is only
+    ever followed, read and cancelled with the key that paid for it. NULL: the single account."""
+    db.execute("ALTER TABLE jobs ADD COLUMN account TEXT")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
@@ -164,6 +171,7 @@ class Row:
     error: str | None
     error_kind: str | None
     provider: str | None = None
+    account: str | None = None  # the account name that submitted request_id (None: the single account)
 
     @classmethod
     def from_sql(cls, r: sqlite3.Row) -> Row:
@@ -174,7 +182,7 @@ class Row:
                    load(r["tags"]), r["source"], r["state"], r["attempts"], r["submit_started"], r["request_id"],
                    r["status_url"], r["response_url"], r["cancel_url"], r["submitted_at"], r["completed_at"],
                    r["downloaded_at"], load(r["result"]), load(r["files"]), r["error"], r["error_kind"],
-                   r["provider"])
+                   r["provider"], r["account"])
 
 
 def sql_error(path: Path, exc: sqlite3.Error) -> StateError:
@@ -349,10 +357,12 @@ class Store:
                           WHERE key = ? AND submit_started IS NOT NULL""", (time.time(), key))
 
     def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str,
-                  provider: str | None = None) -> None:
+                  provider: str | None = None, account: str | None = None) -> None:
+        # The account is committed with the request id (one transaction): a follow-up under any
+        # other key would be refused, or worse, look like a lost request and be paid again.
         self._set(key, state="submitted", request_id=request_id, status_url=status_url, response_url=response_url,
                   cancel_url=cancel_url, submitted_at=time.time(), submit_started=None, error=None, error_kind=None,
-                  provider=provider)
+                  provider=provider, account=account)
 
     def completed(self, key: str, result: dict[str, Any]) -> None:
         self._set(key, state="completed", result=_dumps(result), completed_at=time.time())
@@ -373,7 +383,7 @@ class Store:
         now = time.time()
         with self._tx() as db:
             db.execute("""UPDATE jobs SET state = 'planned', request_id = NULL, status_url = NULL,
-                              response_url = NULL, cancel_url = NULL, result = NULL, error = ?,
+                              response_url = NULL, cancel_url = NULL, account = NULL, result = NULL, error = ?,
                               error_kind = 'resubmit', submit_started = NULL, updated_at = ? WHERE key = ?""",
                        (reason, now, key))
             if paid:
@@ -412,7 +422,8 @@ class Store:
     def rerender(self, key: str, reason: str) -> None:
         """A finished job to render again for another provider (its files stay until replaced)."""
         self._set(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
-                  result=None, files=None, error=reason, error_kind="other_provider", submit_started=None)
+                  account=None, result=None, files=None, error=reason, error_kind="other_provider",
+                  submit_started=None)
 
     def fresh_keys(self) -> Iterator[tuple[str, str, int]]:
         """(key, stem, num_images) of planned jobs never submitted from this database, in plan order.

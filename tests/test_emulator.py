@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from renderer.docs import parse_file
@@ -42,10 +44,11 @@ async def submit(emu: Emulator, http: aiohttp.ClientSession, endpoint: str, body
         return await r.json()
 
 
-async def wait_done(http: aiohttp.ClientSession, handle: dict[str, Any], limit: float = 5.0) -> dict[str, Any]:
+async def wait_done(http: aiohttp.ClientSession, handle: dict[str, Any], limit: float = 5.0,
+                    headers: dict[str, str] | None = None) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + limit
     while True:
-        async with http.get(handle["status_url"]) as r:
+        async with http.get(handle["status_url"], headers=headers) as r:
             body = await r.json()
         if body["status"] == "COMPLETED":
             return body
@@ -380,6 +383,168 @@ def test_stats_count_calls_and_duplicate_inputs():
     stats = run(scenario)
     assert stats["submits"] == 2 and stats["distinct_inputs"] == 1 and stats["duplicate_submits"] == 1
     assert stats["result_calls"] == 1 and stats["downloads"] == 1 and stats["status_calls"] >= 1
+
+
+# ---------------------------------------------------------------- accounting per credential
+
+KEYS = (("acct_a", "key-of-a"), ("acct_b", "key-of-b"))
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Key {key}"}
+
+
+async def _stats(emu: Emulator, http: aiohttp.ClientSession) -> dict[str, Any]:
+    async with http.get(f"{emu.url}/_emulator/stats") as r:  # no credentials: the stats are public
+        assert r.status == 200
+        return await r.json()
+
+
+def test_each_key_is_its_own_account_with_in_flight_peaks_and_duplicates():
+    """Two keys: submits, in-flight peaks and duplicate inputs are counted apart; a third key is 401."""
+    async def scenario(emu, http):
+        url = f"{emu.url}/fal-ai/flux-1/schnell"
+        handles = []
+        for key, prompt in (("key-of-a", "one"), ("key-of-a", "two"), ("key-of-a", "one"), ("key-of-b", "one")):
+            async with http.post(url, json={"prompt": prompt}, headers=_auth(key)) as r:
+                assert r.status == 200
+                handles.append(await r.json())
+        async with http.post(url, json={"prompt": "x"}, headers=_auth("key-of-c")) as r:
+            assert r.status == 401
+        during = await _stats(emu, http)
+        for handle, key in zip(handles, ("key-of-a", "key-of-a", "key-of-a", "key-of-b"), strict=True):
+            await wait_done(http, handle, headers=_auth(key))
+            async with http.get(handle["response_url"], headers=_auth(key)) as r:
+                assert r.status == 200
+        return during, await _stats(emu, http), handles
+    during, after, handles = run(scenario, keys=KEYS)
+    a, b = during["accounts"]["acct_a"], during["accounts"]["acct_b"]
+    assert (a["submits"], a["in_flight"], a["peak_in_flight"], a["duplicate_submits"]) == (3, 3, 3, 1)
+    assert (b["submits"], b["in_flight"], b["peak_in_flight"], b["duplicate_submits"]) == (1, 1, 1, 0)
+    assert during["in_flight"] == 4 and during["duplicate_submits"] == 2  # "one" went in three times in all
+    assert after["in_flight"] == 0 and after["peak_in_flight"] == 4
+    assert sorted(h["request_id"] for h in handles) == during["open_ids"] and after["open_ids"] == []
+    assert during["last_closed_at"] is None and after["last_closed_at"] >= max(after["submit_times"])
+    assert after["accounts"]["acct_a"]["in_flight"] == 0 and after["accounts"]["acct_a"]["peak_in_flight"] == 3
+    assert after["accounts"]["acct_a"]["peak_running"] <= 2  # two worker slots, shared
+    assert "key-of-a" not in json.dumps(after) and "key-of-b" not in json.dumps(after)
+
+
+@given(steps=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.booleans()), min_size=1, max_size=12))
+@settings(max_examples=20, deadline=None)
+def test_peak_in_flight_matches_a_model_of_submit_and_fetch(steps):
+    """For any order of submits and result fetches, each account's in-flight and peak match a counter model."""
+    keys = {"a": "key-of-a", "b": "key-of-b"}
+
+    async def scenario(emu, http):
+        pending: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        model = {"a": [0, 0], "b": [0, 0]}  # in flight, peak
+        for i, (who, fetch) in enumerate(steps):
+            async with http.post(f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": f"p{i}"},
+                                 headers=_auth(keys[who])) as r:
+                pending[who].append(await r.json())
+            model[who][0] += 1
+            model[who][1] = max(model[who][1], model[who][0])
+            if fetch:  # hand over the oldest outstanding result of this account
+                handle = pending[who].pop(0)
+                await wait_done(http, handle, headers=_auth(keys[who]))
+                async with http.get(handle["response_url"], headers=_auth(keys[who])) as r:
+                    assert r.status == 200
+                model[who][0] -= 1
+        stats = await _stats(emu, http)
+        for who in ("a", "b"):
+            got = stats["accounts"][f"acct_{who}"]
+            assert [got["in_flight"], got["peak_in_flight"]] == model[who]
+            assert got["submits"] == sum(1 for w, _ in steps if w == who)
+    run(scenario, keys=KEYS, service=ServiceTime("fixed", 0.0))
+
+
+def test_in_flight_ends_on_cancel_failure_and_expiry_but_not_on_a_proxy_500():
+    """A cancelled request, a failure told by status and an expired result leave flight; a proxy's 500 does not."""
+    async def cancelled(emu, http):
+        handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
+        before = (await _stats(emu, http))["in_flight"]
+        async with http.put(handle["cancel_url"]) as r:
+            assert r.status == 202
+        return before, (await _stats(emu, http))["accounts"]["anonymous"]
+    before, anon = run(cancelled, faults=Faults(stuck=1.0))
+    assert before == 1 and anon["in_flight"] == 0 and anon["peak_in_flight"] == 1
+
+    async def expired(emu, http):
+        handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
+        await wait_done(http, handle)
+        await asyncio.sleep(0.3)  # past retention, never fetched
+        return (await _stats(emu, http))["in_flight"]
+    assert run(expired, faults=Faults(retention=0.1)) == 0
+
+    async def failed(emu, http):
+        handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
+        body = await wait_done(http, handle)  # the status names the failure: no result fetch needed
+        return body["error_type"], (await _stats(emu, http))["in_flight"]
+    assert run(failed, faults=Faults(runner_error=1.0)) == ("runner_server_error", 0)
+
+    async def proxy_500(emu, http):
+        handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
+        await wait_done(http, handle)
+        async with http.get(handle["response_url"]) as r:
+            assert r.status == 500
+        return (await _stats(emu, http))["in_flight"]
+    assert run(proxy_500, faults=Faults(result_500=1.0)) == 1
+
+
+def test_callers_without_configured_keys_are_told_apart_by_a_hash_of_their_key():
+    """With no keys required, each caller is its own account, named by a hash, never by its key."""
+    async def scenario(emu, http):
+        for key in ("first-secret", "second-secret", "first-secret"):
+            async with http.post(f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": key}, headers=_auth(key)) as r:
+                assert r.status == 200
+        return await _stats(emu, http)
+    stats = run(scenario)
+    assert sorted(a["submits"] for a in stats["accounts"].values()) == [1, 2]
+    assert all(label.startswith("key-") for label in stats["accounts"])
+    assert "secret" not in json.dumps(stats["accounts"])
+
+
+def test_a_locked_account_is_refused_while_the_other_works():
+    """locked=(label,) answers that account's submits 403 'User is locked'; other keys go on."""
+    async def scenario(emu, http):
+        url = f"{emu.url}/fal-ai/flux-1/schnell"
+        async with http.post(url, json={"prompt": "x"}, headers=_auth("key-of-a")) as r:
+            locked = r.status, (await r.json())["detail"]
+        async with http.post(url, json={"prompt": "x"}, headers=_auth("key-of-b")) as r:
+            return locked, r.status
+    (code, detail), other = run(scenario, keys=KEYS, locked=("acct_a",))
+    assert code == 403 and detail.startswith("User is locked") and other == 200
+
+
+def test_emulator_process_serves_several_keys_and_public_stats(tmp_path: Path):
+    """`renderer emulator --key-env A --key-env B` accepts both keys and reports per variable at /_emulator/stats."""
+    import urllib.error
+    import urllib.request
+
+    env = {**os.environ, "EMU_KEY_A": "process-key-a", "EMU_KEY_B": "process-key-b", "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-m", "renderer", "emulator", "--key-env", "EMU_KEY_A",
+                           "--key-env", "EMU_KEY_B", "--latency", "0", "--fault-result-500", "0"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            for key in ("process-key-a", "process-key-b", "process-key-b"):
+                request = urllib.request.Request(f"{url}/fal-ai/flux-1/schnell", data=b'{"prompt": "x"}',
+                                                 headers={"Authorization": f"Key {key}",
+                                                          "Content-Type": "application/json"})
+                urllib.request.urlopen(request, timeout=10).close()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(f"{url}/fal-ai/flux-1/schnell", data=b"{}"), timeout=10)
+            refused.value.close()
+            assert refused.value.code == 401
+            with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as r:
+                stats = json.loads(r.read())
+        finally:
+            proc.terminate()
+    assert stats["accounts"]["EMU_KEY_A"]["submits"] == 1
+    assert stats["accounts"]["EMU_KEY_B"]["submits"] == 2 and stats["accounts"]["EMU_KEY_B"]["duplicate_submits"] == 1
+    assert "process-key" not in json.dumps(stats)
 
 
 def test_service_time_parsing():

@@ -173,3 +173,22 @@ def test_pending_and_finished_files_are_read_in_pages(tmp_path: Path, registry: 
                                                            for i in range(5) if i % 4]
     assert store.pending_count() == 50 - 13 and store.pending_count(before=5) == 3
     assert sorted(store.downloaded_files()) == sorted((k, [{"path": k}]) for k in keys[::4])
+
+
+def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(tmp_path: Path,
+                                                                                registry: SchemaRegistry):
+    """The account is stored with the request id, survives reopen and --retry-failed, and is cleared by a resubmit."""
+    p = _plan(registry)
+    store = Store(tmp_path)
+    store.sync_plan(p.jobs)
+    a, b = p.jobs[0].key, p.jobs[1].key
+    store.submitted(a, "r1", "s", "r", "c", account="team-b")
+    store.submitted(b, "r2", "s", "r", "c")
+    store.failed(a, "deadline", "deadline")
+    store.close()
+    store = Store(tmp_path)
+    assert store.get(a).account == "team-b" and store.get(b).account is None
+    store.retry_failed()
+    assert store.get(a).state == "submitted" and store.get(a).account == "team-b"
+    store.resubmit(a, "the provider no longer knows the request")
+    assert store.get(a).account is None and store.get(a).request_id is None
