@@ -29,7 +29,7 @@ from . import storage as storage_mod
 from .errors import UsageError
 from .layout import DATA_DIR
 from .plan import Plan
-from .runner import Event, RunConfig, Summary
+from .runner import AccountLimit, Event, RunConfig, Summary
 from .schemas import SchemaRegistry, default_schema_dir
 from .storage import Storage
 from .store import Store
@@ -90,8 +90,12 @@ def _prepare(plan: Plan, *, provider: str | None, output: str | os.PathLike[str]
     # A bucket when the output is s3://…, configured by the standard AWS variables.
     storage = storage_mod.open_storage(m.output_url, m.name, environ) if m.output_url else None
     settings = resolve_provider(m.provider, provider, environ)
+    # With provider.accounts each account has its own limit; the run's total is their sum
+    # unless a flag (or argument) caps it for this run.
+    accounts = tuple(AccountLimit(a.name, a.concurrency, a.rate) for a in settings.accounts)
+    total = sum(a.concurrency for a in accounts) if accounts else m.limits.concurrency
     config = RunConfig(
-        concurrency=m.limits.concurrency if concurrency is None else concurrency,
+        concurrency=total if concurrency is None else concurrency, accounts=accounts,
         per_endpoint=dict(m.limits.per_endpoint),
         rate=m.limits.rate if rate is None else rate,
         timeout=m.limits.timeout if timeout is None else timeout,

@@ -456,7 +456,9 @@ def cmd_run(ctx: Context) -> int:
     (plan,) = _load_plans(ctx, [a.manifest])
     # Resolved before --dry-run returns, so a dry run reports a bad flag or RENDERER_* variable too.
     limits = plan.manifest.limits
-    concurrency = _setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY", limits.concurrency, "concurrency")
+    # With provider.accounts the total is the accounts' sum unless a flag or RENDERER_CONCURRENCY caps it.
+    concurrency = _setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY",
+                           None if plan.manifest.provider.accounts else limits.concurrency, "concurrency")
     rate = _setting(a.rate, ctx.env, "RENDERER_RATE", limits.rate, "rate")
     timeout = _setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", limits.timeout, "timeout")
     provider = _provider_override(ctx)
@@ -473,7 +475,8 @@ def cmd_run(ctx: Context) -> int:
     listeners: list[Callable[[Any], None]] = [display]
     log = None
     if a.log:
-        keys = [ctx.env.get(m.provider.key_env, ""), ctx.env.get("FAL_KEY_ID", ""), ctx.env.get("FAL_KEY_SECRET", "")]
+        keys = [ctx.env.get(m.provider.key_env, ""), ctx.env.get("FAL_KEY_ID", ""), ctx.env.get("FAL_KEY_SECRET", ""),
+                *(ctx.env.get(account.key_env, "") for account in m.provider.accounts)]
         log = run_mod.EventLog(Path(a.log), secrets=keys)
         listeners.append(log)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import email.utils
 import json
 import math
@@ -175,7 +176,9 @@ class Client:
         self.prefix = URL(self.base_url).raw_path.rstrip("/")  # a proxy mounted under a path
         self.origins = {self.origin, *(o.lower() for o in trusted_origins)}
         self.rebase = rebase
+        self.auth_scheme = auth_scheme
         self._auth = {"Authorization": f"{auth_scheme} {key}"} if key else {}
+        # Shared (the same list object) with every client made by with_key: each scrubs every key.
         self._secrets = _secret_forms(key)
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
@@ -206,6 +209,18 @@ class Client:
         return self._session
 
     # -------------------------------------------------- the key
+
+    def with_key(self, key: str | None) -> Client:
+        """This provider under another account's key (use it inside this client's `async with`).
+
+        It shares the connection pool, the call counts and the scrubbing: every client of the
+        family scrubs every key of the family, so no account's key leaks through another's errors.
+        Its own `on_event` tells whose requests were throttled.
+        """
+        view = copy.copy(self)
+        view._auth = {"Authorization": f"{self.auth_scheme} {key}"} if key else {}
+        self._secrets[:] = sorted(set(self._secrets) | set(_secret_forms(key)), key=len, reverse=True)
+        return view
 
     def scrub(self, text: str) -> str:
         """`text` without the key in any form it was sent or could be echoed in."""

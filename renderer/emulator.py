@@ -261,7 +261,7 @@ class Emulator:
         return {
             **{k: self.counts[k] for k in ("requests", "requests_with_credentials", "submits", "submit_attempts",
                                            "status_calls", "stream_calls", "result_calls", "downloads",
-                                           "downloads_with_credentials", "cancels", "sync_calls")},
+                                           "downloads_with_credentials", "cancels", "sync_calls", "foreign_reads")},
             "faults": {k[6:]: v for k, v in sorted(self.counts.items()) if k.startswith("fault:")},
             "distinct_inputs": len(self.inputs),
             "duplicate_submits": sum(n - 1 for n in self.inputs.values() if n > 1),
@@ -390,8 +390,12 @@ class Emulator:
         keep = self.config.faults.retention
         return keep is not None and req.completed_at is not None and time.monotonic() - req.completed_at > keep
 
-    def _find(self, tail: str) -> tuple[_Request | None, str]:
-        """(request, rest) for `…/requests/{id}{rest}`; app-level and full-endpoint prefixes alike."""
+    def _find(self, tail: str, auth: str = "") -> tuple[_Request | None, str]:
+        """(request, rest) for `…/requests/{id}{rest}`; app-level and full-endpoint prefixes alike.
+
+        With keys configured a request belongs to the account that submitted it: another
+        account's key gets 404 as for an unknown id (counted as `foreign_reads`).
+        """
         prefix, sep, after = tail.partition("/requests/")
         if not sep:
             return None, ""
@@ -403,6 +407,9 @@ class Emulator:
         if req is None:
             return None, rest
         if prefix.strip("/") not in (req.app, req.endpoint):
+            return None, rest
+        if self._keys and self._account_of(auth) != req.account:
+            self.counts["foreign_reads"] += 1
             return None, rest
         return req, rest
 
@@ -572,7 +579,7 @@ class Emulator:
         return await self._deliver(request, "submit", json.dumps(body).encode(), headers={"x-fal-request-id": req.id})
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
-        req, rest = self._find(request.match_info["tail"])
+        req, rest = self._find(request.match_info["tail"], request.headers.get("Authorization", ""))
         if rest in ("status", "status/stream"):
             self.counts["stream_calls" if rest == "status/stream" else "status_calls"] += 1
             if req is None:
@@ -681,7 +688,7 @@ class Emulator:
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
         self.counts["cancels"] += 1
-        req, rest = self._find(request.match_info["tail"])
+        req, rest = self._find(request.match_info["tail"], request.headers.get("Authorization", ""))
         if req is None or rest != "cancel":
             return web.json_response({"status": "NOT_FOUND"}, status=404)
         if req.status == "COMPLETED":

@@ -426,12 +426,15 @@ def _setting_for(path: Path_) -> str | None:
         return "per_endpoint"
     if len(path) == 3 and path[0] == "prices" and path[2] in ("per_image", "per_megapixel"):
         return "price"
+    if len(path) == 4 and path[:2] == ("provider", "accounts") and path[3] in ("concurrency", "rate"):
+        return str(path[3])
     return None
 
 
 def _get(data: Any, path: Path_) -> Any:
     for part in path:
-        if isinstance(part, str) and isinstance(data, dict) and part in data:
+        if (isinstance(part, str) and isinstance(data, dict) and part in data) or \
+                (isinstance(part, int) and isinstance(data, list) and 0 <= part < len(data)):
             data = data[part]
         else:
             return _MISSING
@@ -462,6 +465,10 @@ def numeric_settings(doc: Located) -> tuple[dict[Path_, int | float], list[Probl
         per = _get(raw, (key, "per_endpoint"))
         if isinstance(per, dict):
             paths += [(key, "per_endpoint", e) for e in per]
+    accounts = _get(raw, ("provider", "accounts"))
+    if isinstance(accounts, list):
+        paths += [("provider", "accounts", i, name) for i, a in enumerate(accounts) if isinstance(a, dict)
+                  for name in ("concurrency", "rate") if name in a]
     prices = raw.get("prices")
     if isinstance(prices, dict):
         paths += [("prices", e, unit) for e, p in prices.items() if isinstance(p, dict)
@@ -551,6 +558,41 @@ def semantic_problems(doc: Located, *, file: Path) -> list[Problem]:
             for i, v in enumerate(values):
                 problems += _value_caps(doc, (*path, key, i) if is_axes else (*path, key), key, v)
     problems += _name_references(doc)
+    problems += _account_problems(doc)
+    return problems
+
+
+def _account_problems(doc: Located) -> list[Problem]:
+    """provider.accounts: names and keys listed once, and no setting that the accounts replace."""
+    raw = doc.data
+    accounts = _get(raw, ("provider", "accounts"))
+    if not isinstance(accounts, list):
+        return []
+    problems: list[Problem] = []
+    if "key_env" in raw["provider"]:
+        # One source of keys: a plain key_env beside accounts would leave unclear which key follows which job.
+        problems.append(doc.problem(("provider", "key_env"), "provider.key_env and provider.accounts exclude each "
+                                    "other", key=True, allowed="list that key as one more entry of accounts "
+                                    "(key_env: …, concurrency: …)"))
+    if isinstance(raw.get("limits"), dict) and "concurrency" in raw["limits"]:
+        problems.append(doc.problem(("limits", "concurrency"), "limits.concurrency does not apply with "
+                                    "provider.accounts: each account has its own", key=True,
+                                    allowed="concurrency: N on each account (--concurrency still caps a run's total)"))
+    names: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    for i, account in enumerate(accounts):
+        name = account.get("name", account["key_env"])
+        if name in names:
+            problems.append(doc.problem(("provider", "accounts", i, "name" if "name" in account else "key_env"),
+                                        f"account name {name!r} is used twice (also accounts[{names[name]}])",
+                                        allowed="a distinct name for each account (the name defaults to key_env)"))
+        names.setdefault(name, i)
+        if account["key_env"] in keys:
+            problems.append(doc.problem(("provider", "accounts", i, "key_env"),
+                                        f"key variable {account['key_env']!r} is listed twice (also "
+                                        f"accounts[{keys[account['key_env']]}]); one key is one account",
+                                        allowed="each account's own key variable"))
+        keys.setdefault(account["key_env"], i)
     return problems
 
 
@@ -637,12 +679,23 @@ class Model:
 
 
 @dataclass(frozen=True)
+class AccountConfig:
+    """One entry of provider.accounts: a key variable and that account's own limits."""
+
+    name: str  # recorded with each job it submits (default: key_env); never the key itself
+    key_env: str
+    concurrency: int = 2  # a new fal account runs 2 requests at once
+    rate: float | None = None  # submissions per second for this account; None: only limits.rate
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     kind: str = "fal"  # fal | emulator | custom
     url: str | None = "https://queue.fal.run"
     auth: str = "Key"
     key_env: str = "FAL_KEY"
     emulator: dict[str, Any] = field(default_factory=dict)
+    accounts: tuple[AccountConfig, ...] = ()  # empty: the single key in key_env
 
 
 @dataclass(frozen=True)
@@ -875,14 +928,21 @@ def duplicate_texts(prompts: list[Prompt], shown: dict[str, str]) -> list[Proble
     return problems
 
 
-def _provider(raw: Any) -> ProviderConfig:
+def _provider(raw: Any, numbers: dict[Path_, int | float]) -> ProviderConfig:
     if raw is None:
         return ProviderConfig()
     if isinstance(raw, str):
         raw = {"kind": raw}
     kind = raw.get("kind", "custom" if "url" in raw else "fal")
     url = raw.get("url", PROVIDERS.get(kind))
-    return ProviderConfig(kind, url, raw.get("auth", "Key"), raw.get("key_env", "FAL_KEY"), dict(raw.get("emulator", {})))
+    accounts = tuple(
+        AccountConfig(a.get("name", a["key_env"]), a["key_env"],
+                      int(numbers.get(("provider", "accounts", i, "concurrency"), AccountConfig.concurrency)),
+                      float(numbers[("provider", "accounts", i, "rate")])
+                      if ("provider", "accounts", i, "rate") in numbers else None)
+        for i, a in enumerate(raw.get("accounts", ())))
+    return ProviderConfig(kind, url, raw.get("auth", "Key"), raw.get("key_env", "FAL_KEY"), dict(raw.get("emulator", {})),
+                          accounts)
 
 
 def parse(text: str, file: Path) -> Manifest:
@@ -935,7 +995,7 @@ def parse(text: str, file: Path) -> Manifest:
         # Like the default outputs/, an explicit output is relative to the working directory.
         output=Path("outputs" if is_remote(str(raw.get("output", ""))) else raw.get("output", "outputs")),
         output_url=str(raw["output"]) if is_remote(str(raw.get("output", ""))) else None,
-        provider=_provider(provider),
+        provider=_provider(provider, numbers),
         limits=Limits(
             concurrency=int(numbers.get(("limits", "concurrency"), Limits.concurrency)),
             per_endpoint={e: int(numbers[("limits", "per_endpoint", e)]) for e in limits.get("per_endpoint", {})},

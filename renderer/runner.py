@@ -3,7 +3,11 @@
 Invariants:
   * Work comes from the store (`Store.pending`), in plan order; results are keyed by job.
   * A job holds an in-flight slot from submit until its files are written (that is what the
-    provider's concurrency limit and fal's short result retention care about).
+    provider's concurrency limit and fal's short result retention care about), and a slot of
+    its account from submit until its result is read (what the account's limit counts).
+  * A request is followed, read and cancelled only with the key of the account recorded with it
+    (store: `account`); a job whose account is not available waits, it is never sent again
+    under another key. A 401/403 stops that account only; the run stops when none is left.
   * Resubmission happens only when the provider says the request is gone (404) or its runner
     failed; a submit whose outcome is unknown is failed, never resent (see client.submit).
   * Every state change is committed before the next step, so stopping anywhere is safe.
@@ -12,12 +16,13 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -50,6 +55,15 @@ FREE_SPACE_RESERVE = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class AccountLimit:
+    """One of provider.accounts as the runner needs it: a name (never the key) and its own limits."""
+
+    name: str
+    concurrency: int
+    rate: float | None = None  # submissions per second of this account (limits.rate still caps the run)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     concurrency: int = 2  # jobs in flight (submitted, not yet downloaded)
     per_endpoint: Mapping[str, int] = field(default_factory=dict)
@@ -62,6 +76,7 @@ class RunConfig:
     grace: float = 10.0  # after Ctrl-C: seconds for submits in flight to record their request ids
     queue_report: float = 30.0  # surface queue_position for jobs waiting longer than this
     provider: str = ""  # who renders: emulator, fal, or the custom provider's origin (recorded per image)
+    accounts: tuple[AccountLimit, ...] = ()  # provider.accounts; empty: one account, the client's key
 
 
 def iso_time(epoch: float | None) -> str | None:
@@ -118,6 +133,86 @@ class AdaptiveLimit:
         self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
 
 
+class AccountSlots(AdaptiveLimit):
+    """The in-flight slots of one account: its own ceiling, halved on its own 429s.
+
+    `acquire`, `try_acquire` and `release` are all the runner uses, so slots leased in shared
+    state (one limit across several workers) can stand in for these in-process ones.
+    """
+
+    @property
+    def allowance(self) -> int:
+        return max(1, math.floor(self.limit))
+
+    async def try_acquire(self) -> bool:
+        """Take a slot if one is free now (never waits for one)."""
+        async with self._cond:
+            if self.active >= self.allowance:
+                return False
+            self.active += 1
+            return True
+
+
+@dataclass(eq=False)
+class Account:
+    """An account of this run: its client (its key), its slots, its own rate, and whether it stopped."""
+
+    name: str | None  # None: the single key of a run without provider.accounts (recorded as NULL)
+    client: Client
+    slots: AccountSlots
+    limiter: AsyncLimiter | None = None
+    stopped: AccountError | None = None  # the 401/403 that stopped it
+    submitted: int = 0  # requests this run paid for under this account
+
+    @property
+    def label(self) -> str:
+        return f"account {self.name!r}" if self.name is not None else "the account"
+
+
+class Accounts:
+    """The run's accounts; new work goes to the live account with the most room, weighted by its limit."""
+
+    POLL = 1.0  # seconds between looks when every account is full (slots may be freed elsewhere)
+
+    def __init__(self, accounts: Sequence[Account]) -> None:
+        self.all = list(accounts)
+        self.by_name = {a.name: a for a in self.all}
+        self._changed = asyncio.Event()
+
+    def changed(self) -> None:
+        """Wake the jobs waiting for a slot (one was freed, or an account stopped)."""
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    @property
+    def live(self) -> list[Account]:
+        return [a for a in self.all if a.stopped is None]
+
+    async def pick(self) -> Account | None:
+        """An account with a slot taken for a new submit; None when every account is stopped."""
+        while True:
+            event = self._changed  # taken first: a slot freed while we look still wakes us
+            live = self.live
+            if not live:
+                return None
+            # Least used first (by share of its allowance), then the larger: over time each account
+            # carries work in proportion to its concurrency.
+            for account in sorted(live, key=lambda a: (a.slots.active / a.slots.allowance, -a.slots.allowance)):
+                if await account.slots.try_acquire():
+                    return account
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), self.POLL)
+
+    async def release(self, account: Account) -> None:
+        await account.slots.release()
+        self.changed()
+
+    @property
+    def limit(self) -> float:
+        """The in-flight allowance of the live accounts together (after any halving by 429s)."""
+        return sum(a.slots.limit for a in self.live) or sum(a.slots.limit for a in self.all)
+
+
 @dataclass
 class Summary:
     outcome: str  # done | failed | interrupted | stopped
@@ -135,6 +230,9 @@ class Summary:
     run_dir: Path | None = None
     resubmits: dict[str, int] = field(default_factory=dict)  # this run's paid resubmissions, by reason
     signal: int = 2  # what interrupted the run: SIGINT (Ctrl-C) or SIGTERM
+    # provider.accounts only: name → submitted this run, limit, and why it stopped (null if it did not)
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    waiting: dict[str, int] = field(default_factory=dict)  # submitted jobs left waiting for an account, by name
 
     @property
     def paid_twice(self) -> int:
@@ -167,6 +265,10 @@ def writing(path: Path) -> Iterator[None]:
         raise StateError(f"cannot write {path}: {exc.strerror or exc}", hint=_disk_hint(exc)) from exc
 
 
+def _who(name: str | None) -> str:
+    return f"account {name!r}" if name is not None else "the single key of an earlier run"
+
+
 def bucket_size(rate: float) -> int:
     """Tokens the submission bucket holds: 50 ms' worth, at least one.
 
@@ -185,7 +287,8 @@ def _limiter(rate: float) -> AsyncLimiter:
 class Runner:
     def __init__(self, plan: Plan, store: Store, client: Client, config: RunConfig,
                  events: Callable[[Event], None] | None = None, output_check: Callable[..., list[Any]] | None = None,
-                 storage: Storage | None = None):
+                 storage: Storage | None = None, clients: Mapping[str, Client] | None = None):
+        """`clients`: with config.accounts, each account's client by account name (Client.with_key)."""
         self.plan = plan
         self.store = store
         self.client = client
@@ -215,14 +318,25 @@ class Runner:
         self.cost = 0.0  # of this run's finished jobs, by the manifest's prices
         self._capped_said = False
         self._sending: set[str] = set()  # keys whose submit is on the wire (sent, not yet answered)
-        client.on_event = self._client_event
+        if config.accounts:
+            self.pooled = True
+            self.accounts = Accounts([
+                Account(a.name, (clients or {}).get(a.name) or client.with_key(None), AccountSlots(a.concurrency),
+                        _limiter(a.rate) if a.rate else None) for a in config.accounts])
+        else:
+            self.pooled = False
+            self.accounts = Accounts([Account(None, client, AccountSlots(config.concurrency))])
+        for account in self.accounts.all:
+            account.client.on_event = lambda kind, account=account: self._client_event(kind, account)
+        self._held: dict[str, Account] = {}  # key → the account whose slot the job holds
+        self.waiting: dict[str | None, int] = {}  # account name → its submitted jobs that wait for it
 
     # -------------------------------------------------- events
 
-    def _client_event(self, kind: str) -> None:
+    def _client_event(self, kind: str, account: Account) -> None:
         if kind == "throttled":
-            self.slots.throttled()
-            self.emit({"type": "throttled", "limit": self.slots.limit})
+            account.slots.throttled()  # that account's 429: the others keep their allowance
+            self.emit({"type": "throttled", "limit": account.slots.limit, "account": account.name})
         elif kind == "retry_after_capped" and not self._capped_said:
             self._capped_said = True
             self.emit({"type": "warning", "message": "the provider asked to wait longer than "
@@ -231,7 +345,7 @@ class Runner:
 
     def progress(self) -> Event:
         return {"type": "progress", "done": self.done, "failed": self.failed, "in_flight": self.slots.active,
-                "queued": len(self.queued), "images": self.images, "limit": self.slots.limit}
+                "queued": len(self.queued), "images": self.images, "limit": self.accounts.limit}
 
     # -------------------------------------------------- the run
 
@@ -362,20 +476,31 @@ class Runner:
         counts = self.store.counts()
         with writing(self.run_dir / DATA_DIR):
             self.export()
+        error, hint = (self.fatal.message, self.fatal.hint) if self.fatal else (None, None)
+        waiting = {_who(name).removeprefix("account ").strip("'"): n for name, n in self.waiting.items()}
         if self.fatal is not None:
             outcome = "stopped"
         elif self.stopping:
             outcome = "interrupted"
+        elif waiting:
+            # Only an account the user fixes or configures can finish these: the run cannot go on.
+            outcome = "stopped"
+            error = "submitted jobs wait for an account: " + ", ".join(
+                f"{n} for {_who(name)}" for name, n in self.waiting.items())
+            hint = ("configure that account (provider.accounts, its key in the environment) or fix it, then rerun: "
+                    "its jobs are followed with its key, never paid for again under another")
         elif counts["failed"]:
             outcome = "failed"
         else:
             outcome = "done"
         total_cost, unpriced = self.total_cost()
         resubmits = self.store.resubmit_reasons(run_id)
+        accounts = {a.name: {"concurrency": a.slots.ceiling, "limit": round(a.slots.limit, 2),
+                             "submitted": a.submitted, "stopped": a.stopped.message if a.stopped else None}
+                    for a in self.accounts.all if a.name is not None} if self.pooled else {}
         summary = Summary(outcome, counts, started, time.time(), self.images, ambiguous, dict(self.client.calls),
-                          self.fatal.message if self.fatal else None, self.fatal.hint if self.fatal else None,
-                          None if total_cost is None else round(self.cost, 6), total_cost, self.plan.total_cost,
-                          self.run_dir, resubmits, self.signal)
+                          error, hint, None if total_cost is None else round(self.cost, 6), total_cost,
+                          self.plan.total_cost, self.run_dir, resubmits, self.signal, accounts, waiting)
         all_runs = self.store.resubmit_reasons()
         record = {
             "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": outcome,
@@ -393,6 +518,9 @@ class Runner:
             "cost": {"currency": "USD", "this_run": summary.cost, "all_runs": total_cost,
                      "estimate": self.plan.total_cost, "unpriced_models": unpriced},
             "error": summary.error,
+            # provider.accounts: each account's share and whether it stopped (by name, never by key)
+            **({"accounts": accounts} if accounts else {}),
+            **({"waiting_for_accounts": waiting} if waiting else {}),
         }
         with writing(self.run_dir / "run.json"):
             files.write_json(self.run_dir / "run.json", record)
@@ -454,10 +582,15 @@ class Runner:
             await self._advance(key)
 
     async def _advance(self, key: str) -> None:
-        # The job deadline covers the whole job: submit, wait, result and download.
-        deadline = time.monotonic() + self.config.timeout
         try:
-            row: Row | None = None
+            row: Row | None = self.store.get(key)
+            assert row is not None
+            # An account's slot is taken before the deadline starts: waiting for room at the
+            # provider is not the job's own time (as with the run's slots, taken by the worker).
+            if not await self._hold(row):
+                return
+            # The job deadline covers the whole job: submit, wait, result and download.
+            deadline = time.monotonic() + self.config.timeout
             while True:
                 # Each step returns the row as it now stands, or None when the store must be
                 # read again (after a resubmit or a failure): no re-read on the common path.
@@ -465,13 +598,25 @@ class Runner:
                 step = row.state
                 try:
                     if step == "planned":
-                        if self.stopping:
+                        if self.stopping or not await self._hold(row):
                             return
                         row = await asyncio.wait_for(self._submit(row), _left(deadline))
                         if row is None:
                             return
                     elif step == "submitted":
-                        row = await self._follow(row, deadline)
+                        if not await self._hold(row):
+                            return
+                        account = self._held[key]
+                        try:
+                            row = await self._follow(row, deadline, account)
+                        except AccountError as exc:
+                            # The request stays recorded under its account: a later run follows it.
+                            await self._let_go(key)
+                            await self._stop_account(account, exc)
+                            self._wait_for_account(row)
+                            return
+                        # The result is read (or the request is given up): the account's slot is free.
+                        await self._let_go(key)
                     elif step == "completed":
                         row = await asyncio.wait_for(self._download(row), _left(deadline))
                     else:
@@ -498,6 +643,74 @@ class Runner:
             self._fail(key, exc.message, "rejected")
         except TransientError as exc:
             self._fail(key, f"gave up after {self.config.retry.attempts} attempts: {exc.message}", "transient")
+        finally:
+            await self._let_go(key)
+
+    # -------------------------------------------------- accounts
+
+    async def _hold(self, row: Row) -> bool:
+        """Take the account slot this step needs; False when the job must wait (or the run stops).
+
+        A new submit takes a slot of whichever live account has room; following a submitted
+        request takes a slot of the account recorded with it, and only of that one.
+        """
+        if row.key in self._held or row.state not in ("planned", "submitted"):
+            return True
+        if row.state == "planned":
+            self.phase[row.key] = "limited"
+            account = await self.accounts.pick()
+            if account is None:
+                return False  # every account stopped: the run is stopping
+        else:
+            found = self.accounts.by_name.get(row.account)
+            if found is None:
+                self._wait_for_account(row)
+                return False
+            account = found
+            await account.slots.acquire()
+        self._held[row.key] = account
+        return True
+
+    async def _let_go(self, key: str) -> None:
+        account = self._held.pop(key, None)
+        if account is not None:
+            await self.accounts.release(account)
+
+    async def _stop_account(self, account: Account, exc: AccountError) -> None:
+        """A 401/403 for `account`: it sends nothing more; AccountError (run stops) when it was the last."""
+        if account.stopped is None:
+            account.stopped = exc
+            self.accounts.changed()  # jobs waiting for its slots look at the other accounts
+            if self.accounts.live:
+                others = ", ".join(repr(a.name) for a in self.accounts.live)
+                self.emit({"type": "warning", "message": f"{account.label} stopped: {exc.message} (hint: {exc.hint}); "
+                           f"its jobs not yet submitted go to {others}; those it submitted stay recorded under it"})
+        if self.accounts.live:
+            return
+        if not self.pooled:
+            raise exc
+        stopped = "; ".join(f"{a.name!r}: {a.stopped.message if a.stopped else '?'}" for a in self.accounts.all)
+        raise AccountError(f"every account is stopped ({stopped})", status=exc.status, hint=exc.hint)
+
+    def _wait_for_account(self, row: Row) -> None:
+        """A submitted job whose account cannot follow it now: it waits (and is never sent under another key)."""
+        name = row.account
+        first = name not in self.waiting
+        self.waiting[name] = self.waiting.get(name, 0) + 1
+        if not first:
+            return
+        found = self.accounts.by_name.get(name)
+        if found is not None and found.stopped is not None:
+            why = f"{found.label} is stopped ({found.stopped.message})"
+        elif name is None:
+            why = ("they were submitted with the single key of an earlier run (provider.key_env), which is not "
+                   "among this run's provider.accounts")
+        elif self.pooled:
+            why = f"account {name!r} is not in this run's provider.accounts"
+        else:
+            why = f"they were submitted by account {name!r} (provider.accounts), which this run does not have"
+        self.emit({"type": "warning", "message": f"jobs submitted by {_who(name)} wait: {why}; they are followed "
+                   "only with the key that submitted them, never sent again under another"})
 
     def _over_deadline(self, key: str, step: str) -> None:
         limit = f"{self.config.timeout:g} s"
@@ -526,10 +739,33 @@ class Runner:
         self.emit({"type": "resubmit", "key": row.key, "reason": reason})
 
     async def _submit(self, row: Row) -> Row | None:
-        self.phase[row.key] = "limited"
-        await self.limiter.acquire()
-        if self.stopping:
-            return None
+        """Submit with the account whose slot the job holds; after a 401/403 there, with another."""
+        while True:
+            account = self._held[row.key]
+            self.phase[row.key] = "limited"
+            if account.limiter is not None:
+                await account.limiter.acquire()
+            await self.limiter.acquire()
+            if self.stopping:
+                return None
+            handle = await self._send(row, account)
+            if handle is not None:
+                break
+            if not await self._hold(row):  # that account stopped: another one's slot
+                return None
+        self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url,
+                             self.config.provider or None, account=account.name)
+        account.submitted += 1
+        self.emit({"type": "submitted", "key": row.key, "endpoint": row.endpoint, "request_id": handle.request_id,
+                   **({"account": account.name} if self.pooled else {})})
+        account.slots.succeeded()
+        self.phase[row.key] = "submitted"
+        return replace(row, state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
+                       status_url=handle.status_url, response_url=handle.response_url, cancel_url=handle.cancel_url,
+                       submitted_at=time.time(), account=account.name)
+
+    async def _send(self, row: Row, account: Account) -> Handle | None:
+        """One submit under `account`; None when it refused the key (401/403) and stopped."""
         self.phase[row.key] = "submitting"
         self._check_space()
 
@@ -542,20 +778,14 @@ class Runner:
             self.store.submit_refused(row.key)
 
         try:
-            handle = await self.client.submit(row.endpoint, row.input, sending=sending, refused=refused)
-        except AccountError:
+            return await account.client.submit(row.endpoint, row.input, sending=sending, refused=refused)
+        except AccountError as exc:
             self.store.submit_refused(row.key)  # a definite refusal is not an ambiguous submit
-            raise
+            await self._let_go(row.key)
+            await self._stop_account(account, exc)  # raises when no account is left
+            return None
         finally:
             self._sending.discard(row.key)
-        self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url,
-                             self.config.provider or None)
-        self.emit({"type": "submitted", "key": row.key, "endpoint": row.endpoint, "request_id": handle.request_id})
-        self.slots.succeeded()
-        self.phase[row.key] = "submitted"
-        return replace(row, state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
-                       status_url=handle.status_url, response_url=handle.response_url, cancel_url=handle.cancel_url,
-                       submitted_at=time.time())
 
     def _check_space(self) -> None:
         """Refuse to pay for a request whose id the disk may have no room left to record."""
@@ -568,7 +798,7 @@ class Runner:
                              f"{FREE_SPACE_RESERVE / 1e6:.0f} MB, so that every paid request can still be recorded",
                              hint=_disk_hint(OSError(errno.ENOSPC, "no space")))
 
-    async def _follow(self, row: Row, deadline: float) -> Row | None:
+    async def _follow(self, row: Row, deadline: float, account: Account) -> Row | None:
         assert row.request_id and row.status_url and row.response_url and row.cancel_url
         handle = Handle(row.request_id, row.status_url, row.response_url, row.cancel_url)
         self.phase[row.key] = "waiting"
@@ -586,10 +816,10 @@ class Runner:
                 self.queued.pop(row.key, None)
 
         try:
-            status = await asyncio.wait_for(self.client.wait(handle, on_status), _left(deadline))
+            status = await asyncio.wait_for(account.client.wait(handle, on_status), _left(deadline))
         except asyncio.TimeoutError:
             try:
-                answer = await asyncio.wait_for(self.client.cancel(handle), CANCEL_WAIT)
+                answer = await asyncio.wait_for(account.client.cancel(handle), CANCEL_WAIT)
             except asyncio.TimeoutError:
                 answer = f"no answer within {CANCEL_WAIT:g} s"
             where = f"; last status {last[0].state}" if last else ""
@@ -608,7 +838,7 @@ class Runner:
         # A read error here is retried as a read (client.result); only definite evidence that
         # this request will never deliver (a runner error_type, a 404) pays for a new one.
         try:
-            result = await asyncio.wait_for(self.client.result(handle), _left(deadline))
+            result = await asyncio.wait_for(account.client.result(handle), _left(deadline))
         except RunnerFailed as exc:
             self._retry_job(row, exc.message)
             return None

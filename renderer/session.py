@@ -39,6 +39,17 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class AccountSettings:
+    """One of provider.accounts, its key read from the environment."""
+
+    name: str
+    key_env: str
+    concurrency: int
+    rate: float | None
+    key: str | None = field(default=None, repr=False)  # never printed, logged or stored
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
     kind: str  # emulator | fal | custom
     url: str | None
@@ -46,6 +57,12 @@ class ProviderSettings:
     key_env: str
     key: str | None = field(default=None, repr=False)  # never printed, logged or stored
     emulator: Mapping[str, Any] = field(default_factory=dict)
+    accounts: tuple[AccountSettings, ...] = ()  # provider.accounts; empty: the single key above
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every key this run may send (for the log's last line of defence)."""
+        return [k for k in (self.key, *(a.key for a in self.accounts)) if k]
 
     @property
     def label(self) -> str:
@@ -65,6 +82,9 @@ def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[
             kind, url = "custom", override
         else:
             raise UsageError(f"--provider {override!r}: use emulator, fal, or a base URL (http://… or https://…)")
+    if config.accounts:
+        return ProviderSettings(kind, url, config.auth, config.key_env, None, dict(config.emulator),
+                                _accounts(config, kind, env))
     key = None
     if kind != "emulator":
         key = env.get(config.key_env)
@@ -79,6 +99,29 @@ def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[
                 "or run on the built-in emulator with --provider emulator",
             )
     return ProviderSettings(kind, url, config.auth, config.key_env, key, dict(config.emulator))
+
+
+def _accounts(config: ProviderConfig, kind: str, env: Mapping[str, str]) -> tuple[AccountSettings, ...]:
+    """Each account with its key; every missing variable named at once (the built-in emulator needs none)."""
+    accounts = tuple(AccountSettings(a.name, a.key_env, a.concurrency, a.rate, env.get(a.key_env) or None)
+                     for a in config.accounts)
+    missing = [a for a in accounts if a.key is None]
+    if missing and kind != "emulator":
+        names = ", ".join(a.key_env if a.name == a.key_env else f"{a.key_env} (account {a.name})" for a in missing)
+        raise UsageError(
+            f"the API key variable{'s' if len(missing) > 1 else ''} {names} of provider.accounts "
+            f"{'are' if len(missing) > 1 else 'is'} not set",
+            hint=f"export {missing[0].key_env}=… (renderer reads keys only from the environment), remove the "
+            "account from provider.accounts, or run on the built-in emulator with --provider emulator")
+    seen: dict[str, str] = {}
+    for a in accounts:
+        if a.key is not None and a.key in seen:
+            # One key counted as two accounts would double that account's limits.
+            raise UsageError(f"{seen[a.key]} and {a.key_env} hold the same key; one key is one account",
+                             hint="give each account of provider.accounts its own key, or list it once")
+        if a.key is not None:
+            seen[a.key] = a.key_env
+    return accounts
 
 
 class Display:
@@ -142,7 +185,8 @@ class Display:
         elif kind == "failed":
             self.log(f"failed: {self.describe(event['key'])}: {event['reason']}")
         elif kind == "throttled":
-            self.log(f"throttled by the provider (429): in-flight limit now {event['limit']:.1f}")
+            whose = f" for account {event['account']!r}" if event.get("account") is not None else ""
+            self.log(f"throttled by the provider (429): in-flight limit{whose} now {event['limit']:.1f}")
         elif kind == "queued":
             self.log(f"waiting in the provider's queue: {self.describe(event['key'])} at position {event['position']}")
         elif kind in ("fatal", "warning", "note"):
@@ -247,7 +291,10 @@ async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, re
         def check_output(endpoint: str, output: Any) -> list[Any]:
             return registry.check(endpoint, output, "output") if endpoint in registry else []
 
-        runner = Runner(plan, store, client, config, events=events, output_check=check_output, storage=storage)
+        # provider.accounts: one client per account, sharing the pool, each sending its own key.
+        clients = {a.name: client.with_key(a.key) for a in provider.accounts}
+        runner = Runner(plan, store, client, config, events=events, output_check=check_output, storage=storage,
+                        clients=clients)
         presses = [0]
 
         def on_interrupt(signum: int) -> None:
@@ -289,6 +336,8 @@ def summary_record(summary: Summary, plan: Plan) -> dict[str, Any]:
         "cost": {"currency": "USD", "this_run": summary.cost, "all_runs": summary.total_cost,
                  "estimate": summary.estimate},
         "error": summary.error, "hint": summary.hint,
+        **({"accounts": summary.accounts} if summary.accounts else {}),
+        **({"waiting_for_accounts": summary.waiting} if summary.waiting else {}),
     }
 
 
@@ -318,11 +367,15 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: b
         if summary.total_cost is not None:
             out.write(f"cost: {_usd(summary.cost)} this run, {_usd(summary.total_cost)} for all finished jobs "
                       f"(estimate for the plan {_usd(summary.estimate)})\n")
+    for name, account in summary.accounts.items():
+        if account["stopped"] and summary.outcome != "stopped":
+            err.write(f"warning: account {name!r} stopped: {account['stopped']}; the other accounts did its work\n")
     if summary.outcome == "stopped":
         err.write(f"error: {summary.error}\n")
         if summary.hint:
             err.write(f"hint: {summary.hint}\n")
-        err.write("hint: nothing further was sent; fix the account and rerun to resume\n")
+        if not summary.waiting:
+            err.write("hint: nothing further was sent; fix the account and rerun to resume\n")
     elif summary.outcome == "interrupted":
         err.write(f"interrupted: state saved in {run_dir / DB_NAME}; rerun the same command to resume\n")
     elif summary.outcome == "failed":
@@ -387,6 +440,11 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         failures = [(r.key, r.prompt_id, r.model, r.seed, r.axes, r.error_kind, r.error)
                     for r in store.rows(in_plan=True, state="failed")]
         stale = [(r.key, r.stem, r.state) for r in store.rows(in_plan=False)]
+        # Which account holds each submitted request (only that account's key can follow it).
+        by_account: dict[str, int] = {}
+        for r in store.rows(in_plan=True, state="submitted"):
+            name = r.account if r.account is not None else "(single key)"
+            by_account[name] = by_account.get(name, 0) + 1
         ambiguous = store.ambiguous()
         # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
         missing = [(key, e["path"]) for key, entries in store.downloaded_files()
@@ -407,6 +465,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
                                                     strict=True)) for f in failures],
                               "no_longer_in_manifest": [dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale],
                               "paid_twice": {"count": paid_twice, "resubmits": resubmits},
+                              "submitted_by_account": by_account,
                               "last_run": json.loads(last_run[0]) if last_run and last_run[0] else None},
                              indent=2, ensure_ascii=False) + "\n")
         return 0
@@ -421,6 +480,15 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         if ambiguous_all:
             reasons += ("; " if reasons else "") + f"{ambiguous_all} x a run stopped between a submit and its record"
         out.write(f"paid twice: {paid_twice} over all runs ({reasons})\n")
+    if set(by_account) - {"(single key)"}:
+        out.write("submitted, by account: " + ", ".join(f"{name}={n}" for name, n in by_account.items()) + "\n")
+    last = json.loads(last_run[0]) if last_run and last_run[0] else None
+    for name, n in ((last or {}).get("waiting_for_accounts") or {}).items():
+        out.write(f"waiting for an account: {n} submitted job(s) of {name!r} could not be followed in the last run "
+                  "(that account was not configured or was stopped); rerun with it to finish them\n")
+    for name, account in ((last or {}).get("accounts") or {}).items():
+        if account.get("stopped"):
+            out.write(f"account {name!r} stopped in the last run: {account['stopped']}\n")
     for key, path in missing:
         out.write(f"missing or changed on disk: {path} ({key})\n")
     for key, prompt, model, seed, axes, kind, reason in failures:

@@ -517,6 +517,24 @@ def test_a_locked_account_is_refused_while_the_other_works():
     assert code == 403 and detail.startswith("User is locked") and other == 200
 
 
+def test_a_request_belongs_to_the_account_that_submitted_it():
+    """Another account's key gets 404 on status, result and cancel (counted as foreign_reads); its own key reads it."""
+    async def scenario(emu, http):
+        async with http.post(f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": "x"}, headers=_auth("key-of-a")) as r:
+            handle = await r.json()
+        codes = []
+        for method, url in (("GET", handle["status_url"]), ("GET", handle["response_url"]),
+                            ("PUT", handle["cancel_url"])):
+            async with http.request(method, url, headers=_auth("key-of-b")) as r:
+                codes.append(r.status)
+        await wait_done(http, handle, headers=_auth("key-of-a"))
+        async with http.get(handle["response_url"], headers=_auth("key-of-a")) as r:
+            codes.append(r.status)
+        return codes, await _stats(emu, http)
+    codes, stats = run(scenario, keys=KEYS)
+    assert codes == [404, 404, 404, 200] and stats["foreign_reads"] == 3
+
+
 def test_emulator_process_serves_several_keys_and_public_stats(tmp_path: Path):
     """`renderer emulator --key-env A --key-env B` accepts both keys and reports per variable at /_emulator/stats."""
     import urllib.error

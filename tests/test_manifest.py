@@ -407,3 +407,76 @@ def test_a_manifest_too_large_to_check_quickly_is_refused_before_composing():
     (problem,) = info.value.problems
     assert problem.message == f"the manifest holds more than {MAX_VALUES:,} values"
     assert "prompt file" in (problem.allowed or "") and problem.line > MAX_VALUES // 5
+
+
+ACCOUNTS_HEAD = "name: t\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\nseeds: [1]\n"
+
+
+def _account_problems(body: str) -> list[tuple[int, int, str, str, str | None, str | None]]:
+    with pytest.raises(ManifestError) as info:
+        parse(ACCOUNTS_HEAD + body, Path("m.yaml"))
+    return [(p.line, p.col, p.json_path, p.message, p.allowed, p.suggestion) for p in info.value.problems]
+
+
+def test_provider_accounts_are_read_with_their_defaults():
+    """provider.accounts: name defaults to key_env, concurrency to 2, rate to none (`5/s` is read as 5 per second)."""
+    m = parse(ACCOUNTS_HEAD + "provider:\n  accounts:\n    - {key_env: FAL_KEY_A, concurrency: 40}\n"
+              "    - {key_env: FAL_KEY_B, name: team-b, rate: 5/s}\n", Path("m.yaml"))
+    a, b = m.provider.accounts
+    assert (a.name, a.key_env, a.concurrency, a.rate) == ("FAL_KEY_A", "FAL_KEY_A", 40, None)
+    assert (b.name, b.key_env, b.concurrency, b.rate) == ("team-b", "FAL_KEY_B", 2, 5.0)
+
+
+def test_bad_provider_accounts_are_located_with_what_is_allowed():
+    """Unknown field (did you mean), concurrency 0, rate 0 and a missing key_env: each at its line:col with what is allowed."""
+    problems = _account_problems(
+        "provider:\n  accounts:\n"
+        "    - {key_env: FAL_KEY_A, concurency: 3}\n"  # line 7
+        "    - {key_env: FAL_KEY_B, concurrency: 0}\n"
+        "    - {name: c, concurrency: 1}\n"
+        "    - {key_env: FAL_KEY_D, rate: 0}\n"
+        "    - {key_env: 'FAL KEY'}\n")
+    assert problems == [
+        (7, 28, "$.provider.accounts[0].concurency", "unknown key 'concurency'", "concurrency, key_env, name, rate",
+         "concurrency"),
+        (8, 41, "$.provider.accounts[1].concurrency", "0 is less than the minimum of 1",
+         "an integer, at least 1 and at most 1,000", None),
+        (9, 7, "$.provider.accounts[2]", "missing required key 'key_env'", None, None),
+        (10, 34, "$.provider.accounts[3].rate", "0 must be more than 0",
+         "a number, more than 0 and at most 100,000 per second, or a string like 10/s or 120/min", None),
+        (11, 17, "$.provider.accounts[4].key_env", "'FAL KEY' is not in the expected form",
+         "an environment variable name such as FAL_KEY_A", None),
+    ]
+
+
+def test_accounts_listed_twice_or_beside_a_plain_key_are_refused():
+    """Duplicate names or key variables, key_env beside accounts, and limits.concurrency beside accounts: each named."""
+    problems = _account_problems(
+        "provider:\n  key_env: FAL_KEY\n  accounts:\n"
+        "    - {key_env: FAL_KEY_A}\n"  # line 8
+        "    - {key_env: FAL_KEY_B, name: FAL_KEY_A}\n"
+        "    - {key_env: FAL_KEY_B, name: b2}\n"
+        "limits: {concurrency: 4}\n")
+    assert [(line, path, message) for line, _, path, message, _, _ in problems] == [
+        (6, "$.provider.key_env", "provider.key_env and provider.accounts exclude each other"),
+        (9, "$.provider.accounts[1].name", "account name 'FAL_KEY_A' is used twice (also accounts[0])"),
+        (10, "$.provider.accounts[2].key_env",
+         "key variable 'FAL_KEY_B' is listed twice (also accounts[1]); one key is one account"),
+        (11, "$.limits.concurrency",
+         "limits.concurrency does not apply with provider.accounts: each account has its own"),
+    ]
+    # The duplicate default name (key_env) is pinned at the key variable that repeats it.
+    problems = _account_problems("provider:\n  accounts: [{key_env: K1}, {key_env: K1, name: x}, {key_env: K1}]\n")
+    assert [p[2] for p in problems] == ["$.provider.accounts[1].key_env", "$.provider.accounts[2].key_env",
+                                        "$.provider.accounts[2].key_env"]
+
+
+def test_bad_accounts_exit_2_and_send_nothing(tmp_path: Path):
+    """`renderer run` with a bad account exits 2 before anything is written or sent."""
+    bad = tmp_path / "m.yaml"
+    bad.write_text(ACCOUNTS_HEAD + "provider:\n  accounts: [{key_env: FAL_KEY_A, concurrency: 0}]\n")
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["run", str(bad), "--output", str(tmp_path / "o")], stdout=out, stderr=err,
+                environ={"FAL_KEY_A": "secret-value-a"})
+    assert code == 2 and "m.yaml:6:" in err.getvalue() and "Traceback" not in err.getvalue()
+    assert not (tmp_path / "o").exists()

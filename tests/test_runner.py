@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -14,7 +15,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from renderer import plan as plan_mod
+from renderer.client import Client
 from renderer.emulator import Faults, ServiceTime
+from renderer.manifest import load
+from renderer.runner import Account, AccountLimit, Accounts, AccountSlots, RunConfig, Runner
+from renderer.schemas import SchemaRegistry
 from renderer.store import Store
 
 from .conftest import MANIFESTS, ROOT, background_emulator, cli, write_manifest
@@ -716,3 +724,182 @@ def test_a_slowloris_ends_within_the_job_deadline(tmp_path: Path, op):
         elapsed = time.monotonic() - started
     assert code == 1 and "job deadline (3 s)" in err and "Traceback" not in err, out + err
     assert elapsed < 3 + 12
+
+
+# -------------------------------------------------- several accounts (provider.accounts)
+
+ACCOUNT_KEYS = {"FAL_KEY_A": "acct-a-" + os.urandom(8).hex(), "FAL_KEY_B": "acct-b-" + os.urandom(8).hex()}
+
+
+def _accounts_manifest(folder: Path, accounts: list[dict[str, object]], **data: object) -> Path:
+    return write_manifest(folder, provider={"kind": "fal", "accounts": accounts}, **data)
+
+
+def _emulator_keys(**labels: str) -> tuple[tuple[str, str], ...]:
+    """(label, key) for the emulator: each account's key under the name the run gives that account."""
+    return tuple((label, ACCOUNT_KEYS[env]) for label, env in labels.items())
+
+
+def _accounts_of(run_dir: Path) -> Counter[str | None]:
+    store = Store(run_dir, readonly=True)
+    try:
+        return Counter(r.account for r in store.rows() if r.request_id)
+    finally:
+        store.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.data())
+def test_new_work_goes_to_the_account_with_room_never_past_a_limit(limits: list[int], data: st.DataObject):
+    """Taking and freeing slots in any order: no account over its limit, and a free slot anywhere is always found."""
+    async def scenario() -> None:
+        client = Client("http://127.0.0.1:9")  # never used: slots only
+        pool = Accounts([Account(f"a{i}", client, AccountSlots(n)) for i, n in enumerate(limits)])
+        held: list[Account] = []
+        for take in data.draw(st.lists(st.booleans(), max_size=60)):
+            if take and len(held) < sum(limits):
+                held.append(await asyncio.wait_for(pool.pick(), 1))  # type: ignore[arg-type]
+            elif held:
+                await pool.release(held.pop(data.draw(st.integers(0, len(held) - 1))))
+            assert all(a.slots.active == held.count(a) <= a.slots.ceiling for a in pool.all)
+        # Filling up from empty: each account ends exactly full, the larger ones first.
+        for account in held:
+            await pool.release(account)
+        taken = [await pool.pick() for _ in range(sum(limits))]
+        assert Counter(a.name for a in taken if a) == {f"a{i}": n for i, n in enumerate(limits)}
+    asyncio.run(scenario())
+
+
+def test_a_429_halves_only_the_account_it_came_from(tmp_path: Path, registry: SchemaRegistry):
+    """Throttling reported by one account's client halves that account's allowance; the other keeps its own."""
+    events: list[dict[str, object]] = []
+    client = Client("http://127.0.0.1:9")
+    clients = {"a": client.with_key("key-aaaaaaaa"), "b": client.with_key("key-bbbbbbbb")}
+    store = Store(tmp_path)
+    try:
+        runner = Runner(plan_mod.build(load(MANIFESTS / "quickstart.yaml"), registry), store, client,
+                        RunConfig(concurrency=12, accounts=(AccountLimit("a", 8), AccountLimit("b", 4))),
+                        events=events.append, clients=clients)
+        clients["a"].on_event("throttled")
+        clients["a"].on_event("throttled")
+        assert [(a.name, a.slots.limit) for a in runner.accounts.all] == [("a", 2.0), ("b", 4.0)]
+        assert events[-1] == {"type": "throttled", "limit": 2.0, "account": "a"}
+        assert runner.progress()["limit"] == 6.0
+        # Every client of the family scrubs every key of the family.
+        assert client.scrub("key-aaaaaaaa/key-bbbbbbbb") == clients["b"].scrub("key-aaaaaaaa/key-bbbbbbbb") == "***/***"
+    finally:
+        store.close()
+
+
+def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
+    """Accounts with limits 3 and 1: the emulator's peak in flight per key stays within each limit; both are used,
+    the larger more; each job's account is recorded, and run.json counts the same submits as the emulator."""
+    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 3},
+                                      {"key_env": "FAL_KEY_B", "concurrency": 1, "name": "small"}],
+                           seeds=list(range(1, 25)), limits={"rate": 1000})
+    with background_emulator(service=ServiceTime("fixed", 0.05), workers=8,
+                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", small="FAL_KEY_B")) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
+                             env=ACCOUNT_KEYS)
+        stats = emu.stats()
+    assert code == 0, out + err
+    a, b = stats["accounts"]["FAL_KEY_A"], stats["accounts"]["small"]
+    assert 1 <= a["peak_in_flight"] <= 3 and b["peak_in_flight"] == 1
+    assert a["submits"] + b["submits"] == 24 and a["submits"] > b["submits"] >= 1
+    assert stats["foreign_reads"] == 0 and stats["duplicate_submits"] == 0
+    record = json.loads((tmp_path / "o/t/run.json").read_text())
+    assert {name: v["submitted"] for name, v in record["accounts"].items()} == {"FAL_KEY_A": a["submits"],
+                                                                                 "small": b["submits"]}
+    assert _accounts_of(tmp_path / "o/t") == {"FAL_KEY_A": a["submits"], "small": b["submits"]}
+    assert len(images(tmp_path / "o/t")) == 24
+
+
+def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_path: Path):
+    """Requests left under two accounts: with one account missing its jobs wait (exit 3, named; status says so),
+    never resent; with both (listed the other way round) every job finishes, each read with its own key."""
+    both = [{"key_env": "FAL_KEY_A", "concurrency": 2}, {"key_env": "FAL_KEY_B", "concurrency": 2}]
+    retries = {"attempts": 1, "backoff": 0.01, "max_backoff": 0.02}
+    m = _accounts_manifest(tmp_path, both, seeds=list(range(1, 9)), retries=retries)
+    base = ("run", str(m), "--output", str(tmp_path / "o"))
+    with background_emulator(service=FAST, workers=4, faults=Faults(result_500=1.0),
+                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
+        # 1: every result read fails once (a bare 500) and the job fails, its request kept with its account.
+        code, out, err = cli(*base, "--provider", emu.url, "--quiet", env=ACCOUNT_KEYS)
+        assert code == 1, out + err
+        held = _accounts_of(tmp_path / "o/t")
+        assert sum(held.values()) == 8 and held["FAL_KEY_A"] >= 1 and held["FAL_KEY_B"] >= 1
+        emu.config = replace(emu.config, faults=Faults())
+        # 2: only account A configured. B's requests wait for B: not resent under A, not failed.
+        _accounts_manifest(tmp_path, both[:1], seeds=list(range(1, 9)), retries=retries)
+        code, out, err = cli(*base, "--provider", emu.url, "--retry-failed", env=ACCOUNT_KEYS)
+        assert code == 3, out + err
+        assert f"submitted jobs wait for an account: {held['FAL_KEY_B']} for account 'FAL_KEY_B'" in err
+        assert "account 'FAL_KEY_B' is not in this run's provider.accounts" in err
+        assert emu.stats()["submits"] == 8
+        status = cli("status", str(tmp_path / "o/t"))[1]
+        assert f"submitted, by account: FAL_KEY_B={held['FAL_KEY_B']}" in status
+        assert f"waiting for an account: {held['FAL_KEY_B']} submitted job(s) of 'FAL_KEY_B'" in status
+        # 3: both accounts again, B listed first: B's requests are read with B's key and finish.
+        _accounts_manifest(tmp_path, both[::-1], seeds=list(range(1, 9)), retries=retries)
+        code, out, err = cli(*base, "--provider", emu.url, "--quiet", env=ACCOUNT_KEYS)
+        stats = emu.stats()
+    assert code == 0, out + err
+    assert stats["submits"] == 8 and stats["duplicate_submits"] == 0 and stats["foreign_reads"] == 0
+    assert _accounts_of(tmp_path / "o/t") == held
+    assert len(images(tmp_path / "o/t")) == 8
+
+
+def test_a_locked_account_stops_alone_and_the_other_finishes(tmp_path: Path):
+    """403 on one account: the other renders every job; exit 0, and the summary and run.json name the stopped one."""
+    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 2},
+                                      {"key_env": "FAL_KEY_B", "concurrency": 2, "name": "team-b"}],
+                           seeds=list(range(1, 13)))
+    with background_emulator(service=FAST, workers=4, locked=("team-b",),
+                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", **{"team-b": "FAL_KEY_B"})) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
+                             env=ACCOUNT_KEYS)
+        stats = emu.stats()
+    assert code == 0, out + err
+    assert stats["accounts"]["FAL_KEY_A"]["submits"] == 12 and stats["accounts"]["team-b"]["submits"] == 0
+    assert "warning: account 'team-b' stopped: submit: HTTP 403: User is locked" in err
+    record = json.loads((tmp_path / "o/t/run.json").read_text())
+    assert record["outcome"] == "done" and record["accounts"]["FAL_KEY_A"]["stopped"] is None
+    assert "User is locked" in record["accounts"]["team-b"]["stopped"]
+    assert len(images(tmp_path / "o/t")) == 12
+    store = Store(tmp_path / "o/t", readonly=True)
+    try:
+        assert store.ambiguous() == 0 and all(r.account == "FAL_KEY_A" for r in store.rows())
+    finally:
+        store.close()
+
+
+def test_when_every_account_is_locked_the_run_stops_with_exit_3_naming_them(tmp_path: Path):
+    """403 on each account: exit 3, the message names every account and why; nothing is left ambiguous."""
+    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A"}, {"key_env": "FAL_KEY_B"}], seeds=list(range(1, 7)))
+    with background_emulator(service=FAST, locked=("FAL_KEY_A", "FAL_KEY_B"),
+                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), env=ACCOUNT_KEYS)
+        attempts = emu.stats()["submit_attempts"]
+    assert code == 3, out + err
+    assert "error: every account is stopped ('FAL_KEY_A': submit: HTTP 403: User is locked" in err
+    assert "'FAL_KEY_B': submit: HTTP 403" in err and "hint:" in err
+    assert attempts <= 4  # each account refused once per job that tried it before it stopped
+    assert json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "stopped"
+
+
+def test_no_account_key_appears_in_any_output_file_or_log(tmp_path: Path):
+    """Two keys, one account locked with its key echoed back in the 403: neither key in any file, stream or log."""
+    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A"}, {"key_env": "FAL_KEY_B"}], seeds=[1, 2, 3])
+    log = tmp_path / "events.jsonl"
+    with background_emulator(service=FAST, locked=("FAL_KEY_B",), faults=Faults(echo_key=True),
+                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--log", str(log),
+                             env=ACCOUNT_KEYS)
+        json_out = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--json",
+                       env=ACCOUNT_KEYS)
+    assert code == 0, out + err
+    assert "stopped" in err and "***" in err  # the echoed key was there, and scrubbed
+    status = cli("status", str(tmp_path / "o/t"), "--json")[1] + cli("status", str(tmp_path / "o/t"))[1]
+    written = _everything_written(tmp_path / "o") + log.read_bytes()
+    for key in ACCOUNT_KEYS.values():
+        assert key not in out + err + json_out[1] + json_out[2] + status and key.encode() not in written

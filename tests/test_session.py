@@ -13,6 +13,9 @@ import pytest
 
 from renderer.cli import main
 from renderer.emulator import ServiceTime
+from renderer.errors import UsageError
+from renderer.manifest import AccountConfig, ProviderConfig
+from renderer.session import resolve_provider
 
 from .conftest import ROOT, background_emulator, write_manifest
 
@@ -142,3 +145,42 @@ def test_log_path_problems_are_usage_errors(tmp_path: Path):
     code = main(["run", str(fal), "--output", str(tmp_path / "o"), "--log", str(tmp_path / "run.log")],
                 stdout=io.StringIO(), stderr=io.StringIO(), environ={})
     assert code == 2 and not (tmp_path / "run.log").exists()
+
+
+ACCOUNTS = ProviderConfig(accounts=(AccountConfig("FAL_KEY_A", "FAL_KEY_A", 40), AccountConfig("team-b", "FAL_KEY_B", 10, 5.0)))
+
+
+def test_accounts_resolve_their_keys_once_and_never_show_them():
+    """Each account's key is read from its variable; the settings' repr shows names and limits, never a key."""
+    env = {"FAL_KEY_A": "secret-aaaa-1111", "FAL_KEY_B": "secret-bbbb-2222", "FAL_KEY": "plain-key-not-used"}
+    settings = resolve_provider(ACCOUNTS, None, env)
+    assert [(a.name, a.key_env, a.concurrency, a.rate, a.key) for a in settings.accounts] == [
+        ("FAL_KEY_A", "FAL_KEY_A", 40, None, "secret-aaaa-1111"), ("team-b", "FAL_KEY_B", 10, 5.0, "secret-bbbb-2222")]
+    assert settings.key is None and sorted(settings.secrets) == ["secret-aaaa-1111", "secret-bbbb-2222"]
+    assert "secret" not in repr(settings)
+    # --provider emulator needs no keys at all; the accounts' limits still apply.
+    assert [a.key for a in resolve_provider(ACCOUNTS, "emulator", {}).accounts] == [None, None]
+
+
+def test_missing_or_shared_account_keys_are_usage_errors_naming_the_variables():
+    """Every unset account variable is named (with its account name); two variables holding one key are refused."""
+    with pytest.raises(UsageError) as info:
+        resolve_provider(ACCOUNTS, None, {"FAL_KEY": "x" * 20})
+    assert "FAL_KEY_A, FAL_KEY_B (account team-b) of provider.accounts are not set" in info.value.message
+    assert "export FAL_KEY_A=" in (info.value.hint or "")
+    with pytest.raises(UsageError) as info:
+        resolve_provider(ACCOUNTS, None, {"FAL_KEY_A": "same-secret-123", "FAL_KEY_B": "same-secret-123"})
+    assert info.value.message == "FAL_KEY_A and FAL_KEY_B hold the same key; one key is one account"
+    assert "same-secret" not in info.value.message + (info.value.hint or "")
+
+
+def test_a_missing_account_key_exits_2_before_anything_is_written(tmp_path: Path):
+    """`renderer run` with an account whose variable is unset: exit 2 naming it, no run folder, nothing sent."""
+    m = write_manifest(tmp_path, provider={"kind": "fal", "accounts": [{"key_env": "FAL_KEY_A"}, {"key_env": "FAL_KEY_B"}]})
+    with background_emulator(service=FAST) as emu:
+        err = io.StringIO()
+        code = main(["run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o")], stdout=io.StringIO(),
+                    stderr=err, environ={"FAL_KEY_A": "only-the-first-key"})
+        assert emu.stats()["submit_attempts"] == 0
+    assert code == 2 and "FAL_KEY_B of provider.accounts is not set" in err.getvalue()
+    assert "only-the-first-key" not in err.getvalue() and not (tmp_path / "o").exists()
