@@ -30,7 +30,7 @@ from .emulator import Emulator, EmulatorConfig, ServiceTime
 from .errors import UsageError
 from .manifest import PROVIDERS, ProviderConfig
 from .plan import Job, Plan
-from .runner import Event, RunConfig, Runner, Summary, iso_time
+from .runner import SINGLE_KEY, Event, RunConfig, Runner, Summary, iso_time
 from .schemas import SchemaRegistry
 from .storage import Storage
 from .store import DB_NAME, RunLock, Store, sql_error
@@ -443,7 +443,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         # Which account holds each submitted request (only that account's key can follow it).
         by_account: dict[str, int] = {}
         for r in store.rows(in_plan=True, state="submitted"):
-            name = r.account if r.account is not None else "(single key)"
+            name = r.account if r.account is not None else SINGLE_KEY
             by_account[name] = by_account.get(name, 0) + 1
         ambiguous = store.ambiguous()
         # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
@@ -480,7 +480,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         if ambiguous_all:
             reasons += ("; " if reasons else "") + f"{ambiguous_all} x a run stopped between a submit and its record"
         out.write(f"paid twice: {paid_twice} over all runs ({reasons})\n")
-    if set(by_account) - {"(single key)"}:
+    if set(by_account) - {SINGLE_KEY}:
         out.write("submitted, by account: " + ", ".join(f"{name}={n}" for name, n in by_account.items()) + "\n")
     last = json.loads(last_run[0]) if last_run and last_run[0] else None
     for name, n in ((last or {}).get("waiting_for_accounts") or {}).items():
