@@ -17,7 +17,8 @@ deterministic images (renderer.pictures); faults with seeded probabilities (`Fau
 
 Accounting per credential (an "account" in the stats, named by a label, never by its key): accepted
 submits, requests in flight (from the submit until its outcome is handed over: the result, or a
-status saying it failed; or until it is cancelled or its result expired) with their peak, requests running with their peak, and inputs submitted
+status saying it failed; or until it is cancelled, its result expired, or it completed after the
+same account sent the same input again) with their peak, requests running with their peak, and inputs submitted
 more than once. A harness in another process reads them at GET /_emulator/stats.
 """
 
@@ -154,6 +155,8 @@ class _Request:
     files: str = ""  # the origin serving this request's files (base may name another origin)
     account: str = ""  # the label of the credential that submitted it
     open: bool = False  # in flight: submitted, and its result not yet handed over (nor cancelled, nor expired)
+    digest: str = ""  # of endpoint + input: the same digest submitted again is a duplicate
+    abandoned: bool = False  # its account submitted the same input again: it leaves flight once it completes
 
     def touch(self) -> None:
         event, self.changed = self.changed, asyncio.Event()
@@ -318,6 +321,18 @@ class Emulator:
         self.in_flight -= 1
         self.last_closed_at = time.monotonic()
 
+    def _supersede(self, new: _Request) -> None:
+        """The same account sent the same input again: its earlier requests for it are abandoned.
+
+        An abandoned request still occupies the provider while it runs, so it stays in flight
+        until it completes (a client that resubmits too early is still seen over its limit);
+        once completed, nobody will fetch it (a killed worker's unrecorded submit, say).
+        """
+        for old in [r for r in self._open.values() if r.digest == new.digest and r.account == new.account]:
+            old.abandoned = True
+            if old.status == "COMPLETED":
+                self._close(old)
+
     def _run_slot(self, label: str, delta: int) -> None:
         acct = self._account(label)
         acct.running += delta
@@ -442,6 +457,8 @@ class Emulator:
         req.logs.append({"message": "Generation finished", "level": "INFO", "source": "USER", "timestamp": _now_iso()})
         req.status, req.completed_at = "COMPLETED", time.monotonic()
         req.touch()
+        if req.abandoned:
+            self._close(req)
 
     def _outcome(self, req: _Request) -> tuple[int, Any]:
         endpoint, payload = req.endpoint, req.payload
@@ -557,6 +574,8 @@ class Emulator:
         self.submit_times.append(time.monotonic())
         digest = hashlib.sha256(f"{endpoint}\n{json.dumps(payload, sort_keys=True)}".encode()).hexdigest()
         self.inputs[digest] += 1
+        req.digest = digest
+        self._supersede(req)
         self._open_request(req)
         self._account(account).inputs[digest] += 1
         if self._chance(faults.stuck):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -74,3 +76,33 @@ def test_hostile_inputs_smoke():
     out = _run("bench/hostile_inputs.py", "--only", "alias-bomb")
     assert "# reproduce: python bench/hostile_inputs.py --only alias-bomb" in out
     assert "yaml-alias-bomb.yaml | 2" in out and "0 outside the bound" in out
+
+
+def _scale_out(postgres_server: str, s3_server: Any, *args: str) -> str:
+    """bench/scale_out.py on the session's PostgreSQL and S3 servers (the fixtures skip, or fail in CI, without them)."""
+    env = {**os.environ, **s3_server.env()}
+    done = subprocess.run([sys.executable, "bench/scale_out.py", "--pg", postgres_server,
+                           "--s3-endpoint", s3_server.endpoint, "--s3-bucket", s3_server.bucket, *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, env=env, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_scale_out_run_smoke(postgres_server, s3_server):
+    """bench/scale_out.py renders a tiny run into the bucket and passes its checks (files, dupes, peaks)."""
+    out = _scale_out(postgres_server, s3_server, "--workers", "1", "--jobs", "6", "--latency", "0.02")
+    assert "# reproduce: python bench/scale_out.py --workers 1 --jobs 6" in out
+    assert "| FAL_KEY_A " in out and "# result: PASS" in out
+
+
+def test_scale_out_kill_smoke(postgres_server, s3_server):
+    """bench/scale_out.py --kill-trials kills a worker mid-run and the run still completes with nothing lost."""
+    out = _scale_out(postgres_server, s3_server, "--workers", "1", "--jobs", "12", "--kill-trials", "1",
+                     "--latency", "0.1")
+    assert "victim's requests taken over after" in out and "# result: PASS" in out
+
+
+def test_scale_out_bench_smoke(postgres_server, s3_server):
+    """bench/scale_out.py --bench compares shared state + S3 with SQLite + local disk and prints the ratio."""
+    out = _scale_out(postgres_server, s3_server, "--workers", "1", "--jobs", "10", "--bench", "--latency", "0.02")
+    assert "| SQLite + local disk | 1 " in out and "ratio (provider-bound)" in out

@@ -492,6 +492,24 @@ def test_in_flight_ends_on_cancel_failure_and_expiry_but_not_on_a_proxy_500():
     assert run(proxy_500, faults=Faults(result_500=1.0)) == 1
 
 
+def test_a_request_abandoned_by_a_resubmission_leaves_flight_once_it_completes():
+    """The same input sent again by one account: the earlier request counts while it runs, not after."""
+    async def scenario(emu, http):
+        first = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "again"})
+        second = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "again"})
+        both = (await _stats(emu, http))["in_flight"]
+        await wait_done(http, first)
+        await wait_done(http, second)
+        after_completion = (await _stats(emu, http))["in_flight"]  # only `second` is still owed to someone
+        done = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "other"})
+        await wait_done(http, done)
+        await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "other"})  # finished, never fetched, resent
+        return both, after_completion, await _stats(emu, http)
+    both, after_completion, stats = run(scenario, service=ServiceTime("fixed", 0.2))
+    assert (both, after_completion) == (2, 1)
+    assert stats["in_flight"] == 2 and stats["duplicate_submits"] == 2  # `second` and the resent `other`
+
+
 def test_callers_without_configured_keys_are_told_apart_by_a_hash_of_their_key():
     """With no keys required, each caller is its own account, named by a hash, never by its key."""
     async def scenario(emu, http):
