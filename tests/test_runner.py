@@ -737,11 +737,11 @@ def _worker(manifest: Path, url: str, state: str, events: list[dict], **options:
 
 
 def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
-    """Three workers on one PostgreSQL state: every job rendered once, images written once, the dataset written once."""
+    """Three workers on one PostgreSQL state: every job rendered once at the run's rate, images and dataset written once."""
     monkeypatch.chdir(tmp_path)
     import threading
     manifest = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"a cat {i}"} for i in range(6)],
-                              seeds=[1, 2, 3, 4])
+                              seeds=[1, 2, 3, 4], limits={"rate": 20})
     with background_emulator(service=ServiceTime("fixed", 0.05), workers=16) as emu:
         events: list[list[dict]] = [[], [], []]
         summaries: list[object] = [None, None, None]
@@ -759,6 +759,8 @@ def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: 
     assert len(downloaded) == len(set(downloaded)) == 24
     assert sum(1 for evs in events if any(e["type"] == "downloaded" for e in evs)) >= 2  # the work was shared
     assert stats["submits"] == 24 and stats["duplicate_submits"] == 0
+    times = sorted(stats["submit_times"])
+    assert times[-1] - times[0] >= 23 / 20 * 0.9  # the run's 20/s is the workers' total, not each one's
     run_dir = tmp_path / "outputs" / "t"
     assert len(images(run_dir)) == 24
     rows = (run_dir / "data" / "metadata.jsonl").read_text().splitlines()
@@ -965,6 +967,14 @@ def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_p
         status = cli("status", str(tmp_path / "o/t"))[1]
         assert f"submitted, by account: FAL_KEY_B={held['FAL_KEY_B']}" in status
         assert f"waiting for an account: {held['FAL_KEY_B']} submitted job(s) of 'FAL_KEY_B'" in status
+        # 2b: B configured, but with a key the provider refuses: the 401 on following stops B alone; its jobs wait.
+        wrong = {**ACCOUNT_KEYS, "FAL_KEY_B": "wrong-key-" + os.urandom(6).hex()}
+        _accounts_manifest(tmp_path, both, seeds=list(range(1, 9)), retries=retries)
+        code, out, err = cli(*base, "--provider", emu.url, env=wrong)
+        assert code == 3, out + err
+        assert "account 'FAL_KEY_B' is stopped (status: HTTP 401" in err
+        assert f"submitted jobs wait for an account: {held['FAL_KEY_B']} for account 'FAL_KEY_B'" in err
+        assert wrong["FAL_KEY_B"] not in out + err and emu.stats()["submits"] == 8
         # 3: both accounts again, B listed first: B's requests are read with B's key and finish.
         _accounts_manifest(tmp_path, both[::-1], seeds=list(range(1, 9)), retries=retries)
         code, out, err = cli(*base, "--provider", emu.url, "--quiet", env=ACCOUNT_KEYS)
