@@ -259,6 +259,19 @@ class SharedSlots(AccountSlots):
         await super().release()
 
 
+class SharedRate:
+    """Submissions per second across every worker of a shared run: evenly spaced turns taken in
+    the database (pgstore.reserve, a GCRA), so N workers together keep one account's rate."""
+
+    def __init__(self, store: Any, name: str, rate: float) -> None:
+        self.store, self.name, self.interval = store, name, 1.0 / rate
+
+    async def acquire(self) -> None:
+        wait = self.store.reserve(self.name, self.interval)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
 @dataclass(eq=False)
 class Account:
     """An account of this run: its client (its key), its slots, its own rate, and whether it stopped."""
@@ -266,7 +279,7 @@ class Account:
     name: str | None  # None: the single key of a run without provider.accounts (recorded as NULL)
     client: Client
     slots: AccountSlots
-    limiter: AsyncLimiter | None = None
+    limiter: AsyncLimiter | SharedRate | None = None
     stopped: AccountError | None = None  # the 401/403 that stopped it
     submitted: int = 0  # requests this run paid for under this account
 
@@ -371,6 +384,9 @@ def writing(path: Path) -> Iterator[None]:
         raise StateError(f"cannot write {path}: {exc.strerror or exc}", hint=_disk_hint(exc)) from exc
 
 
+SINGLE_KEY = "(single key)"  # how run.json and status name the key of a run without provider.accounts
+
+
 def _who(name: str | None) -> str:
     return f"account {name!r}" if name is not None else "the single key of an earlier run"
 
@@ -441,7 +457,11 @@ class Runner:
             # One limit per account across every worker: its slots are leased in the shared state.
             for account in self.accounts.all:
                 account.slots = SharedSlots(account.slots.ceiling, store, account.name or SINGLE_ACCOUNT)
+                rate = next((a.rate for a in config.accounts if a.name == account.name and a.rate), None)
+                if rate:
+                    account.limiter = SharedRate(store, f"account:{account.name}", rate)
             self.accounts.POLL = SharedSlots.POLL
+            self.limiter = SharedRate(store, "run", config.rate)  # --rate: the run's total, all workers
         for account in self.accounts.all:
             account.client.on_event = lambda kind, account=account: self._client_event(kind, account)
         self._held: dict[str, Account] = {}  # key → the account whose slot the job holds
@@ -651,7 +671,7 @@ class Runner:
             with writing(self.run_dir / DATA_DIR):
                 self.export()
         error, hint = (self.fatal.message, self.fatal.hint) if self.fatal else (None, None)
-        waiting = {_who(name).removeprefix("account ").strip("'"): n for name, n in self.waiting.items()}
+        waiting = {(name if name is not None else SINGLE_KEY): n for name, n in self.waiting.items()}
         if self.fatal is not None:
             outcome = "stopped"
         elif self.stopping:
@@ -737,12 +757,12 @@ class Runner:
 
     async def _advance(self, key: str) -> None:
         try:
-            row: Row | None = self.store.get(key)
-            assert row is not None
+            first = self.store.get(key)
             # An account's slot is taken before the deadline starts: waiting for room at the
             # provider is not the job's own time (as with the run's slots, taken by the worker).
-            if not await self._hold(row):
+            if not await self._hold(first):
                 return
+            row: Row | None = first
             # The job deadline covers the whole job: submit, wait, result and download.
             deadline = time.monotonic() + self.config.timeout
             while True:

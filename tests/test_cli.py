@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from renderer.cli import main
 
-from .conftest import ROOT, SCHEMAS
+from .conftest import ROOT, SCHEMAS, background_emulator, write_manifest
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -244,3 +244,54 @@ def test_dry_run_shows_paths_under_the_given_output(tmp_path: Path):
     assert code == 0 and f"{tmp_path / 'o' / 'quickstart'}" in out and not (tmp_path / "o").exists()
     code, _, err = run("run", QUICKSTART, "--dry-run", "--output", "/dev/null")
     assert code == 2 and "not a directory" in err
+
+
+def test_plan_counts_what_the_state_finished_and_samples_across_the_plan(tmp_path: Path):
+    """`renderer plan` shows DONE per model from the run's state, also after the manifest grew, and spread samples."""
+    from renderer.emulator import ServiceTime
+
+    models = ["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview"]
+    out = tmp_path / "out"
+    m = write_manifest(tmp_path, models=models, seeds={"start": 1, "count": 5}, output=str(out))
+    with background_emulator(service=ServiceTime("fixed", 0.0)) as emu:
+        code, _, err = run("run", str(m), "--provider", emu.url, "--quiet", "--max-jobs", "7", env={"FAL_KEY": "k"})
+    assert code == 0, err
+
+    def done(text: str) -> dict[str, str]:
+        rows = [line.split() for line in text.splitlines() if line.split()[:1] in (models[:1], models[1:], ["total"])]
+        return {row[0]: row[-2] for row in rows}
+
+    code, text, err = run("plan", str(m))
+    assert code == 0, err
+    assert done(text) == {models[0]: "5", models[1]: "2", "total": "7"}  # the same plan: counted by one query
+    samples = [line.strip() for line in text.splitlines() if line.startswith("  ")]
+    assert [s.split("/data/")[1] for s in samples] == [
+        "fal-ai--flux-1--schnell/cat/s1-0.png", "fal-ai--flux-1--schnell/cat/s3-0.png",
+        "fal-ai--flux-1--schnell/cat/s5-0.png", "fal-ai--imagen4--preview/cat/s2-0.png",
+        "fal-ai--imagen4--preview/cat/s4-0.png"]
+    write_manifest(tmp_path, models=models, seeds={"start": 1, "count": 5}, output=str(out),
+                   prompts=[{"id": "cat", "text": "a cat"}, {"id": "dog", "text": "a dog"}])
+    code, text, err = run("plan", str(m))
+    assert code == 0, err
+    assert done(text) == {models[0]: "5", models[1]: "2", "total": "7"}  # another plan: counted by its keys
+
+
+def test_concurrency_flag_and_variable_cap_the_accounts_total(tmp_path: Path):
+    """With provider.accounts the run's total is the accounts' sum; --concurrency or RENDERER_CONCURRENCY caps it."""
+    from renderer.emulator import ServiceTime
+
+    from .conftest import background_emulator, write_manifest
+
+    keys = {"FAL_KEY_A": "cap-key-a-" + os.urandom(6).hex(), "FAL_KEY_B": "cap-key-b-" + os.urandom(6).hex()}
+    m = write_manifest(tmp_path, seeds=list(range(1, 13)), limits={"rate": 1000},
+                       provider={"kind": "fal", "accounts": [{"key_env": "FAL_KEY_A", "concurrency": 3},
+                                                             {"key_env": "FAL_KEY_B", "concurrency": 3}]})
+    peaks = []
+    for extra, env in (([], {}), (["--concurrency", "2"], {}), ([], {"RENDERER_CONCURRENCY": "1"})):
+        with background_emulator(service=ServiceTime("fixed", 0.3), workers=8,
+                                 keys=tuple((name, key) for name, key in keys.items())) as emu:
+            code, out, err = run("run", str(m), "--provider", emu.url, "--output", str(tmp_path / f"o{len(peaks)}"),
+                                 "--quiet", *extra, env={**keys, **env})
+            peaks.append(emu.stats()["peak_in_flight"])
+        assert code == 0, out + err
+    assert peaks == [6, 2, 1]

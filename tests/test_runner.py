@@ -737,11 +737,11 @@ def _worker(manifest: Path, url: str, state: str, events: list[dict], **options:
 
 
 def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
-    """Three workers on one PostgreSQL state: every job rendered once, images written once, the dataset written once."""
+    """Three workers on one PostgreSQL state: every job rendered once at the run's rate, images and dataset written once."""
     monkeypatch.chdir(tmp_path)
     import threading
     manifest = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"a cat {i}"} for i in range(6)],
-                              seeds=[1, 2, 3, 4])
+                              seeds=[1, 2, 3, 4], limits={"rate": 20})
     with background_emulator(service=ServiceTime("fixed", 0.05), workers=16) as emu:
         events: list[list[dict]] = [[], [], []]
         summaries: list[object] = [None, None, None]
@@ -759,6 +759,8 @@ def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: 
     assert len(downloaded) == len(set(downloaded)) == 24
     assert sum(1 for evs in events if any(e["type"] == "downloaded" for e in evs)) >= 2  # the work was shared
     assert stats["submits"] == 24 and stats["duplicate_submits"] == 0
+    times = sorted(stats["submit_times"])
+    assert times[-1] - times[0] >= 23 / 20 * 0.9  # the run's 20/s is the workers' total, not each one's
     run_dir = tmp_path / "outputs" / "t"
     assert len(images(run_dir)) == 24
     rows = (run_dir / "data" / "metadata.jsonl").read_text().splitlines()
@@ -903,14 +905,15 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
     m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 3},
                                       {"key_env": "FAL_KEY_B", "concurrency": 1, "name": "small"}],
                            seeds=list(range(1, 25)), limits={"rate": 1000})
-    with background_emulator(service=ServiceTime("fixed", 0.05), workers=8,
+    with background_emulator(service=ServiceTime("fixed", 0.2), workers=8,
                              keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", small="FAL_KEY_B")) as emu:
         code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
                              env=ACCOUNT_KEYS)
         stats = emu.stats()
     assert code == 0, out + err
     a, b = stats["accounts"]["FAL_KEY_A"], stats["accounts"]["small"]
-    assert 1 <= a["peak_in_flight"] <= 3 and b["peak_in_flight"] == 1
+    # 0.2 s a request: the run's total (3 + 1, not limits' default 2) is reached, and no account goes past its own.
+    assert a["peak_in_flight"] == 3 and b["peak_in_flight"] == 1 and stats["peak_in_flight"] == 4
     assert a["submits"] + b["submits"] == 24 and a["submits"] > b["submits"] >= 1
     assert stats["foreign_reads"] == 0 and stats["duplicate_submits"] == 0
     record = json.loads((tmp_path / "o/t/run.json").read_text())
@@ -918,6 +921,25 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
                                                                                  "small": b["submits"]}
     assert _accounts_of(tmp_path / "o/t") == {"FAL_KEY_A": a["submits"], "small": b["submits"]}
     assert len(images(tmp_path / "o/t")) == 24
+
+
+def test_an_accounts_own_rate_paces_its_submits(tmp_path: Path):
+    """An account with rate 10/s (the run's limits.rate far higher): no one-second window holds more than 10 plus the
+    bucket of its submits (the other account is locked, so every accepted submit is its)."""
+    from renderer.runner import bucket_size
+
+    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 30, "rate": "10/s"},
+                                      {"key_env": "FAL_KEY_B", "concurrency": 30}],
+                           seeds=list(range(1, 26)), limits={"rate": 1000})
+    with background_emulator(service=FAST, workers=32, locked=("FAL_KEY_B",),
+                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
+                             env=ACCOUNT_KEYS)
+        stats = emu.stats()
+    assert code == 0, out + err
+    times = stats["submit_times"]
+    assert len(times) == 25 == stats["accounts"]["FAL_KEY_A"]["submits"]
+    assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= 10 + bucket_size(10)
 
 
 def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_path: Path):
@@ -945,6 +967,14 @@ def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_p
         status = cli("status", str(tmp_path / "o/t"))[1]
         assert f"submitted, by account: FAL_KEY_B={held['FAL_KEY_B']}" in status
         assert f"waiting for an account: {held['FAL_KEY_B']} submitted job(s) of 'FAL_KEY_B'" in status
+        # 2b: B configured, but with a key the provider refuses: the 401 on following stops B alone; its jobs wait.
+        wrong = {**ACCOUNT_KEYS, "FAL_KEY_B": "wrong-key-" + os.urandom(6).hex()}
+        _accounts_manifest(tmp_path, both, seeds=list(range(1, 9)), retries=retries)
+        code, out, err = cli(*base, "--provider", emu.url, env=wrong)
+        assert code == 3, out + err
+        assert "account 'FAL_KEY_B' is stopped (status: HTTP 401" in err
+        assert f"submitted jobs wait for an account: {held['FAL_KEY_B']} for account 'FAL_KEY_B'" in err
+        assert wrong["FAL_KEY_B"] not in out + err and emu.stats()["submits"] == 8
         # 3: both accounts again, B listed first: B's requests are read with B's key and finish.
         _accounts_manifest(tmp_path, both[::-1], seeds=list(range(1, 9)), retries=retries)
         code, out, err = cli(*base, "--provider", emu.url, "--quiet", env=ACCOUNT_KEYS)
