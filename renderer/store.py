@@ -946,6 +946,8 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA busy_timeout=5000")
                 migrate(self.db)
+            elif self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'").fetchone():
+                _old_schema_views(self.db)
         except sqlite3.Error as exc:
             raise sql_error(self.path, exc) from exc
         stat = os.stat(self.path) if self.path.exists() else None
@@ -994,6 +996,24 @@ class SQLiteStore(Store):
                 return
             yield from ((key, entries) for key, entries in json.loads(blob))
             after = last
+
+
+def _old_schema_views(db: sqlite3.Connection) -> None:
+    """A read-only look at a database from before m007_cells (status, report, diff of an old run):
+    temporary views give its one table the new names (temp shadows main); nothing is written."""
+    have = {r[1] for r in db.execute("PRAGMA main.table_info(jobs)")}
+
+    def col(name: str) -> str:
+        return name if name in have else "0" if name == "claims" else "NULL"
+    db.create_function("renderer_key", 1, key_blob, deterministic=True)
+    db.create_function("renderer_key_text", 1, key_text, deterministic=True)
+    db.execute("CREATE TEMP VIEW cells AS SELECT rowid AS id, NULL AS digest, endpoint, model, prompt_id, prompt, axes, "
+               "input AS input_head, NULL AS input_tail, num_images, tags, source, NULL AS stem_head FROM main.jobs")
+    per_job = ", ".join(f"{col(c)} AS {c}" for c in JOB_COLUMNS.split(", "))
+    db.execute("CREATE TEMP VIEW job AS SELECT rowid AS id, renderer_key(key) AS k, renderer_key_text(key) AS key_text, "
+               f"rowid AS cell, seed, plan_index, in_plan, stem, {per_job} FROM main.jobs")
+    db.execute("CREATE TEMP VIEW jobs AS SELECT rowid AS id, key, plan_index, in_plan, endpoint, model, prompt_id, "
+               f"prompt, seed, axes, stem, input, num_images, tags, source, {per_job} FROM main.jobs")
 
 
 def open_store(state: str | None, run_dir: Path, name: str, *, readonly: bool = False) -> Store:

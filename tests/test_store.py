@@ -412,3 +412,29 @@ def test_a_database_from_before_the_cells_migrates_with_every_row_intact(open_st
     store.completed(keys[1], {"images": []})
     store.downloaded(keys[1], [{"path": "p1"}])
     assert sorted(k for k, _ in store.downloaded_files()) == sorted(keys[:2])
+
+
+def test_an_old_database_opened_read_only_is_read_without_migrating(tmp_path: Path, registry: SchemaRegistry):
+    """status, report and diff open a run read-only: a database from before the cells reads the same, unchanged."""
+    import json
+    p = _plan(registry)
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    with db:
+        for step in MIGRATIONS[:4]:  # as far as an older release went: no account, no leases
+            step(db)
+            db.execute("INSERT INTO _migrations VALUES (?, 0)", (step.__name__,))
+        db.executemany(f"INSERT INTO jobs ({OLD_COLUMNS}) VALUES ({','.join('?' * 14)})",
+                       [(j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input["prompt"], j.seed,
+                         json.dumps(j.axes), j.stem, json.dumps(j.input), j.num_images, json.dumps(list(j.tags)),
+                         j.where, 1.0) for j in p.jobs])
+        db.execute("UPDATE jobs SET state = 'downloaded', files = '[]' WHERE plan_index < 3")
+    db.close()
+    store = SQLiteStore(tmp_path, readonly=True)
+    assert store.counts()["downloaded"] == 3 and len(store.pending()) == 5
+    assert store.get(p.jobs[4].key).stem == p.jobs[4].stem and store.get(p.jobs[4].key).input == p.jobs[4].input
+    assert sorted(k for k, _ in store.downloaded_files()) == sorted(j.key for j in p.jobs[:3])
+    assert store.done_by_model() and store.workers() == []
+    store.close()
+    assert [r[0] for r in sqlite3.connect(tmp_path / DB_NAME).execute("SELECT name FROM _migrations")] == \
+        [m.__name__ for m in MIGRATIONS[:4]]
