@@ -90,15 +90,15 @@ def write_manifest(folder: Path, jobs: int, *, accounts: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i:05d}", "text": f"picture {i}"}) + "\n"
                                                   for i in range(jobs)))
-    if accounts:
+    limits: dict[str, Any] = {"rate": 100000}
+    if accounts:  # each account's concurrency is its own limit; the run's is their sum
         provider: dict[str, Any] = {"accounts": [{"key_env": var, "concurrency": limit} for var, limit in ACCOUNTS]}
-        concurrency = sum(limit for _, limit in ACCOUNTS)
     else:
-        provider, concurrency = {"key_env": ACCOUNTS[0][0]}, ACCOUNTS[0][1]
+        provider, limits["concurrency"] = {"key_env": ACCOUNTS[0][0]}, ACCOUNTS[0][1]
     path = folder / f"{NAME}.yaml"
     path.write_text(yaml.safe_dump({
         "name": NAME, "prompts": [{"file": "prompts.jsonl"}], "models": ["fal-ai/flux-1/schnell"], "seeds": [1],
-        "provider": provider, "limits": {"concurrency": concurrency, "rate": 100000},
+        "provider": provider, "limits": limits,
         "retries": {"attempts": 8, "backoff": 0.01, "max_backoff": 0.1},
     }, sort_keys=False))
     return path
