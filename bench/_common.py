@@ -89,12 +89,12 @@ def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Pa
     from renderer import plan as plan_mod
     from renderer.layout import image_path
     from renderer.schemas import SchemaRegistry, default_schema_dir
-    from renderer.store import Store
+    from renderer.store import SQLiteStore
 
     m = manifest_mod.load(manifest_path)
     m = manifest_mod.Manifest(**{**m.__dict__, "output": output})
     plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
-    store = Store(m.run_dir)
+    store = SQLiteStore(m.run_dir)
     store.sync_plan(plan.jobs, plan.digest)
     rows = []
 

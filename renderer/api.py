@@ -32,7 +32,7 @@ from .plan import Plan
 from .runner import AccountLimit, Event, RunConfig, Summary
 from .schemas import SchemaRegistry, default_schema_dir
 from .storage import Storage
-from .store import Store
+from .store import SQLiteStore
 
 __all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
 
@@ -73,13 +73,16 @@ def _checked(name: str, value: Any) -> Any:
 
 def _prepare(plan: Plan, *, provider: str | None, output: str | os.PathLike[str] | None, concurrency: int | None,
              rate: float | None, timeout: float | None, retry_failed: bool, max_jobs: int | None, verify: bool,
-             env: Mapping[str, str] | None) -> tuple[Plan, Any, RunConfig, Storage | None]:
+             env: Mapping[str, str] | None, state: str | None = None,
+             lease: float | None = None) -> tuple[Plan, Any, RunConfig, Storage | None]:
     from .session import resolve_provider  # aiohttp and friends load only when something runs
 
     # The same checks as the manifest, flags and environment (renderer/settings.py).
     checked = {name: _checked(name, value) for name, value in
-               (("concurrency", concurrency), ("rate", rate), ("timeout", timeout), ("max_jobs", max_jobs))}
-    concurrency, rate, timeout, max_jobs = (checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs"))
+               (("concurrency", concurrency), ("rate", rate), ("timeout", timeout), ("max_jobs", max_jobs),
+                ("lease", lease))}
+    concurrency, rate, timeout, max_jobs, lease = (checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs",
+                                                                        "lease"))
     environ = os.environ if env is None else env
     if output is not None and storage_mod.is_remote(str(output)):
         storage_mod.parse_s3(str(output))
@@ -100,15 +103,29 @@ def _prepare(plan: Plan, *, provider: str | None, output: str | os.PathLike[str]
         rate=m.limits.rate if rate is None else rate,
         timeout=m.limits.timeout if timeout is None else timeout,
         retry=m.retries, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify, provider=settings.label,
+        state=_state(state if state is not None else m.state), lease=30.0 if lease is None else lease,
     )
     return plan, settings, config, storage
+
+
+def _state(url: str | None) -> str | None:
+    """The state URL as given (None: SQLite in the run directory); anything else than PostgreSQL is refused."""
+    if not url:
+        return None
+    from .pgstore import is_postgres, redact
+    if not is_postgres(url):
+        raise UsageError(f"state {redact(url)!r}: not a PostgreSQL URL",
+                         hint="give postgresql://USER@HOST/DB for state shared by several workers, or leave --state "
+                         "(RENDERER_STATE, manifest state:) unset for the SQLite file in the run directory")
+    return url
 
 
 async def run_async(plan: Plan, *, provider: str | None = None, output: str | os.PathLike[str] | None = None,
                     concurrency: int | None = None, rate: float | None = None, timeout: float | None = None,
                     retry_failed: bool = False, max_jobs: int | None = None, verify: bool = False,
                     on_event: Callable[[Event], None] | None = None, env: Mapping[str, str] | None = None,
-                    schemas: str | os.PathLike[str] | None = None) -> Summary:
+                    schemas: str | os.PathLike[str] | None = None, state: str | None = None,
+                    lease: float | None = None) -> Summary:
     """Render the plan on the running event loop; resumable like the CLI (finished jobs are skipped).
 
     `provider`: "emulator", "fal", or a base URL (default: the manifest's). `on_event` receives
@@ -118,7 +135,7 @@ async def run_async(plan: Plan, *, provider: str | None = None, output: str | os
 
     plan, settings, config, storage = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
                                       timeout=timeout, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify,
-                                      env=env)
+                                      env=env, state=state, lease=lease)
     return await execute_async(plan, settings, config, _registry(schemas), on_event or (lambda event: None),
                                interrupts=False, storage=storage)
 
@@ -127,13 +144,13 @@ def run(plan: Plan, *, provider: str | None = None, output: str | os.PathLike[st
         concurrency: int | None = None, rate: float | None = None, timeout: float | None = None,
         retry_failed: bool = False, max_jobs: int | None = None, verify: bool = False,
         on_event: Callable[[Event], None] | None = None, env: Mapping[str, str] | None = None,
-        schemas: str | os.PathLike[str] | None = None) -> Summary:
+        schemas: str | os.PathLike[str] | None = None, state: str | None = None, lease: float | None = None) -> Summary:
     """Render the plan and wait for it. Inside a running event loop (Jupyter) it runs on a worker thread."""
     from .session import execute_async, run_sync
 
     plan, settings, config, storage = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
                                       timeout=timeout, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify,
-                                      env=env)
+                                      env=env, state=state, lease=lease)
     return run_sync(execute_async(plan, settings, config, _registry(schemas), on_event or (lambda event: None),
                                   storage=storage))
 
@@ -166,7 +183,7 @@ def open_run(run_dir: str | os.PathLike[str]) -> Run:
         for row, path in found:
             row["path"] = (folder / path).resolve()
             rows.append(row)
-    store = Store(folder, readonly=True)
+    store = SQLiteStore(folder, readonly=True)
     try:
         failures = [{"key": r.key, "prompt_id": r.prompt_id, "model": r.model, "seed": r.seed, "axes": r.axes,
                      "kind": r.error_kind, "reason": r.error} for r in store.rows(in_plan=True, state="failed")]

@@ -295,13 +295,13 @@ def _done_and_samples(plan: plan_mod.Plan, wanted: set[int]) -> tuple[dict[str, 
     When the run's state recorded this very plan (same digest), the counts come from one
     query; otherwise from one pass over the jobs against the finished keys.
     """
-    from .store import DB_NAME, Store
+    from .store import DB_NAME, SQLiteStore
 
     picked: list[plan_mod.Job] = []
     done: dict[str, int] = {}
     keys: set[str] = set()
     if (plan.manifest.run_dir / DB_NAME).is_file():
-        store = Store(plan.manifest.run_dir, readonly=True)
+        store = SQLiteStore(plan.manifest.run_dir, readonly=True)
         try:
             if plan.digest and store.meta("plan_digest") == plan.digest:
                 done = store.done_by_model()
@@ -469,6 +469,8 @@ def cmd_run(ctx: Context) -> int:
     rate = _setting(a.rate, ctx.env, "RENDERER_RATE", limits.rate, "rate")
     timeout = _setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", limits.timeout, "timeout")
     provider = _provider_override(ctx)
+    state = a.state or ctx.env.get("RENDERER_STATE") or None  # (the manifest's `state:` applies below it)
+    lease = _setting(a.lease, ctx.env, "RENDERER_LEASE", None, "lease")
     if a.dry_run:
         return cmd_plan(ctx)
     if a.output and is_remote(a.output):
@@ -495,7 +497,7 @@ def cmd_run(ctx: Context) -> int:
         summary = api.run(
             plan, provider=provider, concurrency=concurrency, rate=rate, timeout=timeout,
             retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=on_event, env=ctx.env,
-            schemas=ctx.schema_dir())
+            schemas=ctx.schema_dir(), state=state, lease=lease)
         if log is not None:
             log({"type": "finished", **run_mod.summary_record(summary, plan)})
     finally:
@@ -506,9 +508,38 @@ def cmd_run(ctx: Context) -> int:
 
 
 def cmd_status(ctx: Context) -> int:
+    from . import api
     from . import session as run_mod
 
-    return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json)
+    state = api._state(ctx.args.state or ctx.env.get("RENDERER_STATE") or None)
+    return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json, state=state)
+
+
+def cmd_finalize(ctx: Context) -> int:
+    from . import api
+    from . import session as run_mod
+    from .runner import RunConfig
+    from .storage import open_storage
+
+    a = ctx.args
+    (plan,) = _load_plans(ctx, [a.manifest])
+    if a.output and is_remote(a.output):
+        parse_s3(a.output)
+        plan.manifest = replace(plan.manifest, output_url=a.output)
+    elif a.output:
+        plan.manifest = replace(plan.manifest, output=Path(a.output), output_url=None)
+    m = plan.manifest
+    state = api._state(a.state or ctx.env.get("RENDERER_STATE") or m.state)
+    storage = open_storage(m.output_url, m.name, ctx.env) if m.output_url else None
+    record = run_mod.finalize(plan, RunConfig(state=state), storage)
+    if a.json:
+        ctx.print(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        counts = record["counts"]
+        where = m.output_url or str(m.run_dir)
+        ctx.print(f"finalized: {counts['downloaded']} finished jobs in metadata.jsonl and the card, "
+                  f"{counts['failed']} failed, {record['unfinished']} unfinished → {where}/")
+    return 0 if record["outcome"] == "done" else 1
 
 
 # ---------------------------------------------------------------- report, export and diff
@@ -675,6 +706,12 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_run.add_argument("--provider", help="emulator, fal, or a base URL (env RENDERER_PROVIDER; default: manifest)")
     p_run.add_argument("--output", help="output root: a directory, or s3://bucket/prefix (AWS_ENDPOINT_URL, "
                        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); default: the manifest's, else outputs/")
+    p_run.add_argument("--state", metavar="URL", help="where the run's state lives: postgresql://… shares it with "
+                       "every worker that runs this command (env RENDERER_STATE; default: the manifest's `state:`, "
+                       "else renderer.sqlite in the run directory)")
+    p_run.add_argument("--lease", type=_number("lease"), metavar="SECONDS",
+                       help="with shared state: how long a claimed job stays this worker's without renewal; a dead "
+                       "worker's jobs are taken over after it (env RENDERER_LEASE; default 30)")
     p_run.add_argument("--concurrency", type=_number("concurrency"), help="jobs in flight (env RENDERER_CONCURRENCY)")
     p_run.add_argument("--rate", type=_number("rate"), help="submissions per second, or 5/s, 120/min (env RENDERER_RATE)")
     p_run.add_argument("--timeout", type=_number("timeout"), help="seconds per job before it is cancelled (env RENDERER_TIMEOUT)")
@@ -691,8 +728,20 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
                        help=f"refuse plans above N jobs (default {manifest_mod.MAX_PLAN_JOBS:,})")
 
     p_status = command("status", cmd_status, "show a run directory's state and what a rerun would do")
-    p_status.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/quickstart")
+    p_status.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/quickstart (its last part names "
+                          "the run in shared state)")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
+    p_status.add_argument("--state", metavar="URL", help="the run's shared state, postgresql://… (env RENDERER_STATE): "
+                          "workers, accounts and jobs of a distributed run")
+
+    p_final = command("finalize", cmd_finalize, "write metadata.jsonl, the dataset card and run.json from the state "
+                      "(a distributed run whose last worker stopped, or a partial dataset)")
+    p_final.add_argument("manifest", metavar="MANIFEST")
+    p_final.add_argument("--state", metavar="URL", help="postgresql://… (env RENDERER_STATE; default: the manifest's, "
+                         "else the SQLite file in the run directory)")
+    p_final.add_argument("--output", help="output root: a directory, or s3://bucket/prefix (default: the manifest's)")
+    p_final.add_argument("--json", action="store_true", help="print run.json")
+    p_final.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
     p_report = command("report", cmd_report, "write a static HTML contact sheet and PNG sheets for a run")
     p_report.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")

@@ -28,7 +28,7 @@ from PIL import Image, ImageChops
 
 from .errors import UsageError
 from .schemas import closest
-from .store import DB_NAME, Row, Store
+from .store import DB_NAME, Row, SQLiteStore
 
 HASH_LIMIT = 6
 RMSE_LIMIT = 0.04
@@ -123,7 +123,7 @@ def _check_mapping(mapping: dict[str, str], rows_a: list[Row], rows_b: list[Row]
 def _load(run: Path) -> list[Row]:
     if not (run / DB_NAME).is_file():
         raise UsageError(f"{run}: no run here (no {DB_NAME})", hint="pass run directories such as outputs/NAME")
-    store = Store(run, readonly=True)
+    store = SQLiteStore(run, readonly=True)
     try:
         return store.rows(in_plan=True)
     finally:

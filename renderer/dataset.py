@@ -31,7 +31,7 @@ from typing import Any
 from . import files
 from .errors import UsageError
 from .layout import DATA_DIR
-from .store import DB_NAME, Store
+from .store import DB_NAME, SQLiteStore
 
 METADATA = "metadata.jsonl"
 CARD = "README.md"
@@ -263,7 +263,7 @@ def reading(run_dir: Path) -> Iterator[tuple[Columns, Iterator[tuple[dict[str, A
     provider = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
         provider = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("provider")
-    store = Store(run_dir, readonly=True)
+    store = SQLiteStore(run_dir, readonly=True)
     try:
         columns = Columns.from_axes(r.axes for r in store.rows(in_plan=True))
 

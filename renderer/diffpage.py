@@ -18,7 +18,7 @@ from PIL import Image, ImageChops
 
 from . import page as page_mod
 from . import report
-from .store import DB_NAME, Row, Store
+from .store import DB_NAME, Row, SQLiteStore
 
 VERDICTS = ("changed", "missing", "only in A", "only in B", "same", "identical")
 DIFF_SIDE = 512  # difference images are made at most this large: they are for the eye
@@ -27,7 +27,7 @@ DIFF_SIDE = 512  # difference images are made at most this large: they are for t
 def _rows(run: Path) -> dict[str, Row]:
     if not (run / DB_NAME).is_file():
         return {}
-    store = Store(run, readonly=True)
+    store = SQLiteStore(run, readonly=True)
     try:
         return {r.key: r for r in store.rows()}
     finally:

@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -541,6 +542,10 @@ def semantic_problems(doc: Located, *, file: Path) -> list[Problem]:
             parse_s3(output)
         except UsageError as exc:
             problems.append(doc.problem(("output",), exc.message, allowed="a directory, or s3://bucket/prefix"))
+    state = raw.get("state")
+    if isinstance(state, str) and urlsplit(state).password:
+        problems.append(doc.problem(("state",), "the state URL carries a password, and a manifest is no place for one",
+                                    allowed="postgresql://USER@HOST/DB with the password in PGPASSWORD or ~/.pgpass"))
     provider = raw.get("provider")
     if isinstance(provider, dict) and isinstance(provider.get("url"), str):
         try:
@@ -736,6 +741,8 @@ class Manifest:
     # `output: s3://bucket/prefix`: the outputs go to the bucket (storage.py); the run's own
     # state and lock stay in `output` (then the default outputs/) on this machine.
     output_url: str | None = None
+    # `state: postgresql://…`: the run's state is shared by every worker that names it (pgstore.py).
+    state: str | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -995,6 +1002,7 @@ def parse(text: str, file: Path) -> Manifest:
         # Like the default outputs/, an explicit output is relative to the working directory.
         output=Path("outputs" if is_remote(str(raw.get("output", ""))) else raw.get("output", "outputs")),
         output_url=str(raw["output"]) if is_remote(str(raw.get("output", ""))) else None,
+        state=raw.get("state"),
         provider=_provider(provider, numbers),
         limits=Limits(
             concurrency=int(numbers.get(("limits", "concurrency"), Limits.concurrency)),

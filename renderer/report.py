@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import page as page_mod
 from .errors import UsageError
-from .store import Row, Store
+from .store import Row, SQLiteStore
 
 THUMB = 256
 CELL = 192  # pixels per cell in a PNG sheet
@@ -347,7 +347,7 @@ def write_sheets(report_dir: Path, sheets: list[Sheet]) -> list[Path]:
 
 def build(run_dir: Path, *, row_axis: str = "prompt", col_axis: str = "model", tags: set[str] | None = None,
           models: set[str] | None = None, seeds: set[int] | None = None, max_side: int = 4096) -> dict[str, Any]:
-    store = Store(run_dir, readonly=True)
+    store = SQLiteStore(run_dir, readonly=True)
     try:
         rows = store.rows(in_plan=True)
     finally:

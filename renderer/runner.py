@@ -20,7 +20,9 @@ import contextlib
 import errno
 import math
 import os
+import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -46,7 +48,7 @@ from .layout import DATA_DIR, SIDECAR_SUFFIX, image_path, job_folder
 from .manifest import RetryPolicy
 from .plan import Plan, image_cost, price_of
 from .storage import LocalStorage, Storage
-from .store import DB_NAME, Row, Store
+from .store import DB_NAME, LeaseLost, Row, Store
 
 Event = dict[str, Any]
 # Free bytes below which no new request is paid for: a submit whose request id cannot be
@@ -76,7 +78,12 @@ class RunConfig:
     grace: float = 10.0  # after Ctrl-C: seconds for submits in flight to record their request ids
     queue_report: float = 30.0  # surface queue_position for jobs waiting longer than this
     provider: str = ""  # who renders: emulator, fal, or the custom provider's origin (recorded per image)
+    state: str | None = None  # None: SQLite in the run directory; a postgresql:// URL: shared by many workers
+    lease: float = 30.0  # seconds a claimed job stays this worker's without renewal (renewed every third)
     accounts: tuple[AccountLimit, ...] = ()  # provider.accounts; empty: one account, the client's key
+
+
+SINGLE_ACCOUNT = "default"  # the slots' name for a run without provider.accounts (one key)
 
 
 def iso_time(epoch: float | None) -> str | None:
@@ -105,6 +112,30 @@ def check_images(result: Any) -> None:
                               f"{str(image)[:100]}")
         if not isinstance(image.get("url"), str):
             raise JobRejected(f"result images[{index}] has no url string: {str(image)[:100]}")
+
+
+def publish(storage: Storage, run_dir: Path, *rels: str) -> None:
+    """Copy files written in the run directory to a remote output (the dataset beside its images)."""
+    if not storage.remote:
+        return
+    for rel in rels:
+        path = run_dir / rel
+        if path.is_file():
+            storage.put_bytes(rel, path.read_bytes())
+
+
+def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | None) -> None:
+    """metadata.jsonl and the card from the state's finished rows (then copied to a remote output)."""
+    manifest = plan.manifest
+    try:
+        text: str | None = manifest.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = None  # a manifest given as a dict (the Python API), or gone since
+    info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
+    axes = plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
+    columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in plan.jobs))
+    dataset.write(store.run_dir, info, columns, store.export_rows(), provider)
+    publish(storage, store.run_dir, f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
 
 
 class AdaptiveLimit:
@@ -151,6 +182,41 @@ class AccountSlots(AdaptiveLimit):
                 return False
             self.active += 1
             return True
+
+
+class SharedSlots(AccountSlots):
+    """An account's slots leased in the shared state (pgstore.acquire_slot): one limit across all workers.
+
+    A slot is taken here first (this worker's own allowance, halved by its 429s), then in the
+    database; a worker that dies holds its database slots only until its lease ends.
+    """
+
+    POLL = 0.2  # seconds between looks for a slot another worker freed
+
+    def __init__(self, ceiling: int, store: Any, name: str) -> None:
+        super().__init__(ceiling)
+        self.store = store
+        self.name = name
+        self.numbers: list[int] = []  # database slots held now
+
+    async def try_acquire(self) -> bool:
+        if not await super().try_acquire():
+            return False
+        n = self.store.acquire_slot(self.name, "")
+        if n is None:
+            await super().release()
+            return False
+        self.numbers.append(n)
+        return True
+
+    async def acquire(self) -> None:
+        while not await self.try_acquire():
+            await asyncio.sleep(self.POLL)
+
+    async def release(self) -> None:
+        if self.numbers:
+            self.store.release_slot(self.name, self.numbers.pop())
+        await super().release()
 
 
 @dataclass(eq=False)
@@ -318,6 +384,10 @@ class Runner:
         self.cost = 0.0  # of this run's finished jobs, by the manifest's prices
         self._capped_said = False
         self._sending: set[str] = set()  # keys whose submit is on the wire (sent, not yet answered)
+        self._dropped: set[str] = set()  # keys whose lease this worker lost: their tasks are cancelled, not failed
+        self.shared = store.shared  # several workers share the state: claims decide who does what
+        self.finalizer = False  # this worker wrote the dataset and run.json (see finish)
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         if config.accounts:
             self.pooled = True
             self.accounts = Accounts([
@@ -326,6 +396,11 @@ class Runner:
         else:
             self.pooled = False
             self.accounts = Accounts([Account(None, client, AccountSlots(config.concurrency))])
+        if self.shared:
+            # One limit per account across every worker: its slots are leased in the shared state.
+            for account in self.accounts.all:
+                account.slots = SharedSlots(account.slots.ceiling, store, account.name or SINGLE_ACCOUNT)
+            self.accounts.POLL = SharedSlots.POLL
         for account in self.accounts.all:
             account.client.on_event = lambda kind, account=account: self._client_event(kind, account)
         self._held: dict[str, Account] = {}  # key → the account whose slot the job holds
@@ -350,7 +425,13 @@ class Runner:
     # -------------------------------------------------- the run
 
     def prepare(self) -> int:
-        """Sync the plan and check finished files; returns the count of ambiguous submits."""
+        """Sync the plan, check finished files, join as a worker; returns the count of ambiguous submits.
+
+        (With shared state an ambiguous submit is counted when its job is claimed: see _submit.)
+        """
+        if not self.shared:
+            self.store.join("", self.config.lease)  # one process under RunLock: claims of a killed run are void
+            self.store.owner = None  # the changes below touch jobs nobody holds
         self.plan_changed = self.store.sync_plan(self.plan.jobs, getattr(self.plan, "digest", ""))
         files.remove_partials(self.run_dir, {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()})
         recover.leftovers(self.run_dir)
@@ -369,63 +450,101 @@ class Runner:
         if self.config.retry_failed:
             self.redownloads = {r.key for r in self.store.rows(in_plan=True, state="failed") if r.result is not None}
             self.store.retry_failed()
-        if self.config.provider == "emulator":
+        if self.config.provider == "emulator" and not self.shared:
             # The emulator lives in this process: an earlier run's requests died with it. It is
             # free, so sending them again costs nothing (and is not counted as paying twice).
             for row in self.store.rows(in_plan=True, state="submitted") + self.store.rows(in_plan=True, state="completed"):
                 if not (row.status_url or "").startswith(self.client.base_url + "/"):
                     self.store.resubmit(row.key, "the in-process emulator of an earlier run is gone", paid=False)
-        for key, entries in self.store.downloaded_files():
-            if not all(self.storage.intact(e, rehash=self.config.verify) for e in entries):
-                self.store.redownload(key, "a finished file was missing or changed")
-                self.plan_changed = True
-        return self.store.ambiguous()
+        if not self.shared or self.config.verify:
+            # With shared state every worker would check every file at start: only --verify does.
+            for key, entries in self.store.downloaded_files():
+                if not all(self.storage.intact(e, rehash=self.config.verify) for e in entries):
+                    self.store.redownload(key, "a finished file was missing or changed")
+                    self.plan_changed = True
+        self.store.join(self.worker_id, self.config.lease, socket.gethostname(), os.getpid())
+        if self.shared:
+            self.store.set_accounts({a.slots.name: a.slots.ceiling for a in self.accounts.all  # type: ignore[attr-defined]
+                                     if isinstance(a.slots, SharedSlots)})
+        return 0 if self.shared else self.store.ambiguous()
 
-    def pending(self) -> Iterator[str]:
-        """Pending keys in plan order, read from the store a page at a time (never one list).
+    async def _feed(self, queue: asyncio.Queue[str | None], consumers: int) -> None:
+        """Claim jobs in plan order, a batch at a time, and hand them to the consumers; then one None each.
 
-        A trial (--max-jobs N) takes the plan's first N jobs: plan_index is the plan position.
+        Claimed jobs wait here under lease (renewed), so a batch is half the in-flight cap: other
+        workers are not starved. With shared state, when nothing is claimable but jobs are still
+        unfinished (held by other workers), wait: a dead worker's jobs come free when its lease ends.
         """
-        after = -1
+        batch = max(1, self.config.concurrency // 2)
+        poll = min(2.0, self.config.lease / 4)
+        try:
+            while not self.stopping and self.broken is None:
+                claimed = self.store.claim(batch, before=self.config.max_jobs)
+                for c in claimed:
+                    self._endpoints[c.key] = c.endpoint
+                    await queue.put(c.key)
+                if claimed:
+                    continue
+                # Done when every unfinished job is this worker's own (in flight, or waiting for an
+                # account it lacks: released at the end); else another worker holds some: wait.
+                if not self.shared or self.store.unfinished(self.config.max_jobs, others=True) == 0:
+                    break
+                await asyncio.sleep(poll * (0.5 + secrets.randbelow(1000) / 1000))
+        except StateError as exc:  # the state cannot be read or written: stop, say why
+            self.broken = self.broken or exc
+        finally:
+            for _ in range(consumers):
+                await queue.put(None)
+
+    async def _renew(self) -> None:
+        """Renew this worker's leases every third of their length; drop the jobs whose lease was lost."""
         while True:
-            page = self.store.pending_page(after, before=self.config.max_jobs)
-            if not page:
-                return
-            for _index, key, endpoint in page:
-                self._endpoints[key] = endpoint
-                yield key
-            after = page[-1][0]
+            await asyncio.sleep(self.config.lease / 3)
+            try:
+                held = self.store.renew()
+            except LeaseLost:
+                continue
+            except StateError as exc:  # the shared state is unreachable for now: the fences decide later
+                self.emit({"type": "warning", "message": f"could not renew leases: {exc.message}"})
+                continue
+            for key, task in list(self.tasks.items()):
+                if key not in held and not task.done() and self.phase.get(key) != "submitting":
+                    self._dropped.add(key)
+                    self.emit({"type": "warning", "key": key, "message": f"{key}: lost its lease (another worker may "
+                               "have it now); dropped here without recording anything"})
+                    task.cancel()
 
     async def run(self) -> Summary:
         started = time.time()
         ambiguous = self.prepare()
         run_id = self.store.start_run(ambiguous)
         pending = self.store.pending_count(self.config.max_jobs)
-        # Until finish() replaces it, run.json says the run is in progress: a crash never leaves "done".
-        with writing(self.run_dir / "run.json"):
-            files.write_json(self.run_dir / "run.json", {
-                "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": "running",
-                "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started,
-                "started_at": iso_time(started), "pending": pending})
-        self.publish("run.json")
+        if not self.shared:  # (shared: run.json is written once, when the run is complete)
+            # Until finish() replaces it, run.json says the run is in progress: a crash never leaves "done".
+            with writing(self.run_dir / "run.json"):
+                files.write_json(self.run_dir / "run.json", {
+                    "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": "running",
+                    "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started,
+                    "started_at": iso_time(started), "pending": pending})
+            self.publish("run.json")
         self.emit({"type": "start", "pending": pending, "total": len(self.plan.jobs),
                    "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
-        queue = self.pending()
+        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max(1, self.config.concurrency // 2))
 
         async def worker() -> None:
-            for key in queue:
+            while (key := await queue.get()) is not None:
                 if self.stopping:
-                    return
+                    continue  # drain: the feeder ends with one None per worker
                 await self.slots.acquire()
                 try:
                     if self.stopping:
-                        return
+                        continue
                     task = asyncio.ensure_future(self._job(key))
                     self.tasks[key] = task
                     try:
                         await task
                     except asyncio.CancelledError:
-                        if not self.stopping:
+                        if not self.stopping and key not in self._dropped:
                             raise
                     finally:
                         self.tasks.pop(key, None)
@@ -437,12 +556,14 @@ class Runner:
                 self.emit(self.progress())
 
         workers = [asyncio.ensure_future(worker()) for _ in range(self.config.concurrency)]
+        helpers = [asyncio.ensure_future(self._feed(queue, len(workers))), asyncio.ensure_future(self._renew())]
         try:
             await asyncio.gather(*workers)
         finally:
-            for w in workers:
+            for w in workers + helpers:
                 w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, *helpers, return_exceptions=True)
+            self.store.release()  # claimed, not finished: others (or the next run) may take them at once
             summary = self.finish(run_id, started, ambiguous)
         return summary
 
@@ -474,8 +595,14 @@ class Runner:
                                                      "images_this_run": self.images})
             raise self.broken
         counts = self.store.counts()
-        with writing(self.run_dir / DATA_DIR):
-            self.export()
+        # Shared state: the dataset and run.json are written once, by the worker that finds the run
+        # complete (one wins set_meta_once), or by `renderer finalize`; the others only report.
+        self.finalizer = not self.shared or (
+            self.store.unfinished(self.config.max_jobs) == 0 and self.store.set_meta_once(
+                "finalized", f"{getattr(self.plan, 'digest', '')}:{counts['downloaded']}:{counts['failed']}"))
+        if self.finalizer:
+            with writing(self.run_dir / DATA_DIR):
+                self.export()
         error, hint = (self.fatal.message, self.fatal.hint) if self.fatal else (None, None)
         waiting = {_who(name).removeprefix("account ").strip("'"): n for name, n in self.waiting.items()}
         if self.fatal is not None:
@@ -522,9 +649,10 @@ class Runner:
             **({"accounts": accounts} if accounts else {}),
             **({"waiting_for_accounts": waiting} if waiting else {}),
         }
-        with writing(self.run_dir / "run.json"):
-            files.write_json(self.run_dir / "run.json", record)
-        self.publish("run.json")
+        if self.finalizer:
+            with writing(self.run_dir / "run.json"):
+                files.write_json(self.run_dir / "run.json", record)
+            self.publish("run.json")
         self.store.finish_run(run_id, outcome, record)
         return summary
 
@@ -548,28 +676,13 @@ class Runner:
 
     def export(self) -> None:
         # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.
-        if not self.plan_changed and self.images == 0 and self.failed == 0 and \
+        if not self.shared and not self.plan_changed and self.images == 0 and self.failed == 0 and \
                 (self.run_dir / DATA_DIR / dataset.METADATA).is_file():
             return
-        manifest = self.plan.manifest
-        try:
-            text: str | None = manifest.file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            text = None  # a manifest given as a dict (the Python API), or gone since
-        info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
-        axes = self.plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
-        columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in self.plan.jobs))
-        dataset.write(self.run_dir, info, columns, self.store.export_rows(), self.config.provider or None)
-        self.publish(f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
+        write_dataset(self.plan, self.store, self.storage, self.config.provider or None)
 
     def publish(self, *rels: str) -> None:
-        """Copy files written in the run directory to a remote output (the dataset beside its images)."""
-        if not self.storage.remote:
-            return
-        for rel in rels:
-            path = self.run_dir / rel
-            if path.is_file():
-                self.storage.put_bytes(rel, path.read_bytes())
+        publish(self.storage, self.run_dir, *rels)
 
     # -------------------------------------------------- one job
 
@@ -626,6 +739,10 @@ class Runner:
                 except asyncio.TimeoutError:
                     self._over_deadline(key, step)
                     return
+        except LeaseLost as exc:
+            # Another worker may own the job now: record nothing, write nothing, just let go.
+            self._dropped.add(key)
+            self.emit({"type": "warning", "key": key, "message": exc.message})
         except AccountError as exc:
             self.fatal = self.fatal or exc
             self.emit({"type": "fatal", "message": exc.message})
@@ -740,6 +857,10 @@ class Runner:
 
     async def _submit(self, row: Row) -> Row | None:
         """Submit with the account whose slot the job holds; after a 401/403 there, with another."""
+        if self.shared and row.submit_started is not None and row.request_id is None:
+            # A worker stopped between sending this job's submit and recording its answer (that is
+            # the submit→commit window): the provider may have it; sending again may pay twice.
+            self.store.record_resubmit(row.key, "a worker stopped between a submit and its record")
         while True:
             account = self._held[row.key]
             self.phase[row.key] = "limited"
@@ -884,6 +1005,8 @@ class Runner:
                 entry["cost"] = round(image_cost(price, verified.width, verified.height), 6)
             if self.store.gone():
                 raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run")
+            if self.shared:
+                self.store.hold(row.key)  # a worker that lost the job writes no file (LeaseLost)
             # Local files: written on the loop, fsynced in groups off it (files.GroupFsync), then
             # renamed into place, so the record below still follows a durable, complete file.
             with writing(self.run_dir / rel):

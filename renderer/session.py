@@ -29,11 +29,12 @@ from .client import FAL_QUEUE_ORIGINS, Client
 from .emulator import Emulator, EmulatorConfig, ServiceTime
 from .errors import UsageError
 from .manifest import PROVIDERS, ProviderConfig
+from .pgstore import PostgresStore
 from .plan import Job, Plan
-from .runner import Event, RunConfig, Runner, Summary, iso_time
+from .runner import Event, RunConfig, Runner, Summary, iso_time, publish, write_dataset
 from .schemas import SchemaRegistry
-from .storage import Storage
-from .store import DB_NAME, RunLock, Store, sql_error
+from .storage import LocalStorage, Storage
+from .store import DB_NAME, RunLock, SQLiteStore, Store, open_store, sql_error
 
 T = TypeVar("T")
 
@@ -261,13 +262,14 @@ async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfi
     process owns the loop: a notebook kernel's own interrupt handling must stay in place).
     """
     run_dir = plan.manifest.run_dir
-    with RunLock(run_dir):
-        store = Store(run_dir)
+    # Shared state: any number of workers, anywhere; leases (not a lock file) keep them apart.
+    with contextlib.nullcontext() if config.state else RunLock(run_dir):
+        store = open_store(config.state, run_dir, plan.manifest.name)
         try:
             return await _execute(plan, provider, config, registry, events, store, interrupts, storage)
         except sqlite3.Error as exc:
             # A damaged page shows only when it is read: say what, where and what to do.
-            raise sql_error(store.path, exc) from exc
+            raise sql_error(Path(store.where), exc) from exc
         finally:
             store.close()
 
@@ -424,14 +426,54 @@ class EventLog:
             self.handle = None
 
 
-def status(run_dir: Path, out: TextIO, *, as_json: bool) -> int:
+def finalize(plan: Plan, config: RunConfig, storage: Storage | None) -> dict[str, Any]:
+    """`renderer finalize`: metadata.jsonl, the card and run.json from the state, as it stands now.
+
+    For a distributed run whose finishing worker died, or to publish a partial dataset; the
+    workers may still be running (each row is a committed, finished job).
+    """
+    run_dir = plan.manifest.run_dir
+    if not config.state and not (run_dir / DB_NAME).is_file():
+        raise UsageError(f"{run_dir}: no run here (no {DB_NAME})",
+                         hint="run the manifest first, or give the --state of its distributed run")
+    store = open_store(config.state, run_dir, plan.manifest.name, readonly=True)
+    try:
+        out = storage or LocalStorage(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_dataset(plan, store, out, config.provider or None)
+        counts, unfinished, resubmits = store.counts(), store.unfinished(), store.resubmit_reasons()
+        cost = [e["cost"] for _, entries in store.downloaded_files() for e in entries if "cost" in e]
+        now = time.time()
+        record = {
+            "manifest": str(plan.manifest.file), "name": plan.manifest.name,
+            "outcome": "incomplete" if unfinished else ("failed" if counts["failed"] else "done"),
+            "finalized": now, "finalized_at": iso_time(now), "counts": counts, "unfinished": unfinished,
+            "paid_twice": {"all_runs": store.total_ambiguous() + sum(resubmits.values()),
+                           "resubmits_all_runs": resubmits},
+            "cost": {"currency": "USD", "all_runs": round(sum(cost), 6) if cost else None},
+            "workers": store.workers(),
+        }
+        files.write_json(run_dir / "run.json", record)
+        publish(out, run_dir, "run.json")
+        return record
+    finally:
+        store.close()
+
+
+def status(run_dir: Path, out: TextIO, *, as_json: bool, state: str | None = None) -> int:
+    if state:
+        store: Store = open_store(state, run_dir, run_dir.name, readonly=True)
+        try:
+            return _status(run_dir, store, out, as_json=as_json)
+        finally:
+            store.close()
     if not (run_dir / DB_NAME).is_file():
         raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
-    store = Store(run_dir, readonly=True)
+    store = SQLiteStore(run_dir, readonly=True)
     try:
         return _status(run_dir, store, out, as_json=as_json)
     except sqlite3.Error as exc:
-        raise sql_error(store.path, exc) from exc
+        raise sql_error(Path(store.where), exc) from exc
 
 
 def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
@@ -447,9 +489,12 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
             by_account[name] = by_account.get(name, 0) + 1
         ambiguous = store.ambiguous()
         # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
-        missing = [(key, e["path"]) for key, entries in store.downloaded_files()
-                   for e in entries if not files.file_intact(run_dir, e, rehash=False)]
-        last_run = store.db.execute("SELECT summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        # (Shared state: the files are in the workers' output, often a bucket; `run --verify` checks them.)
+        missing = [] if store.shared else [(key, e["path"]) for key, entries in store.downloaded_files()
+                                           for e in entries if not files.file_intact(run_dir, e, rehash=False)]
+        workers = store.workers()
+        accounts = store.accounts() if isinstance(store, PostgresStore) else []
+        last = store.last_summary()
         resubmits = store.resubmit_reasons()
         paid_twice = store.total_ambiguous() + sum(resubmits.values())
     finally:
@@ -465,8 +510,9 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
                                                     strict=True)) for f in failures],
                               "no_longer_in_manifest": [dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale],
                               "paid_twice": {"count": paid_twice, "resubmits": resubmits},
+                              "workers": workers, "accounts": accounts,
                               "submitted_by_account": by_account,
-                              "last_run": json.loads(last_run[0]) if last_run and last_run[0] else None},
+                              "last_run": last},
                              indent=2, ensure_ascii=False) + "\n")
         return 0
     out.write(f"run: {run_dir}\n")
@@ -480,9 +526,15 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         if ambiguous_all:
             reasons += ("; " if reasons else "") + f"{ambiguous_all} x a run stopped between a submit and its record"
         out.write(f"paid twice: {paid_twice} over all runs ({reasons})\n")
+    now = time.time()
+    for w in workers:
+        if store.shared or w["held"]:
+            out.write(f"worker {w['id']} on {w['host']}: {w['held']} job(s) held, last heartbeat "
+                      f"{now - w['heartbeat']:.0f} s ago\n")
+    for a in accounts:
+        out.write(f"account {a['name']}: {a['in_flight']} of {a['limit']} in flight\n")
     if set(by_account) - {"(single key)"}:
         out.write("submitted, by account: " + ", ".join(f"{name}={n}" for name, n in by_account.items()) + "\n")
-    last = json.loads(last_run[0]) if last_run and last_run[0] else None
     for name, n in ((last or {}).get("waiting_for_accounts") or {}).items():
         out.write(f"waiting for an account: {n} submitted job(s) of {name!r} could not be followed in the last run "
                   "(that account was not configured or was stopped); rerun with it to finish them\n")
@@ -496,8 +548,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         out.write(f"failed: prompt={prompt} model={model} seed={seed}{described} [{kind}] {reason}  ({key})\n")
     for key, stem, state in stale:
         out.write(f"no longer in the manifest: {stem} ({state}, {key})\n")
-    if last_run and last_run[0]:
-        last = json.loads(last_run[0])
+    if last:
         out.write(f"last run: {last['outcome']} at {iso_time(last['finished'])}, {last['images_this_run']} images\n")
         cost = last.get("cost") or {}
         if cost.get("all_runs") is not None:

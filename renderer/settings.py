@@ -81,6 +81,7 @@ SPECS: dict[str, Spec] = {
     "seed": Spec(int, 0, 2**63 - 1),
     "max_sheet": Spec(int, 64, 65_500, unit=" pixels"),  # PNG/Pillow sheets beyond 65,500 px fail to save
     "hash_limit": Spec(int, 0, 64),
+    "lease": Spec(float, 1, 3_600, unit=" seconds"),
     "rmse_limit": Spec(float, 0, 1),
 }
 

@@ -1,4 +1,9 @@
-"""The run's state in SQLite. This module owns the database; nothing else writes SQL.
+"""The run's state: one interface (Store), two databases. This module and pgstore.py own the SQL.
+
+`SQLiteStore` is the embedded default (a file in the run directory, one process at a time under
+RunLock); `pgstore.PostgresStore` is shared by any number of workers (`--state postgresql://…`).
+Both run the same statements (portable SQL, `?` placeholders) and pass one test suite; the few
+dialect differences are class attributes and small overrides.
 
 Invariants:
   * One row per job key. A job moves planned → submitted → completed → downloaded, or to
@@ -10,6 +15,11 @@ Invariants:
   * Migrations are ordered, named and applied on open; a new and an old database behave alike.
   * WAL with synchronous=NORMAL: a killed process loses nothing committed; a power cut may lose
     the last commits (see README).
+  * Leases: a worker works only on jobs it claimed (owner, lease_until by the database's clock),
+    and every state change of a claimed job is fenced `WHERE owner = me AND lease_until > now`:
+    a worker whose lease expired (killed, paused, partitioned) commits nothing (LeaseLost). A
+    reclaimed job keeps its request id, so its new owner reattaches instead of paying again.
+    Finished jobs release their lease and are never claimed again.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ from .plan import Fingerprints
 DB_NAME = "renderer.sqlite"
 LOCK_NAME = ".renderer.lock"
 STATES = ("planned", "submitted", "completed", "downloaded", "failed")
+FINISHED = ("downloaded", "failed")
+# The jobs a claim may take (a partial index holds exactly these; the text must match it).
+OPEN = "in_plan = 1 AND state NOT IN ('downloaded', 'failed')"
 SYNC_BATCH = 5000  # jobs per plan-sync transaction
 PAGE = 2000  # rows per page when the runner reads pending work or finished files
 
@@ -124,6 +137,26 @@ def m005_account(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN account TEXT")
 
 
+@migration
+def m006_leases(db: sqlite3.Connection) -> None:
+    """Claims: who works on a job and until when (see `Store.claim`); the workers that ran."""
+    db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN claims INTEGER NOT NULL DEFAULT 0")
+    # Only unfinished jobs are in it: claiming reads the next ones without passing finished rows.
+    db.execute(f"CREATE INDEX jobs_open ON jobs (plan_index) WHERE {OPEN}")
+    # Only held jobs are in it: renewal and release find a worker's jobs at once.
+    db.execute("CREATE INDEX jobs_held ON jobs (owner) WHERE owner IS NOT NULL")
+    db.execute("""
+        CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER,
+            started REAL NOT NULL,
+            heartbeat REAL NOT NULL
+        )""")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
@@ -210,38 +243,53 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+class LeaseLost(StateError):
+    """This worker no longer holds the job's lease: another worker may own it now; nothing was recorded."""
+
+
+@dataclass(frozen=True, order=True)
+class Claimed:
+    """A job now leased to this worker."""
+
+    plan_index: int
+    key: str
+    endpoint: str
+
+
 class Store:
-    def __init__(self, run_dir: Path, *, readonly: bool = False) -> None:
-        self.run_dir = run_dir
-        self.path = run_dir / DB_NAME
-        try:
-            if readonly:
-                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            else:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                self.db = sqlite3.connect(self.path)
-            self.db.row_factory = sqlite3.Row
-            if not readonly:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")
-                self.db.execute("PRAGMA busy_timeout=5000")
-                migrate(self.db)
-        except sqlite3.Error as exc:
-            raise sql_error(self.path, exc) from exc
-        self.run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
-        stat = os.stat(self.path) if self.path.exists() else None
-        self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
+    """The run's state, whatever the database. Subclasses open the connection and set the dialect.
+
+    `db` has sqlite3's `execute`/`executemany` (pgstore adapts psycopg to it); statements use `?`
+    placeholders and SQL both databases run.
+    """
+
+    db: Any
+    run_dir: Path
+    where: str = ""  # the database, for messages (a file path, or a URL without its password)
+    shared = False  # several workers may hold jobs at once (PostgreSQL); SQLite has one, under RunLock
+    hint = "+"  # SQLite's "do not use an index for this column" (PostgreSQL has no unary + on text)
+    seen_table = "temp.seen"
+    skip_locked = ""  # PostgreSQL: FOR UPDATE SKIP LOCKED (SQLite has one writer at a time anyway)
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock, epoch seconds
+    owner: str | None = None  # this worker's id once it claims jobs (every state change is then fenced)
+    lease = 30.0  # seconds a claim lasts without renewal
+    run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            with self.db:
-                yield self.db
-        except sqlite3.Error as exc:
-            raise sql_error(self.path, exc) from exc
+    def _tx(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Held while one worker records the plan (others then find it recorded)."""
+        yield
+
+    def gone(self) -> bool:
+        """Has the state been removed since it was opened (the run directory deleted)?"""
+        return False
 
     # -------------------------------------------------- plan sync
 
@@ -255,11 +303,18 @@ class Store:
         """
         if digest and self.meta("plan_digest") == digest:
             return False
+        with self._exclusive():
+            if digest and self.meta("plan_digest") == digest:  # another worker recorded it meanwhile
+                return False
+            return self._sync_plan(jobs, digest)
+
+    def _sync_plan(self, jobs: Iterable[Any], digest: str) -> bool:
         now = time.time()
+        seen = self.seen_table
         empty = self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is None
         if not empty:
-            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY)")
-            self.db.execute("DELETE FROM temp.seen")
+            self.db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {seen.split('.')[-1]} (key TEXT PRIMARY KEY)")
+            self.db.execute(f"DELETE FROM {seen}")
         # Paths already recorded, as fingerprints (8 bytes a row): a new job whose path another
         # recorded job owns gets its own path (see distinct_stem). The plan's own paths never clash.
         stems = Fingerprints()
@@ -279,11 +334,12 @@ class Store:
         with self._tx() as db:
             if not empty:
                 cur = db.execute("UPDATE jobs SET in_plan = 0, plan_index = NULL "
-                                 "WHERE in_plan = 1 AND key NOT IN (SELECT key FROM temp.seen)")
+                                 f"WHERE in_plan = 1 AND key NOT IN (SELECT key FROM {seen})")
                 changed |= cur.rowcount > 0
-                db.execute("DELETE FROM temp.seen")
+                db.execute(f"DELETE FROM {seen}")
             if digest:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('plan_digest', ?)", (digest,))
+                db.execute("INSERT INTO meta VALUES ('plan_digest', ?) "
+                           "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (digest,))
         return changed
 
     def _sync_batch(self, batch: list[Any], tag_json: dict[tuple[str, ...], str], now: float, empty: bool,
@@ -314,15 +370,19 @@ class Store:
                 moved.append((j.index, j.model, j.where, tags, j.key))
         with self._tx() as db:
             if not empty:
-                db.executemany("INSERT OR IGNORE INTO temp.seen VALUES (?)", [(j.key,) for j in batch])
-            db.executemany("UPDATE jobs SET plan_index = ?, in_plan = 1, model = ?, source = ?, tags = ? WHERE key = ?",
-                           moved)
-            db.executemany(
-                """INSERT INTO jobs (key, plan_index, endpoint, model, prompt_id, prompt, seed, axes, stem, input,
-                                     num_images, tags, source, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                new,
-            )
+                db.executemany(f"INSERT INTO {self.seen_table} VALUES (?) ON CONFLICT DO NOTHING",
+                               [(j.key,) for j in batch])
+            if moved:
+                db.executemany("UPDATE jobs SET plan_index = ?, in_plan = 1, model = ?, source = ?, tags = ? "
+                               "WHERE key = ?", moved)
+            if new:
+                # ON CONFLICT: two workers recording one plan at once insert each job once.
+                db.executemany(
+                    """INSERT INTO jobs (key, plan_index, endpoint, model, prompt_id, prompt, seed, axes, stem, input,
+                                         num_images, tags, source, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING""",
+                    new,
+                )
         return bool(new or moved)
 
     def _stem_taken(self, stem: str, batch_stems: set[str]) -> bool:
@@ -331,29 +391,126 @@ class Store:
             "SELECT 1 FROM jobs WHERE lower(stem) = ? LIMIT 1", (stem.lower(),)).fetchone() is not None
 
     def meta(self, name: str) -> str | None:
-        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
-            return None  # a read-only open of a database from before migration 3
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
+    def set_meta_once(self, name: str, value: str) -> bool:
+        """Set `name` to `value` unless it already is; True for exactly one of several concurrent callers."""
+        with self._tx() as db:
+            return db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value "
+                              "WHERE meta.value <> excluded.value RETURNING name", (name, value)).fetchone() is not None
+
+    # -------------------------------------------------- claims (leases)
+
+    def join(self, owner: str, lease: float, host: str = "", pid: int | None = None) -> None:
+        """Become worker `owner`: claims last `lease` seconds unless renewed; state changes are fenced."""
+        self.owner, self.lease = owner, float(lease)
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT INTO workers (id, host, pid, started, heartbeat) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+                       "heartbeat = excluded.heartbeat", (owner, host, pid, now, now))
+            if not self.shared:
+                # One worker at a time (RunLock): the claims of an earlier, killed run are void.
+                db.execute("UPDATE jobs SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL")
+
+    def claim(self, limit: int, before: int | None = None) -> list[Claimed]:
+        """Up to `limit` unfinished jobs nobody holds (or whose lease expired), in plan order, now ours.
+
+        `before` bounds the plan position (a trial's --max-jobs). Concurrent claimers never get
+        the same job (SKIP LOCKED on PostgreSQL; one writer at a time on SQLite).
+        """
+        assert self.owner is not None, "join() first"
+        with self._tx() as db:
+            rows = db.execute(
+                f"UPDATE jobs SET owner = ?, lease_until = {self.NOW} + ?, claims = claims + 1 "
+                "WHERE key IN (SELECT key FROM jobs WHERE " + OPEN + " AND plan_index < ? "
+                f"AND (owner IS NULL OR lease_until <= {self.NOW}) ORDER BY plan_index LIMIT ? {self.skip_locked}) "
+                "RETURNING plan_index, key, endpoint",
+                (self.owner, self.lease, before if before is not None else 2**62, int(limit))).fetchall()
+        return sorted(Claimed(int(r[0]), r[1], r[2]) for r in rows)
+
+    def renew(self) -> set[str]:
+        """Extend the lease of every job still held and beat the heart; returns the keys still ours."""
+        with self._tx() as db:
+            rows = db.execute(f"UPDATE jobs SET lease_until = {self.NOW} + ? WHERE owner = ? "
+                              f"AND lease_until > {self.NOW} RETURNING key", (self.lease, self.owner)).fetchall()
+            db.execute("UPDATE workers SET heartbeat = ? WHERE id = ?", (time.time(), self.owner))
+        return {r[0] for r in rows}
+
+    def release(self) -> None:
+        """Give back every job this worker holds (a stop): others may claim them at once."""
+        if self.owner is None:
+            return
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET owner = NULL, lease_until = NULL WHERE owner = ?", (self.owner,))
+
+    def unfinished(self, before: int | None = None, *, others: bool = False) -> int:
+        """Jobs of the plan not finished yet, held or not: 0 means the run is complete.
+
+        `others`: only those this worker does not hold (free, expired, or another worker's).
+        """
+        sql, args = "SELECT COUNT(*) FROM jobs WHERE " + OPEN + " AND plan_index < ?", [before or 2**62]
+        if others and self.owner is not None:
+            sql += f" AND (owner IS NULL OR owner <> ? OR lease_until <= {self.NOW})"
+            args.append(self.owner)
+        return int(self.db.execute(sql, args).fetchone()[0])
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Per worker: id, host, pid, last heartbeat (epoch s) and the jobs it holds now."""
+        rows = self.db.execute(
+            "SELECT w.id, w.host, w.pid, w.heartbeat, (SELECT COUNT(*) FROM jobs j WHERE j.owner = w.id "
+            f"AND j.lease_until > {self.NOW}) FROM workers w ORDER BY w.heartbeat DESC, w.id").fetchall()
+        return [{"id": r[0], "host": r[1], "pid": r[2], "heartbeat": float(r[3]), "held": int(r[4])} for r in rows]
+
     # -------------------------------------------------- state changes (one transaction each)
 
-    def _set(self, key: str, **fields: Any) -> None:
+    def _fence(self) -> tuple[str, tuple[Any, ...]]:
+        """The condition every change of a claimed job carries (none before join(): tools, tests)."""
+        if self.owner is None:
+            return "", ()
+        return f" AND owner = ? AND lease_until > {self.NOW}", (self.owner,)
+
+    def _lost(self, key: str) -> LeaseLost:
+        return LeaseLost(f"job {key}: this worker ({self.owner}) no longer holds its lease; nothing was recorded",
+                         hint=f"the lease ({self.lease:g} s) expired, after a pause or a lost connection; another "
+                         "worker may own the job now")
+
+    def _set(self, key: str, *, release: bool = False, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        names = ", ".join(f"{k} = ?" for k in fields)
+        if release:
+            names += ", owner = NULL, lease_until = NULL"
+        fence, args = self._fence()
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE jobs SET {names} WHERE key = ?{fence}", (*fields.values(), key, *args))
+            if fence and cur.rowcount != 1:
+                raise self._lost(key)
+
+    def _set_free(self, key: str, **fields: Any) -> None:
+        """A change to a job nobody holds (before claiming: adopt, rerender, redownload)."""
         fields["updated_at"] = time.time()
         names = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:
-            db.execute(f"UPDATE jobs SET {names} WHERE key = ?", (*fields.values(), key))
+            db.execute(f"UPDATE jobs SET {names} WHERE key = ? AND (owner IS NULL OR lease_until <= {self.NOW})",
+                       (*fields.values(), key))
 
     def submit_started(self, key: str) -> None:
+        """The submit→commit window opens (fenced: a worker that lost the job sends nothing)."""
+        now = time.time()
+        fence, args = self._fence()
         with self._tx() as db:
-            db.execute("UPDATE jobs SET submit_started = ?, attempts = attempts + 1, updated_at = ? WHERE key = ?",
-                       (time.time(), time.time(), key))
+            cur = db.execute(f"UPDATE jobs SET submit_started = ?, attempts = attempts + 1, updated_at = ? "
+                             f"WHERE key = ?{fence}", (now, now, key, *args))
+            if fence and cur.rowcount != 1:
+                raise self._lost(key)
 
     def submit_refused(self, key: str) -> None:
         """A definite refusal (401/403/429, ingress 5xx, no connection): the submit→commit window
         closes and the attempt is not counted (only submits the server may have taken count)."""
         with self._tx() as db:
-            db.execute("""UPDATE jobs SET submit_started = NULL, attempts = MAX(0, attempts - 1), updated_at = ?
+            db.execute("""UPDATE jobs SET submit_started = NULL,
+                              attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ?
                           WHERE key = ? AND submit_started IS NOT NULL""", (time.time(), key))
 
     def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str,
@@ -368,11 +525,17 @@ class Store:
         self._set(key, state="completed", result=_dumps(result), completed_at=time.time())
 
     def downloaded(self, key: str, files: list[dict[str, Any]]) -> None:
-        self._set(key, state="downloaded", files=_dumps(files), downloaded_at=time.time(), error=None,
+        self._set(key, release=True, state="downloaded", files=_dumps(files), downloaded_at=time.time(), error=None,
                   error_kind=None)
 
     def failed(self, key: str, reason: str, kind: str) -> None:
-        self._set(key, state="failed", error=reason, error_kind=kind, submit_started=None)
+        self._set(key, release=True, state="failed", error=reason, error_kind=kind, submit_started=None)
+
+    def hold(self, key: str) -> None:
+        """Check that this worker still holds `key` (before writing its files); LeaseLost if not."""
+        fence, args = self._fence()
+        if fence and self.db.execute(f"SELECT 1 FROM jobs WHERE key = ?{fence}", (key, *args)).fetchone() is None:
+            raise self._lost(key)
 
     def resubmit(self, key: str, reason: str, *, paid: bool = True) -> None:
         """Forget the request: the provider lost it or its runner failed. The next pass submits again.
@@ -381,11 +544,15 @@ class Store:
         transaction (see `record_resubmit`): the input will be paid for again.
         """
         now = time.time()
+        fence, args = self._fence()
         with self._tx() as db:
-            db.execute("""UPDATE jobs SET state = 'planned', request_id = NULL, status_url = NULL,
-                              response_url = NULL, cancel_url = NULL, account = NULL, result = NULL, error = ?,
-                              error_kind = 'resubmit', submit_started = NULL, updated_at = ? WHERE key = ?""",
-                       (reason, now, key))
+            cur = db.execute(f"""UPDATE jobs SET state = 'planned', request_id = NULL, status_url = NULL,
+                                     response_url = NULL, cancel_url = NULL, account = NULL, result = NULL,
+                                     error = ?,
+                                     error_kind = 'resubmit', submit_started = NULL, updated_at = ?
+                                 WHERE key = ?{fence}""", (reason, now, key, *args))
+            if fence and cur.rowcount != 1:
+                raise self._lost(key)
             if paid:
                 db.execute("INSERT INTO resubmits (key, run_id, at, reason) VALUES (?, ?, ?, ?)",
                            (key, self.run_id, now, reason))
@@ -401,18 +568,19 @@ class Store:
         sql, args = "SELECT reason, COUNT(*) FROM resubmits", ()
         if run_id is not None:
             sql, args = sql + " WHERE run_id = ?", (run_id,)
-        return {reason: n for reason, n in self.db.execute(sql + " GROUP BY reason ORDER BY COUNT(*) DESC, reason",
-                                                            args)}
+        return {reason: int(n) for reason, n in self.db.execute(
+            sql + " GROUP BY reason ORDER BY COUNT(*) DESC, reason", args)}
 
     def adopt(self, key: str, stem: str, request_id: str | None, provider: str | None,
               entries: list[dict[str, Any]]) -> None:
         """Record a job as downloaded from files found on disk (rebuilding lost state from sidecars)."""
-        self._set(key, state="downloaded", stem=stem, request_id=request_id, provider=provider, files=_dumps(entries),
-                  downloaded_at=time.time(), error=None, error_kind=None, submit_started=None)
+        self._set_free(key, state="downloaded", stem=stem, request_id=request_id, provider=provider,
+                       files=_dumps(entries), downloaded_at=time.time(), error=None, error_kind=None,
+                       submit_started=None)
 
     def restem(self, key: str, stem: str) -> None:
         """Give a job that has not rendered yet another path (its own is held by another job's files)."""
-        self._set(key, stem=stem)
+        self._set_free(key, stem=stem)
 
     def rendered_by(self, provider: str) -> list[str]:
         """Keys of finished jobs in the plan that `provider` rendered."""
@@ -421,9 +589,9 @@ class Store:
 
     def rerender(self, key: str, reason: str) -> None:
         """A finished job to render again for another provider (its files stay until replaced)."""
-        self._set(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
-                  account=None, result=None, files=None, error=reason, error_kind="other_provider",
-                  submit_started=None)
+        self._set_free(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
+                       account=None, result=None, files=None, error=reason, error_kind="other_provider",
+                       submit_started=None)
 
     def fresh_keys(self) -> Iterator[tuple[str, str, int]]:
         """(key, stem, num_images) of planned jobs never submitted from this database, in plan order.
@@ -433,24 +601,16 @@ class Store:
         after = -1
         while True:
             page = self.db.execute(
-                "SELECT plan_index, key, stem, num_images FROM jobs WHERE plan_index > ? AND +in_plan = 1 "
-                "AND +state = 'planned' AND request_id IS NULL AND submit_started IS NULL AND attempts = 0 "
+                f"SELECT plan_index, key, stem, num_images FROM jobs WHERE plan_index > ? AND {self.hint}in_plan = 1 "
+                f"AND {self.hint}state = 'planned' AND request_id IS NULL AND submit_started IS NULL AND attempts = 0 "
                 "ORDER BY plan_index LIMIT ?", (after, PAGE * 5)).fetchall()
             if not page:
                 return
             yield from ((r[1], r[2], r[3]) for r in page)
             after = page[-1][0]
 
-    def gone(self) -> bool:
-        """Has the database file been deleted or replaced since it was opened (the run directory removed)?"""
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return True
-        return (stat.st_dev, stat.st_ino) != self._identity
-
     def redownload(self, key: str, reason: str) -> None:
-        self._set(key, state="completed", files=None, error=reason, error_kind="redownload")
+        self._set_free(key, state="completed", files=None, error=reason, error_kind="redownload")
 
     def retry_failed(self) -> int:
         with self._tx() as db:
@@ -458,14 +618,14 @@ class Store:
                                     WHEN request_id IS NOT NULL THEN 'submitted' ELSE 'planned' END,
                                     attempts = 0, error = NULL, error_kind = NULL
                                 WHERE state = 'failed' AND in_plan = 1""")
-            return cur.rowcount
+            return int(cur.rowcount)
 
     # -------------------------------------------------- queries
 
     def get(self, key: str) -> Row:
         row = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
         if row is None:
-            raise StateError(f"job {key} is not in {self.path}")
+            raise StateError(f"job {key} is not in {self.where}")
         return Row.from_sql(row)
 
     def pending(self) -> list[str]:
@@ -476,19 +636,17 @@ class Store:
     def pending_page(self, after: int, limit: int = PAGE, before: int | None = None) -> list[tuple[int, str, str]]:
         """(plan_index, key, endpoint) of pending jobs after plan index `after`, in plan order.
 
-        The runner reads its work in such pages, never as one list; `before` bounds the plan
-        index (a trial run's --max-jobs).
+        `before` bounds the plan index (a trial run's --max-jobs).
         """
-        return [(r[0], r[1], r[2]) for r in self.db.execute(
+        return [(int(r[0]), r[1], r[2]) for r in self.db.execute(
             # `+` keeps SQLite off the (in_plan, state) index, which would sort all pending rows per page.
-            "SELECT plan_index, key, endpoint FROM jobs WHERE +in_plan = 1 AND +state NOT IN ('downloaded', 'failed') "
+            f"SELECT plan_index, key, endpoint FROM jobs WHERE {self.hint}in_plan = 1 "
+            f"AND {self.hint}state NOT IN ('downloaded', 'failed') "
             "AND plan_index > ? AND plan_index < ? ORDER BY plan_index LIMIT ?",
             (after, before if before is not None else 2**62, limit))]
 
     def pending_count(self, before: int | None = None) -> int:
-        return int(self.db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE in_plan = 1 AND state NOT IN ('downloaded', 'failed') "
-            "AND plan_index < ?", (before if before is not None else 2**62,)).fetchone()[0])
+        return self.unfinished(before)
 
     def rows(self, *, in_plan: bool | None = None, state: str | None = None) -> list[Row]:
         sql, args = "SELECT * FROM jobs WHERE 1 = 1", []
@@ -501,48 +659,44 @@ class Store:
         return [Row.from_sql(r) for r in self.db.execute(sql + " ORDER BY plan_index, key", args)]
 
     def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-        """(key, files) of every finished job, in no particular order, read in pages.
-
-        Each page is one JSON document built by SQLite and decoded once: on a rerun of 100,000
-        finished jobs this is several times faster than decoding each row's column on its own.
-        Pages go by rowid, so rows changed while the caller works are neither skipped nor repeated.
-        """
-        after = 0
+        """(key, files) of every finished job, in no particular order, read in pages by key."""
+        after = ""
         while True:
-            last, blob = self.db.execute(
-                "SELECT MAX(r), '[' || COALESCE(group_concat('[' || json_quote(key) || ',' || files || ']', ','), '')"
-                " || ']' FROM (SELECT rowid AS r, key, files FROM jobs WHERE rowid > ? AND +in_plan = 1 "
-                "AND +state = 'downloaded' ORDER BY rowid LIMIT ?)", (after, PAGE * 5)).fetchone()
-            if last is None:
+            page = self.db.execute(f"SELECT key, files FROM jobs WHERE key > ? AND {self.hint}in_plan = 1 "
+                                   f"AND {self.hint}state = 'downloaded' ORDER BY key LIMIT ?",
+                                   (after, PAGE * 5)).fetchall()
+            if not page:
                 return
-            yield from ((key, entries) for key, entries in json.loads(blob))
-            after = last
+            yield from ((r[0], json.loads(r[1])) for r in page)
+            after = page[-1][0]
+
+    nsfw_sql = "json_extract(result, '$.has_nsfw_concepts')"
 
     def export_rows(self) -> Iterator[dict[str, Any]]:
         """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags)."""
         for r in self.db.execute(
                 "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
-                "json_extract(result, '$.has_nsfw_concepts') AS nsfw, provider FROM jobs "
+                f"{self.nsfw_sql} AS nsfw, provider FROM jobs "
                 "WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index"):
             nsfw = r["nsfw"]
             yield {"key": r["key"], "prompt": r["prompt"], "prompt_id": r["prompt_id"], "model": r["model"],
                    "endpoint": r["endpoint"], "seed": r["seed"], "axes": json.loads(r["axes"]),
                    "input": json.loads(r["input"]), "tags": json.loads(r["tags"]), "files": json.loads(r["files"]),
                    "request_id": r["request_id"], "provider": r["provider"],
-                   # json_extract gives JSON text for arrays and a bare value for scalars
+                   # the flags as JSON text: an array, or a bare scalar when the result had no list
                    "has_nsfw_concepts": json.loads(nsfw) if isinstance(nsfw, str) and nsfw.startswith("[") else None}
 
     def counts(self) -> dict[str, int]:
         found = {state: 0 for state in STATES}
         for state, n in self.db.execute("SELECT state, COUNT(*) FROM jobs WHERE in_plan = 1 GROUP BY state"):
-            found[state] = n
-        found["no_longer_planned"] = self.db.execute("SELECT COUNT(*) FROM jobs WHERE in_plan = 0").fetchone()[0]
+            found[state] = int(n)
+        found["no_longer_planned"] = int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE in_plan = 0").fetchone()[0])
         return found
 
     def ambiguous(self) -> int:
         """Jobs whose last submit has no recorded outcome (a crash between submit and commit)."""
-        return self.db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE submit_started IS NOT NULL AND request_id IS NULL").fetchone()[0]
+        return int(self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE submit_started IS NOT NULL AND request_id IS NULL").fetchone()[0])
 
     def unfinished_stems(self) -> Iterator[str]:
         """Stems of jobs whose files may be mid-write, planned or not.
@@ -562,8 +716,8 @@ class Store:
 
     def done_by_model(self) -> dict[str, int]:
         """Downloaded jobs of the recorded plan, per model."""
-        return dict(self.db.execute(
-            "SELECT model, COUNT(*) FROM jobs WHERE in_plan = 1 AND state = 'downloaded' GROUP BY model").fetchall())
+        return {m: int(n) for m, n in self.db.execute(
+            "SELECT model, COUNT(*) FROM jobs WHERE in_plan = 1 AND state = 'downloaded' GROUP BY model").fetchall()}
 
     def done_keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM jobs WHERE state = 'downloaded'")}
@@ -572,8 +726,9 @@ class Store:
 
     def start_run(self, ambiguous: int) -> int:
         with self._tx() as db:
-            cur = db.execute("INSERT INTO runs (started_at, ambiguous_resubmits) VALUES (?, ?)", (time.time(), ambiguous))
-            self.run_id = int(cur.lastrowid or 0)
+            row = db.execute("INSERT INTO runs (started_at, ambiguous_resubmits) VALUES (?, ?) RETURNING id",
+                             (time.time(), ambiguous)).fetchone()
+            self.run_id = int(row[0])
             return self.run_id
 
     def finish_run(self, run_id: int, outcome: str, summary: dict[str, Any]) -> None:
@@ -586,6 +741,93 @@ class Store:
 
     def total_ambiguous(self) -> int:
         return int(self.db.execute("SELECT COALESCE(SUM(ambiguous_resubmits), 0) FROM runs").fetchone()[0])
+
+    def last_summary(self) -> dict[str, Any] | None:
+        """What the last finished run recorded (run.json's content), if any."""
+        row = self.db.execute("SELECT summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+
+class SQLiteStore(Store):
+    """The embedded default: renderer.sqlite in the run directory, used by one process at a time."""
+
+    def __init__(self, run_dir: Path, *, readonly: bool = False) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / DB_NAME
+        self.where = str(self.path)
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path)
+            self.db.row_factory = sqlite3.Row
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA busy_timeout=5000")
+                migrate(self.db)
+        except sqlite3.Error as exc:
+            raise sql_error(self.path, exc) from exc
+        stat = os.stat(self.path) if self.path.exists() else None
+        self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self.db:
+                yield self.db
+        except sqlite3.Error as exc:
+            raise sql_error(self.path, exc) from exc
+
+    def meta(self, name: str) -> str | None:
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+            return None  # a read-only open of a database from before migration 4
+        return super().meta(name)
+
+    def workers(self) -> list[dict[str, Any]]:
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'workers'").fetchone() is None:
+            return []  # a read-only open of a database from before migration 6
+        return super().workers()
+
+    def gone(self) -> bool:
+        """Has the database file been deleted or replaced since it was opened (the run directory removed)?"""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self._identity
+
+    def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        """(key, files) of every finished job, in no particular order, read in pages.
+
+        Each page is one JSON document built by SQLite and decoded once: on a rerun of 100,000
+        finished jobs this is several times faster than decoding each row's column on its own.
+        Pages go by rowid, so rows changed while the caller works are neither skipped nor repeated.
+        """
+        after = 0
+        while True:
+            last, blob = self.db.execute(
+                "SELECT MAX(r), '[' || COALESCE(group_concat('[' || json_quote(key) || ',' || files || ']', ','), '')"
+                " || ']' FROM (SELECT rowid AS r, key, files FROM jobs WHERE rowid > ? AND +in_plan = 1 "
+                "AND +state = 'downloaded' ORDER BY rowid LIMIT ?)", (after, PAGE * 5)).fetchone()
+            if last is None:
+                return
+            yield from ((key, entries) for key, entries in json.loads(blob))
+            after = last
+
+
+def open_store(state: str | None, run_dir: Path, name: str, *, readonly: bool = False) -> Store:
+    """The run's state: SQLite in the run directory (state None), or shared PostgreSQL (a postgresql:// URL)."""
+    if not state:
+        return SQLiteStore(run_dir, readonly=readonly)
+    from .pgstore import PostgresStore, is_postgres
+    if not is_postgres(state):
+        from .errors import UsageError
+        raise UsageError(f"--state {state.split('://')[0]}://…: not a state URL renderer knows",
+                         hint="give postgresql://USER@HOST/DB for state shared by several workers, or leave --state "
+                         "(RENDERER_STATE, manifest state:) unset for the SQLite file in the run directory")
+    return PostgresStore(state, run_dir, name, readonly=readonly)
 
 
 class RunLock:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from renderer.emulator import ServiceTime
-from renderer.store import Store
+from renderer.store import SQLiteStore
 
 from .conftest import background_emulator, cli, write_manifest
 
@@ -100,7 +100,7 @@ def test_a_path_held_by_another_job_is_never_overwritten(tmp_path: Path):
     assert old.read_bytes() == old_bytes
     new = [p for p in images(run_dir) if p != old]
     assert len(new) == 1 and new[0].parent == old.parent and new[0].stem.startswith(old.stem.rsplit("-", 1)[0] + "_")
-    store = Store(run_dir, readonly=True)
+    store = SQLiteStore(run_dir, readonly=True)
     try:
         rows = store.rows()
     finally:

@@ -18,7 +18,7 @@ from PIL import Image
 from renderer import report
 from renderer.emulator import ServiceTime
 from renderer.plan import Job
-from renderer.store import Store
+from renderer.store import SQLiteStore
 
 from .conftest import MANIFESTS, background_emulator, cli, write_manifest
 
@@ -71,7 +71,7 @@ def sweep135(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _rows(run: Path) -> list[Any]:
-    store = Store(run, readonly=True)
+    store = SQLiteStore(run, readonly=True)
     try:
         return store.rows(in_plan=True)
     finally:
@@ -359,7 +359,7 @@ def _hostile_run(folder: Path) -> Path:
     from renderer.pictures import render
 
     run = folder / "hostile"
-    store = Store(run)
+    store = SQLiteStore(run)
     jobs = []
     for n, text in enumerate(HOSTILE):
         axes = {"style": text, "aspect_ratio": "1:1" if n % 2 else text}

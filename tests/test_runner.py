@@ -31,7 +31,7 @@ from renderer.emulator import Faults, ServiceTime
 from renderer.manifest import load
 from renderer.runner import Account, AccountLimit, Accounts, AccountSlots, RunConfig, Runner
 from renderer.schemas import SchemaRegistry
-from renderer.store import Store
+from renderer.store import SQLiteStore
 
 from .conftest import MANIFESTS, ROOT, background_emulator, cli, write_manifest
 
@@ -143,7 +143,7 @@ def test_locked_account_stops_the_run_with_exit_3(tmp_path: Path):
     assert code == 3
     assert "User is locked. Reason: Exhausted balance" in err
     assert attempts == 4  # three accepted, one refused, then nothing
-    store = Store(tmp_path / "o/t", readonly=True)
+    store = SQLiteStore(tmp_path / "o/t", readonly=True)
     assert store.counts()["downloaded"] == 3
     store.close()
 
@@ -330,7 +330,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
     assert kills == 20  # every trial really was killed mid-run
     assert len(images(output / "t")) == 240
     assert_all_verified(output / "t")
-    store = Store(output / "t", readonly=True)
+    store = SQLiteStore(output / "t", readonly=True)
     ambiguous = store.total_ambiguous()
     store.close()
     assert stats["duplicate_submits"] <= ambiguous
@@ -423,7 +423,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_the_in_process_emulator_run_can_be_f
     assert proc.wait(30) == 143
     assert json.loads((run_dir / "run.json").read_text())["outcome"] == "interrupted"
     assert (run_dir / "data/metadata.jsonl").is_file() and (run_dir / "data/README.md").is_file()
-    store = Store(run_dir, readonly=True)
+    store = SQLiteStore(run_dir, readonly=True)
     left = store.counts()
     store.close()
     assert left["downloaded"] < 40 and left["submitted"] >= 2  # requests of the old emulator were in flight
@@ -555,7 +555,7 @@ def test_disk_full_is_a_clear_error_and_the_rerun_after_freeing_space_completes(
         duplicates = emu.stats()["duplicate_submits"]
         assert len(images(disk / "t")) == 40
         assert_all_verified(disk / "t")
-        store = Store(disk / "t", readonly=True)
+        store = SQLiteStore(disk / "t", readonly=True)
         assert duplicates == store.total_ambiguous() <= 4  # at most the submits in flight, each counted
         store.close()
         assert (f"paid twice: {duplicates}" in out) == (duplicates > 0)
@@ -705,7 +705,7 @@ def test_a_refused_submit_is_not_ambiguous(tmp_path: Path):
     with background_emulator(service=FAST, key="right") as emu:
         code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), env={"FAL_KEY": "no"})
     assert code == 3
-    store = Store(tmp_path / "out/t")
+    store = SQLiteStore(tmp_path / "out/t")
     try:
         assert store.ambiguous() == 0
         assert all(r.attempts == 0 and r.submit_started is None for r in store.rows())
@@ -726,6 +726,112 @@ def test_a_slowloris_ends_within_the_job_deadline(tmp_path: Path, op):
     assert elapsed < 3 + 12
 
 
+# -------------------------------------------------- shared state: several workers, one PostgreSQL
+
+
+def _worker(manifest: Path, url: str, state: str, events: list[dict], **options: object) -> object:
+    """One `renderer run` worker, as the Python API runs it (its own event loop, in this thread)."""
+    from renderer import api
+    plan = api.load_manifest(manifest)
+    return api.run(plan, provider=url, state=state, on_event=events.append, env={"FAL_KEY": "k"}, **options)
+
+
+def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+    """Three workers on one PostgreSQL state: every job rendered once, images written once, the dataset written once."""
+    monkeypatch.chdir(tmp_path)
+    import threading
+    manifest = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"a cat {i}"} for i in range(6)],
+                              seeds=[1, 2, 3, 4])
+    with background_emulator(service=ServiceTime("fixed", 0.05), workers=16) as emu:
+        events: list[list[dict]] = [[], [], []]
+        summaries: list[object] = [None, None, None]
+
+        def go(i: int) -> None:
+            summaries[i] = _worker(manifest, emu.url, postgres_url, events[i], concurrency=4, lease=5)
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        stats = emu.stats()
+    assert all(getattr(s, "outcome", None) == "done" for s in summaries), summaries
+    downloaded = [e["key"] for evs in events for e in evs if e["type"] == "downloaded"]
+    assert len(downloaded) == len(set(downloaded)) == 24
+    assert sum(1 for evs in events if any(e["type"] == "downloaded" for e in evs)) >= 2  # the work was shared
+    assert stats["submits"] == 24 and stats["duplicate_submits"] == 0
+    run_dir = tmp_path / "outputs" / "t"
+    assert len(images(run_dir)) == 24
+    rows = (run_dir / "data" / "metadata.jsonl").read_text().splitlines()
+    assert len(rows) == 24 and json.loads((run_dir / "run.json").read_text())["outcome"] == "done"
+    assert not (run_dir / "renderer.sqlite").exists()  # the state is the shared one
+
+
+def test_a_paused_worker_is_fenced_and_its_jobs_reattached(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+    """A worker paused past its lease loses its jobs to another, which reattaches by request id: nothing paid twice, nothing written twice."""
+    monkeypatch.chdir(tmp_path)
+    import asyncio
+    import threading
+    manifest = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"a dog {i}"} for i in range(4)],
+                              )
+    with background_emulator(service=ServiceTime("fixed", 1.5), workers=8) as emu:
+        first: list[dict] = []
+        loops: list[asyncio.AbstractEventLoop] = []
+
+        def on_event(event: dict) -> None:
+            first.append(event)
+            if event["type"] == "submitted" and not loops:
+                loops.append(asyncio.get_running_loop())
+        box: dict[str, object] = {}
+        a = threading.Thread(target=lambda: box.setdefault("a", _run_with(manifest, emu.url, postgres_url, on_event)))
+        a.start()
+        deadline = time.monotonic() + 30
+        while not (loops and sum(e["type"] == "submitted" for e in first) == 4) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert loops, "the first worker never submitted"
+        # The first worker's loop stops for 3 s (a paused VM): its 1 s leases expire meanwhile.
+        loops[0].call_soon_threadsafe(time.sleep, 3.0)
+        time.sleep(1.3)
+        second: list[dict] = []
+        box["b"] = _worker(manifest, emu.url, postgres_url, second, concurrency=4, lease=30)
+        a.join(60)
+        stats = emu.stats()
+    assert getattr(box["b"], "outcome", None) == "done"
+    taken = {e["key"] for e in second if e["type"] == "downloaded"}
+    assert len(taken) == 4  # the second finished every job...
+    assert not [e for e in second if e["type"] == "submitted"]  # ...by reattaching, never submitting
+    assert not [e for e in first if e["type"] == "downloaded"]  # the stale worker wrote nothing
+    assert any("lease" in str(e.get("message", "")) for e in first)
+    assert stats["submits"] == 4 and stats["duplicate_submits"] == 0
+    assert len(images(tmp_path / "outputs" / "t")) == 4
+
+
+def _run_with(manifest: Path, url: str, state: str, on_event: object) -> object:
+    from renderer import api
+    return api.run(api.load_manifest(manifest), provider=url, state=state, on_event=on_event,  # type: ignore[arg-type]
+                   env={"FAL_KEY": "k"}, concurrency=4, lease=1)
+
+
+def test_finalize_and_status_read_the_shared_state(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+    """`renderer finalize` writes the dataset from shared state; `status --state` shows workers and counts."""
+    monkeypatch.chdir(tmp_path)
+    manifest = write_manifest(tmp_path, seeds=[1, 2, 3])
+    with background_emulator(service=FAST) as emu:
+        code, _out, err = cli("run", str(manifest), "--provider", emu.url, "--state", postgres_url, "--quiet",
+                              env={"FAL_KEY": "k"})
+    assert code == 0, err
+    run_dir = tmp_path / "outputs" / "t"
+    (run_dir / "data" / "metadata.jsonl").unlink()
+    code, out, err = cli("finalize", str(manifest), "--state", postgres_url)
+    assert code == 0, err
+    assert "3 finished jobs" in out and len((run_dir / "data" / "metadata.jsonl").read_text().splitlines()) == 3
+    code, out, err = cli("status", str(run_dir), "--state", postgres_url, "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["counts"]["downloaded"] == 3 and len(shown["workers"]) == 1 and shown["workers"][0]["held"] == 0
+    code, _out, err = cli("status", str(tmp_path / "outputs" / "nope"), "--state", postgres_url)
+    assert code == 2 and "no run 'nope'" in err
+
+
 # -------------------------------------------------- several accounts (provider.accounts)
 
 ACCOUNT_KEYS = {"FAL_KEY_A": "acct-a-" + os.urandom(8).hex(), "FAL_KEY_B": "acct-b-" + os.urandom(8).hex()}
@@ -741,7 +847,7 @@ def _emulator_keys(**labels: str) -> tuple[tuple[str, str], ...]:
 
 
 def _accounts_of(run_dir: Path) -> Counter[str | None]:
-    store = Store(run_dir, readonly=True)
+    store = SQLiteStore(run_dir, readonly=True)
     try:
         return Counter(r.account for r in store.rows() if r.request_id)
     finally:
@@ -775,7 +881,7 @@ def test_a_429_halves_only_the_account_it_came_from(tmp_path: Path, registry: Sc
     events: list[dict[str, object]] = []
     client = Client("http://127.0.0.1:9")
     clients = {"a": client.with_key("key-aaaaaaaa"), "b": client.with_key("key-bbbbbbbb")}
-    store = Store(tmp_path)
+    store = SQLiteStore(tmp_path)
     try:
         runner = Runner(plan_mod.build(load(MANIFESTS / "quickstart.yaml"), registry), store, client,
                         RunConfig(concurrency=12, accounts=(AccountLimit("a", 8), AccountLimit("b", 4))),
@@ -866,7 +972,7 @@ def test_a_locked_account_stops_alone_and_the_other_finishes(tmp_path: Path):
     assert record["outcome"] == "done" and record["accounts"]["FAL_KEY_A"]["stopped"] is None
     assert "User is locked" in record["accounts"]["team-b"]["stopped"]
     assert len(images(tmp_path / "o/t")) == 12
-    store = Store(tmp_path / "o/t", readonly=True)
+    store = SQLiteStore(tmp_path / "o/t", readonly=True)
     try:
         assert store.ambiguous() == 0 and all(r.account == "FAL_KEY_A" for r in store.rows())
     finally:
@@ -903,3 +1009,31 @@ def test_no_account_key_appears_in_any_output_file_or_log(tmp_path: Path):
     written = _everything_written(tmp_path / "o") + log.read_bytes()
     for key in ACCOUNT_KEYS.values():
         assert key not in out + err + json_out[1] + json_out[2] + status and key.encode() not in written
+
+
+def test_account_limits_hold_across_workers_sharing_state(tmp_path: Path, postgres_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """Three workers, two accounts (limits 2 and 1) in shared state: the emulator never sees an account over its limit."""
+    import threading
+    monkeypatch.chdir(tmp_path)
+    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 2},
+                                      {"key_env": "FAL_KEY_B", "concurrency": 1}],
+                           seeds=list(range(1, 19)), limits={"rate": 1000})
+    with background_emulator(service=ServiceTime("fixed", 0.1), workers=12,
+                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
+        codes: list[int] = []
+
+        def worker() -> None:
+            codes.append(cli("run", str(m), "--provider", emu.url, "--state", postgres_url, "--quiet",
+                             env=ACCOUNT_KEYS)[0])
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        stats = emu.stats()
+    assert codes == [0, 0, 0]
+    a, b = stats["accounts"]["FAL_KEY_A"], stats["accounts"]["FAL_KEY_B"]
+    assert a["peak_in_flight"] <= 2 and b["peak_in_flight"] <= 1
+    assert a["submits"] + b["submits"] == 18 and stats["duplicate_submits"] == 0 and stats["foreign_reads"] == 0
+    assert len(images(tmp_path / "outputs" / "t")) == 18

@@ -1,9 +1,10 @@
-"""The run database: migrations, one transaction per state change, pending work by query, the lock."""
+"""The run's state on SQLite and PostgreSQL alike: one transaction per state change, pending work by query, leases."""
 
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,25 @@ import pytest
 from renderer import plan
 from renderer.errors import RunLocked
 from renderer.manifest import load
+from renderer.pgstore import PostgresStore
 from renderer.schemas import SchemaRegistry
-from renderer.store import DB_NAME, MIGRATIONS, RunLock, Store, migrate
+from renderer.store import DB_NAME, MIGRATIONS, LeaseLost, RunLock, SQLiteStore, Store, migrate
 
 from .conftest import MANIFESTS
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Opens the run's state on each database: every test that takes it runs against both."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
+    opened: list[Store] = []
+
+    def make() -> Store:
+        opened.append(PostgresStore(url, tmp_path, "t") if url else SQLiteStore(tmp_path))
+        return opened[-1]
+    yield make
+    for store in opened:
+        store.close()
 
 
 def _plan(registry: SchemaRegistry) -> plan.Plan:
@@ -38,10 +54,10 @@ def test_blank_and_old_databases_migrate_to_the_same_schema(tmp_path: Path):
     assert tables(fresh) == tables(old)
 
 
-def test_state_moves_and_pending_is_derived(tmp_path: Path, registry: SchemaRegistry):
+def test_state_moves_and_pending_is_derived(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
     """Pending work comes from states, in plan order; finished and failed jobs are not pending."""
     p = _plan(registry)
-    store = Store(tmp_path)
+    store = open_state()
     store.sync_plan(p.jobs)
     keys = [j.key for j in p.jobs]
     assert store.pending() == keys
@@ -58,10 +74,10 @@ def test_state_moves_and_pending_is_derived(tmp_path: Path, registry: SchemaRegi
     assert store.pending() == keys[1:]
 
 
-def test_jobs_leaving_the_plan_are_kept_and_marked(tmp_path: Path, registry: SchemaRegistry):
+def test_jobs_leaving_the_plan_are_kept_and_marked(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
     """Syncing a smaller plan keeps the old rows (and their files) as no longer planned."""
     p = _plan(registry)
-    store = Store(tmp_path)
+    store = open_state()
     store.sync_plan(p.jobs)
     store.sync_plan(p.jobs[:3])
     assert store.counts()["no_longer_planned"] == 5
@@ -71,11 +87,11 @@ def test_jobs_leaving_the_plan_are_kept_and_marked(tmp_path: Path, registry: Sch
 
 def test_database_is_wal_and_survives_reopen(tmp_path: Path, registry: SchemaRegistry):
     """The database uses WAL and keeps committed state across connections."""
-    store = Store(tmp_path)
+    store = SQLiteStore(tmp_path)
     store.sync_plan(_plan(registry).jobs)
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
-    again = Store(tmp_path, readonly=True)
+    again = SQLiteStore(tmp_path, readonly=True)
     assert len(again.pending()) == 8
     again.close()
     assert (tmp_path / DB_NAME).is_file()
@@ -90,10 +106,10 @@ def test_the_lock_refuses_a_second_holder(tmp_path: Path):
         pass
 
 
-def test_resubmits_are_recorded_per_run_with_their_reason(tmp_path: Path, registry: SchemaRegistry):
+def test_resubmits_are_recorded_per_run_with_their_reason(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
     """Each paid resubmission is one row with its reason and run; a free one (paid=False) is not counted."""
     p = _plan(registry)
-    store = Store(tmp_path)
+    store = open_state()
     store.sync_plan(p.jobs)
     keys = [j.key for j in p.jobs]
     first = store.start_run(0)
@@ -111,10 +127,10 @@ def test_resubmits_are_recorded_per_run_with_their_reason(tmp_path: Path, regist
     store.close()
 
 
-def test_a_new_job_never_takes_a_path_a_recorded_job_holds(tmp_path: Path, registry: SchemaRegistry):
+def test_a_new_job_never_takes_a_path_a_recorded_job_holds(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
     """Two keys with one stem (a non-axis parameter changed): the later one gets stem + '_' + its key's start."""
     p = _plan(registry)
-    store = Store(tmp_path)
+    store = open_state()
     store.sync_plan(p.jobs[:1])
     job = p.jobs[0]
     other = dataclasses.replace(job, key="j1-" + "ab" * 32)
@@ -135,13 +151,13 @@ def _many(registry: SchemaRegistry, seeds: int, tmp_path: Path, name: str = "m.y
     return plan.build(parse(text, tmp_path / name), registry)
 
 
-def test_sync_streams_in_batches_and_keeps_the_plan_exact(tmp_path: Path, registry: SchemaRegistry,
+def test_sync_streams_in_batches_and_keeps_the_plan_exact(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry,
                                                           monkeypatch: pytest.MonkeyPatch):
     """Synced in many small transactions, the rows match the plan; a shrunk plan marks the rest out."""
     import renderer.store as store_mod
     monkeypatch.setattr(store_mod, "SYNC_BATCH", 7)
     big, small = _many(registry, 20, tmp_path), _many(registry, 13, tmp_path)
-    store = Store(tmp_path)
+    store = open_state()
     assert store.sync_plan(big.jobs, big.digest)
     assert store.pending() == [j.key for j in big.jobs]
     assert not store.sync_plan(big.jobs, big.digest)  # same digest: nothing read, nothing written
@@ -152,13 +168,13 @@ def test_sync_streams_in_batches_and_keeps_the_plan_exact(tmp_path: Path, regist
     assert store.pending() == [j.key for j in big.jobs] and store.counts()["no_longer_planned"] == 0
 
 
-def test_pending_and_finished_files_are_read_in_pages(tmp_path: Path, registry: SchemaRegistry,
+def test_pending_and_finished_files_are_read_in_pages(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry,
                                                       monkeypatch: pytest.MonkeyPatch):
     """Paging by plan position and rowid sees every row once, whatever the page size."""
     import renderer.store as store_mod
     monkeypatch.setattr(store_mod, "PAGE", 3)
     p = _many(registry, 10, tmp_path)
-    store = Store(tmp_path)
+    store = open_state()
     store.sync_plan(p.jobs, p.digest)
     keys = [j.key for j in p.jobs]
     for key in keys[::4]:
@@ -175,18 +191,149 @@ def test_pending_and_finished_files_are_read_in_pages(tmp_path: Path, registry: 
     assert sorted(store.downloaded_files()) == sorted((k, [{"path": k}]) for k in keys[::4])
 
 
-def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(tmp_path: Path,
+def _finish(store: Store, key: str) -> None:
+    store.submit_started(key)
+    store.submitted(key, f"r-{key[-6:]}", "s", "r", "c")
+    store.completed(key, {"images": []})
+    store.downloaded(key, [{"path": key}])
+
+
+def test_claims_split_the_plan_and_every_job_is_finished_once(open_state: Callable[[], Store], tmp_path: Path,
+                                                              registry: SchemaRegistry):
+    """Two workers claiming in turns get disjoint jobs in plan order; finished jobs are never claimed again."""
+    p = _many(registry, 6, tmp_path)
+    a, b = open_state(), open_state()
+    a.sync_plan(p.jobs, p.digest)
+    a.join("a", 30)
+    b.join("b", 30)
+    got: dict[str, str] = {}
+    while True:
+        batches = [(a, a.claim(4)), (b, b.claim(3))]
+        if not any(batch for _, batch in batches):
+            break
+        for worker, batch in batches:
+            assert [c.plan_index for c in batch] == sorted(c.plan_index for c in batch)
+            for c in batch:
+                assert c.key not in got, "a job was claimed twice"
+                got[c.key] = str(worker.owner)
+                _finish(worker, c.key)  # fenced: succeeds only for the holder
+    assert sorted(got) == sorted(j.key for j in p.jobs)
+    assert set(got.values()) == {"a", "b"}
+    assert a.unfinished() == 0 and a.counts()["downloaded"] == 30
+    assert {w["id"]: w["held"] for w in a.workers()} == {"a": 0, "b": 0}
+
+
+def test_a_worker_that_lost_its_lease_commits_nothing(open_state: Callable[[], Store], tmp_path: Path,
+                                                      registry: SchemaRegistry):
+    """Fencing: after the lease expires and another worker takes the job, every change by the first is refused."""
+    import time
+    p = _plan(registry)
+    first, second = open_state(), open_state()
+    first.sync_plan(p.jobs, p.digest)
+    first.join("first", 0.3)
+    second.join("second", 30)
+    key = first.claim(1)[0].key
+    first.submit_started(key)
+    first.submitted(key, "req-1", "s", "r", "c")
+    time.sleep(0.45)  # the first worker pauses past its lease
+    taken = second.claim(8)
+    assert key in {c.key for c in taken}
+    row = second.get(key)
+    assert row.request_id == "req-1" and row.state == "submitted"  # reattach, never resubmit
+    for change in (lambda: first.completed(key, {"images": []}), lambda: first.downloaded(key, []),
+                   lambda: first.failed(key, "x", "rejected"), lambda: first.resubmit(key, "x"),
+                   lambda: first.submit_started(key), lambda: first.hold(key)):
+        with pytest.raises(LeaseLost):
+            change()
+    assert second.get(key).state == "submitted" and second.resubmit_reasons() == {}
+    assert first.renew() == set()
+    second.completed(key, {"images": []})
+    second.downloaded(key, [])
+    assert second.get(key).state == "downloaded"
+
+
+def test_an_expired_lease_cannot_commit_even_before_anyone_takes_it(open_state: Callable[[], Store], tmp_path: Path,
+                                                                    registry: SchemaRegistry):
+    """A lease past its time is void for its holder (a paused worker waking up), taken or not."""
+    import time
+    p = _plan(registry)
+    store = open_state()
+    store.sync_plan(p.jobs, p.digest)
+    store.join("w", 0.2)
+    key = store.claim(1)[0].key
+    time.sleep(0.3)
+    with pytest.raises(LeaseLost):
+        store.submit_started(key)
+    assert store.get(key).attempts == 0
+
+
+def test_renewal_keeps_jobs_and_release_hands_them_back(open_state: Callable[[], Store], tmp_path: Path,
+                                                        registry: SchemaRegistry):
+    """A renewed lease outlives its first term; released jobs are claimable at once; a trial bound is kept."""
+    import time
+    p = _plan(registry)
+    a, b = open_state(), open_state()
+    a.sync_plan(p.jobs, p.digest)
+    a.join("a", 0.4)
+    b.join("b", 30)
+    held = {c.key for c in a.claim(3, before=5)}
+    assert len(held) == 3 and {c.plan_index for c in b.claim(10, before=5)} == {3, 4}
+    for _ in range(3):
+        time.sleep(0.2)
+        assert a.renew() == held
+    assert b.claim(10, before=5) == []  # still a's, after three times its first lease
+    a.release()
+    assert {c.key for c in b.claim(10, before=5)} == held
+    assert b.unfinished(before=5) == 5 and b.unfinished() == 8
+
+
+def test_two_workers_recording_one_plan_insert_each_job_once(open_state: Callable[[], Store], tmp_path: Path,
+                                                             registry: SchemaRegistry):
+    """Workers starting together each sync the plan: the rows are the plan's, once."""
+    p = _many(registry, 4, tmp_path)
+    a, b = open_state(), open_state()
+    a.sync_plan(p.jobs, "")
+    assert not b.sync_plan(p.jobs, "")  # nothing new for the second
+    assert b.pending() == [j.key for j in p.jobs]
+    assert a.set_meta_once("finalized", "x") and not b.set_meta_once("finalized", "x")
+    assert b.set_meta_once("finalized", "y")
+
+
+def test_account_slots_are_global_and_leased(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest):
+    """N workers never hold more slots of an account than its limit; a dead worker's slots return after its lease."""
+    import time
+    a, b = PostgresStore(postgres_url, tmp_path, "t"), PostgresStore(postgres_url, tmp_path, "t")
+    request.addfinalizer(a.close)
+    request.addfinalizer(b.close)
+    a.join("a", 0.3)
+    b.join("b", 30)
+    a.set_accounts({"A": 3, "B": 1})
+    got = [a.acquire_slot("A", "j1"), b.acquire_slot("A", "j2"), a.acquire_slot("A", "j3")]
+    assert sorted(got) == [0, 1, 2] and b.acquire_slot("A", "j4") is None
+    assert b.acquire_slot("B", "j5") == 0 and a.acquire_slot("B", "j6") is None
+    assert {x["name"]: (x["in_flight"], x["limit"]) for x in a.accounts()} == {"A": (3, 3), "B": (1, 1)}
+    b.release_slot("A", got[1])
+    assert b.acquire_slot("A", "j4") == got[1]
+    time.sleep(0.4)  # a stops renewing: its two slots of A are free again
+    assert sorted([b.acquire_slot("A", "j7"), b.acquire_slot("A", "j8")]) == sorted([got[0], got[2]])
+    a.set_accounts({"A": 1, "B": 1})  # a lower limit: slots above it are never handed out
+    b.release()
+    assert b.acquire_slot("A", "j9") == 0 and b.acquire_slot("A", "j10") is None
+
+
+def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(open_state: Callable[[], Store],
+                                                                                tmp_path: Path,
                                                                                 registry: SchemaRegistry):
     """The account is stored with the request id, survives reopen and --retry-failed, and is cleared by a resubmit."""
     p = _plan(registry)
-    store = Store(tmp_path)
+    store = open_state()
     store.sync_plan(p.jobs)
     a, b = p.jobs[0].key, p.jobs[1].key
     store.submitted(a, "r1", "s", "r", "c", account="team-b")
     store.submitted(b, "r2", "s", "r", "c")
     store.failed(a, "deadline", "deadline")
     store.close()
-    store = Store(tmp_path)
+    store = open_state()
     assert store.get(a).account == "team-b" and store.get(b).account is None
     store.retry_failed()
     assert store.get(a).state == "submitted" and store.get(a).account == "team-b"

@@ -1,0 +1,307 @@
+"""The run's state in PostgreSQL, shared by every worker of a distributed run (`--state postgresql://…`).
+
+The same statements as the SQLite store (store.Store), adapted here: psycopg's `%s` placeholders,
+its rows given sqlite3.Row's access by name and position, its errors translated into StateError.
+Each run (manifest `name`) lives in its own schema, so one database can hold many runs.
+
+Invariants (beyond store.py's):
+  * The database's clock decides leases (`clock_timestamp()`), never a worker's: workers on
+    machines whose clocks disagree still agree on who holds a job.
+  * Claims take `FOR UPDATE SKIP LOCKED`: concurrent claimers never get the same job and never
+    wait for each other.
+  * Account slots (`acquire_slot`) are leased rows too: a worker that dies holds no slot past
+    its lease, so N workers never have more requests in flight for an account than it allows.
+  * psycopg's exceptions are translated in this module only; messages never carry a password.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import StateError, UsageError
+from .store import Store
+
+SCHEMA_VERSION = [
+    ("p001_schema", """
+        CREATE TABLE jobs (
+            key text PRIMARY KEY,
+            plan_index bigint,
+            in_plan integer NOT NULL DEFAULT 1,
+            endpoint text NOT NULL,
+            model text NOT NULL,
+            prompt_id text NOT NULL,
+            prompt text NOT NULL,
+            seed bigint,
+            axes text NOT NULL,
+            stem text NOT NULL,
+            input text NOT NULL,
+            num_images integer NOT NULL,
+            tags text NOT NULL,
+            source text NOT NULL,
+            state text NOT NULL DEFAULT 'planned'
+                CHECK (state IN ('planned', 'submitted', 'completed', 'downloaded', 'failed')),
+            attempts integer NOT NULL DEFAULT 0,
+            submit_started double precision,
+            request_id text,
+            status_url text,
+            response_url text,
+            cancel_url text,
+            submitted_at double precision,
+            completed_at double precision,
+            downloaded_at double precision,
+            result text,
+            files text,
+            error text,
+            error_kind text,
+            updated_at double precision NOT NULL,
+            provider text,
+            account text,
+            owner text,
+            lease_until double precision,
+            claims integer NOT NULL DEFAULT 0
+        );
+        CREATE INDEX jobs_order ON jobs (plan_index);
+        CREATE INDEX jobs_open ON jobs (plan_index) WHERE in_plan = 1 AND state NOT IN ('downloaded', 'failed');
+        CREATE INDEX jobs_held ON jobs (owner) WHERE owner IS NOT NULL;
+        CREATE INDEX jobs_stem ON jobs (lower(stem));
+        CREATE TABLE runs (
+            id bigserial PRIMARY KEY,
+            started_at double precision NOT NULL,
+            finished_at double precision,
+            outcome text,
+            ambiguous_resubmits integer NOT NULL DEFAULT 0,
+            summary text
+        );
+        CREATE TABLE resubmits (
+            id bigserial PRIMARY KEY,
+            key text NOT NULL,
+            run_id bigint,
+            at double precision NOT NULL,
+            reason text NOT NULL
+        );
+        CREATE TABLE meta (name text PRIMARY KEY, value text NOT NULL);
+        CREATE TABLE workers (
+            id text PRIMARY KEY,
+            host text NOT NULL,
+            pid integer,
+            started double precision NOT NULL,
+            heartbeat double precision NOT NULL
+        );
+        CREATE TABLE slots (
+            account text NOT NULL,
+            n integer NOT NULL,
+            owner text,
+            lease_until double precision,
+            job text,
+            PRIMARY KEY (account, n)
+        );
+        CREATE TABLE accounts (name text PRIMARY KEY, concurrency integer NOT NULL);
+    """),
+]
+
+_PLACEHOLDER = re.compile(r"\?")
+ADVISORY_SCHEMA = 7403112  # serialises schema creation across workers starting at once
+ADVISORY_SYNC = 7403113  # one worker records the plan; the others then find its digest
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and status."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def schema_name(run: str) -> str:
+    """The PostgreSQL schema of a run: readable, a valid identifier, distinct per run name."""
+    slug = re.sub(r"[^a-z0-9_]", "_", run.lower())[:40]
+    return f"run_{slug}_{hashlib.sha256(run.encode()).hexdigest()[:8]}"
+
+
+class _Record(tuple):  # type: ignore[type-arg]
+    """A row read by position (r[0]) or by column name (r['key']), as sqlite3.Row allows."""
+
+    _names: dict[str, int]
+
+    def __new__(cls, values: Sequence[Any], names: dict[str, int]) -> _Record:
+        record = super().__new__(cls, values)
+        record._names = names
+        return record
+
+    def __getitem__(self, index: Any) -> Any:  # type: ignore[override]
+        if isinstance(index, str):
+            index = self._names[index]
+        return tuple.__getitem__(self, index)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _records(cursor: Any) -> Any:
+    names = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: _Record(values, names)
+
+
+class _Connection:
+    """psycopg behind sqlite3's execute/executemany: `?` placeholders, errors as StateError."""
+
+    def __init__(self, conn: Any, where: str) -> None:
+        self.conn = conn
+        self.where = where
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        import psycopg
+        try:
+            return self.conn.execute(_PLACEHOLDER.sub("%s", sql), tuple(args))
+        except psycopg.Error as exc:
+            raise _state_error(self.where, exc) from exc
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        import psycopg
+        try:
+            cursor = self.conn.cursor()
+            cursor.executemany(_PLACEHOLDER.sub("%s", sql), rows)
+            return cursor
+        except psycopg.Error as exc:
+            raise _state_error(self.where, exc) from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _state_error(where: str, exc: Exception) -> StateError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return StateError(f"the shared state ({where}) failed: {first}",
+                      hint="check that the server is up and reachable (--state, RENDERER_STATE), then rerun the "
+                      "same command: what was committed stays committed and is not paid for again")
+
+
+class PostgresStore(Store):
+    shared = True
+    hint = ""
+    seen_table = "seen"
+    skip_locked = "FOR UPDATE SKIP LOCKED"
+    NOW = "extract(epoch from clock_timestamp())"
+    nsfw_sql = "(result::jsonb -> 'has_nsfw_concepts')::text"
+
+    def __init__(self, url: str, run_dir: Path, run: str, *, readonly: bool = False) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise StateError("shared state in PostgreSQL needs the psycopg package",
+                             hint="pip install 'renderer[postgres]'") from exc
+        self.run_dir = run_dir
+        self.url = url
+        self.schema = schema_name(run)
+        self.where = f"{redact(url)} schema {self.schema}"
+        try:
+            conn = psycopg.connect(url, autocommit=True, row_factory=_records)
+        except psycopg.Error as exc:
+            # libpq's message names host and database, never a password given in the URL.
+            raise StateError(f"cannot connect to the shared state {redact(url)}: "
+                             f"{(str(exc).strip().splitlines() or ['?'])[0][:300]}",
+                             hint="check the postgresql://… URL (--state, RENDERER_STATE) and that the server is up") \
+                from exc
+        self.db = _Connection(conn, self.where)
+        exists = self.db.execute("SELECT 1 FROM pg_namespace WHERE nspname = ?", (self.schema,)).fetchone()
+        if readonly and not exists:
+            conn.close()
+            raise UsageError(f"no run {run!r} in the shared state {redact(url)}",
+                             hint="give the manifest's name (the run directory's last part) of a run started "
+                             "with this --state")
+        if not readonly:
+            with self._tx() as db:
+                db.execute(f"SELECT pg_advisory_xact_lock({ADVISORY_SCHEMA})")
+                db.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                db.execute(f'SET LOCAL search_path TO "{self.schema}"')
+                db.execute("CREATE TABLE IF NOT EXISTS _migrations (name text PRIMARY KEY, "
+                           "applied_at double precision NOT NULL)")
+                done = {r[0] for r in db.execute("SELECT name FROM _migrations")}
+                for name, ddl in SCHEMA_VERSION:
+                    if name not in done:
+                        db.execute(ddl)
+                        db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+        self.db.execute(f'SET search_path TO "{self.schema}"')
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Connection]:
+        import psycopg
+        try:
+            with self.db.conn.transaction():
+                yield self.db
+        except psycopg.Error as exc:
+            raise _state_error(self.where, exc) from exc
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        self.db.execute(f"SELECT pg_advisory_lock({ADVISORY_SYNC})")
+        try:
+            yield
+        finally:
+            self.db.execute(f"SELECT pg_advisory_unlock({ADVISORY_SYNC})")
+
+    def models_without_cost(self) -> list[str]:
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "
+            "(SELECT 1 FROM jsonb_array_elements(jobs.files::jsonb) AS f(value) "
+            "WHERE jsonb_typeof(f.value -> 'cost') IS NULL OR jsonb_typeof(f.value -> 'cost') = 'null')")]
+
+    # -------------------------------------------------- account slots (global across workers)
+
+    def set_accounts(self, limits: dict[str, int]) -> None:
+        """Record each account's concurrency and make sure it has that many slot rows."""
+        with self._tx() as db:
+            for name, limit in limits.items():
+                db.execute("INSERT INTO accounts VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                           "concurrency = excluded.concurrency", (name, int(limit)))
+                db.execute("INSERT INTO slots (account, n) SELECT ?, g FROM generate_series(0, ? - 1) AS g "
+                           "ON CONFLICT DO NOTHING", (name, int(limit)))
+
+    def acquire_slot(self, account: str, job: str) -> int | None:
+        """Lease one free slot of `account` for `job`; None when all its slots are held."""
+        with self._tx() as db:
+            row = db.execute(
+                f"UPDATE slots SET owner = ?, job = ?, lease_until = {self.NOW} + ? WHERE (account, n) IN ("
+                "SELECT s.account, s.n FROM slots s JOIN accounts a ON a.name = s.account "
+                f"WHERE s.account = ? AND s.n < a.concurrency AND (s.owner IS NULL OR s.lease_until <= {self.NOW}) "
+                f"ORDER BY s.n LIMIT 1 {self.skip_locked}) RETURNING n",
+                (self.owner, job, self.lease, account)).fetchone()
+        return None if row is None else int(row[0])
+
+    def release_slot(self, account: str, n: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE slots SET owner = NULL, job = NULL, lease_until = NULL "
+                       "WHERE account = ? AND n = ? AND owner = ?", (account, n, self.owner))
+
+    def renew(self) -> set[str]:
+        held = super().renew()
+        with self._tx() as db:
+            db.execute(f"UPDATE slots SET lease_until = {self.NOW} + ? WHERE owner = ? AND lease_until > {self.NOW}",
+                       (self.lease, self.owner))
+        return held
+
+    def release(self) -> None:
+        super().release()
+        if self.owner is not None:
+            with self._tx() as db:
+                db.execute("UPDATE slots SET owner = NULL, job = NULL, lease_until = NULL WHERE owner = ?",
+                           (self.owner,))
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """Per account: requests in flight across all workers (live slot leases) and its limit."""
+        rows = self.db.execute(
+            "SELECT a.name, a.concurrency, (SELECT COUNT(*) FROM slots s WHERE s.account = a.name AND "
+            f"s.owner IS NOT NULL AND s.lease_until > {self.NOW}) FROM accounts a ORDER BY a.name").fetchall()
+        return [{"name": r[0], "limit": int(r[1]), "in_flight": int(r[2])} for r in rows]
