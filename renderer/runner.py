@@ -331,6 +331,9 @@ def writing(path: Path) -> Iterator[None]:
         raise StateError(f"cannot write {path}: {exc.strerror or exc}", hint=_disk_hint(exc)) from exc
 
 
+SINGLE_KEY = "(single key)"  # how run.json and status name the key of a run without provider.accounts
+
+
 def _who(name: str | None) -> str:
     return f"account {name!r}" if name is not None else "the single key of an earlier run"
 
@@ -604,7 +607,7 @@ class Runner:
             with writing(self.run_dir / DATA_DIR):
                 self.export()
         error, hint = (self.fatal.message, self.fatal.hint) if self.fatal else (None, None)
-        waiting = {_who(name).removeprefix("account ").strip("'"): n for name, n in self.waiting.items()}
+        waiting = {(name if name is not None else SINGLE_KEY): n for name, n in self.waiting.items()}
         if self.fatal is not None:
             outcome = "stopped"
         elif self.stopping:
@@ -696,12 +699,12 @@ class Runner:
 
     async def _advance(self, key: str) -> None:
         try:
-            row: Row | None = self.store.get(key)
-            assert row is not None
+            first = self.store.get(key)
             # An account's slot is taken before the deadline starts: waiting for room at the
             # provider is not the job's own time (as with the run's slots, taken by the worker).
-            if not await self._hold(row):
+            if not await self._hold(first):
                 return
+            row: Row | None = first
             # The job deadline covers the whole job: submit, wait, result and download.
             deadline = time.monotonic() + self.config.timeout
             while True:

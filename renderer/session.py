@@ -31,7 +31,7 @@ from .errors import UsageError
 from .manifest import PROVIDERS, ProviderConfig
 from .pgstore import PostgresStore
 from .plan import Job, Plan
-from .runner import Event, RunConfig, Runner, Summary, iso_time, publish, write_dataset
+from .runner import SINGLE_KEY, Event, RunConfig, Runner, Summary, iso_time, publish, write_dataset
 from .schemas import SchemaRegistry
 from .storage import LocalStorage, Storage
 from .store import DB_NAME, RunLock, SQLiteStore, Store, open_store, sql_error
@@ -485,7 +485,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         # Which account holds each submitted request (only that account's key can follow it).
         by_account: dict[str, int] = {}
         for r in store.rows(in_plan=True, state="submitted"):
-            name = r.account if r.account is not None else "(single key)"
+            name = r.account if r.account is not None else SINGLE_KEY
             by_account[name] = by_account.get(name, 0) + 1
         ambiguous = store.ambiguous()
         # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
@@ -533,7 +533,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
                       f"{now - w['heartbeat']:.0f} s ago\n")
     for a in accounts:
         out.write(f"account {a['name']}: {a['in_flight']} of {a['limit']} in flight\n")
-    if set(by_account) - {"(single key)"}:
+    if set(by_account) - {SINGLE_KEY}:
         out.write("submitted, by account: " + ", ".join(f"{name}={n}" for name, n in by_account.items()) + "\n")
     for name, n in ((last or {}).get("waiting_for_accounts") or {}).items():
         out.write(f"waiting for an account: {n} submitted job(s) of {name!r} could not be followed in the last run "

@@ -903,14 +903,15 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
     m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 3},
                                       {"key_env": "FAL_KEY_B", "concurrency": 1, "name": "small"}],
                            seeds=list(range(1, 25)), limits={"rate": 1000})
-    with background_emulator(service=ServiceTime("fixed", 0.05), workers=8,
+    with background_emulator(service=ServiceTime("fixed", 0.2), workers=8,
                              keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", small="FAL_KEY_B")) as emu:
         code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
                              env=ACCOUNT_KEYS)
         stats = emu.stats()
     assert code == 0, out + err
     a, b = stats["accounts"]["FAL_KEY_A"], stats["accounts"]["small"]
-    assert 1 <= a["peak_in_flight"] <= 3 and b["peak_in_flight"] == 1
+    # 0.2 s a request: the run's total (3 + 1, not limits' default 2) is reached, and no account goes past its own.
+    assert a["peak_in_flight"] == 3 and b["peak_in_flight"] == 1 and stats["peak_in_flight"] == 4
     assert a["submits"] + b["submits"] == 24 and a["submits"] > b["submits"] >= 1
     assert stats["foreign_reads"] == 0 and stats["duplicate_submits"] == 0
     record = json.loads((tmp_path / "o/t/run.json").read_text())
@@ -918,6 +919,25 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
                                                                                  "small": b["submits"]}
     assert _accounts_of(tmp_path / "o/t") == {"FAL_KEY_A": a["submits"], "small": b["submits"]}
     assert len(images(tmp_path / "o/t")) == 24
+
+
+def test_an_accounts_own_rate_paces_its_submits(tmp_path: Path):
+    """An account with rate 10/s (the run's limits.rate far higher): no one-second window holds more than 10 plus the
+    bucket of its submits (the other account is locked, so every accepted submit is its)."""
+    from renderer.runner import bucket_size
+
+    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 30, "rate": "10/s"},
+                                      {"key_env": "FAL_KEY_B", "concurrency": 30}],
+                           seeds=list(range(1, 26)), limits={"rate": 1000})
+    with background_emulator(service=FAST, workers=32, locked=("FAL_KEY_B",),
+                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
+        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
+                             env=ACCOUNT_KEYS)
+        stats = emu.stats()
+    assert code == 0, out + err
+    times = stats["submit_times"]
+    assert len(times) == 25 == stats["accounts"]["FAL_KEY_A"]["submits"]
+    assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= 10 + bucket_size(10)
 
 
 def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_path: Path):
