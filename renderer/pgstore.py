@@ -104,6 +104,8 @@ SCHEMA_VERSION = [
         );
         CREATE TABLE accounts (name text PRIMARY KEY, concurrency integer NOT NULL);
     """),
+    # Rates shared by all workers (`reserve`): the theoretical arrival time of the next turn.
+    ("p002_rates", "CREATE TABLE rates (name text PRIMARY KEY, tat double precision NOT NULL)"),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -298,6 +300,19 @@ class PostgresStore(Store):
             with self._tx() as db:
                 db.execute("UPDATE slots SET owner = NULL, job = NULL, lease_until = NULL WHERE owner = ?",
                            (self.owner,))
+
+    def reserve(self, name: str, interval: float) -> float:
+        """Take the next turn of a rate shared by all workers; returns the seconds to wait for it.
+
+        GCRA: `tat` is when the turn after the last one taken begins; each turn moves it on by
+        `interval`, from now when it lags (no credit piles up while nobody submits).
+        """
+        with self._tx() as db:
+            row = db.execute(
+                f"INSERT INTO rates VALUES (?, {self.NOW} + ?) ON CONFLICT (name) DO UPDATE SET "
+                f"tat = GREATEST(rates.tat, {self.NOW}) + ? RETURNING tat - {self.NOW}",
+                (name, interval, interval)).fetchone()
+        return float(row[0]) - interval
 
     def accounts(self) -> list[dict[str, Any]]:
         """Per account: requests in flight across all workers (live slot leases) and its limit."""

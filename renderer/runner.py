@@ -219,6 +219,19 @@ class SharedSlots(AccountSlots):
         await super().release()
 
 
+class SharedRate:
+    """Submissions per second across every worker of a shared run: evenly spaced turns taken in
+    the database (pgstore.reserve, a GCRA), so N workers together keep one account's rate."""
+
+    def __init__(self, store: Any, name: str, rate: float) -> None:
+        self.store, self.name, self.interval = store, name, 1.0 / rate
+
+    async def acquire(self) -> None:
+        wait = self.store.reserve(self.name, self.interval)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
 @dataclass(eq=False)
 class Account:
     """An account of this run: its client (its key), its slots, its own rate, and whether it stopped."""
@@ -226,7 +239,7 @@ class Account:
     name: str | None  # None: the single key of a run without provider.accounts (recorded as NULL)
     client: Client
     slots: AccountSlots
-    limiter: AsyncLimiter | None = None
+    limiter: AsyncLimiter | SharedRate | None = None
     stopped: AccountError | None = None  # the 401/403 that stopped it
     submitted: int = 0  # requests this run paid for under this account
 
@@ -403,7 +416,11 @@ class Runner:
             # One limit per account across every worker: its slots are leased in the shared state.
             for account in self.accounts.all:
                 account.slots = SharedSlots(account.slots.ceiling, store, account.name or SINGLE_ACCOUNT)
+                rate = next((a.rate for a in config.accounts if a.name == account.name and a.rate), None)
+                if rate:
+                    account.limiter = SharedRate(store, f"account:{account.name}", rate)
             self.accounts.POLL = SharedSlots.POLL
+            self.limiter = SharedRate(store, "run", config.rate)  # --rate: the run's total, all workers
         for account in self.accounts.all:
             account.client.on_event = lambda kind, account=account: self._client_event(kind, account)
         self._held: dict[str, Account] = {}  # key → the account whose slot the job holds

@@ -244,3 +244,24 @@ def test_dry_run_shows_paths_under_the_given_output(tmp_path: Path):
     assert code == 0 and f"{tmp_path / 'o' / 'quickstart'}" in out and not (tmp_path / "o").exists()
     code, _, err = run("run", QUICKSTART, "--dry-run", "--output", "/dev/null")
     assert code == 2 and "not a directory" in err
+
+
+def test_concurrency_flag_and_variable_cap_the_accounts_total(tmp_path: Path):
+    """With provider.accounts the run's total is the accounts' sum; --concurrency or RENDERER_CONCURRENCY caps it."""
+    from renderer.emulator import ServiceTime
+
+    from .conftest import background_emulator, write_manifest
+
+    keys = {"FAL_KEY_A": "cap-key-a-" + os.urandom(6).hex(), "FAL_KEY_B": "cap-key-b-" + os.urandom(6).hex()}
+    m = write_manifest(tmp_path, seeds=list(range(1, 13)), limits={"rate": 1000},
+                       provider={"kind": "fal", "accounts": [{"key_env": "FAL_KEY_A", "concurrency": 3},
+                                                             {"key_env": "FAL_KEY_B", "concurrency": 3}]})
+    peaks = []
+    for extra, env in (([], {}), (["--concurrency", "2"], {}), ([], {"RENDERER_CONCURRENCY": "1"})):
+        with background_emulator(service=ServiceTime("fixed", 0.3), workers=8,
+                                 keys=tuple((name, key) for name, key in keys.items())) as emu:
+            code, out, err = run("run", str(m), "--provider", emu.url, "--output", str(tmp_path / f"o{len(peaks)}"),
+                                 "--quiet", *extra, env={**keys, **env})
+            peaks.append(emu.stats()["peak_in_flight"])
+        assert code == 0, out + err
+    assert peaks == [6, 2, 1]

@@ -737,11 +737,11 @@ def _worker(manifest: Path, url: str, state: str, events: list[dict], **options:
 
 
 def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
-    """Three workers on one PostgreSQL state: every job rendered once, images written once, the dataset written once."""
+    """Three workers on one PostgreSQL state: every job rendered once at the run's rate, images and dataset written once."""
     monkeypatch.chdir(tmp_path)
     import threading
     manifest = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"a cat {i}"} for i in range(6)],
-                              seeds=[1, 2, 3, 4])
+                              seeds=[1, 2, 3, 4], limits={"rate": 20})
     with background_emulator(service=ServiceTime("fixed", 0.05), workers=16) as emu:
         events: list[list[dict]] = [[], [], []]
         summaries: list[object] = [None, None, None]
@@ -759,6 +759,8 @@ def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: 
     assert len(downloaded) == len(set(downloaded)) == 24
     assert sum(1 for evs in events if any(e["type"] == "downloaded" for e in evs)) >= 2  # the work was shared
     assert stats["submits"] == 24 and stats["duplicate_submits"] == 0
+    times = sorted(stats["submit_times"])
+    assert times[-1] - times[0] >= 23 / 20 * 0.9  # the run's 20/s is the workers' total, not each one's
     run_dir = tmp_path / "outputs" / "t"
     assert len(images(run_dir)) == 24
     rows = (run_dir / "data" / "metadata.jsonl").read_text().splitlines()

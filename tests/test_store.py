@@ -339,3 +339,19 @@ def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(o
     assert store.get(a).state == "submitted" and store.get(a).account == "team-b"
     store.resubmit(a, "the provider no longer knows the request")
     assert store.get(a).account is None and store.get(a).request_id is None
+
+
+def test_a_shared_rate_spaces_turns_across_workers(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest):
+    """Turns of one shared rate, taken by two workers in any mix, are spaced one interval apart; idle time is no credit."""
+    import itertools
+    import time
+    a, b = PostgresStore(postgres_url, tmp_path, "t"), PostgresStore(postgres_url, tmp_path, "t")
+    request.addfinalizer(a.close)
+    request.addfinalizer(b.close)
+    waits = [(a if i % 3 else b).reserve("acct", 0.1) for i in range(6)]
+    assert waits[0] <= 0.01
+    for before, after in itertools.pairwise(waits):
+        assert abs((after - before) - 0.1) < 0.02  # each turn a tenth of a second after the one before
+    time.sleep(1.0)  # past every turn taken, and then some
+    assert b.reserve("acct", 0.1) <= 0.01 and 0.08 < a.reserve("acct", 0.1) <= 0.1  # no burst saved up
+    assert a.reserve("other", 0.1) <= 0.01  # another rate is independent
