@@ -462,12 +462,21 @@ class _Planner:
         spec = self.m.seeds
         if isinstance(spec, dict) and "random" in spec:
             return [random_seed(self.m.name, prompt.id, model.name, n) for n in range(spec["random"])]
+        return self._listed_seeds()
+
+    def _listed_seeds(self) -> Sequence[int]:
+        """The seeds of every cell when they are listed or counted (not random): made once."""
         if self._seeds is None:
+            spec = self.m.seeds
             if isinstance(spec, dict):
                 self._seeds = range(spec["start"], spec["start"] + spec["count"])
             else:
                 self._seeds = tuple(dict.fromkeys(spec))  # a repeated seed is reported once, in check_seeds
         return self._seeds
+
+    def _seeds_per_cell(self) -> int:
+        spec = self.m.seeds
+        return int(spec["random"]) if isinstance(spec, dict) and "random" in spec else len(self._listed_seeds())
 
     def _uniform_seed(self, model: Model) -> bool:
         """True when the endpoint's seed check gives one answer for every int seed.
@@ -947,8 +956,10 @@ class _Planner:
     def _check_pass(self) -> _Tally:
         self._stems, self._keys = Fingerprints(), Fingerprints()
         # Cells taken whole are compared by prefix and cell text; jobs made one by one then
-        # also record theirs (`_cross`). Only the plain matrix has cells of several seeds.
-        blocks = self.fast and not self._exact and not self.include and not self.exclude
+        # also record theirs (`_cross`). Only the plain matrix has cells of several seeds (with
+        # one seed a cell is one job: nothing to gain, so jobs are compared one by one).
+        blocks = (self.fast and not self._exact and not self.include and not self.exclude
+                  and self._seeds_per_cell() > 1)
         self._cross = blocks
         self._cell_prefixes, self._cell_texts = Fingerprints(), Fingerprints()
         self._job_prefixes, self._job_texts = Fingerprints(), Fingerprints()
