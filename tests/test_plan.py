@@ -339,3 +339,18 @@ def test_problems_of_the_manifest_survive_the_exact_pass(registry: SchemaRegistr
     messages = sorted(p.message for p in info.value.problems)
     assert len(messages) == 2 and messages[1] == "seed 0 is out of range"
     assert messages[0].startswith("prompt=a model=two seed=1 sends exactly the input of prompt=a model=one seed=1")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-(2**70), 2**70), max_size=200), st.lists(st.integers(-(2**70), 2**70), max_size=50),
+       st.sampled_from([0, 5, 50_000]))
+def test_fingerprints_hold_the_low_64_bits_of_each_member(members: list[int], probes: list[int], small: int):
+    """Membership is that of a set of the members' low 64 bits, before and after the set moves into buckets."""
+    mask = 2**64 - 1
+    fps = plan.Fingerprints()
+    fps.SMALL = small
+    for m in members:
+        fps.add(m)
+    expected = {m & mask for m in members}
+    for x in members + probes + [m ^ (1 << 64) for m in members]:
+        assert (x in fps) == ((x & mask) in expected)
