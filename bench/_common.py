@@ -89,7 +89,7 @@ def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Pa
     from renderer import plan as plan_mod
     from renderer.layout import image_path
     from renderer.schemas import SchemaRegistry, default_schema_dir
-    from renderer.store import SQLiteStore
+    from renderer.store import SQLiteStore, key_blob
 
     m = manifest_mod.load(manifest_path)
     m = manifest_mod.Manifest(**{**m.__dict__, "output": output})
@@ -100,8 +100,8 @@ def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Pa
 
     def flush() -> None:
         with store.db:
-            store.db.executemany("UPDATE jobs SET state = 'downloaded', files = ?, result = ?, request_id = 'r', "
-                                 "downloaded_at = 0 WHERE key = ?", rows)
+            store.db.executemany("UPDATE job SET state = 'downloaded', files = ?, result = ?, request_id = 'r', "
+                                 "downloaded_at = 0 WHERE k = ?", rows)
         rows.clear()
 
     for job in plan.jobs:  # streamed: a 10M-job plan is never held
@@ -113,7 +113,7 @@ def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Pa
         entry = {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
                  "mtime_ns": target.stat().st_mtime_ns, "width": 0, "height": 0, "content_type": "image/png",
                  "seed": job.seed}
-        rows.append((json.dumps([entry]), json.dumps({"images": [{"url": "x"}], "seed": job.seed}), job.key))
+        rows.append((json.dumps([entry]), json.dumps({"images": [{"url": "x"}], "seed": job.seed}), key_blob(job.key)))
         if len(rows) >= 10_000:
             flush()
     flush()

@@ -355,3 +355,86 @@ def test_a_shared_rate_spaces_turns_across_workers(postgres_url: str, tmp_path: 
     time.sleep(1.0)  # past every turn taken, and then some
     assert b.reserve("acct", 0.1) <= 0.01 and 0.08 < a.reserve("acct", 0.1) <= 0.1  # no burst saved up
     assert a.reserve("other", 0.1) <= 0.01  # another rate is independent
+
+
+OLD_COLUMNS = ("key, plan_index, endpoint, model, prompt_id, prompt, seed, axes, stem, input, num_images, tags, "
+               "source, updated_at")
+
+
+def test_a_database_from_before_the_cells_migrates_with_every_row_intact(open_state: Callable[[], Store],
+                                                                         registry: SchemaRegistry,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    """An old one-row-per-job database (finished, submitted, failed, odd keys) reads back the same after the
+    cells migration; recording the plan again shares cells, keeps each job's path, and the work goes on."""
+    import json
+
+    import renderer.pgstore as pg_mod
+    import renderer.store as store_mod
+    p = _plan(registry)
+    with monkeypatch.context() as old_schema:  # the schema as it was before the cells
+        old_schema.setattr(store_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m007"])
+        old_schema.setattr(pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < "p003"])
+        store = open_state()
+        rows = [(j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input["prompt"], j.seed, json.dumps(j.axes),
+                 j.stem, json.dumps(j.input), j.num_images, json.dumps(list(j.tags)), j.where, 1.0) for j in p.jobs]
+        rows.append(("key-</script>'\"ü", None, "acme/x", "acme/x", "p", "odd", None, "{}", "acme/p/s-auto",
+                     '{"prompt":"odd"}', 2, "[]", "m.yaml:9", 2.0))  # a key renderer would not make, out of plan
+        rows.append(("j1-" + "ab" * 32, None, "acme/x", "acme/x", "p", "old key", 7, "{}", "acme/p/s7_abababab",
+                     '{"prompt":"old key","seed":7}', 1, "[]", "m.yaml:9", 2.0))  # 64 hex digits, a distinct stem
+        with store._tx() as db:
+            db.executemany(f"INSERT INTO jobs ({OLD_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)
+            db.execute("UPDATE jobs SET in_plan = 0 WHERE plan_index IS NULL")
+            keys = [j.key for j in p.jobs]  # the old store's writes, in its own columns
+            db.execute("UPDATE jobs SET state = 'downloaded', request_id = 'r0', status_url = 's0', provider = 'fal', "
+                       "account = 'team', attempts = 1, result = ?, files = ?, downloaded_at = 5.0 WHERE key = ?",
+                       ('{"images":[{"url":"u"}],"has_nsfw_concepts":[false]}', '[{"path":"data/x-0.png"}]', keys[0]))
+            db.execute("UPDATE jobs SET state = 'submitted', request_id = 'r1', status_url = 's1', response_url = 'r1', "
+                       "cancel_url = 'c1', attempts = 1, submitted_at = 4.0 WHERE key = ?", (keys[1],))
+            db.execute("UPDATE jobs SET state = 'failed', error = 'refused', error_kind = 'rejected' WHERE key = ?",
+                       (keys[2],))
+            db.execute("UPDATE jobs SET state = 'downloaded', files = '[]' WHERE key = ?", (rows[-1][0],))
+        before = store.rows()
+        assert len(before) == 10
+        store.close()
+    store = open_state()  # migrates
+    assert store.rows() == before
+    assert store.get(rows[-2][0]) == next(r for r in before if r.key == rows[-2][0])
+    assert store.ambiguous() == 0 and store.counts()["no_longer_planned"] == 2
+    assert store.sync_plan(p.jobs, p.digest)  # the next run records the plan again: cells are shared
+    assert store.rows() == before
+    assert store.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 4 + 2
+    assert store.db.execute("SELECT COUNT(*) FROM job WHERE stem IS NOT NULL").fetchone()[0] == 2
+    assert store.pending() == keys[1:2] + keys[3:]
+    store.join("w", 30)
+    assert [c.key for c in store.claim(2)] == [keys[1], keys[3]]
+    _finish_claimed = store.get(keys[1])
+    assert _finish_claimed.request_id == "r1" and _finish_claimed.state == "submitted"
+    store.completed(keys[1], {"images": []})
+    store.downloaded(keys[1], [{"path": "p1"}])
+    assert sorted(k for k, _ in store.downloaded_files()) == sorted(keys[:2])
+
+
+def test_an_old_database_opened_read_only_is_read_without_migrating(tmp_path: Path, registry: SchemaRegistry):
+    """status, report and diff open a run read-only: a database from before the cells reads the same, unchanged."""
+    import json
+    p = _plan(registry)
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    with db:
+        for step in MIGRATIONS[:4]:  # as far as an older release went: no account, no leases
+            step(db)
+            db.execute("INSERT INTO _migrations VALUES (?, 0)", (step.__name__,))
+        db.executemany(f"INSERT INTO jobs ({OLD_COLUMNS}) VALUES ({','.join('?' * 14)})",
+                       [(j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input["prompt"], j.seed,
+                         json.dumps(j.axes), j.stem, json.dumps(j.input), j.num_images, json.dumps(list(j.tags)),
+                         j.where, 1.0) for j in p.jobs])
+        db.execute("UPDATE jobs SET state = 'downloaded', files = '[]' WHERE plan_index < 3")
+    db.close()
+    store = SQLiteStore(tmp_path, readonly=True)
+    assert store.counts()["downloaded"] == 3 and len(store.pending()) == 5
+    assert store.get(p.jobs[4].key).stem == p.jobs[4].stem and store.get(p.jobs[4].key).input == p.jobs[4].input
+    assert sorted(k for k, _ in store.downloaded_files()) == sorted(j.key for j in p.jobs[:3])
+    assert store.done_by_model() and store.workers() == []
+    store.close()
+    assert [r[0] for r in sqlite3.connect(tmp_path / DB_NAME).execute("SELECT name FROM _migrations")] == \
+        [m.__name__ for m in MIGRATIONS[:4]]
