@@ -1083,8 +1083,8 @@ class Runner:
                 raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run")
             if self.shared:
                 self.store.hold(row.key)  # a worker that lost the job writes no file (LeaseLost)
-            # Local files: written on the loop, fsynced in groups off it (files.GroupFsync), then
-            # renamed into place, so the record below still follows a durable, complete file.
+            # Local files: written, fsynced and renamed into place in groups off the loop
+            # (files.GroupFsync), so the record below still follows a durable, complete file.
             with writing(self.run_dir / rel):
                 sidecar = self._sidecar(row, index, entry)
                 if self.storage.remote:  # network I/O: off the loop
@@ -1110,21 +1110,17 @@ class Runner:
         return mtime
 
     async def _write_local(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int:
-        """As _write, with the image's fsync done in a group (the rename waits for it)."""
+        """As _write, in a thread of the write group (the image fsynced before its rename, as always)."""
         assert isinstance(self.storage, LocalStorage)
         target = self.storage.root / rel
-        tmp = files.write_temporary(target, image.data)
-        try:
-            await self.fsyncs.sync(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        mtime = target.stat().st_mtime_ns
-        # Beside the image just renamed into place: its folder exists.
-        files.write_atomic(target.with_suffix(SIDECAR_SUFFIX), files.json_text(sidecar).encode(), durable=False,
-                           parents=False)
-        return mtime
+        text = files.json_text(sidecar).encode()
+
+        def write() -> int:  # in a thread of the group: creating, flushing and renaming files wait for the disk
+            mtime = files.write_atomic(target, image.data).st_mtime_ns
+            # Beside the image just renamed into place: its folder exists.
+            files.write_atomic(target.with_suffix(SIDECAR_SUFFIX), text, durable=False, parents=False)
+            return mtime
+        return await self.fsyncs.run(write)
 
     async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:
         url = image.get("url")
