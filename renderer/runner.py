@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -955,7 +955,7 @@ class Runner:
                    **({"account": account.name} if self.pooled else {})})
         account.slots.succeeded()
         self.phase[row.key] = "submitted"
-        return replace(row, state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
+        return row.evolve(state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
                        status_url=handle.status_url, response_url=handle.response_url, cancel_url=handle.cancel_url,
                        submitted_at=time.time(), account=account.name)
 
@@ -1048,7 +1048,7 @@ class Runner:
                            "message": f"result does not match the output schema: {problem.json_path}: {problem.message}"})
         self.store.completed(row.key, result)
         await self.commits.durable()
-        return replace(row, state="completed", result=result, completed_at=time.time())
+        return row.evolve(state="completed", result=result, completed_at=time.time())
 
     async def _download(self, row: Row) -> Row | None:
         assert row.result is not None
@@ -1099,7 +1099,7 @@ class Runner:
         self.images += len(entries)
         self.cost += sum(e.get("cost") or 0.0 for e in entries)
         self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
-        return replace(row, state="downloaded", files=entries)
+        return row.evolve(state="downloaded", files=entries)
 
     def _write(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int | None:
         """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
