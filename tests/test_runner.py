@@ -967,6 +967,14 @@ def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_p
         status = cli("status", str(tmp_path / "o/t"))[1]
         assert f"submitted, by account: FAL_KEY_B={held['FAL_KEY_B']}" in status
         assert f"waiting for an account: {held['FAL_KEY_B']} submitted job(s) of 'FAL_KEY_B'" in status
+        # 2b: B configured, but with a key the provider refuses: the 401 on following stops B alone; its jobs wait.
+        wrong = {**ACCOUNT_KEYS, "FAL_KEY_B": "wrong-key-" + os.urandom(6).hex()}
+        _accounts_manifest(tmp_path, both, seeds=list(range(1, 9)), retries=retries)
+        code, out, err = cli(*base, "--provider", emu.url, env=wrong)
+        assert code == 3, out + err
+        assert "account 'FAL_KEY_B' is stopped (status: HTTP 401" in err
+        assert f"submitted jobs wait for an account: {held['FAL_KEY_B']} for account 'FAL_KEY_B'" in err
+        assert wrong["FAL_KEY_B"] not in out + err and emu.stats()["submits"] == 8
         # 3: both accounts again, B listed first: B's requests are read with B's key and finish.
         _accounts_manifest(tmp_path, both[::-1], seeds=list(range(1, 9)), retries=retries)
         code, out, err = cli(*base, "--provider", emu.url, "--quiet", env=ACCOUNT_KEYS)
