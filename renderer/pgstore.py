@@ -271,32 +271,16 @@ class PostgresStore(Store):
                 db.execute("INSERT INTO slots (account, n) SELECT ?, g FROM generate_series(0, ? - 1) AS g "
                            "ON CONFLICT DO NOTHING", (name, int(limit)))
 
-    def acquire_slot(self, account: str, job: str | None) -> int | None:
-        """Lease a slot of `account`: the one `job` already holds (a worker that died while its request
-        was at the provider), else a free one; None when all its slots are taken.
-
-        A slot is free when nobody holds it, or its holder's lease ended and the job it served has
-        no request at the provider any more (a submitted job's slot waits for that job's new owner).
-        """
+    def acquire_slot(self, account: str, job: str) -> int | None:
+        """Lease one free slot of `account` for `job`; None when all its slots are held."""
         with self._tx() as db:
-            if job is not None:
-                row = db.execute(f"UPDATE slots SET owner = ?, lease_until = {self.NOW} + ? WHERE account = ? "
-                                 "AND job = ? RETURNING n", (self.owner, self.lease, account, job)).fetchone()
-                if row is not None:
-                    return int(row[0])
             row = db.execute(
                 f"UPDATE slots SET owner = ?, job = ?, lease_until = {self.NOW} + ? WHERE (account, n) IN ("
                 "SELECT s.account, s.n FROM slots s JOIN accounts a ON a.name = s.account "
-                f"WHERE s.account = ? AND s.n < a.concurrency AND (s.owner IS NULL OR (s.lease_until <= {self.NOW} "
-                "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.key = s.job AND j.state = 'submitted'))) "
+                f"WHERE s.account = ? AND s.n < a.concurrency AND (s.owner IS NULL OR s.lease_until <= {self.NOW}) "
                 f"ORDER BY s.n LIMIT 1 {self.skip_locked}) RETURNING n",
                 (self.owner, job, self.lease, account)).fetchone()
         return None if row is None else int(row[0])
-
-    def attach_slot(self, account: str, n: int, job: str) -> None:
-        """The slot `n` (held) now serves `job`: it stays taken while the job's request is at the provider."""
-        with self._tx() as db:
-            db.execute("UPDATE slots SET job = ? WHERE account = ? AND n = ? AND owner = ?", (job, account, n, self.owner))
 
     def release_slot(self, account: str, n: int) -> None:
         with self._tx() as db:

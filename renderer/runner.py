@@ -188,10 +188,7 @@ class SharedSlots(AccountSlots):
     """An account's slots leased in the shared state (pgstore.acquire_slot): one limit across all workers.
 
     A slot is taken here first (this worker's own allowance, halved by its 429s), then in the
-    database. A slot belongs to the job it serves (`attach`) until the job's request is read:
-    when a worker dies, its slots of submitted jobs stay taken (those requests are still at the
-    provider) and pass to whichever worker reattaches to them; its other slots come free when
-    its lease ends.
+    database; a worker that dies holds its database slots only until its lease ends.
     """
 
     POLL = 0.2  # seconds between looks for a slot another worker freed
@@ -200,38 +197,25 @@ class SharedSlots(AccountSlots):
         super().__init__(ceiling)
         self.store = store
         self.name = name
-        self.loose: list[int] = []  # database slots taken for a submit, not yet given a job
-        self.by_job: dict[str, int] = {}
+        self.numbers: list[int] = []  # database slots held now
 
     async def try_acquire(self) -> bool:
         if not await super().try_acquire():
             return False
-        n = self.store.acquire_slot(self.name, None)
+        n = self.store.acquire_slot(self.name, "")
         if n is None:
             await super().release()
             return False
-        self.loose.append(n)
+        self.numbers.append(n)
         return True
 
-    def attach(self, key: str) -> None:
-        """The slot just taken now serves `key` (before its submit: a kill after it keeps the slot taken)."""
-        n = self.loose.pop()
-        self.by_job[key] = n
-        self.store.attach_slot(self.name, n, key)
-
-    async def acquire_for(self, key: str) -> None:
-        """A slot to follow `key`'s request: the one it already has (taken over), else a free one."""
-        await super().acquire()
-        while (n := self.store.acquire_slot(self.name, key)) is None:
+    async def acquire(self) -> None:
+        while not await self.try_acquire():
             await asyncio.sleep(self.POLL)
-        self.by_job[key] = n
 
-    async def release(self, key: str | None = None) -> None:
-        n = self.by_job.pop(key, None) if key is not None else None
-        if n is None and self.loose:
-            n = self.loose.pop()
-        if n is not None:
-            self.store.release_slot(self.name, n)
+    async def release(self) -> None:
+        if self.numbers:
+            self.store.release_slot(self.name, self.numbers.pop())
         await super().release()
 
 
@@ -298,11 +282,8 @@ class Accounts:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), self.POLL)
 
-    async def release(self, account: Account, key: str | None = None) -> None:
-        if isinstance(account.slots, SharedSlots):
-            await account.slots.release(key)
-        else:
-            await account.slots.release()
+    async def release(self, account: Account) -> None:
+        await account.slots.release()
         self.changed()
 
     @property
@@ -817,25 +798,20 @@ class Runner:
             account = await self.accounts.pick()
             if account is None:
                 return False  # every account stopped: the run is stopping
-            if isinstance(account.slots, SharedSlots):
-                account.slots.attach(row.key)
         else:
             found = self.accounts.by_name.get(row.account)
             if found is None:
                 self._wait_for_account(row)
                 return False
             account = found
-            if isinstance(account.slots, SharedSlots):
-                await account.slots.acquire_for(row.key)
-            else:
-                await account.slots.acquire()
+            await account.slots.acquire()
         self._held[row.key] = account
         return True
 
     async def _let_go(self, key: str) -> None:
         account = self._held.pop(key, None)
         if account is not None:
-            await self.accounts.release(account, key)
+            await self.accounts.release(account)
 
     async def _stop_account(self, account: Account, exc: AccountError) -> None:
         """A 401/403 for `account`: it sends nothing more; AccountError (run stops) when it was the last."""
