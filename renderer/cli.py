@@ -262,10 +262,11 @@ def cmd_plan(ctx: Context) -> int:
                 ensure_ascii=False, separators=(",", ":")))
         return 0
     m = plan.manifest
-    # One pass over the jobs at most (a plan of millions is made on demand, never held).
+    # No pass over the jobs: the samples are located by counting, the counts come with the plan,
+    # and only a state that recorded another plan needs every key (never a job).
     step = max(1, len(plan.jobs) // 5)
-    samples = [step * i for i in range(5) if step * i < len(plan.jobs)]
-    done_by_model, picked = _done_and_samples(plan, set(samples))
+    picked = [plan.jobs[step * i] for i in range(5) if step * i < len(plan.jobs)]
+    done_by_model = _done(plan)
     by_model = plan.by_model or {}
     if not by_model:
         for job in plan.jobs:
@@ -289,37 +290,29 @@ def cmd_plan(ctx: Context) -> int:
     return 0
 
 
-def _done_and_samples(plan: plan_mod.Plan, wanted: set[int]) -> tuple[dict[str, int], list[plan_mod.Job]]:
-    """Jobs already downloaded per model, and the jobs at the `wanted` plan positions.
+def _done(plan: plan_mod.Plan) -> dict[str, int]:
+    """Jobs already downloaded per model (none without a state).
 
     When the run's state recorded this very plan (same digest), the counts come from one
-    query; otherwise from one pass over the jobs against the finished keys.
+    query; otherwise from the plan's keys (made without making the jobs) against the finished ones.
     """
     from .store import DB_NAME, SQLiteStore
 
-    picked: list[plan_mod.Job] = []
+    if not (plan.manifest.run_dir / DB_NAME).is_file():
+        return {}
+    store = SQLiteStore(plan.manifest.run_dir, readonly=True)
+    try:
+        if plan.digest and store.meta("plan_digest") == plan.digest:
+            return store.done_by_model()
+        keys = store.done_keys()
+    finally:
+        store.close()
     done: dict[str, int] = {}
-    keys: set[str] = set()
-    if (plan.manifest.run_dir / DB_NAME).is_file():
-        store = SQLiteStore(plan.manifest.run_dir, readonly=True)
-        try:
-            if plan.digest and store.meta("plan_digest") == plan.digest:
-                done = store.done_by_model()
-            else:
-                keys = store.done_keys()
-        finally:
-            store.close()
-    last = max(wanted, default=-1)
-    if not keys and last < 0:
-        return done, picked
-    for n, job in enumerate(plan.jobs):
-        if n in wanted:
-            picked.append(job)
-        if job.key in keys:
-            done[job.model] = done.get(job.model, 0) + 1
-        elif not keys and n >= last:
-            break
-    return done, picked
+    if keys:
+        for key, model in plan_mod.job_keys(plan.jobs):
+            if key in keys:
+                done[model] = done.get(model, 0) + 1
+    return done
 
 
 def cmd_emulator(ctx: Context) -> int:

@@ -26,7 +26,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import StateError, UsageError
-from .store import Store
+from .store import JOB_COLUMNS, JOB_INDEXES, Store, jobs_view
+
+PG_KEY = "COALESCE(j.key_text, 'j1-' || encode(j.k, 'hex'))"
+PG_SEED = "j.seed::text"
 
 SCHEMA_VERSION = [
     ("p001_schema", """
@@ -106,6 +109,70 @@ SCHEMA_VERSION = [
     """),
     # Rates shared by all workers (`reserve`): the theoretical arrival time of the next turn.
     ("p002_rates", "CREATE TABLE rates (name text PRIMARY KEY, tat double precision NOT NULL)"),
+    # store.m007_cells in PostgreSQL: what the jobs of one cell share is stored once; `jobs` is a view.
+    ("p003_cells", f"""
+        CREATE TABLE cells (
+            id bigserial PRIMARY KEY,
+            digest bytea UNIQUE,
+            endpoint text NOT NULL,
+            model text NOT NULL,
+            prompt_id text NOT NULL,
+            prompt text NOT NULL,
+            axes text NOT NULL,
+            input_head text NOT NULL,
+            input_tail text,
+            num_images integer NOT NULL,
+            tags text NOT NULL,
+            source text NOT NULL,
+            stem_head text
+        );
+        CREATE TABLE job (
+            id bigserial PRIMARY KEY,
+            k bytea NOT NULL,
+            key_text text,
+            cell bigint NOT NULL,
+            seed bigint,
+            plan_index bigint,
+            in_plan integer NOT NULL DEFAULT 1,
+            stem text,
+            state text NOT NULL DEFAULT 'planned'
+                CHECK (state IN ('planned', 'submitted', 'completed', 'downloaded', 'failed')),
+            attempts integer NOT NULL DEFAULT 0,
+            submit_started double precision,
+            request_id text,
+            status_url text,
+            response_url text,
+            cancel_url text,
+            submitted_at double precision,
+            completed_at double precision,
+            downloaded_at double precision,
+            result text,
+            files text,
+            error text,
+            error_kind text,
+            updated_at double precision,
+            provider text,
+            account text,
+            owner text,
+            lease_until double precision,
+            claims integer NOT NULL DEFAULT 0
+        );
+        ALTER TABLE jobs ADD COLUMN migrated_id bigserial;
+        INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, source)
+            SELECT migrated_id, endpoint, model, prompt_id, prompt, axes, input, num_images, tags, source FROM jobs;
+        INSERT INTO job (id, k, key_text, cell, seed, plan_index, in_plan, stem, {JOB_COLUMNS})
+            SELECT migrated_id,
+                   CASE WHEN key ~ '^j1-([0-9a-f]{{2}})+$' THEN decode(substr(key, 4), 'hex')
+                        ELSE sha256(convert_to('renderer-key:' || key, 'UTF8')) END,
+                   CASE WHEN key ~ '^j1-([0-9a-f]{{2}})+$' THEN NULL ELSE key END,
+                   migrated_id, seed, plan_index, in_plan, stem, {JOB_COLUMNS} FROM jobs;
+        SELECT setval(pg_get_serial_sequence('cells', 'id'), (SELECT COALESCE(MAX(id), 0) + 1 FROM cells), false);
+        SELECT setval(pg_get_serial_sequence('job', 'id'), (SELECT COALESCE(MAX(id), 0) + 1 FROM job), false);
+        DROP TABLE jobs;
+        {";".join(JOB_INDEXES)};
+        {jobs_view(PG_KEY, PG_SEED)};
+        DELETE FROM meta WHERE name = 'plan_digest';
+    """),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -194,6 +261,9 @@ class PostgresStore(Store):
     shared = True
     hint = ""
     seen_table = "seen"
+    blob = "bytea"
+    key_sql = PG_KEY
+    seed_text = PG_SEED
     skip_locked = "FOR UPDATE SKIP LOCKED"
     NOW = "extract(epoch from clock_timestamp())"
     nsfw_sql = "(result::jsonb -> 'has_nsfw_concepts')::text"
@@ -238,7 +308,7 @@ class PostgresStore(Store):
         self.db.execute(f'SET search_path TO "{self.schema}"')
 
     @contextmanager
-    def _tx(self) -> Iterator[_Connection]:
+    def _tx(self, defer: bool = False) -> Iterator[_Connection]:  # every change commits at once (no grouping)
         import psycopg
         try:
             with self.db.conn.transaction():
@@ -253,6 +323,11 @@ class PostgresStore(Store):
             yield
         finally:
             self.db.execute(f"SELECT pg_advisory_unlock({ADVISORY_SYNC})")
+
+    cost_sql = ("SELECT COALESCE(SUM((f.value ->> 'cost')::double precision), 0), "
+                "COALESCE(BOOL_OR(COALESCE(jsonb_typeof(f.value -> 'cost'), 'null') = 'null'), false) "
+                "FROM job, jsonb_array_elements(job.files::jsonb) AS f(value) "
+                "WHERE job.in_plan = 1 AND job.state = 'downloaded'")
 
     def models_without_cost(self) -> list[str]:
         return [r[0] for r in self.db.execute(

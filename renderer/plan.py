@@ -79,21 +79,32 @@ class Jobs(Sequence[Job]):
     """The plan's jobs, made on demand in plan order: re-iterable, with len() and indexing.
 
     A plan of ten million jobs is never held in memory: each iteration rebuilds the jobs from
-    the manifest (the same jobs in the same order: planning is deterministic). Indexing walks
-    from the start, so iterate rather than index in a loop.
+    the manifest (the same jobs in the same order: planning is deterministic). Indexing one
+    job skips whole cells by counting (`locate`) where the planner can, else walks from the
+    start; `keys()` gives each job's (key, model) without making the jobs.
     """
 
-    __slots__ = ("_count", "_make")
+    __slots__ = ("_count", "_keys", "_locate", "_make")
 
-    def __init__(self, make: Callable[[], Iterator[Job]], count: int) -> None:
+    def __init__(self, make: Callable[[], Iterator[Job]], count: int,
+                 locate: Callable[[int], Job] | None = None,
+                 keys: Callable[[], Iterator[tuple[str, str]]] | None = None) -> None:
         self._make = make
         self._count = count
+        self._locate = locate
+        self._keys = keys
 
     def __len__(self) -> int:
         return self._count
 
     def __iter__(self) -> Iterator[Job]:
         return self._make()
+
+    def keys(self) -> Iterator[tuple[str, str]]:
+        """(key, model) of every job, in plan order."""
+        if self._keys is not None:
+            return self._keys()
+        return ((j.key, j.model) for j in self._make())
 
     @overload
     def __getitem__(self, index: int) -> Job: ...
@@ -109,10 +120,19 @@ class Jobs(Sequence[Job]):
             index += self._count
         if not 0 <= index < self._count:
             raise IndexError("job index out of range")
+        if self._locate is not None:
+            return self._locate(index)
         return next(islice(self._make(), index, None))
 
     def __repr__(self) -> str:
         return f"<{self._count} jobs>"
+
+
+def job_keys(jobs: Sequence[Job]) -> Iterator[tuple[str, str]]:
+    """(key, model) of every job in plan order; a planned `Jobs` gives them without making jobs."""
+    if isinstance(jobs, Jobs):
+        return jobs.keys()
+    return ((j.key, j.model) for j in jobs)
 
 
 @dataclass
@@ -121,10 +141,13 @@ class Plan:
     jobs: Sequence[Job]  # a list, or `Jobs` (made on demand) from `build`
     costs: dict[str, float | None]  # per model name; None where no price is given
     notes: list[str]  # things worth knowing that are not errors
-    digest: str = ""  # sha256 over every job's key, model, source and tags, in order ("" = unknown)
+    # sha256 over every job's key, model, source and tags, in order ("" = unknown). A property
+    # (below): when the checking pass did not hash every key, it is computed on first use.
+    digest: str = ""
     by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # model → (jobs, images), plan order
     image_count: int | None = None
     distinct_axes: list[dict[str, Any]] | None = None  # each distinct set of axis values, in plan order
+    digest_of: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def run_dir(self) -> Path:
@@ -142,19 +165,43 @@ class Plan:
         return sum(known) if known else None
 
 
+def _get_digest(plan: Plan) -> str:
+    value: str = plan.__dict__.get("_digest", "")
+    make = plan.__dict__.get("digest_of")
+    if not value and make is not None:
+        value = plan.__dict__["_digest"] = make()
+    return value
+
+
+def _set_digest(plan: Plan, value: str) -> None:
+    plan.__dict__["_digest"] = value
+
+
+# After the dataclass is made, so its __init__ still takes `digest` (the default "").
+Plan.digest = property(_get_digest, _set_digest)  # type: ignore[assignment]
+
+
 class Fingerprints:
     """A set of 64-bit fingerprints at ~8 bytes each (a Python set of ints costs ~70).
 
-    Members live in 8-byte slots of 65,536 byte strings chosen by the low 16 bits; a lookup is
-    one C-level search of a short string.
+    Small sets are plain sets (65,536 empty buckets would cost ~4 MB); past SMALL members
+    they move into 8-byte slots of 65,536 byte strings chosen by the low 16 bits, where a
+    lookup is one C-level search of a short string.
     """
 
+    SMALL = 50_000
+    _MASK = 0xFFFFFFFFFFFFFFFF
+
     def __init__(self, buckets: int = 1 << 16) -> None:
-        self.buckets = [bytearray() for _ in range(buckets)]
+        self._size = buckets
+        self._small: set[int] | None = set()
+        self.buckets: list[bytearray] = []
 
     def __contains__(self, fp: int) -> bool:
+        if self._small is not None:
+            return fp & self._MASK in self._small
         bucket = self.buckets[fp & 0xFFFF]
-        item = (fp & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+        item = (fp & self._MASK).to_bytes(8, "little")
         at = bucket.find(item)
         while at != -1:
             if at % 8 == 0:
@@ -163,7 +210,18 @@ class Fingerprints:
         return False
 
     def add(self, fp: int) -> None:
-        self.buckets[fp & 0xFFFF] += (fp & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+        if self._small is not None:
+            self._small.add(fp & self._MASK)
+            if len(self._small) > self.SMALL and self._size:
+                small, self._small = self._small, None
+                self.buckets = [bytearray() for _ in range(self._size)]
+                for member in small:
+                    self._add(member)
+            return
+        self._add(fp)
+
+    def _add(self, fp: int) -> None:
+        self.buckets[fp & 0xFFFF] += (fp & self._MASK).to_bytes(8, "little")
 
 
 @dataclass
@@ -178,6 +236,7 @@ class _Tally:
     digest: Any = field(default_factory=hashlib.sha256)
     axes: dict[str, dict[str, Any]] = field(default_factory=dict)  # distinct axis values, first seen first
     _last_axes: Any = None
+    keyed: bool = True  # the digest covers every job (False once a cell was taken whole)
 
     def add(self, job: Job) -> None:
         if job.axes is not self._last_axes:  # once per cell: its jobs share one axes dict
@@ -189,8 +248,53 @@ class _Tally:
         self.by_model[job.model] = (jobs + 1, images + job.num_images)
         self.digest.update(f"{job.key}\0{job.model}\0{job.where}\0{job.tags}\n".encode())
 
+    def add_block(self, block: _Block) -> None:
+        """A whole cell at once; its keys are not hashed, so the digest is left for later."""
+        job, count = block.template.first, len(block.seeds)
+        if job.axes is not self._last_axes:
+            self._last_axes = job.axes
+            self.axes.setdefault(_freeze(job.axes), job.axes)
+        self.jobs += count
+        self.images += job.num_images * count
+        jobs, images = self.by_model.get(job.model, (0, 0))
+        self.by_model[job.model] = (jobs + count, images + job.num_images * count)
+        self.keyed = False
+
 
 _SENTINEL = 7340031999999999991  # stands for the seed in a key's text; never a real seed (> 2**31)
+_TOKEN = str(_SENTINEL)
+
+
+def _seed_ok(seed: Any) -> bool:
+    return isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX
+
+
+def _cell_text(job: Job) -> str | None:
+    """The text `job_key` hashes, with the job's seed replaced by a token; None if ambiguous.
+
+    Two jobs have equal keys exactly when their cell texts and seeds are equal: the seed sits
+    at one fixed place of the canonical JSON (`input.seed`, or `sample` when it is not sent).
+    """
+    payload = dict(job.input)
+    identity: dict[str, Any] = {"endpoint": job.endpoint, "input": payload}
+    if job.seed_sent:
+        payload["seed"] = _SENTINEL
+    else:
+        identity["sample"] = _SENTINEL
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text if text.count(_TOKEN) == 1 else None
+
+
+def _stem_prefix(stem: str) -> str | None:
+    """`…/s` of a stem `…/s<digits>` (the part every seed of a cell shares); None otherwise.
+
+    Segments hold no `/` and the seed part is digits only, so two stems are equal exactly
+    when their prefixes and digits are: distinct prefixes mean distinct paths.
+    """
+    head, _, tail = stem.rpartition("/")
+    if tail[:1] == "s" and tail[1:].isascii() and tail[1:].isdigit():
+        return f"{head}/s"
+    return None
 
 
 @dataclass
@@ -206,27 +310,21 @@ class _Template:
     first: Job
     before: str
     after: str
-    stem: str
+    stem: str  # the stem without the seed's digits: `…/s`
     check_seed: bool
+    text: str  # the cell text (see _cell_text)
 
     @classmethod
     def of(cls, planner: _Planner, job: Job, model: Model) -> _Template | None:
         if not isinstance(job.seed, int):
             return None
-        payload = dict(job.input)
-        identity: dict[str, Any] = {"endpoint": job.endpoint, "input": payload}
-        if job.seed_sent:
-            payload["seed"] = _SENTINEL
-        else:
-            identity["sample"] = _SENTINEL
-        text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        token = str(_SENTINEL)
+        text = _cell_text(job)
         suffix = f"/s{job.seed}"
-        if text.count(token) != 1 or not job.stem.endswith(suffix):
+        if text is None or not job.stem.endswith(suffix):
             return None
-        before, after = text.split(token)
+        before, after = text.split(_TOKEN)
         made = cls(planner, job, before, after, job.stem[: -len(suffix) + 2],
-                   job.seed_sent and not model.unchecked and "seed" in job.input)
+                   job.seed_sent and not model.unchecked and "seed" in job.input, text)
         if made._key(job.seed) != job.key:
             return None
         return made
@@ -236,11 +334,11 @@ class _Template:
 
     def make(self, n: int, seed: Any, check: bool) -> Job | None:
         """The job for `seed`, or None when it needs the long way (a problem to report)."""
-        if not (isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX):
+        if not _seed_ok(seed):
             return None
         j = self.first
         if check and self.check_seed:
-            found = self.planner._checked.get((j.endpoint, "seed", seed))
+            found = self.planner.seed_verdict(j.model, seed)
             if found is None or found:
                 return None
         payload = dict(j.input)
@@ -248,6 +346,14 @@ class _Template:
             payload["seed"] = seed
         return Job(n, self._key(seed), j.endpoint, j.model, j.prompt_id, seed, j.axes, payload,
                    f"{self.stem}{seed}", j.num_images, j.tags, j.where, j.seed_sent)
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """A whole cell, checked at once: the template's jobs for `seeds`, in order."""
+
+    template: _Template
+    seeds: Sequence[Any]
 
 
 def canonical(value: Any) -> Any:
@@ -304,7 +410,10 @@ def ratio_size(ratio: str, area: int = 1024 * 1024) -> dict[str, int]:
 
 
 class _Planner:
-    def __init__(self, manifest: Manifest, registry: SchemaRegistry) -> None:
+    def __init__(self, manifest: Manifest, registry: SchemaRegistry, fast: bool = True) -> None:
+        # fast=False plans the straightforward way (every job made, checked and compared one
+        # by one): the reference the shortcuts are tested against (tests/test_plan.py).
+        self.fast = fast
         self.m = manifest
         self.doc: Located = manifest.doc
         self.registry = registry
@@ -313,6 +422,9 @@ class _Planner:
         self._checked: dict[tuple[Any, ...], list[Violation]] = {}
         self._props: dict[str, dict[str, Any]] = {}
         self._ratio: dict[tuple[str, str, bool], tuple[str, Any] | None] = {}
+        self._seeds: Sequence[int] | None = None  # listed or counted seeds: the same for every cell
+        self._uniform: dict[str, bool] = {}  # endpoint → its seed check cannot depend on the value
+        self._fit: set[tuple[str, bool]] = set()  # (endpoint, check_seed) for which self._seeds fit
 
     def _plain_string_prompt(self, model: Model) -> bool:
         """True when the endpoint asks nothing of a prompt but that it be a string.
@@ -365,13 +477,73 @@ class _Planner:
             models[model.name] = model
         return prompts, models
 
-    def seeds_for(self, prompt: Prompt, model: Model) -> list[int]:
+    def seeds_for(self, prompt: Prompt, model: Model) -> Sequence[int]:
         spec = self.m.seeds
         if isinstance(spec, dict) and "random" in spec:
             return [random_seed(self.m.name, prompt.id, model.name, n) for n in range(spec["random"])]
-        if isinstance(spec, dict):
-            return list(range(spec["start"], spec["start"] + spec["count"]))
-        return list(dict.fromkeys(spec))  # a repeated seed is reported once, in check_seeds
+        return self._listed_seeds()
+
+    def _listed_seeds(self) -> Sequence[int]:
+        """The seeds of every cell when they are listed or counted (not random): made once."""
+        if self._seeds is None:
+            spec = self.m.seeds
+            if isinstance(spec, dict):
+                self._seeds = range(spec["start"], spec["start"] + spec["count"])
+            else:
+                self._seeds = tuple(dict.fromkeys(spec))  # a repeated seed is reported once, in check_seeds
+        return self._seeds
+
+    def _seeds_per_cell(self) -> int:
+        spec = self.m.seeds
+        return int(spec["random"]) if isinstance(spec, dict) and "random" in spec else len(self._listed_seeds())
+
+    def _uniform_seed(self, model: Model) -> bool:
+        """True when the endpoint's seed check gives one answer for every int seed.
+
+        So it is asked once, not once per distinct seed (`random: N` draws a new seed per job).
+        Holds when the seed's schema is a bare integer and nothing else in the input schema
+        can look at the seed's value.
+        """
+        if model.endpoint not in self._uniform:
+            schema = {} if model.unchecked else self.registry.schema(model.endpoint)
+            seed = schema.get("properties", {}).get("seed", {})
+            self._uniform[model.endpoint] = bool(
+                self.fast and seed.get("type") == "integer"
+                and set(seed) <= {"type", "description", "title", "default", "examples", "x-source"}
+                and all(k in {"$schema", "title", "description", "type", "properties", "required",
+                              "additionalProperties", "$defs"} or k.startswith("x-") for k in schema)
+                and isinstance(schema.get("additionalProperties", False), bool))
+        return self._uniform[model.endpoint]
+
+    def _seed_check_key(self, model: Model, seed: Any) -> tuple[Any, ...]:
+        if type(seed) is int and self._uniform_seed(model):
+            return (model.endpoint, "seed", int)  # the type stands for every int: no seed value is a type
+        return (model.endpoint, "seed", seed)
+
+    def seed_verdict(self, model: str, seed: Any) -> list[Violation] | None:
+        """What the schema said of this seed for this model (None: not asked yet)."""
+        return self._checked.get(self._seed_check_key(self.models[model], seed))
+
+    def _fits(self, template: _Template, seeds: Sequence[Any]) -> bool:
+        """True when every seed of the cell would give a template job with nothing to report.
+
+        Then the cell can be taken whole: each seed valid and distinct, and (where the schema
+        looks at seeds) each seed already found clean by the schema.
+        """
+        endpoint = template.first.endpoint
+        shared = seeds is self._seeds
+        if shared and (endpoint, template.check_seed) in self._fit:
+            return True
+        if isinstance(seeds, range):
+            ok = seeds.step == 1 and (not seeds or (_seed_ok(seeds[0]) and _seed_ok(seeds[-1])))
+        else:
+            ok = all(_seed_ok(seed) for seed in seeds) and len(set(seeds)) == len(seeds)
+        if ok and template.check_seed:
+            model = self.models[template.first.model]
+            ok = all(self._checked.get(self._seed_check_key(model, seed)) == [] for seed in seeds)
+        if ok and shared:
+            self._fit.add((endpoint, template.check_seed))
+        return ok
 
     def check_seeds(self) -> None:
         spec = self.m.seeds
@@ -470,7 +642,7 @@ class _Planner:
             checks.append((("prompt", prompt), lambda: {"prompt": prompt}, "$.prompt"))
         if "seed" in payload:
             seed = payload["seed"]
-            checks.append((("seed", seed), lambda: {"prompt": "x", "seed": seed}, "$.seed"))
+            checks.append((self._seed_check_key(model, seed)[1:], lambda: {"prompt": "x", "seed": seed}, "$.seed"))
         ok = True
         for cache_key, body, part in checks:
             key = (model.endpoint, *cache_key)
@@ -516,11 +688,13 @@ class _Planner:
 
         # One checking pass over every job, holding none of them: fingerprints catch repeated
         # paths and inputs; only if one repeats is the pass run again, exactly, to name both jobs.
-        self._exact = False
+        # (The straightforward way, fast=False, runs the exact pass only, comparing every job.)
+        self._exact = not self.fast
+        self._reset_suspects()
+        found = dict(self.problems), dict(self.counts)  # the manifest-level problems, kept for a rerun
         tally = self._check_pass()
-        if self._suspect_stems or self._suspect_keys:
-            self.problems.clear()
-            self.counts.clear()
+        if self._suspect_stems or self._suspect_keys or self._suspect_prefixes or self._suspect_texts:
+            self.problems, self.counts = dict(found[0]), defaultdict(int, found[1])
             self._exact = True
             tally = self._check_pass()
         if not tally.combos and not self.problems:
@@ -539,9 +713,11 @@ class _Planner:
             f"{name} takes no seed: its seeds only label repeated samples, and its images are not reproducible"
             for name in sorted(self.unseeded)
         ]
-        return Plan(self.m, Jobs(lambda: self._generate(check=False), tally.jobs), costs, notes,
-                    digest=tally.digest.hexdigest(), by_model=dict(tally.by_model), image_count=tally.images,
-                    distinct_axes=list(tally.axes.values()))
+        jobs = Jobs(self._jobs, tally.jobs, self._locate if self.fast else None,
+                    self._plan_keys if self.fast else None)
+        return Plan(self.m, jobs, costs, notes, digest=tally.digest.hexdigest() if tally.keyed else "",
+                    by_model=dict(tally.by_model), image_count=tally.images,
+                    distinct_axes=list(tally.axes.values()), digest_of=None if tally.keyed else self._digest)
 
     # -------------------------------------------------- generation (lazy, in plan order)
 
@@ -597,24 +773,89 @@ class _Planner:
         return (self.prompts[combo["prompt"]], self.models[combo["model"]], job_axes, extra_params, source,
                 [combo["seed"]])
 
-    def _generate(self, check: bool, tally: _Tally | None = None) -> Iterator[Job]:
-        """Every job in plan order; with `check`, validated and tested for repeats (problems recorded)."""
-        n = 0
-        for prompt, model, job_axes, extra_params, source, seeds in self._cells(tally):
+    def _generate(self, check: bool, tally: _Tally | None = None, blocks: bool = False,
+                  cells: Iterator[tuple[Any, ...]] | None = None, start: int = 0) -> Iterator[Job | _Block]:
+        """Every job in plan order; with `check`, validated and tested for repeats (problems recorded).
+
+        With `blocks`, a cell whose seeds all fit its template (see `_fits`) is given as one
+        `_Block` instead of its jobs: checking it needs its first job only.
+        """
+        n = start
+        for prompt, model, job_axes, extra_params, source, seeds in cells or self._cells(tally):
             template: _Template | None = None
-            for seed in seeds:
+            for i, seed in enumerate(seeds):
                 job = template.make(n, seed, check) if template is not None else None
                 if job is None:
                     before = len(self.problems)
                     job = self._full(n, prompt, model, job_axes, extra_params, source, seed, check)
-                    if job is not None and template is None and len(self.problems) == before:
+                    if job is not None and template is None and len(self.problems) == before and self.fast:
                         template = _Template.of(self, job, model)
+                        if blocks and i == 0 and template is not None and self._fits(template, seeds):
+                            if self._unique_cell(template):
+                                yield _Block(template, seeds)
+                                n += len(seeds)
+                            break
                 if job is None:
                     continue
-                if check and not self._unique(job, source or prompt.path):
+                if check and not self._unique(job, source or prompt.path, template):
                     continue
                 n += 1
                 yield job
+
+    def _jobs(self) -> Iterator[Job]:
+        """The plan's jobs (the plan was checked: nothing to report)."""
+        return self._generate(check=False)  # type: ignore[return-value]  # no blocks without `blocks`
+
+    def _count(self, seeds: Sequence[Any]) -> int:
+        """How many jobs a cell gives once checked: one per valid seed."""
+        if isinstance(seeds, range) and seeds.step == 1 and (not seeds or (_seed_ok(seeds[0]) and _seed_ok(seeds[-1]))):
+            return len(seeds)
+        return sum(1 for seed in seeds if _seed_ok(seed))
+
+    def _locate(self, index: int) -> Job:
+        """The job at plan position `index`: whole cells before it are skipped by counting."""
+        n = 0
+        for cell in self._cells(None):
+            count = self._count(cell[5])
+            if index < n + count:
+                for job in self._generate(False, cells=iter([cell]), start=n):
+                    if isinstance(job, Job) and job.index == index:
+                        return job
+                break
+            n += count
+        raise IndexError("job index out of range")
+
+    def _keyed_cells(self) -> Iterator[tuple[str, str, tuple[str, ...], list[str]]]:
+        """(model, where, tags, keys) per cell, in plan order, making a job only where a key needs one."""
+        for prompt, model, job_axes, extra_params, source, seeds in self._cells(None):
+            template: _Template | None = None
+            keys: list[str] = []
+            where = f"{prompt.where[0]}:{prompt.where[1]}"
+            for seed in seeds:
+                if template is not None and _seed_ok(seed):
+                    keys.append(template._key(seed))
+                    continue
+                before = len(self.problems)
+                job = self._full(0, prompt, model, job_axes, extra_params, source, seed, False)
+                if job is None:
+                    continue
+                if template is None and len(self.problems) == before and self.fast:
+                    template = _Template.of(self, job, model)
+                keys.append(job.key)
+            yield model.name, where, prompt.tags, keys
+
+    def _plan_keys(self) -> Iterator[tuple[str, str]]:
+        for model, _, _, keys in self._keyed_cells():
+            for key in keys:
+                yield key, model
+
+    def _digest(self) -> str:
+        """The plan's digest (see `_Tally.add`), from keys alone."""
+        digest = hashlib.sha256()
+        for model, where, tags, keys in self._keyed_cells():
+            tail = f"\0{model}\0{where}\0{tags}\n"
+            digest.update("".join(f"{key}{tail}" for key in keys).encode())
+        return digest.hexdigest()
 
     def _full(self, n: int, prompt: Prompt, model: Model, job_axes: dict[str, Any], extra_params: dict[str, Any],
               source: tuple[Any, ...] | None, seed: Any, check: bool) -> Job | None:
@@ -655,43 +896,87 @@ class _Planner:
                    model.name, prompt.id, seed, job_axes, payload, stem, int(payload.get("num_images", 1)),
                    prompt.tags, f"{prompt.where[0]}:{prompt.where[1]}", seed_sent)
 
-    def _unique(self, job: Job, where: tuple[Any, ...]) -> bool:
+    def _unique(self, job: Job, where: tuple[Any, ...], template: _Template | None) -> bool:
         """No two jobs share an output path (ignoring case) or an input (it would be paid twice)."""
         folded = job.stem.lower()
         stem_fp, key_fp = hash(folded), int(job.key[3:19], 16)
         if not self._exact:
-            if stem_fp in self._stems:
-                self._suspect_stems.add(stem_fp)
-                return False
-            if key_fp in self._keys:
-                self._suspect_keys.add(key_fp)
-                return False
-            self._stems.add(stem_fp)
-            self._keys.add(key_fp)
-            return True
+            # Every fingerprint is checked and recorded, suspect or not: a job set aside here
+            # may be kept by the exact pass, and whatever repeats it must be suspect too.
+            clean = True
+            if self._cross:  # cells taken whole are known by prefix and cell text only
+                prefix = _stem_prefix(folded)
+                text = template.text if template is not None and job.stem.startswith(template.stem) else _cell_text(job)
+                # (Jobs made one by one share prefixes and texts within a cell: compared exactly below.)
+                if prefix is not None:
+                    clean &= self._record(hash(prefix), self._job_prefixes, (self._cell_prefixes,), self._suspect_prefixes)
+                if text is not None:
+                    clean &= self._record(hash(text), self._job_texts, (self._cell_texts,), self._suspect_texts)
+            clean &= self._record(stem_fp, self._stems, (self._stems,), self._suspect_stems)
+            clean &= self._record(key_fp, self._keys, (self._keys,), self._suspect_keys)
+            return bool(clean)
         # The exact pass: only fingerprints seen twice need the values themselves.
-        clash = self._first_stem.get(folded) if stem_fp in self._suspect_stems else None
+        suspect_stem = not self.fast or stem_fp in self._suspect_stems
+        if not suspect_stem and self._suspect_prefixes:
+            prefix = _stem_prefix(folded)
+            suspect_stem = prefix is not None and hash(prefix) in self._suspect_prefixes
+        suspect_key = not self.fast or key_fp in self._suspect_keys
+        if not suspect_key and self._suspect_texts:
+            text = template.text if template is not None and job.stem.startswith(template.stem) else _cell_text(job)
+            suspect_key = text is not None and hash(text) in self._suspect_texts
+        clash = self._first_stem.get(folded) if suspect_stem else None
         if clash is not None:
             who = _Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
             self.at(where, f"two jobs map to one output path {job.stem!r}: {clash.describe()} and {who}",
                     allowed="give them a distinguishing axis, label or prompt id")
             return False
-        twin = self._first_key.get(job.key) if key_fp in self._suspect_keys else None
+        twin = self._first_key.get(job.key) if suspect_key else None
         if twin is not None:
             who = _Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
             self.at(where, f"{who} sends exactly the input of {twin.describe()}; it would be paid twice")
             return False
-        if stem_fp in self._suspect_stems:
+        if suspect_stem:
             self._first_stem[folded] = job
-        if key_fp in self._suspect_keys:
+        if suspect_key:
             self._first_key[job.key] = job
         return True
 
+    def _unique_cell(self, template: _Template) -> bool:
+        """`_unique` for a whole cell of distinct seeds: its paths share one prefix, its inputs one text.
+
+        Nothing else can share a prefix or a text with it; when something does, the exact pass
+        (which takes no cell whole) names the jobs.
+        """
+        prefix, text = hash(template.stem.lower()), hash(template.text)
+        clean = self._record(prefix, self._cell_prefixes, (self._cell_prefixes, self._job_prefixes),
+                             self._suspect_prefixes)
+        return self._record(text, self._cell_texts, (self._cell_texts, self._job_texts), self._suspect_texts) and clean
+
+    @staticmethod
+    def _record(fp: int, into: Fingerprints, against: tuple[Fingerprints, ...], suspects: set[int]) -> bool:
+        """Add `fp` to `into`; False (and `fp` suspect) when one of `against` already holds it."""
+        seen = any(fp in seen_in for seen_in in against)
+        if seen:
+            suspects.add(fp)
+        into.add(fp)
+        return not seen
+
+    def _reset_suspects(self) -> None:
+        self._suspect_stems: set[int] = set()
+        self._suspect_keys: set[int] = set()
+        self._suspect_prefixes: set[int] = set()
+        self._suspect_texts: set[int] = set()
+
     def _check_pass(self) -> _Tally:
         self._stems, self._keys = Fingerprints(), Fingerprints()
-        if not self._exact:
-            self._suspect_stems: set[int] = set()
-            self._suspect_keys: set[int] = set()
+        # Cells taken whole are compared by prefix and cell text; jobs made one by one then
+        # also record theirs (`_cross`). Only the plain matrix has cells of several seeds (with
+        # one seed a cell is one job: nothing to gain, so jobs are compared one by one).
+        blocks = (self.fast and not self._exact and not self.include and not self.exclude
+                  and self._seeds_per_cell() > 1)
+        self._cross = blocks
+        self._cell_prefixes, self._cell_texts = Fingerprints(), Fingerprints()
+        self._job_prefixes, self._job_texts = Fingerprints(), Fingerprints()
         self._first_stem: dict[str, Job] = {}
         self._first_key: dict[str, Job] = {}
         tally = _Tally()
@@ -704,21 +989,32 @@ class _Planner:
                 prices[name] = (price, {k: v["default"] for k, v in props.items() if "default" in v})
                 tally.costs[name] = 0.0
         sizes: dict[tuple[Any, ...], float] = {}
-        for job in self._generate(check=True, tally=tally):
-            tally.add(job)
+        for item in self._generate(check=True, tally=tally, blocks=blocks):
+            if isinstance(item, _Block):
+                tally.add_block(item)
+                job, count = item.template.first, len(item.seeds)
+            else:
+                tally.add(item)
+                job, count = item, 1
             priced = prices.get(job.model)
             if priced is None:
                 continue
             price, documented = priced
             if "per_image" in price:
-                tally.costs[job.model] += price["per_image"] * job.num_images
-                continue
-            size = job.input.get("image_size")
-            memo = (job.model, _freeze(size) if isinstance(size, dict) else size, job.input.get("resolution"))
-            if memo not in sizes:
-                sizes[memo] = megapixels({**documented, **job.input})
-            tally.costs[job.model] += price["per_megapixel"] * job.num_images * sizes[memo]
-        self._stems = self._keys = Fingerprints(0)  # freed: only the suspects matter from here
+                cost = price["per_image"] * job.num_images
+            else:
+                size = job.input.get("image_size")
+                memo = (job.model, _freeze(size) if isinstance(size, dict) else size, job.input.get("resolution"))
+                if memo not in sizes:
+                    sizes[memo] = megapixels({**documented, **job.input})
+                cost = price["per_megapixel"] * job.num_images * sizes[memo]
+            total = tally.costs[job.model]
+            for _ in range(count):  # added one job at a time, as the straightforward way rounds
+                total += cost
+            tally.costs[job.model] = total
+        # Freed: only the suspects matter from here.
+        self._stems = self._keys = self._job_prefixes = self._job_texts = Fingerprints(0)
+        self._cell_prefixes = self._cell_texts = Fingerprints(0)
         return tally
 
     def fail(self) -> None:

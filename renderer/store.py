@@ -24,12 +24,14 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,115 @@ def m006_leases(db: sqlite3.Connection) -> None:
         )""")
 
 
+# The per-job table, the per-cell table and the view that joins them back into the old `jobs`.
+# Shared by the migration below (SQLite); pgstore's p003 says the same in PostgreSQL's words.
+CELLS_DDL = """
+    CREATE TABLE cells (
+        id INTEGER PRIMARY KEY,
+        digest BLOB UNIQUE,
+        endpoint TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt_id TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        axes TEXT NOT NULL,
+        input_head TEXT NOT NULL,
+        input_tail TEXT,
+        num_images INTEGER NOT NULL,
+        tags TEXT NOT NULL,
+        source TEXT NOT NULL,
+        stem_head TEXT
+    )"""
+JOB_COLUMNS = ("state, attempts, submit_started, request_id, status_url, response_url, cancel_url, submitted_at, "
+               "completed_at, downloaded_at, result, files, error, error_kind, updated_at, provider, account, owner, "
+               "lease_until, claims")
+JOB_DDL = """
+    CREATE TABLE job (
+        id INTEGER PRIMARY KEY,
+        k BLOB NOT NULL,
+        key_text TEXT,
+        cell INTEGER NOT NULL,
+        seed INTEGER,
+        plan_index INTEGER,
+        in_plan INTEGER NOT NULL DEFAULT 1,
+        stem TEXT,
+        state TEXT NOT NULL DEFAULT 'planned'
+            CHECK (state IN ('planned', 'submitted', 'completed', 'downloaded', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        submit_started REAL,
+        request_id TEXT,
+        status_url TEXT,
+        response_url TEXT,
+        cancel_url TEXT,
+        submitted_at REAL,
+        completed_at REAL,
+        downloaded_at REAL,
+        result TEXT,
+        files TEXT,
+        error TEXT,
+        error_kind TEXT,
+        updated_at REAL,
+        provider TEXT,
+        account TEXT,
+        owner TEXT,
+        lease_until REAL,
+        claims INTEGER NOT NULL DEFAULT 0
+    )"""
+JOB_INDEXES = (
+    "CREATE UNIQUE INDEX job_key ON job (k)",
+    "CREATE INDEX job_order ON job (plan_index)",
+    f"CREATE INDEX job_open ON job (plan_index) WHERE {OPEN}",
+    "CREATE INDEX job_held ON job (owner) WHERE owner IS NOT NULL",
+)
+
+
+def jobs_view(key_sql: str, seed_text: str) -> str:
+    """`jobs` as it was before the cells: every column, rebuilt (stem and input from the cell and the seed)."""
+    return f"""
+    CREATE VIEW jobs AS SELECT j.id AS id, {key_sql} AS key, j.plan_index AS plan_index, j.in_plan AS in_plan,
+        c.endpoint AS endpoint, c.model AS model, c.prompt_id AS prompt_id, c.prompt AS prompt, j.seed AS seed,
+        c.axes AS axes, COALESCE(j.stem, c.stem_head || {seed_text}) AS stem,
+        CASE WHEN c.input_tail IS NULL THEN c.input_head ELSE c.input_head || {seed_text} || c.input_tail END AS input,
+        c.num_images AS num_images, c.tags AS tags, c.source AS source,
+        {", ".join(f"j.{name} AS {name}" for name in JOB_COLUMNS.split(", "))}
+    FROM job j JOIN cells c ON c.id = j.cell"""
+
+
+SQLITE_KEY = "COALESCE(j.key_text, 'j1-' || lower(hex(j.k)))"
+
+
+@migration
+def m007_cells(db: sqlite3.Connection) -> None:
+    """What jobs of one cell share is stored once: ~130 bytes a job instead of ~530 (issue 15).
+
+    A cell is what the plan repeats for every seed: endpoint, model, prompt, axes, tags, source,
+    the input with the seed cut out (input = input_head || seed || input_tail) and the folder
+    part of the stem (stem = stem_head || seed). A job row keeps its key as 20 bytes, its seed,
+    its place in the plan, its state, and a stem only when it is not the cell's (distinct_stem).
+    The view `jobs` gives back the old columns, so reads (and tools that read the file) are
+    unchanged. Rows of an older database each get a cell of their own here (exact, not compact);
+    the plan's digest is forgotten so the next run records the plan again, sharing cells.
+    """
+    db.create_function("renderer_key", 1, key_blob, deterministic=True)
+    db.create_function("renderer_key_text", 1, key_text, deterministic=True)
+    db.execute(CELLS_DDL)
+    db.execute(JOB_DDL)
+    db.execute("INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, source) "
+               "SELECT rowid, endpoint, model, prompt_id, prompt, axes, input, num_images, tags, source FROM jobs")
+    db.execute(f"INSERT INTO job (id, k, key_text, cell, seed, plan_index, in_plan, stem, {JOB_COLUMNS}) "
+               f"SELECT rowid, renderer_key(key), renderer_key_text(key), rowid, seed, plan_index, in_plan, stem, "
+               f"{JOB_COLUMNS} FROM jobs")
+    db.execute("DROP TABLE jobs")
+    for ddl in JOB_INDEXES:
+        db.execute(ddl)
+    db.execute(jobs_view(SQLITE_KEY, "j.seed"))
+    # Tools and old scripts that update `jobs` directly still can (slowly: by the view's rows).
+    db.execute(f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
+        UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
+        stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
+        {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))} WHERE id = OLD.id; END""")
+    db.execute("DELETE FROM meta WHERE name = 'plan_digest'")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
@@ -239,6 +350,28 @@ def distinct_stem(stem: str, key: str) -> str:
     return f"{stem}_{key.removeprefix('j1-')[:8]}"
 
 
+_KEY = re.compile(r"j1-(?:[0-9a-f]{2})+")
+
+
+def key_blob(key: str) -> bytes:
+    """A job key as stored (column `k`): the bytes of its hex digest (20 for `j1-` + 40 hex).
+
+    Any other text (tools and tests may name jobs freely) is kept whole in `key_text`, and `k`
+    is then the sha256 of it, so `k` alone still finds every job."""
+    if _KEY.fullmatch(key):
+        return bytes.fromhex(key[3:])
+    return hashlib.sha256(f"renderer-key:{key}".encode()).digest()
+
+
+def key_text(key: str) -> str | None:
+    """What column `key_text` keeps: None for the keys renderer makes."""
+    return None if _KEY.fullmatch(key) else key
+
+
+def blob_key(blob: bytes, text: str | None) -> str:
+    return text if text is not None else "j1-" + bytes(blob).hex()
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -271,15 +404,28 @@ class Store:
     seen_table = "temp.seen"
     skip_locked = ""  # PostgreSQL: FOR UPDATE SKIP LOCKED (SQLite has one writer at a time anyway)
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock, epoch seconds
+    blob = "BLOB"  # the type of a job's key as stored (key_blob)
+    key_sql = SQLITE_KEY  # a `job j` row's key as text, in SQL
+    seed_text = "j.seed"  # a `job j` row's seed as text, in SQL
     owner: str | None = None  # this worker's id once it claims jobs (every state change is then fenced)
     lease = 30.0  # seconds a claim lasts without renewal
     run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
 
+    # Group commit: while `grouping` is on, the step changes (submitted, completed, downloaded)
+    # join one open transaction and become durable at the next `commit()`; the runner awaits that
+    # commit before the job's next step, so "committed before the next step" still holds. Any
+    # other change commits at once (and with it whatever was deferred before it).
+    group_commit = False  # whether this database defers at all (SQLite; PostgreSQL commits each change)
+    grouping = False
+
     def close(self) -> None:
         self.db.close()
 
+    def commit(self) -> None:
+        """Commit the deferred changes in one transaction; StateError if they could not be (or were undone)."""
+
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, defer: bool = False) -> Iterator[Any]:
         raise NotImplementedError
 
     @contextmanager
@@ -309,11 +455,10 @@ class Store:
             return self._sync_plan(jobs, digest)
 
     def _sync_plan(self, jobs: Iterable[Any], digest: str) -> bool:
-        now = time.time()
         seen = self.seen_table
-        empty = self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is None
+        empty = self.db.execute("SELECT 1 FROM job LIMIT 1").fetchone() is None
         if not empty:
-            self.db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {seen.split('.')[-1]} (key TEXT PRIMARY KEY)")
+            self.db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {seen.split('.')[-1]} (k {self.blob} PRIMARY KEY)")
             self.db.execute(f"DELETE FROM {seen}")
         # Paths already recorded, as fingerprints (8 bytes a row): a new job whose path another
         # recorded job owns gets its own path (see distinct_stem). The plan's own paths never clash.
@@ -321,68 +466,101 @@ class Store:
         if not empty:
             for (stem,) in self.db.execute("SELECT stem FROM jobs"):
                 stems.add(hash(stem.lower()))
-        tag_json: dict[tuple[str, ...], str] = {}
+        cells: dict[tuple[Any, ...], int] = {}
         changed = False
         batch: list[Any] = []
         for j in jobs:
             batch.append(j)
             if len(batch) >= SYNC_BATCH:
-                changed |= self._sync_batch(batch, tag_json, now, empty, stems)
+                changed |= self._sync_batch(batch, cells, empty, stems)
                 batch = []
         if batch:
-            changed |= self._sync_batch(batch, tag_json, now, empty, stems)
+            changed |= self._sync_batch(batch, cells, empty, stems)
         with self._tx() as db:
             if not empty:
-                cur = db.execute("UPDATE jobs SET in_plan = 0, plan_index = NULL "
-                                 f"WHERE in_plan = 1 AND key NOT IN (SELECT key FROM {seen})")
+                cur = db.execute("UPDATE job SET in_plan = 0, plan_index = NULL "
+                                 f"WHERE in_plan = 1 AND k NOT IN (SELECT k FROM {seen})")
                 changed |= cur.rowcount > 0
                 db.execute(f"DELETE FROM {seen}")
+                if changed:  # cells no job points to any more (a job moved to another cell)
+                    db.execute("DELETE FROM cells WHERE id NOT IN (SELECT cell FROM job)")
             if digest:
                 db.execute("INSERT INTO meta VALUES ('plan_digest', ?) "
                            "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (digest,))
         return changed
 
-    def _sync_batch(self, batch: list[Any], tag_json: dict[tuple[str, ...], str], now: float, empty: bool,
+    def _cell(self, j: Any, cells: dict[tuple[Any, ...], int]) -> tuple[int, str | None]:
+        """The id of the job's cell (found or made) and the stem the cell gives it (None: none).
+
+        The input is kept as head || seed || tail when its JSON holds the seed exactly once,
+        so the view rebuilds the very text stored before; otherwise the cell holds it whole.
+        """
+        text, seed = _dumps(j.input), j.seed
+        head, tail, stem_head = text, None, None
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            digits = str(seed)
+            # '"seed":' cannot occur inside a JSON string (its quotes would be escaped).
+            if text.count('"seed":') == 1:
+                at = text.index('"seed":') + 7
+                if text.startswith(digits, at) and text[at + len(digits)] in ",}":
+                    head, tail = text[:at], text[at + len(digits):]
+            if j.stem.endswith(f"/s{digits}"):
+                stem_head = j.stem[:-len(digits)]
+        content = (j.endpoint, j.model, j.prompt_id, j.input.get("prompt", ""), _dumps(j.axes), head, tail,
+                   j.num_images, _dumps(list(j.tags)), j.where, stem_head)
+        cell = cells.get(content)
+        if cell is None:
+            digest = hashlib.sha256(_dumps(content).encode()).digest()[:16]
+            row = self.db.execute("SELECT id FROM cells WHERE digest = ?", (digest,)).fetchone()
+            if row is None:
+                # ON CONFLICT: two workers recording one plan at once make each cell once.
+                row = self.db.execute(
+                    "INSERT INTO cells (digest, endpoint, model, prompt_id, prompt, axes, input_head, input_tail, "
+                    "num_images, tags, source, stem_head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (digest) DO NOTHING RETURNING id", (digest, *content)).fetchone() or \
+                    self.db.execute("SELECT id FROM cells WHERE digest = ?", (digest,)).fetchone()
+            if len(cells) >= 100_000:  # a plan of all-distinct cells: memory stays bounded
+                cells.clear()
+            cell = cells[content] = int(row[0])
+        return cell, None if stem_head is None else f"{stem_head}{seed}"
+
+    def _sync_batch(self, batch: list[Any], cells: dict[tuple[Any, ...], int], empty: bool,
                     stems: Fingerprints) -> bool:
-        stored: dict[str, tuple[Any, ...]] = {}
+        blobs = [key_blob(j.key) for j in batch]
+        stored: dict[bytes, tuple[Any, ...]] = {}
         if not empty:
             for at in range(0, len(batch), 500):
-                part = [j.key for j in batch[at:at + 500]]
-                stored.update((r[0], tuple(r[1:])) for r in self.db.execute(
-                    "SELECT key, plan_index, in_plan, model, source, tags FROM jobs "
-                    f"WHERE key IN ({','.join('?' * len(part))})", part))
+                part = blobs[at:at + 500]
+                stored.update((bytes(r[0]), tuple(r[1:])) for r in self.db.execute(
+                    f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, c.stem_head || {self.seed_text}) "
+                    f"FROM job j JOIN cells c ON c.id = j.cell WHERE j.k IN ({','.join('?' * len(part))})", part))
         new, moved = [], []
         batch_stems: set[str] = set()
-        for j in batch:
-            tags = tag_json.get(j.tags) or tag_json.setdefault(j.tags, _dumps(list(j.tags)))
-            row = stored.get(j.key)
-            if row is None:
-                stem = j.stem
-                if hash(stem.lower()) in stems and self._stem_taken(stem, batch_stems):
-                    # Another recorded job owns this path (a parameter that is not an axis changed):
-                    # never overwrite its files; this job gets its own, named after its key.
-                    stem = distinct_stem(stem, j.key)
-                stems.add(hash(stem.lower()))
-                batch_stems.add(stem.lower())
-                new.append((j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input.get("prompt", ""), j.seed,
-                            _dumps(j.axes), stem, _dumps(j.input), j.num_images, tags, j.where, now))
-            elif row != (j.index, 1, j.model, j.where, tags):
-                moved.append((j.index, j.model, j.where, tags, j.key))
         with self._tx() as db:
+            for j, kb in zip(batch, blobs, strict=True):
+                cell, natural = self._cell(j, cells)
+                row = stored.get(kb)
+                if row is None:
+                    stem = j.stem
+                    if hash(stem.lower()) in stems and self._stem_taken(stem, batch_stems):
+                        # Another recorded job owns this path (a parameter that is not an axis changed):
+                        # never overwrite its files; this job gets its own, named after its key.
+                        stem = distinct_stem(stem, j.key)
+                    stems.add(hash(stem.lower()))
+                    batch_stems.add(stem.lower())
+                    new.append((kb, key_text(j.key), cell, j.seed, j.index, None if stem == natural else stem))
+                elif row[:3] != (j.index, 1, cell):
+                    # A recorded job keeps its path, whatever its new cell would give it.
+                    moved.append((j.index, cell, None if row[3] == natural else row[3], kb))
             if not empty:
                 db.executemany(f"INSERT INTO {self.seen_table} VALUES (?) ON CONFLICT DO NOTHING",
-                               [(j.key,) for j in batch])
+                               [(kb,) for kb in blobs])
             if moved:
-                db.executemany("UPDATE jobs SET plan_index = ?, in_plan = 1, model = ?, source = ?, tags = ? "
-                               "WHERE key = ?", moved)
+                db.executemany("UPDATE job SET plan_index = ?, in_plan = 1, cell = ?, stem = ? WHERE k = ?", moved)
             if new:
                 # ON CONFLICT: two workers recording one plan at once insert each job once.
-                db.executemany(
-                    """INSERT INTO jobs (key, plan_index, endpoint, model, prompt_id, prompt, seed, axes, stem, input,
-                                         num_images, tags, source, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING""",
-                    new,
-                )
+                db.executemany("INSERT INTO job (k, key_text, cell, seed, plan_index, stem) VALUES (?, ?, ?, ?, ?, ?) "
+                               "ON CONFLICT (k) DO NOTHING", new)
         return bool(new or moved)
 
     def _stem_taken(self, stem: str, batch_stems: set[str]) -> bool:
@@ -412,7 +590,7 @@ class Store:
                        "heartbeat = excluded.heartbeat", (owner, host, pid, now, now))
             if not self.shared:
                 # One worker at a time (RunLock): the claims of an earlier, killed run are void.
-                db.execute("UPDATE jobs SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL")
+                db.execute("UPDATE job SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL")
 
     def claim(self, limit: int, before: int | None = None) -> list[Claimed]:
         """Up to `limit` unfinished jobs nobody holds (or whose lease expired), in plan order, now ours.
@@ -423,34 +601,45 @@ class Store:
         assert self.owner is not None, "join() first"
         with self._tx() as db:
             rows = db.execute(
-                f"UPDATE jobs SET owner = ?, lease_until = {self.NOW} + ?, claims = claims + 1 "
-                "WHERE key IN (SELECT key FROM jobs WHERE " + OPEN + " AND plan_index < ? "
+                f"UPDATE job SET owner = ?, lease_until = {self.NOW} + ?, claims = claims + 1 "
+                "WHERE id IN (SELECT id FROM job WHERE " + OPEN + " AND plan_index < ? "
                 f"AND (owner IS NULL OR lease_until <= {self.NOW}) ORDER BY plan_index LIMIT ? {self.skip_locked}) "
-                "RETURNING plan_index, key, endpoint",
+                "RETURNING plan_index, k, key_text, cell",
                 (self.owner, self.lease, before if before is not None else 2**62, int(limit))).fetchall()
-        return sorted(Claimed(int(r[0]), r[1], r[2]) for r in rows)
+        endpoints = self._endpoints({int(r[3]) for r in rows})
+        return sorted(Claimed(int(r[0]), blob_key(r[1], r[2]), endpoints[int(r[3])]) for r in rows)
+
+    def _endpoints(self, cells: set[int]) -> dict[int, str]:
+        """The endpoint of each cell (cells never change: remembered)."""
+        known: dict[int, str] = self.__dict__.setdefault("_endpoint_of", {})
+        missing = [c for c in cells if c not in known]
+        for at in range(0, len(missing), 500):
+            part = missing[at:at + 500]
+            known.update((int(r[0]), r[1]) for r in self.db.execute(
+                f"SELECT id, endpoint FROM cells WHERE id IN ({','.join('?' * len(part))})", part))
+        return known
 
     def renew(self) -> set[str]:
         """Extend the lease of every job still held and beat the heart; returns the keys still ours."""
         with self._tx() as db:
-            rows = db.execute(f"UPDATE jobs SET lease_until = {self.NOW} + ? WHERE owner = ? "
-                              f"AND lease_until > {self.NOW} RETURNING key", (self.lease, self.owner)).fetchall()
+            rows = db.execute(f"UPDATE job SET lease_until = {self.NOW} + ? WHERE owner = ? "
+                              f"AND lease_until > {self.NOW} RETURNING k, key_text", (self.lease, self.owner)).fetchall()
             db.execute("UPDATE workers SET heartbeat = ? WHERE id = ?", (time.time(), self.owner))
-        return {r[0] for r in rows}
+        return {blob_key(r[0], r[1]) for r in rows}
 
     def release(self) -> None:
         """Give back every job this worker holds (a stop): others may claim them at once."""
         if self.owner is None:
             return
         with self._tx() as db:
-            db.execute("UPDATE jobs SET owner = NULL, lease_until = NULL WHERE owner = ?", (self.owner,))
+            db.execute("UPDATE job SET owner = NULL, lease_until = NULL WHERE owner = ?", (self.owner,))
 
     def unfinished(self, before: int | None = None, *, others: bool = False) -> int:
         """Jobs of the plan not finished yet, held or not: 0 means the run is complete.
 
         `others`: only those this worker does not hold (free, expired, or another worker's).
         """
-        sql, args = "SELECT COUNT(*) FROM jobs WHERE " + OPEN + " AND plan_index < ?", [before or 2**62]
+        sql, args = "SELECT COUNT(*) FROM job WHERE " + OPEN + " AND plan_index < ?", [before or 2**62]
         if others and self.owner is not None:
             sql += f" AND (owner IS NULL OR owner <> ? OR lease_until <= {self.NOW})"
             args.append(self.owner)
@@ -459,7 +648,7 @@ class Store:
     def workers(self) -> list[dict[str, Any]]:
         """Per worker: id, host, pid, last heartbeat (epoch s) and the jobs it holds now."""
         rows = self.db.execute(
-            "SELECT w.id, w.host, w.pid, w.heartbeat, (SELECT COUNT(*) FROM jobs j WHERE j.owner = w.id "
+            "SELECT w.id, w.host, w.pid, w.heartbeat, (SELECT COUNT(*) FROM job j WHERE j.owner = w.id "
             f"AND j.lease_until > {self.NOW}) FROM workers w ORDER BY w.heartbeat DESC, w.id").fetchall()
         return [{"id": r[0], "host": r[1], "pid": r[2], "heartbeat": float(r[3]), "held": int(r[4])} for r in rows]
 
@@ -476,14 +665,14 @@ class Store:
                          hint=f"the lease ({self.lease:g} s) expired, after a pause or a lost connection; another "
                          "worker may own the job now")
 
-    def _set(self, key: str, *, release: bool = False, **fields: Any) -> None:
+    def _set(self, key: str, *, release: bool = False, defer: bool = False, **fields: Any) -> None:
         fields["updated_at"] = time.time()
         names = ", ".join(f"{k} = ?" for k in fields)
         if release:
             names += ", owner = NULL, lease_until = NULL"
         fence, args = self._fence()
-        with self._tx() as db:
-            cur = db.execute(f"UPDATE jobs SET {names} WHERE key = ?{fence}", (*fields.values(), key, *args))
+        with self._tx(defer) as db:
+            cur = db.execute(f"UPDATE job SET {names} WHERE k = ?{fence}", (*fields.values(), key_blob(key), *args))
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
 
@@ -492,16 +681,16 @@ class Store:
         fields["updated_at"] = time.time()
         names = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:
-            db.execute(f"UPDATE jobs SET {names} WHERE key = ? AND (owner IS NULL OR lease_until <= {self.NOW})",
-                       (*fields.values(), key))
+            db.execute(f"UPDATE job SET {names} WHERE k = ? AND (owner IS NULL OR lease_until <= {self.NOW})",
+                       (*fields.values(), key_blob(key)))
 
     def submit_started(self, key: str) -> None:
         """The submit→commit window opens (fenced: a worker that lost the job sends nothing)."""
         now = time.time()
         fence, args = self._fence()
         with self._tx() as db:
-            cur = db.execute(f"UPDATE jobs SET submit_started = ?, attempts = attempts + 1, updated_at = ? "
-                             f"WHERE key = ?{fence}", (now, now, key, *args))
+            cur = db.execute(f"UPDATE job SET submit_started = ?, attempts = attempts + 1, updated_at = ? "
+                             f"WHERE k = ?{fence}", (now, now, key_blob(key), *args))
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
 
@@ -509,24 +698,25 @@ class Store:
         """A definite refusal (401/403/429, ingress 5xx, no connection): the submit→commit window
         closes and the attempt is not counted (only submits the server may have taken count)."""
         with self._tx() as db:
-            db.execute("""UPDATE jobs SET submit_started = NULL,
+            db.execute("""UPDATE job SET submit_started = NULL,
                               attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ?
-                          WHERE key = ? AND submit_started IS NOT NULL""", (time.time(), key))
+                          WHERE k = ? AND submit_started IS NOT NULL""", (time.time(), key_blob(key)))
 
     def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str,
                   provider: str | None = None, account: str | None = None) -> None:
         # The account is committed with the request id (one transaction): a follow-up under any
         # other key would be refused, or worse, look like a lost request and be paid again.
-        self._set(key, state="submitted", request_id=request_id, status_url=status_url, response_url=response_url,
-                  cancel_url=cancel_url, submitted_at=time.time(), submit_started=None, error=None, error_kind=None,
-                  provider=provider, account=account)
+        # Deferred while grouping: the runner awaits commit() before it follows the request.
+        self._set(key, defer=True, state="submitted", request_id=request_id, status_url=status_url,
+                  response_url=response_url, cancel_url=cancel_url, submitted_at=time.time(), submit_started=None,
+                  error=None, error_kind=None, provider=provider, account=account)
 
     def completed(self, key: str, result: dict[str, Any]) -> None:
-        self._set(key, state="completed", result=_dumps(result), completed_at=time.time())
+        self._set(key, defer=True, state="completed", result=_dumps(result), completed_at=time.time())
 
     def downloaded(self, key: str, files: list[dict[str, Any]]) -> None:
-        self._set(key, release=True, state="downloaded", files=_dumps(files), downloaded_at=time.time(), error=None,
-                  error_kind=None)
+        self._set(key, release=True, defer=True, state="downloaded", files=_dumps(files), downloaded_at=time.time(),
+                  error=None, error_kind=None)
 
     def failed(self, key: str, reason: str, kind: str) -> None:
         self._set(key, release=True, state="failed", error=reason, error_kind=kind, submit_started=None)
@@ -534,7 +724,7 @@ class Store:
     def hold(self, key: str) -> None:
         """Check that this worker still holds `key` (before writing its files); LeaseLost if not."""
         fence, args = self._fence()
-        if fence and self.db.execute(f"SELECT 1 FROM jobs WHERE key = ?{fence}", (key, *args)).fetchone() is None:
+        if fence and self.db.execute(f"SELECT 1 FROM job WHERE k = ?{fence}", (key_blob(key), *args)).fetchone() is None:
             raise self._lost(key)
 
     def resubmit(self, key: str, reason: str, *, paid: bool = True) -> None:
@@ -546,11 +736,11 @@ class Store:
         now = time.time()
         fence, args = self._fence()
         with self._tx() as db:
-            cur = db.execute(f"""UPDATE jobs SET state = 'planned', request_id = NULL, status_url = NULL,
+            cur = db.execute(f"""UPDATE job SET state = 'planned', request_id = NULL, status_url = NULL,
                                      response_url = NULL, cancel_url = NULL, account = NULL, result = NULL,
                                      error = ?,
                                      error_kind = 'resubmit', submit_started = NULL, updated_at = ?
-                                 WHERE key = ?{fence}""", (reason, now, key, *args))
+                                 WHERE k = ?{fence}""", (reason, now, key_blob(key), *args))
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
             if paid:
@@ -601,8 +791,9 @@ class Store:
         after = -1
         while True:
             page = self.db.execute(
-                f"SELECT plan_index, key, stem, num_images FROM jobs WHERE plan_index > ? AND {self.hint}in_plan = 1 "
-                f"AND {self.hint}state = 'planned' AND request_id IS NULL AND submit_started IS NULL AND attempts = 0 "
+                # OPEN as written in the partial index job_open, so the page is read from it.
+                f"SELECT plan_index, key, stem, num_images FROM jobs WHERE plan_index > ? AND {OPEN} "
+                "AND state = 'planned' AND request_id IS NULL AND submit_started IS NULL AND attempts = 0 "
                 "ORDER BY plan_index LIMIT ?", (after, PAGE * 5)).fetchall()
             if not page:
                 return
@@ -614,7 +805,7 @@ class Store:
 
     def retry_failed(self) -> int:
         with self._tx() as db:
-            cur = db.execute("""UPDATE jobs SET state = CASE WHEN result IS NOT NULL THEN 'completed'
+            cur = db.execute("""UPDATE job SET state = CASE WHEN result IS NOT NULL THEN 'completed'
                                     WHEN request_id IS NOT NULL THEN 'submitted' ELSE 'planned' END,
                                     attempts = 0, error = NULL, error_kind = NULL
                                 WHERE state = 'failed' AND in_plan = 1""")
@@ -623,7 +814,8 @@ class Store:
     # -------------------------------------------------- queries
 
     def get(self, key: str) -> Row:
-        row = self.db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+        row = self.db.execute("SELECT * FROM jobs WHERE id = (SELECT id FROM job WHERE k = ?)",
+                              (key_blob(key),)).fetchone()
         if row is None:
             raise StateError(f"job {key} is not in {self.where}")
         return Row.from_sql(row)
@@ -639,9 +831,8 @@ class Store:
         `before` bounds the plan index (a trial run's --max-jobs).
         """
         return [(int(r[0]), r[1], r[2]) for r in self.db.execute(
-            # `+` keeps SQLite off the (in_plan, state) index, which would sort all pending rows per page.
-            f"SELECT plan_index, key, endpoint FROM jobs WHERE {self.hint}in_plan = 1 "
-            f"AND {self.hint}state NOT IN ('downloaded', 'failed') "
+            # OPEN as written in the partial index job_open: the page is read from it, in order.
+            f"SELECT plan_index, key, endpoint FROM jobs WHERE {OPEN} "
             "AND plan_index > ? AND plan_index < ? ORDER BY plan_index LIMIT ?",
             (after, before if before is not None else 2**62, limit))]
 
@@ -660,14 +851,13 @@ class Store:
 
     def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """(key, files) of every finished job, in no particular order, read in pages by key."""
-        after = ""
+        after = -1
         while True:
-            page = self.db.execute(f"SELECT key, files FROM jobs WHERE key > ? AND {self.hint}in_plan = 1 "
-                                   f"AND {self.hint}state = 'downloaded' ORDER BY key LIMIT ?",
-                                   (after, PAGE * 5)).fetchall()
+            page = self.db.execute(f"SELECT j.id, {self.key_sql}, j.files FROM job j WHERE j.id > ? AND j.in_plan = 1 "
+                                   "AND j.state = 'downloaded' ORDER BY j.id LIMIT ?", (after, PAGE * 5)).fetchall()
             if not page:
                 return
-            yield from ((r[0], json.loads(r[1])) for r in page)
+            yield from ((r[1], json.loads(r[2])) for r in page)
             after = page[-1][0]
 
     nsfw_sql = "json_extract(result, '$.has_nsfw_concepts')"
@@ -688,15 +878,15 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         found = {state: 0 for state in STATES}
-        for state, n in self.db.execute("SELECT state, COUNT(*) FROM jobs WHERE in_plan = 1 GROUP BY state"):
+        for state, n in self.db.execute("SELECT state, COUNT(*) FROM job WHERE in_plan = 1 GROUP BY state"):
             found[state] = int(n)
-        found["no_longer_planned"] = int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE in_plan = 0").fetchone()[0])
+        found["no_longer_planned"] = int(self.db.execute("SELECT COUNT(*) FROM job WHERE in_plan = 0").fetchone()[0])
         return found
 
     def ambiguous(self) -> int:
         """Jobs whose last submit has no recorded outcome (a crash between submit and commit)."""
         return int(self.db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE submit_started IS NOT NULL AND request_id IS NULL").fetchone()[0])
+            "SELECT COUNT(*) FROM job WHERE submit_started IS NOT NULL AND request_id IS NULL").fetchone()[0])
 
     def unfinished_stems(self) -> Iterator[str]:
         """Stems of jobs whose files may be mid-write, planned or not.
@@ -713,6 +903,16 @@ class Store:
         return [r[0] for r in self.db.execute(
             "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "
             "(SELECT 1 FROM json_each(jobs.files) WHERE json_type(value, '$.cost') IS NULL)")]
+
+    # Each finished file's cost, and 1 where a file has none (json_each: one row per file entry).
+    cost_sql = ("SELECT COALESCE(SUM(json_extract(f.value, '$.cost')), 0), "
+                "COALESCE(MAX(COALESCE(json_type(f.value, '$.cost'), 'null') = 'null'), 0) "
+                "FROM job, json_each(job.files) AS f WHERE job.in_plan = 1 AND job.state = 'downloaded'")
+
+    def cost(self) -> tuple[float, bool]:
+        """(the recorded cost of every finished file of the plan, whether some file has no cost), summed in SQL."""
+        total, uncosted = self.db.execute(self.cost_sql).fetchone()
+        return float(total or 0.0), bool(uncosted)
 
     def done_by_model(self) -> dict[str, int]:
         """Downloaded jobs of the recorded plan, per model."""
@@ -767,18 +967,56 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA busy_timeout=5000")
                 migrate(self.db)
+            elif self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'").fetchone():
+                _old_schema_views(self.db)
         except sqlite3.Error as exc:
             raise sql_error(self.path, exc) from exc
+        self._deferred = 0  # changes waiting in the open transaction for commit()
+        self._undone: StateError | None = None  # why deferred changes were rolled back (commit() raises it)
         stat = os.stat(self.path) if self.path.exists() else None
         self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
 
+    group_commit = True
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, defer: bool = False) -> Iterator[sqlite3.Connection]:
+        deferred = defer and self.grouping
         try:
-            with self.db:
-                yield self.db
+            yield self.db
+            if deferred:
+                self._deferred += 1
+            else:
+                self.db.commit()  # and with it every change deferred before this one
+                self._deferred = 0
+        except LeaseLost:
+            # The fenced statement changed nothing; other jobs' deferred changes stay for commit().
+            if not self._deferred:
+                self.db.rollback()
+            raise
         except sqlite3.Error as exc:
-            raise sql_error(self.path, exc) from exc
+            error = sql_error(self.path, exc)
+            self._undo(error)
+            raise error from exc
+        except BaseException:
+            self._undo(StateError(f"{self.path}: a state change was interrupted; recent changes were undone",
+                                  hint="rerun the same command: nothing committed is lost"))
+            raise
+
+    def _undo(self, error: StateError) -> None:
+        """Roll the open transaction back; deferred changes went with it, so their commit() must fail."""
+        if self._deferred:
+            self._undone = self._undone or error
+        self._deferred = 0
+        with suppress(sqlite3.Error):
+            self.db.rollback()
+
+    def commit(self) -> None:
+        if self._deferred:
+            with self._tx():
+                pass
+        undone, self._undone = self._undone, None
+        if undone is not None:
+            raise undone
 
     def meta(self, name: str) -> str | None:
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
@@ -809,12 +1047,30 @@ class SQLiteStore(Store):
         while True:
             last, blob = self.db.execute(
                 "SELECT MAX(r), '[' || COALESCE(group_concat('[' || json_quote(key) || ',' || files || ']', ','), '')"
-                " || ']' FROM (SELECT rowid AS r, key, files FROM jobs WHERE rowid > ? AND +in_plan = 1 "
-                "AND +state = 'downloaded' ORDER BY rowid LIMIT ?)", (after, PAGE * 5)).fetchone()
+                f" || ']' FROM (SELECT j.id AS r, {self.key_sql} AS key, j.files AS files FROM job j WHERE j.id > ? "
+                "AND +j.in_plan = 1 AND +j.state = 'downloaded' ORDER BY j.id LIMIT ?)", (after, PAGE * 5)).fetchone()
             if last is None:
                 return
             yield from ((key, entries) for key, entries in json.loads(blob))
             after = last
+
+
+def _old_schema_views(db: sqlite3.Connection) -> None:
+    """A read-only look at a database from before m007_cells (status, report, diff of an old run):
+    temporary views give its one table the new names (temp shadows main); nothing is written."""
+    have = {r[1] for r in db.execute("PRAGMA main.table_info(jobs)")}
+
+    def col(name: str) -> str:
+        return name if name in have else "0" if name == "claims" else "NULL"
+    db.create_function("renderer_key", 1, key_blob, deterministic=True)
+    db.create_function("renderer_key_text", 1, key_text, deterministic=True)
+    db.execute("CREATE TEMP VIEW cells AS SELECT rowid AS id, NULL AS digest, endpoint, model, prompt_id, prompt, axes, "
+               "input AS input_head, NULL AS input_tail, num_images, tags, source, NULL AS stem_head FROM main.jobs")
+    per_job = ", ".join(f"{col(c)} AS {c}" for c in JOB_COLUMNS.split(", "))
+    db.execute("CREATE TEMP VIEW job AS SELECT rowid AS id, renderer_key(key) AS k, renderer_key_text(key) AS key_text, "
+               f"rowid AS cell, seed, plan_index, in_plan, stem, {per_job} FROM main.jobs")
+    db.execute("CREATE TEMP VIEW jobs AS SELECT rowid AS id, key, plan_index, in_plan, endpoint, model, prompt_id, "
+               f"prompt, seed, axes, stem, input, num_images, tags, source, {per_job} FROM main.jobs")
 
 
 def open_store(state: str | None, run_dir: Path, name: str, *, readonly: bool = False) -> Store:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from renderer.cli import main
 
-from .conftest import ROOT, SCHEMAS
+from .conftest import ROOT, SCHEMAS, background_emulator, write_manifest
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -244,6 +244,36 @@ def test_dry_run_shows_paths_under_the_given_output(tmp_path: Path):
     assert code == 0 and f"{tmp_path / 'o' / 'quickstart'}" in out and not (tmp_path / "o").exists()
     code, _, err = run("run", QUICKSTART, "--dry-run", "--output", "/dev/null")
     assert code == 2 and "not a directory" in err
+
+
+def test_plan_counts_what_the_state_finished_and_samples_across_the_plan(tmp_path: Path):
+    """`renderer plan` shows DONE per model from the run's state, also after the manifest grew, and spread samples."""
+    from renderer.emulator import ServiceTime
+
+    models = ["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview"]
+    out = tmp_path / "out"
+    m = write_manifest(tmp_path, models=models, seeds={"start": 1, "count": 5}, output=str(out))
+    with background_emulator(service=ServiceTime("fixed", 0.0)) as emu:
+        code, _, err = run("run", str(m), "--provider", emu.url, "--quiet", "--max-jobs", "7", env={"FAL_KEY": "k"})
+    assert code == 0, err
+
+    def done(text: str) -> dict[str, str]:
+        rows = [line.split() for line in text.splitlines() if line.split()[:1] in (models[:1], models[1:], ["total"])]
+        return {row[0]: row[-2] for row in rows}
+
+    code, text, err = run("plan", str(m))
+    assert code == 0, err
+    assert done(text) == {models[0]: "5", models[1]: "2", "total": "7"}  # the same plan: counted by one query
+    samples = [line.strip() for line in text.splitlines() if line.startswith("  ")]
+    assert [s.split("/data/")[1] for s in samples] == [
+        "fal-ai--flux-1--schnell/cat/s1-0.png", "fal-ai--flux-1--schnell/cat/s3-0.png",
+        "fal-ai--flux-1--schnell/cat/s5-0.png", "fal-ai--imagen4--preview/cat/s2-0.png",
+        "fal-ai--imagen4--preview/cat/s4-0.png"]
+    write_manifest(tmp_path, models=models, seeds={"start": 1, "count": 5}, output=str(out),
+                   prompts=[{"id": "cat", "text": "a cat"}, {"id": "dog", "text": "a dog"}])
+    code, text, err = run("plan", str(m))
+    assert code == 0, err
+    assert done(text) == {models[0]: "5", models[1]: "2", "total": "7"}  # another plan: counted by its keys
 
 
 def test_concurrency_flag_and_variable_cap_the_accounts_total(tmp_path: Path):

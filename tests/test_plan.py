@@ -226,3 +226,131 @@ def test_the_same_input_twice_is_named_with_both_jobs(registry: SchemaRegistry):
     assert len(problems) == 50 and all("it would be paid twice" in p.message for p in problems)
     assert [p.message.split(" sends")[0] for p in problems] == [f"prompt=a model=two seed={s}" for s in range(1, 51)]
     assert all(f"model=one seed={s};" in p.message for s, p in zip(range(1, 51), problems, strict=True))
+
+
+# ---------------------------------------------------------------- the fast path against the straightforward way
+
+def _plan_both(registry: SchemaRegistry, data: dict[str, Any]) -> tuple[Any, Any]:
+    """(fast, straightforward): a Plan, or the problems both would raise, for one manifest."""
+    try:
+        m = parse(yaml.safe_dump({"name": "t", **data}, sort_keys=False), Path("m.yaml"))
+    except ManifestError:
+        return None, None
+    out = []
+    for fast in (True, False):
+        try:
+            out.append(plan._Planner(m, registry, fast=fast).build())
+        except ManifestError as exc:
+            out.append([(p.file, p.line, p.col, p.json_path, p.message, p.job, p.allowed, p.suggestion)
+                        for p in exc.problems])
+    return out[0], out[1]
+
+
+def _described(p: plan.Plan) -> dict[str, Any]:
+    return {"jobs": list(p.jobs), "digest": p.digest, "by_model": p.by_model, "images": p.images,
+            "costs": p.costs, "axes": p.distinct_axes, "notes": p.notes, "count": len(p.jobs)}
+
+
+@st.composite
+def tricky_manifests(draw: st.DrawFn) -> dict[str, Any]:
+    """Small manifests that reach every branch: repeats, clashes, bad values, include/exclude/extra."""
+    rare = st.sampled_from([False] * 5 + [True])  # most examples plan; some go wrong on purpose
+    ids = draw(st.lists(st.sampled_from(["a", "b", "con", "p1", "p.1"]), min_size=1, max_size=4, unique=True))
+    if draw(rare):
+        ids.append(ids[0].upper())
+    prompts = []
+    for i, pid in enumerate(ids):
+        prompt: dict[str, Any] = {"id": pid, "text": f"picture {i}"}
+        if draw(rare):
+            prompt["params"] = draw(st.sampled_from([{"num_images": 2}, {"guidance_scale": 99}, {"nonsense": 1}]))
+        if draw(st.booleans()):
+            prompt["tags"] = ["t"]
+        prompts.append(prompt)
+    models = draw(st.lists(st.sampled_from([
+        MODELS[0], MODELS[1], MODELS[3], "fal-ai/f-lite/standard",
+        {"endpoint": MODELS[0], "label": "one"}, {"endpoint": MODELS[0], "label": "two"},
+        {"endpoint": MODELS[1], "label": "fal-ai--flux-1--schnell"},  # the path segment of MODELS[0]
+        {"endpoint": "acme/new-model", "unchecked": True},
+        {"endpoint": MODELS[1], "label": "wide", "axes": {"aspect_ratio": ["16:9", "9:16"]}},
+    ]), min_size=1, max_size=3, unique_by=str))
+    if draw(rare):
+        models.append(models[0])
+    data: dict[str, Any] = {"prompts": prompts, "models": models, "seeds": draw(st.one_of(
+        st.lists(st.sampled_from([1, 2, 3, 7]), min_size=1, max_size=4, unique=True).map(
+            lambda xs: xs + draw(st.sampled_from([[], [], [], [], [0], [2**31], xs[:1]]))),
+        st.builds(lambda start, count: {"start": start, "count": count}, st.sampled_from([1, 5, 2**31 - 2]),
+                  st.integers(1, 4)),
+        st.builds(lambda n: {"random": n}, st.integers(1, 3))))}
+    names = [m if isinstance(m, str) else m.get("label", m["endpoint"]) for m in models]
+    optional = {
+        "axes": st.sampled_from([{"aspect_ratio": ["1:1", "16:9"]}, {"aspect_ratio": ["21:9", "1:1"]}]),
+        "defaults": st.sampled_from([{"num_images": 2}, {"aspect_ratio": "4:3"}, {"output_format": "jpeg"}]),
+        "include": st.sampled_from([[{"prompt": ids[0], "model": names[0], "seed": 9}], [{"num_images": 2}],
+                                    [{"model": names[-1], "num_images": 3}]]),
+        "exclude": st.sampled_from([[{"seed": 2}], [{"prompt": ids[-1]}]]),
+        "extra": st.sampled_from([[{"prompt": ids[0], "model": names[0], "seed": 1}],
+                                  [{"prompt": ids[-1], "model": names[-1], "seed": 4}]]),
+        "prices": st.sampled_from([{names[0]: {"per_megapixel": 0.003}}, {names[-1]: {"per_image": 0.04}}]),
+    }
+    for key, values in optional.items():
+        if draw(st.integers(0, 3)) == 0:
+            data[key] = draw(values)
+    return data
+
+
+@pytest.fixture(scope="module")
+def seed_limited(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
+    """The shipped schemas, but flux's seed has a maximum of 5: its seeds are checked value by value."""
+    import json
+    import shutil
+
+    from .conftest import SCHEMAS
+
+    root = tmp_path_factory.mktemp("schemas") / "s"
+    shutil.copytree(SCHEMAS, root)
+    path = root / "endpoints" / f"{MODELS[0]}.json"
+    schema = json.loads(path.read_text())
+    schema["properties"]["seed"]["maximum"] = 5
+    path.write_text(json.dumps(schema))
+    return SchemaRegistry(root)
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tricky_manifests(), st.booleans())
+def test_fast_plan_equals_the_straightforward_plan(registry: SchemaRegistry, seed_limited: SchemaRegistry,
+                                                    data: dict[str, Any], limited: bool):
+    """Cells taken whole, seed templates and lazy digests give the plan (or the problems) of the long way."""
+    fast, slow = _plan_both(seed_limited if limited else registry, data)
+    if isinstance(fast, plan.Plan) and isinstance(slow, plan.Plan):
+        assert _described(fast) == _described(slow)
+        jobs = list(fast.jobs)
+        assert [fast.jobs[i] for i in range(len(jobs))] == jobs  # located by counting, not walking
+        assert list(plan.job_keys(fast.jobs)) == [(j.key, j.model) for j in jobs]
+    else:
+        assert fast == slow
+
+
+def test_problems_of_the_manifest_survive_the_exact_pass(registry: SchemaRegistry):
+    """A seed out of range is still reported when repeated inputs make the planner re-run its pass exactly."""
+    with pytest.raises(ManifestError) as info:
+        build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1, 0],
+                         "models": [{"endpoint": MODELS[0], "label": "one"}, {"endpoint": MODELS[0], "label": "two"}]})
+    messages = sorted(p.message for p in info.value.problems)
+    assert len(messages) == 2 and messages[1] == "seed 0 is out of range"
+    assert messages[0].startswith("prompt=a model=two seed=1 sends exactly the input of prompt=a model=one seed=1")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-(2**70), 2**70), max_size=200), st.lists(st.integers(-(2**70), 2**70), max_size=50),
+       st.sampled_from([0, 5, 50_000]))
+def test_fingerprints_hold_the_low_64_bits_of_each_member(members: list[int], probes: list[int], small: int):
+    """Membership is that of a set of the members' low 64 bits, before and after the set moves into buckets."""
+    mask = 2**64 - 1
+    fps = plan.Fingerprints()
+    fps.SMALL = small
+    for m in members:
+        fps.add(m)
+    expected = {m & mask for m in members}
+    for x in members + probes + [m ^ (1 << 64) for m in members]:
+        assert (x in fps) == ((x & mask) in expected)

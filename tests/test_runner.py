@@ -1067,3 +1067,73 @@ def test_account_limits_hold_across_workers_sharing_state(tmp_path: Path, postgr
     assert a["peak_in_flight"] <= 2 and b["peak_in_flight"] <= 1
     assert a["submits"] + b["submits"] == 18 and stats["duplicate_submits"] == 0 and stats["foreign_reads"] == 0
     assert len(images(tmp_path / "outputs" / "t")) == 18
+
+
+def test_jobs_reaching_a_step_together_share_one_commit(tmp_path: Path, registry: SchemaRegistry):
+    """Group commit: 40 jobs at concurrency 20 take fewer commits than their 120 step changes, and all are recorded."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 41)), limits={"concurrency": 20, "rate": 1000})
+    p = plan_mod.build(load(m), registry)
+    store = SQLiteStore(tmp_path / "run")
+
+    async def scenario(url: str) -> Runner:
+        async with Client(url, key="k") as client:
+            runner = Runner(p, store, client, RunConfig(concurrency=20, rate=1000.0, provider="emulator"))
+            await runner.run()
+            return runner
+    try:
+        with background_emulator(service=FAST, workers=20) as emu:
+            runner = asyncio.run(scenario(emu.url))
+        assert store.counts()["downloaded"] == 40 and not store.grouping
+        assert 1 <= runner.commits.commits < 3 * 40
+    finally:
+        store.close()
+    reader = SQLiteStore(tmp_path / "run", readonly=True)  # what another process (or a rerun) reads
+    assert reader.counts()["downloaded"] == 40
+    reader.close()
+
+
+def test_a_run_database_from_before_the_cells_is_resumed(tmp_path: Path):
+    """A run whose state has the old one-row-per-job schema (finished, submitted and planned jobs) is migrated on
+    the next run: finished jobs are kept, a submitted one is followed (not paid again), the rest are rendered."""
+    from renderer import store as store_mod
+    with background_emulator(service=FAST) as emu:
+        m = write_manifest(tmp_path, seeds=[1, 2, 3, 4])
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet")
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        run_dir = tmp_path / "out/t"
+        db_path = run_dir / "renderer.sqlite"
+        new = sqlite3.connect(db_path)
+        new.row_factory = sqlite3.Row
+        rows = [dict(r) for r in new.execute("SELECT * FROM jobs ORDER BY plan_index")]
+        runs = new.execute("SELECT * FROM runs").fetchall()
+        new.close()
+        for path in run_dir.glob("renderer.sqlite*"):
+            path.unlink()
+        old = sqlite3.connect(db_path)  # the same state, as the store before the cells wrote it
+        old.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        with old:
+            for step in store_mod.MIGRATIONS:
+                if step.__name__ < "m007":
+                    step(old)
+                    old.execute("INSERT INTO _migrations VALUES (?, 0)", (step.__name__,))
+            columns = [c for c in rows[0] if c != "id"]
+            old.executemany(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                            [[r[c] if c != "updated_at" else 1.0 for c in columns] for r in rows])
+            old.executemany(f"INSERT INTO runs VALUES ({', '.join('?' * len(runs[0]))})", runs)
+            # the third job: submitted, its request still known to the provider; the fourth: never sent
+            old.execute("UPDATE jobs SET state = 'submitted', result = NULL, files = NULL, completed_at = NULL, "
+                        "downloaded_at = NULL WHERE key = ?", (rows[2]["key"],))
+            old.execute("UPDATE jobs SET state = 'planned', request_id = NULL, status_url = NULL, response_url = NULL, "
+                        "cancel_url = NULL, result = NULL, files = NULL, attempts = 0 WHERE key = ?", (rows[3]["key"],))
+        old.close()
+        for row in rows[2:]:
+            for path in (run_dir / "data").glob(row["stem"] + "-*"):
+                path.unlink()
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        # one new submit: the fourth job (whose request this state forgot); the third is followed, not resent
+        assert emu.stats()["submits"] == 5 and emu.stats()["duplicate_submits"] == 1
+    assert len(images(run_dir)) == 4
+    assert_all_verified(run_dir)
+    store = SQLiteStore(run_dir, readonly=True)
+    assert store.counts()["downloaded"] == 4 and store.get(rows[2]["key"]).request_id == rows[2]["request_id"]
+    store.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from renderer import plan
-from renderer.errors import RunLocked
+from renderer.errors import RunLocked, StateError
 from renderer.manifest import load
 from renderer.pgstore import PostgresStore
 from renderer.schemas import SchemaRegistry
@@ -341,6 +341,70 @@ def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(o
     assert store.get(a).account is None and store.get(a).request_id is None
 
 
+def test_cost_is_summed_in_the_database(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
+    """The cost of the plan's finished files is their recorded costs' sum; a file without one is flagged."""
+    p = _plan(registry)
+    store = open_state()
+    store.sync_plan(p.jobs)
+    keys = [j.key for j in p.jobs]
+    assert store.cost() == (0.0, False)
+    store.downloaded(keys[0], [{"path": "a", "cost": 0.25}, {"path": "b", "cost": 0.5}])
+    store.downloaded(keys[1], [{"path": "c", "cost": 1.0}])
+    store.failed(keys[2], "no", "rejected")
+    assert store.cost() == (1.75, False)
+    store.downloaded(keys[3], [{"path": "d"}])
+    assert store.cost() == (1.75, True)
+    store.sync_plan(p.jobs[1:])  # a job no longer planned no longer counts
+    assert store.cost() == (1.0, True)
+
+
+def test_grouped_step_changes_are_durable_only_at_commit(tmp_path: Path, registry: SchemaRegistry):
+    """While grouping, step changes wait in one transaction: another reader sees them only after commit()."""
+    p = _plan(registry)
+    store = SQLiteStore(tmp_path)
+    store.sync_plan(p.jobs)
+    keys = [j.key for j in p.jobs]
+    other = sqlite3.connect(tmp_path / DB_NAME)
+
+    def state(key: str) -> str:
+        return other.execute("SELECT state FROM jobs WHERE key = ?", (key,)).fetchone()[0]
+    store.grouping = True
+    store.submitted(keys[0], "r0", "s", "r", "c")
+    store.submitted(keys[1], "r1", "s", "r", "c")
+    assert store.get(keys[0]).request_id == "r0"  # this connection reads its own changes
+    assert state(keys[0]) == state(keys[1]) == "planned"
+    store.commit()
+    assert state(keys[0]) == state(keys[1]) == "submitted"
+    store.completed(keys[0], {"images": []})
+    store.submit_started(keys[2])  # not a step change: commits at once, and the deferred one with it
+    assert state(keys[0]) == "completed" and other.execute(
+        "SELECT submit_started IS NOT NULL FROM jobs WHERE key = ?", (keys[2],)).fetchone()[0] == 1
+    other.close()
+    store.close()
+
+
+def test_a_failed_change_undoes_the_group_and_commit_says_so(tmp_path: Path, registry: SchemaRegistry):
+    """A change that fails rolls back the deferred ones with it; commit() then raises instead of pretending."""
+    p = _plan(registry)
+    store = SQLiteStore(tmp_path)
+    store.sync_plan(p.jobs)
+    keys = [j.key for j in p.jobs]
+    store.grouping = True
+    store.submitted(keys[0], "r0", "s", "r", "c")
+    with pytest.raises(StateError):
+        store._set(keys[1], defer=True, state="no such state")  # the CHECK constraint refuses it
+    with pytest.raises(StateError):
+        store.commit()
+    assert store.get(keys[0]).state == "planned"  # undone, and said so: the job did not go on
+    store.commit()  # the error is reported once; the store works on
+    store.submitted(keys[0], "r0", "s", "r", "c")
+    store.commit()
+    reader = SQLiteStore(tmp_path, readonly=True)
+    assert reader.get(keys[0]).request_id == "r0"
+    reader.close()
+    store.close()
+
+
 def test_a_shared_rate_spaces_turns_across_workers(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest):
     """Turns of one shared rate, taken by two workers in any mix, are spaced one interval apart; idle time is no credit."""
     import itertools
@@ -355,3 +419,86 @@ def test_a_shared_rate_spaces_turns_across_workers(postgres_url: str, tmp_path: 
     time.sleep(1.0)  # past every turn taken, and then some
     assert b.reserve("acct", 0.1) <= 0.01 and 0.08 < a.reserve("acct", 0.1) <= 0.1  # no burst saved up
     assert a.reserve("other", 0.1) <= 0.01  # another rate is independent
+
+
+OLD_COLUMNS = ("key, plan_index, endpoint, model, prompt_id, prompt, seed, axes, stem, input, num_images, tags, "
+               "source, updated_at")
+
+
+def test_a_database_from_before_the_cells_migrates_with_every_row_intact(open_state: Callable[[], Store],
+                                                                         registry: SchemaRegistry,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    """An old one-row-per-job database (finished, submitted, failed, odd keys) reads back the same after the
+    cells migration; recording the plan again shares cells, keeps each job's path, and the work goes on."""
+    import json
+
+    import renderer.pgstore as pg_mod
+    import renderer.store as store_mod
+    p = _plan(registry)
+    with monkeypatch.context() as old_schema:  # the schema as it was before the cells
+        old_schema.setattr(store_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m007"])
+        old_schema.setattr(pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < "p003"])
+        store = open_state()
+        rows = [(j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input["prompt"], j.seed, json.dumps(j.axes),
+                 j.stem, json.dumps(j.input), j.num_images, json.dumps(list(j.tags)), j.where, 1.0) for j in p.jobs]
+        rows.append(("key-</script>'\"ü", None, "acme/x", "acme/x", "p", "odd", None, "{}", "acme/p/s-auto",
+                     '{"prompt":"odd"}', 2, "[]", "m.yaml:9", 2.0))  # a key renderer would not make, out of plan
+        rows.append(("j1-" + "ab" * 32, None, "acme/x", "acme/x", "p", "old key", 7, "{}", "acme/p/s7_abababab",
+                     '{"prompt":"old key","seed":7}', 1, "[]", "m.yaml:9", 2.0))  # 64 hex digits, a distinct stem
+        with store._tx() as db:
+            db.executemany(f"INSERT INTO jobs ({OLD_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)
+            db.execute("UPDATE jobs SET in_plan = 0 WHERE plan_index IS NULL")
+            keys = [j.key for j in p.jobs]  # the old store's writes, in its own columns
+            db.execute("UPDATE jobs SET state = 'downloaded', request_id = 'r0', status_url = 's0', provider = 'fal', "
+                       "account = 'team', attempts = 1, result = ?, files = ?, downloaded_at = 5.0 WHERE key = ?",
+                       ('{"images":[{"url":"u"}],"has_nsfw_concepts":[false]}', '[{"path":"data/x-0.png"}]', keys[0]))
+            db.execute("UPDATE jobs SET state = 'submitted', request_id = 'r1', status_url = 's1', response_url = 'r1', "
+                       "cancel_url = 'c1', attempts = 1, submitted_at = 4.0 WHERE key = ?", (keys[1],))
+            db.execute("UPDATE jobs SET state = 'failed', error = 'refused', error_kind = 'rejected' WHERE key = ?",
+                       (keys[2],))
+            db.execute("UPDATE jobs SET state = 'downloaded', files = '[]' WHERE key = ?", (rows[-1][0],))
+        before = store.rows()
+        assert len(before) == 10
+        store.close()
+    store = open_state()  # migrates
+    assert store.rows() == before
+    assert store.get(rows[-2][0]) == next(r for r in before if r.key == rows[-2][0])
+    assert store.ambiguous() == 0 and store.counts()["no_longer_planned"] == 2
+    assert store.sync_plan(p.jobs, p.digest)  # the next run records the plan again: cells are shared
+    assert store.rows() == before
+    assert store.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 4 + 2
+    assert store.db.execute("SELECT COUNT(*) FROM job WHERE stem IS NOT NULL").fetchone()[0] == 2
+    assert store.pending() == keys[1:2] + keys[3:]
+    store.join("w", 30)
+    assert [c.key for c in store.claim(2)] == [keys[1], keys[3]]
+    _finish_claimed = store.get(keys[1])
+    assert _finish_claimed.request_id == "r1" and _finish_claimed.state == "submitted"
+    store.completed(keys[1], {"images": []})
+    store.downloaded(keys[1], [{"path": "p1"}])
+    assert sorted(k for k, _ in store.downloaded_files()) == sorted(keys[:2])
+
+
+def test_an_old_database_opened_read_only_is_read_without_migrating(tmp_path: Path, registry: SchemaRegistry):
+    """status, report and diff open a run read-only: a database from before the cells reads the same, unchanged."""
+    import json
+    p = _plan(registry)
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    with db:
+        for step in MIGRATIONS[:4]:  # as far as an older release went: no account, no leases
+            step(db)
+            db.execute("INSERT INTO _migrations VALUES (?, 0)", (step.__name__,))
+        db.executemany(f"INSERT INTO jobs ({OLD_COLUMNS}) VALUES ({','.join('?' * 14)})",
+                       [(j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input["prompt"], j.seed,
+                         json.dumps(j.axes), j.stem, json.dumps(j.input), j.num_images, json.dumps(list(j.tags)),
+                         j.where, 1.0) for j in p.jobs])
+        db.execute("UPDATE jobs SET state = 'downloaded', files = '[]' WHERE plan_index < 3")
+    db.close()
+    store = SQLiteStore(tmp_path, readonly=True)
+    assert store.counts()["downloaded"] == 3 and len(store.pending()) == 5
+    assert store.get(p.jobs[4].key).stem == p.jobs[4].stem and store.get(p.jobs[4].key).input == p.jobs[4].input
+    assert sorted(k for k, _ in store.downloaded_files()) == sorted(j.key for j in p.jobs[:3])
+    assert store.done_by_model() and store.workers() == []
+    store.close()
+    assert [r[0] for r in sqlite3.connect(tmp_path / DB_NAME).execute("SELECT name FROM _migrations")] == \
+        [m.__name__ for m in MIGRATIONS[:4]]
