@@ -156,7 +156,9 @@ class _Request:
     account: str = ""  # the label of the credential that submitted it
     open: bool = False  # in flight: submitted, and its result not yet handed over (nor cancelled, nor expired)
     digest: str = ""  # of endpoint + input: the same digest submitted again is a duplicate
-    abandoned: bool = False  # its account submitted the same input again: it leaves flight once it completes
+    abandoned: bool = False  # the same input was submitted again: it leaves flight once it completes
+    opened_at: float | None = None  # time.monotonic() of the accepted submit
+    closed_at: float | None = None  # and of leaving flight
 
     def touch(self) -> None:
         event, self.changed = self.changed, asyncio.Event()
@@ -261,6 +263,7 @@ class Emulator:
         for req in list(self._open.values()):
             if self._expired(req):
                 self._close(req)
+        kept = self._kept_peaks()
         return {
             **{k: self.counts[k] for k in ("requests", "requests_with_credentials", "submits", "submit_attempts",
                                            "status_calls", "stream_calls", "result_calls", "downloads",
@@ -276,8 +279,30 @@ class Emulator:
             "peak_in_flight": self.peak_in_flight,
             "open_ids": sorted(self._open),  # requests in flight, to follow one set of them over time
             "last_closed_at": self.last_closed_at,  # on the emulator's monotonic clock, like submit_times
-            "accounts": {label: acct.as_dict() for label, acct in list(self.accounts.items())},
+            "accounts": {label: {**acct.as_dict(), "peak_in_flight_kept": kept.get(label, 0)}
+                         for label, acct in list(self.accounts.items())},
         }
+
+    def _kept_peaks(self) -> dict[str, int]:
+        """Per account, the peak in flight counting only requests never abandoned by a resend.
+
+        Known only afterwards (a request is abandoned when its input comes again), so computed
+        from the recorded intervals: what a client held on purpose, apart from the duplicate
+        submissions that `duplicate_submits` counts (a dead worker's unrecorded submit, say).
+        """
+        events: list[tuple[float, int, str]] = []
+        for req in list(self.requests.values()):
+            if req.opened_at is None or req.abandoned:
+                continue
+            events.append((req.opened_at, 1, req.account))
+            if req.closed_at is not None:
+                events.append((req.closed_at, -1, req.account))
+        level: Counter[str] = Counter()
+        peak: dict[str, int] = {}
+        for _, step, label in sorted(events, key=lambda e: (e[0], e[1])):  # a close before an open at one instant
+            level[label] += step
+            peak[label] = max(peak.get(label, 0), level[label])
+        return peak
 
     # ------------------------------------------------------------ accounting
 
@@ -307,7 +332,7 @@ class Emulator:
         acct.peak_in_flight = max(acct.peak_in_flight, acct.in_flight)
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        req.open = True
+        req.open, req.opened_at = True, time.monotonic()
         self._open[req.id] = req
 
     def _close(self, req: _Request) -> None:
@@ -315,20 +340,20 @@ class Emulator:
         saying it failed), it was cancelled, or its result expired."""
         if not req.open:
             return
-        req.open = False
+        req.open, req.closed_at = False, time.monotonic()
         self._open.pop(req.id, None)
         self._account(req.account).in_flight -= 1
         self.in_flight -= 1
         self.last_closed_at = time.monotonic()
 
     def _supersede(self, new: _Request) -> None:
-        """The same account sent the same input again: its earlier requests for it are abandoned.
+        """The same input was sent again (by any account): its earlier requests are abandoned.
 
         An abandoned request still occupies the provider while it runs, so it stays in flight
         until it completes (a client that resubmits too early is still seen over its limit);
         once completed, nobody will fetch it (a killed worker's unrecorded submit, say).
         """
-        for old in [r for r in self._open.values() if r.digest == new.digest and r.account == new.account]:
+        for old in [r for r in self._open.values() if r.digest == new.digest]:
             old.abandoned = True
             if old.status == "COMPLETED":
                 self._close(old)

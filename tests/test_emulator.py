@@ -510,6 +510,20 @@ def test_a_request_abandoned_by_a_resubmission_leaves_flight_once_it_completes()
     assert stats["in_flight"] == 2 and stats["duplicate_submits"] == 2  # `second` and the resent `other`
 
 
+def test_the_kept_peak_leaves_out_requests_abandoned_by_a_resend_from_any_account():
+    """A resend (even under another key) makes the raw peak exceed what the client held on purpose; the kept peak does not."""
+    async def scenario(emu, http):
+        url = f"{emu.url}/fal-ai/flux-1/schnell"
+        for key, prompt in (("key-of-a", "x"), ("key-of-a", "y"), ("key-of-b", "x"), ("key-of-a", "z")):
+            async with http.post(url, json={"prompt": prompt}, headers=_auth(key)) as r:
+                assert r.status == 200
+        return await _stats(emu, http)
+    stats = run(scenario, keys=KEYS, service=ServiceTime("fixed", 5.0))
+    a, b = stats["accounts"]["acct_a"], stats["accounts"]["acct_b"]
+    assert (a["peak_in_flight"], a["peak_in_flight_kept"]) == (3, 2)  # the first "x" was given up, still running
+    assert (b["peak_in_flight"], b["peak_in_flight_kept"]) == (1, 1)
+
+
 def test_callers_without_configured_keys_are_told_apart_by_a_hash_of_their_key():
     """With no keys required, each caller is its own account, named by a hash, never by its key."""
     async def scenario(emu, http):
