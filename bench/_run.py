@@ -25,5 +25,6 @@ if __name__ == "__main__":
     print("BENCH " + json.dumps({
         "code": code, "wall": time.perf_counter() - start,
         "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
         "rss_mb": after.ru_maxrss / 1024, "stderr": err.getvalue()[-500:],
     }))

@@ -41,4 +41,5 @@ if __name__ == "__main__":
     asyncio.run(main(jobs, concurrency, out))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print("BENCH " + json.dumps({"code": 0, "wall": time.perf_counter() - start,
-                                 "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}))
+                                 "cpu": usage.ru_utime + usage.ru_stime, "user": usage.ru_utime, "sys": usage.ru_stime,
+                                 "rss_mb": usage.ru_maxrss / 1024}))

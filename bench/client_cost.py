@@ -10,6 +10,7 @@ Reproduce:  python bench/client_cost.py [--jobs 2000] [--runs 3] [--concurrency 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -36,15 +37,20 @@ def main() -> None:
             for n in range(args.runs):  # interleaved, so drift on a noisy machine hits both alike
                 results["renderer tls"].append(run_renderer(m, url, Path(tmp) / f"t{n}", env))
                 results["fal-client tls"].append(run_baseline(url, args.jobs, args.concurrency, Path(tmp) / f"b{n}", env))
-    rows, rate = [], {}
+    rows, rate, cpu = [], {}, {}
     for name, records in results.items():
         rate[name] = median([args.jobs / r["wall"] for r in records])
-        cpu = median([r["cpu"] for r in records]) * 1000 / args.jobs
+        cpu[name] = median([r["cpu"] for r in records]) * 1000 / args.jobs
+        user = median([r["user"] for r in records]) * 1000 / args.jobs
+        sys_ = median([r["sys"] for r in records]) * 1000 / args.jobs
         rss = median([r["rss_mb"] for r in records])
-        rows.append([name, args.jobs, f"{rate[name]:.0f}", f"{cpu:.2f}", f"{rss:.0f}"])
-    print(f"# client cost at zero latency; {machine()}; medians of {args.runs} runs")
+        rows.append([name, args.jobs, f"{rate[name]:.0f}", f"{cpu[name]:.2f}", f"{user:.2f}", f"{sys_:.2f}",
+                     f"{rss:.0f}"])
+    print(f"# client cost at zero latency; {machine()}; load {os.getloadavg()[0]:.1f}; medians of {args.runs} runs")
     print(f"# reproduce: python bench/client_cost.py --jobs {args.jobs} --runs {args.runs} --concurrency {args.concurrency}")
-    print(table(["client", "jobs", "jobs/s", "CPU s per 1000 jobs", "peak RSS MB"], rows))
+    print(table(["client", "jobs", "jobs/s", "CPU s per 1000 jobs", "user", "sys", "peak RSS MB"], rows))
+    print(f"renderer/fal-client CPU per job over TLS: {cpu['renderer tls'] / cpu['fal-client tls']:.2f} "
+          "(target <= 0.25)")
     print(f"renderer/fal-client throughput over TLS: {rate['renderer tls'] / rate['fal-client tls']:.2f}x "
           "(target >= 1.5x); renderer over HTTP target >= 300 jobs/s")
 

@@ -10,6 +10,7 @@ Reproduce:  python bench/throughput.py [--jobs 2000] [--runs 3] [--configs 8:0.5
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +31,7 @@ def main() -> None:
     for pair in args.configs.split(","):
         slots, latency = int(pair.split(":")[0]), float(pair.split(":")[1])
         ideal = slots / latency
-        rates, cpus = [], []
+        rates, cpus, users, syss = [], [], [], []
         with emulator("--workers", str(slots), "--latency", str(latency), "--max-side", "64") as (url, _), \
                 tempfile.TemporaryDirectory() as tmp:
             m = manifest(Path(tmp), args.jobs, max(slots, round(slots * args.overcommit)))
@@ -38,13 +39,17 @@ def main() -> None:
                 record = run_renderer(m, url, Path(tmp) / f"out{n}")
                 rates.append(args.jobs / record["wall"])
                 cpus.append(record["cpu"])
+                users.append(record["user"])
+                syss.append(record["sys"])
         rows.append([slots, f"{latency:g}", args.jobs, f"{ideal:.1f}", f"{median(rates):.1f}",
-                     f"{median(rates) / ideal:.3f}", f"{min(rates) / ideal:.3f}", f"{median(cpus):.1f}", ">= 0.9"])
-    print(f"# throughput vs ideal S/L; {machine()}; wall time includes start-up and planning")
+                     f"{median(rates) / ideal:.3f}", f"{min(rates) / ideal:.3f}", f"{median(cpus):.2f}", f"{median(users):.2f}",
+                     f"{median(syss):.2f}", f"{1000 * median(cpus) / args.jobs:.2f}", ">= 0.95"])
+    print(f"# throughput vs ideal S/L; {machine()}; load {os.getloadavg()[0]:.1f}; wall time includes start-up "
+          "and planning")
     print(f"# reproduce: python bench/throughput.py --jobs {args.jobs} --runs {args.runs} --configs {args.configs} "
           f"--overcommit {args.overcommit:g}")
     print(table(["S", "L s", "jobs", "ideal jobs/s", "median jobs/s", "median ratio", "worst ratio",
-                 "client CPU s", "target"], rows))
+                 "client CPU s", "user s", "sys s", "CPU ms/job", "target"], rows))
 
 
 if __name__ == "__main__":

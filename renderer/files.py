@@ -76,13 +76,14 @@ def verify_image(data: bytes, declared_type: str = "", expected_size: int | None
     return Verified(data, ext, content_type, width, height, hashlib.sha256(data).hexdigest())
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> os.stat_result:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True, parents: bool = True) -> os.stat_result:
     """Write bytes so that `path` is either absent, the old file, or the complete new file.
 
     The data is fsynced before the rename; the directory is not. After a power cut the rename
     may be undone, and a rerun notices the missing file (size/mtime check) and fetches it again.
+    `parents=False`: the folder is known to exist (a sidecar beside the image just written).
     """
-    fd, tmp = open_temporary(path)
+    fd, tmp = open_temporary(path, parents=parents)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -163,13 +164,14 @@ class GroupFsync:
             self._draining = False
 
 
-def open_temporary(path: Path) -> tuple[int, str]:
+def open_temporary(path: Path, *, parents: bool = True) -> tuple[int, str]:
     """A new hidden temporary file beside `path` (same file system, so a rename is atomic).
 
     Created with O_EXCL and mode 0666, so the kernel applies the process umask (mkstemp would
     force 0600). The name ends in PART_SUFFIX, which is how `remove_partials` finds leftovers.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     while True:
         tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}{PART_SUFFIX}")
@@ -196,6 +198,17 @@ def atomic_stream(path: Path, mode: str = "wb") -> Iterator[Any]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# The C encoder (indent= falls back to the pure-Python one, which cost more per sidecar than
+# writing it did: bench/README.md section 3).
+_ONE_LINE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+
+
+def json_text(value: dict[str, Any]) -> str:
+    """An object as JSON with one top-level key per line and each value on its line: readable, cheap."""
+    encode = _ONE_LINE.encode
+    return "{\n" + ",\n".join(f"  {encode(str(k))}: {encode(v)}" for k, v in value.items()) + "\n}\n"
 
 
 def write_json(path: Path, data: Any, *, durable: bool = True) -> os.stat_result:

@@ -312,7 +312,7 @@ class PostgresStore(Store):
         return PostgresStore(self.url, self.run_dir, self.run)
 
     @contextmanager
-    def _tx(self) -> Iterator[_Connection]:
+    def _tx(self, defer: bool = False) -> Iterator[_Connection]:  # every change commits at once (no grouping)
         import psycopg
         try:
             with self.db.conn.transaction():
@@ -327,6 +327,11 @@ class PostgresStore(Store):
             yield
         finally:
             self.db.execute(f"SELECT pg_advisory_unlock({ADVISORY_SYNC})")
+
+    cost_sql = ("SELECT COALESCE(SUM((f.value ->> 'cost')::double precision), 0), "
+                "COALESCE(BOOL_OR(COALESCE(jsonb_typeof(f.value -> 'cost'), 'null') = 'null'), false) "
+                "FROM job, jsonb_array_elements(job.files::jsonb) AS f(value) "
+                "WHERE job.in_plan = 1 AND job.state = 'downloaded'")
 
     def models_without_cost(self) -> list[str]:
         return [r[0] for r in self.db.execute(

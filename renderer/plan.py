@@ -184,16 +184,24 @@ Plan.digest = property(_get_digest, _set_digest)  # type: ignore[assignment]
 class Fingerprints:
     """A set of 64-bit fingerprints at ~8 bytes each (a Python set of ints costs ~70).
 
-    Members live in 8-byte slots of 65,536 byte strings chosen by the low 16 bits; a lookup is
-    one C-level search of a short string.
+    Small sets are plain sets (65,536 empty buckets would cost ~4 MB); past SMALL members
+    they move into 8-byte slots of 65,536 byte strings chosen by the low 16 bits, where a
+    lookup is one C-level search of a short string.
     """
 
+    SMALL = 50_000
+    _MASK = 0xFFFFFFFFFFFFFFFF
+
     def __init__(self, buckets: int = 1 << 16) -> None:
-        self.buckets = [bytearray() for _ in range(buckets)]
+        self._size = buckets
+        self._small: set[int] | None = set()
+        self.buckets: list[bytearray] = []
 
     def __contains__(self, fp: int) -> bool:
+        if self._small is not None:
+            return fp & self._MASK in self._small
         bucket = self.buckets[fp & 0xFFFF]
-        item = (fp & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+        item = (fp & self._MASK).to_bytes(8, "little")
         at = bucket.find(item)
         while at != -1:
             if at % 8 == 0:
@@ -202,7 +210,18 @@ class Fingerprints:
         return False
 
     def add(self, fp: int) -> None:
-        self.buckets[fp & 0xFFFF] += (fp & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+        if self._small is not None:
+            self._small.add(fp & self._MASK)
+            if len(self._small) > self.SMALL and self._size:
+                small, self._small = self._small, None
+                self.buckets = [bytearray() for _ in range(self._size)]
+                for member in small:
+                    self._add(member)
+            return
+        self._add(fp)
+
+    def _add(self, fp: int) -> None:
+        self.buckets[fp & 0xFFFF] += (fp & self._MASK).to_bytes(8, "little")
 
 
 @dataclass
@@ -462,12 +481,21 @@ class _Planner:
         spec = self.m.seeds
         if isinstance(spec, dict) and "random" in spec:
             return [random_seed(self.m.name, prompt.id, model.name, n) for n in range(spec["random"])]
+        return self._listed_seeds()
+
+    def _listed_seeds(self) -> Sequence[int]:
+        """The seeds of every cell when they are listed or counted (not random): made once."""
         if self._seeds is None:
+            spec = self.m.seeds
             if isinstance(spec, dict):
                 self._seeds = range(spec["start"], spec["start"] + spec["count"])
             else:
                 self._seeds = tuple(dict.fromkeys(spec))  # a repeated seed is reported once, in check_seeds
         return self._seeds
+
+    def _seeds_per_cell(self) -> int:
+        spec = self.m.seeds
+        return int(spec["random"]) if isinstance(spec, dict) and "random" in spec else len(self._listed_seeds())
 
     def _uniform_seed(self, model: Model) -> bool:
         """True when the endpoint's seed check gives one answer for every int seed.
@@ -873,28 +901,20 @@ class _Planner:
         folded = job.stem.lower()
         stem_fp, key_fp = hash(folded), int(job.key[3:19], 16)
         if not self._exact:
+            # Every fingerprint is checked and recorded, suspect or not: a job set aside here
+            # may be kept by the exact pass, and whatever repeats it must be suspect too.
+            clean = True
             if self._cross:  # cells taken whole are known by prefix and cell text only
                 prefix = _stem_prefix(folded)
                 text = template.text if template is not None and job.stem.startswith(template.stem) else _cell_text(job)
+                # (Jobs made one by one share prefixes and texts within a cell: compared exactly below.)
                 if prefix is not None:
-                    if hash(prefix) in self._cell_prefixes:
-                        self._suspect_prefixes.add(hash(prefix))
-                        return False
-                    self._job_prefixes.add(hash(prefix))
+                    clean &= self._record(hash(prefix), self._job_prefixes, (self._cell_prefixes,), self._suspect_prefixes)
                 if text is not None:
-                    if hash(text) in self._cell_texts:
-                        self._suspect_texts.add(hash(text))
-                        return False
-                    self._job_texts.add(hash(text))
-            if stem_fp in self._stems:
-                self._suspect_stems.add(stem_fp)
-                return False
-            if key_fp in self._keys:
-                self._suspect_keys.add(key_fp)
-                return False
-            self._stems.add(stem_fp)
-            self._keys.add(key_fp)
-            return True
+                    clean &= self._record(hash(text), self._job_texts, (self._cell_texts,), self._suspect_texts)
+            clean &= self._record(stem_fp, self._stems, (self._stems,), self._suspect_stems)
+            clean &= self._record(key_fp, self._keys, (self._keys,), self._suspect_keys)
+            return bool(clean)
         # The exact pass: only fingerprints seen twice need the values themselves.
         suspect_stem = not self.fast or stem_fp in self._suspect_stems
         if not suspect_stem and self._suspect_prefixes:
@@ -928,15 +948,18 @@ class _Planner:
         (which takes no cell whole) names the jobs.
         """
         prefix, text = hash(template.stem.lower()), hash(template.text)
-        if prefix in self._cell_prefixes or prefix in self._job_prefixes:
-            self._suspect_prefixes.add(prefix)
-            return False
-        if text in self._cell_texts or text in self._job_texts:
-            self._suspect_texts.add(text)
-            return False
-        self._cell_prefixes.add(prefix)
-        self._cell_texts.add(text)
-        return True
+        clean = self._record(prefix, self._cell_prefixes, (self._cell_prefixes, self._job_prefixes),
+                             self._suspect_prefixes)
+        return self._record(text, self._cell_texts, (self._cell_texts, self._job_texts), self._suspect_texts) and clean
+
+    @staticmethod
+    def _record(fp: int, into: Fingerprints, against: tuple[Fingerprints, ...], suspects: set[int]) -> bool:
+        """Add `fp` to `into`; False (and `fp` suspect) when one of `against` already holds it."""
+        seen = any(fp in seen_in for seen_in in against)
+        if seen:
+            suspects.add(fp)
+        into.add(fp)
+        return not seen
 
     def _reset_suspects(self) -> None:
         self._suspect_stems: set[int] = set()
@@ -947,8 +970,10 @@ class _Planner:
     def _check_pass(self) -> _Tally:
         self._stems, self._keys = Fingerprints(), Fingerprints()
         # Cells taken whole are compared by prefix and cell text; jobs made one by one then
-        # also record theirs (`_cross`). Only the plain matrix has cells of several seeds.
-        blocks = self.fast and not self._exact and not self.include and not self.exclude
+        # also record theirs (`_cross`). Only the plain matrix has cells of several seeds (with
+        # one seed a cell is one job: nothing to gain, so jobs are compared one by one).
+        blocks = (self.fast and not self._exact and not self.include and not self.exclude
+                  and self._seeds_per_cell() > 1)
         self._cross = blocks
         self._cell_prefixes, self._cell_texts = Fingerprints(), Fingerprints()
         self._job_prefixes, self._job_texts = Fingerprints(), Fingerprints()

@@ -46,7 +46,7 @@ from .errors import (
 )
 from .layout import DATA_DIR, SIDECAR_SUFFIX, image_path, job_folder
 from .manifest import RetryPolicy
-from .plan import Plan, image_cost, price_of
+from .plan import Job, Plan, image_cost, price_of
 from .storage import LocalStorage, Storage
 from .store import DB_NAME, LeaseLost, Row, Store
 
@@ -101,6 +101,11 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
+def describe(row: Row) -> str:
+    """prompt, model, seed and axes of a stored job, as Job.describe says them (for failure lines)."""
+    return Job(0, row.key, row.endpoint, row.model, row.prompt_id, row.seed, row.axes, {}, "", 1, (), "").describe()
+
+
 def check_images(result: Any) -> None:
     """A result's shape before anything stores or reads it: `images` is a non-empty list of objects with a URL."""
     images = result.get("images") if isinstance(result, dict) else None
@@ -136,6 +141,41 @@ def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | No
     columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in plan.jobs))
     dataset.write(store.run_dir, info, columns, store.export_rows(), provider)
     publish(storage, store.run_dir, f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
+
+
+class GroupCommit:
+    """One commit for the step changes of every job that reached a step in the same turn of the loop.
+
+    A job calls `durable()` after its change and resumes once that change is committed: the
+    commit is scheduled for the end of the current turn, so changes made meanwhile by other
+    jobs share it (group commit: one write of the log instead of one per change).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._future: asyncio.Future[None] | None = None
+        self.commits = 0  # for the benchmark: how many commits the step changes took
+
+    async def durable(self) -> None:
+        if not self.store.grouping:
+            return  # every change was committed as it was made
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit)
+        # Shielded: a job cancelled while it waits does not cancel the commit the others wait for.
+        await asyncio.shield(self._future)
+
+    def _commit(self) -> None:
+        future, self._future = self._future, None
+        assert future is not None
+        self.commits += 1
+        try:
+            self.store.commit()
+        except StateError as exc:
+            future.set_exception(exc)
+            future.exception()  # marked seen: the waiting jobs raise it, and if all were cancelled nothing logs it
+        else:
+            future.set_result(None)
 
 
 class AdaptiveLimit:
@@ -394,6 +434,7 @@ class Runner:
         self._endpoints: dict[str, str] = {}  # key → endpoint, for the jobs read but not yet finished
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.fsyncs = files.GroupFsync()
+        self.commits = GroupCommit(store)
         self.done = 0
         self.failed = 0
         self.images = 0
@@ -620,12 +661,18 @@ class Runner:
 
         workers = [asyncio.ensure_future(worker()) for _ in range(self.config.concurrency)]
         helpers = [asyncio.ensure_future(self._feed(queue, len(workers))), asyncio.ensure_future(self._renew())]
+        self.store.grouping = self.store.group_commit
         try:
             await asyncio.gather(*workers)
         finally:
             for w in workers + helpers:
                 w.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
+            self.store.grouping = False
+            try:
+                self.store.commit()  # anything deferred by a job cancelled while it waited
+            except StateError as exc:
+                self.broken = self.broken or exc
             self.store.release()  # claimed, not finished: others (or the next run) may take them at once
             summary = self.finish(run_id, started, ambiguous)
         return summary
@@ -721,13 +768,7 @@ class Runner:
 
     def total_cost(self) -> tuple[float | None, list[str]]:
         """(cost of every finished job by the manifest's prices, models without a price)."""
-        total, uncosted = 0.0, False
-        for _key, entries in self.store.downloaded_files():
-            for entry in entries:
-                if "cost" in entry:
-                    total += entry["cost"]
-                else:
-                    uncosted = True
+        total, uncosted = self.store.cost()  # summed in the database: no pass over the finished files here
         # Models named once from the store, not looked up per file (a million-job plan is not held).
         unpriced = set(self.store.models_without_cost()) if uncosted else set()
         in_plan = self.plan.by_model or None
@@ -909,7 +950,7 @@ class Runner:
         reason = self.client.scrub(reason)  # a server may echo the key into anything it answers
         self.store.failed(key, reason, kind)
         self.failed += 1
-        self.emit({"type": "failed", "key": key, "reason": reason})
+        self.emit({"type": "failed", "key": key, "reason": reason, "job": describe(self.store.get(key))})
 
     def _retry_job(self, row: Row, reason: str) -> None:
         """Resubmit after a runner failure or a lost request, within the attempt budget."""
@@ -939,6 +980,7 @@ class Runner:
                 return None
         self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url,
                              self.config.provider or None, account=account.name)
+        await self.commits.durable()  # the request id is committed before anything follows it
         account.submitted += 1
         self.emit({"type": "submitted", "key": row.key, "endpoint": row.endpoint, "request_id": handle.request_id,
                    **({"account": account.name} if self.pooled else {})})
@@ -994,7 +1036,8 @@ class Runner:
             if status.state == "IN_QUEUE":
                 self.queued[row.key] = status.queue_position
                 if time.monotonic() - reported[0] > self.config.queue_report:
-                    self.emit({"type": "queued", "key": row.key, "position": status.queue_position})
+                    self.emit({"type": "queued", "key": row.key, "position": status.queue_position,
+                               "job": describe(row)})
                     reported[0] = time.monotonic()
             else:
                 self.queued.pop(row.key, None)
@@ -1035,6 +1078,7 @@ class Runner:
                 self.emit({"type": "warning", "key": row.key,
                            "message": f"result does not match the output schema: {problem.json_path}: {problem.message}"})
         self.store.completed(row.key, result)
+        await self.commits.durable()
         return replace(row, state="completed", result=result, completed_at=time.time())
 
     async def _download(self, row: Row) -> Row | None:
@@ -1082,6 +1126,7 @@ class Runner:
                     entry["mtime_ns"] = self._write(rel, verified, sidecar)
             entries.append(entry)
         self.store.downloaded(row.key, entries)
+        await self.commits.durable()
         self.images += len(entries)
         self.cost += sum(e.get("cost") or 0.0 for e in entries)
         self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
@@ -1091,7 +1136,8 @@ class Runner:
         """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
         mtime = self.storage.put_image(rel, image.data, sha256=image.sha256, content_type=image.content_type)
         # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
-        self.storage.put_json(str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)), sidecar, durable=False)
+        self.storage.put_bytes(str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)), files.json_text(sidecar).encode(),
+                               durable=False)
         return mtime
 
     async def _write_local(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int:
@@ -1106,7 +1152,9 @@ class Runner:
             Path(tmp).unlink(missing_ok=True)
             raise
         mtime = target.stat().st_mtime_ns
-        self.storage.put_json(str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)), sidecar, durable=False)
+        # Beside the image just renamed into place: its folder exists.
+        files.write_atomic(target.with_suffix(SIDECAR_SUFFIX), files.json_text(sidecar).encode(), durable=False,
+                           parents=False)
         return mtime
 
     async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:

@@ -137,8 +137,7 @@ class Display:
                  interval: float = 10.0) -> None:
         self.err = err
         self.quiet = quiet
-        self.jobs = jobs
-        self._by_key: dict[str, Job] | None = None
+        self.jobs = jobs  # (kept for callers that pass it; failures are described from their events)
         if tty is None:
             isatty = getattr(err, "isatty", None)
             tty = bool(isatty and isatty())
@@ -151,12 +150,14 @@ class Display:
         self.last_line = 0.0
         self.started = time.monotonic()
 
-    def describe(self, key: str) -> str:
-        """prompt, model, axes and seed of a job, for a person reading a failure line."""
-        if self._by_key is None:  # built on the first failure only
-            self._by_key = {j.key: j for j in self.jobs}
-        job = self._by_key.get(key)
-        return f"{job.describe()} ({key})" if job else key
+    @staticmethod
+    def describe(event: Event) -> str:
+        """prompt, model, axes and seed of an event's job (the runner reads them from the state), and its key.
+
+        Nothing is held per job: a plan of millions is never turned into a lookup table here.
+        """
+        job = event.get("job")
+        return f"{job} ({event['key']})" if job else str(event["key"])
 
     def __call__(self, event: Event) -> None:
         kind = event["type"]
@@ -184,12 +185,12 @@ class Display:
             elif not self.quiet and not self.tty and time.monotonic() - self.last_line >= self.interval:
                 self.line(done, event["failed"], event["in_flight"], event["queued"])
         elif kind == "failed":
-            self.log(f"failed: {self.describe(event['key'])}: {event['reason']}")
+            self.log(f"failed: {self.describe(event)}: {event['reason']}")
         elif kind == "throttled":
             whose = f" for account {event['account']!r}" if event.get("account") is not None else ""
             self.log(f"throttled by the provider (429): in-flight limit{whose} now {event['limit']:.1f}")
         elif kind == "queued":
-            self.log(f"waiting in the provider's queue: {self.describe(event['key'])} at position {event['position']}")
+            self.log(f"waiting in the provider's queue: {self.describe(event)} at position {event['position']}")
         elif kind in ("fatal", "warning", "note"):
             self.log(f"{kind}: {event['message']}")
 

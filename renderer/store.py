@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -414,11 +414,21 @@ class Store:
     run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
     recorder: PlanRecorder | None = None  # the plan still being recorded in the background (record_plan)
 
+    # Group commit: while `grouping` is on, the step changes (submitted, completed, downloaded)
+    # join one open transaction and become durable at the next `commit()`; the runner awaits that
+    # commit before the job's next step, so "committed before the next step" still holds. Any
+    # other change commits at once (and with it whatever was deferred before it).
+    group_commit = False  # whether this database defers at all (SQLite; PostgreSQL commits each change)
+    grouping = False
+
     def close(self) -> None:
         self.db.close()
 
+    def commit(self) -> None:
+        """Commit the deferred changes in one transaction; StateError if they could not be (or were undone)."""
+
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, defer: bool = False) -> Iterator[Any]:
         raise NotImplementedError
 
     @contextmanager
@@ -679,13 +689,13 @@ class Store:
                          hint=f"the lease ({self.lease:g} s) expired, after a pause or a lost connection; another "
                          "worker may own the job now")
 
-    def _set(self, key: str, *, release: bool = False, **fields: Any) -> None:
+    def _set(self, key: str, *, release: bool = False, defer: bool = False, **fields: Any) -> None:
         fields["updated_at"] = time.time()
         names = ", ".join(f"{k} = ?" for k in fields)
         if release:
             names += ", owner = NULL, lease_until = NULL"
         fence, args = self._fence()
-        with self._tx() as db:
+        with self._tx(defer) as db:
             cur = db.execute(f"UPDATE job SET {names} WHERE k = ?{fence}", (*fields.values(), key_blob(key), *args))
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
@@ -720,16 +730,17 @@ class Store:
                   provider: str | None = None, account: str | None = None) -> None:
         # The account is committed with the request id (one transaction): a follow-up under any
         # other key would be refused, or worse, look like a lost request and be paid again.
-        self._set(key, state="submitted", request_id=request_id, status_url=status_url, response_url=response_url,
-                  cancel_url=cancel_url, submitted_at=time.time(), submit_started=None, error=None, error_kind=None,
-                  provider=provider, account=account)
+        # Deferred while grouping: the runner awaits commit() before it follows the request.
+        self._set(key, defer=True, state="submitted", request_id=request_id, status_url=status_url,
+                  response_url=response_url, cancel_url=cancel_url, submitted_at=time.time(), submit_started=None,
+                  error=None, error_kind=None, provider=provider, account=account)
 
     def completed(self, key: str, result: dict[str, Any]) -> None:
-        self._set(key, state="completed", result=_dumps(result), completed_at=time.time())
+        self._set(key, defer=True, state="completed", result=_dumps(result), completed_at=time.time())
 
     def downloaded(self, key: str, files: list[dict[str, Any]]) -> None:
-        self._set(key, release=True, state="downloaded", files=_dumps(files), downloaded_at=time.time(), error=None,
-                  error_kind=None)
+        self._set(key, release=True, defer=True, state="downloaded", files=_dumps(files), downloaded_at=time.time(),
+                  error=None, error_kind=None)
 
     def failed(self, key: str, reason: str, kind: str) -> None:
         self._set(key, release=True, state="failed", error=reason, error_kind=kind, submit_started=None)
@@ -934,6 +945,16 @@ class Store:
             "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "
             "(SELECT 1 FROM json_each(jobs.files) WHERE json_type(value, '$.cost') IS NULL)")]
 
+    # Each finished file's cost, and 1 where a file has none (json_each: one row per file entry).
+    cost_sql = ("SELECT COALESCE(SUM(json_extract(f.value, '$.cost')), 0), "
+                "COALESCE(MAX(COALESCE(json_type(f.value, '$.cost'), 'null') = 'null'), 0) "
+                "FROM job, json_each(job.files) AS f WHERE job.in_plan = 1 AND job.state = 'downloaded'")
+
+    def cost(self) -> tuple[float, bool]:
+        """(the recorded cost of every finished file of the plan, whether some file has no cost), summed in SQL."""
+        total, uncosted = self.db.execute(self.cost_sql).fetchone()
+        return float(total or 0.0), bool(uncosted)
+
     def done_by_model(self) -> dict[str, int]:
         """Downloaded jobs of the recorded plan, per model."""
         return {m: int(n) for m, n in self.db.execute(
@@ -1048,19 +1069,55 @@ class SQLiteStore(Store):
                 _old_schema_views(self.db)
         except sqlite3.Error as exc:
             raise sql_error(self.path, exc) from exc
+        self._deferred = 0  # changes waiting in the open transaction for commit()
+        self._undone: StateError | None = None  # why deferred changes were rolled back (commit() raises it)
         stat = os.stat(self.path) if self.path.exists() else None
         self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
+
+    group_commit = True
 
     def reopen(self) -> SQLiteStore:
         return SQLiteStore(self.run_dir)
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, defer: bool = False) -> Iterator[sqlite3.Connection]:
+        deferred = defer and self.grouping
         try:
-            with self.db:
-                yield self.db
+            yield self.db
+            if deferred:
+                self._deferred += 1
+            else:
+                self.db.commit()  # and with it every change deferred before this one
+                self._deferred = 0
+        except LeaseLost:
+            # The fenced statement changed nothing; other jobs' deferred changes stay for commit().
+            if not self._deferred:
+                self.db.rollback()
+            raise
         except sqlite3.Error as exc:
-            raise sql_error(self.path, exc) from exc
+            error = sql_error(self.path, exc)
+            self._undo(error)
+            raise error from exc
+        except BaseException:
+            self._undo(StateError(f"{self.path}: a state change was interrupted; recent changes were undone",
+                                  hint="rerun the same command: nothing committed is lost"))
+            raise
+
+    def _undo(self, error: StateError) -> None:
+        """Roll the open transaction back; deferred changes went with it, so their commit() must fail."""
+        if self._deferred:
+            self._undone = self._undone or error
+        self._deferred = 0
+        with suppress(sqlite3.Error):
+            self.db.rollback()
+
+    def commit(self) -> None:
+        if self._deferred:
+            with self._tx():
+                pass
+        undone, self._undone = self._undone, None
+        if undone is not None:
+            raise undone
 
     def meta(self, name: str) -> str | None:
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:

@@ -298,12 +298,30 @@ def tricky_manifests(draw: st.DrawFn) -> dict[str, Any]:
     return data
 
 
+@pytest.fixture(scope="module")
+def seed_limited(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
+    """The shipped schemas, but flux's seed has a maximum of 5: its seeds are checked value by value."""
+    import json
+    import shutil
+
+    from .conftest import SCHEMAS
+
+    root = tmp_path_factory.mktemp("schemas") / "s"
+    shutil.copytree(SCHEMAS, root)
+    path = root / "endpoints" / f"{MODELS[0]}.json"
+    schema = json.loads(path.read_text())
+    schema["properties"]["seed"]["maximum"] = 5
+    path.write_text(json.dumps(schema))
+    return SchemaRegistry(root)
+
+
 @pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(tricky_manifests())
-def test_fast_plan_equals_the_straightforward_plan(registry: SchemaRegistry, data):
+@given(tricky_manifests(), st.booleans())
+def test_fast_plan_equals_the_straightforward_plan(registry: SchemaRegistry, seed_limited: SchemaRegistry,
+                                                    data: dict[str, Any], limited: bool):
     """Cells taken whole, seed templates and lazy digests give the plan (or the problems) of the long way."""
-    fast, slow = _plan_both(registry, data)
+    fast, slow = _plan_both(seed_limited if limited else registry, data)
     if isinstance(fast, plan.Plan) and isinstance(slow, plan.Plan):
         assert _described(fast) == _described(slow)
         jobs = list(fast.jobs)
@@ -321,3 +339,18 @@ def test_problems_of_the_manifest_survive_the_exact_pass(registry: SchemaRegistr
     messages = sorted(p.message for p in info.value.problems)
     assert len(messages) == 2 and messages[1] == "seed 0 is out of range"
     assert messages[0].startswith("prompt=a model=two seed=1 sends exactly the input of prompt=a model=one seed=1")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-(2**70), 2**70), max_size=200), st.lists(st.integers(-(2**70), 2**70), max_size=50),
+       st.sampled_from([0, 5, 50_000]))
+def test_fingerprints_hold_the_low_64_bits_of_each_member(members: list[int], probes: list[int], small: int):
+    """Membership is that of a set of the members' low 64 bits, before and after the set moves into buckets."""
+    mask = 2**64 - 1
+    fps = plan.Fingerprints()
+    fps.SMALL = small
+    for m in members:
+        fps.add(m)
+    expected = {m & mask for m in members}
+    for x in members + probes + [m ^ (1 << 64) for m in members]:
+        assert (x in fps) == ((x & mask) in expected)

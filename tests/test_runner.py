@@ -1069,6 +1069,29 @@ def test_account_limits_hold_across_workers_sharing_state(tmp_path: Path, postgr
     assert len(images(tmp_path / "outputs" / "t")) == 18
 
 
+def test_jobs_reaching_a_step_together_share_one_commit(tmp_path: Path, registry: SchemaRegistry):
+    """Group commit: 40 jobs at concurrency 20 take fewer commits than their 120 step changes, and all are recorded."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 41)), limits={"concurrency": 20, "rate": 1000})
+    p = plan_mod.build(load(m), registry)
+    store = SQLiteStore(tmp_path / "run")
+
+    async def scenario(url: str) -> Runner:
+        async with Client(url, key="k") as client:
+            runner = Runner(p, store, client, RunConfig(concurrency=20, rate=1000.0, provider="emulator"))
+            await runner.run()
+            return runner
+    try:
+        with background_emulator(service=FAST, workers=20) as emu:
+            runner = asyncio.run(scenario(emu.url))
+        assert store.counts()["downloaded"] == 40 and not store.grouping
+        assert 1 <= runner.commits.commits < 3 * 40
+    finally:
+        store.close()
+    reader = SQLiteStore(tmp_path / "run", readonly=True)  # what another process (or a rerun) reads
+    assert reader.counts()["downloaded"] == 40
+    reader.close()
+
+
 def test_a_run_database_from_before_the_cells_is_resumed(tmp_path: Path):
     """A run whose state has the old one-row-per-job schema (finished, submitted and planned jobs) is migrated on
     the next run: finished jobs are kept, a submitted one is followed (not paid again), the rest are rendered."""

@@ -15,7 +15,7 @@ from renderer.cli import main
 from renderer.emulator import ServiceTime
 from renderer.errors import UsageError
 from renderer.manifest import AccountConfig, ProviderConfig
-from renderer.session import resolve_provider
+from renderer.session import Display, resolve_provider
 
 from .conftest import ROOT, background_emulator, write_manifest
 
@@ -54,6 +54,23 @@ def test_piped_output_has_plain_lines_and_described_failures(tmp_path: Path):
     assert len(failed) == 1
     assert "prompt=cat model=acme/missing seed=5 num_inference_steps=2 (j1-" in failed[0]
     assert text.splitlines()[0].startswith("progress: 0/2 jobs")
+
+
+class Unindexable(list):
+    """A plan's jobs that refuse to be walked: describing a failure must not read the whole plan."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the display walked the plan")
+
+
+def test_failures_are_described_from_the_event_without_the_plan():
+    """A failure line names prompt, model, seed and axes from the event itself; the plan is never walked."""
+    err = io.StringIO()
+    display = Display(err, quiet=False, jobs=Unindexable(), tty=False)
+    display({"type": "failed", "key": "j1-abc", "reason": "boom", "job": "prompt=cat model=m seed=3 steps=2"})
+    display({"type": "failed", "key": "j1-def", "reason": "other"})  # an event from elsewhere: the key alone
+    assert err.getvalue().splitlines() == ["failed: prompt=cat model=m seed=3 steps=2 (j1-abc): boom",
+                                           "failed: j1-def: other"]
 
 
 def test_run_json_summary_pipes_into_json_tool(tmp_path: Path):

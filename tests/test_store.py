@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from renderer import plan
-from renderer.errors import RunLocked
+from renderer.errors import RunLocked, StateError
 from renderer.manifest import load
 from renderer.pgstore import PostgresStore
 from renderer.schemas import SchemaRegistry
@@ -339,6 +339,70 @@ def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(o
     assert store.get(a).state == "submitted" and store.get(a).account == "team-b"
     store.resubmit(a, "the provider no longer knows the request")
     assert store.get(a).account is None and store.get(a).request_id is None
+
+
+def test_cost_is_summed_in_the_database(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
+    """The cost of the plan's finished files is their recorded costs' sum; a file without one is flagged."""
+    p = _plan(registry)
+    store = open_state()
+    store.sync_plan(p.jobs)
+    keys = [j.key for j in p.jobs]
+    assert store.cost() == (0.0, False)
+    store.downloaded(keys[0], [{"path": "a", "cost": 0.25}, {"path": "b", "cost": 0.5}])
+    store.downloaded(keys[1], [{"path": "c", "cost": 1.0}])
+    store.failed(keys[2], "no", "rejected")
+    assert store.cost() == (1.75, False)
+    store.downloaded(keys[3], [{"path": "d"}])
+    assert store.cost() == (1.75, True)
+    store.sync_plan(p.jobs[1:])  # a job no longer planned no longer counts
+    assert store.cost() == (1.0, True)
+
+
+def test_grouped_step_changes_are_durable_only_at_commit(tmp_path: Path, registry: SchemaRegistry):
+    """While grouping, step changes wait in one transaction: another reader sees them only after commit()."""
+    p = _plan(registry)
+    store = SQLiteStore(tmp_path)
+    store.sync_plan(p.jobs)
+    keys = [j.key for j in p.jobs]
+    other = sqlite3.connect(tmp_path / DB_NAME)
+
+    def state(key: str) -> str:
+        return other.execute("SELECT state FROM jobs WHERE key = ?", (key,)).fetchone()[0]
+    store.grouping = True
+    store.submitted(keys[0], "r0", "s", "r", "c")
+    store.submitted(keys[1], "r1", "s", "r", "c")
+    assert store.get(keys[0]).request_id == "r0"  # this connection reads its own changes
+    assert state(keys[0]) == state(keys[1]) == "planned"
+    store.commit()
+    assert state(keys[0]) == state(keys[1]) == "submitted"
+    store.completed(keys[0], {"images": []})
+    store.submit_started(keys[2])  # not a step change: commits at once, and the deferred one with it
+    assert state(keys[0]) == "completed" and other.execute(
+        "SELECT submit_started IS NOT NULL FROM jobs WHERE key = ?", (keys[2],)).fetchone()[0] == 1
+    other.close()
+    store.close()
+
+
+def test_a_failed_change_undoes_the_group_and_commit_says_so(tmp_path: Path, registry: SchemaRegistry):
+    """A change that fails rolls back the deferred ones with it; commit() then raises instead of pretending."""
+    p = _plan(registry)
+    store = SQLiteStore(tmp_path)
+    store.sync_plan(p.jobs)
+    keys = [j.key for j in p.jobs]
+    store.grouping = True
+    store.submitted(keys[0], "r0", "s", "r", "c")
+    with pytest.raises(StateError):
+        store._set(keys[1], defer=True, state="no such state")  # the CHECK constraint refuses it
+    with pytest.raises(StateError):
+        store.commit()
+    assert store.get(keys[0]).state == "planned"  # undone, and said so: the job did not go on
+    store.commit()  # the error is reported once; the store works on
+    store.submitted(keys[0], "r0", "s", "r", "c")
+    store.commit()
+    reader = SQLiteStore(tmp_path, readonly=True)
+    assert reader.get(keys[0]).request_id == "r0"
+    reader.close()
+    store.close()
 
 
 def test_a_shared_rate_spaces_turns_across_workers(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest):
