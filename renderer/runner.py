@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import math
 import os
 import secrets
@@ -129,8 +130,14 @@ def publish(storage: Storage, run_dir: Path, *rels: str) -> None:
             storage.put_bytes(rel, path.read_bytes())
 
 
-def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | None) -> None:
-    """metadata.jsonl and the card from the state's finished rows (then copied to a remote output)."""
+def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | None, *, append: bool = False,
+                  record: bool = False) -> None:
+    """metadata.jsonl and the card from the state's finished rows (then copied to a remote output).
+
+    `append`: add the rows of jobs finished since it was written, if the state's record says
+    that is exact (dataset.update), instead of rewriting a million rows; `record`: keep that
+    record (a writable state).
+    """
     manifest = plan.manifest
     try:
         text: str | None = manifest.file.read_text(encoding="utf-8")
@@ -139,7 +146,10 @@ def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | No
     info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
     axes = plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
     columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in plan.jobs))
-    dataset.write(store.run_dir, info, columns, store.export_rows(), provider)
+    # The rows depend on the plan (its digest), the columns and the provider: any change rewrites them.
+    signature = json.dumps([getattr(plan, "digest", ""), columns.axes, provider])
+    dataset.update(store, info, columns, provider, signature, append=append and bool(getattr(plan, "digest", "")),
+                   record=record)
     publish(storage, store.run_dir, f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
 
 
@@ -783,7 +793,9 @@ class Runner:
         if not self.shared and not self.plan_changed and self.images == 0 and self.failed == 0 and \
                 (self.run_dir / DATA_DIR / dataset.METADATA).is_file():
             return
-        write_dataset(self.plan, self.store, self.storage, self.config.provider or None)
+        # An unchanged plan: this run's finished jobs are appended (a changed one rewrites it whole).
+        write_dataset(self.plan, self.store, self.storage, self.config.provider or None, append=not self.plan_changed,
+                      record=True)
 
     def publish(self, *rels: str) -> None:
         publish(self.storage, self.run_dir, *rels)

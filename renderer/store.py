@@ -596,6 +596,11 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
+    def set_meta(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                       (name, value))
+
     def set_meta_once(self, name: str, value: str) -> bool:
         """Set `name` to `value` unless it already is; True for exactly one of several concurrent callers."""
         with self._tx() as db:
@@ -903,17 +908,21 @@ class Store:
 
     nsfw_sql = "json_extract(result, '$.has_nsfw_concepts')"
 
-    def export_rows(self) -> Iterator[dict[str, Any]]:
-        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags)."""
+    def export_rows(self, after: float | None = None) -> Iterator[dict[str, Any]]:
+        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags).
+
+        `after`: only jobs downloaded later than that (epoch s): what an append to metadata.jsonl needs.
+        """
+        since, args = ("", ()) if after is None else (" AND downloaded_at > ?", (after,))
         for r in self.db.execute(
                 "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
-                f"{self.nsfw_sql} AS nsfw, provider FROM jobs "
-                "WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index"):
+                f"{self.nsfw_sql} AS nsfw, provider, downloaded_at FROM jobs "
+                f"WHERE in_plan = 1 AND state = 'downloaded'{since} ORDER BY plan_index", args):
             nsfw = r["nsfw"]
             yield {"key": r["key"], "prompt": r["prompt"], "prompt_id": r["prompt_id"], "model": r["model"],
                    "endpoint": r["endpoint"], "seed": r["seed"], "axes": json.loads(r["axes"]),
                    "input": json.loads(r["input"]), "tags": json.loads(r["tags"]), "files": json.loads(r["files"]),
-                   "request_id": r["request_id"], "provider": r["provider"],
+                   "request_id": r["request_id"], "provider": r["provider"], "downloaded_at": r["downloaded_at"],
                    # the flags as JSON text: an array, or a bare scalar when the result had no list
                    "has_nsfw_concepts": json.loads(nsfw) if isinstance(nsfw, str) and nsfw.startswith("[") else None}
 
