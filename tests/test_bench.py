@@ -89,20 +89,20 @@ def _scale_out(postgres_server: str, s3_server: Any, *args: str) -> str:
 
 
 def test_scale_out_run_smoke(postgres_server, s3_server):
-    """bench/scale_out.py renders a tiny run into the bucket and passes its checks (files, dupes, peaks)."""
-    out = _scale_out(postgres_server, s3_server, "--workers", "1", "--jobs", "6", "--latency", "0.02")
-    assert "# reproduce: python bench/scale_out.py --workers 1 --jobs 6" in out
+    """bench/scale_out.py: two workers render a tiny run into the bucket and pass its checks (files, dupes, peaks)."""
+    out = _scale_out(postgres_server, s3_server, "--workers", "2", "--jobs", "8", "--latency", "0.02")
+    assert "# reproduce: python bench/scale_out.py --workers 2 --jobs 8" in out
     assert "| FAL_KEY_A " in out and "# result: PASS" in out
 
 
 def test_scale_out_kill_smoke(postgres_server, s3_server):
-    """bench/scale_out.py --kill-trials kills a worker mid-run and the run still completes with nothing lost."""
-    out = _scale_out(postgres_server, s3_server, "--workers", "1", "--jobs", "12", "--kill-trials", "1",
-                     "--latency", "0.1")
+    """bench/scale_out.py --kill-trials kills one of two workers mid-run; the other completes it, nothing lost."""
+    out = _scale_out(postgres_server, s3_server, "--workers", "2", "--jobs", "16", "--kill-trials", "1",
+                     "--latency", "0.1", "--lease", "2")
     assert "requests open at kill all taken over after" in out and "# result: PASS" in out
 
 
 def test_scale_out_bench_smoke(postgres_server, s3_server):
     """bench/scale_out.py --bench compares shared state + S3 with SQLite + local disk and prints the ratio."""
-    out = _scale_out(postgres_server, s3_server, "--workers", "1", "--jobs", "10", "--bench", "--latency", "0.02")
-    assert "| SQLite + local disk | 1 " in out and "ratio (provider-bound)" in out
+    out = _scale_out(postgres_server, s3_server, "--workers", "2", "--jobs", "10", "--bench", "--latency", "0.02")
+    assert "| SQLite + local disk | 1 " in out and "| PostgreSQL + S3     | 2 " in out and "ratio (provider-bound)" in out
