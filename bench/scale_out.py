@@ -237,6 +237,14 @@ class Run:
                         seen[str(event.get("key"))] += 1
         return sum(1 for n in seen.values() if n > 1)
 
+    def lease_events(self, index: int) -> int:
+        """Events of worker `index` that speak of a lost lease (what fencing stopped)."""
+        found = 0
+        for path in (self.folder / f"w{index}").glob("events*.jsonl"):
+            for line in path.read_text(errors="replace").splitlines():
+                found += "lease" in line and '"type": "start"' not in line
+        return found
+
     def stderr_tail(self) -> str:
         tails = [p.read_text(errors="replace")[-400:] for p in sorted(self.folder.glob("w*/stderr*")) if p.stat().st_size]
         return " | ".join(t.strip() for t in tails)[-1500:]
@@ -481,13 +489,14 @@ def mode_pause(s: Setup) -> tuple[bool, list[str]]:
             and twice == 0 and not over
         all_ok &= ok
         woke = "-" if sleeper is None else str(codes[run.workers.index(sleeper)])
-        rows.append((trial, "-" if held_jobs is None else held_jobs, woke,
+        fenced = "-" if sleeper is None else run.lease_events(run.workers.index(sleeper))
+        rows.append((trial, "-" if held_jobs is None else held_jobs, woke, fenced,
                      " ".join(str(c) for p, c in zip(run.workers, codes, strict=True) if p is not sleeper),
                      lost, found["images"], found["bad_images"], dupes, recorded, unexplained, twice,
                      " ".join(f"{v[-1]}:{running(emu, v)}/{lim}" for v, _, lim in peaks(emu)), "ok" if ok else "FAIL"))
         if not ok and run.stderr_tail():
             print(f"# trial {trial} worker stderr: {run.stderr_tail()}", file=sys.stderr)
-    return all_ok, [table(("trial", "paused held", "paused worker exit", "others exit", "lost", "in bucket", "bad",
+    return all_ok, [table(("trial", "paused held", "paused worker exit", "its lease-lost events", "others exit", "lost", "in bucket", "bad",
                            "dupes", "recorded", "unexplained", "written twice", "peak running/limit", "result"), rows),
                     f"# each trial: SIGSTOP one worker for {pause:g} s (2 x lease + 1), then SIGCONT"]
 
