@@ -128,5 +128,10 @@ def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Pa
         if len(rows) >= 10_000:
             flush()
     flush()
+    # What a finished run leaves besides its images: the dataset's metadata and card (a rerun
+    # that finds them current does not write them again).
+    from renderer.runner import write_dataset
+    from renderer.storage import LocalStorage
+    write_dataset(plan, store, LocalStorage(m.run_dir), None)
     store.close()
     return m.run_dir

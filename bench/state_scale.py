@@ -19,7 +19,7 @@ no-op rerun <= 10 s, validate <= 5 s, state <= 150 bytes per job beyond the prom
     (user + sys, from the child's getrusage), less sensitive than wall time to a shared machine.
 Reproduce:  python bench/state_scale.py [--jobs 100000] [--run-jobs 20000] [--runs 3]
             python bench/state_scale.py --only-scale --scale 1000000 --runs 1
-            python bench/state_scale.py --only-scale --only-plan --scale 1000000 --runs 3
+            python bench/state_scale.py --only-scale --only-plan [--random-seeds] --scale 1000000 --runs 3
             python bench/state_scale.py --only-scale --ten-million --runs 1
 """
 
@@ -49,8 +49,11 @@ def synthesise(path: Path, output: Path) -> Path:
     return synthesise_finished_run(path, output, lambda job: PNG)
 
 
-def dataset_manifest(folder: Path, jobs: int) -> Path:
-    """1,000 prompts (JSONL) x 10 models x jobs/10,000 seeds: a dataset builder's manifest."""
+def dataset_manifest(folder: Path, jobs: int, random_seeds: bool = False) -> Path:
+    """1,000 prompts (JSONL) x 10 models x jobs/10,000 seeds: a dataset builder's manifest.
+
+    With `random_seeds`, `seeds: {random: N}` (a different seed for every job) instead of 1…N.
+    """
     import yaml
 
     prompts = 1000 if jobs >= 10_000 else max(1, jobs // 100)
@@ -61,7 +64,7 @@ def dataset_manifest(folder: Path, jobs: int) -> Path:
     path = folder / "scale.yaml"
     path.write_text(yaml.safe_dump({
         "name": "scale", "provider": "emulator", "prompts": [{"file": "prompts.jsonl"}], "models": MODELS,
-        "seeds": {"start": 1, "count": seeds}, "defaults": {"aspect_ratio": "1:1"},
+        "seeds": {"random": seeds} if random_seeds else {"start": 1, "count": seeds}, "defaults": {"aspect_ratio": "1:1"},
         "limits": {"concurrency": 16, "rate": 1000},
     }, sort_keys=False))
     return path
@@ -107,9 +110,10 @@ def state_bytes(run_dir: Path) -> int:
     return sum(f.stat().st_size for f in run_dir.rglob("renderer.sqlite*"))
 
 
-def scale_rows(folder: Path, jobs: int, runs: int, only_plan: bool = False) -> tuple[list[list[str]], float]:
+def scale_rows(folder: Path, jobs: int, runs: int, only_plan: bool = False,
+               random_seeds: bool = False) -> tuple[list[list[str]], float]:
     """validate, plan, a 20-job trial run, and a no-op rerun of the finished run at `jobs` jobs."""
-    path = dataset_manifest(folder, jobs)
+    path = dataset_manifest(folder, jobs, random_seeds)
     text = sum(len(json.loads(x)["text"].encode()) for x in (folder / "prompts.jsonl").read_text().splitlines())
     rows = []
 
@@ -160,16 +164,18 @@ def main() -> None:
     ap.add_argument("--ten-million", action="store_true", help="--scale 10000000 (opt-in: ~10 GB of disk, an hour)")
     ap.add_argument("--only-scale", action="store_true", help="skip the 100k/20k tables")
     ap.add_argument("--only-plan", action="store_true", help="in the scale table, validate and plan only")
+    ap.add_argument("--random-seeds", action="store_true", help="in the scale table, `seeds: {random: N}`")
     args = ap.parse_args()
     if args.ten_million:
         args.scale = 10_000_000
     if args.scale:
         with tempfile.TemporaryDirectory() as tmp:
             load = os.getloadavg()[0]
-            scale, setup = scale_rows(Path(tmp), args.scale, args.runs, args.only_plan)
+            scale, setup = scale_rows(Path(tmp), args.scale, args.runs, args.only_plan, args.random_seeds)
         print(f"# dataset scale; {machine()}; load {load:.1f} -> {os.getloadavg()[0]:.1f}; medians of {args.runs}"
               + ("" if args.only_plan else f"; synthesising the finished run took {setup:.0f} s (not measured)"))
-        print(f"# reproduce: python bench/state_scale.py --only-scale{' --only-plan' * args.only_plan} "
+        print(f"# reproduce: python bench/state_scale.py --only-scale{' --only-plan' * args.only_plan}"
+              f"{' --random-seeds' * args.random_seeds} "
               f"--scale {args.scale} --runs {args.runs}")
         print(table(["case", "wall", "first submit", "peak RSS", "target"], scale))
         if args.only_scale:

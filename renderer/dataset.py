@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections import Counter
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import files
 from .errors import UsageError
 from .layout import DATA_DIR
-from .store import DB_NAME, SQLiteStore
+from .store import DB_NAME, SQLiteStore, Store
 
 METADATA = "metadata.jsonl"
 CARD = "README.md"
@@ -232,23 +232,100 @@ def card_text(info: CardInfo, columns: Columns, *, data_globs: tuple[str, ...] =
     return "\n".join(lines) + "\n"
 
 
-def write(run_dir: Path, info: CardInfo, columns: Columns, jobs: Iterable[Mapping[str, Any]],
-          provider: str | None) -> int:
-    """RUN/data/metadata.jsonl (plan order) and RUN/data/README.md. Returns the number of rows."""
-    data_dir = run_dir / DATA_DIR
-    models: Counter[tuple[str, str]] = Counter()
+@dataclass
+class Tally:
+    """What metadata.jsonl holds, counted as it is written (and kept in the state to append to it)."""
 
-    def rows() -> Iterable[dict[str, Any]]:
+    jobs: int = 0
+    rows: int = 0
+    through: float | None = None  # the latest `downloaded_at` among its jobs: later ones are not in it yet
+    models: dict[str, list[Any]] = field(default_factory=dict)  # model → [endpoint, images], first seen first
+
+    def rows_of(self, columns: Columns, jobs: Iterable[Mapping[str, Any]], provider: str | None
+                ) -> Iterator[dict[str, Any]]:
         for job in jobs:
+            self.jobs += 1
+            at = job.get("downloaded_at")
+            if isinstance(at, (int, float)) and (self.through is None or at > self.through):
+                self.through = float(at)
             for index, entry in enumerate(job["files"]):
-                models[(job["model"], job["endpoint"])] += 1
+                self.models.setdefault(job["model"], [job["endpoint"], 0])[1] += 1
+                self.rows += 1
                 yield columns.row(job, entry, index, provider)
 
-    count = write_metadata(data_dir, rows())
+
+def _card(data_dir: Path, info: CardInfo, columns: Columns, tally: Tally) -> None:
     info = CardInfo(info.name, info.manifest_file, info.manifest_text, info.license,
-                    {m: (e, n) for (m, e), n in models.items()}, count)
+                    {m: (e, n) for m, (e, n) in tally.models.items()}, tally.rows)
     files.write_atomic(data_dir / CARD, card_text(info, columns).encode())
-    return count
+
+
+def write(run_dir: Path, info: CardInfo, columns: Columns, jobs: Iterable[Mapping[str, Any]],
+          provider: str | None) -> Tally:
+    """RUN/data/metadata.jsonl (plan order) and RUN/data/README.md, whole. Returns what was written."""
+    data_dir = run_dir / DATA_DIR
+    tally = Tally()
+    write_metadata(data_dir, tally.rows_of(columns, jobs, provider))
+    _card(data_dir, info, columns, tally)
+    return tally
+
+
+DATASET_META = "dataset"  # the state's record of metadata.jsonl: its Tally, size, mtime and signature
+
+
+def update(store: Store, info: CardInfo, columns: Columns, provider: str | None, signature: str, *,
+           append: bool = True, record: bool = True) -> Tally:
+    """metadata.jsonl and the card brought up to date with the state, appended to where that is exact.
+
+    The rows of jobs finished since the file was last written (plan order within them) are
+    appended when the state's record of the file still matches it (same signature: plan digest,
+    columns, provider; same size and mtime) and the finished jobs then number exactly those in
+    the file: a job that left the plan, was downloaded again or finished twice makes the count
+    disagree, and the file is rewritten whole. The card (a few lines per model) is rewritten
+    from the counts, never by reading the rows. `record`: keep the new record in the state
+    (False for a read-only state: the next run then finds no match and rewrites).
+    """
+    data_dir = store.run_dir / DATA_DIR
+    path = data_dir / METADATA
+    finished = store.counts()["downloaded"]
+    known = _recorded(store, signature, path) if append else None
+    tally: Tally | None = None
+    if known is not None:
+        tally = known
+        with open(path, "ab") as handle:  # a kill mid-append leaves a size the record does not match
+            for row in tally.rows_of(columns, store.export_rows(after=tally.through), provider):
+                handle.write((json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        if tally.jobs != finished:
+            tally = None
+    if tally is None:
+        tally = write(store.run_dir, info, columns, store.export_rows(), provider)
+    else:
+        _card(data_dir, info, columns, tally)
+    if record:
+        stat = path.stat()
+        store.set_meta(DATASET_META, json.dumps({
+            "signature": signature, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "jobs": tally.jobs,
+            "rows": tally.rows, "through": tally.through, "models": tally.models}))
+    return tally
+
+
+def _recorded(store: Store, signature: str, path: Path) -> Tally | None:
+    """The Tally of metadata.jsonl as recorded, if the file on disk is still exactly that file."""
+    try:
+        known = json.loads(store.meta(DATASET_META) or "null")
+        stat = path.stat()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(known, dict) or known.get("signature") != signature or \
+            known.get("bytes") != stat.st_size or known.get("mtime_ns") != stat.st_mtime_ns:
+        return None
+    try:
+        return Tally(int(known["jobs"]), int(known["rows"]), known["through"],
+                     {str(m): [str(e), int(n)] for m, (e, n) in known["models"].items()})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 @contextmanager

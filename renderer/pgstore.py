@@ -276,6 +276,7 @@ class PostgresStore(Store):
                              hint="pip install 'renderer[postgres]'") from exc
         self.run_dir = run_dir
         self.url = url
+        self.run = run
         self.schema = schema_name(run)
         self.where = f"{redact(url)} schema {self.schema}"
         try:
@@ -306,6 +307,9 @@ class PostgresStore(Store):
                         db.execute(ddl)
                         db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
         self.db.execute(f'SET search_path TO "{self.schema}"')
+
+    def reopen(self) -> PostgresStore:
+        return PostgresStore(self.url, self.run_dir, self.run)
 
     @contextmanager
     def _tx(self, defer: bool = False) -> Iterator[_Connection]:  # every change commits at once (no grouping)

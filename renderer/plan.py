@@ -393,6 +393,46 @@ def random_seed(run: str, prompt_id: str, model: str, n: int) -> int:
     return int.from_bytes(digest[:8], "big") % (SEED_MAX - SEED_MIN + 1) + SEED_MIN
 
 
+class _RandomSeeds(Sequence[int]):
+    """A cell's `random: N` seeds, drawn on first use: counting a cell needs none of them.
+
+    Every one is in SEED_MIN…SEED_MAX by construction (they may repeat, rarely).
+    """
+
+    __slots__ = ("_args", "_count", "_values")
+
+    def __init__(self, run: str, prompt_id: str, model: str, count: int) -> None:
+        self._args = (run, prompt_id, model)
+        self._count = count
+        self._values: list[int] | None = None
+
+    def _drawn(self) -> list[int]:
+        if self._values is None:
+            # random_seed's bytes, with the shared beginning hashed once.
+            run, prompt_id, model = self._args
+            start = hashlib.sha256(f"{run}\0{prompt_id}\0{model}\0".encode())
+            values = []
+            for n in range(self._count):
+                h = start.copy()
+                h.update(str(n).encode())
+                values.append(int.from_bytes(h.digest()[:8], "big") % (SEED_MAX - SEED_MIN + 1) + SEED_MIN)
+            self._values = values
+        return self._values
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._drawn())
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        return self._drawn()[index]
+
+
 def _same(key: str, a: Any, b: Any) -> bool:
     # 1 == True in Python; a seed of `true` must not match seed 1.
     return (type(a) is type(b) and a == b) or (
@@ -480,7 +520,7 @@ class _Planner:
     def seeds_for(self, prompt: Prompt, model: Model) -> Sequence[int]:
         spec = self.m.seeds
         if isinstance(spec, dict) and "random" in spec:
-            return [random_seed(self.m.name, prompt.id, model.name, n) for n in range(spec["random"])]
+            return _RandomSeeds(self.m.name, prompt.id, model.name, spec["random"])
         return self._listed_seeds()
 
     def _listed_seeds(self) -> Sequence[int]:
@@ -537,10 +577,13 @@ class _Planner:
         if isinstance(seeds, range):
             ok = seeds.step == 1 and (not seeds or (_seed_ok(seeds[0]) and _seed_ok(seeds[-1])))
         else:
-            ok = all(_seed_ok(seed) for seed in seeds) and len(set(seeds)) == len(seeds)
+            ok = (isinstance(seeds, _RandomSeeds) or all(_seed_ok(seed) for seed in seeds)) and len(set(seeds)) == len(seeds)
         if ok and template.check_seed:
             model = self.models[template.first.model]
-            ok = all(self._checked.get(self._seed_check_key(model, seed)) == [] for seed in seeds)
+            if isinstance(seeds, (range, _RandomSeeds)) and self._uniform_seed(model):  # ints: one verdict for all
+                ok = self._checked.get((model.endpoint, "seed", int)) == []
+            else:
+                ok = all(self._checked.get(self._seed_check_key(model, seed)) == [] for seed in seeds)
         if ok and shared:
             self._fit.add((endpoint, template.check_seed))
         return ok
@@ -808,6 +851,8 @@ class _Planner:
 
     def _count(self, seeds: Sequence[Any]) -> int:
         """How many jobs a cell gives once checked: one per valid seed."""
+        if isinstance(seeds, _RandomSeeds):
+            return len(seeds)
         if isinstance(seeds, range) and seeds.step == 1 and (not seeds or (_seed_ok(seeds[0]) and _seed_ok(seeds[-1]))):
             return len(seeds)
         return sum(1 for seed in seeds if _seed_ok(seed))

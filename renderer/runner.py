@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import math
 import os
 import secrets
@@ -129,8 +130,14 @@ def publish(storage: Storage, run_dir: Path, *rels: str) -> None:
             storage.put_bytes(rel, path.read_bytes())
 
 
-def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | None) -> None:
-    """metadata.jsonl and the card from the state's finished rows (then copied to a remote output)."""
+def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | None, *, append: bool = False,
+                  record: bool = False) -> None:
+    """metadata.jsonl and the card from the state's finished rows (then copied to a remote output).
+
+    `append`: add the rows of jobs finished since it was written, if the state's record says
+    that is exact (dataset.update), instead of rewriting a million rows; `record`: keep that
+    record (a writable state).
+    """
     manifest = plan.manifest
     try:
         text: str | None = manifest.file.read_text(encoding="utf-8")
@@ -139,7 +146,10 @@ def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | No
     info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
     axes = plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
     columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in plan.jobs))
-    dataset.write(store.run_dir, info, columns, store.export_rows(), provider)
+    # The rows depend on the plan (its digest), the columns and the provider: any change rewrites them.
+    signature = json.dumps([getattr(plan, "digest", ""), columns.axes, provider])
+    dataset.update(store, info, columns, provider, signature, append=append and bool(getattr(plan, "digest", "")),
+                   record=record)
     publish(storage, store.run_dir, f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
 
 
@@ -493,7 +503,11 @@ class Runner:
         if not self.shared:
             self.store.join("", self.config.lease)  # one process under RunLock: claims of a killed run are void
             self.store.owner = None  # the changes below touch jobs nobody holds
-        self.plan_changed = self.store.sync_plan(self.plan.jobs, getattr(self.plan, "digest", ""))
+        digest = getattr(self.plan, "digest", "")
+        # A first run (no state, no files: nothing to find or mark out) renders while the rest of
+        # the plan is recorded in the background; any other records the plan first.
+        recording = None if (self.run_dir / DATA_DIR).is_dir() else self.store.record_plan(self.plan.jobs, digest)
+        self.plan_changed = recording is not None or self.store.sync_plan(self.plan.jobs, digest)
         files.remove_partials(self.run_dir, {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()})
         recover.leftovers(self.run_dir)
         adopted = recover.from_sidecars(self.store, self.run_dir)
@@ -517,7 +531,24 @@ class Runner:
             for row in self.store.rows(in_plan=True, state="submitted") + self.store.rows(in_plan=True, state="completed"):
                 if not (row.status_url or "").startswith(self.client.base_url + "/"):
                     self.store.resubmit(row.key, "the in-process emulator of an earlier run is gone", paid=False)
-        if not self.shared or self.config.verify:
+        if not self.shared and not self.config.verify and isinstance(self.storage, LocalStorage):
+            # What Storage.intact checks on disk (size + mtime), in one tight loop: a rerun of a
+            # million finished files costs a stat each, not a JSON decode and a call chain each.
+            root, stat = os.path.join(self.storage.root, ""), os.stat
+            for page in self.store.file_stats():
+                changed = set()
+                for key, rel, size, mtime in page:
+                    try:
+                        found = stat(root + rel)
+                    except (OSError, TypeError, ValueError):
+                        changed.add(key)
+                        continue
+                    if found.st_size != size or found.st_mtime_ns != mtime:
+                        changed.add(key)
+                for key in sorted(changed):
+                    self.store.redownload(key, "a finished file was missing or changed")
+                    self.plan_changed = True
+        elif not self.shared or self.config.verify:
             # With shared state every worker would check every file at start: only --verify does.
             for key, entries in self.store.downloaded_files():
                 if not all(self.storage.intact(e, rehash=self.config.verify) for e in entries):
@@ -538,14 +569,23 @@ class Runner:
         """
         batch = max(1, self.config.concurrency // 2)
         poll = min(2.0, self.config.lease / 4)
+        recorder, bound = self.store.recorder, self.config.max_jobs
         try:
             while not self.stopping and self.broken is None:
-                claimed = self.store.claim(batch, before=self.config.max_jobs)
+                # Read before claiming: a recording that ended before an empty claim has nothing more.
+                recording = recorder is not None and not recorder.finished.is_set() and (
+                    bound is None or recorder.recorded < bound)
+                claimed = self.store.claim(batch, before=bound)
                 for c in claimed:
                     self._endpoints[c.key] = c.endpoint
                     await queue.put(c.key)
                 if claimed:
                     continue
+                if recording:  # the plan is still being recorded: more jobs come
+                    await asyncio.sleep(0.02)
+                    continue
+                if recorder is not None and recorder.error is not None:
+                    raise recorder.error
                 # Done when every unfinished job is this worker's own (in flight, or waiting for an
                 # account it lacks: released at the end); else another worker holds some: wait.
                 if not self.shared or self.store.unfinished(self.config.max_jobs, others=True) == 0:
@@ -554,6 +594,19 @@ class Runner:
         except StateError as exc:  # the state cannot be read or written: stop, say why
             self.broken = self.broken or exc
         finally:
+            if recorder is not None:
+                # Stopping: the recording ends after its batch in hand (the next run records the
+                # rest). Otherwise it is waited for, so the run ends on the whole plan's state.
+                if self.stopping or self.broken is not None:
+                    recorder.halt()
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, recorder.thread.join)
+                except asyncio.CancelledError:
+                    recorder.halt()
+                    recorder.thread.join()
+                    raise
+                if recorder.error is not None and self.broken is None:
+                    self.broken = recorder.error
             for _ in range(consumers):
                 await queue.put(None)
 
@@ -740,7 +793,9 @@ class Runner:
         if not self.shared and not self.plan_changed and self.images == 0 and self.failed == 0 and \
                 (self.run_dir / DATA_DIR / dataset.METADATA).is_file():
             return
-        write_dataset(self.plan, self.store, self.storage, self.config.provider or None)
+        # An unchanged plan: this run's finished jobs are appended (a changed one rewrites it whole).
+        write_dataset(self.plan, self.store, self.storage, self.config.provider or None, append=not self.plan_changed,
+                      record=True)
 
     def publish(self, *rels: str) -> None:
         publish(self.storage, self.run_dir, *rels)

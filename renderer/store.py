@@ -29,10 +29,12 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -410,6 +412,7 @@ class Store:
     owner: str | None = None  # this worker's id once it claims jobs (every state change is then fenced)
     lease = 30.0  # seconds a claim lasts without renewal
     run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
+    recorder: PlanRecorder | None = None  # the plan still being recorded in the background (record_plan)
 
     # Group commit: while `grouping` is on, the step changes (submitted, completed, downloaded)
     # join one open transaction and become durable at the next `commit()`; the runner awaits that
@@ -453,6 +456,27 @@ class Store:
             if digest and self.meta("plan_digest") == digest:  # another worker recorded it meanwhile
                 return False
             return self._sync_plan(jobs, digest)
+
+    def record_plan(self, jobs: Sequence[Any], digest: str) -> PlanRecorder | None:
+        """Record a plan into an empty state: the first batch now, the rest in the background.
+
+        Rendering can start at once (claims take what is recorded, in plan order); the recorder
+        (also `self.recorder`) says how far it got. None, with nothing recorded, unless the state
+        has no job yet and this process alone writes it (SQLite; a plan with a digest): then
+        call sync_plan as before.
+        """
+        if self.shared or not digest or self.db.execute("SELECT 1 FROM job LIMIT 1").fetchone() is not None:
+            return None
+        rest = iter(jobs)
+        first = list(islice(rest, SYNC_BATCH))
+        self._sync_batch(first, {}, True, Fingerprints())
+        self.recorder = PlanRecorder(self, rest, digest, len(first), len(jobs))
+        self.recorder.thread.start()
+        return self.recorder
+
+    def reopen(self) -> Store:
+        """Another connection to the same state (for another thread)."""
+        raise NotImplementedError
 
     def _sync_plan(self, jobs: Iterable[Any], digest: str) -> bool:
         seen = self.seen_table
@@ -571,6 +595,11 @@ class Store:
     def meta(self, name: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                       (name, value))
 
     def set_meta_once(self, name: str, value: str) -> bool:
         """Set `name` to `value` unless it already is; True for exactly one of several concurrent callers."""
@@ -837,7 +866,9 @@ class Store:
             (after, before if before is not None else 2**62, limit))]
 
     def pending_count(self, before: int | None = None) -> int:
-        return self.unfinished(before)
+        """Jobs still to do below `before`, counting those the background recording has not reached."""
+        backlog = self.recorder.backlog(before) if self.recorder is not None else 0
+        return self.unfinished(before) + backlog
 
     def rows(self, *, in_plan: bool | None = None, state: str | None = None) -> list[Row]:
         sql, args = "SELECT * FROM jobs WHERE 1 = 1", []
@@ -860,19 +891,38 @@ class Store:
             yield from ((r[1], json.loads(r[2])) for r in page)
             after = page[-1][0]
 
+    def file_stats(self) -> Iterator[list[tuple[str, Any, Any, Any]]]:
+        """Pages of (key, path, size, mtime_ns): one per recorded file of each finished job of the plan.
+
+        What a rerun checks against the disk, without decoding each job's file list in Python
+        (SQLiteStore reads the fields in SQL). Pages are whole jobs; write between pages freely.
+        """
+        page: list[tuple[str, Any, Any, Any]] = []
+        for key, entries in self.downloaded_files():
+            page.extend((key, e.get("path"), e.get("size"), e.get("mtime_ns")) for e in entries)
+            if len(page) >= PAGE * 5:
+                yield page
+                page = []
+        if page:
+            yield page
+
     nsfw_sql = "json_extract(result, '$.has_nsfw_concepts')"
 
-    def export_rows(self) -> Iterator[dict[str, Any]]:
-        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags)."""
+    def export_rows(self, after: float | None = None) -> Iterator[dict[str, Any]]:
+        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags).
+
+        `after`: only jobs downloaded later than that (epoch s): what an append to metadata.jsonl needs.
+        """
+        since, args = ("", ()) if after is None else (" AND downloaded_at > ?", (after,))
         for r in self.db.execute(
                 "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
-                f"{self.nsfw_sql} AS nsfw, provider FROM jobs "
-                "WHERE in_plan = 1 AND state = 'downloaded' ORDER BY plan_index"):
+                f"{self.nsfw_sql} AS nsfw, provider, downloaded_at FROM jobs "
+                f"WHERE in_plan = 1 AND state = 'downloaded'{since} ORDER BY plan_index", args):
             nsfw = r["nsfw"]
             yield {"key": r["key"], "prompt": r["prompt"], "prompt_id": r["prompt_id"], "model": r["model"],
                    "endpoint": r["endpoint"], "seed": r["seed"], "axes": json.loads(r["axes"]),
                    "input": json.loads(r["input"]), "tags": json.loads(r["tags"]), "files": json.loads(r["files"]),
-                   "request_id": r["request_id"], "provider": r["provider"],
+                   "request_id": r["request_id"], "provider": r["provider"], "downloaded_at": r["downloaded_at"],
                    # the flags as JSON text: an array, or a bare scalar when the result had no list
                    "has_nsfw_concepts": json.loads(nsfw) if isinstance(nsfw, str) and nsfw.startswith("[") else None}
 
@@ -948,6 +998,63 @@ class Store:
         return json.loads(row[0]) if row and row[0] else None
 
 
+class PlanRecorder:
+    """The rest of a plan recorded by a thread with its own connection, while the run renders the start.
+
+    Jobs are recorded in plan order, SYNC_BATCH at a time, each batch one transaction: what is
+    claimable is always a prefix of the plan. The plan's digest is recorded last, so a recording
+    cut short (a crash, a stop) leaves a state whose next sync records the rest as new jobs.
+    """
+
+    def __init__(self, store: Store, rest: Iterator[Any], digest: str, recorded: int, total: int) -> None:
+        self.recorded = recorded  # jobs committed so far (plan positions 0 … recorded-1)
+        self.total = total
+        self.error: StateError | None = None
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._store, self._rest, self._digest = store, rest, digest
+        self.thread = threading.Thread(target=self._record, name="renderer-record-plan", daemon=True)
+
+    def _record(self) -> None:
+        try:
+            store = self._store.reopen()
+            try:
+                cells: dict[tuple[Any, ...], int] = {}
+                stems = Fingerprints()  # the state was empty: only the plan's own paths, which never clash
+                batch: list[Any] = []
+                for job in self._rest:
+                    batch.append(job)
+                    if len(batch) >= SYNC_BATCH:
+                        if self._stop.is_set():
+                            return
+                        store._sync_batch(batch, cells, True, stems)
+                        self.recorded += len(batch)
+                        batch = []
+                if batch and not self._stop.is_set():
+                    store._sync_batch(batch, cells, True, stems)
+                    self.recorded += len(batch)
+                if not self._stop.is_set():
+                    with store._tx() as db:
+                        db.execute("INSERT INTO meta VALUES ('plan_digest', ?) "
+                                   "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (self._digest,))
+            finally:
+                store.close()
+        except StateError as exc:
+            self.error = exc
+        except Exception as exc:  # a bug or an unexpected failure: the run stops and says so
+            self.error = StateError(f"recording the plan failed: {type(exc).__name__}: {exc}",
+                                    hint="rerun the same command: what was recorded is kept, the rest is recorded then")
+        finally:
+            self.finished.set()
+
+    def halt(self) -> None:
+        """Stop after the batch in hand (its transaction commits or not, whole); join the thread to wait."""
+        self._stop.set()
+
+    def backlog(self, before: int | None) -> int:
+        """Jobs of the plan below `before` not recorded yet (all planned: the state was empty)."""
+        return max(0, min(self.total, before if before is not None else self.total) - self.recorded)
+
 class SQLiteStore(Store):
     """The embedded default: renderer.sqlite in the run directory, used by one process at a time."""
 
@@ -977,6 +1084,9 @@ class SQLiteStore(Store):
         self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
 
     group_commit = True
+
+    def reopen(self) -> SQLiteStore:
+        return SQLiteStore(self.run_dir)
 
     @contextmanager
     def _tx(self, defer: bool = False) -> Iterator[sqlite3.Connection]:
@@ -1053,6 +1163,23 @@ class SQLiteStore(Store):
                 return
             yield from ((key, entries) for key, entries in json.loads(blob))
             after = last
+
+    def file_stats(self) -> Iterator[list[tuple[str, Any, Any, Any]]]:
+        finished = "+j.in_plan = 1 AND +j.state = 'downloaded'"
+        after = 0
+        while (upto := _page_bound(self.db, after, finished)) is not None:
+            yield [(blob_key(k, text), path, size, mtime) for k, text, path, size, mtime in self.db.execute(
+                "SELECT j.k, j.key_text, json_extract(f.value, '$.path'), json_extract(f.value, '$.size'), "
+                "json_extract(f.value, '$.mtime_ns') FROM job j, json_each(j.files) f "
+                f"WHERE j.id > ? AND j.id <= ? AND {finished}", (after, upto))]
+            after = upto
+
+
+def _page_bound(db: Any, after: int, where: str) -> int | None:
+    """The last job id of the next page of finished jobs after `after` (None: no more)."""
+    row = db.execute(f"SELECT MAX(id) FROM (SELECT id FROM job j WHERE id > ? AND {where} ORDER BY id LIMIT ?)",
+                     (after, PAGE * 5)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def _old_schema_views(db: sqlite3.Connection) -> None:

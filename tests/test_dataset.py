@@ -145,3 +145,53 @@ def test_axis_columns_have_one_type_whatever_the_values(axes: list[dict[str, Any
         assert row["seed"] == 1  # an axis named like a fixed column gets its own prefixed column
         for _, column, dtype in columns.axes:
             assert row[column] is None or type(row[column]) is python[dtype]
+
+
+def _rows_from_state(run_dir: Path) -> list[dict[str, Any]]:
+    with dataset.reading(run_dir) as (_, rows):
+        return [row for row, _ in rows]
+
+
+def _canonical(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.dumps(r, sort_keys=True) for r in rows)
+
+
+def test_a_resumed_run_appends_its_rows_and_the_card_counts_them(tmp_path: Path):
+    """A run that finishes a trial's plan appends its rows (the trial's bytes stay as they were); the file then
+    holds exactly the state's rows, each once, and the card counts them; a no-op rerun leaves both alone."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 13)))
+    base = ("run", str(m), "--output", str(tmp_path / "out"), "--quiet")
+    run_dir = tmp_path / "out/t"
+    data = run_dir / "data"
+    with background_emulator(service=ServiceTime("fixed", 0.01)) as emu:
+        assert cli(*base, "--provider", emu.url, "--max-jobs", "5", env={"FAL_KEY": "k"})[0] == 0
+        first = (data / "metadata.jsonl").read_bytes()
+        inode = (data / "metadata.jsonl").stat().st_ino
+        assert len(first.splitlines()) == 5
+        assert cli(*base, "--provider", emu.url, env={"FAL_KEY": "k"})[0] == 0
+        second = (data / "metadata.jsonl").read_bytes()
+        assert second.startswith(first) and len(second.splitlines()) == 12
+        assert (data / "metadata.jsonl").stat().st_ino == inode  # appended to, not replaced by a rewrite
+        assert _canonical(_metadata(data)) == _canonical(_rows_from_state(run_dir))
+        card = (data / "README.md").read_text()
+        assert "12 images rendered" in card and "| 12 |" in card
+        stamp = (data / "metadata.jsonl").stat().st_mtime_ns
+        assert cli(*base, "--provider", emu.url, env={"FAL_KEY": "k"})[0] == 0
+        assert (data / "metadata.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_a_metadata_file_that_is_not_the_recorded_one_is_rewritten_whole(tmp_path: Path):
+    """metadata.jsonl cut short (a kill mid-append, an edit) no longer matches the state's record: the next run
+    rewrites it whole from the state, in plan order, every row once."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 9)))
+    base = ("run", str(m), "--output", str(tmp_path / "out"), "--quiet")
+    run_dir = tmp_path / "out/t"
+    path = run_dir / "data/metadata.jsonl"
+    with background_emulator(service=ServiceTime("fixed", 0.01)) as emu:
+        assert cli(*base, "--provider", emu.url, "--max-jobs", "4", env={"FAL_KEY": "k"})[0] == 0
+        lines = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(b"".join(lines[:-1]))  # one row lost
+        assert cli(*base, "--provider", emu.url, env={"FAL_KEY": "k"})[0] == 0
+    assert [json.dumps(r, sort_keys=True) for r in _metadata(run_dir / "data")] == \
+        [json.dumps(r, sort_keys=True) for r in _rows_from_state(run_dir)]
+    assert len(_metadata(run_dir / "data")) == 8

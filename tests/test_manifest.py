@@ -10,6 +10,7 @@ import re
 import resource
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -181,16 +182,33 @@ def test_paths_that_are_not_manifest_files_are_located_errors(path: str):
 
 
 def test_unreadable_manifest_is_a_located_error(tmp_path: Path):
-    """A manifest without read permission is exit 2 naming it (skipped when running as root)."""
-    import os
+    """A manifest without read permission is exit 2 naming it (as root: checked as `nobody`, since root reads all)."""
+    import contextlib
 
-    if os.geteuid() == 0:
-        pytest.skip("root reads everything")
-    m = tmp_path / "m.yaml"
+    folder = Path(tempfile.mkdtemp())  # under /tmp, which every user may traverse
+    folder.chmod(0o755)
+    m = folder / "m.yaml"
     m.write_text("name: t\n")
     m.chmod(0)
+
+    @contextlib.contextmanager
+    def as_nobody() -> Iterator[None]:
+        if os.geteuid() != 0:
+            yield
+            return
+        os.seteuid(65534)  # the real uid stays root, so the next call may switch back
+        try:
+            yield
+        finally:
+            os.seteuid(0)
     err = io.StringIO()
-    assert main(["validate", str(m)], stdout=io.StringIO(), stderr=err, environ={}) == 2
+    try:
+        with as_nobody():
+            code = main(["validate", str(m)], stdout=io.StringIO(), stderr=err, environ={})
+    finally:
+        m.unlink()
+        folder.rmdir()
+    assert code == 2
     assert err.getvalue().startswith(f"{m}:1:1: $: cannot read the manifest")
 
 

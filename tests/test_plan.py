@@ -354,3 +354,12 @@ def test_fingerprints_hold_the_low_64_bits_of_each_member(members: list[int], pr
     expected = {m & mask for m in members}
     for x in members + probes + [m ^ (1 << 64) for m in members]:
         assert (x in fps) == ((x & mask) in expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.text(max_size=5), st.text(max_size=5), st.text(max_size=5), st.integers(0, 40))
+def test_a_cells_random_seeds_are_random_seed_for_each_sample(run: str, prompt_id: str, model: str, count: int):
+    """The seeds drawn for a cell at once are exactly random_seed(run, prompt, model, n) for n < count."""
+    seeds = plan._RandomSeeds(run, prompt_id, model, count)
+    assert len(seeds) == count
+    assert list(seeds) == [plan.random_seed(run, prompt_id, model, n) for n in range(count)]

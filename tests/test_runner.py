@@ -1137,3 +1137,24 @@ def test_a_run_database_from_before_the_cells_is_resumed(tmp_path: Path):
     store = SQLiteStore(run_dir, readonly=True)
     assert store.counts()["downloaded"] == 4 and store.get(rows[2]["key"]).request_id == rows[2]["request_id"]
     store.close()
+
+
+def test_rendering_starts_while_the_plan_is_still_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A first run records its plan in small batches in the background: every job is rendered once and the
+    run ends done, with the plan's digest recorded (a rerun reads nothing and sends nothing)."""
+    import renderer.store as store_mod
+    monkeypatch.setattr(store_mod, "SYNC_BATCH", 3)
+    with background_emulator(service=FAST) as emu:
+        m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(8)],
+                           seeds=[1, 2, 3], limits={"concurrency": 4, "rate": 2000})
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet")
+        code, out, err = cli(*base, env={"FAL_KEY": "k"})
+        assert code == 0, out + err
+        assert emu.stats()["submits"] == 24 and emu.stats()["duplicate_submits"] == 0
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        assert emu.stats()["submits"] == 24
+    assert json.loads((tmp_path / "out/t/run.json").read_text())["outcome"] == "done"
+    assert_all_verified(tmp_path / "out/t")
+    store = SQLiteStore(tmp_path / "out/t", readonly=True)
+    assert store.meta("plan_digest") and store.counts()["downloaded"] == 24
+    store.close()

@@ -502,3 +502,90 @@ def test_an_old_database_opened_read_only_is_read_without_migrating(tmp_path: Pa
     store.close()
     assert [r[0] for r in sqlite3.connect(tmp_path / DB_NAME).execute("SELECT name FROM _migrations")] == \
         [m.__name__ for m in MIGRATIONS[:4]]
+
+
+class _Gated(list):  # type: ignore[type-arg]
+    """A plan whose iteration waits at position `at` until `gate` is set, or fails there (gate None)."""
+
+    def __init__(self, jobs: list, at: int, gate: object) -> None:
+        super().__init__(jobs)
+        self.at, self.gate = at, gate
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for i, job in enumerate(list.__iter__(self)):
+            if i == self.at:
+                if self.gate is None:
+                    raise RuntimeError("the process died here")
+                assert self.gate.wait(10)  # type: ignore[attr-defined]
+            yield job
+
+
+def test_a_plan_recorded_in_the_background_is_claimable_as_it_grows(tmp_path: Path, registry: SchemaRegistry,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """The first batch is claimable at once, only recorded jobs are claimed, pending counts the rest, and the
+    digest is written only when the whole plan is recorded."""
+    import threading
+
+    import renderer.store as store_mod
+    monkeypatch.setattr(store_mod, "SYNC_BATCH", 7)
+    p = _many(registry, 20, tmp_path)
+    gate = threading.Event()
+    store = SQLiteStore(tmp_path)
+    recorder = store.record_plan(_Gated(list(p.jobs), 10, gate), p.digest)
+    assert recorder is not None and store.record_plan(p.jobs, p.digest) is None  # not on a state with jobs
+    store.join("w", 30)
+    assert store.pending_count() == 100 and store.pending_count(before=50) == 50
+    assert [c.plan_index for c in store.claim(50)] == list(range(7))  # what is recorded, nothing more
+    assert store.meta("plan_digest") is None and not recorder.finished.is_set()
+    gate.set()
+    recorder.thread.join(10)
+    assert recorder.error is None and recorder.recorded == 100 and store.meta("plan_digest") == p.digest
+    assert [c.plan_index for c in store.claim(500)] == list(range(7, 100))
+    assert [r.key for r in store.rows()] == [j.key for j in p.jobs] and store.pending_count() == 100
+    assert not store.sync_plan(p.jobs, p.digest)
+    store.close()
+
+
+def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(tmp_path: Path, registry: SchemaRegistry,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order."""
+    import renderer.store as store_mod
+    monkeypatch.setattr(store_mod, "SYNC_BATCH", 7)
+    p = _many(registry, 20, tmp_path)
+    store = SQLiteStore(tmp_path)
+    recorder = store.record_plan(_Gated(list(p.jobs), 30, None), p.digest)
+    assert recorder is not None
+    recorder.thread.join(10)
+    assert recorder.error is not None and "the process died here" in recorder.error.message
+    assert recorder.recorded == 28 and len(store.rows()) == 28 and store.meta("plan_digest") is None
+    store.downloaded(p.jobs[3].key, [{"path": "x"}])
+    store.close()
+    again = SQLiteStore(tmp_path)
+    assert again.record_plan(p.jobs, p.digest) is None and again.sync_plan(p.jobs, p.digest)
+    assert [r.key for r in again.rows()] == [j.key for j in p.jobs] and again.meta("plan_digest") == p.digest
+    assert again.pending() == [j.key for j in p.jobs if j.index != 3] and again.counts()["no_longer_planned"] == 0
+    again.close()
+
+
+def test_file_stats_list_every_finished_file_in_whole_jobs(open_state: Callable[[], Store], tmp_path: Path,
+                                                           registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch):
+    """What a rerun checks on disk: (key, path, size, mtime_ns) of each file of each finished job, pages never
+    splitting a job; jobs not finished or out of the plan are not listed."""
+    import renderer.store as store_mod
+    monkeypatch.setattr(store_mod, "PAGE", 1)
+    p = _many(registry, 4, tmp_path)
+    store = open_state()
+    store.sync_plan(p.jobs, p.digest)
+    keys = [j.key for j in p.jobs]
+    for n, key in enumerate(keys[:12]):
+        store.downloaded(key, [{"path": f"data/{n}-{i}.png", "size": i, "mtime_ns": 10**18 + n} for i in range(n % 3)]
+                         + [{"path": f"data/{n}-x.png"}])
+    store.failed(keys[12], "no", "rejected")
+    store.sync_plan(p.jobs[1:], "")  # the first job leaves the plan
+    pages = list(store.file_stats())
+    listed = [entry for page in pages for entry in page]
+    assert sorted(listed, key=str) == sorted(
+        [(keys[n], f"data/{n}-{i}.png", i, 10**18 + n) for n in range(1, 12) for i in range(n % 3)]
+        + [(keys[n], f"data/{n}-x.png", None, None) for n in range(1, 12)], key=str)
+    for page in pages:  # whole jobs: a job's files are all in one page
+        assert not {k for k, *_ in page} & {k for other in pages if other is not page for k, *_ in other}
