@@ -17,15 +17,17 @@ import json
 import os
 import secrets
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
 from .layout import SIDECAR_SUFFIX
+
+T = TypeVar("T")
 
 FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
 PART_SUFFIX = ".part"
@@ -119,49 +121,64 @@ def fsync_paths(paths: list[str]) -> None:
 
 
 class GroupFsync:
-    """fsync for many files at once, off the event loop (group commit for images).
+    """File writes and fsyncs for many files at once, off the event loop (group commit for images).
 
-    Callers hand in files they have written; the files waiting when a group starts are
-    fsynced together (split over a few threads, so the file system can merge the journal
-    commits), and each caller resumes once its own file is on disk. The loop never blocks on
-    a disk flush, and a file is still fsynced before it is renamed into place and recorded.
+    Callers hand in work (a whole atomic write: temporary file, fsync, rename); the work waiting
+    when a group starts is split over a few threads, so the file system merges the journal
+    commits of their fsyncs, and each caller resumes with its own result (or exception) once
+    its file is in place. The loop never blocks on the disk: not on a flush, and not on the
+    file creations and renames that wait for the journal while other files are flushed.
     """
 
     THREADS = 4
 
     def __init__(self) -> None:
-        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._draining = False
         self._task: asyncio.Future[None] | None = None
         self.groups = 0  # for the benchmark: how many groups the files came in
 
-    async def sync(self, path: str) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((path, future))
+    async def run(self, work: Callable[[], T]) -> T:
+        """`work()` in one of the group's threads; returns what it returns, raises what it raises."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((work, future))
         if not self._draining:
             self._draining = True
             self._task = asyncio.ensure_future(self._drain())
-        await future
+        return await future  # type: ignore[no-any-return]
+
+    async def sync(self, path: str) -> None:
+        """fsync a file already written (in a group with the others waiting)."""
+        await self.run(lambda: fsync_paths([path]))
 
     async def _drain(self) -> None:
         try:
             while self._waiting:
                 group, self._waiting = self._waiting, []
                 self.groups += 1
-                names = [name for name, _ in group]
-                parts = [names[i::self.THREADS] for i in range(min(self.THREADS, len(names)))]
-                results = await asyncio.gather(*(asyncio.to_thread(fsync_paths, part) for part in parts),
-                                               return_exceptions=True)
-                failure = next((r for r in results if isinstance(r, BaseException)), None)
-                for _, future in group:
-                    if future.done():
-                        continue
-                    if failure is None:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(failure)
+                parts = [group[i::self.THREADS] for i in range(min(self.THREADS, len(group)))]
+                done = await asyncio.gather(*(asyncio.to_thread(_run_all, [w for w, _ in part]) for part in parts))
+                for part, outcomes in zip(parts, done, strict=True):
+                    for (_, future), (ok, value) in zip(part, outcomes, strict=True):
+                        if future.done():  # its caller was cancelled
+                            continue
+                        if ok:
+                            future.set_result(value)
+                        else:
+                            future.set_exception(value)
         finally:
             self._draining = False
+
+
+def _run_all(works: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+    """Each work in turn (in a thread): (True, result) or (False, its exception)."""
+    outcomes: list[tuple[bool, Any]] = []
+    for work in works:
+        try:
+            outcomes.append((True, work()))
+        except Exception as exc:  # handed to that caller alone
+            outcomes.append((False, exc))
+    return outcomes
 
 
 def open_temporary(path: Path, *, parents: bool = True) -> tuple[int, str]:

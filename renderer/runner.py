@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -998,7 +998,7 @@ class Runner:
                    **({"account": account.name} if self.pooled else {})})
         account.slots.succeeded()
         self.phase[row.key] = "submitted"
-        return replace(row, state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
+        return row.evolve(state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
                        status_url=handle.status_url, response_url=handle.response_url, cancel_url=handle.cancel_url,
                        submitted_at=time.time(), account=account.name)
 
@@ -1091,7 +1091,7 @@ class Runner:
                            "message": f"result does not match the output schema: {problem.json_path}: {problem.message}"})
         self.store.completed(row.key, result)
         await self.commits.durable()
-        return replace(row, state="completed", result=result, completed_at=time.time())
+        return row.evolve(state="completed", result=result, completed_at=time.time())
 
     async def _download(self, row: Row) -> Row | None:
         assert row.result is not None
@@ -1126,8 +1126,8 @@ class Runner:
                 raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run")
             if self.shared:
                 self.store.hold(row.key)  # a worker that lost the job writes no file (LeaseLost)
-            # Local files: written on the loop, fsynced in groups off it (files.GroupFsync), then
-            # renamed into place, so the record below still follows a durable, complete file.
+            # Local files: written, fsynced and renamed into place in groups off the loop
+            # (files.GroupFsync), so the record below still follows a durable, complete file.
             with writing(self.run_dir / rel):
                 sidecar = self._sidecar(row, index, entry)
                 if self.storage.remote:  # network I/O: off the loop
@@ -1142,7 +1142,7 @@ class Runner:
         self.images += len(entries)
         self.cost += sum(e.get("cost") or 0.0 for e in entries)
         self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
-        return replace(row, state="downloaded", files=entries)
+        return row.evolve(state="downloaded", files=entries)
 
     def _write(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int | None:
         """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
@@ -1153,21 +1153,17 @@ class Runner:
         return mtime
 
     async def _write_local(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int:
-        """As _write, with the image's fsync done in a group (the rename waits for it)."""
+        """As _write, in a thread of the write group (the image fsynced before its rename, as always)."""
         assert isinstance(self.storage, LocalStorage)
         target = self.storage.root / rel
-        tmp = files.write_temporary(target, image.data)
-        try:
-            await self.fsyncs.sync(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        mtime = target.stat().st_mtime_ns
-        # Beside the image just renamed into place: its folder exists.
-        files.write_atomic(target.with_suffix(SIDECAR_SUFFIX), files.json_text(sidecar).encode(), durable=False,
-                           parents=False)
-        return mtime
+        text = files.json_text(sidecar).encode()
+
+        def write() -> int:  # in a thread of the group: creating, flushing and renaming files wait for the disk
+            mtime = files.write_atomic(target, image.data).st_mtime_ns
+            # Beside the image just renamed into place: its folder exists.
+            files.write_atomic(target.with_suffix(SIDECAR_SUFFIX), text, durable=False, parents=False)
+            return mtime
+        return await self.fsyncs.run(write)
 
     async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:
         url = image.get("url")

@@ -319,6 +319,15 @@ class Row:
     provider: str | None = None
     account: str | None = None  # the account name that submitted request_id (None: the single account)
 
+    def evolve(self, **changes: Any) -> Row:
+        """A copy with `changes` (fields by name): dataclasses.replace without re-running __init__ (hot path)."""
+        unknown = changes.keys() - self.__dict__.keys()
+        if unknown:
+            raise TypeError(f"Row has no field(s) {sorted(unknown)}")
+        new = object.__new__(Row)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
     @classmethod
     def from_sql(cls, r: sqlite3.Row) -> Row:
         def load(v: str | None) -> Any:

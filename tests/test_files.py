@@ -72,18 +72,23 @@ def test_partials_are_cleaned_and_intact_files_recognised(tmp_path: Path):
 
 
 def test_group_fsync_serves_every_caller_in_fewer_groups(tmp_path: Path):
-    """Files handed in together are fsynced as a group; each caller resumes; a failure reaches its group."""
+    """Writes handed in together run as a group off the loop; each caller gets its own result or its own error."""
     import asyncio
 
-    from renderer.files import GroupFsync, write_temporary
+    from renderer.files import GroupFsync, write_atomic, write_temporary
 
     async def main() -> tuple[int, list[Any]]:
         group = GroupFsync()
         names = [write_temporary(tmp_path / f"f{i}.png", b"x" * i) for i in range(40)]
-        results = await asyncio.gather(*(group.sync(n) for n in names), return_exceptions=True)
-        bad = await asyncio.gather(group.sync(str(tmp_path / "missing")), return_exceptions=True)
-        return group.groups, [*results, *bad]
+        synced = [group.sync(n) for n in names]
+        written = [group.run(lambda i=i: write_atomic(tmp_path / "d" / f"w{i}.png", b"y" * i).st_size)
+                   for i in range(20)]
+        results = await asyncio.gather(*synced, group.sync(str(tmp_path / "missing")), *written,
+                                       return_exceptions=True)
+        return group.groups, results
 
     groups, results = asyncio.run(main())
     assert results[:40] == [None] * 40 and isinstance(results[40], FileNotFoundError)
-    assert groups <= 3  # 40 callers at once: one group (plus the failing one)
+    assert results[41:] == list(range(20))  # the failure in the same group reached its caller alone
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(f"w{i}.png" for i in range(20))
+    assert groups <= 2  # 61 callers at once: one group (two if the first was already on its way)

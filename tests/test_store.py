@@ -504,6 +504,20 @@ def test_an_old_database_opened_read_only_is_read_without_migrating(tmp_path: Pa
         [m.__name__ for m in MIGRATIONS[:4]]
 
 
+def test_evolve_is_dataclasses_replace(tmp_path: Path, registry: SchemaRegistry):
+    """Row.evolve (the runner's cheap copy) gives what dataclasses.replace gives, and refuses unknown fields."""
+    p = _plan(registry)
+    store = SQLiteStore(tmp_path)
+    store.sync_plan(p.jobs)
+    row = store.get(p.jobs[0].key)
+    changes = {"state": "completed", "attempts": 3, "result": {"images": [{"url": "u"}]}, "account": "a"}
+    assert row.evolve(**changes) == dataclasses.replace(row, **changes) != row
+    assert row.evolve().state == row.state and row.state == "planned"  # the original is untouched
+    with pytest.raises(TypeError):
+        row.evolve(no_such_field=1)
+    store.close()
+
+
 class _Gated(list):  # type: ignore[type-arg]
     """A plan whose iteration waits at position `at` until `gate` is set, or fails there (gate None)."""
 
