@@ -141,13 +141,13 @@ class Plan:
     jobs: Sequence[Job]  # a list, or `Jobs` (made on demand) from `build`
     costs: dict[str, float | None]  # per model name; None where no price is given
     notes: list[str]  # things worth knowing that are not errors
-    # sha256 over every job's key, model, source and tags, in order ("" = unknown). A property
-    # (below): when the checking pass did not hash every key, it is computed on first use.
+    # sha256 over the plan in order ("" = unknown): each job's key, model, source and tags, or for
+    # a cell checked whole, its input text without the seed, its seeds, model, source and tags.
+    # Either way a function of exactly the jobs (keys, models, sources, tags) and their order.
     digest: str = ""
     by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # model → (jobs, images), plan order
     image_count: int | None = None
     distinct_axes: list[dict[str, Any]] | None = None  # each distinct set of axis values, in plan order
-    digest_of: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def run_dir(self) -> Path:
@@ -163,22 +163,6 @@ class Plan:
     def total_cost(self) -> float | None:
         known = [c for c in self.costs.values() if c is not None]
         return sum(known) if known else None
-
-
-def _get_digest(plan: Plan) -> str:
-    value: str = plan.__dict__.get("_digest", "")
-    make = plan.__dict__.get("digest_of")
-    if not value and make is not None:
-        value = plan.__dict__["_digest"] = make()
-    return value
-
-
-def _set_digest(plan: Plan, value: str) -> None:
-    plan.__dict__["_digest"] = value
-
-
-# After the dataclass is made, so its __init__ still takes `digest` (the default "").
-Plan.digest = property(_get_digest, _set_digest)  # type: ignore[assignment]
 
 
 class Fingerprints:
@@ -236,7 +220,6 @@ class _Tally:
     digest: Any = field(default_factory=hashlib.sha256)
     axes: dict[str, dict[str, Any]] = field(default_factory=dict)  # distinct axis values, first seen first
     _last_axes: Any = None
-    keyed: bool = True  # the digest covers every job (False once a cell was taken whole)
 
     def add(self, job: Job) -> None:
         if job.axes is not self._last_axes:  # once per cell: its jobs share one axes dict
@@ -248,8 +231,12 @@ class _Tally:
         self.by_model[job.model] = (jobs + 1, images + job.num_images)
         self.digest.update(f"{job.key}\0{job.model}\0{job.where}\0{job.tags}\n".encode())
 
-    def add_block(self, block: _Block) -> None:
-        """A whole cell at once; its keys are not hashed, so the digest is left for later."""
+    def add_block(self, block: _Block, seeds: str) -> None:
+        """A whole cell at once, without hashing a key: the digest takes the cell's own line.
+
+        The cell text and the seeds (`seeds`: exactly which) determine every key of the cell,
+        and a line starting `cell ` is never a key's (`j1-…`): different plans, different digests.
+        """
         job, count = block.template.first, len(block.seeds)
         if job.axes is not self._last_axes:
             self._last_axes = job.axes
@@ -258,7 +245,7 @@ class _Tally:
         self.images += job.num_images * count
         jobs, images = self.by_model.get(job.model, (0, 0))
         self.by_model[job.model] = (jobs + count, images + job.num_images * count)
-        self.keyed = False
+        self.digest.update(f"cell {block.template.text}\0{seeds}\0{job.model}\0{job.where}\0{job.tags}\n".encode())
 
 
 _SENTINEL = 7340031999999999991  # stands for the seed in a key's text; never a real seed (> 2**31)
@@ -463,6 +450,7 @@ class _Planner:
         self._props: dict[str, dict[str, Any]] = {}
         self._ratio: dict[tuple[str, str, bool], tuple[str, Any] | None] = {}
         self._seeds: Sequence[int] | None = None  # listed or counted seeds: the same for every cell
+        self._seeds_line: str | None = None
         self._uniform: dict[str, bool] = {}  # endpoint → its seed check cannot depend on the value
         self._fit: set[tuple[str, bool]] = set()  # (endpoint, check_seed) for which self._seeds fit
 
@@ -532,6 +520,19 @@ class _Planner:
             else:
                 self._seeds = tuple(dict.fromkeys(spec))  # a repeated seed is reported once, in check_seeds
         return self._seeds
+
+    def _seeds_text(self, seeds: Sequence[Any]) -> str:
+        """Which seeds a cell has, exactly, in a few bytes where possible (for the digest)."""
+        if isinstance(seeds, range):
+            return f"range {seeds.start} {seeds.stop} {seeds.step}"
+        if isinstance(seeds, _RandomSeeds):  # drawn from these, by random_seed
+            return "random " + json.dumps([*seeds._args, len(seeds)], ensure_ascii=False)
+        if seeds is self._seeds and self._seeds_line is not None:
+            return self._seeds_line
+        line = " ".join(map(str, seeds))
+        if seeds is self._seeds:
+            self._seeds_line = line
+        return line
 
     def _seeds_per_cell(self) -> int:
         spec = self.m.seeds
@@ -758,9 +759,8 @@ class _Planner:
         ]
         jobs = Jobs(self._jobs, tally.jobs, self._locate if self.fast else None,
                     self._plan_keys if self.fast else None)
-        return Plan(self.m, jobs, costs, notes, digest=tally.digest.hexdigest() if tally.keyed else "",
-                    by_model=dict(tally.by_model), image_count=tally.images,
-                    distinct_axes=list(tally.axes.values()), digest_of=None if tally.keyed else self._digest)
+        return Plan(self.m, jobs, costs, notes, digest=tally.digest.hexdigest(), by_model=dict(tally.by_model),
+                    image_count=tally.images, distinct_axes=list(tally.axes.values()))
 
     # -------------------------------------------------- generation (lazy, in plan order)
 
@@ -870,15 +870,13 @@ class _Planner:
             n += count
         raise IndexError("job index out of range")
 
-    def _keyed_cells(self) -> Iterator[tuple[str, str, tuple[str, ...], list[str]]]:
-        """(model, where, tags, keys) per cell, in plan order, making a job only where a key needs one."""
+    def _plan_keys(self) -> Iterator[tuple[str, str]]:
+        """(key, model) of every job in plan order, making a job only where a key needs one."""
         for prompt, model, job_axes, extra_params, source, seeds in self._cells(None):
             template: _Template | None = None
-            keys: list[str] = []
-            where = f"{prompt.where[0]}:{prompt.where[1]}"
             for seed in seeds:
                 if template is not None and _seed_ok(seed):
-                    keys.append(template._key(seed))
+                    yield template._key(seed), model.name
                     continue
                 before = len(self.problems)
                 job = self._full(0, prompt, model, job_axes, extra_params, source, seed, False)
@@ -886,21 +884,7 @@ class _Planner:
                     continue
                 if template is None and len(self.problems) == before and self.fast:
                     template = _Template.of(self, job, model)
-                keys.append(job.key)
-            yield model.name, where, prompt.tags, keys
-
-    def _plan_keys(self) -> Iterator[tuple[str, str]]:
-        for model, _, _, keys in self._keyed_cells():
-            for key in keys:
-                yield key, model
-
-    def _digest(self) -> str:
-        """The plan's digest (see `_Tally.add`), from keys alone."""
-        digest = hashlib.sha256()
-        for model, where, tags, keys in self._keyed_cells():
-            tail = f"\0{model}\0{where}\0{tags}\n"
-            digest.update("".join(f"{key}{tail}" for key in keys).encode())
-        return digest.hexdigest()
+                yield job.key, model.name
 
     def _full(self, n: int, prompt: Prompt, model: Model, job_axes: dict[str, Any], extra_params: dict[str, Any],
               source: tuple[Any, ...] | None, seed: Any, check: bool) -> Job | None:
@@ -1036,7 +1020,7 @@ class _Planner:
         sizes: dict[tuple[Any, ...], float] = {}
         for item in self._generate(check=True, tally=tally, blocks=blocks):
             if isinstance(item, _Block):
-                tally.add_block(item)
+                tally.add_block(item, self._seeds_text(item.seeds))
                 job, count = item.template.first, len(item.seeds)
             else:
                 tally.add(item)

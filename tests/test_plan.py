@@ -247,8 +247,14 @@ def _plan_both(registry: SchemaRegistry, data: dict[str, Any]) -> tuple[Any, Any
 
 
 def _described(p: plan.Plan) -> dict[str, Any]:
-    return {"jobs": list(p.jobs), "digest": p.digest, "by_model": p.by_model, "images": p.images,
+    """Everything a plan says, but its digest (whose form depends on how the plan was checked)."""
+    return {"jobs": list(p.jobs), "by_model": p.by_model, "images": p.images,
             "costs": p.costs, "axes": p.distinct_axes, "notes": p.notes, "count": len(p.jobs)}
+
+
+def _recorded(p: plan.Plan) -> list[tuple[Any, ...]]:
+    """What the digest stands for: each job's key, model, source and tags, in order."""
+    return [(j.key, j.model, j.where, j.tags) for j in p.jobs]
 
 
 @st.composite
@@ -320,7 +326,7 @@ def seed_limited(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
 @given(tricky_manifests(), st.booleans())
 def test_fast_plan_equals_the_straightforward_plan(registry: SchemaRegistry, seed_limited: SchemaRegistry,
                                                     data: dict[str, Any], limited: bool):
-    """Cells taken whole, seed templates and lazy digests give the plan (or the problems) of the long way."""
+    """Cells taken whole, seed templates and counted samples give the plan (or the problems) of the long way."""
     fast, slow = _plan_both(seed_limited if limited else registry, data)
     if isinstance(fast, plan.Plan) and isinstance(slow, plan.Plan):
         assert _described(fast) == _described(slow)
@@ -363,3 +369,35 @@ def test_a_cells_random_seeds_are_random_seed_for_each_sample(run: str, prompt_i
     seeds = plan._RandomSeeds(run, prompt_id, model, count)
     assert len(seeds) == count
     assert list(seeds) == [plan.random_seed(run, prompt_id, model, n) for n in range(count)]
+
+
+def _variants(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest with one thing changed that may change its jobs (or, for some, not)."""
+    first = dict(data["prompts"][0])
+    out = [{**data, "prompts": [{**first, "tags": ["new"]}, *data["prompts"][1:]]},
+           {**data, "prompts": [{**first, "text": first["text"] + "!"}, *data["prompts"][1:]]},
+           {**data, "models": list(reversed(data["models"]))},
+           {**data, "extra": [{"prompt": first["id"], "model": data["models"][0] if isinstance(data["models"][0], str)
+                               else data["models"][0].get("label", data["models"][0]["endpoint"]), "seed": 11}]},
+           {**data, "prompts": list(reversed(data["prompts"]))}]
+    if isinstance(data["seeds"], list):
+        out.append({**data, "seeds": list(reversed(data["seeds"]))})
+    elif "count" in data["seeds"]:
+        out.append({**data, "seeds": {**data["seeds"], "count": data["seeds"]["count"] + 1}})
+    return out
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tricky_manifests())
+def test_the_digest_tells_apart_any_two_different_plans(registry: SchemaRegistry, data: dict[str, Any]):
+    """The same manifest gives the same digest; a change to any job's key, model, source, tags or order changes it."""
+    base, _ = _plan_both(registry, data)
+    if not isinstance(base, plan.Plan):
+        return
+    again, _ = _plan_both(registry, data)
+    assert isinstance(again, plan.Plan) and again.digest == base.digest
+    for variant in _variants(data):
+        other, _ = _plan_both(registry, variant)
+        if isinstance(other, plan.Plan) and _recorded(other) != _recorded(base):
+            assert other.digest != base.digest
