@@ -503,11 +503,14 @@ class Runner:
         if not self.shared:
             self.store.join("", self.config.lease)  # one process under RunLock: claims of a killed run are void
             self.store.owner = None  # the changes below touch jobs nobody holds
-        digest = getattr(self.plan, "digest", "")
         # A first run (no state, no files: nothing to find or mark out) renders while the rest of
-        # the plan is recorded in the background; any other records the plan first.
-        recording = None if (self.run_dir / DATA_DIR).is_dir() else self.store.record_plan(self.plan.jobs, digest)
-        self.plan_changed = recording is not None or self.store.sync_plan(self.plan.jobs, digest)
+        # the plan is recorded in the background, and the plan's digest (a pass over every key) is
+        # made there too, at the end; any other run records the plan first.
+        lazy = getattr(self.plan, "digest_of", None) is not None and not self.plan.__dict__.get("_digest")
+        recording = None if (self.run_dir / DATA_DIR).is_dir() else self.store.record_plan(
+            self.plan.jobs, (lambda: self.plan.digest) if lazy else getattr(self.plan, "digest", ""))
+        self.plan_changed = recording is not None or self.store.sync_plan(self.plan.jobs,
+                                                                         getattr(self.plan, "digest", ""))
         files.remove_partials(self.run_dir, {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()})
         recover.leftovers(self.run_dir)
         adopted = recover.from_sidecars(self.store, self.run_dir)

@@ -466,13 +466,13 @@ class Store:
                 return False
             return self._sync_plan(jobs, digest)
 
-    def record_plan(self, jobs: Sequence[Any], digest: str) -> PlanRecorder | None:
+    def record_plan(self, jobs: Sequence[Any], digest: str | Callable[[], str]) -> PlanRecorder | None:
         """Record a plan into an empty state: the first batch now, the rest in the background.
 
         Rendering can start at once (claims take what is recorded, in plan order); the recorder
         (also `self.recorder`) says how far it got. None, with nothing recorded, unless the state
         has no job yet and this process alone writes it (SQLite; a plan with a digest): then
-        call sync_plan as before.
+        call sync_plan as before. `digest` may be a function, called by the recorder at the end.
         """
         if self.shared or not digest or self.db.execute("SELECT 1 FROM job LIMIT 1").fetchone() is not None:
             return None
@@ -1015,7 +1015,8 @@ class PlanRecorder:
     cut short (a crash, a stop) leaves a state whose next sync records the rest as new jobs.
     """
 
-    def __init__(self, store: Store, rest: Iterator[Any], digest: str, recorded: int, total: int) -> None:
+    def __init__(self, store: Store, rest: Iterator[Any], digest: str | Callable[[], str], recorded: int,
+                 total: int) -> None:
         self.recorded = recorded  # jobs committed so far (plan positions 0 … recorded-1)
         self.total = total
         self.error: StateError | None = None
@@ -1042,10 +1043,11 @@ class PlanRecorder:
                 if batch and not self._stop.is_set():
                     store._sync_batch(batch, cells, True, stems)
                     self.recorded += len(batch)
-                if not self._stop.is_set():
+                digest = self._digest() if callable(self._digest) else self._digest
+                if digest and not self._stop.is_set():
                     with store._tx() as db:
                         db.execute("INSERT INTO meta VALUES ('plan_digest', ?) "
-                                   "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (self._digest,))
+                                   "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (digest,))
             finally:
                 store.close()
         except StateError as exc:
