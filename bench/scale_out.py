@@ -17,6 +17,10 @@ What it checks (one mode per invocation):
                     unexplained duplicates, requests running per account against its limit, and how long
                     the dead worker's jobs waited: until `renderer status` showed its leases gone, and
                     until every request in flight at the kill was fetched (or sent again).
+  --pause-trials N  each trial: SIGSTOP one worker for twice its lease (a paused VM), then SIGCONT; the
+                    others take its jobs over, and fencing must stop it from recording or writing any of
+                    them: jobs written twice (by the workers' event logs) must be 0, as must lost jobs and
+                    unexplained duplicates.
   --bench           jobs/s with PostgreSQL + S3 (1 and --workers workers) against SQLite + local disk
                     (one worker: the embedded default), at the same provider capacity; the ratio.
 
@@ -39,6 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +188,7 @@ class Run:
     lease: float | None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     started: float = 0.0
+    log: bool = True  # each worker keeps a --log of its events (off for the bench: it costs I/O)
 
     def start(self, index: int) -> subprocess.Popen[bytes]:
         """Worker `index` in its own directory (its own 'machine'); stdout/stderr kept there."""
@@ -195,6 +201,8 @@ class Run:
         if self.lease is not None:
             argv += ["--lease", f"{self.lease:g}"]
         n = sum(1 for _ in home.glob("stdout*"))
+        if self.log:
+            argv += ["--log", str(home / f"events{n}.jsonl")]
         with open(home / f"stdout{n}", "wb") as out, open(home / f"stderr{n}", "wb") as err:
             proc = subprocess.Popen(argv, cwd=home, env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
                                     stdout=out, stderr=err)
@@ -213,6 +221,29 @@ class Run:
                 proc.wait()
                 codes.append(-999)
         return codes
+
+    def double_writes(self) -> int:
+        """Jobs recorded as downloaded more than once, over every worker's event log.
+
+        A worker logs `downloaded` after the job's files are written and recorded; a stale
+        worker that got past fencing would log a job another worker also finished.
+        """
+        seen: Counter[str] = Counter()
+        for path in self.folder.glob("w*/events*.jsonl"):
+            for line in path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict) and event.get("type") == "downloaded":
+                        seen[str(event.get("key"))] += 1
+        return sum(1 for n in seen.values() if n > 1)
+
+    def lease_events(self, index: int) -> int:
+        """Events of worker `index` that speak of a lost lease (what fencing stopped)."""
+        found = 0
+        for path in (self.folder / f"w{index}").glob("events*.jsonl"):
+            for line in path.read_text(errors="replace").splitlines():
+                found += "lease" in line and '"type": "start"' not in line
+        return found
 
     def stderr_tail(self) -> str:
         tails = [p.read_text(errors="replace")[-400:] for p in sorted(self.folder.glob("w*/stderr*")) if p.stat().st_size]
@@ -327,13 +358,14 @@ def mode_run(s: Setup) -> tuple[bool, list[str]]:
     dupes, recorded, unexplained = explained(emu, status)
     lost = a.jobs - int(status["counts"].get("downloaded", 0))
     over = [(var, peak, limit) for var, peak, limit in peaks(emu) if peak > limit]
+    twice = run.double_writes()
     ok = (all(c == 0 for c in codes) and lost == 0 and found["images"] == a.jobs and found["bad_images"] == 0
-          and found["metadata_lines"] == a.jobs and found["card"] and unexplained == 0 and not over)
+          and found["metadata_lines"] == a.jobs and found["card"] and unexplained == 0 and not over and twice == 0)
     lines = [table(("workers", "jobs", "exit codes", "lost", "in bucket", "bad", "metadata lines", "card",
-                    "submits", "dupes", "recorded paid twice", "unexplained", "s"),
+                    "submits", "dupes", "recorded paid twice", "unexplained", "written twice", "s"),
                    [(a.workers, a.jobs, " ".join(map(str, codes)), lost, found["images"], found["bad_images"],
                      found["metadata_lines"], "yes" if found["card"] else "NO", emu["submits"], dupes, recorded,
-                     unexplained, f"{seconds:.1f}")]),
+                     unexplained, twice, f"{seconds:.1f}")]),
              table(("account", "submits", "peak in flight", "kept", "peak running", "limit", "within"),
                    [(var, emu["accounts"].get(var, {}).get("submits", 0), peak, kept(emu, var), running(emu, var),
                      limit, "yes" if peak <= limit else "NO") for var, peak, limit in peaks(emu)]),
@@ -394,15 +426,16 @@ def mode_kill(s: Setup) -> tuple[bool, list[str]]:
         # for their jobs' leases to run out and a new owner to fetch them, while the others carry
         # on with the account's slots; so that peak is shown, not judged, after a kill.
         over = [v for v, _, limit in peaks(emu) if running(emu, v) > limit]
+        twice = run.double_writes()
         ok = lost == 0 and found["images"] == a.jobs and found["bad_images"] == 0 and unexplained == 0 \
-            and survivors_ok and not over
+            and survivors_ok and not over and twice == 0
         all_ok &= ok
         if released is not None:
             recover.append(released)
         if reattached is not None:
             taken.append(reattached)
         rows.append((trial, "yes" if killed_at else "after the end", lost, found["images"], found["bad_images"],
-                     dupes, recorded, unexplained,
+                     dupes, recorded, unexplained, twice,
                      " ".join(f"{v[-1]}:{p}/{kept(emu, v)}/{running(emu, v)}/{lim}" for v, p, lim in peaks(emu)),
                      "-" if held_jobs is None else held_jobs, "-" if released is None else f"{released:.1f}",
                      "-" if reattached is None else f"{reattached:.1f}", "-" if finished is None else f"{finished:.1f}",
@@ -411,13 +444,61 @@ def mode_kill(s: Setup) -> tuple[bool, list[str]]:
             print(f"# trial {trial} worker stderr: {run.stderr_tail()}", file=sys.stderr)
     lease = f"{a.lease:g} s" if s.features.lease else "renderer's default (no --lease flag in this build)"
     lines = [table(("trial", "killed", "lost", "in bucket", "bad", "dupes", "recorded", "unexplained",
-                    "peak flight/kept/running/limit", "victim held", "its leases gone after (s)",
+                    "written twice", "peak flight/kept/running/limit", "victim held", "its leases gone after (s)",
                     "requests open at kill all taken over after (s)", "run done after kill (s)", "result"), rows),
              f"# lease: {lease}; after a kill, the victim's leases were gone (by `renderer status`) after a median of "
              + (f"{median(recover):.1f} s ({len(recover)} trials)" if recover else "- (no trial: needs shared state)")
              + "; the requests in flight at the kill were all taken over (fetched, or sent again) after a median of "
              + (f"{median(taken):.1f} s ({len(taken)} trials)" if taken else "-")]
     return all_ok, lines
+
+
+def mode_pause(s: Setup) -> tuple[bool, list[str]]:
+    """SIGSTOP one worker past its lease (a paused VM), then SIGCONT: it must be fenced, not write twice."""
+    a = s.args
+    rng = random.Random(a.seed)
+    rows, all_ok = [], True
+    capacity = sum(limit for _, limit in ACCOUNTS) / max(0.01, _mean_latency(a.latency))
+    pause = 2 * a.lease + 1
+    for trial in range(a.pause_trials):
+        with emulator(*s.emulator_args(faults=True)) as (url, _):
+            run = s.new_run(f"pause{trial}", a.jobs, url, shared=True)
+            for i in range(a.workers):
+                run.start(i)
+            before = time.monotonic()
+            while stats(url)["submit_attempts"] == 0 and time.monotonic() - before < 60:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.5 * a.jobs / capacity))
+            alive = [p for p in run.workers if p.poll() is None]
+            sleeper, held_jobs = (rng.choice(alive) if alive else None), None
+            if sleeper is not None:
+                sleeper.send_signal(signal.SIGSTOP)
+                if run.state:
+                    held_jobs = run.held_by(sleeper.pid)
+                time.sleep(pause)  # its leases run out; the others take its jobs over
+                sleeper.send_signal(signal.SIGCONT)
+            codes = run.wait(a.timeout)
+            emu = stats(url)
+        status = run.status()
+        found = bucket_check(s.servers.s3_env, s.servers.bucket, run.output.split("/", 3)[3])
+        dupes, recorded, unexplained = explained(emu, status)
+        lost = a.jobs - int(status["counts"].get("downloaded", 0))
+        twice = run.double_writes()
+        over = [v for v, _, limit in peaks(emu) if running(emu, v) > limit]
+        ok = lost == 0 and found["images"] == a.jobs and found["bad_images"] == 0 and unexplained == 0 \
+            and twice == 0 and not over
+        all_ok &= ok
+        woke = "-" if sleeper is None else str(codes[run.workers.index(sleeper)])
+        fenced = "-" if sleeper is None else run.lease_events(run.workers.index(sleeper))
+        rows.append((trial, "-" if held_jobs is None else held_jobs, woke, fenced,
+                     " ".join(str(c) for p, c in zip(run.workers, codes, strict=True) if p is not sleeper),
+                     lost, found["images"], found["bad_images"], dupes, recorded, unexplained, twice,
+                     " ".join(f"{v[-1]}:{running(emu, v)}/{lim}" for v, _, lim in peaks(emu)), "ok" if ok else "FAIL"))
+        if not ok and run.stderr_tail():
+            print(f"# trial {trial} worker stderr: {run.stderr_tail()}", file=sys.stderr)
+    return all_ok, [table(("trial", "paused held", "paused worker exit", "its lease-lost events", "others exit", "lost", "in bucket", "bad",
+                           "dupes", "recorded", "unexplained", "written twice", "peak running/limit", "result"), rows),
+                    f"# each trial: SIGSTOP one worker for {pause:g} s (2 x lease + 1), then SIGCONT"]
 
 
 def _mean_latency(text: str) -> float:
@@ -438,6 +519,7 @@ def mode_bench(s: Setup) -> tuple[bool, list[str]]:
         for label, n, kind in configs:
             with emulator(*s.emulator_args(faults=False)) as (url, _):
                 run = s.new_run("bench", a.jobs, url, shared=True, local=kind == "local")
+                run.log = False
                 for i in range(n):
                     run.start(i)
                 codes = run.wait(a.timeout)
@@ -467,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=600)
     parser.add_argument("--kill-trials", type=int, default=0, help="kill -9 trials (mode b)")
+    parser.add_argument("--pause-trials", type=int, default=0,
+                        help="SIGSTOP a worker past its lease, then SIGCONT (fencing; mode d)")
     parser.add_argument("--bench", action="store_true", help="jobs/s against SQLite + local disk (mode c)")
     parser.add_argument("--runs", type=int, default=1, help="repetitions per bench configuration (medians)")
     parser.add_argument("--lease", type=float, default=5.0, help="lease length, seconds (when the build has --lease)")
@@ -479,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for var, _ in ACCOUNTS:
         os.environ.setdefault(var, f"made-up-key-{var.lower()}")  # the emulator and the workers read the same
-    mode = "bench" if args.bench else "kill" if args.kill_trials else "run"
+    mode = "bench" if args.bench else "kill" if args.kill_trials else "pause" if args.pause_trials else "run"
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         folder = Path(tmp)
         features = detect(folder)
@@ -490,11 +574,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with servers(args, need_pg=features.state) as srv:
                 setup = Setup(args, features, srv, folder)
-                ok, lines = {"run": mode_run, "kill": mode_kill, "bench": mode_bench}[mode](setup)
+                ok, lines = {"run": mode_run, "kill": mode_kill, "pause": mode_pause, "bench": mode_bench}[mode](setup)
         except Unavailable as exc:
             print(f"scale_out: {exc}", file=sys.stderr)
             return 3
-    flags = {"run": "", "kill": f" --kill-trials {args.kill_trials}", "bench": f" --bench --runs {args.runs}"}[mode]
+    flags = {"run": "", "kill": f" --kill-trials {args.kill_trials}", "pause": f" --pause-trials {args.pause_trials}",
+             "bench": f" --bench --runs {args.runs}"}[mode]
     print(f"# scale-out acceptance ({mode}); {machine()}; shared machine, timings noisy; features: {features.line()}")
     print(f"# reproduce: python bench/scale_out.py --workers {args.workers} --jobs {args.jobs}{flags} "
           f"--lease {args.lease:g} --latency {args.latency} --seed {args.seed}")

@@ -220,12 +220,28 @@ def atomic_stream(path: Path, mode: str = "wb") -> Iterator[Any]:
 # The C encoder (indent= falls back to the pure-Python one, which cost more per sidecar than
 # writing it did: bench/README.md section 3).
 _ONE_LINE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+_quote = json.encoder.encode_basestring  # the C function the encoder uses for strings (ensure_ascii=False)
+
+
+_SCALARS = {None: "null", True: "true", False: "false"}
+
+
+def _json_value(value: Any) -> str:
+    # Strings and integers directly by the C string encoder and int's repr (what the encoder
+    # itself writes); containers, floats and the rest through the encoder.
+    kind = type(value)
+    if kind is str:
+        return _quote(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None or kind is bool:
+        return _SCALARS[value]
+    return _ONE_LINE.encode(value)
 
 
 def json_text(value: dict[str, Any]) -> str:
     """An object as JSON with one top-level key per line and each value on its line: readable, cheap."""
-    encode = _ONE_LINE.encode
-    return "{\n" + ",\n".join(f"  {encode(str(k))}: {encode(v)}" for k, v in value.items()) + "\n}\n"
+    return "{\n" + ",\n".join(f"  {_quote(str(k))}: {_json_value(v)}" for k, v in value.items()) + "\n}\n"
 
 
 def write_json(path: Path, data: Any, *, durable: bool = True) -> os.stat_result:

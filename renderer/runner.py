@@ -865,7 +865,11 @@ class Runner:
         except AccountError as exc:
             self.fatal = self.fatal or exc
             self.emit({"type": "fatal", "message": exc.message})
-            self.stop(force=True)
+            # Not forced: nothing new is sent, waits are abandoned, and a submit already on the
+            # wire gets its answer (the same refusal, recorded as one) instead of being cut off
+            # into an ambiguous submit that the next run would count as paid twice.
+            if not self.stopping:
+                self.stop()
         except StateError as exc:
             # The run's own files or state cannot be written: every further job would fail the same way.
             self.broken = self.broken or exc

@@ -106,3 +106,16 @@ def test_scale_out_bench_smoke(postgres_server, s3_server):
     """bench/scale_out.py --bench compares shared state + S3 with SQLite + local disk and prints the ratio."""
     out = _scale_out(postgres_server, s3_server, "--workers", "2", "--jobs", "10", "--bench", "--latency", "0.02")
     assert "| SQLite + local disk | 1 " in out and "| PostgreSQL + S3     | 2 " in out and "ratio (provider-bound)" in out
+
+
+def test_dataset_append_smoke():
+    """bench/dataset_append.py times a whole rewrite and an append of metadata.jsonl and checks they agree."""
+    out = _run("bench/dataset_append.py", "--jobs", "50", "--more", "5", "--runs", "1")
+    assert "# reproduce: python bench/dataset_append.py" in out and "| 50 " in out
+
+
+def test_scale_out_pause_smoke(postgres_server, s3_server):
+    """bench/scale_out.py --pause-trials stops one of two workers past its lease: fenced, nothing written twice."""
+    out = _scale_out(postgres_server, s3_server, "--workers", "2", "--jobs", "16", "--pause-trials", "1",
+                     "--latency", "0.1", "--lease", "1")
+    assert "written twice" in out and "# result: PASS" in out

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
-from renderer.files import BadImage, file_intact, remove_partials, verify_image, write_atomic
+from renderer.files import (
+    BadImage,
+    file_intact,
+    json_text,
+    remove_partials,
+    verify_image,
+    write_atomic,
+)
 
 
 def _png(size: tuple[int, int] = (8, 4), fmt: str = "PNG") -> bytes:
@@ -92,3 +102,16 @@ def test_group_fsync_serves_every_caller_in_fewer_groups(tmp_path: Path):
     assert results[41:] == list(range(20))  # the failure in the same group reached its caller alone
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(f"w{i}.png" for i in range(20))
     assert groups <= 2  # 61 callers at once: one group (two if the first was already on its way)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+                     max_leaves=8)
+
+
+@given(st.dictionaries(st.text(), _JSON, max_size=8))
+def test_sidecar_json_reads_back_exactly(value: dict[str, Any]):
+    """A sidecar's text (one key per line, made fast) is JSON that reads back as exactly the object written."""
+    text = json_text(value)
+    assert json.loads(text) == value
+    assert len(text.split("\n")) == max(len(value), 1) + 3  # one line per key, between the braces
