@@ -122,6 +122,8 @@ def scale_rows(folder: Path, jobs: int, runs: int, only_plan: bool = False,
         if only_plan:  # the small figures: say what start-up adds, and the CPU the command used
             wall += (f" ({median([r['process'] for r in records]):.2f} s whole process, "
                      f"CPU {median([r['cpu'] for r in records]):.2f} s)")
+        else:  # CPU (user + sys of the child) is less sensitive to the shared machine than wall time
+            wall += f" (CPU {median([r['cpu'] for r in records]):.1f} s)"
         return wall, f"{median([r['rss_mb'] for r in records]):.0f} MB"
 
     wall, rss = fmt([cli("validate", str(path)) for _ in range(runs)])
