@@ -375,6 +375,17 @@ def mode_run(s: Setup) -> tuple[bool, list[str]]:
     return ok, lines
 
 
+def _started(s: Setup, label: str, url: str) -> Run:
+    """A fresh shared run with all its workers started, once the emulator has seen a first submit."""
+    run = s.new_run(label, s.args.jobs, url, shared=True)
+    for i in range(s.args.workers):
+        run.start(i)
+    before = time.monotonic()
+    while stats(url)["submit_attempts"] == 0 and time.monotonic() - before < 60:
+        time.sleep(0.02)
+    return run
+
+
 def mode_kill(s: Setup) -> tuple[bool, list[str]]:
     a = s.args
     rng = random.Random(a.seed)
@@ -382,12 +393,7 @@ def mode_kill(s: Setup) -> tuple[bool, list[str]]:
     capacity = sum(limit for _, limit in ACCOUNTS) / max(0.01, _mean_latency(a.latency))
     for trial in range(a.kill_trials):
         with emulator(*s.emulator_args(faults=True)) as (url, _):
-            run = s.new_run(f"kill{trial}", a.jobs, url, shared=True)
-            for i in range(a.workers):
-                run.start(i)
-            before = time.monotonic()
-            while stats(url)["submit_attempts"] == 0 and time.monotonic() - before < 60:
-                time.sleep(0.02)
+            run = _started(s, f"kill{trial}", url)
             # A random moment within the run's expected span (jobs / provider capacity).
             time.sleep(rng.uniform(0.0, 0.8 * a.jobs / capacity))
             alive = [p for p in run.workers if p.poll() is None]
@@ -462,12 +468,7 @@ def mode_pause(s: Setup) -> tuple[bool, list[str]]:
     pause = 2 * a.lease + 1
     for trial in range(a.pause_trials):
         with emulator(*s.emulator_args(faults=True)) as (url, _):
-            run = s.new_run(f"pause{trial}", a.jobs, url, shared=True)
-            for i in range(a.workers):
-                run.start(i)
-            before = time.monotonic()
-            while stats(url)["submit_attempts"] == 0 and time.monotonic() - before < 60:
-                time.sleep(0.02)
+            run = _started(s, f"pause{trial}", url)
             time.sleep(rng.uniform(0.0, 0.5 * a.jobs / capacity))
             alive = [p for p in run.workers if p.poll() is None]
             sleeper, held_jobs = (rng.choice(alive) if alive else None), None

@@ -501,8 +501,7 @@ class Runner:
         (With shared state an ambiguous submit is counted when its job is claimed: see _submit.)
         """
         if not self.shared:
-            self.store.join("", self.config.lease)  # one process under RunLock: claims of a killed run are void
-            self.store.owner = None  # the changes below touch jobs nobody holds
+            self.store.void_claims()
         # A first run (no state, no files: nothing to find or mark out) renders while the rest of
         # the plan is recorded in the background, and the plan's digest (a pass over every key) is
         # made there too, at the end; any other run records the plan first.

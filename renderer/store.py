@@ -626,9 +626,13 @@ class Store:
             db.execute("INSERT INTO workers (id, host, pid, started, heartbeat) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
                        "heartbeat = excluded.heartbeat", (owner, host, pid, now, now))
-            if not self.shared:
-                # One worker at a time (RunLock): the claims of an earlier, killed run are void.
-                db.execute("UPDATE job SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL")
+
+    def void_claims(self) -> None:
+        """Free every claim: for the embedded database only, whose one worker runs under RunLock,
+        so claims still recorded are those of an earlier, killed run."""
+        assert not self.shared, "shared state: claims end by their leases, never by a worker's say"
+        with self._tx() as db:
+            db.execute("UPDATE job SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL")
 
     def claim(self, limit: int, before: int | None = None) -> list[Claimed]:
         """Up to `limit` unfinished jobs nobody holds (or whose lease expired), in plan order, now ours.

@@ -191,6 +191,16 @@ def test_pending_and_finished_files_are_read_in_pages(open_state: Callable[[], S
     assert sorted(store.downloaded_files()) == sorted((k, [{"path": k}]) for k in keys[::4])
 
 
+def _two_workers(open_state: Callable[[], Store], p: plan.Plan, lease: float,
+                 names: tuple[str, str] = ("a", "b")) -> tuple[Store, Store]:
+    """Two workers on one state with the plan recorded: the first with `lease`, the second with 30 s."""
+    first, second = open_state(), open_state()
+    first.sync_plan(p.jobs, p.digest)
+    first.join(names[0], lease)
+    second.join(names[1], 30)
+    return first, second
+
+
 def _finish(store: Store, key: str) -> None:
     store.submit_started(key)
     store.submitted(key, f"r-{key[-6:]}", "s", "r", "c")
@@ -202,10 +212,7 @@ def test_claims_split_the_plan_and_every_job_is_finished_once(open_state: Callab
                                                               registry: SchemaRegistry):
     """Two workers claiming in turns get disjoint jobs in plan order; finished jobs are never claimed again."""
     p = _many(registry, 6, tmp_path)
-    a, b = open_state(), open_state()
-    a.sync_plan(p.jobs, p.digest)
-    a.join("a", 30)
-    b.join("b", 30)
+    a, b = _two_workers(open_state, p, 30)
     got: dict[str, str] = {}
     while True:
         batches = [(a, a.claim(4)), (b, b.claim(3))]
@@ -228,10 +235,7 @@ def test_a_worker_that_lost_its_lease_commits_nothing(open_state: Callable[[], S
     """Fencing: after the lease expires and another worker takes the job, every change by the first is refused."""
     import time
     p = _plan(registry)
-    first, second = open_state(), open_state()
-    first.sync_plan(p.jobs, p.digest)
-    first.join("first", 0.3)
-    second.join("second", 30)
+    first, second = _two_workers(open_state, p, 0.3, names=("first", "second"))
     key = first.claim(1)[0].key
     first.submit_started(key)
     first.submitted(key, "req-1", "s", "r", "c")
@@ -272,10 +276,7 @@ def test_renewal_keeps_jobs_and_release_hands_them_back(open_state: Callable[[],
     """A renewed lease outlives its first term; released jobs are claimable at once; a trial bound is kept."""
     import time
     p = _plan(registry)
-    a, b = open_state(), open_state()
-    a.sync_plan(p.jobs, p.digest)
-    a.join("a", 0.4)
-    b.join("b", 30)
+    a, b = _two_workers(open_state, p, 0.4)
     held = {c.key for c in a.claim(3, before=5)}
     assert len(held) == 3 and {c.plan_index for c in b.claim(10, before=5)} == {3, 4}
     for _ in range(3):
