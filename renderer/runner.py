@@ -539,15 +539,15 @@ class Runner:
             root, stat = os.path.join(self.storage.root, ""), os.stat
             for page in self.store.file_stats():
                 changed = set()
-                for key, rel, size, mtime in page:
+                for ref, rel, size, mtime in page:
                     try:
                         found = stat(root + rel)
                     except (OSError, TypeError, ValueError):
-                        changed.add(key)
+                        changed.add(ref)
                         continue
                     if found.st_size != size or found.st_mtime_ns != mtime:
-                        changed.add(key)
-                for key in sorted(changed):
+                        changed.add(ref)
+                for key in sorted(self.store.key_of(ref) for ref in changed):
                     self.store.redownload(key, "a finished file was missing or changed")
                     self.plan_changed = True
         elif not self.shared or self.config.verify:

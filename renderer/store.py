@@ -270,6 +270,48 @@ def m007_cells(db: sqlite3.Connection) -> None:
     db.execute("DELETE FROM meta WHERE name = 'plan_digest'")
 
 
+def file_columns_sql(files: str) -> str:
+    """SET clauses deriving a job's file columns (see m008_file_columns) from the JSON `files`."""
+    one = f"CASE WHEN json_array_length({files}) = 1 THEN json_extract({files}, '$[0].%s') END"
+    number = "json_type(value, '$.cost') IN ('integer', 'real')"
+    return (f"fpath = {one % 'path'}, fsize = {one % 'size'}, fmtime = {one % 'mtime_ns'}, "
+            f"cost = (SELECT SUM(json_extract(value, '$.cost')) FROM json_each({files}) WHERE {number}), "
+            f"uncosted = (SELECT COUNT(*) FROM json_each({files}) WHERE NOT COALESCE({number}, 0))")
+
+
+def file_columns(files: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The same columns from a job's file list, as `_set` writes them with `files` (one place)."""
+    if not files:
+        return {"fpath": None, "fsize": None, "fmtime": None, "cost": None, "uncosted": 0}
+    one = files[0] if len(files) == 1 else {}
+    costs = [e.get("cost") for e in files]
+    priced = [c for c in costs if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    return {"fpath": one.get("path"), "fsize": one.get("size"), "fmtime": one.get("mtime_ns"),
+            "cost": sum(priced) if priced else None, "uncosted": len(files) - len(priced)}
+
+
+@migration
+def m008_file_columns(db: sqlite3.Connection) -> None:
+    """A finished job's file check and cost in columns of its own (issue 15: no-op rerun of 1M jobs).
+
+    A rerun stats every finished file against its recorded size and mtime, and sums the cost
+    of every finished file; reading those out of each job's `files` JSON took ~6 s of a 10 s
+    no-op rerun at 1M jobs. Derived from `files`, always written with it (`_set`, and the
+    view's trigger for tools that update `jobs`): fpath/fsize/fmtime of a job's only file
+    (NULL for a job with several files: those are read from `files`), cost = the sum of its
+    files' costs (NULL if none has one), uncosted = how many of its files have no cost.
+    """
+    for column in ("fpath TEXT", "fsize INTEGER", "fmtime INTEGER", "cost REAL", "uncosted INTEGER NOT NULL DEFAULT 0"):
+        db.execute(f"ALTER TABLE job ADD COLUMN {column}")
+    db.execute(f"UPDATE job SET {file_columns_sql('files')} WHERE files IS NOT NULL")
+    db.execute("DROP TRIGGER jobs_update")
+    db.execute(f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
+        UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
+        stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
+        {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))},
+        {file_columns_sql('NEW.files')} WHERE id = OLD.id; END""")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
@@ -718,6 +760,12 @@ class Store:
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
 
+    derived_columns = True  # the job table has m008's columns derived from `files` (PostgreSQL reads the JSON)
+
+    def _files(self, files: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """The `files` column and, where the table has them, the columns derived from it (always together)."""
+        return {"files": None if files is None else _dumps(files), **(file_columns(files) if self.derived_columns else {})}
+
     def _set_free(self, key: str, **fields: Any) -> None:
         """A change to a job nobody holds (before claiming: adopt, rerender, redownload)."""
         fields["updated_at"] = time.time()
@@ -757,7 +805,7 @@ class Store:
         self._set(key, defer=True, state="completed", result=_dumps(result), completed_at=time.time())
 
     def downloaded(self, key: str, files: list[dict[str, Any]]) -> None:
-        self._set(key, release=True, defer=True, state="downloaded", files=_dumps(files), downloaded_at=time.time(),
+        self._set(key, release=True, defer=True, state="downloaded", **self._files(files), downloaded_at=time.time(),
                   error=None, error_kind=None)
 
     def failed(self, key: str, reason: str, kind: str) -> None:
@@ -807,7 +855,7 @@ class Store:
               entries: list[dict[str, Any]]) -> None:
         """Record a job as downloaded from files found on disk (rebuilding lost state from sidecars)."""
         self._set_free(key, state="downloaded", stem=stem, request_id=request_id, provider=provider,
-                       files=_dumps(entries), downloaded_at=time.time(), error=None, error_kind=None,
+                       **self._files(entries), downloaded_at=time.time(), error=None, error_kind=None,
                        submit_started=None)
 
     def restem(self, key: str, stem: str) -> None:
@@ -822,7 +870,7 @@ class Store:
     def rerender(self, key: str, reason: str) -> None:
         """A finished job to render again for another provider (its files stay until replaced)."""
         self._set_free(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
-                       account=None, result=None, files=None, error=reason, error_kind="other_provider",
+                       account=None, result=None, **self._files(None), error=reason, error_kind="other_provider",
                        submit_started=None)
 
     def fresh_keys(self) -> Iterator[tuple[str, str, int]]:
@@ -843,7 +891,7 @@ class Store:
             after = page[-1][0]
 
     def redownload(self, key: str, reason: str) -> None:
-        self._set_free(key, state="completed", files=None, error=reason, error_kind="redownload")
+        self._set_free(key, state="completed", **self._files(None), error=reason, error_kind="redownload")
 
     def retry_failed(self) -> int:
         with self._tx() as db:
@@ -904,11 +952,12 @@ class Store:
             yield from ((r[1], json.loads(r[2])) for r in page)
             after = page[-1][0]
 
-    def file_stats(self) -> Iterator[list[tuple[str, Any, Any, Any]]]:
-        """Pages of (key, path, size, mtime_ns): one per recorded file of each finished job of the plan.
+    def file_stats(self) -> Iterator[list[tuple[Any, Any, Any, Any]]]:
+        """Pages of (ref, path, size, mtime_ns): one per recorded file of each finished job of the plan.
 
         What a rerun checks against the disk, without decoding each job's file list in Python
-        (SQLiteStore reads the fields in SQL). Pages are whole jobs; write between pages freely.
+        (SQLiteStore reads columns). `ref` names the job: key_of(ref) is its key. Pages are whole
+        jobs; write between pages freely.
         """
         page: list[tuple[str, Any, Any, Any]] = []
         for key, entries in self.downloaded_files():
@@ -918,6 +967,10 @@ class Store:
                 page = []
         if page:
             yield page
+
+    def key_of(self, ref: Any) -> str:
+        """The key of the job a file_stats row names."""
+        return str(ref)
 
     nsfw_sql = "json_extract(result, '$.has_nsfw_concepts')"
 
@@ -964,13 +1017,12 @@ class Store:
     def models_without_cost(self) -> list[str]:
         """Models of finished jobs with a file that has no recorded cost."""
         return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "
-            "(SELECT 1 FROM json_each(jobs.files) WHERE json_type(value, '$.cost') IS NULL)")]
+            "SELECT model FROM cells WHERE id IN (SELECT cell FROM job WHERE +in_plan = 1 AND +state = 'downloaded' "
+            "AND uncosted > 0) GROUP BY model ORDER BY model")]
 
-    # Each finished file's cost, and 1 where a file has none (json_each: one row per file entry).
-    cost_sql = ("SELECT COALESCE(SUM(json_extract(f.value, '$.cost')), 0), "
-                "COALESCE(MAX(COALESCE(json_type(f.value, '$.cost'), 'null') = 'null'), 0) "
-                "FROM job, json_each(job.files) AS f WHERE job.in_plan = 1 AND job.state = 'downloaded'")
+    # The cost of every finished file, and whether some file has none: m008's columns, one scan.
+    cost_sql = ("SELECT COALESCE(SUM(cost), 0), COALESCE(MAX(uncosted > 0), 0) "
+                "FROM job WHERE +in_plan = 1 AND +state = 'downloaded'")
 
     def cost(self) -> tuple[float, bool]:
         """(the recorded cost of every finished file of the plan, whether some file has no cost), summed in SQL."""
@@ -1179,15 +1231,23 @@ class SQLiteStore(Store):
             yield from ((key, entries) for key, entries in json.loads(blob))
             after = last
 
-    def file_stats(self) -> Iterator[list[tuple[str, Any, Any, Any]]]:
+    def file_stats(self) -> Iterator[list[tuple[Any, Any, Any, Any]]]:
+        # Plain columns for a job with one file (m008); only a job with several reads its JSON.
+        # Rows carry the job's id, not its key: key_of() makes a key only for the few that changed.
         finished = "+j.in_plan = 1 AND +j.state = 'downloaded'"
         after = 0
         while (upto := _page_bound(self.db, after, finished)) is not None:
-            yield [(blob_key(k, text), path, size, mtime) for k, text, path, size, mtime in self.db.execute(
-                "SELECT j.k, j.key_text, json_extract(f.value, '$.path'), json_extract(f.value, '$.size'), "
-                "json_extract(f.value, '$.mtime_ns') FROM job j, json_each(j.files) f "
-                f"WHERE j.id > ? AND j.id <= ? AND {finished}", (after, upto))]
+            yield self.db.execute(
+                f"SELECT j.id, j.fpath, j.fsize, j.fmtime FROM job j WHERE j.id > ? AND j.id <= ? AND {finished} "
+                "AND j.fpath IS NOT NULL UNION ALL SELECT j.id, json_extract(f.value, '$.path'), "
+                "json_extract(f.value, '$.size'), json_extract(f.value, '$.mtime_ns') FROM job j, json_each(j.files) f "
+                f"WHERE j.id > ? AND j.id <= ? AND {finished} AND j.fpath IS NULL",
+                (after, upto, after, upto)).fetchall()
             after = upto
+
+    def key_of(self, ref: Any) -> str:
+        row = self.db.execute(f"SELECT {self.key_sql} FROM job j WHERE j.id = ?", (ref,)).fetchone()
+        return str(row[0])
 
 
 def _page_bound(db: Any, after: int, where: str) -> int | None:

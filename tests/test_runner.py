@@ -103,6 +103,23 @@ def test_damaged_file_is_downloaded_again_without_a_resubmit(tmp_path: Path):
     assert_all_verified(tmp_path / "out/t")
 
 
+def test_a_changed_image_of_a_multi_image_job_is_downloaded_again(tmp_path: Path):
+    """A job with several images is checked file by file too: the edited one is fetched again, nothing resent."""
+    with background_emulator(service=FAST) as emu:
+        m = write_manifest(tmp_path, seeds=[1, 2], defaults={"num_images": 2})
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet")
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        found = images(tmp_path / "out/t")
+        assert len(found) == 4 and emu.stats()["downloads"] == 4
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0  # nothing changed: nothing fetched
+        assert emu.stats()["downloads"] == 4
+        victim = sorted(found)[1]  # the second image of the first job
+        victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        assert emu.stats()["submits"] == 2 and emu.stats()["downloads"] == 6  # that job's two images, again
+    assert_all_verified(tmp_path / "out/t")
+
+
 def test_fault_mix_500_jobs_all_valid(tmp_path: Path):
     """10% 429, 5% ingress 502, 5% runner errors, 5% dropped and 2% corrupt downloads: all 500 complete."""
     # Ingress 502/503 only: a 504 on a submit may have been passed on, so it is an unknown outcome (not resent).

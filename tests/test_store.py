@@ -8,13 +8,25 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from renderer import plan
 from renderer.errors import RunLocked, StateError
 from renderer.manifest import load
 from renderer.pgstore import PostgresStore
 from renderer.schemas import SchemaRegistry
-from renderer.store import DB_NAME, MIGRATIONS, LeaseLost, RunLock, SQLiteStore, Store, migrate
+from renderer.store import (
+    DB_NAME,
+    MIGRATIONS,
+    LeaseLost,
+    RunLock,
+    SQLiteStore,
+    Store,
+    file_columns,
+    file_columns_sql,
+    migrate,
+)
 
 from .conftest import MANIFESTS
 
@@ -359,6 +371,63 @@ def test_cost_is_summed_in_the_database(open_state: Callable[[], Store], tmp_pat
     assert store.cost() == (1.0, True)
 
 
+_cost = st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.integers(-10**6, 10**6),
+                  st.floats(-1e6, 1e6, allow_nan=False))
+# A path never holds NUL (no file system takes one; SQLite's JSON cuts text there).
+_path = st.text(st.characters(blacklist_characters="\x00"), max_size=8)
+_entry = st.fixed_dictionaries({}, optional={"path": _path, "size": st.integers(0, 2**63 - 1),
+                                             "mtime_ns": st.integers(0, 2**63 - 1), "cost": _cost})
+
+
+@settings(max_examples=300, deadline=None)
+@given(files=st.one_of(st.none(), st.lists(_entry, max_size=4)))
+def test_file_columns_in_sql_and_in_python_agree(files: list[dict] | None):
+    """The columns derived from a job's files are the same whether SQL (migration, trigger) or Python (_set) makes them."""
+    import json
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE job (files TEXT, fpath, fsize, fmtime, cost, uncosted)")
+    db.execute("INSERT INTO job (files) VALUES (?)", (None if files is None else json.dumps(files),))
+    db.execute(f"UPDATE job SET {file_columns_sql('files')}")
+    fpath, fsize, fmtime, cost, uncosted = db.execute("SELECT fpath, fsize, fmtime, cost, uncosted FROM job").fetchone()
+    mine = file_columns(files)
+    assert (fpath, fsize, fmtime, uncosted) == (mine["fpath"], mine["fsize"], mine["fmtime"], mine["uncosted"])
+    assert cost == pytest.approx(mine["cost"], rel=1e-9, abs=1e-9) if mine["cost"] is not None else cost is None
+
+
+def test_finished_jobs_of_an_older_database_get_their_file_columns(tmp_path: Path, registry: SchemaRegistry,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """A run finished before m008: after migrating, the rerun's file check and the cost read what was recorded."""
+    import renderer.store as store_mod
+    p = _plan(registry)
+    keys = [j.key for j in p.jobs]
+    written = [[{"path": "data/a-0.png", "size": 10, "mtime_ns": 123, "cost": 0.25}],
+               [{"path": "data/b-0.png", "size": 11, "mtime_ns": 124, "cost": 0.5},
+                {"path": "data/b-1.png", "size": 12, "mtime_ns": 125}],
+               [{"path": "data/c-0.png", "size": 13, "mtime_ns": 126}]]
+    with monkeypatch.context() as old_schema:
+        old_schema.setattr(store_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m008"])
+        old_schema.setattr(SQLiteStore, "derived_columns", False)
+        store = SQLiteStore(tmp_path)
+        store.sync_plan(p.jobs)
+        for key, entries in zip(keys, written, strict=False):
+            store.downloaded(key, entries)
+        store.close()
+    store = SQLiteStore(tmp_path)  # migrates
+    rows = sorted((store.key_of(ref), path, size, mtime) for page in store.file_stats() for ref, path, size, mtime in page)
+    assert rows == sorted((key, e["path"], e["size"], e["mtime_ns"]) for key, entries in zip(keys, written, strict=False)
+                          for e in entries)
+    assert store.cost() == (0.75, True)
+    assert store.models_without_cost() == sorted({p.jobs[1].model, p.jobs[2].model})
+    store.redownload(keys[1], "changed")  # the columns follow `files` from here on
+    assert store.cost() == (0.25, True)
+    store.downloaded(keys[1], [{"path": "data/b-0.png", "size": 1, "mtime_ns": 1, "cost": 1.0}])
+    assert store.cost() == (1.25, True)
+    store.sync_plan([j for j in p.jobs if j.key != keys[2]])
+    assert store.cost() == (1.25, False) and store.models_without_cost() == []
+    store.close()
+
+
 def test_grouped_step_changes_are_durable_only_at_commit(tmp_path: Path, registry: SchemaRegistry):
     """While grouping, step changes wait in one transaction: another reader sees them only after commit()."""
     p = _plan(registry)
@@ -584,7 +653,7 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(tmp_path: P
 
 def test_file_stats_list_every_finished_file_in_whole_jobs(open_state: Callable[[], Store], tmp_path: Path,
                                                            registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch):
-    """What a rerun checks on disk: (key, path, size, mtime_ns) of each file of each finished job, pages never
+    """What a rerun checks on disk: (job, path, size, mtime_ns) of each file of each finished job, pages never
     splitting a job; jobs not finished or out of the plan are not listed."""
     import renderer.store as store_mod
     monkeypatch.setattr(store_mod, "PAGE", 1)
@@ -598,7 +667,7 @@ def test_file_stats_list_every_finished_file_in_whole_jobs(open_state: Callable[
     store.failed(keys[12], "no", "rejected")
     store.sync_plan(p.jobs[1:], "")  # the first job leaves the plan
     pages = list(store.file_stats())
-    listed = [entry for page in pages for entry in page]
+    listed = [(store.key_of(ref), *rest) for page in pages for ref, *rest in page]
     assert sorted(listed, key=str) == sorted(
         [(keys[n], f"data/{n}-{i}.png", i, 10**18 + n) for n in range(1, 12) for i in range(n % 3)]
         + [(keys[n], f"data/{n}-x.png", None, None) for n in range(1, 12)], key=str)
