@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,18 @@ def run_renderer(manifest_path: Path, url: str, output: Path, extra_env: dict | 
     """`renderer run` against `url` in a child process; returns its BENCH record."""
     here = HERE
     env = child_env(FAL_KEY="bench", **(extra_env or {}))
+    started = time.perf_counter()
     done = subprocess.run([sys.executable, str(here / "_run.py"), "run", str(manifest_path), "--provider", url,
                            "--output", str(output), "--quiet", *args], capture_output=True, text=True, env=env,
                           check=False)
+    process = time.perf_counter() - started  # spawn to exit: the interpreter's start and imports too
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH ")), None)
     if line is None:
         raise RuntimeError(done.stderr[-2000:])
     record = json.loads(line[6:])
     if record["code"] != 0:
         raise RuntimeError(f"renderer exited {record['code']}: {record['stderr']}")
+    record["process"] = process
     return record
 
 

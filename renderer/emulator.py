@@ -213,6 +213,9 @@ class Emulator:
         self._seq = 0
         self._started = 0
         self._busy = 0
+        # Slot accounting (bench/throughput.py): seconds slots were held, of which asked-for service
+        # time; held minus asked is this emulator's own lag (its event loop late on a timer).
+        self.slot_time = {"first_start": None, "last_end": None, "held": 0.0, "service": 0.0}
         self._workers: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._variants = dict(config.variants)
@@ -279,6 +282,7 @@ class Emulator:
             "peak_in_flight": self.peak_in_flight,
             "open_ids": sorted(self._open),  # requests in flight, to follow one set of them over time
             "last_closed_at": self.last_closed_at,  # on the emulator's monotonic clock, like submit_times
+            "slots": {"workers": self.config.workers, **self.slot_time},  # monotonic clock too
             "accounts": {label: {**acct.as_dict(), "peak_in_flight_kept": kept.get(label, 0)}
                          for label, acct in list(self.accounts.items())},
         }
@@ -469,8 +473,13 @@ class Emulator:
                                  "timestamp": _now_iso()})
                 req.touch()
                 req.inference = self.config.service.draw(self.rng)
+                if self.slot_time["first_start"] is None:
+                    self.slot_time["first_start"] = req.started_at
                 await asyncio.sleep(req.inference)
                 self._finish(req)
+                self.slot_time["held"] += req.completed_at - req.started_at
+                self.slot_time["service"] += req.inference
+                self.slot_time["last_end"] = req.completed_at
             finally:
                 self._busy -= 1
                 self._run_slot(req.account, -1)

@@ -267,7 +267,6 @@ class PostgresStore(Store):
     skip_locked = "FOR UPDATE SKIP LOCKED"
     NOW = "extract(epoch from clock_timestamp())"
     nsfw_sql = "(result::jsonb -> 'has_nsfw_concepts')::text"
-    derived_columns = False  # no m008 columns: cost and the file check read `files` (not on a worker's path)
 
     def __init__(self, url: str, run_dir: Path, run: str, *, readonly: bool = False) -> None:
         try:

@@ -48,6 +48,13 @@ FINISHED = ("downloaded", "failed")
 # The jobs a claim may take (a partial index holds exactly these; the text must match it).
 OPEN = "in_plan = 1 AND state NOT IN ('downloaded', 'failed')"
 SYNC_BATCH = 5000  # jobs per plan-sync transaction
+# A first run records its plan while it renders (PlanRecorder): a short first batch lets the
+# first submit go out sooner, and short background batches hold SQLite's one write lock briefly,
+# so the runner's own commits (each submit's window) do not wait behind a long insert.
+# Measured at 20,000 jobs (64 slots, 0.2 s): process start to first submit 2.1 s with 5,000-job
+# batches, 1.2-1.5 s with these (bench/README.md, section 1).
+RECORD_BATCH = 250
+FIRST_BATCH = 500
 PAGE = 2000  # rows per page when the runner reads pending work or finished files
 
 DAMAGED_HINT = (f"if the file is damaged, move {DB_NAME} aside (and its -wal/-shm files) and rerun: the state is "
@@ -279,37 +286,25 @@ def file_columns_sql(files: str) -> str:
             f"uncosted = (SELECT COUNT(*) FROM json_each({files}) WHERE NOT COALESCE({number}, 0))")
 
 
-def file_columns(files: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """The same columns from a job's file list, as `_set` writes them with `files` (one place)."""
-    if not files:
-        return {"fpath": None, "fsize": None, "fmtime": None, "cost": None, "uncosted": 0}
-    one = files[0] if len(files) == 1 else {}
-    costs = [e.get("cost") for e in files]
-    priced = [c for c in costs if isinstance(c, (int, float)) and not isinstance(c, bool)]
-    return {"fpath": one.get("path"), "fsize": one.get("size"), "fmtime": one.get("mtime_ns"),
-            "cost": sum(priced) if priced else None, "uncosted": len(files) - len(priced)}
-
-
 @migration
 def m008_file_columns(db: sqlite3.Connection) -> None:
     """A finished job's file check and cost in columns of its own (issue 15: no-op rerun of 1M jobs).
 
     A rerun stats every finished file against its recorded size and mtime, and sums the cost
     of every finished file; reading those out of each job's `files` JSON took ~6 s of a 10 s
-    no-op rerun at 1M jobs. Derived from `files`, always written with it (`_set`, and the
-    view's trigger for tools that update `jobs`): fpath/fsize/fmtime of a job's only file
-    (NULL for a job with several files: those are read from `files`), cost = the sum of its
-    files' costs (NULL if none has one), uncosted = how many of its files have no cost.
+    no-op rerun at 1M jobs. The columns are derived from `files` by the database itself: the
+    trigger `job_files` rewrites them whenever `files` is written, by the store or by anything
+    else (the `jobs` view's trigger, a tool, a benchmark's synthesiser), so they cannot
+    disagree with it. fpath/fsize/fmtime are those of a job's only file (NULL for a job with
+    several files: those are read from `files`); cost is the sum of its files' costs (NULL if
+    none has one); uncosted is how many of its files have no cost. Rows are inserted without
+    files (the plan), so no insert trigger is needed.
     """
     for column in ("fpath TEXT", "fsize INTEGER", "fmtime INTEGER", "cost REAL", "uncosted INTEGER NOT NULL DEFAULT 0"):
         db.execute(f"ALTER TABLE job ADD COLUMN {column}")
     db.execute(f"UPDATE job SET {file_columns_sql('files')} WHERE files IS NOT NULL")
-    db.execute("DROP TRIGGER jobs_update")
-    db.execute(f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
-        UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
-        stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
-        {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))},
-        {file_columns_sql('NEW.files')} WHERE id = OLD.id; END""")
+    db.execute(f"CREATE TRIGGER job_files AFTER UPDATE OF files ON job BEGIN "
+               f"UPDATE job SET {file_columns_sql('NEW.files')} WHERE id = NEW.id; END")
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
@@ -519,7 +514,7 @@ class Store:
         if self.shared or not digest or self.db.execute("SELECT 1 FROM job LIMIT 1").fetchone() is not None:
             return None
         rest = iter(jobs)
-        first = list(islice(rest, SYNC_BATCH))
+        first = list(islice(rest, FIRST_BATCH))
         self._sync_batch(first, {}, True, Fingerprints())
         self.recorder = PlanRecorder(self, rest, digest, len(first), len(jobs))
         self.recorder.thread.start()
@@ -760,12 +755,6 @@ class Store:
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
 
-    derived_columns = True  # the job table has m008's columns derived from `files` (PostgreSQL reads the JSON)
-
-    def _files(self, files: list[dict[str, Any]] | None) -> dict[str, Any]:
-        """The `files` column and, where the table has them, the columns derived from it (always together)."""
-        return {"files": None if files is None else _dumps(files), **(file_columns(files) if self.derived_columns else {})}
-
     def _set_free(self, key: str, **fields: Any) -> None:
         """A change to a job nobody holds (before claiming: adopt, rerender, redownload)."""
         fields["updated_at"] = time.time()
@@ -805,7 +794,7 @@ class Store:
         self._set(key, defer=True, state="completed", result=_dumps(result), completed_at=time.time())
 
     def downloaded(self, key: str, files: list[dict[str, Any]]) -> None:
-        self._set(key, release=True, defer=True, state="downloaded", **self._files(files), downloaded_at=time.time(),
+        self._set(key, release=True, defer=True, state="downloaded", files=_dumps(files), downloaded_at=time.time(),
                   error=None, error_kind=None)
 
     def failed(self, key: str, reason: str, kind: str) -> None:
@@ -855,7 +844,7 @@ class Store:
               entries: list[dict[str, Any]]) -> None:
         """Record a job as downloaded from files found on disk (rebuilding lost state from sidecars)."""
         self._set_free(key, state="downloaded", stem=stem, request_id=request_id, provider=provider,
-                       **self._files(entries), downloaded_at=time.time(), error=None, error_kind=None,
+                       files=_dumps(entries), downloaded_at=time.time(), error=None, error_kind=None,
                        submit_started=None)
 
     def restem(self, key: str, stem: str) -> None:
@@ -870,7 +859,7 @@ class Store:
     def rerender(self, key: str, reason: str) -> None:
         """A finished job to render again for another provider (its files stay until replaced)."""
         self._set_free(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
-                       account=None, result=None, **self._files(None), error=reason, error_kind="other_provider",
+                       account=None, result=None, files=None, error=reason, error_kind="other_provider",
                        submit_started=None)
 
     def fresh_keys(self) -> Iterator[tuple[str, str, int]]:
@@ -891,7 +880,7 @@ class Store:
             after = page[-1][0]
 
     def redownload(self, key: str, reason: str) -> None:
-        self._set_free(key, state="completed", **self._files(None), error=reason, error_kind="redownload")
+        self._set_free(key, state="completed", files=None, error=reason, error_kind="redownload")
 
     def retry_failed(self) -> int:
         with self._tx() as db:
@@ -1066,7 +1055,7 @@ class Store:
 class PlanRecorder:
     """The rest of a plan recorded by a thread with its own connection, while the run renders the start.
 
-    Jobs are recorded in plan order, SYNC_BATCH at a time, each batch one transaction: what is
+    Jobs are recorded in plan order, RECORD_BATCH at a time, each batch one transaction: what is
     claimable is always a prefix of the plan. The plan's digest is recorded last, so a recording
     cut short (a crash, a stop) leaves a state whose next sync records the rest as new jobs.
     """
@@ -1090,7 +1079,7 @@ class PlanRecorder:
                 batch: list[Any] = []
                 for job in self._rest:
                     batch.append(job)
-                    if len(batch) >= SYNC_BATCH:
+                    if len(batch) >= RECORD_BATCH:
                         if self._stop.is_set():
                             return
                         store._sync_batch(batch, cells, True, stems)

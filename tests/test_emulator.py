@@ -105,6 +105,21 @@ def test_status_codes_positions_and_logs():
     run(scenario, workers=1, service=ServiceTime("fixed", 0.2))
 
 
+def test_slot_accounting_adds_up():
+    """The slot counters a benchmark reads: each job holds a slot at least its service time, within the span."""
+    async def scenario(emu, http):
+        handles = [await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": f"p{i}"}) for i in range(5)]
+        for h in handles:
+            await wait_done(http, h)
+        async with http.get(f"{emu.url}/_emulator/stats") as r:
+            return (await r.json())["slots"]
+    slots = run(scenario, workers=2, service=ServiceTime("fixed", 0.05))
+    span = slots["last_end"] - slots["first_start"]
+    assert slots["workers"] == 2 and slots["service"] == pytest.approx(5 * 0.05)
+    assert slots["service"] <= slots["held"] <= 2 * span
+    assert span >= 3 * 0.05  # 5 jobs on 2 slots: three rounds at least
+
+
 def test_status_stream_sends_changes_keepalives_and_closes():
     """The SSE stream sends a data line per change, keep-alive comments, and ends after COMPLETED."""
     async def scenario(emu, http):

@@ -1160,7 +1160,8 @@ def test_rendering_starts_while_the_plan_is_still_recorded(tmp_path: Path, monke
     """A first run records its plan in small batches in the background: every job is rendered once and the
     run ends done, with the plan's digest recorded (a rerun reads nothing and sends nothing)."""
     import renderer.store as store_mod
-    monkeypatch.setattr(store_mod, "SYNC_BATCH", 3)
+    for name in ("FIRST_BATCH", "RECORD_BATCH"):
+        monkeypatch.setattr(store_mod, name, 3)
     with background_emulator(service=FAST) as emu:
         m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(8)],
                            seeds=[1, 2, 3], limits={"concurrency": 4, "rate": 2000})

@@ -23,8 +23,6 @@ from renderer.store import (
     RunLock,
     SQLiteStore,
     Store,
-    file_columns,
-    file_columns_sql,
     migrate,
 )
 
@@ -379,20 +377,36 @@ _entry = st.fixed_dictionaries({}, optional={"path": _path, "size": st.integers(
                                              "mtime_ns": st.integers(0, 2**63 - 1), "cost": _cost})
 
 
+def _expected_columns(files: list[dict] | None) -> tuple:
+    """What m008's columns mean, spelled out: (fpath, fsize, fmtime, cost, uncosted)."""
+    if not files:
+        return None, None, None, None, 0
+    one = files[0] if len(files) == 1 else {}
+    priced = [e["cost"] for e in files if type(e.get("cost")) in (int, float)]
+    return one.get("path"), one.get("size"), one.get("mtime_ns"), sum(priced) if priced else None, \
+        len(files) - len(priced)
+
+
+_schema = sqlite3.connect(":memory:", check_same_thread=False)  # every migration, triggers included
+migrate(_schema)
+_schema.execute("INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, "
+                "source) VALUES (1, 'e', 'm', 'p', 'x', '{}', '{}', 1, '[]', 'm.yaml:1')")
+_schema.execute("INSERT INTO job (id, k, cell) VALUES (1, x'00', 1)")
+
+
 @settings(max_examples=300, deadline=None)
-@given(files=st.one_of(st.none(), st.lists(_entry, max_size=4)))
-def test_file_columns_in_sql_and_in_python_agree(files: list[dict] | None):
-    """The columns derived from a job's files are the same whether SQL (migration, trigger) or Python (_set) makes them."""
+@given(files=st.one_of(st.none(), st.lists(_entry, max_size=4)), via_view=st.booleans())
+def test_file_columns_always_follow_files(files: list[dict] | None, via_view: bool):
+    """Whoever writes a job's files (the store, plain SQL on `job`, the `jobs` view), the database derives the
+    columns the rerun's file check and the cost read, as their meaning says."""
     import json
 
-    db = sqlite3.connect(":memory:")
-    db.execute("CREATE TABLE job (files TEXT, fpath, fsize, fmtime, cost, uncosted)")
-    db.execute("INSERT INTO job (files) VALUES (?)", (None if files is None else json.dumps(files),))
-    db.execute(f"UPDATE job SET {file_columns_sql('files')}")
-    fpath, fsize, fmtime, cost, uncosted = db.execute("SELECT fpath, fsize, fmtime, cost, uncosted FROM job").fetchone()
-    mine = file_columns(files)
-    assert (fpath, fsize, fmtime, uncosted) == (mine["fpath"], mine["fsize"], mine["fmtime"], mine["uncosted"])
-    assert cost == pytest.approx(mine["cost"], rel=1e-9, abs=1e-9) if mine["cost"] is not None else cost is None
+    table = "jobs" if via_view else "job"
+    _schema.execute(f"UPDATE {table} SET files = ? WHERE id = 1", (None if files is None else json.dumps(files),))
+    found = _schema.execute("SELECT fpath, fsize, fmtime, cost, uncosted FROM job WHERE id = 1").fetchone()
+    expected = _expected_columns(files)
+    assert found[:3] + found[4:] == expected[:3] + expected[4:]
+    assert found[3] == pytest.approx(expected[3], rel=1e-9, abs=1e-9) if expected[3] is not None else found[3] is None
 
 
 def test_finished_jobs_of_an_older_database_get_their_file_columns(tmp_path: Path, registry: SchemaRegistry,
@@ -407,7 +421,6 @@ def test_finished_jobs_of_an_older_database_get_their_file_columns(tmp_path: Pat
                [{"path": "data/c-0.png", "size": 13, "mtime_ns": 126}]]
     with monkeypatch.context() as old_schema:
         old_schema.setattr(store_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m008"])
-        old_schema.setattr(SQLiteStore, "derived_columns", False)
         store = SQLiteStore(tmp_path)
         store.sync_plan(p.jobs)
         for key, entries in zip(keys, written, strict=False):
@@ -611,7 +624,8 @@ def test_a_plan_recorded_in_the_background_is_claimable_as_it_grows(tmp_path: Pa
     import threading
 
     import renderer.store as store_mod
-    monkeypatch.setattr(store_mod, "SYNC_BATCH", 7)
+    for name in ("FIRST_BATCH", "RECORD_BATCH"):
+        monkeypatch.setattr(store_mod, name, 7)
     p = _many(registry, 20, tmp_path)
     gate = threading.Event()
     store = SQLiteStore(tmp_path)
@@ -634,7 +648,8 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(tmp_path: P
                                                                       monkeypatch: pytest.MonkeyPatch):
     """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order."""
     import renderer.store as store_mod
-    monkeypatch.setattr(store_mod, "SYNC_BATCH", 7)
+    for name in ("FIRST_BATCH", "RECORD_BATCH"):
+        monkeypatch.setattr(store_mod, name, 7)
     p = _many(registry, 20, tmp_path)
     store = SQLiteStore(tmp_path)
     recorder = store.record_plan(_Gated(list(p.jobs), 30, None), p.digest)
