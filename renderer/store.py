@@ -278,12 +278,18 @@ def m007_cells(db: sqlite3.Connection) -> None:
 
 
 def file_columns_sql(files: str) -> str:
-    """SET clauses deriving a job's file columns (see m008_file_columns) from the JSON `files`."""
-    one = f"CASE WHEN json_array_length({files}) = 1 THEN json_extract({files}, '$[0].%s') END"
-    number = "json_type(value, '$.cost') IN ('integer', 'real')"
+    """SET clauses deriving a job's file columns (see m008_file_columns) from the JSON `files`.
+
+    Text that is not a JSON array (never written by renderer; a hand-edited database) and
+    entries that are not objects derive NULLs and count as uncosted instead of raising: a
+    migration that raised would lock the user out of their run.
+    """
+    f = f"CASE WHEN json_valid({files}) THEN CASE WHEN json_type({files}) = 'array' THEN {files} END END"
+    one = f"CASE WHEN json_array_length({f}) = 1 THEN json_extract({f}, '$[0].%s') END"
+    number = "CASE WHEN type = 'object' THEN json_type(value, '$.cost') IN ('integer', 'real') ELSE 0 END"
     return (f"fpath = {one % 'path'}, fsize = {one % 'size'}, fmtime = {one % 'mtime_ns'}, "
-            f"cost = (SELECT SUM(json_extract(value, '$.cost')) FROM json_each({files}) WHERE {number}), "
-            f"uncosted = (SELECT COUNT(*) FROM json_each({files}) WHERE NOT COALESCE({number}, 0))")
+            f"cost = (SELECT SUM(json_extract(value, '$.cost')) FROM json_each({f}) WHERE {number}), "
+            f"uncosted = (SELECT COUNT(*) FROM json_each({f}) WHERE NOT COALESCE({number}, 0))")
 
 
 @migration
@@ -292,19 +298,31 @@ def m008_file_columns(db: sqlite3.Connection) -> None:
 
     A rerun stats every finished file against its recorded size and mtime, and sums the cost
     of every finished file; reading those out of each job's `files` JSON took ~6 s of a 10 s
-    no-op rerun at 1M jobs. The columns are derived from `files` by the database itself: the
-    trigger `job_files` rewrites them whenever `files` is written, by the store or by anything
-    else (the `jobs` view's trigger, a tool, a benchmark's synthesiser), so they cannot
-    disagree with it. fpath/fsize/fmtime are those of a job's only file (NULL for a job with
-    several files: those are read from `files`); cost is the sum of its files' costs (NULL if
-    none has one); uncosted is how many of its files have no cost. Rows are inserted without
-    files (the plan), so no insert trigger is needed.
+    no-op rerun at 1M jobs. fpath/fsize/fmtime are those of a job's only file (NULL for a job
+    with several files: those are read from `files`); cost is the sum of its files' costs
+    (NULL if none has one); uncosted is how many of its files have no cost. Kept in step with
+    `files` by the trigger of m009.
     """
     for column in ("fpath TEXT", "fsize INTEGER", "fmtime INTEGER", "cost REAL", "uncosted INTEGER NOT NULL DEFAULT 0"):
         db.execute(f"ALTER TABLE job ADD COLUMN {column}")
     db.execute(f"UPDATE job SET {file_columns_sql('files')} WHERE files IS NOT NULL")
+
+
+@migration
+def m009_job_files_trigger(db: sqlite3.Connection) -> None:
+    """m008's columns are derived by the database: `job_files` rewrites them whenever `files` is written.
+
+    By the store or by anything else (the `jobs` view's trigger, a tool, a benchmark's
+    synthesiser), so they cannot disagree with `files`. A first version of m008 wrote them
+    from Python instead (and another one made this trigger, unguarded): the trigger is made
+    anew and every row derived again, so a database either version touched is right from here.
+    Rows are inserted without files (the plan), so no insert trigger is needed.
+    """
+    db.execute("DROP TRIGGER IF EXISTS job_files")
     db.execute(f"CREATE TRIGGER job_files AFTER UPDATE OF files ON job BEGIN "
                f"UPDATE job SET {file_columns_sql('NEW.files')} WHERE id = NEW.id; END")
+    db.execute(f"UPDATE job SET {file_columns_sql('files')} WHERE files IS NOT NULL OR fpath IS NOT NULL "
+               "OR cost IS NOT NULL OR uncosted != 0")
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
