@@ -267,6 +267,26 @@ def test_images_are_deterministic_and_honour_size_and_format():
     assert _image(jpeg[0]).format == "JPEG" and _image(jpeg[0]).size == (256, 512)
 
 
+def test_images_rendered_while_the_slot_sleeps_are_the_images_rendered_at_the_end():
+    """A queued request's images (drawn in a thread during its service time) are byte for byte the sync form's
+    (drawn at the end), for one image and several, in each format."""
+    async def scenario(emu, http):
+        for body in ({"prompt": "a red kite", "seed": 5}, {"prompt": "two", "seed": 6, "num_images": 3},
+                     {"prompt": "jpeg", "seed": 7, "output_format": "jpeg"}):
+            handle = await submit(emu, http, "fal-ai/flux-1/schnell", body)
+            await wait_done(http, handle)
+            status, queued = await result(http, handle)
+            async with http.post(f"{emu.url}/run/fal-ai/flux-1/schnell", json={**body, "sync_mode": True}) as r:
+                inline = await r.json()
+            assert status == 200 and len(queued["images"]) == len(inline["images"]) == body.get("num_images", 1)
+            for a, b in zip(queued["images"], inline["images"], strict=True):
+                assert await download(http, a["url"]) == base64.b64decode(b["url"].split(",", 1)[1])
+                assert a["file_size"] == b["file_size"] and (a["width"], a["height"]) == (b["width"], b["height"])
+        async with http.get(f"{emu.url}/_emulator/stats") as r:
+            assert (await r.json())["slots"]["prerendered"] == 3  # the queued ones, not the sync ones
+    run(scenario, workers=2, service=ServiceTime("fixed", 0.05))
+
+
 def test_sync_mode_returns_data_uris():
     """sync_mode: true puts the image inline as a data: URI instead of a file URL."""
     async def scenario(emu, http):
