@@ -452,7 +452,9 @@ def test_each_key_is_its_own_account_with_in_flight_peaks_and_duplicates():
             async with http.get(handle["response_url"], headers=_auth(key)) as r:
                 assert r.status == 200
         return during, await _stats(emu, http), handles
-    during, after, handles = run(scenario, keys=KEYS)
+    # 0.3 s of service: nothing completes while the five calls are made (the first "one", abandoned by its
+    # duplicate, would leave flight at once if it had).
+    during, after, handles = run(scenario, keys=KEYS, service=ServiceTime("fixed", 0.3))
     a, b = during["accounts"]["acct_a"], during["accounts"]["acct_b"]
     assert (a["submits"], a["in_flight"], a["peak_in_flight"], a["duplicate_submits"]) == (3, 3, 3, 1)
     assert (b["submits"], b["in_flight"], b["peak_in_flight"], b["duplicate_submits"]) == (1, 1, 1, 0)
