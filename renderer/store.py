@@ -300,12 +300,11 @@ def m008_file_columns(db: sqlite3.Connection) -> None:
     of every finished file; reading those out of each job's `files` JSON took ~6 s of a 10 s
     no-op rerun at 1M jobs. fpath/fsize/fmtime are those of a job's only file (NULL for a job
     with several files: those are read from `files`); cost is the sum of its files' costs
-    (NULL if none has one); uncosted is how many of its files have no cost. Kept in step with
-    `files` by the trigger of m009.
+    (NULL if none has one); uncosted is how many of its files have no cost. Filled, and kept in
+    step with `files`, by m009 (which derives every row: doing it here too was a second pass).
     """
     for column in ("fpath TEXT", "fsize INTEGER", "fmtime INTEGER", "cost REAL", "uncosted INTEGER NOT NULL DEFAULT 0"):
         db.execute(f"ALTER TABLE job ADD COLUMN {column}")
-    db.execute(f"UPDATE job SET {file_columns_sql('files')} WHERE files IS NOT NULL")
 
 
 @migration
