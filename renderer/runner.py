@@ -823,6 +823,11 @@ class Runner:
             # The job deadline covers the whole job: submit, wait, result and download.
             deadline = time.monotonic() + self.config.timeout
             while True:
+                if self.stopping and row is not first:
+                    # A submit that ended inside the grace period has recorded its request id, which
+                    # is all the grace is for: the next run follows it. (Tasks in any other phase
+                    # were cancelled by stop(); without this, one would wait out a whole render.)
+                    return
                 # Each step returns the row as it now stands, or None when the store must be
                 # read again (after a resubmit or a failure): no re-read on the common path.
                 row = row or self.store.get(key)

@@ -410,34 +410,42 @@ def _emulator_manifest(folder: Path, seeds: list[int], latency: float) -> Path:
                           limits={"concurrency": 4, "rate": 100})
 
 
-def _popen(manifest: Path, output: Path, *extra: str) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def _popen(manifest: Path, output: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`renderer run` in a subprocess; killed if still alive at the end, its pipes always closed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("FAL_KEY", None)
-    return subprocess.Popen([sys.executable, "-m", "renderer", "run", str(manifest), "--output", str(output),
+    proc = subprocess.Popen([sys.executable, "-m", "renderer", "run", str(manifest), "--output", str(output),
                              "--quiet", *extra], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with proc:  # closes stdout and stderr and waits, also when the test failed
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_sigterm_is_handled_like_ctrl_c_and_the_in_process_emulator_run_can_be_finished(tmp_path: Path):
     """SIGTERM: exit 143 with run.json and metadata written; the rerun on a new in-process emulator completes."""
     m = _emulator_manifest(tmp_path, list(range(1, 41)), 5.0)  # slow: requests are surely in flight
-    proc = _popen(m, tmp_path / "o")
-    run_dir = tmp_path / "o/t"
-    deadline = time.monotonic() + 30
+    with _popen(m, tmp_path / "o") as proc:
+        run_dir = tmp_path / "o/t"
+        deadline = time.monotonic() + 30
 
-    def in_flight() -> int:
-        try:
-            db = sqlite3.connect(f"file:{run_dir / 'renderer.sqlite'}?mode=ro", uri=True)
+        def in_flight() -> int:
             try:
-                return db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'submitted'").fetchone()[0]
-            finally:
-                db.close()
-        except sqlite3.Error:
-            return 0
+                db = sqlite3.connect(f"file:{run_dir / 'renderer.sqlite'}?mode=ro", uri=True)
+                try:
+                    return db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'submitted'").fetchone()[0]
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                return 0
 
-    while in_flight() < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 143
+        while in_flight() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 143
     assert json.loads((run_dir / "run.json").read_text())["outcome"] == "interrupted"
     assert (run_dir / "data/metadata.jsonl").is_file() and (run_dir / "data/README.md").is_file()
     store = SQLiteStore(run_dir, readonly=True)
@@ -458,12 +466,12 @@ def test_a_crashed_run_never_leaves_run_json_saying_done(tmp_path: Path):
     assert cli("run", str(m), "--output", str(tmp_path / "o"), "--quiet")[0] == 0
     assert json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "done"
     m = _emulator_manifest(tmp_path, list(range(1, 41)), 0.5)
-    proc = _popen(m, tmp_path / "o")
-    deadline = time.monotonic() + 20
-    while json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "done" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    with _popen(m, tmp_path / "o") as proc:
+        deadline = time.monotonic() + 20
+        while json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "done" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
     assert json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "running"
 
 
@@ -631,14 +639,14 @@ def test_kill_9_during_a_faulty_run_loses_nothing_and_explains_every_duplicate()
 def test_a_run_whose_directory_disappears_stops_with_an_error(tmp_path: Path):
     """The run directory deleted mid-run: the run stops with an error naming it (exit 1), never 'done'."""
     m = _emulator_manifest(tmp_path, list(range(1, 41)), 0.2)
-    proc = _popen(m, tmp_path / "o")
-    run_dir = tmp_path / "o/t"
-    deadline = time.monotonic() + 30
-    while not list((run_dir / "data").rglob("*.png")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    run_dir.rename(tmp_path / "deleted")  # in one step, like `rm -r` seen from the run
-    shutil.rmtree(tmp_path / "deleted", ignore_errors=True)
-    out, err = proc.communicate(timeout=60)
+    with _popen(m, tmp_path / "o") as proc:
+        run_dir = tmp_path / "o/t"
+        deadline = time.monotonic() + 30
+        while not list((run_dir / "data").rglob("*.png")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run_dir.rename(tmp_path / "deleted")  # in one step, like `rm -r` seen from the run
+        shutil.rmtree(tmp_path / "deleted", ignore_errors=True)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, out + err
     assert b"was removed during the run" in err and b"Traceback" not in err
     assert not out.startswith(b"done")
@@ -1107,6 +1115,39 @@ def test_jobs_reaching_a_step_together_share_one_commit(tmp_path: Path, registry
     reader = SQLiteStore(tmp_path / "run", readonly=True)  # what another process (or a rerun) reads
     assert reader.counts()["downloaded"] == 40
     reader.close()
+
+
+def test_a_submit_that_ends_inside_the_grace_period_is_recorded_and_not_followed(tmp_path: Path,
+                                                                                registry: SchemaRegistry):
+    """Stopped while a submit is in flight: its request id is recorded, and the run ends without waiting for the render."""
+    m = write_manifest(tmp_path, seeds=[1], limits={"concurrency": 1, "rate": 1000})
+    p = plan_mod.build(load(m), registry)
+    store = SQLiteStore(tmp_path / "run")
+
+    async def scenario(url: str) -> tuple[Runner, float]:
+        async with Client(url, key="k") as client:
+            runner = Runner(p, store, client, RunConfig(concurrency=1, rate=1000.0, provider="emulator", grace=60.0))
+
+            async def stop_while_submitting() -> None:
+                while "submitting" not in runner.phase.values():
+                    await asyncio.sleep(0)
+                runner.stop(signal=15)
+
+            started = time.monotonic()
+            stopper = asyncio.ensure_future(stop_while_submitting())
+            summary = await runner.run()
+            await stopper
+            assert summary.outcome == "interrupted"
+            return runner, time.monotonic() - started
+    try:
+        with background_emulator(service=ServiceTime("fixed", 30.0)) as emu:
+            runner, elapsed = asyncio.run(scenario(emu.url))
+            assert emu.stats()["submits"] == 1
+        (row,) = store.rows()
+        assert row.state == "submitted" and row.request_id  # the next run follows it, not pays for it again
+        assert elapsed < 15  # not the 30 s render, nor the 60 s grace
+    finally:
+        store.close()
 
 
 def test_a_run_database_from_before_the_cells_is_resumed(tmp_path: Path):
