@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -82,26 +83,77 @@ def test_partials_are_cleaned_and_intact_files_recognised(tmp_path: Path):
 
 
 def test_group_fsync_serves_every_caller_in_fewer_groups(tmp_path: Path):
-    """Writes handed in together run as a group off the loop; each caller gets its own result or its own error."""
+    """fsyncs handed in together run as a group off the loop; each caller gets its own result or its own error."""
     import asyncio
 
-    from renderer.files import GroupFsync, write_atomic, write_temporary
+    from renderer.files import GroupFsync, fsync_close, write_open
 
     async def main() -> tuple[int, list[Any]]:
         group = GroupFsync()
-        names = [write_temporary(tmp_path / f"f{i}.png", b"x" * i) for i in range(40)]
-        synced = [group.sync(n) for n in names]
-        written = [group.run(lambda i=i: write_atomic(tmp_path / "d" / f"w{i}.png", b"y" * i).st_size)
-                   for i in range(20)]
-        results = await asyncio.gather(*synced, group.sync(str(tmp_path / "missing")), *written,
-                                       return_exceptions=True)
+        opened = [write_open(tmp_path / f"f{i}.png", b"x" * i) for i in range(40)]
+        synced = [group.run(lambda fd=fd: fsync_close(fd)) for fd, _, _ in opened]
+        sized = [group.run(lambda i=i: i) for i in range(20)]
+        results = await asyncio.gather(*synced, group.run(lambda: fsync_close(-1)), *sized, return_exceptions=True)
+        for _, tmp, _ in opened:
+            os.replace(tmp, tmp_path / Path(tmp).name.split(".")[1])
         return group.groups, results
 
     groups, results = asyncio.run(main())
-    assert results[:40] == [None] * 40 and isinstance(results[40], FileNotFoundError)
+    assert results[:40] == [None] * 40 and isinstance(results[40], OSError)
     assert results[41:] == list(range(20))  # the failure in the same group reached its caller alone
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(f"w{i}.png" for i in range(20))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"f{i}" for i in range(40))
+    assert [(tmp_path / f"f{i}").stat().st_size for i in range(40)] == list(range(40))
     assert groups <= 2  # 61 callers at once: one group (two if the first was already on its way)
+
+
+@pytest.mark.parametrize(("files", "threads"), [(1, 1), (8, 1), (9, 2), (40, 4), (100, 4)])
+def test_a_backlog_of_fsyncs_spreads_over_threads_and_a_few_take_one(files: int, threads: int):
+    """A group of up to 8 files runs in one thread (no GIL trading per file); a backlog overlaps its fsyncs in up to 4."""
+    import asyncio
+    import threading
+    import time
+
+    from renderer.files import GroupFsync
+
+    # Each thread's first work waits until `threads` threads have arrived: fewer parts than
+    # expected time out (an error); more would leave the extra ones waiting (also an error).
+    arrived = threading.Barrier(threads, timeout=10)
+    seen: set[int] = set()
+    lock = threading.Lock()
+
+    def work() -> int:
+        me = threading.get_ident()
+        with lock:
+            first = me not in seen
+            seen.add(me)
+        if first:
+            arrived.wait()
+        time.sleep(0.01)  # long enough that parts, if there are more, run side by side
+        return me
+
+    async def main() -> list[int]:
+        group = GroupFsync()
+        done = await asyncio.gather(*(group.run(work) for _ in range(files)))
+        assert group.groups == 1
+        return done
+
+    assert len(set(asyncio.run(main()))) == threads
+
+
+def test_temporary_files_get_distinct_names_and_folders_are_made_only_when_missing(tmp_path: Path):
+    """Temporary names never repeat (counter, no random draw per file); a missing folder is created, an existing one kept."""
+    from renderer.files import PART_SUFFIX, open_temporary
+
+    names = set()
+    for i in range(200):
+        fd, name = open_temporary(tmp_path / "deep/er" / f"{i % 3}.png")
+        os.close(fd)
+        names.add(name)
+        assert name.endswith(PART_SUFFIX) and Path(name).parent == tmp_path / "deep/er"
+    assert len(names) == 200
+    with pytest.raises(FileNotFoundError):
+        open_temporary(tmp_path / "nowhere/x.png", parents=False)
+    assert not (tmp_path / "nowhere").exists()
 
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
