@@ -227,6 +227,19 @@ def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
                           variants=tuple(sorted(dict(settings.get("variants", {})).items())))
 
 
+def _run_on_new_loop(work: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, on uvloop where it is installed (a dependency except on Windows).
+
+    uvloop's loop and transports cost less CPU per request than asyncio's; the run does not
+    depend on which loop it gets (the suite runs on uvloop, the emulator on asyncio's loop).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(work)
+    return cast(T, uvloop.run(work))
+
+
 def run_sync(work: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from synchronous code, even inside a running event loop.
 
@@ -237,12 +250,12 @@ def run_sync(work: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(work)
+        return _run_on_new_loop(work)
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["result"] = asyncio.run(work)
+            box["result"] = _run_on_new_loop(work)
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 

@@ -1217,3 +1217,27 @@ def test_rendering_starts_while_the_plan_is_still_recorded(tmp_path: Path, monke
     store = SQLiteStore(tmp_path / "out/t", readonly=True)
     assert store.meta("plan_digest") and store.counts()["downloaded"] == 24
     store.close()
+
+
+def test_a_step_with_no_time_left_is_never_started_and_a_slow_one_is_cut_off():
+    """The job deadline: a step past it does not start (nothing sent); one that outlasts it raises TimeoutError."""
+    import asyncio
+
+    from renderer.runner import _within
+
+    started: list[str] = []
+
+    async def step(name: str, seconds: float) -> str:
+        started.append(name)
+        await asyncio.sleep(seconds)
+        return name
+
+    async def scenario() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await _within(step("late", 0), 0)
+        with pytest.raises(asyncio.TimeoutError):
+            await _within(step("slow", 5), 0.05)
+        assert await _within(step("quick", 0), 5) == "quick"
+
+    asyncio.run(scenario())
+    assert started == ["slow", "quick"]

@@ -201,3 +201,19 @@ def test_a_missing_account_key_exits_2_before_anything_is_written(tmp_path: Path
         assert emu.stats()["submit_attempts"] == 0
     assert code == 2 and "FAL_KEY_B of provider.accounts is not set" in err.getvalue()
     assert "only-the-first-key" not in err.getvalue() and not (tmp_path / "o").exists()
+
+
+def test_runs_get_uvloop_where_installed_and_asyncio_without_it(monkeypatch: pytest.MonkeyPatch):
+    """run_sync uses uvloop when it imports (the dependency, except on Windows) and asyncio's own loop when not."""
+    import asyncio
+
+    from renderer.session import run_sync
+
+    async def loop_module() -> str:
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_sync(loop_module()).startswith("uvloop")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows: the import fails
+    assert run_sync(loop_module()).startswith("asyncio")
+
