@@ -848,7 +848,10 @@ def _prompt_file(doc: Located, base: Path, index: int, rel: str) -> tuple[list[P
         return [], [doc.problem(where, f"prompt file not found: {rel} (relative to the manifest's folder)")]
     shown = str(base / rel)  # as the user wrote it, relative to where they are; `where` keeps the full path
     try:
-        text, name = read_text_file(path, "prompt file", MAX_PROMPT_FILE_BYTES)
+        text, name = read_text_file(
+            path, "prompt file", MAX_PROMPT_FILE_BYTES,
+            too_large=f"at most {MAX_PROMPT_FILE_BYTES >> 20} MB a prompt file (~800,000 prompts): split a larger one "
+            "into several `- file:` entries (prompts are held in memory, ~12 bytes for each byte of file)")
     except ManifestError as exc:
         return [], [replace(p, file=shown) for p in exc.problems]
     prompts: list[Prompt] = []
@@ -1038,7 +1041,7 @@ def parse(text: str, file: Path) -> Manifest:
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is text; larger is a wrong file (lists belong in prompt files)
 
 
-def read_text_file(path: Path, what: str, limit: int) -> tuple[str, str]:
+def read_text_file(path: Path, what: str, limit: int, too_large: str | None = None) -> tuple[str, str]:
     """(text, shown name) of a regular UTF-8 file (BOM or not); ManifestError for every other case.
 
     Guards each OS-level problem: NUL in the path, missing, a directory, a device or pipe
@@ -1060,7 +1063,8 @@ def read_text_file(path: Path, what: str, limit: int) -> tuple[str, str]:
         raise ManifestError([Problem(shown, 1, 1, f"is not a regular file (a device, pipe or socket); "
                                      f"give a {what} file")])
     if info.st_size > limit:
-        raise ManifestError([Problem(shown, 1, 1, f"the {what} is {info.st_size:,} bytes; the limit is {limit:,}")])
+        raise ManifestError([Problem(shown, 1, 1, f"the {what} is {info.st_size:,} bytes; the limit is {limit:,}",
+                                     allowed=too_large or f"a {what} of at most {limit:,} bytes")])
     try:
         with path.open("rb") as handle:
             raw = handle.read(limit + 1)

@@ -119,6 +119,20 @@ def test_txt_prompt_ids_survive_insertions(tmp_path: Path):
     assert after[1:] == before
 
 
+def test_a_prompt_file_over_the_cap_is_refused_with_what_to_do(tmp_path: Path):
+    """A prompt file over 64 MB: exit 2 naming it, the cap, and how to split it; nothing read, sent or written."""
+    with open(tmp_path / "big.jsonl", "wb") as handle:
+        handle.truncate(64 * 1024 * 1024 + 1)  # sparse: the size is refused before a byte is read
+    (tmp_path / "m.yaml").write_text("name: t\nprompts:\n  - file: big.jsonl\nmodels: [fal-ai/flux-1/schnell]\n"
+                                     "seeds: [1]\noutput: out\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["plan", str(tmp_path / "m.yaml")], stdout=out, stderr=err) == 2
+    text = err.getvalue()
+    assert "big.jsonl:1:1" in text and "the prompt file is 67,108,865 bytes; the limit is 67,108,864" in text
+    assert "split a larger one into several `- file:` entries" in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists()
+
+
 def test_defaults_are_visible_and_resolved():
     """An emulator manifest without limits gets the documented defaults."""
     m = load(MANIFESTS / "quickstart.yaml")
