@@ -361,22 +361,6 @@ def _allowed(schema: dict[str, Any]) -> str | None:
     return None
 
 
-def _inline_refs(node: Any, defs: dict[str, Any], within: tuple[str, ...]) -> Any:
-    """`node` with each bare {"$ref": "#/$defs/X"} replaced by X itself, except where X refers to
-    itself (directly or not): those stay references. Validation is unchanged."""
-    if isinstance(node, list):
-        return [_inline_refs(item, defs, within) for item in node]
-    if not isinstance(node, dict):
-        return node
-    ref = node.get("$ref")
-    if len(node) == 1 and isinstance(ref, str) and ref.startswith("#/$defs/"):
-        name = ref[len("#/$defs/"):]
-        if name in defs and name not in within:
-            return _inline_refs(defs[name], defs, (*within, name))
-        return node
-    return {key: (value if key == "$defs" else _inline_refs(value, defs, within)) for key, value in node.items()}
-
-
 def _violations(error: ValidationError) -> list[Violation]:
     path = error.json_path
     kind = error.validator
@@ -457,14 +441,10 @@ class SchemaRegistry:
         key = (endpoint, part)
         if key not in self._validators:
             schema = self.schema(endpoint)
-            defs = schema.get("$defs", {})
             if part == "output":
-                if "Output" not in defs:
+                if "Output" not in schema.get("$defs", {}):
                     return None
-                schema = defs["Output"]
-            # Local references inlined once here: resolving them at each check was a third of
-            # an output check's time (checked once per job). $defs stays for the recursive ones.
-            schema = {**_inline_refs(schema, defs, ()), "$defs": defs}
+                schema = {"$ref": "#/$defs/Output", "$defs": schema["$defs"]}
             self._validators[key] = Draft202012Validator(schema)
         return self._validators[key]
 
