@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import secrets
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -131,6 +132,32 @@ def fsync_close(fd: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class PendingFsync:
+    """A written file's descriptor, closed exactly once: fsynced and closed by a GroupFsync thread
+    (`run`), or closed by its writer that gave up first (`abandon`: cancelled, a deadline, the
+    loop ending while the group still waits for the disk, when the thread may never get to it)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
+        self._taken = False
+
+    def _take(self) -> bool:
+        with self._lock:
+            taken, self._taken = self._taken, True
+        return not taken
+
+    def run(self) -> None:
+        """In the group's thread: fsync and close, unless the writer abandoned it (then nothing)."""
+        if self._take():
+            fsync_close(self.fd)
+
+    def abandon(self) -> None:
+        """On the writer's side after a failure: close it now, unless a thread has it (it closes it)."""
+        if self._take():
+            os.close(self.fd)
 
 
 class GroupFsync:

@@ -231,7 +231,9 @@ def _run_on_new_loop(work: Coroutine[Any, Any, T]) -> T:
     """asyncio.run, on uvloop where it is installed (a dependency except on Windows).
 
     uvloop's loop and transports cost less CPU per request than asyncio's; the run does not
-    depend on which loop it gets (the suite runs on uvloop, the emulator on asyncio's loop).
+    depend on which loop it gets. (In the suite, runs through the CLI or the API get uvloop, with
+    an in-process emulator on the same loop; tests that call asyncio.run themselves, and the
+    background emulators, use asyncio's loop.)
     """
     try:
         import uvloop

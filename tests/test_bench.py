@@ -44,6 +44,12 @@ def test_client_cost_smoke():
     assert "fal-client tls" in out and "renderer/fal-client throughput" in out
 
 
+def test_client_cost_ab_smoke():
+    """bench/client_cost_ab.py alternates two checkouts (here the same one twice) and prints a row for each."""
+    out = _run("bench/client_cost_ab.py", "--jobs", "10", "--runs", "1", str(ROOT), str(ROOT / "."))
+    assert "# reproduce: python bench/client_cost_ab.py" in out and out.count(f"| {ROOT}") == 2
+
+
 def test_rate_precision_smoke():
     """bench/rate_precision.py measures an observed rate and the largest burst."""
     out = _run("bench/rate_precision.py", "--rates", "20", "--seconds", "1")

@@ -167,3 +167,49 @@ def test_sidecar_json_reads_back_exactly(value: dict[str, Any]):
     text = json_text(value)
     assert json.loads(text) == value
     assert len(text.split("\n")) == max(len(value), 1) + 3  # one line per key, between the braces
+
+
+def test_a_cancelled_writers_descriptor_is_closed_even_when_the_loop_ends_before_its_group(tmp_path: Path):
+    """A write given up (Ctrl-C, a job deadline) while an earlier group is still on a slow disk: its descriptor is
+    closed when the run's loop ends, though the thread never got to it; a descriptor the thread took is closed once."""
+    import asyncio
+    import threading
+
+    from renderer.files import GroupFsync, PendingFsync, write_open
+
+    disk = threading.Event()  # the earlier group's fsync, on a slow disk, until set
+    opened: dict[str, int] = {}
+
+    async def main() -> None:
+        group = GroupFsync()
+        earlier = asyncio.ensure_future(group.run(lambda: disk.wait(10)))
+        await asyncio.sleep(0.05)  # that group is in its thread now
+        fd, tmp, _ = write_open(tmp_path / "a.png", b"image")
+        opened["fd"], opened["ino"] = fd, os.fstat(fd).st_ino
+        pending = PendingFsync(fd)
+        writer = asyncio.ensure_future(group.run(pending.run))
+        await asyncio.sleep(0.01)
+        writer.cancel()  # as stop() or a deadline does; the runner then abandons it and removes the file
+        with pytest.raises(asyncio.CancelledError):
+            await writer
+        pending.abandon()
+        os.unlink(tmp)
+        earlier.cancel()
+        threading.Timer(0.3, disk.set).start()
+        # main returns: asyncio.run cancels what is left (the group's drain) and waits for its threads
+
+    asyncio.run(main())
+    try:
+        still = os.fstat(opened["fd"])
+    except OSError:
+        still = None
+    if still is not None and still.st_ino == opened["ino"]:
+        os.close(opened["fd"])  # not left to the rest of the suite
+        pytest.fail("the descriptor of the cancelled write was never closed")
+
+    fd, tmp, _ = write_open(tmp_path / "b.png", b"image")
+    taken = PendingFsync(fd)
+    taken.run()  # the thread fsynced and closed it
+    taken.abandon()  # a late give-up closes nothing (the number may already be another file's)
+    os.replace(tmp, tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes() == b"image"

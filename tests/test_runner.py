@@ -1094,6 +1094,33 @@ def test_account_limits_hold_across_workers_sharing_state(tmp_path: Path, postgr
     assert len(images(tmp_path / "outputs" / "t")) == 18
 
 
+@pytest.mark.parametrize("size", [10, 3 * 1024 * 1024])
+def test_an_image_is_written_whole_with_the_mtime_the_rerun_checks(tmp_path: Path, registry: SchemaRegistry,
+                                                                  size: int):
+    """Small images (written on the loop) and large ones (in a thread): the bytes, a sidecar, no temporary file
+    left, and the returned mtime is the file's own (a rerun compares size and mtime)."""
+    import hashlib
+
+    from renderer import files
+    p = plan_mod.build(load(write_manifest(tmp_path)), registry)
+    store = SQLiteStore(tmp_path / "run")
+    data = os.urandom(size)
+    image = files.Verified(data, ".png", "image/png", 1, 1, hashlib.sha256(data).hexdigest())
+
+    async def scenario() -> int:
+        async with Client("http://127.0.0.1:9", key="k") as client:  # nothing is sent
+            runner = Runner(p, store, client, RunConfig(provider="emulator"))
+            return await runner._write_local("data/m/p/s1-0.png", image, {"job_key": "k"})
+    try:
+        mtime = asyncio.run(scenario())
+    finally:
+        store.close()
+    written = tmp_path / "run/data/m/p/s1-0.png"
+    assert written.read_bytes() == data and written.stat().st_mtime_ns == mtime
+    assert json.loads(written.with_suffix(".json").read_text())["job_key"] == "k"
+    assert sorted(q.name for q in written.parent.iterdir()) == ["s1-0.json", "s1-0.png"]
+
+
 def test_jobs_reaching_a_step_together_share_one_commit(tmp_path: Path, registry: SchemaRegistry):
     """Group commit: 40 jobs at concurrency 20 take fewer commits than their 120 step changes, and all are recorded."""
     m = write_manifest(tmp_path, seeds=list(range(1, 41)), limits={"concurrency": 20, "rate": 1000})
