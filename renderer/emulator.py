@@ -565,7 +565,7 @@ class Emulator:
         seed, pictures = self._pictures(req)
         count, prompt = len(pictures), str(payload.get("prompt", ""))
         rendered = req.pictures if req.pictures is not None and len(req.pictures) == count else None
-        req.pictures = None  # the bytes live on in self.files only (their retention frees them)
+        req.pictures = None  # the bytes live on in self.files only (for the emulator's life; 404 after a retention fault)
         self.counts["prerendered"] += rendered is not None
         images = []
         for i in range(count):
@@ -810,6 +810,10 @@ class Emulator:
             req.inference = self.config.service.draw(self.rng)
             await asyncio.sleep(req.inference)
             status, body = self._outcome(req)
+            # Kept like a queued request, so the output's file URLs are served (and expire with it).
+            req.result_status, req.result = status, body
+            req.status, req.completed_at = "COMPLETED", time.monotonic()
+            self.requests[req.id] = req
         finally:
             self._busy -= 1
             self._run_slot(account, -1)

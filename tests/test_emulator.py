@@ -181,6 +181,9 @@ def test_sync_form_returns_output_and_429_when_full():
         busy = second if ok is first else first
         assert ok[1]["seed"] == 3 and ok[1]["images"][0]["url"].startswith(emu.url)
         assert busy[1]["error_type"] == "concurrent_requests_limit" and busy[2]["X-Fal-Needs-Retry"] == "1"
+        for image in ok[1]["images"]:  # the output's files are served, as a queued request's are
+            async with http.get(image["url"]) as r:
+                assert r.status == 200 and len(await r.read()) == image["file_size"]
     run(scenario, workers=1, service=ServiceTime("fixed", 0.2))
 
 
