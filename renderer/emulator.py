@@ -809,17 +809,15 @@ class Emulator:
         try:
             req.inference = self.config.service.draw(self.rng)
             await asyncio.sleep(req.inference)
-            status, body = self._outcome(req)
+            self._finish(req)
             # Kept like a queued request, so the output's file URLs are served (and expire with it).
-            req.result_status, req.result = status, body
-            req.status, req.completed_at = "COMPLETED", time.monotonic()
             self.requests[req.id] = req
         finally:
             self._busy -= 1
             self._run_slot(account, -1)
             acct.in_flight -= 1
             self.in_flight -= 1
-        return web.json_response(body, status=status, headers={"x-fal-request-id": req.id})
+        return web.json_response(req.result, status=req.result_status, headers={"x-fal-request-id": req.id})
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         rid, name = request.match_info["rid"], request.match_info["name"]

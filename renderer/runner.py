@@ -57,9 +57,6 @@ T = TypeVar("T")
 # Free bytes below which no new request is paid for: a submit whose request id cannot be
 # committed (disk full) would be paid again by the rerun after the fix.
 FREE_SPACE_RESERVE = 8 * 1024 * 1024
-# Images up to this size are written on the event loop (only their fsync leaves it); larger
-# ones whole in a thread: a write of megabytes can wait on the kernel's dirty-page throttling.
-LOOP_WRITE_MAX = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -1183,31 +1180,10 @@ class Runner:
         return mtime
 
     async def _write_local(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int:
-        """As _write: the image fsynced (in the write group's thread) before its rename, as always.
-
-        A small image is written on the loop and only its fsync leaves it: a thread that made
-        every call of a write (create, write, close, rename, for image and sidecar) took the GIL
-        back after each (75 futex calls a job; 10 with the fsync alone; the client's CPU per job
-        fell by a sixth). A large one is written whole in the thread, so the loop
-        never waits on the kernel's dirty-page throttling for megabytes.
-        """
+        """As _write: the image fsynced before its rename, the disk waited for off the loop (GroupFsync.write)."""
         assert isinstance(self.storage, LocalStorage)
         target = self.storage.root / rel
-        if len(image.data) > LOOP_WRITE_MAX:
-            mtime = (await self.fsyncs.run(lambda: files.write_atomic(target, image.data))).st_mtime_ns
-        else:
-            fd, tmp, mtime = files.write_open(target, image.data)
-            pending = files.PendingFsync(fd)
-            try:
-                await self.fsyncs.run(pending.run)
-                os.replace(tmp, target)
-            except BaseException:
-                pending.abandon()
-                # A thread may still hold the descriptor (Windows refuses the unlink then): the
-                # leftover is a PART_SUFFIX file, removed by the next run (files.remove_partials).
-                with contextlib.suppress(OSError):
-                    Path(tmp).unlink(missing_ok=True)
-                raise
+        mtime = (await self.fsyncs.write(target, image.data)).st_mtime_ns
         # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
         files.write_atomic(target.with_suffix(SIDECAR_SUFFIX), files.json_text(sidecar).encode(), durable=False,
                            parents=False)

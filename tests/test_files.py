@@ -213,3 +213,34 @@ def test_a_cancelled_writers_descriptor_is_closed_even_when_the_loop_ends_before
     taken.abandon()  # a late give-up closes nothing (the number may already be another file's)
     os.replace(tmp, tmp_path / "b.png")
     assert (tmp_path / "b.png").read_bytes() == b"image"
+
+
+def test_a_write_given_up_while_the_disk_is_slow_leaves_nothing_behind(tmp_path: Path):
+    """GroupFsync.write cancelled while its fsync waits behind a slow disk: no final file, no temporary file,
+    and no descriptor left open once the loop has ended."""
+    import asyncio
+    import threading
+
+    from renderer.files import GroupFsync
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    disk = threading.Event()  # the earlier group's fsync, on a slow disk, until set
+    before = open_fds()
+
+    async def main() -> None:
+        group = GroupFsync()
+        earlier = asyncio.ensure_future(group.run(lambda: disk.wait(10)))
+        await asyncio.sleep(0.05)  # that group is in its thread now
+        writer = asyncio.ensure_future(group.write(tmp_path / "a.png", b"image"))
+        await asyncio.sleep(0.01)
+        writer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writer
+        earlier.cancel()
+        threading.Timer(0.3, disk.set).start()
+
+    asyncio.run(main())
+    assert list(tmp_path.iterdir()) == []
+    assert open_fds() == before
