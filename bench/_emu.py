@@ -23,14 +23,34 @@ def emulator(*args: str, tls: bool = False) -> Iterator[tuple[str, dict[str, str
         cmd = [sys.executable, "-m", "renderer", "emulator", *args]
         if tls:
             cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                            "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(cert),
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                ],
+                check=True,
+                capture_output=True,
+            )
             cmd += ["--tls-cert", str(cert), "--tls-key", str(key)]
             extra["SSL_CERT_FILE"] = str(cert)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-                              env=env) as proc:
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env
+        ) as proc:
             try:
                 assert proc.stdout is not None
                 url = proc.stdout.readline().strip()

@@ -22,11 +22,19 @@ if __name__ == "__main__":
     out, err = io.StringIO(), io.StringIO()
     code = main(sys.argv[1:], stdout=out, stderr=err)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    print("BENCH " + json.dumps({
-        "code": code, "wall": time.perf_counter() - start,
-        "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
-        # The whole process, as the fal-client baseline measures itself: start, imports and all.
-        "cpu_process": after.ru_utime + after.ru_stime,
-        "rss_mb": after.ru_maxrss / 1024, "stderr": err.getvalue()[-500:],
-    }))
+    print(
+        "BENCH "
+        + json.dumps(
+            {
+                "code": code,
+                "wall": time.perf_counter() - start,
+                "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+                "user": after.ru_utime - before.ru_utime,
+                "sys": after.ru_stime - before.ru_stime,
+                # The whole process, as the fal-client baseline measures itself: start, imports and all.
+                "cpu_process": after.ru_utime + after.ru_stime,
+                "rss_mb": after.ru_maxrss / 1024,
+                "stderr": err.getvalue()[-500:],
+            }
+        )
+    )

@@ -24,14 +24,17 @@ async def main(jobs: int, concurrency: int, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient() as http:
+
         async def one(i: int) -> None:
             async with gate:
                 result = await fal_client.subscribe_async(
-                    "fal-ai/flux-1/schnell", arguments={"prompt": f"picture {i}", "seed": i + 1})
+                    "fal-ai/flux-1/schnell", arguments={"prompt": f"picture {i}", "seed": i + 1}
+                )
                 for n, image in enumerate(result["images"]):
                     response = await http.get(image["url"])
                     response.raise_for_status()
                     (out / f"{i}-{n}.png").write_bytes(response.content)
+
         await asyncio.gather(*(one(i) for i in range(jobs)))
 
 
@@ -40,6 +43,16 @@ if __name__ == "__main__":
     start = time.perf_counter()
     asyncio.run(main(jobs, concurrency, out))
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print("BENCH " + json.dumps({"code": 0, "wall": time.perf_counter() - start,
-                                 "cpu": usage.ru_utime + usage.ru_stime, "user": usage.ru_utime, "sys": usage.ru_stime,
-                                 "rss_mb": usage.ru_maxrss / 1024}))
+    print(
+        "BENCH "
+        + json.dumps(
+            {
+                "code": 0,
+                "wall": time.perf_counter() - start,
+                "cpu": usage.ru_utime + usage.ru_stime,
+                "user": usage.ru_utime,
+                "sys": usage.ru_stime,
+                "rss_mb": usage.ru_maxrss / 1024,
+            }
+        )
+    )

@@ -21,7 +21,9 @@ from _emu import emulator
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=64)
@@ -36,7 +38,9 @@ def main() -> None:
         with emulator(*emu_args, tls=True) as (url, env):
             for n in range(args.runs):  # interleaved, so drift on a noisy machine hits both alike
                 results["renderer tls"].append(run_renderer(m, url, Path(tmp) / f"t{n}", env))
-                results["fal-client tls"].append(run_baseline(url, args.jobs, args.concurrency, Path(tmp) / f"b{n}", env))
+                results["fal-client tls"].append(
+                    run_baseline(url, args.jobs, args.concurrency, Path(tmp) / f"b{n}", env)
+                )
     rows, rate, cpu, whole = [], {}, {}, {}
     for name, records in results.items():
         rate[name] = median([args.jobs / r["wall"] for r in records])
@@ -46,16 +50,37 @@ def main() -> None:
         user = median([r["user"] for r in records]) * 1000 / args.jobs
         sys_ = median([r["sys"] for r in records]) * 1000 / args.jobs
         rss = median([r["rss_mb"] for r in records])
-        rows.append([name, args.jobs, f"{rate[name]:.0f}", f"{cpu[name]:.2f}", f"{user:.2f}", f"{sys_:.2f}",
-                     f"{rss:.0f}"])
-    print(f"# client cost at zero latency; {machine()}; load {os.getloadavg()[0]:.1f}; medians of {args.runs} runs")
-    print(f"# reproduce: python bench/client_cost.py --jobs {args.jobs} --runs {args.runs} --concurrency {args.concurrency}")
-    print(table(["client", "jobs", "jobs/s", "CPU s per 1000 jobs", "user", "sys", "peak RSS MB"], rows))
-    print(f"renderer/fal-client CPU per job over TLS: {cpu['renderer tls'] / cpu['fal-client tls']:.3f} "
-          f"(target <= 0.25); both whole processes: {whole['renderer tls'] / whole['fal-client tls']:.3f} "
-          f"(renderer {whole['renderer tls']:.2f} ms a job with its start and imports)")
-    print(f"renderer/fal-client throughput over TLS: {rate['renderer tls'] / rate['fal-client tls']:.2f}x "
-          "(target >= 1.5x); renderer over HTTP target >= 300 jobs/s")
+        rows.append(
+            [
+                name,
+                args.jobs,
+                f"{rate[name]:.0f}",
+                f"{cpu[name]:.2f}",
+                f"{user:.2f}",
+                f"{sys_:.2f}",
+                f"{rss:.0f}",
+            ]
+        )
+    print(
+        f"# client cost at zero latency; {machine()}; load {os.getloadavg()[0]:.1f}; medians of {args.runs} runs"
+    )
+    print(
+        f"# reproduce: python bench/client_cost.py --jobs {args.jobs} --runs {args.runs} --concurrency {args.concurrency}"
+    )
+    print(
+        table(
+            ["client", "jobs", "jobs/s", "CPU s per 1000 jobs", "user", "sys", "peak RSS MB"], rows
+        )
+    )
+    print(
+        f"renderer/fal-client CPU per job over TLS: {cpu['renderer tls'] / cpu['fal-client tls']:.3f} "
+        f"(target <= 0.25); both whole processes: {whole['renderer tls'] / whole['fal-client tls']:.3f} "
+        f"(renderer {whole['renderer tls']:.2f} ms a job with its start and imports)"
+    )
+    print(
+        f"renderer/fal-client throughput over TLS: {rate['renderer tls'] / rate['fal-client tls']:.2f}x "
+        "(target >= 1.5x); renderer over HTTP target >= 300 jobs/s"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ def measure(argv: list[str], cwd: Path) -> tuple[int, float, float, bool]:
     """(exit code, seconds, peak RSS in MB, traceback seen) of one `renderer` process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "renderer", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "renderer", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     seconds = time.perf_counter() - start
     # ru_maxrss of children is the largest child so far; each input runs in a new child, so a
     # figure only grows when this input needed more than every earlier one.
@@ -53,10 +58,14 @@ def main() -> None:
         bad += not ok
         rows.append([argv[0], code, f"{seconds:.2f}", f"{peak:.0f}", "ok" if ok else "FAIL"])
     print(f"# renderer validate on {len(rows)} broken or hostile inputs; {machine()}")
-    print(f"# reproduce: python bench/hostile_inputs.py{' --only ' + args.only if args.only else ''}")
+    print(
+        f"# reproduce: python bench/hostile_inputs.py{' --only ' + args.only if args.only else ''}"
+    )
     print(table(["input", "exit", "seconds", "peak RSS MB (running max)", "bound"], rows))
-    print(f"slowest {worst_time:.2f} s, largest peak RSS {worst_rss:.0f} MB, {bad} outside the bound "
-          "(exit 2, no traceback, < 10 s, < 1 GB)")
+    print(
+        f"slowest {worst_time:.2f} s, largest peak RSS {worst_rss:.0f} MB, {bad} outside the bound "
+        "(exit 2, no traceback, < 10 s, < 1 GB)"
+    )
 
 
 if __name__ == "__main__":

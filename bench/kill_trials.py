@@ -34,8 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, table
 from _emu import ROOT, emulator, stats
 
-FAULTS = {"--fault-429": 0.05, "--fault-ingress": 0.03, "--fault-runner": 0.03, "--fault-drop": 0.03,
-          "--fault-truncate": 0.02, "--fault-corrupt": 0.02}
+FAULTS = {
+    "--fault-429": 0.05,
+    "--fault-ingress": 0.03,
+    "--fault-runner": 0.03,
+    "--fault-drop": 0.03,
+    "--fault-truncate": 0.02,
+    "--fault-corrupt": 0.02,
+}
 
 
 def write_manifest(folder: Path, jobs: int, rate: float) -> Path:
@@ -43,19 +49,42 @@ def write_manifest(folder: Path, jobs: int, rate: float) -> Path:
 
     prompts = [{"id": f"p{i:04d}", "text": f"picture {i}"} for i in range(jobs)]
     path = folder / "kill.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "kill", "prompts": prompts, "models": ["fal-ai/flux-1/schnell"], "seeds": [1],
-        "limits": {"concurrency": 8, "rate": rate},
-        "retries": {"attempts": 8, "backoff": 0.01, "max_backoff": 0.1},
-    }, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "kill",
+                "prompts": prompts,
+                "models": ["fal-ai/flux-1/schnell"],
+                "seeds": [1],
+                "limits": {"concurrency": 8, "rate": rate},
+                "retries": {"attempts": 8, "backoff": 0.01, "max_backoff": 0.1},
+            },
+            sort_keys=False,
+        )
+    )
     return path
 
 
 def start(manifest: Path, url: str, output: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FAL_KEY": "k", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "renderer", "run", str(manifest), "--provider", url,
-                             "--output", str(output), "--quiet"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "renderer",
+            "run",
+            str(manifest),
+            "--provider",
+            url,
+            "--output",
+            str(output),
+            "--quiet",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def partial_files(run_dir: Path, *, sidecars: bool) -> int:
@@ -86,15 +115,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--kills", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=2.0, help="submissions per second (bounds work per trial)")
-    parser.add_argument("--max-life", type=float, default=1.0,
-                        help="longest time a trial lives after its first submission, seconds")
+    parser.add_argument(
+        "--rate", type=float, default=2.0, help="submissions per second (bounds work per trial)"
+    )
+    parser.add_argument(
+        "--max-life",
+        type=float,
+        default=1.0,
+        help="longest time a trial lives after its first submission, seconds",
+    )
     parser.add_argument("--seed", type=int, default=20261123)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     fault_args = [str(x) for kv in FAULTS.items() for x in kv]
-    with tempfile.TemporaryDirectory() as tmp, \
-            emulator("--latency", "0.2", "--workers", "8", "--seed", str(args.seed), *fault_args) as (url, _):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        emulator("--latency", "0.2", "--workers", "8", "--seed", str(args.seed), *fault_args) as (
+            url,
+            _,
+        ),
+    ):
         folder = Path(tmp)
         manifest = write_manifest(folder, args.jobs, args.rate)
         output = folder / "out"
@@ -107,7 +147,11 @@ def main() -> int:
             # The random moment is counted from the trial's first submission (start-up time on
             # a loaded machine varies by seconds, and a kill before any work proves little).
             deadline = time.monotonic() + 60
-            while stats(url)["submit_attempts"] == before and proc.poll() is None and time.monotonic() < deadline:
+            while (
+                stats(url)["submit_attempts"] == before
+                and proc.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, args.max_life))
             if proc.poll() is None:
@@ -122,27 +166,73 @@ def main() -> int:
         seconds = time.monotonic() - started
         emu = stats(url)
         db = sqlite3.connect(run_dir / "renderer.sqlite")
-        downloaded = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'downloaded'").fetchone()[0]
-        ambiguous = db.execute("SELECT COALESCE(SUM(ambiguous_resubmits), 0) FROM runs").fetchone()[0]
+        downloaded = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'downloaded'").fetchone()[
+            0
+        ]
+        ambiguous = db.execute("SELECT COALESCE(SUM(ambiguous_resubmits), 0) FROM runs").fetchone()[
+            0
+        ]
         resubmits = db.execute("SELECT COUNT(*) FROM resubmits").fetchone()[0]
         db.close()
         record = {
-            "jobs": args.jobs, "kills": kills, "kills_mid_run": mid_run, "final_exit": code,
-            "lost": args.jobs - downloaded, "partial": partial_files(run_dir, sidecars=True), "partial_seen_after_kills": partial_seen,
-            "orphaned_temp": sum(1 for _ in run_dir.rglob("*.part")), "temp_seen_after_kills": temp_seen,
-            "submits": emu["submits"], "duplicates": emu["duplicate_submits"], "recorded_ambiguous": ambiguous,
+            "jobs": args.jobs,
+            "kills": kills,
+            "kills_mid_run": mid_run,
+            "final_exit": code,
+            "lost": args.jobs - downloaded,
+            "partial": partial_files(run_dir, sidecars=True),
+            "partial_seen_after_kills": partial_seen,
+            "orphaned_temp": sum(1 for _ in run_dir.rglob("*.part")),
+            "temp_seen_after_kills": temp_seen,
+            "submits": emu["submits"],
+            "duplicates": emu["duplicate_submits"],
+            "recorded_ambiguous": ambiguous,
             "recorded_resubmits": resubmits,
             "unexplained_duplicates": max(0, emu["duplicate_submits"] - ambiguous - resubmits),
-            "faults": emu["faults"], "seconds": round(seconds, 1),
+            "faults": emu["faults"],
+            "seconds": round(seconds, 1),
         }
     print(f"# kill -9 trials against a faulty emulator; {machine()}; shared machine, timings noisy")
-    print(f"# reproduce: python bench/kill_trials.py --jobs {args.jobs} --kills {args.kills} --rate {args.rate:g} "
-          f"--seed {args.seed}")
-    print(table(("jobs", "kills", "mid-run", "lost", "partial", "orphaned tmp", "submits", "dupes",
-                 "ambiguous", "resubmits", "unexplained", "final exit", "s"),
-                [(record["jobs"], kills, mid_run, record["lost"], record["partial"], record["orphaned_temp"],
-                  record["submits"], record["duplicates"], ambiguous, resubmits, record["unexplained_duplicates"],
-                  code, record["seconds"])]))
+    print(
+        f"# reproduce: python bench/kill_trials.py --jobs {args.jobs} --kills {args.kills} --rate {args.rate:g} "
+        f"--seed {args.seed}"
+    )
+    print(
+        table(
+            (
+                "jobs",
+                "kills",
+                "mid-run",
+                "lost",
+                "partial",
+                "orphaned tmp",
+                "submits",
+                "dupes",
+                "ambiguous",
+                "resubmits",
+                "unexplained",
+                "final exit",
+                "s",
+            ),
+            [
+                (
+                    record["jobs"],
+                    kills,
+                    mid_run,
+                    record["lost"],
+                    record["partial"],
+                    record["orphaned_temp"],
+                    record["submits"],
+                    record["duplicates"],
+                    ambiguous,
+                    resubmits,
+                    record["unexplained_duplicates"],
+                    code,
+                    record["seconds"],
+                )
+            ],
+        )
+    )
     print(f"# faults injected: {json.dumps(emu['faults'], sort_keys=True)}")
     print(json.dumps(record, sort_keys=True))
     return 0

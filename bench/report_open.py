@@ -27,12 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, median, synthesise_finished_run, table
 
-from renderer import plan as plan_mod
-from renderer import report
-from renderer.pictures import render
+from renderer.plan import planner as plan_mod
+from renderer.provider.pictures import render
+from renderer.view import report
 
-MODELS = [{"endpoint": e, "label": e.split("/")[1]} for e in
-          ("fal-ai/flux-1/schnell", "fal-ai/imagen4/preview", "fal-ai/ideogram/v2", "fal-ai/recraft/v2/text-to-image")]
+MODELS = [
+    {"endpoint": e, "label": e.split("/")[1]}
+    for e in (
+        "fal-ai/flux-1/schnell",
+        "fal-ai/imagen4/preview",
+        "fal-ai/ideogram/v2",
+        "fal-ai/recraft/v2/text-to-image",
+    )
+]
 
 # Only the first 100 thumbnails are looked at: measuring all 5,000 would force the layout of
 # every page, which the viewer itself never does (content-visibility skips what is off screen).
@@ -56,17 +63,28 @@ SCROLL = """async () => {
 
 def synthesise(folder: Path, prompts: int, seeds: int) -> Path:
     path = folder / "open.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "open", "prompts": [{"id": f"p{i:04d}", "text": f"picture {i}"} for i in range(prompts)],
-        "models": MODELS, "seeds": list(range(1, seeds + 1))}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "open",
+                "prompts": [{"id": f"p{i:04d}", "text": f"picture {i}"} for i in range(prompts)],
+                "models": MODELS,
+                "seeds": list(range(1, seeds + 1)),
+            },
+            sort_keys=False,
+        )
+    )
 
     def picture(job: plan_mod.Job) -> bytes:
         return render(job.endpoint, job.input["prompt"], job.seed or 0, 0, (256, 192), "png")[0]
+
     return synthesise_finished_run(path, folder / "out", picture)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--prompts", type=int, default=125)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--runs", type=int, default=5)
@@ -84,8 +102,15 @@ def main() -> None:
         page_mb = (run / "report/index.html").stat().st_size / 1e6
         url = (run / "report/index.html").as_uri()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+            browser = p.chromium.launch(
+                executable_path=args.chromium,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--no-first-run",
+                ],
+            )
             for _ in range(args.runs):
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(url, wait_until="commit")
@@ -100,15 +125,30 @@ def main() -> None:
                 frame_max.append(worst)
                 page.close()
             browser.close()
-    print(f"# open a {images}-image report in headless Chromium (file://); {machine()}; medians of {args.runs}")
-    print(f"# reproduce: python bench/report_open.py --prompts {args.prompts} --seeds {args.seeds} --runs {args.runs}")
-    print(f"# report built in {built:.1f} s; index.html {page_mb:.1f} MB; {images} items in the DOM")
-    print(table(["measure", "median", "worst"], [
-        ["first grid (s)", f"{median(first):.2f}", f"{max(first):.2f}"],
-        ["first screen of thumbnails decoded (s)", f"{median(thumbs):.2f}", f"{max(thumbs):.2f}"],
-        ["scroll: median frame (ms)", f"{median(frame_med):.1f}", f"{max(frame_med):.1f}"],
-        ["scroll: worst frame (ms)", f"{median(frame_max):.1f}", f"{max(frame_max):.1f}"],
-    ]))
+    print(
+        f"# open a {images}-image report in headless Chromium (file://); {machine()}; medians of {args.runs}"
+    )
+    print(
+        f"# reproduce: python bench/report_open.py --prompts {args.prompts} --seeds {args.seeds} --runs {args.runs}"
+    )
+    print(
+        f"# report built in {built:.1f} s; index.html {page_mb:.1f} MB; {images} items in the DOM"
+    )
+    print(
+        table(
+            ["measure", "median", "worst"],
+            [
+                ["first grid (s)", f"{median(first):.2f}", f"{max(first):.2f}"],
+                [
+                    "first screen of thumbnails decoded (s)",
+                    f"{median(thumbs):.2f}",
+                    f"{max(thumbs):.2f}",
+                ],
+                ["scroll: median frame (ms)", f"{median(frame_med):.1f}", f"{max(frame_med):.1f}"],
+                ["scroll: worst frame (ms)", f"{median(frame_max):.1f}", f"{max(frame_max):.1f}"],
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,20 +19,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, manifest, median, synthesise_finished_run, table
 
-from renderer import compare, report
-from renderer import plan as plan_mod
-from renderer.pictures import render
+from renderer.plan import planner as plan_mod
+from renderer.provider.pictures import render
+from renderer.view import compare, report
 
 
 def synthesise(folder: Path, images: int, salt: str) -> Path:
     """A finished run of real emulator pictures (256x192); `salt` renders them differently."""
+
     def picture(job: plan_mod.Job) -> bytes:
-        return render(job.endpoint, job.input["prompt"], job.seed or 0, 0, (256, 192), "png", salt)[0]
-    return synthesise_finished_run(manifest(folder, images, 64), folder / f"out-{salt or 'a'}", picture)
+        return render(job.endpoint, job.input["prompt"], job.seed or 0, 0, (256, 192), "png", salt)[
+            0
+        ]
+
+    return synthesise_finished_run(
+        manifest(folder, images, 64), folder / f"out-{salt or 'a'}", picture
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
@@ -53,13 +61,32 @@ def main() -> None:
             result = compare.compare(run_a, run_b)
             diffs.append(time.perf_counter() - start)
         assert result["counts"]["changed"] == args.images, result["counts"]
-    print(f"# report and diff on {args.images} images (256x192 PNG); {machine()}; medians of {args.runs}")
+    print(
+        f"# report and diff on {args.images} images (256x192 PNG); {machine()}; medians of {args.runs}"
+    )
     print(f"# reproduce: python bench/report_scale.py --images {args.images} --runs {args.runs}")
-    print(table(["step", "median s", "images/s"], [
-        ["report, cold (all thumbnails made)", f"{median(cold):.2f}", f"{args.images / median(cold):.0f}"],
-        ["report, warm (thumbnails reused)", f"{median(warm):.2f}", f"{args.images / median(warm):.0f}"],
-        ["diff, every pair measured", f"{median(diffs):.2f}", f"{args.images / median(diffs):.0f}"],
-    ]))
+    print(
+        table(
+            ["step", "median s", "images/s"],
+            [
+                [
+                    "report, cold (all thumbnails made)",
+                    f"{median(cold):.2f}",
+                    f"{args.images / median(cold):.0f}",
+                ],
+                [
+                    "report, warm (thumbnails reused)",
+                    f"{median(warm):.2f}",
+                    f"{args.images / median(warm):.0f}",
+                ],
+                [
+                    "diff, every pair measured",
+                    f"{median(diffs):.2f}",
+                    f"{args.images / median(diffs):.0f}",
+                ],
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,14 +20,20 @@ from _emu import emulator, requests_total
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--latencies", default="0.1,5")
     args = ap.parse_args()
     rows = []
     for latency in (float(x) for x in args.latencies.split(",")):
-        with emulator("--workers", str(args.jobs), "--latency", str(latency), "--max-side", "32",
-                      tls=True) as (url, env), tempfile.TemporaryDirectory() as tmp:
+        with (
+            emulator(
+                "--workers", str(args.jobs), "--latency", str(latency), "--max-side", "32", tls=True
+            ) as (url, env),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
             ca = env["SSL_CERT_FILE"]
             m = manifest(Path(tmp), args.jobs, args.jobs)
             before = requests_total(url, ca)
@@ -37,10 +43,20 @@ def main() -> None:
             after = requests_total(url, ca)
         ours = (mid - before - 1) / args.jobs  # minus the stats call itself
         theirs = (after - mid - 1) / args.jobs
-        rows.append([f"{latency:g}", args.jobs, f"{ours:.2f}", f"{theirs:.2f}", f"{ours / theirs:.3f}",
-                     "<= 4.5; <= 0.2 of baseline at 5 s"])
+        rows.append(
+            [
+                f"{latency:g}",
+                args.jobs,
+                f"{ours:.2f}",
+                f"{theirs:.2f}",
+                f"{ours / theirs:.3f}",
+                "<= 4.5; <= 0.2 of baseline at 5 s",
+            ]
+        )
     print(f"# requests per single-image job at the emulator; {machine()}")
-    print(f"# reproduce: python bench/requests_per_job.py --jobs {args.jobs} --latencies {args.latencies}")
+    print(
+        f"# reproduce: python bench/requests_per_job.py --jobs {args.jobs} --latencies {args.latencies}"
+    )
     print(table(["L s", "jobs", "renderer req/job", "fal-client req/job", "ratio", "target"], rows))
 
 

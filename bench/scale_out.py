@@ -66,6 +66,7 @@ class Unavailable(Exception):
 
 # -------------------------------------------------- what this build of renderer offers
 
+
 @dataclass(frozen=True)
 class Features:
     state: bool  # `renderer run --state URL`
@@ -73,13 +74,28 @@ class Features:
     accounts: bool  # manifest `provider.accounts`
 
     def line(self) -> str:
-        return ", ".join(f"{name} {'yes' if on else 'NO'}" for name, on in
-                         (("--state", self.state), ("--lease", self.lease), ("provider.accounts", self.accounts)))
+        return ", ".join(
+            f"{name} {'yes' if on else 'NO'}"
+            for name, on in (
+                ("--state", self.state),
+                ("--lease", self.lease),
+                ("provider.accounts", self.accounts),
+            )
+        )
 
 
-def _renderer(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "renderer", *argv], capture_output=True, text=True, check=False,
-                          cwd=cwd or ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=120)
+def _renderer(
+    *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "renderer", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd or ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        timeout=120,
+    )
 
 
 def detect(folder: Path) -> Features:
@@ -94,23 +110,36 @@ def write_manifest(folder: Path, jobs: int, *, accounts: bool) -> Path:
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i:05d}", "text": f"picture {i}"}) + "\n"
-                                                  for i in range(jobs)))
+    (folder / "prompts.jsonl").write_text(
+        "".join(json.dumps({"id": f"p{i:05d}", "text": f"picture {i}"}) + "\n" for i in range(jobs))
+    )
     limits: dict[str, Any] = {"rate": 100000}
     if accounts:  # each account's concurrency is its own limit; the run's is their sum
-        provider: dict[str, Any] = {"accounts": [{"key_env": var, "concurrency": limit} for var, limit in ACCOUNTS]}
+        provider: dict[str, Any] = {
+            "accounts": [{"key_env": var, "concurrency": limit} for var, limit in ACCOUNTS]
+        }
     else:
         provider, limits["concurrency"] = {"key_env": ACCOUNTS[0][0]}, ACCOUNTS[0][1]
     path = folder / f"{NAME}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": NAME, "prompts": [{"file": "prompts.jsonl"}], "models": ["fal-ai/flux-1/schnell"], "seeds": [1],
-        "provider": provider, "limits": limits,
-        "retries": {"attempts": 8, "backoff": 0.01, "max_backoff": 0.1},
-    }, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": NAME,
+                "prompts": [{"file": "prompts.jsonl"}],
+                "models": ["fal-ai/flux-1/schnell"],
+                "seeds": [1],
+                "provider": provider,
+                "limits": limits,
+                "retries": {"attempts": 8, "backoff": 0.01, "max_backoff": 0.1},
+            },
+            sort_keys=False,
+        )
+    )
     return path
 
 
 # -------------------------------------------------- servers
+
 
 @dataclass
 class Servers:
@@ -161,8 +190,15 @@ def servers(args: argparse.Namespace, need_pg: bool) -> Iterator[Servers]:
         if need_pg and pg is None:
             pg = _server(stack, real.postgres())
         if args.s3_endpoint:
-            env = {"AWS_ENDPOINT_URL": args.s3_endpoint, "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
-                   **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ}}
+            env = {
+                "AWS_ENDPOINT_URL": args.s3_endpoint,
+                "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+                **{
+                    k: os.environ[k]
+                    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                    if k in os.environ
+                },
+            }
             bucket = args.s3_bucket
         else:
             server = _server(stack, real.seaweedfs())
@@ -175,6 +211,7 @@ def servers(args: argparse.Namespace, need_pg: bool) -> Iterator[Servers]:
 
 
 # -------------------------------------------------- one distributed run
+
 
 @dataclass
 class Run:
@@ -194,8 +231,19 @@ class Run:
         """Worker `index` in its own directory (its own 'machine'); stdout/stderr kept there."""
         home = self.folder / f"w{index}"
         home.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "renderer", "run", str(self.manifest), "--provider", self.env["PROVIDER"],
-                "--output", self.output, "--quiet", "--json"]
+        argv = [
+            sys.executable,
+            "-m",
+            "renderer",
+            "run",
+            str(self.manifest),
+            "--provider",
+            self.env["PROVIDER"],
+            "--output",
+            self.output,
+            "--quiet",
+            "--json",
+        ]
         if self.state:
             argv += ["--state", self.state]
         if self.lease is not None:
@@ -204,8 +252,13 @@ class Run:
         if self.log:
             argv += ["--log", str(home / f"events{n}.jsonl")]
         with open(home / f"stdout{n}", "wb") as out, open(home / f"stderr{n}", "wb") as err:
-            proc = subprocess.Popen(argv, cwd=home, env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
-                                    stdout=out, stderr=err)
+            proc = subprocess.Popen(
+                argv,
+                cwd=home,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
+                stdout=out,
+                stderr=err,
+            )
         self.started = self.started or time.monotonic()
         self.workers.append(proc)
         return proc
@@ -246,7 +299,11 @@ class Run:
         return found
 
     def stderr_tail(self) -> str:
-        tails = [p.read_text(errors="replace")[-400:] for p in sorted(self.folder.glob("w*/stderr*")) if p.stat().st_size]
+        tails = [
+            p.read_text(errors="replace")[-400:]
+            for p in sorted(self.folder.glob("w*/stderr*"))
+            if p.stat().st_size
+        ]
         return " | ".join(t.strip() for t in tails)[-1500:]
 
     def held_by(self, pid: int) -> int | None:
@@ -271,9 +328,14 @@ def bucket_check(s3_env: dict[str, str], bucket: str, prefix: str) -> dict[str, 
     import obstore
     from obstore.store import S3Store
 
-    store = S3Store(bucket, endpoint=s3_env["AWS_ENDPOINT_URL"], access_key_id=s3_env.get("AWS_ACCESS_KEY_ID"),
-                    secret_access_key=s3_env.get("AWS_SECRET_ACCESS_KEY"), region=s3_env.get("AWS_REGION", "us-east-1"),
-                    client_options={"allow_http": True})
+    store = S3Store(
+        bucket,
+        endpoint=s3_env["AWS_ENDPOINT_URL"],
+        access_key_id=s3_env.get("AWS_ACCESS_KEY_ID"),
+        secret_access_key=s3_env.get("AWS_SECRET_ACCESS_KEY"),
+        region=s3_env.get("AWS_REGION", "us-east-1"),
+        client_options={"allow_http": True},
+    )
     root = f"{prefix}/{NAME}/"
     keys = {m["path"] for batch in obstore.list(store, prefix=root) for m in batch}
     images = sorted(k for k in keys if k.endswith(IMAGE_SUFFIXES))
@@ -288,7 +350,12 @@ def bucket_check(s3_env: dict[str, str], bucket: str, prefix: str) -> dict[str, 
         bad += described.get("sha256") != hashlib.sha256(data).hexdigest()
     meta_key, card_key = root + "data/metadata.jsonl", root + "data/README.md"
     lines = len(bytes(obstore.get(store, meta_key).bytes()).splitlines()) if meta_key in keys else 0
-    return {"images": len(images), "bad_images": bad, "metadata_lines": lines, "card": card_key in keys}
+    return {
+        "images": len(images),
+        "bad_images": bad,
+        "metadata_lines": lines,
+        "card": card_key in keys,
+    }
 
 
 @dataclass
@@ -300,8 +367,14 @@ class Setup:
 
     def emulator_args(self, faults: bool) -> list[str]:
         """Provider capacity = the accounts' limits together; latency; the fault mix of bench/kill_trials.py."""
-        argv = ["--workers", str(sum(limit for _, limit in ACCOUNTS)), "--latency", self.args.latency,
-                "--seed", str(self.args.seed)]
+        argv = [
+            "--workers",
+            str(sum(limit for _, limit in ACCOUNTS)),
+            "--latency",
+            self.args.latency,
+            "--seed",
+            str(self.args.seed),
+        ]
         for var, _ in ACCOUNTS:
             argv += ["--key-env", var]
         if faults:
@@ -317,8 +390,14 @@ class Setup:
         state = self.servers.fresh_database() if shared and self.servers.pg else None
         prefix = f"{label}-{uuid.uuid4().hex[:8]}"
         env |= self.servers.s3_env
-        return Run(manifest, folder, state, f"s3://{self.servers.bucket}/{prefix}", env,
-                   self.args.lease if self.features.lease else None)
+        return Run(
+            manifest,
+            folder,
+            state,
+            f"s3://{self.servers.bucket}/{prefix}",
+            env,
+            self.args.lease if self.features.lease else None,
+        )
 
 
 def explained(emu: dict[str, Any], status: dict[str, Any]) -> tuple[int, int, int]:
@@ -330,7 +409,10 @@ def explained(emu: dict[str, Any], status: dict[str, Any]) -> tuple[int, int, in
 
 def peaks(emu: dict[str, Any]) -> list[tuple[str, int, int]]:
     """(account, peak in flight at the emulator, limit) per account."""
-    return [(var, int(emu["accounts"].get(var, {}).get("peak_in_flight", 0)), limit) for var, limit in ACCOUNTS]
+    return [
+        (var, int(emu["accounts"].get(var, {}).get("peak_in_flight", 0)), limit)
+        for var, limit in ACCOUNTS
+    ]
 
 
 def running(emu: dict[str, Any], var: str) -> int:
@@ -343,6 +425,7 @@ def kept(emu: dict[str, Any], var: str) -> int:
 
 
 # -------------------------------------------------- modes
+
 
 def mode_run(s: Setup) -> tuple[bool, list[str]]:
     a = s.args
@@ -359,17 +442,71 @@ def mode_run(s: Setup) -> tuple[bool, list[str]]:
     lost = a.jobs - int(status["counts"].get("downloaded", 0))
     over = [(var, peak, limit) for var, peak, limit in peaks(emu) if peak > limit]
     twice = run.double_writes()
-    ok = (all(c == 0 for c in codes) and lost == 0 and found["images"] == a.jobs and found["bad_images"] == 0
-          and found["metadata_lines"] == a.jobs and found["card"] and unexplained == 0 and not over and twice == 0)
-    lines = [table(("workers", "jobs", "exit codes", "lost", "in bucket", "bad", "metadata lines", "card",
-                    "submits", "dupes", "recorded paid twice", "unexplained", "written twice", "s"),
-                   [(a.workers, a.jobs, " ".join(map(str, codes)), lost, found["images"], found["bad_images"],
-                     found["metadata_lines"], "yes" if found["card"] else "NO", emu["submits"], dupes, recorded,
-                     unexplained, twice, f"{seconds:.1f}")]),
-             table(("account", "submits", "peak in flight", "kept", "peak running", "limit", "within"),
-                   [(var, emu["accounts"].get(var, {}).get("submits", 0), peak, kept(emu, var), running(emu, var),
-                     limit, "yes" if peak <= limit else "NO") for var, peak, limit in peaks(emu)]),
-             f"# faults injected: {json.dumps(emu['faults'], sort_keys=True)}"]
+    ok = (
+        all(c == 0 for c in codes)
+        and lost == 0
+        and found["images"] == a.jobs
+        and found["bad_images"] == 0
+        and found["metadata_lines"] == a.jobs
+        and found["card"]
+        and unexplained == 0
+        and not over
+        and twice == 0
+    )
+    lines = [
+        table(
+            (
+                "workers",
+                "jobs",
+                "exit codes",
+                "lost",
+                "in bucket",
+                "bad",
+                "metadata lines",
+                "card",
+                "submits",
+                "dupes",
+                "recorded paid twice",
+                "unexplained",
+                "written twice",
+                "s",
+            ),
+            [
+                (
+                    a.workers,
+                    a.jobs,
+                    " ".join(map(str, codes)),
+                    lost,
+                    found["images"],
+                    found["bad_images"],
+                    found["metadata_lines"],
+                    "yes" if found["card"] else "NO",
+                    emu["submits"],
+                    dupes,
+                    recorded,
+                    unexplained,
+                    twice,
+                    f"{seconds:.1f}",
+                )
+            ],
+        ),
+        table(
+            ("account", "submits", "peak in flight", "kept", "peak running", "limit", "within"),
+            [
+                (
+                    var,
+                    emu["accounts"].get(var, {}).get("submits", 0),
+                    peak,
+                    kept(emu, var),
+                    running(emu, var),
+                    limit,
+                    "yes" if peak <= limit else "NO",
+                )
+                for var, peak, limit in peaks(emu)
+            ],
+        ),
+        f"# faults injected: {json.dumps(emu['faults'], sort_keys=True)}",
+    ]
     if not ok and run.stderr_tail():
         lines.append(f"# worker stderr: {run.stderr_tail()}")
     return ok, lines
@@ -426,36 +563,90 @@ def mode_kill(s: Setup) -> tuple[bool, list[str]]:
         found = bucket_check(s.servers.s3_env, s.servers.bucket, run.output.split("/", 3)[3])
         dupes, recorded, unexplained = explained(emu, status)
         lost = a.jobs - int(status["counts"].get("downloaded", 0))
-        survivors_ok = all(c == 0 for c, p in zip(codes, run.workers, strict=True) if p.returncode != -signal.SIGKILL)
+        survivors_ok = all(
+            c == 0
+            for c, p in zip(codes, run.workers, strict=True)
+            if p.returncode != -signal.SIGKILL
+        )
         # Judged on requests running (what fal counts against an account): in flight as the
         # emulator counts it (until the result is fetched), the victim's finished requests wait
         # for their jobs' leases to run out and a new owner to fetch them, while the others carry
         # on with the account's slots; so that peak is shown, not judged, after a kill.
         over = [v for v, _, limit in peaks(emu) if running(emu, v) > limit]
         twice = run.double_writes()
-        ok = lost == 0 and found["images"] == a.jobs and found["bad_images"] == 0 and unexplained == 0 \
-            and survivors_ok and not over and twice == 0
+        ok = (
+            lost == 0
+            and found["images"] == a.jobs
+            and found["bad_images"] == 0
+            and unexplained == 0
+            and survivors_ok
+            and not over
+            and twice == 0
+        )
         all_ok &= ok
         if released is not None:
             recover.append(released)
         if reattached is not None:
             taken.append(reattached)
-        rows.append((trial, "yes" if killed_at else "after the end", lost, found["images"], found["bad_images"],
-                     dupes, recorded, unexplained, twice,
-                     " ".join(f"{v[-1]}:{p}/{kept(emu, v)}/{running(emu, v)}/{lim}" for v, p, lim in peaks(emu)),
-                     "-" if held_jobs is None else held_jobs, "-" if released is None else f"{released:.1f}",
-                     "-" if reattached is None else f"{reattached:.1f}", "-" if finished is None else f"{finished:.1f}",
-                     "ok" if ok else "FAIL"))
+        rows.append(
+            (
+                trial,
+                "yes" if killed_at else "after the end",
+                lost,
+                found["images"],
+                found["bad_images"],
+                dupes,
+                recorded,
+                unexplained,
+                twice,
+                " ".join(
+                    f"{v[-1]}:{p}/{kept(emu, v)}/{running(emu, v)}/{lim}"
+                    for v, p, lim in peaks(emu)
+                ),
+                "-" if held_jobs is None else held_jobs,
+                "-" if released is None else f"{released:.1f}",
+                "-" if reattached is None else f"{reattached:.1f}",
+                "-" if finished is None else f"{finished:.1f}",
+                "ok" if ok else "FAIL",
+            )
+        )
         if not ok and run.stderr_tail():
             print(f"# trial {trial} worker stderr: {run.stderr_tail()}", file=sys.stderr)
-    lease = f"{a.lease:g} s" if s.features.lease else "renderer's default (no --lease flag in this build)"
-    lines = [table(("trial", "killed", "lost", "in bucket", "bad", "dupes", "recorded", "unexplained",
-                    "written twice", "peak flight/kept/running/limit", "victim held", "its leases gone after (s)",
-                    "requests open at kill all taken over after (s)", "run done after kill (s)", "result"), rows),
-             f"# lease: {lease}; after a kill, the victim's leases were gone (by `renderer status`) after a median of "
-             + (f"{median(recover):.1f} s ({len(recover)} trials)" if recover else "- (no trial: needs shared state)")
-             + "; the requests in flight at the kill were all taken over (fetched, or sent again) after a median of "
-             + (f"{median(taken):.1f} s ({len(taken)} trials)" if taken else "-")]
+    lease = (
+        f"{a.lease:g} s"
+        if s.features.lease
+        else "renderer's default (no --lease flag in this build)"
+    )
+    lines = [
+        table(
+            (
+                "trial",
+                "killed",
+                "lost",
+                "in bucket",
+                "bad",
+                "dupes",
+                "recorded",
+                "unexplained",
+                "written twice",
+                "peak flight/kept/running/limit",
+                "victim held",
+                "its leases gone after (s)",
+                "requests open at kill all taken over after (s)",
+                "run done after kill (s)",
+                "result",
+            ),
+            rows,
+        ),
+        f"# lease: {lease}; after a kill, the victim's leases were gone (by `renderer status`) after a median of "
+        + (
+            f"{median(recover):.1f} s ({len(recover)} trials)"
+            if recover
+            else "- (no trial: needs shared state)"
+        )
+        + "; the requests in flight at the kill were all taken over (fetched, or sent again) after a median of "
+        + (f"{median(taken):.1f} s ({len(taken)} trials)" if taken else "-"),
+    ]
     return all_ok, lines
 
 
@@ -486,24 +677,65 @@ def mode_pause(s: Setup) -> tuple[bool, list[str]]:
         lost = a.jobs - int(status["counts"].get("downloaded", 0))
         twice = run.double_writes()
         over = [v for v, _, limit in peaks(emu) if running(emu, v) > limit]
-        ok = lost == 0 and found["images"] == a.jobs and found["bad_images"] == 0 and unexplained == 0 \
-            and twice == 0 and not over
+        ok = (
+            lost == 0
+            and found["images"] == a.jobs
+            and found["bad_images"] == 0
+            and unexplained == 0
+            and twice == 0
+            and not over
+        )
         all_ok &= ok
         woke = "-" if sleeper is None else str(codes[run.workers.index(sleeper)])
         fenced = "-" if sleeper is None else run.lease_events(run.workers.index(sleeper))
-        rows.append((trial, "-" if held_jobs is None else held_jobs, woke, fenced,
-                     " ".join(str(c) for p, c in zip(run.workers, codes, strict=True) if p is not sleeper),
-                     lost, found["images"], found["bad_images"], dupes, recorded, unexplained, twice,
-                     " ".join(f"{v[-1]}:{running(emu, v)}/{lim}" for v, _, lim in peaks(emu)), "ok" if ok else "FAIL"))
+        rows.append(
+            (
+                trial,
+                "-" if held_jobs is None else held_jobs,
+                woke,
+                fenced,
+                " ".join(
+                    str(c) for p, c in zip(run.workers, codes, strict=True) if p is not sleeper
+                ),
+                lost,
+                found["images"],
+                found["bad_images"],
+                dupes,
+                recorded,
+                unexplained,
+                twice,
+                " ".join(f"{v[-1]}:{running(emu, v)}/{lim}" for v, _, lim in peaks(emu)),
+                "ok" if ok else "FAIL",
+            )
+        )
         if not ok and run.stderr_tail():
             print(f"# trial {trial} worker stderr: {run.stderr_tail()}", file=sys.stderr)
-    return all_ok, [table(("trial", "paused held", "paused worker exit", "its lease-lost events", "others exit", "lost", "in bucket", "bad",
-                           "dupes", "recorded", "unexplained", "written twice", "peak running/limit", "result"), rows),
-                    f"# each trial: SIGSTOP one worker for {pause:g} s (2 x lease + 1), then SIGCONT"]
+    return all_ok, [
+        table(
+            (
+                "trial",
+                "paused held",
+                "paused worker exit",
+                "its lease-lost events",
+                "others exit",
+                "lost",
+                "in bucket",
+                "bad",
+                "dupes",
+                "recorded",
+                "unexplained",
+                "written twice",
+                "peak running/limit",
+                "result",
+            ),
+            rows,
+        ),
+        f"# each trial: SIGSTOP one worker for {pause:g} s (2 x lease + 1), then SIGCONT",
+    ]
 
 
 def _mean_latency(text: str) -> float:
-    from renderer.emulator import ServiceTime
+    from renderer.provider.emulator import ServiceTime
 
     t = ServiceTime.parse(text)
     return (t.a + t.b) / 2 if t.kind == "uniform" else t.a
@@ -511,8 +743,10 @@ def _mean_latency(text: str) -> float:
 
 def mode_bench(s: Setup) -> tuple[bool, list[str]]:
     a = s.args
-    configs = [("SQLite + local disk", 1, "local")] + [("PostgreSQL + S3" if s.features.state else "SQLite + S3", n,
-                                                      "shared") for n in sorted({1, a.workers})]
+    configs = [("SQLite + local disk", 1, "local")] + [
+        ("PostgreSQL + S3" if s.features.state else "SQLite + S3", n, "shared")
+        for n in sorted({1, a.workers})
+    ]
     if not s.features.state:
         configs = [c for c in configs if c[1] == 1]
     results: dict[tuple[str, int], list[tuple[float, float]]] = {}
@@ -534,15 +768,38 @@ def mode_bench(s: Setup) -> tuple[bool, list[str]]:
     base_busy = median([b for _, b in results[configs[0][0], 1]])
     rows = []
     for label, n, _ in configs:
-        wall, busy = median([w for w, _ in results[label, n]]), median([b for _, b in results[label, n]])
-        rows.append((label, n, f"{wall:.1f}", f"{busy:.1f}", f"{wall / base_wall:.2f}", f"{busy / base_busy:.2f}"))
+        wall, busy = (
+            median([w for w, _ in results[label, n]]),
+            median([b for _, b in results[label, n]]),
+        )
+        rows.append(
+            (
+                label,
+                n,
+                f"{wall:.1f}",
+                f"{busy:.1f}",
+                f"{wall / base_wall:.2f}",
+                f"{busy / base_busy:.2f}",
+            )
+        )
     capacity = sum(limit for _, limit in ACCOUNTS) / max(0.01, _mean_latency(a.latency))
     slots = sum(limit for _, limit in ACCOUNTS) if s.features.accounts else ACCOUNTS[0][1]
-    return True, [table(("state + outputs", "workers", "jobs/s (wall)", "jobs/s (first submit to last result)",
-                         "ratio (wall)", "ratio (provider-bound)"), rows),
-                  f"# provider capacity ~{capacity:.0f} jobs/s ({sum(x for _, x in ACCOUNTS)} slots, service "
-                  f"{a.latency} s); the client may hold {slots} in flight; wall includes process start-up; "
-                  f"medians of {a.runs} run(s); goal: ratio >= 0.9"]
+    return True, [
+        table(
+            (
+                "state + outputs",
+                "workers",
+                "jobs/s (wall)",
+                "jobs/s (first submit to last result)",
+                "ratio (wall)",
+                "ratio (provider-bound)",
+            ),
+            rows,
+        ),
+        f"# provider capacity ~{capacity:.0f} jobs/s ({sum(x for _, x in ACCOUNTS)} slots, service "
+        f"{a.latency} s); the client may hold {slots} in flight; wall includes process start-up; "
+        f"medians of {a.runs} run(s); goal: ratio >= 0.9",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -550,40 +807,88 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=600)
     parser.add_argument("--kill-trials", type=int, default=0, help="kill -9 trials (mode b)")
-    parser.add_argument("--pause-trials", type=int, default=0,
-                        help="SIGSTOP a worker past its lease, then SIGCONT (fencing; mode d)")
-    parser.add_argument("--bench", action="store_true", help="jobs/s against SQLite + local disk (mode c)")
-    parser.add_argument("--runs", type=int, default=1, help="repetitions per bench configuration (medians)")
-    parser.add_argument("--lease", type=float, default=5.0, help="lease length, seconds (when the build has --lease)")
+    parser.add_argument(
+        "--pause-trials",
+        type=int,
+        default=0,
+        help="SIGSTOP a worker past its lease, then SIGCONT (fencing; mode d)",
+    )
+    parser.add_argument(
+        "--bench", action="store_true", help="jobs/s against SQLite + local disk (mode c)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="repetitions per bench configuration (medians)"
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=5.0,
+        help="lease length, seconds (when the build has --lease)",
+    )
     parser.add_argument("--latency", default="uniform:0.1:0.3", help="emulator service time")
     parser.add_argument("--seed", type=int, default=20261123)
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds a run may take before it counts as hung")
-    parser.add_argument("--pg", help="use this PostgreSQL cluster (admin URL) instead of starting one")
-    parser.add_argument("--s3-endpoint", help="use this S3 endpoint (AWS_ACCESS_KEY_ID/SECRET from the environment)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds a run may take before it counts as hung",
+    )
+    parser.add_argument(
+        "--pg", help="use this PostgreSQL cluster (admin URL) instead of starting one"
+    )
+    parser.add_argument(
+        "--s3-endpoint", help="use this S3 endpoint (AWS_ACCESS_KEY_ID/SECRET from the environment)"
+    )
     parser.add_argument("--s3-bucket", default="renders")
     args = parser.parse_args(argv)
     for var, _ in ACCOUNTS:
-        os.environ.setdefault(var, f"made-up-key-{var.lower()}")  # the emulator and the workers read the same
-    mode = "bench" if args.bench else "kill" if args.kill_trials else "pause" if args.pause_trials else "run"
+        os.environ.setdefault(
+            var, f"made-up-key-{var.lower()}"
+        )  # the emulator and the workers read the same
+    mode = (
+        "bench"
+        if args.bench
+        else "kill"
+        if args.kill_trials
+        else "pause"
+        if args.pause_trials
+        else "run"
+    )
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         folder = Path(tmp)
         features = detect(folder)
         if args.workers > 1 and not features.state:
-            print(f"scale_out: --workers {args.workers} needs `renderer run --state` (not in this build); "
-                  "use --workers 1", file=sys.stderr)
+            print(
+                f"scale_out: --workers {args.workers} needs `renderer run --state` (not in this build); "
+                "use --workers 1",
+                file=sys.stderr,
+            )
             return 2
         try:
             with servers(args, need_pg=features.state) as srv:
                 setup = Setup(args, features, srv, folder)
-                ok, lines = {"run": mode_run, "kill": mode_kill, "pause": mode_pause, "bench": mode_bench}[mode](setup)
+                ok, lines = {
+                    "run": mode_run,
+                    "kill": mode_kill,
+                    "pause": mode_pause,
+                    "bench": mode_bench,
+                }[mode](setup)
         except Unavailable as exc:
             print(f"scale_out: {exc}", file=sys.stderr)
             return 3
-    flags = {"run": "", "kill": f" --kill-trials {args.kill_trials}", "pause": f" --pause-trials {args.pause_trials}",
-             "bench": f" --bench --runs {args.runs}"}[mode]
-    print(f"# scale-out acceptance ({mode}); {machine()}; shared machine, timings noisy; features: {features.line()}")
-    print(f"# reproduce: python bench/scale_out.py --workers {args.workers} --jobs {args.jobs}{flags} "
-          f"--lease {args.lease:g} --latency {args.latency} --seed {args.seed}")
+    flags = {
+        "run": "",
+        "kill": f" --kill-trials {args.kill_trials}",
+        "pause": f" --pause-trials {args.pause_trials}",
+        "bench": f" --bench --runs {args.runs}",
+    }[mode]
+    print(
+        f"# scale-out acceptance ({mode}); {machine()}; shared machine, timings noisy; features: {features.line()}"
+    )
+    print(
+        f"# reproduce: python bench/scale_out.py --workers {args.workers} --jobs {args.jobs}{flags} "
+        f"--lease {args.lease:g} --latency {args.latency} --seed {args.seed}"
+    )
     for line in lines:
         print(line)
     print(f"# result: {'PASS' if ok else 'FAIL'}")

@@ -41,8 +41,10 @@ from _common import HERE, machine, manifest, median, run_renderer, synthesise_fi
 from _emu import emulator, stats
 from plan_scale import MODELS, write_manifest
 
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                    "1f15c4890000000d4944415478da63f8ffff3f0005fe02fea7d6a0a20000000049454e44ae426082")
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d4944415478da63f8ffff3f0005fe02fea7d6a0a20000000049454e44ae426082"
+)
 
 
 def synthesise(path: Path, output: Path) -> Path:
@@ -58,15 +60,33 @@ def dataset_manifest(folder: Path, jobs: int, random_seeds: bool = False) -> Pat
 
     prompts = 1000 if jobs >= 10_000 else max(1, jobs // 100)
     seeds = max(1, jobs // (prompts * len(MODELS)))
-    (folder / "prompts.jsonl").write_text("".join(
-        json.dumps({"id": f"p{i:04d}", "text": f"a test picture number {i} of a lighthouse in a storm, oil on canvas"})
-        + "\n" for i in range(prompts)))
+    (folder / "prompts.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"p{i:04d}",
+                    "text": f"a test picture number {i} of a lighthouse in a storm, oil on canvas",
+                }
+            )
+            + "\n"
+            for i in range(prompts)
+        )
+    )
     path = folder / "scale.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "scale", "provider": "emulator", "prompts": [{"file": "prompts.jsonl"}], "models": MODELS,
-        "seeds": {"random": seeds} if random_seeds else {"start": 1, "count": seeds}, "defaults": {"aspect_ratio": "1:1"},
-        "limits": {"concurrency": 16, "rate": 1000},
-    }, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "scale",
+                "provider": "emulator",
+                "prompts": [{"file": "prompts.jsonl"}],
+                "models": MODELS,
+                "seeds": {"random": seeds} if random_seeds else {"start": 1, "count": seeds},
+                "defaults": {"aspect_ratio": "1:1"},
+                "limits": {"concurrency": 16, "rate": 1000},
+            },
+            sort_keys=False,
+        )
+    )
     return path
 
 
@@ -110,18 +130,24 @@ def state_bytes(run_dir: Path) -> int:
     return sum(f.stat().st_size for f in run_dir.rglob("renderer.sqlite*"))
 
 
-def scale_rows(folder: Path, jobs: int, runs: int, only_plan: bool = False,
-               random_seeds: bool = False) -> tuple[list[list[str]], float]:
+def scale_rows(
+    folder: Path, jobs: int, runs: int, only_plan: bool = False, random_seeds: bool = False
+) -> tuple[list[list[str]], float]:
     """validate, plan, a 20-job trial run, and a no-op rerun of the finished run at `jobs` jobs."""
     path = dataset_manifest(folder, jobs, random_seeds)
-    text = sum(len(json.loads(x)["text"].encode()) for x in (folder / "prompts.jsonl").read_text().splitlines())
+    text = sum(
+        len(json.loads(x)["text"].encode())
+        for x in (folder / "prompts.jsonl").read_text().splitlines()
+    )
     rows = []
 
     def fmt(records: list[dict]) -> tuple[str, str]:
         wall = f"{median([r['wall'] for r in records]):.2f} s"
         if only_plan:  # the small figures: say what start-up adds, and the CPU the command used
-            wall += (f" ({median([r['process'] for r in records]):.2f} s whole process, "
-                     f"CPU {median([r['cpu'] for r in records]):.2f} s)")
+            wall += (
+                f" ({median([r['process'] for r in records]):.2f} s whole process, "
+                f"CPU {median([r['cpu'] for r in records]):.2f} s)"
+            )
         else:  # CPU (user + sys of the child) is less sensitive to the shared machine than wall time
             wall += f" (CPU {median([r['cpu'] for r in records]):.1f} s)"
         return wall, f"{median([r['rss_mb'] for r in records]):.0f} MB"
@@ -136,49 +162,106 @@ def scale_rows(folder: Path, jobs: int, runs: int, only_plan: bool = False,
     with emulator("--workers", "16", "--latency", "0", "--max-side", "16") as (url, _):
         for n in range(runs):
             out = folder / f"trial{n}"
-            record = cli("run", str(path), "--provider", url, "--output", str(out), "--quiet", "--max-jobs", "20",
-                         url=url)
+            record = cli(
+                "run",
+                str(path),
+                "--provider",
+                url,
+                "--output",
+                str(out),
+                "--quiet",
+                "--max-jobs",
+                "20",
+                url=url,
+            )
             record["bytes"] = state_bytes(out)
             trials.append(record)
     wall, rss = fmt(trials)
     per_job = (median([r["bytes"] for r in trials]) - text) / jobs
-    rows.append([f"run --max-jobs 20, {jobs} jobs planned", wall,
-                 f"{median([r['first_submit'] for r in trials]):.2f} s", rss,
-                 "first submit <= 3 s (1M), <= 500 MB"])
-    rows.append([f"state size per planned job ({median([r['bytes'] for r in trials]) / 1e6:.0f} MB in all)",
-                 f"{per_job:.0f} bytes", "", "", "<= 150 bytes"])
+    rows.append(
+        [
+            f"run --max-jobs 20, {jobs} jobs planned",
+            wall,
+            f"{median([r['first_submit'] for r in trials]):.2f} s",
+            rss,
+            "first submit <= 3 s (1M), <= 500 MB",
+        ]
+    )
+    rows.append(
+        [
+            f"state size per planned job ({median([r['bytes'] for r in trials]) / 1e6:.0f} MB in all)",
+            f"{per_job:.0f} bytes",
+            "",
+            "",
+            "<= 150 bytes",
+        ]
+    )
     started = time.perf_counter()
     synthesise(path, folder / "finished")
     setup = time.perf_counter() - started
     with emulator("--latency", "0") as (url, _):
-        wall, rss = fmt([cli("run", str(path), "--provider", url, "--output", str(folder / "finished"), "--quiet")
-                         for _ in range(runs)])
+        wall, rss = fmt(
+            [
+                cli(
+                    "run",
+                    str(path),
+                    "--provider",
+                    url,
+                    "--output",
+                    str(folder / "finished"),
+                    "--quiet",
+                )
+                for _ in range(runs)
+            ]
+        )
     rows.append([f"no-op rerun, {jobs} finished jobs", wall, "", rss, "<= 10 s (1M), <= 500 MB"])
     return rows, setup
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--jobs", type=int, default=100_000)
     ap.add_argument("--run-jobs", type=int, default=20_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--scale", type=int, default=0, help="also the dataset-builder table at this many jobs")
-    ap.add_argument("--ten-million", action="store_true", help="--scale 10000000 (opt-in: ~10 GB of disk, an hour)")
+    ap.add_argument(
+        "--scale", type=int, default=0, help="also the dataset-builder table at this many jobs"
+    )
+    ap.add_argument(
+        "--ten-million",
+        action="store_true",
+        help="--scale 10000000 (opt-in: ~10 GB of disk, an hour)",
+    )
     ap.add_argument("--only-scale", action="store_true", help="skip the 100k/20k tables")
-    ap.add_argument("--only-plan", action="store_true", help="in the scale table, validate and plan only")
-    ap.add_argument("--random-seeds", action="store_true", help="in the scale table, `seeds: {random: N}`")
+    ap.add_argument(
+        "--only-plan", action="store_true", help="in the scale table, validate and plan only"
+    )
+    ap.add_argument(
+        "--random-seeds", action="store_true", help="in the scale table, `seeds: {random: N}`"
+    )
     args = ap.parse_args()
     if args.ten_million:
         args.scale = 10_000_000
     if args.scale:
         with tempfile.TemporaryDirectory() as tmp:
             load = os.getloadavg()[0]
-            scale, setup = scale_rows(Path(tmp), args.scale, args.runs, args.only_plan, args.random_seeds)
-        print(f"# dataset scale; {machine()}; load {load:.1f} -> {os.getloadavg()[0]:.1f}; medians of {args.runs}"
-              + ("" if args.only_plan else f"; synthesising the finished run took {setup:.0f} s (not measured)"))
-        print(f"# reproduce: python bench/state_scale.py --only-scale{' --only-plan' * args.only_plan}"
-              f"{' --random-seeds' * args.random_seeds} "
-              f"--scale {args.scale} --runs {args.runs}")
+            scale, setup = scale_rows(
+                Path(tmp), args.scale, args.runs, args.only_plan, args.random_seeds
+            )
+        print(
+            f"# dataset scale; {machine()}; load {load:.1f} -> {os.getloadavg()[0]:.1f}; medians of {args.runs}"
+            + (
+                ""
+                if args.only_plan
+                else f"; synthesising the finished run took {setup:.0f} s (not measured)"
+            )
+        )
+        print(
+            f"# reproduce: python bench/state_scale.py --only-scale{' --only-plan' * args.only_plan}"
+            f"{' --random-seeds' * args.random_seeds} "
+            f"--scale {args.scale} --runs {args.runs}"
+        )
         print(table(["case", "wall", "first submit", "peak RSS", "target"], scale))
         if args.only_scale:
             return
@@ -190,8 +273,16 @@ def main() -> None:
         (folder / "dataset").mkdir()
         seeds = max(1, args.jobs // 1000)
         shapes = [
-            (f"no-op rerun, 100 prompts x 10 models x {seeds} seeds", write_manifest(folder / "grid", 100, seeds), "<= 5 s"),
-            (f"no-op rerun, {args.jobs} distinct prompts (JSONL)", manifest(folder / "dataset", args.jobs, 64), "(info)"),
+            (
+                f"no-op rerun, 100 prompts x 10 models x {seeds} seeds",
+                write_manifest(folder / "grid", 100, seeds),
+                "<= 5 s",
+            ),
+            (
+                f"no-op rerun, {args.jobs} distinct prompts (JSONL)",
+                manifest(folder / "dataset", args.jobs, 64),
+                "(info)",
+            ),
         ]
         for _, path, _ in shapes:
             synthesise(path, path.parent / "out")
@@ -199,16 +290,32 @@ def main() -> None:
         with emulator("--latency", "0") as (url, _):
             for label, path, target in shapes:
                 noop = [run_renderer(path, url, path.parent / "out") for _ in range(args.runs)]
-                rows.append([label, f"{median([r['wall'] for r in noop]):.2f} s",
-                             f"{median([r['rss_mb'] for r in noop]):.0f} MB", target])
+                rows.append(
+                    [
+                        label,
+                        f"{median([r['wall'] for r in noop]):.2f} s",
+                        f"{median([r['rss_mb'] for r in noop]):.0f} MB",
+                        target,
+                    ]
+                )
         (folder / "run").mkdir()
         run_m = manifest(folder / "run", args.run_jobs, 64)
         with emulator("--workers", "256", "--latency", "0", "--max-side", "16") as (url, _):
             record = run_renderer(run_m, url, folder / "run" / "out")
-        rows.append([f"full run, {args.run_jobs} jobs", f"{record['wall']:.1f} s ({args.run_jobs / record['wall']:.0f} jobs/s)",
-                     f"{record['rss_mb']:.0f} MB", "<= 300 MB"])
-    print(f"# scale of state; {machine()}; synthesising the finished run took {setup:.0f} s (not measured)")
-    print(f"# reproduce: python bench/state_scale.py --jobs {args.jobs} --run-jobs {args.run_jobs} --runs {args.runs}")
+        rows.append(
+            [
+                f"full run, {args.run_jobs} jobs",
+                f"{record['wall']:.1f} s ({args.run_jobs / record['wall']:.0f} jobs/s)",
+                f"{record['rss_mb']:.0f} MB",
+                "<= 300 MB",
+            ]
+        )
+    print(
+        f"# scale of state; {machine()}; synthesising the finished run took {setup:.0f} s (not measured)"
+    )
+    print(
+        f"# reproduce: python bench/state_scale.py --jobs {args.jobs} --run-jobs {args.run_jobs} --runs {args.runs}"
+    )
     print(table(["case", "wall", "peak RSS", "target"], rows))
 
 

@@ -29,7 +29,9 @@ from _emu import emulator, stats
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--configs", default="8:0.5,64:0.2", help="S:L pairs")
@@ -44,7 +46,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             m = manifest(Path(tmp), args.jobs, max(slots, round(slots * args.overcommit)))
             for n in range(args.runs):
-                with emulator("--workers", str(slots), "--latency", str(latency), "--max-side", "64") as (url, _):
+                with emulator(
+                    "--workers", str(slots), "--latency", str(latency), "--max-side", "64"
+                ) as (url, _):
                     record = run_renderer(m, url, Path(tmp) / f"out{n}")
                     slot = stats(url)["slots"]
                 rates.append(args.jobs / record["wall"])
@@ -57,20 +61,59 @@ def main() -> None:
                 lags.append(1000 * (slot["held"] - slot["service"]) / args.jobs)
                 idles.append(1 - slot["held"] / (slots * span))
                 outside.append(record["wall"] - span)
-        rows.append([slots, f"{latency:g}", args.jobs, f"{ideal:.1f}", f"{median(rates):.1f}",
-                     f"{median(rates) / ideal:.3f}", f"{min(rates) / ideal:.3f}", f"{median(whole) / ideal:.3f}",
-                     f"{median(cpus):.2f}", f"{median(users):.2f}",
-                     f"{median(syss):.2f}", f"{1000 * median(cpus) / args.jobs:.2f}",
-                     f"{median(spans):.2f} s (best {-(-args.jobs // slots) * latency:.2f})", f"{median(lags):.2f} ms",
-                     f"{100 * median(idles):.1f}%", f"{median(outside):.2f} s", ">= 0.95"])
-    print(f"# throughput vs ideal S/L; {machine()}; load {os.getloadavg()[0]:.1f}; wall time includes start-up "
-          "and planning")
-    print(f"# reproduce: python bench/throughput.py --jobs {args.jobs} --runs {args.runs} --configs {args.configs} "
-          f"--overcommit {args.overcommit:g}")
-    print(table(["S", "L s", "jobs", "ideal jobs/s", "median jobs/s", "median ratio", "worst ratio",
-                 "ratio, whole process",
-                 "client CPU s", "user s", "sys s", "CPU ms/job", "provider span", "emulator lag/job",
-                 "idle slots", "outside span", "target"], rows))
+        rows.append(
+            [
+                slots,
+                f"{latency:g}",
+                args.jobs,
+                f"{ideal:.1f}",
+                f"{median(rates):.1f}",
+                f"{median(rates) / ideal:.3f}",
+                f"{min(rates) / ideal:.3f}",
+                f"{median(whole) / ideal:.3f}",
+                f"{median(cpus):.2f}",
+                f"{median(users):.2f}",
+                f"{median(syss):.2f}",
+                f"{1000 * median(cpus) / args.jobs:.2f}",
+                f"{median(spans):.2f} s (best {-(-args.jobs // slots) * latency:.2f})",
+                f"{median(lags):.2f} ms",
+                f"{100 * median(idles):.1f}%",
+                f"{median(outside):.2f} s",
+                ">= 0.95",
+            ]
+        )
+    print(
+        f"# throughput vs ideal S/L; {machine()}; load {os.getloadavg()[0]:.1f}; wall time includes start-up "
+        "and planning"
+    )
+    print(
+        f"# reproduce: python bench/throughput.py --jobs {args.jobs} --runs {args.runs} --configs {args.configs} "
+        f"--overcommit {args.overcommit:g}"
+    )
+    print(
+        table(
+            [
+                "S",
+                "L s",
+                "jobs",
+                "ideal jobs/s",
+                "median jobs/s",
+                "median ratio",
+                "worst ratio",
+                "ratio, whole process",
+                "client CPU s",
+                "user s",
+                "sys s",
+                "CPU ms/job",
+                "provider span",
+                "emulator lag/job",
+                "idle slots",
+                "outside span",
+                "target",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ __version__ = "0.1.0"
 __all__ = ["Plan", "Run", "Summary", "__version__", "load_manifest", "open_run", "run", "run_async"]
 
 if TYPE_CHECKING:
-    from .api import Plan, Run, Summary, load_manifest, open_run, run, run_async
+    from renderer.api import Plan, Run, Summary, load_manifest, open_run, run, run_async
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import api
+        from renderer import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'renderer' has no attribute {name!r}")

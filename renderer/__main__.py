@@ -1,3 +1,3 @@
-from .cli import entrypoint
+from renderer.cli import entrypoint
 
 entrypoint()

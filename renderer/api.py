@@ -22,17 +22,17 @@ from typing import Any
 
 import yaml
 
-from . import dataset
-from . import manifest as manifest_mod
-from . import plan as plan_mod
-from . import storage as storage_mod
-from .errors import UsageError
-from .layout import DATA_DIR
-from .plan import Plan
-from .runner import AccountLimit, Event, RunConfig, Summary
-from .schemas import SchemaRegistry, default_schema_dir
-from .storage import Storage
-from .store import SQLiteStore
+from renderer.errors import UsageError
+from renderer.layout import DATA_DIR
+from renderer.manifest import load as manifest_mod
+from renderer.models.schemas import SchemaRegistry, default_schema_dir
+from renderer.output import dataset
+from renderer.output import storage as storage_mod
+from renderer.output.storage import Storage
+from renderer.plan import planner as plan_mod
+from renderer.plan.planner import Plan
+from renderer.runner.runner import AccountLimit, Event, RunConfig, Summary
+from renderer.state.store import SQLiteStore
 
 __all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
 
@@ -41,8 +41,12 @@ def _registry(schemas: str | os.PathLike[str] | None) -> SchemaRegistry:
     return SchemaRegistry(Path(schemas) if schemas is not None else default_schema_dir())
 
 
-def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any], *, output: str | os.PathLike[str] | None = None,
-                  schemas: str | os.PathLike[str] | None = None) -> Plan:
+def load_manifest(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    schemas: str | os.PathLike[str] | None = None,
+) -> Plan:
     """Validate a manifest (a YAML file, or the same structure as a dict) and plan its jobs.
 
     `output` replaces the manifest's output root. Prompt files named in a dict are read
@@ -61,28 +65,51 @@ def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any], *, output:
 
 def _checked(name: str, value: Any) -> Any:
     """None, or `value` as `settings.parse` allows it; UsageError naming the argument otherwise."""
-    from . import settings as settings_mod
+    from renderer import settings as settings_mod
 
     if value is None:
         return None
     try:
         return settings_mod.parse(name, value)
     except settings_mod.SettingError as exc:
-        raise UsageError(f"{name}={value!r}: {exc.message}", hint=f"allowed: {exc.allowed}") from None
+        raise UsageError(
+            f"{name}={value!r}: {exc.message}", hint=f"allowed: {exc.allowed}"
+        ) from None
 
 
-def _prepare(plan: Plan, *, provider: str | None, output: str | os.PathLike[str] | None, concurrency: int | None,
-             rate: float | None, timeout: float | None, retry_failed: bool, max_jobs: int | None, verify: bool,
-             env: Mapping[str, str] | None, state: str | None = None,
-             lease: float | None = None) -> tuple[Plan, Any, RunConfig, Storage | None]:
-    from .session import resolve_provider  # aiohttp and friends load only when something runs
+def _prepare(
+    plan: Plan,
+    *,
+    provider: str | None,
+    output: str | os.PathLike[str] | None,
+    concurrency: int | None,
+    rate: float | None,
+    timeout: float | None,
+    retry_failed: bool,
+    max_jobs: int | None,
+    verify: bool,
+    env: Mapping[str, str] | None,
+    state: str | None = None,
+    lease: float | None = None,
+) -> tuple[Plan, Any, RunConfig, Storage | None]:
+    from renderer.runner.session import (
+        resolve_provider,  # aiohttp and friends load only when something runs
+    )
 
     # The same checks as the manifest, flags and environment (renderer/settings.py).
-    checked = {name: _checked(name, value) for name, value in
-               (("concurrency", concurrency), ("rate", rate), ("timeout", timeout), ("max_jobs", max_jobs),
-                ("lease", lease))}
-    concurrency, rate, timeout, max_jobs, lease = (checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs",
-                                                                        "lease"))
+    checked = {
+        name: _checked(name, value)
+        for name, value in (
+            ("concurrency", concurrency),
+            ("rate", rate),
+            ("timeout", timeout),
+            ("max_jobs", max_jobs),
+            ("lease", lease),
+        )
+    }
+    concurrency, rate, timeout, max_jobs, lease = (
+        checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs", "lease")
+    )
     environ = os.environ if env is None else env
     if output is not None and storage_mod.is_remote(str(output)):
         storage_mod.parse_s3(str(output))
@@ -98,12 +125,18 @@ def _prepare(plan: Plan, *, provider: str | None, output: str | os.PathLike[str]
     accounts = tuple(AccountLimit(a.name, a.concurrency, a.rate) for a in settings.accounts)
     total = sum(a.concurrency for a in accounts) if accounts else m.limits.concurrency
     config = RunConfig(
-        concurrency=total if concurrency is None else concurrency, accounts=accounts,
+        concurrency=total if concurrency is None else concurrency,
+        accounts=accounts,
         per_endpoint=dict(m.limits.per_endpoint),
         rate=m.limits.rate if rate is None else rate,
         timeout=m.limits.timeout if timeout is None else timeout,
-        retry=m.retries, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify, provider=settings.label,
-        state=_state(state if state is not None else m.state), lease=30.0 if lease is None else lease,
+        retry=m.retries,
+        retry_failed=retry_failed,
+        max_jobs=max_jobs,
+        verify=verify,
+        provider=settings.label,
+        state=_state(state if state is not None else m.state),
+        lease=30.0 if lease is None else lease,
     )
     return plan, settings, config, storage
 
@@ -112,47 +145,110 @@ def _state(url: str | None) -> str | None:
     """The state URL as given (None: SQLite in the run directory); anything else than PostgreSQL is refused."""
     if not url:
         return None
-    from .pgstore import is_postgres, redact
+    from renderer.state.postgres import is_postgres, redact
+
     if not is_postgres(url):
-        raise UsageError(f"state {redact(url)!r}: not a PostgreSQL URL",
-                         hint="give postgresql://USER@HOST/DB for state shared by several workers, or leave --state "
-                         "(RENDERER_STATE, manifest state:) unset for the SQLite file in the run directory")
+        raise UsageError(
+            f"state {redact(url)!r}: not a PostgreSQL URL",
+            hint="give postgresql://USER@HOST/DB for state shared by several workers, or leave --state "
+            "(RENDERER_STATE, manifest state:) unset for the SQLite file in the run directory",
+        )
     return url
 
 
-async def run_async(plan: Plan, *, provider: str | None = None, output: str | os.PathLike[str] | None = None,
-                    concurrency: int | None = None, rate: float | None = None, timeout: float | None = None,
-                    retry_failed: bool = False, max_jobs: int | None = None, verify: bool = False,
-                    on_event: Callable[[Event], None] | None = None, env: Mapping[str, str] | None = None,
-                    schemas: str | os.PathLike[str] | None = None, state: str | None = None,
-                    lease: float | None = None) -> Summary:
+async def run_async(
+    plan: Plan,
+    *,
+    provider: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    timeout: float | None = None,
+    retry_failed: bool = False,
+    max_jobs: int | None = None,
+    verify: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    env: Mapping[str, str] | None = None,
+    schemas: str | os.PathLike[str] | None = None,
+    state: str | None = None,
+    lease: float | None = None,
+) -> Summary:
     """Render the plan on the running event loop; resumable like the CLI (finished jobs are skipped).
 
     `provider`: "emulator", "fal", or a base URL (default: the manifest's). `on_event` receives
     each progress event (dicts with a "type"). Ctrl-C handling is left to the caller's loop.
     """
-    from .session import execute_async
+    from renderer.runner.session import execute_async
 
-    plan, settings, config, storage = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
-                                      timeout=timeout, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify,
-                                      env=env, state=state, lease=lease)
-    return await execute_async(plan, settings, config, _registry(schemas), on_event or (lambda event: None),
-                               interrupts=False, storage=storage)
+    plan, settings, config, storage = _prepare(
+        plan,
+        provider=provider,
+        output=output,
+        concurrency=concurrency,
+        rate=rate,
+        timeout=timeout,
+        retry_failed=retry_failed,
+        max_jobs=max_jobs,
+        verify=verify,
+        env=env,
+        state=state,
+        lease=lease,
+    )
+    return await execute_async(
+        plan,
+        settings,
+        config,
+        _registry(schemas),
+        on_event or (lambda event: None),
+        interrupts=False,
+        storage=storage,
+    )
 
 
-def run(plan: Plan, *, provider: str | None = None, output: str | os.PathLike[str] | None = None,
-        concurrency: int | None = None, rate: float | None = None, timeout: float | None = None,
-        retry_failed: bool = False, max_jobs: int | None = None, verify: bool = False,
-        on_event: Callable[[Event], None] | None = None, env: Mapping[str, str] | None = None,
-        schemas: str | os.PathLike[str] | None = None, state: str | None = None, lease: float | None = None) -> Summary:
+def run(
+    plan: Plan,
+    *,
+    provider: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    timeout: float | None = None,
+    retry_failed: bool = False,
+    max_jobs: int | None = None,
+    verify: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    env: Mapping[str, str] | None = None,
+    schemas: str | os.PathLike[str] | None = None,
+    state: str | None = None,
+    lease: float | None = None,
+) -> Summary:
     """Render the plan and wait for it. Inside a running event loop (Jupyter) it runs on a worker thread."""
-    from .session import execute_async, run_sync
+    from renderer.runner.session import execute_async, run_sync
 
-    plan, settings, config, storage = _prepare(plan, provider=provider, output=output, concurrency=concurrency, rate=rate,
-                                      timeout=timeout, retry_failed=retry_failed, max_jobs=max_jobs, verify=verify,
-                                      env=env, state=state, lease=lease)
-    return run_sync(execute_async(plan, settings, config, _registry(schemas), on_event or (lambda event: None),
-                                  storage=storage))
+    plan, settings, config, storage = _prepare(
+        plan,
+        provider=provider,
+        output=output,
+        concurrency=concurrency,
+        rate=rate,
+        timeout=timeout,
+        retry_failed=retry_failed,
+        max_jobs=max_jobs,
+        verify=verify,
+        env=env,
+        state=state,
+        lease=lease,
+    )
+    return run_sync(
+        execute_async(
+            plan,
+            settings,
+            config,
+            _registry(schemas),
+            on_event or (lambda event: None),
+            storage=storage,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -185,10 +281,22 @@ def open_run(run_dir: str | os.PathLike[str]) -> Run:
             rows.append(row)
     store = SQLiteStore(folder, readonly=True)
     try:
-        failures = [{"key": r.key, "prompt_id": r.prompt_id, "model": r.model, "seed": r.seed, "axes": r.axes,
-                     "kind": r.error_kind, "reason": r.error} for r in store.rows(in_plan=True, state="failed")]
+        failures = [
+            {
+                "key": r.key,
+                "prompt_id": r.prompt_id,
+                "model": r.model,
+                "seed": r.seed,
+                "axes": r.axes,
+                "kind": r.error_kind,
+                "reason": r.error,
+            }
+            for r in store.rows(in_plan=True, state="failed")
+        ]
     finally:
         store.close()
     summary_file = folder / "run.json"
-    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
+    summary = (
+        json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
+    )
     return Run(folder.resolve(), rows, failures, summary)

@@ -19,11 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from . import __version__, schemas, settings
-from . import manifest as manifest_mod
-from . import plan as plan_mod
-from .errors import ManifestError, Problem, RendererError, UsageError
-from .storage import is_remote, parse_s3
+from renderer import __version__, settings
+from renderer.errors import ManifestError, Problem, RendererError, UsageError, closest
+from renderer.manifest import load as manifest_mod
+from renderer.models import schemas
+from renderer.plan import planner as plan_mod
+from renderer.settings import is_remote, parse_s3
 
 EXIT_BUG = 70  # EX_SOFTWARE
 
@@ -82,8 +83,10 @@ class Context:
 def _directory(path: Path, source: str) -> Path:
     """`path` if it is a directory; otherwise a usage error naming the flag or variable it came from."""
     if "\0" in str(path) or not path.is_dir():
-        raise UsageError(f"{source} {str(path)!r}: not a directory",
-                         hint="give the schema directory (it holds index.json), e.g. schemas")
+        raise UsageError(
+            f"{source} {str(path)!r}: not a directory",
+            hint="give the schema directory (it holds index.json), e.g. schemas",
+        )
     return path
 
 
@@ -93,8 +96,10 @@ def _directory(path: Path, source: str) -> Path:
 def cmd_schemas_build(ctx: Context) -> int:
     out_dir = Path(ctx.args.dir)
     if not (out_dir / "docs").is_dir():
-        raise UsageError(f"{out_dir / 'docs'}: no model documents here",
-                         hint="run in the repository root, or give --dir SCHEMA_DIR (it needs a docs/ folder)")
+        raise UsageError(
+            f"{out_dir / 'docs'}: no model documents here",
+            hint="run in the repository root, or give --dir SCHEMA_DIR (it needs a docs/ folder)",
+        )
     result = schemas.build(out_dir / "docs")
     for warning in result.warnings:
         ctx.note(f"warning: {warning}")
@@ -108,7 +113,9 @@ def cmd_schemas_build(ctx: Context) -> int:
         ctx.print(f"schemas up to date: {len(result.files) - 1} endpoints in {out_dir}")
         return 0
     changed = schemas.write(result, out_dir)
-    ctx.print(f"wrote {len(changed)} changed file(s); {len(result.files) - 1} endpoints in {out_dir}")
+    ctx.print(
+        f"wrote {len(changed)} changed file(s); {len(result.files) - 1} endpoints in {out_dir}"
+    )
     return 0
 
 
@@ -136,9 +143,13 @@ def _describe(prop: dict[str, Any]) -> tuple[str, str]:
 def cmd_models(ctx: Context) -> int:
     registry = ctx.registry()
     if ctx.args.endpoint is None:
-        rows = [(e, ", ".join(registry.index["endpoints"][e]["required"])) for e in registry.endpoints]
+        rows = [
+            (e, ", ".join(registry.index["endpoints"][e]["required"])) for e in registry.endpoints
+        ]
         if ctx.args.json:
-            ctx.print(json.dumps([{"endpoint": e, "required": r.split(", ")} for e, r in rows], indent=2))
+            ctx.print(
+                json.dumps([{"endpoint": e, "required": r.split(", ")} for e, r in rows], indent=2)
+            )
             return 0
         width = max(len(e) for e, _ in rows)
         ctx.print(f"{'ENDPOINT':<{width}}  REQUIRED")
@@ -147,7 +158,7 @@ def cmd_models(ctx: Context) -> int:
         return 0
     endpoint = ctx.args.endpoint
     if endpoint not in registry:
-        guess = schemas.closest(endpoint, registry.endpoints)
+        guess = closest(endpoint, registry.endpoints)
         raise UsageError(
             f"unknown endpoint {endpoint!r}",
             hint=f"did you mean {guess}?" if guess else "run `renderer models` to list endpoints",
@@ -169,16 +180,24 @@ def cmd_models(ctx: Context) -> int:
     return 0
 
 
-def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]], *, right: int | None = None,
-           clip: int | None = None) -> list[str]:
+def _table(
+    headers: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    *,
+    right: int | None = None,
+    clip: int | None = None,
+) -> list[str]:
     """Aligned columns; columns from index `right` on are right-aligned; the last is never padded."""
     text = [[str(c)[:clip] if clip else str(c) for c in row] for row in [headers, *rows]]
     widths = [max(len(r[i]) for r in text) for i in range(len(headers))]
     lines = []
     for row in text:
-        cells = [c if i == len(row) - 1 and right is None else
-                 (c.rjust(widths[i]) if right is not None and i >= right else c.ljust(widths[i]))
-                 for i, c in enumerate(row)]
+        cells = [
+            c
+            if i == len(row) - 1 and right is None
+            else (c.rjust(widths[i]) if right is not None and i >= right else c.ljust(widths[i]))
+            for i, c in enumerate(row)
+        ]
         lines.append("  ".join(cells).rstrip())
     return lines
 
@@ -200,7 +219,9 @@ def _load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
             manifest = manifest_mod.load(Path(name))
             manifest_mod.check_plan_size(manifest, limit)
             if not getattr(ctx.args, "output", None):
-                _check_output(ctx, manifest)  # what `run` would write into, reported by validate too
+                _check_output(
+                    ctx, manifest
+                )  # what `run` would write into, reported by validate too
             plans.append(plan_mod.build(manifest, registry))
         except ManifestError as exc:
             problems.extend(exc.problems)
@@ -211,8 +232,10 @@ def _load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
             ctx.note(f"note: {plan.manifest.file}: {note}")
         unpriced = [name for name, cost in plan.costs.items() if cost is None]
         if unpriced and len(unpriced) < len(plan.costs):
-            ctx.note(f"note: {plan.manifest.file}: the cost estimate leaves out {len(unpriced)} model(s) with no "
-                     f"price: {', '.join(unpriced)}")
+            ctx.note(
+                f"note: {plan.manifest.file}: the cost estimate leaves out {len(unpriced)} model(s) with no "
+                f"price: {', '.join(unpriced)}"
+            )
     return plans
 
 
@@ -222,10 +245,24 @@ def _money(value: float | None) -> str:
 
 def problem_json(problem: Problem) -> dict[str, Any]:
     """One problem for editors and CI: where it is, what is wrong, and what would fix it."""
-    hint = "; ".join(filter(None, [problem.allowed and f"allowed: {problem.allowed}",
-                                   problem.suggestion and f"did you mean {problem.suggestion}?"]))
-    return {"file": problem.file, "line": problem.line, "column": problem.col, "json_path": problem.json_path,
-            "message": problem.message, "hint": hint or None, "job": problem.job}
+    hint = "; ".join(
+        filter(
+            None,
+            [
+                problem.allowed and f"allowed: {problem.allowed}",
+                problem.suggestion and f"did you mean {problem.suggestion}?",
+            ],
+        )
+    )
+    return {
+        "file": problem.file,
+        "line": problem.line,
+        "column": problem.col,
+        "json_path": problem.json_path,
+        "message": problem.message,
+        "hint": hint or None,
+        "job": problem.job,
+    }
 
 
 def cmd_validate(ctx: Context) -> int:
@@ -234,17 +271,42 @@ def cmd_validate(ctx: Context) -> int:
     except ManifestError as exc:
         if not ctx.args.json:
             raise
-        ctx.print(json.dumps({"ok": False, "problems": [problem_json(p) for p in exc.problems]},
-                             indent=2, ensure_ascii=False))
+        ctx.print(
+            json.dumps(
+                {"ok": False, "problems": [problem_json(p) for p in exc.problems]},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return exc.exit_code
     if ctx.args.json:
-        ctx.print(json.dumps({"ok": True, "problems": [], "manifests": [
-            {"file": str(p.manifest.file), "jobs": len(p.jobs), "images": p.images,
-             "models": len(p.by_model) if p.by_model else len({j.model for j in p.jobs})} for p in plans]}, indent=2, ensure_ascii=False))
+        ctx.print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "problems": [],
+                    "manifests": [
+                        {
+                            "file": str(p.manifest.file),
+                            "jobs": len(p.jobs),
+                            "images": p.images,
+                            "models": len(p.by_model)
+                            if p.by_model
+                            else len({j.model for j in p.jobs}),
+                        }
+                        for p in plans
+                    ],
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return 0
     for plan in plans:
         models = len(plan.by_model) if plan.by_model else len({j.model for j in plan.jobs})
-        ctx.print(f"ok: {plan.manifest.file}: {len(plan.jobs)} jobs, {plan.images} images, {models} models")
+        ctx.print(
+            f"ok: {plan.manifest.file}: {len(plan.jobs)} jobs, {plan.images} images, {models} models"
+        )
     return 0
 
 
@@ -255,11 +317,22 @@ def cmd_plan(ctx: Context) -> int:
         _check_output(ctx, plan.manifest)
     if ctx.args.json:
         for job in plan.jobs:
-            ctx.print(json.dumps(
-                {"key": job.key, "endpoint": job.endpoint, "model": job.model, "prompt": job.prompt_id,
-                 "seed": job.seed, "axes": job.axes, "input": job.input,
-                 "paths": [f"{plan.manifest.run_dir / p}" for p in job.paths()]},
-                ensure_ascii=False, separators=(",", ":")))
+            ctx.print(
+                json.dumps(
+                    {
+                        "key": job.key,
+                        "endpoint": job.endpoint,
+                        "model": job.model,
+                        "prompt": job.prompt_id,
+                        "seed": job.seed,
+                        "axes": job.axes,
+                        "input": job.input,
+                        "paths": [f"{plan.manifest.run_dir / p}" for p in job.paths()],
+                    },
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                )
+            )
         return 0
     m = plan.manifest
     # No pass over the jobs: the samples are located by counting, the counts come with the plan,
@@ -276,10 +349,26 @@ def cmd_plan(ctx: Context) -> int:
     ctx.print(f"plan for {m.file} → {m.run_dir}/")
     rows = []
     for name, (jobs, images) in by_model.items():
-        rows.append((name, endpoints.get(name, ""), str(jobs), str(images), str(done_by_model.get(name, 0)),
-                     _money(plan.costs.get(name))))
-    rows.append(("total", "", str(len(plan.jobs)), str(plan.images), str(sum(done_by_model.values())),
-                 _money(plan.total_cost)))
+        rows.append(
+            (
+                name,
+                endpoints.get(name, ""),
+                str(jobs),
+                str(images),
+                str(done_by_model.get(name, 0)),
+                _money(plan.costs.get(name)),
+            )
+        )
+    rows.append(
+        (
+            "total",
+            "",
+            str(len(plan.jobs)),
+            str(plan.images),
+            str(sum(done_by_model.values())),
+            _money(plan.total_cost),
+        )
+    )
     for line in _table(("MODEL", "ENDPOINT", "JOBS", "IMAGES", "DONE", "EST. COST"), rows, right=2):
         ctx.print(line)
     if m.budget is not None:
@@ -296,7 +385,7 @@ def _done(plan: plan_mod.Plan) -> dict[str, int]:
     When the run's state recorded this very plan (same digest), the counts come from one
     query; otherwise from the plan's keys (made without making the jobs) against the finished ones.
     """
-    from .store import DB_NAME, SQLiteStore
+    from renderer.state.store import DB_NAME, SQLiteStore
 
     if not (plan.manifest.run_dir / DB_NAME).is_file():
         return {}
@@ -320,7 +409,7 @@ def cmd_emulator(ctx: Context) -> int:
     import asyncio
     import ssl
 
-    from .emulator import Emulator, EmulatorConfig, Faults, ServiceTime
+    from renderer.provider.emulator import Emulator, EmulatorConfig, Faults, ServiceTime
 
     a = ctx.args
     # Each --key-env is one account, named in the stats by its variable (never by the key).
@@ -328,16 +417,22 @@ def cmd_emulator(ctx: Context) -> int:
     for name in a.key_env:
         key = ctx.env.get(name)
         if not key:
-            raise UsageError(f"--key-env {name}: that environment variable is not set",
-                             hint=f"export {name}=… first, or drop --key-env to accept any caller")
+            raise UsageError(
+                f"--key-env {name}: that environment variable is not set",
+                hint=f"export {name}=… first, or drop --key-env to accept any caller",
+            )
         if any(key == k for _, k in keys):
-            raise UsageError(f"--key-env {name}: holds the same key as another --key-env",
-                             hint="give each account its own key")
+            raise UsageError(
+                f"--key-env {name}: holds the same key as another --key-env",
+                hint="give each account its own key",
+            )
         keys.append((name, key))
     for label in a.lock_account:
         if label not in a.key_env:
-            raise UsageError(f"--lock-account {label}: not one of the --key-env accounts",
-                             hint=f"allowed: {', '.join(a.key_env) or 'none (give --key-env first)'}")
+            raise UsageError(
+                f"--lock-account {label}: not one of the --key-env accounts",
+                hint=f"allowed: {', '.join(a.key_env) or 'none (give --key-env first)'}",
+            )
     try:
         service = ServiceTime.parse(a.latency)
         for value in (service.a, service.b):  # seconds (or lognormal's sigma): finite, 0 to an hour
@@ -345,19 +440,40 @@ def cmd_emulator(ctx: Context) -> int:
         if service.kind == "uniform" and service.a > service.b:
             raise ValueError(f"service time {a.latency!r}: LOW is above HIGH")
     except settings.SettingError as exc:
-        raise UsageError(f"--latency {a.latency!r}: {exc.message}", hint=f"allowed: {exc.allowed}") from None
+        raise UsageError(
+            f"--latency {a.latency!r}: {exc.message}", hint=f"allowed: {exc.allowed}"
+        ) from None
     except ValueError as exc:
         raise UsageError(f"--latency {a.latency!r}: {exc}") from None
-    faults = Faults(submit_429=a.fault_429, ingress_5xx=a.fault_ingress, runner_error=a.fault_runner,
-                    drop_download=a.fault_drop, truncate_image=a.fault_truncate, corrupt_image=a.fault_corrupt,
-                    stuck=a.fault_stuck, retention=a.retention, lock_after=a.lock_after,
-                    result_500=a.fault_result_500, submit_html=a.fault_submit_html,
-                    submit_500_with_id=a.fault_submit_500)
+    faults = Faults(
+        submit_429=a.fault_429,
+        ingress_5xx=a.fault_ingress,
+        runner_error=a.fault_runner,
+        drop_download=a.fault_drop,
+        truncate_image=a.fault_truncate,
+        corrupt_image=a.fault_corrupt,
+        stuck=a.fault_stuck,
+        retention=a.retention,
+        lock_after=a.lock_after,
+        result_500=a.fault_result_500,
+        submit_html=a.fault_submit_html,
+        submit_500_with_id=a.fault_submit_500,
+    )
     variants = tuple(tuple(v.split("=", 1)) for v in a.variant)  # type: ignore[misc]
-    config = EmulatorConfig(host=a.host, port=a.port, workers=a.workers, service=service, seed=a.seed,
-                            keys=tuple(keys), locked=tuple(a.lock_account),
-                            max_side=a.max_side or None, faults=faults, keepalive=a.keepalive,
-                            variants=variants, allow_unknown=a.allow_unknown)  # type: ignore[arg-type]
+    config = EmulatorConfig(
+        host=a.host,
+        port=a.port,
+        workers=a.workers,
+        service=service,
+        seed=a.seed,
+        keys=tuple(keys),
+        locked=tuple(a.lock_account),
+        max_side=a.max_side or None,
+        faults=faults,
+        keepalive=a.keepalive,
+        variants=variants,
+        allow_unknown=a.allow_unknown,
+    )  # type: ignore[arg-type]
     context = None
     if a.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -367,7 +483,9 @@ def cmd_emulator(ctx: Context) -> int:
         async with Emulator(config, ssl_context=context, registry=ctx.registry()) as emu:
             ctx.print(emu.url)
             ctx.out.flush()
-            ctx.note(f"emulator: {config.workers} worker slots, service time {a.latency}; Ctrl-C stops it")
+            ctx.note(
+                f"emulator: {config.workers} worker slots, service time {a.latency}; Ctrl-C stops it"
+            )
             await asyncio.Event().wait()
 
     asyncio.run(serve())
@@ -377,7 +495,9 @@ def cmd_emulator(ctx: Context) -> int:
 # ---------------------------------------------------------------- run and status
 
 
-def _setting(flag: Any, env: Mapping[str, str], name: str, manifest_value: Any, setting: str) -> Any:
+def _setting(
+    flag: Any, env: Mapping[str, str], name: str, manifest_value: Any, setting: str
+) -> Any:
     """flag > environment > manifest (whose own default applies when it says nothing).
 
     Flags were checked by argparse (`_number`); the environment is checked here, by the same
@@ -389,13 +509,16 @@ def _setting(flag: Any, env: Mapping[str, str], name: str, manifest_value: Any, 
         try:
             return settings.parse(setting, env[name])
         except settings.SettingError as exc:
-            raise UsageError(f"{name}={env[name]!r}: {exc.message}",
-                             hint=f"allowed: {exc.allowed}; or unset {name}") from None
+            raise UsageError(
+                f"{name}={env[name]!r}: {exc.message}",
+                hint=f"allowed: {exc.allowed}; or unset {name}",
+            ) from None
     return manifest_value
 
 
 def _number(setting: str) -> Callable[[str], Any]:
     """An argparse `type` that parses a flag with `settings.parse`."""
+
     def convert(text: str) -> Any:
         try:
             return settings.parse(setting, text)
@@ -414,7 +537,9 @@ def _provider_override(ctx: Context) -> str | None:
     if value is None or value in manifest_mod.PROVIDERS:
         return value
     if not value.startswith(("http://", "https://")):
-        raise UsageError(f"{source} {value!r}: use emulator, fal, or a base URL (http://… or https://…)")
+        raise UsageError(
+            f"{source} {value!r}: use emulator, fal, or a base URL (http://… or https://…)"
+        )
     try:
         settings.check_url(value)
     except settings.SettingError as exc:
@@ -442,27 +567,43 @@ def _check_output(ctx: Context, m: manifest_mod.Manifest) -> None:
     if reason is None:
         return
     if given:
-        raise UsageError(f"--output {text!r}: {reason}", hint="give a directory (it is created if missing)")
-    raise ManifestError([m.doc.problem(("output",), f"output {text!r}: {reason}",
-                                       allowed="a directory (created if missing)")])
+        raise UsageError(
+            f"--output {text!r}: {reason}", hint="give a directory (it is created if missing)"
+        )
+    raise ManifestError(
+        [
+            m.doc.problem(
+                ("output",),
+                f"output {text!r}: {reason}",
+                allowed="a directory (created if missing)",
+            )
+        ]
+    )
 
 
 def cmd_run(ctx: Context) -> int:
     # Imported here: aiohttp, tqdm and Pillow cost ~0.35 s that validate, plan and models never need.
-    from . import api
-    from . import session as run_mod
+    from renderer import api
+    from renderer.runner import session as run_mod
 
     a = ctx.args
     (plan,) = _load_plans(ctx, [a.manifest])
     # Resolved before --dry-run returns, so a dry run reports a bad flag or RENDERER_* variable too.
     limits = plan.manifest.limits
     # With provider.accounts the total is the accounts' sum unless a flag or RENDERER_CONCURRENCY caps it.
-    concurrency = _setting(a.concurrency, ctx.env, "RENDERER_CONCURRENCY",
-                           None if plan.manifest.provider.accounts else limits.concurrency, "concurrency")
+    concurrency = _setting(
+        a.concurrency,
+        ctx.env,
+        "RENDERER_CONCURRENCY",
+        None if plan.manifest.provider.accounts else limits.concurrency,
+        "concurrency",
+    )
     rate = _setting(a.rate, ctx.env, "RENDERER_RATE", limits.rate, "rate")
     timeout = _setting(a.timeout, ctx.env, "RENDERER_TIMEOUT", limits.timeout, "timeout")
     provider = _provider_override(ctx)
-    state = a.state or ctx.env.get("RENDERER_STATE") or None  # (the manifest's `state:` applies below it)
+    state = (
+        a.state or ctx.env.get("RENDERER_STATE") or None
+    )  # (the manifest's `state:` applies below it)
     lease = _setting(a.lease, ctx.env, "RENDERER_LEASE", None, "lease")
     if a.dry_run:
         return cmd_plan(ctx)
@@ -477,8 +618,12 @@ def cmd_run(ctx: Context) -> int:
     listeners: list[Callable[[Any], None]] = [display]
     log = None
     if a.log:
-        keys = [ctx.env.get(m.provider.key_env, ""), ctx.env.get("FAL_KEY_ID", ""), ctx.env.get("FAL_KEY_SECRET", ""),
-                *(ctx.env.get(account.key_env, "") for account in m.provider.accounts)]
+        keys = [
+            ctx.env.get(m.provider.key_env, ""),
+            ctx.env.get("FAL_KEY_ID", ""),
+            ctx.env.get("FAL_KEY_SECRET", ""),
+            *(ctx.env.get(account.key_env, "") for account in m.provider.accounts),
+        ]
         log = run_mod.EventLog(Path(a.log), secrets=keys)
         listeners.append(log)
 
@@ -488,9 +633,20 @@ def cmd_run(ctx: Context) -> int:
 
     try:
         summary = api.run(
-            plan, provider=provider, concurrency=concurrency, rate=rate, timeout=timeout,
-            retry_failed=a.retry_failed, max_jobs=a.max_jobs, verify=a.verify, on_event=on_event, env=ctx.env,
-            schemas=ctx.schema_dir(), state=state, lease=lease)
+            plan,
+            provider=provider,
+            concurrency=concurrency,
+            rate=rate,
+            timeout=timeout,
+            retry_failed=a.retry_failed,
+            max_jobs=a.max_jobs,
+            verify=a.verify,
+            on_event=on_event,
+            env=ctx.env,
+            schemas=ctx.schema_dir(),
+            state=state,
+            lease=lease,
+        )
         if log is not None:
             log({"type": "finished", **run_mod.summary_record(summary, plan)})
     finally:
@@ -501,18 +657,18 @@ def cmd_run(ctx: Context) -> int:
 
 
 def cmd_status(ctx: Context) -> int:
-    from . import api
-    from . import session as run_mod
+    from renderer import api
+    from renderer.runner import session as run_mod
 
     state = api._state(ctx.args.state or ctx.env.get("RENDERER_STATE") or None)
     return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json, state=state)
 
 
 def cmd_finalize(ctx: Context) -> int:
-    from . import api
-    from . import session as run_mod
-    from .runner import RunConfig
-    from .storage import open_storage
+    from renderer import api
+    from renderer.output.storage import open_storage
+    from renderer.runner import session as run_mod
+    from renderer.runner.runner import RunConfig
 
     a = ctx.args
     (plan,) = _load_plans(ctx, [a.manifest])
@@ -530,8 +686,10 @@ def cmd_finalize(ctx: Context) -> int:
     else:
         counts = record["counts"]
         where = m.output_url or str(m.run_dir)
-        ctx.print(f"finalized: {counts['downloaded']} finished jobs in metadata.jsonl and the card, "
-                  f"{counts['failed']} failed, {record['unfinished']} unfinished → {where}/")
+        ctx.print(
+            f"finalized: {counts['downloaded']} finished jobs in metadata.jsonl and the card, "
+            f"{counts['failed']} failed, {record['unfinished']} unfinished → {where}/"
+        )
     return 0 if record["outcome"] == "done" else 1
 
 
@@ -539,40 +697,56 @@ def cmd_finalize(ctx: Context) -> int:
 
 
 def cmd_export(ctx: Context) -> int:
-    from . import export
+    from renderer.output import export
 
     a = ctx.args
     done = export.export(Path(a.run), a.format, Path(a.out) if a.out else None, a.shard_size)
     if a.json:
         ctx.print(json.dumps(done, indent=2))
         return 0
-    ctx.print(f"export: {done['rows']} images, {done['bytes']:,} bytes in {len(done['shards'])} {a.format} "
-              f"shard(s) → {done['dir']}/")
+    ctx.print(
+        f"export: {done['rows']} images, {done['bytes']:,} bytes in {len(done['shards'])} {a.format} "
+        f"shard(s) → {done['dir']}/"
+    )
     return 0
 
 
 def cmd_report(ctx: Context) -> int:
-    from . import report
+    from renderer.view import report
 
     a = ctx.args
     axes = a.axes.split(",")
     if len(axes) != 2 or not all(axes):
-        raise UsageError(f"--axes {a.axes!r}: give two axes, ROW,COL", hint="e.g. --axes prompt,model or seed,model")
-    from .store import DB_NAME
+        raise UsageError(
+            f"--axes {a.axes!r}: give two axes, ROW,COL",
+            hint="e.g. --axes prompt,model or seed,model",
+        )
+    from renderer.state.store import DB_NAME
 
     if not (Path(a.run) / DB_NAME).is_file():
-        raise UsageError(f"{a.run}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
-    done = report.build(Path(a.run), row_axis=axes[0], col_axis=axes[1], tags=set(a.tag) or None,
-                        models=set(a.model) or None, seeds=set(a.seed) or None, max_side=a.max_sheet)
-    ctx.print(f"report: {done['index']} ({done['pages']} page(s), {done['cells']} cells, "
-              f"{done['thumbnails_made']} new thumbnails)")
+        raise UsageError(
+            f"{a.run}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME"
+        )
+    done = report.build(
+        Path(a.run),
+        row_axis=axes[0],
+        col_axis=axes[1],
+        tags=set(a.tag) or None,
+        models=set(a.model) or None,
+        seeds=set(a.seed) or None,
+        max_side=a.max_sheet,
+    )
+    ctx.print(
+        f"report: {done['index']} ({done['pages']} page(s), {done['cells']} cells, "
+        f"{done['thumbnails_made']} new thumbnails)"
+    )
     for sheet in done["sheets"]:
         ctx.print(f"sheet: {sheet}")
     return 0
 
 
 def cmd_diff(ctx: Context) -> int:
-    from . import compare
+    from renderer.view import compare
 
     a = ctx.args
     mapping = None
@@ -586,10 +760,17 @@ def cmd_diff(ctx: Context) -> int:
     if a.html:
         folder = Path(a.html).parent
         if not folder.is_dir():
-            raise UsageError(f"--html {a.html}: the folder {folder} does not exist",
-                             hint="create it first, or write the page into an existing folder")
-    result = compare.compare(Path(a.run_a), Path(a.run_b), mapping=mapping, hash_limit=a.hash_limit,
-                             rmse_limit=a.rmse_limit)
+            raise UsageError(
+                f"--html {a.html}: the folder {folder} does not exist",
+                hint="create it first, or write the page into an existing folder",
+            )
+    result = compare.compare(
+        Path(a.run_a),
+        Path(a.run_b),
+        mapping=mapping,
+        hash_limit=a.hash_limit,
+        rmse_limit=a.rmse_limit,
+    )
     if a.html:
         compare.write_html(result, Path(a.html))
     if a.json:
@@ -599,14 +780,21 @@ def cmd_diff(ctx: Context) -> int:
         ctx.print("  ".join(f"{k}={v}" for k, v in counts.items()))
         for pair in result["pairs"]:
             if pair["verdict"] in ("changed", "missing"):
-                metrics = "" if pair["hash_distance"] is None else \
-                    f"  dHash {pair['hash_distance']}  RMSE {pair['rmse']:.3f}"
+                metrics = (
+                    ""
+                    if pair["hash_distance"] is None
+                    else f"  dHash {pair['hash_distance']}  RMSE {pair['rmse']:.3f}"
+                )
                 ctx.print(f"{pair['verdict']:8} {pair['label']} #{pair['index']}{metrics}")
         if a.html:
             ctx.print(f"html: {a.html}")
     # A CI gate: anything changed, or an image missing on either side, fails it.
     counts = result["counts"]
-    return 1 if counts["changed"] or counts["missing"] or counts["only_in_a"] or counts["only_in_b"] else 0
+    return (
+        1
+        if counts["changed"] or counts["missing"] or counts["only_in_a"] or counts["only_in_b"]
+        else 0
+    )
 
 
 # ---------------------------------------------------------------- parser and boundary
@@ -620,7 +808,9 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
         p.out, p.err = out, err
         return p
 
-    root = parser(prog="renderer", description="Declarative batch renderer for fal.ai text-to-image models.")
+    root = parser(
+        prog="renderer", description="Declarative batch renderer for fal.ai text-to-image models."
+    )
     root.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     root.add_argument("--version", action="version", version=f"renderer {__version__}")
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -632,135 +822,319 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
         p.set_defaults(func=func)
         return p
 
-    p_schemas = command("schemas", lambda ctx: 0, "generate the endpoint JSON Schemas from model documents")
-    schema_sub = p_schemas.add_subparsers(dest="schemas_command", metavar="ACTION", parser_class=_Parser)
+    p_schemas = command(
+        "schemas", lambda ctx: 0, "generate the endpoint JSON Schemas from model documents"
+    )
+    schema_sub = p_schemas.add_subparsers(
+        dest="schemas_command", metavar="ACTION", parser_class=_Parser
+    )
     schema_sub.required = True
-    p_build = schema_sub.add_parser("build", help="read schemas/docs/ and write one schema per endpoint")
+    p_build = schema_sub.add_parser(
+        "build", help="read schemas/docs/ and write one schema per endpoint"
+    )
     p_build.out, p_build.err = out, err
     p_build.set_defaults(func=cmd_schemas_build)
     p_build.add_argument("--dir", default="schemas", help="schema directory (default: ./schemas)")
-    p_build.add_argument("--check", action="store_true", help="exit 1 if the committed schemas are stale")
+    p_build.add_argument(
+        "--check", action="store_true", help="exit 1 if the committed schemas are stale"
+    )
 
     p_models = command("models", cmd_models, "list endpoints, or show one endpoint's parameters")
     p_models.add_argument("endpoint", nargs="?", help="e.g. fal-ai/imagen4/preview")
     p_models.add_argument("--json", action="store_true", help="machine-readable output")
     p_models.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
-    p_validate = command("validate", cmd_validate, "check manifests and every job they expand to; send nothing")
+    p_validate = command(
+        "validate", cmd_validate, "check manifests and every job they expand to; send nothing"
+    )
     p_validate.add_argument("manifests", nargs="+", metavar="MANIFEST")
     p_validate.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
-    p_validate.add_argument("--json", action="store_true",
-                            help="machine-readable result: problems with file, line, column, json_path, message, hint")
+    p_validate.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable result: problems with file, line, column, json_path, message, hint",
+    )
 
     p_plan = command("plan", cmd_plan, "show what a run would do: jobs, images, cost, output paths")
     p_plan.add_argument("manifest", metavar="MANIFEST")
     p_plan.add_argument("--json", action="store_true", help="one JSON line per job")
     p_plan.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
     for p in (p_validate, p_plan):
-        p.add_argument("--max-plan-jobs", type=_number("max_plan_jobs"), metavar="N",
-                       help=f"refuse plans above N jobs (default {manifest_mod.MAX_PLAN_JOBS:,})")
+        p.add_argument(
+            "--max-plan-jobs",
+            type=_number("max_plan_jobs"),
+            metavar="N",
+            help=f"refuse plans above N jobs (default {manifest_mod.MAX_PLAN_JOBS:,})",
+        )
 
-    p_emu = command("emulator", cmd_emulator, "run the built-in fal emulator on this machine and print its base URL")
-    p_emu.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p_emu = command(
+        "emulator",
+        cmd_emulator,
+        "run the built-in fal emulator on this machine and print its base URL",
+    )
+    p_emu.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: loopback only)"
+    )
     p_emu.add_argument("--port", type=_number("port"), default=0, help="port (default: a free one)")
-    p_emu.add_argument("--workers", type=_number("workers"), default=2, help="concurrent worker slots (default 2, like a new fal account)")
-    p_emu.add_argument("--latency", default="0.05", help="service time: S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA")
+    p_emu.add_argument(
+        "--workers",
+        type=_number("workers"),
+        default=2,
+        help="concurrent worker slots (default 2, like a new fal account)",
+    )
+    p_emu.add_argument(
+        "--latency",
+        default="0.05",
+        help="service time: S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA",
+    )
     p_emu.add_argument("--seed", type=int, default=0, help="seed for service times and faults")
-    p_emu.add_argument("--key-env", action="append", default=[], metavar="VAR",
-                       help="require the key held in this environment variable; repeat for several accounts "
-                       "(each counted apart at /_emulator/stats, under the variable's name)")
-    p_emu.add_argument("--lock-account", action="append", default=[], metavar="VAR",
-                       help="answer this --key-env account's submits 403 'User is locked'")
-    p_emu.add_argument("--max-side", type=_number("max_side"), default=256, help="cap on the longest image side (0: none)")
-    p_emu.add_argument("--keepalive", type=_number("keepalive"), default=15.0, help="seconds between SSE keep-alive comments")
-    p_emu.add_argument("--allow-unknown", action="store_true", help="serve endpoints that have no schema")
-    p_emu.add_argument("--variant", action="append", default=[], metavar="ENDPOINT=SALT",
-                       help="render this endpoint differently (to exercise `renderer diff`)")
+    p_emu.add_argument(
+        "--key-env",
+        action="append",
+        default=[],
+        metavar="VAR",
+        help="require the key held in this environment variable; repeat for several accounts "
+        "(each counted apart at /_emulator/stats, under the variable's name)",
+    )
+    p_emu.add_argument(
+        "--lock-account",
+        action="append",
+        default=[],
+        metavar="VAR",
+        help="answer this --key-env account's submits 403 'User is locked'",
+    )
+    p_emu.add_argument(
+        "--max-side",
+        type=_number("max_side"),
+        default=256,
+        help="cap on the longest image side (0: none)",
+    )
+    p_emu.add_argument(
+        "--keepalive",
+        type=_number("keepalive"),
+        default=15.0,
+        help="seconds between SSE keep-alive comments",
+    )
+    p_emu.add_argument(
+        "--allow-unknown", action="store_true", help="serve endpoints that have no schema"
+    )
+    p_emu.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ENDPOINT=SALT",
+        help="render this endpoint differently (to exercise `renderer diff`)",
+    )
     p_emu.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
     p_emu.add_argument("--tls-key", help="private key for --tls-cert")
-    for flag, dest, what in (("--fault-429", "fault_429", "429 on submit"),
-                             ("--fault-ingress", "fault_ingress", "ingress 502/503/504"),
-                             ("--fault-runner", "fault_runner", "runner_server_error results"),
-                             ("--fault-drop", "fault_drop", "downloads dropped half-way"),
-                             ("--fault-truncate", "fault_truncate", "truncated downloads"),
-                             ("--fault-corrupt", "fault_corrupt", "corrupted downloads"),
-                             ("--fault-stuck", "fault_stuck", "requests stuck IN_QUEUE"),
-                             ("--fault-result-500", "fault_result_500", "a bare 500 on a finished result"),
-                             ("--fault-submit-html", "fault_submit_html", "a submit taken but answered as HTML"),
-                             ("--fault-submit-500", "fault_submit_500",
-                              "a submit taken but answered 500 with its request id")):
-        p_emu.add_argument(flag, dest=dest, type=_number("probability"), default=0.0, metavar="P", help=f"probability of {what}")
-    p_emu.add_argument("--retention", type=_number("retention"), help="seconds results live after completion (then 404)")
-    p_emu.add_argument("--lock-after", type=_number("lock_after"), help="answer 403 'User is locked' after this many submits")
+    for flag, dest, what in (
+        ("--fault-429", "fault_429", "429 on submit"),
+        ("--fault-ingress", "fault_ingress", "ingress 502/503/504"),
+        ("--fault-runner", "fault_runner", "runner_server_error results"),
+        ("--fault-drop", "fault_drop", "downloads dropped half-way"),
+        ("--fault-truncate", "fault_truncate", "truncated downloads"),
+        ("--fault-corrupt", "fault_corrupt", "corrupted downloads"),
+        ("--fault-stuck", "fault_stuck", "requests stuck IN_QUEUE"),
+        ("--fault-result-500", "fault_result_500", "a bare 500 on a finished result"),
+        ("--fault-submit-html", "fault_submit_html", "a submit taken but answered as HTML"),
+        (
+            "--fault-submit-500",
+            "fault_submit_500",
+            "a submit taken but answered 500 with its request id",
+        ),
+    ):
+        p_emu.add_argument(
+            flag,
+            dest=dest,
+            type=_number("probability"),
+            default=0.0,
+            metavar="P",
+            help=f"probability of {what}",
+        )
+    p_emu.add_argument(
+        "--retention",
+        type=_number("retention"),
+        help="seconds results live after completion (then 404)",
+    )
+    p_emu.add_argument(
+        "--lock-after",
+        type=_number("lock_after"),
+        help="answer 403 'User is locked' after this many submits",
+    )
     p_emu.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
-    p_run = command("run", cmd_run, "render a manifest: submit, wait, download and verify every image")
+    p_run = command(
+        "run", cmd_run, "render a manifest: submit, wait, download and verify every image"
+    )
     p_run.add_argument("manifest", metavar="MANIFEST")
-    p_run.add_argument("--provider", help="emulator, fal, or a base URL (env RENDERER_PROVIDER; default: manifest)")
-    p_run.add_argument("--output", help="output root: a directory, or s3://bucket/prefix (AWS_ENDPOINT_URL, "
-                       "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); default: the manifest's, else outputs/")
-    p_run.add_argument("--state", metavar="URL", help="where the run's state lives: postgresql://… shares it with "
-                       "every worker that runs this command (env RENDERER_STATE; default: the manifest's `state:`, "
-                       "else renderer.sqlite in the run directory)")
-    p_run.add_argument("--lease", type=_number("lease"), metavar="SECONDS",
-                       help="with shared state: how long a claimed job stays this worker's without renewal; a dead "
-                       "worker's jobs are taken over after it (env RENDERER_LEASE; default 30)")
-    p_run.add_argument("--concurrency", type=_number("concurrency"), help="jobs in flight (env RENDERER_CONCURRENCY)")
-    p_run.add_argument("--rate", type=_number("rate"), help="submissions per second, or 5/s, 120/min (env RENDERER_RATE)")
-    p_run.add_argument("--timeout", type=_number("timeout"), help="seconds per job before it is cancelled (env RENDERER_TIMEOUT)")
+    p_run.add_argument(
+        "--provider", help="emulator, fal, or a base URL (env RENDERER_PROVIDER; default: manifest)"
+    )
+    p_run.add_argument(
+        "--output",
+        help="output root: a directory, or s3://bucket/prefix (AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); default: the manifest's, else outputs/",
+    )
+    p_run.add_argument(
+        "--state",
+        metavar="URL",
+        help="where the run's state lives: postgresql://… shares it with "
+        "every worker that runs this command (env RENDERER_STATE; default: the manifest's `state:`, "
+        "else renderer.sqlite in the run directory)",
+    )
+    p_run.add_argument(
+        "--lease",
+        type=_number("lease"),
+        metavar="SECONDS",
+        help="with shared state: how long a claimed job stays this worker's without renewal; a dead "
+        "worker's jobs are taken over after it (env RENDERER_LEASE; default 30)",
+    )
+    p_run.add_argument(
+        "--concurrency",
+        type=_number("concurrency"),
+        help="jobs in flight (env RENDERER_CONCURRENCY)",
+    )
+    p_run.add_argument(
+        "--rate",
+        type=_number("rate"),
+        help="submissions per second, or 5/s, 120/min (env RENDERER_RATE)",
+    )
+    p_run.add_argument(
+        "--timeout",
+        type=_number("timeout"),
+        help="seconds per job before it is cancelled (env RENDERER_TIMEOUT)",
+    )
     p_run.add_argument("--retry-failed", action="store_true", help="try failed jobs again")
-    p_run.add_argument("--max-jobs", type=_number("max_jobs"), help="render only the first N jobs of the plan (a trial)")
-    p_run.add_argument("--verify", action="store_true", help="re-hash finished files instead of trusting size+mtime")
+    p_run.add_argument(
+        "--max-jobs",
+        type=_number("max_jobs"),
+        help="render only the first N jobs of the plan (a trial)",
+    )
+    p_run.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash finished files instead of trusting size+mtime",
+    )
     p_run.add_argument("--dry-run", action="store_true", help="show the plan; send nothing")
-    p_run.add_argument("--json", action="store_true",
-                       help="print the run's summary as JSON on stdout (with --dry-run: one JSON line per job)")
-    p_run.add_argument("--log", metavar="FILE", help="append a JSON-lines log of the run's events to FILE")
+    p_run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's summary as JSON on stdout (with --dry-run: one JSON line per job)",
+    )
+    p_run.add_argument(
+        "--log", metavar="FILE", help="append a JSON-lines log of the run's events to FILE"
+    )
     p_run.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p_run.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
-    p_run.add_argument("--max-plan-jobs", type=_number("max_plan_jobs"), metavar="N",
-                       help=f"refuse plans above N jobs (default {manifest_mod.MAX_PLAN_JOBS:,})")
+    p_run.add_argument(
+        "--max-plan-jobs",
+        type=_number("max_plan_jobs"),
+        metavar="N",
+        help=f"refuse plans above N jobs (default {manifest_mod.MAX_PLAN_JOBS:,})",
+    )
 
-    p_status = command("status", cmd_status, "show a run directory's state and what a rerun would do")
-    p_status.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/quickstart (its last part names "
-                          "the run in shared state)")
+    p_status = command(
+        "status", cmd_status, "show a run directory's state and what a rerun would do"
+    )
+    p_status.add_argument(
+        "run",
+        metavar="RUN",
+        help="a run directory, e.g. outputs/quickstart (its last part names "
+        "the run in shared state)",
+    )
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
-    p_status.add_argument("--state", metavar="URL", help="the run's shared state, postgresql://… (env RENDERER_STATE): "
-                          "workers, accounts and jobs of a distributed run")
+    p_status.add_argument(
+        "--state",
+        metavar="URL",
+        help="the run's shared state, postgresql://… (env RENDERER_STATE): "
+        "workers, accounts and jobs of a distributed run",
+    )
 
-    p_final = command("finalize", cmd_finalize, "write metadata.jsonl, the dataset card and run.json from the state "
-                      "(a distributed run whose last worker stopped, or a partial dataset)")
+    p_final = command(
+        "finalize",
+        cmd_finalize,
+        "write metadata.jsonl, the dataset card and run.json from the state "
+        "(a distributed run whose last worker stopped, or a partial dataset)",
+    )
     p_final.add_argument("manifest", metavar="MANIFEST")
-    p_final.add_argument("--state", metavar="URL", help="postgresql://… (env RENDERER_STATE; default: the manifest's, "
-                         "else the SQLite file in the run directory)")
-    p_final.add_argument("--output", help="output root: a directory, or s3://bucket/prefix (default: the manifest's)")
+    p_final.add_argument(
+        "--state",
+        metavar="URL",
+        help="postgresql://… (env RENDERER_STATE; default: the manifest's, "
+        "else the SQLite file in the run directory)",
+    )
+    p_final.add_argument(
+        "--output", help="output root: a directory, or s3://bucket/prefix (default: the manifest's)"
+    )
     p_final.add_argument("--json", action="store_true", help="print run.json")
     p_final.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
-    p_report = command("report", cmd_report, "write a static HTML contact sheet and PNG sheets for a run")
+    p_report = command(
+        "report", cmd_report, "write a static HTML contact sheet and PNG sheets for a run"
+    )
     p_report.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")
-    p_report.add_argument("--axes", default="prompt,model", help="ROW,COL axes (default prompt,model)")
-    p_report.add_argument("--tag", action="append", default=[], help="only prompts with this tag (repeatable)")
-    p_report.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
-    p_report.add_argument("--seed", action="append", default=[], type=int, help="only this seed (repeatable)")
-    p_report.add_argument("--max-sheet", type=_number("max_sheet"), default=4096, help="largest PNG sheet side in pixels")
+    p_report.add_argument(
+        "--axes", default="prompt,model", help="ROW,COL axes (default prompt,model)"
+    )
+    p_report.add_argument(
+        "--tag", action="append", default=[], help="only prompts with this tag (repeatable)"
+    )
+    p_report.add_argument(
+        "--model", action="append", default=[], help="only this model (repeatable)"
+    )
+    p_report.add_argument(
+        "--seed", action="append", default=[], type=int, help="only this seed (repeatable)"
+    )
+    p_report.add_argument(
+        "--max-sheet",
+        type=_number("max_sheet"),
+        default=4096,
+        help="largest PNG sheet side in pixels",
+    )
 
-    p_export = command("export", cmd_export, "write a run's dataset as Parquet shards or WebDataset tars")
+    p_export = command(
+        "export", cmd_export, "write a run's dataset as Parquet shards or WebDataset tars"
+    )
     p_export.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")
-    p_export.add_argument("--format", required=True, choices=("parquet", "webdataset"),
-                          help="parquet (images embedded; what the Hub serves) or webdataset (tar shards)")
-    p_export.add_argument("--shard-size", type=int, default=1000, metavar="N", help="images per shard (default 1000)")
+    p_export.add_argument(
+        "--format",
+        required=True,
+        choices=("parquet", "webdataset"),
+        help="parquet (images embedded; what the Hub serves) or webdataset (tar shards)",
+    )
+    p_export.add_argument(
+        "--shard-size", type=int, default=1000, metavar="N", help="images per shard (default 1000)"
+    )
     p_export.add_argument("--out", metavar="DIR", help="destination (default: RUN/export/FORMAT/)")
     p_export.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p_diff = command("diff", cmd_diff, "compare two runs image by image; exit 1 if anything changed or is missing")
+    p_diff = command(
+        "diff",
+        cmd_diff,
+        "compare two runs image by image; exit 1 if anything changed or is missing",
+    )
     p_diff.add_argument("run_a", metavar="RUN_A")
     p_diff.add_argument("run_b", metavar="RUN_B")
-    p_diff.add_argument("--map", action="append", metavar="MODEL_A=MODEL_B",
-                        help="compare model A in RUN_A with model B in RUN_B (same prompt, seed, axes)")
+    p_diff.add_argument(
+        "--map",
+        action="append",
+        metavar="MODEL_A=MODEL_B",
+        help="compare model A in RUN_A with model B in RUN_B (same prompt, seed, axes)",
+    )
     p_diff.add_argument("--json", action="store_true", help="machine-readable output")
     p_diff.add_argument("--html", help="also write an HTML page with changed pairs side by side")
-    p_diff.add_argument("--hash-limit", type=_number("hash_limit"), default=6, help="largest dHash distance still 'same' (of 64)")
-    p_diff.add_argument("--rmse-limit", type=_number("rmse_limit"), default=0.04, help="largest RMSE (0-1) still 'same'")
+    p_diff.add_argument(
+        "--hash-limit",
+        type=_number("hash_limit"),
+        default=6,
+        help="largest dHash distance still 'same' (of 64)",
+    )
+    p_diff.add_argument(
+        "--rmse-limit",
+        type=_number("rmse_limit"),
+        default=0.04,
+        help="largest RMSE (0-1) still 'same'",
+    )
 
     return root
 

@@ -22,6 +22,8 @@ never puts headers into errors.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -136,3 +138,9 @@ class StateError(RendererError):
 
 class RunLocked(StateError):
     pass
+
+
+def closest(word: object, choices: Iterable[object]) -> str | None:
+    options = [str(c) for c in choices]
+    found = difflib.get_close_matches(str(word), options, n=1, cutoff=0.6)
+    return found[0] if found else None

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from renderer.errors import UsageError
+
 WEEK = 7 * 24 * 3600.0
 
 
@@ -79,7 +81,9 @@ SPECS: dict[str, Spec] = {
     "retention": Spec(float, 0, WEEK, unit=" seconds"),
     "lock_after": Spec(int, 0, 10**9),
     "seed": Spec(int, 0, 2**63 - 1),
-    "max_sheet": Spec(int, 64, 65_500, unit=" pixels"),  # PNG/Pillow sheets beyond 65,500 px fail to save
+    "max_sheet": Spec(
+        int, 64, 65_500, unit=" pixels"
+    ),  # PNG/Pillow sheets beyond 65,500 px fail to save
     "hash_limit": Spec(int, 0, 64),
     "lease": Spec(float, 1, 3_600, unit=" seconds"),
     "rmse_limit": Spec(float, 0, 1),
@@ -93,8 +97,10 @@ def parse(name: str, value: Any) -> int | float:
     spec = SPECS[name]
     number: float
     if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
-        raise SettingError(f"expected {'an integer' if spec.kind is int else 'a number'}, not {_kind(value)}",
-                           spec.allowed())
+        raise SettingError(
+            f"expected {'an integer' if spec.kind is int else 'a number'}, not {_kind(value)}",
+            spec.allowed(),
+        )
     if isinstance(value, str):
         text = value.strip()
         match = _RATE.fullmatch(text) if spec.rate else None
@@ -104,7 +110,13 @@ def parse(name: str, value: Any) -> int | float:
             try:
                 number = int(text) if spec.kind is int else float(text)
             except ValueError:
-                what = "a number or a rate like 10/s" if spec.rate else "an integer" if spec.kind is int else "a number"
+                what = (
+                    "a number or a rate like 10/s"
+                    if spec.rate
+                    else "an integer"
+                    if spec.kind is int
+                    else "a number"
+                )
                 raise SettingError(f"{value!r} is not {what}", spec.allowed()) from None
     else:
         number = value
@@ -115,31 +127,83 @@ def parse(name: str, value: Any) -> int | float:
             raise SettingError(f"{value!r} is not a whole number", spec.allowed())
         number = int(number)
     if number <= spec.low if spec.low_open else number < spec.low:
-        bound = f"must be more than {_fmt(spec.low)}" if spec.low_open else f"is less than the minimum of {_fmt(spec.low)}"
+        bound = (
+            f"must be more than {_fmt(spec.low)}"
+            if spec.low_open
+            else f"is less than the minimum of {_fmt(spec.low)}"
+        )
         raise SettingError(f"{value!r} {bound}", spec.allowed())
     if number > spec.high:
-        raise SettingError(f"{value!r} is more than the maximum of {_fmt(spec.high)}", spec.allowed())
+        raise SettingError(
+            f"{value!r} is more than the maximum of {_fmt(spec.high)}", spec.allowed()
+        )
     return spec.kind(number)
 
 
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return {bool: "a boolean", list: "a list", dict: "a mapping"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def check_url(url: str) -> None:
     """A provider base URL: http(s), a host, a valid port, and never credentials in it."""
     if "\0" in url or any(c.isspace() for c in url):
-        raise SettingError(f"{url!r} contains whitespace or a NUL byte", "an http:// or https:// base URL")
+        raise SettingError(
+            f"{url!r} contains whitespace or a NUL byte", "an http:// or https:// base URL"
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingError(f"{url!r} is not an http:// or https:// URL with a host",
-                           "an http:// or https:// base URL")
+        raise SettingError(
+            f"{url!r} is not an http:// or https:// URL with a host",
+            "an http:// or https:// base URL",
+        )
     if parts.username is not None or parts.password is not None:
-        raise SettingError("a provider URL must not carry user:password@ credentials",
-                           "put the key in the environment and name it with provider.key_env")
+        raise SettingError(
+            "a provider URL must not carry user:password@ credentials",
+            "put the key in the environment and name it with provider.key_env",
+        )
     try:
         parts.port  # noqa: B018 - raises ValueError on a port outside 0-65535 or not a number
     except ValueError:
         raise SettingError(f"{url!r} has an invalid port", "a port from 1 to 65535") from None
+
+
+# ---------------------------------------------------------------- retries and URLs
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    backoff: float = 0.5  # base of exponential backoff with full jitter, seconds
+    max_backoff: float = 30.0
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def is_remote(output: str) -> bool:
+    """Does an output setting name an object store rather than a directory?"""
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", output))
+
+
+def parse_s3(url: str) -> tuple[str, str]:
+    """`s3://bucket/prefix` → (bucket, prefix without slashes at either end); UsageError otherwise."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != "s3":
+        raise UsageError(
+            f"output {url!r}: unsupported scheme {scheme}://",
+            hint="use a local directory or s3://bucket/prefix (any S3-compatible store, set AWS_ENDPOINT_URL)",
+        )
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise UsageError(
+            f"output {url!r}: {bucket!r} is not a valid bucket name",
+            hint="3 to 63 characters: lower-case letters, digits, dots and hyphens, e.g. s3://my-renders/runs",
+        )
+    parts = [p for p in prefix.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise UsageError(f"output {url!r}: the prefix may not contain '.' or '..' segments")
+    return bucket, "/".join(parts)

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from renderer.cli import main
-from renderer.emulator import Emulator, EmulatorConfig
-from renderer.schemas import SchemaRegistry
+from renderer.models.schemas import SchemaRegistry
+from renderer.provider.emulator import Emulator, EmulatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -23,10 +23,45 @@ DOCS = SCHEMAS / "docs"
 MANIFESTS = ROOT / "manifests"
 
 
+_REPORTED = (
+    "pyyaml",
+    "jsonschema",
+    "aiohttp",
+    "aiolimiter",
+    "pillow",
+    "tqdm",
+    "uvloop",
+    "psycopg",
+    "obstore",
+    "pyarrow",
+    "hypothesis",
+    "fal-client",
+)
+
+
+def pytest_report_header() -> str:
+    """The versions this run installed: a fresh install takes the newest releases the ranges allow."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in _REPORTED:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} -")
+    return "packages: " + ", ".join(found)
+
+
 @pytest.fixture(autouse=True)
 def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's key or overrides."""
-    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "RENDERER_SCHEMAS", "RENDERER_PROVIDER"):
+    for name in (
+        "FAL_KEY",
+        "FAL_KEY_ID",
+        "FAL_KEY_SECRET",
+        "RENDERER_SCHEMAS",
+        "RENDERER_PROVIDER",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -61,8 +96,14 @@ def background_emulator(**settings: Any) -> Iterator[Emulator]:
 
 
 def write_manifest(folder: Path, **data: Any) -> Path:
-    body = {"name": "t", "provider": "emulator", "prompts": [{"id": "cat", "text": "a cat"}],
-            "models": ["fal-ai/flux-1/schnell"], "seeds": [1], **data}
+    body = {
+        "name": "t",
+        "provider": "emulator",
+        "prompts": [{"id": "cat", "text": "a cat"}],
+        "models": ["fal-ai/flux-1/schnell"],
+        "seeds": [1],
+        **data,
+    }
     path = folder / "m.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
@@ -76,10 +117,12 @@ def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
 
 # -------------------------------------------------- real servers (tests/servers.py)
 
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """One private PostgreSQL cluster for the session: a libpq URL of its `postgres` database."""
     from tests import servers
+
     with servers.postgres() as url:
         yield url
 
@@ -90,6 +133,7 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     import uuid
 
     import psycopg
+
     name = "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(postgres_server, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -104,6 +148,7 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
 def s3_server() -> Iterator[Any]:
     """One S3-compatible server (SeaweedFS `weed mini`) on 127.0.0.1 for the session."""
     from tests import servers
+
     with servers.seaweedfs() as server:
         yield server
 
@@ -112,4 +157,5 @@ def s3_server() -> Iterator[Any]:
 def s3(s3_server: Any) -> tuple[Any, str, dict[str, str]]:
     """(server, a fresh s3://bucket/prefix URL for this test, the AWS variables that reach it)."""
     import uuid
+
     return s3_server, f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}", s3_server.env()

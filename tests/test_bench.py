@@ -14,7 +14,9 @@ from .conftest import ROOT
 
 
 def _run(*args: str) -> str:
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -59,7 +61,11 @@ def test_rate_precision_smoke():
 def test_state_scale_smoke():
     """bench/state_scale.py synthesises a finished run, reruns it, and runs a small real run."""
     out = _run("bench/state_scale.py", "--jobs", "200", "--run-jobs", "30", "--runs", "1")
-    assert "no-op rerun, 100 prompts x 10 models" in out and "200 distinct prompts" in out and "full run, 30 jobs" in out
+    assert (
+        "no-op rerun, 100 prompts x 10 models" in out
+        and "200 distinct prompts" in out
+        and "full run, 30 jobs" in out
+    )
 
 
 def test_report_scale_smoke():
@@ -87,31 +93,67 @@ def test_hostile_inputs_smoke():
 def _scale_out(postgres_server: str, s3_server: Any, *args: str) -> str:
     """bench/scale_out.py on the session's PostgreSQL and S3 servers (the fixtures skip, or fail in CI, without them)."""
     env = {**os.environ, **s3_server.env()}
-    done = subprocess.run([sys.executable, "bench/scale_out.py", "--pg", postgres_server,
-                           "--s3-endpoint", s3_server.endpoint, "--s3-bucket", s3_server.bucket, *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600, env=env, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/scale_out.py",
+            "--pg",
+            postgres_server,
+            "--s3-endpoint",
+            s3_server.endpoint,
+            "--s3-bucket",
+            s3_server.bucket,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
 
 def test_scale_out_run_smoke(postgres_server, s3_server):
     """bench/scale_out.py: two workers render a tiny run into the bucket and pass its checks (files, dupes, peaks)."""
-    out = _scale_out(postgres_server, s3_server, "--workers", "2", "--jobs", "8", "--latency", "0.02")
+    out = _scale_out(
+        postgres_server, s3_server, "--workers", "2", "--jobs", "8", "--latency", "0.02"
+    )
     assert "# reproduce: python bench/scale_out.py --workers 2 --jobs 8" in out
     assert "| FAL_KEY_A " in out and "# result: PASS" in out
 
 
 def test_scale_out_kill_smoke(postgres_server, s3_server):
     """bench/scale_out.py --kill-trials kills one of two workers mid-run; the other completes it, nothing lost."""
-    out = _scale_out(postgres_server, s3_server, "--workers", "2", "--jobs", "16", "--kill-trials", "1",
-                     "--latency", "0.1", "--lease", "2")
+    out = _scale_out(
+        postgres_server,
+        s3_server,
+        "--workers",
+        "2",
+        "--jobs",
+        "16",
+        "--kill-trials",
+        "1",
+        "--latency",
+        "0.1",
+        "--lease",
+        "2",
+    )
     assert "requests open at kill all taken over after" in out and "# result: PASS" in out
 
 
 def test_scale_out_bench_smoke(postgres_server, s3_server):
     """bench/scale_out.py --bench compares shared state + S3 with SQLite + local disk and prints the ratio."""
-    out = _scale_out(postgres_server, s3_server, "--workers", "2", "--jobs", "10", "--bench", "--latency", "0.02")
-    assert "| SQLite + local disk | 1 " in out and "| PostgreSQL + S3     | 2 " in out and "ratio (provider-bound)" in out
+    out = _scale_out(
+        postgres_server, s3_server, "--workers", "2", "--jobs", "10", "--bench", "--latency", "0.02"
+    )
+    assert (
+        "| SQLite + local disk | 1 " in out
+        and "| PostgreSQL + S3     | 2 " in out
+        and "ratio (provider-bound)" in out
+    )
 
 
 def test_dataset_append_smoke():
@@ -122,6 +164,18 @@ def test_dataset_append_smoke():
 
 def test_scale_out_pause_smoke(postgres_server, s3_server):
     """bench/scale_out.py --pause-trials stops one of two workers past its lease: fenced, nothing written twice."""
-    out = _scale_out(postgres_server, s3_server, "--workers", "2", "--jobs", "16", "--pause-trials", "1",
-                     "--latency", "0.1", "--lease", "1")
+    out = _scale_out(
+        postgres_server,
+        s3_server,
+        "--workers",
+        "2",
+        "--jobs",
+        "16",
+        "--pause-trials",
+        "1",
+        "--latency",
+        "0.1",
+        "--lease",
+        "1",
+    )
     assert "written twice" in out and "# result: PASS" in out

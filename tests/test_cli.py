@@ -70,7 +70,11 @@ def test_models_shows_one_endpoint():
     assert code == 0
     line = next(ln for ln in out.splitlines() if ln.startswith("num_images"))
     assert "1 to 1" in line and "003_4e5348b4711c43e9.txt:38" in line
-    size = next(ln for ln in run("models", "fal-ai/flux-1/schnell")[1].splitlines() if ln.startswith("image_size"))
+    size = next(
+        ln
+        for ln in run("models", "fal-ai/flux-1/schnell")[1].splitlines()
+        if ln.startswith("image_size")
+    )
     assert "{width, height} or square_hd" in size
 
 
@@ -98,7 +102,10 @@ def test_python_dash_m_entry_point():
     """`python -m renderer` runs the same CLI in a real process."""
     done = subprocess.run(
         [sys.executable, "-m", "renderer", "models", "fal-ai/omnigen-v2", "--json"],
-        capture_output=True, text=True, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert '"x-endpoint": "fal-ai/omnigen-v2"' in done.stdout
@@ -117,9 +124,18 @@ QUICKSTART = str(ROOT / "manifests/quickstart.yaml")
 
 def test_bad_flags_are_usage_errors_naming_the_flag(tmp_path: Path):
     """--concurrency 0/-1, --max-jobs -1, --rate 0/-5, --timeout -3 exit 2 before anything is written."""
-    for flag, value in (("--concurrency", "0"), ("--concurrency", "-1"), ("--max-jobs", "-1"), ("--rate", "0"),
-                        ("--rate=-5", None), ("--timeout", "-3"), ("--rate", "nan")):
-        argv = ["run", QUICKSTART, "--output", str(tmp_path / "o"), flag] + ([value] if value else [])
+    for flag, value in (
+        ("--concurrency", "0"),
+        ("--concurrency", "-1"),
+        ("--max-jobs", "-1"),
+        ("--rate", "0"),
+        ("--rate=-5", None),
+        ("--timeout", "-3"),
+        ("--rate", "nan"),
+    ):
+        argv = ["run", QUICKSTART, "--output", str(tmp_path / "o"), flag] + (
+            [value] if value else []
+        )
         code, _, err = run(*argv)
         assert code == 2, (flag, value, err)
         assert flag.split("=")[0] in err and "Traceback" not in err
@@ -138,17 +154,27 @@ def test_bad_environment_is_reported_as_the_variable(tmp_path: Path):
     code, _, err = run("run", QUICKSTART, "--output", out_dir, env={"RENDERER_CONCURRENCY": "-1"})
     assert code == 2 and err.startswith("error: RENDERER_CONCURRENCY='-1':")
     code, _, err = run("run", QUICKSTART, "--output", out_dir, env={"RENDERER_PROVIDER": "bogus"})
-    assert code == 2 and err.startswith("error: RENDERER_PROVIDER 'bogus'") and "--provider" not in err
-    code, _, err = run("run", QUICKSTART, "--output", out_dir, env={"RENDERER_PROVIDER": "https://u:p@h.example"})
+    assert (
+        code == 2 and err.startswith("error: RENDERER_PROVIDER 'bogus'") and "--provider" not in err
+    )
+    code, _, err = run(
+        "run", QUICKSTART, "--output", out_dir, env={"RENDERER_PROVIDER": "https://u:p@h.example"}
+    )
     assert code == 2 and "user:password" in err
     assert not (tmp_path / "o").exists()
 
 
 def test_other_commands_range_check_their_numbers():
     """emulator --port 99999, --fault-429 2, --latency nan/-1/LOW>HIGH and report --max-sheet 0 exit 2."""
-    for argv in (["emulator", "--port", "99999"], ["emulator", "--fault-429", "2"], ["emulator", "--latency", "nan"],
-                 ["emulator", "--latency", "-1"], ["emulator", "--latency", "uniform:5:1"],
-                 ["report", "somewhere", "--max-sheet", "0"], ["diff", "a", "b", "--rmse-limit", "nan"]):
+    for argv in (
+        ["emulator", "--port", "99999"],
+        ["emulator", "--fault-429", "2"],
+        ["emulator", "--latency", "nan"],
+        ["emulator", "--latency", "-1"],
+        ["emulator", "--latency", "uniform:5:1"],
+        ["report", "somewhere", "--max-sheet", "0"],
+        ["diff", "a", "b", "--rmse-limit", "nan"],
+    ):
         code, _, err = run(*argv)
         assert code == 2 and ("allowed:" in err or "LOW is above HIGH" in err), argv
 
@@ -175,14 +201,22 @@ def test_validate_json_lists_problems_for_machines(tmp_path: Path):
     import json
 
     bad = tmp_path / "m.yaml"
-    bad.write_text("name: t\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\nseeds: [1]\nlimts: {}\n")
+    bad.write_text(
+        "name: t\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\nseeds: [1]\nlimts: {}\n"
+    )
     code, out, _ = run("validate", "--json", str(bad))
     result = json.loads(out)
     assert code == 2 and result["ok"] is False
     (problem,) = result["problems"]
-    assert problem == {"file": str(bad), "line": 5, "column": 1, "json_path": "$.limts",
-                       "message": "unknown key 'limts'", "job": None,
-                       "hint": problem["hint"]}
+    assert problem == {
+        "file": str(bad),
+        "line": 5,
+        "column": 1,
+        "json_path": "$.limts",
+        "message": "unknown key 'limts'",
+        "job": None,
+        "hint": problem["hint"],
+    }
     assert "did you mean limits?" in problem["hint"]
     code, out, _ = run("validate", "--json", QUICKSTART)
     assert code == 0 and json.loads(out)["manifests"][0]["jobs"] == 8
@@ -191,8 +225,10 @@ def test_validate_json_lists_problems_for_machines(tmp_path: Path):
 def test_plan_size_cap_is_refused_before_expansion_and_can_be_raised(tmp_path: Path):
     """A plan above --max-plan-jobs is refused with its count; raising the cap lets it through."""
     m = tmp_path / "m.yaml"
-    m.write_text("name: t\nprovider: emulator\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\n"
-                 "seeds: {start: 1, count: 50}\n")
+    m.write_text(
+        "name: t\nprovider: emulator\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\n"
+        "seeds: {start: 1, count: 50}\n"
+    )
     code, _, err = run("validate", str(m), "--max-plan-jobs", "10")
     assert code == 2 and "up to 50 jobs" in err and "--max-plan-jobs" in err
     assert run("validate", str(m), "--max-plan-jobs", "50")[0] == 0
@@ -201,23 +237,65 @@ def test_plan_size_cap_is_refused_before_expansion_and_can_be_raised(tmp_path: P
 def test_manifest_output_that_is_a_file_is_reported_by_validate(tmp_path: Path):
     """`output: /dev/null` in a manifest is a located problem for validate as well as run."""
     m = tmp_path / "m.yaml"
-    m.write_text("name: t\noutput: /dev/null\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\n"
-                 "seeds: [1]\n")
+    m.write_text(
+        "name: t\noutput: /dev/null\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\n"
+        "seeds: [1]\n"
+    )
     code, _, err = run("validate", str(m))
-    assert code == 2 and err.startswith(f"{m}:2:9: $.output: output '/dev/null': /dev/null exists and is not a directory")
+    assert code == 2 and err.startswith(
+        f"{m}:2:9: $.output: output '/dev/null': /dev/null exists and is not a directory"
+    )
 
 
-_FLAG_TEXT = st.one_of(st.sampled_from(["0", "-1", "1", "5/s", "0/s", "0.5/min", "nan", "inf", "-inf", "1e309", "2.5",
-                                        "10" * 12, "", " ", "5/h", "/s", "1/", "0x10", "1_000", "１２"]),
-                       st.text(max_size=8))
+_FLAG_TEXT = st.one_of(
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "1",
+            "5/s",
+            "0/s",
+            "0.5/min",
+            "nan",
+            "inf",
+            "-inf",
+            "1e309",
+            "2.5",
+            "10" * 12,
+            "",
+            " ",
+            "5/h",
+            "/s",
+            "1/",
+            "0x10",
+            "1_000",
+            "１２",
+        ]
+    ),
+    st.text(max_size=8),
+)
 
 
-@settings(max_examples=int(os.environ.get("RENDERER_FUZZ_EXAMPLES") or 60), derandomize=True, deadline=None,
-          database=None)
-@given(flags=st.dictionaries(st.sampled_from(["--concurrency", "--rate", "--timeout", "--max-jobs", "--max-plan-jobs"]),
-                             _FLAG_TEXT, max_size=3),
-       env=st.dictionaries(st.sampled_from(["RENDERER_CONCURRENCY", "RENDERER_RATE", "RENDERER_TIMEOUT",
-                                            "RENDERER_PROVIDER"]), _FLAG_TEXT, max_size=3))
+@settings(
+    max_examples=int(os.environ.get("RENDERER_FUZZ_EXAMPLES") or 60),
+    derandomize=True,
+    deadline=None,
+    database=None,
+)
+@given(
+    flags=st.dictionaries(
+        st.sampled_from(["--concurrency", "--rate", "--timeout", "--max-jobs", "--max-plan-jobs"]),
+        _FLAG_TEXT,
+        max_size=3,
+    ),
+    env=st.dictionaries(
+        st.sampled_from(
+            ["RENDERER_CONCURRENCY", "RENDERER_RATE", "RENDERER_TIMEOUT", "RENDERER_PROVIDER"]
+        ),
+        _FLAG_TEXT,
+        max_size=3,
+    ),
+)
 def test_flags_and_environment_are_total(flags: dict[str, str], env: dict[str, str]):
     """Any flag or RENDERER_* value: a dry run exits 0, or 2 naming the flag or variable; never a traceback."""
     argv = ["run", QUICKSTART, "--dry-run"] + [f"{k}={v}" for k, v in flags.items()]
@@ -248,50 +326,96 @@ def test_dry_run_shows_paths_under_the_given_output(tmp_path: Path):
 
 def test_plan_counts_what_the_state_finished_and_samples_across_the_plan(tmp_path: Path):
     """`renderer plan` shows DONE per model from the run's state, also after the manifest grew, and spread samples."""
-    from renderer.emulator import ServiceTime
+    from renderer.provider.emulator import ServiceTime
 
     models = ["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview"]
     out = tmp_path / "out"
     m = write_manifest(tmp_path, models=models, seeds={"start": 1, "count": 5}, output=str(out))
     with background_emulator(service=ServiceTime("fixed", 0.0)) as emu:
-        code, _, err = run("run", str(m), "--provider", emu.url, "--quiet", "--max-jobs", "7", env={"FAL_KEY": "k"})
+        code, _, err = run(
+            "run", str(m), "--provider", emu.url, "--quiet", "--max-jobs", "7", env={"FAL_KEY": "k"}
+        )
     assert code == 0, err
 
     def done(text: str) -> dict[str, str]:
-        rows = [line.split() for line in text.splitlines() if line.split()[:1] in (models[:1], models[1:], ["total"])]
+        rows = [
+            line.split()
+            for line in text.splitlines()
+            if line.split()[:1] in (models[:1], models[1:], ["total"])
+        ]
         return {row[0]: row[-2] for row in rows}
 
     code, text, err = run("plan", str(m))
     assert code == 0, err
-    assert done(text) == {models[0]: "5", models[1]: "2", "total": "7"}  # the same plan: counted by one query
+    assert done(text) == {
+        models[0]: "5",
+        models[1]: "2",
+        "total": "7",
+    }  # the same plan: counted by one query
     samples = [line.strip() for line in text.splitlines() if line.startswith("  ")]
     assert [s.split("/data/")[1] for s in samples] == [
-        "fal-ai--flux-1--schnell/cat/s1-0.png", "fal-ai--flux-1--schnell/cat/s3-0.png",
-        "fal-ai--flux-1--schnell/cat/s5-0.png", "fal-ai--imagen4--preview/cat/s2-0.png",
-        "fal-ai--imagen4--preview/cat/s4-0.png"]
-    write_manifest(tmp_path, models=models, seeds={"start": 1, "count": 5}, output=str(out),
-                   prompts=[{"id": "cat", "text": "a cat"}, {"id": "dog", "text": "a dog"}])
+        "fal-ai--flux-1--schnell/cat/s1-0.png",
+        "fal-ai--flux-1--schnell/cat/s3-0.png",
+        "fal-ai--flux-1--schnell/cat/s5-0.png",
+        "fal-ai--imagen4--preview/cat/s2-0.png",
+        "fal-ai--imagen4--preview/cat/s4-0.png",
+    ]
+    write_manifest(
+        tmp_path,
+        models=models,
+        seeds={"start": 1, "count": 5},
+        output=str(out),
+        prompts=[{"id": "cat", "text": "a cat"}, {"id": "dog", "text": "a dog"}],
+    )
     code, text, err = run("plan", str(m))
     assert code == 0, err
-    assert done(text) == {models[0]: "5", models[1]: "2", "total": "7"}  # another plan: counted by its keys
+    assert done(text) == {
+        models[0]: "5",
+        models[1]: "2",
+        "total": "7",
+    }  # another plan: counted by its keys
 
 
 def test_concurrency_flag_and_variable_cap_the_accounts_total(tmp_path: Path):
     """With provider.accounts the run's total is the accounts' sum; --concurrency or RENDERER_CONCURRENCY caps it."""
-    from renderer.emulator import ServiceTime
+    from renderer.provider.emulator import ServiceTime
 
     from .conftest import background_emulator, write_manifest
 
-    keys = {"FAL_KEY_A": "cap-key-a-" + os.urandom(6).hex(), "FAL_KEY_B": "cap-key-b-" + os.urandom(6).hex()}
-    m = write_manifest(tmp_path, seeds=list(range(1, 13)), limits={"rate": 1000},
-                       provider={"kind": "fal", "accounts": [{"key_env": "FAL_KEY_A", "concurrency": 3},
-                                                             {"key_env": "FAL_KEY_B", "concurrency": 3}]})
+    keys = {
+        "FAL_KEY_A": "cap-key-a-" + os.urandom(6).hex(),
+        "FAL_KEY_B": "cap-key-b-" + os.urandom(6).hex(),
+    }
+    m = write_manifest(
+        tmp_path,
+        seeds=list(range(1, 13)),
+        limits={"rate": 1000},
+        provider={
+            "kind": "fal",
+            "accounts": [
+                {"key_env": "FAL_KEY_A", "concurrency": 3},
+                {"key_env": "FAL_KEY_B", "concurrency": 3},
+            ],
+        },
+    )
     peaks = []
     for extra, env in (([], {}), (["--concurrency", "2"], {}), ([], {"RENDERER_CONCURRENCY": "1"})):
-        with background_emulator(service=ServiceTime("fixed", 0.3), workers=8,
-                                 keys=tuple((name, key) for name, key in keys.items())) as emu:
-            code, out, err = run("run", str(m), "--provider", emu.url, "--output", str(tmp_path / f"o{len(peaks)}"),
-                                 "--quiet", *extra, env={**keys, **env})
+        with background_emulator(
+            service=ServiceTime("fixed", 0.3),
+            workers=8,
+            keys=tuple((name, key) for name, key in keys.items()),
+        ) as emu:
+            code, out, err = run(
+                "run",
+                str(m),
+                "--provider",
+                emu.url,
+                "--output",
+                str(tmp_path / f"o{len(peaks)}"),
+                "--quiet",
+                *extra,
+                env={**keys, **env},
+            )
             peaks.append(emu.stats()["peak_in_flight"])
         assert code == 0, out + err
     assert peaks == [6, 2, 1]

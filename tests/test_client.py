@@ -12,8 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from renderer.client import Client, Limits, Timeouts, classify
-from renderer.emulator import Faults, ServiceTime
 from renderer.errors import (
     AccountError,
     JobRejected,
@@ -22,35 +20,70 @@ from renderer.errors import (
     RunnerFailed,
     TransientError,
 )
-from renderer.manifest import RetryPolicy
+from renderer.provider.client import Client, Limits, Timeouts, classify
+from renderer.provider.emulator import Faults, ServiceTime
+from renderer.settings import RetryPolicy
 
 from .conftest import background_emulator
 
 H = CIMultiDict
 
 
-@pytest.mark.parametrize(("op", "status", "headers", "body", "kind"), [
-    ("submit", 401, H(), '{"detail": "bad key"}', AccountError),
-    ("submit", 403, H(), '{"detail": "User is locked"}', AccountError),
-    ("submit", 429, H(), "", TransientError),
-    ("status", 408, H(), "", TransientError),
-    ("submit", 502, H(), "<html>nginx</html>", TransientError),
-    ("result", 503, H({"x-fal-request-id": "r"}), '{"detail": "x"}', TransientError),  # a read: read again
-    ("result", 500, H(), "Internal Server Error", TransientError),  # bare 500 after COMPLETED: never resubmit
-    ("result", 502, H({"X-Fal-Error-Type": "runner_disconnected"}), "", RunnerFailed),
-    ("submit", 500, H({"x-fal-request-id": "r"}), '{"detail": "x"}', OutcomeUnknown),
-    ("submit", 504, H(), "<html>nginx</html>", OutcomeUnknown),  # the gateway may have passed it on
-    ("submit", 503, H(), "<html>nginx</html>", TransientError),
-    ("submit", 422, H(), '{"detail": "bad"}', JobRejected),
-    ("status", 500, H({"x-fal-request-id": "r"}), "", TransientError),
-    ("result", 500, H({"x-fal-request-id": "r"}), '{"detail": "Internal", "error_type": "runner_server_error"}', RunnerFailed),
-    ("result", 422, H({"x-fal-request-id": "r"}), '{"detail": [{"loc": ["body", "x"]}]}', JobRejected),
-    ("status", 404, H(), '{"detail": "Request not found"}', RequestGone),
-    ("download", 404, H(), "", RequestGone),
-    ("submit", 404, H(), '{"detail": "Application not found"}', JobRejected),
-    ("result", 400, H(), '{"detail": "Request is still in progress"}', TransientError),
-    ("submit", 504, H({"X-Fal-Request-Timeout-Type": "user"}), "", JobRejected),
-])
+@pytest.mark.parametrize(
+    ("op", "status", "headers", "body", "kind"),
+    [
+        ("submit", 401, H(), '{"detail": "bad key"}', AccountError),
+        ("submit", 403, H(), '{"detail": "User is locked"}', AccountError),
+        ("submit", 429, H(), "", TransientError),
+        ("status", 408, H(), "", TransientError),
+        ("submit", 502, H(), "<html>nginx</html>", TransientError),
+        (
+            "result",
+            503,
+            H({"x-fal-request-id": "r"}),
+            '{"detail": "x"}',
+            TransientError,
+        ),  # a read: read again
+        (
+            "result",
+            500,
+            H(),
+            "Internal Server Error",
+            TransientError,
+        ),  # bare 500 after COMPLETED: never resubmit
+        ("result", 502, H({"X-Fal-Error-Type": "runner_disconnected"}), "", RunnerFailed),
+        ("submit", 500, H({"x-fal-request-id": "r"}), '{"detail": "x"}', OutcomeUnknown),
+        (
+            "submit",
+            504,
+            H(),
+            "<html>nginx</html>",
+            OutcomeUnknown,
+        ),  # the gateway may have passed it on
+        ("submit", 503, H(), "<html>nginx</html>", TransientError),
+        ("submit", 422, H(), '{"detail": "bad"}', JobRejected),
+        ("status", 500, H({"x-fal-request-id": "r"}), "", TransientError),
+        (
+            "result",
+            500,
+            H({"x-fal-request-id": "r"}),
+            '{"detail": "Internal", "error_type": "runner_server_error"}',
+            RunnerFailed,
+        ),
+        (
+            "result",
+            422,
+            H({"x-fal-request-id": "r"}),
+            '{"detail": [{"loc": ["body", "x"]}]}',
+            JobRejected,
+        ),
+        ("status", 404, H(), '{"detail": "Request not found"}', RequestGone),
+        ("download", 404, H(), "", RequestGone),
+        ("submit", 404, H(), '{"detail": "Application not found"}', JobRejected),
+        ("result", 400, H(), '{"detail": "Request is still in progress"}', TransientError),
+        ("submit", 504, H({"X-Fal-Request-Timeout-Type": "user"}), "", JobRejected),
+    ],
+)
 def test_classification(op, status, headers, body, kind):
     """Each response maps to exactly one kind of error."""
     error = classify(op, status, headers, body)
@@ -74,6 +107,7 @@ def test_backoff_is_full_jitter_and_capped():
 
 def test_only_http_https_and_data_urls_are_fetched():
     """file:// and friends are refused; data: URIs are decoded without a request."""
+
     async def scenario() -> None:
         async with Client("http://x") as client:
             with pytest.raises(JobRejected):
@@ -81,6 +115,7 @@ def test_only_http_https_and_data_urls_are_fetched():
             data, kind = await client.fetch("data:image/png;base64,aGVsbG8=")
             assert (data, kind) == (b"hello", "image/png")
             assert client.calls["download"] == 0
+
     asyncio.run(scenario())
 
 
@@ -89,12 +124,17 @@ def test_retries_429_then_succeeds_and_reports_throttling():
     events: list[str] = []
 
     async def scenario(url: str) -> None:
-        async with Client(url, retry=RetryPolicy(attempts=50, backoff=0.001, max_backoff=0.002),
-                          on_event=events.append) as client:
+        async with Client(
+            url,
+            retry=RetryPolicy(attempts=50, backoff=0.001, max_backoff=0.002),
+            on_event=events.append,
+        ) as client:
             handle = await client.submit("fal-ai/flux-1/schnell", {"prompt": "x"})
             assert handle.status_url.endswith("/status")
 
-    with background_emulator(service=ServiceTime("fixed", 0.01), faults=Faults(submit_429=0.5), seed=3) as emu:
+    with background_emulator(
+        service=ServiceTime("fixed", 0.01), faults=Faults(submit_429=0.5), seed=3
+    ) as emu:
         asyncio.run(scenario(emu.url))
         assert emu.stats()["submits"] == 1
     assert events.count("throttled") == emu.stats()["faults"].get("submit_429", 0) >= 1
@@ -102,6 +142,7 @@ def test_retries_429_then_succeeds_and_reports_throttling():
 
 def test_the_key_goes_to_the_provider_only():
     """Downloads carry no Authorization header; provider calls do."""
+
     async def scenario(url: str) -> tuple[int, int]:
         async with Client(url, key="secret") as client:
             handle = await client.submit("fal-ai/flux-1/schnell", {"prompt": "x"})
@@ -109,8 +150,11 @@ def test_the_key_goes_to_the_provider_only():
             result = await client.result(handle)
             data, _ = await client.fetch(result["images"][0]["url"])
             return len(data), client.calls["download"]
+
     with background_emulator(service=ServiceTime("fixed", 0.01), key="secret") as emu:
-        size, downloads = asyncio.run(scenario(emu.url))  # the submit needed the key; the file did not get it
+        size, downloads = asyncio.run(
+            scenario(emu.url)
+        )  # the submit needed the key; the file did not get it
         stats = emu.stats()
     assert size > 0 and downloads == 1
     assert stats["downloads"] == 1 and stats["downloads_with_credentials"] == 0
@@ -136,27 +180,40 @@ async def _one_job(url: str, **kw: Any) -> tuple[Client, Any]:
 def test_bare_500_on_result_is_read_again_never_resubmitted():
     """A 500 on GET result without request id or error_type is retried as a read; the job is submitted once."""
     with background_emulator(service=FAST, seed=1, faults=Faults(result_500=0.8)) as emu:
-        _, data = asyncio.run(_one_job(emu.url, retry=RetryPolicy(attempts=60, backoff=0.001, max_backoff=0.002)))
+        _, data = asyncio.run(
+            _one_job(emu.url, retry=RetryPolicy(attempts=60, backoff=0.001, max_backoff=0.002))
+        )
         stats = emu.stats()
     assert data and stats["submit_attempts"] == 1 and stats["faults"]["result_500"] >= 1
 
 
-@pytest.mark.parametrize("fault", [{"submit_html": 1.0}, {"submit_500_with_id": 1.0},
-                                   {"malformed": "request_id_int"}, {"malformed": "status_url_int"},
-                                   {"ingress_5xx": 1.0, "ingress_codes": (504,)}])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"submit_html": 1.0},
+        {"submit_500_with_id": 1.0},
+        {"malformed": "request_id_int"},
+        {"malformed": "status_url_int"},
+        {"ingress_5xx": 1.0, "ingress_codes": (504,)},
+    ],
+)
 def test_a_submit_the_server_may_have_taken_is_never_resent(fault):
     """200 + HTML, 500 with a request id, an ill-shaped answer, an ingress 504: OutcomeUnknown after one send."""
+
     async def scenario(url: str) -> None:
         async with Client(url, retry=QUICK) as client:
             with pytest.raises(OutcomeUnknown) as caught:
                 await client.submit("fal-ai/flux-1/schnell", {"prompt": "x"})
             assert "may have accepted" in caught.value.message
+
     with background_emulator(service=FAST, faults=Faults(**fault)) as emu:
         asyncio.run(scenario(emu.url))
         assert emu.stats()["requests"] == 1  # sent once, never again
 
 
-@pytest.mark.parametrize("fault", [{"submit_429": 1.0}, {"ingress_5xx": 1.0, "ingress_codes": (502, 503)}])
+@pytest.mark.parametrize(
+    "fault", [{"submit_429": 1.0}, {"ingress_5xx": 1.0, "ingress_codes": (502, 503)}]
+)
 def test_a_submit_the_server_did_not_take_is_resent_and_not_counted(fault):
     """429 and ingress 502/503 are resent; each refusal closes the submit window (refused() per sending())."""
     calls: list[str] = []
@@ -164,8 +221,13 @@ def test_a_submit_the_server_did_not_take_is_resent_and_not_counted(fault):
     async def scenario(url: str) -> None:
         async with Client(url, retry=QUICK) as client:
             with pytest.raises(TransientError):
-                await client.submit("fal-ai/flux-1/schnell", {"prompt": "x"},
-                                    sending=lambda: calls.append("send"), refused=lambda: calls.append("refused"))
+                await client.submit(
+                    "fal-ai/flux-1/schnell",
+                    {"prompt": "x"},
+                    sending=lambda: calls.append("send"),
+                    refused=lambda: calls.append("refused"),
+                )
+
     with background_emulator(service=FAST, faults=Faults(**fault)) as emu:
         asyncio.run(scenario(emu.url))
         assert emu.stats()["submits"] == 0
@@ -175,6 +237,7 @@ def test_a_submit_the_server_did_not_take_is_resent_and_not_counted(fault):
 def test_connection_refused_is_resent_as_not_taken():
     """A port nobody listens on: the body was never sent, so the submit is retried, not 'outcome unknown'."""
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, not listening: connections are refused
@@ -183,14 +246,20 @@ def test_connection_refused_is_resent_as_not_taken():
             async with Client(f"http://127.0.0.1:{port}", retry=QUICK) as client:
                 with pytest.raises(TransientError) as caught:
                     await client.submit("fal-ai/flux-1/schnell", {"prompt": "x"})
-                assert not isinstance(caught.value, OutcomeUnknown) and client.calls["submit"] == QUICK.attempts
+                assert (
+                    not isinstance(caught.value, OutcomeUnknown)
+                    and client.calls["submit"] == QUICK.attempts
+                )
+
         asyncio.run(scenario())
 
 
 def test_answers_naming_another_origin_are_rebased_and_the_key_stays_home():
     """A proxy answering with another origin's URLs: every call goes to the proxy; the other origin sees nothing."""
     with background_emulator(service=FAST) as elsewhere:
-        with background_emulator(service=FAST, key=KEY, faults=Faults(other_origin=elsewhere.url)) as proxy:
+        with background_emulator(
+            service=FAST, key=KEY, faults=Faults(other_origin=elsewhere.url)
+        ) as proxy:
             _, data = asyncio.run(_one_job(proxy.url, key=KEY, auth_scheme="Bearer"))
             proxy_stats = proxy.stats()
         other = elsewhere.stats()
@@ -200,13 +269,17 @@ def test_answers_naming_another_origin_are_rebased_and_the_key_stays_home():
 
 def test_answers_naming_another_origin_are_refused_without_rebase():
     """For fal itself (no rebase) such an answer fails naming the refused origin; the key is never sent there."""
+
     async def scenario(url: str, foreign: str) -> None:
         async with Client(url, key=KEY, retry=QUICK, rebase=False) as client:
             with pytest.raises(JobRejected) as caught:
                 await client.submit("fal-ai/flux-1/schnell", {"prompt": "x"})
             assert foreign.lower() in caught.value.message and "refused" in caught.value.message
+
     with background_emulator(service=FAST) as elsewhere:
-        with background_emulator(service=FAST, key=KEY, faults=Faults(other_origin=elsewhere.url)) as proxy:
+        with background_emulator(
+            service=FAST, key=KEY, faults=Faults(other_origin=elsewhere.url)
+        ) as proxy:
             asyncio.run(scenario(proxy.url, elsewhere.url))
         assert elsewhere.stats()["requests"] == 0
 
@@ -221,7 +294,10 @@ def test_rebase_keeps_a_proxy_path_prefix():
         client.provider_url(7, "u")
 
 
-@given(st.text(min_size=6, max_size=40).filter(lambda k: k.strip() == k and "*" not in k), st.text(max_size=40))
+@given(
+    st.text(min_size=6, max_size=40).filter(lambda k: k.strip() == k and "*" not in k),
+    st.text(max_size=40),
+)
 def test_scrub_removes_every_form_of_the_key(key, noise):
     """The key, its JSON-escaped and URL-quoted forms and 'Key '/'Bearer ' forms never survive scrub()."""
     client = Client("http://x", key=key)
@@ -232,6 +308,7 @@ def test_scrub_removes_every_form_of_the_key(key, noise):
 @pytest.mark.parametrize("where", ["401", "403"])
 def test_a_key_echoed_in_an_error_body_is_scrubbed(where):
     """A 401/403 body repeating the Authorization header reaches the error without the key."""
+
     async def scenario(url: str) -> None:
         async with Client(url, key=KEY, retry=QUICK) as client:
             with pytest.raises(AccountError) as caught:
@@ -239,7 +316,12 @@ def test_a_key_echoed_in_an_error_body_is_scrubbed(where):
             text = caught.value.message + json.dumps(caught.value.detail)
             assert "you sent" in text and "***" in text
             assert KEY not in text and KEY.split(":")[1] not in text
-    settings = {"key": "another"} if where == "401" else {"key": KEY, "faults": Faults(echo_key=True, lock_after=0)}
+
+    settings = (
+        {"key": "another"}
+        if where == "401"
+        else {"key": KEY, "faults": Faults(echo_key=True, lock_after=0)}
+    )
     if where == "401":
         settings["faults"] = Faults(echo_key=True)
     with background_emulator(service=FAST, **settings) as emu:
@@ -249,6 +331,7 @@ def test_a_key_echoed_in_an_error_body_is_scrubbed(where):
 @pytest.mark.parametrize("op", ["submit", "result", "download"])
 def test_a_slowloris_body_ends_at_the_request_deadline(op):
     """One byte every 0.5 s: each request ends at its total deadline instead of running forever."""
+
     async def scenario(url: str) -> type[BaseException]:
         try:
             await _one_job(url, timeouts=Timeouts(total=1.0), retry=RetryPolicy(attempts=1))
@@ -256,6 +339,7 @@ def test_a_slowloris_body_ends_at_the_request_deadline(op):
             assert "within 1 s" in exc.message
             return type(exc)
         raise AssertionError("the slow body was read to the end")
+
     with background_emulator(service=FAST, faults=Faults(slow=(op,), slow_interval=0.5)) as emu:
         started = time.monotonic()
         kind = asyncio.run(scenario(emu.url))
@@ -270,11 +354,16 @@ def test_a_huge_retry_after_is_capped_and_said(value):
     events: list[str] = []
 
     async def scenario(url: str) -> None:
-        async with Client(url, retry=RetryPolicy(attempts=2), limits=Limits(retry_after=0.05),
-                          on_event=events.append) as client:
+        async with Client(
+            url,
+            retry=RetryPolicy(attempts=2),
+            limits=Limits(retry_after=0.05),
+            on_event=events.append,
+        ) as client:
             with pytest.raises(TransientError) as caught:
                 await client.submit("fal-ai/flux-1/schnell", {"prompt": "x"})
             assert "capped to 0.05 s" in caught.value.message
+
     with background_emulator(service=FAST, faults=Faults(submit_429=1.0, retry_after=value)) as emu:
         asyncio.run(scenario(emu.url))
     assert "retry_after_capped" in events
@@ -288,31 +377,37 @@ def test_a_garbage_retry_after_falls_back_to_backoff():
 
 def test_a_result_over_the_cap_fails_fast_without_holding_it():
     """A result body past the JSON cap is refused as soon as the cap is crossed (JobRejected, not a crash)."""
+
     async def scenario(url: str) -> None:
         with pytest.raises(JobRejected) as caught:
             await _one_job(url, limits=Limits(json_body=256 * 1024))
         assert "cap" in caught.value.message
+
     with background_emulator(service=FAST, faults=Faults(huge_result=8 * 1024 * 1024)) as emu:
         asyncio.run(scenario(emu.url))
 
 
 def test_a_data_url_over_the_download_cap_is_refused():
     """A data: URL whose decoded size is over the cap is refused before decoding."""
+
     async def scenario() -> None:
         async with Client("http://x", max_download=1000) as client:
             with pytest.raises(JobRejected):
                 await client.fetch("data:image/png;base64," + "A" * 4000)
             with pytest.raises(JobRejected):
                 await client.fetch(["not", "a", "url"])
+
     asyncio.run(scenario())
 
 
 def test_a_result_that_is_not_utf8_is_a_read_error_not_a_crash():
     """Invalid UTF-8 in a result body is retried as a read and ends as a TransientError that says so."""
+
     async def scenario(url: str) -> None:
         with pytest.raises(TransientError) as caught:
             await _one_job(url)
         assert "not UTF-8" in caught.value.message
+
     with background_emulator(service=FAST, faults=Faults(malformed="result_not_utf8")) as emu:
         asyncio.run(scenario(emu.url))
         assert emu.stats()["submit_attempts"] == 1

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from renderer.compare import measure
-from renderer.emulator import ServiceTime
+from renderer.provider.emulator import ServiceTime
+from renderer.view.compare import measure
 
 from .conftest import MANIFESTS, background_emulator, cli
 
@@ -22,8 +22,16 @@ FAST = ServiceTime("fixed", 0.01)
 
 def _render(folder: Path, name: str, **emulator: object) -> Path:
     with background_emulator(service=FAST, **emulator) as emu:
-        code, _, err = cli("run", str(MANIFESTS / "regression.yaml"), "--provider", emu.url,
-                           "--output", str(folder / name), "--quiet", env={"FAL_KEY": "k"})
+        code, _, err = cli(
+            "run",
+            str(MANIFESTS / "regression.yaml"),
+            "--provider",
+            emu.url,
+            "--output",
+            str(folder / name),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
     assert code == 0, err
     return folder / name / "regression"
 
@@ -45,13 +53,25 @@ def test_identical_runs_exit_0(baseline: Path, tmp_path: Path):
 def test_a_changed_model_is_reported_exactly(baseline: Path, tmp_path: Path):
     """The emulator renders one model differently: exactly its jobs are changed; exit 1; HTML written."""
     other = _render(tmp_path, "b", variants=(("fal-ai/hidream-i1-fast", "v2"),))
-    code, out, _ = cli("diff", str(baseline), str(other), "--json", "--html", str(tmp_path / "d.html"))
+    code, out, _ = cli(
+        "diff", str(baseline), str(other), "--json", "--html", str(tmp_path / "d.html")
+    )
     result = json.loads(out)
     assert code == 1
     changed = {p["label"].split(" / ")[1] for p in result["pairs"] if p["verdict"] == "changed"}
     assert changed == {"hidream-fast"}
-    assert result["counts"] == {"identical": 9, "same": 0, "changed": 9, "missing": 0, "only_in_a": 0, "only_in_b": 0}
-    assert len(list((tmp_path / "d-images").glob("d-*.png"))) == 9 and "difference" in (tmp_path / "d.html").read_text()
+    assert result["counts"] == {
+        "identical": 9,
+        "same": 0,
+        "changed": 9,
+        "missing": 0,
+        "only_in_a": 0,
+        "only_in_b": 0,
+    }
+    assert (
+        len(list((tmp_path / "d-images").glob("d-*.png"))) == 9
+        and "difference" in (tmp_path / "d.html").read_text()
+    )
 
 
 def test_jpeg_reencoding_is_within_threshold(baseline: Path, tmp_path: Path):
@@ -69,7 +89,9 @@ def test_jpeg_reencoding_is_within_threshold(baseline: Path, tmp_path: Path):
     # As if the provider had returned these bytes: the run records what it downloaded.
     db = sqlite3.connect(copy / "renderer.sqlite")
     with db:
-        for key, files in db.execute("SELECT key, files FROM jobs WHERE files IS NOT NULL").fetchall():
+        for key, files in db.execute(
+            "SELECT key, files FROM jobs WHERE files IS NOT NULL"
+        ).fetchall():
             entries = json.loads(files)
             for entry in entries:
                 data = (copy / entry["path"]).read_bytes()
@@ -85,7 +107,9 @@ def test_jpeg_reencoding_is_within_threshold(baseline: Path, tmp_path: Path):
 
 def test_cross_model_mapping(baseline: Path):
     """--map pairs the same prompt and seed across two models for a design review."""
-    code, out, _ = cli("diff", str(baseline), str(baseline), "--map", "hidream-full=hidream-fast", "--json")
+    code, out, _ = cli(
+        "diff", str(baseline), str(baseline), "--map", "hidream-full=hidream-fast", "--json"
+    )
     result = json.loads(out)
     assert code == 1  # different models draw different pictures
     assert len(result["pairs"]) == 9 and result["counts"]["changed"] == 9
@@ -139,6 +163,8 @@ def test_unknown_map_labels_are_refused(baseline: Path):
 
 def test_html_into_a_missing_folder_is_refused(baseline: Path, tmp_path: Path):
     """--html into a folder that does not exist is exit 2, and the folder is not created."""
-    code, _, err = cli("diff", str(baseline), str(baseline), "--html", str(tmp_path / "nope/x.html"))
+    code, _, err = cli(
+        "diff", str(baseline), str(baseline), "--html", str(tmp_path / "nope/x.html")
+    )
     assert code == 2 and "does not exist" in err
     assert not (tmp_path / "nope").exists()

@@ -14,19 +14,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from renderer import dataset
-from renderer.emulator import ServiceTime
+from renderer.output import dataset
+from renderer.provider.emulator import ServiceTime
 
 from .conftest import background_emulator, cli, write_manifest
 
 # Mixed-type axes (a preset name beside a {width, height} object), an int axis only one model
 # has, a string axis another model has, a model that always fails, tags on one prompt only.
 SWEEP = {
-    "prompts": [{"id": "cat", "text": "a cat", "tags": ["animal", "pet"]}, {"id": "fuji", "text": "Mount Fuji"}],
+    "prompts": [
+        {"id": "cat", "text": "a cat", "tags": ["animal", "pet"]},
+        {"id": "fuji", "text": "Mount Fuji"},
+    ],
     "models": [
-        {"endpoint": "fal-ai/flux-1/schnell", "label": "flux",
-         "axes": {"image_size": ["landscape_16_9", {"width": 512, "height": 768}], "num_inference_steps": [2, 4]}},
-        {"endpoint": "fal-ai/imagen4/preview", "label": "imagen", "axes": {"aspect_ratio": ["1:1", "16:9"]}},
+        {
+            "endpoint": "fal-ai/flux-1/schnell",
+            "label": "flux",
+            "axes": {
+                "image_size": ["landscape_16_9", {"width": 512, "height": 768}],
+                "num_inference_steps": [2, 4],
+            },
+        },
+        {
+            "endpoint": "fal-ai/imagen4/preview",
+            "label": "imagen",
+            "axes": {"aspect_ratio": ["1:1", "16:9"]},
+        },
         {"endpoint": "acme/missing", "label": "broken", "unchecked": True},
     ],
     "seeds": [7],
@@ -41,10 +54,20 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     old = os.umask(0o022)
     try:
         with background_emulator(service=ServiceTime("fixed", 0.01)) as emu:
-            code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(folder / "out"), "--quiet",
-                               env={"FAL_KEY": "k"})
+            code, _, err = cli(
+                "run",
+                str(m),
+                "--provider",
+                emu.url,
+                "--output",
+                str(folder / "out"),
+                "--quiet",
+                env={"FAL_KEY": "k"},
+            )
         assert code == 1, err  # acme/missing fails; everything else renders
-        assert cli("report", str(folder / "out/t"))[0] == 0  # report/ holds PNG sheets and JPEG thumbnails
+        assert (
+            cli("report", str(folder / "out/t"))[0] == 0
+        )  # report/ holds PNG sheets and JPEG thumbnails
     finally:
         os.umask(old)
     yield folder / "out/t"
@@ -72,33 +95,63 @@ def test_metadata_has_every_column_with_one_type(sweep: Path):
         assert r["provider"].startswith("http://127.0.0.1:") and r["width"] > 0 and r["height"] > 0
     flux = [r for r in rows if r["model"] == "flux"]
     assert {r["image_size"] for r in flux} == {"landscape_16_9", '{"height":768,"width":512}'}
-    assert {r["num_inference_steps"] for r in flux} == {2, 4} and all(r["aspect_ratio"] is None for r in flux)
+    assert {r["num_inference_steps"] for r in flux} == {2, 4} and all(
+        r["aspect_ratio"] is None for r in flux
+    )
     imagen = [r for r in rows if r["model"] == "imagen"]
-    assert {r["aspect_ratio"] for r in imagen} == {"1:1", "16:9"} and all(r["image_size"] is None for r in imagen)
+    assert {r["aspect_ratio"] for r in imagen} == {"1:1", "16:9"} and all(
+        r["image_size"] is None for r in imagen
+    )
     assert {tuple(r["tags"]) for r in rows} == {("animal", "pet"), ()}
-    assert {r["has_nsfw_concepts"] for r in flux} == {False}  # flux's schema reports it; the emulator sends it
+    assert {r["has_nsfw_concepts"] for r in flux} == {
+        False
+    }  # flux's schema reports it; the emulator sends it
 
 
 def test_card_is_complete_and_sees_only_the_dataset(sweep: Path):
     """The card names the license, task, size, models with counts and the manifest; machinery is outside data/."""
     card = (sweep / "data/README.md").read_text()
-    for needle in ('pretty_name: "t"', 'license: "cc-by-4.0"', "- text-to-image", "- n<1K", "| flux | `fal-ai/flux-1/schnell` | 8 |",
-                   "| imagen | `fal-ai/imagen4/preview` | 4 |", "split: train", "## Manifest", "acme/missing"):
+    for needle in (
+        'pretty_name: "t"',
+        'license: "cc-by-4.0"',
+        "- text-to-image",
+        "- n<1K",
+        "| flux | `fal-ai/flux-1/schnell` | 8 |",
+        "| imagen | `fal-ai/imagen4/preview` | 4 |",
+        "split: train",
+        "## Manifest",
+        "acme/missing",
+    ):
         assert needle in card, needle
     configs = card.split("configs:")[1].split("dataset_info:")[0]
-    assert "features" not in configs  # datasets 2.x cannot load a card with features inside a config
-    assert "  - name: \"image_size\"\n    dtype: string" in card.split("dataset_info:")[1]
+    assert (
+        "features" not in configs
+    )  # datasets 2.x cannot load a card with features inside a config
+    assert '  - name: "image_size"\n    dtype: string' in card.split("dataset_info:")[1]
     assert "broken" not in card.split("## Manifest")[0]  # no images, no row in the model table
     top = {p.name for p in sweep.iterdir() if not p.name.startswith(".")}
     assert {"data", "renderer.sqlite", "report", "run.json"} <= top
-    assert top <= {"data", "renderer.sqlite", "renderer.sqlite-shm", "renderer.sqlite-wal", "report", "run.json"}
+    assert top <= {
+        "data",
+        "renderer.sqlite",
+        "renderer.sqlite-shm",
+        "renderer.sqlite-wal",
+        "report",
+        "run.json",
+    }
     assert not any(p.suffix in (".sqlite", ".html") for p in (sweep / "data").rglob("*"))
 
 
 def test_files_honour_the_umask(sweep: Path):
     """Images, sidecars, metadata and card are readable by group and others under umask 022 (not 0600)."""
     data = sweep / "data"
-    paths = [*_images(data), *data.rglob("*.json"), data / "metadata.jsonl", data / "README.md", sweep / "run.json"]
+    paths = [
+        *_images(data),
+        *data.rglob("*.json"),
+        data / "metadata.jsonl",
+        data / "README.md",
+        sweep / "run.json",
+    ]
     assert len(paths) > 20
     for path in paths:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
@@ -109,8 +162,10 @@ def test_loads_through_the_card_configs_and_as_imagefolder(sweep: Path, tmp_path
     datasets = pytest.importorskip("datasets")
     data = sweep / "data"
     rows = _metadata(data)
-    for loaded in (datasets.load_dataset(str(data), cache_dir=str(tmp_path / "c1")),
-                   datasets.load_dataset("imagefolder", data_dir=str(data), cache_dir=str(tmp_path / "c2"))):
+    for loaded in (
+        datasets.load_dataset(str(data), cache_dir=str(tmp_path / "c1")),
+        datasets.load_dataset("imagefolder", data_dir=str(data), cache_dir=str(tmp_path / "c2")),
+    ):
         assert list(loaded) == ["train"]
         train = loaded["train"]
         assert train.num_rows == len(rows) == len(_images(data))
@@ -124,22 +179,44 @@ def test_loads_through_the_card_configs_and_as_imagefolder(sweep: Path, tmp_path
         for record in train:
             source = by_job.pop((record["job_key"], record["image_index"]))
             assert record["image"].size == (source["width"], source["height"])
-            assert {k: record[k] for k in expected - {"image"}} == {k: source[k] for k in expected - {"image"}}
+            assert {k: record[k] for k in expected - {"image"}} == {
+                k: source[k] for k in expected - {"image"}
+            }
         assert not by_job
         train.to_parquet(str(tmp_path / "out.parquet"))  # no empty struct: Parquet accepts it
 
 
 @settings(deadline=None)  # the first example pays for lazy imports; a deadline would make it flaky
-@given(st.lists(st.dictionaries(st.sampled_from(["a", "seed", "b"]),
-                                st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False),
-                                          st.text(max_size=3), st.fixed_dictionaries({"w": st.integers(1, 9)}))),
-                max_size=6))
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["a", "seed", "b"]),
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.integers(-5, 5),
+                st.floats(allow_nan=False),
+                st.text(max_size=3),
+                st.fixed_dictionaries({"w": st.integers(1, 9)}),
+            ),
+        ),
+        max_size=6,
+    )
+)
 def test_axis_columns_have_one_type_whatever_the_values(axes: list[dict[str, Any]]):
     """Whatever mix of values an axis takes, every row's cell has the column's one type (or null)."""
     columns = dataset.Columns.from_axes(axes)
     python = {"bool": bool, "int64": int, "float64": float, "string": str}
-    job = {"key": "k", "prompt": "p", "prompt_id": "p", "model": "m", "endpoint": "e", "seed": 1, "input": {},
-           "tags": []}
+    job = {
+        "key": "k",
+        "prompt": "p",
+        "prompt_id": "p",
+        "model": "m",
+        "endpoint": "e",
+        "seed": 1,
+        "input": {},
+        "tags": [],
+    }
     for axis_values in axes:
         row = columns.row({**job, "axes": axis_values}, {"path": "data/x.png"}, 0, "emulator")
         assert row["seed"] == 1  # an axis named like a fixed column gets its own prefixed column
@@ -171,7 +248,9 @@ def test_a_resumed_run_appends_its_rows_and_the_card_counts_them(tmp_path: Path)
         assert cli(*base, "--provider", emu.url, env={"FAL_KEY": "k"})[0] == 0
         second = (data / "metadata.jsonl").read_bytes()
         assert second.startswith(first) and len(second.splitlines()) == 12
-        assert (data / "metadata.jsonl").stat().st_ino == inode  # appended to, not replaced by a rewrite
+        assert (
+            data / "metadata.jsonl"
+        ).stat().st_ino == inode  # appended to, not replaced by a rewrite
         assert _canonical(_metadata(data)) == _canonical(_rows_from_state(run_dir))
         card = (data / "README.md").read_text()
         assert "12 images rendered" in card and "| 12 |" in card
@@ -192,6 +271,7 @@ def test_a_metadata_file_that_is_not_the_recorded_one_is_rewritten_whole(tmp_pat
         lines = path.read_bytes().splitlines(keepends=True)
         path.write_bytes(b"".join(lines[:-1]))  # one row lost
         assert cli(*base, "--provider", emu.url, env={"FAL_KEY": "k"})[0] == 0
-    assert [json.dumps(r, sort_keys=True) for r in _metadata(run_dir / "data")] == \
-        [json.dumps(r, sort_keys=True) for r in _rows_from_state(run_dir)]
+    assert [json.dumps(r, sort_keys=True) for r in _metadata(run_dir / "data")] == [
+        json.dumps(r, sort_keys=True) for r in _rows_from_state(run_dir)
+    ]
     assert len(_metadata(run_dir / "data")) == 8

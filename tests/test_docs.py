@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from renderer.docs import NO_DEFAULT, parse_default, parse_file, parse_text, repair_mojibake
 from renderer.errors import DocumentError
+from renderer.models.documents import (
+    NO_DEFAULT,
+    parse_default,
+    parse_file,
+    parse_text,
+    repair_mojibake,
+)
 
 from .conftest import DOCS
 
@@ -92,7 +98,11 @@ def test_markdown_page_ranges_and_options():
     assert _field(doc, "resolution").enum == ["1K", "2K"]
     assert _field(doc, "prompt").required is True
     assert _field(doc, "seed").required is False
-    assert [e.label for e in doc.examples] == ["Required Parameters Example", "Full Example", "Example Response"]
+    assert [e.label for e in doc.examples] == [
+        "Required Parameters Example",
+        "Full Example",
+        "Example Response",
+    ]
 
 
 def test_proxy_table():
@@ -116,8 +126,15 @@ def test_invalid_json_example_is_repaired_and_flagged():
 
 @pytest.mark.parametrize(
     ("raw", "type_", "expected"),
-    [('""', "string", ""), ('"1:1"', "AspectRatioEnum", "1:1"), ("5", "float", 5.0), ("5", "integer", 5),
-     ("true", "boolean", True), ("square_hd", "ImageSize | Enum", "square_hd"), ('`"1K"`', "ResolutionEnum", "1K")],
+    [
+        ('""', "string", ""),
+        ('"1:1"', "AspectRatioEnum", "1:1"),
+        ("5", "float", 5.0),
+        ("5", "integer", 5),
+        ("true", "boolean", True),
+        ("square_hd", "ImageSize | Enum", "square_hd"),
+        ('`"1K"`', "ResolutionEnum", "1K"),
+    ],
 )
 def test_parse_default(raw, type_, expected):
     """A default is typed by its field's type."""

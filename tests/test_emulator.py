@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from renderer.docs import parse_file
-from renderer.emulator import Emulator, EmulatorConfig, Faults, ServiceTime
-from renderer.schemas import SchemaRegistry
+from renderer.models.documents import parse_file
+from renderer.models.schemas import SchemaRegistry
+from renderer.provider.emulator import Emulator, EmulatorConfig, Faults, ServiceTime
 
 from .conftest import DOCS, ROOT
 
@@ -32,20 +32,28 @@ FAST = ServiceTime("fixed", 0.01)
 
 def run(scenario: Scenario, **config: Any) -> Any:
     config.setdefault("service", FAST)
+
     async def main() -> Any:
         async with Emulator(EmulatorConfig(**config)) as emu, aiohttp.ClientSession() as http:
             return await scenario(emu, http)
+
     return asyncio.run(main())
 
 
-async def submit(emu: Emulator, http: aiohttp.ClientSession, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+async def submit(
+    emu: Emulator, http: aiohttp.ClientSession, endpoint: str, body: dict[str, Any]
+) -> dict[str, Any]:
     async with http.post(f"{emu.url}/{endpoint}", json=body) as r:
         assert r.status == 200, await r.text()
         return await r.json()
 
 
-async def wait_done(http: aiohttp.ClientSession, handle: dict[str, Any], limit: float = 5.0,
-                    headers: dict[str, str] | None = None) -> dict[str, Any]:
+async def wait_done(
+    http: aiohttp.ClientSession,
+    handle: dict[str, Any],
+    limit: float = 5.0,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + limit
     while True:
         async with http.get(handle["status_url"], headers=headers) as r:
@@ -69,6 +77,7 @@ async def download(http: aiohttp.ClientSession, url: str) -> bytes:
 
 def test_submit_returns_app_level_absolute_urls():
     """A sub-path endpoint's URLs name only owner/app, absolutely, with x-fal-request-id."""
+
     async def scenario(emu, http):
         async with http.post(f"{emu.url}/fal-ai/imagen4/preview/ultra", json={"prompt": "x"}) as r:
             body = await r.json()
@@ -78,13 +87,17 @@ def test_submit_returns_app_level_absolute_urls():
         assert body["response_url"] == f"{emu.url}/fal-ai/imagen4/requests/{rid}"
         assert body["cancel_url"] == f"{emu.url}/fal-ai/imagen4/requests/{rid}/cancel"
         assert body["queue_position"] == 0
+
     run(scenario)
 
 
 def test_status_codes_positions_and_logs():
     """202 while queued (with position) or in progress (with logs), 200 when completed (with metrics)."""
+
     async def scenario(emu, http):
-        handles = [await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": f"p{i}"}) for i in range(3)]
+        handles = [
+            await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": f"p{i}"}) for i in range(3)
+        ]
         async with http.get(handles[2]["status_url"]) as r:
             assert r.status == 202
             queued = await r.json()
@@ -102,17 +115,22 @@ def test_status_codes_positions_and_logs():
             body = await r.json()
         assert body["metrics"]["inference_time"] == pytest.approx(0.2) and body["logs"]
         assert "error" not in done
+
     run(scenario, workers=1, service=ServiceTime("fixed", 0.2))
 
 
 def test_slot_accounting_adds_up():
     """The slot counters a benchmark reads: each job holds a slot at least its service time, within the span."""
+
     async def scenario(emu, http):
-        handles = [await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": f"p{i}"}) for i in range(5)]
+        handles = [
+            await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": f"p{i}"}) for i in range(5)
+        ]
         for h in handles:
             await wait_done(http, h)
         async with http.get(f"{emu.url}/_emulator/stats") as r:
             return (await r.json())["slots"]
+
     slots = run(scenario, workers=2, service=ServiceTime("fixed", 0.05))
     span = slots["last_end"] - slots["first_start"]
     assert slots["workers"] == 2 and slots["service"] == pytest.approx(5 * 0.05)
@@ -122,6 +140,7 @@ def test_slot_accounting_adds_up():
 
 def test_status_stream_sends_changes_keepalives_and_closes():
     """The SSE stream sends a data line per change, keep-alive comments, and ends after COMPLETED."""
+
     async def scenario(emu, http):
         handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
         async with http.get(handle["status_url"] + "/stream") as r:
@@ -131,11 +150,13 @@ def test_status_stream_sends_changes_keepalives_and_closes():
         assert [e["status"] for e in events][-1] == "COMPLETED"
         assert "IN_PROGRESS" in [e["status"] for e in events]
         assert ": keepalive" in text
+
     run(scenario, service=ServiceTime("fixed", 0.35), keepalive=0.1)
 
 
 def test_result_before_completion_and_both_result_paths():
     """The result is 400 before completion, then served at both /requests/{id} and /response."""
+
     async def scenario(emu, http):
         handle = await submit(emu, http, "fal-ai/imagen4/preview/fast", {"prompt": "x"})
         status, body = await result(http, handle)
@@ -148,11 +169,13 @@ def test_result_before_completion_and_both_result_paths():
         async with http.get(full) as r:
             c = (r.status, await r.json())
         assert a == b == c and a[0] == 200
+
     run(scenario, service=ServiceTime("fixed", 0.1))
 
 
 def test_cancel_table():
     """Cancel: 202 while queued (then COMPLETED as client_cancelled), 400 when done, 404 unknown."""
+
     async def scenario(emu, http):
         first = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "a"})
         second = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "b"})
@@ -165,47 +188,64 @@ def test_cancel_table():
             assert (r.status, await r.json()) == (400, {"status": "ALREADY_COMPLETED"})
         async with http.put(f"{emu.url}/fal-ai/flux-1/requests/nope/cancel") as r:
             assert (r.status, await r.json()) == (404, {"status": "NOT_FOUND"})
+
     run(scenario, workers=1, service=ServiceTime("fixed", 0.2))
 
 
 def test_sync_form_returns_output_and_429_when_full():
     """POST /run/{endpoint} answers with the output itself, or 429 when every slot is busy."""
+
     async def scenario(emu, http):
         async def call() -> tuple[int, Any, Any]:
-            async with http.post(f"{emu.url}/run/fal-ai/flux-1/schnell", json={"prompt": "x", "seed": 3}) as r:
+            async with http.post(
+                f"{emu.url}/run/fal-ai/flux-1/schnell", json={"prompt": "x", "seed": 3}
+            ) as r:
                 return r.status, await r.json(), r.headers
+
         first, second = await asyncio.gather(call(), call())
         statuses = sorted([first[0], second[0]])
         assert statuses == [200, 429]
         ok = first if first[0] == 200 else second
         busy = second if ok is first else first
         assert ok[1]["seed"] == 3 and ok[1]["images"][0]["url"].startswith(emu.url)
-        assert busy[1]["error_type"] == "concurrent_requests_limit" and busy[2]["X-Fal-Needs-Retry"] == "1"
+        assert (
+            busy[1]["error_type"] == "concurrent_requests_limit"
+            and busy[2]["X-Fal-Needs-Retry"] == "1"
+        )
         for image in ok[1]["images"]:  # the output's files are served, as a queued request's are
             async with http.get(image["url"]) as r:
                 assert r.status == 200 and len(await r.read()) == image["file_size"]
+
     run(scenario, workers=1, service=ServiceTime("fixed", 0.2))
 
 
 def test_auth_is_required_when_a_key_is_set():
     """With a key, no header is 401 in fal's shape; Key and Bearer both work."""
+
     async def scenario(emu, http):
         url = f"{emu.url}/fal-ai/flux-1/schnell"
         async with http.post(url, json={"prompt": "x"}) as r:
             assert r.status == 401 and "detail" in await r.json()
         for scheme in ("Key", "Bearer"):
-            async with http.post(url, json={"prompt": "x"}, headers={"Authorization": f"{scheme} sekrit"}) as r:
+            async with http.post(
+                url, json={"prompt": "x"}, headers={"Authorization": f"{scheme} sekrit"}
+            ) as r:
                 assert r.status == 200
-        async with http.post(url, json={"prompt": "x"}, headers={"Authorization": "Key wrong"}) as r:
+        async with http.post(
+            url, json={"prompt": "x"}, headers={"Authorization": "Key wrong"}
+        ) as r:
             assert r.status == 401
+
     run(scenario, key="sekrit")
 
 
 def test_unknown_endpoint_is_404():
     """An endpoint without a schema is not found (unless allow_unknown)."""
+
     async def scenario(emu, http):
         async with http.post(f"{emu.url}/acme/nothing", json={"prompt": "x"}) as r:
             return r.status
+
     assert run(scenario) == 404
     assert run(scenario, allow_unknown=True) == 200
 
@@ -221,10 +261,12 @@ def _examples():
 @pytest.mark.parametrize(("endpoint", "body"), list(_examples()))
 def test_document_examples_get_schema_valid_outputs(registry: SchemaRegistry, endpoint, body):
     """Each request example yields an output that satisfies the endpoint's output schema."""
+
     async def scenario(emu, http):
         handle = await submit(emu, http, endpoint, body)
         await wait_done(http, handle)
         return await result(http, handle)
+
     status, output = run(scenario)
     assert status == 200
     assert registry.check(endpoint, output, "output") == []
@@ -233,10 +275,14 @@ def test_document_examples_get_schema_valid_outputs(registry: SchemaRegistry, en
 
 def test_invalid_example_is_422_from_the_result_endpoint():
     """Invalid input is accepted at submit and rejected with fal's 422 detail list at the result."""
+
     async def scenario(emu, http):
-        handle = await submit(emu, http, "fal-ai/imagen4/preview/ultra", {"prompt": "x", "num_images": 2, "colour": 1})
+        handle = await submit(
+            emu, http, "fal-ai/imagen4/preview/ultra", {"prompt": "x", "num_images": 2, "colour": 1}
+        )
         status = await wait_done(http, handle)
         return status, await result(http, handle)
+
     status, (code, body) = run(scenario)
     assert status["status"] == "COMPLETED" and code == 422
     assert [d["loc"] for d in body["detail"]] == [["body", "colour"], ["body", "num_images"]]
@@ -251,18 +297,31 @@ def _image(data: bytes) -> Image.Image:
 
 def test_images_are_deterministic_and_honour_size_and_format():
     """Same request → same bytes; another seed → other bytes; ratio and format are what was asked."""
+
     async def scenario(emu, http):
-        async def one(body: dict[str, Any], endpoint: str = "fal-ai/imagen4/preview") -> list[bytes]:
+        async def one(
+            body: dict[str, Any], endpoint: str = "fal-ai/imagen4/preview"
+        ) -> list[bytes]:
             handle = await submit(emu, http, endpoint, body)
             await wait_done(http, handle)
             _, out = await result(http, handle)
             return [await download(http, img["url"]) for img in out["images"]]
+
         a = await one({"prompt": "a cat", "seed": 7, "aspect_ratio": "16:9"})
         b = await one({"prompt": "a cat", "seed": 7, "aspect_ratio": "16:9"})
         c = await one({"prompt": "a cat", "seed": 8, "aspect_ratio": "16:9"})
-        jpeg = await one({"prompt": "a cat", "seed": 7, "output_format": "jpeg", "num_images": 2,
-                          "image_size": {"width": 300, "height": 600}}, "fal-ai/hidream-i1-fast")
+        jpeg = await one(
+            {
+                "prompt": "a cat",
+                "seed": 7,
+                "output_format": "jpeg",
+                "num_images": 2,
+                "image_size": {"width": 300, "height": 600},
+            },
+            "fal-ai/hidream-i1-fast",
+        )
         return a, b, c, jpeg
+
     a, b, c, jpeg = run(scenario, max_side=512)
     assert a == b and a != c
     assert _image(a[0]).size == (512, 288) and _image(a[0]).format == "PNG"
@@ -273,29 +332,47 @@ def test_images_are_deterministic_and_honour_size_and_format():
 def test_images_rendered_while_the_slot_sleeps_are_the_images_rendered_at_the_end():
     """A queued request's images (drawn in a thread during its service time) are byte for byte the sync form's
     (drawn at the end), for one image and several, in each format."""
+
     async def scenario(emu, http):
-        for body in ({"prompt": "a red kite", "seed": 5}, {"prompt": "two", "seed": 6, "num_images": 3},
-                     {"prompt": "jpeg", "seed": 7, "output_format": "jpeg"}):
+        for body in (
+            {"prompt": "a red kite", "seed": 5},
+            {"prompt": "two", "seed": 6, "num_images": 3},
+            {"prompt": "jpeg", "seed": 7, "output_format": "jpeg"},
+        ):
             handle = await submit(emu, http, "fal-ai/flux-1/schnell", body)
             await wait_done(http, handle)
             status, queued = await result(http, handle)
-            async with http.post(f"{emu.url}/run/fal-ai/flux-1/schnell", json={**body, "sync_mode": True}) as r:
+            async with http.post(
+                f"{emu.url}/run/fal-ai/flux-1/schnell", json={**body, "sync_mode": True}
+            ) as r:
                 inline = await r.json()
-            assert status == 200 and len(queued["images"]) == len(inline["images"]) == body.get("num_images", 1)
+            assert status == 200 and len(queued["images"]) == len(inline["images"]) == body.get(
+                "num_images", 1
+            )
             for a, b in zip(queued["images"], inline["images"], strict=True):
                 assert await download(http, a["url"]) == base64.b64decode(b["url"].split(",", 1)[1])
-                assert a["file_size"] == b["file_size"] and (a["width"], a["height"]) == (b["width"], b["height"])
+                assert a["file_size"] == b["file_size"] and (a["width"], a["height"]) == (
+                    b["width"],
+                    b["height"],
+                )
         async with http.get(f"{emu.url}/_emulator/stats") as r:
-            assert (await r.json())["slots"]["prerendered"] == 3  # the queued ones, not the sync ones
+            assert (await r.json())["slots"][
+                "prerendered"
+            ] == 3  # the queued ones, not the sync ones
+
     run(scenario, workers=2, service=ServiceTime("fixed", 0.05))
 
 
 def test_sync_mode_returns_data_uris():
     """sync_mode: true puts the image inline as a data: URI instead of a file URL."""
+
     async def scenario(emu, http):
-        handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x", "sync_mode": True})
+        handle = await submit(
+            emu, http, "fal-ai/flux-1/schnell", {"prompt": "x", "sync_mode": True}
+        )
         await wait_done(http, handle)
         return (await result(http, handle))[1]
+
     out = run(scenario)
     url = out["images"][0]["url"]
     assert url.startswith("data:image/png;base64,")
@@ -307,27 +384,33 @@ def test_sync_mode_returns_data_uris():
 
 def test_fault_429_on_submit():
     """submit_429 answers 429 with X-Fal-Needs-Retry and creates no request."""
+
     async def scenario(emu, http):
         async with http.post(f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": "x"}) as r:
             return r.status, r.headers.get("X-Fal-Needs-Retry"), emu.stats()["submits"]
+
     assert run(scenario, faults=Faults(submit_429=1.0)) == (429, "1", 0)
 
 
 def test_fault_ingress_5xx_looks_like_nginx():
     """Ingress errors are 502/503/504 with an nginx HTML body and no x-fal-request-id."""
+
     async def scenario(emu, http):
         async with http.get(f"{emu.url}/fal-ai/flux-1/requests/x/status") as r:
             return r.status, await r.text(), r.headers.get("x-fal-request-id")
+
     status, body, rid = run(scenario, faults=Faults(ingress_5xx=1.0))
     assert status in (502, 503, 504) and "nginx" in body and rid is None
 
 
 def test_fault_runner_error_completes_with_error_and_replays_500():
     """A runner failure is COMPLETED with error_type runner_server_error and a 500 result."""
+
     async def scenario(emu, http):
         handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
         status = await wait_done(http, handle)
         return status, await result(http, handle)
+
     status, (code, body) = run(scenario, faults=Faults(runner_error=1.0))
     assert status["error_type"] == "runner_server_error" and status["error"]
     assert code == 500 and body["error_type"] == "runner_server_error"
@@ -343,6 +426,7 @@ def _first_image(**faults: Any) -> Callable[..., Any]:
             return image, await download(http, image["url"])
         except aiohttp.ClientPayloadError as exc:
             return image, exc
+
     return scenario
 
 
@@ -371,17 +455,20 @@ def test_fault_corrupt_image():
 
 def test_fault_stuck_in_queue():
     """A stuck request stays IN_QUEUE at position 0, however long one waits."""
+
     async def scenario(emu, http):
         handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
         await asyncio.sleep(0.2)
         async with http.get(handle["status_url"]) as r:
             return r.status, await r.json()
+
     status, body = run(scenario, faults=Faults(stuck=1.0))
     assert status == 202 and body["status"] == "IN_QUEUE" and body["queue_position"] == 0
 
 
 def test_fault_results_expire():
     """After the retention time the status, result and files are 404."""
+
     async def scenario(emu, http):
         handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
         await wait_done(http, handle)
@@ -392,17 +479,20 @@ def test_fault_results_expire():
             async with http.get(url) as r:
                 codes.append(r.status)
         return codes
+
     assert run(scenario, faults=Faults(retention=0.2)) == [404, 404, 404]
 
 
 def test_fault_locked_account():
     """After lock_after submits every submit is 403 'User is locked'; status calls still work."""
+
     async def scenario(emu, http):
         first = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
         async with http.post(f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": "y"}) as r:
             locked = (r.status, await r.json())
         async with http.get(first["status_url"]) as r:
             return locked, r.status
+
     (code, body), status_code = run(scenario, faults=Faults(lock_after=1))
     assert code == 403 and body["detail"].startswith("User is locked")
     assert status_code in (200, 202)
@@ -410,6 +500,7 @@ def test_fault_locked_account():
 
 def test_stats_count_calls_and_duplicate_inputs():
     """Stats count each kind of call and inputs submitted more than once."""
+
     async def scenario(emu, http):
         for _ in range(2):
             handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "same"})
@@ -418,8 +509,11 @@ def test_stats_count_calls_and_duplicate_inputs():
         await download(http, out["images"][0]["url"])
         async with http.get(f"{emu.url}/_emulator/stats") as r:
             return await r.json()
+
     stats = run(scenario)
-    assert stats["submits"] == 2 and stats["distinct_inputs"] == 1 and stats["duplicate_submits"] == 1
+    assert (
+        stats["submits"] == 2 and stats["distinct_inputs"] == 1 and stats["duplicate_submits"] == 1
+    )
     assert stats["result_calls"] == 1 and stats["downloads"] == 1 and stats["status_calls"] >= 1
 
 
@@ -440,37 +534,67 @@ async def _stats(emu: Emulator, http: aiohttp.ClientSession) -> dict[str, Any]:
 
 def test_each_key_is_its_own_account_with_in_flight_peaks_and_duplicates():
     """Two keys: submits, in-flight peaks and duplicate inputs are counted apart; a third key is 401."""
+
     async def scenario(emu, http):
         url = f"{emu.url}/fal-ai/flux-1/schnell"
         handles = []
-        for key, prompt in (("key-of-a", "one"), ("key-of-a", "two"), ("key-of-a", "one"), ("key-of-b", "one")):
+        for key, prompt in (
+            ("key-of-a", "one"),
+            ("key-of-a", "two"),
+            ("key-of-a", "one"),
+            ("key-of-b", "one"),
+        ):
             async with http.post(url, json={"prompt": prompt}, headers=_auth(key)) as r:
                 assert r.status == 200
                 handles.append(await r.json())
         async with http.post(url, json={"prompt": "x"}, headers=_auth("key-of-c")) as r:
             assert r.status == 401
         during = await _stats(emu, http)
-        for handle, key in zip(handles, ("key-of-a", "key-of-a", "key-of-a", "key-of-b"), strict=True):
+        for handle, key in zip(
+            handles, ("key-of-a", "key-of-a", "key-of-a", "key-of-b"), strict=True
+        ):
             await wait_done(http, handle, headers=_auth(key))
             async with http.get(handle["response_url"], headers=_auth(key)) as r:
                 assert r.status == 200
         return during, await _stats(emu, http), handles
+
     # 0.3 s of service: nothing completes while the five calls are made (the first "one", abandoned by its
     # duplicate, would leave flight at once if it had).
     during, after, handles = run(scenario, keys=KEYS, service=ServiceTime("fixed", 0.3))
     a, b = during["accounts"]["acct_a"], during["accounts"]["acct_b"]
-    assert (a["submits"], a["in_flight"], a["peak_in_flight"], a["duplicate_submits"]) == (3, 3, 3, 1)
-    assert (b["submits"], b["in_flight"], b["peak_in_flight"], b["duplicate_submits"]) == (1, 1, 1, 0)
-    assert during["in_flight"] == 4 and during["duplicate_submits"] == 2  # "one" went in three times in all
+    assert (a["submits"], a["in_flight"], a["peak_in_flight"], a["duplicate_submits"]) == (
+        3,
+        3,
+        3,
+        1,
+    )
+    assert (b["submits"], b["in_flight"], b["peak_in_flight"], b["duplicate_submits"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
+    assert (
+        during["in_flight"] == 4 and during["duplicate_submits"] == 2
+    )  # "one" went in three times in all
     assert after["in_flight"] == 0 and after["peak_in_flight"] == 4
-    assert sorted(h["request_id"] for h in handles) == during["open_ids"] and after["open_ids"] == []
-    assert during["last_closed_at"] is None and after["last_closed_at"] >= max(after["submit_times"])
-    assert after["accounts"]["acct_a"]["in_flight"] == 0 and after["accounts"]["acct_a"]["peak_in_flight"] == 3
+    assert (
+        sorted(h["request_id"] for h in handles) == during["open_ids"] and after["open_ids"] == []
+    )
+    assert during["last_closed_at"] is None and after["last_closed_at"] >= max(
+        after["submit_times"]
+    )
+    assert (
+        after["accounts"]["acct_a"]["in_flight"] == 0
+        and after["accounts"]["acct_a"]["peak_in_flight"] == 3
+    )
     assert after["accounts"]["acct_a"]["peak_running"] <= 2  # two worker slots, shared
     assert "key-of-a" not in json.dumps(after) and "key-of-b" not in json.dumps(after)
 
 
-@given(steps=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.booleans()), min_size=1, max_size=12))
+@given(
+    steps=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.booleans()), min_size=1, max_size=12)
+)
 @settings(max_examples=20, deadline=None)
 def test_peak_in_flight_matches_a_model_of_submit_and_fetch(steps):
     """For any order of submits and result fetches, each account's in-flight and peak match a counter model."""
@@ -480,8 +604,11 @@ def test_peak_in_flight_matches_a_model_of_submit_and_fetch(steps):
         pending: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
         model = {"a": [0, 0], "b": [0, 0]}  # in flight, peak
         for i, (who, fetch) in enumerate(steps):
-            async with http.post(f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": f"p{i}"},
-                                 headers=_auth(keys[who])) as r:
+            async with http.post(
+                f"{emu.url}/fal-ai/flux-1/schnell",
+                json={"prompt": f"p{i}"},
+                headers=_auth(keys[who]),
+            ) as r:
                 pending[who].append(await r.json())
             model[who][0] += 1
             model[who][1] = max(model[who][1], model[who][0])
@@ -496,17 +623,20 @@ def test_peak_in_flight_matches_a_model_of_submit_and_fetch(steps):
             got = stats["accounts"][f"acct_{who}"]
             assert [got["in_flight"], got["peak_in_flight"]] == model[who]
             assert got["submits"] == sum(1 for w, _ in steps if w == who)
+
     run(scenario, keys=KEYS, service=ServiceTime("fixed", 0.0))
 
 
 def test_in_flight_ends_on_cancel_failure_and_expiry_but_not_on_a_proxy_500():
     """A cancelled request, a failure told by status and an expired result leave flight; a proxy's 500 does not."""
+
     async def cancelled(emu, http):
         handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
         before = (await _stats(emu, http))["in_flight"]
         async with http.put(handle["cancel_url"]) as r:
             assert r.status == 202
         return before, (await _stats(emu, http))["accounts"]["anonymous"]
+
     before, anon = run(cancelled, faults=Faults(stuck=1.0))
     assert before == 1 and anon["in_flight"] == 0 and anon["peak_in_flight"] == 1
 
@@ -515,12 +645,14 @@ def test_in_flight_ends_on_cancel_failure_and_expiry_but_not_on_a_proxy_500():
         await wait_done(http, handle)
         await asyncio.sleep(0.3)  # past retention, never fetched
         return (await _stats(emu, http))["in_flight"]
+
     assert run(expired, faults=Faults(retention=0.1)) == 0
 
     async def failed(emu, http):
         handle = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "x"})
         body = await wait_done(http, handle)  # the status names the failure: no result fetch needed
         return body["error_type"], (await _stats(emu, http))["in_flight"]
+
     assert run(failed, faults=Faults(runner_error=1.0)) == ("runner_server_error", 0)
 
     async def proxy_500(emu, http):
@@ -529,48 +661,71 @@ def test_in_flight_ends_on_cancel_failure_and_expiry_but_not_on_a_proxy_500():
         async with http.get(handle["response_url"]) as r:
             assert r.status == 500
         return (await _stats(emu, http))["in_flight"]
+
     assert run(proxy_500, faults=Faults(result_500=1.0)) == 1
 
 
 def test_a_request_abandoned_by_a_resubmission_leaves_flight_once_it_completes():
     """The same input sent again by one account: the earlier request counts while it runs, not after."""
+
     async def scenario(emu, http):
         first = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "again"})
         second = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "again"})
         both = (await _stats(emu, http))["in_flight"]
         await wait_done(http, first)
         await wait_done(http, second)
-        after_completion = (await _stats(emu, http))["in_flight"]  # only `second` is still owed to someone
+        after_completion = (await _stats(emu, http))[
+            "in_flight"
+        ]  # only `second` is still owed to someone
         done = await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "other"})
         await wait_done(http, done)
-        await submit(emu, http, "fal-ai/flux-1/schnell", {"prompt": "other"})  # finished, never fetched, resent
+        await submit(
+            emu, http, "fal-ai/flux-1/schnell", {"prompt": "other"}
+        )  # finished, never fetched, resent
         return both, after_completion, await _stats(emu, http)
+
     both, after_completion, stats = run(scenario, service=ServiceTime("fixed", 0.2))
     assert (both, after_completion) == (2, 1)
-    assert stats["in_flight"] == 2 and stats["duplicate_submits"] == 2  # `second` and the resent `other`
+    assert (
+        stats["in_flight"] == 2 and stats["duplicate_submits"] == 2
+    )  # `second` and the resent `other`
 
 
 def test_the_kept_peak_leaves_out_requests_abandoned_by_a_resend_from_any_account():
     """A resend (even under another key) makes the raw peak exceed what the client held on purpose; the kept peak does not."""
+
     async def scenario(emu, http):
         url = f"{emu.url}/fal-ai/flux-1/schnell"
-        for key, prompt in (("key-of-a", "x"), ("key-of-a", "y"), ("key-of-b", "x"), ("key-of-a", "z")):
+        for key, prompt in (
+            ("key-of-a", "x"),
+            ("key-of-a", "y"),
+            ("key-of-b", "x"),
+            ("key-of-a", "z"),
+        ):
             async with http.post(url, json={"prompt": prompt}, headers=_auth(key)) as r:
                 assert r.status == 200
         return await _stats(emu, http)
+
     stats = run(scenario, keys=KEYS, service=ServiceTime("fixed", 5.0))
     a, b = stats["accounts"]["acct_a"], stats["accounts"]["acct_b"]
-    assert (a["peak_in_flight"], a["peak_in_flight_kept"]) == (3, 2)  # the first "x" was given up, still running
+    assert (a["peak_in_flight"], a["peak_in_flight_kept"]) == (
+        3,
+        2,
+    )  # the first "x" was given up, still running
     assert (b["peak_in_flight"], b["peak_in_flight_kept"]) == (1, 1)
 
 
 def test_callers_without_configured_keys_are_told_apart_by_a_hash_of_their_key():
     """With no keys required, each caller is its own account, named by a hash, never by its key."""
+
     async def scenario(emu, http):
         for key in ("first-secret", "second-secret", "first-secret"):
-            async with http.post(f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": key}, headers=_auth(key)) as r:
+            async with http.post(
+                f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": key}, headers=_auth(key)
+            ) as r:
                 assert r.status == 200
         return await _stats(emu, http)
+
     stats = run(scenario)
     assert sorted(a["submits"] for a in stats["accounts"].values()) == [1, 2]
     assert all(label.startswith("key-") for label in stats["accounts"])
@@ -579,30 +734,39 @@ def test_callers_without_configured_keys_are_told_apart_by_a_hash_of_their_key()
 
 def test_a_locked_account_is_refused_while_the_other_works():
     """locked=(label,) answers that account's submits 403 'User is locked'; other keys go on."""
+
     async def scenario(emu, http):
         url = f"{emu.url}/fal-ai/flux-1/schnell"
         async with http.post(url, json={"prompt": "x"}, headers=_auth("key-of-a")) as r:
             locked = r.status, (await r.json())["detail"]
         async with http.post(url, json={"prompt": "x"}, headers=_auth("key-of-b")) as r:
             return locked, r.status
+
     (code, detail), other = run(scenario, keys=KEYS, locked=("acct_a",))
     assert code == 403 and detail.startswith("User is locked") and other == 200
 
 
 def test_a_request_belongs_to_the_account_that_submitted_it():
     """Another account's key gets 404 on status, result and cancel (counted as foreign_reads); its own key reads it."""
+
     async def scenario(emu, http):
-        async with http.post(f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": "x"}, headers=_auth("key-of-a")) as r:
+        async with http.post(
+            f"{emu.url}/fal-ai/flux-1/schnell", json={"prompt": "x"}, headers=_auth("key-of-a")
+        ) as r:
             handle = await r.json()
         codes = []
-        for method, url in (("GET", handle["status_url"]), ("GET", handle["response_url"]),
-                            ("PUT", handle["cancel_url"])):
+        for method, url in (
+            ("GET", handle["status_url"]),
+            ("GET", handle["response_url"]),
+            ("PUT", handle["cancel_url"]),
+        ):
             async with http.request(method, url, headers=_auth("key-of-b")) as r:
                 codes.append(r.status)
         await wait_done(http, handle, headers=_auth("key-of-a"))
         async with http.get(handle["response_url"], headers=_auth("key-of-a")) as r:
             codes.append(r.status)
         return codes, await _stats(emu, http)
+
     codes, stats = run(scenario, keys=KEYS)
     assert codes == [404, 404, 404, 200] and stats["foreign_reads"] == 3
 
@@ -612,20 +776,47 @@ def test_emulator_process_serves_several_keys_and_public_stats(tmp_path: Path):
     import urllib.error
     import urllib.request
 
-    env = {**os.environ, "EMU_KEY_A": "process-key-a", "EMU_KEY_B": "process-key-b", "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-m", "renderer", "emulator", "--key-env", "EMU_KEY_A",
-                           "--key-env", "EMU_KEY_B", "--latency", "0", "--fault-result-500", "0"],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT) as proc:
+    env = {
+        **os.environ,
+        "EMU_KEY_A": "process-key-a",
+        "EMU_KEY_B": "process-key-b",
+        "PYTHONPATH": str(ROOT),
+    }
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "renderer",
+            "emulator",
+            "--key-env",
+            "EMU_KEY_A",
+            "--key-env",
+            "EMU_KEY_B",
+            "--latency",
+            "0",
+            "--fault-result-500",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    ) as proc:
         try:
             assert proc.stdout is not None
             url = proc.stdout.readline().strip()
             for key in ("process-key-a", "process-key-b", "process-key-b"):
-                request = urllib.request.Request(f"{url}/fal-ai/flux-1/schnell", data=b'{"prompt": "x"}',
-                                                 headers={"Authorization": f"Key {key}",
-                                                          "Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    f"{url}/fal-ai/flux-1/schnell",
+                    data=b'{"prompt": "x"}',
+                    headers={"Authorization": f"Key {key}", "Content-Type": "application/json"},
+                )
                 urllib.request.urlopen(request, timeout=10).close()
             with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(urllib.request.Request(f"{url}/fal-ai/flux-1/schnell", data=b"{}"), timeout=10)
+                urllib.request.urlopen(
+                    urllib.request.Request(f"{url}/fal-ai/flux-1/schnell", data=b"{}"), timeout=10
+                )
             refused.value.close()
             assert refused.value.code == 401
             with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as r:
@@ -633,7 +824,10 @@ def test_emulator_process_serves_several_keys_and_public_stats(tmp_path: Path):
         finally:
             proc.terminate()
     assert stats["accounts"]["EMU_KEY_A"]["submits"] == 1
-    assert stats["accounts"]["EMU_KEY_B"]["submits"] == 2 and stats["accounts"]["EMU_KEY_B"]["duplicate_submits"] == 1
+    assert (
+        stats["accounts"]["EMU_KEY_B"]["submits"] == 2
+        and stats["accounts"]["EMU_KEY_B"]["duplicate_submits"] == 1
+    )
     assert "process-key" not in json.dumps(stats)
 
 
@@ -647,7 +841,7 @@ def test_service_time_parsing():
 
 # ---------------------------------------------------------------- the official client
 
-CLIENT = textwrap.dedent('''
+CLIENT = textwrap.dedent("""
     import json, time
     import fal_client
 
@@ -667,7 +861,7 @@ CLIENT = textwrap.dedent('''
     except fal_client.FalClientHTTPError as exc:
         out["cancelled"] = exc.status_code
     print(json.dumps(out))
-''')
+""")
 
 
 def test_official_fal_client_against_the_emulator(tmp_path: Path):
@@ -679,23 +873,69 @@ def test_official_fal_client_against_the_emulator(tmp_path: Path):
     """
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     env = {**os.environ, "FAL_KEY": "conformance-key", "PYTHONPATH": str(ROOT)}
     with subprocess.Popen(
-        [sys.executable, "-m", "renderer", "emulator", "--tls-cert", str(cert), "--tls-key", str(key),
-         "--key-env", "FAL_KEY", "--workers", "1", "--latency", "0.3"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "renderer",
+            "emulator",
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+            "--key-env",
+            "FAL_KEY",
+            "--workers",
+            "1",
+            "--latency",
+            "0.3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
     ) as server:
         try:
             url = server.stdout.readline().strip()
             assert url.startswith("https://127.0.0.1:"), url
             host = url.removeprefix("https://")
-            client_env = {**env, "FAL_QUEUE_RUN_HOST": host, "FAL_RUN_HOST": host, "SSL_CERT_FILE": str(cert)}
-            done = subprocess.run([sys.executable, "-c", CLIENT], capture_output=True, text=True, env=client_env,
-                                  timeout=120, check=False)
+            client_env = {
+                **env,
+                "FAL_QUEUE_RUN_HOST": host,
+                "FAL_RUN_HOST": host,
+                "SSL_CERT_FILE": str(cert),
+            }
+            done = subprocess.run(
+                [sys.executable, "-c", CLIENT],
+                capture_output=True,
+                text=True,
+                env=client_env,
+                timeout=120,
+                check=False,
+            )
             assert done.returncode == 0, done.stderr
             out = json.loads(done.stdout)
         finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from renderer.emulator import ServiceTime
+from renderer.provider.emulator import ServiceTime
 
 from .conftest import background_emulator, cli, write_manifest
 
@@ -19,12 +19,22 @@ datasets = pytest.importorskip("datasets")
 wds = pytest.importorskip("webdataset")
 
 SWEEP = {
-    "prompts": [{"id": "cat", "text": "a cat", "tags": ["animal"]}, {"id": "fuji", "text": "Mount Fuji"}],
+    "prompts": [
+        {"id": "cat", "text": "a cat", "tags": ["animal"]},
+        {"id": "fuji", "text": "Mount Fuji"},
+    ],
     "models": [
-        {"endpoint": "fal-ai/flux-1/schnell", "label": "flux",
-         "axes": {"image_size": ["landscape_16_9", {"width": 512, "height": 768}]}},
+        {
+            "endpoint": "fal-ai/flux-1/schnell",
+            "label": "flux",
+            "axes": {"image_size": ["landscape_16_9", {"width": 512, "height": 768}]},
+        },
         {"endpoint": "fal-ai/imagen4/preview", "label": "imagen"},
-        {"endpoint": "fal-ai/hidream-i1-fast", "label": "hidream", "params": {"output_format": "jpeg"}},
+        {
+            "endpoint": "fal-ai/hidream-i1-fast",
+            "label": "hidream",
+            "params": {"output_format": "jpeg"},
+        },
         {"endpoint": "acme/missing", "label": "broken", "unchecked": True},
     ],
     "seeds": [3, 4],
@@ -37,8 +47,16 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("export")
     m = write_manifest(folder, **SWEEP)
     with background_emulator(service=ServiceTime("fixed", 0.01)) as emu:
-        code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(folder / "out"), "--quiet",
-                           env={"FAL_KEY": "k"})
+        code, _, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(folder / "out"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
     assert code == 1, err  # acme/missing fails; 16 images render
     assert cli("report", str(folder / "out/t"))[0] == 0
     yield folder / "out/t"
@@ -51,27 +69,38 @@ def _metadata(run_dir: Path) -> dict[str, dict]:
 
 def test_parquet_round_trip(run_dir: Path, tmp_path: Path):
     """Parquet shards load with datasets ("parquet" and through their card): every row, column and image byte."""
-    code, out, err = cli("export", str(run_dir), "--format", "parquet", "--shard-size", "5", "--json")
+    code, out, err = cli(
+        "export", str(run_dir), "--format", "parquet", "--shard-size", "5", "--json"
+    )
     assert code == 0, err
     done = json.loads(out)
     expected = _metadata(run_dir)
     assert done["rows"] == len(expected) == 16 and len(done["shards"]) == 4
     folder = Path(done["dir"])
     assert folder == run_dir / "export/parquet"
-    loaded = datasets.load_dataset("parquet", data_files=str(folder / "*.parquet"), cache_dir=str(tmp_path / "c1"))
+    loaded = datasets.load_dataset(
+        "parquet", data_files=str(folder / "*.parquet"), cache_dir=str(tmp_path / "c1")
+    )
     via_card = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "c2"))
     for ds in (loaded["train"], via_card["train"]):
         assert ds.num_rows == 16
-        assert set(ds.column_names) == (set(next(iter(expected.values()))) - {"file_name"}) | {"image"}
+        assert set(ds.column_names) == (set(next(iter(expected.values()))) - {"file_name"}) | {
+            "image"
+        }
         raw = ds.cast_column("image", datasets.Image(decode=False))
         seen = set()
         for record in raw:
             key = f"{record['job_key']}-{record['image_index']}"
             source = expected[key]
             blob = record["image"]["bytes"]
-            assert hashlib.sha256(blob).hexdigest() == source["sha256"] == \
-                hashlib.sha256((run_dir / "data" / source["file_name"]).read_bytes()).hexdigest()
-            assert {k: v for k, v in record.items() if k != "image"} == {k: v for k, v in source.items() if k != "file_name"}
+            assert (
+                hashlib.sha256(blob).hexdigest()
+                == source["sha256"]
+                == hashlib.sha256((run_dir / "data" / source["file_name"]).read_bytes()).hexdigest()
+            )
+            assert {k: v for k, v in record.items() if k != "image"} == {
+                k: v for k, v in source.items() if k != "file_name"
+            }
             seen.add(key)
         assert seen == set(expected)
         assert ds[0]["image"].size == (ds[0]["width"], ds[0]["height"])  # decodes as an Image
@@ -81,7 +110,9 @@ def test_parquet_round_trip(run_dir: Path, tmp_path: Path):
 
 def test_webdataset_round_trip(run_dir: Path):
     """WebDataset tars read back with webdataset.WebDataset: every sample's image bytes and JSON row."""
-    code, out, err = cli("export", str(run_dir), "--format", "webdataset", "--shard-size", "4", "--json")
+    code, out, err = cli(
+        "export", str(run_dir), "--format", "webdataset", "--shard-size", "4", "--json"
+    )
     assert code == 0, err
     done = json.loads(out)
     assert len(done["shards"]) == 4
@@ -107,7 +138,19 @@ def test_webdataset_round_trip(run_dir: Path):
 def test_reexport_replaces_shards_and_damage_stops_it(run_dir: Path, tmp_path: Path):
     """A second export leaves no stale shard; a damaged image stops the export with a clear error."""
     out_dir = tmp_path / "pq"
-    assert cli("export", str(run_dir), "--format", "parquet", "--shard-size", "2", "--out", str(out_dir))[0] == 0
+    assert (
+        cli(
+            "export",
+            str(run_dir),
+            "--format",
+            "parquet",
+            "--shard-size",
+            "2",
+            "--out",
+            str(out_dir),
+        )[0]
+        == 0
+    )
     assert len(list(out_dir.glob("*.parquet"))) == 8
     assert cli("export", str(run_dir), "--format", "parquet", "--out", str(out_dir))[0] == 0
     assert [p.name for p in out_dir.glob("*.parquet")] == ["train-00000-of-00001.parquet"]
@@ -115,12 +158,16 @@ def test_reexport_replaces_shards_and_damage_stops_it(run_dir: Path, tmp_path: P
     original = victim.read_bytes()
     try:
         victim.write_bytes(original[:-10] + b"0123456789")
-        code, _, err = cli("export", str(run_dir), "--format", "webdataset", "--out", str(tmp_path / "w"))
+        code, _, err = cli(
+            "export", str(run_dir), "--format", "webdataset", "--out", str(tmp_path / "w")
+        )
         assert code == 2 and "changed since it was downloaded" in err and "hint:" in err
         assert not list((tmp_path / "w").glob("*.tar")) and not list((tmp_path / "w").glob(".*"))
     finally:
         victim.write_bytes(original)
-    code, _, err = cli("export", str(run_dir), "--format", "parquet", "--out", str(run_dir / "data/x"))
+    code, _, err = cli(
+        "export", str(run_dir), "--format", "parquet", "--out", str(run_dir / "data/x")
+    )
     assert code == 2 and "inside the dataset folder" in err
     code, _, err = cli("export", str(tmp_path), "--format", "parquet")
     assert code == 2 and "no run here" in err

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from renderer.files import (
+from renderer.output.files import (
     BadImage,
     file_intact,
     json_text,
@@ -44,7 +44,11 @@ def test_verify_rejects_damage(damage):
         data = data[: len(data) // 2]
     elif damage == "flip":
         middle = len(data) // 2
-        data = data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 16]) + data[middle + 16:]
+        data = (
+            data[:middle]
+            + bytes(b ^ 0xFF for b in data[middle : middle + 16])
+            + data[middle + 16 :]
+        )
     elif damage == "garbage":
         data = b"<html>not an image</html>"
     elif damage == "size":
@@ -61,6 +65,7 @@ def test_atomic_write_leaves_no_partial_on_failure(tmp_path: Path, monkeypatch: 
 
     def boom(fd: int) -> None:
         raise OSError("disk full")
+
     monkeypatch.setattr("os.fsync", boom)
     with pytest.raises(OSError):
         write_atomic(target, b"data")
@@ -74,7 +79,13 @@ def test_partials_are_cleaned_and_intact_files_recognised(tmp_path: Path):
     assert remove_partials(tmp_path) == 1
     stat = write_atomic(tmp_path / "x/s1-0.png", b"12345")
     import hashlib
-    entry = {"path": "x/s1-0.png", "size": 5, "mtime_ns": stat.st_mtime_ns, "sha256": hashlib.sha256(b"12345").hexdigest()}
+
+    entry = {
+        "path": "x/s1-0.png",
+        "size": 5,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": hashlib.sha256(b"12345").hexdigest(),
+    }
     assert file_intact(tmp_path, entry, rehash=False) and file_intact(tmp_path, entry, rehash=True)
     (tmp_path / "x/s1-0.png").write_bytes(b"54321")
     assert not file_intact(tmp_path, entry, rehash=True)
@@ -86,14 +97,16 @@ def test_group_fsync_serves_every_caller_in_fewer_groups(tmp_path: Path):
     """fsyncs handed in together run as a group off the loop; each caller gets its own result or its own error."""
     import asyncio
 
-    from renderer.files import GroupFsync, fsync_close, write_open
+    from renderer.output.files import GroupFsync, fsync_close, write_open
 
     async def main() -> tuple[int, list[Any]]:
         group = GroupFsync()
         opened = [write_open(tmp_path / f"f{i}.png", b"x" * i) for i in range(40)]
         synced = [group.run(lambda fd=fd: fsync_close(fd)) for fd, _, _ in opened]
         sized = [group.run(lambda i=i: i) for i in range(20)]
-        results = await asyncio.gather(*synced, group.run(lambda: fsync_close(-1)), *sized, return_exceptions=True)
+        results = await asyncio.gather(
+            *synced, group.run(lambda: fsync_close(-1)), *sized, return_exceptions=True
+        )
         for _, tmp, _ in opened:
             os.replace(tmp, tmp_path / Path(tmp).name.split(".")[1])
         return group.groups, results
@@ -113,7 +126,7 @@ def test_a_backlog_of_fsyncs_spreads_over_threads_and_a_few_take_one(files: int,
     import threading
     import time
 
-    from renderer.files import GroupFsync
+    from renderer.output.files import GroupFsync
 
     # Each thread's first work waits until `threads` threads have arrived: fewer parts than
     # expected time out (an error); more would leave the extra ones waiting (also an error).
@@ -142,7 +155,7 @@ def test_a_backlog_of_fsyncs_spreads_over_threads_and_a_few_take_one(files: int,
 
 def test_temporary_files_get_distinct_names_and_folders_are_made_only_when_missing(tmp_path: Path):
     """Temporary names never repeat (counter, no random draw per file); a missing folder is created, an existing one kept."""
-    from renderer.files import PART_SUFFIX, open_temporary
+    from renderer.output.files import PART_SUFFIX, open_temporary
 
     names = set()
     for i in range(200):
@@ -156,9 +169,11 @@ def test_temporary_files_get_distinct_names_and_folders_are_made_only_when_missi
     assert not (tmp_path / "nowhere").exists()
 
 
-_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-                     max_leaves=8)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 @given(st.dictionaries(st.text(), _JSON, max_size=8))
@@ -169,13 +184,15 @@ def test_sidecar_json_reads_back_exactly(value: dict[str, Any]):
     assert len(text.split("\n")) == max(len(value), 1) + 3  # one line per key, between the braces
 
 
-def test_a_cancelled_writers_descriptor_is_closed_even_when_the_loop_ends_before_its_group(tmp_path: Path):
+def test_a_cancelled_writers_descriptor_is_closed_even_when_the_loop_ends_before_its_group(
+    tmp_path: Path,
+):
     """A write given up (Ctrl-C, a job deadline) while an earlier group is still on a slow disk: its descriptor is
     closed when the run's loop ends, though the thread never got to it; a descriptor the thread took is closed once."""
     import asyncio
     import threading
 
-    from renderer.files import GroupFsync, PendingFsync, write_open
+    from renderer.output.files import GroupFsync, PendingFsync, write_open
 
     disk = threading.Event()  # the earlier group's fsync, on a slow disk, until set
     opened: dict[str, int] = {}
@@ -221,7 +238,7 @@ def test_a_write_given_up_while_the_disk_is_slow_leaves_nothing_behind(tmp_path:
     import asyncio
     import threading
 
-    from renderer.files import GroupFsync
+    from renderer.output.files import GroupFsync
 
     def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from renderer.cli import main
 from renderer.errors import ManifestError
-from renderer.manifest import load, load_yaml, parse
+from renderer.manifest.load import load, load_yaml, parse
 
 from .conftest import MANIFESTS, ROOT
 
@@ -41,7 +41,9 @@ def test_corpus_is_large_enough():
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
-def test_broken_manifest_reports_its_exact_first_problem(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_broken_manifest_reports_its_exact_first_problem(
+    path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     """Each broken manifest exits 2 with the `# expect:` line first, writes nothing, never a traceback."""
     expected = path.read_text(encoding="utf-8").splitlines()[0].removeprefix("# expect: ")
     monkeypatch.chdir(path.parent)
@@ -63,8 +65,9 @@ def test_all_problems_are_reported_together(tmp_path: Path):
         "  - endpoint: fal-ai/imagen4/preview\n    params: {num_images: 9, aspect_ratoi: '1:1'}\nseeds: [0]\n"
     )
     with pytest.raises(ManifestError) as info:
-        from renderer import plan
-        from renderer.schemas import SchemaRegistry
+        from renderer.models.schemas import SchemaRegistry
+        from renderer.plan import planner as plan
+
         plan.build(load(bad), SchemaRegistry(ROOT / "schemas"))
     lines = [(p.line, p.json_path) for p in info.value.problems]
     assert lines == [
@@ -79,7 +82,10 @@ def test_all_problems_are_reported_together(tmp_path: Path):
 def test_unknown_key_suggests_the_right_one():
     """A misspelt key names the allowed keys and the closest one."""
     with pytest.raises(ManifestError) as info:
-        parse("name: t\nprompts: [{id: a, text: b}]\nmodels: [x]\nseeds: [1]\nlimts: {}\n", Path("m.yaml"))
+        parse(
+            "name: t\nprompts: [{id: a, text: b}]\nmodels: [x]\nseeds: [1]\nlimts: {}\n",
+            Path("m.yaml"),
+        )
     (problem,) = info.value.problems
     assert problem.suggestion == "limits"
     assert "concurrency" not in (problem.allowed or "") and "limits" in (problem.allowed or "")
@@ -110,10 +116,14 @@ def test_prompt_files_load_with_their_own_locations(tmp_path: Path):
 
 def test_txt_prompt_ids_survive_insertions(tmp_path: Path):
     """Inserting a line in a .txt prompt file renames no other prompt."""
+
     def ids(lines: list[str]) -> list[str]:
         (tmp_path / "p.txt").write_text("\n".join(lines) + "\n")
-        m = parse("name: t\nprompts: [{file: p.txt}]\nmodels: [m]\nseeds: [1]\n", tmp_path / "m.yaml")
+        m = parse(
+            "name: t\nprompts: [{file: p.txt}]\nmodels: [m]\nseeds: [1]\n", tmp_path / "m.yaml"
+        )
         return [p.id for p in m.prompts]
+
     before = ids(["a fox", "a heron"])
     after = ids(["a cat", "a fox", "a heron"])
     assert after[1:] == before
@@ -123,12 +133,17 @@ def test_a_prompt_file_over_the_cap_is_refused_with_what_to_do(tmp_path: Path):
     """A prompt file over 64 MB: exit 2 naming it, the cap, and how to split it; nothing read, sent or written."""
     with open(tmp_path / "big.jsonl", "wb") as handle:
         handle.truncate(64 * 1024 * 1024 + 1)  # sparse: the size is refused before a byte is read
-    (tmp_path / "m.yaml").write_text("name: t\nprompts:\n  - file: big.jsonl\nmodels: [fal-ai/flux-1/schnell]\n"
-                                     "seeds: [1]\noutput: out\n")
+    (tmp_path / "m.yaml").write_text(
+        "name: t\nprompts:\n  - file: big.jsonl\nmodels: [fal-ai/flux-1/schnell]\n"
+        "seeds: [1]\noutput: out\n"
+    )
     out, err = io.StringIO(), io.StringIO()
     assert main(["plan", str(tmp_path / "m.yaml")], stdout=out, stderr=err) == 2
     text = err.getvalue()
-    assert "big.jsonl:1:1" in text and "the prompt file is 67,108,865 bytes; the limit is 67,108,864" in text
+    assert (
+        "big.jsonl:1:1" in text
+        and "the prompt file is 67,108,865 bytes; the limit is 67,108,864" in text
+    )
     assert "split a larger one into several `- file:` entries" in text and "Traceback" not in text
     assert not (tmp_path / "out").exists()
 
@@ -154,8 +169,10 @@ PROMPTS_BAD = ROOT / "tests/manifests/prompts/bad"
 
 def _one_file_manifest(tmp_path: Path, prompt_file: Path) -> Path:
     m = tmp_path / "m.yaml"
-    m.write_text(f"name: t\nprovider: emulator\nprompts: [{{file: {prompt_file}}}]\n"
-                 "models: [fal-ai/flux-1/schnell]\nseeds: [1]\n")
+    m.write_text(
+        f"name: t\nprovider: emulator\nprompts: [{{file: {prompt_file}}}]\n"
+        "models: [fal-ai/flux-1/schnell]\nseeds: [1]\n"
+    )
     return m
 
 
@@ -215,6 +232,7 @@ def test_unreadable_manifest_is_a_located_error(tmp_path: Path):
             yield
         finally:
             os.seteuid(0)
+
     err = io.StringIO()
     try:
         with as_nobody():
@@ -227,21 +245,30 @@ def test_unreadable_manifest_is_a_located_error(tmp_path: Path):
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(prompts=st.integers(1, 3), seeds=st.integers(1, 4), steps=st.lists(st.integers(1, 8), min_size=1, max_size=3,
-                                                                           unique=True),
-       images=st.lists(st.integers(1, 4), min_size=1, max_size=2, unique=True), exclude=st.booleans())
-def test_plan_size_bounds_the_expanded_plan(prompts: int, seeds: int, steps: list[int], images: list[int],
-                                            exclude: bool):
+@given(
+    prompts=st.integers(1, 3),
+    seeds=st.integers(1, 4),
+    steps=st.lists(st.integers(1, 8), min_size=1, max_size=3, unique=True),
+    images=st.lists(st.integers(1, 4), min_size=1, max_size=2, unique=True),
+    exclude=st.booleans(),
+)
+def test_plan_size_bounds_the_expanded_plan(
+    prompts: int, seeds: int, steps: list[int], images: list[int], exclude: bool
+):
     """The arithmetic plan size equals the job count without exclude, and bounds it with exclude."""
-    from renderer import plan
-    from renderer.manifest import plan_size
-    from renderer.schemas import SchemaRegistry
+    from renderer.manifest.load import plan_size
+    from renderer.models.schemas import SchemaRegistry
+    from renderer.plan import planner as plan
 
-    text = ("name: t\nprompts: [" + ", ".join(f"{{id: p{i}, text: prompt {i}}}" for i in range(prompts)) + "]\n"
-            f"models: [{{endpoint: fal-ai/flux-1/schnell, axes: {{num_inference_steps: {steps}}}}}, "
-            "fal-ai/imagen4/preview]\n"
-            f"seeds: {{start: 1, count: {seeds}}}\naxes: {{num_images: {images}}}\n"
-            + ("exclude: [{prompt: p0}]\n" if exclude and prompts > 1 else ""))
+    text = (
+        "name: t\nprompts: ["
+        + ", ".join(f"{{id: p{i}, text: prompt {i}}}" for i in range(prompts))
+        + "]\n"
+        f"models: [{{endpoint: fal-ai/flux-1/schnell, axes: {{num_inference_steps: {steps}}}}}, "
+        "fal-ai/imagen4/preview]\n"
+        f"seeds: {{start: 1, count: {seeds}}}\naxes: {{num_images: {images}}}\n"
+        + ("exclude: [{prompt: p0}]\n" if exclude and prompts > 1 else "")
+    )
     m = parse(text, Path("m.yaml"))
     jobs = len(plan.build(m, SchemaRegistry(ROOT / "schemas")).jobs)
     assert plan_size(m) == prompts * len(images) * (len(steps) + 1) * seeds
@@ -257,8 +284,13 @@ def test_plan_size_bounds_the_expanded_plan(prompts: int, seeds: int, steps: lis
 # memory bound. The suite runs a small fixed-seed budget; RENDERER_FUZZ_EXAMPLES=2000 runs more.
 
 FUZZ_EXAMPLES = int(os.environ.get("RENDERER_FUZZ_EXAMPLES") or 60)
-FUZZ_ENDPOINTS = ["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview", "fal-ai/hidream-i1-fast",
-                  "fal-ai/recraft/v2/text-to-image", "fal-ai/ideogram/v2"]
+FUZZ_ENDPOINTS = [
+    "fal-ai/flux-1/schnell",
+    "fal-ai/imagen4/preview",
+    "fal-ai/hidream-i1-fast",
+    "fal-ai/recraft/v2/text-to-image",
+    "fal-ai/ideogram/v2",
+]
 _CONNECTS: list[object] = []
 _GUARD = {"on": False}
 
@@ -274,8 +306,13 @@ sys.addaudithook(_audit)
 _ids = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
 _text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
 _junk = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True, allow_infinity=True),
-    _text, st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(_ids, st.integers(0, 9), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    _text,
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(_ids, st.integers(0, 9), max_size=2),
 )
 
 
@@ -283,13 +320,21 @@ _junk = st.one_of(
 def _valid_manifest(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, bytes]]:
     """A manifest the grammar says is valid, and the prompt files it names."""
     files: dict[str, bytes] = {}
-    prompts: list[Any] = [{"id": f"p{i}", "text": draw(_text.filter(str.strip)) + f" {i}",
-                           "tags": draw(st.lists(_ids, max_size=2))}
-                          for i in range(draw(st.integers(0, 3)))]
+    prompts: list[Any] = [
+        {
+            "id": f"p{i}",
+            "text": draw(_text.filter(str.strip)) + f" {i}",
+            "tags": draw(st.lists(_ids, max_size=2)),
+        }
+        for i in range(draw(st.integers(0, 3)))
+    ]
     kind = draw(st.sampled_from(["none", "csv", "jsonl", "txt"]))
     if kind != "none" or not prompts:
         kind = "csv" if kind == "none" else kind
-        rows = [(f"f{i}", draw(_text.filter(str.strip)) + f" row {i}") for i in range(draw(st.integers(1, 4)))]
+        rows = [
+            (f"f{i}", draw(_text.filter(str.strip)) + f" row {i}")
+            for i in range(draw(st.integers(1, 4)))
+        ]
         if kind == "csv":
             out = io.StringIO(newline="")
             writer = csv.writer(out)
@@ -302,24 +347,41 @@ def _valid_manifest(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, bytes]]:
             body = "".join(t.replace("\n", " ").replace("\r", " ") + "\n" for _, t in rows)
         files[f"prompts.{kind}"] = body.encode("utf-8")
         prompts.append({"file": f"prompts.{kind}"})
-    models: list[Any] = [draw(st.sampled_from([e, {"endpoint": e, "label": f"m{n}"}]))
-                         for n, e in enumerate(draw(st.lists(st.sampled_from(FUZZ_ENDPOINTS), min_size=1,
-                                                             max_size=3, unique=True)))]
+    models: list[Any] = [
+        draw(st.sampled_from([e, {"endpoint": e, "label": f"m{n}"}]))
+        for n, e in enumerate(
+            draw(st.lists(st.sampled_from(FUZZ_ENDPOINTS), min_size=1, max_size=3, unique=True))
+        )
+    ]
     data: dict[str, Any] = {
-        "name": draw(_ids), "provider": "emulator", "prompts": prompts, "models": models,
-        "seeds": draw(st.one_of(st.lists(st.integers(1, 10**6), min_size=1, max_size=3, unique=True),
-                                st.builds(lambda s, c: {"start": s, "count": c}, st.integers(1, 99), st.integers(1, 3)),
-                                st.builds(lambda n: {"random": n}, st.integers(1, 3)))),
+        "name": draw(_ids),
+        "provider": "emulator",
+        "prompts": prompts,
+        "models": models,
+        "seeds": draw(
+            st.one_of(
+                st.lists(st.integers(1, 10**6), min_size=1, max_size=3, unique=True),
+                st.builds(
+                    lambda s, c: {"start": s, "count": c}, st.integers(1, 99), st.integers(1, 3)
+                ),
+                st.builds(lambda n: {"random": n}, st.integers(1, 3)),
+            )
+        ),
     }
     if draw(st.booleans()):
-        data["limits"] = {"concurrency": draw(st.integers(1, 8)), "rate": draw(st.sampled_from([5, "5/s", "30/min"])),
-                          "timeout": 60}
+        data["limits"] = {
+            "concurrency": draw(st.integers(1, 8)),
+            "rate": draw(st.sampled_from([5, "5/s", "30/min"])),
+            "timeout": 60,
+        }
     if draw(st.booleans()):
         data["defaults"] = {"aspect_ratio": draw(st.sampled_from(["1:1", "16:9", "9:16"]))}
     if draw(st.booleans()):
         data["retries"] = {"attempts": 3, "backoff": 0.5}
     if draw(st.booleans()):
-        data["prices"] = {(m if isinstance(m, str) else m["endpoint"]): {"per_image": 0.01} for m in models}
+        data["prices"] = {
+            (m if isinstance(m, str) else m["endpoint"]): {"per_image": 0.01} for m in models
+        }
         data["budget"] = 1000
     return data, files
 
@@ -335,10 +397,39 @@ def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return found
 
 
-HOSTILE = ["!!python/object/apply:os.system [id]", "!include other.yaml", "&a [1, 2]", "*a", "*undefined",
-           "<<: {x: 1}", "16:9", ".nan", "-.inf", "1e400", "0o17", "2024-01-01", "!!binary aGk=", "!!set {a}",
-           "\t", "{", "[", "? [a, b]\n: c", "- - -", "'", '"', "\x00", "\x07", "\ufeff", "\u202e", "~", "CON",
-           "yes", "[" * 200, "{a: " * 80, "&b [*b]"]
+HOSTILE = [
+    "!!python/object/apply:os.system [id]",
+    "!include other.yaml",
+    "&a [1, 2]",
+    "*a",
+    "*undefined",
+    "<<: {x: 1}",
+    "16:9",
+    ".nan",
+    "-.inf",
+    "1e400",
+    "0o17",
+    "2024-01-01",
+    "!!binary aGk=",
+    "!!set {a}",
+    "\t",
+    "{",
+    "[",
+    "? [a, b]\n: c",
+    "- - -",
+    "'",
+    '"',
+    "\x00",
+    "\x07",
+    "\ufeff",
+    "\u202e",
+    "~",
+    "CON",
+    "yes",
+    "[" * 200,
+    "{a: " * 80,
+    "&b [*b]",
+]
 
 
 @st.composite
@@ -358,7 +449,7 @@ def _fuzzed(draw: st.DrawFn) -> tuple[str, dict[str, bytes]]:
             del parent[key]
         elif action == "typo" and isinstance(parent, dict) and isinstance(key, str) and key:
             i = draw(st.integers(0, len(key) - 1))
-            parent[key[:i] + key[i + 1:] + draw(st.sampled_from(["", "e", "_"]))] = parent.pop(key)
+            parent[key[:i] + key[i + 1 :] + draw(st.sampled_from(["", "e", "_"]))] = parent.pop(key)
         elif action == "huge":
             parent[key] = draw(st.sampled_from([10**12, 10**30, 1e308, -1, 0, 2**31, 10**8]))
         elif action == "nan":
@@ -381,19 +472,36 @@ def _fuzzed(draw: st.DrawFn) -> tuple[str, dict[str, bytes]]:
     if draw(st.integers(0, 9)) == 9:  # truncated (9, not 0: hypothesis favours small draws)
         text = text[: draw(st.integers(0, len(text)))]
     for name in list(files):
-        mutation = draw(st.sampled_from(["none", "none", "bom", "latin1", "utf16", "nul", "quote", "binary", "empty"]))
+        mutation = draw(
+            st.sampled_from(
+                ["none", "none", "bom", "latin1", "utf16", "nul", "quote", "binary", "empty"]
+            )
+        )
         body = files[name]
         files[name] = {
-            "none": body, "bom": b"\xef\xbb\xbf" + body, "nul": body[:5] + b"\x00" + body[5:],
+            "none": body,
+            "bom": b"\xef\xbb\xbf" + body,
+            "nul": body[:5] + b"\x00" + body[5:],
             "latin1": body.decode("utf-8").encode("latin-1", "replace") + b"caf\xe9\n",
-            "utf16": body.decode("utf-8").encode("utf-16"), "quote": body.replace(b",", b',"', 1),
-            "binary": bytes(range(256)), "empty": b"",
+            "utf16": body.decode("utf-8").encode("utf-16"),
+            "quote": body.replace(b",", b',"', 1),
+            "binary": bytes(range(256)),
+            "empty": b"",
         }[mutation]
     return text, files
 
 
-@settings(max_examples=FUZZ_EXAMPLES, derandomize=True, deadline=timedelta(seconds=10), database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    derandomize=True,
+    deadline=timedelta(seconds=10),
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 @given(case=_fuzzed())
 def test_validate_is_total_on_fuzzed_manifests(case: tuple[str, dict[str, bytes]]):
     """Every generated or mutated manifest: exit 0, or exit 2 located at file:line:col; no traceback,
@@ -430,7 +538,7 @@ def test_validate_is_total_on_fuzzed_manifests(case: tuple[str, dict[str, bytes]
 
 def test_a_manifest_too_large_to_check_quickly_is_refused_before_composing():
     """More than MAX_VALUES values written out (not only through aliases) is refused at the first one over."""
-    from renderer.manifest import MAX_VALUES
+    from renderer.manifest.load import MAX_VALUES
 
     count = MAX_VALUES // 5 + 10  # an inline prompt is five values: mapping, two keys, two strings
     text = "name: t\nprompts:\n" + "".join(f"  - {{id: p{i}, text: x}}\n" for i in range(count))
@@ -441,19 +549,27 @@ def test_a_manifest_too_large_to_check_quickly_is_refused_before_composing():
     assert "prompt file" in (problem.allowed or "") and problem.line > MAX_VALUES // 5
 
 
-ACCOUNTS_HEAD = "name: t\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\nseeds: [1]\n"
+ACCOUNTS_HEAD = (
+    "name: t\nprompts: [{id: a, text: b}]\nmodels: [fal-ai/flux-1/schnell]\nseeds: [1]\n"
+)
 
 
 def _account_problems(body: str) -> list[tuple[int, int, str, str, str | None, str | None]]:
     with pytest.raises(ManifestError) as info:
         parse(ACCOUNTS_HEAD + body, Path("m.yaml"))
-    return [(p.line, p.col, p.json_path, p.message, p.allowed, p.suggestion) for p in info.value.problems]
+    return [
+        (p.line, p.col, p.json_path, p.message, p.allowed, p.suggestion)
+        for p in info.value.problems
+    ]
 
 
 def test_provider_accounts_are_read_with_their_defaults():
     """provider.accounts: name defaults to key_env, concurrency to 2, rate to none (`5/s` is read as 5 per second)."""
-    m = parse(ACCOUNTS_HEAD + "provider:\n  accounts:\n    - {key_env: FAL_KEY_A, concurrency: 40}\n"
-              "    - {key_env: FAL_KEY_B, name: team-b, rate: 5/s}\n", Path("m.yaml"))
+    m = parse(
+        ACCOUNTS_HEAD + "provider:\n  accounts:\n    - {key_env: FAL_KEY_A, concurrency: 40}\n"
+        "    - {key_env: FAL_KEY_B, name: team-b, rate: 5/s}\n",
+        Path("m.yaml"),
+    )
     a, b = m.provider.accounts
     assert (a.name, a.key_env, a.concurrency, a.rate) == ("FAL_KEY_A", "FAL_KEY_A", 40, None)
     assert (b.name, b.key_env, b.concurrency, b.rate) == ("team-b", "FAL_KEY_B", 2, 5.0)
@@ -467,17 +583,42 @@ def test_bad_provider_accounts_are_located_with_what_is_allowed():
         "    - {key_env: FAL_KEY_B, concurrency: 0}\n"
         "    - {name: c, concurrency: 1}\n"
         "    - {key_env: FAL_KEY_D, rate: 0}\n"
-        "    - {key_env: 'FAL KEY'}\n")
+        "    - {key_env: 'FAL KEY'}\n"
+    )
     assert problems == [
-        (7, 28, "$.provider.accounts[0].concurency", "unknown key 'concurency'", "concurrency, key_env, name, rate",
-         "concurrency"),
-        (8, 41, "$.provider.accounts[1].concurrency", "0 is less than the minimum of 1",
-         "an integer, at least 1 and at most 1,000", None),
+        (
+            7,
+            28,
+            "$.provider.accounts[0].concurency",
+            "unknown key 'concurency'",
+            "concurrency, key_env, name, rate",
+            "concurrency",
+        ),
+        (
+            8,
+            41,
+            "$.provider.accounts[1].concurrency",
+            "0 is less than the minimum of 1",
+            "an integer, at least 1 and at most 1,000",
+            None,
+        ),
         (9, 7, "$.provider.accounts[2]", "missing required key 'key_env'", None, None),
-        (10, 34, "$.provider.accounts[3].rate", "0 must be more than 0",
-         "a number, more than 0 and at most 100,000 per second, or a string like 10/s or 120/min", None),
-        (11, 17, "$.provider.accounts[4].key_env", "'FAL KEY' is not in the expected form",
-         "an environment variable name such as FAL_KEY_A", None),
+        (
+            10,
+            34,
+            "$.provider.accounts[3].rate",
+            "0 must be more than 0",
+            "a number, more than 0 and at most 100,000 per second, or a string like 10/s or 120/min",
+            None,
+        ),
+        (
+            11,
+            17,
+            "$.provider.accounts[4].key_env",
+            "'FAL KEY' is not in the expected form",
+            "an environment variable name such as FAL_KEY_A",
+            None,
+        ),
     ]
 
 
@@ -488,27 +629,49 @@ def test_accounts_listed_twice_or_beside_a_plain_key_are_refused():
         "    - {key_env: FAL_KEY_A}\n"  # line 8
         "    - {key_env: FAL_KEY_B, name: FAL_KEY_A}\n"
         "    - {key_env: FAL_KEY_B, name: b2}\n"
-        "limits: {concurrency: 4}\n")
+        "limits: {concurrency: 4}\n"
+    )
     assert [(line, path, message) for line, _, path, message, _, _ in problems] == [
         (6, "$.provider.key_env", "provider.key_env and provider.accounts exclude each other"),
-        (9, "$.provider.accounts[1].name", "account name 'FAL_KEY_A' is used twice (also accounts[0])"),
-        (10, "$.provider.accounts[2].key_env",
-         "key variable 'FAL_KEY_B' is listed twice (also accounts[1]); one key is one account"),
-        (11, "$.limits.concurrency",
-         "limits.concurrency does not apply with provider.accounts: each account has its own"),
+        (
+            9,
+            "$.provider.accounts[1].name",
+            "account name 'FAL_KEY_A' is used twice (also accounts[0])",
+        ),
+        (
+            10,
+            "$.provider.accounts[2].key_env",
+            "key variable 'FAL_KEY_B' is listed twice (also accounts[1]); one key is one account",
+        ),
+        (
+            11,
+            "$.limits.concurrency",
+            "limits.concurrency does not apply with provider.accounts: each account has its own",
+        ),
     ]
     # The duplicate default name (key_env) is pinned at the key variable that repeats it.
-    problems = _account_problems("provider:\n  accounts: [{key_env: K1}, {key_env: K1, name: x}, {key_env: K1}]\n")
-    assert [p[2] for p in problems] == ["$.provider.accounts[1].key_env", "$.provider.accounts[2].key_env",
-                                        "$.provider.accounts[2].key_env"]
+    problems = _account_problems(
+        "provider:\n  accounts: [{key_env: K1}, {key_env: K1, name: x}, {key_env: K1}]\n"
+    )
+    assert [p[2] for p in problems] == [
+        "$.provider.accounts[1].key_env",
+        "$.provider.accounts[2].key_env",
+        "$.provider.accounts[2].key_env",
+    ]
 
 
 def test_bad_accounts_exit_2_and_send_nothing(tmp_path: Path):
     """`renderer run` with a bad account exits 2 before anything is written or sent."""
     bad = tmp_path / "m.yaml"
-    bad.write_text(ACCOUNTS_HEAD + "provider:\n  accounts: [{key_env: FAL_KEY_A, concurrency: 0}]\n")
+    bad.write_text(
+        ACCOUNTS_HEAD + "provider:\n  accounts: [{key_env: FAL_KEY_A, concurrency: 0}]\n"
+    )
     out, err = io.StringIO(), io.StringIO()
-    code = main(["run", str(bad), "--output", str(tmp_path / "o")], stdout=out, stderr=err,
-                environ={"FAL_KEY_A": "secret-value-a"})
+    code = main(
+        ["run", str(bad), "--output", str(tmp_path / "o")],
+        stdout=out,
+        stderr=err,
+        environ={"FAL_KEY_A": "secret-value-a"},
+    )
     assert code == 2 and "m.yaml:6:" in err.getvalue() and "Traceback" not in err.getvalue()
     assert not (tmp_path / "o").exists()

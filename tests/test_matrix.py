@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from renderer.matrix import apply, cartesian, stream
+from renderer.plan.matrix import apply, cartesian, stream
 
 
 def test_githubs_worked_example():
@@ -31,15 +31,22 @@ def test_githubs_worked_example():
 def test_first_variable_varies_slowest():
     """Jobs come in the order the variables are written."""
     assert cartesian([("a", [1, 2]), ("b", ["x", "y"])]) == [
-        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+        {"a": 1, "b": "x"},
+        {"a": 1, "b": "y"},
+        {"a": 2, "b": "x"},
+        {"a": 2, "b": "y"},
+    ]
 
 
 def test_exclude_matches_partially_and_include_can_add_back():
     """An exclude with fewer keys drops every match; a later include brings one back as new."""
     base = cartesian([("os", ["linux", "mac"]), ("py", [3.10, 3.11])])
     result = apply(base, include=[{"os": "mac", "py": 3.11}], exclude=[{"os": "mac"}])
-    assert result == [({"os": "linux", "py": 3.10}, False), ({"os": "linux", "py": 3.11}, False),
-                      ({"os": "mac", "py": 3.11}, True)]
+    assert result == [
+        ({"os": "linux", "py": 3.10}, False),
+        ({"os": "linux", "py": 3.11}, False),
+        ({"os": "mac", "py": 3.11}, True),
+    ]
 
 
 def test_new_combinations_do_not_receive_later_includes():
@@ -56,7 +63,12 @@ def test_without_base_keys_each_include_is_a_job():
 
 @given(
     st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True),
-    st.lists(st.dictionaries(st.sampled_from(["k", "v", "new"]), st.sampled_from(["a", "b", "z"]), min_size=1), max_size=4),
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["k", "v", "new"]), st.sampled_from(["a", "b", "z"]), min_size=1
+        ),
+        max_size=4,
+    ),
 )
 def test_originals_never_change_their_matrix_values(values, include):
     """Whatever the includes, a kept original keeps its original k and v values."""
@@ -72,7 +84,9 @@ _value = st.sampled_from(["a", "b", 1, 1.0, True])
 @given(
     st.lists(st.sampled_from(["a", "b", "c"]), min_size=0, max_size=3, unique=True),
     st.booleans(),
-    st.lists(st.dictionaries(st.sampled_from(["k", "v", "w", "new"]), _value, min_size=1), max_size=4),
+    st.lists(
+        st.dictionaries(st.sampled_from(["k", "v", "w", "new"]), _value, min_size=1), max_size=4
+    ),
     st.lists(st.dictionaries(st.sampled_from(["k", "v", "w"]), _value, min_size=1), max_size=3),
 )
 def test_stream_gives_what_apply_gives(values, ragged, include, exclude):

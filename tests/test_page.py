@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from renderer import page
+from renderer.view import page
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
@@ -30,7 +30,7 @@ def test_template_placeholders_in_data_are_not_expanded(title: str, body: str):
     """Placeholder-like text in the title or data ({{script}}, {{data}}) stays as it was."""
     html = page.render(title + "{{script}}", {"x": body + "{{data}}{{style}}"})
     start = html.index('id="renderer-data">') + len('id="renderer-data">')
-    data = json.loads(html[start:html.index("</script>", start)])
+    data = json.loads(html[start : html.index("</script>", start)])
     assert data == {"x": body + "{{data}}{{style}}"}
     assert html.count("'use strict'") == 1
 
@@ -39,8 +39,10 @@ def test_assets_ship_in_the_package(tmp_path: Path):
     """The viewer's HTML, JS and CSS are package data listed in pyproject (so the wheel has them)."""
     root = Path(page.__file__).parent / "web"
     assert {p.name for p in root.iterdir()} >= {"viewer.html", "viewer.js", "viewer.css"}
-    pyproject = (Path(page.__file__).parent.parent / "pyproject.toml").read_text()
-    line = next(x for x in pyproject.splitlines() if x.startswith('"renderer" = ['))
+    pyproject = (Path(page.__file__).parents[2] / "pyproject.toml").read_text()
+    line = next(x for x in pyproject.splitlines() if x.startswith('"renderer.view" = ['))
     assert all(f'"web/*.{ext}"' in line for ext in ("html", "js", "css"))
-    out = page.write(tmp_path / "x/index.html", "t", {"mode": "run", "dims": [], "items": [], "view": {}})
+    out = page.write(
+        tmp_path / "x/index.html", "t", {"mode": "run", "dims": [], "items": [], "view": {}}
+    )
     assert out.read_text().startswith("<!doctype html>") and not list(out.parent.glob("*.tmp"))

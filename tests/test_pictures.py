@@ -6,8 +6,8 @@ import io
 
 from PIL import Image
 
-from renderer.pictures import render
-from renderer.sizes import capped, requested_size
+from renderer.models.sizes import capped, requested_size
+from renderer.provider.pictures import render
 
 
 def test_same_inputs_same_bytes_other_seed_other_bytes():

@@ -10,14 +10,19 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from renderer import plan
 from renderer.errors import ManifestError
-from renderer.manifest import parse
-from renderer.schemas import SchemaRegistry
+from renderer.manifest.load import parse
+from renderer.models.schemas import SchemaRegistry
+from renderer.plan import planner as plan
 
 from .conftest import MANIFESTS, ROOT
 
-MODELS = ["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview", "fal-ai/hidream-i1-fast", "fal-ai/recraft/v2/text-to-image"]
+MODELS = [
+    "fal-ai/flux-1/schnell",
+    "fal-ai/imagen4/preview",
+    "fal-ai/hidream-i1-fast",
+    "fal-ai/recraft/v2/text-to-image",
+]
 
 
 def build(registry: SchemaRegistry, data: dict[str, Any]) -> plan.Plan:
@@ -40,7 +45,9 @@ def test_readme_manifest_examples_validate(registry: SchemaRegistry):
     """Every YAML block in the README plans without problems (its prompt file ships in manifests/)."""
     import re
 
-    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    blocks = re.findall(
+        r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S
+    )
     assert blocks
     for n, block in enumerate(blocks):
         p = plan.build(parse(block, MANIFESTS / f"README-block-{n}.yaml"), registry)
@@ -49,21 +56,43 @@ def test_readme_manifest_examples_validate(registry: SchemaRegistry):
 
 def test_portable_aspect_ratio_in_each_vocabulary(registry: SchemaRegistry):
     """16:9 is aspect_ratio for imagen4, a preset for flux, and 3:2 a size object for f-lite."""
-    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1],
-                         "models": ["fal-ai/imagen4/preview", "fal-ai/flux-1/schnell"],
-                         "defaults": {"aspect_ratio": "16:9"}})
+    p = build(
+        registry,
+        {
+            "prompts": [{"id": "a", "text": "x"}],
+            "seeds": [1],
+            "models": ["fal-ai/imagen4/preview", "fal-ai/flux-1/schnell"],
+            "defaults": {"aspect_ratio": "16:9"},
+        },
+    )
     assert p.jobs[0].input["aspect_ratio"] == "16:9"
-    assert p.jobs[1].input["image_size"] == "landscape_16_9" and "aspect_ratio" not in p.jobs[1].input
-    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1], "models": ["fal-ai/f-lite/standard"],
-                         "defaults": {"aspect_ratio": "3:2"}})
+    assert (
+        p.jobs[1].input["image_size"] == "landscape_16_9" and "aspect_ratio" not in p.jobs[1].input
+    )
+    p = build(
+        registry,
+        {
+            "prompts": [{"id": "a", "text": "x"}],
+            "seeds": [1],
+            "models": ["fal-ai/f-lite/standard"],
+            "defaults": {"aspect_ratio": "3:2"},
+        },
+    )
     assert p.jobs[0].input["image_size"] == {"width": 1248, "height": 832}
 
 
 def test_ratio_a_model_cannot_express_names_it(registry: SchemaRegistry):
     """imagen4 has no 21:9: the error names the model and what it accepts."""
     with pytest.raises(ManifestError) as info:
-        build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1], "models": ["fal-ai/imagen4/preview"],
-                         "defaults": {"aspect_ratio": "21:9"}})
+        build(
+            registry,
+            {
+                "prompts": [{"id": "a", "text": "x"}],
+                "seeds": [1],
+                "models": ["fal-ai/imagen4/preview"],
+                "defaults": {"aspect_ratio": "21:9"},
+            },
+        )
     (problem,) = info.value.problems
     assert "fal-ai/imagen4/preview" in problem.message
     assert problem.allowed == "1:1, 16:9, 9:16, 3:4, 4:3"
@@ -71,18 +100,35 @@ def test_ratio_a_model_cannot_express_names_it(registry: SchemaRegistry):
 
 def test_keys_are_versioned_and_canonical(registry: SchemaRegistry):
     """`5` and `5.0` name the same job; keys carry their version prefix."""
-    a = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1], "models": ["fal-ai/hidream-i1-full"],
-                         "defaults": {"guidance_scale": 5}})
-    b = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1], "models": ["fal-ai/hidream-i1-full"],
-                         "defaults": {"guidance_scale": 5.0}})
+    a = build(
+        registry,
+        {
+            "prompts": [{"id": "a", "text": "x"}],
+            "seeds": [1],
+            "models": ["fal-ai/hidream-i1-full"],
+            "defaults": {"guidance_scale": 5},
+        },
+    )
+    b = build(
+        registry,
+        {
+            "prompts": [{"id": "a", "text": "x"}],
+            "seeds": [1],
+            "models": ["fal-ai/hidream-i1-full"],
+            "defaults": {"guidance_scale": 5.0},
+        },
+    )
     assert a.jobs[0].key == b.jobs[0].key
     assert a.jobs[0].key.startswith("j1-") and len(a.jobs[0].key) == 43
 
 
 def test_random_seeds_are_fixed_per_run_prompt_and_model(registry: SchemaRegistry):
     """`random: N` draws the same seeds on every plan, different ones for another run name."""
-    data = {"prompts": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}], "seeds": {"random": 3},
-            "models": ["fal-ai/flux-1/schnell"]}
+    data = {
+        "prompts": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}],
+        "seeds": {"random": 3},
+        "models": ["fal-ai/flux-1/schnell"],
+    }
     first = [j.seed for j in build(registry, data).jobs]
     assert first == [j.seed for j in build(registry, data).jobs]
     assert len(set(first)) == 6 and all(plan.SEED_MIN <= s <= plan.SEED_MAX for s in first)
@@ -92,8 +138,14 @@ def test_random_seeds_are_fixed_per_run_prompt_and_model(registry: SchemaRegistr
 
 def test_model_without_seed_gets_sample_labels(registry: SchemaRegistry):
     """recraft takes no seed: none is sent, yet each seed is a distinct job, and a note says so."""
-    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1, 2],
-                         "models": ["fal-ai/recraft/v2/text-to-image"]})
+    p = build(
+        registry,
+        {
+            "prompts": [{"id": "a", "text": "x"}],
+            "seeds": [1, 2],
+            "models": ["fal-ai/recraft/v2/text-to-image"],
+        },
+    )
     assert all("seed" not in j.input for j in p.jobs)
     assert len({j.key for j in p.jobs}) == 2 and len({j.stem for j in p.jobs}) == 2
     assert p.notes and "takes no seed" in p.notes[0]
@@ -101,33 +153,52 @@ def test_model_without_seed_gets_sample_labels(registry: SchemaRegistry):
 
 def test_cost_estimate_by_image_and_megapixel(registry: SchemaRegistry):
     """per_image multiplies images; per_megapixel uses each job's size."""
-    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1, 2],
-                         "models": ["fal-ai/imagen4/preview", "fal-ai/flux-1/schnell"],
-                         "defaults": {"num_images": 2},
-                         "prices": {"fal-ai/imagen4/preview": {"per_image": 0.05},
-                                    "fal-ai/flux-1/schnell": {"per_megapixel": 0.01}}})
+    p = build(
+        registry,
+        {
+            "prompts": [{"id": "a", "text": "x"}],
+            "seeds": [1, 2],
+            "models": ["fal-ai/imagen4/preview", "fal-ai/flux-1/schnell"],
+            "defaults": {"num_images": 2},
+            "prices": {
+                "fal-ai/imagen4/preview": {"per_image": 0.05},
+                "fal-ai/flux-1/schnell": {"per_megapixel": 0.01},
+            },
+        },
+    )
     assert p.costs["fal-ai/imagen4/preview"] == pytest.approx(0.2)
     assert p.costs["fal-ai/flux-1/schnell"] == pytest.approx(2 * 2 * 0.01 * 1024 * 768 / 1e6)
 
 
 def test_unchecked_endpoint_passes_parameters_through(registry: SchemaRegistry):
     """An endpoint without a schema is allowed only with unchecked: true, and is sent as written."""
-    p = build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1],
-                         "models": [{"endpoint": "acme/new-model", "unchecked": True, "params": {"magic": 3}}]})
+    p = build(
+        registry,
+        {
+            "prompts": [{"id": "a", "text": "x"}],
+            "seeds": [1],
+            "models": [{"endpoint": "acme/new-model", "unchecked": True, "params": {"magic": 3}}],
+        },
+    )
     assert p.jobs[0].input == {"magic": 3, "prompt": "x", "seed": 1}
 
 
 # ---------------------------------------------------------------- properties
 
 ids = st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True)
-manifests = st.fixed_dictionaries({
-    "prompts": st.lists(ids, min_size=1, max_size=4, unique_by=str.lower).map(
-        lambda xs: [{"id": x, "text": f"a picture of {x}"} for x in xs]),
-    "models": st.lists(st.sampled_from(MODELS), min_size=1, max_size=3, unique=True),
-    "seeds": st.one_of(st.lists(st.integers(1, 10**6), min_size=1, max_size=3, unique=True),
-                       st.builds(lambda n: {"random": n}, st.integers(1, 3))),
-    "axes": st.sampled_from([{}, {"aspect_ratio": ["1:1", "16:9"]}, {"aspect_ratio": ["3:4"]}]),
-})
+manifests = st.fixed_dictionaries(
+    {
+        "prompts": st.lists(ids, min_size=1, max_size=4, unique_by=str.lower).map(
+            lambda xs: [{"id": x, "text": f"a picture of {x}"} for x in xs]
+        ),
+        "models": st.lists(st.sampled_from(MODELS), min_size=1, max_size=3, unique=True),
+        "seeds": st.one_of(
+            st.lists(st.integers(1, 10**6), min_size=1, max_size=3, unique=True),
+            st.builds(lambda n: {"random": n}, st.integers(1, 3)),
+        ),
+        "axes": st.sampled_from([{}, {"aspect_ratio": ["1:1", "16:9"]}, {"aspect_ratio": ["3:4"]}]),
+    }
+)
 slow = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -168,13 +239,21 @@ def test_reordering_models_keeps_identity(registry, data):
     """Reversing the model list changes plan order only, never a key or a path."""
     before = by_identity(build(registry, data))
     after = by_identity(build(registry, {**data, "models": list(reversed(data["models"]))}))
-    assert {k: (j.key, j.stem) for k, j in before.items()} == {k: (j.key, j.stem) for k, j in after.items()}
+    assert {k: (j.key, j.stem) for k, j in before.items()} == {
+        k: (j.key, j.stem) for k, j in after.items()
+    }
 
 
 def test_jobs_are_made_on_demand_and_behave_as_a_sequence(registry: SchemaRegistry):
     """plan.jobs has len(), indexing and slicing, and gives the same jobs on every iteration."""
-    p = build(registry, {"prompts": [{"id": f"p{i}", "text": f"t{i}"} for i in range(3)], "models": MODELS[:2],
-                         "seeds": {"start": 1, "count": 4}})
+    p = build(
+        registry,
+        {
+            "prompts": [{"id": f"p{i}", "text": f"t{i}"} for i in range(3)],
+            "models": MODELS[:2],
+            "seeds": {"start": 1, "count": 4},
+        },
+    )
     first = list(p.jobs)
     assert isinstance(p.jobs, plan.Jobs) and len(p.jobs) == len(first) == 24
     assert [j.index for j in first] == list(range(24))
@@ -185,13 +264,21 @@ def test_jobs_are_made_on_demand_and_behave_as_a_sequence(registry: SchemaRegist
         p.jobs[24]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(["a", "b", "A", "same"]), min_size=1, max_size=4),
-       st.lists(st.integers(1, 5), min_size=1, max_size=4, unique=True))
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.sampled_from(["a", "b", "A", "same"]), min_size=1, max_size=4),
+    st.lists(st.integers(1, 5), min_size=1, max_size=4, unique=True),
+)
 def test_seed_template_jobs_equal_jobs_made_one_by_one(registry: SchemaRegistry, texts, seeds):
     """The fast per-seed path gives each job the key, stem and input the long way gives it."""
-    data = {"prompts": [{"id": f"p{i}", "text": t} for i, t in enumerate(texts)], "models": MODELS[:3],
-            "seeds": seeds, "defaults": {"aspect_ratio": "16:9"}}
+    data = {
+        "prompts": [{"id": f"p{i}", "text": t} for i, t in enumerate(texts)],
+        "models": MODELS[:3],
+        "seeds": seeds,
+        "defaults": {"aspect_ratio": "16:9"},
+    }
     try:
         p = build(registry, data)
     except ManifestError:  # repeated texts are refused
@@ -209,26 +296,52 @@ def test_seed_template_jobs_equal_jobs_made_one_by_one(registry: SchemaRegistry,
 
 def test_plan_digest_follows_what_the_state_records(registry: SchemaRegistry):
     """The digest changes when a job's key, order, model or tags change, not otherwise."""
-    data = {"prompts": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}], "models": MODELS[:1], "seeds": [1, 2]}
+    data = {
+        "prompts": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}],
+        "models": MODELS[:1],
+        "seeds": [1, 2],
+    }
     base = build(registry, data).digest
     assert build(registry, data).digest == base
     assert build(registry, {**data, "seeds": [2, 1]}).digest != base
-    assert build(registry, {**data, "prompts": [{"id": "a", "text": "x", "tags": ["t"]},
-                                                {"id": "b", "text": "y"}]}).digest != base
+    assert (
+        build(
+            registry,
+            {
+                **data,
+                "prompts": [{"id": "a", "text": "x", "tags": ["t"]}, {"id": "b", "text": "y"}],
+            },
+        ).digest
+        != base
+    )
 
 
 def test_the_same_input_twice_is_named_with_both_jobs(registry: SchemaRegistry):
     """Two labels of one endpoint send identical inputs: found by fingerprint, then named exactly."""
     with pytest.raises(ManifestError) as info:
-        build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": {"start": 1, "count": 50},
-                         "models": [{"endpoint": MODELS[0], "label": "one"}, {"endpoint": MODELS[0], "label": "two"}]})
+        build(
+            registry,
+            {
+                "prompts": [{"id": "a", "text": "x"}],
+                "seeds": {"start": 1, "count": 50},
+                "models": [
+                    {"endpoint": MODELS[0], "label": "one"},
+                    {"endpoint": MODELS[0], "label": "two"},
+                ],
+            },
+        )
     problems = info.value.problems
     assert len(problems) == 50 and all("it would be paid twice" in p.message for p in problems)
-    assert [p.message.split(" sends")[0] for p in problems] == [f"prompt=a model=two seed={s}" for s in range(1, 51)]
-    assert all(f"model=one seed={s};" in p.message for s, p in zip(range(1, 51), problems, strict=True))
+    assert [p.message.split(" sends")[0] for p in problems] == [
+        f"prompt=a model=two seed={s}" for s in range(1, 51)
+    ]
+    assert all(
+        f"model=one seed={s};" in p.message for s, p in zip(range(1, 51), problems, strict=True)
+    )
 
 
 # ---------------------------------------------------------------- the fast path against the straightforward way
+
 
 def _plan_both(registry: SchemaRegistry, data: dict[str, Any]) -> tuple[Any, Any]:
     """(fast, straightforward): a Plan, or the problems both would raise, for one manifest."""
@@ -241,15 +354,26 @@ def _plan_both(registry: SchemaRegistry, data: dict[str, Any]) -> tuple[Any, Any
         try:
             out.append(plan._Planner(m, registry, fast=fast).build())
         except ManifestError as exc:
-            out.append([(p.file, p.line, p.col, p.json_path, p.message, p.job, p.allowed, p.suggestion)
-                        for p in exc.problems])
+            out.append(
+                [
+                    (p.file, p.line, p.col, p.json_path, p.message, p.job, p.allowed, p.suggestion)
+                    for p in exc.problems
+                ]
+            )
     return out[0], out[1]
 
 
 def _described(p: plan.Plan) -> dict[str, Any]:
     """Everything a plan says, but its digest (whose form depends on how the plan was checked)."""
-    return {"jobs": list(p.jobs), "by_model": p.by_model, "images": p.images,
-            "costs": p.costs, "axes": p.distinct_axes, "notes": p.notes, "count": len(p.jobs)}
+    return {
+        "jobs": list(p.jobs),
+        "by_model": p.by_model,
+        "images": p.images,
+        "costs": p.costs,
+        "axes": p.distinct_axes,
+        "notes": p.notes,
+        "count": len(p.jobs),
+    }
 
 
 def _recorded(p: plan.Plan) -> list[tuple[Any, ...]]:
@@ -261,42 +385,94 @@ def _recorded(p: plan.Plan) -> list[tuple[Any, ...]]:
 def tricky_manifests(draw: st.DrawFn) -> dict[str, Any]:
     """Small manifests that reach every branch: repeats, clashes, bad values, include/exclude/extra."""
     rare = st.sampled_from([False] * 5 + [True])  # most examples plan; some go wrong on purpose
-    ids = draw(st.lists(st.sampled_from(["a", "b", "con", "p1", "p.1"]), min_size=1, max_size=4, unique=True))
+    ids = draw(
+        st.lists(
+            st.sampled_from(["a", "b", "con", "p1", "p.1"]), min_size=1, max_size=4, unique=True
+        )
+    )
     if draw(rare):
         ids.append(ids[0].upper())
     prompts = []
     for i, pid in enumerate(ids):
         prompt: dict[str, Any] = {"id": pid, "text": f"picture {i}"}
         if draw(rare):
-            prompt["params"] = draw(st.sampled_from([{"num_images": 2}, {"guidance_scale": 99}, {"nonsense": 1}]))
+            prompt["params"] = draw(
+                st.sampled_from([{"num_images": 2}, {"guidance_scale": 99}, {"nonsense": 1}])
+            )
         if draw(st.booleans()):
             prompt["tags"] = ["t"]
         prompts.append(prompt)
-    models = draw(st.lists(st.sampled_from([
-        MODELS[0], MODELS[1], MODELS[3], "fal-ai/f-lite/standard",
-        {"endpoint": MODELS[0], "label": "one"}, {"endpoint": MODELS[0], "label": "two"},
-        {"endpoint": MODELS[1], "label": "fal-ai--flux-1--schnell"},  # the path segment of MODELS[0]
-        {"endpoint": "acme/new-model", "unchecked": True},
-        {"endpoint": MODELS[1], "label": "wide", "axes": {"aspect_ratio": ["16:9", "9:16"]}},
-    ]), min_size=1, max_size=3, unique_by=str))
+    models = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    MODELS[0],
+                    MODELS[1],
+                    MODELS[3],
+                    "fal-ai/f-lite/standard",
+                    {"endpoint": MODELS[0], "label": "one"},
+                    {"endpoint": MODELS[0], "label": "two"},
+                    {
+                        "endpoint": MODELS[1],
+                        "label": "fal-ai--flux-1--schnell",
+                    },  # the path segment of MODELS[0]
+                    {"endpoint": "acme/new-model", "unchecked": True},
+                    {
+                        "endpoint": MODELS[1],
+                        "label": "wide",
+                        "axes": {"aspect_ratio": ["16:9", "9:16"]},
+                    },
+                ]
+            ),
+            min_size=1,
+            max_size=3,
+            unique_by=str,
+        )
+    )
     if draw(rare):
         models.append(models[0])
-    data: dict[str, Any] = {"prompts": prompts, "models": models, "seeds": draw(st.one_of(
-        st.lists(st.sampled_from([1, 2, 3, 7]), min_size=1, max_size=4, unique=True).map(
-            lambda xs: xs + draw(st.sampled_from([[], [], [], [], [0], [2**31], xs[:1]]))),
-        st.builds(lambda start, count: {"start": start, "count": count}, st.sampled_from([1, 5, 2**31 - 2]),
-                  st.integers(1, 4)),
-        st.builds(lambda n: {"random": n}, st.integers(1, 3))))}
+    data: dict[str, Any] = {
+        "prompts": prompts,
+        "models": models,
+        "seeds": draw(
+            st.one_of(
+                st.lists(st.sampled_from([1, 2, 3, 7]), min_size=1, max_size=4, unique=True).map(
+                    lambda xs: xs + draw(st.sampled_from([[], [], [], [], [0], [2**31], xs[:1]]))
+                ),
+                st.builds(
+                    lambda start, count: {"start": start, "count": count},
+                    st.sampled_from([1, 5, 2**31 - 2]),
+                    st.integers(1, 4),
+                ),
+                st.builds(lambda n: {"random": n}, st.integers(1, 3)),
+            )
+        ),
+    }
     names = [m if isinstance(m, str) else m.get("label", m["endpoint"]) for m in models]
     optional = {
-        "axes": st.sampled_from([{"aspect_ratio": ["1:1", "16:9"]}, {"aspect_ratio": ["21:9", "1:1"]}]),
-        "defaults": st.sampled_from([{"num_images": 2}, {"aspect_ratio": "4:3"}, {"output_format": "jpeg"}]),
-        "include": st.sampled_from([[{"prompt": ids[0], "model": names[0], "seed": 9}], [{"num_images": 2}],
-                                    [{"model": names[-1], "num_images": 3}]]),
+        "axes": st.sampled_from(
+            [{"aspect_ratio": ["1:1", "16:9"]}, {"aspect_ratio": ["21:9", "1:1"]}]
+        ),
+        "defaults": st.sampled_from(
+            [{"num_images": 2}, {"aspect_ratio": "4:3"}, {"output_format": "jpeg"}]
+        ),
+        "include": st.sampled_from(
+            [
+                [{"prompt": ids[0], "model": names[0], "seed": 9}],
+                [{"num_images": 2}],
+                [{"model": names[-1], "num_images": 3}],
+            ]
+        ),
         "exclude": st.sampled_from([[{"seed": 2}], [{"prompt": ids[-1]}]]),
-        "extra": st.sampled_from([[{"prompt": ids[0], "model": names[0], "seed": 1}],
-                                  [{"prompt": ids[-1], "model": names[-1], "seed": 4}]]),
-        "prices": st.sampled_from([{names[0]: {"per_megapixel": 0.003}}, {names[-1]: {"per_image": 0.04}}]),
+        "extra": st.sampled_from(
+            [
+                [{"prompt": ids[0], "model": names[0], "seed": 1}],
+                [{"prompt": ids[-1], "model": names[-1], "seed": 4}],
+            ]
+        ),
+        "prices": st.sampled_from(
+            [{names[0]: {"per_megapixel": 0.003}}, {names[-1]: {"per_image": 0.04}}]
+        ),
     }
     for key, values in optional.items():
         if draw(st.integers(0, 3)) == 0:
@@ -322,10 +498,13 @@ def seed_limited(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(tricky_manifests(), st.booleans())
-def test_fast_plan_equals_the_straightforward_plan(registry: SchemaRegistry, seed_limited: SchemaRegistry,
-                                                    data: dict[str, Any], limited: bool):
+def test_fast_plan_equals_the_straightforward_plan(
+    registry: SchemaRegistry, seed_limited: SchemaRegistry, data: dict[str, Any], limited: bool
+):
     """Cells taken whole, seed templates and counted samples give the plan (or the problems) of the long way."""
     fast, slow = _plan_both(seed_limited if limited else registry, data)
     if isinstance(fast, plan.Plan) and isinstance(slow, plan.Plan):
@@ -340,17 +519,33 @@ def test_fast_plan_equals_the_straightforward_plan(registry: SchemaRegistry, see
 def test_problems_of_the_manifest_survive_the_exact_pass(registry: SchemaRegistry):
     """A seed out of range is still reported when repeated inputs make the planner re-run its pass exactly."""
     with pytest.raises(ManifestError) as info:
-        build(registry, {"prompts": [{"id": "a", "text": "x"}], "seeds": [1, 0],
-                         "models": [{"endpoint": MODELS[0], "label": "one"}, {"endpoint": MODELS[0], "label": "two"}]})
+        build(
+            registry,
+            {
+                "prompts": [{"id": "a", "text": "x"}],
+                "seeds": [1, 0],
+                "models": [
+                    {"endpoint": MODELS[0], "label": "one"},
+                    {"endpoint": MODELS[0], "label": "two"},
+                ],
+            },
+        )
     messages = sorted(p.message for p in info.value.problems)
     assert len(messages) == 2 and messages[1] == "seed 0 is out of range"
-    assert messages[0].startswith("prompt=a model=two seed=1 sends exactly the input of prompt=a model=one seed=1")
+    assert messages[0].startswith(
+        "prompt=a model=two seed=1 sends exactly the input of prompt=a model=one seed=1"
+    )
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(-(2**70), 2**70), max_size=200), st.lists(st.integers(-(2**70), 2**70), max_size=50),
-       st.sampled_from([0, 5, 50_000]))
-def test_fingerprints_hold_the_low_64_bits_of_each_member(members: list[int], probes: list[int], small: int):
+@given(
+    st.lists(st.integers(-(2**70), 2**70), max_size=200),
+    st.lists(st.integers(-(2**70), 2**70), max_size=50),
+    st.sampled_from([0, 5, 50_000]),
+)
+def test_fingerprints_hold_the_low_64_bits_of_each_member(
+    members: list[int], probes: list[int], small: int
+):
     """Membership is that of a set of the members' low 64 bits, before and after the set moves into buckets."""
     mask = 2**64 - 1
     fps = plan.Fingerprints()
@@ -364,7 +559,9 @@ def test_fingerprints_hold_the_low_64_bits_of_each_member(members: list[int], pr
 
 @settings(max_examples=30, deadline=None)
 @given(st.text(max_size=5), st.text(max_size=5), st.text(max_size=5), st.integers(0, 40))
-def test_a_cells_random_seeds_are_random_seed_for_each_sample(run: str, prompt_id: str, model: str, count: int):
+def test_a_cells_random_seeds_are_random_seed_for_each_sample(
+    run: str, prompt_id: str, model: str, count: int
+):
     """The seeds drawn for a cell at once are exactly random_seed(run, prompt, model, n) for n < count."""
     seeds = plan._RandomSeeds(run, prompt_id, model, count)
     assert len(seeds) == count
@@ -374,12 +571,24 @@ def test_a_cells_random_seeds_are_random_seed_for_each_sample(run: str, prompt_i
 def _variants(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The manifest with one thing changed that may change its jobs (or, for some, not)."""
     first = dict(data["prompts"][0])
-    out = [{**data, "prompts": [{**first, "tags": ["new"]}, *data["prompts"][1:]]},
-           {**data, "prompts": [{**first, "text": first["text"] + "!"}, *data["prompts"][1:]]},
-           {**data, "models": list(reversed(data["models"]))},
-           {**data, "extra": [{"prompt": first["id"], "model": data["models"][0] if isinstance(data["models"][0], str)
-                               else data["models"][0].get("label", data["models"][0]["endpoint"]), "seed": 11}]},
-           {**data, "prompts": list(reversed(data["prompts"]))}]
+    out = [
+        {**data, "prompts": [{**first, "tags": ["new"]}, *data["prompts"][1:]]},
+        {**data, "prompts": [{**first, "text": first["text"] + "!"}, *data["prompts"][1:]]},
+        {**data, "models": list(reversed(data["models"]))},
+        {
+            **data,
+            "extra": [
+                {
+                    "prompt": first["id"],
+                    "model": data["models"][0]
+                    if isinstance(data["models"][0], str)
+                    else data["models"][0].get("label", data["models"][0]["endpoint"]),
+                    "seed": 11,
+                }
+            ],
+        },
+        {**data, "prompts": list(reversed(data["prompts"]))},
+    ]
     if isinstance(data["seeds"], list):
         out.append({**data, "seeds": list(reversed(data["seeds"]))})
     elif "count" in data["seeds"]:
@@ -388,9 +597,13 @@ def _variants(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(tricky_manifests())
-def test_the_digest_tells_apart_any_two_different_plans(registry: SchemaRegistry, data: dict[str, Any]):
+def test_the_digest_tells_apart_any_two_different_plans(
+    registry: SchemaRegistry, data: dict[str, Any]
+):
     """The same manifest gives the same digest; a change to any job's key, model, source, tags or order changes it."""
     base, _ = _plan_both(registry, data)
     if not isinstance(base, plan.Plan):

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from renderer.emulator import ServiceTime
-from renderer.store import SQLiteStore
+from renderer.provider.emulator import ServiceTime
+from renderer.state.store import SQLiteStore
 
 from .conftest import background_emulator, cli, write_manifest
 
@@ -20,11 +20,18 @@ ENV = {"FAL_KEY": "k"}
 
 
 def images(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.rglob("*") if p.suffix in (".png", ".jpg", ".webp") and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in run_dir.rglob("*")
+        if p.suffix in (".png", ".jpg", ".webp") and not p.name.startswith(".")
+    )
 
 
 def digests(run_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in images(run_dir)}
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in images(run_dir)
+    }
 
 
 @pytest.mark.parametrize("loss", ["deleted", "emptied", "moved aside with its WAL"])
@@ -54,9 +61,15 @@ def test_lost_database_is_rebuilt_from_sidecars_without_paying_again(tmp_path: P
     assert len(rows) == 6 and all(r["request_id"] for r in rows)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(damage=st.sampled_from(["image bytes", "sidecar key", "sidecar missing", "image missing", "sidecar json"]),
-       victim=st.integers(0, 3))
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    damage=st.sampled_from(
+        ["image bytes", "sidecar key", "sidecar missing", "image missing", "sidecar json"]
+    ),
+    victim=st.integers(0, 3),
+)
 def test_only_intact_images_of_the_same_job_are_adopted(tmp_path_factory, damage: str, victim: int):
     """A damaged image, a missing or foreign sidecar: that job is rendered again; every other job is adopted."""
     folder = tmp_path_factory.mktemp("adopt")
@@ -99,7 +112,11 @@ def test_a_path_held_by_another_job_is_never_overwritten(tmp_path: Path):
         assert emu.stats()["submits"] == 2
     assert old.read_bytes() == old_bytes
     new = [p for p in images(run_dir) if p != old]
-    assert len(new) == 1 and new[0].parent == old.parent and new[0].stem.startswith(old.stem.rsplit("-", 1)[0] + "_")
+    assert (
+        len(new) == 1
+        and new[0].parent == old.parent
+        and new[0].stem.startswith(old.stem.rsplit("-", 1)[0] + "_")
+    )
     store = SQLiteStore(run_dir, readonly=True)
     try:
         rows = store.rows()
@@ -125,7 +142,9 @@ def test_a_path_held_on_disk_only_is_never_overwritten(tmp_path: Path):
         write_manifest(tmp_path, seeds=[1], defaults={"aspect_ratio": "16:9"})
         assert cli(*base, env=ENV)[0] == 0
         (run_dir / "renderer.sqlite").unlink()
-        assert cli(*base, env=ENV)[0] == 0  # and once more: the new job's own file is found and adopted
+        assert (
+            cli(*base, env=ENV)[0] == 0
+        )  # and once more: the new job's own file is found and adopted
         assert emu.stats()["submits"] == 2
     assert old.read_bytes() == old_bytes
     assert len(images(run_dir)) == 2
@@ -138,8 +157,11 @@ def test_temporary_files_of_a_killed_export_are_removed(tmp_path: Path):
         base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet")
         assert cli(*base, env=ENV)[0] == 0
         run_dir = tmp_path / "o/t"
-        left = [run_dir / ".run.json.0123abcd4567.part", run_dir / "data/.metadata.jsonl.89ab01234567.part",
-                run_dir / "data/.README.md.0123456789ab.part"]
+        left = [
+            run_dir / ".run.json.0123abcd4567.part",
+            run_dir / "data/.metadata.jsonl.89ab01234567.part",
+            run_dir / "data/.README.md.0123456789ab.part",
+        ]
         for path in left:
             path.write_text("half")
         assert cli(*base, env=ENV)[0] == 0
@@ -171,4 +193,3 @@ def test_damaged_database_is_a_clear_error_and_moving_it_aside_recovers(tmp_path
         code, _, err = cli(*base, env=ENV)
         assert code == 0, err
         assert emu.stats()["duplicate_submits"] == 0 and emu.stats()["submits"] == 40
-

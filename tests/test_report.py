@@ -15,52 +15,83 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from renderer import report
-from renderer.emulator import ServiceTime
-from renderer.plan import Job
-from renderer.store import SQLiteStore
+from renderer.plan.planner import Job
+from renderer.provider.emulator import ServiceTime
+from renderer.state.store import SQLiteStore
+from renderer.view import report
 
 from .conftest import MANIFESTS, background_emulator, cli, write_manifest
 
 FAST = ServiceTime("fixed", 0.005)
 SWEEP = {
-    "prompts": [{"id": "cat", "text": "a cat", "tags": ["animal"]}, {"id": "fuji", "text": "Mount Fuji", "tags": ["place"]}],
-    "models": [{"endpoint": "fal-ai/flux-1/schnell", "label": "flux"}, {"endpoint": "fal-ai/imagen4/preview", "label": "imagen"},
-               {"endpoint": "acme/missing", "label": "broken", "unchecked": True}],
+    "prompts": [
+        {"id": "cat", "text": "a cat", "tags": ["animal"]},
+        {"id": "fuji", "text": "Mount Fuji", "tags": ["place"]},
+    ],
+    "models": [
+        {"endpoint": "fal-ai/flux-1/schnell", "label": "flux"},
+        {"endpoint": "fal-ai/imagen4/preview", "label": "imagen"},
+        {"endpoint": "acme/missing", "label": "broken", "unchecked": True},
+    ],
     "seeds": [1, 2],
 }
 # The issue's sweep: 3 prompts × 4 models × 3 aspect ratios × 3 seeds, with a style axis on one model.
 SWEEP_135 = {
-    "prompts": [{"id": "cat", "text": "a cat on a windowsill"}, {"id": "fuji", "text": "Mount Fuji at dawn"},
-                {"id": "tea", "text": "a teapot in studio light"}],
-    "models": [{"endpoint": "fal-ai/flux-1/schnell", "label": "flux"},
-               {"endpoint": "fal-ai/imagen4/preview", "label": "imagen"},
-               {"endpoint": "fal-ai/ideogram/v2", "label": "ideogram"},
-               {"endpoint": "fal-ai/recraft/v2/text-to-image", "label": "recraft",
-                "axes": {"style": ["vector_illustration", "icon/outline"]}}],
+    "prompts": [
+        {"id": "cat", "text": "a cat on a windowsill"},
+        {"id": "fuji", "text": "Mount Fuji at dawn"},
+        {"id": "tea", "text": "a teapot in studio light"},
+    ],
+    "models": [
+        {"endpoint": "fal-ai/flux-1/schnell", "label": "flux"},
+        {"endpoint": "fal-ai/imagen4/preview", "label": "imagen"},
+        {"endpoint": "fal-ai/ideogram/v2", "label": "ideogram"},
+        {
+            "endpoint": "fal-ai/recraft/v2/text-to-image",
+            "label": "recraft",
+            "axes": {"style": ["vector_illustration", "icon/outline"]},
+        },
+    ],
     "axes": {"aspect_ratio": ["1:1", "16:9", "9:16"]},
     "seeds": [1, 2, 3],
     "prices": {"fal-ai/imagen4/preview": {"per_image": 0.04}},
 }
 MODELS = ["flux", "imagen", "ideogram", "recraft"]
 RATIOS = ["1:1", "16:9", "9:16"]
-HOSTILE = ["</script><script>window.pwned=1</script>", "<!--<script>", "\"'><img src=x onerror=window.pwned=1>",
-           "\u202eevil\u202c \u200f", "🎨🐈‍⬛ emoji", "&amp; &lt;b&gt;", "{{data}}"]
+HOSTILE = [
+    "</script><script>window.pwned=1</script>",
+    "<!--<script>",
+    "\"'><img src=x onerror=window.pwned=1>",
+    "\u202eevil\u202c \u200f",
+    "🎨🐈‍⬛ emoji",
+    "&amp; &lt;b&gt;",
+    "{{data}}",
+]
 
 
 def _render(folder: Path, spec: dict[str, Any], **emulator: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     m = write_manifest(folder, **spec)
     with background_emulator(service=FAST, **emulator) as emu:
-        code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(folder / "out"), "--quiet",
-                           env={"FAL_KEY": "k"})
+        code, _, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(folder / "out"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
     assert code in (0, 1), err
     return folder / "out/t"
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _render(tmp_path_factory.mktemp("sweep"), SWEEP)  # the unknown endpoint fails; the rest render
+    return _render(
+        tmp_path_factory.mktemp("sweep"), SWEEP
+    )  # the unknown endpoint fails; the rest render
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +112,7 @@ def _rows(run: Path) -> list[Any]:
 def _data(run: Path) -> dict[str, Any]:
     text = (run / "report/index.html").read_text()
     start = text.index('<script type="application/json" id="renderer-data">') + 51
-    return json.loads(text[start:text.index("</script>", start)])
+    return json.loads(text[start : text.index("</script>", start)])
 
 
 # ---------------------------------------------------------------- without a browser
@@ -95,7 +126,11 @@ def test_dimensions_cover_every_axis_and_mark_absent_ones(sweep135: Path):
     assert sp.names == ["prompt", "model", "aspect_ratio", "style", "seed"]
     assert sp.values[1] == MODELS and sp.values[2] == RATIOS and sp.values[4] == ["1", "2", "3"]
     style = sp.index("style")
-    assert {r.model for r, c in zip(rows, sp.coords, strict=True) if c[style] < 0} == {"flux", "imagen", "ideogram"}
+    assert {r.model for r, c in zip(rows, sp.coords, strict=True) if c[style] < 0} == {
+        "flux",
+        "imagen",
+        "ideogram",
+    }
     assert report.default_view(sp, "prompt", "model") == report.View("model", "prompt", "seed")
 
 
@@ -104,7 +139,11 @@ def test_data_block_is_escaped_for_script_context(tmp_path: Path):
     run = _hostile_run(tmp_path)
     report.build(run)
     text = (run / "report/index.html").read_text()
-    block = text[text.index('id="renderer-data">') + 19:text.index("</script>", text.index('id="renderer-data">'))]
+    block = text[
+        text.index('id="renderer-data">') + 19 : text.index(
+            "</script>", text.index('id="renderer-data">')
+        )
+    ]
     assert not set("<>&") & set(block)
     assert {i["request_id"] for i in _data(run)["items"]} >= set(HOSTILE)
 
@@ -125,7 +164,9 @@ def test_failed_cells_and_counts(sweep: Path):
     assert done["pages"] == 2 and done["cells"] == 12
     items = _data(sweep)["items"]
     failed = [i for i in items if i["model"] == "broken"]
-    assert len(failed) == 4 and all(i["state"] == "failed" and "HTTP 404" in i["error"] for i in failed)
+    assert len(failed) == 4 and all(
+        i["state"] == "failed" and "HTTP 404" in i["error"] for i in failed
+    )
 
 
 def test_thumbnails_are_made_once(sweep: Path):
@@ -147,7 +188,9 @@ def test_sheets_split_under_the_cap_and_stale_ones_go(sweep: Path, tmp_path: Pat
         with Image.open(sheet) as im:
             assert max(im.size) <= cap
     again = report.build(copy)
-    assert sorted(p.name for p in (copy / "report").glob("sheet-*.png")) == sorted(p.name for p in again["sheets"])
+    assert sorted(p.name for p in (copy / "report").glob("sheet-*.png")) == sorted(
+        p.name for p in again["sheets"]
+    )
     assert len(again["sheets"]) == 2
 
 
@@ -169,20 +212,40 @@ def test_sheet_cells_failed_na_and_centred(sweep: Path, tmp_path: Path):
         w, h = thumb.size
     assert w != h
     x0, y0 = left + (cell - w) // 2, top + (cell - h) // 2
-    assert sheet.getpixel((x0 + w // 2, y0 - 1)) == sheet.getpixel((x0 - 1, y0 + h // 2)) == (255, 255, 255)
-    assert sheet.getpixel((x0 + w // 2, y0 + 1)) != (255, 255, 255) and sheet.getpixel((x0 + 1, y0 + h // 2)) != (255, 255, 255)
+    assert (
+        sheet.getpixel((x0 + w // 2, y0 - 1))
+        == sheet.getpixel((x0 - 1, y0 + h // 2))
+        == (255, 255, 255)
+    )
+    assert sheet.getpixel((x0 + w // 2, y0 + 1)) != (255, 255, 255) and sheet.getpixel(
+        (x0 + 1, y0 + h // 2)
+    ) != (255, 255, 255)
     assert sheet.getpixel((x0 + w // 2, y0 + h)) == (255, 255, 255)
     # A model that lacks a combination: build a two-model page where one has an axis the other lacks.
-    run = _render(tmp_path / "axis", {"prompts": [{"id": "cat", "text": "a cat"}],
-                                      "models": ["fal-ai/flux-1/schnell",
-                                                 {"endpoint": "fal-ai/recraft/v2/text-to-image", "label": "recraft",
-                                                  "axes": {"style": ["vector_illustration"]}}]})
+    run = _render(
+        tmp_path / "axis",
+        {
+            "prompts": [{"id": "cat", "text": "a cat"}],
+            "models": [
+                "fal-ai/flux-1/schnell",
+                {
+                    "endpoint": "fal-ai/recraft/v2/text-to-image",
+                    "label": "recraft",
+                    "axes": {"style": ["vector_illustration"]},
+                },
+            ],
+        },
+    )
     done = report.build(run)
     with Image.open(done["sheets"][0]) as im:
         sheet = im.convert("RGB")
     # rows: (cat, vector_illustration), (cat, style not set); columns flux-1/schnell, recraft
     assert sheet.getpixel((left + 4, top + 4)) == (0xF3, 0xF3, 0xF0)  # flux with a style: n/a
-    assert sheet.getpixel((left + cell + 4, top + cell + 4)) == (0xF3, 0xF3, 0xF0)  # recraft without one: n/a
+    assert sheet.getpixel((left + cell + 4, top + cell + 4)) == (
+        0xF3,
+        0xF3,
+        0xF0,
+    )  # recraft without one: n/a
 
 
 def test_report_axes_errors(sweep: Path):
@@ -204,9 +267,17 @@ def chromium() -> Iterator[tuple[Any, list[str]]]:
     playwright = pytest.importorskip("playwright.sync_api")
     errors: list[str] = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=path,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
+        )
         try:
             yield browser, errors
         finally:
@@ -236,7 +307,11 @@ def test_default_view_shows_every_model_side_by_side(sweep135: Path):
     """The 135-job sweep opens as one grid per seed with all four models across and every job present."""
     with chromium() as (browser, errors):
         page = _open(browser, errors, (sweep135 / "report/index.html").as_uri())
-        assert page.locator("section.page h2").all_text_contents() == ["seed = 1", "seed = 2", "seed = 3"]
+        assert page.locator("section.page h2").all_text_contents() == [
+            "seed = 1",
+            "seed = 2",
+            "seed = 3",
+        ]
         first = page.locator("section.page").first
         assert first.locator("th.col").all_text_contents() == MODELS
         assert first.locator("th.row").all_text_contents() == ["cat", "fuji", "tea"]
@@ -271,7 +346,11 @@ def test_axes_filter_reload_and_keyboard(sweep135: Path):
             seen = page.evaluate("""() => [...document.querySelectorAll('tbody tr')].map(tr => [
                 tr.querySelector('th').textContent,
                 [...tr.querySelectorAll('.cell')].map(c => [...c.querySelectorAll('img')].map(i => i.getAttribute('src')))])""")
-            got = {(model, RATIOS[c]): set(srcs) for model, cells in seen for c, srcs in enumerate(cells)}
+            got = {
+                (model, RATIOS[c]): set(srcs)
+                for model, cells in seen
+                for c, srcs in enumerate(cells)
+            }
             assert got == expected
 
         check(page)
@@ -334,8 +413,16 @@ def test_size_slider_fit_and_detail_of_a_failure(sweep: Path, tmp_path: Path):
 def test_design_sweep_default_view_screenshot(tmp_path: Path):
     """manifests/design-sweep.yaml: both models side by side in one grid; a screenshot is saved."""
     with background_emulator(service=FAST) as emu:
-        code, _, err = cli("run", str(MANIFESTS / "design-sweep.yaml"), "--provider", emu.url,
-                           "--output", str(tmp_path), "--quiet", env={"FAL_KEY": "k"})
+        code, _, err = cli(
+            "run",
+            str(MANIFESTS / "design-sweep.yaml"),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
     assert code == 0, err
     run = tmp_path / "design-sweep"
     report.build(run)
@@ -345,7 +432,9 @@ def test_design_sweep_default_view_screenshot(tmp_path: Path):
         assert page.locator("th.col").all_text_contents() == ["recraft", "ideogram"]
         # 28 planned jobs, all shown; the excluded combination is not a "pending" placeholder.
         assert page.locator(".item").count() == page.locator(".item.downloaded").count() == 28
-        page.wait_for_function("[...document.querySelectorAll('.item img')].slice(0, 6).every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "[...document.querySelectorAll('.item img')].slice(0, 6).every(i => i.complete && i.naturalWidth > 0)"
+        )
         shot = _screens(tmp_path) / "design-sweep.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot))
@@ -356,15 +445,29 @@ def test_design_sweep_default_view_screenshot(tmp_path: Path):
 def _hostile_run(folder: Path) -> Path:
     """A run whose every text field is hostile: ids, prompt, axis names and values, request ids,
     failure reasons (written through the store, as a run would)."""
-    from renderer.pictures import render
+    from renderer.provider.pictures import render
 
     run = folder / "hostile"
     store = SQLiteStore(run)
     jobs = []
     for n, text in enumerate(HOSTILE):
         axes = {"style": text, "aspect_ratio": "1:1" if n % 2 else text}
-        jobs.append(Job(n, f"key-{n}-{text}", f"acme/{text}", text, f"{text}-{n % 3}", n, axes,
-                        {"prompt": text, "seed": n, "style": text}, f"m/{n}/s{n}", 1, (text,), "m.yaml:1"))
+        jobs.append(
+            Job(
+                n,
+                f"key-{n}-{text}",
+                f"acme/{text}",
+                text,
+                f"{text}-{n % 3}",
+                n,
+                axes,
+                {"prompt": text, "seed": n, "style": text},
+                f"m/{n}/s{n}",
+                1,
+                (text,),
+                "m.yaml:1",
+            )
+        )
     store.sync_plan(jobs)
     for n, job in enumerate(jobs):
         store.submitted(job.key, HOSTILE[n], "u", "u", "u")
@@ -376,8 +479,18 @@ def _hostile_run(folder: Path) -> Path:
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_bytes(data)
         store.completed(job.key, {"images": [], "seed": n})
-        store.downloaded(job.key, [{"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                    "width": 96, "height": 64 + 16 * n}])
+        store.downloaded(
+            job.key,
+            [
+                {
+                    "path": rel,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                    "width": 96,
+                    "height": 64 + 16 * n,
+                }
+            ],
+        )
     store.close()
     return run
 
@@ -396,7 +509,9 @@ def test_hostile_text_stays_text(tmp_path: Path):
         assert page.locator("img[src=x]").count() == 0 and page.locator("script").count() == 2
         assert page.locator(".item.failed").count() == 2
         assert page.locator(".item.failed").first.inner_text().startswith("failed: ")
-        page.wait_for_function("[...document.querySelectorAll('.item img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "[...document.querySelectorAll('.item img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
         for n in range(len(HOSTILE)):
             page.locator(".item").nth(n).click()
             facts = page.locator("#detail-facts").inner_text()
@@ -405,9 +520,13 @@ def test_hostile_text_stays_text(tmp_path: Path):
         # Every hostile value is offered as a filter value, verbatim.
         page.click("#filters details[data-dim=prompt] summary")
         page.wait_for_selector("#filters details[data-dim=prompt] input")
-        values = page.locator("#filters details[data-dim=prompt] input").evaluate_all("l => l.map(i => i.value)")
+        values = page.locator("#filters details[data-dim=prompt] input").evaluate_all(
+            "l => l.map(i => i.value)"
+        )
         assert set(values) == {f"{t}-{n % 3}" for n, t in enumerate(HOSTILE)}
         page.goto(page.url)  # the fragment with hostile values in it reopens the view
         page.wait_for_selector("body[data-ready]")
-        assert page.locator(".item").count() == len(HOSTILE) and page.evaluate("window.pwned") is None
+        assert (
+            page.locator(".item").count() == len(HOSTILE) and page.evaluate("window.pwned") is None
+        )
     assert errors == []

@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from renderer import plan as plan_mod
-from renderer.client import Client
-from renderer.emulator import Faults, ServiceTime
-from renderer.manifest import load
-from renderer.runner import Account, AccountLimit, Accounts, AccountSlots, RunConfig, Runner
-from renderer.schemas import SchemaRegistry
-from renderer.store import SQLiteStore
+from renderer.manifest.load import load
+from renderer.models.schemas import SchemaRegistry
+from renderer.plan import planner as plan_mod
+from renderer.provider.client import Client
+from renderer.provider.emulator import Faults, ServiceTime
+from renderer.runner.runner import Account, AccountLimit, Accounts, AccountSlots, RunConfig, Runner
+from renderer.state.store import SQLiteStore
 
 from .conftest import MANIFESTS, ROOT, background_emulator, cli, write_manifest
 
@@ -39,7 +39,11 @@ FAST = ServiceTime("fixed", 0.01)
 
 
 def images(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.rglob("*") if p.suffix in (".png", ".jpg", ".webp") and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in run_dir.rglob("*")
+        if p.suffix in (".png", ".jpg", ".webp") and not p.name.startswith(".")
+    )
 
 
 def assert_all_verified(run_dir: Path) -> None:
@@ -51,20 +55,38 @@ def assert_all_verified(run_dir: Path) -> None:
         sidecar = json.loads(path.with_suffix(".json").read_text())
         assert sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest(), path
     rows = [json.loads(line) for line in (run_dir / "data/metadata.jsonl").read_text().splitlines()]
-    assert sorted(r["file_name"] for r in rows) == sorted(str(p.relative_to(run_dir / "data")) for p in found)
+    assert sorted(r["file_name"] for r in rows) == sorted(
+        str(p.relative_to(run_dir / "data")) for p in found
+    )
 
 
 def test_quickstart_renders_end_to_end(tmp_path: Path):
     """The README's first command: the quickstart renders 8 verified images with metadata on the emulator."""
-    code, out, err = cli("run", str(MANIFESTS / "quickstart.yaml"), "--output", str(tmp_path), "--quiet")
+    code, out, err = cli(
+        "run", str(MANIFESTS / "quickstart.yaml"), "--output", str(tmp_path), "--quiet"
+    )
     assert code == 0, err
     run_dir = tmp_path / "quickstart"
     assert len(images(run_dir)) == 8
     assert_all_verified(run_dir)
     rows = [json.loads(line) for line in (run_dir / "data/metadata.jsonl").read_text().splitlines()]
     assert [r["prompt_id"] for r in rows[:2]] == ["cat-skateboard", "cat-skateboard"]
-    assert {"file_name", "prompt", "prompt_id", "model", "endpoint", "seed", "job_key", "input", "tags", "width",
-            "height", "sha256", "provider", "has_nsfw_concepts"} <= set(rows[0])
+    assert {
+        "file_name",
+        "prompt",
+        "prompt_id",
+        "model",
+        "endpoint",
+        "seed",
+        "job_key",
+        "input",
+        "tags",
+        "width",
+        "height",
+        "sha256",
+        "provider",
+        "has_nsfw_concepts",
+    } <= set(rows[0])
     assert "split: train" in (run_dir / "data/README.md").read_text()
     summary = json.loads((run_dir / "run.json").read_text())
     assert summary["outcome"] == "done" and summary["counts"]["downloaded"] == 8
@@ -116,27 +138,50 @@ def test_a_changed_image_of_a_multi_image_job_is_downloaded_again(tmp_path: Path
         victim = sorted(found)[1]  # the second image of the first job
         victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
         assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
-        assert emu.stats()["submits"] == 2 and emu.stats()["downloads"] == 6  # that job's two images, again
+        assert (
+            emu.stats()["submits"] == 2 and emu.stats()["downloads"] == 6
+        )  # that job's two images, again
     assert_all_verified(tmp_path / "out/t")
 
 
 def test_fault_mix_500_jobs_all_valid(tmp_path: Path):
     """10% 429, 5% ingress 502, 5% runner errors, 5% dropped and 2% corrupt downloads: all 500 complete."""
     # Ingress 502/503 only: a 504 on a submit may have been passed on, so it is an unknown outcome (not resent).
-    faults = Faults(submit_429=0.10, ingress_5xx=0.05, ingress_codes=(502, 503), runner_error=0.05,
-                    drop_download=0.05, corrupt_image=0.02)
-    m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(50)],
-                       seeds=list(range(1, 11)), retries={"attempts": 10, "backoff": 0.01, "max_backoff": 0.2},
-                       limits={"concurrency": 32, "rate": 2000})
+    faults = Faults(
+        submit_429=0.10,
+        ingress_5xx=0.05,
+        ingress_codes=(502, 503),
+        runner_error=0.05,
+        drop_download=0.05,
+        corrupt_image=0.02,
+    )
+    m = write_manifest(
+        tmp_path,
+        prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(50)],
+        seeds=list(range(1, 11)),
+        retries={"attempts": 10, "backoff": 0.01, "max_backoff": 0.2},
+        limits={"concurrency": 32, "rate": 2000},
+    )
     with background_emulator(service=FAST, workers=32, seed=7, faults=faults) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet",
-                             env={"FAL_KEY": "k"})
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "out"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
         stats = emu.stats()
     assert code == 0, out + err
     assert len(images(tmp_path / "out/t")) == 500
     assert_all_verified(tmp_path / "out/t")
     # Each fault really happened, and only runner failures caused a second submit of an input.
-    assert all(stats["faults"].get(k, 0) > 0 for k in ("submit_429", "runner_error", "drop_download", "corrupt_image"))
+    assert all(
+        stats["faults"].get(k, 0) > 0
+        for k in ("submit_429", "runner_error", "drop_download", "corrupt_image")
+    )
     assert stats["duplicate_submits"] == stats["faults"]["runner_error"]
 
 
@@ -144,7 +189,15 @@ def test_unauthorized_stops_the_run_with_exit_3(tmp_path: Path):
     """A 401 stops everything at once with the provider's message; nothing more is sent."""
     m = write_manifest(tmp_path, seeds=list(range(1, 21)))
     with background_emulator(service=FAST, key="right") as emu:
-        code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), env={"FAL_KEY": "wrong"})
+        code, _, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            env={"FAL_KEY": "wrong"},
+        )
         attempts = emu.stats()["submit_attempts"]
     assert code == 3
     assert "HTTP 401" in err and "No user found" in err and "hint:" in err
@@ -155,7 +208,15 @@ def test_locked_account_stops_the_run_with_exit_3(tmp_path: Path):
     """403 'User is locked' stops the run; jobs already submitted are kept for the next run."""
     m = write_manifest(tmp_path, seeds=list(range(1, 21)), limits={"concurrency": 1})
     with background_emulator(service=FAST, faults=Faults(lock_after=3)) as emu:
-        code, _, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), env={"FAL_KEY": "k"})
+        code, _, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            env={"FAL_KEY": "k"},
+        )
         attempts = emu.stats()["submit_attempts"]
     assert code == 3
     assert "User is locked. Reason: Exhausted balance" in err
@@ -167,11 +228,25 @@ def test_locked_account_stops_the_run_with_exit_3(tmp_path: Path):
 
 def test_rejected_jobs_fail_alone(tmp_path: Path):
     """Jobs the provider refuses (an endpoint it does not have: 404) fail at once; the others finish; exit 1."""
-    m = write_manifest(tmp_path, seeds=[1, 2], models=[{"endpoint": "fal-ai/flux-1/schnell"},
-                                                       {"endpoint": "acme/strict", "unchecked": True}])
+    m = write_manifest(
+        tmp_path,
+        seeds=[1, 2],
+        models=[
+            {"endpoint": "fal-ai/flux-1/schnell"},
+            {"endpoint": "acme/strict", "unchecked": True},
+        ],
+    )
     with background_emulator(service=FAST) as emu:
-        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
-                           env={"FAL_KEY": "k"})
+        code, _, _ = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
     assert code == 1
     code, out, _ = cli("status", str(tmp_path / "o/t"), "--json")
     status = json.loads(out)
@@ -181,11 +256,27 @@ def test_rejected_jobs_fail_alone(tmp_path: Path):
 
 def test_422_from_the_provider_is_kept(tmp_path: Path):
     """A job the provider rejects with 422 keeps fal's detail in its failure."""
-    m = write_manifest(tmp_path, models=[{"endpoint": "fal-ai/flux-1/schnell", "unchecked": True,
-                                          "params": {"num_inference_steps": "many"}}])
+    m = write_manifest(
+        tmp_path,
+        models=[
+            {
+                "endpoint": "fal-ai/flux-1/schnell",
+                "unchecked": True,
+                "params": {"num_inference_steps": "many"},
+            }
+        ],
+    )
     with background_emulator(service=FAST) as emu:
-        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
-                         env={"FAL_KEY": "k"})
+        code, _, _ = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
         assert emu.stats()["submits"] == 1
     assert code == 1
     failure = json.loads(cli("status", str(tmp_path / "o/t"), "--json")[1])["failures"][0]
@@ -197,8 +288,24 @@ def test_key_never_appears_in_files_or_logs(tmp_path: Path):
     secret = "sekrit-" + os.urandom(8).hex()
     m = write_manifest(tmp_path, seeds=[1, 2])
     with background_emulator(service=FAST, key=secret) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), env={"FAL_KEY": secret})
-        bad = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o2"), env={"FAL_KEY": secret + "x"})
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            env={"FAL_KEY": secret},
+        )
+        bad = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o2"),
+            env={"FAL_KEY": secret + "x"},
+        )
     assert code == 0
     texts = [out, err, bad[1], bad[2]]
     for path in (tmp_path / "o").rglob("*"):
@@ -217,7 +324,7 @@ def test_missing_key_is_a_usage_error(tmp_path: Path):
 
 def test_second_run_on_the_same_directory_is_refused(tmp_path: Path):
     """A locked output directory is refused with a clear message."""
-    from renderer.store import RunLock
+    from renderer.state.store import RunLock
 
     m = write_manifest(tmp_path)
     with RunLock(tmp_path / "o/t"):
@@ -229,8 +336,18 @@ def test_stuck_job_is_cancelled_at_its_deadline(tmp_path: Path):
     """A job stuck IN_QUEUE past --timeout is cancelled and reported with its queue position."""
     m = write_manifest(tmp_path)
     with background_emulator(service=FAST, faults=Faults(stuck=1.0)) as emu:
-        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--timeout", "0.5",
-                         "--quiet", env={"FAL_KEY": "k"})
+        code, _, _ = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--timeout",
+            "0.5",
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
         assert emu.stats()["cancels"] == 1
     assert code == 1
     failure = json.loads(cli("status", str(tmp_path / "o/t"), "--json")[1])["failures"][0]
@@ -242,8 +359,16 @@ def test_expired_results_are_resubmitted_within_the_budget(tmp_path: Path):
     """When the provider no longer has a result, the job is resubmitted, up to the attempt budget."""
     m = write_manifest(tmp_path, retries={"attempts": 3, "backoff": 0.01})
     with background_emulator(service=FAST, faults=Faults(retention=0.0)) as emu:
-        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
-                         env={"FAL_KEY": "k"})
+        code, _, _ = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
         assert emu.stats()["submits"] == 3
     assert code == 1
 
@@ -279,13 +404,24 @@ def test_max_jobs_and_retry_failed(tmp_path: Path):
 
 def test_rate_limit_allows_no_burst(tmp_path: Path):
     """With rate R, no one-second window at the emulator holds more than R plus the bucket."""
-    from renderer.runner import bucket_size
+    from renderer.runner.runner import bucket_size
 
     rate = 20
     m = write_manifest(tmp_path, seeds=list(range(1, 61)), limits={"concurrency": 64, "rate": rate})
     with background_emulator(service=FAST, workers=64) as emu:
-        assert cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
-                   env={"FAL_KEY": "k"})[0] == 0
+        assert (
+            cli(
+                "run",
+                str(m),
+                "--provider",
+                emu.url,
+                "--output",
+                str(tmp_path / "o"),
+                "--quiet",
+                env={"FAL_KEY": "k"},
+            )[0]
+            == 0
+        )
         times = emu.stats()["submit_times"]
     assert len(times) == 60
     worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
@@ -294,7 +430,7 @@ def test_rate_limit_allows_no_burst(tmp_path: Path):
 
 def test_throttling_halves_the_in_flight_limit():
     """AIMD: a 429 halves the limit, successes add back one per limit's worth."""
-    from renderer.runner import AdaptiveLimit
+    from renderer.runner.runner import AdaptiveLimit
 
     limit = AdaptiveLimit(8)
     limit.throttled()
@@ -313,9 +449,24 @@ def test_throttling_halves_the_in_flight_limit():
 
 def _subprocess_run(manifest: Path, url: str, output: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FAL_KEY": "k", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "renderer", "run", str(manifest), "--provider", url,
-                             "--output", str(output), "--quiet"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "renderer",
+            "run",
+            str(manifest),
+            "--provider",
+            url,
+            "--output",
+            str(output),
+            "--quiet",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
@@ -326,8 +477,12 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
     # Every kill must land mid-run: 2 slots x 0.2 s is at most 10 jobs/s, and no trial lives
     # past 1.3 s (at least 0.3 s of it is start-up), so twenty trials render at most
     # 20 x 1.0 s x 10 = 200 of the 240 jobs, whatever the machine's speed.
-    m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(8)],
-                       seeds=list(range(1, 31)), limits={"concurrency": 4, "rate": 200})
+    m = write_manifest(
+        tmp_path,
+        prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(8)],
+        seeds=list(range(1, 31)),
+        limits={"concurrency": 4, "rate": 200},
+    )
     output = tmp_path / "out"
     kills = 0
     with background_emulator(service=ServiceTime("fixed", 0.2), workers=2) as emu:
@@ -351,7 +506,9 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
     ambiguous = store.total_ambiguous()
     store.close()
     assert stats["duplicate_submits"] <= ambiguous
-    print(f"kills={kills} submits={stats['submits']} duplicates={stats['duplicate_submits']} ambiguous={ambiguous}")
+    print(
+        f"kills={kills} submits={stats['submits']} duplicates={stats['duplicate_submits']} ambiguous={ambiguous}"
+    )
 
 
 def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path: Path):
@@ -376,28 +533,57 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path: Path):
 # ---------------------------------------------------------------- property
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.integers(1, 6), st.integers(0, 6), st.integers(0, 6))
 def test_resuming_twice_equals_running_once(tmp_path_factory, seeds, first, second):
     """Stopping after any number of jobs and resuming (twice) gives the bytes of one uninterrupted run."""
     folder = tmp_path_factory.mktemp("resume")
-    m = write_manifest(folder, seeds=list(range(1, seeds + 1)), models=["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview"])
+    m = write_manifest(
+        folder,
+        seeds=list(range(1, seeds + 1)),
+        models=["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview"],
+    )
     with background_emulator(service=FAST) as emu:
         base = ("run", str(m), "--provider", emu.url, "--quiet")
         cli(*base, "--output", str(folder / "once"), env={"FAL_KEY": "k"})
-        cli(*base, "--output", str(folder / "resumed"), "--max-jobs", str(first), env={"FAL_KEY": "k"})
-        cli(*base, "--output", str(folder / "resumed"), "--max-jobs", str(first + second), env={"FAL_KEY": "k"})
+        cli(
+            *base,
+            "--output",
+            str(folder / "resumed"),
+            "--max-jobs",
+            str(first),
+            env={"FAL_KEY": "k"},
+        )
+        cli(
+            *base,
+            "--output",
+            str(folder / "resumed"),
+            "--max-jobs",
+            str(first + second),
+            env={"FAL_KEY": "k"},
+        )
         cli(*base, "--output", str(folder / "resumed"), env={"FAL_KEY": "k"})
         cli(*base, "--output", str(folder / "resumed"), env={"FAL_KEY": "k"})
         assert emu.stats()["duplicate_submits"] == seeds * 2  # each input once per output folder
 
     def digest(run: Path) -> dict[str, str]:
-        return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in images(run)}
+        return {
+            str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in images(run)
+        }
 
     assert digest(folder / "once/t") == digest(folder / "resumed/t")
-    once = [json.loads(x)["file_name"] for x in io.StringIO((folder / "once/t/data/metadata.jsonl").read_text())]
-    again = [json.loads(x)["file_name"] for x in io.StringIO((folder / "resumed/t/data/metadata.jsonl").read_text())]
+    once = [
+        json.loads(x)["file_name"]
+        for x in io.StringIO((folder / "once/t/data/metadata.jsonl").read_text())
+    ]
+    again = [
+        json.loads(x)["file_name"]
+        for x in io.StringIO((folder / "resumed/t/data/metadata.jsonl").read_text())
+    ]
     assert once == again
 
 
@@ -405,9 +591,12 @@ def test_resuming_twice_equals_running_once(tmp_path_factory, seeds, first, seco
 
 
 def _emulator_manifest(folder: Path, seeds: list[int], latency: float) -> Path:
-    return write_manifest(folder, seeds=seeds, provider={"kind": "emulator", "emulator": {"latency": latency,
-                                                                                        "workers": 4}},
-                          limits={"concurrency": 4, "rate": 100})
+    return write_manifest(
+        folder,
+        seeds=seeds,
+        provider={"kind": "emulator", "emulator": {"latency": latency, "workers": 4}},
+        limits={"concurrency": 4, "rate": 100},
+    )
 
 
 @contextlib.contextmanager
@@ -415,8 +604,23 @@ def _popen(manifest: Path, output: Path, *extra: str) -> Iterator[subprocess.Pop
     """`renderer run` in a subprocess; killed if still alive at the end, its pipes always closed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("FAL_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "renderer", "run", str(manifest), "--output", str(output),
-                             "--quiet", *extra], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "renderer",
+            "run",
+            str(manifest),
+            "--output",
+            str(output),
+            "--quiet",
+            *extra,
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     with proc:  # closes stdout and stderr and waits, also when the test failed
         try:
             yield proc
@@ -425,7 +629,9 @@ def _popen(manifest: Path, output: Path, *extra: str) -> Iterator[subprocess.Pop
                 proc.kill()
 
 
-def test_sigterm_is_handled_like_ctrl_c_and_the_in_process_emulator_run_can_be_finished(tmp_path: Path):
+def test_sigterm_is_handled_like_ctrl_c_and_the_in_process_emulator_run_can_be_finished(
+    tmp_path: Path,
+):
     """SIGTERM: exit 143 with run.json and metadata written; the rerun on a new in-process emulator completes."""
     m = _emulator_manifest(tmp_path, list(range(1, 41)), 5.0)  # slow: requests are surely in flight
     with _popen(m, tmp_path / "o") as proc:
@@ -436,7 +642,9 @@ def test_sigterm_is_handled_like_ctrl_c_and_the_in_process_emulator_run_can_be_f
             try:
                 db = sqlite3.connect(f"file:{run_dir / 'renderer.sqlite'}?mode=ro", uri=True)
                 try:
-                    return db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'submitted'").fetchone()[0]
+                    return db.execute(
+                        "SELECT COUNT(*) FROM jobs WHERE state = 'submitted'"
+                    ).fetchone()[0]
                 finally:
                     db.close()
             except sqlite3.Error:
@@ -451,13 +659,19 @@ def test_sigterm_is_handled_like_ctrl_c_and_the_in_process_emulator_run_can_be_f
     store = SQLiteStore(run_dir, readonly=True)
     left = store.counts()
     store.close()
-    assert left["downloaded"] < 40 and left["submitted"] >= 2  # requests of the old emulator were in flight
-    m = _emulator_manifest(tmp_path, list(range(1, 41)), 0.01)  # the provider's settings are not part of a job
+    assert (
+        left["downloaded"] < 40 and left["submitted"] >= 2
+    )  # requests of the old emulator were in flight
+    m = _emulator_manifest(
+        tmp_path, list(range(1, 41)), 0.01
+    )  # the provider's settings are not part of a job
     code, out, err = cli("run", str(m), "--output", str(tmp_path / "o"), "--quiet")
     assert code == 0, out + err
     assert len(images(run_dir)) == 40
     assert_all_verified(run_dir)
-    assert "paid twice" not in out  # the emulator is free: resending its lost requests costs nothing
+    assert (
+        "paid twice" not in out
+    )  # the emulator is free: resending its lost requests costs nothing
 
 
 def test_a_crashed_run_never_leaves_run_json_saying_done(tmp_path: Path):
@@ -468,7 +682,10 @@ def test_a_crashed_run_never_leaves_run_json_saying_done(tmp_path: Path):
     m = _emulator_manifest(tmp_path, list(range(1, 41)), 0.5)
     with _popen(m, tmp_path / "o") as proc:
         deadline = time.monotonic() + 20
-        while json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "done" and time.monotonic() < deadline:
+        while (
+            json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "done"
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -494,11 +711,24 @@ def test_retry_failed_on_a_dead_download_url_resubmits_and_says_it_pays_again(tm
 
 def test_resubmits_are_counted_in_run_json_the_summary_and_status(tmp_path: Path):
     """Runner failures that make the runner pay again: run.json, the summary line and status give the count and why."""
-    m = write_manifest(tmp_path, seeds=list(range(1, 31)), retries={"attempts": 10, "backoff": 0.01},
-                       limits={"concurrency": 8, "rate": 1000})
-    with background_emulator(service=FAST, workers=8, seed=3, faults=Faults(runner_error=0.3)) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"),
-                             env={"FAL_KEY": "k"})
+    m = write_manifest(
+        tmp_path,
+        seeds=list(range(1, 31)),
+        retries={"attempts": 10, "backoff": 0.01},
+        limits={"concurrency": 8, "rate": 1000},
+    )
+    with background_emulator(
+        service=FAST, workers=8, seed=3, faults=Faults(runner_error=0.3)
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            env={"FAL_KEY": "k"},
+        )
         duplicates = emu.stats()["duplicate_submits"]
     assert code == 0, err
     assert duplicates > 0
@@ -508,7 +738,10 @@ def test_resubmits_are_counted_in_run_json_the_summary_and_status(tmp_path: Path
     assert all("runner failed" in reason for reason in record["paid_twice"]["resubmits"])
     assert f"paid twice: {duplicates} (" in out
     assert f"paid twice: {duplicates} over all runs" in cli("status", str(tmp_path / "o/t"))[1]
-    assert json.loads(cli("status", str(tmp_path / "o/t"), "--json")[1])["paid_twice"]["count"] == duplicates
+    assert (
+        json.loads(cli("status", str(tmp_path / "o/t"), "--json")[1])["paid_twice"]["count"]
+        == duplicates
+    )
 
 
 def test_emulator_placeholders_are_not_done_for_a_real_provider(tmp_path: Path):
@@ -522,13 +755,17 @@ def test_emulator_placeholders_are_not_done_for_a_real_provider(tmp_path: Path):
         code, out, _ = cli(*base[:-1], "--provider", emu.url, env={"FAL_KEY": "k"})
         assert emu.stats()["submits"] == 2
         assert cli(*base, "--provider", emu.url, env={"FAL_KEY": "k"})[0] == 0  # and now it is done
-        assert cli(*base, "--provider", "emulator")[0] == 0  # an emulator run never replaces real images
+        assert (
+            cli(*base, "--provider", "emulator")[0] == 0
+        )  # an emulator run never replaces real images
         assert emu.stats()["submits"] == 2
     assert code == 0 and "2 images written" in out
     origin = emu.url.rstrip("/")
     for path in images(tmp_path / "o/t"):
         assert json.loads(path.with_suffix(".json").read_text())["provider"] == origin
-    rows = [json.loads(line) for line in (tmp_path / "o/t/data/metadata.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "o/t/data/metadata.jsonl").read_text().splitlines()
+    ]
     assert [r["provider"] for r in rows] == [origin, origin]
 
 
@@ -536,8 +773,11 @@ def test_emulator_placeholders_are_not_done_for_a_real_provider(tmp_path: Path):
 def _small_disk(folder: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` at `folder` (needs root and mount rights; the test is skipped without them)."""
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
@@ -549,24 +789,36 @@ def _small_disk(folder: Path, size: str) -> Iterator[Path]:
 def test_a_nearly_full_disk_stops_submissions_before_anything_is_paid(tmp_path: Path):
     """Less free space than the reserve: nothing is submitted, a clear error; after more space, the run completes."""
     m = write_manifest(tmp_path, seeds=list(range(1, 11)))
-    with _small_disk(tmp_path / "disk", "2m") as disk, background_emulator(service=FAST, workers=4) as emu:
+    with (
+        _small_disk(tmp_path / "disk", "2m") as disk,
+        background_emulator(service=FAST, workers=4) as emu,
+    ):
         base = ("run", str(m), "--provider", emu.url, "--output", str(disk), "--quiet")
         code, out, err = cli(*base, env={"FAL_KEY": "k"})
         assert code == 1, out + err
-        assert "MB free; renderer stops submitting below 8 MB" in err and "hint: free space on that disk" in err
+        assert (
+            "MB free; renderer stops submitting below 8 MB" in err
+            and "hint: free space on that disk" in err
+        )
         assert emu.stats()["submit_attempts"] == 0
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
         assert emu.stats()["submits"] == 10 and emu.stats()["duplicate_submits"] == 0
 
 
-def test_disk_full_is_a_clear_error_and_the_rerun_after_freeing_space_completes(tmp_path: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch):
+def test_disk_full_is_a_clear_error_and_the_rerun_after_freeing_space_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """No space left mid-run (no reserve): exit 1 naming the file and what to do, no traceback, run.json not done;
     after more space the rerun completes, paying again only for submits whose id could not be recorded (counted)."""
-    monkeypatch.setattr("renderer.runner.FREE_SPACE_RESERVE", 0)
-    m = write_manifest(tmp_path, seeds=list(range(1, 41)), defaults={"image_size": {"width": 256, "height": 256}})
-    with _small_disk(tmp_path / "disk", "400k") as disk, background_emulator(service=FAST, workers=4) as emu:
+    monkeypatch.setattr("renderer.runner.runner.FREE_SPACE_RESERVE", 0)
+    m = write_manifest(
+        tmp_path, seeds=list(range(1, 41)), defaults={"image_size": {"width": 256, "height": 256}}
+    )
+    with (
+        _small_disk(tmp_path / "disk", "400k") as disk,
+        background_emulator(service=FAST, workers=4) as emu,
+    ):
         base = ("run", str(m), "--provider", emu.url, "--output", str(disk), "--quiet")
         code, out, err = cli(*base, env={"FAL_KEY": "k"})
         assert code == 1, out + err
@@ -581,12 +833,16 @@ def test_disk_full_is_a_clear_error_and_the_rerun_after_freeing_space_completes(
         assert len(images(disk / "t")) == 40
         assert_all_verified(disk / "t")
         store = SQLiteStore(disk / "t", readonly=True)
-        assert duplicates == store.total_ambiguous() <= 4  # at most the submits in flight, each counted
+        assert (
+            duplicates == store.total_ambiguous() <= 4
+        )  # at most the submits in flight, each counted
         store.close()
         assert (f"paid twice: {duplicates}" in out) == (duplicates > 0)
 
 
-def test_read_only_output_is_a_clear_error_and_the_rerun_after_the_fix_pays_nothing_twice(tmp_path: Path):
+def test_read_only_output_is_a_clear_error_and_the_rerun_after_the_fix_pays_nothing_twice(
+    tmp_path: Path,
+):
     """A file system remounted read-only mid-project (read-only even for root): a clear error, then a clean resume."""
     m = write_manifest(tmp_path, seeds=[1, 2, 3, 4])
     with _small_disk(tmp_path / "disk", "64m") as disk, background_emulator(service=FAST) as emu:
@@ -603,7 +859,9 @@ def test_read_only_output_is_a_clear_error_and_the_rerun_after_the_fix_pays_noth
         assert emu.stats()["submits"] == 4 and emu.stats()["duplicate_submits"] == 0
 
 
-def test_a_file_where_a_folder_must_be_is_a_clear_error_and_the_rerun_pays_nothing_twice(tmp_path: Path):
+def test_a_file_where_a_folder_must_be_is_a_clear_error_and_the_rerun_pays_nothing_twice(
+    tmp_path: Path,
+):
     """An image folder that cannot be created (a file is in the way): exit 1, the fix named; then it resumes."""
     m = write_manifest(tmp_path, seeds=[1, 2])
     blocker = tmp_path / "o/t/data/fal-ai--flux-1--schnell"
@@ -614,7 +872,10 @@ def test_a_file_where_a_folder_must_be_is_a_clear_error_and_the_rerun_pays_nothi
         code, out, err = cli(*base, env={"FAL_KEY": "k"})
         assert code == 1, out + err
         assert "Traceback" not in err
-        assert f"error: cannot write {blocker}/" in err and "hint: a file stands where a folder must be" in err
+        assert (
+            f"error: cannot write {blocker}/" in err
+            and "hint: a file stands where a folder must be" in err
+        )
         blocker.unlink()
         assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
         assert emu.stats()["submits"] == 2 and emu.stats()["duplicate_submits"] == 0
@@ -625,14 +886,22 @@ def test_a_file_where_a_folder_must_be_is_a_clear_error_and_the_rerun_pays_nothi
 def test_kill_9_during_a_faulty_run_loses_nothing_and_explains_every_duplicate():
     """bench/kill_trials.py at a small size: kills after the first submit, with faults; 0 lost, 0 partial files,
     0 temporary files left, and every duplicate submission recorded (ambiguous window or resubmit with a reason)."""
-    done = subprocess.run([sys.executable, "bench/kill_trials.py", "--jobs", "40", "--kills", "6"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "bench/kill_trials.py", "--jobs", "40", "--kills", "6"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout.strip().splitlines()[-1])
     assert record["kills"] == record["kills_mid_run"] == 6
     assert record["final_exit"] == 0
     assert record["lost"] == record["partial"] == record["orphaned_temp"] == 0
-    assert record["partial_seen_after_kills"] == 0  # no kill ever left a broken file at a final path
+    assert (
+        record["partial_seen_after_kills"] == 0
+    )  # no kill ever left a broken file at a final path
     assert record["unexplained_duplicates"] == 0
 
 
@@ -666,24 +935,51 @@ def _everything_written(root: Path) -> bytes:
 def test_fault_mix_pays_twice_only_for_runner_errors(tmp_path: Path, rate: float):
     """20 % / 35 % faults (bare result 500s, truncated downloads, 429s, ingress 502/503, runner errors):
     every image valid, and the only second submits of an input are the runner-error resubmits."""
-    faults = Faults(submit_429=rate, ingress_5xx=rate / 2, ingress_codes=(502, 503), result_500=rate,
-                    truncate_image=rate, runner_error=rate / 4)
-    m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(12)],
-                       seeds=list(range(1, 6)), retries={"attempts": 12, "backoff": 0.01, "max_backoff": 0.05},
-                       limits={"concurrency": 16, "rate": 2000})
+    faults = Faults(
+        submit_429=rate,
+        ingress_5xx=rate / 2,
+        ingress_codes=(502, 503),
+        result_500=rate,
+        truncate_image=rate,
+        runner_error=rate / 4,
+    )
+    m = write_manifest(
+        tmp_path,
+        prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(12)],
+        seeds=list(range(1, 6)),
+        retries={"attempts": 12, "backoff": 0.01, "max_backoff": 0.05},
+        limits={"concurrency": 16, "rate": 2000},
+    )
     with background_emulator(service=FAST, workers=16, seed=11, faults=faults) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet",
-                             env={"FAL_KEY": "k"})
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "out"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
         stats = emu.stats()
     assert code == 0, out + err
     assert len(images(tmp_path / "out/t")) == 60
     assert_all_verified(tmp_path / "out/t")
-    assert all(stats["faults"].get(k, 0) > 0 for k in ("submit_429", "result_500", "truncate_image"))
+    assert all(
+        stats["faults"].get(k, 0) > 0 for k in ("submit_429", "result_500", "truncate_image")
+    )
     assert stats["duplicate_submits"] == stats["faults"].get("runner_error", 0)
 
 
-@pytest.mark.parametrize("fault", [{"submit_html": 1.0}, {"submit_500_with_id": 1.0}, {"malformed": "request_id_int"},
-                                   {"malformed": "status_url_int"}])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"submit_html": 1.0},
+        {"submit_500_with_id": 1.0},
+        {"malformed": "request_id_int"},
+        {"malformed": "status_url_int"},
+    ],
+)
 def test_an_unusable_submit_answer_fails_the_job_and_is_never_paid_again(tmp_path: Path, fault):
     """Outcome unknown: the job fails with that reason (exit 1, no traceback); a rerun sends nothing."""
     m = write_manifest(tmp_path, seeds=[1, 2])
@@ -699,24 +995,47 @@ def test_an_unusable_submit_answer_fails_the_job_and_is_never_paid_again(tmp_pat
     assert stats["submit_attempts"] == 2 and stats["duplicate_submits"] == 0
 
 
-@pytest.mark.parametrize(("fault", "reason"), [({"bomb_image": 1.0}, "decompression bomb"),
-                                                ({"malformed": "images_strings"}, "not an object"),
-                                                ({"huge_result": 80 * 1024 * 1024}, "cap")])
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ({"bomb_image": 1.0}, "decompression bomb"),
+        ({"malformed": "images_strings"}, "not an object"),
+        ({"huge_result": 80 * 1024 * 1024}, "cap"),
+    ],
+)
 def test_a_hostile_answer_fails_that_job_only(tmp_path: Path, fault, reason):
     """A bomb image, `images: ["http://…"]` or a result over the cap fails the job with a reason, never exit 70."""
-    m = write_manifest(tmp_path, seeds=[1], retries={"attempts": 2, "backoff": 0.001, "max_backoff": 0.002})
+    m = write_manifest(
+        tmp_path, seeds=[1], retries={"attempts": 2, "backoff": 0.001, "max_backoff": 0.002}
+    )
     with background_emulator(service=FAST, faults=Faults(**fault)) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"),
-                             env={"FAL_KEY": "k"})
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "out"),
+            env={"FAL_KEY": "k"},
+        )
     assert code == 1 and "Traceback" not in err and reason in err, out + err
 
 
 def test_a_key_echoed_by_the_server_is_in_no_file_and_no_output(tmp_path: Path):
     """A 403 repeating the Authorization header: exit 3, and the key is in no output line and no file."""
     m = write_manifest(tmp_path, seeds=[1, 2, 3])
-    with background_emulator(service=FAST, key=KEY, faults=Faults(echo_key=True, lock_after=1)) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"),
-                             env={"FAL_KEY": KEY})
+    with background_emulator(
+        service=FAST, key=KEY, faults=Faults(echo_key=True, lock_after=1)
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "out"),
+            env={"FAL_KEY": KEY},
+        )
         status = cli("status", str(tmp_path / "out/t"), "--json")
     assert code == 3 and "you sent" in err
     written = _everything_written(tmp_path / "out")
@@ -728,7 +1047,15 @@ def test_a_refused_submit_is_not_ambiguous(tmp_path: Path):
     """A 401 on submit is a definite refusal: no attempt counted, nothing ambiguous for the next run."""
     m = write_manifest(tmp_path, seeds=[1, 2])
     with background_emulator(service=FAST, key="right") as emu:
-        code, _, _ = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), env={"FAL_KEY": "no"})
+        code, _, _ = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "out"),
+            env={"FAL_KEY": "no"},
+        )
     assert code == 3
     store = SQLiteStore(tmp_path / "out/t")
     try:
@@ -744,8 +1071,15 @@ def test_a_slowloris_ends_within_the_job_deadline(tmp_path: Path, op):
     m = write_manifest(tmp_path, seeds=[1], limits={"timeout": 3})
     with background_emulator(service=FAST, faults=Faults(slow=(op,), slow_interval=2.0)) as emu:
         started = time.monotonic()
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"),
-                             env={"FAL_KEY": "k"})
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "out"),
+            env={"FAL_KEY": "k"},
+        )
         elapsed = time.monotonic() - started
     assert code == 1 and "job deadline (3 s)" in err and "Traceback" not in err, out + err
     assert elapsed < 3 + 12
@@ -757,22 +1091,35 @@ def test_a_slowloris_ends_within_the_job_deadline(tmp_path: Path, op):
 def _worker(manifest: Path, url: str, state: str, events: list[dict], **options: object) -> object:
     """One `renderer run` worker, as the Python API runs it (its own event loop, in this thread)."""
     from renderer import api
+
     plan = api.load_manifest(manifest)
-    return api.run(plan, provider=url, state=state, on_event=events.append, env={"FAL_KEY": "k"}, **options)
+    return api.run(
+        plan, provider=url, state=state, on_event=events.append, env={"FAL_KEY": "k"}, **options
+    )
 
 
-def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+def test_three_workers_share_one_run_and_pay_once(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
     """Three workers on one PostgreSQL state: every job rendered once at the run's rate, images and dataset written once."""
     monkeypatch.chdir(tmp_path)
     import threading
-    manifest = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"a cat {i}"} for i in range(6)],
-                              seeds=[1, 2, 3, 4], limits={"rate": 20})
+
+    manifest = write_manifest(
+        tmp_path,
+        prompts=[{"id": f"p{i}", "text": f"a cat {i}"} for i in range(6)],
+        seeds=[1, 2, 3, 4],
+        limits={"rate": 20},
+    )
     with background_emulator(service=ServiceTime("fixed", 0.05), workers=16) as emu:
         events: list[list[dict]] = [[], [], []]
         summaries: list[object] = [None, None, None]
 
         def go(i: int) -> None:
-            summaries[i] = _worker(manifest, emu.url, postgres_url, events[i], concurrency=4, lease=5)
+            summaries[i] = _worker(
+                manifest, emu.url, postgres_url, events[i], concurrency=4, lease=5
+            )
+
         threads = [threading.Thread(target=go, args=(i,)) for i in range(3)]
         for t in threads:
             t.start()
@@ -782,10 +1129,14 @@ def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: 
     assert all(getattr(s, "outcome", None) == "done" for s in summaries), summaries
     downloaded = [e["key"] for evs in events for e in evs if e["type"] == "downloaded"]
     assert len(downloaded) == len(set(downloaded)) == 24
-    assert sum(1 for evs in events if any(e["type"] == "downloaded" for e in evs)) >= 2  # the work was shared
+    assert (
+        sum(1 for evs in events if any(e["type"] == "downloaded" for e in evs)) >= 2
+    )  # the work was shared
     assert stats["submits"] == 24 and stats["duplicate_submits"] == 0
     times = sorted(stats["submit_times"])
-    assert times[-1] - times[0] >= 23 / 20 * 0.9  # the run's 20/s is the workers' total, not each one's
+    assert (
+        times[-1] - times[0] >= 23 / 20 * 0.9
+    )  # the run's 20/s is the workers' total, not each one's
     run_dir = tmp_path / "outputs" / "t"
     assert len(images(run_dir)) == 24
     rows = (run_dir / "data" / "metadata.jsonl").read_text().splitlines()
@@ -793,13 +1144,18 @@ def test_three_workers_share_one_run_and_pay_once(tmp_path: Path, postgres_url: 
     assert not (run_dir / "renderer.sqlite").exists()  # the state is the shared one
 
 
-def test_a_paused_worker_is_fenced_and_its_jobs_reattached(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+def test_a_paused_worker_is_fenced_and_its_jobs_reattached(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
     """A worker paused past its lease loses its jobs to another, which reattaches by request id: nothing paid twice, nothing written twice."""
     monkeypatch.chdir(tmp_path)
     import asyncio
     import threading
-    manifest = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"a dog {i}"} for i in range(4)],
-                              )
+
+    manifest = write_manifest(
+        tmp_path,
+        prompts=[{"id": f"p{i}", "text": f"a dog {i}"} for i in range(4)],
+    )
     with background_emulator(service=ServiceTime("fixed", 1.5), workers=8) as emu:
         first: list[dict] = []
         loops: list[asyncio.AbstractEventLoop] = []
@@ -808,11 +1164,17 @@ def test_a_paused_worker_is_fenced_and_its_jobs_reattached(tmp_path: Path, postg
             first.append(event)
             if event["type"] == "submitted" and not loops:
                 loops.append(asyncio.get_running_loop())
+
         box: dict[str, object] = {}
-        a = threading.Thread(target=lambda: box.setdefault("a", _run_with(manifest, emu.url, postgres_url, on_event)))
+        a = threading.Thread(
+            target=lambda: box.setdefault("a", _run_with(manifest, emu.url, postgres_url, on_event))
+        )
         a.start()
         deadline = time.monotonic() + 30
-        while not (loops and sum(e["type"] == "submitted" for e in first) == 4) and time.monotonic() < deadline:
+        while (
+            not (loops and sum(e["type"] == "submitted" for e in first) == 4)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         assert loops, "the first worker never submitted"
         # The first worker's loop stops for 3 s (a paused VM): its 1 s leases expire meanwhile.
@@ -825,7 +1187,9 @@ def test_a_paused_worker_is_fenced_and_its_jobs_reattached(tmp_path: Path, postg
     assert getattr(box["b"], "outcome", None) == "done"
     taken = {e["key"] for e in second if e["type"] == "downloaded"}
     assert len(taken) == 4  # the second finished every job...
-    assert not [e for e in second if e["type"] == "submitted"]  # ...by reattaching, never submitting
+    assert not [
+        e for e in second if e["type"] == "submitted"
+    ]  # ...by reattaching, never submitting
     assert not [e for e in first if e["type"] == "downloaded"]  # the stale worker wrote nothing
     assert any("lease" in str(e.get("message", "")) for e in first)
     assert stats["submits"] == 4 and stats["duplicate_submits"] == 0
@@ -834,34 +1198,62 @@ def test_a_paused_worker_is_fenced_and_its_jobs_reattached(tmp_path: Path, postg
 
 def _run_with(manifest: Path, url: str, state: str, on_event: object) -> object:
     from renderer import api
-    return api.run(api.load_manifest(manifest), provider=url, state=state, on_event=on_event,  # type: ignore[arg-type]
-                   env={"FAL_KEY": "k"}, concurrency=4, lease=1)
+
+    return api.run(
+        api.load_manifest(manifest),
+        provider=url,
+        state=state,
+        on_event=on_event,  # type: ignore[arg-type]
+        env={"FAL_KEY": "k"},
+        concurrency=4,
+        lease=1,
+    )
 
 
-def test_finalize_and_status_read_the_shared_state(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+def test_finalize_and_status_read_the_shared_state(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
     """`renderer finalize` writes the dataset from shared state; `status --state` shows workers and counts."""
     monkeypatch.chdir(tmp_path)
     manifest = write_manifest(tmp_path, seeds=[1, 2, 3])
     with background_emulator(service=FAST) as emu:
-        code, _out, err = cli("run", str(manifest), "--provider", emu.url, "--state", postgres_url, "--quiet",
-                              env={"FAL_KEY": "k"})
+        code, _out, err = cli(
+            "run",
+            str(manifest),
+            "--provider",
+            emu.url,
+            "--state",
+            postgres_url,
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
     assert code == 0, err
     run_dir = tmp_path / "outputs" / "t"
     (run_dir / "data" / "metadata.jsonl").unlink()
     code, out, err = cli("finalize", str(manifest), "--state", postgres_url)
     assert code == 0, err
-    assert "3 finished jobs" in out and len((run_dir / "data" / "metadata.jsonl").read_text().splitlines()) == 3
+    assert (
+        "3 finished jobs" in out
+        and len((run_dir / "data" / "metadata.jsonl").read_text().splitlines()) == 3
+    )
     code, out, err = cli("status", str(run_dir), "--state", postgres_url, "--json")
     assert code == 0, err
     shown = json.loads(out)
-    assert shown["counts"]["downloaded"] == 3 and len(shown["workers"]) == 1 and shown["workers"][0]["held"] == 0
+    assert (
+        shown["counts"]["downloaded"] == 3
+        and len(shown["workers"]) == 1
+        and shown["workers"][0]["held"] == 0
+    )
     code, _out, err = cli("status", str(tmp_path / "outputs" / "nope"), "--state", postgres_url)
     assert code == 2 and "no run 'nope'" in err
 
 
 # -------------------------------------------------- several accounts (provider.accounts)
 
-ACCOUNT_KEYS = {"FAL_KEY_A": "acct-a-" + os.urandom(8).hex(), "FAL_KEY_B": "acct-b-" + os.urandom(8).hex()}
+ACCOUNT_KEYS = {
+    "FAL_KEY_A": "acct-a-" + os.urandom(8).hex(),
+    "FAL_KEY_B": "acct-b-" + os.urandom(8).hex(),
+}
 
 
 def _accounts_manifest(folder: Path, accounts: list[dict[str, object]], **data: object) -> Path:
@@ -883,8 +1275,11 @@ def _accounts_of(run_dir: Path) -> Counter[str | None]:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.data())
-def test_new_work_goes_to_the_account_with_room_never_past_a_limit(limits: list[int], data: st.DataObject):
+def test_new_work_goes_to_the_account_with_room_never_past_a_limit(
+    limits: list[int], data: st.DataObject
+):
     """Taking and freeing slots in any order: no account over its limit, and a free slot anywhere is always found."""
+
     async def scenario() -> None:
         client = Client("http://127.0.0.1:9")  # never used: slots only
         pool = Accounts([Account(f"a{i}", client, AccountSlots(n)) for i, n in enumerate(limits)])
@@ -900,6 +1295,7 @@ def test_new_work_goes_to_the_account_with_room_never_past_a_limit(limits: list[
             await pool.release(account)
         taken = [await pool.pick() for _ in range(sum(limits))]
         assert Counter(a.name for a in taken if a) == {f"a{i}": n for i, n in enumerate(limits)}
+
     asyncio.run(scenario())
 
 
@@ -910,16 +1306,25 @@ def test_a_429_halves_only_the_account_it_came_from(tmp_path: Path, registry: Sc
     clients = {"a": client.with_key("key-aaaaaaaa"), "b": client.with_key("key-bbbbbbbb")}
     store = SQLiteStore(tmp_path)
     try:
-        runner = Runner(plan_mod.build(load(MANIFESTS / "quickstart.yaml"), registry), store, client,
-                        RunConfig(concurrency=12, accounts=(AccountLimit("a", 8), AccountLimit("b", 4))),
-                        events=events.append, clients=clients)
+        runner = Runner(
+            plan_mod.build(load(MANIFESTS / "quickstart.yaml"), registry),
+            store,
+            client,
+            RunConfig(concurrency=12, accounts=(AccountLimit("a", 8), AccountLimit("b", 4))),
+            events=events.append,
+            clients=clients,
+        )
         clients["a"].on_event("throttled")
         clients["a"].on_event("throttled")
         assert [(a.name, a.slots.limit) for a in runner.accounts.all] == [("a", 2.0), ("b", 4.0)]
         assert events[-1] == {"type": "throttled", "limit": 2.0, "account": "a"}
         assert runner.progress()["limit"] == 6.0
         # Every client of the family scrubs every key of the family.
-        assert client.scrub("key-aaaaaaaa/key-bbbbbbbb") == clients["b"].scrub("key-aaaaaaaa/key-bbbbbbbb") == "***/***"
+        assert (
+            client.scrub("key-aaaaaaaa/key-bbbbbbbb")
+            == clients["b"].scrub("key-aaaaaaaa/key-bbbbbbbb")
+            == "***/***"
+        )
     finally:
         store.close()
 
@@ -927,13 +1332,30 @@ def test_a_429_halves_only_the_account_it_came_from(tmp_path: Path, registry: Sc
 def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
     """Accounts with limits 3 and 1: the emulator's peak in flight per key stays within each limit; both are used,
     the larger more; each job's account is recorded, and run.json counts the same submits as the emulator."""
-    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 3},
-                                      {"key_env": "FAL_KEY_B", "concurrency": 1, "name": "small"}],
-                           seeds=list(range(1, 25)), limits={"rate": 1000})
-    with background_emulator(service=ServiceTime("fixed", 0.2), workers=8,
-                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", small="FAL_KEY_B")) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
-                             env=ACCOUNT_KEYS)
+    m = _accounts_manifest(
+        tmp_path,
+        [
+            {"key_env": "FAL_KEY_A", "concurrency": 3},
+            {"key_env": "FAL_KEY_B", "concurrency": 1, "name": "small"},
+        ],
+        seeds=list(range(1, 25)),
+        limits={"rate": 1000},
+    )
+    with background_emulator(
+        service=ServiceTime("fixed", 0.2),
+        workers=8,
+        keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", small="FAL_KEY_B"),
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env=ACCOUNT_KEYS,
+        )
         stats = emu.stats()
     assert code == 0, out + err
     a, b = stats["accounts"]["FAL_KEY_A"], stats["accounts"]["small"]
@@ -942,8 +1364,10 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
     assert a["submits"] + b["submits"] == 24 and a["submits"] > b["submits"] >= 1
     assert stats["foreign_reads"] == 0 and stats["duplicate_submits"] == 0
     record = json.loads((tmp_path / "o/t/run.json").read_text())
-    assert {name: v["submitted"] for name, v in record["accounts"].items()} == {"FAL_KEY_A": a["submits"],
-                                                                                 "small": b["submits"]}
+    assert {name: v["submitted"] for name, v in record["accounts"].items()} == {
+        "FAL_KEY_A": a["submits"],
+        "small": b["submits"],
+    }
     assert _accounts_of(tmp_path / "o/t") == {"FAL_KEY_A": a["submits"], "small": b["submits"]}
     assert len(images(tmp_path / "o/t")) == 24
 
@@ -951,20 +1375,40 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
 def test_an_accounts_own_rate_paces_its_submits(tmp_path: Path):
     """An account with rate 10/s (the run's limits.rate far higher): no one-second window holds more than 10 plus the
     bucket of its submits (the other account is locked, so every accepted submit is its)."""
-    from renderer.runner import bucket_size
+    from renderer.runner.runner import bucket_size
 
-    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 30, "rate": "10/s"},
-                                      {"key_env": "FAL_KEY_B", "concurrency": 30}],
-                           seeds=list(range(1, 26)), limits={"rate": 1000})
-    with background_emulator(service=FAST, workers=32, locked=("FAL_KEY_B",),
-                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
-                             env=ACCOUNT_KEYS)
+    m = _accounts_manifest(
+        tmp_path,
+        [
+            {"key_env": "FAL_KEY_A", "concurrency": 30, "rate": "10/s"},
+            {"key_env": "FAL_KEY_B", "concurrency": 30},
+        ],
+        seeds=list(range(1, 26)),
+        limits={"rate": 1000},
+    )
+    with background_emulator(
+        service=FAST,
+        workers=32,
+        locked=("FAL_KEY_B",),
+        keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B"),
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env=ACCOUNT_KEYS,
+        )
         stats = emu.stats()
     assert code == 0, out + err
     times = stats["submit_times"]
     assert len(times) == 25 == stats["accounts"]["FAL_KEY_A"]["submits"]
-    assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= 10 + bucket_size(10)
+    assert max(
+        sum(1 for t in times if start <= t < start + 1.0) for start in times
+    ) <= 10 + bucket_size(10)
 
 
 def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_path: Path):
@@ -974,8 +1418,12 @@ def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_p
     retries = {"attempts": 1, "backoff": 0.01, "max_backoff": 0.02}
     m = _accounts_manifest(tmp_path, both, seeds=list(range(1, 9)), retries=retries)
     base = ("run", str(m), "--output", str(tmp_path / "o"))
-    with background_emulator(service=FAST, workers=4, faults=Faults(result_500=1.0),
-                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
+    with background_emulator(
+        service=FAST,
+        workers=4,
+        faults=Faults(result_500=1.0),
+        keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B"),
+    ) as emu:
         # 1: every result read fails once (a bare 500) and the job fails, its request kept with its account.
         code, out, err = cli(*base, "--provider", emu.url, "--quiet", env=ACCOUNT_KEYS)
         assert code == 1, out + err
@@ -986,19 +1434,27 @@ def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_p
         _accounts_manifest(tmp_path, both[:1], seeds=list(range(1, 9)), retries=retries)
         code, out, err = cli(*base, "--provider", emu.url, "--retry-failed", env=ACCOUNT_KEYS)
         assert code == 3, out + err
-        assert f"submitted jobs wait for an account: {held['FAL_KEY_B']} for account 'FAL_KEY_B'" in err
+        assert (
+            f"submitted jobs wait for an account: {held['FAL_KEY_B']} for account 'FAL_KEY_B'"
+            in err
+        )
         assert "account 'FAL_KEY_B' is not in this run's provider.accounts" in err
         assert emu.stats()["submits"] == 8
         status = cli("status", str(tmp_path / "o/t"))[1]
         assert f"submitted, by account: FAL_KEY_B={held['FAL_KEY_B']}" in status
-        assert f"waiting for an account: {held['FAL_KEY_B']} submitted job(s) of 'FAL_KEY_B'" in status
+        assert (
+            f"waiting for an account: {held['FAL_KEY_B']} submitted job(s) of 'FAL_KEY_B'" in status
+        )
         # 2b: B configured, but with a key the provider refuses: the 401 on following stops B alone; its jobs wait.
         wrong = {**ACCOUNT_KEYS, "FAL_KEY_B": "wrong-key-" + os.urandom(6).hex()}
         _accounts_manifest(tmp_path, both, seeds=list(range(1, 9)), retries=retries)
         code, out, err = cli(*base, "--provider", emu.url, env=wrong)
         assert code == 3, out + err
         assert "account 'FAL_KEY_B' is stopped (status: HTTP 401" in err
-        assert f"submitted jobs wait for an account: {held['FAL_KEY_B']} for account 'FAL_KEY_B'" in err
+        assert (
+            f"submitted jobs wait for an account: {held['FAL_KEY_B']} for account 'FAL_KEY_B'"
+            in err
+        )
         assert wrong["FAL_KEY_B"] not in out + err and emu.stats()["submits"] == 8
         # 3: both accounts again, B listed first: B's requests are read with B's key and finish.
         _accounts_manifest(tmp_path, both[::-1], seeds=list(range(1, 9)), retries=retries)
@@ -1012,16 +1468,36 @@ def test_submitted_jobs_are_followed_only_with_the_key_that_submitted_them(tmp_p
 
 def test_a_locked_account_stops_alone_and_the_other_finishes(tmp_path: Path):
     """403 on one account: the other renders every job; exit 0, and the summary and run.json name the stopped one."""
-    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 2},
-                                      {"key_env": "FAL_KEY_B", "concurrency": 2, "name": "team-b"}],
-                           seeds=list(range(1, 13)))
-    with background_emulator(service=FAST, workers=4, locked=("team-b",),
-                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", **{"team-b": "FAL_KEY_B"})) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet",
-                             env=ACCOUNT_KEYS)
+    m = _accounts_manifest(
+        tmp_path,
+        [
+            {"key_env": "FAL_KEY_A", "concurrency": 2},
+            {"key_env": "FAL_KEY_B", "concurrency": 2, "name": "team-b"},
+        ],
+        seeds=list(range(1, 13)),
+    )
+    with background_emulator(
+        service=FAST,
+        workers=4,
+        locked=("team-b",),
+        keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", **{"team-b": "FAL_KEY_B"}),
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env=ACCOUNT_KEYS,
+        )
         stats = emu.stats()
     assert code == 0, out + err
-    assert stats["accounts"]["FAL_KEY_A"]["submits"] == 12 and stats["accounts"]["team-b"]["submits"] == 0
+    assert (
+        stats["accounts"]["FAL_KEY_A"]["submits"] == 12
+        and stats["accounts"]["team-b"]["submits"] == 0
+    )
     assert "warning: account 'team-b' stopped: submit: HTTP 403: User is locked" in err
     record = json.loads((tmp_path / "o/t/run.json").read_text())
     assert record["outcome"] == "done" and record["accounts"]["FAL_KEY_A"]["stopped"] is None
@@ -1036,10 +1512,17 @@ def test_a_locked_account_stops_alone_and_the_other_finishes(tmp_path: Path):
 
 def test_when_every_account_is_locked_the_run_stops_with_exit_3_naming_them(tmp_path: Path):
     """403 on each account: exit 3, the message names every account and why; nothing is left ambiguous."""
-    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A"}, {"key_env": "FAL_KEY_B"}], seeds=list(range(1, 7)))
-    with background_emulator(service=FAST, locked=("FAL_KEY_A", "FAL_KEY_B"),
-                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), env=ACCOUNT_KEYS)
+    m = _accounts_manifest(
+        tmp_path, [{"key_env": "FAL_KEY_A"}, {"key_env": "FAL_KEY_B"}], seeds=list(range(1, 7))
+    )
+    with background_emulator(
+        service=FAST,
+        locked=("FAL_KEY_A", "FAL_KEY_B"),
+        keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B"),
+    ) as emu:
+        code, out, err = cli(
+            "run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), env=ACCOUNT_KEYS
+        )
         attempts = emu.stats()["submit_attempts"]
     assert code == 3, out + err
     assert "error: every account is stopped ('FAL_KEY_A': submit: HTTP 403: User is locked" in err
@@ -1050,37 +1533,84 @@ def test_when_every_account_is_locked_the_run_stops_with_exit_3_naming_them(tmp_
 
 def test_no_account_key_appears_in_any_output_file_or_log(tmp_path: Path):
     """Two keys, one account locked with its key echoed back in the 403: neither key in any file, stream or log."""
-    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A"}, {"key_env": "FAL_KEY_B"}], seeds=[1, 2, 3])
+    m = _accounts_manifest(
+        tmp_path, [{"key_env": "FAL_KEY_A"}, {"key_env": "FAL_KEY_B"}], seeds=[1, 2, 3]
+    )
     log = tmp_path / "events.jsonl"
-    with background_emulator(service=FAST, locked=("FAL_KEY_B",), faults=Faults(echo_key=True),
-                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
-        code, out, err = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--log", str(log),
-                             env=ACCOUNT_KEYS)
-        json_out = cli("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--json",
-                       env=ACCOUNT_KEYS)
+    with background_emulator(
+        service=FAST,
+        locked=("FAL_KEY_B",),
+        faults=Faults(echo_key=True),
+        keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B"),
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--log",
+            str(log),
+            env=ACCOUNT_KEYS,
+        )
+        json_out = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--json",
+            env=ACCOUNT_KEYS,
+        )
     assert code == 0, out + err
     assert "stopped" in err and "***" in err  # the echoed key was there, and scrubbed
-    status = cli("status", str(tmp_path / "o/t"), "--json")[1] + cli("status", str(tmp_path / "o/t"))[1]
+    status = (
+        cli("status", str(tmp_path / "o/t"), "--json")[1] + cli("status", str(tmp_path / "o/t"))[1]
+    )
     written = _everything_written(tmp_path / "o") + log.read_bytes()
     for key in ACCOUNT_KEYS.values():
-        assert key not in out + err + json_out[1] + json_out[2] + status and key.encode() not in written
+        assert (
+            key not in out + err + json_out[1] + json_out[2] + status
+            and key.encode() not in written
+        )
 
 
-def test_account_limits_hold_across_workers_sharing_state(tmp_path: Path, postgres_url: str,
-                                                          monkeypatch: pytest.MonkeyPatch):
+def test_account_limits_hold_across_workers_sharing_state(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
     """Three workers, two accounts (limits 2 and 1) in shared state: the emulator never sees an account over its limit."""
     import threading
+
     monkeypatch.chdir(tmp_path)
-    m = _accounts_manifest(tmp_path, [{"key_env": "FAL_KEY_A", "concurrency": 2},
-                                      {"key_env": "FAL_KEY_B", "concurrency": 1}],
-                           seeds=list(range(1, 19)), limits={"rate": 1000})
-    with background_emulator(service=ServiceTime("fixed", 0.1), workers=12,
-                             keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B")) as emu:
+    m = _accounts_manifest(
+        tmp_path,
+        [{"key_env": "FAL_KEY_A", "concurrency": 2}, {"key_env": "FAL_KEY_B", "concurrency": 1}],
+        seeds=list(range(1, 19)),
+        limits={"rate": 1000},
+    )
+    with background_emulator(
+        service=ServiceTime("fixed", 0.1),
+        workers=12,
+        keys=_emulator_keys(FAL_KEY_A="FAL_KEY_A", FAL_KEY_B="FAL_KEY_B"),
+    ) as emu:
         codes: list[int] = []
 
         def worker() -> None:
-            codes.append(cli("run", str(m), "--provider", emu.url, "--state", postgres_url, "--quiet",
-                             env=ACCOUNT_KEYS)[0])
+            codes.append(
+                cli(
+                    "run",
+                    str(m),
+                    "--provider",
+                    emu.url,
+                    "--state",
+                    postgres_url,
+                    "--quiet",
+                    env=ACCOUNT_KEYS,
+                )[0]
+            )
+
         threads = [threading.Thread(target=worker) for _ in range(3)]
         for t in threads:
             t.start()
@@ -1090,18 +1620,24 @@ def test_account_limits_hold_across_workers_sharing_state(tmp_path: Path, postgr
     assert codes == [0, 0, 0]
     a, b = stats["accounts"]["FAL_KEY_A"], stats["accounts"]["FAL_KEY_B"]
     assert a["peak_in_flight"] <= 2 and b["peak_in_flight"] <= 1
-    assert a["submits"] + b["submits"] == 18 and stats["duplicate_submits"] == 0 and stats["foreign_reads"] == 0
+    assert (
+        a["submits"] + b["submits"] == 18
+        and stats["duplicate_submits"] == 0
+        and stats["foreign_reads"] == 0
+    )
     assert len(images(tmp_path / "outputs" / "t")) == 18
 
 
 @pytest.mark.parametrize("size", [10, 3 * 1024 * 1024])
-def test_an_image_is_written_whole_with_the_mtime_the_rerun_checks(tmp_path: Path, registry: SchemaRegistry,
-                                                                  size: int):
+def test_an_image_is_written_whole_with_the_mtime_the_rerun_checks(
+    tmp_path: Path, registry: SchemaRegistry, size: int
+):
     """Small images (written on the loop) and large ones (in a thread): the bytes, a sidecar, no temporary file
     left, and the returned mtime is the file's own (a rerun compares size and mtime)."""
     import hashlib
 
-    from renderer import files
+    from renderer.output import files
+
     p = plan_mod.build(load(write_manifest(tmp_path)), registry)
     store = SQLiteStore(tmp_path / "run")
     data = os.urandom(size)
@@ -1111,6 +1647,7 @@ def test_an_image_is_written_whole_with_the_mtime_the_rerun_checks(tmp_path: Pat
         async with Client("http://127.0.0.1:9", key="k") as client:  # nothing is sent
             runner = Runner(p, store, client, RunConfig(provider="emulator"))
             return await runner._write_local("data/m/p/s1-0.png", image, {"job_key": "k"})
+
     try:
         mtime = asyncio.run(scenario())
     finally:
@@ -1129,9 +1666,12 @@ def test_jobs_reaching_a_step_together_share_one_commit(tmp_path: Path, registry
 
     async def scenario(url: str) -> Runner:
         async with Client(url, key="k") as client:
-            runner = Runner(p, store, client, RunConfig(concurrency=20, rate=1000.0, provider="emulator"))
+            runner = Runner(
+                p, store, client, RunConfig(concurrency=20, rate=1000.0, provider="emulator")
+            )
             await runner.run()
             return runner
+
     try:
         with background_emulator(service=FAST, workers=20) as emu:
             runner = asyncio.run(scenario(emu.url))
@@ -1144,8 +1684,9 @@ def test_jobs_reaching_a_step_together_share_one_commit(tmp_path: Path, registry
     reader.close()
 
 
-def test_a_submit_that_ends_inside_the_grace_period_is_recorded_and_not_followed(tmp_path: Path,
-                                                                                registry: SchemaRegistry):
+def test_a_submit_that_ends_inside_the_grace_period_is_recorded_and_not_followed(
+    tmp_path: Path, registry: SchemaRegistry
+):
     """Stopped while a submit is in flight: its request id is recorded, and the run ends without waiting for the render."""
     m = write_manifest(tmp_path, seeds=[1], limits={"concurrency": 1, "rate": 1000})
     p = plan_mod.build(load(m), registry)
@@ -1153,7 +1694,12 @@ def test_a_submit_that_ends_inside_the_grace_period_is_recorded_and_not_followed
 
     async def scenario(url: str) -> float:
         async with Client(url, key="k") as client:
-            runner = Runner(p, store, client, RunConfig(concurrency=1, rate=1000.0, provider="emulator", grace=60.0))
+            runner = Runner(
+                p,
+                store,
+                client,
+                RunConfig(concurrency=1, rate=1000.0, provider="emulator", grace=60.0),
+            )
 
             async def stop_while_submitting() -> None:
                 while "submitting" not in runner.phase.values():
@@ -1166,12 +1712,15 @@ def test_a_submit_that_ends_inside_the_grace_period_is_recorded_and_not_followed
             await stopper
             assert summary.outcome == "interrupted"
             return time.monotonic() - started
+
     try:
         with background_emulator(service=ServiceTime("fixed", 30.0)) as emu:
             elapsed = asyncio.run(scenario(emu.url))
             assert emu.stats()["submits"] == 1
         (row,) = store.rows()
-        assert row.state == "submitted" and row.request_id  # the next run follows it, not pays for it again
+        assert (
+            row.state == "submitted" and row.request_id
+        )  # the next run follows it, not pays for it again
         assert elapsed < 15  # not the 30 s render, nor the 60 s grace
     finally:
         store.close()
@@ -1180,7 +1729,8 @@ def test_a_submit_that_ends_inside_the_grace_period_is_recorded_and_not_followed
 def test_a_run_database_from_before_the_cells_is_resumed(tmp_path: Path):
     """A run whose state has the old one-row-per-job schema (finished, submitted and planned jobs) is migrated on
     the next run: finished jobs are kept, a submitted one is followed (not paid again), the rest are rendered."""
-    from renderer import store as store_mod
+    from renderer.state import store as store_mod
+
     with background_emulator(service=FAST) as emu:
         m = write_manifest(tmp_path, seeds=[1, 2, 3, 4])
         base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet")
@@ -1202,14 +1752,22 @@ def test_a_run_database_from_before_the_cells_is_resumed(tmp_path: Path):
                     step(old)
                     old.execute("INSERT INTO _migrations VALUES (?, 0)", (step.__name__,))
             columns = [c for c in rows[0] if c != "id"]
-            old.executemany(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                            [[r[c] if c != "updated_at" else 1.0 for c in columns] for r in rows])
+            old.executemany(
+                f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                [[r[c] if c != "updated_at" else 1.0 for c in columns] for r in rows],
+            )
             old.executemany(f"INSERT INTO runs VALUES ({', '.join('?' * len(runs[0]))})", runs)
             # the third job: submitted, its request still known to the provider; the fourth: never sent
-            old.execute("UPDATE jobs SET state = 'submitted', result = NULL, files = NULL, completed_at = NULL, "
-                        "downloaded_at = NULL WHERE key = ?", (rows[2]["key"],))
-            old.execute("UPDATE jobs SET state = 'planned', request_id = NULL, status_url = NULL, response_url = NULL, "
-                        "cancel_url = NULL, result = NULL, files = NULL, attempts = 0 WHERE key = ?", (rows[3]["key"],))
+            old.execute(
+                "UPDATE jobs SET state = 'submitted', result = NULL, files = NULL, completed_at = NULL, "
+                "downloaded_at = NULL WHERE key = ?",
+                (rows[2]["key"],),
+            )
+            old.execute(
+                "UPDATE jobs SET state = 'planned', request_id = NULL, status_url = NULL, response_url = NULL, "
+                "cancel_url = NULL, result = NULL, files = NULL, attempts = 0 WHERE key = ?",
+                (rows[3]["key"],),
+            )
         old.close()
         for row in rows[2:]:
             for path in (run_dir / "data").glob(row["stem"] + "-*"):
@@ -1220,19 +1778,29 @@ def test_a_run_database_from_before_the_cells_is_resumed(tmp_path: Path):
     assert len(images(run_dir)) == 4
     assert_all_verified(run_dir)
     store = SQLiteStore(run_dir, readonly=True)
-    assert store.counts()["downloaded"] == 4 and store.get(rows[2]["key"]).request_id == rows[2]["request_id"]
+    assert (
+        store.counts()["downloaded"] == 4
+        and store.get(rows[2]["key"]).request_id == rows[2]["request_id"]
+    )
     store.close()
 
 
-def test_rendering_starts_while_the_plan_is_still_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_rendering_starts_while_the_plan_is_still_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """A first run records its plan in small batches in the background: every job is rendered once and the
     run ends done, with the plan's digest recorded (a rerun reads nothing and sends nothing)."""
-    import renderer.store as store_mod
+    import renderer.state.store as store_mod
+
     for name in ("FIRST_BATCH", "RECORD_BATCH"):
         monkeypatch.setattr(store_mod, name, 3)
     with background_emulator(service=FAST) as emu:
-        m = write_manifest(tmp_path, prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(8)],
-                           seeds=[1, 2, 3], limits={"concurrency": 4, "rate": 2000})
+        m = write_manifest(
+            tmp_path,
+            prompts=[{"id": f"p{i}", "text": f"picture {i}"} for i in range(8)],
+            seeds=[1, 2, 3],
+            limits={"concurrency": 4, "rate": 2000},
+        )
         base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet")
         code, out, err = cli(*base, env={"FAL_KEY": "k"})
         assert code == 0, out + err
@@ -1250,7 +1818,7 @@ def test_a_step_with_no_time_left_is_never_started_and_a_slow_one_is_cut_off():
     """The job deadline: a step past it does not start (nothing sent); one that outlasts it raises TimeoutError."""
     import asyncio
 
-    from renderer.runner import _within
+    from renderer.runner.runner import _within
 
     started: list[str] = []
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from renderer.docs import parse_file
-from renderer.schemas import SchemaRegistry, build, stale_files, write
+from renderer.models.documents import parse_file
+from renderer.models.schemas import SchemaRegistry, build, stale_files, write
 
 from .conftest import DOCS, SCHEMAS
 
@@ -33,7 +33,12 @@ def test_build_is_byte_identical(tmp_path: Path):
     for name in ("a", "b"):
         shutil.copytree(DOCS, tmp_path / name / "docs")
         write(build(tmp_path / name / "docs"), tmp_path / name)
-        outs.append({p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*.json")})
+        outs.append(
+            {
+                p.relative_to(tmp_path / name): p.read_bytes()
+                for p in (tmp_path / name).rglob("*.json")
+            }
+        )
     assert outs[0] == outs[1]
     assert len(outs[0]) == 13  # twelve endpoints and the index
 
@@ -72,14 +77,39 @@ INVALID = [
     ("fal-ai/imagen4/preview", {"aspect_ratoi": "1:1"}, "$.aspect_ratoi", "unknown property"),
     ("fal-ai/imagen4/preview", {"num_images": "2"}, "$.num_images", "not of type 'integer'"),
     ("fal-ai/imagen4/preview", {"seed": 1.5}, "$.seed", "not of type 'integer'"),
-    ("fal-ai/imagen4/preview/fast", {"negative_prompt": 3}, "$.negative_prompt", "not of type 'string'"),
-    ("fal-ai/hidream-i1-full", {"image_size": {"width": -1, "height": 10}}, "$.image_size.width", "minimum"),
+    (
+        "fal-ai/imagen4/preview/fast",
+        {"negative_prompt": 3},
+        "$.negative_prompt",
+        "not of type 'string'",
+    ),
+    (
+        "fal-ai/hidream-i1-full",
+        {"image_size": {"width": -1, "height": 10}},
+        "$.image_size.width",
+        "minimum",
+    ),
     ("fal-ai/hidream-i1-full", {"image_size": "square_xl"}, "$.image_size", "not an allowed value"),
-    ("fal-ai/hidream-i1-full", {"image_size": {"width": 512, "depth": 3}}, "$.image_size.depth", "unknown property"),
+    (
+        "fal-ai/hidream-i1-full",
+        {"image_size": {"width": 512, "depth": 3}},
+        "$.image_size.depth",
+        "unknown property",
+    ),
     ("fal-ai/hidream-i1-full", {"output_format": "gif"}, "$.output_format", "not an allowed value"),
-    ("fal-ai/hidream-i1-full", {"loras": [{"path": "x", "scale": "big"}]}, "$.loras[0].scale", "not of type 'number'"),
+    (
+        "fal-ai/hidream-i1-full",
+        {"loras": [{"path": "x", "scale": "big"}]},
+        "$.loras[0].scale",
+        "not of type 'number'",
+    ),
     ("fal-ai/hidream-i1-full", {"loras": {"path": "x"}}, "$.loras", "not of type 'array'"),
-    ("fal-ai/hidream-i1-full", {"guidance_scale": "high"}, "$.guidance_scale", "not of type 'number'"),
+    (
+        "fal-ai/hidream-i1-full",
+        {"guidance_scale": "high"},
+        "$.guidance_scale",
+        "not of type 'number'",
+    ),
     ("fal-ai/hidream-i1-full", {"num_inference_steps": 0}, "$.num_inference_steps", "minimum"),
     ("fal-ai/hidream-i1-fast", {"sync_mode": "yes"}, "$.sync_mode", "not of type 'boolean'"),
     ("fal-ai/hidream-i1-fast", {"num_images": -1}, "$.num_images", "minimum"),
@@ -89,22 +119,71 @@ INVALID = [
     ("fal-ai/ideogram/v2", {"style": "photo"}, "$.style", "not an allowed value"),
     ("fal-ai/ideogram/v2", {"aspect_ratio": "5:4"}, "$.aspect_ratio", "not an allowed value"),
     ("fal-ai/ideogram/v2", {"rendering_speed": "TURBO"}, "$.rendering_speed", "unknown property"),
-    ("fal-ai/recraft/v2/text-to-image", {"style": "oil_painting"}, "$.style", "not an allowed value"),
-    ("fal-ai/recraft/v2/text-to-image", {"colors": [{"r": 255, "g": "0", "b": 0}]}, "$.colors[0].g", "not of type 'integer'"),
-    ("fal-ai/recraft/v2/text-to-image", {"colors": [{"r": 1, "alpha": 1}]}, "$.colors[0].alpha", "unknown property"),
-    ("fal-ai/stable-diffusion-v35-large", {"controlnet": "canny"}, "$.controlnet", "not of type 'object'"),
-    ("fal-ai/stable-diffusion-v35-large", {"ip_adapter": {"path": "x", "mask_threshold": "a"}}, "$.ip_adapter.mask_threshold", "not of type 'number'"),
+    (
+        "fal-ai/recraft/v2/text-to-image",
+        {"style": "oil_painting"},
+        "$.style",
+        "not an allowed value",
+    ),
+    (
+        "fal-ai/recraft/v2/text-to-image",
+        {"colors": [{"r": 255, "g": "0", "b": 0}]},
+        "$.colors[0].g",
+        "not of type 'integer'",
+    ),
+    (
+        "fal-ai/recraft/v2/text-to-image",
+        {"colors": [{"r": 1, "alpha": 1}]},
+        "$.colors[0].alpha",
+        "unknown property",
+    ),
+    (
+        "fal-ai/stable-diffusion-v35-large",
+        {"controlnet": "canny"},
+        "$.controlnet",
+        "not of type 'object'",
+    ),
+    (
+        "fal-ai/stable-diffusion-v35-large",
+        {"ip_adapter": {"path": "x", "mask_threshold": "a"}},
+        "$.ip_adapter.mask_threshold",
+        "not of type 'number'",
+    ),
     ("fal-ai/omnigen-v2", {"scheduler": "ddim"}, "$.scheduler", "not an allowed value"),
-    ("fal-ai/omnigen-v2", {"input_image_urls": "https://x/y.png"}, "$.input_image_urls", "not of type 'array'"),
+    (
+        "fal-ai/omnigen-v2",
+        {"input_image_urls": "https://x/y.png"},
+        "$.input_image_urls",
+        "not of type 'array'",
+    ),
     ("fal-ai/f-lite/standard", {"output_format": "png"}, "$.output_format", "unknown property"),
-    ("imagineart/imagineart-2.0-preview/text-to-image", {"reasoning": "medium"}, "$.reasoning", "not an allowed value"),
-    ("imagineart/imagineart-2.0-preview/text-to-image", {"resolution": "1k"}, "$.resolution", "not an allowed value"),
-    ("imagineart/imagineart-2.0-preview/text-to-image", {"num_images": 2}, "$.num_images", "unknown property"),
+    (
+        "imagineart/imagineart-2.0-preview/text-to-image",
+        {"reasoning": "medium"},
+        "$.reasoning",
+        "not an allowed value",
+    ),
+    (
+        "imagineart/imagineart-2.0-preview/text-to-image",
+        {"resolution": "1k"},
+        "$.resolution",
+        "not an allowed value",
+    ),
+    (
+        "imagineart/imagineart-2.0-preview/text-to-image",
+        {"num_images": 2},
+        "$.num_images",
+        "unknown property",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("endpoint", "patch", "path", "words"), INVALID, ids=[f"{e}:{p}" for e, _, p, _ in INVALID])
-def test_invalid_inputs_are_rejected_at_their_path(registry: SchemaRegistry, endpoint, patch, path, words):
+@pytest.mark.parametrize(
+    ("endpoint", "patch", "path", "words"), INVALID, ids=[f"{e}:{p}" for e, _, p, _ in INVALID]
+)
+def test_invalid_inputs_are_rejected_at_their_path(
+    registry: SchemaRegistry, endpoint, patch, path, words
+):
     """A bad field is reported with the JSON path of that field and a reason."""
     found = registry.check(endpoint, {"prompt": FLOUR, **patch})
     assert [v.json_path for v in found] == [path], found
@@ -121,7 +200,13 @@ def test_missing_prompt_is_rejected_everywhere(registry: SchemaRegistry):
 
 def test_same_value_allowed_on_one_model_not_another(registry: SchemaRegistry):
     """21:9 is an imagineart ratio, not an imagen4 one."""
-    assert registry.check("imagineart/imagineart-2.0-preview/text-to-image", {"prompt": FLOUR, "aspect_ratio": "21:9"}) == []
+    assert (
+        registry.check(
+            "imagineart/imagineart-2.0-preview/text-to-image",
+            {"prompt": FLOUR, "aspect_ratio": "21:9"},
+        )
+        == []
+    )
     assert registry.check("fal-ai/imagen4/preview", {"prompt": FLOUR, "aspect_ratio": "21:9"})
 
 
@@ -130,15 +215,24 @@ def test_violations_suggest_and_list_what_is_allowed(registry: SchemaRegistry):
     (typo,) = registry.check("fal-ai/imagen4/preview", {"prompt": FLOUR, "aspect_ratoi": "1:1"})
     assert typo.suggestion == "aspect_ratio"
     assert "negative_prompt" in typo.allowed
-    (style,) = registry.check("fal-ai/recraft/v2/text-to-image", {"prompt": FLOUR, "style": "realistic_imag"})
+    (style,) = registry.check(
+        "fal-ai/recraft/v2/text-to-image", {"prompt": FLOUR, "style": "realistic_imag"}
+    )
     assert style.suggestion == "realistic_image"
     assert "vector_illustration/line_art" in style.allowed
 
 
 def test_several_errors_are_all_reported(registry: SchemaRegistry):
     """Validation collects every problem in one input, not just the first."""
-    found = registry.check("fal-ai/imagen4/preview", {"aspect_ratio": "2:1", "num_images": 9, "colour": 1})
-    assert [v.json_path for v in found] == ["$.aspect_ratio", "$.colour", "$.num_images", "$.prompt"]
+    found = registry.check(
+        "fal-ai/imagen4/preview", {"aspect_ratio": "2:1", "num_images": 9, "colour": 1}
+    )
+    assert [v.json_path for v in found] == [
+        "$.aspect_ratio",
+        "$.colour",
+        "$.num_images",
+        "$.prompt",
+    ]
 
 
 def test_only_reachable_types_are_defined(registry: SchemaRegistry):
@@ -154,7 +248,10 @@ def test_undefined_types_are_permissive_with_a_warning():
     result = build(DOCS)
     assert any("type Timings is referenced but never defined" in w for w in result.warnings)
     registry_out = SchemaRegistry(SCHEMAS)
-    assert registry_out.check("fal-ai/flux-1/schnell", {"images": [], "timings": {"any": 1}}, "output") == []
+    assert (
+        registry_out.check("fal-ai/flux-1/schnell", {"images": [], "timings": {"any": 1}}, "output")
+        == []
+    )
 
 
 def test_explicit_range_wins_over_prose_with_warning():
@@ -191,6 +288,11 @@ def test_conflicting_documents_warn(tmp_path: Path):
 
 def test_output_examples_and_mojibake_in_descriptions(registry: SchemaRegistry):
     """The ultra page's tagline is stored repaired; output schemas check image entries."""
-    assert registry.schema("fal-ai/imagen4/preview/ultra")["description"] == "Google’s highest quality image generation model"
-    bad = registry.check("imagineart/imagineart-2.0-preview/text-to-image", {"images": [{"width": 2}]}, "output")
+    assert (
+        registry.schema("fal-ai/imagen4/preview/ultra")["description"]
+        == "Google’s highest quality image generation model"
+    )
+    bad = registry.check(
+        "imagineart/imagineart-2.0-preview/text-to-image", {"images": [{"width": 2}]}, "output"
+    )
     assert [v.json_path for v in bad] == ["$.images[0].url"]

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from renderer.cli import main
-from renderer.emulator import ServiceTime
 from renderer.errors import UsageError
-from renderer.manifest import AccountConfig, ProviderConfig
-from renderer.session import Display, resolve_provider
+from renderer.manifest.load import AccountConfig, ProviderConfig
+from renderer.provider.emulator import ServiceTime
+from renderer.runner.session import Display, resolve_provider
 
 from .conftest import ROOT, background_emulator, write_manifest
 
@@ -32,8 +32,21 @@ def test_terminal_bar_total_is_what_this_run_does(tmp_path: Path):
     m = write_manifest(tmp_path, seeds=[1, 2, 3, 4, 5, 6, 7, 8])
     err = Terminal()
     with background_emulator(service=FAST) as emu:
-        code = main(["run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--max-jobs", "3"],
-                    stdout=io.StringIO(), stderr=err, environ={"FAL_KEY": "k"})
+        code = main(
+            [
+                "run",
+                str(m),
+                "--provider",
+                emu.url,
+                "--output",
+                str(tmp_path / "o"),
+                "--max-jobs",
+                "3",
+            ],
+            stdout=io.StringIO(),
+            stderr=err,
+            environ={"FAL_KEY": "k"},
+        )
     assert code == 0
     frames = [f for f in err.getvalue().replace("\r", "\n").splitlines() if "job" in f]
     assert frames and all("/3" in f and "/8" not in f for f in frames)
@@ -42,12 +55,20 @@ def test_terminal_bar_total_is_what_this_run_does(tmp_path: Path):
 
 def test_piped_output_has_plain_lines_and_described_failures(tmp_path: Path):
     """Piped: no carriage returns; a failure line names prompt, model, axes and seed, not only the key."""
-    m = write_manifest(tmp_path, models=["fal-ai/flux-1/schnell", {"endpoint": "acme/missing", "unchecked": True}],
-                       axes={"num_inference_steps": [2]}, seeds=[5])
+    m = write_manifest(
+        tmp_path,
+        models=["fal-ai/flux-1/schnell", {"endpoint": "acme/missing", "unchecked": True}],
+        axes={"num_inference_steps": [2]},
+        seeds=[5],
+    )
     err = io.StringIO()
     with background_emulator(service=FAST) as emu:
-        code = main(["run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o")],
-                    stdout=io.StringIO(), stderr=err, environ={"FAL_KEY": "k"})
+        code = main(
+            ["run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o")],
+            stdout=io.StringIO(),
+            stderr=err,
+            environ={"FAL_KEY": "k"},
+        )
     text = err.getvalue()
     assert code == 1 and "\r" not in text
     failed = [line for line in text.splitlines() if line.startswith("failed: ")]
@@ -67,49 +88,101 @@ def test_failures_are_described_from_the_event_without_the_plan():
     """A failure line names prompt, model, seed and axes from the event itself; the plan is never walked."""
     err = io.StringIO()
     display = Display(err, quiet=False, jobs=Unindexable(), tty=False)
-    display({"type": "failed", "key": "j1-abc", "reason": "boom", "job": "prompt=cat model=m seed=3 steps=2"})
-    display({"type": "failed", "key": "j1-def", "reason": "other"})  # an event from elsewhere: the key alone
-    assert err.getvalue().splitlines() == ["failed: prompt=cat model=m seed=3 steps=2 (j1-abc): boom",
-                                           "failed: j1-def: other"]
+    display(
+        {
+            "type": "failed",
+            "key": "j1-abc",
+            "reason": "boom",
+            "job": "prompt=cat model=m seed=3 steps=2",
+        }
+    )
+    display(
+        {"type": "failed", "key": "j1-def", "reason": "other"}
+    )  # an event from elsewhere: the key alone
+    assert err.getvalue().splitlines() == [
+        "failed: prompt=cat model=m seed=3 steps=2 (j1-abc): boom",
+        "failed: j1-def: other",
+    ]
 
 
 def test_run_json_summary_pipes_into_json_tool(tmp_path: Path):
     """`renderer run --json | python -m json.tool` works: one JSON document on stdout, no \\r on stderr."""
     m = write_manifest(tmp_path, seeds=[1, 2], output=str(tmp_path / "o"))
-    proc = subprocess.run([sys.executable, "-m", "renderer", "run", str(m), "--json"], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "renderer", "run", str(m), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr
-    tool = subprocess.run([sys.executable, "-m", "json.tool"], input=proc.stdout, capture_output=True, text=True)
+    tool = subprocess.run(
+        [sys.executable, "-m", "json.tool"], input=proc.stdout, capture_output=True, text=True
+    )
     assert tool.returncode == 0, tool.stderr
     summary = json.loads(proc.stdout)
-    assert summary["outcome"] == "done" and summary["counts"]["downloaded"] == 2 and summary["images_this_run"] == 2
+    assert (
+        summary["outcome"] == "done"
+        and summary["counts"]["downloaded"] == 2
+        and summary["images_this_run"] == 2
+    )
     assert summary["started_at"].endswith("Z") and "T" in summary["started_at"]
 
 
 def test_split_key_log_file_and_costs(tmp_path: Path):
     """FAL_KEY_ID + FAL_KEY_SECRET authenticate; --log has the events and never the key; costs are recorded."""
     key_id, secret = "id-5f1e2d", "secret-9a8b7c6d5e"
-    m = write_manifest(tmp_path, models=["fal-ai/flux-1/schnell", "fal-ai/imagen4/preview",
-                                         {"endpoint": "acme/missing", "label": "gone", "unchecked": True}],
-                       prices={"fal-ai/flux-1/schnell": {"per_megapixel": 0.25}, "fal-ai/imagen4/preview": {"per_image": 0.05}},
-                       seeds=[1, 2])
+    m = write_manifest(
+        tmp_path,
+        models=[
+            "fal-ai/flux-1/schnell",
+            "fal-ai/imagen4/preview",
+            {"endpoint": "acme/missing", "label": "gone", "unchecked": True},
+        ],
+        prices={
+            "fal-ai/flux-1/schnell": {"per_megapixel": 0.25},
+            "fal-ai/imagen4/preview": {"per_image": 0.05},
+        },
+        seeds=[1, 2],
+    )
     log = tmp_path / "events.jsonl"
     out = io.StringIO()
     with background_emulator(service=FAST, key=f"{key_id}:{secret}") as emu:
-        code = main(["run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--log", str(log), "--json"],
-                    stdout=out, stderr=io.StringIO(), environ={"FAL_KEY_ID": key_id, "FAL_KEY_SECRET": secret})
+        code = main(
+            [
+                "run",
+                str(m),
+                "--provider",
+                emu.url,
+                "--output",
+                str(tmp_path / "o"),
+                "--log",
+                str(log),
+                "--json",
+            ],
+            stdout=out,
+            stderr=io.StringIO(),
+            environ={"FAL_KEY_ID": key_id, "FAL_KEY_SECRET": secret},
+        )
     assert code == 1  # acme/missing fails
     events = [json.loads(line) for line in log.read_text().splitlines()]
     kinds = [e["type"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "finished"
-    assert kinds.count("submitted") == 4 and kinds.count("downloaded") == 4 and kinds.count("failed") == 2
+    assert (
+        kinds.count("submitted") == 4
+        and kinds.count("downloaded") == 4
+        and kinds.count("failed") == 2
+    )
     assert all(e["at"].endswith("Z") for e in events)
     assert key_id not in log.read_text() and secret not in log.read_text()
     sidecars = [json.loads(p.read_text()) for p in (tmp_path / "o/t/data").rglob("*.json")]
     assert len(sidecars) == 4 and all(s["timings"]["downloaded"].endswith("Z") for s in sidecars)
-    expected = sum(0.05 if s["endpoint"] == "fal-ai/imagen4/preview" else 0.25 * s["width"] * s["height"] / 1e6
-                   for s in sidecars)
+    expected = sum(
+        0.05 if s["endpoint"] == "fal-ai/imagen4/preview" else 0.25 * s["width"] * s["height"] / 1e6
+        for s in sidecars
+    )
     assert all(s["cost"] > 0 for s in sidecars)
     record = json.loads((tmp_path / "o/t/run.json").read_text())
     assert record["cost"]["this_run"] == pytest.approx(expected, abs=1e-5)
@@ -123,23 +196,37 @@ def test_missing_key_names_both_forms(tmp_path: Path):
     """Without FAL_KEY (or only half of the id/secret pair) the run refuses, naming both ways to give a key."""
     m = write_manifest(tmp_path, provider="fal")
     err = io.StringIO()
-    code = main(["run", str(m), "--output", str(tmp_path / "o")], stdout=io.StringIO(), stderr=err,
-                environ={"FAL_KEY_ID": "only-the-id"})
+    code = main(
+        ["run", str(m), "--output", str(tmp_path / "o")],
+        stdout=io.StringIO(),
+        stderr=err,
+        environ={"FAL_KEY_ID": "only-the-id"},
+    )
     assert code == 2 and "FAL_KEY_ID and FAL_KEY_SECRET" in err.getvalue()
     assert not (tmp_path / "o").exists()
 
 
 def test_status_checks_files_on_disk_and_shows_axes(tmp_path: Path):
     """status notices a deleted image (a rerun downloads it) and names a failed job's axes."""
-    m = write_manifest(tmp_path, models=["fal-ai/flux-1/schnell", {"endpoint": "acme/missing", "unchecked": True}],
-                       axes={"num_inference_steps": [3]}, seeds=[1, 2])
+    m = write_manifest(
+        tmp_path,
+        models=["fal-ai/flux-1/schnell", {"endpoint": "acme/missing", "unchecked": True}],
+        axes={"num_inference_steps": [3]},
+        seeds=[1, 2],
+    )
     with background_emulator(service=FAST) as emu:
-        main(["run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet"],
-             stdout=io.StringIO(), stderr=io.StringIO(), environ={"FAL_KEY": "k"})
+        main(
+            ["run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"), "--quiet"],
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+            environ={"FAL_KEY": "k"},
+        )
     victim = next((tmp_path / "o/t/data").rglob("*.png"))
     victim.unlink()
     out = io.StringIO()
-    assert main(["status", str(tmp_path / "o/t")], stdout=out, stderr=io.StringIO(), environ={}) == 0
+    assert (
+        main(["status", str(tmp_path / "o/t")], stdout=out, stderr=io.StringIO(), environ={}) == 0
+    )
     text = out.getvalue()
     assert "download 1 (1 with files missing or changed on disk)" in text
     assert f"missing or changed on disk: {victim.relative_to(tmp_path / 'o/t')}" in text
@@ -148,32 +235,56 @@ def test_status_checks_files_on_disk_and_shows_axes(tmp_path: Path):
     out = io.StringIO()
     main(["status", str(tmp_path / "o/t"), "--json"], stdout=out, stderr=io.StringIO(), environ={})
     data = json.loads(out.getvalue())
-    assert data["rerun"]["download"] == 1 and data["failures"][0]["axes"] == {"num_inference_steps": 3}
+    assert data["rerun"]["download"] == 1 and data["failures"][0]["axes"] == {
+        "num_inference_steps": 3
+    }
 
 
 def test_log_path_problems_are_usage_errors(tmp_path: Path):
     """--log into a missing folder exits 2 before anything runs; a key error leaves no log file behind."""
     m = write_manifest(tmp_path)
     err = io.StringIO()
-    code = main(["run", str(m), "--output", str(tmp_path / "o"), "--log", str(tmp_path / "nope/x.log")],
-                stdout=io.StringIO(), stderr=err, environ={})
+    code = main(
+        ["run", str(m), "--output", str(tmp_path / "o"), "--log", str(tmp_path / "nope/x.log")],
+        stdout=io.StringIO(),
+        stderr=err,
+        environ={},
+    )
     assert code == 2 and "--log" in err.getvalue() and not (tmp_path / "o").exists()
     fal = write_manifest(tmp_path, provider="fal")
-    code = main(["run", str(fal), "--output", str(tmp_path / "o"), "--log", str(tmp_path / "run.log")],
-                stdout=io.StringIO(), stderr=io.StringIO(), environ={})
+    code = main(
+        ["run", str(fal), "--output", str(tmp_path / "o"), "--log", str(tmp_path / "run.log")],
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+        environ={},
+    )
     assert code == 2 and not (tmp_path / "run.log").exists()
 
 
-ACCOUNTS = ProviderConfig(accounts=(AccountConfig("FAL_KEY_A", "FAL_KEY_A", 40), AccountConfig("team-b", "FAL_KEY_B", 10, 5.0)))
+ACCOUNTS = ProviderConfig(
+    accounts=(
+        AccountConfig("FAL_KEY_A", "FAL_KEY_A", 40),
+        AccountConfig("team-b", "FAL_KEY_B", 10, 5.0),
+    )
+)
 
 
 def test_accounts_resolve_their_keys_once_and_never_show_them():
     """Each account's key is read from its variable; the settings' repr shows names and limits, never a key."""
-    env = {"FAL_KEY_A": "secret-aaaa-1111", "FAL_KEY_B": "secret-bbbb-2222", "FAL_KEY": "plain-key-not-used"}
+    env = {
+        "FAL_KEY_A": "secret-aaaa-1111",
+        "FAL_KEY_B": "secret-bbbb-2222",
+        "FAL_KEY": "plain-key-not-used",
+    }
     settings = resolve_provider(ACCOUNTS, None, env)
     assert [(a.name, a.key_env, a.concurrency, a.rate, a.key) for a in settings.accounts] == [
-        ("FAL_KEY_A", "FAL_KEY_A", 40, None, "secret-aaaa-1111"), ("team-b", "FAL_KEY_B", 10, 5.0, "secret-bbbb-2222")]
-    assert settings.key is None and sorted(settings.secrets) == ["secret-aaaa-1111", "secret-bbbb-2222"]
+        ("FAL_KEY_A", "FAL_KEY_A", 40, None, "secret-aaaa-1111"),
+        ("team-b", "FAL_KEY_B", 10, 5.0, "secret-bbbb-2222"),
+    ]
+    assert settings.key is None and sorted(settings.secrets) == [
+        "secret-aaaa-1111",
+        "secret-bbbb-2222",
+    ]
     assert "secret" not in repr(settings)
     # --provider emulator needs no keys at all; the accounts' limits still apply.
     assert [a.key for a in resolve_provider(ACCOUNTS, "emulator", {}).accounts] == [None, None]
@@ -183,21 +294,33 @@ def test_missing_or_shared_account_keys_are_usage_errors_naming_the_variables():
     """Every unset account variable is named (with its account name); two variables holding one key are refused."""
     with pytest.raises(UsageError) as info:
         resolve_provider(ACCOUNTS, None, {"FAL_KEY": "x" * 20})
-    assert "FAL_KEY_A, FAL_KEY_B (account team-b) of provider.accounts are not set" in info.value.message
+    assert (
+        "FAL_KEY_A, FAL_KEY_B (account team-b) of provider.accounts are not set"
+        in info.value.message
+    )
     assert "export FAL_KEY_A=" in (info.value.hint or "")
     with pytest.raises(UsageError) as info:
-        resolve_provider(ACCOUNTS, None, {"FAL_KEY_A": "same-secret-123", "FAL_KEY_B": "same-secret-123"})
+        resolve_provider(
+            ACCOUNTS, None, {"FAL_KEY_A": "same-secret-123", "FAL_KEY_B": "same-secret-123"}
+        )
     assert info.value.message == "FAL_KEY_A and FAL_KEY_B hold the same key; one key is one account"
     assert "same-secret" not in info.value.message + (info.value.hint or "")
 
 
 def test_a_missing_account_key_exits_2_before_anything_is_written(tmp_path: Path):
     """`renderer run` with an account whose variable is unset: exit 2 naming it, no run folder, nothing sent."""
-    m = write_manifest(tmp_path, provider={"kind": "fal", "accounts": [{"key_env": "FAL_KEY_A"}, {"key_env": "FAL_KEY_B"}]})
+    m = write_manifest(
+        tmp_path,
+        provider={"kind": "fal", "accounts": [{"key_env": "FAL_KEY_A"}, {"key_env": "FAL_KEY_B"}]},
+    )
     with background_emulator(service=FAST) as emu:
         err = io.StringIO()
-        code = main(["run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o")], stdout=io.StringIO(),
-                    stderr=err, environ={"FAL_KEY_A": "only-the-first-key"})
+        code = main(
+            ["run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o")],
+            stdout=io.StringIO(),
+            stderr=err,
+            environ={"FAL_KEY_A": "only-the-first-key"},
+        )
         assert emu.stats()["submit_attempts"] == 0
     assert code == 2 and "FAL_KEY_B of provider.accounts is not set" in err.getvalue()
     assert "only-the-first-key" not in err.getvalue() and not (tmp_path / "o").exists()
@@ -207,7 +330,7 @@ def test_runs_get_uvloop_where_installed_and_asyncio_without_it(monkeypatch: pyt
     """run_sync uses uvloop when it imports (the dependency, except on Windows) and asyncio's own loop when not."""
     import asyncio
 
-    from renderer.session import run_sync
+    from renderer.runner.session import run_sync
 
     async def loop_module() -> str:
         await asyncio.sleep(0)
@@ -216,4 +339,3 @@ def test_runs_get_uvloop_where_installed_and_asyncio_without_it(monkeypatch: pyt
     assert run_sync(loop_module()).startswith("uvloop")
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows: the import fails
     assert run_sync(loop_module()).startswith("asyncio")
-

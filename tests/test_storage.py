@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from renderer.errors import StateError, UsageError
-from renderer.storage import (
+from renderer.output.storage import (
     LocalStorage,
     S3Storage,
     Storage,
@@ -34,7 +34,12 @@ def png(color: tuple[int, int, int]) -> bytes:
 
 
 def entry_for(rel: str, data: bytes, mtime: int | None) -> dict[str, Any]:
-    return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mtime_ns": mtime}
+    return {
+        "path": rel,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "mtime_ns": mtime,
+    }
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -50,7 +55,9 @@ def test_image_round_trip_and_intact(storage: Storage) -> None:
     """An image written once is reported intact; a recorded image that is absent is not."""
     data = png((10, 20, 30))
     rel = "data/model/cat/s1-0.png"
-    mtime = storage.put_image(rel, data, sha256=hashlib.sha256(data).hexdigest(), content_type="image/png")
+    mtime = storage.put_image(
+        rel, data, sha256=hashlib.sha256(data).hexdigest(), content_type="image/png"
+    )
     assert storage.intact(entry_for(rel, data, mtime), rehash=False)
     assert storage.intact(entry_for(rel, data, mtime), rehash=True)
     assert not storage.intact(entry_for("data/model/cat/s2-0.png", data, mtime), rehash=False)
@@ -64,7 +71,9 @@ def test_same_bytes_twice_is_done(storage: Storage) -> None:
     digest = hashlib.sha256(data).hexdigest()
     storage.put_image("data/a/s1-0.png", data, sha256=digest, content_type="image/png")
     storage.put_image("data/a/s1-0.png", data, sha256=digest, content_type="image/png")
-    assert storage.intact(entry_for("data/a/s1-0.png", data, None), rehash=True) or not storage.remote
+    assert (
+        storage.intact(entry_for("data/a/s1-0.png", data, None), rehash=True) or not storage.remote
+    )
 
 
 def test_s3_create_only_refuses_different_bytes(s3: tuple[Any, str, dict[str, str]]) -> None:
@@ -94,8 +103,12 @@ def test_s3_concurrent_create_only_has_one_winner(s3: tuple[Any, str, dict[str, 
     def write(i: int) -> None:
         barrier.wait()
         try:
-            storage.put_image("data/race/s1-0.png", images[i], sha256=hashlib.sha256(images[i]).hexdigest(),
-                              content_type="image/png")
+            storage.put_image(
+                "data/race/s1-0.png",
+                images[i],
+                sha256=hashlib.sha256(images[i]).hexdigest(),
+                content_type="image/png",
+            )
             outcomes[i] = "won"
         except StorageConflict:
             outcomes[i] = "conflict"
@@ -114,38 +127,59 @@ def test_s3_intact_checks_stored_hash(s3: tuple[Any, str, dict[str, str]]) -> No
     _server, url, env = s3
     storage = open_storage(url, "run", env)
     data = png((5, 5, 5))
-    storage.put_image("data/h/s1-0.png", data, sha256=hashlib.sha256(data).hexdigest(), content_type="image/png")
-    assert not storage.intact({**entry_for("data/h/s1-0.png", data, None), "sha256": "0" * 64}, rehash=False)
+    storage.put_image(
+        "data/h/s1-0.png", data, sha256=hashlib.sha256(data).hexdigest(), content_type="image/png"
+    )
+    assert not storage.intact(
+        {**entry_for("data/h/s1-0.png", data, None), "sha256": "0" * 64}, rehash=False
+    )
 
 
 def test_s3_unreachable_is_a_state_error(tmp_path: Path) -> None:
     """A bucket that cannot be reached gives a StateError naming the object, never the secret key."""
-    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+    }
     storage = open_storage("s3://some-bucket/p", "run", env)
-    storage.store = type(storage.store)("some-bucket", prefix="p/run", endpoint="http://127.0.0.1:9",  # type: ignore[attr-defined]
-                                        access_key_id="id", secret_access_key="s3cr3t-value", region="us-east-1",
-                                        client_options={"allow_http": True}, retry_config={"max_retries": 0})
+    storage.store = type(storage.store)(
+        "some-bucket",
+        prefix="p/run",
+        endpoint="http://127.0.0.1:9",  # type: ignore[attr-defined]
+        access_key_id="id",
+        secret_access_key="s3cr3t-value",
+        region="us-east-1",
+        client_options={"allow_http": True},
+        retry_config={"max_retries": 0},
+    )
     with pytest.raises(StateError) as caught:
         storage.put_bytes("run.json", b"{}")
     assert "s3://some-bucket/p/run/run.json" in caught.value.message
     assert "s3cr3t-value" not in caught.value.message + (caught.value.hint or "")
 
 
-@given(bucket=st.from_regex(r"[a-z0-9][a-z0-9-]{1,20}[a-z0-9]", fullmatch=True),
-       parts=st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,8}", fullmatch=True), max_size=3))
+@given(
+    bucket=st.from_regex(r"[a-z0-9][a-z0-9-]{1,20}[a-z0-9]", fullmatch=True),
+    parts=st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,8}", fullmatch=True), max_size=3),
+)
 def test_parse_s3_round_trips(bucket: str, parts: list[str]) -> None:
     """Any valid bucket and prefix parse back to themselves, extra slashes ignored."""
     assert parse_s3(f"s3://{bucket}/" + "//".join(parts) + "/") == (bucket, "/".join(parts))
 
 
-@pytest.mark.parametrize("url", ["gs://bucket/x", "s3://B/x", "s3://ab/x", "s3://bucket/../x", "s3:///x"])
+@pytest.mark.parametrize(
+    "url", ["gs://bucket/x", "s3://B/x", "s3://ab/x", "s3://bucket/../x", "s3:///x"]
+)
 def test_parse_s3_rejects(url: str) -> None:
     """Other schemes, invalid bucket names and `..` prefixes are the user's mistake, said plainly."""
     with pytest.raises(UsageError):
         parse_s3(url)
 
 
-def test_run_to_s3(tmp_path: Path, s3: tuple[Any, str, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_to_s3(
+    tmp_path: Path, s3: tuple[Any, str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`renderer run --output s3://…`: every image with its sidecar, metadata.jsonl, the card and run.json land in the bucket, none on disk."""
     _server, url, env = s3
     monkeypatch.chdir(tmp_path)
@@ -154,12 +188,19 @@ def test_run_to_s3(tmp_path: Path, s3: tuple[Any, str, dict[str, str]], monkeypa
     assert code == 0, err
     storage = open_storage(url, "t", env)
     assert isinstance(storage, S3Storage)
-    rows = [json.loads(line) for line in (storage.get("data/metadata.jsonl") or b"").decode().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (storage.get("data/metadata.jsonl") or b"").decode().splitlines()
+    ]
     assert len(rows) == 3
     for row in rows:
-        image = storage.get(row["file_name"] if row["file_name"].startswith("data/") else "data/" + row["file_name"])
+        image = storage.get(
+            row["file_name"] if row["file_name"].startswith("data/") else "data/" + row["file_name"]
+        )
         assert image is not None
-        rel = row["file_name"] if row["file_name"].startswith("data/") else "data/" + row["file_name"]
+        rel = (
+            row["file_name"] if row["file_name"].startswith("data/") else "data/" + row["file_name"]
+        )
         sidecar = json.loads(storage.get(str(Path(rel).with_suffix(".json"))) or b"null")
         assert sidecar["sha256"] == hashlib.sha256(image).hexdigest()
     assert b"metadata.jsonl" in (storage.get("data/README.md") or b"")

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from renderer import plan
 from renderer.errors import RunLocked, StateError
-from renderer.manifest import load
-from renderer.pgstore import PostgresStore
-from renderer.schemas import SchemaRegistry
-from renderer.store import (
+from renderer.manifest.load import load
+from renderer.models.schemas import SchemaRegistry
+from renderer.plan import planner as plan
+from renderer.state.postgres import PostgresStore
+from renderer.state.store import (
     DB_NAME,
     MIGRATIONS,
     LeaseLost,
@@ -40,6 +40,7 @@ def open_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     def make() -> Store:
         opened.append(PostgresStore(url, tmp_path, "t") if url else SQLiteStore(tmp_path))
         return opened[-1]
+
     yield make
     for store in opened:
         store.close()
@@ -62,11 +63,16 @@ def test_blank_and_old_databases_migrate_to_the_same_schema(tmp_path: Path):
     assert migrate(old) == []
 
     def tables(db: sqlite3.Connection) -> list[tuple[str, str]]:
-        return db.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name").fetchall()
+        return db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name"
+        ).fetchall()
+
     assert tables(fresh) == tables(old)
 
 
-def test_state_moves_and_pending_is_derived(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
+def test_state_moves_and_pending_is_derived(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """Pending work comes from states, in plan order; finished and failed jobs are not pending."""
     p = _plan(registry)
     store = open_state()
@@ -86,7 +92,9 @@ def test_state_moves_and_pending_is_derived(open_state: Callable[[], Store], tmp
     assert store.pending() == keys[1:]
 
 
-def test_jobs_leaving_the_plan_are_kept_and_marked(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
+def test_jobs_leaving_the_plan_are_kept_and_marked(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """Syncing a smaller plan keeps the old rows (and their files) as no longer planned."""
     p = _plan(registry)
     store = open_state()
@@ -118,7 +126,9 @@ def test_the_lock_refuses_a_second_holder(tmp_path: Path):
         pass
 
 
-def test_resubmits_are_recorded_per_run_with_their_reason(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
+def test_resubmits_are_recorded_per_run_with_their_reason(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """Each paid resubmission is one row with its reason and run; a free one (paid=False) is not counted."""
     p = _plan(registry)
     store = open_state()
@@ -139,7 +149,9 @@ def test_resubmits_are_recorded_per_run_with_their_reason(open_state: Callable[[
     store.close()
 
 
-def test_a_new_job_never_takes_a_path_a_recorded_job_holds(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
+def test_a_new_job_never_takes_a_path_a_recorded_job_holds(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """Two keys with one stem (a non-axis parameter changed): the later one gets stem + '_' + its key's start."""
     p = _plan(registry)
     store = open_state()
@@ -157,16 +169,28 @@ def test_a_new_job_never_takes_a_path_a_recorded_job_holds(open_state: Callable[
 def _many(registry: SchemaRegistry, seeds: int, tmp_path: Path, name: str = "m.yaml") -> plan.Plan:
     import yaml
 
-    from renderer.manifest import parse
-    text = yaml.safe_dump({"name": "t", "prompts": [{"id": f"p{i}", "text": f"t{i}"} for i in range(5)],
-                           "models": ["fal-ai/flux-1/schnell"], "seeds": {"start": 1, "count": seeds}})
+    from renderer.manifest.load import parse
+
+    text = yaml.safe_dump(
+        {
+            "name": "t",
+            "prompts": [{"id": f"p{i}", "text": f"t{i}"} for i in range(5)],
+            "models": ["fal-ai/flux-1/schnell"],
+            "seeds": {"start": 1, "count": seeds},
+        }
+    )
     return plan.build(parse(text, tmp_path / name), registry)
 
 
-def test_sync_streams_in_batches_and_keeps_the_plan_exact(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry,
-                                                          monkeypatch: pytest.MonkeyPatch):
+def test_sync_streams_in_batches_and_keeps_the_plan_exact(
+    open_state: Callable[[], Store],
+    tmp_path: Path,
+    registry: SchemaRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+):
     """Synced in many small transactions, the rows match the plan; a shrunk plan marks the rest out."""
-    import renderer.store as store_mod
+    import renderer.state.store as store_mod
+
     monkeypatch.setattr(store_mod, "SYNC_BATCH", 7)
     big, small = _many(registry, 20, tmp_path), _many(registry, 13, tmp_path)
     store = open_state()
@@ -176,14 +200,21 @@ def test_sync_streams_in_batches_and_keeps_the_plan_exact(open_state: Callable[[
     assert store.sync_plan(small.jobs, small.digest)
     assert store.pending() == [j.key for j in small.jobs]
     assert store.counts()["no_longer_planned"] == 35
-    assert store.sync_plan(big.jobs, big.digest)  # back again: the rows return to the plan, in order
+    assert store.sync_plan(
+        big.jobs, big.digest
+    )  # back again: the rows return to the plan, in order
     assert store.pending() == [j.key for j in big.jobs] and store.counts()["no_longer_planned"] == 0
 
 
-def test_pending_and_finished_files_are_read_in_pages(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry,
-                                                      monkeypatch: pytest.MonkeyPatch):
+def test_pending_and_finished_files_are_read_in_pages(
+    open_state: Callable[[], Store],
+    tmp_path: Path,
+    registry: SchemaRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+):
     """Paging by plan position and rowid sees every row once, whatever the page size."""
-    import renderer.store as store_mod
+    import renderer.state.store as store_mod
+
     monkeypatch.setattr(store_mod, "PAGE", 3)
     p = _many(registry, 10, tmp_path)
     store = open_state()
@@ -197,14 +228,16 @@ def test_pending_and_finished_files_are_read_in_pages(open_state: Callable[[], S
         seen.extend(k for _, k, _ in page)
         after = page[-1][0]
     assert seen == [k for k in keys if k not in keys[::4]]
-    assert store.pending_page(-1, limit=100, before=5) == [(i, keys[i], "fal-ai/flux-1/schnell")
-                                                           for i in range(5) if i % 4]
+    assert store.pending_page(-1, limit=100, before=5) == [
+        (i, keys[i], "fal-ai/flux-1/schnell") for i in range(5) if i % 4
+    ]
     assert store.pending_count() == 50 - 13 and store.pending_count(before=5) == 3
     assert sorted(store.downloaded_files()) == sorted((k, [{"path": k}]) for k in keys[::4])
 
 
-def _two_workers(open_state: Callable[[], Store], p: plan.Plan, lease: float,
-                 names: tuple[str, str] = ("a", "b")) -> tuple[Store, Store]:
+def _two_workers(
+    open_state: Callable[[], Store], p: plan.Plan, lease: float, names: tuple[str, str] = ("a", "b")
+) -> tuple[Store, Store]:
     """Two workers on one state with the plan recorded: the first with `lease`, the second with 30 s."""
     first, second = open_state(), open_state()
     first.sync_plan(p.jobs, p.digest)
@@ -220,8 +253,9 @@ def _finish(store: Store, key: str) -> None:
     store.downloaded(key, [{"path": key}])
 
 
-def test_claims_split_the_plan_and_every_job_is_finished_once(open_state: Callable[[], Store], tmp_path: Path,
-                                                              registry: SchemaRegistry):
+def test_claims_split_the_plan_and_every_job_is_finished_once(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """Two workers claiming in turns get disjoint jobs in plan order; finished jobs are never claimed again."""
     p = _many(registry, 6, tmp_path)
     a, b = _two_workers(open_state, p, 30)
@@ -242,10 +276,12 @@ def test_claims_split_the_plan_and_every_job_is_finished_once(open_state: Callab
     assert {w["id"]: w["held"] for w in a.workers()} == {"a": 0, "b": 0}
 
 
-def test_a_worker_that_lost_its_lease_commits_nothing(open_state: Callable[[], Store], tmp_path: Path,
-                                                      registry: SchemaRegistry):
+def test_a_worker_that_lost_its_lease_commits_nothing(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """Fencing: after the lease expires and another worker takes the job, every change by the first is refused."""
     import time
+
     p = _plan(registry)
     first, second = _two_workers(open_state, p, 0.3, names=("first", "second"))
     key = first.claim(1)[0].key
@@ -256,9 +292,14 @@ def test_a_worker_that_lost_its_lease_commits_nothing(open_state: Callable[[], S
     assert key in {c.key for c in taken}
     row = second.get(key)
     assert row.request_id == "req-1" and row.state == "submitted"  # reattach, never resubmit
-    for change in (lambda: first.completed(key, {"images": []}), lambda: first.downloaded(key, []),
-                   lambda: first.failed(key, "x", "rejected"), lambda: first.resubmit(key, "x"),
-                   lambda: first.submit_started(key), lambda: first.hold(key)):
+    for change in (
+        lambda: first.completed(key, {"images": []}),
+        lambda: first.downloaded(key, []),
+        lambda: first.failed(key, "x", "rejected"),
+        lambda: first.resubmit(key, "x"),
+        lambda: first.submit_started(key),
+        lambda: first.hold(key),
+    ):
         with pytest.raises(LeaseLost):
             change()
     assert second.get(key).state == "submitted" and second.resubmit_reasons() == {}
@@ -268,10 +309,12 @@ def test_a_worker_that_lost_its_lease_commits_nothing(open_state: Callable[[], S
     assert second.get(key).state == "downloaded"
 
 
-def test_an_expired_lease_cannot_commit_even_before_anyone_takes_it(open_state: Callable[[], Store], tmp_path: Path,
-                                                                    registry: SchemaRegistry):
+def test_an_expired_lease_cannot_commit_even_before_anyone_takes_it(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """A lease past its time is void for its holder (a paused worker waking up), taken or not."""
     import time
+
     p = _plan(registry)
     store = open_state()
     store.sync_plan(p.jobs, p.digest)
@@ -283,10 +326,12 @@ def test_an_expired_lease_cannot_commit_even_before_anyone_takes_it(open_state: 
     assert store.get(key).attempts == 0
 
 
-def test_renewal_keeps_jobs_and_release_hands_them_back(open_state: Callable[[], Store], tmp_path: Path,
-                                                        registry: SchemaRegistry):
+def test_renewal_keeps_jobs_and_release_hands_them_back(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """A renewed lease outlives its first term; released jobs are claimable at once; a trial bound is kept."""
     import time
+
     p = _plan(registry)
     a, b = _two_workers(open_state, p, 0.4)
     held = {c.key for c in a.claim(3, before=5)}
@@ -300,8 +345,9 @@ def test_renewal_keeps_jobs_and_release_hands_them_back(open_state: Callable[[],
     assert b.unfinished(before=5) == 5 and b.unfinished() == 8
 
 
-def test_two_workers_recording_one_plan_insert_each_job_once(open_state: Callable[[], Store], tmp_path: Path,
-                                                             registry: SchemaRegistry):
+def test_two_workers_recording_one_plan_insert_each_job_once(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """Workers starting together each sync the plan: the rows are the plan's, once."""
     p = _many(registry, 4, tmp_path)
     a, b = open_state(), open_state()
@@ -312,9 +358,12 @@ def test_two_workers_recording_one_plan_insert_each_job_once(open_state: Callabl
     assert b.set_meta_once("finalized", "y")
 
 
-def test_account_slots_are_global_and_leased(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest):
+def test_account_slots_are_global_and_leased(
+    postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest
+):
     """N workers never hold more slots of an account than its limit; a dead worker's slots return after its lease."""
     import time
+
     a, b = PostgresStore(postgres_url, tmp_path, "t"), PostgresStore(postgres_url, tmp_path, "t")
     request.addfinalizer(a.close)
     request.addfinalizer(b.close)
@@ -324,19 +373,24 @@ def test_account_slots_are_global_and_leased(postgres_url: str, tmp_path: Path, 
     got = [a.acquire_slot("A", "j1"), b.acquire_slot("A", "j2"), a.acquire_slot("A", "j3")]
     assert sorted(got) == [0, 1, 2] and b.acquire_slot("A", "j4") is None
     assert b.acquire_slot("B", "j5") == 0 and a.acquire_slot("B", "j6") is None
-    assert {x["name"]: (x["in_flight"], x["limit"]) for x in a.accounts()} == {"A": (3, 3), "B": (1, 1)}
+    assert {x["name"]: (x["in_flight"], x["limit"]) for x in a.accounts()} == {
+        "A": (3, 3),
+        "B": (1, 1),
+    }
     b.release_slot("A", got[1])
     assert b.acquire_slot("A", "j4") == got[1]
     time.sleep(0.4)  # a stops renewing: its two slots of A are free again
-    assert sorted([b.acquire_slot("A", "j7"), b.acquire_slot("A", "j8")]) == sorted([got[0], got[2]])
+    assert sorted([b.acquire_slot("A", "j7"), b.acquire_slot("A", "j8")]) == sorted(
+        [got[0], got[2]]
+    )
     a.set_accounts({"A": 1, "B": 1})  # a lower limit: slots above it are never handed out
     b.release()
     assert b.acquire_slot("A", "j9") == 0 and b.acquire_slot("A", "j10") is None
 
 
-def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(open_state: Callable[[], Store],
-                                                                                tmp_path: Path,
-                                                                                registry: SchemaRegistry):
+def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """The account is stored with the request id, survives reopen and --retry-failed, and is cleared by a resubmit."""
     p = _plan(registry)
     store = open_state()
@@ -354,7 +408,9 @@ def test_the_submitting_account_is_kept_with_the_request_and_forgotten_with_it(o
     assert store.get(a).account is None and store.get(a).request_id is None
 
 
-def test_cost_is_summed_in_the_database(open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry):
+def test_cost_is_summed_in_the_database(
+    open_state: Callable[[], Store], tmp_path: Path, registry: SchemaRegistry
+):
     """The cost of the plan's finished files is their recorded costs' sum; a file without one is flagged."""
     p = _plan(registry)
     store = open_state()
@@ -371,12 +427,24 @@ def test_cost_is_summed_in_the_database(open_state: Callable[[], Store], tmp_pat
     assert store.cost() == (1.0, True)
 
 
-_cost = st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.integers(-10**6, 10**6),
-                  st.floats(-1e6, 1e6, allow_nan=False))
+_cost = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.text(max_size=3),
+    st.integers(-(10**6), 10**6),
+    st.floats(-1e6, 1e6, allow_nan=False),
+)
 # A path never holds NUL (no file system takes one; SQLite's JSON cuts text there).
 _path = st.text(st.characters(blacklist_characters="\x00"), max_size=8)
-_entry = st.fixed_dictionaries({}, optional={"path": _path, "size": st.integers(0, 2**63 - 1),
-                                             "mtime_ns": st.integers(0, 2**63 - 1), "cost": _cost})
+_entry = st.fixed_dictionaries(
+    {},
+    optional={
+        "path": _path,
+        "size": st.integers(0, 2**63 - 1),
+        "mtime_ns": st.integers(0, 2**63 - 1),
+        "cost": _cost,
+    },
+)
 
 
 class _Raw(str):
@@ -393,20 +461,38 @@ def _expected_columns(files: Any) -> tuple:
     if not isinstance(files, list) or not files:
         return None, None, None, None, 0
     one = files[0] if len(files) == 1 and isinstance(files[0], dict) else {}
-    priced = [e["cost"] for e in files if isinstance(e, dict) and type(e.get("cost")) in (int, float)]
-    return one.get("path"), one.get("size"), one.get("mtime_ns"), sum(priced) if priced else None, \
-        len(files) - len(priced)
+    priced = [
+        e["cost"] for e in files if isinstance(e, dict) and type(e.get("cost")) in (int, float)
+    ]
+    return (
+        one.get("path"),
+        one.get("size"),
+        one.get("mtime_ns"),
+        sum(priced) if priced else None,
+        len(files) - len(priced),
+    )
 
 
 _schema = sqlite3.connect(":memory:", check_same_thread=False)  # every migration, triggers included
 migrate(_schema)
-_schema.execute("INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, "
-                "source) VALUES (1, 'e', 'm', 'p', 'x', '{}', '{}', 1, '[]', 'm.yaml:1')")
+_schema.execute(
+    "INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, "
+    "source) VALUES (1, 'e', 'm', 'p', 'x', '{}', '{}', 1, '[]', 'm.yaml:1')"
+)
 _schema.execute("INSERT INTO job (id, k, cell) VALUES (1, x'00', 1)")
-_files = st.one_of(st.none(), st.lists(_entry, max_size=4), st.lists(st.one_of(_entry, _path, st.integers()), max_size=3),
-                   st.dictionaries(_path, st.integers(), max_size=2), st.builds(_Raw, st.sampled_from(
-                       # (not NaN: SQLite versions differ on JSON5)
-                       ["not json", "[1, 2", '[{"cost": 1}', "", "null", '"a.png"', "[[]]"])))
+_files = st.one_of(
+    st.none(),
+    st.lists(_entry, max_size=4),
+    st.lists(st.one_of(_entry, _path, st.integers()), max_size=3),
+    st.dictionaries(_path, st.integers(), max_size=2),
+    st.builds(
+        _Raw,
+        st.sampled_from(
+            # (not NaN: SQLite versions differ on JSON5)
+            ["not json", "[1, 2", '[{"cost": 1}', "", "null", '"a.png"', "[[]]"]
+        ),
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -417,10 +503,16 @@ def test_file_columns_always_follow_files(files: Any, via_view: bool):
     table = "jobs" if via_view else "job"
     text = files if isinstance(files, _Raw) or files is None else json.dumps(files)
     _schema.execute(f"UPDATE {table} SET files = ? WHERE id = 1", (text,))
-    found = _schema.execute("SELECT fpath, fsize, fmtime, cost, uncosted FROM job WHERE id = 1").fetchone()
+    found = _schema.execute(
+        "SELECT fpath, fsize, fmtime, cost, uncosted FROM job WHERE id = 1"
+    ).fetchone()
     expected = _expected_columns(files)
     assert found[:3] + found[4:] == expected[:3] + expected[4:]
-    assert found[3] == pytest.approx(expected[3], rel=1e-9, abs=1e-9) if expected[3] is not None else found[3] is None
+    assert (
+        found[3] == pytest.approx(expected[3], rel=1e-9, abs=1e-9)
+        if expected[3] is not None
+        else found[3] is None
+    )
 
 
 def test_a_database_whose_file_columns_went_stale_is_derived_again(tmp_path: Path):
@@ -434,35 +526,61 @@ def test_a_database_whose_file_columns_went_stale_is_derived_again(tmp_path: Pat
             with db:
                 step(db)
                 db.execute("INSERT INTO _migrations VALUES (?, 0)", (step.__name__,))
-    db.execute("INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, "
-               "source) VALUES (1, 'e', 'm', 'p', 'x', '{}', '{}', 1, '[]', 'm.yaml:1')")
-    written = ['[{"path": "a.png", "size": 999, "mtime_ns": 9, "cost": 2.0}]', "not json", '["a.png"]', None]
+    db.execute(
+        "INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, "
+        "source) VALUES (1, 'e', 'm', 'p', 'x', '{}', '{}', 1, '[]', 'm.yaml:1')"
+    )
+    written = [
+        '[{"path": "a.png", "size": 999, "mtime_ns": 9, "cost": 2.0}]',
+        "not json",
+        '["a.png"]',
+        None,
+    ]
     with db:
         for n, text in enumerate(written, 1):
             # As the first m008 left them: files rewritten, the columns from before (no trigger kept them).
-            db.execute("INSERT INTO job (id, k, cell, files, fpath, fsize, fmtime, cost, uncosted) "
-                       "VALUES (?, ?, 1, ?, 'a.png', 10, 1, 0.5, 0)", (n, bytes([n]), text))
+            db.execute(
+                "INSERT INTO job (id, k, cell, files, fpath, fsize, fmtime, cost, uncosted) "
+                "VALUES (?, ?, 1, ?, 'a.png', 10, 1, 0.5, 0)",
+                (n, bytes([n]), text),
+            )
     db.close()
     assert [m.__name__ for m in MIGRATIONS][-1] == "m009_job_files_trigger"
     db = sqlite3.connect(path)
     assert migrate(db) == ["m009_job_files_trigger"]
     rows = db.execute("SELECT fpath, fsize, fmtime, cost, uncosted FROM job ORDER BY id").fetchall()
-    assert rows == [("a.png", 999, 9, 2.0, 0), (None, None, None, None, 0), (None, None, None, None, 1),
-                    (None, None, None, None, 0)]
-    db.execute("UPDATE job SET files = '[{\"path\": \"b.png\", \"size\": 1, \"mtime_ns\": 2}]' WHERE id = 2")
-    assert db.execute("SELECT fpath, fsize, uncosted FROM job WHERE id = 2").fetchone() == ("b.png", 1, 1)
+    assert rows == [
+        ("a.png", 999, 9, 2.0, 0),
+        (None, None, None, None, 0),
+        (None, None, None, None, 1),
+        (None, None, None, None, 0),
+    ]
+    db.execute(
+        'UPDATE job SET files = \'[{"path": "b.png", "size": 1, "mtime_ns": 2}]\' WHERE id = 2'
+    )
+    assert db.execute("SELECT fpath, fsize, uncosted FROM job WHERE id = 2").fetchone() == (
+        "b.png",
+        1,
+        1,
+    )
 
 
-def test_finished_jobs_of_an_older_database_get_their_file_columns(tmp_path: Path, registry: SchemaRegistry,
-                                                                   monkeypatch: pytest.MonkeyPatch):
+def test_finished_jobs_of_an_older_database_get_their_file_columns(
+    tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
+):
     """A run finished before m008: after migrating, the rerun's file check and the cost read what was recorded."""
-    import renderer.store as store_mod
+    import renderer.state.store as store_mod
+
     p = _plan(registry)
     keys = [j.key for j in p.jobs]
-    written = [[{"path": "data/a-0.png", "size": 10, "mtime_ns": 123, "cost": 0.25}],
-               [{"path": "data/b-0.png", "size": 11, "mtime_ns": 124, "cost": 0.5},
-                {"path": "data/b-1.png", "size": 12, "mtime_ns": 125}],
-               [{"path": "data/c-0.png", "size": 13, "mtime_ns": 126}]]
+    written = [
+        [{"path": "data/a-0.png", "size": 10, "mtime_ns": 123, "cost": 0.25}],
+        [
+            {"path": "data/b-0.png", "size": 11, "mtime_ns": 124, "cost": 0.5},
+            {"path": "data/b-1.png", "size": 12, "mtime_ns": 125},
+        ],
+        [{"path": "data/c-0.png", "size": 13, "mtime_ns": 126}],
+    ]
     with monkeypatch.context() as old_schema:
         old_schema.setattr(store_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m008"])
         store = SQLiteStore(tmp_path)
@@ -471,9 +589,16 @@ def test_finished_jobs_of_an_older_database_get_their_file_columns(tmp_path: Pat
             store.downloaded(key, entries)
         store.close()
     store = SQLiteStore(tmp_path)  # migrates
-    rows = sorted((store.key_of(ref), path, size, mtime) for page in store.file_stats() for ref, path, size, mtime in page)
-    assert rows == sorted((key, e["path"], e["size"], e["mtime_ns"]) for key, entries in zip(keys, written, strict=False)
-                          for e in entries)
+    rows = sorted(
+        (store.key_of(ref), path, size, mtime)
+        for page in store.file_stats()
+        for ref, path, size, mtime in page
+    )
+    assert rows == sorted(
+        (key, e["path"], e["size"], e["mtime_ns"])
+        for key, entries in zip(keys, written, strict=False)
+        for e in entries
+    )
     assert store.cost() == (0.75, True)
     assert store.models_without_cost() == sorted({p.jobs[1].model, p.jobs[2].model})
     store.redownload(keys[1], "changed")  # the columns follow `files` from here on
@@ -495,6 +620,7 @@ def test_grouped_step_changes_are_durable_only_at_commit(tmp_path: Path, registr
 
     def state(key: str) -> str:
         return other.execute("SELECT state FROM jobs WHERE key = ?", (key,)).fetchone()[0]
+
     store.grouping = True
     store.submitted(keys[0], "r0", "s", "r", "c")
     store.submitted(keys[1], "r1", "s", "r", "c")
@@ -503,14 +629,23 @@ def test_grouped_step_changes_are_durable_only_at_commit(tmp_path: Path, registr
     store.commit()
     assert state(keys[0]) == state(keys[1]) == "submitted"
     store.completed(keys[0], {"images": []})
-    store.submit_started(keys[2])  # not a step change: commits at once, and the deferred one with it
-    assert state(keys[0]) == "completed" and other.execute(
-        "SELECT submit_started IS NOT NULL FROM jobs WHERE key = ?", (keys[2],)).fetchone()[0] == 1
+    store.submit_started(
+        keys[2]
+    )  # not a step change: commits at once, and the deferred one with it
+    assert (
+        state(keys[0]) == "completed"
+        and other.execute(
+            "SELECT submit_started IS NOT NULL FROM jobs WHERE key = ?", (keys[2],)
+        ).fetchone()[0]
+        == 1
+    )
     other.close()
     store.close()
 
 
-def test_a_failed_change_undoes_the_group_and_commit_says_so(tmp_path: Path, registry: SchemaRegistry):
+def test_a_failed_change_undoes_the_group_and_commit_says_so(
+    tmp_path: Path, registry: SchemaRegistry
+):
     """A change that fails rolls back the deferred ones with it; commit() then raises instead of pretending."""
     p = _plan(registry)
     store = SQLiteStore(tmp_path)
@@ -532,58 +667,132 @@ def test_a_failed_change_undoes_the_group_and_commit_says_so(tmp_path: Path, reg
     store.close()
 
 
-def test_a_shared_rate_spaces_turns_across_workers(postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest):
+def test_a_shared_rate_spaces_turns_across_workers(
+    postgres_url: str, tmp_path: Path, request: pytest.FixtureRequest
+):
     """Turns of one shared rate, taken by two workers in any mix, are spaced one interval apart; idle time is no credit."""
     import itertools
     import time
+
     a, b = PostgresStore(postgres_url, tmp_path, "t"), PostgresStore(postgres_url, tmp_path, "t")
     request.addfinalizer(a.close)
     request.addfinalizer(b.close)
     waits = [(a if i % 3 else b).reserve("acct", 0.1) for i in range(6)]
     assert waits[0] <= 0.01
     for before, after in itertools.pairwise(waits):
-        assert abs((after - before) - 0.1) < 0.02  # each turn a tenth of a second after the one before
+        assert (
+            abs((after - before) - 0.1) < 0.02
+        )  # each turn a tenth of a second after the one before
     time.sleep(1.0)  # past every turn taken, and then some
-    assert b.reserve("acct", 0.1) <= 0.01 and 0.08 < a.reserve("acct", 0.1) <= 0.1  # no burst saved up
+    assert (
+        b.reserve("acct", 0.1) <= 0.01 and 0.08 < a.reserve("acct", 0.1) <= 0.1
+    )  # no burst saved up
     assert a.reserve("other", 0.1) <= 0.01  # another rate is independent
 
 
-OLD_COLUMNS = ("key, plan_index, endpoint, model, prompt_id, prompt, seed, axes, stem, input, num_images, tags, "
-               "source, updated_at")
+OLD_COLUMNS = (
+    "key, plan_index, endpoint, model, prompt_id, prompt, seed, axes, stem, input, num_images, tags, "
+    "source, updated_at"
+)
 
 
-def test_a_database_from_before_the_cells_migrates_with_every_row_intact(open_state: Callable[[], Store],
-                                                                         registry: SchemaRegistry,
-                                                                         monkeypatch: pytest.MonkeyPatch):
+def test_a_database_from_before_the_cells_migrates_with_every_row_intact(
+    open_state: Callable[[], Store], registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
+):
     """An old one-row-per-job database (finished, submitted, failed, odd keys) reads back the same after the
     cells migration; recording the plan again shares cells, keeps each job's path, and the work goes on."""
     import json
 
-    import renderer.pgstore as pg_mod
-    import renderer.store as store_mod
+    import renderer.state.postgres as pg_mod
+    import renderer.state.store as store_mod
+
     p = _plan(registry)
     with monkeypatch.context() as old_schema:  # the schema as it was before the cells
         old_schema.setattr(store_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m007"])
-        old_schema.setattr(pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < "p003"])
+        old_schema.setattr(
+            pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < "p003"]
+        )
         store = open_state()
-        rows = [(j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input["prompt"], j.seed, json.dumps(j.axes),
-                 j.stem, json.dumps(j.input), j.num_images, json.dumps(list(j.tags)), j.where, 1.0) for j in p.jobs]
-        rows.append(("key-</script>'\"ü", None, "acme/x", "acme/x", "p", "odd", None, "{}", "acme/p/s-auto",
-                     '{"prompt":"odd"}', 2, "[]", "m.yaml:9", 2.0))  # a key renderer would not make, out of plan
-        rows.append(("j1-" + "ab" * 32, None, "acme/x", "acme/x", "p", "old key", 7, "{}", "acme/p/s7_abababab",
-                     '{"prompt":"old key","seed":7}', 1, "[]", "m.yaml:9", 2.0))  # 64 hex digits, a distinct stem
+        rows = [
+            (
+                j.key,
+                j.index,
+                j.endpoint,
+                j.model,
+                j.prompt_id,
+                j.input["prompt"],
+                j.seed,
+                json.dumps(j.axes),
+                j.stem,
+                json.dumps(j.input),
+                j.num_images,
+                json.dumps(list(j.tags)),
+                j.where,
+                1.0,
+            )
+            for j in p.jobs
+        ]
+        rows.append(
+            (
+                "key-</script>'\"ü",
+                None,
+                "acme/x",
+                "acme/x",
+                "p",
+                "odd",
+                None,
+                "{}",
+                "acme/p/s-auto",
+                '{"prompt":"odd"}',
+                2,
+                "[]",
+                "m.yaml:9",
+                2.0,
+            )
+        )  # a key renderer would not make, out of plan
+        rows.append(
+            (
+                "j1-" + "ab" * 32,
+                None,
+                "acme/x",
+                "acme/x",
+                "p",
+                "old key",
+                7,
+                "{}",
+                "acme/p/s7_abababab",
+                '{"prompt":"old key","seed":7}',
+                1,
+                "[]",
+                "m.yaml:9",
+                2.0,
+            )
+        )  # 64 hex digits, a distinct stem
         with store._tx() as db:
             db.executemany(f"INSERT INTO jobs ({OLD_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)
             db.execute("UPDATE jobs SET in_plan = 0 WHERE plan_index IS NULL")
             keys = [j.key for j in p.jobs]  # the old store's writes, in its own columns
-            db.execute("UPDATE jobs SET state = 'downloaded', request_id = 'r0', status_url = 's0', provider = 'fal', "
-                       "account = 'team', attempts = 1, result = ?, files = ?, downloaded_at = 5.0 WHERE key = ?",
-                       ('{"images":[{"url":"u"}],"has_nsfw_concepts":[false]}', '[{"path":"data/x-0.png"}]', keys[0]))
-            db.execute("UPDATE jobs SET state = 'submitted', request_id = 'r1', status_url = 's1', response_url = 'r1', "
-                       "cancel_url = 'c1', attempts = 1, submitted_at = 4.0 WHERE key = ?", (keys[1],))
-            db.execute("UPDATE jobs SET state = 'failed', error = 'refused', error_kind = 'rejected' WHERE key = ?",
-                       (keys[2],))
-            db.execute("UPDATE jobs SET state = 'downloaded', files = '[]' WHERE key = ?", (rows[-1][0],))
+            db.execute(
+                "UPDATE jobs SET state = 'downloaded', request_id = 'r0', status_url = 's0', provider = 'fal', "
+                "account = 'team', attempts = 1, result = ?, files = ?, downloaded_at = 5.0 WHERE key = ?",
+                (
+                    '{"images":[{"url":"u"}],"has_nsfw_concepts":[false]}',
+                    '[{"path":"data/x-0.png"}]',
+                    keys[0],
+                ),
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'submitted', request_id = 'r1', status_url = 's1', response_url = 'r1', "
+                "cancel_url = 'c1', attempts = 1, submitted_at = 4.0 WHERE key = ?",
+                (keys[1],),
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'failed', error = 'refused', error_kind = 'rejected' WHERE key = ?",
+                (keys[2],),
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'downloaded', files = '[]' WHERE key = ?", (rows[-1][0],)
+            )
         before = store.rows()
         assert len(before) == 10
         store.close()
@@ -591,7 +800,9 @@ def test_a_database_from_before_the_cells_migrates_with_every_row_intact(open_st
     assert store.rows() == before
     assert store.get(rows[-2][0]) == next(r for r in before if r.key == rows[-2][0])
     assert store.ambiguous() == 0 and store.counts()["no_longer_planned"] == 2
-    assert store.sync_plan(p.jobs, p.digest)  # the next run records the plan again: cells are shared
+    assert store.sync_plan(
+        p.jobs, p.digest
+    )  # the next run records the plan again: cells are shared
     assert store.rows() == before
     assert store.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 4 + 2
     assert store.db.execute("SELECT COUNT(*) FROM job WHERE stem IS NOT NULL").fetchone()[0] == 2
@@ -605,9 +816,12 @@ def test_a_database_from_before_the_cells_migrates_with_every_row_intact(open_st
     assert sorted(k for k, _ in store.downloaded_files()) == sorted(keys[:2])
 
 
-def test_an_old_database_opened_read_only_is_read_without_migrating(tmp_path: Path, registry: SchemaRegistry):
+def test_an_old_database_opened_read_only_is_read_without_migrating(
+    tmp_path: Path, registry: SchemaRegistry
+):
     """status, report and diff open a run read-only: a database from before the cells reads the same, unchanged."""
     import json
+
     p = _plan(registry)
     db = sqlite3.connect(tmp_path / DB_NAME)
     db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
@@ -615,20 +829,42 @@ def test_an_old_database_opened_read_only_is_read_without_migrating(tmp_path: Pa
         for step in MIGRATIONS[:4]:  # as far as an older release went: no account, no leases
             step(db)
             db.execute("INSERT INTO _migrations VALUES (?, 0)", (step.__name__,))
-        db.executemany(f"INSERT INTO jobs ({OLD_COLUMNS}) VALUES ({','.join('?' * 14)})",
-                       [(j.key, j.index, j.endpoint, j.model, j.prompt_id, j.input["prompt"], j.seed,
-                         json.dumps(j.axes), j.stem, json.dumps(j.input), j.num_images, json.dumps(list(j.tags)),
-                         j.where, 1.0) for j in p.jobs])
+        db.executemany(
+            f"INSERT INTO jobs ({OLD_COLUMNS}) VALUES ({','.join('?' * 14)})",
+            [
+                (
+                    j.key,
+                    j.index,
+                    j.endpoint,
+                    j.model,
+                    j.prompt_id,
+                    j.input["prompt"],
+                    j.seed,
+                    json.dumps(j.axes),
+                    j.stem,
+                    json.dumps(j.input),
+                    j.num_images,
+                    json.dumps(list(j.tags)),
+                    j.where,
+                    1.0,
+                )
+                for j in p.jobs
+            ],
+        )
         db.execute("UPDATE jobs SET state = 'downloaded', files = '[]' WHERE plan_index < 3")
     db.close()
     store = SQLiteStore(tmp_path, readonly=True)
     assert store.counts()["downloaded"] == 3 and len(store.pending()) == 5
-    assert store.get(p.jobs[4].key).stem == p.jobs[4].stem and store.get(p.jobs[4].key).input == p.jobs[4].input
+    assert (
+        store.get(p.jobs[4].key).stem == p.jobs[4].stem
+        and store.get(p.jobs[4].key).input == p.jobs[4].input
+    )
     assert sorted(k for k, _ in store.downloaded_files()) == sorted(j.key for j in p.jobs[:3])
     assert store.done_by_model() and store.workers() == []
     store.close()
-    assert [r[0] for r in sqlite3.connect(tmp_path / DB_NAME).execute("SELECT name FROM _migrations")] == \
-        [m.__name__ for m in MIGRATIONS[:4]]
+    assert [
+        r[0] for r in sqlite3.connect(tmp_path / DB_NAME).execute("SELECT name FROM _migrations")
+    ] == [m.__name__ for m in MIGRATIONS[:4]]
 
 
 def test_evolve_is_dataclasses_replace(tmp_path: Path, registry: SchemaRegistry):
@@ -637,7 +873,12 @@ def test_evolve_is_dataclasses_replace(tmp_path: Path, registry: SchemaRegistry)
     store = SQLiteStore(tmp_path)
     store.sync_plan(p.jobs)
     row = store.get(p.jobs[0].key)
-    changes = {"state": "completed", "attempts": 3, "result": {"images": [{"url": "u"}]}, "account": "a"}
+    changes = {
+        "state": "completed",
+        "attempts": 3,
+        "result": {"images": [{"url": "u"}]},
+        "account": "a",
+    }
     assert row.evolve(**changes) == dataclasses.replace(row, **changes) != row
     assert row.evolve().state == row.state and row.state == "planned"  # the original is untouched
     with pytest.raises(TypeError):
@@ -661,37 +902,49 @@ class _Gated(list):  # type: ignore[type-arg]
             yield job
 
 
-def test_a_plan_recorded_in_the_background_is_claimable_as_it_grows(tmp_path: Path, registry: SchemaRegistry,
-                                                                    monkeypatch: pytest.MonkeyPatch):
+def test_a_plan_recorded_in_the_background_is_claimable_as_it_grows(
+    tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
+):
     """The first batch is claimable at once, only recorded jobs are claimed, pending counts the rest, and the
     digest is written only when the whole plan is recorded."""
     import threading
 
-    import renderer.store as store_mod
+    import renderer.state.store as store_mod
+
     for name in ("FIRST_BATCH", "RECORD_BATCH"):
         monkeypatch.setattr(store_mod, name, 7)
     p = _many(registry, 20, tmp_path)
     gate = threading.Event()
     store = SQLiteStore(tmp_path)
     recorder = store.record_plan(_Gated(list(p.jobs), 10, gate), p.digest)
-    assert recorder is not None and store.record_plan(p.jobs, p.digest) is None  # not on a state with jobs
+    assert (
+        recorder is not None and store.record_plan(p.jobs, p.digest) is None
+    )  # not on a state with jobs
     store.join("w", 30)
     assert store.pending_count() == 100 and store.pending_count(before=50) == 50
-    assert [c.plan_index for c in store.claim(50)] == list(range(7))  # what is recorded, nothing more
+    assert [c.plan_index for c in store.claim(50)] == list(
+        range(7)
+    )  # what is recorded, nothing more
     assert store.meta("plan_digest") is None and not recorder.finished.is_set()
     gate.set()
     recorder.thread.join(10)
-    assert recorder.error is None and recorder.recorded == 100 and store.meta("plan_digest") == p.digest
+    assert (
+        recorder.error is None
+        and recorder.recorded == 100
+        and store.meta("plan_digest") == p.digest
+    )
     assert [c.plan_index for c in store.claim(500)] == list(range(7, 100))
     assert [r.key for r in store.rows()] == [j.key for j in p.jobs] and store.pending_count() == 100
     assert not store.sync_plan(p.jobs, p.digest)
     store.close()
 
 
-def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(tmp_path: Path, registry: SchemaRegistry,
-                                                                      monkeypatch: pytest.MonkeyPatch):
+def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
+    tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
+):
     """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order."""
-    import renderer.store as store_mod
+    import renderer.state.store as store_mod
+
     for name in ("FIRST_BATCH", "RECORD_BATCH"):
         monkeypatch.setattr(store_mod, name, 7)
     p = _many(registry, 20, tmp_path)
@@ -705,30 +958,47 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(tmp_path: P
     store.close()
     again = SQLiteStore(tmp_path)
     assert again.record_plan(p.jobs, p.digest) is None and again.sync_plan(p.jobs, p.digest)
-    assert [r.key for r in again.rows()] == [j.key for j in p.jobs] and again.meta("plan_digest") == p.digest
-    assert again.pending() == [j.key for j in p.jobs if j.index != 3] and again.counts()["no_longer_planned"] == 0
+    assert [r.key for r in again.rows()] == [j.key for j in p.jobs] and again.meta(
+        "plan_digest"
+    ) == p.digest
+    assert (
+        again.pending() == [j.key for j in p.jobs if j.index != 3]
+        and again.counts()["no_longer_planned"] == 0
+    )
     again.close()
 
 
-def test_file_stats_list_every_finished_file_in_whole_jobs(open_state: Callable[[], Store], tmp_path: Path,
-                                                           registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch):
+def test_file_stats_list_every_finished_file_in_whole_jobs(
+    open_state: Callable[[], Store],
+    tmp_path: Path,
+    registry: SchemaRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+):
     """What a rerun checks on disk: (job, path, size, mtime_ns) of each file of each finished job, pages never
     splitting a job; jobs not finished or out of the plan are not listed."""
-    import renderer.store as store_mod
+    import renderer.state.store as store_mod
+
     monkeypatch.setattr(store_mod, "PAGE", 1)
     p = _many(registry, 4, tmp_path)
     store = open_state()
     store.sync_plan(p.jobs, p.digest)
     keys = [j.key for j in p.jobs]
     for n, key in enumerate(keys[:12]):
-        store.downloaded(key, [{"path": f"data/{n}-{i}.png", "size": i, "mtime_ns": 10**18 + n} for i in range(n % 3)]
-                         + [{"path": f"data/{n}-x.png"}])
+        store.downloaded(
+            key,
+            [{"path": f"data/{n}-{i}.png", "size": i, "mtime_ns": 10**18 + n} for i in range(n % 3)]
+            + [{"path": f"data/{n}-x.png"}],
+        )
     store.failed(keys[12], "no", "rejected")
     store.sync_plan(p.jobs[1:], "")  # the first job leaves the plan
     pages = list(store.file_stats())
     listed = [(store.key_of(ref), *rest) for page in pages for ref, *rest in page]
     assert sorted(listed, key=str) == sorted(
         [(keys[n], f"data/{n}-{i}.png", i, 10**18 + n) for n in range(1, 12) for i in range(n % 3)]
-        + [(keys[n], f"data/{n}-x.png", None, None) for n in range(1, 12)], key=str)
+        + [(keys[n], f"data/{n}-x.png", None, None) for n in range(1, 12)],
+        key=str,
+    )
     for page in pages:  # whole jobs: a job's files are all in one page
-        assert not {k for k, *_ in page} & {k for other in pages if other is not page for k, *_ in other}
+        assert not {k for k, *_ in page} & {
+            k for other in pages if other is not page for k, *_ in other
+        }

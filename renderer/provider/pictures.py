@@ -16,8 +16,12 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg"),
-           "webp": ("WEBP", "image/webp")}
+FORMATS = {
+    "png": ("PNG", "image/png"),
+    "jpeg": ("JPEG", "image/jpeg"),
+    "jpg": ("JPEG", "image/jpeg"),
+    "webp": ("WEBP", "image/webp"),
+}
 
 
 @lru_cache(maxsize=8)
@@ -32,8 +36,15 @@ def _digest(*parts: object) -> bytes:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
 
 
-def render(endpoint: str, prompt: str, seed: int, index: int, size: tuple[int, int], fmt: str,
-           variant: str = "") -> tuple[bytes, str]:
+def render(
+    endpoint: str,
+    prompt: str,
+    seed: int,
+    index: int,
+    size: tuple[int, int],
+    fmt: str,
+    variant: str = "",
+) -> tuple[bytes, str]:
     """Encoded image bytes and their content type."""
     width, height = size
     d = _digest(endpoint, prompt, seed, index, variant)
@@ -42,7 +53,7 @@ def render(endpoint: str, prompt: str, seed: int, index: int, size: tuple[int, i
     draw = ImageDraw.Draw(image)
     # A few shapes placed by the digest: seeds differ visibly, not only in the caption.
     for n in range(4):
-        b = d[3 + n * 6: 9 + n * 6]
+        b = d[3 + n * 6 : 9 + n * 6]
         x0, y0 = b[0] * width // 256, b[1] * height // 256
         r = max(2, b[2] * min(width, height) // 512)
         color = (b[3], b[4], b[5])

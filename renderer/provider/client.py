@@ -35,7 +35,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from .errors import (
+from renderer.errors import (
     AccountError,
     JobRejected,
     OutcomeUnknown,
@@ -44,16 +44,27 @@ from .errors import (
     RunnerFailed,
     TransientError,
 )
-from .manifest import RetryPolicy
+from renderer.settings import RetryPolicy
 
 T = TypeVar("T")
-RUNNER_ERRORS = {"runner_server_error", "internal_error", "runner_incomplete_response", "runner_disconnected",
-                 "runner_connection_error", "runner_connection_refused", "runner_connection_timeout",
-                 "runner_scheduling_failure", "startup_timeout", "request_timeout"}
+RUNNER_ERRORS = {
+    "runner_server_error",
+    "internal_error",
+    "runner_incomplete_response",
+    "runner_disconnected",
+    "runner_connection_error",
+    "runner_connection_refused",
+    "runner_connection_timeout",
+    "runner_scheduling_failure",
+    "startup_timeout",
+    "request_timeout",
+}
 FAL_QUEUE_ORIGINS = frozenset({"https://queue.fal.run"})  # where fal's queue answers may point
 ERROR_BODY_CAP = 64 * 1024  # of an error answer only the start is read: enough for its detail
 MIN_SECRET = 6  # keys shorter than this are not scrubbed (every "k" in every message would go)
-UNKNOWN_HINT = "check the provider's request history; `--retry-failed` sends it again (and may pay twice)"
+UNKNOWN_HINT = (
+    "check the provider's request history; `--retry-failed` sends it again (and may pay twice)"
+)
 
 
 @dataclass(frozen=True)
@@ -119,34 +130,53 @@ def classify(op: str, status: int, headers: Any, text: str) -> ProviderError:
     except ValueError:
         body = None
     detail: Any = body.get("detail") if isinstance(body, dict) else None
-    error_type = (body.get("error_type") if isinstance(body, dict) else None) or headers.get("X-Fal-Error-Type")
+    error_type = (body.get("error_type") if isinstance(body, dict) else None) or headers.get(
+        "X-Fal-Error-Type"
+    )
     if not isinstance(error_type, str):
         error_type = None
-    summary = detail if isinstance(detail, str) else (json.dumps(detail)[:500] if detail else text[:200].strip())
+    summary = (
+        detail
+        if isinstance(detail, str)
+        else (json.dumps(detail)[:500] if detail else text[:200].strip())
+    )
     message = f"{op}: HTTP {status}: {summary}" if summary else f"{op}: HTTP {status}"
     kw: dict[str, Any] = {"status": status, "error_type": error_type, "detail": detail}
     if status == 401:
-        return AccountError(message, hint="the provider refused the API key; check the key variable", **kw)
+        return AccountError(
+            message, hint="the provider refused the API key; check the key variable", **kw
+        )
     if status == 403:
-        return AccountError(message, hint="the account is locked or unpaid; fix it on the provider's dashboard",
-                            **kw)
+        return AccountError(
+            message,
+            hint="the account is locked or unpaid; fix it on the provider's dashboard",
+            **kw,
+        )
     ingress = "x-fal-request-id" not in headers
     if status in (408, 429):
         return TransientError(message, retry_after=_retry_after(headers), **kw)
     if status == 504 and headers.get("X-Fal-Request-Timeout-Type") == "user":
-        return JobRejected(message, **kw)  # the request's own start deadline passed: never ran, never billed
+        return JobRejected(
+            message, **kw
+        )  # the request's own start deadline passed: never ran, never billed
     if op == "submit":
         if status in (502, 503) and ingress:
-            return TransientError(message, retry_after=_retry_after(headers), **kw)  # the app never saw it
+            return TransientError(
+                message, retry_after=_retry_after(headers), **kw
+            )  # the app never saw it
         if 400 <= status < 500:
             return JobRejected(message, **kw)  # a definite refusal: nothing was queued
-        return OutcomeUnknown(f"{message}; the provider may have accepted and billed it", hint=UNKNOWN_HINT, **kw)
+        return OutcomeUnknown(
+            f"{message}; the provider may have accepted and billed it", hint=UNKNOWN_HINT, **kw
+        )
     if status == 404 and op in ("status", "result", "download", "cancel"):
         return RequestGone(message, **kw)
     if op == "result" and error_type in RUNNER_ERRORS:
         return RunnerFailed(message, **kw)  # definite: this request will never deliver
     if status == 409 or status >= 500:
-        return TransientError(message, retry_after=_retry_after(headers), **kw)  # a read: read again
+        return TransientError(
+            message, retry_after=_retry_after(headers), **kw
+        )  # a read: read again
     if op == "result" and status == 400 and "progress" in summary.lower():
         return TransientError(message, **kw)  # fetched a moment too early
     return JobRejected(message, **kw)
@@ -165,12 +195,23 @@ class Client:
     `trusted_origins`: further origins the key may go to (fal's queue hosts).
     """
 
-    def __init__(self, base_url: str, *, auth_scheme: str = "Key", key: str | None = None,
-                 retry: RetryPolicy | None = None, timeouts: Timeouts | None = None, limits: Limits | None = None,
-                 max_download: int = 64 * 1024 * 1024, connections: int = 256, rebase: bool = True,
-                 trusted_origins: frozenset[str] = frozenset(),
-                 on_event: Callable[[str], None] | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth_scheme: str = "Key",
+        key: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        limits: Limits | None = None,
+        max_download: int = 64 * 1024 * 1024,
+        connections: int = 256,
+        rebase: bool = True,
+        trusted_origins: frozenset[str] = frozenset(),
+        on_event: Callable[[str], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.origin = origin_of(self.base_url)
         self.prefix = URL(self.base_url).raw_path.rstrip("/")  # a proxy mounted under a path
@@ -192,11 +233,18 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
-        timeout = aiohttp.ClientTimeout(total=self.timeouts.total, connect=self.timeouts.connect,
-                                        sock_read=self.timeouts.read)
-        connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, raise_for_status=False,
-                                              headers={"User-Agent": "renderer/0.1"})
+        timeout = aiohttp.ClientTimeout(
+            total=self.timeouts.total, connect=self.timeouts.connect, sock_read=self.timeouts.read
+        )
+        connector = aiohttp.TCPConnector(
+            limit=self.connections, limit_per_host=0, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            timeout=timeout,
+            connector=connector,
+            raise_for_status=False,
+            headers={"User-Agent": "renderer/0.1"},
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -219,7 +267,9 @@ class Client:
         """
         view = copy.copy(self)
         view._auth = {"Authorization": f"{self.auth_scheme} {key}"} if key else {}
-        self._secrets[:] = sorted(set(self._secrets) | set(_secret_forms(key)), key=len, reverse=True)
+        self._secrets[:] = sorted(
+            set(self._secrets) | set(_secret_forms(key)), key=len, reverse=True
+        )
         return view
 
     def scrub(self, text: str) -> str:
@@ -253,17 +303,22 @@ class Client:
             raise JobRejected(
                 f"{what} points at {origin}, which is not the provider ({self.origin}); "
                 "refused to send the API key there",
-                hint="set provider.url to the origin that answers, if you trust it")
+                hint="set provider.url to the origin that answers, if you trust it",
+            )
         path = parsed.raw_path
         if self.prefix and not path.startswith(self.prefix + "/"):
             path = self.prefix + path
-        return self.origin + path + (f"?{parsed.raw_query_string}" if parsed.raw_query_string else "")
+        return (
+            self.origin + path + (f"?{parsed.raw_query_string}" if parsed.raw_query_string else "")
+        )
 
     # -------------------------------------------------- plumbing
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform(0, min(cap, base·2^(attempt-1)))."""
-        return self.rng.uniform(0, min(self.retry.max_backoff, self.retry.backoff * 2 ** (attempt - 1)))
+        return self.rng.uniform(
+            0, min(self.retry.max_backoff, self.retry.backoff * 2 ** (attempt - 1))
+        )
 
     def _delay(self, exc: TransientError, attempt: int) -> float:
         """The wait before the next try: Retry-After if sane, capped (and said) if not; else backoff."""
@@ -293,7 +348,9 @@ class Client:
                 await self.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _body(self, op: str, resp: aiohttp.ClientResponse, cap: int, *, truncate: bool = False) -> bytes:
+    async def _body(
+        self, op: str, resp: aiohttp.ClientResponse, cap: int, *, truncate: bool = False
+    ) -> bytes:
         """The body, read in chunks and stopped at `cap` bytes (cut there, or JobRejected)."""
         declared = resp.content_length
         if declared is not None and declared > cap and not truncate:
@@ -317,20 +374,28 @@ class Client:
         url = self.provider_url(url, f"the {op} URL")  # the key goes nowhere else
         sent = False
         try:
-            async with self.session.request(method, url, json=body, headers=self._auth,
-                                            allow_redirects=False) as resp:
+            async with self.session.request(
+                method, url, json=body, headers=self._auth, allow_redirects=False
+            ) as resp:
                 sent = True
                 if resp.status >= 300:
                     raw = await self._body(op, resp, ERROR_BODY_CAP, truncate=True)
-                    raise classify(op, resp.status, resp.headers, self.scrub(raw.decode("utf-8", "replace")))
+                    raise classify(
+                        op, resp.status, resp.headers, self.scrub(raw.decode("utf-8", "replace"))
+                    )
                 raw = await self._body(op, resp, self.limits.json_body)
         except aiohttp.ClientConnectorError as exc:
             # No connection was made: the body was never sent.
-            raise TransientError(f"{op}: cannot connect to {exc.host}:{exc.port}: {exc.os_error}") from exc
+            raise TransientError(
+                f"{op}: cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
+            ) from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             # The request may have reached the server: for a submit that matters (see submit).
-            what = (f"no complete answer within {self.timeouts.total:g} s" if isinstance(exc, asyncio.TimeoutError)
-                    else f"connection failed: {type(exc).__name__}: {exc}".rstrip(": "))
+            what = (
+                f"no complete answer within {self.timeouts.total:g} s"
+                if isinstance(exc, asyncio.TimeoutError)
+                else f"connection failed: {type(exc).__name__}: {exc}".rstrip(": ")
+            )
             error = TransientError(self.scrub(f"{op}: {what}"))
             error.maybe_sent = True
             error.answered = sent
@@ -351,14 +416,20 @@ class Client:
 
     # -------------------------------------------------- operations
 
-    async def submit(self, endpoint: str, payload: dict[str, Any], *,
-                     sending: Callable[[], None] | None = None,
-                     refused: Callable[[], None] | None = None) -> Handle:
+    async def submit(
+        self,
+        endpoint: str,
+        payload: dict[str, Any],
+        *,
+        sending: Callable[[], None] | None = None,
+        refused: Callable[[], None] | None = None,
+    ) -> Handle:
         """Submit once per call, resending only what the server demonstrably did not take.
 
         `sending` runs before each send (the caller records the submit→commit window), `refused`
         after each definite refusal (the window closes: nothing was taken).
         """
+
         async def once() -> Handle:
             if sending is not None:
                 sending()
@@ -366,12 +437,15 @@ class Client:
                 body = await self._json("submit", "POST", f"{self.base_url}/{endpoint}", payload)
             except TransientError as exc:
                 if exc.answered:  # an answer we could not read: the server had the whole request
-                    raise OutcomeUnknown(f"{exc.message}; the provider may have accepted and billed it",
-                                         hint=UNKNOWN_HINT) from exc
+                    raise OutcomeUnknown(
+                        f"{exc.message}; the provider may have accepted and billed it",
+                        hint=UNKNOWN_HINT,
+                    ) from exc
                 if exc.maybe_sent:
                     raise OutcomeUnknown(
                         f"submit: the connection failed after the request was sent ({exc.message}); "
-                        "it may have been accepted and billed", hint=UNKNOWN_HINT,
+                        "it may have been accepted and billed",
+                        hint=UNKNOWN_HINT,
                     ) from exc
                 if refused is not None:
                     refused()
@@ -381,18 +455,29 @@ class Client:
                     refused()
                 raise
             return self._handle(body)
+
         return await self._retrying("submit", once)
 
     def _handle(self, body: Any) -> Handle:
         """The submit answer, checked before anything uses it; an unusable one is an unknown outcome."""
+
         def unknown(problem: str) -> OutcomeUnknown:
-            return OutcomeUnknown(f"submit: unusable answer ({problem}): {_short(body)}; the provider may have "
-                                  "accepted and billed it", hint=UNKNOWN_HINT)
+            return OutcomeUnknown(
+                f"submit: unusable answer ({problem}): {_short(body)}; the provider may have "
+                "accepted and billed it",
+                hint=UNKNOWN_HINT,
+            )
+
         if not isinstance(body, dict):
             raise unknown(f"a JSON {type(body).__name__}, not an object")
         request_id = body.get("request_id")
-        if not isinstance(request_id, str) or not request_id or len(request_id) > 200 \
-                or not request_id.isprintable() or "/" in request_id:
+        if (
+            not isinstance(request_id, str)
+            or not request_id
+            or len(request_id) > 200
+            or not request_id.isprintable()
+            or "/" in request_id
+        ):
             raise unknown(f"request_id is {_short(request_id, 60)}")
         urls = {}
         for name in ("status_url", "response_url", "cancel_url"):
@@ -402,13 +487,16 @@ class Client:
             try:
                 urls[name] = self.provider_url(value, f"the submit answer's {name}")
             except JobRejected as exc:
-                raise JobRejected(f"{exc.message} (request {request_id} was accepted and may be billed)",
-                                  hint=exc.hint) from None
+                raise JobRejected(
+                    f"{exc.message} (request {request_id} was accepted and may be billed)",
+                    hint=exc.hint,
+                ) from None
         return Handle(request_id, urls["status_url"], urls["response_url"], urls["cancel_url"])
 
     async def status(self, handle: Handle) -> Status:
         async def once() -> Status:
             return _status(await self._json("status", "GET", handle.status_url))
+
         return await self._retrying("status", once)
 
     async def result(self, handle: Handle) -> dict[str, Any]:
@@ -418,8 +506,11 @@ class Client:
                 raise TransientError(f"result: expected a JSON object, got {_short(body, 100)}")
             error_type = body.get("error_type")
             if isinstance(error_type, str) and error_type in RUNNER_ERRORS:
-                raise RunnerFailed(f"result: the provider's runner failed ({error_type})", error_type=error_type)
+                raise RunnerFailed(
+                    f"result: the provider's runner failed ({error_type})", error_type=error_type
+                )
             return body
+
         return await self._retrying("result", once)
 
     async def cancel(self, handle: Handle) -> str:
@@ -455,17 +546,27 @@ class Client:
     async def _stream(self, handle: Handle, on_status: Callable[[Status], None]) -> Status | None:
         self.calls["stream"] += 1
         # A stream lives as long as the job waits (the caller's deadline); silence is what ends it here.
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_read=self.timeouts.stream_idle)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.timeouts.connect, sock_read=self.timeouts.stream_idle
+        )
         url = self.provider_url(handle.status_url, "the status URL") + "/stream"
         try:
-            async with self.session.get(url, headers=self._auth, timeout=timeout, allow_redirects=False) as resp:
+            async with self.session.get(
+                url, headers=self._auth, timeout=timeout, allow_redirects=False
+            ) as resp:
                 is_stream = resp.headers.get("Content-Type", "").startswith("text/event-stream")
                 if resp.status in (404, 405) or (resp.status < 300 and not is_stream):
                     return None  # no status stream at this provider: the caller polls
                 if resp.status >= 300:
                     raw = await self._body("status", resp, ERROR_BODY_CAP, truncate=True)
-                    raise self._scrubbed(classify("status", resp.status, resp.headers,
-                                                  self.scrub(raw.decode("utf-8", "replace"))))
+                    raise self._scrubbed(
+                        classify(
+                            "status",
+                            resp.status,
+                            resp.headers,
+                            self.scrub(raw.decode("utf-8", "replace")),
+                        )
+                    )
                 last: Status | None = None
                 async for line in _lines(resp.content, self.limits.sse_line):
                     if not line.startswith(b"data:"):
@@ -501,13 +602,17 @@ class Client:
             except (binascii.Error, ValueError) as exc:
                 raise JobRejected("download: data URL is not valid base64") from exc
         if not url.startswith(("http://", "https://")):
-            raise JobRejected(f"download: refusing a {_short(url.split(':', 1)[0], 20)!r} URL "
-                              "(only http, https and data)")
+            raise JobRejected(
+                f"download: refusing a {_short(url.split(':', 1)[0], 20)!r} URL "
+                "(only http, https and data)"
+            )
 
         async def once() -> tuple[bytes, str]:
             self.calls["download"] += 1
             try:
-                async with self.session.get(url) as resp:  # no Authorization: files are not the provider
+                async with self.session.get(
+                    url
+                ) as resp:  # no Authorization: files are not the provider
                     if resp.status >= 300:
                         raise classify("download", resp.status, resp.headers, "")
                     data = await self._body("download", resp, self.max_download)
@@ -516,9 +621,12 @@ class Client:
             except aiohttp.ClientConnectorError as exc:
                 raise TransientError(f"download: cannot connect: {exc.os_error}") from exc
             except asyncio.TimeoutError as exc:
-                raise TransientError(f"download: no complete file within {self.timeouts.total:g} s") from exc
+                raise TransientError(
+                    f"download: no complete file within {self.timeouts.total:g} s"
+                ) from exc
             except (aiohttp.ClientError, ValueError) as exc:
                 raise TransientError(f"download: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+
         return await self._retrying("download", once)
 
 
@@ -546,11 +654,17 @@ def _secret_forms(key: str | None) -> list[str]:
 
 
 def _status(body: Any) -> Status:
-    if not isinstance(body, dict) or body.get("status") not in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED"):
+    if not isinstance(body, dict) or body.get("status") not in (
+        "IN_QUEUE",
+        "IN_PROGRESS",
+        "COMPLETED",
+    ):
         raise TransientError(f"status: unexpected answer {_short(body)}")
     position = body.get("queue_position")
     error, error_type = body.get("error"), body.get("error_type")
-    return Status(body["status"],
-                  position if isinstance(position, int) and not isinstance(position, bool) else None,
-                  _short(error, 500) if isinstance(error, str) else None,
-                  error_type if isinstance(error_type, str) else None)
+    return Status(
+        body["status"],
+        position if isinstance(position, int) and not isinstance(position, bool) else None,
+        _short(error, 500) if isinstance(error, str) else None,
+        error_type if isinstance(error_type, str) else None,
+    )

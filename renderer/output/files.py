@@ -27,11 +27,15 @@ from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from .layout import SIDECAR_SUFFIX
+from renderer.layout import SIDECAR_SUFFIX
 
 T = TypeVar("T")
 
-FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp")}
+FORMATS = {
+    "PNG": ("png", "image/png"),
+    "JPEG": ("jpg", "image/jpeg"),
+    "WEBP": ("webp", "image/webp"),
+}
 PART_SUFFIX = ".part"
 
 
@@ -52,7 +56,9 @@ class Verified:
 MAX_PIXELS = 64 * 1024 * 1024  # a bigger image would need gigabytes to decode; no model makes one
 
 
-def verify_image(data: bytes, declared_type: str = "", expected_size: int | None = None) -> Verified:
+def verify_image(
+    data: bytes, declared_type: str = "", expected_size: int | None = None
+) -> Verified:
     if expected_size is not None and len(data) != expected_size:
         raise BadImage(f"{len(data)} bytes received, {expected_size} announced")
     try:
@@ -62,8 +68,10 @@ def verify_image(data: bytes, declared_type: str = "", expected_size: int | None
             with Image.open(io.BytesIO(data)) as probe:
                 fmt = probe.format
                 if probe.width * probe.height > MAX_PIXELS:
-                    raise BadImage(f"{probe.width}x{probe.height} pixels is over the {MAX_PIXELS}-pixel cap "
-                                   "(a decompression bomb?)")
+                    raise BadImage(
+                        f"{probe.width}x{probe.height} pixels is over the {MAX_PIXELS}-pixel cap "
+                        "(a decompression bomb?)"
+                    )
                 probe.verify()  # structure and checksums
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # a full decode: catches truncation that verify() does not
@@ -80,7 +88,9 @@ def verify_image(data: bytes, declared_type: str = "", expected_size: int | None
     return Verified(data, ext, content_type, width, height, hashlib.sha256(data).hexdigest())
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True, parents: bool = True) -> os.stat_result:
+def write_atomic(
+    path: Path, data: bytes, *, durable: bool = True, parents: bool = True
+) -> os.stat_result:
     """Write bytes so that `path` is either absent, the old file, or the complete new file.
 
     The data is fsynced before the rename; the directory is not. After a power cut the rename
@@ -113,7 +123,7 @@ def write_open(path: Path, data: bytes, *, parents: bool = True) -> tuple[int, s
         # ioctl per file, a measurable share of a small image's cost.
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         return fd, tmp, os.fstat(fd)
     except BaseException:
         os.close(fd)
@@ -219,7 +229,9 @@ class GroupFsync:
                 # its fsyncs overlap and the file system merges their journal commits.
                 n = min(self.THREADS, -(-len(group) // self.PER_THREAD))
                 parts = [group[i::n] for i in range(n)]
-                done = await asyncio.gather(*(asyncio.to_thread(_run_all, [w for w, _ in part]) for part in parts))
+                done = await asyncio.gather(
+                    *(asyncio.to_thread(_run_all, [w for w, _ in part]) for part in parts)
+                )
                 for part, outcomes in zip(parts, done, strict=True):
                     for (_, future), (ok, value) in zip(part, outcomes, strict=True):
                         if future.done():  # its caller was cancelled
@@ -256,7 +268,13 @@ def open_temporary(path: Path, *, parents: bool = True) -> tuple[int, str]:
     force 0600). The name ends in PART_SUFFIX, which is how `remove_partials` finds leftovers.
     `parents`: a missing folder is created (only then: the common case costs no mkdir).
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_BINARY", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+    )
     while True:
         tmp = str(path.parent / f".{path.name}.{_TAG}{next(_SERIAL):x}{PART_SUFFIX}")
         try:
@@ -292,7 +310,9 @@ def atomic_stream(path: Path, mode: str = "wb") -> Iterator[Any]:
 # The C encoder (indent= falls back to the pure-Python one, which cost more per sidecar than
 # writing it did: bench/README.md section 3).
 _ONE_LINE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
-_quote = json.encoder.encode_basestring  # the C function the encoder uses for strings (ensure_ascii=False)
+_quote = (
+    json.encoder.encode_basestring
+)  # the C function the encoder uses for strings (ensure_ascii=False)
 
 
 _SCALARS = {None: "null", True: "true", False: "false"}
@@ -313,7 +333,11 @@ def _json_value(value: Any) -> str:
 
 def json_text(value: dict[str, Any]) -> str:
     """An object as JSON with one top-level key per line and each value on its line: readable, cheap."""
-    return "{\n" + ",\n".join(f"  {_quote(str(k))}: {_json_value(v)}" for k, v in value.items()) + "\n}\n"
+    return (
+        "{\n"
+        + ",\n".join(f"  {_quote(str(k))}: {_json_value(v)}" for k, v in value.items())
+        + "\n}\n"
+    )
 
 
 def write_json(path: Path, data: Any, *, durable: bool = True) -> os.stat_result:
@@ -343,7 +367,9 @@ def sidecar_path(image: Path) -> Path:
 
 def file_intact(run_dir: Path, entry: dict[str, Any], *, rehash: bool) -> bool:
     """Is a recorded file still there, unchanged? Size and mtime by default; the hash with rehash."""
-    path = os.path.join(run_dir, entry["path"])  # plain strings: this runs once per file on every rerun
+    path = os.path.join(
+        run_dir, entry["path"]
+    )  # plain strings: this runs once per file on every rerun
     try:
         stat = os.stat(path)
     except OSError:

@@ -27,10 +27,10 @@ from typing import Any
 
 import yaml
 
-from . import files
-from .dataset import CARD, CardInfo, Columns, card_text, reading
-from .errors import UsageError
-from .layout import DATA_DIR
+from renderer.errors import UsageError
+from renderer.layout import DATA_DIR
+from renderer.output import files
+from renderer.output.dataset import CARD, CardInfo, Columns, card_text, reading
 
 FORMATS = ("parquet", "webdataset")
 ROW_GROUP = 100  # images per Parquet row group: what the Hub's viewer reads in one go
@@ -44,8 +44,10 @@ def _need(module: str) -> Any:
     try:
         return __import__(module)
     except ImportError as exc:
-        raise ExportError(f"export needs the {module} library, which is not installed",
-                          hint="pip install 'renderer[datasets]'") from exc
+        raise ExportError(
+            f"export needs the {module} library, which is not installed",
+            hint="pip install 'renderer[datasets]'",
+        ) from exc
 
 
 def _shard_name(prefix: str, index: int, count: int, ext: str) -> str:
@@ -57,15 +59,21 @@ def _read_verified(run_dir: Path, rel: str, sha256: str | None) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ExportError(f"{path}: cannot read this image: {exc.strerror or exc}",
-                          hint="`renderer run` the manifest again to fetch missing images, then export") from exc
+        raise ExportError(
+            f"{path}: cannot read this image: {exc.strerror or exc}",
+            hint="`renderer run` the manifest again to fetch missing images, then export",
+        ) from exc
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise ExportError(f"{path}: the image changed since it was downloaded (sha256 differs)",
-                          hint="`renderer run --verify` fetches it again, then export")
+        raise ExportError(
+            f"{path}: the image changed since it was downloaded (sha256 differs)",
+            hint="`renderer run --verify` fetches it again, then export",
+        )
     return data
 
 
-def _chunks(rows: Iterator[tuple[dict[str, Any], str]], size: int) -> Iterator[list[tuple[dict[str, Any], str]]]:
+def _chunks(
+    rows: Iterator[tuple[dict[str, Any], str]], size: int
+) -> Iterator[list[tuple[dict[str, Any], str]]]:
     chunk: list[tuple[dict[str, Any], str]] = []
     for item in rows:
         chunk.append(item)
@@ -91,10 +99,23 @@ def hf_features(columns: Columns) -> dict[str, Any]:
 
 def _arrow_schema(columns: Columns) -> Any:
     pa = _need("pyarrow")
-    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
-             "list<string>": pa.list_(pa.string())}
-    fields = [pa.field("image", pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())]))]
-    fields += [pa.field(column, types[dtype]) for column, dtype in columns.dtypes().items() if column != "file_name"]
+    types = {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "list<string>": pa.list_(pa.string()),
+    }
+    fields = [
+        pa.field(
+            "image", pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+        )
+    ]
+    fields += [
+        pa.field(column, types[dtype])
+        for column, dtype in columns.dtypes().items()
+        if column != "file_name"
+    ]
     metadata = {"huggingface": json.dumps({"info": {"features": hf_features(columns)}})}
     return pa.schema(fields, metadata=metadata)
 
@@ -106,7 +127,9 @@ def _replace_shards(folder: Path, written: list[Path], pattern: str) -> None:
             old.unlink(missing_ok=True)
 
 
-def export(run_dir: Path, fmt: str, out_dir: Path | None = None, shard_size: int = 1000) -> dict[str, Any]:
+def export(
+    run_dir: Path, fmt: str, out_dir: Path | None = None, shard_size: int = 1000
+) -> dict[str, Any]:
     """Write the export; return {format, dir, shards, rows, bytes}."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -116,8 +139,13 @@ def export(run_dir: Path, fmt: str, out_dir: Path | None = None, shard_size: int
     out = out_dir or run_dir / "export" / fmt
     try:
         resolved = out.resolve()
-        if resolved == (run_dir / DATA_DIR).resolve() or (run_dir / DATA_DIR).resolve() in resolved.parents:
-            raise ExportError(f"{out}: an export cannot go inside the dataset folder {run_dir / DATA_DIR}")
+        if (
+            resolved == (run_dir / DATA_DIR).resolve()
+            or (run_dir / DATA_DIR).resolve() in resolved.parents
+        ):
+            raise ExportError(
+                f"{out}: an export cannot go inside the dataset folder {run_dir / DATA_DIR}"
+            )
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"{out}: cannot create the export folder: {exc.strerror or exc}") from exc
@@ -138,27 +166,55 @@ def export(run_dir: Path, fmt: str, out_dir: Path | None = None, shard_size: int
         else:
             written, size = _webdataset(run_dir, out, chunks, shards)
     if fmt == "parquet":
-        files.write_atomic(out / CARD, card_text(_card_info(run_dir, models, count), columns, data_globs=("*.parquet",),
-                                                 builder_note=" Parquet shards with the images embedded.").encode())
-    return {"format": fmt, "dir": str(out), "shards": [p.name for p in written], "rows": count, "bytes": size}
+        files.write_atomic(
+            out / CARD,
+            card_text(
+                _card_info(run_dir, models, count),
+                columns,
+                data_globs=("*.parquet",),
+                builder_note=" Parquet shards with the images embedded.",
+            ).encode(),
+        )
+    return {
+        "format": fmt,
+        "dir": str(out),
+        "shards": [p.name for p in written],
+        "rows": count,
+        "bytes": size,
+    }
 
 
 def _card_info(run_dir: Path, models: dict[str, tuple[str, int]], count: int) -> CardInfo:
     """The export's card keeps what the run's card says (name, license) and the manifest run.json names."""
     front: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError, IndexError, yaml.YAMLError):
-        loaded = yaml.safe_load((run_dir / DATA_DIR / CARD).read_text(encoding="utf-8").split("---\n")[1])
+        loaded = yaml.safe_load(
+            (run_dir / DATA_DIR / CARD).read_text(encoding="utf-8").split("---\n")[1]
+        )
         front = loaded if isinstance(loaded, dict) else {}
     manifest = ""
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        manifest = str(json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("manifest") or "")
+        manifest = str(
+            json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("manifest") or ""
+        )
     license_ = front.get("license")
-    return CardInfo(str(front.get("pretty_name") or run_dir.name), manifest or str(run_dir), None,
-                    license_ if isinstance(license_, str) else None, models, count)
+    return CardInfo(
+        str(front.get("pretty_name") or run_dir.name),
+        manifest or str(run_dir),
+        None,
+        license_ if isinstance(license_, str) else None,
+        models,
+        count,
+    )
 
 
-def _parquet(run_dir: Path, out: Path, columns: Columns, chunks: Iterator[list[tuple[dict[str, Any], str]]],
-             shards: int) -> tuple[list[Path], int]:
+def _parquet(
+    run_dir: Path,
+    out: Path,
+    columns: Columns,
+    chunks: Iterator[list[tuple[dict[str, Any], str]]],
+    shards: int,
+) -> tuple[list[Path], int]:
     pa = _need("pyarrow")
     pq = __import__("pyarrow.parquet", fromlist=["parquet"])
     schema = _arrow_schema(columns)
@@ -167,10 +223,12 @@ def _parquet(run_dir: Path, out: Path, columns: Columns, chunks: Iterator[list[t
     total = 0
     for index, chunk in enumerate(chunks):
         path = out / _shard_name("train", index, shards, "parquet")
-        with files.atomic_stream(path) as handle, \
-                pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+        with (
+            files.atomic_stream(path) as handle,
+            pq.ParquetWriter(handle, schema, compression="zstd") as writer,
+        ):
             for start in range(0, len(chunk), ROW_GROUP):
-                group = chunk[start:start + ROW_GROUP]
+                group = chunk[start : start + ROW_GROUP]
                 data: dict[str, list[Any]] = {n: [] for n in names}
                 for row, rel in group:
                     blob = _read_verified(run_dir, rel, row["sha256"])
@@ -184,8 +242,9 @@ def _parquet(run_dir: Path, out: Path, columns: Columns, chunks: Iterator[list[t
     return written, total
 
 
-def _webdataset(run_dir: Path, out: Path, chunks: Iterator[list[tuple[dict[str, Any], str]]],
-                shards: int) -> tuple[list[Path], int]:
+def _webdataset(
+    run_dir: Path, out: Path, chunks: Iterator[list[tuple[dict[str, Any], str]]], shards: int
+) -> tuple[list[Path], int]:
     wds = _need("webdataset")
     written: list[Path] = []
     total = 0
@@ -200,8 +259,13 @@ def _webdataset(run_dir: Path, out: Path, chunks: Iterator[list[tuple[dict[str, 
                     ext = rel.rsplit(".", 1)[-1]
                     # The key must not contain a dot: WebDataset splits a member's name at the first one.
                     key = f"{row['job_key']}-{row['image_index']}"
-                    writer.write({"__key__": key, ext: blob,
-                                  "json": json.dumps(row, ensure_ascii=False, sort_keys=True).encode()})
+                    writer.write(
+                        {
+                            "__key__": key,
+                            ext: blob,
+                            "json": json.dumps(row, ensure_ascii=False, sort_keys=True).encode(),
+                        }
+                    )
             finally:
                 writer.close()  # while the file is open (tarfile writes its end blocks on close)
         written.append(path)

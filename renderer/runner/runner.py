@@ -35,9 +35,7 @@ from typing import Any, TypeVar
 
 from aiolimiter import AsyncLimiter
 
-from . import dataset, files, recover
-from .client import RUNNER_ERRORS, Client, Handle, Status
-from .errors import (
+from renderer.errors import (
     AccountError,
     JobRejected,
     OutcomeUnknown,
@@ -46,11 +44,14 @@ from .errors import (
     StateError,
     TransientError,
 )
-from .layout import DATA_DIR, SIDECAR_SUFFIX, image_path, job_folder
-from .manifest import RetryPolicy
-from .plan import Job, Plan, image_cost, price_of
-from .storage import LocalStorage, Storage
-from .store import DB_NAME, LeaseLost, Row, Store
+from renderer.layout import DATA_DIR, SIDECAR_SUFFIX, image_path, job_folder
+from renderer.output import dataset, files
+from renderer.output.storage import LocalStorage, Storage
+from renderer.plan.planner import Job, Plan, image_cost, price_of
+from renderer.provider.client import RUNNER_ERRORS, Client, Handle, Status
+from renderer.runner import recover
+from renderer.settings import RetryPolicy
+from renderer.state.store import DB_NAME, LeaseLost, Row, Store
 
 Event = dict[str, Any]
 T = TypeVar("T")
@@ -65,7 +66,9 @@ class AccountLimit:
 
     name: str
     concurrency: int
-    rate: float | None = None  # submissions per second of this account (limits.rate still caps the run)
+    rate: float | None = (
+        None  # submissions per second of this account (limits.rate still caps the run)
+    )
 
 
 @dataclass(frozen=True)
@@ -73,17 +76,27 @@ class RunConfig:
     concurrency: int = 2  # jobs in flight (submitted, not yet downloaded)
     per_endpoint: Mapping[str, int] = field(default_factory=dict)
     rate: float = 10.0  # submissions per second
-    timeout: float = 900.0  # seconds for one job, submit to download (a wait past it cancels the request)
+    timeout: float = (
+        900.0  # seconds for one job, submit to download (a wait past it cancels the request)
+    )
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retry_failed: bool = False
     max_jobs: int | None = None
     verify: bool = False  # re-hash finished files instead of trusting size + mtime
     grace: float = 10.0  # after Ctrl-C: seconds for submits in flight to record their request ids
     queue_report: float = 30.0  # surface queue_position for jobs waiting longer than this
-    provider: str = ""  # who renders: emulator, fal, or the custom provider's origin (recorded per image)
-    state: str | None = None  # None: SQLite in the run directory; a postgresql:// URL: shared by many workers
-    lease: float = 30.0  # seconds a claimed job stays this worker's without renewal (renewed every third)
-    accounts: tuple[AccountLimit, ...] = ()  # provider.accounts; empty: one account, the client's key
+    provider: str = (
+        ""  # who renders: emulator, fal, or the custom provider's origin (recorded per image)
+    )
+    state: str | None = (
+        None  # None: SQLite in the run directory; a postgresql:// URL: shared by many workers
+    )
+    lease: float = (
+        30.0  # seconds a claimed job stays this worker's without renewal (renewed every third)
+    )
+    accounts: tuple[
+        AccountLimit, ...
+    ] = ()  # provider.accounts; empty: one account, the client's key
 
 
 SINGLE_ACCOUNT = "default"  # the slots' name for a run without provider.accounts (one key)
@@ -93,13 +106,18 @@ def iso_time(epoch: float | None) -> str | None:
     """ISO 8601 in UTC (for people and other tools), beside the epoch seconds that are kept."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(epoch, timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 CANCEL_WAIT = 10.0  # seconds a cancel after the job deadline may take: the bounded margin past it
 
 
 if sys.version_info >= (3, 11):
+
     async def _within(work: Coroutine[Any, Any, T], seconds: float) -> T:
         """`await work`, cut off after `seconds` with TimeoutError, as asyncio.wait_for but in this
         task (wait_for makes a task per call: twice the cost, on each step of every job).
@@ -120,7 +138,9 @@ def _left(deadline: float) -> float:
 
 def describe(row: Row) -> str:
     """prompt, model, seed and axes of a stored job, as Job.describe says them (for failure lines)."""
-    return Job(0, row.key, row.endpoint, row.model, row.prompt_id, row.seed, row.axes, {}, "", 1, (), "").describe()
+    return Job(
+        0, row.key, row.endpoint, row.model, row.prompt_id, row.seed, row.axes, {}, "", 1, (), ""
+    ).describe()
 
 
 def check_images(result: Any) -> None:
@@ -130,8 +150,10 @@ def check_images(result: Any) -> None:
         raise JobRejected(f"result has no images: {str(result)[:200]}")
     for index, image in enumerate(images):
         if not isinstance(image, dict):
-            raise JobRejected(f"result images[{index}] is a {type(image).__name__}, not an object with a url: "
-                              f"{str(image)[:100]}")
+            raise JobRejected(
+                f"result images[{index}] is a {type(image).__name__}, not an object with a url: "
+                f"{str(image)[:100]}"
+            )
         if not isinstance(image.get("url"), str):
             raise JobRejected(f"result images[{index}] has no url string: {str(image)[:100]}")
 
@@ -146,8 +168,15 @@ def publish(storage: Storage, run_dir: Path, *rels: str) -> None:
             storage.put_bytes(rel, path.read_bytes())
 
 
-def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | None, *, append: bool = False,
-                  record: bool = False) -> None:
+def write_dataset(
+    plan: Plan,
+    store: Store,
+    storage: Storage,
+    provider: str | None,
+    *,
+    append: bool = False,
+    record: bool = False,
+) -> None:
     """metadata.jsonl and the card from the state's finished rows (then copied to a remote output).
 
     `append`: add the rows of jobs finished since it was written, if the state's record says
@@ -164,8 +193,15 @@ def write_dataset(plan: Plan, store: Store, storage: Storage, provider: str | No
     columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in plan.jobs))
     # The rows depend on the plan (its digest), the columns and the provider: any change rewrites them.
     signature = json.dumps([getattr(plan, "digest", ""), columns.axes, provider])
-    dataset.update(store, info, columns, provider, signature, append=append and bool(getattr(plan, "digest", "")),
-                   record=record)
+    dataset.update(
+        store,
+        info,
+        columns,
+        provider,
+        signature,
+        append=append and bool(getattr(plan, "digest", "")),
+        record=record,
+    )
     publish(storage, store.run_dir, f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
 
 
@@ -342,7 +378,9 @@ class Accounts:
                 return None
             # Least used first (by share of its allowance), then the larger: over time each account
             # carries work in proportion to its concurrency.
-            for account in sorted(live, key=lambda a: (a.slots.active / a.slots.allowance, -a.slots.allowance)):
+            for account in sorted(
+                live, key=lambda a: (a.slots.active / a.slots.allowance, -a.slots.allowance)
+            ):
                 if await account.slots.try_acquire():
                     return account
             with contextlib.suppress(asyncio.TimeoutError):
@@ -373,11 +411,15 @@ class Summary:
     total_cost: float | None = None  # every finished job of the plan, all runs
     estimate: float | None = None  # the plan's estimate for all its jobs
     run_dir: Path | None = None
-    resubmits: dict[str, int] = field(default_factory=dict)  # this run's paid resubmissions, by reason
+    resubmits: dict[str, int] = field(
+        default_factory=dict
+    )  # this run's paid resubmissions, by reason
     signal: int = 2  # what interrupted the run: SIGINT (Ctrl-C) or SIGTERM
     # provider.accounts only: name → submitted this run, limit, and why it stopped (null if it did not)
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    waiting: dict[str, int] = field(default_factory=dict)  # submitted jobs left waiting for an account, by name
+    waiting: dict[str, int] = field(
+        default_factory=dict
+    )  # submitted jobs left waiting for an account, by name
 
     @property
     def paid_twice(self) -> int:
@@ -386,19 +428,27 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        return {"done": 0, "failed": 1, "stopped": 3, "interrupted": 128 + self.signal}[self.outcome]
+        return {"done": 0, "failed": 1, "stopped": 3, "interrupted": 128 + self.signal}[
+            self.outcome
+        ]
 
 
 def _disk_hint(exc: OSError) -> str:
     """What to do about a file that cannot be written (the job stays recorded as rendered, not downloaded)."""
-    what = {errno.ENOSPC: "free space on that disk", errno.EDQUOT: "free space within your quota",
-            errno.EROFS: "make that file system writable", errno.EACCES: "make the folder writable",
-            errno.EPERM: "make the folder writable",
-            errno.ENOTDIR: "a file stands where a folder must be: move it away",
-            errno.EEXIST: "a file stands where a folder must be: move it away",
-            errno.EISDIR: "a folder stands where an image must be: move it away"}.get(exc.errno or 0, "fix the cause")
-    return (f"{what}, then rerun the same command: rendered jobs are downloaded again from the provider "
-            "without paying twice")
+    what = {
+        errno.ENOSPC: "free space on that disk",
+        errno.EDQUOT: "free space within your quota",
+        errno.EROFS: "make that file system writable",
+        errno.EACCES: "make the folder writable",
+        errno.EPERM: "make the folder writable",
+        errno.ENOTDIR: "a file stands where a folder must be: move it away",
+        errno.EEXIST: "a file stands where a folder must be: move it away",
+        errno.EISDIR: "a folder stands where an image must be: move it away",
+    }.get(exc.errno or 0, "fix the cause")
+    return (
+        f"{what}, then rerun the same command: rendered jobs are downloaded again from the provider "
+        "without paying twice"
+    )
 
 
 @contextmanager
@@ -407,10 +457,14 @@ def writing(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise StateError(f"cannot write {path}: {exc.strerror or exc}", hint=_disk_hint(exc)) from exc
+        raise StateError(
+            f"cannot write {path}: {exc.strerror or exc}", hint=_disk_hint(exc)
+        ) from exc
 
 
-SINGLE_KEY = "(single key)"  # how run.json and status name the key of a run without provider.accounts
+SINGLE_KEY = (
+    "(single key)"  # how run.json and status name the key of a run without provider.accounts
+)
 
 
 def _who(name: str | None) -> str:
@@ -433,9 +487,17 @@ def _limiter(rate: float) -> AsyncLimiter:
 
 
 class Runner:
-    def __init__(self, plan: Plan, store: Store, client: Client, config: RunConfig,
-                 events: Callable[[Event], None] | None = None, output_check: Callable[..., list[Any]] | None = None,
-                 storage: Storage | None = None, clients: Mapping[str, Client] | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        store: Store,
+        client: Client,
+        config: RunConfig,
+        events: Callable[[Event], None] | None = None,
+        output_check: Callable[..., list[Any]] | None = None,
+        storage: Storage | None = None,
+        clients: Mapping[str, Client] | None = None,
+    ):
         """`clients`: with config.accounts, each account's client by account name (Client.with_key)."""
         self.plan = plan
         self.store = store
@@ -448,7 +510,9 @@ class Runner:
         self.storage: Storage = storage or LocalStorage(self.run_dir)
         self.stopping = False
         self.fatal: AccountError | None = None
-        self.broken: StateError | None = None  # the run's own files cannot be written: stop, say why
+        self.broken: StateError | None = (
+            None  # the run's own files cannot be written: stop, say why
+        )
         self.signal = 2  # SIGINT unless stop() is told otherwise (SIGTERM → exit 143)
         self.redownloads: set[str] = set()  # failed downloads put back by --retry-failed
         self.slots = AdaptiveLimit(config.concurrency)
@@ -457,7 +521,9 @@ class Runner:
         self.phase: dict[str, str] = {}  # key → what its task is doing now
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.queued: dict[str, int | None] = {}  # keys waiting in the provider's queue → position
-        self._endpoints: dict[str, str] = {}  # key → endpoint, for the jobs read but not yet finished
+        self._endpoints: dict[
+            str, str
+        ] = {}  # key → endpoint, for the jobs read but not yet finished
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.fsyncs = files.GroupFsync()
         self.commits = GroupCommit(store)
@@ -467,31 +533,51 @@ class Runner:
         self.cost = 0.0  # of this run's finished jobs, by the manifest's prices
         self._capped_said = False
         self._sending: set[str] = set()  # keys whose submit is on the wire (sent, not yet answered)
-        self._dropped: set[str] = set()  # keys whose lease this worker lost: their tasks are cancelled, not failed
+        self._dropped: set[str] = (
+            set()
+        )  # keys whose lease this worker lost: their tasks are cancelled, not failed
         self.shared = store.shared  # several workers share the state: claims decide who does what
         self.finalizer = False  # this worker wrote the dataset and run.json (see finish)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         if config.accounts:
             self.pooled = True
-            self.accounts = Accounts([
-                Account(a.name, (clients or {}).get(a.name) or client.with_key(None), AccountSlots(a.concurrency),
-                        _limiter(a.rate) if a.rate else None) for a in config.accounts])
+            self.accounts = Accounts(
+                [
+                    Account(
+                        a.name,
+                        (clients or {}).get(a.name) or client.with_key(None),
+                        AccountSlots(a.concurrency),
+                        _limiter(a.rate) if a.rate else None,
+                    )
+                    for a in config.accounts
+                ]
+            )
         else:
             self.pooled = False
             self.accounts = Accounts([Account(None, client, AccountSlots(config.concurrency))])
         if self.shared:
             # One limit per account across every worker: its slots are leased in the shared state.
             for account in self.accounts.all:
-                account.slots = SharedSlots(account.slots.ceiling, store, account.name or SINGLE_ACCOUNT)
-                rate = next((a.rate for a in config.accounts if a.name == account.name and a.rate), None)
+                account.slots = SharedSlots(
+                    account.slots.ceiling, store, account.name or SINGLE_ACCOUNT
+                )
+                rate = next(
+                    (a.rate for a in config.accounts if a.name == account.name and a.rate), None
+                )
                 if rate:
                     account.limiter = SharedRate(store, f"account:{account.name}", rate)
             self.accounts.POLL = SharedSlots.POLL
-            self.limiter = SharedRate(store, "run", config.rate)  # --rate: the run's total, all workers
+            self.limiter = SharedRate(
+                store, "run", config.rate
+            )  # --rate: the run's total, all workers
         for account in self.accounts.all:
-            account.client.on_event = lambda kind, account=account: self._client_event(kind, account)
+            account.client.on_event = lambda kind, account=account: self._client_event(
+                kind, account
+            )
         self._held: dict[str, Account] = {}  # key → the account whose slot the job holds
-        self.waiting: dict[str | None, int] = {}  # account name → its submitted jobs that wait for it
+        self.waiting: dict[
+            str | None, int
+        ] = {}  # account name → its submitted jobs that wait for it
 
     # -------------------------------------------------- events
 
@@ -501,13 +587,25 @@ class Runner:
             self.emit({"type": "throttled", "limit": account.slots.limit, "account": account.name})
         elif kind == "retry_after_capped" and not self._capped_said:
             self._capped_said = True
-            self.emit({"type": "warning", "message": "the provider asked to wait longer than "
-                       f"{self.client.limits.retry_after:g} s (Retry-After); waiting {self.client.limits.retry_after:g} s "
-                       "instead"})
+            self.emit(
+                {
+                    "type": "warning",
+                    "message": "the provider asked to wait longer than "
+                    f"{self.client.limits.retry_after:g} s (Retry-After); waiting {self.client.limits.retry_after:g} s "
+                    "instead",
+                }
+            )
 
     def progress(self) -> Event:
-        return {"type": "progress", "done": self.done, "failed": self.failed, "in_flight": self.slots.active,
-                "queued": len(self.queued), "images": self.images, "limit": self.accounts.limit}
+        return {
+            "type": "progress",
+            "done": self.done,
+            "failed": self.failed,
+            "in_flight": self.slots.active,
+            "queued": len(self.queued),
+            "images": self.images,
+            "limit": self.accounts.limit,
+        }
 
     # -------------------------------------------------- the run
 
@@ -521,18 +619,35 @@ class Runner:
         # A first run (no state, no files: nothing to find or mark out) renders while the rest of
         # the plan is recorded in the background, and the plan's digest (a pass over every key) is
         # made there too, at the end; any other run records the plan first.
-        lazy = getattr(self.plan, "digest_of", None) is not None and not self.plan.__dict__.get("_digest")
-        recording = None if (self.run_dir / DATA_DIR).is_dir() else self.store.record_plan(
-            self.plan.jobs, (lambda: self.plan.digest) if lazy else getattr(self.plan, "digest", ""))
-        self.plan_changed = recording is not None or self.store.sync_plan(self.plan.jobs,
-                                                                         getattr(self.plan, "digest", ""))
-        files.remove_partials(self.run_dir, {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()})
+        lazy = getattr(self.plan, "digest_of", None) is not None and not self.plan.__dict__.get(
+            "_digest"
+        )
+        recording = (
+            None
+            if (self.run_dir / DATA_DIR).is_dir()
+            else self.store.record_plan(
+                self.plan.jobs,
+                (lambda: self.plan.digest) if lazy else getattr(self.plan, "digest", ""),
+            )
+        )
+        self.plan_changed = recording is not None or self.store.sync_plan(
+            self.plan.jobs, getattr(self.plan, "digest", "")
+        )
+        files.remove_partials(
+            self.run_dir,
+            {self.run_dir / job_folder(stem) for stem in self.store.unfinished_stems()},
+        )
         recover.leftovers(self.run_dir)
         adopted = recover.from_sidecars(self.store, self.run_dir)
         if adopted:
             self.plan_changed = True
-            self.emit({"type": "note", "message": f"rebuilt the state of {adopted} finished job(s) from their sidecars "
-                       f"({DB_NAME} was missing or had no record of them): they are not submitted again"})
+            self.emit(
+                {
+                    "type": "note",
+                    "message": f"rebuilt the state of {adopted} finished job(s) from their sidecars "
+                    f"({DB_NAME} was missing or had no record of them): they are not submitted again",
+                }
+            )
         if self.config.provider and self.config.provider != "emulator":
             # The emulator's placeholders are not images: for a real provider those jobs are not
             # done. (The other way round, real images are kept: an emulator run never replaces them;
@@ -541,14 +656,20 @@ class Runner:
                 self.store.rerender(key, f"rendered by the emulator, not by {self.config.provider}")
                 self.plan_changed = True
         if self.config.retry_failed:
-            self.redownloads = {r.key for r in self.store.rows(in_plan=True, state="failed") if r.result is not None}
+            self.redownloads = {
+                r.key for r in self.store.rows(in_plan=True, state="failed") if r.result is not None
+            }
             self.store.retry_failed()
         if self.config.provider == "emulator" and not self.shared:
             # The emulator lives in this process: an earlier run's requests died with it. It is
             # free, so sending them again costs nothing (and is not counted as paying twice).
-            for row in self.store.rows(in_plan=True, state="submitted") + self.store.rows(in_plan=True, state="completed"):
+            for row in self.store.rows(in_plan=True, state="submitted") + self.store.rows(
+                in_plan=True, state="completed"
+            ):
                 if not (row.status_url or "").startswith(self.client.base_url + "/"):
-                    self.store.resubmit(row.key, "the in-process emulator of an earlier run is gone", paid=False)
+                    self.store.resubmit(
+                        row.key, "the in-process emulator of an earlier run is gone", paid=False
+                    )
         if not self.shared and not self.config.verify and isinstance(self.storage, LocalStorage):
             # What Storage.intact checks on disk (size + mtime), in one tight loop: a rerun of a
             # million finished files costs a stat each, not a JSON decode and a call chain each.
@@ -574,8 +695,13 @@ class Runner:
                     self.plan_changed = True
         self.store.join(self.worker_id, self.config.lease, socket.gethostname(), os.getpid())
         if self.shared:
-            self.store.set_accounts({a.slots.name: a.slots.ceiling for a in self.accounts.all  # type: ignore[attr-defined]
-                                     if isinstance(a.slots, SharedSlots)})
+            self.store.set_accounts(
+                {
+                    a.slots.name: a.slots.ceiling
+                    for a in self.accounts.all  # type: ignore[attr-defined]
+                    if isinstance(a.slots, SharedSlots)
+                }
+            )
         return 0 if self.shared else self.store.ambiguous()
 
     async def _feed(self, queue: asyncio.Queue[str | None], consumers: int) -> None:
@@ -591,8 +717,11 @@ class Runner:
         try:
             while not self.stopping and self.broken is None:
                 # Read before claiming: a recording that ended before an empty claim has nothing more.
-                recording = recorder is not None and not recorder.finished.is_set() and (
-                    bound is None or recorder.recorded < bound)
+                recording = (
+                    recorder is not None
+                    and not recorder.finished.is_set()
+                    and (bound is None or recorder.recorded < bound)
+                )
                 claimed = self.store.claim(batch, before=bound)
                 for c in claimed:
                     self._endpoints[c.key] = c.endpoint
@@ -636,14 +765,22 @@ class Runner:
                 held = self.store.renew()
             except LeaseLost:
                 continue
-            except StateError as exc:  # the shared state is unreachable for now: the fences decide later
+            except (
+                StateError
+            ) as exc:  # the shared state is unreachable for now: the fences decide later
                 self.emit({"type": "warning", "message": f"could not renew leases: {exc.message}"})
                 continue
             for key, task in list(self.tasks.items()):
                 if key not in held and not task.done() and self.phase.get(key) != "submitting":
                     self._dropped.add(key)
-                    self.emit({"type": "warning", "key": key, "message": f"{key}: lost its lease (another worker may "
-                               "have it now); dropped here without recording anything"})
+                    self.emit(
+                        {
+                            "type": "warning",
+                            "key": key,
+                            "message": f"{key}: lost its lease (another worker may "
+                            "have it now); dropped here without recording anything",
+                        }
+                    )
                     task.cancel()
 
     async def run(self) -> Summary:
@@ -654,14 +791,31 @@ class Runner:
         if not self.shared:  # (shared: run.json is written once, when the run is complete)
             # Until finish() replaces it, run.json says the run is in progress: a crash never leaves "done".
             with writing(self.run_dir / "run.json"):
-                files.write_json(self.run_dir / "run.json", {
-                    "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": "running",
-                    "provider": self.config.provider or self.plan.manifest.provider.kind, "started": started,
-                    "started_at": iso_time(started), "pending": pending})
+                files.write_json(
+                    self.run_dir / "run.json",
+                    {
+                        "manifest": str(self.plan.manifest.file),
+                        "name": self.plan.manifest.name,
+                        "outcome": "running",
+                        "provider": self.config.provider or self.plan.manifest.provider.kind,
+                        "started": started,
+                        "started_at": iso_time(started),
+                        "pending": pending,
+                    },
+                )
             self.publish("run.json")
-        self.emit({"type": "start", "pending": pending, "total": len(self.plan.jobs),
-                   "done": self.store.counts()["downloaded"], "ambiguous": ambiguous})
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max(1, self.config.concurrency // 2))
+        self.emit(
+            {
+                "type": "start",
+                "pending": pending,
+                "total": len(self.plan.jobs),
+                "done": self.store.counts()["downloaded"],
+                "ambiguous": ambiguous,
+            }
+        )
+        queue: asyncio.Queue[str | None] = asyncio.Queue(
+            maxsize=max(1, self.config.concurrency // 2)
+        )
 
         async def worker() -> None:
             while (key := await queue.get()) is not None:
@@ -688,7 +842,10 @@ class Runner:
                 self.emit(self.progress())
 
         workers = [asyncio.ensure_future(worker()) for _ in range(self.config.concurrency)]
-        helpers = [asyncio.ensure_future(self._feed(queue, len(workers))), asyncio.ensure_future(self._renew())]
+        helpers = [
+            asyncio.ensure_future(self._feed(queue, len(workers))),
+            asyncio.ensure_future(self._renew()),
+        ]
         self.store.grouping = self.store.group_commit
         try:
             await asyncio.gather(*workers)
@@ -723,26 +880,43 @@ class Runner:
     def finish(self, run_id: int, started: float, ambiguous: int) -> Summary:
         if self.store.gone():
             # Writing run.json or the dataset now would re-create the folder the user removed.
-            raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run; "
-                             "the run stopped", hint="rerun the same command: images still on disk are found by "
-                             "their sidecars and not paid for again")
+            raise StateError(
+                f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run; "
+                "the run stopped",
+                hint="rerun the same command: images still on disk are found by "
+                "their sidecars and not paid for again",
+            )
         if self.broken is not None:
             with_state = self.store.counts()
-            self.store.finish_run(run_id, "error", {"outcome": "error", "error": self.broken.message,
-                                                     "counts": with_state, "finished": time.time(),
-                                                     "images_this_run": self.images})
+            self.store.finish_run(
+                run_id,
+                "error",
+                {
+                    "outcome": "error",
+                    "error": self.broken.message,
+                    "counts": with_state,
+                    "finished": time.time(),
+                    "images_this_run": self.images,
+                },
+            )
             raise self.broken
         counts = self.store.counts()
         # Shared state: the dataset and run.json are written once, by the worker that finds the run
         # complete (one wins set_meta_once), or by `renderer finalize`; the others only report.
         self.finalizer = not self.shared or (
-            self.store.unfinished(self.config.max_jobs) == 0 and self.store.set_meta_once(
-                "finalized", f"{getattr(self.plan, 'digest', '')}:{counts['downloaded']}:{counts['failed']}"))
+            self.store.unfinished(self.config.max_jobs) == 0
+            and self.store.set_meta_once(
+                "finalized",
+                f"{getattr(self.plan, 'digest', '')}:{counts['downloaded']}:{counts['failed']}",
+            )
+        )
         if self.finalizer:
             with writing(self.run_dir / DATA_DIR):
                 self.export()
         error, hint = (self.fatal.message, self.fatal.hint) if self.fatal else (None, None)
-        waiting = {(name if name is not None else SINGLE_KEY): n for name, n in self.waiting.items()}
+        waiting = {
+            (name if name is not None else SINGLE_KEY): n for name, n in self.waiting.items()
+        }
         if self.fatal is not None:
             outcome = "stopped"
         elif self.stopping:
@@ -751,37 +925,83 @@ class Runner:
             # Only an account the user fixes or configures can finish these: the run cannot go on.
             outcome = "stopped"
             error = "submitted jobs wait for an account: " + ", ".join(
-                f"{n} for {_who(name)}" for name, n in self.waiting.items())
-            hint = ("configure that account (provider.accounts, its key in the environment) or fix it, then rerun: "
-                    "its jobs are followed with its key, never paid for again under another")
+                f"{n} for {_who(name)}" for name, n in self.waiting.items()
+            )
+            hint = (
+                "configure that account (provider.accounts, its key in the environment) or fix it, then rerun: "
+                "its jobs are followed with its key, never paid for again under another"
+            )
         elif counts["failed"]:
             outcome = "failed"
         else:
             outcome = "done"
         total_cost, unpriced = self.total_cost()
         resubmits = self.store.resubmit_reasons(run_id)
-        accounts = {a.name: {"concurrency": a.slots.ceiling, "limit": round(a.slots.limit, 2),
-                             "submitted": a.submitted, "stopped": a.stopped.message if a.stopped else None}
-                    for a in self.accounts.all if a.name is not None} if self.pooled else {}
-        summary = Summary(outcome, counts, started, time.time(), self.images, ambiguous, dict(self.client.calls),
-                          error, hint, None if total_cost is None else round(self.cost, 6), total_cost,
-                          self.plan.total_cost, self.run_dir, resubmits, self.signal, accounts, waiting)
+        accounts = (
+            {
+                a.name: {
+                    "concurrency": a.slots.ceiling,
+                    "limit": round(a.slots.limit, 2),
+                    "submitted": a.submitted,
+                    "stopped": a.stopped.message if a.stopped else None,
+                }
+                for a in self.accounts.all
+                if a.name is not None
+            }
+            if self.pooled
+            else {}
+        )
+        summary = Summary(
+            outcome,
+            counts,
+            started,
+            time.time(),
+            self.images,
+            ambiguous,
+            dict(self.client.calls),
+            error,
+            hint,
+            None if total_cost is None else round(self.cost, 6),
+            total_cost,
+            self.plan.total_cost,
+            self.run_dir,
+            resubmits,
+            self.signal,
+            accounts,
+            waiting,
+        )
         all_runs = self.store.resubmit_reasons()
         record = {
-            "manifest": str(self.plan.manifest.file), "name": self.plan.manifest.name, "outcome": outcome,
+            "manifest": str(self.plan.manifest.file),
+            "name": self.plan.manifest.name,
+            "outcome": outcome,
             "provider": self.config.provider or self.plan.manifest.provider.kind,
-            "started": started, "finished": summary.finished,
-            "started_at": iso_time(started), "finished_at": iso_time(summary.finished),
-            "seconds": round(summary.finished - started, 3), "counts": counts,
-            "images_this_run": self.images, "ambiguous_resubmits": ambiguous,
-            "ambiguous_resubmits_all_runs": self.store.total_ambiguous(), "requests": summary.calls,
+            "started": started,
+            "finished": summary.finished,
+            "started_at": iso_time(started),
+            "finished_at": iso_time(summary.finished),
+            "seconds": round(summary.finished - started, 3),
+            "counts": counts,
+            "images_this_run": self.images,
+            "ambiguous_resubmits": ambiguous,
+            "ambiguous_resubmits_all_runs": self.store.total_ambiguous(),
+            "requests": summary.calls,
             # Every input paid for more than once, and why: kills between a submit and its commit
             # (ambiguous) and resubmissions after the provider lost a request or its runner failed.
-            "paid_twice": {"this_run": summary.paid_twice, "ambiguous": ambiguous, "resubmits": resubmits,
-                           "all_runs": self.store.total_ambiguous() + sum(all_runs.values()),
-                           "resubmits_all_runs": all_runs},
-            "cost": {"currency": "USD", "this_run": summary.cost, "all_runs": total_cost,
-                     "estimate": self.plan.total_cost, "unpriced_models": unpriced},
+            "paid_twice": {
+                "this_run": summary.paid_twice,
+                "ambiguous": ambiguous,
+                "resubmits": resubmits,
+                "all_runs": self.store.total_ambiguous() + sum(all_runs.values()),
+                "resubmits_all_runs": all_runs,
+            },
+            "cost": {
+                "currency": "USD",
+                "this_run": summary.cost,
+                "all_runs": total_cost,
+                "estimate": self.plan.total_cost,
+                "unpriced_models": unpriced,
+            },
             "error": summary.error,
             # provider.accounts: each account's share and whether it stopped (by name, never by key)
             **({"accounts": accounts} if accounts else {}),
@@ -796,24 +1016,44 @@ class Runner:
 
     def total_cost(self) -> tuple[float | None, list[str]]:
         """(cost of every finished job by the manifest's prices, models without a price)."""
-        total, uncosted = self.store.cost()  # summed in the database: no pass over the finished files here
+        total, uncosted = (
+            self.store.cost()
+        )  # summed in the database: no pass over the finished files here
         # Models named once from the store, not looked up per file (a million-job plan is not held).
         unpriced = set(self.store.models_without_cost()) if uncosted else set()
         in_plan = self.plan.by_model or None
-        models = {(m.endpoint, m.name) for m in self.plan.manifest.models if in_plan is None or m.name in in_plan} \
-            if in_plan is not None else {(j.endpoint, j.model) for j in self.plan.jobs}
+        models = (
+            {
+                (m.endpoint, m.name)
+                for m in self.plan.manifest.models
+                if in_plan is None or m.name in in_plan
+            }
+            if in_plan is not None
+            else {(j.endpoint, j.model) for j in self.plan.jobs}
+        )
         priced = {m for e, m in models if price_of(self.plan.manifest.prices, e, m) is not None}
         unpriced |= {m for _, m in models} - priced
         return (round(total, 6) if priced else None), sorted(unpriced)
 
     def export(self) -> None:
         # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.
-        if not self.shared and not self.plan_changed and self.images == 0 and self.failed == 0 and \
-                (self.run_dir / DATA_DIR / dataset.METADATA).is_file():
+        if (
+            not self.shared
+            and not self.plan_changed
+            and self.images == 0
+            and self.failed == 0
+            and (self.run_dir / DATA_DIR / dataset.METADATA).is_file()
+        ):
             return
         # An unchanged plan: this run's finished jobs are appended (a changed one rewrites it whole).
-        write_dataset(self.plan, self.store, self.storage, self.config.provider or None, append=not self.plan_changed,
-                      record=True)
+        write_dataset(
+            self.plan,
+            self.store,
+            self.storage,
+            self.config.provider or None,
+            append=not self.plan_changed,
+            record=True,
+        )
 
     def publish(self, *rels: str) -> None:
         publish(self.storage, self.run_dir, *rels)
@@ -821,7 +1061,9 @@ class Runner:
     # -------------------------------------------------- one job
 
     async def _job(self, key: str) -> None:
-        slot = self.endpoint_slots.get(self._endpoints.get(key, "")) if self.endpoint_slots else None
+        slot = (
+            self.endpoint_slots.get(self._endpoints.get(key, "")) if self.endpoint_slots else None
+        )
         if slot is None:
             await self._advance(key)
             return
@@ -902,7 +1144,11 @@ class Runner:
         except JobRejected as exc:
             self._fail(key, exc.message, "rejected")
         except TransientError as exc:
-            self._fail(key, f"gave up after {self.config.retry.attempts} attempts: {exc.message}", "transient")
+            self._fail(
+                key,
+                f"gave up after {self.config.retry.attempts} attempts: {exc.message}",
+                "transient",
+            )
         finally:
             await self._let_go(key)
 
@@ -943,14 +1189,23 @@ class Runner:
             self.accounts.changed()  # jobs waiting for its slots look at the other accounts
             if self.accounts.live:
                 others = ", ".join(repr(a.name) for a in self.accounts.live)
-                self.emit({"type": "warning", "message": f"{account.label} stopped: {exc.message} (hint: {exc.hint}); "
-                           f"its jobs not yet submitted go to {others}; those it submitted stay recorded under it"})
+                self.emit(
+                    {
+                        "type": "warning",
+                        "message": f"{account.label} stopped: {exc.message} (hint: {exc.hint}); "
+                        f"its jobs not yet submitted go to {others}; those it submitted stay recorded under it",
+                    }
+                )
         if self.accounts.live:
             return
         if not self.pooled:
             raise exc
-        stopped = "; ".join(f"{a.name!r}: {a.stopped.message if a.stopped else '?'}" for a in self.accounts.all)
-        raise AccountError(f"every account is stopped ({stopped})", status=exc.status, hint=exc.hint)
+        stopped = "; ".join(
+            f"{a.name!r}: {a.stopped.message if a.stopped else '?'}" for a in self.accounts.all
+        )
+        raise AccountError(
+            f"every account is stopped ({stopped})", status=exc.status, hint=exc.hint
+        )
 
     def _wait_for_account(self, row: Row) -> None:
         """A submitted job whose account cannot follow it now: it waits (and is never sent under another key)."""
@@ -963,24 +1218,39 @@ class Runner:
         if found is not None and found.stopped is not None:
             why = f"{found.label} is stopped ({found.stopped.message})"
         elif name is None:
-            why = ("they were submitted with the single key of an earlier run (provider.key_env), which is not "
-                   "among this run's provider.accounts")
+            why = (
+                "they were submitted with the single key of an earlier run (provider.key_env), which is not "
+                "among this run's provider.accounts"
+            )
         elif self.pooled:
             why = f"account {name!r} is not in this run's provider.accounts"
         else:
             why = f"they were submitted by account {name!r} (provider.accounts), which this run does not have"
-        self.emit({"type": "warning", "message": f"jobs submitted by {_who(name)} wait: {why}; they are followed "
-                   "only with the key that submitted them, never sent again under another"})
+        self.emit(
+            {
+                "type": "warning",
+                "message": f"jobs submitted by {_who(name)} wait: {why}; they are followed "
+                "only with the key that submitted them, never sent again under another",
+            }
+        )
 
     def _over_deadline(self, key: str, step: str) -> None:
         limit = f"{self.config.timeout:g} s"
         if key in self._sending:  # cut off between sending the submit and reading its answer
             self._sending.discard(key)
-            self._fail(key, f"submit: no answer within the job deadline ({limit}); the provider may have "
-                       "accepted and billed it", "outcome_unknown")
+            self._fail(
+                key,
+                f"submit: no answer within the job deadline ({limit}); the provider may have "
+                "accepted and billed it",
+                "outcome_unknown",
+            )
         elif step == "planned":
-            self._fail(key, f"submit: not accepted within the job deadline ({limit}); nothing was sent "
-                       "that the provider took", "deadline")
+            self._fail(
+                key,
+                f"submit: not accepted within the job deadline ({limit}); nothing was sent "
+                "that the provider took",
+                "deadline",
+            )
         else:
             what = "result" if step == "submitted" else "download"
             self._fail(key, f"{what}: not complete within the job deadline ({limit})", "deadline")
@@ -989,7 +1259,9 @@ class Runner:
         reason = self.client.scrub(reason)  # a server may echo the key into anything it answers
         self.store.failed(key, reason, kind)
         self.failed += 1
-        self.emit({"type": "failed", "key": key, "reason": reason, "job": describe(self.store.get(key))})
+        self.emit(
+            {"type": "failed", "key": key, "reason": reason, "job": describe(self.store.get(key))}
+        )
 
     def _retry_job(self, row: Row, reason: str) -> None:
         """Resubmit after a runner failure or a lost request, within the attempt budget."""
@@ -1017,24 +1289,47 @@ class Runner:
                 break
             if not await self._hold(row):  # that account stopped: another one's slot
                 return None
-        self.store.submitted(row.key, handle.request_id, handle.status_url, handle.response_url, handle.cancel_url,
-                             self.config.provider or None, account=account.name)
+        self.store.submitted(
+            row.key,
+            handle.request_id,
+            handle.status_url,
+            handle.response_url,
+            handle.cancel_url,
+            self.config.provider or None,
+            account=account.name,
+        )
         await self.commits.durable()  # the request id is committed before anything follows it
         account.submitted += 1
-        self.emit({"type": "submitted", "key": row.key, "endpoint": row.endpoint, "request_id": handle.request_id,
-                   **({"account": account.name} if self.pooled else {})})
+        self.emit(
+            {
+                "type": "submitted",
+                "key": row.key,
+                "endpoint": row.endpoint,
+                "request_id": handle.request_id,
+                **({"account": account.name} if self.pooled else {}),
+            }
+        )
         account.slots.succeeded()
         self.phase[row.key] = "submitted"
-        return row.evolve(state="submitted", attempts=row.attempts + 1, request_id=handle.request_id,
-                       status_url=handle.status_url, response_url=handle.response_url, cancel_url=handle.cancel_url,
-                       submitted_at=time.time(), account=account.name)
+        return row.evolve(
+            state="submitted",
+            attempts=row.attempts + 1,
+            request_id=handle.request_id,
+            status_url=handle.status_url,
+            response_url=handle.response_url,
+            cancel_url=handle.cancel_url,
+            submitted_at=time.time(),
+            account=account.name,
+        )
 
     async def _send(self, row: Row, account: Account) -> Handle | None:
         """One submit under `account`; None when it refused the key (401/403) and stopped."""
         self.phase[row.key] = "submitting"
         self._check_space()
 
-        def sending() -> None:  # the submit→commit window opens: a kill now leaves an ambiguous submit
+        def sending() -> (
+            None
+        ):  # the submit→commit window opens: a kill now leaves an ambiguous submit
             self._sending.add(row.key)
             self.store.submit_started(row.key)
 
@@ -1043,7 +1338,9 @@ class Runner:
             self.store.submit_refused(row.key)
 
         try:
-            return await account.client.submit(row.endpoint, row.input, sending=sending, refused=refused)
+            return await account.client.submit(
+                row.endpoint, row.input, sending=sending, refused=refused
+            )
         except AccountError as exc:
             self.store.submit_refused(row.key)  # a definite refusal is not an ambiguous submit
             await self._let_go(row.key)
@@ -1059,9 +1356,11 @@ class Runner:
         except OSError:
             return  # the writes themselves will say what is wrong
         if free < FREE_SPACE_RESERVE:
-            raise StateError(f"{self.run_dir}: only {free / 1e6:.1f} MB free; renderer stops submitting below "
-                             f"{FREE_SPACE_RESERVE / 1e6:.0f} MB, so that every paid request can still be recorded",
-                             hint=_disk_hint(OSError(errno.ENOSPC, "no space")))
+            raise StateError(
+                f"{self.run_dir}: only {free / 1e6:.1f} MB free; renderer stops submitting below "
+                f"{FREE_SPACE_RESERVE / 1e6:.0f} MB, so that every paid request can still be recorded",
+                hint=_disk_hint(OSError(errno.ENOSPC, "no space")),
+            )
 
     async def _follow(self, row: Row, deadline: float, account: Account) -> Row | None:
         assert row.request_id and row.status_url and row.response_url and row.cancel_url
@@ -1075,8 +1374,14 @@ class Runner:
             if status.state == "IN_QUEUE":
                 self.queued[row.key] = status.queue_position
                 if time.monotonic() - reported[0] > self.config.queue_report:
-                    self.emit({"type": "queued", "key": row.key, "position": status.queue_position,
-                               "job": describe(row)})
+                    self.emit(
+                        {
+                            "type": "queued",
+                            "key": row.key,
+                            "position": status.queue_position,
+                            "job": describe(row),
+                        }
+                    )
                     reported[0] = time.monotonic()
             else:
                 self.queued.pop(row.key, None)
@@ -1091,7 +1396,11 @@ class Runner:
             where = f"; last status {last[0].state}" if last else ""
             if last and last[0].queue_position is not None:
                 where += f" at queue position {last[0].queue_position}"
-            self._fail(row.key, f"no result within {self.config.timeout:g} s{where}; cancel: {answer}", "deadline")
+            self._fail(
+                row.key,
+                f"no result within {self.config.timeout:g} s{where}; cancel: {answer}",
+                "deadline",
+            )
             return None
         except RequestGone:
             self._retry_job(row, "the provider no longer knows the request")
@@ -1099,7 +1408,9 @@ class Runner:
         finally:
             self.queued.pop(row.key, None)
         if status.error_type in RUNNER_ERRORS:
-            self._retry_job(row, f"the provider's runner failed ({status.error_type}: {status.error})")
+            self._retry_job(
+                row, f"the provider's runner failed ({status.error_type}: {status.error})"
+            )
             return None
         # A read error here is retried as a read (client.result); only definite evidence that
         # this request will never deliver (a runner error_type, a 404) pays for a new one.
@@ -1114,8 +1425,13 @@ class Runner:
         check_images(result)
         if self.output_check is not None:
             for problem in self.output_check(row.endpoint, result):
-                self.emit({"type": "warning", "key": row.key,
-                           "message": f"result does not match the output schema: {problem.json_path}: {problem.message}"})
+                self.emit(
+                    {
+                        "type": "warning",
+                        "key": row.key,
+                        "message": f"result does not match the output schema: {problem.json_path}: {problem.message}",
+                    }
+                )
         self.store.completed(row.key, result)
         await self.commits.durable()
         return row.evolve(state="completed", result=result, completed_at=time.time())
@@ -1138,19 +1454,32 @@ class Runner:
                 # that exited, an expired CDN file). Retrying it forever never ends; render again.
                 self.redownloads.discard(row.key)
                 reason = f"download URL dead on retry ({exc.message[:120]})"
-                self.emit({"type": "warning", "key": row.key,
-                           "message": f"{row.key}: {reason}: submitting again, which pays for it again"})
+                self.emit(
+                    {
+                        "type": "warning",
+                        "key": row.key,
+                        "message": f"{row.key}: {reason}: submitting again, which pays for it again",
+                    }
+                )
                 self._retry_job(row, reason)
                 return None
             rel = image_path(row.stem, index, verified.ext)
-            entry = {"path": rel, "sha256": verified.sha256, "size": len(verified.data),
-                     "width": verified.width, "height": verified.height, "content_type": verified.content_type,
-                     "seed": row.result.get("seed", row.seed)}
+            entry = {
+                "path": rel,
+                "sha256": verified.sha256,
+                "size": len(verified.data),
+                "width": verified.width,
+                "height": verified.height,
+                "content_type": verified.content_type,
+                "seed": row.result.get("seed", row.seed),
+            }
             price = price_of(self.plan.manifest.prices, row.endpoint, row.model)
             if price is not None:
                 entry["cost"] = round(image_cost(price, verified.width, verified.height), 6)
             if self.store.gone():
-                raise StateError(f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run")
+                raise StateError(
+                    f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run"
+                )
             if self.shared:
                 self.store.hold(row.key)  # a worker that lost the job writes no file (LeaseLost)
             # Local files: written, fsynced in groups off the loop (files.GroupFsync), then renamed
@@ -1173,10 +1502,15 @@ class Runner:
 
     def _write(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int | None:
         """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
-        mtime = self.storage.put_image(rel, image.data, sha256=image.sha256, content_type=image.content_type)
+        mtime = self.storage.put_image(
+            rel, image.data, sha256=image.sha256, content_type=image.content_type
+        )
         # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
-        self.storage.put_bytes(str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)), files.json_text(sidecar).encode(),
-                               durable=False)
+        self.storage.put_bytes(
+            str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)),
+            files.json_text(sidecar).encode(),
+            durable=False,
+        )
         return mtime
 
     async def _write_local(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int:
@@ -1185,8 +1519,12 @@ class Runner:
         target = self.storage.root / rel
         mtime = (await self.fsyncs.write(target, image.data)).st_mtime_ns
         # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
-        files.write_atomic(target.with_suffix(SIDECAR_SUFFIX), files.json_text(sidecar).encode(), durable=False,
-                           parents=False)
+        files.write_atomic(
+            target.with_suffix(SIDECAR_SUFFIX),
+            files.json_text(sidecar).encode(),
+            durable=False,
+            parents=False,
+        )
         return mtime
 
     async def _fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:
@@ -1206,16 +1544,30 @@ class Runner:
         result = row.result or {}
         now = time.time()
         return {
-            "job_key": row.key, "image_index": index, "endpoint": row.endpoint, "model": row.model,
-            "prompt_id": row.prompt_id, "axes": row.axes, "input": row.input, "request_id": row.request_id,
+            "job_key": row.key,
+            "image_index": index,
+            "endpoint": row.endpoint,
+            "model": row.model,
+            "prompt_id": row.prompt_id,
+            "axes": row.axes,
+            "input": row.input,
+            "request_id": row.request_id,
             "provider": self.config.provider or None,
-            "seed": result.get("seed", row.seed), "sha256": entry["sha256"], "width": entry["width"],
-            "height": entry["height"], "content_type": entry["content_type"], "file": Path(entry["path"]).name,
+            "seed": result.get("seed", row.seed),
+            "sha256": entry["sha256"],
+            "width": entry["width"],
+            "height": entry["height"],
+            "content_type": entry["content_type"],
+            "file": Path(entry["path"]).name,
             "cost": entry.get("cost"),  # USD by the manifest's prices; null when unpriced
-            "timings": {"submitted_at": row.submitted_at, "completed_at": row.completed_at,
-                        "downloaded_at": now, "submitted": iso_time(row.submitted_at),
-                        "completed": iso_time(row.completed_at), "downloaded": iso_time(now),
-                        "provider": result.get("timings")},
+            "timings": {
+                "submitted_at": row.submitted_at,
+                "completed_at": row.completed_at,
+                "downloaded_at": now,
+                "submitted": iso_time(row.submitted_at),
+                "completed": iso_time(row.completed_at),
+                "downloaded": iso_time(now),
+                "provider": result.get("timings"),
+            },
             "manifest": {"file": str(self.plan.manifest.file), "prompt_at": row.source},
         }
-

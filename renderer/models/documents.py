@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DocumentError
+from renderer.errors import DocumentError
 
 NO_DEFAULT: Any = object()  # sentinel: the document gives no default
 
@@ -75,7 +75,9 @@ class EndpointDoc:
 
 # ---------------------------------------------------------------- text repair
 
-_MOJIBAKE = re.compile(r"[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u2122]{1,3}")
+_MOJIBAKE = re.compile(
+    r"[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u2122]{1,3}"
+)
 
 
 def repair_mojibake(text: str) -> str:
@@ -257,19 +259,25 @@ def parse_fal_page(text: str, source: str, endpoint: str, base: int = 0) -> Endp
     first = lines[0].strip()
     if first.endswith(".") and " " in first:
         doc.summary = repair_mojibake(first)
-    schema_at = next((i for i, ln in enumerate(lines) if re.match(r"^5\. Schema#?$", ln.strip())), None)
+    schema_at = next(
+        (i for i, ln in enumerate(lines) if re.match(r"^5\. Schema#?$", ln.strip())), None
+    )
     if schema_at is None:
         raise DocumentError(source, base + 1, f"{endpoint}: no '5. Schema' section")
     heads = _headings(lines, schema_at + 1)
     index = {title: i for i, title in heads}
     if "Input" not in index:
-        raise DocumentError(source, base + schema_at + 1, f"{endpoint}: schema has no 'Input' heading")
+        raise DocumentError(
+            source, base + schema_at + 1, f"{endpoint}: schema has no 'Input' heading"
+        )
     positions = [i for i, _ in heads] + [len(lines)]
 
     def section_end(start: int) -> int:
         return min(p for p in positions if p > start)
 
-    doc.inputs = _page_fields(lines, index["Input"] + 1, section_end(index["Input"]), base, doc, "input")
+    doc.inputs = _page_fields(
+        lines, index["Input"] + 1, section_end(index["Input"]), base, doc, "input"
+    )
     if "Output" in index:
         doc.outputs = _page_fields(
             lines, index["Output"] + 1, section_end(index["Output"]), base, doc, "output"
@@ -286,7 +294,9 @@ def parse_fal_page(text: str, source: str, endpoint: str, base: int = 0) -> Endp
     # Example blocks inside a type definition are not request examples.
     doc.examples = [e for e in doc.examples if e.kind in ("input", "output")]
     if not doc.inputs:
-        raise DocumentError(source, base + index["Input"] + 1, f"{endpoint}: the Input section lists no fields")
+        raise DocumentError(
+            source, base + index["Input"] + 1, f"{endpoint}: the Input section lists no fields"
+        )
     return doc
 
 
@@ -300,7 +310,9 @@ def _page_endpoint(text: str) -> str | None:
 
 # ---------------------------------------------------------------- fal markdown page
 
-_MD_FIELD_RE = re.compile(r"^- \*\*`(?P<name>\w+)`\*\* \(`(?P<type>[^`]+)`, _(?P<req>required|optional)_\):?\s*$")
+_MD_FIELD_RE = re.compile(
+    r"^- \*\*`(?P<name>\w+)`\*\* \(`(?P<type>[^`]+)`, _(?P<req>required|optional)_\):?\s*$"
+)
 _MD_EXAMPLES = {
     "**Required Parameters Example**:": "input",
     "**Full Example**:": "input",
@@ -331,7 +343,9 @@ def parse_fal_markdown(text: str, source: str) -> EndpointDoc:
             decoded = _json_at(lines, i + 1)
             if decoded:
                 label = line.strip("*:").strip()
-                doc.examples.append(Example(_MD_EXAMPLES[line], label, i + 2, decoded[0], decoded[2]))
+                doc.examples.append(
+                    Example(_MD_EXAMPLES[line], label, i + 2, decoded[0], decoded[2])
+                )
             continue
         if section is None:
             continue
@@ -339,7 +353,9 @@ def parse_fal_markdown(text: str, source: str) -> EndpointDoc:
         if fm:
             if current:
                 _finish(current)
-            current = Field(fm.group("name"), fm.group("type"), i + 1, "", fm.group("req") == "required")
+            current = Field(
+                fm.group("name"), fm.group("type"), i + 1, "", fm.group("req") == "required"
+            )
             section.append(current)
             continue
         if current is None or not line.startswith("  "):
@@ -384,10 +400,14 @@ def parse_proxy_table(text: str, source: str) -> EndpointDoc:
         r"fal\.ai/models/(\S+)", text
     )
     if not match:
-        raise DocumentError(source, 1, "parameter table without an endpoint path line ('/owner/app/…')")
+        raise DocumentError(
+            source, 1, "parameter table without an endpoint path line ('/owner/app/…')"
+        )
     auth = "Bearer" if "Bearer" in text else "Key"
     doc = EndpointDoc(match.group(1), source, 1, "proxy-table", auth=auth)
-    header = next(i for i, ln in enumerate(lines) if ln.strip() == "ParameterTypeRequiredDescription")
+    header = next(
+        i for i, ln in enumerate(lines) if ln.strip() == "ParameterTypeRequiredDescription"
+    )
     for i in range(header + 1, len(lines)):
         row = _ROW_RE.match(lines[i].strip())
         if not row:
@@ -442,7 +462,9 @@ def parse_text(text: str, source: str) -> list[EndpointDoc]:
     if re.search(r"^5\. Schema#?\s*$", text, re.M):
         endpoint = _page_endpoint(text)
         if endpoint is None:
-            raise DocumentError(source, 1, "fal page without an endpoint id (first line or fal.subscribe call)")
+            raise DocumentError(
+                source, 1, "fal page without an endpoint id (first line or fal.subscribe call)"
+            )
         return [parse_fal_page(text, source, endpoint)]
     raise DocumentError(
         source,

@@ -28,7 +28,10 @@ def _equal(_key: str, a: Any, b: Any) -> bool:
 def cartesian(variables: Sequence[tuple[str, Sequence[Any]]]) -> list[Combo]:
     """All combinations; the first variable varies slowest (GitHub's job order)."""
     names = [name for name, _ in variables]
-    return [dict(zip(names, values, strict=False)) for values in product(*(vals for _, vals in variables))]
+    return [
+        dict(zip(names, values, strict=False))
+        for values in product(*(vals for _, vals in variables))
+    ]
 
 
 def matches(combo: Combo, entry: Combo, same: Same = _equal) -> bool:
@@ -51,7 +54,9 @@ def apply(
     for entry in include:
         merged = False
         for combo, keys in zip(kept, original_keys, strict=False):
-            if all(k in keys and same(k, combo[k], v) for k, v in entry.items() if k in matrix_keys):
+            if all(
+                k in keys and same(k, combo[k], v) for k, v in entry.items() if k in matrix_keys
+            ):
                 combo.update(entry)
                 merged = True
         if not merged:
@@ -85,7 +90,9 @@ def stream(
             continue
         combo = dict(original)
         for i, entry in enumerate(include):
-            if all(k in original and same(k, combo[k], v) for k, v in entry.items() if k in matrix_keys):
+            if all(
+                k in original and same(k, combo[k], v) for k, v in entry.items() if k in matrix_keys
+            ):
                 combo.update(entry)
                 merged[i] = True
         yield combo, False

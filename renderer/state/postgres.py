@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import StateError, UsageError
-from .store import JOB_COLUMNS, JOB_INDEXES, Store, jobs_view
+from renderer.errors import StateError, UsageError
+from renderer.state.store import JOB_COLUMNS, JOB_INDEXES, Store, jobs_view
 
 PG_KEY = "COALESCE(j.key_text, 'j1-' || encode(j.k, 'hex'))"
 PG_SEED = "j.seed::text"
 
 SCHEMA_VERSION = [
-    ("p001_schema", """
+    (
+        "p001_schema",
+        """
         CREATE TABLE jobs (
             key text PRIMARY KEY,
             plan_index bigint,
@@ -106,11 +108,14 @@ SCHEMA_VERSION = [
             PRIMARY KEY (account, n)
         );
         CREATE TABLE accounts (name text PRIMARY KEY, concurrency integer NOT NULL);
-    """),
+    """,
+    ),
     # Rates shared by all workers (`reserve`): the theoretical arrival time of the next turn.
     ("p002_rates", "CREATE TABLE rates (name text PRIMARY KEY, tat double precision NOT NULL)"),
     # store.m007_cells in PostgreSQL: what the jobs of one cell share is stored once; `jobs` is a view.
-    ("p003_cells", f"""
+    (
+        "p003_cells",
+        f"""
         CREATE TABLE cells (
             id bigserial PRIMARY KEY,
             digest bytea UNIQUE,
@@ -172,7 +177,8 @@ SCHEMA_VERSION = [
         {";".join(JOB_INDEXES)};
         {jobs_view(PG_KEY, PG_SEED)};
         DELETE FROM meta WHERE name = 'plan_digest';
-    """),
+    """,
+    ),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -189,7 +195,9 @@ def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (
+        f":{parts.port}" if parts.port else ""
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -232,6 +240,7 @@ class _Connection:
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         import psycopg
+
         try:
             return self.conn.execute(_PLACEHOLDER.sub("%s", sql), tuple(args))
         except psycopg.Error as exc:
@@ -239,6 +248,7 @@ class _Connection:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         import psycopg
+
         try:
             cursor = self.conn.cursor()
             cursor.executemany(_PLACEHOLDER.sub("%s", sql), rows)
@@ -252,9 +262,11 @@ class _Connection:
 
 def _state_error(where: str, exc: Exception) -> StateError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return StateError(f"the shared state ({where}) failed: {first}",
-                      hint="check that the server is up and reachable (--state, RENDERER_STATE), then rerun the "
-                      "same command: what was committed stays committed and is not paid for again")
+    return StateError(
+        f"the shared state ({where}) failed: {first}",
+        hint="check that the server is up and reachable (--state, RENDERER_STATE), then rerun the "
+        "same command: what was committed stays committed and is not paid for again",
+    )
 
 
 class PostgresStore(Store):
@@ -272,8 +284,10 @@ class PostgresStore(Store):
         try:
             import psycopg
         except ImportError as exc:
-            raise StateError("shared state in PostgreSQL needs the psycopg package",
-                             hint="pip install 'renderer[postgres]'") from exc
+            raise StateError(
+                "shared state in PostgreSQL needs the psycopg package",
+                hint="pip install 'renderer[postgres]'",
+            ) from exc
         self.run_dir = run_dir
         self.url = url
         self.run = run
@@ -283,24 +297,31 @@ class PostgresStore(Store):
             conn = psycopg.connect(url, autocommit=True, row_factory=_records)
         except psycopg.Error as exc:
             # libpq's message names host and database, never a password given in the URL.
-            raise StateError(f"cannot connect to the shared state {redact(url)}: "
-                             f"{(str(exc).strip().splitlines() or ['?'])[0][:300]}",
-                             hint="check the postgresql://… URL (--state, RENDERER_STATE) and that the server is up") \
-                from exc
+            raise StateError(
+                f"cannot connect to the shared state {redact(url)}: "
+                f"{(str(exc).strip().splitlines() or ['?'])[0][:300]}",
+                hint="check the postgresql://… URL (--state, RENDERER_STATE) and that the server is up",
+            ) from exc
         self.db = _Connection(conn, self.where)
-        exists = self.db.execute("SELECT 1 FROM pg_namespace WHERE nspname = ?", (self.schema,)).fetchone()
+        exists = self.db.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = ?", (self.schema,)
+        ).fetchone()
         if readonly and not exists:
             conn.close()
-            raise UsageError(f"no run {run!r} in the shared state {redact(url)}",
-                             hint="give the manifest's name (the run directory's last part) of a run started "
-                             "with this --state")
+            raise UsageError(
+                f"no run {run!r} in the shared state {redact(url)}",
+                hint="give the manifest's name (the run directory's last part) of a run started "
+                "with this --state",
+            )
         if not readonly:
             with self._tx() as db:
                 db.execute(f"SELECT pg_advisory_xact_lock({ADVISORY_SCHEMA})")
                 db.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 db.execute(f'SET LOCAL search_path TO "{self.schema}"')
-                db.execute("CREATE TABLE IF NOT EXISTS _migrations (name text PRIMARY KEY, "
-                           "applied_at double precision NOT NULL)")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS _migrations (name text PRIMARY KEY, "
+                    "applied_at double precision NOT NULL)"
+                )
                 done = {r[0] for r in db.execute("SELECT name FROM _migrations")}
                 for name, ddl in SCHEMA_VERSION:
                     if name not in done:
@@ -312,8 +333,11 @@ class PostgresStore(Store):
         return PostgresStore(self.url, self.run_dir, self.run)
 
     @contextmanager
-    def _tx(self, defer: bool = False) -> Iterator[_Connection]:  # every change commits at once (no grouping)
+    def _tx(
+        self, defer: bool = False
+    ) -> Iterator[_Connection]:  # every change commits at once (no grouping)
         import psycopg
+
         try:
             with self.db.conn.transaction():
                 yield self.db
@@ -328,16 +352,22 @@ class PostgresStore(Store):
         finally:
             self.db.execute(f"SELECT pg_advisory_unlock({ADVISORY_SYNC})")
 
-    cost_sql = ("SELECT COALESCE(SUM((f.value ->> 'cost')::double precision), 0), "
-                "COALESCE(BOOL_OR(COALESCE(jsonb_typeof(f.value -> 'cost'), 'null') = 'null'), false) "
-                "FROM job, jsonb_array_elements(job.files::jsonb) AS f(value) "
-                "WHERE job.in_plan = 1 AND job.state = 'downloaded'")
+    cost_sql = (
+        "SELECT COALESCE(SUM((f.value ->> 'cost')::double precision), 0), "
+        "COALESCE(BOOL_OR(COALESCE(jsonb_typeof(f.value -> 'cost'), 'null') = 'null'), false) "
+        "FROM job, jsonb_array_elements(job.files::jsonb) AS f(value) "
+        "WHERE job.in_plan = 1 AND job.state = 'downloaded'"
+    )
 
     def models_without_cost(self) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "
-            "(SELECT 1 FROM jsonb_array_elements(jobs.files::jsonb) AS f(value) "
-            "WHERE jsonb_typeof(f.value -> 'cost') IS NULL OR jsonb_typeof(f.value -> 'cost') = 'null')")]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT model FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND EXISTS "
+                "(SELECT 1 FROM jsonb_array_elements(jobs.files::jsonb) AS f(value) "
+                "WHERE jsonb_typeof(f.value -> 'cost') IS NULL OR jsonb_typeof(f.value -> 'cost') = 'null')"
+            )
+        ]
 
     # -------------------------------------------------- account slots (global across workers)
 
@@ -345,10 +375,16 @@ class PostgresStore(Store):
         """Record each account's concurrency and make sure it has that many slot rows."""
         with self._tx() as db:
             for name, limit in limits.items():
-                db.execute("INSERT INTO accounts VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
-                           "concurrency = excluded.concurrency", (name, int(limit)))
-                db.execute("INSERT INTO slots (account, n) SELECT ?, g FROM generate_series(0, ? - 1) AS g "
-                           "ON CONFLICT DO NOTHING", (name, int(limit)))
+                db.execute(
+                    "INSERT INTO accounts VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "concurrency = excluded.concurrency",
+                    (name, int(limit)),
+                )
+                db.execute(
+                    "INSERT INTO slots (account, n) SELECT ?, g FROM generate_series(0, ? - 1) AS g "
+                    "ON CONFLICT DO NOTHING",
+                    (name, int(limit)),
+                )
 
     def acquire_slot(self, account: str, job: str) -> int | None:
         """Lease one free slot of `account` for `job`; None when all its slots are held."""
@@ -358,27 +394,35 @@ class PostgresStore(Store):
                 "SELECT s.account, s.n FROM slots s JOIN accounts a ON a.name = s.account "
                 f"WHERE s.account = ? AND s.n < a.concurrency AND (s.owner IS NULL OR s.lease_until <= {self.NOW}) "
                 f"ORDER BY s.n LIMIT 1 {self.skip_locked}) RETURNING n",
-                (self.owner, job, self.lease, account)).fetchone()
+                (self.owner, job, self.lease, account),
+            ).fetchone()
         return None if row is None else int(row[0])
 
     def release_slot(self, account: str, n: int) -> None:
         with self._tx() as db:
-            db.execute("UPDATE slots SET owner = NULL, job = NULL, lease_until = NULL "
-                       "WHERE account = ? AND n = ? AND owner = ?", (account, n, self.owner))
+            db.execute(
+                "UPDATE slots SET owner = NULL, job = NULL, lease_until = NULL "
+                "WHERE account = ? AND n = ? AND owner = ?",
+                (account, n, self.owner),
+            )
 
     def renew(self) -> set[str]:
         held = super().renew()
         with self._tx() as db:
-            db.execute(f"UPDATE slots SET lease_until = {self.NOW} + ? WHERE owner = ? AND lease_until > {self.NOW}",
-                       (self.lease, self.owner))
+            db.execute(
+                f"UPDATE slots SET lease_until = {self.NOW} + ? WHERE owner = ? AND lease_until > {self.NOW}",
+                (self.lease, self.owner),
+            )
         return held
 
     def release(self) -> None:
         super().release()
         if self.owner is not None:
             with self._tx() as db:
-                db.execute("UPDATE slots SET owner = NULL, job = NULL, lease_until = NULL WHERE owner = ?",
-                           (self.owner,))
+                db.execute(
+                    "UPDATE slots SET owner = NULL, job = NULL, lease_until = NULL WHERE owner = ?",
+                    (self.owner,),
+                )
 
     def reserve(self, name: str, interval: float) -> float:
         """Take the next turn of a rate shared by all workers; returns the seconds to wait for it.
@@ -390,12 +434,14 @@ class PostgresStore(Store):
             row = db.execute(
                 f"INSERT INTO rates VALUES (?, {self.NOW} + ?) ON CONFLICT (name) DO UPDATE SET "
                 f"tat = GREATEST(rates.tat, {self.NOW}) + ? RETURNING tat - {self.NOW}",
-                (name, interval, interval)).fetchone()
+                (name, interval, interval),
+            ).fetchone()
         return float(row[0]) - interval
 
     def accounts(self) -> list[dict[str, Any]]:
         """Per account: requests in flight across all workers (live slot leases) and its limit."""
         rows = self.db.execute(
             "SELECT a.name, a.concurrency, (SELECT COUNT(*) FROM slots s WHERE s.account = a.name AND "
-            f"s.owner IS NOT NULL AND s.lease_until > {self.NOW}) FROM accounts a ORDER BY a.name").fetchall()
+            f"s.owner IS NOT NULL AND s.lease_until > {self.NOW}) FROM accounts a ORDER BY a.name"
+        ).fetchall()
         return [{"name": r[0], "limit": int(r[1]), "in_flight": int(r[2])} for r in rows]

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import files
-from .errors import UsageError
-from .layout import DATA_DIR
-from .store import DB_NAME, SQLiteStore, Store
+from renderer.errors import UsageError
+from renderer.layout import DATA_DIR
+from renderer.output import files
+from renderer.state.store import DB_NAME, SQLiteStore, Store
 
 METADATA = "metadata.jsonl"
 CARD = "README.md"
@@ -106,21 +106,32 @@ class Columns:
     def dtypes(self) -> dict[str, str]:
         return {**FIXED, **{column: dtype for _, column, dtype in self.axes}}
 
-    def row(self, job: Mapping[str, Any], entry: Mapping[str, Any], index: int, provider: str | None) -> dict[str, Any]:
+    def row(
+        self, job: Mapping[str, Any], entry: Mapping[str, Any], index: int, provider: str | None
+    ) -> dict[str, Any]:
         """One image's metadata row. `job` is a stored job (Store.export_rows), `entry` one of its files."""
         nsfw = job.get("has_nsfw_concepts")
         flag = nsfw[index] if isinstance(nsfw, list) and index < len(nsfw) else None
         path = entry["path"]
         prefix = DATA_DIR + "/"
         row: dict[str, Any] = {
-            "file_name": path[len(prefix):] if path.startswith(prefix) else path,
-            "prompt": job["prompt"], "prompt_id": job["prompt_id"], "model": job["model"],
-            "endpoint": job["endpoint"], "seed": _int(entry.get("seed", job["seed"])), "image_index": index,
-            "job_key": job["key"], "request_id": job.get("request_id"),
-            "provider": job.get("provider") or provider, "width": _int(entry.get("width")),
-            "height": _int(entry.get("height")), "sha256": entry.get("sha256"),
-            "content_type": entry.get("content_type"), "has_nsfw_concepts": flag if isinstance(flag, bool) else None,
-            "tags": [str(t) for t in job.get("tags") or []], "input": _canonical(job["input"]),
+            "file_name": path[len(prefix) :] if path.startswith(prefix) else path,
+            "prompt": job["prompt"],
+            "prompt_id": job["prompt_id"],
+            "model": job["model"],
+            "endpoint": job["endpoint"],
+            "seed": _int(entry.get("seed", job["seed"])),
+            "image_index": index,
+            "job_key": job["key"],
+            "request_id": job.get("request_id"),
+            "provider": job.get("provider") or provider,
+            "width": _int(entry.get("width")),
+            "height": _int(entry.get("height")),
+            "sha256": entry.get("sha256"),
+            "content_type": entry.get("content_type"),
+            "has_nsfw_concepts": flag if isinstance(flag, bool) else None,
+            "tags": [str(t) for t in job.get("tags") or []],
+            "input": _canonical(job["input"]),
         }
         axes = job.get("axes") or {}
         for name, column, dtype in self.axes:
@@ -170,8 +181,15 @@ def write_metadata(data_dir: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 def size_category(n: int) -> str:
     """The Hub's size_categories value for n rows."""
-    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    bounds = [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+        (100_000_000, "10M<n<100M"),
+        (1_000_000_000, "100M<n<1B"),
+    ]
     return next((label for bound, label in bounds if n < bound), "n>1T")
 
 
@@ -189,43 +207,76 @@ def _yaml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid YAML flow scalar
 
 
-def card_text(info: CardInfo, columns: Columns, *, data_globs: tuple[str, ...] = (METADATA, *IMAGE_GLOBS),
-              builder_note: str = "") -> str:
+def card_text(
+    info: CardInfo,
+    columns: Columns,
+    *,
+    data_globs: tuple[str, ...] = (METADATA, *IMAGE_GLOBS),
+    builder_note: str = "",
+) -> str:
     """The dataset card: YAML front matter the Hub and `datasets` read, then a human description."""
     lines = ["---", "# Written by renderer.", f"pretty_name: {_yaml_string(info.name)}"]
     if info.license:
         lines.append(f"license: {_yaml_string(info.license)}")
-    lines += ["task_categories:", "- text-to-image", "size_categories:", f"- {size_category(info.images)}",
-              "tags:", "- synthetic", "- renderer",
-              "# One split, pinned: path segments such as `dev` or `test` (a model called flux-1/dev)",
-              "# are never taken for split names. The globs see only this folder's dataset files.",
-              "configs:", "- config_name: default", "  data_files:", "  - split: train", "    path:"]
+    lines += [
+        "task_categories:",
+        "- text-to-image",
+        "size_categories:",
+        f"- {size_category(info.images)}",
+        "tags:",
+        "- synthetic",
+        "- renderer",
+        "# One split, pinned: path segments such as `dev` or `test` (a model called flux-1/dev)",
+        "# are never taken for split names. The globs see only this folder's dataset files.",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        "    path:",
+    ]
     lines += [f"    - {_yaml_string(g)}" for g in data_globs]
     # The types go in dataset_info (what the Hub shows), not in configs: datasets 2.x cannot
     # read `features:` inside a config and fails to load. The rows themselves keep one type
     # per column, so both 2.x and 5.x infer the same schema.
     lines += ["dataset_info:", "  features:"]
     for feature in columns.features():
-        name, (key, value) = feature["name"], next((k, v) for k, v in feature.items() if k != "name")
+        name, (key, value) = (
+            feature["name"],
+            next((k, v) for k, v in feature.items() if k != "name"),
+        )
         lines.append(f"  - name: {_yaml_string(name)}")
         lines.append(f"    {key}: {value}")
-    lines += ["---", f"# {info.name}", "",
-              f"{info.images} images rendered by `renderer` from "
-              f"`{info.manifest_file}`.{builder_note}", ""]
+    lines += [
+        "---",
+        f"# {info.name}",
+        "",
+        f"{info.images} images rendered by `renderer` from `{info.manifest_file}`.{builder_note}",
+        "",
+    ]
     if not info.license:
-        lines += ["**License: not set.** Add `license: <SPDX id>` to the manifest to state one; "
-                  "each model provider's terms apply to its images.", ""]
+        lines += [
+            "**License: not set.** Add `license: <SPDX id>` to the manifest to state one; "
+            "each model provider's terms apply to its images.",
+            "",
+        ]
     lines += ["## Models", "", "| model | endpoint | images |", "|---|---|---|"]
     lines += [f"| {m} | `{e}` | {n} |" for m, (e, n) in info.models.items()]
-    lines += ["", "## Columns", "",
-              "`image` (from `file_name`), `prompt`, `prompt_id`, `model`, `endpoint`, `seed`, `image_index`, "
-              "`job_key`, `request_id`, `provider`, `width`, `height`, `sha256`, `content_type`, "
-              "`has_nsfw_concepts` (as the provider reported it; null when it did not), `tags`, and "
-              "`input`: the exact input sent, as a JSON string."]
+    lines += [
+        "",
+        "## Columns",
+        "",
+        "`image` (from `file_name`), `prompt`, `prompt_id`, `model`, `endpoint`, `seed`, `image_index`, "
+        "`job_key`, `request_id`, `provider`, `width`, `height`, `sha256`, `content_type`, "
+        "`has_nsfw_concepts` (as the provider reported it; null when it did not), `tags`, and "
+        "`input`: the exact input sent, as a JSON string.",
+    ]
     if columns.axes:
         described = ", ".join(f"`{column}` ({dtype})" for _, column, dtype in columns.axes)
-        lines += ["", f"One column per swept axis, holding the value the manifest gave (before it was "
-                      f"translated into each model's own parameters): {described}."]
+        lines += [
+            "",
+            f"One column per swept axis, holding the value the manifest gave (before it was "
+            f"translated into each model's own parameters): {described}.",
+        ]
     if info.manifest_text is not None:
         fence = "````" if "```" in info.manifest_text else "```"
         lines += ["", "## Manifest", "", f"{fence}yaml", info.manifest_text.rstrip("\n"), fence]
@@ -238,11 +289,16 @@ class Tally:
 
     jobs: int = 0
     rows: int = 0
-    through: float | None = None  # the latest `downloaded_at` among its jobs: later ones are not in it yet
-    models: dict[str, list[Any]] = field(default_factory=dict)  # model → [endpoint, images], first seen first
+    through: float | None = (
+        None  # the latest `downloaded_at` among its jobs: later ones are not in it yet
+    )
+    models: dict[str, list[Any]] = field(
+        default_factory=dict
+    )  # model → [endpoint, images], first seen first
 
-    def rows_of(self, columns: Columns, jobs: Iterable[Mapping[str, Any]], provider: str | None
-                ) -> Iterator[dict[str, Any]]:
+    def rows_of(
+        self, columns: Columns, jobs: Iterable[Mapping[str, Any]], provider: str | None
+    ) -> Iterator[dict[str, Any]]:
         for job in jobs:
             self.jobs += 1
             at = job.get("downloaded_at")
@@ -255,13 +311,24 @@ class Tally:
 
 
 def _card(data_dir: Path, info: CardInfo, columns: Columns, tally: Tally) -> None:
-    info = CardInfo(info.name, info.manifest_file, info.manifest_text, info.license,
-                    {m: (e, n) for m, (e, n) in tally.models.items()}, tally.rows)
+    info = CardInfo(
+        info.name,
+        info.manifest_file,
+        info.manifest_text,
+        info.license,
+        {m: (e, n) for m, (e, n) in tally.models.items()},
+        tally.rows,
+    )
     files.write_atomic(data_dir / CARD, card_text(info, columns).encode())
 
 
-def write(run_dir: Path, info: CardInfo, columns: Columns, jobs: Iterable[Mapping[str, Any]],
-          provider: str | None) -> Tally:
+def write(
+    run_dir: Path,
+    info: CardInfo,
+    columns: Columns,
+    jobs: Iterable[Mapping[str, Any]],
+    provider: str | None,
+) -> Tally:
     """RUN/data/metadata.jsonl (plan order) and RUN/data/README.md, whole. Returns what was written."""
     data_dir = run_dir / DATA_DIR
     tally = Tally()
@@ -270,11 +337,21 @@ def write(run_dir: Path, info: CardInfo, columns: Columns, jobs: Iterable[Mappin
     return tally
 
 
-DATASET_META = "dataset"  # the state's record of metadata.jsonl: its Tally, size, mtime and signature
+DATASET_META = (
+    "dataset"  # the state's record of metadata.jsonl: its Tally, size, mtime and signature
+)
 
 
-def update(store: Store, info: CardInfo, columns: Columns, provider: str | None, signature: str, *,
-           append: bool = True, record: bool = True) -> Tally:
+def update(
+    store: Store,
+    info: CardInfo,
+    columns: Columns,
+    provider: str | None,
+    signature: str,
+    *,
+    append: bool = True,
+    record: bool = True,
+) -> Tally:
     """metadata.jsonl and the card brought up to date with the state, appended to where that is exact.
 
     The rows of jobs finished since the file was last written (plan order within them) are
@@ -292,9 +369,13 @@ def update(store: Store, info: CardInfo, columns: Columns, provider: str | None,
     tally: Tally | None = None
     if known is not None:
         tally = known
-        with open(path, "ab") as handle:  # a kill mid-append leaves a size the record does not match
+        with open(
+            path, "ab"
+        ) as handle:  # a kill mid-append leaves a size the record does not match
             for row in tally.rows_of(columns, store.export_rows(after=tally.through), provider):
-                handle.write((json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+                handle.write(
+                    (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+                )
             handle.flush()
             os.fsync(handle.fileno())
         if tally.jobs != finished:
@@ -305,9 +386,20 @@ def update(store: Store, info: CardInfo, columns: Columns, provider: str | None,
         _card(data_dir, info, columns, tally)
     if record:
         stat = path.stat()
-        store.set_meta(DATASET_META, json.dumps({
-            "signature": signature, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "jobs": tally.jobs,
-            "rows": tally.rows, "through": tally.through, "models": tally.models}))
+        store.set_meta(
+            DATASET_META,
+            json.dumps(
+                {
+                    "signature": signature,
+                    "bytes": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns,
+                    "jobs": tally.jobs,
+                    "rows": tally.rows,
+                    "through": tally.through,
+                    "models": tally.models,
+                }
+            ),
+        )
     return tally
 
 
@@ -318,12 +410,20 @@ def _recorded(store: Store, signature: str, path: Path) -> Tally | None:
         stat = path.stat()
     except (OSError, ValueError):
         return None
-    if not isinstance(known, dict) or known.get("signature") != signature or \
-            known.get("bytes") != stat.st_size or known.get("mtime_ns") != stat.st_mtime_ns:
+    if (
+        not isinstance(known, dict)
+        or known.get("signature") != signature
+        or known.get("bytes") != stat.st_size
+        or known.get("mtime_ns") != stat.st_mtime_ns
+    ):
         return None
     try:
-        return Tally(int(known["jobs"]), int(known["rows"]), known["through"],
-                     {str(m): [str(e), int(n)] for m, (e, n) in known["models"].items()})
+        return Tally(
+            int(known["jobs"]),
+            int(known["rows"]),
+            known["through"],
+            {str(m): [str(e), int(n)] for m, (e, n) in known["models"].items()},
+        )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
@@ -336,7 +436,10 @@ def reading(run_dir: Path) -> Iterator[tuple[Columns, Iterator[tuple[dict[str, A
     same rows metadata.jsonl holds. Safe while another process runs the directory.
     """
     if not (run_dir / DB_NAME).is_file():
-        raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
+        raise UsageError(
+            f"{run_dir}: no run here (no {DB_NAME})",
+            hint="pass a run directory such as outputs/NAME",
+        )
     provider = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
         provider = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("provider")

@@ -22,18 +22,23 @@ from itertools import islice, product
 from pathlib import Path
 from typing import Any, overload
 
-from . import matrix
-from .errors import ManifestError, Problem
-from .layout import image_path, job_stem, predicted_extension
-from .manifest import Located, Manifest, Model, Prompt, json_path
-from .schemas import SchemaRegistry, Violation, closest
-from .sizes import PRESETS  # fal's size presets, (width, height)
+from renderer.errors import ManifestError, Problem, closest
+from renderer.layout import image_path, job_stem, predicted_extension
+from renderer.manifest.load import Located, Manifest, Model, Prompt, json_path
+from renderer.models.schemas import SchemaRegistry, Violation
+from renderer.models.sizes import PRESETS  # fal's size presets, (width, height)
+from renderer.plan import matrix
 
 KEY_VERSION = "j1"
 SEED_MIN, SEED_MAX = 1, 2**31 - 1
 RESERVED = ("prompt", "model", "seed")
-RATIO_PRESET = {"1:1": "square_hd", "3:4": "portrait_4_3", "9:16": "portrait_16_9",
-                "4:3": "landscape_4_3", "16:9": "landscape_16_9"}
+RATIO_PRESET = {
+    "1:1": "square_hd",
+    "3:4": "portrait_4_3",
+    "9:16": "portrait_16_9",
+    "4:3": "landscape_4_3",
+    "16:9": "landscape_16_9",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +77,20 @@ class _Who:
     axes: dict[str, Any]
 
     def __str__(self) -> str:
-        return Job(0, "", self.endpoint, self.model, self.prompt_id, self.seed, self.axes, {}, "", 1, (), "").describe()
+        return Job(
+            0,
+            "",
+            self.endpoint,
+            self.model,
+            self.prompt_id,
+            self.seed,
+            self.axes,
+            {},
+            "",
+            1,
+            (),
+            "",
+        ).describe()
 
 
 class Jobs(Sequence[Job]):
@@ -86,9 +104,13 @@ class Jobs(Sequence[Job]):
 
     __slots__ = ("_count", "_keys", "_locate", "_make")
 
-    def __init__(self, make: Callable[[], Iterator[Job]], count: int,
-                 locate: Callable[[int], Job] | None = None,
-                 keys: Callable[[], Iterator[tuple[str, str]]] | None = None) -> None:
+    def __init__(
+        self,
+        make: Callable[[], Iterator[Job]],
+        count: int,
+        locate: Callable[[int], Job] | None = None,
+        keys: Callable[[], Iterator[tuple[str, str]]] | None = None,
+    ) -> None:
         self._make = make
         self._count = count
         self._locate = locate
@@ -145,9 +167,13 @@ class Plan:
     # a cell checked whole, its input text without the seed, its seeds, model, source and tags.
     # Either way a function of exactly the jobs (keys, models, sources, tags) and their order.
     digest: str = ""
-    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)  # model → (jobs, images), plan order
+    by_model: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # model → (jobs, images), plan order
     image_count: int | None = None
-    distinct_axes: list[dict[str, Any]] | None = None  # each distinct set of axis values, in plan order
+    distinct_axes: list[dict[str, Any]] | None = (
+        None  # each distinct set of axis values, in plan order
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -218,7 +244,9 @@ class _Tally:
     by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
     digest: Any = field(default_factory=hashlib.sha256)
-    axes: dict[str, dict[str, Any]] = field(default_factory=dict)  # distinct axis values, first seen first
+    axes: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # distinct axis values, first seen first
     _last_axes: Any = None
 
     def add(self, job: Job) -> None:
@@ -245,7 +273,9 @@ class _Tally:
         self.images += job.num_images * count
         jobs, images = self.by_model.get(job.model, (0, 0))
         self.by_model[job.model] = (jobs + count, images + job.num_images * count)
-        self.digest.update(f"cell {block.template.text}\0{seeds}\0{job.model}\0{job.where}\0{job.tags}\n".encode())
+        self.digest.update(
+            f"cell {block.template.text}\0{seeds}\0{job.model}\0{job.where}\0{job.tags}\n".encode()
+        )
 
 
 _SENTINEL = 7340031999999999991  # stands for the seed in a key's text; never a real seed (> 2**31)
@@ -310,14 +340,24 @@ class _Template:
         if text is None or not job.stem.endswith(suffix):
             return None
         before, after = text.split(_TOKEN)
-        made = cls(planner, job, before, after, job.stem[: -len(suffix) + 2],
-                   job.seed_sent and not model.unchecked and "seed" in job.input, text)
+        made = cls(
+            planner,
+            job,
+            before,
+            after,
+            job.stem[: -len(suffix) + 2],
+            job.seed_sent and not model.unchecked and "seed" in job.input,
+            text,
+        )
         if made._key(job.seed) != job.key:
             return None
         return made
 
     def _key(self, seed: int) -> str:
-        return f"{KEY_VERSION}-" + hashlib.sha256(f"{self.before}{seed}{self.after}".encode()).hexdigest()[:40]
+        return (
+            f"{KEY_VERSION}-"
+            + hashlib.sha256(f"{self.before}{seed}{self.after}".encode()).hexdigest()[:40]
+        )
 
     def make(self, n: int, seed: Any, check: bool) -> Job | None:
         """The job for `seed`, or None when it needs the long way (a problem to report)."""
@@ -331,8 +371,21 @@ class _Template:
         payload = dict(j.input)
         if j.seed_sent:
             payload["seed"] = seed
-        return Job(n, self._key(seed), j.endpoint, j.model, j.prompt_id, seed, j.axes, payload,
-                   f"{self.stem}{seed}", j.num_images, j.tags, j.where, j.seed_sent)
+        return Job(
+            n,
+            self._key(seed),
+            j.endpoint,
+            j.model,
+            j.prompt_id,
+            seed,
+            j.axes,
+            payload,
+            f"{self.stem}{seed}",
+            j.num_images,
+            j.tags,
+            j.where,
+            j.seed_sent,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +455,9 @@ class _RandomSeeds(Sequence[int]):
             for n in range(self._count):
                 h = start.copy()
                 h.update(str(n).encode())
-                values.append(int.from_bytes(h.digest()[:8], "big") % (SEED_MAX - SEED_MIN + 1) + SEED_MIN)
+                values.append(
+                    int.from_bytes(h.digest()[:8], "big") % (SEED_MAX - SEED_MIN + 1) + SEED_MIN
+                )
             self._values = values
         return self._values
 
@@ -423,8 +478,11 @@ class _RandomSeeds(Sequence[int]):
 def _same(key: str, a: Any, b: Any) -> bool:
     # 1 == True in Python; a seed of `true` must not match seed 1.
     return (type(a) is type(b) and a == b) or (
-        isinstance(a, (int, float)) and isinstance(b, (int, float))
-        and not isinstance(a, bool) and not isinstance(b, bool) and a == b
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and a == b
     )
 
 
@@ -460,11 +518,18 @@ class _Planner:
         Then a str needs no schema check: dataset-scale prompt lists stay fast.
         """
         schema = self.props(model).get("prompt", {})
-        return schema.get("type") == "string" and set(schema) <= {"type", "description", "x-source", "default"}
+        return schema.get("type") == "string" and set(schema) <= {
+            "type",
+            "description",
+            "x-source",
+            "default",
+        }
 
     def props(self, model: Model) -> dict[str, Any]:
         if model.endpoint not in self._props:
-            self._props[model.endpoint] = {} if model.unchecked else self.registry.properties(model.endpoint)
+            self._props[model.endpoint] = (
+                {} if model.unchecked else self.registry.properties(model.endpoint)
+            )
         return self._props[model.endpoint]
 
     def add(self, problem: Problem) -> None:
@@ -483,24 +548,37 @@ class _Planner:
         for p in self.m.prompts:
             other = folded.get(p.id.lower())
             if other is not None:
-                self.add(Problem(p.where[0], p.where[1], p.where[2],
-                                 f"duplicate prompt id {p.id!r} (first at {other.where[0]}:{other.where[1]}; "
-                                 "ids are compared ignoring case, as macOS and Windows file names are)",
-                                 json_path(p.path)))
+                self.add(
+                    Problem(
+                        p.where[0],
+                        p.where[1],
+                        p.where[2],
+                        f"duplicate prompt id {p.id!r} (first at {other.where[0]}:{other.where[1]}; "
+                        "ids are compared ignoring case, as macOS and Windows file names are)",
+                        json_path(p.path),
+                    )
+                )
                 continue
             prompts[p.id] = p
             folded[p.id.lower()] = p
         models: dict[str, Model] = {}
         for model in self.m.models:
             if model.name.lower() in {n.lower() for n in models}:
-                self.at(model.path, f"model {model.name!r} is listed twice",
-                        allowed="give one of them a distinct `label`")
+                self.at(
+                    model.path,
+                    f"model {model.name!r} is listed twice",
+                    allowed="give one of them a distinct `label`",
+                )
                 continue
             if model.endpoint not in self.registry and not model.unchecked:
-                self.at((*model.path, "endpoint") if isinstance(self.doc.data["models"][model.path[1]], dict) else model.path,
-                        f"unknown endpoint {model.endpoint!r}",
-                        allowed="an endpoint from `renderer models`, or set `unchecked: true` to send it unchecked",
-                        suggestion=closest(model.endpoint, self.registry.endpoints))
+                self.at(
+                    (*model.path, "endpoint")
+                    if isinstance(self.doc.data["models"][model.path[1]], dict)
+                    else model.path,
+                    f"unknown endpoint {model.endpoint!r}",
+                    allowed="an endpoint from `renderer models`, or set `unchecked: true` to send it unchecked",
+                    suggestion=closest(model.endpoint, self.registry.endpoints),
+                )
                 continue
             models[model.name] = model
         return prompts, models
@@ -518,7 +596,9 @@ class _Planner:
             if isinstance(spec, dict):
                 self._seeds = range(spec["start"], spec["start"] + spec["count"])
             else:
-                self._seeds = tuple(dict.fromkeys(spec))  # a repeated seed is reported once, in check_seeds
+                self._seeds = tuple(
+                    dict.fromkeys(spec)
+                )  # a repeated seed is reported once, in check_seeds
         return self._seeds
 
     def _seeds_text(self, seeds: Sequence[Any]) -> str:
@@ -536,7 +616,11 @@ class _Planner:
 
     def _seeds_per_cell(self) -> int:
         spec = self.m.seeds
-        return int(spec["random"]) if isinstance(spec, dict) and "random" in spec else len(self._listed_seeds())
+        return (
+            int(spec["random"])
+            if isinstance(spec, dict) and "random" in spec
+            else len(self._listed_seeds())
+        )
 
     def _uniform_seed(self, model: Model) -> bool:
         """True when the endpoint's seed check gives one answer for every int seed.
@@ -549,16 +633,35 @@ class _Planner:
             schema = {} if model.unchecked else self.registry.schema(model.endpoint)
             seed = schema.get("properties", {}).get("seed", {})
             self._uniform[model.endpoint] = bool(
-                self.fast and seed.get("type") == "integer"
+                self.fast
+                and seed.get("type") == "integer"
                 and set(seed) <= {"type", "description", "title", "default", "examples", "x-source"}
-                and all(k in {"$schema", "title", "description", "type", "properties", "required",
-                              "additionalProperties", "$defs"} or k.startswith("x-") for k in schema)
-                and isinstance(schema.get("additionalProperties", False), bool))
+                and all(
+                    k
+                    in {
+                        "$schema",
+                        "title",
+                        "description",
+                        "type",
+                        "properties",
+                        "required",
+                        "additionalProperties",
+                        "$defs",
+                    }
+                    or k.startswith("x-")
+                    for k in schema
+                )
+                and isinstance(schema.get("additionalProperties", False), bool)
+            )
         return self._uniform[model.endpoint]
 
     def _seed_check_key(self, model: Model, seed: Any) -> tuple[Any, ...]:
         if type(seed) is int and self._uniform_seed(model):
-            return (model.endpoint, "seed", int)  # the type stands for every int: no seed value is a type
+            return (
+                model.endpoint,
+                "seed",
+                int,
+            )  # the type stands for every int: no seed value is a type
         return (model.endpoint, "seed", seed)
 
     def seed_verdict(self, model: str, seed: Any) -> list[Violation] | None:
@@ -578,13 +681,19 @@ class _Planner:
         if isinstance(seeds, range):
             ok = seeds.step == 1 and (not seeds or (_seed_ok(seeds[0]) and _seed_ok(seeds[-1])))
         else:
-            ok = (isinstance(seeds, _RandomSeeds) or all(_seed_ok(seed) for seed in seeds)) and len(set(seeds)) == len(seeds)
+            ok = (isinstance(seeds, _RandomSeeds) or all(_seed_ok(seed) for seed in seeds)) and len(
+                set(seeds)
+            ) == len(seeds)
         if ok and template.check_seed:
             model = self.models[template.first.model]
-            if isinstance(seeds, (range, _RandomSeeds)) and self._uniform_seed(model):  # ints: one verdict for all
+            if isinstance(seeds, (range, _RandomSeeds)) and self._uniform_seed(
+                model
+            ):  # ints: one verdict for all
                 ok = self._checked.get((model.endpoint, "seed", int)) == []
             else:
-                ok = all(self._checked.get(self._seed_check_key(model, seed)) == [] for seed in seeds)
+                ok = all(
+                    self._checked.get(self._seed_check_key(model, seed)) == [] for seed in seeds
+                )
         if ok and shared:
             self._fit.add((endpoint, template.check_seed))
         return ok
@@ -600,12 +709,17 @@ class _Planner:
                     self.at(("seeds", i), f"seed {s} is listed twice (also at index {seen[s]})")
                 seen.setdefault(s, i)
         elif isinstance(spec, dict) and "start" in spec:
-            values = [(("seeds", "start"), spec["start"]),
-                      (("seeds", "count"), spec["start"] + spec["count"] - 1)]
+            values = [
+                (("seeds", "start"), spec["start"]),
+                (("seeds", "count"), spec["start"] + spec["count"] - 1),
+            ]
         for path, s in values:
             if not SEED_MIN <= s <= SEED_MAX:
-                self.at(path, f"seed {s} is out of range",
-                        allowed=f"{SEED_MIN} to {SEED_MAX} (0 and -1 mean 'random' to some models)")
+                self.at(
+                    path,
+                    f"seed {s} is out of range",
+                    allowed=f"{SEED_MIN} to {SEED_MAX} (0 and -1 mean 'random' to some models)",
+                )
 
     def check_references(self, prompts: dict[str, Prompt], models: dict[str, Model]) -> None:
         """include/exclude/extra values for prompt and model must name real ones."""
@@ -613,15 +727,28 @@ class _Planner:
         for section in ("include", "exclude", "extra"):
             for i, entry in enumerate(getattr(self.m, section)):
                 if "prompt" in entry and entry["prompt"] not in prompts:
-                    self.at((section, i, "prompt"), f"no prompt with id {entry['prompt']!r}",
-                            suggestion=closest(entry["prompt"], prompts))
-                if "model" in entry and entry["model"] not in models and entry["model"] not in by_endpoint:
-                    self.at((section, i, "model"), f"no model named {entry['model']!r}",
-                            allowed=", ".join(models), suggestion=closest(entry["model"], list(models)))
+                    self.at(
+                        (section, i, "prompt"),
+                        f"no prompt with id {entry['prompt']!r}",
+                        suggestion=closest(entry["prompt"], prompts),
+                    )
+                if (
+                    "model" in entry
+                    and entry["model"] not in models
+                    and entry["model"] not in by_endpoint
+                ):
+                    self.at(
+                        (section, i, "model"),
+                        f"no model named {entry['model']!r}",
+                        allowed=", ".join(models),
+                        suggestion=closest(entry["model"], list(models)),
+                    )
 
     # -------------------------------------------------- job assembly
 
-    def translate_ratio(self, model: Model, payload: dict[str, Any], origin: tuple[Any, ...], job: str) -> None:
+    def translate_ratio(
+        self, model: Model, payload: dict[str, Any], origin: tuple[Any, ...], job: str
+    ) -> None:
         """Give the portable `aspect_ratio` to a model in its own vocabulary."""
         if model.unchecked or "aspect_ratio" not in payload:
             return
@@ -644,32 +771,62 @@ class _Planner:
         ok = sum(self.counts.values()) == before
         self._ratio[memo] = ("image_size", payload["image_size"]) if ok else None
 
-    def _translate(self, model: Model, props: dict[str, Any], payload: dict[str, Any], ratio: Any,
-                   origin: tuple[Any, ...], job: str) -> None:
+    def _translate(
+        self,
+        model: Model,
+        props: dict[str, Any],
+        payload: dict[str, Any],
+        ratio: Any,
+        origin: tuple[Any, ...],
+        job: str,
+    ) -> None:
         size = props.get("image_size")
-        if not isinstance(ratio, str) or not all(p.isdigit() and int(p) > 0 for p in ratio.split(":")) or ratio.count(":") != 1:
+        if (
+            not isinstance(ratio, str)
+            or not all(p.isdigit() and int(p) > 0 for p in ratio.split(":"))
+            or ratio.count(":") != 1
+        ):
             self.at(origin, f"aspect_ratio {ratio!r} is not a ratio like 16:9", job=job)
             return
         if size is None:
-            self.at(origin, f"{model.endpoint} cannot take an aspect ratio: it has neither aspect_ratio nor image_size",
-                    job=job)
+            self.at(
+                origin,
+                f"{model.endpoint} cannot take an aspect ratio: it has neither aspect_ratio nor image_size",
+                job=job,
+            )
             return
         if "image_size" in payload:
-            self.at(origin, f"both aspect_ratio and image_size are set for {model.endpoint}; keep one", job=job)
+            self.at(
+                origin,
+                f"both aspect_ratio and image_size are set for {model.endpoint}; keep one",
+                job=job,
+            )
             return
         presets = next((b.get("enum", []) for b in size.get("anyOf", [size]) if "enum" in b), [])
-        takes_object = any(b.get("$ref") or b.get("type") == "object" for b in size.get("anyOf", [size]))
+        takes_object = any(
+            b.get("$ref") or b.get("type") == "object" for b in size.get("anyOf", [size])
+        )
         preset = RATIO_PRESET.get(ratio)
         if preset in presets:
             payload["image_size"] = preset
         elif takes_object:
             payload["image_size"] = ratio_size(ratio)
         else:
-            self.at(origin, f"{model.endpoint} cannot express aspect ratio {ratio}", job=job,
-                    allowed="image_size presets: " + ", ".join(presets))
+            self.at(
+                origin,
+                f"{model.endpoint} cannot express aspect ratio {ratio}",
+                job=job,
+                allowed="image_size presets: " + ", ".join(presets),
+            )
 
-    def validate(self, model: Model, payload: dict[str, Any], layers: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                 job: Any, shape: tuple[Any, ...]) -> bool:
+    def validate(
+        self,
+        model: Model,
+        payload: dict[str, Any],
+        layers: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        job: Any,
+        shape: tuple[Any, ...],
+    ) -> bool:
         """Check a job's input; each distinct shape, prompt and seed is validated once.
 
         `shape` identifies everything but prompt and seed (the layers the input was built
@@ -679,33 +836,57 @@ class _Planner:
             return True
         prompt = payload.get("prompt")
         checks: list[tuple[tuple[Any, ...], Any, Any]] = [
-            (("shape", *shape), lambda: {**{k: v for k, v in payload.items() if k not in ("prompt", "seed")},
-                                         "prompt": "x"}, "rest"),
+            (
+                ("shape", *shape),
+                lambda: {
+                    **{k: v for k, v in payload.items() if k not in ("prompt", "seed")},
+                    "prompt": "x",
+                },
+                "rest",
+            ),
         ]
         if not (isinstance(prompt, str) and self._plain_string_prompt(model)):
             checks.append((("prompt", prompt), lambda: {"prompt": prompt}, "$.prompt"))
         if "seed" in payload:
             seed = payload["seed"]
-            checks.append((self._seed_check_key(model, seed)[1:], lambda: {"prompt": "x", "seed": seed}, "$.seed"))
+            checks.append(
+                (
+                    self._seed_check_key(model, seed)[1:],
+                    lambda: {"prompt": "x", "seed": seed},
+                    "$.seed",
+                )
+            )
         ok = True
         for cache_key, body, part in checks:
             key = (model.endpoint, *cache_key)
             if key not in self._checked:
                 found = self.registry.check(model.endpoint, body())
                 self._checked[key] = [
-                    v for v in found
-                    if (v.json_path.startswith(part) if part != "rest" else v.json_path != "$.prompt")
+                    v
+                    for v in found
+                    if (
+                        v.json_path.startswith(part)
+                        if part != "rest"
+                        else v.json_path != "$.prompt"
+                    )
                 ]
             if self._checked[key] and not isinstance(job, str):
                 job = str(job)
             for v in self._checked[key]:
                 ok = False
                 top = v.json_path[2:].replace("[", ".").split(".")[0]
-                origin = next(((*path, top) for path, params in reversed(layers) if top in params), None)
+                origin = next(
+                    ((*path, top) for path, params in reversed(layers) if top in params), None
+                )
                 if origin is None:
                     origin = ("models", self.m.models.index(model))
-                self.at(origin, f"{model.endpoint}: {v.json_path}: {v.message}",
-                        job=job, allowed=v.allowed, suggestion=v.suggestion)
+                self.at(
+                    origin,
+                    f"{model.endpoint}: {v.json_path}: {v.message}",
+                    job=job,
+                    allowed=v.allowed,
+                    suggestion=v.suggestion,
+                )
         return ok
 
     def build(self) -> Plan:
@@ -725,9 +906,13 @@ class _Planner:
         for e in self.include:
             if "model" in e:
                 e["model"] = self.endpoint_names.get(e["model"], e["model"])
-        self.exclude = [{**e, "model": self.endpoint_names.get(e["model"], e["model"])} if "model" in e else e
-                        for e in self.m.exclude]
-        self.axis_names = {n for n, _ in self.axes_global} | {n for m in models.values() for n in m.axes}
+        self.exclude = [
+            {**e, "model": self.endpoint_names.get(e["model"], e["model"])} if "model" in e else e
+            for e in self.m.exclude
+        ]
+        self.axis_names = {n for n, _ in self.axes_global} | {
+            n for m in models.values() for n in m.axes
+        }
         self.unseeded: set[str] = set()
 
         # One checking pass over every job, holding none of them: fingerprints catch repeated
@@ -735,32 +920,57 @@ class _Planner:
         # (The straightforward way, fast=False, runs the exact pass only, comparing every job.)
         self._exact = not self.fast
         self._reset_suspects()
-        found = dict(self.problems), dict(self.counts)  # the manifest-level problems, kept for a rerun
+        found = (
+            dict(self.problems),
+            dict(self.counts),
+        )  # the manifest-level problems, kept for a rerun
         tally = self._check_pass()
-        if self._suspect_stems or self._suspect_keys or self._suspect_prefixes or self._suspect_texts:
+        if (
+            self._suspect_stems
+            or self._suspect_keys
+            or self._suspect_prefixes
+            or self._suspect_texts
+        ):
             self.problems, self.counts = dict(found[0]), defaultdict(int, found[1])
             self._exact = True
             tally = self._check_pass()
         if not tally.combos and not self.problems:
-            self.at(("exclude",) if self.m.exclude else ("prompts",),
-                    "the matrix is empty: every combination was excluded")
+            self.at(
+                ("exclude",) if self.m.exclude else ("prompts",),
+                "the matrix is empty: every combination was excluded",
+            )
             self.fail()
         if self.problems:
             self.fail()
         costs = {name: tally.costs.get(name) for name in models}
         total = sum(c for c in costs.values() if c is not None)
         if self.m.budget is not None and total > self.m.budget:
-            self.at(("budget",), f"the estimated cost ${total:.2f} exceeds the budget ${self.m.budget:.2f}",
-                    allowed="raise the budget, or render fewer jobs (seeds, axes, exclude)")
+            self.at(
+                ("budget",),
+                f"the estimated cost ${total:.2f} exceeds the budget ${self.m.budget:.2f}",
+                allowed="raise the budget, or render fewer jobs (seeds, axes, exclude)",
+            )
             self.fail()
         notes = [
             f"{name} takes no seed: its seeds only label repeated samples, and its images are not reproducible"
             for name in sorted(self.unseeded)
         ]
-        jobs = Jobs(self._jobs, tally.jobs, self._locate if self.fast else None,
-                    self._plan_keys if self.fast else None)
-        return Plan(self.m, jobs, costs, notes, digest=tally.digest.hexdigest(), by_model=dict(tally.by_model),
-                    image_count=tally.images, distinct_axes=list(tally.axes.values()))
+        jobs = Jobs(
+            self._jobs,
+            tally.jobs,
+            self._locate if self.fast else None,
+            self._plan_keys if self.fast else None,
+        )
+        return Plan(
+            self.m,
+            jobs,
+            costs,
+            notes,
+            digest=tally.digest.hexdigest(),
+            by_model=dict(tally.by_model),
+            image_count=tally.images,
+            distinct_axes=list(tally.axes.values()),
+        )
 
     # -------------------------------------------------- generation (lazy, in plan order)
 
@@ -779,8 +989,11 @@ class _Planner:
             for seed in seeds:
                 yield {"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed}
 
-    def _cells(self, tally: _Tally | None) -> Iterator[tuple[Prompt, Model, dict[str, Any], dict[str, Any],
-                                                              tuple[Any, ...] | None, list[Any]]]:
+    def _cells(
+        self, tally: _Tally | None
+    ) -> Iterator[
+        tuple[Prompt, Model, dict[str, Any], dict[str, Any], tuple[Any, ...] | None, list[Any]]
+    ]:
         """(prompt, model, axes, extra params, source, seeds): jobs that differ only by seed, grouped."""
         if not self.include and not self.exclude:
             # The plain matrix: no combination dicts at all, seeds innermost.
@@ -792,32 +1005,55 @@ class _Planner:
             for combo, created in matrix.stream(self._originals, self.include, self.exclude, _same):
                 if tally is not None:
                     tally.combos += 1
-                entry = next((i for i, e in enumerate(self.include) if e == combo), None) if created else None
+                entry = (
+                    next((i for i, e in enumerate(self.include) if e == combo), None)
+                    if created
+                    else None
+                )
                 cell = self._cell(combo, ("include", entry) if created else None)
                 if cell is not None:
                     yield cell
         for i, e in enumerate(self.m.extra):
             if tally is not None:
                 tally.combos += 1
-            cell = self._cell({**e, "model": self.endpoint_names.get(e["model"], e["model"])}, ("extra", i))
+            cell = self._cell(
+                {**e, "model": self.endpoint_names.get(e["model"], e["model"])}, ("extra", i)
+            )
             if cell is not None:
                 yield cell
 
     def _cell(self, combo: dict[str, Any], source: tuple[Any, ...] | None) -> Any:
         missing = [k for k in RESERVED if k not in combo]
         if missing:
-            self.at(source or ("include",), f"this entry creates a new combination but lacks {', '.join(missing)}",
-                    allowed="a new combination needs prompt, model and seed")
+            self.at(
+                source or ("include",),
+                f"this entry creates a new combination but lacks {', '.join(missing)}",
+                allowed="a new combination needs prompt, model and seed",
+            )
             return None
         if combo["prompt"] not in self.prompts or combo["model"] not in self.models:
             return None  # already reported
         job_axes = canonical({k: v for k, v in combo.items() if k in self.axis_names})
-        extra_params = canonical({k: v for k, v in combo.items() if k not in self.axis_names and k not in RESERVED})
-        return (self.prompts[combo["prompt"]], self.models[combo["model"]], job_axes, extra_params, source,
-                [combo["seed"]])
+        extra_params = canonical(
+            {k: v for k, v in combo.items() if k not in self.axis_names and k not in RESERVED}
+        )
+        return (
+            self.prompts[combo["prompt"]],
+            self.models[combo["model"]],
+            job_axes,
+            extra_params,
+            source,
+            [combo["seed"]],
+        )
 
-    def _generate(self, check: bool, tally: _Tally | None = None, blocks: bool = False,
-                  cells: Iterator[tuple[Any, ...]] | None = None, start: int = 0) -> Iterator[Job | _Block]:
+    def _generate(
+        self,
+        check: bool,
+        tally: _Tally | None = None,
+        blocks: bool = False,
+        cells: Iterator[tuple[Any, ...]] | None = None,
+        start: int = 0,
+    ) -> Iterator[Job | _Block]:
         """Every job in plan order; with `check`, validated and tested for repeats (problems recorded).
 
         With `blocks`, a cell whose seeds all fit its template (see `_fits`) is given as one
@@ -831,9 +1067,19 @@ class _Planner:
                 if job is None:
                     before = len(self.problems)
                     job = self._full(n, prompt, model, job_axes, extra_params, source, seed, check)
-                    if job is not None and template is None and len(self.problems) == before and self.fast:
+                    if (
+                        job is not None
+                        and template is None
+                        and len(self.problems) == before
+                        and self.fast
+                    ):
                         template = _Template.of(self, job, model)
-                        if blocks and i == 0 and template is not None and self._fits(template, seeds):
+                        if (
+                            blocks
+                            and i == 0
+                            and template is not None
+                            and self._fits(template, seeds)
+                        ):
                             if self._unique_cell(template):
                                 yield _Block(template, seeds)
                                 n += len(seeds)
@@ -853,7 +1099,11 @@ class _Planner:
         """How many jobs a cell gives once checked: one per valid seed."""
         if isinstance(seeds, _RandomSeeds):
             return len(seeds)
-        if isinstance(seeds, range) and seeds.step == 1 and (not seeds or (_seed_ok(seeds[0]) and _seed_ok(seeds[-1]))):
+        if (
+            isinstance(seeds, range)
+            and seeds.step == 1
+            and (not seeds or (_seed_ok(seeds[0]) and _seed_ok(seeds[-1])))
+        ):
             return len(seeds)
         return sum(1 for seed in seeds if _seed_ok(seed))
 
@@ -886,13 +1136,29 @@ class _Planner:
                     template = _Template.of(self, job, model)
                 yield job.key, model.name
 
-    def _full(self, n: int, prompt: Prompt, model: Model, job_axes: dict[str, Any], extra_params: dict[str, Any],
-              source: tuple[Any, ...] | None, seed: Any, check: bool) -> Job | None:
+    def _full(
+        self,
+        n: int,
+        prompt: Prompt,
+        model: Model,
+        job_axes: dict[str, Any],
+        extra_params: dict[str, Any],
+        source: tuple[Any, ...] | None,
+        seed: Any,
+        check: bool,
+    ) -> Job | None:
         """One job assembled from its layers (the template path's reference)."""
-        seed_ok = isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX
-        if check and not seed_ok and source is not None:  # listed seeds were checked once, in check_seeds
-            self.at((*source, "seed"), f"seed {seed!r} is out of range",
-                    allowed=f"integers {SEED_MIN} to {SEED_MAX}")
+        seed_ok = (
+            isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX
+        )
+        if (
+            check and not seed_ok and source is not None
+        ):  # listed seeds were checked once, in check_seeds
+            self.at(
+                (*source, "seed"),
+                f"seed {seed!r} is out of range",
+                allowed=f"integers {SEED_MIN} to {SEED_MAX}",
+            )
         layers: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (("defaults",), self.defaults),
             ((*model.path, "params"), self.model_params[model.name]),
@@ -910,20 +1176,45 @@ class _Planner:
             payload["seed"] = seed
         else:
             self.unseeded.add(model.name)
-        who = _Who(model.endpoint, model.name, prompt.id, seed, job_axes)  # described only on a problem
+        who = _Who(
+            model.endpoint, model.name, prompt.id, seed, job_axes
+        )  # described only on a problem
 
         if "aspect_ratio" in payload:
-            origin = next(((*path, "aspect_ratio") for path, params in reversed(layers)
-                           if "aspect_ratio" in params), ("defaults",))
+            origin = next(
+                (
+                    (*path, "aspect_ratio")
+                    for path, params in reversed(layers)
+                    if "aspect_ratio" in params
+                ),
+                ("defaults",),
+            )
             self.translate_ratio(model, payload, origin, str(who))
-        shape = (model.name, prompt.id if prompt.params else "", _freeze(job_axes), _freeze(extra_params))
+        shape = (
+            model.name,
+            prompt.id if prompt.params else "",
+            _freeze(job_axes),
+            _freeze(extra_params),
+        )
         # A job with a bad seed is still checked, so one run lists all of its problems.
         if (check and not self.validate(model, payload, layers, who, shape)) or not seed_ok:
             return None
         stem = job_stem(model.name, prompt.id, job_axes, seed)
-        return Job(n, job_key(model.endpoint, payload, None if seed_sent else seed), model.endpoint,
-                   model.name, prompt.id, seed, job_axes, payload, stem, int(payload.get("num_images", 1)),
-                   prompt.tags, f"{prompt.where[0]}:{prompt.where[1]}", seed_sent)
+        return Job(
+            n,
+            job_key(model.endpoint, payload, None if seed_sent else seed),
+            model.endpoint,
+            model.name,
+            prompt.id,
+            seed,
+            job_axes,
+            payload,
+            stem,
+            int(payload.get("num_images", 1)),
+            prompt.tags,
+            f"{prompt.where[0]}:{prompt.where[1]}",
+            seed_sent,
+        )
 
     def _unique(self, job: Job, where: tuple[Any, ...], template: _Template | None) -> bool:
         """No two jobs share an output path (ignoring case) or an input (it would be paid twice)."""
@@ -935,12 +1226,23 @@ class _Planner:
             clean = True
             if self._cross:  # cells taken whole are known by prefix and cell text only
                 prefix = _stem_prefix(folded)
-                text = template.text if template is not None and job.stem.startswith(template.stem) else _cell_text(job)
+                text = (
+                    template.text
+                    if template is not None and job.stem.startswith(template.stem)
+                    else _cell_text(job)
+                )
                 # (Jobs made one by one share prefixes and texts within a cell: compared exactly below.)
                 if prefix is not None:
-                    clean &= self._record(hash(prefix), self._job_prefixes, (self._cell_prefixes,), self._suspect_prefixes)
+                    clean &= self._record(
+                        hash(prefix),
+                        self._job_prefixes,
+                        (self._cell_prefixes,),
+                        self._suspect_prefixes,
+                    )
                 if text is not None:
-                    clean &= self._record(hash(text), self._job_texts, (self._cell_texts,), self._suspect_texts)
+                    clean &= self._record(
+                        hash(text), self._job_texts, (self._cell_texts,), self._suspect_texts
+                    )
             clean &= self._record(stem_fp, self._stems, (self._stems,), self._suspect_stems)
             clean &= self._record(key_fp, self._keys, (self._keys,), self._suspect_keys)
             return bool(clean)
@@ -951,18 +1253,27 @@ class _Planner:
             suspect_stem = prefix is not None and hash(prefix) in self._suspect_prefixes
         suspect_key = not self.fast or key_fp in self._suspect_keys
         if not suspect_key and self._suspect_texts:
-            text = template.text if template is not None and job.stem.startswith(template.stem) else _cell_text(job)
+            text = (
+                template.text
+                if template is not None and job.stem.startswith(template.stem)
+                else _cell_text(job)
+            )
             suspect_key = text is not None and hash(text) in self._suspect_texts
         clash = self._first_stem.get(folded) if suspect_stem else None
         if clash is not None:
             who = _Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
-            self.at(where, f"two jobs map to one output path {job.stem!r}: {clash.describe()} and {who}",
-                    allowed="give them a distinguishing axis, label or prompt id")
+            self.at(
+                where,
+                f"two jobs map to one output path {job.stem!r}: {clash.describe()} and {who}",
+                allowed="give them a distinguishing axis, label or prompt id",
+            )
             return False
         twin = self._first_key.get(job.key) if suspect_key else None
         if twin is not None:
             who = _Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
-            self.at(where, f"{who} sends exactly the input of {twin.describe()}; it would be paid twice")
+            self.at(
+                where, f"{who} sends exactly the input of {twin.describe()}; it would be paid twice"
+            )
             return False
         if suspect_stem:
             self._first_stem[folded] = job
@@ -977,12 +1288,23 @@ class _Planner:
         (which takes no cell whole) names the jobs.
         """
         prefix, text = hash(template.stem.lower()), hash(template.text)
-        clean = self._record(prefix, self._cell_prefixes, (self._cell_prefixes, self._job_prefixes),
-                             self._suspect_prefixes)
-        return self._record(text, self._cell_texts, (self._cell_texts, self._job_texts), self._suspect_texts) and clean
+        clean = self._record(
+            prefix,
+            self._cell_prefixes,
+            (self._cell_prefixes, self._job_prefixes),
+            self._suspect_prefixes,
+        )
+        return (
+            self._record(
+                text, self._cell_texts, (self._cell_texts, self._job_texts), self._suspect_texts
+            )
+            and clean
+        )
 
     @staticmethod
-    def _record(fp: int, into: Fingerprints, against: tuple[Fingerprints, ...], suspects: set[int]) -> bool:
+    def _record(
+        fp: int, into: Fingerprints, against: tuple[Fingerprints, ...], suspects: set[int]
+    ) -> bool:
         """Add `fp` to `into`; False (and `fp` suspect) when one of `against` already holds it."""
         seen = any(fp in seen_in for seen_in in against)
         if seen:
@@ -1001,8 +1323,13 @@ class _Planner:
         # Cells taken whole are compared by prefix and cell text; jobs made one by one then
         # also record theirs (`_cross`). Only the plain matrix has cells of several seeds (with
         # one seed a cell is one job: nothing to gain, so jobs are compared one by one).
-        blocks = (self.fast and not self._exact and not self.include and not self.exclude
-                  and self._seeds_per_cell() > 1)
+        blocks = (
+            self.fast
+            and not self._exact
+            and not self.include
+            and not self.exclude
+            and self._seeds_per_cell() > 1
+        )
         self._cross = blocks
         self._cell_prefixes, self._cell_texts = Fingerprints(), Fingerprints()
         self._job_prefixes, self._job_texts = Fingerprints(), Fingerprints()
@@ -1015,7 +1342,10 @@ class _Planner:
             if price:
                 # Unset sizes are priced at the endpoint's documented default size.
                 props = {} if model.unchecked else self.registry.properties(model.endpoint)
-                prices[name] = (price, {k: v["default"] for k, v in props.items() if "default" in v})
+                prices[name] = (
+                    price,
+                    {k: v["default"] for k, v in props.items() if "default" in v},
+                )
                 tally.costs[name] = 0.0
         sizes: dict[tuple[Any, ...], float] = {}
         for item in self._generate(check=True, tally=tally, blocks=blocks):
@@ -1033,7 +1363,11 @@ class _Planner:
                 cost = price["per_image"] * job.num_images
             else:
                 size = job.input.get("image_size")
-                memo = (job.model, _freeze(size) if isinstance(size, dict) else size, job.input.get("resolution"))
+                memo = (
+                    job.model,
+                    _freeze(size) if isinstance(size, dict) else size,
+                    job.input.get("resolution"),
+                )
                 if memo not in sizes:
                     sizes[memo] = megapixels({**documented, **job.input})
                 cost = price["per_megapixel"] * job.num_images * sizes[memo]
@@ -1051,9 +1385,16 @@ class _Planner:
         for key, problem in self.problems.items():
             n = self.counts[key]
             if n > 1 and problem.job:
-                problem = Problem(problem.file, problem.line, problem.col, problem.message, problem.json_path,
-                                  f"{problem.job} (and {n - 1} more job{'s' if n > 2 else ''})",
-                                  problem.allowed, problem.suggestion)
+                problem = Problem(
+                    problem.file,
+                    problem.line,
+                    problem.col,
+                    problem.message,
+                    problem.json_path,
+                    f"{problem.job} (and {n - 1} more job{'s' if n > 2 else ''})",
+                    problem.allowed,
+                    problem.suggestion,
+                )
             problems.append(problem)
         raise ManifestError(problems)
 
@@ -1069,7 +1410,9 @@ def megapixels(payload: dict[str, Any]) -> float:
     return 1.048576 * scale
 
 
-def price_of(prices: dict[str, dict[str, float]], endpoint: str, model: str) -> dict[str, float] | None:
+def price_of(
+    prices: dict[str, dict[str, float]], endpoint: str, model: str
+) -> dict[str, float] | None:
     """The manifest's price for a model: by endpoint id, else by label; None when unpriced."""
     return prices.get(endpoint) or prices.get(model) or None
 

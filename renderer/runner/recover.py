@@ -22,9 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import files
-from .layout import DATA_DIR
-from .store import Store, distinct_stem
+from renderer.layout import DATA_DIR
+from renderer.output import files
+from renderer.state.store import Store, distinct_stem
 
 IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 
@@ -54,9 +54,15 @@ def _entry(run_dir: Path, stem: str, index: int, sidecar: dict[str, Any]) -> dic
     digest = hashlib.sha256(data).hexdigest()
     if digest != sidecar.get("sha256"):
         return None
-    entry: dict[str, Any] = {"path": rel, "sha256": digest, "size": len(data), "width": sidecar.get("width"),
-                             "height": sidecar.get("height"), "content_type": sidecar.get("content_type"),
-                             "seed": sidecar.get("seed")}
+    entry: dict[str, Any] = {
+        "path": rel,
+        "sha256": digest,
+        "size": len(data),
+        "width": sidecar.get("width"),
+        "height": sidecar.get("height"),
+        "content_type": sidecar.get("content_type"),
+        "seed": sidecar.get("seed"),
+    }
     if isinstance(sidecar.get("cost"), (int, float)):
         entry["cost"] = sidecar["cost"]
     entry["mtime_ns"] = stat.st_mtime_ns
@@ -97,7 +103,11 @@ def from_sidecars(store: Store, run_dir: Path) -> int:
         entries = []
         for index in range(num_images):
             sidecar = first if index == 0 else _sidecar(run_dir, stem, index)
-            entry = _entry(run_dir, stem, index, sidecar) if sidecar and sidecar.get("job_key") == key else None
+            entry = (
+                _entry(run_dir, stem, index, sidecar)
+                if sidecar and sidecar.get("job_key") == key
+                else None
+            )
             if entry is None:
                 break
             entries.append(entry)

@@ -38,8 +38,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from .errors import RunLocked, StateError
-from .plan import Fingerprints
+from renderer.errors import RunLocked, StateError
+from renderer.plan.planner import Fingerprints
 
 DB_NAME = "renderer.sqlite"
 LOCK_NAME = ".renderer.lock"
@@ -57,8 +57,10 @@ RECORD_BATCH = 250
 FIRST_BATCH = 500
 PAGE = 2000  # rows per page when the runner reads pending work or finished files
 
-DAMAGED_HINT = (f"if the file is damaged, move {DB_NAME} aside (and its -wal/-shm files) and rerun: the state is "
-                "rebuilt from the images' sidecars, so finished jobs are not paid for again")
+DAMAGED_HINT = (
+    f"if the file is damaged, move {DB_NAME} aside (and its -wal/-shm files) and rerun: the state is "
+    "rebuilt from the images' sidecars, so finished jobs are not paid for again"
+)
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
 migration = MIGRATIONS.append
@@ -186,9 +188,11 @@ CELLS_DDL = """
         source TEXT NOT NULL,
         stem_head TEXT
     )"""
-JOB_COLUMNS = ("state, attempts, submit_started, request_id, status_url, response_url, cancel_url, submitted_at, "
-               "completed_at, downloaded_at, result, files, error, error_kind, updated_at, provider, account, owner, "
-               "lease_until, claims")
+JOB_COLUMNS = (
+    "state, attempts, submit_started, request_id, status_url, response_url, cancel_url, submitted_at, "
+    "completed_at, downloaded_at, result, files, error, error_kind, updated_at, provider, account, owner, "
+    "lease_until, claims"
+)
 JOB_DDL = """
     CREATE TABLE job (
         id INTEGER PRIMARY KEY,
@@ -260,11 +264,15 @@ def m007_cells(db: sqlite3.Connection) -> None:
     db.create_function("renderer_key_text", 1, key_text, deterministic=True)
     db.execute(CELLS_DDL)
     db.execute(JOB_DDL)
-    db.execute("INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, source) "
-               "SELECT rowid, endpoint, model, prompt_id, prompt, axes, input, num_images, tags, source FROM jobs")
-    db.execute(f"INSERT INTO job (id, k, key_text, cell, seed, plan_index, in_plan, stem, {JOB_COLUMNS}) "
-               f"SELECT rowid, renderer_key(key), renderer_key_text(key), rowid, seed, plan_index, in_plan, stem, "
-               f"{JOB_COLUMNS} FROM jobs")
+    db.execute(
+        "INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, source) "
+        "SELECT rowid, endpoint, model, prompt_id, prompt, axes, input, num_images, tags, source FROM jobs"
+    )
+    db.execute(
+        f"INSERT INTO job (id, k, key_text, cell, seed, plan_index, in_plan, stem, {JOB_COLUMNS}) "
+        f"SELECT rowid, renderer_key(key), renderer_key_text(key), rowid, seed, plan_index, in_plan, stem, "
+        f"{JOB_COLUMNS} FROM jobs"
+    )
     db.execute("DROP TABLE jobs")
     for ddl in JOB_INDEXES:
         db.execute(ddl)
@@ -287,9 +295,11 @@ def file_columns_sql(files: str) -> str:
     f = f"CASE WHEN json_valid({files}) THEN CASE WHEN json_type({files}) = 'array' THEN {files} END END"
     one = f"CASE WHEN json_array_length({f}) = 1 THEN json_extract({f}, '$[0].%s') END"
     number = "CASE WHEN type = 'object' THEN json_type(value, '$.cost') IN ('integer', 'real') ELSE 0 END"
-    return (f"fpath = {one % 'path'}, fsize = {one % 'size'}, fmtime = {one % 'mtime_ns'}, "
-            f"cost = (SELECT SUM(json_extract(value, '$.cost')) FROM json_each({f}) WHERE {number}), "
-            f"uncosted = (SELECT COUNT(*) FROM json_each({f}) WHERE NOT COALESCE({number}, 0))")
+    return (
+        f"fpath = {one % 'path'}, fsize = {one % 'size'}, fmtime = {one % 'mtime_ns'}, "
+        f"cost = (SELECT SUM(json_extract(value, '$.cost')) FROM json_each({f}) WHERE {number}), "
+        f"uncosted = (SELECT COUNT(*) FROM json_each({f}) WHERE NOT COALESCE({number}, 0))"
+    )
 
 
 @migration
@@ -303,7 +313,13 @@ def m008_file_columns(db: sqlite3.Connection) -> None:
     (NULL if none has one); uncosted is how many of its files have no cost. Filled, and kept in
     step with `files`, by m009 (which derives every row: doing it here too was a second pass).
     """
-    for column in ("fpath TEXT", "fsize INTEGER", "fmtime INTEGER", "cost REAL", "uncosted INTEGER NOT NULL DEFAULT 0"):
+    for column in (
+        "fpath TEXT",
+        "fsize INTEGER",
+        "fmtime INTEGER",
+        "cost REAL",
+        "uncosted INTEGER NOT NULL DEFAULT 0",
+    ):
         db.execute(f"ALTER TABLE job ADD COLUMN {column}")
 
 
@@ -318,14 +334,20 @@ def m009_job_files_trigger(db: sqlite3.Connection) -> None:
     Rows are inserted without files (the plan), so no insert trigger is needed.
     """
     db.execute("DROP TRIGGER IF EXISTS job_files")
-    db.execute(f"CREATE TRIGGER job_files AFTER UPDATE OF files ON job BEGIN "
-               f"UPDATE job SET {file_columns_sql('NEW.files')} WHERE id = NEW.id; END")
-    db.execute(f"UPDATE job SET {file_columns_sql('files')} WHERE files IS NOT NULL OR fpath IS NOT NULL "
-               "OR cost IS NOT NULL OR uncosted != 0")
+    db.execute(
+        f"CREATE TRIGGER job_files AFTER UPDATE OF files ON job BEGIN "
+        f"UPDATE job SET {file_columns_sql('NEW.files')} WHERE id = NEW.id; END"
+    )
+    db.execute(
+        f"UPDATE job SET {file_columns_sql('files')} WHERE files IS NOT NULL OR fpath IS NOT NULL "
+        "OR cost IS NOT NULL OR uncosted != 0"
+    )
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
     applied = []
     for step in MIGRATIONS:
@@ -371,7 +393,9 @@ class Row:
     error: str | None
     error_kind: str | None
     provider: str | None = None
-    account: str | None = None  # the account name that submitted request_id (None: the single account)
+    account: str | None = (
+        None  # the account name that submitted request_id (None: the single account)
+    )
 
     def evolve(self, **changes: Any) -> Row:
         """A copy with `changes` (fields by name): dataclasses.replace without re-running __init__ (hot path)."""
@@ -386,28 +410,61 @@ class Row:
     def from_sql(cls, r: sqlite3.Row) -> Row:
         def load(v: str | None) -> Any:
             return json.loads(v) if v is not None else None
-        return cls(r["key"], r["plan_index"], bool(r["in_plan"]), r["endpoint"], r["model"], r["prompt_id"],
-                   r["prompt"], r["seed"], load(r["axes"]), r["stem"], load(r["input"]), r["num_images"],
-                   load(r["tags"]), r["source"], r["state"], r["attempts"], r["submit_started"], r["request_id"],
-                   r["status_url"], r["response_url"], r["cancel_url"], r["submitted_at"], r["completed_at"],
-                   r["downloaded_at"], load(r["result"]), load(r["files"]), r["error"], r["error_kind"],
-                   r["provider"], r["account"])
+
+        return cls(
+            r["key"],
+            r["plan_index"],
+            bool(r["in_plan"]),
+            r["endpoint"],
+            r["model"],
+            r["prompt_id"],
+            r["prompt"],
+            r["seed"],
+            load(r["axes"]),
+            r["stem"],
+            load(r["input"]),
+            r["num_images"],
+            load(r["tags"]),
+            r["source"],
+            r["state"],
+            r["attempts"],
+            r["submit_started"],
+            r["request_id"],
+            r["status_url"],
+            r["response_url"],
+            r["cancel_url"],
+            r["submitted_at"],
+            r["completed_at"],
+            r["downloaded_at"],
+            load(r["result"]),
+            load(r["files"]),
+            r["error"],
+            r["error_kind"],
+            r["provider"],
+            r["account"],
+        )
 
 
 def sql_error(path: Path, exc: sqlite3.Error) -> StateError:
     """An SQLite failure as the person running renderer needs it: what, where, what to do."""
     text = str(exc)
     if "full" in text:
-        return StateError(f"{path}: cannot write the run database: the disk is full ({text})",
-                          hint="free space on that disk, then rerun the same command: nothing recorded is lost "
-                          "and nothing is paid twice")
+        return StateError(
+            f"{path}: cannot write the run database: the disk is full ({text})",
+            hint="free space on that disk, then rerun the same command: nothing recorded is lost "
+            "and nothing is paid twice",
+        )
     if "readonly" in text or "read-only" in text:
-        return StateError(f"{path}: cannot write the run database ({text})",
-                          hint="make the run folder writable, then rerun the same command")
+        return StateError(
+            f"{path}: cannot write the run database ({text})",
+            hint="make the run folder writable, then rerun the same command",
+        )
     if "malformed" in text or "not a database" in text or "corrupt" in text:
         return StateError(f"{path}: the run database is damaged ({text})", hint=DAMAGED_HINT)
-    return StateError(f"{path}: the run database failed: {text}", hint="rerun the same command; if it fails again, "
-                      + DAMAGED_HINT)
+    return StateError(
+        f"{path}: the run database failed: {text}",
+        hint="rerun the same command; if it fails again, " + DAMAGED_HINT,
+    )
 
 
 def distinct_stem(stem: str, key: str) -> str:
@@ -464,7 +521,9 @@ class Store:
     db: Any
     run_dir: Path
     where: str = ""  # the database, for messages (a file path, or a URL without its password)
-    shared = False  # several workers may hold jobs at once (PostgreSQL); SQLite has one, under RunLock
+    shared = (
+        False  # several workers may hold jobs at once (PostgreSQL); SQLite has one, under RunLock
+    )
     hint = "+"  # SQLite's "do not use an index for this column" (PostgreSQL has no unary + on text)
     seen_table = "temp.seen"
     skip_locked = ""  # PostgreSQL: FOR UPDATE SKIP LOCKED (SQLite has one writer at a time anyway)
@@ -472,16 +531,22 @@ class Store:
     blob = "BLOB"  # the type of a job's key as stored (key_blob)
     key_sql = SQLITE_KEY  # a `job j` row's key as text, in SQL
     seed_text = "j.seed"  # a `job j` row's seed as text, in SQL
-    owner: str | None = None  # this worker's id once it claims jobs (every state change is then fenced)
+    owner: str | None = (
+        None  # this worker's id once it claims jobs (every state change is then fenced)
+    )
     lease = 30.0  # seconds a claim lasts without renewal
     run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
-    recorder: PlanRecorder | None = None  # the plan still being recorded in the background (record_plan)
+    recorder: PlanRecorder | None = (
+        None  # the plan still being recorded in the background (record_plan)
+    )
 
     # Group commit: while `grouping` is on, the step changes (submitted, completed, downloaded)
     # join one open transaction and become durable at the next `commit()`; the runner awaits that
     # commit before the job's next step, so "committed before the next step" still holds. Any
     # other change commits at once (and with it whatever was deferred before it).
-    group_commit = False  # whether this database defers at all (SQLite; PostgreSQL commits each change)
+    group_commit = (
+        False  # whether this database defers at all (SQLite; PostgreSQL commits each change)
+    )
     grouping = False
 
     def close(self) -> None:
@@ -516,11 +581,15 @@ class Store:
         if digest and self.meta("plan_digest") == digest:
             return False
         with self._exclusive():
-            if digest and self.meta("plan_digest") == digest:  # another worker recorded it meanwhile
+            if (
+                digest and self.meta("plan_digest") == digest
+            ):  # another worker recorded it meanwhile
                 return False
             return self._sync_plan(jobs, digest)
 
-    def record_plan(self, jobs: Sequence[Any], digest: str | Callable[[], str]) -> PlanRecorder | None:
+    def record_plan(
+        self, jobs: Sequence[Any], digest: str | Callable[[], str]
+    ) -> PlanRecorder | None:
         """Record a plan into an empty state: the first batch now, the rest in the background.
 
         Rendering can start at once (claims take what is recorded, in plan order); the recorder
@@ -528,7 +597,11 @@ class Store:
         has no job yet and this process alone writes it (SQLite; a plan with a digest): then
         call sync_plan as before. `digest` may be a function, called by the recorder at the end.
         """
-        if self.shared or not digest or self.db.execute("SELECT 1 FROM job LIMIT 1").fetchone() is not None:
+        if (
+            self.shared
+            or not digest
+            or self.db.execute("SELECT 1 FROM job LIMIT 1").fetchone() is not None
+        ):
             return None
         rest = iter(jobs)
         first = list(islice(rest, FIRST_BATCH))
@@ -545,7 +618,9 @@ class Store:
         seen = self.seen_table
         empty = self.db.execute("SELECT 1 FROM job LIMIT 1").fetchone() is None
         if not empty:
-            self.db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {seen.split('.')[-1]} (k {self.blob} PRIMARY KEY)")
+            self.db.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {seen.split('.')[-1]} (k {self.blob} PRIMARY KEY)"
+            )
             self.db.execute(f"DELETE FROM {seen}")
         # Paths already recorded, as fingerprints (8 bytes a row): a new job whose path another
         # recorded job owns gets its own path (see distinct_stem). The plan's own paths never clash.
@@ -565,15 +640,20 @@ class Store:
             changed |= self._sync_batch(batch, cells, empty, stems)
         with self._tx() as db:
             if not empty:
-                cur = db.execute("UPDATE job SET in_plan = 0, plan_index = NULL "
-                                 f"WHERE in_plan = 1 AND k NOT IN (SELECT k FROM {seen})")
+                cur = db.execute(
+                    "UPDATE job SET in_plan = 0, plan_index = NULL "
+                    f"WHERE in_plan = 1 AND k NOT IN (SELECT k FROM {seen})"
+                )
                 changed |= cur.rowcount > 0
                 db.execute(f"DELETE FROM {seen}")
                 if changed:  # cells no job points to any more (a job moved to another cell)
                     db.execute("DELETE FROM cells WHERE id NOT IN (SELECT cell FROM job)")
             if digest:
-                db.execute("INSERT INTO meta VALUES ('plan_digest', ?) "
-                           "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (digest,))
+                db.execute(
+                    "INSERT INTO meta VALUES ('plan_digest', ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (digest,),
+                )
         return changed
 
     def _cell(self, j: Any, cells: dict[tuple[Any, ...], int]) -> tuple[int, str | None]:
@@ -590,37 +670,60 @@ class Store:
             if text.count('"seed":') == 1:
                 at = text.index('"seed":') + 7
                 if text.startswith(digits, at) and text[at + len(digits)] in ",}":
-                    head, tail = text[:at], text[at + len(digits):]
+                    head, tail = text[:at], text[at + len(digits) :]
             if j.stem.endswith(f"/s{digits}"):
-                stem_head = j.stem[:-len(digits)]
-        content = (j.endpoint, j.model, j.prompt_id, j.input.get("prompt", ""), _dumps(j.axes), head, tail,
-                   j.num_images, _dumps(list(j.tags)), j.where, stem_head)
+                stem_head = j.stem[: -len(digits)]
+        content = (
+            j.endpoint,
+            j.model,
+            j.prompt_id,
+            j.input.get("prompt", ""),
+            _dumps(j.axes),
+            head,
+            tail,
+            j.num_images,
+            _dumps(list(j.tags)),
+            j.where,
+            stem_head,
+        )
         cell = cells.get(content)
         if cell is None:
             digest = hashlib.sha256(_dumps(content).encode()).digest()[:16]
             row = self.db.execute("SELECT id FROM cells WHERE digest = ?", (digest,)).fetchone()
             if row is None:
                 # ON CONFLICT: two workers recording one plan at once make each cell once.
-                row = self.db.execute(
-                    "INSERT INTO cells (digest, endpoint, model, prompt_id, prompt, axes, input_head, input_tail, "
-                    "num_images, tags, source, stem_head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (digest) DO NOTHING RETURNING id", (digest, *content)).fetchone() or \
-                    self.db.execute("SELECT id FROM cells WHERE digest = ?", (digest,)).fetchone()
+                row = (
+                    self.db.execute(
+                        "INSERT INTO cells (digest, endpoint, model, prompt_id, prompt, axes, input_head, input_tail, "
+                        "num_images, tags, source, stem_head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (digest) DO NOTHING RETURNING id",
+                        (digest, *content),
+                    ).fetchone()
+                    or self.db.execute(
+                        "SELECT id FROM cells WHERE digest = ?", (digest,)
+                    ).fetchone()
+                )
             if len(cells) >= 100_000:  # a plan of all-distinct cells: memory stays bounded
                 cells.clear()
             cell = cells[content] = int(row[0])
         return cell, None if stem_head is None else f"{stem_head}{seed}"
 
-    def _sync_batch(self, batch: list[Any], cells: dict[tuple[Any, ...], int], empty: bool,
-                    stems: Fingerprints) -> bool:
+    def _sync_batch(
+        self, batch: list[Any], cells: dict[tuple[Any, ...], int], empty: bool, stems: Fingerprints
+    ) -> bool:
         blobs = [key_blob(j.key) for j in batch]
         stored: dict[bytes, tuple[Any, ...]] = {}
         if not empty:
             for at in range(0, len(batch), 500):
-                part = blobs[at:at + 500]
-                stored.update((bytes(r[0]), tuple(r[1:])) for r in self.db.execute(
-                    f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, c.stem_head || {self.seed_text}) "
-                    f"FROM job j JOIN cells c ON c.id = j.cell WHERE j.k IN ({','.join('?' * len(part))})", part))
+                part = blobs[at : at + 500]
+                stored.update(
+                    (bytes(r[0]), tuple(r[1:]))
+                    for r in self.db.execute(
+                        f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, c.stem_head || {self.seed_text}) "
+                        f"FROM job j JOIN cells c ON c.id = j.cell WHERE j.k IN ({','.join('?' * len(part))})",
+                        part,
+                    )
+                )
         new, moved = [], []
         batch_stems: set[str] = set()
         with self._tx() as db:
@@ -635,25 +738,47 @@ class Store:
                         stem = distinct_stem(stem, j.key)
                     stems.add(hash(stem.lower()))
                     batch_stems.add(stem.lower())
-                    new.append((kb, key_text(j.key), cell, j.seed, j.index, None if stem == natural else stem))
+                    new.append(
+                        (
+                            kb,
+                            key_text(j.key),
+                            cell,
+                            j.seed,
+                            j.index,
+                            None if stem == natural else stem,
+                        )
+                    )
                 elif row[:3] != (j.index, 1, cell):
                     # A recorded job keeps its path, whatever its new cell would give it.
                     moved.append((j.index, cell, None if row[3] == natural else row[3], kb))
             if not empty:
-                db.executemany(f"INSERT INTO {self.seen_table} VALUES (?) ON CONFLICT DO NOTHING",
-                               [(kb,) for kb in blobs])
+                db.executemany(
+                    f"INSERT INTO {self.seen_table} VALUES (?) ON CONFLICT DO NOTHING",
+                    [(kb,) for kb in blobs],
+                )
             if moved:
-                db.executemany("UPDATE job SET plan_index = ?, in_plan = 1, cell = ?, stem = ? WHERE k = ?", moved)
+                db.executemany(
+                    "UPDATE job SET plan_index = ?, in_plan = 1, cell = ?, stem = ? WHERE k = ?",
+                    moved,
+                )
             if new:
                 # ON CONFLICT: two workers recording one plan at once insert each job once.
-                db.executemany("INSERT INTO job (k, key_text, cell, seed, plan_index, stem) VALUES (?, ?, ?, ?, ?, ?) "
-                               "ON CONFLICT (k) DO NOTHING", new)
+                db.executemany(
+                    "INSERT INTO job (k, key_text, cell, seed, plan_index, stem) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (k) DO NOTHING",
+                    new,
+                )
         return bool(new or moved)
 
     def _stem_taken(self, stem: str, batch_stems: set[str]) -> bool:
         """Exactly: does a recorded row, or a new one of this batch, own `stem` (ignoring case)?"""
-        return stem.lower() in batch_stems or self.db.execute(
-            "SELECT 1 FROM jobs WHERE lower(stem) = ? LIMIT 1", (stem.lower(),)).fetchone() is not None
+        return (
+            stem.lower() in batch_stems
+            or self.db.execute(
+                "SELECT 1 FROM jobs WHERE lower(stem) = ? LIMIT 1", (stem.lower(),)
+            ).fetchone()
+            is not None
+        )
 
     def meta(self, name: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
@@ -661,14 +786,22 @@ class Store:
 
     def set_meta(self, name: str, value: str) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                       (name, value))
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
 
     def set_meta_once(self, name: str, value: str) -> bool:
         """Set `name` to `value` unless it already is; True for exactly one of several concurrent callers."""
         with self._tx() as db:
-            return db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value "
-                              "WHERE meta.value <> excluded.value RETURNING name", (name, value)).fetchone() is not None
+            return (
+                db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value "
+                    "WHERE meta.value <> excluded.value RETURNING name",
+                    (name, value),
+                ).fetchone()
+                is not None
+            )
 
     # -------------------------------------------------- claims (leases)
 
@@ -677,9 +810,12 @@ class Store:
         self.owner, self.lease = owner, float(lease)
         now = time.time()
         with self._tx() as db:
-            db.execute("INSERT INTO workers (id, host, pid, started, heartbeat) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
-                       "heartbeat = excluded.heartbeat", (owner, host, pid, now, now))
+            db.execute(
+                "INSERT INTO workers (id, host, pid, started, heartbeat) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+                "heartbeat = excluded.heartbeat",
+                (owner, host, pid, now, now),
+            )
 
     def void_claims(self) -> None:
         """Free every claim: for the embedded database only, whose one worker runs under RunLock,
@@ -701,7 +837,8 @@ class Store:
                 "WHERE id IN (SELECT id FROM job WHERE " + OPEN + " AND plan_index < ? "
                 f"AND (owner IS NULL OR lease_until <= {self.NOW}) ORDER BY plan_index LIMIT ? {self.skip_locked}) "
                 "RETURNING plan_index, k, key_text, cell",
-                (self.owner, self.lease, before if before is not None else 2**62, int(limit))).fetchall()
+                (self.owner, self.lease, before if before is not None else 2**62, int(limit)),
+            ).fetchall()
         endpoints = self._endpoints({int(r[3]) for r in rows})
         return sorted(Claimed(int(r[0]), blob_key(r[1], r[2]), endpoints[int(r[3])]) for r in rows)
 
@@ -710,16 +847,24 @@ class Store:
         known: dict[int, str] = self.__dict__.setdefault("_endpoint_of", {})
         missing = [c for c in cells if c not in known]
         for at in range(0, len(missing), 500):
-            part = missing[at:at + 500]
-            known.update((int(r[0]), r[1]) for r in self.db.execute(
-                f"SELECT id, endpoint FROM cells WHERE id IN ({','.join('?' * len(part))})", part))
+            part = missing[at : at + 500]
+            known.update(
+                (int(r[0]), r[1])
+                for r in self.db.execute(
+                    f"SELECT id, endpoint FROM cells WHERE id IN ({','.join('?' * len(part))})",
+                    part,
+                )
+            )
         return known
 
     def renew(self) -> set[str]:
         """Extend the lease of every job still held and beat the heart; returns the keys still ours."""
         with self._tx() as db:
-            rows = db.execute(f"UPDATE job SET lease_until = {self.NOW} + ? WHERE owner = ? "
-                              f"AND lease_until > {self.NOW} RETURNING k, key_text", (self.lease, self.owner)).fetchall()
+            rows = db.execute(
+                f"UPDATE job SET lease_until = {self.NOW} + ? WHERE owner = ? "
+                f"AND lease_until > {self.NOW} RETURNING k, key_text",
+                (self.lease, self.owner),
+            ).fetchall()
             db.execute("UPDATE workers SET heartbeat = ? WHERE id = ?", (time.time(), self.owner))
         return {blob_key(r[0], r[1]) for r in rows}
 
@@ -728,14 +873,19 @@ class Store:
         if self.owner is None:
             return
         with self._tx() as db:
-            db.execute("UPDATE job SET owner = NULL, lease_until = NULL WHERE owner = ?", (self.owner,))
+            db.execute(
+                "UPDATE job SET owner = NULL, lease_until = NULL WHERE owner = ?", (self.owner,)
+            )
 
     def unfinished(self, before: int | None = None, *, others: bool = False) -> int:
         """Jobs of the plan not finished yet, held or not: 0 means the run is complete.
 
         `others`: only those this worker does not hold (free, expired, or another worker's).
         """
-        sql, args = "SELECT COUNT(*) FROM job WHERE " + OPEN + " AND plan_index < ?", [before or 2**62]
+        sql, args = (
+            "SELECT COUNT(*) FROM job WHERE " + OPEN + " AND plan_index < ?",
+            [before or 2**62],
+        )
         if others and self.owner is not None:
             sql += f" AND (owner IS NULL OR owner <> ? OR lease_until <= {self.NOW})"
             args.append(self.owner)
@@ -745,8 +895,12 @@ class Store:
         """Per worker: id, host, pid, last heartbeat (epoch s) and the jobs it holds now."""
         rows = self.db.execute(
             "SELECT w.id, w.host, w.pid, w.heartbeat, (SELECT COUNT(*) FROM job j WHERE j.owner = w.id "
-            f"AND j.lease_until > {self.NOW}) FROM workers w ORDER BY w.heartbeat DESC, w.id").fetchall()
-        return [{"id": r[0], "host": r[1], "pid": r[2], "heartbeat": float(r[3]), "held": int(r[4])} for r in rows]
+            f"AND j.lease_until > {self.NOW}) FROM workers w ORDER BY w.heartbeat DESC, w.id"
+        ).fetchall()
+        return [
+            {"id": r[0], "host": r[1], "pid": r[2], "heartbeat": float(r[3]), "held": int(r[4])}
+            for r in rows
+        ]
 
     # -------------------------------------------------- state changes (one transaction each)
 
@@ -757,9 +911,11 @@ class Store:
         return f" AND owner = ? AND lease_until > {self.NOW}", (self.owner,)
 
     def _lost(self, key: str) -> LeaseLost:
-        return LeaseLost(f"job {key}: this worker ({self.owner}) no longer holds its lease; nothing was recorded",
-                         hint=f"the lease ({self.lease:g} s) expired, after a pause or a lost connection; another "
-                         "worker may own the job now")
+        return LeaseLost(
+            f"job {key}: this worker ({self.owner}) no longer holds its lease; nothing was recorded",
+            hint=f"the lease ({self.lease:g} s) expired, after a pause or a lost connection; another "
+            "worker may own the job now",
+        )
 
     def _set(self, key: str, *, release: bool = False, defer: bool = False, **fields: Any) -> None:
         fields["updated_at"] = time.time()
@@ -768,7 +924,10 @@ class Store:
             names += ", owner = NULL, lease_until = NULL"
         fence, args = self._fence()
         with self._tx(defer) as db:
-            cur = db.execute(f"UPDATE job SET {names} WHERE k = ?{fence}", (*fields.values(), key_blob(key), *args))
+            cur = db.execute(
+                f"UPDATE job SET {names} WHERE k = ?{fence}",
+                (*fields.values(), key_blob(key), *args),
+            )
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
 
@@ -777,16 +936,21 @@ class Store:
         fields["updated_at"] = time.time()
         names = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:
-            db.execute(f"UPDATE job SET {names} WHERE k = ? AND (owner IS NULL OR lease_until <= {self.NOW})",
-                       (*fields.values(), key_blob(key)))
+            db.execute(
+                f"UPDATE job SET {names} WHERE k = ? AND (owner IS NULL OR lease_until <= {self.NOW})",
+                (*fields.values(), key_blob(key)),
+            )
 
     def submit_started(self, key: str) -> None:
         """The submit→commit window opens (fenced: a worker that lost the job sends nothing)."""
         now = time.time()
         fence, args = self._fence()
         with self._tx() as db:
-            cur = db.execute(f"UPDATE job SET submit_started = ?, attempts = attempts + 1, updated_at = ? "
-                             f"WHERE k = ?{fence}", (now, now, key_blob(key), *args))
+            cur = db.execute(
+                f"UPDATE job SET submit_started = ?, attempts = attempts + 1, updated_at = ? "
+                f"WHERE k = ?{fence}",
+                (now, now, key_blob(key), *args),
+            )
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
 
@@ -794,33 +958,74 @@ class Store:
         """A definite refusal (401/403/429, ingress 5xx, no connection): the submit→commit window
         closes and the attempt is not counted (only submits the server may have taken count)."""
         with self._tx() as db:
-            db.execute("""UPDATE job SET submit_started = NULL,
+            db.execute(
+                """UPDATE job SET submit_started = NULL,
                               attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ?
-                          WHERE k = ? AND submit_started IS NOT NULL""", (time.time(), key_blob(key)))
+                          WHERE k = ? AND submit_started IS NOT NULL""",
+                (time.time(), key_blob(key)),
+            )
 
-    def submitted(self, key: str, request_id: str, status_url: str, response_url: str, cancel_url: str,
-                  provider: str | None = None, account: str | None = None) -> None:
+    def submitted(
+        self,
+        key: str,
+        request_id: str,
+        status_url: str,
+        response_url: str,
+        cancel_url: str,
+        provider: str | None = None,
+        account: str | None = None,
+    ) -> None:
         # The account is committed with the request id (one transaction): a follow-up under any
         # other key would be refused, or worse, look like a lost request and be paid again.
         # Deferred while grouping: the runner awaits commit() before it follows the request.
-        self._set(key, defer=True, state="submitted", request_id=request_id, status_url=status_url,
-                  response_url=response_url, cancel_url=cancel_url, submitted_at=time.time(), submit_started=None,
-                  error=None, error_kind=None, provider=provider, account=account)
+        self._set(
+            key,
+            defer=True,
+            state="submitted",
+            request_id=request_id,
+            status_url=status_url,
+            response_url=response_url,
+            cancel_url=cancel_url,
+            submitted_at=time.time(),
+            submit_started=None,
+            error=None,
+            error_kind=None,
+            provider=provider,
+            account=account,
+        )
 
     def completed(self, key: str, result: dict[str, Any]) -> None:
-        self._set(key, defer=True, state="completed", result=_dumps(result), completed_at=time.time())
+        self._set(
+            key, defer=True, state="completed", result=_dumps(result), completed_at=time.time()
+        )
 
     def downloaded(self, key: str, files: list[dict[str, Any]]) -> None:
-        self._set(key, release=True, defer=True, state="downloaded", files=_dumps(files), downloaded_at=time.time(),
-                  error=None, error_kind=None)
+        self._set(
+            key,
+            release=True,
+            defer=True,
+            state="downloaded",
+            files=_dumps(files),
+            downloaded_at=time.time(),
+            error=None,
+            error_kind=None,
+        )
 
     def failed(self, key: str, reason: str, kind: str) -> None:
-        self._set(key, release=True, state="failed", error=reason, error_kind=kind, submit_started=None)
+        self._set(
+            key, release=True, state="failed", error=reason, error_kind=kind, submit_started=None
+        )
 
     def hold(self, key: str) -> None:
         """Check that this worker still holds `key` (before writing its files); LeaseLost if not."""
         fence, args = self._fence()
-        if fence and self.db.execute(f"SELECT 1 FROM job WHERE k = ?{fence}", (key_blob(key), *args)).fetchone() is None:
+        if (
+            fence
+            and self.db.execute(
+                f"SELECT 1 FROM job WHERE k = ?{fence}", (key_blob(key), *args)
+            ).fetchone()
+            is None
+        ):
             raise self._lost(key)
 
     def resubmit(self, key: str, reason: str, *, paid: bool = True) -> None:
@@ -832,37 +1037,63 @@ class Store:
         now = time.time()
         fence, args = self._fence()
         with self._tx() as db:
-            cur = db.execute(f"""UPDATE job SET state = 'planned', request_id = NULL, status_url = NULL,
+            cur = db.execute(
+                f"""UPDATE job SET state = 'planned', request_id = NULL, status_url = NULL,
                                      response_url = NULL, cancel_url = NULL, account = NULL, result = NULL,
                                      error = ?,
                                      error_kind = 'resubmit', submit_started = NULL, updated_at = ?
-                                 WHERE k = ?{fence}""", (reason, now, key_blob(key), *args))
+                                 WHERE k = ?{fence}""",
+                (reason, now, key_blob(key), *args),
+            )
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
             if paid:
-                db.execute("INSERT INTO resubmits (key, run_id, at, reason) VALUES (?, ?, ?, ?)",
-                           (key, self.run_id, now, reason))
+                db.execute(
+                    "INSERT INTO resubmits (key, run_id, at, reason) VALUES (?, ?, ?, ?)",
+                    (key, self.run_id, now, reason),
+                )
 
     def record_resubmit(self, key: str, reason: str) -> None:
         """Record that `key` is about to be (or was) paid for again, and why (one transaction)."""
         with self._tx() as db:
-            db.execute("INSERT INTO resubmits (key, run_id, at, reason) VALUES (?, ?, ?, ?)",
-                       (key, self.run_id, time.time(), reason))
+            db.execute(
+                "INSERT INTO resubmits (key, run_id, at, reason) VALUES (?, ?, ?, ?)",
+                (key, self.run_id, time.time(), reason),
+            )
 
     def resubmit_reasons(self, run_id: int | None = None) -> dict[str, int]:
         """Recorded resubmissions by reason: of one run, or of all runs (run_id None)."""
         sql, args = "SELECT reason, COUNT(*) FROM resubmits", ()
         if run_id is not None:
             sql, args = sql + " WHERE run_id = ?", (run_id,)
-        return {reason: int(n) for reason, n in self.db.execute(
-            sql + " GROUP BY reason ORDER BY COUNT(*) DESC, reason", args)}
+        return {
+            reason: int(n)
+            for reason, n in self.db.execute(
+                sql + " GROUP BY reason ORDER BY COUNT(*) DESC, reason", args
+            )
+        }
 
-    def adopt(self, key: str, stem: str, request_id: str | None, provider: str | None,
-              entries: list[dict[str, Any]]) -> None:
+    def adopt(
+        self,
+        key: str,
+        stem: str,
+        request_id: str | None,
+        provider: str | None,
+        entries: list[dict[str, Any]],
+    ) -> None:
         """Record a job as downloaded from files found on disk (rebuilding lost state from sidecars)."""
-        self._set_free(key, state="downloaded", stem=stem, request_id=request_id, provider=provider,
-                       files=_dumps(entries), downloaded_at=time.time(), error=None, error_kind=None,
-                       submit_started=None)
+        self._set_free(
+            key,
+            state="downloaded",
+            stem=stem,
+            request_id=request_id,
+            provider=provider,
+            files=_dumps(entries),
+            downloaded_at=time.time(),
+            error=None,
+            error_kind=None,
+            submit_started=None,
+        )
 
     def restem(self, key: str, stem: str) -> None:
         """Give a job that has not rendered yet another path (its own is held by another job's files)."""
@@ -870,14 +1101,30 @@ class Store:
 
     def rendered_by(self, provider: str) -> list[str]:
         """Keys of finished jobs in the plan that `provider` rendered."""
-        return [r[0] for r in self.db.execute(
-            "SELECT key FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND provider = ?", (provider,))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT key FROM jobs WHERE in_plan = 1 AND state = 'downloaded' AND provider = ?",
+                (provider,),
+            )
+        ]
 
     def rerender(self, key: str, reason: str) -> None:
         """A finished job to render again for another provider (its files stay until replaced)."""
-        self._set_free(key, state="planned", request_id=None, status_url=None, response_url=None, cancel_url=None,
-                       account=None, result=None, files=None, error=reason, error_kind="other_provider",
-                       submit_started=None)
+        self._set_free(
+            key,
+            state="planned",
+            request_id=None,
+            status_url=None,
+            response_url=None,
+            cancel_url=None,
+            account=None,
+            result=None,
+            files=None,
+            error=reason,
+            error_kind="other_provider",
+            submit_started=None,
+        )
 
     def fresh_keys(self) -> Iterator[tuple[str, str, int]]:
         """(key, stem, num_images) of planned jobs never submitted from this database, in plan order.
@@ -890,7 +1137,9 @@ class Store:
                 # OPEN as written in the partial index job_open, so the page is read from it.
                 f"SELECT plan_index, key, stem, num_images FROM jobs WHERE plan_index > ? AND {OPEN} "
                 "AND state = 'planned' AND request_id IS NULL AND submit_started IS NULL AND attempts = 0 "
-                "ORDER BY plan_index LIMIT ?", (after, PAGE * 5)).fetchall()
+                "ORDER BY plan_index LIMIT ?",
+                (after, PAGE * 5),
+            ).fetchall()
             if not page:
                 return
             yield from ((r[1], r[2], r[3]) for r in page)
@@ -910,27 +1159,38 @@ class Store:
     # -------------------------------------------------- queries
 
     def get(self, key: str) -> Row:
-        row = self.db.execute("SELECT * FROM jobs WHERE id = (SELECT id FROM job WHERE k = ?)",
-                              (key_blob(key),)).fetchone()
+        row = self.db.execute(
+            "SELECT * FROM jobs WHERE id = (SELECT id FROM job WHERE k = ?)", (key_blob(key),)
+        ).fetchone()
         if row is None:
             raise StateError(f"job {key} is not in {self.where}")
         return Row.from_sql(row)
 
     def pending(self) -> list[str]:
         """Keys of planned jobs that still need work, in plan order."""
-        return [r[0] for r in self.db.execute(
-            "SELECT key FROM jobs WHERE in_plan = 1 AND state NOT IN ('downloaded', 'failed') ORDER BY plan_index")]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT key FROM jobs WHERE in_plan = 1 AND state NOT IN ('downloaded', 'failed') ORDER BY plan_index"
+            )
+        ]
 
-    def pending_page(self, after: int, limit: int = PAGE, before: int | None = None) -> list[tuple[int, str, str]]:
+    def pending_page(
+        self, after: int, limit: int = PAGE, before: int | None = None
+    ) -> list[tuple[int, str, str]]:
         """(plan_index, key, endpoint) of pending jobs after plan index `after`, in plan order.
 
         `before` bounds the plan index (a trial run's --max-jobs).
         """
-        return [(int(r[0]), r[1], r[2]) for r in self.db.execute(
-            # OPEN as written in the partial index job_open: the page is read from it, in order.
-            f"SELECT plan_index, key, endpoint FROM jobs WHERE {OPEN} "
-            "AND plan_index > ? AND plan_index < ? ORDER BY plan_index LIMIT ?",
-            (after, before if before is not None else 2**62, limit))]
+        return [
+            (int(r[0]), r[1], r[2])
+            for r in self.db.execute(
+                # OPEN as written in the partial index job_open: the page is read from it, in order.
+                f"SELECT plan_index, key, endpoint FROM jobs WHERE {OPEN} "
+                "AND plan_index > ? AND plan_index < ? ORDER BY plan_index LIMIT ?",
+                (after, before if before is not None else 2**62, limit),
+            )
+        ]
 
     def pending_count(self, before: int | None = None) -> int:
         """Jobs still to do below `before`, counting those the background recording has not reached."""
@@ -951,8 +1211,11 @@ class Store:
         """(key, files) of every finished job, in no particular order, read in pages by key."""
         after = -1
         while True:
-            page = self.db.execute(f"SELECT j.id, {self.key_sql}, j.files FROM job j WHERE j.id > ? AND j.in_plan = 1 "
-                                   "AND j.state = 'downloaded' ORDER BY j.id LIMIT ?", (after, PAGE * 5)).fetchall()
+            page = self.db.execute(
+                f"SELECT j.id, {self.key_sql}, j.files FROM job j WHERE j.id > ? AND j.in_plan = 1 "
+                "AND j.state = 'downloaded' ORDER BY j.id LIMIT ?",
+                (after, PAGE * 5),
+            ).fetchall()
             if not page:
                 return
             yield from ((r[1], json.loads(r[2])) for r in page)
@@ -987,28 +1250,50 @@ class Store:
         """
         since, args = ("", ()) if after is None else (" AND downloaded_at > ?", (after,))
         for r in self.db.execute(
-                "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
-                f"{self.nsfw_sql} AS nsfw, provider, downloaded_at FROM jobs "
-                f"WHERE in_plan = 1 AND state = 'downloaded'{since} ORDER BY plan_index", args):
+            "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
+            f"{self.nsfw_sql} AS nsfw, provider, downloaded_at FROM jobs "
+            f"WHERE in_plan = 1 AND state = 'downloaded'{since} ORDER BY plan_index",
+            args,
+        ):
             nsfw = r["nsfw"]
-            yield {"key": r["key"], "prompt": r["prompt"], "prompt_id": r["prompt_id"], "model": r["model"],
-                   "endpoint": r["endpoint"], "seed": r["seed"], "axes": json.loads(r["axes"]),
-                   "input": json.loads(r["input"]), "tags": json.loads(r["tags"]), "files": json.loads(r["files"]),
-                   "request_id": r["request_id"], "provider": r["provider"], "downloaded_at": r["downloaded_at"],
-                   # the flags as JSON text: an array, or a bare scalar when the result had no list
-                   "has_nsfw_concepts": json.loads(nsfw) if isinstance(nsfw, str) and nsfw.startswith("[") else None}
+            yield {
+                "key": r["key"],
+                "prompt": r["prompt"],
+                "prompt_id": r["prompt_id"],
+                "model": r["model"],
+                "endpoint": r["endpoint"],
+                "seed": r["seed"],
+                "axes": json.loads(r["axes"]),
+                "input": json.loads(r["input"]),
+                "tags": json.loads(r["tags"]),
+                "files": json.loads(r["files"]),
+                "request_id": r["request_id"],
+                "provider": r["provider"],
+                "downloaded_at": r["downloaded_at"],
+                # the flags as JSON text: an array, or a bare scalar when the result had no list
+                "has_nsfw_concepts": json.loads(nsfw)
+                if isinstance(nsfw, str) and nsfw.startswith("[")
+                else None,
+            }
 
     def counts(self) -> dict[str, int]:
         found = {state: 0 for state in STATES}
-        for state, n in self.db.execute("SELECT state, COUNT(*) FROM job WHERE in_plan = 1 GROUP BY state"):
+        for state, n in self.db.execute(
+            "SELECT state, COUNT(*) FROM job WHERE in_plan = 1 GROUP BY state"
+        ):
             found[state] = int(n)
-        found["no_longer_planned"] = int(self.db.execute("SELECT COUNT(*) FROM job WHERE in_plan = 0").fetchone()[0])
+        found["no_longer_planned"] = int(
+            self.db.execute("SELECT COUNT(*) FROM job WHERE in_plan = 0").fetchone()[0]
+        )
         return found
 
     def ambiguous(self) -> int:
         """Jobs whose last submit has no recorded outcome (a crash between submit and commit)."""
-        return int(self.db.execute(
-            "SELECT COUNT(*) FROM job WHERE submit_started IS NOT NULL AND request_id IS NULL").fetchone()[0])
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM job WHERE submit_started IS NOT NULL AND request_id IS NULL"
+            ).fetchone()[0]
+        )
 
     def unfinished_stems(self) -> Iterator[str]:
         """Stems of jobs whose files may be mid-write, planned or not.
@@ -1016,19 +1301,27 @@ class Store:
         Only a job with a result writes files (state completed, or failed after one); a planned
         or submitted job has written nothing, and a million of them need not be listed.
         """
-        for r in self.db.execute("SELECT stem FROM jobs WHERE state != 'downloaded' AND "
-                                 "(result IS NOT NULL OR state = 'completed')"):
+        for r in self.db.execute(
+            "SELECT stem FROM jobs WHERE state != 'downloaded' AND "
+            "(result IS NOT NULL OR state = 'completed')"
+        ):
             yield r[0]
 
     def models_without_cost(self) -> list[str]:
         """Models of finished jobs with a file that has no recorded cost."""
-        return [r[0] for r in self.db.execute(
-            "SELECT model FROM cells WHERE id IN (SELECT cell FROM job WHERE +in_plan = 1 AND +state = 'downloaded' "
-            "AND uncosted > 0) GROUP BY model ORDER BY model")]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT model FROM cells WHERE id IN (SELECT cell FROM job WHERE +in_plan = 1 AND +state = 'downloaded' "
+                "AND uncosted > 0) GROUP BY model ORDER BY model"
+            )
+        ]
 
     # The cost of every finished file, and whether some file has none: m008's columns, one scan.
-    cost_sql = ("SELECT COALESCE(SUM(cost), 0), COALESCE(MAX(uncosted > 0), 0) "
-                "FROM job WHERE +in_plan = 1 AND +state = 'downloaded'")
+    cost_sql = (
+        "SELECT COALESCE(SUM(cost), 0), COALESCE(MAX(uncosted > 0), 0) "
+        "FROM job WHERE +in_plan = 1 AND +state = 'downloaded'"
+    )
 
     def cost(self) -> tuple[float, bool]:
         """(the recorded cost of every finished file of the plan, whether some file has no cost), summed in SQL."""
@@ -1037,8 +1330,12 @@ class Store:
 
     def done_by_model(self) -> dict[str, int]:
         """Downloaded jobs of the recorded plan, per model."""
-        return {m: int(n) for m, n in self.db.execute(
-            "SELECT model, COUNT(*) FROM jobs WHERE in_plan = 1 AND state = 'downloaded' GROUP BY model").fetchall()}
+        return {
+            m: int(n)
+            for m, n in self.db.execute(
+                "SELECT model, COUNT(*) FROM jobs WHERE in_plan = 1 AND state = 'downloaded' GROUP BY model"
+            ).fetchall()
+        }
 
     def done_keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM jobs WHERE state = 'downloaded'")}
@@ -1047,21 +1344,27 @@ class Store:
 
     def start_run(self, ambiguous: int) -> int:
         with self._tx() as db:
-            row = db.execute("INSERT INTO runs (started_at, ambiguous_resubmits) VALUES (?, ?) RETURNING id",
-                             (time.time(), ambiguous)).fetchone()
+            row = db.execute(
+                "INSERT INTO runs (started_at, ambiguous_resubmits) VALUES (?, ?) RETURNING id",
+                (time.time(), ambiguous),
+            ).fetchone()
             self.run_id = int(row[0])
             return self.run_id
 
     def finish_run(self, run_id: int, outcome: str, summary: dict[str, Any]) -> None:
         with self._tx() as db:
-            db.execute("UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?",
-                       (time.time(), outcome, _dumps(summary), run_id))
+            db.execute(
+                "UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?",
+                (time.time(), outcome, _dumps(summary), run_id),
+            )
 
     def runs_started(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
     def total_ambiguous(self) -> int:
-        return int(self.db.execute("SELECT COALESCE(SUM(ambiguous_resubmits), 0) FROM runs").fetchone()[0])
+        return int(
+            self.db.execute("SELECT COALESCE(SUM(ambiguous_resubmits), 0) FROM runs").fetchone()[0]
+        )
 
     def last_summary(self) -> dict[str, Any] | None:
         """What the last finished run recorded (run.json's content), if any."""
@@ -1077,22 +1380,32 @@ class PlanRecorder:
     cut short (a crash, a stop) leaves a state whose next sync records the rest as new jobs.
     """
 
-    def __init__(self, store: Store, rest: Iterator[Any], digest: str | Callable[[], str], recorded: int,
-                 total: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        rest: Iterator[Any],
+        digest: str | Callable[[], str],
+        recorded: int,
+        total: int,
+    ) -> None:
         self.recorded = recorded  # jobs committed so far (plan positions 0 … recorded-1)
         self.total = total
         self.error: StateError | None = None
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._store, self._rest, self._digest = store, rest, digest
-        self.thread = threading.Thread(target=self._record, name="renderer-record-plan", daemon=True)
+        self.thread = threading.Thread(
+            target=self._record, name="renderer-record-plan", daemon=True
+        )
 
     def _record(self) -> None:
         try:
             store = self._store.reopen()
             try:
                 cells: dict[tuple[Any, ...], int] = {}
-                stems = Fingerprints()  # the state was empty: only the plan's own paths, which never clash
+                stems = (
+                    Fingerprints()
+                )  # the state was empty: only the plan's own paths, which never clash
                 batch: list[Any] = []
                 for job in self._rest:
                     batch.append(job)
@@ -1108,15 +1421,20 @@ class PlanRecorder:
                 digest = self._digest() if callable(self._digest) else self._digest
                 if digest and not self._stop.is_set():
                     with store._tx() as db:
-                        db.execute("INSERT INTO meta VALUES ('plan_digest', ?) "
-                                   "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (digest,))
+                        db.execute(
+                            "INSERT INTO meta VALUES ('plan_digest', ?) "
+                            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                            (digest,),
+                        )
             finally:
                 store.close()
         except StateError as exc:
             self.error = exc
         except Exception as exc:  # a bug or an unexpected failure: the run stops and says so
-            self.error = StateError(f"recording the plan failed: {type(exc).__name__}: {exc}",
-                                    hint="rerun the same command: what was recorded is kept, the rest is recorded then")
+            self.error = StateError(
+                f"recording the plan failed: {type(exc).__name__}: {exc}",
+                hint="rerun the same command: what was recorded is kept, the rest is recorded then",
+            )
         finally:
             self.finished.set()
 
@@ -1127,6 +1445,7 @@ class PlanRecorder:
     def backlog(self, before: int | None) -> int:
         """Jobs of the plan below `before` not recorded yet (all planned: the state was empty)."""
         return max(0, min(self.total, before if before is not None else self.total) - self.recorded)
+
 
 class SQLiteStore(Store):
     """The embedded default: renderer.sqlite in the run directory, used by one process at a time."""
@@ -1147,12 +1466,16 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA busy_timeout=5000")
                 migrate(self.db)
-            elif self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'").fetchone():
+            elif self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'"
+            ).fetchone():
                 _old_schema_views(self.db)
         except sqlite3.Error as exc:
             raise sql_error(self.path, exc) from exc
         self._deferred = 0  # changes waiting in the open transaction for commit()
-        self._undone: StateError | None = None  # why deferred changes were rolled back (commit() raises it)
+        self._undone: StateError | None = (
+            None  # why deferred changes were rolled back (commit() raises it)
+        )
         stat = os.stat(self.path) if self.path.exists() else None
         self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
 
@@ -1181,8 +1504,12 @@ class SQLiteStore(Store):
             self._undo(error)
             raise error from exc
         except BaseException:
-            self._undo(StateError(f"{self.path}: a state change was interrupted; recent changes were undone",
-                                  hint="rerun the same command: nothing committed is lost"))
+            self._undo(
+                StateError(
+                    f"{self.path}: a state change was interrupted; recent changes were undone",
+                    hint="rerun the same command: nothing committed is lost",
+                )
+            )
             raise
 
     def _undo(self, error: StateError) -> None:
@@ -1231,7 +1558,9 @@ class SQLiteStore(Store):
             last, blob = self.db.execute(
                 "SELECT MAX(r), '[' || COALESCE(group_concat('[' || json_quote(key) || ',' || files || ']', ','), '')"
                 f" || ']' FROM (SELECT j.id AS r, {self.key_sql} AS key, j.files AS files FROM job j WHERE j.id > ? "
-                "AND +j.in_plan = 1 AND +j.state = 'downloaded' ORDER BY j.id LIMIT ?)", (after, PAGE * 5)).fetchone()
+                "AND +j.in_plan = 1 AND +j.state = 'downloaded' ORDER BY j.id LIMIT ?)",
+                (after, PAGE * 5),
+            ).fetchone()
             if last is None:
                 return
             yield from ((key, entries) for key, entries in json.loads(blob))
@@ -1248,7 +1577,8 @@ class SQLiteStore(Store):
                 "AND j.fpath IS NOT NULL UNION ALL SELECT j.id, json_extract(f.value, '$.path'), "
                 "json_extract(f.value, '$.size'), json_extract(f.value, '$.mtime_ns') FROM job j, json_each(j.files) f "
                 f"WHERE j.id > ? AND j.id <= ? AND {finished} AND j.fpath IS NULL",
-                (after, upto, after, upto)).fetchall()
+                (after, upto, after, upto),
+            ).fetchall()
             after = upto
 
     def key_of(self, ref: Any) -> str:
@@ -1258,8 +1588,10 @@ class SQLiteStore(Store):
 
 def _page_bound(db: Any, after: int, where: str) -> int | None:
     """The last job id of the next page of finished jobs after `after` (None: no more)."""
-    row = db.execute(f"SELECT MAX(id) FROM (SELECT id FROM job j WHERE id > ? AND {where} ORDER BY id LIMIT ?)",
-                     (after, PAGE * 5)).fetchone()
+    row = db.execute(
+        f"SELECT MAX(id) FROM (SELECT id FROM job j WHERE id > ? AND {where} ORDER BY id LIMIT ?)",
+        (after, PAGE * 5),
+    ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
@@ -1270,27 +1602,38 @@ def _old_schema_views(db: sqlite3.Connection) -> None:
 
     def col(name: str) -> str:
         return name if name in have else "0" if name == "claims" else "NULL"
+
     db.create_function("renderer_key", 1, key_blob, deterministic=True)
     db.create_function("renderer_key_text", 1, key_text, deterministic=True)
-    db.execute("CREATE TEMP VIEW cells AS SELECT rowid AS id, NULL AS digest, endpoint, model, prompt_id, prompt, axes, "
-               "input AS input_head, NULL AS input_tail, num_images, tags, source, NULL AS stem_head FROM main.jobs")
+    db.execute(
+        "CREATE TEMP VIEW cells AS SELECT rowid AS id, NULL AS digest, endpoint, model, prompt_id, prompt, axes, "
+        "input AS input_head, NULL AS input_tail, num_images, tags, source, NULL AS stem_head FROM main.jobs"
+    )
     per_job = ", ".join(f"{col(c)} AS {c}" for c in JOB_COLUMNS.split(", "))
-    db.execute("CREATE TEMP VIEW job AS SELECT rowid AS id, renderer_key(key) AS k, renderer_key_text(key) AS key_text, "
-               f"rowid AS cell, seed, plan_index, in_plan, stem, {per_job} FROM main.jobs")
-    db.execute("CREATE TEMP VIEW jobs AS SELECT rowid AS id, key, plan_index, in_plan, endpoint, model, prompt_id, "
-               f"prompt, seed, axes, stem, input, num_images, tags, source, {per_job} FROM main.jobs")
+    db.execute(
+        "CREATE TEMP VIEW job AS SELECT rowid AS id, renderer_key(key) AS k, renderer_key_text(key) AS key_text, "
+        f"rowid AS cell, seed, plan_index, in_plan, stem, {per_job} FROM main.jobs"
+    )
+    db.execute(
+        "CREATE TEMP VIEW jobs AS SELECT rowid AS id, key, plan_index, in_plan, endpoint, model, prompt_id, "
+        f"prompt, seed, axes, stem, input, num_images, tags, source, {per_job} FROM main.jobs"
+    )
 
 
 def open_store(state: str | None, run_dir: Path, name: str, *, readonly: bool = False) -> Store:
     """The run's state: SQLite in the run directory (state None), or shared PostgreSQL (a postgresql:// URL)."""
     if not state:
         return SQLiteStore(run_dir, readonly=readonly)
-    from .pgstore import PostgresStore, is_postgres
+    from renderer.state.postgres import PostgresStore, is_postgres
+
     if not is_postgres(state):
-        from .errors import UsageError
-        raise UsageError(f"--state {state.split('://')[0]}://…: not a state URL renderer knows",
-                         hint="give postgresql://USER@HOST/DB for state shared by several workers, or leave --state "
-                         "(RENDERER_STATE, manifest state:) unset for the SQLite file in the run directory")
+        from renderer.errors import UsageError
+
+        raise UsageError(
+            f"--state {state.split('://')[0]}://…: not a state URL renderer knows",
+            hint="give postgresql://USER@HOST/DB for state shared by several workers, or leave --state "
+            "(RENDERER_STATE, manifest state:) unset for the SQLite file in the run directory",
+        )
     return PostgresStore(state, run_dir, name, readonly=readonly)
 
 
@@ -1306,8 +1649,10 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise StateError(f"{self.path.parent}: cannot use this folder for a run: {exc.strerror or exc}",
-                             hint="give the run a writable folder (--output), or make this one writable") from exc
+            raise StateError(
+                f"{self.path.parent}: cannot use this folder for a run: {exc.strerror or exc}",
+                hint="give the run a writable folder (--output), or make this one writable",
+            ) from exc
         try:
             _lock(fd)
         except OSError as exc:
@@ -1333,6 +1678,7 @@ def _lock(fd: int) -> None:
         import fcntl
     except ImportError:  # Windows
         import msvcrt
+
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         return
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

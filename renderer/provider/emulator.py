@@ -44,15 +44,17 @@ from typing import Any
 
 from aiohttp import web
 
-from .pictures import render
-from .schemas import SchemaRegistry, default_schema_dir
-from .sizes import capped, requested_size
+from renderer.models.schemas import SchemaRegistry, default_schema_dir
+from renderer.models.sizes import capped, requested_size
+from renderer.provider.pictures import render
 
 INGRESS_BODY = (
     "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
     "<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
-LOCKED = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+LOCKED = (
+    "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+)
 NAMESPACES = ("workflows", "comfy")  # app ids with one extra segment
 
 
@@ -76,7 +78,9 @@ class ServiceTime:
                 return cls(parts[0], float(parts[1]), float(parts[2]))
         except ValueError:
             pass
-        raise ValueError(f"service time {text!r}: use S, fixed:S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA")
+        raise ValueError(
+            f"service time {text!r}: use S, fixed:S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA"
+        )
 
     def draw(self, rng: random.Random) -> float:
         if self.kind == "uniform":
@@ -100,18 +104,34 @@ class Faults:
     retention: float | None = None  # seconds a completed result and its files live; then 404
     lock_after: int | None = None  # after this many accepted submits: 403 "User is locked"
     # Hostile shapes (issue 10): what an independent or misbehaving server does.
-    ingress_codes: tuple[int, ...] = (502, 503, 504)  # which codes ingress_5xx draws from (504: see _middleware)
-    result_500: float = 0.0  # a bare 500 on GET result (no request id, no error_type) after COMPLETED
+    ingress_codes: tuple[int, ...] = (
+        502,
+        503,
+        504,
+    )  # which codes ingress_5xx draws from (504: see _middleware)
+    result_500: float = (
+        0.0  # a bare 500 on GET result (no request id, no error_type) after COMPLETED
+    )
     submit_html: float = 0.0  # the submit is queued, but answered 200 + an HTML page
-    submit_500_with_id: float = 0.0  # the submit is queued, but answered 500 carrying x-fal-request-id
-    other_origin: str | None = None  # submit answers name this origin in their URLs (a proxy of fal)
+    submit_500_with_id: float = (
+        0.0  # the submit is queued, but answered 500 carrying x-fal-request-id
+    )
+    other_origin: str | None = (
+        None  # submit answers name this origin in their URLs (a proxy of fal)
+    )
     echo_key: bool = False  # 401/403/422 bodies repeat the Authorization header they were sent
-    slow: tuple[str, ...] = ()  # ops (submit, result, download) whose body trickles one byte per slow_interval
+    slow: tuple[
+        str, ...
+    ] = ()  # ops (submit, result, download) whose body trickles one byte per slow_interval
     slow_interval: float = 2.0
     huge_result: int = 0  # pad each result JSON with this many bytes (streamed, never held)
     bomb_image: float = 0.0  # a download is a 50000x50000 PNG header (a decompression bomb)
-    malformed: str | None = None  # request_id_int | status_url_int | images_strings | result_not_utf8 | sse_long_line
-    retry_after: str | None = None  # the Retry-After header sent with every 429 (e.g. 1e9, inf, garbage)
+    malformed: str | None = (
+        None  # request_id_int | status_url_int | images_strings | result_not_utf8 | sse_long_line
+    )
+    retry_after: str | None = (
+        None  # the Retry-After header sent with every 429 (e.g. 1e9, inf, garbage)
+    )
 
 
 @dataclass(frozen=True)
@@ -121,7 +141,9 @@ class EmulatorConfig:
     workers: int = 2  # fal gives new accounts 2 concurrent requests
     service: ServiceTime = ServiceTime()
     seed: int = 0
-    key: str | None = None  # when set, Authorization: Key/Bearer <key> is required (the account "key")
+    key: str | None = (
+        None  # when set, Authorization: Key/Bearer <key> is required (the account "key")
+    )
     keys: tuple[tuple[str, str], ...] = ()  # (label, key): more accepted keys, each its own account
     locked: tuple[str, ...] = ()  # labels of accounts whose submits get 403 "User is locked"
     max_side: int | None = 256  # cap on the longest image side, for speed
@@ -156,10 +178,14 @@ class _Request:
     account: str = ""  # the label of the credential that submitted it
     open: bool = False  # in flight: submitted, and its result not yet handed over (nor cancelled, nor expired)
     digest: str = ""  # of endpoint + input: the same digest submitted again is a duplicate
-    abandoned: bool = False  # the same input was submitted again: it leaves flight once it completes
+    abandoned: bool = (
+        False  # the same input was submitted again: it leaves flight once it completes
+    )
     opened_at: float | None = None  # time.monotonic() of the accepted submit
     closed_at: float | None = None  # and of leaving flight
-    pictures: list[tuple[bytes, str]] | None = None  # rendered while the slot slept (Emulator._prerender)
+    pictures: list[tuple[bytes, str]] | None = (
+        None  # rendered while the slot slept (Emulator._prerender)
+    )
 
     def touch(self) -> None:
         event, self.changed = self.changed, asyncio.Event()
@@ -182,9 +208,15 @@ class Account:
         return sum(n - 1 for n in self.inputs.values() if n > 1)
 
     def as_dict(self) -> dict[str, int]:
-        return {"submits": self.submits, "in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight,
-                "running": self.running, "peak_running": self.peak_running,
-                "distinct_inputs": len(self.inputs), "duplicate_submits": self.duplicate_submits}
+        return {
+            "submits": self.submits,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "running": self.running,
+            "peak_running": self.peak_running,
+            "distinct_inputs": len(self.inputs),
+            "duplicate_submits": self.duplicate_submits,
+        }
 
 
 def _now_iso() -> str:
@@ -198,8 +230,13 @@ def _truthy(value: str | None) -> bool:
 class Emulator:
     """`async with Emulator(config) as emu:` serves on emu.url until the block ends."""
 
-    def __init__(self, config: EmulatorConfig = EmulatorConfig(), *, ssl_context: ssl.SSLContext | None = None,
-                 registry: SchemaRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: EmulatorConfig = EmulatorConfig(),
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        registry: SchemaRegistry | None = None,
+    ) -> None:
         self.config = config
         self.ssl_context = ssl_context
         self.registry = registry or SchemaRegistry(config.schema_dir or default_schema_dir())
@@ -229,7 +266,9 @@ class Emulator:
         self._open: dict[str, _Request] = {}  # requests in flight, by id
         self.in_flight = 0
         self.peak_in_flight = 0
-        self.last_closed_at: float | None = None  # time.monotonic() of the last request leaving flight
+        self.last_closed_at: float | None = (
+            None  # time.monotonic() of the last request leaving flight
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -243,7 +282,9 @@ class Emulator:
         app.router.add_put("/{tail:.+}", self._cancel)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self.ssl_context)
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.port, ssl_context=self.ssl_context
+        )
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         port = sockets[0].getsockname()[1]
@@ -269,9 +310,23 @@ class Emulator:
                 self._close(req)
         kept = self._kept_peaks()
         return {
-            **{k: self.counts[k] for k in ("requests", "requests_with_credentials", "submits", "submit_attempts",
-                                           "status_calls", "stream_calls", "result_calls", "downloads",
-                                           "downloads_with_credentials", "cancels", "sync_calls", "foreign_reads")},
+            **{
+                k: self.counts[k]
+                for k in (
+                    "requests",
+                    "requests_with_credentials",
+                    "submits",
+                    "submit_attempts",
+                    "status_calls",
+                    "stream_calls",
+                    "result_calls",
+                    "downloads",
+                    "downloads_with_credentials",
+                    "cancels",
+                    "sync_calls",
+                    "foreign_reads",
+                )
+            },
             "faults": {k[6:]: v for k, v in sorted(self.counts.items()) if k.startswith("fault:")},
             "distinct_inputs": len(self.inputs),
             "duplicate_submits": sum(n - 1 for n in self.inputs.values() if n > 1),
@@ -281,12 +336,19 @@ class Emulator:
             "busy": self._busy,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
-            "open_ids": sorted(self._open),  # requests in flight, to follow one set of them over time
+            "open_ids": sorted(
+                self._open
+            ),  # requests in flight, to follow one set of them over time
             "last_closed_at": self.last_closed_at,  # on the emulator's monotonic clock, like submit_times
-            "slots": {"workers": self.config.workers, **self.slot_time,  # monotonic clock too
-                      "prerendered": self.counts["prerendered"]},
-            "accounts": {label: {**acct.as_dict(), "peak_in_flight_kept": kept.get(label, 0)}
-                         for label, acct in list(self.accounts.items())},
+            "slots": {
+                "workers": self.config.workers,
+                **self.slot_time,  # monotonic clock too
+                "prerendered": self.counts["prerendered"],
+            },
+            "accounts": {
+                label: {**acct.as_dict(), "peak_in_flight_kept": kept.get(label, 0)}
+                for label, acct in list(self.accounts.items())
+            },
         }
 
     def _kept_peaks(self) -> dict[str, int]:
@@ -305,7 +367,9 @@ class Emulator:
                 events.append((req.closed_at, -1, req.account))
         level: Counter[str] = Counter()
         peak: dict[str, int] = {}
-        for _, step, label in sorted(events, key=lambda e: (e[0], e[1])):  # a close before an open at one instant
+        for _, step, label in sorted(
+            events, key=lambda e: (e[0], e[1])
+        ):  # a close before an open at one instant
             level[label] += step
             peak[label] = max(peak.get(label, 0), level[label])
         return peak
@@ -391,19 +455,31 @@ class Emulator:
                 codes = tuple(c for c in codes if c != 504) or codes
             code = self.rng.choice(codes)
             self.counts[f"fault:ingress_{code}"] += 1
-            reason = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}[code]
-            return web.Response(status=code, text=INGRESS_BODY.format(code=code, reason=reason),
-                                content_type="text/html")
+            reason = {
+                502: "Bad Gateway",
+                503: "Service Temporarily Unavailable",
+                504: "Gateway Time-out",
+            }[code]
+            return web.Response(
+                status=code,
+                text=INGRESS_BODY.format(code=code, reason=reason),
+                content_type="text/html",
+            )
         if self._keys:
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
             if scheme not in ("Key", "Bearer") or token not in self._keys:
                 self.counts["fault:unauthorized"] += 1
-                detail = "No user found for Key ID and Secret" if auth else "Missing Authorization header"
+                detail = (
+                    "No user found for Key ID and Secret"
+                    if auth
+                    else "Missing Authorization header"
+                )
                 if self.config.faults.echo_key:
                     detail += f" (you sent {auth!r})"
-                return web.json_response({"detail": detail}, status=401,
-                                         headers={"x-fal-request-id": str(uuid.uuid4())})
+                return web.json_response(
+                    {"detail": detail}, status=401, headers={"x-fal-request-id": str(uuid.uuid4())}
+                )
         return await handler(request)
 
     def _app_id(self, endpoint: str) -> str:
@@ -413,10 +489,16 @@ class Emulator:
 
     def _urls(self, req: _Request) -> dict[str, str]:
         root = f"{req.base}/{req.app}/requests/{req.id}"
-        return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
+        return {
+            "response_url": root,
+            "status_url": f"{root}/status",
+            "cancel_url": f"{root}/cancel",
+        }
 
     def _position(self, req: _Request) -> int:
-        return max(0, req.seq - self._started - 1) if req.status == "IN_QUEUE" else 0  # requests ahead
+        return (
+            max(0, req.seq - self._started - 1) if req.status == "IN_QUEUE" else 0
+        )  # requests ahead
 
     def _status_body(self, req: _Request, logs: bool) -> dict[str, Any]:
         """A status answer; one that reports the request failed hands its outcome over (it leaves flight)."""
@@ -434,7 +516,11 @@ class Emulator:
 
     def _expired(self, req: _Request) -> bool:
         keep = self.config.faults.retention
-        return keep is not None and req.completed_at is not None and time.monotonic() - req.completed_at > keep
+        return (
+            keep is not None
+            and req.completed_at is not None
+            and time.monotonic() - req.completed_at > keep
+        )
 
     def _find(self, tail: str, auth: str = "") -> tuple[_Request | None, str]:
         """(request, rest) for `…/requests/{id}{rest}`; app-level and full-endpoint prefixes alike.
@@ -471,8 +557,14 @@ class Emulator:
             self._run_slot(req.account, 1)
             try:
                 req.status, req.started_at = "IN_PROGRESS", time.monotonic()
-                req.logs.append({"message": "Starting generation", "level": "INFO", "source": "USER",
-                                 "timestamp": _now_iso()})
+                req.logs.append(
+                    {
+                        "message": "Starting generation",
+                        "level": "INFO",
+                        "source": "USER",
+                        "timestamp": _now_iso(),
+                    }
+                )
                 req.touch()
                 req.inference = self.config.service.draw(self.rng)
                 if self.slot_time["first_start"] is None:
@@ -494,7 +586,14 @@ class Emulator:
         req.result_status, req.result = self._outcome(req)
         if req.result_status == 500:
             req.error, req.error_type = "Internal Server Error", "runner_server_error"
-        req.logs.append({"message": "Generation finished", "level": "INFO", "source": "USER", "timestamp": _now_iso()})
+        req.logs.append(
+            {
+                "message": "Generation finished",
+                "level": "INFO",
+                "source": "USER",
+                "timestamp": _now_iso(),
+            }
+        )
         req.status, req.completed_at = "COMPLETED", time.monotonic()
         req.touch()
         if req.abandoned:
@@ -503,8 +602,16 @@ class Emulator:
     def _outcome(self, req: _Request) -> tuple[int, Any]:
         endpoint, payload = req.endpoint, req.payload
         if not isinstance(payload, dict):
-            return 422, {"detail": [{"loc": ["body"], "msg": "Input should be a valid dictionary",
-                                     "type": "dict_type", "input": payload}]}
+            return 422, {
+                "detail": [
+                    {
+                        "loc": ["body"],
+                        "msg": "Input should be a valid dictionary",
+                        "type": "dict_type",
+                        "input": payload,
+                    }
+                ]
+            }
         if endpoint in self.registry:
             violations = self._violations(endpoint, payload)
             if violations:
@@ -550,14 +657,17 @@ class Emulator:
         """Render a valid request's images in a thread while its slot sleeps: the event loop stays free
         for the other requests (drawing and PNG encoding were about half this server's CPU per job, all
         at once at the end of a round), so slots wake on time. Same bytes as rendering at the end."""
-        if not isinstance(req.payload, dict) or (req.endpoint in self.registry and
-                                                 self._violations(req.endpoint, req.payload)):
+        if not isinstance(req.payload, dict) or (
+            req.endpoint in self.registry and self._violations(req.endpoint, req.payload)
+        ):
             return None
         try:
             _, pictures = self._pictures(req)
         except (TypeError, ValueError):
             return None
-        return asyncio.get_running_loop().run_in_executor(None, lambda: [render(*args) for args in pictures])
+        return asyncio.get_running_loop().run_in_executor(
+            None, lambda: [render(*args) for args in pictures]
+        )
 
     def _output(self, req: _Request) -> dict[str, Any]:
         payload = req.payload
@@ -580,8 +690,16 @@ class Emulator:
             else:
                 self.files[(req.id, i)] = (data, content_type)
                 url = f"{req.files or req.base}/_files/{req.id}/{i}.{ext}"
-            images.append({"url": url, "content_type": content_type, "file_name": f"{i}.{ext}",
-                           "file_size": len(data), "width": width, "height": height})
+            images.append(
+                {
+                    "url": url,
+                    "content_type": content_type,
+                    "file_name": f"{i}.{ext}",
+                    "file_size": len(data),
+                    "width": width,
+                    "height": height,
+                }
+            )
         output: dict[str, Any] = {"images": images}
         out_props = {}
         if known and self.registry.has_output_schema(req.endpoint):
@@ -615,28 +733,48 @@ class Emulator:
         self.counts["submit_attempts"] += 1
         faults = self.config.faults
         account = self._account_of(request.headers.get("Authorization", ""))
-        if account in self.config.locked or (faults.lock_after is not None
-                                             and self.counts["submits"] >= faults.lock_after):
+        if account in self.config.locked or (
+            faults.lock_after is not None and self.counts["submits"] >= faults.lock_after
+        ):
             self.counts["fault:locked"] += 1
-            echo = f" (you sent {request.headers.get('Authorization', '')!r})" if faults.echo_key else ""
+            echo = (
+                f" (you sent {request.headers.get('Authorization', '')!r})"
+                if faults.echo_key
+                else ""
+            )
             return web.json_response({"detail": LOCKED + echo}, status=403)
         if self._chance(faults.submit_429):
             self.counts["fault:submit_429"] += 1
-            headers = {"X-Fal-Needs-Retry": "1", **({"Retry-After": faults.retry_after} if faults.retry_after else {})}
-            return web.json_response({"detail": "Too many requests in the queue", "error_type": "queue_full"},
-                                     status=429, headers=headers)
+            headers = {
+                "X-Fal-Needs-Retry": "1",
+                **({"Retry-After": faults.retry_after} if faults.retry_after else {}),
+            }
+            return web.json_response(
+                {"detail": "Too many requests in the queue", "error_type": "queue_full"},
+                status=429,
+                headers=headers,
+            )
         payload = await self._read_input(request, endpoint)
         if isinstance(payload, web.Response):
             return payload
         self._seq += 1
-        req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload,
-                       faults.other_origin or str(request.url.origin()), self._seq,
-                       auth=request.headers.get("Authorization", ""), files=str(request.url.origin()),
-                       account=account)
+        req = _Request(
+            str(uuid.uuid4()),
+            endpoint,
+            self._app_id(endpoint),
+            payload,
+            faults.other_origin or str(request.url.origin()),
+            self._seq,
+            auth=request.headers.get("Authorization", ""),
+            files=str(request.url.origin()),
+            account=account,
+        )
         self.requests[req.id] = req
         self.counts["submits"] += 1
         self.submit_times.append(time.monotonic())
-        digest = hashlib.sha256(f"{endpoint}\n{json.dumps(payload, sort_keys=True)}".encode()).hexdigest()
+        digest = hashlib.sha256(
+            f"{endpoint}\n{json.dumps(payload, sort_keys=True)}".encode()
+        ).hexdigest()
         self.inputs[digest] += 1
         req.digest = digest
         self._supersede(req)
@@ -646,20 +784,30 @@ class Emulator:
             self.counts["fault:stuck"] += 1  # never handed to a worker: IN_QUEUE forever
         else:
             self._queue.put_nowait(req)
-        body = {"status": "IN_QUEUE", "request_id": req.id, **self._urls(req), "queue_position": self._position(req)}
+        body = {
+            "status": "IN_QUEUE",
+            "request_id": req.id,
+            **self._urls(req),
+            "queue_position": self._position(req),
+        }
         # Taken (queued, billed) but answered in a shape the client cannot use: an unknown outcome to it.
         if self._chance(faults.submit_html):
             self.counts["fault:submit_html"] += 1
             return web.Response(text="<html><body>Accepted</body></html>", content_type="text/html")
         if self._chance(faults.submit_500_with_id):
             self.counts["fault:submit_500_with_id"] += 1
-            return web.json_response({"detail": "Internal Server Error"}, status=500,
-                                     headers={"x-fal-request-id": req.id})
+            return web.json_response(
+                {"detail": "Internal Server Error"},
+                status=500,
+                headers={"x-fal-request-id": req.id},
+            )
         if faults.malformed == "request_id_int":
             body["request_id"] = req.seq
         elif faults.malformed == "status_url_int":
             body["status_url"] = req.seq
-        return await self._deliver(request, "submit", json.dumps(body).encode(), headers={"x-fal-request-id": req.id})
+        return await self._deliver(
+            request, "submit", json.dumps(body).encode(), headers={"x-fal-request-id": req.id}
+        )
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         req, rest = self._find(request.match_info["tail"], request.headers.get("Authorization", ""))
@@ -671,18 +819,26 @@ class Emulator:
             if rest == "status/stream":
                 return await self._stream(request, req, logs)
             body = self._status_body(req, logs)
-            return web.json_response(body, status=200 if req.status == "COMPLETED" else 202,
-                                     headers={"x-fal-request-id": req.id})
+            return web.json_response(
+                body,
+                status=200 if req.status == "COMPLETED" else 202,
+                headers={"x-fal-request-id": req.id},
+            )
         if rest in ("", "response"):
             self.counts["result_calls"] += 1
             if req is None:
                 return web.json_response({"detail": "Request not found"}, status=404)
             if req.status != "COMPLETED":
-                return web.json_response({"detail": "Request is still in progress"}, status=400,
-                                         headers={"x-fal-request-id": req.id})
+                return web.json_response(
+                    {"detail": "Request is still in progress"},
+                    status=400,
+                    headers={"x-fal-request-id": req.id},
+                )
             faults = self.config.faults
             if self._chance(faults.result_500):
-                self.counts["fault:result_500"] += 1  # a proxy's hiccup: no request id, no error_type
+                self.counts["fault:result_500"] += (
+                    1  # a proxy's hiccup: no request id, no error_type
+                )
                 return web.Response(status=500, text="Internal Server Error")
             self._close(req)  # the outcome (an output or its error) is handed over now
             headers = {"x-fal-request-id": req.id}
@@ -690,7 +846,10 @@ class Emulator:
                 headers["X-Fal-Error-Type"] = req.error_type
             result = req.result
             if faults.echo_key and req.result_status == 422 and isinstance(result, dict):
-                result = {**result, "detail": [*result.get("detail", []), {"msg": f"sent with {req.auth}"}]}
+                result = {
+                    **result,
+                    "detail": [*result.get("detail", []), {"msg": f"sent with {req.auth}"}],
+                }
             if faults.malformed == "images_strings" and req.result_status == 200:
                 result = {**result, "images": [i["url"] for i in result["images"]]}
             body = json.dumps(result).encode()
@@ -698,27 +857,46 @@ class Emulator:
                 body = body[:-1] + b', "x": "\xff\xfe"}'  # bytes that are not UTF-8
             if faults.huge_result and req.result_status == 200:
                 return await self._huge(request, body, headers)
-            return await self._deliver(request, "result", body, status=req.result_status, headers=headers)
+            return await self._deliver(
+                request, "result", body, status=req.result_status, headers=headers
+            )
         return web.json_response({"detail": f"Path {request.path} not found"}, status=404)
 
-    async def _deliver(self, request: web.Request, op: str, body: bytes, *, status: int = 200,
-                       headers: dict[str, str] | None = None,
-                       content_type: str = "application/json") -> web.StreamResponse:
+    async def _deliver(
+        self,
+        request: web.Request,
+        op: str,
+        body: bytes,
+        *,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> web.StreamResponse:
         """A response; for the `slow` fault's ops, trickled one byte per `slow_interval` (slowloris)."""
         faults = self.config.faults
         if op not in faults.slow:
-            return web.Response(body=body, status=status, headers=headers, content_type=content_type)
+            return web.Response(
+                body=body, status=status, headers=headers, content_type=content_type
+            )
         self.counts[f"fault:slow_{op}"] += 1
-        response = web.StreamResponse(status=status, headers={**(headers or {}), "Content-Type": content_type,
-                                                              "Content-Length": str(len(body))})
+        response = web.StreamResponse(
+            status=status,
+            headers={
+                **(headers or {}),
+                "Content-Type": content_type,
+                "Content-Length": str(len(body)),
+            },
+        )
         await response.prepare(request)
         with contextlib.suppress(ConnectionError):  # the reader hung up: its choice
             for i in range(len(body)):
-                await response.write(body[i:i + 1])
+                await response.write(body[i : i + 1])
                 await asyncio.sleep(faults.slow_interval)
         return response
 
-    async def _huge(self, request: web.Request, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
+    async def _huge(
+        self, request: web.Request, body: bytes, headers: dict[str, str]
+    ) -> web.StreamResponse:
         """The result with `huge_result` bytes of padding in front, streamed in 1 MB pieces."""
         self.counts["fault:huge_result"] += 1
         size = self.config.faults.huge_result
@@ -735,8 +913,13 @@ class Emulator:
         return response
 
     async def _stream(self, request: web.Request, req: _Request, logs: bool) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "x-fal-request-id": req.id})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "x-fal-request-id": req.id,
+            }
+        )
         await response.prepare(request)
         # A reader that went away (a killed or cancelled client) is nobody's error.
         with contextlib.suppress(ConnectionResetError):
@@ -775,30 +958,51 @@ class Emulator:
         if req is None or rest != "cancel":
             return web.json_response({"status": "NOT_FOUND"}, status=404)
         if req.status == "COMPLETED":
-            return web.json_response({"status": "ALREADY_COMPLETED"}, status=400, headers={"x-fal-request-id": req.id})
-        self._close(req)  # a cancelled request is nobody's work any more, whether it still runs or not
+            return web.json_response(
+                {"status": "ALREADY_COMPLETED"}, status=400, headers={"x-fal-request-id": req.id}
+            )
+        self._close(
+            req
+        )  # a cancelled request is nobody's work any more, whether it still runs or not
         if req.status == "IN_QUEUE":
             req.cancelled = True
             req.result_status = 499
-            req.result = {"detail": "Request was cancelled by the client", "error_type": "client_cancelled"}
+            req.result = {
+                "detail": "Request was cancelled by the client",
+                "error_type": "client_cancelled",
+            }
             req.error, req.error_type = "Request was cancelled by the client", "client_cancelled"
             req.status, req.completed_at = "COMPLETED", time.monotonic()
             req.touch()
-        return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202, headers={"x-fal-request-id": req.id})
+        return web.json_response(
+            {"status": "CANCELLATION_REQUESTED"}, status=202, headers={"x-fal-request-id": req.id}
+        )
 
     async def _sync(self, request: web.Request) -> web.StreamResponse:
         endpoint = request.match_info["tail"].strip("/")
         self.counts["sync_calls"] += 1
         if self._busy >= self.config.workers:
-            return web.json_response({"detail": "Concurrent requests limit reached",
-                                      "error_type": "concurrent_requests_limit"},
-                                     status=429, headers={"X-Fal-Needs-Retry": "1"})
+            return web.json_response(
+                {
+                    "detail": "Concurrent requests limit reached",
+                    "error_type": "concurrent_requests_limit",
+                },
+                status=429,
+                headers={"X-Fal-Needs-Retry": "1"},
+            )
         payload = await self._read_input(request, endpoint)
         if isinstance(payload, web.Response):
             return payload
         account = self._account_of(request.headers.get("Authorization", ""))
-        req = _Request(str(uuid.uuid4()), endpoint, self._app_id(endpoint), payload, str(request.url.origin()), 0,
-                       account=account)
+        req = _Request(
+            str(uuid.uuid4()),
+            endpoint,
+            self._app_id(endpoint),
+            payload,
+            str(request.url.origin()),
+            0,
+            account=account,
+        )
         acct = self._account(account)
         self._busy += 1
         self._run_slot(account, 1)
@@ -817,7 +1021,9 @@ class Emulator:
             self._run_slot(account, -1)
             acct.in_flight -= 1
             self.in_flight -= 1
-        return web.json_response(req.result, status=req.result_status, headers={"x-fal-request-id": req.id})
+        return web.json_response(
+            req.result, status=req.result_status, headers={"x-fal-request-id": req.id}
+        )
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         rid, name = request.match_info["rid"], request.match_info["name"]
@@ -831,14 +1037,18 @@ class Emulator:
             return web.Response(status=404, text="Not Found")
         self.counts["downloads"] += 1
         if "Authorization" in request.headers:
-            self.counts["downloads_with_credentials"] += 1  # a client leaking its key to a file host
+            self.counts["downloads_with_credentials"] += (
+                1  # a client leaking its key to a file host
+            )
         data, content_type = found
         faults = self.config.faults
         if "download" in faults.slow:
             return await self._deliver(request, "download", data, content_type=content_type)
         if self._chance(faults.drop_download):
             self.counts["fault:drop_download"] += 1
-            response = web.StreamResponse(headers={"Content-Type": content_type, "Content-Length": str(len(data))})
+            response = web.StreamResponse(
+                headers={"Content-Type": content_type, "Content-Length": str(len(data))}
+            )
             await response.prepare(request)
             await response.write(data[: len(data) // 2])
             if request.transport is not None:
@@ -850,7 +1060,11 @@ class Emulator:
         elif self._chance(faults.corrupt_image):
             self.counts["fault:corrupt_image"] += 1
             middle = len(data) // 2
-            data = data[:middle] + bytes(b ^ 0x5A for b in data[middle: middle + 64]) + data[middle + 64:]
+            data = (
+                data[:middle]
+                + bytes(b ^ 0x5A for b in data[middle : middle + 64])
+                + data[middle + 64 :]
+            )
         return web.Response(body=data, content_type=content_type)
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
@@ -859,11 +1073,19 @@ class Emulator:
 
 def bomb_png(width: int = 50000, height: int = 50000) -> bytes:
     """A PNG that claims width x height RGB pixels (a decompression bomb): a header, a stub of data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _detail(violation: Any, payload: dict[str, Any]) -> dict[str, Any]:
@@ -879,8 +1101,11 @@ def _detail(violation: Any, payload: dict[str, Any]) -> dict[str, Any]:
         except (KeyError, IndexError, TypeError):
             value = None
             break
-    kind = "extra_forbidden" if "unknown property" in violation.message else (
-        "missing" if "missing" in violation.message else "value_error")
+    kind = (
+        "extra_forbidden"
+        if "unknown property" in violation.message
+        else ("missing" if "missing" in violation.message else "value_error")
+    )
     if "greater than the maximum" in violation.message:
         kind = "less_than_equal"
     elif "less than the minimum" in violation.message:

@@ -24,11 +24,11 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from . import settings
-from .errors import ManifestError, Problem, UsageError
-from .layout import _WINDOWS_RESERVED as WINDOWS_DEVICES
-from .schemas import closest, default_schema_dir
-from .storage import is_remote, parse_s3
+from renderer import settings
+from renderer.errors import ManifestError, Problem, UsageError, closest
+from renderer.layout import _WINDOWS_RESERVED as WINDOWS_DEVICES
+from renderer.models.schemas import default_schema_dir
+from renderer.settings import RetryPolicy, is_remote, parse_s3
 
 Path_ = tuple[str | int, ...]
 SECRET_KEYS = {"key", "api_key", "apikey", "fal_key", "token", "secret", "authorization"}
@@ -90,8 +90,10 @@ MAX_DEPTH = 64
 # 625 MB to check on the shared 2-core machine; 250,000 values (~50,000 inline prompts) stays
 # within a few seconds. Long prompt lists belong in prompt files, which are cheaper to read.
 MAX_VALUES = 250_000
-_TOO_MANY = ("a manifest holds a few thousand values; put long prompt lists in a prompt file "
-             "(.csv, .jsonl or .txt), and repeat values with aliases only a few times")
+_TOO_MANY = (
+    "a manifest holds a few thousand values; put long prompt lists in a prompt file "
+    "(.csv, .jsonl or .txt), and repeat values with aliases only a few times"
+)
 _YAML = "tag:yaml.org,2002:"
 _PLAIN_TAGS = {_YAML + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
 _TAG_HINTS = {
@@ -112,8 +114,17 @@ def _yaml_error(text: str, file: str, exc: yaml.YAMLError) -> ManifestError:
     if isinstance(exc, yaml.reader.ReaderError):
         line, col = _line_col(text, max(0, min(exc.position, len(text))))
         what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
-        return ManifestError([Problem(file, line, col, f"invalid YAML: the character {what} is not allowed "
-                                      "(control characters and NUL bytes cannot appear in a manifest)")])
+        return ManifestError(
+            [
+                Problem(
+                    file,
+                    line,
+                    col,
+                    f"invalid YAML: the character {what} is not allowed "
+                    "(control characters and NUL bytes cannot appear in a manifest)",
+                )
+            ]
+        )
     if isinstance(exc, yaml.MarkedYAMLError) and _Loader is not yaml.SafeLoader:
         # libyaml's messages drop detail ("found character '\t'"); syntax errors are rare,
         # so the pure-Python parser is asked again for the clearer wording.
@@ -125,28 +136,61 @@ def _yaml_error(text: str, file: str, exc: yaml.YAMLError) -> ManifestError:
             pass
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    reason = " ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+    reason = " ".join(
+        str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p
+    )
     return ManifestError([Problem(file, line, col, f"invalid YAML: {reason or exc}")])
 
 
 def _check_depth(text: str, file: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH, or more than MAX_VALUES values as written, reading
     events only as far as the first offending one (nothing is composed yet)."""
+    try:
+        _walk_depth(text, file, _Loader)
+    except yaml.YAMLError as exc:
+        # libyaml 0.2.5+ (PyYAML 6.0.4's wheels) refuses 1,000 levels while its scanner looks
+        # ahead for a simple key, before the parser reaches level MAX_DEPTH + 1. The pure-Python
+        # scanner has no such limit, so the text is walked again with it: the verdict and its
+        # location are then the same for every PyYAML the project allows.
+        if _Loader is yaml.SafeLoader or "nesting depth" not in str(exc):
+            raise
+        _walk_depth(text, file, yaml.SafeLoader)
+
+
+def _walk_depth(text: str, file: str, loader: Any) -> None:
     depth = 0
     count = 0
-    for event in yaml.parse(text, Loader=_Loader):
+    for event in yaml.parse(text, Loader=loader):
         if isinstance(event, (yaml.NodeEvent, yaml.CollectionStartEvent)):
             count += 1
             if count > MAX_VALUES:
                 line, col = event.start_mark.line + 1, event.start_mark.column + 1
-                raise ManifestError([Problem(file, line, col, f"the manifest holds more than {MAX_VALUES:,} values",
-                                             allowed=_TOO_MANY)])
+                raise ManifestError(
+                    [
+                        Problem(
+                            file,
+                            line,
+                            col,
+                            f"the manifest holds more than {MAX_VALUES:,} values",
+                            allowed=_TOO_MANY,
+                        )
+                    ]
+                )
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             depth += 1
             if depth > MAX_DEPTH:
                 line, col = event.start_mark.line + 1, event.start_mark.column + 1
-                raise ManifestError([Problem(file, line, col, f"nested more than {MAX_DEPTH} levels deep",
-                                             allowed="a manifest needs a few levels; check for runaway brackets")])
+                raise ManifestError(
+                    [
+                        Problem(
+                            file,
+                            line,
+                            col,
+                            f"nested more than {MAX_DEPTH} levels deep",
+                            allowed="a manifest needs a few levels; check for runaway brackets",
+                        )
+                    ]
+                )
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             depth -= 1
 
@@ -155,9 +199,11 @@ def _scalar_problem(node: yaml.ScalarNode) -> str | None:
     """Why a scalar must not be accepted as YAML typed it, or None."""
     tag, value = node.tag, node.value
     if tag in (_YAML + "int", _YAML + "float") and ":" in value:
-        return (f"{value} is read by YAML 1.1 as a base-60 number, not text; quote it: \"{value}\"")
+        return f'{value} is read by YAML 1.1 as a base-60 number, not text; quote it: "{value}"'
     if tag == _YAML + "int" and re.fullmatch(r"[-+]?(0[0-7_]+|0[xX][0-9a-fA-F_]+|0b[01_]+)", value):
-        return f"{value} is read by YAML as a number in another base; write it in decimal, or quote it"
+        return (
+            f"{value} is read by YAML as a number in another base; write it in decimal, or quote it"
+        )
     if tag == _YAML + "float":
         plain = value.lower().lstrip("+-").replace("_", "")
         try:
@@ -176,8 +222,10 @@ def _scalar_problem(node: yaml.ScalarNode) -> str | None:
     if tag in _TAG_HINTS:
         return _TAG_HINTS[tag]
     if tag not in _PLAIN_TAGS:
-        return (f"the YAML tag {tag.replace(_YAML, '!!')} is not accepted "
-                "(a manifest is plain data: tags that build objects or include files are refused)")
+        return (
+            f"the YAML tag {tag.replace(_YAML, '!!')} is not accepted "
+            "(a manifest is plain data: tags that build objects or include files are refused)"
+        )
     return None
 
 
@@ -193,7 +241,9 @@ def _check_nodes(root: yaml.Node, file: str) -> None:
             return sizes[ident]
         if ident in active:
             line, col = _mark(node)
-            raise ManifestError([Problem(file, line, col, "an alias refers to the value that contains it")])
+            raise ManifestError(
+                [Problem(file, line, col, "an alias refers to the value that contains it")]
+            )
         active.add(ident)
         size = 1
         if isinstance(node, yaml.ScalarNode):
@@ -202,32 +252,58 @@ def _check_nodes(root: yaml.Node, file: str) -> None:
                 problems.append(Problem(file, *_mark(node), reason, json_path(path)))
         elif isinstance(node, yaml.SequenceNode):
             if node.tag not in _PLAIN_TAGS:
-                problems.append(Problem(file, *_mark(node), _TAG_HINTS.get(node.tag) or
-                                        f"the YAML tag {node.tag.replace(_YAML, '!!')} is not accepted",
-                                        json_path(path)))
+                problems.append(
+                    Problem(
+                        file,
+                        *_mark(node),
+                        _TAG_HINTS.get(node.tag)
+                        or f"the YAML tag {node.tag.replace(_YAML, '!!')} is not accepted",
+                        json_path(path),
+                    )
+                )
             for i, item in enumerate(node.value):
                 size += visit(item, (*path, i))
         elif isinstance(node, yaml.MappingNode):
             if node.tag not in _PLAIN_TAGS:
-                problems.append(Problem(file, *_mark(node), _TAG_HINTS.get(node.tag) or
-                                        f"the YAML tag {node.tag.replace(_YAML, '!!')} is not accepted",
-                                        json_path(path)))
+                problems.append(
+                    Problem(
+                        file,
+                        *_mark(node),
+                        _TAG_HINTS.get(node.tag)
+                        or f"the YAML tag {node.tag.replace(_YAML, '!!')} is not accepted",
+                        json_path(path),
+                    )
+                )
             for key, value in node.value:
                 if key.tag == _YAML + "merge":
                     size += visit(value, path)
                     continue
                 if not isinstance(key, yaml.ScalarNode) or key.tag != _YAML + "str":
                     shown = key.value if isinstance(key, yaml.ScalarNode) else "a list or mapping"
-                    problems.append(Problem(file, *_mark(key), f"the key {shown} is not text; quote it",
-                                            json_path(path)))
+                    problems.append(
+                        Problem(
+                            file,
+                            *_mark(key),
+                            f"the key {shown} is not text; quote it",
+                            json_path(path),
+                        )
+                    )
                     continue
                 size += visit(key, path) + visit(value, (*path, key.value))
         active.discard(ident)
         sizes[ident] = size
         if size > MAX_VALUES:
-            raise ManifestError([Problem(file, *_mark(node),
-                                         f"aliases here expand to more than {MAX_VALUES:,} values", json_path(path),
-                                         allowed=_TOO_MANY)])
+            raise ManifestError(
+                [
+                    Problem(
+                        file,
+                        *_mark(node),
+                        f"aliases here expand to more than {MAX_VALUES:,} values",
+                        json_path(path),
+                        allowed=_TOO_MANY,
+                    )
+                ]
+            )
         return size
 
     visit(root, ())
@@ -244,7 +320,9 @@ def load_yaml(text: str, file: str) -> Located:
     nul = text.find("\0")
     if nul >= 0:
         line, col = _line_col(text, nul)
-        raise ManifestError([Problem(file, line, col, "the file contains a NUL byte; a manifest is text")])
+        raise ManifestError(
+            [Problem(file, line, col, "the file contains a NUL byte; a manifest is text")]
+        )
     loader = _Loader(text)
     try:
         _check_depth(text, file)
@@ -264,7 +342,11 @@ def load_yaml(text: str, file: str) -> Located:
             # which is legal and not a duplicate.
             for key_node, value_node in n.value:
                 if key_node.tag == _YAML + "merge":
-                    merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                    merged = (
+                        value_node.value
+                        if isinstance(value_node, yaml.SequenceNode)
+                        else [value_node]
+                    )
                     for source in merged:
                         if isinstance(source, yaml.MappingNode):
                             for k, v in source.value:
@@ -280,7 +362,13 @@ def load_yaml(text: str, file: str) -> Located:
                     line, col = _mark(key_node)
                     first = _mark(seen[key])[0]
                     problems.append(
-                        Problem(file, line, col, f"duplicate key {key!r} (first at line {first})", json_path(path))
+                        Problem(
+                            file,
+                            line,
+                            col,
+                            f"duplicate key {key!r} (first at line {first})",
+                            json_path(path),
+                        )
                     )
                 seen[key] = key_node
                 located.keys[(*path, key)] = _mark(key_node)
@@ -322,7 +410,8 @@ def _structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
             branches.setdefault(sub.schema_path[0], []).append(sub)
         kind = _json_kind(error.instance)
         fitting = [
-            errs for i, errs in branches.items()
+            errs
+            for i, errs in branches.items()
             if error.validator_value[i].get("type") == kind
             or (kind == "string" and "enum" in error.validator_value[i])
             or (kind == "integer" and error.validator_value[i].get("type") == "number")
@@ -331,14 +420,20 @@ def _structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
             # Several mapping forms (e.g. seeds: {start, count} or {random}): pick the one
             # whose required keys the value has.
             fitting = [
-                errs for i, errs in branches.items()
+                errs
+                for i, errs in branches.items()
                 if set(error.validator_value[i].get("required", [])) <= set(error.instance)
                 and error.validator_value[i].get("type") == kind
             ] or fitting
         if len(fitting) == 1:
             return [p for sub in fitting[0] for p in _structure_problems(doc, sub)]
         if not fitting:
-            kinds = sorted({b.get("type", "one of " + ", ".join(map(str, b.get("enum", [])))) for b in error.validator_value})
+            kinds = sorted(
+                {
+                    b.get("type", "one of " + ", ".join(map(str, b.get("enum", []))))
+                    for b in error.validator_value
+                }
+            )
             return [doc.problem(path, f"expected {' or '.join(kinds)}, not {kind}")]
         best = best_match(error.context)
         return _structure_problems(doc, best)
@@ -361,8 +456,11 @@ def _structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
                 continue
             found.append(
                 doc.problem(
-                    (*path, key), f"unknown key {key!r}", key=True,
-                    allowed=", ".join(known), suggestion=closest(key, known),
+                    (*path, key),
+                    f"unknown key {key!r}",
+                    key=True,
+                    allowed=", ".join(known),
+                    suggestion=closest(key, known),
                 )
             )
         return found
@@ -372,7 +470,8 @@ def _structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
     if error.validator == "enum":
         return [
             doc.problem(
-                path, f"{error.instance!r} is not allowed",
+                path,
+                f"{error.instance!r} is not allowed",
                 allowed=", ".join(map(str, error.validator_value)),
                 suggestion=closest(error.instance, error.validator_value),
             )
@@ -387,9 +486,20 @@ def _structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
             )
         ]
     if error.validator == "pattern":
-        return [doc.problem(path, f"{error.instance!r} is not in the expected form", allowed=error.schema.get("x-hint"))]
+        return [
+            doc.problem(
+                path,
+                f"{error.instance!r} is not in the expected form",
+                allowed=error.schema.get("x-hint"),
+            )
+        ]
     if error.validator == "const":
-        return [doc.problem(path, f"must be {json.dumps(error.validator_value)}, not {json.dumps(error.instance)}")]
+        return [
+            doc.problem(
+                path,
+                f"must be {json.dumps(error.validator_value)}, not {json.dumps(error.instance)}",
+            )
+        ]
     return [doc.problem(path, error.message)]
 
 
@@ -412,10 +522,15 @@ def _json_kind(value: Any) -> str:
 # Where each numeric setting lives in a manifest; `settings.parse` owns these paths (range,
 # finiteness, "5/s"), so the schema's own verdict on them is not repeated.
 _SETTING_AT = {
-    ("limits", "concurrency"): "concurrency", ("limits", "rate"): "rate", ("limits", "timeout"): "timeout",
-    ("retries", "attempts"): "attempts", ("retries", "backoff"): "backoff",
-    ("retries", "max_backoff"): "max_backoff", ("budget",): "budget",
-    ("provider", "emulator", "workers"): "workers", ("provider", "emulator", "latency"): "latency",
+    ("limits", "concurrency"): "concurrency",
+    ("limits", "rate"): "rate",
+    ("limits", "timeout"): "timeout",
+    ("retries", "attempts"): "attempts",
+    ("retries", "backoff"): "backoff",
+    ("retries", "max_backoff"): "max_backoff",
+    ("budget",): "budget",
+    ("provider", "emulator", "workers"): "workers",
+    ("provider", "emulator", "latency"): "latency",
     ("provider", "emulator", "max_side"): "emulator_max_side",
 }
 
@@ -427,15 +542,20 @@ def _setting_for(path: Path_) -> str | None:
         return "per_endpoint"
     if len(path) == 3 and path[0] == "prices" and path[2] in ("per_image", "per_megapixel"):
         return "price"
-    if len(path) == 4 and path[:2] == ("provider", "accounts") and path[3] in ("concurrency", "rate"):
+    if (
+        len(path) == 4
+        and path[:2] == ("provider", "accounts")
+        and path[3] in ("concurrency", "rate")
+    ):
         return str(path[3])
     return None
 
 
 def _get(data: Any, path: Path_) -> Any:
     for part in path:
-        if (isinstance(part, str) and isinstance(data, dict) and part in data) or \
-                (isinstance(part, int) and isinstance(data, list) and 0 <= part < len(data)):
+        if (isinstance(part, str) and isinstance(data, dict) and part in data) or (
+            isinstance(part, int) and isinstance(data, list) and 0 <= part < len(data)
+        ):
             data = data[part]
         else:
             return _MISSING
@@ -468,12 +588,22 @@ def numeric_settings(doc: Located) -> tuple[dict[Path_, int | float], list[Probl
             paths += [(key, "per_endpoint", e) for e in per]
     accounts = _get(raw, ("provider", "accounts"))
     if isinstance(accounts, list):
-        paths += [("provider", "accounts", i, name) for i, a in enumerate(accounts) if isinstance(a, dict)
-                  for name in ("concurrency", "rate") if name in a]
+        paths += [
+            ("provider", "accounts", i, name)
+            for i, a in enumerate(accounts)
+            if isinstance(a, dict)
+            for name in ("concurrency", "rate")
+            if name in a
+        ]
     prices = raw.get("prices")
     if isinstance(prices, dict):
-        paths += [("prices", e, unit) for e, p in prices.items() if isinstance(p, dict)
-                  for unit in ("per_image", "per_megapixel") if unit in p]
+        paths += [
+            ("prices", e, unit)
+            for e, p in prices.items()
+            if isinstance(p, dict)
+            for unit in ("per_image", "per_megapixel")
+            if unit in p
+        ]
     for path in paths:
         value = _get(raw, path)
         if value is _MISSING or (path == ("budget",) and value is None):
@@ -514,15 +644,25 @@ def _value_caps(doc: Located, path: Path_, key: str, value: Any) -> list[Problem
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     if key in PARAM_CAPS and number(value) and value > PARAM_CAPS[key]:
-        return [doc.problem(path, f"{key} {value:g} is beyond any documented model",
-                            allowed=f"at most {PARAM_CAPS[key]:,} (renderer's cap: the schemas give no maximum)")]
+        return [
+            doc.problem(
+                path,
+                f"{key} {value:g} is beyond any documented model",
+                allowed=f"at most {PARAM_CAPS[key]:,} (renderer's cap: the schemas give no maximum)",
+            )
+        ]
     if key == "image_size" and isinstance(value, dict):
         w, h = value.get("width"), value.get("height")
         sides = [s for s in (w, h) if number(s)]
         if any(s > MAX_SIDE for s in sides) or (len(sides) == 2 and w * h > MAX_PIXELS):
-            return [doc.problem(path, f"image_size {w}x{h} is beyond any documented model",
-                                allowed=f"sides up to {MAX_SIDE:,} px and at most {MAX_PIXELS // 2**20} megapixels "
-                                "(renderer's cap: the schemas give no maximum; downloads stop at 64 MB)")]
+            return [
+                doc.problem(
+                    path,
+                    f"image_size {w}x{h} is beyond any documented model",
+                    allowed=f"sides up to {MAX_SIDE:,} px and at most {MAX_PIXELS // 2**20} megapixels "
+                    "(renderer's cap: the schemas give no maximum; downloads stop at 64 MB)",
+                )
+            ]
     return []
 
 
@@ -532,8 +672,13 @@ def semantic_problems(doc: Located, *, file: Path) -> list[Problem]:
     problems: list[Problem] = []
     name = raw.get("name")
     if isinstance(name, str) and name.split(".")[0].lower() in WINDOWS_DEVICES:
-        problems.append(doc.problem(("name",), f"{name!r} is a Windows device name and cannot be a directory",
-                                    allowed="any other name, e.g. " + f"{name}-run"))
+        problems.append(
+            doc.problem(
+                ("name",),
+                f"{name!r} is a Windows device name and cannot be a directory",
+                allowed="any other name, e.g. " + f"{name}-run",
+            )
+        )
     output = raw.get("output")
     if isinstance(output, str) and "\0" in output:
         problems.append(doc.problem(("output",), "the output path contains a NUL character"))
@@ -541,11 +686,18 @@ def semantic_problems(doc: Located, *, file: Path) -> list[Problem]:
         try:
             parse_s3(output)
         except UsageError as exc:
-            problems.append(doc.problem(("output",), exc.message, allowed="a directory, or s3://bucket/prefix"))
+            problems.append(
+                doc.problem(("output",), exc.message, allowed="a directory, or s3://bucket/prefix")
+            )
     state = raw.get("state")
     if isinstance(state, str) and urlsplit(state).password:
-        problems.append(doc.problem(("state",), "the state URL carries a password, and a manifest is no place for one",
-                                    allowed="postgresql://USER@HOST/DB with the password in PGPASSWORD or ~/.pgpass"))
+        problems.append(
+            doc.problem(
+                ("state",),
+                "the state URL carries a password, and a manifest is no place for one",
+                allowed="postgresql://USER@HOST/DB with the password in PGPASSWORD or ~/.pgpass",
+            )
+        )
     provider = raw.get("provider")
     if isinstance(provider, dict) and isinstance(provider.get("url"), str):
         try:
@@ -556,8 +708,14 @@ def semantic_problems(doc: Located, *, file: Path) -> list[Problem]:
         for key, value in params.items():
             if key in RESERVED_PARAMS and path[0] not in ("include", "extra"):
                 what = "an axis" if is_axes else "a parameter"
-                problems.append(doc.problem((*path, key), f"{key!r} cannot be {what}", key=True,
-                                            allowed=RESERVED_PARAMS[key]))
+                problems.append(
+                    doc.problem(
+                        (*path, key),
+                        f"{key!r} cannot be {what}",
+                        key=True,
+                        allowed=RESERVED_PARAMS[key],
+                    )
+                )
                 continue
             values = value if is_axes and isinstance(value, list) else [value]
             for i, v in enumerate(values):
@@ -576,27 +734,46 @@ def _account_problems(doc: Located) -> list[Problem]:
     problems: list[Problem] = []
     if "key_env" in raw["provider"]:
         # One source of keys: a plain key_env beside accounts would leave unclear which key follows which job.
-        problems.append(doc.problem(("provider", "key_env"), "provider.key_env and provider.accounts exclude each "
-                                    "other", key=True, allowed="list that key as one more entry of accounts "
-                                    "(key_env: …, concurrency: …)"))
+        problems.append(
+            doc.problem(
+                ("provider", "key_env"),
+                "provider.key_env and provider.accounts exclude each other",
+                key=True,
+                allowed="list that key as one more entry of accounts (key_env: …, concurrency: …)",
+            )
+        )
     if isinstance(raw.get("limits"), dict) and "concurrency" in raw["limits"]:
-        problems.append(doc.problem(("limits", "concurrency"), "limits.concurrency does not apply with "
-                                    "provider.accounts: each account has its own", key=True,
-                                    allowed="concurrency: N on each account (--concurrency still caps a run's total)"))
+        problems.append(
+            doc.problem(
+                ("limits", "concurrency"),
+                "limits.concurrency does not apply with "
+                "provider.accounts: each account has its own",
+                key=True,
+                allowed="concurrency: N on each account (--concurrency still caps a run's total)",
+            )
+        )
     names: dict[str, int] = {}
     keys: dict[str, int] = {}
     for i, account in enumerate(accounts):
         name = account.get("name", account["key_env"])
         if name in names:
-            problems.append(doc.problem(("provider", "accounts", i, "name" if "name" in account else "key_env"),
-                                        f"account name {name!r} is used twice (also accounts[{names[name]}])",
-                                        allowed="a distinct name for each account (the name defaults to key_env)"))
+            problems.append(
+                doc.problem(
+                    ("provider", "accounts", i, "name" if "name" in account else "key_env"),
+                    f"account name {name!r} is used twice (also accounts[{names[name]}])",
+                    allowed="a distinct name for each account (the name defaults to key_env)",
+                )
+            )
         names.setdefault(name, i)
         if account["key_env"] in keys:
-            problems.append(doc.problem(("provider", "accounts", i, "key_env"),
-                                        f"key variable {account['key_env']!r} is listed twice (also "
-                                        f"accounts[{keys[account['key_env']]}]); one key is one account",
-                                        allowed="each account's own key variable"))
+            problems.append(
+                doc.problem(
+                    ("provider", "accounts", i, "key_env"),
+                    f"key variable {account['key_env']!r} is listed twice (also "
+                    f"accounts[{keys[account['key_env']]}]); one key is one account",
+                    allowed="each account's own key variable",
+                )
+            )
         keys.setdefault(account["key_env"], i)
     return problems
 
@@ -610,8 +787,11 @@ def _model_names(raw: dict[str, Any]) -> tuple[list[str], list[str]]:
             names.append(item)
         elif isinstance(item, dict) and isinstance(item.get("endpoint"), str):
             endpoints.append(item["endpoint"])
-            names.append(item.get("label", item["endpoint"]) if isinstance(item.get("label"), str)
-                         else item["endpoint"])
+            names.append(
+                item.get("label", item["endpoint"])
+                if isinstance(item.get("label"), str)
+                else item["endpoint"]
+            )
     return endpoints, names
 
 
@@ -625,17 +805,28 @@ def _name_references(doc: Located) -> list[Problem]:
     if isinstance(prices, dict):
         for key in prices:
             if key not in known_models:
-                problems.append(doc.problem(("prices", key), f"prices names {key!r}, which is not a listed model",
-                                            key=True, allowed=", ".join(known_models),
-                                            suggestion=closest(key, known_models)))
+                problems.append(
+                    doc.problem(
+                        ("prices", key),
+                        f"prices names {key!r}, which is not a listed model",
+                        key=True,
+                        allowed=", ".join(known_models),
+                        suggestion=closest(key, known_models),
+                    )
+                )
     per = _get(raw, ("limits", "per_endpoint"))
     if isinstance(per, dict):
         for key in per:
             if key not in endpoints:
-                problems.append(doc.problem(("limits", "per_endpoint", key),
-                                            f"per_endpoint names {key!r}, which is not a listed endpoint",
-                                            key=True, allowed=", ".join(dict.fromkeys(endpoints)),
-                                            suggestion=closest(key, endpoints)))
+                problems.append(
+                    doc.problem(
+                        ("limits", "per_endpoint", key),
+                        f"per_endpoint names {key!r}, which is not a listed endpoint",
+                        key=True,
+                        allowed=", ".join(dict.fromkeys(endpoints)),
+                        suggestion=closest(key, endpoints),
+                    )
+                )
     axes = set(raw.get("axes") or {}) if isinstance(raw.get("axes"), dict) else set()
     for item in raw.get("models") or []:
         if isinstance(item, dict) and isinstance(item.get("axes"), dict):
@@ -645,18 +836,35 @@ def _name_references(doc: Located) -> list[Problem]:
         if isinstance(entry, dict):
             for key in entry:
                 if key not in keys:
-                    problems.append(doc.problem(("exclude", i, key),
-                                                f"exclude entry key {key!r} is not prompt, model, seed or an axis",
-                                                key=True, allowed=", ".join(keys), suggestion=closest(key, keys)))
+                    problems.append(
+                        doc.problem(
+                            ("exclude", i, key),
+                            f"exclude entry key {key!r} is not prompt, model, seed or an axis",
+                            key=True,
+                            allowed=", ".join(keys),
+                            suggestion=closest(key, keys),
+                        )
+                    )
     budget = raw.get("budget")
-    if isinstance(budget, (int, float)) and not isinstance(budget, bool) and raw.get("allow_unpriced") is not True:
+    if (
+        isinstance(budget, (int, float))
+        and not isinstance(budget, bool)
+        and raw.get("allow_unpriced") is not True
+    ):
         priced = set(prices) if isinstance(prices, dict) else set()
-        unpriced = [n for e, n in zip(endpoints, names, strict=True) if e not in priced and n not in priced]
+        unpriced = [
+            n for e, n in zip(endpoints, names, strict=True) if e not in priced and n not in priced
+        ]
         if unpriced:
-            problems.append(doc.problem(("budget",), "a budget is set but these models have no price, so it cannot "
-                                        "bound them: " + ", ".join(dict.fromkeys(unpriced)),
-                                        allowed="add them to `prices:`, or set `allow_unpriced: true` to count "
-                                        "them as free"))
+            problems.append(
+                doc.problem(
+                    ("budget",),
+                    "a budget is set but these models have no price, so it cannot "
+                    "bound them: " + ", ".join(dict.fromkeys(unpriced)),
+                    allowed="add them to `prices:`, or set `allow_unpriced: true` to count "
+                    "them as free",
+                )
+            )
     return problems
 
 
@@ -709,13 +917,6 @@ class Limits:
     per_endpoint: dict[str, int] = field(default_factory=dict)
     rate: float = 10.0  # submissions per second
     timeout: float = 900.0  # seconds per job, from submit to downloaded
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 6
-    backoff: float = 0.5  # base of exponential backoff with full jitter, seconds
-    max_backoff: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -785,28 +986,59 @@ def _csv_rows(text: str, name: str) -> tuple[list[tuple[int, dict[str, Any]]], l
                 header = [c.strip() for c in record]
                 for col, column in enumerate(header, 1):
                     if column not in CSV_COLUMNS:
-                        problems.append(Problem(name, line, col, f"unknown column {column!r}",
-                                                allowed=", ".join(CSV_COLUMNS),
-                                                suggestion=closest(column, CSV_COLUMNS)))
+                        problems.append(
+                            Problem(
+                                name,
+                                line,
+                                col,
+                                f"unknown column {column!r}",
+                                allowed=", ".join(CSV_COLUMNS),
+                                suggestion=closest(column, CSV_COLUMNS),
+                            )
+                        )
                 for column in ("id", "text") if not problems else ():
                     if column not in header:
-                        problems.append(Problem(name, line, 1, f"the header has no {column!r} column",
-                                                allowed="a first row naming the columns: id,text[,tags]"))
+                        problems.append(
+                            Problem(
+                                name,
+                                line,
+                                1,
+                                f"the header has no {column!r} column",
+                                allowed="a first row naming the columns: id,text[,tags]",
+                            )
+                        )
                 if problems:
                     return [], problems
                 continue
             if len(record) != len(header):
-                problems.append(Problem(name, line, 1, f"row has {len(record)} fields; the header has {len(header)}",
-                                        allowed="quote fields that contain commas: \"a, b\""))
+                problems.append(
+                    Problem(
+                        name,
+                        line,
+                        1,
+                        f"row has {len(record)} fields; the header has {len(header)}",
+                        allowed='quote fields that contain commas: "a, b"',
+                    )
+                )
                 continue
             rows.append((line, dict(zip(header, record, strict=True))))
     except csv.Error as exc:
         # strict=True: a quote left open runs to the end of the file instead of silently
         # swallowing the rows after it; report where that row started.
-        reason = ("a quote opened in this row is never closed (it would swallow every row after it)"
-                  if "end of data" in str(exc) else f"CSV error in the row starting here: {exc}")
-        problems.append(Problem(name, start, 1, reason,
-                                allowed="close every opening quote; double a quote inside a quoted field (\"\")"))
+        reason = (
+            "a quote opened in this row is never closed (it would swallow every row after it)"
+            if "end of data" in str(exc)
+            else f"CSV error in the row starting here: {exc}"
+        )
+        problems.append(
+            Problem(
+                name,
+                start,
+                1,
+                reason,
+                allowed='close every opening quote; double a quote inside a quoted field ("")',
+            )
+        )
     if header is None and not problems:
         problems.append(Problem(name, 1, 1, "the CSV has no header row", allowed="id,text[,tags]"))
     return rows, problems
@@ -839,19 +1071,28 @@ def _no_constant(word: str) -> Any:
     raise ValueError(f"{word} is not a finite number")
 
 
-def _prompt_file(doc: Located, base: Path, index: int, rel: str) -> tuple[list[Prompt], list[Problem]]:
+def _prompt_file(
+    doc: Located, base: Path, index: int, rel: str
+) -> tuple[list[Prompt], list[Problem]]:
     where = ("prompts", index, "file")
     if "\0" in rel:
         return [], [doc.problem(where, "the prompt file path contains a NUL character")]
     path = (base / rel).resolve()
     if not path.exists():
-        return [], [doc.problem(where, f"prompt file not found: {rel} (relative to the manifest's folder)")]
-    shown = str(base / rel)  # as the user wrote it, relative to where they are; `where` keeps the full path
+        return [], [
+            doc.problem(where, f"prompt file not found: {rel} (relative to the manifest's folder)")
+        ]
+    shown = str(
+        base / rel
+    )  # as the user wrote it, relative to where they are; `where` keeps the full path
     try:
         text, name = read_text_file(
-            path, "prompt file", MAX_PROMPT_FILE_BYTES,
+            path,
+            "prompt file",
+            MAX_PROMPT_FILE_BYTES,
             too_large=f"at most {MAX_PROMPT_FILE_BYTES >> 20} MB a prompt file (~800,000 prompts): split a larger one "
-            "into several `- file:` entries (prompts are held in memory, ~12 bytes for each byte of file)")
+            "into several `- file:` entries (prompts are held in memory, ~12 bytes for each byte of file)",
+        )
     except ManifestError as exc:
         return [], [replace(p, file=shown) for p in exc.problems]
     prompts: list[Prompt] = []
@@ -866,7 +1107,11 @@ def _prompt_file(doc: Located, base: Path, index: int, rel: str) -> tuple[list[P
                 body = line.strip()
                 words = re.sub(r"[^a-z0-9]+", "-", body.lower()).strip("-").split("-")[:4]
                 # Content-derived ids: inserting a line never renames another prompt.
-                pid = "-".join(w for w in words if w)[:40] + "-" + hashlib.sha256(body.encode()).hexdigest()[:6]
+                pid = (
+                    "-".join(w for w in words if w)[:40]
+                    + "-"
+                    + hashlib.sha256(body.encode()).hexdigest()[:6]
+                )
                 prompts.append(Prompt(pid.lstrip("-"), body, {}, (), (name, n, 1), where))
     else:
         rows, problems = _csv_rows(text, name) if path.suffix == ".csv" else _jsonl_rows(text, name)
@@ -879,15 +1124,32 @@ def _prompt_file(doc: Located, base: Path, index: int, rel: str) -> tuple[list[P
     return prompts, [replace(p, file=shown) if p.file == name else p for p in problems]
 
 
-def _row_prompt(row: dict[str, Any], name: str, n: int, where: Path_, problems: list[Problem]) -> Prompt | None:
+def _row_prompt(
+    row: dict[str, Any], name: str, n: int, where: Path_, problems: list[Problem]
+) -> Prompt | None:
     unknown = [k for k in row if k not in ("id", "text", "tags", "params")]
     for key in unknown:
-        problems.append(Problem(name, n, 1, f"unknown field {key!r}", allowed="id, text, tags, params",
-                                suggestion=closest(key, ("id", "text", "tags", "params"))))
+        problems.append(
+            Problem(
+                name,
+                n,
+                1,
+                f"unknown field {key!r}",
+                allowed="id, text, tags, params",
+                suggestion=closest(key, ("id", "text", "tags", "params")),
+            )
+        )
     pid, body = row.get("id"), row.get("text")
     if not isinstance(pid, str) or not _SAFE_ID.fullmatch(pid):
-        problems.append(Problem(name, n, 1, f"prompt id {pid!r} is missing or not a safe name",
-                                allowed="1-64 letters, digits, '.', '_' or '-'"))
+        problems.append(
+            Problem(
+                name,
+                n,
+                1,
+                f"prompt id {pid!r} is missing or not a safe name",
+                allowed="1-64 letters, digits, '.', '_' or '-'",
+            )
+        )
         return None
     if not isinstance(body, str):
         problems.append(Problem(name, n, 1, f"prompt {pid!r} has no text"))
@@ -902,8 +1164,15 @@ def _row_prompt(row: dict[str, Any], name: str, n: int, where: Path_, problems: 
     elif isinstance(tags, str):
         tags = [t.strip() for t in re.split(r"[;,|]", tags) if t.strip()]
     elif not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
-        problems.append(Problem(name, n, 1, f"prompt {pid!r}: tags must be a list of strings, not {tags!r}"[:200],
-                                allowed='["a", "b"] or "a;b"'))
+        problems.append(
+            Problem(
+                name,
+                n,
+                1,
+                f"prompt {pid!r}: tags must be a list of strings, not {tags!r}"[:200],
+                allowed='["a", "b"] or "a;b"',
+            )
+        )
         return None
     params = row.get("params")
     if params is None:
@@ -913,8 +1182,15 @@ def _row_prompt(row: dict[str, Any], name: str, n: int, where: Path_, problems: 
         return None
     for key in params:
         if key in RESERVED_PARAMS:
-            problems.append(Problem(name, n, 1, f"prompt {pid!r}: {key!r} cannot be a parameter",
-                                    allowed=RESERVED_PARAMS[key]))
+            problems.append(
+                Problem(
+                    name,
+                    n,
+                    1,
+                    f"prompt {pid!r}: {key!r} cannot be a parameter",
+                    allowed=RESERVED_PARAMS[key],
+                )
+            )
             return None
     return Prompt(pid, body, params, tuple(t.strip() for t in tags), (name, n, 1), where)
 
@@ -931,10 +1207,17 @@ def duplicate_texts(prompts: list[Prompt], shown: dict[str, str]) -> list[Proble
         first, second = same[0], same[1]
         rows = ", ".join(f"{shown.get(p.where[0], p.where[0])}:{p.where[1]}" for p in same[:10])
         rows += " …" if len(same) > 10 else ""
-        problems.append(Problem(shown.get(second.where[0], second.where[0]), second.where[1], second.where[2],
-                                f"the text of prompt {first.id!r} is listed {len(same)} times (at {rows}); "
-                                "each copy would be rendered and paid again", json_path(second.path),
-                                allowed="keep one copy, or give the copies different params"))
+        problems.append(
+            Problem(
+                shown.get(second.where[0], second.where[0]),
+                second.where[1],
+                second.where[2],
+                f"the text of prompt {first.id!r} is listed {len(same)} times (at {rows}); "
+                "each copy would be rendered and paid again",
+                json_path(second.path),
+                allowed="keep one copy, or give the copies different params",
+            )
+        )
     return problems
 
 
@@ -946,29 +1229,50 @@ def _provider(raw: Any, numbers: dict[Path_, int | float]) -> ProviderConfig:
     kind = raw.get("kind", "custom" if "url" in raw else "fal")
     url = raw.get("url", PROVIDERS.get(kind))
     accounts = tuple(
-        AccountConfig(a.get("name", a["key_env"]), a["key_env"],
-                      int(numbers.get(("provider", "accounts", i, "concurrency"), AccountConfig.concurrency)),
-                      float(numbers[("provider", "accounts", i, "rate")])
-                      if ("provider", "accounts", i, "rate") in numbers else None)
-        for i, a in enumerate(raw.get("accounts", ())))
-    return ProviderConfig(kind, url, raw.get("auth", "Key"), raw.get("key_env", "FAL_KEY"), dict(raw.get("emulator", {})),
-                          accounts)
+        AccountConfig(
+            a.get("name", a["key_env"]),
+            a["key_env"],
+            int(numbers.get(("provider", "accounts", i, "concurrency"), AccountConfig.concurrency)),
+            float(numbers[("provider", "accounts", i, "rate")])
+            if ("provider", "accounts", i, "rate") in numbers
+            else None,
+        )
+        for i, a in enumerate(raw.get("accounts", ()))
+    )
+    return ProviderConfig(
+        kind,
+        url,
+        raw.get("auth", "Key"),
+        raw.get("key_env", "FAL_KEY"),
+        dict(raw.get("emulator", {})),
+        accounts,
+    )
 
 
 def parse(text: str, file: Path) -> Manifest:
     """Structure-check a manifest and return it typed; raise ManifestError with every problem."""
     doc = load_yaml(text, str(file))
     if not isinstance(doc.data, dict):
-        raise ManifestError([doc.problem((), "a manifest is a mapping with name, prompts, models and seeds")])
+        raise ManifestError(
+            [doc.problem((), "a manifest is a mapping with name, prompts, models and seeds")]
+        )
     problems: list[Problem] = []
-    for error in sorted(_manifest_validator().iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))):
+    for error in sorted(
+        _manifest_validator().iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))
+    ):
         problems.extend(_structure_problems(doc, error))
     raw = doc.data
     numbers, found = numeric_settings(doc)
     problems += found
     provider = raw.get("provider")
-    if isinstance(provider, dict) and provider.get("kind", "custom" if "url" in provider else "fal") == "custom" and "url" not in provider:
-        problems.append(doc.problem(("provider",), "a custom provider needs a url", allowed="url: https://…"))
+    if (
+        isinstance(provider, dict)
+        and provider.get("kind", "custom" if "url" in provider else "fal") == "custom"
+        and "url" not in provider
+    ):
+        problems.append(
+            doc.problem(("provider",), "a custom provider needs a url", allowed="url: https://…")
+        )
     if problems:
         raise ManifestError(problems)
     problems += semantic_problems(doc, file=file)
@@ -985,31 +1289,50 @@ def parse(text: str, file: Path) -> Manifest:
         else:
             line, col = doc.where(("prompts", i))
             if not item["text"].strip():
-                problems.append(doc.problem(("prompts", i, "text"), f"prompt {item['id']!r} is only whitespace"))
+                problems.append(
+                    doc.problem(("prompts", i, "text"), f"prompt {item['id']!r} is only whitespace")
+                )
                 continue
             prompts.append(
-                Prompt(item["id"], item["text"], dict(item.get("params", {})), tuple(item.get("tags", [])),
-                       (str(file), line, col), ("prompts", i))
+                Prompt(
+                    item["id"],
+                    item["text"],
+                    dict(item.get("params", {})),
+                    tuple(item.get("tags", [])),
+                    (str(file), line, col),
+                    ("prompts", i),
+                )
             )
     models = []
     for i, item in enumerate(raw["models"]):
         item = {"endpoint": item} if isinstance(item, str) else item
         models.append(
-            Model(item["endpoint"], item.get("label", item["endpoint"]), dict(item.get("params", {})),
-                  dict(item.get("axes", {})), bool(item.get("unchecked")), ("models", i))
+            Model(
+                item["endpoint"],
+                item.get("label", item["endpoint"]),
+                dict(item.get("params", {})),
+                dict(item.get("axes", {})),
+                bool(item.get("unchecked")),
+                ("models", i),
+            )
         )
     limits = raw.get("limits", {})
     manifest = Manifest(
         file=file,
         name=raw["name"],
         # Like the default outputs/, an explicit output is relative to the working directory.
-        output=Path("outputs" if is_remote(str(raw.get("output", ""))) else raw.get("output", "outputs")),
+        output=Path(
+            "outputs" if is_remote(str(raw.get("output", ""))) else raw.get("output", "outputs")
+        ),
         output_url=str(raw["output"]) if is_remote(str(raw.get("output", ""))) else None,
         state=raw.get("state"),
         provider=_provider(provider, numbers),
         limits=Limits(
             concurrency=int(numbers.get(("limits", "concurrency"), Limits.concurrency)),
-            per_endpoint={e: int(numbers[("limits", "per_endpoint", e)]) for e in limits.get("per_endpoint", {})},
+            per_endpoint={
+                e: int(numbers[("limits", "per_endpoint", e)])
+                for e in limits.get("per_endpoint", {})
+            },
             rate=float(numbers.get(("limits", "rate"), Limits.rate)),
             timeout=float(numbers.get(("limits", "timeout"), Limits.timeout)),
         ),
@@ -1031,17 +1354,25 @@ def parse(text: str, file: Path) -> Manifest:
         extra=list(raw.get("extra", [])),
         doc=doc,
     )
-    shown = {str((base / item["file"]).resolve()): str(base / item["file"]) for item in raw["prompts"] if "file" in item}
+    shown = {
+        str((base / item["file"]).resolve()): str(base / item["file"])
+        for item in raw["prompts"]
+        if "file" in item
+    }
     problems += duplicate_texts(prompts, shown)  # duplicate ids are the planner's (check_names)
     if problems:
         raise ManifestError(problems)
     return manifest
 
 
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is text; larger is a wrong file (lists belong in prompt files)
+MAX_MANIFEST_BYTES = (
+    16 * 1024 * 1024
+)  # a manifest is text; larger is a wrong file (lists belong in prompt files)
 
 
-def read_text_file(path: Path, what: str, limit: int, too_large: str | None = None) -> tuple[str, str]:
+def read_text_file(
+    path: Path, what: str, limit: int, too_large: str | None = None
+) -> tuple[str, str]:
     """(text, shown name) of a regular UTF-8 file (BOM or not); ManifestError for every other case.
 
     Guards each OS-level problem: NUL in the path, missing, a directory, a device or pipe
@@ -1049,27 +1380,52 @@ def read_text_file(path: Path, what: str, limit: int, too_large: str | None = No
     """
     shown = str(path)
     if "\0" in shown:
-        raise ManifestError([Problem(shown.replace("\0", "\\0"), 1, 1, f"the {what} path contains a NUL byte")])
+        raise ManifestError(
+            [Problem(shown.replace("\0", "\\0"), 1, 1, f"the {what} path contains a NUL byte")]
+        )
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise ManifestError([Problem(shown, 1, 1, f"no such {what} file")],
-                            hint="check the path; manifests/ has examples") from None
+        raise ManifestError(
+            [Problem(shown, 1, 1, f"no such {what} file")],
+            hint="check the path; manifests/ has examples",
+        ) from None
     except OSError as exc:
-        raise ManifestError([Problem(shown, 1, 1, f"cannot read the {what}: {exc.strerror or exc}")]) from None
+        raise ManifestError(
+            [Problem(shown, 1, 1, f"cannot read the {what}: {exc.strerror or exc}")]
+        ) from None
     if stat.S_ISDIR(info.st_mode):
         raise ManifestError([Problem(shown, 1, 1, f"is a directory, not a {what} file")])
     if not stat.S_ISREG(info.st_mode):
-        raise ManifestError([Problem(shown, 1, 1, f"is not a regular file (a device, pipe or socket); "
-                                     f"give a {what} file")])
+        raise ManifestError(
+            [
+                Problem(
+                    shown,
+                    1,
+                    1,
+                    f"is not a regular file (a device, pipe or socket); give a {what} file",
+                )
+            ]
+        )
     if info.st_size > limit:
-        raise ManifestError([Problem(shown, 1, 1, f"the {what} is {info.st_size:,} bytes; the limit is {limit:,}",
-                                     allowed=too_large or f"a {what} of at most {limit:,} bytes")])
+        raise ManifestError(
+            [
+                Problem(
+                    shown,
+                    1,
+                    1,
+                    f"the {what} is {info.st_size:,} bytes; the limit is {limit:,}",
+                    allowed=too_large or f"a {what} of at most {limit:,} bytes",
+                )
+            ]
+        )
     try:
         with path.open("rb") as handle:
             raw = handle.read(limit + 1)
     except OSError as exc:
-        raise ManifestError([Problem(shown, 1, 1, f"cannot read the {what}: {exc.strerror or exc}")]) from None
+        raise ManifestError(
+            [Problem(shown, 1, 1, f"cannot read the {what}: {exc.strerror or exc}")]
+        ) from None
     return decode_utf8(raw, shown, what), shown
 
 
@@ -1082,9 +1438,18 @@ def decode_utf8(raw: bytes, shown: str, what: str) -> str:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ManifestError([Problem(shown, line, col, f"the {what} is not UTF-8 text: byte 0x{raw[exc.start]:02x} "
-                                     f"at byte offset {exc.start} cannot be decoded",
-                                     allowed="UTF-8 (with or without BOM); re-save it as UTF-8")]) from None
+        raise ManifestError(
+            [
+                Problem(
+                    shown,
+                    line,
+                    col,
+                    f"the {what} is not UTF-8 text: byte 0x{raw[exc.start]:02x} "
+                    f"at byte offset {exc.start} cannot be decoded",
+                    allowed="UTF-8 (with or without BOM); re-save it as UTF-8",
+                )
+            ]
+        ) from None
 
 
 def load(path: Path) -> Manifest:
@@ -1113,7 +1478,11 @@ def plan_size(manifest: Manifest) -> int:
         seeds = spec["count"]
     shared = math.prod(len(v) for v in manifest.axes.values())
     per_model = sum(math.prod(len(v) for v in m.axes.values()) for m in manifest.models)
-    return len(manifest.prompts) * shared * per_model * seeds + len(manifest.include) + len(manifest.extra)
+    return (
+        len(manifest.prompts) * shared * per_model * seeds
+        + len(manifest.include)
+        + len(manifest.extra)
+    )
 
 
 def check_plan_size(manifest: Manifest, limit: int = MAX_PLAN_JOBS) -> int:
@@ -1123,11 +1492,15 @@ def check_plan_size(manifest: Manifest, limit: int = MAX_PLAN_JOBS) -> int:
         spec = manifest.seeds
         seeds = len(set(spec)) if isinstance(spec, list) else spec.get("random", spec.get("count"))
         axes = math.prod(len(v) for v in manifest.axes.values())
-        raise ManifestError([manifest.doc.problem(
-            ("seeds",),
-            f"this manifest expands to up to {size:,} jobs ({len(manifest.prompts):,} prompts × "
-            f"{len(manifest.models)} models × {seeds:,} seeds × {axes:,} axis combinations, "
-            "models' own axes aside); the limit is " + f"{limit:,}",
-            allowed="fewer prompts, seeds or axis values; or pass --max-plan-jobs N to go on",
-        )])
+        raise ManifestError(
+            [
+                manifest.doc.problem(
+                    ("seeds",),
+                    f"this manifest expands to up to {size:,} jobs ({len(manifest.prompts):,} prompts × "
+                    f"{len(manifest.models)} models × {seeds:,} seeds × {axes:,} axis combinations, "
+                    "models' own axes aside); the limit is " + f"{limit:,}",
+                    allowed="fewer prompts, seeds or axis values; or pass --max-plan-jobs N to go on",
+                )
+            ]
+        )
     return size

@@ -24,17 +24,26 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from . import files
-from .client import FAL_QUEUE_ORIGINS, Client
-from .emulator import Emulator, EmulatorConfig, ServiceTime
-from .errors import UsageError
-from .manifest import PROVIDERS, ProviderConfig
-from .pgstore import PostgresStore
-from .plan import Job, Plan
-from .runner import SINGLE_KEY, Event, RunConfig, Runner, Summary, iso_time, publish, write_dataset
-from .schemas import SchemaRegistry
-from .storage import LocalStorage, Storage
-from .store import DB_NAME, RunLock, SQLiteStore, Store, open_store, sql_error
+from renderer.errors import UsageError
+from renderer.manifest.load import PROVIDERS, ProviderConfig
+from renderer.models.schemas import SchemaRegistry
+from renderer.output import files
+from renderer.output.storage import LocalStorage, Storage
+from renderer.plan.planner import Job, Plan
+from renderer.provider.client import FAL_QUEUE_ORIGINS, Client
+from renderer.provider.emulator import Emulator, EmulatorConfig, ServiceTime
+from renderer.runner.runner import (
+    SINGLE_KEY,
+    Event,
+    RunConfig,
+    Runner,
+    Summary,
+    iso_time,
+    publish,
+    write_dataset,
+)
+from renderer.state.postgres import PostgresStore
+from renderer.state.store import DB_NAME, RunLock, SQLiteStore, Store, open_store, sql_error
 
 T = TypeVar("T")
 
@@ -74,7 +83,9 @@ class ProviderSettings:
         return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
-def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[str, str]) -> ProviderSettings:
+def resolve_provider(
+    config: ProviderConfig, override: str | None, env: Mapping[str, str]
+) -> ProviderSettings:
     kind, url = config.kind, config.url
     if override:
         if override in PROVIDERS:
@@ -82,10 +93,19 @@ def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[
         elif override.startswith(("http://", "https://")):
             kind, url = "custom", override
         else:
-            raise UsageError(f"--provider {override!r}: use emulator, fal, or a base URL (http://… or https://…)")
+            raise UsageError(
+                f"--provider {override!r}: use emulator, fal, or a base URL (http://… or https://…)"
+            )
     if config.accounts:
-        return ProviderSettings(kind, url, config.auth, config.key_env, None, dict(config.emulator),
-                                _accounts(config, kind, env))
+        return ProviderSettings(
+            kind,
+            url,
+            config.auth,
+            config.key_env,
+            None,
+            dict(config.emulator),
+            _accounts(config, kind, env),
+        )
     key = None
     if kind != "emulator":
         key = env.get(config.key_env)
@@ -102,24 +122,33 @@ def resolve_provider(config: ProviderConfig, override: str | None, env: Mapping[
     return ProviderSettings(kind, url, config.auth, config.key_env, key, dict(config.emulator))
 
 
-def _accounts(config: ProviderConfig, kind: str, env: Mapping[str, str]) -> tuple[AccountSettings, ...]:
+def _accounts(
+    config: ProviderConfig, kind: str, env: Mapping[str, str]
+) -> tuple[AccountSettings, ...]:
     """Each account with its key; every missing variable named at once (the built-in emulator needs none)."""
-    accounts = tuple(AccountSettings(a.name, a.key_env, a.concurrency, a.rate, env.get(a.key_env) or None)
-                     for a in config.accounts)
+    accounts = tuple(
+        AccountSettings(a.name, a.key_env, a.concurrency, a.rate, env.get(a.key_env) or None)
+        for a in config.accounts
+    )
     missing = [a for a in accounts if a.key is None]
     if missing and kind != "emulator":
-        names = ", ".join(a.key_env if a.name == a.key_env else f"{a.key_env} (account {a.name})" for a in missing)
+        names = ", ".join(
+            a.key_env if a.name == a.key_env else f"{a.key_env} (account {a.name})" for a in missing
+        )
         raise UsageError(
             f"the API key variable{'s' if len(missing) > 1 else ''} {names} of provider.accounts "
             f"{'are' if len(missing) > 1 else 'is'} not set",
             hint=f"export {missing[0].key_env}=… (renderer reads keys only from the environment), remove the "
-            "account from provider.accounts, or run on the built-in emulator with --provider emulator")
+            "account from provider.accounts, or run on the built-in emulator with --provider emulator",
+        )
     seen: dict[str, str] = {}
     for a in accounts:
         if a.key is not None and a.key in seen:
             # One key counted as two accounts would double that account's limits.
-            raise UsageError(f"{seen[a.key]} and {a.key_env} hold the same key; one key is one account",
-                             hint="give each account of provider.accounts its own key, or list it once")
+            raise UsageError(
+                f"{seen[a.key]} and {a.key_env} hold the same key; one key is one account",
+                hint="give each account of provider.accounts its own key, or list it once",
+            )
         if a.key is not None:
             seen[a.key] = a.key_env
     return accounts
@@ -133,11 +162,20 @@ class Display:
     what this run will end at: jobs finished earlier plus the jobs this run will try.
     """
 
-    def __init__(self, err: TextIO, *, quiet: bool, jobs: Sequence[Job] = (), tty: bool | None = None,
-                 interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        err: TextIO,
+        *,
+        quiet: bool,
+        jobs: Sequence[Job] = (),
+        tty: bool | None = None,
+        interval: float = 10.0,
+    ) -> None:
         self.err = err
         self.quiet = quiet
-        self.jobs = jobs  # (kept for callers that pass it; failures are described from their events)
+        self.jobs = (
+            jobs  # (kept for callers that pass it; failures are described from their events)
+        )
         if tty is None:
             isatty = getattr(err, "isatty", None)
             tty = bool(isatty and isatty())
@@ -167,38 +205,61 @@ class Display:
             if self.quiet:
                 pass
             elif self.tty:
-                self.bar = tqdm(total=self.total, initial=event["done"], file=self.err, unit="job",
-                                mininterval=0.2, dynamic_ncols=True, leave=True)
+                self.bar = tqdm(
+                    total=self.total,
+                    initial=event["done"],
+                    file=self.err,
+                    unit="job",
+                    mininterval=0.2,
+                    dynamic_ncols=True,
+                    leave=True,
+                )
             else:
                 self.line(event["done"], 0, 0, 0)
             if event["ambiguous"]:
-                self.log(f"note: {event['ambiguous']} submit(s) of an earlier run have no recorded outcome "
-                         "and will be sent again")
+                self.log(
+                    f"note: {event['ambiguous']} submit(s) of an earlier run have no recorded outcome "
+                    "and will be sent again"
+                )
         elif kind == "progress":
             self.last = event
             done = self.finished_before + event["done"] + event["failed"]
             if self.bar is not None:
                 self.bar.n = done
-                self.bar.set_postfix(failed=event["failed"], in_flight=event["in_flight"], queued=event["queued"],
-                                     refresh=False)
+                self.bar.set_postfix(
+                    failed=event["failed"],
+                    in_flight=event["in_flight"],
+                    queued=event["queued"],
+                    refresh=False,
+                )
                 self.bar.update(0)
-            elif not self.quiet and not self.tty and time.monotonic() - self.last_line >= self.interval:
+            elif (
+                not self.quiet
+                and not self.tty
+                and time.monotonic() - self.last_line >= self.interval
+            ):
                 self.line(done, event["failed"], event["in_flight"], event["queued"])
         elif kind == "failed":
             self.log(f"failed: {self.describe(event)}: {event['reason']}")
         elif kind == "throttled":
             whose = f" for account {event['account']!r}" if event.get("account") is not None else ""
-            self.log(f"throttled by the provider (429): in-flight limit{whose} now {event['limit']:.1f}")
+            self.log(
+                f"throttled by the provider (429): in-flight limit{whose} now {event['limit']:.1f}"
+            )
         elif kind == "queued":
-            self.log(f"waiting in the provider's queue: {self.describe(event)} at position {event['position']}")
+            self.log(
+                f"waiting in the provider's queue: {self.describe(event)} at position {event['position']}"
+            )
         elif kind in ("fatal", "warning", "note"):
             self.log(f"{kind}: {event['message']}")
 
     def line(self, done: int, failed: int, in_flight: int, queued: int) -> None:
         self.last_line = time.monotonic()
         percent = f"{100 * done / self.total:.0f}%" if self.total else "-"
-        self.err.write(f"progress: {done}/{self.total} jobs ({percent}), {failed} failed, {in_flight} in flight, "
-                       f"{queued} queued, {self.last_line - self.started:.0f} s\n")
+        self.err.write(
+            f"progress: {done}/{self.total} jobs ({percent}), {failed} failed, {in_flight} in flight, "
+            f"{queued} queued, {self.last_line - self.started:.0f} s\n"
+        )
         with contextlib.suppress(AttributeError, OSError, ValueError):
             self.err.flush()
 
@@ -216,15 +277,22 @@ class Display:
             self.bar = None
         elif not self.quiet and not self.tty and self.last is not None:
             e = self.last
-            self.line(self.finished_before + e["done"] + e["failed"], e["failed"], e["in_flight"], e["queued"])
+            self.line(
+                self.finished_before + e["done"] + e["failed"],
+                e["failed"],
+                e["in_flight"],
+                e["queued"],
+            )
             self.last = None
 
 
 def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
-    return EmulatorConfig(workers=int(settings.get("workers", 2)),
-                          service=ServiceTime("fixed", float(settings.get("latency", 0.05))),
-                          max_side=int(settings.get("max_side", 256)),
-                          variants=tuple(sorted(dict(settings.get("variants", {})).items())))
+    return EmulatorConfig(
+        workers=int(settings.get("workers", 2)),
+        service=ServiceTime("fixed", float(settings.get("latency", 0.05))),
+        max_side=int(settings.get("max_side", 256)),
+        variants=tuple(sorted(dict(settings.get("variants", {})).items())),
+    )
 
 
 def _run_on_new_loop(work: Coroutine[Any, Any, T]) -> T:
@@ -269,9 +337,16 @@ def run_sync(work: Coroutine[Any, Any, T]) -> T:
     return cast(T, box["result"])
 
 
-async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,
-                        events: Callable[[Event], None], *, interrupts: bool = True,
-                        storage: Storage | None = None) -> Summary:
+async def execute_async(
+    plan: Plan,
+    provider: ProviderSettings,
+    config: RunConfig,
+    registry: SchemaRegistry,
+    events: Callable[[Event], None],
+    *,
+    interrupts: bool = True,
+    storage: Storage | None = None,
+) -> Summary:
     """The whole run on the caller's event loop: lock, state, provider, runner.
 
     `interrupts`: take over Ctrl-C for a graceful stop while the run lasts (only when this
@@ -282,7 +357,9 @@ async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfi
     with contextlib.nullcontext() if config.state else RunLock(run_dir):
         store = open_store(config.state, run_dir, plan.manifest.name)
         try:
-            return await _execute(plan, provider, config, registry, events, store, interrupts, storage)
+            return await _execute(
+                plan, provider, config, registry, events, store, interrupts, storage
+            )
         except sqlite3.Error as exc:
             # A damaged page shows only when it is read: say what, where and what to do.
             raise sql_error(Path(store.where), exc) from exc
@@ -290,37 +367,65 @@ async def execute_async(plan: Plan, provider: ProviderSettings, config: RunConfi
             store.close()
 
 
-async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, registry: SchemaRegistry,
-                   events: Callable[[Event], None], store: Store, interrupts: bool = True,
-                   storage: Storage | None = None) -> Summary:
+async def _execute(
+    plan: Plan,
+    provider: ProviderSettings,
+    config: RunConfig,
+    registry: SchemaRegistry,
+    events: Callable[[Event], None],
+    store: Store,
+    interrupts: bool = True,
+    storage: Storage | None = None,
+) -> Summary:
     async with contextlib.AsyncExitStack() as stack:
         url = provider.url
         if provider.kind == "emulator":
-            emulator = await stack.enter_async_context(Emulator(_emulator_config(provider.emulator), registry=registry))
+            emulator = await stack.enter_async_context(
+                Emulator(_emulator_config(provider.emulator), registry=registry)
+            )
             url = emulator.url
         assert url is not None
         client = await stack.enter_async_context(
-            Client(url, auth_scheme=provider.auth, key=provider.key, retry=config.retry,
-                   connections=max(8, config.concurrency * 2 + 4),
-                   # fal's answers must stay on fal's queue hosts; a proxy's are rebased onto the proxy
-                   rebase=provider.kind != "fal", trusted_origins=FAL_QUEUE_ORIGINS if provider.kind == "fal"
-                   else frozenset()))
+            Client(
+                url,
+                auth_scheme=provider.auth,
+                key=provider.key,
+                retry=config.retry,
+                connections=max(8, config.concurrency * 2 + 4),
+                # fal's answers must stay on fal's queue hosts; a proxy's are rebased onto the proxy
+                rebase=provider.kind != "fal",
+                trusted_origins=FAL_QUEUE_ORIGINS if provider.kind == "fal" else frozenset(),
+            )
+        )
 
         def check_output(endpoint: str, output: Any) -> list[Any]:
             return registry.check(endpoint, output, "output") if endpoint in registry else []
 
         # provider.accounts: one client per account, sharing the pool, each sending its own key.
         clients = {a.name: client.with_key(a.key) for a in provider.accounts}
-        runner = Runner(plan, store, client, config, events=events, output_check=check_output, storage=storage,
-                        clients=clients)
+        runner = Runner(
+            plan,
+            store,
+            client,
+            config,
+            events=events,
+            output_check=check_output,
+            storage=storage,
+            clients=clients,
+        )
         presses = [0]
 
         def on_interrupt(signum: int) -> None:
             # SIGTERM (a service manager, `kill`, a CI timeout) is handled like Ctrl-C.
             presses[0] += 1
             if presses[0] == 1:
-                events({"type": "note", "message": "stopping: no new submissions; waiting for submits in flight "
-                        "to record their request ids (Ctrl-C again to stop at once)"})
+                events(
+                    {
+                        "type": "note",
+                        "message": "stopping: no new submissions; waiting for submits in flight "
+                        "to record their request ids (Ctrl-C again to stop at once)",
+                    }
+                )
                 runner.stop(signal=signum)
             else:
                 runner.stop(force=True, signal=signum)
@@ -343,17 +448,33 @@ async def _execute(plan: Plan, provider: ProviderSettings, config: RunConfig, re
 def summary_record(summary: Summary, plan: Plan) -> dict[str, Any]:
     """The run's outcome as data: `run --json` prints it, one JSON document on stdout."""
     return {
-        "outcome": summary.outcome, "exit_code": summary.exit_code, "run": str(plan.manifest.run_dir),
-        "manifest": str(plan.manifest.file), "jobs": len(plan.jobs), "counts": summary.counts,
-        "images_this_run": summary.images, "started": summary.started, "finished": summary.finished,
-        "started_at": iso_time(summary.started), "finished_at": iso_time(summary.finished),
-        "seconds": round(summary.finished - summary.started, 3), "requests": summary.calls,
+        "outcome": summary.outcome,
+        "exit_code": summary.exit_code,
+        "run": str(plan.manifest.run_dir),
+        "manifest": str(plan.manifest.file),
+        "jobs": len(plan.jobs),
+        "counts": summary.counts,
+        "images_this_run": summary.images,
+        "started": summary.started,
+        "finished": summary.finished,
+        "started_at": iso_time(summary.started),
+        "finished_at": iso_time(summary.finished),
+        "seconds": round(summary.finished - summary.started, 3),
+        "requests": summary.calls,
         "ambiguous_resubmits": summary.ambiguous_resubmits,
-        "paid_twice": {"count": summary.paid_twice, "ambiguous": summary.ambiguous_resubmits,
-                       "resubmits": summary.resubmits},
-        "cost": {"currency": "USD", "this_run": summary.cost, "all_runs": summary.total_cost,
-                 "estimate": summary.estimate},
-        "error": summary.error, "hint": summary.hint,
+        "paid_twice": {
+            "count": summary.paid_twice,
+            "ambiguous": summary.ambiguous_resubmits,
+            "resubmits": summary.resubmits,
+        },
+        "cost": {
+            "currency": "USD",
+            "this_run": summary.cost,
+            "all_runs": summary.total_cost,
+            "estimate": summary.estimate,
+        },
+        "error": summary.error,
+        "hint": summary.hint,
         **({"accounts": summary.accounts} if summary.accounts else {}),
         **({"waiting_for_accounts": summary.waiting} if summary.waiting else {}),
     }
@@ -363,7 +484,9 @@ def _why(summary: Summary) -> str:
     """The reasons inputs were paid for again this run, most frequent first."""
     reasons = [f"{n} x {reason}" for reason, n in summary.resubmits.items()]
     if summary.ambiguous_resubmits:
-        reasons.append(f"{summary.ambiguous_resubmits} x an earlier run stopped between a submit and its record")
+        reasons.append(
+            f"{summary.ambiguous_resubmits} x an earlier run stopped between a submit and its record"
+        )
     return "; ".join(reasons)
 
 
@@ -378,16 +501,22 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: b
     if as_json:
         out.write(json.dumps(summary_record(summary, plan), indent=2, ensure_ascii=False) + "\n")
     else:
-        out.write(f"{summary.outcome}: {counts['downloaded']}/{len(plan.jobs)} jobs downloaded, {counts['failed']} failed, "
-                  f"{summary.images} images written this run in {seconds:.1f} s → {run_dir}/\n")
+        out.write(
+            f"{summary.outcome}: {counts['downloaded']}/{len(plan.jobs)} jobs downloaded, {counts['failed']} failed, "
+            f"{summary.images} images written this run in {seconds:.1f} s → {run_dir}/\n"
+        )
         if summary.paid_twice:
             out.write(f"paid twice: {summary.paid_twice} ({_why(summary)})\n")
         if summary.total_cost is not None:
-            out.write(f"cost: {_usd(summary.cost)} this run, {_usd(summary.total_cost)} for all finished jobs "
-                      f"(estimate for the plan {_usd(summary.estimate)})\n")
+            out.write(
+                f"cost: {_usd(summary.cost)} this run, {_usd(summary.total_cost)} for all finished jobs "
+                f"(estimate for the plan {_usd(summary.estimate)})\n"
+            )
     for name, account in summary.accounts.items():
         if account["stopped"] and summary.outcome != "stopped":
-            err.write(f"warning: account {name!r} stopped: {account['stopped']}; the other accounts did its work\n")
+            err.write(
+                f"warning: account {name!r} stopped: {account['stopped']}; the other accounts did its work\n"
+            )
     if summary.outcome == "stopped":
         err.write(f"error: {summary.error}\n")
         if summary.hint:
@@ -395,9 +524,13 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: b
         if not summary.waiting:
             err.write("hint: nothing further was sent; fix the account and rerun to resume\n")
     elif summary.outcome == "interrupted":
-        err.write(f"interrupted: state saved in {run_dir / DB_NAME}; rerun the same command to resume\n")
+        err.write(
+            f"interrupted: state saved in {run_dir / DB_NAME}; rerun the same command to resume\n"
+        )
     elif summary.outcome == "failed":
-        err.write(f"hint: `renderer status {run_dir}` lists the failures; `--retry-failed` tries them again\n")
+        err.write(
+            f"hint: `renderer status {run_dir}` lists the failures; `--retry-failed` tries them again\n"
+        )
     return summary.exit_code
 
 
@@ -411,10 +544,16 @@ class EventLog:
     def __init__(self, path: Path, secrets: Sequence[str] = ()) -> None:
         # Checked now, opened at the first event: bad input elsewhere must leave no file behind.
         folder = path.parent if str(path.parent) else Path(".")
-        if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK) or \
-                (path.exists() and not os.access(path, os.W_OK)):
-            raise UsageError(f"--log {path}: not a writable file path",
-                             hint="give a file in an existing, writable folder")
+        if (
+            path.is_dir()
+            or not folder.is_dir()
+            or not os.access(folder, os.W_OK)
+            or (path.exists() and not os.access(path, os.W_OK))
+        ):
+            raise UsageError(
+                f"--log {path}: not a writable file path",
+                hint="give a file in an existing, writable folder",
+            )
         self.path = path
         self.handle: TextIO | None = None
         self.closed = False
@@ -427,9 +566,13 @@ class EventLog:
             try:
                 self.handle = self.path.open("a", encoding="utf-8")
             except OSError as exc:
-                raise UsageError(f"--log {self.path}: cannot open it for writing: {exc.strerror or exc}") from exc
+                raise UsageError(
+                    f"--log {self.path}: cannot open it for writing: {exc.strerror or exc}"
+                ) from exc
         now = time.time()
-        line = json.dumps({"time": round(now, 3), "at": iso_time(now), **event}, ensure_ascii=False, default=str)
+        line = json.dumps(
+            {"time": round(now, 3), "at": iso_time(now), **event}, ensure_ascii=False, default=str
+        )
         for secret in self.secrets:
             line = line.replace(secret, "***")
         self.handle.write(line + "\n")
@@ -450,22 +593,32 @@ def finalize(plan: Plan, config: RunConfig, storage: Storage | None) -> dict[str
     """
     run_dir = plan.manifest.run_dir
     if not config.state and not (run_dir / DB_NAME).is_file():
-        raise UsageError(f"{run_dir}: no run here (no {DB_NAME})",
-                         hint="run the manifest first, or give the --state of its distributed run")
+        raise UsageError(
+            f"{run_dir}: no run here (no {DB_NAME})",
+            hint="run the manifest first, or give the --state of its distributed run",
+        )
     store = open_store(config.state, run_dir, plan.manifest.name, readonly=True)
     try:
         out = storage or LocalStorage(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_dataset(plan, store, out, config.provider or None)
         counts, unfinished, resubmits = store.counts(), store.unfinished(), store.resubmit_reasons()
-        cost = [e["cost"] for _, entries in store.downloaded_files() for e in entries if "cost" in e]
+        cost = [
+            e["cost"] for _, entries in store.downloaded_files() for e in entries if "cost" in e
+        ]
         now = time.time()
         record = {
-            "manifest": str(plan.manifest.file), "name": plan.manifest.name,
+            "manifest": str(plan.manifest.file),
+            "name": plan.manifest.name,
             "outcome": "incomplete" if unfinished else ("failed" if counts["failed"] else "done"),
-            "finalized": now, "finalized_at": iso_time(now), "counts": counts, "unfinished": unfinished,
-            "paid_twice": {"all_runs": store.total_ambiguous() + sum(resubmits.values()),
-                           "resubmits_all_runs": resubmits},
+            "finalized": now,
+            "finalized_at": iso_time(now),
+            "counts": counts,
+            "unfinished": unfinished,
+            "paid_twice": {
+                "all_runs": store.total_ambiguous() + sum(resubmits.values()),
+                "resubmits_all_runs": resubmits,
+            },
             "cost": {"currency": "USD", "all_runs": round(sum(cost), 6) if cost else None},
             "workers": store.workers(),
         }
@@ -484,7 +637,10 @@ def status(run_dir: Path, out: TextIO, *, as_json: bool, state: str | None = Non
         finally:
             store.close()
     if not (run_dir / DB_NAME).is_file():
-        raise UsageError(f"{run_dir}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME")
+        raise UsageError(
+            f"{run_dir}: no run here (no {DB_NAME})",
+            hint="pass a run directory such as outputs/NAME",
+        )
     store = SQLiteStore(run_dir, readonly=True)
     try:
         return _status(run_dir, store, out, as_json=as_json)
@@ -495,8 +651,10 @@ def status(run_dir: Path, out: TextIO, *, as_json: bool, state: str | None = Non
 def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
     try:
         counts = store.counts()
-        failures = [(r.key, r.prompt_id, r.model, r.seed, r.axes, r.error_kind, r.error)
-                    for r in store.rows(in_plan=True, state="failed")]
+        failures = [
+            (r.key, r.prompt_id, r.model, r.seed, r.axes, r.error_kind, r.error)
+            for r in store.rows(in_plan=True, state="failed")
+        ]
         stale = [(r.key, r.stem, r.state) for r in store.rows(in_plan=False)]
         # Which account holds each submitted request (only that account's key can follow it).
         by_account: dict[str, int] = {}
@@ -506,8 +664,16 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         ambiguous = store.ambiguous()
         # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
         # (Shared state: the files are in the workers' output, often a bucket; `run --verify` checks them.)
-        missing = [] if store.shared else [(key, e["path"]) for key, entries in store.downloaded_files()
-                                           for e in entries if not files.file_intact(run_dir, e, rehash=False)]
+        missing = (
+            []
+            if store.shared
+            else [
+                (key, e["path"])
+                for key, entries in store.downloaded_files()
+                for e in entries
+                if not files.file_intact(run_dir, e, rehash=False)
+            ]
+        )
         workers = store.workers()
         accounts = store.accounts() if isinstance(store, PostgresStore) else []
         last = store.last_summary()
@@ -516,44 +682,83 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
     finally:
         store.close()
     damaged_jobs = len({key for key, _ in missing})
-    rerun = {"submit": counts["planned"], "of_which_ambiguous": ambiguous, "reattach": counts["submitted"],
-             "download": counts["completed"] + damaged_jobs, "of_which_missing_on_disk": damaged_jobs,
-             "skip_failed": counts["failed"], "skip_done": counts["downloaded"] - damaged_jobs}
+    rerun = {
+        "submit": counts["planned"],
+        "of_which_ambiguous": ambiguous,
+        "reattach": counts["submitted"],
+        "download": counts["completed"] + damaged_jobs,
+        "of_which_missing_on_disk": damaged_jobs,
+        "skip_failed": counts["failed"],
+        "skip_done": counts["downloaded"] - damaged_jobs,
+    }
     if as_json:
-        out.write(json.dumps({"run": str(run_dir), "counts": counts, "rerun": rerun,
-                              "missing_on_disk": [{"key": k, "path": p} for k, p in missing],
-                              "failures": [dict(zip(("key", "prompt", "model", "seed", "axes", "kind", "reason"), f,
-                                                    strict=True)) for f in failures],
-                              "no_longer_in_manifest": [dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale],
-                              "paid_twice": {"count": paid_twice, "resubmits": resubmits},
-                              "workers": workers, "accounts": accounts,
-                              "submitted_by_account": by_account,
-                              "last_run": last},
-                             indent=2, ensure_ascii=False) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "run": str(run_dir),
+                    "counts": counts,
+                    "rerun": rerun,
+                    "missing_on_disk": [{"key": k, "path": p} for k, p in missing],
+                    "failures": [
+                        dict(
+                            zip(
+                                ("key", "prompt", "model", "seed", "axes", "kind", "reason"),
+                                f,
+                                strict=True,
+                            )
+                        )
+                        for f in failures
+                    ],
+                    "no_longer_in_manifest": [
+                        dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale
+                    ],
+                    "paid_twice": {"count": paid_twice, "resubmits": resubmits},
+                    "workers": workers,
+                    "accounts": accounts,
+                    "submitted_by_account": by_account,
+                    "last_run": last,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
         return 0
     out.write(f"run: {run_dir}\n")
     out.write("  " + "  ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
-    out.write(f"a rerun would: submit {rerun['submit']} (ambiguous {ambiguous}), reattach {rerun['reattach']}, "
-              f"download {rerun['download']} ({damaged_jobs} with files missing or changed on disk), "
-              f"leave {rerun['skip_failed']} failed (use --retry-failed)\n")
+    out.write(
+        f"a rerun would: submit {rerun['submit']} (ambiguous {ambiguous}), reattach {rerun['reattach']}, "
+        f"download {rerun['download']} ({damaged_jobs} with files missing or changed on disk), "
+        f"leave {rerun['skip_failed']} failed (use --retry-failed)\n"
+    )
     if paid_twice:
         reasons = "; ".join(f"{n} x {reason}" for reason, n in resubmits.items())
         ambiguous_all = paid_twice - sum(resubmits.values())
         if ambiguous_all:
-            reasons += ("; " if reasons else "") + f"{ambiguous_all} x a run stopped between a submit and its record"
+            reasons += (
+                "; " if reasons else ""
+            ) + f"{ambiguous_all} x a run stopped between a submit and its record"
         out.write(f"paid twice: {paid_twice} over all runs ({reasons})\n")
     now = time.time()
     for w in workers:
         if store.shared or w["held"]:
-            out.write(f"worker {w['id']} on {w['host']}: {w['held']} job(s) held, last heartbeat "
-                      f"{now - w['heartbeat']:.0f} s ago\n")
+            out.write(
+                f"worker {w['id']} on {w['host']}: {w['held']} job(s) held, last heartbeat "
+                f"{now - w['heartbeat']:.0f} s ago\n"
+            )
     for a in accounts:
         out.write(f"account {a['name']}: {a['in_flight']} of {a['limit']} in flight\n")
     if set(by_account) - {SINGLE_KEY}:
-        out.write("submitted, by account: " + ", ".join(f"{name}={n}" for name, n in by_account.items()) + "\n")
+        out.write(
+            "submitted, by account: "
+            + ", ".join(f"{name}={n}" for name, n in by_account.items())
+            + "\n"
+        )
     for name, n in ((last or {}).get("waiting_for_accounts") or {}).items():
-        out.write(f"waiting for an account: {n} submitted job(s) of {name!r} could not be followed in the last run "
-                  "(that account was not configured or was stopped); rerun with it to finish them\n")
+        out.write(
+            f"waiting for an account: {n} submitted job(s) of {name!r} could not be followed in the last run "
+            "(that account was not configured or was stopped); rerun with it to finish them\n"
+        )
     for name, account in ((last or {}).get("accounts") or {}).items():
         if account.get("stopped"):
             out.write(f"account {name!r} stopped in the last run: {account['stopped']}\n")
@@ -561,13 +766,19 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         out.write(f"missing or changed on disk: {path} ({key})\n")
     for key, prompt, model, seed, axes, kind, reason in failures:
         described = "".join(f" {k}={json.dumps(v, ensure_ascii=False)}" for k, v in axes.items())
-        out.write(f"failed: prompt={prompt} model={model} seed={seed}{described} [{kind}] {reason}  ({key})\n")
+        out.write(
+            f"failed: prompt={prompt} model={model} seed={seed}{described} [{kind}] {reason}  ({key})\n"
+        )
     for key, stem, state in stale:
         out.write(f"no longer in the manifest: {stem} ({state}, {key})\n")
     if last:
-        out.write(f"last run: {last['outcome']} at {iso_time(last['finished'])}, {last['images_this_run']} images\n")
+        out.write(
+            f"last run: {last['outcome']} at {iso_time(last['finished'])}, {last['images_this_run']} images\n"
+        )
         cost = last.get("cost") or {}
         if cost.get("all_runs") is not None:
-            out.write(f"cost: {_usd(cost.get('this_run'))} last run, {_usd(cost['all_runs'])} for all finished jobs "
-                      f"(estimate {_usd(cost.get('estimate'))})\n")
+            out.write(
+                f"cost: {_usd(cost.get('this_run'))} last run, {_usd(cost['all_runs'])} for all finished jobs "
+                f"(estimate {_usd(cost.get('estimate'))})\n"
+            )
     return 0

@@ -12,9 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,8 +21,15 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from .docs import NO_DEFAULT, PRIMITIVES, EndpointDoc, Field, TypeDef, parse_file
-from .errors import UserError
+from renderer.errors import UserError, closest
+from renderer.models.documents import (
+    NO_DEFAULT,
+    PRIMITIVES,
+    EndpointDoc,
+    Field,
+    TypeDef,
+    parse_file,
+)
 
 FORMAT = 1
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -67,13 +72,17 @@ class _Builder:
             return {"anyOf": [self.type_schema(name, f, reached), presets]}
         if type_ == "Enum" or type_.endswith("Enum"):
             if not f.enum:
-                self.warn(f.line, f"{f.name}: enum type {type_} lists no values; accepting any string")
+                self.warn(
+                    f.line, f"{f.name}: enum type {type_} lists no values; accepting any string"
+                )
                 return {"type": "string"}
             return {"type": "string", "enum": list(f.enum)}
         if type_ in self.doc.types:
             reached.add(type_)
             return {"$ref": f"#/$defs/{type_}"}
-        self.warn(f.line, f"{f.name}: type {type_} is referenced but never defined; accepting any object")
+        self.warn(
+            f.line, f"{f.name}: type {type_} is referenced but never defined; accepting any object"
+        )
         return {"type": "object", "x-undefined-type": type_}
 
     def property(self, f: Field, reached: set[str]) -> dict[str, Any]:
@@ -130,7 +139,9 @@ class _Builder:
             type_ = _json_type(value)
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 keys = set(value[0])
-                match = sorted(n for n, t in self.doc.types.items() if keys <= {f.name for f in t.fields})
+                match = sorted(
+                    n for n, t in self.doc.types.items() if keys <= {f.name for f in t.fields}
+                )
                 type_ = f"list<{match[0]}>" if match else "list<object>"
             fields.append(Field(key, type_, example.line, required=True))
         self.warn(
@@ -154,7 +165,9 @@ class _Builder:
         output = None
         if outputs:
             output = self.object_schema(outputs, self.output_types, strict=False)
-            for name, schema in self.close_types(self.output_types - set(defs), strict=False).items():
+            for name, schema in self.close_types(
+                self.output_types - set(defs), strict=False
+            ).items():
                 defs.setdefault(name, schema)
         elif doc.style != "proxy-table":
             self.warn(doc.line, "no output fields and no example response; no output schema")
@@ -182,7 +195,9 @@ def _span(bounds: tuple[float, float]) -> str:
 # ---------------------------------------------------------------- merging documents
 
 
-def _merge_props(into: dict[str, Any], other: dict[str, Any], endpoint: str, warnings: list[str]) -> None:
+def _merge_props(
+    into: dict[str, Any], other: dict[str, Any], endpoint: str, warnings: list[str]
+) -> None:
     for name, prop in other.items():
         mine = into.get(name)
         if mine is None:
@@ -196,7 +211,9 @@ def _merge_props(into: dict[str, Any], other: dict[str, Any], endpoint: str, war
                 )
             elif key in prop and key not in mine and "$ref" not in mine and "anyOf" not in mine:
                 mine[key] = prop[key]
-        mine["x-source"] = mine["x-source"] + [s for s in prop["x-source"] if s not in mine["x-source"]]
+        mine["x-source"] = mine["x-source"] + [
+            s for s in prop["x-source"] if s not in mine["x-source"]
+        ]
         if "description" not in mine and "description" in prop:
             mine["description"] = prop["description"]
 
@@ -209,7 +226,9 @@ def merge(endpoint: str, docs: list[EndpointDoc], warnings: list[str]) -> dict[s
     root, output, defs = first["input"], first["output"], dict(first["defs"])
     for part in built[1:]:
         _merge_props(root["properties"], part["input"]["properties"], endpoint, warnings)
-        root["required"] = list(dict.fromkeys(root.get("required", []) + part["input"].get("required", [])))
+        root["required"] = list(
+            dict.fromkeys(root.get("required", []) + part["input"].get("required", []))
+        )
         if part["output"]:
             if output is None:
                 output = part["output"]
@@ -220,7 +239,11 @@ def merge(endpoint: str, docs: list[EndpointDoc], warnings: list[str]) -> dict[s
     schema: dict[str, Any] = {
         "$schema": DIALECT,
         "title": f"{endpoint} input",
-        **({"description": summary} if (summary := next((d.summary for d in docs if d.summary), "")) else {}),
+        **(
+            {"description": summary}
+            if (summary := next((d.summary for d in docs if d.summary), ""))
+            else {}
+        ),
         "x-endpoint": endpoint,
         "x-sources": [d.where for d in docs],
         "x-auth": sorted({d.auth for d in docs}),
@@ -258,7 +281,9 @@ def _dump(data: Any) -> str:
 def build(docs_dir: Path) -> BuildResult:
     paths = sorted(p for p in docs_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     if not paths:
-        raise UserError(f"{docs_dir}: no model documents found", hint="put the model pages under schemas/docs/")
+        raise UserError(
+            f"{docs_dir}: no model documents found", hint="put the model pages under schemas/docs/"
+        )
     docs: list[EndpointDoc] = []
     for path in paths:
         docs.extend(parse_file(path))
@@ -343,12 +368,6 @@ class Violation:
     suggestion: str | None = None
 
 
-def closest(word: object, choices: Iterable[object]) -> str | None:
-    options = [str(c) for c in choices]
-    found = difflib.get_close_matches(str(word), options, n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
 def _allowed(schema: dict[str, Any]) -> str | None:
     if "enum" in schema:
         return ", ".join(map(str, schema["enum"]))
@@ -405,7 +424,9 @@ def _violations(error: ValidationError) -> list[Violation]:
         allowed = "an object {width, height}"
         if options:
             allowed += " or one of: " + ", ".join(options[0]["enum"])
-        return [Violation(path, f"{error.instance!r} is neither a size object nor a preset", allowed)]
+        return [
+            Violation(path, f"{error.instance!r} is neither a size object nor a preset", allowed)
+        ]
     return [Violation(path, error.message, _allowed(error.schema))]
 
 
@@ -466,7 +487,7 @@ class SchemaRegistry:
 
 def default_schema_dir() -> Path:
     """The installed copy (inside the wheel) or, in a source checkout, the top-level schemas/."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the package folder
     for candidate in (here / "_schemas", here.parent / "schemas"):
         if (candidate / "index.json").is_file():
             return candidate

@@ -1,6 +1,6 @@
 """The static viewer page shared by `renderer report` and `renderer diff`.
 
-The page is one HTML file: the viewer's stylesheet and script (package data in renderer/web/)
+The page is one HTML file: the viewer's stylesheet and script (package data in renderer/view/web/)
 inlined, and the run's data as a JSON block. The script builds every element from that data
 with textContent and attributes, never by parsing markup, so no text from a manifest or a
 server can become markup. The JSON block is escaped for HTML script context: `<`, `>` and `&`
@@ -19,8 +19,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
-            0x2028: "\\u2028", 0x2029: "\\u2029"}
+_ESCAPES = {
+    ord("<"): "\\u003c",
+    ord(">"): "\\u003e",
+    ord("&"): "\\u0026",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
 
 
 def script_json(data: Any) -> str:
@@ -29,20 +34,28 @@ def script_json(data: Any) -> str:
     The escapes only ever occur inside JSON strings (JSON syntax has none of these characters),
     where JSON.parse turns them back into the original characters.
     """
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(_ESCAPES)
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(
+        _ESCAPES
+    )
 
 
 def _asset(name: str) -> str:
-    return (resources.files("renderer") / "web" / name).read_text(encoding="utf-8")
+    return (resources.files("renderer.view") / "web" / name).read_text(encoding="utf-8")
 
 
 def render(title: str, data: dict[str, Any]) -> str:
     # The assets are our own files; only `title` and `data` come from users and servers, and
     # both are escaped for where they go (element text and script data).
     # One pass over the template: inserted text is never scanned for placeholders again.
-    parts = {"title": html.escape(title), "style": _asset("viewer.css"), "script": _asset("viewer.js"),
-             "data": script_json(data)}
-    return re.sub(r"\{\{(title|style|script|data)\}\}", lambda m: parts[m.group(1)], _asset("viewer.html"))
+    parts = {
+        "title": html.escape(title),
+        "style": _asset("viewer.css"),
+        "script": _asset("viewer.js"),
+        "data": script_json(data),
+    }
+    return re.sub(
+        r"\{\{(title|style|script|data)\}\}", lambda m: parts[m.group(1)], _asset("viewer.html")
+    )
 
 
 def write(path: Path, title: str, data: dict[str, Any]) -> Path:

@@ -16,9 +16,9 @@ from typing import Any
 
 from PIL import Image, ImageChops
 
-from . import page as page_mod
-from . import report
-from .store import DB_NAME, Row, SQLiteStore
+from renderer.state.store import DB_NAME, Row, SQLiteStore
+from renderer.view import page as page_mod
+from renderer.view import report
 
 VERDICTS = ("changed", "missing", "only in A", "only in B", "same", "identical")
 DIFF_SIDE = 512  # difference images are made at most this large: they are for the eye
@@ -100,20 +100,50 @@ def write(result: dict[str, Any], path: Path) -> Path:
             if name not in have:
                 diffs[name] = (str(run_a / pair["a"]), str(run_b / pair["b"]), str(folder / name))
             diff = f"{folder.name}/{name}"
-        entries.append((row, {"verdict": pair["verdict"], "label": pair["label"], "index": pair["index"],
-                              "key": pair["key"], "hash": pair["hash_distance"], "rmse": pair["rmse"],
-                              "a": a, "b": b, "diff": diff, "diff_thumb": diff}))
-    for side, keys, rows, run in (("A", result["only_in_a"], rows_a, run_a), ("B", result["only_in_b"], rows_b, run_b)):
+        entries.append(
+            (
+                row,
+                {
+                    "verdict": pair["verdict"],
+                    "label": pair["label"],
+                    "index": pair["index"],
+                    "key": pair["key"],
+                    "hash": pair["hash_distance"],
+                    "rmse": pair["rmse"],
+                    "a": a,
+                    "b": b,
+                    "diff": diff,
+                    "diff_thumb": diff,
+                },
+            )
+        )
+    for side, keys, rows, run in (
+        ("A", result["only_in_a"], rows_a, run_a),
+        ("B", result["only_in_b"], rows_b, run_b),
+    ):
         for key in keys:
             row = rows.get(key)
             if row is None:
                 continue
             first = (row.files or [None])[0]
             pic = picture(run, first and first["path"], first and first["sha256"], False)
-            entries.append((row, {"verdict": f"only in {side}", "label": f"{row.prompt_id} / {row.model} / seed {row.seed}",
-                                  "index": 0, "key": key, "hash": None, "rmse": None,
-                                  "a": pic if side == "A" else None, "b": pic if side == "B" else None,
-                                  "diff": None, "diff_thumb": None}))
+            entries.append(
+                (
+                    row,
+                    {
+                        "verdict": f"only in {side}",
+                        "label": f"{row.prompt_id} / {row.model} / seed {row.seed}",
+                        "index": 0,
+                        "key": key,
+                        "hash": None,
+                        "rmse": None,
+                        "a": pic if side == "A" else None,
+                        "b": pic if side == "B" else None,
+                        "diff": None,
+                        "diff_thumb": None,
+                    },
+                )
+            )
     _run(list(thumbs.values()), report._make_thumb)
     for source, target in copies.values():
         tmp = target.with_name(target.name + ".tmp")
@@ -124,11 +154,18 @@ def write(result: dict[str, Any], path: Path) -> Path:
         if not name.endswith(".tmp"):
             (folder / name).unlink(missing_ok=True)
 
-    sp = report.space([row for row, _ in entries]) if entries else report.Space([], [], [], [], False)
+    sp = (
+        report.space([row for row, _ in entries])
+        if entries
+        else report.Space([], [], [], [], False)
+    )
     verdicts = [v for v in VERDICTS if any(e["verdict"] == v for _, e in entries)]
     indexes = sorted({e["index"] for _, e in entries})
     dims = [{"name": "verdict", "values": verdicts, "missing": False}]
-    dims += [{"name": n, "values": v, "missing": m} for n, v, m in zip(sp.names, sp.values, sp.missing, strict=True)]
+    dims += [
+        {"name": n, "values": v, "missing": m}
+        for n, v, m in zip(sp.names, sp.values, sp.missing, strict=True)
+    ]
     if len(indexes) > 1:
         dims.append({"name": "image", "values": [str(i) for i in indexes], "missing": False})
     items = []
@@ -139,8 +176,18 @@ def write(result: dict[str, Any], path: Path) -> Path:
         items.append({**entry, "v": v})
     counts = result["counts"]
     names = {d["name"] for d in dims}
-    view = {"x": "model" if "model" in names else "", "y": "prompt" if "prompt" in names else "", "page": "verdict"}
-    data = {"mode": "diff", "summary": f"{result['run_a']} → {result['run_b']}: "
-            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()),
-            "dims": dims, "linked": [["seed", "sample"]] if sp.sample else [], "view": view, "items": items}
+    view = {
+        "x": "model" if "model" in names else "",
+        "y": "prompt" if "prompt" in names else "",
+        "page": "verdict",
+    }
+    data = {
+        "mode": "diff",
+        "summary": f"{result['run_a']} → {result['run_b']}: "
+        + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()),
+        "dims": dims,
+        "linked": [["seed", "sample"]] if sp.sample else [],
+        "view": view,
+        "items": items,
+    }
     return page_mod.write(path, f"diff: {run_a.name} → {run_b.name}", data)

@@ -7,7 +7,7 @@ still line up). The page lets the user put any dimension on X, Y or pages and fi
 a combination the run does not have is "n/a", never "pending"; failed jobs show their reason.
 
 Files (all inside RUN/report/, nothing needs a server or the network, works from file://):
-  index.html        the viewer (renderer/web/) with the run's data inlined as escaped JSON
+  index.html        the viewer (renderer/view/web/) with the run's data inlined as escaped JSON
   thumbs/<sha>.jpg  one thumbnail per image content, made once and reused by later reports
   sheet-P[-N].png   one labelled grid per page value of the default view (A1111's X/Y/Z
                     style), split so no sheet exceeds the size cap; sheets an earlier report
@@ -27,9 +27,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from . import page as page_mod
-from .errors import UsageError
-from .store import Row, SQLiteStore
+from renderer.errors import UsageError
+from renderer.state.store import Row, SQLiteStore
+from renderer.view import page as page_mod
 
 THUMB = 256
 CELL = 192  # pixels per cell in a PNG sheet
@@ -39,7 +39,9 @@ NOT_SET = "(not set)"
 
 
 def _label(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return (
+        value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    )
 
 
 @dataclass
@@ -104,7 +106,9 @@ def default_view(sp: Space, row_axis: str, col_axis: str) -> View:
     """Models side by side, prompts down, samples (or seeds) as pages."""
     for axis in (row_axis, col_axis):
         if axis not in sp.names:
-            raise UsageError(f"no axis {axis!r} in this run", hint="axes here: " + ", ".join(sp.names))
+            raise UsageError(
+                f"no axis {axis!r} in this run", hint="axes here: " + ", ".join(sp.names)
+            )
     page = ""
     for name in ("sample", "seed"):
         d = sp.index(name)
@@ -187,20 +191,50 @@ def _cost(row: Row) -> float | None:
 def page_data(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str]) -> dict[str, Any]:
     items = []
     for r, point in zip(rows, sp.coords, strict=True):
-        images = [{"path": "../" + e["path"], "thumb": thumbs.get(e["sha256"]), "width": e.get("width"),
-                   "height": e.get("height")} for e in (r.files or [])]
-        items.append({
-            "v": point, "state": r.state, "key": r.key, "prompt": r.prompt, "prompt_id": r.prompt_id,
-            "model": r.model, "endpoint": r.endpoint, "seed": (r.result or {}).get("seed", r.seed),
-            "input": r.input, "request_id": r.request_id, "error": r.error, "error_kind": r.error_kind,
-            "attempts": r.attempts, "images": images, "cost": _cost(r),
-            "t": {"submitted": r.submitted_at, "completed": r.completed_at, "downloaded": r.downloaded_at},
-        })
-    return {"mode": "run", "summary": _summary(rows),
-            "dims": [{"name": n, "values": v, "missing": m}
-                     for n, v, m in zip(sp.names, sp.values, sp.missing, strict=True)],
-            "linked": [["seed", "sample"]] if sp.sample else [],
-            "view": {"x": view.x, "y": view.y, "page": view.page}, "items": items}
+        images = [
+            {
+                "path": "../" + e["path"],
+                "thumb": thumbs.get(e["sha256"]),
+                "width": e.get("width"),
+                "height": e.get("height"),
+            }
+            for e in (r.files or [])
+        ]
+        items.append(
+            {
+                "v": point,
+                "state": r.state,
+                "key": r.key,
+                "prompt": r.prompt,
+                "prompt_id": r.prompt_id,
+                "model": r.model,
+                "endpoint": r.endpoint,
+                "seed": (r.result or {}).get("seed", r.seed),
+                "input": r.input,
+                "request_id": r.request_id,
+                "error": r.error,
+                "error_kind": r.error_kind,
+                "attempts": r.attempts,
+                "images": images,
+                "cost": _cost(r),
+                "t": {
+                    "submitted": r.submitted_at,
+                    "completed": r.completed_at,
+                    "downloaded": r.downloaded_at,
+                },
+            }
+        )
+    return {
+        "mode": "run",
+        "summary": _summary(rows),
+        "dims": [
+            {"name": n, "values": v, "missing": m}
+            for n, v, m in zip(sp.names, sp.values, sp.missing, strict=True)
+        ],
+        "linked": [["seed", "sample"]] if sp.sample else [],
+        "view": {"x": view.x, "y": view.y, "page": view.page},
+        "items": items,
+    }
 
 
 # ---------------------------------------------------------------- PNG sheets
@@ -218,13 +252,17 @@ class Sheet:
     cells: dict[tuple[int, int], tuple[str, str | None, str]]  # (state, thumbnail, failure reason)
 
 
-def sheets_for(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str], report_dir: Path,
-               max_side: int) -> list[Sheet]:
+def sheets_for(
+    rows: list[Row], sp: Space, view: View, thumbs: dict[str, str], report_dir: Path, max_side: int
+) -> list[Sheet]:
     """One grid per page value of `view`; rows are Y values × the other dimensions that vary."""
     x, y, pg = sp.index(view.x), sp.index(view.y), sp.index(view.page)
     skip = {sp.index(n) for n in _linked(sp, view)}
-    inner = [d for d in range(len(sp.names)) if d not in (x, y, pg) and d not in skip
-             and len({c[d] for c in sp.coords}) > 1]
+    inner = [
+        d
+        for d in range(len(sp.names))
+        if d not in (x, y, pg) and d not in skip and len({c[d] for c in sp.coords}) > 1
+    ]
 
     def name(d: int, v: int) -> str:
         return NOT_SET if v < 0 else sp.values[d][v]
@@ -241,8 +279,10 @@ def sheets_for(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str], r
     for n, pv in enumerate(order(pages), 1):
         members = pages[pv]
         cols = order(sp.coords[i][x] for i in members)
-        row_keys = sorted({(sp.coords[i][y], *(sp.coords[i][d] for d in inner)) for i in members},
-                          key=lambda k: [(v < 0, v) for v in k])
+        row_keys = sorted(
+            {(sp.coords[i][y], *(sp.coords[i][d] for d in inner)) for i in members},
+            key=lambda k: [(v < 0, v) for v in k],
+        )
         grid: dict[tuple[int, int], tuple[str, str | None, str]] = {}
         row_at = {k: j for j, k in enumerate(row_keys)}
         col_at = {v: j for j, v in enumerate(cols)}
@@ -251,22 +291,48 @@ def sheets_for(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str], r
             at = (row_at[(c[y], *(c[d] for d in inner))], col_at[c[x]])
             if at in grid:
                 continue  # a cell shows its first job; the page shows all of them
-            thumb = next((thumbs.get(e["sha256"]) for e in r.files or [] if thumbs.get(e["sha256"])), None)
+            thumb = next(
+                (thumbs.get(e["sha256"]) for e in r.files or [] if thumbs.get(e["sha256"])), None
+            )
             state = r.state if r.state in ("downloaded", "failed") else "pending"
-            grid[at] = (state, str(report_dir / thumb) if thumb and state == "downloaded" else None, r.error or "")
+            grid[at] = (
+                state,
+                str(report_dir / thumb) if thumb and state == "downloaded" else None,
+                r.error or "",
+            )
         title = f"{view.page} = {name(pg, pv)}" if pg >= 0 else "all"
         corner = f"rows: {view.y}, columns: {view.x}"
-        labels = [[f"{view.y}: {name(y, k[0])}", *(f"{sp.names[d]}: {name(d, v)}" for d, v in zip(inner, k[1:], strict=True))]
-                  for k in row_keys]
-        row_chunks = [range(i, min(i + fit_rows, len(row_keys))) for i in range(0, len(row_keys), fit_rows)]
+        labels = [
+            [
+                f"{view.y}: {name(y, k[0])}",
+                *(f"{sp.names[d]}: {name(d, v)}" for d, v in zip(inner, k[1:], strict=True)),
+            ]
+            for k in row_keys
+        ]
+        row_chunks = [
+            range(i, min(i + fit_rows, len(row_keys))) for i in range(0, len(row_keys), fit_rows)
+        ]
         col_chunks = [range(i, min(i + fit_cols, len(cols))) for i in range(0, len(cols), fit_cols)]
         parts = [(rc, cc) for rc in row_chunks for cc in col_chunks]
         for m, (rc, cc) in enumerate(parts, 1):
-            cells = {(a, b): grid[(ri, ci)] for a, ri in enumerate(rc) for b, ci in enumerate(cc) if (ri, ci) in grid}
+            cells = {
+                (a, b): grid[(ri, ci)]
+                for a, ri in enumerate(rc)
+                for b, ci in enumerate(cc)
+                if (ri, ci) in grid
+            }
             suffix = f"-{m}" if len(parts) > 1 else ""
             part = f"  (part {m} of {len(parts)})" if len(parts) > 1 else ""
-            out.append(Sheet(str(report_dir / f"sheet-{n}{suffix}.png"), title + part, corner,
-                             [name(x, cols[ci]) for ci in cc], [labels[ri] for ri in rc], cells))
+            out.append(
+                Sheet(
+                    str(report_dir / f"sheet-{n}{suffix}.png"),
+                    title + part,
+                    corner,
+                    [name(x, cols[ci]) for ci in cc],
+                    [labels[ri] for ri in rc],
+                    cells,
+                )
+            )
     return out
 
 
@@ -290,20 +356,34 @@ def _draw_sheet(sheet: Sheet) -> str:
     """One labelled sheet; runs in a worker process (sheets are independent)."""
     font, bold = _font(13), _font(15)
     top = LABEL * 3
-    image = Image.new("RGB", (ROW_LABEL + CELL * len(sheet.cols), top + CELL * len(sheet.rows)), "white")
+    image = Image.new(
+        "RGB", (ROW_LABEL + CELL * len(sheet.cols), top + CELL * len(sheet.rows)), "white"
+    )
     draw = ImageDraw.Draw(image)
     draw.text((6, 6), _fit(draw, sheet.title, bold, image.width - 12), fill="black", font=bold)
-    draw.text((6, LABEL * 2 + 6), _fit(draw, sheet.corner, font, ROW_LABEL - 12), fill="#555", font=font)
+    draw.text(
+        (6, LABEL * 2 + 6), _fit(draw, sheet.corner, font, ROW_LABEL - 12), fill="#555", font=font
+    )
     for j, col in enumerate(sheet.cols):
         left = ROW_LABEL + CELL * j
         lines = textwrap.wrap(col, 26)[:2] or [""]
         for k, line in enumerate(lines):
-            draw.text((left + 6, LABEL * (1 + k) + 10), _fit(draw, line, font, CELL - 12), fill="black", font=font)
+            draw.text(
+                (left + 6, LABEL * (1 + k) + 10),
+                _fit(draw, line, font, CELL - 12),
+                fill="black",
+                font=font,
+            )
     for i, label_lines in enumerate(sheet.rows):
         y0 = top + CELL * i
         draw.line((0, y0, image.width, y0), fill="#ddd")
         for k, line in enumerate(label_lines[: CELL // 18]):
-            draw.text((6, y0 + 6 + 18 * k), _fit(draw, line, font, ROW_LABEL - 12), fill="black", font=font)
+            draw.text(
+                (6, y0 + 6 + 18 * k),
+                _fit(draw, line, font, ROW_LABEL - 12),
+                fill="black",
+                font=font,
+            )
         for j in range(len(sheet.cols)):
             x0 = ROW_LABEL + CELL * j
             state, thumb, reason = sheet.cells.get((i, j), ("n/a", None, ""))
@@ -312,21 +392,36 @@ def _draw_sheet(sheet: Sheet) -> str:
                 with Image.open(thumb) as picture:
                     picture.thumbnail((CELL - 4, CELL - 4), Image.Resampling.BILINEAR)
                     # Centred whatever the aspect ratio.
-                    image.paste(picture, (x0 + (CELL - picture.width) // 2, y0 + (CELL - picture.height) // 2))
+                    image.paste(
+                        picture,
+                        (x0 + (CELL - picture.width) // 2, y0 + (CELL - picture.height) // 2),
+                    )
                 continue
             if state == "failed":
                 draw.rectangle(box, fill="#fde3e1")
                 lines = ["failed", *textwrap.wrap(reason or "no reason recorded", 24)][:9]
                 for k, line in enumerate(lines):
-                    draw.text((x0 + 8, y0 + 8 + 17 * k), _fit(draw, line, font, CELL - 16), fill="#9d1b12", font=font)
+                    draw.text(
+                        (x0 + 8, y0 + 8 + 17 * k),
+                        _fit(draw, line, font, CELL - 16),
+                        fill="#9d1b12",
+                        font=font,
+                    )
             elif state == "n/a":
                 draw.rectangle(box, fill="#f3f3f0")
                 draw.text((x0 + CELL // 2 - 10, y0 + CELL // 2 - 8), "n/a", fill="#999", font=font)
             else:
                 draw.rectangle(box, fill="#e3e3e0")
-                draw.text((x0 + 8, y0 + 8), "pending" if state == "pending" else state, fill="#555", font=font)
+                draw.text(
+                    (x0 + 8, y0 + 8),
+                    "pending" if state == "pending" else state,
+                    fill="#555",
+                    font=font,
+                )
     tmp = sheet.path + ".tmp"
-    image.save(tmp, "PNG", optimize=False, compress_level=1)  # zlib dominated the sheet time (bench/)
+    image.save(
+        tmp, "PNG", optimize=False, compress_level=1
+    )  # zlib dominated the sheet time (bench/)
     os.replace(tmp, sheet.path)
     return sheet.path
 
@@ -345,8 +440,16 @@ def write_sheets(report_dir: Path, sheets: list[Sheet]) -> list[Path]:
     return paths
 
 
-def build(run_dir: Path, *, row_axis: str = "prompt", col_axis: str = "model", tags: set[str] | None = None,
-          models: set[str] | None = None, seeds: set[int] | None = None, max_side: int = 4096) -> dict[str, Any]:
+def build(
+    run_dir: Path,
+    *,
+    row_axis: str = "prompt",
+    col_axis: str = "model",
+    tags: set[str] | None = None,
+    models: set[str] | None = None,
+    seeds: set[int] | None = None,
+    max_side: int = 4096,
+) -> dict[str, Any]:
     store = SQLiteStore(run_dir, readonly=True)
     try:
         rows = store.rows(in_plan=True)
@@ -359,16 +462,27 @@ def build(run_dir: Path, *, row_axis: str = "prompt", col_axis: str = "model", t
     if seeds:
         rows = [r for r in rows if r.seed in seeds]
     if not rows:
-        raise UsageError(f"{run_dir}: no jobs match", hint="check the filters, or run the manifest first")
+        raise UsageError(
+            f"{run_dir}: no jobs match", hint="check the filters, or run the manifest first"
+        )
     sp = space(rows)
     view = default_view(sp, row_axis, col_axis)
     report_dir = run_dir / "report"
     thumbs, made = thumbnails(run_dir, report_dir, rows)
-    index = page_mod.write(report_dir / "index.html", f"{run_dir.name}: {len(rows)} jobs",
-                           page_data(rows, sp, view, thumbs))
+    index = page_mod.write(
+        report_dir / "index.html",
+        f"{run_dir.name}: {len(rows)} jobs",
+        page_data(rows, sp, view, thumbs),
+    )
     specs = sheets_for(rows, sp, view, thumbs, report_dir, max_side)
     sheets = write_sheets(report_dir, specs)
     pg = sp.index(view.page)
     pages = len({c[pg] for c in sp.coords}) if pg >= 0 else 1
-    return {"index": index, "sheets": sheets, "pages": pages, "thumbnails_made": made, "cells": len(rows),
-            "view": view}
+    return {
+        "index": index,
+        "sheets": sheets,
+        "pages": pages,
+        "thumbnails_made": made,
+        "cells": len(rows),
+        "view": view,
+    }

@@ -18,16 +18,15 @@ Invariants:
 from __future__ import annotations
 
 import json
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import StateError, UsageError
+from renderer.errors import StateError, UsageError
+from renderer.settings import is_remote, parse_s3
 
 SHA256_KEY = "sha256"  # object metadata key (x-amz-meta-sha256)
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class StorageConflict(StateError):
@@ -68,15 +67,18 @@ class LocalStorage(Storage):
         return str(self.root / rel)
 
     def put_image(self, rel: str, data: bytes, *, sha256: str, content_type: str) -> int | None:
-        from . import files  # Pillow loads only when something is written
+        from renderer.output import files  # Pillow loads only when something is written
+
         return files.write_atomic(self.root / rel, data).st_mtime_ns
 
     def put_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
-        from . import files
+        from renderer.output import files
+
         files.write_atomic(self.root / rel, data, durable=durable)
 
     def intact(self, entry: Mapping[str, Any], *, rehash: bool) -> bool:
-        from . import files
+        from renderer.output import files
+
         return files.file_intact(self.root, dict(entry), rehash=rehash)
 
 
@@ -94,13 +96,19 @@ class S3Storage(Storage):
         try:
             from obstore.store import S3Store
         except ImportError as exc:
-            raise UsageError(f"--output {url}: writing to S3 needs the obstore package",
-                             hint="pip install 'renderer[s3]'") from exc
+            raise UsageError(
+                f"--output {url}: writing to S3 needs the obstore package",
+                hint="pip install 'renderer[s3]'",
+            ) from exc
         self.url = url.rstrip("/")
         self.prefix = prefix
         endpoint = settings.get("AWS_ENDPOINT_URL") or settings.get("AWS_ENDPOINT_URL_S3")
-        options: dict[str, Any] = {"bucket": bucket, "region": settings.get("AWS_REGION")
-                                   or settings.get("AWS_DEFAULT_REGION") or "us-east-1"}
+        options: dict[str, Any] = {
+            "bucket": bucket,
+            "region": settings.get("AWS_REGION")
+            or settings.get("AWS_DEFAULT_REGION")
+            or "us-east-1",
+        }
         if prefix:
             options["prefix"] = prefix
         if endpoint:
@@ -119,9 +127,15 @@ class S3Storage(Storage):
     def put_image(self, rel: str, data: bytes, *, sha256: str, content_type: str) -> int | None:
         import obstore
         from obstore.exceptions import AlreadyExistsError
+
         try:
-            obstore.put(self.store, rel, data, mode="create",
-                        attributes={"Content-Type": content_type, SHA256_KEY: sha256})
+            obstore.put(
+                self.store,
+                rel,
+                data,
+                mode="create",
+                attributes={"Content-Type": content_type, SHA256_KEY: sha256},
+            )
         except AlreadyExistsError:
             stored = self._stored_sha256(rel)
             if stored != sha256:
@@ -129,23 +143,30 @@ class S3Storage(Storage):
                     f"{self.where(rel)} already holds different bytes (stored sha256 {stored or 'not recorded'}, "
                     f"this image's sha256 {sha256})",
                     hint="another run or tool wrote this key; give this run its own prefix (--output s3://…/other) "
-                    "or remove the object if it is wrong") from None
+                    "or remove the object if it is wrong",
+                ) from None
         except Exception as exc:
-            raise StateError(f"cannot write {self.where(rel)}: {_first_line(exc)}",
-                             hint="check AWS_ENDPOINT_URL, AWS_REGION and the credentials' access to the bucket") from exc
+            raise StateError(
+                f"cannot write {self.where(rel)}: {_first_line(exc)}",
+                hint="check AWS_ENDPOINT_URL, AWS_REGION and the credentials' access to the bucket",
+            ) from exc
         return None
 
     def put_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         import obstore
+
         content_type = "application/json" if rel.endswith((".json", ".jsonl")) else "text/markdown"
         try:
             obstore.put(self.store, rel, data, attributes={"Content-Type": content_type})
         except Exception as exc:
-            raise StateError(f"cannot write {self.where(rel)}: {_first_line(exc)}",
-                             hint="check AWS_ENDPOINT_URL, AWS_REGION and the credentials' access to the bucket") from exc
+            raise StateError(
+                f"cannot write {self.where(rel)}: {_first_line(exc)}",
+                hint="check AWS_ENDPOINT_URL, AWS_REGION and the credentials' access to the bucket",
+            ) from exc
 
     def _head(self, rel: str) -> tuple[int, dict[str, Any]] | None:
         import obstore
+
         try:
             result = obstore.get(self.store, rel, options={"head": True})
         except FileNotFoundError:
@@ -169,6 +190,7 @@ class S3Storage(Storage):
         import hashlib
 
         import obstore
+
         try:
             data = bytes(obstore.get(self.store, rel).bytes())
         except FileNotFoundError:
@@ -180,33 +202,13 @@ class S3Storage(Storage):
     def get(self, rel: str) -> bytes | None:
         """An object's bytes, or None when absent (status, tests, `renderer` tools that read back)."""
         import obstore
+
         try:
             return bytes(obstore.get(self.store, rel).bytes())
         except FileNotFoundError:
             return None
         except Exception as exc:
             raise StateError(f"cannot read {self.where(rel)}: {_first_line(exc)}") from exc
-
-
-def is_remote(output: str) -> bool:
-    """Does an output setting name an object store rather than a directory?"""
-    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", output))
-
-
-def parse_s3(url: str) -> tuple[str, str]:
-    """`s3://bucket/prefix` → (bucket, prefix without slashes at either end); UsageError otherwise."""
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() != "s3":
-        raise UsageError(f"output {url!r}: unsupported scheme {scheme}://",
-                         hint="use a local directory or s3://bucket/prefix (any S3-compatible store, set AWS_ENDPOINT_URL)")
-    bucket, _, prefix = rest.partition("/")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        raise UsageError(f"output {url!r}: {bucket!r} is not a valid bucket name",
-                         hint="3 to 63 characters: lower-case letters, digits, dots and hyphens, e.g. s3://my-renders/runs")
-    parts = [p for p in prefix.split("/") if p]
-    if any(p in (".", "..") for p in parts):
-        raise UsageError(f"output {url!r}: the prefix may not contain '.' or '..' segments")
-    return bucket, "/".join(parts)
 
 
 def open_storage(output: str, run_name: str, env: Mapping[str, str]) -> Storage:

@@ -26,9 +26,8 @@ from typing import Any
 
 from PIL import Image, ImageChops
 
-from .errors import UsageError
-from .schemas import closest
-from .store import DB_NAME, Row, SQLiteStore
+from renderer.errors import UsageError, closest
+from renderer.state.store import DB_NAME, Row, SQLiteStore
 
 HASH_LIMIT = 6
 RMSE_LIMIT = 0.04
@@ -96,7 +95,11 @@ def disk_sha256(run: Path, entry: dict[str, Any]) -> str | None:
         return None
     if not stat.S_ISREG(info.st_mode):
         return None
-    if info.st_size == entry.get("size") and info.st_mtime_ns == entry.get("mtime_ns") and entry.get("sha256"):
+    if (
+        info.st_size == entry.get("size")
+        and info.st_mtime_ns == entry.get("mtime_ns")
+        and entry.get("sha256")
+    ):
         return str(entry["sha256"])
     digest = hashlib.sha256()
     try:
@@ -115,14 +118,19 @@ def _check_mapping(mapping: dict[str, str], rows_a: list[Row], rows_b: list[Row]
         for name in names:
             if name not in known:
                 guess = closest(name, known)
-                raise UsageError(f"--map: run {side} has no model {name!r}",
-                                 hint=(f"did you mean {guess}? " if guess else "") + f"models in run {side}: "
-                                 + ", ".join(known))
+                raise UsageError(
+                    f"--map: run {side} has no model {name!r}",
+                    hint=(f"did you mean {guess}? " if guess else "")
+                    + f"models in run {side}: "
+                    + ", ".join(known),
+                )
 
 
 def _load(run: Path) -> list[Row]:
     if not (run / DB_NAME).is_file():
-        raise UsageError(f"{run}: no run here (no {DB_NAME})", hint="pass run directories such as outputs/NAME")
+        raise UsageError(
+            f"{run}: no run here (no {DB_NAME})", hint="pass run directories such as outputs/NAME"
+        )
     store = SQLiteStore(run, readonly=True)
     try:
         return store.rows(in_plan=True)
@@ -144,8 +152,14 @@ def _identity(row: Row, side: str, mapping: dict[str, str] | None) -> Any:
     return (row.prompt_id, row.seed, json.dumps(row.axes, sort_keys=True), entry)
 
 
-def compare(run_a: Path, run_b: Path, *, mapping: dict[str, str] | None = None,
-            hash_limit: int = HASH_LIMIT, rmse_limit: float = RMSE_LIMIT) -> dict[str, Any]:
+def compare(
+    run_a: Path,
+    run_b: Path,
+    *,
+    mapping: dict[str, str] | None = None,
+    hash_limit: int = HASH_LIMIT,
+    rmse_limit: float = RMSE_LIMIT,
+) -> dict[str, Any]:
     """Match, measure and judge every image pair. `mapping` pairs A_MODEL=B_MODEL (labels or endpoints)."""
     rows_a, rows_b = _load(run_a), _load(run_b)
     if mapping is not None:
@@ -170,8 +184,16 @@ def compare(run_a: Path, run_b: Path, *, mapping: dict[str, str] | None = None,
             ha = disk_sha256(run_a, fa) if fa else None
             hb = disk_sha256(run_b, fb) if fb else None
             if ha is None or hb is None:
-                pairs.append(Pair(ra.key, label, i, fa["path"] if fa and ha else None,
-                                  fb["path"] if fb and hb else None, "missing"))
+                pairs.append(
+                    Pair(
+                        ra.key,
+                        label,
+                        i,
+                        fa["path"] if fa and ha else None,
+                        fb["path"] if fb and hb else None,
+                        "missing",
+                    )
+                )
             elif ha == hb:
                 pairs.append(Pair(ra.key, label, i, fa["path"], fb["path"], "identical", 0, 0.0))
             else:
@@ -191,14 +213,23 @@ def compare(run_a: Path, run_b: Path, *, mapping: dict[str, str] | None = None,
         pair.hash_distance, pair.rmse = distance, round(rmse, 5)
         pair.verdict = "same" if distance <= hash_limit and rmse <= rmse_limit else "changed"
     only_b = [r.key for r in rows_b if r.key not in matched]
-    counts = {v: sum(1 for p in pairs if p.verdict == v) for v in ("identical", "same", "changed", "missing")}
-    return {"run_a": str(run_a), "run_b": str(run_b), "thresholds": {"hash": hash_limit, "rmse": rmse_limit},
-            "counts": {**counts, "only_in_a": len(only_a), "only_in_b": len(only_b)},
-            "pairs": [asdict(p) for p in pairs], "only_in_a": only_a, "only_in_b": only_b}
+    counts = {
+        v: sum(1 for p in pairs if p.verdict == v)
+        for v in ("identical", "same", "changed", "missing")
+    }
+    return {
+        "run_a": str(run_a),
+        "run_b": str(run_b),
+        "thresholds": {"hash": hash_limit, "rmse": rmse_limit},
+        "counts": {**counts, "only_in_a": len(only_a), "only_in_b": len(only_b)},
+        "pairs": [asdict(p) for p in pairs],
+        "only_in_a": only_a,
+        "only_in_b": only_b,
+    }
 
 
 def write_html(result: dict[str, Any], path: Path) -> Path:
-    """The comparison page: the report's viewer with A | B | difference per pair (renderer/diffpage.py)."""
-    from . import diffpage
+    """The comparison page: the report's viewer with A | B | difference per pair (renderer/view/diffpage.py)."""
+    from renderer.view import diffpage
 
     return diffpage.write(result, path)
