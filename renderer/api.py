@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from renderer.errors import UsageError
-from renderer.layout import DATA_DIR
+from renderer.layout import DATA_DIR, RUN_RECORD
 from renderer.manifest import load as manifest_mod
 from renderer.models.schemas import SchemaRegistry, default_schema_dir
 from renderer.output import dataset
@@ -295,7 +295,7 @@ def open_run(run_dir: str | os.PathLike[str]) -> Run:
         ]
     finally:
         store.close()
-    summary_file = folder / "run.json"
+    summary_file = folder / RUN_RECORD
     summary = (
         json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
     )

@@ -25,7 +25,18 @@ _WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
 MAX_SEGMENT = 80
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 SIDECAR_SUFFIX = ".json"
+# Every name in a run directory, here and nowhere else:
+#   RUN/renderer.sqlite, RUN/.renderer.lock   the state (SQLite runs) and the one-writer lock
+#   RUN/run.json                               the run record (what ran, counts, cost, outcome)
+#   RUN/report/                                the contact sheet (`renderer report`)
+#   RUN/data/                                  the dataset: images, sidecars, metadata.jsonl, README.md
 DATA_DIR = "data"  # the dataset folder inside a run directory
+DB_NAME = "renderer.sqlite"
+LOCK_NAME = ".renderer.lock"
+RUN_RECORD = "run.json"
+REPORT_DIR = "report"
+METADATA = "metadata.jsonl"  # inside DATA_DIR: one row per image
+CARD = "README.md"  # inside DATA_DIR: the dataset card
 
 
 @lru_cache(maxsize=65536)

@@ -29,12 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from renderer.errors import UsageError
-from renderer.layout import DATA_DIR
+from renderer.layout import CARD, DATA_DIR, METADATA, RUN_RECORD
 from renderer.output import files
 from renderer.state.store import DB_NAME, SQLiteStore, Store
 
-METADATA = "metadata.jsonl"
-CARD = "README.md"
 IMAGE_GLOBS = ("**/*.png", "**/*.jpg", "**/*.webp")
 
 # Column → Arrow/`datasets` dtype, in the order rows are written. file_name is ImageFolder's
@@ -442,7 +440,7 @@ def reading(run_dir: Path) -> Iterator[tuple[Columns, Iterator[tuple[dict[str, A
         )
     provider = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        provider = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("provider")
+        provider = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8")).get("provider")
     store = SQLiteStore(run_dir, readonly=True)
     try:
         columns = Columns.from_axes(r.axes for r in store.rows(in_plan=True))

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from renderer.errors import UsageError
-from renderer.layout import DATA_DIR
+from renderer.layout import DATA_DIR, RUN_RECORD
 from renderer.output import files
 from renderer.output.dataset import CARD, CardInfo, Columns, card_text, reading
 
@@ -195,7 +195,7 @@ def _card_info(run_dir: Path, models: dict[str, tuple[str, int]], count: int) ->
     manifest = ""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         manifest = str(
-            json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("manifest") or ""
+            json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8")).get("manifest") or ""
         )
     license_ = front.get("license")
     return CardInfo(

@@ -44,7 +44,7 @@ from renderer.errors import (
     StateError,
     TransientError,
 )
-from renderer.layout import DATA_DIR, SIDECAR_SUFFIX, image_path, job_folder
+from renderer.layout import DATA_DIR, RUN_RECORD, SIDECAR_SUFFIX, image_path, job_folder
 from renderer.output import dataset, files
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.planner import Job, Plan, image_cost, price_of
@@ -790,9 +790,9 @@ class Runner:
         pending = self.store.pending_count(self.config.max_jobs)
         if not self.shared:  # (shared: run.json is written once, when the run is complete)
             # Until finish() replaces it, run.json says the run is in progress: a crash never leaves "done".
-            with writing(self.run_dir / "run.json"):
+            with writing(self.run_dir / RUN_RECORD):
                 files.write_json(
-                    self.run_dir / "run.json",
+                    self.run_dir / RUN_RECORD,
                     {
                         "manifest": str(self.plan.manifest.file),
                         "name": self.plan.manifest.name,
@@ -803,7 +803,7 @@ class Runner:
                         "pending": pending,
                     },
                 )
-            self.publish("run.json")
+            self.publish(RUN_RECORD)
         self.emit(
             {
                 "type": "start",
@@ -1008,9 +1008,9 @@ class Runner:
             **({"waiting_for_accounts": waiting} if waiting else {}),
         }
         if self.finalizer:
-            with writing(self.run_dir / "run.json"):
-                files.write_json(self.run_dir / "run.json", record)
-            self.publish("run.json")
+            with writing(self.run_dir / RUN_RECORD):
+                files.write_json(self.run_dir / RUN_RECORD, record)
+            self.publish(RUN_RECORD)
         self.store.finish_run(run_id, outcome, record)
         return summary
 

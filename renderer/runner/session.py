@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from renderer.errors import UsageError
+from renderer.layout import RUN_RECORD
 from renderer.manifest.load import PROVIDERS, ProviderConfig
 from renderer.models.schemas import SchemaRegistry
 from renderer.output import files
@@ -622,8 +623,8 @@ def finalize(plan: Plan, config: RunConfig, storage: Storage | None) -> dict[str
             "cost": {"currency": "USD", "all_runs": round(sum(cost), 6) if cost else None},
             "workers": store.workers(),
         }
-        files.write_json(run_dir / "run.json", record)
-        publish(out, run_dir, "run.json")
+        files.write_json(run_dir / RUN_RECORD, record)
+        publish(out, run_dir, RUN_RECORD)
         return record
     finally:
         store.close()

@@ -39,10 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from renderer.errors import RunLocked, StateError
+from renderer.layout import DB_NAME, LOCK_NAME
 from renderer.plan.planner import Fingerprints
 
-DB_NAME = "renderer.sqlite"
-LOCK_NAME = ".renderer.lock"
 STATES = ("planned", "submitted", "completed", "downloaded", "failed")
 FINISHED = ("downloaded", "failed")
 # The jobs a claim may take (a partial index holds exactly these; the text must match it).

@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from renderer.errors import UsageError
+from renderer.layout import REPORT_DIR
 from renderer.state.store import Row, SQLiteStore
 from renderer.view import page as page_mod
 
@@ -467,7 +468,7 @@ def build(
         )
     sp = space(rows)
     view = default_view(sp, row_axis, col_axis)
-    report_dir = run_dir / "report"
+    report_dir = run_dir / REPORT_DIR
     thumbs, made = thumbnails(run_dir, report_dir, rows)
     index = page_mod.write(
         report_dir / "index.html",
