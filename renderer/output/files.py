@@ -191,7 +191,7 @@ class GroupFsync:
         if not self._draining:
             self._draining = True
             self._task = asyncio.ensure_future(self._drain())
-        return await future  # type: ignore[no-any-return]
+        return await future
 
     async def write(self, path: Path, data: bytes) -> os.stat_result:
         """write_atomic (durable), with only the part that waits for the disk off the loop.
@@ -297,7 +297,8 @@ def atomic_stream(path: Path, mode: str = "wb") -> Iterator[Any]:
     """
     fd, tmp = open_temporary(path)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -118,8 +118,8 @@ class S3Storage(Storage):
             options["secret_access_key"] = settings["AWS_SECRET_ACCESS_KEY"]
             if settings.get("AWS_SESSION_TOKEN"):
                 options["token"] = settings["AWS_SESSION_TOKEN"]
-        client = {"allow_http": True} if endpoint and endpoint.startswith("http://") else {}
-        self.store = S3Store(client_options=client, **options)
+        plain_http = bool(endpoint and endpoint.startswith("http://"))
+        self.store = S3Store(client_options={"allow_http": True} if plain_http else None, **options)
 
     def where(self, rel: str) -> str:
         return f"{self.url}/{rel}"
