@@ -23,7 +23,6 @@ _WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
     f"{p}{n}" for p in ("com", "lpt") for n in range(1, 10)
 }
 MAX_SEGMENT = 80
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 SIDECAR_SUFFIX = ".json"
 # Every name in a run directory, here and nowhere else:
 #   RUN/renderer.sqlite, RUN/.renderer.lock   the state (SQLite runs) and the one-writer lock

@@ -27,8 +27,6 @@ from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from renderer.layout import SIDECAR_SUFFIX
-
 T = TypeVar("T")
 
 FORMATS = {
@@ -360,10 +358,6 @@ def remove_partials(run_dir: Path, folders: Iterable[Path] | None = None) -> int
             part.unlink(missing_ok=True)
             found += 1
     return found
-
-
-def sidecar_path(image: Path) -> Path:
-    return image.with_suffix(SIDECAR_SUFFIX)
 
 
 def file_intact(run_dir: Path, entry: dict[str, Any], *, rehash: bool) -> bool:
