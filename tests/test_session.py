@@ -79,7 +79,7 @@ def test_piped_output_has_plain_lines_and_described_failures(tmp_path: Path):
 
 
 def test_failures_are_described_from_the_event_without_the_plan():
-    """A failure line names prompt, model, seed and axes from the event itself; the plan is never walked."""
+    """A failure line names prompt, model, seed and axes from the event itself (the display holds no plan)."""
     err = io.StringIO()
     display = Display(err, quiet=False, tty=False)
     display(

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from renderer.errors import (
@@ -97,6 +98,78 @@ class RunState:
     failed: int = 0
     images: int = 0
     cost: float = 0.0  # of this run's finished jobs, by the manifest's prices
+
+
+def deadline_failure(step: str, sent: bool, timeout: float) -> tuple[str, str]:
+    """(reason, kind) of a job the deadline cut off in `step`; `sent`: its submit was on the wire."""
+    limit = f"{timeout:g} s"
+    if sent:  # cut off between sending the submit and reading its answer
+        return (
+            f"submit: no answer within the job deadline ({limit}); the provider may have "
+            "accepted and billed it",
+            "outcome_unknown",
+        )
+    if step == "planned":
+        return (
+            f"submit: not accepted within the job deadline ({limit}); nothing was sent "
+            "that the provider took",
+            "deadline",
+        )
+    what = "result" if step == "submitted" else "download"
+    return f"{what}: not complete within the job deadline ({limit})", "deadline"
+
+
+def check_space(run_dir: Path) -> None:
+    """Refuse to pay for a request whose id the disk may have no room left to record."""
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return  # the writes themselves will say what is wrong
+    if free < FREE_SPACE_RESERVE:
+        raise StateError(
+            f"{run_dir}: only {free / 1e6:.1f} MB free; renderer stops submitting below "
+            f"{FREE_SPACE_RESERVE / 1e6:.0f} MB, so that every paid request can still be recorded",
+            hint=disk_hint(OSError(errno.ENOSPC, "no space")),
+        )
+
+
+class QueueWatch:
+    """The statuses of one followed job (the client's on_status): its queue position for the
+    progress count, surfaced as an event every `every` seconds, and the last status seen."""
+
+    def __init__(
+        self, row: Row, state: RunState, every: float, emit: Callable[[Event], None]
+    ) -> None:
+        self.row, self.state, self.every, self.emit = row, state, every, emit
+        self.reported = time.monotonic()  # when queue_position was last surfaced for this job
+        self.last: Status | None = None
+
+    def __call__(self, status: Status) -> None:
+        self.last = status
+        key = self.row.key
+        if status.state != "IN_QUEUE":
+            self.state.queued.pop(key, None)
+            return
+        self.state.queued[key] = status.queue_position
+        if time.monotonic() - self.reported > self.every:
+            self.emit(
+                {
+                    "type": "queued",
+                    "key": key,
+                    "position": status.queue_position,
+                    "job": describe(self.row),
+                }
+            )
+            self.reported = time.monotonic()
+
+    def where(self) -> str:
+        """Where the job was last seen, for the deadline's failure reason ("" if never)."""
+        if self.last is None:
+            return ""
+        where = f"; last status {self.last.state}"
+        if self.last.queue_position is not None:
+            where += f" at queue position {self.last.queue_position}"
+        return where
 
 
 class JobSteps:
@@ -229,30 +302,14 @@ class JobSteps:
             await self.limits.let_go(key)
 
     def over_deadline(self, key: str, step: str) -> None:
-        limit = f"{self.config.timeout:g} s"
-        if key in self.state.sending:  # cut off between sending the submit and reading its answer
-            self.state.sending.discard(key)
-            self.fail(
-                key,
-                f"submit: no answer within the job deadline ({limit}); the provider may have "
-                "accepted and billed it",
-                "outcome_unknown",
-            )
-        elif step == "planned":
-            self.fail(
-                key,
-                f"submit: not accepted within the job deadline ({limit}); nothing was sent "
-                "that the provider took",
-                "deadline",
-            )
-        else:
-            what = "result" if step == "submitted" else "download"
-            self.fail(key, f"{what}: not complete within the job deadline ({limit})", "deadline")
+        """The job deadline cut `step` off: fail the job, saying what was not done."""
+        sent = key in self.state.sending
+        self.state.sending.discard(key)
+        self.fail(key, *deadline_failure(step, sent, self.config.timeout))
 
     def fail(self, key: str, reason: str, kind: str) -> None:
-        reason = self.limits.client.scrub(
-            reason
-        )  # a server may echo the key into anything it answers
+        # A server may echo the key into anything it answers.
+        reason = self.limits.client.scrub(reason)
         self.store.failed(key, reason, kind)
         self.state.failed += 1
         self.emit(
@@ -321,7 +378,7 @@ class JobSteps:
     async def send(self, row: Row, account: Account) -> Handle | None:
         """One submit under `account`; None when it refused the key (401/403) and stopped."""
         self.state.phase[row.key] = "submitting"
-        self.check_space()
+        check_space(self.run_dir)
 
         def sending() -> (
             None
@@ -345,56 +402,21 @@ class JobSteps:
         finally:
             self.state.sending.discard(row.key)
 
-    def check_space(self) -> None:
-        """Refuse to pay for a request whose id the disk may have no room left to record."""
-        try:
-            free = shutil.disk_usage(self.run_dir).free
-        except OSError:
-            return  # the writes themselves will say what is wrong
-        if free < FREE_SPACE_RESERVE:
-            raise StateError(
-                f"{self.run_dir}: only {free / 1e6:.1f} MB free; renderer stops submitting below "
-                f"{FREE_SPACE_RESERVE / 1e6:.0f} MB, so that every paid request can still be recorded",
-                hint=disk_hint(OSError(errno.ENOSPC, "no space")),
-            )
-
     async def follow(self, row: Row, deadline: float, account: Account) -> Row | None:
         assert row.request_id and row.status_url and row.response_url and row.cancel_url
         handle = Handle(row.request_id, row.status_url, row.response_url, row.cancel_url)
         self.state.phase[row.key] = "waiting"
-        reported = [time.monotonic()]  # when queue_position was last surfaced for this job
-        last: list[Status] = []
-
-        def on_status(status: Status) -> None:
-            last[:] = [status]
-            if status.state == "IN_QUEUE":
-                self.state.queued[row.key] = status.queue_position
-                if time.monotonic() - reported[0] > self.config.queue_report:
-                    self.emit(
-                        {
-                            "type": "queued",
-                            "key": row.key,
-                            "position": status.queue_position,
-                            "job": describe(row),
-                        }
-                    )
-                    reported[0] = time.monotonic()
-            else:
-                self.state.queued.pop(row.key, None)
-
+        watch = QueueWatch(row, self.state, self.config.queue_report, self.emit)
         try:
-            status = await within(account.client.wait(handle, on_status), left(deadline))
+            status = await within(account.client.wait(handle, watch), left(deadline))
         except asyncio.TimeoutError:
             try:
                 answer = await asyncio.wait_for(account.client.cancel(handle), CANCEL_WAIT)
             except asyncio.TimeoutError:
                 answer = f"no answer within {CANCEL_WAIT:g} s"
-            where = f"; last status {last[0].state}" if last else ""
-            if last and last[0].queue_position is not None:
-                where += f" at queue position {last[0].queue_position}"
             self.fail(
                 row.key,
-                f"no result within {self.config.timeout:g} s{where}; cancel: {answer}",
+                f"no result within {self.config.timeout:g} s{watch.where()}; cancel: {answer}",
                 "deadline",
             )
             return None

@@ -24,7 +24,7 @@ from aiolimiter import AsyncLimiter
 
 from renderer.errors import AccountError
 from renderer.provider.client import Client
-from renderer.runner.config import SINGLE_ACCOUNT, Event, RunConfig
+from renderer.runner.config import SINGLE_ACCOUNT, SINGLE_KEY, Event, RunConfig
 from renderer.state.store import Row, Store
 
 
@@ -373,6 +373,21 @@ class Limits:
                 "only with the key that submitted them, never sent again under another",
             }
         )
+
+    def waiting_record(self) -> dict[str, int]:
+        """Submitted jobs left waiting for an account, by the account's name as run.json says it."""
+        return {(name if name is not None else SINGLE_KEY): n for name, n in self.waiting.items()}
+
+    def waiting_error(self) -> tuple[str, str]:
+        """(error, hint) of a run that ends with submitted jobs waiting for an account."""
+        error = "submitted jobs wait for an account: " + ", ".join(
+            f"{n} for {who(name)}" for name, n in self.waiting.items()
+        )
+        hint = (
+            "configure that account (provider.accounts, its key in the environment) or fix it, then rerun: "
+            "its jobs are followed with its key, never paid for again under another"
+        )
+        return error, hint
 
     def account_record(self) -> dict[str, dict[str, Any]]:
         """provider.accounts only: each account's share of the run and whether it stopped."""

@@ -35,14 +35,31 @@ from renderer.output import dataset, files
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.planner import Plan, price_of
 from renderer.provider.client import Client
-from renderer.runner.config import SINGLE_KEY, Event, RunConfig
+from renderer.runner.claims import Claims
+from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import Delivery, GroupCommit, publish, write_dataset, writing
 from renderer.runner.job import JobSteps, RunState
-from renderer.runner.limits import Accounts, Limits, who
+from renderer.runner.limits import Accounts, Limits
 from renderer.runner.reconcile import reconcile
 from renderer.runner.record import Summary, run_record
 from renderer.state.postgres import PostgresStore
-from renderer.state.store import DB_NAME, LeaseLost, Store
+from renderer.state.store import DB_NAME, Store
+
+
+def finished_cost(plan: Plan, store: Store) -> tuple[float | None, list[str]]:
+    """(cost of every finished job by the manifest's prices, models without a price)."""
+    total, uncosted = store.cost()  # summed in the database: no pass over the finished files here
+    # Models named once from the store, not looked up per file (a million-job plan is not held).
+    unpriced = set(store.models_without_cost()) if uncosted else set()
+    in_plan = plan.by_model or None
+    models = (
+        {(m.endpoint, m.name) for m in plan.manifest.models if in_plan is None or m.name in in_plan}
+        if in_plan is not None
+        else {(j.endpoint, j.model) for j in plan.jobs}
+    )
+    priced = {m for e, m in models if price_of(plan.manifest.prices, e, m) is not None}
+    unpriced |= {m for _, m in models} - priced
+    return (round(total, 6) if priced else None), sorted(unpriced)
 
 
 class Runner:
@@ -87,9 +104,8 @@ class Runner:
             self.stop,
             output_check,
         )
+        self.claims = Claims(store, config, self.state, self.emit)
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        # key → endpoint, for the jobs claimed but not yet finished (their per-endpoint cap)
-        self._endpoints: dict[str, str] = {}
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.shared = store.shared  # several workers share the state: claims decide who does what
         self.finalizer = False  # this worker wrote the dataset and run.json (see finish)
@@ -136,89 +152,6 @@ class Runner:
             self.store.set_accounts(self.limits.shared_ceilings())
         return 0 if self.shared else self.store.ambiguous()
 
-    async def _feed(self, queue: asyncio.Queue[str | None], consumers: int) -> None:
-        """Claim jobs in plan order, a batch at a time, and hand them to the consumers; then one None each.
-
-        Claimed jobs wait here under lease (renewed), so a batch is half the in-flight cap: other
-        workers are not starved. With shared state, when nothing is claimable but jobs are still
-        unfinished (held by other workers), wait: a dead worker's jobs come free when its lease ends.
-        """
-        batch = max(1, self.config.concurrency // 2)
-        poll = min(2.0, self.config.lease / 4)
-        recorder, bound = self.store.recorder, self.config.max_jobs
-        try:
-            while not self.state.stopping and self.state.broken is None:
-                # Read before claiming: a recording that ended before an empty claim has nothing more.
-                recording = (
-                    recorder is not None
-                    and not recorder.finished.is_set()
-                    and (bound is None or recorder.recorded < bound)
-                )
-                claimed = self.store.claim(batch, before=bound)
-                for c in claimed:
-                    self._endpoints[c.key] = c.endpoint
-                    await queue.put(c.key)
-                if claimed:
-                    continue
-                if recording:  # the plan is still being recorded: more jobs come
-                    await asyncio.sleep(0.02)
-                    continue
-                if recorder is not None and recorder.error is not None:
-                    raise recorder.error
-                # Done when every unfinished job is this worker's own (in flight, or waiting for an
-                # account it lacks: released at the end); else another worker holds some: wait.
-                if not self.shared or self.store.unfinished(self.config.max_jobs, others=True) == 0:
-                    break
-                await asyncio.sleep(poll * (0.5 + secrets.randbelow(1000) / 1000))
-        except StateError as exc:  # the state cannot be read or written: stop, say why
-            self.state.broken = self.state.broken or exc
-        finally:
-            if recorder is not None:
-                # Stopping: the recording ends after its batch in hand (the next run records the
-                # rest). Otherwise it is waited for, so the run ends on the whole plan's state.
-                if self.state.stopping or self.state.broken is not None:
-                    recorder.halt()
-                try:
-                    await asyncio.get_running_loop().run_in_executor(None, recorder.thread.join)
-                except asyncio.CancelledError:
-                    recorder.halt()
-                    recorder.thread.join()
-                    raise
-                if recorder.error is not None and self.state.broken is None:
-                    self.state.broken = recorder.error
-            for _ in range(consumers):
-                await queue.put(None)
-
-    async def _renew(self) -> None:
-        """Renew this worker's leases every third of their length; drop the jobs whose lease was lost."""
-        while True:
-            await asyncio.sleep(self.config.lease / 3)
-            try:
-                held = self.store.renew()
-            except LeaseLost:
-                continue
-            except (
-                StateError
-            ) as exc:  # the shared state is unreachable for now: the fences decide later
-                self.emit({"type": "warning", "message": f"could not renew leases: {exc.message}"})
-                continue
-            for key, task in list(self.tasks.items()):
-                if (
-                    key not in held
-                    and not task.done()
-                    and self.state.phase.get(key) != "submitting"
-                ):
-                    self.state.dropped.add(key)
-                    self.emit(
-                        {
-                            "type": "warning",
-                            "key": key,
-                            "message": f"{key}: lost its lease (another worker may "
-                            "have it now); dropped here without recording anything",
-                        }
-                    )
-                    task.cancel()
-
     async def run(self) -> Summary:
         started = time.time()
         ambiguous = self.prepare()
@@ -257,7 +190,7 @@ class Runner:
                 try:
                     if self.state.stopping:
                         continue
-                    endpoint = self._endpoints.get(key, "")
+                    endpoint = self.claims.endpoints.get(key, "")
                     task = asyncio.ensure_future(self.jobs.run(key, endpoint))
                     self.tasks[key] = task
                     try:
@@ -269,15 +202,15 @@ class Runner:
                         self.tasks.pop(key, None)
                         self.state.phase.pop(key, None)
                         self.state.queued.pop(key, None)
-                        self._endpoints.pop(key, None)
+                        self.claims.endpoints.pop(key, None)
                 finally:
                     await self.limits.slots.release()
                 self.emit(self.progress())
 
         workers = [asyncio.ensure_future(worker()) for _ in range(self.config.concurrency)]
         helpers = [
-            asyncio.ensure_future(self._feed(queue, len(workers))),
-            asyncio.ensure_future(self._renew()),
+            asyncio.ensure_future(self.claims.feed(queue, len(workers))),
+            asyncio.ensure_future(self.claims.renew(self.tasks)),
         ]
         self.store.grouping = self.store.group_commit
         try:
@@ -347,7 +280,7 @@ class Runner:
             with writing(self.run_dir / DATA_DIR):
                 self.export()
         outcome, error, hint = self.outcome(counts)
-        total_cost, unpriced = self.total_cost()
+        total_cost, unpriced = finished_cost(self.plan, self.store)
         summary = Summary(
             outcome,
             counts,
@@ -365,7 +298,7 @@ class Runner:
             self.store.resubmit_reasons(run_id),
             self.signal,
             self.limits.account_record(),
-            self.waiting(),
+            self.limits.waiting_record(),
         )
         record = run_record(
             self.plan,
@@ -382,12 +315,6 @@ class Runner:
         self.store.finish_run(run_id, outcome, record)
         return summary
 
-    def waiting(self) -> dict[str, int]:
-        """Submitted jobs left waiting for an account, by the account's name as run.json says it."""
-        return {
-            (name if name is not None else SINGLE_KEY): n for name, n in self.limits.waiting.items()
-        }
-
     def outcome(self, counts: dict[str, int]) -> tuple[str, str | None, str | None]:
         """(outcome, error, hint) of the run that ends now."""
         fatal = self.state.fatal
@@ -397,36 +324,8 @@ class Runner:
             return "interrupted", None, None
         if self.limits.waiting:
             # Only an account the user fixes or configures can finish these: the run cannot go on.
-            error = "submitted jobs wait for an account: " + ", ".join(
-                f"{n} for {who(name)}" for name, n in self.limits.waiting.items()
-            )
-            hint = (
-                "configure that account (provider.accounts, its key in the environment) or fix it, then rerun: "
-                "its jobs are followed with its key, never paid for again under another"
-            )
-            return "stopped", error, hint
+            return "stopped", *self.limits.waiting_error()
         return ("failed" if counts["failed"] else "done"), None, None
-
-    def total_cost(self) -> tuple[float | None, list[str]]:
-        """(cost of every finished job by the manifest's prices, models without a price)."""
-        total, uncosted = (
-            self.store.cost()
-        )  # summed in the database: no pass over the finished files here
-        # Models named once from the store, not looked up per file (a million-job plan is not held).
-        unpriced = set(self.store.models_without_cost()) if uncosted else set()
-        in_plan = self.plan.by_model or None
-        models = (
-            {
-                (m.endpoint, m.name)
-                for m in self.plan.manifest.models
-                if in_plan is None or m.name in in_plan
-            }
-            if in_plan is not None
-            else {(j.endpoint, j.model) for j in self.plan.jobs}
-        )
-        priced = {m for e, m in models if price_of(self.plan.manifest.prices, e, m) is not None}
-        unpriced |= {m for _, m in models} - priced
-        return (round(total, 6) if priced else None), sorted(unpriced)
 
     def export(self) -> None:
         # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.
