@@ -120,10 +120,6 @@ class Runner:
         """key → what its task is doing now (limited, submitting, waiting, downloading)."""
         return self.state.phase
 
-    @property
-    def stopping(self) -> bool:
-        return self.state.stopping
-
     def progress(self) -> Event:
         return {
             "type": "progress",
