@@ -1,7 +1,8 @@
 """Delivery: a job's result → verified images and sidecars in the output, then its record.
 
 Also what a run publishes beside the images: the dataset (metadata.jsonl, the card) and the
-copy of the run's own files to a remote output.
+copy of the run's own files to a remote output; and GroupCommit, the one commit shared by the
+step changes of every job that reached a step in the same turn of the loop.
 
 Invariants:
   * An image is verified (decoded, its size checked) before it is written, and written whole
