@@ -189,7 +189,7 @@ def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Pa
     # What a finished run leaves besides its images: the dataset's metadata and card (a rerun
     # that finds them current does not write them again).
     from renderer.output.storage import LocalStorage
-    from renderer.runner.runner import write_dataset
+    from renderer.runner.deliver import write_dataset
 
     write_dataset(plan, store, LocalStorage(m.run_dir), None)
     store.close()

@@ -37,7 +37,7 @@ def main() -> None:
     from renderer.models.schemas import SchemaRegistry, default_schema_dir
     from renderer.output.storage import LocalStorage
     from renderer.plan import planner as plan_mod
-    from renderer.runner.runner import write_dataset
+    from renderer.runner.deliver import write_dataset
     from renderer.state.store import SQLiteStore, key_blob
 
     total = args.jobs + args.more

@@ -1,6 +1,6 @@
 """Benchmark 6: rate-limit precision. Submissions per second seen by the emulator vs configured,
 and the largest number in any one-second window (the burst), median of --runs.
-Target: observed within +-5 % of R; no one-second window above R + bucket (renderer.runner.runner.bucket_size).
+Target: observed within +-5 % of R; no one-second window above R + bucket (renderer.runner.limits.bucket_size).
 Reproduce:  python bench/rate_precision.py [--rates 10,50] [--seconds 20] [--runs 1]
 """
 
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, manifest, median, run_renderer, table
 from _emu import emulator, stats
 
-from renderer.runner.runner import bucket_size
+from renderer.runner.limits import bucket_size
 
 
 def main() -> None:

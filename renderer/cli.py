@@ -583,8 +583,7 @@ def _check_output(ctx: Context, m: manifest_mod.Manifest) -> None:
 
 def cmd_run(ctx: Context) -> int:
     # Imported here: aiohttp, tqdm and Pillow cost ~0.35 s that validate, plan and models never need.
-    from renderer import api
-    from renderer.runner import session as run_mod
+    from renderer import api, console
 
     a = ctx.args
     (plan,) = _load_plans(ctx, [a.manifest])
@@ -614,7 +613,7 @@ def cmd_run(ctx: Context) -> int:
         plan.manifest = replace(plan.manifest, output=Path(a.output), output_url=None)
     m = plan.manifest
     _check_output(ctx, m)
-    display = run_mod.Display(ctx.err, quiet=a.quiet, jobs=plan.jobs)
+    display = console.Display(ctx.err, quiet=a.quiet)
     listeners: list[Callable[[Any], None]] = [display]
     log = None
     if a.log:
@@ -624,7 +623,7 @@ def cmd_run(ctx: Context) -> int:
             ctx.env.get("FAL_KEY_SECRET", ""),
             *(ctx.env.get(account.key_env, "") for account in m.provider.accounts),
         ]
-        log = run_mod.EventLog(Path(a.log), secrets=keys)
+        log = console.EventLog(Path(a.log), secrets=keys)
         listeners.append(log)
 
     def on_event(event: Any) -> None:
@@ -648,27 +647,26 @@ def cmd_run(ctx: Context) -> int:
             lease=lease,
         )
         if log is not None:
-            log({"type": "finished", **run_mod.summary_record(summary, plan)})
+            log({"type": "finished", **console.summary_record(summary, plan)})
     finally:
         display.close()
         if log is not None:
             log.close()
-    return run_mod.report(summary, plan, ctx.out, ctx.err, as_json=a.json)
+    return console.report(summary, plan, ctx.out, ctx.err, as_json=a.json)
 
 
 def cmd_status(ctx: Context) -> int:
-    from renderer import api
-    from renderer.runner import session as run_mod
+    from renderer import api, console
 
     state = api._state(ctx.args.state or ctx.env.get("RENDERER_STATE") or None)
-    return run_mod.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json, state=state)
+    return console.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json, state=state)
 
 
 def cmd_finalize(ctx: Context) -> int:
     from renderer import api
     from renderer.output.storage import open_storage
+    from renderer.runner import RunConfig
     from renderer.runner import session as run_mod
-    from renderer.runner.runner import RunConfig
 
     a = ctx.args
     (plan,) = _load_plans(ctx, [a.manifest])

@@ -30,7 +30,9 @@ from renderer.models.schemas import SchemaRegistry
 from renderer.plan import planner as plan_mod
 from renderer.provider.client import Client
 from renderer.provider.emulator import Faults, ServiceTime
-from renderer.runner.runner import Account, AccountLimit, Accounts, AccountSlots, RunConfig, Runner
+from renderer.runner import AccountLimit, RunConfig
+from renderer.runner.limits import Account, Accounts, AccountSlots
+from renderer.runner.runner import Runner
 from renderer.state.store import SQLiteStore
 
 from .conftest import MANIFESTS, ROOT, background_emulator, cli, write_manifest
@@ -404,7 +406,7 @@ def test_max_jobs_and_retry_failed(tmp_path: Path):
 
 def test_rate_limit_allows_no_burst(tmp_path: Path):
     """With rate R, no one-second window at the emulator holds more than R plus the bucket."""
-    from renderer.runner.runner import bucket_size
+    from renderer.runner.limits import bucket_size
 
     rate = 20
     m = write_manifest(tmp_path, seeds=list(range(1, 61)), limits={"concurrency": 64, "rate": rate})
@@ -430,7 +432,7 @@ def test_rate_limit_allows_no_burst(tmp_path: Path):
 
 def test_throttling_halves_the_in_flight_limit():
     """AIMD: a 429 halves the limit, successes add back one per limit's worth."""
-    from renderer.runner.runner import AdaptiveLimit
+    from renderer.runner.limits import AdaptiveLimit
 
     limit = AdaptiveLimit(8)
     limit.throttled()
@@ -811,7 +813,7 @@ def test_disk_full_is_a_clear_error_and_the_rerun_after_freeing_space_completes(
 ):
     """No space left mid-run (no reserve): exit 1 naming the file and what to do, no traceback, run.json not done;
     after more space the rerun completes, paying again only for submits whose id could not be recorded (counted)."""
-    monkeypatch.setattr("renderer.runner.runner.FREE_SPACE_RESERVE", 0)
+    monkeypatch.setattr("renderer.runner.job.FREE_SPACE_RESERVE", 0)
     m = write_manifest(
         tmp_path, seeds=list(range(1, 41)), defaults={"image_size": {"width": 256, "height": 256}}
     )
@@ -1375,7 +1377,7 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
 def test_an_accounts_own_rate_paces_its_submits(tmp_path: Path):
     """An account with rate 10/s (the run's limits.rate far higher): no one-second window holds more than 10 plus the
     bucket of its submits (the other account is locked, so every accepted submit is its)."""
-    from renderer.runner.runner import bucket_size
+    from renderer.runner.limits import bucket_size
 
     m = _accounts_manifest(
         tmp_path,
@@ -1646,7 +1648,7 @@ def test_an_image_is_written_whole_with_the_mtime_the_rerun_checks(
     async def scenario() -> int:
         async with Client("http://127.0.0.1:9", key="k") as client:  # nothing is sent
             runner = Runner(p, store, client, RunConfig(provider="emulator"))
-            return await runner._write_local("data/m/p/s1-0.png", image, {"job_key": "k"})
+            return await runner.delivery.write_local("data/m/p/s1-0.png", image, {"job_key": "k"})
 
     try:
         mtime = asyncio.run(scenario())
@@ -1818,7 +1820,7 @@ def test_a_step_with_no_time_left_is_never_started_and_a_slow_one_is_cut_off():
     """The job deadline: a step past it does not start (nothing sent); one that outlasts it raises TimeoutError."""
     import asyncio
 
-    from renderer.runner.runner import _within
+    from renderer.runner.job import within as _within
 
     started: list[str] = []
 

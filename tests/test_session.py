@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from renderer.cli import main
+from renderer.console import Display
 from renderer.errors import UsageError
 from renderer.manifest.load import AccountConfig, ProviderConfig
 from renderer.provider.emulator import ServiceTime
-from renderer.runner.session import Display, resolve_provider
+from renderer.runner.session import resolve_provider
 
 from .conftest import ROOT, background_emulator, write_manifest
 
@@ -77,17 +78,10 @@ def test_piped_output_has_plain_lines_and_described_failures(tmp_path: Path):
     assert text.splitlines()[0].startswith("progress: 0/2 jobs")
 
 
-class Unindexable(list):
-    """A plan's jobs that refuse to be walked: describing a failure must not read the whole plan."""
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        raise AssertionError("the display walked the plan")
-
-
 def test_failures_are_described_from_the_event_without_the_plan():
-    """A failure line names prompt, model, seed and axes from the event itself; the plan is never walked."""
+    """A failure line names prompt, model, seed and axes from the event itself (the display holds no plan)."""
     err = io.StringIO()
-    display = Display(err, quiet=False, jobs=Unindexable(), tty=False)
+    display = Display(err, quiet=False, tty=False)
     display(
         {
             "type": "failed",

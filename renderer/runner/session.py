@@ -1,28 +1,27 @@
-"""Running a plan, and the `run` and `status` commands' output (it writes only to the streams it is given).
+"""One run, wired: the provider, the run lock, the store, the protocol client and the runner.
 
-(Not `run.py`: `renderer.run` is the Python API's function.) `execute_async` wires the pieces: the provider (fal, a custom URL, or an emulator started in this
-process), the run lock, the store, the protocol client and the runner, plus Ctrl-C handling:
-the first stops new submissions and lets submits in flight record their ids; the second stops
-at once. Either way everything recorded stays recorded, and the next run resumes.
+(Not `run.py`: `renderer.run` is the Python API's function.) `execute_async` wires the pieces:
+the provider (fal, a custom URL, or an emulator started in this process), the run lock, the
+store, the protocol client and the runner, plus Ctrl-C handling: the first stops new
+submissions and lets submits in flight record their ids; the second stops at once. Either way
+everything recorded stays recorded, and the next run resumes. Also `resolve_provider` (the
+provider and its keys from the manifest, a flag and the environment) and `finalize`.
+What the commands print is renderer/console.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
-
-from tqdm import tqdm
 
 from renderer.errors import UsageError
 from renderer.layout import RUN_RECORD
@@ -30,21 +29,14 @@ from renderer.manifest.load import PROVIDERS, ProviderConfig
 from renderer.models.schemas import SchemaRegistry
 from renderer.output import files
 from renderer.output.storage import LocalStorage, Storage
-from renderer.plan.planner import Job, Plan
+from renderer.plan.planner import Plan
 from renderer.provider.client import FAL_QUEUE_ORIGINS, Client
 from renderer.provider.emulator import Emulator, EmulatorConfig, ServiceTime
-from renderer.runner.runner import (
-    SINGLE_KEY,
-    Event,
-    RunConfig,
-    Runner,
-    Summary,
-    iso_time,
-    publish,
-    write_dataset,
-)
-from renderer.state.postgres import PostgresStore
-from renderer.state.store import DB_NAME, RunLock, SQLiteStore, Store, open_store, sql_error
+from renderer.runner.config import Event, RunConfig
+from renderer.runner.deliver import publish, write_dataset
+from renderer.runner.record import Summary, run_record
+from renderer.runner.runner import Runner
+from renderer.state.store import DB_NAME, RunLock, Store, open_store, sql_error
 
 T = TypeVar("T")
 
@@ -155,138 +147,6 @@ def _accounts(
     return accounts
 
 
-class Display:
-    """Progress and log lines on stderr; silent with --quiet.
-
-    On a terminal: a tqdm bar. Otherwise (piped, CI, a log file): a plain line every
-    `interval` seconds and one at the end, never a carriage return. Either way the total is
-    what this run will end at: jobs finished earlier plus the jobs this run will try.
-    """
-
-    def __init__(
-        self,
-        err: TextIO,
-        *,
-        quiet: bool,
-        jobs: Sequence[Job] = (),
-        tty: bool | None = None,
-        interval: float = 10.0,
-    ) -> None:
-        self.err = err
-        self.quiet = quiet
-        self.jobs = (
-            jobs  # (kept for callers that pass it; failures are described from their events)
-        )
-        if tty is None:
-            isatty = getattr(err, "isatty", None)
-            tty = bool(isatty and isatty())
-        self.tty = tty
-        self.interval = interval
-        self.bar: tqdm[Any] | None = None
-        self.total = 0
-        self.finished_before = 0  # jobs an earlier run finished: the count starts there
-        self.last: Event | None = None
-        self.last_line = 0.0
-        self.started = time.monotonic()
-
-    @staticmethod
-    def describe(event: Event) -> str:
-        """prompt, model, axes and seed of an event's job (the runner reads them from the state), and its key.
-
-        Nothing is held per job: a plan of millions is never turned into a lookup table here.
-        """
-        job = event.get("job")
-        return f"{job} ({event['key']})" if job else str(event["key"])
-
-    def __call__(self, event: Event) -> None:
-        kind = event["type"]
-        if kind == "start":
-            self.finished_before = event["done"]
-            self.total = event["done"] + event["pending"]
-            if self.quiet:
-                pass
-            elif self.tty:
-                self.bar = tqdm(
-                    total=self.total,
-                    initial=event["done"],
-                    file=self.err,
-                    unit="job",
-                    mininterval=0.2,
-                    dynamic_ncols=True,
-                    leave=True,
-                )
-            else:
-                self.line(event["done"], 0, 0, 0)
-            if event["ambiguous"]:
-                self.log(
-                    f"note: {event['ambiguous']} submit(s) of an earlier run have no recorded outcome "
-                    "and will be sent again"
-                )
-        elif kind == "progress":
-            self.last = event
-            done = self.finished_before + event["done"] + event["failed"]
-            if self.bar is not None:
-                self.bar.n = done
-                self.bar.set_postfix(
-                    failed=event["failed"],
-                    in_flight=event["in_flight"],
-                    queued=event["queued"],
-                    refresh=False,
-                )
-                self.bar.update(0)
-            elif (
-                not self.quiet
-                and not self.tty
-                and time.monotonic() - self.last_line >= self.interval
-            ):
-                self.line(done, event["failed"], event["in_flight"], event["queued"])
-        elif kind == "failed":
-            self.log(f"failed: {self.describe(event)}: {event['reason']}")
-        elif kind == "throttled":
-            whose = f" for account {event['account']!r}" if event.get("account") is not None else ""
-            self.log(
-                f"throttled by the provider (429): in-flight limit{whose} now {event['limit']:.1f}"
-            )
-        elif kind == "queued":
-            self.log(
-                f"waiting in the provider's queue: {self.describe(event)} at position {event['position']}"
-            )
-        elif kind in ("fatal", "warning", "note"):
-            self.log(f"{kind}: {event['message']}")
-
-    def line(self, done: int, failed: int, in_flight: int, queued: int) -> None:
-        self.last_line = time.monotonic()
-        percent = f"{100 * done / self.total:.0f}%" if self.total else "-"
-        self.err.write(
-            f"progress: {done}/{self.total} jobs ({percent}), {failed} failed, {in_flight} in flight, "
-            f"{queued} queued, {self.last_line - self.started:.0f} s\n"
-        )
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            self.err.flush()
-
-    def log(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self.bar is not None:
-            self.bar.write(text, file=self.err)
-        else:
-            self.err.write(text + "\n")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        elif not self.quiet and not self.tty and self.last is not None:
-            e = self.last
-            self.line(
-                self.finished_before + e["done"] + e["failed"],
-                e["failed"],
-                e["in_flight"],
-                e["queued"],
-            )
-            self.last = None
-
-
 def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
     return EmulatorConfig(
         workers=int(settings.get("workers", 2)),
@@ -308,7 +168,7 @@ def _run_on_new_loop(work: Coroutine[Any, Any, T]) -> T:
         import uvloop
     except ImportError:
         return asyncio.run(work)
-    return cast(T, uvloop.run(work))
+    return uvloop.run(work)
 
 
 def run_sync(work: Coroutine[Any, Any, T]) -> T:
@@ -446,146 +306,6 @@ async def _execute(
         return summary
 
 
-def summary_record(summary: Summary, plan: Plan) -> dict[str, Any]:
-    """The run's outcome as data: `run --json` prints it, one JSON document on stdout."""
-    return {
-        "outcome": summary.outcome,
-        "exit_code": summary.exit_code,
-        "run": str(plan.manifest.run_dir),
-        "manifest": str(plan.manifest.file),
-        "jobs": len(plan.jobs),
-        "counts": summary.counts,
-        "images_this_run": summary.images,
-        "started": summary.started,
-        "finished": summary.finished,
-        "started_at": iso_time(summary.started),
-        "finished_at": iso_time(summary.finished),
-        "seconds": round(summary.finished - summary.started, 3),
-        "requests": summary.calls,
-        "ambiguous_resubmits": summary.ambiguous_resubmits,
-        "paid_twice": {
-            "count": summary.paid_twice,
-            "ambiguous": summary.ambiguous_resubmits,
-            "resubmits": summary.resubmits,
-        },
-        "cost": {
-            "currency": "USD",
-            "this_run": summary.cost,
-            "all_runs": summary.total_cost,
-            "estimate": summary.estimate,
-        },
-        "error": summary.error,
-        "hint": summary.hint,
-        **({"accounts": summary.accounts} if summary.accounts else {}),
-        **({"waiting_for_accounts": summary.waiting} if summary.waiting else {}),
-    }
-
-
-def _why(summary: Summary) -> str:
-    """The reasons inputs were paid for again this run, most frequent first."""
-    reasons = [f"{n} x {reason}" for reason, n in summary.resubmits.items()]
-    if summary.ambiguous_resubmits:
-        reasons.append(
-            f"{summary.ambiguous_resubmits} x an earlier run stopped between a submit and its record"
-        )
-    return "; ".join(reasons)
-
-
-def _usd(value: float | None) -> str:
-    return "unpriced" if value is None else f"${value:,.2f}"
-
-
-def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
-    counts = summary.counts
-    seconds = summary.finished - summary.started
-    run_dir = plan.manifest.run_dir
-    if as_json:
-        out.write(json.dumps(summary_record(summary, plan), indent=2, ensure_ascii=False) + "\n")
-    else:
-        out.write(
-            f"{summary.outcome}: {counts['downloaded']}/{len(plan.jobs)} jobs downloaded, {counts['failed']} failed, "
-            f"{summary.images} images written this run in {seconds:.1f} s → {run_dir}/\n"
-        )
-        if summary.paid_twice:
-            out.write(f"paid twice: {summary.paid_twice} ({_why(summary)})\n")
-        if summary.total_cost is not None:
-            out.write(
-                f"cost: {_usd(summary.cost)} this run, {_usd(summary.total_cost)} for all finished jobs "
-                f"(estimate for the plan {_usd(summary.estimate)})\n"
-            )
-    for name, account in summary.accounts.items():
-        if account["stopped"] and summary.outcome != "stopped":
-            err.write(
-                f"warning: account {name!r} stopped: {account['stopped']}; the other accounts did its work\n"
-            )
-    if summary.outcome == "stopped":
-        err.write(f"error: {summary.error}\n")
-        if summary.hint:
-            err.write(f"hint: {summary.hint}\n")
-        if not summary.waiting:
-            err.write("hint: nothing further was sent; fix the account and rerun to resume\n")
-    elif summary.outcome == "interrupted":
-        err.write(
-            f"interrupted: state saved in {run_dir / DB_NAME}; rerun the same command to resume\n"
-        )
-    elif summary.outcome == "failed":
-        err.write(
-            f"hint: `renderer status {run_dir}` lists the failures; `--retry-failed` tries them again\n"
-        )
-    return summary.exit_code
-
-
-class EventLog:
-    """`--log FILE`: one JSON object per line for each event of the run (not the per-job progress ticks).
-
-    Lines carry `time` (epoch) and `at` (ISO 8601). Any secret given (the API key, its parts)
-    is replaced by "***" wherever it appears, as a last line of defence.
-    """
-
-    def __init__(self, path: Path, secrets: Sequence[str] = ()) -> None:
-        # Checked now, opened at the first event: bad input elsewhere must leave no file behind.
-        folder = path.parent if str(path.parent) else Path(".")
-        if (
-            path.is_dir()
-            or not folder.is_dir()
-            or not os.access(folder, os.W_OK)
-            or (path.exists() and not os.access(path, os.W_OK))
-        ):
-            raise UsageError(
-                f"--log {path}: not a writable file path",
-                hint="give a file in an existing, writable folder",
-            )
-        self.path = path
-        self.handle: TextIO | None = None
-        self.closed = False
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, event: Event) -> None:
-        if self.closed or event.get("type") == "progress":
-            return
-        if self.handle is None:
-            try:
-                self.handle = self.path.open("a", encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(
-                    f"--log {self.path}: cannot open it for writing: {exc.strerror or exc}"
-                ) from exc
-        now = time.time()
-        line = json.dumps(
-            {"time": round(now, 3), "at": iso_time(now), **event}, ensure_ascii=False, default=str
-        )
-        for secret in self.secrets:
-            line = line.replace(secret, "***")
-        self.handle.write(line + "\n")
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-
 def finalize(plan: Plan, config: RunConfig, storage: Storage | None) -> dict[str, Any]:
     """`renderer finalize`: metadata.jsonl, the card and run.json from the state, as it stands now.
 
@@ -603,183 +323,18 @@ def finalize(plan: Plan, config: RunConfig, storage: Storage | None) -> dict[str
         out = storage or LocalStorage(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_dataset(plan, store, out, config.provider or None)
-        counts, unfinished, resubmits = store.counts(), store.unfinished(), store.resubmit_reasons()
-        cost = [
-            e["cost"] for _, entries in store.downloaded_files() for e in entries if "cost" in e
-        ]
-        now = time.time()
-        record = {
-            "manifest": str(plan.manifest.file),
-            "name": plan.manifest.name,
-            "outcome": "incomplete" if unfinished else ("failed" if counts["failed"] else "done"),
-            "finalized": now,
-            "finalized_at": iso_time(now),
-            "counts": counts,
-            "unfinished": unfinished,
-            "paid_twice": {
-                "all_runs": store.total_ambiguous() + sum(resubmits.values()),
-                "resubmits_all_runs": resubmits,
-            },
-            "cost": {"currency": "USD", "all_runs": round(sum(cost), 6) if cost else None},
-            "workers": store.workers(),
-        }
+        counts, unfinished = store.counts(), store.unfinished()
+        outcome = "incomplete" if unfinished else ("failed" if counts["failed"] else "done")
+        record = run_record(
+            plan,
+            outcome,
+            store=store,
+            counts=counts,
+            unfinished=unfinished,
+            finalized=time.time(),
+        )
         files.write_json(run_dir / RUN_RECORD, record)
         publish(out, run_dir, RUN_RECORD)
         return record
     finally:
         store.close()
-
-
-def status(run_dir: Path, out: TextIO, *, as_json: bool, state: str | None = None) -> int:
-    if state:
-        store: Store = open_store(state, run_dir, run_dir.name, readonly=True)
-        try:
-            return _status(run_dir, store, out, as_json=as_json)
-        finally:
-            store.close()
-    if not (run_dir / DB_NAME).is_file():
-        raise UsageError(
-            f"{run_dir}: no run here (no {DB_NAME})",
-            hint="pass a run directory such as outputs/NAME",
-        )
-    store = SQLiteStore(run_dir, readonly=True)
-    try:
-        return _status(run_dir, store, out, as_json=as_json)
-    except sqlite3.Error as exc:
-        raise sql_error(Path(store.where), exc) from exc
-
-
-def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
-    try:
-        counts = store.counts()
-        failures = [
-            (r.key, r.prompt_id, r.model, r.seed, r.axes, r.error_kind, r.error)
-            for r in store.rows(in_plan=True, state="failed")
-        ]
-        stale = [(r.key, r.stem, r.state) for r in store.rows(in_plan=False)]
-        # Which account holds each submitted request (only that account's key can follow it).
-        by_account: dict[str, int] = {}
-        for r in store.rows(in_plan=True, state="submitted"):
-            name = r.account if r.account is not None else SINGLE_KEY
-            by_account[name] = by_account.get(name, 0) + 1
-        ambiguous = store.ambiguous()
-        # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
-        # (Shared state: the files are in the workers' output, often a bucket; `run --verify` checks them.)
-        missing = (
-            []
-            if store.shared
-            else [
-                (key, e["path"])
-                for key, entries in store.downloaded_files()
-                for e in entries
-                if not files.file_intact(run_dir, e, rehash=False)
-            ]
-        )
-        workers = store.workers()
-        accounts = store.accounts() if isinstance(store, PostgresStore) else []
-        last = store.last_summary()
-        resubmits = store.resubmit_reasons()
-        paid_twice = store.total_ambiguous() + sum(resubmits.values())
-    finally:
-        store.close()
-    damaged_jobs = len({key for key, _ in missing})
-    rerun = {
-        "submit": counts["planned"],
-        "of_which_ambiguous": ambiguous,
-        "reattach": counts["submitted"],
-        "download": counts["completed"] + damaged_jobs,
-        "of_which_missing_on_disk": damaged_jobs,
-        "skip_failed": counts["failed"],
-        "skip_done": counts["downloaded"] - damaged_jobs,
-    }
-    if as_json:
-        out.write(
-            json.dumps(
-                {
-                    "run": str(run_dir),
-                    "counts": counts,
-                    "rerun": rerun,
-                    "missing_on_disk": [{"key": k, "path": p} for k, p in missing],
-                    "failures": [
-                        dict(
-                            zip(
-                                ("key", "prompt", "model", "seed", "axes", "kind", "reason"),
-                                f,
-                                strict=True,
-                            )
-                        )
-                        for f in failures
-                    ],
-                    "no_longer_in_manifest": [
-                        dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale
-                    ],
-                    "paid_twice": {"count": paid_twice, "resubmits": resubmits},
-                    "workers": workers,
-                    "accounts": accounts,
-                    "submitted_by_account": by_account,
-                    "last_run": last,
-                },
-                indent=2,
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
-        return 0
-    out.write(f"run: {run_dir}\n")
-    out.write("  " + "  ".join(f"{k}={v}" for k, v in counts.items()) + "\n")
-    out.write(
-        f"a rerun would: submit {rerun['submit']} (ambiguous {ambiguous}), reattach {rerun['reattach']}, "
-        f"download {rerun['download']} ({damaged_jobs} with files missing or changed on disk), "
-        f"leave {rerun['skip_failed']} failed (use --retry-failed)\n"
-    )
-    if paid_twice:
-        reasons = "; ".join(f"{n} x {reason}" for reason, n in resubmits.items())
-        ambiguous_all = paid_twice - sum(resubmits.values())
-        if ambiguous_all:
-            reasons += (
-                "; " if reasons else ""
-            ) + f"{ambiguous_all} x a run stopped between a submit and its record"
-        out.write(f"paid twice: {paid_twice} over all runs ({reasons})\n")
-    now = time.time()
-    for w in workers:
-        if store.shared or w["held"]:
-            out.write(
-                f"worker {w['id']} on {w['host']}: {w['held']} job(s) held, last heartbeat "
-                f"{now - w['heartbeat']:.0f} s ago\n"
-            )
-    for a in accounts:
-        out.write(f"account {a['name']}: {a['in_flight']} of {a['limit']} in flight\n")
-    if set(by_account) - {SINGLE_KEY}:
-        out.write(
-            "submitted, by account: "
-            + ", ".join(f"{name}={n}" for name, n in by_account.items())
-            + "\n"
-        )
-    for name, n in ((last or {}).get("waiting_for_accounts") or {}).items():
-        out.write(
-            f"waiting for an account: {n} submitted job(s) of {name!r} could not be followed in the last run "
-            "(that account was not configured or was stopped); rerun with it to finish them\n"
-        )
-    for name, account in ((last or {}).get("accounts") or {}).items():
-        if account.get("stopped"):
-            out.write(f"account {name!r} stopped in the last run: {account['stopped']}\n")
-    for key, path in missing:
-        out.write(f"missing or changed on disk: {path} ({key})\n")
-    for key, prompt, model, seed, axes, kind, reason in failures:
-        described = "".join(f" {k}={json.dumps(v, ensure_ascii=False)}" for k, v in axes.items())
-        out.write(
-            f"failed: prompt={prompt} model={model} seed={seed}{described} [{kind}] {reason}  ({key})\n"
-        )
-    for key, stem, state in stale:
-        out.write(f"no longer in the manifest: {stem} ({state}, {key})\n")
-    if last:
-        out.write(
-            f"last run: {last['outcome']} at {iso_time(last['finished'])}, {last['images_this_run']} images\n"
-        )
-        cost = last.get("cost") or {}
-        if cost.get("all_runs") is not None:
-            out.write(
-                f"cost: {_usd(cost.get('this_run'))} last run, {_usd(cost['all_runs'])} for all finished jobs "
-                f"(estimate {_usd(cost.get('estimate'))})\n"
-            )
-    return 0

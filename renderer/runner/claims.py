@@ -1,0 +1,120 @@
+"""This worker's share of the plan: jobs claimed from the store in plan order, under lease.
+
+Invariants:
+  * Jobs come from `Store.claim`, in plan order, a batch of half the in-flight cap at a time
+    (claimed jobs wait under lease: other workers are not starved).
+  * Leases are renewed every third of their length; a job whose lease was lost is dropped here
+    (its task cancelled, nothing recorded), unless its submit is on the wire.
+  * The feed ends with one None per consumer, whatever stopped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Mapping
+
+from renderer.errors import StateError
+from renderer.runner.config import Event, RunConfig
+from renderer.runner.job import RunState
+from renderer.state.store import LeaseLost, Store
+
+
+class Claims:
+    """Feeds claimed jobs to the task pool and keeps their leases."""
+
+    def __init__(
+        self, store: Store, config: RunConfig, state: RunState, emit: Callable[[Event], None]
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.state = state
+        self.emit = emit
+        # key → endpoint, for the jobs claimed but not yet finished (their per-endpoint cap)
+        self.endpoints: dict[str, str] = {}
+
+    async def feed(self, queue: asyncio.Queue[str | None], consumers: int) -> None:
+        """Claim jobs in plan order, a batch at a time, and hand them to the consumers; then one None each.
+
+        Claimed jobs wait here under lease (renewed), so a batch is half the in-flight cap: other
+        workers are not starved. With shared state, when nothing is claimable but jobs are still
+        unfinished (held by other workers), wait: a dead worker's jobs come free when its lease ends.
+        """
+        batch = max(1, self.config.concurrency // 2)
+        poll = min(2.0, self.config.lease / 4)
+        recorder, bound = self.store.recorder, self.config.max_jobs
+        try:
+            while not self.state.stopping and self.state.broken is None:
+                # Read before claiming: a recording that ended before an empty claim has nothing more.
+                recording = (
+                    recorder is not None
+                    and not recorder.finished.is_set()
+                    and (bound is None or recorder.recorded < bound)
+                )
+                claimed = self.store.claim(batch, before=bound)
+                for c in claimed:
+                    self.endpoints[c.key] = c.endpoint
+                    await queue.put(c.key)
+                if claimed:
+                    continue
+                if recording:  # the plan is still being recorded: more jobs come
+                    await asyncio.sleep(0.02)
+                    continue
+                if recorder is not None and recorder.error is not None:
+                    raise recorder.error
+                # Done when every unfinished job is this worker's own (in flight, or waiting for an
+                # account it lacks: released at the end); else another worker holds some: wait.
+                if (
+                    not self.store.shared
+                    or self.store.unfinished(self.config.max_jobs, others=True) == 0
+                ):
+                    break
+                await asyncio.sleep(poll * (0.5 + secrets.randbelow(1000) / 1000))
+        except StateError as exc:  # the state cannot be read or written: stop, say why
+            self.state.broken = self.state.broken or exc
+        finally:
+            if recorder is not None:
+                # Stopping: the recording ends after its batch in hand (the next run records the
+                # rest). Otherwise it is waited for, so the run ends on the whole plan's state.
+                if self.state.stopping or self.state.broken is not None:
+                    recorder.halt()
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, recorder.thread.join)
+                except asyncio.CancelledError:
+                    recorder.halt()
+                    recorder.thread.join()
+                    raise
+                if recorder.error is not None and self.state.broken is None:
+                    self.state.broken = recorder.error
+            for _ in range(consumers):
+                await queue.put(None)
+
+    async def renew(self, tasks: Mapping[str, asyncio.Task[None]]) -> None:
+        """Renew this worker's leases every third of their length; drop the jobs whose lease was lost."""
+        while True:
+            await asyncio.sleep(self.config.lease / 3)
+            try:
+                held = self.store.renew()
+            except LeaseLost:
+                continue
+            except (
+                StateError
+            ) as exc:  # the shared state is unreachable for now: the fences decide later
+                self.emit({"type": "warning", "message": f"could not renew leases: {exc.message}"})
+                continue
+            for key, task in list(tasks.items()):
+                if (
+                    key not in held
+                    and not task.done()
+                    and self.state.phase.get(key) != "submitting"
+                ):
+                    self.state.dropped.add(key)
+                    self.emit(
+                        {
+                            "type": "warning",
+                            "key": key,
+                            "message": f"{key}: lost its lease (another worker may "
+                            "have it now); dropped here without recording anything",
+                        }
+                    )
+                    task.cancel()

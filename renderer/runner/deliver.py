@@ -1,0 +1,329 @@
+"""Delivery: a job's result → verified images and sidecars in the output, then its record.
+
+Also what a run publishes beside the images: the dataset (metadata.jsonl, the card) and the
+copy of the run's own files to a remote output; and GroupCommit, the one commit shared by the
+step changes of every job that reached a step in the same turn of the loop.
+
+Invariants:
+  * An image is verified (decoded, its size checked) before it is written, and written whole
+    and durable (fsynced, renamed into place) before the store records the job as downloaded:
+    a recorded file is always a complete one.
+  * A worker that lost its job's lease writes no file (`Store.hold` raises LeaseLost first).
+  * Writing errors become a StateError naming the file and what to do (`writing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from renderer.errors import JobRejected, RequestGone, StateError, TransientError
+from renderer.layout import DATA_DIR, SIDECAR_SUFFIX, image_path
+from renderer.output import dataset, files
+from renderer.output.storage import LocalStorage, Storage
+from renderer.plan.planner import Plan, image_cost, price_of
+from renderer.provider.client import Client
+from renderer.runner.config import Event, RunConfig
+from renderer.runner.record import iso_time
+from renderer.state.store import DB_NAME, Row, Store
+
+
+def check_images(result: Any) -> None:
+    """A result's shape before anything stores or reads it: `images` is a non-empty list of objects with a URL."""
+    images = result.get("images") if isinstance(result, dict) else None
+    if not isinstance(images, list) or not images:
+        raise JobRejected(f"result has no images: {str(result)[:200]}")
+    for index, image in enumerate(images):
+        if not isinstance(image, dict):
+            raise JobRejected(
+                f"result images[{index}] is a {type(image).__name__}, not an object with a url: "
+                f"{str(image)[:100]}"
+            )
+        if not isinstance(image.get("url"), str):
+            raise JobRejected(f"result images[{index}] has no url string: {str(image)[:100]}")
+
+
+def disk_hint(exc: OSError) -> str:
+    """What to do about a file that cannot be written (the job stays recorded as rendered, not downloaded)."""
+    what = {
+        errno.ENOSPC: "free space on that disk",
+        errno.EDQUOT: "free space within your quota",
+        errno.EROFS: "make that file system writable",
+        errno.EACCES: "make the folder writable",
+        errno.EPERM: "make the folder writable",
+        errno.ENOTDIR: "a file stands where a folder must be: move it away",
+        errno.EEXIST: "a file stands where a folder must be: move it away",
+        errno.EISDIR: "a folder stands where an image must be: move it away",
+    }.get(exc.errno or 0, "fix the cause")
+    return (
+        f"{what}, then rerun the same command: rendered jobs are downloaded again from the provider "
+        "without paying twice"
+    )
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """File system errors while writing the run's files, as a StateError naming the file and what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise StateError(
+            f"cannot write {path}: {exc.strerror or exc}", hint=disk_hint(exc)
+        ) from exc
+
+
+def publish(storage: Storage, run_dir: Path, *rels: str) -> None:
+    """Copy files written in the run directory to a remote output (the dataset beside its images)."""
+    if not storage.remote:
+        return
+    for rel in rels:
+        path = run_dir / rel
+        if path.is_file():
+            storage.put_bytes(rel, path.read_bytes())
+
+
+def write_dataset(
+    plan: Plan,
+    store: Store,
+    storage: Storage,
+    provider: str | None,
+    *,
+    append: bool = False,
+    record: bool = False,
+) -> None:
+    """metadata.jsonl and the card from the state's finished rows (then copied to a remote output).
+
+    `append`: add the rows of jobs finished since it was written, if the state's record says
+    that is exact (dataset.update), instead of rewriting a million rows; `record`: keep that
+    record (a writable state).
+    """
+    manifest = plan.manifest
+    try:
+        text: str | None = manifest.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = None  # a manifest given as a dict (the Python API), or gone since
+    info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
+    axes = plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
+    columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in plan.jobs))
+    # The rows depend on the plan (its digest), the columns and the provider: any change rewrites them.
+    signature = json.dumps([plan.digest, columns.axes, provider])
+    dataset.update(
+        store,
+        info,
+        columns,
+        provider,
+        signature,
+        append=append and bool(plan.digest),
+        record=record,
+    )
+    publish(storage, store.run_dir, f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
+
+
+class GroupCommit:
+    """One commit for the step changes of every job that reached a step in the same turn of the loop.
+
+    A job calls `durable()` after its change and resumes once that change is committed: the
+    commit is scheduled for the end of the current turn, so changes made meanwhile by other
+    jobs share it (group commit: one write of the log instead of one per change).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._future: asyncio.Future[None] | None = None
+        self.commits = 0  # for the benchmark: how many commits the step changes took
+
+    async def durable(self) -> None:
+        if not self.store.grouping:
+            return  # every change was committed as it was made
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit)
+        # Shielded: a job cancelled while it waits does not cancel the commit the others wait for.
+        await asyncio.shield(self._future)
+
+    def _commit(self) -> None:
+        future, self._future = self._future, None
+        assert future is not None
+        self.commits += 1
+        try:
+            self.store.commit()
+        except StateError as exc:
+            future.set_exception(exc)
+            future.exception()  # marked seen: the waiting jobs raise it, and if all were cancelled nothing logs it
+        else:
+            future.set_result(None)
+
+
+class Delivery:
+    """Downloads a completed job's images, verifies and writes them with their sidecars, and
+    records the job as downloaded.
+
+    `redownloads`: keys whose failed download --retry-failed put back; a dead URL there means
+    rendering again (once) rather than retrying forever.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        store: Store,
+        storage: Storage,
+        client: Client,
+        config: RunConfig,
+        commits: GroupCommit,
+        emit: Callable[[Event], None],
+        redownloads: set[str],
+    ) -> None:
+        self.plan = plan
+        self.store = store
+        self.storage = storage
+        self.client = client
+        self.config = config
+        self.commits = commits
+        self.emit = emit
+        self.redownloads = redownloads
+        self.run_dir = store.run_dir
+        self.fsyncs = files.GroupFsync()
+
+    async def deliver(self, row: Row, retry: Callable[[Row, str], None]) -> Row | None:
+        """Every image of `row`'s result written and recorded: the row as downloaded.
+
+        None after `retry(row, reason)` put the job back to render again (the provider no
+        longer has the file, or a --retry-failed download found its URL dead).
+        """
+        assert row.result is not None
+        check_images(row.result)  # also for results stored by an earlier version
+        entries = []
+        for index, image in enumerate(row.result.get("images", [])):
+            try:
+                verified = await self.fetch_verified(row, image)
+            except RequestGone:
+                retry(row, "the result's file has expired")
+                return None
+            except (TransientError, JobRejected) as exc:
+                if row.key not in self.redownloads:
+                    raise
+                # --retry-failed on a download that failed before: the URL is dead (an emulator
+                # that exited, an expired CDN file). Retrying it forever never ends; render again.
+                self.redownloads.discard(row.key)
+                reason = f"download URL dead on retry ({exc.message[:120]})"
+                self.emit(
+                    {
+                        "type": "warning",
+                        "key": row.key,
+                        "message": f"{row.key}: {reason}: submitting again, which pays for it again",
+                    }
+                )
+                retry(row, reason)
+                return None
+            rel = image_path(row.stem, index, verified.ext)
+            entry = {
+                "path": rel,
+                "sha256": verified.sha256,
+                "size": len(verified.data),
+                "width": verified.width,
+                "height": verified.height,
+                "content_type": verified.content_type,
+                "seed": row.result.get("seed", row.seed),
+            }
+            price = price_of(self.plan.manifest.prices, row.endpoint, row.model)
+            if price is not None:
+                entry["cost"] = round(image_cost(price, verified.width, verified.height), 6)
+            if self.store.gone():
+                raise StateError(
+                    f"{self.run_dir}: the run directory (or its {DB_NAME}) was removed during the run"
+                )
+            if self.store.shared:
+                self.store.hold(row.key)  # a worker that lost the job writes no file (LeaseLost)
+            # Local files: written, fsynced in groups off the loop (files.GroupFsync), then renamed
+            # into place, so the record below still follows a durable, complete file.
+            with writing(self.run_dir / rel):
+                sidecar = self.sidecar(row, index, entry)
+                if self.storage.remote:  # network I/O: off the loop
+                    entry["mtime_ns"] = await asyncio.to_thread(self.write, rel, verified, sidecar)
+                elif isinstance(self.storage, LocalStorage):
+                    entry["mtime_ns"] = await self.write_local(rel, verified, sidecar)
+                else:
+                    entry["mtime_ns"] = self.write(rel, verified, sidecar)
+            entries.append(entry)
+        self.store.downloaded(row.key, entries)
+        await self.commits.durable()
+        self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
+        return row.evolve(state="downloaded", files=entries)
+
+    def write(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int | None:
+        """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
+        mtime = self.storage.put_image(
+            rel, image.data, sha256=image.sha256, content_type=image.content_type
+        )
+        # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
+        self.storage.put_bytes(
+            str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)),
+            files.json_text(sidecar).encode(),
+            durable=False,
+        )
+        return mtime
+
+    async def write_local(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int:
+        """As write: the image fsynced before its rename, the disk waited for off the loop (GroupFsync.write)."""
+        assert isinstance(self.storage, LocalStorage)
+        target = self.storage.root / rel
+        mtime = (await self.fsyncs.write(target, image.data)).st_mtime_ns
+        # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
+        files.write_atomic(
+            target.with_suffix(SIDECAR_SUFFIX),
+            files.json_text(sidecar).encode(),
+            durable=False,
+            parents=False,
+        )
+        return mtime
+
+    async def fetch_verified(self, row: Row, image: dict[str, Any]) -> files.Verified:
+        url: str = image["url"]  # a string: check_images has seen it
+        expected = image.get("file_size") if isinstance(image.get("file_size"), int) else None
+        for attempt in range(1, self.config.retry.attempts + 1):
+            try:
+                data, declared = await self.client.fetch(url)
+                return files.verify_image(data, declared, expected)
+            except files.BadImage as exc:
+                if attempt >= self.config.retry.attempts:
+                    raise JobRejected(f"download of {url[:80]} failed verification: {exc}") from exc
+                await asyncio.sleep(self.client.backoff(attempt))
+        raise AssertionError("unreachable")
+
+    def sidecar(self, row: Row, index: int, entry: dict[str, Any]) -> dict[str, Any]:
+        result = row.result or {}
+        now = time.time()
+        return {
+            "job_key": row.key,
+            "image_index": index,
+            "endpoint": row.endpoint,
+            "model": row.model,
+            "prompt_id": row.prompt_id,
+            "axes": row.axes,
+            "input": row.input,
+            "request_id": row.request_id,
+            "provider": self.config.provider or None,
+            "seed": result.get("seed", row.seed),
+            "sha256": entry["sha256"],
+            "width": entry["width"],
+            "height": entry["height"],
+            "content_type": entry["content_type"],
+            "file": Path(entry["path"]).name,
+            "cost": entry.get("cost"),  # USD by the manifest's prices; null when unpriced
+            "timings": {
+                "submitted_at": row.submitted_at,
+                "completed_at": row.completed_at,
+                "downloaded_at": now,
+                "submitted": iso_time(row.submitted_at),
+                "completed": iso_time(row.completed_at),
+                "downloaded": iso_time(now),
+                "provider": result.get("timings"),
+            },
+            "manifest": {"file": str(self.plan.manifest.file), "prompt_at": row.source},
+        }
