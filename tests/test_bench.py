@@ -40,24 +40,28 @@ def test_requests_per_job_smoke():
     assert "renderer req/job" in out and "| 0.05 " in out
 
 
+@pytest.mark.slow
 def test_client_cost_smoke():
     """bench/client_cost.py compares the renderer and fal-client over HTTP and TLS."""
     out = _run("bench/client_cost.py", "--jobs", "20", "--runs", "1", "--concurrency", "4")
     assert "fal-client tls" in out and "renderer/fal-client throughput" in out
 
 
+@pytest.mark.slow
 def test_client_cost_ab_smoke():
     """bench/client_cost_ab.py alternates two checkouts (here the same one twice) and prints a row for each."""
     out = _run("bench/client_cost_ab.py", "--jobs", "10", "--runs", "1", str(ROOT), str(ROOT / "."))
     assert "# reproduce: python bench/client_cost_ab.py" in out and out.count(f"| {ROOT}") == 2
 
 
+@pytest.mark.slow
 def test_rate_precision_smoke():
     """bench/rate_precision.py measures an observed rate and the largest burst."""
     out = _run("bench/rate_precision.py", "--rates", "20", "--seconds", "1")
     assert "largest 1 s burst" in out
 
 
+@pytest.mark.slow
 def test_state_scale_smoke():
     """bench/state_scale.py synthesises a finished run, reruns it, and runs a small real run."""
     out = _run("bench/state_scale.py", "--jobs", "200", "--run-jobs", "30", "--runs", "1")
@@ -116,6 +120,7 @@ def _scale_out(postgres_server: str, s3_server: Any, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_scale_out_run_smoke(postgres_server, s3_server):
     """bench/scale_out.py: two workers render a tiny run into the bucket and pass its checks (files, dupes, peaks)."""
     out = _scale_out(
@@ -125,6 +130,7 @@ def test_scale_out_run_smoke(postgres_server, s3_server):
     assert "| FAL_KEY_A " in out and "# result: PASS" in out
 
 
+@pytest.mark.slow
 def test_scale_out_kill_smoke(postgres_server, s3_server):
     """bench/scale_out.py --kill-trials kills one of two workers mid-run; the other completes it, nothing lost."""
     out = _scale_out(
@@ -144,6 +150,7 @@ def test_scale_out_kill_smoke(postgres_server, s3_server):
     assert "requests open at kill all taken over after" in out and "# result: PASS" in out
 
 
+@pytest.mark.slow
 def test_scale_out_bench_smoke(postgres_server, s3_server):
     """bench/scale_out.py --bench compares shared state + S3 with SQLite + local disk and prints the ratio."""
     out = _scale_out(
@@ -162,6 +169,7 @@ def test_dataset_append_smoke():
     assert "# reproduce: python bench/dataset_append.py" in out and "| 50 " in out
 
 
+@pytest.mark.slow
 def test_scale_out_pause_smoke(postgres_server, s3_server):
     """bench/scale_out.py --pause-trials stops one of two workers past its lease: fenced, nothing written twice."""
     out = _scale_out(

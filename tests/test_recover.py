@@ -61,6 +61,7 @@ def test_lost_database_is_rebuilt_from_sidecars_without_paying_again(tmp_path: P
     assert len(rows) == 6 and all(r["request_id"] for r in rows)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -169,6 +170,7 @@ def test_temporary_files_of_a_killed_export_are_removed(tmp_path: Path):
     assert not list(run_dir.rglob("*.part"))
 
 
+@pytest.mark.slow
 def test_damaged_database_is_a_clear_error_and_moving_it_aside_recovers(tmp_path: Path):
     """A corrupt database page: exit 1 naming the file and what to do, no traceback; after that, nothing is paid twice."""
     m = write_manifest(tmp_path, seeds=list(range(1, 41)))

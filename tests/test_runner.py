@@ -146,6 +146,7 @@ def test_a_changed_image_of_a_multi_image_job_is_downloaded_again(tmp_path: Path
     assert_all_verified(tmp_path / "out/t")
 
 
+@pytest.mark.slow
 def test_fault_mix_500_jobs_all_valid(tmp_path: Path):
     """10% 429, 5% ingress 502, 5% runner errors, 5% dropped and 2% corrupt downloads: all 500 complete."""
     # Ingress 502/503 only: a 504 on a submit may have been passed on, so it is an unknown outcome (not resent).
@@ -404,6 +405,7 @@ def test_max_jobs_and_retry_failed(tmp_path: Path):
     assert len(images(tmp_path / "o/t")) == 4
 
 
+@pytest.mark.slow
 def test_rate_limit_allows_no_burst(tmp_path: Path):
     """With rate R, no one-second window at the emulator holds more than R plus the bucket."""
     from renderer.runner.limits import bucket_size
@@ -471,6 +473,7 @@ def _subprocess_run(manifest: Path, url: str, output: Path) -> subprocess.Popen[
     )
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
     """20 SIGKILLs at random moments: the final run completes every job, every file matches its
     sidecar, no partial file is ever at a final path, and inputs are submitted twice only where a
@@ -513,6 +516,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path):
     )
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path: Path):
     """SIGINT: exit 130 with state saved; the rerun completes without resubmitting recorded jobs."""
     m = write_manifest(tmp_path, seeds=list(range(1, 31)), limits={"concurrency": 4, "rate": 100})
@@ -535,6 +539,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path: Path):
 # ---------------------------------------------------------------- property
 
 
+@pytest.mark.slow
 @settings(
     max_examples=8,
     deadline=None,
@@ -808,6 +813,7 @@ def test_a_nearly_full_disk_stops_submissions_before_anything_is_paid(tmp_path: 
         assert emu.stats()["submits"] == 10 and emu.stats()["duplicate_submits"] == 0
 
 
+@pytest.mark.slow
 def test_disk_full_is_a_clear_error_and_the_rerun_after_freeing_space_completes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -1067,6 +1073,7 @@ def test_a_refused_submit_is_not_ambiguous(tmp_path: Path):
         store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op", ["submit", "result", "download"])
 def test_a_slowloris_ends_within_the_job_deadline(tmp_path: Path, op):
     """One byte every 2 s on submit, result or download: the job fails at its deadline plus a bounded margin."""
@@ -1100,6 +1107,7 @@ def _worker(manifest: Path, url: str, state: str, events: list[dict], **options:
     )
 
 
+@pytest.mark.slow
 def test_three_workers_share_one_run_and_pay_once(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ):
@@ -1146,6 +1154,7 @@ def test_three_workers_share_one_run_and_pay_once(
     assert not (run_dir / "renderer.sqlite").exists()  # the state is the shared one
 
 
+@pytest.mark.slow
 def test_a_paused_worker_is_fenced_and_its_jobs_reattached(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ):
@@ -1374,6 +1383,7 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
     assert len(images(tmp_path / "o/t")) == 24
 
 
+@pytest.mark.slow
 def test_an_accounts_own_rate_paces_its_submits(tmp_path: Path):
     """An account with rate 10/s (the run's limits.rate far higher): no one-second window holds more than 10 plus the
     bucket of its submits (the other account is locked, so every accepted submit is its)."""
@@ -1579,6 +1589,7 @@ def test_no_account_key_appears_in_any_output_file_or_log(tmp_path: Path):
         )
 
 
+@pytest.mark.slow
 def test_account_limits_hold_across_workers_sharing_state(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ):
