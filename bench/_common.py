@@ -142,7 +142,8 @@ def synthesise_finished_run(manifest_path: Path, output: Path, image: Any) -> Pa
     from renderer.manifest import load as manifest_mod
     from renderer.models.schemas import SchemaRegistry, default_schema_dir
     from renderer.plan import planner as plan_mod
-    from renderer.state.store import SQLiteStore, key_blob
+    from renderer.state.rows import key_blob
+    from renderer.state.sqlite import SQLiteStore
 
     m = manifest_mod.load(manifest_path)
     m = manifest_mod.Manifest(**{**m.__dict__, "output": output})

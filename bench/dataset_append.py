@@ -38,7 +38,8 @@ def main() -> None:
     from renderer.output.storage import LocalStorage
     from renderer.plan import planner as plan_mod
     from renderer.runner.deliver import write_dataset
-    from renderer.state.store import SQLiteStore, key_blob
+    from renderer.state.rows import key_blob
+    from renderer.state.sqlite import SQLiteStore
 
     total = args.jobs + args.more
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,7 @@ from renderer.output.storage import Storage
 from renderer.plan import planner as plan_mod
 from renderer.plan.planner import Plan
 from renderer.runner import AccountLimit, Event, RunConfig, Summary
-from renderer.state.store import SQLiteStore
+from renderer.state.sqlite import SQLiteStore
 
 __all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
 

@@ -385,7 +385,8 @@ def _done(plan: plan_mod.Plan) -> dict[str, int]:
     When the run's state recorded this very plan (same digest), the counts come from one
     query; otherwise from the plan's keys (made without making the jobs) against the finished ones.
     """
-    from renderer.state.store import DB_NAME, SQLiteStore
+    from renderer.layout import DB_NAME
+    from renderer.state.sqlite import SQLiteStore
 
     if not (plan.manifest.run_dir / DB_NAME).is_file():
         return {}
@@ -719,7 +720,7 @@ def cmd_report(ctx: Context) -> int:
             f"--axes {a.axes!r}: give two axes, ROW,COL",
             hint="e.g. --axes prompt,model or seed,model",
         )
-    from renderer.state.store import DB_NAME
+    from renderer.layout import DB_NAME
 
     if not (Path(a.run) / DB_NAME).is_file():
         raise UsageError(

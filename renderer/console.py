@@ -19,11 +19,15 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from renderer.errors import UsageError
+from renderer.layout import DB_NAME
 from renderer.output import files
 from renderer.plan.planner import Plan
 from renderer.runner import SINGLE_KEY, Event, Summary, iso_time
+from renderer.state.choose import open_store
 from renderer.state.postgres import PostgresStore
-from renderer.state.store import DB_NAME, SQLiteStore, Store, open_store, sql_error
+from renderer.state.rows import sql_error
+from renderer.state.sqlite import SQLiteStore
+from renderer.state.store import Store
 
 
 class Display:

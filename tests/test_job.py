@@ -26,7 +26,7 @@ from renderer.runner.deliver import Delivery, GroupCommit
 from renderer.runner.job import JobSteps, RunState
 from renderer.runner.limits import Limits
 from renderer.runner.reconcile import reconcile
-from renderer.state.store import SQLiteStore
+from renderer.state.sqlite import SQLiteStore
 
 from .conftest import write_manifest
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from renderer.provider.emulator import ServiceTime
-from renderer.state.store import SQLiteStore
+from renderer.state.sqlite import SQLiteStore
 
 from .conftest import background_emulator, cli, write_manifest
 

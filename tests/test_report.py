@@ -17,7 +17,7 @@ from PIL import Image
 
 from renderer.plan.planner import Job
 from renderer.provider.emulator import ServiceTime
-from renderer.state.store import SQLiteStore
+from renderer.state.sqlite import SQLiteStore
 from renderer.view import report
 
 from .conftest import MANIFESTS, background_emulator, cli, write_manifest

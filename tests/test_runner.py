@@ -33,7 +33,7 @@ from renderer.provider.emulator import Faults, ServiceTime
 from renderer.runner import AccountLimit, RunConfig
 from renderer.runner.limits import Account, Accounts, AccountSlots
 from renderer.runner.runner import Runner
-from renderer.state.store import SQLiteStore
+from renderer.state.sqlite import SQLiteStore
 
 from .conftest import MANIFESTS, ROOT, background_emulator, cli, write_manifest
 
@@ -327,7 +327,7 @@ def test_missing_key_is_a_usage_error(tmp_path: Path):
 
 def test_second_run_on_the_same_directory_is_refused(tmp_path: Path):
     """A locked output directory is refused with a clear message."""
-    from renderer.state.store import RunLock
+    from renderer.state.lock import RunLock
 
     m = write_manifest(tmp_path)
     with RunLock(tmp_path / "o/t"):

@@ -14,19 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from renderer.errors import RunLocked, StateError
+from renderer.layout import DB_NAME
 from renderer.manifest.load import load
 from renderer.models.schemas import SchemaRegistry
 from renderer.plan import planner as plan
+from renderer.state.lock import RunLock
+from renderer.state.migrations import MIGRATIONS, migrate
 from renderer.state.postgres import PostgresStore
-from renderer.state.store import (
-    DB_NAME,
-    MIGRATIONS,
-    LeaseLost,
-    RunLock,
-    SQLiteStore,
-    Store,
-    migrate,
-)
+from renderer.state.rows import LeaseLost
+from renderer.state.sqlite import SQLiteStore
+from renderer.state.store import Store
 
 from .conftest import MANIFESTS
 
@@ -213,9 +210,12 @@ def test_pending_and_finished_files_are_read_in_pages(
     monkeypatch: pytest.MonkeyPatch,
 ):
     """Paging by plan position and rowid sees every row once, whatever the page size."""
+    import renderer.state.sqlite as sqlite_mod
     import renderer.state.store as store_mod
 
     monkeypatch.setattr(store_mod, "PAGE", 3)
+
+    monkeypatch.setattr(sqlite_mod, "PAGE", 3)
     p = _many(registry, 10, tmp_path)
     store = open_state()
     store.sync_plan(p.jobs, p.digest)
@@ -569,7 +569,7 @@ def test_finished_jobs_of_an_older_database_get_their_file_columns(
     tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
 ):
     """A run finished before m008: after migrating, the rerun's file check and the cost read what was recorded."""
-    import renderer.state.store as store_mod
+    import renderer.state.migrations as migrations_mod
 
     p = _plan(registry)
     keys = [j.key for j in p.jobs]
@@ -582,7 +582,9 @@ def test_finished_jobs_of_an_older_database_get_their_file_columns(
         [{"path": "data/c-0.png", "size": 13, "mtime_ns": 126}],
     ]
     with monkeypatch.context() as old_schema:
-        old_schema.setattr(store_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m008"])
+        old_schema.setattr(
+            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m008"]
+        )
         store = SQLiteStore(tmp_path)
         store.sync_plan(p.jobs)
         for key, entries in zip(keys, written, strict=False):
@@ -703,12 +705,14 @@ def test_a_database_from_before_the_cells_migrates_with_every_row_intact(
     cells migration; recording the plan again shares cells, keeps each job's path, and the work goes on."""
     import json
 
+    import renderer.state.migrations as migrations_mod
     import renderer.state.postgres as pg_mod
-    import renderer.state.store as store_mod
 
     p = _plan(registry)
     with monkeypatch.context() as old_schema:  # the schema as it was before the cells
-        old_schema.setattr(store_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m007"])
+        old_schema.setattr(
+            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m007"]
+        )
         old_schema.setattr(
             pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < "p003"]
         )
@@ -909,10 +913,11 @@ def test_a_plan_recorded_in_the_background_is_claimable_as_it_grows(
     digest is written only when the whole plan is recorded."""
     import threading
 
+    import renderer.state.recording as recording_mod
     import renderer.state.store as store_mod
 
-    for name in ("FIRST_BATCH", "RECORD_BATCH"):
-        monkeypatch.setattr(store_mod, name, 7)
+    monkeypatch.setattr(store_mod, "FIRST_BATCH", 7)
+    monkeypatch.setattr(recording_mod, "RECORD_BATCH", 7)
     p = _many(registry, 20, tmp_path)
     gate = threading.Event()
     store = SQLiteStore(tmp_path)
@@ -943,10 +948,11 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
 ):
     """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order."""
+    import renderer.state.recording as recording_mod
     import renderer.state.store as store_mod
 
-    for name in ("FIRST_BATCH", "RECORD_BATCH"):
-        monkeypatch.setattr(store_mod, name, 7)
+    monkeypatch.setattr(store_mod, "FIRST_BATCH", 7)
+    monkeypatch.setattr(recording_mod, "RECORD_BATCH", 7)
     p = _many(registry, 20, tmp_path)
     store = SQLiteStore(tmp_path)
     recorder = store.record_plan(_Gated(list(p.jobs), 30, None), p.digest)
@@ -976,9 +982,12 @@ def test_file_stats_list_every_finished_file_in_whole_jobs(
 ):
     """What a rerun checks on disk: (job, path, size, mtime_ns) of each file of each finished job, pages never
     splitting a job; jobs not finished or out of the plan are not listed."""
+    import renderer.state.sqlite as sqlite_mod
     import renderer.state.store as store_mod
 
     monkeypatch.setattr(store_mod, "PAGE", 1)
+
+    monkeypatch.setattr(sqlite_mod, "PAGE", 1)
     p = _many(registry, 4, tmp_path)
     store = open_state()
     store.sync_plan(p.jobs, p.digest)

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from renderer.errors import UsageError
-from renderer.layout import CARD, DATA_DIR, METADATA, RUN_RECORD
+from renderer.layout import CARD, DATA_DIR, DB_NAME, METADATA, RUN_RECORD
 from renderer.output import files
-from renderer.state.store import DB_NAME, SQLiteStore, Store
+from renderer.state.sqlite import SQLiteStore
+from renderer.state.store import Store
 
 IMAGE_GLOBS = ("**/*.png", "**/*.jpg", "**/*.webp")
 

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from renderer.errors import StateError
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.job import RunState
-from renderer.state.store import LeaseLost, Store
+from renderer.state.rows import LeaseLost
+from renderer.state.store import Store
 
 
 class Claims:

@@ -24,14 +24,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from renderer.errors import JobRejected, RequestGone, StateError, TransientError
-from renderer.layout import DATA_DIR, SIDECAR_SUFFIX, image_path
+from renderer.layout import DATA_DIR, DB_NAME, SIDECAR_SUFFIX, image_path
 from renderer.output import dataset, files
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.planner import Plan, image_cost, price_of
 from renderer.provider.client import Client
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.record import iso_time
-from renderer.state.store import DB_NAME, Row, Store
+from renderer.state.rows import Row
+from renderer.state.store import Store
 
 
 def check_images(result: Any) -> None:

@@ -42,7 +42,8 @@ from renderer.provider.client import RUNNER_ERRORS, Handle, Status
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import Delivery, GroupCommit, check_images, disk_hint
 from renderer.runner.limits import Account, Limits
-from renderer.state.store import LeaseLost, Row, Store
+from renderer.state.rows import LeaseLost, Row
+from renderer.state.store import Store
 
 T = TypeVar("T")
 # Free bytes below which no new request is paid for: a submit whose request id cannot be

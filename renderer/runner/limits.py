@@ -25,7 +25,8 @@ from aiolimiter import AsyncLimiter
 from renderer.errors import AccountError
 from renderer.provider.client import Client
 from renderer.runner.config import SINGLE_ACCOUNT, SINGLE_KEY, Event, RunConfig
-from renderer.state.store import Row, Store
+from renderer.state.rows import Row
+from renderer.state.store import Store
 
 
 class AdaptiveLimit:

@@ -20,13 +20,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from renderer.layout import DATA_DIR, job_folder
+from renderer.layout import DATA_DIR, DB_NAME, job_folder
 from renderer.output import files
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.planner import Plan
 from renderer.runner import recover
 from renderer.runner.config import Event, RunConfig
-from renderer.state.store import DB_NAME, Store
+from renderer.state.store import Store
 
 
 @dataclass

@@ -24,7 +24,8 @@ from typing import Any
 
 from renderer.layout import DATA_DIR
 from renderer.output import files
-from renderer.state.store import Store, distinct_stem
+from renderer.state.rows import distinct_stem
+from renderer.state.store import Store
 
 IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from renderer.errors import StateError
-from renderer.layout import DATA_DIR, RUN_RECORD
+from renderer.layout import DATA_DIR, DB_NAME, RUN_RECORD
 from renderer.output import dataset, files
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.planner import Plan, price_of
@@ -43,7 +43,7 @@ from renderer.runner.limits import Accounts, Limits
 from renderer.runner.reconcile import reconcile
 from renderer.runner.record import Summary, run_record
 from renderer.state.postgres import PostgresStore
-from renderer.state.store import DB_NAME, Store
+from renderer.state.store import Store
 
 
 def finished_cost(plan: Plan, store: Store) -> tuple[float | None, list[str]]:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from renderer.errors import UsageError
-from renderer.layout import RUN_RECORD
+from renderer.layout import DB_NAME, RUN_RECORD
 from renderer.manifest.load import PROVIDERS, ProviderConfig
 from renderer.models.schemas import SchemaRegistry
 from renderer.output import files
@@ -36,7 +36,10 @@ from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import publish, write_dataset
 from renderer.runner.record import Summary, run_record
 from renderer.runner.runner import Runner
-from renderer.state.store import DB_NAME, RunLock, Store, open_store, sql_error
+from renderer.state.choose import open_store
+from renderer.state.lock import RunLock
+from renderer.state.rows import sql_error
+from renderer.state.store import Store
 
 T = TypeVar("T")
 

@@ -26,7 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from renderer.errors import StateError, UsageError
-from renderer.state.store import JOB_COLUMNS, JOB_INDEXES, Store, jobs_view
+from renderer.state.migrations import JOB_COLUMNS, JOB_INDEXES, jobs_view
+from renderer.state.store import Store
 
 PG_KEY = "COALESCE(j.key_text, 'j1-' || encode(j.k, 'hex'))"
 PG_SEED = "j.seed::text"

@@ -27,7 +27,9 @@ from typing import Any
 from PIL import Image, ImageChops
 
 from renderer.errors import UsageError, closest
-from renderer.state.store import DB_NAME, Row, SQLiteStore
+from renderer.layout import DB_NAME
+from renderer.state.rows import Row
+from renderer.state.sqlite import SQLiteStore
 
 HASH_LIMIT = 6
 RMSE_LIMIT = 0.04

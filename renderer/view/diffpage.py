@@ -16,7 +16,9 @@ from typing import Any
 
 from PIL import Image, ImageChops
 
-from renderer.state.store import DB_NAME, Row, SQLiteStore
+from renderer.layout import DB_NAME
+from renderer.state.rows import Row
+from renderer.state.sqlite import SQLiteStore
 from renderer.view import page as page_mod
 from renderer.view import report
 

@@ -29,7 +29,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from renderer.errors import UsageError
 from renderer.layout import REPORT_DIR
-from renderer.state.store import Row, SQLiteStore
+from renderer.state.rows import Row
+from renderer.state.sqlite import SQLiteStore
 from renderer.view import page as page_mod
 
 THUMB = 256

@@ -1,0 +1,318 @@
+"""The state's schema: ordered migrations, applied on open, each once (both databases).
+
+A migration is a function named mNNN_what; MIGRATIONS lists them in order and `migrate` applies the
+ones a database has not recorded in _migrations, each in its own transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+from renderer.state.rows import OPEN, key_blob, key_text
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+
+
+migration = MIGRATIONS.append
+
+
+@migration
+def m001_jobs(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE jobs (
+            key TEXT PRIMARY KEY,
+            plan_index INTEGER,
+            in_plan INTEGER NOT NULL DEFAULT 1,
+            endpoint TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt_id TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            seed INTEGER,
+            axes TEXT NOT NULL,
+            stem TEXT NOT NULL,
+            input TEXT NOT NULL,
+            num_images INTEGER NOT NULL,
+            tags TEXT NOT NULL,
+            source TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'planned'
+                CHECK (state IN ('planned', 'submitted', 'completed', 'downloaded', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            submit_started REAL,
+            request_id TEXT,
+            status_url TEXT,
+            response_url TEXT,
+            cancel_url TEXT,
+            submitted_at REAL,
+            completed_at REAL,
+            downloaded_at REAL,
+            result TEXT,
+            files TEXT,
+            error TEXT,
+            error_kind TEXT,
+            updated_at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX jobs_pending ON jobs (in_plan, state, plan_index)")
+
+
+@migration
+def m002_runs(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            outcome TEXT,
+            ambiguous_resubmits INTEGER NOT NULL DEFAULT 0,
+            summary TEXT
+        )""")
+
+
+@migration
+def m003_provider_and_resubmits(db: sqlite3.Connection) -> None:
+    # Who rendered a job (emulator, fal, a custom origin): a placeholder from the emulator is
+    # not a finished job for a real provider. NULL for rows written before this migration.
+    db.execute("ALTER TABLE jobs ADD COLUMN provider TEXT")
+    # One row per submission that paid (or may have paid) for an input a second time, and why:
+    # run.json, the summary line and `status` count them.
+    db.execute("""
+        CREATE TABLE resubmits (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL,
+            run_id INTEGER,
+            at REAL NOT NULL,
+            reason TEXT NOT NULL
+        )""")
+
+
+@migration
+def m004_meta(db: sqlite3.Connection) -> None:
+    """Facts about the run as a whole (the digest of the plan last recorded in full)."""
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # Pending work is read in pages in plan order; (in_plan, state, plan_index) would make
+    # every page sort all pending rows.
+    db.execute("CREATE INDEX jobs_order ON jobs (plan_index)")
+
+
+@migration
+def m005_account(db: sqlite3.Connection) -> None:
+    """The account (by name, never its key) that submitted a job's request: a request is only
+    ever followed, read and cancelled with the key that paid for it. NULL: the single account."""
+    db.execute("ALTER TABLE jobs ADD COLUMN account TEXT")
+
+
+@migration
+def m006_leases(db: sqlite3.Connection) -> None:
+    """Claims: who works on a job and until when (see `Store.claim`); the workers that ran."""
+    db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
+    db.execute("ALTER TABLE jobs ADD COLUMN claims INTEGER NOT NULL DEFAULT 0")
+    # Only unfinished jobs are in it: claiming reads the next ones without passing finished rows.
+    db.execute(f"CREATE INDEX jobs_open ON jobs (plan_index) WHERE {OPEN}")
+    # Only held jobs are in it: renewal and release find a worker's jobs at once.
+    db.execute("CREATE INDEX jobs_held ON jobs (owner) WHERE owner IS NOT NULL")
+    db.execute("""
+        CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER,
+            started REAL NOT NULL,
+            heartbeat REAL NOT NULL
+        )""")
+
+
+# The per-job table, the per-cell table and the view that joins them back into the old `jobs`.
+# Shared by the migration below (SQLite); pgstore's p003 says the same in PostgreSQL's words.
+CELLS_DDL = """
+    CREATE TABLE cells (
+        id INTEGER PRIMARY KEY,
+        digest BLOB UNIQUE,
+        endpoint TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt_id TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        axes TEXT NOT NULL,
+        input_head TEXT NOT NULL,
+        input_tail TEXT,
+        num_images INTEGER NOT NULL,
+        tags TEXT NOT NULL,
+        source TEXT NOT NULL,
+        stem_head TEXT
+    )"""
+
+
+JOB_COLUMNS = (
+    "state, attempts, submit_started, request_id, status_url, response_url, cancel_url, submitted_at, "
+    "completed_at, downloaded_at, result, files, error, error_kind, updated_at, provider, account, owner, "
+    "lease_until, claims"
+)
+
+
+JOB_DDL = """
+    CREATE TABLE job (
+        id INTEGER PRIMARY KEY,
+        k BLOB NOT NULL,
+        key_text TEXT,
+        cell INTEGER NOT NULL,
+        seed INTEGER,
+        plan_index INTEGER,
+        in_plan INTEGER NOT NULL DEFAULT 1,
+        stem TEXT,
+        state TEXT NOT NULL DEFAULT 'planned'
+            CHECK (state IN ('planned', 'submitted', 'completed', 'downloaded', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        submit_started REAL,
+        request_id TEXT,
+        status_url TEXT,
+        response_url TEXT,
+        cancel_url TEXT,
+        submitted_at REAL,
+        completed_at REAL,
+        downloaded_at REAL,
+        result TEXT,
+        files TEXT,
+        error TEXT,
+        error_kind TEXT,
+        updated_at REAL,
+        provider TEXT,
+        account TEXT,
+        owner TEXT,
+        lease_until REAL,
+        claims INTEGER NOT NULL DEFAULT 0
+    )"""
+
+
+JOB_INDEXES = (
+    "CREATE UNIQUE INDEX job_key ON job (k)",
+    "CREATE INDEX job_order ON job (plan_index)",
+    f"CREATE INDEX job_open ON job (plan_index) WHERE {OPEN}",
+    "CREATE INDEX job_held ON job (owner) WHERE owner IS NOT NULL",
+)
+
+
+def jobs_view(key_sql: str, seed_text: str) -> str:
+    """`jobs` as it was before the cells: every column, rebuilt (stem and input from the cell and the seed)."""
+    return f"""
+    CREATE VIEW jobs AS SELECT j.id AS id, {key_sql} AS key, j.plan_index AS plan_index, j.in_plan AS in_plan,
+        c.endpoint AS endpoint, c.model AS model, c.prompt_id AS prompt_id, c.prompt AS prompt, j.seed AS seed,
+        c.axes AS axes, COALESCE(j.stem, c.stem_head || {seed_text}) AS stem,
+        CASE WHEN c.input_tail IS NULL THEN c.input_head ELSE c.input_head || {seed_text} || c.input_tail END AS input,
+        c.num_images AS num_images, c.tags AS tags, c.source AS source,
+        {", ".join(f"j.{name} AS {name}" for name in JOB_COLUMNS.split(", "))}
+    FROM job j JOIN cells c ON c.id = j.cell"""
+
+
+SQLITE_KEY = "COALESCE(j.key_text, 'j1-' || lower(hex(j.k)))"
+
+
+@migration
+def m007_cells(db: sqlite3.Connection) -> None:
+    """What jobs of one cell share is stored once: ~130 bytes a job instead of ~530 (issue 15).
+
+    A cell is what the plan repeats for every seed: endpoint, model, prompt, axes, tags, source,
+    the input with the seed cut out (input = input_head || seed || input_tail) and the folder
+    part of the stem (stem = stem_head || seed). A job row keeps its key as 20 bytes, its seed,
+    its place in the plan, its state, and a stem only when it is not the cell's (distinct_stem).
+    The view `jobs` gives back the old columns, so reads (and tools that read the file) are
+    unchanged. Rows of an older database each get a cell of their own here (exact, not compact);
+    the plan's digest is forgotten so the next run records the plan again, sharing cells.
+    """
+    db.create_function("renderer_key", 1, key_blob, deterministic=True)
+    db.create_function("renderer_key_text", 1, key_text, deterministic=True)
+    db.execute(CELLS_DDL)
+    db.execute(JOB_DDL)
+    db.execute(
+        "INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, source) "
+        "SELECT rowid, endpoint, model, prompt_id, prompt, axes, input, num_images, tags, source FROM jobs"
+    )
+    db.execute(
+        f"INSERT INTO job (id, k, key_text, cell, seed, plan_index, in_plan, stem, {JOB_COLUMNS}) "
+        f"SELECT rowid, renderer_key(key), renderer_key_text(key), rowid, seed, plan_index, in_plan, stem, "
+        f"{JOB_COLUMNS} FROM jobs"
+    )
+    db.execute("DROP TABLE jobs")
+    for ddl in JOB_INDEXES:
+        db.execute(ddl)
+    db.execute(jobs_view(SQLITE_KEY, "j.seed"))
+    # Tools and old scripts that update `jobs` directly still can (slowly: by the view's rows).
+    db.execute(f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
+        UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
+        stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
+        {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))} WHERE id = OLD.id; END""")
+    db.execute("DELETE FROM meta WHERE name = 'plan_digest'")
+
+
+def file_columns_sql(files: str) -> str:
+    """SET clauses deriving a job's file columns (see m008_file_columns) from the JSON `files`.
+
+    Text that is not a JSON array (never written by renderer; a hand-edited database) and
+    entries that are not objects derive NULLs and count as uncosted instead of raising: a
+    migration that raised would lock the user out of their run.
+    """
+    f = f"CASE WHEN json_valid({files}) THEN CASE WHEN json_type({files}) = 'array' THEN {files} END END"
+    one = f"CASE WHEN json_array_length({f}) = 1 THEN json_extract({f}, '$[0].%s') END"
+    number = "CASE WHEN type = 'object' THEN json_type(value, '$.cost') IN ('integer', 'real') ELSE 0 END"
+    return (
+        f"fpath = {one % 'path'}, fsize = {one % 'size'}, fmtime = {one % 'mtime_ns'}, "
+        f"cost = (SELECT SUM(json_extract(value, '$.cost')) FROM json_each({f}) WHERE {number}), "
+        f"uncosted = (SELECT COUNT(*) FROM json_each({f}) WHERE NOT COALESCE({number}, 0))"
+    )
+
+
+@migration
+def m008_file_columns(db: sqlite3.Connection) -> None:
+    """A finished job's file check and cost in columns of its own (issue 15: no-op rerun of 1M jobs).
+
+    A rerun stats every finished file against its recorded size and mtime, and sums the cost
+    of every finished file; reading those out of each job's `files` JSON took ~6 s of a 10 s
+    no-op rerun at 1M jobs. fpath/fsize/fmtime are those of a job's only file (NULL for a job
+    with several files: those are read from `files`); cost is the sum of its files' costs
+    (NULL if none has one); uncosted is how many of its files have no cost. Filled, and kept in
+    step with `files`, by m009 (which derives every row: doing it here too was a second pass).
+    """
+    for column in (
+        "fpath TEXT",
+        "fsize INTEGER",
+        "fmtime INTEGER",
+        "cost REAL",
+        "uncosted INTEGER NOT NULL DEFAULT 0",
+    ):
+        db.execute(f"ALTER TABLE job ADD COLUMN {column}")
+
+
+@migration
+def m009_job_files_trigger(db: sqlite3.Connection) -> None:
+    """m008's columns are derived by the database: `job_files` rewrites them whenever `files` is written.
+
+    By the store or by anything else (the `jobs` view's trigger, a tool, a benchmark's
+    synthesiser), so they cannot disagree with `files`. A first version of m008 wrote them
+    from Python instead (and another one made this trigger, unguarded): the trigger is made
+    anew and every row derived again, so a database either version touched is right from here.
+    Rows are inserted without files (the plan), so no insert trigger is needed.
+    """
+    db.execute("DROP TRIGGER IF EXISTS job_files")
+    db.execute(
+        f"CREATE TRIGGER job_files AFTER UPDATE OF files ON job BEGIN "
+        f"UPDATE job SET {file_columns_sql('NEW.files')} WHERE id = NEW.id; END"
+    )
+    db.execute(
+        f"UPDATE job SET {file_columns_sql('files')} WHERE files IS NOT NULL OR fpath IS NOT NULL "
+        "OR cost IS NOT NULL OR uncosted != 0"
+    )
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    applied = []
+    for step in MIGRATIONS:
+        if step.__name__ in done:
+            continue
+        with db:
+            step(db)
+            db.execute("INSERT INTO _migrations VALUES (?, ?)", (step.__name__, time.time()))
+        applied.append(step.__name__)
+    return applied

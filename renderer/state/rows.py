@@ -1,0 +1,182 @@
+"""What the state hands out and takes in: job states, the Row of a job, claimed jobs, key encodings,
+and the translation of a database error into a StateError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from renderer.errors import StateError
+from renderer.layout import DB_NAME
+
+STATES = ("planned", "submitted", "completed", "downloaded", "failed")
+
+
+FINISHED = ("downloaded", "failed")
+
+
+# The jobs a claim may take (a partial index holds exactly these; the text must match it).
+OPEN = "in_plan = 1 AND state NOT IN ('downloaded', 'failed')"
+
+
+DAMAGED_HINT = (
+    f"if the file is damaged, move {DB_NAME} aside (and its -wal/-shm files) and rerun: the state is "
+    "rebuilt from the images' sidecars, so finished jobs are not paid for again"
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """A job as stored."""
+
+    key: str
+    plan_index: int | None
+    in_plan: bool
+    endpoint: str
+    model: str
+    prompt_id: str
+    prompt: str
+    seed: int | None
+    axes: dict[str, Any]
+    stem: str
+    input: dict[str, Any]
+    num_images: int
+    tags: list[str]
+    source: str
+    state: str
+    attempts: int
+    submit_started: float | None
+    request_id: str | None
+    status_url: str | None
+    response_url: str | None
+    cancel_url: str | None
+    submitted_at: float | None
+    completed_at: float | None
+    downloaded_at: float | None
+    result: dict[str, Any] | None
+    files: list[dict[str, Any]] | None
+    error: str | None
+    error_kind: str | None
+    provider: str | None = None
+    account: str | None = (
+        None  # the account name that submitted request_id (None: the single account)
+    )
+
+    def evolve(self, **changes: Any) -> Row:
+        """A copy with `changes` (fields by name): dataclasses.replace without re-running __init__ (hot path)."""
+        unknown = changes.keys() - self.__dict__.keys()
+        if unknown:
+            raise TypeError(f"Row has no field(s) {sorted(unknown)}")
+        new = object.__new__(Row)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
+    @classmethod
+    def from_sql(cls, r: sqlite3.Row) -> Row:
+        def load(v: str | None) -> Any:
+            return json.loads(v) if v is not None else None
+
+        return cls(
+            r["key"],
+            r["plan_index"],
+            bool(r["in_plan"]),
+            r["endpoint"],
+            r["model"],
+            r["prompt_id"],
+            r["prompt"],
+            r["seed"],
+            load(r["axes"]),
+            r["stem"],
+            load(r["input"]),
+            r["num_images"],
+            load(r["tags"]),
+            r["source"],
+            r["state"],
+            r["attempts"],
+            r["submit_started"],
+            r["request_id"],
+            r["status_url"],
+            r["response_url"],
+            r["cancel_url"],
+            r["submitted_at"],
+            r["completed_at"],
+            r["downloaded_at"],
+            load(r["result"]),
+            load(r["files"]),
+            r["error"],
+            r["error_kind"],
+            r["provider"],
+            r["account"],
+        )
+
+
+def sql_error(path: Path, exc: sqlite3.Error) -> StateError:
+    """An SQLite failure as the person running renderer needs it: what, where, what to do."""
+    text = str(exc)
+    if "full" in text:
+        return StateError(
+            f"{path}: cannot write the run database: the disk is full ({text})",
+            hint="free space on that disk, then rerun the same command: nothing recorded is lost "
+            "and nothing is paid twice",
+        )
+    if "readonly" in text or "read-only" in text:
+        return StateError(
+            f"{path}: cannot write the run database ({text})",
+            hint="make the run folder writable, then rerun the same command",
+        )
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return StateError(f"{path}: the run database is damaged ({text})", hint=DAMAGED_HINT)
+    return StateError(
+        f"{path}: the run database failed: {text}",
+        hint="rerun the same command; if it fails again, " + DAMAGED_HINT,
+    )
+
+
+def distinct_stem(stem: str, key: str) -> str:
+    """A job's own path when its natural one belongs to another job: the stem plus part of its key."""
+    return f"{stem}_{key.removeprefix('j1-')[:8]}"
+
+
+_KEY = re.compile(r"j1-(?:[0-9a-f]{2})+")
+
+
+def key_blob(key: str) -> bytes:
+    """A job key as stored (column `k`): the bytes of its hex digest (20 for `j1-` + 40 hex).
+
+    Any other text (tools and tests may name jobs freely) is kept whole in `key_text`, and `k`
+    is then the sha256 of it, so `k` alone still finds every job."""
+    if _KEY.fullmatch(key):
+        return bytes.fromhex(key[3:])
+    return hashlib.sha256(f"renderer-key:{key}".encode()).digest()
+
+
+def key_text(key: str) -> str | None:
+    """What column `key_text` keeps: None for the keys renderer makes."""
+    return None if _KEY.fullmatch(key) else key
+
+
+def blob_key(blob: bytes, text: str | None) -> str:
+    return text if text is not None else "j1-" + bytes(blob).hex()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class LeaseLost(StateError):
+    """This worker no longer holds the job's lease: another worker may own it now; nothing was recorded."""
+
+
+@dataclass(frozen=True, order=True)
+class Claimed:
+    """A job now leased to this worker."""
+
+    plan_index: int
+    key: str
+    endpoint: str
