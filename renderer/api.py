@@ -30,9 +30,9 @@ from renderer.output import dataset
 from renderer.output import storage as storage_mod
 from renderer.output.storage import Storage
 from renderer.plan import planner as plan_mod
-from renderer.plan.planner import Plan
+from renderer.plan.jobs import Plan
 from renderer.runner import AccountLimit, Event, RunConfig, Summary
-from renderer.state.sqlite import SQLiteStore
+from renderer.state import read_store
 
 __all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
 
@@ -279,8 +279,7 @@ def open_run(run_dir: str | os.PathLike[str]) -> Run:
         for row, path in found:
             row["path"] = (folder / path).resolve()
             rows.append(row)
-    store = SQLiteStore(folder, readonly=True)
-    try:
+    with read_store(folder) as store:
         failures = [
             {
                 "key": r.key,
@@ -293,8 +292,6 @@ def open_run(run_dir: str | os.PathLike[str]) -> Run:
             }
             for r in store.rows(in_plan=True, state="failed")
         ]
-    finally:
-        store.close()
     summary_file = folder / RUN_RECORD
     summary = (
         json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None

@@ -23,8 +23,10 @@ from renderer import __version__, settings
 from renderer.errors import ManifestError, Problem, RendererError, UsageError, closest
 from renderer.manifest import load as manifest_mod
 from renderer.models import schemas
+from renderer.plan import jobs as jobs_mod
 from renderer.plan import planner as plan_mod
 from renderer.settings import is_remote, parse_s3
+from renderer.state import read_store
 
 EXIT_BUG = 70  # EX_SOFTWARE
 
@@ -386,20 +388,16 @@ def _done(plan: plan_mod.Plan) -> dict[str, int]:
     query; otherwise from the plan's keys (made without making the jobs) against the finished ones.
     """
     from renderer.layout import DB_NAME
-    from renderer.state.sqlite import SQLiteStore
 
     if not (plan.manifest.run_dir / DB_NAME).is_file():
         return {}
-    store = SQLiteStore(plan.manifest.run_dir, readonly=True)
-    try:
+    with read_store(plan.manifest.run_dir) as store:
         if plan.digest and store.meta("plan_digest") == plan.digest:
             return store.done_by_model()
         keys = store.done_keys()
-    finally:
-        store.close()
     done: dict[str, int] = {}
     if keys:
-        for key, model in plan_mod.job_keys(plan.jobs):
+        for key, model in jobs_mod.job_keys(plan.jobs):
             if key in keys:
                 done[model] = done.get(model, 0) + 1
     return done

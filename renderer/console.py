@@ -21,12 +21,12 @@ from tqdm import tqdm
 from renderer.errors import UsageError
 from renderer.layout import DB_NAME
 from renderer.output import files
-from renderer.plan.planner import Plan
+from renderer.plan.jobs import Plan
 from renderer.runner import SINGLE_KEY, Event, Summary, iso_time
+from renderer.state import read_store
 from renderer.state.choose import open_store
 from renderer.state.postgres import PostgresStore
 from renderer.state.rows import sql_error
-from renderer.state.sqlite import SQLiteStore
 from renderer.state.store import Store
 
 
@@ -310,7 +310,7 @@ def status(run_dir: Path, out: TextIO, *, as_json: bool, state: str | None = Non
             f"{run_dir}: no run here (no {DB_NAME})",
             hint="pass a run directory such as outputs/NAME",
         )
-    store = SQLiteStore(run_dir, readonly=True)
+    store = read_store(run_dir)
     try:
         return _status(run_dir, store, out, as_json=as_json)
     except sqlite3.Error as exc:

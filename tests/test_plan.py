@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from renderer.errors import ManifestError
 from renderer.manifest.load import parse
 from renderer.models.schemas import SchemaRegistry
+from renderer.plan import jobs as jobs_mod
 from renderer.plan import planner as plan
 
 from .conftest import MANIFESTS, ROOT
@@ -511,7 +512,7 @@ def test_fast_plan_equals_the_straightforward_plan(
         assert _described(fast) == _described(slow)
         jobs = list(fast.jobs)
         assert [fast.jobs[i] for i in range(len(jobs))] == jobs  # located by counting, not walking
-        assert list(plan.job_keys(fast.jobs)) == [(j.key, j.model) for j in jobs]
+        assert list(jobs_mod.job_keys(fast.jobs)) == [(j.key, j.model) for j in jobs]
     else:
         assert fast == slow
 
@@ -565,7 +566,7 @@ def test_a_cells_random_seeds_are_random_seed_for_each_sample(
     """The seeds drawn for a cell at once are exactly random_seed(run, prompt, model, n) for n < count."""
     seeds = plan._RandomSeeds(run, prompt_id, model, count)
     assert len(seeds) == count
-    assert list(seeds) == [plan.random_seed(run, prompt_id, model, n) for n in range(count)]
+    assert list(seeds) == [jobs_mod.random_seed(run, prompt_id, model, n) for n in range(count)]
 
 
 def _variants(data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from renderer.plan.planner import Job
+from renderer.plan.jobs import Job
 from renderer.provider.emulator import ServiceTime
 from renderer.state.sqlite import SQLiteStore
 from renderer.view import report

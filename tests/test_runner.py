@@ -1742,7 +1742,7 @@ def test_a_submit_that_ends_inside_the_grace_period_is_recorded_and_not_followed
 def test_a_run_database_from_before_the_cells_is_resumed(tmp_path: Path):
     """A run whose state has the old one-row-per-job schema (finished, submitted and planned jobs) is migrated on
     the next run: finished jobs are kept, a submitted one is followed (not paid again), the rest are rendered."""
-    from renderer.state import store as store_mod
+    from renderer.state import migrations as migrations_mod
 
     with background_emulator(service=FAST) as emu:
         m = write_manifest(tmp_path, seeds=[1, 2, 3, 4])
@@ -1760,7 +1760,7 @@ def test_a_run_database_from_before_the_cells_is_resumed(tmp_path: Path):
         old = sqlite3.connect(db_path)  # the same state, as the store before the cells wrote it
         old.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
         with old:
-            for step in store_mod.MIGRATIONS:
+            for step in migrations_mod.MIGRATIONS:
                 if step.__name__ < "m007":
                     step(old)
                     old.execute("INSERT INTO _migrations VALUES (?, 0)", (step.__name__,))
@@ -1803,10 +1803,11 @@ def test_rendering_starts_while_the_plan_is_still_recorded(
 ):
     """A first run records its plan in small batches in the background: every job is rendered once and the
     run ends done, with the plan's digest recorded (a rerun reads nothing and sends nothing)."""
-    import renderer.state.store as store_mod
+    import renderer.state.plansync as plansync_mod
+    import renderer.state.recording as recording_mod
 
-    for name in ("FIRST_BATCH", "RECORD_BATCH"):
-        monkeypatch.setattr(store_mod, name, 3)
+    monkeypatch.setattr(plansync_mod, "FIRST_BATCH", 3)
+    monkeypatch.setattr(recording_mod, "RECORD_BATCH", 3)
     with background_emulator(service=FAST) as emu:
         m = write_manifest(
             tmp_path,

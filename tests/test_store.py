@@ -186,9 +186,9 @@ def test_sync_streams_in_batches_and_keeps_the_plan_exact(
     monkeypatch: pytest.MonkeyPatch,
 ):
     """Synced in many small transactions, the rows match the plan; a shrunk plan marks the rest out."""
-    import renderer.state.store as store_mod
+    import renderer.state.plansync as plansync_mod
 
-    monkeypatch.setattr(store_mod, "SYNC_BATCH", 7)
+    monkeypatch.setattr(plansync_mod, "SYNC_BATCH", 7)
     big, small = _many(registry, 20, tmp_path), _many(registry, 13, tmp_path)
     store = open_state()
     assert store.sync_plan(big.jobs, big.digest)
@@ -210,12 +210,9 @@ def test_pending_and_finished_files_are_read_in_pages(
     monkeypatch: pytest.MonkeyPatch,
 ):
     """Paging by plan position and rowid sees every row once, whatever the page size."""
-    import renderer.state.sqlite as sqlite_mod
-    import renderer.state.store as store_mod
+    import renderer.state.queries as queries_mod
 
-    monkeypatch.setattr(store_mod, "PAGE", 3)
-
-    monkeypatch.setattr(sqlite_mod, "PAGE", 3)
+    monkeypatch.setattr(queries_mod, "PAGE", 3)
     p = _many(registry, 10, tmp_path)
     store = open_state()
     store.sync_plan(p.jobs, p.digest)
@@ -913,10 +910,10 @@ def test_a_plan_recorded_in_the_background_is_claimable_as_it_grows(
     digest is written only when the whole plan is recorded."""
     import threading
 
+    import renderer.state.plansync as plansync_mod
     import renderer.state.recording as recording_mod
-    import renderer.state.store as store_mod
 
-    monkeypatch.setattr(store_mod, "FIRST_BATCH", 7)
+    monkeypatch.setattr(plansync_mod, "FIRST_BATCH", 7)
     monkeypatch.setattr(recording_mod, "RECORD_BATCH", 7)
     p = _many(registry, 20, tmp_path)
     gate = threading.Event()
@@ -948,10 +945,10 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
 ):
     """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order."""
+    import renderer.state.plansync as plansync_mod
     import renderer.state.recording as recording_mod
-    import renderer.state.store as store_mod
 
-    monkeypatch.setattr(store_mod, "FIRST_BATCH", 7)
+    monkeypatch.setattr(plansync_mod, "FIRST_BATCH", 7)
     monkeypatch.setattr(recording_mod, "RECORD_BATCH", 7)
     p = _many(registry, 20, tmp_path)
     store = SQLiteStore(tmp_path)
@@ -982,12 +979,9 @@ def test_file_stats_list_every_finished_file_in_whole_jobs(
 ):
     """What a rerun checks on disk: (job, path, size, mtime_ns) of each file of each finished job, pages never
     splitting a job; jobs not finished or out of the plan are not listed."""
-    import renderer.state.sqlite as sqlite_mod
-    import renderer.state.store as store_mod
+    import renderer.state.queries as queries_mod
 
-    monkeypatch.setattr(store_mod, "PAGE", 1)
-
-    monkeypatch.setattr(sqlite_mod, "PAGE", 1)
+    monkeypatch.setattr(queries_mod, "PAGE", 1)
     p = _many(registry, 4, tmp_path)
     store = open_state()
     store.sync_plan(p.jobs, p.digest)

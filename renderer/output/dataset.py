@@ -31,7 +31,7 @@ from typing import Any
 from renderer.errors import UsageError
 from renderer.layout import CARD, DATA_DIR, DB_NAME, METADATA, RUN_RECORD
 from renderer.output import files
-from renderer.state.sqlite import SQLiteStore
+from renderer.state import read_store
 from renderer.state.store import Store
 
 IMAGE_GLOBS = ("**/*.png", "**/*.jpg", "**/*.webp")
@@ -442,8 +442,7 @@ def reading(run_dir: Path) -> Iterator[tuple[Columns, Iterator[tuple[dict[str, A
     provider = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
         provider = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8")).get("provider")
-    store = SQLiteStore(run_dir, readonly=True)
-    try:
+    with read_store(run_dir) as store:
         columns = Columns.from_axes(r.axes for r in store.rows(in_plan=True))
 
         def rows() -> Iterator[tuple[dict[str, Any], str]]:
@@ -452,5 +451,3 @@ def reading(run_dir: Path) -> Iterator[tuple[Columns, Iterator[tuple[dict[str, A
                     yield columns.row(job, entry, index, provider), entry["path"]
 
         yield columns, rows()
-    finally:
-        store.close()

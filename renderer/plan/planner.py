@@ -14,423 +14,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from itertools import islice, product
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from itertools import product
 from typing import Any, overload
 
 from renderer.errors import ManifestError, Problem, closest
-from renderer.layout import image_path, job_stem, predicted_extension
+from renderer.layout import job_stem
 from renderer.manifest.load import Located, Manifest, Model, Prompt, json_path
 from renderer.models.schemas import SchemaRegistry, Violation
-from renderer.models.sizes import PRESETS  # fal's size presets, (width, height)
 from renderer.plan import matrix
-
-KEY_VERSION = "j1"
-SEED_MIN, SEED_MAX = 1, 2**31 - 1
-RESERVED = ("prompt", "model", "seed")
-RATIO_PRESET = {
-    "1:1": "square_hd",
-    "3:4": "portrait_4_3",
-    "9:16": "portrait_16_9",
-    "4:3": "landscape_4_3",
-    "16:9": "landscape_16_9",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    index: int  # position in plan order
-    key: str
-    endpoint: str
-    model: str
-    prompt_id: str
-    seed: int | None
-    axes: dict[str, Any]
-    input: dict[str, Any]
-    stem: str  # identity of the job's files: layout.image_path places them in the run directory
-    num_images: int
-    tags: tuple[str, ...]
-    where: str  # "file:line" of the prompt
-    seed_sent: bool = True  # False: the endpoint has no seed; `seed` only labels a sample
-
-    def paths(self, ext: str | None = None) -> list[str]:
-        ext = ext or predicted_extension(self.input.get("output_format", "png"))
-        return [image_path(self.stem, i, ext) for i in range(self.num_images)]
-
-    def describe(self) -> str:
-        axes = "".join(f" {k}={json.dumps(v)}" for k, v in self.axes.items())
-        return f"prompt={self.prompt_id} model={self.model} seed={self.seed}{axes}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Who:
-    """A job's identity for messages, turned into text only when there is something to say."""
-
-    endpoint: str
-    model: str
-    prompt_id: str
-    seed: Any
-    axes: dict[str, Any]
-
-    def __str__(self) -> str:
-        return Job(
-            0,
-            "",
-            self.endpoint,
-            self.model,
-            self.prompt_id,
-            self.seed,
-            self.axes,
-            {},
-            "",
-            1,
-            (),
-            "",
-        ).describe()
-
-
-class Jobs(Sequence[Job]):
-    """The plan's jobs, made on demand in plan order: re-iterable, with len() and indexing.
-
-    A plan of ten million jobs is never held in memory: each iteration rebuilds the jobs from
-    the manifest (the same jobs in the same order: planning is deterministic). Indexing one
-    job skips whole cells by counting (`locate`) where the planner can, else walks from the
-    start; `keys()` gives each job's (key, model) without making the jobs.
-    """
-
-    __slots__ = ("_count", "_keys", "_locate", "_make")
-
-    def __init__(
-        self,
-        make: Callable[[], Iterator[Job]],
-        count: int,
-        locate: Callable[[int], Job] | None = None,
-        keys: Callable[[], Iterator[tuple[str, str]]] | None = None,
-    ) -> None:
-        self._make = make
-        self._count = count
-        self._locate = locate
-        self._keys = keys
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self) -> Iterator[Job]:
-        return self._make()
-
-    def keys(self) -> Iterator[tuple[str, str]]:
-        """(key, model) of every job, in plan order."""
-        if self._keys is not None:
-            return self._keys()
-        return ((j.key, j.model) for j in self._make())
-
-    @overload
-    def __getitem__(self, index: int) -> Job: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Job]: ...
-    def __getitem__(self, index: int | slice) -> Job | list[Job]:
-        if isinstance(index, slice):
-            start, stop, step = index.indices(self._count)
-            if step < 0:
-                return list(self)[index]
-            return list(islice(self._make(), start, stop, step))
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError("job index out of range")
-        if self._locate is not None:
-            return self._locate(index)
-        return next(islice(self._make(), index, None))
-
-    def __repr__(self) -> str:
-        return f"<{self._count} jobs>"
-
-
-def job_keys(jobs: Sequence[Job]) -> Iterator[tuple[str, str]]:
-    """(key, model) of every job in plan order; a planned `Jobs` gives them without making jobs."""
-    if isinstance(jobs, Jobs):
-        return jobs.keys()
-    return ((j.key, j.model) for j in jobs)
-
-
-@dataclass
-class Plan:
-    manifest: Manifest
-    jobs: Sequence[Job]  # a list, or `Jobs` (made on demand) from `build`
-    costs: dict[str, float | None]  # per model name; None where no price is given
-    notes: list[str]  # things worth knowing that are not errors
-    # sha256 over the plan in order ("" = unknown): each job's key, model, source and tags, or for
-    # a cell checked whole, its input text without the seed, its seeds, model, source and tags.
-    # Either way a function of exactly the jobs (keys, models, sources, tags) and their order.
-    digest: str = ""
-    by_model: dict[str, tuple[int, int]] = field(
-        default_factory=dict
-    )  # model → (jobs, images), plan order
-    image_count: int | None = None
-    distinct_axes: list[dict[str, Any]] | None = (
-        None  # each distinct set of axis values, in plan order
-    )
-
-    @property
-    def run_dir(self) -> Path:
-        return self.manifest.run_dir
-
-    @property
-    def images(self) -> int:
-        if self.image_count is not None:
-            return self.image_count
-        return sum(j.num_images for j in self.jobs)
-
-    @property
-    def total_cost(self) -> float | None:
-        known = [c for c in self.costs.values() if c is not None]
-        return sum(known) if known else None
-
-
-class Fingerprints:
-    """A set of 64-bit fingerprints at ~8 bytes each (a Python set of ints costs ~70).
-
-    Small sets are plain sets (65,536 empty buckets would cost ~4 MB); past SMALL members
-    they move into 8-byte slots of 65,536 byte strings chosen by the low 16 bits, where a
-    lookup is one C-level search of a short string.
-    """
-
-    SMALL = 50_000
-    _MASK = 0xFFFFFFFFFFFFFFFF
-
-    def __init__(self, buckets: int = 1 << 16) -> None:
-        self._size = buckets
-        self._small: set[int] | None = set()
-        self.buckets: list[bytearray] = []
-
-    def __contains__(self, fp: int) -> bool:
-        if self._small is not None:
-            return fp & self._MASK in self._small
-        bucket = self.buckets[fp & 0xFFFF]
-        item = (fp & self._MASK).to_bytes(8, "little")
-        at = bucket.find(item)
-        while at != -1:
-            if at % 8 == 0:
-                return True
-            at = bucket.find(item, at + 1)
-        return False
-
-    def add(self, fp: int) -> None:
-        if self._small is not None:
-            self._small.add(fp & self._MASK)
-            if len(self._small) > self.SMALL and self._size:
-                small, self._small = self._small, None
-                self.buckets = [bytearray() for _ in range(self._size)]
-                for member in small:
-                    self._add(member)
-            return
-        self._add(fp)
-
-    def _add(self, fp: int) -> None:
-        self.buckets[fp & 0xFFFF] += (fp & self._MASK).to_bytes(8, "little")
-
-
-@dataclass
-class _Tally:
-    """What the checking pass learns about the whole plan without keeping its jobs."""
-
-    combos: int = 0
-    jobs: int = 0
-    images: int = 0
-    by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
-    costs: dict[str, float] = field(default_factory=dict)
-    digest: Any = field(default_factory=hashlib.sha256)
-    axes: dict[str, dict[str, Any]] = field(
-        default_factory=dict
-    )  # distinct axis values, first seen first
-    _last_axes: Any = None
-
-    def add(self, job: Job) -> None:
-        if job.axes is not self._last_axes:  # once per cell: its jobs share one axes dict
-            self._last_axes = job.axes
-            self.axes.setdefault(_freeze(job.axes), job.axes)
-        self.jobs += 1
-        self.images += job.num_images
-        jobs, images = self.by_model.get(job.model, (0, 0))
-        self.by_model[job.model] = (jobs + 1, images + job.num_images)
-        self.digest.update(f"{job.key}\0{job.model}\0{job.where}\0{job.tags}\n".encode())
-
-    def add_block(self, block: _Block, seeds: str) -> None:
-        """A whole cell at once, without hashing a key: the digest takes the cell's own line.
-
-        The cell text and the seeds (`seeds`: exactly which) determine every key of the cell,
-        and a line starting `cell ` is never a key's (`j1-…`): different plans, different digests.
-        """
-        job, count = block.template.first, len(block.seeds)
-        if job.axes is not self._last_axes:
-            self._last_axes = job.axes
-            self.axes.setdefault(_freeze(job.axes), job.axes)
-        self.jobs += count
-        self.images += job.num_images * count
-        jobs, images = self.by_model.get(job.model, (0, 0))
-        self.by_model[job.model] = (jobs + count, images + job.num_images * count)
-        self.digest.update(
-            f"cell {block.template.text}\0{seeds}\0{job.model}\0{job.where}\0{job.tags}\n".encode()
-        )
-
-
-_SENTINEL = 7340031999999999991  # stands for the seed in a key's text; never a real seed (> 2**31)
-_TOKEN = str(_SENTINEL)
-
-
-def _seed_ok(seed: Any) -> bool:
-    return isinstance(seed, int) and not isinstance(seed, bool) and SEED_MIN <= seed <= SEED_MAX
-
-
-def _cell_text(job: Job) -> str | None:
-    """The text `job_key` hashes, with the job's seed replaced by a token; None if ambiguous.
-
-    Two jobs have equal keys exactly when their cell texts and seeds are equal: the seed sits
-    at one fixed place of the canonical JSON (`input.seed`, or `sample` when it is not sent).
-    """
-    payload = dict(job.input)
-    identity: dict[str, Any] = {"endpoint": job.endpoint, "input": payload}
-    if job.seed_sent:
-        payload["seed"] = _SENTINEL
-    else:
-        identity["sample"] = _SENTINEL
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text if text.count(_TOKEN) == 1 else None
-
-
-def _stem_prefix(stem: str) -> str | None:
-    """`…/s` of a stem `…/s<digits>` (the part every seed of a cell shares); None otherwise.
-
-    Segments hold no `/` and the seed part is digits only, so two stems are equal exactly
-    when their prefixes and digits are: distinct prefixes mean distinct paths.
-    """
-    head, _, tail = stem.rpartition("/")
-    if tail[:1] == "s" and tail[1:].isascii() and tail[1:].isdigit():
-        return f"{head}/s"
-    return None
-
-
-@dataclass
-class _Template:
-    """Jobs of one cell (same prompt, model, axes) that differ only by seed, made cheaply.
-
-    Built from a job made the long way; each seed then costs a string join and one sha256.
-    The key's text is the canonical JSON with the seed spliced in, the same bytes `job_key`
-    hashes (a template whose splice would be ambiguous is not made).
-    """
-
-    planner: _Planner
-    first: Job
-    before: str
-    after: str
-    stem: str  # the stem without the seed's digits: `…/s`
-    check_seed: bool
-    text: str  # the cell text (see _cell_text)
-
-    @classmethod
-    def of(cls, planner: _Planner, job: Job, model: Model) -> _Template | None:
-        if not isinstance(job.seed, int):
-            return None
-        text = _cell_text(job)
-        suffix = f"/s{job.seed}"
-        if text is None or not job.stem.endswith(suffix):
-            return None
-        before, after = text.split(_TOKEN)
-        made = cls(
-            planner,
-            job,
-            before,
-            after,
-            job.stem[: -len(suffix) + 2],
-            job.seed_sent and not model.unchecked and "seed" in job.input,
-            text,
-        )
-        if made._key(job.seed) != job.key:
-            return None
-        return made
-
-    def _key(self, seed: int) -> str:
-        return (
-            f"{KEY_VERSION}-"
-            + hashlib.sha256(f"{self.before}{seed}{self.after}".encode()).hexdigest()[:40]
-        )
-
-    def make(self, n: int, seed: Any, check: bool) -> Job | None:
-        """The job for `seed`, or None when it needs the long way (a problem to report)."""
-        if not _seed_ok(seed):
-            return None
-        j = self.first
-        if check and self.check_seed:
-            found = self.planner.seed_verdict(j.model, seed)
-            if found is None or found:
-                return None
-        payload = dict(j.input)
-        if j.seed_sent:
-            payload["seed"] = seed
-        return Job(
-            n,
-            self._key(seed),
-            j.endpoint,
-            j.model,
-            j.prompt_id,
-            seed,
-            j.axes,
-            payload,
-            f"{self.stem}{seed}",
-            j.num_images,
-            j.tags,
-            j.where,
-            j.seed_sent,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Block:
-    """A whole cell, checked at once: the template's jobs for `seeds`, in order."""
-
-    template: _Template
-    seeds: Sequence[Any]
-
-
-def canonical(value: Any) -> Any:
-    """Integral floats become ints so `5` and `5.0` name the same job."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: canonical(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [canonical(v) for v in value]
-    return value
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def job_key(endpoint: str, payload: dict[str, Any], sample: int | None = None) -> str:
-    """`sample` tells apart repeated requests to an endpoint that takes no seed.
-
-    `payload` must already be canonical (see `canonical`); the planner builds it so.
-    """
-    identity: dict[str, Any] = {"endpoint": endpoint, "input": payload}
-    if sample is not None:
-        identity["sample"] = sample
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return f"{KEY_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()[:40]
-
-
-def _freeze(values: dict[str, Any]) -> str:
-    """A cheap hashable stand-in for a small dict of parameters (empty for the common case)."""
-    return repr(sorted(values.items())) if values else ""
-
-
-def random_seed(run: str, prompt_id: str, model: str, n: int) -> int:
-    digest = hashlib.sha256(f"{run}\0{prompt_id}\0{model}\0{n}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (SEED_MAX - SEED_MIN + 1) + SEED_MIN
+from renderer.plan.cost import RATIO_PRESET, megapixels, ratio_size
+from renderer.plan.jobs import (
+    RESERVED,
+    SEED_MAX,
+    SEED_MIN,
+    Job,
+    Jobs,
+    Plan,
+    Who,
+    canonical,
+    freeze,
+    job_key,
+)
+from renderer.plan.template import CellBlock, CellTemplate, cell_text, seed_ok, stem_prefix
+from renderer.plan.unique import Fingerprints, Tally
 
 
 class _RandomSeeds(Sequence[int]):
@@ -484,14 +92,6 @@ def _same(key: str, a: Any, b: Any) -> bool:
         and not isinstance(b, bool)
         and a == b
     )
-
-
-def ratio_size(ratio: str, area: int = 1024 * 1024) -> dict[str, int]:
-    """A {width, height} near one megapixel for a ratio, in multiples of 16."""
-    w, h = (int(x) for x in ratio.split(":"))
-    width = round(math.sqrt(area * w / h) / 16) * 16
-    height = round(math.sqrt(area * h / w) / 16) * 16
-    return {"width": width, "height": height}
 
 
 class _Planner:
@@ -668,7 +268,7 @@ class _Planner:
         """What the schema said of this seed for this model (None: not asked yet)."""
         return self._checked.get(self._seed_check_key(self.models[model], seed))
 
-    def _fits(self, template: _Template, seeds: Sequence[Any]) -> bool:
+    def _fits(self, template: CellTemplate, seeds: Sequence[Any]) -> bool:
         """True when every seed of the cell would give a template job with nothing to report.
 
         Then the cell can be taken whole: each seed valid and distinct, and (where the schema
@@ -679,9 +279,9 @@ class _Planner:
         if shared and (endpoint, template.check_seed) in self._fit:
             return True
         if isinstance(seeds, range):
-            ok = seeds.step == 1 and (not seeds or (_seed_ok(seeds[0]) and _seed_ok(seeds[-1])))
+            ok = seeds.step == 1 and (not seeds or (seed_ok(seeds[0]) and seed_ok(seeds[-1])))
         else:
-            ok = (isinstance(seeds, _RandomSeeds) or all(_seed_ok(seed) for seed in seeds)) and len(
+            ok = (isinstance(seeds, _RandomSeeds) or all(seed_ok(seed) for seed in seeds)) and len(
                 set(seeds)
             ) == len(seeds)
         if ok and template.check_seed:
@@ -700,7 +300,7 @@ class _Planner:
 
     def check_seeds(self) -> None:
         spec = self.m.seeds
-        values = []
+        values: list[tuple[tuple[str, int | str], Any]] = []
         if isinstance(spec, list):
             values = [(("seeds", i), s) for i, s in enumerate(spec)]
             seen: dict[int, int] = {}
@@ -802,7 +402,9 @@ class _Planner:
                 job=job,
             )
             return
-        presets = next((b.get("enum", []) for b in size.get("anyOf", [size]) if "enum" in b), [])
+        presets: list[Any] = next(
+            (b.get("enum", []) for b in size.get("anyOf", [size]) if "enum" in b), []
+        )
         takes_object = any(
             b.get("$ref") or b.get("type") == "object" for b in size.get("anyOf", [size])
         )
@@ -974,7 +576,7 @@ class _Planner:
 
     # -------------------------------------------------- generation (lazy, in plan order)
 
-    def _matrix(self) -> Iterator[tuple[Prompt, Model, dict[str, Any], list[Any]]]:
+    def _matrix(self) -> Iterator[tuple[Prompt, Model, dict[str, Any], Sequence[int]]]:
         """(prompt, model, axis values, seeds) of the plain matrix, in plan order (seeds innermost)."""
         for prompt in self.prompts.values():
             for model in self.models.values():
@@ -990,9 +592,9 @@ class _Planner:
                 yield {"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed}
 
     def _cells(
-        self, tally: _Tally | None
+        self, tally: Tally | None
     ) -> Iterator[
-        tuple[Prompt, Model, dict[str, Any], dict[str, Any], tuple[Any, ...] | None, list[Any]]
+        tuple[Prompt, Model, dict[str, Any], dict[str, Any], tuple[Any, ...] | None, Sequence[int]]
     ]:
         """(prompt, model, axes, extra params, source, seeds): jobs that differ only by seed, grouped."""
         if not self.include and not self.exclude:
@@ -1049,19 +651,19 @@ class _Planner:
     def _generate(
         self,
         check: bool,
-        tally: _Tally | None = None,
+        tally: Tally | None = None,
         blocks: bool = False,
         cells: Iterator[tuple[Any, ...]] | None = None,
         start: int = 0,
-    ) -> Iterator[Job | _Block]:
+    ) -> Iterator[Job | CellBlock]:
         """Every job in plan order; with `check`, validated and tested for repeats (problems recorded).
 
         With `blocks`, a cell whose seeds all fit its template (see `_fits`) is given as one
-        `_Block` instead of its jobs: checking it needs its first job only.
+        `CellBlock` instead of its jobs: checking it needs its first job only.
         """
         n = start
         for prompt, model, job_axes, extra_params, source, seeds in cells or self._cells(tally):
-            template: _Template | None = None
+            template: CellTemplate | None = None
             for i, seed in enumerate(seeds):
                 job = template.make(n, seed, check) if template is not None else None
                 if job is None:
@@ -1073,7 +675,7 @@ class _Planner:
                         and len(self.problems) == before
                         and self.fast
                     ):
-                        template = _Template.of(self, job, model)
+                        template = CellTemplate.of(self, job, model)
                         if (
                             blocks
                             and i == 0
@@ -1081,7 +683,7 @@ class _Planner:
                             and self._fits(template, seeds)
                         ):
                             if self._unique_cell(template):
-                                yield _Block(template, seeds)
+                                yield CellBlock(template, seeds)
                                 n += len(seeds)
                             break
                 if job is None:
@@ -1102,10 +704,10 @@ class _Planner:
         if (
             isinstance(seeds, range)
             and seeds.step == 1
-            and (not seeds or (_seed_ok(seeds[0]) and _seed_ok(seeds[-1])))
+            and (not seeds or (seed_ok(seeds[0]) and seed_ok(seeds[-1])))
         ):
             return len(seeds)
-        return sum(1 for seed in seeds if _seed_ok(seed))
+        return sum(1 for seed in seeds if seed_ok(seed))
 
     def _locate(self, index: int) -> Job:
         """The job at plan position `index`: whole cells before it are skipped by counting."""
@@ -1123,9 +725,9 @@ class _Planner:
     def _plan_keys(self) -> Iterator[tuple[str, str]]:
         """(key, model) of every job in plan order, making a job only where a key needs one."""
         for prompt, model, job_axes, extra_params, source, seeds in self._cells(None):
-            template: _Template | None = None
+            template: CellTemplate | None = None
             for seed in seeds:
-                if template is not None and _seed_ok(seed):
+                if template is not None and seed_ok(seed):
                     yield template._key(seed), model.name
                     continue
                 before = len(self.problems)
@@ -1133,7 +735,7 @@ class _Planner:
                 if job is None:
                     continue
                 if template is None and len(self.problems) == before and self.fast:
-                    template = _Template.of(self, job, model)
+                    template = CellTemplate.of(self, job, model)
                 yield job.key, model.name
 
     def _full(
@@ -1176,7 +778,7 @@ class _Planner:
             payload["seed"] = seed
         else:
             self.unseeded.add(model.name)
-        who = _Who(
+        who = Who(
             model.endpoint, model.name, prompt.id, seed, job_axes
         )  # described only on a problem
 
@@ -1193,8 +795,8 @@ class _Planner:
         shape = (
             model.name,
             prompt.id if prompt.params else "",
-            _freeze(job_axes),
-            _freeze(extra_params),
+            freeze(job_axes),
+            freeze(extra_params),
         )
         # A job with a bad seed is still checked, so one run lists all of its problems.
         if (check and not self.validate(model, payload, layers, who, shape)) or not seed_ok:
@@ -1216,7 +818,7 @@ class _Planner:
             seed_sent,
         )
 
-    def _unique(self, job: Job, where: tuple[Any, ...], template: _Template | None) -> bool:
+    def _unique(self, job: Job, where: tuple[Any, ...], template: CellTemplate | None) -> bool:
         """No two jobs share an output path (ignoring case) or an input (it would be paid twice)."""
         folded = job.stem.lower()
         stem_fp, key_fp = hash(folded), int(job.key[3:19], 16)
@@ -1225,11 +827,11 @@ class _Planner:
             # may be kept by the exact pass, and whatever repeats it must be suspect too.
             clean = True
             if self._cross:  # cells taken whole are known by prefix and cell text only
-                prefix = _stem_prefix(folded)
+                prefix = stem_prefix(folded)
                 text = (
                     template.text
                     if template is not None and job.stem.startswith(template.stem)
-                    else _cell_text(job)
+                    else cell_text(job)
                 )
                 # (Jobs made one by one share prefixes and texts within a cell: compared exactly below.)
                 if prefix is not None:
@@ -1249,19 +851,19 @@ class _Planner:
         # The exact pass: only fingerprints seen twice need the values themselves.
         suspect_stem = not self.fast or stem_fp in self._suspect_stems
         if not suspect_stem and self._suspect_prefixes:
-            prefix = _stem_prefix(folded)
+            prefix = stem_prefix(folded)
             suspect_stem = prefix is not None and hash(prefix) in self._suspect_prefixes
         suspect_key = not self.fast or key_fp in self._suspect_keys
         if not suspect_key and self._suspect_texts:
             text = (
                 template.text
                 if template is not None and job.stem.startswith(template.stem)
-                else _cell_text(job)
+                else cell_text(job)
             )
             suspect_key = text is not None and hash(text) in self._suspect_texts
         clash = self._first_stem.get(folded) if suspect_stem else None
         if clash is not None:
-            who = _Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
+            who = Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
             self.at(
                 where,
                 f"two jobs map to one output path {job.stem!r}: {clash.describe()} and {who}",
@@ -1270,7 +872,7 @@ class _Planner:
             return False
         twin = self._first_key.get(job.key) if suspect_key else None
         if twin is not None:
-            who = _Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
+            who = Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
             self.at(
                 where, f"{who} sends exactly the input of {twin.describe()}; it would be paid twice"
             )
@@ -1281,7 +883,7 @@ class _Planner:
             self._first_key[job.key] = job
         return True
 
-    def _unique_cell(self, template: _Template) -> bool:
+    def _unique_cell(self, template: CellTemplate) -> bool:
         """`_unique` for a whole cell of distinct seeds: its paths share one prefix, its inputs one text.
 
         Nothing else can share a prefix or a text with it; when something does, the exact pass
@@ -1318,7 +920,7 @@ class _Planner:
         self._suspect_prefixes: set[int] = set()
         self._suspect_texts: set[int] = set()
 
-    def _check_pass(self) -> _Tally:
+    def _check_pass(self) -> Tally:
         self._stems, self._keys = Fingerprints(), Fingerprints()
         # Cells taken whole are compared by prefix and cell text; jobs made one by one then
         # also record theirs (`_cross`). Only the plain matrix has cells of several seeds (with
@@ -1335,7 +937,7 @@ class _Planner:
         self._job_prefixes, self._job_texts = Fingerprints(), Fingerprints()
         self._first_stem: dict[str, Job] = {}
         self._first_key: dict[str, Job] = {}
-        tally = _Tally()
+        tally = Tally()
         prices = {}
         for name, model in self.models.items():
             price = self.m.prices.get(model.endpoint) or self.m.prices.get(name)
@@ -1349,7 +951,7 @@ class _Planner:
                 tally.costs[name] = 0.0
         sizes: dict[tuple[Any, ...], float] = {}
         for item in self._generate(check=True, tally=tally, blocks=blocks):
-            if isinstance(item, _Block):
+            if isinstance(item, CellBlock):
                 tally.add_block(item, self._seeds_text(item.seeds))
                 job, count = item.template.first, len(item.seeds)
             else:
@@ -1365,7 +967,7 @@ class _Planner:
                 size = job.input.get("image_size")
                 memo = (
                     job.model,
-                    _freeze(size) if isinstance(size, dict) else size,
+                    freeze(size) if isinstance(size, dict) else size,
                     job.input.get("resolution"),
                 )
                 if memo not in sizes:
@@ -1397,31 +999,6 @@ class _Planner:
                 )
             problems.append(problem)
         raise ManifestError(problems)
-
-
-def megapixels(payload: dict[str, Any]) -> float:
-    size = payload.get("image_size")
-    if isinstance(size, dict):
-        return size.get("width", 1024) * size.get("height", 1024) / 1e6
-    if isinstance(size, str) and size in PRESETS:
-        w, h = PRESETS[size]
-        return w * h / 1e6
-    scale = {"2K": 4.0}.get(str(payload.get("resolution", "1K")), 1.0)
-    return 1.048576 * scale
-
-
-def price_of(
-    prices: dict[str, dict[str, float]], endpoint: str, model: str
-) -> dict[str, float] | None:
-    """The manifest's price for a model: by endpoint id, else by label; None when unpriced."""
-    return prices.get(endpoint) or prices.get(model) or None
-
-
-def image_cost(price: dict[str, float], width: int, height: int) -> float:
-    """What one delivered image cost by the manifest's price: per image, or per megapixel of its real size."""
-    if "per_image" in price:
-        return float(price["per_image"])
-    return float(price.get("per_megapixel", 0.0)) * width * height / 1e6
 
 
 def build(manifest: Manifest, registry: SchemaRegistry) -> Plan:

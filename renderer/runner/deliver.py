@@ -27,7 +27,8 @@ from renderer.errors import JobRejected, RequestGone, StateError, TransientError
 from renderer.layout import DATA_DIR, DB_NAME, SIDECAR_SUFFIX, image_path
 from renderer.output import dataset, files
 from renderer.output.storage import LocalStorage, Storage
-from renderer.plan.planner import Plan, image_cost, price_of
+from renderer.plan.cost import image_cost, price_of
+from renderer.plan.jobs import Plan
 from renderer.provider.client import Client
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.record import iso_time

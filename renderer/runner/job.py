@@ -37,7 +37,7 @@ from renderer.errors import (
     StateError,
     TransientError,
 )
-from renderer.plan.planner import Job
+from renderer.plan.jobs import Job
 from renderer.provider.client import RUNNER_ERRORS, Handle, Status
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import Delivery, GroupCommit, check_images, disk_hint

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from renderer.layout import DATA_DIR, DB_NAME, job_folder
 from renderer.output import files
 from renderer.output.storage import LocalStorage, Storage
-from renderer.plan.planner import Plan
+from renderer.plan.jobs import Plan
 from renderer.runner import recover
 from renderer.runner.config import Event, RunConfig
 from renderer.state.store import Store

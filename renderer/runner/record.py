@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from renderer.plan.planner import Plan
+    from renderer.plan.jobs import Plan
     from renderer.state.store import Store
 
 

@@ -33,7 +33,8 @@ from renderer.errors import StateError
 from renderer.layout import DATA_DIR, DB_NAME, RUN_RECORD
 from renderer.output import dataset, files
 from renderer.output.storage import LocalStorage, Storage
-from renderer.plan.planner import Plan, price_of
+from renderer.plan.cost import price_of
+from renderer.plan.jobs import Plan
 from renderer.provider.client import Client
 from renderer.runner.claims import Claims
 from renderer.runner.config import Event, RunConfig

@@ -29,7 +29,7 @@ from renderer.manifest.load import PROVIDERS, ProviderConfig
 from renderer.models.schemas import SchemaRegistry
 from renderer.output import files
 from renderer.output.storage import LocalStorage, Storage
-from renderer.plan.planner import Plan
+from renderer.plan.jobs import Plan
 from renderer.provider.client import FAL_QUEUE_ORIGINS, Client
 from renderer.provider.emulator import Emulator, EmulatorConfig, ServiceTime
 from renderer.runner.config import Event, RunConfig

@@ -1,0 +1,25 @@
+"""The state stage: what a run has done, crash-safe, in SQLite (one machine) or PostgreSQL (many).
+
+Modules:
+  choose       open_store, read_store: the chooser above the backends (state URL → Store)
+  store        Store, the one interface every caller uses, assembled from its parts:
+    core         the connection, the dialect's differences, transactions, metadata
+    plansync     the plan recorded into the state, or made to agree with it
+    leases       workers, claims, renewal and release
+    transitions  a job's state changes, one transaction each, fenced by its lease
+    queries      pending work by query, finished files, counts, costs, runs
+  sqlite       the SQLite backend (the run directory's renderer.sqlite)
+  postgres     the PostgreSQL backend (shared by workers; psycopg loads only when it is used)
+  migrations   the schema: ordered migrations applied on open, each once
+  recording    the background plan recorder
+  rows         Row, job states, key encodings, database errors as StateError
+  lock         the run lock: one writer per run directory
+
+Importing this package is cheap: sqlite3 and the standard library only.
+"""
+
+from renderer.state.choose import open_store, read_store
+from renderer.state.rows import Claimed, LeaseLost, Row
+from renderer.state.store import Store
+
+__all__ = ["Claimed", "LeaseLost", "Row", "Store", "open_store", "read_store"]

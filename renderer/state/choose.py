@@ -28,3 +28,9 @@ def open_store(state: str | None, run_dir: Path, name: str, *, readonly: bool = 
             "(RENDERER_STATE, manifest state:) unset for the SQLite file in the run directory",
         )
     return PostgresStore(state, run_dir, name, readonly=readonly)
+
+
+def read_store(run_dir: Path, state: str | None = None, name: str = "") -> Store:
+    """A run's state opened read-only, for the tools that only look (report, diff, export, status,
+    open_run): `with read_store(run_dir) as store: ...`."""
+    return open_store(state, run_dir, name, readonly=True)

@@ -208,7 +208,7 @@ def schema_name(run: str) -> str:
     return f"run_{slug}_{hashlib.sha256(run.encode()).hexdigest()[:8]}"
 
 
-class _Record(tuple):  # type: ignore[type-arg]
+class _Record(tuple[Any, ...]):
     """A row read by position (r[0]) or by column name (r['key']), as sqlite3.Row allows."""
 
     _names: dict[str, int]
@@ -218,7 +218,7 @@ class _Record(tuple):  # type: ignore[type-arg]
         record._names = names
         return record
 
-    def __getitem__(self, index: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, index: Any) -> Any:
         if isinstance(index, str):
             index = self._names[index]
         return tuple.__getitem__(self, index)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from renderer.errors import StateError
-from renderer.plan.planner import Fingerprints
+from renderer.plan.unique import Fingerprints
 
 if TYPE_CHECKING:
     from renderer.state.store import Store

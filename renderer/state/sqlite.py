@@ -12,9 +12,10 @@ from typing import Any
 
 from renderer.errors import StateError
 from renderer.layout import DB_NAME
+from renderer.state import queries
 from renderer.state.migrations import JOB_COLUMNS, migrate
 from renderer.state.rows import LeaseLost, key_blob, key_text, sql_error
-from renderer.state.store import PAGE, Store
+from renderer.state.store import Store
 
 
 class SQLiteStore(Store):
@@ -129,7 +130,7 @@ class SQLiteStore(Store):
                 "SELECT MAX(r), '[' || COALESCE(group_concat('[' || json_quote(key) || ',' || files || ']', ','), '')"
                 f" || ']' FROM (SELECT j.id AS r, {self.key_sql} AS key, j.files AS files FROM job j WHERE j.id > ? "
                 "AND +j.in_plan = 1 AND +j.state = 'downloaded' ORDER BY j.id LIMIT ?)",
-                (after, PAGE * 5),
+                (after, queries.PAGE * 5),
             ).fetchone()
             if last is None:
                 return
@@ -160,7 +161,7 @@ def _page_bound(db: Any, after: int, where: str) -> int | None:
     """The last job id of the next page of finished jobs after `after` (None: no more)."""
     row = db.execute(
         f"SELECT MAX(id) FROM (SELECT id FROM job j WHERE id > ? AND {where} ORDER BY id LIMIT ?)",
-        (after, PAGE * 5),
+        (after, queries.PAGE * 5),
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 

@@ -28,8 +28,8 @@ from PIL import Image, ImageChops
 
 from renderer.errors import UsageError, closest
 from renderer.layout import DB_NAME
+from renderer.state import read_store
 from renderer.state.rows import Row
-from renderer.state.sqlite import SQLiteStore
 
 HASH_LIMIT = 6
 RMSE_LIMIT = 0.04
@@ -133,11 +133,8 @@ def _load(run: Path) -> list[Row]:
         raise UsageError(
             f"{run}: no run here (no {DB_NAME})", hint="pass run directories such as outputs/NAME"
         )
-    store = SQLiteStore(run, readonly=True)
-    try:
+    with read_store(run) as store:
         return store.rows(in_plan=True)
-    finally:
-        store.close()
 
 
 def _identity(row: Row, side: str, mapping: dict[str, str] | None) -> Any:
@@ -185,7 +182,7 @@ def compare(
             fb = files_b[i] if i < len(files_b) else None
             ha = disk_sha256(run_a, fa) if fa else None
             hb = disk_sha256(run_b, fb) if fb else None
-            if ha is None or hb is None:
+            if fa is None or fb is None or ha is None or hb is None:
                 pairs.append(
                     Pair(
                         ra.key,

@@ -17,8 +17,8 @@ from typing import Any
 from PIL import Image, ImageChops
 
 from renderer.layout import DB_NAME
+from renderer.state import read_store
 from renderer.state.rows import Row
-from renderer.state.sqlite import SQLiteStore
 from renderer.view import page as page_mod
 from renderer.view import report
 
@@ -29,11 +29,8 @@ DIFF_SIDE = 512  # difference images are made at most this large: they are for t
 def _rows(run: Path) -> dict[str, Row]:
     if not (run / DB_NAME).is_file():
         return {}
-    store = SQLiteStore(run, readonly=True)
-    try:
+    with read_store(run) as store:
         return {r.key: r for r in store.rows()}
-    finally:
-        store.close()
 
 
 def _difference(task: tuple[str, str, str]) -> None:
@@ -127,8 +124,10 @@ def write(result: dict[str, Any], path: Path) -> Path:
             row = rows.get(key)
             if row is None:
                 continue
-            first = (row.files or [None])[0]
-            pic = picture(run, first and first["path"], first and first["sha256"], False)
+            first = row.files[0] if row.files else None
+            pic = picture(
+                run, first["path"] if first else None, first["sha256"] if first else None, False
+            )
             entries.append(
                 (
                     row,

@@ -29,8 +29,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from renderer.errors import UsageError
 from renderer.layout import REPORT_DIR
+from renderer.state import read_store
 from renderer.state.rows import Row
-from renderer.state.sqlite import SQLiteStore
 from renderer.view import page as page_mod
 
 THUMB = 256
@@ -87,7 +87,7 @@ def space(rows: list[Row]) -> Space:
     values: list[list[str]] = []
     index: list[dict[str, int]] = []
     for d, name in enumerate(names):
-        seen = list(dict.fromkeys(p[d] for p in raw if p[d] is not None))
+        seen = list(dict.fromkeys(v for p in raw if (v := p[d]) is not None))
         if name in ("seed", "sample"):
             seen.sort(key=int)
         values.append(seen)
@@ -290,7 +290,8 @@ def sheets_for(
         col_at = {v: j for j, v in enumerate(cols)}
         for i in members:
             c, r = sp.coords[i], rows[i]
-            at = (row_at[(c[y], *(c[d] for d in inner))], col_at[c[x]])
+            # Not (c[y], *gen): mypy reads a starred tuple in a subscript as 3.11-only syntax.
+            at = (row_at[(c[y],) + tuple(c[d] for d in inner)], col_at[c[x]])  # noqa: RUF005
             if at in grid:
                 continue  # a cell shows its first job; the page shows all of them
             thumb = next(
@@ -452,11 +453,8 @@ def build(
     seeds: set[int] | None = None,
     max_side: int = 4096,
 ) -> dict[str, Any]:
-    store = SQLiteStore(run_dir, readonly=True)
-    try:
+    with read_store(run_dir) as store:
         rows = store.rows(in_plan=True)
-    finally:
-        store.close()
     if tags:
         rows = [r for r in rows if tags & set(r.tags)]
     if models:

@@ -1,0 +1,49 @@
+"""What a plan costs: prices by endpoint or label, per image or per megapixel (one formula)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from renderer.models.sizes import PRESETS  # fal's size presets, (width, height)
+
+RATIO_PRESET = {
+    "1:1": "square_hd",
+    "3:4": "portrait_4_3",
+    "9:16": "portrait_16_9",
+    "4:3": "landscape_4_3",
+    "16:9": "landscape_16_9",
+}
+
+
+def ratio_size(ratio: str, area: int = 1024 * 1024) -> dict[str, int]:
+    """A {width, height} near one megapixel for a ratio, in multiples of 16."""
+    w, h = (int(x) for x in ratio.split(":"))
+    width = round(math.sqrt(area * w / h) / 16) * 16
+    height = round(math.sqrt(area * h / w) / 16) * 16
+    return {"width": width, "height": height}
+
+
+def megapixels(payload: dict[str, Any]) -> float:
+    size = payload.get("image_size")
+    if isinstance(size, dict):
+        return size.get("width", 1024) * size.get("height", 1024) / 1e6
+    if isinstance(size, str) and size in PRESETS:
+        w, h = PRESETS[size]
+        return w * h / 1e6
+    scale = {"2K": 4.0}.get(str(payload.get("resolution", "1K")), 1.0)
+    return 1.048576 * scale
+
+
+def price_of(
+    prices: dict[str, dict[str, float]], endpoint: str, model: str
+) -> dict[str, float] | None:
+    """The manifest's price for a model: by endpoint id, else by label; None when unpriced."""
+    return prices.get(endpoint) or prices.get(model) or None
+
+
+def image_cost(price: dict[str, float], width: int, height: int) -> float:
+    """What one delivered image cost by the manifest's price: per image, or per megapixel of its real size."""
+    if "per_image" in price:
+        return float(price["per_image"])
+    return float(price.get("per_megapixel", 0.0)) * width * height / 1e6

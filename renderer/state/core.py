@@ -1,0 +1,113 @@
+"""What every part of a Store shares: the connection, the dialect's few differences, transactions and
+the run's key-value metadata. The parts (plansync, leases, transitions, queries) build on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from renderer.state.migrations import SQLITE_KEY
+from renderer.state.recording import PlanRecorder
+
+_S = TypeVar("_S", bound="StoreCore")
+
+
+class StoreCore:
+    """The connection, the dialect settings and transactions of a Store (see store.Store)."""
+
+    db: Any
+
+    run_dir: Path
+
+    where: str = ""  # the database, for messages (a file path, or a URL without its password)
+
+    shared = (
+        False  # several workers may hold jobs at once (PostgreSQL); SQLite has one, under RunLock
+    )
+
+    hint = "+"  # SQLite's "do not use an index for this column" (PostgreSQL has no unary + on text)
+
+    seen_table = "temp.seen"
+
+    skip_locked = ""  # PostgreSQL: FOR UPDATE SKIP LOCKED (SQLite has one writer at a time anyway)
+
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock, epoch seconds
+
+    blob = "BLOB"  # the type of a job's key as stored (key_blob)
+
+    key_sql = SQLITE_KEY  # a `job j` row's key as text, in SQL
+
+    seed_text = "j.seed"  # a `job j` row's seed as text, in SQL
+
+    owner: str | None = (
+        None  # this worker's id once it claims jobs (every state change is then fenced)
+    )
+
+    lease = 30.0  # seconds a claim lasts without renewal
+
+    run_id: int | None = None  # the run in progress (start_run), for the resubmits it records
+
+    recorder: PlanRecorder | None = (
+        None  # the plan still being recorded in the background (record_plan)
+    )
+
+    # Group commit: while `grouping` is on, the step changes (submitted, completed, downloaded)
+    # join one open transaction and become durable at the next `commit()`; the runner awaits that
+    # commit before the job's next step, so "committed before the next step" still holds. Any
+    # other change commits at once (and with it whatever was deferred before it).
+    group_commit = (
+        False  # whether this database defers at all (SQLite; PostgreSQL commits each change)
+    )
+
+    grouping = False
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def commit(self) -> None:
+        """Commit the deferred changes in one transaction; StateError if they could not be (or were undone)."""
+
+    @contextmanager
+    def _tx(self, defer: bool = False) -> Iterator[Any]:
+        raise NotImplementedError
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Held while one worker records the plan (others then find it recorded)."""
+        yield
+
+    def gone(self) -> bool:
+        """Has the state been removed since it was opened (the run directory deleted)?"""
+        return False
+
+    def meta(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    def set_meta_once(self, name: str, value: str) -> bool:
+        """Set `name` to `value` unless it already is; True for exactly one of several concurrent callers."""
+        with self._tx() as db:
+            return (
+                db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value "
+                    "WHERE meta.value <> excluded.value RETURNING name",
+                    (name, value),
+                ).fetchone()
+                is not None
+            )
