@@ -1,6 +1,6 @@
 """The emulator: a local server speaking fal's queue protocol (the default provider, the test double).
 
-Modules: `server` (the aiohttp app, its routes and handlers: `Emulator`, `EmulatorConfig`),
+Modules: `server` (the aiohttp app: `Emulator`, `EmulatorConfig`), `routes` (the queue protocol),
 `queue` (requests, worker slots, `ServiceTime`), `accounts` (per-credential accounting), `outputs`
 (results, images, file URLs), `faults` (`Faults`: seeded hostile shapes) and `pictures` (the
 deterministic images). Importing this package imports aiohttp: the package is the server.
