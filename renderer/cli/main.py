@@ -128,6 +128,15 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
             help=f"refuse plans above N jobs (default {manifest_mod.MAX_PLAN_JOBS:,})",
         )
 
+    _emulator_arguments(command)
+    _run_arguments(command)
+    _view_arguments(command)
+
+    return root
+
+
+def _emulator_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
+    """`renderer emulator` and its flags (the emulator's config and faults)."""
     p_emu = command(
         "emulator",
         cmd_emulator,
@@ -224,6 +233,9 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     )
     p_emu.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
+
+def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
+    """`renderer run`, `status` and `finalize`."""
     p_run = command(
         "run", cmd_run, "render a manifest: submit, wait, download and verify every image"
     )
@@ -330,6 +342,9 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_final.add_argument("--json", action="store_true", help="print run.json")
     p_final.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
+
+def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
+    """`renderer report`, `export` and `diff`."""
     p_report = command(
         "report", cmd_report, "write a static HTML contact sheet and PNG sheets for a run"
     )
@@ -396,8 +411,6 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
         default=0.04,
         help="largest RMSE (0-1) still 'same'",
     )
-
-    return root
 
 
 def main(
