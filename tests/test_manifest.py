@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from renderer.cli import main
 from renderer.errors import ManifestError
-from renderer.manifest.load import load, load_yaml, parse
+from renderer.manifest.load import load, parse
+from renderer.manifest.located import load_yaml
 
 from .conftest import MANIFESTS, ROOT
 
@@ -538,7 +539,7 @@ def test_validate_is_total_on_fuzzed_manifests(case: tuple[str, dict[str, bytes]
 
 def test_a_manifest_too_large_to_check_quickly_is_refused_before_composing():
     """More than MAX_VALUES values written out (not only through aliases) is refused at the first one over."""
-    from renderer.manifest.load import MAX_VALUES
+    from renderer.manifest.located import MAX_VALUES
 
     count = MAX_VALUES // 5 + 10  # an inline prompt is five values: mapping, two keys, two strings
     text = "name: t\nprompts:\n" + "".join(f"  - {{id: p{i}, text: x}}\n" for i in range(count))

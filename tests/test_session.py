@@ -14,7 +14,7 @@ import pytest
 from renderer.cli import main
 from renderer.console import Display
 from renderer.errors import UsageError
-from renderer.manifest.load import AccountConfig, ProviderConfig
+from renderer.manifest.types import AccountConfig, ProviderConfig
 from renderer.provider.emulator import ServiceTime
 from renderer.runner.session import resolve_provider
 

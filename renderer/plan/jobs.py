@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from renderer.layout import image_path, predicted_extension
-from renderer.manifest.load import Manifest
+from renderer.manifest.types import Manifest
 
 KEY_VERSION = "j1"
 

@@ -21,7 +21,8 @@ from typing import Any, overload
 
 from renderer.errors import ManifestError, Problem, closest
 from renderer.layout import job_stem
-from renderer.manifest.load import Located, Manifest, Model, Prompt, json_path
+from renderer.manifest.located import Located, json_path
+from renderer.manifest.types import Manifest, Model, Prompt
 from renderer.models.schemas import SchemaRegistry, Violation
 from renderer.plan import matrix
 from renderer.plan.cost import RATIO_PRESET, megapixels, ratio_size

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from renderer.manifest.load import Model
+from renderer.manifest.types import Model
 from renderer.plan.jobs import KEY_VERSION, SEED_MAX, SEED_MIN, Job
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from renderer.errors import UsageError
 from renderer.layout import DB_NAME, RUN_RECORD
-from renderer.manifest.load import PROVIDERS, ProviderConfig
+from renderer.manifest.types import PROVIDERS, ProviderConfig
 from renderer.models.schemas import SchemaRegistry
 from renderer.output import files
 from renderer.output.storage import LocalStorage, Storage
