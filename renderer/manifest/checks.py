@@ -149,7 +149,7 @@ def _json_kind(value: Any) -> str:
 
 # Where each numeric setting lives in a manifest; `settings.parse` owns these paths (range,
 # finiteness, "5/s"), so the schema's own verdict on them is not repeated.
-_SETTING_AT = {
+_SETTING_AT: dict[tuple[str | int, ...], str] = {
     ("limits", "concurrency"): "concurrency",
     ("limits", "rate"): "rate",
     ("limits", "timeout"): "timeout",
@@ -181,9 +181,10 @@ def _setting_for(path: Path_) -> str | None:
 
 def _get(data: Any, path: Path_) -> Any:
     for part in path:
-        if (isinstance(part, str) and isinstance(data, dict) and part in data) or (
-            isinstance(part, int) and isinstance(data, list) and 0 <= part < len(data)
-        ):
+        # Two branches, not one `or`: each narrows part and data for the index (mypy).
+        if isinstance(part, str) and isinstance(data, dict) and part in data:  # noqa: SIM114
+            data = data[part]
+        elif isinstance(part, int) and isinstance(data, list) and 0 <= part < len(data):
             data = data[part]
         else:
             return _MISSING
@@ -216,7 +217,7 @@ def numeric_settings(doc: Located) -> tuple[dict[Path_, int | float], list[Probl
     """Every numeric setting present, parsed by `settings.parse`, or a located problem."""
     values: dict[Path_, int | float] = {}
     problems: list[Problem] = []
-    paths = list(_SETTING_AT)
+    paths: list[tuple[str | int, ...]] = list(_SETTING_AT)
     raw = doc.data
     for key in ("limits",):
         per = _get(raw, (key, "per_endpoint"))
@@ -289,8 +290,10 @@ def _value_caps(doc: Located, path: Path_, key: str, value: Any) -> list[Problem
         ]
     if key == "image_size" and isinstance(value, dict):
         w, h = value.get("width"), value.get("height")
-        sides = [s for s in (w, h) if number(s)]
-        if any(s > MAX_SIDE for s in sides) or (len(sides) == 2 and w * h > MAX_PIXELS):
+        sides: list[Any] = [s for s in (w, h) if number(s)]
+        if any(s > MAX_SIDE for s in sides) or (
+            len(sides) == 2 and sides[0] * sides[1] > MAX_PIXELS
+        ):
             return [
                 doc.problem(
                     path,
@@ -416,18 +419,16 @@ def _account_problems(doc: Located) -> list[Problem]:
 
 def _model_names(raw: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(endpoints, names) of the listed models; a model's name is its label, or its endpoint."""
-    endpoints, names = [], []
+    endpoints: list[str] = []
+    names: list[str] = []
     for item in raw.get("models") or []:
         if isinstance(item, str):
             endpoints.append(item)
             names.append(item)
         elif isinstance(item, dict) and isinstance(item.get("endpoint"), str):
             endpoints.append(item["endpoint"])
-            names.append(
-                item.get("label", item["endpoint"])
-                if isinstance(item.get("label"), str)
-                else item["endpoint"]
-            )
+            label = item.get("label")
+            names.append(label if isinstance(label, str) else item["endpoint"])
     return endpoints, names
 
 

@@ -115,8 +115,8 @@ def parse(text: str, file: Path) -> Manifest:
     prompts: list[Prompt] = []
     for i, item in enumerate(raw["prompts"]):
         if "file" in item:
-            found, errs = prompt_file(doc, base, i, item["file"])
-            prompts.extend(found)
+            from_file, errs = prompt_file(doc, base, i, item["file"])
+            prompts.extend(from_file)
             problems.extend(errs)
         else:
             line, col = doc.where(("prompts", i))

@@ -177,9 +177,9 @@ def prompt_file(
         line = text.count("\n", 0, nul) + 1
         return [], [Problem(name, line, 1, "the prompt file contains a NUL byte; prompts are text")]
     if path.suffix == ".txt":
-        for n, line in enumerate(text.split("\n"), 1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                body = line.strip()
+        for n, text_line in enumerate(text.split("\n"), 1):
+            if text_line.strip() and not text_line.lstrip().startswith("#"):
+                body = text_line.strip()
                 words = re.sub(r"[^a-z0-9]+", "-", body.lower()).strip("-").split("-")[:4]
                 # Content-derived ids: inserting a line never renames another prompt.
                 pid = (
