@@ -55,6 +55,14 @@ def test_client_cost_ab_smoke():
 
 
 @pytest.mark.slow
+def test_startup_ab_smoke():
+    """bench/startup_ab.py times --version, validate and the quickstart for each checkout given."""
+    out = _run("bench/startup_ab.py", "--runs", "1", str(ROOT))
+    assert "reproduce: python bench/startup_ab.py" in out
+    assert all(f"| {case}" in out for case in ("--version", "validate", "quickstart"))
+
+
+@pytest.mark.slow
 def test_rate_precision_smoke():
     """bench/rate_precision.py measures an observed rate and the largest burst."""
     out = _run("bench/rate_precision.py", "--rates", "20", "--seconds", "1")

@@ -36,7 +36,9 @@ def test_every_stage_is_a_folder() -> None:
     for stage in STAGES:
         init = PACKAGE / stage / "__init__.py"
         assert init.is_file(), stage
-        assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"{stage}/__init__.py"
+        assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), (
+            f"{stage}/__init__.py"
+        )
 
 
 def test_importing_the_stages_loads_nothing_heavy() -> None:
