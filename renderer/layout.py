@@ -13,10 +13,11 @@ A job's images live at  RUN/data/<model>/<prompt id>/[<axis>-<value>_…/]s<seed
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from functools import lru_cache
 from typing import Any
+
+from renderer.canonical import canonical_json
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
@@ -55,8 +56,9 @@ def value_segment(value: Any) -> str:
     if isinstance(value, dict) and set(value) == {"width", "height"}:
         return f"{value['width']}x{value['height']}"
     if isinstance(value, (dict, list)):
-        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
-        return "h" + hashlib.sha256(canonical.encode()).hexdigest()[:10]
+        # ensure_ascii=True: segments were always hashed from the escaped text; keep paths stable.
+        text = canonical_json(value, ensure_ascii=True)
+        return "h" + hashlib.sha256(text.encode()).hexdigest()[:10]
     if isinstance(value, bool):
         return "true" if value else "false"
     return segment(str(value))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from renderer.canonical import canonical_json
 from renderer.errors import UsageError
 from renderer.layout import CARD, DATA_DIR, DB_NAME, METADATA, RUN_RECORD
 from renderer.output import files
@@ -70,10 +71,6 @@ def _kind(value: Any) -> str:
     if isinstance(value, str):
         return "string"
     return "json"
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -130,7 +127,7 @@ class Columns:
             "content_type": entry.get("content_type"),
             "has_nsfw_concepts": flag if isinstance(flag, bool) else None,
             "tags": [str(t) for t in job.get("tags") or []],
-            "input": _canonical(job["input"]),
+            "input": canonical_json(job["input"]),
         }
         axes = job.get("axes") or {}
         for name, column, dtype in self.axes:
@@ -161,7 +158,7 @@ def _cell(value: Any, dtype: str) -> Any:
     if value is None:
         return None
     if dtype == "string":
-        return value if isinstance(value, str) else _canonical(value)
+        return value if isinstance(value, str) else canonical_json(value)
     if dtype == "float64":
         return float(value)
     return value

@@ -14,6 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, overload
 
+from renderer.canonical import canonical_json
 from renderer.layout import image_path, predicted_extension
 from renderer.manifest.types import Manifest
 
@@ -187,10 +188,6 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def canonical_json(value: Any) -> str:
-    return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def job_key(endpoint: str, payload: dict[str, Any], sample: int | None = None) -> str:
     """`sample` tells apart repeated requests to an endpoint that takes no seed.
 
@@ -199,7 +196,7 @@ def job_key(endpoint: str, payload: dict[str, Any], sample: int | None = None) -
     identity: dict[str, Any] = {"endpoint": endpoint, "input": payload}
     if sample is not None:
         identity["sample"] = sample
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = canonical_json(identity)
     return f"{KEY_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 

@@ -5,11 +5,11 @@ of a sentinel, checked once per cell instead of once per job.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from renderer.canonical import canonical_json
 from renderer.manifest.types import Model
 from renderer.plan.jobs import KEY_VERSION, SEED_MAX, SEED_MIN, Job
 
@@ -39,7 +39,7 @@ def cell_text(job: Job) -> str | None:
         payload["seed"] = _SENTINEL
     else:
         identity["sample"] = _SENTINEL
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = canonical_json(identity)
     return text if text.count(_TOKEN) == 1 else None
 
 
