@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from renderer.errors import ManifestError
 from renderer.manifest.load import parse
 from renderer.models.schemas import SchemaRegistry
+from renderer.plan import cost as cost_mod
 from renderer.plan import jobs as jobs_mod
 from renderer.plan import planner as plan
 
@@ -169,6 +170,25 @@ def test_cost_estimate_by_image_and_megapixel(registry: SchemaRegistry):
     )
     assert p.costs["fal-ai/imagen4/preview"] == pytest.approx(0.2)
     assert p.costs["fal-ai/flux-1/schnell"] == pytest.approx(2 * 2 * 0.01 * 1024 * 768 / 1e6)
+
+
+def test_megapixel_estimate_prices_the_ratio_actually_produced(registry: SchemaRegistry):
+    """A 16:9 request to an aspect_ratio model is 1024x576 = 0.59 MP (what image_cost bills), not 1.05."""
+    p = build(
+        registry,
+        {
+            "prompts": [{"id": "a", "text": "x"}],
+            "seeds": [1],
+            "models": ["fal-ai/imagen4/preview"],
+            "defaults": {"aspect_ratio": "16:9"},
+            "prices": {"fal-ai/imagen4/preview": {"per_megapixel": 0.01}},
+        },
+    )
+    job = p.jobs[0]
+    assert job.input["aspect_ratio"] == "16:9"
+    assert p.costs["fal-ai/imagen4/preview"] == pytest.approx(
+        job.num_images * cost_mod.image_cost({"per_megapixel": 0.01}, 1024, 576)
+    )
 
 
 def test_unchecked_endpoint_passes_parameters_through(registry: SchemaRegistry):

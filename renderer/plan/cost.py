@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
-
-from renderer.models.sizes import PRESETS  # fal's size presets, (width, height)
 
 RATIO_PRESET = {
     "1:1": "square_hd",
@@ -24,15 +21,9 @@ def ratio_size(ratio: str, area: int = 1024 * 1024) -> dict[str, int]:
     return {"width": width, "height": height}
 
 
-def megapixels(payload: dict[str, Any]) -> float:
-    size = payload.get("image_size")
-    if isinstance(size, dict):
-        return size.get("width", 1024) * size.get("height", 1024) / 1e6
-    if isinstance(size, str) and size in PRESETS:
-        w, h = PRESETS[size]
-        return w * h / 1e6
-    scale = {"2K": 4.0}.get(str(payload.get("resolution", "1K")), 1.0)
-    return 1.048576 * scale
+def megapixels(width: int, height: int) -> float:
+    """The one megapixel formula: what a per-megapixel price multiplies (10^6 pixels, as fal bills)."""
+    return width * height / 1e6
 
 
 def price_of(
@@ -46,4 +37,4 @@ def image_cost(price: dict[str, float], width: int, height: int) -> float:
     """What one delivered image cost by the manifest's price: per image, or per megapixel of its real size."""
     if "per_image" in price:
         return float(price["per_image"])
-    return float(price.get("per_megapixel", 0.0)) * width * height / 1e6
+    return float(price.get("per_megapixel", 0.0)) * megapixels(width, height)

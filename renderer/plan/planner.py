@@ -24,6 +24,7 @@ from renderer.layout import job_stem
 from renderer.manifest.located import Located, json_path
 from renderer.manifest.types import Manifest, Model, Prompt
 from renderer.models.schemas import SchemaRegistry, Violation
+from renderer.models.sizes import requested_size
 from renderer.plan import matrix
 from renderer.plan.cost import RATIO_PRESET, megapixels, ratio_size
 from renderer.plan.jobs import (
@@ -970,9 +971,13 @@ class _Planner:
                     job.model,
                     freeze(size) if isinstance(size, dict) else size,
                     job.input.get("resolution"),
+                    job.input.get("aspect_ratio"),
                 )
                 if memo not in sizes:
-                    sizes[memo] = megapixels({**documented, **job.input})
+                    # The size the model will produce (the same arithmetic as the emulator's
+                    # pictures), so the estimate prices the image that `image_cost` later bills:
+                    # a 16:9 request is 1024x576 = 0.59 MP, not a flat 1.05 MP.
+                    sizes[memo] = megapixels(*requested_size(job.input, documented))
                 cost = price["per_megapixel"] * job.num_images * sizes[memo]
             total = tally.costs[job.model]
             for _ in range(count):  # added one job at a time, as the straightforward way rounds
