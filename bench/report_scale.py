@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, manifest, median, synthesise_finished_run, table
 
 from renderer.plan import planner as plan_mod
-from renderer.provider.pictures import render
+from renderer.provider.emulator.pictures import render
 from renderer.view import compare, report
 
 

@@ -7,7 +7,7 @@ import io
 from PIL import Image
 
 from renderer.models.sizes import capped, requested_size
-from renderer.provider.pictures import render
+from renderer.provider.emulator.pictures import render
 
 
 def test_same_inputs_same_bytes_other_seed_other_bytes():

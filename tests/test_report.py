@@ -445,7 +445,7 @@ def test_design_sweep_default_view_screenshot(tmp_path: Path):
 def _hostile_run(folder: Path) -> Path:
     """A run whose every text field is hostile: ids, prompt, axis names and values, request ids,
     failure reasons (written through the store, as a run would)."""
-    from renderer.provider.pictures import render
+    from renderer.provider.emulator.pictures import render
 
     run = folder / "hostile"
     store = SQLiteStore(run)

@@ -46,7 +46,7 @@ from aiohttp import web
 
 from renderer.models.schemas import SchemaRegistry, default_schema_dir
 from renderer.models.sizes import capped, requested_size
-from renderer.provider.pictures import render
+from renderer.provider.emulator.pictures import render
 
 INGRESS_BODY = (
     "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
