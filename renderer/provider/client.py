@@ -1,6 +1,10 @@
 """The protocol client: fal's queue API over aiohttp. The only module that sees aiohttp's errors.
 
-Every server answer is hostile until checked. Every failure is classified here, once (errors.py):
+What each answer means is fal.py's (`classify`, `parse_handle`, `parse_status`); this module owns
+the session, the key (where it may go, scrubbing it), deadlines, size caps and retries.
+
+Every server answer is hostile until checked. Every failure is classified once (errors.py), by
+fal.classify for an answer and here for the transport:
   * reads (status, result, download) are free and idempotent: transport errors, timeouts, 5xx
     without a runner `error_type`, unparsable answers → TransientError, the read is retried;
   * a submit is resent only when the server demonstrably did not take it: 429, 408, 502/503
@@ -21,11 +25,9 @@ import asyncio
 import base64
 import binascii
 import copy
-import email.utils
 import json
 import math
 import random
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,31 +42,39 @@ from renderer.errors import (
     JobRejected,
     OutcomeUnknown,
     ProviderError,
-    RequestGone,
     RunnerFailed,
     TransientError,
 )
+from renderer.provider.fal import (
+    FAL_QUEUE_ORIGINS,
+    RUNNER_ERRORS,
+    UNKNOWN_HINT,
+    Handle,
+    Status,
+    classify,
+    origin_of,
+    parse_handle,
+    parse_status,
+    short,
+)
 from renderer.settings import RetryPolicy
 
+# The protocol's names stay importable from here (the runner and the tests import them so).
+__all__ = [
+    "FAL_QUEUE_ORIGINS",
+    "RUNNER_ERRORS",
+    "Client",
+    "Handle",
+    "Limits",
+    "Status",
+    "Timeouts",
+    "classify",
+    "origin_of",
+]
+
 T = TypeVar("T")
-RUNNER_ERRORS = {
-    "runner_server_error",
-    "internal_error",
-    "runner_incomplete_response",
-    "runner_disconnected",
-    "runner_connection_error",
-    "runner_connection_refused",
-    "runner_connection_timeout",
-    "runner_scheduling_failure",
-    "startup_timeout",
-    "request_timeout",
-}
-FAL_QUEUE_ORIGINS = frozenset({"https://queue.fal.run"})  # where fal's queue answers may point
 ERROR_BODY_CAP = 64 * 1024  # of an error answer only the start is read: enough for its detail
 MIN_SECRET = 6  # keys shorter than this are not scrubbed (every "k" in every message would go)
-UNKNOWN_HINT = (
-    "check the provider's request history; `--retry-failed` sends it again (and may pay twice)"
-)
 
 
 @dataclass(frozen=True)
@@ -80,111 +90,6 @@ class Limits:
     json_body: int = 64 * 1024 * 1024  # a submit/status/result answer (data: URLs included)
     sse_line: int = 1024 * 1024  # one line of the status stream
     retry_after: float = 60.0  # the longest Retry-After obeyed; longer (1e9, inf) is cut to this
-
-
-@dataclass(frozen=True)
-class Handle:
-    request_id: str
-    status_url: str
-    response_url: str
-    cancel_url: str
-
-
-@dataclass(frozen=True)
-class Status:
-    state: str  # IN_QUEUE | IN_PROGRESS | COMPLETED
-    queue_position: int | None = None
-    error: str | None = None
-    error_type: str | None = None
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from a Retry-After header (delta or HTTP date); inf for absurd values; None if unusable."""
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - time.time()
-    if math.isnan(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def _short(value: Any, limit: int = 200) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text[:limit] + ("…" if len(text) > limit else "")
-
-
-def classify(op: str, status: int, headers: Any, text: str) -> ProviderError:
-    """The error for a non-2xx response to operation `op` (submit, status, result, cancel, download)."""
-    try:
-        body = json.loads(text) if text else None
-    except ValueError:
-        body = None
-    detail: Any = body.get("detail") if isinstance(body, dict) else None
-    error_type = (body.get("error_type") if isinstance(body, dict) else None) or headers.get(
-        "X-Fal-Error-Type"
-    )
-    if not isinstance(error_type, str):
-        error_type = None
-    summary = (
-        detail
-        if isinstance(detail, str)
-        else (json.dumps(detail)[:500] if detail else text[:200].strip())
-    )
-    message = f"{op}: HTTP {status}: {summary}" if summary else f"{op}: HTTP {status}"
-    kw: dict[str, Any] = {"status": status, "error_type": error_type, "detail": detail}
-    if status == 401:
-        return AccountError(
-            message, hint="the provider refused the API key; check the key variable", **kw
-        )
-    if status == 403:
-        return AccountError(
-            message,
-            hint="the account is locked or unpaid; fix it on the provider's dashboard",
-            **kw,
-        )
-    ingress = "x-fal-request-id" not in headers
-    if status in (408, 429):
-        return TransientError(message, retry_after=_retry_after(headers), **kw)
-    if status == 504 and headers.get("X-Fal-Request-Timeout-Type") == "user":
-        return JobRejected(
-            message, **kw
-        )  # the request's own start deadline passed: never ran, never billed
-    if op == "submit":
-        if status in (502, 503) and ingress:
-            return TransientError(
-                message, retry_after=_retry_after(headers), **kw
-            )  # the app never saw it
-        if 400 <= status < 500:
-            return JobRejected(message, **kw)  # a definite refusal: nothing was queued
-        return OutcomeUnknown(
-            f"{message}; the provider may have accepted and billed it", hint=UNKNOWN_HINT, **kw
-        )
-    if status == 404 and op in ("status", "result", "download", "cancel"):
-        return RequestGone(message, **kw)
-    if op == "result" and error_type in RUNNER_ERRORS:
-        return RunnerFailed(message, **kw)  # definite: this request will never deliver
-    if status == 409 or status >= 500:
-        return TransientError(
-            message, retry_after=_retry_after(headers), **kw
-        )  # a read: read again
-    if op == "result" and status == 400 and "progress" in summary.lower():
-        return TransientError(message, **kw)  # fetched a moment too early
-    return JobRejected(message, **kw)
-
-
-def origin_of(url: str) -> str:
-    parsed = URL(url)
-    return f"{parsed.scheme}://{parsed.raw_authority}".lower()
 
 
 class Client:
@@ -289,13 +194,13 @@ class Client:
     def provider_url(self, url: Any, what: str) -> str:
         """`url` if it is the provider's; rebased onto the provider's origin; or refused (JobRejected)."""
         if not isinstance(url, str):
-            raise JobRejected(f"{what} is {type(url).__name__}, not a URL: {_short(url, 80)}")
+            raise JobRejected(f"{what} is {type(url).__name__}, not a URL: {short(url, 80)}")
         try:
             parsed = URL(url)
         except (ValueError, TypeError) as exc:
-            raise JobRejected(f"{what} is not a URL: {_short(url, 80)}") from exc
+            raise JobRejected(f"{what} is not a URL: {short(url, 80)}") from exc
         if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-            raise JobRejected(f"{what} is not an http(s) URL: {_short(url, 80)}")
+            raise JobRejected(f"{what} is not an http(s) URL: {short(url, 80)}")
         origin = origin_of(url)
         if origin in self.origins:
             return url
@@ -409,7 +314,7 @@ class Client:
             problem = f"a body that is not UTF-8 (byte {exc.start})"
         except ValueError:
             kind = resp.headers.get("Content-Type", "?").split(";")[0]
-            problem = f"{kind} that is not JSON: {_short(text.strip(), 80)}"
+            problem = f"{kind} that is not JSON: {short(text.strip(), 80)}"
         error = TransientError(f"{op}: the provider answered {resp.status} with {problem}")
         error.maybe_sent = error.answered = True
         raise error
@@ -454,48 +359,13 @@ class Client:
                 if refused is not None:
                     refused()
                 raise
-            return self._handle(body)
+            return parse_handle(body, self.provider_url)
 
         return await self._retrying("submit", once)
 
-    def _handle(self, body: Any) -> Handle:
-        """The submit answer, checked before anything uses it; an unusable one is an unknown outcome."""
-
-        def unknown(problem: str) -> OutcomeUnknown:
-            return OutcomeUnknown(
-                f"submit: unusable answer ({problem}): {_short(body)}; the provider may have "
-                "accepted and billed it",
-                hint=UNKNOWN_HINT,
-            )
-
-        if not isinstance(body, dict):
-            raise unknown(f"a JSON {type(body).__name__}, not an object")
-        request_id = body.get("request_id")
-        if (
-            not isinstance(request_id, str)
-            or not request_id
-            or len(request_id) > 200
-            or not request_id.isprintable()
-            or "/" in request_id
-        ):
-            raise unknown(f"request_id is {_short(request_id, 60)}")
-        urls = {}
-        for name in ("status_url", "response_url", "cancel_url"):
-            value = body.get(name)
-            if not isinstance(value, str):
-                raise unknown(f"{name} is {type(value).__name__}, not a string")
-            try:
-                urls[name] = self.provider_url(value, f"the submit answer's {name}")
-            except JobRejected as exc:
-                raise JobRejected(
-                    f"{exc.message} (request {request_id} was accepted and may be billed)",
-                    hint=exc.hint,
-                ) from None
-        return Handle(request_id, urls["status_url"], urls["response_url"], urls["cancel_url"])
-
     async def status(self, handle: Handle) -> Status:
         async def once() -> Status:
-            return _status(await self._json("status", "GET", handle.status_url))
+            return parse_status(await self._json("status", "GET", handle.status_url))
 
         return await self._retrying("status", once)
 
@@ -503,7 +373,7 @@ class Client:
         async def once() -> dict[str, Any]:
             body = await self._json("result", "GET", handle.response_url)
             if not isinstance(body, dict):
-                raise TransientError(f"result: expected a JSON object, got {_short(body, 100)}")
+                raise TransientError(f"result: expected a JSON object, got {short(body, 100)}")
             error_type = body.get("error_type")
             if isinstance(error_type, str) and error_type in RUNNER_ERRORS:
                 raise RunnerFailed(
@@ -517,11 +387,11 @@ class Client:
         try:
             body = await self._json("cancel", "PUT", handle.cancel_url)
             answer = body.get("status") if isinstance(body, dict) else None
-            return _short(answer if isinstance(answer, str) else "CANCELLATION_REQUESTED", 60)
+            return short(answer if isinstance(answer, str) else "CANCELLATION_REQUESTED", 60)
         except ProviderError as exc:
             detail = exc.detail if isinstance(exc.detail, dict) else {}
             answer = detail.get("status")
-            return _short(answer if isinstance(answer, str) else f"HTTP {exc.status}", 60)
+            return short(answer if isinstance(answer, str) else f"HTTP {exc.status}", 60)
 
     async def wait(self, handle: Handle, on_status: Callable[[Status], None]) -> Status:
         """Until COMPLETED: the status stream first; polling with growing intervals if it fails."""
@@ -572,7 +442,9 @@ class Client:
                     if not line.startswith(b"data:"):
                         continue
                     try:
-                        last = _status(json.loads(self.scrub(line[5:].decode("utf-8").strip())))
+                        last = parse_status(
+                            json.loads(self.scrub(line[5:].decode("utf-8").strip()))
+                        )
                     except (ValueError, TransientError):
                         continue  # not UTF-8, not JSON, not a status: a bad line is skipped
                     on_status(last)
@@ -603,7 +475,7 @@ class Client:
                 raise JobRejected("download: data URL is not valid base64") from exc
         if not url.startswith(("http://", "https://")):
             raise JobRejected(
-                f"download: refusing a {_short(url.split(':', 1)[0], 20)!r} URL "
+                f"download: refusing a {short(url.split(':', 1)[0], 20)!r} URL "
                 "(only http, https and data)"
             )
 
@@ -651,20 +523,3 @@ def _secret_forms(key: str | None) -> list[str]:
     forms = {key, json.dumps(key)[1:-1], quote(key, safe="")}
     forms |= {part for part in key.split(":") if len(part) >= 8}
     return sorted((f for f in forms if f), key=len, reverse=True)
-
-
-def _status(body: Any) -> Status:
-    if not isinstance(body, dict) or body.get("status") not in (
-        "IN_QUEUE",
-        "IN_PROGRESS",
-        "COMPLETED",
-    ):
-        raise TransientError(f"status: unexpected answer {_short(body)}")
-    position = body.get("queue_position")
-    error, error_type = body.get("error"), body.get("error_type")
-    return Status(
-        body["status"],
-        position if isinstance(position, int) and not isinstance(position, bool) else None,
-        _short(error, 500) if isinstance(error, str) else None,
-        error_type if isinstance(error_type, str) else None,
-    )

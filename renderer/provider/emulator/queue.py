@@ -1,0 +1,235 @@
+"""The emulator's queue: requests, the worker slots that run them, and their service time.
+
+A request is queued on submit and taken by one of `workers` slots in order; a slot holds it for a
+service time drawn from the seeded generator (`ServiceTime`), renders its images meanwhile in a
+thread (`Outputs.prerender`), then completes it. A queued request can be cancelled before a slot
+takes it. `slot_time` records how long slots were held and how much of that was asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only for annotations: both import ModelRequest from here
+    from renderer.provider.emulator.accounts import Accounts
+    from renderer.provider.emulator.outputs import Outputs
+
+NAMESPACES = ("workflows", "comfy")  # app ids with one extra segment
+
+
+@dataclass(frozen=True)
+class ServiceTime:
+    """How long the model 'runs': fixed:S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA (seconds)."""
+
+    kind: str = "fixed"
+    a: float = 0.05
+    b: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceTime:
+        parts = text.split(":")
+        try:
+            if len(parts) == 1:
+                return cls("fixed", float(parts[0]))
+            if parts[0] == "fixed" and len(parts) == 2:
+                return cls("fixed", float(parts[1]))
+            if parts[0] in ("uniform", "lognormal") and len(parts) == 3:
+                return cls(parts[0], float(parts[1]), float(parts[2]))
+        except ValueError:
+            pass
+        raise ValueError(
+            f"service time {text!r}: use S, fixed:S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA"
+        )
+
+    def draw(self, rng: random.Random) -> float:
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b)
+        if self.kind == "lognormal":
+            return rng.lognormvariate(math.log(max(self.a, 1e-9)), self.b)
+        return self.a
+
+
+@dataclass(eq=False)
+class ModelRequest:
+    id: str
+    endpoint: str
+    app: str
+    payload: Any
+    base: str
+    seq: int
+    status: str = "IN_QUEUE"
+    cancelled: bool = False
+    completed_at: float | None = None
+    started_at: float | None = None
+    inference: float = 0.0
+    result_status: int = 200
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    auth: str = ""  # the Authorization header of the submit (echoed by the echo_key fault)
+    files: str = ""  # the origin serving this request's files (base may name another origin)
+    account: str = ""  # the label of the credential that submitted it
+    open: bool = False  # in flight: submitted, and its result not yet handed over (nor cancelled, nor expired)
+    digest: str = ""  # of endpoint + input: the same digest submitted again is a duplicate
+    abandoned: bool = (
+        False  # the same input was submitted again: it leaves flight once it completes
+    )
+    opened_at: float | None = None  # time.monotonic() of the accepted submit
+    closed_at: float | None = None  # and of leaving flight
+    pictures: list[tuple[bytes, str]] | None = (
+        None  # rendered while the slot slept (Outputs.prerender)
+    )
+
+    def touch(self) -> None:
+        event, self.changed = self.changed, asyncio.Event()
+        event.set()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def app_id(endpoint: str) -> str:
+    """The app part of an endpoint (`owner/app`, or three segments in a namespace)."""
+    parts = endpoint.split("/")
+    n = 3 if parts[0] in NAMESPACES else 2
+    return "/".join(parts[:n])
+
+
+class Queue:
+    """The queued requests and the slots that run them (`start` makes the slots' tasks)."""
+
+    def __init__(
+        self,
+        workers: int,
+        service: ServiceTime,
+        retention: float | None,
+        rng: random.Random,
+        accounts: Accounts,
+        outputs: Outputs,
+    ) -> None:
+        self.workers = workers
+        self.service = service
+        self.retention = retention  # seconds a completed result lives (the retention fault)
+        self.rng = rng
+        self.accounts = accounts
+        self.outputs = outputs
+        self.requests: dict[str, ModelRequest] = {}  # every request kept, by id
+        self.waiting: asyncio.Queue[ModelRequest] = asyncio.Queue()
+        self.seq = 0  # the last submit's sequence number
+        self.started = 0  # the highest sequence number a slot has taken
+        self.busy = 0  # slots (and synchronous calls) running now
+        # Slot accounting (bench/throughput.py): seconds slots were held, of which asked-for service
+        # time; held minus asked is this emulator's own lag (its event loop late on a timer).
+        self.slot_time: dict[str, Any] = {
+            "first_start": None,
+            "last_end": None,
+            "held": 0.0,
+            "service": 0.0,
+        }
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self.tasks = [asyncio.ensure_future(self._work()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for req in self.requests.values():
+            req.touch()  # wake any open status streams so they can finish
+
+    @property
+    def stopped(self) -> bool:
+        return not self.tasks or all(t.done() for t in self.tasks)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def position(self, req: ModelRequest) -> int:
+        """Requests ahead of a queued one (0 once a slot has it)."""
+        return max(0, req.seq - self.started - 1) if req.status == "IN_QUEUE" else 0
+
+    def expired(self, req: ModelRequest) -> bool:
+        keep = self.retention
+        return (
+            keep is not None
+            and req.completed_at is not None
+            and time.monotonic() - req.completed_at > keep
+        )
+
+    async def _work(self) -> None:
+        while True:
+            req = await self.waiting.get()
+            self.started = max(self.started, req.seq)
+            if req.cancelled:
+                continue
+            self.busy += 1
+            self.accounts.run_slot(req.account, 1)
+            try:
+                req.status, req.started_at = "IN_PROGRESS", time.monotonic()
+                req.logs.append(
+                    {
+                        "message": "Starting generation",
+                        "level": "INFO",
+                        "source": "USER",
+                        "timestamp": now_iso(),
+                    }
+                )
+                req.touch()
+                req.inference = self.service.draw(self.rng)
+                if self.slot_time["first_start"] is None:
+                    self.slot_time["first_start"] = req.started_at
+                pictures = self.outputs.prerender(req)
+                await asyncio.sleep(req.inference)
+                if pictures is not None:
+                    with contextlib.suppress(Exception):  # rendered again, inline, by output()
+                        req.pictures = await pictures
+                self.finish(req)
+                assert req.completed_at is not None  # finish() sets it
+                self.slot_time["held"] += req.completed_at - req.started_at
+                self.slot_time["service"] += req.inference
+                self.slot_time["last_end"] = req.completed_at
+            finally:
+                self.busy -= 1
+                self.accounts.run_slot(req.account, -1)
+
+    def finish(self, req: ModelRequest) -> None:
+        """The request completes with its outcome (an output, a 422 or a runner error)."""
+        req.result_status, req.result = self.outputs.outcome(req)
+        if req.result_status == 500:
+            req.error, req.error_type = "Internal Server Error", "runner_server_error"
+        req.logs.append(
+            {
+                "message": "Generation finished",
+                "level": "INFO",
+                "source": "USER",
+                "timestamp": now_iso(),
+            }
+        )
+        req.status, req.completed_at = "COMPLETED", time.monotonic()
+        req.touch()
+        if req.abandoned:
+            self.accounts.close(req)
+
+    def cancel(self, req: ModelRequest) -> None:
+        """A request cancelled before a slot took it completes as cancelled (499)."""
+        req.cancelled = True
+        req.result_status = 499
+        req.result = {
+            "detail": "Request was cancelled by the client",
+            "error_type": "client_cancelled",
+        }
+        req.error, req.error_type = "Request was cancelled by the client", "client_cancelled"
+        req.status, req.completed_at = "COMPLETED", time.monotonic()
+        req.touch()
