@@ -1,0 +1,60 @@
+"""The error boundary: the one place that turns an error into text and an exit code.
+
+Each error becomes one message, an optional `hint:` line and an exit code (errors.py: 2 bad input,
+3 auth/billing; 130 interrupted; 70 a bug). A traceback is printed only for a bug, or with --debug.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import TextIO
+
+from renderer.errors import ManifestError, RendererError
+
+EXIT_BUG = 70  # EX_SOFTWARE
+
+
+class Exit(Exception):
+    """argparse's exit (--help, --version) carried to the boundary instead of sys.exit."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+@contextmanager
+def error_boundary(err: TextIO, debug: bool, result: list[int]) -> Iterator[None]:
+    """Run the block; append its exit code to `result` when it ends by an error (or argparse's exit)."""
+    try:
+        yield
+    except Exit as done:
+        result.append(done.code)
+    except ManifestError as exc:
+        for problem in exc.problems:
+            err.write(problem.render() + "\n")
+        err.write(f"error: {exc.message}\n")
+        if exc.hint:
+            err.write(f"hint: {exc.hint}\n")
+        result.append(exc.exit_code)
+    except RendererError as exc:
+        if debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=err)
+        err.write(f"error: {exc.message}\n")
+        if exc.hint:
+            err.write(f"hint: {exc.hint}\n")
+        result.append(exc.exit_code)
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        result.append(130)
+    except BrokenPipeError:
+        # `renderer plan --json | head`: the reader is done; that is not an error.
+        with suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter shutdown quiet
+        result.append(0)
+    except Exception as exc:  # a bug: say so, with the traceback a maintainer needs
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=err)
+        err.write("error: internal error (this is a bug in renderer; please report it)\n")
+        result.append(EXIT_BUG)
