@@ -18,7 +18,8 @@ from typing import Any
 
 from renderer.models.schemas import SchemaRegistry
 from renderer.models.sizes import capped, requested_size
-from renderer.provider.emulator.faults import Chance, Faults, bomb_png
+from renderer.provider.emulator.config import EmulatorConfig
+from renderer.provider.emulator.faults import Chance, bomb_png
 from renderer.provider.emulator.pictures import render
 from renderer.provider.emulator.queue import ModelRequest
 
@@ -29,18 +30,16 @@ class Outputs:
     def __init__(
         self,
         registry: SchemaRegistry,
-        faults: Faults,
+        config: EmulatorConfig,
         chance: Chance,
         counts: Counter[str],
         *,
-        max_side: int | None,
         variants: dict[str, str],
     ) -> None:
         self.registry = registry
-        self.faults = faults
+        self.config = config  # the emulator's, replaced with it (faults, max_side)
         self.chance = chance
         self.counts = counts
-        self.max_side = max_side  # cap on the longest image side, for speed
         self.variants = variants  # endpoint → salt: that model renders differently
         self.files: dict[tuple[str, int], tuple[bytes, str]] = {}  # (request id, n) → bytes, type
         self._shapes: dict[tuple[str, bool, str], list[Any]] = {}  # input shape → violations
@@ -62,7 +61,7 @@ class Outputs:
             violations = self.violations(endpoint, payload)
             if violations:
                 return 422, {"detail": [detail(v, payload) for v in violations]}
-        if self.chance(self.faults.runner_error):
+        if self.chance(self.config.faults.runner_error):
             self.counts["fault:runner_error"] += 1
             return 500, {"detail": "Internal Server Error", "error_type": "runner_server_error"}
         return 200, self.output(req)
@@ -94,7 +93,7 @@ class Outputs:
             seed = int.from_bytes(hashlib.sha256(req.id.encode()).digest()[:4], "big") or 1
         count = int(payload.get("num_images", documented.get("num_images", 1)))
         fmt = str(payload.get("output_format", documented.get("output_format", "png")))
-        size = capped(requested_size(payload, documented), self.max_side)
+        size = capped(requested_size(payload, documented), self.config.max_side)
         prompt = str(payload.get("prompt", ""))
         variant = self.variants.get(req.endpoint, "")
         return seed, [(req.endpoint, prompt, seed, i, size, fmt, variant) for i in range(count)]
@@ -127,7 +126,7 @@ class Outputs:
         for i in range(count):
             width, height = pictures[i][4]
             data, content_type = rendered[i] if rendered is not None else render(*pictures[i])
-            if self.chance(self.faults.bomb_image):
+            if self.chance(self.config.faults.bomb_image):
                 self.counts["fault:bomb_image"] += 1
                 data, content_type = bomb_png(), "image/png"
             ext = content_type.split("/")[1]

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # only for annotations: both import ModelRequest from here
+if TYPE_CHECKING:  # only for annotations: these import from here
     from renderer.provider.emulator.accounts import Accounts
+    from renderer.provider.emulator.config import EmulatorConfig
     from renderer.provider.emulator.outputs import Outputs
 
 NAMESPACES = ("workflows", "comfy")  # app ids with one extra segment
@@ -110,16 +111,12 @@ class Queue:
 
     def __init__(
         self,
-        workers: int,
-        service: ServiceTime,
-        retention: float | None,
+        config: EmulatorConfig,
         rng: random.Random,
         accounts: Accounts,
         outputs: Outputs,
     ) -> None:
-        self.workers = workers
-        self.service = service
-        self.retention = retention  # seconds a completed result lives (the retention fault)
+        self.config = config  # the emulator's, replaced with it (workers, service time, retention)
         self.rng = rng
         self.accounts = accounts
         self.outputs = outputs
@@ -139,7 +136,7 @@ class Queue:
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self.tasks = [asyncio.ensure_future(self._work()) for _ in range(self.workers)]
+        self.tasks = [asyncio.ensure_future(self._work()) for _ in range(self.config.workers)]
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -161,7 +158,7 @@ class Queue:
         return max(0, req.seq - self.started - 1) if req.status == "IN_QUEUE" else 0
 
     def expired(self, req: ModelRequest) -> bool:
-        keep = self.retention
+        keep = self.config.faults.retention  # seconds a completed result lives
         return (
             keep is not None
             and req.completed_at is not None
@@ -187,7 +184,7 @@ class Queue:
                     }
                 )
                 req.touch()
-                req.inference = self.service.draw(self.rng)
+                req.inference = self.config.service.draw(self.rng)
                 if self.slot_time["first_start"] is None:
                     self.slot_time["first_start"] = req.started_at
                 pictures = self.outputs.prerender(req)

@@ -25,7 +25,7 @@ from renderer.provider.emulator.faults import LOCKED, Chance, deliver, padded
 from renderer.provider.emulator.queue import ModelRequest, Queue, app_id
 
 if TYPE_CHECKING:
-    from renderer.provider.emulator.server import EmulatorConfig
+    from renderer.provider.emulator.config import EmulatorConfig
 
 
 def truthy(value: str | None) -> bool:
@@ -62,7 +62,7 @@ class QueueRoutes:
         submit_times: list[float],
         stopping: Callable[[], bool],
     ) -> None:
-        self.config = config
+        self.config = config  # the emulator's, replaced with it
         self.registry = registry
         self.queue = queue
         self.accounts = accounts

@@ -3,8 +3,8 @@
 It is the default provider and the test double. The `Emulator` owns the aiohttp app, its routes,
 the gate (ingress faults, keys), the synchronous form and the files; `routes` holds the queue
 protocol's handlers. The work behind them lives beside it: `queue` (requests, slots, service time),
-`accounts` (per-credential accounting), `outputs` (results, images, file URLs) and `faults` (the
-seeded hostile shapes).
+`accounts` (per-credential accounting), `outputs` (results, images, file URLs), `faults` (the
+seeded hostile shapes) and `config` (EmulatorConfig, replaceable while running).
 
 What it serves (see ../shared/docs/fal-protocol.md §1, §8):
   POST /{owner}/{app}[/{path…}]                 submit → request_id and absolute status/response/cancel URLs
@@ -35,44 +35,22 @@ import random
 import ssl
 import uuid
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from renderer.models.schemas import SchemaRegistry, default_schema_dir
 from renderer.provider.emulator.accounts import Accounts
+from renderer.provider.emulator.config import EmulatorConfig
 from renderer.provider.emulator.faults import (
     INGRESS_BODY,
     Chance,
-    Faults,
     damaged,
     deliver,
 )
 from renderer.provider.emulator.outputs import Outputs
-from renderer.provider.emulator.queue import ModelRequest, Queue, ServiceTime, app_id
+from renderer.provider.emulator.queue import ModelRequest, Queue, app_id
 from renderer.provider.emulator.routes import QueueRoutes, read_input
-
-
-@dataclass(frozen=True)
-class EmulatorConfig:
-    host: str = "127.0.0.1"
-    port: int = 0
-    workers: int = 2  # fal gives new accounts 2 concurrent requests
-    service: ServiceTime = ServiceTime()  # noqa: RUF009 (frozen: one shared default is safe)
-    seed: int = 0
-    key: str | None = (
-        None  # when set, Authorization: Key/Bearer <key> is required (the account "key")
-    )
-    keys: tuple[tuple[str, str], ...] = ()  # (label, key): more accepted keys, each its own account
-    locked: tuple[str, ...] = ()  # labels of accounts whose submits get 403 "User is locked"
-    max_side: int | None = 256  # cap on the longest image side, for speed
-    faults: Faults = Faults()  # noqa: RUF009 (frozen: one shared default is safe)
-    keepalive: float = 15.0  # seconds between SSE comment lines
-    variants: tuple[tuple[str, str], ...] = ()  # (endpoint, salt): render that model differently
-    allow_unknown: bool = False  # serve endpoints without a schema (generic output)
-    schema_dir: Path | None = None
 
 
 class Emulator:
@@ -80,12 +58,12 @@ class Emulator:
 
     def __init__(
         self,
-        config: EmulatorConfig = EmulatorConfig(),
+        config: EmulatorConfig = EmulatorConfig(),  # noqa: B008 (frozen: a shared default is safe)
         *,
         ssl_context: ssl.SSLContext | None = None,
         registry: SchemaRegistry | None = None,
     ) -> None:
-        self.config = config
+        self._config = config
         self.ssl_context = ssl_context
         self.registry = registry or SchemaRegistry(config.schema_dir or default_schema_dir())
         # One seeded generator for every draw (service times, faults): a seed replays a run.
@@ -102,16 +80,13 @@ class Emulator:
         self.accounts = Accounts(keys)
         self.outputs = Outputs(
             self.registry,
-            config.faults,
+            config,
             self.chance,
             self.counts,
-            max_side=config.max_side,
             variants=dict(config.variants),
         )
         self.queue = Queue(
-            config.workers,
-            config.service,
-            config.faults.retention,
+            config,
             self.rng,
             self.accounts,
             self.outputs,
@@ -128,6 +103,17 @@ class Emulator:
             self.submit_times,
             stopping=lambda: self._runner is None or self.queue.stopped,
         )
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: EmulatorConfig) -> None:
+        """A harness may replace a running emulator's config (faults on, then off): every part
+        reads the new one from the next request on."""
+        self._config = config
+        self.outputs.config = self.queue.config = self.routes.config = config
 
     # ------------------------------------------------------------ lifecycle
 

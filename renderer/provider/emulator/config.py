@@ -1,0 +1,34 @@
+"""The emulator's configuration: where it listens, its slots and service time, its keys, its faults.
+
+A running emulator's `config` may be replaced as a whole (a harness turns faults on, then off):
+every part reads it from the emulator (`Emulator.config`), never from a copy taken at start.
+Keys and variants are read once, when the emulator is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from renderer.provider.emulator.faults import Faults
+from renderer.provider.emulator.queue import ServiceTime
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    workers: int = 2  # fal gives new accounts 2 concurrent requests
+    service: ServiceTime = ServiceTime()  # noqa: RUF009 (frozen: one shared default is safe)
+    seed: int = 0
+    key: str | None = (
+        None  # when set, Authorization: Key/Bearer <key> is required (the account "key")
+    )
+    keys: tuple[tuple[str, str], ...] = ()  # (label, key): more accepted keys, each its own account
+    locked: tuple[str, ...] = ()  # labels of accounts whose submits get 403 "User is locked"
+    max_side: int | None = 256  # cap on the longest image side, for speed
+    faults: Faults = Faults()  # noqa: RUF009 (frozen: one shared default is safe)
+    keepalive: float = 15.0  # seconds between SSE comment lines
+    variants: tuple[tuple[str, str], ...] = ()  # (endpoint, salt): render that model differently
+    allow_unknown: bool = False  # serve endpoints without a schema (generic output)
+    schema_dir: Path | None = None
