@@ -16,6 +16,7 @@ from renderer.models.schemas import SchemaRegistry
 from renderer.plan import cost as cost_mod
 from renderer.plan import jobs as jobs_mod
 from renderer.plan import planner as plan
+from renderer.plan import seeds as seeds_mod
 
 from .conftest import MANIFESTS, ROOT
 
@@ -133,7 +134,7 @@ def test_random_seeds_are_fixed_per_run_prompt_and_model(registry: SchemaRegistr
     }
     first = [j.seed for j in build(registry, data).jobs]
     assert first == [j.seed for j in build(registry, data).jobs]
-    assert len(set(first)) == 6 and all(plan.SEED_MIN <= s <= plan.SEED_MAX for s in first)
+    assert len(set(first)) == 6 and all(jobs_mod.SEED_MIN <= s <= jobs_mod.SEED_MAX for s in first)
     other = plan.build(parse(yaml.safe_dump({"name": "u", **data}), Path("m.yaml")), registry)
     assert [j.seed for j in other.jobs] != first
 
@@ -584,7 +585,7 @@ def test_a_cells_random_seeds_are_random_seed_for_each_sample(
     run: str, prompt_id: str, model: str, count: int
 ):
     """The seeds drawn for a cell at once are exactly random_seed(run, prompt, model, n) for n < count."""
-    seeds = plan._RandomSeeds(run, prompt_id, model, count)
+    seeds = seeds_mod.RandomSeeds(run, prompt_id, model, count)
     assert len(seeds) == count
     assert list(seeds) == [jobs_mod.random_seed(run, prompt_id, model, n) for n in range(count)]
 

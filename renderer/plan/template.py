@@ -14,7 +14,7 @@ from renderer.manifest.types import Model
 from renderer.plan.jobs import KEY_VERSION, SEED_MAX, SEED_MIN, Job
 
 if TYPE_CHECKING:
-    from renderer.plan.planner import _Planner
+    from renderer.plan.expand import Expansion
 
 
 _SENTINEL = 7340031999999999991  # stands for the seed in a key's text; never a real seed (> 2**31)
@@ -64,7 +64,7 @@ class CellTemplate:
     hashes (a template whose splice would be ambiguous is not made).
     """
 
-    planner: _Planner
+    planner: Expansion
     first: Job
     before: str
     after: str
@@ -73,7 +73,7 @@ class CellTemplate:
     text: str  # the cell text (see cell_text)
 
     @classmethod
-    def of(cls, planner: _Planner, job: Job, model: Model) -> CellTemplate | None:
+    def of(cls, planner: Expansion, job: Job, model: Model) -> CellTemplate | None:
         if not isinstance(job.seed, int):
             return None
         text = cell_text(job)

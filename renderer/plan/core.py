@@ -1,0 +1,95 @@
+"""What every part of the planner shares: the manifest, the registry, the prompts and models by
+name, and the problems found so far (each with its manifest location).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from renderer.errors import ManifestError, Problem
+from renderer.manifest.located import Located
+from renderer.manifest.types import Manifest, Model, Prompt
+from renderer.models.schemas import SchemaRegistry, Violation
+
+
+class PlannerCore:
+    """The planner's inputs and its collected problems (see planner.Planner for the parts)."""
+
+    # Set once by the planner's build() from the manifest, read by every part.
+    prompts: dict[str, Prompt]
+    models: dict[str, Model]
+    axes_global: list[tuple[str, list[Any]]]
+    endpoint_names: dict[str, str]
+    defaults: dict[str, Any]
+    model_params: dict[str, dict[str, Any]]
+    prompt_params: dict[str, dict[str, Any]]
+    include: list[dict[str, Any]]
+    exclude: list[dict[str, Any]]
+    axis_names: set[str]
+    unseeded: set[str]
+    _exact: bool
+
+    def __init__(self, manifest: Manifest, registry: SchemaRegistry, fast: bool = True) -> None:
+        # fast=False plans the straightforward way (every job made, checked and compared one
+        # by one): the reference the shortcuts are tested against (tests/test_plan.py).
+        self.fast = fast
+        self.m = manifest
+        self.doc: Located = manifest.doc
+        self.registry = registry
+        self.problems: dict[tuple[Any, ...], Problem] = {}
+        self.counts: dict[tuple[Any, ...], int] = defaultdict(int)
+        self._checked: dict[tuple[Any, ...], list[Violation]] = {}
+        self._props: dict[str, dict[str, Any]] = {}
+        self._ratio: dict[tuple[str, str, bool], tuple[str, Any] | None] = {}
+        self._seeds: Sequence[int] | None = None  # listed or counted seeds: the same for every cell
+        self._seeds_line: str | None = None
+        self._uniform: dict[str, bool] = {}  # endpoint → its seed check cannot depend on the value
+        self._fit: set[tuple[str, bool]] = set()  # (endpoint, check_seed) for which self._seeds fit
+
+    def _plain_string_prompt(self, model: Model) -> bool:
+        """True when the endpoint asks nothing of a prompt but that it be a string.
+
+        Then a str needs no schema check: dataset-scale prompt lists stay fast.
+        """
+        schema = self.props(model).get("prompt", {})
+        return schema.get("type") == "string" and set(schema) <= {
+            "type",
+            "description",
+            "x-source",
+            "default",
+        }
+
+    def props(self, model: Model) -> dict[str, Any]:
+        if model.endpoint not in self._props:
+            self._props[model.endpoint] = (
+                {} if model.unchecked else self.registry.properties(model.endpoint)
+            )
+        return self._props[model.endpoint]
+
+    def add(self, problem: Problem) -> None:
+        key = (problem.file, problem.line, problem.col, problem.json_path, problem.message)
+        self.counts[key] += 1
+        self.problems.setdefault(key, problem)
+
+    def at(self, path: tuple[Any, ...], message: str, **kw: Any) -> None:
+        self.add(self.doc.problem(path, message, **kw))
+
+    def fail(self) -> None:
+        problems = []
+        for key, problem in self.problems.items():
+            n = self.counts[key]
+            if n > 1 and problem.job:
+                problem = Problem(
+                    problem.file,
+                    problem.line,
+                    problem.col,
+                    problem.message,
+                    problem.json_path,
+                    f"{problem.job} (and {n - 1} more job{'s' if n > 2 else ''})",
+                    problem.allowed,
+                    problem.suggestion,
+                )
+            problems.append(problem)
+        raise ManifestError(problems)
