@@ -5,7 +5,8 @@ Invariants:
     (claimed jobs wait under lease: other workers are not starved).
   * Leases are renewed every third of their length; a job whose lease was lost is dropped here
     (its task cancelled, nothing recorded), unless its submit is on the wire.
-  * The feed ends with one None per consumer, whatever stopped it.
+  * The feed ends with one None per consumer, whatever stopped it, unless it was cancelled
+    (then its consumers are cancelled too, and it never waits on its own queue).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Claims:
         batch = max(1, self.config.concurrency // 2)
         poll = min(2.0, self.config.lease / 4)
         recorder, bound = self.store.recorder, self.config.max_jobs
+        cancelled = False
         try:
             while not self.state.stopping and self.state.broken is None:
                 # Read before claiming: a recording that ended before an empty claim has nothing more.
@@ -73,11 +75,17 @@ class Claims:
                 await asyncio.sleep(poll * (0.5 + secrets.randbelow(1000) / 1000))
         except StateError as exc:  # the state cannot be read or written: stop, say why
             self.state.broken = self.state.broken or exc
+        except asyncio.CancelledError:
+            # The pool cancels the feed when a worker raised: the workers are being cancelled too,
+            # so nobody reads the queue any more and no end marker is owed (waiting to hand one
+            # over to a full queue hung the worker for good).
+            cancelled = True
+            raise
         finally:
             if recorder is not None:
                 # Stopping: the recording ends after its batch in hand (the next run records the
                 # rest). Otherwise it is waited for, so the run ends on the whole plan's state.
-                if self.state.stopping or self.state.broken is not None:
+                if cancelled or self.state.stopping or self.state.broken is not None:
                     recorder.halt()
                 try:
                     await asyncio.get_running_loop().run_in_executor(None, recorder.thread.join)
@@ -87,8 +95,9 @@ class Claims:
                     raise
                 if recorder.error is not None and self.state.broken is None:
                     self.state.broken = recorder.error
-            for _ in range(consumers):
-                await queue.put(None)
+            if not cancelled:
+                for _ in range(consumers):
+                    await queue.put(None)
 
     async def renew(self, tasks: Mapping[str, asyncio.Task[None]]) -> None:
         """Renew this worker's leases every third of their length; drop the jobs whose lease was lost."""
