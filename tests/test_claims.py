@@ -13,7 +13,7 @@ from renderer.runner import Event, RunConfig
 from renderer.runner.claims import Claims
 from renderer.runner.job import RunState
 from renderer.runner.reconcile import reconcile
-from renderer.state.store import SQLiteStore
+from renderer.state.sqlite import SQLiteStore
 
 from .conftest import write_manifest
 
