@@ -1,7 +1,8 @@
 """The provider stage: talking to a hosted model over fal's queue protocol, and a local stand-in.
 
 Modules: `fal` (the protocol's vocabulary and the one table of outcomes, `classify`: pure),
-`client` (the protocol client over aiohttp: the only module that sees aiohttp's errors) and
-`emulator/` (a local server speaking the same protocol: the default provider, the test double).
-Nothing is imported here: the client and the emulator import aiohttp, which start-up avoids.
+`access` (where the API key may go, and its scrubbing), `client` (the protocol client over
+aiohttp: the only module that sees aiohttp's errors) and `emulator/` (a local server speaking the
+same protocol: the default provider, the test double). Nothing is imported here: the client and
+the emulator import aiohttp, which start-up avoids.
 """

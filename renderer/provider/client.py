@@ -1,7 +1,7 @@
 """The protocol client: fal's queue API over aiohttp. The only module that sees aiohttp's errors.
 
-What each answer means is fal.py's (`classify`, `parse_handle`, `parse_status`); this module owns
-the session, the key (where it may go, scrubbing it), deadlines, size caps and retries.
+What each answer means is fal.py's (`classify`, `parse_handle`, `parse_status`), where the key may
+go and its scrubbing access.py's; this module owns the session, deadlines, size caps and retries.
 
 Every server answer is hostile until checked. Every failure is classified once (errors.py), by
 fal.classify for an answer and here for the transport:
@@ -32,10 +32,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import aiohttp
-from yarl import URL
 
 from renderer.errors import (
     AccountError,
@@ -45,6 +43,7 @@ from renderer.errors import (
     RunnerFailed,
     TransientError,
 )
+from renderer.provider.access import ProviderUrls, Secrets
 from renderer.provider.fal import (
     FAL_QUEUE_ORIGINS,
     RUNNER_ERRORS,
@@ -74,7 +73,6 @@ __all__ = [
 
 T = TypeVar("T")
 ERROR_BODY_CAP = 64 * 1024  # of an error answer only the start is read: enough for its detail
-MIN_SECRET = 6  # keys shorter than this are not scrubbed (every "k" in every message would go)
 
 
 @dataclass(frozen=True)
@@ -118,14 +116,11 @@ class Client:
         rng: random.Random | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.origin = origin_of(self.base_url)
-        self.prefix = URL(self.base_url).raw_path.rstrip("/")  # a proxy mounted under a path
-        self.origins = {self.origin, *(o.lower() for o in trusted_origins)}
-        self.rebase = rebase
+        self.urls = ProviderUrls(self.base_url, rebase=rebase, trusted_origins=trusted_origins)
         self.auth_scheme = auth_scheme
         self._auth = {"Authorization": f"{auth_scheme} {key}"} if key else {}
-        # Shared (the same list object) with every client made by with_key: each scrubs every key.
-        self._secrets = _secret_forms(key)
+        # Shared (the same object) with every client made by with_key: each scrubs every key.
+        self.secrets = Secrets(key)
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         self.limits = limits or Limits()
@@ -135,6 +130,7 @@ class Client:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.calls: Counter[str] = Counter()
+        self.retrying = Retrying(self.retry, self.limits.retry_after, self.rng, self.sleep)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
@@ -172,102 +168,26 @@ class Client:
         """
         view = copy.copy(self)
         view._auth = {"Authorization": f"{self.auth_scheme} {key}"} if key else {}
-        self._secrets[:] = sorted(
-            set(self._secrets) | set(_secret_forms(key)), key=len, reverse=True
-        )
+        self.secrets.add(key)
         return view
 
     def scrub(self, text: str) -> str:
-        """`text` without the key in any form it was sent or could be echoed in."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
-
-    def _scrubbed(self, exc: ProviderError) -> ProviderError:
-        exc.message = self.scrub(exc.message)
-        exc.args = (exc.message,)
-        if exc.detail is not None:
-            exc.detail = json.loads(self.scrub(json.dumps(exc.detail)))
-        return exc
+        """`text` without any key of this client's family in any form it was sent or echoed in."""
+        return self.secrets.scrub(text)
 
     def provider_url(self, url: Any, what: str) -> str:
         """`url` if it is the provider's; rebased onto the provider's origin; or refused (JobRejected)."""
-        if not isinstance(url, str):
-            raise JobRejected(f"{what} is {type(url).__name__}, not a URL: {short(url, 80)}")
-        try:
-            parsed = URL(url)
-        except (ValueError, TypeError) as exc:
-            raise JobRejected(f"{what} is not a URL: {short(url, 80)}") from exc
-        if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-            raise JobRejected(f"{what} is not an http(s) URL: {short(url, 80)}")
-        origin = origin_of(url)
-        if origin in self.origins:
-            return url
-        if not self.rebase:
-            raise JobRejected(
-                f"{what} points at {origin}, which is not the provider ({self.origin}); "
-                "refused to send the API key there",
-                hint="set provider.url to the origin that answers, if you trust it",
-            )
-        path = parsed.raw_path
-        if self.prefix and not path.startswith(self.prefix + "/"):
-            path = self.prefix + path
-        return (
-            self.origin + path + (f"?{parsed.raw_query_string}" if parsed.raw_query_string else "")
-        )
+        return self.urls.provider_url(url, what)
 
     # -------------------------------------------------- plumbing
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform(0, min(cap, base·2^(attempt-1)))."""
-        return self.rng.uniform(
-            0, min(self.retry.max_backoff, self.retry.backoff * 2 ** (attempt - 1))
-        )
-
-    def _delay(self, exc: TransientError, attempt: int) -> float:
-        """The wait before the next try: Retry-After if sane, capped (and said) if not; else backoff."""
-        if exc.retry_after is None:
-            return self.backoff(attempt)
-        if exc.retry_after > self.limits.retry_after:
-            asked = "inf" if math.isinf(exc.retry_after) else f"{exc.retry_after:g}"
-            note = f" (Retry-After {asked} s capped to {self.limits.retry_after:g} s)"
-            if note not in exc.message:
-                exc.message += note
-                exc.args = (exc.message,)
-            self.on_event("retry_after_capped")
-            return self.limits.retry_after
-        return exc.retry_after
+        return self.retrying.backoff(attempt)
 
     async def _retrying(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
-        for attempt in range(1, self.retry.attempts + 1):
-            try:
-                return await call()
-            except TransientError as exc:
-                if exc.status == 429:
-                    self.on_event("throttled")
-                delay = self._delay(exc, attempt)
-                if attempt >= self.retry.attempts:
-                    raise
-                self.on_event("retry")
-                await self.sleep(delay)
-        raise AssertionError("unreachable")
-
-    async def _body(
-        self, op: str, resp: aiohttp.ClientResponse, cap: int, *, truncate: bool = False
-    ) -> bytes:
-        """The body, read in chunks and stopped at `cap` bytes (cut there, or JobRejected)."""
-        declared = resp.content_length
-        if declared is not None and declared > cap and not truncate:
-            raise JobRejected(f"{op}: the answer is {declared} bytes, over the {cap}-byte cap")
-        buf = bytearray()
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            buf += chunk
-            if len(buf) > cap:
-                if truncate:
-                    return bytes(buf[:cap])
-                raise JobRejected(f"{op}: the answer is over the {cap}-byte cap")
-        return bytes(buf)
+        # on_event is read now: the runner replaces it on each account's client.
+        return await self.retrying.run(call, self.on_event)
 
     async def _json(self, op: str, method: str, url: str, body: Any = None) -> Any:
         """One request to the provider; the parsed JSON of a 2xx answer, a classified error otherwise.
@@ -284,11 +204,8 @@ class Client:
             ) as resp:
                 sent = True
                 if resp.status >= 300:
-                    raw = await self._body(op, resp, ERROR_BODY_CAP, truncate=True)
-                    raise classify(
-                        op, resp.status, resp.headers, self.scrub(raw.decode("utf-8", "replace"))
-                    )
-                raw = await self._body(op, resp, self.limits.json_body)
+                    raise await error_answer(op, resp, self.scrub)
+                raw = await read_capped(op, resp, self.limits.json_body)
         except aiohttp.ClientConnectorError as exc:
             # No connection was made: the body was never sent.
             raise TransientError(
@@ -306,7 +223,7 @@ class Client:
             error.answered = sent
             raise error from exc
         except ProviderError as exc:
-            raise self._scrubbed(exc) from None
+            raise self.secrets.scrubbed(exc) from None
         try:
             text = self.scrub(raw.decode("utf-8"))
             return json.loads(text) if text else None
@@ -428,29 +345,10 @@ class Client:
                 if resp.status in (404, 405) or (resp.status < 300 and not is_stream):
                     return None  # no status stream at this provider: the caller polls
                 if resp.status >= 300:
-                    raw = await self._body("status", resp, ERROR_BODY_CAP, truncate=True)
-                    raise self._scrubbed(
-                        classify(
-                            "status",
-                            resp.status,
-                            resp.headers,
-                            self.scrub(raw.decode("utf-8", "replace")),
-                        )
-                    )
-                last: Status | None = None
-                async for line in _lines(resp.content, self.limits.sse_line):
-                    if not line.startswith(b"data:"):
-                        continue
-                    try:
-                        last = parse_status(
-                            json.loads(self.scrub(line[5:].decode("utf-8").strip()))
-                        )
-                    except (ValueError, TransientError):
-                        continue  # not UTF-8, not JSON, not a status: a bad line is skipped
-                    on_status(last)
-                    if last.state == "COMPLETED":
-                        return last
-                raise TransientError("status stream ended before COMPLETED")
+                    raise self.secrets.scrubbed(await error_answer("status", resp, self.scrub))
+                return await follow_events(
+                    resp.content, self.limits.sse_line, self.scrub, on_status
+                )
         except aiohttp.ClientConnectorError as exc:
             raise TransientError(f"status stream: cannot connect: {exc.os_error}") from exc
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -464,15 +362,7 @@ class Client:
         if not isinstance(url, str):
             raise JobRejected(f"download: the image URL is {type(url).__name__}, not a string")
         if url.startswith("data:"):
-            header, _, data = url.partition(",")
-            if ";base64" not in header:
-                raise JobRejected("download: data URL is not base64")
-            if len(data) * 3 // 4 > self.max_download:
-                raise JobRejected(f"download: data URL larger than {self.max_download} bytes")
-            try:
-                return base64.b64decode(data, validate=True), header[5:].split(";")[0]
-            except (binascii.Error, ValueError) as exc:
-                raise JobRejected("download: data URL is not valid base64") from exc
+            return decode_data_url(url, self.max_download)
         if not url.startswith(("http://", "https://")):
             raise JobRejected(
                 f"download: refusing a {short(url.split(':', 1)[0], 20)!r} URL "
@@ -487,7 +377,7 @@ class Client:
                 ) as resp:  # no Authorization: files are not the provider
                     if resp.status >= 300:
                         raise classify("download", resp.status, resp.headers, "")
-                    data = await self._body("download", resp, self.max_download)
+                    data = await read_capped("download", resp, self.max_download)
                     kind = resp.headers.get("Content-Type", "").split(";")[0]
                     return data, kind
             except aiohttp.ClientConnectorError as exc:
@@ -516,10 +406,110 @@ async def _lines(content: aiohttp.StreamReader, cap: int) -> Any:
         yield pending
 
 
-def _secret_forms(key: str | None) -> list[str]:
-    """The key as sent, JSON-escaped and URL-quoted, and each half of an id:secret pair (longest first)."""
-    if not key or len(key) < MIN_SECRET:
-        return []  # a key this short (a test's "k") cannot be told from ordinary text
-    forms = {key, json.dumps(key)[1:-1], quote(key, safe="")}
-    forms |= {part for part in key.split(":") if len(part) >= 8}
-    return sorted((f for f in forms if f), key=len, reverse=True)
+async def read_capped(
+    op: str, resp: aiohttp.ClientResponse, cap: int, *, truncate: bool = False
+) -> bytes:
+    """The body, read in chunks and stopped at `cap` bytes (cut there, or JobRejected)."""
+    declared = resp.content_length
+    if declared is not None and declared > cap and not truncate:
+        raise JobRejected(f"{op}: the answer is {declared} bytes, over the {cap}-byte cap")
+    buf = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        buf += chunk
+        if len(buf) > cap:
+            if truncate:
+                return bytes(buf[:cap])
+            raise JobRejected(f"{op}: the answer is over the {cap}-byte cap")
+    return bytes(buf)
+
+
+def decode_data_url(url: str, cap: int) -> tuple[bytes, str]:
+    """The bytes and content type of a base64 data: URL of at most `cap` bytes (else JobRejected)."""
+    header, _, data = url.partition(",")
+    if ";base64" not in header:
+        raise JobRejected("download: data URL is not base64")
+    if len(data) * 3 // 4 > cap:
+        raise JobRejected(f"download: data URL larger than {cap} bytes")
+    try:
+        return base64.b64decode(data, validate=True), header[5:].split(";")[0]
+    except (binascii.Error, ValueError) as exc:
+        raise JobRejected("download: data URL is not valid base64") from exc
+
+
+class Retrying:
+    """The retry loop of every operation: TransientError is tried again up to `policy.attempts`
+    times, after Retry-After when it is sane (capped at `cap`, and said), else full-jitter backoff."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        cap: float,
+        rng: random.Random,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.policy = policy
+        self.cap = cap  # the longest Retry-After obeyed (Limits.retry_after)
+        self.rng = rng
+        self.sleep = sleep
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform(0, min(cap, base·2^(attempt-1)))."""
+        return self.rng.uniform(
+            0, min(self.policy.max_backoff, self.policy.backoff * 2 ** (attempt - 1))
+        )
+
+    def delay(self, exc: TransientError, attempt: int, on_event: Callable[[str], None]) -> float:
+        """The wait before the next try: Retry-After if sane, capped (and said) if not; else backoff."""
+        if exc.retry_after is None:
+            return self.backoff(attempt)
+        if exc.retry_after > self.cap:
+            asked = "inf" if math.isinf(exc.retry_after) else f"{exc.retry_after:g}"
+            note = f" (Retry-After {asked} s capped to {self.cap:g} s)"
+            if note not in exc.message:
+                exc.message += note
+                exc.args = (exc.message,)
+            on_event("retry_after_capped")
+            return self.cap
+        return exc.retry_after
+
+    async def run(self, call: Callable[[], Awaitable[T]], on_event: Callable[[str], None]) -> T:
+        for attempt in range(1, self.policy.attempts + 1):
+            try:
+                return await call()
+            except TransientError as exc:
+                if exc.status == 429:
+                    on_event("throttled")
+                delay = self.delay(exc, attempt, on_event)
+                if attempt >= self.policy.attempts:
+                    raise
+                on_event("retry")
+                await self.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+async def error_answer(
+    op: str, resp: aiohttp.ClientResponse, scrub: Callable[[str], str]
+) -> ProviderError:
+    """The classified error of a non-2xx answer, from the start of its body (scrubbed)."""
+    raw = await read_capped(op, resp, ERROR_BODY_CAP, truncate=True)
+    return classify(op, resp.status, resp.headers, scrub(raw.decode("utf-8", "replace")))
+
+
+async def follow_events(
+    content: aiohttp.StreamReader,
+    cap: int,
+    scrub: Callable[[str], str],
+    on_status: Callable[[Status], None],
+) -> Status:
+    """Statuses from a server-sent event stream until COMPLETED (TransientError if it ends first)."""
+    async for line in _lines(content, cap):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            status = parse_status(json.loads(scrub(line[5:].decode("utf-8").strip())))
+        except (ValueError, TransientError):
+            continue  # not UTF-8, not JSON, not a status: a bad line is skipped
+        on_status(status)
+        if status.state == "COMPLETED":
+            return status
+    raise TransientError("status stream ended before COMPLETED")
