@@ -135,13 +135,13 @@ def _prepare(
         max_jobs=max_jobs,
         verify=verify,
         provider=settings.label,
-        state=_state(state if state is not None else m.state),
+        state=resolve_state(state if state is not None else m.state),
         lease=30.0 if lease is None else lease,
     )
     return plan, settings, config, storage
 
 
-def _state(url: str | None) -> str | None:
+def resolve_state(url: str | None) -> str | None:
     """The state URL as given (None: SQLite in the run directory); anything else than PostgreSQL is refused."""
     if not url:
         return None

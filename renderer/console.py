@@ -25,7 +25,6 @@ from renderer.plan.jobs import Plan
 from renderer.runner import SINGLE_KEY, Event, Summary, iso_time
 from renderer.state import read_store
 from renderer.state.choose import open_store
-from renderer.state.postgres import PostgresStore
 from renderer.state.rows import sql_error
 from renderer.state.store import Store
 
@@ -344,7 +343,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
             ]
         )
         workers = store.workers()
-        accounts = store.accounts() if isinstance(store, PostgresStore) else []
+        accounts = store.accounts()
         last = store.last_summary()
         resubmits = store.resubmit_reasons()
         paid_twice = store.total_ambiguous() + sum(resubmits.values())

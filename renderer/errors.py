@@ -15,7 +15,7 @@
     └── StateError                 the output directory or its database
         └── RunLocked              another run holds the output directory
 
-The CLI is the only place that turns these into text and exit codes (`cli.error_boundary`).
+The CLI is the only place that turns these into text and exit codes (`cli.boundary.error_boundary`).
 Messages never contain the API key: the protocol client scrubs it from every body it reads and
 never puts headers into errors.
 """

@@ -137,7 +137,7 @@ def cmd_run(ctx: Context) -> int:
 def cmd_status(ctx: Context) -> int:
     from renderer import api, console
 
-    state = api._state(ctx.args.state or ctx.env.get("RENDERER_STATE") or None)
+    state = api.resolve_state(ctx.args.state or ctx.env.get("RENDERER_STATE") or None)
     return console.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json, state=state)
 
 
@@ -155,7 +155,7 @@ def cmd_finalize(ctx: Context) -> int:
     elif a.output:
         plan.manifest = replace(plan.manifest, output=Path(a.output), output_url=None)
     m = plan.manifest
-    state = api._state(a.state or ctx.env.get("RENDERER_STATE") or m.state)
+    state = api.resolve_state(a.state or ctx.env.get("RENDERER_STATE") or m.state)
     storage = open_storage(m.output_url, m.name, ctx.env) if m.output_url else None
     record = run_mod.finalize(plan, RunConfig(state=state), storage)
     if a.json:

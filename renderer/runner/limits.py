@@ -84,7 +84,7 @@ class SharedSlots(AccountSlots):
 
     POLL = 0.2  # seconds between looks for a slot another worker freed
 
-    def __init__(self, ceiling: int, store: Any, name: str) -> None:
+    def __init__(self, ceiling: int, store: Store, name: str) -> None:
         super().__init__(ceiling)
         self.store = store
         self.name = name
@@ -112,9 +112,9 @@ class SharedSlots(AccountSlots):
 
 class SharedRate:
     """Submissions per second across every worker of a shared run: evenly spaced turns taken in
-    the database (pgstore.reserve, a GCRA), so N workers together keep one account's rate."""
+    the database (Store.reserve, a GCRA on PostgreSQL), so N workers together keep one account's rate."""
 
-    def __init__(self, store: Any, name: str, rate: float) -> None:
+    def __init__(self, store: Store, name: str, rate: float) -> None:
         self.store, self.name, self.interval = store, name, 1.0 / rate
 
     async def acquire(self) -> None:

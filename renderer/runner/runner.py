@@ -43,7 +43,6 @@ from renderer.runner.job import JobSteps, RunState
 from renderer.runner.limits import Accounts, Limits
 from renderer.runner.reconcile import reconcile
 from renderer.runner.record import Summary, run_record
-from renderer.state.postgres import PostgresStore
 from renderer.state.store import Store
 
 
@@ -145,7 +144,7 @@ class Runner:
         self.plan_changed = found.plan_changed
         self.redownloads |= found.redownloads  # the same set the delivery reads
         self.store.join(self.worker_id, self.config.lease, socket.gethostname(), os.getpid())
-        if self.shared and isinstance(self.store, PostgresStore):  # the shared backend
+        if self.shared:  # account limits held in the shared state for every worker
             self.store.set_accounts(self.limits.shared_ceilings())
         return 0 if self.shared else self.store.ambiguous()
 

@@ -100,3 +100,26 @@ class Leases(StoreCore):
             {"id": r[0], "host": r[1], "pid": r[2], "heartbeat": float(r[3]), "held": int(r[4])}
             for r in rows
         ]
+
+    # ---------------------------------------------- account slots and rates shared by workers
+    # Only a shared store (PostgreSQL) holds limits across workers; on SQLite one process runs a
+    # run, its limits are in memory (runner/limits.py), and these are never called when
+    # `shared` is False - except the two that have a plain answer (nothing to record, none held).
+
+    def set_accounts(self, limits: dict[str, int]) -> None:
+        """Record each account's concurrency for every worker to see (shared stores only)."""
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """Per account: requests in flight across all workers and its limit ([] unless shared)."""
+        return []
+
+    def acquire_slot(self, account: str, job: str) -> int | None:
+        """Lease one free slot of `account` for `job`; None when all are held (shared stores only)."""
+        raise NotImplementedError(f"{type(self).__name__} holds no slots shared by workers")
+
+    def release_slot(self, account: str, n: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} holds no slots shared by workers")
+
+    def reserve(self, name: str, interval: float) -> float:
+        """The seconds to wait for the next turn of a rate shared by all workers (shared stores only)."""
+        raise NotImplementedError(f"{type(self).__name__} holds no rates shared by workers")
