@@ -115,7 +115,7 @@ class PlanChecks(PlannerCore):
             schema = {} if model.unchecked else self.registry.schema(model.endpoint)
             seed = schema.get("properties", {}).get("seed", {})
             self._uniform[model.endpoint] = bool(
-                self.fast
+                self.shortcuts
                 and seed.get("type") == "integer"
                 and set(seed) <= {"type", "description", "title", "default", "examples", "x-source"}
                 and all(

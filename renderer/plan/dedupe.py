@@ -60,11 +60,11 @@ class Dedupe(Translation):
             clean &= self._record(key_fp, self._keys, (self._keys,), self._suspect_keys)
             return bool(clean)
         # The exact pass: only fingerprints seen twice need the values themselves.
-        suspect_stem = not self.fast or stem_fp in self._suspect_stems
+        suspect_stem = not self.shortcuts or stem_fp in self._suspect_stems
         if not suspect_stem and self._suspect_prefixes:
             prefix = stem_prefix(folded)
             suspect_stem = prefix is not None and hash(prefix) in self._suspect_prefixes
-        suspect_key = not self.fast or key_fp in self._suspect_keys
+        suspect_key = not self.shortcuts or key_fp in self._suspect_keys
         if not suspect_key and self._suspect_texts:
             text = (
                 template.text

@@ -130,7 +130,7 @@ class Expansion(Dedupe):
                         job is not None
                         and template is None
                         and len(self.problems) == before
-                        and self.fast
+                        and self.shortcuts
                     ):
                         template = CellTemplate.of(self, job, model)
                         if (
@@ -191,7 +191,7 @@ class Expansion(Dedupe):
                 job = self._full(0, prompt, model, job_axes, extra_params, source, seed, False)
                 if job is None:
                     continue
-                if template is None and len(self.problems) == before and self.fast:
+                if template is None and len(self.problems) == before and self.shortcuts:
                     template = CellTemplate.of(self, job, model)
                 yield job.key, model.name
 

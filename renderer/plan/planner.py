@@ -31,7 +31,7 @@ from renderer.plan.template import CellBlock
 from renderer.plan.unique import Fingerprints, Tally
 
 
-class _Planner(Expansion):
+class Planner(Expansion):
     # -------------------------------------------------- manifest-level checks
 
     # -------------------------------------------------- job assembly
@@ -64,8 +64,8 @@ class _Planner(Expansion):
 
         # One checking pass over every job, holding none of them: fingerprints catch repeated
         # paths and inputs; only if one repeats is the pass run again, exactly, to name both jobs.
-        # (The straightforward way, fast=False, runs the exact pass only, comparing every job.)
-        self._exact = not self.fast
+        # (The straightforward way, shortcuts off, runs the exact pass only, comparing every job.)
+        self._exact = not self.shortcuts
         self._reset_suspects()
         found = (
             dict(self.problems),
@@ -105,8 +105,8 @@ class _Planner(Expansion):
         jobs = Jobs(
             self._jobs,
             tally.jobs,
-            self._locate if self.fast else None,
-            self._plan_keys if self.fast else None,
+            self._locate if self.shortcuts else None,
+            self._plan_keys if self.shortcuts else None,
         )
         return Plan(
             self.m,
@@ -127,7 +127,7 @@ class _Planner(Expansion):
         # also record theirs (`_cross`). Only the plain matrix has cells of several seeds (with
         # one seed a cell is one job: nothing to gain, so jobs are compared one by one).
         blocks = (
-            self.fast
+            self.shortcuts
             and not self._exact
             and not self.include
             and not self.exclude
@@ -190,4 +190,4 @@ class _Planner(Expansion):
 
 def build(manifest: Manifest, registry: SchemaRegistry) -> Plan:
     """Expand and check every job; raise ManifestError listing every problem."""
-    return _Planner(manifest, registry).build()
+    return Planner(manifest, registry).build()
