@@ -20,7 +20,7 @@ from typing import Any
 from renderer.canonical import canonical_json
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
+WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
     f"{p}{n}" for p in ("com", "lpt") for n in range(1, 10)
 }
 MAX_SEGMENT = 80
@@ -47,7 +47,7 @@ def segment(text: str) -> str:
     if len(value) > MAX_SEGMENT:
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         value = value[: MAX_SEGMENT - 9].rstrip("-.") + "-" + digest
-    if value.split(".")[0].lower() in _WINDOWS_RESERVED:
+    if value.split(".")[0].lower() in WINDOWS_RESERVED:
         value = "_" + value
     return value
 

@@ -14,7 +14,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from renderer import settings
 from renderer.errors import Problem, UsageError, closest
-from renderer.layout import _WINDOWS_RESERVED as WINDOWS_DEVICES
+from renderer.layout import WINDOWS_RESERVED as WINDOWS_DEVICES
 from renderer.manifest.types import SECRET_KEYS
 from renderer.models.schemas import default_schema_dir
 from renderer.settings import is_remote, parse_s3

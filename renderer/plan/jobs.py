@@ -48,8 +48,13 @@ class Job:
         return [image_path(self.stem, i, ext) for i in range(self.num_images)]
 
     def describe(self) -> str:
-        axes = "".join(f" {k}={json.dumps(v)}" for k, v in self.axes.items())
-        return f"prompt={self.prompt_id} model={self.model} seed={self.seed}{axes}"
+        return describe_job(self.prompt_id, self.model, self.seed, self.axes)
+
+
+def describe_job(prompt_id: str, model: str, seed: Any, axes: dict[str, Any]) -> str:
+    """A job in one line for messages and failure lines: prompt, model, seed, then its axes."""
+    text = "".join(f" {k}={json.dumps(v)}" for k, v in axes.items())
+    return f"prompt={prompt_id} model={model} seed={seed}{text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +201,15 @@ def job_key(endpoint: str, payload: dict[str, Any], sample: int | None = None) -
     identity: dict[str, Any] = {"endpoint": endpoint, "input": payload}
     if sample is not None:
         identity["sample"] = sample
-    text = canonical_json(identity)
+    return key_of_text(canonical_json(identity))
+
+
+def key_of_text(text: str) -> str:
+    """The one job-key formula: `j1-` + the first 40 hex digits of sha256(identity text).
+
+    `text` is the canonical JSON of {endpoint, input[, sample]} (see `job_key`); the per-cell
+    template splices each seed into that same text and calls this directly.
+    """
     return f"{KEY_VERSION}-" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -205,6 +218,21 @@ def freeze(values: dict[str, Any]) -> str:
     return repr(sorted(values.items())) if values else ""
 
 
+def seed_hash(run: str, prompt_id: str, model: str) -> Any:
+    """sha256 fed with the part of a random seed's text that every seed of a cell shares."""
+    return hashlib.sha256(f"{run}\0{prompt_id}\0{model}\0".encode())
+
+
+def seed_of(start: Any, n: int) -> int:
+    """The one random-seed formula: sha256(run \\0 prompt \\0 model \\0 n), 8 bytes, into range.
+
+    `start` is seed_hash(run, prompt_id, model): a cell hashes its shared beginning once.
+    """
+    h = start.copy()
+    h.update(str(n).encode())
+    return int.from_bytes(h.digest()[:8], "big") % (SEED_MAX - SEED_MIN + 1) + SEED_MIN
+
+
 def random_seed(run: str, prompt_id: str, model: str, n: int) -> int:
-    digest = hashlib.sha256(f"{run}\0{prompt_id}\0{model}\0{n}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (SEED_MAX - SEED_MIN + 1) + SEED_MIN
+    """The n-th `random:` seed of a cell: the same number on every run of the same manifest."""
+    return seed_of(seed_hash(run, prompt_id, model), n)

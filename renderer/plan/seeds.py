@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from typing import overload
 
 from renderer.plan.jobs import (
-    SEED_MAX,
-    SEED_MIN,
+    seed_hash,
+    seed_of,
 )
 
 
@@ -29,17 +28,9 @@ class RandomSeeds(Sequence[int]):
 
     def _drawn(self) -> list[int]:
         if self._values is None:
-            # random_seed's bytes, with the shared beginning hashed once.
-            run, prompt_id, model = self._args
-            start = hashlib.sha256(f"{run}\0{prompt_id}\0{model}\0".encode())
-            values = []
-            for n in range(self._count):
-                h = start.copy()
-                h.update(str(n).encode())
-                values.append(
-                    int.from_bytes(h.digest()[:8], "big") % (SEED_MAX - SEED_MIN + 1) + SEED_MIN
-                )
-            self._values = values
+            # random_seed's numbers, with the shared beginning hashed once.
+            start = seed_hash(*self._args)
+            self._values = [seed_of(start, n) for n in range(self._count)]
         return self._values
 
     def __len__(self) -> int:

@@ -4,14 +4,13 @@ of a sentinel, checked once per cell instead of once per job.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from renderer.canonical import canonical_json
 from renderer.manifest.types import Model
-from renderer.plan.jobs import KEY_VERSION, SEED_MAX, SEED_MIN, Job
+from renderer.plan.jobs import SEED_MAX, SEED_MIN, Job, key_of_text
 
 if TYPE_CHECKING:
     from renderer.plan.expand import Expansion
@@ -95,10 +94,7 @@ class CellTemplate:
         return made
 
     def _key(self, seed: int) -> str:
-        return (
-            f"{KEY_VERSION}-"
-            + hashlib.sha256(f"{self.before}{seed}{self.after}".encode()).hexdigest()[:40]
-        )
+        return key_of_text(f"{self.before}{seed}{self.after}")
 
     def make(self, n: int, seed: Any, check: bool) -> Job | None:
         """The job for `seed`, or None when it needs the long way (a problem to report)."""

@@ -37,7 +37,7 @@ from renderer.errors import (
     StateError,
     TransientError,
 )
-from renderer.plan.jobs import Job
+from renderer.plan.jobs import describe_job
 from renderer.provider.client import RUNNER_ERRORS, Handle, Status
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import Delivery, GroupCommit, check_images, disk_hint
@@ -76,9 +76,7 @@ def left(deadline: float) -> float:
 
 def describe(row: Row) -> str:
     """prompt, model, seed and axes of a stored job, as Job.describe says them (for failure lines)."""
-    return Job(
-        0, row.key, row.endpoint, row.model, row.prompt_id, row.seed, row.axes, {}, "", 1, (), ""
-    ).describe()
+    return describe_job(row.prompt_id, row.model, row.seed, row.axes)
 
 
 @dataclass
