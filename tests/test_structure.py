@@ -42,12 +42,13 @@ def test_every_stage_is_a_folder() -> None:
 
 
 def test_importing_the_stages_loads_nothing_heavy() -> None:
-    """`import renderer.<stage>` never loads aiohttp, Pillow, psycopg or pyarrow (start-up is measured)."""
+    """`import renderer.<stage>` (and the CLI, and the Python API) loads no aiohttp, Pillow, psycopg or pyarrow."""
     stages = [s for s in STAGES if s != "provider"]
     code = (
         "import sys\n"
         + "".join(f"import renderer.{s}\n" for s in stages)
         + "import renderer.cli\n"
+        + "import renderer.api\n"
         + "heavy = [m for m in ('aiohttp', 'PIL', 'psycopg', 'pyarrow', 'obstore') if m in sys.modules]\n"
         + "print(','.join(heavy))\n"
     )
