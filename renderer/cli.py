@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TextIO
 from renderer import __version__, settings
 from renderer.errors import ManifestError, Problem, RendererError, UsageError, closest
 from renderer.manifest import load as manifest_mod
-from renderer.models import schemas
+from renderer.models import generate, schemas
 from renderer.plan import planner as plan_mod
 from renderer.settings import is_remote, parse_s3
 
@@ -100,11 +100,11 @@ def cmd_schemas_build(ctx: Context) -> int:
             f"{out_dir / 'docs'}: no model documents here",
             hint="run in the repository root, or give --dir SCHEMA_DIR (it needs a docs/ folder)",
         )
-    result = schemas.build(out_dir / "docs")
+    result = generate.build(out_dir / "docs")
     for warning in result.warnings:
         ctx.note(f"warning: {warning}")
     if ctx.args.check:
-        stale = schemas.stale_files(result, out_dir)
+        stale = generate.stale_files(result, out_dir)
         if stale:
             for rel in stale:
                 ctx.print(f"stale: {out_dir / rel}")
@@ -112,7 +112,7 @@ def cmd_schemas_build(ctx: Context) -> int:
             return 1
         ctx.print(f"schemas up to date: {len(result.files) - 1} endpoints in {out_dir}")
         return 0
-    changed = schemas.write(result, out_dir)
+    changed = generate.write(result, out_dir)
     ctx.print(
         f"wrote {len(changed)} changed file(s); {len(result.files) - 1} endpoints in {out_dir}"
     )

@@ -1,0 +1,156 @@
+"""The run-time schema registry: loads the generated endpoint schemas and checks inputs against them.
+
+Owns SchemaRegistry (endpoint → JSON Schema, lazily compiled validators), Violation (one way an input
+breaks its endpoint's contract, with the allowed values and a did-you-mean) and default_schema_dir.
+The schemas themselves are produced at build time by renderer.models.generate; this module never
+reads model documents.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from renderer.errors import UserError, closest
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One way an input breaks its endpoint's contract."""
+
+    json_path: str
+    message: str
+    allowed: str | None = None
+    suggestion: str | None = None
+
+
+def _allowed(schema: dict[str, Any]) -> str | None:
+    if "enum" in schema:
+        return ", ".join(map(str, schema["enum"]))
+    if "minimum" in schema and "maximum" in schema:
+        return f"{schema['minimum']} to {schema['maximum']}"
+    if "minimum" in schema:
+        return f"at least {schema['minimum']}"
+    if "type" in schema:
+        return str(schema["type"])
+    return None
+
+
+def _violations(error: ValidationError) -> list[Violation]:
+    path = error.json_path
+    kind = error.validator
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        known = list(error.schema.get("properties", {}))
+        return [
+            Violation(
+                f"{path}.{key}",
+                f"unknown property {key!r}",
+                "properties: " + ", ".join(known),
+                closest(key, known),
+            )
+            for key in error.instance
+            if key not in known
+        ]
+    if kind == "required" and isinstance(error.instance, dict):
+        return [
+            Violation(f"{path}.{key}", f"required property {key!r} is missing")
+            for key in error.validator_value
+            if key not in error.instance
+        ]
+    if kind == "enum":
+        return [
+            Violation(
+                path,
+                f"{error.instance!r} is not an allowed value",
+                _allowed(error.schema),
+                closest(error.instance, error.validator_value),
+            )
+        ]
+    if kind == "anyOf" and error.context:
+        # Report the branch that matches the value's shape: a preset name or an object.
+        want = "string" if isinstance(error.instance, str) else "object"
+        branch = [e for e in error.context if e.schema.get("type") == want or e.validator == "enum"]
+        inner = [e for e in error.context if len(e.absolute_path) > len(error.absolute_path)]
+        chosen = inner or branch
+        if isinstance(error.instance, str):
+            chosen = [e for e in error.context if e.validator == "enum"] or chosen
+        if chosen:
+            return _violations(chosen[0])
+        options = [b for b in error.validator_value if "enum" in b]
+        allowed = "an object {width, height}"
+        if options:
+            allowed += " or one of: " + ", ".join(options[0]["enum"])
+        return [
+            Violation(path, f"{error.instance!r} is neither a size object nor a preset", allowed)
+        ]
+    return [Violation(path, error.message, _allowed(error.schema))]
+
+
+class SchemaRegistry:
+    """The generated schemas, loaded lazily; validators are built once per endpoint."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        index_path = root / "index.json"
+        try:
+            self.index = json.loads(index_path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise UserError(
+                f"{index_path}: no schema index", hint="run `renderer schemas build`"
+            ) from exc
+        self._schemas: dict[str, dict[str, Any]] = {}
+        self._validators: dict[tuple[str, str], Draft202012Validator] = {}
+
+    @cached_property
+    def endpoints(self) -> list[str]:
+        return sorted(self.index["endpoints"])
+
+    def __contains__(self, endpoint: str) -> bool:
+        return endpoint in self.index["endpoints"]
+
+    def schema(self, endpoint: str) -> dict[str, Any]:
+        if endpoint not in self._schemas:
+            rel = self.index["endpoints"][endpoint]["file"]
+            self._schemas[endpoint] = json.loads((self.root / rel).read_text(encoding="utf-8"))
+        return self._schemas[endpoint]
+
+    def _validator(self, endpoint: str, part: str) -> Draft202012Validator | None:
+        key = (endpoint, part)
+        if key not in self._validators:
+            schema = self.schema(endpoint)
+            if part == "output":
+                if "Output" not in schema.get("$defs", {}):
+                    return None
+                schema = {"$ref": "#/$defs/Output", "$defs": schema["$defs"]}
+            self._validators[key] = Draft202012Validator(schema)
+        return self._validators[key]
+
+    def check(self, endpoint: str, payload: Any, part: str = "input") -> list[Violation]:
+        validator = self._validator(endpoint, part)
+        if validator is None:
+            return []
+        found: list[Violation] = []
+        for error in validator.iter_errors(payload):
+            found.extend(_violations(error))
+        return sorted(set(found), key=lambda v: (v.json_path, v.message))
+
+    def has_output_schema(self, endpoint: str) -> bool:
+        return self._validator(endpoint, "output") is not None
+
+    def properties(self, endpoint: str) -> dict[str, dict[str, Any]]:
+        return dict(self.schema(endpoint).get("properties", {}))
+
+
+def default_schema_dir() -> Path:
+    """The installed copy (inside the wheel) or, in a source checkout, the top-level schemas/."""
+    here = Path(__file__).resolve().parent.parent  # the package folder
+    for candidate in (here / "_schemas", here.parent / "schemas"):
+        if (candidate / "index.json").is_file():
+            return candidate
+    return here.parent / "schemas"
