@@ -230,8 +230,8 @@ def merge(endpoint: str, docs: list[EndpointDoc], warnings: list[str]) -> dict[s
                 output = part["output"]
             else:
                 _merge_props(output["properties"], part["output"]["properties"], endpoint, warnings)
-        for name, schema in part["defs"].items():
-            defs.setdefault(name, schema)
+        for name, definition in part["defs"].items():
+            defs.setdefault(name, definition)
     schema: dict[str, Any] = {
         "$schema": DIALECT,
         "title": f"{endpoint} input",

@@ -14,8 +14,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # no stubs installed (types-jsonschema is not a dependency)
+from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]  # as above
 
 from renderer.errors import UserError, closest
 
