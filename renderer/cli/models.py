@@ -10,7 +10,7 @@ from typing import Any
 
 from renderer.cli.context import Context, table
 from renderer.errors import UsageError, closest
-from renderer.models import schemas
+from renderer.models import generate, schemas
 
 
 def cmd_schemas_build(ctx: Context) -> int:
@@ -20,11 +20,11 @@ def cmd_schemas_build(ctx: Context) -> int:
             f"{out_dir / 'docs'}: no model documents here",
             hint="run in the repository root, or give --dir SCHEMA_DIR (it needs a docs/ folder)",
         )
-    result = schemas.build(out_dir / "docs")
+    result = generate.build(out_dir / "docs")
     for warning in result.warnings:
         ctx.note(f"warning: {warning}")
     if ctx.args.check:
-        stale = schemas.stale_files(result, out_dir)
+        stale = generate.stale_files(result, out_dir)
         if stale:
             for rel in stale:
                 ctx.print(f"stale: {out_dir / rel}")
@@ -32,7 +32,7 @@ def cmd_schemas_build(ctx: Context) -> int:
             return 1
         ctx.print(f"schemas up to date: {len(result.files) - 1} endpoints in {out_dir}")
         return 0
-    changed = schemas.write(result, out_dir)
+    changed = generate.write(result, out_dir)
     ctx.print(
         f"wrote {len(changed)} changed file(s); {len(result.files) - 1} endpoints in {out_dir}"
     )

@@ -1,10 +1,10 @@
-"""The models stage: each endpoint's input contract, from the model documents to JSON Schemas.
+"""Models stage: what a fal endpoint accepts and returns.
 
 Modules:
-  documents  model documents (fal pages in their text styles, a proxy's tables) → EndpointDoc
-  schemas    the build-time generator (documents → schemas/endpoints/…) and the run-time
-             registry every job is checked against (SchemaRegistry, Violation)
-  sizes      fal's image-size presets and the size a request asks for
+  documents  parsers of model documents (fal pages, llms.txt markdown, proxy tables) → EndpointDoc
+  generate   build time: EndpointDocs → one JSON Schema per endpoint under schemas/, plus the index
+  schemas    run time: SchemaRegistry loads those schemas and reports Violations of an input
+  sizes      fal's image-size presets and the pixel-size helpers
 
-Nothing is imported here: the registry loads jsonschema, which `renderer --version` never needs.
+Nothing is re-exported here: schemas imports jsonschema, which the CLI's start-up should not pay for.
 """
