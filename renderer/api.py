@@ -25,6 +25,7 @@ import yaml
 from renderer.errors import UsageError
 from renderer.layout import DATA_DIR, RUN_RECORD
 from renderer.manifest import load as manifest_mod
+from renderer.models.library import default_models_dir
 from renderer.models.schemas import SchemaRegistry, default_schema_dir
 from renderer.output import dataset
 from renderer.output import storage as storage_mod
@@ -37,8 +38,20 @@ from renderer.state import read_store
 __all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
 
 
-def _registry(schemas: str | os.PathLike[str] | None) -> SchemaRegistry:
-    return SchemaRegistry(Path(schemas) if schemas is not None else default_schema_dir())
+def _registry(
+    schemas: str | os.PathLike[str] | None,
+    models: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> SchemaRegistry:
+    """The bundled schemas (or `schemas`) with the user's added models over them: `models`, else
+    RENDERER_MODELS, else the per-user folder (`renderer models add` writes there)."""
+    env = os.environ if env is None else env
+    added = Path(models) if models is not None else None
+    if added is None:
+        added = (
+            Path(env["RENDERER_MODELS"]) if env.get("RENDERER_MODELS") else default_models_dir(env)
+        )
+    return SchemaRegistry(Path(schemas) if schemas is not None else default_schema_dir(), added)
 
 
 def load_manifest(
@@ -46,6 +59,7 @@ def load_manifest(
     *,
     output: str | os.PathLike[str] | None = None,
     schemas: str | os.PathLike[str] | None = None,
+    models: str | os.PathLike[str] | None = None,
 ) -> Plan:
     """Validate a manifest (a YAML file, or the same structure as a dict) and plan its jobs.
 
@@ -60,7 +74,7 @@ def load_manifest(
     if output is not None:
         manifest = replace(manifest, output=Path(output))
     manifest_mod.check_plan_size(manifest)  # by arithmetic, before a single job is expanded
-    return plan_mod.build(manifest, _registry(schemas))
+    return plan_mod.build(manifest, _registry(schemas, models))
 
 
 def _checked(name: str, value: Any) -> Any:
@@ -170,6 +184,7 @@ async def run_async(
     on_event: Callable[[Event], None] | None = None,
     env: Mapping[str, str] | None = None,
     schemas: str | os.PathLike[str] | None = None,
+    models: str | os.PathLike[str] | None = None,
     state: str | None = None,
     lease: float | None = None,
 ) -> Summary:
@@ -198,7 +213,7 @@ async def run_async(
         plan,
         settings,
         config,
-        _registry(schemas),
+        _registry(schemas, models, env),
         on_event or (lambda event: None),
         interrupts=False,
         storage=storage,
@@ -219,6 +234,7 @@ def run(
     on_event: Callable[[Event], None] | None = None,
     env: Mapping[str, str] | None = None,
     schemas: str | os.PathLike[str] | None = None,
+    models: str | os.PathLike[str] | None = None,
     state: str | None = None,
     lease: float | None = None,
 ) -> Summary:
@@ -244,7 +260,7 @@ def run(
             plan,
             settings,
             config,
-            _registry(schemas),
+            _registry(schemas, models, env),
             on_event or (lambda event: None),
             storage=storage,
         )

@@ -61,6 +61,8 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
         "FAL_KEY_SECRET",
         "RENDERER_SCHEMAS",
         "RENDERER_PROVIDER",
+        "RENDERER_MODELS",
+        "RENDERER_OPENAPI_URL",
     ):
         monkeypatch.delenv(name, raising=False)
 

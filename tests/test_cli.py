@@ -44,15 +44,27 @@ def test_schemas_check_names_stale_files(tmp_path: Path):
 
 
 def test_unknown_document_layout_exits_2(tmp_path: Path):
-    """A document the generator cannot read is a user error naming file and line, no traceback."""
+    """A document the generator cannot read is refused naming file, line and the layouts understood."""
     (tmp_path / "s/docs").mkdir(parents=True)
     (tmp_path / "s/docs/notes.txt").write_text("hello\n")
     code, _out, err = run("schemas", "build", "--dir", str(tmp_path / "s"))
     assert code == 2
-    assert err.startswith("error: notes.txt:1: unknown document layout")
-    assert "hint: expected one of" in err
+    assert err.startswith("refused: notes.txt:1: unknown document layout")
+    assert "hint: expected one of" in err and "OpenAPI" in err
     assert "Traceback" not in err
     assert not (tmp_path / "s/index.json").exists()
+
+
+def test_one_refused_document_does_not_hide_the_others(tmp_path: Path):
+    """A folder with one unreadable document builds the rest, names the bad one, and exits 2."""
+    docs = tmp_path / "s/docs"
+    shutil.copytree(SCHEMAS / "docs", docs)
+    (docs / "zz-broken.json").write_text('{"openapi": "3.0.0", "paths": {}}\n')
+    code, out, err = run("schemas", "build", "--dir", str(tmp_path / "s"))
+    assert code == 2
+    assert "refused: zz-broken.json:1: OpenAPI document without a submit operation" in err
+    assert "12 endpoints" in out
+    assert (tmp_path / "s/endpoints/fal-ai/flux-1/schnell.json").is_file()
 
 
 def test_models_lists_endpoints_with_required_parameters():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from renderer.errors import UsageError
-from renderer.models import schemas
+from renderer.models import library, schemas
 
 
 class Context:
@@ -39,8 +39,18 @@ class Context:
             return directory(Path(self.env["RENDERER_SCHEMAS"]), "RENDERER_SCHEMAS")
         return schemas.default_schema_dir()
 
+    def models_dir(self) -> Path:
+        """The user's added models: --models-dir > RENDERER_MODELS > the per-user default."""
+        flag = getattr(self.args, "models_dir", None)
+        if flag:
+            return Path(flag)
+        if self.env.get("RENDERER_MODELS"):
+            return Path(self.env["RENDERER_MODELS"])
+        return library.default_models_dir(self.env)
+
     def registry(self) -> schemas.SchemaRegistry:
-        return schemas.SchemaRegistry(self.schema_dir())
+        """The bundled schemas (or --schemas), with the user's added models layered over them."""
+        return schemas.SchemaRegistry(self.schema_dir(), self.models_dir())
 
 
 def directory(path: Path, source: str) -> Path:
@@ -61,7 +71,12 @@ def table(
     clip: int | None = None,
 ) -> list[str]:
     """Aligned columns; columns from index `right` on are right-aligned; the last is never padded."""
-    text = [[str(c)[:clip] if clip else str(c) for c in row] for row in [headers, *rows]]
+
+    def cut(cell: Any) -> str:
+        text = str(cell)
+        return text[: clip - 1] + "…" if clip and len(text) > clip else text
+
+    text = [[cut(c) for c in row] for row in [headers, *rows]]
     widths = [max(len(r[i]) for r in text) for i in range(len(headers))]
     lines = []
     for row in text:

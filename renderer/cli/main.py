@@ -61,6 +61,9 @@ def _number(setting: str) -> Callable[[str], Any]:
 
 
 Command = Callable[[Context], int]
+MODELS_DIR_HELP = (
+    "where added models live (env RENDERER_MODELS; default ~/.local/share/renderer/models)"
+)
 
 
 def build_parser(out: TextIO, err: TextIO) -> _Parser:
@@ -100,16 +103,37 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
         "--check", action="store_true", help="exit 1 if the committed schemas are stale"
     )
 
-    p_models = command("models", cmd_models, "list endpoints, or show one endpoint's parameters")
-    p_models.add_argument("endpoint", nargs="?", help="e.g. fal-ai/imagen4/preview")
+    p_models = command(
+        "models",
+        cmd_models,
+        "list endpoints, show one, add one (models add FILE|ENDPOINT), update, schema",
+    )
+    p_models.add_argument(
+        "words",
+        nargs="*",
+        metavar="ACTION ARGS",
+        help="(nothing): list; show ENDPOINT (or just ENDPOINT); add FILE|ENDPOINT…: add a model "
+        "from its document or fal's OpenAPI URL; update [ENDPOINT…]: refresh fetched ones; "
+        "schema: write the editors' manifest schema",
+    )
     p_models.add_argument("--json", action="store_true", help="machine-readable output")
     p_models.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+    p_models.add_argument(
+        "--models-dir",
+        help=MODELS_DIR_HELP,
+    )
+    p_models.add_argument(
+        "--openapi-url",
+        help="where `add ENDPOINT` downloads from (env RENDERER_OPENAPI_URL; default https://fal.ai)",
+    )
+    p_models.add_argument("--out", help="`models schema`: the file to write")
 
     p_validate = command(
         "validate", cmd_validate, "check manifests and every job they expand to; send nothing"
     )
     p_validate.add_argument("manifests", nargs="+", metavar="MANIFEST")
     p_validate.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+    p_validate.add_argument("--models-dir", help=MODELS_DIR_HELP)
     p_validate.add_argument(
         "--json",
         action="store_true",
@@ -120,6 +144,7 @@ def build_parser(out: TextIO, err: TextIO) -> _Parser:
     p_plan.add_argument("manifest", metavar="MANIFEST")
     p_plan.add_argument("--json", action="store_true", help="one JSON line per job")
     p_plan.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+    p_plan.add_argument("--models-dir", help=MODELS_DIR_HELP)
     for p in (p_validate, p_plan):
         p.add_argument(
             "--max-plan-jobs",
@@ -232,6 +257,7 @@ def _emulator_arguments(command: Callable[[str, Command, str], _Parser]) -> None
         help="answer 403 'User is locked' after this many submits",
     )
     p_emu.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+    p_emu.add_argument("--models-dir", help=MODELS_DIR_HELP)
 
 
 def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
@@ -299,6 +325,7 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     )
     p_run.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p_run.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+    p_run.add_argument("--models-dir", help=MODELS_DIR_HELP)
     p_run.add_argument(
         "--max-plan-jobs",
         type=_number("max_plan_jobs"),
@@ -341,6 +368,7 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     )
     p_final.add_argument("--json", action="store_true", help="print run.json")
     p_final.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
+    p_final.add_argument("--models-dir", help=MODELS_DIR_HELP)
 
 
 def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:

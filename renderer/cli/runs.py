@@ -122,6 +122,7 @@ def cmd_run(ctx: Context) -> int:
             on_event=on_event,
             env=ctx.env,
             schemas=ctx.schema_dir(),
+            models=ctx.models_dir(),
             state=state,
             lease=lease,
         )

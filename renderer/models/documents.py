@@ -1,6 +1,7 @@
 """Model documents → typed field lists. The first stage of the schema generator.
 
-Four text layouts are understood (see schemas/docs/):
+fal's OpenAPI JSON (openapi.py) arrives as JSON Schema and is kept whole. Four text layouts are
+understood (see schemas/docs/):
   * fal model page copied from the web: a `5. Schema` section with `Input`, `Output` and
     `Other types` headings; field lines like `image_size ImageSize | Enum` (000, 004);
   * several such pages in one file, each opened by a line `N)owner/app/path` (002);
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from renderer.errors import DocumentError
+from renderer.models.openapi import is_openapi, parse_openapi
 
 NO_DEFAULT: Any = object()  # sentinel: the document gives no default
 
@@ -60,13 +62,15 @@ class EndpointDoc:
     endpoint: str
     source: str  # file name under schemas/docs/
     line: int  # where this endpoint's text starts
-    style: str  # "fal-page" | "fal-markdown" | "proxy-table"
+    style: str  # "openapi" | "fal-page" | "fal-markdown" | "proxy-table"
     auth: str = "Key"
     summary: str = ""
     inputs: list[Field] = field(default_factory=list)
     outputs: list[Field] = field(default_factory=list)
     types: dict[str, TypeDef] = field(default_factory=dict)
     examples: list[Example] = field(default_factory=list)
+    # An OpenAPI document arrives as JSON Schema already: {"input", "defs", "output"} (openapi.py).
+    schema: dict[str, Any] | None = None
 
     @property
     def where(self) -> str:
@@ -304,8 +308,16 @@ def _page_endpoint(text: str) -> str | None:
     first = text.lstrip().split("\n", 1)[0].strip()
     if re.fullmatch(r"[a-z0-9-]+(/[A-Za-z0-9._-]+)+", first):
         return first
-    match = re.search(r'fal\.(?:subscribe|queue\.submit)\("([^"]+)"', text)
-    return match.group(1) if match else None
+    match = re.search(r'fal\.(?:subscribe|queue\.submit|run)\(\s*["\']([^"\']+)["\']', text)
+    if match:
+        return match.group(1)
+    # A page copied with its cURL tab: the submit URL `https://queue.fal.run/<id>` (status and
+    # result URLs add `/requests/…`, which is not part of the id).
+    for url in re.finditer(r"\b(?:queue\.)?fal\.run/([a-z0-9-]+(?:/[A-Za-z0-9._-]+)+)", text):
+        endpoint = url.group(1).split("/requests/", 1)[0]
+        if not endpoint.endswith("/requests"):
+            return endpoint
+    return None
 
 
 # ---------------------------------------------------------------- fal markdown page
@@ -438,6 +450,7 @@ def parse_proxy_table(text: str, source: str) -> EndpointDoc:
 _SECTION_RE = re.compile(r"^(\d+)\)([a-z0-9-]+(?:/[A-Za-z0-9._-]+)+)\s*$", re.M)
 
 LAYOUTS = (
+    "fal's OpenAPI 3.x JSON (https://fal.ai/api/openapi/queue/openapi.json?endpoint_id=<id>)",
     "a fal model page with a '5. Schema' section",
     "several fal pages, each opened by 'N)owner/app'",
     "a fal markdown page with '### Input Schema'",
@@ -447,6 +460,18 @@ LAYOUTS = (
 
 def parse_text(text: str, source: str) -> list[EndpointDoc]:
     """Every endpoint described in one document, in document order."""
+    if is_openapi(text):
+        return [
+            EndpointDoc(
+                found["endpoint"],
+                source,
+                found["line"],
+                "openapi",
+                auth=found["auth"],
+                schema=found,
+            )
+            for found in parse_openapi(text, source)
+        ]
     sections = list(_SECTION_RE.finditer(text))
     if sections:
         docs = []
@@ -463,7 +488,11 @@ def parse_text(text: str, source: str) -> list[EndpointDoc]:
         endpoint = _page_endpoint(text)
         if endpoint is None:
             raise DocumentError(
-                source, 1, "fal page without an endpoint id (first line or fal.subscribe call)"
+                source,
+                1,
+                "fal page without an endpoint id",
+                hint="put the endpoint id (e.g. fal-ai/flux/dev) on the first line; it is also read "
+                'from a fal.subscribe("…") call or a queue.fal.run/<id> URL on the page',
             )
         return [parse_fal_page(text, source, endpoint)]
     raise DocumentError(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from renderer.errors import UserError
+from renderer.errors import DocumentError, UserError
 from renderer.models.documents import (
     NO_DEFAULT,
     PRIMITIVES,
@@ -31,7 +31,18 @@ FORMAT = 1
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # Counts and pixel sizes below 1 are meaningless; the documents leave this unsaid.
 IMPLIED_MINIMUM = {"width": 1, "height": 1, "num_images": 1, "num_inference_steps": 1}
-_STYLE_RANK = {"fal-page": 0, "fal-markdown": 0, "proxy-table": 1}  # fal's own pages win merges
+# Which document wins a merge: fal's OpenAPI (its machine-readable contract), then fal's pages, then
+# third-party tables.
+_STYLE_RANK = {"openapi": -1, "fal-page": 0, "fal-markdown": 0, "proxy-table": 1}
+# fal's standard `image_size` presets (fal-protocol.md; every fal page that lists them lists these).
+STANDARD_PRESETS = (
+    "square_hd",
+    "square",
+    "portrait_4_3",
+    "portrait_16_9",
+    "landscape_4_3",
+    "landscape_16_9",
+)
 _COMPARED = ("type", "enum", "default", "minimum", "maximum", "$ref")
 
 
@@ -64,7 +75,16 @@ class _Builder:
             return schema
         if type_.endswith("| Enum"):  # a preset name or an object: `ImageSize | Enum`
             name = type_.split("|")[0].strip()
-            presets = {"type": "string", "enum": list(f.enum or [])}
+            presets: dict[str, Any] = {"type": "string", "enum": list(f.enum or [])}
+            if not f.enum:
+                # fal's llms.txt pages print the type without its values: an empty enum would refuse
+                # every preset, the page's own default among them.
+                presets = {"type": "string", "enum": list(STANDARD_PRESETS), "x-presets": "assumed"}
+                self.warn(
+                    f.line,
+                    f"{f.name}: {type_} lists no preset names; assuming fal's standard presets "
+                    f"({', '.join(STANDARD_PRESETS)}); add the endpoint's OpenAPI document to be sure",
+                )
             return {"anyOf": [self.type_schema(name, f, reached), presets]}
         if type_ == "Enum" or type_.endswith("Enum"):
             if not f.enum:
@@ -149,6 +169,12 @@ class _Builder:
 
     def build(self) -> dict[str, Any]:
         doc = self.doc
+        if doc.schema is not None:  # OpenAPI: already JSON Schema, taken as the document says
+            return {
+                "input": doc.schema["input"],
+                "output": doc.schema["output"],
+                "defs": dict(doc.schema["defs"]),
+            }
         names = [f.name for f in doc.inputs]
         if "prompt" not in names:
             self.warn(doc.line, "no prompt field in the Input section")
@@ -191,21 +217,66 @@ def _span(bounds: tuple[float, float]) -> str:
 # ---------------------------------------------------------------- merging documents
 
 
-def _merge_props(
-    into: dict[str, Any], other: dict[str, Any], endpoint: str, warnings: list[str]
+def _presets(prop: dict[str, Any]) -> dict[str, Any] | None:
+    """The preset branch of a size-like `anyOf` (a string enum), if the property has one."""
+    return next((b for b in prop.get("anyOf", []) if isinstance(b, dict) and "enum" in b), None)
+
+
+def _merge_presets(
+    mine: dict[str, Any], prop: dict[str, Any], where: str, warnings: list[str]
 ) -> None:
+    """Listed presets replace assumed ones; two different lists are a conflict (the first is kept)."""
+    ours, theirs = _presets(mine), _presets(prop)
+    if ours is None or theirs is None or ours["enum"] == theirs["enum"]:
+        return
+    if ours.get("x-presets") == "assumed" and theirs.get("x-presets") != "assumed":
+        ours["enum"] = list(theirs["enum"])
+        del ours["x-presets"]
+    elif theirs.get("x-presets") != "assumed":
+        warnings.append(
+            f"{prop['x-source'][0]}: {where}: presets {json.dumps(theirs['enum'])} conflict with "
+            f"{json.dumps(ours['enum'])} from {mine['x-source'][0]}; keeping the latter"
+        )
+
+
+def _merge_props(
+    into: dict[str, Any],
+    other: dict[str, Any],
+    endpoint: str,
+    warnings: list[str],
+    *,
+    authoritative: bool = False,
+) -> None:
+    """Fold another document's properties into `into`, reporting every disagreement.
+
+    `authoritative`: `into` comes from the endpoint's OpenAPI document, which nothing overrides or
+    extends (a field only a page mentions is reported, not added).
+    """
     for name, prop in other.items():
         mine = into.get(name)
         if mine is None:
-            into[name] = prop
+            if authoritative:
+                warnings.append(
+                    f"{prop['x-source'][0]}: {endpoint}: {name}: not in the endpoint's OpenAPI "
+                    "document; ignored"
+                )
+            else:
+                into[name] = prop
             continue
+        _merge_presets(mine, prop, f"{endpoint}: {name}", warnings)
         for key in _COMPARED:
             if key in prop and key in mine and prop[key] != mine[key]:
                 warnings.append(
                     f"{prop['x-source'][0]}: {endpoint}: {name}: {key} {json.dumps(prop[key])} conflicts "
                     f"with {json.dumps(mine[key])} from {mine['x-source'][0]}; keeping the latter"
                 )
-            elif key in prop and key not in mine and "$ref" not in mine and "anyOf" not in mine:
+            elif (
+                key in prop
+                and key not in mine
+                and "$ref" not in mine
+                and "anyOf" not in mine
+                and not authoritative
+            ):
                 mine[key] = prop[key]
         mine["x-source"] = mine["x-source"] + [
             s for s in prop["x-source"] if s not in mine["x-source"]
@@ -219,17 +290,31 @@ def merge(endpoint: str, docs: list[EndpointDoc], warnings: list[str]) -> dict[s
     docs = sorted(docs, key=lambda d: (_STYLE_RANK[d.style], d.source, d.line))
     built = [_Builder(d, warnings).build() for d in docs]
     first = built[0]
+    authoritative = docs[0].style == "openapi"
     root, output, defs = first["input"], first["output"], dict(first["defs"])
     for part in built[1:]:
-        _merge_props(root["properties"], part["input"]["properties"], endpoint, warnings)
-        root["required"] = list(
-            dict.fromkeys(root.get("required", []) + part["input"].get("required", []))
+        _merge_props(
+            root["properties"],
+            part["input"]["properties"],
+            endpoint,
+            warnings,
+            authoritative=authoritative,
         )
+        if not authoritative:
+            root["required"] = list(
+                dict.fromkeys(root.get("required", []) + part["input"].get("required", []))
+            )
         if part["output"]:
             if output is None:
                 output = part["output"]
-            else:
-                _merge_props(output["properties"], part["output"]["properties"], endpoint, warnings)
+            elif "properties" in output and "properties" in part["output"]:
+                _merge_props(
+                    output["properties"],
+                    part["output"]["properties"],
+                    endpoint,
+                    warnings,
+                    authoritative=authoritative,
+                )
         for name, definition in part["defs"].items():
             defs.setdefault(name, definition)
     schema: dict[str, Any] = {
@@ -264,25 +349,59 @@ def merge(endpoint: str, docs: list[EndpointDoc], warnings: list[str]) -> dict[s
 
 
 @dataclass
+class DocumentReport:
+    """What became of one document: the endpoints it described, its warnings, or why it was refused."""
+
+    source: str
+    endpoints: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    refused: str | None = None  # "file:line: why", when nothing of it was used
+    hint: str | None = None  # what would work instead
+
+
+@dataclass
 class BuildResult:
     files: dict[str, str]  # path relative to the schema directory → exact file content
     warnings: list[str]
     docs: list[EndpointDoc]
+    reports: list[DocumentReport] = field(default_factory=list)
+
+    @property
+    def refused(self) -> list[DocumentReport]:
+        return [r for r in self.reports if r.refused]
 
 
 def _dump(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
+def document_paths(docs_dir: Path) -> list[Path]:
+    return sorted(p for p in docs_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
 def build(docs_dir: Path) -> BuildResult:
-    paths = sorted(p for p in docs_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Every readable document in `docs_dir`, built; an unreadable one is reported, never fatal.
+
+    One refused document must not hide the others: each is parsed on its own, and the result says,
+    per document, what it gave (reports).
+    """
+    paths = document_paths(docs_dir)
     if not paths:
         raise UserError(
             f"{docs_dir}: no model documents found", hint="put the model pages under schemas/docs/"
         )
     docs: list[EndpointDoc] = []
+    reports: list[DocumentReport] = []
     for path in paths:
-        docs.extend(parse_file(path))
+        report = DocumentReport(path.name)
+        reports.append(report)
+        try:
+            found = parse_file(path)
+        except DocumentError as exc:
+            report.refused, report.hint = exc.message, exc.hint
+            continue
+        report.endpoints = list(dict.fromkeys(d.endpoint for d in found))
+        docs.extend(found)
     warnings: list[str] = []
     for doc in docs:
         for ex in doc.examples:
@@ -301,6 +420,19 @@ def build(docs_dir: Path) -> BuildResult:
         schema = merge(endpoint, group, warnings)
         files[endpoint_file(endpoint)] = _dump(schema)
         used = set(schema.get("$defs", {}))
+        third_party = all(d.style == "proxy-table" for d in group)
+        seed = "seed" in schema.get("properties", {})
+        first = min(group, key=lambda d: (d.source, d.line))
+        if third_party:
+            warnings.append(
+                f"{first.where}: {endpoint}: documented only by a third-party page, not by fal; "
+                "add fal's OpenAPI document for the endpoint's own contract"
+            )
+        if not seed:
+            warnings.append(
+                f"{first.where}: {endpoint}: no seed parameter documented; jobs are sent without a "
+                "seed, so its images are not reproducible"
+            )
         index[endpoint] = {
             "file": endpoint_file(endpoint),
             "sources": schema["x-sources"],
@@ -308,10 +440,15 @@ def build(docs_dir: Path) -> BuildResult:
             "required": schema.get("required", []),
             "output_schema": "Output" in used,
             "ignored_types": sorted({t for d in group for t in d.types} - used),
+            "seed": seed,
+            "documented_by": "third-party" if third_party else "fal",
         }
     warnings.sort(key=_warning_order)
+    by_source = {r.source: r for r in reports}
+    for warning in warnings:
+        by_source[warning.split(":", 1)[0]].warnings.append(warning)
     files["index.json"] = _dump({"format": FORMAT, "endpoints": index, "warnings": warnings})
-    return BuildResult(files, warnings, docs)
+    return BuildResult(files, warnings, docs, reports)
 
 
 def _warning_order(warning: str) -> tuple[str, int, str]:

@@ -93,10 +93,17 @@ def _violations(error: ValidationError) -> list[Violation]:
 
 
 class SchemaRegistry:
-    """The generated schemas, loaded lazily; validators are built once per endpoint."""
+    """The generated schemas, loaded lazily; validators are built once per endpoint.
 
-    def __init__(self, root: Path) -> None:
+    Several schema directories may be layered: the bundled one first, then the user's added
+    models (renderer.models.library); an endpoint in a later layer replaces the same endpoint in an
+    earlier one. Only the first directory must exist: an added-models directory that has never
+    been written to is simply empty.
+    """
+
+    def __init__(self, root: Path, *added: Path) -> None:
         self.root = root
+        self.roots = (root, *added)
         index_path = root / "index.json"
         try:
             self.index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -104,8 +111,26 @@ class SchemaRegistry:
             raise UserError(
                 f"{index_path}: no schema index", hint="run `renderer schemas build`"
             ) from exc
+        self._where: dict[str, Path] = dict.fromkeys(self.index["endpoints"], root)
+        for layer in added:
+            try:
+                extra = json.loads((layer / "index.json").read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise UserError(
+                    f"{layer / 'index.json'}: unreadable schema index ({exc})",
+                    hint="rebuild it with `renderer models update`, or remove the folder",
+                ) from exc
+            self.index["endpoints"].update(extra["endpoints"])
+            self.index.setdefault("warnings", []).extend(extra.get("warnings", []))
+            self._where.update(dict.fromkeys(extra["endpoints"], layer))
         self._schemas: dict[str, dict[str, Any]] = {}
         self._validators: dict[tuple[str, str], Draft202012Validator] = {}
+
+    def layer(self, endpoint: str) -> Path:
+        """The schema directory the endpoint's schema comes from."""
+        return self._where[endpoint]
 
     @cached_property
     def endpoints(self) -> list[str]:
@@ -117,7 +142,8 @@ class SchemaRegistry:
     def schema(self, endpoint: str) -> dict[str, Any]:
         if endpoint not in self._schemas:
             rel = self.index["endpoints"][endpoint]["file"]
-            self._schemas[endpoint] = json.loads((self.root / rel).read_text(encoding="utf-8"))
+            path = self._where[endpoint] / rel
+            self._schemas[endpoint] = json.loads(path.read_text(encoding="utf-8"))
         return self._schemas[endpoint]
 
     def _validator(self, endpoint: str, part: str) -> Draft202012Validator | None:
