@@ -125,7 +125,7 @@ def _list_endpoints(ctx: Context, registry: schemas.SchemaRegistry) -> int:
     """`renderer models`: every endpoint with its required parameters."""
     endpoints = registry.index["endpoints"]
     if ctx.args.json:
-        rows = [
+        listing = [
             {
                 "endpoint": e,
                 "required": endpoints[e]["required"],
@@ -135,7 +135,7 @@ def _list_endpoints(ctx: Context, registry: schemas.SchemaRegistry) -> int:
             }
             for e in registry.endpoints
         ]
-        ctx.print(json.dumps(rows, indent=2))
+        ctx.print(json.dumps(listing, indent=2))
         return 0
     rows = [
         (e, ", ".join(endpoints[e]["required"]), _notes(registry, e)) for e in registry.endpoints

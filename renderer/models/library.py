@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ class Library:
         _atomic_write(self.docs_dir / name, data)
         documents[name] = {
             "origin": origin,
-            "added": datetime.now(UTC).replace(microsecond=0).isoformat(),
+            "added": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
             "sha256": digest,
             "endpoints": list(endpoints),
             "layout": docs[0].style,
@@ -166,10 +166,10 @@ class Library:
     def provenance(self, sources: list[str]) -> list[dict[str, Any]]:
         """Each `file:line` an endpoint schema lists, with where that document came from."""
         known = self.sources()
-        out = []
+        out: list[dict[str, Any]] = []
         for where in sources:
             name, _, line = where.rpartition(":")
-            entry = known.get(name, {})
+            entry: dict[str, Any] = known.get(name, {})
             out.append(
                 {
                     "document": name,

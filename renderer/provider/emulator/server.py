@@ -40,6 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from renderer.models.schemas import SchemaRegistry, default_schema_dir
+from renderer.provider.emulator import openapi
 from renderer.provider.emulator.accounts import Accounts
 from renderer.provider.emulator.config import EmulatorConfig
 from renderer.provider.emulator.faults import (
@@ -121,6 +122,7 @@ class Emulator:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         app.router.add_get("/_emulator/stats", self._stats)
         app.router.add_get("/_files/{rid}/{name}", self._file)
+        app.router.add_get("/api/openapi/queue/openapi.json", self._openapi)
         app.router.add_post("/run/{tail:.+}", self._sync)
         app.router.add_post("/{tail:.+}", self.routes.submit)
         app.router.add_get("/{tail:.+}", self.routes.get)
@@ -312,6 +314,13 @@ class Emulator:
             return response
         data = damaged(data, faults, self.chance)
         return web.Response(body=data, content_type=content_type)
+
+    async def _openapi(self, request: web.Request) -> web.StreamResponse:
+        """fal's per-endpoint OpenAPI document, for `renderer models add ENDPOINT` offline."""
+        endpoint = request.query.get("endpoint_id", "")
+        if endpoint not in self.registry:
+            return web.json_response({"detail": f"Endpoint '{endpoint}' not found"}, status=404)
+        return web.json_response(openapi.document(self.registry, endpoint))
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.stats())
