@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from renderer.errors import DocumentError
-from renderer.models.openapi import is_openapi, parse_openapi
+from renderer.models.openapi import embedded_openapi, is_openapi, parse_openapi
 
 NO_DEFAULT: Any = object()  # sentinel: the document gives no default
 
@@ -62,7 +62,7 @@ class EndpointDoc:
     endpoint: str
     source: str  # file name under schemas/docs/
     line: int  # where this endpoint's text starts
-    style: str  # "openapi" | "fal-page" | "fal-markdown" | "proxy-table"
+    style: str  # "openapi" | "proxy-openapi" | "fal-page" | "fal-markdown" | "proxy-table"
     auth: str = "Key"
     summary: str = ""
     inputs: list[Field] = field(default_factory=list)
@@ -115,7 +115,7 @@ def parse_default(raw: str, type_: str) -> Any:
     `""` is the empty string, `"1:1"` is 1:1, `5` on a float is 5.0, `true` is True.
     """
     raw = raw.strip().strip("`").strip()
-    if raw.startswith('"'):
+    if raw.startswith(('"', "{", "[")):
         value, _ = json.JSONDecoder().raw_decode(raw)
         return value
     kind = type_.strip()
@@ -460,17 +460,19 @@ LAYOUTS = (
 
 def parse_text(text: str, source: str) -> list[EndpointDoc]:
     """Every endpoint described in one document, in document order."""
-    if is_openapi(text):
+    embedded = None if is_openapi(text) else embedded_openapi(text)
+    if is_openapi(text) or embedded:
+        body, base = embedded or (text, 0)
         return [
             EndpointDoc(
                 found["endpoint"],
                 source,
                 found["line"],
-                "openapi",
+                "proxy-openapi" if found["third_party"] else "openapi",
                 auth=found["auth"],
                 schema=found,
             )
-            for found in parse_openapi(text, source)
+            for found in parse_openapi(body, source, base)
         ]
     sections = list(_SECTION_RE.finditer(text))
     if sections:

@@ -33,7 +33,14 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 IMPLIED_MINIMUM = {"width": 1, "height": 1, "num_images": 1, "num_inference_steps": 1}
 # Which document wins a merge: fal's OpenAPI (its machine-readable contract), then fal's pages, then
 # third-party tables.
-_STYLE_RANK = {"openapi": -1, "fal-page": 0, "fal-markdown": 0, "proxy-table": 1}
+_STYLE_RANK = {
+    "openapi": -1,
+    "fal-page": 0,
+    "fal-markdown": 0,
+    "proxy-table": 1,
+    "proxy-openapi": 1,
+}
+THIRD_PARTY = ("proxy-table", "proxy-openapi")
 # fal's standard `image_size` presets (fal-protocol.md; every fal page that lists them lists these).
 STANDARD_PRESETS = (
     "square_hd",
@@ -170,6 +177,8 @@ class _Builder:
     def build(self) -> dict[str, Any]:
         doc = self.doc
         if doc.schema is not None:  # OpenAPI: already JSON Schema, taken as the document says
+            for line, message in doc.schema.get("warnings", []):
+                self.warnings.append(f"{doc.source}:{line}: {message}")
             return {
                 "input": doc.schema["input"],
                 "output": doc.schema["output"],
@@ -191,7 +200,7 @@ class _Builder:
                 self.output_types - set(defs), strict=False
             ).items():
                 defs.setdefault(name, schema)
-        elif doc.style != "proxy-table":
+        elif doc.style not in THIRD_PARTY:
             self.warn(doc.line, "no output fields and no example response; no output schema")
         return {"input": root, "output": output, "defs": defs}
 
@@ -330,7 +339,7 @@ def merge(endpoint: str, docs: list[EndpointDoc], warnings: list[str]) -> dict[s
         "x-auth": sorted({d.auth for d in docs}),
         **root,
     }
-    proxies = {f"{d.source}:" for d in docs if d.style == "proxy-table"}
+    proxies = {f"{d.source}:" for d in docs if d.style in THIRD_PARTY}
     if proxies and len(docs) > len(proxies):
         for name, prop in root["properties"].items():
             if all(any(src.startswith(p) for p in proxies) for src in prop["x-source"]):
@@ -420,7 +429,7 @@ def build(docs_dir: Path) -> BuildResult:
         schema = merge(endpoint, group, warnings)
         files[endpoint_file(endpoint)] = _dump(schema)
         used = set(schema.get("$defs", {}))
-        third_party = all(d.style == "proxy-table" for d in group)
+        third_party = all(d.style in THIRD_PARTY for d in group)
         seed = "seed" in schema.get("properties", {})
         first = min(group, key=lambda d: (d.source, d.line))
         if third_party:

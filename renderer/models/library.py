@@ -40,6 +40,7 @@ _EXTENSION = {
     "fal-markdown": "llms.txt",
     "fal-page": "page.txt",
     "proxy-table": "proxy.txt",
+    "proxy-openapi": "proxy.md",
 }
 
 

@@ -28,7 +28,10 @@ import json
 import re
 from typing import Any
 
+import yaml
+
 from renderer.errors import DocumentError
+from renderer.models import prose
 
 # Keys that describe how fal's playground renders a field, not what the model accepts.
 _DROPPED = {"examples", "example", "x-fal-order-properties", "ui", "xml", "externalDocs"}
@@ -41,28 +44,57 @@ def is_openapi(text: str) -> bool:
     return head.startswith("{") and re.search(r'"(openapi|swagger)"\s*:', head) is not None
 
 
+# A page that carries an OpenAPI description in a fenced block (API catalogues and proxies export
+# them so: "```yaml\nopenapi: 3.0.1\n…```").
+_FENCED = re.compile(
+    r"^```(?:ya?ml|json)?[ \t]*\n(?P<body>(?:openapi|swagger)\s*:.*?|\{\s*\n\s*\"openapi\".*?)^```",
+    re.M | re.S,
+)
+
+
+def embedded_openapi(text: str) -> tuple[str, int] | None:
+    """(the fenced OpenAPI text, its first line's number) when a page carries one."""
+    match = _FENCED.search(text)
+    if match is None:
+        return None
+    return match.group("body"), text.count("\n", 0, match.start("body"))
+
+
 def _line_of(text: str, pattern: str, start: int = 0) -> tuple[int, int]:
     """(1-based line, offset) of the first match of `pattern` at or after `start`; line 1 if none."""
-    match = re.compile(pattern).search(text, start)
+    match = re.compile(pattern, re.M).search(text, start)
     if match is None:
         return 1, start
     return text.count("\n", 0, match.start()) + 1, match.start()
 
 
+def _key(name: str) -> str:
+    """A pattern for `name` as a mapping key, in JSON (`"name":`) or YAML (`name:` on its line)."""
+    quoted = re.escape(json.dumps(name))
+    return rf"(?:{quoted}\s*:|^[ \t]*(?:{re.escape(name)}|'{re.escape(name)}')\s*:)"
+
+
 class _Converter:
     """One OpenAPI document's component schemas, converted on demand."""
 
-    def __init__(self, spec: dict[str, Any], text: str, source: str) -> None:
+    def __init__(self, spec: dict[str, Any], text: str, source: str, base: int) -> None:
         self.spec = spec
         self.text = text
         self.source = source
+        self.base = base  # lines before the document, when a page embeds it
+        self.third_party = _third_party(spec)
+        self.warnings: list[tuple[int, str]] = []
         components = spec.get("components") or {}
         self.components: dict[str, Any] = components.get("schemas") or {}
         version = str(spec.get("openapi", ""))
         self.dialect_30 = version.startswith("3.0")
 
     def fail(self, message: str, hint: str | None = None) -> DocumentError:
-        return DocumentError(self.source, 1, message, hint=hint)
+        return DocumentError(self.source, self.base + 1, message, hint=hint)
+
+    def line(self, pattern: str, start: int = 0) -> tuple[int, int]:
+        line, offset = _line_of(self.text, pattern, start)
+        return self.base + line, offset
 
     def ref_name(self, ref: str) -> str:
         if not ref.startswith(_REF):
@@ -142,15 +174,35 @@ class _Converter:
             into[name] = schema
             todo.extend(sorted(found - set(into)))
 
-    def mark_sources(self, schema: dict[str, Any], component: str | None) -> None:
-        """`x-source` on each property: the line where the document defines it."""
-        start = 0
+    def mark_sources(self, schema: dict[str, Any], component: str | None, start: int = 0) -> None:
+        """`x-source` on each property: the line where the document defines it. A third party's
+        description also yields the constraints its prose states (prose.read)."""
         if component is not None:
-            _, start = _line_of(self.text, rf'"{re.escape(component)}"\s*:\s*\{{')
+            _, start = self.line(_key(component), start)
         for name, prop in (schema.get("properties") or {}).items():
             if isinstance(prop, dict):
-                line, _ = _line_of(self.text, rf'"{re.escape(name)}"\s*:', start)
+                line, _ = self.line(_key(name), start)
                 prop["x-source"] = [f"{self.source}:{line}"]
+                if self.third_party:
+                    self.read_prose(name, prop, line)
+
+    def read_prose(self, name: str, prop: dict[str, Any], line: int) -> None:
+        """Range, allowed values and default stated only in a description (proxy pages)."""
+        kind = prop.get("type")
+        if not isinstance(kind, str) or not prop.get("description"):
+            return
+        try:
+            hints = prose.read(str(prop["description"]), kind)
+        except ValueError as exc:
+            raise DocumentError(
+                self.source, line, f"{name}: the stated default does not fit type {kind}: {exc}"
+            ) from exc
+        if hints.range and "minimum" not in prop and "maximum" not in prop:
+            prop["minimum"], prop["maximum"] = hints.range
+        if hints.enum and "enum" not in prop:
+            prop["enum"] = list(hints.enum)
+        if hints.has_default and "default" not in prop:
+            prop["default"] = hints.default
 
 
 def _close_objects(schema: Any) -> None:
@@ -187,27 +239,77 @@ def _ok_body(operation: dict[str, Any]) -> Any:
     return body.get("schema")
 
 
-def parse_openapi(text: str, source: str) -> list[dict[str, Any]]:
+def _load(text: str, source: str, base: int) -> Any:
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DocumentError(source, base + exc.lineno, f"not valid JSON: {exc.msg}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        try:
+            # Exported pages often leave `description: Range value: 1-50` unquoted: invalid YAML
+            # that every reader understands. Read it with such values quoted (the build says so).
+            repaired = yaml.safe_load(_quote_plain_values(text))
+        except yaml.YAMLError:
+            mark = getattr(exc, "problem_mark", None)
+            line = base + (mark.line + 1 if mark is not None else 1)
+            problem = getattr(exc, "problem", exc)
+            raise DocumentError(source, line, f"not valid YAML: {problem}") from exc
+        if isinstance(repaired, dict):
+            repaired["x-repaired"] = True
+        return repaired
+
+
+_PLAIN_WITH_COLON = re.compile(
+    r"^(?P<key>[ \t]*(?:- )?[\w$.-]+:[ \t]+)(?P<value>[^'\"|>{\[&*!#\s][^#]*?: .*)$"
+)
+
+
+def _quote_plain_values(text: str) -> str:
+    """`key: a: b` → `key: 'a: b'` on every line where a plain value holds `: `."""
+
+    def quote(match: re.Match[str]) -> str:
+        value = match.group("value").rstrip()
+        return match.group("key") + "'" + value.replace("'", "''") + "'"
+
+    return "\n".join(_PLAIN_WITH_COLON.sub(quote, line) for line in text.split("\n"))
+
+
+def _third_party(spec: dict[str, Any]) -> bool:
+    """A description served by someone else than fal: its servers are not fal's."""
+    servers = [str(s.get("url", "")) for s in spec.get("servers") or [] if isinstance(s, dict)]
+    return bool(servers) and not any(re.search(r"(^|[/.])fal\.(run|ai)\b", u) for u in servers)
+
+
+def parse_openapi(text: str, source: str, base: int = 0) -> list[dict[str, Any]]:
     """Every endpoint an OpenAPI document describes, each as
     {"endpoint", "line", "auth", "input" (the root schema), "defs" (the types it and the output
-    use), "output" (or None)}.
+    use), "output" (or None), "third_party", "warnings" [(line, message)]}.
+
+    `base`: lines before the document when it is embedded in a page.
     """
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DocumentError(source, exc.lineno, f"not valid JSON: {exc.msg}") from exc
+    spec = _load(text, source, base)
     if not isinstance(spec, dict):
-        raise DocumentError(source, 1, "not an OpenAPI document (the JSON is not an object)")
+        raise DocumentError(source, base + 1, "not an OpenAPI document (not a mapping)")
     version = str(spec.get("openapi", ""))
     if not version.startswith("3."):
         found = f"swagger {spec['swagger']}" if "swagger" in spec else f"openapi {version or '?'}"
         raise DocumentError(
             source,
-            1,
+            base + 1,
             f"OpenAPI 3.x expected, found {found}",
             hint="fal serves 3.x: https://fal.ai/api/openapi/queue/openapi.json?endpoint_id=<id>",
         )
-    conv = _Converter(spec, text, source)
+    conv = _Converter(spec, text, source, base)
+    if spec.pop("x-repaired", False):
+        conv.warnings.append(
+            (
+                base + 1,
+                "not valid YAML as printed (unquoted values containing ': '); read with them quoted",
+            )
+        )
     paths = spec.get("paths") or {}
     found_endpoints: list[dict[str, Any]] = []
     for path, item in paths.items():
@@ -218,15 +320,19 @@ def parse_openapi(text: str, source: str) -> list[dict[str, Any]]:
         if body is None:
             continue
         endpoint = path.strip("/")
-        line, _ = _line_of(text, rf'"{re.escape(path)}"\s*:')
+        line, at = conv.line(_key(path))
         reached: set[str] = set()
         root = conv.convert(body, reached)
+        if set(root) != {"$ref"}:
+            conv.mark_sources(root, None, at)  # written inline under the path
         # The body is usually a bare $ref to `<Name>Input`: inline it, so the file's root is the input.
         while set(root) == {"$ref"}:
             name = root["$ref"].rsplit("/", 1)[-1]
             reached.discard(name)
             root = conv.convert(conv.components[name], reached)
             conv.mark_sources(root, name)
+        if root.get("type") == "object" and not root.get("properties"):
+            root = _from_example(conv, post, endpoint, line) or root
         if root.get("type") != "object" or not isinstance(root.get("properties"), dict):
             raise DocumentError(
                 source, line, f"{endpoint}: the request body is not an object schema"
@@ -249,6 +355,8 @@ def parse_openapi(text: str, source: str) -> list[dict[str, Any]]:
             conv.defs(out_reached - set(defs), strict=False, into=out_defs)
             for name, schema in out_defs.items():
                 defs.setdefault(name, schema)
+            if output.get("type") == "object" and not output.get("properties"):
+                output = None  # "an object": a third party's placeholder, no contract
         schemes = (spec.get("components") or {}).get("securitySchemes") or {}
         auth = "Bearer" if any(s.get("scheme") == "bearer" for s in schemes.values()) else "Key"
         found_endpoints.append(
@@ -259,13 +367,47 @@ def parse_openapi(text: str, source: str) -> list[dict[str, Any]]:
                 "input": root,
                 "defs": defs,
                 "output": output,
+                "third_party": conv.third_party,
+                "warnings": conv.warnings,
             }
         )
     if not found_endpoints:
         raise DocumentError(
             source,
-            1,
+            base + 1,
             "OpenAPI document without a submit operation (a POST with a JSON request body)",
             hint="use the endpoint's queue document: https://fal.ai/api/openapi/queue/openapi.json?endpoint_id=<id>",
         )
     return found_endpoints
+
+
+def _from_example(
+    conv: _Converter, post: dict[str, Any], endpoint: str, line: int
+) -> dict[str, Any] | None:
+    """Parameters read off the request example, when the schema lists none (some proxy pages).
+
+    Only names and JSON types can be known this way; the build says so in a warning.
+    """
+    content = ((post.get("requestBody") or {}).get("content")) or {}
+    media = content.get("application/json") or {}
+    example = media.get("example")
+    if not isinstance(example, dict) or not example:
+        return None
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+    props: dict[str, Any] = {}
+    for name, value in example.items():
+        kind = next((k for t, k in kinds.items() if type(value) is t), "object")
+        prop_line, _ = conv.line(_key(str(name)))
+        props[str(name)] = {"type": kind, "x-source": [f"{conv.source}:{prop_line}"]}
+    conv.warnings.append(
+        (
+            line,
+            f"{endpoint}: the request schema lists no parameters; names and types read off the "
+            f"request example ({', '.join(props)}), with no ranges or allowed values",
+        )
+    )
+    return {
+        "type": "object",
+        "properties": props,
+        "required": ["prompt"] if "prompt" in props else [],
+    }

@@ -1,0 +1,105 @@
+"""Constraints stated in words: what third-party pages write instead of schema keywords.
+
+Proxy pages and copied tables say "Range value: 1-50", "range: 1-4", "between 0 and 35",
+"enumerated values: a, b", "Supported output image formats: jpeg, png", "Options: …",
+"Default value: true", "Default: 28". Matched by meaning (several phrasings, any case, `:` or
+`：`), never by one exact sentence; each finding is typed by the field's type, and a value that
+does not fit the type is an error for the caller to report, never a string default like
+"28 Range: 0-50".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_NUM = r"-?\d+(?:\.\d+)?"
+_RANGE = re.compile(
+    rf"\b(?:range(?:\s+values?)?|ranges?\s+from|valid\s+range|between|from)\s*(?:is|of)?\s*[:：]?\s*"
+    rf"\(?\s*(?P<low>{_NUM})\s*(?:-|–|~|to|and|\.\.)\s*(?P<high>{_NUM})\s*\)?",
+    re.IGNORECASE,
+)
+_ENUM = re.compile(
+    r"\b(?:enumerated\s+values?|enum(?:eration)?\s+values?|possible\s+values?|allowed\s+values?|"
+    r"supported(?:\s+[\w -]{0,40}?)?|options|one\s+of|choices|values?)\s*[:：]\s*(?P<list>[^.;\n]+)",
+    re.IGNORECASE,
+)
+_DEFAULT = re.compile(
+    r"\bdefault(?:\s+values?)?\s*(?:is|[:：=])\s*(?P<value>\"[^\"]*\"|'[^']*'|`[^`]*`|[^\s,;)]+)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What a description states; None where it says nothing."""
+
+    range: tuple[float, float] | None = None
+    enum: tuple[str, ...] | None = None
+    default: Any = None
+    has_default: bool = False
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def typed(raw: str, kind: str) -> Any:
+    """`raw` read as a value of JSON type `kind`; ValueError when it is not one."""
+    text = raw.strip().strip("`").strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+        if kind == "string":
+            return text
+    if kind == "integer":
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError(f"{raw!r} is not an integer")
+        return int(number)
+    if kind == "number":
+        return _number(text)
+    if kind == "boolean":
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"{raw!r} is not true or false")
+        return text.lower() == "true"
+    if kind in ("object", "array"):
+        value = json.loads(text)
+        if not isinstance(value, dict if kind == "object" else list):
+            raise ValueError(f"{raw!r} is not an {kind}")
+        return value
+    return text
+
+
+def _values(listed: str) -> tuple[str, ...]:
+    parts = re.split(r",|\bor\b|\|", listed)
+    cleaned = [p.strip().strip("`'\"“”").strip() for p in parts]
+    return tuple(v for v in cleaned if v and re.fullmatch(r"[\w:./+-]+", v))
+
+
+def read(description: str, kind: str) -> Hints:
+    """The range, allowed values and default a description states for a field of type `kind`.
+
+    Raises ValueError when a stated default does not fit `kind` (the caller reports it with the
+    document's line).
+    """
+    found: dict[str, Any] = {}
+    if kind in ("integer", "number"):
+        match = _RANGE.search(description)
+        if match:
+            low, high = _number(match.group("low")), _number(match.group("high"))
+            if low <= high:
+                found["range"] = (low, high)
+    if kind == "string":
+        match = _ENUM.search(description)
+        if match:
+            values = _values(match.group("list"))
+            if len(values) >= 2:
+                found["enum"] = values
+    match = _DEFAULT.search(description)
+    if match:
+        found["default"] = typed(match.group("value").rstrip("."), kind)
+        found["has_default"] = True
+    return Hints(**found)
