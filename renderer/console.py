@@ -219,7 +219,13 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: b
         )
         if summary.paid_twice:
             out.write(f"paid twice: {summary.paid_twice} ({_why(summary)})\n")
-        if summary.total_cost is not None:
+        if summary.total_cost is not None and summary.provider == "emulator":
+            # Placeholder images are free: what is shown is what fal would charge by the prices.
+            out.write(
+                f"cost: $0.00 (the emulator's placeholder images are free; on fal by the manifest's "
+                f"prices: {_usd(summary.cost)} this run, estimate for the plan {_usd(summary.estimate)})\n"
+            )
+        elif summary.total_cost is not None:
             out.write(
                 f"cost: {_usd(summary.cost)} this run, {_usd(summary.total_cost)} for all finished jobs "
                 f"(estimate for the plan {_usd(summary.estimate)})\n"

@@ -87,6 +87,10 @@ class ManifestError(UserError):
             hint=hint or "fix the lines above and run `renderer validate` again",
         )
 
+    def __str__(self) -> str:
+        # Uncaught in a script or a notebook, the exception must show the problems themselves.
+        return "\n".join([*(p.render() for p in self.problems), self.message])
+
 
 class ProviderError(RendererError):
     def __init__(

@@ -41,7 +41,7 @@ def test_run_and_run_async_inside_a_running_loop(tmp_path: Path):
     assert (first.outcome, first.images, first.exit_code) == ("done", 2, 0)
     assert (second.outcome, second.images) == ("done", 2)
     assert again.images == 0 and again.counts["downloaded"] == 4  # resumable: nothing is paid twice
-    assert events[0] == "start" and "progress" in events
+    assert events[0] == "start" and "progress" in events and events[-1] == "finished"
 
     run = renderer.open_run(tmp_path / "nb")
     assert len(run) == 4 and run.failures == [] and run.summary and run.summary["outcome"] == "done"
@@ -61,7 +61,13 @@ def test_run_without_a_loop_and_failures_listed(tmp_path: Path):
         **MANIFEST,
         "models": [
             *MANIFEST["models"],
-            {"endpoint": "acme/missing", "label": "gone", "unchecked": True},
+            # unchecked lets a value the model refuses through: the emulator answers 422
+            {
+                "endpoint": "fal-ai/flux-1/schnell",
+                "label": "gone",
+                "unchecked": True,
+                "params": {"num_inference_steps": 0},
+            },
         ],
     }
     summary = renderer.run(renderer.load_manifest(manifest, output=tmp_path))

@@ -18,7 +18,7 @@ from renderer.manifest.types import AccountConfig, ProviderConfig
 from renderer.provider.emulator import ServiceTime
 from renderer.runner.session import resolve_provider
 
-from .conftest import ROOT, background_emulator, write_manifest
+from .conftest import ROOT, background_emulator, cli, write_manifest
 
 FAST = ServiceTime("fixed", 0.01)
 
@@ -333,3 +333,25 @@ def test_runs_get_uvloop_where_installed_and_asyncio_without_it(monkeypatch: pyt
     assert run_sync(loop_module()).startswith("uvloop")
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows: the import fails
     assert run_sync(loop_module()).startswith("asyncio")
+
+
+def test_a_provider_on_this_machine_needs_no_key(tmp_path: Path):
+    """`--provider http://127.0.0.1:…` (a standalone `renderer emulator`) runs without FAL_KEY; a remote URL does not."""
+    m = write_manifest(tmp_path, provider="fal", output=str(tmp_path / "o"))
+    with background_emulator() as emu:
+        code, _, err = cli("run", str(m), "--provider", emu.url)
+        assert code == 0, err
+    code, _, err = cli("run", str(m), "--provider", "https://proxy.example.com")
+    assert code == 2 and "FAL_KEY is not set" in err
+
+
+def test_the_built_in_emulator_renders_an_unchecked_endpoint(tmp_path: Path):
+    """`unchecked: true` on an endpoint with no schema: the run's emulator answers it with an image, not 404."""
+    m = write_manifest(
+        tmp_path,
+        output=str(tmp_path / "o"),
+        models=[{"endpoint": "acme/brand-new", "unchecked": True}],
+    )
+    code, _, err = cli("run", str(m))
+    assert code == 0, err
+    assert len(list((tmp_path / "o/t/data/acme--brand-new").rglob("*.png"))) == 1

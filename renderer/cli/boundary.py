@@ -6,12 +6,13 @@ Each error becomes one message, an optional `hint:` line and an exit code (error
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TextIO
+from typing import Any, TextIO
 
 from renderer.errors import ManifestError, RendererError
 
@@ -25,9 +26,42 @@ class Exit(Exception):
         self.code = code
 
 
+def json_error(exc: RendererError) -> str:
+    """The error as one JSON object: what a script reading `--json` output gets on stdout."""
+    body: dict[str, Any] = {
+        "error": {
+            "kind": type(exc).__name__,
+            "message": exc.message,
+            "hint": exc.hint,
+            "exit_code": exc.exit_code,
+        }
+    }
+    if isinstance(exc, ManifestError):
+        body["error"]["problems"] = [
+            {
+                "file": p.file,
+                "line": p.line,
+                "col": p.col,
+                "json_path": p.json_path,
+                "message": p.message,
+                "allowed": p.allowed,
+                "suggestion": p.suggestion,
+                "job": p.job,
+            }
+            for p in exc.problems
+        ]
+    return json.dumps(body, ensure_ascii=False)
+
+
 @contextmanager
-def error_boundary(err: TextIO, debug: bool, result: list[int]) -> Iterator[None]:
-    """Run the block; append its exit code to `result` when it ends by an error (or argparse's exit)."""
+def error_boundary(
+    err: TextIO, debug: bool, result: list[int], out: TextIO | None = None
+) -> Iterator[None]:
+    """Run the block; append its exit code to `result` when it ends by an error (or argparse's exit).
+
+    `out`: the command's stdout when it was asked for `--json`; an error then also goes there as
+    a JSON object, so a script never reads an empty answer.
+    """
     try:
         yield
     except Exit as done:
@@ -38,6 +72,8 @@ def error_boundary(err: TextIO, debug: bool, result: list[int]) -> Iterator[None
         err.write(f"error: {exc.message}\n")
         if exc.hint:
             err.write(f"hint: {exc.hint}\n")
+        if out is not None:
+            out.write(json_error(exc) + "\n")
         result.append(exc.exit_code)
     except RendererError as exc:
         if debug:
@@ -45,6 +81,8 @@ def error_boundary(err: TextIO, debug: bool, result: list[int]) -> Iterator[None
         err.write(f"error: {exc.message}\n")
         if exc.hint:
             err.write(f"hint: {exc.hint}\n")
+        if out is not None:
+            out.write(json_error(exc) + "\n")
         result.append(exc.exit_code)
     except KeyboardInterrupt:
         err.write("interrupted\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TextIO
@@ -24,7 +25,7 @@ from renderer.cli.models import cmd_models, cmd_schemas_build
 from renderer.cli.plans import cmd_plan, cmd_validate
 from renderer.cli.runs import cmd_finalize, cmd_run, cmd_status
 from renderer.cli.views import cmd_diff, cmd_export, cmd_report
-from renderer.errors import UsageError
+from renderer.errors import UsageError, closest
 from renderer.manifest import load as manifest_mod
 
 
@@ -35,7 +36,13 @@ class _Parser(argparse.ArgumentParser):
     err: TextIO
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+        hint = f"see `{self.prog} --help`"
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:
+            guess = closest(wrong.group(1), re.findall(r"'([^']*)'", wrong.group(2)))
+            if guess:
+                hint = f"did you mean `{self.prog} {guess}`? ({hint})"
+        raise UsageError(f"{self.prog}: {message}", hint=hint)
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message:
@@ -452,8 +459,11 @@ def main(
     err = stderr or sys.stderr
     env = os.environ if environ is None else environ
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # a newcomer typing `renderer`: the commands, not an error
+        build_parser(out, err).print_help(out)
+        return 0
     result: list[int] = []
-    with error_boundary(err, "--debug" in argv, result):
+    with error_boundary(err, "--debug" in argv, result, out if "--json" in argv else None):
         args = build_parser(out, err).parse_args(argv)
         result.append(args.func(Context(args, out, err, env)))
     return result[-1]

@@ -106,6 +106,8 @@ def cmd_run(ctx: Context) -> int:
         listeners.append(log)
 
     def on_event(event: Any) -> None:
+        if event.get("type") == "finished":
+            return  # the CLI logs its own, fuller record of the end (below)
         for listener in listeners:
             listener(event)
 

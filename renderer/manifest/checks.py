@@ -49,12 +49,25 @@ def structure_problems(doc: Located, error: ValidationError) -> list[Problem]:
         if len(fitting) > 1 and isinstance(error.instance, dict):
             # Several mapping forms (e.g. seeds: {start, count} or {random}): pick the one
             # whose required keys the value has.
+            # whose required keys the value has; else the one sharing most keys with it
+            # (`{count: 4}` is a range missing its start, not a wrong list).
             fitting = [
                 errs
                 for i, errs in branches.items()
                 if set(error.validator_value[i].get("required", [])) <= set(error.instance)
                 and error.validator_value[i].get("type") == kind
             ] or fitting
+            if len(fitting) > 1:
+
+                def shared(i: int) -> int:
+                    spec = error.validator_value[i]
+                    return len(set(spec.get("properties", {})) & set(error.instance))
+
+                mapping = [i for i in branches if error.validator_value[i].get("type") == kind]
+                top = max((shared(i) for i in mapping), default=0)
+                best_forms = [i for i in mapping if shared(i) == top]
+                if top and len(best_forms) == 1:
+                    fitting = [branches[best_forms[0]]]
         if len(fitting) == 1:
             return [p for sub in fitting[0] for p in structure_problems(doc, sub)]
         if not fitting:

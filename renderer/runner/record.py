@@ -53,6 +53,7 @@ class Summary:
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Submitted jobs left waiting for an account, by name.
     waiting: dict[str, int] = field(default_factory=dict)
+    provider: str = ""  # who rendered: emulator, fal, or a custom provider's origin
 
     @property
     def paid_twice(self) -> int:

@@ -295,6 +295,7 @@ class Runner:
             self.signal,
             self.limits.account_record(),
             self.limits.waiting_record(),
+            self.config.provider,
         )
         record = run_record(
             self.plan,
@@ -309,6 +310,16 @@ class Runner:
                 files.write_json(self.run_dir / RUN_RECORD, record)
             self.publish(RUN_RECORD)
         self.store.finish_run(run_id, outcome, record)
+        # The last event: a listener (the API's on_event) learns the run ended and how.
+        self.emit(
+            {
+                "type": "finished",
+                "outcome": outcome,
+                "counts": dict(counts),
+                "images": summary.images,
+                "error": error,
+            }
+        )
         return summary
 
     def outcome(self, counts: dict[str, int]) -> tuple[str, str | None, str | None]:

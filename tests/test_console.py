@@ -1,0 +1,22 @@
+"""renderer.console: what `run` prints at the end of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .conftest import cli, write_manifest
+
+
+def test_emulator_runs_say_they_cost_nothing(tmp_path: Path):
+    """On the emulator the cost line says $0.00 and shows fal's price for the same jobs apart."""
+    m = write_manifest(
+        tmp_path,
+        output=str(tmp_path / "o"),
+        prices={"fal-ai/flux-1/schnell": {"per_image": 0.5}},
+        seeds=[1, 2],
+    )
+    code, out, err = cli("run", str(m))
+    assert code == 0, err
+    line = next(ln for ln in out.splitlines() if ln.startswith("cost:"))
+    assert line.startswith("cost: $0.00 (the emulator's placeholder images are free")
+    assert "$1.00 this run" in line
