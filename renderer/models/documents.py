@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from renderer.errors import DocumentError
+from renderer.models import prose
 from renderer.models.openapi import embedded_openapi, is_openapi, parse_openapi
 
 NO_DEFAULT: Any = object()  # sentinel: the document gives no default
@@ -139,12 +140,38 @@ def _finish(f: Field) -> Field:
         try:
             f.default = parse_default(raw, f.type)
         except ValueError:
-            f.default = raw.strip("`")
+            f.default = _leading_default(raw, f)
         f.description = f.description[: match.start()].rstrip()
     prose = _PROSE_RANGE_RE.search(f.description)
     if prose:
         f.prose_range = (_number(prose.group(1)), _number(prose.group(2)))
     return f
+
+
+class BadDefault(ValueError):
+    """A field's stated default does not fit its type (parse_text reports it with the file)."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def _leading_default(raw: str, f: Field) -> Any:
+    """A default followed by more prose (`28 Range: 0-50`): its first word, if that fits the type.
+
+    A default that does not fit its field's type is an error (a string default on an integer
+    field would be sent to the model as written).
+    """
+    first = raw.strip().strip("`").split()[0] if raw.strip() else raw
+    try:
+        return parse_default(first.rstrip(".,;"), f.type)
+    except ValueError:
+        if f.type.strip() in ("integer", "float", "number", "boolean"):
+            raise BadDefault(
+                f.line, f"{f.name}: default {raw.strip()!r} is not a {f.type.strip()}"
+            ) from None
+        return raw.strip("`")
 
 
 _STRING_MEMBER_RE = re.compile(r'^(\s*"[^"]+":\s*")(.*)("\s*,?\s*)$')
@@ -432,7 +459,21 @@ def parse_proxy_table(text: str, source: str) -> EndpointDoc:
         rng = re.search(r"range:\s*(" + _NUM + r")\s*-\s*(" + _NUM + r")", desc)
         if rng:
             f.range = (_number(rng.group(1)), _number(rng.group(2)))
-        doc.inputs.append(_finish(f))
+        _finish(f)
+        # Other proxies' wording ("Range: 1-20", "Supported: a, b", "Default: 28"): by meaning.
+        try:
+            hints = prose.read(desc, {"float": "number"}.get(f.type, f.type))
+        except ValueError as exc:
+            raise BadDefault(
+                i + 1, f"{f.name}: the stated default does not fit {f.type}: {exc}"
+            ) from exc
+        if f.enum is None and hints.enum:
+            f.enum = list(hints.enum)
+        if f.range is None and hints.range:
+            f.range = hints.range
+        if f.default is NO_DEFAULT and hints.has_default:
+            f.default = hints.default
+        doc.inputs.append(f)
     for i, ln in enumerate(lines):
         if ln.strip() == "Request Example":
             decoded = _json_at(lines, i + 1)
@@ -460,6 +501,13 @@ LAYOUTS = (
 
 def parse_text(text: str, source: str) -> list[EndpointDoc]:
     """Every endpoint described in one document, in document order."""
+    try:
+        return _parse_text(text, source)
+    except BadDefault as exc:
+        raise DocumentError(source, exc.line, exc.message) from exc
+
+
+def _parse_text(text: str, source: str) -> list[EndpointDoc]:
     embedded = None if is_openapi(text) else embedded_openapi(text)
     if is_openapi(text) or embedded:
         body, base = embedded or (text, 0)

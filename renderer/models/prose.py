@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 _NUM = r"-?\d+(?:\.\d+)?"
+# English and Chinese wordings (proxy pages are often written for both markets); text is NFKC-
+# normalised first, so full-width `：` and `，` read as `:` and `,`.
 _RANGE = re.compile(
-    rf"\b(?:range(?:\s+values?)?|ranges?\s+from|valid\s+range|between|from)\s*(?:is|of)?\s*[:：]?\s*"
-    rf"\(?\s*(?P<low>{_NUM})\s*(?:-|–|~|to|and|\.\.)\s*(?P<high>{_NUM})\s*\)?",
+    rf"(?:\b(?:range(?:\s+values?)?|ranges?\s+from|valid\s+range|between|from)|取值范围|范围值|范围)"
+    rf"\s*(?:is|of)?\s*:?\s*\(?\s*(?P<low>{_NUM})\s*(?:-|–|~|to|and|\.\.|至|到)\s*(?P<high>{_NUM})\s*\)?",
     re.IGNORECASE,
 )
 _ENUM = re.compile(
-    r"\b(?:enumerated\s+values?|enum(?:eration)?\s+values?|possible\s+values?|allowed\s+values?|"
-    r"supported(?:\s+[\w -]{0,40}?)?|options|one\s+of|choices|values?)\s*[:：]\s*(?P<list>[^.;\n]+)",
+    r"(?:\b(?:enumerated\s+values?|enum(?:eration)?\s+values?|possible\s+values?|allowed\s+values?|"
+    r"supported(?:\s+[\w -]{0,40}?)?|options|one\s+of|choices|values?)\s*:|(?:可选值|枚举值|可选|支持)\s*:?)"
+    r"\s*(?P<list>[^.;\n]+)",
     re.IGNORECASE,
 )
 _DEFAULT = re.compile(
-    r"\bdefault(?:\s+values?)?\s*(?:is|[:：=])\s*(?P<value>\"[^\"]*\"|'[^']*'|`[^`]*`|[^\s,;)]+)",
+    r"(?:\bdefault(?:\s+values?)?\s*(?:is|[:=])|默认值\s*(?:为|是|:)?|默认\s*(?:为|是|:))"
+    r"\s*(?P<value>\"[^\"]*\"|'[^']*'|`[^`]*`|[^\s,;)]+)",
     re.IGNORECASE,
 )
 
@@ -74,9 +79,9 @@ def typed(raw: str, kind: str) -> Any:
 
 
 def _values(listed: str) -> tuple[str, ...]:
-    parts = re.split(r",|\bor\b|\|", listed)
+    parts = re.split(r",|、|\bor\b|\||\s{2,}", listed)
     cleaned = [p.strip().strip("`'\"“”").strip() for p in parts]
-    return tuple(v for v in cleaned if v and re.fullmatch(r"[\w:./+-]+", v))
+    return tuple(v for v in cleaned if v and re.fullmatch(r"[\w:./+-]+(?: [\w:./+-]+)?", v))
 
 
 def read(description: str, kind: str) -> Hints:
@@ -85,6 +90,7 @@ def read(description: str, kind: str) -> Hints:
     Raises ValueError when a stated default does not fit `kind` (the caller reports it with the
     document's line).
     """
+    description = unicodedata.normalize("NFKC", description)
     found: dict[str, Any] = {}
     if kind in ("integer", "number"):
         match = _RANGE.search(description)
