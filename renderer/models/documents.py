@@ -169,7 +169,7 @@ def _leading_default(raw: str, f: Field) -> Any:
     except ValueError:
         if f.type.strip() in ("integer", "float", "number", "boolean"):
             raise BadDefault(
-                f.line, f"{f.name}: default {raw.strip()!r} is not a {f.type.strip()}"
+                f.line, f"{f.name}: default {raw.strip()!r} is not of type {f.type.strip()}"
             ) from None
         return raw.strip("`")
 
