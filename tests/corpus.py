@@ -9,6 +9,7 @@ bench/documents.py (which prints the table the README quotes).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,66 @@ def documents() -> list[tuple[Path, Path]]:
             if doc.name not in ("expected.json",) and doc.is_file():
                 pairs.append((folder, doc))
     return pairs
+
+
+# ---------------------------------------------------------------- validation verdicts
+
+
+def cases() -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = json.loads((CORPUS / "cases.json").read_text(encoding="utf-8"))
+    return data
+
+
+def reason_of(message: str) -> str:
+    """A violation's kind, as cases.json names reasons."""
+    if "unknown property" in message:
+        return "unknown"
+    if "not an allowed value" in message or "neither a size object nor a preset" in message:
+        return "enum"
+    if "is not of type" in message or "is not valid under any" in message:
+        return "type"
+    if re.search(
+        r"(less|greater) than (or equal to )?the (minimum|maximum)|too (short|long)|non-empty",
+        message,
+    ):
+        return "range"
+    if "required property" in message:
+        return "required"
+    return "other"
+
+
+@dataclass
+class Verdict:
+    case: dict[str, Any]
+    valid: bool  # what the renderer said
+    reasons: list[tuple[str, str]]  # (reason, field) of each violation
+
+    @property
+    def right(self) -> bool:
+        return self.valid == self.case["valid"]
+
+    @property
+    def right_reason(self) -> bool:
+        if not self.right:
+            return False
+        if self.case["valid"]:
+            return True
+        return (self.case["reason"], self.case["field"]) in self.reasons
+
+
+def verdict(schema: dict[str, Any], case: dict[str, Any]) -> Verdict:
+    """Check one case's parameters as `renderer validate` does (SchemaRegistry.check)."""
+    import tempfile
+
+    from renderer.models.schemas import SchemaRegistry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rel = f"endpoints/{case['endpoint']}.json"
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_text(json.dumps(schema), encoding="utf-8")
+        index = {"endpoints": {case["endpoint"]: {"file": rel, "required": []}}}
+        (root / "index.json").write_text(json.dumps(index), encoding="utf-8")
+        found = SchemaRegistry(root).check(case["endpoint"], case["params"])
+    reasons = [(reason_of(v.message), v.json_path.removeprefix("$.").split(".")[0]) for v in found]
+    return Verdict(case, not found, reasons)

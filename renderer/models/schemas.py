@@ -9,6 +9,7 @@ reads model documents.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -83,11 +84,23 @@ def _violations(error: ValidationError) -> list[Violation]:
         if chosen:
             return _violations(chosen[0])
         options = [b for b in error.validator_value if "enum" in b]
-        allowed = "an object {width, height}"
-        if options:
-            allowed += " or one of: " + ", ".join(options[0]["enum"])
+        objects = [b for b in error.validator_value if "$ref" in b or b.get("type") == "object"]
+        if options and objects:  # a size: a preset name or a {width, height} object
+            allowed = "an object {width, height} or one of: " + ", ".join(
+                map(str, options[0]["enum"])
+            )
+            return [
+                Violation(
+                    path, f"{error.instance!r} is neither a size object nor a preset", allowed
+                )
+            ]
+        kinds = [str(b["type"]) for b in error.validator_value if "type" in b]
         return [
-            Violation(path, f"{error.instance!r} is neither a size object nor a preset", allowed)
+            Violation(
+                path,
+                f"{error.instance!r} is not of type {' or '.join(kinds) or 'any allowed form'}",
+                " or ".join(kinds) or None,
+            )
         ]
     return [Violation(path, error.message, _allowed(error.schema))]
 
@@ -113,10 +126,11 @@ class SchemaRegistry:
             ) from exc
         self._where: dict[str, Path] = dict.fromkeys(self.index["endpoints"], root)
         for layer in added:
+            # os.path, not Path.is_file: a folder we may not even look into (EACCES) is absent too
+            if not os.path.isfile(layer / "index.json"):  # never written to, or not ours to read
+                continue
             try:
                 extra = json.loads((layer / "index.json").read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                continue
             except (OSError, ValueError) as exc:
                 raise UserError(
                     f"{layer / 'index.json'}: unreadable schema index ({exc})",
