@@ -128,3 +128,12 @@ def test_models_list_clips_long_values_with_a_count():
     _code, out, _ = cli("models", "fal-ai/recraft/v2/text-to-image")
     line = next(ln for ln in out.splitlines() if ln.startswith("style"))
     assert " values: " in line and "…" in line
+
+
+def test_readme_lists_the_current_build_warnings():
+    """README's "Current build warnings" block is exactly what `schemas build --check` prints."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("### Current build warnings", 1)[1].split("```\n", 2)[1]
+    _, _, err = cli("schemas", "build", "--check", "--dir", str(SCHEMAS))
+    printed = [ln.removeprefix("warning: ") for ln in err.splitlines() if ln.startswith("warning: ")]
+    assert block.strip().splitlines() == printed
