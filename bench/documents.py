@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _common import table  # noqa: E402
 
 from renderer.errors import DocumentError  # noqa: E402
-from renderer.models.documents import parse_file  # noqa: E402
 from renderer.models.generate import merge  # noqa: E402
+from renderer.models.read import parse_file  # noqa: E402
 from tests.corpus import LAYOUTS, cases, documents, expected, score, verdict  # noqa: E402
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from renderer.models.documents import parse_file
 from renderer.models.generate import merge
+from renderer.models.read import parse_file
 
 CORPUS = Path(__file__).parent / "data" / "documents"
 FIELDS = ("type", "nullable", "enum", "minimum", "maximum", "required", "default")

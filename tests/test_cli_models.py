@@ -135,5 +135,7 @@ def test_readme_lists_the_current_build_warnings():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     block = readme.split("### Current build warnings", 1)[1].split("```\n", 2)[1]
     _, _, err = cli("schemas", "build", "--check", "--dir", str(SCHEMAS))
-    printed = [ln.removeprefix("warning: ") for ln in err.splitlines() if ln.startswith("warning: ")]
+    printed = [
+        ln.removeprefix("warning: ") for ln in err.splitlines() if ln.startswith("warning: ")
+    ]
     assert block.strip().splitlines() == printed

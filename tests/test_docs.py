@@ -7,13 +7,8 @@ from pathlib import Path
 import pytest
 
 from renderer.errors import DocumentError
-from renderer.models.documents import (
-    NO_DEFAULT,
-    parse_default,
-    parse_file,
-    parse_text,
-    repair_mojibake,
-)
+from renderer.models.documents import NO_DEFAULT, parse_default, repair_mojibake
+from renderer.models.read import parse_file, parse_text
 
 from .conftest import DOCS
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from renderer.models.documents import parse_file
+from renderer.models.read import parse_file
 from renderer.models.schemas import SchemaRegistry
 from renderer.provider.emulator import Emulator, EmulatorConfig, Faults, ServiceTime
 

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from renderer.errors import DocumentError
-from renderer.models.documents import parse_text
 from renderer.models.generate import merge
 from renderer.models.openapi import is_openapi, parse_openapi
+from renderer.models.read import parse_text
 from renderer.models.schemas import SchemaRegistry
 from renderer.provider.emulator.openapi import document
 

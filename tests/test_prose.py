@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from renderer.errors import DocumentError
 from renderer.models import prose
-from renderer.models.documents import parse_text
+from renderer.models.read import parse_text
 
 
 @pytest.mark.parametrize(

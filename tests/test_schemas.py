@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from renderer.models.documents import parse_file
 from renderer.models.generate import build, stale_files, write
+from renderer.models.read import parse_file
 from renderer.models.schemas import SchemaRegistry
 
 from .conftest import DOCS, SCHEMAS

@@ -15,7 +15,7 @@ from typing import Any
 
 from renderer.cli.context import Context, table
 from renderer.errors import DocumentError, UsageError, closest
-from renderer.models import documents, editor, generate, library, schemas
+from renderer.models import editor, generate, library, read, schemas
 
 ACTIONS = ("list", "show", "add", "update", "schema")
 # An endpoint id (owner/app[/path…]) that is not a file name someone meant: fetched from fal.
@@ -31,9 +31,7 @@ def _print_reports(
             continue
         if report.refused:
             ctx.note(f"refused: {report.refused}")
-            ctx.note(
-                f"  hint: {report.hint or 'understood layouts: ' + '; '.join(documents.LAYOUTS)}"
-            )
+            ctx.note(f"  hint: {report.hint or 'understood layouts: ' + '; '.join(read.LAYOUTS)}")
             continue
         for warning in report.warnings:
             ctx.note(f"warning: {warning}")
@@ -53,7 +51,7 @@ def cmd_schemas_build(ctx: Context) -> int:
     if len(result.files) == 1:  # the index alone: every document was refused
         raise UsageError(
             f"{out_dir / 'docs'}: no document could be read; nothing written",
-            hint="understood layouts: " + "; ".join(documents.LAYOUTS),
+            hint="understood layouts: " + "; ".join(read.LAYOUTS),
         )
     if refused:
         ctx.note(f"{len(result.refused)} document(s) refused (above); the others were built")
@@ -236,7 +234,7 @@ def _add(ctx: Context, sources: list[str]) -> int:
         except DocumentError as exc:
             refused += 1
             ctx.note(f"refused: {exc.message}")
-            ctx.note(f"  hint: {exc.hint or 'understood layouts: ' + '; '.join(documents.LAYOUTS)}")
+            ctx.note(f"  hint: {exc.hint or 'understood layouts: ' + '; '.join(read.LAYOUTS)}")
         except UsageError as exc:
             refused += 1
             ctx.note(f"error: {exc.message}")

@@ -1,7 +1,6 @@
-"""Model documents → typed field lists. The first stage of the schema generator.
+"""fal's text layouts → typed field lists (the generator's first stage; read.py picks the layout).
 
-fal's OpenAPI JSON (openapi.py) arrives as JSON Schema and is kept whole. Four text layouts are
-understood (see schemas/docs/):
+Four text layouts are understood (see schemas/docs/):
   * fal model page copied from the web: a `5. Schema` section with `Input`, `Output` and
     `Other types` headings; field lines like `image_size ImageSize | Enum` (000, 004);
   * several such pages in one file, each opened by a line `N)owner/app/path` (002);
@@ -17,12 +16,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from renderer.errors import DocumentError
 from renderer.models import prose
-from renderer.models.openapi import embedded_openapi, is_openapi, parse_openapi
 
 NO_DEFAULT: Any = object()  # sentinel: the document gives no default
 
@@ -331,7 +328,7 @@ def parse_fal_page(text: str, source: str, endpoint: str, base: int = 0) -> Endp
     return doc
 
 
-def _page_endpoint(text: str) -> str | None:
+def page_endpoint(text: str) -> str | None:
     first = text.lstrip().split("\n", 1)[0].strip()
     if re.fullmatch(r"[a-z0-9-]+(/[A-Za-z0-9._-]+)+", first):
         return first
@@ -484,80 +481,3 @@ def parse_proxy_table(text: str, source: str) -> EndpointDoc:
     if not doc.inputs:
         raise DocumentError(source, header + 2, "the parameter table has no rows")
     return doc
-
-
-# ---------------------------------------------------------------- dispatch
-
-_SECTION_RE = re.compile(r"^(\d+)\)([a-z0-9-]+(?:/[A-Za-z0-9._-]+)+)\s*$", re.M)
-
-LAYOUTS = (
-    "fal's OpenAPI 3.x JSON (https://fal.ai/api/openapi/queue/openapi.json?endpoint_id=<id>)",
-    "a fal model page with a '5. Schema' section",
-    "several fal pages, each opened by 'N)owner/app'",
-    "a fal markdown page with '### Input Schema'",
-    "a parameter table headed 'ParameterTypeRequiredDescription'",
-)
-
-
-def parse_text(text: str, source: str) -> list[EndpointDoc]:
-    """Every endpoint described in one document, in document order."""
-    try:
-        return _parse_text(text, source)
-    except BadDefault as exc:
-        raise DocumentError(source, exc.line, exc.message) from exc
-
-
-def _parse_text(text: str, source: str) -> list[EndpointDoc]:
-    embedded = None if is_openapi(text) else embedded_openapi(text)
-    if is_openapi(text) or embedded:
-        body, base = embedded or (text, 0)
-        return [
-            EndpointDoc(
-                found["endpoint"],
-                source,
-                found["line"],
-                "proxy-openapi" if found["third_party"] else "openapi",
-                auth=found["auth"],
-                schema=found,
-            )
-            for found in parse_openapi(body, source, base)
-        ]
-    sections = list(_SECTION_RE.finditer(text))
-    if sections:
-        docs = []
-        for n, match in enumerate(sections):
-            end = sections[n + 1].start() if n + 1 < len(sections) else len(text)
-            base = text.count("\n", 0, match.start())
-            docs.append(parse_fal_page(text[match.start() : end], source, match.group(2), base))
-        return docs
-    if "### Input Schema" in text:
-        return [parse_fal_markdown(text, source)]
-    if re.search(r"^ParameterTypeRequiredDescription\s*$", text, re.M):
-        return [parse_proxy_table(text, source)]
-    if re.search(r"^5\. Schema#?\s*$", text, re.M):
-        endpoint = _page_endpoint(text)
-        if endpoint is None:
-            raise DocumentError(
-                source,
-                1,
-                "fal page without an endpoint id",
-                hint="put the endpoint id (e.g. fal-ai/flux/dev) on the first line; it is also read "
-                'from a fal.subscribe("…") call or a queue.fal.run/<id> URL on the page',
-            )
-        return [parse_fal_page(text, source, endpoint)]
-    raise DocumentError(
-        source,
-        1,
-        "unknown document layout",
-        hint="expected one of: " + "; ".join(LAYOUTS),
-    )
-
-
-def parse_file(path: Path) -> list[EndpointDoc]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DocumentError(path.name, line, "not UTF-8 text") from exc
-    # Pages copied from a browser carry non-breaking spaces between a field and its type.
-    return parse_text(text.replace("\r\n", "\n").replace("\u00a0", " "), path.name)

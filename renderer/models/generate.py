@@ -24,8 +24,8 @@ from renderer.models.documents import (
     EndpointDoc,
     Field,
     TypeDef,
-    parse_file,
 )
+from renderer.models.read import parse_file
 
 FORMAT = 1
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -41,6 +41,47 @@ _STYLE_RANK = {
     "proxy-openapi": 1,
 }
 THIRD_PARTY = ("proxy-table", "proxy-openapi")
+# fal's shared types, as its OpenAPI documents define them: pages (llms.txt above all) name them
+# without defining them. Only the constraints every endpoint's definition shares are kept.
+STANDARD_TYPES: dict[str, dict[str, Any]] = {
+    "ImageSize": {
+        "type": "object",
+        "properties": {
+            "width": {"type": "integer", "exclusiveMinimum": 0, "maximum": 14142, "default": 512},
+            "height": {"type": "integer", "exclusiveMinimum": 0, "maximum": 14142, "default": 512},
+        },
+    },
+    "Image": {
+        "type": "object",
+        "properties": {
+            "url": {"type": "string"},
+            "content_type": {"type": "string"},
+            "file_name": {"type": "string"},
+            "file_size": {"type": "integer"},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+        },
+        "required": ["url"],
+    },
+    "File": {
+        "type": "object",
+        "properties": {
+            "url": {"type": "string"},
+            "content_type": {"type": "string"},
+            "file_name": {"type": "string"},
+            "file_size": {"type": "integer"},
+        },
+        "required": ["url"],
+    },
+    "LoraWeight": {
+        "type": "object",
+        "properties": {
+            "path": {"type": "string"},
+            "scale": {"type": "number", "minimum": 0, "maximum": 4, "default": 1},
+        },
+        "required": ["path"],
+    },
+}
 # fal's standard `image_size` presets (fal-protocol.md; every fal page that lists them lists these).
 STANDARD_PRESETS = (
     "square_hd",
@@ -66,6 +107,7 @@ class _Builder:
     warnings: list[str]
     input_types: set[str] = field(default_factory=set)
     output_types: set[str] = field(default_factory=set)
+    standard: set[str] = field(default_factory=set)  # fal's shared types used, never defined here
 
     def warn(self, line: int, message: str) -> None:
         self.warnings.append(f"{self.doc.source}:{line}: {self.doc.endpoint}: {message}")
@@ -102,6 +144,14 @@ class _Builder:
             return {"type": "string", "enum": list(f.enum)}
         if type_ in self.doc.types:
             reached.add(type_)
+            return {"$ref": f"#/$defs/{type_}"}
+        if type_ in STANDARD_TYPES:
+            self.standard.add(type_)
+            self.warn(
+                f.line,
+                f"{f.name}: type {type_} is not defined in the document; using fal's standard "
+                f"{type_} ({', '.join(STANDARD_TYPES[type_]['properties'])})",
+            )
             return {"$ref": f"#/$defs/{type_}"}
         self.warn(
             f.line, f"{f.name}: type {type_} is referenced but never defined; accepting any object"
@@ -192,6 +242,9 @@ class _Builder:
                 f.required = True  # the one parameter every text-to-image endpoint needs
         root = self.object_schema(doc.inputs, self.input_types, strict=True)
         defs = self.close_types(self.input_types, strict=True)
+        for name in sorted(self.standard):  # an input's: closed like every input object
+            defs[name] = {**STANDARD_TYPES[name], "additionalProperties": False}
+        self.standard.clear()
         outputs = doc.outputs or self.infer_output()
         output = None
         if outputs:
@@ -200,6 +253,8 @@ class _Builder:
                 self.output_types - set(defs), strict=False
             ).items():
                 defs.setdefault(name, schema)
+            for name in sorted(self.standard):
+                defs.setdefault(name, dict(STANDARD_TYPES[name]))
         elif doc.style not in THIRD_PARTY:
             self.warn(doc.line, "no output fields and no example response; no output schema")
         return {"input": root, "output": output, "defs": defs}

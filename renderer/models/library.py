@@ -32,7 +32,7 @@ from typing import Any
 
 from renderer.errors import DocumentError
 from renderer.models import generate
-from renderer.models.documents import parse_text
+from renderer.models.read import parse_text
 
 SOURCES_FORMAT = 1
 _EXTENSION = {
