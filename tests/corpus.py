@@ -24,6 +24,7 @@ LAYOUTS = {
     "proxy-openapi": "proxy OpenAPI",
     "fal-markdown": "fal llms.txt",
     "fal-page": "fal web page",
+    "fal-docs": "fal docs site",
     "proxy-table": "proxy table",
 }
 

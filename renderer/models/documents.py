@@ -102,7 +102,7 @@ _PROSE_RANGE_RE = re.compile(r"\((-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\)")
 _NUM = r"-?\d+(?:\.\d+)?"
 
 
-def _number(text: str) -> float | int:
+def number(text: str) -> float | int:
     value = float(text)
     return int(value) if value.is_integer() and "." not in text else value
 
@@ -128,7 +128,7 @@ def parse_default(raw: str, type_: str) -> Any:
     return raw
 
 
-def _finish(f: Field) -> Field:
+def finish_field(f: Field) -> Field:
     """Derive default and prose range from the collected description."""
     f.description = repair_mojibake(" ".join(f.description.split()))
     match = _DEFAULT_RE.search(f.description)
@@ -141,7 +141,7 @@ def _finish(f: Field) -> Field:
         f.description = f.description[: match.start()].rstrip()
     prose = _PROSE_RANGE_RE.search(f.description)
     if prose:
-        f.prose_range = (_number(prose.group(1)), _number(prose.group(2)))
+        f.prose_range = (number(prose.group(1)), number(prose.group(2)))
     return f
 
 
@@ -258,7 +258,7 @@ def _page_fields(
         match = _FIELD_RE.match(line)
         if match and not raw.startswith((" ", "\t")):
             if current:
-                fields.append(_finish(current))
+                fields.append(finish_field(current))
             rest = match.group("rest")
             required: bool | None = None
             if rest.startswith("* required"):
@@ -277,7 +277,7 @@ def _page_fields(
             current.description += " " + line
         i += 1
     if current:
-        fields.append(_finish(current))
+        fields.append(finish_field(current))
     return fields
 
 
@@ -371,7 +371,7 @@ def parse_fal_markdown(text: str, source: str) -> EndpointDoc:
         line = raw.rstrip()
         if line.startswith("### "):
             if current:
-                _finish(current)
+                finish_field(current)
                 current = None
             section = {"### Input Schema": doc.inputs, "### Output Schema": doc.outputs}.get(line)
             continue
@@ -388,7 +388,7 @@ def parse_fal_markdown(text: str, source: str) -> EndpointDoc:
         fm = _MD_FIELD_RE.match(line)
         if fm:
             if current:
-                _finish(current)
+                finish_field(current)
             current = Field(
                 fm.group("name"), fm.group("type"), i + 1, "", fm.group("req") == "required"
             )
@@ -396,7 +396,7 @@ def parse_fal_markdown(text: str, source: str) -> EndpointDoc:
             continue
         if current is None or not line.startswith("  "):
             if line and not line.startswith("  ") and current:
-                _finish(current)
+                finish_field(current)
                 current = None
             continue
         item = line.strip()
@@ -407,16 +407,16 @@ def parse_fal_markdown(text: str, source: str) -> EndpointDoc:
         elif item.startswith("- Range:"):
             bounds = re.findall(r"`(" + _NUM + r")`", item)
             if len(bounds) == 2:
-                current.range = (_number(bounds[0]), _number(bounds[1]))
+                current.range = (number(bounds[0]), number(bounds[1]))
         elif item.startswith(("- Examples:", "- Array of")):
             pass
         else:
             current.description += " " + item.replace("`", "")
     if current:
-        _finish(current)
+        finish_field(current)
     for f in doc.inputs + doc.outputs:
         if f.description and f.default is NO_DEFAULT:
-            _finish(f)
+            finish_field(f)
     if not doc.inputs:
         raise DocumentError(source, 1, f"{doc.endpoint}: no '### Input Schema' fields")
     return doc
@@ -455,8 +455,8 @@ def parse_proxy_table(text: str, source: str) -> EndpointDoc:
             f.enum = [v.strip().strip('"') for v in enum.group(1).split(",") if v.strip()]
         rng = re.search(r"range:\s*(" + _NUM + r")\s*-\s*(" + _NUM + r")", desc)
         if rng:
-            f.range = (_number(rng.group(1)), _number(rng.group(2)))
-        _finish(f)
+            f.range = (number(rng.group(1)), number(rng.group(2)))
+        finish_field(f)
         # Other proxies' wording ("Range: 1-20", "Supported: a, b", "Default: 28"): by meaning.
         try:
             hints = prose.read(desc, {"float": "number"}.get(f.type, f.type))

@@ -37,6 +37,7 @@ _STYLE_RANK = {
     "openapi": -1,
     "fal-page": 0,
     "fal-markdown": 0,
+    "fal-docs": 0,
     "proxy-table": 1,
     "proxy-openapi": 1,
 }

@@ -39,6 +39,7 @@ _EXTENSION = {
     "openapi": "openapi.json",
     "fal-markdown": "llms.txt",
     "fal-page": "page.txt",
+    "fal-docs": "docs.md",
     "proxy-table": "proxy.txt",
     "proxy-openapi": "proxy.md",
 }

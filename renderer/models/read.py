@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from renderer.errors import DocumentError
+from renderer.models.docspage import is_docs_page, parse_docs_page
 from renderer.models.documents import (
     BadDefault,
     EndpointDoc,
@@ -30,6 +31,7 @@ LAYOUTS = (
     "a fal model page with a '5. Schema' section",
     "several fal pages, each opened by 'N)owner/app'",
     "a fal markdown page with '### Input Schema'",
+    "a page of fal's documentation site with <ParamField> tags",
     "a parameter table headed 'ParameterTypeRequiredDescription'",
 )
 
@@ -65,6 +67,8 @@ def _parse_text(text: str, source: str) -> list[EndpointDoc]:
             base = text.count("\n", 0, match.start())
             docs.append(parse_fal_page(text[match.start() : end], source, match.group(2), base))
         return docs
+    if is_docs_page(text):
+        return parse_docs_page(text, source)
     if "### Input Schema" in text:
         return [parse_fal_markdown(text, source)]
     if re.search(r"^ParameterTypeRequiredDescription\s*$", text, re.M):
