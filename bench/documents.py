@@ -21,10 +21,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from _common import table  # noqa: E402
 
-from renderer.errors import DocumentError  # noqa: E402
 from renderer.models.generate import merge  # noqa: E402
-from renderer.models.read import parse_file  # noqa: E402
-from tests.corpus import LAYOUTS, cases, documents, expected, score, verdict  # noqa: E402
+from tests.corpus import (  # noqa: E402
+    LAYOUTS,
+    cases,
+    documents,
+    expected,
+    folders,
+    read,
+    score,
+    sources,
+    verdict,
+)
 
 
 def main() -> None:
@@ -35,7 +43,9 @@ def main() -> None:
     checks: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # verdict, reason, total
     endpoints: dict[str, set[str]] = defaultdict(set)
     all_cases = cases()
-    for folder, doc in documents():
+    units: list[tuple[Path, Path | list[Path]]] = [*documents()]
+    units += [(folder, sources(folder)) for folder in folders()]
+    for folder, doc in units:
         result = score(folder, doc)
         layout = result.layout if not result.refused else "refused"
         params[layout][0] += result.right
@@ -47,10 +57,8 @@ def main() -> None:
         if result.refused:
             continue
         want = expected(folder)["endpoint"]
-        try:
-            schema = merge(want, [d for d in parse_file(doc) if d.endpoint == want], [])
-        except DocumentError:
-            continue
+        parsed, _ = read(folder, doc if isinstance(doc, list) else [doc])
+        schema = merge(want, parsed, [])
         for case in (c for c in all_cases if c["endpoint"] == want):
             judged = verdict(schema, case)
             checks[layout][0] += judged.right
@@ -72,14 +80,15 @@ def main() -> None:
                 f"{r}/{n} ({100 * r / max(n, 1):.1f} %)" if n else "-",
             )
         )
-    right = sum(p[0] for p in params.values())
-    total = sum(p[1] for p in params.values())
-    v, r, n = (sum(c[i] for c in checks.values()) for i in range(3))
+    singles = {k: v for k, v in params.items() if k != "merged"}
+    right = sum(p[0] for p in singles.values())
+    total = sum(p[1] for p in singles.values())
+    v, r, n = (sum(c[i] for k, c in checks.items() if k != "merged") for i in range(3))
     rows.append(
         (
-            "all",
-            sum(p[2] for p in params.values()),
-            len(set().union(*endpoints.values())),
+            "every document alone",
+            sum(p[2] for p in singles.values()),
+            len(set().union(*(e for k, e in endpoints.items() if k != "merged"))),
             f"{right}/{total} ({100 * right / max(total, 1):.1f} %)",
             f"{v}/{n} ({100 * v / max(n, 1):.1f} %)",
             f"{r}/{n} ({100 * r / max(n, 1):.1f} %)",

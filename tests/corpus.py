@@ -25,6 +25,7 @@ LAYOUTS = {
     "fal-markdown": "fal llms.txt",
     "fal-page": "fal web page",
     "fal-docs": "fal docs site",
+    "merged": "all of an endpoint's documents, merged",
     "proxy-table": "proxy table",
 }
 
@@ -124,23 +125,34 @@ def expected(folder: Path) -> dict[str, Any]:
     return data
 
 
-def score(folder: Path, document: Path) -> Score:
-    """Parse `document` alone and compare every expected parameter with what it gives."""
-    want = expected(folder)
-    result = Score(want["endpoint"], f"{folder.name}/{document.name}", "?")
+def read(folder: Path, documents: list[Path]) -> tuple[list[Any], str | None]:
+    """The endpoint's parts of `documents` (EndpointDocs), or why none could be read."""
     from renderer.errors import DocumentError
 
-    try:
-        docs = [d for d in parse_file(document) if d.endpoint == want["endpoint"]]
-    except DocumentError as exc:
-        result.refused = exc.message
+    want = expected(folder)["endpoint"]
+    found, why = [], None
+    for document in documents:
+        try:
+            found += [d for d in parse_file(document) if d.endpoint == want]
+        except DocumentError as exc:
+            why = exc.message
+    return found, (None if found else why or f"describes no {want}")
+
+
+def score(folder: Path, document: Path | list[Path]) -> Score:
+    # A list is one build of several documents (even a list of one): its layout is "merged".
+    """Parse `document` (or several, merged as one build would) and compare every expected
+    parameter with what it gives."""
+    want = expected(folder)
+    paths = document if isinstance(document, list) else [document]
+    label = f"{folder.name}/" + "+".join(p.name for p in paths)
+    result = Score(want["endpoint"], label, "?")
+    docs, why = read(folder, paths)
+    if why:
+        result.refused = why
         result.total = len(want["params"])
         return result
-    if not docs:
-        result.refused = f"describes no {want['endpoint']}"
-        result.total = len(want["params"])
-        return result
-    result.layout = docs[0].style
+    result.layout = "merged" if isinstance(document, list) else docs[0].style
     schema = merge(want["endpoint"], docs, [])
     for name, spec in want["params"].items():
         result.total += 1
@@ -159,6 +171,15 @@ def score(folder: Path, document: Path) -> Score:
             result.right += 1
     result.extra = sorted(set(schema["properties"]) - set(want["params"]))
     return result
+
+
+def folders() -> list[Path]:
+    return sorted(p for p in CORPUS.iterdir() if (p / "expected.json").is_file())
+
+
+def sources(folder: Path) -> list[Path]:
+    """The endpoint's documents (everything but the expectations)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != "expected.json")
 
 
 def documents() -> list[tuple[Path, Path]]:
