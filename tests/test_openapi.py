@@ -162,3 +162,59 @@ def test_any_text_is_parsed_or_refused_never_crashes(text: str):
         with contextlib.suppress(DocumentError):
             parse_text(candidate, "fuzz.json")
     assert is_openapi('{"openapi": "3.1.0"}') and not is_openapi("openapi: 3.1.0")
+
+
+_PRIMITIVE = st.sampled_from(
+    [
+        {"type": "string"},
+        {"type": "integer", "minimum": 0, "maximum": 10},
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "boolean"},
+        {"type": "string", "enum": ["a", "b"]},
+        {"type": "string", "minLength": 1, "maxLength": 3},
+        {"$ref": "#/components/schemas/Size"},
+    ]
+)
+
+
+def _nullable(schema: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.sampled_from(
+        [schema, {"anyOf": [schema, {"type": "null"}]}, {"type": "array", "items": schema}]
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True),
+        _PRIMITIVE.flatmap(_nullable),
+        min_size=1,
+        max_size=5,
+    ),
+    st.lists(
+        st.one_of(
+            st.none(), st.integers(-3, 12), st.text(max_size=4), st.booleans(), st.just({"w": 1})
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+)
+def test_any_openapi_31_request_schema_validates_as_written(
+    props: dict[str, Any], values: list[Any]
+):
+    """For generated 3.1 request schemas, the converted schema accepts exactly what the document's does."""
+    size = {"type": "object", "properties": {"w": {"type": "integer"}}}
+    body = {"type": "object", "properties": {"prompt": {"type": "string"}, **props}}
+    spec = json.loads(_spec({}, version="3.1.0"))
+    spec["components"]["schemas"]["In"] = body
+    spec["components"]["schemas"]["Size"] = size
+    (found,) = parse_openapi(json.dumps(spec), "p.json")
+    ours = Draft202012Validator({**found["input"], "$defs": found["defs"]})
+    Draft202012Validator.check_schema({**found["input"], "$defs": found["defs"]})
+    theirs = Draft202012Validator(
+        json.loads(json.dumps(body).replace("#/components/schemas/", "#/$defs/"))
+        | {"$defs": {"Size": size}}
+    )
+    for name, value in zip(props, values, strict=False):
+        instance = {"prompt": "x", name: value}
+        assert ours.is_valid(instance) == theirs.is_valid(instance), (name, value)
