@@ -275,3 +275,19 @@ def test_a_metadata_file_that_is_not_the_recorded_one_is_rewritten_whole(tmp_pat
         json.dumps(r, sort_keys=True) for r in _rows_from_state(run_dir)
     ]
     assert len(_metadata(run_dir / "data")) == 8
+
+
+def test_two_runs_load_as_two_datasets_from_one_cache(tmp_path: Path):
+    """`load_dataset(RUN/data)` on two runs with the same columns, one cache: each gets its own rows."""
+    datasets = pytest.importorskip("datasets")
+    cache = str(tmp_path / "cache")
+    loaded = {}
+    for name, seeds in (("a", [1, 2]), ("b", [1, 2, 3])):
+        folder = tmp_path / name
+        folder.mkdir()
+        m = write_manifest(folder, name=name, seeds=seeds, output=str(tmp_path / "out"))
+        assert cli("run", str(m))[0] == 0
+        loaded[name] = datasets.load_dataset(str(tmp_path / "out" / name / "data"), cache_dir=cache)
+    assert loaded["a"]["train"].num_rows == 2
+    assert loaded["b"]["train"].num_rows == 3
+    assert set(loaded["b"]["train"]["seed"]) == {1, 2, 3}

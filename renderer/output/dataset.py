@@ -197,6 +197,7 @@ class CardInfo:
     license: str | None
     models: Mapping[str, tuple[str, int]]  # model → (endpoint, images)
     images: int
+    size: int = 0  # bytes of the dataset: its images and metadata.jsonl
 
 
 def _yaml_string(text: str) -> str:
@@ -234,7 +235,13 @@ def card_text(
     # The types go in dataset_info (what the Hub shows), not in configs: datasets 2.x cannot
     # read `features:` inside a config and fails to load. The rows themselves keep one type
     # per column, so both 2.x and 5.x infer the same schema.
-    lines += ["dataset_info:", "  features:"]
+    # dataset_size is true (the bytes of the images and metadata.jsonl) and it is what tells two
+    # runs apart to the `datasets` cache: the cache folder is named by the folder's basename
+    # (every run's is `data`) and a hash of the card's dataset_info and configs, so two runs with
+    # the same columns would otherwise share one cache entry and `load_dataset` would serve the
+    # first run's rows for the second. (Row counts are not stated: `datasets` would then refuse
+    # to load a folder whose images and rows disagree, instead of loading it.)
+    lines += ["dataset_info:", f"  dataset_size: {int(info.size)}", "  features:"]
     for feature in columns.features():
         name, (key, value) = (
             feature["name"],
@@ -285,6 +292,7 @@ class Tally:
 
     jobs: int = 0
     rows: int = 0
+    image_bytes: int = 0  # the sizes of the images its rows name
     through: float | None = (
         None  # the latest `downloaded_at` among its jobs: later ones are not in it yet
     )
@@ -303,6 +311,8 @@ class Tally:
             for index, entry in enumerate(job["files"]):
                 self.models.setdefault(job["model"], [job["endpoint"], 0])[1] += 1
                 self.rows += 1
+                size = entry.get("size")
+                self.image_bytes += size if isinstance(size, int) and size > 0 else 0
                 yield columns.row(job, entry, index, provider)
 
 
@@ -314,8 +324,16 @@ def _card(data_dir: Path, info: CardInfo, columns: Columns, tally: Tally) -> Non
         info.license,
         {m: (e, n) for m, (e, n) in tally.models.items()},
         tally.rows,
+        tally.image_bytes + _size(data_dir / METADATA),
     )
     files.write_atomic(data_dir / CARD, card_text(info, columns).encode())
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def write(
@@ -391,6 +409,7 @@ def update(
                     "mtime_ns": stat.st_mtime_ns,
                     "jobs": tally.jobs,
                     "rows": tally.rows,
+                    "image_bytes": tally.image_bytes,
                     "through": tally.through,
                     "models": tally.models,
                 }
@@ -417,6 +436,7 @@ def _recorded(store: Store, signature: str, path: Path) -> Tally | None:
         return Tally(
             int(known["jobs"]),
             int(known["rows"]),
+            int(known["image_bytes"]),  # absent in a record older than it: rewrite whole
             known["through"],
             {str(m): [str(e), int(n)] for m, (e, n) in known["models"].items()},
         )

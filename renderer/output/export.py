@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,7 @@ def export(
         files.write_atomic(
             out / CARD,
             card_text(
-                _card_info(run_dir, models, count),
+                replace(_card_info(run_dir, models, count), size=size),
                 columns,
                 data_globs=("*.parquet",),
                 builder_note=" Parquet shards with the images embedded.",
