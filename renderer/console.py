@@ -217,6 +217,8 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: b
             f"{summary.outcome}: {counts['downloaded']}/{len(plan.jobs)} jobs downloaded, {counts['failed']} failed, "
             f"{summary.images} images written this run in {seconds:.1f} s → {run_dir}/\n"
         )
+        if summary.outcome == "partial" and summary.hint:
+            out.write(f"note: {summary.hint}\n")
         if summary.paid_twice:
             out.write(f"paid twice: {summary.paid_twice} ({_why(summary)})\n")
         if summary.total_cost is not None and summary.provider == "emulator":

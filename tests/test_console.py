@@ -20,3 +20,17 @@ def test_emulator_runs_say_they_cost_nothing(tmp_path: Path):
     line = next(ln for ln in out.splitlines() if ln.startswith("cost:"))
     assert line.startswith("cost: $0.00 (the emulator's placeholder images are free")
     assert "$1.00 this run" in line
+
+
+def test_a_max_jobs_trial_says_it_is_partial(tmp_path: Path):
+    """`run --max-jobs 2` of a 4-job plan: outcome partial (exit 0), the line and run.json say so."""
+    import json
+
+    m = write_manifest(tmp_path, output=str(tmp_path / "o"), seeds=[1, 2, 3, 4])
+    code, out, err = cli("run", str(m), "--max-jobs", "2")
+    assert code == 0, err
+    assert out.startswith("partial: 2/4 jobs downloaded")
+    assert "note: a --max-jobs 2 trial; 2 jobs of the plan are left" in out
+    assert json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "partial"
+    code, out, _ = cli("run", str(m))
+    assert code == 0 and out.startswith("done: 4/4 jobs downloaded")

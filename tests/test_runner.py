@@ -1850,3 +1850,26 @@ def test_a_step_with_no_time_left_is_never_started_and_a_slow_one_is_cut_off():
 
     asyncio.run(scenario())
     assert started == ["slow", "quick"]
+
+
+def test_a_busy_single_process_run_never_loses_its_own_leases(tmp_path: Path):
+    """One worker on its own database: a blocked event loop outlasting the lease drops no job and counts every image."""
+    import renderer
+
+    m = write_manifest(
+        tmp_path,
+        seeds=[1, 2, 3, 4, 5, 6],
+        provider={"kind": "emulator", "emulator": {"latency": 0.3, "workers": 6}},
+    )
+    warnings: list[str] = []
+
+    def busy(event: dict[str, object]) -> None:
+        if event["type"] == "submitted":
+            time.sleep(0.5)  # the loop is blocked longer than the lease (1 s over 6 submits)
+        if event["type"] == "warning":
+            warnings.append(str(event["message"]))
+
+    plan = renderer.load_manifest(m, output=tmp_path / "o")
+    summary = renderer.run(plan, lease=1, concurrency=6, on_event=busy)
+    assert not [w for w in warnings if "lost its lease" in w]
+    assert (summary.outcome, summary.images, summary.counts["downloaded"]) == ("done", 6, 6)

@@ -33,7 +33,9 @@ def iso_time(epoch: float | None) -> str | None:
 
 @dataclass
 class Summary:
-    outcome: str  # done | failed | interrupted | stopped
+    outcome: (
+        str  # done | partial (a --max-jobs trial, plan unfinished) | failed | interrupted | stopped
+    )
     counts: dict[str, int]
     started: float
     finished: float
@@ -62,9 +64,13 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        return {"done": 0, "failed": 1, "stopped": 3, "interrupted": 128 + self.signal}[
-            self.outcome
-        ]
+        return {
+            "done": 0,
+            "partial": 0,
+            "failed": 1,
+            "stopped": 3,
+            "interrupted": 128 + self.signal,
+        }[self.outcome]
 
 
 def run_record(

@@ -62,6 +62,9 @@ def finished_cost(plan: Plan, store: Store) -> tuple[float | None, list[str]]:
     return (round(total, 6) if priced else None), sorted(unpriced)
 
 
+SOLO_LEASE = 10 * 365 * 86400.0  # seconds: "until this process ends", for the embedded database
+
+
 class Runner:
     """One worker's run of a plan: the task pool around the per-job state machine."""
 
@@ -143,7 +146,12 @@ class Runner:
         )
         self.plan_changed = found.plan_changed
         self.redownloads |= found.redownloads  # the same set the delivery reads
-        self.store.join(self.worker_id, self.config.lease, socket.gethostname(), os.getpid())
+        # The embedded database has one worker, under RunLock: nobody else can take its jobs, so
+        # a lease that ran out only because this event loop was busy (tens of thousands of jobs
+        # on one machine) would drop work still being done, and the images then written would go
+        # uncounted. Its claims last as long as the process; a killed run's are voided by the next.
+        lease = self.config.lease if self.shared else SOLO_LEASE
+        self.store.join(self.worker_id, lease, socket.gethostname(), os.getpid())
         if self.shared:  # account limits held in the shared state for every worker
             self.store.set_accounts(self.limits.shared_ceilings())
         return 0 if self.shared else self.store.ambiguous()
@@ -332,7 +340,19 @@ class Runner:
         if self.limits.waiting:
             # Only an account the user fixes or configures can finish these: the run cannot go on.
             return "stopped", *self.limits.waiting_error()
-        return ("failed" if counts["failed"] else "done"), None, None
+        if counts["failed"]:
+            return "failed", None, None
+        if self.config.max_jobs is not None and self.store.unfinished() > 0:
+            # A `--max-jobs` trial did what it was asked and the plan is not finished: say so,
+            # so nobody publishes 50 images of a 60,000-job plan as "done".
+            left = self.store.unfinished()
+            return (
+                "partial",
+                None,
+                f"a --max-jobs {self.config.max_jobs} trial; {left:,} jobs of the plan are left: "
+                "run again without --max-jobs to finish them",
+            )
+        return "done", None, None
 
     def export(self) -> None:
         # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.
