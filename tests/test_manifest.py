@@ -130,6 +130,14 @@ def test_txt_prompt_ids_survive_insertions(tmp_path: Path):
     assert after[1:] == before
 
 
+def test_txt_prompt_ids_of_a_large_caption_file_are_distinct(tmp_path: Path):
+    """50,000 distinct captions sharing their first words get 50,000 distinct ids (no false duplicates)."""
+    lines = [f"a photo of a thing, number {i}" for i in range(50_000)]
+    (tmp_path / "p.txt").write_text("\n".join(lines) + "\n")
+    m = parse("name: t\nprompts: [{file: p.txt}]\nmodels: [m]\nseeds: [1]\n", tmp_path / "m.yaml")
+    assert len({p.id.lower() for p in m.prompts}) == 50_000
+
+
 def test_a_prompt_file_over_the_cap_is_refused_with_what_to_do(tmp_path: Path):
     """A prompt file over 64 MB: exit 2 naming it, the cap, and how to split it; nothing read, sent or written."""
     with open(tmp_path / "big.jsonl", "wb") as handle:

@@ -1873,3 +1873,19 @@ def test_a_busy_single_process_run_never_loses_its_own_leases(tmp_path: Path):
     summary = renderer.run(plan, lease=1, concurrency=6, on_event=busy)
     assert not [w for w in warnings if "lost its lease" in w]
     assert (summary.outcome, summary.images, summary.counts["downloaded"]) == ("done", 6, 6)
+
+
+def test_a_trial_does_not_wait_for_the_whole_plan_to_be_recorded(tmp_path: Path):
+    """`--max-jobs` on a large plan ends after its jobs; the next trial records the rest and pays nothing twice."""
+    (tmp_path / "p.txt").write_text("".join(f"a photo of thing number {i}\n" for i in range(20000)))
+    m = write_manifest(tmp_path, prompts=[{"file": "p.txt"}], output=str(tmp_path / "o"))
+    code, out, err = cli("run", str(m), "--max-jobs", "5")
+    assert code == 0 and out.startswith("partial: 5/20000 jobs downloaded"), err
+    code, out, err = cli("run", str(m), "--max-jobs", "12", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["outcome"] == "partial"
+    assert record["counts"]["downloaded"] == 12 and record["paid_twice"]["count"] == 0
+    with sqlite3.connect(tmp_path / "o/t/renderer.sqlite") as db:
+        (submitted,) = db.execute("SELECT SUM(attempts) FROM job").fetchone()
+    assert submitted == 12  # every job submitted once, across both trials

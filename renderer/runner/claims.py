@@ -83,9 +83,17 @@ class Claims:
             raise
         finally:
             if recorder is not None:
-                # Stopping: the recording ends after its batch in hand (the next run records the
-                # rest). Otherwise it is waited for, so the run ends on the whole plan's state.
-                if cancelled or self.state.stopping or self.state.broken is not None:
+                # Stopping, or a --max-jobs trial whose jobs are done: the recording ends after its
+                # batch in hand and the next run records the rest (sync_plan resumes it; the plan's
+                # digest is set only by a recording that got to the end). Otherwise it is waited
+                # for, so the run ends on the whole plan's state. A trial of 20 jobs on a 1M-job
+                # plan spent 93 % of its time waiting here for nobody.
+                if (
+                    cancelled
+                    or self.state.stopping
+                    or self.state.broken is not None
+                    or bound is not None
+                ):
                     recorder.halt()
                 try:
                     await asyncio.get_running_loop().run_in_executor(None, recorder.thread.join)

@@ -342,10 +342,11 @@ class Runner:
             return "stopped", *self.limits.waiting_error()
         if counts["failed"]:
             return "failed", None, None
-        if self.config.max_jobs is not None and self.store.unfinished() > 0:
+        # Judged against the plan, not the state: a trial's recording may have stopped early.
+        left = len(self.plan.jobs) - counts["downloaded"]
+        if self.config.max_jobs is not None and left > 0:
             # A `--max-jobs` trial did what it was asked and the plan is not finished: say so,
             # so nobody publishes 50 images of a 60,000-job plan as "done".
-            left = self.store.unfinished()
             return (
                 "partial",
                 None,
