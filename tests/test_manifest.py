@@ -24,6 +24,7 @@ from renderer.cli import main
 from renderer.errors import ManifestError
 from renderer.manifest.load import load, parse
 from renderer.manifest.located import load_yaml
+from renderer.manifest.sources import text_id
 
 from .conftest import MANIFESTS, ROOT
 
@@ -153,7 +154,8 @@ def test_a_prompt_file_over_the_cap_is_refused_with_what_to_do(tmp_path: Path):
         "big.jsonl:1:1" in text
         and "the prompt file is 67,108,865 bytes; the limit is 67,108,864" in text
     )
-    assert "split a larger one into several `- file:` entries" in text and "Traceback" not in text
+    assert "use a .parquet file" in text and "split it into several `- file:` entries" in text
+    assert "Traceback" not in text
     assert not (tmp_path / "out").exists()
 
 
@@ -684,3 +686,76 @@ def test_bad_accounts_exit_2_and_send_nothing(tmp_path: Path):
     )
     assert code == 2 and "m.yaml:6:" in err.getvalue() and "Traceback" not in err.getvalue()
     assert not (tmp_path / "o").exists()
+
+
+def _manifest_with(tmp_path: Path, entry: str) -> Path:
+    path = tmp_path / "m.yaml"
+    path.write_text(f"name: t\nprompts:\n  - {entry}\nmodels: [m]\nseeds: [1]\n")
+    return path
+
+
+def test_a_caption_set_names_its_own_columns(tmp_path: Path):
+    """`{file, text: caption}` reads a caption CSV/JSONL with no id column: ids derived from the text, stable."""
+    (tmp_path / "c.csv").write_text(
+        "url,caption,license\nhttp://x/1,a red fox,cc0\nhttp://x/2,a heron,cc0\n"
+    )
+    (tmp_path / "c.jsonl").write_text(
+        '{"caption": "a red fox", "n": 1}\n{"caption": "a heron", "n": 2}\n'
+    )
+    for name in ("c.csv", "c.jsonl"):
+        m = parse(
+            _manifest_with(tmp_path, f"{{file: {name}, text: caption}}").read_text(),
+            tmp_path / "m.yaml",
+        )
+        assert [p.text for p in m.prompts] == ["a red fox", "a heron"]
+        assert [p.id for p in m.prompts] == [text_id("a red fox"), text_id("a heron")]
+        assert m.prompts[1].where[1] == (3 if name == "c.csv" else 2)
+
+
+def test_a_missing_text_column_is_named_with_a_suggestion(tmp_path: Path):
+    """A mapped text column the file lacks: exit 2 listing the columns and a did-you-mean."""
+    (tmp_path / "c.csv").write_text("url,caption\nhttp://x/1,a red fox\n")
+    with pytest.raises(ManifestError) as caught:
+        parse(
+            _manifest_with(tmp_path, "{file: c.csv, text: captoin}").read_text(),
+            tmp_path / "m.yaml",
+        )
+    (problem,) = caught.value.problems
+    assert "no 'captoin' column" in problem.message and problem.suggestion == "caption"
+
+
+def test_parquet_prompt_files_read_only_the_named_columns(tmp_path: Path):
+    """A .parquet caption set: text and id from named columns, rows located by row number."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table(
+        {
+            "key": ["r1", "r2", "r3"],
+            "caption": ["a red fox", "a heron", "an owl at night"],
+            "url": ["u1", "u2", "u3"],
+        }
+    )
+    pq.write_table(table, tmp_path / "c.parquet")
+    m = parse(
+        _manifest_with(tmp_path, "{file: c.parquet, text: caption, id: key}").read_text(),
+        tmp_path / "m.yaml",
+    )
+    assert [(p.id, p.text, p.where[1]) for p in m.prompts] == [
+        ("r1", "a red fox", 1),
+        ("r2", "a heron", 2),
+        ("r3", "an owl at night", 3),
+    ]
+    with pytest.raises(ManifestError) as caught:
+        parse(_manifest_with(tmp_path, "{file: c.parquet}").read_text(), tmp_path / "m.yaml")
+    assert "no column 'text'" in caught.value.problems[0].message
+
+
+def test_txt_comment_lines_can_be_prompts(tmp_path: Path):
+    """`comments: false` keeps lines starting with # as prompts (captions with hashtags)."""
+    (tmp_path / "p.txt").write_text("#sunset over the sea\na red fox\n")
+    on = parse(_manifest_with(tmp_path, "{file: p.txt}").read_text(), tmp_path / "m.yaml")
+    off = parse(
+        _manifest_with(tmp_path, "{file: p.txt, comments: false}").read_text(), tmp_path / "m.yaml"
+    )
+    assert [p.text for p in on.prompts] == ["a red fox"]
+    assert [p.text for p in off.prompts] == ["#sunset over the sea", "a red fox"]

@@ -115,7 +115,10 @@ def parse(text: str, file: Path) -> Manifest:
     prompts: list[Prompt] = []
     for i, item in enumerate(raw["prompts"]):
         if "file" in item:
-            from_file, errs = prompt_file(doc, base, i, item["file"])
+            columns = {k: item[k] for k in ("text", "id", "tags") if k in item}
+            from_file, errs = prompt_file(
+                doc, base, i, item["file"], columns, bool(item.get("comments", True))
+            )
             prompts.extend(from_file)
             problems.extend(errs)
         else:

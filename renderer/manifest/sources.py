@@ -45,8 +45,14 @@ def _bad_text(body: str) -> str | None:
     return None
 
 
-def _csv_rows(text: str, name: str) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
-    """Rows of a CSV read by the csv module from the undecoded-newline text (quoted line breaks kept)."""
+def _csv_rows(
+    text: str, name: str, columns: dict[str, str] | None = None
+) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
+    """Rows of a CSV read by the csv module from the undecoded-newline text (quoted line breaks kept).
+
+    Without `columns` the header is id,text[,tags] exactly; with it (a caption set's own
+    header), the named text column must be there and the other columns are not read.
+    """
     problems: list[Problem] = []
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -59,6 +65,21 @@ def _csv_rows(text: str, name: str) -> tuple[list[tuple[int, dict[str, Any]]], l
                 continue
             if header is None:
                 header = [c.strip() for c in record]
+                if columns:
+                    text_column = columns.get("text", "text")
+                    if text_column not in header:
+                        problems.append(
+                            Problem(
+                                name,
+                                line,
+                                1,
+                                f"the header has no {text_column!r} column for the prompt text",
+                                allowed="columns: " + ", ".join(header[:20]),
+                                suggestion=closest(text_column, header),
+                            )
+                        )
+                        return [], problems
+                    continue
                 for col, column in enumerate(header, 1):
                     if column not in CSV_COLUMNS:
                         problems.append(
@@ -67,11 +88,12 @@ def _csv_rows(text: str, name: str) -> tuple[list[tuple[int, dict[str, Any]]], l
                                 line,
                                 col,
                                 f"unknown column {column!r}",
-                                allowed=", ".join(CSV_COLUMNS),
+                                allowed=", ".join(CSV_COLUMNS)
+                                + "; or name the file's own columns: `- {file: …, text: COLUMN}`",
                                 suggestion=closest(column, CSV_COLUMNS),
                             )
                         )
-                for column in ("id", "text") if not problems else ():
+                for column in ("text",) if not problems else ():
                     if column not in header:
                         problems.append(
                             Problem(
@@ -146,10 +168,32 @@ def _no_constant(word: str) -> Any:
     raise ValueError(f"{word} is not a finite number")
 
 
+def text_id(body: str) -> str:
+    """An id derived from a prompt's text: its first words and 48 bits of its hash.
+
+    Stable on rerun and independent of every other row (inserting a row renames no prompt);
+    distinct texts collide with odds of ~1 in 500 at a million prompts sharing their first
+    words (24 bits collided ~12 times in 20,000).
+    """
+    words = re.sub(r"[^a-z0-9]+", "-", body.lower()).strip("-").split("-")[:4]
+    pid = (
+        "-".join(w for w in words if w)[:40] + "-" + hashlib.sha256(body.encode()).hexdigest()[:12]
+    )
+    return pid.lstrip("-")
+
+
 def prompt_file(
-    doc: Located, base: Path, index: int, rel: str
+    doc: Located,
+    base: Path,
+    index: int,
+    rel: str,
+    columns: dict[str, str] | None = None,
+    comments: bool = True,
 ) -> tuple[list[Prompt], list[Problem]]:
+    """The prompts of one `- file:` entry. `columns` maps text/id/tags to the file's own column
+    names (a caption set's `caption`, say); a row without an id gets one derived from its text."""
     where = ("prompts", index, "file")
+    columns = columns or {}
     if "\0" in rel:
         return [], [doc.problem(where, "the prompt file path contains a NUL character")]
     path = (base / rel).resolve()
@@ -160,13 +204,20 @@ def prompt_file(
     shown = str(
         base / rel
     )  # as the user wrote it, relative to where they are; `where` keeps the full path
+    if path.suffix == ".parquet":
+        table, found = _parquet_rows(path, shown, columns)
+        read = _prompts(table, shown, where, columns, found)
+        if not read and not found:
+            found.append(doc.problem(where, f"the prompt file {rel} holds no prompts"))
+        return read, found
     try:
         text, name = read_text_file(
             path,
             "prompt file",
             MAX_PROMPT_FILE_BYTES,
-            too_large=f"at most {MAX_PROMPT_FILE_BYTES >> 20} MB a prompt file (~800,000 prompts): split a larger one "
-            "into several `- file:` entries (prompts are held in memory, ~12 bytes for each byte of file)",
+            too_large=f"at most {MAX_PROMPT_FILE_BYTES >> 20} MB a text prompt file (~270,000 captions of "
+            "245 bytes): use a .parquet file (read column by column, no such cap), or split it into "
+            "several `- file:` entries",
         )
     except ManifestError as exc:
         return [], [replace(p, file=shown) for p in exc.problems]
@@ -178,27 +229,83 @@ def prompt_file(
         return [], [Problem(name, line, 1, "the prompt file contains a NUL byte; prompts are text")]
     if path.suffix == ".txt":
         for n, text_line in enumerate(text.split("\n"), 1):
-            if text_line.strip() and not text_line.lstrip().startswith("#"):
-                body = text_line.strip()
-                words = re.sub(r"[^a-z0-9]+", "-", body.lower()).strip("-").split("-")[:4]
-                # Content-derived ids: inserting a line never renames another prompt. 48 bits of
-                # the text's hash: distinct texts collide with odds of ~1 in 500 at a million
-                # prompts sharing their first words (24 bits collided ~12 times in 20,000).
-                pid = (
-                    "-".join(w for w in words if w)[:40]
-                    + "-"
-                    + hashlib.sha256(body.encode()).hexdigest()[:12]
-                )
-                prompts.append(Prompt(pid.lstrip("-"), body, {}, (), (name, n, 1), where))
+            if not text_line.strip() or (comments and text_line.lstrip().startswith("#")):
+                continue
+            body = text_line.strip()
+            prompts.append(Prompt(text_id(body), body, {}, (), (name, n, 1), where))
     else:
-        rows, problems = _csv_rows(text, name) if path.suffix == ".csv" else _jsonl_rows(text, name)
-        for n, row in rows:
-            prompt = _row_prompt(row, name, n, where, problems)
-            if prompt is not None:
-                prompts.append(prompt)
+        rows, problems = (
+            _csv_rows(text, name, columns) if path.suffix == ".csv" else _jsonl_rows(text, name)
+        )
+        prompts = _prompts(rows, name, where, columns, problems)
     if not prompts and not problems:
         problems.append(doc.problem(where, f"the prompt file {rel} holds no prompts"))
     return prompts, [replace(p, file=shown) if p.file == name else p for p in problems]
+
+
+def _prompts(
+    rows: list[tuple[int, dict[str, Any]]],
+    name: str,
+    where: Path_,
+    columns: dict[str, str],
+    problems: list[Problem],
+) -> list[Prompt]:
+    """Rows (renamed to id/text/tags by `columns`) → prompts; problems appended."""
+    prompts = []
+    mapped = {columns.get(k, k): k for k in ("id", "text", "tags")}
+    for n, row in rows:
+        if columns:
+            # Mapped: the named columns are read; any other column of a caption set is not ours.
+            row = {mapped[k]: v for k, v in row.items() if k in mapped}
+        if "id" not in row and isinstance(row.get("text"), str) and not _bad_text(row["text"]):
+            row = {**row, "id": text_id(row["text"])}
+        prompt = _row_prompt(row, name, n, where, problems)
+        if prompt is not None:
+            prompts.append(prompt)
+    return prompts
+
+
+def _parquet_rows(
+    path: Path, shown: str, columns: dict[str, str]
+) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
+    """Rows of a Parquet file (row number as the line), reading only the columns used."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        return [], [
+            Problem(
+                shown,
+                1,
+                1,
+                "reading a .parquet prompt file needs pyarrow",
+                allowed="pip install 'renderer-batch[datasets]'",
+            )
+        ]
+    try:
+        handle = pq.ParquetFile(path)
+    except Exception as exc:
+        return [], [Problem(shown, 1, 1, f"not a readable Parquet file: {exc}"[:300])]
+    present = list(handle.schema_arrow.names)
+    wanted = [columns.get(k, k) for k in ("id", "text", "tags")]
+    text_column = columns.get("text", "text")
+    if text_column not in present:
+        return [], [
+            Problem(
+                shown,
+                1,
+                1,
+                f"no column {text_column!r} for the prompt text",
+                allowed="columns: " + ", ".join(present[:20]) + "; name one with `text: COLUMN`",
+                suggestion=closest(text_column, present),
+            )
+        ]
+    rows: list[tuple[int, dict[str, Any]]] = []
+    n = 0
+    for batch in handle.iter_batches(columns=[c for c in wanted if c in present], batch_size=65536):
+        for record in batch.to_pylist():
+            n += 1
+            rows.append((n, {k: v for k, v in record.items() if v is not None}))
+    return rows, []
 
 
 def _row_prompt(
