@@ -1,6 +1,10 @@
-"""Where things go on disk. Pure functions of a job: no I/O, no clock, no plan order.
+"""Where things go on disk. Pure functions of a job and the run's layout: no I/O, no clock, no plan order.
 
-A job's images live at  RUN/data/<model>/<prompt id>/[<axis>-<value>_…/]s<seed>-<i>.<ext>
+A job's images live at  RUN/data/<model>/[<bucket>/]<prompt id>/[<axis>-<value>_…/]s<seed>-<i>.<ext>
+  * layout "flat" (a sweep of up to FLAT_PROMPTS prompts: readable paths) has no bucket;
+    "sharded" puts each prompt's folder under one of 4,096 buckets named by the first three hex
+    digits of its id's hash, so no folder holds more than ~10,000 entries up to ~40M prompts a
+    model (the Hugging Face Hub asks for under 10,000 entries a folder);
   * RUN/data/ is the dataset (images, sidecars, metadata.jsonl, the card); the run's machinery
     (state, lock, run.json, report/) stays outside it, so the card's globs and an upload of
     data/ carry only the dataset;
@@ -70,9 +74,30 @@ def model_segment(name: str) -> str:
     return segment(name.replace("/", "--"))
 
 
-def job_stem(model: str, prompt_id: str, axes: dict[str, Any], seed: int | None) -> str:
+LAYOUTS = ("auto", "flat", "sharded")
+LAYOUT_META = "layout"  # the state's record of the layout a run started with
+FLAT_PROMPTS = 10_000  # "auto" shards above this many prompts: one folder per prompt a model
+
+
+def resolve_layout(layout: str, prompts: int) -> str:
+    """flat or sharded: `auto` by the plan's prompt count, the others as given."""
+    if layout == "auto":
+        return "sharded" if prompts > FLAT_PROMPTS else "flat"
+    return layout
+
+
+def bucket(prompt_id: str) -> str:
+    """A prompt's bucket in the sharded layout: 3 hex digits of its (case-folded) id's hash."""
+    return hashlib.sha256(prompt_id.lower().encode()).hexdigest()[:3]
+
+
+def job_stem(
+    model: str, prompt_id: str, axes: dict[str, Any], seed: int | None, sharded: bool = False
+) -> str:
     """The job's path relative to the run directory, without image index and extension."""
     parts = [model_segment(model), segment(prompt_id)]
+    if sharded:
+        parts.insert(1, bucket(prompt_id))
     if axes:
         parts.append(segment("_".join(f"{segment(k)}-{value_segment(v)}" for k, v in axes.items())))
     parts.append(f"s{seed}" if seed is not None else "s-auto")

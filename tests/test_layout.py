@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from renderer.layout import job_stem, model_segment, segment, value_segment
+from renderer.layout import (
+    bucket,
+    job_stem,
+    model_segment,
+    resolve_layout,
+    segment,
+    value_segment,
+)
 
 PORTABLE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -60,3 +70,26 @@ def test_long_distinct_texts_stay_distinct(prefix, tail_a, tail_b):
     assume(a != b)
     assert len(segment(a)) == 80 and len(segment(b)) == 80
     assert segment(a) != segment(b)
+
+
+def test_sharded_stems_put_prompts_in_hash_buckets():
+    """The sharded layout inserts a 3-hex bucket of the prompt id; the rest of the path is the flat one."""
+    flat = job_stem("m", "cat", {}, 7)
+    sharded = job_stem("m", "cat", {}, 7, sharded=True)
+    model, bucket_, rest = sharded.split("/", 2)
+    assert (model, bucket_, f"{model}/{rest}") == ("m", bucket("cat"), flat)
+    assert re.fullmatch(r"[0-9a-f]{3}", bucket_) and bucket("CAT") == bucket("cat")
+
+
+@given(st.integers(0, 10_000_000))
+def test_auto_layout_is_flat_for_sweeps_and_sharded_for_datasets(prompts: int):
+    """auto: today's readable paths up to 10,000 prompts (one folder each), sharded beyond."""
+    assert resolve_layout("auto", prompts) == ("flat" if prompts <= 10_000 else "sharded")
+    assert resolve_layout("flat", prompts) == "flat" and resolve_layout("sharded", 1) == "sharded"
+
+
+def test_buckets_spread_a_caption_set_evenly():
+    """200,000 prompt ids: at most 4,096 bucket folders, none holding more than twice the mean."""
+    counts = Counter(bucket(f"caption-{i:07d}") for i in range(200_000))
+    assert len(counts) <= 4096 and max(counts.values()) <= 2 * 200_000 / 4096
+    # so 10M prompts a model stay far below 10,000 folders in any bucket (mean 2,441)

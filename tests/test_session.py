@@ -14,6 +14,7 @@ import pytest
 from renderer.cli import main
 from renderer.console import Display
 from renderer.errors import UsageError
+from renderer.layout import bucket
 from renderer.manifest.types import AccountConfig, ProviderConfig
 from renderer.provider.emulator import ServiceTime
 from renderer.runner.session import resolve_provider
@@ -355,3 +356,28 @@ def test_the_built_in_emulator_renders_an_unchecked_endpoint(tmp_path: Path):
     code, _, err = cli("run", str(m))
     assert code == 0, err
     assert len(list((tmp_path / "o/t/data/acme--brand-new").rglob("*.png"))) == 1
+
+
+def test_a_run_keeps_the_layout_it_started_with(tmp_path: Path):
+    """A run started flat stays flat when the manifest later asks for sharded; a new run shards."""
+    out = str(tmp_path / "o")
+    m = write_manifest(tmp_path, output=out)
+    assert cli("run", str(m))[0] == 0
+    m = write_manifest(
+        tmp_path,
+        output=out,
+        layout="sharded",
+        prompts=[{"id": "cat", "text": "a cat"}, {"id": "dog", "text": "a dog"}],
+    )
+    assert cli("run", str(m))[0] == 0
+    assert sorted(
+        p.relative_to(tmp_path / "o/t/data").as_posix()
+        for p in (tmp_path / "o/t/data").rglob("*.png")
+    ) == [
+        "fal-ai--flux-1--schnell/cat/s1-0.png",
+        "fal-ai--flux-1--schnell/dog/s1-0.png",
+    ]
+    fresh = write_manifest(tmp_path, output=str(tmp_path / "o2"), layout="sharded")
+    assert cli("run", str(fresh))[0] == 0
+    (image,) = (tmp_path / "o2/t/data").rglob("*.png")
+    assert image.parent.parent.name == bucket("cat")

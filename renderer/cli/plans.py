@@ -6,15 +6,30 @@ directory (`check_output`).
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from renderer.cli.context import Context, table
-from renderer.errors import ManifestError, Problem, UsageError
+from renderer.errors import ManifestError, Problem, StateError, UsageError
+from renderer.layout import DB_NAME, LAYOUT_META
 from renderer.manifest import load as manifest_mod
 from renderer.plan import planner as plan_mod
 from renderer.plan.jobs import job_keys
+from renderer.state import read_store
+
+
+def recorded_layout(run_dir: Path) -> str | None:
+    """The layout a run on this machine was started with (plan paths then name where the run
+    really writes); None when there is no run yet."""
+    if not (run_dir / DB_NAME).is_file():
+        return None
+    try:
+        with read_store(run_dir) as store:
+            return store.meta(LAYOUT_META)
+    except (StateError, sqlite3.Error):
+        return None  # `run` reports a damaged state; the plan is the manifest's own
 
 
 def load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
@@ -32,7 +47,7 @@ def load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
             manifest_mod.check_plan_size(manifest, limit)
             if not getattr(ctx.args, "output", None):
                 check_output(ctx, manifest)  # what `run` would write into, reported by validate too
-            plans.append(plan_mod.build(manifest, registry))
+            plans.append(plan_mod.build(manifest, registry, recorded_layout(manifest.run_dir)))
         except ManifestError as exc:
             problems.extend(exc.problems)
     if problems:

@@ -178,6 +178,7 @@ def parse(text: str, file: Path) -> Manifest:
         ),
         budget=float(numbers[("budget",)]) if ("budget",) in numbers else None,
         license=raw.get("license"),
+        layout=str(raw.get("layout", "auto")),
         prices=dict(raw.get("prices", {})),
         defaults=dict(raw.get("defaults", {})),
         prompts=tuple(prompts),

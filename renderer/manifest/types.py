@@ -91,6 +91,8 @@ class Manifest:
     output_url: str | None = None
     # `state: postgresql://…`: the run's state is shared by every worker that names it (pgstore.py).
     state: str | None = None
+    # Where images go under data/ (layout.py): auto | flat | sharded.
+    layout: str = "auto"
 
     @property
     def run_dir(self) -> Path:

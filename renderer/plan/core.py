@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from renderer.errors import ManifestError, Problem
+from renderer.layout import resolve_layout
 from renderer.manifest.located import Located
 from renderer.manifest.types import Manifest, Model, Prompt
 from renderer.models.schemas import SchemaRegistry, Violation
@@ -36,8 +37,13 @@ class PlannerCore:
     # reference the shortcuts are compared against.
     shortcuts = True
 
-    def __init__(self, manifest: Manifest, registry: SchemaRegistry) -> None:
+    def __init__(
+        self, manifest: Manifest, registry: SchemaRegistry, layout: str | None = None
+    ) -> None:
         self.m = manifest
+        # `layout`: the one a run already has (recorded with it), over the manifest's.
+        self.layout = resolve_layout(layout or manifest.layout, len(manifest.prompts))
+        self.sharded = self.layout == "sharded"
         self.doc: Located = manifest.doc
         self.registry = registry
         self.problems: dict[tuple[Any, ...], Problem] = {}

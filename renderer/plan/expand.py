@@ -258,7 +258,7 @@ class Expansion(Dedupe):
         # A job with a bad seed is still checked, so one run lists all of its problems.
         if (check and not self.validate(model, payload, layers, who, shape)) or not seed_ok:
             return None
-        stem = job_stem(model.name, prompt.id, job_axes, seed)
+        stem = job_stem(model.name, prompt.id, job_axes, seed, self.sharded)
         return Job(
             n,
             job_key(model.endpoint, payload, None if seed_sent else seed),

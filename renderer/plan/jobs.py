@@ -165,6 +165,7 @@ class Plan:
     distinct_axes: list[dict[str, Any]] | None = (
         None  # each distinct set of axis values, in plan order
     )
+    layout: str = "flat"  # where images go under data/ (layout.py): flat or sharded
 
     @property
     def run_dir(self) -> Path:

@@ -117,6 +117,7 @@ class Planner(Expansion):
             by_model=dict(tally.by_model),
             image_count=tally.images,
             distinct_axes=list(tally.axes.values()),
+            layout=self.layout,
         )
 
     # -------------------------------------------------- generation (lazy, in plan order)
@@ -188,6 +189,9 @@ class Planner(Expansion):
         return tally
 
 
-def build(manifest: Manifest, registry: SchemaRegistry) -> Plan:
-    """Expand and check every job; raise ManifestError listing every problem."""
-    return Planner(manifest, registry).build()
+def build(manifest: Manifest, registry: SchemaRegistry, layout: str | None = None) -> Plan:
+    """Expand and check every job; raise ManifestError listing every problem.
+
+    `layout` (flat or sharded) replaces the manifest's: a run keeps the layout it was started with.
+    """
+    return Planner(manifest, registry, layout).build()

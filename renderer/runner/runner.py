@@ -62,7 +62,27 @@ def finished_cost(plan: Plan, store: Store) -> tuple[float | None, list[str]]:
     return (round(total, 6) if priced else None), sorted(unpriced)
 
 
-SOLO_LEASE = 10 * 365 * 86400.0  # seconds: "until this process ends", for the embedded database
+# The embedded database has one worker, under RunLock: nobody else can take its jobs, so a lease
+# that ran out only because this event loop was busy (tens of thousands of jobs on one machine)
+# would drop work still being done, and the images then written would go uncounted. Its claims
+# last as long as the process ("10 years"); a killed run's are voided by the next (void_claims).
+SOLO_LEASE = 10 * 365 * 86400.0
+
+
+def trial_outcome(
+    planned: int, counts: dict[str, int], max_jobs: int | None
+) -> tuple[str, str | None, str | None]:
+    """done, or partial for a `--max-jobs` trial that leaves the plan unfinished (so nobody
+    publishes 50 images of a 60,000-job plan as "done"). Judged against the plan, not the state:
+    a trial's recording of the plan may have stopped early."""
+    left = planned - counts["downloaded"]
+    if max_jobs is not None and left > 0:
+        hint = (
+            f"a --max-jobs {max_jobs} trial; {left:,} jobs of the plan are left: "
+            "run again without --max-jobs to finish them"
+        )
+        return "partial", None, hint
+    return "done", None, None
 
 
 class Runner:
@@ -146,11 +166,7 @@ class Runner:
         )
         self.plan_changed = found.plan_changed
         self.redownloads |= found.redownloads  # the same set the delivery reads
-        # The embedded database has one worker, under RunLock: nobody else can take its jobs, so
-        # a lease that ran out only because this event loop was busy (tens of thousands of jobs
-        # on one machine) would drop work still being done, and the images then written would go
-        # uncounted. Its claims last as long as the process; a killed run's are voided by the next.
-        lease = self.config.lease if self.shared else SOLO_LEASE
+        lease = self.config.lease if self.shared else SOLO_LEASE  # see SOLO_LEASE
         self.store.join(self.worker_id, lease, socket.gethostname(), os.getpid())
         if self.shared:  # account limits held in the shared state for every worker
             self.store.set_accounts(self.limits.shared_ceilings())
@@ -342,18 +358,7 @@ class Runner:
             return "stopped", *self.limits.waiting_error()
         if counts["failed"]:
             return "failed", None, None
-        # Judged against the plan, not the state: a trial's recording may have stopped early.
-        left = len(self.plan.jobs) - counts["downloaded"]
-        if self.config.max_jobs is not None and left > 0:
-            # A `--max-jobs` trial did what it was asked and the plan is not finished: say so,
-            # so nobody publishes 50 images of a 60,000-job plan as "done".
-            return (
-                "partial",
-                None,
-                f"a --max-jobs {self.config.max_jobs} trial; {left:,} jobs of the plan are left: "
-                "run again without --max-jobs to finish them",
-            )
-        return "done", None, None
+        return trial_outcome(len(self.plan.jobs), counts, self.config.max_jobs)
 
     def export(self) -> None:
         # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.

@@ -25,11 +25,12 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from renderer.errors import UsageError
-from renderer.layout import DB_NAME, RUN_RECORD
+from renderer.layout import DB_NAME, LAYOUT_META, RUN_RECORD
 from renderer.manifest.types import PROVIDERS, ProviderConfig
 from renderer.models.schemas import SchemaRegistry
 from renderer.output import files
 from renderer.output.storage import LocalStorage, Storage
+from renderer.plan import planner as plan_mod
 from renderer.plan.jobs import Plan
 from renderer.provider.client import FAL_QUEUE_ORIGINS, Client
 from renderer.provider.emulator import Emulator, EmulatorConfig, ServiceTime
@@ -237,6 +238,7 @@ async def execute_async(
     with contextlib.nullcontext() if config.state else RunLock(run_dir):
         store = open_store(config.state, run_dir, plan.manifest.name)
         try:
+            plan = keep_layout(plan, store, registry)
             return await _execute(
                 plan, provider, config, registry, events, store, interrupts, storage
             )
@@ -245,6 +247,22 @@ async def execute_async(
             raise sql_error(Path(store.where), exc) from exc
         finally:
             store.close()
+
+
+def keep_layout(plan: Plan, store: Store, registry: SchemaRegistry) -> Plan:
+    """The plan in the layout its run started with (recorded in the state on the first run).
+
+    `layout: auto` shards above 10,000 prompts: a caption set that grows past that must not move
+    the images already written, nor split one run between two layouts. A run recorded before
+    layouts existed is flat.
+    """
+    recorded = store.meta(LAYOUT_META)
+    if recorded is None:
+        recorded = "flat" if sum(store.counts().values()) else plan.layout
+        store.set_meta(LAYOUT_META, recorded)
+    if recorded != plan.layout:
+        return plan_mod.build(plan.manifest, registry, recorded)
+    return plan
 
 
 async def _execute(
