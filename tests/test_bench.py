@@ -195,3 +195,17 @@ def test_scale_out_pause_smoke(postgres_server, s3_server):
         "1",
     )
     assert "written twice" in out and "# result: PASS" in out
+
+
+@pytest.mark.slow
+def test_captions_smoke():
+    """bench/captions.py times validate and a --max-jobs trial of a caption set (.txt and .parquet)."""
+    out = _run("bench/captions.py", "--captions", "300", "--runs", "1", str(ROOT))
+    assert "| parquet | trial" in out and "| txt     | validate" in out
+    assert "reproduce: python bench/captions.py" in out
+
+
+def test_documents_smoke():
+    """bench/documents.py prints how right the generator is on the real-document corpus."""
+    out = _run("bench/documents.py")
+    assert "| fal OpenAPI" in out and "every document alone" in out
