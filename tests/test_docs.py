@@ -159,3 +159,31 @@ def test_page_without_input_heading_is_an_error():
     with pytest.raises(DocumentError) as info:
         parse_text(text, "broken.txt")
     assert info.value.line == 3
+
+
+def test_markdown_page_enum_values_in_the_description():
+    """An llms.txt page that prints `Possible enum values:` under a field (flux/krea) gets that enum, not assumed presets."""
+    text = (
+        "- **Model ID**: `fal-ai/flux/krea`\n\n### Input Schema\n\n"
+        "- **`prompt`** (`string`, _required_):\n  The prompt.\n\n"
+        "- **`image_size`** (`ImageSize | Enum`, _optional_):\n"
+        "  The size of the generated image. Default value: `landscape_4_3`\n"
+        "  Possible enum values: square_hd, square, landscape_4_3\n"
+        '  - Default: `"landscape_4_3"`\n  - One of: ImageSize | Enum\n\n'
+        '- **`style`** (`StyleEnum`, _optional_):\n  A style.\n  - Options: `vivid`, `"natural"`\n'
+    )
+    (doc,) = parse_text(text, "krea.txt")
+    size, style = doc.inputs[1], doc.inputs[2]
+    assert size.enum == ["square_hd", "square", "landscape_4_3"] and size.default == "landscape_4_3"
+    assert style.enum == ["vivid", "natural"]
+
+
+def test_web_page_object_default_printed_by_javascript_is_dropped():
+    """`Default value: [object Object]` (a web page's toString of an object) is no default at all."""
+    text = (
+        "acme/model\n5. Schema\n#\nInput\n#\nprompt string\nThe prompt.\n\n"
+        "image_size ImageSize | Enum\nDefault value: [object Object]\n\n"
+        "Possible enum values: square_hd, square\n"
+    )
+    (doc,) = parse_text(text, "page.txt")
+    assert doc.inputs[1].default is NO_DEFAULT and doc.inputs[1].enum == ["square_hd", "square"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -218,3 +219,15 @@ def test_any_openapi_31_request_schema_validates_as_written(
     for name, value in zip(props, values, strict=False):
         instance = {"prompt": "x", name: value}
         assert ours.is_valid(instance) == theirs.is_valid(instance), (name, value)
+
+
+def test_a_document_saved_with_a_bom_is_read(tmp_path: Path):
+    """An OpenAPI file saved by a Windows editor (UTF-8 with BOM, CRLF) is read like any other."""
+    from renderer.models.read import parse_file
+
+    path = tmp_path / "api.json"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + _spec({"prompt": {"type": "string"}}).replace("\n", "\r\n").encode()
+    )
+    (doc,) = parse_file(path)
+    assert doc.endpoint == "owner/app" and doc.style == "openapi"

@@ -102,6 +102,14 @@ _PROSE_RANGE_RE = re.compile(r"\((-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\)")
 _NUM = r"-?\d+(?:\.\d+)?"
 
 
+def _option(text: str) -> Any:
+    """One value of an `- Options:` line: JSON as written (`"jpeg"`, `2`), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def number(text: str) -> float | int:
     value = float(text)
     return int(value) if value.is_integer() and "." not in text else value
@@ -132,6 +140,11 @@ def finish_field(f: Field) -> Field:
     """Derive default and prose range from the collected description."""
     f.description = repair_mojibake(" ".join(f.description.split()))
     match = _DEFAULT_RE.search(f.description)
+    if match and match.group(1).strip("` ") == "[object Object]":
+        # A web page that printed an object default through JavaScript's toString: the value is
+        # lost, so there is no default to state (the model's own default applies).
+        f.description = f.description[: match.start()].rstrip()
+        match = None
     if match and f.default is NO_DEFAULT:
         raw = match.group(1)
         try:
@@ -403,7 +416,10 @@ def parse_fal_markdown(text: str, source: str) -> EndpointDoc:
         if item.startswith("- Default:"):
             current.default = parse_default(item.split(":", 1)[1], current.type)
         elif item.startswith("- Options:"):
-            current.enum = [json.loads(v) for v in re.findall(r"`([^`]+)`", item)]
+            current.enum = [_option(v) for v in re.findall(r"`([^`]+)`", item)]
+        elif item.startswith("Possible enum values:") and current.enum is None:
+            # Some llms.txt pages print the web page's line in the description instead.
+            current.enum = [v.strip() for v in item.split(":", 1)[1].split(",") if v.strip()]
         elif item.startswith("- Range:"):
             bounds = re.findall(r"`(" + _NUM + r")`", item)
             if len(bounds) == 2:

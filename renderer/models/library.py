@@ -114,7 +114,7 @@ class Library:
         id when the document was downloaded from fal's OpenAPI URL (`models update` refreshes it).
         """
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig")  # a BOM (Windows editors) is not part of the text
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             raise DocumentError(label, line, "not UTF-8 text") from exc

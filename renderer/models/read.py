@@ -94,7 +94,7 @@ def _parse_text(text: str, source: str) -> list[EndpointDoc]:
 
 def parse_file(path: Path) -> list[EndpointDoc]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise DocumentError(path.name, line, "not UTF-8 text") from exc
