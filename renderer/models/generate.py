@@ -115,6 +115,9 @@ class _Builder:
 
     def type_schema(self, type_: str, f: Field, reached: set[str]) -> dict[str, Any]:
         type_ = type_.strip()
+        if type_ == "any":  # a third party's table leaves the type unsaid
+            self.warn(f.line, f"{f.name}: the document gives no type; accepting any value")
+            return {}
         if type_.startswith("list<") and type_.endswith(">"):
             return {"type": "array", "items": self.type_schema(type_[5:-1], f, reached)}
         if type_ in PRIMITIVES:

@@ -23,6 +23,7 @@ from renderer.models.documents import (
     parse_proxy_table,
 )
 from renderer.models.openapi import embedded_openapi, is_openapi, parse_openapi
+from renderer.models.tables import looks_like_table, parse_table
 
 _SECTION_RE = re.compile(r"^(\d+)\)([a-z0-9-]+(?:/[A-Za-z0-9._-]+)+)\s*$", re.M)
 
@@ -32,6 +33,7 @@ LAYOUTS = (
     "several fal pages, each opened by 'N)owner/app'",
     "a fal markdown page with '### Input Schema'",
     "a page of fal's documentation site with <ParamField> tags",
+    "a third-party page with a parameter table (| Parameter | Type | … |, or tab-separated)",
     "a parameter table headed 'ParameterTypeRequiredDescription'",
 )
 
@@ -84,6 +86,8 @@ def _parse_text(text: str, source: str) -> list[EndpointDoc]:
                 'from a fal.subscribe("…") call or a queue.fal.run/<id> URL on the page',
             )
         return [parse_fal_page(text, source, endpoint)]
+    if looks_like_table(text):
+        return [parse_table(text, source)]
     raise DocumentError(
         source,
         1,
