@@ -231,3 +231,11 @@ def test_a_document_saved_with_a_bom_is_read(tmp_path: Path):
     )
     (doc,) = parse_file(path)
     assert doc.endpoint == "owner/app" and doc.style == "openapi"
+
+
+@pytest.mark.parametrize("path", ["/../../../tmp/evil", "/owner/../../x", "/owner app/x", "/solo"])
+def test_a_hostile_endpoint_id_is_refused(path: str):
+    """An OpenAPI path that is not an endpoint id (traversal, spaces, one segment) refuses the document."""
+    text = _spec({"prompt": {"type": "string"}}).replace('"/owner/app', f'"{path}')
+    with pytest.raises(DocumentError, match="is not an endpoint id"):
+        parse_text(text, "evil.json")

@@ -41,9 +41,23 @@ LAYOUTS = (
 def parse_text(text: str, source: str) -> list[EndpointDoc]:
     """Every endpoint described in one document, in document order."""
     try:
-        return _parse_text(text, source)
+        docs = _parse_text(text, source)
     except BadDefault as exc:
         raise DocumentError(source, exc.line, exc.message) from exc
+    for doc in docs:
+        # The id names files (endpoints/<id>.json, added documents): a hostile document's
+        # `/../../x` must never write outside the schema folder.
+        if not ENDPOINT_ID.fullmatch(doc.endpoint) or ".." in doc.endpoint.split("/"):
+            raise DocumentError(
+                source,
+                doc.line,
+                f"{doc.endpoint[:80]!r} is not an endpoint id",
+                hint="an endpoint id looks like owner/app or owner/app/path (letters, digits, . _ -)",
+            )
+    return docs
+
+
+ENDPOINT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:/[A-Za-z0-9._-]+)+")
 
 
 def _parse_text(text: str, source: str) -> list[EndpointDoc]:
