@@ -239,3 +239,18 @@ def test_a_hostile_endpoint_id_is_refused(path: str):
     text = _spec({"prompt": {"type": "string"}}).replace('"/owner/app', f'"{path}')
     with pytest.raises(DocumentError, match="is not an endpoint id"):
         parse_text(text, "evil.json")
+
+
+def test_hostile_nesting_and_aliases_are_refused_quickly():
+    """Deeply nested JSON and YAML alias bombs in a document are refused with a reason, not a crash or a hang."""
+    deep = '{"openapi": "3.0.0", "paths": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(DocumentError, match="nested too deeply"):
+        parse_text(deep, "deep.json")
+    bomb = "```yaml\nopenapi: 3.0.0\na: &a [x, x, x, x, x, x, x, x, x]\n"
+    bomb += "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi")
+    )
+    bomb += "paths: *i\n```\n"
+    with pytest.raises(DocumentError, match="aliases"):
+        parse_text(bomb, "bomb.md")

@@ -32,7 +32,7 @@ from typing import Any
 
 from renderer.errors import DocumentError
 from renderer.models import generate
-from renderer.models.read import parse_text
+from renderer.models.read import MAX_DOCUMENT_BYTES, parse_text
 
 SOURCES_FORMAT = 1
 _EXTENSION = {
@@ -113,6 +113,10 @@ class Library:
         `label` names the document in messages (its file name or URL); `fetched` is the endpoint
         id when the document was downloaded from fal's OpenAPI URL (`models update` refreshes it).
         """
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise DocumentError(
+                label, 1, f"{len(data):,} bytes; a model document is at most {MAX_DOCUMENT_BYTES:,}"
+            )
         try:
             text = data.decode("utf-8-sig")  # a BOM (Windows editors) is not part of the text
         except UnicodeDecodeError as exc:

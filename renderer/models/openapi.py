@@ -239,20 +239,41 @@ def _ok_body(operation: dict[str, Any]) -> Any:
     return body.get("schema")
 
 
+class _NoAliases(yaml.SafeLoader):
+    """YAML without anchors and aliases: an OpenAPI export needs none, and a document of nested
+    aliases (a "billion laughs") would otherwise expand into an exponential walk."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted in a model document", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliases)
+
+
 def _load(text: str, source: str, base: int) -> Any:
     if text.lstrip().startswith("{"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise DocumentError(source, base + exc.lineno, f"not valid JSON: {exc.msg}") from exc
+        except RecursionError as exc:
+            raise DocumentError(source, base + 1, "not valid JSON: nested too deeply") from exc
     try:
-        return yaml.safe_load(text)
+        return _yaml(text)
+    except RecursionError as exc:
+        raise DocumentError(source, base + 1, "not valid YAML: nested too deeply") from exc
     except yaml.YAMLError as exc:
         try:
             # Exported pages often leave `description: Range value: 1-50` unquoted: invalid YAML
             # that every reader understands. Read it with such values quoted (the build says so).
-            repaired = yaml.safe_load(_quote_plain_values(text))
-        except yaml.YAMLError:
+            repaired = _yaml(_quote_plain_values(text))
+        except (yaml.YAMLError, RecursionError):
             mark = getattr(exc, "problem_mark", None)
             line = base + (mark.line + 1 if mark is not None else 1)
             problem = getattr(exc, "problem", exc)

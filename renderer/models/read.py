@@ -110,7 +110,15 @@ def _parse_text(text: str, source: str) -> list[EndpointDoc]:
     )
 
 
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # fal's largest OpenAPI documents are well under 1 MB
+
+
 def parse_file(path: Path) -> list[EndpointDoc]:
+    size = path.stat().st_size
+    if size > MAX_DOCUMENT_BYTES:
+        raise DocumentError(
+            path.name, 1, f"{size:,} bytes; a model document is at most {MAX_DOCUMENT_BYTES:,}"
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
