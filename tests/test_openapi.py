@@ -249,7 +249,7 @@ def test_hostile_nesting_and_aliases_are_refused_quickly():
     bomb = "```yaml\nopenapi: 3.0.0\na: &a [x, x, x, x, x, x, x, x, x]\n"
     bomb += "".join(
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
-        for p, c in zip("abcdefgh", "bcdefghi")
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
     )
     bomb += "paths: *i\n```\n"
     with pytest.raises(DocumentError, match="aliases"):
