@@ -251,9 +251,7 @@ def test_unknown_map_labels_are_refused(baseline: Path):
 def test_output_into_a_missing_folder_is_refused(baseline: Path, tmp_path: Path):
     """--html, --junit or --summary into a folder that does not exist is exit 2, nothing created."""
     for flag in ("--html", "--junit", "--summary"):
-        code, _, err = cli(
-            "diff", str(baseline), str(baseline), flag, str(tmp_path / "nope/x.out")
-        )
+        code, _, err = cli("diff", str(baseline), str(baseline), flag, str(tmp_path / "nope/x.out"))
         assert code == 2 and "does not exist" in err
     assert not (tmp_path / "nope").exists()
 
