@@ -146,7 +146,7 @@ def set_baseline(
             if sha is None:
                 raise UsageError(f"{run / f['path']}: image missing ({e.label})")
             files.append(_copy_in(base, run / f["path"], sha))
-        entries.append(_entry_json(Entry(**{**_entry_json(e), "files": files})))
+        entries.append({**_entry_json(e), "files": files})
     data = {
         "format": 1,
         "name": name,
@@ -276,7 +276,7 @@ def approve(
                 for f in src.files
                 if (sha := compare_mod.disk_sha256(run, f)) is not None
             ]
-            data["entries"].append(_entry_json(Entry(**{**_entry_json(src), "files": files})))
+            data["entries"].append({**_entry_json(src), "files": files})
         accepted += 1
     data["approvals"].append({"time": time.time(), "run": str(run), "pairs": chosen})
     _write(base, data)

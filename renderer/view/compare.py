@@ -17,7 +17,7 @@ import json
 import os
 import stat
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from renderer.layout import DB_NAME
 from renderer.state import read_store
 from renderer.view.bands import Bands, measure_or_none
 
-# Input keys that are coordinates or file format rather than what the model is asked to do.
+# Input keys `differs` leaves out: the seed is a coordinate, and the prompt text is compared
+# under its own name beside the endpoint.
 _NOT_COMPARED = ("prompt", "seed")
 
 
@@ -63,7 +64,6 @@ class Side:
     name: str = ""  # a baseline's name; "" for a run
     bands: Bands | None = None  # a baseline's stored bands
     calibration: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_run(run: Path) -> Side:
