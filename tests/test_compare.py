@@ -238,7 +238,41 @@ def test_band_flags_move_the_edges(baseline: Path, tmp_path: Path):
         str(baseline), str(other), "--pass-ssim", "0.3", "--pass-phash", "40", "--fail-ssim", "0.2"
     )
     assert code == 0 and result["counts"]["pass"] == 18
-    assert result["bands"]["source"].startswith("flags --pass-ssim")
+    assert result["bands"]["source"] == "flags (pass_ssim, pass_phash, fail_ssim) over defaults"
+
+
+def test_the_manifest_sets_the_bands_and_flags_override_it(baseline: Path, tmp_path: Path):
+    """`regression.bands` in the manifest B was rendered from sets the edges (the run keeps its
+    own copy, so moving the manifest file does not matter); a flag given to diff overrides it."""
+
+    def edit(data: dict[str, Any]) -> None:
+        steps(30)(data)
+        data["regression"] = {"bands": {"pass_ssim": 0.3, "pass_phash": 40, "fail_ssim": 0.2}}
+
+    other = render_regression(tmp_path, "b", edit)
+    (tmp_path / "b.yaml").unlink()
+    code, result = _diff(str(baseline), str(other))
+    assert code == 0 and result["counts"]["pass"] == 18
+    assert result["bands"]["pass_ssim"] == 0.3 and result["bands"]["source"].startswith(
+        "manifest regression.bands (pass_ssim, pass_phash, fail_ssim) over defaults"
+    )
+    code, result = _diff(str(baseline), str(other), "--pass-ssim", "0.99")
+    assert result["bands"]["pass_ssim"] == 0.99 and result["bands"]["pass_phash"] == 40
+    assert code == 4 and result["bands"]["source"].startswith("flags (pass_ssim) over manifest")
+
+
+def test_a_damaged_card_means_no_manifest_bands(baseline: Path, tmp_path: Path):
+    """A run whose dataset card is gone or holds no manifest block is judged by the defaults."""
+    from renderer.view.compare import manifest_bands
+
+    copy = tmp_path / "c"
+    shutil.copytree(baseline, copy)
+    card = copy / "data/README.md"
+    assert "## Manifest" in card.read_text()
+    card.write_text("# a card someone rewrote\n")
+    assert manifest_bands(copy) == {}
+    card.unlink()
+    assert manifest_bands(copy) == {}
 
 
 def test_unknown_map_labels_are_refused(baseline: Path):

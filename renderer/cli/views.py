@@ -74,23 +74,11 @@ def _mapping(items: list[str] | None) -> dict[str, str] | None:
     return mapping
 
 
-def _bands(a: Any, base: Any) -> Any:
-    """Band edges: the flags over the baseline's (or the defaults); None when no flag is given."""
-    from dataclasses import replace
+def _flags(a: Any) -> dict[str, Any]:
+    """The band edges given as flags (--pass-ssim, ...)."""
+    from renderer.view.bands import EDGES
 
-    from renderer.view.bands import Bands
-
-    flags = {
-        k: getattr(a, k)
-        for k in ("pass_ssim", "pass_phash", "fail_ssim", "fail_phash")
-        if getattr(a, k, None) is not None
-    }
-    if not flags:
-        return None
-    start = base if base is not None else Bands()
-    return replace(
-        start, **flags, source="flags " + ", ".join(f"--{k.replace('_', '-')}" for k in flags)
-    )
+    return {k: getattr(a, k) for k in EDGES if getattr(a, k, None) is not None}
 
 
 def _folder_exists(flag: str, value: str | None) -> None:
@@ -125,7 +113,9 @@ def cmd_diff(ctx: Context) -> int:
                 hint="renderer diff RUN_A RUN_B, or renderer diff --baseline NAME RUN",
             )
         side_a, run_b = compare.load_run(Path(a.runs[0])), Path(a.runs[1])
-    result = compare.compare(side_a, run_b, mapping=mapping, bands=_bands(a, side_a.bands))
+    side_b = compare.load_run(run_b)
+    judge = compare.judging_bands(side_a, side_b, _flags(a))
+    result = compare.compare(side_a, side_b, mapping=mapping, bands=judge)
     page = Path(a.html) if a.html else None
     if page is not None:
         compare.write_html(result, page)
@@ -176,7 +166,7 @@ def cmd_baseline(ctx: Context) -> int:
             Path(a.run),
             name=a.name,
             repeat=Path(a.repeat) if a.repeat else None,
-            bands=_bands(a, None),
+            flags=_flags(a),
         )
         if a.json:
             ctx.print(json.dumps(done, indent=2))

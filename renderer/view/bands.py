@@ -19,13 +19,14 @@ a baseline stores with itself (renderer/view/baseline.py).
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from PIL import Image
 
 MEASURE_SIDE = 128  # SSIM and pHash are taken on at most this large a copy: the gate is for the eye
 BANDS = ("pass", "review", "fail")
+EDGES = ("pass_ssim", "pass_phash", "fail_ssim", "fail_phash")
 
 # Noise is multiplied by these to place the band edges: a re-render that is PASS_MARGIN times as
 # far as the worst calibration pair still passes; FAIL_MARGIN times as far fails outright.
@@ -62,6 +63,13 @@ class Bands:
             fail_phash=int(data["fail_phash"]),
             source=str(data.get("source", "defaults")),
         )
+
+    def override(self, values: dict[str, Any], source: str) -> Bands:
+        """These edges with some replaced (manifest `regression.bands`, flags), the source named."""
+        chosen = {k: values[k] for k in EDGES if values.get(k) is not None}
+        if not chosen:
+            return self
+        return replace(self, **chosen, source=f"{source} ({', '.join(chosen)}) over {self.source}")
 
     def describe(self) -> str:
         return (

@@ -104,9 +104,13 @@ def set_baseline(
     *,
     name: str | None = None,
     repeat: Path | None = None,
-    bands: Bands | None = None,
+    flags: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Make (or replace) baseline NAME from RUN; with `repeat`, calibrate on RUN vs REPEAT."""
+    """Make (or replace) baseline NAME from RUN; with `repeat`, calibrate on RUN vs REPEAT.
+
+    The stored bands: derived from the calibration (else the defaults), then RUN's manifest
+    `regression.bands`, then `flags`, each over the one before.
+    """
     name = _check_name(name or run.resolve().name)
     side = compare_mod.load_run(run)
     missing = [e.label for e in side.entries if not e.files]
@@ -116,7 +120,7 @@ def set_baseline(
             hint="finish the run (renderer run MANIFEST resumes it) before making it a baseline",
         )
     calibration = None
-    judge = bands or Bands()
+    judge = Bands()
     if repeat is not None:
         result = compare_mod.compare(side, compare_mod.load_run(repeat), bands=Bands())
         if result["counts"]["only_in_a"] or result["counts"]["only_in_b"] or not result["pairs"]:
@@ -130,12 +134,13 @@ def set_baseline(
             raise UsageError(f"--repeat {repeat}: image missing for {gone[0]}")
         calibration = calibrate([(p["ssim"], p["phash"]) for p in result["pairs"]])
         calibration["runs"] = [str(run), str(repeat)]
-        if bands is None:
-            judge = derive(
-                calibration,
-                source=f"calibrated on {calibration['pairs']} pairs rendered twice: "
-                f"worst SSIM {calibration['ssim_min']:.4f}, worst pHash {calibration['phash_max']}",
-            )
+        judge = derive(
+            calibration,
+            source=f"calibrated on {calibration['pairs']} pairs rendered twice: "
+            f"worst SSIM {calibration['ssim_min']:.4f}, worst pHash {calibration['phash_max']}",
+        )
+    judge = judge.override(side.manifest_bands or {}, "manifest regression.bands")
+    judge = judge.override(flags or {}, "flags")
     base = root / name
     replaced = (base / FILE).is_file()
     entries = []

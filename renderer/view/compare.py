@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from renderer.errors import UsageError, closest
-from renderer.layout import DB_NAME
+from renderer.layout import CARD, DATA_DIR, DB_NAME
 from renderer.state import read_store
-from renderer.view.bands import Bands, measure_or_none
+from renderer.view.bands import EDGES, Bands, measure_or_none
 
 # Input keys `differs` leaves out: the seed is a coordinate, and the prompt text is compared
 # under its own name beside the endpoint.
@@ -64,6 +66,41 @@ class Side:
     name: str = ""  # a baseline's name; "" for a run
     bands: Bands | None = None  # a baseline's stored bands
     calibration: dict[str, Any] | None = None
+    manifest_bands: dict[str, Any] | None = None  # a run's manifest `regression.bands`
+
+
+def manifest_bands(run: Path) -> dict[str, Any]:
+    """`regression.bands` of the manifest a run was rendered from, or {}.
+
+    Read from the run's own copy of its manifest, the verbatim block the dataset card ends with
+    (renderer/output/dataset.py), so it is the manifest as it was at run time, wherever the file
+    is now. The manifest was validated then; anything unreadable here counts as no bands.
+    """
+    try:
+        text = (run / DATA_DIR / CARD).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    at = text.find("\n## Manifest\n\n")
+    if at < 0:
+        return {}
+    opening, _, rest = text[at + len("\n## Manifest\n\n") :].partition("\n")
+    fence = opening.removesuffix("yaml")
+    end = rest.rfind("\n" + fence)
+    if not fence.startswith("```") or end < 0:
+        return {}
+    try:
+        data = yaml.safe_load(rest[:end])
+    except yaml.YAMLError:
+        return {}
+    regression = data.get("regression") if isinstance(data, dict) else None
+    found = regression.get("bands") if isinstance(regression, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {
+        k: v
+        for k, v in found.items()
+        if k in EDGES and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def load_run(run: Path) -> Side:
@@ -87,7 +124,7 @@ def load_run(run: Path) -> Side:
         )
         for r in rows
     ]
-    return Side(run, entries)
+    return Side(run, entries, manifest_bands=manifest_bands(run))
 
 
 def pair_id(coords: tuple[str, str, int | None, str], index: int) -> str:
@@ -172,6 +209,13 @@ def _mapped(entries: list[Entry], mapping: dict[str, str], side: str) -> dict[An
     return out
 
 
+def judging_bands(a: Side, b: Side, flags: dict[str, Any] | None = None) -> Bands:
+    """The edges a comparison judges by, each layer over the one before: the defaults; A's own
+    (a baseline's, calibrated); the manifest B was rendered from (`regression.bands`); flags."""
+    judge = (a.bands or Bands()).override(b.manifest_bands or {}, "manifest regression.bands")
+    return judge.override(flags or {}, "flags")
+
+
 def _as_side(source: Path | Side) -> Side:
     return source if isinstance(source, Side) else load_run(Path(source))
 
@@ -185,10 +229,10 @@ def compare(
 ) -> dict[str, Any]:
     """Pair, measure and band every image. `mapping` pairs A_MODEL=B_MODEL (labels or endpoints).
 
-    `bands`: the edges to judge by; default the baseline's own (side A), else `Bands()`.
+    `bands`: the edges to judge by; default `judging_bands(a, b)` (the baseline's own, the manifest's).
     """
     a, b = _as_side(source_a), _as_side(source_b)
-    judge = bands or a.bands or Bands()
+    judge = bands or judging_bands(a, b)
     if mapping is not None:
         _check_mapping(mapping, a, b)
         index_a, index_b = _mapped(a.entries, mapping, "a"), _mapped(b.entries, mapping, "b")
