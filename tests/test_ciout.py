@@ -128,3 +128,46 @@ def test_a_passing_gate_writes_a_passing_report(mixed: tuple[Path, Path], tmp_pa
     assert suite.tests == 18 and suite.failures == 0 and suite.skipped == 0
     text = (tmp_path / "s.md").read_text()
     assert text.startswith("## renderer diff: PASS") and "| band |" not in text
+
+
+def test_text_from_a_manifest_stays_text(tmp_path: Path):
+    """A prompt with markup and pipes in `differs` neither becomes HTML in the summary nor splits
+    its table row, and the JUnit file still parses."""
+    from renderer.view import ciout
+    from renderer.view.bands import Bands
+
+    hostile = "<img src=x onerror=alert(1)> | a\nb"
+    pair = {
+        "id": "0123456789abcdef.0",
+        "label": "p / m / seed 1",
+        "index": 0,
+        "prompt_id": "p",
+        "model": "m",
+        "seed": 1,
+        "axes": {},
+        "differs": {"prompt": ["a cat", hostile]},
+        "a": None,
+        "b": None,
+        "ssim": 0.5,
+        "phash": 30,
+        "band": "fail",
+        "reason": "SSIM 0.5000, pHash 30",
+    }
+    result = {
+        "run_a": str(tmp_path / "a"),
+        "run_b": str(tmp_path / "b"),
+        "baseline": None,
+        "bands": Bands().to_json(),
+        "calibration": None,
+        "outcome": "fail",
+        "counts": {"pairs": 1, "pass": 0, "review": 0, "fail": 1, "only_in_a": 0, "only_in_b": 0},
+        "pairs": [pair],
+        "only_in_a": [],
+        "only_in_b": [],
+    }
+    text = ciout.summary(result, tmp_path / "s.md").read_text()
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    row = next(line for line in text.splitlines() if line.startswith("| fail"))
+    assert len(re.findall(r"(?<!\\)\|", row)) == 8  # seven cells
+    suite = next(iter(JUnitXml.fromfile(str(ciout.junit(result, tmp_path / "j.xml")))))
+    assert suite.failures == 1 and hostile.replace("\n", " ") not in (tmp_path / "s.md").read_text()

@@ -103,8 +103,17 @@ def junit(result: dict[str, Any], path: Path) -> Path:
 
 
 def _cell(text: Any) -> str:
-    """Table-cell text: pipes and newlines would break the Markdown table."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Table-cell text: pipes and newlines would break the Markdown table, and text from a manifest
+    (a prompt in `differs`) must not become markup where the summary is shown."""
+    return (
+        str(text)
+        .replace("\\", "\\\\")
+        .replace("|", "\\|")
+        .replace("\n", " ")
+        .replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+    )
 
 
 def summary(
