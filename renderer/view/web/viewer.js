@@ -501,7 +501,7 @@
     next.addEventListener('click', () => showDetail(open + 1));
     close.addEventListener('click', closeDetail);
     nav.append(prev, next, close, el('span', 'where', (n + 1) + ' of ' + flat.length));
-    if (DIFF) {
+    if (DIFF && it.verdict !== 'only in A') {  // a coordinate B lacks has no picture to accept
       for (const [d, text] of [['accept', 'accept into baseline'], ['reject', 'reject']]) {
         const b = el('button', 'decide' + (decisions.get(it.id) === d ? ' on' : ''), text);
         b.name = d;
