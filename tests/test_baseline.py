@@ -60,6 +60,7 @@ def test_calibrated_baseline_passes_a_noisy_rerender(noisy: dict[str, Path], tmp
     assert result["calibration"] == cal and result["bands"] == stored["bands"]
 
 
+@pytest.mark.slow
 def test_a_noisier_provider_needs_calibration(tmp_path: Path):
     """A noisier provider's re-render against an uncalibrated baseline (default bands) is flagged
     for review, the flakiness calibration exists for; calibrated on two renders, a third passes."""
