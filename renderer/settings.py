@@ -84,9 +84,12 @@ SPECS: dict[str, Spec] = {
     "max_sheet": Spec(
         int, 64, 65_500, unit=" pixels"
     ),  # PNG/Pillow sheets beyond 65,500 px fail to save
-    "hash_limit": Spec(int, 0, 64),
+    "pass_phash": Spec(int, 0, 64),
+    "noise": Spec(float, 0, 10),
+    "fail_phash": Spec(int, 0, 64),
     "lease": Spec(float, 1, 3_600, unit=" seconds"),
-    "rmse_limit": Spec(float, 0, 1),
+    "pass_ssim": Spec(float, 0, 1),
+    "fail_ssim": Spec(float, 0, 1),
 }
 
 _RATE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*(s|sec|second|m|min|minute)\s*")

@@ -185,7 +185,9 @@ def test_other_commands_range_check_their_numbers():
         ["emulator", "--latency", "-1"],
         ["emulator", "--latency", "uniform:5:1"],
         ["report", "somewhere", "--max-sheet", "0"],
-        ["diff", "a", "b", "--rmse-limit", "nan"],
+        ["diff", "a", "b", "--pass-ssim", "nan"],
+        ["emulator", "--noise", "-1"],
+        ["baseline", "set", "r", "--fail-phash", "65"],
     ):
         code, _, err = run(*argv)
         assert code == 2 and ("allowed:" in err or "LOW is above HIGH" in err), argv

@@ -1,4 +1,4 @@
-"""`renderer diff`: identical runs, a changed model, JPEG re-encoding, and cross-model pairs."""
+"""`renderer diff`: pairing by coordinates, what differs, bands, JPEG re-encoding, files on disk."""
 
 from __future__ import annotations
 
@@ -7,24 +7,39 @@ import io
 import json
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from PIL import Image
 
 from renderer.provider.emulator import ServiceTime
-from renderer.view.compare import measure
+from renderer.view.bands import Bands, measure
 
 from .conftest import MANIFESTS, background_emulator, cli
 
 FAST = ServiceTime("fixed", 0.01)
 
 
-def _render(folder: Path, name: str, **emulator: object) -> Path:
+def render_regression(
+    folder: Path,
+    name: str,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **emulator: Any,
+) -> Path:
+    """manifests/regression.yaml (edited by `edit`) rendered on a fresh emulator into folder/name."""
+    data = yaml.safe_load((MANIFESTS / "regression.yaml").read_text())
+    if edit is not None:
+        edit(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / f"{name}.yaml"
+    manifest.write_text(yaml.safe_dump(data))
     with background_emulator(service=FAST, **emulator) as emu:
         code, _, err = cli(
             "run",
-            str(MANIFESTS / "regression.yaml"),
+            str(manifest),
             "--provider",
             emu.url,
             "--output",
@@ -36,46 +51,118 @@ def _render(folder: Path, name: str, **emulator: object) -> Path:
     return folder / name / "regression"
 
 
+def steps(value: int) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
+        data["defaults"]["num_inference_steps"] = value
+
+    return edit
+
+
+def _diff(*argv: str) -> tuple[int, dict[str, Any]]:
+    code, out, err = cli("diff", *argv, "--json")
+    assert out, err
+    return code, json.loads(out)
+
+
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _render(tmp_path_factory.mktemp("diff"), "a")
+    return render_regression(tmp_path_factory.mktemp("diff"), "a")
 
 
-def test_identical_runs_exit_0(baseline: Path, tmp_path: Path):
-    """Two renders of the same manifest on the same emulator are byte-identical: exit 0."""
-    other = _render(tmp_path, "b")
-    code, out, _ = cli("diff", str(baseline), str(other), "--json")
-    result = json.loads(out)
-    assert code == 0
-    assert result["counts"]["identical"] == 18 and result["counts"]["changed"] == 0
+def test_identical_runs_pass_exit_0(baseline: Path, tmp_path: Path):
+    """Two renders of the same manifest on the same emulator are byte-identical: all pass, exit 0."""
+    other = render_regression(tmp_path, "b")
+    code, result = _diff(str(baseline), str(other))
+    assert code == 0 and result["outcome"] == "pass"
+    assert result["counts"] == {
+        "pairs": 18,
+        "pass": 18,
+        "review": 0,
+        "fail": 0,
+        "only_in_a": 0,
+        "only_in_b": 0,
+    }
+    assert all(p["identical"] and p["differs"] == {} for p in result["pairs"])
 
 
-def test_a_changed_model_is_reported_exactly(baseline: Path, tmp_path: Path):
-    """The emulator renders one model differently: exactly its jobs are changed; exit 1; HTML written."""
-    other = _render(tmp_path, "b", variants=(("fal-ai/hidream-i1-fast", "v2"),))
+def test_a_one_parameter_change_pairs_by_coordinates(baseline: Path, tmp_path: Path):
+    """Changing num_inference_steps pairs every job by coordinates (none only on one side), names the
+    parameter in each pair, and bands each pair by its SSIM and pHash; the exit code follows."""
+    other = render_regression(tmp_path, "b", steps(30))
+    code, result = _diff(str(baseline), str(other))
+    counts = result["counts"]
+    assert counts["pairs"] == 18 and counts["only_in_a"] == counts["only_in_b"] == 0
+    assert all(p["differs"] == {"num_inference_steps": [None, 30]} for p in result["pairs"])
+    for p in result["pairs"]:
+        assert not p["identical"] and p["band"] == Bands().judge(p["ssim"], p["phash"])
+    # A small change: nothing is another picture, and some pairs need a look.
+    assert counts["fail"] == 0 and counts["review"] > 0
+    assert code == 4 and result["outcome"] == "review"
+
+
+def test_a_changed_model_fails_exactly(baseline: Path, tmp_path: Path):
+    """The emulator renders one model differently: exactly its pairs fail; exit 1; HTML written."""
+    other = render_regression(tmp_path, "b", variants=(("fal-ai/hidream-i1-fast", "v2"),))
     code, out, _ = cli(
         "diff", str(baseline), str(other), "--json", "--html", str(tmp_path / "d.html")
     )
     result = json.loads(out)
-    assert code == 1
-    changed = {p["label"].split(" / ")[1] for p in result["pairs"] if p["verdict"] == "changed"}
-    assert changed == {"hidream-fast"}
-    assert result["counts"] == {
-        "identical": 9,
-        "same": 0,
-        "changed": 9,
-        "missing": 0,
-        "only_in_a": 0,
-        "only_in_b": 0,
-    }
+    assert code == 1 and result["outcome"] == "fail"
+    failed = {p["model"] for p in result["pairs"] if p["band"] == "fail"}
+    assert failed == {"hidream-fast"}
+    assert result["counts"]["fail"] == 9 and result["counts"]["pass"] == 9
     assert (
         len(list((tmp_path / "d-images").glob("d-*.png"))) == 9
         and "difference" in (tmp_path / "d.html").read_text()
     )
 
 
-def test_jpeg_reencoding_is_within_threshold(baseline: Path, tmp_path: Path):
-    """The same pictures re-encoded through JPEG (quality 75) count as 'same', not 'changed'."""
+def test_an_endpoint_swap_under_the_same_label_pairs(baseline: Path, tmp_path: Path):
+    """A label moved to another endpoint pairs with no flag, and each pair names the endpoint change."""
+
+    def swap(data: dict[str, Any]) -> None:
+        data["models"][1]["endpoint"] = "fal-ai/flux-1/schnell"
+
+    other = render_regression(tmp_path, "b", swap)
+    code, result = _diff(str(baseline), str(other))
+    assert result["counts"]["pairs"] == 18 and result["counts"]["only_in_b"] == 0
+    moved = [p for p in result["pairs"] if p["model"] == "hidream-fast"]
+    assert len(moved) == 9 and all(
+        p["differs"]["endpoint"] == ["fal-ai/hidream-i1-fast", "fal-ai/flux-1/schnell"]
+        and p["band"] == "fail"
+        for p in moved
+    )
+    assert code == 1
+
+
+def test_cross_model_mapping(baseline: Path):
+    """--map pairs the same prompt and seed across two labels; each pair names the endpoints."""
+    code, result = _diff(str(baseline), str(baseline), "--map", "hidream-full=hidream-fast")
+    assert code == 1  # different models draw different pictures
+    assert result["counts"]["pairs"] == 9 and result["counts"]["fail"] == 9
+    assert all("hidream-full → hidream-fast" in p["label"] for p in result["pairs"])
+    assert all(
+        p["differs"]["endpoint"] == ["fal-ai/hidream-i1-full", "fal-ai/hidream-i1-fast"]
+        for p in result["pairs"]
+    )
+
+
+def test_coordinates_on_one_side(baseline: Path, tmp_path: Path):
+    """A prompt dropped from B is only_in_a (fail, exit 1); a prompt added in B is only_in_b (review, exit 4)."""
+
+    def drop(data: dict[str, Any]) -> None:
+        data["prompts"] = data["prompts"][:2]
+
+    fewer = render_regression(tmp_path, "fewer", drop)
+    code, result = _diff(str(baseline), str(fewer))
+    assert (code, result["counts"]["only_in_a"], result["counts"]["pass"]) == (1, 6, 12)
+    code, result = _diff(str(fewer), str(baseline))
+    assert (code, result["counts"]["only_in_b"], result["outcome"]) == (4, 6, "review")
+    assert {o["prompt_id"] for o in result["only_in_b"]} == {"red-panda"}
+
+
+def test_jpeg_reencoding_passes(baseline: Path, tmp_path: Path):
+    """The same pictures re-encoded through JPEG (quality 75) pass under the default bands."""
     copy = tmp_path / "jpeg"
     shutil.copytree(baseline, copy)
     for path in copy.rglob("*.png"):
@@ -98,28 +185,16 @@ def test_jpeg_reencoding_is_within_threshold(baseline: Path, tmp_path: Path):
                 entry["sha256"], entry["size"] = hashlib.sha256(data).hexdigest(), len(data)
             db.execute("UPDATE jobs SET files = ? WHERE key = ?", (json.dumps(entries), key))
     db.close()
-    code, out, _ = cli("diff", str(baseline), str(copy), "--json")
-    result = json.loads(out)
-    assert code == 0 and result["counts"]["same"] == 18
-    worst = max(p["rmse"] for p in result["pairs"])
-    assert worst < 0.04
+    code, result = _diff(str(baseline), str(copy))
+    assert code == 0 and result["counts"]["pass"] == 18
+    assert not any(p["identical"] for p in result["pairs"])
+    assert min(p["ssim"] for p in result["pairs"]) >= Bands().pass_ssim
 
 
-def test_cross_model_mapping(baseline: Path):
-    """--map pairs the same prompt and seed across two models for a design review."""
-    code, out, _ = cli(
-        "diff", str(baseline), str(baseline), "--map", "hidream-full=hidream-fast", "--json"
-    )
-    result = json.loads(out)
-    assert code == 1  # different models draw different pictures
-    assert len(result["pairs"]) == 9 and result["counts"]["changed"] == 9
-    assert all("hidream-full → hidream-fast" in p["label"] for p in result["pairs"])
-
-
-def test_measure_is_zero_for_the_same_file(baseline: Path):
-    """An image compared with itself has distance 0 and RMSE 0."""
+def test_measure_is_exact_for_the_same_file(baseline: Path):
+    """An image compared with itself has SSIM 1 and pHash distance 0."""
     first = next(baseline.rglob("*.png"))
-    assert measure((str(first), str(first))) == (0, 0.0)
+    assert measure((str(first), str(first))) == (1.0, 0)
 
 
 def _images(run: Path) -> list[Path]:
@@ -127,7 +202,8 @@ def _images(run: Path) -> list[Path]:
 
 
 def test_diff_judges_the_files_on_disk_not_the_recorded_hashes(baseline: Path, tmp_path: Path):
-    """A blurred image is 'changed' and a deleted one 'missing' although SQLite still records the old hashes: exit 1."""
+    """A blurred, rotated image fails and a deleted one fails as missing, although SQLite still
+    records the old hashes: exit 1."""
     from PIL import ImageFilter
 
     copy = tmp_path / "b"
@@ -136,11 +212,11 @@ def test_diff_judges_the_files_on_disk_not_the_recorded_hashes(baseline: Path, t
     with Image.open(blurred) as im:
         im.convert("RGB").filter(ImageFilter.GaussianBlur(8)).rotate(90).save(blurred, "PNG")
     deleted.unlink()
-    code, out, _ = cli("diff", str(baseline), str(copy), "--json")
-    result = json.loads(out)
+    code, result = _diff(str(baseline), str(copy))
     assert code == 1
-    assert result["counts"]["changed"] == 1 and result["counts"]["missing"] == 1
-    assert result["counts"]["identical"] == 16
+    assert result["counts"]["fail"] == 2 and result["counts"]["pass"] == 16
+    reasons = sorted(p["reason"] for p in result["pairs"] if p["band"] == "fail")
+    assert reasons[1] == "image missing in B" and reasons[0].startswith("SSIM")
 
 
 def test_diff_fails_when_images_are_missing_on_either_side(baseline: Path, tmp_path: Path):
@@ -150,8 +226,53 @@ def test_diff_fails_when_images_are_missing_on_either_side(baseline: Path, tmp_p
     for path in _images(copy)[:5]:
         path.unlink()
     for a, b in ((baseline, copy), (copy, baseline)):
-        code, out, _ = cli("diff", str(a), str(b), "--json")
-        assert code == 1 and json.loads(out)["counts"]["missing"] == 5
+        code, result = _diff(str(a), str(b))
+        assert code == 1 and result["counts"]["fail"] == 5
+
+
+def test_band_flags_move_the_edges(baseline: Path, tmp_path: Path):
+    """--pass-ssim/--pass-phash widen the pass band: the steps change then passes (exit 0), and the
+    report names the flags as the bands' source."""
+    other = render_regression(tmp_path, "b", steps(30))
+    code, result = _diff(
+        str(baseline), str(other), "--pass-ssim", "0.3", "--pass-phash", "40", "--fail-ssim", "0.2"
+    )
+    assert code == 0 and result["counts"]["pass"] == 18
+    assert result["bands"]["source"] == "flags (pass_ssim, pass_phash, fail_ssim) over defaults"
+
+
+def test_the_manifest_sets_the_bands_and_flags_override_it(baseline: Path, tmp_path: Path):
+    """`regression.bands` in the manifest B was rendered from sets the edges (the run keeps its
+    own copy, so moving the manifest file does not matter); a flag given to diff overrides it."""
+
+    def edit(data: dict[str, Any]) -> None:
+        steps(30)(data)
+        data["regression"] = {"bands": {"pass_ssim": 0.3, "pass_phash": 40, "fail_ssim": 0.2}}
+
+    other = render_regression(tmp_path, "b", edit)
+    (tmp_path / "b.yaml").unlink()
+    code, result = _diff(str(baseline), str(other))
+    assert code == 0 and result["counts"]["pass"] == 18
+    assert result["bands"]["pass_ssim"] == 0.3 and result["bands"]["source"].startswith(
+        "manifest regression.bands (pass_ssim, pass_phash, fail_ssim) over defaults"
+    )
+    code, result = _diff(str(baseline), str(other), "--pass-ssim", "0.99")
+    assert result["bands"]["pass_ssim"] == 0.99 and result["bands"]["pass_phash"] == 40
+    assert code == 4 and result["bands"]["source"].startswith("flags (pass_ssim) over manifest")
+
+
+def test_a_damaged_card_means_no_manifest_bands(baseline: Path, tmp_path: Path):
+    """A run whose dataset card is gone or holds no manifest block is judged by the defaults."""
+    from renderer.view.compare import manifest_bands
+
+    copy = tmp_path / "c"
+    shutil.copytree(baseline, copy)
+    card = copy / "data/README.md"
+    assert "## Manifest" in card.read_text()
+    card.write_text("# a card someone rewrote\n")
+    assert manifest_bands(copy) == {}
+    card.unlink()
+    assert manifest_bands(copy) == {}
 
 
 def test_unknown_map_labels_are_refused(baseline: Path):
@@ -161,10 +282,17 @@ def test_unknown_map_labels_are_refused(baseline: Path):
     assert "run A has no model 'hidream-ful'" in err and "did you mean hidream-full?" in err
 
 
-def test_html_into_a_missing_folder_is_refused(baseline: Path, tmp_path: Path):
-    """--html into a folder that does not exist is exit 2, and the folder is not created."""
-    code, _, err = cli(
-        "diff", str(baseline), str(baseline), "--html", str(tmp_path / "nope/x.html")
-    )
-    assert code == 2 and "does not exist" in err
+def test_output_into_a_missing_folder_is_refused(baseline: Path, tmp_path: Path):
+    """--html, --junit or --summary into a folder that does not exist is exit 2, nothing created."""
+    for flag in ("--html", "--junit", "--summary"):
+        code, _, err = cli("diff", str(baseline), str(baseline), flag, str(tmp_path / "nope/x.out"))
+        assert code == 2 and "does not exist" in err
     assert not (tmp_path / "nope").exists()
+
+
+def test_wrong_run_counts_are_refused(baseline: Path):
+    """One run without --baseline, or two with it, is exit 2 with the usage in the hint."""
+    code, _, err = cli("diff", str(baseline))
+    assert code == 2 and "give two runs" in err
+    code, _, err = cli("diff", "--baseline", "x", str(baseline), str(baseline))
+    assert code == 2 and "give one run" in err

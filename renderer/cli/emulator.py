@@ -78,6 +78,7 @@ def cmd_emulator(ctx: Context) -> int:
         faults=faults,
         keepalive=a.keepalive,
         variants=variants,
+        noise=a.noise,
         allow_unknown=a.allow_unknown,
     )
     context = None

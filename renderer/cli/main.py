@@ -5,7 +5,7 @@ injected so tests call it directly. Every error crosses `error_boundary` (bounda
 it to one message, an optional `hint:` line and an exit code (2 bad input, 3 auth/billing, 130
 interrupted). A traceback is printed only for a bug, or with --debug. The commands live in
 modules by what they act on: models.py (schemas, models), plans.py (validate, plan), runs.py (run,
-status, finalize), emulator.py, views.py (report, export, diff).
+status, finalize), emulator.py, views.py (report, export, diff, baseline).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from renderer.cli.emulator import cmd_emulator
 from renderer.cli.models import cmd_models, cmd_schemas_build
 from renderer.cli.plans import cmd_plan, cmd_validate
 from renderer.cli.runs import cmd_finalize, cmd_run, cmd_status
-from renderer.cli.views import cmd_diff, cmd_export, cmd_report
+from renderer.cli.views import cmd_baseline, cmd_diff, cmd_export, cmd_report
 from renderer.errors import UsageError, closest
 from renderer.manifest import load as manifest_mod
 
@@ -227,6 +227,13 @@ def _emulator_arguments(command: Callable[[str, Command, str], _Parser]) -> None
         metavar="ENDPOINT=SALT",
         help="render this endpoint differently (to exercise `renderer diff`)",
     )
+    p_emu.add_argument(
+        "--noise",
+        type=_number("noise"),
+        default=0.0,
+        metavar="N",
+        help="run-to-run picture noise, as a hosted model has (0 none, 1 typical; for calibration)",
+    )
     p_emu.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
     p_emu.add_argument("--tls-key", help="private key for --tls-cert")
     for flag, dest, what in (
@@ -422,29 +429,86 @@ def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_diff = command(
         "diff",
         cmd_diff,
-        "compare two runs image by image; exit 1 if anything changed or is missing",
+        "compare two runs (or a baseline and a run) image by image: exit 0 pass, 4 review, 1 fail",
     )
-    p_diff.add_argument("run_a", metavar="RUN_A")
-    p_diff.add_argument("run_b", metavar="RUN_B")
+    p_diff.add_argument(
+        "runs", nargs="+", metavar="RUN", help="RUN_A RUN_B, or one RUN with --baseline NAME"
+    )
+    p_diff.add_argument("--baseline", metavar="NAME", help="compare RUN with this baseline")
     p_diff.add_argument(
         "--map",
         action="append",
         metavar="MODEL_A=MODEL_B",
-        help="compare model A in RUN_A with model B in RUN_B (same prompt, seed, axes)",
+        help="pair model A of side A with model B of side B (a renamed label; other models are left out)",
     )
     p_diff.add_argument("--json", action="store_true", help="machine-readable output")
-    p_diff.add_argument("--html", help="also write an HTML page with changed pairs side by side")
+    p_diff.add_argument("--html", help="also write the viewer page (flicker, wipe, band filters)")
     p_diff.add_argument(
-        "--hash-limit",
-        type=_number("hash_limit"),
-        default=6,
-        help="largest dHash distance still 'same' (of 64)",
+        "--junit", metavar="FILE", help="also write JUnit XML, one test case a pair"
     )
     p_diff.add_argument(
-        "--rmse-limit",
-        type=_number("rmse_limit"),
-        default=0.04,
-        help="largest RMSE (0-1) still 'same'",
+        "--summary",
+        metavar="FILE",
+        help="also write a Markdown summary (CI job summary, PR comment)",
+    )
+    _band_arguments(p_diff)
+    p_diff.add_argument("--baselines", metavar="DIR", help=BASELINES_HELP)
+
+    p_base = command("baseline", cmd_baseline, "named baselines: set RUN, approve RUN, list")
+    base_sub = p_base.add_subparsers(
+        dest="baseline_command", metavar="ACTION", parser_class=_Parser
+    )
+    base_sub.required = True
+    p_set = base_sub.add_parser("set", help="make RUN the baseline NAME (default: the run's name)")
+    p_set.add_argument("run", metavar="RUN")
+    p_set.add_argument("--name", help="the baseline's name (default: RUN's folder name)")
+    p_set.add_argument(
+        "--repeat",
+        metavar="RUN2",
+        help="the same manifest rendered again: measure the provider's noise and derive the bands",
+    )
+    _band_arguments(p_set)
+    p_approve = base_sub.add_parser(
+        "approve", help="accept reviewed pairs of RUN into a baseline (nothing is rendered)"
+    )
+    p_approve.add_argument("run", metavar="RUN")
+    p_approve.add_argument(
+        "--name", help="the baseline (default: the decisions file's, else RUN's name)"
+    )
+    p_approve.add_argument(
+        "--decisions", metavar="FILE", help="a review exported from the diff page"
+    )
+    p_approve.add_argument(
+        "--pair", action="append", metavar="ID", help="accept this pair (repeatable)"
+    )
+    p_approve.add_argument(
+        "--all-review",
+        action="store_true",
+        help="accept every pair in the review band and every new one",
+    )
+    p_list = base_sub.add_parser("list", help="the baselines there are")
+    for p in (p_set, p_approve, p_list):
+        p.out, p.err = p_base.out, p_base.err
+        p.set_defaults(func=cmd_baseline)
+        p.add_argument("--baselines", metavar="DIR", help=BASELINES_HELP)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+BASELINES_HELP = "where baselines live (env RENDERER_BASELINES; default ./baselines)"
+
+
+def _band_arguments(p: _Parser) -> None:
+    p.add_argument(
+        "--pass-ssim", type=_number("pass_ssim"), metavar="S", help="pass needs SSIM ≥ S (0-1)"
+    )
+    p.add_argument(
+        "--pass-phash", type=_number("pass_phash"), metavar="N", help="pass needs pHash ≤ N (0-64)"
+    )
+    p.add_argument(
+        "--fail-ssim", type=_number("fail_ssim"), metavar="S", help="fail when SSIM < S (0-1)"
+    )
+    p.add_argument(
+        "--fail-phash", type=_number("fail_phash"), metavar="N", help="fail when pHash > N (0-64)"
     )
 
 

@@ -1,11 +1,13 @@
 """Commands that read a finished run: `report` (contact sheets), `export` (Parquet / WebDataset)
-and `diff` (two runs compared image by image; exit 1 on any change, a CI gate).
+`diff` (two runs, or a baseline and a run, compared image by image: a CI gate) and `baseline`
+(set, approve, list).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from renderer.cli.context import Context
 from renderer.errors import UsageError
@@ -60,53 +62,151 @@ def cmd_report(ctx: Context) -> int:
     return 0
 
 
-def cmd_diff(ctx: Context) -> int:
-    from renderer.view import compare
+def _mapping(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    mapping = {}
+    for item in items:
+        left, sep, right = item.partition("=")
+        if not sep or not left or not right:
+            raise UsageError(f"--map {item!r}: use MODEL_A=MODEL_B (labels or endpoint ids)")
+        mapping[left] = right
+    return mapping
 
-    a = ctx.args
-    mapping = None
-    if a.map:
-        mapping = {}
-        for item in a.map:
-            left, sep, right = item.partition("=")
-            if not sep or not left or not right:
-                raise UsageError(f"--map {item!r}: use MODEL_A=MODEL_B (labels or endpoint ids)")
-            mapping[left] = right
-    if a.html:
-        folder = Path(a.html).parent
+
+def _flags(a: Any) -> dict[str, Any]:
+    """The band edges given as flags (--pass-ssim, ...)."""
+    from renderer.view.bands import EDGES
+
+    return {k: getattr(a, k) for k in EDGES if getattr(a, k, None) is not None}
+
+
+def _folder_exists(flag: str, value: str | None) -> None:
+    if value:
+        folder = Path(value).parent
         if not folder.is_dir():
             raise UsageError(
-                f"--html {a.html}: the folder {folder} does not exist",
-                hint="create it first, or write the page into an existing folder",
+                f"{flag} {value}: the folder {folder} does not exist",
+                hint="create it first, or write the file into an existing folder",
             )
-    result = compare.compare(
-        Path(a.run_a),
-        Path(a.run_b),
-        mapping=mapping,
-        hash_limit=a.hash_limit,
-        rmse_limit=a.rmse_limit,
-    )
-    if a.html:
-        compare.write_html(result, Path(a.html))
+
+
+def cmd_diff(ctx: Context) -> int:
+    from renderer.view import baseline, ciout, compare
+
+    a = ctx.args
+    mapping = _mapping(a.map)
+    for flag, value in (("--html", a.html), ("--junit", a.junit), ("--summary", a.summary)):
+        _folder_exists(flag, value)
+    if a.baseline:
+        if len(a.runs) != 1:
+            raise UsageError(
+                f"diff --baseline {a.baseline}: give one run to compare with it (got {len(a.runs)})",
+                hint="renderer diff --baseline NAME RUN",
+            )
+        side_a: Any = baseline.load(baseline.folder(a.baselines, ctx.env), a.baseline)
+        run_b = Path(a.runs[0])
+    else:
+        if len(a.runs) != 2:
+            raise UsageError(
+                f"diff: give two runs (got {len(a.runs)})",
+                hint="renderer diff RUN_A RUN_B, or renderer diff --baseline NAME RUN",
+            )
+        side_a, run_b = compare.load_run(Path(a.runs[0])), Path(a.runs[1])
+    side_b = compare.load_run(run_b)
+    judge = compare.judging_bands(side_a, side_b, _flags(a))
+    result = compare.compare(side_a, side_b, mapping=mapping, bands=judge)
+    page = Path(a.html) if a.html else None
+    if page is not None:
+        compare.write_html(result, page)
+    if a.junit:
+        ciout.junit(result, Path(a.junit))
+    if a.summary:
+        from renderer.view import diffpage
+
+        thumbs = diffpage.thumb_paths(result, page) if page is not None else None
+        ciout.summary(result, Path(a.summary), page=page, thumbs=thumbs)
     if a.json:
         ctx.print(json.dumps(result, indent=2))
     else:
         counts = result["counts"]
-        ctx.print("  ".join(f"{k}={v}" for k, v in counts.items()))
+        ctx.print(f"{result['outcome']}: " + "  ".join(f"{k}={v}" for k, v in counts.items()))
+        from renderer.view.bands import Bands
+
+        ctx.print("bands: " + Bands.from_json(result["bands"]).describe())
         for pair in result["pairs"]:
-            if pair["verdict"] in ("changed", "missing"):
-                metrics = (
-                    ""
-                    if pair["hash_distance"] is None
-                    else f"  dHash {pair['hash_distance']}  RMSE {pair['rmse']:.3f}"
+            if pair["band"] != "pass":
+                what = "; ".join(
+                    f"{k} {ciout.shown(va)} → {ciout.shown(vb)}"
+                    for k, (va, vb) in pair["differs"].items()
                 )
-                ctx.print(f"{pair['verdict']:8} {pair['label']} #{pair['index']}{metrics}")
-        if a.html:
-            ctx.print(f"html: {a.html}")
-    # A CI gate: anything changed, or an image missing on either side, fails it.
-    counts = result["counts"]
-    return (
-        1
-        if counts["changed"] or counts["missing"] or counts["only_in_a"] or counts["only_in_b"]
-        else 0
-    )
+                ctx.print(
+                    f"{pair['band']:6} {pair['label']} #{pair['index']}  {pair['reason']}"
+                    + (f"  ({what})" if what else "")
+                    + f"  id {pair['id']}"
+                )
+        for key, side in (("only_in_a", "A"), ("only_in_b", "B")):
+            for item in result[key]:
+                ctx.print(f"only in {side}: {item['label']}  id {item['id']}")
+        for flag, value in (("html", a.html), ("junit", a.junit), ("summary", a.summary)):
+            if value:
+                ctx.print(f"{flag}: {value}")
+    return compare.EXIT[result["outcome"]]
+
+
+def cmd_baseline(ctx: Context) -> int:
+    from renderer.view import baseline
+    from renderer.view.bands import Bands
+
+    a = ctx.args
+    root = baseline.folder(a.baselines, ctx.env)
+    if a.baseline_command == "set":
+        done = baseline.set_baseline(
+            root,
+            Path(a.run),
+            name=a.name,
+            repeat=Path(a.repeat) if a.repeat else None,
+            flags=_flags(a),
+        )
+        if a.json:
+            ctx.print(json.dumps(done, indent=2))
+            return 0
+        ctx.print(
+            f"baseline {done['name']}: {done['jobs']} jobs, {done['images']} images → {done['dir']}"
+            + (" (replaced)" if done["replaced"] else "")
+        )
+        ctx.print("bands: " + Bands.from_json(done["bands"]).describe())
+        if done["calibration"] is None:
+            ctx.print(
+                "not calibrated: pass --repeat RUN2 (the same manifest rendered again) to measure "
+                "the provider's noise and derive the bands from it"
+            )
+        return 0
+    if a.baseline_command == "approve":
+        ids = list(a.pair or [])
+        name = a.name
+        if a.decisions:
+            decisions = baseline.read_decisions(Path(a.decisions))
+            ids += decisions["accept"]
+            name = name or decisions.get("baseline")
+        if not ids and not a.all_review:
+            raise UsageError(
+                "baseline approve: nothing to accept",
+                hint="give --decisions FILE (exported from the diff page), --pair ID, or --all-review",
+            )
+        name = name or Path(a.run).resolve().name
+        done = baseline.approve(root, name, Path(a.run), ids=ids, all_review=a.all_review)
+        if a.json:
+            ctx.print(json.dumps(done, indent=2))
+        else:
+            ctx.print(f"baseline {done['name']}: accepted {done['accepted']} pair(s) from {a.run}")
+        return 0
+    names = baseline.names(root)
+    if a.json:
+        ctx.print(json.dumps(names))
+    else:
+        for name in names:
+            ctx.print(name)
+        if not names:
+            ctx.print(f"no baselines in {root}")
+    return 0

@@ -1,16 +1,13 @@
-"""`renderer diff RUN_A RUN_B`: what changed between two runs, image by image.
+"""`renderer diff`: what changed between two runs (or a baseline and a run), image by image.
 
-Jobs are matched by key (same endpoint and input, so the same seed), or, with a model
-mapping, by prompt, seed and axes across two models. Each matched image pair is:
-  identical  byte for byte (same sha256);
-  same       different bytes, the same picture: dHash distance <= HASH_LIMIT (grayscale)
-             *and* RMSE <= RMSE_LIMIT (over RGB), both on a 64x64 downscale;
-  changed    anything else.
-dHash (64 bits: is each pixel brighter than its right neighbour, on a 9x8 downscale) ignores
-re-encoding and small noise; RMSE (0…1, in colour) catches shifts of tone and hue that dHash
-misses (a grayscale RMSE called two pictures the same when their colours merely had equal
-luminance: bench/report_scale.py). JPEG
-re-encoding at quality 75 of the same picture measures about dHash 0-2, RMSE 0.01 (tests).
+Pairing is by coordinates: the same prompt id, seed, model label and axis values. The input is
+not part of it, so a changed parameter or a new endpoint behind the same label still pairs, and
+each pair names what differs between the two inputs (`differs`: endpoint, prompt text, each
+parameter). `--map A=B` renames: model A on side A pairs with model B on side B (only the mapped
+models take part). Each matched image is measured (SSIM and pHash, renderer/view/bands.py) and
+put in a band: pass, review or fail. Same bytes (hashed from the files on disk) pass without
+measuring; an image absent or unreadable on either side fails. Coordinates on one side only are
+listed as only_in_a (lost coverage) and only_in_b (new, not yet in the baseline).
 """
 
 from __future__ import annotations
@@ -20,77 +17,130 @@ import json
 import os
 import stat
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageChops
+import yaml
 
 from renderer.errors import UsageError, closest
-from renderer.layout import DB_NAME
+from renderer.layout import CARD, DATA_DIR, DB_NAME
 from renderer.state import read_store
-from renderer.state.rows import Row
+from renderer.view.bands import EDGES, Bands, measure_or_none
 
-HASH_LIMIT = 6
-RMSE_LIMIT = 0.04
+# Input keys `differs` leaves out: the seed is a coordinate, and the prompt text is compared
+# under its own name beside the endpoint.
+_NOT_COMPARED = ("prompt", "seed")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One job on one side: its coordinates, what was asked, and its image files."""
+
+    key: str
+    prompt_id: str
+    model: str
+    seed: int | None
+    axes: dict[str, Any]
+    endpoint: str
+    prompt: str
+    input: dict[str, Any]
+    files: list[dict[str, Any]]  # {path (relative to the side's root), sha256, size, mtime_ns}
+
+    @property
+    def coords(self) -> tuple[str, str, int | None, str]:
+        return (self.prompt_id, self.model, self.seed, json.dumps(self.axes, sort_keys=True))
+
+    @property
+    def label(self) -> str:
+        axes = "".join(f" / {k}={v}" for k, v in sorted(self.axes.items()))
+        return f"{self.prompt_id} / {self.model}{axes} / seed {self.seed}"
 
 
 @dataclass
-class Pair:
-    key: str  # A's job key
-    label: str  # prompt / model / seed
-    index: int
-    a: str | None  # image paths relative to their run
-    b: str | None
-    verdict: str  # identical | same | changed | missing
-    hash_distance: int | None = None
-    rmse: float | None = None
+class Side:
+    """A run or a baseline: a root folder the file paths are relative to, and its entries."""
+
+    root: Path
+    entries: list[Entry]
+    name: str = ""  # a baseline's name; "" for a run
+    bands: Bands | None = None  # a baseline's stored bands
+    calibration: dict[str, Any] | None = None
+    manifest_bands: dict[str, Any] | None = None  # a run's manifest `regression.bands`
 
 
-def _small(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+def manifest_bands(run: Path) -> dict[str, Any]:
+    """`regression.bands` of the manifest a run was rendered from, or {}.
 
-
-def dhash(image: Image.Image) -> int:
-    small = image.resize((9, 8), Image.Resampling.BILINEAR)
-    pixels = small.tobytes()  # one byte a pixel: the image is grayscale ("L")
-    bits = 0
-    for y in range(8):
-        for x in range(8):
-            bits = (bits << 1) | (pixels[y * 9 + x] > pixels[y * 9 + x + 1])
-    return bits
-
-
-def measure(paths: tuple[str, str]) -> tuple[int, float]:
-    """(dHash Hamming distance on grayscale, RMSE in 0…1 over RGB) on a common 64x64 downscale.
-
-    RMSE is taken in colour: two pictures whose tones match in gray but not in hue differ.
+    Read from the run's own copy of its manifest, the verbatim block the dataset card ends with
+    (renderer/output/dataset.py), so it is the manifest as it was at run time, wherever the file
+    is now. The manifest was validated then; anything unreadable here counts as no bands.
     """
-    a, b = _small(paths[0]), _small(paths[1])
-    distance = bin(dhash(a.convert("L")) ^ dhash(b.convert("L"))).count("1")
-    histogram = ImageChops.difference(a, b).histogram()  # 256 bins per band, three bands
-    squares = sum(count * (value % 256) ** 2 for value, count in enumerate(histogram))
-    rmse = (squares / (64 * 64 * 3)) ** 0.5 / 255
-    return distance, rmse
-
-
-def _measure_or_none(paths: tuple[str, str]) -> tuple[int, float] | None:
-    """`measure`, or None when either file is not a readable image (then the pair is 'changed')."""
     try:
-        return measure(paths)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+        text = (run / DATA_DIR / CARD).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    at = text.find("\n## Manifest\n\n")
+    if at < 0:
+        return {}
+    opening, _, rest = text[at + len("\n## Manifest\n\n") :].partition("\n")
+    fence = opening.removesuffix("yaml")
+    end = rest.rfind("\n" + fence)
+    if not fence.startswith("```") or end < 0:
+        return {}
+    try:
+        data = yaml.safe_load(rest[:end])
+    except yaml.YAMLError:
+        return {}
+    regression = data.get("regression") if isinstance(data, dict) else None
+    found = regression.get("bands") if isinstance(regression, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {
+        k: v
+        for k, v in found.items()
+        if k in EDGES and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
-def disk_sha256(run: Path, entry: dict[str, Any]) -> str | None:
+def load_run(run: Path) -> Side:
+    if not (run / DB_NAME).is_file():
+        raise UsageError(
+            f"{run}: no run here (no {DB_NAME})", hint="pass run directories such as outputs/NAME"
+        )
+    with read_store(run) as store:
+        rows = store.rows(in_plan=True)
+    entries = [
+        Entry(
+            r.key,
+            r.prompt_id,
+            r.model,
+            r.seed,
+            dict(r.axes),
+            r.endpoint,
+            r.prompt,
+            dict(r.input),
+            list(r.files or []),
+        )
+        for r in rows
+    ]
+    return Side(run, entries, manifest_bands=manifest_bands(run))
+
+
+def pair_id(coords: tuple[str, str, int | None, str], index: int) -> str:
+    """A pair's stable name: the same coordinates give the same id in every run and baseline."""
+    digest = hashlib.sha256(json.dumps(list(coords)).encode()).hexdigest()[:16]
+    return f"{digest}.{index}"
+
+
+def disk_sha256(root: Path, entry: dict[str, Any]) -> str | None:
     """The sha256 of the file as it is on disk now, or None when it is gone.
 
-    The recorded hash is trusted only while size and mtime still match what the run
-    recorded (the same fast path a rerun uses); a re-encoded, edited or replaced file is
-    hashed again, so it can never pass as "identical".
+    The recorded hash is trusted only while size and mtime still match what was recorded (the
+    same fast path a rerun uses); a re-encoded, edited or replaced file is hashed again, so it
+    can never pass as identical.
     """
-    path = run / entry["path"]
+    path = root / entry["path"]
     try:
         info = path.stat()
     except OSError:
@@ -113,10 +163,27 @@ def disk_sha256(run: Path, entry: dict[str, Any]) -> str | None:
     return digest.hexdigest()
 
 
-def _check_mapping(mapping: dict[str, str], rows_a: list[Row], rows_b: list[Row]) -> None:
-    """Every --map label must name a model (label or endpoint) of its run; a typo compares nothing."""
-    for side, names, rows in (("A", list(mapping), rows_a), ("B", list(mapping.values()), rows_b)):
-        known = sorted({r.model for r in rows} | {r.endpoint for r in rows})
+def differs(a: Entry, b: Entry) -> dict[str, list[Any]]:
+    """What the two inputs disagree on: {name: [A's value, B's value]} (None where absent)."""
+    out: dict[str, list[Any]] = {}
+    if a.endpoint != b.endpoint:
+        out["endpoint"] = [a.endpoint, b.endpoint]
+    if a.prompt != b.prompt:
+        out["prompt"] = [a.prompt, b.prompt]
+    for name in sorted((a.input.keys() | b.input.keys()) - set(_NOT_COMPARED)):
+        va, vb = a.input.get(name), b.input.get(name)
+        if json.dumps(va, sort_keys=True) != json.dumps(vb, sort_keys=True):
+            out[name] = [va, vb]
+    return out
+
+
+def _check_mapping(mapping: dict[str, str], a: Side, b: Side) -> None:
+    """Every --map label must name a model (label or endpoint) of its side; a typo compares nothing."""
+    for side, names, entries in (
+        ("A", list(mapping), a.entries),
+        ("B", list(mapping.values()), b.entries),
+    ):
+        known = sorted({e.model for e in entries} | {e.endpoint for e in entries})
         for name in names:
             if name not in known:
                 guess = closest(name, known)
@@ -128,103 +195,159 @@ def _check_mapping(mapping: dict[str, str], rows_a: list[Row], rows_b: list[Row]
                 )
 
 
-def _load(run: Path) -> list[Row]:
-    if not (run / DB_NAME).is_file():
-        raise UsageError(
-            f"{run}: no run here (no {DB_NAME})", hint="pass run directories such as outputs/NAME"
-        )
-    with read_store(run) as store:
-        return store.rows(in_plan=True)
+def _mapped(entries: list[Entry], mapping: dict[str, str], side: str) -> dict[Any, Entry]:
+    """Coordinates of the mapped models, with B's model replaced by the A label it maps from."""
+    out = {}
+    for e in entries:
+        names = (e.endpoint, e.model)
+        if side == "a":
+            entry = next((a for a in mapping if a in names), None)
+        else:
+            entry = next((a for a, b in mapping.items() if b in names), None)
+        if entry is not None:
+            out[(e.prompt_id, entry, e.seed, json.dumps(e.axes, sort_keys=True))] = e
+    return out
 
 
-def _identity(row: Row, side: str, mapping: dict[str, str] | None) -> Any:
-    """How a job is matched: its key, or (prompt, seed, axes, mapping entry) across models."""
-    if mapping is None:
-        return row.key
-    names = (row.endpoint, row.model)
-    if side == "a":
-        entry = next((a for a in mapping if a in names), None)
-    else:
-        entry = next((a for a, b in mapping.items() if b in names), None)
-    if entry is None:
-        return None
-    return (row.prompt_id, row.seed, json.dumps(row.axes, sort_keys=True), entry)
+def judging_bands(a: Side, b: Side, flags: dict[str, Any] | None = None) -> Bands:
+    """The edges a comparison judges by, each layer over the one before: the defaults; A's own
+    (a baseline's, calibrated); the manifest B was rendered from (`regression.bands`); flags."""
+    judge = (a.bands or Bands()).override(b.manifest_bands or {}, "manifest regression.bands")
+    return judge.override(flags or {}, "flags")
+
+
+def _as_side(source: Path | Side) -> Side:
+    return source if isinstance(source, Side) else load_run(Path(source))
 
 
 def compare(
-    run_a: Path,
-    run_b: Path,
+    source_a: Path | Side,
+    source_b: Path | Side,
     *,
     mapping: dict[str, str] | None = None,
-    hash_limit: int = HASH_LIMIT,
-    rmse_limit: float = RMSE_LIMIT,
+    bands: Bands | None = None,
 ) -> dict[str, Any]:
-    """Match, measure and judge every image pair. `mapping` pairs A_MODEL=B_MODEL (labels or endpoints)."""
-    rows_a, rows_b = _load(run_a), _load(run_b)
+    """Pair, measure and band every image. `mapping` pairs A_MODEL=B_MODEL (labels or endpoints).
+
+    `bands`: the edges to judge by; default `judging_bands(a, b)` (the baseline's own, the manifest's).
+    """
+    a, b = _as_side(source_a), _as_side(source_b)
+    judge = bands or judging_bands(a, b)
     if mapping is not None:
-        _check_mapping(mapping, rows_a, rows_b)
-        # Only the mapped models take part: the rest of each run is not being compared.
-        rows_a = [r for r in rows_a if _identity(r, "a", mapping) is not None]
-        rows_b = [r for r in rows_b if _identity(r, "b", mapping) is not None]
-    index_b = {ident: r for r in rows_b if (ident := _identity(r, "b", mapping)) is not None}
-    pairs: list[Pair] = []
-    only_a, matched = [], set()
-    for ra in rows_a:
-        rb = index_b.get(_identity(ra, "a", mapping))
-        if rb is None:
-            only_a.append(ra.key)
+        _check_mapping(mapping, a, b)
+        index_a, index_b = _mapped(a.entries, mapping, "a"), _mapped(b.entries, mapping, "b")
+    else:
+        index_a = {e.coords: e for e in a.entries}
+        index_b = {e.coords: e for e in b.entries}
+    pairs: list[dict[str, Any]] = []
+    only_a = [_only(e, c) for c, e in index_a.items() if c not in index_b]
+    only_b = [_only(e, c) for c, e in index_b.items() if c not in index_a]
+    for coords, ea in index_a.items():
+        eb = index_b.get(coords)
+        if eb is None:
             continue
-        matched.add(rb.key)
-        label = f"{ra.prompt_id} / {ra.model}{' → ' + rb.model if rb.model != ra.model else ''} / seed {ra.seed}"
-        files_a, files_b = ra.files or [], rb.files or []
-        for i in range(max(len(files_a), len(files_b), 1)):
-            fa = files_a[i] if i < len(files_a) else None
-            fb = files_b[i] if i < len(files_b) else None
-            ha = disk_sha256(run_a, fa) if fa else None
-            hb = disk_sha256(run_b, fb) if fb else None
-            if fa is None or fb is None or ha is None or hb is None:
-                pairs.append(
-                    Pair(
-                        ra.key,
-                        label,
-                        i,
-                        fa["path"] if fa and ha else None,
-                        fb["path"] if fb and hb else None,
-                        "missing",
-                    )
+        label = (
+            ea.label
+            if ea.model == eb.model
+            else ea.label.replace(f" / {ea.model}", f" / {ea.model} → {eb.model}", 1)
+        )
+        what = differs(ea, eb)
+        for i in range(max(len(ea.files), len(eb.files), 1)):
+            fa = ea.files[i] if i < len(ea.files) else None
+            fb = eb.files[i] if i < len(eb.files) else None
+            ha = disk_sha256(a.root, fa) if fa else None
+            hb = disk_sha256(b.root, fb) if fb else None
+            pair: dict[str, Any] = {
+                "id": pair_id(coords, i),
+                "label": label,
+                "index": i,
+                "prompt_id": ea.prompt_id,
+                "model": ea.model,
+                "model_b": eb.model,
+                "seed": ea.seed,
+                "axes": ea.axes,
+                "key": ea.key,
+                "key_b": eb.key,
+                "differs": what,
+                "a": fa["path"] if fa and ha else None,
+                "b": fb["path"] if fb and hb else None,
+                "sha_a": ha,
+                "sha_b": hb,
+                "identical": False,
+                "ssim": None,
+                "phash": None,
+                "band": "pending",
+                "reason": "",
+            }
+            if ha is None or hb is None:
+                pair["band"] = "fail"
+                pair["reason"] = "image missing in " + " and ".join(
+                    s for s, h in (("A", ha), ("B", hb)) if h is None
                 )
             elif ha == hb:
-                pairs.append(Pair(ra.key, label, i, fa["path"], fb["path"], "identical", 0, 0.0))
-            else:
-                pairs.append(Pair(ra.key, label, i, fa["path"], fb["path"], "pending"))
-    todo = [p for p in pairs if p.verdict == "pending"]
-    tasks = [(str(run_a / p.a), str(run_b / p.b)) for p in todo if p.a and p.b]
+                pair.update(identical=True, ssim=1.0, phash=0, band="pass", reason="same bytes")
+            pairs.append(pair)
+    todo = [p for p in pairs if p["band"] == "pending"]
+    tasks = [(str(a.root / p["a"]), str(b.root / p["b"])) for p in todo]
     if len(tasks) >= 16:
         with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            results = list(pool.map(_measure_or_none, tasks, chunksize=8))
+            results = list(pool.map(measure_or_none, tasks, chunksize=8))
     else:
-        results = [_measure_or_none(t) for t in tasks]
+        results = [measure_or_none(t) for t in tasks]
     for pair, measured in zip(todo, results, strict=True):
-        if measured is None:  # one side is no longer a readable image
-            pair.verdict = "changed"
+        if measured is None:
+            pair["band"], pair["reason"] = "fail", "not a readable image"
             continue
-        distance, rmse = measured
-        pair.hash_distance, pair.rmse = distance, round(rmse, 5)
-        pair.verdict = "same" if distance <= hash_limit and rmse <= rmse_limit else "changed"
-    only_b = [r.key for r in rows_b if r.key not in matched]
+        pair["ssim"], pair["phash"] = measured
+        pair["band"] = judge.judge(*measured)
+        pair["reason"] = f"SSIM {measured[0]:.4f}, pHash {measured[1]}"
     counts = {
-        v: sum(1 for p in pairs if p.verdict == v)
-        for v in ("identical", "same", "changed", "missing")
+        "pairs": len(pairs),
+        **{band: sum(1 for p in pairs if p["band"] == band) for band in ("pass", "review", "fail")},
+        "only_in_a": len(only_a),
+        "only_in_b": len(only_b),
     }
     return {
-        "run_a": str(run_a),
-        "run_b": str(run_b),
-        "thresholds": {"hash": hash_limit, "rmse": rmse_limit},
-        "counts": {**counts, "only_in_a": len(only_a), "only_in_b": len(only_b)},
-        "pairs": [asdict(p) for p in pairs],
+        "run_a": str(a.root),
+        "run_b": str(b.root),
+        "baseline": a.name or None,
+        "bands": judge.to_json(),
+        "calibration": a.calibration,
+        "outcome": outcome(counts),
+        "counts": counts,
+        "pairs": pairs,
         "only_in_a": only_a,
         "only_in_b": only_b,
     }
+
+
+def _only(e: Entry, coords: tuple[Any, ...]) -> dict[str, Any]:
+    first = e.files[0]["path"] if e.files else None
+    return {
+        "id": pair_id(coords, 0),
+        "key": e.key,
+        "label": e.label,
+        "prompt_id": e.prompt_id,
+        "model": e.model,
+        "seed": e.seed,
+        "axes": e.axes,
+        "path": first,
+        "sha": e.files[0].get("sha256") if e.files else None,
+    }
+
+
+# The gate's exit codes (README "Contact sheets and regression diffs").
+EXIT = {"pass": 0, "fail": 1, "review": 4}
+
+
+def outcome(counts: dict[str, int]) -> str:
+    """fail when any pair fails or a coordinate of A is gone; review when any pair needs a look or
+    B has coordinates A lacks; else pass."""
+    if counts["fail"] or counts["only_in_a"]:
+        return "fail"
+    if counts["review"] or counts["only_in_b"]:
+        return "review"
+    return "pass"
 
 
 def write_html(result: dict[str, Any], path: Path) -> Path:

@@ -1,7 +1,9 @@
 """`renderer diff --html`: the report's viewer in comparison mode.
 
-Each pair shows A | B | difference (amplified ×4), or A and B overlaid with a fade slider;
-"verdict" is one more dimension, paged by default so changed pairs come first. Pictures are
+Each pair shows A | B | difference (amplified ×4), A and B overlaid with a fade slider, A and B
+flickering in place, or a wipe (a slider reveals B over A); "band" (fail, review, pass, only in A
+or B) is one more dimension, paged by default so what needs a decision comes first. Review
+decisions made on the page are exported as a JSON file for `renderer baseline approve`. Pictures are
 copied beside the page (PAGE-images/, thumbnails named by content so A and B share a file when
 they are the same bytes), so the page and its folder can be moved or shared together.
 """
@@ -11,26 +13,20 @@ from __future__ import annotations
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image, ImageChops
 
-from renderer.layout import DB_NAME
-from renderer.state import read_store
 from renderer.state.rows import Row
 from renderer.view import page as page_mod
 from renderer.view import report
+from renderer.view.bands import Bands
 
-VERDICTS = ("changed", "missing", "only in A", "only in B", "same", "identical")
+# The band dimension's values, in page order: what needs a decision first.
+VERDICTS = ("fail", "review", "only in A", "only in B", "pass")
 DIFF_SIDE = 512  # difference images are made at most this large: they are for the eye
-
-
-def _rows(run: Path) -> dict[str, Row]:
-    if not (run / DB_NAME).is_file():
-        return {}
-    with read_store(run) as store:
-        return {r.key: r for r in store.rows()}
 
 
 def _difference(task: tuple[str, str, str]) -> None:
@@ -54,14 +50,34 @@ def _run(tasks: list[Any], fn: Any) -> None:
         list(pool.map(fn, tasks, chunksize=8))
 
 
+def thumb_paths(result: dict[str, Any], path: Path) -> dict[str, tuple[str | None, str | None]]:
+    """Pair id → (A's thumbnail, B's thumbnail), relative to the page's folder, as `write` names them."""
+    folder = path.stem + "-images"
+
+    def name(sha: str | None) -> str | None:
+        return f"{folder}/{sha[:24]}.jpg" if sha else None
+
+    return {p["id"]: (name(p["sha_a"]), name(p["sha_b"])) for p in result["pairs"]}
+
+
+@dataclass(frozen=True)
+class _Coords:
+    """What report.space reads of a job: a pair's coordinates stand in for a run's row."""
+
+    prompt_id: str
+    model: str
+    seed: int | None
+    axes: dict[str, Any]
+
+
 def write(result: dict[str, Any], path: Path) -> Path:
-    """Write the comparison page for a `compare.compare` result, and its pictures beside it."""
+    """Write the comparison page for a `compare.compare` result, and its pictures beside it.
+
+    Everything comes from the result (A may be a baseline, which has no run database).
+    """
     run_a, run_b = Path(result["run_a"]), Path(result["run_b"])
-    rows_a, rows_b = _rows(run_a), _rows(run_b)
     folder = path.parent / (path.stem + "-images")
     folder.mkdir(parents=True, exist_ok=True)
-    sha_a = {e["path"]: e["sha256"] for r in rows_a.values() for e in r.files or []}
-    sha_b = {e["path"]: e["sha256"] for r in rows_b.values() for e in r.files or []}
     have = set(os.listdir(folder))
     keep: set[str] = set()
     thumbs: dict[str, tuple[str, str]] = {}
@@ -84,31 +100,32 @@ def write(result: dict[str, Any], path: Path) -> Path:
             out["full"] = f"{folder.name}/{name}"
         return out
 
-    entries: list[tuple[Row, dict[str, Any]]] = []
+    entries: list[tuple[_Coords, dict[str, Any]]] = []
     for pair in result["pairs"]:
-        row = rows_a.get(pair["key"])
-        if row is None:
-            continue
-        differs = pair["verdict"] in ("changed", "same")
-        a = picture(run_a, pair["a"], sha_a.get(pair["a"] or ""), differs)
-        b = picture(run_b, pair["b"], sha_b.get(pair["b"] or ""), differs)
+        differs = not pair["identical"]
+        a = picture(run_a, pair["a"], pair["sha_a"], differs)
+        b = picture(run_b, pair["b"], pair["sha_b"], differs)
         diff = None
         if differs and a and b:
-            name = f"d-{sha_a[pair['a']][:16]}-{sha_b[pair['b']][:16]}.png"
+            name = f"d-{pair['sha_a'][:16]}-{pair['sha_b'][:16]}.png"
             keep.add(name)
             if name not in have:
                 diffs[name] = (str(run_a / pair["a"]), str(run_b / pair["b"]), str(folder / name))
             diff = f"{folder.name}/{name}"
         entries.append(
             (
-                row,
+                _Coords(pair["prompt_id"], pair["model"], pair["seed"], pair["axes"]),
                 {
-                    "verdict": pair["verdict"],
+                    "id": pair["id"],
+                    "verdict": pair["band"],
                     "label": pair["label"],
                     "index": pair["index"],
                     "key": pair["key"],
-                    "hash": pair["hash_distance"],
-                    "rmse": pair["rmse"],
+                    "ssim": pair["ssim"],
+                    "phash": pair["phash"],
+                    "reason": pair["reason"],
+                    "differs": pair["differs"],
+                    "identical": pair["identical"],
                     "a": a,
                     "b": b,
                     "diff": diff,
@@ -116,28 +133,23 @@ def write(result: dict[str, Any], path: Path) -> Path:
                 },
             )
         )
-    for side, keys, rows, run in (
-        ("A", result["only_in_a"], rows_a, run_a),
-        ("B", result["only_in_b"], rows_b, run_b),
-    ):
-        for key in keys:
-            row = rows.get(key)
-            if row is None:
-                continue
-            first = row.files[0] if row.files else None
-            pic = picture(
-                run, first["path"] if first else None, first["sha256"] if first else None, False
-            )
+    for side, key, run in (("A", "only_in_a", run_a), ("B", "only_in_b", run_b)):
+        for item in result[key]:
+            pic = picture(run, item["path"], item["sha"], False)
             entries.append(
                 (
-                    row,
+                    _Coords(item["prompt_id"], item["model"], item["seed"], item["axes"]),
                     {
+                        "id": item["id"],
                         "verdict": f"only in {side}",
-                        "label": f"{row.prompt_id} / {row.model} / seed {row.seed}",
+                        "label": item["label"],
                         "index": 0,
-                        "key": key,
-                        "hash": None,
-                        "rmse": None,
+                        "key": item["key"],
+                        "ssim": None,
+                        "phash": None,
+                        "reason": f"only in {side}",
+                        "differs": {},
+                        "identical": False,
                         "a": pic if side == "A" else None,
                         "b": pic if side == "B" else None,
                         "diff": None,
@@ -155,14 +167,15 @@ def write(result: dict[str, Any], path: Path) -> Path:
         if not name.endswith(".tmp"):
             (folder / name).unlink(missing_ok=True)
 
+    # report.space reads prompt_id, model, seed and axes only: the coordinates stand in for rows.
     sp = (
-        report.space([row for row, _ in entries])
+        report.space(cast(list[Row], [c for c, _ in entries]))
         if entries
         else report.Space([], [], [], [], False)
     )
     verdicts = [v for v in VERDICTS if any(e["verdict"] == v for _, e in entries)]
     indexes = sorted({e["index"] for _, e in entries})
-    dims = [{"name": "verdict", "values": verdicts, "missing": False}]
+    dims = [{"name": "band", "values": verdicts, "missing": False}]
     dims += [
         {"name": n, "values": v, "missing": m}
         for n, v, m in zip(sp.names, sp.values, sp.missing, strict=True)
@@ -180,15 +193,23 @@ def write(result: dict[str, Any], path: Path) -> Path:
     view = {
         "x": "model" if "model" in names else "",
         "y": "prompt" if "prompt" in names else "",
-        "page": "verdict",
+        "page": "band",
     }
+    a_name = f"baseline {result['baseline']}" if result.get("baseline") else result["run_a"]
+    bands = Bands.from_json(result["bands"])
     data = {
         "mode": "diff",
-        "summary": f"{result['run_a']} → {result['run_b']}: "
+        "summary": f"{a_name} → {result['run_b']}: {result['outcome']}; "
         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()),
+        "bands": bands.describe(),
+        "calibration": result.get("calibration"),
+        "baseline": result.get("baseline"),
+        "run_a": result["run_a"],
+        "run_b": result["run_b"],
         "dims": dims,
         "linked": [["seed", "sample"]] if sp.sample else [],
         "view": view,
         "items": items,
     }
-    return page_mod.write(path, f"diff: {run_a.name} → {run_b.name}", data)
+    title = f"diff: {result.get('baseline') or run_a.name} → {run_b.name}"
+    return page_mod.write(path, title, data)

@@ -30,5 +30,8 @@ class EmulatorConfig:
     faults: Faults = Faults()  # noqa: RUF009 (frozen: one shared default is safe)
     keepalive: float = 15.0  # seconds between SSE comment lines
     variants: tuple[tuple[str, str], ...] = ()  # (endpoint, salt): render that model differently
+    noise: float = (
+        0.0  # run-to-run picture noise (pictures.render): 0 none, 1 typical of a hosted model
+    )
     allow_unknown: bool = False  # serve endpoints without a schema (generic output)
     schema_dir: Path | None = None

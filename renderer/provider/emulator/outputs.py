@@ -3,7 +3,8 @@ images rendered for it and the file URLs that serve them.
 
 The output's shape follows the endpoint's Output schema (seed, timings, has_nsfw_concepts, prompt
 only where the model documents them); an input failing the endpoint's schema gets fal's 422
-`detail` list. Images are pure functions of the input (`pictures.render`), kept in `files` for the
+`detail` list. Images are pure functions of the input and, with a noise setting, of the request id
+(`pictures.render`), kept in `files` for the
 emulator's life and served at /_files/{id}/{n}.{ext} (or inlined as data URLs for sync_mode).
 """
 
@@ -22,6 +23,20 @@ from renderer.provider.emulator.config import EmulatorConfig
 from renderer.provider.emulator.faults import Chance, bomb_png
 from renderer.provider.emulator.pictures import render
 from renderer.provider.emulator.queue import ModelRequest
+
+# Input keys that do not move the picture's content (prompt and seed choose the picture itself).
+_NOT_DRAWN = frozenset(
+    {
+        "prompt",
+        "seed",
+        "num_images",
+        "output_format",
+        "sync_mode",
+        "image_size",
+        "aspect_ratio",
+        "resolution",
+    }
+)
 
 
 class Outputs:
@@ -96,7 +111,18 @@ class Outputs:
         size = capped(requested_size(payload, documented), self.config.max_side)
         prompt = str(payload.get("prompt", ""))
         variant = self.variants.get(req.endpoint, "")
-        return seed, [(req.endpoint, prompt, seed, i, size, fmt, variant) for i in range(count)]
+        # What the picture drifts with: every other parameter, documented defaults included (an
+        # omitted value is the default's picture), size and delivery apart (size has its own effect).
+        params = json.dumps(
+            {k: v for k, v in {**documented, **payload}.items() if k not in _NOT_DRAWN},
+            sort_keys=True,
+        )
+        noise = self.config.noise
+        grain = int.from_bytes(hashlib.sha256(req.id.encode()).digest()[4:12], "big")
+        return seed, [
+            (req.endpoint, prompt, seed, i, size, fmt, variant, params, noise, grain)
+            for i in range(count)
+        ]
 
     def prerender(self, req: ModelRequest) -> asyncio.Future[list[tuple[bytes, str]]] | None:
         """Render a valid request's images in a thread while its slot sleeps: the event loop stays free

@@ -3,6 +3,9 @@
 // attributes (never from markup), so any text in the data stays text.
 // Views: X, Y and an optional page axis from every dimension; every other dimension is a
 // filter, and its selected values share a cell. The view lives in the URL fragment.
+// A comparison (DATA.mode 'diff') shows each pair side by side, overlaid, flickering or as a wipe,
+// with its band (fail, review, pass, only in A/B) as a badge and a filter; review decisions are
+// kept in the browser and exported as a file for `renderer baseline approve`.
 (function () {
   const DATA = JSON.parse(document.getElementById('renderer-data').textContent);
   const DIFF = DATA.mode === 'diff';
@@ -14,7 +17,15 @@
   const NOT_SET = '(not set)';
   const MIN = 40, MAX = 640;
 
-  const state = {x: -1, y: -1, page: -1, sel: dims.map(() => null), size: 160, overlay: false, fade: 0.5};
+  const MODES = [['trio', 'A | B | difference'], ['overlay', 'overlay'], ['flicker', 'flicker'], ['wipe', 'wipe']];
+  const state = {x: -1, y: -1, page: -1, sel: dims.map(() => null), size: 160, mode: 'trio', fade: 0.5, wipe: 0.5};
+  // Review decisions: pair id -> 'accept' | 'reject', kept per compared run in localStorage.
+  const STORE = 'renderer-decisions:' + (DATA.baseline || DATA.run_a || '') + '>' + (DATA.run_b || '');
+  const decisions = new Map();
+  if (DIFF) {
+    try { for (const [k, v] of Object.entries(JSON.parse(localStorage.getItem(STORE) || '{}'))) decisions.set(k, v); } catch (e) { /* storage off: decisions last the visit */ }
+  }
+  const saveDecisions = () => { try { localStorage.setItem(STORE, JSON.stringify(Object.fromEntries(decisions))); } catch (e) { /* storage off */ } };
   let grids = [];      // per page: {rows: [[cell element]]}
   let flat = [];       // every visible item in page order: {item, g, r, c}
   let cursor = null;   // {g, r, c}
@@ -50,9 +61,12 @@
     }
     const size = parseInt(q.get('size'), 10);
     state.size = Number.isFinite(size) ? Math.min(MAX, Math.max(MIN, size)) : 160;
-    state.overlay = q.get('overlay') === '1';
+    const mode = q.get('mode') || (q.get('overlay') === '1' ? 'overlay' : 'trio');
+    state.mode = MODES.some(([m]) => m === mode) ? mode : 'trio';
     const fade = parseFloat(q.get('fade'));
     state.fade = Number.isFinite(fade) ? Math.min(1, Math.max(0, fade)) : 0.5;
+    const wipe = parseFloat(q.get('wipe'));
+    state.wipe = Number.isFinite(wipe) ? Math.min(1, Math.max(0, wipe)) : 0.5;
   }
 
   function writeHash() {
@@ -61,7 +75,7 @@
     q.set('x', name(state.x)); q.set('y', name(state.y)); q.set('page', name(state.page));
     state.sel.forEach((s, d) => { if (s) for (const i of s) q.append('only.' + dims[d].name, label(d, i)); });
     q.set('size', String(state.size));
-    if (DIFF) { q.set('overlay', state.overlay ? '1' : '0'); q.set('fade', String(state.fade)); }
+    if (DIFF) { q.set('mode', state.mode); q.set('fade', String(state.fade)); q.set('wipe', String(state.wipe)); }
     const hash = '#' + q.toString();
     if (location.hash !== hash) history.replaceState(null, '', hash);
   }
@@ -105,20 +119,82 @@
     fit.addEventListener('click', fitToScreen);
     bar.append(swap, sizeLabel, fit);
     if (DIFF) {
-      const ov = el('label', null, 'overlay A/B');
-      const box = el('input');
-      Object.assign(box, {type: 'checkbox', checked: state.overlay, name: 'overlay'});
-      box.addEventListener('change', () => { state.overlay = box.checked; update(); });
-      ov.append(box);
+      const ml = el('label', null, 'show');
+      const mode = el('select');
+      mode.name = 'mode';
+      for (const [m, text] of MODES) mode.append(new Option(text, m));
+      mode.value = state.mode;
+      mode.addEventListener('change', () => { state.mode = mode.value; update(); });
+      ml.append(mode);
       const fl = el('label', null, 'B opacity');
       const fade = el('input');
       Object.assign(fade, {type: 'range', min: 0, max: 1, step: 0.05, value: state.fade, name: 'fade'});
       fade.addEventListener('input', () => { state.fade = +fade.value; applySize(); writeHash(); });
       fl.append(fade);
-      bar.append(ov, fl);
+      const wl = el('label', null, 'wipe');
+      const wipe = el('input');
+      Object.assign(wipe, {type: 'range', min: 0, max: 1, step: 0.01, value: state.wipe, name: 'wipe'});
+      wipe.addEventListener('input', () => { state.wipe = +wipe.value; applySize(); writeHash(); });
+      wl.append(wipe);
+      fl.hidden = state.mode !== 'overlay';
+      wl.hidden = state.mode !== 'wipe';
+      bar.append(ml, fl, wl, bandChips(), exportButton());
     }
     const help = el('span', 'axisname', 'arrows move · Enter opens · Esc closes');
     bar.append(help);
+  }
+
+  // The band filter as one-click chips (the same selection as the band dimension's filter).
+  function bandChips() {
+    const box = el('span', 'bands');
+    const d = byName.get('band');
+    if (d === undefined) return box;
+    dims[d].values.forEach((name, i) => {
+      const n = items.filter((it) => it.v[d] === i).length;
+      const chip = el('button', 'chip ' + bandClass(name), name + ' ' + n);
+      chip.type = 'button';
+      chip.dataset.band = name;
+      chip.setAttribute('aria-pressed', String(!state.sel[d] || state.sel[d].has(i)));
+      chip.addEventListener('click', () => {
+        const all = dims[d].values.map((_, k) => k);
+        const s = state.sel[d] || new Set(all);
+        if (s.has(i)) s.delete(i); else s.add(i);
+        state.sel[d] = s.size === all.length ? null : s;
+        buildFilters();
+        update();
+      });
+      box.append(chip);
+    });
+    return box;
+  }
+
+  const bandClass = (band) => 'band-' + band.replace(/ /g, '-');
+
+  function exportButton() {
+    const b = el('button', null, 'export decisions (' + decisions.size + ')');
+    b.type = 'button';
+    b.name = 'export';
+    b.title = 'save the accept/reject decisions as a file for `renderer baseline approve --decisions FILE`';
+    b.addEventListener('click', () => {
+      const accept = [], reject = [];
+      for (const [id, d] of decisions) (d === 'accept' ? accept : reject).push(id);
+      const body = JSON.stringify({format: 'renderer-decisions/1', baseline: DATA.baseline || null,
+        run_a: DATA.run_a, run_b: DATA.run_b, accept: accept.sort(), reject: reject.sort(), exported: new Date().toISOString()}, null, 1);
+      const a = el('a');
+      a.href = 'data:application/json;charset=utf-8,' + encodeURIComponent(body);
+      a.download = 'decisions.json';
+      document.body.append(a);
+      a.click();
+      a.remove();
+    });
+    return b;
+  }
+
+  function decide(it, d) {
+    if (decisions.get(it.id) === d) decisions.delete(it.id); else decisions.set(it.id, d);
+    saveDecisions();
+    const b = document.querySelector('#controls button[name=export]');
+    if (b) b.textContent = 'export decisions (' + decisions.size + ')';
   }
 
   function buildFilters() {
@@ -180,6 +256,7 @@
   function applySize() {
     document.documentElement.style.setProperty('--size', state.size + 'px');
     document.documentElement.style.setProperty('--fade', String(state.fade));
+    document.documentElement.style.setProperty('--wipe', String(state.wipe));
   }
 
   function presentValues(d, visible) {
@@ -301,14 +378,18 @@
   }
 
   function diffItem(it) {
-    const node = el('div', 'item diff' + (state.overlay ? ' overlay' : ''));
-    const badge = el('span', 'verdict ' + it.verdict, it.verdict);
-    if (state.overlay) {
+    const stacked = state.mode !== 'trio';
+    const node = el('div', 'item diff' + (stacked ? ' stacked ' + state.mode : ''));
+    node.dataset.band = it.verdict;
+    const badge = el('span', 'verdict ' + bandClass(it.verdict), it.verdict);
+    if (stacked) {
       const stack = el('div', 'stack box');
       stack.append(badge);
       if (it.a) stack.append(thumb(it.a.thumb, 'A', 'a'));
       if (it.b) stack.append(thumb(it.b.thumb, 'B', 'b'));
       if (!it.a && !it.b) stack.append(el('span', null, 'no image'));
+      if (state.mode === 'wipe' && it.a && it.b) stack.append(el('span', 'wipe-line'));
+      if (state.mode === 'flicker' && it.a && it.b) stack.append(el('span', 'side flick-a', 'A'), el('span', 'side flick-b', 'B'));
       node.append(stack);
     } else {
       const trio = el('div', 'trio');
@@ -322,6 +403,8 @@
       trio.firstChild.append(badge);
       node.append(trio);
     }
+    const d = decisions.get(it.id);
+    if (d) { node.classList.add(d + 'ed'); node.append(el('span', 'decision ' + d, d === 'accept' ? 'accepted' : 'rejected')); }
     node.title = it.label + ' #' + it.index;
     return node;
   }
@@ -337,7 +420,7 @@
           const cols = c.style.gridTemplateColumns.match(/repeat\((\d+)/);
           most = Math.max(most, cols ? +cols[1] : 1);
         }
-        units += most * (DIFF && !state.overlay ? 3 : 1);
+        units += most * (DIFF && state.mode === 'trio' ? 3 : 1);
       }
       widest = Math.max(widest, units);
     }
@@ -418,6 +501,14 @@
     next.addEventListener('click', () => showDetail(open + 1));
     close.addEventListener('click', closeDetail);
     nav.append(prev, next, close, el('span', 'where', (n + 1) + ' of ' + flat.length));
+    if (DIFF && it.verdict !== 'only in A') {  // a coordinate B lacks has no picture to accept
+      for (const [d, text] of [['accept', 'accept into baseline'], ['reject', 'reject']]) {
+        const b = el('button', 'decide' + (decisions.get(it.id) === d ? ' on' : ''), text);
+        b.name = d;
+        b.addEventListener('click', () => { decide(it, d); render(); showDetail(Math.min(open, flat.length - 1)); });
+        nav.append(b);
+      }
+    }
     side.append(nav);
     const list = el('dl');
     list.id = 'detail-facts';
@@ -425,9 +516,12 @@
     if (DIFF) {
       for (const [name, part] of [['A', it.a], ['B', it.b]]) if (part) media.append(figure(part.full || part.thumb, name + ': ' + part.path));
       if (it.diff) media.append(figure(it.diff, 'difference ×4'));
-      facts(list, [['verdict', it.verdict], ['pair', it.label + ' #' + it.index], ...dimsRows,
-        ['dHash distance', it.hash === null ? 'n/a' : it.hash + ' of 64'], ['RMSE', it.rmse === null ? 'n/a' : it.rmse],
-        ['A', it.a ? it.a.path : 'missing'], ['B', it.b ? it.b.path : 'missing'], ['job key (A)', it.key]]);
+      const shown = (v) => (v === null || v === undefined ? '(not set)' : JSON.stringify(v));
+      const what = Object.entries(it.differs || {}).map(([k, [a, b]]) => k + ': ' + shown(a) + ' → ' + shown(b)).join('\n');
+      facts(list, [['why', it.reason], ['decision', decisions.get(it.id) || 'none'],
+        ['pair', it.label + ' #' + it.index], ['what differs', what || (it.verdict.startsWith('only') ? 'n/a' : 'inputs identical')], ...dimsRows,
+        ['SSIM', it.ssim === null ? 'n/a' : it.ssim], ['pHash distance', it.phash === null ? 'n/a' : it.phash + ' of 64'],
+        ['bands', DATA.bands], ['A', it.a ? it.a.path : 'missing'], ['B', it.b ? it.b.path : 'missing'], ['pair id', it.id], ['job key (A)', it.key]]);
     } else {
       it.images.forEach((im, i) => media.append(figure(im.path, it.images.length > 1 ? 'image ' + i + ' · ' + im.width + '×' + im.height : im.width + '×' + im.height)));
       if (!it.images.length) media.append(el('p', 'empty', it.state === 'failed' ? 'failed: ' + (it.error || 'no reason recorded') : 'not rendered yet (' + it.state + ')'));
@@ -494,8 +588,8 @@
   }
 
   window.addEventListener('hashchange', () => { readHash(); buildControls(); buildFilters(); applySize(); render(); });
-  if (DIFF) items.forEach((it) => { it.rank = {changed: 0, missing: 1, same: 2, identical: 3}[it.verdict] ?? 4; });
-  document.getElementById('summary').textContent = DATA.summary || '';
+  if (DIFF) items.forEach((it) => { it.rank = {fail: 0, review: 1, 'only in A': 2, 'only in B': 3, pass: 4}[it.verdict] ?? 5; });
+  document.getElementById('summary').textContent = (DATA.summary || '') + (DIFF && DATA.bands ? ' · bands: ' + DATA.bands : '');
   readHash();
   buildControls();
   buildFilters();
