@@ -1,4 +1,4 @@
-"""README.md: every Python block meant to run runs, as written, in a fresh folder with the repository's manifests."""
+"""README.md and docs/: every Python block meant to run runs, as written, in a fresh folder with the repository's manifests."""
 
 from __future__ import annotations
 
@@ -19,23 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- not run[^>]*-->\n)?```python\n(.*?)```", re.S)
 
 
-def _blocks() -> list[tuple[int, str]]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return [
-        (text.count("\n", 0, m.start()) + 1, m.group(2))
-        for m in BLOCK.finditer(text)
-        if not m.group(1)
-    ]
+def _blocks() -> list[tuple[str, str]]:
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(ROOT).as_posix()
+        found += [
+            (f"{name}:{text.count(chr(10), 0, m.start()) + 1}", m.group(2))
+            for m in BLOCK.finditer(text)
+            if not m.group(1)
+        ]
+    return found
 
 
 BLOCKS = _blocks()
 
 
-@pytest.mark.parametrize(("line", "code"), BLOCKS, ids=[f"README.md:{n}" for n, _ in BLOCKS])
-def test_python_block_runs_as_written(line: int, code: str, tmp_path: Path):
+@pytest.mark.parametrize(("line", "code"), BLOCKS, ids=[where for where, _ in BLOCKS])
+def test_python_block_runs_as_written(line: str, code: str, tmp_path: Path):
     """The block runs without an error (top-level await allowed, as in a notebook cell)."""
     shutil.copytree(ROOT / "manifests", tmp_path / "manifests")
-    compiled = compile(code, f"README.md:{line}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    compiled = compile(code, line, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     scope: dict[str, Any] = {"__name__": "__readme__"}
     before = Path.cwd()
     os.chdir(tmp_path)
