@@ -5,12 +5,13 @@ through the per-cell template where it applies, else in full.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from itertools import product
 from typing import Any
 
 from renderer.layout import job_stem
 from renderer.manifest.types import Model, Prompt
-from renderer.plan import matrix
+from renderer.plan import matrix, sweep
 from renderer.plan.compare import same_value
 from renderer.plan.dedupe import Dedupe
 from renderer.plan.jobs import (
@@ -32,19 +33,50 @@ class Expansion(Dedupe):
     """The matrix expanded lazily in plan order: cells (prompt × model × axes), then a job per seed,"""
 
     def _matrix(self) -> Iterator[tuple[Prompt, Model, dict[str, Any], Sequence[int]]]:
-        """(prompt, model, axis values, seeds) of the plain matrix, in plan order (seeds innermost)."""
-        for prompt in self.prompts.values():
-            for model in self.models.values():
-                variables = self.axes_global + list(model.axes.items())
-                names = [n for n, _ in variables]
-                seeds = self.seeds_for(prompt, model)
-                for values in product(*(vals for _, vals in variables)):
-                    yield prompt, model, dict(zip(names, values, strict=False)), seeds
+        """(prompt, model, axis values, seeds) of the plain matrix, in plan order: prompt, its
+        own variants (template variables, alternations, zip groups), model, axes, seeds innermost."""
+        for template in self.prompts.values():
+            own = self.prompt_dims.get(template.id, [])
+            for picks in product(*(rows for _, rows in own)):
+                mine = {
+                    k: v
+                    for (keys, _), row in zip(own, picks, strict=True)
+                    for k, v in zip(keys, row, strict=True)
+                }
+                prompt = self._resolved(template, mine)
+                for model in self.models.values():
+                    variables = self.axes_global + list(model.axes.items())
+                    names = [n for n, _ in variables]
+                    seeds = self.seeds_for(prompt, model)
+                    for values in product(*(vals for _, vals in variables)):
+                        axis_values = dict(zip(names, values, strict=False))
+                        yield prompt, model, {**mine, **axis_values} if mine else axis_values, seeds
+
+    def _resolved(self, prompt: Prompt, values: dict[str, Any]) -> Prompt:
+        """The prompt with its template's variables replaced by `values` (each name present)."""
+        if prompt.template is None:
+            return prompt
+        return replace(prompt, text=prompt.template.resolve(values))
 
     def _originals(self) -> Iterator[dict[str, Any]]:
         for prompt, model, axis_values, seeds in self._matrix():
             for seed in seeds:
                 yield {"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed}
+
+    def _swept(self) -> Iterator[dict[str, Any]]:
+        """The originals after exclude, `sample` and `order`: drawn and ordered once, kept."""
+        if self._sweep is None:
+
+            def kept() -> Iterator[dict[str, Any]]:
+                for c in self._originals():
+                    if not any(matrix.matches(c, e, same_value) for e in self.exclude):
+                        yield c
+
+            chosen = sweep.draw(kept, self.m.sample) if self.m.sample else list(kept())
+            if self.m.order == "sparse-first":
+                chosen = sweep.sparse_first(chosen)
+            self._sweep = chosen
+        return iter(self._sweep)
 
     def _cells(
         self, tally: Tally | None
@@ -52,15 +84,20 @@ class Expansion(Dedupe):
         tuple[Prompt, Model, dict[str, Any], dict[str, Any], tuple[Any, ...] | None, Sequence[int]]
     ]:
         """(prompt, model, axes, extra params, source, seeds): jobs that differ only by seed, grouped."""
-        if not self.include and not self.exclude:
+        swept = self.m.sample is not None or self.m.order != "plan"
+        if not self.include and not self.exclude and not swept:
             # The plain matrix: no combination dicts at all, seeds innermost.
             for prompt, model, axis_values, seeds in self._matrix():
                 if tally is not None:
                     tally.combos += len(seeds)
                 yield prompt, model, canonical(axis_values), {}, None, seeds
         else:
+            # A sample or an order is taken after exclude and before include (see _swept).
             for combo, created in matrix.stream(
-                self._originals, self.include, self.exclude, same_value
+                self._swept if swept else self._originals,
+                self.include,
+                () if swept else self.exclude,
+                same_value,
             ):
                 if tally is not None:
                     tally.combos += 1
@@ -92,12 +129,24 @@ class Expansion(Dedupe):
             return None
         if combo["prompt"] not in self.prompts or combo["model"] not in self.models:
             return None  # already reported
+        prompt = self.prompts[combo["prompt"]]
+        if prompt.template is not None:
+            lacking = [n for n in prompt.template.names if n not in combo]
+            if lacking:
+                self.at(
+                    source or ("include",),
+                    f"this entry creates a combination of prompt {prompt.id!r} but lacks "
+                    f"{', '.join(lacking)}, which its text names",
+                    allowed="a value for every variable the prompt's text names",
+                )
+                return None
+            prompt = self._resolved(prompt, combo)
         job_axes = canonical({k: v for k, v in combo.items() if k in self.axis_names})
         extra_params = canonical(
             {k: v for k, v in combo.items() if k not in self.axis_names and k not in RESERVED}
         )
         return (
-            self.prompts[combo["prompt"]],
+            prompt,
             self.models[combo["model"]],
             job_axes,
             extra_params,
@@ -224,8 +273,14 @@ class Expansion(Dedupe):
             ((*prompt.path, "params"), self.prompt_params[prompt.id]),
             (("axes",), {k: v for k, v in job_axes.items() if k in self.m.axes}),
             ((*model.path, "axes"), {k: v for k, v in job_axes.items() if k in model.axes}),
-            (source or ("include",), extra_params),
         ]
+        for path, keys in self.zip_params:
+            layers.append((path, {k: v for k, v in job_axes.items() if k in keys}))
+        if prompt.template is not None:
+            # Not sent from here (payload["prompt"] is set below): it locates a schema problem
+            # with the resolved text at the template that made it.
+            layers.append(((*prompt.path, "text"), {"prompt": prompt.text}))
+        layers.append((source or ("include",), extra_params))
         payload: dict[str, Any] = {}
         for _, params in layers:
             payload.update(params)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from renderer.manifest.templates import prompt_axes, sweep_names
 from renderer.manifest.types import Manifest
 from renderer.models.schemas import SchemaRegistry
 from renderer.models.sizes import requested_size
@@ -57,9 +58,16 @@ class Planner(Expansion):
             {**e, "model": self.endpoint_names.get(e["model"], e["model"])} if "model" in e else e
             for e in self.m.exclude
         ]
-        self.axis_names = {n for n, _ in self.axes_global} | {
-            n for m in models.values() for n in m.axes
+        self.axis_names = (
+            {n for n, _ in self.axes_global}
+            | {n for m in models.values() for n in m.axes}
+            | sweep_names(prompts.values(), self.m.variables, self.m.zips)
+        )
+        self.prompt_dims = {
+            pid: prompt_axes(p, self.m.variables, self.m.zips) for pid, p in prompts.items()
         }
+        self.zip_params = [(g.path, g.params) for g in self.m.zips if g.params]
+        self._sweep = None
         self.unseeded: set[str] = set()
 
         # One checking pass over every job, holding none of them: fingerprints catch repeated
