@@ -49,7 +49,7 @@ def test_template_substitutes_each_variable_where_it_stands(literals: list[str],
     values = {"color": "red", "size": "big"}
     for i, name in enumerate(names):
         literal = literals[i % len(literals)]
-        text += literal + ("{%s}" % name if i % 2 else f"__{name}__") + " "
+        text += literal + ("{" + name + "}" if i % 2 else f"__{name}__") + " "
         expected += literal + values[name] + " "
     template = parse_template(text)
     assert template is not None and set(template.names) == set(names)
@@ -131,7 +131,7 @@ def test_zip_of_three_pairs_is_three_cells(registry: SchemaRegistry):
         ("a portrait of a dog", "cats"),
         ("a portrait of a owl", "hawks"),
     ]
-    assert [j.axes for j in p.jobs][0] == {"subject": "cat", "negative_prompt": "dogs"}
+    assert p.jobs[0].axes == {"subject": "cat", "negative_prompt": "dogs"}
 
 
 def test_a_zip_of_parameters_only_applies_to_every_prompt(registry: SchemaRegistry):
