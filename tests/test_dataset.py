@@ -275,3 +275,34 @@ def test_a_metadata_file_that_is_not_the_recorded_one_is_rewritten_whole(tmp_pat
         json.dumps(r, sort_keys=True) for r in _rows_from_state(run_dir)
     ]
     assert len(_metadata(run_dir / "data")) == 8
+
+
+def test_each_template_variable_is_a_column(tmp_path: Path):
+    """metadata.jsonl has one column per template variable, zip key and alternation, beside the
+    resolved prompt that was sent; the card lists them as swept axes."""
+    m = write_manifest(
+        tmp_path,
+        vars={"color": ["red", "blue"]},
+        prompts=[{"id": "pet", "text": "a {color} {subject}, {matte|glossy}"}],
+        models=["fal-ai/hidream-i1-fast"],
+        zip=[{"subject": ["cat", "dog", "owl"], "negative_prompt": ["dogs", "cats", "hawks"]}],
+        output=str(tmp_path / "out"),
+    )
+    with background_emulator(service=ServiceTime("fixed", 0.0)) as emu:
+        code, _, err = cli("run", str(m), "--provider", emu.url, "--quiet", env={"FAL_KEY": "k"})
+    assert code == 0, err
+    data = tmp_path / "out/t/data"
+    rows = _metadata(data)
+    assert len(rows) == 2 * 3 * 2
+    for r in rows:
+        assert r["prompt"] == f"a {r['color']} {r['subject']}, {r['alt1']}"
+        assert {"cat": "dogs", "dog": "cats", "owl": "hawks"}[r["subject"]] == r["negative_prompt"]
+        assert json.loads(r["input"])["negative_prompt"] == r["negative_prompt"]
+    assert {(r["color"], r["subject"], r["alt1"]) for r in rows} == {
+        (c, s, f)
+        for c in ("red", "blue")
+        for s in ("cat", "dog", "owl")
+        for f in ("matte", "glossy")
+    }
+    card = (data / "README.md").read_text()
+    assert all(f"`{column}` (string)" in card for column in ("color", "subject", "alt1"))
