@@ -26,7 +26,7 @@ from renderer.manifest.sources import (
     prompt_file,
     read_text_file,
 )
-from renderer.manifest.templates import prompt_variants, read_sweep, template_of
+from renderer.manifest.templates import template_of
 from renderer.manifest.types import (
     PROVIDERS,
     AccountConfig,
@@ -36,6 +36,7 @@ from renderer.manifest.types import (
     Prompt,
     ProviderConfig,
 )
+from renderer.manifest.variables import prompt_variants, read_sweep
 from renderer.settings import RetryPolicy, is_remote
 
 if TYPE_CHECKING:

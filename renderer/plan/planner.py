@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from renderer.manifest.templates import prompt_axes, sweep_names
 from renderer.manifest.types import Manifest
+from renderer.manifest.variables import prompt_axes, sweep_names
 from renderer.models.schemas import SchemaRegistry
 from renderer.models.sizes import requested_size
 from renderer.plan.cost import megapixels
