@@ -166,6 +166,7 @@ class Expander:
         self._tokens: dict[tuple[str, int], list[Token] | None] = {}
         self._counts: dict[str, int | None] = {}
         self._stack: list[str] = []
+        self._values: dict[str, list[Any]] = {}
 
     def _at(self, e: Entry, offset: int, message: str, **kw: Any) -> Problem:
         col = e.col + offset if e.in_file else e.col
@@ -270,7 +271,11 @@ class Expander:
 
     def values(self, name: str) -> list[Any]:
         """Every value of `name`, expanded (count() said it is finite and small enough)."""
-        return [v for k in range(len(self.entries[name])) for v in self.expand(name, k)]
+        if name not in self._values:
+            self._values[name] = [
+                v for k in range(len(self.entries[name])) for v in self.expand(name, k)
+            ]
+        return self._values[name]
 
     def expand(self, name: str, k: int) -> list[Any]:
         """The values one written value of `name` expands to (itself, if it nests nothing)."""

@@ -33,6 +33,7 @@ class PlannerCore:
     prompt_dims: dict[str, list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]]
     zip_params: list[tuple[tuple[Any, ...], frozenset[str]]]
     _sweep: list[dict[str, Any]] | None
+    text_names: set[str]  # axes that only make prompt text: variables, alternations, zip variables
     unseeded: set[str]
     _exact: bool
 

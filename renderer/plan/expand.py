@@ -5,15 +5,12 @@ through the per-cell template where it applies, else in full.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
-from itertools import product
 from typing import Any
 
 from renderer.layout import job_stem
 from renderer.manifest.types import Model, Prompt
-from renderer.plan import matrix, sweep
+from renderer.plan import matrix
 from renderer.plan.compare import same_value
-from renderer.plan.dedupe import Dedupe
 from renderer.plan.jobs import (
     RESERVED,
     SEED_MAX,
@@ -27,56 +24,11 @@ from renderer.plan.jobs import (
 from renderer.plan.seeds import RandomSeeds
 from renderer.plan.template import CellBlock, CellTemplate, seed_ok
 from renderer.plan.unique import Tally
+from renderer.plan.variants import Variants
 
 
-class Expansion(Dedupe):
+class Expansion(Variants):
     """The matrix expanded lazily in plan order: cells (prompt × model × axes), then a job per seed,"""
-
-    def _matrix(self) -> Iterator[tuple[Prompt, Model, dict[str, Any], Sequence[int]]]:
-        """(prompt, model, axis values, seeds) of the plain matrix, in plan order: prompt, its
-        own variants (template variables, alternations, zip groups), model, axes, seeds innermost."""
-        for template in self.prompts.values():
-            own = self.prompt_dims.get(template.id, [])
-            for picks in product(*(rows for _, rows in own)):
-                mine = {
-                    k: v
-                    for (keys, _), row in zip(own, picks, strict=True)
-                    for k, v in zip(keys, row, strict=True)
-                }
-                prompt = self._resolved(template, mine)
-                for model in self.models.values():
-                    variables = self.axes_global + list(model.axes.items())
-                    names = [n for n, _ in variables]
-                    seeds = self.seeds_for(prompt, model)
-                    for values in product(*(vals for _, vals in variables)):
-                        axis_values = dict(zip(names, values, strict=False))
-                        yield prompt, model, {**mine, **axis_values} if mine else axis_values, seeds
-
-    def _resolved(self, prompt: Prompt, values: dict[str, Any]) -> Prompt:
-        """The prompt with its template's variables replaced by `values` (each name present)."""
-        if prompt.template is None:
-            return prompt
-        return replace(prompt, text=prompt.template.resolve(values))
-
-    def _originals(self) -> Iterator[dict[str, Any]]:
-        for prompt, model, axis_values, seeds in self._matrix():
-            for seed in seeds:
-                yield {"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed}
-
-    def _swept(self) -> Iterator[dict[str, Any]]:
-        """The originals after exclude, `sample` and `order`: drawn and ordered once, kept."""
-        if self._sweep is None:
-
-            def kept() -> Iterator[dict[str, Any]]:
-                for c in self._originals():
-                    if not any(matrix.matches(c, e, same_value) for e in self.exclude):
-                        yield c
-
-            chosen = sweep.draw(kept, self.m.sample) if self.m.sample else list(kept())
-            if self.m.order == "sparse-first":
-                chosen = sweep.sparse_first(chosen)
-            self._sweep = chosen
-        return iter(self._sweep)
 
     def _cells(
         self, tally: Tally | None
@@ -304,10 +256,15 @@ class Expansion(Dedupe):
                 ("defaults",),
             )
             self.translate_ratio(model, payload, origin, str(who))
+        sent = (
+            {k: v for k, v in job_axes.items() if k not in self.text_names}
+            if self.text_names
+            else job_axes
+        )
         shape = (
             model.name,
             prompt.id if prompt.params else "",
-            freeze(job_axes),
+            freeze(sent),  # values that only make prompt text never change the rest of the input
             freeze(extra_params),
         )
         # A job with a bad seed is still checked, so one run lists all of its problems.

@@ -2,8 +2,9 @@
 
 Invariants:
   * Deterministic: the same manifest (and schemas) always gives the same jobs in the same
-    order: prompt (slowest), model, axes in the order written, seed (fastest), then the
-    combinations that `include` and `extra` create.
+    order: prompt (slowest), its template variants, model, axes in the order written, seed
+    (fastest), then the combinations that `include` and `extra` create; `sample:` keeps a
+    subset of that order, and `order: sparse-first` permutes it (plan/sweep.py).
   * A job's key is `j1-` + sha256 of the canonical JSON of {endpoint, input}; its stem
     (layout.job_stem) depends only on the job's own values. Adding, removing or reordering
     other prompts, models or seeds changes neither.
@@ -67,6 +68,9 @@ class Planner(Expansion):
             pid: prompt_axes(p, self.m.variables, self.m.zips) for pid, p in prompts.items()
         }
         self.zip_params = [(g.path, g.params) for g in self.m.zips if g.params]
+        self.text_names = sweep_names(prompts.values(), self.m.variables, self.m.zips) - {
+            k for g in self.m.zips for k in g.params
+        }
         self._sweep = None
         self.unseeded: set[str] = set()
 
