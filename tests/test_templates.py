@@ -140,3 +140,16 @@ def test_plan_json_shows_each_resolved_prompt_and_its_values(tmp_path: Path):
         ("a huge red car", {"size": "huge red"}),
         ("a huge blue car", {"size": "huge blue"}),
     ]
+
+
+@given(st.text(alphabet="{}|_\\ab-", max_size=30))
+def test_any_text_is_a_template_or_a_located_error(text: str):
+    """Whatever a prompt says, it parses or is a TemplateError at a character inside the text."""
+    try:
+        template = parse_template(text)
+    except TemplateError as exc:
+        assert 0 <= exc.offset < len(text)
+        return
+    if template is not None:
+        values = {name: f"<{name}>" for name in template.names}
+        assert isinstance(template.resolve(values), str)

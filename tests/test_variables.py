@@ -4,6 +4,7 @@ prompt's own dimensions counted by arithmetic (plan size), variables in include 
 from __future__ import annotations
 
 from itertools import product
+from pathlib import Path
 
 import yaml
 from hypothesis import given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from renderer.manifest.load import load, plan_size
 from renderer.models.schemas import SchemaRegistry
 
-from .conftest import MANIFESTS
+from .conftest import MANIFESTS, cli
 from .test_templates import _plan
 
 
@@ -143,3 +144,26 @@ def test_worked_example_loads_its_wildcards():
     m = load(MANIFESTS / "sweeps.yaml")
     assert m.variables["bird"].values == ("owl", "red parrot", "blue parrot")
     assert m.sample is not None and m.sample.count == 40 and m.order == "sparse-first"
+
+
+def test_the_plan_cap_counts_template_variants_and_sampled_points(tmp_path: Path):
+    """--max-plan-jobs counts a template's variants before expanding them, and a sample's whole
+    matrix (every point is hashed to draw it): refused with the count, exit 2."""
+    m = tmp_path / "m.yaml"
+    body = {
+        "name": "t",
+        "provider": "emulator",
+        "vars": {"color": ["red", "blue", "green"], "shape": ["cube", "cone"]},
+        "prompts": [{"id": "toy", "text": "a {color} {shape}, {matte|glossy}"}],
+        "models": ["fal-ai/flux-1/schnell"],
+        "seeds": [1, 2],
+    }
+    m.write_text(yaml.safe_dump(body))
+    code, _, err = cli("validate", str(m), "--max-plan-jobs", "23")
+    assert code == 2 and "up to 24 jobs (12 prompt variants × 1 models × 2 seeds" in err
+    assert cli("validate", str(m), "--max-plan-jobs", "24")[0] == 0
+    m.write_text(yaml.safe_dump({**body, "sample": {"count": 5, "seed": 1}}))
+    code, _, err = cli("validate", str(m), "--max-plan-jobs", "23")
+    assert code == 2 and "sample is drawn from 24 combinations" in err
+    code, out, err = cli("validate", str(m), "--max-plan-jobs", "24")
+    assert code == 0 and "5 jobs" in out, err

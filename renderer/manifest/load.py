@@ -281,7 +281,12 @@ def check_plan_size(manifest: Manifest, limit: int = MAX_PLAN_JOBS) -> int:
             [
                 manifest.doc.problem(
                     ("seeds",),
-                    f"this manifest expands to up to {size:,} jobs ({shown} × "
+                    (
+                        f"this manifest's sample is drawn from {size:,} combinations, each hashed ("
+                        if size > bound
+                        else f"this manifest expands to up to {size:,} jobs ("
+                    )
+                    + f"{shown} × "
                     f"{len(manifest.models)} models × {seeds:,} seeds × {axes:,} axis combinations, "
                     "models' own axes aside); the limit is " + f"{limit:,}",
                     allowed="fewer prompts, seeds or axis values; or pass --max-plan-jobs N to go on",
