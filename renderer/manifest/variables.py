@@ -27,7 +27,6 @@ class Sweep:
     zips: tuple[ZipGroup, ...]
     sample: Sample | None
     order: str
-    prompts: list[Prompt]
     problems: list[Problem]
 
 
@@ -79,15 +78,14 @@ def read_sweep(
                     )
                 )
             zip_keys.setdefault(key, g)
-    # Which names the prompts use (directly), and where each template is.
-    used: dict[str, list[Prompt]] = {}
+    used: set[str] = set()  # the names prompts use directly
     for p in prompts:
         if p.template is None:
             continue
         for name in p.template.names:
             if name in p.template.alternations:
                 continue
-            used.setdefault(name, []).append(p)
+            used.add(name)
             if name not in raw_vars and name not in zip_keys:
                 unread = True  # the variable meant here may be one that seems unused
                 known = [*entries, *zip_keys]
@@ -129,7 +127,7 @@ def read_sweep(
                 problems.append(dup)
             values = expander.values(name)
             variables[name] = Variable(name, tuple(values), ("vars", name))
-    zips = _zip_groups(doc, base, raw_zip, set(used), problems)
+    zips = _zip_groups(doc, base, raw_zip, used, problems)
     spec = raw.get("sample")
     if isinstance(spec, dict) and ("count" in spec) == ("fraction" in spec):
         problems.append(
@@ -152,7 +150,7 @@ def read_sweep(
                         suggestion=closest(name, dims),
                     )
                 )
-    return Sweep(variables, zips, _sample(raw), raw.get("order", "plan"), prompts, problems)
+    return Sweep(variables, zips, _sample(raw), raw.get("order", "plan"), problems)
 
 
 def _zip_groups(
