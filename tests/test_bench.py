@@ -195,3 +195,10 @@ def test_scale_out_pause_smoke(postgres_server, s3_server):
         "1",
     )
     assert "written twice" in out and "# result: PASS" in out
+
+
+def test_sweep_scale_smoke():
+    """bench/sweep_scale.py plans each sweep case and prints its job count."""
+    out = _run("bench/sweep_scale.py", "--side", "4", "--seeds", "5", "--runs", "1")
+    assert "# reproduce: python bench/sweep_scale.py" in out
+    assert "| template, sample 10 %  | 8 " in out and "| plain prompts" in out

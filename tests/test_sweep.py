@@ -142,16 +142,32 @@ def test_sparse_first_covers_every_value_within_the_largest_axis(dims: list[int]
         assert {c[f"d{i}"] for c in prefix} == set(range(d))
 
 
-def test_sparse_first_spreads_a_prefix_evenly():
-    """The first quarter of a 4 × 4 × 3 × 2 grid uses each value of each axis equally often."""
+def test_sparse_first_spreads_every_prefix_evenly():
+    """Every prefix of a sparse-first 4 × 4 × 3 × 2 grid uses each value of each axis within 1.5
+    of its even share (in plan order the first 24 jobs all have prompt 0)."""
     combos = [
         {"prompt": p, "model": m, "ratio": r, "seed": s}
         for p, m, r, s in itertools.product(range(4), range(4), range(3), range(2))
     ]
-    quarter = sparse_first(combos)[:24]
-    for axis, size in (("prompt", 4), ("model", 4), ("ratio", 3), ("seed", 2)):
-        counts = [sum(1 for c in quarter if c[axis] == v) for v in range(size)]
-        assert counts == [24 // size] * size
+    order = sparse_first(combos)
+    for n in range(1, len(order) + 1):
+        for axis, size in (("prompt", 4), ("model", 4), ("ratio", 3), ("seed", 2)):
+            counts = [sum(1 for c in order[:n] if c[axis] == v) for v in range(size)]
+            assert all(abs(k - n / size) <= 1.5 for k in counts), (n, axis, counts)
+
+
+def test_sparse_first_ignores_constant_dimensions_and_scales():
+    """A dimension with one value (one model) does not slow or skew the order: 100 × 100 × 10
+    points are ordered, and their first 100 cover both varying axes."""
+    combos = [
+        {"model": "m", "a": a, "b": b, "seed": s}
+        for a, b, s in itertools.product(range(100), range(100), range(10))
+    ]
+    order = sparse_first(combos)
+    assert len(order) == len(combos) and order[0] == combos[0]
+    assert {c["a"] for c in order[:100]} == set(range(100))
+    assert {c["b"] for c in order[:100]} == set(range(100))
+    assert {c["seed"] for c in order[:10]} == set(range(10))
 
 
 GRID = {
