@@ -209,3 +209,10 @@ def test_documents_smoke():
     """bench/documents.py prints how right the generator is on the real-document corpus."""
     out = _run("bench/documents.py")
     assert "| fal OpenAPI" in out and "every document alone" in out
+
+
+def test_sweep_scale_smoke():
+    """bench/sweep_scale.py plans each sweep case and prints its job count."""
+    out = _run("bench/sweep_scale.py", "--side", "4", "--seeds", "5", "--runs", "1")
+    assert "# reproduce: python bench/sweep_scale.py" in out
+    assert "| template, sample 10 %  | 8 " in out and "| plain prompts" in out

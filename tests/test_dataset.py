@@ -291,3 +291,34 @@ def test_two_runs_load_as_two_datasets_from_one_cache(tmp_path: Path):
     assert loaded["a"]["train"].num_rows == 2
     assert loaded["b"]["train"].num_rows == 3
     assert set(loaded["b"]["train"]["seed"]) == {1, 2, 3}
+
+
+def test_each_template_variable_is_a_column(tmp_path: Path):
+    """metadata.jsonl has one column per template variable, zip key and alternation, beside the
+    resolved prompt that was sent; the card lists them as swept axes."""
+    m = write_manifest(
+        tmp_path,
+        vars={"color": ["red", "blue"]},
+        prompts=[{"id": "pet", "text": "a {color} {subject}, {matte|glossy}"}],
+        models=["fal-ai/hidream-i1-fast"],
+        zip=[{"subject": ["cat", "dog", "owl"], "negative_prompt": ["dogs", "cats", "hawks"]}],
+        output=str(tmp_path / "out"),
+    )
+    with background_emulator(service=ServiceTime("fixed", 0.0)) as emu:
+        code, _, err = cli("run", str(m), "--provider", emu.url, "--quiet", env={"FAL_KEY": "k"})
+    assert code == 0, err
+    data = tmp_path / "out/t/data"
+    rows = _metadata(data)
+    assert len(rows) == 2 * 3 * 2
+    for r in rows:
+        assert r["prompt"] == f"a {r['color']} {r['subject']}, {r['alt1']}"
+        assert {"cat": "dogs", "dog": "cats", "owl": "hawks"}[r["subject"]] == r["negative_prompt"]
+        assert json.loads(r["input"])["negative_prompt"] == r["negative_prompt"]
+    assert {(r["color"], r["subject"], r["alt1"]) for r in rows} == {
+        (c, s, f)
+        for c in ("red", "blue")
+        for s in ("cat", "dog", "owl")
+        for f in ("matte", "glossy")
+    }
+    card = (data / "README.md").read_text()
+    assert all(f"`{column}` (string)" in card for column in ("color", "subject", "alt1"))

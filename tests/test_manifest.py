@@ -380,6 +380,32 @@ def _valid_manifest(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, bytes]]:
         ),
     }
     if draw(st.booleans()):
+        # The sweep language: variables (a list, or a wildcard file nesting another variable),
+        # an alternation, a zip group, a sample and an order.
+        data["vars"] = {"color": draw(st.lists(_ids, min_size=1, max_size=3, unique=True))}
+        text = "a {color} thing, {matte|glossy} \\{literal\\}"
+        if draw(st.booleans()):
+            files["wild.txt"] = (
+                "# wildcards\n"
+                + "".join(
+                    f"{w} __color__\n"
+                    for w in draw(st.lists(_ids, min_size=1, max_size=3, unique=True))
+                )
+            ).encode()
+            data["vars"]["shape"] = {"file": "wild.txt"}
+            text += " __shape__"
+        if draw(st.booleans()):
+            data["zip"] = [{"subject": ["cat", "dog"], "num_inference_steps": [2, 4]}]
+            text += " of a {subject}"
+        data["prompts"].insert(0, {"id": "tpl", "text": text})
+        if draw(st.booleans()):
+            data["sample"] = draw(
+                st.sampled_from(
+                    [{"count": 3, "seed": 1}, {"fraction": 0.5, "seed": 2, "exhaustive": ["model"]}]
+                )
+            )
+        data["order"] = draw(st.sampled_from(["plan", "sparse-first"]))
+    if draw(st.booleans()):
         data["limits"] = {
             "concurrency": draw(st.integers(1, 8)),
             "rate": draw(st.sampled_from([5, "5/s", "30/min"])),

@@ -530,3 +530,72 @@ def test_hostile_text_stays_text(tmp_path: Path):
             page.locator(".item").count() == len(HOSTILE) and page.evaluate("window.pwned") is None
         )
     assert errors == []
+
+
+# ---------------------------------------------------------------- template variables as axes
+
+TEMPLATED = {
+    "vars": {"color": ["red", "blue", "green"], "shape": ["cube", "cone"]},
+    "prompts": [{"id": "toy", "text": "a {color} {shape}, {matte|glossy} finish"}],
+    "models": [{"endpoint": "fal-ai/flux-1/schnell", "label": "flux"}],
+    "seeds": [1],
+}
+
+
+@pytest.fixture(scope="module")
+def templated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _render(tmp_path_factory.mktemp("templated"), TEMPLATED)
+
+
+def test_template_variables_are_dimensions_and_sheets(templated: Path, tmp_path: Path):
+    """Each variable and the alternation are dimensions; X = color, Y = shape makes one sheet
+    whose rows are shape × finish (the other dimension that varies)."""
+    sp = report.space(_rows(templated))
+    assert sp.names == ["prompt", "model", "color", "shape", "alt1", "seed"]
+    assert sp.values[sp.index("color")] == ["red", "blue", "green"]
+    done = report.build(templated, row_axis="shape", col_axis="color")
+    assert done["cells"] == 12 and len(done["sheets"]) == 1
+    rows = _rows(templated)
+    (sheet,) = report.sheets_for(
+        rows, sp, report.default_view(sp, "shape", "color"), {}, tmp_path, 4096
+    )
+    assert sheet.cols == ["red", "blue", "green"]
+    assert sorted(tuple(r) for r in sheet.rows) == sorted(
+        (f"shape: {s}", f"alt1: {f}") for s in ("cube", "cone") for f in ("matte", "glossy")
+    )
+    assert len(sheet.cells) == 12
+
+
+@pytest.mark.browser
+def test_template_variables_on_x_and_y(templated: Path):
+    """X = color, Y = shape, finish = matte: exactly the 6 cells expected, each holding the one
+    image whose prompt resolved to that colour and shape."""
+    rows = _rows(templated)
+    expected = {
+        (r.axes["shape"], r.axes["color"]): {_thumb(r.files[0])}
+        for r in rows
+        if r.axes["alt1"] == "matte"
+    }
+    assert len(expected) == 6
+    report.build(templated)
+    with chromium() as (browser, errors):
+        page = _open(browser, errors, (templated / "report/index.html").as_uri())
+        page.select_option("select[name=x]", "color")
+        page.select_option("select[name=y]", "shape")
+        page.click("#filters details[data-dim=alt1] summary")
+        page.uncheck("#filters details[data-dim=alt1] input[value='glossy']")
+        assert page.locator("th.col").all_text_contents() == ["red", "blue", "green"]
+        assert page.locator("th.row").all_text_contents() == ["cube", "cone"]
+        assert page.locator(".cell").count() == 6 and page.locator(".cell.na").count() == 0
+        assert page.locator(".item").count() == 6
+        seen = page.evaluate("""() => [...document.querySelectorAll('tbody tr')].map(tr => [
+            tr.querySelector('th').textContent,
+            [...tr.querySelectorAll('.cell')].map(c => [...c.querySelectorAll('img')].map(i => i.getAttribute('src')))])""")
+        got = {
+            (shape, ["red", "blue", "green"][c]): set(srcs)
+            for shape, cells in seen
+            for c, srcs in enumerate(cells)
+        }
+        assert got == expected
+        assert "x=color" in page.url and "y=shape" in page.url
+    assert errors == []

@@ -281,6 +281,9 @@ def _param_layers(raw: dict[str, Any]) -> list[tuple[Path_, dict[str, Any], bool
                     layers.append(((section, i, "params"), item["params"], False))
                 if isinstance(item.get("axes"), dict):
                     layers.append(((section, i, "axes"), item["axes"], True))
+    for i, group in enumerate(raw.get("zip") or []):
+        if isinstance(group, dict):
+            layers.append((("zip", i), group, True))
     for section in ("include", "extra"):
         for i, item in enumerate(raw.get(section) or []):
             if isinstance(item, dict):
@@ -481,6 +484,15 @@ def _name_references(doc: Located) -> list[Problem]:
     for item in raw.get("models") or []:
         if isinstance(item, dict) and isinstance(item.get("axes"), dict):
             axes |= set(item["axes"])
+    # Template variables, zip keys and inline alternations (alt1, alt2…) are axes too.
+    if isinstance(raw.get("vars"), dict):
+        axes |= set(raw["vars"])
+    for group in raw.get("zip") or []:
+        if isinstance(group, dict):
+            axes |= set(group)
+    for item in raw.get("prompts") or []:
+        if isinstance(item, dict) and isinstance(item.get("text"), str) and "|" in item["text"]:
+            axes |= {f"alt{n}" for n in range(1, item["text"].count("|") + 1)}
     keys = ["prompt", "model", "seed", *sorted(axes)]
     for i, entry in enumerate(raw.get("exclude") or []):
         if isinstance(entry, dict):

@@ -26,6 +26,7 @@ from renderer.manifest.sources import (
     prompt_file,
     read_text_file,
 )
+from renderer.manifest.templates import template_of
 from renderer.manifest.types import (
     PROVIDERS,
     AccountConfig,
@@ -35,6 +36,7 @@ from renderer.manifest.types import (
     Prompt,
     ProviderConfig,
 )
+from renderer.manifest.variables import prompt_variants, read_sweep
 from renderer.settings import RetryPolicy, is_remote
 
 if TYPE_CHECKING:
@@ -113,6 +115,7 @@ def parse(text: str, file: Path) -> Manifest:
 
     base = file.parent
     prompts: list[Prompt] = []
+    unread = 0  # prompts whose template could not be parsed
     for i, item in enumerate(raw["prompts"]):
         if "file" in item:
             columns = {k: item[k] for k in ("text", "id", "tags") if k in item}
@@ -128,16 +131,18 @@ def parse(text: str, file: Path) -> Manifest:
                     doc.problem(("prompts", i, "text"), f"prompt {item['id']!r} is only whitespace")
                 )
                 continue
-            prompts.append(
-                Prompt(
-                    item["id"],
-                    item["text"],
-                    dict(item.get("params", {})),
-                    tuple(item.get("tags", [])),
-                    (str(file), line, col),
-                    ("prompts", i),
-                )
+            prompt = Prompt(
+                item["id"],
+                item["text"],
+                dict(item.get("params", {})),
+                tuple(item.get("tags", [])),
+                (str(file), line, col),
+                ("prompts", i),
             )
+            # Inline prompts are templates; prompt files' rows are literal text.
+            before = len(problems)
+            prompts.append(template_of(doc, prompt, problems))
+            unread += len(problems) > before
     models = []
     for i, item in enumerate(raw["models"]):
         item = {"endpoint": item} if isinstance(item, str) else item
@@ -151,6 +156,14 @@ def parse(text: str, file: Path) -> Manifest:
                 ("models", i),
             )
         )
+    sweep = read_sweep(
+        doc,
+        base,
+        prompts,
+        [*raw.get("axes", {}), *(a for m in models for a in m.axes)],
+        unread=unread > 0,
+    )
+    problems += sweep.problems
     limits = raw.get("limits", {})
     manifest = Manifest(
         file=file,
@@ -189,6 +202,10 @@ def parse(text: str, file: Path) -> Manifest:
         exclude=list(raw.get("exclude", [])),
         extra=list(raw.get("extra", [])),
         doc=doc,
+        variables=sweep.variables,
+        zips=sweep.zips,
+        sample=sweep.sample,
+        order=sweep.order,
     )
     shown = {
         str((base / item["file"]).resolve()): str(base / item["file"])
@@ -214,10 +231,23 @@ MAX_PLAN_JOBS = 10_000_000  # above this, `--max-plan-jobs` must say the user me
 def plan_size(manifest: Manifest) -> int:
     """An upper bound on the plan's job count, by arithmetic alone: nothing is expanded.
 
-    prompts × Σ over models (global axes × the model's axes × seeds), plus one per include
-    entry (each extends combinations or adds exactly one) and one per extra entry; exclude
-    only removes. Exact when there is no include or exclude.
+    Σ over prompts (the prompt's own variables, alternations and zip groups) × Σ over models
+    (global axes × the model's axes × seeds), plus one per include entry (each extends
+    combinations or adds exactly one) and one per extra entry; exclude only removes; `sample`
+    keeps at most its count (× the exhaustive dimensions' sizes). Exact when there is no
+    include, exclude or sample.
     """
+    matrix = _points(manifest)
+    sample = manifest.sample
+    if sample is not None and sample.count is not None and not sample.exhaustive:
+        matrix = min(matrix, sample.count)
+    elif sample is not None and sample.fraction is not None and not sample.exhaustive:
+        matrix = min(matrix, math.ceil(matrix * sample.fraction))
+    return matrix + len(manifest.include) + len(manifest.extra)
+
+
+def _points(manifest: Manifest) -> int:
+    """The matrix's combinations before include, exclude and sample (a sample hashes every one)."""
     spec = manifest.seeds
     if isinstance(spec, list):
         seeds = len(set(spec))
@@ -227,29 +257,44 @@ def plan_size(manifest: Manifest) -> int:
         seeds = spec["count"]
     shared = math.prod(len(v) for v in manifest.axes.values())
     per_model = sum(math.prod(len(v) for v in m.axes.values()) for m in manifest.models)
-    return (
-        len(manifest.prompts) * shared * per_model * seeds
-        + len(manifest.include)
-        + len(manifest.extra)
-    )
+    variants = sum(prompt_variants(p, manifest.variables, manifest.zips) for p in manifest.prompts)
+    return variants * shared * per_model * seeds
 
 
 def check_plan_size(manifest: Manifest, limit: int = MAX_PLAN_JOBS) -> int:
-    """The bound from `plan_size`, or ManifestError (located at `seeds`) when it exceeds `limit`."""
-    size = plan_size(manifest)
+    """The bound from `plan_size`, or ManifestError (located at `seeds`) when it exceeds `limit`.
+
+    With `sample:` the whole matrix counts: every one of its points is hashed to draw the sample.
+    """
+    size = bound = plan_size(manifest)
+    if manifest.sample is not None:
+        size = max(size, _points(manifest) + len(manifest.include) + len(manifest.extra))
     if size > limit:
         spec = manifest.seeds
         seeds = len(set(spec)) if isinstance(spec, list) else spec.get("random", spec.get("count"))
         axes = math.prod(len(v) for v in manifest.axes.values())
+        variants = sum(
+            prompt_variants(p, manifest.variables, manifest.zips) for p in manifest.prompts
+        )
+        shown = (
+            f"{len(manifest.prompts):,} prompts"
+            if variants == len(manifest.prompts)
+            else f"{variants:,} prompt variants"
+        )
         raise ManifestError(
             [
                 manifest.doc.problem(
                     ("seeds",),
-                    f"this manifest expands to up to {size:,} jobs ({len(manifest.prompts):,} prompts × "
+                    (
+                        f"this manifest's sample is drawn from {size:,} combinations, each hashed ("
+                        if size > bound
+                        else f"this manifest expands to up to {size:,} jobs ("
+                    )
+                    + f"{shown} × "
                     f"{len(manifest.models)} models × {seeds:,} seeds × {axes:,} axis combinations, "
                     "models' own axes aside); the limit is " + f"{limit:,}",
                     allowed="fewer prompts, seeds or axis values; or pass --max-plan-jobs N to go on",
                 )
             ]
         )
-    return size
+    return bound

@@ -1,4 +1,5 @@
-"""A manifest as typed, frozen values: prompts, models, accounts, the provider, limits."""
+"""A manifest as typed, frozen values: prompts, models, accounts, the provider, limits, and the
+sweep language (templates, variables, zip groups, sampling, order)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,62 @@ class Prompt:
     tags: tuple[str, ...]
     where: tuple[str, int, int]  # file, line, col
     path: Path_  # JSON path in the manifest (or ("prompts", i) for a prompt file's row)
+    template: Template | None = None  # None: the text is sent as written (no variable in it)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt text cut into literal text and the variables it names.
+
+    `parts` holds literal strings and variable names (as `Ref`); an inline alternation is a
+    variable of its own, named `alt1`, `alt2`… in order of appearance, whose values are its options.
+    """
+
+    parts: tuple[str | Ref, ...]
+    names: tuple[str, ...]  # every variable named, alternations included, first appearance first
+    alternations: dict[str, tuple[str, ...]]  # alt name → its options
+
+    def resolve(self, values: dict[str, Any]) -> str:
+        """The text with each variable replaced by its value in `values` (every name present)."""
+        return "".join(p if isinstance(p, str) else str(values[p.name]) for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A template variable: its values, fully expanded (nested wildcards and alternations)."""
+
+    name: str
+    values: tuple[Any, ...]
+    path: Path_  # ("vars", name)
+
+
+@dataclass(frozen=True)
+class ZipGroup:
+    """Keys whose values vary together: one axis of `len(values)` cells, several parameters.
+
+    A key some prompt names (`{key}`) is a template variable; any other key is a model input
+    parameter, sent like an axis value.
+    """
+
+    keys: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]  # one tuple per cell, in `keys` order
+    params: frozenset[str]  # the keys sent as input parameters
+    path: Path_  # ("zip", i)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """`sample:` a deterministic subset of the matrix, chosen by hash (see plan/sweep.py)."""
+
+    seed: int
+    count: int | None = None
+    fraction: float | None = None
+    exhaustive: tuple[str, ...] = ()  # dimensions kept whole: every value for each drawn point
 
 
 @dataclass(frozen=True)
@@ -93,6 +150,10 @@ class Manifest:
     state: str | None = None
     # Where images go under data/ (layout.py): auto | flat | sharded.
     layout: str = "auto"
+    variables: dict[str, Variable] = field(default_factory=dict)  # `vars:`
+    zips: tuple[ZipGroup, ...] = ()
+    sample: Sample | None = None
+    order: str = "plan"  # plan | sparse-first
 
     @property
     def run_dir(self) -> Path:

@@ -13,6 +13,8 @@ Modules:
   unique     Fingerprints and Tally: duplicate detection in little memory
   cost       prices and the one megapixel formula
   matrix     include/exclude with GitHub Actions' matrix rules
+  variants   the matrix as combinations: prompt variants (templates), models, axes, seeds
+  sweep      `sample:` (a subset chosen by hash) and `order: sparse-first`
   compare    how include/exclude compare values
 
 Importing this package is cheap: it hands on the job types only.

@@ -29,6 +29,12 @@ class PlannerCore:
     include: list[dict[str, Any]]
     exclude: list[dict[str, Any]]
     axis_names: set[str]
+    # The sweep: each prompt's own dimensions (names, value rows), the zip groups that send
+    # parameters ((path, keys)), and the sampled / ordered originals once drawn (expand._swept).
+    prompt_dims: dict[str, list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]]
+    zip_params: list[tuple[tuple[Any, ...], frozenset[str]]]
+    _sweep: list[dict[str, Any]] | None
+    text_names: set[str]  # axes that only make prompt text: variables, alternations, zip variables
     unseeded: set[str]
     _exact: bool
 

@@ -5,14 +5,12 @@ through the per-cell template where it applies, else in full.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from itertools import product
 from typing import Any
 
 from renderer.layout import job_stem
 from renderer.manifest.types import Model, Prompt
 from renderer.plan import matrix
 from renderer.plan.compare import same_value
-from renderer.plan.dedupe import Dedupe
 from renderer.plan.jobs import (
     RESERVED,
     SEED_MAX,
@@ -26,25 +24,11 @@ from renderer.plan.jobs import (
 from renderer.plan.seeds import RandomSeeds
 from renderer.plan.template import CellBlock, CellTemplate, seed_ok
 from renderer.plan.unique import Tally
+from renderer.plan.variants import Variants
 
 
-class Expansion(Dedupe):
+class Expansion(Variants):
     """The matrix expanded lazily in plan order: cells (prompt × model × axes), then a job per seed,"""
-
-    def _matrix(self) -> Iterator[tuple[Prompt, Model, dict[str, Any], Sequence[int]]]:
-        """(prompt, model, axis values, seeds) of the plain matrix, in plan order (seeds innermost)."""
-        for prompt in self.prompts.values():
-            for model in self.models.values():
-                variables = self.axes_global + list(model.axes.items())
-                names = [n for n, _ in variables]
-                seeds = self.seeds_for(prompt, model)
-                for values in product(*(vals for _, vals in variables)):
-                    yield prompt, model, dict(zip(names, values, strict=False)), seeds
-
-    def _originals(self) -> Iterator[dict[str, Any]]:
-        for prompt, model, axis_values, seeds in self._matrix():
-            for seed in seeds:
-                yield {"prompt": prompt.id, "model": model.name, **axis_values, "seed": seed}
 
     def _cells(
         self, tally: Tally | None
@@ -52,15 +36,20 @@ class Expansion(Dedupe):
         tuple[Prompt, Model, dict[str, Any], dict[str, Any], tuple[Any, ...] | None, Sequence[int]]
     ]:
         """(prompt, model, axes, extra params, source, seeds): jobs that differ only by seed, grouped."""
-        if not self.include and not self.exclude:
+        swept = self.m.sample is not None or self.m.order != "plan"
+        if not self.include and not self.exclude and not swept:
             # The plain matrix: no combination dicts at all, seeds innermost.
             for prompt, model, axis_values, seeds in self._matrix():
                 if tally is not None:
                     tally.combos += len(seeds)
                 yield prompt, model, canonical(axis_values), {}, None, seeds
         else:
+            # A sample or an order is taken after exclude and before include (see _swept).
             for combo, created in matrix.stream(
-                self._originals, self.include, self.exclude, same_value
+                self._swept if swept else self._originals,
+                self.include,
+                () if swept else self.exclude,
+                same_value,
             ):
                 if tally is not None:
                     tally.combos += 1
@@ -92,12 +81,24 @@ class Expansion(Dedupe):
             return None
         if combo["prompt"] not in self.prompts or combo["model"] not in self.models:
             return None  # already reported
+        prompt = self.prompts[combo["prompt"]]
+        if prompt.template is not None:
+            lacking = [n for n in prompt.template.names if n not in combo]
+            if lacking:
+                self.at(
+                    source or ("include",),
+                    f"this entry creates a combination of prompt {prompt.id!r} but lacks "
+                    f"{', '.join(lacking)}, which its text names",
+                    allowed="a value for every variable the prompt's text names",
+                )
+                return None
+            prompt = self._resolved(prompt, combo)
         job_axes = canonical({k: v for k, v in combo.items() if k in self.axis_names})
         extra_params = canonical(
             {k: v for k, v in combo.items() if k not in self.axis_names and k not in RESERVED}
         )
         return (
-            self.prompts[combo["prompt"]],
+            prompt,
             self.models[combo["model"]],
             job_axes,
             extra_params,
@@ -224,8 +225,14 @@ class Expansion(Dedupe):
             ((*prompt.path, "params"), self.prompt_params[prompt.id]),
             (("axes",), {k: v for k, v in job_axes.items() if k in self.m.axes}),
             ((*model.path, "axes"), {k: v for k, v in job_axes.items() if k in model.axes}),
-            (source or ("include",), extra_params),
         ]
+        for path, keys in self.zip_params:
+            layers.append((path, {k: v for k, v in job_axes.items() if k in keys}))
+        if prompt.template is not None:
+            # Not sent from here (payload["prompt"] is set below): it locates a schema problem
+            # with the resolved text at the template that made it.
+            layers.append(((*prompt.path, "text"), {"prompt": prompt.text}))
+        layers.append((source or ("include",), extra_params))
         payload: dict[str, Any] = {}
         for _, params in layers:
             payload.update(params)
@@ -249,10 +256,15 @@ class Expansion(Dedupe):
                 ("defaults",),
             )
             self.translate_ratio(model, payload, origin, str(who))
+        sent = (
+            {k: v for k, v in job_axes.items() if k not in self.text_names}
+            if self.text_names
+            else job_axes
+        )
         shape = (
             model.name,
             prompt.id if prompt.params else "",
-            freeze(job_axes),
+            freeze(sent),  # values that only make prompt text never change the rest of the input
             freeze(extra_params),
         )
         # A job with a bad seed is still checked, so one run lists all of its problems.

@@ -2,8 +2,9 @@
 
 Invariants:
   * Deterministic: the same manifest (and schemas) always gives the same jobs in the same
-    order: prompt (slowest), model, axes in the order written, seed (fastest), then the
-    combinations that `include` and `extra` create.
+    order: prompt (slowest), its template variants, model, axes in the order written, seed
+    (fastest), then the combinations that `include` and `extra` create; `sample:` keeps a
+    subset of that order, and `order: sparse-first` permutes it (plan/sweep.py).
   * A job's key is `j1-` + sha256 of the canonical JSON of {endpoint, input}; its stem
     (layout.job_stem) depends only on the job's own values. Adding, removing or reordering
     other prompts, models or seeds changes neither.
@@ -16,6 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 from renderer.manifest.types import Manifest
+from renderer.manifest.variables import prompt_axes, sweep_names
 from renderer.models.schemas import SchemaRegistry
 from renderer.models.sizes import requested_size
 from renderer.plan.cost import megapixels
@@ -57,9 +59,19 @@ class Planner(Expansion):
             {**e, "model": self.endpoint_names.get(e["model"], e["model"])} if "model" in e else e
             for e in self.m.exclude
         ]
-        self.axis_names = {n for n, _ in self.axes_global} | {
-            n for m in models.values() for n in m.axes
+        self.axis_names = (
+            {n for n, _ in self.axes_global}
+            | {n for m in models.values() for n in m.axes}
+            | sweep_names(prompts.values(), self.m.variables, self.m.zips)
+        )
+        self.prompt_dims = {
+            pid: prompt_axes(p, self.m.variables, self.m.zips) for pid, p in prompts.items()
         }
+        self.zip_params = [(g.path, g.params) for g in self.m.zips if g.params]
+        self.text_names = sweep_names(prompts.values(), self.m.variables, self.m.zips) - {
+            k for g in self.m.zips for k in g.params
+        }
+        self._sweep = None
         self.unseeded: set[str] = set()
 
         # One checking pass over every job, holding none of them: fingerprints catch repeated
