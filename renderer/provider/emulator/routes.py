@@ -169,10 +169,11 @@ class QueueRoutes:
         self.accounts.supersede(req)
         self.accounts.open_request(req)
         self.accounts.get(account).inputs[digest] += 1
+        self.accounts.queue_step(account, 1)  # IN_QUEUE until a slot takes it
         if self.chance(faults.stuck):
             self.counts["fault:stuck"] += 1  # never handed to a worker: IN_QUEUE forever
         else:
-            self.queue.waiting.put_nowait(req)
+            self.queue.put(req)
         body = {
             "status": "IN_QUEUE",
             "request_id": req.id,

@@ -20,12 +20,14 @@ Status, result and cancel accept the app-level path and the full endpoint path a
 Behaviour: inputs are checked with the renderer's own endpoint schemas (failures surface as 422
 on the result, as on fal); a queue with `workers` slots and a seeded service-time distribution;
 deterministic images (renderer.pictures); faults with seeded probabilities (`Faults`).
+With `account_slots` (or `account_limits`) each account runs at most that many requests at once,
+as fal's concurrency limit: the rest wait IN_QUEUE (queue.py).
 
 Accounting per credential (an "account" in the stats, named by a label, never by its key): accepted
 submits, requests in flight (from the submit until its outcome is handed over: the result, or a
 status saying it failed; or until it is cancelled, its result expired, or it completed after the
-same account sent the same input again) with their peak, requests running with their peak, and inputs submitted
-more than once. A harness in another process reads them at GET /_emulator/stats.
+same account sent the same input again) with their peak, requests running (IN_PROGRESS) and queued
+(IN_QUEUE) with their peaks, and inputs submitted more than once. A harness in another process reads them at GET /_emulator/stats.
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ class Emulator:
             "duplicate_submits": sum(n - 1 for n in self.inputs.values() if n > 1),
             "inputs": dict(self.inputs),
             "submit_times": list(self.submit_times),
-            "queued": queue.waiting.qsize(),
+            "queued": queue.queued,
             "busy": queue.busy,
             "in_flight": accounts.in_flight,
             "peak_in_flight": accounts.peak_in_flight,
@@ -275,6 +277,7 @@ class Emulator:
             self.queue.busy -= 1
             self.accounts.run_slot(account, -1)
             self.accounts.leave_sync(account)
+            self.queue.dispatch()  # the slot it held may start a queued request
         return web.json_response(
             req.result, status=req.result_status, headers={"x-fal-request-id": req.id}
         )
@@ -295,6 +298,8 @@ class Emulator:
                 1  # a client leaking its key to a file host
             )
         data, content_type = found
+        if self.config.file_latency > 0:
+            await asyncio.sleep(self.config.file_latency)  # a slow CDN (tests: no slot held meanwhile)
         faults = self.config.faults
         if "download" in faults.slow:
             return await deliver(
