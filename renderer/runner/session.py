@@ -34,6 +34,7 @@ from renderer.provider.client import FAL_QUEUE_ORIGINS, Client
 from renderer.provider.emulator import Emulator, EmulatorConfig, ServiceTime
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import publish, write_dataset
+from renderer.runner.limits import delivery_bound, lead_for
 from renderer.runner.record import Summary, run_record
 from renderer.runner.runner import Runner
 from renderer.state.choose import open_store
@@ -255,7 +256,12 @@ async def _execute(
                 auth_scheme=provider.auth,
                 key=provider.key,
                 retry=config.retry,
-                connections=max(8, config.concurrency * 2 + 4),
+                # A status stream per request at the provider, plus every delivery: none waits
+                # for a connection (a pool smaller than that would be a hidden limit).
+                connections=config.concurrency
+                + lead_for(config.concurrency)
+                + delivery_bound(config.concurrency)
+                + 4,
                 # fal's answers must stay on fal's queue hosts; a proxy's are rebased onto the proxy
                 rebase=provider.kind != "fal",
                 trusted_origins=FAL_QUEUE_ORIGINS if provider.kind == "fal" else frozenset(),

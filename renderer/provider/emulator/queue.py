@@ -130,7 +130,9 @@ class Queue:
         self.accounts = accounts
         self.outputs = outputs
         self.requests: dict[str, ModelRequest] = {}  # every request kept, by id
-        self.lines: dict[str, deque[ModelRequest]] = {}  # account label → its queued requests, in order
+        self.lines: dict[
+            str, deque[ModelRequest]
+        ] = {}  # account label → its queued requests, in order
         self.running: Counter[str] = Counter()  # account label → its requests IN_PROGRESS now
         self.seq = 0  # the last submit's sequence number
         self.started = 0  # the highest sequence number a slot has taken

@@ -299,7 +299,9 @@ class Emulator:
             )
         data, content_type = found
         if self.config.file_latency > 0:
-            await asyncio.sleep(self.config.file_latency)  # a slow CDN (tests: no slot held meanwhile)
+            await asyncio.sleep(
+                self.config.file_latency
+            )  # a slow CDN (tests: no slot held meanwhile)
         faults = self.config.faults
         if "download" in faults.slow:
             return await deliver(
