@@ -1394,6 +1394,64 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
     assert len(images(tmp_path / "o/t")) == 24
 
 
+@settings(max_examples=4, deadline=None)
+@given(st.sampled_from([1, 2, 3, 5, 8]), st.integers(10, 40))
+def test_concurrency_is_what_the_provider_runs_with_at_most_the_lead_queued(
+    tmp_path_factory: pytest.TempPathFactory, slots: int, jobs: int
+):
+    """concurrency = the account's limit at a provider that holds it (fal's model): the account runs exactly that
+    many at its peak, never more, and at most lead_for(limit) of its requests wait in the provider's queue."""
+    tmp_path = tmp_path_factory.mktemp("lead")
+    m = write_manifest(tmp_path, seeds=list(range(1, jobs + 1)), limits={"concurrency": slots})
+    with background_emulator(
+        service=ServiceTime("fixed", 0.1), workers=64, account_slots=slots, key="k"
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
+        account = emu.stats()["accounts"]["key"]
+    assert code == 0, out + err
+    assert account["submits"] == jobs and account["duplicate_submits"] == 0
+    assert account["peak_running"] == min(slots, jobs)
+    assert account["peak_queued"] <= lead_for(slots)
+
+
+def test_slow_downloads_hold_no_provider_slot(tmp_path: Path):
+    """Files that take 0.4 s to serve against 0.05 s of rendering: the account's two slots keep running while
+    many downloads go on (a slot held through its download would keep running + downloading within 2 + lead)."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 31)), limits={"concurrency": 2})
+    with background_emulator(
+        service=ServiceTime("fixed", 0.05),
+        workers=64,
+        account_slots=2,
+        key="k",
+        file_latency=0.4,
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
+        stats = emu.stats()
+    assert code == 0, out + err
+    assert len(images(tmp_path / "o/t")) == 30
+    assert stats["accounts"]["key"]["peak_running"] == 2
+    assert stats["accounts"]["key"]["peak_queued"] <= lead_for(2)
+    assert stats["peak_downloads_and_running"] > 2 + lead_for(2)
+
+
 @pytest.mark.slow
 def test_an_accounts_own_rate_paces_its_submits(tmp_path: Path):
     """An account with rate 10/s (the run's limits.rate far higher): no one-second window holds more than 10 plus the

@@ -74,6 +74,8 @@ class Emulator:
         self.counts: Counter[str] = Counter()
         self.inputs: Counter[str] = Counter()  # input digest → submits, across accounts
         self.submit_times: list[float] = []
+        self.serving = 0  # files being served now (counted with file_latency only)
+        self.peaks: Counter[str] = Counter()  # downloads, downloads_and_running (file_latency only)
         self.chance = Chance(self.rng, self.counts)
         # Accepted credentials: key → account label (labels, never keys, appear in the stats).
         keys: dict[str, str] = dict((k, label) for label, k in config.keys)
@@ -190,6 +192,9 @@ class Emulator:
                 "prerendered": self.counts["prerendered"],
             },
             "accounts": accounts.as_dict(list(queue.requests.values())),
+            # With file_latency: files served at once at most, and that plus requests running.
+            "peak_downloads": self.peaks["downloads"],
+            "peak_downloads_and_running": self.peaks["downloads_and_running"],
         }
 
     # ------------------------------------------------------------ plumbing
@@ -299,9 +304,17 @@ class Emulator:
             )
         data, content_type = found
         if self.config.file_latency > 0:
-            await asyncio.sleep(
-                self.config.file_latency
-            )  # a slow CDN (tests: no slot held meanwhile)
+            # A slow CDN: how many files were being served at once, and at the same moment as
+            # requests running, shows whether a client holds its provider slots through downloads.
+            self.serving += 1
+            self.peaks["downloads"] = max(self.peaks["downloads"], self.serving)
+            self.peaks["downloads_and_running"] = max(
+                self.peaks["downloads_and_running"], self.serving + self.queue.busy
+            )
+            try:
+                await asyncio.sleep(self.config.file_latency)
+            finally:
+                self.serving -= 1
         faults = self.config.faults
         if "download" in faults.slow:
             return await deliver(
