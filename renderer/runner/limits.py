@@ -8,7 +8,7 @@ its submit until it sees its request COMPLETED, and no longer: the result read, 
 the file writes hold only a *delivery* slot (`Limits.deliveries`), so a finished request's
 provider slot is free while its files are still being fetched.
 
-Each provider limit N admits N + lead(N) requests (`lead_for`): the lead waits in the provider's
+An account's limit N admits N + lead(N) requests (`lead_for`): the lead waits in the provider's
 queue, so when one of the N running requests finishes, the provider starts a queued one at once
 instead of idling for the round trip in which renderer sees COMPLETED and submits the next.
 The lead is max(2, ceil(N / 8)) requests: it covers the refills needed while one round trip
@@ -17,7 +17,10 @@ bounds what a stop or a kill -9 leaves queued at the provider beyond the N runni
 lead(N) requests per account (2 for N ≤ 16, 8 for 64, 32 for 256), each recorded (its request
 id is committed before anything follows it) and followed by the next run, never paid again.
 When the provider enforces the limit (fal does, per account), at most N run at once; an account
-with more room than its `concurrency` says may run up to N + lead(N).
+with more room than its `concurrency` says may run up to N + lead(N). The lead is only for the
+limits a provider holds: an account's `concurrency` (and `limits.concurrency`, the single
+account's). Caps of the user's own, which no provider enforces (`per_endpoint`, and a
+--concurrency below the accounts' sum), are kept exactly: at most N at the provider (`run_lead`).
 
 Invariants:
   * A submitted request is followed only under the account recorded with it; a job whose
@@ -56,6 +59,26 @@ def lead_for(limit: int) -> int:
     small fixed share of the limit, which is what a stop or a kill may leave queued.
     """
     return max(2, math.ceil(limit / 8))
+
+
+def run_lead(config: RunConfig) -> int:
+    """The lead of the run's own cap: its account's (one account), the accounts' together, or none.
+
+    Without provider.accounts `concurrency` is the account's limit, which the provider holds:
+    lead_for(concurrency). With accounts the run's cap is their sum (with their leads), unless
+    --concurrency / RENDERER_CONCURRENCY caps it lower: a cap of the user's own, which no
+    provider enforces, is kept exactly (no lead), as a per-endpoint cap is.
+    """
+    if not config.accounts:
+        return lead_for(config.concurrency)
+    if config.concurrency >= sum(a.concurrency for a in config.accounts):
+        return sum(lead_for(a.concurrency) for a in config.accounts)
+    return 0
+
+
+def provider_capacity(config: RunConfig) -> int:
+    """Requests the run may have at the provider at once: its cap and that cap's lead."""
+    return config.concurrency + run_lead(config)
 
 
 def delivery_bound(concurrency: int) -> int:
@@ -279,11 +302,10 @@ class Limits:
         """`clients`: with config.accounts, each account's client by name (Client.with_key)."""
         self.emit = emit
         self.client = client
-        self.slots = AdaptiveLimit(config.concurrency, lead_for(config.concurrency))
-        # A per-endpoint cap counts what an account's does: requests at the provider (+ its lead).
-        self.endpoint_slots = {
-            e: asyncio.Semaphore(n + lead_for(n)) for e, n in config.per_endpoint.items()
-        }
+        self.slots = AdaptiveLimit(config.concurrency, run_lead(config))
+        # A per-endpoint cap counts what an account's does (requests at the provider), exactly:
+        # it is the user's own (module docstring).
+        self.endpoint_slots = {e: asyncio.Semaphore(n) for e, n in config.per_endpoint.items()}
         self.deliveries = asyncio.Semaphore(delivery_bound(config.concurrency))
         # No pacing unless the user sets limits.rate: fal limits what runs, not how fast it is asked.
         self.limiter: AsyncLimiter | SharedRate | None = (

@@ -43,7 +43,7 @@ from renderer.runner.claims import Claims
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import Delivery, GroupCommit, publish, write_dataset, writing
 from renderer.runner.job import JobSteps, RunState
-from renderer.runner.limits import Accounts, Limits, delivery_bound
+from renderer.runner.limits import Accounts, Limits, delivery_bound, provider_capacity
 from renderer.runner.reconcile import reconcile
 from renderer.runner.record import Summary, run_record
 from renderer.state.store import Store
@@ -200,7 +200,7 @@ class Runner:
                 self.emit(self.progress())
 
         # Enough workers for every provider slot (with its lead) and every delivery at once.
-        size = self.limits.slots.capacity + delivery_bound(self.config.concurrency)
+        size = provider_capacity(self.config) + delivery_bound(self.config.concurrency)
         workers = [asyncio.ensure_future(worker()) for _ in range(size)]
         helpers = [
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),

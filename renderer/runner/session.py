@@ -34,7 +34,7 @@ from renderer.provider.client import FAL_QUEUE_ORIGINS, Client
 from renderer.provider.emulator import Emulator, EmulatorConfig, ServiceTime
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import publish, write_dataset
-from renderer.runner.limits import delivery_bound, lead_for
+from renderer.runner.limits import delivery_bound, provider_capacity
 from renderer.runner.record import Summary, run_record
 from renderer.runner.runner import Runner
 from renderer.state.choose import open_store
@@ -258,10 +258,7 @@ async def _execute(
                 retry=config.retry,
                 # A status stream per request at the provider, plus every delivery: none waits
                 # for a connection (a pool smaller than that would be a hidden limit).
-                connections=config.concurrency
-                + lead_for(config.concurrency)
-                + delivery_bound(config.concurrency)
-                + 4,
+                connections=provider_capacity(config) + delivery_bound(config.concurrency) + 4,
                 # fal's answers must stay on fal's queue hosts; a proxy's are rebased onto the proxy
                 rebase=provider.kind != "fal",
                 trusted_origins=FAL_QUEUE_ORIGINS if provider.kind == "fal" else frozenset(),

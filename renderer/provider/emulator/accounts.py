@@ -61,6 +61,8 @@ class Accounts:
         self.open: dict[str, ModelRequest] = {}  # requests in flight, by id
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.running = 0  # requests IN_PROGRESS (and synchronous calls) across accounts
+        self.peak_running = 0
         self.last_closed_at: float | None = None  # time.monotonic() of the last one leaving flight
 
     def label_of(self, auth: str) -> str:
@@ -130,6 +132,8 @@ class Accounts:
         acct = self.get(label)
         acct.running += delta
         acct.peak_running = max(acct.peak_running, acct.running)
+        self.running += delta
+        self.peak_running = max(self.peak_running, self.running)
 
     def queue_step(self, label: str, delta: int) -> None:
         """One of the account's requests entered (+1) or left (-1) the queue (IN_QUEUE)."""

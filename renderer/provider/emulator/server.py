@@ -182,6 +182,7 @@ class Emulator:
             "busy": queue.busy,
             "in_flight": accounts.in_flight,
             "peak_in_flight": accounts.peak_in_flight,
+            "peak_running": accounts.peak_running,  # IN_PROGRESS at once, all accounts
             # Requests in flight, to follow one set of them over time.
             "open_ids": sorted(accounts.open),
             # On the emulator's monotonic clock, like submit_times.
