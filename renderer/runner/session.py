@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from renderer.errors import UsageError
@@ -31,7 +31,6 @@ from renderer.output import files
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.jobs import Plan
 from renderer.provider.client import FAL_QUEUE_ORIGINS, Client
-from renderer.provider.emulator import Emulator, EmulatorConfig, ServiceTime
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import publish, write_dataset
 from renderer.runner.limits import delivery_bound, provider_capacity
@@ -41,6 +40,9 @@ from renderer.state.choose import open_store
 from renderer.state.lock import RunLock
 from renderer.state.rows import sql_error
 from renderer.state.store import Store
+
+if TYPE_CHECKING:  # the emulator (its server, images, faults) loads only when it renders
+    from renderer.provider.emulator import EmulatorConfig
 
 T = TypeVar("T")
 
@@ -152,6 +154,8 @@ def _accounts(
 
 
 def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
+    from renderer.provider.emulator import EmulatorConfig, ServiceTime
+
     return EmulatorConfig(
         workers=int(settings.get("workers", 2)),
         service=ServiceTime("fixed", float(settings.get("latency", 0.05))),
@@ -245,6 +249,9 @@ async def _execute(
     async with contextlib.AsyncExitStack() as stack:
         url = provider.url
         if provider.kind == "emulator":
+            # Imported here: a run on a real provider never loads the emulator.
+            from renderer.provider.emulator import Emulator
+
             emulator = await stack.enter_async_context(
                 Emulator(_emulator_config(provider.emulator), registry=registry)
             )
