@@ -265,12 +265,12 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_run.add_argument(
         "--concurrency",
         type=_number("concurrency"),
-        help="jobs in flight (env RENDERER_CONCURRENCY)",
+        help="requests running at the provider: your account's limit (env RENDERER_CONCURRENCY)",
     )
     p_run.add_argument(
         "--rate",
         type=_number("rate"),
-        help="submissions per second, or 5/s, 120/min (env RENDERER_RATE)",
+        help="submissions per second, or 5/s, 120/min (env RENDERER_RATE; default: not paced)",
     )
     p_run.add_argument(
         "--timeout",
