@@ -98,6 +98,8 @@ class ModelRequest:
     pictures: list[tuple[bytes, str]] | None = (
         None  # rendered while the slot slept (Outputs.prerender)
     )
+    taken: bool = False  # a slot took it (it runs, or ran)
+    waiting: bool = False  # counted as queued in its account's stats (Accounts.queue_step)
 
     def touch(self) -> None:
         event, self.changed = self.changed, asyncio.Event()
@@ -178,9 +180,22 @@ class Queue:
         return self.config.account_slots
 
     def put(self, req: ModelRequest) -> None:
-        """A submitted request waits IN_QUEUE in its account's line; it starts as soon as it may."""
+        """A submitted request waits IN_QUEUE in its account's line; it starts as soon as it may
+        (counted as queued only if it must wait: a request a slot takes at once never queued)."""
         self.lines.setdefault(req.account, deque()).append(req)
         self.dispatch()
+        if not req.taken:
+            self.hold(req)
+
+    def hold(self, req: ModelRequest) -> None:
+        """`req` waits IN_QUEUE: counted in its account's queued requests until it starts or is cancelled."""
+        req.waiting = True
+        self.accounts.queue_step(req.account, 1)
+
+    def unhold(self, req: ModelRequest) -> None:
+        if req.waiting:
+            req.waiting = False
+            self.accounts.queue_step(req.account, -1)
 
     def dispatch(self) -> None:
         """Start queued requests while a worker slot is free: the earliest submitted among the
@@ -200,10 +215,11 @@ class Queue:
             if best is None:
                 return
             self.lines[best.account].popleft()
+            best.taken = True
             self.busy += 1
             self.running[best.account] += 1
             self.accounts.run_slot(best.account, 1)
-            self.accounts.queue_step(best.account, -1)
+            self.unhold(best)
             task = asyncio.ensure_future(self._work(best))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -277,8 +293,7 @@ class Queue:
 
     def cancel(self, req: ModelRequest) -> None:
         """A request cancelled before a slot took it completes as cancelled (499)."""
-        if not req.cancelled:
-            self.accounts.queue_step(req.account, -1)
+        self.unhold(req)
         req.cancelled = True
         req.result_status = 499
         req.result = {

@@ -169,9 +169,9 @@ class QueueRoutes:
         self.accounts.supersede(req)
         self.accounts.open_request(req)
         self.accounts.get(account).inputs[digest] += 1
-        self.accounts.queue_step(account, 1)  # IN_QUEUE until a slot takes it
         if self.chance(faults.stuck):
             self.counts["fault:stuck"] += 1  # never handed to a worker: IN_QUEUE forever
+            self.queue.hold(req)
         else:
             self.queue.put(req)
         body = {
