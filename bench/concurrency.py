@@ -225,6 +225,8 @@ def main() -> None:
             s, l_, n = triple.split(":")
             falclient = not args.skip_falclient and int(n) <= args.falclient_max_jobs
             rows.append(one_config(int(s), float(l_), int(n), args.runs, falclient, tls))
+            # Each row as it is done (a long run interrupted keeps what it measured).
+            print("# row: " + " | ".join(rows[-1]), file=sys.stderr, flush=True)
     print(
         f"# whole `renderer run` vs ideal N*L/S against bench/slot_server.py (S slots, L s each); "
         f"{machine()}; medians of {args.runs}"

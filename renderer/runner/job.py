@@ -10,6 +10,8 @@ Invariants:
   * Resubmission only on the provider's word that the request is gone (404) or its runner
     failed, within the attempt budget; a submit whose outcome is unknown is failed, never resent.
   * A request is followed, read and cancelled only under the account recorded with it.
+  * Provider slots (limits.py) are held from just before the submit until COMPLETED is seen;
+    the result read and the delivery hold a delivery slot instead, never a provider slot.
   * No paid request without room on the disk to record its id (FREE_SPACE_RESERVE).
 
 `JobSteps` needs a store, a client-like object per account (submit, wait, result, cancel,

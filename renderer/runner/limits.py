@@ -54,9 +54,12 @@ from renderer.state.store import Store
 def lead_for(limit: int) -> int:
     """Requests a provider limit of `limit` admits beyond it, to wait in the provider's queue.
 
-    max(2, ceil(limit / 8)): the refills one submit round trip needs (limit / L completions a
-    second × the round trip, under 1 for limit / L ≤ 100/s at 10 ms) with room to spare, and a
-    small fixed share of the limit, which is what a stop or a kill may leave queued.
+    max(2, ceil(limit / 8)): while renderer sees one request COMPLETED and its next submit is
+    answered (a few ms, tens when the loop is busy), limit / L further requests finish a second
+    and each needs a queued one to start at once: 320/s × 10 ms = 3.2 at (64, 0.2 s), against a
+    lead of 8; 256/s × 10 ms = 2.6 at (256, 1 s), against 32. A larger lead (22 at 64) measured no
+    better (bench/README.md). And a small share of the limit: what a stop or a kill may leave
+    queued.
     """
     return max(2, math.ceil(limit / 8))
 
