@@ -153,6 +153,13 @@ def _emulator_arguments(command: Callable[[str, Command, str], _Parser]) -> None
         help="concurrent worker slots (default 2, like a new fal account)",
     )
     p_emu.add_argument(
+        "--account-slots",
+        type=_number("workers"),
+        default=None,
+        help="each account's own limit on requests running, as fal's concurrency limit: the rest "
+        "wait IN_QUEUE (default: only --workers bounds them)",
+    )
+    p_emu.add_argument(
         "--latency",
         default="0.05",
         help="service time: S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA",
