@@ -912,6 +912,38 @@ CLIENT = textwrap.dedent("""
 """)
 
 
+def test_emulator_process_account_slots_flag_queues_beyond_the_limit():
+    """`renderer emulator --account-slots 2`: five submits of one account run two at once, three wait IN_QUEUE."""
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "renderer", "emulator", "--account-slots", "2"]
+    with subprocess.Popen(
+        [*command, "--workers", "8", "--latency", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            for i in range(5):
+                request = urllib.request.Request(
+                    f"{url}/fal-ai/flux-1/schnell",
+                    data=json.dumps({"prompt": f"p{i}"}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                urllib.request.urlopen(request, timeout=10).close()  # none refused
+            with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as r:
+                stats = json.loads(r.read())
+        finally:
+            proc.terminate()
+    (account,) = stats["accounts"].values()
+    assert (account["running"], account["queued"], account["submits"]) == (2, 3, 5)
+
+
 def test_official_fal_client_against_the_emulator(tmp_path: Path):
     """fal-client's subscribe, submit + status + result and cancel work against the emulator.
 
