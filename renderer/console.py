@@ -14,9 +14,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any, TextIO
 
 from renderer.errors import UsageError
 from renderer.layout import DB_NAME
@@ -27,6 +25,9 @@ from renderer.state import read_store
 from renderer.state.choose import open_store
 from renderer.state.rows import sql_error
 from renderer.state.store import Store
+
+if TYPE_CHECKING:  # imported when a bar is shown (a terminal, not --quiet): ~40 ms otherwise spent
+    from tqdm import tqdm
 
 
 class Display:
@@ -76,6 +77,8 @@ class Display:
             if self.quiet:
                 pass
             elif self.tty:
+                from tqdm import tqdm
+
                 self.bar = tqdm(
                     total=self.total,
                     initial=event["done"],

@@ -7,10 +7,11 @@ refused with a `SettingError` that says what is allowed. Callers locate the erro
 manifest by file:line:col, the CLI by flag or by environment variable name.
 
 Caps where nothing else limits a value, and why:
-  * concurrency <= 1,000: each slot is a worker task holding a socket; Linux's default
-    limit on open files is 1,024, and no fal account runs more than a few hundred at once.
-  * rate <= 100,000/s: far above any provider's limit (the benchmarks use 100,000/s to mean
-    "unpaced"); the submission bucket is sized from the rate, so a typo of 10**9 is refused.
+  * concurrency <= 1,000: each request at the provider holds a socket (its status stream);
+    Linux's default limit on open files is 1,024, and no fal account runs more than a few
+    hundred at once.
+  * rate <= 100,000/s: far above any provider's limit (unset, the default, is not paced at
+    all); the submission bucket is sized from the rate, so a typo of 10**9 is refused.
   * timeout, backoff <= 7 days: a longer wait is certainly a unit mistake.
   * budget <= 1e9 USD; prices <= 1,000 USD per image or megapixel.
 """

@@ -34,6 +34,13 @@ def test_throughput_smoke():
     assert "| 4 " in out and "# reproduce:" in out
 
 
+def test_concurrency_smoke():
+    """bench/concurrency.py runs the renderer and fal-client against its own slot server, within its slots."""
+    out = _run("bench/concurrency.py", "--runs", "1", "--configs", "4:0.02:20")
+    assert "# reproduce: python bench/concurrency.py" in out
+    assert "| 4 " in out and "| 4/" in out  # the server ran its 4 slots at its peak, never more
+
+
 def test_requests_per_job_smoke():
     """bench/requests_per_job.py runs the renderer and the fal-client baseline."""
     out = _run("bench/requests_per_job.py", "--jobs", "4", "--latencies", "0.05")

@@ -417,6 +417,7 @@ def test_concurrency_flag_and_variable_cap_the_accounts_total(tmp_path: Path):
         with background_emulator(
             service=ServiceTime("fixed", 0.3),
             workers=8,
+            account_limits=(("FAL_KEY_A", 3), ("FAL_KEY_B", 3)),
             keys=tuple((name, key) for name, key in keys.items()),
         ) as emu:
             code, out, err = run(
@@ -430,6 +431,6 @@ def test_concurrency_flag_and_variable_cap_the_accounts_total(tmp_path: Path):
                 *extra,
                 env={**keys, **env},
             )
-            peaks.append(emu.stats()["peak_in_flight"])
+            peaks.append(emu.stats()["peak_running"])  # what the provider ran at once
         assert code == 0, out + err
     assert peaks == [6, 2, 1]

@@ -592,6 +592,54 @@ def test_each_key_is_its_own_account_with_in_flight_peaks_and_duplicates():
     assert "key-of-a" not in json.dumps(after) and "key-of-b" not in json.dumps(after)
 
 
+@given(limit=st.integers(1, 4), submits=st.integers(1, 9))
+@settings(max_examples=10, deadline=None)
+def test_an_accounts_slots_hold_it_to_its_limit_and_the_rest_wait_in_queue(limit, submits):
+    """As on fal: an account with `limit` slots runs that many, the rest wait IN_QUEUE (never refused), and a full
+    account never holds up another's request; every request completes."""
+
+    async def scenario(emu: Emulator, http: aiohttp.ClientSession) -> Any:
+        url = f"{emu.url}/fal-ai/flux-1/schnell"
+        handles = []
+        for i in range(submits):
+            async with http.post(url, json={"prompt": f"p{i}"}, headers=_auth("key-of-a")) as r:
+                assert r.status == 200  # beyond the limit too: queued, not refused
+                handles.append(await r.json())
+        async with http.post(url, json={"prompt": "b"}, headers=_auth("key-of-b")) as r:
+            other = await r.json()
+        await asyncio.sleep(0.05)  # a tenth of the service time: the first round has started
+        during = await _stats(emu, http)
+        states = []
+        for handle in handles:
+            async with http.get(handle["status_url"], headers=_auth("key-of-a")) as r:
+                states.append((await r.json())["status"])
+        async with http.get(other["status_url"], headers=_auth("key-of-b")) as r:
+            other_state = (await r.json())["status"]
+        for handle in handles:
+            await wait_done(http, handle, headers=_auth("key-of-a"))
+        return during, states, other_state, await _stats(emu, http)
+
+    during, states, other_state, after = run(
+        scenario,
+        keys=KEYS,
+        workers=16,
+        account_limits=(("acct_a", limit),),
+        service=ServiceTime("fixed", 0.5),
+    )
+    running = min(limit, submits)
+    assert states == ["IN_PROGRESS"] * running + ["IN_QUEUE"] * (submits - running)
+    assert other_state == "IN_PROGRESS"  # acct_b has no limit of its own: only the 16 workers
+    a = during["accounts"]["acct_a"]
+    assert (a["running"], a["queued"]) == (running, submits - running)
+    done = after["accounts"]["acct_a"]
+    # A request a slot took at once never counted as queued.
+    assert (done["peak_running"], done["peak_queued"], done["queued"]) == (
+        running,
+        submits - running,
+        0,
+    )
+
+
 @given(
     steps=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.booleans()), min_size=1, max_size=12)
 )
@@ -862,6 +910,38 @@ CLIENT = textwrap.dedent("""
         out["cancelled"] = exc.status_code
     print(json.dumps(out))
 """)
+
+
+def test_emulator_process_account_slots_flag_queues_beyond_the_limit():
+    """`renderer emulator --account-slots 2`: five submits of one account run two at once, three wait IN_QUEUE."""
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "renderer", "emulator", "--account-slots", "2"]
+    with subprocess.Popen(
+        [*command, "--workers", "8", "--latency", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            for i in range(5):
+                request = urllib.request.Request(
+                    f"{url}/fal-ai/flux-1/schnell",
+                    data=json.dumps({"prompt": f"p{i}"}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                urllib.request.urlopen(request, timeout=10).close()  # none refused
+            with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as r:
+                stats = json.loads(r.read())
+        finally:
+            proc.terminate()
+    (account,) = stats["accounts"].values()
+    assert (account["running"], account["queued"], account["submits"]) == (2, 3, 5)
 
 
 def test_official_fal_client_against_the_emulator(tmp_path: Path):

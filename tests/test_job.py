@@ -1,6 +1,6 @@
 """The per-job state machine driven directly: no server, no sockets, no task pool.
 
-A scripted provider (the client's methods, in memory) answers each step; `JobSteps.run` takes one
+A scripted provider (the client's methods, in memory) answers each step; `JobSteps.advance` takes one
 job from its stored state to downloaded or failed, as the runner's worker task does.
 """
 
@@ -123,7 +123,7 @@ def drive(
     state: RunState | None = None,
     **config: Any,
 ) -> Outcome:
-    """One job of a one-job plan through JobSteps.run, on a fresh state."""
+    """One job of a one-job plan through JobSteps.advance, on a fresh state."""
     plan = plan_mod.build(load(write_manifest(tmp_path)), registry)
     (job,) = plan.jobs
     store = SQLiteStore(tmp_path / "run")
@@ -154,7 +154,7 @@ def drive(
             state.stopping = True
 
         steps = JobSteps(store, settings, limits, delivery, commits, state, events.append, stop)
-        await steps.run(job.key, job.endpoint)
+        await steps.advance(job.key)
         assert not limits.held  # every account slot given back, whatever happened
         return state
 

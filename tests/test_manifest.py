@@ -163,7 +163,7 @@ def test_defaults_are_visible_and_resolved():
     """An emulator manifest without limits gets the documented defaults."""
     m = load(MANIFESTS / "quickstart.yaml")
     assert m.provider.kind == "emulator"
-    assert m.limits.concurrency == 2 and m.limits.rate == 10.0
+    assert m.limits.concurrency == 2 and m.limits.rate is None  # unset: submits are not paced
     assert m.retries.attempts == 6
     assert m.run_dir == Path("outputs/quickstart")
 

@@ -70,6 +70,7 @@ def cmd_emulator(ctx: Context) -> int:
         host=a.host,
         port=a.port,
         workers=a.workers,
+        account_slots=a.account_slots,
         service=service,
         seed=a.seed,
         keys=tuple(keys),

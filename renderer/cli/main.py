@@ -185,6 +185,13 @@ def _emulator_arguments(command: Callable[[str, Command, str], _Parser]) -> None
         help="concurrent worker slots (default 2, like a new fal account)",
     )
     p_emu.add_argument(
+        "--account-slots",
+        type=_number("workers"),
+        default=None,
+        help="each account's own limit on requests running, as fal's concurrency limit: the rest "
+        "wait IN_QUEUE (default: only --workers bounds them)",
+    )
+    p_emu.add_argument(
         "--latency",
         default="0.05",
         help="service time: S, uniform:LOW:HIGH or lognormal:MEDIAN:SIGMA",
@@ -305,12 +312,12 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_run.add_argument(
         "--concurrency",
         type=_number("concurrency"),
-        help="jobs in flight (env RENDERER_CONCURRENCY)",
+        help="requests running at the provider: your account's limit (env RENDERER_CONCURRENCY)",
     )
     p_run.add_argument(
         "--rate",
         type=_number("rate"),
-        help="submissions per second, or 5/s, 120/min (env RENDERER_RATE)",
+        help="submissions per second, or 5/s, 120/min (env RENDERER_RATE; default: not paced)",
     )
     p_run.add_argument(
         "--timeout",

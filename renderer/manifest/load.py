@@ -181,7 +181,7 @@ def parse(text: str, file: Path) -> Manifest:
                 e: int(numbers[("limits", "per_endpoint", e)])
                 for e in limits.get("per_endpoint", {})
             },
-            rate=float(numbers.get(("limits", "rate"), Limits.rate)),
+            rate=float(numbers[("limits", "rate")]) if ("limits", "rate") in numbers else None,
             timeout=float(numbers.get(("limits", "timeout"), Limits.timeout)),
         ),
         retries=RetryPolicy(

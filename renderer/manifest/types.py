@@ -117,9 +117,9 @@ class ProviderConfig:
 
 @dataclass(frozen=True)
 class Limits:
-    concurrency: int = 2  # a new fal account runs 2 requests at once
+    concurrency: int = 2  # requests running at the provider; a new fal account runs 2 at once
     per_endpoint: dict[str, int] = field(default_factory=dict)
-    rate: float = 10.0  # submissions per second
+    rate: float | None = None  # submissions per second; None: not paced (a 429 still slows them)
     timeout: float = 900.0  # seconds per job, from submit to downloaded
 
 

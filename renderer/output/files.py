@@ -261,13 +261,45 @@ _TAG = secrets.token_hex(4)
 _SERIAL = itertools.count()
 
 
+class _Folders:
+    """Folders this process made or found, so each costs one mkdir, not a failing open per file.
+
+    Bounded (forgotten wholesale past `CAP`: jobs come in plan order, so a folder's files come
+    together and forgetting costs one mkdir of an existing folder). A folder removed meanwhile
+    is still found missing by the open, and made again (open_temporary).
+    """
+
+    CAP = 4096
+
+    def __init__(self) -> None:
+        self.known: set[str] = set()
+
+    def ensure(self, folder: Path) -> None:
+        name = str(folder)
+        if name in self.known:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(self.known) >= self.CAP:
+            self.known.clear()
+        self.known.add(name)
+
+    def forget(self, folder: Path) -> None:
+        self.known.discard(str(folder))
+
+
+FOLDERS = _Folders()
+
+
 def open_temporary(path: Path, *, parents: bool = True) -> tuple[int, str]:
     """A new hidden temporary file beside `path` (same file system, so a rename is atomic).
 
     Created with O_EXCL and mode 0666, so the kernel applies the process umask (mkstemp would
     force 0600). The name ends in PART_SUFFIX, which is how `remove_partials` finds leftovers.
-    `parents`: a missing folder is created (only then: the common case costs no mkdir).
+    `parents`: a missing folder is created, once per folder per process (FOLDERS): a new
+    folder costs one mkdir and no failing open; a known one, nothing.
     """
+    if parents:
+        FOLDERS.ensure(path.parent)
     flags = (
         os.O_WRONLY
         | os.O_CREAT
@@ -282,9 +314,10 @@ def open_temporary(path: Path, *, parents: bool = True) -> tuple[int, str]:
         except FileExistsError:  # another process's leftover with the same name: never overwrite it
             continue
         except FileNotFoundError:
+            FOLDERS.forget(path.parent)
             if not parents:
                 raise
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)  # removed since it was made: again
             parents = False  # once: a folder removed again at once is an error worth raising
 
 

@@ -7,7 +7,8 @@ Modules, from the outside in:
   recover    finished jobs rebuilt from their sidecars when the database lost them
   job        the per-job state machine: submit → status → result → deliver, retries, deadlines
   deliver    download, verify, write (image + sidecar), record; the dataset; publishing
-  limits     in-flight slots (run, endpoint, account), rates, which account holds a job
+  limits     provider slots (run, endpoint, account) and their queued lead, the deliveries'
+             bound, rates, which account holds a job
   record     Summary and run_record, the one builder of run.json
   config     RunConfig, AccountLimit and the Event type
 

@@ -32,8 +32,6 @@ class Claims:
         self.config = config
         self.state = state
         self.emit = emit
-        # key → endpoint, for the jobs claimed but not yet finished (their per-endpoint cap)
-        self.endpoints: dict[str, str] = {}
 
     async def feed(self, queue: asyncio.Queue[str | None], consumers: int) -> None:
         """Claim jobs in plan order, a batch at a time, and hand them to the consumers; then one None each.
@@ -56,7 +54,6 @@ class Claims:
                 )
                 claimed = self.store.claim(batch, before=bound)
                 for c in claimed:
-                    self.endpoints[c.key] = c.endpoint
                     await queue.put(c.key)
                 if claimed:
                     continue

@@ -26,15 +26,16 @@ class AccountLimit:
 
     name: str
     concurrency: int
-    # Submissions per second of this account (limits.rate still caps the run).
+    # Submissions per second of this account (limits.rate, if set, still caps the run).
     rate: float | None = None
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    concurrency: int = 2  # jobs in flight (submitted, not yet downloaded)
+    # Requests at the provider (submitted, COMPLETED not yet seen): what fal's limit counts.
+    concurrency: int = 2
     per_endpoint: Mapping[str, int] = field(default_factory=dict)
-    rate: float = 10.0  # submissions per second
+    rate: float | None = None  # submissions per second; None: not paced (429s still slow it)
     # Seconds for one job, submit to download (a wait past it cancels the request).
     timeout: float = 900.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)

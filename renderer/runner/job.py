@@ -10,6 +10,8 @@ Invariants:
   * Resubmission only on the provider's word that the request is gone (404) or its runner
     failed, within the attempt budget; a submit whose outcome is unknown is failed, never resent.
   * A request is followed, read and cancelled only under the account recorded with it.
+  * Provider slots (limits.py) are held from just before the submit until COMPLETED is seen;
+    the result read and the delivery hold a delivery slot instead, never a provider slot.
   * No paid request without room on the disk to record its id (FREE_SPACE_RESERVE).
 
 `JobSteps` needs a store, a client-like object per account (submit, wait, result, cancel,
@@ -201,15 +203,6 @@ class JobSteps:
         self.output_check = output_check
         self.run_dir = store.run_dir
 
-    async def run(self, key: str, endpoint: str) -> None:
-        """The job `key`, within its endpoint's cap (limits.per_endpoint) if it has one."""
-        slot = self.limits.endpoint_slots.get(endpoint)
-        if slot is None:
-            await self.advance(key)
-            return
-        async with slot:
-            await self.advance(key)
-
     async def _hold(self, row: Row) -> bool:
         if row.state == "planned" and row.key not in self.limits.held:
             self.state.phase[row.key] = "limited"  # waiting for an account's slot
@@ -257,10 +250,10 @@ class JobSteps:
                             await self.limits.stop_account(account, exc)
                             self.limits.wait_for_account(followed)
                             return
-                        # The result is read (or the request is given up): the account's slot is free.
-                        await self.limits.let_go(key)
+                        await self.limits.let_go(key)  # (follow gave them back on COMPLETED)
                     elif step == "completed":
-                        row = await within(self.deliver(row), left(deadline))
+                        async with self.limits.deliveries:
+                            row = await within(self.deliver(row), left(deadline))
                     else:
                         if row.state == "downloaded":
                             self.state.done += 1
@@ -333,7 +326,8 @@ class JobSteps:
             self.state.phase[row.key] = "limited"
             if account.limiter is not None:
                 await account.limiter.acquire()
-            await self.limits.limiter.acquire()
+            if self.limits.limiter is not None:
+                await self.limits.limiter.acquire()
             if self.state.stopping:
                 return None
             handle = await self.send(row, account)
@@ -424,13 +418,17 @@ class JobSteps:
             return None
         finally:
             self.state.queued.pop(row.key, None)
+        # COMPLETED: the request no longer runs at the provider, so its slots are free for the
+        # next submit now; reading the result and downloading hold a delivery slot only.
+        await self.limits.let_go(row.key)
         if status.error_type in RUNNER_ERRORS:
             self.retry(row, f"the provider's runner failed ({status.error_type}: {status.error})")
             return None
         # A read error here is retried as a read (client.result); only definite evidence that
         # this request will never deliver (a runner error_type, a 404) pays for a new one.
         try:
-            result = await within(account.client.result(handle), left(deadline))
+            async with self.limits.deliveries:
+                result = await within(account.client.result(handle), left(deadline))
         except RunnerFailed as exc:
             self.retry(row, exc.message)
             return None

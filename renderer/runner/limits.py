@@ -1,14 +1,36 @@
-"""The limits a run keeps: in-flight slots (the run's, each endpoint's, each account's), the
-submission rate, and which account a job's request belongs to.
+"""The limits a run keeps: provider slots (the run's, each endpoint's, each account's), the
+deliveries' own bound, the submission rate, and which account a job's request belongs to.
+
+What a limit counts (issue 23): fal counts an account's requests IN_PROGRESS; queued ones wait,
+and a submit is never refused for concurrency (../shared/docs/fal-protocol.md §2.2). So a job
+holds a *provider slot* (of the run, of its endpoint if capped, of its account) from just before
+its submit until it sees its request COMPLETED, and no longer: the result read, the download and
+the file writes hold only a *delivery* slot (`Limits.deliveries`), so a finished request's
+provider slot is free while its files are still being fetched.
+
+An account's limit N admits N + lead(N) requests (`lead_for`): the lead waits in the provider's
+queue, so when one of the N running requests finishes, the provider starts a queued one at once
+instead of idling for the round trip in which renderer sees COMPLETED and submits the next.
+The lead is max(2, ceil(N / 8)) requests: it covers the refills needed while one round trip
+lasts (N/L completions a second × a few ms; bench/concurrency.py) with a wide margin, and it
+bounds what a stop or a kill -9 leaves queued at the provider beyond the N running: at most
+lead(N) requests per account (2 for N ≤ 16, 8 for 64, 32 for 256), each recorded (its request
+id is committed before anything follows it) and followed by the next run, never paid again.
+When the provider enforces the limit (fal does, per account), at most N run at once; an account
+with more room than its `concurrency` says may run up to N + lead(N). The lead is only for the
+limits a provider holds: an account's `concurrency` (and `limits.concurrency`, the single
+account's). Caps of the user's own, which no provider enforces (`per_endpoint`, and a
+--concurrency below the accounts' sum), are kept exactly: at most N at the provider (`run_lead`).
 
 Invariants:
-  * A job holds a run slot from submit until its files are written, and a slot of its account
-    from submit until its result is read (what the account's limit counts).
   * A submitted request is followed only under the account recorded with it; a job whose
     account is missing or stopped waits (counted in `waiting`), never sent under another key.
   * A 429 halves only the allowance of the account it came from (additive increase after).
+  * Slots are taken endpoint → run → account and given back together (`let_go`): no job waits
+    for one while holding a later one, so no two jobs wait on each other.
   * With shared state (several workers), account slots and the rate are leased in the database
-    (SharedSlots, SharedRate), so the limits hold across all workers together.
+    (SharedSlots, SharedRate), so the limits hold across all workers together; those slots keep
+    no lead (exactly N across the workers).
 """
 
 from __future__ import annotations
@@ -29,18 +51,71 @@ from renderer.state.rows import Row
 from renderer.state.store import Store
 
 
-class AdaptiveLimit:
-    """In-flight cap with additive increase, multiplicative decrease on throttling (429)."""
+def lead_for(limit: int) -> int:
+    """Requests a provider limit of `limit` admits beyond it, to wait in the provider's queue.
 
-    def __init__(self, ceiling: int) -> None:
+    max(2, ceil(limit / 8)): while renderer sees one request COMPLETED and its next submit is
+    answered (a few ms, tens when the loop is busy), limit / L further requests finish a second
+    and each needs a queued one to start at once: 320/s × 10 ms = 3.2 at (64, 0.2 s), against a
+    lead of 8; 256/s × 10 ms = 2.6 at (256, 1 s), against 32. A larger lead (22 at 64) measured no
+    better (bench/README.md). And a small share of the limit: what a stop or a kill may leave
+    queued.
+    """
+    return max(2, math.ceil(limit / 8))
+
+
+def run_lead(config: RunConfig) -> int:
+    """The lead of the run's own cap: its account's (one account), the accounts' together, or none.
+
+    Without provider.accounts `concurrency` is the account's limit, which the provider holds:
+    lead_for(concurrency). With accounts the run's cap is their sum (with their leads), unless
+    --concurrency / RENDERER_CONCURRENCY caps it lower: a cap of the user's own, which no
+    provider enforces, is kept exactly (no lead), as a per-endpoint cap is.
+    """
+    if not config.accounts:
+        return lead_for(config.concurrency)
+    if config.concurrency >= sum(a.concurrency for a in config.accounts):
+        return sum(lead_for(a.concurrency) for a in config.accounts)
+    return 0
+
+
+def provider_capacity(config: RunConfig) -> int:
+    """Requests the run may have at the provider at once: its cap and that cap's lead."""
+    return config.concurrency + run_lead(config)
+
+
+def delivery_bound(concurrency: int) -> int:
+    """Jobs reading a result or downloading, verifying and writing images at once.
+
+    Separate from the provider's limit (a download holds no provider slot): enough to keep up
+    with `concurrency` requests finishing (a CDN download takes ~0.1-0.5 s against seconds of
+    rendering), capped so the images held in memory at once stay bounded (64 × a few MB).
+    """
+    return max(8, min(64, concurrency))
+
+
+class AdaptiveLimit:
+    """Provider slots with additive increase, multiplicative decrease on throttling (429).
+
+    `capacity`: the allowance (the limit, halved by 429s) plus `lead` requests that wait in the
+    provider's queue (module docstring).
+    """
+
+    def __init__(self, ceiling: int, lead: int = 0) -> None:
         self.ceiling = ceiling
+        self.lead = lead
         self.limit = float(ceiling)  #: current allowance; 1 ≤ limit ≤ ceiling
         self.active = 0  #: slots held right now
         self._cond = asyncio.Condition()
 
+    @property
+    def capacity(self) -> int:
+        """Slots that may be held now: the allowance and the lead."""
+        return max(1, math.floor(self.limit)) + self.lead
+
     async def acquire(self) -> None:
         async with self._cond:
-            await self._cond.wait_for(lambda: self.active < max(1, math.floor(self.limit)))
+            await self._cond.wait_for(lambda: self.active < self.capacity)
             self.active += 1
 
     async def release(self) -> None:
@@ -69,7 +144,7 @@ class AccountSlots(AdaptiveLimit):
     async def try_acquire(self) -> bool:
         """Take a slot if one is free now (never waits for one)."""
         async with self._cond:
-            if self.active >= self.allowance:
+            if self.active >= self.capacity:
                 return False
             self.active += 1
             return True
@@ -185,6 +260,10 @@ class Accounts:
         return sum(a.slots.limit for a in self.live) or sum(a.slots.limit for a in self.all)
 
 
+class _Stopped(Exception):
+    """No live account is left to take a slot of (inside `Limits.hold` only)."""
+
+
 def bucket_size(rate: float) -> int:
     """Tokens the submission bucket holds: 50 ms' worth, at least one.
 
@@ -209,9 +288,10 @@ def who(name: str | None) -> str:
 class Limits:
     """Every limit of one run, and which account's slot each job holds.
 
-    Built from the RunConfig: the run's adaptive in-flight cap (`slots`), the per-endpoint caps,
-    the run's rate (`limiter`) and the accounts (one, the client's key, without
-    provider.accounts). `hold`/`let_go` take and give back a job's account slot.
+    Built from the RunConfig: the run's adaptive provider slots (`slots`), the per-endpoint
+    caps, the deliveries' bound, the run's rate (`limiter`, none unless limits.rate is set) and
+    the accounts (one, the client's key, without provider.accounts). `hold`/`let_go` take and
+    give back a job's provider slots (endpoint, run, account).
     """
 
     def __init__(
@@ -225,9 +305,15 @@ class Limits:
         """`clients`: with config.accounts, each account's client by name (Client.with_key)."""
         self.emit = emit
         self.client = client
-        self.slots = AdaptiveLimit(config.concurrency)
+        self.slots = AdaptiveLimit(config.concurrency, run_lead(config))
+        # A per-endpoint cap counts what an account's does (requests at the provider), exactly:
+        # it is the user's own (module docstring).
         self.endpoint_slots = {e: asyncio.Semaphore(n) for e, n in config.per_endpoint.items()}
-        self.limiter: AsyncLimiter | SharedRate = make_limiter(config.rate)
+        self.deliveries = asyncio.Semaphore(delivery_bound(config.concurrency))
+        # No pacing unless the user sets limits.rate: fal limits what runs, not how fast it is asked.
+        self.limiter: AsyncLimiter | SharedRate | None = (
+            make_limiter(config.rate) if config.rate else None
+        )
         self.pooled = bool(config.accounts)
         if config.accounts:
             self.accounts = Accounts(
@@ -235,14 +321,20 @@ class Limits:
                     Account(
                         a.name,
                         (clients or {}).get(a.name) or client.with_key(None),
-                        AccountSlots(a.concurrency),
+                        AccountSlots(a.concurrency, lead_for(a.concurrency)),
                         make_limiter(a.rate) if a.rate else None,
                     )
                     for a in config.accounts
                 ]
             )
         else:
-            self.accounts = Accounts([Account(None, client, AccountSlots(config.concurrency))])
+            self.accounts = Accounts(
+                [
+                    Account(
+                        None, client, AccountSlots(config.concurrency, lead_for(config.concurrency))
+                    )
+                ]
+            )
         if store.shared:
             # One limit per account across every worker: its slots are leased in the shared state.
             for account in self.accounts.all:
@@ -256,11 +348,14 @@ class Limits:
                     account.limiter = SharedRate(store, f"account:{account.name}", rate)
             self.accounts.POLL = SharedSlots.POLL
             # --rate: the run's total, all workers.
-            self.limiter = SharedRate(store, "run", config.rate)
+            if config.rate:
+                self.limiter = SharedRate(store, "run", config.rate)
         for account in self.accounts.all:
             account.client.on_event = self._events_of(account)
         self._capped_said = False
         self.held: dict[str, Account] = {}  # key → the account whose slot the job holds
+        # key → the endpoint cap whose slot the job holds beside (None: its endpoint has none)
+        self.gates: dict[str, asyncio.Semaphore | None] = {}
         # Account name → its submitted jobs that wait for it.
         self.waiting: dict[str | None, int] = {}
 
@@ -296,32 +391,59 @@ class Limits:
             )
 
     async def hold(self, row: Row) -> bool:
-        """Take the account slot this step needs; False when the job must wait (or the run stops).
+        """Take the provider slots this step needs; False when the job must wait (or the run stops).
 
-        A new submit takes a slot of whichever live account has room; following a submitted
-        request takes a slot of the account recorded with it, and only of that one.
+        Its endpoint's (if capped), the run's, then an account's: a new submit takes a slot of
+        whichever live account has room; following a submitted request takes a slot of the
+        account recorded with it, and only of that one. Held until `let_go`.
         """
         if row.key in self.held or row.state not in ("planned", "submitted"):
             return True
-        if row.state == "planned":
-            account = await self.accounts.pick()
-            if account is None:
-                return False  # every account stopped: the run is stopping
-        else:
-            found = self.accounts.by_name.get(row.account)
+        found = self.accounts.by_name.get(row.account) if row.state == "submitted" else None
+        if row.state == "submitted" and found is None:
+            self.wait_for_account(row)
+            return False
+        gate = self.endpoint_slots.get(row.endpoint)
+        if gate is not None:
+            await gate.acquire()
+        taken: list[AdaptiveLimit] = []
+        try:
+            await self.slots.acquire()
+            taken.append(self.slots)
             if found is None:
-                self.wait_for_account(row)
+                account = await self.accounts.pick()
+                if account is None:
+                    raise _Stopped  # every account stopped: the run is stopping
+            else:
+                account = found
+                await account.slots.acquire()
+        except BaseException as exc:  # cancelled while waiting, or no account left
+            for slots in taken:
+                await slots.release()
+            if gate is not None:
+                gate.release()
+            if isinstance(exc, _Stopped):
                 return False
-            account = found
-            await account.slots.acquire()
+            raise
         self.held[row.key] = account
+        self.gates[row.key] = gate
         return True
 
     async def let_go(self, key: str) -> None:
-        """Give back the account slot `key` holds, if any."""
+        """Give back the provider slots `key` holds, if any (its request finished or is given up)."""
         account = self.held.pop(key, None)
-        if account is not None:
-            await self.accounts.release(account)
+        if account is None:
+            return
+        gate = self.gates.pop(key, None)
+        await self.accounts.release(account)
+        await self.slots.release()
+        if gate is not None:
+            gate.release()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests this run has at the provider now (submitted or being submitted, not COMPLETED)."""
+        return len(self.held)
 
     async def stop_account(self, account: Account, exc: AccountError) -> None:
         """A 401/403 for `account`: it sends nothing more; AccountError (run stops) when it was the last."""

@@ -7,9 +7,12 @@ in flight, and at the end writes the dataset and run.json (record.py) and return
 
 Invariants:
   * Work comes from the store (`Store.claim`), in plan order; results are keyed by job.
-  * A job holds an in-flight slot from submit until its files are written (that is what the
-    provider's concurrency limit and fal's short result retention care about), and a slot of
-    its account from submit until its result is read (what the account's limit counts).
+  * A job holds provider slots (the run's, its endpoint's, its account's) from its submit until
+    it sees its request COMPLETED: what fal's concurrency limit counts (limits.py, with the
+    small lead that waits in the provider's queue). Reading the result, downloading and writing
+    hold a delivery slot instead, so slow downloads never idle the account.
+  * The task pool has room for every provider slot and every delivery slot at once, so a job
+    waiting to be delivered never keeps another from being submitted.
   * A request is followed, read and cancelled only with the key of the account recorded with it
     (store: `account`); a job whose account is not available waits, it is never sent again
     under another key. A 401/403 stops that account only; the run stops when none is left.
@@ -40,7 +43,7 @@ from renderer.runner.claims import Claims
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import Delivery, GroupCommit, publish, write_dataset, writing
 from renderer.runner.job import JobSteps, RunState
-from renderer.runner.limits import Accounts, Limits
+from renderer.runner.limits import Accounts, Limits, delivery_bound, provider_capacity
 from renderer.runner.reconcile import reconcile
 from renderer.runner.record import Summary, run_record
 from renderer.state.store import Store
@@ -148,7 +151,7 @@ class Runner:
             "type": "progress",
             "done": self.state.done,
             "failed": self.state.failed,
-            "in_flight": self.limits.slots.active,
+            "in_flight": self.limits.in_flight,
             "queued": len(self.state.queued),
             "images": self.state.images,
             "limit": self.accounts.limit,
@@ -206,28 +209,23 @@ class Runner:
             while (key := await queue.get()) is not None:
                 if self.state.stopping:
                     continue  # drain: the feeder ends with one None per worker
-                await self.limits.slots.acquire()
+                # The job takes its provider slots itself, just before its submit (JobSteps).
+                task = asyncio.ensure_future(self.jobs.advance(key))
+                self.tasks[key] = task
                 try:
-                    if self.state.stopping:
-                        continue
-                    endpoint = self.claims.endpoints.get(key, "")
-                    task = asyncio.ensure_future(self.jobs.run(key, endpoint))
-                    self.tasks[key] = task
-                    try:
-                        await task
-                    except asyncio.CancelledError:
-                        if not self.state.stopping and key not in self.state.dropped:
-                            raise
-                    finally:
-                        self.tasks.pop(key, None)
-                        self.state.phase.pop(key, None)
-                        self.state.queued.pop(key, None)
-                        self.claims.endpoints.pop(key, None)
+                    await task
+                except asyncio.CancelledError:
+                    if not self.state.stopping and key not in self.state.dropped:
+                        raise
                 finally:
-                    await self.limits.slots.release()
+                    self.tasks.pop(key, None)
+                    self.state.phase.pop(key, None)
+                    self.state.queued.pop(key, None)
                 self.emit(self.progress())
 
-        workers = [asyncio.ensure_future(worker()) for _ in range(self.config.concurrency)]
+        # Enough workers for every provider slot (with its lead) and every delivery at once.
+        size = provider_capacity(self.config) + delivery_bound(self.config.concurrency)
+        workers = [asyncio.ensure_future(worker()) for _ in range(size)]
         helpers = [
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),
             asyncio.ensure_future(self.claims.renew(self.tasks)),

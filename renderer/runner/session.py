@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from renderer.errors import UsageError
@@ -33,15 +33,18 @@ from renderer.output.storage import LocalStorage, Storage
 from renderer.plan import planner as plan_mod
 from renderer.plan.jobs import Plan
 from renderer.provider.client import FAL_QUEUE_ORIGINS, Client
-from renderer.provider.emulator import Emulator, EmulatorConfig, ServiceTime
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.deliver import publish, write_dataset
+from renderer.runner.limits import delivery_bound, provider_capacity
 from renderer.runner.record import Summary, run_record
 from renderer.runner.runner import Runner
 from renderer.state.choose import open_store
 from renderer.state.lock import RunLock
 from renderer.state.rows import sql_error
 from renderer.state.store import Store
+
+if TYPE_CHECKING:  # the emulator (its server, images, faults) loads only when it renders
+    from renderer.provider.emulator import EmulatorConfig
 
 T = TypeVar("T")
 
@@ -165,6 +168,8 @@ def _accounts(
 
 
 def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
+    from renderer.provider.emulator import EmulatorConfig, ServiceTime
+
     return EmulatorConfig(
         workers=int(settings.get("workers", 2)),
         service=ServiceTime("fixed", float(settings.get("latency", 0.05))),
@@ -278,6 +283,9 @@ async def _execute(
     async with contextlib.AsyncExitStack() as stack:
         url = provider.url
         if provider.kind == "emulator":
+            # Imported here: a run on a real provider never loads the emulator.
+            from renderer.provider.emulator import Emulator
+
             emulator = await stack.enter_async_context(
                 Emulator(_emulator_config(provider.emulator), registry=registry)
             )
@@ -289,7 +297,9 @@ async def _execute(
                 auth_scheme=provider.auth,
                 key=provider.key,
                 retry=config.retry,
-                connections=max(8, config.concurrency * 2 + 4),
+                # A status stream per request at the provider, plus every delivery: none waits
+                # for a connection (a pool smaller than that would be a hidden limit).
+                connections=provider_capacity(config) + delivery_bound(config.concurrency) + 4,
                 # fal's answers must stay on fal's queue hosts; a proxy's are rebased onto the proxy
                 rebase=provider.kind != "fal",
                 trusted_origins=FAL_QUEUE_ORIGINS if provider.kind == "fal" else frozenset(),

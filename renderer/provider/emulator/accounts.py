@@ -18,13 +18,16 @@ from renderer.provider.emulator.queue import ModelRequest
 
 @dataclass(eq=False)
 class Account:
-    """What one credential did. Invariants: 0 <= in_flight <= peak_in_flight, same for running."""
+    """What one credential did. Invariants: 0 <= in_flight <= peak_in_flight, same for running
+    (IN_PROGRESS: what fal's concurrency limit counts) and queued (IN_QUEUE, not cancelled)."""
 
     submits: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
     running: int = 0
     peak_running: int = 0
+    queued: int = 0
+    peak_queued: int = 0
     inputs: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -38,6 +41,8 @@ class Account:
             "peak_in_flight": self.peak_in_flight,
             "running": self.running,
             "peak_running": self.peak_running,
+            "queued": self.queued,
+            "peak_queued": self.peak_queued,
             "distinct_inputs": len(self.inputs),
             "duplicate_submits": self.duplicate_submits,
         }
@@ -56,6 +61,8 @@ class Accounts:
         self.open: dict[str, ModelRequest] = {}  # requests in flight, by id
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.running = 0  # requests IN_PROGRESS (and synchronous calls) across accounts
+        self.peak_running = 0
         self.last_closed_at: float | None = None  # time.monotonic() of the last one leaving flight
 
     def label_of(self, auth: str) -> str:
@@ -125,6 +132,14 @@ class Accounts:
         acct = self.get(label)
         acct.running += delta
         acct.peak_running = max(acct.peak_running, acct.running)
+        self.running += delta
+        self.peak_running = max(self.peak_running, self.running)
+
+    def queue_step(self, label: str, delta: int) -> None:
+        """One of the account's requests entered (+1) or left (-1) the queue (IN_QUEUE)."""
+        acct = self.get(label)
+        acct.queued += delta
+        acct.peak_queued = max(acct.peak_queued, acct.queued)
 
     def kept_peaks(self, requests: list[ModelRequest]) -> dict[str, int]:
         """Per account, the peak in flight counting only requests never abandoned by a resend.

@@ -18,7 +18,11 @@ from renderer.provider.emulator.queue import ServiceTime
 class EmulatorConfig:
     host: str = "127.0.0.1"
     port: int = 0
-    workers: int = 2  # fal gives new accounts 2 concurrent requests
+    workers: int = 2  # the model's slots, shared by every account (fal gives new accounts 2)
+    # Each account's own limit on requests IN_PROGRESS (fal's per-account concurrency); the rest
+    # wait IN_QUEUE, never refused. None: only `workers` bounds them.
+    account_slots: int | None = None
+    account_limits: tuple[tuple[str, int], ...] = ()  # (label, slots): that account's own limit
     service: ServiceTime = ServiceTime()  # noqa: RUF009 (frozen: one shared default is safe)
     seed: int = 0
     key: str | None = (
@@ -28,6 +32,7 @@ class EmulatorConfig:
     locked: tuple[str, ...] = ()  # labels of accounts whose submits get 403 "User is locked"
     max_side: int | None = 256  # cap on the longest image side, for speed
     faults: Faults = Faults()  # noqa: RUF009 (frozen: one shared default is safe)
+    file_latency: float = 0.0  # seconds before each generated file is served (a slow CDN)
     keepalive: float = 15.0  # seconds between SSE comment lines
     variants: tuple[tuple[str, str], ...] = ()  # (endpoint, salt): render that model differently
     noise: float = (

@@ -1,9 +1,17 @@
-"""The emulator's queue: requests, the worker slots that run them, and their service time.
+"""The emulator's queue: requests, the slots that run them, and their service time.
 
-A request is queued on submit and taken by one of `workers` slots in order; a slot holds it for a
+fal's model (../shared/docs/fal-protocol.md §1.4, §2.2): an account may have at most its limit of
+requests IN_PROGRESS; beyond it, requests wait IN_QUEUE (a submit is never refused for
+concurrency). Here a request is queued on submit and started, in submit order, as soon as one of
+the model's `workers` slots is free *and* its account has a free slot (`EmulatorConfig.account_slots`,
+or its `account_limits` entry; none: only `workers` bounds it). A request whose account is full
+never holds up another account's (each account has its own line). A slot holds a request for a
 service time drawn from the seeded generator (`ServiceTime`), renders its images meanwhile in a
 thread (`Outputs.prerender`), then completes it. A queued request can be cancelled before a slot
 takes it. `slot_time` records how long slots were held and how much of that was asked for.
+
+Invariants: `busy` <= workers; an account's `running` <= its limit; every queued request is in
+exactly one account's line until it starts or is cancelled (counted by Accounts.queue_step).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import math
 import random
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -89,6 +98,8 @@ class ModelRequest:
     pictures: list[tuple[bytes, str]] | None = (
         None  # rendered while the slot slept (Outputs.prerender)
     )
+    taken: bool = False  # a slot took it (it runs, or ran)
+    waiting: bool = False  # counted as queued in its account's stats (Accounts.queue_step)
 
     def touch(self) -> None:
         event, self.changed = self.changed, asyncio.Event()
@@ -121,7 +132,10 @@ class Queue:
         self.accounts = accounts
         self.outputs = outputs
         self.requests: dict[str, ModelRequest] = {}  # every request kept, by id
-        self.waiting: asyncio.Queue[ModelRequest] = asyncio.Queue()
+        self.lines: dict[
+            str, deque[ModelRequest]
+        ] = {}  # account label → its queued requests, in order
+        self.running: Counter[str] = Counter()  # account label → its requests IN_PROGRESS now
         self.seq = 0  # the last submit's sequence number
         self.started = 0  # the highest sequence number a slot has taken
         self.busy = 0  # slots (and synchronous calls) running now
@@ -133,21 +147,82 @@ class Queue:
             "held": 0.0,
             "service": 0.0,
         }
-        self.tasks: list[asyncio.Task[None]] = []
+        self.tasks: set[asyncio.Task[None]] = set()  # the requests running now
+        self.open = False  # between start() and stop()
 
     def start(self) -> None:
-        self.tasks = [asyncio.ensure_future(self._work()) for _ in range(self.config.workers)]
+        self.open = True
+        self.dispatch()
 
     async def stop(self) -> None:
-        for task in self.tasks:
+        self.open = False
+        tasks = list(self.tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for req in self.requests.values():
             req.touch()  # wake any open status streams so they can finish
 
     @property
     def stopped(self) -> bool:
-        return not self.tasks or all(t.done() for t in self.tasks)
+        return not self.open
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot (cancelled ones leave their line when next looked at)."""
+        return sum(1 for line in self.lines.values() for r in line if not r.cancelled)
+
+    def limit_of(self, label: str) -> int | None:
+        """The account's slots (fal's concurrency limit); None: only the model's workers bound it."""
+        for name, n in self.config.account_limits:
+            if name == label:
+                return n
+        return self.config.account_slots
+
+    def put(self, req: ModelRequest) -> None:
+        """A submitted request waits IN_QUEUE in its account's line; it starts as soon as it may
+        (counted as queued only if it must wait: a request a slot takes at once never queued)."""
+        self.lines.setdefault(req.account, deque()).append(req)
+        self.dispatch()
+        if not req.taken:
+            self.hold(req)
+
+    def hold(self, req: ModelRequest) -> None:
+        """`req` waits IN_QUEUE: counted in its account's queued requests until it starts or is cancelled."""
+        req.waiting = True
+        self.accounts.queue_step(req.account, 1)
+
+    def unhold(self, req: ModelRequest) -> None:
+        if req.waiting:
+            req.waiting = False
+            self.accounts.queue_step(req.account, -1)
+
+    def dispatch(self) -> None:
+        """Start queued requests while a worker slot is free: the earliest submitted among the
+        accounts with a free slot of their own (a full account never blocks another's line)."""
+        while self.open and self.busy < self.config.workers:
+            best: ModelRequest | None = None
+            for label, line in self.lines.items():
+                while line and line[0].cancelled:
+                    line.popleft()  # cancelled while queued: it never runs
+                if not line:
+                    continue
+                limit = self.limit_of(label)
+                if limit is not None and self.running[label] >= limit:
+                    continue
+                if best is None or line[0].seq < best.seq:
+                    best = line[0]
+            if best is None:
+                return
+            self.lines[best.account].popleft()
+            best.taken = True
+            self.busy += 1
+            self.running[best.account] += 1
+            self.accounts.run_slot(best.account, 1)
+            self.unhold(best)
+            task = asyncio.ensure_future(self._work(best))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -165,41 +240,38 @@ class Queue:
             and time.monotonic() - req.completed_at > keep
         )
 
-    async def _work(self) -> None:
-        while True:
-            req = await self.waiting.get()
-            self.started = max(self.started, req.seq)
-            if req.cancelled:
-                continue
-            self.busy += 1
-            self.accounts.run_slot(req.account, 1)
-            try:
-                req.status, req.started_at = "IN_PROGRESS", time.monotonic()
-                req.logs.append(
-                    {
-                        "message": "Starting generation",
-                        "level": "INFO",
-                        "source": "USER",
-                        "timestamp": now_iso(),
-                    }
-                )
-                req.touch()
-                req.inference = self.config.service.draw(self.rng)
-                if self.slot_time["first_start"] is None:
-                    self.slot_time["first_start"] = req.started_at
-                pictures = self.outputs.prerender(req)
-                await asyncio.sleep(req.inference)
-                if pictures is not None:
-                    with contextlib.suppress(Exception):  # rendered again, inline, by output()
-                        req.pictures = await pictures
-                self.finish(req)
-                assert req.completed_at is not None  # finish() sets it
-                self.slot_time["held"] += req.completed_at - req.started_at
-                self.slot_time["service"] += req.inference
-                self.slot_time["last_end"] = req.completed_at
-            finally:
-                self.busy -= 1
-                self.accounts.run_slot(req.account, -1)
+    async def _work(self, req: ModelRequest) -> None:
+        """Run one started request for its service time, then complete it and free its slots."""
+        self.started = max(self.started, req.seq)
+        try:
+            req.status, req.started_at = "IN_PROGRESS", time.monotonic()
+            req.logs.append(
+                {
+                    "message": "Starting generation",
+                    "level": "INFO",
+                    "source": "USER",
+                    "timestamp": now_iso(),
+                }
+            )
+            req.touch()
+            req.inference = self.config.service.draw(self.rng)
+            if self.slot_time["first_start"] is None:
+                self.slot_time["first_start"] = req.started_at
+            pictures = self.outputs.prerender(req)
+            await asyncio.sleep(req.inference)
+            if pictures is not None:
+                with contextlib.suppress(Exception):  # rendered again, inline, by output()
+                    req.pictures = await pictures
+            self.finish(req)
+            assert req.completed_at is not None  # finish() sets it
+            self.slot_time["held"] += req.completed_at - req.started_at
+            self.slot_time["service"] += req.inference
+            self.slot_time["last_end"] = req.completed_at
+        finally:
+            self.busy -= 1
+            self.running[req.account] -= 1
+            self.accounts.run_slot(req.account, -1)
+            self.dispatch()
 
     def finish(self, req: ModelRequest) -> None:
         """The request completes with its outcome (an output, a 422 or a runner error)."""
@@ -221,6 +293,7 @@ class Queue:
 
     def cancel(self, req: ModelRequest) -> None:
         """A request cancelled before a slot took it completes as cancelled (499)."""
+        self.unhold(req)
         req.cancelled = True
         req.result_status = 499
         req.result = {

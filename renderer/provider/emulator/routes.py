@@ -171,8 +171,9 @@ class QueueRoutes:
         self.accounts.get(account).inputs[digest] += 1
         if self.chance(faults.stuck):
             self.counts["fault:stuck"] += 1  # never handed to a worker: IN_QUEUE forever
+            self.queue.hold(req)
         else:
-            self.queue.waiting.put_nowait(req)
+            self.queue.put(req)
         body = {
             "status": "IN_QUEUE",
             "request_id": req.id,

@@ -20,12 +20,14 @@ Status, result and cancel accept the app-level path and the full endpoint path a
 Behaviour: inputs are checked with the renderer's own endpoint schemas (failures surface as 422
 on the result, as on fal); a queue with `workers` slots and a seeded service-time distribution;
 deterministic images (renderer.pictures); faults with seeded probabilities (`Faults`).
+With `account_slots` (or `account_limits`) each account runs at most that many requests at once,
+as fal's concurrency limit: the rest wait IN_QUEUE (queue.py).
 
 Accounting per credential (an "account" in the stats, named by a label, never by its key): accepted
 submits, requests in flight (from the submit until its outcome is handed over: the result, or a
 status saying it failed; or until it is cancelled, its result expired, or it completed after the
-same account sent the same input again) with their peak, requests running with their peak, and inputs submitted
-more than once. A harness in another process reads them at GET /_emulator/stats.
+same account sent the same input again) with their peak, requests running (IN_PROGRESS) and queued
+(IN_QUEUE) with their peaks, and inputs submitted more than once. A harness in another process reads them at GET /_emulator/stats.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class Emulator:
         self.counts: Counter[str] = Counter()
         self.inputs: Counter[str] = Counter()  # input digest → submits, across accounts
         self.submit_times: list[float] = []
+        self.serving = 0  # files being served now (counted with file_latency only)
+        self.peaks: Counter[str] = Counter()  # downloads, downloads_and_running (file_latency only)
         self.chance = Chance(self.rng, self.counts)
         # Accepted credentials: key → account label (labels, never keys, appear in the stats).
         keys: dict[str, str] = dict((k, label) for label, k in config.keys)
@@ -176,10 +180,11 @@ class Emulator:
             "duplicate_submits": sum(n - 1 for n in self.inputs.values() if n > 1),
             "inputs": dict(self.inputs),
             "submit_times": list(self.submit_times),
-            "queued": queue.waiting.qsize(),
+            "queued": queue.queued,
             "busy": queue.busy,
             "in_flight": accounts.in_flight,
             "peak_in_flight": accounts.peak_in_flight,
+            "peak_running": accounts.peak_running,  # IN_PROGRESS at once, all accounts
             # Requests in flight, to follow one set of them over time.
             "open_ids": sorted(accounts.open),
             # On the emulator's monotonic clock, like submit_times.
@@ -190,6 +195,9 @@ class Emulator:
                 "prerendered": self.counts["prerendered"],
             },
             "accounts": accounts.as_dict(list(queue.requests.values())),
+            # With file_latency: files served at once at most, and that plus requests running.
+            "peak_downloads": self.peaks["downloads"],
+            "peak_downloads_and_running": self.peaks["downloads_and_running"],
         }
 
     # ------------------------------------------------------------ plumbing
@@ -277,6 +285,7 @@ class Emulator:
             self.queue.busy -= 1
             self.accounts.run_slot(account, -1)
             self.accounts.leave_sync(account)
+            self.queue.dispatch()  # the slot it held may start a queued request
         return web.json_response(
             req.result, status=req.result_status, headers={"x-fal-request-id": req.id}
         )
@@ -297,6 +306,18 @@ class Emulator:
                 1  # a client leaking its key to a file host
             )
         data, content_type = found
+        if self.config.file_latency > 0:
+            # A slow CDN: how many files were being served at once, and at the same moment as
+            # requests running, shows whether a client holds its provider slots through downloads.
+            self.serving += 1
+            self.peaks["downloads"] = max(self.peaks["downloads"], self.serving)
+            self.peaks["downloads_and_running"] = max(
+                self.peaks["downloads_and_running"], self.serving + self.queue.busy
+            )
+            try:
+                await asyncio.sleep(self.config.file_latency)
+            finally:
+                self.serving -= 1
         faults = self.config.faults
         if "download" in faults.slow:
             return await deliver(

@@ -1,0 +1,255 @@
+"""A small fal-protocol server with a fixed slot model, written apart from the emulator.
+
+For bench/concurrency.py: the renderer and the fal-client baseline are measured against a server
+the renderer's code had no part in (it imports only aiohttp and the standard library). One account
+with S slots and a fixed service time L: a submitted request waits IN_QUEUE (never refused) until
+a slot is free, runs L seconds IN_PROGRESS, then is COMPLETED (fal-protocol.md §1.4, §2.2).
+
+Serves: POST /{endpoint} (submit), GET …/requests/{id}/status (202/200; `/stream`: server-sent
+events until COMPLETED), GET …/requests/{id} and …/response (the result, naming one image),
+PUT …/requests/{id}/cancel, GET /files/{id}.png (a fixed 64x64 PNG), GET /_stats (peak running,
+peak queued, slot busy time). Listens on plain HTTP, and on HTTPS too with --tls CERT KEY (fal-client
+only speaks https). Prints `READY http://… https://…` once listening.
+
+Usage: python bench/slot_server.py SLOTS SECONDS [--tls CERT KEY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import struct
+import time
+import uuid
+import zlib
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+
+def png(width: int = 64, height: int = 64) -> bytes:
+    """A valid RGB PNG of a gradient, built by hand (no imaging library)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(
+        b"\0" + b"".join(bytes((x * 4 % 256, y * 4 % 256, 128)) for x in range(width))
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+IMAGE = png()
+
+
+class Request:
+    __slots__ = ("changed", "endpoint", "id", "origin", "seed", "state")
+
+    def __init__(self, rid: str, endpoint: str, origin: str, seed: Any) -> None:
+        self.id, self.endpoint, self.origin, self.seed = rid, endpoint, origin, seed
+        self.state = "IN_QUEUE"
+        self.changed: asyncio.Event | None = None  # made only when a stream waits on it
+
+    def touch(self) -> None:
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
+
+
+class Slots:
+    """S slots, a FIFO queue, service time L; completions scheduled with call_later (no task each)."""
+
+    def __init__(self, slots: int, seconds: float) -> None:
+        self.slots, self.seconds = slots, seconds
+        self.queue: deque[Request] = deque()
+        self.running = 0
+        self.stats: dict[str, Any] = {
+            "submits": 0,
+            "peak_running": 0,
+            "peak_queued": 0,
+            "first_start": None,
+            "last_end": None,
+            "busy": 0.0,
+        }
+
+    def submit(self, req: Request) -> None:
+        self.stats["submits"] += 1
+        self.queue.append(req)
+        self.stats["peak_queued"] = max(self.stats["peak_queued"], len(self.queue))
+        self.start()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.running < self.slots and self.queue:
+            req = self.queue.popleft()
+            if req.state != "IN_QUEUE":  # cancelled while queued
+                continue
+            self.running += 1
+            self.stats["peak_running"] = max(self.stats["peak_running"], self.running)
+            now = time.monotonic()
+            if self.stats["first_start"] is None:
+                self.stats["first_start"] = now
+            req.state = "IN_PROGRESS"
+            req.touch()
+            loop.call_later(self.seconds, self.finish, req, now)
+
+    def finish(self, req: Request, started: float) -> None:
+        now = time.monotonic()
+        self.running -= 1
+        self.stats["busy"] += now - started
+        self.stats["last_end"] = now
+        req.state = "COMPLETED"
+        req.touch()
+        self.start()
+
+
+class Server:
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+        self.requests: dict[str, Request] = {}
+
+    def urls(self, req: Request) -> dict[str, str]:
+        app = "/".join(req.endpoint.split("/")[:2])
+        root = f"{req.origin}/{app}/requests/{req.id}"
+        return {
+            "response_url": root,
+            "status_url": f"{root}/status",
+            "cancel_url": f"{root}/cancel",
+        }
+
+    def status(self, req: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": req.state, "request_id": req.id, **self.urls(req)}
+        if req.state == "IN_QUEUE":
+            body["queue_position"] = 0
+        else:
+            body["logs"] = None
+        if req.state == "COMPLETED":
+            body["metrics"] = {"inference_time": self.slots.seconds}
+        return body
+
+    async def submit(self, request: web.Request) -> web.Response:
+        payload = await request.json()
+        origin = f"{request.scheme}://{request.host}"
+        seed = payload.get("seed") if isinstance(payload, dict) else None
+        req = Request(uuid.uuid4().hex, request.match_info["tail"], origin, seed)
+        self.requests[req.id] = req
+        self.slots.submit(req)
+        body = {**self.status(req), "status": "IN_QUEUE", "queue_position": 0}
+        body.pop("logs", None)
+        return web.json_response(body, headers={"x-fal-request-id": req.id})
+
+    def find(self, tail: str) -> tuple[Request | None, str]:
+        _, sep, after = tail.partition("/requests/")
+        rid, _, rest = after.partition("/")
+        return (self.requests.get(rid) if sep else None), rest
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        req, rest = self.find(request.match_info["tail"])
+        if req is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        if rest == "status":
+            return web.json_response(
+                self.status(req), status=200 if req.state == "COMPLETED" else 202
+            )
+        if rest == "status/stream":
+            return await self.stream(request, req)
+        if rest in ("", "response"):
+            if req.state != "COMPLETED":
+                return web.json_response({"detail": "Request is still in progress"}, status=400)
+            image = {
+                "url": f"{req.origin}/files/{req.id}.png",
+                "width": 64,
+                "height": 64,
+                "content_type": "image/png",
+            }
+            result = {"images": [image], "seed": req.seed, "has_nsfw_concepts": [False]}
+            return web.json_response(result, headers={"x-fal-request-id": req.id})
+        return web.json_response({"detail": "Not found"}, status=404)
+
+    async def stream(self, request: web.Request, req: Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        last = None
+        while True:
+            state = req.state
+            if state != last:
+                await response.write(f"data: {json.dumps(self.status(req))}\n\n".encode())
+                last = state
+            if state == "COMPLETED":
+                break
+            if req.changed is None:
+                req.changed = asyncio.Event()
+            await req.changed.wait()
+        await response.write_eof()
+        return response
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        req, _ = self.find(request.match_info["tail"])
+        if req is None:
+            return web.json_response({"status": "NOT_FOUND"}, status=404)
+        if req.state == "COMPLETED":
+            return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
+        if req.state == "IN_QUEUE":
+            req.state = "COMPLETED"
+            req.touch()
+        return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
+
+    async def file(self, request: web.Request) -> web.Response:
+        return web.Response(body=IMAGE, content_type="image/png")
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({**self.slots.stats, "slots": self.slots.slots})
+
+
+async def serve(slots: int, seconds: float, tls: tuple[str, str] | None) -> None:
+    server = Server(Slots(slots, seconds))
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.router.add_get("/_stats", server.stats)
+    app.router.add_get("/files/{name}", server.file)
+    app.router.add_post("/{tail:.+}", server.submit)
+    app.router.add_get("/{tail:.+}", server.get)
+    app.router.add_put("/{tail:.+}", server.cancel)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sites = [web.TCPSite(runner, "127.0.0.1", 0)]
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+        sites.append(web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context))
+    urls = []
+    for site, scheme in zip(sites, ("http", "https"), strict=False):
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        urls.append(f"{scheme}://127.0.0.1:{port}")
+    print("READY " + " ".join(urls), flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("slots", type=int)
+    ap.add_argument("seconds", type=float)
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    args = ap.parse_args()
+    work = serve(args.slots, args.seconds, tuple(args.tls) if args.tls else None)
+    try:
+        import uvloop  # the server's own cost is not what is measured: the fastest loop there is
+    except ImportError:
+        asyncio.run(work)
+    else:
+        uvloop.run(work)
+
+
+if __name__ == "__main__":
+    main()
