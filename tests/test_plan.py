@@ -45,13 +45,18 @@ def test_example_manifests_validate(registry: SchemaRegistry):
 
 
 def test_readme_manifest_examples_validate(registry: SchemaRegistry):
-    """Every YAML block in the README plans without problems (its prompt file ships in manifests/)."""
+    """Every YAML manifest in the README, docs/manifest.md and docs/sweeps.md plans without problems
+    (the files they name ship in manifests/)."""
     import re
 
-    blocks = re.findall(
-        r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S
-    )
-    assert blocks
+    blocks = [
+        block
+        for name in ("README.md", "docs/manifest.md", "docs/sweeps.md")
+        for block in re.findall(
+            r"```yaml\n(.*?)```", (ROOT / name).read_text(encoding="utf-8"), re.S
+        )
+    ]
+    assert len(blocks) >= 6
     for n, block in enumerate(blocks):
         p = plan.build(parse(block, MANIFESTS / f"README-block-{n}.yaml"), registry)
         assert p.jobs and not any(cost is None for cost in p.costs.values())
