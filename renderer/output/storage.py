@@ -17,13 +17,16 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from renderer.errors import StateError, UsageError
+from renderer.layout import DATA_DIR
 from renderer.settings import is_remote, parse_s3
 
 SHA256_KEY = "sha256"  # object metadata key (x-amz-meta-sha256)
@@ -31,6 +34,14 @@ SHA256_KEY = "sha256"  # object metadata key (x-amz-meta-sha256)
 
 class StorageConflict(StateError):
     """The object store already holds different bytes at an image's key."""
+
+
+class Stored(NamedTuple):
+    """What writing an image did: its mtime (local files; None in a bucket), and whether the
+    same bytes were there already (a worker that died before its commit, or a lost state)."""
+
+    mtime_ns: int | None
+    existed: bool = False
 
 
 class Storage(ABC):
@@ -43,8 +54,8 @@ class Storage(ABC):
         """The full location of a relative path, for people."""
 
     @abstractmethod
-    def put_image(self, rel: str, data: bytes, *, sha256: str, content_type: str) -> int | None:
-        """Write an image once; returns its mtime in ns (local) or None (object stores)."""
+    def put_image(self, rel: str, data: bytes, *, sha256: str, content_type: str) -> Stored:
+        """Write an image once: its mtime in ns (local) or None (object stores), and whether it was there."""
 
     @abstractmethod
     def put_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
@@ -53,6 +64,26 @@ class Storage(ABC):
     @abstractmethod
     def intact(self, entry: Mapping[str, Any], *, rehash: bool) -> bool:
         """Is a recorded image still there, unchanged? (size + mtime or size + stored hash; rehash reads it)."""
+
+    @abstractmethod
+    def read(self, rel: str) -> bytes | None:
+        """A file's bytes, or None when it is absent (sidecars, the dataset, images for the tools)."""
+
+    @abstractmethod
+    def names(self, folder: str) -> set[str]:
+        """The names of the files directly inside a folder (empty when there is none)."""
+
+    @abstractmethod
+    def has_data(self) -> bool:
+        """Does the output hold anything under the dataset folder (a run wrote here before)?"""
+
+    @abstractmethod
+    def stored_image(self, rel: str, sha256: str) -> tuple[int, int | None] | None:
+        """(size, mtime_ns or None) of the image at `rel` if its bytes are the ones hashing to `sha256`.
+
+        On disk the bytes are hashed; in a bucket the sha256 stored with the object at its
+        create-only PUT is compared (an object without one is read and hashed).
+        """
 
     def put_json(self, rel: str, value: Any, *, durable: bool = True) -> None:
         text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
@@ -66,10 +97,10 @@ class LocalStorage(Storage):
     def where(self, rel: str) -> str:
         return str(self.root / rel)
 
-    def put_image(self, rel: str, data: bytes, *, sha256: str, content_type: str) -> int | None:
+    def put_image(self, rel: str, data: bytes, *, sha256: str, content_type: str) -> Stored:
         from renderer.output import files  # Pillow loads only when something is written
 
-        return files.write_atomic(self.root / rel, data).st_mtime_ns
+        return Stored(files.write_atomic(self.root / rel, data).st_mtime_ns)
 
     def put_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         from renderer.output import files
@@ -80,6 +111,32 @@ class LocalStorage(Storage):
         from renderer.output import files
 
         return files.file_intact(self.root, dict(entry), rehash=rehash)
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return (self.root / rel).read_bytes()
+        except OSError:
+            return None
+
+    def names(self, folder: str) -> set[str]:
+        try:
+            return set(os.listdir(self.root / folder))
+        except OSError:
+            return set()
+
+    def has_data(self) -> bool:
+        return (self.root / DATA_DIR).is_dir()
+
+    def stored_image(self, rel: str, sha256: str) -> tuple[int, int | None] | None:
+        path = self.root / rel
+        try:
+            data = path.read_bytes()
+            stat = os.stat(path)
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return None
+        return len(data), stat.st_mtime_ns
 
 
 def _first_line(exc: BaseException) -> str:
@@ -124,7 +181,7 @@ class S3Storage(Storage):
     def where(self, rel: str) -> str:
         return f"{self.url}/{rel}"
 
-    def put_image(self, rel: str, data: bytes, *, sha256: str, content_type: str) -> int | None:
+    def put_image(self, rel: str, data: bytes, *, sha256: str, content_type: str) -> Stored:
         import obstore
         from obstore.exceptions import AlreadyExistsError
 
@@ -145,12 +202,13 @@ class S3Storage(Storage):
                     hint="another run or tool wrote this key; give this run its own prefix (--output s3://…/other) "
                     "or remove the object if it is wrong",
                 ) from None
+            return Stored(None, existed=True)
         except Exception as exc:
             raise StateError(
                 f"cannot write {self.where(rel)}: {_first_line(exc)}",
                 hint="check AWS_ENDPOINT_URL, AWS_REGION and the credentials' access to the bucket",
             ) from exc
-        return None
+        return Stored(None)
 
     def put_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         import obstore
@@ -187,8 +245,6 @@ class S3Storage(Storage):
             return False
         if not rehash:
             return True
-        import hashlib
-
         import obstore
 
         try:
@@ -199,7 +255,7 @@ class S3Storage(Storage):
             raise StateError(f"cannot read {self.where(rel)}: {_first_line(exc)}") from exc
         return hashlib.sha256(data).hexdigest() == entry["sha256"]
 
-    def get(self, rel: str) -> bytes | None:
+    def read(self, rel: str) -> bytes | None:
         """An object's bytes, or None when absent (status, tests, `renderer` tools that read back)."""
         import obstore
 
@@ -209,6 +265,45 @@ class S3Storage(Storage):
             return None
         except Exception as exc:
             raise StateError(f"cannot read {self.where(rel)}: {_first_line(exc)}") from exc
+
+    get = read
+
+    def names(self, folder: str) -> set[str]:
+        import obstore
+
+        try:
+            listed = obstore.list_with_delimiter(self.store, folder.rstrip("/") + "/")
+        except FileNotFoundError:
+            return set()
+        except Exception as exc:
+            raise StateError(f"cannot list {self.where(folder)}: {_first_line(exc)}") from exc
+        return {str(meta["path"]).rsplit("/", 1)[-1] for meta in listed["objects"]}
+
+    def has_data(self) -> bool:
+        import obstore
+
+        try:
+            for chunk in obstore.list(self.store, DATA_DIR + "/", chunk_size=1):
+                if chunk:
+                    return True
+        except FileNotFoundError:
+            return False
+        except Exception as exc:
+            raise StateError(f"cannot list {self.where(DATA_DIR)}: {_first_line(exc)}") from exc
+        return False
+
+    def stored_image(self, rel: str, sha256: str) -> tuple[int, int | None] | None:
+        head = self._head(rel)
+        if head is None or head[0] <= 0:
+            return None
+        stored = head[1].get(SHA256_KEY)
+        if stored is None:  # not written by renderer (no stored hash): read it and hash it
+            data = self.read(rel)
+            if data is None or hashlib.sha256(data).hexdigest() != sha256:
+                return None
+        elif stored != sha256:
+            return None
+        return head[0], None
 
 
 def open_storage(output: str, run_name: str, env: Mapping[str, str]) -> Storage:

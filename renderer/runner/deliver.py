@@ -244,32 +244,57 @@ class Delivery:
                 self.store.hold(row.key)  # a worker that lost the job writes no file (LeaseLost)
             # Local files: written, fsynced in groups off the loop (files.GroupFsync), then renamed
             # into place, so the record below still follows a durable, complete file.
+            earlier: str | None = None
             with writing(self.run_dir / rel):
                 sidecar = self.sidecar(row, index, entry)
                 if self.storage.remote:  # network I/O: off the loop
-                    entry["mtime_ns"] = await asyncio.to_thread(self.write, rel, verified, sidecar)
+                    entry["mtime_ns"], earlier = await asyncio.to_thread(
+                        self.write, rel, verified, sidecar
+                    )
                 elif isinstance(self.storage, LocalStorage):
                     entry["mtime_ns"] = await self.write_local(rel, verified, sidecar)
                 else:
-                    entry["mtime_ns"] = self.write(rel, verified, sidecar)
+                    entry["mtime_ns"], earlier = self.write(rel, verified, sidecar)
+            if index == 0 and earlier is not None and earlier != row.request_id:
+                # The output held this job's image from another request: its state was lost
+                # (or never adopted it) and this input was paid for again. Counted, and said.
+                reason = "the output already held this job's image from an earlier request"
+                self.store.record_resubmit(row.key, reason)
+                self.emit(
+                    {
+                        "type": "warning",
+                        "key": row.key,
+                        "message": f"{row.key}: {reason} ({earlier}): paid twice",
+                    }
+                )
             entries.append(entry)
         self.store.downloaded(row.key, entries)
         await self.commits.durable()
         self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
         return row.evolve(state="downloaded", files=entries)
 
-    def write(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int | None:
-        """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
-        mtime = self.storage.put_image(
+    def write(
+        self, rel: str, image: files.Verified, sidecar: dict[str, Any]
+    ) -> tuple[int | None, str | None]:
+        """Image, then its sidecar: the image's mtime (recorded for the rerun check; None on S3),
+        and the request id named by the sidecar of the same image found there already."""
+        stored = self.storage.put_image(
             rel, image.data, sha256=image.sha256, content_type=image.content_type
         )
+        side = str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX))
+        earlier = None
+        if stored.existed:
+            try:
+                found = json.loads(self.storage.read(side) or b"null")
+            except ValueError:
+                found = None
+            if isinstance(found, dict) and found.get("job_key") == sidecar["job_key"]:
+                earlier = (
+                    found.get("request_id") if isinstance(found.get("request_id"), str) else None
+                )
         # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
-        self.storage.put_bytes(
-            str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)),
-            files.json_text(sidecar).encode(),
-            durable=False,
-        )
-        return mtime
+        self.storage.put_bytes(side, files.json_text(sidecar).encode(), durable=False)
+        return stored.mtime_ns, earlier
 
     async def write_local(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int:
         """As write: the image fsynced before its rename, the disk waited for off the loop (GroupFsync.write)."""

@@ -5,7 +5,7 @@ the run's key-value metadata. The parts (plansync, leases, transitions, queries)
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,6 +84,10 @@ class StoreCore:
     def _exclusive(self) -> Iterator[None]:
         """Held while one worker records the plan (others then find it recorded)."""
         yield
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """One worker of a shared state at a time (recording the plan, rebuilding lost state)."""
+        return self._exclusive()
 
     def gone(self) -> bool:
         """Has the state been removed since it was opened (the run directory deleted)?"""
