@@ -312,16 +312,11 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_status.add_argument(
         "run",
         metavar="RUN",
-        help="a run directory, e.g. outputs/quickstart (its last part names "
-        "the run in shared state)",
+        help="a run directory, e.g. outputs/quickstart, or its bucket folder s3://BUCKET/PREFIX/NAME "
+        "(its last part names the run in shared state)",
     )
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
-    p_status.add_argument(
-        "--state",
-        metavar="URL",
-        help="the run's shared state, postgresql://… (env RENDERER_STATE): "
-        "workers, accounts and jobs of a distributed run",
-    )
+    _state_argument(p_status)
 
     p_final = command(
         "finalize",
@@ -343,12 +338,28 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_final.add_argument("--schemas", help="schema directory (env RENDERER_SCHEMAS)")
 
 
+RUN_HELP = (
+    "a run directory, e.g. outputs/design-sweep, or its bucket folder s3://BUCKET/PREFIX/NAME "
+    "(its last part names the run in shared state)"
+)
+
+
+def _state_argument(p: _Parser) -> None:
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="the run's shared state, postgresql://… (env RENDERER_STATE; default: the SQLite "
+        "file in the run directory); images are read where the run wrote them, a bucket included",
+    )
+
+
 def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     """`renderer report`, `export` and `diff`."""
     p_report = command(
         "report", cmd_report, "write a static HTML contact sheet and PNG sheets for a run"
     )
-    p_report.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")
+    p_report.add_argument("run", metavar="RUN", help=RUN_HELP)
+    _state_argument(p_report)
     p_report.add_argument(
         "--axes", default="prompt,model", help="ROW,COL axes (default prompt,model)"
     )
@@ -371,7 +382,8 @@ def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_export = command(
         "export", cmd_export, "write a run's dataset as Parquet shards or WebDataset tars"
     )
-    p_export.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")
+    p_export.add_argument("run", metavar="RUN", help=RUN_HELP)
+    _state_argument(p_export)
     p_export.add_argument(
         "--format",
         required=True,
@@ -389,8 +401,15 @@ def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
         cmd_diff,
         "compare two runs image by image; exit 1 if anything changed or is missing",
     )
-    p_diff.add_argument("run_a", metavar="RUN_A")
-    p_diff.add_argument("run_b", metavar="RUN_B")
+    p_diff.add_argument("run_a", metavar="RUN_A", help=RUN_HELP)
+    p_diff.add_argument("run_b", metavar="RUN_B", help=RUN_HELP)
+    _state_argument(p_diff)
+    for side in ("a", "b"):
+        p_diff.add_argument(
+            f"--state-{side}",
+            metavar="URL",
+            help=f"RUN_{side.upper()}'s shared state when the runs' states differ (default: --state)",
+        )
     p_diff.add_argument(
         "--map",
         action="append",

@@ -138,7 +138,7 @@ def cmd_status(ctx: Context) -> int:
     from renderer import api, console
 
     state = api.resolve_state(ctx.args.state or ctx.env.get("RENDERER_STATE") or None)
-    return console.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json, state=state)
+    return console.status(ctx.args.run, ctx.out, as_json=ctx.args.json, state=state, env=ctx.env)
 
 
 def cmd_finalize(ctx: Context) -> int:

@@ -6,16 +6,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from renderer.cli.context import Context
 from renderer.errors import UsageError
+
+if TYPE_CHECKING:
+    from renderer.output.source import RunSource
+
+
+def _source(ctx: Context, run: str, state: str | None = None) -> RunSource:
+    """The run named on the command line, with `state` (else --state, else RENDERER_STATE) and the AWS variables."""
+    from renderer import api
+    from renderer.output.source import open_source
+
+    given = state or ctx.args.state or ctx.env.get("RENDERER_STATE") or None
+    return open_source(run, api.resolve_state(given), ctx.env)
 
 
 def cmd_export(ctx: Context) -> int:
     from renderer.output import export
 
     a = ctx.args
-    done = export.export(Path(a.run), a.format, Path(a.out) if a.out else None, a.shard_size)
+    with _source(ctx, a.run) as source:
+        done = export.export(source, a.format, Path(a.out) if a.out else None, a.shard_size)
     if a.json:
         ctx.print(json.dumps(done, indent=2))
         return 0
@@ -36,21 +50,16 @@ def cmd_report(ctx: Context) -> int:
             f"--axes {a.axes!r}: give two axes, ROW,COL",
             hint="e.g. --axes prompt,model or seed,model",
         )
-    from renderer.layout import DB_NAME
-
-    if not (Path(a.run) / DB_NAME).is_file():
-        raise UsageError(
-            f"{a.run}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME"
+    with _source(ctx, a.run) as source:
+        done = report.build(
+            source,
+            row_axis=axes[0],
+            col_axis=axes[1],
+            tags=set(a.tag) or None,
+            models=set(a.model) or None,
+            seeds=set(a.seed) or None,
+            max_side=a.max_sheet,
         )
-    done = report.build(
-        Path(a.run),
-        row_axis=axes[0],
-        col_axis=axes[1],
-        tags=set(a.tag) or None,
-        models=set(a.model) or None,
-        seeds=set(a.seed) or None,
-        max_side=a.max_sheet,
-    )
     ctx.print(
         f"report: {done['index']} ({done['pages']} page(s), {done['cells']} cells, "
         f"{done['thumbnails_made']} new thumbnails)"
@@ -79,13 +88,22 @@ def cmd_diff(ctx: Context) -> int:
                 f"--html {a.html}: the folder {folder} does not exist",
                 hint="create it first, or write the page into an existing folder",
             )
-    result = compare.compare(
-        Path(a.run_a),
-        Path(a.run_b),
-        mapping=mapping,
-        hash_limit=a.hash_limit,
-        rmse_limit=a.rmse_limit,
-    )
+    with (
+        _source(ctx, a.run_a, a.state_a) as run_a,
+        _source(ctx, a.run_b, a.state_b) as run_b,
+    ):
+        if a.html and (run_a.remote or run_b.remote or run_a.state or run_b.state):
+            raise UsageError(
+                "--html: the side-by-side page is made for runs with local state and images only",
+                hint="compare without --html (the verdicts are the same), or copy the runs to disk",
+            )
+        result = compare.compare(
+            run_a,
+            run_b,
+            mapping=mapping,
+            hash_limit=a.hash_limit,
+            rmse_limit=a.rmse_limit,
+        )
     if a.html:
         compare.write_html(result, Path(a.html))
     if a.json:

@@ -30,6 +30,7 @@ from renderer.layout import DATA_DIR
 from renderer.settings import is_remote, parse_s3
 
 SHA256_KEY = "sha256"  # object metadata key (x-amz-meta-sha256)
+OUTPUT_META = "output"  # the state's record of a remote output (s3://bucket/prefix/NAME)
 
 
 class StorageConflict(StateError):
@@ -179,7 +180,7 @@ class S3Storage(Storage):
         self.store = S3Store(client_options={"allow_http": True} if plain_http else None, **options)
 
     def where(self, rel: str) -> str:
-        return f"{self.url}/{rel}"
+        return f"{self.url}/{rel}" if rel else self.url
 
     def put_image(self, rel: str, data: bytes, *, sha256: str, content_type: str) -> Stored:
         import obstore
@@ -306,10 +307,17 @@ class S3Storage(Storage):
         return head[0], None
 
 
+def run_location(output: str, run_name: str) -> str:
+    """Where a run named `run_name` under a bucket `output` lands, for people: s3://bucket/prefix/NAME."""
+    bucket, prefix = parse_s3(output)
+    base = str(PurePosixPath(prefix, run_name)) if prefix else run_name
+    return f"s3://{bucket}/{base}"
+
+
 def open_storage(output: str, run_name: str, env: Mapping[str, str]) -> Storage:
     """The output root of a run named `run_name` under `output` (a directory or s3://bucket/prefix)."""
     if not is_remote(output):
         return LocalStorage(Path(output) / run_name)
-    bucket, prefix = parse_s3(output)
-    base = str(PurePosixPath(prefix, run_name)) if prefix else run_name
-    return S3Storage(f"s3://{bucket}/{base}", bucket, base, env)
+    url = run_location(output, run_name)
+    bucket, base = parse_s3(url)
+    return S3Storage(url, bucket, base, env)

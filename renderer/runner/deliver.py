@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from renderer.errors import JobRejected, RequestGone, StateError, TransientError
-from renderer.layout import DATA_DIR, DB_NAME, SIDECAR_SUFFIX, image_path
+from renderer.layout import DATA_DIR, DB_NAME, RUN_RECORD, SIDECAR_SUFFIX, image_path
 from renderer.output import dataset, files
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.cost import image_cost, price_of
@@ -80,14 +81,23 @@ def writing(path: Path) -> Iterator[None]:
         ) from exc
 
 
-def publish(storage: Storage, run_dir: Path, *rels: str) -> None:
-    """Copy files written in the run directory to a remote output (the dataset beside its images)."""
+def publish(storage: Storage, folder: Path, *rels: str) -> None:
+    """Copy files written in a local folder to a remote output (the dataset beside its images)."""
     if not storage.remote:
         return
     for rel in rels:
-        path = run_dir / rel
+        path = folder / rel
         if path.is_file():
             storage.put_bytes(rel, path.read_bytes())
+
+
+def write_record(storage: Storage, run_dir: Path, record: dict[str, Any]) -> None:
+    """run.json: in the run directory, or (a remote output) in the bucket only."""
+    if storage.remote:
+        storage.put_json(RUN_RECORD, record)
+        return
+    with writing(run_dir / RUN_RECORD):
+        files.write_json(run_dir / RUN_RECORD, record)
 
 
 def write_dataset(
@@ -115,16 +125,24 @@ def write_dataset(
     columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in plan.jobs))
     # The rows depend on the plan (its digest), the columns and the provider: any change rewrites them.
     signature = json.dumps([plan.digest, columns.axes, provider])
-    dataset.update(
-        store,
-        info,
-        columns,
-        provider,
-        signature,
-        append=append and bool(plan.digest),
-        record=record,
-    )
-    publish(storage, store.run_dir, f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
+    if not storage.remote:
+        dataset.update(
+            store,
+            info,
+            columns,
+            provider,
+            signature,
+            append=append and bool(plan.digest),
+            record=record,
+        )
+        return
+    # A bucket: written whole in a private temporary folder, then put beside the images; nothing
+    # lands in the working directory.
+    with tempfile.TemporaryDirectory(prefix="renderer-dataset-") as staging:
+        dataset.write(Path(staging), info, columns, store.export_rows(), provider)
+        publish(
+            storage, Path(staging), f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}"
+        )
 
 
 class GroupCommit:

@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from renderer.errors import StateError
-from renderer.layout import DATA_DIR, DB_NAME, RUN_RECORD
-from renderer.output import dataset, files
-from renderer.output.storage import LocalStorage, Storage
+from renderer.layout import DATA_DIR, DB_NAME
+from renderer.output import dataset
+from renderer.output.storage import OUTPUT_META, LocalStorage, Storage
 from renderer.plan.cost import price_of
 from renderer.plan.jobs import Plan
 from renderer.provider.client import Client
 from renderer.runner.claims import Claims
 from renderer.runner.config import Event, RunConfig
-from renderer.runner.deliver import Delivery, GroupCommit, publish, write_dataset, writing
+from renderer.runner.deliver import Delivery, GroupCommit, write_dataset, write_record, writing
 from renderer.runner.job import JobSteps, RunState
 from renderer.runner.limits import Accounts, Limits
 from renderer.runner.reconcile import reconcile
@@ -144,6 +144,9 @@ class Runner:
         self.plan_changed = found.plan_changed
         self.redownloads |= found.redownloads  # the same set the delivery reads
         self.store.join(self.worker_id, self.config.lease, socket.gethostname(), os.getpid())
+        if self.storage.remote and self.store.meta(OUTPUT_META) != self.storage.where(""):
+            # Where the images are, for the tools that read the run from its state (output/source.py).
+            self.store.set_meta(OUTPUT_META, self.storage.where(""))
         if self.shared:  # account limits held in the shared state for every worker
             self.store.set_accounts(self.limits.shared_ceilings())
         return 0 if self.shared else self.store.ambiguous()
@@ -162,9 +165,7 @@ class Runner:
                 started=started,
                 pending=pending,
             )
-            with writing(self.run_dir / RUN_RECORD):
-                files.write_json(self.run_dir / RUN_RECORD, record)
-            self.publish(RUN_RECORD)
+            write_record(self.storage, self.run_dir, record)
         self.emit(
             {
                 "type": "start",
@@ -221,6 +222,7 @@ class Runner:
             except StateError as exc:
                 self.state.broken = self.state.broken or exc
             self.store.release()  # claimed, not finished: others (or the next run) may take them at once
+            self.store.leave()
             summary = self.finish(run_id, started, ambiguous)
         return summary
 
@@ -305,9 +307,7 @@ class Runner:
             unpriced=unpriced,
         )
         if self.finalizer:
-            with writing(self.run_dir / RUN_RECORD):
-                files.write_json(self.run_dir / RUN_RECORD, record)
-            self.publish(RUN_RECORD)
+            write_record(self.storage, self.run_dir, record)
         self.store.finish_run(run_id, outcome, record)
         return summary
 
@@ -327,6 +327,7 @@ class Runner:
         # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.
         if (
             not self.shared
+            and not self.storage.remote
             and not self.plan_changed
             and self.state.images == 0
             and self.state.failed == 0
@@ -342,6 +343,3 @@ class Runner:
             append=not self.plan_changed,
             record=True,
         )
-
-    def publish(self, *rels: str) -> None:
-        publish(self.storage, self.run_dir, *rels)

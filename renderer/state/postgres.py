@@ -180,6 +180,8 @@ SCHEMA_VERSION = [
         DELETE FROM meta WHERE name = 'plan_digest';
     """,
     ),
+    # store.m010_workers_left: when a worker's run ended (status tells live workers apart).
+    ("p004_workers_left", "ALTER TABLE workers ADD COLUMN left_at double precision"),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")

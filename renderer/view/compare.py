@@ -27,8 +27,7 @@ from typing import Any
 from PIL import Image, ImageChops
 
 from renderer.errors import UsageError, closest
-from renderer.layout import DB_NAME
-from renderer.state import read_store
+from renderer.output.source import RunSource, sourced
 from renderer.state.rows import Row
 
 HASH_LIMIT = 6
@@ -83,13 +82,19 @@ def _measure_or_none(paths: tuple[str, str]) -> tuple[int, float] | None:
         return None
 
 
-def disk_sha256(run: Path, entry: dict[str, Any]) -> str | None:
+def disk_sha256(run: Path | RunSource, entry: dict[str, Any]) -> str | None:
     """The sha256 of the file as it is on disk now, or None when it is gone.
 
     The recorded hash is trusted only while size and mtime still match what the run
     recorded (the same fast path a rerun uses); a re-encoded, edited or replaced file is
-    hashed again, so it can never pass as "identical".
+    hashed again, so it can never pass as "identical". (A run in a bucket: the object is read
+    and hashed.)
     """
+    if isinstance(run, RunSource):
+        if run.remote:
+            copy = run.local_file(entry["path"])
+            return None if copy is None else hashlib.sha256(copy.read_bytes()).hexdigest()
+        run = run.run_dir
     path = run / entry["path"]
     try:
         info = path.stat()
@@ -128,12 +133,8 @@ def _check_mapping(mapping: dict[str, str], rows_a: list[Row], rows_b: list[Row]
                 )
 
 
-def _load(run: Path) -> list[Row]:
-    if not (run / DB_NAME).is_file():
-        raise UsageError(
-            f"{run}: no run here (no {DB_NAME})", hint="pass run directories such as outputs/NAME"
-        )
-    with read_store(run) as store:
+def _load(run: RunSource) -> list[Row]:
+    with run.store() as store:
         return store.rows(in_plan=True)
 
 
@@ -152,14 +153,28 @@ def _identity(row: Row, side: str, mapping: dict[str, str] | None) -> Any:
 
 
 def compare(
-    run_a: Path,
-    run_b: Path,
+    run_a: Path | RunSource,
+    run_b: Path | RunSource,
     *,
     mapping: dict[str, str] | None = None,
     hash_limit: int = HASH_LIMIT,
     rmse_limit: float = RMSE_LIMIT,
 ) -> dict[str, Any]:
-    """Match, measure and judge every image pair. `mapping` pairs A_MODEL=B_MODEL (labels or endpoints)."""
+    """Match, measure and judge every image pair. `mapping` pairs A_MODEL=B_MODEL (labels or endpoints).
+
+    Each run: a run directory, or a RunSource (any state; images on disk or in a bucket).
+    """
+    with sourced(run_a) as a, sourced(run_b) as b:
+        return _compare(a, b, mapping, hash_limit, rmse_limit)
+
+
+def _compare(
+    run_a: RunSource,
+    run_b: RunSource,
+    mapping: dict[str, str] | None,
+    hash_limit: int,
+    rmse_limit: float,
+) -> dict[str, Any]:
     rows_a, rows_b = _load(run_a), _load(run_b)
     if mapping is not None:
         _check_mapping(mapping, rows_a, rows_b)
@@ -198,7 +213,7 @@ def compare(
             else:
                 pairs.append(Pair(ra.key, label, i, fa["path"], fb["path"], "pending"))
     todo = [p for p in pairs if p.verdict == "pending"]
-    tasks = [(str(run_a / p.a), str(run_b / p.b)) for p in todo if p.a and p.b]
+    tasks = [(_file(run_a, p.a), _file(run_b, p.b)) for p in todo if p.a and p.b]
     if len(tasks) >= 16:
         with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             results = list(pool.map(_measure_or_none, tasks, chunksize=8))
@@ -217,14 +232,19 @@ def compare(
         for v in ("identical", "same", "changed", "missing")
     }
     return {
-        "run_a": str(run_a),
-        "run_b": str(run_b),
+        "run_a": run_a.label,
+        "run_b": run_b.label,
         "thresholds": {"hash": hash_limit, "rmse": rmse_limit},
         "counts": {**counts, "only_in_a": len(only_a), "only_in_b": len(only_b)},
         "pairs": [asdict(p) for p in pairs],
         "only_in_a": only_a,
         "only_in_b": only_b,
     }
+
+
+def _file(run: RunSource, rel: str) -> str:
+    """A path on this machine to the run's image (a bucket's is read into a private copy)."""
+    return str(run.local_file(rel) or run.run_dir / rel)
 
 
 def write_html(result: dict[str, Any], path: Path) -> Path:
