@@ -184,8 +184,8 @@ class Delivery:
     """Downloads a completed job's images, verifies and writes them with their sidecars, and
     records the job as downloaded.
 
-    `redownloads`: keys whose failed download --retry-failed put back; a dead URL there means
-    rendering again (once) rather than retrying forever.
+    `redownloads`: keys whose failed download --retry-failed put back: a read error there keeps
+    the job failed (nothing paid); a URL the file host says is gone (404/410) renders again.
     """
 
     def __init__(
@@ -213,8 +213,8 @@ class Delivery:
     async def deliver(self, row: Row, retry: Callable[[Row, str], None]) -> Row | None:
         """Every image of `row`'s result written and recorded: the row as downloaded.
 
-        None after `retry(row, reason)` put the job back to render again (the provider no
-        longer has the file, or a --retry-failed download found its URL dead).
+        None after `retry(row, reason)` put the job back to render again (the file host says
+        the file is gone: 404/410, an expired result).
         """
         assert row.result is not None
         check_images(row.result)  # also for results stored by an earlier version
@@ -222,25 +222,33 @@ class Delivery:
         for index, image in enumerate(row.result.get("images", [])):
             try:
                 verified = await self.fetch_verified(row, image)
-            except RequestGone:
-                retry(row, "the result's file has expired")
-                return None
-            except (TransientError, JobRejected) as exc:
-                if row.key not in self.redownloads:
-                    raise
-                # --retry-failed on a download that failed before: the URL is dead (an emulator
-                # that exited, an expired CDN file). Retrying it forever never ends; render again.
-                self.redownloads.discard(row.key)
-                reason = f"download URL dead on retry ({exc.message[:120]})"
-                self.emit(
-                    {
-                        "type": "warning",
-                        "key": row.key,
-                        "message": f"{row.key}: {reason}: submitting again, which pays for it again",
-                    }
-                )
+            except RequestGone as exc:
+                # Proof that the file will never be served again (404/410 from the file host, an
+                # expired result): only this justifies paying for the input again.
+                reason = "the result's file has expired"
+                if row.key in self.redownloads:
+                    self.redownloads.discard(row.key)
+                    reason = f"download URL gone on retry ({exc.message[:120]})"
+                    self.emit(
+                        {
+                            "type": "warning",
+                            "key": row.key,
+                            "message": f"{row.key}: {reason}: submitting again, which pays for it again",
+                        }
+                    )
                 retry(row, reason)
                 return None
+            except (TransientError, JobRejected) as exc:
+                if row.key in self.redownloads:
+                    # --retry-failed: a read that failed again (truncated, interrupted, refused) is
+                    # a read error, not proof the file is gone: the job stays failed with its
+                    # result, nothing is paid, and the next --retry-failed reads it again.
+                    self.redownloads.discard(row.key)
+                    raise type(exc)(
+                        f"{exc.message}; the result is kept: rerun with --retry-failed to read it "
+                        "again (nothing is paid again unless the file host says it is gone)"
+                    ) from exc
+                raise
             rel = image_path(row.stem, index, verified.ext)
             entry = {
                 "path": rel,
