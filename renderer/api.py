@@ -91,6 +91,7 @@ def _prepare(
     env: Mapping[str, str] | None,
     state: str | None = None,
     lease: float | None = None,
+    outage: float | None = None,
 ) -> tuple[Plan, Any, RunConfig, Storage | None]:
     from renderer.runner.session import (
         resolve_provider,  # aiohttp and friends load only when something runs
@@ -105,10 +106,11 @@ def _prepare(
             ("timeout", timeout),
             ("max_jobs", max_jobs),
             ("lease", lease),
+            ("outage", outage),
         )
     }
-    concurrency, rate, timeout, max_jobs, lease = (
-        checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs", "lease")
+    concurrency, rate, timeout, max_jobs, lease, outage = (
+        checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs", "lease", "outage")
     )
     environ = os.environ if env is None else env
     if output is not None and storage_mod.is_remote(str(output)):
@@ -118,7 +120,12 @@ def _prepare(
         plan = replace(plan, manifest=replace(plan.manifest, output=Path(output), output_url=None))
     m = plan.manifest
     # A bucket when the output is s3://…, configured by the standard AWS variables.
-    storage = storage_mod.open_storage(m.output_url, m.name, environ) if m.output_url else None
+    outage = m.limits.outage if outage is None else outage
+    storage = (
+        storage_mod.open_storage(m.output_url, m.name, environ, outage=outage)
+        if m.output_url
+        else None
+    )
     settings = resolve_provider(m.provider, provider, environ)
     # With provider.accounts each account has its own limit; the run's total is their sum
     # unless a flag (or argument) caps it for this run.
@@ -137,6 +144,7 @@ def _prepare(
         provider=settings.label,
         state=resolve_state(state if state is not None else m.state),
         lease=30.0 if lease is None else lease,
+        outage=outage,
     )
     return plan, settings, config, storage
 
@@ -172,6 +180,7 @@ async def run_async(
     schemas: str | os.PathLike[str] | None = None,
     state: str | None = None,
     lease: float | None = None,
+    outage: float | None = None,
 ) -> Summary:
     """Render the plan on the running event loop; resumable like the CLI (finished jobs are skipped).
 
@@ -193,6 +202,7 @@ async def run_async(
         env=env,
         state=state,
         lease=lease,
+        outage=outage,
     )
     return await execute_async(
         plan,
@@ -221,6 +231,7 @@ def run(
     schemas: str | os.PathLike[str] | None = None,
     state: str | None = None,
     lease: float | None = None,
+    outage: float | None = None,
 ) -> Summary:
     """Render the plan and wait for it. Inside a running event loop (Jupyter) it runs on a worker thread."""
     from renderer.runner.session import execute_async, run_sync
@@ -238,6 +249,7 @@ def run(
         env=env,
         state=state,
         lease=lease,
+        outage=outage,
     )
     return run_sync(
         execute_async(

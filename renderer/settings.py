@@ -86,6 +86,8 @@ SPECS: dict[str, Spec] = {
     ),  # PNG/Pillow sheets beyond 65,500 px fail to save
     "hash_limit": Spec(int, 0, 64),
     "lease": Spec(float, 1, 3_600, unit=" seconds"),
+    # How long a worker rides out its database or object store being unreachable (0: not at all).
+    "outage": Spec(float, 0, 86_400, unit=" seconds"),
     "rmse_limit": Spec(float, 0, 1),
 }
 

@@ -277,6 +277,13 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
         type=_number("timeout"),
         help="seconds per job before it is cancelled (env RENDERER_TIMEOUT)",
     )
+    p_run.add_argument(
+        "--outage",
+        type=_number("outage"),
+        metavar="SECONDS",
+        help="ride out the shared state or the bucket being unreachable this long, then exit 75 "
+        "(env RENDERER_OUTAGE; manifest limits.outage; default 90)",
+    )
     p_run.add_argument("--retry-failed", action="store_true", help="try failed jobs again")
     p_run.add_argument(
         "--max-jobs",

@@ -83,6 +83,7 @@ def cmd_run(ctx: Context) -> int:
         a.state or ctx.env.get("RENDERER_STATE") or None
     )  # (the manifest's `state:` applies below it)
     lease = _setting(a.lease, ctx.env, "RENDERER_LEASE", None, "lease")
+    outage = _setting(a.outage, ctx.env, "RENDERER_OUTAGE", limits.outage, "outage")
     if a.dry_run:
         return cmd_plan(ctx)
     if a.output and is_remote(a.output):
@@ -124,6 +125,7 @@ def cmd_run(ctx: Context) -> int:
             schemas=ctx.schema_dir(),
             state=state,
             lease=lease,
+            outage=outage,
         )
         if log is not None:
             log({"type": "finished", **console.summary_record(summary, plan)})

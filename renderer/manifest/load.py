@@ -167,6 +167,7 @@ def parse(text: str, file: Path) -> Manifest:
             },
             rate=float(numbers.get(("limits", "rate"), Limits.rate)),
             timeout=float(numbers.get(("limits", "timeout"), Limits.timeout)),
+            outage=float(numbers.get(("limits", "outage"), Limits.outage)),
         ),
         retries=RetryPolicy(
             attempts=int(numbers.get(("retries", "attempts"), RetryPolicy.attempts)),

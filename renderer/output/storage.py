@@ -20,16 +20,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from renderer.errors import StateError, UsageError
+from renderer.errors import OutageError, StateError, UsageError
 from renderer.layout import DATA_DIR
 from renderer.settings import is_remote, parse_s3
 
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig
+
+T = TypeVar("T")
 SHA256_KEY = "sha256"  # object metadata key (x-amz-meta-sha256)
+DEFAULT_OUTAGE = 90.0  # seconds (settings: outage; RunConfig.outage)
+OUTAGE_HINT = (
+    "rerun the same command once the service is back (exit 75 means: try again later); "
+    "everything committed stays committed and nothing is paid for again; --outage SECONDS "
+    "(RENDERER_OUTAGE, limits.outage) sets how long a worker waits"
+)
 OUTPUT_META = "output"  # the state's record of a remote output (s3://bucket/prefix/NAME)
 
 
@@ -145,12 +157,54 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
+# What obstore says when it could not reach the store at all (after its retries), as opposed to
+# an answer (403, 400, a conflict): those are not outages.
+_UNREACHABLE = (
+    "error sending request",
+    "connection",
+    "timed out",
+    "timeout",
+    "retries",
+    "retry",
+    "server error",
+    "service unavailable",
+    "dns error",
+)
+
+
+def _failed(what: str, where: str, exc: BaseException, outage: float) -> StateError:
+    """The error for an object-store call that failed: an OutageError when the store was unreachable."""
+    from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+
+    text = str(exc).lower()
+    if not isinstance(exc, (PermissionDeniedError, UnauthenticatedError)) and any(
+        word in text for word in _UNREACHABLE
+    ):
+        return OutageError(
+            f"cannot {what} {where}: the object store stayed unreachable for the outage window "
+            f"({outage:g} s): {_first_line(exc)}",
+            hint=OUTAGE_HINT,
+        )
+    return StateError(
+        f"cannot {what} {where}: {_first_line(exc)}",
+        hint="check AWS_ENDPOINT_URL, AWS_REGION and the credentials' access to the bucket",
+    )
+
+
 class S3Storage(Storage):
     """An S3-compatible bucket through obstore (small, no botocore, create-only puts)."""
 
     remote = True
 
-    def __init__(self, url: str, bucket: str, prefix: str, settings: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        bucket: str,
+        prefix: str,
+        settings: Mapping[str, str],
+        *,
+        outage: float = DEFAULT_OUTAGE,
+    ) -> None:
         try:
             from obstore.store import S3Store
         except ImportError as exc:
@@ -177,7 +231,35 @@ class S3Storage(Storage):
             if settings.get("AWS_SESSION_TOKEN"):
                 options["token"] = settings["AWS_SESSION_TOKEN"]
         plain_http = bool(endpoint and endpoint.startswith("http://"))
-        self.store = S3Store(client_options={"allow_http": True} if plain_http else None, **options)
+        self.outage = outage
+        client: ClientConfig = {"connect_timeout": timedelta(seconds=5)}
+        if plain_http:
+            client["allow_http"] = True
+        self.store = S3Store(client_options=client, **options)
+
+    def _call(self, what: str, rel: str, work: Callable[[], T]) -> T:
+        """`work()` (one obstore call), run again while the store is unreachable, for up to the
+        outage window from the first failure (obstore's own retries last ~2 s); then OutageError.
+
+        FileNotFoundError and AlreadyExistsError are answers: they pass through unchanged.
+        """
+        from obstore.exceptions import AlreadyExistsError
+
+        deadline: float | None = None
+        pause = 0.1
+        while True:
+            try:
+                return work()
+            except (FileNotFoundError, AlreadyExistsError):
+                raise
+            except Exception as exc:
+                error = _failed(what, self.where(rel), exc, self.outage)
+                now = time.monotonic()
+                deadline = now + self.outage if deadline is None else deadline
+                if not isinstance(error, OutageError) or now >= deadline:
+                    raise error from exc
+            time.sleep(min(pause, max(0.0, deadline - now)))
+            pause = min(pause * 2, 2.0)
 
     def where(self, rel: str) -> str:
         return f"{self.url}/{rel}" if rel else self.url
@@ -187,12 +269,17 @@ class S3Storage(Storage):
         from obstore.exceptions import AlreadyExistsError
 
         try:
-            obstore.put(
-                self.store,
+            # Create-only: a PUT that landed before its answer was lost is found again here.
+            self._call(
+                "write",
                 rel,
-                data,
-                mode="create",
-                attributes={"Content-Type": content_type, SHA256_KEY: sha256},
+                lambda: obstore.put(
+                    self.store,
+                    rel,
+                    data,
+                    mode="create",
+                    attributes={"Content-Type": content_type, SHA256_KEY: sha256},
+                ),
             )
         except AlreadyExistsError:
             stored = self._stored_sha256(rel)
@@ -204,34 +291,27 @@ class S3Storage(Storage):
                     "or remove the object if it is wrong",
                 ) from None
             return Stored(None, existed=True)
-        except Exception as exc:
-            raise StateError(
-                f"cannot write {self.where(rel)}: {_first_line(exc)}",
-                hint="check AWS_ENDPOINT_URL, AWS_REGION and the credentials' access to the bucket",
-            ) from exc
         return Stored(None)
 
     def put_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         import obstore
 
         content_type = "application/json" if rel.endswith((".json", ".jsonl")) else "text/markdown"
-        try:
-            obstore.put(self.store, rel, data, attributes={"Content-Type": content_type})
-        except Exception as exc:
-            raise StateError(
-                f"cannot write {self.where(rel)}: {_first_line(exc)}",
-                hint="check AWS_ENDPOINT_URL, AWS_REGION and the credentials' access to the bucket",
-            ) from exc
+        self._call(
+            "write",
+            rel,
+            lambda: obstore.put(self.store, rel, data, attributes={"Content-Type": content_type}),
+        )
 
     def _head(self, rel: str) -> tuple[int, dict[str, Any]] | None:
         import obstore
 
         try:
-            result = obstore.get(self.store, rel, options={"head": True})
+            result = self._call(
+                "read", rel, lambda: obstore.get(self.store, rel, options={"head": True})
+            )
         except FileNotFoundError:
             return None
-        except Exception as exc:
-            raise StateError(f"cannot read {self.where(rel)}: {_first_line(exc)}") from exc
         return int(result.meta["size"]), dict(result.attributes)
 
     def _stored_sha256(self, rel: str) -> str | None:
@@ -246,26 +326,17 @@ class S3Storage(Storage):
             return False
         if not rehash:
             return True
-        import obstore
-
-        try:
-            data = bytes(obstore.get(self.store, rel).bytes())
-        except FileNotFoundError:
-            return False
-        except Exception as exc:
-            raise StateError(f"cannot read {self.where(rel)}: {_first_line(exc)}") from exc
-        return hashlib.sha256(data).hexdigest() == entry["sha256"]
+        data = self.read(rel)
+        return data is not None and hashlib.sha256(data).hexdigest() == entry["sha256"]
 
     def read(self, rel: str) -> bytes | None:
         """An object's bytes, or None when absent (status, tests, `renderer` tools that read back)."""
         import obstore
 
         try:
-            return bytes(obstore.get(self.store, rel).bytes())
+            return self._call("read", rel, lambda: bytes(obstore.get(self.store, rel).bytes()))
         except FileNotFoundError:
             return None
-        except Exception as exc:
-            raise StateError(f"cannot read {self.where(rel)}: {_first_line(exc)}") from exc
 
     get = read
 
@@ -273,25 +344,25 @@ class S3Storage(Storage):
         import obstore
 
         try:
-            listed = obstore.list_with_delimiter(self.store, folder.rstrip("/") + "/")
+            listed = self._call(
+                "list",
+                folder,
+                lambda: obstore.list_with_delimiter(self.store, folder.rstrip("/") + "/"),
+            )
         except FileNotFoundError:
             return set()
-        except Exception as exc:
-            raise StateError(f"cannot list {self.where(folder)}: {_first_line(exc)}") from exc
         return {str(meta["path"]).rsplit("/", 1)[-1] for meta in listed["objects"]}
 
     def has_data(self) -> bool:
         import obstore
 
+        def first() -> bool:
+            return any(chunk for chunk in obstore.list(self.store, DATA_DIR + "/", chunk_size=1))
+
         try:
-            for chunk in obstore.list(self.store, DATA_DIR + "/", chunk_size=1):
-                if chunk:
-                    return True
+            return self._call("list", DATA_DIR, first)
         except FileNotFoundError:
             return False
-        except Exception as exc:
-            raise StateError(f"cannot list {self.where(DATA_DIR)}: {_first_line(exc)}") from exc
-        return False
 
     def stored_image(self, rel: str, sha256: str) -> tuple[int, int | None] | None:
         head = self._head(rel)
@@ -314,10 +385,15 @@ def run_location(output: str, run_name: str) -> str:
     return f"s3://{bucket}/{base}"
 
 
-def open_storage(output: str, run_name: str, env: Mapping[str, str]) -> Storage:
-    """The output root of a run named `run_name` under `output` (a directory or s3://bucket/prefix)."""
+def open_storage(
+    output: str, run_name: str, env: Mapping[str, str], *, outage: float = DEFAULT_OUTAGE
+) -> Storage:
+    """The output root of a run named `run_name` under `output` (a directory or s3://bucket/prefix).
+
+    `outage`: seconds a bucket may stay unreachable (requests retried meanwhile) before an OutageError.
+    """
     if not is_remote(output):
         return LocalStorage(Path(output) / run_name)
     url = run_location(output, run_name)
     bucket, base = parse_s3(url)
-    return S3Storage(url, bucket, base, env)
+    return S3Storage(url, bucket, base, env, outage=outage)

@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -110,6 +111,8 @@ class Runner:
         self.shared = store.shared  # several workers share the state: claims decide who does what
         self.finalizer = False  # this worker wrote the dataset and run.json (see finish)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        if self.shared:  # the shared state says when it rides out an outage (state/postgres.py)
+            store.on_outage = lambda message: self.emit({"type": "warning", "message": message})
 
     @property
     def accounts(self) -> Accounts:
@@ -221,8 +224,11 @@ class Runner:
                 self.store.commit()  # anything deferred by a job cancelled while it waited
             except StateError as exc:
                 self.state.broken = self.state.broken or exc
-            self.store.release()  # claimed, not finished: others (or the next run) may take them at once
-            self.store.leave()
+            try:
+                self.store.release()  # claimed, not finished: others (or the next run) may take them at once
+                self.store.leave()
+            except StateError as exc:  # (unreachable: the leases end by themselves)
+                self.state.broken = self.state.broken or exc
             summary = self.finish(run_id, started, ambiguous)
         return summary
 
@@ -251,18 +257,19 @@ class Runner:
                 "their sidecars and not paid for again",
             )
         if self.state.broken is not None:
-            self.store.finish_run(
-                run_id,
-                "error",
-                run_record(
-                    self.plan,
+            with contextlib.suppress(StateError):  # (the state itself may be what broke)
+                self.store.finish_run(
+                    run_id,
                     "error",
-                    error=self.state.broken.message,
-                    counts=self.store.counts(),
-                    finished=time.time(),
-                    images=self.state.images,
-                ),
-            )
+                    run_record(
+                        self.plan,
+                        "error",
+                        error=self.state.broken.message,
+                        counts=self.store.counts(),
+                        finished=time.time(),
+                        images=self.state.images,
+                    ),
+                )
             raise self.state.broken
         counts = self.store.counts()
         # Shared state: the dataset and run.json are written once, by the worker that finds the run

@@ -218,7 +218,7 @@ async def execute_async(
     run_dir = plan.manifest.run_dir
     # Shared state: any number of workers, anywhere; leases (not a lock file) keep them apart.
     with contextlib.nullcontext() if config.state else RunLock(run_dir):
-        store = open_store(config.state, run_dir, plan.manifest.name)
+        store = open_store(config.state, run_dir, plan.manifest.name, outage=config.outage)
         try:
             return await _execute(
                 plan, provider, config, registry, events, store, interrupts, storage

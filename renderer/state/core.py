@@ -4,7 +4,7 @@ the run's key-value metadata. The parts (plansync, leases, transitions, queries)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,6 +63,8 @@ class StoreCore:
     )
 
     grouping = False
+    # Told when the shared state rides out an outage (postgres.py); a warning for the run's events.
+    on_outage: Callable[[str], None] | None = None
 
     def __enter__(self: _S) -> _S:
         return self
