@@ -90,8 +90,17 @@ def test_tools_read_a_distributed_run_from_a_fresh_machine_as_a_local_one(
     code, out, err = cli("status", str(local), "--json")
     assert code == 0, err
     want = json.loads(out)
-    for named in (run_url, "outputs/t"):
-        code, out, err = cli("status", named, *state, "--json", env=aws)
+    # (also named by its manifest, whose state: and output: say where the run is)
+    import yaml
+
+    described = fresh / "m.yaml"
+    described.write_text(
+        yaml.safe_dump(
+            {**yaml.safe_load(manifest.read_text()), "state": postgres_url, "output": url}
+        )
+    )
+    for named, given in ((run_url, state), ("outputs/t", state), (str(described), ())):
+        code, out, err = cli("status", named, *given, "--json", env=aws)
         assert code == 0, err
         got = json.loads(out)
         assert _comparable(got) == _comparable(want)

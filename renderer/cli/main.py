@@ -319,8 +319,7 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_status.add_argument(
         "run",
         metavar="RUN",
-        help="a run directory, e.g. outputs/quickstart, or its bucket folder s3://BUCKET/PREFIX/NAME "
-        "(its last part names the run in shared state)",
+        help=RUN_HELP,
     )
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
     _state_argument(p_status)
@@ -346,8 +345,8 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
 
 
 RUN_HELP = (
-    "a run directory, e.g. outputs/design-sweep, or its bucket folder s3://BUCKET/PREFIX/NAME "
-    "(its last part names the run in shared state)"
+    "a run directory, e.g. outputs/design-sweep, its bucket folder s3://BUCKET/PREFIX/NAME "
+    "(its last part names the run in shared state), or the run's manifest (its state: and output:)"
 )
 
 

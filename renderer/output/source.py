@@ -1,9 +1,9 @@
 """A run as the tools read it (report, export, diff, status, finalize, open_run): its state,
 SQLite in the run directory or shared PostgreSQL, and its output, the run directory or a bucket.
 
-`open_source(run, state, env)` takes what the user names: a run directory (`outputs/NAME`), or
-the run's bucket location (`s3://bucket/prefix/NAME`), with the run's `--state` when it is
-shared. A run whose output is a bucket says so in its state (meta `output`, written by the
+`open_source(run, state, env)` takes what the user names: a run directory (`outputs/NAME`), the
+run's bucket location (`s3://bucket/prefix/NAME`), or its manifest (whose `state:` and `output:`
+count), with the run's `--state` when it is shared. A run whose output is a bucket says so in its state (meta `output`, written by the
 workers), so `renderer report outputs/NAME --state postgresql://…` finds its images from any
 machine, with only the AWS variables set.
 
@@ -108,9 +108,22 @@ class RunSource:
 def open_source(
     run: str | Path, state: str | None = None, env: Mapping[str, str] | None = None
 ) -> RunSource:
-    """The run the user named (a directory or s3://…/NAME), with its state; UsageError when there is none."""
+    """The run the user named (a directory, s3://…/NAME, or its manifest: its run directory, output
+    and `state:`), with its state (`state` wins over the manifest's); UsageError when there is none."""
     environ: Mapping[str, str] = env or {}
     text = str(run)
+    if text.endswith((".yaml", ".yml")) and Path(text).is_file():
+        # The manifest itself: its run directory, its output and its `state:` (a flag's wins).
+        from renderer.manifest.load import load
+
+        manifest = load(Path(text))
+        state = state or manifest.state
+        if manifest.output_url:
+            from renderer.output.storage import run_location
+
+            text = run_location(manifest.output_url, manifest.name)
+        else:
+            text = str(manifest.run_dir)
     if is_remote(text):
         url = text.rstrip("/")
         bucket, prefix = parse_s3(url)
@@ -126,6 +139,17 @@ def open_source(
         run_dir = Path(text)
         name = run_dir.name
         storage = LocalStorage(run_dir)
+    return _opened(run_dir, name, state, storage, text, environ)
+
+
+def _bucket(url: str, env: Mapping[str, str]) -> S3Storage:
+    bucket, prefix = parse_s3(url)
+    return S3Storage(url, bucket, prefix, env)
+
+
+def _opened(
+    run_dir: Path, name: str, state: str | None, storage: Storage, text: str, env: Mapping[str, str]
+) -> RunSource:
     if not state and not (run_dir / DB_NAME).is_file():
         raise UsageError(
             f"{text}: no run here (no {DB_NAME})",
@@ -140,8 +164,7 @@ def open_source(
             output = store.meta(OUTPUT_META)
         if output and is_remote(output):
             # The workers wrote the images to a bucket: read them there.
-            bucket, prefix = parse_s3(output)
-            source.storage = S3Storage(output, bucket, prefix, environ)
+            source.storage = _bucket(output, env)
     return source
 
 
