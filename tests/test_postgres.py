@@ -118,3 +118,49 @@ def test_a_store_call_waits_for_the_server_and_then_gives_up(postgres_url: str) 
         assert time.monotonic() - started < 1  # down: no second wait
     finally:
         store.close()
+
+
+def _cluster_pids(url: str) -> list[int]:
+    """The test cluster's postmaster (by its postmaster.pid) and its children (by /proc): ours alone."""
+    folder = Path(url.split("host=", 1)[1].split("&", 1)[0])
+    postmaster = int((folder / "data" / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == postmaster:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_server_that_stops_answering_cannot_hang_a_call(postgres_url: str) -> None:
+    """PostgreSQL frozen (SIGSTOP): a call waits at most the stall limit, then the outage window, and raises OutageError; it never hangs."""
+    import signal
+
+    store = PostgresStore(postgres_url, Path("unused"), "outage-stall", outage=2)
+    store.db.watchdog.limit = 1.0
+    pids = _cluster_pids(postgres_url)
+    try:
+        store.set_meta("a", "1")
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            with pytest.raises(OutageError, match="stayed unreachable"):
+                store.meta("a")
+            waited = time.monotonic() - started
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        assert waited < 20  # the stall limit, the window and one connect timeout: bounded
+        assert store.db.watchdog.fired >= 1
+    finally:
+        store.close()
+    again = PostgresStore(postgres_url, Path("unused"), "outage-stall")
+    try:
+        assert again.meta("a") == "1"
+    finally:
+        again.close()

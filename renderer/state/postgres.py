@@ -25,9 +25,8 @@ Invariants (beyond store.py's):
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
-import inspect
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from renderer.errors import OutageError, StateError, UsageError
 from renderer.state.migrations import JOB_COLUMNS, JOB_INDEXES, jobs_view
+from renderer.state.outage import OUTAGE_HINT, ConnectionLost, Watchdog, ride_out
 from renderer.state.store import Store
 
 PG_KEY = "COALESCE(j.key_text, 'j1-' || encode(j.k, 'hex'))"
@@ -196,11 +196,6 @@ SCHEMA_VERSION = [
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
-OUTAGE_HINT = (
-    "rerun the same command once the server is back (exit 75 means: try again later); "
-    "everything committed stays committed and nothing is paid for again; --outage SECONDS "
-    "(RENDERER_OUTAGE, limits.outage) sets how long a worker waits"
-)
 ADVISORY_SCHEMA = 7403112  # serialises schema creation across workers starting at once
 ADVISORY_SYNC = 7403113  # one worker records the plan; the others then find its digest
 
@@ -256,35 +251,45 @@ class _Connection:
     def __init__(self, conn: Any, where: str) -> None:
         self.conn = conn
         self.where = where
+        # A server that stops answering (paused, frozen) would hold a statement forever: see outage.py.
+        self.watchdog = Watchdog()
+
+    def socket(self) -> int:
+        try:
+            return int(self.conn.pgconn.socket)
+        except Exception:  # a closed connection has none (the statement fails at once anyway)
+            return -1
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         import psycopg
 
+        # Waiting for another worker's advisory lock (a long plan sync) is not a stall.
+        watched = "pg_advisory_lock(" not in sql
+        if watched:
+            self.watchdog.busy(self.socket())
         try:
             return self.conn.execute(_PLACEHOLDER.sub("%s", sql), tuple(args))
         except psycopg.Error as exc:
             raise _state_error(self.where, exc, self.conn) from exc
+        finally:
+            if watched:
+                self.watchdog.idle()
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         import psycopg
 
+        self.watchdog.busy(self.socket())
         try:
             cursor = self.conn.cursor()
             cursor.executemany(_PLACEHOLDER.sub("%s", sql), rows)
             return cursor
         except psycopg.Error as exc:
             raise _state_error(self.where, exc, self.conn) from exc
+        finally:
+            self.watchdog.idle()
 
     def close(self) -> None:
         self.conn.close()
-
-
-class ConnectionLost(OutageError):
-    """The connection to the shared state broke (a restart, a failover, a cut network).
-
-    Ridden out by the store's calls (see the module docstring); one that escapes (a call not
-    retried) is an outage too: exit 75.
-    """
 
 
 def _lost(exc: Exception, conn: Any) -> bool:
@@ -425,7 +430,8 @@ class PostgresStore(Store):
                 pause = min(pause * 2, 2.0)
                 continue
             old, self.db.conn = self.db.conn, conn
-            old.close()
+            with contextlib.suppress(Exception):  # (a broken connection may refuse even this)
+                old.close()
             if self.on_outage is not None:
                 self.on_outage(
                     f"the shared state ({self.where}) is back after {time.monotonic() - started:.1f} s"
@@ -444,11 +450,14 @@ class PostgresStore(Store):
     ) -> Iterator[_Connection]:  # every change commits at once (no grouping)
         import psycopg
 
+        self.db.watchdog.busy(self.db.socket())  # BEGIN and COMMIT are watched too
         try:
             with self.db.conn.transaction():
                 yield self.db
         except psycopg.Error as exc:
             raise _state_error(self.where, exc, self.db.conn) from exc
+        finally:
+            self.db.watchdog.idle()
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -553,35 +562,4 @@ class PostgresStore(Store):
         return [{"name": r[0], "limit": int(r[1]), "in_flight": int(r[2])} for r in rows]
 
 
-def _riding_out(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A store call that reconnects and runs again, whole, when its connection broke (see the module docstring)."""
-
-    @functools.wraps(method)
-    def call(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
-        if self.down is not None:
-            raise self.down
-        if self._depth:
-            return method(self, *args, **kwargs)  # inside another call: that one is retried
-        while True:
-            self._depth += 1
-            try:
-                return method(self, *args, **kwargs)
-            except ConnectionLost as exc:
-                lost = exc
-            finally:
-                self._depth -= 1
-            self._reconnect(lost)
-
-    return call
-
-
-# Every call of the Store interface that is one transaction or one query (generators, which
-# read in pages, and the lock are not: an outage there ends the call with ConnectionLost).
-_NOT_RETRIED = {"close", "reopen", "exclusive", "gone", "record_plan"}
-for _name, _method in inspect.getmembers(PostgresStore, inspect.isfunction):
-    if (
-        not _name.startswith("_")
-        and _name not in _NOT_RETRIED
-        and not inspect.isgeneratorfunction(_method)
-    ):
-        setattr(PostgresStore, _name, _riding_out(_method))
+ride_out(PostgresStore)
