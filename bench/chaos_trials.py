@@ -26,6 +26,7 @@ Exit code: 0 when every trial passed (0 hangs, 0 lost, 0 unexplained duplicates,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -92,13 +93,15 @@ def disrupt(kind: str, s: Setup, rng: random.Random, log: list[str]) -> None:
     else:
         assert s.servers.pg is not None
         pids = _postgres_pids(s.servers.pg)
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
         try:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                    os.kill(pid, signal.SIGSTOP)
             time.sleep(a.pg_pause)
         finally:
             for pid in pids:
-                os.kill(pid, signal.SIGCONT)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
         log.append(f"stop {a.pg_pause:g}s")
 
 

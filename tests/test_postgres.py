@@ -49,9 +49,9 @@ def test_workers_ride_out_postgresql_restarts(tmp_path: Path, postgres_url: str)
     manifest = write_manifest(
         tmp_path,
         prompts=[{"id": f"p{i}", "text": f"a cat {i}"} for i in range(12)],
-        seeds=[1, 2, 3, 4],
+        seeds=[1, 2, 3, 4, 5, 6],
     )
-    with background_emulator(service=ServiceTime("fixed", 0.25), workers=8) as emu:
+    with background_emulator(service=ServiceTime("fixed", 0.6), workers=8) as emu:
         workers = [
             _worker(manifest, emu.url, postgres_url, tmp_path, "--concurrency", "4")
             for _ in range(2)
@@ -69,10 +69,10 @@ def test_workers_ride_out_postgresql_restarts(tmp_path: Path, postgres_url: str)
         assert code == 0, err[-2000:]
         assert "Traceback" not in err
     assert any("retrying for up to 90 s" in err for _c, _o, err in results)
-    assert stats["submits"] == 48 and stats["duplicate_submits"] == 0
+    assert stats["submits"] == 72 and stats["duplicate_submits"] == 0
     record = json.loads((tmp_path / "o/t/run.json").read_text())
     assert record["outcome"] == "done" and record["paid_twice"]["all_runs"] == 0
-    assert len((tmp_path / "o/t/data/metadata.jsonl").read_text().splitlines()) == 48
+    assert len((tmp_path / "o/t/data/metadata.jsonl").read_text().splitlines()) == 72
 
 
 @pytest.mark.slow
