@@ -168,11 +168,7 @@ class SharedSlots(AccountSlots):
     async def try_acquire(self) -> bool:
         if not await super().try_acquire():
             return False
-        try:
-            n = self.store.acquire_slot(self.name, "")
-        except BaseException:
-            await super().release()  # the state failed (an outage): this worker's slot is not kept
-            raise
+        n = self.store.acquire_slot(self.name, "")
         if n is None:
             await super().release()
             return False
@@ -184,13 +180,9 @@ class SharedSlots(AccountSlots):
             await asyncio.sleep(self.POLL)
 
     async def release(self) -> None:
-        try:
-            if self.numbers:
-                self.store.release_slot(self.name, self.numbers.pop())
-        finally:
-            # Given back here even when the state failed (its database slot ends with its lease):
-            # a slot kept would leave the jobs waiting for it waiting for good.
-            await super().release()
+        if self.numbers:
+            self.store.release_slot(self.name, self.numbers.pop())
+        await super().release()
 
 
 class SharedRate:

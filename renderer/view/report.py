@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from renderer.errors import UsageError
 from renderer.layout import REPORT_DIR
-from renderer.output.source import RunSource, sourced
+from renderer.state import read_store
 from renderer.state.rows import Row
 from renderer.view import page as page_mod
 
@@ -150,9 +150,7 @@ def make_thumbs(tasks: list[tuple[str, str]], workers: int | None = None) -> int
     return len(tasks)
 
 
-def thumbnails(
-    source: RunSource, report_dir: Path, rows: Iterable[Row]
-) -> tuple[dict[str, str], int]:
+def thumbnails(run_dir: Path, report_dir: Path, rows: Iterable[Row]) -> tuple[dict[str, str], int]:
     """Thumbnails named by content hash: made once, reused by every later report.
 
     Returns {sha256: path relative to report_dir} for every image that has one, and how many were made.
@@ -165,14 +163,12 @@ def thumbnails(
     for r in rows:
         for entry in r.files or []:
             name = entry["sha256"][:24] + ".jpg"
+            source = run_dir / entry["path"]
             if name in have:
                 made[entry["sha256"]] = f"thumbs/{name}"
-            elif name not in todo:
-                # From a bucket the image is read (and its hash checked) only when it has no thumbnail yet.
-                image = source.local_file(entry["path"], entry["sha256"] if source.remote else None)
-                if image is not None:
-                    todo[name] = (str(image), str(thumbs / name))
-                    made[entry["sha256"]] = f"thumbs/{name}"
+            elif name not in todo and source.is_file():
+                todo[name] = (str(source), str(thumbs / name))
+                made[entry["sha256"]] = f"thumbs/{name}"
     return made, make_thumbs(list(todo.values()))
 
 
@@ -194,15 +190,12 @@ def _cost(row: Row) -> float | None:
     return round(sum(costs), 6) if costs else None
 
 
-def page_data(
-    rows: list[Row], sp: Space, view: View, thumbs: dict[str, str], image_base: str = "../"
-) -> dict[str, Any]:
-    """`image_base`: where the full images are, from the report folder (a bucket's URL for a remote run)."""
+def page_data(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str]) -> dict[str, Any]:
     items = []
     for r, point in zip(rows, sp.coords, strict=True):
         images = [
             {
-                "path": image_base + e["path"],
+                "path": "../" + e["path"],
                 "thumb": thumbs.get(e["sha256"]),
                 "width": e.get("width"),
                 "height": e.get("height"),
@@ -451,7 +444,7 @@ def write_sheets(report_dir: Path, sheets: list[Sheet]) -> list[Path]:
 
 
 def build(
-    run: RunSource | Path,
+    run_dir: Path,
     *,
     row_axis: str = "prompt",
     col_axis: str = "model",
@@ -460,21 +453,7 @@ def build(
     seeds: set[int] | None = None,
     max_side: int = 4096,
 ) -> dict[str, Any]:
-    """The report of a run (a directory, or a RunSource: any state, images on disk or in a bucket)."""
-    with sourced(run) as source:
-        return _build(source, row_axis, col_axis, tags, models, seeds, max_side)
-
-
-def _build(
-    source: RunSource,
-    row_axis: str,
-    col_axis: str,
-    tags: set[str] | None,
-    models: set[str] | None,
-    seeds: set[int] | None,
-    max_side: int,
-) -> dict[str, Any]:
-    with source.store() as store:
+    with read_store(run_dir) as store:
         rows = store.rows(in_plan=True)
     if tags:
         rows = [r for r in rows if tags & set(r.tags)]
@@ -484,16 +463,16 @@ def _build(
         rows = [r for r in rows if r.seed in seeds]
     if not rows:
         raise UsageError(
-            f"{source.label}: no jobs match", hint="check the filters, or run the manifest first"
+            f"{run_dir}: no jobs match", hint="check the filters, or run the manifest first"
         )
     sp = space(rows)
     view = default_view(sp, row_axis, col_axis)
-    report_dir = source.run_dir / REPORT_DIR
-    thumbs, made = thumbnails(source, report_dir, rows)
+    report_dir = run_dir / REPORT_DIR
+    thumbs, made = thumbnails(run_dir, report_dir, rows)
     index = page_mod.write(
         report_dir / "index.html",
-        f"{source.name}: {len(rows)} jobs",
-        page_data(rows, sp, view, thumbs, source.where("") + "/" if source.remote else "../"),
+        f"{run_dir.name}: {len(rows)} jobs",
+        page_data(rows, sp, view, thumbs),
     )
     specs = sheets_for(rows, sp, view, thumbs, report_dir, max_side)
     sheets = write_sheets(report_dir, specs)
