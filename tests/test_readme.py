@@ -55,3 +55,15 @@ def test_python_block_runs_as_written(line: str, code: str, tmp_path: Path):
 def test_there_are_python_blocks_to_run():
     """The README's Python API example is among the blocks run."""
     assert any("renderer.load_manifest" in code for _, code in BLOCKS)
+
+
+def test_every_relative_link_resolves():
+    """Links between the README, docs/ and the repository's files point at files that exist."""
+    broken = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for url in re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8")):
+            if url.startswith(("http:", "https:", "#", "mailto:")):
+                continue
+            if not (path.parent / url.split("#")[0]).exists():
+                broken.append(f"{path.relative_to(ROOT)}: {url}")
+    assert not broken
