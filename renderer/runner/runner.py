@@ -205,6 +205,8 @@ class Runner:
             maxsize=max(1, self.config.concurrency // 2)
         )
 
+        closing: list[bool] = []  # set when the pool ends: every worker's cancellation is final
+
         async def worker() -> None:
             while (key := await queue.get()) is not None:
                 if self.state.stopping:
@@ -215,7 +217,10 @@ class Runner:
                 try:
                     await task
                 except asyncio.CancelledError:
-                    if not self.state.stopping and key not in self.state.dropped:
+                    # A stop or a lost lease cancels the job, not this worker; the pool closing
+                    # cancels the worker, which must then end (swallowing that cancellation left the
+                    # worker waiting on the queue and the pool's last gather waiting for good).
+                    if closing or (not self.state.stopping and key not in self.state.dropped):
                         raise
                 finally:
                     self.tasks.pop(key, None)
@@ -234,6 +239,7 @@ class Runner:
         try:
             await asyncio.gather(*workers)
         finally:
+            closing.append(True)
             for w in workers + helpers:
                 w.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
