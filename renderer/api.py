@@ -13,6 +13,7 @@ Errors are raised as renderer.errors exceptions (ManifestError lists every probl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +34,6 @@ from renderer.output.storage import Storage
 from renderer.plan import planner as plan_mod
 from renderer.plan.jobs import Plan
 from renderer.runner import AccountLimit, Event, RunConfig, Summary
-from renderer.state import read_store
 
 __all__ = ["Plan", "Run", "Summary", "load_manifest", "open_run", "run", "run_async"]
 
@@ -105,6 +105,7 @@ def _prepare(
     env: Mapping[str, str] | None,
     state: str | None = None,
     lease: float | None = None,
+    outage: float | None = None,
 ) -> tuple[Plan, Any, RunConfig, Storage | None]:
     from renderer.runner.session import (
         resolve_provider,  # aiohttp and friends load only when something runs
@@ -119,10 +120,11 @@ def _prepare(
             ("timeout", timeout),
             ("max_jobs", max_jobs),
             ("lease", lease),
+            ("outage", outage),
         )
     }
-    concurrency, rate, timeout, max_jobs, lease = (
-        checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs", "lease")
+    concurrency, rate, timeout, max_jobs, lease, outage = (
+        checked[n] for n in ("concurrency", "rate", "timeout", "max_jobs", "lease", "outage")
     )
     environ = os.environ if env is None else env
     if output is not None and storage_mod.is_remote(str(output)):
@@ -132,7 +134,12 @@ def _prepare(
         plan = replace(plan, manifest=replace(plan.manifest, output=Path(output), output_url=None))
     m = plan.manifest
     # A bucket when the output is s3://…, configured by the standard AWS variables.
-    storage = storage_mod.open_storage(m.output_url, m.name, environ) if m.output_url else None
+    outage = m.limits.outage if outage is None else outage
+    storage = (
+        storage_mod.open_storage(m.output_url, m.name, environ, outage=outage)
+        if m.output_url
+        else None
+    )
     settings = resolve_provider(m.provider, provider, environ)
     # With provider.accounts each account has its own limit; the run's total is their sum
     # unless a flag (or argument) caps it for this run.
@@ -151,6 +158,7 @@ def _prepare(
         provider=settings.label,
         state=resolve_state(state if state is not None else m.state),
         lease=30.0 if lease is None else lease,
+        outage=outage,
     )
     return plan, settings, config, storage
 
@@ -187,6 +195,7 @@ async def run_async(
     models: str | os.PathLike[str] | None = None,
     state: str | None = None,
     lease: float | None = None,
+    outage: float | None = None,
 ) -> Summary:
     """Render the plan on the running event loop; resumable like the CLI (finished jobs are skipped).
 
@@ -208,6 +217,7 @@ async def run_async(
         env=env,
         state=state,
         lease=lease,
+        outage=outage,
     )
     return await execute_async(
         plan,
@@ -237,6 +247,7 @@ def run(
     models: str | os.PathLike[str] | None = None,
     state: str | None = None,
     lease: float | None = None,
+    outage: float | None = None,
 ) -> Summary:
     """Render the plan and wait for it. Inside a running event loop (Jupyter) it runs on a worker thread."""
     from renderer.runner.session import execute_async, run_sync
@@ -254,6 +265,7 @@ def run(
         env=env,
         state=state,
         lease=lease,
+        outage=outage,
     )
     return run_sync(
         execute_async(
@@ -272,7 +284,8 @@ class Run:
     """A run directory, read: one row per image (metadata plus `path`), failures, the last summary."""
 
     dir: Path
-    rows: list[dict[str, Any]]  # the dataset's columns, plus `path`: the image's absolute path
+    # The dataset's columns, plus `path`: the image's absolute path (its s3:// URL in a bucket).
+    rows: list[dict[str, Any]]
     failures: list[dict[str, Any]]  # key, prompt_id, model, seed, axes, kind, reason
     summary: dict[str, Any] | None = field(default=None)  # run.json of the last run
 
@@ -287,29 +300,44 @@ class Run:
         return self.dir / DATA_DIR
 
 
-def open_run(run_dir: str | os.PathLike[str]) -> Run:
-    """Read a run directory (read-only; safe while another process runs it)."""
-    folder = Path(run_dir)
-    with dataset.reading(folder) as (_, found):
-        rows = []
-        for row, path in found:
-            row["path"] = (folder / path).resolve()
-            rows.append(row)
-    with read_store(folder) as store:
-        failures = [
-            {
-                "key": r.key,
-                "prompt_id": r.prompt_id,
-                "model": r.model,
-                "seed": r.seed,
-                "axes": r.axes,
-                "kind": r.error_kind,
-                "reason": r.error,
-            }
-            for r in store.rows(in_plan=True, state="failed")
-        ]
-    summary_file = folder / RUN_RECORD
-    summary = (
-        json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
-    )
-    return Run(folder.resolve(), rows, failures, summary)
+def open_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    state: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Run:
+    """Read a run (read-only; safe while another process runs it).
+
+    `run_dir`: the run directory (outputs/NAME), or its bucket folder (s3://BUCKET/PREFIX/NAME).
+    `state`: the postgresql:// URL of a distributed run (default: SQLite in the run directory).
+    A run whose images are in a bucket gives each row's `path` as its s3:// URL (read it with
+    the AWS variables in `env`, default os.environ).
+    """
+    from renderer.output.source import open_source
+
+    environ = os.environ if env is None else env
+    with open_source(str(run_dir), resolve_state(state), environ) as source:
+        with dataset.reading(source) as (_, found):
+            rows = []
+            for row, path in found:
+                row["path"] = (
+                    source.where(path) if source.remote else (source.run_dir / path).resolve()
+                )
+                rows.append(row)
+        with source.store() as store:
+            failures = [
+                {
+                    "key": r.key,
+                    "prompt_id": r.prompt_id,
+                    "model": r.model,
+                    "seed": r.seed,
+                    "axes": r.axes,
+                    "kind": r.error_kind,
+                    "reason": r.error,
+                }
+                for r in store.rows(in_plan=True, state="failed")
+            ]
+        summary = None
+        with contextlib.suppress(ValueError):
+            summary = json.loads(source.read(RUN_RECORD) or b"null")
+    return Run(source.run_dir.resolve(), rows, failures, summary)

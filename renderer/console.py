@@ -12,17 +12,16 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from renderer.errors import UsageError
 from renderer.layout import DB_NAME
-from renderer.output import files
+from renderer.output.source import RunSource, open_source
+from renderer.output.storage import run_location
 from renderer.plan.jobs import Plan
 from renderer.runner import SINGLE_KEY, Event, Summary, iso_time
-from renderer.state import read_store
-from renderer.state.choose import open_store
 from renderer.state.rows import sql_error
 from renderer.state.store import Store
 
@@ -166,6 +165,11 @@ def summary_record(summary: Summary, plan: Plan) -> dict[str, Any]:
         "outcome": summary.outcome,
         "exit_code": summary.exit_code,
         "run": str(plan.manifest.run_dir),
+        "output": (
+            run_location(plan.manifest.output_url, plan.manifest.name)
+            if plan.manifest.output_url
+            else str(plan.manifest.run_dir)
+        ),
         "manifest": str(plan.manifest.file),
         "jobs": len(plan.jobs),
         "counts": summary.counts,
@@ -213,12 +217,14 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: b
     counts = summary.counts
     seconds = summary.finished - summary.started
     run_dir = plan.manifest.run_dir
+    m = plan.manifest
+    where = run_location(m.output_url, m.name) if m.output_url else str(run_dir)
     if as_json:
         out.write(json.dumps(summary_record(summary, plan), indent=2, ensure_ascii=False) + "\n")
     else:
         out.write(
             f"{summary.outcome}: {counts['downloaded']}/{len(plan.jobs)} jobs downloaded, {counts['failed']} failed, "
-            f"{summary.images} images written this run in {seconds:.1f} s → {run_dir}/\n"
+            f"{summary.images} images written this run in {seconds:.1f} s → {where}/\n"
         )
         if summary.outcome == "partial" and summary.hint:
             out.write(f"note: {summary.hint}\n")
@@ -252,7 +258,7 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: b
         )
     elif summary.outcome == "failed":
         err.write(
-            f"hint: `renderer status {run_dir}` lists the failures; `--retry-failed` tries them again\n"
+            f"hint: `renderer status {where}` lists the failures; `--retry-failed` tries them again\n"
         )
     return summary.exit_code
 
@@ -308,26 +314,36 @@ class EventLog:
             self.handle = None
 
 
-def status(run_dir: Path, out: TextIO, *, as_json: bool, state: str | None = None) -> int:
-    if state:
-        store: Store = open_store(state, run_dir, run_dir.name, readonly=True)
+def status(
+    run: str | Path | RunSource,
+    out: TextIO,
+    *,
+    as_json: bool,
+    state: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """`renderer status`: a run directory (or s3://…/NAME), its SQLite state or the shared `state`."""
+    source = run if isinstance(run, RunSource) else open_source(run, state, env)
+    with source:
+        store = source.store()
         try:
-            return _status(run_dir, store, out, as_json=as_json)
-        finally:
-            store.close()
-    if not (run_dir / DB_NAME).is_file():
-        raise UsageError(
-            f"{run_dir}: no run here (no {DB_NAME})",
-            hint="pass a run directory such as outputs/NAME",
-        )
-    store = read_store(run_dir)
-    try:
-        return _status(run_dir, store, out, as_json=as_json)
-    except sqlite3.Error as exc:
-        raise sql_error(Path(store.where), exc) from exc
+            return _status(source, store, out, as_json=as_json)
+        except sqlite3.Error as exc:
+            raise sql_error(Path(store.where), exc) from exc
 
 
-def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
+_SAID = {"live": "live", "silent": "no heartbeat: stopped or killed", "finished": "finished"}
+LIVE_AFTER = 120.0  # s: a worker whose heartbeat is older (and that never said it ended) was stopped or killed
+
+
+def _worker_state(worker: dict[str, Any], now: float) -> str:
+    if worker.get("left") is not None:
+        return "finished"
+    return "live" if now - worker["heartbeat"] < LIVE_AFTER else "silent"
+
+
+def _status(source: RunSource, store: Store, out: TextIO, *, as_json: bool) -> int:
+    run_dir = source.label
     try:
         counts = store.counts()
         failures = [
@@ -341,16 +357,17 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
             name = r.account if r.account is not None else SINGLE_KEY
             by_account[name] = by_account.get(name, 0) + 1
         ambiguous = store.ambiguous()
-        # What a rerun would fetch again: finished jobs whose files are gone or changed (size, mtime).
-        # (Shared state: the files are in the workers' output, often a bucket; `run --verify` checks them.)
+        # What a rerun would fetch again: finished jobs whose files are gone or changed (on disk:
+        # size + mtime; in a bucket: size + stored sha256). (Shared state with local output: the
+        # files are on the workers' disks, not here; `run --verify` checks them there.)
         missing = (
             []
-            if store.shared
+            if store.shared and not source.remote
             else [
                 (key, e["path"])
                 for key, entries in store.downloaded_files()
                 for e in entries
-                if not files.file_intact(run_dir, e, rehash=False)
+                if not source.intact(e)
             ]
         )
         workers = store.workers()
@@ -374,7 +391,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         out.write(
             json.dumps(
                 {
-                    "run": str(run_dir),
+                    "run": run_dir,
                     "counts": counts,
                     "rerun": rerun,
                     "missing_on_disk": [{"key": k, "path": p} for k, p in missing],
@@ -392,7 +409,7 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
                         dict(zip(("key", "stem", "state"), s, strict=True)) for s in stale
                     ],
                     "paid_twice": {"count": paid_twice, "resubmits": resubmits},
-                    "workers": workers,
+                    "workers": [{**w, "state": _worker_state(w, time.time())} for w in workers],
                     "accounts": accounts,
                     "submitted_by_account": by_account,
                     "last_run": last,
@@ -419,12 +436,18 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
             ) + f"{ambiguous_all} x a run stopped between a submit and its record"
         out.write(f"paid twice: {paid_twice} over all runs ({reasons})\n")
     now = time.time()
+    ended = 0
     for w in workers:
-        if store.shared or w["held"]:
+        alive = _worker_state(w, now)
+        if alive == "finished" and not w["held"]:
+            ended += 1  # counted, not listed: a long run has had many
+        elif store.shared or w["held"]:
             out.write(
-                f"worker {w['id']} on {w['host']}: {w['held']} job(s) held, last heartbeat "
-                f"{now - w['heartbeat']:.0f} s ago\n"
+                f"worker {w['id']} on {w['host']} ({_SAID[alive]}): "
+                f"{w['held']} job(s) held, last heartbeat {now - w['heartbeat']:.0f} s ago\n"
             )
+    if ended and store.shared:
+        out.write(f"finished workers: {ended}\n")
     for a in accounts:
         out.write(f"account {a['name']}: {a['in_flight']} of {a['limit']} in flight\n")
     if set(by_account) - {SINGLE_KEY}:
@@ -442,7 +465,9 @@ def _status(run_dir: Path, store: Store, out: TextIO, *, as_json: bool) -> int:
         if account.get("stopped"):
             out.write(f"account {name!r} stopped in the last run: {account['stopped']}\n")
     for key, path in missing:
-        out.write(f"missing or changed on disk: {path} ({key})\n")
+        out.write(
+            f"missing or changed {'in the bucket' if source.remote else 'on disk'}: {path} ({key})\n"
+        )
     for key, prompt, model, seed, axes, kind, reason in failures:
         described = "".join(f" {k}={json.dumps(v, ensure_ascii=False)}" for k, v in axes.items())
         out.write(

@@ -13,7 +13,9 @@
     │   ├── OutcomeUnknown         a submit may or may not have been accepted; never resent blindly
     │   └── AccountError           exit 3: auth or billing; every further request would fail
     └── StateError                 the output directory or its database
-        └── RunLocked              another run holds the output directory
+        ├── RunLocked              another run holds the output directory
+        └── OutageError            exit 75: the shared state or the bucket stayed unreachable
+                                   past the outage window (rerun later; nothing is lost)
 
 The CLI is the only place that turns these into text and exit codes (`cli.boundary.error_boundary`).
 Messages never contain the API key: the protocol client scrubs it from every body it reads and
@@ -142,6 +144,16 @@ class StateError(RendererError):
 
 class RunLocked(StateError):
     pass
+
+
+class OutageError(StateError):
+    """The shared state or the object store stayed unreachable for the whole outage window.
+
+    Its own exit code (75, EX_TEMPFAIL: "try again later") tells a scheduler this is not a failed
+    job: everything committed stays committed, and rerunning later resumes without paying twice.
+    """
+
+    exit_code = 75
 
 
 def closest(word: object, choices: Iterable[object]) -> str | None:

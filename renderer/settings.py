@@ -91,6 +91,8 @@ SPECS: dict[str, Spec] = {
     "lease": Spec(float, 1, 3_600, unit=" seconds"),
     "pass_ssim": Spec(float, 0, 1),
     "fail_ssim": Spec(float, 0, 1),
+    # How long a worker rides out its database or object store being unreachable (0: not at all).
+    "outage": Spec(float, 0, 86_400, unit=" seconds"),
 }
 
 _RATE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*(s|sec|second|m|min|minute)\s*")

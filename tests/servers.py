@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,28 @@ def free_port() -> int:
 
 
 # -------------------------------------------------- PostgreSQL
+
+# How to restart each running cluster (by its socket folder) and each object store (by its
+# endpoint): outage tests take their servers down and up again mid-run.
+_PG_RESTART: dict[str, Callable[[str, float], None]] = {}
+_S3_CONTROL: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
+
+
+def restart_postgres(url: str, mode: str = "fast", down: float = 0.0) -> None:
+    """`pg_ctl restart -m MODE` of the cluster behind a URL from `postgres()` (any of its databases);
+    with `down`, stopped for that many seconds before it starts again."""
+    folder = url.split("host=", 1)[1].split("&", 1)[0]
+    _PG_RESTART[folder](mode, down)
+
+
+def stop_s3(endpoint: str) -> None:
+    """Stop the object store behind an endpoint from `seaweedfs()` (its data stays)."""
+    _S3_CONTROL[endpoint][0]()
+
+
+def start_s3(endpoint: str) -> None:
+    """Start it again on the same ports and data; returns once the bucket answers."""
+    _S3_CONTROL[endpoint][1]()
 
 
 def pg_bin() -> Path | None:
@@ -138,8 +160,21 @@ def postgres() -> Iterator[str]:
             text = log.read_text(errors="replace")[-500:] if log.exists() else up.stderr
             unavailable(f"the PostgreSQL server did not start ({text.strip()}): {PG_HINT}")
         started = True
+
+        def restart(mode: str, down: float) -> None:
+            ctl = [str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log)]
+            if down:
+                assert call(*ctl, "-m", mode, "-w", "stop").returncode == 0
+                time.sleep(down)
+                done = call(*ctl, "-w", "-t", "60", "start")
+            else:
+                done = call(*ctl, "-m", mode, "-w", "-t", "60", "restart")
+            assert done.returncode == 0, done.stderr
+
+        _PG_RESTART[str(folder)] = restart
         yield f"postgresql://postgres@/postgres?host={folder}&port={port}"
     finally:
+        _PG_RESTART.pop(str(folder), None)
         if started:
             call(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)
@@ -210,17 +245,43 @@ def seaweedfs() -> Iterator[S3Server]:
         "AWS_SECRET_ACCESS_KEY": server.secret_key,
     }
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    with open(folder / "weed.log", "wb") as log:
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True
-        )
+
+    def spawn() -> subprocess.Popen[bytes]:
+        with open(folder / "weed.log", "ab") as log:
+            return subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=folder,
+                start_new_session=True,
+            )
+
+    running = [spawn()]
+
+    def stop() -> None:
+        running[0].terminate()
+        try:
+            running[0].wait(10)
+        except subprocess.TimeoutExpired:
+            running[0].kill()
+            running[0].wait(10)
+
+    def start() -> None:
+        running[0] = spawn()
+        _wait_for_bucket(
+            endpoint, server.bucket, server.access_key, server.secret_key, running[0],
+            folder / "weed.log",
+        )  # fmt: skip
+
+    _S3_CONTROL[endpoint] = (stop, start)
     try:
         _wait_for_bucket(
             endpoint,
             server.bucket,
             server.access_key,
             server.secret_key,
-            process,
+            running[0],
             folder / "weed.log",
         )
         yield S3Server(
@@ -231,12 +292,8 @@ def seaweedfs() -> Iterator[S3Server]:
             region=server.region,
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        _S3_CONTROL.pop(endpoint, None)
+        stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -79,6 +79,8 @@ H = CIMultiDict
         ),
         ("status", 404, H(), '{"detail": "Request not found"}', RequestGone),
         ("download", 404, H(), "", RequestGone),
+        ("download", 410, H(), "", RequestGone),  # the file host says gone for good
+        ("result", 410, H(), "", JobRejected),
         ("submit", 404, H(), '{"detail": "Application not found"}', JobRejected),
         ("result", 400, H(), '{"detail": "Request is still in progress"}', TransientError),
         ("submit", 504, H({"X-Fal-Request-Timeout-Type": "user"}), "", JobRejected),

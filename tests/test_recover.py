@@ -195,3 +195,74 @@ def test_damaged_database_is_a_clear_error_and_moving_it_aside_recovers(tmp_path
         code, _, err = cli(*base, env=ENV)
         assert code == 0, err
         assert emu.stats()["duplicate_submits"] == 0 and emu.stats()["submits"] == 40
+
+
+# -------------------------------------------------- the output in a bucket
+
+
+@pytest.mark.parametrize("state", ["sqlite", "postgresql"])
+def test_lost_state_is_rebuilt_from_the_bucket_without_paying_again(
+    tmp_path: Path, state: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+):
+    """S3 output, the state lost (renderer.sqlite deleted, or the PostgreSQL schema dropped): the rerun adopts every job from the bucket, submits nothing, and says so."""
+    import psycopg
+
+    from renderer.output.storage import open_storage
+    from renderer.state.postgres import schema_name
+
+    _server, url, s3_env = request.getfixturevalue("s3")
+    monkeypatch.chdir(tmp_path)
+    m = write_manifest(tmp_path, seeds=[1, 2, 3, 4, 5], defaults={"num_images": 2})
+    state_args: tuple[str, ...] = ()
+    if state == "postgresql":
+        state_args = ("--state", request.getfixturevalue("postgres_url"))
+    env = {**ENV, **s3_env}
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", url, *state_args)
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        assert emu.stats()["submits"] == 5
+        if state == "postgresql":
+            with psycopg.connect(state_args[1], autocommit=True) as admin:
+                admin.execute(f'DROP SCHEMA "{schema_name("t")}" CASCADE')
+        else:
+            (tmp_path / "outputs/t/renderer.sqlite").unlink()
+        code, out, err = cli(*base, env=env)
+        assert emu.stats()["submits"] == 5 and emu.stats()["duplicate_submits"] == 0
+    assert code == 0, err
+    assert "rebuilt the state of 5 finished job(s) from their sidecars and images in s3://" in err
+    assert "done: 5/5 jobs downloaded, 0 failed, 0 images written" in out
+    storage = open_storage(url, "t", s3_env)
+    record = json.loads(storage.read("run.json") or b"{}")
+    assert record["outcome"] == "done" and record["paid_twice"]["this_run"] == 0
+    rows = (storage.read("data/metadata.jsonl") or b"").decode().splitlines()
+    assert len(rows) == 10 and all(json.loads(r)["request_id"] for r in rows)
+
+
+def test_a_duplicate_after_a_lost_state_is_counted_as_paid_twice(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+):
+    """A job the bucket holds but recovery cannot prove (its sidecar's hash is wrong): rendered again, and counted in paid_twice."""
+    from renderer.output.storage import open_storage
+
+    _server, url, s3_env = request.getfixturevalue("s3")
+    monkeypatch.chdir(tmp_path)
+    m = write_manifest(tmp_path, seeds=[1, 2, 3])
+    env = {**ENV, **s3_env}
+    storage = open_storage(url, "t", s3_env)
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", url)
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        [first, *_] = [
+            json.loads(line)
+            for line in (storage.read("data/metadata.jsonl") or b"").decode().splitlines()
+        ]
+        side = "data/" + first["file_name"].removeprefix("data/").rsplit(".", 1)[0] + ".json"
+        sidecar = json.loads(storage.read(side) or b"{}")
+        storage.put_json(side, {**sidecar, "sha256": "0" * 64})
+        (tmp_path / "outputs/t/renderer.sqlite").unlink()
+        code, _out, err = cli(*base, env=env)
+        assert emu.stats()["submits"] == 4
+    assert code == 0, err
+    assert "already held this job's image from an earlier request" in err
+    record = json.loads(storage.read("run.json") or b"{}")
+    assert record["paid_twice"]["this_run"] == 1

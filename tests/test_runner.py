@@ -706,21 +706,55 @@ def test_a_crashed_run_never_leaves_run_json_saying_done(tmp_path: Path):
     assert json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "running"
 
 
-def test_retry_failed_on_a_dead_download_url_resubmits_and_says_it_pays_again(tmp_path: Path):
-    """--retry-failed after the result's file host is gone: the job is submitted again, counted as paid twice."""
+def test_retry_failed_on_a_gone_download_url_resubmits_and_says_it_pays_again(tmp_path: Path):
+    """--retry-failed after the file host says the file is gone (404, an expired result): submitted again, counted as paid twice."""
+    from dataclasses import replace
+
     m = write_manifest(tmp_path, retries={"attempts": 2, "backoff": 0.01, "max_backoff": 0.02})
-    with background_emulator(service=FAST, faults=Faults(drop_download=1.0)) as emu:
+    faults = Faults(drop_download=1.0, retention=1.0)
+    with background_emulator(service=FAST, faults=faults) as emu:
         base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"))
         assert cli(*base, "--quiet", env={"FAL_KEY": "k"})[0] == 1
-    with background_emulator(service=FAST) as emu:  # the old file URLs now point nowhere
-        code, out, err = cli(*base[:3], emu.url, *base[4:], "--retry-failed", env={"FAL_KEY": "k"})
-        assert emu.stats()["submits"] == 1
+        time.sleep(1.2)  # the result and its file expire: the file URL now answers 404
+        emu.config = replace(emu.config, faults=Faults(retention=1.0))
+        code, out, err = cli(*base, "--retry-failed", env={"FAL_KEY": "k"})
+        assert emu.stats()["submits"] == 2
     assert code == 0, out + err
-    assert "submitting again, which pays for it again" in err
-    assert "paid twice: 1 (1 x download URL dead on retry" in out
+    assert (
+        "download URL gone on retry" in err and "submitting again, which pays for it again" in err
+    )
+    assert "paid twice: 1 (1 x download URL gone on retry" in out
     record = json.loads((tmp_path / "o/t/run.json").read_text())
     assert record["paid_twice"]["this_run"] == 1 and record["paid_twice"]["all_runs"] == 1
     assert len(images(tmp_path / "o/t")) == 1
+
+
+@pytest.mark.parametrize("fault", ["truncate_image", "drop_download"])
+def test_retry_failed_after_broken_downloads_reads_again_and_pays_nothing(
+    tmp_path: Path, fault: str
+):
+    """Downloads that failed by truncation or an interrupted read: --retry-failed reads the same URLs again, 0 submits; while they still fail, the jobs stay failed unpaid."""
+    from dataclasses import replace
+
+    m = write_manifest(
+        tmp_path, seeds=[1, 2, 3, 4], retries={"attempts": 2, "backoff": 0.01, "max_backoff": 0.02}
+    )
+    with background_emulator(service=FAST, faults=Faults(**{fault: 1.0})) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"))
+        assert cli(*base, "--quiet", env={"FAL_KEY": "k"})[0] == 1
+        # Still broken: read again, failed again, nothing paid, and the run says how to go on.
+        code, out, err = cli(*base, "--retry-failed", env={"FAL_KEY": "k"})
+        assert code == 1 and emu.stats()["submits"] == 4, out + err
+        assert "rerun with --retry-failed to read it again" in out + err
+        assert "paid twice" not in out
+        emu.config = replace(emu.config, faults=Faults())
+        code, out, err = cli(*base, "--retry-failed", env={"FAL_KEY": "k"})
+        stats = emu.stats()
+    assert code == 0, out + err
+    assert stats["submits"] == 4 and stats["duplicate_submits"] == 0
+    assert "paid twice" not in out
+    assert len(images(tmp_path / "o/t")) == 4
+    assert json.loads((tmp_path / "o/t/run.json").read_text())["paid_twice"]["all_runs"] == 0
 
 
 def test_resubmits_are_counted_in_run_json_the_summary_and_status(tmp_path: Path):

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from renderer.errors import StateError, UsageError
+from renderer.errors import UsageError
 from renderer.output.storage import (
     LocalStorage,
     S3Storage,
@@ -57,7 +57,7 @@ def test_image_round_trip_and_intact(storage: Storage) -> None:
     rel = "data/model/cat/s1-0.png"
     mtime = storage.put_image(
         rel, data, sha256=hashlib.sha256(data).hexdigest(), content_type="image/png"
-    )
+    ).mtime_ns
     assert storage.intact(entry_for(rel, data, mtime), rehash=False)
     assert storage.intact(entry_for(rel, data, mtime), rehash=True)
     assert not storage.intact(entry_for("data/model/cat/s2-0.png", data, mtime), rehash=False)
@@ -69,8 +69,11 @@ def test_same_bytes_twice_is_done(storage: Storage) -> None:
     """Writing the same image again (a worker that died before its commit) succeeds and changes nothing."""
     data = png((1, 2, 3))
     digest = hashlib.sha256(data).hexdigest()
-    storage.put_image("data/a/s1-0.png", data, sha256=digest, content_type="image/png")
-    storage.put_image("data/a/s1-0.png", data, sha256=digest, content_type="image/png")
+    assert not storage.put_image(
+        "data/a/s1-0.png", data, sha256=digest, content_type="image/png"
+    ).existed
+    again = storage.put_image("data/a/s1-0.png", data, sha256=digest, content_type="image/png")
+    assert again.existed == storage.remote  # a bucket says so (a lost state's duplicate is counted)
     assert (
         storage.intact(entry_for("data/a/s1-0.png", data, None), rehash=True) or not storage.remote
     )
@@ -135,26 +138,25 @@ def test_s3_intact_checks_stored_hash(s3: tuple[Any, str, dict[str, str]]) -> No
     )
 
 
-def test_s3_unreachable_is_a_state_error(tmp_path: Path) -> None:
-    """A bucket that cannot be reached gives a StateError naming the object, never the secret key."""
+@pytest.mark.parametrize("outage", [0.0, 1.5])
+def test_s3_unreachable_is_an_outage_error_after_the_window(tmp_path: Path, outage: float) -> None:
+    """A bucket that cannot be reached: retried for the outage window, then an OutageError (exit 75) naming the object, never the secret key."""
+    import time
+
+    from renderer.errors import OutageError
+
     env = {
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
         "AWS_ACCESS_KEY_ID": "id",
         "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
     }
-    storage = open_storage("s3://some-bucket/p", "run", env)
-    storage.store = type(storage.store)(
-        "some-bucket",
-        prefix="p/run",
-        endpoint="http://127.0.0.1:9",  # type: ignore[attr-defined]
-        access_key_id="id",
-        secret_access_key="s3cr3t-value",
-        region="us-east-1",
-        client_options={"allow_http": True},
-        retry_config={"max_retries": 0},
-    )
-    with pytest.raises(StateError) as caught:
+    storage = open_storage("s3://some-bucket/p", "run", env, outage=outage)
+    started = time.monotonic()
+    with pytest.raises(OutageError) as caught:
         storage.put_bytes("run.json", b"{}")
+    waited = time.monotonic() - started
+    assert waited >= outage * 0.5  # it kept trying (retries end within the window)
+    assert caught.value.exit_code == 75
     assert "s3://some-bucket/p/run/run.json" in caught.value.message
     assert "s3cr3t-value" not in caught.value.message + (caught.value.hint or "")
 
@@ -219,3 +221,52 @@ def test_manifest_output_s3_bad_bucket(tmp_path: Path) -> None:
     assert code == 2
     assert "m.yaml:" in err and "output" in err and "bucket" in err
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_a_run_rides_out_the_object_store_going_away(
+    tmp_path: Path, s3: tuple[Any, str, dict[str, str]]
+) -> None:
+    """SeaweedFS stopped for a few seconds mid-run, then started again: the run waits for it and finishes, every image in the bucket, nothing paid twice."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from renderer.provider.emulator import ServiceTime
+
+    from .conftest import ROOT, background_emulator
+    from .servers import start_s3, stop_s3
+
+    server, url, env = s3
+    manifest = write_manifest(
+        tmp_path,
+        prompts=[{"id": f"p{i}", "text": f"a bird {i}"} for i in range(10)],
+        seeds=[1, 2, 3],
+    )
+    with background_emulator(service=ServiceTime("fixed", 0.2), workers=8) as emu:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "renderer", "run", str(manifest), "--provider", emu.url,
+             "--output", url, "--concurrency", "4"],
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT), "FAL_KEY": "k"},
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        time.sleep(1.5)
+        stop_s3(server.endpoint)
+        outage = threading.Timer(5.0, start_s3, args=(server.endpoint,))
+        outage.start()
+        try:
+            _out, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _out, err = proc.communicate()
+            pytest.fail(f"the run hung: {err.decode()[-2000:]}")
+        finally:
+            outage.join(60)
+        stats = emu.stats()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert stats["submits"] == 30 and stats["duplicate_submits"] == 0
+    storage = open_storage(url, "t", env)
+    rows = (storage.read("data/metadata.jsonl") or b"").decode().splitlines()
+    assert len(rows) == 30 and json.loads(storage.read("run.json") or b"{}")["outcome"] == "done"

@@ -542,9 +542,9 @@ def test_a_database_whose_file_columns_went_stale_is_derived_again(tmp_path: Pat
                 (n, bytes([n]), text),
             )
     db.close()
-    assert [m.__name__ for m in MIGRATIONS][-1] == "m009_job_files_trigger"
+    assert [m.__name__ for m in MIGRATIONS][-2:] == ["m009_job_files_trigger", "m010_workers_left"]
     db = sqlite3.connect(path)
-    assert migrate(db) == ["m009_job_files_trigger"]
+    assert migrate(db) == ["m009_job_files_trigger", "m010_workers_left"]
     rows = db.execute("SELECT fpath, fsize, fmtime, cost, uncosted FROM job ORDER BY id").fetchall()
     assert rows == [
         ("a.png", 999, 9, 2.0, 0),

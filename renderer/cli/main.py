@@ -324,6 +324,13 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
         type=_number("timeout"),
         help="seconds per job before it is cancelled (env RENDERER_TIMEOUT)",
     )
+    p_run.add_argument(
+        "--outage",
+        type=_number("outage"),
+        metavar="SECONDS",
+        help="ride out the shared state or the bucket being unreachable this long, then exit 75 "
+        "(env RENDERER_OUTAGE; manifest limits.outage; default 90)",
+    )
     p_run.add_argument("--retry-failed", action="store_true", help="try failed jobs again")
     p_run.add_argument(
         "--max-jobs",
@@ -360,16 +367,10 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_status.add_argument(
         "run",
         metavar="RUN",
-        help="a run directory, e.g. outputs/quickstart (its last part names "
-        "the run in shared state)",
+        help=RUN_HELP,
     )
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
-    p_status.add_argument(
-        "--state",
-        metavar="URL",
-        help="the run's shared state, postgresql://… (env RENDERER_STATE): "
-        "workers, accounts and jobs of a distributed run",
-    )
+    _state_argument(p_status)
 
     p_final = command(
         "finalize",
@@ -392,12 +393,28 @@ def _run_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_final.add_argument("--models-dir", help=MODELS_DIR_HELP)
 
 
+RUN_HELP = (
+    "a run directory, e.g. outputs/design-sweep, its bucket folder s3://BUCKET/PREFIX/NAME "
+    "(its last part names the run in shared state), or the run's manifest (its state: and output:)"
+)
+
+
+def _state_argument(p: _Parser) -> None:
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="the run's shared state, postgresql://… (env RENDERER_STATE; default: the SQLite "
+        "file in the run directory); images are read where the run wrote them, a bucket included",
+    )
+
+
 def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     """`renderer report`, `export` and `diff`."""
     p_report = command(
         "report", cmd_report, "write a static HTML contact sheet and PNG sheets for a run"
     )
-    p_report.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")
+    p_report.add_argument("run", metavar="RUN", help=RUN_HELP)
+    _state_argument(p_report)
     p_report.add_argument(
         "--axes", default="prompt,model", help="ROW,COL axes (default prompt,model)"
     )
@@ -420,7 +437,8 @@ def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_export = command(
         "export", cmd_export, "write a run's dataset as Parquet shards or WebDataset tars"
     )
-    p_export.add_argument("run", metavar="RUN", help="a run directory, e.g. outputs/design-sweep")
+    p_export.add_argument("run", metavar="RUN", help=RUN_HELP)
+    _state_argument(p_export)
     p_export.add_argument(
         "--format",
         required=True,
@@ -442,6 +460,14 @@ def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
         "runs", nargs="+", metavar="RUN", help="RUN_A RUN_B, or one RUN with --baseline NAME"
     )
     p_diff.add_argument("--baseline", metavar="NAME", help="compare RUN with this baseline")
+    _state_argument(p_diff)
+    for side in ("a", "b"):
+        p_diff.add_argument(
+            f"--state-{side}",
+            metavar="URL",
+            help=f"the shared state of the {'first' if side == 'a' else 'second'} run when the runs' "
+            "states differ (default: --state)",
+        )
     p_diff.add_argument(
         "--map",
         action="append",

@@ -83,6 +83,7 @@ def cmd_run(ctx: Context) -> int:
         a.state or ctx.env.get("RENDERER_STATE") or None
     )  # (the manifest's `state:` applies below it)
     lease = _setting(a.lease, ctx.env, "RENDERER_LEASE", None, "lease")
+    outage = _setting(a.outage, ctx.env, "RENDERER_OUTAGE", limits.outage, "outage")
     if a.dry_run:
         return cmd_plan(ctx)
     if a.output and is_remote(a.output):
@@ -127,6 +128,7 @@ def cmd_run(ctx: Context) -> int:
             models=ctx.models_dir(),
             state=state,
             lease=lease,
+            outage=outage,
         )
         if log is not None:
             log({"type": "finished", **console.summary_record(summary, plan)})
@@ -141,7 +143,7 @@ def cmd_status(ctx: Context) -> int:
     from renderer import api, console
 
     state = api.resolve_state(ctx.args.state or ctx.env.get("RENDERER_STATE") or None)
-    return console.status(Path(ctx.args.run), ctx.out, as_json=ctx.args.json, state=state)
+    return console.status(ctx.args.run, ctx.out, as_json=ctx.args.json, state=state, env=ctx.env)
 
 
 def cmd_finalize(ctx: Context) -> int:

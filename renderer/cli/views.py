@@ -5,19 +5,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from renderer.cli.context import Context
 from renderer.errors import UsageError
+
+if TYPE_CHECKING:
+    from renderer.output.source import RunSource
+
+
+def _source(ctx: Context, run: str, state: str | None = None) -> RunSource:
+    """The run named on the command line, with `state` (else --state, else RENDERER_STATE) and the AWS variables."""
+    from renderer import api
+    from renderer.output.source import open_source
+
+    given = state or ctx.args.state or ctx.env.get("RENDERER_STATE") or None
+    return open_source(run, api.resolve_state(given), ctx.env)
 
 
 def cmd_export(ctx: Context) -> int:
     from renderer.output import export
 
     a = ctx.args
-    done = export.export(Path(a.run), a.format, Path(a.out) if a.out else None, a.shard_size)
+    with _source(ctx, a.run) as source:
+        done = export.export(source, a.format, Path(a.out) if a.out else None, a.shard_size)
     if a.json:
         ctx.print(json.dumps(done, indent=2))
         return 0
@@ -38,21 +52,16 @@ def cmd_report(ctx: Context) -> int:
             f"--axes {a.axes!r}: give two axes, ROW,COL",
             hint="e.g. --axes prompt,model or seed,model",
         )
-    from renderer.layout import DB_NAME
-
-    if not (Path(a.run) / DB_NAME).is_file():
-        raise UsageError(
-            f"{a.run}: no run here (no {DB_NAME})", hint="pass a run directory such as outputs/NAME"
+    with _source(ctx, a.run) as source:
+        done = report.build(
+            source,
+            row_axis=axes[0],
+            col_axis=axes[1],
+            tags=set(a.tag) or None,
+            models=set(a.model) or None,
+            seeds=set(a.seed) or None,
+            max_side=a.max_sheet,
         )
-    done = report.build(
-        Path(a.run),
-        row_axis=axes[0],
-        col_axis=axes[1],
-        tags=set(a.tag) or None,
-        models=set(a.model) or None,
-        seeds=set(a.seed) or None,
-        max_side=a.max_sheet,
-    )
     ctx.print(
         f"report: {done['index']} ({done['pages']} page(s), {done['cells']} cells, "
         f"{done['thumbnails_made']} new thumbnails)"
@@ -98,24 +107,36 @@ def cmd_diff(ctx: Context) -> int:
     mapping = _mapping(a.map)
     for flag, value in (("--html", a.html), ("--junit", a.junit), ("--summary", a.summary)):
         _folder_exists(flag, value)
-    if a.baseline:
-        if len(a.runs) != 1:
-            raise UsageError(
-                f"diff --baseline {a.baseline}: give one run to compare with it (got {len(a.runs)})",
-                hint="renderer diff --baseline NAME RUN",
+    wanted = 1 if a.baseline else 2
+    if len(a.runs) != wanted:
+        raise UsageError(
+            f"diff --baseline {a.baseline}: give one run to compare with it (got {len(a.runs)})"
+            if a.baseline
+            else f"diff: give two runs (got {len(a.runs)})",
+            hint="renderer diff RUN_A RUN_B, or renderer diff --baseline NAME RUN",
+        )
+    with contextlib.ExitStack() as opened:
+        # Each run from its directory, its bucket folder or its manifest, with its own state.
+        sources = [
+            opened.enter_context(_source(ctx, run, state))
+            for run, state in zip(
+                a.runs, (a.state_b,) if a.baseline else (a.state_a, a.state_b), strict=True
             )
-        side_a: Any = baseline.load(baseline.folder(a.baselines, ctx.env), a.baseline)
-        run_b = Path(a.runs[0])
-    else:
-        if len(a.runs) != 2:
+        ]
+        if a.html and any(s.remote or s.state for s in sources):
             raise UsageError(
-                f"diff: give two runs (got {len(a.runs)})",
-                hint="renderer diff RUN_A RUN_B, or renderer diff --baseline NAME RUN",
+                "--html: the side-by-side page is made for runs with local state and images only",
+                hint="compare without --html (the verdicts, --junit and --summary are the same), "
+                "or copy the runs to disk",
             )
-        side_a, run_b = compare.load_run(Path(a.runs[0])), Path(a.runs[1])
-    side_b = compare.load_run(run_b)
-    judge = compare.judging_bands(side_a, side_b, _flags(a))
-    result = compare.compare(side_a, side_b, mapping=mapping, bands=judge)
+        side_a: Any = (
+            baseline.load(baseline.folder(a.baselines, ctx.env), a.baseline)
+            if a.baseline
+            else compare.load_run(sources[0])
+        )
+        side_b = compare.load_run(sources[-1])
+        judge = compare.judging_bands(side_a, side_b, _flags(a))
+        result = compare.compare(side_a, side_b, mapping=mapping, bands=judge)
     page = Path(a.html) if a.html else None
     if page is not None:
         compare.write_html(result, page)

@@ -166,6 +166,7 @@ _SETTING_AT: dict[tuple[str | int, ...], str] = {
     ("limits", "concurrency"): "concurrency",
     ("limits", "rate"): "rate",
     ("limits", "timeout"): "timeout",
+    ("limits", "outage"): "outage",
     ("retries", "attempts"): "attempts",
     ("retries", "backoff"): "backoff",
     ("retries", "max_backoff"): "max_backoff",

@@ -183,6 +183,7 @@ def parse(text: str, file: Path) -> Manifest:
             },
             rate=float(numbers[("limits", "rate")]) if ("limits", "rate") in numbers else None,
             timeout=float(numbers.get(("limits", "timeout"), Limits.timeout)),
+            outage=float(numbers.get(("limits", "outage"), Limits.outage)),
         ),
         retries=RetryPolicy(
             attempts=int(numbers.get(("retries", "attempts"), RetryPolicy.attempts)),

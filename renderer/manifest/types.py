@@ -121,6 +121,7 @@ class Limits:
     per_endpoint: dict[str, int] = field(default_factory=dict)
     rate: float | None = None  # submissions per second; None: not paced (a 429 still slows them)
     timeout: float = 900.0  # seconds per job, from submit to downloaded
+    outage: float = 90.0  # seconds the shared state or the bucket may be unreachable
 
 
 @dataclass(frozen=True)

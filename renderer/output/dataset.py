@@ -26,14 +26,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from renderer.canonical import canonical_json
-from renderer.errors import UsageError
-from renderer.layout import CARD, DATA_DIR, DB_NAME, METADATA, RUN_RECORD
+from renderer.layout import CARD, DATA_DIR, METADATA, RUN_RECORD
 from renderer.output import files
-from renderer.state import read_store
 from renderer.state.store import Store
+
+if TYPE_CHECKING:
+    from renderer.output.source import RunSource
 
 IMAGE_GLOBS = ("**/*.png", "**/*.jpg", "**/*.webp")
 
@@ -445,26 +446,27 @@ def _recorded(store: Store, signature: str, path: Path) -> Tally | None:
 
 
 @contextmanager
-def reading(run_dir: Path) -> Iterator[tuple[Columns, Iterator[tuple[dict[str, Any], str]]]]:
+def reading(
+    run: RunSource | Path,
+) -> Iterator[tuple[Columns, Iterator[tuple[dict[str, Any], str]]]]:
     """A finished run's dataset rows from its state, read-only: (columns, iterator of (row, path)).
 
-    `path` is the image's path relative to the run directory. Rows come in plan order, the
-    same rows metadata.jsonl holds. Safe while another process runs the directory.
+    `path` is the image's path relative to the run's output (its directory or its bucket
+    folder). Rows come in plan order, the same rows metadata.jsonl holds. Safe while another
+    process runs it. `run`: a run directory, or a RunSource (any state, any output).
     """
-    if not (run_dir / DB_NAME).is_file():
-        raise UsageError(
-            f"{run_dir}: no run here (no {DB_NAME})",
-            hint="pass a run directory such as outputs/NAME",
-        )
-    provider = None
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        provider = json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8")).get("provider")
-    with read_store(run_dir) as store:
-        columns = Columns.from_axes(r.axes for r in store.rows(in_plan=True))
+    from renderer.output.source import sourced
 
-        def rows() -> Iterator[tuple[dict[str, Any], str]]:
-            for job in store.export_rows():
-                for index, entry in enumerate(job["files"]):
-                    yield columns.row(job, entry, index, provider), entry["path"]
+    with sourced(run) as source:
+        provider = None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            provider = json.loads(source.read(RUN_RECORD) or b"null").get("provider")
+        with source.store() as store:
+            columns = Columns.from_axes(r.axes for r in store.rows(in_plan=True))
 
-        yield columns, rows()
+            def rows() -> Iterator[tuple[dict[str, Any], str]]:
+                for job in store.export_rows():
+                    for index, entry in enumerate(job["files"]):
+                        yield columns.row(job, entry, index, provider), entry["path"]
+
+            yield columns, rows()

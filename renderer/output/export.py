@@ -32,6 +32,7 @@ from renderer.errors import UsageError
 from renderer.layout import DATA_DIR, RUN_RECORD
 from renderer.output import files
 from renderer.output.dataset import CARD, CardInfo, Columns, card_text, reading
+from renderer.output.source import RunSource, sourced
 
 FORMATS = ("parquet", "webdataset")
 ROW_GROUP = 100  # images per Parquet row group: what the Hub's viewer reads in one go
@@ -55,15 +56,20 @@ def _shard_name(prefix: str, index: int, count: int, ext: str) -> str:
     return f"{prefix}-{index:05d}-of-{count:05d}.{ext}"
 
 
-def _read_verified(run_dir: Path, rel: str, sha256: str | None) -> bytes:
-    path = run_dir / rel
+def _read_verified(source: RunSource, rel: str, sha256: str | None) -> bytes:
+    path = source.where(rel)
     try:
-        data = path.read_bytes()
+        data = source.read(rel)
     except OSError as exc:
         raise ExportError(
             f"{path}: cannot read this image: {exc.strerror or exc}",
             hint="`renderer run` the manifest again to fetch missing images, then export",
         ) from exc
+    if data is None:
+        raise ExportError(
+            f"{path}: cannot read this image: it is not there",
+            hint="`renderer run` the manifest again to fetch missing images, then export",
+        )
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ExportError(
             f"{path}: the image changed since it was downloaded (sha256 differs)",
@@ -129,14 +135,23 @@ def _replace_shards(folder: Path, written: list[Path], pattern: str) -> None:
 
 
 def export(
-    run_dir: Path, fmt: str, out_dir: Path | None = None, shard_size: int = 1000
+    run: RunSource | Path, fmt: str, out_dir: Path | None = None, shard_size: int = 1000
 ) -> dict[str, Any]:
-    """Write the export; return {format, dir, shards, rows, bytes}."""
+    """Write the export; return {format, dir, shards, rows, bytes}.
+
+    `run`: a run directory, or a RunSource (a distributed run's state, images in a bucket).
+    """
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if shard_size < 1:
         raise ExportError(f"--shard-size {shard_size}: give a positive number of images per shard")
     _need("pyarrow" if fmt == "parquet" else "webdataset")
+    with sourced(run) as source:
+        return _export(source, fmt, out_dir, shard_size)
+
+
+def _export(source: RunSource, fmt: str, out_dir: Path | None, shard_size: int) -> dict[str, Any]:
+    run_dir = source.run_dir
     out = out_dir or run_dir / "export" / fmt
     try:
         resolved = out.resolve()
@@ -154,23 +169,23 @@ def export(
     # models), the second streams; memory stays bounded by one shard's rows.
     models: dict[str, tuple[str, int]] = {}
     count = 0
-    with reading(run_dir) as (columns, rows):
+    with reading(source) as (columns, rows):
         for row, _ in rows:
             endpoint, n = models.get(row["model"], (row["endpoint"], 0))
             models[row["model"]] = (endpoint, n + 1)
             count += 1
     shards = max(1, -(-count // shard_size))
-    with reading(run_dir) as (columns, rows):
+    with reading(source) as (columns, rows):
         chunks = _chunks(rows, shard_size)
         if fmt == "parquet":
-            written, size = _parquet(run_dir, out, columns, chunks, shards)
+            written, size = _parquet(source, out, columns, chunks, shards)
         else:
-            written, size = _webdataset(run_dir, out, chunks, shards)
+            written, size = _webdataset(source, out, chunks, shards)
     if fmt == "parquet":
         files.write_atomic(
             out / CARD,
             card_text(
-                replace(_card_info(run_dir, models, count), size=size),
+                replace(_card_info(source, models, count), size=size),
                 columns,
                 data_globs=("*.parquet",),
                 builder_note=" Parquet shards with the images embedded.",
@@ -185,23 +200,20 @@ def export(
     }
 
 
-def _card_info(run_dir: Path, models: dict[str, tuple[str, int]], count: int) -> CardInfo:
+def _card_info(source: RunSource, models: dict[str, tuple[str, int]], count: int) -> CardInfo:
     """The export's card keeps what the run's card says (name, license) and the manifest run.json names."""
     front: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError, IndexError, yaml.YAMLError):
-        loaded = yaml.safe_load(
-            (run_dir / DATA_DIR / CARD).read_text(encoding="utf-8").split("---\n")[1]
-        )
+        card = (source.read(f"{DATA_DIR}/{CARD}") or b"").decode("utf-8")
+        loaded = yaml.safe_load(card.split("---\n")[1])
         front = loaded if isinstance(loaded, dict) else {}
     manifest = ""
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        manifest = str(
-            json.loads((run_dir / RUN_RECORD).read_text(encoding="utf-8")).get("manifest") or ""
-        )
+        manifest = str(json.loads(source.read(RUN_RECORD) or b"null").get("manifest") or "")
     license_ = front.get("license")
     return CardInfo(
-        str(front.get("pretty_name") or run_dir.name),
-        manifest or str(run_dir),
+        str(front.get("pretty_name") or source.name),
+        manifest or source.label,
         None,
         license_ if isinstance(license_, str) else None,
         models,
@@ -210,7 +222,7 @@ def _card_info(run_dir: Path, models: dict[str, tuple[str, int]], count: int) ->
 
 
 def _parquet(
-    run_dir: Path,
+    source: RunSource,
     out: Path,
     columns: Columns,
     chunks: Iterator[list[tuple[dict[str, Any], str]]],
@@ -232,7 +244,7 @@ def _parquet(
                 group = chunk[start : start + ROW_GROUP]
                 data: dict[str, list[Any]] = {n: [] for n in names}
                 for row, rel in group:
-                    blob = _read_verified(run_dir, rel, row["sha256"])
+                    blob = _read_verified(source, rel, row["sha256"])
                     total += len(blob)
                     data["image"].append({"bytes": blob, "path": row["file_name"]})
                     for n in names[1:]:
@@ -244,7 +256,7 @@ def _parquet(
 
 
 def _webdataset(
-    run_dir: Path, out: Path, chunks: Iterator[list[tuple[dict[str, Any], str]]], shards: int
+    source: RunSource, out: Path, chunks: Iterator[list[tuple[dict[str, Any], str]]], shards: int
 ) -> tuple[list[Path], int]:
     wds = _need("webdataset")
     written: list[Path] = []
@@ -255,7 +267,7 @@ def _webdataset(
             writer = wds.TarWriter(handle, encoder=False)
             try:
                 for row, rel in chunk:
-                    blob = _read_verified(run_dir, rel, row["sha256"])
+                    blob = _read_verified(source, rel, row["sha256"])
                     total += len(blob)
                     ext = rel.rsplit(".", 1)[-1]
                     # The key must not contain a dot: WebDataset splits a member's name at the first one.

@@ -135,6 +135,8 @@ def classify(op: str, status: int, headers: Any, text: str) -> ProviderError:
         )
     if status == 404 and op in ("status", "result", "download", "cancel"):
         return RequestGone(message, **kw)
+    if status == 410 and op == "download":
+        return RequestGone(message, **kw)  # the file host says the file is gone for good
     if op == "result" and error_type in RUNNER_ERRORS:
         return RunnerFailed(message, **kw)  # definite: this request will never deliver
     if status == 409 or status >= 500:

@@ -15,7 +15,7 @@ import asyncio
 import secrets
 from collections.abc import Callable, Mapping
 
-from renderer.errors import StateError
+from renderer.errors import OutageError, StateError
 from renderer.runner.config import Event, RunConfig
 from renderer.runner.job import RunState
 from renderer.state.rows import LeaseLost
@@ -121,6 +121,9 @@ class Claims:
                 held = self.store.renew()
             except LeaseLost:
                 continue
+            except OutageError as exc:  # unreachable past the outage window: the run stops
+                self.state.broken = self.state.broken or exc
+                return
             except (
                 StateError
             ) as exc:  # the shared state is unreachable for now: the fences decide later

@@ -50,5 +50,7 @@ class RunConfig:
     state: str | None = None
     # Seconds a claimed job stays this worker's without renewal (renewed every third).
     lease: float = 30.0
+    # Seconds the shared state or the bucket may stay unreachable before the run stops (exit 75).
+    outage: float = 90.0
     # provider.accounts; empty: one account, the client's key.
     accounts: tuple[AccountLimit, ...] = ()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from renderer.errors import JobRejected, RequestGone, StateError, TransientError
-from renderer.layout import DATA_DIR, DB_NAME, SIDECAR_SUFFIX, image_path
+from renderer.layout import DATA_DIR, DB_NAME, RUN_RECORD, SIDECAR_SUFFIX, image_path
 from renderer.output import dataset, files
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.cost import image_cost, price_of
@@ -80,14 +81,23 @@ def writing(path: Path) -> Iterator[None]:
         ) from exc
 
 
-def publish(storage: Storage, run_dir: Path, *rels: str) -> None:
-    """Copy files written in the run directory to a remote output (the dataset beside its images)."""
+def publish(storage: Storage, folder: Path, *rels: str) -> None:
+    """Copy files written in a local folder to a remote output (the dataset beside its images)."""
     if not storage.remote:
         return
     for rel in rels:
-        path = run_dir / rel
+        path = folder / rel
         if path.is_file():
             storage.put_bytes(rel, path.read_bytes())
+
+
+def write_record(storage: Storage, run_dir: Path, record: dict[str, Any]) -> None:
+    """run.json: in the run directory, or (a remote output) in the bucket only."""
+    if storage.remote:
+        storage.put_json(RUN_RECORD, record)
+        return
+    with writing(run_dir / RUN_RECORD):
+        files.write_json(run_dir / RUN_RECORD, record)
 
 
 def write_dataset(
@@ -115,16 +125,24 @@ def write_dataset(
     columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in plan.jobs))
     # The rows depend on the plan (its digest), the columns and the provider: any change rewrites them.
     signature = json.dumps([plan.digest, columns.axes, provider])
-    dataset.update(
-        store,
-        info,
-        columns,
-        provider,
-        signature,
-        append=append and bool(plan.digest),
-        record=record,
-    )
-    publish(storage, store.run_dir, f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}")
+    if not storage.remote:
+        dataset.update(
+            store,
+            info,
+            columns,
+            provider,
+            signature,
+            append=append and bool(plan.digest),
+            record=record,
+        )
+        return
+    # A bucket: written whole in a private temporary folder, then put beside the images; nothing
+    # lands in the working directory.
+    with tempfile.TemporaryDirectory(prefix="renderer-dataset-") as staging:
+        dataset.write(Path(staging), info, columns, store.export_rows(), provider)
+        publish(
+            storage, Path(staging), f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}"
+        )
 
 
 class GroupCommit:
@@ -166,8 +184,8 @@ class Delivery:
     """Downloads a completed job's images, verifies and writes them with their sidecars, and
     records the job as downloaded.
 
-    `redownloads`: keys whose failed download --retry-failed put back; a dead URL there means
-    rendering again (once) rather than retrying forever.
+    `redownloads`: keys whose failed download --retry-failed put back: a read error there keeps
+    the job failed (nothing paid); a URL the file host says is gone (404/410) renders again.
     """
 
     def __init__(
@@ -195,8 +213,8 @@ class Delivery:
     async def deliver(self, row: Row, retry: Callable[[Row, str], None]) -> Row | None:
         """Every image of `row`'s result written and recorded: the row as downloaded.
 
-        None after `retry(row, reason)` put the job back to render again (the provider no
-        longer has the file, or a --retry-failed download found its URL dead).
+        None after `retry(row, reason)` put the job back to render again (the file host says
+        the file is gone: 404/410, an expired result).
         """
         assert row.result is not None
         check_images(row.result)  # also for results stored by an earlier version
@@ -204,25 +222,33 @@ class Delivery:
         for index, image in enumerate(row.result.get("images", [])):
             try:
                 verified = await self.fetch_verified(row, image)
-            except RequestGone:
-                retry(row, "the result's file has expired")
-                return None
-            except (TransientError, JobRejected) as exc:
-                if row.key not in self.redownloads:
-                    raise
-                # --retry-failed on a download that failed before: the URL is dead (an emulator
-                # that exited, an expired CDN file). Retrying it forever never ends; render again.
-                self.redownloads.discard(row.key)
-                reason = f"download URL dead on retry ({exc.message[:120]})"
-                self.emit(
-                    {
-                        "type": "warning",
-                        "key": row.key,
-                        "message": f"{row.key}: {reason}: submitting again, which pays for it again",
-                    }
-                )
+            except RequestGone as exc:
+                # Proof that the file will never be served again (404/410 from the file host, an
+                # expired result): only this justifies paying for the input again.
+                reason = "the result's file has expired"
+                if row.key in self.redownloads:
+                    self.redownloads.discard(row.key)
+                    reason = f"download URL gone on retry ({exc.message[:120]})"
+                    self.emit(
+                        {
+                            "type": "warning",
+                            "key": row.key,
+                            "message": f"{row.key}: {reason}: submitting again, which pays for it again",
+                        }
+                    )
                 retry(row, reason)
                 return None
+            except (TransientError, JobRejected) as exc:
+                if row.key in self.redownloads:
+                    # --retry-failed: a read that failed again (truncated, interrupted, refused) is
+                    # a read error, not proof the file is gone: the job stays failed with its
+                    # result, nothing is paid, and the next --retry-failed reads it again.
+                    self.redownloads.discard(row.key)
+                    raise type(exc)(
+                        f"{exc.message}; the result is kept: rerun with --retry-failed to read it "
+                        "again (nothing is paid again unless the file host says it is gone)"
+                    ) from exc
+                raise
             rel = image_path(row.stem, index, verified.ext)
             entry = {
                 "path": rel,
@@ -244,32 +270,57 @@ class Delivery:
                 self.store.hold(row.key)  # a worker that lost the job writes no file (LeaseLost)
             # Local files: written, fsynced in groups off the loop (files.GroupFsync), then renamed
             # into place, so the record below still follows a durable, complete file.
+            earlier: str | None = None
             with writing(self.run_dir / rel):
                 sidecar = self.sidecar(row, index, entry)
                 if self.storage.remote:  # network I/O: off the loop
-                    entry["mtime_ns"] = await asyncio.to_thread(self.write, rel, verified, sidecar)
+                    entry["mtime_ns"], earlier = await asyncio.to_thread(
+                        self.write, rel, verified, sidecar
+                    )
                 elif isinstance(self.storage, LocalStorage):
                     entry["mtime_ns"] = await self.write_local(rel, verified, sidecar)
                 else:
-                    entry["mtime_ns"] = self.write(rel, verified, sidecar)
+                    entry["mtime_ns"], earlier = self.write(rel, verified, sidecar)
+            if index == 0 and earlier is not None and earlier != row.request_id:
+                # The output held this job's image from another request: its state was lost
+                # (or never adopted it) and this input was paid for again. Counted, and said.
+                reason = "the output already held this job's image from an earlier request"
+                self.store.record_resubmit(row.key, reason)
+                self.emit(
+                    {
+                        "type": "warning",
+                        "key": row.key,
+                        "message": f"{row.key}: {reason} ({earlier}): paid twice",
+                    }
+                )
             entries.append(entry)
         self.store.downloaded(row.key, entries)
         await self.commits.durable()
         self.emit({"type": "downloaded", "key": row.key, "files": [e["path"] for e in entries]})
         return row.evolve(state="downloaded", files=entries)
 
-    def write(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int | None:
-        """Image, then its sidecar; returns the image's mtime (recorded for the rerun check; None on S3)."""
-        mtime = self.storage.put_image(
+    def write(
+        self, rel: str, image: files.Verified, sidecar: dict[str, Any]
+    ) -> tuple[int | None, str | None]:
+        """Image, then its sidecar: the image's mtime (recorded for the rerun check; None on S3),
+        and the request id named by the sidecar of the same image found there already."""
+        stored = self.storage.put_image(
             rel, image.data, sha256=image.sha256, content_type=image.content_type
         )
+        side = str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX))
+        earlier = None
+        if stored.existed:
+            try:
+                found = json.loads(self.storage.read(side) or b"null")
+            except ValueError:
+                found = None
+            if isinstance(found, dict) and found.get("job_key") == sidecar["job_key"]:
+                earlier = (
+                    found.get("request_id") if isinstance(found.get("request_id"), str) else None
+                )
         # The sidecar is rebuilt from the database on demand; an atomic rename is enough for it.
-        self.storage.put_bytes(
-            str(PurePosixPath(rel).with_suffix(SIDECAR_SUFFIX)),
-            files.json_text(sidecar).encode(),
-            durable=False,
-        )
-        return mtime
+        self.storage.put_bytes(side, files.json_text(sidecar).encode(), durable=False)
+        return stored.mtime_ns, earlier
 
     async def write_local(self, rel: str, image: files.Verified, sidecar: dict[str, Any]) -> int:
         """As write: the image fsynced before its rename, the disk waited for off the loop (GroupFsync.write)."""

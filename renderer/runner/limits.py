@@ -168,7 +168,11 @@ class SharedSlots(AccountSlots):
     async def try_acquire(self) -> bool:
         if not await super().try_acquire():
             return False
-        n = self.store.acquire_slot(self.name, "")
+        try:
+            n = self.store.acquire_slot(self.name, "")
+        except BaseException:
+            await super().release()  # the state failed (an outage): this worker's slot is not kept
+            raise
         if n is None:
             await super().release()
             return False
@@ -180,9 +184,13 @@ class SharedSlots(AccountSlots):
             await asyncio.sleep(self.POLL)
 
     async def release(self) -> None:
-        if self.numbers:
-            self.store.release_slot(self.name, self.numbers.pop())
-        await super().release()
+        try:
+            if self.numbers:
+                self.store.release_slot(self.name, self.numbers.pop())
+        finally:
+            # Given back here even when the state failed (its database slot ends with its lease):
+            # a slot kept would leave the jobs waiting for it waiting for good.
+            await super().release()
 
 
 class SharedRate:

@@ -56,21 +56,25 @@ def reconcile(
     if not store.shared:
         store.void_claims()
     # A first run (no state, no files: nothing to find or mark out) renders while the rest of
-    # the plan is recorded in the background; any other run records the plan first.
-    recording = None if (run_dir / DATA_DIR).is_dir() else store.record_plan(plan.jobs, plan.digest)
+    # the plan is recorded in the background; any other run records the plan first (the
+    # output's files are looked up against the whole plan before anything is submitted).
+    has_output = (run_dir / DATA_DIR).is_dir() or (storage.remote and storage.has_data())
+    recording = None if has_output else store.record_plan(plan.jobs, plan.digest)
     found = Reconciled(recording is not None or store.sync_plan(plan.jobs, plan.digest))
     files.remove_partials(
         run_dir, {run_dir / job_folder(stem) for stem in store.unfinished_stems()}
     )
     recover.leftovers(run_dir)
-    adopted = recover.from_sidecars(store, run_dir)
+    adopted = recover.from_sidecars(store, storage) if has_output else 0
     if adopted:
         found.plan_changed = True
+        lost = f"the state in {store.where} was new" if store.shared else f"{DB_NAME} was missing"
         emit(
             {
                 "type": "note",
                 "message": f"rebuilt the state of {adopted} finished job(s) from their sidecars "
-                f"({DB_NAME} was missing or had no record of them): they are not submitted again",
+                f"and images in {storage.where(DATA_DIR)} ({lost} or had no record of them): "
+                "they are not submitted again",
             }
         )
     if config.provider and config.provider != "emulator":

@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -33,15 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from renderer.errors import StateError
-from renderer.layout import DATA_DIR, DB_NAME, RUN_RECORD
-from renderer.output import dataset, files
-from renderer.output.storage import LocalStorage, Storage
+from renderer.layout import DATA_DIR, DB_NAME
+from renderer.output import dataset
+from renderer.output.storage import OUTPUT_META, LocalStorage, Storage
 from renderer.plan.cost import price_of
 from renderer.plan.jobs import Plan
 from renderer.provider.client import Client
 from renderer.runner.claims import Claims
 from renderer.runner.config import Event, RunConfig
-from renderer.runner.deliver import Delivery, GroupCommit, publish, write_dataset, writing
+from renderer.runner.deliver import Delivery, GroupCommit, write_dataset, write_record, writing
 from renderer.runner.job import JobSteps, RunState
 from renderer.runner.limits import Accounts, Limits, delivery_bound, provider_capacity
 from renderer.runner.reconcile import reconcile
@@ -136,6 +137,8 @@ class Runner:
         self.shared = store.shared  # several workers share the state: claims decide who does what
         self.finalizer = False  # this worker wrote the dataset and run.json (see finish)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        if self.shared:  # the shared state says when it rides out an outage (state/postgres.py)
+            store.on_outage = lambda message: self.emit({"type": "warning", "message": message})
 
     @property
     def accounts(self) -> Accounts:
@@ -171,6 +174,9 @@ class Runner:
         self.redownloads |= found.redownloads  # the same set the delivery reads
         lease = self.config.lease if self.shared else SOLO_LEASE  # see SOLO_LEASE
         self.store.join(self.worker_id, lease, socket.gethostname(), os.getpid())
+        if self.storage.remote and self.store.meta(OUTPUT_META) != self.storage.where(""):
+            # Where the images are, for the tools that read the run from its state (output/source.py).
+            self.store.set_meta(OUTPUT_META, self.storage.where(""))
         if self.shared:  # account limits held in the shared state for every worker
             self.store.set_accounts(self.limits.shared_ceilings())
         return 0 if self.shared else self.store.ambiguous()
@@ -189,9 +195,7 @@ class Runner:
                 started=started,
                 pending=pending,
             )
-            with writing(self.run_dir / RUN_RECORD):
-                files.write_json(self.run_dir / RUN_RECORD, record)
-            self.publish(RUN_RECORD)
+            write_record(self.storage, self.run_dir, record)
         self.emit(
             {
                 "type": "start",
@@ -248,7 +252,11 @@ class Runner:
                 self.store.commit()  # anything deferred by a job cancelled while it waited
             except StateError as exc:
                 self.state.broken = self.state.broken or exc
-            self.store.release()  # claimed, not finished: others (or the next run) may take them at once
+            try:
+                self.store.release()  # claimed, not finished: others (or the next run) may take them at once
+                self.store.leave()
+            except StateError as exc:  # (unreachable: the leases end by themselves)
+                self.state.broken = self.state.broken or exc
             summary = self.finish(run_id, started, ambiguous)
         return summary
 
@@ -277,18 +285,19 @@ class Runner:
                 "their sidecars and not paid for again",
             )
         if self.state.broken is not None:
-            self.store.finish_run(
-                run_id,
-                "error",
-                run_record(
-                    self.plan,
+            with contextlib.suppress(StateError):  # (the state itself may be what broke)
+                self.store.finish_run(
+                    run_id,
                     "error",
-                    error=self.state.broken.message,
-                    counts=self.store.counts(),
-                    finished=time.time(),
-                    images=self.state.images,
-                ),
-            )
+                    run_record(
+                        self.plan,
+                        "error",
+                        error=self.state.broken.message,
+                        counts=self.store.counts(),
+                        finished=time.time(),
+                        images=self.state.images,
+                    ),
+                )
             raise self.state.broken
         counts = self.store.counts()
         # Shared state: the dataset and run.json are written once, by the worker that finds the run
@@ -334,9 +343,7 @@ class Runner:
             unpriced=unpriced,
         )
         if self.finalizer:
-            with writing(self.run_dir / RUN_RECORD):
-                files.write_json(self.run_dir / RUN_RECORD, record)
-            self.publish(RUN_RECORD)
+            write_record(self.storage, self.run_dir, record)
         self.store.finish_run(run_id, outcome, record)
         # The last event: a listener (the API's on_event) learns the run ended and how.
         self.emit(
@@ -368,6 +375,7 @@ class Runner:
         # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.
         if (
             not self.shared
+            and not self.storage.remote
             and not self.plan_changed
             and self.state.images == 0
             and self.state.failed == 0
@@ -383,6 +391,3 @@ class Runner:
             append=not self.plan_changed,
             record=True,
         )
-
-    def publish(self, *rels: str) -> None:
-        publish(self.storage, self.run_dir, *rels)

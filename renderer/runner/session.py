@@ -25,16 +25,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from renderer.errors import UsageError
-from renderer.layout import DB_NAME, LAYOUT_META, RUN_RECORD
+from renderer.layout import DB_NAME, LAYOUT_META
 from renderer.manifest.types import PROVIDERS, ProviderConfig
 from renderer.models.schemas import SchemaRegistry
-from renderer.output import files
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan import planner as plan_mod
 from renderer.plan.jobs import Plan
 from renderer.provider.client import FAL_QUEUE_ORIGINS, Client
 from renderer.runner.config import Event, RunConfig
-from renderer.runner.deliver import publish, write_dataset
+from renderer.runner.deliver import write_dataset, write_record
 from renderer.runner.limits import delivery_bound, provider_capacity
 from renderer.runner.record import Summary, run_record
 from renderer.runner.runner import Runner
@@ -241,7 +240,7 @@ async def execute_async(
     run_dir = plan.manifest.run_dir
     # Shared state: any number of workers, anywhere; leases (not a lock file) keep them apart.
     with contextlib.nullcontext() if config.state else RunLock(run_dir):
-        store = open_store(config.state, run_dir, plan.manifest.name)
+        store = open_store(config.state, run_dir, plan.manifest.name, outage=config.outage)
         try:
             plan = keep_layout(plan, store, registry)
             return await _execute(
@@ -368,7 +367,8 @@ def finalize(plan: Plan, config: RunConfig, storage: Storage | None) -> dict[str
     store = open_store(config.state, run_dir, plan.manifest.name, readonly=True)
     try:
         out = storage or LocalStorage(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if not out.remote:
+            run_dir.mkdir(parents=True, exist_ok=True)
         write_dataset(plan, store, out, config.provider or None)
         counts, unfinished = store.counts(), store.unfinished()
         outcome = "incomplete" if unfinished else ("failed" if counts["failed"] else "done")
@@ -380,8 +380,7 @@ def finalize(plan: Plan, config: RunConfig, storage: Storage | None) -> dict[str
             unfinished=unfinished,
             finalized=time.time(),
         )
-        files.write_json(run_dir / RUN_RECORD, record)
-        publish(out, run_dir, RUN_RECORD)
+        write_record(out, run_dir, record)
         return record
     finally:
         store.close()

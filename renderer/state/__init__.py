@@ -10,6 +10,7 @@ Modules:
     queries      pending work by query, finished files, counts, costs, runs
   sqlite       the SQLite backend (the run directory's renderer.sqlite)
   postgres     the PostgreSQL backend (shared by workers; psycopg loads only when it is used)
+  outage       riding out a lost connection (calls run again whole), the stall watchdog
   migrations   the schema: ordered migrations applied on open, each once
   recording    the background plan recorder
   rows         Row, job states, key encodings, database errors as StateError

@@ -13,8 +13,13 @@ if TYPE_CHECKING:
     from renderer.state.store import Store
 
 
-def open_store(state: str | None, run_dir: Path, name: str, *, readonly: bool = False) -> Store:
-    """The run's state: SQLite in the run directory (state None), or shared PostgreSQL (a postgresql:// URL)."""
+def open_store(
+    state: str | None, run_dir: Path, name: str, *, readonly: bool = False, outage: float = 0.0
+) -> Store:
+    """The run's state: SQLite in the run directory (state None), or shared PostgreSQL (a postgresql:// URL).
+
+    `outage`: seconds a shared state may stay unreachable (connecting, or mid-run) before OutageError.
+    """
     if not state:
         return SQLiteStore(run_dir, readonly=readonly)
     from renderer.state.postgres import PostgresStore, is_postgres
@@ -27,7 +32,7 @@ def open_store(state: str | None, run_dir: Path, name: str, *, readonly: bool = 
             hint="give postgresql://USER@HOST/DB for state shared by several workers, or leave --state "
             "(RENDERER_STATE, manifest state:) unset for the SQLite file in the run directory",
         )
-    return PostgresStore(state, run_dir, name, readonly=readonly)
+    return PostgresStore(state, run_dir, name, readonly=readonly, outage=outage)
 
 
 def read_store(run_dir: Path, state: str | None = None, name: str = "") -> Store:

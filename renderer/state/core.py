@@ -4,8 +4,8 @@ the run's key-value metadata. The parts (plansync, leases, transitions, queries)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +63,8 @@ class StoreCore:
     )
 
     grouping = False
+    # Told when the shared state rides out an outage (postgres.py); a warning for the run's events.
+    on_outage: Callable[[str], None] | None = None
 
     def __enter__(self: _S) -> _S:
         return self
@@ -84,6 +86,10 @@ class StoreCore:
     def _exclusive(self) -> Iterator[None]:
         """Held while one worker records the plan (others then find it recorded)."""
         yield
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """One worker of a shared state at a time (recording the plan, rebuilding lost state)."""
+        return self._exclusive()
 
     def gone(self) -> bool:
         """Has the state been removed since it was opened (the run directory deleted)?"""

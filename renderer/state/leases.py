@@ -90,14 +90,29 @@ class Leases(StoreCore):
                 "UPDATE job SET owner = NULL, lease_until = NULL WHERE owner = ?", (self.owner,)
             )
 
+    def leave(self) -> None:
+        """This worker's run ended (its jobs released): it is listed as finished, not live."""
+        if self.owner is None:
+            return
+        with self._tx() as db:
+            db.execute("UPDATE workers SET left_at = ? WHERE id = ?", (time.time(), self.owner))
+
     def workers(self) -> list[dict[str, Any]]:
-        """Per worker: id, host, pid, last heartbeat (epoch s) and the jobs it holds now."""
+        """Per worker: id, host, pid, last heartbeat (epoch s), the jobs it holds now, and when
+        its run ended (`left`: None while it runs, or when it was killed)."""
         rows = self.db.execute(
             "SELECT w.id, w.host, w.pid, w.heartbeat, (SELECT COUNT(*) FROM job j WHERE j.owner = w.id "
-            f"AND j.lease_until > {self.NOW}) FROM workers w ORDER BY w.heartbeat DESC, w.id"
+            f"AND j.lease_until > {self.NOW}), w.left_at FROM workers w ORDER BY w.heartbeat DESC, w.id"
         ).fetchall()
         return [
-            {"id": r[0], "host": r[1], "pid": r[2], "heartbeat": float(r[3]), "held": int(r[4])}
+            {
+                "id": r[0],
+                "host": r[1],
+                "pid": r[2],
+                "heartbeat": float(r[3]),
+                "held": int(r[4]),
+                "left": None if r[5] is None else float(r[5]),
+            }
             for r in rows
         ]
 

@@ -302,6 +302,12 @@ def m009_job_files_trigger(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m010_workers_left(db: sqlite3.Connection) -> None:
+    """When a worker's run ended (NULL: still running, or killed): status tells live workers apart."""
+    db.execute("ALTER TABLE workers ADD COLUMN left_at REAL")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     db.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

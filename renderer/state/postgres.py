@@ -12,21 +12,32 @@ Invariants (beyond store.py's):
   * Account slots (`acquire_slot`) are leased rows too: a worker that dies holds no slot past
     its lease, so N workers never have more requests in flight for an account than it allows.
   * psycopg's exceptions are translated in this module only; messages never carry a password.
+  * Outages are ridden out: a call that finds the connection broken (a restart, a failover)
+    reconnects with backoff and runs again, whole (each is one transaction or one query), for
+    up to `outage` seconds from the first failure; then OutageError (exit 75), and every later
+    call fails at once. Leases are by the database's clock and survive a restart: a lease that
+    expired meanwhile is lost (the fences refuse its changes), one that did not is still held.
+    A call is retried only at the outermost level (never inside another call's transaction).
+    (A COMMIT cut by the failure may have been applied: every change here sets the values it
+    means, so running it again is harmless; a claim run again may leave its first batch held
+    by this worker unused until its lease ends.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from renderer.errors import StateError, UsageError
+from renderer.errors import OutageError, StateError, UsageError
 from renderer.state.migrations import JOB_COLUMNS, JOB_INDEXES, jobs_view
+from renderer.state.outage import OUTAGE_HINT, ConnectionLost, Watchdog, ride_out
 from renderer.state.store import Store
 
 PG_KEY = "COALESCE(j.key_text, 'j1-' || encode(j.k, 'hex'))"
@@ -180,6 +191,8 @@ SCHEMA_VERSION = [
         DELETE FROM meta WHERE name = 'plan_digest';
     """,
     ),
+    # store.m010_workers_left: when a worker's run ended (status tells live workers apart).
+    ("p004_workers_left", "ALTER TABLE workers ADD COLUMN left_at double precision"),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -238,31 +251,68 @@ class _Connection:
     def __init__(self, conn: Any, where: str) -> None:
         self.conn = conn
         self.where = where
+        # A server that stops answering (paused, frozen) would hold a statement forever: see outage.py.
+        self.watchdog = Watchdog()
+
+    def socket(self) -> int:
+        try:
+            return int(self.conn.pgconn.socket)
+        except Exception:  # a closed connection has none (the statement fails at once anyway)
+            return -1
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         import psycopg
 
+        # Waiting for another worker's advisory lock (a long plan sync) is not a stall.
+        watched = "pg_advisory_lock(" not in sql
+        if watched:
+            self.watchdog.busy(self.socket())
         try:
             return self.conn.execute(_PLACEHOLDER.sub("%s", sql), tuple(args))
         except psycopg.Error as exc:
-            raise _state_error(self.where, exc) from exc
+            raise _state_error(self.where, exc, self.conn) from exc
+        finally:
+            if watched:
+                self.watchdog.idle()
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         import psycopg
 
+        self.watchdog.busy(self.socket())
         try:
             cursor = self.conn.cursor()
             cursor.executemany(_PLACEHOLDER.sub("%s", sql), rows)
             return cursor
         except psycopg.Error as exc:
-            raise _state_error(self.where, exc) from exc
+            raise _state_error(self.where, exc, self.conn) from exc
+        finally:
+            self.watchdog.idle()
 
     def close(self) -> None:
         self.conn.close()
 
 
-def _state_error(where: str, exc: Exception) -> StateError:
+def _lost(exc: Exception, conn: Any) -> bool:
+    import psycopg
+
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    # A query cancelled or a lock not granted is an answer; a broken connection, a server shutting
+    # down or not yet up is an outage.
+    return bool(
+        conn is None
+        or conn.broken
+        or conn.closed
+        or isinstance(exc, (psycopg.errors.AdminShutdown, psycopg.errors.CannotConnectNow))
+    )
+
+
+def _state_error(where: str, exc: Exception, conn: Any = None) -> StateError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if _lost(exc, conn):
+        return ConnectionLost(
+            f"the shared state ({where}) is unreachable: {first}", hint=OUTAGE_HINT
+        )
     return StateError(
         f"the shared state ({where}) failed: {first}",
         hint="check that the server is up and reachable (--state, RENDERER_STATE), then rerun the "
@@ -281,7 +331,14 @@ class PostgresStore(Store):
     NOW = "extract(epoch from clock_timestamp())"
     nsfw_sql = "(result::jsonb -> 'has_nsfw_concepts')::text"
 
-    def __init__(self, url: str, run_dir: Path, run: str, *, readonly: bool = False) -> None:
+    outage = 0.0  # seconds to ride out a lost connection (set by open_store)
+    down: OutageError | None = None  # set once an outage outlasted the window: calls fail at once
+    on_outage: Callable[[str], None] | None = None  # told when an outage starts and ends
+    _depth = 0  # calls in progress (only the outermost is retried)
+
+    def __init__(
+        self, url: str, run_dir: Path, run: str, *, readonly: bool = False, outage: float = 0.0
+    ) -> None:
         try:
             import psycopg
         except ImportError as exc:
@@ -294,15 +351,29 @@ class PostgresStore(Store):
         self.run = run
         self.schema = schema_name(run)
         self.where = f"{redact(url)} schema {self.schema}"
-        try:
-            conn = psycopg.connect(url, autocommit=True, row_factory=_records)
-        except psycopg.Error as exc:
-            # libpq's message names host and database, never a password given in the URL.
-            raise StateError(
-                f"cannot connect to the shared state {redact(url)}: "
-                f"{(str(exc).strip().splitlines() or ['?'])[0][:300]}",
-                hint="check the postgresql://… URL (--state, RENDERER_STATE) and that the server is up",
-            ) from exc
+        self.outage = outage
+        deadline = time.monotonic() + outage
+        while True:
+            try:
+                conn = self._connect(deadline)
+                break
+            except psycopg.Error as exc:
+                # libpq's message names host and database, never a password given in the URL.
+                first = (str(exc).strip().splitlines() or ["?"])[0][:300]
+                if isinstance(exc, psycopg.OperationalError) and time.monotonic() < deadline:
+                    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                    continue  # not up yet (a restart, a failover): within the outage window
+                error = (
+                    OutageError
+                    if isinstance(exc, psycopg.OperationalError) and outage
+                    else StateError
+                )
+                raise error(
+                    f"cannot connect to the shared state {redact(url)}: {first}",
+                    hint=OUTAGE_HINT
+                    if error is OutageError
+                    else "check the postgresql://… URL (--state, RENDERER_STATE) and that the server is up",
+                ) from exc
         self.db = _Connection(conn, self.where)
         exists = self.db.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = ?", (self.schema,)
@@ -331,7 +402,47 @@ class PostgresStore(Store):
         self.db.execute(f'SET search_path TO "{self.schema}"')
 
     def reopen(self) -> PostgresStore:
-        return PostgresStore(self.url, self.run_dir, self.run)
+        return PostgresStore(self.url, self.run_dir, self.run, outage=self.outage)
+
+    def _connect(self, deadline: float) -> Any:
+        import psycopg
+
+        left = max(1, min(10, int(deadline - time.monotonic())))
+        return psycopg.connect(
+            self.url, autocommit=True, row_factory=_records, connect_timeout=left
+        )
+
+    def _reconnect(self, lost: StateError) -> None:
+        """Connect again within the outage window that began at the first failure; OutageError past it."""
+        import psycopg
+
+        started = time.monotonic()
+        deadline = started + self.outage
+        if self.on_outage is not None:
+            self.on_outage(f"{lost.message}; retrying for up to {self.outage:g} s")
+        pause = 0.1
+        while time.monotonic() < deadline:
+            try:
+                conn = self._connect(deadline)
+                conn.execute(f'SET search_path TO "{self.schema}"')
+            except psycopg.Error:
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 2.0)
+                continue
+            old, self.db.conn = self.db.conn, conn
+            with contextlib.suppress(Exception):  # (a broken connection may refuse even this)
+                old.close()
+            if self.on_outage is not None:
+                self.on_outage(
+                    f"the shared state ({self.where}) is back after {time.monotonic() - started:.1f} s"
+                )
+            return
+        self.down = OutageError(
+            f"the shared state ({self.where}) stayed unreachable for the outage window "
+            f"({self.outage:g} s): {lost.message}",
+            hint=OUTAGE_HINT,
+        )
+        raise self.down
 
     @contextmanager
     def _tx(
@@ -339,11 +450,14 @@ class PostgresStore(Store):
     ) -> Iterator[_Connection]:  # every change commits at once (no grouping)
         import psycopg
 
+        self.db.watchdog.busy(self.db.socket())  # BEGIN and COMMIT are watched too
         try:
             with self.db.conn.transaction():
                 yield self.db
         except psycopg.Error as exc:
-            raise _state_error(self.where, exc) from exc
+            raise _state_error(self.where, exc, self.db.conn) from exc
+        finally:
+            self.db.watchdog.idle()
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -446,3 +560,6 @@ class PostgresStore(Store):
             f"s.owner IS NOT NULL AND s.lease_until > {self.NOW}) FROM accounts a ORDER BY a.name"
         ).fetchall()
         return [{"name": r[0], "limit": int(r[1]), "in_flight": int(r[2])} for r in rows]
+
+
+ride_out(PostgresStore)

@@ -107,6 +107,8 @@ class SQLiteStore(Store):
     def workers(self) -> list[dict[str, Any]]:
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'workers'").fetchone() is None:
             return []  # a read-only open of a database from before migration 6
+        if not any(r[1] == "left_at" for r in self.db.execute("PRAGMA table_info(workers)")):
+            return []  # (before migration 10: a run of an older version, long over)
         return super().workers()
 
     def gone(self) -> bool:

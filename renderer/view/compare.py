@@ -25,6 +25,7 @@ import yaml
 
 from renderer.errors import UsageError, closest
 from renderer.layout import CARD, DATA_DIR, DB_NAME
+from renderer.output.source import RunSource
 from renderer.state import read_store
 from renderer.view.bands import EDGES, Bands, measure_or_none
 
@@ -67,17 +68,30 @@ class Side:
     bands: Bands | None = None  # a baseline's stored bands
     calibration: dict[str, Any] | None = None
     manifest_bands: dict[str, Any] | None = None  # a run's manifest `regression.bands`
+    source: RunSource | None = None  # a run read through its state (any backend, images anywhere)
+
+    def file(self, rel: str) -> str:
+        """A path on this machine to one of the side's images (a bucket's is read into a copy)."""
+        if self.source is not None and self.source.remote:
+            copy = self.source.local_file(rel)
+            return str(copy) if copy is not None else str(self.root / rel)
+        return str(self.root / rel)
 
 
-def manifest_bands(run: Path) -> dict[str, Any]:
+def manifest_bands(run: Path | RunSource) -> dict[str, Any]:
     """`regression.bands` of the manifest a run was rendered from, or {}.
 
     Read from the run's own copy of its manifest, the verbatim block the dataset card ends with
     (renderer/output/dataset.py), so it is the manifest as it was at run time, wherever the file
-    is now. The manifest was validated then; anything unreadable here counts as no bands.
+    is now (in the bucket, for a run whose output is one). The manifest was validated then;
+    anything unreadable here counts as no bands.
     """
     try:
-        text = (run / DATA_DIR / CARD).read_text(encoding="utf-8")
+        if isinstance(run, RunSource):
+            raw = run.read(f"{DATA_DIR}/{CARD}")
+            text = raw.decode("utf-8") if raw is not None else ""
+        else:
+            text = (run / DATA_DIR / CARD).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return {}
     at = text.find("\n## Manifest\n\n")
@@ -103,13 +117,22 @@ def manifest_bands(run: Path) -> dict[str, Any]:
     }
 
 
-def load_run(run: Path) -> Side:
-    if not (run / DB_NAME).is_file():
-        raise UsageError(
-            f"{run}: no run here (no {DB_NAME})", hint="pass run directories such as outputs/NAME"
-        )
-    with read_store(run) as store:
-        rows = store.rows(in_plan=True)
+def load_run(run: Path | RunSource) -> Side:
+    """A run as one side of a comparison: a run directory, or a RunSource (any state backend;
+    images on disk or in a bucket)."""
+    if isinstance(run, RunSource):
+        with run.store() as store:
+            rows = store.rows(in_plan=True)
+        root = run.run_dir
+    else:
+        if not (run / DB_NAME).is_file():
+            raise UsageError(
+                f"{run}: no run here (no {DB_NAME})",
+                hint="pass run directories such as outputs/NAME",
+            )
+        with read_store(run) as store:
+            rows = store.rows(in_plan=True)
+        root = run
     entries = [
         Entry(
             r.key,
@@ -124,7 +147,8 @@ def load_run(run: Path) -> Side:
         )
         for r in rows
     ]
-    return Side(run, entries, manifest_bands=manifest_bands(run))
+    source = run if isinstance(run, RunSource) else None
+    return Side(root, entries, manifest_bands=manifest_bands(run), source=source)
 
 
 def pair_id(coords: tuple[str, str, int | None, str], index: int) -> str:
@@ -133,13 +157,18 @@ def pair_id(coords: tuple[str, str, int | None, str], index: int) -> str:
     return f"{digest}.{index}"
 
 
-def disk_sha256(root: Path, entry: dict[str, Any]) -> str | None:
+def disk_sha256(root: Path | RunSource, entry: dict[str, Any]) -> str | None:
     """The sha256 of the file as it is on disk now, or None when it is gone.
 
     The recorded hash is trusted only while size and mtime still match what was recorded (the
     same fast path a rerun uses); a re-encoded, edited or replaced file is hashed again, so it
-    can never pass as identical.
+    can never pass as identical. (A run in a bucket: the object is read and hashed.)
     """
+    if isinstance(root, RunSource):
+        if root.remote:
+            copy = root.local_file(entry["path"])
+            return None if copy is None else hashlib.sha256(copy.read_bytes()).hexdigest()
+        root = root.run_dir
     path = root / entry["path"]
     try:
         info = path.stat()
@@ -255,8 +284,8 @@ def compare(
         for i in range(max(len(ea.files), len(eb.files), 1)):
             fa = ea.files[i] if i < len(ea.files) else None
             fb = eb.files[i] if i < len(eb.files) else None
-            ha = disk_sha256(a.root, fa) if fa else None
-            hb = disk_sha256(b.root, fb) if fb else None
+            ha = disk_sha256(a.source or a.root, fa) if fa else None
+            hb = disk_sha256(b.source or b.root, fb) if fb else None
             pair: dict[str, Any] = {
                 "id": pair_id(coords, i),
                 "label": label,
@@ -288,7 +317,7 @@ def compare(
                 pair.update(identical=True, ssim=1.0, phash=0, band="pass", reason="same bytes")
             pairs.append(pair)
     todo = [p for p in pairs if p["band"] == "pending"]
-    tasks = [(str(a.root / p["a"]), str(b.root / p["b"])) for p in todo]
+    tasks = [(a.file(p["a"]), b.file(p["b"])) for p in todo]
     if len(tasks) >= 16:
         with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             results = list(pool.map(measure_or_none, tasks, chunksize=8))

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from renderer.errors import UsageError
 from renderer.layout import REPORT_DIR
-from renderer.state import read_store
+from renderer.output.source import RunSource, sourced
 from renderer.state.rows import Row
 from renderer.view import page as page_mod
 
@@ -150,7 +150,9 @@ def make_thumbs(tasks: list[tuple[str, str]], workers: int | None = None) -> int
     return len(tasks)
 
 
-def thumbnails(run_dir: Path, report_dir: Path, rows: Iterable[Row]) -> tuple[dict[str, str], int]:
+def thumbnails(
+    source: RunSource, report_dir: Path, rows: Iterable[Row]
+) -> tuple[dict[str, str], int]:
     """Thumbnails named by content hash: made once, reused by every later report.
 
     Returns {sha256: path relative to report_dir} for every image that has one, and how many were made.
@@ -163,12 +165,14 @@ def thumbnails(run_dir: Path, report_dir: Path, rows: Iterable[Row]) -> tuple[di
     for r in rows:
         for entry in r.files or []:
             name = entry["sha256"][:24] + ".jpg"
-            source = run_dir / entry["path"]
             if name in have:
                 made[entry["sha256"]] = f"thumbs/{name}"
-            elif name not in todo and source.is_file():
-                todo[name] = (str(source), str(thumbs / name))
-                made[entry["sha256"]] = f"thumbs/{name}"
+            elif name not in todo:
+                # From a bucket the image is read (and its hash checked) only when it has no thumbnail yet.
+                image = source.local_file(entry["path"], entry["sha256"] if source.remote else None)
+                if image is not None:
+                    todo[name] = (str(image), str(thumbs / name))
+                    made[entry["sha256"]] = f"thumbs/{name}"
     return made, make_thumbs(list(todo.values()))
 
 
@@ -190,12 +194,15 @@ def _cost(row: Row) -> float | None:
     return round(sum(costs), 6) if costs else None
 
 
-def page_data(rows: list[Row], sp: Space, view: View, thumbs: dict[str, str]) -> dict[str, Any]:
+def page_data(
+    rows: list[Row], sp: Space, view: View, thumbs: dict[str, str], image_base: str = "../"
+) -> dict[str, Any]:
+    """`image_base`: where the full images are, from the report folder (a bucket's URL for a remote run)."""
     items = []
     for r, point in zip(rows, sp.coords, strict=True):
         images = [
             {
-                "path": "../" + e["path"],
+                "path": image_base + e["path"],
                 "thumb": thumbs.get(e["sha256"]),
                 "width": e.get("width"),
                 "height": e.get("height"),
@@ -444,7 +451,7 @@ def write_sheets(report_dir: Path, sheets: list[Sheet]) -> list[Path]:
 
 
 def build(
-    run_dir: Path,
+    run: RunSource | Path,
     *,
     row_axis: str = "prompt",
     col_axis: str = "model",
@@ -453,7 +460,21 @@ def build(
     seeds: set[int] | None = None,
     max_side: int = 4096,
 ) -> dict[str, Any]:
-    with read_store(run_dir) as store:
+    """The report of a run (a directory, or a RunSource: any state, images on disk or in a bucket)."""
+    with sourced(run) as source:
+        return _build(source, row_axis, col_axis, tags, models, seeds, max_side)
+
+
+def _build(
+    source: RunSource,
+    row_axis: str,
+    col_axis: str,
+    tags: set[str] | None,
+    models: set[str] | None,
+    seeds: set[int] | None,
+    max_side: int,
+) -> dict[str, Any]:
+    with source.store() as store:
         rows = store.rows(in_plan=True)
     if tags:
         rows = [r for r in rows if tags & set(r.tags)]
@@ -463,16 +484,16 @@ def build(
         rows = [r for r in rows if r.seed in seeds]
     if not rows:
         raise UsageError(
-            f"{run_dir}: no jobs match", hint="check the filters, or run the manifest first"
+            f"{source.label}: no jobs match", hint="check the filters, or run the manifest first"
         )
     sp = space(rows)
     view = default_view(sp, row_axis, col_axis)
-    report_dir = run_dir / REPORT_DIR
-    thumbs, made = thumbnails(run_dir, report_dir, rows)
+    report_dir = source.run_dir / REPORT_DIR
+    thumbs, made = thumbnails(source, report_dir, rows)
     index = page_mod.write(
         report_dir / "index.html",
-        f"{run_dir.name}: {len(rows)} jobs",
-        page_data(rows, sp, view, thumbs),
+        f"{source.name}: {len(rows)} jobs",
+        page_data(rows, sp, view, thumbs, source.where("") + "/" if source.remote else "../"),
     )
     specs = sheets_for(rows, sp, view, thumbs, report_dir, max_side)
     sheets = write_sheets(report_dir, specs)
