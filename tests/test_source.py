@@ -116,8 +116,8 @@ def test_tools_read_a_distributed_run_from_a_fresh_machine_as_a_local_one(
     # diff: the distributed run against the local one: every pair passes (the same pictures, exit 0).
     code, out, err = cli("diff", run_url, str(local), "--state-a", postgres_url, "--json", env=aws)
     assert code == 0, err + out
-    result = json.loads(out)
-    assert (result["pairs"], result["pass"], result["only_in_a"], result["only_in_b"]) == (
+    counts = json.loads(out)["counts"]
+    assert (counts["pairs"], counts["pass"], counts["only_in_a"], counts["only_in_b"]) == (
         4,
         4,
         0,

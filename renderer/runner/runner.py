@@ -209,7 +209,7 @@ class Runner:
             maxsize=max(1, self.config.concurrency // 2)
         )
 
-        closing: list[bool] = []  # set when the pool ends: every worker's cancellation is final
+        closing: list[bool] = []  # the pool ends: a worker's cancellation is final, never a job's
 
         async def worker() -> None:
             while (key := await queue.get()) is not None:
@@ -220,10 +220,7 @@ class Runner:
                 self.tasks[key] = task
                 try:
                     await task
-                except asyncio.CancelledError:
-                    # A stop or a lost lease cancels the job, not this worker; the pool closing
-                    # cancels the worker, which must then end (swallowing that cancellation left the
-                    # worker waiting on the queue and the pool's last gather waiting for good).
+                except asyncio.CancelledError:  # a job's (stop, lost lease), or ours (`closing`)
                     if closing or (not self.state.stopping and key not in self.state.dropped):
                         raise
                 finally:
