@@ -26,8 +26,7 @@ import yaml
 from renderer.errors import UsageError
 from renderer.layout import DATA_DIR, RUN_RECORD
 from renderer.manifest import load as manifest_mod
-from renderer.models.library import default_models_dir
-from renderer.models.schemas import SchemaRegistry, default_schema_dir
+from renderer.models.schemas import SchemaRegistry, default_models_dir, default_schema_dir
 from renderer.output import dataset
 from renderer.output import storage as storage_mod
 from renderer.output.storage import Storage

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from renderer.errors import DocumentError
-from renderer.models.library import Library, default_models_dir, openapi_url
-from renderer.models.schemas import SchemaRegistry
+from renderer.models.library import Library, openapi_url
+from renderer.models.schemas import SchemaRegistry, default_models_dir
 from renderer.provider.emulator.openapi import document
 
 from .conftest import SCHEMAS

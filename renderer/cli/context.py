@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from renderer.errors import UsageError
-from renderer.models import library, schemas
+from renderer.models import schemas
 
 
 class Context:
@@ -46,7 +46,7 @@ class Context:
             return Path(flag)
         if self.env.get("RENDERER_MODELS"):
             return Path(self.env["RENDERER_MODELS"])
-        return library.default_models_dir(self.env)
+        return schemas.default_models_dir(self.env)
 
     def registry(self) -> schemas.SchemaRegistry:
         """The bundled schemas (or --schemas), with the user's added models layered over them."""

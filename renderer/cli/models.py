@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from renderer.cli.context import Context, table
 from renderer.errors import DocumentError, UsageError, closest
-from renderer.models import editor, generate, library, read, schemas
+from renderer.models import schemas
+
+if TYPE_CHECKING:  # the generator and the models folder load only for the commands using them
+    from renderer.models import generate
 
 ACTIONS = ("list", "show", "add", "update", "schema")
 # An endpoint id (owner/app[/path…]) that is not a file name someone meant: fetched from fal.
@@ -26,6 +29,8 @@ CLIP = 60
 def _print_reports(
     ctx: Context, result: generate.BuildResult, only: set[str] | None = None
 ) -> None:
+    from renderer.models import read
+
     for report in result.reports:
         if only is not None and report.source not in only:
             continue
@@ -38,6 +43,8 @@ def _print_reports(
 
 
 def cmd_schemas_build(ctx: Context) -> int:
+    from renderer.models import generate, read
+
     out_dir = Path(ctx.args.dir)
     if not (out_dir / "docs").is_dir():
         raise UsageError(
@@ -155,6 +162,8 @@ def _known(registry: schemas.SchemaRegistry, endpoint: str) -> None:
 
 
 def _show(ctx: Context, registry: schemas.SchemaRegistry, endpoint: str) -> int:
+    from renderer.models import library
+
     _known(registry, endpoint)
     schema = registry.schema(endpoint)
     added = registry.layer(endpoint) != registry.root
@@ -201,6 +210,8 @@ def _show(ctx: Context, registry: schemas.SchemaRegistry, endpoint: str) -> int:
 
 def _read_source(ctx: Context, source: str) -> tuple[bytes, str, str | None]:
     """(bytes, origin, fetched endpoint) for a file path or an endpoint id."""
+    from renderer.models import library
+
     path = Path(source)
     if path.is_file():
         return path.read_bytes(), str(path.resolve()), None
@@ -222,6 +233,8 @@ def _openapi_base(ctx: Context) -> str:
 
 
 def _add(ctx: Context, sources: list[str]) -> int:
+    from renderer.models import library, read
+
     if not sources:
         raise UsageError("models add: nothing to add", hint="renderer models add FILE|ENDPOINT …")
     lib = library.Library(ctx.models_dir())
@@ -250,6 +263,8 @@ def _add(ctx: Context, sources: list[str]) -> int:
 
 
 def _update(ctx: Context, only: list[str]) -> int:
+    from renderer.models import library
+
     lib = library.Library(ctx.models_dir())
     fetched = [f for f in lib.fetched() if not only or f[1] in only]
     if not fetched:
@@ -259,6 +274,8 @@ def _update(ctx: Context, only: list[str]) -> int:
 
 
 def _schema(ctx: Context, registry: schemas.SchemaRegistry) -> int:
+    from renderer.models import editor
+
     target = Path(ctx.args.out) if ctx.args.out else ctx.models_dir() / "manifest.schema.json"
     editor.write(registry, target)
     ctx.print(f"wrote {target} ({len(registry.endpoints)} endpoints)")

@@ -20,6 +20,7 @@ from typing import Any
 
 from renderer.errors import DocumentError
 from renderer.models import prose
+from renderer.models.prose import number
 
 NO_DEFAULT: Any = object()  # sentinel: the document gives no default
 
@@ -108,11 +109,6 @@ def _option(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
-
-
-def number(text: str) -> float | int:
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text else value
 
 
 def parse_default(raw: str, type_: str) -> Any:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from renderer.models.schemas import SchemaRegistry, default_schema_dir
+from renderer.models.generate import write_atomic
+from renderer.models.schemas import SchemaRegistry, default_schema_dir, relocated
 
 
 def _prefix(endpoint: str) -> str:
@@ -30,19 +30,7 @@ def _prefix(endpoint: str) -> str:
 
 def _clean(node: Any, prefix: str) -> Any:
     """A copy without provenance keys, its local `$ref`s pointing at the prefixed definitions."""
-    if isinstance(node, list):
-        return [_clean(item, prefix) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in ("x-source", "x-sources", "x-endpoint", "x-auth", "x-presets", "$schema"):
-            continue
-        if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
-            out[key] = f"#/$defs/{prefix}__{value.rsplit('/', 1)[-1]}"
-        else:
-            out[key] = _clean(value, prefix)
-    return out
+    return relocated(node, lambda name: f"#/$defs/{prefix}__{name}")
 
 
 def _endpoint_rule(endpoint: str, schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +85,4 @@ def base_schema() -> dict[str, Any]:
 def write(registry: SchemaRegistry, target: Path) -> None:
     """Write the specialised schema atomically."""
     text = json.dumps(manifest_schema(base_schema(), registry), indent=2, ensure_ascii=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomic(target, (text + "\n").encode("utf-8"))

@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,18 +53,6 @@ STANDARD_TYPES: dict[str, dict[str, Any]] = {
             "height": {"type": "integer", "exclusiveMinimum": 0, "maximum": 14142, "default": 512},
         },
     },
-    "Image": {
-        "type": "object",
-        "properties": {
-            "url": {"type": "string"},
-            "content_type": {"type": "string"},
-            "file_name": {"type": "string"},
-            "file_size": {"type": "integer"},
-            "width": {"type": "integer"},
-            "height": {"type": "integer"},
-        },
-        "required": ["url"],
-    },
     "File": {
         "type": "object",
         "properties": {
@@ -81,6 +70,15 @@ STANDARD_TYPES: dict[str, dict[str, Any]] = {
             "scale": {"type": "number", "minimum": 0, "maximum": 4, "default": 1},
         },
         "required": ["path"],
+    },
+}
+# An Image is a File with its pixel size.
+STANDARD_TYPES["Image"] = {
+    **STANDARD_TYPES["File"],
+    "properties": {
+        **STANDARD_TYPES["File"]["properties"],
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
     },
 }
 # fal's standard `image_size` presets (fal-protocol.md; every fal page that lists them lists these).
@@ -524,18 +522,24 @@ def _warning_order(warning: str) -> tuple[str, int, str]:
     return source, int(line), rest
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` at `path`, whole or not at all: a temporary file beside it, synced, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
 def write(result: BuildResult, out_dir: Path) -> list[str]:
     """Write the build; return the files that changed. Stale endpoint files are removed."""
     changed = stale_files(result, out_dir)
-    for rel, content in result.files.items():
-        target = out_dir / rel
-        if not target.exists() or target.read_text(encoding="utf-8") != content:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".json.tmp")
-            tmp.write_text(content, encoding="utf-8")
-            tmp.replace(target)
-    for rel in changed:
-        if rel not in result.files:
+    for rel in changed:  # stale_files has compared every file already: no second read
+        if rel in result.files:
+            write_atomic(out_dir / rel, result.files[rel].encode("utf-8"))
+        else:
             (out_dir / rel).unlink()
     return changed
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,29 +48,8 @@ def openapi_url(endpoint: str, base: str = "https://fal.ai") -> str:
     return f"{base.rstrip('/')}/api/openapi/queue/openapi.json?endpoint_id={endpoint}"
 
 
-def default_models_dir(env: Mapping[str, str]) -> Path:
-    """The per-user models folder: $XDG_DATA_HOME/renderer/models, ~/.local/share/renderer/models,
-    or %LOCALAPPDATA%\\renderer\\models on Windows."""
-    if os.name == "nt" and env.get("LOCALAPPDATA"):
-        return Path(env["LOCALAPPDATA"]) / "renderer" / "models"
-    if env.get("XDG_DATA_HOME"):
-        return Path(env["XDG_DATA_HOME"]) / "renderer" / "models"
-    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
-    return home / ".local" / "share" / "renderer" / "models"
-
-
 def _slug(endpoint: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "__", endpoint).strip("_") or "model"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 @dataclass(frozen=True)
@@ -105,7 +82,7 @@ class Library:
     def _save_sources(self, documents: dict[str, dict[str, Any]]) -> None:
         body = {"format": SOURCES_FORMAT, "documents": dict(sorted(documents.items()))}
         text = json.dumps(body, indent=2, ensure_ascii=False) + "\n"
-        _atomic_write(self.sources_path, text.encode("utf-8"))
+        generate.write_atomic(self.sources_path, text.encode("utf-8"))
 
     def add(self, data: bytes, origin: str, *, label: str, fetched: str | None = None) -> Added:
         """Add one document (raises DocumentError, writing nothing, if it cannot be read).
@@ -133,7 +110,7 @@ class Library:
         previous = documents.get(name)
         if previous is not None and previous.get("sha256") == digest:
             return Added(name, endpoints, replaced=False, unchanged=True)
-        _atomic_write(self.docs_dir / name, data)
+        generate.write_atomic(self.docs_dir / name, data)
         documents[name] = {
             "origin": origin,
             "added": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),

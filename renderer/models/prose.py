@@ -47,7 +47,8 @@ class Hints:
     has_default: bool = False
 
 
-def _number(text: str) -> float | int:
+def number(text: str) -> float | int:
+    """`5` → 5, `5.0` → 5.0: an integer stays an integer only when written without a point."""
     value = float(text)
     return int(value) if value.is_integer() and "." not in text else value
 
@@ -60,12 +61,12 @@ def typed(raw: str, kind: str) -> Any:
         if kind == "string":
             return text
     if kind == "integer":
-        number = float(text)
-        if not number.is_integer():
+        value = float(text)
+        if not value.is_integer():
             raise ValueError(f"{raw!r} is not an integer")
-        return int(number)
+        return int(value)
     if kind == "number":
-        return _number(text)
+        return number(text)
     if kind == "boolean":
         if text.lower() not in ("true", "false"):
             raise ValueError(f"{raw!r} is not true or false")
@@ -95,7 +96,7 @@ def read(description: str, kind: str) -> Hints:
     if kind in ("integer", "number"):
         match = _RANGE.search(description)
         if match:
-            low, high = _number(match.group("low")), _number(match.group("high"))
+            low, high = number(match.group("low")), number(match.group("high"))
             if low <= high:
                 found["range"] = (low, high)
     if kind == "string":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -194,3 +195,40 @@ def default_schema_dir() -> Path:
         if (candidate / "index.json").is_file():
             return candidate
     return here.parent / "schemas"
+
+
+def default_models_dir(env: Mapping[str, str]) -> Path:
+    """The per-user models folder: $XDG_DATA_HOME/renderer/models, ~/.local/share/renderer/models,
+    or %LOCALAPPDATA%\\renderer\\models on Windows."""
+    if os.name == "nt" and env.get("LOCALAPPDATA"):
+        return Path(env["LOCALAPPDATA"]) / "renderer" / "models"
+    if env.get("XDG_DATA_HOME"):
+        return Path(env["XDG_DATA_HOME"]) / "renderer" / "models"
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    return home / ".local" / "share" / "renderer" / "models"
+
+
+# What the generator adds to a schema for people (where each part was documented, its merge
+# notes): dropped when a schema is handed to another tool.
+PROVENANCE = frozenset({"x-source", "x-sources", "x-endpoint", "x-auth", "x-presets", "$schema"})
+_VERBATIM = frozenset({"enum", "const", "default", "required", "examples"})
+
+
+def relocated(node: Any, ref: Callable[[str], str], drop: frozenset[str] = PROVENANCE) -> Any:
+    """A copy of a schema node without the keys in `drop`, each local `$ref` to `#/$defs/NAME`
+    replaced by `ref(NAME)`; values (enum, const, default, required) kept as written."""
+    if isinstance(node, list):
+        return [relocated(item, ref, drop) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in drop:
+            continue
+        if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+            out[key] = ref(value.rsplit("/", 1)[-1])
+        elif key in _VERBATIM:
+            out[key] = value
+        else:
+            out[key] = relocated(value, ref, drop)
+    return out

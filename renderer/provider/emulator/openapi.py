@@ -11,28 +11,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from renderer.models.schemas import SchemaRegistry
-
-_PROVENANCE = ("x-source", "x-sources", "x-endpoint", "x-auth", "x-presets", "$schema", "$defs")
+from renderer.models.schemas import PROVENANCE, SchemaRegistry, relocated
 
 
 def _component(node: Any) -> Any:
     """A schema node in OpenAPI 3.1's dialect: refs under components, provenance dropped."""
-    if isinstance(node, list):
-        return [_component(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in _PROVENANCE:
-            continue
-        if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
-            out[key] = "#/components/schemas/" + value.rsplit("/", 1)[-1]
-        elif key in ("enum", "const", "default", "required"):
-            out[key] = value
-        else:
-            out[key] = _component(value)
-    return out
+    return relocated(node, lambda name: f"#/components/schemas/{name}", PROVENANCE | {"$defs"})
 
 
 def document(registry: SchemaRegistry, endpoint: str) -> dict[str, Any]:
