@@ -22,6 +22,7 @@ from renderer.output.source import RunSource, open_source
 from renderer.output.storage import run_location
 from renderer.plan.jobs import Plan
 from renderer.runner import SINGLE_KEY, Event, Summary, iso_time
+from renderer.state.postgres import redact
 from renderer.state.rows import sql_error
 from renderer.state.store import Store
 
@@ -213,7 +214,16 @@ def _usd(value: float | None) -> str:
     return "unpriced" if value is None else f"${value:,.2f}"
 
 
-def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
+def report(
+    summary: Summary,
+    plan: Plan,
+    out: TextIO,
+    err: TextIO,
+    *,
+    as_json: bool = False,
+    state: str | None = None,
+) -> int:
+    """Print a run's summary; `state` is the shared state's URL when the run used one."""
     counts = summary.counts
     seconds = summary.finished - summary.started
     run_dir = plan.manifest.run_dir
@@ -253,9 +263,9 @@ def report(summary: Summary, plan: Plan, out: TextIO, err: TextIO, *, as_json: b
         if not summary.waiting:
             err.write("hint: nothing further was sent; fix the account and rerun to resume\n")
     elif summary.outcome == "interrupted":
-        err.write(
-            f"interrupted: state saved in {run_dir / DB_NAME}; rerun the same command to resume\n"
-        )
+        # Shared state lives in the database; its URL is shown without the password.
+        saved = f"the shared state {redact(state)}" if state else str(run_dir / DB_NAME)
+        err.write(f"interrupted: state saved in {saved}; rerun the same command to resume\n")
     elif summary.outcome == "failed":
         err.write(
             f"hint: `renderer status {where}` lists the failures; `--retry-failed` tries them again\n"

@@ -34,3 +34,24 @@ def test_a_max_jobs_trial_says_it_is_partial(tmp_path: Path):
     assert json.loads((tmp_path / "o/t/run.json").read_text())["outcome"] == "partial"
     code, out, _ = cli("run", str(m))
     assert code == 0 and out.startswith("done: 4/4 jobs downloaded")
+
+
+def test_an_interrupted_shared_run_says_where_its_state_is(tmp_path: Path):
+    """Interrupted with shared state: the message names the database (password hidden), not a SQLite file."""
+    import io
+
+    from renderer import api, console
+    from renderer.runner import Summary
+
+    plan = api.load_manifest(write_manifest(tmp_path, output=str(tmp_path / "o"), seeds=[1, 2]))
+    summary = Summary("interrupted", {"downloaded": 1, "failed": 0}, 0.0, 1.0, 1, 0, {})
+    out, err = io.StringIO(), io.StringIO()
+    url = "postgresql://bob:hunter2@db.example/renders"
+    console.report(summary, plan, out, err, state=url)
+    assert (
+        "state saved in the shared state postgresql://bob:***@db.example/renders;" in err.getvalue()
+    )
+    assert "hunter2" not in out.getvalue() + err.getvalue()
+    err = io.StringIO()
+    console.report(summary, plan, io.StringIO(), err)
+    assert f"state saved in {tmp_path / 'o' / 't' / 'renderer.sqlite'};" in err.getvalue()

@@ -136,7 +136,9 @@ def cmd_run(ctx: Context) -> int:
         display.close()
         if log is not None:
             log.close()
-    return console.report(summary, plan, ctx.out, ctx.err, as_json=a.json)
+    return console.report(
+        summary, plan, ctx.out, ctx.err, as_json=a.json, state=api.resolve_state(state or m.state)
+    )
 
 
 def cmd_status(ctx: Context) -> int:
