@@ -4,15 +4,23 @@ name, and the problems found so far (each with its manifest location).
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem
 from renderer.layout import resolve_layout
 from renderer.manifest.located import Located
 from renderer.manifest.types import Manifest, Model, Prompt
 from renderer.models.schemas import SchemaRegistry, Violation
+
+if TYPE_CHECKING:
+    from renderer.plan.template import PromptColumn
+
+
+# Keys of a property schema that constrain nothing.
+_DESCRIPTIVE = frozenset({"type", "description", "x-source", "default"})
 
 
 class PlannerCore:
@@ -61,6 +69,8 @@ class PlannerCore:
         self._seeds_line: str | None = None
         self._uniform: dict[str, bool] = {}  # endpoint → its seed check cannot depend on the value
         self._fit: set[tuple[str, bool]] = set()  # (endpoint, check_seed) for which self._seeds fit
+        # (check, model, axes, seed) → the column literal prompts' jobs are made from (None: the long way)
+        self._columns: dict[tuple[Any, ...], PromptColumn | None] = {}
 
     def _plain_string_prompt(self, model: Model) -> bool:
         """True when the endpoint asks nothing of a prompt but that it be a string.
@@ -68,12 +78,37 @@ class PlannerCore:
         Then a str needs no schema check: dataset-scale prompt lists stay fast.
         """
         schema = self.props(model).get("prompt", {})
-        return schema.get("type") == "string" and set(schema) <= {
-            "type",
-            "description",
-            "x-source",
-            "default",
-        }
+        return schema.get("type") == "string" and set(schema) <= _DESCRIPTIVE
+
+    def prompt_check(self, model: Model) -> Callable[[str], bool] | None:
+        """A cheap per-text test of what the endpoint asks of a prompt (None: any string will do).
+
+        Length and pattern limits are tested directly, so a million captions need no schema
+        check each; a text that fails, or a schema asking more, is checked (and reported) the
+        long way.
+        """
+        if model.unchecked or self._plain_string_prompt(model):
+            return None
+        schema = self.props(model).get("prompt", {})
+        if schema.get("type") != "string" or not set(schema) <= {
+            *_DESCRIPTIVE,
+            "maxLength",
+            "minLength",
+            "pattern",
+        }:
+            return lambda text: False
+        low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
+        pattern = re.compile(schema["pattern"]) if "pattern" in schema else None
+
+        def ok(text: str) -> bool:
+            # JSON Schema counts code points, as len() does.
+            return (
+                low <= len(text)
+                and (high is None or len(text) <= high)
+                and (pattern is None or pattern.search(text) is not None)
+            )
+
+        return ok
 
     def props(self, model: Model) -> dict[str, Any]:
         if model.endpoint not in self._props:

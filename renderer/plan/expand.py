@@ -22,7 +22,7 @@ from renderer.plan.jobs import (
     job_key,
 )
 from renderer.plan.seeds import RandomSeeds
-from renderer.plan.template import CellBlock, CellTemplate, seed_ok
+from renderer.plan.template import MAX_COLUMNS, CellBlock, CellTemplate, PromptColumn, seed_ok
 from renderer.plan.unique import Tally
 from renderer.plan.variants import Variants
 
@@ -122,18 +122,42 @@ class Expansion(Variants):
         n = start
         for prompt, model, job_axes, extra_params, source, seeds in cells or self._cells(tally):
             template: CellTemplate | None = None
+            # A literal prompt of the plain matrix: its input is its column's but for the text.
+            literal = (
+                self.shortcuts
+                and prompt.template is None
+                and not prompt.params
+                and source is None
+                and not extra_params
+            )
+            shape = freeze(job_axes) if literal else ""
             for i, seed in enumerate(seeds):
                 job = template.make(n, seed, check) if template is not None else None
                 if job is None:
-                    before = len(self.problems)
-                    job = self._full(n, prompt, model, job_axes, extra_params, source, seed, check)
-                    if (
-                        job is not None
-                        and template is None
-                        and len(self.problems) == before
-                        and self.shortcuts
-                    ):
-                        template = CellTemplate.of(self, job, model)
+                    column_key = (check, model.name, shape, seed)
+                    column = self._columns.get(column_key) if literal else None
+                    job = column.make(n, prompt, job_axes, check) if column is not None else None
+                    clean = job is not None
+                    if job is None:
+                        before = len(self.problems)
+                        job = self._full(
+                            n, prompt, model, job_axes, extra_params, source, seed, check
+                        )
+                        clean = job is not None and len(self.problems) == before and self.shortcuts
+                        if (
+                            clean
+                            and literal
+                            and column_key not in self._columns
+                            and len(self._columns) < MAX_COLUMNS
+                        ):
+                            self._columns[column_key] = PromptColumn.of(
+                                job,  # type: ignore[arg-type]  # clean: a job was made
+                                self.prompt_check(model),
+                                self.sharded,
+                            )
+                    # A cell of one seed needs no template, unless cells are taken whole.
+                    if clean and template is None and (blocks or len(seeds) > 1):
+                        template = CellTemplate.of(self, job, model)  # type: ignore[arg-type]
                         if (
                             blocks
                             and i == 0
