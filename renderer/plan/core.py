@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem
 from renderer.layout import resolve_layout
 from renderer.manifest.located import Located
+from renderer.manifest.table import Prompts, PromptTable
 from renderer.manifest.types import Manifest, Model, Prompt
 from renderer.models.schemas import SchemaRegistry, Violation
 
@@ -27,19 +28,18 @@ class PlannerCore:
     """The planner's inputs and its collected problems (see planner.Planner for the parts)."""
 
     # Set once by the planner's build() from the manifest, read by every part.
-    prompts: dict[str, Prompt]
+    prompts: PromptIndex
     models: dict[str, Model]
     axes_global: list[tuple[str, list[Any]]]
     endpoint_names: dict[str, str]
     defaults: dict[str, Any]
     model_params: dict[str, dict[str, Any]]
-    prompt_params: dict[str, dict[str, Any]]
     include: list[dict[str, Any]]
     exclude: list[dict[str, Any]]
     axis_names: set[str]
     # The sweep: each prompt's own dimensions (names, value rows), the zip groups that send
     # parameters ((path, keys)), and the sampled / ordered originals once drawn (expand._swept).
-    prompt_dims: dict[str, list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]]
+    literal_dims: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]  # any literal prompt's
     zip_params: list[tuple[tuple[Any, ...], frozenset[str]]]
     _sweep: list[dict[str, Any]] | None
     text_names: set[str]  # axes that only make prompt text: variables, alternations, zip variables
@@ -142,3 +142,54 @@ class PlannerCore:
                 )
             problems.append(problem)
         raise ManifestError(problems)
+
+
+def prompt_ids(prompts: Sequence[Prompt]) -> Iterator[str]:
+    """Every prompt's id in order; prompt files' tables give them without making prompts."""
+    for part in prompts.parts if isinstance(prompts, Prompts) else (prompts,):
+        if isinstance(part, PromptTable):
+            yield from part.ids()
+        else:
+            for p in part:
+                yield p.id
+
+
+class PromptIndex(Mapping[str, Prompt]):
+    """The plan's prompts by id, in manifest order, without the repeated ids (`skipped`).
+
+    Iterating reads the manifest's prompts in order (a million captions are not held as a dict);
+    the first lookup by id (include, exclude, extra name prompts) builds the dict.
+    """
+
+    def __init__(self, prompts: Sequence[Prompt], skipped: set[int]) -> None:
+        self._prompts, self._skipped = prompts, skipped
+        self._by_id: dict[str, Prompt] | None = None
+
+    def values(self) -> Iterator[Prompt]:  # type: ignore[override]  # a one-pass view, in order
+        if not self._skipped:
+            return iter(self._prompts)
+        return (p for i, p in enumerate(self._prompts) if i not in self._skipped)
+
+    def templated(self) -> Iterator[Prompt]:
+        """The prompts that may have a template (inline ones; a file's rows are literal)."""
+        if isinstance(self._prompts, Prompts):
+            return self._prompts.templated()
+        return self.values()
+
+    def __iter__(self) -> Iterator[str]:
+        return (p.id for p in self.values())
+
+    def __len__(self) -> int:
+        return len(self._prompts) - len(self._skipped)
+
+    def __getitem__(self, pid: str) -> Prompt:
+        if self._by_id is None:
+            self._by_id = {p.id: p for p in self.values()}
+        return self._by_id[pid]
+
+    def __contains__(self, pid: object) -> bool:
+        try:
+            self[pid]  # type: ignore[index]
+        except (KeyError, TypeError):
+            return False
+        return True

@@ -246,7 +246,7 @@ class Expansion(Variants):
         layers: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (("defaults",), self.defaults),
             ((*model.path, "params"), self.model_params[model.name]),
-            ((*prompt.path, "params"), self.prompt_params[prompt.id]),
+            ((*prompt.path, "params"), canonical(prompt.params) if prompt.params else {}),
             (("axes",), {k: v for k, v in job_axes.items() if k in self.m.axes}),
             ((*model.path, "axes"), {k: v for k, v in job_axes.items() if k in model.axes}),
         ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from renderer.manifest.types import Manifest
+from renderer.manifest.types import Manifest, Prompt
 from renderer.manifest.variables import prompt_axes, sweep_names
 from renderer.models.schemas import SchemaRegistry
 from renderer.models.sizes import requested_size
@@ -50,7 +50,6 @@ class Planner(Expansion):
         # Canonical layers make every assembled input canonical: keys are hashed as built.
         self.defaults = canonical(self.m.defaults)
         self.model_params = {name: canonical(m.params) for name, m in models.items()}
-        self.prompt_params = {pid: canonical(p.params) for pid, p in prompts.items()}
         self.include = [dict(e) for e in self.m.include]
         for e in self.include:
             if "model" in e:
@@ -62,13 +61,12 @@ class Planner(Expansion):
         self.axis_names = (
             {n for n, _ in self.axes_global}
             | {n for m in models.values() for n in m.axes}
-            | sweep_names(prompts.values(), self.m.variables, self.m.zips)
+            | sweep_names(prompts.templated(), self.m.variables, self.m.zips)
         )
-        self.prompt_dims = {
-            pid: prompt_axes(p, self.m.variables, self.m.zips) for pid, p in prompts.items()
-        }
+        literal = Prompt("", "", {}, (), ("", 0, 0), ())
+        self.literal_dims = prompt_axes(literal, self.m.variables, self.m.zips)
         self.zip_params = [(g.path, g.params) for g in self.m.zips if g.params]
-        self.text_names = sweep_names(prompts.values(), self.m.variables, self.m.zips) - {
+        self.text_names = sweep_names(prompts.templated(), self.m.variables, self.m.zips) - {
             k for g in self.m.zips for k in g.params
         }
         self._sweep = None

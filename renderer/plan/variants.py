@@ -11,6 +11,7 @@ from itertools import product
 from typing import Any
 
 from renderer.manifest.types import Model, Prompt
+from renderer.manifest.variables import prompt_axes
 from renderer.plan import matrix, sweep
 from renderer.plan.compare import same_value
 from renderer.plan.dedupe import Dedupe
@@ -23,7 +24,11 @@ class Variants(Dedupe):
         """(prompt, model, axis values, seeds) of the plain matrix, in plan order: prompt, its
         own variants (template variables, alternations, zip groups), model, axes, seeds innermost."""
         for template in self.prompts.values():
-            own = self.prompt_dims.get(template.id, [])
+            own = (
+                self.literal_dims
+                if template.template is None
+                else prompt_axes(template, self.m.variables, self.m.zips)
+            )
             for picks in product(*(rows for _, rows in own)):
                 mine = {
                     k: v
