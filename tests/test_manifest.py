@@ -188,7 +188,7 @@ def test_prompt_files_stream_in_blocks_as_if_read_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines, block, ending, final
 ):
     """Read a block at a time, a .txt file gives the prompts and line numbers of reading it whole."""
-    from renderer.manifest import sources
+    from renderer.manifest import reading
 
     body = ending.join(line.replace("\n", " ").replace("\r", " ") for line in lines)
     body += ending if final and lines else ""
@@ -197,7 +197,7 @@ def test_prompt_files_stream_in_blocks_as_if_read_whole(
     for n, line in enumerate(body.split("\n"), 1):
         if line.strip() and not line.lstrip().startswith("#"):
             expected.append((text_id(line.strip()), line.strip(), n))
-    monkeypatch.setattr(sources, "BLOCK", block)
+    monkeypatch.setattr(reading, "BLOCK", block)
     try:
         m = parse(_manifest_with(tmp_path, "{file: p.txt}").read_text(), tmp_path / "m.yaml")
     except ManifestError as exc:  # no prompts at all, or a text repeated

@@ -86,6 +86,42 @@ class Fingerprints:
         self.buckets[fp & 0xFFFF] += (fp & self.MASK).to_bytes(8, "little")
 
 
+class FingerprintLog:
+    """64-bit fingerprints appended at 8 bytes each and compared once, at the end, by sorting.
+
+    For a pass that only needs to know, afterwards, which fingerprints came more than once:
+    an append is far cheaper than a lookup in `Fingerprints`.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values = array("Q")
+
+    def add(self, fp: int) -> None:
+        self._values.append(fp & Fingerprints.MASK)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def _sorted(self) -> Any:
+        import numpy as np  # only here: importing the manifest stage stays light
+
+        values = np.frombuffer(self._values, dtype=np.uint64) if self._values else None
+        return np.sort(values) if values is not None else np.zeros(0, dtype=np.uint64)
+
+    def repeated(self) -> set[int]:
+        """The fingerprints added more than once."""
+        values = self._sorted()
+        return set(values[1:][values[1:] == values[:-1]].tolist())
+
+    def common(self, other: FingerprintLog) -> set[int]:
+        """The fingerprints added both here and to `other`."""
+        import numpy as np
+
+        return set(np.intersect1d(self._sorted(), other._sorted()).tolist())
+
+
 class PromptTable(Sequence[Prompt]):
     """The prompts of one prompt file, in file order: `where` is (file, line or row, 1)."""
 

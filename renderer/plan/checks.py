@@ -10,7 +10,7 @@ from typing import Any
 
 from renderer.errors import Problem, closest
 from renderer.manifest.located import json_path
-from renderer.manifest.table import Fingerprints
+from renderer.manifest.table import FingerprintLog, Fingerprints
 from renderer.manifest.types import Model, Prompt
 from renderer.models.schemas import Violation
 from renderer.plan.core import PlannerCore, PromptIndex, prompt_ids
@@ -28,14 +28,11 @@ class PlanChecks(PlannerCore):
     def check_names(self) -> tuple[PromptIndex, dict[str, Model]]:
         # Ids are compared folded, by 64-bit fingerprints first; only the ids whose fingerprint
         # came twice are then compared exactly, in order (none, for distinct captions).
-        seen, suspects = Fingerprints(), set()
+        log = FingerprintLog()
         for pid in prompt_ids(self.m.prompts):
-            fp = hash(pid.lower())
-            if fp in seen:
-                suspects.add(fp & Fingerprints.MASK)
-            else:
-                seen.add(fp)
-        del seen
+            log.add(hash(pid.lower()))
+        suspects = log.repeated()
+        del log
         skipped: set[int] = set()
         folded: dict[str, Prompt] = {}
         for i, p in enumerate(self.m.prompts if suspects else ()):

@@ -39,10 +39,10 @@ class Expansion(Variants):
         swept = self.m.sample is not None or self.m.order != "plan"
         if not self.include and not self.exclude and not swept:
             # The plain matrix: no combination dicts at all, seeds innermost.
-            for prompt, model, axis_values, seeds in self._matrix():
+            for prompt, model, job_axes, seeds in self._matrix(canonical_axes=True):
                 if tally is not None:
                     tally.combos += len(seeds)
-                yield prompt, model, canonical(axis_values), {}, None, seeds
+                yield prompt, model, job_axes, {}, None, seeds
         else:
             # A sample or an order is taken after exclude and before include (see _swept).
             for combo, created in matrix.stream(
