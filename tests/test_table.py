@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from renderer.manifest import table
 from renderer.manifest.table import FingerprintLog, Prompts, PromptTable, text_id
 from renderer.manifest.types import Prompt
 
@@ -46,12 +48,14 @@ def test_a_table_gives_back_the_prompts_it_was_given(rows, inline: int):
     assert list(chained.templated()) == first + first
 
 
-@settings(deadline=None)  # the first call imports numpy
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(st.integers(-(2**70), 2**70), max_size=60),
     st.lists(st.integers(-(2**70), 2**70), max_size=60),
 )
-def test_a_log_finds_what_came_twice_as_a_set_would(left: list[int], right: list[int]):
+def test_a_log_finds_what_came_twice_as_a_set_would(
+    monkeypatch: pytest.MonkeyPatch, left: list[int], right: list[int]
+):
     """repeated() is the low-64-bit values added more than once; common() those in both logs."""
     mask = 2**64 - 1
     a, b = FingerprintLog(), FingerprintLog()
@@ -60,5 +64,7 @@ def test_a_log_finds_what_came_twice_as_a_set_would(left: list[int], right: list
     for x in right:
         b.add(x)
     low_a, low_b = [x & mask for x in left], [x & mask for x in right]
-    assert a.repeated() == {x for x in low_a if low_a.count(x) > 1}
-    assert a.common(b) == set(low_a) & set(low_b) and len(a) == len(left)
+    for small in (table.SMALL_LOG, 0):  # in Python, and with numpy as for a large log
+        monkeypatch.setattr(table, "SMALL_LOG", small)
+        assert a.repeated() == {x for x in low_a if low_a.count(x) > 1}
+        assert a.common(b) == set(low_a) & set(low_b) and len(a) == len(left)

@@ -12,7 +12,7 @@ import hashlib
 import re
 from array import array
 from collections.abc import Iterator, Sequence
-from itertools import chain
+from itertools import chain, pairwise
 from typing import TYPE_CHECKING, Any, overload
 
 from renderer.manifest.types import Prompt
@@ -86,6 +86,9 @@ class Fingerprints:
         self.buckets[fp & 0xFFFF] += (fp & self.MASK).to_bytes(8, "little")
 
 
+SMALL_LOG = 200_000  # a log up to this size is compared in Python; a larger one with numpy
+
+
 class FingerprintLog:
     """64-bit fingerprints appended at 8 bytes each and compared once, at the end, by sorting.
 
@@ -112,11 +115,16 @@ class FingerprintLog:
 
     def repeated(self) -> set[int]:
         """The fingerprints added more than once."""
+        if len(self._values) <= SMALL_LOG:  # not worth importing numpy for
+            ordered = sorted(self._values)
+            return {a for a, b in pairwise(ordered) if a == b}
         values = self._sorted()
         return set(values[1:][values[1:] == values[:-1]].tolist())
 
     def common(self, other: FingerprintLog) -> set[int]:
         """The fingerprints added both here and to `other`."""
+        if len(self._values) + len(other._values) <= SMALL_LOG:
+            return set(self._values) & set(other._values)
         import numpy as np
 
         return set(np.intersect1d(self._sorted(), other._sorted()).tolist())
