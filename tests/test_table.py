@@ -39,7 +39,6 @@ def test_a_table_gives_back_the_prompts_it_was_given(rows, inline: int):
     assert list(table) == expected and len(table) == len(expected)
     assert [table[i] for i in range(len(table))] == expected and table[-1:] == expected[-1:]
     assert list(table.ids()) == [p.id for p in expected]
-    assert [(t, p) for _, t, p in table.keyed()] == [(p.text, p.params) for p in expected]
     first = [Prompt(f"i{i}", "x", {}, (), ("m.yaml", i, 3), ("prompts", 0)) for i in range(inline)]
     chained = Prompts([first, table, first])
     whole = first + expected + first

@@ -22,7 +22,14 @@ from renderer.manifest.reading import (
     text_blocks,
     text_lines,
 )
-from renderer.manifest.table import FingerprintLog, Fingerprints, Prompts, PromptTable, text_id
+from renderer.manifest.table import (
+    FingerprintLog,
+    Fingerprints,
+    Prompts,
+    PromptTable,
+    text_fingerprint,
+    text_id,
+)
 from renderer.manifest.types import Prompt
 
 if TYPE_CHECKING:
@@ -403,16 +410,19 @@ def duplicate_texts(prompts: Sequence[Prompt], shown: dict[str, str]) -> list[Pr
     came twice are then compared exactly (none, for a caption set without repeats).
     """
     log = FingerprintLog()
-    for text, params in _texts(prompts):
-        log.add(hash((text, _params_key(params))) if params else hash(text))
+    for part in prompts.parts if isinstance(prompts, Prompts) else (prompts,):
+        if isinstance(part, PromptTable):
+            log.extend(part.texts_params)
+        else:
+            for p in part:
+                log.add(text_fingerprint(p.text, p.params))
     suspects = log.repeated()
     del log
     if not suspects:
         return []
     groups: dict[tuple[str, str], list[Prompt]] = {}
     for p in prompts:
-        fp = hash((p.text, _params_key(p.params))) if p.params else hash(p.text)
-        if fp & Fingerprints.MASK in suspects:
+        if text_fingerprint(p.text, p.params) & Fingerprints.MASK in suspects:
             groups.setdefault((p.text, _params_key(p.params)), []).append(p)
     problems = []
     for same in groups.values():
@@ -437,14 +447,3 @@ def duplicate_texts(prompts: Sequence[Prompt], shown: dict[str, str]) -> list[Pr
 
 def _params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
-
-
-def _texts(prompts: Sequence[Prompt]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(text, params) of every prompt; a prompt file's table gives them without making prompts."""
-    for part in prompts.parts if isinstance(prompts, Prompts) else (prompts,):
-        if isinstance(part, PromptTable):
-            for _, text, params in part.keyed():
-                yield text, params
-        else:
-            for p in part:
-                yield p.text, p.params

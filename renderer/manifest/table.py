@@ -9,6 +9,7 @@ tags. Prompt objects are made on demand, in file order, each time the rows are r
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from array import array
 from collections.abc import Iterator, Sequence
@@ -104,6 +105,9 @@ class FingerprintLog:
     def add(self, fp: int) -> None:
         self._values.append(fp & Fingerprints.MASK)
 
+    def extend(self, other: FingerprintLog) -> None:
+        self._values.extend(other._values)
+
     def __len__(self) -> int:
         return len(self._values)
 
@@ -130,10 +134,48 @@ class FingerprintLog:
         return set(np.intersect1d(self._sorted(), other._sorted()).tolist())
 
 
+def text_fingerprint(text: str, params: dict[str, Any]) -> int:
+    """What two prompts share when they would send the same input: text and params (this process)."""
+    if not params:
+        return hash(text)
+    return hash((text, json.dumps(params, sort_keys=True, default=str)))
+
+
+# A Prompt made without its dataclass __init__ (which sets each field through the frozen
+# class's guard): rows are made a million at a time. Same fields, same object.
+_new = object.__new__
+_id, _text, _params, _tags, _where, _path, _template = (
+    getattr(Prompt, name).__set__ for name in Prompt.__dataclass_fields__
+)
+
+
+def _prompt(pid: str, text: str, params: Any, tags: Any, where: Any, path: Any) -> Prompt:
+    p = _new(Prompt)
+    _id(p, pid)
+    _text(p, text)
+    _params(p, params)
+    _tags(p, tags)
+    _where(p, where)
+    _path(p, path)
+    _template(p, None)
+    return p
+
+
 class PromptTable(Sequence[Prompt]):
     """The prompts of one prompt file, in file order: `where` is (file, line or row, 1)."""
 
-    __slots__ = ("_ends", "_id_ends", "_ids", "_lines", "_more", "_texts", "file", "path")
+    __slots__ = (
+        "_ends",
+        "_id_ends",
+        "_ids",
+        "_lines",
+        "_more",
+        "_texts",
+        "file",
+        "folded_ids",
+        "path",
+        "texts_params",
+    )
 
     def __init__(self, file: str, path: Path_) -> None:
         self.file = file
@@ -144,6 +186,10 @@ class PromptTable(Sequence[Prompt]):
         self._id_ends = array("Q")
         self._lines = array("Q")
         self._more: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}  # params, tags
+        # Taken as rows are added (the strings are at hand then): repeated texts and ids are
+        # found from these without reading the rows again (see text_fingerprint, id_fingerprint).
+        self.texts_params = FingerprintLog()
+        self.folded_ids = FingerprintLog()
 
     def add(
         self,
@@ -155,6 +201,8 @@ class PromptTable(Sequence[Prompt]):
     ) -> None:
         if params or tags:
             self._more[len(self._ends)] = (params or _NO_PARAMS, tags)
+        self.texts_params.add(text_fingerprint(text, params or _NO_PARAMS))
+        self.folded_ids.add(hash(pid.lower()))
         self._texts += text.encode()
         self._ends.append(len(self._texts))
         self._ids += pid.encode()
@@ -194,7 +242,7 @@ class PromptTable(Sequence[Prompt]):
         for i in range(start, stop):
             end, id_end = ends[i], id_ends[i]
             params, tags = more.get(i, (_NO_PARAMS, ()))
-            yield Prompt(
+            yield _prompt(
                 ids[id_at:id_end].decode(),
                 texts[at:end].decode(),
                 params,
@@ -209,13 +257,6 @@ class PromptTable(Sequence[Prompt]):
         ids, at = self._ids, 0
         for end in self._id_ends:
             yield ids[at:end].decode()
-            at = end
-
-    def keyed(self) -> Iterator[tuple[int, str, dict[str, Any]]]:
-        """(row, text, params) of each row, without making prompts (duplicate texts are found so)."""
-        texts, more, at = self._texts, self._more, 0
-        for i, end in enumerate(self._ends):
-            yield i, texts[at:end].decode(), more[i][0] if i in more else _NO_PARAMS
             at = end
 
 

@@ -20,7 +20,7 @@ SECRET_KEYS = {"key", "api_key", "apikey", "fal_key", "token", "secret", "author
 PROVIDERS = {"fal": "https://queue.fal.run", "emulator": None}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prompt:
     id: str
     text: str

@@ -10,10 +10,10 @@ from typing import Any
 
 from renderer.errors import Problem, closest
 from renderer.manifest.located import json_path
-from renderer.manifest.table import FingerprintLog, Fingerprints
+from renderer.manifest.table import FingerprintLog, Fingerprints, Prompts, PromptTable
 from renderer.manifest.types import Model, Prompt
 from renderer.models.schemas import Violation
-from renderer.plan.core import PlannerCore, PromptIndex, prompt_ids
+from renderer.plan.core import PlannerCore, PromptIndex
 from renderer.plan.jobs import (
     SEED_MAX,
     SEED_MIN,
@@ -29,8 +29,13 @@ class PlanChecks(PlannerCore):
         # Ids are compared folded, by 64-bit fingerprints first; only the ids whose fingerprint
         # came twice are then compared exactly, in order (none, for distinct captions).
         log = FingerprintLog()
-        for pid in prompt_ids(self.m.prompts):
-            log.add(hash(pid.lower()))
+        prompts_ = self.m.prompts
+        for part in prompts_.parts if isinstance(prompts_, Prompts) else (prompts_,):
+            if isinstance(part, PromptTable):
+                log.extend(part.folded_ids)  # taken as the file was read
+            else:
+                for p in part:
+                    log.add(hash(p.id.lower()))
         suspects = log.repeated()
         del log
         skipped: set[int] = set()

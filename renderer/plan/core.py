@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from renderer.errors import ManifestError, Problem
 from renderer.layout import resolve_layout
 from renderer.manifest.located import Located
-from renderer.manifest.table import Prompts, PromptTable
+from renderer.manifest.table import Prompts
 from renderer.manifest.types import Manifest, Model, Prompt
 from renderer.models.schemas import SchemaRegistry, Violation
 
@@ -142,16 +142,6 @@ class PlannerCore:
                 )
             problems.append(problem)
         raise ManifestError(problems)
-
-
-def prompt_ids(prompts: Sequence[Prompt]) -> Iterator[str]:
-    """Every prompt's id in order; prompt files' tables give them without making prompts."""
-    for part in prompts.parts if isinstance(prompts, Prompts) else (prompts,):
-        if isinstance(part, PromptTable):
-            yield from part.ids()
-        else:
-            for p in part:
-                yield p.id
 
 
 class PromptIndex(Mapping[str, Prompt]):
