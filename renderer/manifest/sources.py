@@ -284,7 +284,9 @@ def _parquet_rows(
             )
         ]
     try:
-        handle = pq.ParquetFile(path)
+        # Read a page at a time (buffer_size), not a whole column chunk: a caption set is often
+        # one row group, and its text column would otherwise be decoded whole alongside the table.
+        handle = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except Exception as exc:
         return [Problem(shown, 1, 1, f"not a readable Parquet file: {exc}"[:300])]
     present = list(handle.schema_arrow.names)
@@ -304,7 +306,7 @@ def _parquet_rows(
     problems: list[Problem] = []
     read = [c for c in wanted if c in present]
     n = 0
-    for batch in handle.iter_batches(columns=read, batch_size=65536):
+    for batch in handle.iter_batches(columns=read, batch_size=16384):
         if read == [text_column]:
             # Text only (a caption set): each row's id is derived from its text.
             for body in batch.column(0).to_pylist():
