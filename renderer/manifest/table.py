@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import chain, pairwise
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     from renderer.manifest.located import Path_
 
 
-_WORD = re.compile(r"[a-z0-9]+")
+_SEPARATORS = bytes(c if 48 <= c <= 57 or 97 <= c <= 122 else 32 for c in range(256))
 _NO_PARAMS: dict[
     str, Any
 ] = {}  # shared by every row without params: nothing writes to a prompt's params
@@ -37,10 +36,11 @@ def text_id(body: str) -> str:
     [a-z0-9] in the lower-cased text, joined by '-' and cut at 40 characters.
     """
     lowered = body.lower()
-    words = _WORD.findall(lowered, 0, 80)
+    # Every byte but a-z and 0-9 (UTF-8's multi-byte characters included) separates words.
+    words = lowered[:80].encode().translate(_SEPARATORS).split(None, 4)
     if len(words) < 5:  # the fourth word may run past the 80 characters looked at
-        words = _WORD.findall(lowered)
-    pid = "-".join(words[:4])[:40] + "-" + hashlib.sha256(body.encode()).hexdigest()[:12]
+        words = lowered.encode().translate(_SEPARATORS).split()
+    pid = b"-".join(words[:4])[:40].decode() + "-" + hashlib.sha256(body.encode()).hexdigest()[:12]
     return pid.lstrip("-")
 
 
