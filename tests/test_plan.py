@@ -736,7 +736,10 @@ def test_caption_jobs_equal_jobs_made_one_by_one(
     out = []
     for planner in (plan.Planner, _Straightforward):
         try:
-            out.append(_described(planner(m, prompt_limited if limited else registry).build()))
+            made = planner(m, prompt_limited if limited else registry).build()
+            jobs = list(made.jobs)
+            assert [made.jobs[i] for i in range(len(jobs))] == jobs  # located, not walked
+            out.append(_described(made))
         except ManifestError as exc:
             out.append([(p.file, p.line, p.message, p.job) for p in exc.problems])
     assert out[0] == out[1]

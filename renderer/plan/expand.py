@@ -192,9 +192,26 @@ class Expansion(Variants):
         return sum(1 for seed in seeds if seed_ok(seed))
 
     def _locate(self, index: int) -> Job:
-        """The job at plan position `index`: whole cells before it are skipped by counting."""
+        """The job at plan position `index`: whole cells before it are skipped by counting.
+
+        A plan of literal prompts only (a caption set) gives each prompt the same cells, so the
+        prompt is found by division, not by walking the prompts before it.
+        """
         n = 0
-        for cell in self._cells(None):
+        cells: Iterator[Any] = self._cells(None)
+        shared = self._only_literal()
+        if shared:
+            per_prompt = sum(self._count(seeds) for _, _, seeds in shared)
+            if per_prompt:
+                at = index // per_prompt
+                if at >= len(self.m.prompts):
+                    raise IndexError("job index out of range")
+                prompt = self.m.prompts[at]
+                n = at * per_prompt
+                cells = iter(
+                    [(prompt, model, axes, {}, None, seeds) for model, axes, seeds in shared]
+                )
+        for cell in cells:
             count = self._count(cell[5])
             if index < n + count:
                 for job in self._generate(False, cells=iter([cell]), start=n):

@@ -39,10 +39,7 @@ class Variants(Dedupe):
                 and not self._random_seeds()
             ):
                 if shared is None:
-                    shared = [
-                        (model, canonical(axis_values), seeds)
-                        for _, model, axis_values, seeds in self._cells_of(template, {})
-                    ]
+                    shared = self._shared(template)
                 for model, axis_values, seeds in shared:
                     yield template, model, axis_values, seeds
                 continue
@@ -64,6 +61,30 @@ class Variants(Dedupe):
                         canonical(axis_values) if canonical_axes else axis_values,
                         seeds,
                     )
+
+    def _shared(self, literal: Prompt) -> list[tuple[Model, dict[str, Any], Sequence[int]]]:
+        """(model, canonical axes, seeds) of every literal prompt's cells, in plan order."""
+        return [
+            (model, canonical(axis_values), seeds)
+            for _, model, axis_values, seeds in self._cells_of(literal, {})
+        ]
+
+    def _only_literal(self) -> list[tuple[Model, dict[str, Any], Sequence[int]]] | None:
+        """Every prompt's cells when the plan is the plain matrix of literal prompts only (each
+        prompt then has the same cells, jobs and count); else None."""
+        if (
+            self.include
+            or self.exclude
+            or self.m.extra
+            or self.m.sample is not None
+            or self.m.order != "plan"
+            or self.literal_dims
+            or self._random_seeds()
+            or not self.m.prompts
+            or any(p.template is not None for p in self.prompts.templated())
+        ):
+            return None
+        return self._shared(self.m.prompts[0])
 
     def _cells_of(
         self, template: Prompt, mine: dict[str, Any]
