@@ -43,9 +43,11 @@ METADATA = "metadata.jsonl"  # inside DATA_DIR: one row per image
 CARD = "README.md"  # inside DATA_DIR: the dataset card
 
 
-@lru_cache(maxsize=65536)
-def segment(text: str) -> str:
-    """A readable, portable path segment for any text (`16:9` → `16x9`, `a/b` → `a_b`)."""
+def segment_of(text: str) -> str:
+    """A readable, portable path segment for any text (`16:9` → `16x9`, `a/b` → `a_b`).
+
+    Uncached: for values met once each (a caption set's million prompt ids); `segment` caches.
+    """
     value = text.replace(":", "x").replace("/", "_")
     value = _UNSAFE.sub("-", value).strip("-. ") or "_"
     if len(value) > MAX_SEGMENT:
@@ -54,6 +56,9 @@ def segment(text: str) -> str:
     if value.split(".")[0].lower() in WINDOWS_RESERVED:
         value = "_" + value
     return value
+
+
+segment = lru_cache(maxsize=65536)(segment_of)
 
 
 def value_segment(value: Any) -> str:

@@ -212,6 +212,13 @@ def test_captions_smoke():
     assert "reproduce: python bench/captions.py" in out
 
 
+def test_plan_recording_smoke():
+    """bench/plan_recording.py records a caption set's plan and reports bytes written against the state's size."""
+    out = _run("bench/plan_recording.py", "--captions", "300", "--runs", "1", str(ROOT))
+    assert "| 0: " in out and "written/state" in out
+    assert "reproduce: python bench/plan_recording.py" in out
+
+
 def test_documents_smoke():
     """bench/documents.py prints how right the generator is on the real-document corpus."""
     out = _run("bench/documents.py")

@@ -139,24 +139,72 @@ def test_txt_prompt_ids_of_a_large_caption_file_are_distinct(tmp_path: Path):
     assert len({p.id.lower() for p in m.prompts}) == 50_000
 
 
-def test_a_prompt_file_over_the_cap_is_refused_with_what_to_do(tmp_path: Path):
-    """A prompt file over 64 MB: exit 2 naming it, the cap, and how to split it; nothing read, sent or written."""
-    with open(tmp_path / "big.jsonl", "wb") as handle:
-        handle.truncate(64 * 1024 * 1024 + 1)  # sparse: the size is refused before a byte is read
+def test_a_row_over_the_cap_is_refused_where_it_is(tmp_path: Path):
+    """A prompt file has no size cap, one row has: a line over it is exit 2 at file:line; nothing sent or written."""
+    with open(tmp_path / "big.txt", "w") as handle:
+        handle.write("a red fox\n" + "x" * (1 << 20) + "y\n" + "a heron\n")
     (tmp_path / "m.yaml").write_text(
-        "name: t\nprompts:\n  - file: big.jsonl\nmodels: [fal-ai/flux-1/schnell]\n"
+        "name: t\nprompts:\n  - file: big.txt\nmodels: [fal-ai/flux-1/schnell]\n"
         "seeds: [1]\noutput: out\n"
     )
     out, err = io.StringIO(), io.StringIO()
     assert main(["plan", str(tmp_path / "m.yaml")], stdout=out, stderr=err) == 2
     text = err.getvalue()
-    assert (
-        "big.jsonl:1:1" in text
-        and "the prompt file is 67,108,865 bytes; the limit is 67,108,864" in text
-    )
-    assert "use a .parquet file" in text and "split it into several `- file:` entries" in text
+    assert "big.txt:2:1" in text and "this row is over 1,048,576 characters" in text
     assert "Traceback" not in text
     assert not (tmp_path / "out").exists()
+
+
+@given(
+    st.text(max_size=300) | st.from_regex(r"([A-Za-z0-9]{1,30}[ ,.!-]{1,3}){0,12}", fullmatch=True)
+)
+def test_derived_ids_keep_their_formula(body: str):
+    """A derived id is the first four [a-z0-9] runs of the lower-cased text (≤ 40 characters) and 48 bits of its sha256."""
+    import hashlib
+
+    words = re.sub(r"[^a-z0-9]+", "-", body.lower()).strip("-").split("-")[:4]
+    digest = hashlib.sha256(body.encode(errors="surrogatepass")).hexdigest()[:12]
+    if any("\ud800" <= c <= "\udfff" for c in body):
+        return  # not valid Unicode: refused before an id is made
+    assert text_id(body) == ("-".join(w for w in words if w)[:40] + "-" + digest).lstrip("-")
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    lines=st.lists(
+        st.text(
+            st.characters(blacklist_categories=("Cs",), blacklist_characters="\0\ufeff"),
+            max_size=12,
+        ),
+        max_size=12,
+    ),
+    block=st.integers(1, 40),
+    ending=st.sampled_from(["\n", "\r\n"]),
+    final=st.booleans(),
+)
+def test_prompt_files_stream_in_blocks_as_if_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines, block, ending, final
+):
+    """Read a block at a time, a .txt file gives the prompts and line numbers of reading it whole."""
+    from renderer.manifest import reading
+
+    body = ending.join(line.replace("\n", " ").replace("\r", " ") for line in lines)
+    body += ending if final and lines else ""
+    (tmp_path / "p.txt").write_bytes(body.encode())
+    expected = []
+    for n, line in enumerate(body.split("\n"), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            expected.append((text_id(line.strip()), line.strip(), n))
+    monkeypatch.setattr(reading, "BLOCK", block)
+    try:
+        m = parse(_manifest_with(tmp_path, "{file: p.txt}").read_text(), tmp_path / "m.yaml")
+    except ManifestError as exc:  # no prompts at all, or a text repeated
+        texts = [t for _, t, _ in expected]
+        assert not texts or len(set(texts)) < len(texts), exc.problems
+        return
+    assert [(p.id, p.text, p.where[1]) for p in m.prompts] == expected
 
 
 def test_defaults_are_visible_and_resolved():

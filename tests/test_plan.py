@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from renderer.errors import ManifestError
@@ -647,3 +647,99 @@ def test_the_digest_tells_apart_any_two_different_plans(
         other, _ = _plan_both(registry, variant)
         if isinstance(other, plan.Plan) and _recorded(other) != _recorded(base):
             assert other.digest != base.digest
+
+
+@pytest.fixture(scope="module")
+def prompt_limited(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
+    """The shipped schemas, but flux's prompt has a maxLength of 12 and a pattern: texts are tested one by one."""
+    import json
+    import shutil
+
+    from .conftest import SCHEMAS
+
+    root = tmp_path_factory.mktemp("schemas") / "s"
+    shutil.copytree(SCHEMAS, root)
+    path = root / "endpoints" / f"{MODELS[0]}.json"
+    schema = json.loads(path.read_text())
+    schema["properties"]["prompt"].update({"maxLength": 12, "pattern": "^[^!]*$"})
+    path.write_text(json.dumps(schema))
+    return SchemaRegistry(root)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    texts=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=16)
+        | st.sampled_from(
+            [
+                'say "hi"',
+                "back\\slash",
+                "tab\tbed",
+                "ünï cödé ✓",
+                "bang!",
+                "twelve chars",
+                "thirteen char",
+            ]
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    models=st.lists(st.sampled_from(MODELS[:3]), min_size=1, max_size=2, unique=True),
+    seeds=st.sampled_from([[1], [3, 1], {"random": 2}]),
+    axes=st.sampled_from([{}, {"aspect_ratio": ["1:1", "16:9"]}]),
+    layout=st.sampled_from(["flat", "sharded"]),
+    limited=st.booleans(),
+    ids=st.booleans(),
+)
+@example(  # past the first row, texts over the limit and against the pattern
+    texts=["twelve chars", "thirteen char", "bang!", "ok"],
+    models=[MODELS[0]],
+    seeds=[1],
+    axes={},
+    layout="sharded",
+    limited=True,
+    ids=True,
+)
+def test_caption_jobs_equal_jobs_made_one_by_one(
+    tmp_path: Path,
+    registry: SchemaRegistry,
+    prompt_limited: SchemaRegistry,
+    texts,
+    models,
+    seeds,
+    axes,
+    layout,
+    limited,
+    ids,
+):
+    """A prompt file's rows, made by splicing each text into its column, give the jobs (or problems) of the long way."""
+    import json
+
+    rows = [{"text": t, **({"id": f"Row.{i}_X"} if ids else {})} for i, t in enumerate(texts)]
+    (tmp_path / "p.jsonl").write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    )
+    data = {
+        "name": "t",
+        "layout": layout,
+        "prompts": [{"file": "p.jsonl"}],
+        "models": models,
+        "seeds": seeds,
+        "axes": axes,
+    }
+    try:
+        m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
+    except ManifestError:  # a text repeated, or only whitespace
+        return
+    out = []
+    for planner in (plan.Planner, _Straightforward):
+        try:
+            made = planner(m, prompt_limited if limited else registry).build()
+            jobs = list(made.jobs)
+            assert [made.jobs[i] for i in range(len(jobs))] == jobs  # located, not walked
+            out.append(_described(made))
+        except ManifestError as exc:
+            out.append([(p.file, p.line, p.message, p.job) for p in exc.problems])
+    assert out[0] == out[1]

@@ -9,6 +9,7 @@ collected and raised together as one ManifestError.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from renderer.manifest.sources import (
     prompt_file,
     read_text_file,
 )
+from renderer.manifest.table import Prompts, PromptTable
 from renderer.manifest.templates import template_of
 from renderer.manifest.types import (
     PROVIDERS,
@@ -114,7 +116,9 @@ def parse(text: str, file: Path) -> Manifest:
         raise ManifestError(problems)
 
     base = file.parent
-    prompts: list[Prompt] = []
+    # Inline prompts in runs of a list each, prompt files as their tables: one sequence, in order.
+    parts: list[Sequence[Prompt]] = []
+    inline: list[Prompt] = []  # every inline prompt (only these may be templates)
     unread = 0  # prompts whose template could not be parsed
     for i, item in enumerate(raw["prompts"]):
         if "file" in item:
@@ -122,7 +126,7 @@ def parse(text: str, file: Path) -> Manifest:
             from_file, errs = prompt_file(
                 doc, base, i, item["file"], columns, bool(item.get("comments", True))
             )
-            prompts.extend(from_file)
+            parts.append(from_file)
             problems.extend(errs)
         else:
             line, col = doc.where(("prompts", i))
@@ -141,8 +145,13 @@ def parse(text: str, file: Path) -> Manifest:
             )
             # Inline prompts are templates; prompt files' rows are literal text.
             before = len(problems)
-            prompts.append(template_of(doc, prompt, problems))
+            prompt = template_of(doc, prompt, problems)
             unread += len(problems) > before
+            inline.append(prompt)
+            if not parts or isinstance(parts[-1], PromptTable):
+                parts.append([])
+            parts[-1].append(prompt)  # type: ignore[attr-defined]  # a list: the branch above
+    prompts = Prompts(parts)
     models = []
     for i, item in enumerate(raw["models"]):
         item = {"endpoint": item} if isinstance(item, str) else item
@@ -159,7 +168,7 @@ def parse(text: str, file: Path) -> Manifest:
     sweep = read_sweep(
         doc,
         base,
-        prompts,
+        inline,
         [*raw.get("axes", {}), *(a for m in models for a in m.axes)],
         unread=unread > 0,
     )
@@ -195,7 +204,7 @@ def parse(text: str, file: Path) -> Manifest:
         layout=str(raw.get("layout", "auto")),
         prices=dict(raw.get("prices", {})),
         defaults=dict(raw.get("defaults", {})),
-        prompts=tuple(prompts),
+        prompts=prompts,
         models=tuple(models),
         seeds=raw["seeds"],
         axes=dict(raw.get("axes", {})),
@@ -258,7 +267,7 @@ def _points(manifest: Manifest) -> int:
         seeds = spec["count"]
     shared = math.prod(len(v) for v in manifest.axes.values())
     per_model = sum(math.prod(len(v) for v in m.axes.values()) for m in manifest.models)
-    variants = sum(prompt_variants(p, manifest.variables, manifest.zips) for p in manifest.prompts)
+    variants = _variants(manifest)
     return variants * shared * per_model * seeds
 
 
@@ -274,9 +283,7 @@ def check_plan_size(manifest: Manifest, limit: int = MAX_PLAN_JOBS) -> int:
         spec = manifest.seeds
         seeds = len(set(spec)) if isinstance(spec, list) else spec.get("random", spec.get("count"))
         axes = math.prod(len(v) for v in manifest.axes.values())
-        variants = sum(
-            prompt_variants(p, manifest.variables, manifest.zips) for p in manifest.prompts
-        )
+        variants = _variants(manifest)
         shown = (
             f"{len(manifest.prompts):,} prompts"
             if variants == len(manifest.prompts)
@@ -299,3 +306,16 @@ def check_plan_size(manifest: Manifest, limit: int = MAX_PLAN_JOBS) -> int:
             ]
         )
     return bound
+
+
+def _variants(manifest: Manifest) -> int:
+    """Σ over prompts of their own cells: a literal prompt (every prompt file's row) makes the
+    same number, counted once and multiplied."""
+    prompts = manifest.prompts
+    templated = list(prompts.templated()) if isinstance(prompts, Prompts) else list(prompts)
+    literal = len(prompts) - len(templated)
+    total = sum(prompt_variants(p, manifest.variables, manifest.zips) for p in templated)
+    if literal:
+        plain = Prompt("", "", {}, (), ("", 0, 0), ())
+        total += literal * prompt_variants(plain, manifest.variables, manifest.zips)
+    return total

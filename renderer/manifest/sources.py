@@ -1,13 +1,12 @@
-"""Prompt files: .jsonl, .csv and .txt read into prompts, bounded and checked row by row."""
+"""Prompt files: .jsonl, .csv, .txt and .parquet streamed into compact tables, checked row by row."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
-import stat
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,15 +14,35 @@ from typing import TYPE_CHECKING, Any
 from renderer.errors import ManifestError, Problem, closest
 from renderer.manifest.checks import RESERVED_PARAMS
 from renderer.manifest.located import json_path
+from renderer.manifest.reading import (
+    MAX_MANIFEST_BYTES,
+    MAX_ROW_CHARS,
+    read_text_file,
+    row_too_long,
+    text_blocks,
+    text_lines,
+)
+from renderer.manifest.table import (
+    FingerprintLog,
+    Fingerprints,
+    Prompts,
+    PromptTable,
+    text_fingerprint,
+    text_id,
+)
 from renderer.manifest.types import Prompt
 
 if TYPE_CHECKING:
-    from renderer.manifest.located import Located, Path_
+    from renderer.manifest.located import Located
 
-
-# Loading costs about 12x the file in memory (a 16.6 MB CSV of 200,000 prompts grew the process
-# by 199 MB), so 64 MB (~800,000 prompts) keeps a load under a gigabyte; larger is refused, named.
-MAX_PROMPT_FILE_BYTES = 64 * 1024 * 1024
+__all__ = [
+    "MAX_MANIFEST_BYTES",
+    "MAX_ROW_CHARS",
+    "duplicate_texts",
+    "prompt_file",
+    "read_text_file",
+    "text_id",
+]
 
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -46,16 +65,19 @@ def _bad_text(body: str) -> str | None:
 
 
 def _csv_rows(
-    text: str, name: str, columns: dict[str, str] | None = None
-) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
-    """Rows of a CSV read by the csv module from the undecoded-newline text (quoted line breaks kept).
+    path: Path, name: str, columns: dict[str, str] | None, problems: list[Problem]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV read by the csv module from the undecoded-newline text (quoted line breaks
+    kept), streamed; problems appended.
 
     Without `columns` the header is id,text[,tags] exactly; with it (a caption set's own
     header), the named text column must be there and the other columns are not read.
     """
-    problems: list[Problem] = []
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    rows: list[tuple[int, dict[str, Any]]] = []
+    # Each block ends at a line break, so its lines are the whole text's lines.
+    reader = csv.reader(
+        (line for _, _, text in text_blocks(path, name) for line in io.StringIO(text, newline="")),
+        strict=True,
+    )
     header: list[str] | None = None
     start = 1
     try:
@@ -78,7 +100,7 @@ def _csv_rows(
                                 suggestion=closest(text_column, header),
                             )
                         )
-                        return [], problems
+                        return
                     continue
                 for col, column in enumerate(header, 1):
                     if column not in CSV_COLUMNS:
@@ -105,7 +127,7 @@ def _csv_rows(
                             )
                         )
                 if problems:
-                    return [], problems
+                    return
                 continue
             if len(record) != len(header):
                 problems.append(
@@ -118,7 +140,7 @@ def _csv_rows(
                     )
                 )
                 continue
-            rows.append((line, dict(zip(header, record, strict=True))))
+            yield line, dict(zip(header, record, strict=True))
     except csv.Error as exc:
         # strict=True: a quote left open runs to the end of the file instead of silently
         # swallowing the rows after it; report where that row started.
@@ -138,13 +160,13 @@ def _csv_rows(
         )
     if header is None and not problems:
         problems.append(Problem(name, 1, 1, "the CSV has no header row", allowed="id,text[,tags]"))
-    return rows, problems
 
 
-def _jsonl_rows(text: str, name: str) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
-    rows: list[tuple[int, dict[str, Any]]] = []
-    problems: list[Problem] = []
-    for n, line in enumerate(text.split("\n"), 1):
+def _jsonl_rows(
+    path: Path, name: str, problems: list[Problem]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a JSONL file, streamed; problems appended."""
+    for n, line in text_lines(path, name):
         if not line.strip():
             continue
         try:
@@ -160,26 +182,11 @@ def _jsonl_rows(text: str, name: str) -> tuple[list[tuple[int, dict[str, Any]]],
         if not isinstance(row, dict):
             problems.append(Problem(name, n, 1, "each line must be a JSON object with id and text"))
             continue
-        rows.append((n, row))
-    return rows, problems
+        yield n, row
 
 
 def _no_constant(word: str) -> Any:
     raise ValueError(f"{word} is not a finite number")
-
-
-def text_id(body: str) -> str:
-    """An id derived from a prompt's text: its first words and 48 bits of its hash.
-
-    Stable on rerun and independent of every other row (inserting a row renames no prompt);
-    distinct texts collide with odds of ~1 in 500 at a million prompts sharing their first
-    words (24 bits collided ~12 times in 20,000).
-    """
-    words = re.sub(r"[^a-z0-9]+", "-", body.lower()).strip("-").split("-")[:4]
-    pid = (
-        "-".join(w for w in words if w)[:40] + "-" + hashlib.sha256(body.encode()).hexdigest()[:12]
-    )
-    return pid.lstrip("-")
 
 
 def prompt_file(
@@ -189,69 +196,64 @@ def prompt_file(
     rel: str,
     columns: dict[str, str] | None = None,
     comments: bool = True,
-) -> tuple[list[Prompt], list[Problem]]:
+) -> tuple[PromptTable, list[Problem]]:
     """The prompts of one `- file:` entry. `columns` maps text/id/tags to the file's own column
-    names (a caption set's `caption`, say); a row without an id gets one derived from its text."""
+    names (a caption set's `caption`, say); a row without an id gets one derived from its text.
+    The file is read as a stream: any size, each row at most MAX_ROW_CHARS."""
     where = ("prompts", index, "file")
     columns = columns or {}
     if "\0" in rel:
-        return [], [doc.problem(where, "the prompt file path contains a NUL character")]
+        return PromptTable("", where), [
+            doc.problem(where, "the prompt file path contains a NUL character")
+        ]
     path = (base / rel).resolve()
     if not path.exists():
-        return [], [
+        return PromptTable("", where), [
             doc.problem(where, f"prompt file not found: {rel} (relative to the manifest's folder)")
         ]
     shown = str(
         base / rel
     )  # as the user wrote it, relative to where they are; `where` keeps the full path
     if path.suffix == ".parquet":
-        table, found = _parquet_rows(path, shown, columns)
-        read = _prompts(table, shown, where, columns, found)
-        if not read and not found:
+        read = PromptTable(shown, where)
+        found = _parquet_rows(path, shown, columns, read)
+        if not len(read) and not found:
             found.append(doc.problem(where, f"the prompt file {rel} holds no prompts"))
         return read, found
-    try:
-        text, name = read_text_file(
-            path,
-            "prompt file",
-            MAX_PROMPT_FILE_BYTES,
-            too_large=f"at most {MAX_PROMPT_FILE_BYTES >> 20} MB a text prompt file (~270,000 captions of "
-            "245 bytes): use a .parquet file (read column by column, no such cap), or split it into "
-            "several `- file:` entries",
-        )
-    except ManifestError as exc:
-        return [], [replace(p, file=shown) for p in exc.problems]
-    prompts: list[Prompt] = []
+    name = str(path)
+    table = PromptTable(name, where)
     problems: list[Problem] = []
-    nul = text.find("\0")
-    if nul >= 0:
-        line = text.count("\n", 0, nul) + 1
-        return [], [Problem(name, line, 1, "the prompt file contains a NUL byte; prompts are text")]
-    if path.suffix == ".txt":
-        for n, text_line in enumerate(text.split("\n"), 1):
-            if not text_line.strip() or (comments and text_line.lstrip().startswith("#")):
-                continue
-            body = text_line.strip()
-            prompts.append(Prompt(text_id(body), body, {}, (), (name, n, 1), where))
-    else:
-        rows, problems = (
-            _csv_rows(text, name, columns) if path.suffix == ".csv" else _jsonl_rows(text, name)
-        )
-        prompts = _prompts(rows, name, where, columns, problems)
-    if not prompts and not problems:
+    try:
+        read_text_file(path, "prompt file", 0, check_only=True)
+        if path.suffix == ".txt":
+            for n, text_line in text_lines(path, name):
+                if not text_line.strip() or (comments and text_line.lstrip().startswith("#")):
+                    continue
+                body = text_line.strip()
+                table.add(n, text_id(body), body)
+        else:
+            rows = (
+                _csv_rows(path, name, columns, problems)
+                if path.suffix == ".csv"
+                else _jsonl_rows(path, name, problems)
+            )
+            _prompts(rows, name, columns, problems, table)
+    except ManifestError as exc:
+        # The file cannot be read as text (or a row is too long): that problem alone.
+        return PromptTable(name, where), [replace(p, file=shown) for p in exc.problems]
+    if not len(table) and not problems:
         problems.append(doc.problem(where, f"the prompt file {rel} holds no prompts"))
-    return prompts, [replace(p, file=shown) if p.file == name else p for p in problems]
+    return table, [replace(p, file=shown) if p.file == name else p for p in problems]
 
 
 def _prompts(
-    rows: list[tuple[int, dict[str, Any]]],
+    rows: Iterable[tuple[int, dict[str, Any]]],
     name: str,
-    where: Path_,
     columns: dict[str, str],
     problems: list[Problem],
-) -> list[Prompt]:
-    """Rows (renamed to id/text/tags by `columns`) → prompts; problems appended."""
-    prompts = []
+    table: PromptTable,
+) -> None:
+    """Rows (renamed to id/text/tags by `columns`) → the table; problems appended."""
     mapped = {columns.get(k, k): k for k in ("id", "text", "tags")}
     for n, row in rows:
         if columns:
@@ -259,20 +261,20 @@ def _prompts(
             row = {mapped[k]: v for k, v in row.items() if k in mapped}
         if "id" not in row and isinstance(row.get("text"), str) and not _bad_text(row["text"]):
             row = {**row, "id": text_id(row["text"])}
-        prompt = _row_prompt(row, name, n, where, problems)
-        if prompt is not None:
-            prompts.append(prompt)
-    return prompts
+        got = _row_prompt(row, name, n, problems)
+        if got is not None:
+            table.add(n, *got)
 
 
 def _parquet_rows(
-    path: Path, shown: str, columns: dict[str, str]
-) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
-    """Rows of a Parquet file (row number as the line), reading only the columns used."""
+    path: Path, shown: str, columns: dict[str, str], table: PromptTable
+) -> list[Problem]:
+    """A Parquet file's rows (row number as the line) into `table`, reading only the columns
+    used, a batch at a time."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        return [], [
+        return [
             Problem(
                 shown,
                 1,
@@ -282,14 +284,16 @@ def _parquet_rows(
             )
         ]
     try:
-        handle = pq.ParquetFile(path)
+        # Read a page at a time (buffer_size), not a whole column chunk: a caption set is often
+        # one row group, and its text column would otherwise be decoded whole alongside the table.
+        handle = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except Exception as exc:
-        return [], [Problem(shown, 1, 1, f"not a readable Parquet file: {exc}"[:300])]
+        return [Problem(shown, 1, 1, f"not a readable Parquet file: {exc}"[:300])]
     present = list(handle.schema_arrow.names)
     wanted = [columns.get(k, k) for k in ("id", "text", "tags")]
     text_column = columns.get("text", "text")
     if text_column not in present:
-        return [], [
+        return [
             Problem(
                 shown,
                 1,
@@ -299,18 +303,37 @@ def _parquet_rows(
                 suggestion=closest(text_column, present),
             )
         ]
-    rows: list[tuple[int, dict[str, Any]]] = []
+    problems: list[Problem] = []
+    read = [c for c in wanted if c in present]
     n = 0
-    for batch in handle.iter_batches(columns=[c for c in wanted if c in present], batch_size=65536):
+    for batch in handle.iter_batches(columns=read, batch_size=16384):
+        if read == [text_column]:
+            # Text only (a caption set): each row's id is derived from its text.
+            for body in batch.column(0).to_pylist():
+                n += 1
+                if isinstance(body, str) and len(body) <= MAX_ROW_CHARS and not _bad_text(body):
+                    table.add(n, text_id(body), body)
+                else:
+                    _prompts(
+                        [(n, {} if body is None else {text_column: body})],
+                        shown,
+                        columns,
+                        problems,
+                        table,
+                    )
+            continue
+        rows = []
         for record in batch.to_pylist():
             n += 1
             rows.append((n, {k: v for k, v in record.items() if v is not None}))
-    return rows, []
+        _prompts(rows, shown, columns, problems, table)
+    return problems
 
 
 def _row_prompt(
-    row: dict[str, Any], name: str, n: int, where: Path_, problems: list[Problem]
-) -> Prompt | None:
+    row: dict[str, Any], name: str, n: int, problems: list[Problem]
+) -> tuple[str, str, dict[str, Any], tuple[str, ...]] | None:
+    """(id, text, params, tags) of a row, or None with its problems appended."""
     unknown = [k for k in row if k not in ("id", "text", "tags", "params")]
     for key in unknown:
         problems.append(
@@ -341,6 +364,9 @@ def _row_prompt(
     reason = _bad_text(body)
     if reason:
         problems.append(Problem(name, n, 1, f"prompt {pid!r} text {reason}"))
+        return None
+    if len(body) > MAX_ROW_CHARS:
+        problems.append(row_too_long(name, n))
         return None
     tags = row.get("tags")
     if tags is None or tags == "":
@@ -376,14 +402,30 @@ def _row_prompt(
                 )
             )
             return None
-    return Prompt(pid, body, params, tuple(t.strip() for t in tags), (name, n, 1), where)
+    return pid, body, params, tuple(t.strip() for t in tags)
 
 
-def duplicate_texts(prompts: list[Prompt], shown: dict[str, str]) -> list[Problem]:
-    """One problem per text listed more than once with the same parameters (it would be paid twice)."""
+def duplicate_texts(prompts: Sequence[Prompt], shown: dict[str, str]) -> list[Problem]:
+    """One problem per text listed more than once with the same parameters (it would be paid twice).
+
+    A first pass keeps 64-bit fingerprints of (text, params) only; the prompts whose fingerprint
+    came twice are then compared exactly (none, for a caption set without repeats).
+    """
+    log = FingerprintLog()
+    for part in prompts.parts if isinstance(prompts, Prompts) else (prompts,):
+        if isinstance(part, PromptTable):
+            log.extend(part.texts_params)
+        else:
+            for p in part:
+                log.add(text_fingerprint(p.text, p.params))
+    suspects = log.repeated()
+    del log
+    if not suspects:
+        return []
     groups: dict[tuple[str, str], list[Prompt]] = {}
     for p in prompts:
-        groups.setdefault((p.text, json.dumps(p.params, sort_keys=True, default=str)), []).append(p)
+        if text_fingerprint(p.text, p.params) & Fingerprints.MASK in suspects:
+            groups.setdefault((p.text, _params_key(p.params)), []).append(p)
     problems = []
     for same in groups.values():
         if len(same) < 2:
@@ -405,88 +447,5 @@ def duplicate_texts(prompts: list[Prompt], shown: dict[str, str]) -> list[Proble
     return problems
 
 
-MAX_MANIFEST_BYTES = (
-    16 * 1024 * 1024
-)  # a manifest is text; larger is a wrong file (lists belong in prompt files)
-
-
-def read_text_file(
-    path: Path, what: str, limit: int, too_large: str | None = None
-) -> tuple[str, str]:
-    """(text, shown name) of a regular UTF-8 file (BOM or not); ManifestError for every other case.
-
-    Guards each OS-level problem: NUL in the path, missing, a directory, a device or pipe
-    (`/dev/zero` would never end), unreadable, too large, not UTF-8 (with the byte offset).
-    """
-    shown = str(path)
-    if "\0" in shown:
-        raise ManifestError(
-            [Problem(shown.replace("\0", "\\0"), 1, 1, f"the {what} path contains a NUL byte")]
-        )
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ManifestError(
-            [Problem(shown, 1, 1, f"no such {what} file")],
-            hint="check the path; manifests/ has examples",
-        ) from None
-    except OSError as exc:
-        raise ManifestError(
-            [Problem(shown, 1, 1, f"cannot read the {what}: {exc.strerror or exc}")]
-        ) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ManifestError([Problem(shown, 1, 1, f"is a directory, not a {what} file")])
-    if not stat.S_ISREG(info.st_mode):
-        raise ManifestError(
-            [
-                Problem(
-                    shown,
-                    1,
-                    1,
-                    f"is not a regular file (a device, pipe or socket); give a {what} file",
-                )
-            ]
-        )
-    if info.st_size > limit:
-        raise ManifestError(
-            [
-                Problem(
-                    shown,
-                    1,
-                    1,
-                    f"the {what} is {info.st_size:,} bytes; the limit is {limit:,}",
-                    allowed=too_large or f"a {what} of at most {limit:,} bytes",
-                )
-            ]
-        )
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(limit + 1)
-    except OSError as exc:
-        raise ManifestError(
-            [Problem(shown, 1, 1, f"cannot read the {what}: {exc.strerror or exc}")]
-        ) from None
-    return decode_utf8(raw, shown, what), shown
-
-
-def decode_utf8(raw: bytes, shown: str, what: str) -> str:
-    """UTF-8 with or without a BOM; anything else is located by line and byte offset."""
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ManifestError([Problem(shown, 1, 1, f"the {what} is UTF-16 text; save it as UTF-8")])
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ManifestError(
-            [
-                Problem(
-                    shown,
-                    line,
-                    col,
-                    f"the {what} is not UTF-8 text: byte 0x{raw[exc.start]:02x} "
-                    f"at byte offset {exc.start} cannot be decoded",
-                    allowed="UTF-8 (with or without BOM); re-save it as UTF-8",
-                )
-            ]
-        ) from None
+def _params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)

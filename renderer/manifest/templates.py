@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem, closest
 from renderer.manifest.located import json_path
-from renderer.manifest.sources import read_text_file
+from renderer.manifest.reading import read_text_file
 from renderer.manifest.types import Prompt, Ref, Template
 
 if TYPE_CHECKING:

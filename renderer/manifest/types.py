@@ -3,6 +3,7 @@ sweep language (templates, variables, zip groups, sampling, order)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ SECRET_KEYS = {"key", "api_key", "apikey", "fal_key", "token", "secret", "author
 PROVIDERS = {"fal": "https://queue.fal.run", "emulator": None}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prompt:
     id: str
     text: str
@@ -136,7 +137,7 @@ class Manifest:
     license: str | None
     prices: dict[str, dict[str, float]]
     defaults: dict[str, Any]
-    prompts: tuple[Prompt, ...]
+    prompts: Sequence[Prompt]  # a tuple, or table.Prompts (prompt files' rows held compactly)
     models: tuple[Model, ...]
     seeds: Any  # list[int] | {"start","count"} | {"random": n}
     axes: dict[str, list[Any]]

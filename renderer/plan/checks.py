@@ -5,14 +5,15 @@ in include/exclude/extra. Every problem is collected with its location.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from renderer.errors import Problem, closest
 from renderer.manifest.located import json_path
+from renderer.manifest.table import FingerprintLog, Fingerprints, Prompts, PromptTable
 from renderer.manifest.types import Model, Prompt
 from renderer.models.schemas import Violation
-from renderer.plan.core import PlannerCore
+from renderer.plan.core import PlannerCore, PromptIndex
 from renderer.plan.jobs import (
     SEED_MAX,
     SEED_MIN,
@@ -24,10 +25,24 @@ from renderer.plan.template import CellTemplate, seed_ok
 class PlanChecks(PlannerCore):
     """The manifest's checks that need the registry: names (did you mean), seeds per model, references"""
 
-    def check_names(self) -> tuple[dict[str, Prompt], dict[str, Model]]:
-        prompts: dict[str, Prompt] = {}
+    def check_names(self) -> tuple[PromptIndex, dict[str, Model]]:
+        # Ids are compared folded, by 64-bit fingerprints first; only the ids whose fingerprint
+        # came twice are then compared exactly, in order (none, for distinct captions).
+        log = FingerprintLog()
+        prompts_ = self.m.prompts
+        for part in prompts_.parts if isinstance(prompts_, Prompts) else (prompts_,):
+            if isinstance(part, PromptTable):
+                log.extend(part.folded_ids)  # taken as the file was read
+            else:
+                for p in part:
+                    log.add(hash(p.id.lower()))
+        suspects = log.repeated()
+        del log
+        skipped: set[int] = set()
         folded: dict[str, Prompt] = {}
-        for p in self.m.prompts:
+        for i, p in enumerate(self.m.prompts if suspects else ()):
+            if hash(p.id.lower()) & Fingerprints.MASK not in suspects:
+                continue
             other = folded.get(p.id.lower())
             if other is not None:
                 self.add(
@@ -40,9 +55,10 @@ class PlanChecks(PlannerCore):
                         json_path(p.path),
                     )
                 )
+                skipped.add(i)
                 continue
-            prompts[p.id] = p
             folded[p.id.lower()] = p
+        prompts = PromptIndex(self.m.prompts, skipped)
         models: dict[str, Model] = {}
         for model in self.m.models:
             if model.name.lower() in {n.lower() for n in models}:
@@ -203,7 +219,7 @@ class PlanChecks(PlannerCore):
                     allowed=f"{SEED_MIN} to {SEED_MAX} (0 and -1 mean 'random' to some models)",
                 )
 
-    def check_references(self, prompts: dict[str, Prompt], models: dict[str, Model]) -> None:
+    def check_references(self, prompts: Mapping[str, Prompt], models: dict[str, Model]) -> None:
         """include/exclude/extra values for prompt and model must name real ones."""
         by_endpoint = {m.endpoint: m.name for m in models.values()}
         for section in ("include", "exclude", "extra"):

@@ -4,34 +4,42 @@ name, and the problems found so far (each with its manifest location).
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem
 from renderer.layout import resolve_layout
 from renderer.manifest.located import Located
+from renderer.manifest.table import Prompts
 from renderer.manifest.types import Manifest, Model, Prompt
 from renderer.models.schemas import SchemaRegistry, Violation
+
+if TYPE_CHECKING:
+    from renderer.plan.template import PromptColumn
+
+
+# Keys of a property schema that constrain nothing.
+_DESCRIPTIVE = frozenset({"type", "description", "x-source", "default"})
 
 
 class PlannerCore:
     """The planner's inputs and its collected problems (see planner.Planner for the parts)."""
 
     # Set once by the planner's build() from the manifest, read by every part.
-    prompts: dict[str, Prompt]
+    prompts: PromptIndex
     models: dict[str, Model]
     axes_global: list[tuple[str, list[Any]]]
     endpoint_names: dict[str, str]
     defaults: dict[str, Any]
     model_params: dict[str, dict[str, Any]]
-    prompt_params: dict[str, dict[str, Any]]
     include: list[dict[str, Any]]
     exclude: list[dict[str, Any]]
     axis_names: set[str]
     # The sweep: each prompt's own dimensions (names, value rows), the zip groups that send
     # parameters ((path, keys)), and the sampled / ordered originals once drawn (expand._swept).
-    prompt_dims: dict[str, list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]]
+    literal_dims: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]  # any literal prompt's
     zip_params: list[tuple[tuple[Any, ...], frozenset[str]]]
     _sweep: list[dict[str, Any]] | None
     text_names: set[str]  # axes that only make prompt text: variables, alternations, zip variables
@@ -61,6 +69,8 @@ class PlannerCore:
         self._seeds_line: str | None = None
         self._uniform: dict[str, bool] = {}  # endpoint → its seed check cannot depend on the value
         self._fit: set[tuple[str, bool]] = set()  # (endpoint, check_seed) for which self._seeds fit
+        # (check, model, axes, seed) → the column literal prompts' jobs are made from (None: the long way)
+        self._columns: dict[tuple[Any, ...], PromptColumn | None] = {}
 
     def _plain_string_prompt(self, model: Model) -> bool:
         """True when the endpoint asks nothing of a prompt but that it be a string.
@@ -68,12 +78,37 @@ class PlannerCore:
         Then a str needs no schema check: dataset-scale prompt lists stay fast.
         """
         schema = self.props(model).get("prompt", {})
-        return schema.get("type") == "string" and set(schema) <= {
-            "type",
-            "description",
-            "x-source",
-            "default",
-        }
+        return schema.get("type") == "string" and set(schema) <= _DESCRIPTIVE
+
+    def prompt_check(self, model: Model) -> Callable[[str], bool] | None:
+        """A cheap per-text test of what the endpoint asks of a prompt (None: any string will do).
+
+        Length and pattern limits are tested directly, so a million captions need no schema
+        check each; a text that fails, or a schema asking more, is checked (and reported) the
+        long way.
+        """
+        if model.unchecked or self._plain_string_prompt(model):
+            return None
+        schema = self.props(model).get("prompt", {})
+        if schema.get("type") != "string" or not set(schema) <= {
+            *_DESCRIPTIVE,
+            "maxLength",
+            "minLength",
+            "pattern",
+        }:
+            return lambda text: False
+        low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
+        pattern = re.compile(schema["pattern"]) if "pattern" in schema else None
+
+        def ok(text: str) -> bool:
+            # JSON Schema counts code points, as len() does.
+            return (
+                low <= len(text)
+                and (high is None or len(text) <= high)
+                and (pattern is None or pattern.search(text) is not None)
+            )
+
+        return ok
 
     def props(self, model: Model) -> dict[str, Any]:
         if model.endpoint not in self._props:
@@ -107,3 +142,44 @@ class PlannerCore:
                 )
             problems.append(problem)
         raise ManifestError(problems)
+
+
+class PromptIndex(Mapping[str, Prompt]):
+    """The plan's prompts by id, in manifest order, without the repeated ids (`skipped`).
+
+    Iterating reads the manifest's prompts in order (a million captions are not held as a dict);
+    the first lookup by id (include, exclude, extra name prompts) builds the dict.
+    """
+
+    def __init__(self, prompts: Sequence[Prompt], skipped: set[int]) -> None:
+        self._prompts, self._skipped = prompts, skipped
+        self._by_id: dict[str, Prompt] | None = None
+
+    def values(self) -> Iterator[Prompt]:  # type: ignore[override]  # a one-pass view, in order
+        if not self._skipped:
+            return iter(self._prompts)
+        return (p for i, p in enumerate(self._prompts) if i not in self._skipped)
+
+    def templated(self) -> Iterator[Prompt]:
+        """The prompts that may have a template (inline ones; a file's rows are literal)."""
+        if isinstance(self._prompts, Prompts):
+            return self._prompts.templated()
+        return self.values()
+
+    def __iter__(self) -> Iterator[str]:
+        return (p.id for p in self.values())
+
+    def __len__(self) -> int:
+        return len(self._prompts) - len(self._skipped)
+
+    def __getitem__(self, pid: str) -> Prompt:
+        if self._by_id is None:
+            self._by_id = {p.id: p for p in self.values()}
+        return self._by_id[pid]
+
+    def __contains__(self, pid: object) -> bool:
+        try:
+            self[pid]  # type: ignore[index]
+        except (KeyError, TypeError):
+            return False
+        return True

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from renderer.manifest.table import FingerprintLog, Fingerprints
 from renderer.plan.jobs import (
     Job,
     Who,
 )
 from renderer.plan.template import CellTemplate, cell_text, stem_prefix
 from renderer.plan.translate import Translation
-from renderer.plan.unique import Fingerprints
+
+MASK = Fingerprints.MASK
 
 
 class Dedupe(Translation):
@@ -20,23 +22,27 @@ class Dedupe(Translation):
 
     # The check pass's memory (planner._check_pass sets them; freed when it ends).
     _cross: bool  # cells taken whole: jobs made one by one also record cell prefixes and texts
-    _stems: Fingerprints
-    _keys: Fingerprints
-    _cell_prefixes: Fingerprints
-    _cell_texts: Fingerprints
-    _job_prefixes: Fingerprints
-    _job_texts: Fingerprints
+    # Logged in the first pass, compared when it ends (`_find_suspects`).
+    _stems: FingerprintLog
+    _keys: FingerprintLog
+    _cell_prefixes: FingerprintLog
+    _cell_texts: FingerprintLog
+    _job_prefixes: FingerprintLog
+    _job_texts: FingerprintLog
+    _suspect_stems: set[int]
+    _suspect_keys: set[int]
+    _suspect_prefixes: set[int]
+    _suspect_texts: set[int]
     _first_stem: dict[str, Job]
     _first_key: dict[str, Job]
 
     def _unique(self, job: Job, where: tuple[Any, ...], template: CellTemplate | None) -> bool:
         """No two jobs share an output path (ignoring case) or an input (it would be paid twice)."""
         folded = job.stem.lower()
-        stem_fp, key_fp = hash(folded), int(job.key[3:19], 16)
+        stem_fp, key_fp = hash(folded) & MASK, int(job.key[3:19], 16)
         if not self._exact:
-            # Every fingerprint is checked and recorded, suspect or not: a job set aside here
-            # may be kept by the exact pass, and whatever repeats it must be suspect too.
-            clean = True
+            # Every fingerprint is logged; the pass's end finds which came twice (suspects),
+            # and any suspect means the exact pass, which names the jobs.
             if self._cross:  # cells taken whole are known by prefix and cell text only
                 prefix = stem_prefix(folded)
                 text = (
@@ -46,24 +52,17 @@ class Dedupe(Translation):
                 )
                 # (Jobs made one by one share prefixes and texts within a cell: compared exactly below.)
                 if prefix is not None:
-                    clean &= self._record(
-                        hash(prefix),
-                        self._job_prefixes,
-                        (self._cell_prefixes,),
-                        self._suspect_prefixes,
-                    )
+                    self._job_prefixes.add(hash(prefix))
                 if text is not None:
-                    clean &= self._record(
-                        hash(text), self._job_texts, (self._cell_texts,), self._suspect_texts
-                    )
-            clean &= self._record(stem_fp, self._stems, (self._stems,), self._suspect_stems)
-            clean &= self._record(key_fp, self._keys, (self._keys,), self._suspect_keys)
-            return bool(clean)
+                    self._job_texts.add(hash(text))
+            self._stems.add(stem_fp)
+            self._keys.add(key_fp)
+            return True
         # The exact pass: only fingerprints seen twice need the values themselves.
         suspect_stem = not self.shortcuts or stem_fp in self._suspect_stems
         if not suspect_stem and self._suspect_prefixes:
             prefix = stem_prefix(folded)
-            suspect_stem = prefix is not None and hash(prefix) in self._suspect_prefixes
+            suspect_stem = prefix is not None and hash(prefix) & MASK in self._suspect_prefixes
         suspect_key = not self.shortcuts or key_fp in self._suspect_keys
         if not suspect_key and self._suspect_texts:
             text = (
@@ -71,7 +70,7 @@ class Dedupe(Translation):
                 if template is not None and job.stem.startswith(template.stem)
                 else cell_text(job)
             )
-            suspect_key = text is not None and hash(text) in self._suspect_texts
+            suspect_key = text is not None and hash(text) & MASK in self._suspect_texts
         clash = self._first_stem.get(folded) if suspect_stem else None
         if clash is not None:
             who = Who(job.endpoint, job.model, job.prompt_id, job.seed, job.axes)
@@ -100,33 +99,23 @@ class Dedupe(Translation):
         Nothing else can share a prefix or a text with it; when something does, the exact pass
         (which takes no cell whole) names the jobs.
         """
-        prefix, text = hash(template.stem.lower()), hash(template.text)
-        clean = self._record(
-            prefix,
-            self._cell_prefixes,
-            (self._cell_prefixes, self._job_prefixes),
-            self._suspect_prefixes,
-        )
-        return (
-            self._record(
-                text, self._cell_texts, (self._cell_texts, self._job_texts), self._suspect_texts
-            )
-            and clean
-        )
+        self._cell_prefixes.add(hash(template.stem.lower()))
+        self._cell_texts.add(hash(template.text))
+        return True
 
-    @staticmethod
-    def _record(
-        fp: int, into: Fingerprints, against: tuple[Fingerprints, ...], suspects: set[int]
-    ) -> bool:
-        """Add `fp` to `into`; False (and `fp` suspect) when one of `against` already holds it."""
-        seen = any(fp in seen_in for seen_in in against)
-        if seen:
-            suspects.add(fp)
-        into.add(fp)
-        return not seen
+    def _find_suspects(self) -> None:
+        """After the first pass: the fingerprints that came twice. A cell's prefix or text is
+        suspect when another cell's, or a job's made one by one, is the same (jobs of one cell
+        share theirs: the exact pass compares those); a stem or key when any other is."""
+        self._suspect_stems = self._stems.repeated()
+        self._suspect_keys = self._keys.repeated()
+        self._suspect_prefixes = self._cell_prefixes.repeated() | self._cell_prefixes.common(
+            self._job_prefixes
+        )
+        self._suspect_texts = self._cell_texts.repeated() | self._cell_texts.common(self._job_texts)
 
     def _reset_suspects(self) -> None:
-        self._suspect_stems: set[int] = set()
-        self._suspect_keys: set[int] = set()
-        self._suspect_prefixes: set[int] = set()
-        self._suspect_texts: set[int] = set()
+        self._suspect_stems = set()
+        self._suspect_keys = set()
+        self._suspect_prefixes = set()
+        self._suspect_texts = set()

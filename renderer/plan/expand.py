@@ -22,7 +22,7 @@ from renderer.plan.jobs import (
     job_key,
 )
 from renderer.plan.seeds import RandomSeeds
-from renderer.plan.template import CellBlock, CellTemplate, seed_ok
+from renderer.plan.template import MAX_COLUMNS, CellBlock, CellTemplate, PromptColumn, seed_ok
 from renderer.plan.unique import Tally
 from renderer.plan.variants import Variants
 
@@ -39,10 +39,10 @@ class Expansion(Variants):
         swept = self.m.sample is not None or self.m.order != "plan"
         if not self.include and not self.exclude and not swept:
             # The plain matrix: no combination dicts at all, seeds innermost.
-            for prompt, model, axis_values, seeds in self._matrix():
+            for prompt, model, job_axes, seeds in self._matrix(canonical_axes=True):
                 if tally is not None:
                     tally.combos += len(seeds)
-                yield prompt, model, canonical(axis_values), {}, None, seeds
+                yield prompt, model, job_axes, {}, None, seeds
         else:
             # A sample or an order is taken after exclude and before include (see _swept).
             for combo, created in matrix.stream(
@@ -122,18 +122,42 @@ class Expansion(Variants):
         n = start
         for prompt, model, job_axes, extra_params, source, seeds in cells or self._cells(tally):
             template: CellTemplate | None = None
+            # A literal prompt of the plain matrix: its input is its column's but for the text.
+            literal = (
+                self.shortcuts
+                and prompt.template is None
+                and not prompt.params
+                and source is None
+                and not extra_params
+            )
+            shape = freeze(job_axes) if literal else ""
             for i, seed in enumerate(seeds):
                 job = template.make(n, seed, check) if template is not None else None
                 if job is None:
-                    before = len(self.problems)
-                    job = self._full(n, prompt, model, job_axes, extra_params, source, seed, check)
-                    if (
-                        job is not None
-                        and template is None
-                        and len(self.problems) == before
-                        and self.shortcuts
-                    ):
-                        template = CellTemplate.of(self, job, model)
+                    column_key = (check, model.name, shape, seed)
+                    column = self._columns.get(column_key) if literal else None
+                    job = column.make(n, prompt, job_axes, check) if column is not None else None
+                    clean = job is not None
+                    if job is None:
+                        before = len(self.problems)
+                        job = self._full(
+                            n, prompt, model, job_axes, extra_params, source, seed, check
+                        )
+                        clean = job is not None and len(self.problems) == before and self.shortcuts
+                        if (
+                            clean
+                            and literal
+                            and column_key not in self._columns
+                            and len(self._columns) < MAX_COLUMNS
+                        ):
+                            self._columns[column_key] = PromptColumn.of(
+                                job,  # type: ignore[arg-type]  # clean: a job was made
+                                self.prompt_check(model),
+                                self.sharded,
+                            )
+                    # A cell of one seed needs no template, unless cells are taken whole.
+                    if clean and template is None and (blocks or len(seeds) > 1):
+                        template = CellTemplate.of(self, job, model)  # type: ignore[arg-type]
                         if (
                             blocks
                             and i == 0
@@ -168,9 +192,26 @@ class Expansion(Variants):
         return sum(1 for seed in seeds if seed_ok(seed))
 
     def _locate(self, index: int) -> Job:
-        """The job at plan position `index`: whole cells before it are skipped by counting."""
+        """The job at plan position `index`: whole cells before it are skipped by counting.
+
+        A plan of literal prompts only (a caption set) gives each prompt the same cells, so the
+        prompt is found by division, not by walking the prompts before it.
+        """
         n = 0
-        for cell in self._cells(None):
+        cells: Iterator[Any] = self._cells(None)
+        shared = self._only_literal()
+        if shared:
+            per_prompt = sum(self._count(seeds) for _, _, seeds in shared)
+            if per_prompt:
+                at = index // per_prompt
+                if at >= len(self.m.prompts):
+                    raise IndexError("job index out of range")
+                prompt = self.m.prompts[at]
+                n = at * per_prompt
+                cells = iter(
+                    [(prompt, model, axes, {}, None, seeds) for model, axes, seeds in shared]
+                )
+        for cell in cells:
             count = self._count(cell[5])
             if index < n + count:
                 for job in self._generate(False, cells=iter([cell]), start=n):
@@ -222,7 +263,7 @@ class Expansion(Variants):
         layers: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (("defaults",), self.defaults),
             ((*model.path, "params"), self.model_params[model.name]),
-            ((*prompt.path, "params"), self.prompt_params[prompt.id]),
+            ((*prompt.path, "params"), canonical(prompt.params) if prompt.params else {}),
             (("axes",), {k: v for k, v in job_axes.items() if k in self.m.axes}),
             ((*model.path, "axes"), {k: v for k, v in job_axes.items() if k in model.axes}),
         ]

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from renderer.manifest.types import Manifest
+from renderer.manifest.table import FingerprintLog
+from renderer.manifest.types import Manifest, Prompt
 from renderer.manifest.variables import prompt_axes, sweep_names
 from renderer.models.schemas import SchemaRegistry
 from renderer.models.sizes import requested_size
@@ -30,7 +31,8 @@ from renderer.plan.jobs import (
     freeze,
 )
 from renderer.plan.template import CellBlock
-from renderer.plan.unique import Fingerprints, Tally
+from renderer.plan.unique import Fingerprints as Fingerprints  # re-exported (tests, older imports)
+from renderer.plan.unique import Tally
 
 
 class Planner(Expansion):
@@ -50,7 +52,6 @@ class Planner(Expansion):
         # Canonical layers make every assembled input canonical: keys are hashed as built.
         self.defaults = canonical(self.m.defaults)
         self.model_params = {name: canonical(m.params) for name, m in models.items()}
-        self.prompt_params = {pid: canonical(p.params) for pid, p in prompts.items()}
         self.include = [dict(e) for e in self.m.include]
         for e in self.include:
             if "model" in e:
@@ -62,13 +63,12 @@ class Planner(Expansion):
         self.axis_names = (
             {n for n, _ in self.axes_global}
             | {n for m in models.values() for n in m.axes}
-            | sweep_names(prompts.values(), self.m.variables, self.m.zips)
+            | sweep_names(prompts.templated(), self.m.variables, self.m.zips)
         )
-        self.prompt_dims = {
-            pid: prompt_axes(p, self.m.variables, self.m.zips) for pid, p in prompts.items()
-        }
+        literal = Prompt("", "", {}, (), ("", 0, 0), ())
+        self.literal_dims = prompt_axes(literal, self.m.variables, self.m.zips)
         self.zip_params = [(g.path, g.params) for g in self.m.zips if g.params]
-        self.text_names = sweep_names(prompts.values(), self.m.variables, self.m.zips) - {
+        self.text_names = sweep_names(prompts.templated(), self.m.variables, self.m.zips) - {
             k for g in self.m.zips for k in g.params
         }
         self._sweep = None
@@ -135,7 +135,7 @@ class Planner(Expansion):
     # -------------------------------------------------- generation (lazy, in plan order)
 
     def _check_pass(self) -> Tally:
-        self._stems, self._keys = Fingerprints(), Fingerprints()
+        self._stems, self._keys = FingerprintLog(), FingerprintLog()
         # Cells taken whole are compared by prefix and cell text; jobs made one by one then
         # also record theirs (`_cross`). Only the plain matrix has cells of several seeds (with
         # one seed a cell is one job: nothing to gain, so jobs are compared one by one).
@@ -147,8 +147,8 @@ class Planner(Expansion):
             and self._seeds_per_cell() > 1
         )
         self._cross = blocks
-        self._cell_prefixes, self._cell_texts = Fingerprints(), Fingerprints()
-        self._job_prefixes, self._job_texts = Fingerprints(), Fingerprints()
+        self._cell_prefixes, self._cell_texts = FingerprintLog(), FingerprintLog()
+        self._job_prefixes, self._job_texts = FingerprintLog(), FingerprintLog()
         self._first_stem: dict[str, Job] = {}
         self._first_key: dict[str, Job] = {}
         tally = Tally()
@@ -195,9 +195,11 @@ class Planner(Expansion):
             for _ in range(count):  # added one job at a time, as the straightforward way rounds
                 total += cost
             tally.costs[job.model] = total
+        if not self._exact:
+            self._find_suspects()
         # Freed: only the suspects matter from here.
-        self._stems = self._keys = self._job_prefixes = self._job_texts = Fingerprints(0)
-        self._cell_prefixes = self._cell_texts = Fingerprints(0)
+        self._stems = self._keys = self._job_prefixes = self._job_texts = FingerprintLog()
+        self._cell_prefixes = self._cell_texts = FingerprintLog()
         return tally
 
 

@@ -4,12 +4,14 @@ of a sentinel, checked once per cell instead of once per job.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # the encoder json.dumps uses (ensure_ascii=False)
 from typing import TYPE_CHECKING, Any
 
 from renderer.canonical import canonical_json
-from renderer.manifest.types import Model
+from renderer.layout import bucket, segment_of
+from renderer.manifest.types import Model, Prompt
 from renderer.plan.jobs import SEED_MAX, SEED_MIN, Job, key_of_text
 
 if TYPE_CHECKING:
@@ -131,3 +133,88 @@ class CellBlock:
 
     template: CellTemplate
     seeds: Sequence[Any]
+
+
+# Stands for the prompt text in a column's key text: the value position of "prompt" in the
+# canonical JSON is fixed by the sorted keys, so any text splices in as its JSON string.
+_PROMPT_TOKEN = "\u2063renderer-prompt-7340031\u2063"
+_PROMPT_JSON = encode_basestring(_PROMPT_TOKEN)
+MAX_COLUMNS = (
+    4096  # columns kept per plan (random seeds make one per prompt: past this, the long way)
+)
+
+
+@dataclass
+class PromptColumn:
+    """Jobs that differ only by their literal prompt (same model, axes and seed), made cheaply.
+
+    A caption set's jobs: one model and seed, a million texts. Built from a job made the long way
+    with nothing to report; each further prompt then costs its text's JSON, one sha256 and a
+    string join instead of assembling, checking and serialising its input. It applies only to
+    prompts without params or a template (the input is then the same but for "prompt"), and
+    checks each text against what the endpoint asks of a prompt (`check`, None: any string).
+    """
+
+    first: Job
+    before: str
+    after: str
+    head: str  # the stem before the prompt's segment (model, and the bucket is added per prompt)
+    tail: str  # the stem after it (axes, seed)
+    sharded: bool
+    check: Callable[[str], bool] | None
+
+    @classmethod
+    def of(
+        cls, job: Job, check: Callable[[str], bool] | None, sharded: bool
+    ) -> PromptColumn | None:
+        payload = dict(job.input)
+        payload["prompt"] = _PROMPT_TOKEN
+        identity: dict[str, Any] = {"endpoint": job.endpoint, "input": payload}
+        if not job.seed_sent:
+            identity["sample"] = job.seed
+        text = canonical_json(identity)
+        if text.count(_PROMPT_JSON) != 1:
+            return None
+        before, after = text.split(_PROMPT_JSON)
+        own = segment_of(job.prompt_id)
+        head = job.stem.split("/", 1)[0] + "/"
+        start = len(head) + (4 if sharded else 0)
+        if job.stem[start : start + len(own)] != own:
+            return None
+        made = cls(job, before, after, head, job.stem[start + len(own) :], sharded, check)
+        if made.key(job.input["prompt"]) != job.key or made.stem(job.prompt_id) != job.stem:
+            return None
+        return made
+
+    def key(self, text: str) -> str:
+        return key_of_text(f"{self.before}{encode_basestring(text)}{self.after}")
+
+    def stem(self, prompt_id: str) -> str:
+        own = segment_of(prompt_id)
+        if self.sharded:
+            return f"{self.head}{bucket(prompt_id)}/{own}{self.tail}"
+        return f"{self.head}{own}{self.tail}"
+
+    def make(self, n: int, prompt: Prompt, axes: dict[str, Any], check: bool) -> Job | None:
+        """The job of `prompt` in this column, or None when it needs the long way (a problem)."""
+        text = prompt.text
+        if check and self.check is not None and not self.check(text):
+            return None
+        j = self.first
+        payload = dict(j.input)
+        payload["prompt"] = text
+        return Job(
+            n,
+            self.key(text),
+            j.endpoint,
+            j.model,
+            prompt.id,
+            j.seed,
+            axes,
+            payload,
+            self.stem(prompt.id),
+            j.num_images,
+            prompt.tags,
+            f"{prompt.where[0]}:{prompt.where[1]}",
+            j.seed_sent,
+        )

@@ -8,54 +8,14 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from renderer.manifest.table import Fingerprints
 from renderer.plan.jobs import freeze
+
+__all__ = ["Fingerprints", "Tally"]
 
 if TYPE_CHECKING:
     from renderer.plan.jobs import Job
     from renderer.plan.template import CellBlock
-
-
-class Fingerprints:
-    """A set of 64-bit fingerprints at ~8 bytes each (a Python set of ints costs ~70).
-
-    Small sets are plain sets (65,536 empty buckets would cost ~4 MB); past SMALL members
-    they move into 8-byte slots of 65,536 byte strings chosen by the low 16 bits, where a
-    lookup is one C-level search of a short string.
-    """
-
-    SMALL = 50_000
-    _MASK = 0xFFFFFFFFFFFFFFFF
-
-    def __init__(self, buckets: int = 1 << 16) -> None:
-        self._size = buckets
-        self._small: set[int] | None = set()
-        self.buckets: list[bytearray] = []
-
-    def __contains__(self, fp: int) -> bool:
-        if self._small is not None:
-            return fp & self._MASK in self._small
-        bucket = self.buckets[fp & 0xFFFF]
-        item = (fp & self._MASK).to_bytes(8, "little")
-        at = bucket.find(item)
-        while at != -1:
-            if at % 8 == 0:
-                return True
-            at = bucket.find(item, at + 1)
-        return False
-
-    def add(self, fp: int) -> None:
-        if self._small is not None:
-            self._small.add(fp & self._MASK)
-            if len(self._small) > self.SMALL and self._size:
-                small, self._small = self._small, None
-                self.buckets = [bytearray() for _ in range(self._size)]
-                for member in small:
-                    self._add(member)
-            return
-        self._add(fp)
-
-    def _add(self, fp: int) -> None:
-        self.buckets[fp & 0xFFFF] += (fp & self._MASK).to_bytes(8, "little")
 
 
 @dataclass

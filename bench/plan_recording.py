@@ -1,0 +1,139 @@
+"""Recording a caption set's plan into a fresh SQLite state, as a first run does, and what it costs.
+
+N distinct captions (bench/captions.py's, a .txt file) on one model with one seed each. Per tree (a
+checkout, run with PYTHONPATH=TREE) a child process plans the manifest, then records the plan the
+way a first `renderer run` does (`record_plan`: the first batch, then the background recorder to
+the end), and reports:
+  seconds      recording alone (planning excluded)
+  written MB   bytes the process wrote to the disk while recording (/proc/self/io write_bytes:
+               the database, its WAL and checkpoints)
+  state MB     the state's size once closed (renderer.sqlite with its WAL checkpointed)
+  B/job        state bytes per job, and beyond the prompt text (its UTF-8 length, once)
+  written/state  the ratio the issue bounds at 3
+Reproduce:  python bench/plan_recording.py --captions 100000 --runs 1 TREE_A TREE_B
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import child_env, machine, median, table
+from captions import captions, manifest
+
+CHILD = r"""
+import json, os, sys, time
+from pathlib import Path
+from renderer.manifest import load as manifest_mod
+from renderer.models.schemas import SchemaRegistry, default_schema_dir
+from renderer.plan import planner as plan_mod
+from renderer.state.sqlite import SQLiteStore
+
+def written():
+    for line in open("/proc/self/io"):
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+
+m = manifest_mod.load(Path(sys.argv[1]))
+plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
+text = sum(len(j.input["prompt"].encode()) for j in plan.jobs)
+store = SQLiteStore(m.run_dir)
+os.sync()
+before, start = written(), time.perf_counter()
+recorder = store.record_plan(plan.jobs, plan.digest)
+if recorder is None:
+    store.sync_plan(plan.jobs, plan.digest)
+else:
+    recorder.thread.join()
+seconds = time.perf_counter() - start
+store.close()
+os.sync()
+after = written()
+size = sum(p.stat().st_size for p in m.run_dir.glob("renderer.sqlite*"))
+print(json.dumps({"seconds": seconds, "written": after - before, "size": size,
+                  "jobs": len(plan.jobs), "text": text}))
+"""
+
+
+def once(tree: Path, yaml_path: Path) -> dict[str, float]:
+    out = yaml_path.parent / "out"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(yaml_path)],
+        cwd=yaml_path.parent,
+        env=child_env(PYTHONPATH=str(tree)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        raise SystemExit(f"{tree}: {done.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("trees", nargs="+", type=Path)
+    ap.add_argument("--captions", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=1)
+    args = ap.parse_args()
+    trees = [t.resolve() for t in args.trees]
+    results: dict[int, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        captions(folder, args.captions)
+        path = manifest(folder, "txt")
+        for _ in range(args.runs):
+            for i, tree in enumerate(trees):
+                results.setdefault(i, []).append(once(tree, path))
+    rows = []
+    for i, values in sorted(results.items()):
+
+        def m(key: str, values: list[dict[str, float]] = values) -> float:
+            return median([v[key] for v in values])
+
+        jobs = m("jobs")
+        rows.append(
+            [
+                f"{i}: {trees[i].name}",
+                f"{jobs:,.0f}",
+                f"{m('seconds'):.1f}",
+                f"{m('written') / 1e6:,.0f}",
+                f"{m('size') / 1e6:,.1f}",
+                f"{m('size') / jobs:,.0f}",
+                f"{(m('size') - m('text')) / jobs:,.0f}",
+                f"{m('written') / m('size'):.1f}",
+            ]
+        )
+    print(f"{machine()}; {args.captions:,} captions; medians of {args.runs} alternated runs")
+    print(
+        table(
+            [
+                "tree",
+                "jobs",
+                "record s",
+                "written MB",
+                "state MB",
+                "B/job",
+                "B/job beyond text",
+                "written/state",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"reproduce: python bench/plan_recording.py --captions {args.captions} --runs {args.runs} "
+        + " ".join(map(str, trees))
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""A prompt file's rows held compactly, the manifest's prompts as one sequence, and compact sets
+of 64-bit fingerprints (duplicates found at a million prompts or ten million jobs).
+
+A million captions as Prompt objects cost ~600 bytes each; here a row costs its text and id as
+UTF-8 in two shared buffers, three 8-byte offsets, and nothing more unless it has params or
+tags. Prompt objects are made on demand, in file order, each time the rows are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from array import array
+from collections.abc import Iterator, Sequence
+from itertools import chain, pairwise
+from typing import TYPE_CHECKING, Any, overload
+
+from renderer.manifest.types import Prompt
+
+if TYPE_CHECKING:
+    from renderer.manifest.located import Path_
+
+
+_SEPARATORS = bytes(c if 48 <= c <= 57 or 97 <= c <= 122 else 32 for c in range(256))
+_NO_PARAMS: dict[
+    str, Any
+] = {}  # shared by every row without params: nothing writes to a prompt's params
+
+
+def text_id(body: str) -> str:
+    """An id derived from a prompt's text: its first words and 48 bits of its hash.
+
+    Stable on rerun and independent of every other row (inserting a row renames no prompt);
+    distinct texts collide with odds of ~1 in 500 at a million prompts sharing their first
+    words (24 bits collided ~12 times in 20,000). The words are the first four runs of
+    [a-z0-9] in the lower-cased text, joined by '-' and cut at 40 characters.
+    """
+    lowered = body.lower()
+    # Every byte but a-z and 0-9 (UTF-8's multi-byte characters included) separates words.
+    words = lowered[:80].encode().translate(_SEPARATORS).split(None, 4)
+    if len(words) < 5:  # the fourth word may run past the 80 characters looked at
+        words = lowered.encode().translate(_SEPARATORS).split()
+    pid = b"-".join(words[:4])[:40].decode() + "-" + hashlib.sha256(body.encode()).hexdigest()[:12]
+    return pid.lstrip("-")
+
+
+class Fingerprints:
+    """A set of 64-bit fingerprints at ~8 bytes each (a Python set of ints costs ~70).
+
+    Small sets are plain sets (65,536 empty buckets would cost ~4 MB); past SMALL members
+    they move into 8-byte slots of 65,536 byte strings chosen by the low 16 bits, where a
+    lookup is one C-level search of a short string.
+    """
+
+    SMALL = 50_000
+    MASK = 0xFFFFFFFFFFFFFFFF
+
+    def __init__(self, buckets: int = 1 << 16) -> None:
+        self._size = buckets
+        self._small: set[int] | None = set()
+        self.buckets: list[bytearray] = []
+
+    def __contains__(self, fp: int) -> bool:
+        if self._small is not None:
+            return fp & self.MASK in self._small
+        bucket = self.buckets[fp & 0xFFFF]
+        item = (fp & self.MASK).to_bytes(8, "little")
+        at = bucket.find(item)
+        while at != -1:
+            if at % 8 == 0:
+                return True
+            at = bucket.find(item, at + 1)
+        return False
+
+    def add(self, fp: int) -> None:
+        if self._small is not None:
+            self._small.add(fp & self.MASK)
+            if len(self._small) > self.SMALL and self._size:
+                small, self._small = self._small, None
+                self.buckets = [bytearray() for _ in range(self._size)]
+                for member in small:
+                    self._add(member)
+            return
+        self._add(fp)
+
+    def _add(self, fp: int) -> None:
+        self.buckets[fp & 0xFFFF] += (fp & self.MASK).to_bytes(8, "little")
+
+
+SMALL_LOG = 200_000  # a log up to this size is compared in Python; a larger one with numpy
+
+
+class FingerprintLog:
+    """64-bit fingerprints appended at 8 bytes each and compared once, at the end, by sorting.
+
+    For a pass that only needs to know, afterwards, which fingerprints came more than once:
+    an append is far cheaper than a lookup in `Fingerprints`.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values = array("Q")
+
+    def add(self, fp: int) -> None:
+        self._values.append(fp & Fingerprints.MASK)
+
+    def extend(self, other: FingerprintLog) -> None:
+        self._values.extend(other._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def _sorted(self) -> Any:
+        import numpy as np  # only here: importing the manifest stage stays light
+
+        values = np.frombuffer(self._values, dtype=np.uint64) if self._values else None
+        return np.sort(values) if values is not None else np.zeros(0, dtype=np.uint64)
+
+    def repeated(self) -> set[int]:
+        """The fingerprints added more than once."""
+        if len(self._values) <= SMALL_LOG:  # not worth importing numpy for
+            ordered = sorted(self._values)
+            return {a for a, b in pairwise(ordered) if a == b}
+        values = self._sorted()
+        return set(values[1:][values[1:] == values[:-1]].tolist())
+
+    def common(self, other: FingerprintLog) -> set[int]:
+        """The fingerprints added both here and to `other`."""
+        if len(self._values) + len(other._values) <= SMALL_LOG:
+            return set(self._values) & set(other._values)
+        import numpy as np
+
+        return set(np.intersect1d(self._sorted(), other._sorted()).tolist())
+
+
+def text_fingerprint(text: str, params: dict[str, Any]) -> int:
+    """What two prompts share when they would send the same input: text and params (this process)."""
+    if not params:
+        return hash(text)
+    return hash((text, json.dumps(params, sort_keys=True, default=str)))
+
+
+# A Prompt made without its dataclass __init__ (which sets each field through the frozen
+# class's guard): rows are made a million at a time. Same fields, same object.
+_new = object.__new__
+_id, _text, _params, _tags, _where, _path, _template = (
+    getattr(Prompt, name).__set__ for name in Prompt.__dataclass_fields__
+)
+
+
+def _prompt(pid: str, text: str, params: Any, tags: Any, where: Any, path: Any) -> Prompt:
+    p = _new(Prompt)
+    _id(p, pid)
+    _text(p, text)
+    _params(p, params)
+    _tags(p, tags)
+    _where(p, where)
+    _path(p, path)
+    _template(p, None)
+    return p
+
+
+class PromptTable(Sequence[Prompt]):
+    """The prompts of one prompt file, in file order: `where` is (file, line or row, 1)."""
+
+    __slots__ = (
+        "_ends",
+        "_id_ends",
+        "_ids",
+        "_lines",
+        "_more",
+        "_texts",
+        "file",
+        "folded_ids",
+        "path",
+        "texts_params",
+    )
+
+    def __init__(self, file: str, path: Path_) -> None:
+        self.file = file
+        self.path = path
+        self._texts = bytearray()
+        self._ends = array("Q")
+        self._ids = bytearray()
+        self._id_ends = array("Q")
+        self._lines = array("Q")
+        self._more: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}  # params, tags
+        # Taken as rows are added (the strings are at hand then): repeated texts and ids are
+        # found from these without reading the rows again (see text_fingerprint, id_fingerprint).
+        self.texts_params = FingerprintLog()
+        self.folded_ids = FingerprintLog()
+
+    def add(
+        self,
+        line: int,
+        pid: str,
+        text: str,
+        params: dict[str, Any] | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> None:
+        if params or tags:
+            self._more[len(self._ends)] = (params or _NO_PARAMS, tags)
+        self.texts_params.add(text_fingerprint(text, params or _NO_PARAMS))
+        self.folded_ids.add(hash(pid.lower()))
+        self._texts += text.encode()
+        self._ends.append(len(self._texts))
+        self._ids += pid.encode()
+        self._id_ends.append(len(self._ids))
+        self._lines.append(line)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, index: int) -> Prompt: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Prompt]: ...
+    def __getitem__(self, index: int | slice) -> Prompt | list[Prompt]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("prompt index out of range")
+        return next(self._rows(index, index + 1))
+
+    def __iter__(self) -> Iterator[Prompt]:
+        return self._rows(0, len(self))
+
+    def _rows(self, start: int, stop: int) -> Iterator[Prompt]:
+        texts, ends, ids, id_ends, lines = (
+            self._texts,
+            self._ends,
+            self._ids,
+            self._id_ends,
+            self._lines,
+        )
+        more, file, path = self._more, self.file, self.path
+        at = ends[start - 1] if start else 0
+        id_at = id_ends[start - 1] if start else 0
+        for i in range(start, stop):
+            end, id_end = ends[i], id_ends[i]
+            params, tags = more.get(i, (_NO_PARAMS, ()))
+            yield _prompt(
+                ids[id_at:id_end].decode(),
+                texts[at:end].decode(),
+                params,
+                tags,
+                (file, lines[i], 1),
+                path,
+            )
+            at, id_at = end, id_end
+
+    def ids(self) -> Iterator[str]:
+        """Each row's id, in order, without making prompts."""
+        ids, at = self._ids, 0
+        for end in self._id_ends:
+            yield ids[at:end].decode()
+            at = end
+
+
+class Prompts(Sequence[Prompt]):
+    """The manifest's prompts in order: inline prompts and prompt files' tables, chained."""
+
+    __slots__ = ("_parts", "_starts", "_total")
+
+    def __init__(self, parts: Sequence[Sequence[Prompt]]) -> None:
+        self._parts = tuple(p for p in parts if len(p))
+        self._starts: list[int] = []
+        total = 0
+        for part in self._parts:
+            self._starts.append(total)
+            total += len(part)
+        self._total = total
+
+    @property
+    def parts(self) -> tuple[Sequence[Prompt], ...]:
+        return self._parts
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __iter__(self) -> Iterator[Prompt]:
+        return chain.from_iterable(self._parts)
+
+    @overload
+    def __getitem__(self, index: int) -> Prompt: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Prompt]: ...
+    def __getitem__(self, index: int | slice) -> Prompt | list[Prompt]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += self._total
+        if not 0 <= index < self._total:
+            raise IndexError("prompt index out of range")
+        for start, part in zip(reversed(self._starts), reversed(self._parts), strict=True):
+            if index >= start:
+                return part[index - start]
+        raise IndexError("prompt index out of range")  # unreachable: index >= 0 = starts[0]
+
+    def templated(self) -> Iterator[Prompt]:
+        """The prompts that may have a template: inline ones (a file's rows are literal text)."""
+        for part in self._parts:
+            if not isinstance(part, PromptTable):
+                yield from part
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"<{self._total} prompts>"
