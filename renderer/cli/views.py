@@ -148,7 +148,11 @@ def cmd_diff(ctx: Context) -> int:
         thumbs = diffpage.thumb_paths(result, page) if page is not None else None
         ciout.summary(result, Path(a.summary), page=page, thumbs=thumbs)
     if a.json:
-        ctx.print(json.dumps(result, indent=2))
+        from renderer.view.pairing import json_chunks
+
+        for piece in json_chunks(result):  # a million pairs are never one string
+            ctx.out.write(piece)
+        ctx.print()
     else:
         counts = result["counts"]
         ctx.print(f"{result['outcome']}: " + "  ".join(f"{k}={v}" for k, v in counts.items()))

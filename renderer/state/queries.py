@@ -88,6 +88,48 @@ class Queries(StoreCore):
             args.append(state)
         return [Row.from_sql(r) for r in self.db.execute(sql + " ORDER BY plan_index, key", args)]
 
+    def stream(
+        self, columns: str, where: str = "", args: tuple[Any, ...] = (), chunk: int = PAGE * 5
+    ) -> Iterator[Any]:
+        """Rows of the plan's jobs (the `jobs` view: `columns`, filtered by `where`), in plan order,
+        read in pages of `chunk` by (plan_index, id): memory is one page whatever the run's size,
+        with either database (psycopg would otherwise fetch a whole result at once).
+
+        The order is the one metadata.jsonl and export_rows use; each page is its own statement,
+        so a writer may commit between pages (a job finished meanwhile may or may not be seen).
+        """
+        last: tuple[int, int] = (-(2**62), -1)
+        extra = f" AND ({where})" if where else ""
+        sql = (
+            f"SELECT plan_index AS plan_index_, id AS id_, {columns} FROM jobs WHERE in_plan = 1{extra} "
+            # The first condition lets either database seek the plan_index index; the second breaks ties.
+            "AND plan_index >= ? AND (plan_index > ? OR id > ?) ORDER BY plan_index, id LIMIT ?"
+        )
+        while True:
+            page = self.db.execute(sql, (*args, last[0], last[0], last[1], chunk)).fetchall()
+            yield from page
+            if len(page) < chunk:
+                return
+            last = (int(page[-1]["plan_index_"]), int(page[-1]["id_"]))
+
+    def axis_kinds(self) -> Iterator[dict[str, Any]]:
+        """Each distinct `axes` of the plan once, in the order of its first job: what the dataset's
+        columns are decided from (Columns.from_axes), without reading every job."""
+        for r in self.db.execute(
+            "SELECT axes, MIN(plan_index) AS first_at FROM jobs WHERE in_plan = 1 "
+            "GROUP BY axes ORDER BY first_at"
+        ):
+            yield json.loads(r[0])
+
+    def model_names(self) -> set[str]:
+        """Every model label and endpoint of the plan (what `diff --map` may name)."""
+        names: set[str] = set()
+        for model, endpoint in self.db.execute(
+            "SELECT DISTINCT model, endpoint FROM jobs WHERE in_plan = 1"
+        ):
+            names.update((model, endpoint))
+        return names
+
     def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """(key, files) of every finished job, in no particular order, read in pages by key."""
         after = -1
@@ -125,15 +167,16 @@ class Queries(StoreCore):
     nsfw_sql = "json_extract(result, '$.has_nsfw_concepts')"
 
     def export_rows(self, after: float | None = None) -> Iterator[dict[str, Any]]:
-        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags).
+        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags),
+        read in pages (`stream`).
 
         `after`: only jobs downloaded later than that (epoch s): what an append to metadata.jsonl needs.
         """
         since, args = ("", ()) if after is None else (" AND downloaded_at > ?", (after,))
-        for r in self.db.execute(
-            "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
-            f"{self.nsfw_sql} AS nsfw, provider, downloaded_at FROM jobs "
-            f"WHERE in_plan = 1 AND state = 'downloaded'{since} ORDER BY plan_index",
+        for r in self.stream(
+            "key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
+            f"{self.nsfw_sql} AS nsfw, provider, downloaded_at",
+            f"state = 'downloaded'{since}",
             args,
         ):
             nsfw = r["nsfw"]
