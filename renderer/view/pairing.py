@@ -133,23 +133,21 @@ def _spread(entries: Iterable[T], key: Key[T], parts: int) -> list[IO[bytes]]:
     """Each entry (with its position) into the partition its coordinates hash to."""
     # Closed by _load once read through (they outlive this function).
     files: list[IO[bytes]] = [tempfile.TemporaryFile(prefix="renderer-pair-") for _ in range(parts)]  # noqa: SIM115
-    picklers = [pickle.Pickler(f, protocol=pickle.HIGHEST_PROTOCOL) for f in files]
     for position, e in enumerate(entries):
         k = key(e)
         if k is not None:
-            pickler = picklers[hash(k) % parts]
-            pickler.dump((position, k, e))
-            pickler.clear_memo()  # the memo would otherwise keep every entry alive
+            # One pickle per record: a shared Pickler's memo would keep every entry alive (and
+            # clearing it desynchronises protocol 4's implicit memo indexes from the reader's).
+            pickle.dump((position, k, e), files[hash(k) % parts], pickle.HIGHEST_PROTOCOL)
     for f in files:
         f.seek(0)
     return files
 
 
 def _load(f: IO[bytes]) -> Iterator[Any]:
-    unpickler = pickle.Unpickler(f)
     while True:
         try:
-            yield unpickler.load()
+            yield pickle.load(f)
         except EOFError:
             f.close()
             return
@@ -158,10 +156,8 @@ def _load(f: IO[bytes]) -> Iterator[Any]:
 def _sorted_run(items: list[tuple[int, str, Hashable, T, T | None]]) -> IO[bytes]:
     items.sort(key=lambda item: item[0])
     f = tempfile.TemporaryFile(prefix="renderer-pair-")  # noqa: SIM115 (closed by _load)
-    pickler = pickle.Pickler(f, protocol=pickle.HIGHEST_PROTOCOL)
     for item in items:
-        pickler.dump(item)
-        pickler.clear_memo()
+        pickle.dump(item, f, pickle.HIGHEST_PROTOCOL)
     f.seek(0)
     return f
 
