@@ -51,6 +51,20 @@ class Entry:
     input: dict[str, Any]
     files: list[dict[str, Any]]  # {path (relative to the side's root), sha256, size, mtime_ns}
 
+    def __reduce__(self) -> tuple[type[Entry], tuple[Any, ...]]:
+        # Pickled as its fields (pairing spills entries to disk): ~2x faster than the default.
+        return Entry, (
+            self.key,
+            self.prompt_id,
+            self.model,
+            self.seed,
+            self.axes,
+            self.endpoint,
+            self.prompt,
+            self.input,
+            self.files,
+        )
+
     @property
     def coords(self) -> tuple[str, str, int | None, str]:
         return (self.prompt_id, self.model, self.seed, json.dumps(self.axes, sort_keys=True))
@@ -204,9 +218,10 @@ def disk_sha256(root: Path | RunSource, entry: dict[str, Any]) -> str | None:
             copy = root.local_file(entry["path"])
             return None if copy is None else hashlib.sha256(copy.read_bytes()).hexdigest()
         root = root.run_dir
-    path = root / entry["path"]
+    # os.path, not pathlib: this runs once per image, a million times for a large run.
+    path = os.path.join(root, entry["path"])
     try:
-        info = path.stat()
+        info = os.stat(path)
     except OSError:
         return None
     if not stat.S_ISREG(info.st_mode):
@@ -219,7 +234,7 @@ def disk_sha256(root: Path | RunSource, entry: dict[str, Any]) -> str | None:
         return str(entry["sha256"])
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
+        with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     except OSError:

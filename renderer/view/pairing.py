@@ -129,35 +129,47 @@ def _in_memory(
             yield ("only_b", k, eb, None)
 
 
+BATCH = 256  # records per pickle: one call per batch, not per record (~15 µs each)
+
+
 def _spread(entries: Iterable[T], key: Key[T], parts: int) -> list[IO[bytes]]:
     """Each entry (with its position) into the partition its coordinates hash to."""
     # Closed by _load once read through (they outlive this function).
     files: list[IO[bytes]] = [tempfile.TemporaryFile(prefix="renderer-pair-") for _ in range(parts)]  # noqa: SIM115
+    held: list[list[tuple[int, Hashable, T]]] = [[] for _ in range(parts)]
     for position, e in enumerate(entries):
         k = key(e)
         if k is not None:
-            # One pickle per record: a shared Pickler's memo would keep every entry alive (and
-            # clearing it desynchronises protocol 4's implicit memo indexes from the reader's).
-            pickle.dump((position, k, e), files[hash(k) % parts], pickle.HIGHEST_PROTOCOL)
-    for f in files:
+            part = hash(k) % parts
+            held[part].append((position, k, e))
+            if len(held[part]) >= BATCH:
+                pickle.dump(held[part], files[part], pickle.HIGHEST_PROTOCOL)
+                held[part] = []
+    for f, rest in zip(files, held, strict=True):
+        if rest:
+            pickle.dump(rest, f, pickle.HIGHEST_PROTOCOL)
         f.seek(0)
     return files
 
 
 def _load(f: IO[bytes]) -> Iterator[Any]:
+    """The records of a file of pickled batches, in order; the file is closed when read through."""
+    # One pickle per batch, each read by a fresh unpickler: a shared Pickler's memo would keep
+    # every record alive (and clearing it desynchronises protocol 4's implicit memo indexes).
     while True:
         try:
-            yield pickle.load(f)
+            batch = pickle.load(f)
         except EOFError:
             f.close()
             return
+        yield from batch
 
 
 def _sorted_run(items: list[tuple[int, str, Hashable, T, T | None]]) -> IO[bytes]:
     items.sort(key=lambda item: item[0])
     f = tempfile.TemporaryFile(prefix="renderer-pair-")  # noqa: SIM115 (closed by _load)
-    for item in items:
-        pickle.dump(item, f, pickle.HIGHEST_PROTOCOL)
+    for start in range(0, len(items), BATCH):
+        pickle.dump(items[start : start + BATCH], f, pickle.HIGHEST_PROTOCOL)
     f.seek(0)
     return f
 
