@@ -12,7 +12,9 @@ from renderer.view.pairing import Spilled, join, json_chunks
 
 # (coordinate, payload): few coordinates so that duplicates and overlaps are common; payloads
 # nested and shared as a run's entries are (the same strings in many entries).
-payloads = st.dictionaries(st.sampled_from(["path", "sha", "seed"]), st.sampled_from(["x", "yz", ""]))
+payloads = st.dictionaries(
+    st.sampled_from(["path", "sha", "seed"]), st.sampled_from(["x", "yz", ""])
+)
 entries = st.lists(st.tuples(st.integers(0, 30), payloads), max_size=80)
 
 

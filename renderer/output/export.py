@@ -5,15 +5,15 @@ Parquet is the form the Hugging Face Hub serves large image datasets in: an `ima
 with the `datasets` features in the schema metadata so `image` decodes as an Image. A card
 (README.md) beside the shards makes `load_dataset(DIR)` work as well.
 
-WebDataset: tar shards of samples `<key>.<png|jpg|webp>` + `<key>.json` (the row), written
-with the `webdataset` library's TarWriter.
+WebDataset: tar shards of samples `<key>.<png|jpg|webp>` + `<key>.json` (the row), members
+written as the `webdataset` library's TarWriter writes them (tar_member; no library needed).
 
 Invariants:
   * Every shard is written to a hidden temporary file and renamed into place; shards of an
     earlier export that this one did not write are removed, so the folder holds one export.
   * Every image's bytes are checked against the recorded sha256 as they are read: a file
     damaged since the run stops the export (rerun `renderer run` to fetch it again).
-  * pyarrow and webdataset are imported only here (the `renderer[datasets]` extra).
+  * pyarrow is imported only here (the `renderer[datasets]` extra); WebDataset needs no library.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import tarfile
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +79,27 @@ def _read_verified(source: RunSource, rel: str, sha256: str | None) -> bytes:
             hint="`renderer run --verify` fetches it again, then export",
         )
     return data
+
+
+READERS = 8  # images read (and hashed) at once: a disk's or a bucket's latency overlapped
+
+
+def _blobs(
+    source: RunSource, group: list[tuple[dict[str, Any], str]], pool: ThreadPoolExecutor
+) -> Iterator[bytes]:
+    """The verified bytes of each image of `group`, in order, read by the pool's threads (reads
+    and sha256 release the GIL). At most one group is in memory."""
+    return pool.map(lambda item: _read_verified(source, item[1], item[0]["sha256"]), group)
+
+
+def _each_read(
+    source: RunSource, chunk: list[tuple[dict[str, Any], str]], pool: ThreadPoolExecutor
+) -> Iterator[tuple[dict[str, Any], str, bytes]]:
+    """(row, path, verified bytes) of each image of `chunk`, read a row group at a time."""
+    for start in range(0, len(chunk), ROW_GROUP):
+        group = chunk[start : start + ROW_GROUP]
+        for (row, rel), blob in zip(group, _blobs(source, group, pool), strict=True):
+            yield row, rel, blob
 
 
 def _chunks(
@@ -145,7 +169,8 @@ def export(
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if shard_size < 1:
         raise ExportError(f"--shard-size {shard_size}: give a positive number of images per shard")
-    _need("pyarrow" if fmt == "parquet" else "webdataset")
+    if fmt == "parquet":
+        _need("pyarrow")
     with sourced(run) as source:
         return _export(source, fmt, out_dir, shard_size)
 
@@ -165,22 +190,21 @@ def _export(source: RunSource, fmt: str, out_dir: Path | None, shard_size: int) 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"{out}: cannot create the export folder: {exc.strerror or exc}") from exc
-    # Two passes over the state: the first counts (shard names carry the total, the card the
-    # models), the second streams; memory stays bounded by one shard's rows.
-    models: dict[str, tuple[str, int]] = {}
-    count = 0
-    with reading(source) as (columns, rows):
-        for row, _ in rows:
-            endpoint, n = models.get(row["model"], (row["endpoint"], 0))
-            models[row["model"]] = (endpoint, n + 1)
-            count += 1
+    # The counts first (shard names carry the total, the card the models), summed by the
+    # database; then the rows, streamed: memory stays bounded by one row group's images.
+    with source.store() as store:
+        models = store.images_by_model()
+    count = sum(n for _, n in models.values())
     shards = max(1, -(-count // shard_size))
-    with reading(source) as (columns, rows):
+    with (
+        reading(source) as (columns, rows),
+        ThreadPoolExecutor(READERS, thread_name_prefix="export-read") as pool,
+    ):
         chunks = _chunks(rows, shard_size)
         if fmt == "parquet":
-            written, size = _parquet(source, out, columns, chunks, shards)
+            written, size = _parquet(source, out, columns, chunks, shards, pool)
         else:
-            written, size = _webdataset(source, out, chunks, shards)
+            written, size = _webdataset(source, out, chunks, shards, pool)
     if fmt == "parquet":
         files.write_atomic(
             out / CARD,
@@ -227,6 +251,7 @@ def _parquet(
     columns: Columns,
     chunks: Iterator[list[tuple[dict[str, Any], str]]],
     shards: int,
+    pool: ThreadPoolExecutor,
 ) -> tuple[list[Path], int]:
     pa = _need("pyarrow")
     pq = __import__("pyarrow.parquet", fromlist=["parquet"])
@@ -243,8 +268,7 @@ def _parquet(
             for start in range(0, len(chunk), ROW_GROUP):
                 group = chunk[start : start + ROW_GROUP]
                 data: dict[str, list[Any]] = {n: [] for n in names}
-                for row, rel in group:
-                    blob = _read_verified(source, rel, row["sha256"])
+                for (row, _), blob in zip(group, _blobs(source, group, pool), strict=True):
                     total += len(blob)
                     data["image"].append({"bytes": blob, "path": row["file_name"]})
                     for n in names[1:]:
@@ -256,31 +280,63 @@ def _parquet(
 
 
 def _webdataset(
-    source: RunSource, out: Path, chunks: Iterator[list[tuple[dict[str, Any], str]]], shards: int
+    source: RunSource,
+    out: Path,
+    chunks: Iterator[list[tuple[dict[str, Any], str]]],
+    shards: int,
+    pool: ThreadPoolExecutor,
 ) -> tuple[list[Path], int]:
-    wds = _need("webdataset")
     written: list[Path] = []
     total = 0
+    mtime = int(time.time())
     for index, chunk in enumerate(chunks):
         path = out / _shard_name("train", index, shards, "tar")
         with files.atomic_stream(path) as handle:
-            writer = wds.TarWriter(handle, encoder=False)
-            try:
-                for row, rel in chunk:
-                    blob = _read_verified(source, rel, row["sha256"])
-                    total += len(blob)
-                    ext = rel.rsplit(".", 1)[-1]
-                    # The key must not contain a dot: WebDataset splits a member's name at the first one.
-                    key = f"{row['job_key']}-{row['image_index']}"
-                    writer.write(
-                        {
-                            "__key__": key,
-                            ext: blob,
-                            "json": json.dumps(row, ensure_ascii=False, sort_keys=True).encode(),
-                        }
-                    )
-            finally:
-                writer.close()  # while the file is open (tarfile writes its end blocks on close)
+            for row, rel, blob in _each_read(source, chunk, pool):
+                total += len(blob)
+                ext = rel.rsplit(".", 1)[-1]
+                # The key must not contain a dot: WebDataset splits a member's name at the first one.
+                key = f"{row['job_key']}-{row['image_index']}"
+                text = json.dumps(row, ensure_ascii=False, sort_keys=True).encode()
+                # A sample's members in the order webdataset's TarWriter writes them (by extension).
+                for name, data in sorted(((f"{key}.json", text), (f"{key}.{ext}", blob))):
+                    handle.write(tar_member(name, data, mtime))
+            # Two zero blocks end the archive, padded (as tarfile does) to whole records.
+            handle.write(bytes(_TAR_END + (-(handle.tell() + _TAR_END) % _TAR_RECORD)))
         written.append(path)
     _replace_shards(out, written, "train-*-of-*.tar")
     return written, total
+
+
+_TAR_BLOCK = 512
+_TAR_RECORD = 20 * _TAR_BLOCK  # tar pads an archive to whole records
+_TAR_END = 2 * _TAR_BLOCK  # two zero blocks end an archive
+
+
+def tar_member(name: str, data: bytes, mtime: int) -> bytes:
+    """One regular file of a tar archive (POSIX ustar header, data padded to 512 bytes), as
+    webdataset's TarWriter makes it (mode 0444, owner bigdata) without tarfile's per-member cost
+    (its PAX header for a float mtime doubled the tar's headers and took 2/3 of the export).
+    A name too long or not ASCII for ustar gets tarfile's PAX header."""
+    encoded = name.encode()
+    if len(encoded) > 100 or not encoded.isascii():
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), mtime, 0o444
+        info.uname = info.gname = "bigdata"
+        head = info.tobuf(tarfile.PAX_FORMAT)
+    else:
+        header = bytearray(_TAR_BLOCK)
+        header[0 : len(encoded)] = encoded
+        header[100:108] = b"0000444\0"
+        header[108:116] = b"0000000\0"
+        header[116:124] = b"0000000\0"
+        header[124:136] = b"%011o\0" % len(data)
+        header[136:148] = b"%011o\0" % mtime
+        header[148:156] = b" " * 8  # the checksum is summed with its own field as spaces
+        header[156:157] = b"0"  # a regular file
+        header[257:265] = b"ustar\x0000"
+        header[265:272] = b"bigdata"
+        header[297:304] = b"bigdata"
+        header[148:156] = b"%06o\0 " % sum(header)
+        head = bytes(header)
+    return head + data + bytes(-len(data) % _TAR_BLOCK)

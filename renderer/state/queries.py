@@ -200,6 +200,19 @@ class Queries(StoreCore):
                 else None,
             }
 
+    files_sql = "json_array_length(files)"  # the number of files a finished job wrote
+
+    def images_by_model(self) -> dict[str, tuple[str, int]]:
+        """model → (endpoint, images) over the plan's finished jobs, models in plan order: what an
+        export's card and shard names need, counted in SQL (no job read into Python)."""
+        return {
+            r[0]: (r[1], int(r[2] or 0))
+            for r in self.db.execute(
+                f"SELECT model, MIN(endpoint), SUM({self.files_sql}), MIN(plan_index) AS first_at "
+                "FROM jobs WHERE in_plan = 1 AND state = 'downloaded' GROUP BY model ORDER BY first_at"
+            )
+        }
+
     def counts(self) -> dict[str, int]:
         found = {state: 0 for state in STATES}
         for state, n in self.db.execute(
