@@ -31,7 +31,10 @@ def cmd_export(ctx: Context) -> int:
 
     a = ctx.args
     with _source(ctx, a.run) as source:
-        done = export.export(source, a.format, Path(a.out) if a.out else None, a.shard_size)
+        from renderer.settings import is_remote
+
+        out = (a.out if is_remote(a.out) else Path(a.out)) if a.out else None
+        done = export.export(source, a.format, out, a.shard_size, ctx.env)
     if a.json:
         ctx.print(json.dumps(done, indent=2))
         return 0

@@ -19,14 +19,17 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
+import shutil
 import tarfile
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -36,6 +39,7 @@ from renderer.layout import DATA_DIR, RUN_RECORD
 from renderer.output import files
 from renderer.output.dataset import CARD, CardInfo, Columns, card_text, reading
 from renderer.output.source import RunSource, sourced
+from renderer.settings import is_remote, parse_s3
 
 FORMATS = ("parquet", "webdataset")
 ROW_GROUP = 100  # images per Parquet row group: what the Hub's viewer reads in one go
@@ -151,19 +155,85 @@ def _arrow_schema(columns: Columns) -> Any:
     return pa.schema(fields, metadata=metadata)
 
 
-def _replace_shards(folder: Path, written: list[Path], pattern: str) -> None:
-    keep = {p.name for p in written}
-    for old in folder.glob(pattern):
-        if old.name not in keep:
-            old.unlink(missing_ok=True)
+class _Folder:
+    """Where an export's files go: a local folder (shards written in place, atomically)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.label = str(folder)
+
+    def shard(self, name: str) -> Path:
+        """The file a shard is written to."""
+        return self.folder / name
+
+    def written(self, path: Path) -> None:
+        """A shard is complete."""
+
+    def card(self, data: bytes) -> None:
+        files.write_atomic(self.folder / CARD, data)
+
+    def finish(self, written: list[str], pattern: str) -> None:
+        """The folder holds one export: shards of an earlier one that this did not write go."""
+        keep = set(written)
+        for old in self.folder.glob(pattern):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+
+class _Bucket(_Folder):
+    """A folder in a bucket: each shard is staged in a private temporary folder, uploaded once
+    complete and removed here, so the local disk holds one shard at a time."""
+
+    def __init__(self, url: str, env: Mapping[str, str]) -> None:
+        from renderer.output.storage import S3Storage
+
+        bucket, prefix = parse_s3(url)
+        path = PurePosixPath(prefix)
+        if not prefix:
+            raise ExportError(
+                f"--out {url}: name a folder in the bucket",
+                hint="e.g. --out s3://BUCKET/exports/NAME/",
+            )
+        parent = "" if str(path.parent) == "." else str(path.parent)
+        self.storage = S3Storage(url, bucket, parent, env)
+        self.rel = path.name
+        self.label = url.rstrip("/")
+        self.staging = Path(tempfile.mkdtemp(prefix="renderer-export-"))
+        super().__init__(self.staging)
+        self.label = url.rstrip("/")
+
+    def written(self, path: Path) -> None:
+        kind = "application/x-tar" if path.suffix == ".tar" else "application/vnd.apache.parquet"
+        try:
+            self.storage.put_file(f"{self.rel}/{path.name}", path, content_type=kind)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def card(self, data: bytes) -> None:
+        self.storage.put_bytes(f"{self.rel}/{CARD}", data)
+
+    def finish(self, written: list[str], pattern: str) -> None:
+        keep = set(written)
+        for name in self.storage.names(self.rel):
+            if fnmatch.fnmatchcase(name, pattern) and name not in keep:
+                self.storage.delete(f"{self.rel}/{name}")
+
+    def close(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def export(
-    run: RunSource | Path, fmt: str, out_dir: Path | None = None, shard_size: int = 1000
+    run: RunSource | Path,
+    fmt: str,
+    out_dir: Path | str | None = None,
+    shard_size: int = 1000,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the export; return {format, dir, shards, rows, bytes}.
 
     `run`: a run directory, or a RunSource (a distributed run's state, images in a bucket).
+    `out_dir`: a folder, or s3://BUCKET/PREFIX (credentials from `env`'s AWS variables); by
+    default export/FORMAT beside the run's data/ (in its bucket when its images are in one).
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -172,10 +242,24 @@ def export(
     if fmt == "parquet":
         _need("pyarrow")
     with sourced(run) as source:
-        return _export(source, fmt, out_dir, shard_size)
+        if out_dir is None and source.remote:
+            out_dir = source.where(f"export/{fmt}")
+        if out_dir is not None and is_remote(str(out_dir)):
+            url = str(out_dir).rstrip("/")
+            data = source.where(DATA_DIR) if source.remote else None
+            if data is not None and (url == data or url.startswith(data + "/")):
+                raise ExportError(f"{url}: an export cannot go inside the dataset folder {data}")
+            bucket = _Bucket(url, env or {})
+            try:
+                return _export(source, fmt, bucket, shard_size)
+            finally:
+                bucket.close()
+        return _export(
+            source, fmt, _local(source, fmt, Path(out_dir) if out_dir else None), shard_size
+        )
 
 
-def _export(source: RunSource, fmt: str, out_dir: Path | None, shard_size: int) -> dict[str, Any]:
+def _local(source: RunSource, fmt: str, out_dir: Path | None) -> _Folder:
     run_dir = source.run_dir
     out = out_dir or run_dir / "export" / fmt
     try:
@@ -190,6 +274,10 @@ def _export(source: RunSource, fmt: str, out_dir: Path | None, shard_size: int) 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"{out}: cannot create the export folder: {exc.strerror or exc}") from exc
+    return _Folder(out)
+
+
+def _export(source: RunSource, fmt: str, out: _Folder, shard_size: int) -> dict[str, Any]:
     # The counts first (shard names carry the total, the card the models), summed by the
     # database; then the rows, streamed: memory stays bounded by one row group's images.
     with source.store() as store:
@@ -206,8 +294,7 @@ def _export(source: RunSource, fmt: str, out_dir: Path | None, shard_size: int) 
         else:
             written, size = _webdataset(source, out, chunks, shards, pool)
     if fmt == "parquet":
-        files.write_atomic(
-            out / CARD,
+        out.card(
             card_text(
                 replace(_card_info(source, models, count), size=size),
                 columns,
@@ -217,8 +304,8 @@ def _export(source: RunSource, fmt: str, out_dir: Path | None, shard_size: int) 
         )
     return {
         "format": fmt,
-        "dir": str(out),
-        "shards": [p.name for p in written],
+        "dir": out.label,
+        "shards": written,
         "rows": count,
         "bytes": size,
     }
@@ -247,20 +334,20 @@ def _card_info(source: RunSource, models: dict[str, tuple[str, int]], count: int
 
 def _parquet(
     source: RunSource,
-    out: Path,
+    out: _Folder,
     columns: Columns,
     chunks: Iterator[list[tuple[dict[str, Any], str]]],
     shards: int,
     pool: ThreadPoolExecutor,
-) -> tuple[list[Path], int]:
+) -> tuple[list[str], int]:
     pa = _need("pyarrow")
     pq = __import__("pyarrow.parquet", fromlist=["parquet"])
     schema = _arrow_schema(columns)
     names = [f.name for f in schema]
-    written: list[Path] = []
+    written: list[str] = []
     total = 0
     for index, chunk in enumerate(chunks):
-        path = out / _shard_name("train", index, shards, "parquet")
+        path = out.shard(_shard_name("train", index, shards, "parquet"))
         with (
             files.atomic_stream(path) as handle,
             pq.ParquetWriter(handle, schema, compression="zstd") as writer,
@@ -274,23 +361,24 @@ def _parquet(
                     for n in names[1:]:
                         data[n].append(row[n])
                 writer.write_table(pa.table(data, schema=schema))
-        written.append(path)
-    _replace_shards(out, written, "train-*-of-*.parquet")
+        out.written(path)
+        written.append(path.name)
+    out.finish(written, "train-*-of-*.parquet")
     return written, total
 
 
 def _webdataset(
     source: RunSource,
-    out: Path,
+    out: _Folder,
     chunks: Iterator[list[tuple[dict[str, Any], str]]],
     shards: int,
     pool: ThreadPoolExecutor,
-) -> tuple[list[Path], int]:
-    written: list[Path] = []
+) -> tuple[list[str], int]:
+    written: list[str] = []
     total = 0
     mtime = int(time.time())
     for index, chunk in enumerate(chunks):
-        path = out / _shard_name("train", index, shards, "tar")
+        path = out.shard(_shard_name("train", index, shards, "tar"))
         with files.atomic_stream(path) as handle:
             for row, rel, blob in _each_read(source, chunk, pool):
                 total += len(blob)
@@ -303,8 +391,9 @@ def _webdataset(
                     handle.write(tar_member(name, data, mtime))
             # Two zero blocks end the archive, padded (as tarfile does) to whole records.
             handle.write(bytes(_TAR_END + (-(handle.tell() + _TAR_END) % _TAR_RECORD)))
-        written.append(path)
-    _replace_shards(out, written, "train-*-of-*.tar")
+        out.written(path)
+        written.append(path.name)
+    out.finish(written, "train-*-of-*.tar")
     return written, total
 
 
