@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from renderer.errors import StateError
@@ -16,6 +16,7 @@ from renderer.state.rows import (
     STATES,
     Row,
     _dumps,
+    distinct_stem,
     key_blob,
 )
 
@@ -129,6 +130,49 @@ class Queries(StoreCore):
         ):
             names.update((model, endpoint))
         return names
+
+    def real_stems(self, jobs: Iterable[Any], batch: int = 500) -> Iterator[tuple[Any, str]]:
+        """(job, the stem it will really write to) for each job of a plan, in order, as recording the plan
+        would decide it (plansync): a recorded job keeps its own; a new job whose stem a recorded
+        job owns (ignoring case) gets distinct_stem. What `plan` shows, read-only."""
+        owned: set[int] | None = None  # hashes of every recorded stem, folded: read once if needed
+        held: list[Any] = []
+
+        def flush() -> Iterator[tuple[Any, str]]:
+            nonlocal owned
+            blobs = [key_blob(j.key) for j in held]
+            recorded = {
+                bytes(r[0]): r[1]
+                for r in self.db.execute(
+                    f"SELECT j.k, v.stem FROM job j JOIN jobs v ON v.id = j.id "
+                    f"WHERE j.k IN ({','.join('?' * len(blobs))})",
+                    blobs,
+                )
+            }
+            for j, blob in zip(held, blobs, strict=True):
+                stem = recorded.get(blob)
+                if stem is None:
+                    if owned is None:
+                        owned = {
+                            hash(r[0].lower()) for r in self.db.execute("SELECT stem FROM jobs")
+                        }
+                    stem = j.stem
+                    if (
+                        hash(stem.lower()) in owned
+                        and self.db.execute(
+                            "SELECT 1 FROM jobs WHERE lower(stem) = ? LIMIT 1", (stem.lower(),)
+                        ).fetchone()
+                    ):
+                        stem = distinct_stem(stem, j.key)
+                yield j, stem
+            held.clear()
+
+        for job in jobs:
+            held.append(job)
+            if len(held) >= batch:
+                yield from flush()
+        if held:
+            yield from flush()
 
     def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """(key, files) of every finished job, in no particular order, read in pages by key."""
