@@ -42,6 +42,10 @@ def small_png() -> bytes:
     return buffer.getvalue()
 
 
+def yaml_name(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("name:"))
+
+
 def argv(command: str, run: Path, scratch: Path) -> list[str]:
     if command.startswith("export"):
         fmt = command.split()[1]
@@ -84,6 +88,13 @@ def main() -> None:
     )
     ap.add_argument("--only", action="append", choices=COMMANDS, help="time only these commands")
     ap.add_argument("--keep", type=Path, help="synthesise into (or reuse) this folder")
+    ap.add_argument(
+        "--shape",
+        choices=("captions", "dataset"),
+        default="captions",
+        help="captions: N distinct prompts x 1 model x 1 seed (issue 22's); dataset: 1,000 "
+        "prompts x 10 models x N/10,000 seeds (bench/state_scale.py's; far quicker to synthesise)",
+    )
     args = ap.parse_args()
     trees = [Path(t).resolve() for t in (args.tree or [str(Path(__file__).parent.parent)])]
     commands = args.only or list(COMMANDS)
@@ -94,34 +105,65 @@ def main() -> None:
         start = time.perf_counter()
         if not (run / "renderer.sqlite").is_file():
             png = small_png()
-            synthesise_finished_run(
-                manifest(folder, args.images, 16), folder / "out", lambda job: png
-            )
+            if args.shape == "captions":
+                path = manifest(folder, args.images, 16)
+            else:
+                from state_scale import dataset_manifest
+
+                path = dataset_manifest(folder, args.images)
+                text = path.read_text()  # the run's folder is found by the name "bench"
+                path.write_text(text.replace(yaml_name(text), "name: bench", 1))
+            synthesise_finished_run(path, folder / "out", lambda job: png)
         made = time.perf_counter() - start
         print(f"synthesised {args.images:,} images in {made:.0f} s: {run}", file=sys.stderr)
         rows = []
-        for tree in trees:
-            for command in commands:
-                walls, rss = [], []
-                for _ in range(args.runs):
+        for command in commands:
+            found: dict[Path, list[dict]] = {tree: [] for tree in trees}
+            for _ in range(args.runs):
+                for tree in trees:  # alternating, so a change in the machine's load hits both
                     scratch = folder / "scratch"
                     shutil.rmtree(scratch, ignore_errors=True)
                     scratch.mkdir()
                     record = measure(tree, argv(command, run, scratch), folder)
-                    walls.append(record["wall"])
-                    rss.append(record["rss_mb"])
-                    print(f"  {tree.name} {command}: {record['wall']:.1f} s", file=sys.stderr)
-                wall = median(walls)
+                    found[tree].append(record)
+                    print(
+                        f"  {tree.name} {command}: {record['wall']:.1f} s, CPU {record['cpu']:.1f} s, "
+                        f"{record['rss_mb']:.0f} MiB (load {os.getloadavg()[0]:.1f})",
+                        file=sys.stderr,
+                    )
+            for tree in trees:
+                records = found[tree]
+                wall = median([r["wall"] for r in records])
+                cpu = median([r["cpu"] for r in records])
                 rate = (
                     f"{args.images / wall:,.0f}/s" if command.startswith(("export", "diff")) else ""
                 )
+                rss = median([r["rss_mb"] for r in records])
                 rows.append(
-                    [tree.name, command, f"{wall:.1f}", rate, f"{median(rss):.0f}", len(walls)]
+                    [
+                        tree.name,
+                        command,
+                        f"{wall:.1f}",
+                        f"{cpu:.1f}",
+                        rate,
+                        f"{rss:.0f}",
+                        len(records),
+                    ]
                 )
+    trees_args = " ".join(f"--tree {t}" for t in (args.tree or []))
     print(
-        f"tools at {args.images:,} images ({machine()}, load {os.getloadavg()[0]:.1f} at the end)"
+        f"# tools after a run of {args.images:,} images; {machine()}; load "
+        f"{os.getloadavg()[0]:.1f} at the end; medians of {args.runs}"
     )
-    print(table(["tree", "command", "wall s (median)", "images/s", "peak RSS MiB", "runs"], rows))
+    print(
+        f"# reproduce: python bench/tools_scale.py --images {args.images} --runs {args.runs} "
+        f"--shape {args.shape} " + trees_args
+    )
+    print(
+        table(
+            ["tree", "command", "wall s", "CPU s", "images/s (wall)", "peak RSS MiB", "runs"], rows
+        )
+    )
 
 
 if __name__ == "__main__":

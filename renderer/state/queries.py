@@ -268,6 +268,16 @@ class Queries(StoreCore):
         )
         return found
 
+    def submitted_by_account(self) -> dict[str | None, int]:
+        """Submitted jobs of the plan per account that holds their request (None: the single key)."""
+        return {
+            r[0]: int(r[1])
+            for r in self.db.execute(
+                "SELECT account, COUNT(*) FROM job WHERE in_plan = 1 AND state = 'submitted' "
+                "GROUP BY account"
+            )
+        }
+
     def ambiguous(self) -> int:
         """Jobs whose last submit has no recorded outcome (a crash between submit and commit)."""
         return int(
