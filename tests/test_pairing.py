@@ -77,3 +77,19 @@ def test_json_chunks_write_what_json_dumps_writes(head, pairs, only):
     spilled = {**head, "pairs": Spilled(pairs), "only_in_a": Spilled(only)}
     assert "".join(json_chunks(spilled)) == json.dumps(result, indent=2)
     assert "".join(json_chunks(result)) == json.dumps(result, indent=2)
+
+
+unique_entries = st.lists(
+    st.tuples(st.integers(0, 30), payloads), max_size=40, unique_by=lambda e: e[0]
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(unique_entries, unique_entries, st.integers(0, 40), st.sampled_from([1, 10**6]))
+def test_pairing_in_step_is_the_dict_join_for_unique_coordinates(a, b, shared, size):
+    """Two runs of one plan (the same coordinates in the same order, then anything) pair as two dicts do."""
+    key = lambda e: e[0] if e[0] != 7 else None  # noqa: E731  (7: an unmapped model)
+    prefix = [(100 + i, {"path": str(i)}) for i in range(shared)]
+    a, b = prefix + a, prefix + b
+    kept = lambda side: [e for e in side if key(e) is not None]  # noqa: E731
+    assert list(join(a, b, key, key, size, unique=True)) == dict_join(kept(a), kept(b))

@@ -328,7 +328,10 @@ def compare(
     measuring = _Measuring(a, b, judge)
     size = max(_size(a), _size(b))
     try:
-        for kind, found, ea, eb in join(a.entries, b.entries, key_a, key_b, size):
+        # A run's coordinates are unique (two jobs with the same ones would share a path, which
+        # planning refuses), so two runs of one plan pair in step without any dict.
+        unique = isinstance(a.entries, RunEntries) and isinstance(b.entries, RunEntries)
+        for kind, found, ea, eb in join(a.entries, b.entries, key_a, key_b, size, unique=unique):
             coords = cast(tuple[Any, ...], found)
             if kind == "only_a":
                 only_a.append(_only(ea, coords))

@@ -18,6 +18,7 @@ result holding them exactly as `json.dumps(result, indent=2)` would.
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import os
 import pickle
@@ -108,6 +109,15 @@ def json_chunks(value: dict[str, Any]) -> Iterator[str]:
     yield "\n}"
 
 
+def _next_keyed(entries: Iterator[T], key: Key[T]) -> tuple[T, Hashable] | None:
+    """The next entry that takes part, with its key; None at the end."""
+    for e in entries:
+        k = key(e)
+        if k is not None:
+            return e, k
+    return None
+
+
 def _in_memory(
     a: Iterable[T], b: Iterable[T], key_a: Key[T], key_b: Key[T]
 ) -> Iterator[tuple[str, Hashable, T, T | None]]:
@@ -180,11 +190,33 @@ def join(
     key_a: Key[T],
     key_b: Key[T],
     size: int,
+    *,
+    unique: bool = False,
 ) -> Iterator[tuple[str, Hashable, T, T | None]]:
     """(kind, coordinates, entry, B's entry or None) as two dicts would pair them (module docstring).
 
     `size`: about how many entries the larger side has (it picks the number of partitions).
+    `unique`: the caller knows no coordinate occurs twice on a side (a run's jobs): then the
+    leading entries that pair in step (two runs of one plan, in plan order) are paired as
+    they come, and only the rest goes through the dicts or partitions.
     """
+    if unique:
+        it_a, it_b = iter(a), iter(b)
+        for ea in it_a:
+            ka = key_a(ea)
+            if ka is None:
+                continue
+            head = _next_keyed(it_b, key_b)
+            if head is not None and head[1] == ka:
+                yield "pair", ka, ea, head[0]
+                continue
+            # Out of step: the rest (these two included) is paired in general. A coordinate
+            # paired above occurs once on each side, so it cannot occur in the rest.
+            rest_b = it_b if head is None else itertools.chain([head[0]], it_b)
+            yield from join(itertools.chain([ea], it_a), rest_b, key_a, key_b, size)
+            return
+        yield from join((), it_b, key_a, key_b, size)
+        return
     parts = -(-size // PART)
     if parts <= 1:
         yield from _in_memory(a, b, key_a, key_b)
