@@ -92,8 +92,16 @@ def _blobs(
     source: RunSource, group: list[tuple[dict[str, Any], str]], pool: ThreadPoolExecutor
 ) -> Iterator[bytes]:
     """The verified bytes of each image of `group`, in order, read by the pool's threads (reads
-    and sha256 release the GIL). At most one group is in memory."""
-    return pool.map(lambda item: _read_verified(source, item[1], item[0]["sha256"]), group)
+    and sha256 release the GIL), a slice of the group per thread (a task per image cost more
+    than the read). At most one group is in memory."""
+    step = -(-len(group) // READERS) or 1
+
+    def read(part: list[tuple[dict[str, Any], str]]) -> list[bytes]:
+        return [_read_verified(source, rel, row["sha256"]) for row, rel in part]
+
+    parts = [group[i : i + step] for i in range(0, len(group), step)]
+    for blobs in pool.map(read, parts):
+        yield from blobs
 
 
 def _each_read(
