@@ -205,7 +205,6 @@ class _Bucket(_Folder):
         parent = "" if str(path.parent) == "." else str(path.parent)
         self.storage = S3Storage(url, bucket, parent, env)
         self.rel = path.name
-        self.label = url.rstrip("/")
         self.staging = Path(tempfile.mkdtemp(prefix="renderer-export-"))
         super().__init__(self.staging)
         self.label = url.rstrip("/")
