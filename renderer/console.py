@@ -363,9 +363,9 @@ def _status(source: RunSource, store: Store, out: TextIO, *, as_json: bool) -> i
         stale = [(r.key, r.stem, r.state) for r in store.rows(in_plan=False)]
         # Which account holds each submitted request (only that account's key can follow it).
         by_account: dict[str, int] = {}
-        for r in store.rows(in_plan=True, state="submitted"):
-            name = r.account if r.account is not None else SINGLE_KEY
-            by_account[name] = by_account.get(name, 0) + 1
+        for account, n in store.submitted_by_account().items():  # counted by the database
+            name = account if account is not None else SINGLE_KEY
+            by_account[name] = by_account.get(name, 0) + n
         ambiguous = store.ambiguous()
         # What a rerun would fetch again: finished jobs whose files are gone or changed (on disk:
         # size + mtime; in a bucket: size + stored sha256). (Shared state with local output: the

@@ -34,7 +34,9 @@ SIDECAR_SUFFIX = ".json"
 #   RUN/run.json                               the run record (what ran, counts, cost, outcome)
 #   RUN/report/                                the contact sheet (`renderer report`)
 #   RUN/data/                                  the dataset: images, sidecars, metadata.jsonl, README.md
+#   RUN/superseded/                            images of jobs no longer in the plan (same paths as in data/)
 DATA_DIR = "data"  # the dataset folder inside a run directory
+SUPERSEDED_DIR = "superseded"  # where a job's images go when it leaves the plan (never deleted)
 DB_NAME = "renderer.sqlite"
 LOCK_NAME = ".renderer.lock"
 RUN_RECORD = "run.json"

@@ -87,6 +87,14 @@ def test_state_scale_smoke():
     )
 
 
+def test_tools_scale_smoke():
+    """bench/tools_scale.py times export (both formats), diff and status on a synthesised run."""
+    out = _run("bench/tools_scale.py", "--images", "30", "--runs", "1")
+    assert "# reproduce: python bench/tools_scale.py" in out
+    for command in ("export parquet", "export webdataset", "diff RUN RUN", "status"):
+        assert f"| {command} " in out
+
+
 def test_report_scale_smoke():
     """bench/report_scale.py times cold and warm reports and a full diff on a synthesised run."""
     out = _run("bench/report_scale.py", "--images", "40", "--runs", "1")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import io
 import json
+import tarfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from renderer.output import export
 from renderer.provider.emulator import ServiceTime
 
 from .conftest import background_emulator, cli, write_manifest
@@ -171,3 +176,25 @@ def test_reexport_replaces_shards_and_damage_stops_it(run_dir: Path, tmp_path: P
     assert code == 2 and "inside the dataset folder" in err
     code, _, err = cli("export", str(tmp_path), "--format", "parquet")
     assert code == 2 and "no run here" in err
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.text(min_size=1, max_size=130).filter(lambda n: "\x00" not in n),
+    st.binary(max_size=2000),
+    st.integers(0, 8**11 - 1),
+)
+def test_tar_members_are_what_tarfile_writes(name, data, mtime):
+    """WebDataset shards are standard tar: each member is byte for byte tarfile's ustar header
+    (PAX for names ustar cannot hold), read back with its name, bytes and mode."""
+    member = export.tar_member(name, data, mtime)
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), mtime, 0o444
+    info.uname = info.gname = "bigdata"
+    encoded = name.encode()
+    if len(encoded) <= 100 and encoded.isascii():
+        assert member[:512] == info.tobuf(tarfile.USTAR_FORMAT)
+    with tarfile.open(fileobj=io.BytesIO(member + bytes(1024))) as tar:
+        (got,) = tar.getmembers()
+        assert (got.name, got.size, got.mode, got.mtime) == (name, len(data), 0o444, mtime)
+        assert tar.extractfile(got).read() == data

@@ -100,7 +100,8 @@ def test_only_intact_images_of_the_same_job_are_adopted(tmp_path_factory, damage
 
 
 def test_a_path_held_by_another_job_is_never_overwritten(tmp_path: Path):
-    """Changing a parameter that is not an axis: the new job gets its own path; the old image and row stay true."""
+    """Changing a parameter that is not an axis: the new job gets its own path; the old image moves
+    to superseded/ unchanged (data/ is the dataset) and its row stays true."""
     run_dir = tmp_path / "o/t"
     with background_emulator(service=FAST) as emu:
         m = write_manifest(tmp_path, seeds=[1])
@@ -111,8 +112,9 @@ def test_a_path_held_by_another_job_is_never_overwritten(tmp_path: Path):
         write_manifest(tmp_path, seeds=[1], defaults={"aspect_ratio": "16:9"})
         assert cli(*base, env=ENV)[0] == 0
         assert emu.stats()["submits"] == 2
-    assert old.read_bytes() == old_bytes
-    new = [p for p in images(run_dir) if p != old]
+    kept = run_dir / "superseded" / old.relative_to(run_dir / "data")
+    assert kept.read_bytes() == old_bytes and not old.exists()
+    new = [p for p in images(run_dir) if p != kept]
     assert (
         len(new) == 1
         and new[0].parent == old.parent
@@ -126,8 +128,9 @@ def test_a_path_held_by_another_job_is_never_overwritten(tmp_path: Path):
     owners = {f["path"]: (r.key, f["sha256"]) for r in rows for f in (r.files or [])}
     assert len(owners) == 2  # two jobs, two paths, each file what its row says
     for path, (key, sha) in owners.items():
-        assert hashlib.sha256((run_dir / path).read_bytes()).hexdigest() == sha
-        assert json.loads((run_dir / path).with_suffix(".json").read_text())["job_key"] == key
+        at = run_dir / path if (run_dir / path).exists() else kept.parent / Path(path).name
+        assert hashlib.sha256(at.read_bytes()).hexdigest() == sha
+        assert json.loads(at.with_suffix(".json").read_text())["job_key"] == key
 
 
 def test_a_path_held_on_disk_only_is_never_overwritten(tmp_path: Path):

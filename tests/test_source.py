@@ -113,6 +113,38 @@ def test_tools_read_a_distributed_run_from_a_fresh_machine_as_a_local_one(
     )
     assert code == 0, err
     assert _parquet_rows(fresh / "pd") == _parquet_rows(fresh / "pl") != []
+    # export into the bucket: the same shards and card, nothing written here.
+    before = sorted(p.relative_to(fresh) for p in fresh.rglob("*"))
+    code, out, err = cli(
+        "export", run_url, *state, "--format", "parquet", "--out", f"{url}/exports/pq/", env=aws
+    )
+    assert code == 0, err
+    assert f"→ {url}/exports/pq/" in out
+    assert sorted(p.relative_to(fresh) for p in fresh.rglob("*")) == before
+    exports = open_storage(url, "exports", aws)
+    names = exports.names("pq")
+    assert "README.md" in names
+    (fresh / "from-bucket").mkdir()
+    for name in names:
+        (fresh / "from-bucket" / name).write_bytes(exports.read(f"pq/{name}") or b"")
+    assert _parquet_rows(fresh / "from-bucket") == _parquet_rows(fresh / "pl")
+    # A second export with smaller shards replaces the first's in the bucket.
+    code, out, err = cli(
+        "export", run_url, *state, "--format", "webdataset", "--shard-size", "1",
+        "--out", f"{url}/exports/pq", env=aws,
+    )  # fmt: skip
+    assert code == 0, err
+    tars = {n for n in exports.names("pq") if n.endswith(".tar")}
+    assert len(tars) == 4 and "train-00000-of-00004.tar" in tars
+    code, out, err = cli(
+        "export", run_url, *state, "--format", "webdataset", "--shard-size", "2",
+        "--out", f"{url}/exports/pq", env=aws,
+    )  # fmt: skip
+    assert code == 0, err
+    assert {n for n in exports.names("pq") if n.endswith(".tar")} == {
+        "train-00000-of-00002.tar",
+        "train-00001-of-00002.tar",
+    }
     # diff: the distributed run against the local one: every pair passes (the same pictures, exit 0).
     code, out, err = cli("diff", run_url, str(local), "--state-a", postgres_url, "--json", env=aws)
     assert code == 0, err + out

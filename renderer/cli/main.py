@@ -448,7 +448,12 @@ def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
     p_export.add_argument(
         "--shard-size", type=int, default=1000, metavar="N", help="images per shard (default 1000)"
     )
-    p_export.add_argument("--out", metavar="DIR", help="destination (default: RUN/export/FORMAT/)")
+    p_export.add_argument(
+        "--out",
+        metavar="DIR",
+        help="destination: a folder or s3://BUCKET/PREFIX/ (default: RUN/export/FORMAT/, "
+        "in the run's bucket when its images are there)",
+    )
     p_export.add_argument("--json", action="store_true", help="machine-readable output")
 
     p_diff = command(

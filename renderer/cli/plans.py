@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,7 @@ def cmd_plan(ctx: Context) -> int:
         plan.manifest = replace(plan.manifest, output=Path(ctx.args.output))
         check_output(ctx, plan.manifest)
     if ctx.args.json:
-        for job in plan.jobs:
+        for job in _as_recorded(plan, plan.jobs):
             ctx.print(
                 json.dumps(
                     {
@@ -233,9 +234,24 @@ def cmd_plan(ctx: Context) -> int:
     if m.budget is not None:
         ctx.print(f"budget: {_money(m.budget)}")
     ctx.print("sample paths:")
-    for job in picked:
+    for job in _as_recorded(plan, picked):
         ctx.print(f"  {m.run_dir / job.paths()[0]}")
     return 0
+
+
+def _as_recorded(plan: plan_mod.Plan, jobs: Iterable[Any]) -> Iterator[Any]:
+    """The jobs with the paths they will really use: a state that recorded another plan may own
+    a job's natural path (its job left the plan), and the job then writes to its own
+    (state/rows.py distinct_stem)."""
+    from renderer.layout import DB_NAME
+    from renderer.state import read_store
+
+    if not (plan.manifest.run_dir / DB_NAME).is_file():
+        yield from jobs
+        return
+    with read_store(plan.manifest.run_dir) as store:
+        for job, stem in store.real_stems(jobs):
+            yield job if stem == job.stem else replace(job, stem=stem)
 
 
 def _done(plan: plan_mod.Plan) -> dict[str, int]:

@@ -31,7 +31,10 @@ def cmd_export(ctx: Context) -> int:
 
     a = ctx.args
     with _source(ctx, a.run) as source:
-        done = export.export(source, a.format, Path(a.out) if a.out else None, a.shard_size)
+        from renderer.settings import is_remote
+
+        out = (a.out if is_remote(a.out) else Path(a.out)) if a.out else None
+        done = export.export(source, a.format, out, a.shard_size, ctx.env)
     if a.json:
         ctx.print(json.dumps(done, indent=2))
         return 0
@@ -148,7 +151,11 @@ def cmd_diff(ctx: Context) -> int:
         thumbs = diffpage.thumb_paths(result, page) if page is not None else None
         ciout.summary(result, Path(a.summary), page=page, thumbs=thumbs)
     if a.json:
-        ctx.print(json.dumps(result, indent=2))
+        from renderer.view.pairing import json_chunks
+
+        for piece in json_chunks(result):  # a million pairs are never one string
+            ctx.out.write(piece)
+        ctx.print()
     else:
         counts = result["counts"]
         ctx.print(f"{result['outcome']}: " + "  ".join(f"{k}={v}" for k, v in counts.items()))

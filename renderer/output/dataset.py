@@ -462,7 +462,7 @@ def reading(
         with contextlib.suppress(OSError, ValueError, AttributeError):
             provider = json.loads(source.read(RUN_RECORD) or b"null").get("provider")
         with source.store() as store:
-            columns = Columns.from_axes(r.axes for r in store.rows(in_plan=True))
+            columns = Columns.from_axes(store.axis_kinds())
 
             def rows() -> Iterator[tuple[dict[str, Any], str]]:
                 for job in store.export_rows():

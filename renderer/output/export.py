@@ -5,25 +5,31 @@ Parquet is the form the Hugging Face Hub serves large image datasets in: an `ima
 with the `datasets` features in the schema metadata so `image` decodes as an Image. A card
 (README.md) beside the shards makes `load_dataset(DIR)` work as well.
 
-WebDataset: tar shards of samples `<key>.<png|jpg|webp>` + `<key>.json` (the row), written
-with the `webdataset` library's TarWriter.
+WebDataset: tar shards of samples `<key>.<png|jpg|webp>` + `<key>.json` (the row), members
+written as the `webdataset` library's TarWriter writes them (tar_member; no library needed).
 
 Invariants:
   * Every shard is written to a hidden temporary file and renamed into place; shards of an
     earlier export that this one did not write are removed, so the folder holds one export.
   * Every image's bytes are checked against the recorded sha256 as they are read: a file
     damaged since the run stops the export (rerun `renderer run` to fetch it again).
-  * pyarrow and webdataset are imported only here (the `renderer[datasets]` extra).
+  * pyarrow is imported only here (the `renderer[datasets]` extra); WebDataset needs no library.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
-from collections.abc import Iterator
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -33,6 +39,7 @@ from renderer.layout import DATA_DIR, RUN_RECORD
 from renderer.output import files
 from renderer.output.dataset import CARD, CardInfo, Columns, card_text, reading
 from renderer.output.source import RunSource, sourced
+from renderer.settings import is_remote, parse_s3
 
 FORMATS = ("parquet", "webdataset")
 ROW_GROUP = 100  # images per Parquet row group: what the Hub's viewer reads in one go
@@ -76,6 +83,35 @@ def _read_verified(source: RunSource, rel: str, sha256: str | None) -> bytes:
             hint="`renderer run --verify` fetches it again, then export",
         )
     return data
+
+
+READERS = 8  # images read (and hashed) at once: a disk's or a bucket's latency overlapped
+
+
+def _blobs(
+    source: RunSource, group: list[tuple[dict[str, Any], str]], pool: ThreadPoolExecutor
+) -> Iterator[bytes]:
+    """The verified bytes of each image of `group`, in order, read by the pool's threads (reads
+    and sha256 release the GIL), a slice of the group per thread (a task per image cost more
+    than the read). At most one group is in memory."""
+    step = -(-len(group) // READERS) or 1
+
+    def read(part: list[tuple[dict[str, Any], str]]) -> list[bytes]:
+        return [_read_verified(source, rel, row["sha256"]) for row, rel in part]
+
+    parts = [group[i : i + step] for i in range(0, len(group), step)]
+    for blobs in pool.map(read, parts):
+        yield from blobs
+
+
+def _each_read(
+    source: RunSource, chunk: list[tuple[dict[str, Any], str]], pool: ThreadPoolExecutor
+) -> Iterator[tuple[dict[str, Any], str, bytes]]:
+    """(row, path, verified bytes) of each image of `chunk`, read a row group at a time."""
+    for start in range(0, len(chunk), ROW_GROUP):
+        group = chunk[start : start + ROW_GROUP]
+        for (row, rel), blob in zip(group, _blobs(source, group, pool), strict=True):
+            yield row, rel, blob
 
 
 def _chunks(
@@ -127,30 +163,110 @@ def _arrow_schema(columns: Columns) -> Any:
     return pa.schema(fields, metadata=metadata)
 
 
-def _replace_shards(folder: Path, written: list[Path], pattern: str) -> None:
-    keep = {p.name for p in written}
-    for old in folder.glob(pattern):
-        if old.name not in keep:
-            old.unlink(missing_ok=True)
+class _Folder:
+    """Where an export's files go: a local folder (shards written in place, atomically)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.label = str(folder)
+
+    def shard(self, name: str) -> Path:
+        """The file a shard is written to."""
+        return self.folder / name
+
+    def written(self, path: Path) -> None:
+        """A shard is complete."""
+
+    def card(self, data: bytes) -> None:
+        files.write_atomic(self.folder / CARD, data)
+
+    def finish(self, written: list[str], pattern: str) -> None:
+        """The folder holds one export: shards of an earlier one that this did not write go."""
+        keep = set(written)
+        for old in self.folder.glob(pattern):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+
+class _Bucket(_Folder):
+    """A folder in a bucket: each shard is staged in a private temporary folder, uploaded once
+    complete and removed here, so the local disk holds one shard at a time."""
+
+    def __init__(self, url: str, env: Mapping[str, str]) -> None:
+        from renderer.output.storage import S3Storage
+
+        bucket, prefix = parse_s3(url)
+        path = PurePosixPath(prefix)
+        if not prefix:
+            raise ExportError(
+                f"--out {url}: name a folder in the bucket",
+                hint="e.g. --out s3://BUCKET/exports/NAME/",
+            )
+        parent = "" if str(path.parent) == "." else str(path.parent)
+        self.storage = S3Storage(url, bucket, parent, env)
+        self.rel = path.name
+        self.staging = Path(tempfile.mkdtemp(prefix="renderer-export-"))
+        super().__init__(self.staging)
+        self.label = url.rstrip("/")
+
+    def written(self, path: Path) -> None:
+        kind = "application/x-tar" if path.suffix == ".tar" else "application/vnd.apache.parquet"
+        try:
+            self.storage.put_file(f"{self.rel}/{path.name}", path, content_type=kind)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def card(self, data: bytes) -> None:
+        self.storage.put_bytes(f"{self.rel}/{CARD}", data)
+
+    def finish(self, written: list[str], pattern: str) -> None:
+        keep = set(written)
+        for name in self.storage.names(self.rel):
+            if fnmatch.fnmatchcase(name, pattern) and name not in keep:
+                self.storage.delete(f"{self.rel}/{name}")
+
+    def close(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def export(
-    run: RunSource | Path, fmt: str, out_dir: Path | None = None, shard_size: int = 1000
+    run: RunSource | Path,
+    fmt: str,
+    out_dir: Path | str | None = None,
+    shard_size: int = 1000,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write the export; return {format, dir, shards, rows, bytes}.
 
     `run`: a run directory, or a RunSource (a distributed run's state, images in a bucket).
+    `out_dir`: a folder, or s3://BUCKET/PREFIX (credentials from `env`'s AWS variables); by
+    default export/FORMAT beside the run's data/ (in its bucket when its images are in one).
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if shard_size < 1:
         raise ExportError(f"--shard-size {shard_size}: give a positive number of images per shard")
-    _need("pyarrow" if fmt == "parquet" else "webdataset")
+    if fmt == "parquet":
+        _need("pyarrow")
     with sourced(run) as source:
-        return _export(source, fmt, out_dir, shard_size)
+        if out_dir is None and source.remote:
+            out_dir = source.where(f"export/{fmt}")
+        if out_dir is not None and is_remote(str(out_dir)):
+            url = str(out_dir).rstrip("/")
+            data = source.where(DATA_DIR) if source.remote else None
+            if data is not None and (url == data or url.startswith(data + "/")):
+                raise ExportError(f"{url}: an export cannot go inside the dataset folder {data}")
+            bucket = _Bucket(url, env or {})
+            try:
+                return _export(source, fmt, bucket, shard_size)
+            finally:
+                bucket.close()
+        return _export(
+            source, fmt, _local(source, fmt, Path(out_dir) if out_dir else None), shard_size
+        )
 
 
-def _export(source: RunSource, fmt: str, out_dir: Path | None, shard_size: int) -> dict[str, Any]:
+def _local(source: RunSource, fmt: str, out_dir: Path | None) -> _Folder:
     run_dir = source.run_dir
     out = out_dir or run_dir / "export" / fmt
     try:
@@ -165,25 +281,27 @@ def _export(source: RunSource, fmt: str, out_dir: Path | None, shard_size: int) 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"{out}: cannot create the export folder: {exc.strerror or exc}") from exc
-    # Two passes over the state: the first counts (shard names carry the total, the card the
-    # models), the second streams; memory stays bounded by one shard's rows.
-    models: dict[str, tuple[str, int]] = {}
-    count = 0
-    with reading(source) as (columns, rows):
-        for row, _ in rows:
-            endpoint, n = models.get(row["model"], (row["endpoint"], 0))
-            models[row["model"]] = (endpoint, n + 1)
-            count += 1
+    return _Folder(out)
+
+
+def _export(source: RunSource, fmt: str, out: _Folder, shard_size: int) -> dict[str, Any]:
+    # The counts first (shard names carry the total, the card the models), summed by the
+    # database; then the rows, streamed: memory stays bounded by one row group's images.
+    with source.store() as store:
+        models = store.images_by_model()
+    count = sum(n for _, n in models.values())
     shards = max(1, -(-count // shard_size))
-    with reading(source) as (columns, rows):
+    with (
+        reading(source) as (columns, rows),
+        ThreadPoolExecutor(READERS, thread_name_prefix="export-read") as pool,
+    ):
         chunks = _chunks(rows, shard_size)
         if fmt == "parquet":
-            written, size = _parquet(source, out, columns, chunks, shards)
+            written, size = _parquet(source, out, columns, chunks, shards, pool)
         else:
-            written, size = _webdataset(source, out, chunks, shards)
+            written, size = _webdataset(source, out, chunks, shards, pool)
     if fmt == "parquet":
-        files.write_atomic(
-            out / CARD,
+        out.card(
             card_text(
                 replace(_card_info(source, models, count), size=size),
                 columns,
@@ -193,8 +311,8 @@ def _export(source: RunSource, fmt: str, out_dir: Path | None, shard_size: int) 
         )
     return {
         "format": fmt,
-        "dir": str(out),
-        "shards": [p.name for p in written],
+        "dir": out.label,
+        "shards": written,
         "rows": count,
         "bytes": size,
     }
@@ -223,19 +341,20 @@ def _card_info(source: RunSource, models: dict[str, tuple[str, int]], count: int
 
 def _parquet(
     source: RunSource,
-    out: Path,
+    out: _Folder,
     columns: Columns,
     chunks: Iterator[list[tuple[dict[str, Any], str]]],
     shards: int,
-) -> tuple[list[Path], int]:
+    pool: ThreadPoolExecutor,
+) -> tuple[list[str], int]:
     pa = _need("pyarrow")
     pq = __import__("pyarrow.parquet", fromlist=["parquet"])
     schema = _arrow_schema(columns)
     names = [f.name for f in schema]
-    written: list[Path] = []
+    written: list[str] = []
     total = 0
     for index, chunk in enumerate(chunks):
-        path = out / _shard_name("train", index, shards, "parquet")
+        path = out.shard(_shard_name("train", index, shards, "parquet"))
         with (
             files.atomic_stream(path) as handle,
             pq.ParquetWriter(handle, schema, compression="zstd") as writer,
@@ -243,44 +362,77 @@ def _parquet(
             for start in range(0, len(chunk), ROW_GROUP):
                 group = chunk[start : start + ROW_GROUP]
                 data: dict[str, list[Any]] = {n: [] for n in names}
-                for row, rel in group:
-                    blob = _read_verified(source, rel, row["sha256"])
+                for (row, _), blob in zip(group, _blobs(source, group, pool), strict=True):
                     total += len(blob)
                     data["image"].append({"bytes": blob, "path": row["file_name"]})
                     for n in names[1:]:
                         data[n].append(row[n])
                 writer.write_table(pa.table(data, schema=schema))
-        written.append(path)
-    _replace_shards(out, written, "train-*-of-*.parquet")
+        out.written(path)
+        written.append(path.name)
+    out.finish(written, "train-*-of-*.parquet")
     return written, total
 
 
 def _webdataset(
-    source: RunSource, out: Path, chunks: Iterator[list[tuple[dict[str, Any], str]]], shards: int
-) -> tuple[list[Path], int]:
-    wds = _need("webdataset")
-    written: list[Path] = []
+    source: RunSource,
+    out: _Folder,
+    chunks: Iterator[list[tuple[dict[str, Any], str]]],
+    shards: int,
+    pool: ThreadPoolExecutor,
+) -> tuple[list[str], int]:
+    written: list[str] = []
     total = 0
+    mtime = int(time.time())
     for index, chunk in enumerate(chunks):
-        path = out / _shard_name("train", index, shards, "tar")
+        path = out.shard(_shard_name("train", index, shards, "tar"))
         with files.atomic_stream(path) as handle:
-            writer = wds.TarWriter(handle, encoder=False)
-            try:
-                for row, rel in chunk:
-                    blob = _read_verified(source, rel, row["sha256"])
-                    total += len(blob)
-                    ext = rel.rsplit(".", 1)[-1]
-                    # The key must not contain a dot: WebDataset splits a member's name at the first one.
-                    key = f"{row['job_key']}-{row['image_index']}"
-                    writer.write(
-                        {
-                            "__key__": key,
-                            ext: blob,
-                            "json": json.dumps(row, ensure_ascii=False, sort_keys=True).encode(),
-                        }
-                    )
-            finally:
-                writer.close()  # while the file is open (tarfile writes its end blocks on close)
-        written.append(path)
-    _replace_shards(out, written, "train-*-of-*.tar")
+            for row, rel, blob in _each_read(source, chunk, pool):
+                total += len(blob)
+                ext = rel.rsplit(".", 1)[-1]
+                # The key must not contain a dot: WebDataset splits a member's name at the first one.
+                key = f"{row['job_key']}-{row['image_index']}"
+                text = json.dumps(row, ensure_ascii=False, sort_keys=True).encode()
+                # A sample's members in the order webdataset's TarWriter writes them (by extension).
+                for name, data in sorted(((f"{key}.json", text), (f"{key}.{ext}", blob))):
+                    handle.write(tar_member(name, data, mtime))
+            # Two zero blocks end the archive, padded (as tarfile does) to whole records.
+            handle.write(bytes(_TAR_END + (-(handle.tell() + _TAR_END) % _TAR_RECORD)))
+        out.written(path)
+        written.append(path.name)
+    out.finish(written, "train-*-of-*.tar")
     return written, total
+
+
+_TAR_BLOCK = 512
+_TAR_RECORD = 20 * _TAR_BLOCK  # tar pads an archive to whole records
+_TAR_END = 2 * _TAR_BLOCK  # two zero blocks end an archive
+
+
+def tar_member(name: str, data: bytes, mtime: int) -> bytes:
+    """One regular file of a tar archive (POSIX ustar header, data padded to 512 bytes), as
+    webdataset's TarWriter makes it (mode 0444, owner bigdata) without tarfile's per-member cost
+    (its PAX header for a float mtime doubled the tar's headers and took 2/3 of the export).
+    A name too long or not ASCII for ustar gets tarfile's PAX header."""
+    encoded = name.encode()
+    if len(encoded) > 100 or not encoded.isascii():
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), mtime, 0o444
+        info.uname = info.gname = "bigdata"
+        head = info.tobuf(tarfile.PAX_FORMAT)
+    else:
+        header = bytearray(_TAR_BLOCK)
+        header[0 : len(encoded)] = encoded
+        header[100:108] = b"0000444\0"
+        header[108:116] = b"0000000\0"
+        header[116:124] = b"0000000\0"
+        header[124:136] = b"%011o\0" % len(data)
+        header[136:148] = b"%011o\0" % mtime
+        header[148:156] = b" " * 8  # the checksum is summed with its own field as spaces
+        header[156:157] = b"0"  # a regular file
+        header[257:265] = b"ustar\x0000"
+        header[265:272] = b"bigdata"
+        header[297:304] = b"bigdata"
+        header[148:156] = b"%06o\0 " % sum(header)
+        head = bytes(header)
+    return head + data + bytes(-len(data) % _TAR_BLOCK)

@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -302,6 +303,23 @@ class S3Storage(Storage):
             rel,
             lambda: obstore.put(self.store, rel, data, attributes={"Content-Type": content_type}),
         )
+
+    def put_file(self, rel: str, path: Path, *, content_type: str) -> None:
+        """A local file (an export's shard) uploaded whole, in parts when large: never read into memory."""
+        import obstore
+
+        self._call(
+            "write",
+            rel,
+            lambda: obstore.put(self.store, rel, path, attributes={"Content-Type": content_type}),
+        )
+
+    def delete(self, rel: str) -> None:
+        """Remove an object (an earlier export's shard that this one did not rewrite)."""
+        import obstore
+
+        with contextlib.suppress(FileNotFoundError):
+            self._call("delete", rel, lambda: obstore.delete(self.store, rel))
 
     def _head(self, rel: str) -> tuple[int, dict[str, Any]] | None:
         import obstore

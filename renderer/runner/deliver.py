@@ -26,7 +26,7 @@ from typing import Any
 
 from renderer.errors import JobRejected, RequestGone, StateError, TransientError
 from renderer.layout import DATA_DIR, DB_NAME, RUN_RECORD, SIDECAR_SUFFIX, image_path
-from renderer.output import dataset, files
+from renderer.output import dataset, files, superseded
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.cost import image_cost, price_of
 from renderer.plan.jobs import Plan
@@ -126,6 +126,7 @@ def write_dataset(
     # The rows depend on the plan (its digest), the columns and the provider: any change rewrites them.
     signature = json.dumps([plan.digest, columns.axes, provider])
     if not storage.remote:
+        superseded.settle(store, store.run_dir)  # data/ holds exactly what metadata.jsonl lists
         dataset.update(
             store,
             info,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from renderer.layout import DATA_DIR, DB_NAME, job_folder
-from renderer.output import files
+from renderer.output import files, superseded
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.jobs import Plan
 from renderer.runner import recover
@@ -107,6 +107,9 @@ def reconcile(
 def check_files(store: Store, storage: Storage, config: RunConfig) -> bool:
     """Put back for download every finished job whose files are missing or changed; True if any."""
     changed_any = False
+    if not store.shared and isinstance(storage, LocalStorage):
+        # Images of jobs that left the plan out of data/, those of jobs back in it back first.
+        superseded.settle(store, storage.root)
     if not store.shared and not config.verify and isinstance(storage, LocalStorage):
         # What Storage.intact checks on disk (size + mtime), in one tight loop: a rerun of a
         # million finished files costs a stat each, not a JSON decode and a call chain each.

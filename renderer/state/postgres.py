@@ -330,6 +330,7 @@ class PostgresStore(Store):
     skip_locked = "FOR UPDATE SKIP LOCKED"
     NOW = "extract(epoch from clock_timestamp())"
     nsfw_sql = "(result::jsonb -> 'has_nsfw_concepts')::text"
+    files_sql = "json_array_length(files::json)"
 
     outage = 0.0  # seconds to ride out a lost connection (set by open_store)
     down: OutageError | None = None  # set once an outage outlasted the window: calls fail at once

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from renderer.errors import StateError
-from renderer.state.core import StoreCore
+from renderer.state.reading import PAGE, Reading
 from renderer.state.rows import (
     OPEN,
     STATES,
@@ -19,10 +19,8 @@ from renderer.state.rows import (
     key_blob,
 )
 
-PAGE = 2000  # rows per page when the runner reads pending work or finished files
 
-
-class Queries(StoreCore):
+class Queries(Reading):
     """What the state answers: a job's row, pending work (derived by query, in pages), finished files,"""
 
     def get(self, key: str) -> Row:
@@ -125,15 +123,16 @@ class Queries(StoreCore):
     nsfw_sql = "json_extract(result, '$.has_nsfw_concepts')"
 
     def export_rows(self, after: float | None = None) -> Iterator[dict[str, Any]]:
-        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags).
+        """Finished jobs in plan order, with what the dataset needs (of the result, only the NSFW flags),
+        read in pages (`stream`).
 
         `after`: only jobs downloaded later than that (epoch s): what an append to metadata.jsonl needs.
         """
         since, args = ("", ()) if after is None else (" AND downloaded_at > ?", (after,))
-        for r in self.db.execute(
-            "SELECT key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
-            f"{self.nsfw_sql} AS nsfw, provider, downloaded_at FROM jobs "
-            f"WHERE in_plan = 1 AND state = 'downloaded'{since} ORDER BY plan_index",
+        for r in self.stream(
+            "key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
+            f"{self.nsfw_sql} AS nsfw, provider, downloaded_at",
+            f"state = 'downloaded'{since}",
             args,
         ):
             nsfw = r["nsfw"]
@@ -167,6 +166,16 @@ class Queries(StoreCore):
             self.db.execute("SELECT COUNT(*) FROM job WHERE in_plan = 0").fetchone()[0]
         )
         return found
+
+    def submitted_by_account(self) -> dict[str | None, int]:
+        """Submitted jobs of the plan per account that holds their request (None: the single key)."""
+        return {
+            r[0]: int(r[1])
+            for r in self.db.execute(
+                "SELECT account, COUNT(*) FROM job WHERE in_plan = 1 AND state = 'submitted' "
+                "GROUP BY account"
+            )
+        }
 
     def ambiguous(self) -> int:
         """Jobs whose last submit has no recorded outcome (a crash between submit and commit)."""

@@ -16,10 +16,11 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -27,7 +28,9 @@ from renderer.errors import UsageError, closest
 from renderer.layout import CARD, DATA_DIR, DB_NAME
 from renderer.output.source import RunSource
 from renderer.state import read_store
+from renderer.state.store import Store
 from renderer.view.bands import EDGES, Bands, measure_or_none
+from renderer.view.pairing import PART, Spilled, join
 
 # Input keys `differs` leaves out: the seed is a coordinate, and the prompt text is compared
 # under its own name beside the endpoint.
@@ -48,6 +51,20 @@ class Entry:
     input: dict[str, Any]
     files: list[dict[str, Any]]  # {path (relative to the side's root), sha256, size, mtime_ns}
 
+    def __reduce__(self) -> tuple[type[Entry], tuple[Any, ...]]:
+        # Pickled as its fields (pairing spills entries to disk): ~2x faster than the default.
+        return Entry, (
+            self.key,
+            self.prompt_id,
+            self.model,
+            self.seed,
+            self.axes,
+            self.endpoint,
+            self.prompt,
+            self.input,
+            self.files,
+        )
+
     @property
     def coords(self) -> tuple[str, str, int | None, str]:
         return (self.prompt_id, self.model, self.seed, json.dumps(self.axes, sort_keys=True))
@@ -63,7 +80,7 @@ class Side:
     """A run or a baseline: a root folder the file paths are relative to, and its entries."""
 
     root: Path
-    entries: list[Entry]
+    entries: Iterable[Entry]  # a list (a baseline), or RunEntries (a run: streamed from its state)
     name: str = ""  # a baseline's name; "" for a run
     bands: Bands | None = None  # a baseline's stored bands
     calibration: dict[str, Any] | None = None
@@ -117,12 +134,48 @@ def manifest_bands(run: Path | RunSource) -> dict[str, Any]:
     }
 
 
+_ENTRY_COLUMNS = "key, prompt_id, model, seed, axes, endpoint, prompt, input, files"
+
+
+@dataclass(frozen=True)
+class RunEntries:
+    """A run's entries, read from its state in plan order each time they are iterated (pages of
+    rows: memory stays one page however large the run)."""
+
+    run: Path | RunSource
+
+    def _store(self) -> Store:
+        return self.run.store() if isinstance(self.run, RunSource) else read_store(self.run)
+
+    def __iter__(self) -> Iterator[Entry]:
+        with self._store() as store:
+            for r in store.stream(_ENTRY_COLUMNS):
+                yield Entry(
+                    r["key"],
+                    r["prompt_id"],
+                    r["model"],
+                    r["seed"],
+                    json.loads(r["axes"]),
+                    r["endpoint"],
+                    r["prompt"],
+                    json.loads(r["input"]),
+                    json.loads(r["files"]) if r["files"] is not None else [],
+                )
+
+    def __len__(self) -> int:
+        with self._store() as store:
+            counts = store.counts()
+        return sum(n for state, n in counts.items() if state != "no_longer_planned")
+
+    def names(self) -> set[str]:
+        with self._store() as store:
+            return store.model_names()
+
+
 def load_run(run: Path | RunSource) -> Side:
     """A run as one side of a comparison: a run directory, or a RunSource (any state backend;
-    images on disk or in a bucket)."""
+    images on disk or in a bucket). Its entries are read from the state when iterated."""
     if isinstance(run, RunSource):
-        with run.store() as store:
-            rows = store.rows(in_plan=True)
         root = run.run_dir
     else:
         if not (run / DB_NAME).is_file():
@@ -130,28 +183,24 @@ def load_run(run: Path | RunSource) -> Side:
                 f"{run}: no run here (no {DB_NAME})",
                 hint="pass run directories such as outputs/NAME",
             )
-        with read_store(run) as store:
-            rows = store.rows(in_plan=True)
         root = run
-    entries = [
-        Entry(
-            r.key,
-            r.prompt_id,
-            r.model,
-            r.seed,
-            dict(r.axes),
-            r.endpoint,
-            r.prompt,
-            dict(r.input),
-            list(r.files or []),
-        )
-        for r in rows
-    ]
     source = run if isinstance(run, RunSource) else None
-    return Side(root, entries, manifest_bands=manifest_bands(run), source=source)
+    return Side(root, RunEntries(run), manifest_bands=manifest_bands(run), source=source)
 
 
-def pair_id(coords: tuple[str, str, int | None, str], index: int) -> str:
+def _names(side: Side) -> set[str]:
+    """Every model label and endpoint of a side (what --map may name)."""
+    if isinstance(side.entries, RunEntries):
+        return side.entries.names()
+    return {e.model for e in side.entries} | {e.endpoint for e in side.entries}
+
+
+def _size(side: Side) -> int:
+    entries = side.entries
+    return len(entries) if isinstance(entries, (RunEntries, list)) else PART + 1
+
+
+def pair_id(coords: tuple[Any, ...], index: int) -> str:
     """A pair's stable name: the same coordinates give the same id in every run and baseline."""
     digest = hashlib.sha256(json.dumps(list(coords)).encode()).hexdigest()[:16]
     return f"{digest}.{index}"
@@ -169,9 +218,10 @@ def disk_sha256(root: Path | RunSource, entry: dict[str, Any]) -> str | None:
             copy = root.local_file(entry["path"])
             return None if copy is None else hashlib.sha256(copy.read_bytes()).hexdigest()
         root = root.run_dir
-    path = root / entry["path"]
+    # os.path, not pathlib: this runs once per image, a million times for a large run.
+    path = os.path.join(root, entry["path"])
     try:
-        info = path.stat()
+        info = os.stat(path)
     except OSError:
         return None
     if not stat.S_ISREG(info.st_mode):
@@ -184,7 +234,7 @@ def disk_sha256(root: Path | RunSource, entry: dict[str, Any]) -> str | None:
         return str(entry["sha256"])
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
+        with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     except OSError:
@@ -208,11 +258,8 @@ def differs(a: Entry, b: Entry) -> dict[str, list[Any]]:
 
 def _check_mapping(mapping: dict[str, str], a: Side, b: Side) -> None:
     """Every --map label must name a model (label or endpoint) of its side; a typo compares nothing."""
-    for side, names, entries in (
-        ("A", list(mapping), a.entries),
-        ("B", list(mapping.values()), b.entries),
-    ):
-        known = sorted({e.model for e in entries} | {e.endpoint for e in entries})
+    for side, names, which in (("A", list(mapping), a), ("B", list(mapping.values()), b)):
+        known = sorted(_names(which))
         for name in names:
             if name not in known:
                 guess = closest(name, known)
@@ -224,18 +271,25 @@ def _check_mapping(mapping: dict[str, str], a: Side, b: Side) -> None:
                 )
 
 
-def _mapped(entries: list[Entry], mapping: dict[str, str], side: str) -> dict[Any, Entry]:
-    """Coordinates of the mapped models, with B's model replaced by the A label it maps from."""
-    out = {}
-    for e in entries:
+def _mapped_key(mapping: dict[str, str], side: str) -> Callable[[Entry], Hashable | None]:
+    """Coordinates of the mapped models, with B's model replaced by the A label it maps from
+    (None: the entry's model is not mapped and takes no part)."""
+
+    def key(e: Entry) -> Hashable | None:
         names = (e.endpoint, e.model)
         if side == "a":
-            entry = next((a for a in mapping if a in names), None)
+            label = next((a for a in mapping if a in names), None)
         else:
-            entry = next((a for a, b in mapping.items() if b in names), None)
-        if entry is not None:
-            out[(e.prompt_id, entry, e.seed, json.dumps(e.axes, sort_keys=True))] = e
-    return out
+            label = next((a for a, b in mapping.items() if b in names), None)
+        if label is None:
+            return None
+        return (e.prompt_id, label, e.seed, json.dumps(e.axes, sort_keys=True))
+
+    return key
+
+
+def _coords(e: Entry) -> Hashable:
+    return e.coords
 
 
 def judging_bands(a: Side, b: Side, flags: dict[str, Any] | None = None) -> Bands:
@@ -259,95 +313,148 @@ def compare(
     """Pair, measure and band every image. `mapping` pairs A_MODEL=B_MODEL (labels or endpoints).
 
     `bands`: the edges to judge by; default `judging_bands(a, b)` (the baseline's own, the manifest's).
+    Neither side is held whole (renderer/view/pairing.py): `pairs`, `only_in_a` and `only_in_b`
+    are Spilled sequences (in a temporary file), in the order of A (only_in_b: of B).
     """
     a, b = _as_side(source_a), _as_side(source_b)
     judge = bands or judging_bands(a, b)
     if mapping is not None:
         _check_mapping(mapping, a, b)
-        index_a, index_b = _mapped(a.entries, mapping, "a"), _mapped(b.entries, mapping, "b")
+        key_a, key_b = _mapped_key(mapping, "a"), _mapped_key(mapping, "b")
     else:
-        index_a = {e.coords: e for e in a.entries}
-        index_b = {e.coords: e for e in b.entries}
-    pairs: list[dict[str, Any]] = []
-    only_a = [_only(e, c) for c, e in index_a.items() if c not in index_b]
-    only_b = [_only(e, c) for c, e in index_b.items() if c not in index_a]
-    for coords, ea in index_a.items():
-        eb = index_b.get(coords)
-        if eb is None:
-            continue
-        label = (
-            ea.label
-            if ea.model == eb.model
-            else ea.label.replace(f" / {ea.model}", f" / {ea.model} → {eb.model}", 1)
-        )
-        what = differs(ea, eb)
-        for i in range(max(len(ea.files), len(eb.files), 1)):
-            fa = ea.files[i] if i < len(ea.files) else None
-            fb = eb.files[i] if i < len(eb.files) else None
-            ha = disk_sha256(a.source or a.root, fa) if fa else None
-            hb = disk_sha256(b.source or b.root, fb) if fb else None
-            pair: dict[str, Any] = {
-                "id": pair_id(coords, i),
-                "label": label,
-                "index": i,
-                "prompt_id": ea.prompt_id,
-                "model": ea.model,
-                "model_b": eb.model,
-                "seed": ea.seed,
-                "axes": ea.axes,
-                "key": ea.key,
-                "key_b": eb.key,
-                "differs": what,
-                "a": fa["path"] if fa and ha else None,
-                "b": fb["path"] if fb and hb else None,
-                "sha_a": ha,
-                "sha_b": hb,
-                "identical": False,
-                "ssim": None,
-                "phash": None,
-                "band": "pending",
-                "reason": "",
-            }
-            if ha is None or hb is None:
-                pair["band"] = "fail"
-                pair["reason"] = "image missing in " + " and ".join(
-                    s for s, h in (("A", ha), ("B", hb)) if h is None
-                )
-            elif ha == hb:
-                pair.update(identical=True, ssim=1.0, phash=0, band="pass", reason="same bytes")
+        key_a = key_b = _coords
+    pairs, only_a, only_b = Spilled(), Spilled(), Spilled()
+    counts = dict.fromkeys(("pass", "review", "fail"), 0)
+    measuring = _Measuring(a, b, judge)
+    size = max(_size(a), _size(b))
+    try:
+        # A run's coordinates are unique (two jobs with the same ones would share a path, which
+        # planning refuses), so two runs of one plan pair in step without any dict.
+        unique = isinstance(a.entries, RunEntries) and isinstance(b.entries, RunEntries)
+        for kind, found, ea, eb in join(a.entries, b.entries, key_a, key_b, size, unique=unique):
+            coords = cast(tuple[Any, ...], found)
+            if kind == "only_a":
+                only_a.append(_only(ea, coords))
+            elif kind == "only_b":
+                only_b.append(_only(ea, coords))
+            else:
+                assert eb is not None
+                for pair in _pairs_of(a, b, coords, ea, eb):
+                    measuring.add(pair)
+            for pair in measuring.ready():
+                counts[pair["band"]] += 1
+                pairs.append(pair)
+        for pair in measuring.ready(final=True):
+            counts[pair["band"]] += 1
             pairs.append(pair)
-    todo = [p for p in pairs if p["band"] == "pending"]
-    tasks = [(a.file(p["a"]), b.file(p["b"])) for p in todo]
-    if len(tasks) >= 16:
-        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            results = list(pool.map(measure_or_none, tasks, chunksize=8))
-    else:
-        results = [measure_or_none(t) for t in tasks]
-    for pair, measured in zip(todo, results, strict=True):
-        if measured is None:
-            pair["band"], pair["reason"] = "fail", "not a readable image"
-            continue
-        pair["ssim"], pair["phash"] = measured
-        pair["band"] = judge.judge(*measured)
-        pair["reason"] = f"SSIM {measured[0]:.4f}, pHash {measured[1]}"
-    counts = {
-        "pairs": len(pairs),
-        **{band: sum(1 for p in pairs if p["band"] == band) for band in ("pass", "review", "fail")},
-        "only_in_a": len(only_a),
-        "only_in_b": len(only_b),
-    }
+    finally:
+        measuring.close()
+    counted = {"pairs": len(pairs), **counts, "only_in_a": len(only_a), "only_in_b": len(only_b)}
     return {
         "run_a": str(a.root),
         "run_b": str(b.root),
         "baseline": a.name or None,
         "bands": judge.to_json(),
         "calibration": a.calibration,
-        "outcome": outcome(counts),
-        "counts": counts,
+        "outcome": outcome(counted),
+        "counts": counted,
         "pairs": pairs,
         "only_in_a": only_a,
         "only_in_b": only_b,
     }
+
+
+def _pairs_of(
+    a: Side, b: Side, coords: tuple[Any, ...], ea: Entry, eb: Entry
+) -> Iterator[dict[str, Any]]:
+    """One pair per image index of a matched coordinate: its files hashed, same bytes passed."""
+    label = (
+        ea.label
+        if ea.model == eb.model
+        else ea.label.replace(f" / {ea.model}", f" / {ea.model} → {eb.model}", 1)
+    )
+    what = differs(ea, eb)
+    for i in range(max(len(ea.files), len(eb.files), 1)):
+        fa = ea.files[i] if i < len(ea.files) else None
+        fb = eb.files[i] if i < len(eb.files) else None
+        ha = disk_sha256(a.source or a.root, fa) if fa else None
+        hb = disk_sha256(b.source or b.root, fb) if fb else None
+        pair: dict[str, Any] = {
+            "id": pair_id(coords, i),
+            "label": label,
+            "index": i,
+            "prompt_id": ea.prompt_id,
+            "model": ea.model,
+            "model_b": eb.model,
+            "seed": ea.seed,
+            "axes": ea.axes,
+            "key": ea.key,
+            "key_b": eb.key,
+            "differs": what,
+            "a": fa["path"] if fa and ha else None,
+            "b": fb["path"] if fb and hb else None,
+            "sha_a": ha,
+            "sha_b": hb,
+            "identical": False,
+            "ssim": None,
+            "phash": None,
+            "band": "pending",
+            "reason": "",
+        }
+        if ha is None or hb is None:
+            pair["band"] = "fail"
+            pair["reason"] = "image missing in " + " and ".join(
+                s for s, h in (("A", ha), ("B", hb)) if h is None
+            )
+        elif ha == hb:
+            pair.update(identical=True, ssim=1.0, phash=0, band="pass", reason="same bytes")
+        yield pair
+
+
+class _Measuring:
+    """Pairs in order, held back only until the batch their pending measurements are in is done
+    (on every core once a batch is worth it): memory is one batch, not the run."""
+
+    BATCH = 512  # pending pairs measured together
+
+    def __init__(self, a: Side, b: Side, judge: Bands) -> None:
+        self.a, self.b, self.judge = a, b, judge
+        self.held: list[dict[str, Any]] = []
+        self.pending = 0
+        self.pool: ProcessPoolExecutor | None = None
+
+    def add(self, pair: dict[str, Any]) -> None:
+        self.held.append(pair)
+        self.pending += pair["band"] == "pending"
+
+    def ready(self, final: bool = False) -> list[dict[str, Any]]:
+        """The pairs that can be handed on now, in order (all of them when `final`)."""
+        if not self.pending:
+            out, self.held = self.held, []
+            return out
+        if self.pending < self.BATCH and not final:
+            return []
+        todo = [p for p in self.held if p["band"] == "pending"]
+        tasks = [(self.a.file(p["a"]), self.b.file(p["b"])) for p in todo]
+        if len(tasks) >= 16:
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 1)
+            results = list(self.pool.map(measure_or_none, tasks, chunksize=8))
+        else:
+            results = [measure_or_none(t) for t in tasks]
+        for pair, measured in zip(todo, results, strict=True):
+            if measured is None:
+                pair["band"], pair["reason"] = "fail", "not a readable image"
+                continue
+            pair["ssim"], pair["phash"] = measured
+            pair["band"] = self.judge.judge(*measured)
+            pair["reason"] = f"SSIM {measured[0]:.4f}, pHash {measured[1]}"
+        out, self.held, self.pending = self.held, [], 0
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def _only(e: Entry, coords: tuple[Any, ...]) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+"""The tools after a run at dataset scale: `export` (Parquet, WebDataset), `diff RUN RUN` and
+`status` on a finished run of N images (issue 22: <= 500 MB peak RSS at 1M images, time linear;
+export >= 20k images/s when the images are already in the right format; diff of a 1M run
+against itself <= 2 min).
+
+The finished run is synthesised through the store (bench/_common.py: the plan recorded, every
+job downloaded, one small PNG per job on disk, metadata.jsonl and the card written), because
+rendering a million images first takes hours; the tools only read what a run leaves. Each
+command runs in a child process (bench/_run.py: wall time around the command, peak RSS of the
+child) once per code tree given: `--tree DIR` names a checkout (e.g. /work/main for "before"),
+the default is this one.
+Reproduce:  python bench/tools_scale.py --images 100000 --runs 3 --tree /work/main --tree .
+            python bench/tools_scale.py --images 1000000 --runs 1 --tree .
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import child_env, machine, manifest, median, synthesise_finished_run, table
+
+COMMANDS = ("export parquet", "export webdataset", "diff RUN RUN", "status")
+
+
+def small_png() -> bytes:
+    """One small real PNG (64x48): what `export` copies and `diff` hashes, every job the same bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 140, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def yaml_name(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("name:"))
+
+
+def argv(command: str, run: Path, scratch: Path) -> list[str]:
+    if command.startswith("export"):
+        fmt = command.split()[1]
+        return ["export", str(run), "--format", fmt, "--out", str(scratch / fmt)]
+    if command.startswith("diff"):
+        return ["diff", str(run), str(run)]
+    return ["status", str(run)]
+
+
+def measure(tree: Path, args: list[str], cwd: Path) -> dict:
+    """One command in a child process of `tree`'s code: its BENCH record (wall, rss_mb, code)."""
+    done = subprocess.run(
+        [sys.executable, str(tree / "bench" / "_run.py"), *args],
+        capture_output=True,
+        text=True,
+        env=child_env(PYTHONPATH=str(tree)),
+        cwd=cwd,
+        check=False,
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"{tree}: {' '.join(args)}: {done.stderr[-2000:]}")
+    record = json.loads(line[6:])
+    if record["code"] not in (0, 4):  # diff of a run against itself passes (0)
+        raise RuntimeError(f"{tree}: {' '.join(args)} exited {record['code']}: {record['stderr']}")
+    return record
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--images", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--tree",
+        action="append",
+        default=None,
+        help="a checkout whose code runs the commands (repeat: before/after); default this one",
+    )
+    ap.add_argument("--only", action="append", choices=COMMANDS, help="time only these commands")
+    ap.add_argument("--keep", type=Path, help="synthesise into (or reuse) this folder")
+    ap.add_argument(
+        "--shape",
+        choices=("captions", "dataset"),
+        default="captions",
+        help="captions: N distinct prompts x 1 model x 1 seed (issue 22's); dataset: 1,000 "
+        "prompts x 10 models x N/10,000 seeds (bench/state_scale.py's; far quicker to synthesise)",
+    )
+    args = ap.parse_args()
+    trees = [Path(t).resolve() for t in (args.tree or [str(Path(__file__).parent.parent)])]
+    commands = args.only or list(COMMANDS)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        run = folder / "out" / "bench"
+        start = time.perf_counter()
+        if not (run / "renderer.sqlite").is_file():
+            png = small_png()
+            if args.shape == "captions":
+                path = manifest(folder, args.images, 16)
+            else:
+                from state_scale import dataset_manifest
+
+                path = dataset_manifest(folder, args.images)
+                text = path.read_text()  # the run's folder is found by the name "bench"
+                path.write_text(text.replace(yaml_name(text), "name: bench", 1))
+            synthesise_finished_run(path, folder / "out", lambda job: png)
+        made = time.perf_counter() - start
+        print(f"synthesised {args.images:,} images in {made:.0f} s: {run}", file=sys.stderr)
+        rows = []
+        for command in commands:
+            found: dict[Path, list[dict]] = {tree: [] for tree in trees}
+            for _ in range(args.runs):
+                for tree in trees:  # alternating, so a change in the machine's load hits both
+                    scratch = folder / "scratch"
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    scratch.mkdir()
+                    record = measure(tree, argv(command, run, scratch), folder)
+                    found[tree].append(record)
+                    print(
+                        f"  {tree.name} {command}: {record['wall']:.1f} s, CPU {record['cpu']:.1f} s, "
+                        f"{record['rss_mb']:.0f} MiB (load {os.getloadavg()[0]:.1f})",
+                        file=sys.stderr,
+                    )
+            for tree in trees:
+                records = found[tree]
+                wall = median([r["wall"] for r in records])
+                cpu = median([r["cpu"] for r in records])
+                rate = (
+                    f"{args.images / wall:,.0f}/s" if command.startswith(("export", "diff")) else ""
+                )
+                rss = median([r["rss_mb"] for r in records])
+                rows.append(
+                    [
+                        tree.name,
+                        command,
+                        f"{wall:.1f}",
+                        f"{cpu:.1f}",
+                        rate,
+                        f"{rss:.0f}",
+                        len(records),
+                    ]
+                )
+    trees_args = " ".join(f"--tree {t}" for t in (args.tree or []))
+    print(
+        f"# tools after a run of {args.images:,} images; {machine()}; load "
+        f"{os.getloadavg()[0]:.1f} at the end; medians of {args.runs}"
+    )
+    print(
+        f"# reproduce: python bench/tools_scale.py --images {args.images} --runs {args.runs} "
+        f"--shape {args.shape} " + trees_args
+    )
+    print(
+        table(
+            ["tree", "command", "wall s", "CPU s", "images/s (wall)", "peak RSS MiB", "runs"], rows
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The dataset folder holds exactly the dataset (renderer/output/superseded.py): images of jobs that
+left the plan move to superseded/, come back when the change is undone, and `plan` names the
+path each job will really write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from renderer.provider.emulator import ServiceTime
+
+from .conftest import background_emulator, cli, write_manifest
+
+FAST = ServiceTime("fixed", 0.01)
+IMAGES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def _images(folder: Path) -> set[str]:
+    return {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in IMAGES
+    }
+
+
+def _metadata(run: Path) -> set[str]:
+    lines = (run / "data/metadata.jsonl").read_text().splitlines()
+    return {json.loads(line)["file_name"] for line in lines}
+
+
+def _planned(manifest: Path, out: Path) -> set[str]:
+    code, text, err = cli("plan", str(manifest), "--json")
+    assert code == 0, err
+    paths = (Path(p) for line in text.splitlines() for p in json.loads(line)["paths"])
+    return {p.relative_to(out / "t" / "data").as_posix() for p in paths}
+
+
+def test_data_folder_is_the_metadata_after_a_parameter_change_and_back(tmp_path: Path):
+    """After a parameter change data/ holds exactly metadata.jsonl's images (the old ones in
+    superseded/, never deleted), `plan` names the new paths, and undoing the change pays nothing."""
+    out = tmp_path / "out"
+    run = out / "t"
+    env = {"FAL_KEY": "k"}
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(tmp_path / "m.yaml"), "--provider", emu.url)
+        m = write_manifest(tmp_path, seeds=[1, 2], output=str(out))
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        first = _images(run / "data")
+        assert first == _metadata(run) == _planned(m, out) and len(first) == 2
+
+        write_manifest(tmp_path, seeds=[1, 2], output=str(out), defaults={"num_inference_steps": 2})
+        planned = _planned(m, out)
+        assert planned.isdisjoint(first)  # the old jobs own the old paths: new ones get their own
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        assert emu.stats()["submits"] == 4
+        assert _images(run / "data") == _metadata(run) == planned
+        assert _images(run / "superseded") == first  # kept, at the same paths under superseded/
+        assert {p.with_suffix(".json").name for p in (run / "superseded").rglob("*.png")} == {
+            p.name for p in (run / "superseded").rglob("*.json")
+        }
+
+        write_manifest(tmp_path, seeds=[1, 2], output=str(out))  # undone: the first jobs again
+        assert _planned(m, out) == first
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        assert emu.stats()["submits"] == 4  # nothing paid again: the images came back
+        assert _images(run / "data") == _metadata(run) == first
+        assert _images(run / "superseded") == planned
+    code, text, _ = cli("status", str(run), "--json")
+    assert code == 0 and json.loads(text)["missing_on_disk"] == []
