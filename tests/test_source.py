@@ -146,8 +146,15 @@ def test_tools_read_a_distributed_run_from_a_fresh_machine_as_a_local_one(
         "train-00001-of-00002.tar",
     }
     # diff: the distributed run against the local one: every pair passes (the same pictures, exit 0).
-    code, out, err = cli("diff", run_url, str(local), "--state-a", postgres_url, "--json", env=aws)
+    page = fresh / "diff" / "ab.html"
+    page.parent.mkdir()
+    code, out, err = cli(
+        "diff", run_url, str(local), "--state-a", postgres_url, "--json", "--html", str(page),
+        env=aws,
+    )  # fmt: skip
     assert code == 0, err + out
+    # the page's pictures: A's from the bucket, B's from disk; the same bytes share one thumbnail
+    assert page.is_file() and len(list((fresh / "diff/ab-images").glob("*.jpg"))) == 4
     counts = json.loads(out)["counts"]
     assert (counts["pairs"], counts["pass"], counts["only_in_a"], counts["only_in_b"]) == (
         4,

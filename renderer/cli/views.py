@@ -126,12 +126,6 @@ def cmd_diff(ctx: Context) -> int:
                 a.runs, (a.state_b,) if a.baseline else (a.state_a, a.state_b), strict=True
             )
         ]
-        if a.html and any(s.remote or s.state for s in sources):
-            raise UsageError(
-                "--html: the side-by-side page is made for runs with local state and images only",
-                hint="compare without --html (the verdicts, --junit and --summary are the same), "
-                "or copy the runs to disk",
-            )
         side_a: Any = (
             baseline.load(baseline.folder(a.baselines, ctx.env), a.baseline)
             if a.baseline
@@ -140,9 +134,13 @@ def cmd_diff(ctx: Context) -> int:
         side_b = compare.load_run(sources[-1])
         judge = compare.judging_bands(side_a, side_b, _flags(a))
         result = compare.compare(side_a, side_b, mapping=mapping, bands=judge)
-    page = Path(a.html) if a.html else None
-    if page is not None:
-        compare.write_html(result, page)
+        page = Path(a.html) if a.html else None
+        if page is not None:
+            # Images come through each run's source (a bucket's are fetched and checked by
+            # sha256); a baseline's are in its own folder on disk.
+            locators = [s.local_file for s in sources]
+            files = (None, locators[0]) if a.baseline else (locators[0], locators[1])
+            compare.write_html(result, page, files)
     if a.junit:
         ciout.junit(result, Path(a.junit))
     if a.summary:

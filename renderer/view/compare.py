@@ -486,8 +486,11 @@ def outcome(counts: dict[str, int]) -> str:
     return "pass"
 
 
-def write_html(result: dict[str, Any], path: Path) -> Path:
-    """The comparison page: the report's viewer with A | B | difference per pair (renderer/view/diffpage.py)."""
+def write_html(result: dict[str, Any], path: Path, files: tuple[Any, Any] = (None, None)) -> Path:
+    """The comparison page: the report's viewer with A | B | difference per pair (renderer/view/diffpage.py).
+
+    `files`: per side, how to find an image on this machine (diffpage.Locator; None: on disk).
+    """
     from renderer.view import diffpage
 
-    return diffpage.write(result, path)
+    return diffpage.write(result, path, files)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +71,31 @@ class _Coords:
     axes: dict[str, Any]
 
 
-def write(result: dict[str, Any], path: Path) -> Path:
+# A run's image as a file on this machine: (path in the run, sha256) → a local path, or None when
+# the run no longer holds it (RunSource.local_file: a bucket's image is fetched and checked first).
+Locator = Callable[[str, "str | None"], "Path | None"]
+
+
+def _on_disk(run: Path) -> Locator:
+    def locate(rel: str, _sha: str | None) -> Path | None:
+        path = run / rel
+        return path if path.is_file() else None
+
+    return locate
+
+
+def write(
+    result: dict[str, Any],
+    path: Path,
+    files: tuple[Locator | None, Locator | None] = (None, None),
+) -> Path:
     """Write the comparison page for a `compare.compare` result, and its pictures beside it.
 
-    Everything comes from the result (A may be a baseline, which has no run database).
+    Everything comes from the result (A may be a baseline, which has no run database). `files`
+    finds each side's images (default: under the result's run_a / run_b folders on disk).
     """
     run_a, run_b = Path(result["run_a"]), Path(result["run_b"])
+    locate_a, locate_b = files[0] or _on_disk(run_a), files[1] or _on_disk(run_b)
     folder = path.parent / (path.stem + "-images")
     folder.mkdir(parents=True, exist_ok=True)
     have = set(os.listdir(folder))
@@ -84,34 +104,42 @@ def write(result: dict[str, Any], path: Path) -> Path:
     copies: dict[str, tuple[Path, Path]] = {}
     diffs: dict[str, tuple[str, str, str]] = {}
 
-    def picture(run: Path, rel: str | None, sha: str | None, full: bool) -> dict[str, Any] | None:
-        if rel is None or sha is None or not (run / rel).is_file():
+    def picture(
+        locate: Locator, rel: str | None, sha: str | None, full: bool
+    ) -> dict[str, Any] | None:
+        if rel is None or sha is None:
+            return None
+        source = locate(rel, sha)
+        if source is None:
             return None
         thumb = sha[:24] + ".jpg"
         keep.add(thumb)
         if thumb not in have:
-            thumbs[thumb] = (str(run / rel), str(folder / thumb))
-        out: dict[str, Any] = {"path": rel, "thumb": f"{folder.name}/{thumb}"}
+            thumbs[thumb] = (str(source), str(folder / thumb))
+        out: dict[str, Any] = {"path": rel, "thumb": f"{folder.name}/{thumb}", "file": source}
         if full:  # the large view of a pair that differs shows the original pixels
             name = sha[:24] + Path(rel).suffix.lower()
             keep.add(name)
             if name not in have:
-                copies[name] = (run / rel, folder / name)
+                copies[name] = (source, folder / name)
             out["full"] = f"{folder.name}/{name}"
         return out
 
     entries: list[tuple[_Coords, dict[str, Any]]] = []
     for pair in result["pairs"]:
         differs = not pair["identical"]
-        a = picture(run_a, pair["a"], pair["sha_a"], differs)
-        b = picture(run_b, pair["b"], pair["sha_b"], differs)
+        a = picture(locate_a, pair["a"], pair["sha_a"], differs)
+        b = picture(locate_b, pair["b"], pair["sha_b"], differs)
         diff = None
         if differs and a and b:
             name = f"d-{pair['sha_a'][:16]}-{pair['sha_b'][:16]}.png"
             keep.add(name)
             if name not in have:
-                diffs[name] = (str(run_a / pair["a"]), str(run_b / pair["b"]), str(folder / name))
+                diffs[name] = (str(a["file"]), str(b["file"]), str(folder / name))
             diff = f"{folder.name}/{name}"
+        for pic in (a, b):
+            if pic is not None:
+                del pic["file"]  # where this machine read it: not part of the page
         entries.append(
             (
                 _Coords(pair["prompt_id"], pair["model"], pair["seed"], pair["axes"]),
@@ -133,9 +161,11 @@ def write(result: dict[str, Any], path: Path) -> Path:
                 },
             )
         )
-    for side, key, run in (("A", "only_in_a", run_a), ("B", "only_in_b", run_b)):
+    for side, key, locate in (("A", "only_in_a", locate_a), ("B", "only_in_b", locate_b)):
         for item in result[key]:
-            pic = picture(run, item["path"], item["sha"], False)
+            pic = picture(locate, item["path"], item["sha"], False)
+            if pic is not None:
+                del pic["file"]
             entries.append(
                 (
                     _Coords(item["prompt_id"], item["model"], item["seed"], item["axes"]),
