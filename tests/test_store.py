@@ -432,7 +432,11 @@ _cost = st.one_of(
     st.floats(-1e6, 1e6, allow_nan=False),
 )
 # A path never holds NUL (no file system takes one; SQLite's JSON cuts text there).
-_path = st.text(st.characters(blacklist_characters="\x00"), max_size=8)
+# A path the runner writes is made of a safe prompt id, an endpoint id and seeds: never a NUL or a
+# lone surrogate (which no UTF-8 JSON text can carry into SQLite's json functions).
+_path = st.text(
+    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=8
+)
 _entry = st.fixed_dictionaries(
     {},
     optional={
