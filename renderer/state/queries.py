@@ -88,6 +88,24 @@ class Queries(StoreCore):
             args.append(state)
         return [Row.from_sql(r) for r in self.db.execute(sql + " ORDER BY plan_index, key", args)]
 
+    def plan_rows_paged(self, page: int = PAGE) -> Iterator[Row]:
+        """The jobs of the plan in plan order, read `page` rows at a time (what `report` streams).
+
+        Keyset pages on (plan_index, id): memory is one page whatever the run's size, and each
+        page is an index range scan, not an OFFSET that rereads what came before.
+        """
+        after: tuple[int, int] = (-1, -1)
+        while True:
+            batch = self.db.execute(
+                "SELECT * FROM jobs WHERE in_plan = 1 AND (plan_index > ? OR (plan_index = ? AND id > ?)) "
+                "ORDER BY plan_index, id LIMIT ?",
+                (after[0], after[0], after[1], page),
+            ).fetchall()
+            if not batch:
+                return
+            yield from (Row.from_sql(r) for r in batch)
+            after = (int(batch[-1]["plan_index"]), int(batch[-1]["id"]))
+
     def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """(key, files) of every finished job, in no particular order, read in pages by key."""
         after = -1
