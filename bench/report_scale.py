@@ -117,8 +117,9 @@ def report(code: Path, run: Path) -> tuple[float, float, str]:
     env = child_env(PYTHONPATH=str(code))
     start = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-m", "renderer", "report", str(run)],
+        [sys.executable, "-m", "renderer", "report", str(run.resolve())],
         env=env,
+        cwd=code,  # `-m` puts the working directory first on sys.path: make it the code measured
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -529,7 +529,10 @@ def test_hostile_text_stays_text(tmp_path: Path):
         assert page.evaluate("window.pwned") is None
         assert page.locator(".item").count() == len(HOSTILE)
         assert set(page.locator("th.col").all_text_contents()) == set(HOSTILE)
-        assert page.locator("img[src=x]").count() == 0 and page.locator("script:not([src])").count() == 2
+        assert (
+            page.locator("img[src=x]").count() == 0
+            and page.locator("script:not([src])").count() == 2
+        )
         # The only other scripts are the report's own data chunks.
         sources = page.locator("script[src]").evaluate_all("l => l.map(s => s.getAttribute('src'))")
         assert sources and all(re.fullmatch(r"data/[a-z0-9-]+\.js", s) for s in sources)

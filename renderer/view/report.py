@@ -58,6 +58,7 @@ CHUNK = 5000  # jobs per data chunk: the first grid of any run needs one or two 
 LARGE = 2000  # a dimension with more values keeps its labels in label chunks, not index.html
 LABELS = 5000  # labels per label chunk
 PAGE = 2000  # rows read from the state at a time
+BUDGET = 2400  # cells the viewer draws at a time (more as the page is scrolled)
 STATE_CODE = {"planned": "p", "submitted": "s", "completed": "c", "downloaded": "d", "failed": "f"}
 _make_thumb = make_thumb  # diffpage makes its thumbnails with the report's function
 
@@ -477,7 +478,13 @@ def _build(
         "dims": dims,
         "linked": [["seed", "sample"]] if sp.sample else [],
         "view": {"x": view.x, "y": view.y, "page": view.page},
-        "chunks": {"size": CHUNK, "labels": LABELS, "total": total, "zones": zones},
+        "chunks": {
+            "size": CHUNK,
+            "labels": LABELS,
+            "total": total,
+            "zones": zones,
+            "budget": BUDGET,
+        },
     }
     index = page_mod.write(target.dir / "index.html", f"{source.name}: {total} jobs", data)
     target.publish("index.html")

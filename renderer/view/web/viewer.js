@@ -459,7 +459,7 @@
   // their value ranges (DATA.chunks.zones) can hold what the window shows.
 
   const CH = DATA.chunks || {size: 1, labels: 1, total: 0, zones: []};
-  const BUDGET = 2400;   // cells drawn per window step
+  const BUDGET = CH.budget || 2400;   // cells drawn per window step
   const MAXCOLS = 300;   // columns shown at most (a dimension with more values belongs on Y)
   let layout = null;     // {pages, rows, cols, inner, step, next}
   let renderToken = 0;
