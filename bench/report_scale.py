@@ -173,7 +173,8 @@ def main() -> None:
         synthesise(folder, args.shape, args.images)
         print(f"# synthesised in {time.perf_counter() - start:.0f} s", flush=True)
     if args.runs == 0:
-        return  # --runs 0 --keep DIR: synthesise only    other = folder / "outv2/scale"
+        return  # --runs 0 --keep DIR: synthesise only
+    other = folder / "outv2/scale"
     if args.diff and not (other / "renderer.sqlite").is_file():
         synthesise(folder, "sweep", args.images, "v2")
     cold, cold_rss, warm, warm_rss, diffs = [], [], [], [], []

@@ -584,7 +584,6 @@ def test_template_variables_are_dimensions_and_sheets(templated: Path, tmp_path:
     assert sp.values[sp.index("color")] == ["red", "blue", "green"]
     done = report.build(templated, row_axis="shape", col_axis="color")
     assert done["cells"] == 12 and len(done["sheets"]) == 1
-    rows = _rows(templated)
     layout = report.layout_of(sp, report.default_view(sp, "shape", "color"))
     (sheet,) = report_sheets.sheets(layout, sp.cols, lambda n: ("downloaded", None, ""), 4096)
     assert sheet.cols == ["red", "blue", "green"]
