@@ -626,3 +626,64 @@ def test_template_variables_on_x_and_y(templated: Path):
         assert got == expected
         assert "x=color" in page.url and "y=shape" in page.url
     assert errors == []
+
+
+@pytest.mark.browser
+def test_a_report_in_many_chunks_loads_what_it_shows(
+    sweep135: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """10-job chunks, every dimension's labels in label files and 8 cells drawn at a time: the
+    first screen (seed 1, cat and fuji) reads only the chunks that hold it; "more rows" draws the
+    rest until all 135 jobs are shown; a typed filter, its shared link and the large view work."""
+    copy = tmp_path / "run"
+    shutil.copytree(sweep135, copy)
+    shutil.rmtree(copy / "report")
+    for name, value in (("CHUNK", 10), ("LARGE", 2), ("LABELS", 2), ("BUDGET", 8)):
+        monkeypatch.setattr(report, name, value)
+    report.build(copy)
+    assert len(list((copy / "report/data").glob("i-*.js"))) == 14
+    with chromium() as (browser, errors):
+        # Big cells in a short window: the first two rows reach past what scrolling would draw.
+        page = browser.new_page(viewport={"width": 1400, "height": 400})
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto((copy / "report/index.html").as_uri() + "#size=640")
+        page.wait_for_selector("body[data-ready]")
+        loaded = lambda: page.locator("script[src^='data/i-']").evaluate_all(  # noqa: E731
+            "l => l.map(s => s.getAttribute('src')).sort()"
+        )
+        # Jobs are prompt-major: cat and fuji are jobs 0-89, chunks 0-8; tea's chunks wait.
+        assert loaded() == [f"data/i-{k:05d}.js" for k in range(9)]
+        assert page.locator("section.page h2").all_text_contents() == ["seed = 1"]
+        assert page.locator("th.row").all_text_contents() == ["cat", "fuji"]
+        assert page.locator("th.col").all_text_contents() == MODELS
+        assert page.locator(".item").count() == 30 and page.locator(".item img").count() == 30
+        for _ in range(100):  # scrolling to the end draws the next rows, until there are none
+            if not page.locator("button[name=more]").count():
+                break
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_timeout(50)
+        assert page.locator(".item").count() == 135
+        assert page.locator("section.page h2").all_text_contents() == [
+            "seed = 1",
+            "seed = 2",
+            "seed = 3",
+        ]
+        assert page.locator("section.page").first.locator("th.row").all_text_contents() == [
+            "cat",
+            "fuji",
+            "tea",
+        ]
+        page.click("#filters details[data-dim=seed] summary")
+        page.fill("#filters details[data-dim=seed] textarea", "2")
+        page.click("#filters details[data-dim=seed] button")
+        page.wait_for_function("location.hash.includes('only.seed=2')")
+        page.wait_for_function("document.querySelectorAll('section.page').length === 1")
+        assert page.locator("section.page h2").all_text_contents() == ["seed = 2"]
+        other = _open(browser, errors, page.url)  # the shared link
+        assert other.locator("section.page h2").all_text_contents() == ["seed = 2"]
+        assert other.locator(".item").count() == 30
+        other.locator(".item img").first.click()
+        other.wait_for_selector("#detail:not([hidden]) #detail-facts")
+        facts = other.locator("#detail-facts").inner_text()
+        assert "a cat on a windowsill" in facts and "request id" in facts
+    assert errors == []
