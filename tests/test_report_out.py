@@ -19,11 +19,15 @@ from .conftest import background_emulator, cli, write_manifest
 FAST = ServiceTime("fixed", 0.005)
 
 
-def _run(folder: Path, prompts: list[str], *extra: str, env: dict[str, str] | None = None) -> str:
+def _run(
+    folder: Path,
+    prompts: list[str],
+    *extra: str,
+    env: dict[str, str] | None = None,
+    seeds: tuple[int, ...] = (1,),
+) -> str:
     manifest = write_manifest(
-        folder,
-        prompts=[{"id": p, "text": f"a {p}"} for p in prompts],
-        seeds=[1],
+        folder, prompts=[{"id": p, "text": f"a {p}"} for p in prompts], seeds=list(seeds)
     )
     with background_emulator(service=FAST) as emu:
         code, out, err = cli(
@@ -65,6 +69,21 @@ def test_a_rerun_makes_only_new_thumbnails_and_changed_sheets(tmp_path: Path):
     gone = next(iter((run / "report/thumbs").glob("*/*.jpg")))
     gone.unlink()
     assert report.build(run)["thumbnails_made"] == 1 and gone.is_file()
+
+
+def test_a_smaller_report_leaves_no_chunk_of_a_larger_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """With one job a chunk, a report of seed 1 only after one of both seeds leaves exactly its own
+    data files (no chunk the new index.html does not name)."""
+    monkeypatch.setattr(report, "CHUNK", 1)
+    _run(tmp_path, ["cat", "dog"], "--output", str(tmp_path / "out"), seeds=(1, 2))
+    run = tmp_path / "out/t"
+    report.build(run)
+    assert len(list((run / "report/data").glob("i-*.js"))) == 4
+    assert report.build(run, seeds={1})["cells"] == 2
+    names = sorted(p.name for p in (run / "report/data").iterdir())
+    assert names == ["d-00000.js", "d-00001.js", "i-00000.js", "i-00001.js"]
 
 
 def test_thumbnails_of_an_older_report_are_adopted(tmp_path: Path):

@@ -488,6 +488,7 @@ def _build(
     }
     index = page_mod.write(target.dir / "index.html", f"{source.name}: {total} jobs", data)
     target.publish("index.html")
+    target.prune("data")
     drawn, names = _sheets(target, sp, view, jobs, max_side)
     pg = sp.index(view.page)
     return {

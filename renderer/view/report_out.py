@@ -66,9 +66,11 @@ class Target:
             if data is not None:
                 (self.dir / MANIFEST).write_bytes(data)
         self.db = sqlite3.connect(self.dir / MANIFEST, isolation_level=None)
-        self.db.execute(
-            "PRAGMA journal_mode = WAL" if bucket is None else "PRAGMA journal_mode = DELETE"
-        )
+        # One file (no -wal beside it), so the folder is as easy to copy or upload as before.
+        self.db.execute("PRAGMA journal_mode = DELETE")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self._sheets: list[tuple[str, str]] = []
+        self.written: set[str] = set()
         self.db.execute("CREATE TABLE IF NOT EXISTS thumbs (sha TEXT PRIMARY KEY) WITHOUT ROWID")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS sheets (name TEXT PRIMARY KEY, sig TEXT NOT NULL) WITHOUT ROWID"
@@ -85,6 +87,7 @@ class Target:
 
     def publish(self, rel: str) -> None:
         """A file finished in the local folder: uploaded when the report goes to a bucket."""
+        self.written.add(rel)
         if self.bucket is None:
             return
         path = self.dir / rel
@@ -92,6 +95,16 @@ class Target:
         self.bucket.put_bytes(
             rel, path.read_bytes(), content_type=CONTENT_TYPES.get(ext, "application/octet-stream")
         )
+
+    def prune(self, folder: str) -> None:
+        """Remove the files in `folder` this report did not write (chunks of an earlier, larger report)."""
+        if self.bucket is not None:
+            names = self.bucket.names(folder)
+        else:
+            names = set(os.listdir(self.dir / folder)) if (self.dir / folder).is_dir() else set()
+        for name in names:
+            if f"{folder}/{name}" not in self.written:
+                self.remove(f"{folder}/{name}")
 
     def remove(self, rel: str) -> None:
         (self.dir / rel).unlink(missing_ok=True)
@@ -113,6 +126,7 @@ class Target:
         return path
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
         if self.bucket is not None:
             self.publish(MANIFEST)
@@ -137,15 +151,31 @@ class Target:
         return have
 
     def made_thumbs(self, shas: Iterable[str]) -> None:
+        # One transaction a batch: autocommit would sync the file once per thumbnail.
+        self.db.execute("BEGIN")
         self.db.executemany(
             "INSERT OR IGNORE INTO thumbs (sha) VALUES (?)", [(s[:24],) for s in shas]
         )
+        self.db.execute("COMMIT")
 
     def sheet_sigs(self) -> dict[str, str]:
+        self.flush()
         return dict(self.db.execute("SELECT name, sig FROM sheets").fetchall())
 
     def made_sheet(self, name: str, sig: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO sheets (name, sig) VALUES (?, ?)", (name, sig))
+        """Record a drawn sheet (in batches: tens of thousands of sheets, not as many commits)."""
+        self._sheets.append((name, sig))
+        if len(self._sheets) >= 256:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._sheets:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO sheets (name, sig) VALUES (?, ?)", self._sheets
+            )
+            self.db.execute("COMMIT")
+            self._sheets = []
 
     def forget_sheet(self, name: str) -> None:
         self.db.execute("DELETE FROM sheets WHERE name = ?", (name,))
