@@ -89,7 +89,12 @@ class Queries(StoreCore):
         return [Row.from_sql(r) for r in self.db.execute(sql + " ORDER BY plan_index, key", args)]
 
     def plan_rows_paged(self, page: int = PAGE) -> Iterator[Row]:
-        """The jobs of the plan in plan order, read `page` rows at a time (what `report` streams).
+        """The jobs of the plan in plan order, read `page` rows at a time."""
+        return (Row.from_sql(r) for r in self.plan_records_paged(page))
+
+    def plan_records_paged(self, page: int = PAGE) -> Iterator[Any]:
+        """The plan's `jobs` rows as the database gives them (columns by name, JSON still text),
+        in plan order, `page` at a time: what `report` streams, decoding only what it uses.
 
         Keyset pages on (plan_index, id): memory is one page whatever the run's size, and each
         page is an index range scan, not an OFFSET that rereads what came before.
@@ -103,7 +108,7 @@ class Queries(StoreCore):
             ).fetchall()
             if not batch:
                 return
-            yield from (Row.from_sql(r) for r in batch)
+            yield from batch
             after = (int(batch[-1]["plan_index"]), int(batch[-1]["id"]))
 
     def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:

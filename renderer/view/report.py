@@ -119,7 +119,7 @@ class _Collector:
         self.cols[name].append(v)
         return v
 
-    def add(self, r: Row) -> None:
+    def add(self, r: Row | _Job) -> None:
         p = self._put("prompt", r.prompt_id)
         m = self._put("model", r.model)
         for name in r.axes:
@@ -217,43 +217,81 @@ def _linked(sp: Space, view: View) -> set[str]:
     return {"seed"} if "sample" in on or sp.sample else set()
 
 
-def _cost(row: Row) -> float | None:
+class _Job:
+    """A job as the report reads it: a `jobs` record with only what is shown decoded (the input
+    stays JSON text, spliced into the details; the result is read only for a model-drawn seed)."""
+
+    __slots__ = ("axes", "files", "r", "seed")
+
+    def __init__(self, r: Any, axes: dict[str, Any]) -> None:
+        self.r = r
+        self.axes = axes
+        self.seed: int | None = r["seed"]
+        files = r["files"]
+        self.files: list[dict[str, Any]] = (
+            json.loads(files) if isinstance(files, str) else list(files or [])
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return self.r[name]
+
+    @property
+    def tags(self) -> list[str]:
+        tags = self.r["tags"]
+        return list(json.loads(tags) if isinstance(tags, str) else tags or [])
+
+
+def _cost(files: list[dict[str, Any]]) -> float | None:
     """What the job's delivered images cost by the manifest's prices (recorded per file); None when unpriced."""
-    costs = [e["cost"] for e in row.files or [] if isinstance(e.get("cost"), (int, float))]
+    costs = [e["cost"] for e in files if isinstance(e.get("cost"), (int, float))]
     return round(sum(costs), 6) if costs else None
 
 
-def detail(r: Row, image_base: str) -> dict[str, Any]:
-    """What the large view shows of a job (the grid needs far less: see _write_grid)."""
-    return {
-        "state": r.state,
-        "key": r.key,
-        "prompt": r.prompt,
-        "prompt_id": r.prompt_id,
-        "model": r.model,
-        "endpoint": r.endpoint,
-        "seed": (r.result or {}).get("seed", r.seed),
-        "input": r.input,
-        "request_id": r.request_id,
-        "error": r.error,
-        "error_kind": r.error_kind,
-        "attempts": r.attempts,
+def detail(job: _Job, image_base: str) -> str:
+    """What the large view shows of a job, as JSON text (the grid needs far less: see _write_grid)."""
+    r = job.r
+    seed = job.seed
+    if seed is None and r["result"]:  # the model drew the seed: the result says which
+        result = r["result"]
+        seed = (json.loads(result) if isinstance(result, str) else result).get("seed")
+    given = {
+        "state": r["state"],
+        "key": r["key"],
+        "prompt": r["prompt"],
+        "prompt_id": r["prompt_id"],
+        "model": r["model"],
+        "endpoint": r["endpoint"],
+        "seed": seed,
+        "request_id": r["request_id"],
+        "error": r["error"],
+        "error_kind": r["error_kind"],
+        "attempts": r["attempts"],
         "images": [
             {"path": image_base + e["path"], "width": e.get("width"), "height": e.get("height")}
-            for e in (r.files or [])
+            for e in job.files
         ],
-        "cost": _cost(r),
+        "cost": _cost(job.files),
         "t": {
-            "submitted": r.submitted_at,
-            "completed": r.completed_at,
-            "downloaded": r.downloaded_at,
+            "submitted": r["submitted_at"],
+            "completed": r["completed_at"],
+            "downloaded": r["downloaded_at"],
         },
     }
+    text = r["input"]
+    if not isinstance(text, str):
+        text = json.dumps(text, ensure_ascii=False, separators=(",", ":"))
+    rest = json.dumps(given, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return '{"input":' + text + "," + rest[1:]
 
 
 def _chunk_js(kind: str, k: int, data: Any) -> bytes:
     # JSON is a JS expression; script_json also escapes U+2028/9 and <, >, & (inert anywhere).
     return f"window.rendererData({json.dumps(kind)},{k},{page_mod.script_json(data)});\n".encode()
+
+
+def _details_js(k: int, parts: list[str]) -> bytes:
+    body = page_mod.inert("[" + ",".join(parts) + "]")
+    return f'window.rendererData("d",{k},{body});\n'.encode()
 
 
 def _write(target: Target, rel: str, data: bytes) -> None:
@@ -283,9 +321,24 @@ class _Jobs:
         return raw.hex() if any(raw) else None
 
 
+def _jobs(records: Iterator[Any]) -> Iterator[_Job]:
+    axes: dict[str, dict[str, Any]] = {}  # jobs of a cell share their axes text: decoded once
+    for r in records:
+        text = r["axes"]
+        if not isinstance(text, str):
+            yield _Job(r, dict(text or {}))
+            continue
+        parsed = axes.get(text)
+        if parsed is None:
+            if len(axes) > 10_000:
+                axes.clear()
+            parsed = axes[text] = json.loads(text)
+        yield _Job(r, parsed)
+
+
 def _filtered(
-    rows: Iterator[Row], tags: set[str] | None, models: set[str] | None, seeds: set[int] | None
-) -> Iterator[Row]:
+    rows: Iterator[_Job], tags: set[str] | None, models: set[str] | None, seeds: set[int] | None
+) -> Iterator[_Job]:
     for r in rows:
         if tags and not tags & set(r.tags):
             continue
@@ -296,8 +349,8 @@ def _filtered(
         yield r
 
 
-def _batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
-    batch: list[Row] = []
+def _batches(rows: Iterator[_Job], size: int) -> Iterator[list[_Job]]:
+    batch: list[_Job] = []
     for r in rows:
         batch.append(r)
         if len(batch) >= size:
@@ -324,22 +377,22 @@ def _stream(source: RunSource, target: Target, filters: Any) -> tuple[Space, _Jo
     """The one pass over the state: columns, thumbnails and the detail chunks."""
     collect, jobs = _Collector(), _Jobs()
     base = _image_base(source, target)
-    details: list[Any] = []
+    details: list[str] = []
+    thumbs = str(target.dir) + "/"
     pool = None
     try:
         with source.store() as store:
-            for batch in _batches(_filtered(store.plan_rows_paged(PAGE), *filters), PAGE):
+            records = _jobs(store.plan_records_paged(PAGE))
+            for batch in _batches(_filtered(records, *filters), PAGE):
                 todo: dict[str, tuple[str, str]] = {}
-                shas = [
-                    e["sha256"] for r in batch for e in r.files or [] if r.state == "downloaded"
-                ]
+                shas = [e["sha256"] for r in batch for e in r.files if r.state == "downloaded"]
                 have = target.have_thumbs(shas) if shas else set()
                 for r in batch:
                     n = collect.n
                     collect.add(r)
                     jobs.counts[r.state] = jobs.counts.get(r.state, 0) + 1
                     jobs.states.append(ord(STATE_CODE.get(r.state, "p")))
-                    files = r.files or []
+                    files = r.files
                     jobs.images += len(files)
                     if r.state == "failed" or r.error:
                         jobs.errors[n] = r.error or ""
@@ -351,7 +404,7 @@ def _stream(source: RunSource, target: Target, filters: Any) -> tuple[Space, _Jo
                             image = source.local_file(e["path"], sha if source.remote else None)
                             if image is None:
                                 continue
-                            todo[sha[:24]] = (str(image), str(target.dir / thumb_rel(sha)))
+                            todo[sha[:24]] = (str(image), thumbs + thumb_rel(sha))
                         if shown == b"\0" * 12:
                             shown = bytes.fromhex(sha[:24])
                     if files and shown == b"\0" * 12:
@@ -362,7 +415,7 @@ def _stream(source: RunSource, target: Target, filters: Any) -> tuple[Space, _Jo
                         _write(
                             target,
                             f"data/d-{(n // CHUNK):05d}.js",
-                            _chunk_js("d", n // CHUNK, details),
+                            _details_js(n // CHUNK, details),
                         )
                         details = []
                 if todo:
@@ -382,7 +435,7 @@ def _stream(source: RunSource, target: Target, filters: Any) -> tuple[Space, _Jo
             pool.shutdown()
     if details:
         k = (collect.n - 1) // CHUNK
-        _write(target, f"data/d-{k:05d}.js", _chunk_js("d", k, details))
+        _write(target, f"data/d-{k:05d}.js", _details_js(k, details))
     return collect.finish(), jobs
 
 

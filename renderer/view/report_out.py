@@ -147,7 +147,8 @@ class Target:
             )
         if self.bucket is None:
             # A thumbnail deleted by hand is made again (a stat each: ~2 s at a million).
-            have = {s for s in have if (self.dir / thumb_rel(s)).is_file()}
+            root = str(self.dir) + "/"
+            have = {s for s in have if os.path.isfile(root + thumb_rel(s))}
         return have
 
     def made_thumbs(self, shas: Iterable[str]) -> None:
