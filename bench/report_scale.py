@@ -112,12 +112,12 @@ def synthesise(folder: Path, shape: str, images: int, salt: str = "") -> Path:
     return synthesise_finished_run(path, folder / f"out{salt}", picture)
 
 
-def report(code: Path, run: Path) -> tuple[float, float, str]:
+def report(code: Path, run: Path, *extra: str) -> tuple[float, float, str]:
     """`renderer report RUN` with the code at `code`: (seconds, peak RSS MiB, its output)."""
     env = child_env(PYTHONPATH=str(code))
     start = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-m", "renderer", "report", str(run.resolve())],
+        [sys.executable, "-m", "renderer", "report", str(run.resolve()), *extra],
         env=env,
         cwd=code,  # `-m` puts the working directory first on sys.path: make it the code measured
         stdout=subprocess.PIPE,
@@ -157,7 +157,9 @@ def main() -> None:
         help="also time `diff` against the run rendered with another salt (sweep shape)",
     )
     ap.add_argument("--diff-only", action="store_true", help="time the diff alone")
+    ap.add_argument("--no-sheets", action="store_true", help="pass --no-sheets to `report`")
     args = ap.parse_args()
+    flags = ("--no-sheets",) if args.no_sheets else ()
     if args.diff_only:
         args.diff = True
     tmp = None
@@ -191,10 +193,10 @@ def main() -> None:
         if args.diff_only:
             continue
         shutil.rmtree(run / "report", ignore_errors=True)
-        took, rss, _ = report(args.code, run)
+        took, rss, _ = report(args.code, run, *flags)
         cold.append(took)
         cold_rss.append(rss)
-        took, rss, _ = report(args.code, run)
+        took, rss, _ = report(args.code, run, *flags)
         warm.append(took)
         warm_rss.append(rss)
     load = os.getloadavg()

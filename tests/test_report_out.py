@@ -102,10 +102,14 @@ def test_thumbnails_of_an_older_report_are_adopted(tmp_path: Path):
 
 
 def test_report_to_another_folder_links_the_run_images(tmp_path: Path):
-    """--out DIR writes the report there, and the large view's image paths lead back to the run."""
+    """--out DIR writes the report there, and the large view's image paths lead back to the run;
+    --no-sheets draws no PNG sheet."""
     _run(tmp_path, ["cat"], "--output", str(tmp_path / "out"))
-    code, out, err = cli("report", str(tmp_path / "out/t"), "--out", str(tmp_path / "elsewhere/r"))
+    code, out, err = cli(
+        "report", str(tmp_path / "out/t"), "--out", str(tmp_path / "elsewhere/r"), "--no-sheets"
+    )
     assert code == 0, err
+    assert "0 sheets of which 0 drawn" in out and not list((tmp_path / "elsewhere/r").glob("*.png"))
     assert f"report: {tmp_path / 'elsewhere/r/index.html'}" in out
     assert not (tmp_path / "out/t/report").exists()
     detail = (tmp_path / "elsewhere/r/data/d-00000.js").read_text()

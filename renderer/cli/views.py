@@ -66,6 +66,7 @@ def cmd_report(ctx: Context) -> int:
             max_side=a.max_sheet,
             out=a.out,
             env=ctx.env,
+            sheets=not a.no_sheets,
         )
     ctx.print(
         f"report: {done['index']} ({done['pages']} page(s), {done['cells']} cells, "

@@ -496,13 +496,16 @@ def build(
     max_side: int = 4096,
     out: str | None = None,
     env: Mapping[str, str] | None = None,
+    sheets: bool = True,
 ) -> dict[str, Any]:
     """The report of a run (a directory, or a RunSource: any state, images on disk or in a bucket),
     written to `out` (a folder or s3://bucket/prefix/; default RUN/report/)."""
     with sourced(run) as source:
         target = open_target(out, source.run_dir / REPORT_DIR, env or {})
         try:
-            return _build(source, target, row_axis, col_axis, (tags, models, seeds), max_side)
+            return _build(
+                source, target, row_axis, col_axis, (tags, models, seeds), max_side if sheets else 0
+            )
         finally:
             target.close()
 
@@ -542,7 +545,8 @@ def _build(
     index = page_mod.write(target.dir / "index.html", f"{source.name}: {total} jobs", data)
     target.publish("index.html")
     target.prune("data")
-    drawn, names = _sheets(target, sp, view, jobs, max_side)
+    # max_side 0: no sheets this time (those of an earlier report are left as they are).
+    drawn, names = _sheets(target, sp, view, jobs, max_side) if max_side else (0, [])
     pg = sp.index(view.page)
     return {
         "index": target.location("index.html") if target.bucket is not None else index,
