@@ -25,6 +25,7 @@ Chunk files are scripts that hand their data to window.rendererData: the page lo
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import os
@@ -443,6 +444,7 @@ def _write_grid(target: Target, sp: Space, jobs: _Jobs) -> list[list[list[int]]]
     """The grid chunks; returns each chunk's [low, high, has "not set"] per dimension."""
     zones = []
     total = len(jobs.states)
+    failed, unthumbed = sorted(jobs.errors), sorted(jobs.fallback)
     for k, lo in enumerate(range(0, total, CHUNK)):
         hi = min(lo + CHUNK, total)
         zone, cols = [], []
@@ -459,12 +461,19 @@ def _write_grid(target: Target, sp: Space, jobs: _Jobs) -> list[list[list[int]]]
             "v": cols,
             "s": jobs.states[lo:hi].decode(),
             "t": [jobs.thumb(n) or "" for n in range(lo, hi)],
-            "e": {str(n - lo): e for n, e in jobs.errors.items() if lo <= n < hi},
-            "p": {str(n - lo): p for n, p in jobs.fallback.items() if lo <= n < hi},
+            "e": _within(jobs.errors, failed, lo, hi),
+            "p": _within(jobs.fallback, unthumbed, lo, hi),
         }
         _write(target, f"data/i-{k:05d}.js", _chunk_js("i", k, data))
         zones.append(zone)
     return zones
+
+
+def _within(sparse: dict[int, str], keys: list[int], lo: int, hi: int) -> dict[str, str]:
+    """The entries of a sparse per-job map for jobs lo..hi-1 (`keys`: its keys in order), keyed
+    by position in the chunk: a bisect, not a scan of every failure for every chunk."""
+    a, b = bisect.bisect_left(keys, lo), bisect.bisect_left(keys, hi)
+    return {str(n - lo): sparse[n] for n in keys[a:b]}
 
 
 def _write_labels(target: Target, sp: Space) -> list[dict[str, Any]]:
