@@ -4,7 +4,10 @@ A finished run is synthesised through the store (bench/_common.synthesise_finish
   --shape sweep   PROMPTS prompts × 4 models × SEEDS seeds of real emulator pictures (128x96 PNG);
                   the issue's 100k shape is --images 100000 (1,000 prompts × 4 models × 25 seeds)
   --shape captions  N distinct prompts × 1 model × 1 seed (a caption dataset), each image a
-                  distinct tiny PNG made here (16x12): what scales is the report, not the drawing
+                  distinct tiny PNG made here (16x12): what scales is the report, not the drawing;
+                  with --distinct D only the first D jobs get a file of their own and job n
+                  reuses job n mod D's (one thumbnail per content: a million jobs without a
+                  million files to write and thumbnail; thumbnail cost is per image, see 100k)
 Then `renderer report RUN` runs in a child process (the real CLI, PYTHONPATH=--code, so an
 older checkout can be measured on the same run): cold (no report/ folder: every thumbnail and
 sheet made) and warm (a rerun with nothing new). Peak RSS is the child's ru_maxrss (os.wait4).
@@ -66,6 +69,99 @@ def tiny_png(n: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw, 1))
         + chunk(b"IEND", b"")
     )
+
+
+def synthesise_reused(folder: Path, images: int, distinct: int) -> Path:
+    """A caption run whose jobs beyond the first `distinct` reuse an earlier job's image.
+
+    Resumable: jobs the state already records as downloaded are kept (a run killed midway
+    goes on where it stopped).
+    """
+    import hashlib
+    import json
+
+    from renderer.layout import image_path
+    from renderer.manifest import load as manifest_mod
+    from renderer.models.schemas import SchemaRegistry, default_schema_dir
+    from renderer.plan import planner as plan_mod
+    from renderer.state.rows import key_blob
+    from renderer.state.sqlite import SQLiteStore
+
+    path = folder / "scale.yaml"
+    if not path.is_file():
+        (folder / "captions.jsonl").write_text(
+            "".join(
+                json.dumps({"id": f"c{i:07d}", "text": f"caption {i}"}) + "\n"
+                for i in range(images)
+            )
+        )
+        spec = {
+            "name": "scale",
+            "prompts": [{"file": "captions.jsonl"}],
+            "models": MODELS[:1],
+            "seeds": [1],
+        }
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    m = manifest_mod.load(path)
+    m = manifest_mod.Manifest(**{**m.__dict__, "output": folder / "out"})
+    plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
+    store = SQLiteStore(m.run_dir)
+    if store.db.execute("SELECT COUNT(*) FROM job").fetchone()[0] < images:
+        store.sync_plan(plan.jobs, plan.digest)
+    done = {
+        int(i): f
+        for i, f in store.db.execute(
+            "SELECT plan_index, files FROM job WHERE state = 'downloaded' AND plan_index < ?",
+            (distinct,),
+        )
+    }
+    first = store.db.execute(
+        "SELECT MIN(plan_index) FROM job WHERE state <> 'downloaded'"
+    ).fetchone()[0]
+    entries: list[str] = []
+    rows: list[tuple[str, str, bytes]] = []
+
+    def flush() -> None:
+        with store.db:
+            store.db.executemany(
+                "UPDATE job SET state = 'downloaded', files = ?, result = ?, request_id = 'r', "
+                "downloaded_at = 0 WHERE k = ?",
+                rows,
+            )
+        rows.clear()
+
+    for n, job in enumerate(plan.jobs):
+        if n < distinct:
+            if n in done:
+                entries.append(done[n])
+                continue
+            data = tiny_png(n)
+            rel = image_path(job.stem, 0, "png")
+            target = m.run_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            entry = {
+                "path": rel,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "mtime_ns": target.stat().st_mtime_ns,
+                "width": 16,
+                "height": 12,
+                "content_type": "image/png",
+                "seed": job.seed,
+            }
+            entries.append(json.dumps([entry]))
+        elif first is None or n < first:
+            continue
+        files = entries[n % distinct]
+        rows.append(
+            (files, json.dumps({"images": [{"url": "x"}], "seed": job.seed}), key_blob(job.key))
+        )
+        if len(rows) >= 10_000:
+            flush()
+    flush()
+    store.close()
+    return m.run_dir
 
 
 def synthesise(folder: Path, shape: str, images: int, salt: str = "") -> Path:
@@ -158,6 +254,9 @@ def main() -> None:
     )
     ap.add_argument("--diff-only", action="store_true", help="time the diff alone")
     ap.add_argument("--no-sheets", action="store_true", help="pass --no-sheets to `report`")
+    ap.add_argument(
+        "--distinct", type=int, help="captions: only this many image files (jobs reuse them)"
+    )
     args = ap.parse_args()
     flags = ("--no-sheets",) if args.no_sheets else ()
     if args.diff_only:
@@ -170,7 +269,11 @@ def main() -> None:
         folder = args.keep
         folder.mkdir(parents=True, exist_ok=True)
     run = folder / "out/scale"
-    if not (run / "renderer.sqlite").is_file():
+    if args.distinct and args.shape == "captions":
+        start = time.perf_counter()
+        synthesise_reused(folder, args.images, args.distinct)
+        print(f"# synthesised in {time.perf_counter() - start:.0f} s", flush=True)
+    elif not (run / "renderer.sqlite").is_file():
         start = time.perf_counter()
         synthesise(folder, args.shape, args.images)
         print(f"# synthesised in {time.perf_counter() - start:.0f} s", flush=True)
@@ -203,6 +306,8 @@ def main() -> None:
     reproduce = (
         f"# reproduce: python bench/report_scale.py --shape {args.shape} --images {args.images} "
         f"--runs {args.runs}"
+        + (f" --distinct {args.distinct}" if args.distinct else "")
+        + (" --no-sheets" if args.no_sheets else "")
         + (" --diff-only" if args.diff_only else " --diff" if args.diff else "")
     )
     diff_row = [
