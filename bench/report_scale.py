@@ -20,6 +20,7 @@ Reproduce:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import struct
@@ -88,6 +89,14 @@ def synthesise_reused(folder: Path, images: int, distinct: int) -> Path:
     from renderer.state.sqlite import SQLiteStore
 
     path = folder / "scale.yaml"
+    db = folder / "out/scale/renderer.sqlite"
+    if db.is_file():
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            (have,) = con.execute("SELECT COUNT(*) FROM job WHERE state = 'downloaded'").fetchone()
+        if have >= images:
+            return db.parent  # made by an earlier invocation
     if not path.is_file():
         (folder / "captions.jsonl").write_text(
             "".join(
@@ -208,12 +217,27 @@ def synthesise(folder: Path, shape: str, images: int, salt: str = "") -> Path:
     return synthesise_finished_run(path, folder / f"out{salt}", picture)
 
 
+# The child reports its own peak (VmHWM of its address space): ru_maxrss from wait4 would count
+# the pages of this process that the child held between fork and exec (~900 MiB after this
+# script has synthesised a million-job run).
+CHILD = """
+import atexit, runpy, sys
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            sys.stderr.write("BENCH-HWM " + line.split()[1] + "\\n")
+atexit.register(peak)
+sys.argv = ["renderer", *sys.argv[1:]]
+runpy.run_module("renderer", run_name="__main__")
+"""
+
+
 def report(code: Path, run: Path, *extra: str) -> tuple[float, float, str]:
-    """`renderer report RUN` with the code at `code`: (seconds, peak RSS MiB, its output)."""
+    """`renderer report RUN` with the code at `code`: (seconds, its peak RSS MiB, its output)."""
     env = child_env(PYTHONPATH=str(code))
     start = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-m", "renderer", "report", str(run.resolve()), *extra],
+        [sys.executable, "-c", CHILD, "report", str(run.resolve()), *extra],
         env=env,
         cwd=code,  # `-m` puts the working directory first on sys.path: make it the code measured
         stdout=subprocess.PIPE,
@@ -222,12 +246,12 @@ def report(code: Path, run: Path, *extra: str) -> tuple[float, float, str]:
     )
     assert child.stdout is not None
     out = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
+    code_ = child.wait()
     took = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
+    if code_ != 0:
         raise RuntimeError(out[-3000:])
-    return took, usage.ru_maxrss / 1024, out
+    hwm = next(int(x.split()[1]) for x in out.splitlines() if x.startswith("BENCH-HWM "))
+    return took, hwm / 1024, out
 
 
 def files_under(folder: Path) -> tuple[int, int, int]:
