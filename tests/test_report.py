@@ -272,9 +272,12 @@ def test_sheet_cells_failed_na_and_centred(sweep: Path, tmp_path: Path):
 
 
 def test_report_axes_errors(sweep: Path):
-    """--axes naming an axis the run lacks is a usage error (exit 2) listing the run's axes."""
+    """--axes naming an axis the run lacks is a usage error (exit 2) listing the run's axes, and
+    nothing is written."""
+    shutil.rmtree(sweep / "report", ignore_errors=True)
     code, _, err = cli("report", str(sweep), "--axes", "prompt,colour")
     assert code == 2 and "no axis 'colour'" in err and "axes here: prompt, model, seed" in err
+    assert not (sweep / "report").exists()  # nothing written
     assert report.build(sweep, tags={"place"}, seeds={1})["cells"] == 3
 
 

@@ -111,6 +111,13 @@ class Queries(StoreCore):
             yield from batch
             after = (int(batch[-1]["plan_index"]), int(batch[-1]["id"]))
 
+    def axis_names(self) -> set[str]:
+        """The parameter axes the plan's jobs have (one DISTINCT over the cells' axes, not per job)."""
+        names: set[str] = set()
+        for (text,) in self.db.execute("SELECT DISTINCT axes FROM jobs WHERE in_plan = 1"):
+            names.update(json.loads(text) if isinstance(text, str) else text or {})
+        return names
+
     def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """(key, files) of every finished job, in no particular order, read in pages by key."""
         after = -1

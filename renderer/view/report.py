@@ -387,6 +387,7 @@ def build(
     """The report of a run (a directory, or a RunSource: any state, images on disk or in a bucket),
     written to `out` (a folder or s3://bucket/prefix/; default RUN/report/)."""
     with sourced(run) as source:
+        _check_axes(source, row_axis, col_axis)
         target = open_target(out, source.run_dir / REPORT_DIR, env or {})
         try:
             return _build(
@@ -394,6 +395,18 @@ def build(
             )
         finally:
             target.close()
+
+
+def _check_axes(source: RunSource, *axes: str) -> None:
+    """An axis the run lacks is a usage error before anything is read in full or written."""
+    fixed = {"prompt", "model", "seed", "sample"}
+    if all(a in fixed for a in axes):
+        return  # ("sample" exists only where seeds differ: default_view says so after the pass)
+    with source.store() as store:
+        names = ["prompt", "model", *sorted(store.axis_names()), "seed"]
+    for axis in axes:
+        if axis not in names and axis != "sample":
+            raise UsageError(f"no axis {axis!r} in this run", hint="axes here: " + ", ".join(names))
 
 
 def _build(
