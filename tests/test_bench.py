@@ -97,7 +97,7 @@ def test_tools_scale_smoke():
 
 def test_report_scale_smoke():
     """bench/report_scale.py times cold and warm reports and a full diff on a synthesised run."""
-    out = _run("bench/report_scale.py", "--images", "40", "--runs", "1")
+    out = _run("bench/report_scale.py", "--images", "40", "--runs", "1", "--diff")
     assert "report, cold" in out and "diff, every pair measured" in out
 
 

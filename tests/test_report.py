@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from PIL import Image
 from renderer.plan.jobs import Job
 from renderer.provider.emulator import ServiceTime
 from renderer.state.sqlite import SQLiteStore
-from renderer.view import report
+from renderer.view import report, report_sheets
 
 from .conftest import MANIFESTS, background_emulator, cli, write_manifest
 
@@ -109,10 +110,30 @@ def _rows(run: Path) -> list[Any]:
         store.close()
 
 
-def _data(run: Path) -> dict[str, Any]:
+def _index(run: Path) -> dict[str, Any]:
     text = (run / "report/index.html").read_text()
     start = text.index('<script type="application/json" id="renderer-data">') + 51
     return json.loads(text[start : text.index("</script>", start)])
+
+
+def _chunk(path: Path) -> Any:
+    """A data chunk's payload: `window.rendererData(KIND, K, JSON);`."""
+    text = path.read_text()
+    return json.loads(text[text.index(",", text.index(",") + 1) + 1 : text.rindex(");")])
+
+
+def _data(run: Path) -> dict[str, Any]:
+    """index.html's data with every job's details and grid entry joined back (as items)."""
+    data = _index(run)
+    items: list[dict[str, Any]] = []
+    for k in range(-(-data["chunks"]["total"] // data["chunks"]["size"])):
+        grid = _chunk(run / f"report/data/i-{k:05d}.js")
+        for j, full in enumerate(_chunk(run / f"report/data/d-{k:05d}.js")):
+            thumb = grid["t"][j]
+            for im in full["images"]:
+                im["thumb"] = f"thumbs/{thumb[:2]}/{thumb}.jpg" if thumb else None
+            items.append({**full, "v": [col[j] for col in grid["v"]]})
+    return {**data, "items": items}
 
 
 # ---------------------------------------------------------------- without a browser
@@ -126,7 +147,7 @@ def test_dimensions_cover_every_axis_and_mark_absent_ones(sweep135: Path):
     assert sp.names == ["prompt", "model", "aspect_ratio", "style", "seed"]
     assert sp.values[1] == MODELS and sp.values[2] == RATIOS and sp.values[4] == ["1", "2", "3"]
     style = sp.index("style")
-    assert {r.model for r, c in zip(rows, sp.coords, strict=True) if c[style] < 0} == {
+    assert {r.model for r, c in zip(rows, sp.cols[style], strict=True) if c < 0} == {
         "flux",
         "imagen",
         "ideogram",
@@ -145,6 +166,8 @@ def test_data_block_is_escaped_for_script_context(tmp_path: Path):
         )
     ]
     assert not set("<>&") & set(block)
+    for chunk in (run / "report/data").glob("*.js"):
+        assert not set("<>&") & set(chunk.read_text())
     assert {i["request_id"] for i in _data(run)["items"]} >= set(HOSTILE)
 
 
@@ -173,7 +196,7 @@ def test_thumbnails_are_made_once(sweep: Path):
     """A second report reuses every thumbnail."""
     report.build(sweep)
     assert report.build(sweep)["thumbnails_made"] == 0
-    assert len(list((sweep / "report/thumbs").glob("*.jpg"))) == 8
+    assert len(list((sweep / "report/thumbs").glob("*/*.jpg"))) == 8
 
 
 def test_sheets_split_under_the_cap_and_stale_ones_go(sweep: Path, tmp_path: Path):
@@ -249,9 +272,12 @@ def test_sheet_cells_failed_na_and_centred(sweep: Path, tmp_path: Path):
 
 
 def test_report_axes_errors(sweep: Path):
-    """--axes naming an axis the run lacks is a usage error (exit 2) listing the run's axes."""
+    """--axes naming an axis the run lacks is a usage error (exit 2) listing the run's axes, and
+    nothing is written."""
+    shutil.rmtree(sweep / "report", ignore_errors=True)
     code, _, err = cli("report", str(sweep), "--axes", "prompt,colour")
     assert code == 2 and "no axis 'colour'" in err and "axes here: prompt, model, seed" in err
+    assert not (sweep / "report").exists()  # nothing written
     assert report.build(sweep, tags={"place"}, seeds={1})["cells"] == 3
 
 
@@ -299,7 +325,7 @@ def _screens(tmp_path: Path) -> Path:
 
 
 def _thumb(entry: dict[str, Any]) -> str:
-    return f"thumbs/{entry['sha256'][:24]}.jpg"
+    return f"thumbs/{entry['sha256'][:2]}/{entry['sha256'][:24]}.jpg"
 
 
 @pytest.mark.browser
@@ -506,7 +532,13 @@ def test_hostile_text_stays_text(tmp_path: Path):
         assert page.evaluate("window.pwned") is None
         assert page.locator(".item").count() == len(HOSTILE)
         assert set(page.locator("th.col").all_text_contents()) == set(HOSTILE)
-        assert page.locator("img[src=x]").count() == 0 and page.locator("script").count() == 2
+        assert (
+            page.locator("img[src=x]").count() == 0
+            and page.locator("script:not([src])").count() == 2
+        )
+        # The only other scripts are the report's own data chunks.
+        sources = page.locator("script[src]").evaluate_all("l => l.map(s => s.getAttribute('src'))")
+        assert sources and all(re.fullmatch(r"data/[a-z0-9-]+\.js", s) for s in sources)
         assert page.locator(".item.failed").count() == 2
         assert page.locator(".item.failed").first.inner_text().startswith("failed: ")
         page.wait_for_function(
@@ -555,10 +587,8 @@ def test_template_variables_are_dimensions_and_sheets(templated: Path, tmp_path:
     assert sp.values[sp.index("color")] == ["red", "blue", "green"]
     done = report.build(templated, row_axis="shape", col_axis="color")
     assert done["cells"] == 12 and len(done["sheets"]) == 1
-    rows = _rows(templated)
-    (sheet,) = report.sheets_for(
-        rows, sp, report.default_view(sp, "shape", "color"), {}, tmp_path, 4096
-    )
+    layout = report.layout_of(sp, report.default_view(sp, "shape", "color"))
+    (sheet,) = report_sheets.sheets(layout, sp.cols, lambda n: ("downloaded", None, ""), 4096)
     assert sheet.cols == ["red", "blue", "green"]
     assert sorted(tuple(r) for r in sheet.rows) == sorted(
         (f"shape: {s}", f"alt1: {f}") for s in ("cube", "cone") for f in ("matte", "glossy")
@@ -598,4 +628,65 @@ def test_template_variables_on_x_and_y(templated: Path):
         }
         assert got == expected
         assert "x=color" in page.url and "y=shape" in page.url
+    assert errors == []
+
+
+@pytest.mark.browser
+def test_a_report_in_many_chunks_loads_what_it_shows(
+    sweep135: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """10-job chunks, every dimension's labels in label files and 8 cells drawn at a time: the
+    first screen (seed 1, cat and fuji) reads only the chunks that hold it; "more rows" draws the
+    rest until all 135 jobs are shown; a typed filter, its shared link and the large view work."""
+    copy = tmp_path / "run"
+    shutil.copytree(sweep135, copy)
+    shutil.rmtree(copy / "report")
+    for name, value in (("CHUNK", 10), ("LARGE", 2), ("LABELS", 2), ("BUDGET", 8)):
+        monkeypatch.setattr(report, name, value)
+    report.build(copy)
+    assert len(list((copy / "report/data").glob("i-*.js"))) == 14
+    with chromium() as (browser, errors):
+        # Big cells in a short window: the first two rows reach past what scrolling would draw.
+        page = browser.new_page(viewport={"width": 1400, "height": 400})
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto((copy / "report/index.html").as_uri() + "#size=640")
+        page.wait_for_selector("body[data-ready]")
+        loaded = lambda: page.locator("script[src^='data/i-']").evaluate_all(  # noqa: E731
+            "l => l.map(s => s.getAttribute('src')).sort()"
+        )
+        # Jobs are prompt-major: cat and fuji are jobs 0-89, chunks 0-8; tea's chunks wait.
+        assert loaded() == [f"data/i-{k:05d}.js" for k in range(9)]
+        assert page.locator("section.page h2").all_text_contents() == ["seed = 1"]
+        assert page.locator("th.row").all_text_contents() == ["cat", "fuji"]
+        assert page.locator("th.col").all_text_contents() == MODELS
+        assert page.locator(".item").count() == 30 and page.locator(".item img").count() == 30
+        for _ in range(100):  # scrolling to the end draws the next rows, until there are none
+            if not page.locator("button[name=more]").count():
+                break
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_timeout(50)
+        assert page.locator(".item").count() == 135
+        assert page.locator("section.page h2").all_text_contents() == [
+            "seed = 1",
+            "seed = 2",
+            "seed = 3",
+        ]
+        assert page.locator("section.page").first.locator("th.row").all_text_contents() == [
+            "cat",
+            "fuji",
+            "tea",
+        ]
+        page.click("#filters details[data-dim=seed] summary")
+        page.fill("#filters details[data-dim=seed] textarea", "2")
+        page.click("#filters details[data-dim=seed] button")
+        page.wait_for_function("location.hash.includes('only.seed=2')")
+        page.wait_for_function("document.querySelectorAll('section.page').length === 1")
+        assert page.locator("section.page h2").all_text_contents() == ["seed = 2"]
+        other = _open(browser, errors, page.url)  # the shared link
+        assert other.locator("section.page h2").all_text_contents() == ["seed = 2"]
+        assert other.locator(".item").count() == 30
+        other.locator(".item img").first.click()
+        other.wait_for_selector("#detail:not([hidden]) #detail-facts")
+        facts = other.locator("#detail-facts").inner_text()
+        assert "a cat on a windowsill" in facts and "request id" in facts
     assert errors == []

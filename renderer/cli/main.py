@@ -433,6 +433,16 @@ def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
         default=4096,
         help="largest PNG sheet side in pixels",
     )
+    p_report.add_argument(
+        "--no-sheets",
+        action="store_true",
+        help="skip the PNG sheets (a million-caption run would get tens of thousands)",
+    )
+    p_report.add_argument(
+        "--out",
+        metavar="DIR|s3://BUCKET/PREFIX/",
+        help="where the report goes: a folder, or a bucket (AWS_* variables) (default RUN/report/)",
+    )
 
     p_export = command(
         "export", cmd_export, "write a run's dataset as Parquet shards or WebDataset tars"

@@ -45,6 +45,9 @@ def cmd_export(ctx: Context) -> int:
     return 0
 
 
+SHEETS_LISTED = 20  # sheets `report` names one by one
+
+
 def cmd_report(ctx: Context) -> int:
     from renderer.view import report
 
@@ -64,13 +67,20 @@ def cmd_report(ctx: Context) -> int:
             models=set(a.model) or None,
             seeds=set(a.seed) or None,
             max_side=a.max_sheet,
+            out=a.out,
+            env=ctx.env,
+            sheets=not a.no_sheets,
         )
     ctx.print(
         f"report: {done['index']} ({done['pages']} page(s), {done['cells']} cells, "
-        f"{done['thumbnails_made']} new thumbnails)"
+        f"{done['thumbnails_made']} new thumbnails, {len(done['sheets'])} sheets of which "
+        f"{done['sheets_drawn']} drawn)"
     )
-    for sheet in done["sheets"]:
+    # A million-image run has tens of thousands of sheets: name a few, and the folder.
+    for sheet in done["sheets"][:SHEETS_LISTED]:
         ctx.print(f"sheet: {sheet}")
+    if len(done["sheets"]) > SHEETS_LISTED:
+        ctx.print(f"sheets: {len(done['sheets']) - SHEETS_LISTED} more in {done['where']}")
     return 0
 
 

@@ -223,7 +223,7 @@ class _Bucket(_Folder):
         keep = set(written)
         for name in self.storage.names(self.rel):
             if fnmatch.fnmatchcase(name, pattern) and name not in keep:
-                self.storage.delete(f"{self.rel}/{name}")
+                self.storage.remove(f"{self.rel}/{name}")
 
     def close(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)

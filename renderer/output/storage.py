@@ -72,8 +72,14 @@ class Storage(ABC):
         """Write an image once: its mtime in ns (local) or None (object stores), and whether it was there."""
 
     @abstractmethod
-    def put_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
-        """Write (or replace) a derived file whole."""
+    def put_bytes(
+        self, rel: str, data: bytes, *, durable: bool = True, content_type: str | None = None
+    ) -> None:
+        """Write (or replace) a derived file whole (`content_type`: what a bucket serves it as)."""
+
+    @abstractmethod
+    def remove(self, rel: str) -> None:
+        """Remove a derived file (a report's stale sheet); nothing when it is absent."""
 
     @abstractmethod
     def intact(self, entry: Mapping[str, Any], *, rehash: bool) -> bool:
@@ -116,10 +122,15 @@ class LocalStorage(Storage):
 
         return Stored(files.write_atomic(self.root / rel, data).st_mtime_ns)
 
-    def put_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+    def put_bytes(
+        self, rel: str, data: bytes, *, durable: bool = True, content_type: str | None = None
+    ) -> None:
         from renderer.output import files
 
         files.write_atomic(self.root / rel, data, durable=durable)
+
+    def remove(self, rel: str) -> None:
+        (self.root / rel).unlink(missing_ok=True)
 
     def intact(self, entry: Mapping[str, Any], *, rehash: bool) -> bool:
         from renderer.output import files
@@ -294,14 +305,18 @@ class S3Storage(Storage):
             return Stored(None, existed=True)
         return Stored(None)
 
-    def put_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+    def put_bytes(
+        self, rel: str, data: bytes, *, durable: bool = True, content_type: str | None = None
+    ) -> None:
         import obstore
 
-        content_type = "application/json" if rel.endswith((".json", ".jsonl")) else "text/markdown"
+        kind = content_type or (
+            "application/json" if rel.endswith((".json", ".jsonl")) else "text/markdown"
+        )
         self._call(
             "write",
             rel,
-            lambda: obstore.put(self.store, rel, data, attributes={"Content-Type": content_type}),
+            lambda: obstore.put(self.store, rel, data, attributes={"Content-Type": kind}),
         )
 
     def put_file(self, rel: str, path: Path, *, content_type: str) -> None:
@@ -314,12 +329,12 @@ class S3Storage(Storage):
             lambda: obstore.put(self.store, rel, path, attributes={"Content-Type": content_type}),
         )
 
-    def delete(self, rel: str) -> None:
-        """Remove an object (an earlier export's shard that this one did not rewrite)."""
+    def remove(self, rel: str) -> None:
+        """Remove an object (a report's stale sheet, an earlier export's shard); nothing when absent."""
         import obstore
 
         with contextlib.suppress(FileNotFoundError):
-            self._call("delete", rel, lambda: obstore.delete(self.store, rel))
+            self._call("remove", rel, lambda: obstore.delete(self.store, rel))
 
     def _head(self, rel: str) -> tuple[int, dict[str, Any]] | None:
         import obstore

@@ -86,6 +86,36 @@ class Queries(Reading):
             args.append(state)
         return [Row.from_sql(r) for r in self.db.execute(sql + " ORDER BY plan_index, key", args)]
 
+    def plan_rows_paged(self, page: int = PAGE) -> Iterator[Row]:
+        """The jobs of the plan in plan order, read `page` rows at a time."""
+        return (Row.from_sql(r) for r in self.plan_records_paged(page))
+
+    def plan_records_paged(self, page: int = PAGE) -> Iterator[Any]:
+        """The plan's `jobs` rows as the database gives them (columns by name, JSON still text),
+        in plan order, `page` at a time: what `report` streams, decoding only what it uses.
+
+        Keyset pages on (plan_index, id): memory is one page whatever the run's size, and each
+        page is an index range scan, not an OFFSET that rereads what came before.
+        """
+        after: tuple[int, int] = (-1, -1)
+        while True:
+            batch = self.db.execute(
+                "SELECT * FROM jobs WHERE in_plan = 1 AND (plan_index > ? OR (plan_index = ? AND id > ?)) "
+                "ORDER BY plan_index, id LIMIT ?",
+                (after[0], after[0], after[1], page),
+            ).fetchall()
+            if not batch:
+                return
+            yield from batch
+            after = (int(batch[-1]["plan_index"]), int(batch[-1]["id"]))
+
+    def axis_names(self) -> set[str]:
+        """The parameter axes the plan's jobs have (one DISTINCT over the cells' axes, not per job)."""
+        names: set[str] = set()
+        for (text,) in self.db.execute("SELECT DISTINCT axes FROM jobs WHERE in_plan = 1"):
+            names.update(json.loads(text) if isinstance(text, str) else text or {})
+        return names
+
     def downloaded_files(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """(key, files) of every finished job, in no particular order, read in pages by key."""
         after = -1

@@ -34,9 +34,12 @@ def script_json(data: Any) -> str:
     The escapes only ever occur inside JSON strings (JSON syntax has none of these characters),
     where JSON.parse turns them back into the original characters.
     """
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(
-        _ESCAPES
-    )
+    return inert(json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+
+
+def inert(text: str) -> str:
+    """JSON text made inert for a script block (see script_json), for JSON assembled from parts."""
+    return text.translate(_ESCAPES)
 
 
 def _asset(name: str) -> str:

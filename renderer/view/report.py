@@ -1,4 +1,6 @@
-"""Contact sheets: a static viewer page and labelled PNG sheets for a run directory.
+"""Contact sheets: a static viewer folder and labelled PNG sheets for a run, built in one streamed
+pass over the state (a page of rows at a time, in plan order), so a million-image run needs no
+more memory than a few columns of small integers.
 
 Every job is a point in a space of dimensions: prompt, model, each parameter axis (an axis
 only some models have is "(not set)" for the others), seed, and, where seeds are drawn per
@@ -6,95 +8,57 @@ prompt and model, "sample" (the seed's position within its prompt and model, so 
 still line up). The page lets the user put any dimension on X, Y or pages and filter the rest;
 a combination the run does not have is "n/a", never "pending"; failed jobs show their reason.
 
-Files (all inside RUN/report/, nothing needs a server or the network, works from file://):
-  index.html        the viewer (renderer/view/web/) with the run's data inlined as escaped JSON
-  thumbs/<sha>.jpg  one thumbnail per image content, made once and reused by later reports
-  sheet-P[-N].png   one labelled grid per page value of the default view (A1111's X/Y/Z
-                    style), split so no sheet exceeds the size cap; sheets an earlier report
-                    wrote and this one did not are removed
+Files (in RUN/report/, or --out DIR, or a bucket: nothing needs a server, works from file://):
+  index.html            the viewer (renderer/view/web/) with the run's dimensions and an index
+                        of the data chunks inlined (under 2 MB at a million images)
+  data/i-NNNNN.js       the grid of CHUNK jobs in plan order: value indexes, states, thumbnails;
+                        each chunk's [low, high] value index per dimension is in index.html, so
+                        the viewer loads only chunks that can hold what is on screen
+  data/d-NNNNN.js       the same jobs' details for the large view (prompt, input, times, files)
+  data/l-D-NNNNN.js     labels of a dimension with more than LARGE values (D: its position)
+  thumbs/ab/<sha>.jpg   one thumbnail per image content (report_out.py: made once, recorded)
+  sheet-P[-N].png       one labelled grid per page value of the default view (report_sheets.py)
+  manifest.sqlite       what earlier reports made, so a rerun makes only what is new
+Chunk files are scripts that hand their data to window.rendererData: the page loads them with
+<script> tags, which file:// allows where fetch() does not.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import os
-import textwrap
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from PIL import Image, ImageDraw, ImageFont
 
 from renderer.errors import UsageError
 from renderer.layout import REPORT_DIR
 from renderer.output.source import RunSource, sourced
-from renderer.state.rows import Row
 from renderer.view import page as page_mod
+from renderer.view import report_sheets
+from renderer.view.report_out import (
+    Target,
+    bounded_map,
+    make_thumb,
+    open_target,
+    pool_for,
+    thumb_rel,
+)
+from renderer.view.report_sheets import CELL, LABEL, NOT_SET, ROW_LABEL, Sheet
+from renderer.view.report_space import Space, _Collector, space
 
-THUMB = 256
-CELL = 192  # pixels per cell in a PNG sheet
-LABEL = 28  # one line of header text
-ROW_LABEL = 220  # width of the row-label column in a PNG sheet
-NOT_SET = "(not set)"
+__all__ = ["CELL", "LABEL", "NOT_SET", "ROW_LABEL", "Sheet", "Space", "build", "space"]
 
-
-def _label(value: Any) -> str:
-    return (
-        value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
-    )
-
-
-@dataclass
-class Space:
-    """The run's dimensions and each job's coordinates in them (value index, -1 = not set)."""
-
-    names: list[str]
-    values: list[list[str]]
-    missing: list[bool]
-    coords: list[list[int]]
-    sample: bool  # "sample" is a dimension: seeds differ between prompts/models
-
-    def index(self, name: str) -> int:
-        return self.names.index(name) if name in self.names else -1
-
-
-def space(rows: list[Row]) -> Space:
-    """Dimensions in a fixed order (prompt, model, axes by first appearance, seed, sample)."""
-    axis_names = list(dict.fromkeys(k for r in rows for k in r.axes))
-    # A seed's position among its prompt/model/axes group's seeds, in plan order.
-    groups: dict[tuple[str, str, str], list[int | None]] = {}
-    samples = []
-    for r in rows:
-        seeds = groups.setdefault((r.prompt_id, r.model, json.dumps(r.axes, sort_keys=True)), [])
-        if r.seed not in seeds:
-            seeds.append(r.seed)
-        samples.append(seeds.index(r.seed))
-    seeds_of_sample: dict[int, set[int | None]] = {}
-    for r, s in zip(rows, samples, strict=True):
-        seeds_of_sample.setdefault(s, set()).add(r.seed)
-    with_sample = any(len(v) > 1 for v in seeds_of_sample.values())
-    names = ["prompt", "model", *axis_names, "seed", *(["sample"] if with_sample else [])]
-    raw: list[list[str | None]] = []
-    for r, s in zip(rows, samples, strict=True):
-        point: list[str | None] = [r.prompt_id, r.model]
-        point += [_label(r.axes[a]) if a in r.axes else None for a in axis_names]
-        point.append(None if r.seed is None else str(r.seed))
-        if with_sample:
-            point.append(str(s))
-        raw.append(point)
-    values: list[list[str]] = []
-    index: list[dict[str, int]] = []
-    for d, name in enumerate(names):
-        seen = list(dict.fromkeys(v for p in raw if (v := p[d]) is not None))
-        if name in ("seed", "sample"):
-            seen.sort(key=int)
-        values.append(seen)
-        index.append({v: i for i, v in enumerate(seen)})
-    coords = [[-1 if v is None else index[d][v] for d, v in enumerate(p)] for p in raw]
-    missing = [any(c[d] < 0 for c in coords) for d in range(len(names))]
-    return Space(names, values, missing, coords, with_sample)
+CHUNK = 5000  # jobs per data chunk: the first grid of any run needs one or two of them
+LARGE = 2000  # a dimension with more values keeps its labels in label chunks, not index.html
+LABELS = 5000  # labels per label chunk
+PAGE = 2000  # rows read from the state at a time
+BUDGET = 2400  # cells the viewer draws at a time (more as the page is scrolled)
+STATE_CODE = {"planned": "p", "submitted": "s", "completed": "c", "downloaded": "d", "failed": "f"}
+_make_thumb = make_thumb  # diffpage makes its thumbnails with the report's function
 
 
 @dataclass(frozen=True)
@@ -131,323 +95,280 @@ def _linked(sp: Space, view: View) -> set[str]:
     return {"seed"} if "sample" in on or sp.sample else set()
 
 
-def _make_thumb(task: tuple[str, str]) -> None:
-    source, target = task
-    with Image.open(source) as image:
-        image.thumbnail((THUMB, THUMB))
-        tmp = target + ".tmp"
-        image.convert("RGB").save(tmp, "JPEG", quality=82)
-    os.replace(tmp, target)
+class _Job:
+    """A job as the report reads it: a `jobs` record with only what is shown decoded (the input
+    stays JSON text, spliced into the details; the result is read only for a model-drawn seed)."""
+
+    __slots__ = ("axes", "files", "r", "seed")
+
+    def __init__(self, r: Any, axes: dict[str, Any]) -> None:
+        self.r = r
+        self.axes = axes
+        self.seed: int | None = r["seed"]
+        files = r["files"]
+        self.files: list[dict[str, Any]] = (
+            json.loads(files) if isinstance(files, str) else list(files or [])
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return self.r[name]
+
+    @property
+    def tags(self) -> list[str]:
+        tags = self.r["tags"]
+        return list(json.loads(tags) if isinstance(tags, str) else tags or [])
 
 
-def make_thumbs(tasks: list[tuple[str, str]], workers: int | None = None) -> int:
-    if len(tasks) < 16:
-        for task in tasks:
-            _make_thumb(task)
-    else:
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            list(pool.map(_make_thumb, tasks, chunksize=16))
-    return len(tasks)
-
-
-def thumbnails(
-    source: RunSource, report_dir: Path, rows: Iterable[Row]
-) -> tuple[dict[str, str], int]:
-    """Thumbnails named by content hash: made once, reused by every later report.
-
-    Returns {sha256: path relative to report_dir} for every image that has one, and how many were made.
-    """
-    thumbs = report_dir / "thumbs"
-    thumbs.mkdir(parents=True, exist_ok=True)
-    have = set(os.listdir(thumbs))
-    made: dict[str, str] = {}
-    todo: dict[str, tuple[str, str]] = {}
-    for r in rows:
-        for entry in r.files or []:
-            name = entry["sha256"][:24] + ".jpg"
-            if name in have:
-                made[entry["sha256"]] = f"thumbs/{name}"
-            elif name not in todo:
-                # From a bucket the image is read (and its hash checked) only when it has no thumbnail yet.
-                image = source.local_file(entry["path"], entry["sha256"] if source.remote else None)
-                if image is not None:
-                    todo[name] = (str(image), str(thumbs / name))
-                    made[entry["sha256"]] = f"thumbs/{name}"
-    return made, make_thumbs(list(todo.values()))
-
-
-# ---------------------------------------------------------------- the page
-
-
-def _summary(rows: list[Row]) -> str:
-    states: dict[str, int] = {}
-    for r in rows:
-        states[r.state] = states.get(r.state, 0) + 1
-    images = sum(len(r.files or []) for r in rows)
-    parts = [f"{n} {s}" for s, n in sorted(states.items(), key=lambda kv: -kv[1])]
-    return f"{len(rows)} jobs, {images} images: " + ", ".join(parts)
-
-
-def _cost(row: Row) -> float | None:
+def _cost(files: list[dict[str, Any]]) -> float | None:
     """What the job's delivered images cost by the manifest's prices (recorded per file); None when unpriced."""
-    costs = [e["cost"] for e in row.files or [] if isinstance(e.get("cost"), (int, float))]
+    costs = [e["cost"] for e in files if isinstance(e.get("cost"), (int, float))]
     return round(sum(costs), 6) if costs else None
 
 
-def page_data(
-    rows: list[Row], sp: Space, view: View, thumbs: dict[str, str], image_base: str = "../"
-) -> dict[str, Any]:
-    """`image_base`: where the full images are, from the report folder (a bucket's URL for a remote run)."""
-    items = []
-    for r, point in zip(rows, sp.coords, strict=True):
-        images = [
-            {
-                "path": image_base + e["path"],
-                "thumb": thumbs.get(e["sha256"]),
-                "width": e.get("width"),
-                "height": e.get("height"),
-            }
-            for e in (r.files or [])
-        ]
-        items.append(
-            {
-                "v": point,
-                "state": r.state,
-                "key": r.key,
-                "prompt": r.prompt,
-                "prompt_id": r.prompt_id,
-                "model": r.model,
-                "endpoint": r.endpoint,
-                "seed": (r.result or {}).get("seed", r.seed),
-                "input": r.input,
-                "request_id": r.request_id,
-                "error": r.error,
-                "error_kind": r.error_kind,
-                "attempts": r.attempts,
-                "images": images,
-                "cost": _cost(r),
-                "t": {
-                    "submitted": r.submitted_at,
-                    "completed": r.completed_at,
-                    "downloaded": r.downloaded_at,
-                },
-            }
-        )
-    return {
-        "mode": "run",
-        "summary": _summary(rows),
-        "dims": [
-            {"name": n, "values": v, "missing": m}
-            for n, v, m in zip(sp.names, sp.values, sp.missing, strict=True)
+def detail(job: _Job, image_base: str) -> str:
+    """What the large view shows of a job, as JSON text (the grid needs far less: see _write_grid)."""
+    r = job.r
+    seed = job.seed
+    if seed is None and r["result"]:  # the model drew the seed: the result says which
+        result = r["result"]
+        seed = (json.loads(result) if isinstance(result, str) else result).get("seed")
+    given = {
+        "state": r["state"],
+        "key": r["key"],
+        "prompt": r["prompt"],
+        "prompt_id": r["prompt_id"],
+        "model": r["model"],
+        "endpoint": r["endpoint"],
+        "seed": seed,
+        "request_id": r["request_id"],
+        "error": r["error"],
+        "error_kind": r["error_kind"],
+        "attempts": r["attempts"],
+        "images": [
+            {"path": image_base + e["path"], "width": e.get("width"), "height": e.get("height")}
+            for e in job.files
         ],
-        "linked": [["seed", "sample"]] if sp.sample else [],
-        "view": {"x": view.x, "y": view.y, "page": view.page},
-        "items": items,
+        "cost": _cost(job.files),
+        "t": {
+            "submitted": r["submitted_at"],
+            "completed": r["completed_at"],
+            "downloaded": r["downloaded_at"],
+        },
     }
+    text = r["input"]
+    if not isinstance(text, str):
+        text = json.dumps(text, ensure_ascii=False, separators=(",", ":"))
+    rest = json.dumps(given, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return '{"input":' + text + "," + rest[1:]
 
 
-# ---------------------------------------------------------------- PNG sheets
+def _chunk_js(kind: str, k: int, data: Any) -> bytes:
+    # JSON is a JS expression; script_json also escapes U+2028/9 and <, >, & (inert anywhere).
+    return f"window.rendererData({json.dumps(kind)},{k},{page_mod.script_json(data)});\n".encode()
+
+
+def _details_js(k: int, parts: list[str]) -> bytes:
+    body = page_mod.inert("[" + ",".join(parts) + "]")
+    return f'window.rendererData("d",{k},{body});\n'.encode()
+
+
+def _write(target: Target, rel: str, data: bytes) -> None:
+    path = target.dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    target.publish(rel)
 
 
 @dataclass
-class Sheet:
-    """One labelled grid (or a part of one): what `_draw_sheet` needs, picklable."""
+class _Jobs:
+    """Per job, what the grid and the sheets need: state code, thumbnail (12 bytes of its hash),
+    and, sparsely, failure reasons and pictures without a thumbnail."""
 
-    path: str
-    title: str
-    corner: str
-    cols: list[str]
-    rows: list[list[str]]  # label lines per row
-    cells: dict[tuple[int, int], tuple[str, str | None, str]]  # (state, thumbnail, failure reason)
+    states: bytearray = field(default_factory=bytearray)
+    thumbs: bytearray = field(default_factory=bytearray)
+    errors: dict[int, str] = field(default_factory=dict)
+    fallback: dict[int, str] = field(default_factory=dict)  # n -> image path (no thumbnail)
+    counts: dict[str, int] = field(default_factory=dict)
+    images: int = 0
+    made: int = 0
 
-
-def sheets_for(
-    rows: list[Row], sp: Space, view: View, thumbs: dict[str, str], report_dir: Path, max_side: int
-) -> list[Sheet]:
-    """One grid per page value of `view`; rows are Y values × the other dimensions that vary."""
-    x, y, pg = sp.index(view.x), sp.index(view.y), sp.index(view.page)
-    skip = {sp.index(n) for n in _linked(sp, view)}
-    inner = [
-        d
-        for d in range(len(sp.names))
-        if d not in (x, y, pg) and d not in skip and len({c[d] for c in sp.coords}) > 1
-    ]
-
-    def name(d: int, v: int) -> str:
-        return NOT_SET if v < 0 else sp.values[d][v]
-
-    def order(values: Iterable[int]) -> list[int]:
-        return sorted(set(values), key=lambda v: (v < 0, v))
-
-    pages: dict[int, list[int]] = {}
-    for i, c in enumerate(sp.coords):
-        pages.setdefault(c[pg] if pg >= 0 else 0, []).append(i)
-    fit_cols = max(1, (max_side - ROW_LABEL) // CELL)
-    fit_rows = max(1, (max_side - LABEL * 3) // CELL)
-    out: list[Sheet] = []
-    for n, pv in enumerate(order(pages), 1):
-        members = pages[pv]
-        cols = order(sp.coords[i][x] for i in members)
-        row_keys = sorted(
-            {(sp.coords[i][y], *(sp.coords[i][d] for d in inner)) for i in members},
-            key=lambda k: [(v < 0, v) for v in k],
-        )
-        grid: dict[tuple[int, int], tuple[str, str | None, str]] = {}
-        row_at = {k: j for j, k in enumerate(row_keys)}
-        col_at = {v: j for j, v in enumerate(cols)}
-        for i in members:
-            c, r = sp.coords[i], rows[i]
-            # Not (c[y], *gen): mypy reads a starred tuple in a subscript as 3.11-only syntax.
-            at = (row_at[(c[y],) + tuple(c[d] for d in inner)], col_at[c[x]])  # noqa: RUF005
-            if at in grid:
-                continue  # a cell shows its first job; the page shows all of them
-            thumb = next(
-                (thumbs.get(e["sha256"]) for e in r.files or [] if thumbs.get(e["sha256"])), None
-            )
-            state = r.state if r.state in ("downloaded", "failed") else "pending"
-            grid[at] = (
-                state,
-                str(report_dir / thumb) if thumb and state == "downloaded" else None,
-                r.error or "",
-            )
-        title = f"{view.page} = {name(pg, pv)}" if pg >= 0 else "all"
-        corner = f"rows: {view.y}, columns: {view.x}"
-        labels = [
-            [
-                f"{view.y}: {name(y, k[0])}",
-                *(f"{sp.names[d]}: {name(d, v)}" for d, v in zip(inner, k[1:], strict=True)),
-            ]
-            for k in row_keys
-        ]
-        row_chunks = [
-            range(i, min(i + fit_rows, len(row_keys))) for i in range(0, len(row_keys), fit_rows)
-        ]
-        col_chunks = [range(i, min(i + fit_cols, len(cols))) for i in range(0, len(cols), fit_cols)]
-        parts = [(rc, cc) for rc in row_chunks for cc in col_chunks]
-        for m, (rc, cc) in enumerate(parts, 1):
-            cells = {
-                (a, b): grid[(ri, ci)]
-                for a, ri in enumerate(rc)
-                for b, ci in enumerate(cc)
-                if (ri, ci) in grid
-            }
-            suffix = f"-{m}" if len(parts) > 1 else ""
-            part = f"  (part {m} of {len(parts)})" if len(parts) > 1 else ""
-            out.append(
-                Sheet(
-                    str(report_dir / f"sheet-{n}{suffix}.png"),
-                    title + part,
-                    corner,
-                    [name(x, cols[ci]) for ci in cc],
-                    [labels[ri] for ri in rc],
-                    cells,
-                )
-            )
-    return out
+    def thumb(self, n: int) -> str | None:
+        raw = self.thumbs[n * 12 : n * 12 + 12]
+        return raw.hex() if any(raw) else None
 
 
-def _font(size: int) -> Any:
+def _jobs(records: Iterator[Any]) -> Iterator[_Job]:
+    axes: dict[str, dict[str, Any]] = {}  # jobs of a cell share their axes text: decoded once
+    for r in records:
+        text = r["axes"]
+        if not isinstance(text, str):
+            yield _Job(r, dict(text or {}))
+            continue
+        parsed = axes.get(text)
+        if parsed is None:
+            if len(axes) > 10_000:
+                axes.clear()
+            parsed = axes[text] = json.loads(text)
+        yield _Job(r, parsed)
+
+
+def _filtered(
+    rows: Iterator[_Job], tags: set[str] | None, models: set[str] | None, seeds: set[int] | None
+) -> Iterator[_Job]:
+    for r in rows:
+        if tags and not tags & set(r.tags):
+            continue
+        if models and not (r.model in models or r.endpoint in models):
+            continue
+        if seeds and r.seed not in seeds:
+            continue
+        yield r
+
+
+def _batches(rows: Iterator[_Job], size: int) -> Iterator[list[_Job]]:
+    batch: list[_Job] = []
+    for r in rows:
+        batch.append(r)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _image_base(source: RunSource, target: Target) -> str:
+    """Where the full images are, seen from the report (relative when both are on this machine)."""
+    if source.remote:
+        run = source.where("").rstrip("/")
+        here = target.where.rstrip("/")
+        if target.bucket is not None and here.startswith(run + "/"):
+            return "../" * here[len(run) + 1 :].count("/") + "../"
+        return run + "/"
+    if target.bucket is not None:
+        return source.run_dir.resolve().as_uri() + "/"
+    return Path(os.path.relpath(source.run_dir.resolve(), target.dir.resolve())).as_posix() + "/"
+
+
+def _stream(source: RunSource, target: Target, filters: Any) -> tuple[Space, _Jobs]:
+    """The one pass over the state: columns, thumbnails and the detail chunks."""
+    collect, jobs = _Collector(), _Jobs()
+    base = _image_base(source, target)
+    details: list[str] = []
+    thumbs = str(target.dir) + "/"
+    pool = None
     try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):
-        return ImageFont.load_default()
+        with source.store() as store:
+            records = _jobs(store.plan_records_paged(PAGE))
+            for batch in _batches(_filtered(records, *filters), PAGE):
+                todo: dict[str, tuple[str, str]] = {}
+                shas = [e["sha256"] for r in batch for e in r.files if r.state == "downloaded"]
+                have = target.have_thumbs(shas) if shas else set()
+                for r in batch:
+                    n = collect.n
+                    collect.add(r)
+                    jobs.counts[r.state] = jobs.counts.get(r.state, 0) + 1
+                    jobs.states.append(ord(STATE_CODE.get(r.state, "p")))
+                    files = r.files
+                    jobs.images += len(files)
+                    if r.state == "failed" or r.error:
+                        jobs.errors[n] = r.error or ""
+                    shown = b"\0" * 12
+                    for e in files:
+                        sha = e["sha256"]
+                        if sha[:24] not in have and sha[:24] not in todo:
+                            # From a bucket the image is read (its hash checked) only when it has no thumbnail yet.
+                            image = source.local_file(e["path"], sha if source.remote else None)
+                            if image is None:
+                                continue
+                            todo[sha[:24]] = (str(image), thumbs + thumb_rel(sha))
+                        if shown == b"\0" * 12:
+                            shown = bytes.fromhex(sha[:24])
+                    if files and shown == b"\0" * 12:
+                        jobs.fallback[n] = base + files[0]["path"]
+                    jobs.thumbs += shown
+                    details.append(detail(r, base))
+                    if len(details) == CHUNK:
+                        _write(
+                            target,
+                            f"data/d-{(n // CHUNK):05d}.js",
+                            _details_js(n // CHUNK, details),
+                        )
+                        details = []
+                if todo:
+                    pool = pool or pool_for(len(todo))
+                    for name, made in zip(
+                        todo, bounded_map(pool, make_thumb, todo.values()), strict=True
+                    ):
+                        target.publish(os.path.relpath(made, target.dir))
+                        if source.remote:
+                            Path(todo[name][0]).unlink(
+                                missing_ok=True
+                            )  # the bucket's copy, read once
+                    target.made_thumbs(todo)
+                    jobs.made += len(todo)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if details:
+        k = (collect.n - 1) // CHUNK
+        _write(target, f"data/d-{k:05d}.js", _details_js(k, details))
+    return collect.finish(), jobs
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
-    """Text cut to `width` pixels, with an ellipsis when cut."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "...", font=font) > width:
-        text = text[:-1]
-    return text + "..."
-
-
-def _draw_sheet(sheet: Sheet) -> str:
-    """One labelled sheet; runs in a worker process (sheets are independent)."""
-    font, bold = _font(13), _font(15)
-    top = LABEL * 3
-    image = Image.new(
-        "RGB", (ROW_LABEL + CELL * len(sheet.cols), top + CELL * len(sheet.rows)), "white"
-    )
-    draw = ImageDraw.Draw(image)
-    draw.text((6, 6), _fit(draw, sheet.title, bold, image.width - 12), fill="black", font=bold)
-    draw.text(
-        (6, LABEL * 2 + 6), _fit(draw, sheet.corner, font, ROW_LABEL - 12), fill="#555", font=font
-    )
-    for j, col in enumerate(sheet.cols):
-        left = ROW_LABEL + CELL * j
-        lines = textwrap.wrap(col, 26)[:2] or [""]
-        for k, line in enumerate(lines):
-            draw.text(
-                (left + 6, LABEL * (1 + k) + 10),
-                _fit(draw, line, font, CELL - 12),
-                fill="black",
-                font=font,
+def _write_grid(target: Target, sp: Space, jobs: _Jobs) -> list[list[list[int]]]:
+    """The grid chunks; returns each chunk's [low, high, has "not set"] per dimension."""
+    zones = []
+    total = len(jobs.states)
+    failed, unthumbed = sorted(jobs.errors), sorted(jobs.fallback)
+    for k, lo in enumerate(range(0, total, CHUNK)):
+        hi = min(lo + CHUNK, total)
+        zone, cols = [], []
+        for c in sp.cols:
+            part = c[lo:hi]
+            present = part[part >= 0]
+            zone.append(
+                [int(present.min()), int(present.max()), int(len(present) < len(part))]
+                if len(present)
+                else [1, 0, 1]
             )
-    for i, label_lines in enumerate(sheet.rows):
-        y0 = top + CELL * i
-        draw.line((0, y0, image.width, y0), fill="#ddd")
-        for k, line in enumerate(label_lines[: CELL // 18]):
-            draw.text(
-                (6, y0 + 6 + 18 * k),
-                _fit(draw, line, font, ROW_LABEL - 12),
-                fill="black",
-                font=font,
-            )
-        for j in range(len(sheet.cols)):
-            x0 = ROW_LABEL + CELL * j
-            state, thumb, reason = sheet.cells.get((i, j), ("n/a", None, ""))
-            box = (x0 + 2, y0 + 2, x0 + CELL - 2, y0 + CELL - 2)
-            if thumb is not None:
-                with Image.open(thumb) as picture:
-                    picture.thumbnail((CELL - 4, CELL - 4), Image.Resampling.BILINEAR)
-                    # Centred whatever the aspect ratio.
-                    image.paste(
-                        picture,
-                        (x0 + (CELL - picture.width) // 2, y0 + (CELL - picture.height) // 2),
-                    )
-                continue
-            if state == "failed":
-                draw.rectangle(box, fill="#fde3e1")
-                lines = ["failed", *textwrap.wrap(reason or "no reason recorded", 24)][:9]
-                for k, line in enumerate(lines):
-                    draw.text(
-                        (x0 + 8, y0 + 8 + 17 * k),
-                        _fit(draw, line, font, CELL - 16),
-                        fill="#9d1b12",
-                        font=font,
-                    )
-            elif state == "n/a":
-                draw.rectangle(box, fill="#f3f3f0")
-                draw.text((x0 + CELL // 2 - 10, y0 + CELL // 2 - 8), "n/a", fill="#999", font=font)
-            else:
-                draw.rectangle(box, fill="#e3e3e0")
-                draw.text(
-                    (x0 + 8, y0 + 8),
-                    "pending" if state == "pending" else state,
-                    fill="#555",
-                    font=font,
+            cols.append(part.tolist())
+        data = {
+            "v": cols,
+            "s": jobs.states[lo:hi].decode(),
+            "t": [jobs.thumb(n) or "" for n in range(lo, hi)],
+            "e": _within(jobs.errors, failed, lo, hi),
+            "p": _within(jobs.fallback, unthumbed, lo, hi),
+        }
+        _write(target, f"data/i-{k:05d}.js", _chunk_js("i", k, data))
+        zones.append(zone)
+    return zones
+
+
+def _within(sparse: dict[int, str], keys: list[int], lo: int, hi: int) -> dict[str, str]:
+    """The entries of a sparse per-job map for jobs lo..hi-1 (`keys`: its keys in order), keyed
+    by position in the chunk: a bisect, not a scan of every failure for every chunk."""
+    a, b = bisect.bisect_left(keys, lo), bisect.bisect_left(keys, hi)
+    return {str(n - lo): sparse[n] for n in keys[a:b]}
+
+
+def _write_labels(target: Target, sp: Space) -> list[dict[str, Any]]:
+    dims = []
+    for d, (name, values, missing) in enumerate(zip(sp.names, sp.values, sp.missing, strict=True)):
+        dim: dict[str, Any] = {"name": name, "count": len(values), "missing": missing}
+        if len(values) <= LARGE:
+            dim["values"] = values
+        else:
+            dim["values"] = None  # in data/l-D-NNNNN.js, LABELS a file
+            for k, lo in enumerate(range(0, len(values), LABELS)):
+                _write(
+                    target,
+                    f"data/l-{d}-{k:05d}.js",
+                    _chunk_js(f"l-{d}", k, values[lo : lo + LABELS]),
                 )
-    tmp = sheet.path + ".tmp"
-    image.save(
-        tmp, "PNG", optimize=False, compress_level=1
-    )  # zlib dominated the sheet time (bench/)
-    os.replace(tmp, sheet.path)
-    return sheet.path
-
-
-def write_sheets(report_dir: Path, sheets: list[Sheet]) -> list[Path]:
-    """Draw every sheet, then remove sheets an earlier report left that this one did not write."""
-    if len(sheets) < 4:
-        paths = [Path(_draw_sheet(s)) for s in sheets]
-    else:
-        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            paths = [Path(p) for p in pool.map(_draw_sheet, sheets, chunksize=4)]
-    keep = {p.name for p in paths}
-    for old in report_dir.glob("sheet-*.png"):
-        if old.name not in keep:
-            old.unlink()
-    return paths
+        dims.append(dim)
+    return dims
 
 
 def build(
@@ -459,51 +380,165 @@ def build(
     models: set[str] | None = None,
     seeds: set[int] | None = None,
     max_side: int = 4096,
+    out: str | None = None,
+    env: Mapping[str, str] | None = None,
+    sheets: bool = True,
 ) -> dict[str, Any]:
-    """The report of a run (a directory, or a RunSource: any state, images on disk or in a bucket)."""
+    """The report of a run (a directory, or a RunSource: any state, images on disk or in a bucket),
+    written to `out` (a folder or s3://bucket/prefix/; default RUN/report/)."""
     with sourced(run) as source:
-        return _build(source, row_axis, col_axis, tags, models, seeds, max_side)
+        _check_axes(source, row_axis, col_axis)
+        target = open_target(out, source.run_dir / REPORT_DIR, env or {})
+        try:
+            return _build(
+                source, target, row_axis, col_axis, (tags, models, seeds), max_side if sheets else 0
+            )
+        finally:
+            target.close()
+
+
+def _check_axes(source: RunSource, *axes: str) -> None:
+    """An axis the run lacks is a usage error before anything is read in full or written."""
+    fixed = {"prompt", "model", "seed", "sample"}
+    if all(a in fixed for a in axes):
+        return  # ("sample" exists only where seeds differ: default_view says so after the pass)
+    with source.store() as store:
+        names = ["prompt", "model", *sorted(store.axis_names()), "seed"]
+    for axis in axes:
+        if axis not in names and axis != "sample":
+            raise UsageError(f"no axis {axis!r} in this run", hint="axes here: " + ", ".join(names))
 
 
 def _build(
     source: RunSource,
+    target: Target,
     row_axis: str,
     col_axis: str,
-    tags: set[str] | None,
-    models: set[str] | None,
-    seeds: set[int] | None,
+    filters: tuple[Any, ...],
     max_side: int,
 ) -> dict[str, Any]:
-    with source.store() as store:
-        rows = store.rows(in_plan=True)
-    if tags:
-        rows = [r for r in rows if tags & set(r.tags)]
-    if models:
-        rows = [r for r in rows if r.model in models or r.endpoint in models]
-    if seeds:
-        rows = [r for r in rows if r.seed in seeds]
-    if not rows:
+    sp, jobs = _stream(source, target, filters)
+    total = len(jobs.states)
+    if not total:
         raise UsageError(
             f"{source.label}: no jobs match", hint="check the filters, or run the manifest first"
         )
-    sp = space(rows)
     view = default_view(sp, row_axis, col_axis)
-    report_dir = source.run_dir / REPORT_DIR
-    thumbs, made = thumbnails(source, report_dir, rows)
-    index = page_mod.write(
-        report_dir / "index.html",
-        f"{source.name}: {len(rows)} jobs",
-        page_data(rows, sp, view, thumbs, source.where("") + "/" if source.remote else "../"),
-    )
-    specs = sheets_for(rows, sp, view, thumbs, report_dir, max_side)
-    sheets = write_sheets(report_dir, specs)
-    pg = sp.index(view.page)
-    pages = len({c[pg] for c in sp.coords}) if pg >= 0 else 1
-    return {
-        "index": index,
-        "sheets": sheets,
-        "pages": pages,
-        "thumbnails_made": made,
-        "cells": len(rows),
-        "view": view,
+    zones = _write_grid(target, sp, jobs)
+    dims = _write_labels(target, sp)
+    parts = [f"{n} {s}" for s, n in sorted(jobs.counts.items(), key=lambda kv: -kv[1])]
+    data = {
+        "mode": "run",
+        "summary": f"{total} jobs, {jobs.images} images: " + ", ".join(parts),
+        "dims": dims,
+        "linked": [["seed", "sample"]] if sp.sample else [],
+        "view": {"x": view.x, "y": view.y, "page": view.page},
+        "chunks": {
+            "size": CHUNK,
+            "labels": LABELS,
+            "total": total,
+            "zones": zones,
+            "budget": BUDGET,
+        },
     }
+    index = page_mod.write(target.dir / "index.html", f"{source.name}: {total} jobs", data)
+    target.publish("index.html")
+    target.prune("data")
+    # max_side 0: no sheets this time (those of an earlier report are left as they are).
+    drawn, names = _sheets(target, sp, view, jobs, max_side) if max_side else (0, [])
+    pg = sp.index(view.page)
+    return {
+        "index": target.location("index.html") if target.bucket is not None else index,
+        "sheets": [
+            target.location(n) if target.bucket is not None else target.dir / n for n in names
+        ],
+        "sheets_drawn": drawn,
+        "pages": len(sp.values[pg]) + int(sp.missing[pg]) if pg >= 0 else 1,
+        "thumbnails_made": jobs.made,
+        "cells": total,
+        "view": view,
+        "where": target.where,
+    }
+
+
+def layout_of(sp: Space, view: View) -> report_sheets.Layout:
+    """The sheets' grid for `view`: rows are Y values × the other dimensions that vary."""
+    x, y, pg = sp.index(view.x), sp.index(view.y), sp.index(view.page)
+    skip = {sp.index(n) for n in _linked(sp, view)}
+    inner = [
+        d
+        for d in range(len(sp.names))
+        if d not in (x, y, pg) and d not in skip and len(sp.values[d]) + sp.missing[d] > 1
+    ]
+    return report_sheets.Layout(sp.names, lambda d, v: sp.values[d][v], x, y, pg, inner)
+
+
+def _sheets(
+    target: Target, sp: Space, view: View, jobs: _Jobs, max_side: int
+) -> tuple[int, list[str]]:
+    """Draw the sheets whose content changed; remove those an earlier report wrote and this one did not."""
+    layout = layout_of(sp, view)
+
+    def cell(n: int) -> tuple[str, str | None, str]:
+        code = chr(jobs.states[n])
+        state = "downloaded" if code == "d" else "failed" if code == "f" else "pending"
+        thumb = jobs.thumb(n) if state == "downloaded" else None
+        return state, thumb_rel(thumb) if thumb else None, jobs.errors.get(n, "")
+
+    known = target.sheet_sigs()
+    names: list[str] = []
+
+    def todo() -> Iterator[_Signed]:
+        for sheet in report_sheets.sheets(layout, sp.cols, cell, max_side):
+            names.append(sheet.name)
+            sig = sheet.signature(max_side)
+            if known.get(sheet.name) == sig and target.fetch(sheet.name) is not None:
+                continue
+            sheet.path = str(target.dir / sheet.name)
+            sheet.cells = {
+                at: (state, _local(target, thumb), reason)
+                for at, (state, thumb, reason) in sheet.cells.items()
+            }
+            yield _Signed(sheet, sig)
+
+    drawn = 0
+    specs = todo()
+    first = list(itertools.islice(specs, 8))
+    pool = pool_for(len(first), at_least=4)
+    try:
+        for done in bounded_map(pool, _draw, itertools.chain(first, specs), window=16):
+            target.publish(done.name)
+            target.made_sheet(done.name, done.sig)
+            drawn += 1
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    for stale in set(target.sheet_sigs()) - set(names):
+        target.remove(stale)
+        target.forget_sheet(stale)
+    for old in target.dir.glob("sheet-*.png"):  # sheets of a report made before the manifest
+        if old.name not in names:
+            old.unlink()
+    return drawn, names
+
+
+@dataclass
+class _Signed:
+    sheet: Sheet
+    sig: str
+
+    @property
+    def name(self) -> str:
+        return self.sheet.name
+
+
+def _draw(signed: _Signed) -> _Signed:
+    report_sheets.draw(signed.sheet)
+    return signed
+
+
+def _local(target: Target, thumb: str | None) -> str | None:
+    if thumb is None:
+        return None
+    path = target.fetch(thumb)
+    return str(path) if path is not None else None

@@ -10,7 +10,35 @@
   const DATA = JSON.parse(document.getElementById('renderer-data').textContent);
   const DIFF = DATA.mode === 'diff';
   const dims = DATA.dims;
-  const items = DATA.items;
+  // A comparison inlines its items; a run's report keeps them in data/*.js chunks that hand
+  // themselves to window.rendererData when a <script> tag loads them (file:// allows scripts
+  // where it blocks fetch()).
+  const CHUNKED = !DATA.items;
+  const items = DATA.items || [];
+  const loaded = new Map();   // 'i:3' (grid), 'd:3' (details), 'l-0:2' (labels) -> data
+  const pending = new Map();  // the same keys -> {promise, resolve}
+  window.rendererData = (kind, k, data) => {
+    const key = kind + ':' + k;
+    loaded.set(key, data);
+    const p = pending.get(key);
+    if (p) p.resolve(data);
+  };
+  function load(kind, k) {
+    const key = kind + ':' + k;
+    if (loaded.has(key)) return Promise.resolve(loaded.get(key));
+    if (!pending.has(key)) {
+      let resolve, reject;
+      const promise = new Promise((a, b) => { resolve = a; reject = b; });
+      pending.set(key, {promise, resolve});
+      const s = document.createElement('script');
+      s.src = 'data/' + kind + '-' + String(k).padStart(5, '0') + '.js';
+      s.onerror = () => reject(new Error('cannot load ' + s.src + ' (is the report folder complete?)'));
+      document.head.append(s);
+    }
+    return pending.get(key).promise;
+  }
+  // A dimension's value count; the labels of a large one are loaded in chunks as shown.
+  const count = (d) => (dims[d].values ? dims[d].values.length : dims[d].count);
   const byName = new Map(dims.map((d, i) => [d.name, i]));
   const linked = new Map();
   for (const [a, b] of DATA.linked || []) { linked.set(a, b); linked.set(b, a); }
@@ -37,13 +65,27 @@
     if (text !== undefined && text !== null) e.textContent = String(text);
     return e;
   };
-  const label = (d, i) => (i < 0 ? NOT_SET : dims[d].values[i]);
+  const label = (d, i) => {
+    if (i < 0) return NOT_SET;
+    if (dims[d].values) return dims[d].values[i];
+    const c = loaded.get('l-' + d + ':' + Math.floor(i / DATA.chunks.labels));
+    return c ? c[i % DATA.chunks.labels] : '…';
+  };
+  // A label's value index (-2: none), reading every label chunk of a large dimension first.
+  async function indexOfLabel(d, value) {
+    if (value === NOT_SET) return -1;
+    if (dims[d].values) return dims[d].values.indexOf(value) < 0 ? -2 : dims[d].values.indexOf(value);
+    const n = Math.ceil(dims[d].count / DATA.chunks.labels);
+    const parts = await Promise.all(Array.from({length: n}, (_, k) => load('l-' + d, k)));
+    for (let k = 0; k < n; k++) { const i = parts[k].indexOf(value); if (i >= 0) return k * DATA.chunks.labels + i; }
+    return -2;
+  }
   // A path relative to the page, each segment percent-encoded: `#` or `?` in a name is a name.
   const href = (p) => p.split('/').map((s) => (s === '..' || s === '.' ? s : encodeURIComponent(s))).join('/');
 
   // ------------------------------------------------------------ the view in the URL fragment
 
-  function readHash() {
+  async function readHash() {
     const q = new URLSearchParams(location.hash.slice(1));
     const dim = (name, fallback) => (q.has(name) ? (q.get(name) === '' ? -1 : (byName.has(q.get(name)) ? byName.get(q.get(name)) : fallback)) : fallback);
     const v = DATA.view;
@@ -55,8 +97,8 @@
       if (!key.startsWith('only.')) continue;
       const d = byName.get(key.slice(5));
       if (d === undefined) continue;
-      const i = value === NOT_SET ? -1 : dims[d].values.indexOf(value);
-      if (i < -1 || (i === -1 && value !== NOT_SET)) continue;
+      const i = await indexOfLabel(d, value);
+      if (i < -1) continue;
       (state.sel[d] = state.sel[d] || new Set()).add(i);
     }
     const size = parseInt(q.get('size'), 10);
@@ -87,7 +129,7 @@
     const s = el('select');
     s.name = key;
     s.append(new Option('(none)', ''));
-    dims.forEach((d) => s.append(new Option(d.name + ' (' + d.values.length + (d.missing ? ' + ' + NOT_SET : '') + ')', d.name)));
+    dims.forEach((d) => s.append(new Option(d.name + ' (' + count(dims.indexOf(d)).toLocaleString() + (d.missing ? ' + ' + NOT_SET : '') + ')', d.name)));
     s.value = state[key] < 0 ? '' : dims[state[key]].name;
     s.addEventListener('change', () => {
       const d = s.value === '' ? -1 : byName.get(s.value);
@@ -201,13 +243,13 @@
     const box = document.getElementById('filters');
     box.replaceChildren();
     dims.forEach((d, di) => {
-      const count = d.values.length + (d.missing ? 1 : 0);
-      if (count < 2) return;
+      const n = count(di) + (d.missing ? 1 : 0);
+      if (n < 2) return;
       const det = el('details');
       det.dataset.dim = d.name;
       const sum = el('summary');
       const s = state.sel[di];
-      sum.append(el('span', null, d.name + ' '), el('span', 'sel', s ? s.size + ' of ' + count : 'all ' + count));
+      sum.append(el('span', null, d.name + ' '), el('span', 'sel', s ? s.size + ' of ' + n : 'all ' + n.toLocaleString()));
       det.append(sum);
       // Values are listed only when opened: a 5,000-prompt run does not build 5,000 checkboxes up front.
       det.addEventListener('toggle', () => { if (det.open && det.children.length === 1) det.append(...filterValues(di)); }, {once: false});
@@ -217,6 +259,7 @@
 
   function filterValues(di) {
     const d = dims[di];
+    if (!d.values) return largeFilter(di);
     const list = el('div', 'values');
     const indexes = d.values.map((_, i) => i);
     if (d.missing) indexes.push(-1);
@@ -243,11 +286,34 @@
     return [list, bulk];
   }
 
+  // Too many values to tick: type them (exact values, one per line); empty shows all.
+  function largeFilter(di) {
+    const box = el('div', 'values');
+    const text = el('textarea');
+    text.name = 'only';
+    text.rows = 3;
+    text.placeholder = 'one ' + dims[di].name + ' a line (exact value)';
+    text.value = state.sel[di] ? [...state.sel[di]].map((i) => label(di, i)).join('\n') : '';
+    const go = el('button', null, 'show only these');
+    go.type = 'button';
+    const note = el('span', 'axisname');
+    go.addEventListener('click', async () => {
+      const wanted = text.value.split('\n').map((v) => v.trim()).filter(Boolean);
+      const found = new Set();
+      for (const v of wanted) { const i = await indexOfLabel(di, v); if (i >= -1) found.add(i); }
+      note.textContent = wanted.length && found.size < wanted.length ? ' ' + (wanted.length - found.size) + ' not in this run' : '';
+      state.sel[di] = found.size ? found : null;
+      update(true);
+    });
+    box.append(text, go, note);
+    return [box];
+  }
+
   function refreshFilterSummaries() {
     document.querySelectorAll('#filters details').forEach((det) => {
       const di = byName.get(det.dataset.dim);
-      const d = dims[di], count = d.values.length + (d.missing ? 1 : 0), s = state.sel[di];
-      det.querySelector('.sel').textContent = s ? s.size + ' of ' + count : 'all ' + count;
+      const d = dims[di], n = count(di) + (d.missing ? 1 : 0), s = state.sel[di];
+      det.querySelector('.sel').textContent = s ? s.size + ' of ' + n : 'all ' + n.toLocaleString();
     });
   }
 
@@ -263,61 +329,60 @@
     if (d < 0) return [null];
     const seen = new Set();
     for (const it of visible) seen.add(it.v[d]);
-    const out = dims[d].values.map((_, i) => i).filter((i) => seen.has(i));
+    const out = [];
+    for (let i = 0; i < count(d); i++) if (seen.has(i)) out.push(i);
     if (seen.has(-1)) out.push(-1);
     return out;
   }
 
-  function render() {
-    const main = document.getElementById('grids');
-    const visible = items.filter((it) => state.sel.every((s, d) => !s || s.has(it.v[d])));
+  // Every value of a dimension, in order, "not set" last: what a run's unfiltered view shows
+  // (each value is some job's, so nothing needs scanning).
+  function allValues(d) {
+    if (d < 0) return [null];
+    const out = Array.from({length: count(d)}, (_, i) => i);
+    if (dims[d].missing) out.push(-1);
+    return out;
+  }
+
+  const keyOf = (p, r, c) => p + '|' + r + '|' + c;
+
+  // One section per page value: the table of rows × cols, each cell the items of its bucket.
+  // `g0` numbers the sections already in the page (a window appends to them).
+  function drawPages(frag, blocks, cols, buckets, inner) {
     const {x, y, page} = state;
-    const onAxis = new Set([x, y, page].filter((d) => d >= 0).map((d) => dims[d].name));
-    // Dimensions that still vary inside a cell are named in each item's caption; a dimension
-    // linked to one on an axis (seed with sample) is implied by it.
-    const inner = dims.map((_, i) => i).filter((i) => i !== x && i !== y && i !== page &&
-      !(linked.has(dims[i].name) && onAxis.has(linked.get(dims[i].name))) && presentValues(i, visible).length > 1);
-    const allCols = presentValues(x, visible), allRows = presentValues(y, visible), pages = presentValues(page, visible);
-    const buckets = new Map();
-    const keyOf = (p, r, c) => p + '|' + r + '|' + c;
-    for (const it of visible) {
-      const k = keyOf(page < 0 ? null : it.v[page], y < 0 ? null : it.v[y], x < 0 ? null : it.v[x]);
-      let b = buckets.get(k);
-      if (!b) buckets.set(k, b = []);
-      b.push(it);
-    }
-    if (DIFF) for (const b of buckets.values()) b.sort((a, c) => a.rank - c.rank);
-    grids = []; flat = [];
-    const frag = document.createDocumentFragment();
-    if (!visible.length) frag.append(el('p', 'empty', 'No images match these filters.'));
-    // A comparison's pages (verdicts) each show only their own rows and columns: the changed
-    // page is not padded with every unchanged model. A run's pages keep one layout throughout.
-    const perPage = new Map();
-    if (DIFF && page >= 0) for (const it of visible) { const k = it.v[page]; if (!perPage.has(k)) perPage.set(k, []); perPage.get(k).push(it); }
-    pages.forEach((pv, g) => {
-      const own = perPage.get(pv);
-      const cols = own ? presentValues(x, own) : allCols, rows = own ? presentValues(y, own) : allRows;
-      const sec = el('section', 'page');
-      if (page >= 0) {
-        const h = el('h2');
-        h.append(el('span', 'axisname', dims[page].name + ' = '), el('span', null, label(page, pv)));
-        sec.append(h);
+    for (const {pv, rows, cont} of blocks) {
+      let grid, body;
+      if (cont && grids.length) {
+        grid = grids[grids.length - 1];
+        body = grid.body;
+      } else {
+        const sec = el('section', 'page');
+        if (page >= 0) {
+          const h = el('h2');
+          h.append(el('span', 'axisname', dims[page].name + ' = '), el('span', null, label(page, pv)));
+          sec.append(h);
+        }
+        const table = el('table', 'grid');
+        const head = table.createTHead().insertRow();
+        head.append(el('th', 'corner', (y < 0 ? '' : dims[y].name + ' ↓') + (x < 0 ? '' : '  ' + dims[x].name + ' →')));
+        for (const cv of cols(pv)) head.append(el('th', 'col', x < 0 ? '' : label(x, cv)));
+        body = table.createTBody();
+        grid = {rows: [], body};
+        grids.push(grid);
+        sec.append(table);
+        frag.append(sec);
       }
-      const table = el('table', 'grid');
-      const head = table.createTHead().insertRow();
-      const corner = el('th', 'corner', (y < 0 ? '' : dims[y].name + ' ↓') + (x < 0 ? '' : '  ' + dims[x].name + ' →'));
-      head.append(corner);
-      for (const cv of cols) head.append(el('th', 'col', x < 0 ? '' : label(x, cv)));
-      const body = table.createTBody();
-      const grid = {rows: []};
+      const g = grids.length - 1;
+      const cs = cols(pv);
       let most = 1;
-      for (const rv of rows) for (const cv of cols) most = Math.max(most, (buckets.get(keyOf(pv, rv, cv)) || []).length);
+      for (const rv of rows) for (const cv of cs) most = Math.max(most, (buckets.get(keyOf(pv, rv, cv)) || []).length);
       const across = Math.max(1, Math.ceil(Math.sqrt(most)));
-      rows.forEach((rv, r) => {
+      for (const rv of rows) {
+        const r = grid.rows.length;
         const tr = body.insertRow();
         tr.append(el('th', 'row', y < 0 ? '' : label(y, rv)));
         const line = [];
-        cols.forEach((cv, c) => {
+        cs.forEach((cv, c) => {
           const td = tr.insertCell();
           const list = buckets.get(keyOf(pv, rv, cv)) || [];
           const cell = el('div', list.length ? 'cell' : 'cell na', list.length ? undefined : 'n/a');
@@ -330,8 +395,7 @@
             flat.push({item: it, g, r, c});
             const node = DIFF ? diffItem(it) : runItem(it);
             if (inner.length) {
-              const cap = inner.map((d) => label(d, it.v[d])).join(' · ');
-              const capEl = el('div', 'cap', cap);
+              const capEl = el('div', 'cap', inner.map((d) => label(d, it.v[d])).join(' · '));
               capEl.title = inner.map((d) => dims[d].name + ' = ' + label(d, it.v[d])).join('\n');
               node.append(capEl);
             }
@@ -342,14 +406,223 @@
           line.push(cell);
         });
         grid.rows.push(line);
-      });
-      grids.push(grid);
-      sec.append(table);
-      frag.append(sec);
-    });
+      }
+    }
+  }
+
+  function innerDims(present) {
+    const {x, y, page} = state;
+    const onAxis = new Set([x, y, page].filter((d) => d >= 0).map((d) => dims[d].name));
+    // Dimensions that still vary inside a cell are named in each item's caption; a dimension
+    // linked to one on an axis (seed with sample) is implied by it.
+    return dims.map((_, i) => i).filter((i) => i !== x && i !== y && i !== page &&
+      !(linked.has(dims[i].name) && onAxis.has(linked.get(dims[i].name))) && present(i) > 1);
+  }
+
+  function finish(frag, empty) {
+    const main = document.getElementById('grids');
+    if (empty) frag.append(el('p', 'empty', 'No images match these filters.'));
     main.replaceChildren(frag);
     cursor = null;
     if (grids.length && grids[0].rows.length) setCursor({g: 0, r: 0, c: 0}, false, false);
+  }
+
+  function render() {
+    if (CHUNKED) return renderChunked();
+    const visible = items.filter((it) => state.sel.every((s, d) => !s || s.has(it.v[d])));
+    const {x, y, page} = state;
+    const inner = innerDims((i) => presentValues(i, visible).length);
+    const allCols = presentValues(x, visible), allRows = presentValues(y, visible), pages = presentValues(page, visible);
+    const buckets = new Map();
+    for (const it of visible) {
+      const k = keyOf(page < 0 ? null : it.v[page], y < 0 ? null : it.v[y], x < 0 ? null : it.v[x]);
+      let b = buckets.get(k);
+      if (!b) buckets.set(k, b = []);
+      b.push(it);
+    }
+    if (DIFF) for (const b of buckets.values()) b.sort((a, c) => a.rank - c.rank);
+    grids = []; flat = [];
+    const frag = document.createDocumentFragment();
+    // A comparison's pages (verdicts) each show only their own rows and columns: the changed
+    // page is not padded with every unchanged model. A run's pages keep one layout throughout.
+    const perPage = new Map();
+    if (DIFF && page >= 0) for (const it of visible) { const k = it.v[page]; if (!perPage.has(k)) perPage.set(k, []); perPage.get(k).push(it); }
+    const rowsOf = (pv) => (perPage.get(pv) ? presentValues(y, perPage.get(pv)) : allRows);
+    drawPages(frag, pages.map((pv) => ({pv, rows: rowsOf(pv)})), (pv) => (perPage.get(pv) ? presentValues(x, perPage.get(pv)) : allCols), buckets, inner);
+    finish(frag, !visible.length);
+    return Promise.resolve();
+  }
+
+  // ------------------------------------------------------------ a run's report: data in chunks
+  // The grid shows a window of rows (of every page in turn) and grows as it is scrolled: a
+  // million-image run never puts a million items in the document. Chunks are loaded when
+  // their value ranges (DATA.chunks.zones) can hold what the window shows.
+
+  const CH = DATA.chunks || {size: 1, labels: 1, total: 0, zones: []};
+  const BUDGET = CH.budget || 2400;   // cells drawn per window step
+  const MAXCOLS = 300;   // columns shown at most (a dimension with more values belongs on Y)
+  let layout = null;     // {pages, rows, cols, inner, step, next}
+  let renderToken = 0;
+
+  const meets = (zone, d, values) => {
+    const [lo, hi, miss] = zone[d];
+    for (const v of values) if (v < 0 ? miss : lo <= v && v <= hi) return true;
+    return false;
+  };
+
+  async function loadAll(kind) {
+    const n = Math.ceil(CH.total / CH.size);
+    await Promise.all(Array.from({length: n}, (_, k) => load(kind, k)));
+  }
+
+  // Each selected job, as the grid needs it (details come from the d- chunks when opened).
+  function jobOf(k, j) {
+    const c = loaded.get('i:' + k);
+    const n = k * CH.size + j;
+    const code = c.s[j];
+    const stateName = {p: 'planned', s: 'submitted', c: 'completed', d: 'downloaded', f: 'failed'}[code] || 'planned';
+    const t = c.t[j];
+    const src = t ? 'thumbs/' + t.slice(0, 2) + '/' + t + '.jpg' : (c.p[j] || null);
+    return {n, v: dims.map((_, d) => c.v[d][j]), state: stateName, error: c.e[j] || null,
+      images: src ? [{thumb: src}] : [], prompt_id: '', model: ''};
+  }
+
+  function passes(c, j) {
+    for (let d = 0; d < dims.length; d++) { const s = state.sel[d]; if (s && !s.has(c.v[d][j])) return false; }
+    return true;
+  }
+
+  async function plan() {
+    const {x, y, page} = state;
+    const filtered = state.sel.some((s) => s);
+    let pages, rows, cols, present;
+    if (filtered) {
+      // Which values remain needs every job: the whole grid index is read (once).
+      setBusy('reading ' + CH.total.toLocaleString() + ' jobs…');
+      await loadAll('i');
+      const seen = dims.map(() => new Set());
+      const n = Math.ceil(CH.total / CH.size);
+      for (let k = 0; k < n; k++) {
+        const c = loaded.get('i:' + k);
+        for (let j = 0; j < c.s.length; j++) if (passes(c, j)) for (let d = 0; d < dims.length; d++) seen[d].add(c.v[d][j]);
+      }
+      const of = (d) => (d < 0 ? [null] : allValues(d).filter((v) => seen[d].has(v)));
+      pages = of(page); rows = of(y); cols = of(x);
+      present = (i) => seen[i].size;
+    } else {
+      pages = allValues(page); rows = allValues(y); cols = allValues(x);
+      present = (i) => count(i) + (dims[i].missing ? 1 : 0);
+    }
+    cols = cols.slice(0, MAXCOLS);
+    const step = Math.max(1, Math.floor(BUDGET / Math.max(1, cols.length)));
+    return {pages, rows, cols, inner: innerDims(present), step, next: 0, total: pages.length * rows.length, empty: filtered && !rows.length};
+  }
+
+  // The rows [from, to) of the page-by-page sequence, with the items they hold.
+  async function windowOf(from, to) {
+    const {x, y, page} = state;
+    const blocks = [];
+    for (let i = from; i < to && i < layout.total;) {
+      const p = Math.floor(i / layout.rows.length), r0 = i % layout.rows.length;
+      const r1 = Math.min(layout.rows.length, r0 + (to - i));
+      blocks.push({pv: layout.pages[p], rows: layout.rows.slice(r0, r1), cont: r0 > 0 && i === from && from > 0});
+      i += r1 - r0;
+    }
+    const need = [];
+    CH.zones.forEach((zone, k) => {
+      if (!state.sel.every((s, d) => !s || meets(zone, d, s))) return;
+      if (blocks.some((b) => (page < 0 || meets(zone, page, [b.pv])) && (y < 0 || meets(zone, y, b.rows)))) need.push(k);
+    });
+    await Promise.all(need.map((k) => load('i', k)));
+    const wanted = new Map(blocks.map((b) => [b.pv, new Set(b.rows)]));
+    const colSet = new Set(layout.cols);
+    const buckets = new Map();
+    for (const k of need) {
+      const c = loaded.get('i:' + k);
+      for (let j = 0; j < c.s.length; j++) {
+        const pv = page < 0 ? null : c.v[page][j], rv = y < 0 ? null : c.v[y][j], cv = x < 0 ? null : c.v[x][j];
+        const rowsHere = wanted.get(pv);
+        if (!rowsHere || !rowsHere.has(rv) || !colSet.has(cv) || !passes(c, j)) continue;
+        const key = keyOf(pv, rv, cv);
+        let b = buckets.get(key);
+        if (!b) buckets.set(key, b = []);
+        b.push(jobOf(k, j));
+      }
+    }
+    // Labels of large dimensions, for what is on screen only.
+    const want = new Map();
+    const add = (d, v) => { if (d >= 0 && v !== null && v >= 0 && !dims[d].values) { if (!want.has(d)) want.set(d, new Set()); want.get(d).add(Math.floor(v / CH.labels)); } };
+    for (const b of blocks) { add(page, b.pv); for (const rv of b.rows) add(y, rv); }
+    for (const cv of layout.cols) add(x, cv);
+    const named = [byName.get('prompt'), byName.get('model')].filter((d) => d !== undefined);
+    for (const list of buckets.values()) for (const it of list) for (const d of [...layout.inner, ...named]) add(d, it.v[d]);
+    await Promise.all([...want].flatMap(([d, ks]) => [...ks].map((k) => load('l-' + d, k))));
+    return {blocks, buckets};
+  }
+
+  function moreButton() {
+    const left = layout.total - layout.next;
+    const b = el('button', 'more', 'more rows (' + left.toLocaleString() + ' left)');
+    b.type = 'button';
+    b.name = 'more';
+    b.addEventListener('click', () => grow());
+    return b;
+  }
+
+  let growing = null;
+  function grow() {
+    if (growing || !layout || layout.next >= layout.total) return growing;
+    const token = renderToken;
+    growing = windowOf(layout.next, layout.next + layout.step).then(({blocks, buckets}) => {
+      if (token !== renderToken) return;
+      layout.next = Math.min(layout.total, layout.next + layout.step);
+      const main = document.getElementById('grids');
+      const frag = document.createDocumentFragment();
+      drawPages(frag, blocks, () => layout.cols, buckets, layout.inner);
+      const old = main.querySelector('.more-box');
+      if (old) old.remove();
+      main.append(frag);
+      if (layout.next < layout.total) main.append(moreBox());
+      status();
+    }).finally(() => { growing = null; });
+    return growing;
+  }
+
+  const sentinel = new IntersectionObserver((entries) => { if (entries.some((e) => e.isIntersecting)) grow(); }, {rootMargin: '800px'});
+
+  function moreBox() {
+    const box = el('div', 'more-box');
+    box.append(moreButton());
+    sentinel.disconnect();
+    sentinel.observe(box);
+    return box;
+  }
+
+  function status() {
+    const shown = Math.min(layout.next, layout.total);
+    const perPage = layout.rows.length || 1;
+    setBusy(layout.total > shown ? 'showing ' + shown.toLocaleString() + ' of ' + layout.total.toLocaleString() + ' rows' + (layout.pages.length > 1 ? ' (' + perPage.toLocaleString() + ' a page)' : '') : '');
+  }
+
+  function setBusy(text) {
+    const s = document.getElementById('summary');
+    s.textContent = (DATA.summary || '') + (text ? ' · ' + text : '');
+  }
+
+  async function renderChunked() {
+    const token = ++renderToken;
+    const next = await plan();
+    if (token !== renderToken) return;
+    layout = next;
+    const first = await windowOf(0, layout.step);
+    if (token !== renderToken) return;
+    layout.next = Math.min(layout.total, layout.step);
+    grids = []; flat = [];
+    const frag = document.createDocumentFragment();
+    drawPages(frag, first.blocks, () => layout.cols, first.buckets, layout.inner);
+    if (layout.next < layout.total) frag.append(moreBox());
+    finish(frag, layout.empty || !layout.total);
+    status();
   }
 
   function thumb(src, alt, cls) {
@@ -364,15 +637,17 @@
   function runItem(it) {
     const node = el('div', 'item ' + it.state);
     const box = el('div', 'box');
+    const named = (name) => (byName.has(name) ? label(byName.get(name), it.v[byName.get(name)]) : '');
+    const alt = CHUNKED ? named('prompt') + ' / ' + named('model') : it.prompt_id + ' / ' + it.model;
     if (it.state === 'downloaded' && it.images.length) {
-      box.append(thumb(it.images[0].thumb || it.images[0].path, it.prompt_id + ' / ' + it.model));
+      box.append(thumb(it.images[0].thumb || it.images[0].path, alt));
       if (it.images.length > 1) box.append(el('span', 'count', it.images.length));
     } else if (it.state === 'failed') {
       box.textContent = 'failed: ' + (it.error || 'no reason recorded');
     } else {
       box.textContent = 'not rendered yet (' + it.state + ')';
     }
-    box.title = it.state === 'failed' ? 'failed: ' + (it.error || '') : it.prompt;
+    box.title = it.state === 'failed' ? 'failed: ' + (it.error || '') : (it.prompt || alt);
     node.append(box);
     return node;
   }
@@ -487,10 +762,21 @@
     return f;
   }
 
+  // A run's job in full: its grid entry with its details chunk (loaded first when it is not yet).
   function showDetail(n) {
     if (n < 0 || n >= flat.length) return;
+    const base = flat[n].item;
+    if (!CHUNKED) return showFull(n, base);
+    const k = Math.floor(base.n / CH.size), more = loaded.get('d:' + k);
+    if (more) return showFull(n, {...more[base.n % CH.size], v: base.v, images: imagesOf(base, more[base.n % CH.size])});
     open = n;
-    const {item: it} = flat[n];
+    load('d', k).then(() => { if (open === n) showDetail(n); }, (e) => console.error(e));
+  }
+
+  const imagesOf = (base, full) => full.images.map((im, i) => ({...im, thumb: i === 0 && base.images.length ? base.images[0].thumb : null}));
+
+  function showFull(n, it) {
+    open = n;
     const host = document.getElementById('detail');
     const box = el('div', 'box');
     const media = el('div', 'media');
@@ -587,15 +873,17 @@
     render();
   }
 
-  window.addEventListener('hashchange', () => { readHash(); buildControls(); buildFilters(); applySize(); render(); });
+  window.addEventListener('hashchange', async () => { await readHash(); buildControls(); buildFilters(); applySize(); render(); });
   if (DIFF) items.forEach((it) => { it.rank = {fail: 0, review: 1, 'only in A': 2, 'only in B': 3, pass: 4}[it.verdict] ?? 5; });
   document.getElementById('summary').textContent = (DATA.summary || '') + (DIFF && DATA.bands ? ' · bands: ' + DATA.bands : '');
-  readHash();
-  buildControls();
-  buildFilters();
-  applySize();
-  render();
-  writeHash();
-  document.body.dataset.ready = '1';
-  window.rendererFirstGrid = performance.now();
+  (async () => {
+    await readHash();
+    buildControls();
+    buildFilters();
+    applySize();
+    await render();
+    writeHash();
+    document.body.dataset.ready = '1';
+    window.rendererFirstGrid = performance.now();
+  })().catch((e) => { console.error(e); document.getElementById('grids').replaceChildren(el('p', 'empty', String(e.message || e))); });
 })();
