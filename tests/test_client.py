@@ -297,6 +297,30 @@ def test_rebase_keeps_a_proxy_path_prefix():
 
 
 @given(
+    st.sampled_from(
+        ["https://proxy.example/api", "http://127.0.0.1:8080", "https://queue.fal.run"]
+    ),
+    st.sampled_from(
+        ["http://127.0.0.1:8080", "https://queue.fal.run", "HTTP://127.0.0.1:8080", ""]
+    ),
+    st.one_of(st.text(max_size=30), st.text(max_size=30).map(lambda t: "/" + t)),
+)
+def test_the_unparsed_fast_path_decides_urls_as_the_parse_does(base: str, start: str, rest: str):
+    """A URL the client keeps without parsing it is one the full check keeps unchanged as well."""
+    client = Client(base, key=KEY, rebase="fal.run" not in base)
+    url = start + rest
+    try:
+        expected: str | type[JobRejected] = client.urls.checked(url, "u")
+    except JobRejected:
+        expected = JobRejected
+    try:
+        got: str | type[JobRejected] = client.provider_url(url, "u")
+    except JobRejected:
+        got = JobRejected
+    assert got == expected
+
+
+@given(
     st.text(min_size=6, max_size=40).filter(lambda k: k.strip() == k and "*" not in k),
     st.text(max_size=40),
 )

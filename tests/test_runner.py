@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -111,6 +112,38 @@ def test_rerun_skips_finished_and_never_pays_twice(tmp_path: Path):
     assert code == 0
     assert out.count("no longer in the manifest") == 3
     assert "downloaded=3" in out and "no_longer_planned=3" in out
+
+
+def test_the_dataset_is_written_while_the_last_requests_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A large run writes its dataset while its last requests render and appends the rest at the
+    end (issue 23's tail): every image is in it once, and a rerun finds it exact and keeps it."""
+    import renderer.output.dataset as dataset_mod
+    import renderer.runner.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "EARLY_EXPORT_MIN", 5)  # what counts as large, for 12 jobs
+    writes: list[int] = []
+    update = dataset_mod.update
+
+    def counted(store: Any, *args: Any, **kw: Any) -> Any:
+        writes.append(store.counts()["downloaded"])
+        return update(store, *args, **kw)
+
+    monkeypatch.setattr(dataset_mod, "update", counted)
+    with background_emulator(service=ServiceTime("fixed", 0.4)) as emu:
+        m = write_manifest(tmp_path, seeds=list(range(1, 13)), limits={"concurrency": 4})
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet")
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
+        assert len(writes) == 2 and 5 <= writes[0] < 12 and writes[1] == 12
+        run_dir = tmp_path / "out/t"
+        assert_all_verified(run_dir)
+        metadata = run_dir / "data/metadata.jsonl"
+        rows = [json.loads(line) for line in metadata.read_text().splitlines()]
+        assert sorted(r["seed"] for r in rows) == list(range(1, 13))
+        before = metadata.stat().st_mtime_ns
+        assert cli(*base, env={"FAL_KEY": "k"})[0] == 0  # nothing to do: the dataset is kept
+        assert metadata.stat().st_mtime_ns == before and emu.stats()["submits"] == 12
 
 
 def test_damaged_file_is_downloaded_again_without_a_resubmit(tmp_path: Path):

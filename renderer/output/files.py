@@ -89,7 +89,7 @@ def verify_image(
 
 
 def write_atomic(
-    path: Path, data: bytes, *, durable: bool = True, parents: bool = True
+    path: Path | str, data: bytes, *, durable: bool = True, parents: bool = True
 ) -> os.stat_result:
     """Write bytes so that `path` is either absent, the old file, or the complete new file.
 
@@ -110,7 +110,9 @@ def write_atomic(
     return stat
 
 
-def write_open(path: Path, data: bytes, *, parents: bool = True) -> tuple[int, str, os.stat_result]:
+def write_open(
+    path: Path | str, data: bytes, *, parents: bool = True
+) -> tuple[int, str, os.stat_result]:
     """The bytes in a new temporary file beside `path`, left open: (fd, temporary name, its stat).
 
     The first half of an atomic write: the caller closes the fd (fsynced or not), then renames
@@ -193,7 +195,7 @@ class GroupFsync:
             self._task = asyncio.ensure_future(self._drain())
         return await future
 
-    async def write(self, path: Path, data: bytes) -> os.stat_result:
+    async def write(self, path: Path | str, data: bytes) -> os.stat_result:
         """write_atomic (durable), with only the part that waits for the disk off the loop.
 
         A small file is written on the loop and only its fsync goes to the group's thread: a
@@ -266,7 +268,8 @@ class _Folders:
 
     Bounded (forgotten wholesale past `CAP`: jobs come in plan order, so a folder's files come
     together and forgetting costs one mkdir of an existing folder). A folder removed meanwhile
-    is still found missing by the open, and made again (open_temporary).
+    is still found missing by the open, and made again (open_temporary). Folders are strings:
+    pathlib's joins and parses were a measurable share of a small image's cost.
     """
 
     CAP = 4096
@@ -274,23 +277,34 @@ class _Folders:
     def __init__(self) -> None:
         self.known: set[str] = set()
 
-    def ensure(self, folder: Path) -> None:
-        name = str(folder)
-        if name in self.known:
+    def ensure(self, folder: str) -> None:
+        if folder in self.known:
             return
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         if len(self.known) >= self.CAP:
             self.known.clear()
-        self.known.add(name)
+        self.known.add(folder)
 
-    def forget(self, folder: Path) -> None:
-        self.known.discard(str(folder))
+    def forget(self, folder: str) -> None:
+        self.known.discard(folder)
 
 
 FOLDERS = _Folders()
 
 
-def open_temporary(path: Path, *, parents: bool = True) -> tuple[int, str]:
+def make_folder(folder: str) -> None:
+    """`Path(folder).mkdir(parents=True, exist_ok=True)`: one mkdir when the parent exists (the
+    usual case: a new prompt's folder), FileExistsError when something else than a folder is there."""
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        if not os.path.isdir(folder):
+            raise
+    except FileNotFoundError:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+def open_temporary(path: Path | str, *, parents: bool = True) -> tuple[int, str]:
     """A new hidden temporary file beside `path` (same file system, so a rename is atomic).
 
     Created with O_EXCL and mode 0666, so the kernel applies the process umask (mkstemp would
@@ -298,8 +312,10 @@ def open_temporary(path: Path, *, parents: bool = True) -> tuple[int, str]:
     `parents`: a missing folder is created, once per folder per process (FOLDERS): a new
     folder costs one mkdir and no failing open; a known one, nothing.
     """
+    folder, name = os.path.split(os.fspath(path))
+    folder = folder or "."
     if parents:
-        FOLDERS.ensure(path.parent)
+        FOLDERS.ensure(folder)
     flags = (
         os.O_WRONLY
         | os.O_CREAT
@@ -308,16 +324,16 @@ def open_temporary(path: Path, *, parents: bool = True) -> tuple[int, str]:
         | getattr(os, "O_CLOEXEC", 0)
     )
     while True:
-        tmp = str(path.parent / f".{path.name}.{_TAG}{next(_SERIAL):x}{PART_SUFFIX}")
+        tmp = os.path.join(folder, f".{name}.{_TAG}{next(_SERIAL):x}{PART_SUFFIX}")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:  # another process's leftover with the same name: never overwrite it
             continue
         except FileNotFoundError:
-            FOLDERS.forget(path.parent)
+            FOLDERS.forget(folder)
             if not parents:
                 raise
-            path.parent.mkdir(parents=True, exist_ok=True)  # removed since it was made: again
+            make_folder(folder)  # removed since it was made: again
             parents = False  # once: a folder removed again at once is an error worth raising
 
 

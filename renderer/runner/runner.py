@@ -89,6 +89,53 @@ def trial_outcome(
     return "done", None, None
 
 
+def progress_event(state: RunState, limits: Limits) -> Event:
+    """The progress event: counts so far, requests at the provider, the allowance."""
+    return {
+        "type": "progress",
+        "done": state.done,
+        "failed": state.failed,
+        "in_flight": limits.in_flight,
+        "queued": len(state.queued),
+        "images": state.images,
+        "limit": limits.accounts.limit,
+    }
+
+
+# Jobs that are at the provider or past it: nothing of theirs is still to be submitted.
+SUBMITTED = frozenset({"submitted", "waiting", "downloading"})
+EARLY_EXPORT_MIN = 1000  # finished jobs below which the dataset is cheap enough to write at the end
+
+
+async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
+    """The dataset written while the run's last requests are still running (issue 23's tail).
+
+    Once every job has been handed out (`drained`) and all of them have been submitted, the
+    rows finished so far are written (whole, for a changed plan) while the provider renders the
+    last ones; the run's end then appends only those last rows (dataset.update), instead of
+    writing ten thousand rows after the last image. Only for a local output of one worker, and
+    only when there is enough to write for it to matter. A failure here is left for the run's
+    own export at the end to meet and report.
+    """
+    if runner.shared or runner.storage.remote:
+        return
+    await drained.wait()
+    while any(runner.state.phase.get(k) not in SUBMITTED for k in list(runner.tasks)):
+        await asyncio.sleep(0.05)
+    if not runner.tasks or runner.state.done < EARLY_EXPORT_MIN or runner.state.stopping:
+        return
+    with contextlib.suppress(StateError, OSError):
+        write_dataset(
+            runner.plan,
+            runner.store,
+            runner.storage,
+            runner.config.provider or None,
+            append=not runner.plan_changed,
+            record=True,
+        )
+        runner.plan_changed = False  # the dataset matches this plan now: the end appends to it
+
+
 class Runner:
     """One worker's run of a plan: the task pool around the per-job state machine."""
 
@@ -150,15 +197,7 @@ class Runner:
         return self.state.phase
 
     def progress(self) -> Event:
-        return {
-            "type": "progress",
-            "done": self.state.done,
-            "failed": self.state.failed,
-            "in_flight": self.limits.in_flight,
-            "queued": len(self.state.queued),
-            "images": self.state.images,
-            "limit": self.accounts.limit,
-        }
+        return progress_event(self.state, self.limits)
 
     # -------------------------------------------------- the run
 
@@ -211,6 +250,8 @@ class Runner:
 
         closing: list[bool] = []  # the pool ends: a worker's cancellation is final, never a job's
 
+        drained = asyncio.Event()  # every key handed out: the feeder's end markers are next
+
         async def worker() -> None:
             while (key := await queue.get()) is not None:
                 if self.state.stopping:
@@ -228,6 +269,7 @@ class Runner:
                     self.state.phase.pop(key, None)
                     self.state.queued.pop(key, None)
                 self.emit(self.progress())
+            drained.set()
 
         # Enough workers for every provider slot (with its lead) and every delivery at once.
         size = provider_capacity(self.config) + delivery_bound(self.config.concurrency)
@@ -235,6 +277,7 @@ class Runner:
         helpers = [
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),
             asyncio.ensure_future(self.claims.renew(self.tasks)),
+            asyncio.ensure_future(export_ahead(self, drained)),
         ]
         self.store.grouping = self.store.group_commit
         try:
