@@ -67,3 +67,27 @@ def test_data_folder_is_the_metadata_after_a_parameter_change_and_back(tmp_path:
         assert _images(run / "superseded") == planned
     code, text, _ = cli("status", str(run), "--json")
     assert code == 0 and json.loads(text)["missing_on_disk"] == []
+
+
+def test_a_lost_state_adopts_images_that_a_change_had_moved_out(tmp_path: Path):
+    """renderer.sqlite lost after a parameter change, then the change undone: the first jobs'
+    images come back from superseded/ and are adopted; nothing is paid for again."""
+    out = tmp_path / "out"
+    run = out / "t"
+    env = {"FAL_KEY": "k"}
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(tmp_path / "m.yaml"), "--provider", emu.url)
+        m = write_manifest(tmp_path, seeds=[1, 2], output=str(out))
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        first = _images(run / "data")
+        write_manifest(tmp_path, seeds=[1, 2], output=str(out), defaults={"num_inference_steps": 2})
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        assert _images(run / "superseded") == first and emu.stats()["submits"] == 4
+        (run / "renderer.sqlite").unlink()
+        write_manifest(tmp_path, seeds=[1, 2], output=str(out))  # undone, with the state lost
+        code, _out, err = cli(*base, env=env)
+        assert code == 0, err
+        assert emu.stats()["submits"] == 4 and emu.stats()["duplicate_submits"] == 0
+        assert "rebuilt the state of 2 finished job(s)" in err
+    assert _images(run / "data") >= first and _planned(m, out) == first
+    assert _metadata(run) == first

@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -64,3 +65,25 @@ def settle(store: Store, run_dir: Path) -> tuple[int, int]:
                 if pair is not None and not pair[0].exists() and _move(pair[1], pair[0]):
                     back += 1
     return out, back
+
+
+def restore(run_dir: Path, stem: str, key: str) -> bool:
+    """A lost state's job whose images a manifest change had moved to superseded/: its images
+    and sidecars at data/<stem>-N back into data/, when each sidecar names job `key` and data/
+    holds nothing at that path. True if the first one came back (recovery then adopts them)."""
+    back = run_dir / SUPERSEDED_DIR / stem
+    index = 0
+    while True:
+        sidecar = back.with_name(f"{back.name}-{index}{SIDECAR_SUFFIX}")
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            break
+        name = meta.get("file") if isinstance(meta, dict) else None
+        if meta.get("job_key") != key or not isinstance(name, str) or "/" in name:
+            break
+        target = run_dir / DATA_DIR / Path(stem).parent / name
+        if target.exists() or not _move(sidecar.with_name(name), target):
+            break
+        index += 1
+    return index > 0

@@ -22,9 +22,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from renderer.layout import DATA_DIR
-from renderer.output import files
-from renderer.output.storage import Storage
+from renderer.layout import DATA_DIR, SUPERSEDED_DIR
+from renderer.output import files, superseded
+from renderer.output.storage import LocalStorage, Storage
 from renderer.state.rows import distinct_stem
 from renderer.state.store import Store
 
@@ -73,7 +73,8 @@ def from_sidecars(store: Store, storage: Storage) -> int:
     """Adopt planned, never-submitted jobs whose images and sidecars are in the output. Returns how many."""
     # Only a state that has never started a run can have lost track of files: later runs
     # record everything they write, and skip this scan (a stat per planned job).
-    if store.runs_started() or not storage.has_data():
+    moved_out = isinstance(storage, LocalStorage) and (storage.root / SUPERSEDED_DIR).is_dir()
+    if store.runs_started() or not (storage.has_data() or moved_out):
         return 0
     # Several workers may start on one new shared state at once: one scans at a time, and a
     # worker claims nothing before its own scan is over, so no job is adopted while claimed
@@ -92,7 +93,9 @@ def _adopt(store: Store, storage: Storage) -> int:
         if folder != listed[0]:
             listed = (folder, storage.names(folder))
         if f"{name}-0.json" not in listed[1]:
-            continue  # what _sidecar would find: nothing (a job's own path is tried only after this one)
+            if not _bring_back(storage, stem, key):
+                continue  # what _sidecar would find: nothing (a job's own path is tried only after this one)
+            listed = (folder, storage.names(folder))
         first = _sidecar(storage, stem, 0)
         if first is None:
             continue
@@ -102,6 +105,7 @@ def _adopt(store: Store, storage: Storage) -> int:
                 continue
             stem = distinct_stem(stem, key)
             store.restem(key, stem)
+            _bring_back(storage, stem, key)
             first = _sidecar(storage, stem, 0)
             if first is None or first.get("job_key") != key:
                 continue
@@ -123,6 +127,13 @@ def _adopt(store: Store, storage: Storage) -> int:
         store.adopt(key, stem, request_id, provider, entries)
         adopted += 1
     return adopted
+
+
+def _bring_back(storage: Storage, stem: str, key: str) -> bool:
+    """Images of this job in superseded/ (moved there by a manifest change the state no longer
+    remembers) back into data/, so that they are adopted instead of paid for again. Local output
+    only: a bucket's superseded objects never leave data/."""
+    return isinstance(storage, LocalStorage) and superseded.restore(storage.root, stem, key)
 
 
 def leftovers(run_dir: Path) -> int:
