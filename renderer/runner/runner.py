@@ -122,7 +122,11 @@ async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
     await drained.wait()
     while any(runner.state.phase.get(k) not in SUBMITTED for k in list(runner.tasks)):
         await asyncio.sleep(0.05)
-    if not runner.tasks or runner.state.done < EARLY_EXPORT_MIN or runner.state.stopping:
+    # The downloads of the jobs that finished as the last ones were submitted may still be under
+    # way: wait for them (not for the last requests), rather than give up on a count taken too soon.
+    while runner.tasks and runner.state.done < EARLY_EXPORT_MIN and not runner.state.stopping:
+        await asyncio.sleep(0.05)
+    if not runner.tasks or runner.state.stopping:
         return
     with contextlib.suppress(StateError, OSError):
         write_dataset(
