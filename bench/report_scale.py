@@ -72,6 +72,23 @@ def tiny_png(n: int) -> bytes:
     )
 
 
+def caption_spec(folder: Path, images: int) -> dict:
+    """`images` distinct captions in folder/captions.jsonl, and a manifest of one model, one seed each."""
+    import json
+
+    (folder / "captions.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"c{i:07d}", "text": f"caption {i}"}) + "\n" for i in range(images)
+        )
+    )
+    return {
+        "name": "scale",
+        "prompts": [{"file": "captions.jsonl"}],
+        "models": MODELS[:1],
+        "seeds": [1],
+    }
+
+
 def synthesise_reused(folder: Path, images: int, distinct: int) -> Path:
     """A caption run whose jobs beyond the first `distinct` reuse an earlier job's image.
 
@@ -98,18 +115,7 @@ def synthesise_reused(folder: Path, images: int, distinct: int) -> Path:
         if have >= images:
             return db.parent  # made by an earlier invocation
     if not path.is_file():
-        (folder / "captions.jsonl").write_text(
-            "".join(
-                json.dumps({"id": f"c{i:07d}", "text": f"caption {i}"}) + "\n"
-                for i in range(images)
-            )
-        )
-        spec = {
-            "name": "scale",
-            "prompts": [{"file": "captions.jsonl"}],
-            "models": MODELS[:1],
-            "seeds": [1],
-        }
+        spec = caption_spec(folder, images)
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
     m = manifest_mod.load(path)
     m = manifest_mod.Manifest(**{**m.__dict__, "output": folder / "out"})
@@ -174,24 +180,11 @@ def synthesise_reused(folder: Path, images: int, distinct: int) -> Path:
 
 
 def synthesise(folder: Path, shape: str, images: int, salt: str = "") -> Path:
-    import json
-
     from renderer.plan import planner as plan_mod
 
     path = folder / f"scale{salt}.yaml"
     if shape == "captions":
-        (folder / "captions.jsonl").write_text(
-            "".join(
-                json.dumps({"id": f"c{i:07d}", "text": f"caption {i}"}) + "\n"
-                for i in range(images)
-            )
-        )
-        spec = {
-            "name": "scale",
-            "prompts": [{"file": "captions.jsonl"}],
-            "models": MODELS[:1],
-            "seeds": [1],
-        }
+        spec = caption_spec(folder, images)
         count = iter(range(10**9))
 
         def picture(job: plan_mod.Job) -> bytes:

@@ -91,3 +91,21 @@ def test_a_lost_state_adopts_images_that_a_change_had_moved_out(tmp_path: Path):
         assert "rebuilt the state of 2 finished job(s)" in err
     assert _images(run / "data") >= first and _planned(m, out) == first
     assert _metadata(run) == first
+
+
+def test_recovery_ignores_hostile_sidecars_in_superseded(tmp_path: Path):
+    """Sidecars in superseded/ that are not objects, name another job, or point outside their
+    folder move nothing and raise nothing."""
+    from renderer.output.superseded import restore
+
+    run = tmp_path / "run"
+    folder = run / "superseded" / "m" / "cat"
+    folder.mkdir(parents=True)
+    (run / "data").mkdir()
+    (folder / "secret.png").write_bytes(b"x")
+    for body in ([1, 2], {"job_key": "other", "file": "s1-0.png"},
+                 {"job_key": "k", "file": "../../../secret.png"}, {"job_key": "k", "file": ".."},
+                 "not json"):  # fmt: skip
+        (folder / "s1-0.json").write_text(body if isinstance(body, str) else json.dumps(body))
+        assert restore(run, "m/cat/s1", "k") is False
+    assert not any((run / "data").rglob("*")) and (folder / "secret.png").is_file()

@@ -161,6 +161,14 @@ def _prompt(pid: str, text: str, params: Any, tags: Any, where: Any, path: Any) 
     return p
 
 
+def _position(index: int, size: int) -> int:
+    """A sequence index (negative from the end) as a position in 0..size-1; IndexError outside."""
+    position = index + size if index < 0 else index
+    if not 0 <= position < size:
+        raise IndexError("prompt index out of range")
+    return position
+
+
 class PromptTable(Sequence[Prompt]):
     """The prompts of one prompt file, in file order: `where` is (file, line or row, 1)."""
 
@@ -219,10 +227,7 @@ class PromptTable(Sequence[Prompt]):
     def __getitem__(self, index: int | slice) -> Prompt | list[Prompt]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError("prompt index out of range")
+        index = _position(index, len(self))
         return next(self._rows(index, index + 1))
 
     def __iter__(self) -> Iterator[Prompt]:
@@ -291,10 +296,7 @@ class Prompts(Sequence[Prompt]):
     def __getitem__(self, index: int | slice) -> Prompt | list[Prompt]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += self._total
-        if not 0 <= index < self._total:
-            raise IndexError("prompt index out of range")
+        index = _position(index, self._total)
         for start, part in zip(reversed(self._starts), reversed(self._parts), strict=True):
             if index >= start:
                 return part[index - start]

@@ -79,8 +79,10 @@ def restore(run_dir: Path, stem: str, key: str) -> bool:
             meta = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             break
-        name = meta.get("file") if isinstance(meta, dict) else None
-        if meta.get("job_key") != key or not isinstance(name, str) or "/" in name:
+        if not isinstance(meta, dict) or meta.get("job_key") != key:
+            break
+        name = meta.get("file")
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
             break
         target = run_dir / DATA_DIR / Path(stem).parent / name
         if target.exists() or not _move(sidecar.with_name(name), target):

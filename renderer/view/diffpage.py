@@ -104,6 +104,8 @@ def write(
     copies: dict[str, tuple[Path, Path]] = {}
     diffs: dict[str, tuple[str, str, str]] = {}
 
+    found: dict[str, Path] = {}  # sha256 → where this machine read that picture (not in the page)
+
     def picture(
         locate: Locator, rel: str | None, sha: str | None, full: bool
     ) -> dict[str, Any] | None:
@@ -116,7 +118,8 @@ def write(
         keep.add(thumb)
         if thumb not in have:
             thumbs[thumb] = (str(source), str(folder / thumb))
-        out: dict[str, Any] = {"path": rel, "thumb": f"{folder.name}/{thumb}", "file": source}
+        found[sha] = source
+        out: dict[str, Any] = {"path": rel, "thumb": f"{folder.name}/{thumb}"}
         if full:  # the large view of a pair that differs shows the original pixels
             name = sha[:24] + Path(rel).suffix.lower()
             keep.add(name)
@@ -135,11 +138,12 @@ def write(
             name = f"d-{pair['sha_a'][:16]}-{pair['sha_b'][:16]}.png"
             keep.add(name)
             if name not in have:
-                diffs[name] = (str(a["file"]), str(b["file"]), str(folder / name))
+                diffs[name] = (
+                    str(found[pair["sha_a"]]),
+                    str(found[pair["sha_b"]]),
+                    str(folder / name),
+                )
             diff = f"{folder.name}/{name}"
-        for pic in (a, b):
-            if pic is not None:
-                del pic["file"]  # where this machine read it: not part of the page
         entries.append(
             (
                 _Coords(pair["prompt_id"], pair["model"], pair["seed"], pair["axes"]),
@@ -164,8 +168,6 @@ def write(
     for side, key, locate in (("A", "only_in_a", locate_a), ("B", "only_in_b", locate_b)):
         for item in result[key]:
             pic = picture(locate, item["path"], item["sha"], False)
-            if pic is not None:
-                del pic["file"]
             entries.append(
                 (
                     _Coords(item["prompt_id"], item["model"], item["seed"], item["axes"]),
