@@ -134,7 +134,8 @@ def test_a_path_held_by_another_job_is_never_overwritten(tmp_path: Path):
 
 
 def test_a_path_held_on_disk_only_is_never_overwritten(tmp_path: Path):
-    """Same, with the database lost in between: the other job's file (known by its sidecar) is kept."""
+    """Same, with the database lost in between: the other job's file (known by its sidecar) is kept,
+    moved out of data/ since its job is not in the plan."""
     run_dir = tmp_path / "o/t"
     with background_emulator(service=FAST) as emu:
         m = write_manifest(tmp_path, seeds=[1])
@@ -150,8 +151,10 @@ def test_a_path_held_on_disk_only_is_never_overwritten(tmp_path: Path):
             cli(*base, env=ENV)[0] == 0
         )  # and once more: the new job's own file is found and adopted
         assert emu.stats()["submits"] == 2
-    assert old.read_bytes() == old_bytes
-    assert len(images(run_dir)) == 2
+    # The old job left the plan: its image is kept (moved out of the dataset), never overwritten.
+    kept = run_dir / "superseded" / old.relative_to(run_dir / "data")
+    assert kept.read_bytes() == old_bytes and not old.exists()
+    assert len(images(run_dir)) == 2 and len(images(run_dir / "data")) == 1
 
 
 def test_temporary_files_of_a_killed_export_are_removed(tmp_path: Path):

@@ -81,6 +81,7 @@ def test_a_lost_state_adopts_images_that_a_change_had_moved_out(tmp_path: Path):
         assert cli(*base, "--quiet", env=env)[0] == 0
         first = _images(run / "data")
         write_manifest(tmp_path, seeds=[1, 2], output=str(out), defaults={"num_inference_steps": 2})
+        changed = _planned(m, out)
         assert cli(*base, "--quiet", env=env)[0] == 0
         assert _images(run / "superseded") == first and emu.stats()["submits"] == 4
         (run / "renderer.sqlite").unlink()
@@ -89,8 +90,43 @@ def test_a_lost_state_adopts_images_that_a_change_had_moved_out(tmp_path: Path):
         assert code == 0, err
         assert emu.stats()["submits"] == 4 and emu.stats()["duplicate_submits"] == 0
         assert "rebuilt the state of 2 finished job(s)" in err
-    assert _images(run / "data") >= first and _planned(m, out) == first
-    assert _metadata(run) == first
+    # data/ is the dataset again: the changed jobs' images (which the new state never knew)
+    # went to superseded/ with their sidecars, not left beside the dataset's.
+    assert _images(run / "data") == _metadata(run) == _planned(m, out) == first
+    assert _images(run / "superseded") == changed
+    assert len(list((run / "superseded").rglob("*.json"))) == len(changed)
+
+
+def test_a_lost_state_leaves_files_that_are_not_a_jobs_alone(tmp_path: Path):
+    """After a lost state only images whose sidecar names a job outside the plan leave data/:
+    a user's own files, sidecars that are not ours, and planned jobs' images stay."""
+    out = tmp_path / "out"
+    run = out / "t"
+    env = {"FAL_KEY": "k"}
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(tmp_path / "m.yaml"), "--provider", emu.url)
+        m = write_manifest(tmp_path, seeds=[1, 2], output=str(out))
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        first = _images(run / "data")
+        folder = run / "data" / Path(sorted(first)[0]).parent
+        mine = {
+            "notes.png": b"not a job's",
+            "notes.json": json.dumps({"file": "notes.png"}).encode(),  # no job_key
+            "list.png": b"x",
+            "list.json": b"[1, 2]",
+            "bad.png": b"x",
+            "bad.json": b"{not json",
+            "other.png": b"x",
+            "other.json": json.dumps({"job_key": "j1-00", "file": "../other.png"}).encode(),
+        }
+        for name, body in mine.items():
+            (folder / name).write_bytes(body)
+        (run / "renderer.sqlite").unlink()
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        assert emu.stats()["submits"] == 2
+    assert {p.name for p in folder.iterdir()} >= set(mine)
+    assert _metadata(run) == _planned(m, out) == first
+    assert not (run / "superseded").exists()
 
 
 def test_recovery_ignores_hostile_sidecars_in_superseded(tmp_path: Path):
@@ -109,3 +145,27 @@ def test_recovery_ignores_hostile_sidecars_in_superseded(tmp_path: Path):
         (folder / "s1-0.json").write_text(body if isinstance(body, str) else json.dumps(body))
         assert restore(run, "m/cat/s1", "k") is False
     assert not any((run / "data").rglob("*")) and (folder / "secret.png").is_file()
+
+
+def test_a_lost_state_finds_a_job_written_at_its_own_path(tmp_path: Path):
+    """A changed job written at its own path (s1_<key8>, the natural one was the old job's) is
+    adopted after a lost state, although the old job's images have left data/: nothing paid twice."""
+    out = tmp_path / "out"
+    run = out / "t"
+    env = {"FAL_KEY": "k"}
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(tmp_path / "m.yaml"), "--provider", emu.url)
+        write_manifest(tmp_path, seeds=[1, 2], output=str(out))
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        m = write_manifest(
+            tmp_path, seeds=[1, 2], output=str(out), defaults={"num_inference_steps": 2}
+        )
+        assert cli(*base, "--quiet", env=env)[0] == 0
+        changed = _images(run / "data")
+        assert all("_" in Path(p).name for p in changed)  # at their own paths
+        (run / "renderer.sqlite").unlink()
+        code, _out, err = cli(*base, env=env)
+        assert code == 0, err
+        assert emu.stats()["submits"] == 4 and emu.stats()["duplicate_submits"] == 0
+        assert "rebuilt the state of 2 finished job(s)" in err
+    assert _images(run / "data") == _metadata(run) == _planned(m, out) == changed

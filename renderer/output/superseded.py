@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from renderer.layout import DATA_DIR, SIDECAR_SUFFIX, SUPERSEDED_DIR
@@ -89,3 +90,41 @@ def restore(run_dir: Path, stem: str, key: str) -> bool:
             break
         index += 1
     return index > 0
+
+
+def evict_strangers(run_dir: Path, planned: Callable[[str], bool]) -> int:
+    """Images in data/ whose sidecar names a job that is not in the plan, moved to superseded/.
+
+    Only after a lost state (a new state's first run, recover.from_sidecars): the old state
+    would have moved them out when their jobs left the plan, but a change made after that
+    state's last run wrote images the new state never knew, so settle() cannot see them.
+    Files without a sidecar of ours (one naming a job key and the image beside it) are not
+    touched. Returns how many images moved.
+    """
+    data = run_dir / DATA_DIR
+    verdicts: dict[str, bool] = {}  # a job's several images: one lookup
+    moved = 0
+    for folder, _dirs, names in os.walk(data):
+        for name in names:
+            if not name.endswith(SIDECAR_SUFFIX):
+                continue
+            sidecar = Path(folder, name)
+            try:
+                meta = json.loads(sidecar.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(meta, dict):
+                continue
+            key, image = meta.get("job_key"), meta.get("file")
+            if not isinstance(key, str) or not isinstance(image, str) or "/" in image:
+                continue
+            source = sidecar.with_name(image)
+            if source.with_suffix(SIDECAR_SUFFIX) != sidecar:  # not this sidecar's image
+                continue
+            if key not in verdicts:
+                verdicts[key] = planned(key)
+            if not verdicts[key] and _move(
+                source, run_dir / SUPERSEDED_DIR / source.relative_to(data)
+            ):
+                moved += 1
+    return moved

@@ -13,7 +13,10 @@ Invariants:
     sidecar's `sha256` (in a bucket: whose sha256 stored at its create-only PUT is the
     sidecar's), are trusted; anything else is left for the runner (which renders it).
   * A path held by another job's files (same stem, other key) is never reused: the job gets
-    its own path (`store.distinct_stem`), and that path is looked up in turn.
+    its own path (`store.distinct_stem`), and that path is looked up in turn (also when the
+    natural path is empty: the other job's files may have left data/ for superseded/ since).
+  * Afterwards data/ holds only planned jobs' images: those whose sidecar names a job outside
+    the plan move to superseded/ (superseded.evict_strangers), as settle() would have done.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from renderer.errors import StateError
 from renderer.layout import DATA_DIR, SUPERSEDED_DIR
 from renderer.output import files, superseded
 from renderer.output.storage import LocalStorage, Storage
@@ -80,7 +84,18 @@ def from_sidecars(store: Store, storage: Storage) -> int:
     # worker claims nothing before its own scan is over, so no job is adopted while claimed
     # (adopt also leaves a job some worker holds alone).
     with store.exclusive():
-        return _adopt(store, storage)
+        adopted = _adopt(store, storage)
+        if isinstance(storage, LocalStorage):
+            # What a change after the lost state's last run wrote into data/ is not the dataset.
+            superseded.evict_strangers(storage.root, lambda key: _planned(store, key))
+        return adopted
+
+
+def _planned(store: Store, key: str) -> bool:
+    try:
+        return store.get(key).in_plan
+    except StateError:
+        return False
 
 
 def _adopt(store: Store, storage: Storage) -> int:
@@ -94,7 +109,19 @@ def _adopt(store: Store, storage: Storage) -> int:
             listed = (folder, storage.names(folder))
         if f"{name}-0.json" not in listed[1]:
             if not _bring_back(storage, stem, key):
-                continue  # what _sidecar would find: nothing (a job's own path is tried only after this one)
+                # Nothing at the natural path: the job may have been written at its own path
+                # (the natural one was another job's then, and that job has since left data/).
+                own = distinct_stem(stem, key)
+                if stem.endswith(distinct_stem("", key)) or not (
+                    f"{own.rpartition('/')[2]}-0.json" in listed[1]
+                    or _bring_back(storage, own, key)
+                ):
+                    continue
+                first = _sidecar(storage, own, 0)
+                if first is None or first.get("job_key") != key:
+                    continue
+                store.restem(key, own)
+                stem = own
             listed = (folder, storage.names(folder))
         first = _sidecar(storage, stem, 0)
         if first is None:
