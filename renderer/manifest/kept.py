@@ -101,10 +101,11 @@ class Kept:
 def kept_kinds(prompts: Iterable[Any]) -> dict[str, set[str]]:
     """Every kept column of the manifest's prompt files (first named first) → the kinds of its values.
 
-    `prompts`: the parts of a table.Prompts (prompt files' tables, inline prompt lists).
+    `prompts`: a manifest's prompts (a table.Prompts holds the prompt files' tables; anything
+    else has no prompt file, so nothing kept).
     """
     found: dict[str, set[str]] = {}
-    for part in prompts:
+    for part in getattr(prompts, "parts", ()):
         kept = getattr(part, "kept", None)
         if isinstance(kept, Kept):
             for name in kept.names:

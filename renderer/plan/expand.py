@@ -326,4 +326,5 @@ class Expansion(Variants):
             prompt.tags,
             f"{prompt.where[0]}:{prompt.where[1]}",
             seed_sent,
+            prompt.extra,
         )

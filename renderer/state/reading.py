@@ -51,6 +51,27 @@ class Reading(StoreCore):
         ):
             yield json.loads(r[0])
 
+    # Each kept column's JSON types over the plan's cells: (name, type, first cell, place in it).
+    kept_sql = (
+        "SELECT e.key, e.type, MIN(c.id), MIN(e.id) FROM cells c, json_each(c.extra) e "
+        "WHERE c.extra IS NOT NULL AND c.id IN (SELECT cell FROM job WHERE in_plan = 1) "
+        "GROUP BY e.key, e.type"
+    )
+
+    def kept_kinds(self) -> dict[str, set[str]]:
+        """Each kept column of the plan (`keep:`) → the dataset kinds of its values, in the order
+        the first cell that has it names it: what Columns types them from, counted in SQL."""
+        kinds = {"text": "string", "integer": "int64", "real": "float64"}
+        found: dict[str, tuple[tuple[int, int], set[str]]] = {}
+        for name, kind, cell, at in self.db.execute(self.kept_sql):
+            first, seen = found.get(name, ((cell, at), set()))
+            if kind in ("true", "false"):
+                seen.add("bool")
+            elif kind in kinds:
+                seen.add(kinds[kind])
+            found[name] = (min(first, (cell, at)), seen)
+        return {name: seen for name, (_, seen) in sorted(found.items(), key=lambda i: i[1][0])}
+
     def model_names(self) -> set[str]:
         """Every model label and endpoint of the plan (what `diff --map` may name)."""
         names: set[str] = set()

@@ -67,6 +67,7 @@ class Row:
     account: str | None = (
         None  # the account name that submitted request_id (None: the single account)
     )
+    extra: str | None = None  # the prompt's kept columns (`keep:`), a JSON object text
 
     def evolve(self, **changes: Any) -> Row:
         """A copy with `changes` (fields by name): dataclasses.replace without re-running __init__ (hot path)."""
@@ -113,6 +114,7 @@ class Row:
             r["error_kind"],
             r["provider"],
             r["account"],
+            r["extra"],
         )
 
 
