@@ -546,9 +546,10 @@ def test_a_database_whose_file_columns_went_stale_is_derived_again(tmp_path: Pat
                 (n, bytes([n]), text),
             )
     db.close()
-    assert [m.__name__ for m in MIGRATIONS][-2:] == ["m009_job_files_trigger", "m010_workers_left"]
+    later = [m.__name__ for m in MIGRATIONS if m.__name__ >= "m009"]
+    assert later[:2] == ["m009_job_files_trigger", "m010_workers_left"]
     db = sqlite3.connect(path)
-    assert migrate(db) == ["m009_job_files_trigger", "m010_workers_left"]
+    assert migrate(db) == later
     rows = db.execute("SELECT fpath, fsize, fmtime, cost, uncosted FROM job ORDER BY id").fetchall()
     assert rows == [
         ("a.png", 999, 9, 2.0, 0),

@@ -286,7 +286,6 @@ class Expansion(Variants):
         who = Who(
             model.endpoint, model.name, prompt.id, seed, job_axes
         )  # described only on a problem
-
         if "aspect_ratio" in payload:
             origin = next(
                 (

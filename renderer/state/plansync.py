@@ -162,9 +162,10 @@ class PlanSync(StoreCore):
                 row = (
                     self.db.execute(
                         "INSERT INTO cells (digest, endpoint, model, prompt_id, prompt, axes, input_head, input_tail, "
-                        "num_images, tags, source, stem_head, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        f"num_images, tags, source, stem_head{'' if extra is None else ', extra'}) "
+                        f"VALUES ({', '.join('?' * (len(content) + 1))}) "
                         "ON CONFLICT (digest) DO NOTHING RETURNING id",
-                        (digest, *content[:11], extra),
+                        (digest, *content),
                     ).fetchone()
                     or self.db.execute(
                         "SELECT id FROM cells WHERE digest = ?", (digest,)

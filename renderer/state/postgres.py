@@ -341,7 +341,7 @@ class PostgresStore(Store):
     nsfw_sql = "(result::jsonb -> 'has_nsfw_concepts')::text"
     files_sql = "json_array_length(files::json)"
     kept_sql = (
-        "SELECT e.key, CASE json_typeof(e.value) WHEN 'number' THEN CASE WHEN e.value::text ~ '^-?[0-9]+$' "
+        "SELECT e.key, CASE json_typeof(e.value) WHEN 'number' THEN CASE WHEN e.value::text ~ '^-{0,1}[0-9]+$' "
         "THEN 'integer' ELSE 'real' END WHEN 'boolean' THEN 'true' WHEN 'string' THEN 'text' "
         "ELSE json_typeof(e.value) END, MIN(c.id), MIN(e.n) "
         "FROM cells c CROSS JOIN LATERAL json_each(c.extra::json) WITH ORDINALITY AS e(key, value, n) "
@@ -417,6 +417,23 @@ class PostgresStore(Store):
                         db.execute(ddl)
                         db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
         self.db.execute(f'SET search_path TO "{self.schema}"')
+        cells = {
+            r[0]
+            for r in self.db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+                "AND table_name = 'cells'",
+                (self.schema,),
+            )
+        }
+        if readonly and cells and "extra" not in cells:
+            # Read-only, from before p005: the same views with no kept columns (temporary views
+            # are found before the run's schema).
+            self.db.execute(
+                f'CREATE TEMP VIEW cells AS SELECT *, NULL::text AS extra FROM "{self.schema}".cells'
+            )
+            self.db.execute(
+                jobs_view(PG_KEY, PG_SEED).replace("CREATE VIEW", "CREATE TEMP VIEW", 1)
+            )
 
     def reopen(self) -> PostgresStore:
         return PostgresStore(self.url, self.run_dir, self.run, outage=self.outage)

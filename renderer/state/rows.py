@@ -114,8 +114,15 @@ class Row:
             r["error_kind"],
             r["provider"],
             r["account"],
-            r["extra"],
+            _extra(r),
         )
+
+
+def _extra(r: Any) -> str | None:
+    try:
+        return r["extra"]
+    except (IndexError, KeyError):  # a database from before m011 (read in an old test's schema)
+        return None
 
 
 def sql_error(path: Path, exc: sqlite3.Error) -> StateError:
