@@ -6,8 +6,9 @@ every control character inside its strings, so U+001F never occurs in a value's 
 text splits back exactly; the names are held once per file, not once per row.
 
 Values: JSON scalars (string, integer, float, bool, null) are kept as they are; a nested value
-(a list or an object) is kept as its canonical JSON text, a string; a float that is not finite
-(NaN, as pandas writes for a missing value) is kept as null.
+(a list or an object) is kept as its canonical JSON text, a string; so is an integer outside
+64 bits, as its decimal text; a float that is not finite (NaN, as pandas writes for a missing
+value) is kept as null.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from renderer.manifest.located import Located, Path_
     from renderer.manifest.types import Prompt
 
+_INT64 = -(
+    2**63
+)  # an integer outside int64 is kept as its decimal text (Arrow's int64 cannot hold it)
 SEPARATOR = "\x1f"  # never in a value's JSON: JSON escapes control characters
 
 
@@ -34,7 +38,7 @@ def value_json(value: Any) -> str:
     if kind is str:
         return encode_basestring(value)
     if kind is int:
-        return str(value)
+        return str(value) if _INT64 <= value < -_INT64 else f'"{value}"'
     if kind is bool:
         return "true" if value else "false"
     if value is None:
@@ -59,7 +63,7 @@ def kind_of(value: Any) -> str | None:
     if kind is bool:
         return "bool"
     if kind is int:
-        return "int64"
+        return "int64" if _INT64 <= value < -_INT64 else "string"
     if kind is float:
         return "float64" if math.isfinite(value) else None
     if value is None:

@@ -246,13 +246,14 @@ def prompt_file(
     def absent(present: Iterable[str]) -> list[Problem]:
         """A problem at `keep:` for each kept name that is not one of the file's columns."""
         present = list(present)
+        folded = {p.lower(): p for p in present}  # `Source_URL` for source_url
         listed = ", ".join(present[:20]) + (" …" if len(present) > 20 else "")
         return [
             doc.problem(
                 ("prompts", index, "keep", j),
                 f"the prompt file {rel} has no column {name!r} to keep",
                 allowed=f"its columns: {listed}" if present else "the file's own columns",
-                suggestion=closest(name, present),
+                suggestion=folded.get(name.lower()) or closest(name, present),
             )
             for j, name in enumerate(keep)
             if name not in present
