@@ -322,3 +322,65 @@ def test_each_template_variable_is_a_column(tmp_path: Path):
     }
     card = (data / "README.md").read_text()
     assert all(f"`{column}` (string)" in card for column in ("color", "subject", "alt1"))
+
+
+def _caption_run(folder: Path) -> Path:
+    """A caption file keeping three columns (the second row lacks its license) beside an inline prompt: run
+    on the built-in emulator. Returns the run directory."""
+    rows = [
+        {"caption": "a red fox", "source_url": "https://x/0", "license": "cc0", "original_id": 0},
+        {"caption": "a heron", "source_url": "https://x/1", "original_id": 1},
+        {"caption": "an owl", "source_url": "https://x/2", "license": "cc-by", "original_id": 2},
+    ]
+    (folder / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = write_manifest(
+        folder,
+        output=str(folder / "out"),
+        prompts=[
+            {"id": "cat", "text": "a cat"},
+            {
+                "file": "c.jsonl",
+                "text": "caption",
+                "keep": ["source_url", "license", "original_id"],
+            },
+        ],
+    )
+    code, _, err = cli("run", str(m), "--quiet")
+    assert code == 0, err
+    return folder / "out/t"
+
+
+def test_kept_columns_are_dataset_columns(tmp_path: Path):
+    """A caption set's kept columns are columns of every metadata row (null where a row has none), typed in
+    the card, and `datasets` loads them aligned with each image's caption, as ImageFolder and via the card."""
+    run_dir = _caption_run(tmp_path)
+    data = run_dir / "data"
+    rows = _metadata(data)
+    assert [list(r)[-3:] for r in rows] == [["source_url", "license", "original_id"]] * 4
+    by_prompt = {r["prompt"]: (r["source_url"], r["license"], r["original_id"]) for r in rows}
+    assert by_prompt == {
+        "a cat": (None, None, None),
+        "a red fox": ("https://x/0", "cc0", 0),
+        "a heron": ("https://x/1", None, 1),
+        "an owl": ("https://x/2", "cc-by", 2),
+    }
+    card = (data / "README.md").read_text()
+    assert '  - name: "original_id"\n    dtype: int64' in card
+    assert "`source_url` (string), `license` (string), `original_id` (int64)" in card
+    assert _canonical(rows) == _canonical(_rows_from_state(run_dir))  # export reads the same rows
+    datasets = pytest.importorskip("datasets")
+    for loaded in (
+        datasets.load_dataset(str(data), cache_dir=str(tmp_path / "c1")),
+        datasets.load_dataset("imagefolder", data_dir=str(data), cache_dir=str(tmp_path / "c2")),
+    ):
+        train = loaded["train"]
+        assert str(train.features["original_id"].dtype) == "int64"
+        assert str(train.features["source_url"].dtype) == "string"
+        got = {r["prompt"]: (r["source_url"], r["license"], r["original_id"]) for r in train}
+        assert got == by_prompt
+        raw = train.cast_column("image", datasets.Image(decode=False))
+        for record in raw:  # each image is the one rendered for its row's caption
+            source = next(r for r in rows if r["prompt"] == record["prompt"])
+            image = record["image"]
+            blob = image["bytes"] or Path(image["path"]).read_bytes()
+            assert hashlib.sha256(blob).hexdigest() == source["sha256"]
