@@ -71,6 +71,22 @@ def kind_of(value: Any) -> str | None:
     return "string"
 
 
+def _kinds(values: list[Any]) -> set[str]:
+    """{kind_of(v) for v in values} but None, by type first (a Parquet column has one or two)."""
+    found: set[str | None] = set()
+    for kind in set(map(type, values)):
+        if kind is int or kind is float:  # a range or a finiteness to look at
+            some = [v for v in values if type(v) is kind]
+            if kind is int and min(some) >= _INT64 and max(some) < -_INT64:
+                found.add("int64")
+            else:
+                found.update(map(kind_of, some))
+        else:
+            found.add(kind_of(next(v for v in values if type(v) is kind)))
+    found.discard(None)
+    return found  # type: ignore[return-value]  # None discarded
+
+
 class Kept:
     """The kept columns of one prompt file: names in `keep:` order, and the kinds their values had."""
 
@@ -93,7 +109,7 @@ class Kept:
         """The stored texts of a batch of rows given column by column (a Parquet batch)."""
         encoded = []
         for name, values in zip(self.names, columns, strict=True):
-            self.kinds[name].update(k for k in set(map(kind_of, values)) if k is not None)
+            self.kinds[name].update(_kinds(values))
             encoded.append(map(value_json, values))
         return list(map(SEPARATOR.join, zip(*encoded, strict=True)))
 
