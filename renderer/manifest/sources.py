@@ -126,7 +126,8 @@ def _csv_rows(
                                 col,
                                 f"unknown column {column!r}",
                                 allowed=", ".join(CSV_COLUMNS)
-                                + "; or name the file's own columns: `- {file: …, text: COLUMN}`",
+                                + "; or name the file's own columns: `- {file: …, text: COLUMN}`"
+                                + "; or carry it into the dataset: `keep: [COLUMN]`",
                                 suggestion=closest(column, CSV_COLUMNS),
                             )
                         )
