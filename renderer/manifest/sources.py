@@ -97,11 +97,8 @@ def _csv_rows(
                 continue
             if header is None:
                 header = [c.strip() for c in record]
-                if kept is not None and absent is not None:
-                    missing = absent(header)
-                    if missing:
-                        problems.extend(missing)
-                        return
+                missing = absent(header) if kept is not None and absent is not None else []
+                problems.extend(missing)
                 if columns:
                     text_column = columns.get("text", "text")
                     if text_column not in header:
@@ -115,6 +112,8 @@ def _csv_rows(
                                 suggestion=closest(text_column, header),
                             )
                         )
+                        return
+                    if missing:
                         return
                     continue
                 for col, column in enumerate(header, 1):
