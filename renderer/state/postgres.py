@@ -345,7 +345,8 @@ class PostgresStore(Store):
         "THEN 'integer' ELSE 'real' END WHEN 'boolean' THEN 'true' WHEN 'string' THEN 'text' "
         "ELSE json_typeof(e.value) END, MIN(c.id), MIN(e.n) "
         "FROM cells c CROSS JOIN LATERAL json_each(c.extra::json) WITH ORDINALITY AS e(key, value, n) "
-        "WHERE c.extra IS NOT NULL AND c.id IN (SELECT cell FROM job WHERE in_plan = 1) GROUP BY 1, 2"
+        "WHERE c.extra IS NOT NULL AND c.id IN "
+        "(SELECT cell FROM job WHERE in_plan = 1 AND state = 'downloaded') GROUP BY 1, 2"
     )
 
     outage = 0.0  # seconds to ride out a lost connection (set by open_store)
