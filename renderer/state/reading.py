@@ -52,7 +52,8 @@ class Reading(StoreCore):
             yield json.loads(r[0])
 
     # Each kept column's JSON types over the finished jobs' cells: (name, type, first cell, place
-    # in it). Finished only: typing a 1M-job plan's cells took ~6 s, its 20k finished ones 0.15 s.
+    # in it). Finished only: an export holds only those, and a caption set's plan has a cell per job
+    # (a million, for a trial's few hundred finished ones).
     kept_sql = (
         "SELECT e.key, e.type, MIN(c.id), MIN(e.id) FROM cells c, json_each(c.extra) e "
         "WHERE c.extra IS NOT NULL AND c.id IN "
