@@ -384,3 +384,31 @@ def test_kept_columns_are_dataset_columns(tmp_path: Path):
             image = record["image"]
             blob = image["bytes"] or Path(image["path"]).read_bytes()
             assert hashlib.sha256(blob).hexdigest() == source["sha256"]
+
+
+def test_adding_or_editing_kept_columns_renders_nothing_again(tmp_path: Path):
+    """`keep:` added to a finished run, then a kept value edited: each rerun writes no image, and
+    metadata.jsonl's rows then hold the file's current values."""
+    (tmp_path / "c.csv").write_text("caption,license\na red fox,cc0\na heron,cc-by\n")
+    entry: dict[str, Any] = {"file": "c.csv", "text": "caption"}
+    m = write_manifest(tmp_path, output=str(tmp_path / "out"), prompts=[entry], seeds=[1, 2])
+    data = tmp_path / "out/t/data"
+    assert cli("run", str(m), "--quiet")[0] == 0
+    images = {p: p.stat().st_mtime_ns for p in _images(data)}
+    write_manifest(
+        tmp_path,
+        output=str(tmp_path / "out"),
+        prompts=[{**entry, "keep": ["license"]}],
+        seeds=[1, 2],
+    )
+    for licenses in (("cc0", "cc-by"), ("cc0", "mit")):
+        (tmp_path / "c.csv").write_text(
+            f"caption,license\na red fox,{licenses[0]}\na heron,{licenses[1]}\n"
+        )
+        code, out, err = cli("run", str(m))
+        assert code == 0 and "0 images written" in out, err
+        rows = _metadata(data)
+        assert sorted((r["prompt"], r["license"]) for r in rows) == sorted(
+            [("a red fox", licenses[0]), ("a heron", licenses[1])] * 2
+        )
+    assert {p: p.stat().st_mtime_ns for p in _images(data)} == images
