@@ -2,7 +2,7 @@
 
 A Parquet file of --captions distinct captions (12 random words and the row number) with three more
 columns (source_url, license, original_id), named in the manifest as `{file: captions.parquet, text:
-caption}` on one model with one seed, rendered by the emulator in its own process (`renderer
+caption, keep: [source_url, license, original_id]}` on one model with one seed, rendered by the emulator in its own process (`renderer
 emulator --workers S --latency L`, the run's `--concurrency S`: what a dataset builder's account
 would allow, so the slice takes minutes, not hours):
 
@@ -11,12 +11,13 @@ would allow, so the slice takes minutes, not hours):
   export   `renderer export RUN --format parquet`
   load     `datasets.load_dataset("parquet", data_files=…)` of the export, then checked row by row:
            every caption is one of the file's, each image's bytes hash to the sha256 its job's
-           sidecar recorded for that caption (images and captions aligned), and, when the export
-           carries the caption set's other columns, each row's source_url / original_id are its
-           caption's row's.
+           sidecar recorded for that caption (images and captions aligned), and each row's
+           source_url / license / original_id are its caption's row's (a kept column missing
+           from the export is a problem).
 
 Wall time and peak RSS (GNU time) per command; one run (the slice takes minutes).
 Reproduce:  python bench/caption_dataset.py --captions 1000000 --slice 100000
+(--keep "" leaves the kept columns out of the manifest: the run before issue 22's `keep:`.)
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def timed(argv: list[str], folder: Path) -> tuple[float, float, str]:
     return float(seconds), int(kib) / 1024, done.stdout
 
 
-def check(folder: Path, export: Path, run: Path, n: int) -> tuple[int, list[str], list[str]]:
+def check(
+    folder: Path, export: Path, run: Path, n: int, keep: bool
+) -> tuple[int, list[str], list[str]]:
     """(rows loaded, columns, problems) of the export as `datasets` loads it."""
     import datasets
 
@@ -74,6 +77,8 @@ def check(folder: Path, export: Path, run: Path, n: int) -> tuple[int, list[str]
             prompt = meta.get("prompt") or meta.get("input", {}).get("prompt")
             recorded[meta["sha256"]] = str(prompt)
     extra = [c for c in EXTRA if c in ds.column_names]
+    if keep:
+        problems += [f"the export has no {c!r} column" for c in EXTRA if c not in extra]
     for i, row in enumerate(ds):
         caption = row.get("prompt") or row.get("text") or row.get("caption")
         number = int(str(caption).rsplit(" ", 1)[-1])
@@ -84,8 +89,10 @@ def check(folder: Path, export: Path, run: Path, n: int) -> tuple[int, list[str]
             problems.append(f"row {i}: image {sha[:12]} was rendered for {recorded.get(sha)!r}")
         if "source_url" in extra and row["source_url"] != f"https://example.org/{number}":
             problems.append(f"row {i}: source_url {row['source_url']!r} is not row {number}'s")
-        if "original_id" in extra and int(row["original_id"]) != number:
+        if "original_id" in extra and row["original_id"] != number:
             problems.append(f"row {i}: original_id {row['original_id']!r} is not {number}")
+        if "license" in extra and row["license"] != "cc0-1.0":
+            problems.append(f"row {i}: license {row['license']!r} is not the file's cc0-1.0")
         if len(problems) > 20:
             break
     return len(ds), list(ds.column_names), problems
@@ -99,7 +106,11 @@ def main() -> int:
     ap.add_argument("--slice", type=int, default=100_000)
     ap.add_argument("--slots", type=int, default=64, help="emulator slots = --concurrency")
     ap.add_argument("--latency", default="0.05", help="emulator service time")
-    ap.add_argument("--keep", default="", help="a manifest key naming extra columns, e.g. keep")
+    ap.add_argument(
+        "--keep",
+        default="keep",
+        help="the manifest key naming the kept columns (default keep; empty: none kept)",
+    )
     ap.add_argument(
         "--workdir", type=Path, help="keep the files here (default: a temporary folder)"
     )
@@ -140,7 +151,7 @@ def main() -> int:
         emu.__exit__(None, None, None)
         started = time.monotonic()
         loaded, columns, problems = check(
-            folder, folder / "export", folder / "out" / "captions", args.captions
+            folder, folder / "export", folder / "out" / "captions", args.captions, bool(args.keep)
         )
         rows.append(
             [
@@ -159,7 +170,7 @@ def main() -> int:
     print(
         f"# reproduce: python bench/caption_dataset.py --captions {args.captions} --slice {args.slice} "
         f"--slots {args.slots} --latency {args.latency}"
-        + (f" --keep {args.keep}" if args.keep else "")
+        + (" --keep " + (args.keep or "''") if args.keep != "keep" else "")
     )
     print(table(["step", "s", "peak MiB", "says"], rows))
     print(f"# columns: {', '.join(columns)}")

@@ -2,7 +2,8 @@
 
 N distinct captions (12 random words and a number, ~75 bytes) on one model with one seed each,
 in a .txt file, and as a .parquet file with a `caption` column and three more columns the
-renderer does not read. Per tree (a checkout of this repository, run with PYTHONPATH=TREE) and
+renderer does not read (source `keep`: the same file keeping them, `keep: [source_url, license,
+original_id]`). Per tree (a checkout of this repository, run with PYTHONPATH=TREE) and
 case, the whole command's wall time and peak RSS (GNU time), medians of --runs alternated runs:
   validate   `renderer validate` (load the prompts, plan, check every job)
   trial      `renderer run --max-jobs 20` on the built-in emulator, from a fresh output folder
@@ -76,7 +77,13 @@ def captions(folder: Path, n: int) -> None:
 
 
 def manifest(folder: Path, source: str) -> Path:
-    entry = "{file: captions.txt}" if source == "txt" else "{file: captions.parquet, text: caption}"
+    """txt, parquet, or keep (the parquet file keeping its three other columns as dataset columns)."""
+    entry = "{file: captions.txt}" if source == "txt" else "{file: captions.parquet, text: caption"
+    entry += (
+        ", keep: [source_url, license, original_id]}"
+        if source == "keep"
+        else "}" * (source != "txt")
+    )
     path = folder / f"{source}.yaml"
     path.write_text(
         f"name: {source}\nprovider: emulator\noutput: out\nprompts: [{entry}]\n"
@@ -120,7 +127,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         captions(folder, args.captions)
-        sources = [s for s in args.sources.split(",") if (folder / f"captions.{s}").exists()]
+        sources = [
+            s
+            for s in args.sources.split(",")
+            if (folder / f"captions.{'parquet' if s == 'keep' else s}").exists()
+        ]
         for _ in range(args.runs):
             for source in sources:
                 m = manifest(folder, source)
@@ -151,6 +162,8 @@ def main() -> None:
     print(table(["source", "case", "tree", "s", "peak MiB", "time ratio to tree 0"], rows))
     print(
         f"reproduce: python bench/captions.py --captions {args.captions} --runs {args.runs} "
+        + (f" --sources {args.sources}" if args.sources != "txt,parquet" else "")
+        + " "
         + " ".join(map(str, trees))
     )
 

@@ -38,6 +38,28 @@ SIDECAR_SUFFIX = ".json"
 DATA_DIR = "data"  # the dataset folder inside a run directory
 SUPERSEDED_DIR = "superseded"  # where a job's images go when it leaves the plan (never deleted)
 DB_NAME = "renderer.sqlite"
+# The columns every dataset row has (output/dataset.py types them), `image` being the one
+# `datasets` makes of file_name: a prompt file's kept column (`keep:`) may not take these names.
+DATASET_COLUMNS = (
+    "file_name",
+    "prompt",
+    "prompt_id",
+    "model",
+    "endpoint",
+    "seed",
+    "image_index",
+    "job_key",
+    "request_id",
+    "provider",
+    "width",
+    "height",
+    "sha256",
+    "content_type",
+    "has_nsfw_concepts",
+    "tags",
+    "input",
+)
+AXIS_PREFIX = "axis_"  # an axis whose name is one of DATASET_COLUMNS is a column of this prefix
 LOCK_NAME = ".renderer.lock"
 RUN_RECORD = "run.json"
 REPORT_DIR = "report"

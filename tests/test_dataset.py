@@ -322,3 +322,93 @@ def test_each_template_variable_is_a_column(tmp_path: Path):
     }
     card = (data / "README.md").read_text()
     assert all(f"`{column}` (string)" in card for column in ("color", "subject", "alt1"))
+
+
+def _caption_run(folder: Path) -> Path:
+    """A caption file keeping three columns (the second row lacks its license) beside an inline prompt: run
+    on the built-in emulator. Returns the run directory."""
+    rows = [
+        {"caption": "a red fox", "source_url": "https://x/0", "license": "cc0", "original_id": 0},
+        {"caption": "a heron", "source_url": "https://x/1", "original_id": 1},
+        {"caption": "an owl", "source_url": "https://x/2", "license": "cc-by", "original_id": 2},
+    ]
+    (folder / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = write_manifest(
+        folder,
+        output=str(folder / "out"),
+        prompts=[
+            {"id": "cat", "text": "a cat"},
+            {
+                "file": "c.jsonl",
+                "text": "caption",
+                "keep": ["source_url", "license", "original_id"],
+            },
+        ],
+    )
+    code, _, err = cli("run", str(m), "--quiet")
+    assert code == 0, err
+    return folder / "out/t"
+
+
+def test_kept_columns_are_dataset_columns(tmp_path: Path):
+    """A caption set's kept columns are columns of every metadata row (null where a row has none), typed in
+    the card, and `datasets` loads them aligned with each image's caption, as ImageFolder and via the card."""
+    run_dir = _caption_run(tmp_path)
+    data = run_dir / "data"
+    rows = _metadata(data)
+    assert [list(r)[-3:] for r in rows] == [["source_url", "license", "original_id"]] * 4
+    by_prompt = {r["prompt"]: (r["source_url"], r["license"], r["original_id"]) for r in rows}
+    assert by_prompt == {
+        "a cat": (None, None, None),
+        "a red fox": ("https://x/0", "cc0", 0),
+        "a heron": ("https://x/1", None, 1),
+        "an owl": ("https://x/2", "cc-by", 2),
+    }
+    card = (data / "README.md").read_text()
+    assert '  - name: "original_id"\n    dtype: int64' in card
+    assert "`source_url` (string), `license` (string), `original_id` (int64)" in card
+    assert _canonical(rows) == _canonical(_rows_from_state(run_dir))  # export reads the same rows
+    datasets = pytest.importorskip("datasets")
+    for loaded in (
+        datasets.load_dataset(str(data), cache_dir=str(tmp_path / "c1")),
+        datasets.load_dataset("imagefolder", data_dir=str(data), cache_dir=str(tmp_path / "c2")),
+    ):
+        train = loaded["train"]
+        assert str(train.features["original_id"].dtype) == "int64"
+        assert str(train.features["source_url"].dtype) == "string"
+        got = {r["prompt"]: (r["source_url"], r["license"], r["original_id"]) for r in train}
+        assert got == by_prompt
+        raw = train.cast_column("image", datasets.Image(decode=False))
+        for record in raw:  # each image is the one rendered for its row's caption
+            source = next(r for r in rows if r["prompt"] == record["prompt"])
+            image = record["image"]
+            blob = image["bytes"] or Path(image["path"]).read_bytes()
+            assert hashlib.sha256(blob).hexdigest() == source["sha256"]
+
+
+def test_adding_or_editing_kept_columns_renders_nothing_again(tmp_path: Path):
+    """`keep:` added to a finished run, then a kept value edited: each rerun writes no image, and
+    metadata.jsonl's rows then hold the file's current values."""
+    (tmp_path / "c.csv").write_text("caption,license\na red fox,cc0\na heron,cc-by\n")
+    entry: dict[str, Any] = {"file": "c.csv", "text": "caption"}
+    m = write_manifest(tmp_path, output=str(tmp_path / "out"), prompts=[entry], seeds=[1, 2])
+    data = tmp_path / "out/t/data"
+    assert cli("run", str(m), "--quiet")[0] == 0
+    images = {p: p.stat().st_mtime_ns for p in _images(data)}
+    write_manifest(
+        tmp_path,
+        output=str(tmp_path / "out"),
+        prompts=[{**entry, "keep": ["license"]}],
+        seeds=[1, 2],
+    )
+    for licenses in (("cc0", "cc-by"), ("cc0", "mit")):
+        (tmp_path / "c.csv").write_text(
+            f"caption,license\na red fox,{licenses[0]}\na heron,{licenses[1]}\n"
+        )
+        code, out, err = cli("run", str(m))
+        assert code == 0 and "0 images written" in out, err
+        rows = _metadata(data)
+        assert sorted((r["prompt"], r["license"]) for r in rows) == sorted(
+            [("a red fox", licenses[0]), ("a heron", licenses[1])] * 2
+        )
+    assert {p: p.stat().st_mtime_ns for p in _images(data)} == images

@@ -198,3 +198,54 @@ def test_tar_members_are_what_tarfile_writes(name, data, mtime):
         (got,) = tar.getmembers()
         assert (got.name, got.size, got.mode, got.mtime) == (name, len(data), 0o444, mtime)
         assert tar.extractfile(got).read() == data
+
+
+def test_kept_columns_are_exported_in_both_formats(tmp_path: Path):
+    """A caption set's kept columns reach Parquet (typed, loaded by datasets) and WebDataset rows, aligned with
+    each image and its caption; a row without a value holds null."""
+    (tmp_path / "c.csv").write_text(
+        "caption,source_url,license\na red fox,https://x/0,cc0\na heron,https://x/1,\n"
+    )
+    m = write_manifest(
+        tmp_path,
+        output=str(tmp_path / "out"),
+        prompts=[
+            {"id": "cat", "text": "a cat"},
+            {"file": "c.csv", "text": "caption", "keep": ["source_url", "license"]},
+        ],
+        seeds=[1, 2],
+    )
+    assert cli("run", str(m), "--quiet")[0] == 0
+    run_dir = tmp_path / "out/t"
+    expected = _metadata(run_dir)
+    assert {(r["prompt"], r["source_url"], r["license"]) for r in expected.values()} == {
+        ("a cat", None, None),
+        ("a red fox", "https://x/0", "cc0"),
+        ("a heron", "https://x/1", ""),  # CSV: an empty field is empty text
+    }
+    code, out, err = cli("export", str(run_dir), "--format", "parquet", "--json")
+    assert code == 0, err
+    folder = Path(json.loads(out)["dir"])
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(folder / "*.parquet"), cache_dir=str(tmp_path / "c")
+    )["train"].cast_column("image", datasets.Image(decode=False))
+    assert ds.num_rows == 6 and ds.column_names[-2:] == ["source_url", "license"]
+    for record in ds:
+        source = expected[f"{record['job_key']}-{record['image_index']}"]
+        assert (record["prompt"], record["source_url"], record["license"]) == (
+            source["prompt"],
+            source["source_url"],
+            source["license"],
+        )
+        assert hashlib.sha256(record["image"]["bytes"]).hexdigest() == source["sha256"]
+    code, out, err = cli("export", str(run_dir), "--format", "webdataset", "--json")
+    assert code == 0, err
+    done = json.loads(out)
+    rows = {}
+    for name in done["shards"]:
+        with tarfile.open(Path(done["dir"]) / name) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    row = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                    rows[f"{row['job_key']}-{row['image_index']}"] = row
+    assert rows == expected

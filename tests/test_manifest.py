@@ -833,3 +833,157 @@ def test_txt_comment_lines_can_be_prompts(tmp_path: Path):
     )
     assert [p.text for p in on.prompts] == ["a red fox"]
     assert [p.text for p in off.prompts] == ["#sunset over the sea", "a red fox"]
+
+
+def _caption_files(folder: Path) -> dict[str, str]:
+    """The same three-row caption set as .jsonl, .csv and .parquet (columns: caption, source_url,
+    license, original_id; the JSONL's second row lacks its license). → file name: its entry's columns."""
+    rows = [
+        {"caption": "a red fox", "source_url": "https://x/1", "license": "cc0", "original_id": 1},
+        {"caption": "a heron", "source_url": "https://x/2", "original_id": 2},
+        {"caption": "an owl", "source_url": "https://x/3", "license": "cc-by", "original_id": 3},
+    ]
+    (folder / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with (folder / "c.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["caption", "source_url", "license", "original_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    made = {"c.jsonl": "text: caption", "c.csv": "text: caption"}
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return made
+    pq.write_table(
+        pa.table(
+            {
+                k: [r.get(k) for r in rows]
+                for k in ("caption", "source_url", "license", "original_id")
+            }
+        ),
+        folder / "c.parquet",
+    )
+    return {**made, "c.parquet": "text: caption"}
+
+
+def test_kept_columns_ride_with_each_prompt(tmp_path: Path):
+    """`keep:` gives each row its kept values, typed as the file holds them (CSV: text), null where a row lacks one."""
+    for name, columns in _caption_files(tmp_path).items():
+        m = parse(
+            _manifest_with(
+                tmp_path, f"{{file: {name}, {columns}, keep: [source_url, license, original_id]}}"
+            ).read_text(),
+            tmp_path / "m.yaml",
+        )
+        extras = [json.loads(p.extra or "") for p in m.prompts]
+        assert [list(e) for e in extras] == [["source_url", "license", "original_id"]] * 3
+        assert [e["source_url"] for e in extras] == ["https://x/1", "https://x/2", "https://x/3"]
+        number = str if name == "c.csv" else int
+        assert [e["original_id"] for e in extras] == [number(1), number(2), number(3)]
+        assert extras[1]["license"] == ("" if name == "c.csv" else None)
+        plain = parse(
+            _manifest_with(tmp_path, f"{{file: {name}, {columns}}}").read_text(),
+            tmp_path / "m.yaml",
+        )
+        assert [p.extra for p in plain.prompts] == [None] * 3
+        assert [(p.id, p.text) for p in plain.prompts] == [(p.id, p.text) for p in m.prompts]
+    # A JSONL file read without a mapping: kept keys are allowed beside id and text.
+    (tmp_path / "p.jsonl").write_text(
+        '{"id": "a", "text": "a fox", "url": "u", "meta": {"w": 1}}\n'
+    )
+    m = parse(
+        _manifest_with(tmp_path, "{file: p.jsonl, keep: [url, meta]}").read_text(),
+        tmp_path / "m.yaml",
+    )
+    assert m.prompts[0].extra == '{"url":"u","meta":"{\\"w\\":1}"}'  # nested: its JSON text
+
+
+@settings(
+    deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.sampled_from(["c.jsonl", "c.csv", "c.parquet"]),
+    st.sampled_from(["source_url", "license", "original_id"]),
+    st.sampled_from(["drop", "double", "swap", "case"]),
+    st.integers(0, 6),
+)
+def test_a_kept_name_the_file_lacks_is_located_with_a_suggestion(
+    tmp_path: Path, name: str, column: str, mistake: str, at: int
+):
+    """A misspelt kept column, in any format: exit 2 at the manifest's keep entry, did-you-mean the
+    file's column, nothing written."""
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    files = _caption_files(folder)
+    if name not in files:
+        return
+    at %= len(column) - 1
+    wrong = {
+        "drop": column[:at] + column[at + 1 :],
+        "double": column[:at] + column[at] + column[at:],
+        "swap": column[:at] + column[at + 1] + column[at] + column[at + 2 :],
+        "case": column.upper(),
+    }[mistake]
+    if wrong == column:
+        return
+    m = _manifest_with(folder, f"{{file: {name}, {files[name]}, keep: [{wrong}]}}")
+    m.write_text(m.read_text().replace("name: t\n", "name: t\nprovider: emulator\noutput: out\n"))
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["run", str(m)], stdout=out, stderr=err, environ={})
+    text = err.getvalue()
+    assert code == 2 and "Traceback" not in text, text
+    line = m.read_text().splitlines().index(f"  - {{file: {name}, {files[name]}, keep: [{wrong}]}}")
+    col = m.read_text().splitlines()[line].index(wrong) + 1
+    assert text.startswith(
+        f"{m}:{line + 1}:{col}: $.prompts[0].keep[0]: the prompt file {name} has no column {wrong!r}"
+    ), text
+    assert f"did you mean {column}?" in text
+    assert not (folder / "out").exists()
+
+
+def test_keep_refuses_what_would_clash_or_cannot_be(tmp_path: Path):
+    """keep: on .txt, a column the entry already reads, a dataset column, an axis or variable column, a
+    Parquet column of bytes: each refused at its own place in the manifest, the other side named."""
+    _caption_files(tmp_path)
+    (tmp_path / "p.txt").write_text("a fox\n")
+    cases = {
+        "{file: p.txt, keep: [url]}": ("$.prompts[0].keep", "a .txt prompt file has no columns"),
+        "{file: c.csv, text: caption, keep: [caption]}": (
+            "$.prompts[0].keep[0]",
+            "already read as the prompts' text: the dataset has it as `prompt`",
+        ),
+        "{file: c.jsonl, text: caption, keep: [source_url, seed]}": (
+            "$.prompts[0].keep[1]",
+            "clashes with the dataset's own column 'seed'",
+        ),
+        "{file: c.csv, text: caption, keep: [image]}": (
+            "$.prompts[0].keep[0]",
+            "clashes with the dataset's own column 'image'",
+        ),
+    }
+    for entry, (path, message) in cases.items():
+        with pytest.raises(ManifestError) as caught:
+            parse(_manifest_with(tmp_path, entry).read_text(), tmp_path / "m.yaml")
+        (problem,) = caught.value.problems
+        assert (problem.json_path, message in problem.message) == (path, True), problem
+    m = tmp_path / "m.yaml"
+    m.write_text(
+        "name: t\nprompts:\n  - {file: c.csv, text: caption, keep: [license, source_url]}\n"
+        "  - {id: a, text: 'a {source_url}'}\nmodels: [{endpoint: m, axes: {license: [x]}}]\n"
+        "seeds: [1]\nvars: {source_url: [u]}\n"
+    )
+    with pytest.raises(ManifestError) as caught:
+        parse(m.read_text(), m)
+    found = {p.json_path: p.message for p in caught.value.problems}
+    assert found == {
+        "$.prompts[0].keep[0]": f"kept column 'license' clashes with the axis column 'license' set at {m}:5:31",
+        "$.prompts[0].keep[1]": f"kept column 'source_url' clashes with the axis column 'source_url' set at {m}:7:8",
+    }
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"text": ["a fox"], "blob": [b"\x00\x01"]}), tmp_path / "b.parquet")
+    with pytest.raises(ManifestError) as caught:
+        parse(
+            _manifest_with(tmp_path, "{file: b.parquet, keep: [blob]}").read_text(),
+            tmp_path / "m.yaml",
+        )
+    assert "holds binary data" in caught.value.problems[0].message

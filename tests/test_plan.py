@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, example, given, reject, settings
 from hypothesis import strategies as st
 
 from renderer.errors import ManifestError
@@ -743,3 +743,71 @@ def test_caption_jobs_equal_jobs_made_one_by_one(
         except ManifestError as exc:
             out.append([(p.file, p.line, p.message, p.job) for p in exc.problems])
     assert out[0] == out[1]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    texts=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12),
+        min_size=1,
+        max_size=5,
+        unique=True,
+    ),
+    values=st.lists(st.none() | st.integers(-3, 3) | st.text(max_size=4), min_size=5, max_size=5),
+    models=st.lists(st.sampled_from(MODELS[:3]), min_size=1, max_size=2, unique=True),
+    seeds=st.sampled_from([[1], [3, 1], {"random": 2}, {"start": 1, "count": 3}]),
+    axes=st.sampled_from([{}, {"aspect_ratio": ["1:1", "16:9"]}]),
+    layout=st.sampled_from(["flat", "sharded"]),
+    fmt=st.sampled_from(["jsonl", "csv"]),
+)
+def test_keep_changes_no_key_or_path_and_the_digest_follows_the_values(
+    tmp_path: Path, registry: SchemaRegistry, texts, values, models, seeds, axes, layout, fmt
+):
+    """Adding `keep:` never changes a job's key, path, input or place; each job carries its prompt's
+    values; changing a kept value changes the plan's digest and nothing else."""
+    import csv
+    import json
+
+    def plan_of(keep: bool, change: int | None = None) -> plan.Plan:
+        folder = tmp_path  # one folder: `where` (file:line) is part of the digest
+        rows = [
+            {"text": t, "src": values[i] if i != change else "changed"} for i, t in enumerate(texts)
+        ]
+        if fmt == "jsonl":
+            (folder / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            with (folder / "p.csv").open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, ["text", "src"])
+                writer.writeheader()
+                writer.writerows(rows)
+        entry: dict[str, Any] = {"file": f"p.{fmt}", "text": "text"}
+        if keep:
+            entry["keep"] = ["src"]
+        data = {"name": "t", "layout": layout, "prompts": [entry], "models": models}
+        text = yaml.safe_dump({**data, "seeds": seeds, "axes": axes}, sort_keys=False)
+        try:
+            return plan.build(parse(text, folder / "m.yaml"), registry)
+        except ManifestError:  # a text only whitespace, or two texts the same once stripped
+            reject()
+
+    def shape(p: plan.Plan) -> list[tuple[Any, ...]]:
+        return [(j.index, j.key, j.stem, j.paths(), j.input, j.prompt_id, j.where) for j in p.jobs]
+
+    without, kept = plan_of(False), plan_of(True)
+    assert shape(kept) == shape(without)
+    assert all(j.extra is None for j in without.jobs)
+    # every job carries exactly its prompt's kept values
+    expected = {p.id: p.extra for p in kept.manifest.prompts}
+    assert [j.extra for j in kept.jobs] == [expected[j.prompt_id] for j in kept.jobs]
+    assert all(j.extra is not None for j in kept.jobs)
+    assert [kept.jobs[i] for i in range(len(kept.jobs))] == list(kept.jobs)  # located, not walked
+    assert kept.digest != without.digest
+    changed = plan_of(True, change=len(texts) - 1)
+    assert shape(changed) == shape(kept)
+    assert (changed.digest == kept.digest) == (
+        [j.extra for j in changed.jobs] == [j.extra for j in kept.jobs]
+    )
+    straight = _Straightforward(kept.manifest, registry).build()
+    assert list(straight.jobs) == list(kept.jobs)  # the shortcuts carry the values too

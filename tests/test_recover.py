@@ -272,3 +272,39 @@ def test_a_duplicate_after_a_lost_state_is_counted_as_paid_twice(
     assert "already held this job's image from an earlier request" in err
     record = json.loads(storage.read("run.json") or b"{}")
     assert record["paid_twice"]["this_run"] == 1
+
+
+def test_kept_columns_survive_a_lost_database(tmp_path: Path):
+    """A caption set's kept columns come from the plan, not the state: after the database is lost, the
+    rerun adopts the images, pays for nothing, and metadata.jsonl carries the same kept values."""
+    (tmp_path / "c.jsonl").write_text(
+        "".join(
+            json.dumps({"caption": f"a fox {i}", "source_url": f"u{i}", "original_id": i}) + "\n"
+            for i in range(3)
+        )
+    )
+    m = write_manifest(
+        tmp_path,
+        prompts=[{"file": "c.jsonl", "text": "caption", "keep": ["source_url", "original_id"]}],
+    )
+    run_dir = tmp_path / "o/t"
+    metadata = run_dir / "data/metadata.jsonl"
+    with background_emulator(service=FAST) as emu:
+        base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "o"))
+        assert cli(*base, "--quiet", env=ENV)[0] == 0
+        before = metadata.read_text()
+        (run_dir / "renderer.sqlite").unlink()
+        code, _, err = cli(*base, env=ENV)
+        assert emu.stats()["submits"] == 3 and emu.stats()["duplicate_submits"] == 0
+    assert code == 0, err
+    rows = [json.loads(line) for line in metadata.read_text().splitlines()]
+    assert {(r["prompt"], r["source_url"], r["original_id"]) for r in rows} == {
+        (f"a fox {i}", f"u{i}", i) for i in range(3)
+    }
+
+    # Each image with the same kept values as before (the NSFW flags are not in a sidecar).
+    def kept(text: str) -> set[tuple[str, str, int]]:
+        rows = [json.loads(line) for line in text.splitlines()]
+        return {(r["sha256"], r["source_url"], r["original_id"]) for r in rows}
+
+    assert kept(metadata.read_text()) == kept(before) and len(kept(before)) == 3

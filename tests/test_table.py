@@ -67,3 +67,29 @@ def test_a_log_finds_what_came_twice_as_a_set_would(
         monkeypatch.setattr(table, "SMALL_LOG", small)
         assert a.repeated() == {x for x in low_a if low_a.count(x) > 1}
         assert a.common(b) == set(low_a) & set(low_b) and len(a) == len(left)
+
+
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.tuples(_TEXT, st.text(max_size=5) | st.none(), st.integers(-9, 9) | st.none()),
+        max_size=10,
+    ),
+    st.integers(0, 10),
+)
+def test_kept_values_come_back_with_their_rows(rows, start: int):
+    """A table with kept columns gives each prompt its own values (Prompt.extra), whichever row a read starts at."""
+    import json
+
+    from renderer.manifest.kept import Kept
+
+    kept = Kept(["source_url", "original_id"])
+    table = PromptTable("p.jsonl", ("prompts", 0, "file"), kept)
+    for n, (text, url, number) in enumerate(rows, 1):
+        table.add(n, text_id(text), text, extra=kept.row([url, number]))
+    expected = [{"source_url": url, "original_id": number} for _, url, number in rows]
+    assert [json.loads(p.extra or "") for p in table] == expected
+    assert [json.loads(p.extra or "") for p in table[start:]] == expected[start:]
+    with pytest.raises(ValueError):
+        table.add(99, "x", "x")  # a row without its values would shift every later row's
+    assert PromptTable("p.txt", ("prompts", 0, "file")).kept is None

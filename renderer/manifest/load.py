@@ -20,6 +20,7 @@ from renderer.manifest.checks import (
     semantic_problems,
     structure_problems,
 )
+from renderer.manifest.kept import axis_columns, keep_problems
 from renderer.manifest.located import load_yaml
 from renderer.manifest.sources import (
     MAX_MANIFEST_BYTES,
@@ -120,14 +121,11 @@ def parse(text: str, file: Path) -> Manifest:
     parts: list[Sequence[Prompt]] = []
     inline: list[Prompt] = []  # every inline prompt (only these may be templates)
     unread = 0  # prompts whose template could not be parsed
+    files: list[tuple[int, dict[str, Any]]] = []  # read once the inline prompts' axes are known
     for i, item in enumerate(raw["prompts"]):
         if "file" in item:
-            columns = {k: item[k] for k in ("text", "id", "tags") if k in item}
-            from_file, errs = prompt_file(
-                doc, base, i, item["file"], columns, bool(item.get("comments", True))
-            )
-            parts.append(from_file)
-            problems.extend(errs)
+            files.append((i, item))
+            parts.append(PromptTable("", ()))  # its place, filled below
         else:
             line, col = doc.where(("prompts", i))
             if not item["text"].strip():
@@ -151,6 +149,24 @@ def parse(text: str, file: Path) -> Manifest:
             if not parts or isinstance(parts[-1], PromptTable):
                 parts.append([])
             parts[-1].append(prompt)  # type: ignore[attr-defined]  # a list: the branch above
+    axes = axis_columns(raw, inline) if any("keep" in item for _, item in files) else {}
+    at = [n for n, part in enumerate(parts) if isinstance(part, PromptTable)]
+    for n, (i, item) in zip(at, files, strict=True):
+        wrong, keep = keep_problems(doc, i, item, axes)
+        problems += wrong
+        columns: dict[str, str] = {k: item[k] for k in ("text", "id", "tags") if k in item}
+        parts[n], errs = prompt_file(
+            doc,
+            base,
+            i,
+            item["file"],
+            columns,
+            bool(item.get("comments", True)),
+            keep,
+        )
+        # A name refused above is not also "not in the file".
+        refused = {p.json_path for p in wrong}
+        problems.extend(p for p in errs if p.json_path not in refused)
     prompts = Prompts(parts)
     models = []
     for i, item in enumerate(raw["models"]):

@@ -6,13 +6,14 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem, closest
 from renderer.manifest.checks import RESERVED_PARAMS
+from renderer.manifest.kept import Kept, binary_columns
 from renderer.manifest.located import json_path
 from renderer.manifest.reading import (
     MAX_MANIFEST_BYTES,
@@ -34,6 +35,9 @@ from renderer.manifest.types import Prompt
 
 if TYPE_CHECKING:
     from renderer.manifest.located import Located
+
+# Problems at the manifest's `keep:` for kept names the file does not have, given its columns.
+Absent = Callable[[Iterable[str]], list[Problem]]
 
 __all__ = [
     "MAX_MANIFEST_BYTES",
@@ -65,13 +69,19 @@ def _bad_text(body: str) -> str | None:
 
 
 def _csv_rows(
-    path: Path, name: str, columns: dict[str, str] | None, problems: list[Problem]
+    path: Path,
+    name: str,
+    columns: dict[str, str] | None,
+    problems: list[Problem],
+    kept: Kept | None = None,
+    absent: Absent | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows of a CSV read by the csv module from the undecoded-newline text (quoted line breaks
     kept), streamed; problems appended.
 
     Without `columns` the header is id,text[,tags] exactly; with it (a caption set's own
-    header), the named text column must be there and the other columns are not read.
+    header), the named text column must be there and the other columns are not read. Kept
+    columns (`kept`) must be in the header (`absent` says which are not) and are read too.
     """
     # Each block ends at a line break, so its lines are the whole text's lines.
     reader = csv.reader(
@@ -87,6 +97,8 @@ def _csv_rows(
                 continue
             if header is None:
                 header = [c.strip() for c in record]
+                missing = absent(header) if kept is not None and absent is not None else []
+                problems.extend(missing)
                 if columns:
                     text_column = columns.get("text", "text")
                     if text_column not in header:
@@ -101,9 +113,11 @@ def _csv_rows(
                             )
                         )
                         return
+                    if missing:
+                        return
                     continue
                 for col, column in enumerate(header, 1):
-                    if column not in CSV_COLUMNS:
+                    if column not in CSV_COLUMNS and not (kept and column in kept.names):
                         problems.append(
                             Problem(
                                 name,
@@ -111,7 +125,8 @@ def _csv_rows(
                                 col,
                                 f"unknown column {column!r}",
                                 allowed=", ".join(CSV_COLUMNS)
-                                + "; or name the file's own columns: `- {file: …, text: COLUMN}`",
+                                + "; or name the file's own columns: `- {file: …, text: COLUMN}`"
+                                + "; or carry it into the dataset: `keep: [COLUMN]`",
                                 suggestion=closest(column, CSV_COLUMNS),
                             )
                         )
@@ -163,9 +178,14 @@ def _csv_rows(
 
 
 def _jsonl_rows(
-    path: Path, name: str, problems: list[Problem]
+    path: Path,
+    name: str,
+    problems: list[Problem],
+    seen: dict[str, None] | None = None,
+    wanted: Sequence[str] = (),
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows of a JSONL file, streamed; problems appended."""
+    """Rows of a JSONL file, streamed; problems appended; `seen` collects the rows' keys (all
+    of `wanted`, a bounded number of the others)."""
     for n, line in text_lines(path, name):
         if not line.strip():
             continue
@@ -182,6 +202,11 @@ def _jsonl_rows(
         if not isinstance(row, dict):
             problems.append(Problem(name, n, 1, "each line must be a JSON object with id and text"))
             continue
+        if seen is not None:
+            for key in row:
+                # Every kept key found, and the first 1,000 others to suggest from.
+                if key not in seen and (len(seen) < 1000 or key in wanted):
+                    seen[key] = None
         yield n, row
 
 
@@ -196,10 +221,13 @@ def prompt_file(
     rel: str,
     columns: dict[str, str] | None = None,
     comments: bool = True,
+    keep: Sequence[str] = (),
 ) -> tuple[PromptTable, list[Problem]]:
     """The prompts of one `- file:` entry. `columns` maps text/id/tags to the file's own column
     names (a caption set's `caption`, say); a row without an id gets one derived from its text.
-    The file is read as a stream: any size, each row at most MAX_ROW_CHARS."""
+    `keep` names more columns whose values each row carries into the dataset (`Prompt.extra`;
+    see keep_problems for the names allowed). The file is read as a stream: any size, each
+    row at most MAX_ROW_CHARS."""
     where = ("prompts", index, "file")
     columns = columns or {}
     if "\0" in rel:
@@ -214,14 +242,32 @@ def prompt_file(
     shown = str(
         base / rel
     )  # as the user wrote it, relative to where they are; `where` keeps the full path
+
+    def absent(present: Iterable[str]) -> list[Problem]:
+        """A problem at `keep:` for each kept name that is not one of the file's columns."""
+        present = list(present)
+        folded = {p.lower(): p for p in present}  # `Source_URL` for source_url
+        listed = ", ".join(present[:20]) + (" …" if len(present) > 20 else "")
+        return [
+            doc.problem(
+                ("prompts", index, "keep", j),
+                f"the prompt file {rel} has no column {name!r} to keep",
+                allowed=f"its columns: {listed}" if present else "the file's own columns",
+                suggestion=folded.get(name.lower()) or closest(name, present),
+            )
+            for j, name in enumerate(keep)
+            if name not in present
+        ]
+
+    kept = Kept(keep) if keep and path.suffix != ".txt" else None
     if path.suffix == ".parquet":
-        read = PromptTable(shown, where)
-        found = _parquet_rows(path, shown, columns, read)
+        read = PromptTable(shown, where, kept)
+        found = _parquet_rows(path, shown, columns, read, absent)
         if not len(read) and not found:
             found.append(doc.problem(where, f"the prompt file {rel} holds no prompts"))
         return read, found
     name = str(path)
-    table = PromptTable(name, where)
+    table = PromptTable(name, where, kept)
     problems: list[Problem] = []
     try:
         read_text_file(path, "prompt file", 0, check_only=True)
@@ -231,13 +277,27 @@ def prompt_file(
                     continue
                 body = text_line.strip()
                 table.add(n, text_id(body), body)
-        else:
-            rows = (
-                _csv_rows(path, name, columns, problems)
-                if path.suffix == ".csv"
-                else _jsonl_rows(path, name, problems)
+        elif path.suffix == ".csv":
+            _prompts(
+                _csv_rows(path, name, columns, problems, kept, absent),
+                name,
+                columns,
+                problems,
+                table,
             )
-            _prompts(rows, name, columns, problems, table)
+        else:
+            seen: dict[str, None] = {}  # a JSONL file's keys, first seen first (for `keep:`)
+            _prompts(
+                _jsonl_rows(path, name, problems, seen if kept else None, keep),
+                name,
+                columns,
+                problems,
+                table,
+            )
+            if kept is not None:
+                # A kept key no row has is a misspelling (a key only some rows have is null in
+                # the others): known once the whole file is read.
+                problems += absent(seen)
     except ManifestError as exc:
         # The file cannot be read as text (or a row is too long): that problem alone.
         return PromptTable(name, where), [replace(p, file=shown) for p in exc.problems]
@@ -253,9 +313,17 @@ def _prompts(
     problems: list[Problem],
     table: PromptTable,
 ) -> None:
-    """Rows (renamed to id/text/tags by `columns`) → the table; problems appended."""
+    """Rows (renamed to id/text/tags by `columns`) → the table; problems appended. The table's
+    kept columns are taken from each row first (null where a row lacks one)."""
     mapped = {columns.get(k, k): k for k in ("id", "text", "tags")}
+    kept = table.kept
+    names = set(kept.names) if kept is not None else set()
+    extra = None
     for n, row in rows:
+        if kept is not None:
+            extra = kept.row([row.get(k) for k in kept.names])
+            if not columns:
+                row = {k: v for k, v in row.items() if k not in names}
         if columns:
             # Mapped: the named columns are read; any other column of a caption set is not ours.
             row = {mapped[k]: v for k, v in row.items() if k in mapped}
@@ -263,14 +331,14 @@ def _prompts(
             row = {**row, "id": text_id(row["text"])}
         got = _row_prompt(row, name, n, problems)
         if got is not None:
-            table.add(n, *got)
+            table.add(n, *got, extra=extra)
 
 
 def _parquet_rows(
-    path: Path, shown: str, columns: dict[str, str], table: PromptTable
+    path: Path, shown: str, columns: dict[str, str], table: PromptTable, absent: Absent
 ) -> list[Problem]:
     """A Parquet file's rows (row number as the line) into `table`, reading only the columns
-    used, a batch at a time."""
+    used (and kept), a batch at a time."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -303,23 +371,36 @@ def _parquet_rows(
                 suggestion=closest(text_column, present),
             )
         ]
+    kept = table.kept
+    if kept is not None:
+        missing = absent(present) or binary_columns(handle.schema_arrow, kept.names, shown)
+        if missing:
+            return missing
     problems: list[Problem] = []
     read = [c for c in wanted if c in present]
+    own = [*read, *(kept.names if kept is not None else ())]
     n = 0
-    for batch in handle.iter_batches(columns=read, batch_size=16384):
+    for batch in handle.iter_batches(columns=own, batch_size=16384):
         if read == [text_column]:
             # Text only (a caption set): each row's id is derived from its text.
-            for body in batch.column(0).to_pylist():
+            texts = batch.column(0).to_pylist()
+            extras: list[Any] = (
+                kept.rows([batch.column(c).to_pylist() for c in kept.names])
+                if kept is not None
+                else [None] * len(texts)
+            )
+            for i, body in enumerate(texts):
                 n += 1
                 if isinstance(body, str) and len(body) <= MAX_ROW_CHARS and not _bad_text(body):
-                    table.add(n, text_id(body), body)
+                    table.add(n, text_id(body), body, extra=extras[i])
                 else:
+                    # A problem to report: the long way, for its message.
                     _prompts(
                         [(n, {} if body is None else {text_column: body})],
                         shown,
                         columns,
                         problems,
-                        table,
+                        PromptTable(shown, table.path),
                     )
             continue
         rows = []
@@ -342,7 +423,7 @@ def _row_prompt(
                 n,
                 1,
                 f"unknown field {key!r}",
-                allowed="id, text, tags, params",
+                allowed="id, text, tags, params; or carry it into the dataset: `keep: [NAME]`",
                 suggestion=closest(key, ("id", "text", "tags", "params")),
             )
         )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, overload
 from renderer.manifest.types import Prompt
 
 if TYPE_CHECKING:
+    from renderer.manifest.kept import Kept
     from renderer.manifest.located import Path_
 
 
@@ -144,12 +145,14 @@ def text_fingerprint(text: str, params: dict[str, Any]) -> int:
 # A Prompt made without its dataclass __init__ (which sets each field through the frozen
 # class's guard): rows are made a million at a time. Same fields, same object.
 _new = object.__new__
-_id, _text, _params, _tags, _where, _path, _template = (
+_id, _text, _params, _tags, _where, _path, _template, _extra = (
     getattr(Prompt, name).__set__ for name in Prompt.__dataclass_fields__
 )
 
 
-def _prompt(pid: str, text: str, params: Any, tags: Any, where: Any, path: Any) -> Prompt:
+def _prompt(
+    pid: str, text: str, params: Any, tags: Any, where: Any, path: Any, extra: str | None = None
+) -> Prompt:
     p = _new(Prompt)
     _id(p, pid)
     _text(p, text)
@@ -158,6 +161,7 @@ def _prompt(pid: str, text: str, params: Any, tags: Any, where: Any, path: Any) 
     _where(p, where)
     _path(p, path)
     _template(p, None)
+    _extra(p, extra)
     return p
 
 
@@ -174,6 +178,8 @@ class PromptTable(Sequence[Prompt]):
 
     __slots__ = (
         "_ends",
+        "_extra_ends",
+        "_extras",
         "_id_ends",
         "_ids",
         "_lines",
@@ -181,13 +187,18 @@ class PromptTable(Sequence[Prompt]):
         "_texts",
         "file",
         "folded_ids",
+        "kept",
         "path",
         "texts_params",
     )
 
-    def __init__(self, file: str, path: Path_) -> None:
+    def __init__(self, file: str, path: Path_, kept: Kept | None = None) -> None:
         self.file = file
         self.path = path
+        # The kept columns (`keep:`): each row's values as one text in a shared buffer (kept.py).
+        self.kept = kept
+        self._extras = bytearray()
+        self._extra_ends = array("Q")
         self._texts = bytearray()
         self._ends = array("Q")
         self._ids = bytearray()
@@ -206,7 +217,14 @@ class PromptTable(Sequence[Prompt]):
         text: str,
         params: dict[str, Any] | None = None,
         tags: tuple[str, ...] = (),
+        extra: str | None = None,
     ) -> None:
+        """One row; `extra` is its kept values as kept.Kept.row stores them (with `kept` only)."""
+        if self.kept is not None:
+            if extra is None:  # every row has its values, or the offsets would not line up
+                raise ValueError("a row of a table with kept columns needs its kept values")
+            self._extras += extra.encode()
+            self._extra_ends.append(len(self._extras))
         if params or tags:
             self._more[len(self._ends)] = (params or _NO_PARAMS, tags)
         self.texts_params.add(text_fingerprint(text, params or _NO_PARAMS))
@@ -244,9 +262,15 @@ class PromptTable(Sequence[Prompt]):
         more, file, path = self._more, self.file, self.path
         at = ends[start - 1] if start else 0
         id_at = id_ends[start - 1] if start else 0
+        kept, extras, extra_ends = self.kept, self._extras, self._extra_ends
+        extra_at = extra_ends[start - 1] if start and kept is not None else 0
+        extra = None
         for i in range(start, stop):
             end, id_end = ends[i], id_ends[i]
             params, tags = more.get(i, (_NO_PARAMS, ()))
+            if kept is not None:
+                extra = kept.text(extras[extra_at : extra_ends[i]].decode())
+                extra_at = extra_ends[i]
             yield _prompt(
                 ids[id_at:id_end].decode(),
                 texts[at:end].decode(),
@@ -254,6 +278,7 @@ class PromptTable(Sequence[Prompt]):
                 tags,
                 (file, lines[i], 1),
                 path,
+                extra,
             )
             at, id_at = end, id_end
 

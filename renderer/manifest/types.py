@@ -29,6 +29,9 @@ class Prompt:
     where: tuple[str, int, int]  # file, line, col
     path: Path_  # JSON path in the manifest (or ("prompts", i) for a prompt file's row)
     template: Template | None = None  # None: the text is sent as written (no variable in it)
+    # A prompt file's kept columns (`keep:`) as one compact JSON object text, keys in `keep:`
+    # order; None when the entry keeps nothing. Never sent, never part of a key or a path.
+    extra: str | None = None
 
 
 @dataclass(frozen=True)

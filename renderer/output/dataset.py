@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderer.canonical import canonical_json
-from renderer.layout import CARD, DATA_DIR, METADATA, RUN_RECORD
+from renderer.layout import AXIS_PREFIX, CARD, DATA_DIR, DATASET_COLUMNS, METADATA, RUN_RECORD
 from renderer.output import files
 from renderer.state.store import Store
 
@@ -38,28 +38,44 @@ if TYPE_CHECKING:
 
 IMAGE_GLOBS = ("**/*.png", "**/*.jpg", "**/*.webp")
 
-# Column → Arrow/`datasets` dtype, in the order rows are written. file_name is ImageFolder's
-# link to the image (it becomes the `image` column on load).
-FIXED: dict[str, str] = {
-    "file_name": "string",
-    "prompt": "string",
-    "prompt_id": "string",
-    "model": "string",
-    "endpoint": "string",
-    "seed": "int64",
-    "image_index": "int64",
-    "job_key": "string",
-    "request_id": "string",
-    "provider": "string",
-    "width": "int64",
-    "height": "int64",
-    "sha256": "string",
-    "content_type": "string",
-    "has_nsfw_concepts": "bool",
-    "tags": "list<string>",
-    "input": "string",
-}
-AXIS_PREFIX = "axis_"  # an axis whose name is a fixed column's gets this prefix
+# Column → Arrow/`datasets` dtype, in the order rows are written (layout.DATASET_COLUMNS: the
+# names a kept column may not take). file_name is ImageFolder's link to the image (it becomes
+# the `image` column on load).
+FIXED: dict[str, str] = dict(
+    zip(
+        DATASET_COLUMNS,
+        (
+            "string",  # file_name
+            "string",  # prompt
+            "string",  # prompt_id
+            "string",  # model
+            "string",  # endpoint
+            "int64",  # seed
+            "int64",  # image_index
+            "string",  # job_key
+            "string",  # request_id
+            "string",  # provider
+            "int64",  # width
+            "int64",  # height
+            "string",  # sha256
+            "string",  # content_type
+            "bool",  # has_nsfw_concepts
+            "list<string>",  # tags
+            "string",  # input
+        ),
+        strict=True,
+    )
+)
+
+
+def _dtype(seen: set[str]) -> str:
+    """One column's dtype from the kinds of its values: one kind is its own; ints and floats are
+    float64; anything else (a mix, nested values, no value at all) is string."""
+    if len(seen) == 1 and "json" not in seen:
+        return next(iter(seen))
+    if seen and seen <= {"int64", "float64"}:
+        return "float64"
+    return "string"
 
 
 def _kind(value: Any) -> str:
@@ -76,9 +92,16 @@ def _kind(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Columns:
-    """The run's columns: the fixed ones, then one per axis (name → (column, dtype)), in plan order."""
+    """The run's columns: the fixed ones, one per axis (name → (column, dtype)) in plan order,
+    then one per kept column of the prompt files (`keep:`), in the order they are named."""
 
     axes: tuple[tuple[str, str, str], ...]  # (axis, column, dtype)
+    kept: tuple[tuple[str, str], ...] = ()  # (column, dtype): a prompt file's kept columns
+
+    def keeping(self, kinds: Mapping[str, set[str]]) -> Columns:
+        """These columns with the kept ones (column → the kinds of its values: kept.kept_kinds,
+        Store.kept_kinds), typed as an axis is."""
+        return Columns(self.axes, tuple((name, _dtype(seen)) for name, seen in kinds.items()))
 
     @classmethod
     def from_axes(cls, per_job: Iterable[Mapping[str, Any]]) -> Columns:
@@ -90,18 +113,16 @@ class Columns:
                     seen.add(_kind(value))
         found = []
         for name, seen in kinds.items():
-            if len(seen) == 1 and "json" not in seen:
-                dtype = next(iter(seen))
-            elif seen and seen <= {"int64", "float64"}:
-                dtype = "float64"
-            else:
-                dtype = "string"
             column = AXIS_PREFIX + name if name in FIXED else name
-            found.append((name, column, dtype))
+            found.append((name, column, _dtype(seen)))
         return cls(tuple(found))
 
     def dtypes(self) -> dict[str, str]:
-        return {**FIXED, **{column: dtype for _, column, dtype in self.axes}}
+        return {
+            **FIXED,
+            **{column: dtype for _, column, dtype in self.axes},
+            **dict(self.kept),
+        }
 
     def row(
         self, job: Mapping[str, Any], entry: Mapping[str, Any], index: int, provider: str | None
@@ -133,6 +154,10 @@ class Columns:
         axes = job.get("axes") or {}
         for name, column, dtype in self.axes:
             row[column] = _cell(axes.get(name), dtype)
+        if self.kept:
+            extra = job.get("extra") or {}
+            for column, dtype in self.kept:
+                row[column] = _cell(extra.get(column), dtype)
         return row
 
     def features(self) -> list[dict[str, Any]]:
@@ -280,6 +305,13 @@ def card_text(
             "",
             f"One column per swept axis, holding the value the manifest gave (before it was "
             f"translated into each model's own parameters): {described}.",
+        ]
+    if columns.kept:
+        described = ", ".join(f"`{column}` ({dtype})" for column, dtype in columns.kept)
+        lines += [
+            "",
+            "Columns carried over from the prompt files (`keep:`), each row holding its "
+            f"prompt's value (null where its file has none): {described}.",
         ]
     if info.manifest_text is not None:
         fence = "````" if "```" in info.manifest_text else "```"
@@ -462,7 +494,7 @@ def reading(
         with contextlib.suppress(OSError, ValueError, AttributeError):
             provider = json.loads(source.read(RUN_RECORD) or b"null").get("provider")
         with source.store() as store:
-            columns = Columns.from_axes(store.axis_kinds())
+            columns = Columns.from_axes(store.axis_kinds()).keeping(store.kept_kinds())
 
             def rows() -> Iterator[tuple[dict[str, Any], str]]:
                 for job in store.export_rows():

@@ -286,7 +286,6 @@ class Expansion(Variants):
         who = Who(
             model.endpoint, model.name, prompt.id, seed, job_axes
         )  # described only on a problem
-
         if "aspect_ratio" in payload:
             origin = next(
                 (
@@ -326,4 +325,5 @@ class Expansion(Variants):
             prompt.tags,
             f"{prompt.where[0]}:{prompt.where[1]}",
             seed_sent,
+            prompt.extra,
         )

@@ -42,6 +42,9 @@ class Job:
     tags: tuple[str, ...]
     where: str  # "file:line" of the prompt
     seed_sent: bool = True  # False: the endpoint has no seed; `seed` only labels a sample
+    # The prompt's kept columns (`keep:`), a JSON object text (Prompt.extra); None: nothing kept.
+    # Not part of the key or the stem (the same render); part of the plan's digest.
+    extra: str | None = None
 
     def paths(self, ext: str | None = None) -> list[str]:
         ext = ext or predicted_extension(self.input.get("output_format", "png"))
@@ -155,8 +158,9 @@ class Plan:
     costs: dict[str, float | None]  # per model name; None where no price is given
     notes: list[str]  # things worth knowing that are not errors
     # sha256 over the plan in order ("" = unknown): each job's key, model, source and tags, or for
-    # a cell checked whole, its input text without the seed, its seeds, model, source and tags.
-    # Either way a function of exactly the jobs (keys, models, sources, tags) and their order.
+    # a cell checked whole, its input text without the seed, its seeds, model, source and tags;
+    # and its kept columns where it has some. Either way a function of exactly the jobs (keys,
+    # models, sources, tags, kept values) and their order.
     digest: str = ""
     by_model: dict[str, tuple[int, int]] = field(
         default_factory=dict

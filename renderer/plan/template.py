@@ -124,6 +124,7 @@ class CellTemplate:
             j.tags,
             j.where,
             j.seed_sent,
+            j.extra,
         )
 
 
@@ -217,4 +218,5 @@ class PromptColumn:
             prompt.tags,
             f"{prompt.where[0]}:{prompt.where[1]}",
             j.seed_sent,
+            prompt.extra,
         )

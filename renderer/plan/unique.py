@@ -41,7 +41,11 @@ class Tally:
         self.images += job.num_images
         jobs, images = self.by_model.get(job.model, (0, 0))
         self.by_model[job.model] = (jobs + 1, images + job.num_images)
-        self.digest.update(f"{job.key}\0{job.model}\0{job.where}\0{job.tags}\n".encode())
+        line = f"{job.key}\0{job.model}\0{job.where}\0{job.tags}"
+        # Kept values are added only where there are some: a plan without `keep:` keeps its digest.
+        self.digest.update(
+            f"{line}\n".encode() if job.extra is None else f"{line}\0{job.extra}\n".encode()
+        )
 
     def add_block(self, block: CellBlock, seeds: str) -> None:
         """A whole cell at once, without hashing a key: the digest takes the cell's own line.
@@ -57,6 +61,7 @@ class Tally:
         self.images += job.num_images * count
         jobs, images = self.by_model.get(job.model, (0, 0))
         self.by_model[job.model] = (jobs + count, images + job.num_images * count)
+        line = f"cell {block.template.text}\0{seeds}\0{job.model}\0{job.where}\0{job.tags}"
         self.digest.update(
-            f"cell {block.template.text}\0{seeds}\0{job.model}\0{job.where}\0{job.tags}\n".encode()
+            f"{line}\n".encode() if job.extra is None else f"{line}\0{job.extra}\n".encode()
         )

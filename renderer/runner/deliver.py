@@ -26,6 +26,7 @@ from typing import Any
 
 from renderer.errors import JobRejected, RequestGone, StateError, TransientError
 from renderer.layout import DATA_DIR, DB_NAME, RUN_RECORD, SIDECAR_SUFFIX, image_path
+from renderer.manifest.kept import kept_kinds
 from renderer.output import dataset, files, superseded
 from renderer.output.storage import LocalStorage, Storage
 from renderer.plan.cost import image_cost, price_of
@@ -125,9 +126,13 @@ def write_dataset(
         text = None  # a manifest given as a dict (the Python API), or gone since
     info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
     axes = plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
-    columns = dataset.Columns.from_axes(axes if axes is not None else (j.axes for j in plan.jobs))
+    columns = dataset.Columns.from_axes(
+        axes if axes is not None else (j.axes for j in plan.jobs)
+    ).keeping(kept_kinds(manifest.prompts))
     # The rows depend on the plan (its digest), the columns and the provider: any change rewrites them.
-    signature = json.dumps([plan.digest, columns.axes, provider])
+    signature = json.dumps(
+        [plan.digest, columns.axes, provider, *([columns.kept] if columns.kept else [])]
+    )
     if not storage.remote:
         superseded.settle(store, store.run_dir)  # data/ holds exactly what metadata.jsonl lists
         dataset.update(

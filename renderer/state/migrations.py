@@ -191,16 +191,27 @@ JOB_INDEXES = (
 )
 
 
-def jobs_view(key_sql: str, seed_text: str) -> str:
-    """`jobs` as it was before the cells: every column, rebuilt (stem and input from the cell and the seed)."""
+def jobs_view(key_sql: str, seed_text: str, extra: bool = True) -> str:
+    """`jobs` as it was before the cells: every column, rebuilt (stem and input from the cell and the seed).
+
+    `extra`: with the cell's kept columns (m011; False for the migrations before it).
+    """
+    kept = ", c.extra AS extra" if extra else ""
     return f"""
     CREATE VIEW jobs AS SELECT j.id AS id, {key_sql} AS key, j.plan_index AS plan_index, j.in_plan AS in_plan,
         c.endpoint AS endpoint, c.model AS model, c.prompt_id AS prompt_id, c.prompt AS prompt, j.seed AS seed,
         c.axes AS axes, COALESCE(j.stem, c.stem_head || {seed_text}) AS stem,
         CASE WHEN c.input_tail IS NULL THEN c.input_head ELSE c.input_head || {seed_text} || c.input_tail END AS input,
         c.num_images AS num_images, c.tags AS tags, c.source AS source,
-        {", ".join(f"j.{name} AS {name}" for name in JOB_COLUMNS.split(", "))}
+        {", ".join(f"j.{name} AS {name}" for name in JOB_COLUMNS.split(", "))}{kept}
     FROM job j JOIN cells c ON c.id = j.cell"""
+
+
+# Tools and old scripts that update `jobs` directly still can (slowly: by the view's rows).
+JOBS_TRIGGER = f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
+        UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
+        stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
+        {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))} WHERE id = OLD.id; END"""
 
 
 SQLITE_KEY = "COALESCE(j.key_text, 'j1-' || lower(hex(j.k)))"
@@ -234,12 +245,8 @@ def m007_cells(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE jobs")
     for ddl in JOB_INDEXES:
         db.execute(ddl)
-    db.execute(jobs_view(SQLITE_KEY, "j.seed"))
-    # Tools and old scripts that update `jobs` directly still can (slowly: by the view's rows).
-    db.execute(f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
-        UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
-        stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
-        {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))} WHERE id = OLD.id; END""")
+    db.execute(jobs_view(SQLITE_KEY, "j.seed", extra=False))
+    db.execute(JOBS_TRIGGER)
     db.execute("DELETE FROM meta WHERE name = 'plan_digest'")
 
 
@@ -306,6 +313,19 @@ def m009_job_files_trigger(db: sqlite3.Connection) -> None:
 def m010_workers_left(db: sqlite3.Connection) -> None:
     """When a worker's run ended (NULL: still running, or killed): status tells live workers apart."""
     db.execute("ALTER TABLE workers ADD COLUMN left_at REAL")
+
+
+@migration
+def m011_cells_extra(db: sqlite3.Connection) -> None:
+    """A prompt file's kept columns (`keep:`) per cell: one JSON object text, NULL when the
+    prompt keeps nothing (every cell of an older state). `jobs` is rebuilt with it (dropping the
+    view drops its trigger, made again). Nothing else changes: the plan's digest of a manifest
+    without `keep:` is the same, so an older run is not recorded again.
+    """
+    db.execute("ALTER TABLE cells ADD COLUMN extra TEXT")
+    db.execute("DROP VIEW jobs")
+    db.execute(jobs_view(SQLITE_KEY, "j.seed"))
+    db.execute(JOBS_TRIGGER)
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

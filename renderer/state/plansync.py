@@ -136,7 +136,7 @@ class PlanSync(StoreCore):
                     head, tail = text[:at], text[at + len(digits) :]
             if j.stem.endswith(f"/s{digits}"):
                 stem_head = j.stem[: -len(digits)]
-        content = (
+        content: tuple[Any, ...] = (
             j.endpoint,
             j.model,
             j.prompt_id,
@@ -149,6 +149,10 @@ class PlanSync(StoreCore):
             j.where,
             stem_head,
         )
+        # The kept columns only where there are some: every other cell keeps its digest.
+        extra = getattr(j, "extra", None)
+        if extra is not None:
+            content = (*content, extra)
         cell = cells.get(content)
         if cell is None:
             digest = hashlib.sha256(_dumps(content).encode()).digest()[:16]
@@ -158,7 +162,8 @@ class PlanSync(StoreCore):
                 row = (
                     self.db.execute(
                         "INSERT INTO cells (digest, endpoint, model, prompt_id, prompt, axes, input_head, input_tail, "
-                        "num_images, tags, source, stem_head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        f"num_images, tags, source, stem_head{'' if extra is None else ', extra'}) "
+                        f"VALUES ({', '.join('?' * (len(content) + 1))}) "
                         "ON CONFLICT (digest) DO NOTHING RETURNING id",
                         (digest, *content),
                     ).fetchone()

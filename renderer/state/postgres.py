@@ -187,12 +187,21 @@ SCHEMA_VERSION = [
         SELECT setval(pg_get_serial_sequence('job', 'id'), (SELECT COALESCE(MAX(id), 0) + 1 FROM job), false);
         DROP TABLE jobs;
         {";".join(JOB_INDEXES)};
-        {jobs_view(PG_KEY, PG_SEED)};
+        {jobs_view(PG_KEY, PG_SEED, extra=False)};
         DELETE FROM meta WHERE name = 'plan_digest';
     """,
     ),
     # store.m010_workers_left: when a worker's run ended (status tells live workers apart).
     ("p004_workers_left", "ALTER TABLE workers ADD COLUMN left_at double precision"),
+    # store.m011_cells_extra: a prompt file's kept columns per cell; `jobs` rebuilt with them.
+    (
+        "p005_cells_extra",
+        f"""
+        ALTER TABLE cells ADD COLUMN extra text;
+        DROP VIEW jobs;
+        {jobs_view(PG_KEY, PG_SEED)};
+    """,
+    ),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -331,6 +340,14 @@ class PostgresStore(Store):
     NOW = "extract(epoch from clock_timestamp())"
     nsfw_sql = "(result::jsonb -> 'has_nsfw_concepts')::text"
     files_sql = "json_array_length(files::json)"
+    kept_sql = (
+        "SELECT e.key, CASE json_typeof(e.value) WHEN 'number' THEN CASE WHEN e.value::text ~ '^-{0,1}[0-9]+$' "
+        "THEN 'integer' ELSE 'real' END WHEN 'boolean' THEN 'true' WHEN 'string' THEN 'text' "
+        "ELSE json_typeof(e.value) END, MIN(c.id), MIN(e.n) "
+        "FROM cells c CROSS JOIN LATERAL json_each(c.extra::json) WITH ORDINALITY AS e(key, value, n) "
+        "WHERE c.extra IS NOT NULL AND c.id IN "
+        "(SELECT cell FROM job WHERE in_plan = 1 AND state = 'downloaded') GROUP BY 1, 2"
+    )
 
     outage = 0.0  # seconds to ride out a lost connection (set by open_store)
     down: OutageError | None = None  # set once an outage outlasted the window: calls fail at once
@@ -401,6 +418,23 @@ class PostgresStore(Store):
                         db.execute(ddl)
                         db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
         self.db.execute(f'SET search_path TO "{self.schema}"')
+        cells = {
+            r[0]
+            for r in self.db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+                "AND table_name = 'cells'",
+                (self.schema,),
+            )
+        }
+        if readonly and cells and "extra" not in cells:
+            # Read-only, from before p005: the same views with no kept columns (temporary views
+            # are found before the run's schema).
+            self.db.execute(
+                f'CREATE TEMP VIEW cells AS SELECT *, NULL::text AS extra FROM "{self.schema}".cells'
+            )
+            self.db.execute(
+                jobs_view(PG_KEY, PG_SEED).replace("CREATE VIEW", "CREATE TEMP VIEW", 1)
+            )
 
     def reopen(self) -> PostgresStore:
         return PostgresStore(self.url, self.run_dir, self.run, outage=self.outage)

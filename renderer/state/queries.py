@@ -161,7 +161,7 @@ class Queries(Reading):
         since, args = ("", ()) if after is None else (" AND downloaded_at > ?", (after,))
         for r in self.stream(
             "key, prompt, prompt_id, model, endpoint, seed, axes, input, tags, files, request_id, "
-            f"{self.nsfw_sql} AS nsfw, provider, downloaded_at",
+            f"{self.nsfw_sql} AS nsfw, provider, downloaded_at, extra",
             f"state = 'downloaded'{since}",
             args,
         ):
@@ -180,6 +180,8 @@ class Queries(Reading):
                 "request_id": r["request_id"],
                 "provider": r["provider"],
                 "downloaded_at": r["downloaded_at"],
+                # the prompt's kept columns (`keep:`), or None
+                "extra": json.loads(r["extra"]) if r["extra"] is not None else None,
                 # the flags as JSON text: an array, or a bare scalar when the result had no list
                 "has_nsfw_concepts": json.loads(nsfw)
                 if isinstance(nsfw, str) and nsfw.startswith("[")

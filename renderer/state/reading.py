@@ -51,6 +51,31 @@ class Reading(StoreCore):
         ):
             yield json.loads(r[0])
 
+    # Each kept column's JSON types over the finished jobs' cells: (name, type, first cell, place
+    # in it). Finished only: an export holds only those, and a caption set's plan has a cell per job
+    # (a million, for a trial's few hundred finished ones).
+    kept_sql = (
+        "SELECT e.key, e.type, MIN(c.id), MIN(e.id) FROM cells c, json_each(c.extra) e "
+        "WHERE c.extra IS NOT NULL AND c.id IN "
+        "(SELECT cell FROM job WHERE in_plan = 1 AND state = 'downloaded') GROUP BY e.key, e.type"
+    )
+
+    def kept_kinds(self) -> dict[str, set[str]]:
+        """Each kept column (`keep:`) of the plan's finished jobs → the dataset kinds of its values,
+        in the order the first cell that has it names it: what an export types them from, in SQL.
+        (A run types metadata.jsonl's from the manifest's whole prompt files: the same kinds
+        unless the rows not finished yet hold other ones.)"""
+        kinds = {"text": "string", "integer": "int64", "real": "float64"}
+        found: dict[str, tuple[tuple[int, int], set[str]]] = {}
+        for name, kind, cell, at in self.db.execute(self.kept_sql):
+            first, seen = found.get(name, ((cell, at), set()))
+            if kind in ("true", "false"):
+                seen.add("bool")
+            elif kind in kinds:
+                seen.add(kinds[kind])
+            found[name] = (min(first, (cell, at)), seen)
+        return {name: seen for name, (_, seen) in sorted(found.items(), key=lambda i: i[1][0])}
+
     def model_names(self) -> set[str]:
         """Every model label and endpoint of the plan (what `diff --map` may name)."""
         names: set[str] = set()

@@ -67,6 +67,7 @@ class Row:
     account: str | None = (
         None  # the account name that submitted request_id (None: the single account)
     )
+    extra: str | None = None  # the prompt's kept columns (`keep:`), a JSON object text
 
     def evolve(self, **changes: Any) -> Row:
         """A copy with `changes` (fields by name): dataclasses.replace without re-running __init__ (hot path)."""
@@ -113,7 +114,15 @@ class Row:
             r["error_kind"],
             r["provider"],
             r["account"],
+            _extra(r),
         )
+
+
+def _extra(r: Any) -> str | None:
+    try:
+        return r["extra"]
+    except (IndexError, KeyError):  # a database from before m011 (read in an old test's schema)
+        return None
 
 
 def sql_error(path: Path, exc: sqlite3.Error) -> StateError:

@@ -13,7 +13,7 @@ from typing import Any
 from renderer.errors import StateError
 from renderer.layout import DB_NAME
 from renderer.state import queries
-from renderer.state.migrations import JOB_COLUMNS, migrate
+from renderer.state.migrations import JOB_COLUMNS, SQLITE_KEY, jobs_view, migrate
 from renderer.state.rows import LeaseLost, key_blob, key_text, sql_error
 from renderer.state.store import Store
 
@@ -41,6 +41,16 @@ class SQLiteStore(Store):
                 "SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'"
             ).fetchone():
                 _old_schema_views(self.db)
+            elif self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'cells'"
+            ).fetchone() and not any(
+                r[1] == "extra" for r in self.db.execute("PRAGMA table_info(cells)")
+            ):
+                # Before m011: the same views with no kept columns (temp shadows main).
+                self.db.execute("CREATE TEMP VIEW cells AS SELECT *, NULL AS extra FROM main.cells")
+                self.db.execute(
+                    jobs_view(SQLITE_KEY, "j.seed").replace("CREATE VIEW", "CREATE TEMP VIEW", 1)
+                )
         except sqlite3.Error as exc:
             raise sql_error(self.path, exc) from exc
         self._deferred = 0  # changes waiting in the open transaction for commit()
@@ -180,7 +190,8 @@ def _old_schema_views(db: sqlite3.Connection) -> None:
     db.create_function("renderer_key_text", 1, key_text, deterministic=True)
     db.execute(
         "CREATE TEMP VIEW cells AS SELECT rowid AS id, NULL AS digest, endpoint, model, prompt_id, prompt, axes, "
-        "input AS input_head, NULL AS input_tail, num_images, tags, source, NULL AS stem_head FROM main.jobs"
+        "input AS input_head, NULL AS input_tail, num_images, tags, source, NULL AS stem_head, "
+        "NULL AS extra FROM main.jobs"
     )
     per_job = ", ".join(f"{col(c)} AS {c}" for c in JOB_COLUMNS.split(", "))
     db.execute(
@@ -189,5 +200,5 @@ def _old_schema_views(db: sqlite3.Connection) -> None:
     )
     db.execute(
         "CREATE TEMP VIEW jobs AS SELECT rowid AS id, key, plan_index, in_plan, endpoint, model, prompt_id, "
-        f"prompt, seed, axes, stem, input, num_images, tags, source, {per_job} FROM main.jobs"
+        f"prompt, seed, axes, stem, input, num_images, tags, source, {per_job}, NULL AS extra FROM main.jobs"
     )
