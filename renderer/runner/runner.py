@@ -11,8 +11,11 @@ Invariants:
     it sees its request COMPLETED: what fal's concurrency limit counts (limits.py, with the
     small lead that waits in the provider's queue). Reading the result, downloading and writing
     hold a delivery slot instead, so slow downloads never idle the account.
-  * The task pool has room for every provider slot and every delivery slot at once, so a job
-    waiting to be delivered never keeps another from being submitted.
+  * The task pool has room for every provider slot, as many jobs again waiting for a delivery
+    slot, and every delivery slot, so jobs waiting to be delivered never keep a freed provider
+    slot from its next submit, even when every request finishes at once.
+  * A freed provider slot's next submit goes before any new result read or download
+    (limits.Deliveries).
   * A request is followed, read and cancelled only with the key of the account recorded with it
     (store: `account`); a job whose account is not available waits, it is never sent again
     under another key. A 401/403 stops that account only; the run stops when none is left.
@@ -275,8 +278,12 @@ class Runner:
                 self.emit(self.progress())
             drained.set()
 
-        # Enough workers for every provider slot (with its lead) and every delivery at once.
-        size = provider_capacity(self.config) + delivery_bound(self.config.concurrency)
+        # Enough workers for every provider slot (with its lead), as many jobs again between their
+        # COMPLETED and their delivery, and every delivery: when every request finishes at once,
+        # each freed slot still has a job waiting to submit (with one worker per slot and
+        # delivery, the jobs queued for a delivery slot held the workers, and a burst of 256
+        # completions refilled 96 slots at once and the rest only as deliveries ended).
+        size = 2 * provider_capacity(self.config) + delivery_bound(self.config.concurrency)
         workers = [asyncio.ensure_future(worker()) for _ in range(size)]
         helpers = [
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),
