@@ -45,7 +45,14 @@ from renderer.plan.jobs import Plan
 from renderer.provider.client import Client
 from renderer.runner.claims import Claims
 from renderer.runner.config import Event, RunConfig
-from renderer.runner.deliver import Delivery, GroupCommit, write_dataset, write_record, writing
+from renderer.runner.deliver import (
+    Delivery,
+    GroupCommit,
+    warm_up,
+    write_dataset,
+    write_record,
+    writing,
+)
 from renderer.runner.job import JobSteps, RunState
 from renderer.runner.limits import Accounts, Limits, delivery_bound, provider_capacity
 from renderer.runner.reconcile import reconcile
@@ -289,6 +296,7 @@ class Runner:
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),
             asyncio.ensure_future(self.claims.renew(self.tasks)),
             asyncio.ensure_future(export_ahead(self, drained)),
+            asyncio.ensure_future(self.warm_up()),
         ]
         self.store.grouping = self.store.group_commit
         try:
@@ -310,6 +318,21 @@ class Runner:
                 self.state.broken = self.state.broken or exc
             summary = self.finish(run_id, started, ambiguous)
         return summary
+
+    async def warm_up(self) -> None:
+        """What the first delivery needs (deliver.warm_up: Pillow), loaded in a thread once the
+        first submits are out: the loop then waits for the provider anyway, and the first burst
+        of completions does not pay for it. Tried once; a failure is the first delivery's to meet."""
+        started = time.monotonic()
+        capacity = provider_capacity(self.config)
+        # The ramp first (every slot's first submit, or 0.1 s of it): its submits are what the
+        # provider waits for; the loop is idle after it until the first request finishes.
+        while self.limits.in_flight < capacity and time.monotonic() - started < 0.1:
+            if self.state.stopping or (self.state.done and not self.tasks):
+                return
+            await asyncio.sleep(0.01)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(warm_up)
 
     def stop(self, force: bool = False, signal: int | None = None) -> None:
         """Ctrl-C or SIGTERM: stop new submissions; abandon waits and downloads (their state is recorded).
