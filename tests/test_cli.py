@@ -123,6 +123,27 @@ def test_python_dash_m_entry_point():
     assert '"x-endpoint": "fal-ai/omnigen-v2"' in done.stdout
 
 
+def test_a_run_command_ends_with_its_code_and_all_it_printed(tmp_path: Path):
+    """`renderer run` leaves without the interpreter's teardown (cli.main.leave), yet its exit code
+    and everything it printed, through pipes, arrive whole: a bad manifest's exit 2 and message."""
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(
+        "name: bad\nprompts: [{id: a, text: x}]\nmodels: [fal-ai/flux-1/schnel]\nseeds: [1]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "renderer", "run", str(manifest), "--provider", "emulator"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{manifest}:3:" in done.stderr and "fal-ai/flux-1/schnell" in done.stderr
+    assert done.stderr.endswith("\n") and "Traceback" not in done.stderr
+
+
 def test_version_flag():
     """`renderer --version` prints the package version and exits 0."""
     from renderer import __version__
