@@ -455,3 +455,26 @@ def test_concurrency_flag_and_variable_cap_the_accounts_total(tmp_path: Path):
             peaks.append(emu.stats()["peak_running"])  # what the provider ran at once
         assert code == 0, out + err
     assert peaks == [6, 2, 1]
+
+
+def test_a_valid_manifest_is_checked_without_loading_jsonschema(tmp_path: Path):
+    """Start-up before a run's first submit: a well-formed manifest with valid inputs is decided by
+    QuickCheck, so jsonschema (~55 ms of CPU) is never imported; a broken one still gets its messages."""
+    code = (
+        "import io, sys\n"
+        "from renderer.cli import main\n"
+        "out, err = io.StringIO(), io.StringIO()\n"
+        "code = main(['validate', sys.argv[1]], stdout=out, stderr=err)\n"
+        "print(code, 'jsonschema' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    good = ROOT / "manifests" / "quickstart.yaml"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(good)], capture_output=True, text=True, env=env
+    )
+    assert done.stdout.split() == ["0", "False"], done.stderr
+    bad = write_manifest(tmp_path, seeds="often")
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(bad)], capture_output=True, text=True, env=env
+    )
+    assert done.stdout.split() == ["2", "True"], done.stderr
