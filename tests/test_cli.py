@@ -124,7 +124,7 @@ def test_python_dash_m_entry_point():
 
 
 def test_a_run_command_ends_with_its_code_and_all_it_printed(tmp_path: Path):
-    """`renderer run` leaves without the interpreter's teardown (cli.main.leave), yet its exit code
+    """`renderer run` leaves without the interpreter's teardown (cli.boundary.leave), yet its exit code
     and everything it printed, through pipes, arrive whole: a bad manifest's exit 2 and message."""
     manifest = tmp_path / "bad.yaml"
     manifest.write_text(

@@ -1,4 +1,5 @@
-"""AdaptiveLimit (renderer/runner/limits.py): provider slots handed out in order, never over capacity."""
+"""AdaptiveLimit (renderer/runner/limits.py): provider slots handed out in order, never over capacity;
+and the deliveries' slots beside them (deliver.Deliveries): refills go first."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from renderer.runner.limits import AdaptiveLimit, Deliveries
+from renderer.runner.deliver import Deliveries
+from renderer.runner.limits import AdaptiveLimit
 
 # One step of a schedule: a new job asks for a slot, a holder gives one back, a waiting job is
 # cancelled (a stop, a lost lease), a 429 halves the allowance, or a success raises it.

@@ -11,7 +11,6 @@ status, finalize), emulator.py, views.py (report, export, diff, baseline).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
@@ -19,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TextIO
 
 from renderer import __version__, settings
-from renderer.cli.boundary import Exit, error_boundary
+from renderer.cli.boundary import Exit, error_boundary, leave
 from renderer.cli.context import Context
 from renderer.cli.emulator import cmd_emulator
 from renderer.cli.models import cmd_models, cmd_schemas_build
@@ -580,25 +579,6 @@ def main(
         args = build_parser(out, err).parse_args(argv)
         result.append(args.func(Context(args, out, err, env)))
     return result[-1]
-
-
-def leave(code: int, argv: list[str]) -> NoReturn:
-    """Exit the process with `code`; after `renderer run`, without the interpreter's teardown.
-
-    A run has closed everything it wrote before it returns (images fsynced and renamed, the
-    state committed and closed, run.json written, the summary printed; its threads joined), so
-    what the teardown would add is only freeing ~470 modules' objects: 40-80 ms after the last
-    image (aiohttp's alone ~80 ms under load; bench/concurrency.py, issue 23). The output
-    streams are flushed first. Other commands exit as usual (their temporary folders and
-    finalizers are the teardown's to clean up).
-    """
-    if argv[:1] == ["run"]:
-        for stream in (sys.stdout, sys.stderr):
-            # (a closed pipe: nothing more can be said there)
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(code)
-    sys.exit(code)
 
 
 def entrypoint() -> None:

@@ -48,6 +48,7 @@ from aiolimiter import AsyncLimiter
 from renderer.errors import AccountError
 from renderer.provider.client import Client
 from renderer.runner.config import SINGLE_ACCOUNT, SINGLE_KEY, Event, RunConfig
+from renderer.runner.deliver import Deliveries
 from renderer.state.rows import Row
 from renderer.state.store import Store
 
@@ -292,59 +293,6 @@ class Accounts:
         return sum(a.slots.limit for a in self.live) or sum(a.slots.limit for a in self.all)
 
 
-class Deliveries:
-    """The deliveries' slots (`delivery_bound`), each taken only after the submits that freed
-    provider slots were given before it: `async with deliveries:` around a result read or a download.
-
-    Refills first (issue 23): when many requests finish at once (all S of them, at L = 1 s),
-    each finished job would otherwise start its result read, download and writes in the same
-    turns of the loop in which the jobs given its freed slot are to send their submits, so the
-    last slots of the burst stood idle until most of the burst's deliveries had been started. A
-    job given a slot for a new submit is pending until its submit is on the wire (or it lets go);
-    a delivery waits for the ones granted before it, not for later ones (so deliveries are never
-    starved by a steady stream of refills). Only the step from the slot to the wire counts (a
-    rate limiter's wait leaves pending first), so a delivery waits a turn of the loop or two,
-    never for a slow server. A job waiting here holds no provider slot.
-    """
-
-    def __init__(self, bound: int) -> None:
-        self.slots = asyncio.Semaphore(bound)
-        self._serial = 0  # grants so far
-        # key → its grant's serial, oldest first (dicts keep insertion order)
-        self.pending: dict[str, int] = {}
-        # (serial, future): a delivery waiting until every grant below serial is sent
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    def granted(self, key: str) -> None:
-        self.pending[key] = self._serial
-        self._serial += 1
-
-    def sent(self, key: str) -> None:
-        """`key`'s submit is on the wire, or it no longer means to send one now."""
-        if self.pending.pop(key, None) is None or not self._waiters:
-            return
-        oldest = next(iter(self.pending.values()), self._serial)
-        while self._waiters and self._waiters[0][0] <= oldest:
-            _, waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def __aenter__(self) -> None:
-        if self.pending:
-            entry = (self._serial, asyncio.get_running_loop().create_future())
-            self._waiters.append(entry)
-            try:
-                await entry[1]
-            except asyncio.CancelledError:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(entry)
-                raise
-        await self.slots.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.slots.release()
-
-
 class _Stopped(Exception):
     """No live account is left to take a slot of (inside `Limits.hold` only)."""
 
@@ -394,7 +342,7 @@ class Limits:
         # A per-endpoint cap counts what an account's does (requests at the provider), exactly:
         # it is the user's own (module docstring).
         self.endpoint_slots = {e: asyncio.Semaphore(n) for e, n in config.per_endpoint.items()}
-        self.deliveries = Deliveries(delivery_bound(config.concurrency))
+        self.deliveries = Deliveries(delivery_bound(config.concurrency))  # (deliver.py)
         # No pacing unless the user sets limits.rate: fal limits what runs, not how fast it is asked.
         self.limiter: AsyncLimiter | SharedRate | None = (
             make_limiter(config.rate) if config.rate else None
@@ -513,7 +461,9 @@ class Limits:
         self.held[row.key] = account
         self.gates[row.key] = gate
         if row.state == "planned":
-            self.deliveries.granted(row.key)  # its submit goes before any new delivery (Deliveries)
+            self.deliveries.granted(
+                row.key
+            )  # its submit goes before new deliveries (deliver.Deliveries)
         return True
 
     async def let_go(self, key: str) -> None:

@@ -15,7 +15,7 @@ Invariants:
     slot, and every delivery slot, so jobs waiting to be delivered never keep a freed provider
     slot from its next submit, even when every request finishes at once.
   * A freed provider slot's next submit goes before any new result read or download
-    (limits.Deliveries).
+    (deliver.Deliveries).
   * A request is followed, read and cancelled only with the key of the account recorded with it
     (store: `account`); a job whose account is not available waits, it is never sent again
     under another key. A 401/403 stops that account only; the run stops when none is left.
@@ -148,6 +148,22 @@ async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
             record=True,
         )
         runner.plan_changed = False  # the dataset matches this plan now: the end appends to it
+
+
+async def warm_up_ahead(runner: Runner) -> None:
+    """What the first delivery needs (deliver.warm_up: Pillow), loaded in a thread once the
+    first submits are out: the loop then waits for the provider anyway, and the first burst
+    of completions does not pay for it. Tried once; a failure is the first delivery's to meet."""
+    started = time.monotonic()
+    capacity = provider_capacity(runner.config)
+    # The ramp first (every slot's first submit, or 0.1 s of it): its submits are what the
+    # provider waits for; the loop is idle after it until the first request finishes.
+    while runner.limits.in_flight < capacity and time.monotonic() - started < 0.1:
+        if runner.state.stopping or (runner.state.done and not runner.tasks):
+            return
+        await asyncio.sleep(0.01)
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(warm_up)
 
 
 class Runner:
@@ -296,7 +312,7 @@ class Runner:
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),
             asyncio.ensure_future(self.claims.renew(self.tasks)),
             asyncio.ensure_future(export_ahead(self, drained)),
-            asyncio.ensure_future(self.warm_up()),
+            asyncio.ensure_future(warm_up_ahead(self)),
         ]
         self.store.grouping = self.store.group_commit
         try:
@@ -318,21 +334,6 @@ class Runner:
                 self.state.broken = self.state.broken or exc
             summary = self.finish(run_id, started, ambiguous)
         return summary
-
-    async def warm_up(self) -> None:
-        """What the first delivery needs (deliver.warm_up: Pillow), loaded in a thread once the
-        first submits are out: the loop then waits for the provider anyway, and the first burst
-        of completions does not pay for it. Tried once; a failure is the first delivery's to meet."""
-        started = time.monotonic()
-        capacity = provider_capacity(self.config)
-        # The ramp first (every slot's first submit, or 0.1 s of it): its submits are what the
-        # provider waits for; the loop is idle after it until the first request finishes.
-        while self.limits.in_flight < capacity and time.monotonic() - started < 0.1:
-            if self.state.stopping or (self.state.done and not self.tasks):
-                return
-            await asyncio.sleep(0.01)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(warm_up)
 
     def stop(self, force: bool = False, signal: int | None = None) -> None:
         """Ctrl-C or SIGTERM: stop new submissions; abandon waits and downloads (their state is recorded).
