@@ -154,13 +154,17 @@ async def warm_up_ahead(runner: Runner) -> None:
     """What the first delivery needs (deliver.warm_up: Pillow), loaded in a thread once the
     first submits are out: the loop then waits for the provider anyway, and the first burst
     of completions does not pay for it. Tried once; a failure is the first delivery's to meet."""
-    started = time.monotonic()
+    first: float | None = None  # when the first submit went out
     capacity = provider_capacity(runner.config)
     # The ramp first (every slot's first submit, or 0.1 s of it): its submits are what the
     # provider waits for; the loop is idle after it until the first request finishes.
-    while runner.limits.in_flight < capacity and time.monotonic() - started < 0.1:
+    while runner.limits.in_flight < capacity:
         if runner.state.stopping or (runner.state.done and not runner.tasks):
             return
+        if runner.client.calls["submit"]:
+            first = first or time.monotonic()
+            if time.monotonic() - first >= 0.1:
+                break
         await asyncio.sleep(0.01)
     with contextlib.suppress(Exception):
         await asyncio.to_thread(warm_up)
