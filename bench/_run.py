@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from renderer.cli import main
+from renderer.cli.boundary import leave
 
 if __name__ == "__main__":
     start = time.perf_counter()
@@ -38,3 +39,5 @@ if __name__ == "__main__":
             }
         )
     )
+    # As the `renderer` command itself ends (cli.boundary.leave: `run` skips the teardown).
+    leave(0, sys.argv[1:])

@@ -100,6 +100,8 @@ def server_stats(url: str, ca: str) -> dict[str, Any]:
         return dict(json.loads(resp.read()))
 
 
+BREAKDOWN: list[list[str]] = []  # one row per renderer run: where its wall time went
+
 SPAWNED: list[
     float
 ] = []  # time.monotonic() of the last command's spawn and exit (system-wide clock)
@@ -148,7 +150,9 @@ def one_config(
     # Where the renderer's time went, from the server's slot accounting (CLOCK_MONOTONIC is one
     # clock for every process): spawn → first request running, the span of running requests,
     # the share of S x span the slots stood idle, and the last completion → exit.
-    phases: dict[str, list[float]] = {k: [] for k in ("first", "span", "idle", "tail")}
+    phases: dict[str, list[float]] = {
+        k: [] for k in ("first", "span", "idle", "tail", "submit", "ramp", "gaps", "p90", "max")
+    }
     with tempfile.TemporaryDirectory() as tmp:
         m = write_manifest(Path(tmp), jobs, slots)
         for n in range(runs):
@@ -163,6 +167,30 @@ def one_config(
             phases["span"].append(span)
             phases["idle"].append(1 - stats["busy"] / (slots * span))
             phases["tail"].append(SPAWNED[1] - stats["last_end"])
+            # The breakdown: spawn → first submit, first running → all S running, and the refill
+            # gaps (a slot idle because nothing was queued when it freed) as wall seconds (÷ S).
+            phases["submit"].append(stats["first_submit"] - SPAWNED[0])
+            phases["ramp"].append((stats["full"] or stats["first_start"]) - stats["first_start"])
+            phases["gaps"].append(stats["gaps"]["sum"] / slots)
+            phases["p90"].append(stats["gaps"]["p90"])
+            phases["max"].append(stats["gaps"]["max"])
+            BREAKDOWN.append(
+                [
+                    f"{slots}:{seconds:g}:{jobs}",
+                    str(n + 1),
+                    f"{wall:.2f}",
+                    f"{cpu:.2f}",
+                    f"{phases['submit'][-1]:.2f}",
+                    f"{phases['first'][-1]:.2f}",
+                    f"{phases['ramp'][-1]:.2f}",
+                    f"{span - ideal:.2f}",
+                    f"{phases['gaps'][-1]:.2f}",
+                    f"{1000 * stats['gaps']['p50']:.0f} / {1000 * phases['p90'][-1]:.0f} / "
+                    f"{1000 * phases['max'][-1]:.0f}",
+                    f"{phases['tail'][-1]:.2f}",
+                    f"{got['load'][-1]:.2f}",
+                ]
+            )
             peaks.append((stats["peak_running"], stats["peak_queued"]))
             if falclient:
                 got["load"].append(os.getloadavg()[0])
@@ -256,6 +284,30 @@ def main() -> None:
                 "load",
             ],
             rows,
+        )
+    )
+    print(
+        "\n# where each renderer run's time went: spawn → first submit, → first running; ramp = first "
+        "running → S running; span - ideal; refill gaps = slot-seconds idle with nothing queued ÷ S "
+        "(p50/p90/max of one gap, ms); last completion → exit"
+    )
+    print(
+        table(
+            [
+                "S:L:N",
+                "run",
+                "wall s",
+                "CPU s",
+                "first submit s",
+                "first running s",
+                "ramp s",
+                "span - ideal s",
+                "refill gaps s",
+                "gap p50/p90/max ms",
+                "tail s",
+                "load",
+            ],
+            BREAKDOWN,
         )
     )
 

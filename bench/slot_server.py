@@ -74,17 +74,44 @@ class Slots:
         self.slots, self.seconds = slots, seconds
         self.queue: deque[Request] = deque()
         self.running = 0
+        # When each slot that found the queue empty fell idle (FIFO): the next start refills the
+        # oldest, and the wait between is a refill gap (the client had nothing queued in time).
+        self.idle_since: deque[float] = deque()
+        self.gaps: list[float] = []
         self.stats: dict[str, Any] = {
             "submits": 0,
             "peak_running": 0,
             "peak_queued": 0,
+            "first_submit": None,
             "first_start": None,
+            "full": None,  # when S requests first ran at once
             "last_end": None,
             "busy": 0.0,
         }
 
+    def summary(self) -> dict[str, Any]:
+        """The stats, with the refill gaps' count, sum and quantiles (seconds)."""
+        gaps = sorted(self.gaps)
+
+        def q(p: float) -> float:
+            return gaps[min(len(gaps) - 1, int(p * len(gaps)))] if gaps else 0.0
+
+        return {
+            **self.stats,
+            "slots": self.slots,
+            "gaps": {
+                "count": len(gaps),
+                "sum": sum(gaps),
+                "p50": q(0.5),
+                "p90": q(0.9),
+                "max": gaps[-1] if gaps else 0.0,
+            },
+        }
+
     def submit(self, req: Request) -> None:
         self.stats["submits"] += 1
+        if self.stats["first_submit"] is None:
+            self.stats["first_submit"] = time.monotonic()
         self.queue.append(req)
         self.stats["peak_queued"] = max(self.stats["peak_queued"], len(self.queue))
         self.start()
@@ -100,6 +127,10 @@ class Slots:
             now = time.monotonic()
             if self.stats["first_start"] is None:
                 self.stats["first_start"] = now
+            if self.running == self.slots and self.stats["full"] is None:
+                self.stats["full"] = now
+            if self.idle_since:
+                self.gaps.append(now - self.idle_since.popleft())
             req.state = "IN_PROGRESS"
             req.touch()
             loop.call_later(self.seconds, self.finish, req, now)
@@ -112,6 +143,8 @@ class Slots:
         req.state = "COMPLETED"
         req.touch()
         self.start()
+        if self.running < self.slots:
+            self.idle_since.append(now)
 
 
 class Server:
@@ -209,7 +242,7 @@ class Server:
         return web.Response(body=IMAGE, content_type="image/png")
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({**self.slots.stats, "slots": self.slots.slots})
+        return web.json_response(self.slots.summary())
 
 
 async def serve(slots: int, seconds: float, tls: tuple[str, str] | None) -> None:

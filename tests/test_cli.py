@@ -123,6 +123,27 @@ def test_python_dash_m_entry_point():
     assert '"x-endpoint": "fal-ai/omnigen-v2"' in done.stdout
 
 
+def test_a_run_command_ends_with_its_code_and_all_it_printed(tmp_path: Path):
+    """`renderer run` leaves without the interpreter's teardown (cli.boundary.leave), yet its exit code
+    and everything it printed, through pipes, arrive whole: a bad manifest's exit 2 and message."""
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(
+        "name: bad\nprompts: [{id: a, text: x}]\nmodels: [fal-ai/flux-1/schnel]\nseeds: [1]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "renderer", "run", str(manifest), "--provider", "emulator"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{manifest}:3:" in done.stderr and "fal-ai/flux-1/schnell" in done.stderr
+    assert done.stderr.endswith("\n") and "Traceback" not in done.stderr
+
+
 def test_version_flag():
     """`renderer --version` prints the package version and exits 0."""
     from renderer import __version__
@@ -434,3 +455,26 @@ def test_concurrency_flag_and_variable_cap_the_accounts_total(tmp_path: Path):
             peaks.append(emu.stats()["peak_running"])  # what the provider ran at once
         assert code == 0, out + err
     assert peaks == [6, 2, 1]
+
+
+def test_a_valid_manifest_is_checked_without_loading_jsonschema(tmp_path: Path):
+    """Start-up before a run's first submit: a well-formed manifest with valid inputs is decided by
+    QuickCheck, so jsonschema (~55 ms of CPU) is never imported; a broken one still gets its messages."""
+    code = (
+        "import io, sys\n"
+        "from renderer.cli import main\n"
+        "out, err = io.StringIO(), io.StringIO()\n"
+        "code = main(['validate', sys.argv[1]], stdout=out, stderr=err)\n"
+        "print(code, 'jsonschema' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    good = ROOT / "manifests" / "quickstart.yaml"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(good)], capture_output=True, text=True, env=env
+    )
+    assert done.stdout.split() == ["0", "False"], done.stderr
+    bad = write_manifest(tmp_path, seeds="often")
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(bad)], capture_output=True, text=True, env=env
+    )
+    assert done.stdout.split() == ["2", "True"], done.stderr

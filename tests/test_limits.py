@@ -1,12 +1,15 @@
-"""AdaptiveLimit (renderer/runner/limits.py): provider slots handed out in order, never over capacity."""
+"""AdaptiveLimit (renderer/runner/limits.py): provider slots handed out in order, never over capacity;
+and the deliveries' slots beside them (deliver.Deliveries): refills go first."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from renderer.runner.deliver import Deliveries
 from renderer.runner.limits import AdaptiveLimit
 
 # One step of a schedule: a new job asks for a slot, a holder gives one back, a waiting job is
@@ -76,5 +79,70 @@ def test_a_slot_granted_to_a_job_cancelled_before_it_ran_is_given_back() -> None
         await asyncio.gather(first, return_exceptions=True)
         await asyncio.wait_for(second, 1)  # the slot went on to `second`
         assert slots.active == 1
+
+    asyncio.run(scenario())
+
+
+# One step of a burst: a job is given a freed slot for its next submit ("grant"), one of those
+# sends its submit ("send"), a finished job asks to start its delivery ("deliver"), a waiting
+# delivery is cancelled ("cancel").
+burst = st.lists(st.sampled_from(["grant", "grant", "send", "deliver", "cancel"]), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4), burst, st.randoms(use_true_random=False))
+def test_a_delivery_starts_only_after_the_submits_granted_before_it(
+    bound: int, schedule: list[str], rng: Any
+) -> None:
+    """When many requests finish at once, every freed slot's next submit goes out before a result
+    read or download that came after it starts, and no delivery waits for a submit granted later."""
+
+    async def scenario() -> None:
+        deliveries = Deliveries(bound)
+        granted: list[str] = []  # granted, not yet sent, in grant order
+        grants = 0
+        started: list[int] = []  # deliveries in, by the grants counted when each asked
+        waiting: dict[int, tuple[int, set[str], asyncio.Task[None]]] = {}
+        inside = 0
+
+        async def delivery(n: int) -> None:
+            nonlocal inside
+            async with deliveries:
+                inside += 1
+                started.append(n)
+                await asyncio.sleep(3600)  # held until the scenario ends
+
+        for n, step in enumerate(schedule):
+            if step == "grant":
+                key = f"k{grants}"
+                grants += 1
+                deliveries.granted(key)
+                granted.append(key)
+            elif step == "send" and granted:
+                deliveries.sent(granted.pop(rng.randrange(len(granted))))
+            elif step == "deliver":
+                waiting[n] = (n, set(granted), asyncio.ensure_future(delivery(n)))
+            elif step == "cancel" and waiting:
+                victim = min(waiting)
+                waiting[victim][2].cancel()
+                del waiting[victim]
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            for m, (_, before, _task) in list(waiting.items()):
+                # In once the submits granted before it asked are all sent and a slot is free;
+                # never before; and never kept waiting by a submit granted after it asked.
+                if before & set(granted):
+                    assert m not in started, (
+                        "a delivery started before a submit granted ahead of it"
+                    )
+                elif inside < bound:
+                    assert m in started, "a delivery waits although its submits are all sent"
+                if m in started:
+                    del waiting[m]
+            assert inside <= bound
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     asyncio.run(scenario())

@@ -2033,3 +2033,16 @@ def test_a_trial_does_not_wait_for_the_whole_plan_to_be_recorded(tmp_path: Path)
     with sqlite3.connect(tmp_path / "o/t/renderer.sqlite") as db:
         (submitted,) = db.execute("SELECT SUM(attempts) FROM job").fetchone()
     assert submitted == 12  # every job submitted once, across both trials
+
+
+def test_the_warm_up_decodes_a_real_image() -> None:
+    """The first delivery's Pillow start-up is paid ahead (deliver.warm_up): its image is a real PNG
+    that the run's own check accepts, so the warm-up does the work rather than fail quietly."""
+    from renderer.output.files import verify_image
+    from renderer.runner.deliver import TINY_PNG, warm_up
+
+    warm_up()  # raises BadImage if the bytes were not a decodable PNG
+    checked = verify_image(TINY_PNG, "image/png")
+    assert (checked.width, checked.height, checked.ext) == (1, 1, "png")
+    with Image.open(io.BytesIO(TINY_PNG)) as image:
+        assert image.format == "PNG" and image.size == (1, 1)

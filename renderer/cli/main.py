@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TextIO
 
 from renderer import __version__, settings
-from renderer.cli.boundary import Exit, error_boundary
+from renderer.cli.boundary import Exit, error_boundary, leave
 from renderer.cli.context import Context
 from renderer.cli.emulator import cmd_emulator
 from renderer.cli.models import cmd_models, cmd_schemas_build
@@ -582,4 +582,5 @@ def main(
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    argv = sys.argv[1:]
+    leave(main(argv), argv)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem
 from renderer.manifest.checks import (
-    manifest_validator,
     numeric_settings,
     semantic_problems,
+    structure_errors,
     structure_problems,
 )
 from renderer.manifest.kept import axis_columns, keep_problems
@@ -94,9 +94,7 @@ def parse(text: str, file: Path) -> Manifest:
             [doc.problem((), "a manifest is a mapping with name, prompts, models and seeds")]
         )
     problems: list[Problem] = []
-    for error in sorted(
-        manifest_validator().iter_errors(doc.data), key=lambda e: list(map(str, e.absolute_path))
-    ):
+    for error in structure_errors(doc.data):
         problems.extend(structure_problems(doc, error))
     raw = doc.data
     numbers, found = numeric_settings(doc)

@@ -1,11 +1,12 @@
-"""A fast yes/no check of an instance against a JSON Schema using only a few keywords.
+"""A fast yes/no check of an instance against a JSON Schema using only the common keywords.
 
 The runner checks every result against its endpoint's output schema (a warning per problem). The
 general validator (jsonschema, with `$ref` resolved through `referencing` at each use) took ~0.18
-ms a result, close to a tenth of the client's whole CPU per job (bench/README.md, issue 23). A
-result that passes is by far the common case, so `QuickCheck` answers only "valid or not", for
-schemas built from the keywords fal's output schemas use; the caller asks the full validator for
-the messages when the answer is "not valid".
+ms a result, close to a tenth of the client's whole CPU per job (bench/README.md, issue 23). An
+instance that passes is by far the common case, so `QuickCheck` answers only "valid or not", for
+schemas built from the keywords the shipped output, input and manifest schemas use; the caller
+asks the full validator for the messages when the answer is "not valid". So a run whose manifest
+and inputs are valid never imports jsonschema (~55 ms of CPU at start-up, before the first submit).
 
 Invariant: `QuickCheck.of(schema)` is None unless every keyword reachable in the schema is one this
 module decides exactly as jsonschema's Draft 2020-12 validator does (without a format checker);
@@ -15,6 +16,8 @@ then `valid(x)` equals `Draft202012Validator(schema).is_valid(x)` for every JSON
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any
 
 # Keywords that never make an instance invalid (annotations; `format` asserts nothing without a
@@ -45,9 +48,50 @@ CHECKED = frozenset(
         "additionalProperties",
         "minimum",
         "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "minProperties",
+        "maxProperties",
+        "pattern",
+        "propertyNames",
+        "uniqueItems",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
         "$ref",
     }
 )
+NUMBERS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+COUNTS = frozenset(
+    {"minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"}
+)
+
+
+def _equal(one: Any, two: Any) -> bool:
+    """JSON equality as jsonschema decides it (enum, const, uniqueItems): 1 equals 1.0, but a
+    boolean equals only a boolean; arrays and objects compare element by element."""
+    if type(one) is bool or type(two) is bool:
+        return type(one) is type(two) and one == two
+    if type(one) is dict:
+        return (
+            type(two) is dict
+            and one.keys() == two.keys()
+            and all(_equal(v, two[k]) for k, v in one.items())
+        )
+    if type(one) is list:
+        return (
+            type(two) is list
+            and len(one) == len(two)
+            and all(_equal(a, b) for a, b in zip(one, two, strict=True))
+        )
+    if type(two) in (dict, list):
+        return False
+    return bool(one == two)
 
 
 def _is_number(x: Any) -> bool:
@@ -73,12 +117,36 @@ def _is_type(x: Any, name: str) -> bool:
     raise ValueError(name)
 
 
+_TRUE, _FALSE = object(), object()  # booleans as no number equals them (see _unique)
+
+
+def _unbool(x: Any) -> Any:
+    return _TRUE if x is True else _FALSE if x is False else x
+
+
+def _unique(items: list[Any]) -> bool:
+    """uniqueItems as jsonschema decides it: neighbours compared after a sort where the items
+    sort (so, like it, only neighbours: a list that sorts is judged by those alone), else
+    every pair."""
+    try:
+        ordered = sorted(_unbool(i) for i in items)
+    except TypeError:
+        seen: list[Any] = []
+        for item in map(_unbool, items):
+            if any(_equal(earlier, item) for earlier in seen):
+                return False
+            seen.append(item)
+        return True
+    return not any(_equal(a, b) for a, b in itertools.pairwise(ordered))
+
+
 class QuickCheck:
     """`valid(instance)` for a schema whose keywords are all in CHECKED or ANNOTATIONS (see `of`)."""
 
     def __init__(self, root: dict[str, Any]) -> None:
         self.defs: dict[str, Any] = root.get("$defs") or {}
         self.root = root
+        self.patterns: dict[str, re.Pattern[str]] = {}  # compiled by _supported
 
     @classmethod
     def of(cls, schema: Any) -> QuickCheck | None:
@@ -91,16 +159,29 @@ class QuickCheck:
         nodes = [schema, *check.defs.values()]
         if not all(check._supported(node) for node in nodes):
             return None
-        # A chain of refs that comes back to itself without descending into the instance never
-        # ends (jsonschema recurses without end too): not decided here.
-        for node in nodes:
-            seen: set[int] = set()
-            while isinstance(node, dict) and "$ref" in node:
-                if id(node) in seen:
-                    return None
-                seen.add(id(node))
-                node = check._target(node["$ref"])
+        # Refs that come back to where they started without descending into the instance (through
+        # $ref, anyOf, oneOf) never end (jsonschema recurses without end too): not decided here.
+        # Every such loop passes through a definition: looked for from each.
+        done: set[int] = set()
+        if any(check._loops(node, set(), done) for node in nodes):
+            return None
         return check
+
+    def _loops(self, node: Any, path: set[int], done: set[int]) -> bool:
+        """Does a chain of subschemas at the same instance ($ref, anyOf, oneOf) from `node` loop?"""
+        if not isinstance(node, dict) or id(node) in done:
+            return False
+        if id(node) in path:
+            return True
+        path.add(id(node))
+        same = [*node.get("anyOf", []), *node.get("oneOf", [])]
+        if "$ref" in node:
+            same.append(self._target(node["$ref"]))
+        if any(self._loops(child, path, done) for child in same):
+            return True
+        path.discard(id(node))
+        done.add(id(node))
+        return False
 
     def _target(self, ref: Any) -> Any:
         if not isinstance(ref, str) or not ref.startswith("#/$defs/"):
@@ -136,11 +217,34 @@ class QuickCheck:
             elif key == "required":
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                     return False
-            elif key in ("items", "additionalProperties"):
+            elif key in ("items", "additionalProperties", "propertyNames"):
                 if not self._supported(value):
                     return False
-            elif key in ("minimum", "maximum"):
+            elif key in NUMBERS:
                 if not _is_number(value):
+                    return False
+            elif key in COUNTS:
+                if type(value) is not int or value < 0:
+                    return False
+            elif key == "pattern":
+                if not isinstance(value, str):
+                    return False
+                try:
+                    self.patterns[value] = re.compile(value)
+                except re.error:
+                    return False
+            elif key == "uniqueItems":
+                if type(value) is not bool:
+                    return False
+            elif key == "enum":
+                if not isinstance(value, list):
+                    return False
+            elif key in ("anyOf", "oneOf"):
+                if (
+                    not isinstance(value, list)
+                    or not value
+                    or not all(self._supported(v) for v in value)
+                ):
                     return False
             elif key == "$ref" and self._target(value) is None:
                 return False
@@ -164,9 +268,22 @@ class QuickCheck:
                     return False
             elif not _is_type(x, kind):
                 return False
+        if "enum" in node and not any(_equal(x, each) for each in node["enum"]):
+            return False
+        if "const" in node and not _equal(x, node["const"]):
+            return False
+        if "anyOf" in node and not any(self._valid(sub, x) for sub in node["anyOf"]):
+            return False
+        if "oneOf" in node and sum(1 for sub in node["oneOf"] if self._valid(sub, x)) != 1:
+            return False
         if type(x) is dict:
             required = node.get("required")
             if required and any(name not in x for name in required):
+                return False
+            if not self._count(node, "Properties", len(x)):
+                return False
+            names = node.get("propertyNames")
+            if names is not None and not all(self._valid(names, name) for name in x):
                 return False
             properties = node.get("properties") or {}
             extra = node.get("additionalProperties", True)
@@ -178,8 +295,18 @@ class QuickCheck:
                 elif extra is not True and not self._valid(extra, value):
                     return False
         elif type(x) is list:
+            if not self._count(node, "Items", len(x)):
+                return False
+            if node.get("uniqueItems") is True and not _unique(x):
+                return False
             items = node.get("items")
             if items is not None and not all(self._valid(items, v) for v in x):
+                return False
+        elif type(x) is str:
+            if not self._count(node, "Length", len(x)):
+                return False
+            pattern = node.get("pattern")
+            if pattern is not None and not self.patterns[pattern].search(x):
                 return False
         elif _is_number(x):
             low, high = node.get("minimum"), node.get("maximum")
@@ -187,4 +314,15 @@ class QuickCheck:
                 return False
             if high is not None and x > high:
                 return False
+            low, high = node.get("exclusiveMinimum"), node.get("exclusiveMaximum")
+            if low is not None and x <= low:
+                return False
+            if high is not None and x >= high:
+                return False
         return True
+
+    @staticmethod
+    def _count(node: dict[str, Any], what: str, n: int) -> bool:
+        """minLength/maxLength, minItems/maxItems, minProperties/maxProperties (`what`) allow `n`."""
+        low, high = node.get("min" + what), node.get("max" + what)
+        return (low is None or n >= low) and (high is None or n <= high)

@@ -14,12 +14,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from renderer.errors import UserError, closest
+from renderer.models.quickcheck import QuickCheck
+
+if TYPE_CHECKING:  # imported where a check needs it (SchemaRegistry._validator): ~55 ms
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class SchemaRegistry:
             self._where.update(dict.fromkeys(extra["endpoints"], layer))
         self._schemas: dict[str, dict[str, Any]] = {}
         self._validators: dict[tuple[str, str], Draft202012Validator] = {}
+        self._quick: dict[tuple[str, str], QuickCheck | None] = {}
 
     def layer(self, endpoint: str) -> Path:
         """The schema directory the endpoint's schema comes from."""
@@ -161,18 +164,34 @@ class SchemaRegistry:
             self._schemas[endpoint] = json.loads(path.read_text(encoding="utf-8"))
         return self._schemas[endpoint]
 
+    def _part(self, endpoint: str, part: str) -> dict[str, Any] | None:
+        """The schema of an endpoint's input (the whole schema) or output (None: it has none)."""
+        schema = self.schema(endpoint)
+        if part == "output":
+            if "Output" not in schema.get("$defs", {}):
+                return None
+            schema = {"$ref": "#/$defs/Output", "$defs": schema["$defs"]}
+        return schema
+
     def _validator(self, endpoint: str, part: str) -> Draft202012Validator | None:
         key = (endpoint, part)
         if key not in self._validators:
-            schema = self.schema(endpoint)
-            if part == "output":
-                if "Output" not in schema.get("$defs", {}):
-                    return None
-                schema = {"$ref": "#/$defs/Output", "$defs": schema["$defs"]}
+            schema = self._part(endpoint, part)
+            if schema is None:
+                return None
+            from jsonschema import Draft202012Validator
+
             self._validators[key] = Draft202012Validator(schema)
         return self._validators[key]
 
     def check(self, endpoint: str, payload: Any, part: str = "input") -> list[Violation]:
+        key = (endpoint, part)
+        if key not in self._quick:
+            schema = self._part(endpoint, part)
+            self._quick[key] = None if schema is None else QuickCheck.of(schema)
+        quick = self._quick[key]
+        if quick is not None and quick.valid(payload):
+            return []  # valid (the common case), decided as jsonschema would (quickcheck.py)
         validator = self._validator(endpoint, part)
         if validator is None:
             return []

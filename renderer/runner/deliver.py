@@ -15,10 +15,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -51,6 +53,23 @@ def check_images(result: Any) -> None:
             )
         if not isinstance(image.get("url"), str):
             raise JobRejected(f"result images[{index}] has no url string: {str(image)[:100]}")
+
+
+# A 1x1 RGB PNG: what warm_up checks.
+TINY_PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00"
+    b"\x90wS\xde\x00\x00\x00\x0cIDATx\x9cc``h\x00\x00\x00\x84\x00\x81\xc9u\xee\x92\x00\x00\x00"
+    b"\x00IEND\xaeB`\x82"
+)
+
+
+def warm_up() -> None:
+    """Pillow imported and its first decode done (files.verify_image of a tiny PNG), once.
+
+    The runner calls it in a thread while its first requests render (runner.warm_up_ahead), so the
+    first completions' deliveries do not pay for it on the loop (~15-30 ms of CPU, taken in the
+    middle of the first burst of refills otherwise)."""
+    files.verify_image(TINY_PNG, "image/png")
 
 
 def disk_hint(exc: OSError) -> str:
@@ -152,6 +171,59 @@ def write_dataset(
         publish(
             storage, Path(staging), f"{DATA_DIR}/{dataset.METADATA}", f"{DATA_DIR}/{dataset.CARD}"
         )
+
+
+class Deliveries:
+    """The deliveries' slots (`delivery_bound`), each taken only after the submits that freed
+    provider slots were given before it: `async with deliveries:` around a result read or a download.
+
+    Refills first (issue 23): when many requests finish at once (all S of them, at L = 1 s),
+    each finished job would otherwise start its result read, download and writes in the same
+    turns of the loop in which the jobs given its freed slot are to send their submits, so the
+    last slots of the burst stood idle until most of the burst's deliveries had been started. A
+    job given a slot for a new submit is pending until its submit is on the wire (or it lets go);
+    a delivery waits for the ones granted before it, not for later ones (so deliveries are never
+    starved by a steady stream of refills). Only the step from the slot to the wire counts (a
+    rate limiter's wait leaves pending first), so a delivery waits a turn of the loop or two,
+    never for a slow server. A job waiting here holds no provider slot.
+    """
+
+    def __init__(self, bound: int) -> None:
+        self.slots = asyncio.Semaphore(bound)
+        self._serial = 0  # grants so far
+        # key → its grant's serial, oldest first (dicts keep insertion order)
+        self.pending: dict[str, int] = {}
+        # (serial, future): a delivery waiting until every grant below serial is sent
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def granted(self, key: str) -> None:
+        self.pending[key] = self._serial
+        self._serial += 1
+
+    def sent(self, key: str) -> None:
+        """`key`'s submit is on the wire, or it no longer means to send one now."""
+        if self.pending.pop(key, None) is None or not self._waiters:
+            return
+        oldest = next(iter(self.pending.values()), self._serial)
+        while self._waiters and self._waiters[0][0] <= oldest:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def __aenter__(self) -> None:
+        if self.pending:
+            entry = (self._serial, asyncio.get_running_loop().create_future())
+            self._waiters.append(entry)
+            try:
+                await entry[1]
+            except asyncio.CancelledError:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                raise
+        await self.slots.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.slots.release()
 
 
 class GroupCommit:

@@ -324,6 +324,8 @@ class JobSteps:
         while True:
             account = self.limits.held[row.key]
             self.state.phase[row.key] = "limited"
+            if account.limiter is not None or self.limits.limiter is not None:
+                self.limits.deliveries.sent(row.key)  # a rate's wait does not hold deliveries back
             if account.limiter is not None:
                 await account.limiter.acquire()
             if self.limits.limiter is not None:
@@ -378,6 +380,7 @@ class JobSteps:
         ):  # the submit→commit window opens: a kill now leaves an ambiguous submit
             self.state.sending.add(row.key)
             self.store.submit_started(row.key)
+            self.limits.deliveries.sent(row.key)  # on the wire: deliveries may go on
 
         def refused() -> None:  # a definite refusal (429, 401, ingress 502…): nothing was taken
             self.state.sending.discard(row.key)
@@ -394,6 +397,7 @@ class JobSteps:
             return None
         finally:
             self.state.sending.discard(row.key)
+            self.limits.deliveries.sent(row.key)
 
     async def follow(self, row: Row, deadline: float, account: Account) -> Row | None:
         assert row.request_id and row.status_url and row.response_url and row.cancel_url

@@ -48,6 +48,7 @@ from aiolimiter import AsyncLimiter
 from renderer.errors import AccountError
 from renderer.provider.client import Client
 from renderer.runner.config import SINGLE_ACCOUNT, SINGLE_KEY, Event, RunConfig
+from renderer.runner.deliver import Deliveries
 from renderer.state.rows import Row
 from renderer.state.store import Store
 
@@ -341,7 +342,7 @@ class Limits:
         # A per-endpoint cap counts what an account's does (requests at the provider), exactly:
         # it is the user's own (module docstring).
         self.endpoint_slots = {e: asyncio.Semaphore(n) for e, n in config.per_endpoint.items()}
-        self.deliveries = asyncio.Semaphore(delivery_bound(config.concurrency))
+        self.deliveries = Deliveries(delivery_bound(config.concurrency))  # (deliver.py)
         # No pacing unless the user sets limits.rate: fal limits what runs, not how fast it is asked.
         self.limiter: AsyncLimiter | SharedRate | None = (
             make_limiter(config.rate) if config.rate else None
@@ -459,10 +460,15 @@ class Limits:
             raise
         self.held[row.key] = account
         self.gates[row.key] = gate
+        if row.state == "planned":
+            self.deliveries.granted(
+                row.key
+            )  # its submit goes before new deliveries (deliver.Deliveries)
         return True
 
     async def let_go(self, key: str) -> None:
         """Give back the provider slots `key` holds, if any (its request finished or is given up)."""
+        self.deliveries.sent(key)
         account = self.held.pop(key, None)
         if account is None:
             return

@@ -11,8 +11,11 @@ Invariants:
     it sees its request COMPLETED: what fal's concurrency limit counts (limits.py, with the
     small lead that waits in the provider's queue). Reading the result, downloading and writing
     hold a delivery slot instead, so slow downloads never idle the account.
-  * The task pool has room for every provider slot and every delivery slot at once, so a job
-    waiting to be delivered never keeps another from being submitted.
+  * The task pool has room for every provider slot, as many jobs again waiting for a delivery
+    slot, and every delivery slot, so jobs waiting to be delivered never keep a freed provider
+    slot from its next submit, even when every request finishes at once.
+  * A freed provider slot's next submit goes before any new result read or download
+    (deliver.Deliveries).
   * A request is followed, read and cancelled only with the key of the account recorded with it
     (store: `account`); a job whose account is not available waits, it is never sent again
     under another key. A 401/403 stops that account only; the run stops when none is left.
@@ -42,7 +45,14 @@ from renderer.plan.jobs import Plan
 from renderer.provider.client import Client
 from renderer.runner.claims import Claims
 from renderer.runner.config import Event, RunConfig
-from renderer.runner.deliver import Delivery, GroupCommit, write_dataset, write_record, writing
+from renderer.runner.deliver import (
+    Delivery,
+    GroupCommit,
+    warm_up,
+    write_dataset,
+    write_record,
+    writing,
+)
 from renderer.runner.job import JobSteps, RunState
 from renderer.runner.limits import Accounts, Limits, delivery_bound, provider_capacity
 from renderer.runner.reconcile import reconcile
@@ -138,6 +148,26 @@ async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
             record=True,
         )
         runner.plan_changed = False  # the dataset matches this plan now: the end appends to it
+
+
+async def warm_up_ahead(runner: Runner) -> None:
+    """What the first delivery needs (deliver.warm_up: Pillow), loaded in a thread once the
+    first submits are out: the loop then waits for the provider anyway, and the first burst
+    of completions does not pay for it. Tried once; a failure is the first delivery's to meet."""
+    first: float | None = None  # when the first submit went out
+    capacity = provider_capacity(runner.config)
+    # The ramp first (every slot's first submit, or 0.1 s of it): its submits are what the
+    # provider waits for; the loop is idle after it until the first request finishes.
+    while runner.limits.in_flight < capacity:
+        if runner.state.stopping or (runner.state.done and not runner.tasks):
+            return
+        if runner.client.calls["submit"]:
+            first = first or time.monotonic()
+            if time.monotonic() - first >= 0.1:
+                break
+        await asyncio.sleep(0.01)
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(warm_up)
 
 
 class Runner:
@@ -275,13 +305,18 @@ class Runner:
                 self.emit(self.progress())
             drained.set()
 
-        # Enough workers for every provider slot (with its lead) and every delivery at once.
-        size = provider_capacity(self.config) + delivery_bound(self.config.concurrency)
+        # Enough workers for every provider slot (with its lead), as many jobs again between their
+        # COMPLETED and their delivery, and every delivery: when every request finishes at once,
+        # each freed slot still has a job waiting to submit (with one worker per slot and
+        # delivery, the jobs queued for a delivery slot held the workers, and a burst of 256
+        # completions refilled 96 slots at once and the rest only as deliveries ended).
+        size = 2 * provider_capacity(self.config) + delivery_bound(self.config.concurrency)
         workers = [asyncio.ensure_future(worker()) for _ in range(size)]
         helpers = [
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),
             asyncio.ensure_future(self.claims.renew(self.tasks)),
             asyncio.ensure_future(export_ahead(self, drained)),
+            asyncio.ensure_future(warm_up_ahead(self)),
         ]
         self.store.grouping = self.store.group_commit
         try:
