@@ -42,6 +42,74 @@ def small_png() -> bytes:
     return buffer.getvalue()
 
 
+LINKS_PER_FILE = 50_000  # hard links to one image file: ext4 allows 65,000 per inode
+
+
+def synthesise_linked(manifest_path: Path, output: Path, png: bytes) -> Path:
+    """A finished run as synthesise_finished_run leaves it, at 10M scale: every job's files and
+    result set by one SQL statement (not a Python update per job) and every image a hard link to
+    one of a few files with the same bytes (10M files of their own would need 10M inodes and
+    hours). The tools read exactly what they read after a real run: the state, the images.
+    SQLite state only (the layout of the `job` and `cells` tables at this commit)."""
+    import hashlib
+
+    from renderer.layout import DATA_DIR
+    from renderer.manifest import load as manifest_mod
+    from renderer.models.schemas import SchemaRegistry, default_schema_dir
+    from renderer.output.storage import LocalStorage
+    from renderer.plan import planner as plan_mod
+    from renderer.runner.deliver import write_dataset
+    from renderer.state.sqlite import SQLiteStore
+
+    m = manifest_mod.load(manifest_path)
+    m = manifest_mod.Manifest(**{**m.__dict__, "output": output})
+    plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
+    store = SQLiteStore(m.run_dir)
+    started = time.perf_counter()
+    store.sync_plan(plan.jobs, plan.digest)
+    print(f"  plan recorded in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    sources = m.run_dir / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    first = sources / "0.png"
+    first.write_bytes(png)
+    mtime = first.stat().st_mtime_ns  # every link shares the inode's mtime
+    started = time.perf_counter()
+    with store.db:
+        store.db.execute(
+            "UPDATE job SET state = 'downloaded', request_id = 'r', downloaded_at = 0, "
+            "result = json_object('images', json_array(json_object('url', 'x')), 'seed', seed), "
+            "files = json_array(json_object('path', ? || COALESCE(stem, "
+            "(SELECT stem_head FROM cells c WHERE c.id = job.cell) || seed) || '-0.png', "
+            "'sha256', ?, 'size', ?, 'mtime_ns', ?, 'width', 0, 'height', 0, "
+            "'content_type', 'image/png', 'seed', seed))",
+            (DATA_DIR + "/", hashlib.sha256(png).hexdigest(), len(png), mtime),
+        )
+    print(f"  jobs finished in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    started = time.perf_counter()
+    made: set[str] = set()
+    source = first
+    for n, row in enumerate(
+        store.stream("json_extract(files, '$[0].path') AS path", "state = 'downloaded'")
+    ):
+        path = row["path"]
+        if n and n % LINKS_PER_FILE == 0:
+            source = sources / f"{n // LINKS_PER_FILE}.png"
+            source.write_bytes(png)
+            os.utime(source, ns=(mtime, mtime))
+        folder = path.rsplit("/", 1)[0]
+        if folder not in made:
+            (m.run_dir / folder).mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        os.link(source, m.run_dir / path)
+    print(f"  images linked in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    started = time.perf_counter()
+    write_dataset(plan, store, LocalStorage(m.run_dir), None)
+    print(f"  dataset written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    store.close()
+    shutil.rmtree(sources)
+    return m.run_dir
+
+
 def yaml_name(text: str) -> str:
     return next(line for line in text.splitlines() if line.startswith("name:"))
 
@@ -95,6 +163,12 @@ def main() -> None:
         help="captions: N distinct prompts x 1 model x 1 seed (issue 22's); dataset: 1,000 "
         "prompts x 10 models x N/10,000 seeds (bench/state_scale.py's; far quicker to synthesise)",
     )
+    ap.add_argument(
+        "--linked",
+        action="store_true",
+        help="synthesise fast: jobs finished in one SQL statement, images hard links to a few "
+        "files (what 10M needs: the disk's inodes and hours otherwise)",
+    )
     args = ap.parse_args()
     trees = [Path(t).resolve() for t in (args.tree or [str(Path(__file__).parent.parent)])]
     commands = args.only or list(COMMANDS)
@@ -113,7 +187,10 @@ def main() -> None:
                 path = dataset_manifest(folder, args.images)
                 text = path.read_text()  # the run's folder is found by the name "bench"
                 path.write_text(text.replace(yaml_name(text), "name: bench", 1))
-            synthesise_finished_run(path, folder / "out", lambda job: png)
+            if args.linked:
+                synthesise_linked(path, folder / "out", png)
+            else:
+                synthesise_finished_run(path, folder / "out", lambda job: png)
         made = time.perf_counter() - start
         print(f"synthesised {args.images:,} images in {made:.0f} s: {run}", file=sys.stderr)
         rows = []
