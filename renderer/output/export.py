@@ -23,6 +23,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
+import operator
 import os
 import shutil
 import tarfile
@@ -423,7 +424,10 @@ def _parquet(out: _Folder, columns: Columns, read: Read, shards: int) -> tuple[l
     pq = __import__("pyarrow.parquet", fromlist=["parquet"])
     schema = _arrow_schema(columns)
     image_fields = list(schema.field("image").type)
-    others = [(f.name, f.type) for f in schema][1:]
+    # file_name (the image's path), then the other columns, as pick() gives them.
+    names = ["file_name", *[f.name for f in schema][1:]]
+    types = [pa.string(), *[f.type for f in schema][1:]]
+    pick = operator.itemgetter(*names)
     written: list[str] = []
     total = 0
     for index, groups in _by_shard(read):
@@ -434,17 +438,14 @@ def _parquet(out: _Folder, columns: Columns, read: Read, shards: int) -> tuple[l
         ):
             for group, blobs in groups:
                 total += sum(map(len, blobs))
-                rows = [row for row, _ in group]
-                # Column by column (what pa.table of row dicts does inside, at a third of the cost).
+                # Column by column (what pa.table of row dicts does inside, at half the cost):
+                # each row's values in schema order, transposed into columns.
+                values = zip(*(pick(row) for row, _ in group), strict=True)
+                arrays = [pa.array(column, t) for column, t in zip(values, types, strict=True)]
                 image = pa.StructArray.from_arrays(
-                    [
-                        pa.array(blobs, pa.binary()),
-                        pa.array([row["file_name"] for row in rows], pa.string()),
-                    ],
-                    fields=image_fields,
+                    [pa.array(blobs, pa.binary()), arrays[0]], fields=image_fields
                 )
-                arrays = [image] + [pa.array([row[n] for row in rows], t) for n, t in others]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                writer.write_table(pa.Table.from_arrays([image, *arrays[1:]], schema=schema))
         out.written(path)
         written.append(path.name)
     out.finish(written, "train-*-of-*.parquet")
