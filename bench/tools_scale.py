@@ -50,7 +50,7 @@ def synthesise_linked(manifest_path: Path, output: Path, png: bytes) -> Path:
     result set by one SQL statement (not a Python update per job) and every image a hard link to
     one of a few files with the same bytes (10M files of their own would need 10M inodes and
     hours). The tools read exactly what they read after a real run: the state, the images.
-    SQLite state only (the layout of the `job` and `cells` tables at this commit)."""
+    SQLite state only: the `job` table's state columns, each job's stem read from the `jobs` view."""
     import hashlib
 
     from renderer.layout import DATA_DIR
@@ -78,8 +78,8 @@ def synthesise_linked(manifest_path: Path, output: Path, png: bytes) -> Path:
         store.db.execute(
             "UPDATE job SET state = 'downloaded', request_id = 'r', downloaded_at = 0, "
             "result = json_object('images', json_array(json_object('url', 'x')), 'seed', seed), "
-            "files = json_array(json_object('path', ? || COALESCE(stem, "
-            "(SELECT stem_head FROM cells c WHERE c.id = job.cell) || seed) || '-0.png', "
+            "files = json_array(json_object('path', ? || "
+            "(SELECT v.stem FROM jobs v WHERE v.id = job.id) || '-0.png', "
             "'sha256', ?, 'size', ?, 'mtime_ns', ?, 'width', 0, 'height', 0, "
             "'content_type', 'image/png', 'seed', seed))",
             (DATA_DIR + "/", hashlib.sha256(png).hexdigest(), len(png), mtime),
