@@ -101,9 +101,8 @@ def _read_file(path: str) -> bytes:
 _FIRST_READ = 1 << 16
 _MORE_READ = 1 << 20
 READERS = 8  # images read (and hashed) at once: a bucket's latency overlapped
-PART_BYTES = (
-    1 << 20
-)  # a local read task takes at least this many bytes of images (or a whole group)
+# A local read task takes at least this many bytes of images (or the whole group).
+PART_BYTES = 1 << 20
 
 Item = tuple[dict[str, Any], str]  # (metadata row, image path relative to the run)
 
@@ -166,7 +165,7 @@ class _Images:
         self, groups: Iterator[tuple[int, list[Item]]]
     ) -> Iterator[tuple[int, list[Item], list[bytes]]]:
         """(shard, group, verified bytes of its images) for each group, the next group's reads
-        already under way: at most two groups' images are in memory."""
+        already under way: the images of the group being written and of the next are in memory."""
         pending: tuple[int, list[Item], list[Future[list[bytes]]]] | None = None
         for shard, group in groups:
             started = (shard, group, [self.pool.submit(self.read, p) for p in self.parts(group)])
