@@ -8,9 +8,11 @@ job downloaded, one small PNG per job on disk, metadata.jsonl and the card writt
 rendering a million images first takes hours; the tools only read what a run leaves. Each
 command runs in a child process (bench/_run.py: wall time around the command, peak RSS of the
 child) once per code tree given: `--tree DIR` names a checkout (e.g. /work/main for "before"),
-the default is this one.
+the default is this one. `--linked` synthesises in SQL with hard-linked images (what 10M needs,
+synthesise_linked); `--keep DIR` keeps the run for the next invocation.
 Reproduce:  python bench/tools_scale.py --images 100000 --runs 3 --tree /work/main --tree .
-            python bench/tools_scale.py --images 1000000 --runs 1 --tree .
+            python bench/tools_scale.py --images 1000000 --runs 3 --shape dataset --linked --tree .
+            python bench/tools_scale.py --images 10000000 --runs 1 --shape dataset --linked --keep DIR
 """
 
 from __future__ import annotations
@@ -212,9 +214,9 @@ def main() -> None:
                 records = found[tree]
                 wall = median([r["wall"] for r in records])
                 cpu = median([r["cpu"] for r in records])
-                rate = (
-                    f"{args.images / wall:,.0f}/s" if command.startswith(("export", "diff")) else ""
-                )
+                counted = command.startswith(("export", "diff"))
+                rate = f"{args.images / wall:,.0f}/s" if counted else ""
+                cpu_rate = f"{args.images / cpu:,.0f}/s" if counted else ""
                 rss = median([r["rss_mb"] for r in records])
                 rows.append(
                     [
@@ -223,6 +225,7 @@ def main() -> None:
                         f"{wall:.1f}",
                         f"{cpu:.1f}",
                         rate,
+                        cpu_rate,
                         f"{rss:.0f}",
                         len(records),
                     ]
@@ -234,11 +237,21 @@ def main() -> None:
     )
     print(
         f"# reproduce: python bench/tools_scale.py --images {args.images} --runs {args.runs} "
-        f"--shape {args.shape} " + trees_args
+        f"--shape {args.shape} " + ("--linked " if args.linked else "") + trees_args
     )
     print(
         table(
-            ["tree", "command", "wall s", "CPU s", "images/s (wall)", "peak RSS MiB", "runs"], rows
+            [
+                "tree",
+                "command",
+                "wall s",
+                "CPU s",
+                "images/s (wall)",
+                "images/s (CPU)",
+                "peak RSS MiB",
+                "runs",
+            ],
+            rows,
         )
     )
 
