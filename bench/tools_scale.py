@@ -8,9 +8,11 @@ job downloaded, one small PNG per job on disk, metadata.jsonl and the card writt
 rendering a million images first takes hours; the tools only read what a run leaves. Each
 command runs in a child process (bench/_run.py: wall time around the command, peak RSS of the
 child) once per code tree given: `--tree DIR` names a checkout (e.g. /work/main for "before"),
-the default is this one.
+the default is this one. `--linked` synthesises in SQL with hard-linked images (what 10M needs,
+synthesise_linked); `--keep DIR` keeps the run for the next invocation.
 Reproduce:  python bench/tools_scale.py --images 100000 --runs 3 --tree /work/main --tree .
-            python bench/tools_scale.py --images 1000000 --runs 1 --tree .
+            python bench/tools_scale.py --images 1000000 --runs 3 --shape dataset --linked --tree .
+            python bench/tools_scale.py --images 10000000 --runs 1 --shape dataset --linked --keep DIR
 """
 
 from __future__ import annotations
@@ -40,6 +42,74 @@ def small_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (90, 140, 200)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+LINKS_PER_FILE = 50_000  # hard links to one image file: ext4 allows 65,000 per inode
+
+
+def synthesise_linked(manifest_path: Path, output: Path, png: bytes) -> Path:
+    """A finished run as synthesise_finished_run leaves it, at 10M scale: every job's files and
+    result set by one SQL statement (not a Python update per job) and every image a hard link to
+    one of a few files with the same bytes (10M files of their own would need 10M inodes and
+    hours). The tools read exactly what they read after a real run: the state, the images.
+    SQLite state only: the `job` table's state columns, each job's stem read from the `jobs` view."""
+    import hashlib
+
+    from renderer.layout import DATA_DIR
+    from renderer.manifest import load as manifest_mod
+    from renderer.models.schemas import SchemaRegistry, default_schema_dir
+    from renderer.output.storage import LocalStorage
+    from renderer.plan import planner as plan_mod
+    from renderer.runner.deliver import write_dataset
+    from renderer.state.sqlite import SQLiteStore
+
+    m = manifest_mod.load(manifest_path)
+    m = manifest_mod.Manifest(**{**m.__dict__, "output": output})
+    plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
+    store = SQLiteStore(m.run_dir)
+    started = time.perf_counter()
+    store.sync_plan(plan.jobs, plan.digest)
+    print(f"  plan recorded in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    sources = m.run_dir / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    first = sources / "0.png"
+    first.write_bytes(png)
+    mtime = first.stat().st_mtime_ns  # every link shares the inode's mtime
+    started = time.perf_counter()
+    with store.db:
+        store.db.execute(
+            "UPDATE job SET state = 'downloaded', request_id = 'r', downloaded_at = 0, "
+            "result = json_object('images', json_array(json_object('url', 'x')), 'seed', seed), "
+            "files = json_array(json_object('path', ? || "
+            "(SELECT v.stem FROM jobs v WHERE v.id = job.id) || '-0.png', "
+            "'sha256', ?, 'size', ?, 'mtime_ns', ?, 'width', 0, 'height', 0, "
+            "'content_type', 'image/png', 'seed', seed))",
+            (DATA_DIR + "/", hashlib.sha256(png).hexdigest(), len(png), mtime),
+        )
+    print(f"  jobs finished in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    started = time.perf_counter()
+    made: set[str] = set()
+    source = first
+    for n, row in enumerate(
+        store.stream("json_extract(files, '$[0].path') AS path", "state = 'downloaded'")
+    ):
+        path = row["path"]
+        if n and n % LINKS_PER_FILE == 0:
+            source = sources / f"{n // LINKS_PER_FILE}.png"
+            source.write_bytes(png)
+            os.utime(source, ns=(mtime, mtime))
+        folder = path.rsplit("/", 1)[0]
+        if folder not in made:
+            (m.run_dir / folder).mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        os.link(source, m.run_dir / path)
+    print(f"  images linked in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    started = time.perf_counter()
+    write_dataset(plan, store, LocalStorage(m.run_dir), None)
+    print(f"  dataset written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    store.close()
+    shutil.rmtree(sources)
+    return m.run_dir
 
 
 def yaml_name(text: str) -> str:
@@ -95,6 +165,12 @@ def main() -> None:
         help="captions: N distinct prompts x 1 model x 1 seed (issue 22's); dataset: 1,000 "
         "prompts x 10 models x N/10,000 seeds (bench/state_scale.py's; far quicker to synthesise)",
     )
+    ap.add_argument(
+        "--linked",
+        action="store_true",
+        help="synthesise fast: jobs finished in one SQL statement, images hard links to a few "
+        "files (what 10M needs: the disk's inodes and hours otherwise)",
+    )
     args = ap.parse_args()
     trees = [Path(t).resolve() for t in (args.tree or [str(Path(__file__).parent.parent)])]
     commands = args.only or list(COMMANDS)
@@ -113,7 +189,10 @@ def main() -> None:
                 path = dataset_manifest(folder, args.images)
                 text = path.read_text()  # the run's folder is found by the name "bench"
                 path.write_text(text.replace(yaml_name(text), "name: bench", 1))
-            synthesise_finished_run(path, folder / "out", lambda job: png)
+            if args.linked:
+                synthesise_linked(path, folder / "out", png)
+            else:
+                synthesise_finished_run(path, folder / "out", lambda job: png)
         made = time.perf_counter() - start
         print(f"synthesised {args.images:,} images in {made:.0f} s: {run}", file=sys.stderr)
         rows = []
@@ -135,9 +214,9 @@ def main() -> None:
                 records = found[tree]
                 wall = median([r["wall"] for r in records])
                 cpu = median([r["cpu"] for r in records])
-                rate = (
-                    f"{args.images / wall:,.0f}/s" if command.startswith(("export", "diff")) else ""
-                )
+                counted = command.startswith(("export", "diff"))
+                rate = f"{args.images / wall:,.0f}/s" if counted else ""
+                cpu_rate = f"{args.images / cpu:,.0f}/s" if counted else ""
                 rss = median([r["rss_mb"] for r in records])
                 rows.append(
                     [
@@ -146,6 +225,7 @@ def main() -> None:
                         f"{wall:.1f}",
                         f"{cpu:.1f}",
                         rate,
+                        cpu_rate,
                         f"{rss:.0f}",
                         len(records),
                     ]
@@ -157,11 +237,21 @@ def main() -> None:
     )
     print(
         f"# reproduce: python bench/tools_scale.py --images {args.images} --runs {args.runs} "
-        f"--shape {args.shape} " + trees_args
+        f"--shape {args.shape} " + ("--linked " if args.linked else "") + trees_args
     )
     print(
         table(
-            ["tree", "command", "wall s", "CPU s", "images/s (wall)", "peak RSS MiB", "runs"], rows
+            [
+                "tree",
+                "command",
+                "wall s",
+                "CPU s",
+                "images/s (wall)",
+                "images/s (CPU)",
+                "peak RSS MiB",
+                "runs",
+            ],
+            rows,
         )
     )
 

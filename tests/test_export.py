@@ -249,3 +249,98 @@ def test_kept_columns_are_exported_in_both_formats(tmp_path: Path):
                     row = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
                     rows[f"{row['job_key']}-{row['image_index']}"] = row
     assert rows == expected
+
+
+def _plain_parquet(path: Path, rows: list[dict], run_dir: Path, schema, group: int) -> bytes:
+    """A shard as the first export wrote it: pa.table of row dicts per row group, images read whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [f.name for f in schema]
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for start in range(0, len(rows), group):
+            data: dict[str, list] = {n: [] for n in names}
+            for row in rows[start : start + group]:
+                blob = (run_dir / "data" / row["file_name"]).read_bytes()
+                data["image"].append({"bytes": blob, "path": row["file_name"]})
+                for n in names[1:]:
+                    data[n].append(row[n])
+            writer.write_table(pa.table(data, schema=schema))
+    return path.read_bytes()
+
+
+def _plain_tar(rows: list[dict], run_dir: Path, mtime: int) -> bytes:
+    """A shard as tarfile writes it: ustar members (mode 0444, owner bigdata), each sample's
+    members by name, the row as sorted JSON."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for row in rows:
+            key = f"{row['job_key']}-{row['image_index']}"
+            ext = row["file_name"].rsplit(".", 1)[1]
+            text = json.dumps(row, ensure_ascii=False, sort_keys=True).encode()
+            blob = (run_dir / "data" / row["file_name"]).read_bytes()
+            for name, data in sorted(((f"{key}.json", text), (f"{key}.{ext}", blob))):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), mtime, 0o444
+                info.uname = info.gname = "bigdata"
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("group", "part_bytes"), [(100, 1 << 20), (3, 1 << 20), (4, 1)])
+def test_shards_are_byte_for_byte_the_plain_writers(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: int, part_bytes: int
+):
+    """Every shard is byte for byte what pyarrow (row dicts) or tarfile writes from metadata.jsonl's
+    rows and the image files, in order, however the images are grouped and split among readers."""
+    import pyarrow.parquet as pq
+
+    from renderer.output.dataset import reading
+
+    with reading(run_dir) as (columns, _):
+        schema = export._arrow_schema(columns)
+    monkeypatch.setattr(export, "ROW_GROUP", group)
+    monkeypatch.setattr(export, "PART_BYTES", part_bytes)
+    rows = [json.loads(line) for line in (run_dir / "data/metadata.jsonl").read_text().splitlines()]
+    done = export.export(run_dir, "parquet", tmp_path / "pq", shard_size=7)
+    assert done["rows"] == len(rows) == 16 and len(done["shards"]) == 3
+    for index, name in enumerate(done["shards"]):
+        shard = tmp_path / "pq" / name
+        part = rows[index * 7 : index * 7 + 7]
+        assert shard.read_bytes() == _plain_parquet(tmp_path / "p", part, run_dir, schema, group)
+        assert pq.ParquetFile(shard).num_row_groups == -(-len(part) // group)
+    done = export.export(run_dir, "webdataset", tmp_path / "wd", shard_size=7)
+    for index, name in enumerate(done["shards"]):
+        shard = (tmp_path / "wd" / name).read_bytes()
+        mtime = int(shard[136:147], 8)
+        assert shard == _plain_tar(rows[index * 7 : index * 7 + 7], run_dir, mtime)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from([0, 1, 140, (1 << 16) - 1, 1 << 16, (1 << 16) + 1, (1 << 20) + (1 << 16) + 5]),
+    st.binary(min_size=1, max_size=64),
+)
+def test_local_reads_come_whole(tmp_path_factory: pytest.TempPathFactory, size: int, seed: bytes):
+    """An image is read to its end whatever its size (around the first and later read sizes)."""
+    data = (seed * (size // len(seed) + 1))[:size]
+    path = tmp_path_factory.mktemp("read") / "image.png"
+    path.write_bytes(data)
+    assert export._read_file(str(path)) == data
+
+
+def test_a_missing_image_stops_the_export_with_no_shard(run_dir: Path, tmp_path: Path):
+    """An image gone since the run stops the export naming the file, with nothing written."""
+    victim = next((run_dir / "data").rglob("*.jpg"))
+    kept = tmp_path / "kept.jpg"
+    victim.rename(kept)
+    try:
+        for fmt in ("parquet", "webdataset"):
+            code, _, err = cli(
+                "export", str(run_dir), "--format", fmt, "--out", str(tmp_path / fmt)
+            )
+            assert code == 2 and f"{victim}: cannot read this image: it is not there" in err, err
+            assert "Traceback" not in err and "hint:" in err
+            assert not [p for p in (tmp_path / fmt).iterdir()]
+    finally:
+        kept.rename(victim)

@@ -173,9 +173,9 @@ class Queries(Reading):
                 "model": r["model"],
                 "endpoint": r["endpoint"],
                 "seed": r["seed"],
-                "axes": json.loads(r["axes"]),
+                "axes": _loaded(r["axes"]),
                 "input": json.loads(r["input"]),
-                "tags": json.loads(r["tags"]),
+                "tags": _loaded(r["tags"]),
                 "files": json.loads(r["files"]),
                 "request_id": r["request_id"],
                 "provider": r["provider"],
@@ -290,3 +290,13 @@ class Queries(Reading):
         """What the last finished run recorded (run.json's content), if any."""
         row = self.db.execute("SELECT summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         return json.loads(row[0]) if row and row[0] else None
+
+
+def _loaded(text: str) -> Any:
+    """json.loads, without its cost (~2 µs, a twentieth of an export's per image) for the empty
+    object and list most jobs' axes and tags are; fresh ones each time, as json.loads gives."""
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return json.loads(text)
