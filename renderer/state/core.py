@@ -42,6 +42,8 @@ class StoreCore:
 
     seed_text = "j.seed"  # a `job j` row's seed as text, in SQL
 
+    int_source = True  # cells.source may hold a line number as an integer (SQLite; PostgreSQL: text)
+
     owner: str | None = (
         None  # this worker's id once it claims jobs (every state change is then fenced)
     )

@@ -122,9 +122,9 @@ def m006_leases(db: sqlite3.Connection) -> None:
         )""")
 
 
-# The per-job table, the per-cell table and the view that joins them back into the old `jobs`.
-# Shared by the migration below (SQLite); pgstore's p003 says the same in PostgreSQL's words.
-CELLS_DDL = """
+# The per-job table, the per-cell table and the view that joins them back into the old `jobs`,
+# as m007 made them (pgstore's p003 says the same in PostgreSQL's words); m012 splits the cells.
+CELLS_V7_DDL = """
     CREATE TABLE cells (
         id INTEGER PRIMARY KEY,
         digest BLOB UNIQUE,
@@ -191,8 +191,8 @@ JOB_INDEXES = (
 )
 
 
-def jobs_view(key_sql: str, seed_text: str) -> str:
-    """`jobs` as it was before the cells: every column, rebuilt (stem and input from the cell and the seed)."""
+def jobs_view_v7(key_sql: str, seed_text: str) -> str:
+    """`jobs` as m007 made it (superseded by jobs_view in m012): every column, rebuilt."""
     return f"""
     CREATE VIEW jobs AS SELECT j.id AS id, {key_sql} AS key, j.plan_index AS plan_index, j.in_plan AS in_plan,
         c.endpoint AS endpoint, c.model AS model, c.prompt_id AS prompt_id, c.prompt AS prompt, j.seed AS seed,
@@ -220,7 +220,7 @@ def m007_cells(db: sqlite3.Connection) -> None:
     """
     db.create_function("renderer_key", 1, key_blob, deterministic=True)
     db.create_function("renderer_key_text", 1, key_text, deterministic=True)
-    db.execute(CELLS_DDL)
+    db.execute(CELLS_V7_DDL)
     db.execute(JOB_DDL)
     db.execute(
         "INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, source) "
@@ -234,13 +234,16 @@ def m007_cells(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE jobs")
     for ddl in JOB_INDEXES:
         db.execute(ddl)
-    db.execute(jobs_view(SQLITE_KEY, "j.seed"))
-    # Tools and old scripts that update `jobs` directly still can (slowly: by the view's rows).
-    db.execute(f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
-        UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
-        stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
-        {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))} WHERE id = OLD.id; END""")
+    db.execute(jobs_view_v7(SQLITE_KEY, "j.seed"))
+    db.execute(JOBS_UPDATE)
     db.execute("DELETE FROM meta WHERE name = 'plan_digest'")
+
+
+# Tools and old scripts that update `jobs` directly still can (slowly: by the view's rows).
+JOBS_UPDATE = f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
+    UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
+    stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
+    {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))} WHERE id = OLD.id; END"""
 
 
 def file_columns_sql(files: str) -> str:
@@ -306,6 +309,125 @@ def m009_job_files_trigger(db: sqlite3.Connection) -> None:
 def m010_workers_left(db: sqlite3.Connection) -> None:
     """When a worker's run ended (NULL: still running, or killed): status tells live workers apart."""
     db.execute("ALTER TABLE workers ADD COLUMN left_at REAL")
+
+
+# m012's layout (issue 22): what many cells share is a form, stored once; a cell keeps what is its
+# own (the prompt id, the prompt text once, the source's line, a path that is not its form's).
+FORMS_DDL = """
+    CREATE TABLE forms (
+        id {serial} PRIMARY KEY,
+        digest {blob} UNIQUE,
+        endpoint {text} NOT NULL,
+        model {text} NOT NULL,
+        axes {text} NOT NULL,
+        input_head {text} NOT NULL,
+        input_mid {text},
+        input_tail {text},
+        num_images {integer} NOT NULL,
+        tags {text} NOT NULL,
+        source_head {text} NOT NULL,
+        stem_head {text},
+        stem_mid {text}
+    )"""
+
+
+# `source` has no type in SQLite: a line number is kept as an integer (1-3 bytes, not its digits).
+CELLS_DDL = """
+    CREATE TABLE {name} (
+        id {serial} PRIMARY KEY,
+        form {bigint} NOT NULL,
+        prompt_id {text} NOT NULL,
+        prompt {text} NOT NULL,
+        source {any} NOT NULL,
+        stem_head {text},
+        quoted {text}
+    )"""
+
+
+SQLITE_TYPES = {
+    "serial": "INTEGER",
+    "blob": "BLOB",
+    "text": "TEXT",
+    "integer": "INTEGER",
+    "bigint": "INTEGER",
+    "any": "",
+}
+
+
+# The columns of m007's cells; any other column an old cells table has (m011's `extra`) is carried
+# into the new cells table and the `jobs` view by m012.
+V7_CELL_COLUMNS = (
+    "id digest endpoint model prompt_id prompt axes input_head input_tail num_images tags source stem_head"
+).split()
+
+
+# A cell's stem head: its own, or its form's head || its prompt id || its form's middle.
+STEM_HEAD_SQL = "COALESCE(c.stem_head, f.stem_head || c.prompt_id || f.stem_mid)"
+
+
+def jobs_view(key_sql: str, seed_text: str, extra: tuple[str, ...] = ()) -> str:
+    """`jobs` with the columns and values it has always had, rebuilt from job, cell and form.
+
+    input = input_head [|| prompt as JSON text || input_mid] [|| seed || input_tail]: the prompt
+    is cut out where the form has a middle (cells.quoted holds its JSON text when escaping changed
+    it), the seed where it has a tail. stem = the job's own, or the cell's stem head || seed.
+    """
+    cell_input = (
+        "CASE WHEN f.input_mid IS NULL THEN f.input_head "
+        "ELSE f.input_head || COALESCE(c.quoted, c.prompt) || f.input_mid END || "
+        f"CASE WHEN f.input_tail IS NULL THEN '' ELSE {seed_text} || f.input_tail END"
+    )
+    return f"""
+    CREATE VIEW jobs AS SELECT j.id AS id, {key_sql} AS key, j.plan_index AS plan_index, j.in_plan AS in_plan,
+        f.endpoint AS endpoint, f.model AS model, c.prompt_id AS prompt_id, c.prompt AS prompt, j.seed AS seed,
+        f.axes AS axes, COALESCE(j.stem, {STEM_HEAD_SQL} || {seed_text}) AS stem,
+        {cell_input} AS input,
+        f.num_images AS num_images, f.tags AS tags, f.source_head || c.source AS source,
+        {", ".join(f"j.{name} AS {name}" for name in JOB_COLUMNS.split(", "))}
+        {"".join(f", c.{name} AS {name}" for name in extra)}
+    FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = c.form"""
+
+
+def split_cells_sql(extra: dict[str, str], types: dict[str, str]) -> list[str]:
+    """m012's statements (both databases): the cells of m007 (renamed cells_v7) become a form each
+    and a cell each, ids kept, exact (the view reads the same); the next run's recording shares
+    forms. `extra`: old columns to carry (name → declared type)."""
+    moved = "".join(f", {name}" for name in extra)
+    return [
+        FORMS_DDL.format(**types),
+        CELLS_DDL.format(name="cells", **types),
+        *(f"ALTER TABLE cells ADD COLUMN {name} {kind}" for name, kind in extra.items()),
+        "INSERT INTO forms (id, endpoint, model, axes, input_head, input_tail, num_images, tags, source_head) "
+        "SELECT id, endpoint, model, axes, input_head, input_tail, num_images, tags, '' FROM cells_v7",
+        f"INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head{moved}) "
+        f"SELECT id, id, prompt_id, prompt, source, stem_head{moved} FROM cells_v7",
+        "DROP TABLE cells_v7",
+        # The next run records the plan again (into shared forms); until then every row reads the same.
+        "DELETE FROM meta WHERE name = 'plan_digest'",
+    ]
+
+
+@migration
+def m012_forms(db: sqlite3.Connection) -> None:
+    """The prompt text stored once, and nothing stored that the view can derive (issue 22: ~548 B a
+    job to ~N B for a caption set, where every job is a cell of its own).
+
+    A form holds what cells share: endpoint, model, axes, tags, num_images, the input with the
+    prompt and the seed cut out, the source file (source = source_head || cells.source, its line
+    number), and the stem head around the prompt id (stem_head || prompt_id || stem_mid). A cell
+    keeps its prompt id, prompt and source line; its stem head or the prompt's JSON text only when
+    they are not derivable. The 16-byte digest and its unique index are gone from cells (cells are
+    found by their jobs, or made anew: see plansync); forms keep theirs (they are few).
+    """
+    extra = {
+        r[1]: r[2] for r in db.execute("PRAGMA table_info(cells)") if r[1] not in V7_CELL_COLUMNS
+    }
+    db.execute("DROP VIEW jobs")  # (and its trigger)
+    db.execute("ALTER TABLE cells RENAME TO cells_v7")
+    for sql in split_cells_sql(extra, SQLITE_TYPES):
+        db.execute(sql)
+    db.execute(jobs_view(SQLITE_KEY, "j.seed", tuple(extra)))
+    db.execute(JOBS_UPDATE)
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from renderer.plan.unique import Fingerprints
 from renderer.state.core import StoreCore
-from renderer.state.recording import PlanRecorder
+from renderer.state.migrations import STEM_HEAD_SQL
+from renderer.state.recording import Memo, PlanRecorder
 from renderer.state.rows import (
     _dumps,
     distinct_stem,
@@ -67,7 +68,7 @@ class PlanSync(StoreCore):
             return None
         rest = iter(jobs)
         first = list(islice(rest, FIRST_BATCH))
-        self._sync_batch(first, {}, True, Fingerprints())
+        self._sync_batch(first, Memo(), True, Fingerprints())
         # PlanSync is only ever a part of Store (state/store.py), which the recorder drives.
         self.recorder = PlanRecorder(cast("Store", self), rest, digest, len(first), len(jobs))
         self.recorder.thread.start()
@@ -91,16 +92,16 @@ class PlanSync(StoreCore):
         if not empty:
             for (stem,) in self.db.execute("SELECT stem FROM jobs"):
                 stems.add(hash(stem.lower()))
-        cells: dict[tuple[Any, ...], int] = {}
+        memo = Memo()
         changed = False
         batch: list[Any] = []
         for j in jobs:
             batch.append(j)
             if len(batch) >= SYNC_BATCH:
-                changed |= self._sync_batch(batch, cells, empty, stems)
+                changed |= self._sync_batch(batch, memo, empty, stems)
                 batch = []
         if batch:
-            changed |= self._sync_batch(batch, cells, empty, stems)
+            changed |= self._sync_batch(batch, memo, empty, stems)
         with self._tx() as db:
             if not empty:
                 cur = db.execute(
@@ -109,8 +110,9 @@ class PlanSync(StoreCore):
                 )
                 changed |= cur.rowcount > 0
                 db.execute(f"DELETE FROM {seen}")
-                if changed:  # cells no job points to any more (a job moved to another cell)
+                if changed:  # cells no job points to any more (a job moved to another cell), their forms
                     db.execute("DELETE FROM cells WHERE id NOT IN (SELECT cell FROM job)")
+                    db.execute("DELETE FROM forms WHERE id NOT IN (SELECT form FROM cells)")
             if digest:
                 db.execute(
                     "INSERT INTO meta VALUES ('plan_digest', ?) "
@@ -119,14 +121,69 @@ class PlanSync(StoreCore):
                 )
         return changed
 
-    def _cell(self, j: Any, cells: dict[tuple[Any, ...], int]) -> tuple[int, str | None]:
-        """The id of the job's cell (found or made) and the stem the cell gives it (None: none).
+    def _form(self, content: tuple[Any, ...], forms: dict[tuple[Any, ...], int]) -> int:
+        """The id of the form with this content: remembered, found by its digest, or made."""
+        form = forms.get(content)
+        if form is None:
+            digest = hashlib.sha256(_dumps(content).encode()).digest()[:16]
+            row = self.db.execute("SELECT id FROM forms WHERE digest = ?", (digest,)).fetchone()
+            if row is None:
+                # ON CONFLICT: two workers recording one plan at once make each form once.
+                row = (
+                    self.db.execute(
+                        "INSERT INTO forms (digest, endpoint, model, axes, input_head, input_mid, input_tail, "
+                        "num_images, tags, source_head, stem_head, stem_mid) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (digest) DO NOTHING RETURNING id",
+                        (digest, *content),
+                    ).fetchone()
+                    or self.db.execute(
+                        "SELECT id FROM forms WHERE digest = ?", (digest,)
+                    ).fetchone()
+                )
+            if len(forms) >= 100_000:  # a plan whose inputs share nothing: memory stays bounded
+                forms.clear()
+            form = forms[content] = int(row[0])
+        return form
 
-        The input is kept as head || seed || tail when its JSON holds the seed exactly once,
-        so the view rebuilds the very text stored before; otherwise the cell holds it whole.
+    def _cell(
+        self, j: Any, memo: Memo, stored: tuple[Any, ...] | None
+    ) -> tuple[int, str | None]:
+        """The id of the job's cell and the stem the cell gives it (None: none).
+
+        The cell is the one `stored` (its id, then its content) when that has the same content, else
+        one made for this plan (remembered in `cells`, bounded). Cells are not looked up by content
+        in the database: a job already recorded brings its own; a new job's cell is new, or one made
+        earlier in this sync (a cell made twice reads the same, only less compactly).
         """
-        text, seed = _dumps(j.input), j.seed
-        head, tail, stem_head = text, None, None
+        cells = memo.cells
+        form, cell_content, natural = self._contents(j)
+        content = (self._form(form, memo.forms), *cell_content)
+        if stored is not None and tuple(stored[1:]) == content:
+            return int(stored[0]), natural
+        cell = cells.get(content)
+        if cell is None:
+            cell = int(
+                self.db.execute(
+                    "INSERT INTO cells (form, prompt_id, prompt, source, stem_head, quoted) "
+                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                    content,
+                ).fetchone()[0]
+            )
+            if len(cells) >= 100_000:  # a plan of all-distinct cells: memory stays bounded
+                cells.clear()
+            cells[content] = cell
+        return cell, natural
+
+    def _contents(self, j: Any) -> tuple[tuple[Any, ...], tuple[Any, ...], str | None]:
+        """(form content, cell content without its form, the stem the cell gives the job).
+
+        The input's JSON text is cut where that is exact: around the seed when it holds it once, and
+        around the prompt's JSON text when it holds `"prompt":` once before that; the view puts them
+        back (jobs_view), so the text read is the very text stored before.
+        """
+        text, seed, prompt = _dumps(j.input), j.seed, j.input.get("prompt", "")
+        head, mid, tail, stem_head, quoted = text, None, None, None, None
         if isinstance(seed, int) and not isinstance(seed, bool):
             digits = str(seed)
             # '"seed":' cannot occur inside a JSON string (its quotes would be escaped).
@@ -136,44 +193,42 @@ class PlanSync(StoreCore):
                     head, tail = text[:at], text[at + len(digits) :]
             if j.stem.endswith(f"/s{digits}"):
                 stem_head = j.stem[: -len(digits)]
-        content = (
+        if isinstance(prompt, str) and head.count('"prompt":"') == 1:
+            body = _dumps(prompt)[1:-1]
+            at = head.index('"prompt":"') + 10
+            if head.startswith(body + '"', at):
+                head, mid = head[:at], head[at + len(body) :]
+                quoted = None if body == prompt else body
+        # stem head = form's stem head || prompt id || form's stem middle, where it holds the id.
+        pre = after = own_stem = None
+        pid = j.prompt_id
+        if stem_head is not None and pid and pid in stem_head:
+            at = stem_head.rindex(pid)
+            pre, after = stem_head[:at], stem_head[at + len(pid) :]
+        else:
+            own_stem = stem_head
+        source_head, colon, line = j.where.rpartition(":")
+        source: Any = line
+        if self.int_source and line.isascii() and line.isdigit() and len(line) < 18:
+            if line == str(int(line)):
+                source = int(line)
+        form = (
             j.endpoint,
             j.model,
-            j.prompt_id,
-            j.input.get("prompt", ""),
             _dumps(j.axes),
             head,
+            mid,
             tail,
             j.num_images,
             _dumps(list(j.tags)),
-            j.where,
-            stem_head,
+            source_head + colon,
+            pre,
+            after,
         )
-        cell = cells.get(content)
-        if cell is None:
-            digest = hashlib.sha256(_dumps(content).encode()).digest()[:16]
-            row = self.db.execute("SELECT id FROM cells WHERE digest = ?", (digest,)).fetchone()
-            if row is None:
-                # ON CONFLICT: two workers recording one plan at once make each cell once.
-                row = (
-                    self.db.execute(
-                        "INSERT INTO cells (digest, endpoint, model, prompt_id, prompt, axes, input_head, input_tail, "
-                        "num_images, tags, source, stem_head) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (digest) DO NOTHING RETURNING id",
-                        (digest, *content),
-                    ).fetchone()
-                    or self.db.execute(
-                        "SELECT id FROM cells WHERE digest = ?", (digest,)
-                    ).fetchone()
-                )
-            if len(cells) >= 100_000:  # a plan of all-distinct cells: memory stays bounded
-                cells.clear()
-            cell = cells[content] = int(row[0])
-        return cell, None if stem_head is None else f"{stem_head}{seed}"
+        cell = (pid, prompt, source, own_stem, quoted)
+        return form, cell, None if stem_head is None else f"{stem_head}{seed}"
 
-    def _sync_batch(
-        self, batch: list[Any], cells: dict[tuple[Any, ...], int], empty: bool, stems: Fingerprints
-    ) -> bool:
+    def _sync_batch(self, batch: list[Any], memo: Memo, empty: bool, stems: Fingerprints) -> bool:
         blobs = [key_blob(j.key) for j in batch]
         stored: dict[bytes, tuple[Any, ...]] = {}
         if not empty:
@@ -182,8 +237,10 @@ class PlanSync(StoreCore):
                 stored.update(
                     (bytes(r[0]), tuple(r[1:]))
                     for r in self.db.execute(
-                        f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, c.stem_head || {self.seed_text}) "
-                        f"FROM job j JOIN cells c ON c.id = j.cell WHERE j.k IN ({','.join('?' * len(part))})",
+                        f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, {STEM_HEAD_SQL} || {self.seed_text}), "
+                        "c.form, c.prompt_id, c.prompt, c.source, c.stem_head, c.quoted "
+                        "FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = c.form "
+                        f"WHERE j.k IN ({','.join('?' * len(part))})",
                         part,
                     )
                 )
@@ -191,8 +248,8 @@ class PlanSync(StoreCore):
         batch_stems: set[str] = set()
         with self._tx() as db:
             for j, kb in zip(batch, blobs, strict=True):
-                cell, natural = self._cell(j, cells)
                 row = stored.get(kb)
+                cell, natural = self._cell(j, memo, None if row is None else (row[2], *row[4:]))
                 if row is None:
                     stem = j.stem
                     if hash(stem.lower()) in stems and self._stem_taken(stem, batch_stems):

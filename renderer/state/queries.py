@@ -232,8 +232,8 @@ class Queries(Reading):
         return [
             r[0]
             for r in self.db.execute(
-                "SELECT model FROM cells WHERE id IN (SELECT cell FROM job WHERE +in_plan = 1 AND +state = 'downloaded' "
-                "AND uncosted > 0) GROUP BY model ORDER BY model"
+                "SELECT model FROM forms WHERE id IN (SELECT form FROM cells WHERE id IN (SELECT cell FROM job "
+                "WHERE +in_plan = 1 AND +state = 'downloaded' AND uncosted > 0)) GROUP BY model ORDER BY model"
             )
         ]
 

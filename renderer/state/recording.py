@@ -5,6 +5,7 @@ first submit does not wait for a million rows.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,14 @@ if TYPE_CHECKING:
 # Measured at 20,000 jobs (64 slots, 0.2 s): process start to first submit 2.1 s with 5,000-job
 # batches, 1.2-1.5 s with these (bench/README.md, section 1).
 RECORD_BATCH = 250
+
+
+@dataclass
+class Memo:
+    """What one recording remembers (bounded: cleared past 100,000 entries): cells and forms by content."""
+
+    cells: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    forms: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
 
 class PlanRecorder:
@@ -53,7 +62,7 @@ class PlanRecorder:
         try:
             store = self._store.reopen()
             try:
-                cells: dict[tuple[Any, ...], int] = {}
+                memo = Memo()
                 stems = (
                     Fingerprints()
                 )  # the state was empty: only the plan's own paths, which never clash
@@ -63,11 +72,11 @@ class PlanRecorder:
                     if len(batch) >= RECORD_BATCH:
                         if self._stop.is_set():
                             return
-                        store._sync_batch(batch, cells, True, stems)
+                        store._sync_batch(batch, memo, True, stems)
                         self.recorded += len(batch)
                         batch = []
                 if batch and not self._stop.is_set():
-                    store._sync_batch(batch, cells, True, stems)
+                    store._sync_batch(batch, memo, True, stems)
                     self.recorded += len(batch)
                 digest = self._digest() if callable(self._digest) else self._digest
                 if digest and not self._stop.is_set():

@@ -41,6 +41,12 @@ class SQLiteStore(Store):
                 "SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'"
             ).fetchone():
                 _old_schema_views(self.db)
+            elif self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'cells' AND type = 'table'"
+            ).fetchone() and not self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'forms'"
+            ).fetchone():
+                _cells_v7_views(self.db)
         except sqlite3.Error as exc:
             raise sql_error(self.path, exc) from exc
         self._deferred = 0  # changes waiting in the open transaction for commit()
@@ -179,8 +185,13 @@ def _old_schema_views(db: sqlite3.Connection) -> None:
     db.create_function("renderer_key", 1, key_blob, deterministic=True)
     db.create_function("renderer_key_text", 1, key_text, deterministic=True)
     db.execute(
-        "CREATE TEMP VIEW cells AS SELECT rowid AS id, NULL AS digest, endpoint, model, prompt_id, prompt, axes, "
-        "input AS input_head, NULL AS input_tail, num_images, tags, source, NULL AS stem_head FROM main.jobs"
+        "CREATE TEMP VIEW forms AS SELECT rowid AS id, NULL AS digest, endpoint, model, axes, input AS input_head, "
+        "NULL AS input_mid, NULL AS input_tail, num_images, tags, '' AS source_head, NULL AS stem_head, "
+        "NULL AS stem_mid FROM main.jobs"
+    )
+    db.execute(
+        "CREATE TEMP VIEW cells AS SELECT rowid AS id, rowid AS form, prompt_id, prompt, source, "
+        "NULL AS stem_head, NULL AS quoted FROM main.jobs"
     )
     per_job = ", ".join(f"{col(c)} AS {c}" for c in JOB_COLUMNS.split(", "))
     db.execute(
@@ -190,4 +201,18 @@ def _old_schema_views(db: sqlite3.Connection) -> None:
     db.execute(
         "CREATE TEMP VIEW jobs AS SELECT rowid AS id, key, plan_index, in_plan, endpoint, model, prompt_id, "
         f"prompt, seed, axes, stem, input, num_images, tags, source, {per_job} FROM main.jobs"
+    )
+
+
+def _cells_v7_views(db: sqlite3.Connection) -> None:
+    """A read-only look at a database from m007 to m012 (cells not split into forms yet): temporary
+    views give main.cells the new names (temp shadows main for this connection's own statements;
+    main's `jobs` view keeps reading main.cells); nothing is written."""
+    db.execute(
+        "CREATE TEMP VIEW forms AS SELECT id, digest, endpoint, model, axes, input_head, NULL AS input_mid, "
+        "input_tail, num_images, tags, '' AS source_head, NULL AS stem_head, NULL AS stem_mid FROM main.cells"
+    )
+    db.execute(
+        "CREATE TEMP VIEW cells AS SELECT id, id AS form, prompt_id, prompt, source, stem_head, "
+        "NULL AS quoted FROM main.cells"
     )
