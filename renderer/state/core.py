@@ -42,7 +42,13 @@ class StoreCore:
 
     seed_text = "j.seed"  # a `job j` row's seed as text, in SQL
 
-    int_source = True  # cells.source may hold a line number as an integer (SQLite; PostgreSQL: text)
+    # Recording into an empty state without the unique index on job keys (record_plan builds it
+    # at the end, in one sorted pass): job rows are inserted plainly, no ON CONFLICT (k).
+    keyless = False
+
+    int_source = (
+        True  # cells.source may hold a line number as an integer (SQLite; PostgreSQL: text)
+    )
 
     owner: str | None = (
         None  # this worker's id once it claims jobs (every state change is then fenced)

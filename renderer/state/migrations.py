@@ -356,9 +356,21 @@ SQLITE_TYPES = {
 
 # The columns of m007's cells; any other column an old cells table has (m011's `extra`) is carried
 # into the new cells table and the `jobs` view by m012.
-V7_CELL_COLUMNS = (
-    "id digest endpoint model prompt_id prompt axes input_head input_tail num_images tags source stem_head"
-).split()
+V7_CELL_COLUMNS = [
+    "id",
+    "digest",
+    "endpoint",
+    "model",
+    "prompt_id",
+    "prompt",
+    "axes",
+    "input_head",
+    "input_tail",
+    "num_images",
+    "tags",
+    "source",
+    "stem_head",
+]
 
 
 # A cell's stem head: its own, or its form's head || its prompt id || its form's middle.

@@ -110,7 +110,9 @@ class PlanSync(StoreCore):
                 )
                 changed |= cur.rowcount > 0
                 db.execute(f"DELETE FROM {seen}")
-                if changed:  # cells no job points to any more (a job moved to another cell), their forms
+                if (
+                    changed
+                ):  # cells no job points to any more (a job moved to another cell), their forms
                     db.execute("DELETE FROM cells WHERE id NOT IN (SELECT cell FROM job)")
                     db.execute("DELETE FROM forms WHERE id NOT IN (SELECT form FROM cells)")
             if digest:
@@ -147,7 +149,11 @@ class PlanSync(StoreCore):
         return form
 
     def _cell(
-        self, j: Any, memo: Memo, stored: tuple[Any, ...] | None
+        self,
+        j: Any,
+        memo: Memo,
+        stored: tuple[Any, ...] | None,
+        made: list[tuple[Any, ...]] | None = None,
     ) -> tuple[int, str | None]:
         """The id of the job's cell and the stem the cell gives it (None: none).
 
@@ -162,7 +168,14 @@ class PlanSync(StoreCore):
         if stored is not None and tuple(stored[1:]) == content:
             return int(stored[0]), natural
         cell = cells.get(content)
-        if cell is None:
+        if cell is None and made is not None:  # numbered here, written with the batch's jobs
+            if memo.next_cell is None:
+                memo.next_cell = self.db.execute(
+                    "SELECT COALESCE(MAX(id), 0) + 1 FROM cells"
+                ).fetchone()[0]
+            cell, memo.next_cell = memo.next_cell, memo.next_cell + 1
+            made.append((cell, *content))
+        elif cell is None:
             cell = int(
                 self.db.execute(
                     "INSERT INTO cells (form, prompt_id, prompt, source, stem_head, quoted) "
@@ -209,9 +222,14 @@ class PlanSync(StoreCore):
             own_stem = stem_head
         source_head, colon, line = j.where.rpartition(":")
         source: Any = line
-        if self.int_source and line.isascii() and line.isdigit() and len(line) < 18:
-            if line == str(int(line)):
-                source = int(line)
+        if (
+            self.int_source
+            and line.isascii()
+            and line.isdigit()
+            and len(line) < 18
+            and line == str(int(line))
+        ):
+            source = int(line)
         form = (
             j.endpoint,
             j.model,
@@ -244,51 +262,83 @@ class PlanSync(StoreCore):
                         part,
                     )
                 )
+        if empty and not self.shared:
+            # A recording into an empty state (one writer): the rows are made before the transaction
+            # opens, so the runner's commits wait only for the writes, not for this Python work.
+            made: list[tuple[Any, ...]] | None = []
+            new, moved = self._rows(batch, blobs, stored, memo, stems, made)
+            with self._tx() as db:
+                self._write(db, blobs, new, moved, made, empty)
+        else:
+            with self._tx() as db:
+                new, moved = self._rows(batch, blobs, stored, memo, stems, None)
+                self._write(db, blobs, new, moved, None, empty)
+        return bool(new or moved)
+
+    def _rows(
+        self,
+        batch: list[Any],
+        blobs: list[bytes],
+        stored: dict[bytes, tuple[Any, ...]],
+        memo: Memo,
+        stems: Fingerprints,
+        made: list[tuple[Any, ...]] | None,
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The batch's new job rows and moved ones (the cells they need are made, or put in `made`)."""
         new, moved = [], []
         batch_stems: set[str] = set()
-        with self._tx() as db:
-            for j, kb in zip(batch, blobs, strict=True):
-                row = stored.get(kb)
-                cell, natural = self._cell(j, memo, None if row is None else (row[2], *row[4:]))
-                if row is None:
-                    stem = j.stem
-                    if hash(stem.lower()) in stems and self._stem_taken(stem, batch_stems):
-                        # Another recorded job owns this path (a parameter that is not an axis changed):
-                        # never overwrite its files; this job gets its own, named after its key.
-                        stem = distinct_stem(stem, j.key)
-                    stems.add(hash(stem.lower()))
-                    batch_stems.add(stem.lower())
-                    new.append(
-                        (
-                            kb,
-                            key_text(j.key),
-                            cell,
-                            j.seed,
-                            j.index,
-                            None if stem == natural else stem,
-                        )
-                    )
-                elif row[:3] != (j.index, 1, cell):
-                    # A recorded job keeps its path, whatever its new cell would give it.
-                    moved.append((j.index, cell, None if row[3] == natural else row[3], kb))
-            if not empty:
-                db.executemany(
-                    f"INSERT INTO {self.seen_table} VALUES (?) ON CONFLICT DO NOTHING",
-                    [(kb,) for kb in blobs],
+        for j, kb in zip(batch, blobs, strict=True):
+            row = stored.get(kb)
+            cell, natural = self._cell(j, memo, None if row is None else (row[2], *row[4:]), made)
+            if row is None:
+                stem = j.stem
+                if hash(stem.lower()) in stems and self._stem_taken(stem, batch_stems):
+                    # Another recorded job owns this path (a parameter that is not an axis changed):
+                    # never overwrite its files; this job gets its own, named after its key.
+                    stem = distinct_stem(stem, j.key)
+                stems.add(hash(stem.lower()))
+                batch_stems.add(stem.lower())
+                new.append(
+                    (kb, key_text(j.key), cell, j.seed, j.index, None if stem == natural else stem)
                 )
-            if moved:
-                db.executemany(
-                    "UPDATE job SET plan_index = ?, in_plan = 1, cell = ?, stem = ? WHERE k = ?",
-                    moved,
-                )
-            if new:
-                # ON CONFLICT: two workers recording one plan at once insert each job once.
-                db.executemany(
-                    "INSERT INTO job (k, key_text, cell, seed, plan_index, stem) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (k) DO NOTHING",
-                    new,
-                )
-        return bool(new or moved)
+            elif row[:3] != (j.index, 1, cell):
+                # A recorded job keeps its path, whatever its new cell would give it.
+                moved.append((j.index, cell, None if row[3] == natural else row[3], kb))
+        return new, moved
+
+    def _write(
+        self,
+        db: Any,
+        blobs: list[bytes],
+        new: list[tuple[Any, ...]],
+        moved: list[tuple[Any, ...]],
+        made: list[tuple[Any, ...]] | None,
+        empty: bool,
+    ) -> None:
+        if made:
+            db.executemany(
+                "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, quoted) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                made,
+            )
+        if not empty:
+            db.executemany(
+                f"INSERT INTO {self.seen_table} VALUES (?) ON CONFLICT DO NOTHING",
+                [(kb,) for kb in blobs],
+            )
+        if moved:
+            db.executemany(
+                "UPDATE job SET plan_index = ?, in_plan = 1, cell = ?, stem = ? WHERE k = ?",
+                moved,
+            )
+        if new:
+            # ON CONFLICT: two workers recording one plan at once insert each job once. (A recording
+            # without the key index has no such second writer, and nothing to name in ON CONFLICT.)
+            db.executemany(
+                "INSERT INTO job (k, key_text, cell, seed, plan_index, stem) VALUES (?, ?, ?, ?, ?, ?)"
+                + ("" if self.keyless else " ON CONFLICT (k) DO NOTHING"),
+                new,
+            )
 
     def _stem_taken(self, stem: str, batch_stems: set[str]) -> bool:
         """Exactly: does a recorded row, or a new one of this batch, own `stem` (ignoring case)?"""

@@ -239,6 +239,7 @@ def _split_cells(db: Any) -> str:
         ]
     )
 
+
 _PLACEHOLDER = re.compile(r"\?")
 ADVISORY_SCHEMA = 7403112  # serialises schema creation across workers starting at once
 ADVISORY_SYNC = 7403113  # one worker records the plan; the others then find its digest

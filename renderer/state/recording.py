@@ -5,8 +5,8 @@ first submit does not wait for a million rows.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from renderer.errors import StateError
@@ -30,6 +30,9 @@ class Memo:
 
     cells: dict[tuple[Any, ...], int] = field(default_factory=dict)
     forms: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    next_cell: int | None = (
+        None  # the id the next new cell gets (a recording into an empty SQLite state)
+    )
 
 
 class PlanRecorder:

@@ -41,11 +41,14 @@ class SQLiteStore(Store):
                 "SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'"
             ).fetchone():
                 _old_schema_views(self.db)
-            elif self.db.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'cells' AND type = 'table'"
-            ).fetchone() and not self.db.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'forms'"
-            ).fetchone():
+            elif (
+                self.db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'cells' AND type = 'table'"
+                ).fetchone()
+                and not self.db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'forms'"
+                ).fetchone()
+            ):
                 _cells_v7_views(self.db)
         except sqlite3.Error as exc:
             raise sql_error(self.path, exc) from exc
