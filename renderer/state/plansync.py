@@ -68,14 +68,24 @@ class PlanSync(StoreCore):
             return None
         rest = iter(jobs)
         first = list(islice(rest, FIRST_BATCH))
-        self._sync_batch(first, Memo(), True, Fingerprints())
+        with self._tx() as db:  # the recorder builds it once the plan is in (PlanRecorder)
+            db.execute("DROP INDEX IF EXISTS job_key")
+        # The recorder's last step (the key index, one sorted pass) holds the write lock for a
+        # while at a million jobs: this connection's commits wait for it rather than fail.
+        self.db.execute("PRAGMA busy_timeout = 120000")
+        self.keyless = True
+        try:
+            self._sync_batch(first, Memo(), True, Fingerprints())
+        finally:
+            self.keyless = False
         # PlanSync is only ever a part of Store (state/store.py), which the recorder drives.
         self.recorder = PlanRecorder(cast("Store", self), rest, digest, len(first), len(jobs))
         self.recorder.thread.start()
         return self.recorder
 
-    def reopen(self) -> Store:
-        """Another connection to the same state (for another thread)."""
+    def reopen(self, keyless: bool = False) -> Store:
+        """Another connection to the same state (for another thread); `keyless`: for a recording
+        that builds the key index at its end (SQLite)."""
         raise NotImplementedError
 
     def _sync_plan(self, jobs: Iterable[Any], digest: str) -> bool:

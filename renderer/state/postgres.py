@@ -448,7 +448,7 @@ class PostgresStore(Store):
                         db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
         self.db.execute(f'SET search_path TO "{self.schema}"')
 
-    def reopen(self) -> PostgresStore:
+    def reopen(self, keyless: bool = False) -> PostgresStore:
         return PostgresStore(self.url, self.run_dir, self.run, outage=self.outage)
 
     def _connect(self, deadline: float) -> Any:

@@ -14,6 +14,7 @@ from renderer.errors import StateError
 from renderer.layout import DB_NAME
 from renderer.state import queries
 from renderer.state.migrations import JOB_COLUMNS, migrate
+from renderer.state.recording import KEY_INDEX
 from renderer.state.rows import LeaseLost, key_blob, key_text, sql_error
 from renderer.state.store import Store
 
@@ -21,7 +22,7 @@ from renderer.state.store import Store
 class SQLiteStore(Store):
     """The embedded default: renderer.sqlite in the run directory, used by one process at a time."""
 
-    def __init__(self, run_dir: Path, *, readonly: bool = False) -> None:
+    def __init__(self, run_dir: Path, *, readonly: bool = False, keyless: bool = False) -> None:
         self.run_dir = run_dir
         self.path = run_dir / DB_NAME
         self.where = str(self.path)
@@ -37,6 +38,13 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA busy_timeout=5000")
                 migrate(self.db)
+                if keyless:  # the recorder's own connection (see PlanRecorder)
+                    self.keyless = True
+                elif self.db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'job' AND type = 'table'"
+                ).fetchone():  # a recording killed before its end left the key index out
+                    with self.db:
+                        self.db.execute(KEY_INDEX)
             elif self.db.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'"
             ).fetchone():
@@ -61,8 +69,8 @@ class SQLiteStore(Store):
 
     group_commit = True
 
-    def reopen(self) -> SQLiteStore:
-        return SQLiteStore(self.run_dir)
+    def reopen(self, keyless: bool = False) -> SQLiteStore:
+        return SQLiteStore(self.run_dir, keyless=keyless)
 
     @contextmanager
     def _tx(self, defer: bool = False) -> Iterator[sqlite3.Connection]:
