@@ -480,7 +480,9 @@ _schema.execute(
     "INSERT INTO forms (id, endpoint, model, axes, input_head, num_images, tags, source_head) "
     "VALUES (1, 'e', 'm', '{}', '{}', 1, '[]', 'm.yaml:')"
 )
-_schema.execute("INSERT INTO cells (id, form, prompt_id, prompt, source) VALUES (1, 1, 'p', 'x', 1)")
+_schema.execute(
+    "INSERT INTO cells (id, form, prompt_id, prompt, source) VALUES (1, 1, 'p', 'x', 1)"
+)
 _schema.execute("INSERT INTO job (id, k, cell) VALUES (1, x'00', 1)")
 _files = st.one_of(
     st.none(),
@@ -950,6 +952,21 @@ def test_a_plan_recorded_in_the_background_is_claimable_as_it_grows(
     store.close()
 
 
+def test_a_first_recording_stores_what_jobs_share_once(tmp_path: Path, registry: SchemaRegistry):
+    """5 prompts x 4 seeds on one model, recorded as a first run does: one form, one cell per prompt, the prompt
+    text once per prompt; and the key index is back once the recording is over."""
+    p = _many(registry, 4, tmp_path)
+    store = SQLiteStore(tmp_path)
+    recorder = store.record_plan(p.jobs, p.digest)
+    assert recorder is not None
+    recorder.thread.join(10)
+    assert recorder.error is None and len(store.rows()) == 20
+    count = lambda table: store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: E731
+    assert (count("forms"), count("cells"), count("job")) == (1, 5, 20)
+    assert store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    store.close()
+
+
 def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
 ):
@@ -967,8 +984,12 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     assert recorder.error is not None and "the process died here" in recorder.error.message
     assert recorder.recorded == 28 and len(store.rows()) == 28 and store.meta("plan_digest") is None
     store.downloaded(p.jobs[3].key, [{"path": "x"}])
+    store.db.execute(
+        "DROP INDEX IF EXISTS job_key"
+    )  # as a process killed before the recorder built it
     store.close()
     again = SQLiteStore(tmp_path)
+    assert again.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
     assert again.record_plan(p.jobs, p.digest) is None and again.sync_plan(p.jobs, p.digest)
     assert [r.key for r in again.rows()] == [j.key for j in p.jobs] and again.meta(
         "plan_digest"

@@ -452,6 +452,9 @@ def migrate(db: sqlite3.Connection) -> list[str]:
         if step.__name__ in done:
             continue
         with db:
+            # Opened here, not by sqlite3 at the first INSERT: a step's DDL (DROP VIEW, ALTER
+            # TABLE, CREATE TABLE) is then undone with the rest if the step fails (a full disk).
+            db.execute("BEGIN")
             step(db)
             db.execute("INSERT INTO _migrations VALUES (?, ?)", (step.__name__, time.time()))
         applied.append(step.__name__)

@@ -178,14 +178,16 @@ class PlanSync(StoreCore):
         if stored is not None and tuple(stored[1:]) == content:
             return int(stored[0]), natural
         cell = cells.get(content)
-        if cell is None and made is not None:  # numbered here, written with the batch's jobs
+        if cell is not None:
+            return cell, natural
+        if made is not None:  # numbered here, written with the batch's jobs
             if memo.next_cell is None:
                 memo.next_cell = self.db.execute(
                     "SELECT COALESCE(MAX(id), 0) + 1 FROM cells"
                 ).fetchone()[0]
             cell, memo.next_cell = memo.next_cell, memo.next_cell + 1
             made.append((cell, *content))
-        elif cell is None:
+        else:
             cell = int(
                 self.db.execute(
                     "INSERT INTO cells (form, prompt_id, prompt, source, stem_head, quoted) "
@@ -193,9 +195,9 @@ class PlanSync(StoreCore):
                     content,
                 ).fetchone()[0]
             )
-            if len(cells) >= 100_000:  # a plan of all-distinct cells: memory stays bounded
-                cells.clear()
-            cells[content] = cell
+        if len(cells) >= 100_000:  # a plan of all-distinct cells: memory stays bounded
+            cells.clear()
+        cells[content] = cell
         return cell, natural
 
     def _contents(self, j: Any) -> tuple[tuple[Any, ...], tuple[Any, ...], str | None]:
