@@ -36,7 +36,7 @@ from captions import captions, manifest
 from state_scale import dataset_manifest
 
 CHILD = r"""
-import json, os, sys, time
+import json, os, shutil, sys, time
 from pathlib import Path
 from renderer.manifest import load as manifest_mod
 from renderer.models.schemas import SchemaRegistry, default_schema_dir
@@ -51,6 +51,7 @@ def written():
 m = manifest_mod.load(Path(sys.argv[1]))
 plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
 text = sum(len(p.encode()) for p in {j.input["prompt"] for j in plan.jobs})
+shutil.rmtree(m.run_dir, ignore_errors=True)  # a fresh state (the manifest may name no `out`)
 store = SQLiteStore(m.run_dir)
 os.sync()
 before, start = written(), time.perf_counter()

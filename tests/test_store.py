@@ -970,7 +970,8 @@ def test_a_first_recording_stores_what_jobs_share_once(tmp_path: Path, registry:
 def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
 ):
-    """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order."""
+    """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order,
+    sharing the cells the first part made."""
     import renderer.state.plansync as plansync_mod
     import renderer.state.recording as recording_mod
 
@@ -990,10 +991,13 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     store.close()
     again = SQLiteStore(tmp_path)
     assert again.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    # The rest is recorded as a first run records (appended, the key index built after it).
     assert again.record_plan(p.jobs, p.digest) is None and again.sync_plan(p.jobs, p.digest)
     assert [r.key for r in again.rows()] == [j.key for j in p.jobs] and again.meta(
         "plan_digest"
     ) == p.digest
+    assert again.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    assert again.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 5
     assert (
         again.pending() == [j.key for j in p.jobs if j.index != 3]
         and again.counts()["no_longer_planned"] == 0

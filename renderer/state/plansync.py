@@ -5,14 +5,15 @@ the state's rows (a rerun), in batches, one transaction each.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any, cast
 
+from renderer.plan.jobs import Jobs
 from renderer.plan.unique import Fingerprints
 from renderer.state.core import StoreCore
 from renderer.state.migrations import STEM_HEAD_SQL
-from renderer.state.recording import Memo, PlanRecorder
+from renderer.state.recording import KEY_INDEX, RECORD_BATCH, Memo, PlanRecorder
 from renderer.state.rows import (
     _dumps,
     distinct_stem,
@@ -74,12 +75,13 @@ class PlanSync(StoreCore):
         # while at a million jobs: this connection's commits wait for it rather than fail.
         self.db.execute("PRAGMA busy_timeout = 120000")
         self.keyless = True
+        memo = Memo()  # handed on to the recorder: the cells of the first batch are shared on
         try:
-            self._sync_batch(first, Memo(), True, Fingerprints())
+            self._sync_batch(first, memo, True, Fingerprints())
         finally:
             self.keyless = False
         # PlanSync is only ever a part of Store (state/store.py), which the recorder drives.
-        self.recorder = PlanRecorder(cast("Store", self), rest, digest, len(first), len(jobs))
+        self.recorder = PlanRecorder(cast("Store", self), rest, digest, len(first), len(jobs), memo)
         self.recorder.thread.start()
         return self.recorder
 
@@ -105,20 +107,39 @@ class PlanSync(StoreCore):
         memo = Memo()
         changed = False
         batch: list[Any] = []
-        for j in jobs:
-            batch.append(j)
-            if len(batch) >= SYNC_BATCH:
-                changed |= self._sync_batch(batch, memo, empty, stems)
-                batch = []
-        if batch:
-            changed |= self._sync_batch(batch, memo, empty, stems)
+        # A state holding exactly the plan's first jobs (a trial, or a recording cut short) gets the
+        # rest as a first run's recording does: appended, the key index built once at the end.
+        prefix = None if empty or self.shared else self._recorded_prefix(jobs)
+        try:
+            for n, j in enumerate(jobs):
+                if n == prefix:
+                    if batch:
+                        changed |= self._sync_batch(batch, memo, False, stems)
+                        batch = []
+                    with self._tx() as db:
+                        db.execute("DROP INDEX IF EXISTS job_key")
+                    self.keyless = True
+                batch.append(j)
+                if len(batch) >= (RECORD_BATCH if self.keyless else SYNC_BATCH):
+                    changed |= self._sync_batch(batch, memo, empty or self.keyless, stems)
+                    batch = []
+            if batch:
+                changed |= self._sync_batch(batch, memo, empty or self.keyless, stems)
+        finally:
+            if self.keyless:
+                self.keyless = False
+                with self._tx() as db:
+                    db.execute(KEY_INDEX)
         with self._tx() as db:
             if not empty:
-                cur = db.execute(
-                    "UPDATE job SET in_plan = 0, plan_index = NULL "
-                    f"WHERE in_plan = 1 AND k NOT IN (SELECT k FROM {seen})"
-                )
-                changed |= cur.rowcount > 0
+                if (
+                    prefix is None
+                ):  # (a prefix of the plan has no job out of it; its rest is not in `seen`)
+                    cur = db.execute(
+                        "UPDATE job SET in_plan = 0, plan_index = NULL "
+                        f"WHERE in_plan = 1 AND k NOT IN (SELECT k FROM {seen})"
+                    )
+                    changed |= cur.rowcount > 0
                 db.execute(f"DELETE FROM {seen}")
                 if (
                     changed
@@ -132,6 +153,30 @@ class PlanSync(StoreCore):
                     (digest,),
                 )
         return changed
+
+    def _recorded_prefix(self, jobs: Iterable[Any]) -> int | None:
+        """How many jobs the state holds, when they are exactly the plan's first ones in plan order
+        (all in the plan, positions 0 … n-1, the same keys); None otherwise."""
+        n, low, high, out = self.db.execute(
+            "SELECT COUNT(*), MIN(plan_index), MAX(plan_index), SUM(in_plan = 0) FROM job"
+        ).fetchone()
+        if not n or low != 0 or high != n - 1 or out:
+            return None
+        if isinstance(jobs, Jobs):
+            listed = jobs.keys  # (key, model) of each job, without making the jobs
+            planned: Iterator[str] = (k for k, _ in listed())
+        else:
+            planned = (j.key for j in jobs)
+        stored = self.db.execute(f"SELECT {self.key_sql} FROM job j ORDER BY j.plan_index")
+        matched = 0
+        try:
+            for (recorded,), key in zip(stored, islice(planned, n), strict=False):
+                if recorded != key:
+                    return None
+                matched += 1
+        finally:
+            stored.close()
+        return int(n) if matched == n else None
 
     def _form(self, content: tuple[Any, ...], forms: dict[tuple[Any, ...], int]) -> int:
         """The id of the form with this content: remembered, found by its digest, or made."""
@@ -175,11 +220,13 @@ class PlanSync(StoreCore):
         cells = memo.cells
         form, cell_content, natural = self._contents(j)
         content = (self._form(form, memo.forms), *cell_content)
+        found: int | None = cells.get(content)
         if stored is not None and tuple(stored[1:]) == content:
-            return int(stored[0]), natural
-        cell = cells.get(content)
-        if cell is not None:
-            return cell, natural
+            found = int(stored[0])
+            # A job recorded before brought it: later jobs of the cell share it.
+            cells.setdefault(content, found)
+        if found is not None:
+            return found, natural
         if made is not None:  # numbered here, written with the batch's jobs
             if memo.next_cell is None:
                 memo.next_cell = self.db.execute(

@@ -62,6 +62,7 @@ class PlanRecorder:
         digest: str | Callable[[], str],
         recorded: int,
         total: int,
+        memo: Memo | None = None,
     ) -> None:
         self.recorded = recorded  # jobs committed so far (plan positions 0 … recorded-1)
         self.total = total
@@ -69,6 +70,7 @@ class PlanRecorder:
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._store, self._rest, self._digest = store, rest, digest
+        self._memo = memo or Memo()
         self.thread = threading.Thread(
             target=self._record, name="renderer-record-plan", daemon=True
         )
@@ -98,7 +100,7 @@ class PlanRecorder:
             self.finished.set()
 
     def _batches(self, store: Store) -> None:
-        memo = Memo()
+        memo = self._memo
         stems = Fingerprints()  # the state was empty: only the plan's own paths, which never clash
         batch: list[Any] = []
         started = time.monotonic()
