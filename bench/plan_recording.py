@@ -33,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import child_env, machine, median, table
 from captions import captions, manifest
-from state_scale import dataset_manifest
 
 CHILD = r"""
 import json, os, shutil, sys, time
@@ -127,6 +126,8 @@ def main() -> None:
             captions(folder, args.captions)
             path = manifest(folder, "txt")
         else:
+            from state_scale import dataset_manifest  # (which imports this module)
+
             path = dataset_manifest(folder, args.captions)
         for _ in range(args.runs):
             for i, tree in enumerate(trees):
