@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 from renderer.state.rows import OPEN, key_blob, key_text
 
@@ -440,6 +441,54 @@ def m012_forms(db: sqlite3.Connection) -> None:
         db.execute(sql)
     db.execute(jobs_view(SQLITE_KEY, "j.seed", tuple(extra)))
     db.execute(JOBS_UPDATE)
+
+
+PG_TYPES = {
+    "serial": "bigserial",
+    "blob": "bytea",
+    "text": "text",
+    "integer": "integer",
+    "bigint": "bigint",
+    "any": "text",
+}
+
+
+def pg_extra(db: Any) -> tuple[str, ...]:
+    """The columns an older PostgreSQL migration added to cells (m011's `extra`), carried by p006."""
+    return tuple(
+        r[0]
+        for r in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'cells' ORDER BY ordinal_position"
+        )
+        if r[0] not in V7_CELL_COLUMNS
+    )
+
+
+def pg_split_cells(db: Any, view: str) -> str:
+    """postgres' p006_forms (m012 in PostgreSQL's words): its statements, `view` the new `jobs`."""
+    kinds = {
+        r[0]: r[1]
+        for r in db.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'cells'"
+        )
+    }
+    extra = {name: kinds[name] for name in pg_extra(db)}
+    return ";\n".join(
+        [
+            "DROP VIEW jobs",
+            "ALTER TABLE cells RENAME TO cells_v7",
+            # the old table's constraint name would clash with the new table's
+            "ALTER TABLE cells_v7 RENAME CONSTRAINT cells_pkey TO cells_v7_pkey",
+            *split_cells_sql(extra, PG_TYPES),
+            "SELECT setval(pg_get_serial_sequence('forms', 'id'), "
+            "(SELECT COALESCE(MAX(id), 0) + 1 FROM forms), false)",
+            "SELECT setval(pg_get_serial_sequence('cells', 'id'), "
+            "(SELECT COALESCE(MAX(id), 0) + 1 FROM cells), false)",
+            view,
+        ]
+    )
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

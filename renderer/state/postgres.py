@@ -39,10 +39,10 @@ from renderer.errors import OutageError, StateError, UsageError
 from renderer.state.migrations import (
     JOB_COLUMNS,
     JOB_INDEXES,
-    V7_CELL_COLUMNS,
     jobs_view,
     jobs_view_v7,
-    split_cells_sql,
+    pg_extra,
+    pg_split_cells,
 )
 from renderer.state.outage import OUTAGE_HINT, ConnectionLost, Watchdog, ride_out
 from renderer.state.store import Store
@@ -201,44 +201,8 @@ SCHEMA_VERSION: list[tuple[str, str | Callable[[Any], str]]] = [
     # store.m010_workers_left: when a worker's run ended (status tells live workers apart).
     ("p004_workers_left", "ALTER TABLE workers ADD COLUMN left_at double precision"),
     # store.m012_forms: the prompt stored once, forms shared by cells (p005 is left to m011's twin).
-    ("p006_forms", lambda db: _split_cells(db)),
+    ("p006_forms", lambda db: pg_split_cells(db, jobs_view(PG_KEY, PG_SEED, pg_extra(db)))),
 ]
-
-PG_TYPES = {
-    "serial": "bigserial",
-    "blob": "bytea",
-    "text": "text",
-    "integer": "integer",
-    "bigint": "bigint",
-    "any": "text",
-}
-
-
-def _split_cells(db: Any) -> str:
-    """p006's statements, carrying any column an older migration added to cells (m011's `extra`)."""
-    extra = {
-        r[0]: r[1]
-        for r in db.execute(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name = 'cells' ORDER BY ordinal_position"
-        )
-        if r[0] not in V7_CELL_COLUMNS
-    }
-    return ";\n".join(
-        [
-            "DROP VIEW jobs",
-            "ALTER TABLE cells RENAME TO cells_v7",
-            # the old table's constraint names would clash with the new table's
-            "ALTER TABLE cells_v7 RENAME CONSTRAINT cells_pkey TO cells_v7_pkey",
-            *split_cells_sql(extra, PG_TYPES),
-            "SELECT setval(pg_get_serial_sequence('forms', 'id'), "
-            "(SELECT COALESCE(MAX(id), 0) + 1 FROM forms), false)",
-            "SELECT setval(pg_get_serial_sequence('cells', 'id'), "
-            "(SELECT COALESCE(MAX(id), 0) + 1 FROM cells), false)",
-            jobs_view(PG_KEY, PG_SEED, tuple(extra)),
-        ]
-    )
-
 
 _PLACEHOLDER = re.compile(r"\?")
 ADVISORY_SCHEMA = 7403112  # serialises schema creation across workers starting at once
