@@ -15,6 +15,9 @@ and reports:
   written/state  the ratio issue 22 bounds at 3
   trial s      `renderer run M --max-jobs 20 --quiet` on the built-in emulator from a fresh output
                folder, the whole command (process start to exit; --trial to include it)
+  rest after a trial  (--rest) a state where only the first batch was recorded (a trial stops the
+               recording), then the next run's `sync_plan` of the whole plan: its seconds, and the
+               bytes it wrote against the state's final size
 Reproduce:  python bench/plan_recording.py --captions 100000 --runs 1 TREE_A TREE_B
             python bench/plan_recording.py --shape seeds --captions 1000000 --trial --runs 1 TREE_A TREE_B
 """
@@ -64,16 +67,33 @@ store.close()
 os.sync()
 after = written()
 size = sum(p.stat().st_size for p in m.run_dir.glob("renderer.sqlite*"))
-print(json.dumps({"seconds": seconds, "written": after - before, "size": size,
-                  "jobs": len(plan.jobs), "text": text}))
+result = {"seconds": seconds, "written": after - before, "size": size, "jobs": len(plan.jobs), "text": text}
+if len(sys.argv) > 2:  # the rest after a trial: the first batch recorded, then the next run's sync
+    shutil.rmtree(m.run_dir)
+    store = SQLiteStore(m.run_dir)
+    recorder = store.record_plan(plan.jobs, plan.digest)
+    if recorder is not None:
+        recorder.halt()
+        recorder.thread.join()
+    store.close()
+    os.sync()
+    before, start = written(), time.perf_counter()
+    store = SQLiteStore(m.run_dir)
+    store.sync_plan(plan.jobs, plan.digest)
+    result["rest"] = time.perf_counter() - start
+    store.close()
+    os.sync()
+    result["rest_written"] = written() - before
+    result["rest_size"] = sum(p.stat().st_size for p in m.run_dir.glob("renderer.sqlite*"))
+print(json.dumps(result))
 """
 
 
-def once(tree: Path, yaml_path: Path) -> dict[str, float]:
+def once(tree: Path, yaml_path: Path, rest: bool = False) -> dict[str, float]:
     out = yaml_path.parent / "out"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(yaml_path)],
+        [sys.executable, "-c", CHILD, str(yaml_path), *(["rest"] * rest)],
         cwd=yaml_path.parent,
         env=child_env(PYTHONPATH=str(tree)),
         capture_output=True,
@@ -116,6 +136,11 @@ def main() -> None:
     ap.add_argument("--captions", type=int, default=100_000, help="jobs in the plan")
     ap.add_argument("--shape", choices=["captions", "seeds"], default="captions")
     ap.add_argument("--trial", action="store_true", help="also time a --max-jobs 20 trial")
+    ap.add_argument(
+        "--rest",
+        action="store_true",
+        help="also time the next run's sync of the rest after a trial's first batch",
+    )
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
     trees = [t.resolve() for t in args.trees]
@@ -131,7 +156,7 @@ def main() -> None:
             path = dataset_manifest(folder, args.captions)
         for _ in range(args.runs):
             for i, tree in enumerate(trees):
-                result = once(tree, path)
+                result = once(tree, path, args.rest)
                 if args.trial:
                     result["trial"] = trial(tree, path)
                 results.setdefault(i, []).append(result)
@@ -153,6 +178,9 @@ def main() -> None:
                 f"{(m('size') - m('text')) / jobs:,.0f}",
                 f"{m('written') / m('size'):.1f}",
                 f"{m('trial'):.1f}" if args.trial else "",
+                f"{m('rest'):.1f} s, {m('rest_written') / m('rest_size'):.1f}x"
+                if args.rest
+                else "",
             ]
         )
     shape = (
@@ -175,13 +203,15 @@ def main() -> None:
                 "B/job beyond text",
                 "written/state",
                 "trial s",
+                "rest after a trial",
             ],
             rows,
         )
     )
     print(
         f"reproduce: python bench/plan_recording.py --shape {args.shape} --captions {args.captions} "
-        f"{'--trial ' * args.trial}--runs {args.runs} " + " ".join(map(str, trees))
+        f"{'--trial ' * args.trial}{'--rest ' * args.rest}--runs {args.runs} "
+        + " ".join(map(str, trees))
     )
 
 
