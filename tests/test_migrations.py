@@ -279,3 +279,42 @@ def test_both_databases_read_back_hostile_jobs_exactly(open_state: Callable[[], 
     ]
     # The first and last share their form (the prompt and seed cut out); the others cannot be cut so.
     assert forms[0] == forms[5] and len(set(forms)) == 5
+
+
+def test_a_state_from_before_the_forms_is_read_as_it_is_when_opened_read_only(tmp_path: Path):
+    """status, report and diff open a run read-only: a state of m007's cells reads the same through the new
+    names (forms and cells over the old table), and is left as it was."""
+    jobs = [
+        Job(
+            index=n,
+            key="j1-" + hashlib.sha1(str(n).encode()).hexdigest(),
+            endpoint=model,
+            model=model,
+            prompt_id=f"p{n % 3}",
+            seed=n,
+            axes={},
+            input={"prompt": f"caption {n % 3}", "seed": n},
+            stem=f"{model.replace('/', '--')}/p{n % 3}/s{n}",
+            num_images=1,
+            tags=(),
+            where=f"c.txt:{n % 3 + 1}",
+        )
+        for n in range(6)
+        for model in [_MODELS[n % 2]]
+    ]
+    old = _old_database(tmp_path / "renderer.sqlite")
+    with old:
+        _record_as_m007(old, jobs)
+        old.execute(
+            "UPDATE jobs SET state = 'downloaded', files = '[{\"path\": \"a.png\"}]' WHERE plan_index < 2"
+        )
+    old.close()
+    store = SQLiteStore(tmp_path, readonly=True)
+    assert [(r.key, r.input, r.stem, r.source) for r in store.rows()] == [
+        (j.key, j.input, j.stem, j.where) for j in jobs
+    ]
+    assert store.models_without_cost() == sorted(_MODELS)
+    assert store.counts()["downloaded"] == 2
+    store.close()
+    names = sqlite3.connect(tmp_path / "renderer.sqlite").execute("SELECT name FROM _migrations")
+    assert "m012_forms" not in {r[0] for r in names}
