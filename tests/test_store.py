@@ -967,6 +967,31 @@ def test_a_first_recording_stores_what_jobs_share_once(tmp_path: Path, registry:
     store.close()
 
 
+def test_a_trial_records_only_what_it_needs(
+    tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
+):
+    """A --max-jobs trial's recording stops once its jobs (and the first batch) are in, with no digest; the next
+    run records the rest, in order, and a no-op rerun after that reads nothing."""
+    import renderer.state.plansync as plansync_mod
+    import renderer.state.recording as recording_mod
+
+    monkeypatch.setattr(plansync_mod, "FIRST_BATCH", 7)
+    monkeypatch.setattr(recording_mod, "RECORD_BATCH", 7)
+    p = _many(registry, 20, tmp_path)
+    for upto, recorded in ((3, 7), (10, 14)):
+        store = SQLiteStore(tmp_path / str(upto))
+        recorder = store.record_plan(p.jobs, p.digest, upto=upto)
+        assert recorder is not None
+        recorder.thread.join(10)
+        assert recorder.error is None and recorder.recorded == recorded
+        assert len(store.rows()) == recorded and store.meta("plan_digest") is None
+        assert store.pending_count() == 100 and store.pending_count(before=upto) == upto
+        assert store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+        assert store.sync_plan(p.jobs, p.digest) and not store.sync_plan(p.jobs, p.digest)
+        assert [r.key for r in store.rows()] == [j.key for j in p.jobs]
+        store.close()
+
+
 def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
 ):

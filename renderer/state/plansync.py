@@ -50,7 +50,7 @@ class PlanSync(Cells):
             return self._sync_plan(jobs, digest)
 
     def record_plan(
-        self, jobs: Sequence[Any], digest: str | Callable[[], str]
+        self, jobs: Sequence[Any], digest: str | Callable[[], str], upto: int | None = None
     ) -> PlanRecorder | None:
         """Record a plan into an empty state: the first batch now, the rest in the background.
 
@@ -58,6 +58,8 @@ class PlanSync(Cells):
         (also `self.recorder`) says how far it got. None, with nothing recorded, unless the state
         has no job yet and this process alone writes it (SQLite; a plan with a digest): then
         call sync_plan as before. `digest` may be a function, called by the recorder at the end.
+        `upto`: the run needs only the plan's first `upto` jobs (a --max-jobs trial): the recording
+        stops once they are in, and the next run records the rest (sync_plan, as a recording).
         """
         if (
             self.shared
@@ -80,6 +82,9 @@ class PlanSync(Cells):
             self.keyless = False
         # PlanSync is only ever a part of Store (state/store.py), which the recorder drives.
         self.recorder = PlanRecorder(cast("Store", self), rest, digest, len(first), len(jobs), memo)
+        if upto is not None and upto <= len(first):
+            self.recorder.halt()  # (the thread only builds the key index)
+        self.recorder.upto = upto
         self.recorder.thread.start()
         return self.recorder
 

@@ -71,6 +71,7 @@ class PlanRecorder:
         self._stop = threading.Event()
         self._store, self._rest, self._digest = store, rest, digest
         self._memo = memo or Memo()
+        self.upto: int | None = None  # stop once this many jobs are recorded (a trial's bound)
         self.thread = threading.Thread(
             target=self._record, name="renderer-record-plan", daemon=True
         )
@@ -105,10 +106,10 @@ class PlanRecorder:
         batch: list[Any] = []
         started = time.monotonic()
         for job in self._rest:
+            if self._stop.is_set() or (self.upto is not None and self.recorded >= self.upto):
+                return  # (a batch in hand is not written: it was not begun)
             batch.append(job)
             if len(batch) >= RECORD_BATCH or time.monotonic() - started >= RECORD_SECONDS:
-                if self._stop.is_set():
-                    return
                 store._sync_batch(batch, memo, True, stems)
                 self.recorded += len(batch)
                 batch, started = [], time.monotonic()
@@ -125,7 +126,8 @@ class PlanRecorder:
                 )
 
     def halt(self) -> None:
-        """Stop after the batch in hand (its transaction commits or not, whole); join the thread to wait."""
+        """Stop after the batch being written, if one is (its transaction commits or not, whole); join
+        the thread to wait."""
         self._stop.set()
 
     def backlog(self, before: int | None) -> int:
