@@ -135,18 +135,15 @@ class PlanSync(Cells):
                     db.execute(KEY_INDEX)
         with self._tx() as db:
             if not empty:
-                if (
-                    prefix is None
-                ):  # (a prefix of the plan has no job out of it; its rest is not in `seen`)
+                # (A prefix of the plan has no job out of it, and its rest is not in `seen`.)
+                if prefix is None:
                     cur = db.execute(
                         "UPDATE job SET in_plan = 0, plan_index = NULL "
                         f"WHERE in_plan = 1 AND k NOT IN (SELECT k FROM {seen})"
                     )
                     changed |= cur.rowcount > 0
                 db.execute(f"DELETE FROM {seen}")
-                if (
-                    changed
-                ):  # cells no job points to any more (a job moved to another cell), their forms
+                if changed:  # cells no job points to any more (a job moved), forms no cell does
                     db.execute("DELETE FROM cells WHERE id NOT IN (SELECT cell FROM job)")
                     db.execute("DELETE FROM forms WHERE id NOT IN (SELECT form FROM cells)")
             if digest:

@@ -34,9 +34,8 @@ class Memo:
 
     cells: dict[tuple[Any, ...], int] = field(default_factory=dict)
     forms: dict[tuple[Any, ...], int] = field(default_factory=dict)
-    next_cell: int | None = (
-        None  # the id the next new cell gets (a recording into an empty SQLite state)
-    )
+    # The id the next new cell gets (a recording into an empty SQLite state numbers its cells).
+    next_cell: int | None = None
 
 
 # The unique index on job keys, as m007 made it: a recording into an empty state goes without
