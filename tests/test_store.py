@@ -477,8 +477,11 @@ def _expected_columns(files: Any) -> tuple:
 _schema = sqlite3.connect(":memory:", check_same_thread=False)  # every migration, triggers included
 migrate(_schema)
 _schema.execute(
-    "INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, "
-    "source) VALUES (1, 'e', 'm', 'p', 'x', '{}', '{}', 1, '[]', 'm.yaml:1')"
+    "INSERT INTO forms (id, endpoint, model, axes, input_head, num_images, tags, source_head) "
+    "VALUES (1, 'e', 'm', '{}', '{}', 1, '[]', 'm.yaml:')"
+)
+_schema.execute(
+    "INSERT INTO cells (id, form, prompt_id, prompt, source) VALUES (1, 1, 'p', 'x', 1)"
 )
 _schema.execute("INSERT INTO job (id, k, cell) VALUES (1, x'00', 1)")
 _files = st.one_of(
@@ -584,8 +587,11 @@ def test_finished_jobs_of_an_older_database_get_their_file_columns(
         [{"path": "data/c-0.png", "size": 13, "mtime_ns": 126}],
     ]
     with monkeypatch.context() as old_schema:
+        # (with m012's forms, which this store's recording writes; they do not touch m008's columns)
         old_schema.setattr(
-            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m008"]
+            migrations_mod,
+            "MIGRATIONS",
+            [m for m in MIGRATIONS if m.__name__ < "m008" or m.__name__ >= "m012"],
         )
         store = SQLiteStore(tmp_path)
         store.sync_plan(p.jobs)
@@ -946,10 +952,51 @@ def test_a_plan_recorded_in_the_background_is_claimable_as_it_grows(
     store.close()
 
 
+def test_a_first_recording_stores_what_jobs_share_once(tmp_path: Path, registry: SchemaRegistry):
+    """5 prompts x 4 seeds on one model, recorded as a first run does: one form, one cell per prompt, the prompt
+    text once per prompt; and the key index is back once the recording is over."""
+    p = _many(registry, 4, tmp_path)
+    store = SQLiteStore(tmp_path)
+    recorder = store.record_plan(p.jobs, p.digest)
+    assert recorder is not None
+    recorder.thread.join(10)
+    assert recorder.error is None and len(store.rows()) == 20
+    count = lambda table: store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: E731
+    assert (count("forms"), count("cells"), count("job")) == (1, 5, 20)
+    assert store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    store.close()
+
+
+def test_a_trial_records_only_what_it_needs(
+    tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
+):
+    """A --max-jobs trial's recording stops once its jobs (and the first batch) are in, with no digest; the next
+    run records the rest, in order, and a no-op rerun after that reads nothing."""
+    import renderer.state.plansync as plansync_mod
+    import renderer.state.recording as recording_mod
+
+    monkeypatch.setattr(plansync_mod, "FIRST_BATCH", 7)
+    monkeypatch.setattr(recording_mod, "RECORD_BATCH", 7)
+    p = _many(registry, 20, tmp_path)
+    for upto, recorded in ((3, 7), (10, 14)):
+        store = SQLiteStore(tmp_path / str(upto))
+        recorder = store.record_plan(p.jobs, p.digest, upto=upto)
+        assert recorder is not None
+        recorder.thread.join(10)
+        assert recorder.error is None and recorder.recorded == recorded
+        assert len(store.rows()) == recorded and store.meta("plan_digest") is None
+        assert store.pending_count() == 100 and store.pending_count(before=upto) == upto
+        assert store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+        assert store.sync_plan(p.jobs, p.digest) and not store.sync_plan(p.jobs, p.digest)
+        assert [r.key for r in store.rows()] == [j.key for j in p.jobs]
+        store.close()
+
+
 def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
 ):
-    """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order."""
+    """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order,
+    sharing the cells the first part made."""
     import renderer.state.plansync as plansync_mod
     import renderer.state.recording as recording_mod
 
@@ -963,12 +1010,19 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     assert recorder.error is not None and "the process died here" in recorder.error.message
     assert recorder.recorded == 28 and len(store.rows()) == 28 and store.meta("plan_digest") is None
     store.downloaded(p.jobs[3].key, [{"path": "x"}])
+    store.db.execute(
+        "DROP INDEX IF EXISTS job_key"
+    )  # as a process killed before the recorder built it
     store.close()
     again = SQLiteStore(tmp_path)
+    assert again.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    # The rest is recorded as a first run records (appended, the key index built after it).
     assert again.record_plan(p.jobs, p.digest) is None and again.sync_plan(p.jobs, p.digest)
     assert [r.key for r in again.rows()] == [j.key for j in p.jobs] and again.meta(
         "plan_digest"
     ) == p.digest
+    assert again.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    assert again.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 5
     assert (
         again.pending() == [j.key for j in p.jobs if j.index != 3]
         and again.counts()["no_longer_planned"] == 0

@@ -36,7 +36,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from renderer.errors import OutageError, StateError, UsageError
-from renderer.state.migrations import JOB_COLUMNS, JOB_INDEXES, jobs_view
+from renderer.state.migrations import (
+    JOB_COLUMNS,
+    JOB_INDEXES,
+    cells_v7_views,
+    jobs_view,
+    jobs_view_v7,
+    pg_split_cells,
+)
 from renderer.state.outage import OUTAGE_HINT, ConnectionLost, Watchdog, ride_out
 from renderer.state.store import Store
 
@@ -187,7 +194,7 @@ SCHEMA_VERSION = [
         SELECT setval(pg_get_serial_sequence('job', 'id'), (SELECT COALESCE(MAX(id), 0) + 1 FROM job), false);
         DROP TABLE jobs;
         {";".join(JOB_INDEXES)};
-        {jobs_view(PG_KEY, PG_SEED, extra=False)};
+        {jobs_view_v7(PG_KEY, PG_SEED, extra=False)};
         DELETE FROM meta WHERE name = 'plan_digest';
     """,
     ),
@@ -199,9 +206,11 @@ SCHEMA_VERSION = [
         f"""
         ALTER TABLE cells ADD COLUMN extra text;
         DROP VIEW jobs;
-        {jobs_view(PG_KEY, PG_SEED)};
+        {jobs_view_v7(PG_KEY, PG_SEED)};
     """,
     ),
+    # store.m012_forms: the prompt stored once, forms shared by cells, kept values carried.
+    ("p006_forms", pg_split_cells(jobs_view(PG_KEY, PG_SEED))),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -336,6 +345,7 @@ class PostgresStore(Store):
     blob = "bytea"
     key_sql = PG_KEY
     seed_text = PG_SEED
+    int_source = False
     skip_locked = "FOR UPDATE SKIP LOCKED"
     NOW = "extract(epoch from clock_timestamp())"
     nsfw_sql = "(result::jsonb -> 'has_nsfw_concepts')::text"
@@ -418,25 +428,28 @@ class PostgresStore(Store):
                         db.execute(ddl)
                         db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
         self.db.execute(f'SET search_path TO "{self.schema}"')
-        cells = {
-            r[0]
-            for r in self.db.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
-                "AND table_name = 'cells'",
-                (self.schema,),
-            )
-        }
-        if readonly and cells and "extra" not in cells:
-            # Read-only, from before p005: the same views with no kept columns (temporary views
-            # are found before the run's schema).
-            self.db.execute(
-                f'CREATE TEMP VIEW cells AS SELECT *, NULL::text AS extra FROM "{self.schema}".cells'
-            )
-            self.db.execute(
-                jobs_view(PG_KEY, PG_SEED).replace("CREATE VIEW", "CREATE TEMP VIEW", 1)
-            )
+        if readonly:
+            tables = {
+                r[0]
+                for r in self.db.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
+                    (self.schema,),
+                )
+            }
+            if "cells" in tables and "forms" not in tables:
+                # From before p006 (and p005): m012's names over the old cells, kept columns read
+                # as null before p005 (temporary views are found before the run's schema).
+                extra = self.db.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema = ? "
+                    "AND table_name = 'cells' AND column_name = 'extra'",
+                    (self.schema,),
+                ).fetchone()
+                for sql in cells_v7_views(
+                    f'"{self.schema}".cells', extra is not None, PG_KEY, PG_SEED
+                ):
+                    self.db.execute(sql)
 
-    def reopen(self) -> PostgresStore:
+    def reopen(self, keyless: bool = False) -> PostgresStore:
         return PostgresStore(self.url, self.run_dir, self.run, outage=self.outage)
 
     def _connect(self, deadline: float) -> Any:
