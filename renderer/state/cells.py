@@ -3,7 +3,7 @@
 A form holds what many cells share (endpoint, model, axes, tags, the input with the prompt and
 the seed cut out, the source file, the stem around the prompt id); a cell what is a prompt's own
 (its id, its text once, its source line, a stem head or JSON text only where they cannot be
-derived). The `jobs` view puts them back together, text for text (migrations.jobs_view).
+derived, the prompt file's kept columns). The `jobs` view puts them back together, text for text (migrations.jobs_view).
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class Cells(StoreCore):
         else:
             cell = int(
                 self.db.execute(
-                    "INSERT INTO cells (form, prompt_id, prompt, source, stem_head, quoted) "
-                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                    "INSERT INTO cells (form, prompt_id, prompt, source, stem_head, quoted, extra) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     content,
                 ).fetchone()[0]
             )
@@ -143,5 +143,7 @@ class Cells(StoreCore):
             pre,
             after,
         )
-        cell = (pid, prompt, source, own_stem, quoted)
+        # The prompt's kept columns (`keep:`, a JSON object text, or None) are its cell's: a job
+        # whose kept values change gets another cell, its key and path unchanged.
+        cell = (pid, prompt, source, own_stem, quoted, getattr(j, "extra", None))
         return form, cell, None if stem_head is None else f"{stem_head}{seed}"

@@ -188,7 +188,7 @@ class PlanSync(Cells):
                     (bytes(r[0]), tuple(r[1:]))
                     for r in self.db.execute(
                         f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, {STEM_HEAD_SQL} || {self.seed_text}), "
-                        "c.form, c.prompt_id, c.prompt, c.source, c.stem_head, c.quoted "
+                        "c.form, c.prompt_id, c.prompt, c.source, c.stem_head, c.quoted, c.extra "
                         "FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = c.form "
                         f"WHERE j.k IN ({','.join('?' * len(part))})",
                         part,
@@ -249,8 +249,8 @@ class PlanSync(Cells):
     ) -> None:
         if made:
             db.executemany(
-                "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, quoted) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, quoted, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 made,
             )
         if not empty:
