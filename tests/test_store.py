@@ -587,11 +587,12 @@ def test_finished_jobs_of_an_older_database_get_their_file_columns(
         [{"path": "data/c-0.png", "size": 13, "mtime_ns": 126}],
     ]
     with monkeypatch.context() as old_schema:
-        # (with m012's forms, which this store's recording writes; they do not touch m008's columns)
+        # (with m011's kept values and m012's forms, which this store's recording writes; they do
+        # not touch m008's columns)
         old_schema.setattr(
             migrations_mod,
             "MIGRATIONS",
-            [m for m in MIGRATIONS if m.__name__ < "m008" or m.__name__ >= "m012"],
+            [m for m in MIGRATIONS if m.__name__ < "m008" or m.__name__ >= "m011"],
         )
         store = SQLiteStore(tmp_path)
         store.sync_plan(p.jobs)
@@ -1064,74 +1065,3 @@ def test_file_stats_list_every_finished_file_in_whole_jobs(
         assert not {k for k, *_ in page} & {
             k for other in pages if other is not page for k, *_ in other
         }
-
-
-def _kept_plan(registry: SchemaRegistry, folder: Path, keep: bool) -> plan.Plan:
-    """Three captions on one model, two seeds; with `keep`, each row's source_url and original_id."""
-    rows = [
-        {"text": f"a fox number {i}", "source_url": f"u{i}", "original_id": i} for i in range(3)
-    ]
-    (folder / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    keeping = ", keep: [source_url, original_id]" if keep else ""
-    (folder / "m.yaml").write_text(
-        f"name: t\nprovider: emulator\nprompts: [{{file: p.jsonl, text: text{keeping}}}]\n"
-        "models: [fal-ai/flux-1/schnell]\nseeds: [1, 2]\n"
-    )
-    return plan.build(load(folder / "m.yaml"), registry)
-
-
-def test_a_state_from_before_kept_columns_opens_and_works(
-    open_state: Callable[[], Store],
-    registry: SchemaRegistry,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-):
-    """A state written before m011/p005 reads back unchanged, read-only (kept columns null) and migrated; the
-    same run with `keep:` then records each job's kept values, its finished jobs staying finished."""
-    import renderer.state.migrations as migrations_mod
-    import renderer.state.postgres as pg_mod
-
-    folder = tmp_path / "m"
-    folder.mkdir()
-    plain, kept = _kept_plan(registry, folder, False), _kept_plan(registry, folder, True)
-    with monkeypatch.context() as old_schema:  # the schema as it was before the kept columns
-        old_schema.setattr(
-            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m011"]
-        )
-        old_schema.setattr(
-            pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < "p005"]
-        )
-        store = open_state()
-        store.sync_plan(plain.jobs, plain.digest)
-        first = plain.jobs[0].key
-        store.downloaded(first, [{"path": "data/x-0.png", "size": 3}])
-        before = store.rows()
-        store.close()
-
-    def read_only() -> Store:
-        if isinstance(store, PostgresStore):
-            return PostgresStore(store.url, tmp_path, "t", readonly=True)
-        return SQLiteStore(tmp_path, readonly=True)
-
-    old = read_only()  # not migrated: the kept columns read as null
-    assert old.rows() == before and all(r.extra is None for r in before)
-    assert [r["extra"] for r in old.export_rows()] == [None] and old.kept_kinds() == {}
-    old.close()
-    store = open_state()  # migrates
-    assert store.rows() == before
-    assert not store.sync_plan(plain.jobs, plain.digest)  # the same plan: nothing recorded again
-    assert kept.digest != plain.digest
-    assert store.sync_plan(kept.jobs, kept.digest)
-    rows = {r.key: r for r in store.rows()}
-    assert set(rows) == {j.key for j in kept.jobs} == {r.key for r in before}
-    for job in kept.jobs:
-        assert rows[job.key].extra == job.extra and rows[job.key].stem == job.stem
-        assert json.loads(job.extra or "")["original_id"] == int(job.input["prompt"][-1])
-    assert rows[first].state == "downloaded"
-    (finished,) = store.export_rows()
-    assert finished["key"] == first and finished["extra"] == {"source_url": "u0", "original_id": 0}
-    assert store.kept_kinds() == {"source_url": {"string"}, "original_id": {"int64"}}
-    store.close()
-    again = read_only()  # migrated, read-only: the same
-    assert {r.key: r.extra for r in again.rows()} == {k: r.extra for k, r in rows.items()}
-    again.close()
