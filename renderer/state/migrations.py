@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 from renderer.state.rows import OPEN, key_blob, key_text
 
@@ -417,6 +418,27 @@ def cells_v7_views(cells: str, extra: bool, key_sql: str, seed_text: str) -> lis
     if not extra:
         views.append(jobs_view(key_sql, seed_text).replace("CREATE VIEW", "CREATE TEMP VIEW", 1))
     return views
+
+
+def pg_cells_v7_views(db: Any, schema: str, key_sql: str, seed_text: str) -> list[str]:
+    """PostgreSQL's read-only look at run `schema` from before p006 (m012), with or without p005's
+    kept values: cells_v7_views' statements (temporary views are found before the run's schema);
+    none for a run in m012's layout, or from before p003's cells."""
+    columns = {
+        r[0]
+        for r in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+            "AND table_name = 'cells'",
+            (schema,),
+        )
+    }
+    forms = db.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = 'forms'",
+        (schema,),
+    ).fetchone()
+    if not columns or forms is not None:
+        return []
+    return cells_v7_views(f'"{schema}".cells', "extra" in columns, key_sql, seed_text)
 
 
 def split_cells_sql(types: dict[str, str]) -> list[str]:

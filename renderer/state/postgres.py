@@ -39,9 +39,9 @@ from renderer.errors import OutageError, StateError, UsageError
 from renderer.state.migrations import (
     JOB_COLUMNS,
     JOB_INDEXES,
-    cells_v7_views,
     jobs_view,
     jobs_view_v7,
+    pg_cells_v7_views,
     pg_split_cells,
 )
 from renderer.state.outage import OUTAGE_HINT, ConnectionLost, Watchdog, ride_out
@@ -428,26 +428,9 @@ class PostgresStore(Store):
                         db.execute(ddl)
                         db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
         self.db.execute(f'SET search_path TO "{self.schema}"')
-        if readonly:
-            tables = {
-                r[0]
-                for r in self.db.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = ?",
-                    (self.schema,),
-                )
-            }
-            if "cells" in tables and "forms" not in tables:
-                # From before p006 (and p005): m012's names over the old cells, kept columns read
-                # as null before p005 (temporary views are found before the run's schema).
-                extra = self.db.execute(
-                    "SELECT 1 FROM information_schema.columns WHERE table_schema = ? "
-                    "AND table_name = 'cells' AND column_name = 'extra'",
-                    (self.schema,),
-                ).fetchone()
-                for sql in cells_v7_views(
-                    f'"{self.schema}".cells', extra is not None, PG_KEY, PG_SEED
-                ):
-                    self.db.execute(sql)
+        if readonly:  # a run from before p006 read as it is (temporary views; see the function)
+            for sql in pg_cells_v7_views(self.db, self.schema, PG_KEY, PG_SEED):
+                self.db.execute(sql)
 
     def reopen(self, keyless: bool = False) -> PostgresStore:
         return PostgresStore(self.url, self.run_dir, self.run, outage=self.outage)
