@@ -1,25 +1,36 @@
-"""Recording a caption set's plan into a fresh SQLite state, as a first run does, and what it costs.
+"""Recording a plan into a fresh SQLite state, as a first run does, what it costs, and a trial on it.
 
-N distinct captions (bench/captions.py's, a .txt file) on one model with one seed each. Per tree (a
-checkout, run with PYTHONPATH=TREE) a child process plans the manifest, then records the plan the
-way a first `renderer run` does (`record_plan`: the first batch, then the background recorder to
-the end), and reports:
-  seconds      recording alone (planning excluded)
+Two shapes: `captions` (N distinct captions, bench/captions.py's .txt file, one model, one seed
+each: every job a cell of its own) and `seeds` (bench/state_scale.py's dataset builder: 1,000
+prompts in a JSONL file x 10 models x N/10,000 seeds). Per tree (a checkout, run with
+PYTHONPATH=TREE) a child process plans the manifest, then records the plan the way a first
+`renderer run` does (`record_plan`: the first batch, then the background recorder to the end),
+and reports:
+  record s     recording alone (planning excluded)
   written MB   bytes the process wrote to the disk while recording (/proc/self/io write_bytes:
                the database, its WAL and checkpoints)
   state MB     the state's size once closed (renderer.sqlite with its WAL checkpointed)
-  B/job        state bytes per job, and beyond the prompt text (its UTF-8 length, once)
-  written/state  the ratio the issue bounds at 3
+  B/job        state bytes per job, and beyond the prompt text (the UTF-8 length of each distinct
+               prompt, once)
+  written/state  the ratio issue 22 bounds at 3
+  trial s      `renderer run M --max-jobs 20 --quiet` on the built-in emulator from a fresh output
+               folder, the whole command (process start to exit; --trial to include it)
+  rest after a trial  (--rest) a state where only the first batch was recorded (a trial stops the
+               recording), then the next run's `sync_plan` of the whole plan: its seconds, and the
+               bytes it wrote against the state's final size
 Reproduce:  python bench/plan_recording.py --captions 100000 --runs 1 TREE_A TREE_B
+            python bench/plan_recording.py --shape seeds --captions 1000000 --trial --runs 1 TREE_A TREE_B
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,7 +38,7 @@ from _common import child_env, machine, median, table
 from captions import captions, manifest
 
 CHILD = r"""
-import json, os, sys, time
+import json, os, shutil, sys, time
 from pathlib import Path
 from renderer.manifest import load as manifest_mod
 from renderer.models.schemas import SchemaRegistry, default_schema_dir
@@ -41,7 +52,8 @@ def written():
 
 m = manifest_mod.load(Path(sys.argv[1]))
 plan = plan_mod.build(m, SchemaRegistry(default_schema_dir()))
-text = sum(len(j.input["prompt"].encode()) for j in plan.jobs)
+text = sum(len(p.encode()) for p in {j.input["prompt"] for j in plan.jobs})
+shutil.rmtree(m.run_dir, ignore_errors=True)  # a fresh state (the manifest may name no `out`)
 store = SQLiteStore(m.run_dir)
 os.sync()
 before, start = written(), time.perf_counter()
@@ -55,16 +67,33 @@ store.close()
 os.sync()
 after = written()
 size = sum(p.stat().st_size for p in m.run_dir.glob("renderer.sqlite*"))
-print(json.dumps({"seconds": seconds, "written": after - before, "size": size,
-                  "jobs": len(plan.jobs), "text": text}))
+result = {"seconds": seconds, "written": after - before, "size": size, "jobs": len(plan.jobs), "text": text}
+if len(sys.argv) > 2:  # the rest after a trial: the first batch recorded, then the next run's sync
+    shutil.rmtree(m.run_dir)
+    store = SQLiteStore(m.run_dir)
+    recorder = store.record_plan(plan.jobs, plan.digest)
+    if recorder is not None:
+        recorder.halt()
+        recorder.thread.join()
+    store.close()
+    os.sync()
+    before, start = written(), time.perf_counter()
+    store = SQLiteStore(m.run_dir)
+    store.sync_plan(plan.jobs, plan.digest)
+    result["rest"] = time.perf_counter() - start
+    store.close()
+    os.sync()
+    result["rest_written"] = written() - before
+    result["rest_size"] = sum(p.stat().st_size for p in m.run_dir.glob("renderer.sqlite*"))
+print(json.dumps(result))
 """
 
 
-def once(tree: Path, yaml_path: Path) -> dict[str, float]:
+def once(tree: Path, yaml_path: Path, rest: bool = False) -> dict[str, float]:
     out = yaml_path.parent / "out"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(yaml_path)],
+        [sys.executable, "-c", CHILD, str(yaml_path), *(["rest"] * rest)],
         cwd=yaml_path.parent,
         env=child_env(PYTHONPATH=str(tree)),
         capture_output=True,
@@ -77,23 +106,60 @@ def once(tree: Path, yaml_path: Path) -> dict[str, float]:
     return result
 
 
+TRIAL = ["--max-jobs", "20", "--quiet", "--provider", "emulator"]
+
+
+def trial(tree: Path, yaml_path: Path) -> float:
+    """Seconds of `renderer run --max-jobs 20` from a fresh output folder, process start to exit."""
+    out = yaml_path.parent / "trial"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "renderer", "run", str(yaml_path), "--output", str(out), *TRIAL],
+        cwd=yaml_path.parent,
+        env=child_env(PYTHONPATH=str(tree), FAL_KEY="bench"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{tree}: trial exited {done.returncode}: {done.stderr[-2000:]}")
+    return seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("trees", nargs="+", type=Path)
-    ap.add_argument("--captions", type=int, default=100_000)
+    ap.add_argument("--captions", type=int, default=100_000, help="jobs in the plan")
+    ap.add_argument("--shape", choices=["captions", "seeds"], default="captions")
+    ap.add_argument("--trial", action="store_true", help="also time a --max-jobs 20 trial")
+    ap.add_argument(
+        "--rest",
+        action="store_true",
+        help="also time the next run's sync of the rest after a trial's first batch",
+    )
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
     trees = [t.resolve() for t in args.trees]
     results: dict[int, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        captions(folder, args.captions)
-        path = manifest(folder, "txt")
+        if args.shape == "captions":
+            captions(folder, args.captions)
+            path = manifest(folder, "txt")
+        else:
+            from state_scale import dataset_manifest  # (which imports this module)
+
+            path = dataset_manifest(folder, args.captions)
         for _ in range(args.runs):
             for i, tree in enumerate(trees):
-                results.setdefault(i, []).append(once(tree, path))
+                result = once(tree, path, args.rest)
+                if args.trial:
+                    result["trial"] = trial(tree, path)
+                results.setdefault(i, []).append(result)
     rows = []
     for i, values in sorted(results.items()):
 
@@ -111,9 +177,20 @@ def main() -> None:
                 f"{m('size') / jobs:,.0f}",
                 f"{(m('size') - m('text')) / jobs:,.0f}",
                 f"{m('written') / m('size'):.1f}",
+                f"{m('trial'):.1f}" if args.trial else "",
+                f"{m('rest'):.1f} s, {m('rest_written') / m('rest_size'):.1f}x"
+                if args.rest
+                else "",
             ]
         )
-    print(f"{machine()}; {args.captions:,} captions; medians of {args.runs} alternated runs")
+    shape = (
+        f"{args.captions:,} captions (one model, one seed)"
+        if args.shape == "captions"
+        else f"{args.captions:,} jobs (1,000 prompts x 10 models x seeds)"
+    )
+    print(
+        f"{machine()}; {shape}; load {os.getloadavg()[0]:.1f}; medians of {args.runs} alternated runs"
+    )
     print(
         table(
             [
@@ -125,12 +202,15 @@ def main() -> None:
                 "B/job",
                 "B/job beyond text",
                 "written/state",
+                "trial s",
+                "rest after a trial",
             ],
             rows,
         )
     )
     print(
-        f"reproduce: python bench/plan_recording.py --captions {args.captions} --runs {args.runs} "
+        f"reproduce: python bench/plan_recording.py --shape {args.shape} --captions {args.captions} "
+        f"{'--trial ' * args.trial}{'--rest ' * args.rest}--runs {args.runs} "
         + " ".join(map(str, trees))
     )
 

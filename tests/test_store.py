@@ -477,8 +477,11 @@ def _expected_columns(files: Any) -> tuple:
 _schema = sqlite3.connect(":memory:", check_same_thread=False)  # every migration, triggers included
 migrate(_schema)
 _schema.execute(
-    "INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, "
-    "source) VALUES (1, 'e', 'm', 'p', 'x', '{}', '{}', 1, '[]', 'm.yaml:1')"
+    "INSERT INTO forms (id, endpoint, model, axes, input_head, num_images, tags, source_head) "
+    "VALUES (1, 'e', 'm', '{}', '{}', 1, '[]', 'm.yaml:')"
+)
+_schema.execute(
+    "INSERT INTO cells (id, form, prompt_id, prompt, source) VALUES (1, 1, 'p', 'x', 1)"
 )
 _schema.execute("INSERT INTO job (id, k, cell) VALUES (1, x'00', 1)")
 _files = st.one_of(
@@ -584,8 +587,12 @@ def test_finished_jobs_of_an_older_database_get_their_file_columns(
         [{"path": "data/c-0.png", "size": 13, "mtime_ns": 126}],
     ]
     with monkeypatch.context() as old_schema:
+        # (with m011's kept values and m012's forms, which this store's recording writes; they do
+        # not touch m008's columns)
         old_schema.setattr(
-            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m008"]
+            migrations_mod,
+            "MIGRATIONS",
+            [m for m in MIGRATIONS if m.__name__ < "m008" or m.__name__ >= "m011"],
         )
         store = SQLiteStore(tmp_path)
         store.sync_plan(p.jobs)
@@ -946,10 +953,51 @@ def test_a_plan_recorded_in_the_background_is_claimable_as_it_grows(
     store.close()
 
 
+def test_a_first_recording_stores_what_jobs_share_once(tmp_path: Path, registry: SchemaRegistry):
+    """5 prompts x 4 seeds on one model, recorded as a first run does: one form, one cell per prompt, the prompt
+    text once per prompt; and the key index is back once the recording is over."""
+    p = _many(registry, 4, tmp_path)
+    store = SQLiteStore(tmp_path)
+    recorder = store.record_plan(p.jobs, p.digest)
+    assert recorder is not None
+    recorder.thread.join(10)
+    assert recorder.error is None and len(store.rows()) == 20
+    count = lambda table: store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: E731
+    assert (count("forms"), count("cells"), count("job")) == (1, 5, 20)
+    assert store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    store.close()
+
+
+def test_a_trial_records_only_what_it_needs(
+    tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
+):
+    """A --max-jobs trial's recording stops once its jobs (and the first batch) are in, with no digest; the next
+    run records the rest, in order, and a no-op rerun after that reads nothing."""
+    import renderer.state.plansync as plansync_mod
+    import renderer.state.recording as recording_mod
+
+    monkeypatch.setattr(plansync_mod, "FIRST_BATCH", 7)
+    monkeypatch.setattr(recording_mod, "RECORD_BATCH", 7)
+    p = _many(registry, 20, tmp_path)
+    for upto, recorded in ((3, 7), (10, 14)):
+        store = SQLiteStore(tmp_path / str(upto))
+        recorder = store.record_plan(p.jobs, p.digest, upto=upto)
+        assert recorder is not None
+        recorder.thread.join(10)
+        assert recorder.error is None and recorder.recorded == recorded
+        assert len(store.rows()) == recorded and store.meta("plan_digest") is None
+        assert store.pending_count() == 100 and store.pending_count(before=upto) == upto
+        assert store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+        assert store.sync_plan(p.jobs, p.digest) and not store.sync_plan(p.jobs, p.digest)
+        assert [r.key for r in store.rows()] == [j.key for j in p.jobs]
+        store.close()
+
+
 def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch
 ):
-    """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order."""
+    """A crash mid-recording keeps whole batches and no digest; the next sync records the rest, once, in order,
+    sharing the cells the first part made."""
     import renderer.state.plansync as plansync_mod
     import renderer.state.recording as recording_mod
 
@@ -963,12 +1011,19 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     assert recorder.error is not None and "the process died here" in recorder.error.message
     assert recorder.recorded == 28 and len(store.rows()) == 28 and store.meta("plan_digest") is None
     store.downloaded(p.jobs[3].key, [{"path": "x"}])
+    store.db.execute(
+        "DROP INDEX IF EXISTS job_key"
+    )  # as a process killed before the recorder built it
     store.close()
     again = SQLiteStore(tmp_path)
+    assert again.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    # The rest is recorded as a first run records (appended, the key index built after it).
     assert again.record_plan(p.jobs, p.digest) is None and again.sync_plan(p.jobs, p.digest)
     assert [r.key for r in again.rows()] == [j.key for j in p.jobs] and again.meta(
         "plan_digest"
     ) == p.digest
+    assert again.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    assert again.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 5
     assert (
         again.pending() == [j.key for j in p.jobs if j.index != 3]
         and again.counts()["no_longer_planned"] == 0
@@ -1010,74 +1065,3 @@ def test_file_stats_list_every_finished_file_in_whole_jobs(
         assert not {k for k, *_ in page} & {
             k for other in pages if other is not page for k, *_ in other
         }
-
-
-def _kept_plan(registry: SchemaRegistry, folder: Path, keep: bool) -> plan.Plan:
-    """Three captions on one model, two seeds; with `keep`, each row's source_url and original_id."""
-    rows = [
-        {"text": f"a fox number {i}", "source_url": f"u{i}", "original_id": i} for i in range(3)
-    ]
-    (folder / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    keeping = ", keep: [source_url, original_id]" if keep else ""
-    (folder / "m.yaml").write_text(
-        f"name: t\nprovider: emulator\nprompts: [{{file: p.jsonl, text: text{keeping}}}]\n"
-        "models: [fal-ai/flux-1/schnell]\nseeds: [1, 2]\n"
-    )
-    return plan.build(load(folder / "m.yaml"), registry)
-
-
-def test_a_state_from_before_kept_columns_opens_and_works(
-    open_state: Callable[[], Store],
-    registry: SchemaRegistry,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-):
-    """A state written before m011/p005 reads back unchanged, read-only (kept columns null) and migrated; the
-    same run with `keep:` then records each job's kept values, its finished jobs staying finished."""
-    import renderer.state.migrations as migrations_mod
-    import renderer.state.postgres as pg_mod
-
-    folder = tmp_path / "m"
-    folder.mkdir()
-    plain, kept = _kept_plan(registry, folder, False), _kept_plan(registry, folder, True)
-    with monkeypatch.context() as old_schema:  # the schema as it was before the kept columns
-        old_schema.setattr(
-            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < "m011"]
-        )
-        old_schema.setattr(
-            pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < "p005"]
-        )
-        store = open_state()
-        store.sync_plan(plain.jobs, plain.digest)
-        first = plain.jobs[0].key
-        store.downloaded(first, [{"path": "data/x-0.png", "size": 3}])
-        before = store.rows()
-        store.close()
-
-    def read_only() -> Store:
-        if isinstance(store, PostgresStore):
-            return PostgresStore(store.url, tmp_path, "t", readonly=True)
-        return SQLiteStore(tmp_path, readonly=True)
-
-    old = read_only()  # not migrated: the kept columns read as null
-    assert old.rows() == before and all(r.extra is None for r in before)
-    assert [r["extra"] for r in old.export_rows()] == [None] and old.kept_kinds() == {}
-    old.close()
-    store = open_state()  # migrates
-    assert store.rows() == before
-    assert not store.sync_plan(plain.jobs, plain.digest)  # the same plan: nothing recorded again
-    assert kept.digest != plain.digest
-    assert store.sync_plan(kept.jobs, kept.digest)
-    rows = {r.key: r for r in store.rows()}
-    assert set(rows) == {j.key for j in kept.jobs} == {r.key for r in before}
-    for job in kept.jobs:
-        assert rows[job.key].extra == job.extra and rows[job.key].stem == job.stem
-        assert json.loads(job.extra or "")["original_id"] == int(job.input["prompt"][-1])
-    assert rows[first].state == "downloaded"
-    (finished,) = store.export_rows()
-    assert finished["key"] == first and finished["extra"] == {"source_url": "u0", "original_id": 0}
-    assert store.kept_kinds() == {"source_url": {"string"}, "original_id": {"int64"}}
-    store.close()
-    again = read_only()  # migrated, read-only: the same
-    assert {r.key: r.extra for r in again.rows()} == {k: r.extra for k, r in rows.items()}
-    again.close()

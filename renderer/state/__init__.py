@@ -5,6 +5,7 @@ Modules:
   store        Store, the one interface every caller uses, assembled from its parts:
     core         the connection, the dialect's differences, transactions, metadata
     plansync     the plan recorded into the state, or made to agree with it
+    cells        a job's cell and form (how jobs are stored), for plansync
     leases       workers, claims, renewal and release
     transitions  a job's state changes, one transaction each, fenced by its lease
     queries      pending work by query, finished files, counts, costs, runs

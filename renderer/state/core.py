@@ -34,6 +34,11 @@ class StoreCore:
 
     skip_locked = ""  # PostgreSQL: FOR UPDATE SKIP LOCKED (SQLite has one writer at a time anyway)
 
+    # The id of the job with key ? (given twice): among held jobs first (job_held), then any. While
+    # a recording builds the key index only at its end (PlanRecorder), the jobs the runner looks up
+    # are the ones it holds: found without a scan.
+    BY_KEY = "(SELECT id FROM job WHERE k = ? AND owner IS NOT NULL UNION ALL SELECT id FROM job WHERE k = ? LIMIT 1)"
+
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock, epoch seconds
 
     blob = "BLOB"  # the type of a job's key as stored (key_blob)
@@ -41,6 +46,14 @@ class StoreCore:
     key_sql = SQLITE_KEY  # a `job j` row's key as text, in SQL
 
     seed_text = "j.seed"  # a `job j` row's seed as text, in SQL
+
+    # Recording into an empty state without the unique index on job keys (record_plan builds it
+    # at the end, in one sorted pass): job rows are inserted plainly, no ON CONFLICT (k).
+    keyless = False
+
+    int_source = (
+        True  # cells.source may hold a line number as an integer (SQLite; PostgreSQL: text)
+    )
 
     owner: str | None = (
         None  # this worker's id once it claims jobs (every state change is then fenced)

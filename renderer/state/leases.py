@@ -64,7 +64,8 @@ class Leases(StoreCore):
             known.update(
                 (int(r[0]), r[1])
                 for r in self.db.execute(
-                    f"SELECT id, endpoint FROM cells WHERE id IN ({','.join('?' * len(part))})",
+                    "SELECT c.id, f.endpoint FROM cells c JOIN forms f ON f.id = c.form "
+                    f"WHERE c.id IN ({','.join('?' * len(part))})",
                     part,
                 )
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 from renderer.state.rows import OPEN, key_blob, key_text
 
@@ -122,9 +123,9 @@ def m006_leases(db: sqlite3.Connection) -> None:
         )""")
 
 
-# The per-job table, the per-cell table and the view that joins them back into the old `jobs`.
-# Shared by the migration below (SQLite); pgstore's p003 says the same in PostgreSQL's words.
-CELLS_DDL = """
+# The per-job table, the per-cell table and the view that joins them back into the old `jobs`,
+# as m007 made them (pgstore's p003 says the same in PostgreSQL's words); m012 splits the cells.
+CELLS_V7_DDL = """
     CREATE TABLE cells (
         id INTEGER PRIMARY KEY,
         digest BLOB UNIQUE,
@@ -191,8 +192,8 @@ JOB_INDEXES = (
 )
 
 
-def jobs_view(key_sql: str, seed_text: str, extra: bool = True) -> str:
-    """`jobs` as it was before the cells: every column, rebuilt (stem and input from the cell and the seed).
+def jobs_view_v7(key_sql: str, seed_text: str, extra: bool = True) -> str:
+    """`jobs` as m007 made it (superseded by jobs_view in m012): every column, rebuilt.
 
     `extra`: with the cell's kept columns (m011; False for the migrations before it).
     """
@@ -205,13 +206,6 @@ def jobs_view(key_sql: str, seed_text: str, extra: bool = True) -> str:
         c.num_images AS num_images, c.tags AS tags, c.source AS source,
         {", ".join(f"j.{name} AS {name}" for name in JOB_COLUMNS.split(", "))}{kept}
     FROM job j JOIN cells c ON c.id = j.cell"""
-
-
-# Tools and old scripts that update `jobs` directly still can (slowly: by the view's rows).
-JOBS_TRIGGER = f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
-        UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
-        stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
-        {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))} WHERE id = OLD.id; END"""
 
 
 SQLITE_KEY = "COALESCE(j.key_text, 'j1-' || lower(hex(j.k)))"
@@ -231,7 +225,7 @@ def m007_cells(db: sqlite3.Connection) -> None:
     """
     db.create_function("renderer_key", 1, key_blob, deterministic=True)
     db.create_function("renderer_key_text", 1, key_text, deterministic=True)
-    db.execute(CELLS_DDL)
+    db.execute(CELLS_V7_DDL)
     db.execute(JOB_DDL)
     db.execute(
         "INSERT INTO cells (id, endpoint, model, prompt_id, prompt, axes, input_head, num_images, tags, source) "
@@ -245,9 +239,16 @@ def m007_cells(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE jobs")
     for ddl in JOB_INDEXES:
         db.execute(ddl)
-    db.execute(jobs_view(SQLITE_KEY, "j.seed", extra=False))
-    db.execute(JOBS_TRIGGER)
+    db.execute(jobs_view_v7(SQLITE_KEY, "j.seed", extra=False))
+    db.execute(JOBS_UPDATE)
     db.execute("DELETE FROM meta WHERE name = 'plan_digest'")
+
+
+# Tools and old scripts that update `jobs` directly still can (slowly: by the view's rows).
+JOBS_UPDATE = f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
+    UPDATE job SET plan_index = NEW.plan_index, in_plan = NEW.in_plan,
+    stem = CASE WHEN NEW.stem IS OLD.stem THEN stem ELSE NEW.stem END,
+    {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))} WHERE id = OLD.id; END"""
 
 
 def file_columns_sql(files: str) -> str:
@@ -320,12 +321,190 @@ def m011_cells_extra(db: sqlite3.Connection) -> None:
     """A prompt file's kept columns (`keep:`) per cell: one JSON object text, NULL when the
     prompt keeps nothing (every cell of an older state). `jobs` is rebuilt with it (dropping the
     view drops its trigger, made again). Nothing else changes: the plan's digest of a manifest
-    without `keep:` is the same, so an older run is not recorded again.
+    without `keep:` is the same. (m012, next, forgets it anyway: its layout is recorded anew.)
     """
     db.execute("ALTER TABLE cells ADD COLUMN extra TEXT")
     db.execute("DROP VIEW jobs")
+    db.execute(jobs_view_v7(SQLITE_KEY, "j.seed"))
+    db.execute(JOBS_UPDATE)
+
+
+# m012's layout (issue 22): what many cells share is a form, stored once; a cell keeps what is its
+# own (the prompt id, the prompt text once, the source's line, a path that is not its form's).
+FORMS_DDL = """
+    CREATE TABLE forms (
+        id {serial} PRIMARY KEY,
+        digest {blob} UNIQUE,
+        endpoint {text} NOT NULL,
+        model {text} NOT NULL,
+        axes {text} NOT NULL,
+        input_head {text} NOT NULL,
+        input_mid {text},
+        input_tail {text},
+        num_images {integer} NOT NULL,
+        tags {text} NOT NULL,
+        source_head {text} NOT NULL,
+        stem_head {text},
+        stem_mid {text}
+    )"""
+
+
+# `source` has no type in SQLite: a line number is kept as an integer (1-3 bytes, not its digits).
+CELLS_DDL = """
+    CREATE TABLE {name} (
+        id {serial} PRIMARY KEY,
+        form {bigint} NOT NULL,
+        prompt_id {text} NOT NULL,
+        prompt {text} NOT NULL,
+        source {any} NOT NULL,
+        stem_head {text},
+        quoted {text},
+        extra {text}
+    )"""
+
+
+SQLITE_TYPES = {
+    "serial": "INTEGER",
+    "blob": "BLOB",
+    "text": "TEXT",
+    "integer": "INTEGER",
+    "bigint": "INTEGER",
+    "any": "",
+}
+
+
+# A cell's stem head: its own, or its form's head || its prompt id || its form's middle.
+STEM_HEAD_SQL = "COALESCE(c.stem_head, f.stem_head || c.prompt_id || f.stem_mid)"
+
+
+def jobs_view(key_sql: str, seed_text: str) -> str:
+    """`jobs` with the columns and values it has always had, rebuilt from job, cell and form.
+
+    input = input_head [|| prompt as JSON text || input_mid] [|| seed || input_tail]: the prompt
+    is cut out where the form has a middle (cells.quoted holds its JSON text when escaping changed
+    it), the seed where it has a tail. stem = the job's own, or the cell's stem head || seed.
+    extra = the cell's kept columns (m011), last as m011's view had it.
+    """
+    cell_input = (
+        "CASE WHEN f.input_mid IS NULL THEN f.input_head "
+        "ELSE f.input_head || COALESCE(c.quoted, c.prompt) || f.input_mid END || "
+        f"CASE WHEN f.input_tail IS NULL THEN '' ELSE {seed_text} || f.input_tail END"
+    )
+    return f"""
+    CREATE VIEW jobs AS SELECT j.id AS id, {key_sql} AS key, j.plan_index AS plan_index, j.in_plan AS in_plan,
+        f.endpoint AS endpoint, f.model AS model, c.prompt_id AS prompt_id, c.prompt AS prompt, j.seed AS seed,
+        f.axes AS axes, COALESCE(j.stem, {STEM_HEAD_SQL} || {seed_text}) AS stem,
+        {cell_input} AS input,
+        f.num_images AS num_images, f.tags AS tags, f.source_head || c.source AS source,
+        {", ".join(f"j.{name} AS {name}" for name in JOB_COLUMNS.split(", "))}, c.extra AS extra
+    FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = c.form"""
+
+
+def cells_v7_views(cells: str, extra: bool, key_sql: str, seed_text: str) -> list[str]:
+    """A read-only look at a state from before m012 (m007's cells, not split into forms): temporary
+    views giving the old table `cells` m012's names, so every read works unmigrated; nothing is
+    written. Temporary objects are found first by this connection's own statements, while the
+    state's own `jobs` view keeps reading its own cells. Before m011 (`extra` False) that `jobs` has
+    no kept columns: a temporary `jobs` over these views reads them as null.
+    (Both databases: CAST, not PostgreSQL's ::.)
+    """
+    null = "CAST(NULL AS TEXT)"
+    views = [
+        f"CREATE TEMP VIEW forms AS SELECT id, digest, endpoint, model, axes, input_head, {null} AS input_mid, "
+        f"input_tail, num_images, tags, '' AS source_head, {null} AS stem_head, {null} AS stem_mid FROM {cells}",
+        f"CREATE TEMP VIEW cells AS SELECT id, id AS form, prompt_id, prompt, source, stem_head, "
+        f"{null} AS quoted, {'extra' if extra else f'{null} AS extra'} FROM {cells}",
+    ]
+    if not extra:
+        views.append(jobs_view(key_sql, seed_text).replace("CREATE VIEW", "CREATE TEMP VIEW", 1))
+    return views
+
+
+def pg_cells_v7_views(db: Any, schema: str, key_sql: str, seed_text: str) -> list[str]:
+    """PostgreSQL's read-only look at run `schema` from before p006 (m012), with or without p005's
+    kept values: cells_v7_views' statements (temporary views are found before the run's schema);
+    none for a run in m012's layout, or from before p003's cells."""
+    columns = {
+        r[0]
+        for r in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+            "AND table_name = 'cells'",
+            (schema,),
+        )
+    }
+    forms = db.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND table_name = 'forms'",
+        (schema,),
+    ).fetchone()
+    if not columns or forms is not None:
+        return []
+    return cells_v7_views(f'"{schema}".cells', "extra" in columns, key_sql, seed_text)
+
+
+def split_cells_sql(types: dict[str, str]) -> list[str]:
+    """m012's statements (both databases): the cells of m007 (renamed cells_v7) become a form each
+    and a cell each, ids kept, exact (the view reads the same), kept values (m011's `extra`, which
+    always runs first) carried; the next run's recording shares forms."""
+    return [
+        FORMS_DDL.format(**types),
+        CELLS_DDL.format(name="cells", **types),
+        "INSERT INTO forms (id, endpoint, model, axes, input_head, input_tail, num_images, tags, source_head) "
+        "SELECT id, endpoint, model, axes, input_head, input_tail, num_images, tags, '' FROM cells_v7",
+        "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, extra) "
+        "SELECT id, id, prompt_id, prompt, source, stem_head, extra FROM cells_v7",
+        "DROP TABLE cells_v7",
+        # The next run records the plan again (into shared forms); until then every row reads the same.
+        "DELETE FROM meta WHERE name = 'plan_digest'",
+    ]
+
+
+@migration
+def m012_forms(db: sqlite3.Connection) -> None:
+    """The prompt text stored once, and nothing stored that the view can derive (issue 22: ~548 B a
+    job to ~N B for a caption set, where every job is a cell of its own).
+
+    A form holds what cells share: endpoint, model, axes, tags, num_images, the input with the
+    prompt and the seed cut out, the source file (source = source_head || cells.source, its line
+    number), and the stem head around the prompt id (stem_head || prompt_id || stem_mid). A cell
+    keeps its prompt id, prompt and source line; its stem head or the prompt's JSON text only when
+    they are not derivable. The 16-byte digest and its unique index are gone from cells (cells are
+    found by their jobs, or made anew: see plansync); forms keep theirs (they are few). A cell's kept
+    columns (m011's `extra`) stay the cell's.
+    """
+    db.execute("DROP VIEW jobs")  # (and its trigger)
+    db.execute("ALTER TABLE cells RENAME TO cells_v7")
+    for sql in split_cells_sql(SQLITE_TYPES):
+        db.execute(sql)
     db.execute(jobs_view(SQLITE_KEY, "j.seed"))
-    db.execute(JOBS_TRIGGER)
+    db.execute(JOBS_UPDATE)
+
+
+PG_TYPES = {
+    "serial": "bigserial",
+    "blob": "bytea",
+    "text": "text",
+    "integer": "integer",
+    "bigint": "bigint",
+    "any": "text",
+}
+
+
+def pg_split_cells(view: str) -> str:
+    """postgres' p006_forms (m012 in PostgreSQL's words): its statements, `view` the new `jobs`."""
+    return ";\n".join(
+        [
+            "DROP VIEW jobs",
+            "ALTER TABLE cells RENAME TO cells_v7",
+            # the old table's constraint name would clash with the new table's
+            "ALTER TABLE cells_v7 RENAME CONSTRAINT cells_pkey TO cells_v7_pkey",
+            *split_cells_sql(PG_TYPES),
+            "SELECT setval(pg_get_serial_sequence('forms', 'id'), "
+            "(SELECT COALESCE(MAX(id), 0) + 1 FROM forms), false)",
+            "SELECT setval(pg_get_serial_sequence('cells', 'id'), "
+            "(SELECT COALESCE(MAX(id), 0) + 1 FROM cells), false)",
+            view,
+        ]
+    )
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
@@ -338,6 +517,9 @@ def migrate(db: sqlite3.Connection) -> list[str]:
         if step.__name__ in done:
             continue
         with db:
+            # Opened here, not by sqlite3 at the first INSERT: a step's DDL (DROP VIEW, ALTER
+            # TABLE, CREATE TABLE) is then undone with the rest if the step fails (a full disk).
+            db.execute("BEGIN")
             step(db)
             db.execute("INSERT INTO _migrations VALUES (?, ?)", (step.__name__, time.time()))
         applied.append(step.__name__)

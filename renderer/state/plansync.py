@@ -4,16 +4,16 @@ the state's rows (a rerun), in batches, one transaction each.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any, cast
 
+from renderer.plan.jobs import Jobs
 from renderer.plan.unique import Fingerprints
-from renderer.state.core import StoreCore
-from renderer.state.recording import PlanRecorder
+from renderer.state.cells import Cells
+from renderer.state.migrations import STEM_HEAD_SQL
+from renderer.state.recording import KEY_INDEX, RECORD_BATCH, Memo, PlanRecorder
 from renderer.state.rows import (
-    _dumps,
     distinct_stem,
     key_blob,
     key_text,
@@ -29,7 +29,7 @@ SYNC_BATCH = 5000  # jobs per plan-sync transaction
 FIRST_BATCH = 500
 
 
-class PlanSync(StoreCore):
+class PlanSync(Cells):
     """The plan into the state: a run's jobs recorded (first run, in the background) or made to agree with"""
 
     def sync_plan(self, jobs: Iterable[Any], digest: str = "") -> bool:
@@ -50,7 +50,7 @@ class PlanSync(StoreCore):
             return self._sync_plan(jobs, digest)
 
     def record_plan(
-        self, jobs: Sequence[Any], digest: str | Callable[[], str]
+        self, jobs: Sequence[Any], digest: str | Callable[[], str], upto: int | None = None
     ) -> PlanRecorder | None:
         """Record a plan into an empty state: the first batch now, the rest in the background.
 
@@ -58,6 +58,8 @@ class PlanSync(StoreCore):
         (also `self.recorder`) says how far it got. None, with nothing recorded, unless the state
         has no job yet and this process alone writes it (SQLite; a plan with a digest): then
         call sync_plan as before. `digest` may be a function, called by the recorder at the end.
+        `upto`: the run needs only the plan's first `upto` jobs (a --max-jobs trial): the recording
+        stops once they are in, and the next run records the rest (sync_plan, as a recording).
         """
         if (
             self.shared
@@ -67,14 +69,28 @@ class PlanSync(StoreCore):
             return None
         rest = iter(jobs)
         first = list(islice(rest, FIRST_BATCH))
-        self._sync_batch(first, {}, True, Fingerprints())
+        with self._tx() as db:  # the recorder builds it once the plan is in (PlanRecorder)
+            db.execute("DROP INDEX IF EXISTS job_key")
+        # The recorder's last step (the key index, one sorted pass) holds the write lock for a
+        # while at a million jobs: this connection's commits wait for it rather than fail.
+        self.db.execute("PRAGMA busy_timeout = 120000")
+        self.keyless = True
+        memo = Memo()  # handed on to the recorder: the cells of the first batch are shared on
+        try:
+            self._sync_batch(first, memo, True, Fingerprints())
+        finally:
+            self.keyless = False
         # PlanSync is only ever a part of Store (state/store.py), which the recorder drives.
-        self.recorder = PlanRecorder(cast("Store", self), rest, digest, len(first), len(jobs))
+        self.recorder = PlanRecorder(cast("Store", self), rest, digest, len(first), len(jobs), memo)
+        if upto is not None and upto <= len(first):
+            self.recorder.halt()  # (the thread only builds the key index)
+        self.recorder.upto = upto
         self.recorder.thread.start()
         return self.recorder
 
-    def reopen(self) -> Store:
-        """Another connection to the same state (for another thread)."""
+    def reopen(self, keyless: bool = False) -> Store:
+        """Another connection to the same state (for another thread); `keyless`: for a recording
+        that builds the key index at its end (SQLite)."""
         raise NotImplementedError
 
     def _sync_plan(self, jobs: Iterable[Any], digest: str) -> bool:
@@ -91,26 +107,45 @@ class PlanSync(StoreCore):
         if not empty:
             for (stem,) in self.db.execute("SELECT stem FROM jobs"):
                 stems.add(hash(stem.lower()))
-        cells: dict[tuple[Any, ...], int] = {}
+        memo = Memo()
         changed = False
         batch: list[Any] = []
-        for j in jobs:
-            batch.append(j)
-            if len(batch) >= SYNC_BATCH:
-                changed |= self._sync_batch(batch, cells, empty, stems)
-                batch = []
-        if batch:
-            changed |= self._sync_batch(batch, cells, empty, stems)
+        # A state holding exactly the plan's first jobs (a trial, or a recording cut short) gets the
+        # rest as a first run's recording does: appended, the key index built once at the end.
+        prefix = None if empty or self.shared else self._recorded_prefix(jobs)
+        try:
+            for n, j in enumerate(jobs):
+                if n == prefix:
+                    if batch:
+                        changed |= self._sync_batch(batch, memo, False, stems)
+                        batch = []
+                    with self._tx() as db:
+                        db.execute("DROP INDEX IF EXISTS job_key")
+                    self.keyless = True
+                batch.append(j)
+                if len(batch) >= (RECORD_BATCH if self.keyless else SYNC_BATCH):
+                    changed |= self._sync_batch(batch, memo, empty or self.keyless, stems)
+                    batch = []
+            if batch:
+                changed |= self._sync_batch(batch, memo, empty or self.keyless, stems)
+        finally:
+            if self.keyless:
+                self.keyless = False
+                with self._tx() as db:
+                    db.execute(KEY_INDEX)
         with self._tx() as db:
             if not empty:
-                cur = db.execute(
-                    "UPDATE job SET in_plan = 0, plan_index = NULL "
-                    f"WHERE in_plan = 1 AND k NOT IN (SELECT k FROM {seen})"
-                )
-                changed |= cur.rowcount > 0
+                # (A prefix of the plan has no job out of it, and its rest is not in `seen`.)
+                if prefix is None:
+                    cur = db.execute(
+                        "UPDATE job SET in_plan = 0, plan_index = NULL "
+                        f"WHERE in_plan = 1 AND k NOT IN (SELECT k FROM {seen})"
+                    )
+                    changed |= cur.rowcount > 0
                 db.execute(f"DELETE FROM {seen}")
-                if changed:  # cells no job points to any more (a job moved to another cell)
+                if changed:  # cells no job points to any more (a job moved), forms no cell does
                     db.execute("DELETE FROM cells WHERE id NOT IN (SELECT cell FROM job)")
+                    db.execute("DELETE FROM forms WHERE id NOT IN (SELECT form FROM cells)")
             if digest:
                 db.execute(
                     "INSERT INTO meta VALUES ('plan_digest', ?) "
@@ -119,66 +154,31 @@ class PlanSync(StoreCore):
                 )
         return changed
 
-    def _cell(self, j: Any, cells: dict[tuple[Any, ...], int]) -> tuple[int, str | None]:
-        """The id of the job's cell (found or made) and the stem the cell gives it (None: none).
+    def _recorded_prefix(self, jobs: Iterable[Any]) -> int | None:
+        """How many jobs the state holds, when they are exactly the plan's first ones in plan order
+        (all in the plan, positions 0 … n-1, the same keys); None otherwise."""
+        n, low, high, out = self.db.execute(
+            "SELECT COUNT(*), MIN(plan_index), MAX(plan_index), SUM(in_plan = 0) FROM job"
+        ).fetchone()
+        if not n or low != 0 or high != n - 1 or out:
+            return None
+        if isinstance(jobs, Jobs):
+            listed = jobs.keys  # (key, model) of each job, without making the jobs
+            planned: Iterator[str] = (k for k, _ in listed())
+        else:
+            planned = (j.key for j in jobs)
+        stored = self.db.execute(f"SELECT {self.key_sql} FROM job j ORDER BY j.plan_index")
+        matched = 0
+        try:
+            for (recorded,), key in zip(stored, islice(planned, n), strict=False):
+                if recorded != key:
+                    return None
+                matched += 1
+        finally:
+            stored.close()
+        return int(n) if matched == n else None
 
-        The input is kept as head || seed || tail when its JSON holds the seed exactly once,
-        so the view rebuilds the very text stored before; otherwise the cell holds it whole.
-        """
-        text, seed = _dumps(j.input), j.seed
-        head, tail, stem_head = text, None, None
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            digits = str(seed)
-            # '"seed":' cannot occur inside a JSON string (its quotes would be escaped).
-            if text.count('"seed":') == 1:
-                at = text.index('"seed":') + 7
-                if text.startswith(digits, at) and text[at + len(digits)] in ",}":
-                    head, tail = text[:at], text[at + len(digits) :]
-            if j.stem.endswith(f"/s{digits}"):
-                stem_head = j.stem[: -len(digits)]
-        content: tuple[Any, ...] = (
-            j.endpoint,
-            j.model,
-            j.prompt_id,
-            j.input.get("prompt", ""),
-            _dumps(j.axes),
-            head,
-            tail,
-            j.num_images,
-            _dumps(list(j.tags)),
-            j.where,
-            stem_head,
-        )
-        # The kept columns only where there are some: every other cell keeps its digest.
-        extra = getattr(j, "extra", None)
-        if extra is not None:
-            content = (*content, extra)
-        cell = cells.get(content)
-        if cell is None:
-            digest = hashlib.sha256(_dumps(content).encode()).digest()[:16]
-            row = self.db.execute("SELECT id FROM cells WHERE digest = ?", (digest,)).fetchone()
-            if row is None:
-                # ON CONFLICT: two workers recording one plan at once make each cell once.
-                row = (
-                    self.db.execute(
-                        "INSERT INTO cells (digest, endpoint, model, prompt_id, prompt, axes, input_head, input_tail, "
-                        f"num_images, tags, source, stem_head{'' if extra is None else ', extra'}) "
-                        f"VALUES ({', '.join('?' * (len(content) + 1))}) "
-                        "ON CONFLICT (digest) DO NOTHING RETURNING id",
-                        (digest, *content),
-                    ).fetchone()
-                    or self.db.execute(
-                        "SELECT id FROM cells WHERE digest = ?", (digest,)
-                    ).fetchone()
-                )
-            if len(cells) >= 100_000:  # a plan of all-distinct cells: memory stays bounded
-                cells.clear()
-            cell = cells[content] = int(row[0])
-        return cell, None if stem_head is None else f"{stem_head}{seed}"
-
-    def _sync_batch(
-        self, batch: list[Any], cells: dict[tuple[Any, ...], int], empty: bool, stems: Fingerprints
-    ) -> bool:
+    def _sync_batch(self, batch: list[Any], memo: Memo, empty: bool, stems: Fingerprints) -> bool:
         blobs = [key_blob(j.key) for j in batch]
         stored: dict[bytes, tuple[Any, ...]] = {}
         if not empty:
@@ -187,56 +187,90 @@ class PlanSync(StoreCore):
                 stored.update(
                     (bytes(r[0]), tuple(r[1:]))
                     for r in self.db.execute(
-                        f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, c.stem_head || {self.seed_text}) "
-                        f"FROM job j JOIN cells c ON c.id = j.cell WHERE j.k IN ({','.join('?' * len(part))})",
+                        f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, {STEM_HEAD_SQL} || {self.seed_text}), "
+                        "c.form, c.prompt_id, c.prompt, c.source, c.stem_head, c.quoted, c.extra "
+                        "FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = c.form "
+                        f"WHERE j.k IN ({','.join('?' * len(part))})",
                         part,
                     )
                 )
+        if empty and not self.shared:
+            # A recording into an empty state (one writer): the rows are made before the transaction
+            # opens, so the runner's commits wait only for the writes, not for this Python work.
+            made: list[tuple[Any, ...]] | None = []
+            new, moved = self._rows(batch, blobs, stored, memo, stems, made)
+            with self._tx() as db:
+                self._write(db, blobs, new, moved, made, empty)
+        else:
+            with self._tx() as db:
+                new, moved = self._rows(batch, blobs, stored, memo, stems, None)
+                self._write(db, blobs, new, moved, None, empty)
+        return bool(new or moved)
+
+    def _rows(
+        self,
+        batch: list[Any],
+        blobs: list[bytes],
+        stored: dict[bytes, tuple[Any, ...]],
+        memo: Memo,
+        stems: Fingerprints,
+        made: list[tuple[Any, ...]] | None,
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The batch's new job rows and moved ones (the cells they need are made, or put in `made`)."""
         new, moved = [], []
         batch_stems: set[str] = set()
-        with self._tx() as db:
-            for j, kb in zip(batch, blobs, strict=True):
-                cell, natural = self._cell(j, cells)
-                row = stored.get(kb)
-                if row is None:
-                    stem = j.stem
-                    if hash(stem.lower()) in stems and self._stem_taken(stem, batch_stems):
-                        # Another recorded job owns this path (a parameter that is not an axis changed):
-                        # never overwrite its files; this job gets its own, named after its key.
-                        stem = distinct_stem(stem, j.key)
-                    stems.add(hash(stem.lower()))
-                    batch_stems.add(stem.lower())
-                    new.append(
-                        (
-                            kb,
-                            key_text(j.key),
-                            cell,
-                            j.seed,
-                            j.index,
-                            None if stem == natural else stem,
-                        )
-                    )
-                elif row[:3] != (j.index, 1, cell):
-                    # A recorded job keeps its path, whatever its new cell would give it.
-                    moved.append((j.index, cell, None if row[3] == natural else row[3], kb))
-            if not empty:
-                db.executemany(
-                    f"INSERT INTO {self.seen_table} VALUES (?) ON CONFLICT DO NOTHING",
-                    [(kb,) for kb in blobs],
+        for j, kb in zip(batch, blobs, strict=True):
+            row = stored.get(kb)
+            cell, natural = self._cell(j, memo, None if row is None else (row[2], *row[4:]), made)
+            if row is None:
+                stem = j.stem
+                if hash(stem.lower()) in stems and self._stem_taken(stem, batch_stems):
+                    # Another recorded job owns this path (a parameter that is not an axis changed):
+                    # never overwrite its files; this job gets its own, named after its key.
+                    stem = distinct_stem(stem, j.key)
+                stems.add(hash(stem.lower()))
+                batch_stems.add(stem.lower())
+                new.append(
+                    (kb, key_text(j.key), cell, j.seed, j.index, None if stem == natural else stem)
                 )
-            if moved:
-                db.executemany(
-                    "UPDATE job SET plan_index = ?, in_plan = 1, cell = ?, stem = ? WHERE k = ?",
-                    moved,
-                )
-            if new:
-                # ON CONFLICT: two workers recording one plan at once insert each job once.
-                db.executemany(
-                    "INSERT INTO job (k, key_text, cell, seed, plan_index, stem) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (k) DO NOTHING",
-                    new,
-                )
-        return bool(new or moved)
+            elif row[:3] != (j.index, 1, cell):
+                # A recorded job keeps its path, whatever its new cell would give it.
+                moved.append((j.index, cell, None if row[3] == natural else row[3], kb))
+        return new, moved
+
+    def _write(
+        self,
+        db: Any,
+        blobs: list[bytes],
+        new: list[tuple[Any, ...]],
+        moved: list[tuple[Any, ...]],
+        made: list[tuple[Any, ...]] | None,
+        empty: bool,
+    ) -> None:
+        if made:
+            db.executemany(
+                "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, quoted, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                made,
+            )
+        if not empty:
+            db.executemany(
+                f"INSERT INTO {self.seen_table} VALUES (?) ON CONFLICT DO NOTHING",
+                [(kb,) for kb in blobs],
+            )
+        if moved:
+            db.executemany(
+                "UPDATE job SET plan_index = ?, in_plan = 1, cell = ?, stem = ? WHERE k = ?",
+                moved,
+            )
+        if new:
+            # ON CONFLICT: two workers recording one plan at once insert each job once. (A recording
+            # without the key index has no such second writer, and nothing to name in ON CONFLICT.)
+            db.executemany(
+                "INSERT INTO job (k, key_text, cell, seed, plan_index, stem) VALUES (?, ?, ?, ?, ?, ?)"
+                + ("" if self.keyless else " ON CONFLICT (k) DO NOTHING"),
+                new,
+            )
 
     def _stem_taken(self, stem: str, batch_stems: set[str]) -> bool:
         """Exactly: does a recorded row, or a new one of this batch, own `stem` (ignoring case)?"""

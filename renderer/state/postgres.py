@@ -36,7 +36,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from renderer.errors import OutageError, StateError, UsageError
-from renderer.state.migrations import JOB_COLUMNS, JOB_INDEXES, jobs_view
+from renderer.state.migrations import (
+    JOB_COLUMNS,
+    JOB_INDEXES,
+    jobs_view,
+    jobs_view_v7,
+    pg_cells_v7_views,
+    pg_split_cells,
+)
 from renderer.state.outage import OUTAGE_HINT, ConnectionLost, Watchdog, ride_out
 from renderer.state.store import Store
 
@@ -187,7 +194,7 @@ SCHEMA_VERSION = [
         SELECT setval(pg_get_serial_sequence('job', 'id'), (SELECT COALESCE(MAX(id), 0) + 1 FROM job), false);
         DROP TABLE jobs;
         {";".join(JOB_INDEXES)};
-        {jobs_view(PG_KEY, PG_SEED, extra=False)};
+        {jobs_view_v7(PG_KEY, PG_SEED, extra=False)};
         DELETE FROM meta WHERE name = 'plan_digest';
     """,
     ),
@@ -199,9 +206,11 @@ SCHEMA_VERSION = [
         f"""
         ALTER TABLE cells ADD COLUMN extra text;
         DROP VIEW jobs;
-        {jobs_view(PG_KEY, PG_SEED)};
+        {jobs_view_v7(PG_KEY, PG_SEED)};
     """,
     ),
+    # store.m012_forms: the prompt stored once, forms shared by cells, kept values carried.
+    ("p006_forms", pg_split_cells(jobs_view(PG_KEY, PG_SEED))),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -336,6 +345,7 @@ class PostgresStore(Store):
     blob = "bytea"
     key_sql = PG_KEY
     seed_text = PG_SEED
+    int_source = False
     skip_locked = "FOR UPDATE SKIP LOCKED"
     NOW = "extract(epoch from clock_timestamp())"
     nsfw_sql = "(result::jsonb -> 'has_nsfw_concepts')::text"
@@ -418,25 +428,11 @@ class PostgresStore(Store):
                         db.execute(ddl)
                         db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
         self.db.execute(f'SET search_path TO "{self.schema}"')
-        cells = {
-            r[0]
-            for r in self.db.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
-                "AND table_name = 'cells'",
-                (self.schema,),
-            )
-        }
-        if readonly and cells and "extra" not in cells:
-            # Read-only, from before p005: the same views with no kept columns (temporary views
-            # are found before the run's schema).
-            self.db.execute(
-                f'CREATE TEMP VIEW cells AS SELECT *, NULL::text AS extra FROM "{self.schema}".cells'
-            )
-            self.db.execute(
-                jobs_view(PG_KEY, PG_SEED).replace("CREATE VIEW", "CREATE TEMP VIEW", 1)
-            )
+        if readonly:  # a run from before p006 read as it is (temporary views; see the function)
+            for sql in pg_cells_v7_views(self.db, self.schema, PG_KEY, PG_SEED):
+                self.db.execute(sql)
 
-    def reopen(self) -> PostgresStore:
+    def reopen(self, keyless: bool = False) -> PostgresStore:
         return PostgresStore(self.url, self.run_dir, self.run, outage=self.outage)
 
     def _connect(self, deadline: float) -> Any:

@@ -25,7 +25,7 @@ class Queries(Reading):
 
     def get(self, key: str) -> Row:
         row = self.db.execute(
-            "SELECT * FROM jobs WHERE id = (SELECT id FROM job WHERE k = ?)", (key_blob(key),)
+            f"SELECT * FROM jobs WHERE id = {self.BY_KEY}", (key_blob(key), key_blob(key))
         ).fetchone()
         if row is None:
             raise StateError(f"job {key} is not in {self.where}")
@@ -234,8 +234,8 @@ class Queries(Reading):
         return [
             r[0]
             for r in self.db.execute(
-                "SELECT model FROM cells WHERE id IN (SELECT cell FROM job WHERE +in_plan = 1 AND +state = 'downloaded' "
-                "AND uncosted > 0) GROUP BY model ORDER BY model"
+                "SELECT model FROM forms WHERE id IN (SELECT form FROM cells WHERE id IN (SELECT cell FROM job "
+                "WHERE +in_plan = 1 AND +state = 'downloaded' AND uncosted > 0)) GROUP BY model ORDER BY model"
             )
         ]
 

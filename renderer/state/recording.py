@@ -5,7 +5,9 @@ first submit does not wait for a million rows.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from renderer.errors import StateError
@@ -15,20 +17,41 @@ if TYPE_CHECKING:
     from renderer.state.store import Store
 
 
-# A first run records its plan while it renders (PlanRecorder): a short first batch lets the
-# first submit go out sooner, and short background batches hold SQLite's one write lock briefly,
-# so the runner's own commits (each submit's window) do not wait behind a long insert.
-# Measured at 20,000 jobs (64 slots, 0.2 s): process start to first submit 2.1 s with 5,000-job
-# batches, 1.2-1.5 s with these (bench/README.md, section 1).
-RECORD_BATCH = 250
+# A first run records its plan while it renders (PlanRecorder). A batch's rows are made before its
+# transaction opens (plansync), so SQLite's one write lock is held only while they are written;
+# a batch ends at RECORD_BATCH jobs or after RECORD_SECONDS of making them, whichever comes first,
+# so a stop (a --max-jobs trial whose jobs are done) waits for at most that much. Commits are few
+# and large: with the key index built at the end (see PlanRecorder), each one appends pages.
+# Measured (bench/plan_recording.py, issue 22): 250-job batches into the key index wrote ~19x the
+# state's final size; see bench/README.md for these.
+RECORD_BATCH = 20_000
+RECORD_SECONDS = 0.25
+
+
+@dataclass
+class Memo:
+    """What one recording remembers (bounded: cleared past 100,000 entries): cells and forms by content."""
+
+    cells: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    forms: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    # The id the next new cell gets (a recording into an empty SQLite state numbers its cells).
+    next_cell: int | None = None
+
+
+# The unique index on job keys, as m007 made it: a recording into an empty state goes without
+# it (record_plan drops it) and builds it at the end. Inserting 20-byte random keys into it batch
+# by batch rewrote most of its pages at every commit; built at once, it is written once.
+KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS job_key ON job (k)"
 
 
 class PlanRecorder:
     """The rest of a plan recorded by a thread with its own connection, while the run renders the start.
 
-    Jobs are recorded in plan order, RECORD_BATCH at a time, each batch one transaction: what is
+    Jobs are recorded in plan order, a batch at a time, each batch one transaction: what is
     claimable is always a prefix of the plan. The plan's digest is recorded last, so a recording
     cut short (a crash, a stop) leaves a state whose next sync records the rest as new jobs.
+    Meanwhile job keys have no index: the runner finds the jobs it holds by their owner (the
+    fenced changes, `get` and `submit_refused` look among held jobs first), never by a scan.
     """
 
     def __init__(
@@ -38,6 +61,7 @@ class PlanRecorder:
         digest: str | Callable[[], str],
         recorded: int,
         total: int,
+        memo: Memo | None = None,
     ) -> None:
         self.recorded = recorded  # jobs committed so far (plan positions 0 … recorded-1)
         self.total = total
@@ -45,42 +69,28 @@ class PlanRecorder:
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._store, self._rest, self._digest = store, rest, digest
+        self._memo = memo or Memo()
+        self.upto: int | None = None  # stop once this many jobs are recorded (a trial's bound)
         self.thread = threading.Thread(
             target=self._record, name="renderer-record-plan", daemon=True
         )
 
     def _record(self) -> None:
         try:
-            store = self._store.reopen()
+            store = self._store.reopen(keyless=True)
             try:
-                cells: dict[tuple[Any, ...], int] = {}
-                stems = (
-                    Fingerprints()
-                )  # the state was empty: only the plan's own paths, which never clash
-                batch: list[Any] = []
-                for job in self._rest:
-                    batch.append(job)
-                    if len(batch) >= RECORD_BATCH:
-                        if self._stop.is_set():
-                            return
-                        store._sync_batch(batch, cells, True, stems)
-                        self.recorded += len(batch)
-                        batch = []
-                if batch and not self._stop.is_set():
-                    store._sync_batch(batch, cells, True, stems)
-                    self.recorded += len(batch)
-                digest = self._digest() if callable(self._digest) else self._digest
-                if digest and not self._stop.is_set():
-                    with store._tx() as db:
-                        db.execute(
-                            "INSERT INTO meta VALUES ('plan_digest', ?) "
-                            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                            (digest,),
-                        )
+                self._batches(store)
             finally:
-                store.close()
+                try:
+                    # However the recording ended (done, halted, failed): the key index is built now,
+                    # in one sorted pass over what was recorded (a process killed before this gets it
+                    # from the next open: SQLiteStore makes it when it is missing).
+                    with store._tx() as db:
+                        db.execute(KEY_INDEX)
+                finally:
+                    store.close()
         except StateError as exc:
-            self.error = exc
+            self.error = self.error or exc
         except Exception as exc:  # a bug or an unexpected failure: the run stops and says so
             self.error = StateError(
                 f"recording the plan failed: {type(exc).__name__}: {exc}",
@@ -89,8 +99,34 @@ class PlanRecorder:
         finally:
             self.finished.set()
 
+    def _batches(self, store: Store) -> None:
+        memo = self._memo
+        stems = Fingerprints()  # the state was empty: only the plan's own paths, which never clash
+        batch: list[Any] = []
+        started = time.monotonic()
+        for job in self._rest:
+            if self._stop.is_set() or (self.upto is not None and self.recorded >= self.upto):
+                return  # (a batch in hand is not written: it was not begun)
+            batch.append(job)
+            if len(batch) >= RECORD_BATCH or time.monotonic() - started >= RECORD_SECONDS:
+                store._sync_batch(batch, memo, True, stems)
+                self.recorded += len(batch)
+                batch, started = [], time.monotonic()
+        if batch and not self._stop.is_set():
+            store._sync_batch(batch, memo, True, stems)
+            self.recorded += len(batch)
+        digest = self._digest() if callable(self._digest) else self._digest
+        if digest and not self._stop.is_set():
+            with store._tx() as db:
+                db.execute(
+                    "INSERT INTO meta VALUES ('plan_digest', ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (digest,),
+                )
+
     def halt(self) -> None:
-        """Stop after the batch in hand (its transaction commits or not, whole); join the thread to wait."""
+        """Stop after the batch being written, if one is (its transaction commits or not, whole); join
+        the thread to wait."""
         self._stop.set()
 
     def backlog(self, before: int | None) -> int:

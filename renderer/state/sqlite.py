@@ -13,7 +13,8 @@ from typing import Any
 from renderer.errors import StateError
 from renderer.layout import DB_NAME
 from renderer.state import queries
-from renderer.state.migrations import JOB_COLUMNS, SQLITE_KEY, jobs_view, migrate
+from renderer.state.migrations import JOB_COLUMNS, SQLITE_KEY, cells_v7_views, migrate
+from renderer.state.recording import KEY_INDEX
 from renderer.state.rows import LeaseLost, key_blob, key_text, sql_error
 from renderer.state.store import Store
 
@@ -21,7 +22,7 @@ from renderer.state.store import Store
 class SQLiteStore(Store):
     """The embedded default: renderer.sqlite in the run directory, used by one process at a time."""
 
-    def __init__(self, run_dir: Path, *, readonly: bool = False) -> None:
+    def __init__(self, run_dir: Path, *, readonly: bool = False, keyless: bool = False) -> None:
         self.run_dir = run_dir
         self.path = run_dir / DB_NAME
         self.where = str(self.path)
@@ -37,20 +38,26 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA busy_timeout=5000")
                 migrate(self.db)
+                if keyless:  # the recorder's own connection (see PlanRecorder)
+                    self.keyless = True
+                elif self.db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'job' AND type = 'table'"
+                ).fetchone():  # a recording killed before its end left the key index out
+                    with self.db:
+                        self.db.execute(KEY_INDEX)
             elif self.db.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'"
             ).fetchone():
                 _old_schema_views(self.db)
-            elif self.db.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'cells'"
-            ).fetchone() and not any(
-                r[1] == "extra" for r in self.db.execute("PRAGMA table_info(cells)")
-            ):
-                # Before m011: the same views with no kept columns (temp shadows main).
-                self.db.execute("CREATE TEMP VIEW cells AS SELECT *, NULL AS extra FROM main.cells")
+            elif (
                 self.db.execute(
-                    jobs_view(SQLITE_KEY, "j.seed").replace("CREATE VIEW", "CREATE TEMP VIEW", 1)
-                )
+                    "SELECT 1 FROM sqlite_master WHERE name = 'cells' AND type = 'table'"
+                ).fetchone()
+                and not self.db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'forms'"
+                ).fetchone()
+            ):
+                _cells_v7_views(self.db)
         except sqlite3.Error as exc:
             raise sql_error(self.path, exc) from exc
         self._deferred = 0  # changes waiting in the open transaction for commit()
@@ -62,8 +69,8 @@ class SQLiteStore(Store):
 
     group_commit = True
 
-    def reopen(self) -> SQLiteStore:
-        return SQLiteStore(self.run_dir)
+    def reopen(self, keyless: bool = False) -> SQLiteStore:
+        return SQLiteStore(self.run_dir, keyless=keyless)
 
     @contextmanager
     def _tx(self, defer: bool = False) -> Iterator[sqlite3.Connection]:
@@ -189,9 +196,13 @@ def _old_schema_views(db: sqlite3.Connection) -> None:
     db.create_function("renderer_key", 1, key_blob, deterministic=True)
     db.create_function("renderer_key_text", 1, key_text, deterministic=True)
     db.execute(
-        "CREATE TEMP VIEW cells AS SELECT rowid AS id, NULL AS digest, endpoint, model, prompt_id, prompt, axes, "
-        "input AS input_head, NULL AS input_tail, num_images, tags, source, NULL AS stem_head, "
-        "NULL AS extra FROM main.jobs"
+        "CREATE TEMP VIEW forms AS SELECT rowid AS id, NULL AS digest, endpoint, model, axes, input AS input_head, "
+        "NULL AS input_mid, NULL AS input_tail, num_images, tags, '' AS source_head, NULL AS stem_head, "
+        "NULL AS stem_mid FROM main.jobs"
+    )
+    db.execute(
+        "CREATE TEMP VIEW cells AS SELECT rowid AS id, rowid AS form, prompt_id, prompt, source, "
+        "NULL AS stem_head, NULL AS quoted, NULL AS extra FROM main.jobs"
     )
     per_job = ", ".join(f"{col(c)} AS {c}" for c in JOB_COLUMNS.split(", "))
     db.execute(
@@ -202,3 +213,10 @@ def _old_schema_views(db: sqlite3.Connection) -> None:
         "CREATE TEMP VIEW jobs AS SELECT rowid AS id, key, plan_index, in_plan, endpoint, model, prompt_id, "
         f"prompt, seed, axes, stem, input, num_images, tags, source, {per_job}, NULL AS extra FROM main.jobs"
     )
+
+
+def _cells_v7_views(db: sqlite3.Connection) -> None:
+    """A read-only look at a database from m007 to m011 (see migrations.cells_v7_views)."""
+    extra = any(r[1] == "extra" for r in db.execute("PRAGMA main.table_info(cells)"))
+    for sql in cells_v7_views("main.cells", extra, SQLITE_KEY, "j.seed"):
+        db.execute(sql)

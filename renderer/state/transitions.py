@@ -76,10 +76,10 @@ class Transitions(StoreCore):
         closes and the attempt is not counted (only submits the server may have taken count)."""
         with self._tx() as db:
             db.execute(
-                """UPDATE job SET submit_started = NULL,
+                f"""UPDATE job SET submit_started = NULL,
                               attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ?
-                          WHERE k = ? AND submit_started IS NOT NULL""",
-                (time.time(), key_blob(key)),
+                          WHERE id = {self.BY_KEY} AND submit_started IS NOT NULL""",
+                (time.time(), key_blob(key), key_blob(key)),
             )
 
     def submitted(
