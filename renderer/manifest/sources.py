@@ -229,8 +229,7 @@ def prompt_file(
             for n, text_line in text_lines(path, name):
                 if not text_line.strip() or (comments and text_line.lstrip().startswith("#")):
                     continue
-                body = text_line.strip()
-                table.add(n, text_id(body), body)
+                table.add_caption(n, text_line.strip())
         else:
             rows = (
                 _csv_rows(path, name, columns, problems)
@@ -259,9 +258,12 @@ def _prompts(
         if columns:
             # Mapped: the named columns are read; any other column of a caption set is not ours.
             row = {mapped[k]: v for k, v in row.items() if k in mapped}
-        if "id" not in row and isinstance(row.get("text"), str) and not _bad_text(row["text"]):
-            row = {**row, "id": text_id(row["text"])}
-        got = _row_prompt(row, name, n, problems)
+        # A row without an id gets one derived from its text, made when the row is read
+        # (text_id): the table stores "" for it.
+        derived = (
+            "id" not in row and isinstance(row.get("text"), str) and not _bad_text(row["text"])
+        )
+        got = _row_prompt(row, name, n, problems, derived)
         if got is not None:
             table.add(n, *got)
 
@@ -312,7 +314,7 @@ def _parquet_rows(
             for body in batch.column(0).to_pylist():
                 n += 1
                 if isinstance(body, str) and len(body) <= MAX_ROW_CHARS and not _bad_text(body):
-                    table.add(n, text_id(body), body)
+                    table.add_caption(n, body)
                 else:
                     _prompts(
                         [(n, {} if body is None else {text_column: body})],
@@ -331,9 +333,10 @@ def _parquet_rows(
 
 
 def _row_prompt(
-    row: dict[str, Any], name: str, n: int, problems: list[Problem]
+    row: dict[str, Any], name: str, n: int, problems: list[Problem], derived: bool = False
 ) -> tuple[str, str, dict[str, Any], tuple[str, ...]] | None:
-    """(id, text, params, tags) of a row, or None with its problems appended."""
+    """(id, text, params, tags) of a row, or None with its problems appended. `derived`: the row
+    has no id and gets one from its text when it is read (text_id); its id here is ""."""
     unknown = [k for k in row if k not in ("id", "text", "tags", "params")]
     for key in unknown:
         problems.append(
@@ -346,8 +349,8 @@ def _row_prompt(
                 suggestion=closest(key, ("id", "text", "tags", "params")),
             )
         )
-    pid, body = row.get("id"), row.get("text")
-    if not isinstance(pid, str) or not _SAFE_ID.fullmatch(pid):
+    pid, body = ("" if derived else row.get("id")), row.get("text")
+    if not isinstance(pid, str) or not (derived or _SAFE_ID.fullmatch(pid)):
         problems.append(
             Problem(
                 name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import chain, pairwise
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from renderer.manifest.located import Path_
 
 
+_sha256 = hashlib.sha256
 _SEPARATORS = bytes(c if 48 <= c <= 57 or 97 <= c <= 122 else 32 for c in range(256))
 _NO_PARAMS: dict[
     str, Any
@@ -42,6 +44,23 @@ def text_id(body: str) -> str:
         words = lowered.encode().translate(_SEPARATORS).split()
     pid = b"-".join(words[:4])[:40].decode() + "-" + hashlib.sha256(body.encode()).hexdigest()[:12]
     return pid.lstrip("-")
+
+
+_HEX12 = re.compile(r"[0-9a-f]{12}")
+
+
+def id_fingerprint(pid: str) -> int:
+    """A 64-bit fingerprint of a prompt id ignoring case: ids equal but for case give equal ones.
+
+    An id ending in 12 hex digits is fingerprinted by those digits: for an id derived from its
+    text (text_id) they are the first 48 bits of the text's sha256, so a caption's id need not be
+    made to be compared (see PromptTable.add_caption). Any other id by its folded text's hash.
+    """
+    folded = pid.lower()
+    tail = folded[-12:]
+    if len(tail) == 12 and _HEX12.fullmatch(tail):
+        return int(tail, 16)
+    return hash(folded) & Fingerprints.MASK
 
 
 class Fingerprints:
@@ -170,7 +189,12 @@ def _position(index: int, size: int) -> int:
 
 
 class PromptTable(Sequence[Prompt]):
-    """The prompts of one prompt file, in file order: `where` is (file, line or row, 1)."""
+    """The prompts of one prompt file, in file order: `where` is (file, line or row, 1).
+
+    A row whose id is derived from its text (a caption set's) stores no id: it is made again by
+    text_id whenever the row is read, and compared by its fingerprint (id_fingerprint), which
+    is 48 bits of the sha256 the id is made from.
+    """
 
     __slots__ = (
         "_ends",
@@ -183,6 +207,7 @@ class PromptTable(Sequence[Prompt]):
         "folded_ids",
         "path",
         "texts_params",
+        "with_params",
     )
 
     def __init__(self, file: str, path: Path_) -> None:
@@ -190,10 +215,12 @@ class PromptTable(Sequence[Prompt]):
         self.path = path
         self._texts = bytearray()
         self._ends = array("Q")
+        # Ids given by the file (an empty one: derived from the text); None while none was given.
         self._ids = bytearray()
-        self._id_ends = array("Q")
+        self._id_ends: array[int] | None = None
         self._lines = array("Q")
         self._more: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}  # params, tags
+        self.with_params = False  # some row has params (its input is not its column's)
         # Taken as rows are added (the strings are at hand then): repeated texts and ids are
         # found from these without reading the rows again (see text_fingerprint, id_fingerprint).
         self.texts_params = FingerprintLog()
@@ -207,14 +234,42 @@ class PromptTable(Sequence[Prompt]):
         params: dict[str, Any] | None = None,
         tags: tuple[str, ...] = (),
     ) -> None:
+        """One row; an empty `pid` means the id is derived from the text (text_id)."""
         if params or tags:
             self._more[len(self._ends)] = (params or _NO_PARAMS, tags)
+            self.with_params = self.with_params or bool(params)
+        if not pid and not params and not tags:
+            self.add_caption(line, text)
+            return
         self.texts_params.add(text_fingerprint(text, params or _NO_PARAMS))
-        self.folded_ids.add(hash(pid.lower()))
-        self._texts += text.encode()
+        encoded = text.encode()
+        if pid:
+            if self._id_ends is None:  # the rows before this one derive theirs
+                self._id_ends = array("Q", bytes(8 * len(self._ends)))
+            self._ids += pid.encode()
+            self._id_ends.append(len(self._ids))
+            self.folded_ids.add(id_fingerprint(pid))
+        else:
+            self.folded_ids.add(int.from_bytes(_sha256(encoded).digest()[:6], "big"))
+            if self._id_ends is not None:
+                self._id_ends.append(len(self._ids))
+        self._texts += encoded
         self._ends.append(len(self._texts))
-        self._ids += pid.encode()
-        self._id_ends.append(len(self._ids))
+        self._lines.append(line)
+
+    def add_caption(self, line: int, text: str) -> None:
+        """A row of text alone (no params or tags), its id derived from the text: add(line, "", text).
+
+        The id's fingerprint is the first 48 bits of sha256(text), which id_fingerprint finds
+        in the id text_id makes (its last 12 hex digits): equal for equal ids.
+        """
+        encoded = text.encode()
+        self.texts_params.add(hash(text))  # text_fingerprint(text, {})
+        self.folded_ids.add(int.from_bytes(_sha256(encoded).digest()[:6], "big"))
+        if self._id_ends is not None:
+            self._id_ends.append(len(self._ids))
+        self._texts += encoded
+        self._ends.append(len(self._texts))
         self._lines.append(line)
 
     def __len__(self) -> int:
@@ -234,35 +289,61 @@ class PromptTable(Sequence[Prompt]):
         return self._rows(0, len(self))
 
     def _rows(self, start: int, stop: int) -> Iterator[Prompt]:
-        texts, ends, ids, id_ends, lines = (
-            self._texts,
-            self._ends,
-            self._ids,
-            self._id_ends,
-            self._lines,
-        )
+        texts, ends, lines = self._texts, self._ends, self._lines
         more, file, path = self._more, self.file, self.path
         at = ends[start - 1] if start else 0
-        id_at = id_ends[start - 1] if start else 0
+        ids = self._each_id(start, stop)
         for i in range(start, stop):
-            end, id_end = ends[i], id_ends[i]
+            end = ends[i]
             params, tags = more.get(i, (_NO_PARAMS, ()))
+            text = texts[at:end].decode()
+            pid = next(ids)
             yield _prompt(
-                ids[id_at:id_end].decode(),
-                texts[at:end].decode(),
+                pid or text_id(text),
+                text,
                 params,
                 tags,
                 (file, lines[i], 1),
                 path,
             )
-            at, id_at = end, id_end
+            at = end
+
+    def _each_id(self, start: int, stop: int) -> Iterator[str]:
+        """The ids the file gave rows start..stop-1, in order ("" for a row whose id is derived)."""
+        id_ends = self._id_ends
+        if id_ends is None:
+            for _ in range(start, stop):
+                yield ""
+            return
+        ids = self._ids
+        id_at = id_ends[start - 1] if start else 0
+        for i in range(start, stop):
+            id_end = id_ends[i]
+            yield ids[id_at:id_end].decode()
+            id_at = id_end
 
     def ids(self) -> Iterator[str]:
         """Each row's id, in order, without making prompts."""
-        ids, at = self._ids, 0
-        for end in self._id_ends:
-            yield ids[at:end].decode()
+        for pid, text in zip(self._each_id(0, len(self)), self.texts(), strict=True):
+            yield pid or text_id(text)
+
+    def given_ids(self) -> Iterator[str]:
+        """The ids the file gave (not the ones derived from text), in order."""
+        return (pid for pid in self._each_id(0, len(self)) if pid)
+
+    def texts(self) -> Iterator[str]:
+        """Each row's text, in order, without making prompts."""
+        texts, at = self._texts, 0
+        for end in self._ends:
+            yield texts[at:end].decode()
             at = end
+
+    def literal_rows(self) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+        """(text, "file:line", tags) of each row, in order: what a job takes from its prompt
+        besides the id (the plan's digest is made of these)."""
+        more, file = self._more, self.file
+        for i, (text, line) in enumerate(zip(self.texts(), self._lines, strict=True)):
+            yield text, f"{file}:{line}", more[i][1] if i in more else ()
 
 
 class Prompts(Sequence[Prompt]):
