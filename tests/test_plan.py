@@ -686,12 +686,19 @@ def prompt_limited(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
         min_size=1,
         max_size=6,
     ),
-    models=st.lists(st.sampled_from(MODELS[:3]), min_size=1, max_size=2, unique=True),
+    models=st.lists(
+        st.sampled_from(
+            [*MODELS[:3], {"endpoint": MODELS[1], "label": "fal-ai--flux-1--schnell"}]
+        ),  # the last one's images would share MODELS[0]'s folder
+        min_size=1,
+        max_size=2,
+        unique_by=str,
+    ),
     seeds=st.sampled_from([[1], [3, 1], {"random": 2}]),
     axes=st.sampled_from([{}, {"aspect_ratio": ["1:1", "16:9"]}]),
     layout=st.sampled_from(["flat", "sharded"]),
     limited=st.booleans(),
-    ids=st.booleans(),
+    ids=st.sampled_from(["derived", "given", "odd"]),
 )
 @example(  # past the first row, texts over the limit and against the pattern
     texts=["twelve chars", "thirteen char", "bang!", "ok"],
@@ -700,7 +707,25 @@ def prompt_limited(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
     axes={},
     layout="sharded",
     limited=True,
-    ids=True,
+    ids="given",
+)
+@example(  # two models whose images share one folder
+    texts=["one", "two"],
+    models=[MODELS[0], {"endpoint": MODELS[1], "label": "fal-ai--flux-1--schnell"}],
+    seeds=[1],
+    axes={},
+    layout="sharded",
+    limited=False,
+    ids="derived",
+)
+@example(  # ids that are not their own path segment: "a-" and "a" share one folder
+    texts=["one", "two", "three"],
+    models=[MODELS[0]],
+    seeds=[1],
+    axes={},
+    layout="flat",
+    limited=False,
+    ids="odd",
 )
 def test_caption_jobs_equal_jobs_made_one_by_one(
     tmp_path: Path,
@@ -714,10 +739,16 @@ def test_caption_jobs_equal_jobs_made_one_by_one(
     limited,
     ids,
 ):
-    """A prompt file's rows, made by splicing each text into its column, give the jobs (or problems) of the long way."""
+    """A prompt file's rows, made by splicing each text into its column, give the jobs (or problems)
+    of the long way, and the digest of the pass that checks every job."""
     import json
 
-    rows = [{"text": t, **({"id": f"Row.{i}_X"} if ids else {})} for i, t in enumerate(texts)]
+    odd = ["a-", "a", "con", "A.", "b"]  # segments a, a, _con, A, b
+    rows = [
+        {"text": t, **({"id": f"Row.{i}_X"} if ids == "given" else {})}
+        | ({"id": odd[i % len(odd)]} if ids == "odd" else {})
+        for i, t in enumerate(texts)
+    ]
     (tmp_path / "p.jsonl").write_text(
         "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     )
@@ -733,13 +764,62 @@ def test_caption_jobs_equal_jobs_made_one_by_one(
         m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
     except ManifestError:  # a text repeated, or only whitespace
         return
-    out = []
-    for planner in (plan.Planner, _Straightforward):
+    out, digests = [], []
+    for planner in (plan.Planner, _Straightforward, _EveryJob):
         try:
             made = planner(m, prompt_limited if limited else registry).build()
             jobs = list(made.jobs)
             assert [made.jobs[i] for i in range(len(jobs))] == jobs  # located, not walked
             out.append(_described(made))
+            digests.append(made.digest)
         except ManifestError as exc:
             out.append([(p.file, p.line, p.message, p.job) for p in exc.problems])
-    assert out[0] == out[1]
+    assert out[0] == out[1] == out[2]
+    assert digests[0:1] == digests[2:3]
+
+
+def test_repeated_texts_are_found_by_the_full_pass(tmp_path: Path, registry: SchemaRegistry):
+    """Two prompts with one text (a manifest made without the load's check) are named as paid twice, not planned."""
+    from dataclasses import replace
+
+    from renderer.manifest.table import Prompts, PromptTable
+
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    data = {"name": "t", "prompts": [{"file": "p.txt"}], "models": MODELS[:1], "seeds": [1]}
+    m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
+    table = PromptTable(str(tmp_path / "p.txt"), ("prompts", 0, "file"))
+    table.add(1, "one", "same text")
+    table.add(2, "two", "same text")
+    m = replace(m, prompts=Prompts([table]))
+    problems = []
+    for planner in (plan.Planner, _Straightforward):
+        with pytest.raises(ManifestError) as info:
+            planner(m, registry).build()
+        problems.append([p.message for p in info.value.problems])
+    assert problems[0] == problems[1] and "it would be paid twice" in problems[0][0]
+
+
+class _EveryJob(plan.Planner):
+    """The planner with its shortcuts but without the caption set's column pass: every job checked."""
+
+    def _column_pass(self) -> None:
+        return None
+
+
+def test_a_caption_set_is_checked_by_its_columns(tmp_path: Path, registry: SchemaRegistry):
+    """A prompt file of captions on two models is planned without a pass over its jobs, to the same plan and digest."""
+    (tmp_path / "p.txt").write_text("".join(f"caption number {i}\n" for i in range(50)))
+    data = {
+        "name": "t",
+        "prompts": [{"id": "first", "text": "an inline one"}, {"file": "p.txt"}],
+        "models": MODELS[:2],
+        "seeds": [7],
+        "axes": {"aspect_ratio": ["1:1", "16:9"]},
+        "prices": {MODELS[0]: {"per_megapixel": 0.003}, MODELS[1]: {"per_image": 0.04}},
+    }
+    m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
+    quick, full = plan.Planner(m, registry).build(), _EveryJob(m, registry).build()
+    later = quick.digest_later()
+    assert callable(later) and isinstance(full.digest_source, str)  # nothing made yet
+    assert _described(quick) == _described(full) and later() == full.digest
+    assert quick.digest == quick.digest_later() == full.digest and len(quick.jobs) == 51 * 4

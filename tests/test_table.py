@@ -30,21 +30,48 @@ def test_a_table_gives_back_the_prompts_it_was_given(rows, inline: int):
     """Each row comes back as the Prompt it stands for (text, id, params, tags, file:line), in order and by index."""
     table = PromptTable("p.jsonl", ("prompts", 1, "file"))
     expected = []
-    for n, (text, pid, params, tags) in enumerate(rows, 1):
-        pid = pid or text_id(text)
-        table.add(n * 2, pid, text, params, tags)
+    for n, (text, own, params, tags) in enumerate(rows, 1):
+        pid = own or text_id(text)
+        table.add(n * 2, own or "", text, params, tags)  # "": derived when read
         expected.append(
             Prompt(pid, text, params, tags, ("p.jsonl", n * 2, 1), ("prompts", 1, "file"))
         )
     assert list(table) == expected and len(table) == len(expected)
     assert [table[i] for i in range(len(table))] == expected and table[-1:] == expected[-1:]
     assert list(table.ids()) == [p.id for p in expected]
+    assert list(table.given_ids()) == [own for _, own, _, _ in rows if own]
+    assert list(table.texts()) == [p.text for p in expected]
+    assert list(table.literal_rows()) == [
+        (p.text, f"p.jsonl:{p.where[1]}", p.tags) for p in expected
+    ]
+    assert table.with_params == any(params for _, _, params, _ in rows)
     first = [Prompt(f"i{i}", "x", {}, (), ("m.yaml", i, 3), ("prompts", 0)) for i in range(inline)]
     chained = Prompts([first, table, first])
     whole = first + expected + first
     assert list(chained) == whole and len(chained) == len(whole)
     assert [chained[i] for i in range(len(whole))] == whole and chained == whole
     assert list(chained.templated()) == first + first
+
+
+@settings(deadline=None)
+@given(_TEXT, st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,70}", fullmatch=True))
+def test_a_derived_id_is_fingerprinted_by_its_texts_sha256(text: str, other: str):
+    """A caption's id is compared without being made: its fingerprint is 48 bits of its text's sha256."""
+    import hashlib
+
+    pid = text_id(text)
+    sha = hashlib.sha256(text.encode()).digest()
+    assert table.id_fingerprint(pid) == int.from_bytes(sha[:6], "big")
+    captions = PromptTable("p.txt", ("prompts", 0, "file"))
+    captions.add_caption(1, text)
+    captions.add(2, other, text + "!")
+    assert list(captions.folded_ids._values) == [
+        table.id_fingerprint(pid),
+        table.id_fingerprint(other),
+    ]
+    # Ids equal but for case have equal fingerprints, however they end.
+    assert table.id_fingerprint(other.upper()) == table.id_fingerprint(other.lower())
+    assert table.id_fingerprint(pid.upper()) == table.id_fingerprint(pid)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
