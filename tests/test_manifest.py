@@ -824,6 +824,44 @@ def test_parquet_prompt_files_read_only_the_named_columns(tmp_path: Path):
     assert "no column 'text'" in caught.value.problems[0].message
 
 
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.lists(
+        st.sampled_from([None, "", "  ", "\u3000\t", "a\0b", "\u00a0x", "#tag"])
+        | st.text(min_size=1, max_size=12),
+        min_size=1,
+        max_size=12,
+    ),
+    pad=st.sampled_from([0, 16384]),
+)
+def test_parquet_captions_are_checked_as_row_by_row(tmp_path: Path, values, pad: int):
+    """A Parquet caption column gives each good row as a prompt at its row number and each bad one as a problem there, batch by batch."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    column = [f"padding row {i}" for i in range(pad)] + values  # a first batch of good rows
+    pq.write_table(pa.table({"caption": pa.array(column, pa.string())}), tmp_path / "c.parquet")
+    good = [
+        (n, v)
+        for n, v in enumerate(column, 1)
+        if isinstance(v, str) and v.strip() and "\0" not in v
+    ]
+    try:
+        m = parse(
+            _manifest_with(tmp_path, "{file: c.parquet, text: caption}").read_text(),
+            tmp_path / "m.yaml",
+        )
+    except ManifestError as exc:
+        kept = {n for n, _ in good}
+        bad = [n for n in range(1, len(column) + 1) if n not in kept]
+        texts = [v for _, v in good]
+        lines = sorted({p.line for p in exc.problems if p.file.endswith("c.parquet")})
+        assert lines == bad or len(set(texts)) < len(texts), exc.problems
+        return
+    assert [(p.id, p.text, p.where[1]) for p in m.prompts] == [(text_id(v), v, n) for n, v in good]
+
+
 def test_txt_comment_lines_can_be_prompts(tmp_path: Path):
     """`comments: false` keeps lines starting with # as prompts (captions with hashtags)."""
     (tmp_path / "p.txt").write_text("#sunset over the sea\na red fox\n")

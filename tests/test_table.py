@@ -41,7 +41,7 @@ def test_a_table_gives_back_the_prompts_it_was_given(rows, inline: int):
     assert list(table.ids()) == [p.id for p in expected]
     assert list(table.given_ids()) == [own for _, own, _, _ in rows if own]
     assert list(table.texts()) == [p.text for p in expected]
-    assert list(table.literal_rows()) == [
+    assert [row for chunk in table.literal_rows() for row in zip(*chunk, strict=True)] == [
         (p.text, f"p.jsonl:{p.where[1]}", p.tags) for p in expected
     ]
     assert table.with_params == any(params for _, _, params, _ in rows)
@@ -72,6 +72,33 @@ def test_a_derived_id_is_fingerprinted_by_its_texts_sha256(text: str, other: str
     # Ids equal but for case have equal fingerprints, however they end.
     assert table.id_fingerprint(other.upper()) == table.id_fingerprint(other.lower())
     assert table.id_fingerprint(pid.upper()) == table.id_fingerprint(pid)
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.lists(_TEXT, min_size=1, max_size=40))
+def test_captions_added_at_once_are_captions_added_one_by_one(texts: list[str]):
+    """A batch of captions gives the table, ids and fingerprints of one row at a time, numpy or not."""
+    many = [t.encode() for t in texts] * (table._NUMPY_BATCH // len(texts) + 1)  # numpy's way
+    few = table.caption_fingerprints([t.encode() for t in texts])
+    assert [list(f) for f in table.caption_fingerprints(many)] == [
+        list(f) * (len(many) // len(texts)) for f in few
+    ]
+    batch, single = PromptTable("p.txt", ("p",)), PromptTable("p.txt", ("p",))
+    batch.add_captions(3, None, texts[:5])
+    batch.add_captions(0, list(range(8, 8 + len(texts[5:]))), texts[5:])
+    for n, text in enumerate(texts):
+        single.add_caption(3 + n if n < 5 else 8 + n - 5, text)
+    assert list(batch) == list(single)
+    assert (
+        list(batch.texts_params._values)
+        == list(single.texts_params._values)
+        == [table.text_fingerprint(t, {}) for t in texts]
+    )
+    assert (
+        list(batch.folded_ids._values)
+        == list(single.folded_ids._values)
+        == [table.id_fingerprint(text_id(t)) for t in texts]
+    )
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -226,10 +226,7 @@ def prompt_file(
     try:
         read_text_file(path, "prompt file", 0, check_only=True)
         if path.suffix == ".txt":
-            for n, text_line in text_lines(path, name):
-                if not text_line.strip() or (comments and text_line.lstrip().startswith("#")):
-                    continue
-                table.add_caption(n, text_line.strip())
+            _txt_rows(path, name, comments, table)
         else:
             rows = (
                 _csv_rows(path, name, columns, problems)
@@ -243,6 +240,27 @@ def prompt_file(
     if not len(table) and not problems:
         problems.append(doc.problem(where, f"the prompt file {rel} holds no prompts"))
     return table, [replace(p, file=shown) if p.file == name else p for p in problems]
+
+
+def _txt_rows(path: Path, name: str, comments: bool, table: PromptTable) -> None:
+    """A .txt file's lines into `table`, a block at a time: each line stripped is a prompt (its
+    id derived from it), but blank lines and, with `comments`, lines starting with '#'."""
+    for _, before, text in text_blocks(path, name):
+        lines = (text[:-1] if text.endswith("\n") else text).split("\n")
+        if max(map(len, lines)) > MAX_ROW_CHARS:
+            for n, line in enumerate(lines, before + 1):
+                if len(line) > MAX_ROW_CHARS:
+                    raise ManifestError([row_too_long(name, n)])
+        bodies = [line.strip() for line in lines]
+        if all(bodies) and not (comments and any(b[0] == "#" for b in bodies)):
+            table.add_captions(before + 1, None, bodies)  # every line a prompt
+            continue
+        kept = [
+            (n, body)
+            for n, body in enumerate(bodies, before + 1)
+            if body and not (comments and body[0] == "#")
+        ]
+        table.add_captions(0, [n for n, _ in kept], [body for _, body in kept])
 
 
 def _prompts(
@@ -309,6 +327,10 @@ def _parquet_rows(
     read = [c for c in wanted if c in present]
     n = 0
     for batch in handle.iter_batches(columns=read, batch_size=16384):
+        if read == [text_column] and _plain_captions(batch.column(0)):
+            table.add_captions(n + 1, None, batch.column(0).to_pylist())
+            n += batch.num_rows
+            continue
         if read == [text_column]:
             # Text only (a caption set): each row's id is derived from its text.
             for body in batch.column(0).to_pylist():
@@ -330,6 +352,24 @@ def _parquet_rows(
             rows.append((n, {k: v for k, v in record.items() if v is not None}))
         _prompts(rows, shown, columns, problems, table)
     return problems
+
+
+def _plain_captions(column: Any) -> bool:
+    """True when every value of a Parquet text column is a prompt as it stands (the checks a row
+    would get, for a whole batch at once): a string, at most MAX_ROW_CHARS, no NUL, and some
+    printable ASCII character (never whitespace, so it is not blank). Else each row is checked."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return False
+    if column.null_count or not len(column):
+        return not len(column)
+    return bool(
+        pc.max(pc.binary_length(column)).as_py() <= MAX_ROW_CHARS  # bytes: at least the characters
+        and not pc.any(pc.match_substring(column, "\0")).as_py()
+        and pc.all(pc.match_substring_regex(column, "[!-~]")).as_py()
+    )
 
 
 def _row_prompt(

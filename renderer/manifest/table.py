@@ -12,8 +12,8 @@ import hashlib
 import json
 import re
 from array import array
-from collections.abc import Iterator, Sequence
-from itertools import chain, pairwise
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate, chain, pairwise
 from typing import TYPE_CHECKING, Any, overload
 
 from renderer.manifest.types import Prompt
@@ -127,6 +127,10 @@ class FingerprintLog:
     def extend(self, other: FingerprintLog) -> None:
         self._values.extend(other._values)
 
+    def extend_values(self, values: Iterable[int]) -> None:
+        """Each of `values` added (each already in 0 .. 2**64-1)."""
+        self._values.extend(values)
+
     def __len__(self) -> int:
         return len(self._values)
 
@@ -154,10 +158,36 @@ class FingerprintLog:
 
 
 def text_fingerprint(text: str, params: dict[str, Any]) -> int:
-    """What two prompts share when they would send the same input: text and params (this process)."""
+    """What two prompts share when they would send the same input: text and params (this process).
+
+    Without params, bytes 8-15 of the text's sha256: the hash a caption's id is made from gives
+    both its id's fingerprint (bytes 0-5) and its text's (see PromptTable.add_captions).
+    """
     if not params:
-        return hash(text)
+        return int.from_bytes(_sha256(text.encode()).digest()[8:16], "big")
     return hash((text, json.dumps(params, sort_keys=True, default=str)))
+
+
+# A batch of captions at least this large has its fingerprints taken from its hashes by numpy.
+_NUMPY_BATCH = 4096
+
+
+def caption_fingerprints(encoded: Sequence[bytes]) -> tuple[Iterable[int], Iterable[int]]:
+    """(text fingerprints, id fingerprints) of captions given as UTF-8: text_fingerprint(text, {})
+    and the fingerprint of text_id(text) (id_fingerprint), from one sha256 each."""
+    sha = _sha256
+    if len(encoded) < _NUMPY_BATCH:
+        digests = [sha(e).digest() for e in encoded]
+        number = int.from_bytes
+        return [number(d[8:16], "big") for d in digests], [number(d[:6], "big") for d in digests]
+    import numpy as np  # only for large batches: importing the manifest stage stays light
+
+    raw = np.frombuffer(b"".join([sha(e).digest() for e in encoded]), dtype=np.uint8)
+    raw = raw.reshape(len(encoded), 32)
+    texts = raw[:, 8:16].copy().view(">u8").astype(np.uint64).ravel()
+    ids = np.zeros((len(encoded), 8), dtype=np.uint8)
+    ids[:, 2:] = raw[:, :6]  # 48 bits, big-endian, in 8 bytes
+    return texts.tolist(), ids.view(">u8").astype(np.uint64).ravel().tolist()
 
 
 # A Prompt made without its dataclass __init__ (which sets each field through the frozen
@@ -264,13 +294,33 @@ class PromptTable(Sequence[Prompt]):
         in the id text_id makes (its last 12 hex digits): equal for equal ids.
         """
         encoded = text.encode()
-        self.texts_params.add(hash(text))  # text_fingerprint(text, {})
-        self.folded_ids.add(int.from_bytes(_sha256(encoded).digest()[:6], "big"))
+        digest = _sha256(encoded).digest()
+        self.texts_params.add(int.from_bytes(digest[8:16], "big"))  # text_fingerprint(text, {})
+        self.folded_ids.add(int.from_bytes(digest[:6], "big"))
         if self._id_ends is not None:
             self._id_ends.append(len(self._ids))
         self._texts += encoded
         self._ends.append(len(self._texts))
         self._lines.append(line)
+
+    def add_captions(self, first: int, lines: Sequence[int] | None, texts: Sequence[str]) -> None:
+        """add_caption for each of `texts` at once: the lines are `lines`, or first, first+1, …
+
+        The same table as one add_caption a row, with the per-row work in a few comprehensions.
+        """
+        if not texts:
+            return
+        encoded = [t.encode() for t in texts]
+        text_fps, id_fps = caption_fingerprints(encoded)
+        self.texts_params.extend_values(text_fps)
+        self.folded_ids.extend_values(id_fps)
+        if self._id_ends is not None:
+            self._id_ends.extend([len(self._ids)] * len(texts))
+        ends = accumulate(map(len, encoded), initial=len(self._texts))
+        next(ends)
+        self._ends.extend(ends)
+        self._texts += b"".join(encoded)
+        self._lines.extend(range(first, first + len(texts)) if lines is None else lines)
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -333,17 +383,33 @@ class PromptTable(Sequence[Prompt]):
 
     def texts(self) -> Iterator[str]:
         """Each row's text, in order, without making prompts."""
-        texts, at = self._texts, 0
-        for end in self._ends:
-            yield texts[at:end].decode()
-            at = end
+        for texts, _ in self._chunks():
+            yield from texts
 
-    def literal_rows(self) -> Iterator[tuple[str, str, tuple[str, ...]]]:
-        """(text, "file:line", tags) of each row, in order: what a job takes from its prompt
-        besides the id (the plan's digest is made of these)."""
-        more, file = self._more, self.file
-        for i, (text, line) in enumerate(zip(self.texts(), self._lines, strict=True)):
-            yield text, f"{file}:{line}", more[i][1] if i in more else ()
+    def _chunks(self, size: int = 8192) -> Iterator[tuple[list[str], range]]:
+        """(texts, their row numbers) of `size` rows at a time, in order."""
+        buffer, ends = self._texts, self._ends
+        for start in range(0, len(ends), size):
+            stop = min(start + size, len(ends))
+            at = ends[start - 1] if start else 0
+            chunk = buffer[at : ends[stop - 1]].decode()
+            bounds = [e - at for e in ends[start:stop]]
+            if chunk.isascii():  # byte offsets are character offsets: one decode for the chunk
+                texts = [chunk[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+            else:
+                raw = buffer[at : ends[stop - 1]]
+                texts = [raw[a:b].decode() for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+            yield texts, range(start, stop)
+
+    def literal_rows(self) -> Iterator[tuple[list[str], list[str], list[tuple[str, ...]]]]:
+        """(texts, "file:line" each, tags each) of the rows, a chunk at a time, in order: what a
+        job takes from its prompt besides the id (the plan's digest is made of these)."""
+        more, file, lines = self._more, self.file, self._lines
+        for texts, rows in self._chunks():
+            wheres = [f"{file}:{line}" for line in lines[rows.start : rows.stop]]
+            none: tuple[str, ...] = ()
+            tags = [more[i][1] if i in more else none for i in rows] if more else [none] * len(rows)
+            yield texts, wheres, tags
 
 
 class Prompts(Sequence[Prompt]):

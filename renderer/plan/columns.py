@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from json.encoder import encode_basestring  # as PromptColumn.key
 from typing import Any
 
 from renderer.layout import segment_of
@@ -31,12 +32,9 @@ from renderer.manifest.types import Model
 from renderer.models.sizes import requested_size
 from renderer.plan.cost import megapixels
 from renderer.plan.expand import Expansion
-from renderer.plan.jobs import Job, freeze
+from renderer.plan.jobs import KEY_VERSION, Job, freeze
 from renderer.plan.template import PromptColumn, seed_ok
 from renderer.plan.unique import Tally
-
-# Lines hashed per update of the lazy digest (one update per line costs more than the hashing).
-_DIGEST_BATCH = 4096
 
 
 class Columns(Expansion):
@@ -207,20 +205,38 @@ class Columns(Expansion):
         return tally
 
     def _digest(self, columns: list[PromptColumn]) -> str:
-        """The digest the full pass makes: each job's key, model, source and tags, in plan order."""
-        digest, lines = hashlib.sha256(), []
-        for text, where, tags in self._literal_rows():
+        """The digest the full pass makes: each job's key, model, source and tags, in plan order
+        (prompt, then column), a chunk of prompts at a time."""
+        digest = hashlib.sha256()
+        sha = hashlib.sha256
+        for texts, wheres, tags in self._literal_rows():
+            made = []
             for column in columns:
-                lines.append(f"{column.key(text)}\0{column.first.model}\0{where}\0{tags}\n")
-            if len(lines) >= _DIGEST_BATCH:
-                digest.update("".join(lines).encode())
-                lines.clear()
-        digest.update("".join(lines).encode())
+                before, after, model = column.before, column.after, column.first.model
+                keys = [
+                    sha(f"{before}{encode_basestring(t)}{after}".encode()).hexdigest()[:40]
+                    for t in texts
+                ]  # key_of_text, as PromptColumn.key
+                made.append(
+                    [
+                        f"{KEY_VERSION}-{k}\0{model}\0{w}\0{g}\n"
+                        for k, w, g in zip(keys, wheres, tags, strict=True)
+                    ]
+                )
+            lines = (
+                made[0] if len(made) == 1 else [x for row in zip(*made, strict=True) for x in row]
+            )
+            digest.update("".join(lines).encode())
         return digest.hexdigest()
 
-    def _literal_rows(self) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+    def _literal_rows(self) -> Iterator[tuple[list[str], list[str], list[tuple[str, ...]]]]:
         for part in self._parts():
             if isinstance(part, PromptTable):
                 yield from part.literal_rows()
             else:
-                yield from ((p.text, f"{p.where[0]}:{p.where[1]}", p.tags) for p in part)
+                rows = list(part)
+                yield (
+                    [p.text for p in rows],
+                    [f"{p.where[0]}:{p.where[1]}" for p in rows],
+                    [p.tags for p in rows],
+                )
