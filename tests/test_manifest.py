@@ -183,12 +183,16 @@ def test_derived_ids_keep_their_formula(body: str):
     block=st.integers(1, 40),
     ending=st.sampled_from(["\n", "\r\n"]),
     final=st.booleans(),
+    backed=st.booleans(),
 )
 def test_prompt_files_stream_in_blocks_as_if_read_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines, block, ending, final
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines, block, ending, final, backed
 ):
-    """Read a block at a time, a .txt file gives the prompts and line numbers of reading it whole."""
+    """Read a block at a time, a .txt file gives the prompts and line numbers of reading it whole, its texts held or read again."""
+    from renderer.manifest import backed as backed_mod
     from renderer.manifest import reading
+
+    monkeypatch.setattr(backed_mod, "BACKED_BYTES", -1 if backed else backed_mod.BACKED_BYTES)
 
     body = ending.join(line.replace("\n", " ").replace("\r", " ") for line in lines)
     body += ending if final and lines else ""
@@ -205,6 +209,9 @@ def test_prompt_files_stream_in_blocks_as_if_read_whole(
         assert not texts or len(set(texts)) < len(texts), exc.problems
         return
     assert [(p.id, p.text, p.where[1]) for p in m.prompts] == expected
+    assert [(p.id, p.text) for p in m.prompts[len(expected) // 2 :]] == [
+        (pid, text) for pid, text, _ in expected[len(expected) // 2 :]
+    ]  # read from the middle
 
 
 def test_defaults_are_visible_and_resolved():
@@ -835,9 +842,15 @@ def test_parquet_prompt_files_read_only_the_named_columns(tmp_path: Path):
         max_size=12,
     ),
     pad=st.sampled_from([0, 16384]),
+    backed=st.booleans(),
 )
-def test_parquet_captions_are_checked_as_row_by_row(tmp_path: Path, values, pad: int):
-    """A Parquet caption column gives each good row as a prompt at its row number and each bad one as a problem there, batch by batch."""
+def test_parquet_captions_are_checked_as_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, values, pad: int, backed: bool
+):
+    """A Parquet caption column gives each good row as a prompt at its row number and each bad one as a problem there, batch by batch, its texts held or read again."""
+    from renderer.manifest import backed as backed_mod
+
+    monkeypatch.setattr(backed_mod, "BACKED_BYTES", -1 if backed else backed_mod.BACKED_BYTES)
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     column = [f"padding row {i}" for i in range(pad)] + values  # a first batch of good rows
@@ -860,6 +873,34 @@ def test_parquet_captions_are_checked_as_row_by_row(tmp_path: Path, values, pad:
         assert lines == bad or len(set(texts)) < len(texts), exc.problems
         return
     assert [(p.id, p.text, p.where[1]) for p in m.prompts] == [(text_id(v), v, n) for n, v in good]
+    assert [p.text for p in m.prompts[-3:]] == [v for _, v in good[-3:]]  # read from the end
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".parquet"])
+def test_a_prompt_file_changed_after_its_check_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+):
+    """A large prompt file read again (its texts not held) that changed since it was checked stops the command, never gives another text."""
+    from renderer.manifest import backed as backed_mod
+
+    monkeypatch.setattr(backed_mod, "BACKED_BYTES", -1)
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    def write(texts: list[str]) -> None:
+        if suffix == ".txt":
+            (tmp_path / "c.txt").write_text("".join(t + "\n" for t in texts))
+        else:
+            pq.write_table(pa.table({"caption": texts}), tmp_path / "c.parquet")
+
+    write(["a red fox", "a heron"])
+    entry = "{file: c.txt}" if suffix == ".txt" else "{file: c.parquet, text: caption}"
+    m = parse(_manifest_with(tmp_path, entry).read_text(), tmp_path / "m.yaml")
+    assert [p.text for p in m.prompts] == ["a red fox", "a heron"]
+    write(["a red fox", "a crane"])  # the same size: the text differs
+    with pytest.raises(ManifestError) as caught:
+        list(m.prompts)
+    assert "changed (or is gone) since its prompts were checked" in caught.value.problems[0].message
 
 
 def test_txt_comment_lines_can_be_prompts(tmp_path: Path):

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem, closest
+from renderer.manifest import backed
 from renderer.manifest.checks import RESERVED_PARAMS
 from renderer.manifest.located import json_path
 from renderer.manifest.reading import (
     MAX_MANIFEST_BYTES,
     MAX_ROW_CHARS,
+    raw_blocks,
     read_text_file,
     row_too_long,
     text_blocks,
@@ -244,23 +246,23 @@ def prompt_file(
 
 def _txt_rows(path: Path, name: str, comments: bool, table: PromptTable) -> None:
     """A .txt file's lines into `table`, a block at a time: each line stripped is a prompt (its
-    id derived from it), but blank lines and, with `comments`, lines starting with '#'."""
-    for _, before, text in text_blocks(path, name):
-        lines = (text[:-1] if text.endswith("\n") else text).split("\n")
-        if max(map(len, lines)) > MAX_ROW_CHARS:
-            for n, line in enumerate(lines, before + 1):
+    id derived from it), but blank lines and, with `comments`, lines starting with '#'. A file
+    over BACKED_BYTES keeps no text: its blocks are read again when rows are (backed.py)."""
+    backing = None
+    if path.stat().st_size > backed.BACKED_BYTES:
+        backing = backed.TextBacking(path, name, comments)
+        table.back(backing)
+    for offset, before, raw, text in raw_blocks(path, name):
+        if max(map(len, text.split("\n"))) > MAX_ROW_CHARS:
+            for n, line in enumerate(text.split("\n"), before + 1):
                 if len(line) > MAX_ROW_CHARS:
                     raise ManifestError([row_too_long(name, n)])
-        bodies = [line.strip() for line in lines]
-        if all(bodies) and not (comments and any(b[0] == "#" for b in bodies)):
-            table.add_captions(before + 1, None, bodies)  # every line a prompt
-            continue
-        kept = [
-            (n, body)
-            for n, body in enumerate(bodies, before + 1)
-            if body and not (comments and body[0] == "#")
-        ]
-        table.add_captions(0, [n for n, _ in kept], [body for _, body in kept])
+        if backing is not None:
+            backing.block(offset, before, raw, len(table))
+        lines, bodies = backed.txt_rows(text, before, comments)
+        table.add_captions(before + 1, lines, bodies)
+    if backing is not None:
+        backing.done()
 
 
 def _prompts(
@@ -326,6 +328,11 @@ def _parquet_rows(
     problems: list[Problem] = []
     read = [c for c in wanted if c in present]
     n = 0
+    backing = None
+    if read == [text_column] and _text_bytes(handle, text_column) > backed.BACKED_BYTES:
+        # A large caption set keeps no text: its rows are read again when needed (backed.py).
+        backing = backed.ParquetBacking(path, shown, text_column, table.line)
+        table.back(backing)
     for batch in handle.iter_batches(columns=read, batch_size=16384):
         if read == [text_column] and _plain_captions(batch.column(0)):
             table.add_captions(n + 1, None, batch.column(0).to_pylist())
@@ -351,7 +358,20 @@ def _parquet_rows(
             n += 1
             rows.append((n, {k: v for k, v in record.items() if v is not None}))
         _prompts(rows, shown, columns, problems, table)
+    if backing is not None:
+        backing.done()
     return problems
+
+
+def _text_bytes(handle: Any, column: str) -> int:
+    """The uncompressed size of a Parquet file's column (its row groups' metadata)."""
+    meta = handle.metadata
+    return sum(
+        chunk.total_uncompressed_size
+        for g in range(meta.num_row_groups)
+        for chunk in map(meta.row_group(g).column, range(meta.num_columns))
+        if chunk.path_in_schema == column
+    )
 
 
 def _plain_captions(column: Any) -> bool:

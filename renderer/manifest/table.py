@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, overload
 from renderer.manifest.types import Prompt
 
 if TYPE_CHECKING:
+    from renderer.manifest.backed import Backing
     from renderer.manifest.located import Path_
 
 
@@ -227,6 +228,8 @@ class PromptTable(Sequence[Prompt]):
     """
 
     __slots__ = (
+        "_backing",
+        "_count",
         "_ends",
         "_id_ends",
         "_ids",
@@ -243,18 +246,45 @@ class PromptTable(Sequence[Prompt]):
     def __init__(self, file: str, path: Path_) -> None:
         self.file = file
         self.path = path
+        self._count = 0
+        # The texts as UTF-8 and each row's end in it; or, for a large file, read again from it.
         self._texts = bytearray()
         self._ends = array("Q")
+        self._backing: Backing | None = None
         # Ids given by the file (an empty one: derived from the text); None while none was given.
         self._ids = bytearray()
         self._id_ends: array[int] | None = None
-        self._lines = array("Q")
+        self._lines: array[int] | None = None  # None while row i is at line i + 1
         self._more: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}  # params, tags
         self.with_params = False  # some row has params (its input is not its column's)
         # Taken as rows are added (the strings are at hand then): repeated texts and ids are
         # found from these without reading the rows again (see text_fingerprint, id_fingerprint).
         self.texts_params = FingerprintLog()
         self.folded_ids = FingerprintLog()
+
+    def back(self, backing: Backing) -> None:
+        """Keep no text from here on: the rows' texts are read again from `backing` (backed.py).
+        Called before any row is added."""
+        self._backing = backing
+
+    def _add_lines(self, first: int, lines: Sequence[int] | None, count: int) -> None:
+        """Record the lines of `count` rows being added: `lines`, or first, first+1, …"""
+        if self._lines is None:
+            if lines is None and first == self._count + 1:
+                return  # still row i at line i + 1
+            self._lines = array("Q", range(1, self._count + 1))
+        self._lines.extend(range(first, first + count) if lines is None else lines)
+
+    def _store(self, encoded: list[bytes]) -> None:
+        """The texts of rows being added (nothing, when they are read again from the file)."""
+        if self._backing is None:
+            ends = accumulate(map(len, encoded), initial=len(self._texts))
+            next(ends)
+            self._ends.extend(ends)
+            self._texts += b"".join(encoded)
+        if self._id_ends is not None:
+            self._id_ends.extend([len(self._ids)] * len(encoded))
+        self._count += len(encoded)
 
     def add(
         self,
@@ -266,26 +296,26 @@ class PromptTable(Sequence[Prompt]):
     ) -> None:
         """One row; an empty `pid` means the id is derived from the text (text_id)."""
         if params or tags:
-            self._more[len(self._ends)] = (params or _NO_PARAMS, tags)
+            self._more[self._count] = (params or _NO_PARAMS, tags)
             self.with_params = self.with_params or bool(params)
         if not pid and not params and not tags:
             self.add_caption(line, text)
             return
         self.texts_params.add(text_fingerprint(text, params or _NO_PARAMS))
         encoded = text.encode()
+        self._add_lines(line, None, 1)
         if pid:
             if self._id_ends is None:  # the rows before this one derive theirs
-                self._id_ends = array("Q", bytes(8 * len(self._ends)))
+                self._id_ends = array("Q", bytes(8 * self._count))
             self._ids += pid.encode()
             self._id_ends.append(len(self._ids))
             self.folded_ids.add(id_fingerprint(pid))
+            ids, self._id_ends = self._id_ends, None  # stored: _store adds no "" for it
+            self._store([encoded])
+            self._id_ends = ids
         else:
             self.folded_ids.add(int.from_bytes(_sha256(encoded).digest()[:6], "big"))
-            if self._id_ends is not None:
-                self._id_ends.append(len(self._ids))
-        self._texts += encoded
-        self._ends.append(len(self._texts))
-        self._lines.append(line)
+            self._store([encoded])
 
     def add_caption(self, line: int, text: str) -> None:
         """A row of text alone (no params or tags), its id derived from the text: add(line, "", text).
@@ -297,11 +327,8 @@ class PromptTable(Sequence[Prompt]):
         digest = _sha256(encoded).digest()
         self.texts_params.add(int.from_bytes(digest[8:16], "big"))  # text_fingerprint(text, {})
         self.folded_ids.add(int.from_bytes(digest[:6], "big"))
-        if self._id_ends is not None:
-            self._id_ends.append(len(self._ids))
-        self._texts += encoded
-        self._ends.append(len(self._texts))
-        self._lines.append(line)
+        self._add_lines(line, None, 1)
+        self._store([encoded])
 
     def add_captions(self, first: int, lines: Sequence[int] | None, texts: Sequence[str]) -> None:
         """add_caption for each of `texts` at once: the lines are `lines`, or first, first+1, …
@@ -314,16 +341,11 @@ class PromptTable(Sequence[Prompt]):
         text_fps, id_fps = caption_fingerprints(encoded)
         self.texts_params.extend_values(text_fps)
         self.folded_ids.extend_values(id_fps)
-        if self._id_ends is not None:
-            self._id_ends.extend([len(self._ids)] * len(texts))
-        ends = accumulate(map(len, encoded), initial=len(self._texts))
-        next(ends)
-        self._ends.extend(ends)
-        self._texts += b"".join(encoded)
-        self._lines.extend(range(first, first + len(texts)) if lines is None else lines)
+        self._add_lines(first, lines, len(texts))
+        self._store(encoded)
 
     def __len__(self) -> int:
-        return len(self._ends)
+        return self._count
 
     @overload
     def __getitem__(self, index: int) -> Prompt: ...
@@ -338,25 +360,23 @@ class PromptTable(Sequence[Prompt]):
     def __iter__(self) -> Iterator[Prompt]:
         return self._rows(0, len(self))
 
+    def line(self, index: int) -> int:
+        """The line (or row number) of row `index`."""
+        return index + 1 if self._lines is None else self._lines[index]
+
+    def _line_numbers(self, rows: range) -> Sequence[int]:
+        if self._lines is None:
+            return range(rows.start + 1, rows.stop + 1)
+        return self._lines[rows.start : rows.stop]
+
     def _rows(self, start: int, stop: int) -> Iterator[Prompt]:
-        texts, ends, lines = self._texts, self._ends, self._lines
         more, file, path = self._more, self.file, self.path
-        at = ends[start - 1] if start else 0
         ids = self._each_id(start, stop)
-        for i in range(start, stop):
-            end = ends[i]
-            params, tags = more.get(i, (_NO_PARAMS, ()))
-            text = texts[at:end].decode()
-            pid = next(ids)
-            yield _prompt(
-                pid or text_id(text),
-                text,
-                params,
-                tags,
-                (file, lines[i], 1),
-                path,
-            )
-            at = end
+        for texts, rows in self._chunks(start, stop):
+            for i, text, line in zip(rows, texts, self._line_numbers(rows), strict=True):
+                params, tags = more.get(i, (_NO_PARAMS, ()))
+                pid = next(ids)
+                yield _prompt(pid or text_id(text), text, params, tags, (file, line, 1), path)
 
     def _each_id(self, start: int, stop: int) -> Iterator[str]:
         """The ids the file gave rows start..stop-1, in order ("" for a row whose id is derived)."""
@@ -386,27 +406,36 @@ class PromptTable(Sequence[Prompt]):
         for texts, _ in self._chunks():
             yield from texts
 
-    def _chunks(self, size: int = 8192) -> Iterator[tuple[list[str], range]]:
-        """(texts, their row numbers) of `size` rows at a time, in order."""
+    def _chunks(
+        self, start: int = 0, stop: int | None = None, size: int = 8192
+    ) -> Iterator[tuple[list[str], range]]:
+        """(texts, their row numbers) of rows start..stop-1, a chunk at a time, in order."""
+        stop = self._count if stop is None else stop
+        if self._backing is not None:
+            for first, texts in self._backing.chunks(start, stop):
+                low, high = max(start, first), min(stop, first + len(texts))
+                if low < high:
+                    yield texts[low - first : high - first], range(low, high)
+            return
         buffer, ends = self._texts, self._ends
-        for start in range(0, len(ends), size):
-            stop = min(start + size, len(ends))
-            at = ends[start - 1] if start else 0
-            chunk = buffer[at : ends[stop - 1]].decode()
-            bounds = [e - at for e in ends[start:stop]]
+        for low in range(start, stop, size):
+            high = min(low + size, stop)
+            at = ends[low - 1] if low else 0
+            chunk = buffer[at : ends[high - 1]].decode()
+            bounds = [e - at for e in ends[low:high]]
             if chunk.isascii():  # byte offsets are character offsets: one decode for the chunk
                 texts = [chunk[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
             else:
-                raw = buffer[at : ends[stop - 1]]
+                raw = buffer[at : ends[high - 1]]
                 texts = [raw[a:b].decode() for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
-            yield texts, range(start, stop)
+            yield texts, range(low, high)
 
     def literal_rows(self) -> Iterator[tuple[list[str], list[str], list[tuple[str, ...]]]]:
         """(texts, "file:line" each, tags each) of the rows, a chunk at a time, in order: what a
         job takes from its prompt besides the id (the plan's digest is made of these)."""
-        more, file, lines = self._more, self.file, self._lines
+        more, file = self._more, self.file
         for texts, rows in self._chunks():
-            wheres = [f"{file}:{line}" for line in lines[rows.start : rows.stop]]
+            wheres = [f"{file}:{line}" for line in self._line_numbers(rows)]
             none: tuple[str, ...] = ()
             tags = [more[i][1] if i in more else none for i in rows] if more else [none] * len(rows)
             yield texts, wheres, tags
