@@ -778,6 +778,29 @@ def test_caption_jobs_equal_jobs_made_one_by_one(
     assert digests[0:1] == digests[2:3]
 
 
+def test_an_inline_id_equal_to_a_derived_one_is_a_repeated_id(
+    tmp_path: Path, registry: SchemaRegistry
+):
+    """An inline prompt named like a caption's derived id (in other case) is reported as a repeated id, whichever way it is checked."""
+    from renderer.manifest.table import text_id
+
+    (tmp_path / "p.txt").write_text("a red fox at dawn\nan owl\n")
+    data = {
+        "name": "t",
+        "prompts": [{"id": text_id("an owl").upper(), "text": "x"}, {"file": "p.txt"}],
+        "models": MODELS[:1],
+        "seeds": [1],
+    }
+    m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
+    problems = []
+    for planner in (plan.Planner, _Straightforward):
+        with pytest.raises(ManifestError) as info:
+            planner(m, registry).build()
+        problems.append([(p.line, p.message) for p in info.value.problems])
+    assert problems[0] == problems[1] and len(problems[0]) == 1
+    assert problems[0][0][0] == 2 and "duplicate prompt id" in problems[0][0][1]
+
+
 def test_repeated_texts_are_found_by_the_full_pass(tmp_path: Path, registry: SchemaRegistry):
     """Two prompts with one text (a manifest made without the load's check) are named as paid twice, not planned."""
     from dataclasses import replace

@@ -25,10 +25,10 @@ from renderer.manifest.reading import (
     text_lines,
 )
 from renderer.manifest.table import (
-    FingerprintLog,
     Fingerprints,
     Prompts,
     PromptTable,
+    parts_log,
     text_fingerprint,
     text_id,
 )
@@ -474,15 +474,11 @@ def duplicate_texts(prompts: Sequence[Prompt], shown: dict[str, str]) -> list[Pr
     A first pass keeps 64-bit fingerprints of (text, params) only; the prompts whose fingerprint
     came twice are then compared exactly (none, for a caption set without repeats).
     """
-    log = FingerprintLog()
-    for part in prompts.parts if isinstance(prompts, Prompts) else (prompts,):
-        if isinstance(part, PromptTable):
-            log.extend(part.texts_params)
-        else:
-            for p in part:
-                log.add(text_fingerprint(p.text, p.params))
-    suspects = log.repeated()
-    del log
+    suspects = parts_log(
+        prompts.parts if isinstance(prompts, Prompts) else (prompts,),
+        lambda table: table.texts_params,
+        lambda p: text_fingerprint(p.text, p.params),
+    ).repeated()
     if not suspects:
         return []
     groups: dict[tuple[str, str], list[Prompt]] = {}

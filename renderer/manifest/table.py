@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, chain, pairwise
 from typing import TYPE_CHECKING, Any, overload
 
@@ -62,6 +62,24 @@ def id_fingerprint(pid: str) -> int:
     if len(tail) == 12 and _HEX12.fullmatch(tail):
         return int(tail, 16)
     return hash(folded) & Fingerprints.MASK
+
+
+def parts_log(
+    parts: Sequence[Sequence[Prompt]],
+    of_table: Callable[[PromptTable], FingerprintLog],
+    of_prompt: Callable[[Prompt], int],
+) -> FingerprintLog:
+    """One log of the prompts' fingerprints: a table's own log (`of_table`, taken as its file was
+    read), not copied when it is the only part; else a new log of every part's."""
+    if len(parts) == 1 and isinstance(parts[0], PromptTable):
+        return of_table(parts[0])
+    log = FingerprintLog()
+    for part in parts:
+        if isinstance(part, PromptTable):
+            log.extend(of_table(part))
+        else:
+            log.extend_values(of_prompt(p) & Fingerprints.MASK for p in part)
+    return log
 
 
 class Fingerprints:

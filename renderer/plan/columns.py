@@ -27,7 +27,7 @@ from json.encoder import encode_basestring  # as PromptColumn.key
 from typing import Any
 
 from renderer.layout import segment_of
-from renderer.manifest.table import FingerprintLog, Prompts, PromptTable, text_fingerprint
+from renderer.manifest.table import Prompts, PromptTable, parts_log, text_fingerprint
 from renderer.manifest.types import Model
 from renderer.models.sizes import requested_size
 from renderer.plan.cost import megapixels
@@ -151,14 +151,13 @@ class Columns(Expansion):
     def _texts_repeat(self) -> bool:
         """True when two prompts' text fingerprints are equal (the load reports equal texts;
         the full pass then names the jobs that would be paid twice)."""
-        log = FingerprintLog()
-        for part in self._parts():
-            if isinstance(part, PromptTable):
-                log.extend(part.texts_params)
-            else:
-                for p in part:
-                    log.add(text_fingerprint(p.text, p.params))
-        return bool(log.repeated())
+        return bool(
+            parts_log(
+                self._parts(),
+                lambda table: table.texts_params,
+                lambda p: text_fingerprint(p.text, p.params),
+            ).repeated()
+        )
 
     def _texts(self) -> Iterator[str]:
         for part in self._parts():
