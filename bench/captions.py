@@ -6,7 +6,9 @@ does not read; as .jsonl ({"caption": …} a line) and .csv (caption,n) files re
 caption`. Per tree (a checkout of this repository, run with PYTHONPATH=TREE) and case, the whole
 command's wall time, CPU time (user + sys) and peak RSS (GNU time), medians of --runs alternated
 runs; for the trial also the first submit: seconds from spawning the command to its first
-`submitted` event (`--log`), the number the issue's "first submit ≤ 3 s" is about.
+`submitted` event (`--log`), the number the issue's "first submit ≤ 3 s" is about, and the CPU
+seconds the process had used by then (process_time at that event, all threads: what the wall
+time would be on an idle core, whatever the load).
   validate   `renderer validate` (load the prompts, plan, check every job)
   plan       `renderer plan` (the same, and the summary it prints)
   trial      `renderer run --max-jobs 20 --quiet` on the built-in emulator, from a fresh output
@@ -103,18 +105,39 @@ def manifest(folder: Path, source: str) -> Path:
     return path
 
 
-def once(tree: Path, argv: list[str], folder: Path) -> tuple[float, float, float, float | None]:
-    """(seconds, CPU seconds, peak MiB, seconds to the first submit or None) of one command."""
+# The trial runs `renderer` with its event log's writer wrapped to note the process's CPU time
+# at the first `submitted` event (into the file named by CAPTIONS_CPU_AT_SUBMIT).
+_TRIAL = """
+import os, sys, time
+from renderer import console
+from renderer.cli import entrypoint
+write = console.EventLog.__call__
+def noted(self, event):
+    if event.get("type") == "submitted" and not os.path.exists(os.environ["CAPTIONS_CPU_AT_SUBMIT"]):
+        with open(os.environ["CAPTIONS_CPU_AT_SUBMIT"], "w") as out:
+            out.write(str(time.process_time()))
+    write(self, event)
+console.EventLog.__call__ = noted
+sys.argv[0] = "renderer"
+entrypoint()
+"""
+
+
+def once(
+    tree: Path, argv: list[str], folder: Path
+) -> tuple[float, float, float, float | None, float | None]:
+    """(seconds, CPU seconds, peak MiB, seconds and CPU seconds to the first submit, or None)."""
     shutil.rmtree(folder / "out", ignore_errors=True)
-    log = folder / "events.jsonl"
+    log, cpu_at = folder / "events.jsonl", folder / "cpu-at-submit"
     log.unlink(missing_ok=True)
+    cpu_at.unlink(missing_ok=True)
     trial = argv[0] == "run"
+    command = ["-c", _TRIAL, *argv, "--log", str(log)] if trial else ["-m", "renderer", *argv]
     spawned = time.time()
     done = subprocess.run(
-        ["/usr/bin/time", "-f", "%e %U %S %M", sys.executable, "-m", "renderer", *argv]
-        + (["--log", str(log)] if trial else []),
+        ["/usr/bin/time", "-f", "%e %U %S %M", sys.executable, *command],
         cwd=folder,
-        env=child_env(PYTHONPATH=str(tree)),
+        env=child_env(PYTHONPATH=str(tree), CAPTIONS_CPU_AT_SUBMIT=str(cpu_at)),
         capture_output=True,
         text=True,
         check=False,
@@ -122,11 +145,12 @@ def once(tree: Path, argv: list[str], folder: Path) -> tuple[float, float, float
     if done.returncode not in (0, 1):
         raise SystemExit(f"{tree}: renderer {' '.join(argv)} failed:\n{done.stderr[-2000:]}")
     seconds, user, system, kib = done.stderr.strip().splitlines()[-1].split()
-    first = None
+    first = first_cpu = None
     if trial:
         events = (json.loads(line) for line in log.read_text().splitlines())
         first = next(e["time"] for e in events if e["type"] == "submitted") - spawned
-    return float(seconds), float(user) + float(system), int(kib) / 1024, first
+        first_cpu = float(cpu_at.read_text())
+    return float(seconds), float(user) + float(system), int(kib) / 1024, first, first_cpu
 
 
 def load() -> str:
@@ -150,7 +174,9 @@ def main() -> None:
         "trial": lambda m: ["run", m.name, "--max-jobs", "20", "--quiet"],
     }
     cases = {c: every[c] for c in args.cases.split(",")}
-    results: dict[tuple[str, str, int], list[tuple[float, float, float, float | None]]] = {}
+    results: dict[
+        tuple[str, str, int], list[tuple[float, float, float, float | None, float | None]]
+    ] = {}
     started = load()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -173,6 +199,7 @@ def main() -> None:
         cpu = median([v[1] for v in values])
         ratio = f"{cpu / median([v[1] for v in base]):.2f}" if base else "-"
         firsts = [v[3] for v in values if v[3] is not None]
+        first_cpus = [v[4] for v in values if v[4] is not None]
         rows.append(
             [
                 source,
@@ -181,6 +208,7 @@ def main() -> None:
                 f"{median([v[0] for v in values]):.1f}",
                 f"{cpu:.1f}",
                 f"{median(firsts):.1f}" if firsts else "-",
+                f"{median(first_cpus):.1f}" if first_cpus else "-",
                 f"{median([v[2] for v in values]):.0f}",
                 ratio,
             ]
@@ -189,7 +217,16 @@ def main() -> None:
         f"{machine()}; {args.captions:,} captions; medians of {args.runs} alternated runs; "
         f"load average {started} before, {load()} after"
     )
-    headers = ["source", "case", "tree", "wall s", "CPU s", "first submit s", "peak MiB"]
+    headers = [
+        "source",
+        "case",
+        "tree",
+        "wall s",
+        "CPU s",
+        "first submit s",
+        "its CPU s",
+        "peak MiB",
+    ]
     print(table([*headers, "CPU ratio to tree 0"], rows))
     print(
         f"reproduce: python bench/captions.py --captions {args.captions} --runs {args.runs} "

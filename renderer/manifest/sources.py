@@ -334,7 +334,11 @@ def _parquet_rows(
         backing = backed.ParquetBacking(path, shown, text_column, table.line)
         table.back(backing)
     for batch in handle.iter_batches(columns=read, batch_size=16384):
-        if read == [text_column] and _plain_captions(batch.column(0)):
+        if (
+            read == [text_column]
+            and batch.num_rows >= _BATCH_CHECK
+            and _plain_captions(batch.column(0))
+        ):
             table.add_captions(n + 1, None, batch.column(0).to_pylist())
             n += batch.num_rows
             continue
@@ -361,6 +365,11 @@ def _parquet_rows(
     if backing is not None:
         backing.done()
     return problems
+
+
+# A Parquet batch of at least this many rows is checked at once by pyarrow (whose compute module
+# takes ~0.1 s to import: a smaller file is checked row by row).
+_BATCH_CHECK = 4096
 
 
 def _text_bytes(handle: Any, column: str) -> int:
