@@ -778,6 +778,35 @@ def test_caption_jobs_equal_jobs_made_one_by_one(
     assert digests[0:1] == digests[2:3]
 
 
+@pytest.mark.parametrize("suffix", [".txt", ".parquet"])
+def test_a_caption_set_read_again_from_its_file_plans_as_one_held(
+    tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch, suffix: str
+):
+    """Captions whose texts are read again from the file (a large file) give the jobs and digest of captions held in memory."""
+    from renderer.manifest import backed
+
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    texts = [f"caption {i}" + (" é" if i % 7 == 0 else "") for i in range(9000)]
+    texts[5] = "#5 hashtag"  # a comment line in .txt, a caption in .parquet
+    if suffix == ".txt":
+        (tmp_path / "c.txt").write_text(
+            "".join(t + "\n" + ("\n" if i % 3 else "") for i, t in enumerate(texts))
+        )
+        entry = {"file": "c.txt"}
+    else:
+        pq.write_table(pa.table({"caption": texts}), tmp_path / "c.parquet", row_group_size=2000)
+        entry = {"file": "c.parquet", "text": "caption"}
+    data = {"name": "t", "prompts": [entry], "models": MODELS[:2], "seeds": [1]}
+    made = []
+    for limit in (backed.BACKED_BYTES, -1):
+        monkeypatch.setattr(backed, "BACKED_BYTES", limit)
+        m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
+        p = plan.Planner(m, registry).build()
+        made.append((list(p.jobs), p.digest, p.jobs[len(p.jobs) - 3], p.jobs[4001]))
+    assert made[0] == made[1] and len(made[0][0]) == 2 * (9000 - (suffix == ".txt"))
+
+
 def test_an_inline_id_equal_to_a_derived_one_is_a_repeated_id(
     tmp_path: Path, registry: SchemaRegistry
 ):
