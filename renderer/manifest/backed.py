@@ -14,6 +14,7 @@ another text.
 from __future__ import annotations
 
 import zlib
+from abc import ABC, abstractmethod
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
@@ -45,7 +46,7 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return info.st_size, info.st_mtime_ns, info.st_ino
 
 
-class Backing:
+class Backing(ABC):
     """Where a table's texts are read again: `chunks` gives (first row, texts) in row order."""
 
     def __init__(self, path: Path, shown: str) -> None:
@@ -75,8 +76,10 @@ class Backing:
                 ]
             )
 
+    @abstractmethod
     def chunks(self, start: int, stop: int) -> Iterator[tuple[int, list[str]]]:
-        raise NotImplementedError
+        """(index of its first row, texts) of consecutive rows covering start..stop-1 (the first
+        chunk may begin before `start`), in order."""
 
 
 class TextBacking(Backing):
