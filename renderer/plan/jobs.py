@@ -165,7 +165,7 @@ class Plan:
         None  # each distinct set of axis values, in plan order
     )
     layout: str = "flat"  # where images go under data/ (layout.py): flat or sharded
-    _made: Lock = field(default_factory=Lock, repr=False, compare=False)
+    _made: Lock = field(default_factory=Lock, init=False, repr=False, compare=False)
 
     @property
     def digest(self) -> str:
