@@ -876,6 +876,60 @@ def test_parquet_captions_are_checked_as_row_by_row(
     assert [p.text for p in m.prompts[-3:]] == [v for _, v in good[-3:]]  # read from the end
 
 
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.lists(
+        st.sampled_from([None, "", "  ", "a\0b", "\u00a0x", 7, 'x, "quoted"\nline'])
+        | st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+        min_size=1,
+        max_size=12,
+    ),
+    pad=st.sampled_from([0, 5000]),
+    suffix=st.sampled_from([".jsonl", ".csv"]),
+)
+def test_jsonl_and_csv_captions_are_read_as_row_by_row(
+    tmp_path: Path, values, pad: int, suffix: str
+):
+    """A caption column of a .jsonl or .csv file gives each good row as a prompt at its line, a batch at a time as one by one."""
+    column = [f"padding row {i}" for i in range(pad)] + values
+    path = tmp_path / f"c{suffix}"
+    rows: list[tuple[int, Any]] = []  # (line, value as the reader gives it)
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"caption": v}) + "\n" for v in column))
+        rows = list(enumerate(column, 1))
+    else:
+        with open(path, "w", newline="") as handle:
+            out = csv.writer(handle)
+            out.writerow(["caption", "n"])
+            for v in column:
+                out.writerow(["" if v is None else v, 1])
+        line = 2
+        for v in column:
+            text = "" if v is None else str(v)
+            rows.append((line, text))
+            line += 1 + text.count("\n")
+    good = [(n, v) for n, v in rows if isinstance(v, str) and v.strip() and "\0" not in v]
+    try:
+        m = parse(
+            _manifest_with(tmp_path, f"{{file: c{suffix}, text: caption}}").read_text(),
+            tmp_path / "m.yaml",
+        )
+    except ManifestError as exc:
+        if suffix == ".csv" and any("\0" in str(v) for v in column):  # the file is not text
+            assert "NUL byte" in exc.problems[0].message
+            return
+        texts = [v for _, v in good]
+        problems = sorted({p.line for p in exc.problems if p.file.endswith(f"c{suffix}")})
+        kept = {n for n, _ in good}
+        assert problems == [n for n, _ in rows if n not in kept] or len(set(texts)) < len(texts), (
+            exc.problems
+        )
+        return
+    assert [(p.id, p.text, p.where[1]) for p in m.prompts] == [(text_id(v), v, n) for n, v in good]
+
+
 @pytest.mark.parametrize("suffix", [".txt", ".parquet"])
 def test_a_prompt_file_changed_after_its_check_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str

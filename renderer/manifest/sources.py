@@ -172,7 +172,7 @@ def _jsonl_rows(
         if not line.strip():
             continue
         try:
-            row = json.loads(line, parse_constant=_no_constant)
+            row = _DECODER.decode(line)
         except (json.JSONDecodeError, ValueError) as exc:
             col = exc.colno if isinstance(exc, json.JSONDecodeError) else 1
             msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
@@ -189,6 +189,10 @@ def _jsonl_rows(
 
 def _no_constant(word: str) -> Any:
     raise ValueError(f"{word} is not a finite number")
+
+
+# One decoder for every line (json.loads with an option makes a decoder per call: 3x the time).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def prompt_file(
@@ -274,10 +278,29 @@ def _prompts(
 ) -> None:
     """Rows (renamed to id/text/tags by `columns`) → the table; problems appended."""
     mapped = {columns.get(k, k): k for k in ("id", "text", "tags")}
+    # Rows of a text alone, good as they stand (what _row_prompt would take as is), are added
+    # a batch at a time; any other row first adds those before it, then goes the long way.
+    lines: list[int] = []
+    texts: list[str] = []
     for n, row in rows:
         if columns:
             # Mapped: the named columns are read; any other column of a caption set is not ours.
             row = {mapped[k]: v for k, v in row.items() if k in mapped}
+        body = row.get("text")
+        if (
+            len(row) == 1
+            and isinstance(body, str)
+            and len(body) <= MAX_ROW_CHARS
+            and not _bad_text(body)
+        ):
+            lines.append(n)
+            texts.append(body)
+            if len(texts) >= 4096:
+                table.add_captions(0, lines, texts)
+                lines, texts = [], []
+            continue
+        table.add_captions(0, lines, texts)
+        lines, texts = [], []
         # A row without an id gets one derived from its text, made when the row is read
         # (text_id): the table stores "" for it.
         derived = (
@@ -286,6 +309,7 @@ def _prompts(
         got = _row_prompt(row, name, n, problems, derived)
         if got is not None:
             table.add(n, *got)
+    table.add_captions(0, lines, texts)
 
 
 def _parquet_rows(

@@ -288,6 +288,8 @@ class PromptTable(Sequence[Prompt]):
     def _add_lines(self, first: int, lines: Sequence[int] | None, count: int) -> None:
         """Record the lines of `count` rows being added: `lines`, or first, first+1, …"""
         if self._lines is None:
+            if lines and lines[0] == self._count + 1 and lines[-1] == self._count + count:
+                return  # lines increase (every caller's do): these are row + 1 still
             if lines is None and first == self._count + 1:
                 return  # still row i at line i + 1
             self._lines = array("Q", range(1, self._count + 1))
@@ -349,7 +351,8 @@ class PromptTable(Sequence[Prompt]):
         self._store([encoded])
 
     def add_captions(self, first: int, lines: Sequence[int] | None, texts: Sequence[str]) -> None:
-        """add_caption for each of `texts` at once: the lines are `lines`, or first, first+1, …
+        """add_caption for each of `texts` at once: the lines are `lines` (increasing), or first,
+        first+1, …
 
         The same table as one add_caption a row, with the per-row work in a few comprehensions.
         """
