@@ -59,7 +59,8 @@ def reconcile(
     # the plan is recorded in the background; any other run records the plan first (the
     # output's files are looked up against the whole plan before anything is submitted).
     has_output = (run_dir / DATA_DIR).is_dir() or (storage.remote and storage.has_data())
-    recording = None if has_output else store.record_plan(plan.jobs, plan.digest)
+    # (a caption set's digest is made by the recorder, when it ends: not before the first submit)
+    recording = None if has_output else store.record_plan(plan.jobs, plan.digest_later())
     found = Reconciled(recording is not None or store.sync_plan(plan.jobs, plan.digest))
     files.remove_partials(
         run_dir, {run_dir / job_folder(stem) for stem in store.unfinished_stems()}
