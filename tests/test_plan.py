@@ -894,7 +894,9 @@ def test_a_caption_set_read_again_from_its_file_plans_as_one_held(
             "src": [None if i % 5 == 0 else f"https://x/{i}" for i in range(9000)],
             "n": list(range(9000)),
         }
-        pq.write_table(pa.table(columns), tmp_path / "c.parquet", row_group_size=2000)
+        # With keep, batches of 5,000 (checked at once by pyarrow) and a last one of 4,000.
+        size = 5000 if suffix == "keep" else 2000
+        pq.write_table(pa.table(columns), tmp_path / "c.parquet", row_group_size=size)
         entry = {"file": "c.parquet", "text": "caption"}
         if suffix == "keep":
             entry["keep"] = ["src", "n"]
@@ -975,12 +977,29 @@ class _EveryJob(plan.Planner):
         return None
 
 
-def test_a_caption_set_is_checked_by_its_columns(tmp_path: Path, registry: SchemaRegistry):
-    """A prompt file of captions on two models is planned without a pass over its jobs, to the same plan and digest."""
-    (tmp_path / "p.txt").write_text("".join(f"caption number {i}\n" for i in range(50)))
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv"])
+def test_a_caption_set_is_checked_by_its_columns(
+    tmp_path: Path, registry: SchemaRegistry, suffix: str
+):
+    """A prompt file of captions on two models, with kept columns or not, is planned without a pass over its jobs, to the same plan and digest."""
+    import json
+
+    texts = [f"caption number {i}" for i in range(50)]
+    entry: dict[str, Any] = {"file": f"p{suffix}"}
+    if suffix == ".txt":
+        (tmp_path / "p.txt").write_text("".join(f"{t}\n" for t in texts))
+    elif suffix == ".jsonl":
+        rows = [{"caption": t, "url": f"u{i}", "n": i} for i, t in enumerate(texts)]
+        (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        entry |= {"text": "caption", "keep": ["url", "n"]}
+    else:
+        (tmp_path / "p.csv").write_text(
+            "text,url\n" + "".join(f"{t},u{i}\n" for i, t in enumerate(texts))
+        )
+        entry |= {"keep": ["url"]}
     data = {
         "name": "t",
-        "prompts": [{"id": "first", "text": "an inline one"}, {"file": "p.txt"}],
+        "prompts": [{"id": "first", "text": "an inline one"}, entry],
         "models": MODELS[:2],
         "seeds": [7],
         "axes": {"aspect_ratio": ["1:1", "16:9"]},
@@ -992,3 +1011,8 @@ def test_a_caption_set_is_checked_by_its_columns(tmp_path: Path, registry: Schem
     assert callable(later) and isinstance(full.digest_source, str)  # nothing made yet
     assert _described(quick) == _described(full) and later() == full.digest
     assert quick.digest == quick.digest_later() == full.digest and len(quick.jobs) == 51 * 4
+    if suffix != ".txt":  # each job carries its own row's values (none for the inline prompt)
+        assert [j.extra for j in quick.jobs][:4] == [None] * 4
+        assert all(
+            json.loads(j.extra or "")["url"] == f"u{j.index // 4 - 1}" for j in quick.jobs[4:]
+        )
