@@ -1,24 +1,36 @@
-"""A caption set as dataset builders bring it, through `validate` and a `--max-jobs` trial.
+"""A caption set as dataset builders bring it, through `validate`, `plan` and a `--max-jobs` trial.
 
 N distinct captions (12 random words and a number, ~75 bytes) on one model with one seed each,
-in a .txt file, and as a .parquet file with a `caption` column and three more columns the
-renderer does not read (source `keep`: the same file keeping them, `keep: [source_url, license,
-original_id]`). Per tree (a checkout of this repository, run with PYTHONPATH=TREE) and
-case, the whole command's wall time and peak RSS (GNU time), medians of --runs alternated runs:
+in a .txt file; as a .parquet file with a `caption` column and three more columns the renderer
+does not read (source `keep`: the same file keeping them, `keep: [source_url, license,
+original_id]`); as .jsonl ({"caption": …} a line) and .csv (caption,n) files read with `text:
+caption`. Per tree (a checkout of this repository, run with PYTHONPATH=TREE) and case, the whole
+command's wall time, CPU time (user + sys) and peak RSS (GNU time), medians of --runs alternated
+runs; for the trial also the first submit: seconds from spawning the command to its first
+`submitted` event (`--log`), the number the issue's "first submit ≤ 3 s" is about, and the CPU
+seconds the process had used by then (process_time at that event, all threads: what the wall
+time would be on an idle core, whatever the load).
   validate   `renderer validate` (load the prompts, plan, check every job)
-  trial      `renderer run --max-jobs 20` on the built-in emulator, from a fresh output folder
-             (its 20 images, then whatever the command waits for before it exits)
+  plan       `renderer plan` (the same, and the summary it prints)
+  trial      `renderer run --max-jobs 20 --quiet` on the built-in emulator, from a fresh output
+             folder (its 20 images, then whatever the command waits for before it exits)
+The load average is printed before and after: on a shared machine wall times follow it; CPU
+seconds and ratios say more.
 Reproduce:  python bench/captions.py --captions 100000 --runs 3 TREE_A TREE_B
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,6 +72,12 @@ def captions(folder: Path, n: int) -> None:
     rng = random.Random(1)
     lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + f" {i}" for i in range(n)]
     (folder / "captions.txt").write_text("\n".join(lines) + "\n")
+    with open(folder / "captions.jsonl", "w") as handle:
+        handle.writelines(json.dumps({"caption": line}) + "\n" for line in lines)
+    with open(folder / "captions.csv", "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["caption", "n"])
+        out.writerows([line, i] for i, line in enumerate(lines))
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -77,12 +95,14 @@ def captions(folder: Path, n: int) -> None:
 
 
 def manifest(folder: Path, source: str) -> Path:
-    """txt, parquet, or keep (the parquet file keeping its three other columns as dataset columns)."""
-    entry = "{file: captions.txt}" if source == "txt" else "{file: captions.parquet, text: caption"
-    entry += (
-        ", keep: [source_url, license, original_id]}"
+    """txt, jsonl, csv, parquet, or keep (the parquet file keeping its three other columns as
+    dataset columns)."""
+    entry = (
+        "{file: captions.txt}"
+        if source == "txt"
+        else "{file: captions.parquet, text: caption, keep: [source_url, license, original_id]}"
         if source == "keep"
-        else "}" * (source != "txt")
+        else f"{{file: captions.{source}, text: caption}}"
     )
     path = folder / f"{source}.yaml"
     path.write_text(
@@ -92,21 +112,60 @@ def manifest(folder: Path, source: str) -> Path:
     return path
 
 
-def once(tree: Path, argv: list[str], folder: Path) -> tuple[float, float]:
-    """(seconds, peak MiB) of one command."""
+SOURCES = "txt,parquet,jsonl,csv"  # and keep: the parquet file keeping its other columns
+CASES = "validate,plan,trial"
+
+
+# The trial runs `renderer` with its event log's writer wrapped to note the process's CPU time
+# at the first `submitted` event (into the file named by CAPTIONS_CPU_AT_SUBMIT).
+_TRIAL = """
+import os, sys, time
+from renderer import console
+from renderer.cli import entrypoint
+write = console.EventLog.__call__
+def noted(self, event):
+    if event.get("type") == "submitted" and not os.path.exists(os.environ["CAPTIONS_CPU_AT_SUBMIT"]):
+        with open(os.environ["CAPTIONS_CPU_AT_SUBMIT"], "w") as out:
+            out.write(str(time.process_time()))
+    write(self, event)
+console.EventLog.__call__ = noted
+sys.argv[0] = "renderer"
+entrypoint()
+"""
+
+
+def once(
+    tree: Path, argv: list[str], folder: Path
+) -> tuple[float, float, float, float | None, float | None]:
+    """(seconds, CPU seconds, peak MiB, seconds and CPU seconds to the first submit, or None)."""
     shutil.rmtree(folder / "out", ignore_errors=True)
+    log, cpu_at = folder / "events.jsonl", folder / "cpu-at-submit"
+    log.unlink(missing_ok=True)
+    cpu_at.unlink(missing_ok=True)
+    trial = argv[0] == "run"
+    command = ["-c", _TRIAL, *argv, "--log", str(log)] if trial else ["-m", "renderer", *argv]
+    spawned = time.time()
     done = subprocess.run(
-        ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "renderer", *argv],
+        ["/usr/bin/time", "-f", "%e %U %S %M", sys.executable, *command],
         cwd=folder,
-        env=child_env(PYTHONPATH=str(tree)),
+        env=child_env(PYTHONPATH=str(tree), CAPTIONS_CPU_AT_SUBMIT=str(cpu_at)),
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode not in (0, 1):
         raise SystemExit(f"{tree}: renderer {' '.join(argv)} failed:\n{done.stderr[-2000:]}")
-    seconds, kib = done.stderr.strip().splitlines()[-1].split()
-    return float(seconds), int(kib) / 1024
+    seconds, user, system, kib = done.stderr.strip().splitlines()[-1].split()
+    first = first_cpu = None
+    if trial:
+        events = (json.loads(line) for line in log.read_text().splitlines())
+        first = next(e["time"] for e in events if e["type"] == "submitted") - spawned
+        first_cpu = float(cpu_at.read_text())
+    return float(seconds), float(user) + float(system), int(kib) / 1024, first, first_cpu
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -116,14 +175,20 @@ def main() -> None:
     ap.add_argument("trees", nargs="+", type=Path)
     ap.add_argument("--captions", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--sources", default="txt,parquet")
+    ap.add_argument("--sources", default=SOURCES)
+    ap.add_argument("--cases", default=CASES)
     args = ap.parse_args()
     trees = [t.resolve() for t in args.trees]
-    cases = {
+    every = {
         "validate": lambda m: ["validate", m.name],
+        "plan": lambda m: ["plan", m.name],
         "trial": lambda m: ["run", m.name, "--max-jobs", "20", "--quiet"],
     }
-    results: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+    cases = {c: every[c] for c in args.cases.split(",")}
+    results: dict[
+        tuple[str, str, int], list[tuple[float, float, float, float | None, float | None]]
+    ] = {}
+    started = load()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         captions(folder, args.captions)
@@ -146,23 +211,42 @@ def main() -> None:
     rows = []
     for (source, case, i), values in sorted(results.items()):
         base = results.get((source, case, 0))
-        seconds = median([v[0] for v in values])
-        ratio = f"{seconds / median([v[0] for v in base]):.2f}" if base else "-"
+        cpu = median([v[1] for v in values])
+        ratio = f"{cpu / median([v[1] for v in base]):.2f}" if base else "-"
+        firsts = [v[3] for v in values if v[3] is not None]
+        first_cpus = [v[4] for v in values if v[4] is not None]
         rows.append(
             [
                 source,
                 case,
                 f"{i}: {trees[i].name}",
-                f"{seconds:.1f}",
-                f"{median([v[1] for v in values]):.0f}",
+                f"{median([v[0] for v in values]):.1f}",
+                f"{cpu:.1f}",
+                f"{median(firsts):.1f}" if firsts else "-",
+                f"{median(first_cpus):.1f}" if first_cpus else "-",
+                f"{median([v[2] for v in values]):.0f}",
                 ratio,
             ]
         )
-    print(f"{machine()}; {args.captions:,} captions; medians of {args.runs} alternated runs")
-    print(table(["source", "case", "tree", "s", "peak MiB", "time ratio to tree 0"], rows))
     print(
-        f"reproduce: python bench/captions.py --captions {args.captions} --runs {args.runs} "
-        + (f" --sources {args.sources}" if args.sources != "txt,parquet" else "")
+        f"{machine()}; {args.captions:,} captions; medians of {args.runs} alternated runs; "
+        f"load average {started} before, {load()} after"
+    )
+    headers = [
+        "source",
+        "case",
+        "tree",
+        "wall s",
+        "CPU s",
+        "first submit s",
+        "its CPU s",
+        "peak MiB",
+    ]
+    print(table([*headers, "CPU ratio to tree 0"], rows))
+    print(
+        f"reproduce: python bench/captions.py --captions {args.captions} --runs {args.runs}"
+        + (f" --sources {args.sources}" if args.sources != SOURCES else "")
+        + (f" --cases {args.cases}" if args.cases != CASES else "")
         + " "
         + " ".join(map(str, trees))
     )

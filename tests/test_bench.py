@@ -214,9 +214,13 @@ def test_scale_out_pause_smoke(postgres_server, s3_server):
 
 @pytest.mark.slow
 def test_captions_smoke():
-    """bench/captions.py times validate and a --max-jobs trial of a caption set (.txt and .parquet)."""
+    """bench/captions.py times validate, plan and a --max-jobs trial of a caption set in four formats, with the first submit."""
     out = _run("bench/captions.py", "--captions", "300", "--runs", "1", str(ROOT))
-    assert "| parquet | trial" in out and "| txt     | validate" in out
+    assert (
+        "| parquet | trial" in out and "| txt     | validate" in out and "| csv     | plan" in out
+    )
+    trial = next(line for line in out.splitlines() if line.startswith("| jsonl   | trial"))
+    assert float(trial.split("|")[6]) > 0  # the first submit, seconds after the spawn
     assert "reproduce: python bench/captions.py" in out
 
 

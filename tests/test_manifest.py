@@ -183,12 +183,16 @@ def test_derived_ids_keep_their_formula(body: str):
     block=st.integers(1, 40),
     ending=st.sampled_from(["\n", "\r\n"]),
     final=st.booleans(),
+    backed=st.booleans(),
 )
 def test_prompt_files_stream_in_blocks_as_if_read_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines, block, ending, final
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines, block, ending, final, backed
 ):
-    """Read a block at a time, a .txt file gives the prompts and line numbers of reading it whole."""
+    """Read a block at a time, a .txt file gives the prompts and line numbers of reading it whole, its texts held or read again."""
+    from renderer.manifest import backed as backed_mod
     from renderer.manifest import reading
+
+    monkeypatch.setattr(backed_mod, "BACKED_BYTES", -1 if backed else backed_mod.BACKED_BYTES)
 
     body = ending.join(line.replace("\n", " ").replace("\r", " ") for line in lines)
     body += ending if final and lines else ""
@@ -205,6 +209,9 @@ def test_prompt_files_stream_in_blocks_as_if_read_whole(
         assert not texts or len(set(texts)) < len(texts), exc.problems
         return
     assert [(p.id, p.text, p.where[1]) for p in m.prompts] == expected
+    assert [(p.id, p.text) for p in m.prompts[len(expected) // 2 :]] == [
+        (pid, text) for pid, text, _ in expected[len(expected) // 2 :]
+    ]  # read from the middle
 
 
 def test_defaults_are_visible_and_resolved():
@@ -822,6 +829,137 @@ def test_parquet_prompt_files_read_only_the_named_columns(tmp_path: Path):
     with pytest.raises(ManifestError) as caught:
         parse(_manifest_with(tmp_path, "{file: c.parquet}").read_text(), tmp_path / "m.yaml")
     assert "no column 'text'" in caught.value.problems[0].message
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.lists(
+        st.sampled_from([None, "", "  ", "\u3000\t", "a\0b", "\u00a0x", "#tag"])
+        | st.text(min_size=1, max_size=12),
+        min_size=1,
+        max_size=12,
+    ),
+    pad=st.sampled_from([0, 16384]),
+    backed=st.booleans(),
+)
+def test_parquet_captions_are_checked_as_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, values, pad: int, backed: bool
+):
+    """A Parquet caption column gives each good row as a prompt at its row number and each bad one as a problem there, batch by batch, its texts held or read again."""
+    from renderer.manifest import backed as backed_mod
+
+    monkeypatch.setattr(backed_mod, "BACKED_BYTES", -1 if backed else backed_mod.BACKED_BYTES)
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    column = [f"padding row {i}" for i in range(pad)] + values  # a first batch of good rows
+    pq.write_table(pa.table({"caption": pa.array(column, pa.string())}), tmp_path / "c.parquet")
+    good = [
+        (n, v)
+        for n, v in enumerate(column, 1)
+        if isinstance(v, str) and v.strip() and "\0" not in v
+    ]
+    try:
+        m = parse(
+            _manifest_with(tmp_path, "{file: c.parquet, text: caption}").read_text(),
+            tmp_path / "m.yaml",
+        )
+    except ManifestError as exc:
+        kept = {n for n, _ in good}
+        bad = [n for n in range(1, len(column) + 1) if n not in kept]
+        texts = [v for _, v in good]
+        lines = sorted({p.line for p in exc.problems if p.file.endswith("c.parquet")})
+        assert lines == bad or len(set(texts)) < len(texts), exc.problems
+        return
+    assert [(p.id, p.text, p.where[1]) for p in m.prompts] == [(text_id(v), v, n) for n, v in good]
+    assert [p.text for p in m.prompts[-3:]] == [v for _, v in good[-3:]]  # read from the end
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.lists(
+        st.sampled_from([None, "", "  ", "a\0b", "\u00a0x", 7, 'x, "quoted"\nline'])
+        | st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+        min_size=1,
+        max_size=12,
+    ),
+    pad=st.sampled_from([0, 5000]),
+    suffix=st.sampled_from([".jsonl", ".csv"]),
+)
+def test_jsonl_and_csv_captions_are_read_as_row_by_row(
+    tmp_path: Path, values, pad: int, suffix: str
+):
+    """A caption column of a .jsonl or .csv file gives each good row as a prompt at its line, a batch at a time as one by one."""
+    column = [f"padding row {i}" for i in range(pad)] + values
+    path = tmp_path / f"c{suffix}"
+    rows: list[tuple[int, Any]] = []  # (line, value as the reader gives it)
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"caption": v}) + "\n" for v in column))
+        rows = list(enumerate(column, 1))
+    else:
+        with open(path, "w", newline="") as handle:
+            out = csv.writer(handle)
+            out.writerow(["caption", "n"])
+            for v in column:
+                out.writerow(["" if v is None else v, 1])
+        line = 2
+        for v in column:
+            text = "" if v is None else str(v)
+            rows.append((line, text))
+            line += 1 + text.count("\n")
+    good = [(n, v) for n, v in rows if isinstance(v, str) and v.strip() and "\0" not in v]
+    try:
+        m = parse(
+            _manifest_with(tmp_path, f"{{file: c{suffix}, text: caption}}").read_text(),
+            tmp_path / "m.yaml",
+        )
+    except ManifestError as exc:
+        if suffix == ".csv" and any("\0" in str(v) for v in column):  # the file is not text
+            assert "NUL byte" in exc.problems[0].message
+            return
+        texts = [v for _, v in good]
+        problems = sorted({p.line for p in exc.problems if p.file.endswith(f"c{suffix}")})
+        kept = {n for n, _ in good}
+        assert problems == [n for n, _ in rows if n not in kept] or len(set(texts)) < len(texts), (
+            exc.problems
+        )
+        return
+    assert [(p.id, p.text, p.where[1]) for p in m.prompts] == [(text_id(v), v, n) for n, v in good]
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".parquet", "keep"])
+def test_a_prompt_file_changed_after_its_check_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+):
+    """A large prompt file read again (its texts and kept values not held) that changed since it was checked stops the command, never gives another text or value."""
+    from renderer.manifest import backed as backed_mod
+
+    monkeypatch.setattr(backed_mod, "BACKED_BYTES", -1)
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    def write(texts: list[str], src: list[str]) -> None:
+        if suffix == ".txt":
+            (tmp_path / "c.txt").write_text("".join(t + "\n" for t in texts))
+        else:
+            pq.write_table(pa.table({"caption": texts, "src": src}), tmp_path / "c.parquet")
+
+    write(["a red fox", "a heron"], ["u1", "u2"])
+    entry = "{file: c.txt}" if suffix == ".txt" else "{file: c.parquet, text: caption"
+    entry += ", keep: [src]}" if suffix == "keep" else "}" * (suffix != ".txt")
+    m = parse(_manifest_with(tmp_path, entry).read_text(), tmp_path / "m.yaml")
+    assert [p.text for p in m.prompts] == ["a red fox", "a heron"]
+    if suffix == "keep":
+        assert [p.extra for p in m.prompts] == ['{"src":"u1"}', '{"src":"u2"}']
+        write(["a red fox", "a heron"], ["u1", "u3"])  # only a kept value differs
+    else:
+        write(["a red fox", "a crane"], ["u1", "u2"])  # the same size: the text differs
+    with pytest.raises(ManifestError) as caught:
+        list(m.prompts)
+    assert "changed (or is gone) since its prompts were checked" in caught.value.problems[0].message
 
 
 def test_txt_comment_lines_can_be_prompts(tmp_path: Path):

@@ -686,12 +686,20 @@ def prompt_limited(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
         min_size=1,
         max_size=6,
     ),
-    models=st.lists(st.sampled_from(MODELS[:3]), min_size=1, max_size=2, unique=True),
+    models=st.lists(
+        st.sampled_from(
+            [*MODELS[:3], {"endpoint": MODELS[1], "label": "fal-ai--flux-1--schnell"}]
+        ),  # the last one's images would share MODELS[0]'s folder
+        min_size=1,
+        max_size=2,
+        unique_by=str,
+    ),
     seeds=st.sampled_from([[1], [3, 1], {"random": 2}]),
     axes=st.sampled_from([{}, {"aspect_ratio": ["1:1", "16:9"]}]),
     layout=st.sampled_from(["flat", "sharded"]),
     limited=st.booleans(),
-    ids=st.booleans(),
+    ids=st.sampled_from(["derived", "given", "odd"]),
+    keep=st.booleans(),
 )
 @example(  # past the first row, texts over the limit and against the pattern
     texts=["twelve chars", "thirteen char", "bang!", "ok"],
@@ -700,7 +708,38 @@ def prompt_limited(tmp_path_factory: pytest.TempPathFactory) -> SchemaRegistry:
     axes={},
     layout="sharded",
     limited=True,
-    ids=True,
+    ids="given",
+    keep=False,
+)
+@example(  # two models whose images share one folder
+    texts=["one", "two"],
+    models=[MODELS[0], {"endpoint": MODELS[1], "label": "fal-ai--flux-1--schnell"}],
+    seeds=[1],
+    axes={},
+    layout="sharded",
+    limited=False,
+    ids="derived",
+    keep=False,
+)
+@example(  # ids that are not their own path segment: "a-" and "a" share one folder
+    texts=["one", "two", "three"],
+    models=[MODELS[0]],
+    seeds=[1],
+    axes={},
+    layout="flat",
+    limited=False,
+    ids="odd",
+    keep=False,
+)
+@example(  # kept values on a caption set the column pass proves clean
+    texts=["one", "two", "three", "four", "five", "six"],
+    models=[MODELS[0], MODELS[2]],
+    seeds=[1],
+    axes={"aspect_ratio": ["1:1", "16:9"]},
+    layout="flat",
+    limited=False,
+    ids="derived",
+    keep=True,
 )
 def test_caption_jobs_equal_jobs_made_one_by_one(
     tmp_path: Path,
@@ -713,18 +752,30 @@ def test_caption_jobs_equal_jobs_made_one_by_one(
     layout,
     limited,
     ids,
+    keep,
 ):
-    """A prompt file's rows, made by splicing each text into its column, give the jobs (or problems) of the long way."""
+    """A prompt file's rows, made by splicing each text into its column, give the jobs (or problems)
+    of the long way, each with its own row's kept values, and the digest of the pass that checks
+    every job."""
     import json
 
-    rows = [{"text": t, **({"id": f"Row.{i}_X"} if ids else {})} for i, t in enumerate(texts)]
+    odd = ["a-", "a", "con", "A.", "b"]  # segments a, a, _con, A, b
+    src = [7, "a,b", None, 2.5, True, "\u00e9\u001f"]  # kept values; every 7th row lacks the key
+    rows = [
+        {"text": t, **({"id": f"Row.{i}_X"} if ids == "given" else {})}
+        | ({"id": odd[i % len(odd)]} if ids == "odd" else {})
+        | ({"src": src[i % len(src)]} if keep and i % 7 != 6 else {})
+        for i, t in enumerate(texts)
+    ]
+    if keep and all("src" not in row for row in rows):
+        rows[0]["src"] = "x"  # a kept key no row has is refused as a misspelling
     (tmp_path / "p.jsonl").write_text(
         "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     )
     data = {
         "name": "t",
         "layout": layout,
-        "prompts": [{"file": "p.jsonl"}],
+        "prompts": [{"file": "p.jsonl", **({"keep": ["src"]} if keep else {})}],
         "models": models,
         "seeds": seeds,
         "axes": axes,
@@ -733,16 +784,21 @@ def test_caption_jobs_equal_jobs_made_one_by_one(
         m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
     except ManifestError:  # a text repeated, or only whitespace
         return
-    out = []
-    for planner in (plan.Planner, _Straightforward):
+    out, digests = [], []
+    for planner in (plan.Planner, _Straightforward, _EveryJob):
         try:
             made = planner(m, prompt_limited if limited else registry).build()
             jobs = list(made.jobs)
             assert [made.jobs[i] for i in range(len(jobs))] == jobs  # located, not walked
             out.append(_described(made))
+            digests.append(made.digest)
         except ManifestError as exc:
             out.append([(p.file, p.line, p.message, p.job) for p in exc.problems])
-    assert out[0] == out[1]
+    assert out[0] == out[1] == out[2]
+    assert digests[0:1] == digests[2:3]
+    if keep and digests:  # each job carries its own row's values
+        by_id = {p.id: {"src": row.get("src")} for p, row in zip(m.prompts, rows, strict=True)}
+        assert all(json.loads(j.extra) == by_id[j.prompt_id] for j in made.jobs)
 
 
 @settings(
@@ -811,3 +867,152 @@ def test_keep_changes_no_key_or_path_and_the_digest_follows_the_values(
     )
     straight = _Straightforward(kept.manifest, registry).build()
     assert list(straight.jobs) == list(kept.jobs)  # the shortcuts carry the values too
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".parquet", "keep"])
+def test_a_caption_set_read_again_from_its_file_plans_as_one_held(
+    tmp_path: Path, registry: SchemaRegistry, monkeypatch: pytest.MonkeyPatch, suffix: str
+):
+    """Captions whose texts (and kept values) are read again from the file (a large file) give the jobs, kept values and digest of captions held in memory."""
+    import json
+
+    from renderer.manifest import backed
+    from renderer.manifest.kept import kept_kinds
+
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    texts = [f"caption {i}" + (" é" if i % 7 == 0 else "") for i in range(9000)]
+    texts[5] = "#5 hashtag"  # a comment line in .txt, a caption in .parquet
+    if suffix == ".txt":
+        (tmp_path / "c.txt").write_text(
+            "".join(t + "\n" + ("\n" if i % 3 else "") for i, t in enumerate(texts))
+        )
+        entry: dict[str, Any] = {"file": "c.txt"}
+    else:
+        columns = {
+            "caption": texts,
+            "src": [None if i % 5 == 0 else f"https://x/{i}" for i in range(9000)],
+            "n": list(range(9000)),
+        }
+        # With keep, batches of 5,000 (checked at once by pyarrow) and a last one of 4,000.
+        size = 5000 if suffix == "keep" else 2000
+        pq.write_table(pa.table(columns), tmp_path / "c.parquet", row_group_size=size)
+        entry = {"file": "c.parquet", "text": "caption"}
+        if suffix == "keep":
+            entry["keep"] = ["src", "n"]
+    data = {"name": "t", "prompts": [entry], "models": MODELS[:2], "seeds": [1]}
+    made = []
+    for limit in (backed.BACKED_BYTES, -1):
+        monkeypatch.setattr(backed, "BACKED_BYTES", limit)
+        m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
+        p = plan.Planner(m, registry).build()
+        full = _EveryJob(m, registry).build()  # the digest of the pass that checks every job
+        assert p.digest == full.digest and list(p.jobs) == list(full.jobs)
+        made.append(
+            (list(p.jobs), p.digest, p.jobs[len(p.jobs) - 3], p.jobs[4001], kept_kinds(m.prompts))
+        )
+        (table,) = m.prompts.parts
+        if limit < 0:  # read again: the table holds no text and no kept values (as large)
+            assert len(table._texts) == len(table._extras) == 0
+        else:
+            assert len(table._texts) > 0 and (len(table._extras) > 0) == (suffix == "keep")
+    assert made[0] == made[1] and len(made[0][0]) == 2 * (9000 - (suffix == ".txt"))
+    if suffix == "keep":
+        assert made[0][4] == {"src": {"string"}, "n": {"int64"}}
+        for job in made[0][0]:
+            row = int(job.where.rsplit(":", 1)[1]) - 1
+            assert json.loads(job.extra or "") == {"src": columns["src"][row], "n": row}
+    else:
+        assert all(job.extra is None for job in made[0][0])
+
+
+def test_an_inline_id_equal_to_a_derived_one_is_a_repeated_id(
+    tmp_path: Path, registry: SchemaRegistry
+):
+    """An inline prompt named like a caption's derived id (in other case) is reported as a repeated id, whichever way it is checked."""
+    from renderer.manifest.table import text_id
+
+    (tmp_path / "p.txt").write_text("a red fox at dawn\nan owl\n")
+    data = {
+        "name": "t",
+        "prompts": [{"id": text_id("an owl").upper(), "text": "x"}, {"file": "p.txt"}],
+        "models": MODELS[:1],
+        "seeds": [1],
+    }
+    m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
+    problems = []
+    for planner in (plan.Planner, _Straightforward):
+        with pytest.raises(ManifestError) as info:
+            planner(m, registry).build()
+        problems.append([(p.line, p.message) for p in info.value.problems])
+    assert problems[0] == problems[1] and len(problems[0]) == 1
+    assert problems[0][0][0] == 2 and "duplicate prompt id" in problems[0][0][1]
+
+
+def test_repeated_texts_are_found_by_the_full_pass(tmp_path: Path, registry: SchemaRegistry):
+    """Two prompts with one text (a manifest made without the load's check) are named as paid twice, not planned."""
+    from dataclasses import replace
+
+    from renderer.manifest.table import Prompts, PromptTable
+
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    data = {"name": "t", "prompts": [{"file": "p.txt"}], "models": MODELS[:1], "seeds": [1]}
+    m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
+    table = PromptTable(str(tmp_path / "p.txt"), ("prompts", 0, "file"))
+    table.add(1, "one", "same text")
+    table.add(2, "two", "same text")
+    m = replace(m, prompts=Prompts([table]))
+    problems = []
+    for planner in (plan.Planner, _Straightforward):
+        with pytest.raises(ManifestError) as info:
+            planner(m, registry).build()
+        problems.append([p.message for p in info.value.problems])
+    assert problems[0] == problems[1] and "it would be paid twice" in problems[0][0]
+
+
+class _EveryJob(plan.Planner):
+    """The planner with its shortcuts but without the caption set's column pass: every job checked."""
+
+    def _column_pass(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv"])
+def test_a_caption_set_is_checked_by_its_columns(
+    tmp_path: Path, registry: SchemaRegistry, suffix: str
+):
+    """A prompt file of captions on two models, with kept columns or not, is planned without a pass over its jobs, to the same plan and digest."""
+    import json
+
+    texts = [f"caption number {i}" for i in range(50)]
+    entry: dict[str, Any] = {"file": f"p{suffix}"}
+    if suffix == ".txt":
+        (tmp_path / "p.txt").write_text("".join(f"{t}\n" for t in texts))
+    elif suffix == ".jsonl":
+        rows = [{"caption": t, "url": f"u{i}", "n": i} for i, t in enumerate(texts)]
+        (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        entry |= {"text": "caption", "keep": ["url", "n"]}
+    else:
+        (tmp_path / "p.csv").write_text(
+            "text,url\n" + "".join(f"{t},u{i}\n" for i, t in enumerate(texts))
+        )
+        entry |= {"keep": ["url"]}
+    data = {
+        "name": "t",
+        "prompts": [{"id": "first", "text": "an inline one"}, entry],
+        "models": MODELS[:2],
+        "seeds": [7],
+        "axes": {"aspect_ratio": ["1:1", "16:9"]},
+        "prices": {MODELS[0]: {"per_megapixel": 0.003}, MODELS[1]: {"per_image": 0.04}},
+    }
+    m = parse(yaml.safe_dump(data, sort_keys=False), tmp_path / "m.yaml")
+    quick, full = plan.Planner(m, registry).build(), _EveryJob(m, registry).build()
+    later = quick.digest_later()
+    assert callable(later) and isinstance(full.digest_source, str)  # nothing made yet
+    assert _described(quick) == _described(full) and later() == full.digest
+    assert quick.digest == quick.digest_later() == full.digest and len(quick.jobs) == 51 * 4
+    if suffix != ".txt":  # each job carries its own row's values (none for the inline prompt)
+        assert [j.extra for j in quick.jobs][:4] == [None] * 4
+        assert all(
+            json.loads(j.extra or "")["url"] == f"u{j.index // 4 - 1}" for j in quick.jobs[4:]
+        )

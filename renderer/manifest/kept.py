@@ -107,10 +107,18 @@ class Kept:
 
     def rows(self, columns: Sequence[list[Any]]) -> list[str]:
         """The stored texts of a batch of rows given column by column (a Parquet batch)."""
-        encoded = []
+        self.note(columns)
+        return self.encode(columns)
+
+    def note(self, columns: Sequence[list[Any]]) -> None:
+        """The kinds of a batch of rows' values noted, given column by column (`rows` without
+        the texts: a large file's values are read again when its rows are, backed.py)."""
         for name, values in zip(self.names, columns, strict=True):
             self.kinds[name].update(_kinds(values))
-            encoded.append(map(value_json, values))
+
+    def encode(self, columns: Sequence[list[Any]]) -> list[str]:
+        """The stored texts of a batch of rows given column by column; no kinds noted."""
+        encoded = [map(value_json, values) for values in columns]
         return list(map(SEPARATOR.join, zip(*encoded, strict=True)))
 
     def text(self, stored: str) -> str:

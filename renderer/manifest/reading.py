@@ -20,6 +20,12 @@ def text_blocks(path: Path, shown: str) -> Iterator[tuple[int, int, str]]:
     """(byte offset, lines before, text) of a UTF-8 file read BLOCK bytes at a time, each block
     ending at a line break; ManifestError for UTF-16, bytes that are not UTF-8, a NUL, a line
     over MAX_ROW_CHARS. Memory is one block, however large the file."""
+    for offset, lines, _, text in raw_blocks(path, shown):
+        yield offset, lines, text
+
+
+def raw_blocks(path: Path, shown: str) -> Iterator[tuple[int, int, bytes, str]]:
+    """text_blocks with each block's bytes as read: (byte offset, lines before, bytes, text)."""
     offset, lines = 0, 0
     try:
         handle = path.open("rb")
@@ -70,7 +76,7 @@ def text_blocks(path: Path, shown: str) -> Iterator[tuple[int, int, str]]:
                         )
                     ]
                 )
-            yield offset, lines, text
+            yield offset, lines, raw, text
             offset += len(raw)
             lines += raw.count(b"\n")
 

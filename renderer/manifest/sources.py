@@ -12,22 +12,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem, closest
+from renderer.manifest import backed
 from renderer.manifest.checks import RESERVED_PARAMS
+from renderer.manifest.columnar import BATCH_CHECK, column_bytes, plain_captions
 from renderer.manifest.kept import Kept, binary_columns
 from renderer.manifest.located import json_path
 from renderer.manifest.reading import (
     MAX_MANIFEST_BYTES,
     MAX_ROW_CHARS,
+    raw_blocks,
     read_text_file,
     row_too_long,
     text_blocks,
     text_lines,
 )
 from renderer.manifest.table import (
-    FingerprintLog,
     Fingerprints,
     Prompts,
     PromptTable,
+    parts_log,
     text_fingerprint,
     text_id,
 )
@@ -190,7 +193,7 @@ def _jsonl_rows(
         if not line.strip():
             continue
         try:
-            row = json.loads(line, parse_constant=_no_constant)
+            row = _DECODER.decode(line)
         except (json.JSONDecodeError, ValueError) as exc:
             col = exc.colno if isinstance(exc, json.JSONDecodeError) else 1
             msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
@@ -212,6 +215,10 @@ def _jsonl_rows(
 
 def _no_constant(word: str) -> Any:
     raise ValueError(f"{word} is not a finite number")
+
+
+# One decoder for every line (json.loads with an option makes a decoder per call: 3x the time).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def prompt_file(
@@ -272,11 +279,7 @@ def prompt_file(
     try:
         read_text_file(path, "prompt file", 0, check_only=True)
         if path.suffix == ".txt":
-            for n, text_line in text_lines(path, name):
-                if not text_line.strip() or (comments and text_line.lstrip().startswith("#")):
-                    continue
-                body = text_line.strip()
-                table.add(n, text_id(body), body)
+            _txt_rows(path, name, comments, table)
         elif path.suffix == ".csv":
             _prompts(
                 _csv_rows(path, name, columns, problems, kept, absent),
@@ -306,6 +309,27 @@ def prompt_file(
     return table, [replace(p, file=shown) if p.file == name else p for p in problems]
 
 
+def _txt_rows(path: Path, name: str, comments: bool, table: PromptTable) -> None:
+    """A .txt file's lines into `table`, a block at a time: each line stripped is a prompt (its
+    id derived from it), but blank lines and, with `comments`, lines starting with '#'. A file
+    over BACKED_BYTES keeps no text: its blocks are read again when rows are (backed.py)."""
+    backing = None
+    if path.stat().st_size > backed.BACKED_BYTES:
+        backing = backed.TextBacking(path, name, comments)
+        table.back(backing)
+    for offset, before, raw, text in raw_blocks(path, name):
+        if max(map(len, text.split("\n"))) > MAX_ROW_CHARS:
+            for n, line in enumerate(text.split("\n"), before + 1):
+                if len(line) > MAX_ROW_CHARS:
+                    raise ManifestError([row_too_long(name, n)])
+        if backing is not None:
+            backing.block(offset, before, raw, len(table))
+        lines, bodies = backed.txt_rows(text, before, comments)
+        table.add_captions(before + 1, lines, bodies)
+    if backing is not None:
+        backing.done()
+
+
 def _prompts(
     rows: Iterable[tuple[int, dict[str, Any]]],
     name: str,
@@ -319,6 +343,12 @@ def _prompts(
     kept = table.kept
     names = set(kept.names) if kept is not None else set()
     extra = None
+    # Rows of a text alone, good as they stand (what _row_prompt would take as is), are added
+    # a batch at a time (with their kept values); any other row first adds those before it,
+    # then goes the long way.
+    lines: list[int] = []
+    texts: list[str] = []
+    extras: list[str] = []  # with kept columns, each of those rows' values
     for n, row in rows:
         if kept is not None:
             extra = kept.row([row.get(k) for k in kept.names])
@@ -327,11 +357,32 @@ def _prompts(
         if columns:
             # Mapped: the named columns are read; any other column of a caption set is not ours.
             row = {mapped[k]: v for k, v in row.items() if k in mapped}
-        if "id" not in row and isinstance(row.get("text"), str) and not _bad_text(row["text"]):
-            row = {**row, "id": text_id(row["text"])}
-        got = _row_prompt(row, name, n, problems)
+        body = row.get("text")
+        if (
+            len(row) == 1
+            and isinstance(body, str)
+            and len(body) <= MAX_ROW_CHARS
+            and not _bad_text(body)
+        ):
+            lines.append(n)
+            texts.append(body)
+            if extra is not None:
+                extras.append(extra)
+            if len(texts) >= 4096:
+                table.add_captions(0, lines, texts, extras)
+                lines, texts, extras = [], [], []
+            continue
+        table.add_captions(0, lines, texts, extras)
+        lines, texts, extras = [], [], []
+        # A row without an id gets one derived from its text, made when the row is read
+        # (text_id): the table stores "" for it.
+        derived = (
+            "id" not in row and isinstance(row.get("text"), str) and not _bad_text(row["text"])
+        )
+        got = _row_prompt(row, name, n, problems, derived)
         if got is not None:
             table.add(n, *got, extra=extra)
+    table.add_captions(0, lines, texts, extras)
 
 
 def _parquet_rows(
@@ -378,21 +429,35 @@ def _parquet_rows(
             return missing
     problems: list[Problem] = []
     read = [c for c in wanted if c in present]
-    own = [*read, *(kept.names if kept is not None else ())]
-    n = 0
-    for batch in handle.iter_batches(columns=own, batch_size=16384):
+    kept_names = kept.names if kept is not None else ()
+    n, backing = 0, None
+    if (
+        read == [text_column]
+        and column_bytes(handle, {text_column, *kept_names}) > backed.BACKED_BYTES
+    ):
+        # A large caption set keeps no text nor kept values: its rows are read again when
+        # needed (backed.py); its kept values' kinds are noted as it is read.
+        backing = backed.ParquetBacking(path, shown, text_column, table.line, kept_names)
+        table.back(backing)
+    for batch in handle.iter_batches(columns=[*read, *kept_names], batch_size=16384):
         if read == [text_column]:
+            values = [batch.column(c).to_pylist() for c in kept_names]
+            # Kept values stored as read; a backed table's only noted (they are read again).
+            extras: list[Any] = [None] * batch.num_rows
+            if kept is not None and backing is None:
+                extras = kept.rows(values)
+            elif kept is not None:
+                kept.note(values)
+            if batch.num_rows >= BATCH_CHECK and plain_captions(batch.column(0)):
+                table.add_captions(n + 1, None, batch.column(0).to_pylist(), extras)
+                n += batch.num_rows
+                continue
             # Text only (a caption set): each row's id is derived from its text.
             texts = batch.column(0).to_pylist()
-            extras: list[Any] = (
-                kept.rows([batch.column(c).to_pylist() for c in kept.names])
-                if kept is not None
-                else [None] * len(texts)
-            )
             for i, body in enumerate(texts):
                 n += 1
                 if isinstance(body, str) and len(body) <= MAX_ROW_CHARS and not _bad_text(body):
-                    table.add(n, text_id(body), body, extra=extras[i])
+                    table.add_caption(n, body, extras[i])
                 else:
                     # A problem to report: the long way, for its message.
                     _prompts(
@@ -408,13 +473,16 @@ def _parquet_rows(
             n += 1
             rows.append((n, {k: v for k, v in record.items() if v is not None}))
         _prompts(rows, shown, columns, problems, table)
+    if backing is not None:
+        backing.done()
     return problems
 
 
 def _row_prompt(
-    row: dict[str, Any], name: str, n: int, problems: list[Problem]
+    row: dict[str, Any], name: str, n: int, problems: list[Problem], derived: bool = False
 ) -> tuple[str, str, dict[str, Any], tuple[str, ...]] | None:
-    """(id, text, params, tags) of a row, or None with its problems appended."""
+    """(id, text, params, tags) of a row, or None with its problems appended. `derived`: the row
+    has no id and gets one from its text when it is read (text_id); its id here is ""."""
     unknown = [k for k in row if k not in ("id", "text", "tags", "params")]
     for key in unknown:
         problems.append(
@@ -427,8 +495,8 @@ def _row_prompt(
                 suggestion=closest(key, ("id", "text", "tags", "params")),
             )
         )
-    pid, body = row.get("id"), row.get("text")
-    if not isinstance(pid, str) or not _SAFE_ID.fullmatch(pid):
+    pid, body = ("" if derived else row.get("id")), row.get("text")
+    if not isinstance(pid, str) or not (derived or _SAFE_ID.fullmatch(pid)):
         problems.append(
             Problem(
                 name,
@@ -492,15 +560,11 @@ def duplicate_texts(prompts: Sequence[Prompt], shown: dict[str, str]) -> list[Pr
     A first pass keeps 64-bit fingerprints of (text, params) only; the prompts whose fingerprint
     came twice are then compared exactly (none, for a caption set without repeats).
     """
-    log = FingerprintLog()
-    for part in prompts.parts if isinstance(prompts, Prompts) else (prompts,):
-        if isinstance(part, PromptTable):
-            log.extend(part.texts_params)
-        else:
-            for p in part:
-                log.add(text_fingerprint(p.text, p.params))
-    suspects = log.repeated()
-    del log
+    suspects = parts_log(
+        prompts.parts if isinstance(prompts, Prompts) else (prompts,),
+        lambda table: table.texts_params,
+        lambda p: text_fingerprint(p.text, p.params),
+    ).repeated()
     if not suspects:
         return []
     groups: dict[tuple[str, str], list[Prompt]] = {}

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from array import array
-from collections.abc import Iterator, Sequence
-from itertools import chain, pairwise
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import accumulate, chain, pairwise
 from typing import TYPE_CHECKING, Any, overload
 
 from renderer.manifest.types import Prompt
 
 if TYPE_CHECKING:
+    from renderer.manifest.backed import Backing
     from renderer.manifest.kept import Kept
     from renderer.manifest.located import Path_
 
 
+_sha256 = hashlib.sha256
 _SEPARATORS = bytes(c if 48 <= c <= 57 or 97 <= c <= 122 else 32 for c in range(256))
 _NO_PARAMS: dict[
     str, Any
@@ -43,6 +46,41 @@ def text_id(body: str) -> str:
         words = lowered.encode().translate(_SEPARATORS).split()
     pid = b"-".join(words[:4])[:40].decode() + "-" + hashlib.sha256(body.encode()).hexdigest()[:12]
     return pid.lstrip("-")
+
+
+_HEX12 = re.compile(r"[0-9a-f]{12}")
+
+
+def id_fingerprint(pid: str) -> int:
+    """A 64-bit fingerprint of a prompt id ignoring case: ids equal but for case give equal ones.
+
+    An id ending in 12 hex digits is fingerprinted by those digits: for an id derived from its
+    text (text_id) they are the first 48 bits of the text's sha256, so a caption's id need not be
+    made to be compared (see PromptTable.add_caption). Any other id by its folded text's hash.
+    """
+    folded = pid.lower()
+    tail = folded[-12:]
+    if len(tail) == 12 and _HEX12.fullmatch(tail):
+        return int(tail, 16)
+    return hash(folded) & Fingerprints.MASK
+
+
+def parts_log(
+    parts: Sequence[Sequence[Prompt]],
+    of_table: Callable[[PromptTable], FingerprintLog],
+    of_prompt: Callable[[Prompt], int],
+) -> FingerprintLog:
+    """One log of the prompts' fingerprints: a table's own log (`of_table`, taken as its file was
+    read), not copied when it is the only part; else a new log of every part's."""
+    if len(parts) == 1 and isinstance(parts[0], PromptTable):
+        return of_table(parts[0])
+    log = FingerprintLog()
+    for part in parts:
+        if isinstance(part, PromptTable):
+            log.extend(of_table(part))
+        else:
+            log.extend_values(of_prompt(p) & Fingerprints.MASK for p in part)
+    return log
 
 
 class Fingerprints:
@@ -109,6 +147,10 @@ class FingerprintLog:
     def extend(self, other: FingerprintLog) -> None:
         self._values.extend(other._values)
 
+    def extend_values(self, values: Iterable[int]) -> None:
+        """Each of `values` added (each already in 0 .. 2**64-1)."""
+        self._values.extend(values)
+
     def __len__(self) -> int:
         return len(self._values)
 
@@ -136,10 +178,36 @@ class FingerprintLog:
 
 
 def text_fingerprint(text: str, params: dict[str, Any]) -> int:
-    """What two prompts share when they would send the same input: text and params (this process)."""
+    """What two prompts share when they would send the same input: text and params (this process).
+
+    Without params, bytes 8-15 of the text's sha256: the hash a caption's id is made from gives
+    both its id's fingerprint (bytes 0-5) and its text's (see PromptTable.add_captions).
+    """
     if not params:
-        return hash(text)
+        return int.from_bytes(_sha256(text.encode()).digest()[8:16], "big")
     return hash((text, json.dumps(params, sort_keys=True, default=str)))
+
+
+# A batch of captions at least this large has its fingerprints taken from its hashes by numpy.
+_NUMPY_BATCH = 4096
+
+
+def caption_fingerprints(encoded: Sequence[bytes]) -> tuple[Iterable[int], Iterable[int]]:
+    """(text fingerprints, id fingerprints) of captions given as UTF-8: text_fingerprint(text, {})
+    and the fingerprint of text_id(text) (id_fingerprint), from one sha256 each."""
+    sha = _sha256
+    if len(encoded) < _NUMPY_BATCH:
+        digests = [sha(e).digest() for e in encoded]
+        number = int.from_bytes
+        return [number(d[8:16], "big") for d in digests], [number(d[:6], "big") for d in digests]
+    import numpy as np  # only for large batches: importing the manifest stage stays light
+
+    raw = np.frombuffer(b"".join([sha(e).digest() for e in encoded]), dtype=np.uint8)
+    raw = raw.reshape(len(encoded), 32)
+    texts = raw[:, 8:16].copy().view(">u8").astype(np.uint64).ravel()
+    ids = np.zeros((len(encoded), 8), dtype=np.uint8)
+    ids[:, 2:] = raw[:, :6]  # 48 bits, big-endian, in 8 bytes
+    return texts.tolist(), ids.view(">u8").astype(np.uint64).ravel().tolist()
 
 
 # A Prompt made without its dataclass __init__ (which sets each field through the frozen
@@ -174,9 +242,16 @@ def _position(index: int, size: int) -> int:
 
 
 class PromptTable(Sequence[Prompt]):
-    """The prompts of one prompt file, in file order: `where` is (file, line or row, 1)."""
+    """The prompts of one prompt file, in file order: `where` is (file, line or row, 1).
+
+    A row whose id is derived from its text (a caption set's) stores no id: it is made again by
+    text_id whenever the row is read, and compared by its fingerprint (id_fingerprint), which
+    is 48 bits of the sha256 the id is made from.
+    """
 
     __slots__ = (
+        "_backing",
+        "_count",
         "_ends",
         "_extra_ends",
         "_extras",
@@ -190,25 +265,68 @@ class PromptTable(Sequence[Prompt]):
         "kept",
         "path",
         "texts_params",
+        "with_params",
     )
 
     def __init__(self, file: str, path: Path_, kept: Kept | None = None) -> None:
         self.file = file
         self.path = path
-        # The kept columns (`keep:`): each row's values as one text in a shared buffer (kept.py).
+        self._count = 0
+        # The texts as UTF-8 and each row's end in it; or, for a large file, read again from it.
+        self._texts = bytearray()
+        self._ends = array("Q")
+        self._backing: Backing | None = None
+        # The kept columns (`keep:`): each row's values as one text (kept.py) in a shared buffer
+        # and its end in it; or, for a large file, read again from it with the texts.
         self.kept = kept
         self._extras = bytearray()
         self._extra_ends = array("Q")
-        self._texts = bytearray()
-        self._ends = array("Q")
+        # Ids given by the file (an empty one: derived from the text); None while none was given.
         self._ids = bytearray()
-        self._id_ends = array("Q")
-        self._lines = array("Q")
+        self._id_ends: array[int] | None = None
+        self._lines: array[int] | None = None  # None while row i is at line i + 1
         self._more: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}  # params, tags
+        self.with_params = False  # some row has params (its input is not its column's)
         # Taken as rows are added (the strings are at hand then): repeated texts and ids are
         # found from these without reading the rows again (see text_fingerprint, id_fingerprint).
         self.texts_params = FingerprintLog()
         self.folded_ids = FingerprintLog()
+
+    def back(self, backing: Backing) -> None:
+        """Keep no text (nor kept values) from here on: the rows' texts and kept values are read
+        again from `backing` (backed.py). Called before any row is added."""
+        self._backing = backing
+
+    def _add_lines(self, first: int, lines: Sequence[int] | None, count: int) -> None:
+        """Record the lines of `count` rows being added: `lines`, or first, first+1, …"""
+        if self._lines is None:
+            if lines and lines[0] == self._count + 1 and lines[-1] == self._count + count:
+                return  # lines increase (every caller's do): these are row + 1 still
+            if lines is None and first == self._count + 1:
+                return  # still row i at line i + 1
+            self._lines = array("Q", range(1, self._count + 1))
+        self._lines.extend(range(first, first + count) if lines is None else lines)
+
+    def _store(self, encoded: list[bytes], extras: Sequence[str] | None = None) -> None:
+        """The texts and kept values (`extras`, as Kept.row stores them) of rows being added
+        (nothing, when they are read again from the file)."""
+        if self._backing is None:
+            ends = accumulate(map(len, encoded), initial=len(self._texts))
+            next(ends)
+            self._ends.extend(ends)
+            self._texts += b"".join(encoded)
+            if self.kept is not None:
+                # Every row has its values, or the offsets would not line up.
+                if extras is None or len(extras) != len(encoded):
+                    raise ValueError("each row of a table with kept columns needs its kept values")
+                values = [e.encode() for e in extras]
+                extra_ends = accumulate(map(len, values), initial=len(self._extras))
+                next(extra_ends)
+                self._extra_ends.extend(extra_ends)
+                self._extras += b"".join(values)
+        if self._id_ends is not None:
+            self._id_ends.extend([len(self._ids)] * len(encoded))
+        self._count += len(encoded)
 
     def add(
         self,
@@ -219,24 +337,66 @@ class PromptTable(Sequence[Prompt]):
         tags: tuple[str, ...] = (),
         extra: str | None = None,
     ) -> None:
-        """One row; `extra` is its kept values as kept.Kept.row stores them (with `kept` only)."""
-        if self.kept is not None:
-            if extra is None:  # every row has its values, or the offsets would not line up
-                raise ValueError("a row of a table with kept columns needs its kept values")
-            self._extras += extra.encode()
-            self._extra_ends.append(len(self._extras))
+        """One row; an empty `pid` means the id is derived from the text (text_id). `extra` is
+        its kept values as Kept.row stores them (a table with kept columns only)."""
         if params or tags:
-            self._more[len(self._ends)] = (params or _NO_PARAMS, tags)
+            self._more[self._count] = (params or _NO_PARAMS, tags)
+            self.with_params = self.with_params or bool(params)
+        if not pid and not params and not tags:
+            self.add_caption(line, text, extra)
+            return
         self.texts_params.add(text_fingerprint(text, params or _NO_PARAMS))
-        self.folded_ids.add(hash(pid.lower()))
-        self._texts += text.encode()
-        self._ends.append(len(self._texts))
-        self._ids += pid.encode()
-        self._id_ends.append(len(self._ids))
-        self._lines.append(line)
+        encoded = text.encode()
+        self._add_lines(line, None, 1)
+        if pid:
+            if self._id_ends is None:  # the rows before this one derive theirs
+                self._id_ends = array("Q", bytes(8 * self._count))
+            self._ids += pid.encode()
+            self._id_ends.append(len(self._ids))
+            self.folded_ids.add(id_fingerprint(pid))
+            ids, self._id_ends = self._id_ends, None  # stored: _store adds no "" for it
+            self._store([encoded], None if extra is None else [extra])
+            self._id_ends = ids
+        else:
+            self.folded_ids.add(int.from_bytes(_sha256(encoded).digest()[:6], "big"))
+            self._store([encoded], None if extra is None else [extra])
+
+    def add_caption(self, line: int, text: str, extra: str | None = None) -> None:
+        """A row of text alone (no params or tags), its id derived from the text: add(line, "", text).
+
+        The id's fingerprint is the first 48 bits of sha256(text), which id_fingerprint finds
+        in the id text_id makes (its last 12 hex digits): equal for equal ids.
+        """
+        encoded = text.encode()
+        digest = _sha256(encoded).digest()
+        self.texts_params.add(int.from_bytes(digest[8:16], "big"))  # text_fingerprint(text, {})
+        self.folded_ids.add(int.from_bytes(digest[:6], "big"))
+        self._add_lines(line, None, 1)
+        self._store([encoded], None if extra is None else [extra])
+
+    def add_captions(
+        self,
+        first: int,
+        lines: Sequence[int] | None,
+        texts: Sequence[str],
+        extras: Sequence[str] | None = None,
+    ) -> None:
+        """add_caption for each of `texts` (and `extras`, with kept columns) at once: the lines
+        are `lines` (increasing), or first, first+1, …
+
+        The same table as one add_caption a row, with the per-row work in a few comprehensions.
+        """
+        if not texts:
+            return
+        encoded = [t.encode() for t in texts]
+        text_fps, id_fps = caption_fingerprints(encoded)
+        self.texts_params.extend_values(text_fps)
+        self.folded_ids.extend_values(id_fps)
+        self._add_lines(first, lines, len(texts))
+        self._store(encoded, extras)
 
     def __len__(self) -> int:
-        return len(self._ends)
+        return self._count
 
     @overload
     def __getitem__(self, index: int) -> Prompt: ...
@@ -251,43 +411,109 @@ class PromptTable(Sequence[Prompt]):
     def __iter__(self) -> Iterator[Prompt]:
         return self._rows(0, len(self))
 
+    def line(self, index: int) -> int:
+        """The line (or row number) of row `index`."""
+        return index + 1 if self._lines is None else self._lines[index]
+
+    def _line_numbers(self, rows: range) -> Sequence[int]:
+        if self._lines is None:
+            return range(rows.start + 1, rows.stop + 1)
+        return self._lines[rows.start : rows.stop]
+
     def _rows(self, start: int, stop: int) -> Iterator[Prompt]:
-        texts, ends, ids, id_ends, lines = (
-            self._texts,
-            self._ends,
-            self._ids,
-            self._id_ends,
-            self._lines,
-        )
         more, file, path = self._more, self.file, self.path
-        at = ends[start - 1] if start else 0
+        ids = self._each_id(start, stop)
+        for texts, extras, rows in self._chunks(start, stop):
+            lines = self._line_numbers(rows)
+            for i, text, line, extra in zip(rows, texts, lines, extras, strict=True):
+                params, tags = more.get(i, (_NO_PARAMS, ()))
+                pid = next(ids)
+                yield _prompt(
+                    pid or text_id(text), text, params, tags, (file, line, 1), path, extra
+                )
+
+    def _each_id(self, start: int, stop: int) -> Iterator[str]:
+        """The ids the file gave rows start..stop-1, in order ("" for a row whose id is derived)."""
+        id_ends = self._id_ends
+        if id_ends is None:
+            for _ in range(start, stop):
+                yield ""
+            return
+        ids = self._ids
         id_at = id_ends[start - 1] if start else 0
-        kept, extras, extra_ends = self.kept, self._extras, self._extra_ends
-        extra_at = extra_ends[start - 1] if start and kept is not None else 0
-        extra = None
         for i in range(start, stop):
-            end, id_end = ends[i], id_ends[i]
-            params, tags = more.get(i, (_NO_PARAMS, ()))
-            if kept is not None:
-                extra = kept.text(extras[extra_at : extra_ends[i]].decode())
-                extra_at = extra_ends[i]
-            yield _prompt(
-                ids[id_at:id_end].decode(),
-                texts[at:end].decode(),
-                params,
-                tags,
-                (file, lines[i], 1),
-                path,
-                extra,
-            )
-            at, id_at = end, id_end
+            id_end = id_ends[i]
+            yield ids[id_at:id_end].decode()
+            id_at = id_end
 
     def ids(self) -> Iterator[str]:
         """Each row's id, in order, without making prompts."""
-        ids, at = self._ids, 0
-        for end in self._id_ends:
-            yield ids[at:end].decode()
-            at = end
+        for pid, text in zip(self._each_id(0, len(self)), self.texts(), strict=True):
+            yield pid or text_id(text)
+
+    def given_ids(self) -> Iterator[str]:
+        """The ids the file gave (not the ones derived from text), in order."""
+        return (pid for pid in self._each_id(0, len(self)) if pid)
+
+    def texts(self) -> Iterator[str]:
+        """Each row's text, in order, without making prompts."""
+        for texts, _, _ in self._chunks(values=False):
+            yield from texts
+
+    def _chunks(
+        self, start: int = 0, stop: int | None = None, size: int = 8192, values: bool = True
+    ) -> Iterator[tuple[list[str], list[str | None], range]]:
+        """(texts, kept values (Prompt.extra) each, their row numbers) of rows start..stop-1, a
+        chunk at a time, in order; the values are None without kept columns, or `values` False."""
+        stop = self._count if stop is None else stop
+        kept = self.kept if values else None
+        if self._backing is not None:
+            for first, texts, stored in self._backing.chunks(start, stop, kept):
+                low, high = max(start, first), min(stop, first + len(texts))
+                if low < high:
+                    yield (
+                        texts[low - first : high - first],
+                        _extras(kept, stored, low - first, high - first),
+                        range(low, high),
+                    )
+            return
+        for low in range(start, stop, size):
+            high = min(low + size, stop)
+            texts = _slices(self._texts, self._ends, low, high)
+            stored = None if kept is None else _slices(self._extras, self._extra_ends, low, high)
+            yield texts, _extras(kept, stored, 0, high - low), range(low, high)
+
+    def literal_rows(
+        self,
+    ) -> Iterator[tuple[list[str], list[str], list[tuple[str, ...]], list[str | None]]]:
+        """(texts, "file:line" each, tags each, kept values each) of the rows, a chunk at a time,
+        in order: what a job takes from its prompt besides the id (the plan's digest is made of
+        these)."""
+        more, file = self._more, self.file
+        for texts, extras, rows in self._chunks():
+            wheres = [f"{file}:{line}" for line in self._line_numbers(rows)]
+            none: tuple[str, ...] = ()
+            tags = [more[i][1] if i in more else none for i in rows] if more else [none] * len(rows)
+            yield texts, wheres, tags, extras
+
+
+def _slices(buffer: bytearray, ends: array[int], low: int, high: int) -> list[str]:
+    """The texts of rows low..high-1 of a shared UTF-8 buffer and its rows' ends."""
+    at = ends[low - 1] if low else 0
+    chunk = buffer[at : ends[high - 1]].decode()
+    bounds = [e - at for e in ends[low:high]]
+    if chunk.isascii():  # byte offsets are character offsets: one decode for the chunk
+        return [chunk[a:b] for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+    raw = buffer[at : ends[high - 1]]
+    return [raw[a:b].decode() for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+
+
+def _extras(kept: Kept | None, stored: list[str] | None, low: int, high: int) -> list[str | None]:
+    """Prompt.extra of rows low..high-1 of a chunk's stored kept values (None each: none kept)."""
+    if kept is None or stored is None:
+        return [None] * (high - low)
+    text = kept.text
+    return [text(values) for values in stored[low:high]]
 
 
 class Prompts(Sequence[Prompt]):

@@ -10,7 +10,7 @@ from typing import Any
 
 from renderer.errors import Problem, closest
 from renderer.manifest.located import json_path
-from renderer.manifest.table import FingerprintLog, Fingerprints, Prompts, PromptTable
+from renderer.manifest.table import Prompts, id_fingerprint, parts_log
 from renderer.manifest.types import Model, Prompt
 from renderer.models.schemas import Violation
 from renderer.plan.core import PlannerCore, PromptIndex
@@ -28,20 +28,16 @@ class PlanChecks(PlannerCore):
     def check_names(self) -> tuple[PromptIndex, dict[str, Model]]:
         # Ids are compared folded, by 64-bit fingerprints first; only the ids whose fingerprint
         # came twice are then compared exactly, in order (none, for distinct captions).
-        log = FingerprintLog()
         prompts_ = self.m.prompts
-        for part in prompts_.parts if isinstance(prompts_, Prompts) else (prompts_,):
-            if isinstance(part, PromptTable):
-                log.extend(part.folded_ids)  # taken as the file was read
-            else:
-                for p in part:
-                    log.add(hash(p.id.lower()))
-        suspects = log.repeated()
-        del log
+        suspects = parts_log(
+            prompts_.parts if isinstance(prompts_, Prompts) else (prompts_,),
+            lambda table: table.folded_ids,  # taken as the file was read
+            lambda p: id_fingerprint(p.id),
+        ).repeated()
         skipped: set[int] = set()
         folded: dict[str, Prompt] = {}
         for i, p in enumerate(self.m.prompts if suspects else ()):
-            if hash(p.id.lower()) & Fingerprints.MASK not in suspects:
+            if id_fingerprint(p.id) not in suspects:
                 continue
             other = folded.get(p.id.lower())
             if other is not None:

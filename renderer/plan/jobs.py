@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from threading import Lock
 from typing import Any, overload
 
 from renderer.canonical import canonical_json
@@ -157,11 +158,8 @@ class Plan:
     jobs: Sequence[Job]  # a list, or `Jobs` (made on demand) from `build`
     costs: dict[str, float | None]  # per model name; None where no price is given
     notes: list[str]  # things worth knowing that are not errors
-    # sha256 over the plan in order ("" = unknown): each job's key, model, source and tags, or for
-    # a cell checked whole, its input text without the seed, its seeds, model, source and tags;
-    # and its kept columns where it has some. Either way a function of exactly the jobs (keys,
-    # models, sources, tags, kept values) and their order.
-    digest: str = ""
+    # The digest (see `digest`), or the function that makes it when first asked.
+    digest_source: str | Callable[[], str] = ""
     by_model: dict[str, tuple[int, int]] = field(
         default_factory=dict
     )  # model → (jobs, images), plan order
@@ -170,6 +168,25 @@ class Plan:
         None  # each distinct set of axis values, in plan order
     )
     layout: str = "flat"  # where images go under data/ (layout.py): flat or sharded
+    _made: Lock = field(default_factory=Lock, init=False, repr=False, compare=False)
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the plan in order ("" = unknown): each job's key, model, source and tags,
+        or for a cell checked whole, its input text without the seed, its seeds, model, source
+        and tags; and its kept columns where it has some. Either way a function of exactly the
+        jobs (keys, models, sources, tags, kept values) and their order. A caption set's is made
+        when first asked (a pass over every job's key)."""
+        with self._made:  # asked by the plan recorder's thread and the run's alike: made once
+            if callable(self.digest_source):
+                self.digest_source = self.digest_source()
+            return self.digest_source
+
+    def digest_later(self) -> str | Callable[[], str]:
+        """The digest, or a function making it, for whoever needs it only later (a recorder)."""
+        if isinstance(self.digest_source, str):
+            return self.digest_source
+        return lambda: self.digest
 
     @property
     def run_dir(self) -> Path:

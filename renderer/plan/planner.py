@@ -14,28 +14,26 @@ Invariants:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from renderer.manifest.table import FingerprintLog
 from renderer.manifest.types import Manifest, Prompt
 from renderer.manifest.variables import prompt_axes, sweep_names
 from renderer.models.schemas import SchemaRegistry
-from renderer.models.sizes import requested_size
-from renderer.plan.cost import megapixels
-from renderer.plan.expand import Expansion
+from renderer.plan.columns import Columns
 from renderer.plan.jobs import (
     Job,
     Jobs,
     Plan,
     canonical,
-    freeze,
 )
 from renderer.plan.template import CellBlock
 from renderer.plan.unique import Fingerprints as Fingerprints  # re-exported (tests, older imports)
 from renderer.plan.unique import Tally
 
 
-class Planner(Expansion):
+class Planner(Columns):
     # -------------------------------------------------- manifest-level checks
 
     # -------------------------------------------------- job assembly
@@ -83,8 +81,15 @@ class Planner(Expansion):
             dict(self.problems),
             dict(self.counts),
         )  # the manifest-level problems, kept for a rerun
-        tally = self._check_pass()
-        if (
+        # A caption set proved clean by its columns (plan/columns.py); else every job checked.
+        quick = self._column_pass()
+        digest: str | Callable[[], str]
+        if quick is not None:
+            tally, digest = quick
+        else:
+            tally = self._check_pass()
+            digest = tally.digest.hexdigest()
+        if quick is None and (
             self._suspect_stems
             or self._suspect_keys
             or self._suspect_prefixes
@@ -93,6 +98,7 @@ class Planner(Expansion):
             self.problems, self.counts = dict(found[0]), defaultdict(int, found[1])
             self._exact = True
             tally = self._check_pass()
+            digest = tally.digest.hexdigest()
         if not tally.combos and not self.problems:
             self.at(
                 ("exclude",) if self.m.exclude else ("prompts",),
@@ -125,7 +131,7 @@ class Planner(Expansion):
             jobs,
             costs,
             notes,
-            digest=tally.digest.hexdigest(),
+            digest_source=digest,
             by_model=dict(tally.by_model),
             image_count=tally.images,
             distinct_axes=list(tally.axes.values()),
@@ -152,17 +158,7 @@ class Planner(Expansion):
         self._first_stem: dict[str, Job] = {}
         self._first_key: dict[str, Job] = {}
         tally = Tally()
-        prices = {}
-        for name, model in self.models.items():
-            price = self.m.prices.get(model.endpoint) or self.m.prices.get(name)
-            if price:
-                # Unset sizes are priced at the endpoint's documented default size.
-                props = {} if model.unchecked else self.registry.properties(model.endpoint)
-                prices[name] = (
-                    price,
-                    {k: v["default"] for k, v in props.items() if "default" in v},
-                )
-                tally.costs[name] = 0.0
+        prices = self._prices(tally)
         sizes: dict[tuple[Any, ...], float] = {}
         for item in self._generate(check=True, tally=tally, blocks=blocks):
             if isinstance(item, CellBlock):
@@ -174,23 +170,7 @@ class Planner(Expansion):
             priced = prices.get(job.model)
             if priced is None:
                 continue
-            price, documented = priced
-            if "per_image" in price:
-                cost = price["per_image"] * job.num_images
-            else:
-                size = job.input.get("image_size")
-                memo = (
-                    job.model,
-                    freeze(size) if isinstance(size, dict) else size,
-                    job.input.get("resolution"),
-                    job.input.get("aspect_ratio"),
-                )
-                if memo not in sizes:
-                    # The size the model will produce (the same arithmetic as the emulator's
-                    # pictures), so the estimate prices the image that `image_cost` later bills:
-                    # a 16:9 request is 1024x576 = 0.59 MP, not a flat 1.05 MP.
-                    sizes[memo] = megapixels(*requested_size(job.input, documented))
-                cost = price["per_megapixel"] * job.num_images * sizes[memo]
+            cost = self._job_cost(job, priced, sizes)
             total = tally.costs[job.model]
             for _ in range(count):  # added one job at a time, as the straightforward way rounds
                 total += cost

@@ -59,8 +59,12 @@ def reconcile(
     # the plan is recorded in the background; any other run records the plan first (the
     # output's files are looked up against the whole plan before anything is submitted).
     has_output = (run_dir / DATA_DIR).is_dir() or (storage.remote and storage.has_data())
+    # (a caption set's digest is made by the recorder, when it ends: not before the first submit;
+    # a trial records only the jobs it needs, and then no digest)
     recording = (
-        None if has_output else store.record_plan(plan.jobs, plan.digest, upto=config.max_jobs)
+        None
+        if has_output
+        else store.record_plan(plan.jobs, plan.digest_later(), upto=config.max_jobs)
     )
     found = Reconciled(recording is not None or store.sync_plan(plan.jobs, plan.digest))
     files.remove_partials(
