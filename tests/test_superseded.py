@@ -35,23 +35,32 @@ def _planned(manifest: Path, out: Path) -> set[str]:
     return {p.relative_to(out / "t" / "data").as_posix() for p in paths}
 
 
+def _manifest(tmp_path: Path, **defaults: object) -> Path:
+    """The tests' manifest (seeds 1 and 2, output tmp_path/out, run folder out/t), with `defaults`."""
+    extra = {"defaults": defaults} if defaults else {}
+    return write_manifest(tmp_path, seeds=[1, 2], output=str(tmp_path / "out"), **extra)
+
+
+def _render(tmp_path: Path, url: str, *flags: str) -> tuple[int, str, str]:
+    """`renderer run m.yaml` on the test's emulator."""
+    return cli("run", str(tmp_path / "m.yaml"), "--provider", url, *flags, env={"FAL_KEY": "k"})
+
+
 def test_data_folder_is_the_metadata_after_a_parameter_change_and_back(tmp_path: Path):
     """After a parameter change data/ holds exactly metadata.jsonl's images (the old ones in
     superseded/, never deleted), `plan` names the new paths, and undoing the change pays nothing."""
     out = tmp_path / "out"
     run = out / "t"
-    env = {"FAL_KEY": "k"}
     with background_emulator(service=FAST) as emu:
-        base = ("run", str(tmp_path / "m.yaml"), "--provider", emu.url)
-        m = write_manifest(tmp_path, seeds=[1, 2], output=str(out))
-        assert cli(*base, "--quiet", env=env)[0] == 0
+        m = _manifest(tmp_path)
+        assert _render(tmp_path, emu.url, "--quiet")[0] == 0
         first = _images(run / "data")
         assert first == _metadata(run) == _planned(m, out) and len(first) == 2
 
-        write_manifest(tmp_path, seeds=[1, 2], output=str(out), defaults={"num_inference_steps": 2})
+        _manifest(tmp_path, num_inference_steps=2)
         planned = _planned(m, out)
         assert planned.isdisjoint(first)  # the old jobs own the old paths: new ones get their own
-        assert cli(*base, "--quiet", env=env)[0] == 0
+        assert _render(tmp_path, emu.url, "--quiet")[0] == 0
         assert emu.stats()["submits"] == 4
         assert _images(run / "data") == _metadata(run) == planned
         assert _images(run / "superseded") == first  # kept, at the same paths under superseded/
@@ -59,9 +68,9 @@ def test_data_folder_is_the_metadata_after_a_parameter_change_and_back(tmp_path:
             p.name for p in (run / "superseded").rglob("*.json")
         }
 
-        write_manifest(tmp_path, seeds=[1, 2], output=str(out))  # undone: the first jobs again
+        _manifest(tmp_path)  # undone: the first jobs again
         assert _planned(m, out) == first
-        assert cli(*base, "--quiet", env=env)[0] == 0
+        assert _render(tmp_path, emu.url, "--quiet")[0] == 0
         assert emu.stats()["submits"] == 4  # nothing paid again: the images came back
         assert _images(run / "data") == _metadata(run) == first
         assert _images(run / "superseded") == planned
@@ -74,19 +83,17 @@ def test_a_lost_state_adopts_images_that_a_change_had_moved_out(tmp_path: Path):
     images come back from superseded/ and are adopted; nothing is paid for again."""
     out = tmp_path / "out"
     run = out / "t"
-    env = {"FAL_KEY": "k"}
     with background_emulator(service=FAST) as emu:
-        base = ("run", str(tmp_path / "m.yaml"), "--provider", emu.url)
-        m = write_manifest(tmp_path, seeds=[1, 2], output=str(out))
-        assert cli(*base, "--quiet", env=env)[0] == 0
+        m = _manifest(tmp_path)
+        assert _render(tmp_path, emu.url, "--quiet")[0] == 0
         first = _images(run / "data")
-        write_manifest(tmp_path, seeds=[1, 2], output=str(out), defaults={"num_inference_steps": 2})
+        _manifest(tmp_path, num_inference_steps=2)
         changed = _planned(m, out)
-        assert cli(*base, "--quiet", env=env)[0] == 0
+        assert _render(tmp_path, emu.url, "--quiet")[0] == 0
         assert _images(run / "superseded") == first and emu.stats()["submits"] == 4
         (run / "renderer.sqlite").unlink()
-        write_manifest(tmp_path, seeds=[1, 2], output=str(out))  # undone, with the state lost
-        code, _out, err = cli(*base, env=env)
+        _manifest(tmp_path)  # undone, with the state lost
+        code, _out, err = _render(tmp_path, emu.url)
         assert code == 0, err
         assert emu.stats()["submits"] == 4 and emu.stats()["duplicate_submits"] == 0
         assert "rebuilt the state of 2 finished job(s)" in err
@@ -102,11 +109,9 @@ def test_a_lost_state_leaves_files_that_are_not_a_jobs_alone(tmp_path: Path):
     a user's own files, sidecars that are not ours, and planned jobs' images stay."""
     out = tmp_path / "out"
     run = out / "t"
-    env = {"FAL_KEY": "k"}
     with background_emulator(service=FAST) as emu:
-        base = ("run", str(tmp_path / "m.yaml"), "--provider", emu.url)
-        m = write_manifest(tmp_path, seeds=[1, 2], output=str(out))
-        assert cli(*base, "--quiet", env=env)[0] == 0
+        m = _manifest(tmp_path)
+        assert _render(tmp_path, emu.url, "--quiet")[0] == 0
         first = _images(run / "data")
         folder = run / "data" / Path(sorted(first)[0]).parent
         mine = {
@@ -122,7 +127,7 @@ def test_a_lost_state_leaves_files_that_are_not_a_jobs_alone(tmp_path: Path):
         for name, body in mine.items():
             (folder / name).write_bytes(body)
         (run / "renderer.sqlite").unlink()
-        assert cli(*base, "--quiet", env=env)[0] == 0
+        assert _render(tmp_path, emu.url, "--quiet")[0] == 0
         assert emu.stats()["submits"] == 2
     assert {p.name for p in folder.iterdir()} >= set(mine)
     assert _metadata(run) == _planned(m, out) == first
@@ -152,19 +157,15 @@ def test_a_lost_state_finds_a_job_written_at_its_own_path(tmp_path: Path):
     adopted after a lost state, although the old job's images have left data/: nothing paid twice."""
     out = tmp_path / "out"
     run = out / "t"
-    env = {"FAL_KEY": "k"}
     with background_emulator(service=FAST) as emu:
-        base = ("run", str(tmp_path / "m.yaml"), "--provider", emu.url)
-        write_manifest(tmp_path, seeds=[1, 2], output=str(out))
-        assert cli(*base, "--quiet", env=env)[0] == 0
-        m = write_manifest(
-            tmp_path, seeds=[1, 2], output=str(out), defaults={"num_inference_steps": 2}
-        )
-        assert cli(*base, "--quiet", env=env)[0] == 0
+        _manifest(tmp_path)
+        assert _render(tmp_path, emu.url, "--quiet")[0] == 0
+        m = _manifest(tmp_path, num_inference_steps=2)
+        assert _render(tmp_path, emu.url, "--quiet")[0] == 0
         changed = _images(run / "data")
         assert all("_" in Path(p).name for p in changed)  # at their own paths
         (run / "renderer.sqlite").unlink()
-        code, _out, err = cli(*base, env=env)
+        code, _out, err = _render(tmp_path, emu.url)
         assert code == 0, err
         assert emu.stats()["submits"] == 4 and emu.stats()["duplicate_submits"] == 0
         assert "rebuilt the state of 2 finished job(s)" in err
