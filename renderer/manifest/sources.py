@@ -266,8 +266,10 @@ def prompt_file(
             if name not in present
         ]
 
-    kept = Kept(keep) if keep and path.suffix != ".txt" else None
-    if path.suffix == ".parquet":
+    # The format is the name's as written (a Hugging Face cache file links to a blob named by hash).
+    kind = Path(rel).suffix
+    kept = Kept(keep) if keep and kind != ".txt" else None
+    if kind == ".parquet":
         read = PromptTable(shown, where, kept)
         found = _parquet_rows(path, shown, columns, read, absent)
         if not len(read) and not found:
@@ -278,9 +280,9 @@ def prompt_file(
     problems: list[Problem] = []
     try:
         read_text_file(path, "prompt file", 0, check_only=True)
-        if path.suffix == ".txt":
+        if kind == ".txt":
             _txt_rows(path, name, comments, table)
-        elif path.suffix == ".csv":
+        elif kind == ".csv":
             _prompts(
                 _csv_rows(path, name, columns, problems, kept, absent),
                 name,

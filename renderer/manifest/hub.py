@@ -1,0 +1,454 @@
+"""A Hugging Face dataset by name as a prompt source: `- hub: org/name` (the `hub` extra).
+
+Owns resolving an entry to one commit and the data files of its config and split there,
+downloading them into the Hugging Face cache (verified against the sizes and hashes the Hub
+lists), and reading them with the prompt-file readers (sources.prompt_file), so a `hub:` entry
+behaves exactly as the same Parquet / JSONL / CSV files named with `file:` would: the same rows,
+ids, kept columns, checks and memory bounds. Also owns the reproducibility rule: the commit a
+run started from is recorded in its state (`keep_commits`), and a later run of that state that
+would see another commit for an entry without `revision:` is refused.
+
+huggingface_hub is imported when a manifest has a `hub:` entry, never at import time, and the
+environment (HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, HF_TOKEN) is read at that call, not by
+huggingface_hub's own import-time constants: each is passed to it explicitly. The token is
+sent to the Hub and never printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from renderer.errors import ManifestError, Problem, closest
+from renderer.manifest.located import json_path
+from renderer.manifest.sources import prompt_file
+from renderer.manifest.table import PromptTable
+from renderer.manifest.types import HubSource
+
+if TYPE_CHECKING:
+    from renderer.manifest.located import Located, Path_
+
+# The formats read, as the prompt-file readers read them.
+FORMATS = (".parquet", ".jsonl", ".csv")
+INSTALL = "pip install 'renderer-batch[hub]'"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+COMMIT = re.compile(r"[0-9a-f]{40}")
+# Split names found in a file's folders or name when the card declares no configs (the Hub's
+# "file names and splits" convention): each split and the words that mean it.
+SPLIT_WORDS = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}
+# Files that are never data: the card, git's own, scripts and docs.
+_NOT_DATA = re.compile(r"(^|/)\.|(^|/)(README|LICENSE)[^/]*$|\.(md|py|yaml|yml|txt\.lock)$", re.I)
+
+
+def hub_prompts(
+    doc: Located,
+    index: int,
+    item: dict[str, Any],
+    keep: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> tuple[list[PromptTable], list[Problem], HubSource | None]:
+    """The prompts of one `- hub:` entry: one table per data file of its split, in the order
+    the Hub lists them; the problems (located at the entry, naming the data file and row); and
+    the source as resolved (None when it could not be). `env` defaults to os.environ."""
+    at: Path_ = ("prompts", index, "hub")
+    try:
+        import huggingface_hub  # noqa: F401  # the extra is installed
+    except ImportError:
+        return (
+            [],
+            [
+                doc.problem(
+                    at,
+                    "reading a Hugging Face dataset needs the `hub` extra (huggingface_hub)",
+                    allowed=INSTALL,
+                )
+            ],
+            None,
+        )
+    hub = _Hub(os.environ if env is None else env)
+    repo, revision = str(item["hub"]), item.get("revision")
+    try:
+        info = hub.info(repo, revision)
+    except HubProblem as exc:
+        return [], [doc.problem((*at[:2], exc.key), exc.message, **exc.kw)], None
+    sha = info["sha"]
+    try:
+        config, split, files = data_files(info, item.get("config"), item.get("split", "train"))
+    except HubProblem as exc:
+        return [], [doc.problem((*at[:2], exc.key), exc.message, **exc.kw)], None
+    source = HubSource(repo, config, split, revision, sha, at)
+    columns: dict[str, str] = {k: item[k] for k in ("text", "id", "tags") if k in item}
+    tables: list[PromptTable] = []
+    problems: list[Problem] = []
+    for name in files:
+        shown = f"hf://datasets/{repo}@{sha}/{name}"
+        try:
+            local = hub.download(repo, sha, name, info["files"][name])
+        except HubProblem as exc:
+            problems.append(doc.problem(at, f"{shown}: {exc.message}", **exc.kw))
+            continue
+        table, found = prompt_file(doc, local.parent, index, local.name, columns, True, keep)
+        table.file, table.path = shown, at
+        problems += _located(doc, at, found, str(local), shown)
+        tables.append(table)
+    return tables, problems, source
+
+
+def _located(
+    doc: Located, at: Path_, found: list[Problem], local: str, shown: str
+) -> list[Problem]:
+    """The readers' problems at the entry: a row's problem names the data file and row in its
+    message (the manifest's file:line:col is where the user acts); the cache path never shows."""
+    line, col = doc.where(at)
+    out = []
+    for p in found:
+        message = p.message.replace(local, shown)
+        if p.file == local:
+            unit = "row" if shown.endswith(".parquet") else "line"
+            where = "" if p.line <= 1 and "row" not in message else f" {unit} {p.line}"
+            p = replace(p, file=doc.file, line=line, col=col, json_path=json_path(at))
+            message = f"{shown}{where}: {message}"
+        out.append(replace(p, message=message))
+    return out
+
+
+class HubProblem(Exception):
+    """One problem with a `hub:` entry, at its field `key`."""
+
+    def __init__(self, message: str, key: str = "hub", **kw: Any) -> None:
+        super().__init__(message)
+        self.message, self.key, self.kw = message, key, kw
+
+
+class _Hub:
+    """huggingface_hub, pointed by `env` (read now) at an endpoint, a cache and a token."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import disable_progress_bars, logging
+
+        disable_progress_bars()  # the CLI prints what it means to; no bars on stderr
+        logging.set_verbosity_error()
+        self.endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        # False: no token read from a file, only HF_TOKEN (the environment only).
+        self.token: str | bool = env.get("HF_TOKEN") or False
+        home = env.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+        self.cache = Path(env.get("HF_HUB_CACHE") or Path(home) / "hub")
+        self.api = HfApi(endpoint=self.endpoint, token=self.token)
+
+    def _failed(self, exc: Exception, what: str) -> HubProblem:
+        """A clear problem for a failed call (never the token, never a traceback)."""
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        if isinstance(exc, GatedRepoError):
+            return HubProblem(
+                f"{what} is gated: its conditions must be accepted on the Hub by the account "
+                "whose token is in HF_TOKEN",
+                allowed="export HF_TOKEN=… (read from the environment only)",
+            )
+        if isinstance(exc, RevisionNotFoundError):
+            return HubProblem(f"{what}: no such revision", "revision", allowed=self._refs(what))
+        if isinstance(exc, RepositoryNotFoundError):
+            status = exc.response.status_code if exc.response is not None else 404
+            private = " (or it is private or gated: set HF_TOKEN to a token that can read it)"
+            return HubProblem(
+                f"no dataset {what} on the Hub at {self.endpoint}"
+                + (private if status == 401 or self.token is False else ""),
+                allowed="a dataset id as the Hub names it: ORG/NAME",
+            )
+        if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+            status = exc.response.status_code
+            if status in (401, 403):
+                return HubProblem(
+                    f"the Hub refused {what} ({status}): the token in HF_TOKEN cannot read it"
+                    if self.token
+                    else f"the Hub refused {what} ({status}): it needs a token",
+                    allowed="export HF_TOKEN=… (read from the environment only)",
+                )
+            return HubProblem(
+                f"the Hub at {self.endpoint} answered {status} for {what}; nothing was read",
+                allowed="run again later",
+            )
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(self.token, str):
+            reason = reason.replace(self.token, "…")
+        return HubProblem(
+            f"the Hub at {self.endpoint} could not be reached for {what}: {reason[:200]}",
+            allowed="network access to the Hub (HF_ENDPOINT names another), then run again",
+        )
+
+    def _refs(self, repo: str) -> str:
+        """The dataset's branches and tags, to choose from (or what a revision may be)."""
+        kinds = "a branch, a tag or a 40-hex commit"
+        try:
+            refs = self.api.list_repo_refs(repo, repo_type="dataset")
+        except Exception:
+            return kinds
+        names = [r.name for r in [*refs.branches, *refs.tags]]
+        return f"{kinds}; its branches and tags: {', '.join(names[:20])}" if names else kinds
+
+    def info(self, repo: str, revision: str | None) -> dict[str, Any]:
+        """The commit `revision` (default: the main branch) names, and each file's size and
+        hash there: {"sha", "files": {path: (size, sha256 | None, git blob id | None)}, "card"}."""
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*", repo):
+            raise HubProblem(
+                f"{repo!r} is not a dataset id", allowed="ORG/NAME, as the Hub's page names it"
+            )
+        try:
+            got = self.api.dataset_info(repo, revision=revision, files_metadata=True)
+        except Exception as exc:
+            raise self._failed(exc, repo) from None
+        sha = got.sha or ""
+        if not COMMIT.fullmatch(sha) or (
+            revision is not None and COMMIT.fullmatch(revision) and sha != revision
+        ):
+            raise HubProblem(
+                f"the Hub at {self.endpoint} answered {sha[:60]!r} as the commit of {repo}"
+                + (f" at {revision}" if revision else "")
+                + ": not a commit it was asked for; nothing was read",
+                "revision" if revision else "hub",
+            )
+        files = {
+            s.rfilename: (s.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
+            for s in got.siblings or ()
+        }
+        card = got.card_data.to_dict() if got.card_data is not None else {}
+        return {"sha": sha, "files": files, "card": card}
+
+    def download(self, repo: str, sha: str, name: str, listed: tuple[Any, ...]) -> Path:
+        """The data file `name` at commit `sha` in the cache, downloaded if not there, and
+        verified: its size and hash are the Hub's listing's, or it is removed and refused."""
+        from huggingface_hub import hf_hub_download
+
+        size, sha256, blob = listed
+        if not isinstance(size, int) or not (sha256 or blob):
+            raise HubProblem("the Hub lists no size and hash for it: it cannot be verified")
+        try:
+            got = hf_hub_download(
+                repo,
+                name,
+                repo_type="dataset",
+                revision=sha,
+                endpoint=self.endpoint,
+                token=self.token,
+                cache_dir=self.cache,
+            )
+        except Exception as exc:
+            raise self._failed(exc, f"{repo}/{name}") from None
+        path = Path(str(got))
+        actual, digest = _hashes(path, sha256 is not None)
+        wanted = sha256 or blob
+        if actual != size or digest != wanted:
+            _forget(path)
+            raise HubProblem(
+                f"the download is not the file the Hub lists ({size:,} bytes, "
+                f"{'sha256' if sha256 else 'git blob'} {str(wanted)[:12]}…; got {actual:,} bytes, "
+                f"{digest[:12]}…): removed from the cache, nothing was read",
+                allowed="run again (it is downloaded again); if it persists, the Hub or a proxy "
+                "between serves another file",
+            )
+        return path
+
+
+def _hashes(path: Path, lfs: bool) -> tuple[int, str]:
+    """(size, sha256) of an LFS file, (size, git blob id) of a file kept in git itself."""
+    size = path.stat().st_size
+    h = hashlib.sha256() if lfs else hashlib.sha1(f"blob {size}\0".encode())
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return size, h.hexdigest()
+
+
+def _forget(path: Path) -> None:
+    """Remove a download that failed verification (the snapshot's link and its blob)."""
+    blob = path.resolve()
+    for p in (path, blob):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+# ---------------------------------------------------------------- configs and splits
+
+
+def data_files(info: dict[str, Any], config: str | None, split: str) -> tuple[str, str, list[str]]:
+    """(config, split, the split's data files in path order) of a dataset at one commit, by
+    its card's `configs:` when it has them, else by the split words in its files' paths."""
+    files = sorted(info["files"])
+    configs = _card_configs(info["card"], files)
+    if not configs:
+        configs = {"default": _by_split_words(files)}
+        default = "default"
+    else:
+        marked = [n for n, _ in configs.items() if n in _card_defaults(info["card"])]
+        default = marked[0] if marked else (next(iter(configs)) if len(configs) == 1 else "")
+    names = list(configs)
+    if config is None:
+        if not default:
+            raise HubProblem(
+                f"the dataset has {len(names)} configs and none is its default: name one",
+                allowed="config: " + " | ".join(names[:20]),
+            )
+        config = default
+    if config not in configs:
+        raise HubProblem(
+            f"the dataset has no config {config!r}",
+            "config",
+            allowed="its configs: " + ", ".join(names[:20]),
+            suggestion=closest(config, names),
+        )
+    splits = configs[config]
+    if split not in splits:
+        raise HubProblem(
+            f"config {config!r} has no split {split!r}"
+            if splits
+            else f"config {config!r} has no data files",
+            "split",
+            allowed=("its splits: " + ", ".join(splits)) if splits else None,
+            suggestion=closest(split, list(splits)),
+        )
+    chosen = splits[split]
+    wrong = sorted({PurePosixPath(f).suffix or f for f in chosen if not f.endswith(FORMATS)})
+    if wrong or not chosen:
+        raise HubProblem(
+            f"split {split!r} of config {config!r} is "
+            + (f"held in {', '.join(wrong[:5])} files" if wrong else "empty")
+            + ", which renderer does not read as prompts",
+            "split",
+            allowed="a dataset whose data files are Parquet, JSONL or CSV ("
+            + ", ".join(FORMATS)
+            + ")",
+        )
+    return config, split, chosen
+
+
+def _card_defaults(card: dict[str, Any]) -> set[str]:
+    entries = card.get("configs")
+    return {
+        str(e.get("config_name", "default"))
+        for e in entries or ()
+        if isinstance(e, dict) and e.get("default") is True
+    }
+
+
+def _card_configs(card: dict[str, Any], files: list[str]) -> dict[str, dict[str, list[str]]]:
+    """The card's `configs:` as config → split → matching files (the card's order)."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for entry in card.get("configs") or ():
+        if not isinstance(entry, dict):
+            continue
+        given = entry.get("data_files")
+        by_split: dict[str, list[str]] = {}
+        if isinstance(given, str) or (
+            isinstance(given, list) and all(isinstance(g, str) for g in given)
+        ):
+            by_split["train"] = _listed(given)
+        elif isinstance(given, list):
+            for d in given:
+                if isinstance(d, dict) and "split" in d:
+                    by_split[str(d["split"])] = _listed(d.get("path", []))
+        elif isinstance(given, dict):
+            by_split = {str(k): _listed(v) for k, v in given.items()}
+        elif given is None:
+            by_split = _by_split_words(files, str(entry.get("data_dir", "")).strip("/"))
+            found[str(entry.get("config_name", "default"))] = by_split
+            continue
+        found[str(entry.get("config_name", "default"))] = {
+            s: [f for f in files if any(_glob(p).fullmatch(f) for p in patterns)]
+            for s, patterns in by_split.items()
+        }
+    return found
+
+
+def _listed(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in value or ()]
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A data_files pattern as the Hub reads it: `*` within one folder, `**` across folders."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def _by_split_words(files: list[str], under: str = "") -> dict[str, list[str]]:
+    """Data files (under a folder) by split: a folder named for a split, else a word of the
+    file name (between non-letters); when no file names a split, every file is `train`."""
+    data = [
+        f for f in files if not _NOT_DATA.search(f) and (not under or f.startswith(under + "/"))
+    ]
+    words = {w: split for split, ws in SPLIT_WORDS.items() for w in ws}
+    found: dict[str, list[str]] = {}
+    for f in data:
+        parts = PurePosixPath(f[len(under) + 1 :] if under else f).parts
+        named = [words[p.lower()] for p in parts[:-1] if p.lower() in words]
+        stem = re.split(r"[^a-z]+", PurePosixPath(parts[-1]).stem.lower())
+        named = named or [words[w] for w in stem if w in words]
+        if named:
+            found.setdefault(named[0], []).append(f)
+    if not found and data:
+        return {"train": data}
+    return {s: found[s] for s in SPLIT_WORDS if s in found}
+
+
+# ---------------------------------------------------------------- one commit per run
+
+META = "hub_commit:"  # + repo/config/split → the commit the run's state was planned from
+
+
+def keep_commits(
+    sources: Sequence[HubSource],
+    meta: Callable[[str], str | None],
+    set_meta: Callable[[str, str], None],
+    doc: Located,
+) -> None:
+    """Record each `hub:` source's commit in the run's state on its first run; refuse a later
+    run that would see another commit for an entry without `revision:` (the dataset moved on
+    the Hub since): ManifestError naming both commits and the two ways on. An entry whose
+    `revision:` was changed is the user's choice: its new commit is recorded."""
+    problems = []
+    for s in sources:
+        name = f"{META}{s.repo}/{s.config}/{s.split}"
+        recorded = meta(name)
+        if recorded is None or recorded == s.sha or s.revision is not None:
+            if recorded != s.sha:
+                set_meta(name, s.sha)
+            continue
+        problems.append(
+            doc.problem(
+                s.path,
+                f"the dataset {s.repo} (config {s.config!r}, split {s.split!r}) is at commit "
+                f"{s.sha} on the Hub now, but this run was planned from {recorded}: "
+                "a run is a function of its manifest, and this manifest names no revision",
+                allowed=f"`revision: {recorded}` to finish the run as planned, or "
+                f"`revision: {s.sha}` to render the dataset as it is now (changed rows are "
+                "new jobs; rows gone leave the dataset)",
+            )
+        )
+    if problems:
+        raise ManifestError(problems, hint="pin the revision and run again")
