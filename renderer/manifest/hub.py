@@ -46,8 +46,10 @@ SPLIT_WORDS = {
     "validation": ("validation", "valid", "val", "dev"),
     "test": ("test", "testing", "eval", "evaluation"),
 }
-# Files that are never data: the card, git's own, scripts and docs.
-_NOT_DATA = re.compile(r"(^|/)\.|(^|/)(README|LICENSE)[^/]*$|\.(md|py|yaml|yml|txt\.lock)$", re.I)
+# Files that are never data: hidden ones (git's own), files without an extension, scripts and
+# docs; and the loaders' own files by name.
+_NOT_DATA = re.compile(r"(^|/)\.|(^|/)[^./]+$|\.(md|py|yaml|yml|toml|lock|ipynb)$", re.I)
+_IGNORED = {"config.json", "dataset_info.json", "dataset_infos.json", "dataset_dict.json"}
 
 
 def hub_prompts(
@@ -99,23 +101,26 @@ def hub_prompts(
             continue
         table, found = prompt_file(doc, local.parent, index, local.name, columns, True, keep)
         table.file, table.path = shown, at
-        problems += _located(doc, at, found, str(local), shown)
+        problems += _located(doc, at, found, local, shown)
         tables.append(table)
     return tables, problems, source
 
 
 def _located(
-    doc: Located, at: Path_, found: list[Problem], local: str, shown: str
+    doc: Located, at: Path_, found: list[Problem], local: Path, shown: str
 ) -> list[Problem]:
     """The readers' problems at the entry: a row's problem names the data file and row in its
     message (the manifest's file:line:col is where the user acts); the cache path never shows."""
     line, col = doc.where(at)
     out = []
     for p in found:
-        message = p.message.replace(local, shown)
-        if p.file == local:
+        message = p.message.replace(str(local), shown)
+        message = message.replace(f"prompt file {local.name}", f"data file {shown}")
+        if p.file in (str(local), str(local.resolve())):
+            # A Parquet file's own problems (its schema, its format) are at no row.
+            whole = shown.endswith(".parquet") and message.startswith(("no column", "not a"))
             unit = "row" if shown.endswith(".parquet") else "line"
-            where = "" if p.line <= 1 and "row" not in message else f" {unit} {p.line}"
+            where = "" if whole else f" {unit} {p.line}"
             p = replace(p, file=doc.file, line=line, col=col, json_path=json_path(at))
             message = f"{shown}{where}: {message}"
         out.append(replace(p, message=message))
@@ -396,24 +401,46 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(out)
 
 
+# A split word is bounded by these (or a folder's or the path's edge): `train-00000.parquet`,
+# `my_train_set.csv`, `data/valid/`, but not `restrained.csv`.
+_SEP = "[-._ 0-9]"
+_SHARDED = re.compile(r"data/([^/]+)-[0-9]{5}-of-[0-9]{5}[^/]*\.[^/]*")
+
+
 def _by_split_words(files: list[str], under: str = "") -> dict[str, list[str]]:
-    """Data files (under a folder) by split: a folder named for a split, else a word of the
-    file name (between non-letters); when no file names a split, every file is `train`."""
+    """Data files (under a folder) by split, when the card declares none, by the Hub's naming
+    rules, first that applies: `data/SPLIT-00000-of-00003…` shards (any split name); folders
+    named for a split (SPLIT_WORDS); file names holding a split word; else all are `train`.
+    Hidden files, the card and the loaders' own files are not data."""
+    prefix = under + "/" if under else ""
     data = [
-        f for f in files if not _NOT_DATA.search(f) and (not under or f.startswith(under + "/"))
+        f[len(prefix) :]
+        for f in files
+        if f.startswith(prefix)
+        and not _NOT_DATA.search(f)
+        and PurePosixPath(f).name not in _IGNORED
     ]
-    words = {w: split for split, ws in SPLIT_WORDS.items() for w in ws}
-    found: dict[str, list[str]] = {}
+    shards: dict[str, list[str]] = {}
     for f in data:
-        parts = PurePosixPath(f[len(under) + 1 :] if under else f).parts
-        named = [words[p.lower()] for p in parts[:-1] if p.lower() in words]
-        stem = re.split(r"[^a-z]+", PurePosixPath(parts[-1]).stem.lower())
-        named = named or [words[w] for w in stem if w in words]
-        if named:
-            found.setdefault(named[0], []).append(f)
-    if not found and data:
-        return {"train": data}
-    return {s: found[s] for s in SPLIT_WORDS if s in found}
+        match = _SHARDED.fullmatch(f)
+        if match:
+            shards.setdefault(match[1], []).append(prefix + f)
+    if shards:
+        return {s: shards[s] for s in [*(w for w in SPLIT_WORDS if w in shards), *sorted(shards)]}
+    for in_folder in (True, False):
+        found: dict[str, list[str]] = {}
+        for split, words in SPLIT_WORDS.items():
+            word = "(?:" + "|".join(words) + ")"
+            if in_folder:  # a folder of the path: the word alone or bounded
+                named = re.compile(f"(?:.*/)?(?:[^/]*{_SEP})?{word}(?:{_SEP}[^/]*)?/.*")
+            else:  # the file's name: starting with the word, or the word bounded
+                named = re.compile(f"(?:.*/)?(?:[^/]*{_SEP})?{word}{_SEP}[^/]*")
+            hits = [prefix + f for f in data if named.fullmatch(f)]
+            if hits:
+                found[split] = hits
+        if found:
+            return found
+    return {"train": [prefix + f for f in data]} if data else {}
 
 
 # ---------------------------------------------------------------- one commit per run

@@ -1,0 +1,311 @@
+"""`- hub: org/name` prompt sources (renderer/manifest/hub.py) against a Hub on 127.0.0.1.
+
+The server below speaks the part of the Hub's HTTP API huggingface_hub calls for a dataset at a
+revision: `GET /api/datasets/ORG/NAME[/revision/REV]?blobs=True` (the commit and each file's
+size, git blob id and LFS sha256), `/api/datasets/ORG/NAME/refs`, and `HEAD|GET
+/datasets/ORG/NAME/resolve/REV/PATH` (X-Repo-Commit, ETag / X-Linked-Etag, sizes). It can
+misbehave on request: statuses, listed sizes or hashes that are not the served bytes, bodies
+cut short, files that are not what their name says. HF_ENDPOINT points renderer at it and
+HF_HOME at a temporary folder; renderer reads both when a manifest is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from tests.conftest import cli
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("huggingface_hub")
+
+
+def _parquet(columns: dict[str, list[Any]]) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue()
+
+
+class Hub:
+    """Datasets by commit, branches, and the faults to serve (set by a test)."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, Any]] = {}
+        self.status: int | None = None  # every API and file answer has this status
+        self.gated: set[str] = set()  # repos whose files need a token
+        self.token: str | None = None  # the token those files accept
+        self.served: dict[str, bytes] = {}  # path → bytes served instead of the listed ones
+        self.cut: set[str] = set()  # paths whose body stops halfway (Content-Length whole)
+        self.requests: list[tuple[str, str, str | None]] = []  # method, path, Authorization
+        self.url = ""
+
+    def commit(self, repo: str, files: dict[str, bytes], card: dict[str, Any] | None = None) -> str:
+        """A new commit of `repo` holding `files` (its card's YAML as `card`), now on main."""
+        entry = self.repos.setdefault(repo, {"commits": {}, "main": None})
+        sha = hashlib.sha1(f"{repo}{len(entry['commits'])}{sorted(files)}".encode()).hexdigest()
+        entry["commits"][sha] = {"files": files, "card": card}
+        entry["main"] = sha
+        return sha
+
+    def _resolve(self, request: web.Request) -> tuple[dict[str, Any], str] | web.Response:
+        repo = f"{request.match_info['org']}/{request.match_info['name']}"
+        self.requests.append((request.method, request.path, request.headers.get("Authorization")))
+        if self.status is not None:
+            return web.Response(status=self.status, text="the Hub is having a bad day")
+        if repo not in self.repos:
+            return web.Response(status=401, headers={"X-Error-Code": "RepoNotFound"})
+        entry = self.repos[repo]
+        rev = request.match_info.get("rev", "main")
+        sha = entry["main"] if rev == "main" else rev
+        if sha not in entry["commits"]:
+            return web.Response(status=404, headers={"X-Error-Code": "RevisionNotFound"})
+        return entry, sha
+
+    async def info(self, request: web.Request) -> web.Response:
+        got = self._resolve(request)
+        if isinstance(got, web.Response):
+            return got
+        entry, sha = got
+        commit = entry["commits"][sha]
+        siblings = []
+        for path, data in commit["files"].items():
+            blob = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
+            sibling: dict[str, Any] = {"rfilename": path, "size": len(data), "blobId": blob}
+            if not path.endswith((".md", ".jsonl", ".csv")):
+                sibling["lfs"] = {
+                    "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "pointerSize": 134,
+                }
+            siblings.append(sibling)
+        body = {"id": request.match_info["org"] + "/" + request.match_info["name"], "sha": sha}
+        body |= {"private": False, "gated": False, "siblings": siblings}
+        if commit["card"] is not None:
+            body["cardData"] = commit["card"]
+        return web.json_response(body)
+
+    async def refs(self, request: web.Request) -> web.Response:
+        got = self._resolve(request)
+        if isinstance(got, web.Response):
+            return got
+        entry, sha = got
+        branch = {"name": "main", "ref": "refs/heads/main", "targetCommit": sha}
+        return web.json_response({"branches": [branch], "tags": [], "converts": []})
+
+    async def resolve(self, request: web.Request) -> web.StreamResponse:
+        got = self._resolve(request)
+        if isinstance(got, web.Response):
+            return got
+        entry, sha = got
+        repo = f"{request.match_info['org']}/{request.match_info['name']}"
+        if repo in self.gated and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.Response(status=401, headers={"X-Error-Code": "GatedRepo"})
+        path = request.match_info["path"]
+        listed = entry["commits"][sha]["files"].get(path)
+        if listed is None:
+            return web.Response(status=404, headers={"X-Error-Code": "EntryNotFound"})
+        data = self.served.get(path, listed)
+        etag = hashlib.sha256(data).hexdigest()
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Length": str(len(data))}
+        if request.method == "HEAD":
+            return web.Response(headers=headers)
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        if path in self.cut:
+            await response.write(data[: len(data) // 2])
+            assert request.transport is not None
+            request.transport.close()  # the connection drops mid-body
+            return response
+        await response.write(data)
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    """A Hub on 127.0.0.1 on its own thread, named by HF_ENDPOINT; HF_HOME in tmp_path."""
+    state = Hub()
+    app = web.Application()
+    base = "/{org}/{name}"
+    app.router.add_get("/api/datasets" + base, state.info)
+    app.router.add_get("/api/datasets" + base + "/revision/{rev}", state.info)
+    app.router.add_get("/api/datasets" + base + "/refs", state.refs)
+    app.router.add_get("/datasets" + base + "/resolve/{rev}/{path:.+}", state.resolve)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        state.url = f"http://127.0.0.1:{port}"
+        box["stop"] = asyncio.Event()
+        ready.set()
+        await box["stop"].wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the Hub did not start"
+    monkeypatch.setenv("HF_ENDPOINT", state.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    try:
+        yield state
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+        loop.close()
+
+
+CAPTIONS = {
+    "caption": ["a red fox", "a heron at dawn", "an owl", "a lighthouse in fog"],
+    "source_url": ["https://x/0", "https://x/1", None, "https://x/3"],
+    "license": ["cc0", "cc-by", "cc0", "cc0"],
+}
+
+
+def _manifest(folder: Path, entry: dict[str, Any], name: str = "t") -> Path:
+    body = {
+        "name": name,
+        "provider": "emulator",
+        "output": str(folder / "out"),
+        "prompts": [entry],
+        "models": ["fal-ai/flux-1/schnell"],
+        "seeds": [1],
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def _rows(run_dir: Path) -> list[dict[str, Any]]:
+    """metadata.jsonl's rows without what differs between two runs of one plan."""
+    lines = (run_dir / "data" / "metadata.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    return sorted(({k: v for k, v in r.items() if k != "request_id"} for r in rows), key=str)
+
+
+def test_a_hub_dataset_runs_as_its_local_parquet_file(hub: Hub, tmp_path: Path):
+    """A run from `hub:` writes the same jobs, paths and dataset rows as the same Parquet file named with `file:`."""
+    data = _parquet(CAPTIONS)
+    hub.commit("org/caps", {"README.md": b"# caps\n", "data/train-00000-of-00001.parquet": data})
+    (tmp_path / "caps.parquet").write_bytes(data)
+    mapping = {"text": "caption", "keep": ["source_url", "license"]}
+    remote = _manifest(tmp_path, {"hub": "org/caps", **mapping}, "remote")
+    local = _manifest(tmp_path, {"file": "caps.parquet", **mapping}, "local")
+    for manifest in (remote, local):
+        code, _, err = cli("run", str(manifest), "--quiet")
+        assert code == 0, err
+    a, b = _rows(tmp_path / "out/remote"), _rows(tmp_path / "out/local")
+    assert len(a) == 4 and a == b
+    assert {r["prompt"]: r["source_url"] for r in a} == dict(
+        zip(CAPTIONS["caption"], CAPTIONS["source_url"], strict=True)
+    )
+    images = sorted(
+        p.relative_to(tmp_path / "out/remote")
+        for p in (tmp_path / "out/remote/data").rglob("*.png")
+    )
+    assert images == sorted(
+        p.relative_to(tmp_path / "out/local") for p in (tmp_path / "out/local/data").rglob("*.png")
+    )
+
+
+def _problems(manifest: Path) -> str:
+    """`renderer validate`'s answer to a manifest that must be refused: exit 2, no traceback."""
+    code, out, err = cli("validate", str(manifest))
+    assert code == 2, (out, err)
+    assert "Traceback" not in err
+    return err
+
+
+def test_a_missing_dataset_split_config_or_column_is_named_with_the_real_choices(
+    hub: Hub, tmp_path: Path
+):
+    """No such dataset, revision, config, split, column or kept column: exit 2 at the entry's field, with what the dataset has and a did-you-mean; nothing written."""
+    card = {
+        "configs": [
+            {"config_name": "en", "data_files": [{"split": "train", "path": "en/train-*"}]},
+            {
+                "config_name": "fr",
+                "data_files": [
+                    {"split": "train", "path": "fr/train-*"},
+                    {"split": "validation", "path": "fr/valid-*"},
+                ],
+            },
+        ]
+    }
+    data = _parquet(CAPTIONS)
+    hub.commit(
+        "org/caps",
+        {"en/train-0.parquet": data, "fr/train-0.parquet": data, "fr/valid-0.parquet": data},
+        card,
+    )
+    cases = [
+        ({"hub": "org/capz", "text": "caption"}, "$.prompts[0].hub", "no dataset org/capz", None),
+        (
+            {"hub": "org/caps", "text": "caption"},
+            "$.prompts[0].hub",
+            "2 configs and none is its default",
+            None,
+        ),
+        (
+            {"hub": "org/caps", "config": "fre", "text": "caption"},
+            "$.prompts[0].config",
+            "no config 'fre'",
+            "fr",
+        ),
+        (
+            {"hub": "org/caps", "config": "fr", "split": "validaton", "text": "caption"},
+            "$.prompts[0].split",
+            "no split 'validaton'",
+            "validation",
+        ),
+        (
+            {"hub": "org/caps", "config": "fr", "revision": "v2", "text": "caption"},
+            "$.prompts[0].revision",
+            "no such revision",
+            None,
+        ),
+        (
+            {"hub": "org/caps", "config": "en", "text": "captoin"},
+            "$.prompts[0].hub",
+            "no column 'captoin'",
+            "caption",
+        ),
+        (
+            {"hub": "org/caps", "config": "en", "text": "caption", "keep": ["licence"]},
+            "$.prompts[0].keep[0]",
+            "has no column 'licence'",
+            "license",
+        ),
+    ]
+    for entry, at, message, suggestion in cases:
+        err = _problems(_manifest(tmp_path, entry))
+        assert f"t.yaml:" in err and f": {at}: " in err and message in err, err
+        assert (f"did you mean {suggestion}?" in err) == (suggestion is not None), err
+    assert "its configs: en, fr" in _problems(
+        _manifest(tmp_path, {"hub": "org/caps", "config": "fre"})
+    )
+    assert "its splits: train, validation" in _problems(
+        _manifest(tmp_path, {"hub": "org/caps", "config": "fr", "split": "test"})
+    )
+    assert "its branches and tags: main" in _problems(
+        _manifest(tmp_path, {"hub": "org/caps", "revision": "v2"})
+    )
+    assert not (tmp_path / "out").exists()
