@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import io
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import cli
+from tests.servers import free_port
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -308,4 +310,117 @@ def test_a_missing_dataset_split_config_or_column_is_named_with_the_real_choices
     assert "its branches and tags: main" in _problems(
         _manifest(tmp_path, {"hub": "org/caps", "revision": "v2"})
     )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_keeps_the_commit_it_started_from(hub: Hub, tmp_path: Path):
+    """An unpinned `hub:` run records its commit; once the dataset moves, a rerun is refused naming both commits, and pinning either one runs."""
+    first = hub.commit("org/caps", {"train.parquet": _parquet(CAPTIONS)})
+    code, _, err = cli(
+        "run", str(_manifest(tmp_path, {"hub": "org/caps", "text": "caption"})), "--quiet"
+    )
+    assert code == 0, err
+    moved = {**CAPTIONS, "caption": [*CAPTIONS["caption"][:3], "a lighthouse at noon"]}
+    second = hub.commit("org/caps", {"train.parquet": _parquet(moved)})
+    before = sorted((tmp_path / "out/t/data").rglob("*"))
+    code, out, err = cli("run", str(_manifest(tmp_path, {"hub": "org/caps", "text": "caption"})))
+    assert code == 2 and "Traceback" not in err, err
+    assert f"at commit {second}" in err and f"planned from {first}" in err
+    assert f"`revision: {first}`" in err and f"`revision: {second}`" in err
+    assert sorted((tmp_path / "out/t/data").rglob("*")) == before  # nothing written
+    pinned = _manifest(tmp_path, {"hub": "org/caps", "text": "caption", "revision": first})
+    code, out, err = cli("run", str(pinned), "--quiet")
+    assert code == 0, err
+    assert sorted((tmp_path / "out/t/data").rglob("*")) == before  # the same rows: nothing new
+    moving = _manifest(tmp_path, {"hub": "org/caps", "text": "caption", "revision": second})
+    code, out, err = cli("run", str(moving), "--quiet")
+    assert code == 0, err
+    assert {r["prompt"] for r in _rows(tmp_path / "out/t")} == set(moved["caption"])
+    # Recorded now: the unpinned entry sees the commit the state has.
+    code, out, err = cli(
+        "run", str(_manifest(tmp_path, {"hub": "org/caps", "text": "caption"})), "--quiet"
+    )
+    assert code == 0, err
+
+
+def _snapshots(tmp_path: Path) -> list[Path]:
+    """The files the Hugging Face cache holds as downloaded (its snapshots)."""
+    return sorted(p for p in (tmp_path / "hf").rglob("snapshots/*/**/*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["status 500", "status 503", "same size other bytes", "longer", "cut short", "not parquet"],
+)
+def test_a_hostile_hub_is_refused_and_nothing_it_served_is_kept(
+    hub: Hub, tmp_path: Path, fault: str
+):
+    """A Hub that errs, serves bytes other than the ones it lists, cuts a download short or serves a file that is not what its name says: a clear refusal at the entry, nothing read or kept; a healthy Hub then serves the run."""
+    data = _parquet(CAPTIONS)
+    listed = b"<html>rate limited</html>" if fault == "not parquet" else data
+    hub.commit("org/caps", {"data/train.parquet": listed})
+    if fault.startswith("status"):
+        hub.status = int(fault.split()[1])
+    elif fault == "same size other bytes":
+        hub.served["data/train.parquet"] = data[:-3] + b"xyz"
+    elif fault == "longer":
+        hub.served["data/train.parquet"] = data + b"xyz"
+    elif fault == "cut short":
+        hub.cut.add("data/train.parquet")
+    m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"})
+    err = _problems(m)
+    assert "t.yaml:5:8: $.prompts[0].hub: " in err, err
+    expected = {
+        "status 500": "answered 500 for org/caps",
+        "status 503": "answered 503 for org/caps",
+        "same size other bytes": "not the file the Hub lists (1,066 bytes, sha256",
+        "longer": "got 1,069 bytes",
+        "cut short": "was cut short",
+        "not parquet": "train.parquet: not a readable Parquet file",
+    }[fault]
+    assert expected in err, err
+    if fault != "not parquet":  # (that file is the one the Hub lists: what it holds is refused)
+        assert _snapshots(tmp_path) == []
+    if fault == "not parquet":
+        return
+    hub.status, hub.served, hub.cut = None, {}, set()
+    code, out, err = cli("validate", str(m))
+    assert code == 0 and "4 jobs" in out, err
+    assert [p.name for p in _snapshots(tmp_path)] == ["train.parquet"]
+
+
+def test_a_gated_dataset_needs_a_token_from_the_environment_only(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A gated dataset without HF_TOKEN, or with one that cannot read it, is refused clearly; HF_TOKEN is sent to the Hub and never printed."""
+    hub.commit("org/caps", {"train.parquet": _parquet(CAPTIONS)})
+    hub.gated.add("org/caps")
+    hub.token = "hf_right_" + "x" * 20
+    m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"})
+    assert "is gated" in _problems(m) and "export HF_TOKEN=" in _problems(m)
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_" + "y" * 20)
+    err = _problems(m)
+    assert "is gated" in err and "hf_wrong" not in err
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    code, out, err = cli("validate", str(m))
+    assert code == 0 and hub.token not in out + err, err
+    sent = {auth for method, _, auth in hub.requests if method == "GET"}
+    assert f"Bearer {hub.token}" in sent
+
+
+def test_without_the_extra_or_the_hub_the_refusal_says_what_to_do(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """huggingface_hub not installed: the pip command; the Hub unreachable: which endpoint and what to check; both exit 2 with nothing written."""
+    hub.commit("org/caps", {"train.parquet": _parquet(CAPTIONS)})
+    m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"})
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "huggingface_hub", None)  # as if it were not installed
+        err = _problems(m)
+    assert "needs the `hub` extra" in err and "pip install 'renderer-batch[hub]'" in err
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    err = _problems(m)
+    assert "could not be reached for org/caps" in err and "network access to the Hub" in err
+    code, _, err = cli("run", str(m))
+    assert code == 2 and "Traceback" not in err
     assert not (tmp_path / "out").exists()

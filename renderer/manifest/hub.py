@@ -192,6 +192,12 @@ class _Hub:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(self.token, str):
             reason = reason.replace(self.token, "…")
+        if type(exc).__name__ == "RemoteProtocolError" or "Consistency check" in reason:
+            # huggingface_hub resumed it five times; what it holds is incomplete, never used.
+            return HubProblem(
+                f"the download of {what} was cut short ({reason[:160]}); nothing was read",
+                allowed="run again: it resumes, and the whole file is checked before it is read",
+            )
         return HubProblem(
             f"the Hub at {self.endpoint} could not be reached for {what}: {reason[:200]}",
             allowed="network access to the Hub (HF_ENDPOINT names another), then run again",
