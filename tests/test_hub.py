@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,11 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from renderer.manifest.hub import _by_split_words
+from renderer.manifest.load import load
 from tests.conftest import cli
 from tests.servers import free_port
 
@@ -101,7 +106,7 @@ class Hub:
         got = self._resolve(request)
         if isinstance(got, web.Response):
             return got
-        entry, sha = got
+        _entry, sha = got
         branch = {"name": "main", "ref": "refs/heads/main", "targetCommit": sha}
         return web.json_response({"branches": [branch], "tags": [], "converts": []})
 
@@ -299,7 +304,7 @@ def test_a_missing_dataset_split_config_or_column_is_named_with_the_real_choices
     ]
     for entry, at, message, suggestion in cases:
         err = _problems(_manifest(tmp_path, entry))
-        assert f"t.yaml:" in err and f": {at}: " in err and message in err, err
+        assert "t.yaml:" in err and f": {at}: " in err and message in err, err
         assert (f"did you mean {suggestion}?" in err) == (suggestion is not None), err
     assert "its configs: en, fr" in _problems(
         _manifest(tmp_path, {"hub": "org/caps", "config": "fre"})
@@ -315,32 +320,30 @@ def test_a_missing_dataset_split_config_or_column_is_named_with_the_real_choices
 
 def test_a_run_keeps_the_commit_it_started_from(hub: Hub, tmp_path: Path):
     """An unpinned `hub:` run records its commit; once the dataset moves, a rerun is refused naming both commits, and pinning either one runs."""
+
+    def run(**pin: str) -> tuple[int, str]:
+        entry = {"hub": "org/caps", "text": "caption", **pin}
+        code, _, err = cli("run", str(_manifest(tmp_path, entry)), "--quiet")
+        assert "Traceback" not in err
+        return code, err
+
+    def written() -> list[Path]:
+        return sorted((tmp_path / "out/t/data").rglob("*.png"))
+
     first = hub.commit("org/caps", {"train.parquet": _parquet(CAPTIONS)})
-    code, _, err = cli(
-        "run", str(_manifest(tmp_path, {"hub": "org/caps", "text": "caption"})), "--quiet"
-    )
-    assert code == 0, err
+    assert run() == (0, "")
     moved = {**CAPTIONS, "caption": [*CAPTIONS["caption"][:3], "a lighthouse at noon"]}
     second = hub.commit("org/caps", {"train.parquet": _parquet(moved)})
-    before = sorted((tmp_path / "out/t/data").rglob("*"))
-    code, out, err = cli("run", str(_manifest(tmp_path, {"hub": "org/caps", "text": "caption"})))
-    assert code == 2 and "Traceback" not in err, err
-    assert f"at commit {second}" in err and f"planned from {first}" in err
+    before = written()
+    code, err = run()
+    assert code == 2 and f"at commit {second}" in err and f"planned from {first}" in err, err
     assert f"`revision: {first}`" in err and f"`revision: {second}`" in err
-    assert sorted((tmp_path / "out/t/data").rglob("*")) == before  # nothing written
-    pinned = _manifest(tmp_path, {"hub": "org/caps", "text": "caption", "revision": first})
-    code, out, err = cli("run", str(pinned), "--quiet")
-    assert code == 0, err
-    assert sorted((tmp_path / "out/t/data").rglob("*")) == before  # the same rows: nothing new
-    moving = _manifest(tmp_path, {"hub": "org/caps", "text": "caption", "revision": second})
-    code, out, err = cli("run", str(moving), "--quiet")
-    assert code == 0, err
+    assert written() == before  # nothing written
+    assert run(revision=first) == (0, "")
+    assert written() == before  # the same rows: nothing rendered again
+    assert run(revision=second) == (0, "")
     assert {r["prompt"] for r in _rows(tmp_path / "out/t")} == set(moved["caption"])
-    # Recorded now: the unpinned entry sees the commit the state has.
-    code, out, err = cli(
-        "run", str(_manifest(tmp_path, {"hub": "org/caps", "text": "caption"})), "--quiet"
-    )
-    assert code == 0, err
+    assert run() == (0, "")  # the state holds the commit main is at now
 
 
 def _snapshots(tmp_path: Path) -> list[Path]:
@@ -424,3 +427,116 @@ def test_without_the_extra_or_the_hub_the_refusal_says_what_to_do(
     code, _, err = cli("run", str(m))
     assert code == 2 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_split_in_shards_is_read_in_order_and_a_bad_row_is_located(hub: Hub, tmp_path: Path):
+    """A split in several shards (JSONL here) is one prompt source in shard order; a bad row names the entry, the data file at its commit and the line."""
+    rows = [{"caption": c, "license": "cc0"} for c in CAPTIONS["caption"]]
+    shard = [
+        b"".join(json.dumps(r).encode() + b"\n" for r in part) for part in (rows[:2], rows[2:])
+    ]
+    files = {
+        "data/train-00000-of-00002.jsonl": shard[0],
+        "data/train-00001-of-00002.jsonl": shard[1],
+        "data/test-00000-of-00001.jsonl": b'{"caption": "a test row"}\n',
+    }
+    sha = hub.commit("org/caps", files)
+    m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption", "keep": ["license"]})
+    read = load(m)
+    assert [(p.text, p.extra) for p in read.prompts] == [
+        (c, '{"license":"cc0"}') for c in CAPTIONS["caption"]
+    ]
+    assert [p.where[0] for p in read.prompts][1:3] == [
+        f"hf://datasets/org/caps@{sha}/data/train-00000-of-00002.jsonl",
+        f"hf://datasets/org/caps@{sha}/data/train-00001-of-00002.jsonl",
+    ]
+    test = _manifest(tmp_path, {"hub": "org/caps", "split": "test", "text": "caption"}, "test")
+    assert "1 jobs" in cli("validate", str(test))[1]
+    files["data/train-00001-of-00002.jsonl"] = shard[1] + b'{"caption": "  "}\n'
+    sha = hub.commit("org/caps", files)
+    err = _problems(m)
+    assert (
+        f"t.yaml:5:8: $.prompts[0].hub: hf://datasets/org/caps@{sha}/"
+        "data/train-00001-of-00002.jsonl line 3: prompt" in err
+    ), err
+
+
+def test_a_dataset_of_other_files_is_refused_with_the_formats_read(hub: Hub, tmp_path: Path):
+    """Images, .json or compressed files in the split: refused at `split`, naming the formats found and those read."""
+    hub.commit(
+        "org/pics",
+        {"train/0.png": b"\x89PNG", "train/metadata.json": b"[]", "test/x.csv": b"text\na\n"},
+    )
+    err = _problems(_manifest(tmp_path, {"hub": "org/pics"}))
+    assert (
+        "$.prompts[0].split: split 'train' of config 'default' is held in .json, .png files" in err
+    )
+    assert "Parquet, JSONL or CSV (.parquet, .jsonl, .csv)" in err
+    code, out, err = cli("validate", str(_manifest(tmp_path, {"hub": "org/pics", "split": "test"})))
+    assert code == 0 and "1 jobs" in out, err
+
+
+def test_the_cards_default_config_is_read_without_naming_it(hub: Hub, tmp_path: Path):
+    """A card's configs: the one marked default is read when `config:` is absent, the others by name, each from its own files."""
+    card = {
+        "configs": [
+            {"config_name": "all", "data_files": "full/*.csv"},
+            {"config_name": "small", "data_files": ["part/*.csv"], "default": True},
+        ]
+    }
+    files = {"full/a.csv": b"text\nan owl\na heron\n", "part/a.csv": b"text\nan owl\n"}
+    hub.commit("org/caps", files, card)
+    assert "1 jobs" in cli("validate", str(_manifest(tmp_path, {"hub": "org/caps"})))[1]
+    both = _manifest(tmp_path, {"hub": "org/caps", "config": "all"})
+    assert "2 jobs" in cli("validate", str(both))[1]
+
+
+_FOLDERS = st.sampled_from(["data", "train", "valid", "test_set", "x", "my-dev", "Train", "eval2"])
+_NAMES = st.sampled_from(
+    [
+        "train",
+        "test",
+        "validation",
+        "eval",
+        "restrained",
+        "my_train_set",
+        "part",
+        "dev",
+        "val",
+        "train-00000-of-00002",
+        "test-00001-of-00002",
+        "data",
+        "Test",
+        "README",
+        ".hidden",
+    ]
+)
+_PATHS = st.builds(
+    lambda folders, name, tail, ext: "/".join([*folders, name + tail + ext]),
+    st.lists(_FOLDERS, max_size=2),
+    _NAMES,
+    st.sampled_from(["", "-1", "_0"]),
+    st.sampled_from([".parquet", ".jsonl", ".csv"]),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(paths=st.lists(_PATHS, min_size=1, max_size=6, unique=True))
+def test_splits_are_the_files_datasets_would_load(paths: list[str]):
+    """Without configs in the card, each split holds exactly the files `datasets` finds for it in the same layout (sharded names, folders, file names, else all train)."""
+    datasets_files = pytest.importorskip("datasets.data_files")
+    assume(not any(q.startswith(p.rsplit(".", 1)[0] + "/") for p in paths for q in paths))
+    with tempfile.TemporaryDirectory() as folder:
+        for p in paths:
+            (Path(folder) / p).parent.mkdir(parents=True, exist_ok=True)
+            (Path(folder) / p).write_text("x")
+        try:
+            patterns = datasets_files.get_data_patterns(folder)
+        except datasets_files.EmptyDatasetError:
+            patterns = {}
+        found = datasets_files.DataFilesDict.from_patterns(patterns, base_path=folder)
+        theirs = {
+            str(k): sorted({str(Path(f).relative_to(folder)) for f in v}) for k, v in found.items()
+        }
+    ours = _by_split_words(sorted(paths))
+    assert {k: sorted(v) for k, v in ours.items()} == theirs
