@@ -400,7 +400,10 @@ def test_a_gated_dataset_needs_a_token_from_the_environment_only(
     hub.gated.add("org/caps")
     hub.token = "hf_right_" + "x" * 20
     m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"})
+    (tmp_path / "hf").mkdir(exist_ok=True)
+    (tmp_path / "hf" / "token").write_text(hub.token)  # a login's token file is not read
     assert "is gated" in _problems(m) and "export HF_TOKEN=" in _problems(m)
+    assert {auth for _, _, auth in hub.requests} == {None}
     monkeypatch.setenv("HF_TOKEN", "hf_wrong_" + "y" * 20)
     err = _problems(m)
     assert "is gated" in err and "hf_wrong" not in err
