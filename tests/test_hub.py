@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,9 @@ class Hub:
         return response
 
 
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
-    """A Hub on 127.0.0.1 on its own thread, named by HF_ENDPOINT; HF_HOME in tmp_path."""
+@contextmanager
+def serving() -> Iterator[Hub]:
+    """A Hub on 127.0.0.1 on its own thread (its URL in `.url`) while the block lasts."""
     state = Hub()
     app = web.Application()
     base = "/{org}/{name}"
@@ -168,16 +169,23 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
     assert ready.wait(10), "the Hub did not start"
-    monkeypatch.setenv("HF_ENDPOINT", state.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     try:
         yield state
     finally:
         loop.call_soon_threadsafe(box["stop"].set)
         thread.join(10)
         loop.close()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    """A Hub on 127.0.0.1 named by HF_ENDPOINT; HF_HOME in tmp_path; no HF_TOKEN."""
+    with serving() as state:
+        monkeypatch.setenv("HF_ENDPOINT", state.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+        yield state
 
 
 CAPTIONS = {
