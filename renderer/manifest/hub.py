@@ -451,7 +451,8 @@ def _by_split_words(files: list[str], under: str = "") -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------- one commit per run
 
-META = "hub_commit:"  # + repo/config/split → the commit the run's state was planned from
+# + repo/config/split@revision as the manifest asks it → the commit that resolved to.
+META = "hub_commit:"
 
 
 def keep_commits(
@@ -460,28 +461,30 @@ def keep_commits(
     set_meta: Callable[[str, str], None],
     doc: Located,
 ) -> None:
-    """Record each `hub:` source's commit in the run's state on its first run; refuse a later
-    run that would see another commit for an entry without `revision:` (the dataset moved on
-    the Hub since): ManifestError naming both commits and the two ways on. An entry whose
-    `revision:` was changed is the user's choice: its new commit is recorded."""
+    """Record the commit each `hub:` entry resolved to in the run's state, by what the entry
+    asks (dataset, config, split and `revision:` as written, none included); refuse a later run
+    whose same words resolve to another commit (a branch or tag moved on the Hub since):
+    ManifestError naming both commits and the two ways on. Asking another revision is the
+    user's choice: its commit is recorded beside."""
     problems = []
     for s in sources:
-        name = f"{META}{s.repo}/{s.config}/{s.split}"
+        name = f"{META}{s.repo}/{s.config}/{s.split}@{s.revision or ''}"
         recorded = meta(name)
-        if recorded is None or recorded == s.sha or s.revision is not None:
-            if recorded != s.sha:
-                set_meta(name, s.sha)
+        if recorded is None:
+            set_meta(name, s.sha)
+        if recorded is None or recorded == s.sha:
             continue
+        asked = f"`revision: {s.revision}`" if s.revision else "no revision (its main branch)"
         problems.append(
             doc.problem(
                 s.path,
-                f"the dataset {s.repo} (config {s.config!r}, split {s.split!r}) is at commit "
-                f"{s.sha} on the Hub now, but this run was planned from {recorded}: "
-                "a run is a function of its manifest, and this manifest names no revision",
+                f"the dataset {s.repo} (config {s.config!r}, split {s.split!r}) with {asked} is "
+                f"at commit {s.sha} on the Hub now, but this run was planned from {recorded}: a run "
+                "is a function of its manifest, and these words name another commit now",
                 allowed=f"`revision: {recorded}` to finish the run as planned, or "
                 f"`revision: {s.sha}` to render the dataset as it is now (changed rows are "
                 "new jobs; rows gone leave the dataset)",
             )
         )
     if problems:
-        raise ManifestError(problems, hint="pin the revision and run again")
+        raise ManifestError(problems, hint="pin the revision to a commit and run again")
