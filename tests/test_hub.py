@@ -452,7 +452,7 @@ def test_without_the_extra_or_the_hub_the_refusal_says_what_to_do(
 
 
 def test_a_split_in_shards_is_read_in_order_and_a_bad_row_is_located(hub: Hub, tmp_path: Path):
-    """A split in several shards (JSONL here) is one prompt source in shard order; a bad row names the entry, the data file at its commit and the line."""
+    """A split in several shards (JSONL here) is one prompt source in shard order; a bad row names the entry, the data file at its commit and the line; a column missing from the shards is said once."""
     rows = [{"caption": c, "license": "cc0"} for c in CAPTIONS["caption"]]
     shard = [
         b"".join(json.dumps(r).encode() + b"\n" for r in part) for part in (rows[:2], rows[2:])
@@ -474,6 +474,10 @@ def test_a_split_in_shards_is_read_in_order_and_a_bad_row_is_located(hub: Hub, t
     ]
     test = _manifest(tmp_path, {"hub": "org/caps", "split": "test", "text": "caption"}, "test")
     assert "1 jobs" in cli("validate", str(test))[1]
+    parquet = {f"data/train-0000{i}-of-00002.parquet": _parquet(CAPTIONS) for i in (0, 1)}
+    hub.commit("org/pq", parquet)
+    err = _problems(_manifest(tmp_path, {"hub": "org/pq", "text": "captoin"}, "pq"))
+    assert err.count("no column 'captoin'") == 1 and "(1 more files not read)" in err, err
     files["data/train-00001-of-00002.jsonl"] = shard[1] + b'{"caption": "  "}\n'
     sha = hub.commit("org/caps", files)
     err = _problems(m)

@@ -4,9 +4,9 @@ Owns resolving an entry to one commit and the data files of its config and split
 downloading them into the Hugging Face cache (verified against the sizes and hashes the Hub
 lists), and reading them with the prompt-file readers (sources.prompt_file), so a `hub:` entry
 behaves exactly as the same Parquet / JSONL / CSV files named with `file:` would: the same rows,
-ids, kept columns, checks and memory bounds. Also owns the reproducibility rule: the commit a
-run started from is recorded in its state (`keep_commits`), and a later run of that state that
-would see another commit for an entry without `revision:` is refused.
+ids, kept columns, checks and memory bounds. Also owns the reproducibility rule: the commit each
+entry resolved to is recorded in the run's state (`keep_commits`), and a later run of that state
+whose same entry resolves to another commit (a branch or tag moved) is refused.
 
 huggingface_hub is imported when a manifest has a `hub:` entry, never at import time, and the
 environment (HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, HF_TOKEN) is read at that call, not by
@@ -59,9 +59,9 @@ def hub_prompts(
     keep: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> tuple[list[PromptTable], list[Problem], HubSource | None]:
-    """The prompts of one `- hub:` entry: one table per data file of its split, in the order
-    the Hub lists them; the problems (located at the entry, naming the data file and row); and
-    the source as resolved (None when it could not be). `env` defaults to os.environ."""
+    """The prompts of one `- hub:` entry: one table per data file of its split, in path order;
+    the problems (located at the entry, naming the data file and row); and the source as
+    resolved (None when it could not be). `env` defaults to os.environ."""
     at: Path_ = ("prompts", index, "hub")
     try:
         import huggingface_hub  # noqa: F401  # the extra is installed
@@ -103,6 +103,14 @@ def hub_prompts(
         table.file, table.path = shown, at
         problems += _located(doc, at, found, local, shown)
         tables.append(table)
+        if found and not len(table) and name != files[-1]:
+            # The file as a whole is refused (a column missing, not Parquet…): the others,
+            # shards of the same split, would be refused alike; one says it.
+            rest = len(files) - files.index(name) - 1
+            problems[-1] = replace(
+                problems[-1], message=problems[-1].message + f" ({rest} more files not read)"
+            )
+            break
     return tables, problems, source
 
 
