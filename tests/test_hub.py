@@ -566,3 +566,18 @@ def test_splits_are_the_files_datasets_would_load(paths: list[str]):
         }
     ours = _by_split_words(sorted(paths))
     assert {k: sorted(v) for k, v in ours.items()} == theirs
+
+
+def test_a_run_pinned_to_a_commit_needs_the_hub_only_once(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Pinned to a 40-hex commit whose files are cached, a manifest validates and runs with the Hub unreachable; unpinned, it is refused (its commit cannot be known)."""
+    sha = hub.commit("org/caps", {"data/train.parquet": _parquet(CAPTIONS)})
+    pinned = _manifest(tmp_path, {"hub": "org/caps", "text": "caption", "revision": sha})
+    assert cli("validate", str(pinned))[0] == 0
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    code, _, err = cli("run", str(pinned), "--quiet")
+    assert code == 0 and not err, err
+    assert len(_rows(tmp_path / "out/t")) == 4
+    unpinned = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"}, "unpinned")
+    assert "could not be reached for org/caps" in _problems(unpinned)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -155,7 +156,9 @@ class _Hub:
         self.endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         # False: no token read from a file, only HF_TOKEN (the environment only).
         self.token: str | bool = env.get("HF_TOKEN") or False
-        home = env.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+        # huggingface_hub's own order: HF_HUB_CACHE, HF_HOME/hub, XDG_CACHE_HOME, ~/.cache.
+        xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        home = env.get("HF_HOME") or str(Path(xdg) / "huggingface")
         self.cache = Path(env.get("HF_HUB_CACHE") or Path(home) / "hub")
         self.api = HfApi(endpoint=self.endpoint, token=self.token)
 
@@ -228,6 +231,10 @@ class _Hub:
             raise HubProblem(
                 f"{repo!r} is not a dataset id", allowed="ORG/NAME, as the Hub's page names it"
             )
+        if revision is not None and COMMIT.fullmatch(revision):
+            known = self._known(repo, revision)
+            if known is not None:
+                return known  # a commit never changes: its listing needs no request
         try:
             got = self.api.dataset_info(repo, revision=revision, files_metadata=True)
         except Exception as exc:
@@ -247,7 +254,39 @@ class _Hub:
             for s in got.siblings or ()
         }
         card = got.card_data.to_dict() if got.card_data is not None else {}
-        return {"sha": sha, "files": files, "card": card}
+        found = {"sha": sha, "files": files, "card": card}
+        self._keep(repo, found)
+        return found
+
+    def _listing(self, repo: str, sha: str) -> Path:
+        """Where the listing of a commit is kept: beside huggingface_hub's folders for the
+        dataset, so a run pinned to that commit needs the Hub only the first time."""
+        return self.cache / f"datasets--{repo.replace('/', '--')}" / "renderer" / f"{sha}.json"
+
+    def _known(self, repo: str, sha: str) -> dict[str, Any] | None:
+        """The listing kept for `sha`, or None (none kept, or not one this module wrote)."""
+        try:
+            found = json.loads(self._listing(repo, sha).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not (
+            isinstance(found, dict)
+            and found.get("sha") == sha
+            and isinstance(found.get("files"), dict)
+            and isinstance(found.get("card"), dict)
+        ):
+            return None
+        return found
+
+    def _keep(self, repo: str, found: dict[str, Any]) -> None:
+        """Keep a commit's listing (written whole, then renamed); a cache that cannot be
+        written only costs the next run a request."""
+        path = self._listing(repo, found["sha"])
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part = path.with_name(f"{path.name}.{os.getpid()}.part")
+            part.write_text(json.dumps(found, default=str), encoding="utf-8")
+            os.replace(part, path)
 
     def download(self, repo: str, sha: str, name: str, listed: tuple[Any, ...]) -> Path:
         """The data file `name` at commit `sha` in the cache, downloaded if not there, and
