@@ -488,11 +488,17 @@ def test_a_split_in_shards_is_read_in_order_and_a_bad_row_is_located(hub: Hub, t
 
 
 def test_a_dataset_of_other_files_is_refused_with_the_formats_read(hub: Hub, tmp_path: Path):
-    """Images, .json or compressed files in the split: refused at `split`, naming the formats found and those read."""
+    """Images or .json files in the split: refused at `split`, naming the formats found and those read; an empty data file is said to hold no prompts."""
     hub.commit(
         "org/pics",
         {"train/0.png": b"\x89PNG", "train/metadata.json": b"[]", "test/x.csv": b"text\na\n"},
     )
+    hub.commit(
+        "org/empty", {"data/train.parquet": _parquet({"caption": pa.array([], pa.string())})}
+    )
+    err = _problems(_manifest(tmp_path, {"hub": "org/empty", "text": "caption"}))
+    assert "t.yaml:5:8: $.prompts[0].hub: the data file hf://datasets/org/empty@" in err, err
+    assert "/data/train.parquet holds no prompts" in err
     err = _problems(_manifest(tmp_path, {"hub": "org/pics"}))
     assert (
         "$.prompts[0].split: split 'train' of config 'default' is held in .json, .png files" in err

@@ -121,10 +121,13 @@ def _located(
     """The readers' problems at the entry: a row's problem names the data file and row in its
     message (the manifest's file:line:col is where the user acts); the cache path never shows."""
     line, col = doc.where(at)
+    as_file = json_path((*at[:2], "file"))  # what the reader says of "its file" is the entry's
     out = []
     for p in found:
         message = p.message.replace(str(local), shown)
         message = message.replace(f"prompt file {local.name}", f"data file {shown}")
+        if p.json_path == as_file:
+            p = replace(p, line=line, col=col, json_path=json_path(at))
         if p.file in (str(local), str(local.resolve())):
             # A Parquet file's own problems (its schema, its format) are at no row.
             whole = shown.endswith(".parquet") and message.startswith(("no column", "not a"))
