@@ -509,18 +509,25 @@ def test_a_dataset_of_other_files_is_refused_with_the_formats_read(hub: Hub, tmp
 
 
 def test_the_cards_default_config_is_read_without_naming_it(hub: Hub, tmp_path: Path):
-    """A card's configs: the one marked default is read when `config:` is absent, the others by name, each from its own files."""
+    """A card's configs: the one marked default is read when `config:` is absent, the others by name, each from its own files (patterns under its data_dir; without patterns, its data_dir's files by split words)."""
     card = {
         "configs": [
             {"config_name": "all", "data_files": "full/*.csv"},
             {"config_name": "small", "data_files": ["part/*.csv"], "default": True},
+            {"config_name": "by_dir", "data_dir": "full", "data_files": {"test": "*.csv"}},
+            {"config_name": "by_words", "data_dir": "words"},
         ]
     }
     files = {"full/a.csv": b"text\nan owl\na heron\n", "part/a.csv": b"text\nan owl\n"}
+    files |= {"words/test.csv": b"text\na fox\n", "words/valid.csv": b"text\na cat\n"}
     hub.commit("org/caps", files, card)
     assert "1 jobs" in cli("validate", str(_manifest(tmp_path, {"hub": "org/caps"})))[1]
     both = _manifest(tmp_path, {"hub": "org/caps", "config": "all"})
     assert "2 jobs" in cli("validate", str(both))[1]
+    in_dir = _manifest(tmp_path, {"hub": "org/caps", "config": "by_dir", "split": "test"})
+    assert "2 jobs" in cli("validate", str(in_dir))[1]
+    words = _manifest(tmp_path, {"hub": "org/caps", "config": "by_words", "split": "tets"})
+    assert "its splits: validation, test" in _problems(words)
 
 
 _FOLDERS = st.sampled_from(["data", "train", "valid", "test_set", "x", "my-dev", "Train", "eval2"])

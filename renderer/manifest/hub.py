@@ -425,12 +425,14 @@ def _card_configs(card: dict[str, Any], files: list[str]) -> dict[str, dict[str,
                     by_split[str(d["split"])] = _listed(d.get("path", []))
         elif isinstance(given, dict):
             by_split = {str(k): _listed(v) for k, v in given.items()}
-        elif given is None:
-            by_split = _by_split_words(files, str(entry.get("data_dir", "")).strip("/"))
-            found[str(entry.get("config_name", "default"))] = by_split
+        under = str(entry.get("data_dir") or "").strip("/")
+        if given is None:
+            found[str(entry.get("config_name", "default"))] = _by_split_words(files, under)
             continue
+        # Patterns are relative to the config's data_dir (the repository's root without one).
+        prefix = under + "/" if under else ""
         found[str(entry.get("config_name", "default"))] = {
-            s: [f for f in files if any(_glob(p).fullmatch(f) for p in patterns)]
+            s: [f for f in files if any(_glob(prefix + p).fullmatch(f) for p in patterns)]
             for s, patterns in by_split.items()
         }
     return found
