@@ -219,7 +219,9 @@ def _rows(run_dir: Path) -> list[dict[str, Any]]:
 def test_a_hub_dataset_runs_as_its_local_parquet_file(hub: Hub, tmp_path: Path):
     """A run from `hub:` writes the same jobs, paths and dataset rows as the same Parquet file named with `file:`."""
     data = _parquet(CAPTIONS)
-    hub.commit("org/caps", {"README.md": b"# caps\n", "data/train-00000-of-00001.parquet": data})
+    sha = hub.commit(
+        "org/caps", {"README.md": b"# caps\n", "data/train-00000-of-00001.parquet": data}
+    )
     (tmp_path / "caps.parquet").write_bytes(data)
     mapping = {"text": "caption", "keep": ["source_url", "license"]}
     remote = _manifest(tmp_path, {"hub": "org/caps", **mapping}, "remote")
@@ -227,6 +229,8 @@ def test_a_hub_dataset_runs_as_its_local_parquet_file(hub: Hub, tmp_path: Path):
     for manifest in (remote, local):
         code, _, err = cli("run", str(manifest), "--quiet")
         assert code == 0, err
+    served = [path for method, path, _ in hub.requests if method == "GET"]
+    assert served[-1] == f"/datasets/org/caps/resolve/{sha}/data/train-00000-of-00001.parquet"
     a, b = _rows(tmp_path / "out/remote"), _rows(tmp_path / "out/local")
     assert len(a) == 4 and a == b
     assert {r["prompt"]: r["source_url"] for r in a} == dict(
@@ -323,6 +327,8 @@ def test_a_missing_dataset_split_config_or_column_is_named_with_the_real_choices
     assert "its branches and tags: main" in _problems(
         _manifest(tmp_path, {"hub": "org/caps", "revision": "v2"})
     )
+    code, _, err = cli("run", str(_manifest(tmp_path, {"hub": "org/caps", "config": "fre"})))
+    assert code == 2 and "no config 'fre'" in err
     assert not (tmp_path / "out").exists()
 
 
