@@ -100,6 +100,8 @@ def hub_prompts(
         except HubProblem as exc:
             problems.append(doc.problem(at, f"{shown}: {exc.message}", **exc.kw))
             continue
+        # The reader takes the format from the name as given: the cache's file is a link to a
+        # blob named by its hash.
         table, found = prompt_file(doc, local.parent, index, local.name, columns, True, keep)
         table.file, table.path = shown, at
         problems += _located(doc, at, found, local, shown)
