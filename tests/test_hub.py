@@ -600,3 +600,21 @@ def test_a_run_pinned_to_a_commit_needs_the_hub_only_once(
     assert len(_rows(tmp_path / "out/t")) == 4
     unpinned = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"}, "unpinned")
     assert "could not be reached for org/caps" in _problems(unpinned)
+    (listing,) = (tmp_path / "hf").rglob(f"renderer/{sha}.json")
+    listing.write_text(json.dumps({"sha": sha, "files": {"data/train.parquet": 1}, "card": {}}))
+    assert "could not be reached for org/caps" in _problems(pinned)  # a damaged list is not used
+
+
+def test_a_damaged_cached_file_is_refused_then_downloaded_again(hub: Hub, tmp_path: Path):
+    """A data file edited in the cache since it was downloaded fails the check on the next command: removed, refused, and the run after downloads it whole."""
+    hub.commit("org/caps", {"data/train.parquet": _parquet(CAPTIONS)})
+    m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"})
+    assert cli("validate", str(m))[0] == 0
+    (cached,) = _snapshots(tmp_path)
+    blob = cached.resolve()
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"!")
+    assert "not the file the Hub lists" in _problems(m)
+    assert _snapshots(tmp_path) == []
+    code, out, err = cli("validate", str(m))
+    assert code == 0 and "4 jobs" in out, err

@@ -278,6 +278,7 @@ class _Hub:
             isinstance(found, dict)
             and found.get("sha") == sha
             and isinstance(found.get("files"), dict)
+            and all(isinstance(v, list) and len(v) == 3 for v in found["files"].values())
             and isinstance(found.get("card"), dict)
         ):
             return None
