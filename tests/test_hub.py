@@ -55,6 +55,7 @@ class Hub:
         self.token: str | None = None  # the token those files accept
         self.served: dict[str, bytes] = {}  # path → bytes served instead of the listed ones
         self.cut: set[str] = set()  # paths whose body stops halfway (Content-Length whole)
+        self.etag: str | None = None  # the ETag every file is served with, instead of its hash
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, Authorization
         self.url = ""
 
@@ -124,7 +125,7 @@ class Hub:
         if listed is None:
             return web.Response(status=404, headers={"X-Error-Code": "EntryNotFound"})
         data = self.served.get(path, listed)
-        etag = hashlib.sha256(data).hexdigest()
+        etag = self.etag or hashlib.sha256(data).hexdigest()
         headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Length": str(len(data))}
         if request.method == "HEAD":
             return web.Response(headers=headers)
@@ -378,12 +379,13 @@ def _snapshots(tmp_path: Path) -> list[Path]:
         "longer",
         pytest.param("cut short", marks=pytest.mark.slow),  # huggingface_hub retries for ~5 s
         "not parquet",
+        "etag escapes",
     ],
 )
 def test_a_hostile_hub_is_refused_and_nothing_it_served_is_kept(
     hub: Hub, tmp_path: Path, fault: str
 ):
-    """A Hub that errs, serves bytes other than the ones it lists, cuts a download short or serves a file that is not what its name says: a clear refusal at the entry, nothing read or kept; a healthy Hub then serves the run."""
+    """A Hub that errs, serves bytes other than the ones it lists, cuts a download short, serves a file that is not what its name says or names it with a path: a clear refusal at the entry, nothing read or kept, nothing written outside the cache; a healthy Hub then serves the run."""
     data = _parquet(CAPTIONS)
     listed = b"<html>rate limited</html>" if fault == "not parquet" else data
     hub.commit("org/caps", {"data/train.parquet": listed})
@@ -395,6 +397,8 @@ def test_a_hostile_hub_is_refused_and_nothing_it_served_is_kept(
         hub.served["data/train.parquet"] = data + b"xyz"
     elif fault == "cut short":
         hub.cut.add("data/train.parquet")
+    elif fault == "etag escapes":  # huggingface_hub would store the download at blobs/<ETag>
+        hub.etag = "../../../../escaped"
     m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"})
     err = _problems(m)
     assert "t.yaml:5:8: $.prompts[0].hub: " in err, err
@@ -405,13 +409,15 @@ def test_a_hostile_hub_is_refused_and_nothing_it_served_is_kept(
         "longer": "got 1,069 bytes",
         "cut short": "was cut short",
         "not parquet": "train.parquet: not a readable Parquet file",
+        "etag escapes": "names the download '../../../../escaped', which is not a plain name",
     }[fault]
     assert expected in err, err
+    assert not list(tmp_path.rglob("escaped*"))
     if fault != "not parquet":  # (that file is the one the Hub lists: what it holds is refused)
         assert _snapshots(tmp_path) == []
     if fault == "not parquet":
         return
-    hub.status, hub.served, hub.cut = None, {}, set()
+    hub.status, hub.served, hub.cut, hub.etag = None, {}, set(), None
     code, out, err = cli("validate", str(m))
     assert code == 0 and "4 jobs" in out, err
     assert [p.name for p in _snapshots(tmp_path)] == ["train.parquet"]

@@ -302,6 +302,9 @@ class _Hub:
         size, sha256, blob = listed
         if not isinstance(size, int) or not (sha256 or blob):
             raise HubProblem("the Hub lists no size and hash for it: it cannot be verified")
+        folder = self.cache / f"datasets--{repo.replace('/', '--')}"
+        if not (folder / "snapshots" / sha / name).exists():
+            self._safe_etag(repo, sha, name)
         try:
             got = hf_hub_download(
                 repo,
@@ -327,6 +330,25 @@ class _Hub:
                 "between serves another file",
             )
         return path
+
+    def _safe_etag(self, repo: str, sha: str, name: str) -> None:
+        """Refuse a file whose ETag is not a plain name before huggingface_hub downloads it:
+        it stores the download as `blobs/<ETag>`, and a `../` there would write outside the
+        cache (huggingface_hub 2.4 does not check). A server that answers this HEAD and
+        huggingface_hub's own differently is not stopped here."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        url = hf_hub_url(repo, name, repo_type="dataset", revision=sha, endpoint=self.endpoint)
+        try:
+            etag = get_hf_file_metadata(url, token=self.token).etag or ""
+        except Exception as exc:
+            raise self._failed(exc, f"{repo}/{name}") from None
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", etag):
+            raise HubProblem(
+                f"the Hub names the download {etag[:80]!r}, which is not a plain name: "
+                "refused before anything was written",
+                allowed="a Hub that names files by their hash (HF_ENDPOINT names another)",
+            )
 
 
 def _hashes(path: Path, lfs: bool) -> tuple[int, str]:
