@@ -29,7 +29,7 @@ from aiohttp import web
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from renderer.manifest.hub import _by_split_words
+from renderer.manifest.hub import _by_split_words, _card_configs
 from renderer.manifest.load import load
 from tests.conftest import cli
 from tests.servers import free_port
@@ -624,3 +624,61 @@ def test_a_damaged_cached_file_is_refused_then_downloaded_again(hub: Hub, tmp_pa
     assert _snapshots(tmp_path) == []
     code, out, err = cli("validate", str(m))
     assert code == 0 and "4 jobs" in out, err
+
+
+_PATTERNS = st.sampled_from(
+    [
+        "data/*.parquet",
+        "**/*.csv",
+        "*/train-*",
+        "en/**",
+        "**",
+        "data/train-*",
+        "*.jsonl",
+        "**/test*",
+        "fr/*",
+        "*/*/*",
+    ]
+)
+_CARD_PATHS = st.builds(
+    lambda folders, name, ext: "/".join([*folders, name + ext]),
+    st.lists(st.sampled_from(["data", "en", "fr", "x", "a-b"]), max_size=2),
+    st.sampled_from(["train-0", "train-1", "test", "part", "valid_x", "data"]),
+    st.sampled_from([".parquet", ".jsonl", ".csv"]),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    paths=st.lists(_CARD_PATHS, min_size=1, max_size=6, unique=True),
+    train=st.lists(_PATTERNS, min_size=1, max_size=2, unique=True),
+    test=_PATTERNS,
+)
+def test_card_patterns_match_the_files_datasets_would_load(
+    paths: list[str], train: list[str], test: str
+):
+    """A card's data_files patterns (`*` within a folder, `**` across) select the files `datasets` selects for each split."""
+    datasets_files = pytest.importorskip("datasets.data_files")
+    assume(not any(q.startswith(p.rsplit(".", 1)[0] + "/") for p in paths for q in paths))
+    given = {"train": train, "test": [test]}
+    card = {
+        "configs": [
+            {"config_name": "c", "data_files": [{"split": k, "path": v} for k, v in given.items()]}
+        ]
+    }
+    ours = _card_configs(card, sorted(paths))["c"]
+    with tempfile.TemporaryDirectory() as folder:
+        for p in paths:
+            (Path(folder) / p).parent.mkdir(parents=True, exist_ok=True)
+            (Path(folder) / p).write_text("x")
+        try:
+            found = datasets_files.DataFilesDict.from_patterns(
+                datasets_files.sanitize_patterns(given), base_path=folder
+            )
+        except FileNotFoundError:  # a pattern matching nothing: datasets refuses; so do we
+            assert any(not files for files in ours.values())
+            return
+        theirs = {
+            str(k): sorted({str(Path(f).relative_to(folder)) for f in v}) for k, v in found.items()
+        }
+    assert {k: sorted(v) for k, v in ours.items()} == theirs
