@@ -500,7 +500,7 @@ def test_a_split_in_shards_is_read_in_order_and_a_bad_row_is_located(hub: Hub, t
 
 
 def test_a_dataset_of_other_files_is_refused_with_the_formats_read(hub: Hub, tmp_path: Path):
-    """Images or .json files in the split: refused at `split`, naming the formats found and those read; an empty data file is said to hold no prompts."""
+    """Images in the split: refused at `split`, naming the formats found and those read; a .json file is read when it is JSON Lines and refused when it is one document; an empty data file is said to hold no prompts."""
     hub.commit(
         "org/pics",
         {"train/0.png": b"\x89PNG", "train/metadata.json": b"[]", "test/x.csv": b"text\na\n"},
@@ -512,12 +512,16 @@ def test_a_dataset_of_other_files_is_refused_with_the_formats_read(hub: Hub, tmp
     assert "t.yaml:5:8: $.prompts[0].hub: the data file hf://datasets/org/empty@" in err, err
     assert "/data/train.parquet holds no prompts" in err
     err = _problems(_manifest(tmp_path, {"hub": "org/pics"}))
-    assert (
-        "$.prompts[0].split: split 'train' of config 'default' is held in .json, .png files" in err
-    )
-    assert "Parquet, JSONL or CSV (.parquet, .jsonl, .csv)" in err
+    assert "$.prompts[0].split: split 'train' of config 'default' is held in .png files" in err
+    assert "Parquet, JSON Lines or CSV (.parquet, .jsonl, .json, .csv)" in err
     code, out, err = cli("validate", str(_manifest(tmp_path, {"hub": "org/pics", "split": "test"})))
     assert code == 0 and "1 jobs" in out, err
+    lines = b'{"text": "an owl"}\n{"text": "a heron"}\n'
+    hub.commit("org/json", {"train.json": lines, "test.json": b'[\n  {"text": "an owl"}\n]\n'})
+    code, out, err = cli("validate", str(_manifest(tmp_path, {"hub": "org/json"})))
+    assert code == 0 and "2 jobs" in out, err  # .json files holding JSON Lines are read
+    err = _problems(_manifest(tmp_path, {"hub": "org/json", "split": "test"}))
+    assert "test.json is one JSON document (an array or an object over several lines)" in err
 
 
 def test_the_cards_default_config_is_read_without_naming_it(hub: Hub, tmp_path: Path):

@@ -35,8 +35,9 @@ from renderer.manifest.types import HubSource
 if TYPE_CHECKING:
     from renderer.manifest.located import Located, Path_
 
-# The formats read, as the prompt-file readers read them.
-FORMATS = (".parquet", ".jsonl", ".csv")
+# The formats read, as the prompt-file readers read them: `.json` files as JSON Lines (as the
+# Hub's datasets often name them), refused when one holds a single JSON document instead.
+FORMATS = (".parquet", ".jsonl", ".json", ".csv")
 INSTALL = "pip install 'renderer-batch[hub]'"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -100,8 +101,18 @@ def hub_prompts(
         except HubProblem as exc:
             problems.append(doc.problem(at, f"{shown}: {exc.message}", **exc.kw))
             continue
-        # The reader takes the format from the name as given: the cache's file is a link to a
-        # blob named by its hash.
+        if name.endswith(".json") and not _json_lines(local):
+            problems.append(
+                doc.problem(
+                    at,
+                    f"{shown} is one JSON document (an array or an object over several lines), "
+                    "not JSON Lines",
+                    allowed="data files in Parquet, JSON Lines (one object a line) or CSV",
+                )
+            )
+            continue
+        # The reader takes the format from the name as given (`.json`, like any name it does
+        # not know, as JSON Lines): the cache's file is a link to a blob named by its hash.
         table, found = prompt_file(doc, local.parent, index, local.name, columns, True, keep)
         table.file, table.path = shown, at
         problems += _located(doc, at, found, local, shown)
@@ -351,6 +362,17 @@ class _Hub:
             )
 
 
+def _json_lines(path: Path) -> bool:
+    """Is a `.json` file JSON Lines? Not when its first line that is not blank opens an array
+    or is a lone `{` (one document over many lines); a bad first row is the reader's to say."""
+    with path.open("rb") as f:
+        for raw in iter(lambda: f.readline(1 << 20), b""):
+            first = raw.strip()
+            if first:
+                return not (first.startswith(b"[") or first == b"{")
+    return True
+
+
 def _hashes(path: Path, lfs: bool) -> tuple[int, str]:
     """(size, sha256) of an LFS file, (size, git blob id) of a file kept in git itself."""
     size = path.stat().st_size
@@ -416,7 +438,7 @@ def data_files(info: dict[str, Any], config: str | None, split: str) -> tuple[st
             + (f"held in {', '.join(wrong[:5])} files" if wrong else "empty")
             + ", which renderer does not read as prompts",
             "split",
-            allowed="a dataset whose data files are Parquet, JSONL or CSV ("
+            allowed="a dataset whose data files are Parquet, JSON Lines or CSV ("
             + ", ".join(FORMATS)
             + ")",
         )
