@@ -686,3 +686,18 @@ def test_card_patterns_match_the_files_datasets_would_load(
             str(k): sorted({str(Path(f).relative_to(folder)) for f in v}) for k, v in found.items()
         }
     assert {k: sorted(v) for k, v in ours.items()} == theirs
+
+
+def test_the_python_api_reads_a_hub_entry(hub: Hub, tmp_path: Path):
+    """`renderer.load_manifest` with a `hub:` entry in a dict plans the dataset's rows, and its problems are the CLI's."""
+    import renderer
+    from renderer.errors import ManifestError
+
+    hub.commit("org/caps", {"train.parquet": _parquet(CAPTIONS)})
+    body = {"name": "t", "provider": "emulator", "models": ["fal-ai/flux-1/schnell"], "seeds": [1]}
+    plan = renderer.load_manifest({**body, "prompts": [{"hub": "org/caps", "text": "caption"}]})
+    assert plan.images == 4
+    assert plan.manifest.hub[0].sha == hub.repos["org/caps"]["main"]
+    with pytest.raises(ManifestError) as caught:
+        renderer.load_manifest({**body, "prompts": [{"hub": "org/caps", "split": "tset"}]})
+    assert "no split 'tset'" in caught.value.problems[0].message
