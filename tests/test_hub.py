@@ -29,7 +29,7 @@ from aiohttp import web
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from renderer.manifest.hub import _by_split_words, _card_configs
+from renderer.manifest.hubfiles import _by_split_words, _card_configs
 from renderer.manifest.load import load
 from tests.conftest import cli
 from tests.servers import free_port
