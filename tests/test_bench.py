@@ -264,3 +264,12 @@ def test_chaos_trials_smoke():
     for kind in ("pg-restart", "s3-outage", "pg-stop"):
         assert f"| {kind} " in done.stdout
     assert "# result: PASS" in done.stdout
+
+
+@pytest.mark.slow
+def test_hub_source_smoke():
+    """bench/hub_source.py validates a caption set from the suite's Hub, cold and warm, beside the local file."""
+    pytest.importorskip("huggingface_hub")
+    out = _run("bench/hub_source.py", "--captions", "200", "--runs", "1")
+    assert "reproduce: python bench/hub_source.py" in out
+    assert all(f"| {case} " in out for case in ("file", "hub cold", "hub warm"))

@@ -154,7 +154,7 @@ def keep_problems(
     keep = item.get("keep") or []
     if not keep:
         return [], ()
-    if str(item["file"]).endswith(".txt"):
+    if str(item.get("file", "")).endswith(".txt"):
         return [
             doc.problem(
                 ("prompts", index, "keep"),
@@ -164,7 +164,7 @@ def keep_problems(
         ], ()
     mapped = any(k in item for k in ("text", "id", "tags"))
     read = {item.get(k, k): k for k in ("text", "id", "tags")}
-    if not mapped and not str(item["file"]).endswith(".csv"):
+    if not mapped and not str(item.get("file", "")).endswith(".csv"):
         read.setdefault("params", "params")  # a JSONL or Parquet row's own params
     shown = {"text": "prompt", "id": "prompt_id", "tags": "tags", "params": "input"}
     problems = []

@@ -20,6 +20,7 @@ from renderer.manifest.checks import (
     structure_errors,
     structure_problems,
 )
+from renderer.manifest.hub import hub_prompts
 from renderer.manifest.kept import axis_columns, keep_problems
 from renderer.manifest.located import load_yaml
 from renderer.manifest.sources import (
@@ -33,6 +34,7 @@ from renderer.manifest.templates import template_of
 from renderer.manifest.types import (
     PROVIDERS,
     AccountConfig,
+    HubSource,
     Limits,
     Manifest,
     Model,
@@ -121,7 +123,7 @@ def parse(text: str, file: Path) -> Manifest:
     unread = 0  # prompts whose template could not be parsed
     files: list[tuple[int, dict[str, Any]]] = []  # read once the inline prompts' axes are known
     for i, item in enumerate(raw["prompts"]):
-        if "file" in item:
+        if "file" in item or "hub" in item:
             files.append((i, item))
             parts.append(PromptTable("", ()))  # its place, filled below
         else:
@@ -149,10 +151,17 @@ def parse(text: str, file: Path) -> Manifest:
             parts[-1].append(prompt)  # type: ignore[attr-defined]  # a list: the branch above
     axes = axis_columns(raw, inline) if any("keep" in item for _, item in files) else {}
     at = [n for n, part in enumerate(parts) if isinstance(part, PromptTable)]
+    hub: list[HubSource] = []
+    shards: dict[int, list[PromptTable]] = {}  # a `hub:` entry's place → a table per data file
     for n, (i, item) in zip(at, files, strict=True):
         wrong, keep = keep_problems(doc, i, item, axes)
         problems += wrong
         columns: dict[str, str] = {k: item[k] for k in ("text", "id", "tags") if k in item}
+        if "hub" in item:
+            shards[n], errs, source = hub_prompts(doc, i, item, keep)
+            hub += [source] if source is not None else []
+            problems.extend(p for p in errs if p.json_path not in {w.json_path for w in wrong})
+            continue
         parts[n], errs = prompt_file(
             doc,
             base,
@@ -165,7 +174,7 @@ def parse(text: str, file: Path) -> Manifest:
         # A name refused above is not also "not in the file".
         refused = {p.json_path for p in wrong}
         problems.extend(p for p in errs if p.json_path not in refused)
-    prompts = Prompts(parts)
+    prompts = Prompts([t for n, p in enumerate(parts) for t in shards.get(n, [p])])
     models = []
     for i, item in enumerate(raw["models"]):
         item = {"endpoint": item} if isinstance(item, str) else item
@@ -230,6 +239,7 @@ def parse(text: str, file: Path) -> Manifest:
         zips=sweep.zips,
         sample=sweep.sample,
         order=sweep.order,
+        hub=tuple(hub),
     )
     shown = {
         str((base / item["file"]).resolve()): str(base / item["file"])

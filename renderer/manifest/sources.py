@@ -266,8 +266,8 @@ def prompt_file(
             if name not in present
         ]
 
-    kept = Kept(keep) if keep and path.suffix != ".txt" else None
-    if path.suffix == ".parquet":
+    kept = Kept(keep) if keep and Path(rel).suffix != ".txt" else None
+    if Path(rel).suffix == ".parquet":
         read = PromptTable(shown, where, kept)
         found = _parquet_rows(path, shown, columns, read, absent)
         if not len(read) and not found:
@@ -278,9 +278,9 @@ def prompt_file(
     problems: list[Problem] = []
     try:
         read_text_file(path, "prompt file", 0, check_only=True)
-        if path.suffix == ".txt":
+        if Path(rel).suffix == ".txt":
             _txt_rows(path, name, comments, table)
-        elif path.suffix == ".csv":
+        elif Path(rel).suffix == ".csv":
             _prompts(
                 _csv_rows(path, name, columns, problems, kept, absent),
                 name,

@@ -35,6 +35,19 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class HubSource:
+    """A `- hub:` entry as resolved (hub.py): the commit its rows were read at, recorded with
+    the run so a later run of the same state sees the same rows."""
+
+    repo: str
+    config: str
+    split: str
+    revision: str | None  # as the manifest asks (None: the main branch when first resolved)
+    sha: str  # the commit
+    path: Path_  # ("prompts", i, "hub")
+
+
+@dataclass(frozen=True)
 class Template:
     """A prompt text cut into literal text and the variables it names.
 
@@ -159,6 +172,7 @@ class Manifest:
     zips: tuple[ZipGroup, ...] = ()
     sample: Sample | None = None
     order: str = "plan"  # plan | sparse-first
+    hub: tuple[HubSource, ...] = ()  # `- hub:` entries' commits (hub.keep_commits records them)
 
     @property
     def run_dir(self) -> Path:

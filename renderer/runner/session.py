@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from renderer.errors import UsageError
 from renderer.layout import DB_NAME, LAYOUT_META
+from renderer.manifest.hub import keep_commits
 from renderer.manifest.types import PROVIDERS, ProviderConfig
 from renderer.models.quickcheck import QuickCheck
 from renderer.models.schemas import SchemaRegistry
@@ -244,6 +245,8 @@ async def execute_async(
         store = open_store(config.state, run_dir, plan.manifest.name, outage=config.outage)
         try:
             plan = keep_layout(plan, store, registry)
+            if plan.manifest.hub:  # `- hub:` entries: refuse a commit other than the run's
+                keep_commits(plan.manifest.hub, store.meta, store.set_meta, plan.manifest.doc)
             return await _execute(
                 plan, provider, config, registry, events, store, interrupts, storage
             )
