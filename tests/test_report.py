@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from renderer.plan.jobs import Job
@@ -215,6 +217,53 @@ def test_sheets_split_under_the_cap_and_stale_ones_go(sweep: Path, tmp_path: Pat
         p.name for p in again["sheets"]
     )
     assert len(again["sheets"]) == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(-1, 3), st.integers(-1, 5), st.integers(-1, 2), st.integers(0, 2)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(report.ROW_LABEL + report.CELL, 4 * report.CELL + report.ROW_LABEL),
+)
+def test_the_sheet_count_is_the_sheets_drawn(jobs: list[tuple[int, ...]], side: int):
+    """`count` (what decides whether sheets are drawn) is the number of sheets `sheets` yields, for
+    any mix of values and "not set", any page/row/column/inner dimensions and any size cap."""
+    import numpy as np
+
+    cols = [np.array(c, dtype=np.int64) for c in zip(*jobs, strict=True)]
+    layout = report_sheets.Layout(
+        ["x", "y", "page", "inner"], lambda d, v: f"{d}:{v}", 0, 1, 2, [3]
+    )
+    drawn = list(report_sheets.sheets(layout, cols, lambda n: ("pending", None, ""), side))
+    assert report_sheets.count(layout, cols, side) == len(drawn)
+
+
+def test_a_dataset_sized_view_gets_no_sheets_unless_asked(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Past SHEETS_AUTO sheets the default report draws none and says how to get them; `--sheets`
+    draws them all; `--no-sheets` draws none even for a small view."""
+    copy = tmp_path / "run"
+    shutil.copytree(sweep, copy)
+    shutil.rmtree(copy / "report", ignore_errors=True)
+    cap = str(report.ROW_LABEL + report.CELL + 10)  # one cell a sheet: 12 cells, 12 sheets
+    monkeypatch.setattr(report, "SHEETS_AUTO", 11)
+    code, out, err = cli("report", str(copy), "--max-sheet", cap)
+    assert code == 0, err
+    assert "sheets: not drawn: the default view makes 12 PNG sheets (more than 11)" in out
+    assert "hint: --sheets draws them all" in err
+    assert not list((copy / "report").glob("sheet-*.png"))
+    code, out, err = cli("report", str(copy), "--max-sheet", cap, "--sheets")
+    assert code == 0 and "12 sheets of which 12 drawn" in out, out + err
+    assert len(list((copy / "report").glob("sheet-*.png"))) == 12
+    monkeypatch.setattr(report, "SHEETS_AUTO", 12)
+    code, out, err = cli("report", str(copy), "--max-sheet", cap)
+    assert code == 0 and "12 sheets of which 0 drawn" in out, out + err  # all unchanged
+    code, out, err = cli("report", str(copy), "--no-sheets")
+    assert code == 0 and "0 sheets of which 0 drawn" in out and "not drawn" not in out
 
 
 def test_sheet_cells_failed_na_and_centred(sweep: Path, tmp_path: Path):

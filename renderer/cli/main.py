@@ -433,10 +433,18 @@ def _view_arguments(command: Callable[[str, Command, str], _Parser]) -> None:
         default=4096,
         help="largest PNG sheet side in pixels",
     )
-    p_report.add_argument(
-        "--no-sheets",
-        action="store_true",
-        help="skip the PNG sheets (a million-caption run would get tens of thousands)",
+    drawn = p_report.add_mutually_exclusive_group()
+    drawn.add_argument(
+        "--sheets",
+        dest="sheets",
+        action="store_const",
+        const="all",
+        default="auto",
+        help="draw every PNG sheet (default: all of them up to 200, none beyond: a caption "
+        "dataset would get one per 20 prompts)",
+    )
+    drawn.add_argument(
+        "--no-sheets", dest="sheets", action="store_const", const="none", help="no PNG sheets"
     )
     p_report.add_argument(
         "--out",

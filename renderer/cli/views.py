@@ -69,13 +69,19 @@ def cmd_report(ctx: Context) -> int:
             max_side=a.max_sheet,
             out=a.out,
             env=ctx.env,
-            sheets=not a.no_sheets,
+            sheets=a.sheets,
         )
     ctx.print(
         f"report: {done['index']} ({done['pages']} page(s), {done['cells']} cells, "
         f"{done['thumbnails_made']} new thumbnails, {len(done['sheets'])} sheets of which "
         f"{done['sheets_drawn']} drawn)"
     )
+    if done["sheets_skipped"]:
+        ctx.print(
+            f"sheets: not drawn: the default view makes {done['sheets_skipped']:,} PNG sheets "
+            f"(more than {report.SHEETS_AUTO}); the viewer shows every image"
+        )
+        ctx.note("hint: --sheets draws them all; --tag/--model/--seed narrow the view")
     # A million-image run has tens of thousands of sheets: name a few, and the folder.
     for sheet in done["sheets"][:SHEETS_LISTED]:
         ctx.print(f"sheet: {sheet}")

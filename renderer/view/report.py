@@ -57,6 +57,11 @@ LARGE = 2000  # a dimension with more values keeps its labels in label chunks, n
 LABELS = 5000  # labels per label chunk
 PAGE = 2000  # rows read from the state at a time
 BUDGET = 2400  # cells the viewer draws at a time (more as the page is scrolled)
+# "auto" draws the PNG sheets up to this many (~4,000 rows of the default view, ~90 MB of PNG):
+# a design sweep's sheets are what its team browses; a caption dataset's are gigabytes of
+# one-column strips that say nothing the viewer does not.
+SHEETS_AUTO = 200
+SHEETS_MODES = ("auto", "all", "none")
 STATE_CODE = {"planned": "p", "submitted": "s", "completed": "c", "downloaded": "d", "failed": "f"}
 _make_thumb = make_thumb  # diffpage makes its thumbnails with the report's function
 
@@ -382,16 +387,23 @@ def build(
     max_side: int = 4096,
     out: str | None = None,
     env: Mapping[str, str] | None = None,
-    sheets: bool = True,
+    sheets: str = "auto",
 ) -> dict[str, Any]:
     """The report of a run (a directory, or a RunSource: any state, images on disk or in a bucket),
-    written to `out` (a folder or s3://bucket/prefix/; default RUN/report/)."""
+    written to `out` (a folder or s3://bucket/prefix/; default RUN/report/).
+
+    `sheets`: "all" draws every PNG sheet of the default view, "none" none, "auto" (the default)
+    all of them when there are at most SHEETS_AUTO, else none (a dataset-sized run would get
+    one sheet per few prompts: 12,500 PNGs, ~5 GB, at 100k captions; the viewer shows the same).
+    """
+    if sheets not in SHEETS_MODES:
+        raise UsageError(f"sheets={sheets!r}", hint="one of: " + ", ".join(SHEETS_MODES))
     with sourced(run) as source:
         _check_axes(source, row_axis, col_axis)
         target = open_target(out, source.run_dir / REPORT_DIR, env or {})
         try:
             return _build(
-                source, target, row_axis, col_axis, (tags, models, seeds), max_side if sheets else 0
+                source, target, row_axis, col_axis, (tags, models, seeds), max_side, sheets
             )
         finally:
             target.close()
@@ -416,6 +428,7 @@ def _build(
     col_axis: str,
     filters: tuple[Any, ...],
     max_side: int,
+    sheets: str,
 ) -> dict[str, Any]:
     sp, jobs = _stream(source, target, filters)
     total = len(jobs.states)
@@ -444,8 +457,11 @@ def _build(
     index = page_mod.write(target.dir / "index.html", f"{source.name}: {total} jobs", data)
     target.publish("index.html")
     target.prune("data")
-    # max_side 0: no sheets this time (those of an earlier report are left as they are).
-    drawn, names = _sheets(target, sp, view, jobs, max_side) if max_side else (0, [])
+    # Not drawn this time: those of an earlier report are left as they are.
+    layout = layout_of(sp, view)
+    planned = report_sheets.count(layout, sp.cols, max_side) if sheets == "auto" else 0
+    draw = sheets == "all" or (sheets == "auto" and planned <= SHEETS_AUTO)
+    drawn, names = _sheets(target, sp, layout, jobs, max_side) if draw else (0, [])
     pg = sp.index(view.page)
     return {
         "index": target.location("index.html") if target.bucket is not None else index,
@@ -453,6 +469,7 @@ def _build(
             target.location(n) if target.bucket is not None else target.dir / n for n in names
         ],
         "sheets_drawn": drawn,
+        "sheets_skipped": 0 if draw else planned,  # too many for "auto" (not "none")
         "pages": len(sp.values[pg]) + int(sp.missing[pg]) if pg >= 0 else 1,
         "thumbnails_made": jobs.made,
         "cells": total,
@@ -474,10 +491,9 @@ def layout_of(sp: Space, view: View) -> report_sheets.Layout:
 
 
 def _sheets(
-    target: Target, sp: Space, view: View, jobs: _Jobs, max_side: int
+    target: Target, sp: Space, layout: report_sheets.Layout, jobs: _Jobs, max_side: int
 ) -> tuple[int, list[str]]:
     """Draw the sheets whose content changed; remove those an earlier report wrote and this one did not."""
-    layout = layout_of(sp, view)
 
     def cell(n: int) -> tuple[str, str | None, str]:
         code = chr(jobs.states[n])

@@ -58,20 +58,21 @@ class Layout:
     inner: list[int]
 
 
-def sheets(
-    layout: Layout,
-    cols: Sequence[np.ndarray],
-    cell: Callable[[int], tuple[str, str | None, str]],
-    max_side: int,
-) -> Iterator[Sheet]:
-    """The sheets of the default view, in order; `cols[d][n]`: job n's value index in dimension d.
+@dataclass
+class _Arranged:
+    """The default view's jobs in sheet order: `order[i]` is the i-th job, with its keys."""
 
-    Rows are Y values × the inner dimensions that vary; a cell shows its first job (the page
-    shows all of them); a page's columns are the X values present on that page.
-    """
-    count = len(cols[0]) if cols else 0
-    if not count:
-        return
+    order: np.ndarray
+    page: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+    inner: list[np.ndarray]
+    row_id: np.ndarray  # the row a job lands in, counted over all pages
+    starts: list[int]  # where each page starts in `order`, and the end
+
+
+def _arrange(layout: Layout, cols: Sequence[np.ndarray]) -> _Arranged:
+    count = len(cols[0])
 
     def key(d: int) -> np.ndarray:
         if d < 0:
@@ -92,8 +93,45 @@ def sheets(
         new_row[1:] |= k[1:] != k[:-1]
     row_id = np.cumsum(new_row) - 1
     starts = [*np.flatnonzero(new_page).tolist(), count]
-    fit_cols = max(1, (max_side - ROW_LABEL) // CELL)
-    fit_rows = max(1, (max_side - LABEL * 3) // CELL)
+    return _Arranged(order, page, y, x, inner, row_id, starts)
+
+
+def _capacity(max_side: int) -> tuple[int, int]:
+    """Columns and rows of cells one sheet of at most `max_side` pixels holds."""
+    return max(1, (max_side - ROW_LABEL) // CELL), max(1, (max_side - LABEL * 3) // CELL)
+
+
+def count(layout: Layout, cols: Sequence[np.ndarray], max_side: int) -> int:
+    """How many sheets `sheets` would yield, without building any (a sort and one pass per page)."""
+    if not cols or not len(cols[0]):
+        return 0
+    a = _arrange(layout, cols)
+    fit_cols, fit_rows = _capacity(max_side)
+    total = 0
+    for lo, hi in itertools.pairwise(a.starts):
+        rows = int(a.row_id[hi - 1] - a.row_id[lo] + 1)
+        width = len(np.unique(a.x[lo:hi]))
+        total += -(-rows // fit_rows) * -(-width // fit_cols)
+    return total
+
+
+def sheets(
+    layout: Layout,
+    cols: Sequence[np.ndarray],
+    cell: Callable[[int], tuple[str, str | None, str]],
+    max_side: int,
+) -> Iterator[Sheet]:
+    """The sheets of the default view, in order; `cols[d][n]`: job n's value index in dimension d.
+
+    Rows are Y values × the inner dimensions that vary; a cell shows its first job (the page
+    shows all of them); a page's columns are the X values present on that page.
+    """
+    if not cols or not len(cols[0]):
+        return
+    ar = _arrange(layout, cols)
+    order, page, y, x, inner = ar.order, ar.page, ar.y, ar.x, ar.inner
+    row_id, starts = ar.row_id, ar.starts
+    fit_cols, fit_rows = _capacity(max_side)
     names = layout.names
 
     def name(d: int, v: int) -> str:
