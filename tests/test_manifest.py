@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from renderer.cli import main
@@ -889,6 +889,7 @@ def test_parquet_captions_are_checked_as_row_by_row(
     pad=st.sampled_from([0, 5000]),
     suffix=st.sampled_from([".jsonl", ".csv"]),
 )
+@example(values=["\r", None], pad=0, suffix=".csv")  # a lone \r in a quoted field is a line
 def test_jsonl_and_csv_captions_are_read_as_row_by_row(
     tmp_path: Path, values, pad: int, suffix: str
 ):
@@ -909,7 +910,9 @@ def test_jsonl_and_csv_captions_are_read_as_row_by_row(
         for v in column:
             text = "" if v is None else str(v)
             rows.append((line, text))
-            line += 1 + text.count("\n")
+            # A quoted field's line breaks are lines of the file: \r\n, \n and a lone \r each one
+            # (as Python's csv and editors count them).
+            line += 1 + len(re.findall(r"\r\n|\r|\n", text))
     good = [(n, v) for n, v in rows if isinstance(v, str) and v.strip() and "\0" not in v]
     try:
         m = parse(
