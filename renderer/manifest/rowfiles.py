@@ -20,10 +20,11 @@ import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import wraps
 from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from renderer.errors import ManifestError, Problem, closest
 from renderer.manifest.reading import MAX_ROW_CHARS, row_too_long, text_blocks
@@ -58,13 +59,14 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignor
 
 
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
+P = ParamSpec("P")
 
 
 @contextmanager
 def _paused_gc() -> Iterator[None]:
-    """No garbage collection while a block's rows are made: tens of thousands of tuples or lists
-    alive at once (none in a cycle) would be traversed again and again, ~1 s of CPU a million
-    rows; the collector runs as before afterwards."""
+    """No garbage collection while a file's rows are made: each chunk's thousands of tuples or
+    lists (none in a cycle, all freed with the chunk) would be traversed again and again, ~1 s
+    of CPU a million rows. The collector runs as before afterwards."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -72,6 +74,17 @@ def _paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _gc_paused(read: Callable[P, None]) -> Callable[P, None]:
+    """`read` with garbage collection paused (_paused_gc)."""
+
+    @wraps(read)
+    def paused(*args: P.args, **kwargs: P.kwargs) -> None:
+        with _paused_gc():
+            read(*args, **kwargs)
+
+    return paused
 
 
 def _block_lines(text: str) -> list[str]:
@@ -106,6 +119,7 @@ def _captions(texts: list[Any]) -> bool:
 # --- JSONL -------------------------------------------------------------------------------------
 
 
+@_gc_paused
 def jsonl_into(
     path: Path,
     name: str,
@@ -156,12 +170,10 @@ def _jsonl_batch(
     if max(map(len, lines)) > MAX_ROW_CHARS:
         return None  # the long way refuses it where it is
     try:
-        with _paused_gc():
-            # scan_once(line, 0) is what decode(line) does for a line with no whitespace around
-            # its value: the value and where it ends (the memo is cleared after each call).
-            scanned = list(map(_SCAN, lines, repeat(0, len(lines))))
-            rows, ends = list(map(_FIRST, scanned)), list(map(_SECOND, scanned))
-            del scanned
+        # scan_once(line, 0) is what decode(line) does for a line with no whitespace around its
+        # value: the value and where it ends (the memo is cleared after each call).
+        scanned = list(map(_SCAN, lines, repeat(0, len(lines))))
+        rows, ends = list(map(_FIRST, scanned)), list(map(_SECOND, scanned))
     except Exception:  # StopIteration (a blank line, a line that is not JSON), any JSON error
         return None
     if ends != list(map(len, lines)):
@@ -220,6 +232,7 @@ def _jsonl_rows(
 # --- CSV ---------------------------------------------------------------------------------------
 
 
+@_gc_paused
 def csv_into(
     path: Path,
     name: str,
@@ -279,7 +292,7 @@ def csv_into(
 
 
 def _lone_cr(text: str) -> bool:
-    return text.count("\r") != text.count("\r\n")
+    return "\r" in text and text.count("\r") != text.count("\r\n")
 
 
 def _lines_of(blocks: Iterable[tuple[int, int, str]]) -> Iterator[str]:
@@ -292,8 +305,7 @@ def _csv_records_of(lines: list[str]) -> list[list[str]] | None:
     """The records of whole lines when each is one line (line i is record i), else None."""
     reader = csv.reader(lines, strict=True)
     try:
-        with _paused_gc():
-            records = list(reader)
+        records = list(reader)
     except csv.Error:
         return None
     return records if reader.line_num == len(records) else None
