@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from renderer.errors import ManifestError
-from renderer.manifest import reading, rowfiles
+from renderer.manifest import backed, reading, rowfiles
 from renderer.manifest.kept import kept_kinds
 from renderer.manifest.load import parse
 from renderer.manifest.table import PromptTable
@@ -72,22 +72,31 @@ _VALUE = st.one_of(
 )
 
 
-def _run(folder: Path, entry: str, batched: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+def _run(
+    folder: Path, entry: str, batched: bool, monkeypatch: pytest.MonkeyPatch, held: bool = True
+) -> Any:
     """What a user gets from the manifest: each prompt in full and the kept columns' kinds, or
-    every problem (file:line:col, message, hint, suggestion)."""
+    every problem (file:line:col, message, hint, suggestion). `held`: False reads the texts
+    again from the file (backed.py) whatever its size."""
     monkeypatch.setattr(rowfiles, "BATCHED", batched)
-    path = folder / "m.yaml"
-    path.write_text(f"name: t\nprompts:\n  - {entry}\nmodels: [m]\nseeds: [1]\n")
-    try:
-        m = parse(path.read_text(), path)
-    except ManifestError as exc:
-        return ("problems", exc.problems)
-    prompts = [(p.id, p.text, p.params, p.tags, p.where, p.extra) for p in m.prompts]
-    return ("prompts", prompts, kept_kinds(m.prompts))
+    with monkeypatch.context() as patch:
+        if not held:
+            patch.setattr(backed, "BACKED_BYTES", -1)
+        path = folder / "m.yaml"
+        path.write_text(f"name: t\nprompts:\n  - {entry}\nmodels: [m]\nseeds: [1]\n")
+        try:
+            m = parse(path.read_text(), path)
+        except ManifestError as exc:
+            return ("problems", exc.problems)
+        prompts = [(p.id, p.text, p.params, p.tags, p.where, p.extra) for p in m.prompts]
+        middle = len(m.prompts) // 2
+        assert [p.text for p in m.prompts[middle:]] == [p[1] for p in prompts[middle:]]
+        return ("prompts", prompts, kept_kinds(m.prompts))
 
 
-def _compare(folder: Path, entry: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    batched = _run(folder, entry, True, monkeypatch)
+def _compare(folder: Path, entry: str, monkeypatch: pytest.MonkeyPatch, held: bool = True) -> Any:
+    """The chunked way (its texts held or read again) against the row-by-row way, held."""
+    batched = _run(folder, entry, True, monkeypatch, held)
     assert batched == _run(folder, entry, False, monkeypatch)
     return batched
 
@@ -145,6 +154,7 @@ _JSONL_LINE = st.one_of(
     ),
     block=st.integers(8, 200),
     chunk=st.integers(1, 6),
+    held=st.booleans(),
 )
 @example(
     lines=['{"caption": "a"}', ""],
@@ -154,6 +164,7 @@ _JSONL_LINE = st.one_of(
     entry="{file: p.jsonl, text: caption}",
     block=64,
     chunk=4,
+    held=False,
 )
 def test_jsonl_read_a_chunk_at_a_time_is_read_row_by_row(
     tmp_path: Path,
@@ -165,8 +176,9 @@ def test_jsonl_read_a_chunk_at_a_time_is_read_row_by_row(
     entry: str,
     block: int,
     chunk: int,
+    held: bool,
 ):
-    """A .jsonl file gives the same prompts (id, text, line, kept values) or the same located problems either way, whatever its blocks and chunks."""
+    """A .jsonl file gives the same prompts (id, text, line, kept values) or the same located problems either way, whatever its blocks and chunks, its texts held or read again."""
     monkeypatch.setattr(reading, "BLOCK", block)
     monkeypatch.setattr(rowfiles, "CHUNK", chunk)
     good = [json.dumps({"caption": f"padding {i}", "source_url": i}) for i in range(pad)]
@@ -174,7 +186,7 @@ def test_jsonl_read_a_chunk_at_a_time_is_read_row_by_row(
     (tmp_path / "p.jsonl").write_bytes(
         (b"\xef\xbb\xbf" if bom else b"") + body.encode("utf-8", "surrogatepass")
     )
-    _compare(tmp_path, entry, monkeypatch)
+    _compare(tmp_path, entry, monkeypatch, held)
 
 
 def _csv_text(rows: list[list[Any]], ending: str) -> str:
@@ -243,6 +255,7 @@ _CSV_RAW = st.sampled_from(
     ),
     block=st.integers(8, 200),
     chunk=st.integers(1, 6),
+    held=st.booleans(),
 )
 def test_csv_read_a_chunk_at_a_time_is_read_row_by_row(
     tmp_path: Path,
@@ -256,8 +269,9 @@ def test_csv_read_a_chunk_at_a_time_is_read_row_by_row(
     entry: str,
     block: int,
     chunk: int,
+    held: bool,
 ):
-    """A .csv file gives the same prompts (id, text, line, kept values) or the same located problems either way: quoting, line breaks, ragged rows, duplicate header names."""
+    """A .csv file gives the same prompts (id, text, line, kept values) or the same located problems either way (quoting, line breaks, ragged rows, duplicate header names), its texts held or read again."""
     monkeypatch.setattr(reading, "BLOCK", block)
     monkeypatch.setattr(rowfiles, "CHUNK", chunk)
     width = len(header.split(","))
@@ -267,7 +281,7 @@ def test_csv_read_a_chunk_at_a_time_is_read_row_by_row(
     (tmp_path / "p.csv").write_bytes(
         (b"\xef\xbb\xbf" if bom else b"") + body.encode("utf-8", "surrogatepass")
     )
-    _compare(tmp_path, entry, monkeypatch)
+    _compare(tmp_path, entry, monkeypatch, held)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
@@ -309,3 +323,32 @@ def test_a_caption_set_is_read_a_chunk_at_a_time(
     assert json.loads(prompts[n - 1][5]) == {"source_url": f"u{n - 1}"}
     last = ("after a blank line", n + 2) if suffix == ".jsonl" else ("after it", n + 4)
     assert (prompts[-1][1], prompts[-1][4][1]) == last
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_large_file_changed_after_its_check_is_refused_not_misread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+):
+    """A .jsonl or .csv file whose texts are read again stops the command if it changed since its check, even to the same size and time."""
+    import os
+
+    monkeypatch.setattr(backed, "BACKED_BYTES", -1)
+    path = tmp_path / f"p{suffix}"
+    header = "" if suffix == ".jsonl" else "caption\n"
+    row = (
+        (lambda t: json.dumps({"caption": t}) + "\n")
+        if suffix == ".jsonl"
+        else (lambda t: t + "\n")
+    )
+    path.write_text(header + "".join(row(f"a fox {i}") for i in range(50)))
+    m = parse(_manifest_text(tmp_path, f"{{file: p{suffix}, text: caption}}"), tmp_path / "m.yaml")
+    assert [p.text for p in m.prompts][-1] == "a fox 49"
+    stat = path.stat()
+    path.write_text(header + "".join(row(f"a cat {i}") for i in range(50)))  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ManifestError, match="changed"):
+        list(m.prompts)
+
+
+def _manifest_text(folder: Path, entry: str) -> str:
+    return f"name: t\nprompts:\n  - {entry}\nmodels: [m]\nseeds: [1]\n"

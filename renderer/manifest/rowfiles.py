@@ -20,14 +20,15 @@ import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import wraps
+from functools import partial, wraps
 from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec
 
 from renderer.errors import ManifestError, Problem, closest
-from renderer.manifest.reading import MAX_ROW_CHARS, row_too_long, text_blocks
+from renderer.manifest import backed
+from renderer.manifest.reading import MAX_ROW_CHARS, raw_blocks, row_too_long
 
 if TYPE_CHECKING:
     from renderer.manifest.kept import Kept
@@ -140,7 +141,14 @@ def jsonl_into(
     # name read; unmapped, no key but text and the kept ones.
     others = {k for k, v in mapped.items() if v != "text"} if columns else None
     allowed = {"text", *names}
-    for _, before, text in text_blocks(path, name):
+    backing = None
+    if path.stat().st_size > backed.BACKED_BYTES:
+        again = partial(_jsonl_records, text_key, names)
+        backing = backed.RowsBacking(path, name, table.line, again)
+        table.back(backing)
+    for offset, before, raw, text in raw_blocks(path, name):
+        if backing is not None:
+            backing.block(offset, before, raw, len(table))  # every row added: _prompts flushed
         lines = _block_lines(text)
         # A CRLF line's CR is whitespace after its value (a raw CR inside a JSON string is an
         # error): the same rows without it.
@@ -161,6 +169,25 @@ def jsonl_into(
             if kept is not None:
                 extras = kept.rows([[row.get(k) for row in rows] for k in names])
             table.add_captions(first, None, texts, extras)
+    if backing is not None:
+        backing.done()
+
+
+def _jsonl_records(
+    text_key: str | None, names: Sequence[str], blocks: Iterable[tuple[int, str]]
+) -> Iterator[tuple[int, Any, list[Any]]]:
+    """(line, text, kept values) of each JSON object line of blocks read again (backed.py); a
+    line that is not one is no prompt's and is passed over."""
+    for before, text in blocks:
+        for n, line in enumerate(_block_lines(text), before + 1):
+            if not line.strip():
+                continue
+            try:
+                row = _DECODER.decode(line)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(row, dict):
+                yield n, row.get(text_key or ""), [row.get(k) for k in names]
 
 
 def _jsonl_batch(
@@ -250,9 +277,24 @@ def csv_into(
     columns (the table's) must be in the header (`absent` says which are not) and are read too.
     """
     kept = table.kept
-    blocks = text_blocks(path, name)
+    blocks = raw_blocks(path, name)
     header: list[str] | None = None
-    for _, before, text in blocks:
+    backing = None
+    if path.stat().st_size > backed.BACKED_BYTES:
+
+        def again(read: Iterator[tuple[int, str]]) -> Iterator[tuple[int, Any, list[Any]]]:
+            return _csv_records_again(read, header or [], columns, kept)
+
+        backing = backed.RowsBacking(path, name, table.line, again)
+        table.back(backing)
+
+    def found(read: list[str]) -> None:
+        nonlocal header
+        header = read
+
+    for offset, before, raw, text in blocks:
+        if backing is not None:
+            backing.block(offset, before, raw, len(table))  # a record starts it (fast so far)
         # A lone CR ends a line for the csv module, not for the blocks' count: the long way.
         lines = io.StringIO(text, newline="").readlines() if BATCHED and not _lone_cr(text) else []
         at = 0
@@ -262,10 +304,16 @@ def csv_into(
             if records is None:
                 # Doubt about the records' lines (or a parse error): the row-by-row reader from
                 # here to the end of the file (a quoted field may run into the next block).
-                rest = chain(lines[at:] or io.StringIO(text, newline=""), _lines_of(blocks))
-                long_way(
-                    _csv_rows(rest, before + 1 + at, header, name, columns, problems, kept, absent)
+                rest = chain(
+                    lines[at:] or io.StringIO(text, newline=""), _lines_of(blocks, backing)
                 )
+                long_way(
+                    _csv_rows(
+                        rest, before + 1 + at, header, name, columns, problems, kept, absent, found
+                    )
+                )
+                if backing is not None:
+                    backing.done()
                 return
             first, at = before + 1 + at, at + CHUNK
             if header is None:
@@ -287,6 +335,8 @@ def csv_into(
                 at_kept = [_last(header, k) for k in kept.names]
                 extras = kept.rows([[r[i] for r in records] for i in at_kept])
             table.add_captions(first, None, texts, extras)
+    if backing is not None:
+        backing.done()
     if header is None and not problems:
         problems.append(Problem(name, 1, 1, "the CSV has no header row", allowed="id,text[,tags]"))
 
@@ -295,10 +345,46 @@ def _lone_cr(text: str) -> bool:
     return "\r" in text and text.count("\r") != text.count("\r\n")
 
 
-def _lines_of(blocks: Iterable[tuple[int, int, str]]) -> Iterator[str]:
-    """The lines (with their line breaks, as the csv module wants them) of blocks of text."""
-    for _, _, text in blocks:
+def _lines_of(
+    blocks: Iterable[tuple[int, int, bytes, str]], backing: backed.RowsBacking | None
+) -> Iterator[str]:
+    """The lines (with their line breaks, as the csv module wants them) of blocks of text, each
+    block noted by `backing` as one a record may run into."""
+    for offset, before, raw, text in blocks:
+        if backing is not None:
+            backing.block(offset, before, raw, None)
         yield from io.StringIO(text, newline="")
+
+
+def _csv_records_again(
+    blocks: Iterator[tuple[int, str]],
+    header: list[str],
+    columns: dict[str, str] | None,
+    kept: Kept | None,
+) -> Iterator[tuple[int, Any, list[Any]]]:
+    """(line, text, kept values) of each record of blocks read again (backed.py), numbered as
+    _csv_rows numbers them; a record of another width (the header's may match: it is at no
+    prompt's line) has no text."""
+    first = next(blocks, None)
+    if first is None:
+        return
+    before, text = first
+    lines = chain(
+        io.StringIO(text, newline=""), (x for _, t in blocks for x in io.StringIO(t, newline=""))
+    )
+    reader = csv.reader(lines, strict=True)
+    at = _last(header, (columns or {}).get("text", "text")) if header else 0
+    at_kept = [_last(header, k) for k in kept.names] if kept is not None and header else []
+    start = before + 1
+    try:
+        for record in reader:
+            line, start = start, before + 1 + reader.line_num
+            if len(record) == len(header):
+                yield line, record[at], [record[i] for i in at_kept]
+            else:
+                yield line, None, []
+    except csv.Error:
+        return  # the rows after it are missing: the backing says the file changed
 
 
 def _csv_records_of(lines: list[str]) -> list[list[str]] | None:
@@ -429,9 +515,10 @@ def _csv_rows(
     problems: list[Problem],
     kept: Kept | None,
     absent: Absent | None,
+    found: Callable[[list[str]], None] | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows of a CSV's lines (with their line breaks; the first at line `first`), one record at
-    a time; the header read first unless given; problems appended."""
+    a time; the header read first unless given (and passed to `found`); problems appended."""
     reader = csv.reader(lines, strict=True)
     start = first
     try:
@@ -443,6 +530,8 @@ def _csv_rows(
                 header = _csv_header(record, line, name, columns, problems, kept, absent)
                 if header is None:
                     return
+                if found is not None:
+                    found(header)
                 continue
             yield from _csv_records([(line, record)], header, name, problems)
     except csv.Error as exc:

@@ -273,6 +273,7 @@ class PromptTable(Sequence[Prompt]):
         "_id_ends",
         "_ids",
         "_lines",
+        "_shift",
         "_more",
         "_texts",
         "file",
@@ -299,7 +300,9 @@ class PromptTable(Sequence[Prompt]):
         # Ids given by the file (an empty one: derived from the text); None while none was given.
         self._ids = bytearray()
         self._id_ends: array[int] | None = None
-        self._lines: array[int] | None = None  # None while row i is at line i + 1
+        # None while row i is at line i + 1 + _shift (a CSV's rows start after its header).
+        self._lines: array[int] | None = None
+        self._shift = 0
         self._more: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}  # params, tags
         self.with_params = False  # some row has params (its input is not its column's)
         # Taken as rows are added (the strings are at hand then): repeated texts and ids are
@@ -315,11 +318,15 @@ class PromptTable(Sequence[Prompt]):
     def _add_lines(self, first: int, lines: Sequence[int] | None, count: int) -> None:
         """Record the lines of `count` rows being added: `lines`, or first, first+1, …"""
         if self._lines is None:
-            if lines and lines[0] == self._count + 1 and lines[-1] == self._count + count:
-                return  # lines increase (every caller's do): these are row + 1 still
-            if lines is None and first == self._count + 1:
-                return  # still row i at line i + 1
-            self._lines = array("Q", range(1, self._count + 1))
+            start = (lines[0] if lines else first) if count else 0
+            if not self._count and count:
+                self._shift = start - 1  # the first rows set where row 0 is
+            at = self._count + 1 + self._shift
+            if lines and lines[0] == at and lines[-1] == at + count - 1:
+                return  # lines increase (every caller's do): these are row + 1 + shift still
+            if lines is None and first == at:
+                return
+            self._lines = array("Q", range(1 + self._shift, self._count + 1 + self._shift))
         self._lines.extend(range(first, first + count) if lines is None else lines)
 
     def _store(self, encoded: list[bytes], extras: Sequence[str] | None = None) -> None:
@@ -428,11 +435,11 @@ class PromptTable(Sequence[Prompt]):
 
     def line(self, index: int) -> int:
         """The line (or row number) of row `index`."""
-        return index + 1 if self._lines is None else self._lines[index]
+        return index + 1 + self._shift if self._lines is None else self._lines[index]
 
     def _line_numbers(self, rows: range) -> Sequence[int]:
         if self._lines is None:
-            return range(rows.start + 1, rows.stop + 1)
+            return range(rows.start + 1 + self._shift, rows.stop + 1 + self._shift)
         return self._lines[rows.start : rows.stop]
 
     def _rows(self, start: int, stop: int) -> Iterator[Prompt]:
