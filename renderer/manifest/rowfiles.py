@@ -1,15 +1,17 @@
-"""JSONL and CSV prompt files read a block at a time: a block of plain captions is parsed and
-checked as a whole (one C-level call a line, column-wise checks), any other block row by row.
+"""JSONL and CSV prompt files read a chunk of lines at a time: a chunk of plain captions is
+parsed and checked as a whole (one C-level call a line, column-wise checks), any other chunk row
+by row.
 
 A caption set is a million rows of the same shape: a JSON object or a CSV record whose only
-column read is its text, a good prompt as it stands. Each block (reading.text_blocks: whole
-lines) is first tried that way; the rows are then added to the table at once
-(PromptTable.add_captions). Any doubt about a block (a blank line, a CR, a row that is not such
-a caption, a CSV record that spans lines or blocks, any parse error) hands that block (a CSV
-file: the rest of the file) to the row-by-row readers below, which are the reference: they
-alone report problems, so every message (file:line:col, field, hint) is theirs. The two ways
-give the same table, the same problems, in the same order (tests/test_rowfiles.py compares
-them on hostile files); `BATCHED = False` turns the first off.
+column read is its text, a good prompt as it stands. Each chunk (CHUNK whole lines of a block of
+reading.raw_blocks) is first tried that way; its rows are then added to the table at once
+(PromptTable.add_captions). Any doubt about a chunk (a blank line, whitespace around a JSON
+value, a row that is not such a caption, a CSV record that spans lines or chunks, a lone CR, any
+parse error) hands that chunk (in a CSV file: the rest of the file) to the row-by-row readers
+below, which are the reference: they alone report problems, so every message (file:line:col,
+field, hint) is theirs. The two ways give the same table, the same problems, in the same order
+(tests/test_rowfiles.py compares them on hostile files); `BATCHED = False` turns the first off.
+A file over backed.BACKED_BYTES keeps no text: its rows are found again by line (RowsBacking).
 """
 
 from __future__ import annotations
