@@ -169,7 +169,7 @@ def jsonl_into(
                 _note_keys(rows, seen, wanted)
             extras = None
             if kept is not None:
-                extras = kept.rows([[row.get(k) for row in rows] for k in names])
+                extras = kept.rows([list(map(dict.get, rows, repeat(k))) for k in names])
             table.add_captions(first, None, texts, extras)
     if backing is not None:
         backing.done()
