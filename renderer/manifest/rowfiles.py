@@ -91,7 +91,8 @@ def _gc_paused(read: Callable[P, None]) -> Callable[P, None]:
 
 
 def _block_lines(text: str) -> list[str]:
-    """A block's lines without their line breaks (text_lines' split)."""
+    """A block's lines without their line breaks (split at "\n" only: a JSONL line's CR is
+    whitespace of its value; the last line needs no break)."""
     return (text[:-1] if text.endswith("\n") else text).split("\n")
 
 
