@@ -4,7 +4,8 @@ N distinct captions (12 random words and a number, ~75 bytes) on one model with 
 in a .txt file; as a .parquet file with a `caption` column and three more columns the renderer
 does not read (source `keep`: the same file keeping them, `keep: [source_url, license,
 original_id]`); as .jsonl ({"caption": …} a line) and .csv (caption,n) files read with `text:
-caption`. Per tree (a checkout of this repository, run with PYTHONPATH=TREE) and case, the whole
+caption`; and (sources `jsonl-keep`, `csv-keep`) as .jsonl and .csv files with the same three
+more columns, kept. Per tree (a checkout of this repository, run with PYTHONPATH=TREE) and case, the whole
 command's wall time, CPU time (user + sys) and peak RSS (GNU time), medians of --runs alternated
 runs; for the trial also the first submit: seconds from spawning the command to its first
 `submitted` event (`--log`), the number the issue's "first submit ≤ 3 s" is about, and the CPU
@@ -78,6 +79,16 @@ def captions(folder: Path, n: int) -> None:
         out = csv.writer(handle)
         out.writerow(["caption", "n"])
         out.writerows([line, i] for i, line in enumerate(lines))
+    extra = [(f"https://example.org/{i}", "cc0-1.0", i) for i in range(n)]
+    with open(folder / "kept.jsonl", "w") as handle:
+        handle.writelines(
+            json.dumps({"caption": line, "source_url": u, "license": lic, "original_id": i}) + "\n"
+            for line, (u, lic, i) in zip(lines, extra, strict=True)
+        )
+    with open(folder / "kept.csv", "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["caption", "source_url", "license", "original_id"])
+        out.writerows([line, *e] for line, e in zip(lines, extra, strict=True))
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -96,9 +107,12 @@ def captions(folder: Path, n: int) -> None:
 
 def manifest(folder: Path, source: str) -> Path:
     """txt, jsonl, csv, parquet, or keep (the parquet file keeping its three other columns as
-    dataset columns)."""
+    dataset columns), jsonl-keep or csv-keep (the same columns kept from a .jsonl or .csv)."""
+    kept = "keep: [source_url, license, original_id]"
     entry = (
-        "{file: captions.txt}"
+        f"{{file: kept.{source.split('-')[0]}, text: caption, {kept}}}"
+        if source.endswith("-keep")
+        else "{file: captions.txt}"
         if source == "txt"
         else "{file: captions.parquet, text: caption, keep: [source_url, license, original_id]}"
         if source == "keep"
@@ -112,7 +126,7 @@ def manifest(folder: Path, source: str) -> Path:
     return path
 
 
-SOURCES = "txt,parquet,jsonl,csv"  # and keep: the parquet file keeping its other columns
+SOURCES = "txt,parquet,jsonl,csv"  # and keep, jsonl-keep, csv-keep: files keeping 3 columns
 CASES = "validate,plan,trial"
 
 
@@ -195,7 +209,8 @@ def main() -> None:
         sources = [
             s
             for s in args.sources.split(",")
-            if (folder / f"captions.{'parquet' if s == 'keep' else s}").exists()
+            if s.endswith("-keep")
+            or (folder / f"captions.{'parquet' if s == 'keep' else s}").exists()
         ]
         for _ in range(args.runs):
             for source in sources:

@@ -83,3 +83,19 @@ def test_a_value_kind_is_the_type_it_reads_back_as(value: Any):
     back = json.loads(value_json(value))
     kinds = {bool: "bool", int: "int64", float: "float64", str: "string"}
     assert kind_of(value) == (None if back is None else kinds[type(back)])
+
+
+@settings(deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.text(), max_size=6),
+        st.lists(st.integers(-(2**64), 2**64), max_size=6),
+        st.lists(st.integers(-(2**63), 2**63 - 1), max_size=6),
+        st.lists(st.floats(), max_size=6),
+        st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=6),
+        st.lists(st.booleans(), max_size=6),
+    )
+)
+def test_a_column_of_one_kind_is_stored_as_value_by_value(values: list[Any]):
+    """A kept column of only strings, integers or floats (its kind's own encoder) stores each value as value_json does."""
+    assert Kept(["a"]).encode([values]) == [value_json(v) for v in values]

@@ -1,13 +1,13 @@
 """A large prompt file's texts read again from the file when they are needed, instead of held.
 
-Ten million captions are ~750 MB of text; a table over BACKED_BYTES of text (a .txt file, or a
-.parquet file's text column and kept columns) keeps, per row, only its fingerprints (and line, id
-or tags where the file gives them) and reads the texts again, a block or a batch at a time, each
-time the rows are read (the check pass reads none: plan/columns.py). A Parquet file's kept
-columns (`keep:`) are read again with its texts, not held: they are often as large as the texts.
+Ten million captions are ~750 MB of text; a table over BACKED_BYTES of text (a .txt, .jsonl or
+.csv file, or a .parquet file's text column and kept columns) keeps, per row, only its
+fingerprints (and line, id or tags where the file gives them) and reads the texts again, a block
+or a batch at a time, each time the rows are read (the check pass reads none: plan/columns.py).
+Kept columns (`keep:`) are read again with the texts, not held: they are often as large.
 
 Invariant: the texts read again are the texts checked. The file's size, modification time and
-inode are recorded when it has been read; a .txt block's CRC-32 and row count too. Anything
+inode are recorded when it has been read; each .txt, .jsonl or .csv block's CRC-32 too. Anything
 different when it is read again is a ManifestError (the file changed under the run), never
 another text.
 """
@@ -20,7 +20,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem
 
@@ -189,3 +189,70 @@ class ParquetBacking(Backing):
             yield first, texts, stored
         if i < stop:
             self._check(same=False)
+
+
+# (line, text, kept values in `keep:` order) of each record of a .jsonl or .csv file's text,
+# given as (lines before, text) of consecutive blocks from one that starts a record.
+Records = Callable[[Iterator[tuple[int, str]]], Iterator[tuple[int, Any, list[Any]]]]
+
+
+class RowsBacking(Backing):
+    """A .jsonl or .csv file's blocks as read (offset, length, CRC-32, lines before) and, for each
+    block that starts a record, the table row it starts with: its rows are found again by their
+    lines (table row i is the record at line `line(i)`; the file's other records, a header or a
+    row that was not a prompt, are at no row's line)."""
+
+    def __init__(
+        self, path: Path, shown: str, line: Callable[[int], int], records: Records
+    ) -> None:
+        super().__init__(path, shown)
+        self.line, self.records = line, records
+        self.offsets, self.lengths, self.befores = array("Q"), array("Q"), array("Q")
+        self.crcs = array("L")
+        self.starts, self.firsts = array("Q"), array("Q")  # blocks that start a record
+
+    def block(self, offset: int, before: int, raw: bytes, first: int | None) -> None:
+        """One block as read: its byte offset, the lines before it, its bytes, and the table row
+        of its first record (None: a record may run into it from the block before)."""
+        if first is not None:
+            self.starts.append(len(self.offsets))
+            self.firsts.append(first)
+        self.offsets.append(offset)
+        self.lengths.append(len(raw))
+        self.befores.append(before)
+        self.crcs.append(zlib.crc32(raw))
+
+    def _blocks(self, at: int) -> Iterator[tuple[int, str]]:
+        with self.path.open("rb") as handle:
+            for i in range(at, len(self.offsets)):
+                handle.seek(self.offsets[i])
+                raw = handle.read(self.lengths[i])
+                if zlib.crc32(raw) != self.crcs[i]:
+                    self._check(same=False)
+                yield self.befores[i], raw.decode("utf-8-sig" if self.offsets[i] == 0 else "utf-8")
+
+    def chunks(self, start: int, stop: int, kept: Kept | None = None) -> Iterator[Chunk]:
+        self._check()
+        if start >= stop or not self.starts:
+            return
+        at = max(bisect_right(self.firsts, start) - 1, 0)
+        i = first = self.firsts[at]
+        texts: list[str] = []
+        values: list[list[Any]] = []
+        wanted = self.line(i)
+        for line, text, row in self.records(self._blocks(self.starts[at])):
+            if line < wanted:
+                continue  # not a prompt's record
+            if line > wanted or not isinstance(text, str):
+                self._check(same=False)
+            texts.append(text)
+            values.append(row)
+            i += 1
+            if i >= stop or len(texts) >= 8192:
+                columns = list(map(list, zip(*values, strict=True)))
+                yield first, texts, None if kept is None else kept.encode(columns)
+                first, texts, values = i, [], []
+                if i >= stop:
+                    return
+            wanted = self.line(i)
+        self._check(same=False)  # rows the file no longer has

@@ -91,17 +91,6 @@ def row_too_long(name: str, line: int) -> Problem:
     )
 
 
-def text_lines(path: Path, shown: str) -> Iterator[tuple[int, str]]:
-    """(line number, line without its line break) of a text file, streamed."""
-    for _, before, text in text_blocks(path, shown):
-        n = before
-        for line in text.split("\n") if not text.endswith("\n") else text[:-1].split("\n"):
-            n += 1
-            if len(line) > MAX_ROW_CHARS:
-                raise ManifestError([row_too_long(shown, n)])
-            yield n, line
-
-
 MAX_MANIFEST_BYTES = (
     16 * 1024 * 1024
 )  # a manifest is text; larger is a wrong file (lists belong in prompt files)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderer.errors import ManifestError, Problem, closest
-from renderer.manifest import backed
+from renderer.manifest import backed, rowfiles
 from renderer.manifest.checks import RESERVED_PARAMS
 from renderer.manifest.columnar import BATCH_CHECK, column_bytes, plain_captions
 from renderer.manifest.kept import Kept, binary_columns
@@ -23,8 +21,6 @@ from renderer.manifest.reading import (
     raw_blocks,
     read_text_file,
     row_too_long,
-    text_blocks,
-    text_lines,
 )
 from renderer.manifest.table import (
     Fingerprints,
@@ -55,9 +51,6 @@ __all__ = [
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-CSV_COLUMNS = ("id", "text", "tags")
-
-
 def _bad_text(body: str) -> str | None:
     """Why prompt text cannot be sent, or None."""
     if not body.strip():
@@ -69,156 +62,6 @@ def _bad_text(body: str) -> str | None:
     except UnicodeEncodeError:
         return "contains an unpaired surrogate, which is not valid Unicode"
     return None
-
-
-def _csv_rows(
-    path: Path,
-    name: str,
-    columns: dict[str, str] | None,
-    problems: list[Problem],
-    kept: Kept | None = None,
-    absent: Absent | None = None,
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows of a CSV read by the csv module from the undecoded-newline text (quoted line breaks
-    kept), streamed; problems appended.
-
-    Without `columns` the header is id,text[,tags] exactly; with it (a caption set's own
-    header), the named text column must be there and the other columns are not read. Kept
-    columns (`kept`) must be in the header (`absent` says which are not) and are read too.
-    """
-    # Each block ends at a line break, so its lines are the whole text's lines.
-    reader = csv.reader(
-        (line for _, _, text in text_blocks(path, name) for line in io.StringIO(text, newline="")),
-        strict=True,
-    )
-    header: list[str] | None = None
-    start = 1
-    try:
-        for record in reader:
-            line, start = start, reader.line_num + 1
-            if not record or all(not c.strip() for c in record):
-                continue
-            if header is None:
-                header = [c.strip() for c in record]
-                missing = absent(header) if kept is not None and absent is not None else []
-                problems.extend(missing)
-                if columns:
-                    text_column = columns.get("text", "text")
-                    if text_column not in header:
-                        problems.append(
-                            Problem(
-                                name,
-                                line,
-                                1,
-                                f"the header has no {text_column!r} column for the prompt text",
-                                allowed="columns: " + ", ".join(header[:20]),
-                                suggestion=closest(text_column, header),
-                            )
-                        )
-                        return
-                    if missing:
-                        return
-                    continue
-                for col, column in enumerate(header, 1):
-                    if column not in CSV_COLUMNS and not (kept and column in kept.names):
-                        problems.append(
-                            Problem(
-                                name,
-                                line,
-                                col,
-                                f"unknown column {column!r}",
-                                allowed=", ".join(CSV_COLUMNS)
-                                + "; or name the file's own columns: `- {file: …, text: COLUMN}`"
-                                + "; or carry it into the dataset: `keep: [COLUMN]`",
-                                suggestion=closest(column, CSV_COLUMNS),
-                            )
-                        )
-                for column in ("text",) if not problems else ():
-                    if column not in header:
-                        problems.append(
-                            Problem(
-                                name,
-                                line,
-                                1,
-                                f"the header has no {column!r} column",
-                                allowed="a first row naming the columns: id,text[,tags]",
-                            )
-                        )
-                if problems:
-                    return
-                continue
-            if len(record) != len(header):
-                problems.append(
-                    Problem(
-                        name,
-                        line,
-                        1,
-                        f"row has {len(record)} fields; the header has {len(header)}",
-                        allowed='quote fields that contain commas: "a, b"',
-                    )
-                )
-                continue
-            yield line, dict(zip(header, record, strict=True))
-    except csv.Error as exc:
-        # strict=True: a quote left open runs to the end of the file instead of silently
-        # swallowing the rows after it; report where that row started.
-        reason = (
-            "a quote opened in this row is never closed (it would swallow every row after it)"
-            if "end of data" in str(exc)
-            else f"CSV error in the row starting here: {exc}"
-        )
-        problems.append(
-            Problem(
-                name,
-                start,
-                1,
-                reason,
-                allowed='close every opening quote; double a quote inside a quoted field ("")',
-            )
-        )
-    if header is None and not problems:
-        problems.append(Problem(name, 1, 1, "the CSV has no header row", allowed="id,text[,tags]"))
-
-
-def _jsonl_rows(
-    path: Path,
-    name: str,
-    problems: list[Problem],
-    seen: dict[str, None] | None = None,
-    wanted: Sequence[str] = (),
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows of a JSONL file, streamed; problems appended; `seen` collects the rows' keys (all
-    of `wanted`, a bounded number of the others)."""
-    for n, line in text_lines(path, name):
-        if not line.strip():
-            continue
-        try:
-            row = _DECODER.decode(line)
-        except (json.JSONDecodeError, ValueError) as exc:
-            col = exc.colno if isinstance(exc, json.JSONDecodeError) else 1
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-            problems.append(Problem(name, n, col, f"invalid JSON: {msg}"))
-            continue
-        except RecursionError:
-            problems.append(Problem(name, n, 1, "invalid JSON: nested too deeply"))
-            continue
-        if not isinstance(row, dict):
-            problems.append(Problem(name, n, 1, "each line must be a JSON object with id and text"))
-            continue
-        if seen is not None:
-            for key in row:
-                # Every kept key found, and the first 1,000 others to suggest from.
-                if key not in seen and (len(seen) < 1000 or key in wanted):
-                    seen[key] = None
-        yield n, row
-
-
-def _no_constant(word: str) -> Any:
-    raise ValueError(f"{word} is not a finite number")
-
-
-# One decoder for every line (json.loads with an option makes a decoder per call: 3x the time).
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def prompt_file(
@@ -280,27 +123,22 @@ def prompt_file(
         read_text_file(path, "prompt file", 0, check_only=True)
         if Path(rel).suffix == ".txt":
             _txt_rows(path, name, comments, table)
-        elif Path(rel).suffix == ".csv":
-            _prompts(
-                _csv_rows(path, name, columns, problems, kept, absent),
-                name,
-                columns,
-                problems,
-                table,
-            )
         else:
-            seen: dict[str, None] = {}  # a JSONL file's keys, first seen first (for `keep:`)
-            _prompts(
-                _jsonl_rows(path, name, problems, seen if kept else None, keep),
-                name,
-                columns,
-                problems,
-                table,
-            )
-            if kept is not None:
-                # A kept key no row has is a misspelling (a key only some rows have is null in
-                # the others): known once the whole file is read.
-                problems += absent(seen)
+
+            def long_way(rows: Iterable[tuple[int, dict[str, Any]]]) -> None:
+                _prompts(rows, name, columns, problems, table)
+
+            if Path(rel).suffix == ".csv":
+                rowfiles.csv_into(path, name, columns, problems, table, long_way, absent)
+            else:
+                seen: dict[str, None] = {}  # a JSONL file's keys, first seen first (`keep:`)
+                rowfiles.jsonl_into(
+                    path, name, columns, problems, table, long_way, seen if kept else None, keep
+                )
+                if kept is not None:
+                    # A kept key no row has is a misspelling (a key only some rows have is null
+                    # in the others): known once the whole file is read.
+                    problems += absent(seen)
     except ManifestError as exc:
         # The file cannot be read as text (or a row is too long): that problem alone.
         return PromptTable(name, where), [replace(p, file=shown) for p in exc.problems]

@@ -136,20 +136,30 @@ class FingerprintLog:
     an append is far cheaper than a lookup in `Fingerprints`.
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("_repeated", "_values")
 
     def __init__(self) -> None:
         self._values = array("Q")
+        # repeated()'s answer, kept until the next append: the load and the check pass both ask
+        # (a sort of 8 MB at a million captions each time).
+        self._repeated: set[int] | None = None
 
     def add(self, fp: int) -> None:
         self._values.append(fp & Fingerprints.MASK)
+        self._repeated = None
 
     def extend(self, other: FingerprintLog) -> None:
         self._values.extend(other._values)
+        self._repeated = None
 
-    def extend_values(self, values: Iterable[int]) -> None:
-        """Each of `values` added (each already in 0 .. 2**64-1)."""
-        self._values.extend(values)
+    def extend_values(self, values: Iterable[int] | Any) -> None:
+        """Each of `values` added (each already in 0 .. 2**64-1): ints, or a numpy uint64 array
+        (its bytes appended, no Python int made)."""
+        if hasattr(values, "tobytes"):
+            self._values.frombytes(values.tobytes())
+        else:
+            self._values.extend(values)
+        self._repeated = None
 
     def __len__(self) -> int:
         return len(self._values)
@@ -161,12 +171,15 @@ class FingerprintLog:
         return np.sort(values) if values is not None else np.zeros(0, dtype=np.uint64)
 
     def repeated(self) -> set[int]:
-        """The fingerprints added more than once."""
-        if len(self._values) <= SMALL_LOG:  # not worth importing numpy for
-            ordered = sorted(self._values)
-            return {a for a, b in pairwise(ordered) if a == b}
-        values = self._sorted()
-        return set(values[1:][values[1:] == values[:-1]].tolist())
+        """The fingerprints added more than once (a new set each call)."""
+        if self._repeated is None:
+            if len(self._values) <= SMALL_LOG:  # not worth importing numpy for
+                ordered = sorted(self._values)
+                self._repeated = {a for a, b in pairwise(ordered) if a == b}
+            else:
+                values = self._sorted()
+                self._repeated = set(values[1:][values[1:] == values[:-1]].tolist())
+        return set(self._repeated)
 
     def common(self, other: FingerprintLog) -> set[int]:
         """The fingerprints added both here and to `other`."""
@@ -207,7 +220,9 @@ def caption_fingerprints(encoded: Sequence[bytes]) -> tuple[Iterable[int], Itera
     texts = raw[:, 8:16].copy().view(">u8").astype(np.uint64).ravel()
     ids = np.zeros((len(encoded), 8), dtype=np.uint8)
     ids[:, 2:] = raw[:, :6]  # 48 bits, big-endian, in 8 bytes
-    return texts.tolist(), ids.view(">u8").astype(np.uint64).ravel().tolist()
+    # Native uint64 arrays (FingerprintLog.extend_values takes their bytes); iterating one gives
+    # the same numbers as the lists above.
+    return texts, ids.view(">u8").astype(np.uint64).ravel()
 
 
 # A Prompt made without its dataclass __init__ (which sets each field through the frozen
@@ -259,6 +274,7 @@ class PromptTable(Sequence[Prompt]):
         "_ids",
         "_lines",
         "_more",
+        "_shift",
         "_texts",
         "file",
         "folded_ids",
@@ -284,7 +300,9 @@ class PromptTable(Sequence[Prompt]):
         # Ids given by the file (an empty one: derived from the text); None while none was given.
         self._ids = bytearray()
         self._id_ends: array[int] | None = None
-        self._lines: array[int] | None = None  # None while row i is at line i + 1
+        # None while row i is at line i + 1 + _shift (a CSV's rows start after its header).
+        self._lines: array[int] | None = None
+        self._shift = 0
         self._more: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}  # params, tags
         self.with_params = False  # some row has params (its input is not its column's)
         # Taken as rows are added (the strings are at hand then): repeated texts and ids are
@@ -300,11 +318,15 @@ class PromptTable(Sequence[Prompt]):
     def _add_lines(self, first: int, lines: Sequence[int] | None, count: int) -> None:
         """Record the lines of `count` rows being added: `lines`, or first, first+1, …"""
         if self._lines is None:
-            if lines and lines[0] == self._count + 1 and lines[-1] == self._count + count:
-                return  # lines increase (every caller's do): these are row + 1 still
-            if lines is None and first == self._count + 1:
-                return  # still row i at line i + 1
-            self._lines = array("Q", range(1, self._count + 1))
+            start = (lines[0] if lines else first) if count else 0
+            if not self._count and count:
+                self._shift = start - 1  # the first rows set where row 0 is
+            at = self._count + 1 + self._shift
+            if lines and lines[0] == at and lines[-1] == at + count - 1:
+                return  # lines increase (every caller's do): these are row + 1 + shift still
+            if lines is None and first == at:
+                return
+            self._lines = array("Q", range(1 + self._shift, self._count + 1 + self._shift))
         self._lines.extend(range(first, first + count) if lines is None else lines)
 
     def _store(self, encoded: list[bytes], extras: Sequence[str] | None = None) -> None:
@@ -413,11 +435,11 @@ class PromptTable(Sequence[Prompt]):
 
     def line(self, index: int) -> int:
         """The line (or row number) of row `index`."""
-        return index + 1 if self._lines is None else self._lines[index]
+        return index + 1 + self._shift if self._lines is None else self._lines[index]
 
     def _line_numbers(self, rows: range) -> Sequence[int]:
         if self._lines is None:
-            return range(rows.start + 1, rows.stop + 1)
+            return range(rows.start + 1 + self._shift, rows.stop + 1 + self._shift)
         return self._lines[rows.start : rows.stop]
 
     def _rows(self, start: int, stop: int) -> Iterator[Prompt]:
@@ -453,6 +475,8 @@ class PromptTable(Sequence[Prompt]):
 
     def given_ids(self) -> Iterator[str]:
         """The ids the file gave (not the ones derived from text), in order."""
+        if self._id_ends is None:  # none given: no row to look at
+            return iter(())
         return (pid for pid in self._each_id(0, len(self)) if pid)
 
     def texts(self) -> Iterator[str]:
