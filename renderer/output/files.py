@@ -74,7 +74,7 @@ def png_chunks_intact(data: bytes) -> None:
         if zlib.crc32(view[at + 4 : body_end]) != crc:
             kind = bytes(view[at + 4 : at + 8]).decode("latin-1")
             raise BadImage(f"not a decodable image: broken PNG chunk {kind!r} (CRC mismatch)")
-        if view[at + 4 : at + 8] == b"IEND":
+        if data[at + 4 : at + 8] == b"IEND":
             return
         at = body_end + 4
 
