@@ -309,7 +309,6 @@ class Runner:
         )
 
         closing: list[bool] = []  # the pool ends: a worker's cancellation is final, never a job's
-
         drained = asyncio.Event()  # every key handed out: the feeder's end markers are next
 
         async def worker() -> None:
