@@ -175,6 +175,23 @@ def test_a_run_collects_less_garbage_and_gives_the_settings_back(tmp_path: Path)
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
 
 
+def test_overlapping_runs_give_the_gc_settings_back_only_when_the_last_ends():
+    """Two runs overlapping in one process (the Python API in threads): the first to end leaves
+    the other's settings in place; the last puts back what the first found."""
+    import gc
+
+    from renderer.runner.runner import GC_YOUNG, collecting_less
+
+    before = gc.get_threshold()
+    first, second = collecting_less(), collecting_less()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_threshold()[0] == GC_YOUNG and gc.get_freeze_count() > 0
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
 def test_damaged_file_is_downloaded_again_without_a_resubmit(tmp_path: Path):
     """A deleted or edited image is fetched again from the stored result, not paid for again."""
     with background_emulator(service=FAST) as emu:

@@ -59,7 +59,7 @@ def png_chunks_intact(data: bytes) -> None:
 
     What Pillow's `verify()` checks (the chunks' CRCs through IEND; a file that ends first is
     truncated), without a second parse of the file: verify leaves its image unusable, so with it
-    a download was opened twice, and the open and verify were a third of a small image's check.
+    every download was opened and parsed twice.
     """
     view = memoryview(data)
     end, at = len(data), len(PNG_SIGNATURE)

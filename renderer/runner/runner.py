@@ -32,6 +32,7 @@ import gc
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -154,26 +155,36 @@ async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
 # Young objects allocated between two collections of the youngest generation, during a run
 # (CPython's default is 700). Every job makes thousands of short-lived containers (requests,
 # futures, rows, dicts), and each collection also walks every young survivor: the ~200 jobs in
-# flight at once with their coroutines, futures and aiohttp objects. At 700 the collector ran
-# ~20 times a job and took ~8 % of the client's CPU (bench/README.md, issue 23, fifth pass).
-# Cyclic garbage still goes, a few megabytes later at most.
+# flight at once with their coroutines, futures and aiohttp objects. At 700 a (64, 0.2 s,
+# 10,000) run collected 1,816 times (13 of them whole) for 2.2 s, ~9 % of the client's CPU; at
+# 20,000, 97 times for 0.12 s (bench/gc_share.py). Cyclic garbage still goes, megabytes later.
 GC_YOUNG = 20_000
+# Runs in this process inside collecting_less (the Python API may run several, in threads), and
+# the thresholds the first of them found: the last one out puts them back.
+_COLLECTING: list[Any] = [0, None]
+_COLLECTING_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def collecting_less() -> Iterator[None]:
     """The run's garbage collection: what exists at its start is frozen (never walked again by a
     collection: the plan, the modules, the state), and the youngest generation is collected
-    every GC_YOUNG allocations instead of 700. Both undone at its end (the Python API's caller
-    keeps its own settings)."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, *threshold[1:])
+    every GC_YOUNG allocations instead of 700. Both undone when the last run of the process
+    inside it ends (the Python API's caller keeps its own settings)."""
+    with _COLLECTING_LOCK:
+        if _COLLECTING[0] == 0:
+            _COLLECTING[1] = gc.get_threshold()
+            gc.set_threshold(GC_YOUNG, *_COLLECTING[1][1:])
+        _COLLECTING[0] += 1
+        gc.freeze()
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
+        with _COLLECTING_LOCK:
+            _COLLECTING[0] -= 1
+            if _COLLECTING[0] == 0:
+                gc.set_threshold(*_COLLECTING[1])
+                gc.unfreeze()
 
 
 async def warm_up_ahead(runner: Runner) -> None:
