@@ -156,8 +156,8 @@ async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
 # (CPython's default is 700). Every job makes thousands of short-lived containers (requests,
 # futures, rows, dicts), and each collection also walks every young survivor: the ~200 jobs in
 # flight at once with their coroutines, futures and aiohttp objects. At 700 a (64, 0.2 s,
-# 10,000) run collected 1,816 times (13 of them whole) for 2.2 s, ~9 % of the client's CPU; at
-# 20,000, 97 times for 0.12 s (bench/gc_share.py). Cyclic garbage still goes, megabytes later.
+# 10,000) run collected ~1,000 times for ~0.95 s at load 2 (~1,900 for ~3 s at load 10); at
+# 20,000, ~100 times for ~0.04-0.1 s (bench/gc_share.py). Cyclic garbage still goes, later.
 GC_YOUNG = 20_000
 # Runs in this process inside collecting_less (the Python API may run several, in threads), and
 # the thresholds the first of them found: the last one out puts them back.
