@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,30 @@ def test_verify_rejects_damage(damage):
         declared = "image/jpeg"
     with pytest.raises(BadImage):
         verify_image(data, declared, expected)
+
+
+_DAMAGED = _png((48, 40))  # with a text chunk after the image data below
+
+
+def _with_text(png: bytes) -> bytes:
+    """The PNG with a tEXt chunk inserted before IEND (a chunk only the CRC walk reads)."""
+    body = b"tEXtComment\x00made by the test"
+    chunk = len(body[4:]).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    return png[:-12] + chunk + png[-12:]
+
+
+@given(st.data())
+def test_verify_rejects_any_changed_byte_or_cut_of_a_png(data: st.DataObject):
+    """A PNG with any one byte changed, or cut anywhere, is never accepted as an image."""
+    good = _with_text(_DAMAGED)
+    assert verify_image(good, "image/png").width == 48
+    at = data.draw(st.integers(0, len(good) - 1))
+    if data.draw(st.booleans()):
+        damaged = good[:at]
+    else:
+        damaged = good[:at] + bytes([good[at] ^ data.draw(st.integers(1, 255))]) + good[at + 1 :]
+    with pytest.raises(BadImage):
+        verify_image(damaged, "image/png")
 
 
 def test_atomic_write_leaves_no_partial_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -146,6 +146,52 @@ def test_the_dataset_is_written_while_the_last_requests_run(
         assert metadata.stat().st_mtime_ns == before and emu.stats()["submits"] == 12
 
 
+def test_a_run_collects_less_garbage_and_gives_the_settings_back(tmp_path: Path):
+    """During a run the collector skips what existed at its start and runs every GC_YOUNG
+    allocations; the caller of the Python API gets its own settings back, nothing left frozen."""
+    import gc
+
+    from renderer import api
+    from renderer.runner.runner import GC_YOUNG
+
+    before = gc.get_threshold()
+    seen: list[tuple[tuple[int, int, int], int]] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "downloaded":
+            seen.append((gc.get_threshold(), gc.get_freeze_count()))
+
+    with background_emulator(service=FAST) as emu:
+        m = write_manifest(tmp_path, seeds=[1, 2, 3])
+        summary = api.run(
+            api.load_manifest(m),
+            provider=emu.url,
+            output=tmp_path / "out",
+            on_event=on_event,  # type: ignore[arg-type]
+            env={"FAL_KEY": "k"},
+        )
+    assert summary.outcome == "done" and len(seen) == 3
+    assert all(t == (GC_YOUNG, *before[1:]) and frozen > 0 for t, frozen in seen)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_overlapping_runs_give_the_gc_settings_back_only_when_the_last_ends():
+    """Two runs overlapping in one process (the Python API in threads): the first to end leaves
+    the other's settings in place; the last puts back what the first found."""
+    import gc
+
+    from renderer.runner.runner import GC_YOUNG, collecting_less
+
+    before = gc.get_threshold()
+    first, second = collecting_less(), collecting_less()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_threshold()[0] == GC_YOUNG and gc.get_freeze_count() > 0
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
 def test_damaged_file_is_downloaded_again_without_a_resubmit(tmp_path: Path):
     """A deleted or edited image is fetched again from the stored result, not paid for again."""
     with background_emulator(service=FAST) as emu:

@@ -19,6 +19,7 @@ import os
 import secrets
 import threading
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -50,11 +51,39 @@ class Verified:
 
 
 MAX_PIXELS = 64 * 1024 * 1024  # a bigger image would need gigabytes to decode; no model makes one
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunks_intact(data: bytes) -> None:
+    """Every chunk of a PNG whole and matching its CRC, up to IEND (BadImage otherwise).
+
+    What Pillow's `verify()` checks (the chunks' CRCs through IEND; a file that ends first is
+    truncated), without a second parse of the file: verify leaves its image unusable, so with it
+    every download was opened and parsed twice.
+    """
+    view = memoryview(data)
+    end, at = len(data), len(PNG_SIGNATURE)
+    while True:
+        if at + 12 > end:
+            raise BadImage("not a decodable image: truncated PNG file (no IEND chunk)")
+        length = int.from_bytes(view[at : at + 4], "big")
+        body_end = at + 8 + length  # type (4 bytes) and data, then the 4-byte CRC
+        if length > 0x7FFFFFFF or body_end + 4 > end:
+            raise BadImage("not a decodable image: truncated PNG file (a chunk runs past the end)")
+        crc = int.from_bytes(view[body_end : body_end + 4], "big")
+        if zlib.crc32(view[at + 4 : body_end]) != crc:
+            kind = bytes(view[at + 4 : at + 8]).decode("latin-1")
+            raise BadImage(f"not a decodable image: broken PNG chunk {kind!r} (CRC mismatch)")
+        if data[at + 4 : at + 8] == b"IEND":
+            return
+        at = body_end + 4
 
 
 def verify_image(
     data: bytes, declared_type: str = "", expected_size: int | None = None
 ) -> Verified:
+    """The download checked: one open and a full decode (catches truncation), the format one of
+    FORMATS, the pixel count capped, and for a PNG every chunk's CRC (png_chunks_intact)."""
     if expected_size is not None and len(data) != expected_size:
         raise BadImage(f"{len(data)} bytes received, {expected_size} announced")
     # Imported here: the Python API and the tools import this module, and only a run that
@@ -65,20 +94,22 @@ def verify_image(
         with warnings.catch_warnings():
             # Pillow warns (and past 2x raises) for decompression bombs: both are a bad image here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                fmt = probe.format
-                if probe.width * probe.height > MAX_PIXELS:
+            with Image.open(io.BytesIO(data)) as image:
+                fmt = image.format
+                width, height = image.size
+                if width * height > MAX_PIXELS:
                     raise BadImage(
-                        f"{probe.width}x{probe.height} pixels is over the {MAX_PIXELS}-pixel cap "
+                        f"{width}x{height} pixels is over the {MAX_PIXELS}-pixel cap "
                         "(a decompression bomb?)"
                     )
-                probe.verify()  # structure and checksums
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # a full decode: catches truncation that verify() does not
-            width, height = image.size
+                if fmt == "PNG":
+                    png_chunks_intact(data)  # structure and checksums, before any decoding
+                image.load()  # a full decode: catches truncation and damaged compressed data
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"refused a decompression bomb: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, BadImage):
+            raise
         raise BadImage(f"not a decodable image: {exc}") from exc
     if fmt not in FORMATS:
         raise BadImage(f"unsupported image format {fmt}")
