@@ -32,7 +32,7 @@ from renderer.plan import planner as plan_mod
 from renderer.provider.client import Client
 from renderer.provider.emulator import Faults, ServiceTime
 from renderer.runner import AccountLimit, RunConfig
-from renderer.runner.lead import lead_cap
+from renderer.runner.lead import lead_cap, lead_for
 from renderer.runner.limits import Account, Accounts, AccountSlots
 from renderer.runner.runner import Runner
 from renderer.state.sqlite import SQLiteStore
@@ -1492,6 +1492,31 @@ def test_concurrency_is_what_the_provider_runs_with_at_most_the_lead_queued(
     assert account["submits"] == jobs and account["duplicate_submits"] == 0
     assert account["peak_running"] == min(slots, jobs)
     assert account["peak_queued"] <= lead_cap(slots)
+
+
+def test_requests_that_finish_together_get_a_queued_request_per_slot(tmp_path: Path):
+    """8 slots of 0.2 s requests that start and finish together: the lead grows past its floor
+    (2) to one queued request per slot (8), so a burst of completions restarts every slot at once;
+    never more than 8 run and never more than 8 wait (the bound the docs state)."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 81)), limits={"concurrency": 8})
+    with background_emulator(
+        service=ServiceTime("fixed", 0.2), workers=64, account_slots=8, key="k"
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
+        account = emu.stats()["accounts"]["key"]
+    assert code == 0, out + err
+    assert account["submits"] == 80 and account["duplicate_submits"] == 0
+    assert account["peak_running"] == 8
+    assert lead_for(8) < account["peak_queued"] <= lead_cap(8) == 8
 
 
 def test_slow_downloads_hold_no_provider_slot(tmp_path: Path):
