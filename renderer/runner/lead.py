@@ -1,4 +1,5 @@
-"""The lead: how many submits wait in the provider's queue beyond an account's limit (issue 23).
+"""The lead: how many submits wait in the provider's queue beyond an account's limit (issue 23);
+and what the run's own cap admits with it (`follows_accounts`, `run_lead`, `provider_capacity`).
 
 fal runs an account's requests up to its limit and queues the rest, never refusing a submit for
 concurrency (../shared/docs/fal-protocol.md §2.2). A request queued there starts the moment a
