@@ -188,10 +188,8 @@ class Deliveries:
     never for a slow server. A job waiting here holds no provider slot.
     """
 
-    def __init__(self, bound: int, on_sent: Callable[[], None] | None = None) -> None:
-        """`on_sent()`: told each time a granted submit leaves pending (limits.Limits counts them)."""
+    def __init__(self, bound: int) -> None:
         self.slots = asyncio.Semaphore(bound)
-        self.on_sent = on_sent
         self._serial = 0  # grants so far
         # key → its grant's serial, oldest first (dicts keep insertion order)
         self.pending: dict[str, int] = {}
@@ -204,11 +202,7 @@ class Deliveries:
 
     def sent(self, key: str) -> None:
         """`key`'s submit is on the wire, or it no longer means to send one now."""
-        if self.pending.pop(key, None) is None:
-            return
-        if self.on_sent is not None:
-            self.on_sent()
-        if not self._waiters:
+        if self.pending.pop(key, None) is None or not self._waiters:
             return
         oldest = next(iter(self.pending.values()), self._serial)
         while self._waiters and self._waiters[0][0] <= oldest:

@@ -23,7 +23,7 @@ take seconds and finish spread out meet few others in it (40 slots at ~5 s: ~1 o
 within 0.12 s): the lead stays near its floor. Requests that started together and take the
 same time finish together (the first round always starts together), and a client busy most of
 each round sees them all within it: S of them, and S queued requests are what keeps every slot
-busy through the refills. The first round assumes that: once its S requests are on the wire
+busy through the refills. The first round assumes that: once its S submits are answered
 (`ramped`; before, the lead is its floor, so the S that start at once are not slowed by S more
 being sent beside them), the lead is its cap; each later round's lead is what the round before
 measured, so it follows a change within a round.
@@ -115,7 +115,7 @@ class Lead:
         return max(self.MIN_WINDOW, work)
 
     def ramped(self) -> None:
-        """The first round's requests are on the wire: the queued lead for its burst follows."""
+        """The first round's submits are answered: the queued lead for its burst follows."""
         if self.work is None:
             self.value = max(self.value, self.cap)
 

@@ -141,13 +141,23 @@ class AccountSlots(AdaptiveLimit):
     def __init__(self, ceiling: int, adaptive: bool = False) -> None:
         self.gauge = Lead(ceiling) if adaptive else None
         super().__init__(ceiling, self.gauge.value if self.gauge else 0)
+        self._answered = 0  # submits answered, until its first round's are (then the lead grows)
+        self.on_grown: Callable[[], None] | None = None  # told when `lead` grows on its own
 
-    def ramped(self) -> None:
-        """Its first round is on the wire: its lead for the first burst (lead.Lead.ramped)."""
-        if self.gauge is not None:
+    def succeeded(self) -> None:
+        """A submit was answered; once the first round's have been, the lead for its burst
+        follows (lead.Lead.ramped): not before, so that the S requests that start at once are
+        not slowed by S more being sent beside them."""
+        super().succeeded()
+        if self.gauge is None or self._answered >= self.ceiling:
+            return
+        self._answered += 1
+        if self._answered == self.ceiling:
             self.gauge.ramped()
             self.lead = self.gauge.value
             self._wake()
+            if self.on_grown is not None:
+                self.on_grown()
 
     def freed(self) -> None:
         """A request it ran finished (or was given up): the lead as measured now."""
@@ -339,7 +349,7 @@ class Limits:
         # A per-endpoint cap counts what an account's does (requests at the provider), exactly:
         # it is the user's own (module docstring).
         self.endpoint_slots = {e: asyncio.Semaphore(n) for e, n in config.per_endpoint.items()}
-        self.deliveries = Deliveries(delivery_bound(config.concurrency), self._on_wire)
+        self.deliveries = Deliveries(delivery_bound(config.concurrency))  # (deliver.py)
         # No pacing unless the user sets limits.rate: fal limits what runs, not how fast it is asked.
         self.limiter: AsyncLimiter | SharedRate | None = (
             make_limiter(config.rate) if config.rate else None
@@ -384,23 +394,15 @@ class Limits:
         self.gates: dict[str, asyncio.Semaphore | None] = {}
         # Account name → its submitted jobs that wait for it.
         self.waiting: dict[str | None, int] = {}
-        # New submits on the wire until the first round is (then None: see _on_wire).
-        self._ramp: int | None = 0
+        for account in self.accounts.all:
+            account.slots.on_grown = self._grown
         self._follow()
 
-    def _on_wire(self) -> None:
-        """A granted submit left pending (deliver.Deliveries.sent): once the accounts' first
-        round of requests is on the wire, their leads for its burst follow (lead.Lead.ramped)."""
-        if self._ramp is None:
-            return
-        self._ramp += 1
-        if self._ramp >= sum(a.slots.allowance for a in self.accounts.all):
-            self._ramp = None
-            for account in self.accounts.all:
-                account.slots.ramped()
-            self._follow()
-            self.slots.grown()
-            self.accounts.changed()
+    def _grown(self) -> None:
+        """An account's lead grew outside a release (lead.Lead.ramped): room for the waiters."""
+        self._follow()
+        self.slots.grown()
+        self.accounts.changed()
 
     def _follow(self) -> None:
         """The run's own slots admit the accounts' leads as they stand (or none: follows_accounts).
