@@ -25,13 +25,13 @@ same time finish together (the first round always starts together), and a client
 each round sees them all within it: S of them, and S queued requests are what keeps every slot
 busy through the refills. The first round assumes that: once its S submits are answered
 (`ramped`; before, the lead is its floor, so the S that start at once are not slowed by S more
-being sent beside them), the lead is its cap; each later round's lead is what the round before
-measured, so it follows a change within a round.
+being sent beside them), the lead is its cap; later, it rises within the round that needs more and falls back after a
+whole round that needed less (its most over this round and the last).
 
 Bound: the lead never exceeds `lead_cap(S)` = max(2, S) requests, so an account never has more
 than 2 × S requests at the provider: S running and at most S queued, each of which starts within
 one service time. That is also the most a stop or a `kill -9` leaves queued beyond the running
-requests (the floor, ⌈S/8⌉, when completions come spread out); each is recorded before anything
+requests (about the floor, ⌈S/8⌉, when completions come spread out); each is recorded before anything
 follows it and is followed by the next run, never paid for again.
 """
 
