@@ -16,10 +16,12 @@ whole process (from the parent's RUSAGE_CHILDREN), per job; the server's peak of
 and queued at once; where the renderer's time went (spawn to the first request running, the span
 of running requests with the share of its slot time left idle, the last completion to exit).
 Medians of --runs; the 1-minute load average is read before each run (the
-machine's 2 cores are shared), and the table shows its range.
+machine's 2 cores are shared), and the table shows its range. `--tree DIR` (repeatable) runs
+the renderer of other checkouts too (`git worktree add --detach DIR COMMIT`), each with its own
+bench/_run.py and PYTHONPATH, alternating with this one run by run: an A/B under the same load.
 
 Reproduce:  python bench/concurrency.py [--runs 3] [--configs 8:0.5:2000,64:0.2:2000,...]
-            [--falclient-max-jobs 10000] [--skip-falclient]
+            [--falclient-max-jobs 10000] [--skip-falclient] [--tree DIR ...]
 """
 
 from __future__ import annotations
@@ -122,10 +124,11 @@ def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     return wall, cpu, done.stdout
 
 
-def run_renderer(m: Path, url: str, out: Path) -> tuple[float, float]:
-    cmd = [sys.executable, str(HERE / "_run.py"), "run", str(m), "--provider", url]
+def run_renderer(m: Path, url: str, out: Path, tree: Path) -> tuple[float, float]:
+    """`renderer run` of the checkout `tree` (its bench/_run.py puts it first on the path)."""
+    cmd = [sys.executable, str(tree / "bench" / "_run.py"), "run", str(m), "--provider", url]
     cmd += ["--output", str(out), "--quiet"]
-    wall, cpu, stdout = measured(cmd, child_env(FAL_KEY="bench"))
+    wall, cpu, stdout = measured(cmd, child_env(FAL_KEY="bench", PYTHONPATH=str(tree)))
     line = next((x for x in stdout.splitlines() if x.startswith("BENCH ")), "")
     record = json.loads(line[6:]) if line else {"code": -1, "stderr": stdout[-500:]}
     if record["code"] != 0:
@@ -142,95 +145,126 @@ def run_falclient(url: str, jobs: int, slots: int, out: Path, ca: str) -> tuple[
 
 
 def one_config(
-    slots: int, seconds: float, jobs: int, runs: int, falclient: bool, tls: tuple[str, str]
-) -> list[str]:
+    slots: int,
+    seconds: float,
+    jobs: int,
+    runs: int,
+    falclient: bool,
+    tls: tuple[str, str],
+    trees: list[Path],
+) -> list[list[str]]:
+    """One table row per tree (the trees alternating run by run, fal-client once a repetition)."""
     ideal = jobs * seconds / slots
-    got: dict[str, list[float]] = {k: [] for k in ("r_wall", "r_cpu", "f_wall", "f_cpu", "load")}
-    peaks: list[tuple[int, int]] = []
+    got: dict[Path, dict[str, list[float]]] = {
+        t: {k: [] for k in ("r_wall", "r_cpu", "load")} for t in trees
+    }
+    falc: dict[str, list[float]] = {k: [] for k in ("f_wall", "f_cpu", "load")}
+    peaks: dict[Path, list[tuple[int, int]]] = {t: [] for t in trees}
     # Where the renderer's time went, from the server's slot accounting (CLOCK_MONOTONIC is one
     # clock for every process): spawn → first request running, the span of running requests,
     # the share of S x span the slots stood idle, and the last completion → exit.
-    phases: dict[str, list[float]] = {
-        k: [] for k in ("first", "span", "idle", "tail", "submit", "ramp", "gaps", "p90", "max")
-    }
+    keys = ("first", "span", "idle", "tail", "submit", "ramp", "gaps", "p90", "max")
+    phases: dict[Path, dict[str, list[float]]] = {t: {k: [] for k in keys} for t in trees}
     with tempfile.TemporaryDirectory() as tmp:
         m = write_manifest(Path(tmp), jobs, slots)
         for n in range(runs):
-            got["load"].append(os.getloadavg()[0])
-            with server(slots, seconds, tls) as (http, _):
-                wall, cpu = run_renderer(m, http, Path(tmp) / f"r{n}")
-                stats = server_stats(http, tls[0])
-            got["r_wall"].append(wall)
-            got["r_cpu"].append(cpu)
-            span = stats["last_end"] - stats["first_start"]
-            phases["first"].append(stats["first_start"] - SPAWNED[0])
-            phases["span"].append(span)
-            phases["idle"].append(1 - stats["busy"] / (slots * span))
-            phases["tail"].append(SPAWNED[1] - stats["last_end"])
-            # The breakdown: spawn → first submit, first running → all S running, and the refill
-            # gaps (a slot idle because nothing was queued when it freed) as wall seconds (÷ S).
-            phases["submit"].append(stats["first_submit"] - SPAWNED[0])
-            phases["ramp"].append((stats["full"] or stats["first_start"]) - stats["first_start"])
-            phases["gaps"].append(stats["gaps"]["sum"] / slots)
-            phases["p90"].append(stats["gaps"]["p90"])
-            phases["max"].append(stats["gaps"]["max"])
-            BREAKDOWN.append(
-                [
-                    f"{slots}:{seconds:g}:{jobs}",
-                    str(n + 1),
-                    f"{wall:.2f}",
-                    f"{cpu:.2f}",
-                    f"{phases['submit'][-1]:.2f}",
-                    f"{phases['first'][-1]:.2f}",
-                    f"{phases['ramp'][-1]:.2f}",
-                    f"{span - ideal:.2f}",
-                    f"{phases['gaps'][-1]:.2f}",
-                    f"{1000 * stats['gaps']['p50']:.0f} / {1000 * phases['p90'][-1]:.0f} / "
-                    f"{1000 * phases['max'][-1]:.0f}",
-                    f"{phases['tail'][-1]:.2f}",
-                    f"{got['load'][-1]:.2f}",
-                ]
-            )
-            peaks.append((stats["peak_running"], stats["peak_queued"]))
+            for ti, tree in enumerate(trees):
+                mine, ph = got[tree], phases[tree]
+                mine["load"].append(os.getloadavg()[0])
+                with server(slots, seconds, tls) as (http, _):
+                    wall, cpu = run_renderer(m, http, Path(tmp) / f"r{n}-{ti}", tree)
+                    stats = server_stats(http, tls[0])
+                mine["r_wall"].append(wall)
+                mine["r_cpu"].append(cpu)
+                span = stats["last_end"] - stats["first_start"]
+                ph["first"].append(stats["first_start"] - SPAWNED[0])
+                ph["span"].append(span)
+                ph["idle"].append(1 - stats["busy"] / (slots * span))
+                ph["tail"].append(SPAWNED[1] - stats["last_end"])
+                # The breakdown: spawn → first submit, first running → all S running, and the
+                # refill gaps (a slot idle because nothing was queued when it freed) as wall
+                # seconds (÷ S).
+                ph["submit"].append(stats["first_submit"] - SPAWNED[0])
+                ph["ramp"].append((stats["full"] or stats["first_start"]) - stats["first_start"])
+                ph["gaps"].append(stats["gaps"]["sum"] / slots)
+                ph["p90"].append(stats["gaps"]["p90"])
+                ph["max"].append(stats["gaps"]["max"])
+                BREAKDOWN.append(
+                    [
+                        f"{slots}:{seconds:g}:{jobs}",
+                        *([label(tree)] if len(trees) > 1 else []),
+                        str(n + 1),
+                        f"{wall:.2f}",
+                        f"{cpu:.2f}",
+                        f"{ph['submit'][-1]:.2f}",
+                        f"{ph['first'][-1]:.2f}",
+                        f"{ph['ramp'][-1]:.2f}",
+                        f"{span - ideal:.2f}",
+                        f"{ph['gaps'][-1]:.2f}",
+                        f"{1000 * stats['gaps']['p50']:.0f} / {1000 * ph['p90'][-1]:.0f} / "
+                        f"{1000 * ph['max'][-1]:.0f}",
+                        f"{ph['tail'][-1]:.2f}",
+                        f"{stats['peak_running']}/{stats['peak_queued']}",
+                        f"{mine['load'][-1]:.2f}",
+                    ]
+                )
+                peaks[tree].append((stats["peak_running"], stats["peak_queued"]))
+                print(
+                    f"# {slots}:{seconds:g}:{jobs} run {n + 1}: {label(tree)} {wall:.2f} s "
+                    f"load {mine['load'][-1]:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if falclient:
-                got["load"].append(os.getloadavg()[0])
+                falc["load"].append(os.getloadavg()[0])
                 with server(slots, seconds, tls) as (_, https):
                     wall, cpu = run_falclient(https, jobs, slots, Path(tmp) / f"f{n}", tls[0])
-                got["f_wall"].append(wall)
-                got["f_cpu"].append(cpu)
-            print(
-                f"# {slots}:{seconds:g}:{jobs} run {n + 1}: renderer {got['r_wall'][-1]:.2f} s "
-                + (f"fal-client {got['f_wall'][-1]:.2f} s " if falclient else "")
-                + f"load {got['load'][-1]:.2f}",
-                file=sys.stderr,
-                flush=True,
-            )
-    r_wall, r_cpu = median(got["r_wall"]), median(got["r_cpu"])
-    row = [
-        str(slots),
-        f"{seconds:g}",
-        str(jobs),
-        f"{ideal:.2f}",
-        f"{r_wall:.2f}",
-        f"{ideal / r_wall:.3f}",
-        f"{ideal / max(got['r_wall']):.3f}",
-        f"{1000 * r_cpu / jobs:.2f}",
-        f"{max(p for p, _ in peaks)}/{max(q for _, q in peaks)}",
-        f"{median(phases['first']):.2f} / {median(phases['span']):.2f} "
-        f"({100 * median(phases['idle']):.1f} %) / {median(phases['tail']):.2f}",
-    ]
-    if falclient:
-        f_wall, f_cpu = median(got["f_wall"]), median(got["f_cpu"])
-        row += [
-            f"{f_wall:.2f}",
-            f"{ideal / f_wall:.3f}",
-            f"{1000 * f_cpu / jobs:.2f}",
-            f"{r_cpu / f_cpu:.3f}",
+                falc["f_wall"].append(wall)
+                falc["f_cpu"].append(cpu)
+                print(f"# fal-client {wall:.2f} s", file=sys.stderr, flush=True)
+    rows = []
+    for tree in trees:
+        mine, ph = got[tree], phases[tree]
+        r_wall, r_cpu = median(mine["r_wall"]), median(mine["r_cpu"])
+        row = [
+            *([label(tree)] if len(trees) > 1 else []),
+            str(slots),
+            f"{seconds:g}",
+            str(jobs),
+            f"{ideal:.2f}",
+            f"{r_wall:.2f}",
+            f"{ideal / r_wall:.3f}",
+            f"{ideal / max(mine['r_wall']):.3f}",
+            f"{1000 * r_cpu / jobs:.2f}",
+            f"{max(p for p, _ in peaks[tree])}/{max(q for _, q in peaks[tree])}",
+            f"{median(ph['first']):.2f} / {median(ph['span']):.2f} "
+            f"({100 * median(ph['idle']):.1f} %) / {median(ph['tail']):.2f}",
         ]
-    else:
-        row += ["-", "-", "-", "-"]
-    row.append(f"{min(got['load']):.1f}-{max(got['load']):.1f}")
-    return row
+        if falclient:
+            f_wall, f_cpu = median(falc["f_wall"]), median(falc["f_cpu"])
+            row += [
+                f"{f_wall:.2f}",
+                f"{ideal / f_wall:.3f}",
+                f"{1000 * f_cpu / jobs:.2f}",
+                f"{r_cpu / f_cpu:.3f}",
+            ]
+        else:
+            row += ["-", "-", "-", "-"]
+        loads = mine["load"] + falc["load"]
+        row.append(f"{min(loads):.1f}-{max(loads):.1f}")
+        rows.append(row)
+    return rows
+
+
+def label(tree: Path) -> str:
+    """A tree as the tables name it: its folder and its commit."""
+    head = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return f"{tree.name}@{head or '?'}"
 
 
 def main() -> None:
@@ -246,15 +280,24 @@ def main() -> None:
         help="run fal-client only where N is at most this",
     )
     ap.add_argument("--skip-falclient", action="store_true")
+    ap.add_argument(
+        "--tree",
+        action="append",
+        type=Path,
+        default=[],
+        help="another checkout to run alternately with this one (repeatable)",
+    )
     args = ap.parse_args()
+    trees = [HERE.parent, *(t.resolve() for t in args.tree)]
     rows = []
     with certificate() as tls:
         for triple in args.configs.split(","):
             s, l_, n = triple.split(":")
             falclient = not args.skip_falclient and int(n) <= args.falclient_max_jobs
-            rows.append(one_config(int(s), float(l_), int(n), args.runs, falclient, tls))
-            # Each row as it is done (a long run interrupted keeps what it measured).
-            print("# row: " + " | ".join(rows[-1]), file=sys.stderr, flush=True)
+            for row in one_config(int(s), float(l_), int(n), args.runs, falclient, tls, trees):
+                rows.append(row)
+                # Each row as it is done (a long run interrupted keeps what it measured).
+                print("# row: " + " | ".join(row), file=sys.stderr, flush=True)
     print(
         f"# whole `renderer run` vs ideal N*L/S against bench/slot_server.py (S slots, L s each); "
         f"{machine()}; medians of {args.runs}"
@@ -263,10 +306,12 @@ def main() -> None:
         f"# reproduce: python bench/concurrency.py --runs {args.runs} --configs {args.configs}"
         + (f" --falclient-max-jobs {args.falclient_max_jobs}" if not args.skip_falclient else "")
         + (" --skip-falclient" if args.skip_falclient else "")
+        + "".join(f" --tree {t}" for t in args.tree)
     )
     print(
         table(
             [
+                *(["tree"] if len(trees) > 1 else []),
                 "S",
                 "L s",
                 "N",
@@ -295,6 +340,7 @@ def main() -> None:
         table(
             [
                 "S:L:N",
+                *(["tree"] if len(trees) > 1 else []),
                 "run",
                 "wall s",
                 "CPU s",
@@ -305,6 +351,7 @@ def main() -> None:
                 "refill gaps s",
                 "gap p50/p90/max ms",
                 "tail s",
+                "running/queued peak",
                 "load",
             ],
             BREAKDOWN,

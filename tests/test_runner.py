@@ -32,7 +32,8 @@ from renderer.plan import planner as plan_mod
 from renderer.provider.client import Client
 from renderer.provider.emulator import Faults, ServiceTime
 from renderer.runner import AccountLimit, RunConfig
-from renderer.runner.limits import Account, Accounts, AccountSlots, lead_for
+from renderer.runner.lead import lead_cap, lead_for
+from renderer.runner.limits import Account, Accounts, AccountSlots
 from renderer.runner.runner import Runner
 from renderer.state.sqlite import SQLiteStore
 
@@ -303,8 +304,8 @@ def test_locked_account_stops_the_run_with_exit_3(tmp_path: Path):
     assert code == 3
     assert "User is locked. Reason: Exhausted balance" in err
     # Three accepted; then only the submits already on the wire when the first 403 came (at most
-    # the provider slots of concurrency 1 and its lead: lead_for(1) = 2), then nothing.
-    assert 4 <= attempts <= 3 + 1 + lead_for(1)
+    # the provider slots of concurrency 1 and its lead: lead_cap(1) = 2), then nothing.
+    assert 4 <= attempts <= 3 + 1 + lead_cap(1)
     store = SQLiteStore(tmp_path / "o/t", readonly=True)
     counts = store.counts()
     store.close()
@@ -1498,7 +1499,7 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
     # 0.2 s a request: each account runs its own limit (the run's total is 3 + 1, not limits' default 2),
     # and what waits in the provider's queue for it is within its lead.
     assert a["peak_running"] == 3 and b["peak_running"] == 1
-    assert a["peak_queued"] <= lead_for(3) and b["peak_queued"] <= lead_for(1)
+    assert a["peak_queued"] <= lead_cap(3) and b["peak_queued"] <= lead_cap(1)
     assert a["submits"] + b["submits"] == 24 and a["submits"] > b["submits"] >= 1
     assert stats["foreign_reads"] == 0 and stats["duplicate_submits"] == 0
     record = json.loads((tmp_path / "o/t/run.json").read_text())
@@ -1516,7 +1517,7 @@ def test_concurrency_is_what_the_provider_runs_with_at_most_the_lead_queued(
     tmp_path_factory: pytest.TempPathFactory, slots: int, jobs: int
 ):
     """concurrency = the account's limit at a provider that holds it (fal's model): the account runs exactly that
-    many at its peak, never more, and at most lead_for(limit) of its requests wait in the provider's queue."""
+    many at its peak, never more, and at most lead_cap(limit) (the lead at its most) of its requests wait in the provider's queue."""
     tmp_path = tmp_path_factory.mktemp("lead")
     m = write_manifest(tmp_path, seeds=list(range(1, jobs + 1)), limits={"concurrency": slots})
     with background_emulator(
@@ -1536,7 +1537,32 @@ def test_concurrency_is_what_the_provider_runs_with_at_most_the_lead_queued(
     assert code == 0, out + err
     assert account["submits"] == jobs and account["duplicate_submits"] == 0
     assert account["peak_running"] == min(slots, jobs)
-    assert account["peak_queued"] <= lead_for(slots)
+    assert account["peak_queued"] <= lead_cap(slots)
+
+
+def test_requests_that_finish_together_get_a_queued_request_per_slot(tmp_path: Path):
+    """8 slots of 0.2 s requests that start and finish together: the lead grows past its floor
+    (2) to one queued request per slot (8), so a burst of completions restarts every slot at once;
+    never more than 8 run and never more than 8 wait (the bound the docs state)."""
+    m = write_manifest(tmp_path, seeds=list(range(1, 81)), limits={"concurrency": 8})
+    with background_emulator(
+        service=ServiceTime("fixed", 0.2), workers=64, account_slots=8, key="k"
+    ) as emu:
+        code, out, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
+        account = emu.stats()["accounts"]["key"]
+    assert code == 0, out + err
+    assert account["submits"] == 80 and account["duplicate_submits"] == 0
+    assert account["peak_running"] == 8
+    assert lead_for(8) < account["peak_queued"] <= lead_cap(8) == 8
 
 
 def test_slow_downloads_hold_no_provider_slot(tmp_path: Path):
@@ -1564,8 +1590,8 @@ def test_slow_downloads_hold_no_provider_slot(tmp_path: Path):
     assert code == 0, out + err
     assert len(images(tmp_path / "o/t")) == 30
     assert stats["accounts"]["key"]["peak_running"] == 2
-    assert stats["accounts"]["key"]["peak_queued"] <= lead_for(2)
-    assert stats["peak_downloads_and_running"] > 2 + lead_for(2)
+    assert stats["accounts"]["key"]["peak_queued"] <= lead_cap(2)
+    assert stats["peak_downloads_and_running"] > 2 + lead_cap(2)
 
 
 @pytest.mark.slow

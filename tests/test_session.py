@@ -381,3 +381,25 @@ def test_a_run_keeps_the_layout_it_started_with(tmp_path: Path):
     assert cli("run", str(fresh))[0] == 0
     (image,) = (tmp_path / "o2/t/data").rglob("*.png")
     assert image.parent.parent.name == bucket("cat")
+
+
+def test_a_run_raises_a_low_open_file_limit_to_hold_its_connections():
+    """A process started with a soft limit of 256 files (hard 4,096) is given room for 1,000
+    connections and the run's files; the hard limit is never moved, and a limit already high
+    enough is left as it is."""
+    script = (
+        "import resource\n"
+        "from renderer.runner.session import room_for_connections\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))\n"
+        "room_for_connections(1000)\n"
+        "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+        "room_for_connections(10)\n"
+        "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+        "room_for_connections(100000)\n"
+        "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.split("\n")[:3] == ["1256 4096", "1256 4096", "4096 4096"]

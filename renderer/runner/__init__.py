@@ -7,8 +7,9 @@ Modules, from the outside in:
   recover    finished jobs rebuilt from their sidecars when the database lost them
   job        the per-job state machine: submit → status → result → deliver, retries, deadlines
   deliver    download, verify, write (image + sidecar), record; the dataset; publishing
-  limits     provider slots (run, endpoint, account) and their queued lead, the deliveries'
-             bound, rates, which account holds a job
+  limits     provider slots (run, endpoint, account), the deliveries' bound, rates, which
+             account holds a job
+  lead       the queued lead of a provider limit, sized from what the run measures
   record     Summary and run_record, the one builder of run.json
   config     RunConfig, AccountLimit and the Event type
 

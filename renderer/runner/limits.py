@@ -8,19 +8,18 @@ its submit until it sees its request COMPLETED, and no longer: the result read, 
 the file writes hold only a *delivery* slot (`Limits.deliveries`), so a finished request's
 provider slot is free while its files are still being fetched.
 
-An account's limit N admits N + lead(N) requests (`lead_for`): the lead waits in the provider's
-queue, so when one of the N running requests finishes, the provider starts a queued one at once
-instead of idling for the round trip in which renderer sees COMPLETED and submits the next.
-The lead is max(2, ceil(N / 8)) requests: it covers the refills needed while one round trip
-lasts (N/L completions a second × a few ms; bench/concurrency.py) with a wide margin, and it
-bounds what a stop or a kill -9 leaves queued at the provider beyond the N running: at most
-lead(N) requests per account (2 for N ≤ 16, 8 for 64, 32 for 256), each recorded (its request
-id is committed before anything follows it) and followed by the next run, never paid again.
-When the provider enforces the limit (fal does, per account), at most N run at once; an account
-with more room than its `concurrency` says may run up to N + lead(N). The lead is only for the
-limits a provider holds: an account's `concurrency` (and `limits.concurrency`, the single
-account's). Caps of the user's own, which no provider enforces (`per_endpoint`, and a
---concurrency below the accounts' sum), are kept exactly: at most N at the provider (`run_lead`).
+An account's limit N admits N + lead requests: the lead waits in the provider's queue, so when
+one of the N running requests finishes, the provider starts a queued one at once instead of
+idling for the round trip in which renderer sees COMPLETED and submits the next. The lead is
+sized from what the run measures (lead.py: the completions seen within one round's CPU time),
+between max(2, ceil(N / 8)) and N: an account never has more than 2 × N requests at the
+provider, and a stop or a kill -9 leaves at most N queued beyond the N running (each recorded
+and followed by the next run, never paid again). When the provider enforces the limit (fal
+does, per account), at most N run at once; an account with more room than its `concurrency`
+says may run the lead too. The lead is only for the limits a provider holds: an account's
+`concurrency` (and `limits.concurrency`, the single account's); the run's own slots admit the
+accounts' leads together. Caps of the user's own, which no provider enforces (`per_endpoint`,
+and a --concurrency below the accounts' sum), are kept exactly: at most N at the provider.
 
 Invariants:
   * A submitted request is followed only under the account recorded with it; a job whose
@@ -38,52 +37,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from aiolimiter import AsyncLimiter
+from typing import TYPE_CHECKING, Any
 
 from renderer.errors import AccountError
 from renderer.provider.client import Client
 from renderer.runner.config import SINGLE_ACCOUNT, SINGLE_KEY, Event, RunConfig
 from renderer.runner.deliver import Deliveries
+from renderer.runner.lead import Lead, follows_accounts
+from renderer.runner.lead import provider_capacity as provider_capacity  # (where it was)
 from renderer.state.rows import Row
 from renderer.state.store import Store
 
-
-def lead_for(limit: int) -> int:
-    """Requests a provider limit of `limit` admits beyond it, to wait in the provider's queue.
-
-    max(2, ceil(limit / 8)): while renderer sees one request COMPLETED and its next submit is
-    answered (a few ms, tens when the loop is busy), limit / L further requests finish a second
-    and each needs a queued one to start at once: 320/s × 10 ms = 3.2 at (64, 0.2 s), against a
-    lead of 8; 256/s × 10 ms = 2.6 at (256, 1 s), against 32. A larger lead (22 at 64) measured no
-    better (bench/README.md). And a small share of the limit: what a stop or a kill may leave
-    queued.
-    """
-    return max(2, math.ceil(limit / 8))
-
-
-def run_lead(config: RunConfig) -> int:
-    """The lead of the run's own cap: its account's (one account), the accounts' together, or none.
-
-    Without provider.accounts `concurrency` is the account's limit, which the provider holds:
-    lead_for(concurrency). With accounts the run's cap is their sum (with their leads), unless
-    --concurrency / RENDERER_CONCURRENCY caps it lower: a cap of the user's own, which no
-    provider enforces, is kept exactly (no lead), as a per-endpoint cap is.
-    """
-    if not config.accounts:
-        return lead_for(config.concurrency)
-    if config.concurrency >= sum(a.concurrency for a in config.accounts):
-        return sum(lead_for(a.concurrency) for a in config.accounts)
-    return 0
-
-
-def provider_capacity(config: RunConfig) -> int:
-    """Requests the run may have at the provider at once: its cap and that cap's lead."""
-    return config.concurrency + run_lead(config)
+if TYPE_CHECKING:  # loaded only when a rate is set (make_limiter): ~8 ms of a run's start
+    from aiolimiter import AsyncLimiter
 
 
 def delivery_bound(concurrency: int) -> int:
@@ -148,6 +118,10 @@ class AdaptiveLimit:
         self.active -= 1
         self._wake()
 
+    def grown(self) -> None:
+        """The lead grew: the waiters it makes room for are served."""
+        self._wake()
+
     def throttled(self) -> None:
         self.limit = max(1.0, self.limit / 2)
 
@@ -161,7 +135,35 @@ class AccountSlots(AdaptiveLimit):
 
     `acquire`, `try_acquire` and `release` are all the runner uses, so slots leased in shared
     state (one limit across several workers) can stand in for these in-process ones.
+    `adaptive`: its lead is measured (lead.Lead) and kept in `lead`; else it has none.
     """
+
+    def __init__(self, ceiling: int, adaptive: bool = False) -> None:
+        self.gauge = Lead(ceiling) if adaptive else None
+        super().__init__(ceiling, self.gauge.value if self.gauge else 0)
+        self._answered = 0  # submits answered, until its first round's are (then the lead grows)
+        self.on_grown: Callable[[], None] | None = None  # told when `lead` grows on its own
+
+    def succeeded(self) -> None:
+        """A submit was answered; once the first round's have been, the lead for its burst
+        follows (lead.Lead.ramped): not before, so that the S requests that start at once are
+        not slowed by S more being sent beside them."""
+        super().succeeded()
+        if self.gauge is None or self._answered >= self.ceiling:
+            return
+        self._answered += 1
+        if self._answered == self.ceiling:
+            self.gauge.ramped()
+            self.lead = self.gauge.value
+            self._wake()
+            if self.on_grown is not None:
+                self.on_grown()
+
+    def freed(self) -> None:
+        """A request it ran finished (or was given up): the lead as measured now."""
+        if self.gauge is not None:
+            self.gauge.freed(time.monotonic())
+            self.lead = self.gauge.value
 
     @property
     def allowance(self) -> int:
@@ -309,6 +311,8 @@ def bucket_size(rate: float) -> int:
 
 def make_limiter(rate: float) -> AsyncLimiter:
     """The submission bucket for `rate` per second (sized by bucket_size)."""
+    from aiolimiter import AsyncLimiter
+
     size = bucket_size(rate)
     return AsyncLimiter(size, size / rate)
 
@@ -338,7 +342,10 @@ class Limits:
         """`clients`: with config.accounts, each account's client by name (Client.with_key)."""
         self.emit = emit
         self.client = client
-        self.slots = AdaptiveLimit(config.concurrency, run_lead(config))
+        # The run's own slots admit its accounts' leads as they are measured (`_follow`), or none
+        # when the run has a cap of the user's own (follows_accounts).
+        self.slots = AdaptiveLimit(config.concurrency)
+        self.follows = follows_accounts(config)
         # A per-endpoint cap counts what an account's does (requests at the provider), exactly:
         # it is the user's own (module docstring).
         self.endpoint_slots = {e: asyncio.Semaphore(n) for e, n in config.per_endpoint.items()}
@@ -354,7 +361,7 @@ class Limits:
                     Account(
                         a.name,
                         (clients or {}).get(a.name) or client.with_key(None),
-                        AccountSlots(a.concurrency, lead_for(a.concurrency)),
+                        AccountSlots(a.concurrency, adaptive=True),
                         make_limiter(a.rate) if a.rate else None,
                     )
                     for a in config.accounts
@@ -362,11 +369,7 @@ class Limits:
             )
         else:
             self.accounts = Accounts(
-                [
-                    Account(
-                        None, client, AccountSlots(config.concurrency, lead_for(config.concurrency))
-                    )
-                ]
+                [Account(None, client, AccountSlots(config.concurrency, adaptive=True))]
             )
         if store.shared:
             # One limit per account across every worker: its slots are leased in the shared state.
@@ -391,6 +394,24 @@ class Limits:
         self.gates: dict[str, asyncio.Semaphore | None] = {}
         # Account name → its submitted jobs that wait for it.
         self.waiting: dict[str | None, int] = {}
+        for account in self.accounts.all:
+            account.slots.on_grown = self._grown
+        self._follow()
+
+    def _grown(self) -> None:
+        """An account's lead grew outside a release (lead.Lead.ramped): room for the waiters."""
+        self._follow()
+        self.slots.grown()
+        self.accounts.changed()
+
+    def _follow(self) -> None:
+        """The run's own slots admit the accounts' leads as they stand (or none: follows_accounts).
+
+        With one account the run's capacity is exactly the account's, so a job that takes a run
+        slot always finds an account slot (no job waits for an account while holding a run slot).
+        """
+        if self.follows:
+            self.slots.lead = sum(a.slots.lead for a in self.accounts.all)
 
     def shared_ceilings(self) -> dict[str, int]:
         """Each account's ceiling by slot name, for the shared state (empty without one)."""
@@ -461,18 +482,22 @@ class Limits:
         self.held[row.key] = account
         self.gates[row.key] = gate
         if row.state == "planned":
-            self.deliveries.granted(
-                row.key
-            )  # its submit goes before new deliveries (deliver.Deliveries)
+            # Its submit goes before new deliveries (deliver.Deliveries).
+            self.deliveries.granted(row.key)
         return True
 
     async def let_go(self, key: str) -> None:
         """Give back the provider slots `key` holds, if any (its request finished or is given up)."""
-        self.deliveries.sent(key)
+        # Its new submit never went on the wire (or it waited for a rate's turn: see JobSteps.submit).
+        unsent = key in self.deliveries.pending
         account = self.held.pop(key, None)
+        self.deliveries.sent(key)
         if account is None:
             return
         gate = self.gates.pop(key, None)
+        if not unsent:  # a request the provider ran (or queued) is done with its slot
+            account.slots.freed()
+            self._follow()  # (before the releases below, which hand out the room it makes)
         await self.accounts.release(account)
         await self.slots.release()
         if gate is not None:

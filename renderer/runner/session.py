@@ -182,6 +182,30 @@ def _emulator_config(settings: Mapping[str, Any]) -> EmulatorConfig:
     )
 
 
+def room_for_connections(connections: int) -> None:
+    """Raise this process's open-file limit, if it must and may, to hold `connections` sockets.
+
+    A request at the provider holds a status stream (one connection) and, with its lead, an
+    account of limit S may have 2 × S there (lead.py): 580 connections at S = 256, beside the
+    run's files. Many systems start a process with a soft limit of 1,024 files under a far
+    higher hard limit, which a process may raise itself (as servers do). Never lowered; where
+    the hard limit is lower, the run keeps it and a connection beyond it fails as a transport
+    error (retried), as before.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows: no such limit
+        return
+    need = connections + 256  # the run's own files, the state and the log
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _run_on_new_loop(work: Coroutine[Any, Any, T]) -> T:
     """asyncio.run, on uvloop where it is installed (a dependency except on Windows).
 
@@ -294,15 +318,17 @@ async def _execute(
             )
             url = emulator.url
         assert url is not None
+        # A status stream per request at the provider, plus every delivery: none waits for a
+        # connection (a pool smaller than that would be a hidden limit).
+        connections = provider_capacity(config) + delivery_bound(config.concurrency) + 4
+        room_for_connections(connections)
         client = await stack.enter_async_context(
             Client(
                 url,
                 auth_scheme=provider.auth,
                 key=provider.key,
                 retry=config.retry,
-                # A status stream per request at the provider, plus every delivery: none waits
-                # for a connection (a pool smaller than that would be a hidden limit).
-                connections=provider_capacity(config) + delivery_bound(config.concurrency) + 4,
+                connections=connections,
                 # fal's answers must stay on fal's queue hosts; a proxy's are rebased onto the proxy
                 rebase=provider.kind != "fal",
                 trusted_origins=FAL_QUEUE_ORIGINS if provider.kind == "fal" else frozenset(),
