@@ -15,12 +15,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from renderer.manifest.load import load
+from renderer.manifest.table import text_id
 from renderer.models.schemas import SchemaRegistry
 from renderer.plan import planner as plan
 from renderer.plan.jobs import Job
-from renderer.state.migrations import MIGRATIONS, migrate
+from renderer.state.migrations import (
+    CELLS_DDL,
+    JOBS_UPDATE,
+    MIGRATIONS,
+    SQLITE_KEY,
+    SQLITE_PID,
+    SQLITE_TYPES,
+    jobs_view,
+    migrate,
+)
 from renderer.state.postgres import PostgresStore
-from renderer.state.rows import Row, key_blob, key_text
+from renderer.state.rows import Row, coded_id, key_blob, key_text
 from renderer.state.sqlite import SQLiteStore
 from renderer.state.store import Store
 
@@ -39,18 +49,21 @@ _extra = st.one_of(
     ).map(lambda kept: json.dumps(kept, ensure_ascii=False, separators=(",", ":"))),
 )
 
+_ids = st.sampled_from(["own", "text", "like"])
+
 
 @st.composite
 def _jobs(draw: st.DrawFn) -> list[Job]:
     """A plan's jobs as the planner hands them to the state: prompts shared by several seeds or not,
     inputs with the prompt and seed anywhere (or absent), stems and sources of every shape, kept
     values or none."""
-    prompts = draw(st.lists(st.tuples(_text, _text, _extra), min_size=1, max_size=4))
+    prompts = draw(st.lists(st.tuples(_text, _text, _extra, _ids), min_size=1, max_size=4))
     jobs: list[Job] = []
     used: set[str] = set()
     for n in range(draw(st.integers(1, 12))):
-        pid, text, extra = draw(st.sampled_from(prompts))
-        pid = pid or "p"
+        pid, text, extra, how = draw(st.sampled_from(prompts))
+        # An id of its own, derived from the text (m013 stores a number), or one that only looks so.
+        pid = {"own": pid or "p", "text": text_id(text), "like": f"{text[:3]}-0123456789ab"}[how]
         model = draw(st.sampled_from(_MODELS))
         seed = draw(st.one_of(st.none(), st.integers(-5, 10**12), st.just(True)))
         params: list[tuple[str, Any]] = [("prompt", text)]
@@ -152,6 +165,29 @@ def _record_as_m007(db: Any, jobs: list[Job], kept: bool = True) -> None:
         )
 
 
+def _as_m012(store: SQLiteStore, folder: Path) -> None:
+    """A copy of the store's state in `folder` as m012 left it: every prompt id as text in cells that
+    cannot hold a number, a unique index on whole keys, m012's `jobs`."""
+    folder.mkdir()
+    db = sqlite3.connect(folder / "renderer.sqlite")
+    store.db.backup(db)
+    with db:
+        db.execute("DROP VIEW jobs")
+        db.execute("ALTER TABLE cells RENAME TO cells_v13")
+        db.execute(CELLS_DDL.format(name="cells", **SQLITE_TYPES))
+        db.execute(
+            "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, quoted, extra) "
+            f"SELECT id, form, {SQLITE_PID}, prompt, source, stem_head, quoted, extra FROM cells_v13 c"
+        )
+        db.execute("DROP TABLE cells_v13")
+        db.execute("DROP INDEX job_key")
+        db.execute("CREATE UNIQUE INDEX job_key ON job (k)")
+        db.execute(jobs_view(SQLITE_KEY, "j.seed"))
+        db.execute(JOBS_UPDATE)
+        db.execute("DELETE FROM _migrations WHERE name = 'm013_compact'")
+    db.close()
+
+
 def _old_database(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path)
     db.execute("PRAGMA synchronous = OFF")  # a scratch file: no fsync per migration
@@ -212,10 +248,22 @@ def test_every_layout_reads_back_the_plan_byte_for_byte(
     new = SQLiteStore(folder / "new")
     assert new.sync_plan(jobs, "d")
     assert [tuple(r) for r in new.db.execute(everything)] == before
+    m012 = folder / "m012"
+    _as_m012(new, m012)
     new.close()
-    assert migrate(old) == ["m012_forms"]
+    assert migrate(old) == ["m012_forms", "m013_compact"]
     assert old.execute(everything).fetchall() == before
     old.close()
+    # m012's layout (shared forms, every id as text) migrated by m013: the same rows, the ids derived
+    # from the text stored as numbers, and the next recording finds every job as recorded.
+    twelve = SQLiteStore(m012)
+    assert [tuple(r) for r in twelve.db.execute(everything)] == before
+    for text, number, prompt in twelve.db.execute("SELECT prompt_id, pid, prompt FROM cells"):
+        assert (text is None) != (number is None)  # an id derived from the text is a number
+        assert text is None or coded_id(text, prompt) is None
+    assert not twelve.sync_plan(jobs, "e")
+    assert [tuple(r) for r in twelve.db.execute(everything)] == before
+    twelve.close()
     (folder / "run").mkdir()
     (folder / "old.db").rename(folder / "run" / "renderer.sqlite")
     again = SQLiteStore(folder / "run")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from renderer.errors import StateError
 from renderer.plan.unique import Fingerprints
+from renderer.state.migrations import KEY_INDEX
 
 if TYPE_CHECKING:
     from renderer.state.store import Store
@@ -38,10 +39,9 @@ class Memo:
     next_cell: int | None = None
 
 
-# The unique index on job keys, as m007 made it: a recording into an empty state goes without
-# it (record_plan drops it) and builds it at the end. Inserting 20-byte random keys into it batch
-# by batch rewrote most of its pages at every commit; built at once, it is written once.
-KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS job_key ON job (k)"
+# The index on job keys (migrations.KEY_INDEX): a recording into an empty state goes without it
+# (record_plan drops it) and builds it at the end. Inserting random keys into it batch by batch
+# rewrote most of its pages at every commit; built at once, it is written once.
 
 
 class PlanRecorder:

@@ -13,8 +13,15 @@ from typing import Any
 from renderer.errors import StateError
 from renderer.layout import DB_NAME
 from renderer.state import queries
-from renderer.state.migrations import JOB_COLUMNS, SQLITE_KEY, cells_v7_views, migrate
-from renderer.state.recording import KEY_INDEX
+from renderer.state.migrations import (
+    JOB_COLUMNS,
+    KEY_INDEX,
+    SQLITE_KEY,
+    SQLITE_STEM_HEAD,
+    by_key_sql,
+    cells_v7_views,
+    migrate,
+)
 from renderer.state.rows import LeaseLost, key_blob, key_text, sql_error
 from renderer.state.store import Store
 
@@ -68,6 +75,25 @@ class SQLiteStore(Store):
         self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
 
     group_commit = True
+
+    # m013: the key index holds the key's first 4 bytes (migrations.KEY_INDEX); a lookup names them.
+    K = "substr(k, 1, 4) = ? AND k = ?"
+
+    BY_KEY = by_key_sql(K)
+
+    stem_head_sql = SQLITE_STEM_HEAD
+
+    coded_ids = True
+
+    def _k(self, blob: bytes) -> tuple[bytes, ...]:
+        return (blob[:4], blob)
+
+    def _keys_in(self, column: str, blobs: list[bytes]) -> tuple[str, list[bytes]]:
+        marks = ",".join("?" * len(blobs))
+        return f"substr({column}, 1, 4) IN ({marks}) AND {column} IN ({marks})", [
+            *(b[:4] for b in blobs),
+            *blobs,
+        ]
 
     def reopen(self, keyless: bool = False) -> SQLiteStore:
         return SQLiteStore(self.run_dir, keyless=keyless)
