@@ -405,22 +405,31 @@ def test_a_state_from_before_the_forms_is_read_as_it_is_when_opened_read_only(tm
 def _store_before(
     open_state: Callable[[], Store], monkeypatch: pytest.MonkeyPatch, step: str, jobs: list[Job]
 ) -> tuple[Store, list[Row]]:
-    """A state as the run before `step` (m011: no kept values; m012: no forms) left it, on either database:
-    `jobs` recorded in m007's cells, the first one finished. The store (closed) and its rows as read then."""
+    """A state as the run before `step` (m011: no kept values; m012: no forms; m013: ids as text) left it,
+    on either database: `jobs` recorded in m007's cells (migrated to m012's forms for m013), the first one
+    finished. The store (closed) and its rows as read then."""
     import renderer.state.migrations as migrations_mod
     import renderer.state.postgres as pg_mod
 
-    twin = {"m011": "p005", "m012": "p006"}[step]
+    twin = {"m011": "p005", "m012": "p006", "m013": "p007"}[step]
+
+    def schema(upto: str, pg_upto: str) -> None:
+        old_schema.setattr(
+            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < upto]
+        )
+        old_schema.setattr(
+            pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < pg_upto]
+        )
+
     with monkeypatch.context() as old_schema:
-        old_schema.setattr(
-            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < step]
-        )
-        old_schema.setattr(
-            pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < twin]
-        )
+        schema(min(step, "m012"), min(twin, "p006"))
         store = open_state()
         with store._tx() as db:
             _record_as_m007(db, jobs, kept=step > "m011")
+        if step > "m012":  # (m007's cells, then m012's forms)
+            store.close()
+            schema(step, twin)
+            store = open_state()
         store.downloaded(jobs[0].key, [{"path": "data/x-0.png", "size": 3}])
         rows = store.rows()
         store.close()
@@ -540,4 +549,50 @@ def test_a_state_from_before_kept_columns_opens_and_works(
     store.close()
     again = _read_only(store)  # migrated, read-only: the same
     assert {r.key: r.extra for r in again.rows()} == {k: r.extra for k, r in rows.items()}
+    again.close()
+
+
+def test_a_state_from_before_m013_is_read_unmigrated_and_migrated_alike(
+    open_state: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+):
+    """A run recorded before m013/p007 (ids derived from the text stored as text, a unique index on whole
+    keys): read-only it reads as recorded; migrated, `jobs` gives back the same rows (SQLite's derived ids now
+    numbers), a finished job stays finished, and the next run's recording of the plan reads the same."""
+    texts = ["A red fox 1", "a red fox 2", 'a "red" fox 3']
+    jobs = [
+        Job(
+            index=n,
+            key="j1-" + hashlib.sha1(str(n).encode()).hexdigest(),
+            endpoint=_MODELS[0],
+            model=_MODELS[0],
+            prompt_id=text_id(text),
+            seed=7,
+            axes={},
+            input={"prompt": text, "seed": 7},
+            stem=f"fal-ai--flux-1--schnell/{text_id(text)}/s7",
+            num_images=1,
+            tags=(),
+            where=f"c.txt:{n + 1}",
+        )
+        for n, text in enumerate(texts)
+    ]
+    old, before = _store_before(open_state, monkeypatch, "m013", jobs)
+    assert [(r.key, r.prompt_id, r.stem) for r in before] == [
+        (j.key, j.prompt_id, j.stem) for j in jobs
+    ]
+    unmigrated = _read_only(old)
+    assert unmigrated.rows() == before
+    assert not _applied(unmigrated) & {"m013_compact", "p007_compact"}
+    unmigrated.close()
+    store = open_state()  # migrates
+    assert _applied(store) & {"m013_compact", "p007_compact"}
+    assert store.rows() == before and store.get(jobs[0].key).state == "downloaded"
+    numbers = store.db.execute("SELECT COUNT(*) FROM cells WHERE pid IS NOT NULL").fetchone()[0]
+    assert numbers == (0 if isinstance(store, PostgresStore) else 2)  # the quoted one stays text
+    assert store.sync_plan(jobs, "d")  # (m007's cells had no digest) into shared forms
+    assert store.rows() == before
+    assert not store.sync_plan(jobs, "d")
+    store.close()
+    again = _read_only(store)  # migrated, read-only: the same
+    assert again.rows() == before
     again.close()

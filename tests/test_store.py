@@ -1065,3 +1065,32 @@ def test_file_stats_list_every_finished_file_in_whole_jobs(
         assert not {k for k, *_ in page} & {
             k for other in pages if other is not page for k, *_ in other
         }
+
+
+def test_jobs_whose_keys_share_their_first_bytes_are_told_apart(
+    open_state: Callable[[], Store], registry: SchemaRegistry
+):
+    """SQLite indexes a key's first 4 bytes only (m013): jobs whose keys begin alike are each found,
+    changed and recorded as themselves, and a rerun of the same plan moves none of them."""
+    jobs = [
+        dataclasses.replace(j, key=f"j1-deadbeef{n:032x}")
+        for n, j in enumerate(_plan(registry).jobs[:4])
+    ]
+    store = open_state()
+    assert store.sync_plan(jobs, "d")
+    store.join("w", 30)
+    claimed = store.claim(4)
+    assert [c.key for c in claimed] == [j.key for j in jobs]
+    store.submit_started(jobs[1].key)
+    store.submitted(jobs[1].key, "r1", "s", "r", "c")
+    store.downloaded(jobs[2].key, [{"path": "a.png"}])
+    store.hold(jobs[3].key)
+    assert [(r.key, r.state, r.request_id, r.seed) for r in store.rows()] == [
+        (jobs[0].key, "planned", None, jobs[0].seed),
+        (jobs[1].key, "submitted", "r1", jobs[1].seed),
+        (jobs[2].key, "downloaded", None, jobs[2].seed),
+        (jobs[3].key, "planned", None, jobs[3].seed),
+    ]
+    assert store.get(jobs[1].key).request_id == "r1" and store.get(jobs[0].key).attempts == 0
+    assert not store.sync_plan(jobs, "e")
+    assert store.db.execute("SELECT COUNT(*) FROM job").fetchone()[0] == 4
