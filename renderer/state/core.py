@@ -58,8 +58,8 @@ class StoreCore:
     # number cells.pid (m013: SQLite); PostgreSQL keeps every id as text.
     coded_ids = False
 
-    # Recording into an empty state without the unique index on job keys (record_plan builds it
-    # at the end, in one sorted pass): job rows are inserted plainly, no ON CONFLICT (k).
+    # Recording into an empty state (SQLite) without the index on job keys (record_plan builds it
+    # at the end, in one sorted pass).
     keyless = False
 
     int_source = (

@@ -522,12 +522,13 @@ CELLS_V13_DDL = """
 
 @migration
 def m013_compact(db: sqlite3.Connection) -> None:
-    """Issue 22: a caption set's state at ~145 B a job beyond the text, from ~186.
+    """Issue 22: a caption set's state at 146 B a job beyond the text at 1M, from 187 (bench/README.md).
 
     A prompt id derived from the text (`slug-<12 hex>`, 33 bytes) is stored as an 8-byte number
     (cells.pid, prompt_id NULL; see SQLITE_PID), where it reads back exactly; any other id stays
     text. The unique index on the 20-byte job keys becomes KEY_INDEX on their first 4 bytes. The
-    cells are copied (prompt_id may now be NULL), ids and values kept: `jobs` reads the same.
+    cells are copied (prompt_id may now be NULL), ids and values kept: `jobs` reads the same
+    (SQLiteStore then VACUUMs once, returning the old cells' pages).
     """
     db.create_function("renderer_coded_id", 2, coded_id, deterministic=True)
     db.execute("DROP VIEW jobs")  # (and its trigger)

@@ -44,7 +44,11 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA busy_timeout=5000")
-                migrate(self.db)
+                applied = migrate(self.db)
+                if "m013_compact" in applied and "m001_jobs" not in applied:
+                    # m013 copied a state's cells: their old pages are returned to the disk, once
+                    # (VACUUM is atomic; if it fails, the committed migration stays).
+                    self.db.execute("VACUUM")
                 if keyless:  # the recorder's own connection (see PlanRecorder)
                     self.keyless = True
                 elif self.db.execute(
