@@ -18,7 +18,7 @@ and reports:
   rest after a trial  (--rest) a state where only the first batch was recorded (a trial stops the
                recording), then the next run's `sync_plan` of the whole plan: its seconds, and the
                bytes it wrote against the state's final size
-  claim / change µs  (--changes) on the recorded state, 4,000 jobs claimed 64 at a time, each then
+  claim / change µs  (--changes) on the recorded state, 4,000 jobs (or all) claimed 64 at a time, each then
                moved submit_started → submitted → completed → downloaded, one commit each (no
                group commit): CPU µs (this thread's, where SQLite works) of claiming per job, and per
                state change
@@ -81,6 +81,8 @@ if "changes" in sys.argv[2:]:  # claims and a job's state changes on the recorde
         t0 = time.thread_time()  # CPU of this thread (SQLite works in it): steadier than wall on a shared machine
         page = store.claim(64)
         t1 = time.thread_time()
+        if not page:  # a plan of fewer jobs: all of them
+            break
         for c in page:
             store.submit_started(c.key)
             store.submitted(c.key, "r" + c.key[3:], "s", "r", "c")
