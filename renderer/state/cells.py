@@ -147,7 +147,7 @@ class Cells(StoreCore):
         # The prompt's kept columns (`keep:`, a JSON object text, or None) are its cell's: a job
         # whose kept values change gets another cell, its key and path unchanged.
         # A prompt id derived from the text is stored as a number where it reads back (m013, SQLite).
-        code = coded_id(pid, prompt) if self.coded_ids and isinstance(prompt, str) else None
+        code = coded_id(pid, prompt) if self.coded_ids else None
         cell = (
             None if code is not None else pid,
             prompt,

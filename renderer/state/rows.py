@@ -174,11 +174,15 @@ _HEX12 = re.compile(r"[0-9a-f]{12}")
 _SLUG_HEAD = re.compile(r"[A-Za-z0-9 ]*")  # what lower() and replace() treat alike in both
 
 
-def coded_id(pid: str, prompt: str) -> int | None:
+def coded_id(pid: Any, prompt: Any) -> int | None:
     """A prompt id derived from its text (manifest.table.text_id: `slug-<12 hex>`) as cells.pid
     stores it (m013): the slug's length << 48 | the 12 hex digits, when the slug is the prompt's
-    ASCII head lower-cased with spaces as '-' (as migrations.SQLITE_PID rebuilds it); else None.
+    ASCII head lower-cased with spaces as '-' (as migrations.SQLITE_PID rebuilds it); else None
+    (also for values that are not text: a prompt that is not a string, a hand-edited database,
+    where raising in m013 would lock the user out of their run).
     """
+    if not isinstance(pid, str) or not isinstance(prompt, str):
+        return None
     if len(pid) < 12 or not _HEX12.fullmatch(pid, len(pid) - 12):
         return None
     n = max(len(pid) - 13, 0)
