@@ -557,7 +557,7 @@ def test_a_state_from_before_m013_is_read_unmigrated_and_migrated_alike(
 ):
     """A run recorded before m013/p007 (ids derived from the text stored as text, a unique index on whole
     keys): read-only it reads as recorded; migrated, `jobs` gives back the same rows (SQLite's derived ids now
-    numbers, the file without free pages), a finished job stays finished, and the next recording reads the same."""
+    numbers, the file without free pages, a second row for a key refused), a finished job stays finished, and the next recording reads the same."""
     texts = ["A red fox 1", "a red fox 2", 'a "red" fox 3']
     jobs = [
         Job(
@@ -591,6 +591,10 @@ def test_a_state_from_before_m013_is_read_unmigrated_and_migrated_alike(
     assert numbers == (0 if isinstance(store, PostgresStore) else 2)  # the quoted one stays text
     if isinstance(store, SQLiteStore):  # the old cells' pages went back to the disk (VACUUM)
         assert store.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+        # the prefix key index still refuses a second row for a key, as the unique index did
+        with pytest.raises(sqlite3.IntegrityError, match=r"UNIQUE constraint failed: job\.k"):
+            store.db.execute("INSERT INTO job (k, cell) SELECT k, cell FROM job LIMIT 1")
+        store.db.rollback()
     assert store.sync_plan(jobs, "d")  # (m007's cells had no digest) into shared forms
     assert store.rows() == before
     assert not store.sync_plan(jobs, "d")

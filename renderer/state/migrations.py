@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from renderer.state.keys import make_key_index
 from renderer.state.rows import OPEN, coded_id, key_blob, key_text
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
@@ -498,14 +499,6 @@ def m012_forms(db: sqlite3.Connection) -> None:
     db.execute(JOBS_UPDATE)
 
 
-# The index that finds a job by its key (SQLite, from m013): the key's first 4 bytes, 13 bytes a job
-# (dbstat, 100k jobs) where the whole key's unique index took 29. Lookups name the prefix and the whole key (SQLiteStore.K);
-# at 10M jobs one lookup meets ~0.002 other keys of the same prefix. One row per key is kept by the
-# plan's sync (a job is looked up before it is inserted; one writer), no longer by the index.
-# A recording into an empty state goes without it and builds it at its end (PlanRecorder).
-KEY_INDEX = "CREATE INDEX IF NOT EXISTS job_key ON job (substr(k, 1, 4))"
-
-
 CELLS_V13_DDL = """
     CREATE TABLE cells (
         id INTEGER PRIMARY KEY,
@@ -526,7 +519,8 @@ def m013_compact(db: sqlite3.Connection) -> None:
 
     A prompt id derived from the text (`slug-<12 hex>`, 33 bytes) is stored as an 8-byte number
     (cells.pid, prompt_id NULL; see SQLITE_PID), where it reads back exactly; any other id stays
-    text. The unique index on the 20-byte job keys becomes KEY_INDEX on their first 4 bytes. The
+    text. The unique index on the 20-byte job keys becomes an index on their first 4 bytes and two
+    triggers that refuse a second row for a key (state/keys.py). The
     cells are copied (prompt_id may now be NULL), ids and values kept: `jobs` reads the same
     (SQLiteStore then VACUUMs once, returning the old cells' pages).
     """
@@ -541,7 +535,7 @@ def m013_compact(db: sqlite3.Connection) -> None:
     )
     db.execute("DROP TABLE cells_v12")
     db.execute("DROP INDEX IF EXISTS job_key")
-    db.execute(KEY_INDEX)
+    make_key_index(db)  # (each key held once: the unique index did until the line above)
     db.execute(jobs_view(SQLITE_KEY, "j.seed", SQLITE_PID))
     db.execute(JOBS_UPDATE)
 

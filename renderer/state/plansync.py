@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, cast
 from renderer.plan.jobs import Jobs
 from renderer.plan.unique import Fingerprints
 from renderer.state.cells import Cells
-from renderer.state.recording import KEY_INDEX, RECORD_BATCH, Memo, PlanRecorder
+from renderer.state.keys import build_key_index, drop_key_index
+from renderer.state.recording import RECORD_BATCH, Memo, PlanRecorder
 from renderer.state.rows import (
     distinct_stem,
     key_blob,
@@ -69,7 +70,7 @@ class PlanSync(Cells):
         rest = iter(jobs)
         first = list(islice(rest, FIRST_BATCH))
         with self._tx() as db:  # the recorder builds it once the plan is in (PlanRecorder)
-            db.execute("DROP INDEX IF EXISTS job_key")
+            drop_key_index(db)
         # The recorder's last step (the key index, one sorted pass) holds the write lock for a
         # while at a million jobs: this connection's commits wait for it rather than fail.
         self.db.execute("PRAGMA busy_timeout = 120000")
@@ -119,7 +120,7 @@ class PlanSync(Cells):
                         changed |= self._sync_batch(batch, memo, False, stems)
                         batch = []
                     with self._tx() as db:
-                        db.execute("DROP INDEX IF EXISTS job_key")
+                        drop_key_index(db)
                     self.keyless = True
                 batch.append(j)
                 if len(batch) >= (RECORD_BATCH if self.keyless else SYNC_BATCH):
@@ -131,7 +132,7 @@ class PlanSync(Cells):
             if self.keyless:
                 self.keyless = False
                 with self._tx() as db:
-                    db.execute(KEY_INDEX)
+                    build_key_index(db)
         with self._tx() as db:
             if not empty:
                 # (A prefix of the plan has no job out of it, and its rest is not in `seen`.)

@@ -13,9 +13,9 @@ from typing import Any
 from renderer.errors import StateError
 from renderer.layout import DB_NAME
 from renderer.state import queries
+from renderer.state.keys import build_key_index
 from renderer.state.migrations import (
     JOB_COLUMNS,
-    KEY_INDEX,
     SQLITE_KEY,
     SQLITE_STEM_HEAD,
     by_key_sql,
@@ -55,7 +55,7 @@ class SQLiteStore(Store):
                     "SELECT 1 FROM sqlite_master WHERE name = 'job' AND type = 'table'"
                 ).fetchone():  # a recording killed before its end left the key index out
                     with self.db:
-                        self.db.execute(KEY_INDEX)
+                        build_key_index(self.db)
             elif self.db.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'"
             ).fetchone():
@@ -80,7 +80,7 @@ class SQLiteStore(Store):
 
     group_commit = True
 
-    # m013: the key index holds the key's first 4 bytes (migrations.KEY_INDEX); a lookup names them.
+    # m013: the key index holds the key's first 4 bytes (state/keys.py); a lookup names them.
     K = "substr(k, 1, 4) = ? AND k = ?"
 
     BY_KEY = by_key_sql(K)
