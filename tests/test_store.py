@@ -1206,3 +1206,71 @@ def test_job_keys_sharing_their_first_bytes_are_stored_once_each(
                 assert a != b
     assert sorted(r[0] for r in db.execute("SELECT k FROM job")) == sorted(stored)
     db.close()
+
+
+_KILLED_MID_RECORDING = """
+import sys, time
+from pathlib import Path
+import yaml
+import renderer.state.plansync as plansync_mod
+import renderer.state.recording as recording_mod
+from renderer.manifest.load import parse
+from renderer.models.schemas import SchemaRegistry
+from renderer.plan import planner
+from renderer.state.sqlite import SQLiteStore
+
+plansync_mod.FIRST_BATCH = recording_mod.RECORD_BATCH = 7
+folder, schemas = Path(sys.argv[1]), Path(sys.argv[2])
+text = yaml.safe_dump({"name": "t", "prompts": [{"id": f"p{i}", "text": f"t{i}"} for i in range(5)],
+                       "models": ["fal-ai/flux-1/schnell"], "seeds": {"start": 1, "count": 4}})
+p = planner.build(parse(text, folder / "m.yaml"), SchemaRegistry(schemas))
+
+class Gated(list):
+    def __iter__(self):
+        for n, job in enumerate(list.__iter__(self)):
+            if n == 14:  # two batches committed, no key index yet: the parent kills the process here
+                print("loaded", flush=True)
+                time.sleep(60)
+            yield job
+
+store = SQLiteStore(folder)
+store.record_plan(Gated(p.jobs), p.digest)
+time.sleep(60)
+"""
+
+
+def test_a_process_killed_between_the_load_and_the_key_index_leaves_a_state_the_next_open_completes(
+    tmp_path: Path, registry: SchemaRegistry
+):
+    """kill -9 while the recorder has loaded jobs but not yet built the key index: the state holds whole batches
+    and neither the index nor its triggers; the next writable open builds both, and a second row for a key is
+    then refused."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import SCHEMAS
+
+    with subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_RECORDING, str(tmp_path), str(SCHEMAS)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "loaded\n"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    assert db.execute("SELECT COUNT(*) FROM job").fetchone()[0] == 14 and _key_objects(db) == []
+    db.close()
+    store = SQLiteStore(tmp_path)
+    assert _key_objects(store.db) == KEY_OBJECTS
+    _refuses_a_second_row(store.path)
+    p = _many(registry, 4, tmp_path)
+    assert store.sync_plan(p.jobs, p.digest) and [r.key for r in store.rows()] == [
+        j.key for j in p.jobs
+    ]
+    store.close()
