@@ -30,9 +30,9 @@ KEY_TRIGGERS = (
 )
 _NAMES = ("job_key", "job_key_insert", "job_key_update")
 
-# A key held by two rows, found through the prefix index (one probe a row: ~4-5 s at 1M jobs on a
-# loaded machine, bench/README.md; a GROUP BY over the index measured no faster, as SQLite 3.40
-# reads each row to get the indexed expression).
+# A key held by two rows, found through the prefix index: one probe a row, ~2 s at 1M jobs
+# (bench/README.md). A GROUP BY over the index measured no faster: SQLite 3.40 reads each row to
+# get the indexed expression.
 DUPLICATE = (
     "SELECT COALESCE(a.key_text, 'j1-' || lower(hex(a.k))) FROM job a WHERE EXISTS (SELECT 1 FROM job b "
     "WHERE substr(b.k, 1, 4) = substr(a.k, 1, 4) AND b.id <> a.id AND b.k = a.k) LIMIT 1"
@@ -41,9 +41,8 @@ DUPLICATE = (
 
 def drop_key_index(db: sqlite3.Connection) -> None:
     """Drop the key index and its triggers together (before a bulk load), in one transaction."""
-    if (
-        not db.in_transaction
-    ):  # (sqlite3 opens none for DDL: one is opened here, the caller commits)
+    # sqlite3 opens no transaction for DDL: one is opened here (the caller commits or rolls back).
+    if not db.in_transaction:
         db.execute("BEGIN")
     db.execute("DROP TRIGGER IF EXISTS job_key_update")
     db.execute("DROP TRIGGER IF EXISTS job_key_insert")
@@ -60,23 +59,22 @@ def make_key_index(db: sqlite3.Connection) -> None:
 
 def build_key_index(db: sqlite3.Connection) -> None:
     """Make sure the key index and its triggers exist, in one transaction the caller commits or rolls
-    back: if any is missing, build them and check that no key was stored twice while they were not there; raises StateError
-    (and the caller's rollback leaves neither) if one was."""
+    back: if any is missing, build them and check that no key was stored twice meanwhile; if one
+    was, raise StateError (the caller's rollback then leaves neither index nor triggers)."""
     present = db.execute(
         f"SELECT COUNT(*) FROM sqlite_master WHERE name IN {_NAMES!r}"  # (a literal tuple)
     ).fetchone()[0]
     if present == len(_NAMES):
         return
-    if (
-        not db.in_transaction
-    ):  # (sqlite3 opens none for DDL: one is opened here, the caller commits)
+    # sqlite3 opens no transaction for DDL: one is opened here (the caller commits or rolls back).
+    if not db.in_transaction:
         db.execute("BEGIN")
     db.execute(KEY_INDEX)
     twice = db.execute(DUPLICATE).fetchone()
     if twice is not None:
         raise StateError(
             f"the state holds job {twice[0]} twice: a job key must be recorded once",
-            hint="this state was written by something other than renderer; restore it from a copy",
+            hint="keep a copy of the state and report it: one of the two rows may hold a paid request",
         )
     for sql in KEY_TRIGGERS:
         db.execute(sql)

@@ -40,8 +40,8 @@ class Memo:
 
 
 # The index on job keys and its uniqueness triggers (state/keys.py): a recording into an empty state
-# goes without them (record_plan drops them) and builds it at the end. Inserting random keys into it batch by batch
-# rewrote most of its pages at every commit; built at once, it is written once.
+# goes without them (record_plan drops them) and builds them at the end. Inserting random keys into
+# the index batch by batch rewrote most of its pages at every commit; built at once, it is written once.
 
 
 class PlanRecorder:
