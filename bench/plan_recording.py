@@ -18,6 +18,10 @@ and reports:
   rest after a trial  (--rest) a state where only the first batch was recorded (a trial stops the
                recording), then the next run's `sync_plan` of the whole plan: its seconds, and the
                bytes it wrote against the state's final size
+  claim / change µs  (--changes) on the recorded state, 4,000 jobs (or all) claimed 64 at a time, each then
+               moved submit_started → submitted → completed → downloaded, one commit each (no
+               group commit): CPU µs (this thread's, where SQLite works) of claiming per job, and per
+               state change
 Reproduce:  python bench/plan_recording.py --captions 100000 --runs 1 TREE_A TREE_B
             python bench/plan_recording.py --shape seeds --captions 1000000 --trial --runs 1 TREE_A TREE_B
 """
@@ -68,7 +72,28 @@ os.sync()
 after = written()
 size = sum(p.stat().st_size for p in m.run_dir.glob("renderer.sqlite*"))
 result = {"seconds": seconds, "written": after - before, "size": size, "jobs": len(plan.jobs), "text": text}
-if len(sys.argv) > 2:  # the rest after a trial: the first batch recorded, then the next run's sync
+if "changes" in sys.argv[2:]:  # claims and a job's state changes on the recorded state, as a run makes them
+    store = SQLiteStore(m.run_dir)
+    store.join("bench", 300)
+    claim = change = 0.0
+    done = 0
+    while done < 4000:
+        t0 = time.thread_time()  # CPU of this thread (SQLite works in it): steadier than wall on a shared machine
+        page = store.claim(64)
+        t1 = time.thread_time()
+        if not page:  # a plan of fewer jobs: all of them
+            break
+        for c in page:
+            store.submit_started(c.key)
+            store.submitted(c.key, "r" + c.key[3:], "s", "r", "c")
+            store.completed(c.key, {"images": [{"url": "u"}]})
+            store.downloaded(c.key, [{"path": "p.png", "size": 1}])
+        claim, change = claim + t1 - t0, change + time.thread_time() - t1
+        done += len(page)
+    store.close()
+    result["claim_us"] = claim / done * 1e6
+    result["change_us"] = change / done / 4 * 1e6
+if "rest" in sys.argv[2:]:  # the rest after a trial: the first batch recorded, then the next run's sync
     shutil.rmtree(m.run_dir)
     store = SQLiteStore(m.run_dir)
     recorder = store.record_plan(plan.jobs, plan.digest)
@@ -89,11 +114,13 @@ print(json.dumps(result))
 """
 
 
-def once(tree: Path, yaml_path: Path, rest: bool = False) -> dict[str, float]:
+def once(
+    tree: Path, yaml_path: Path, rest: bool = False, changes: bool = False
+) -> dict[str, float]:
     out = yaml_path.parent / "out"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(yaml_path), *(["rest"] * rest)],
+        [sys.executable, "-c", CHILD, str(yaml_path), *(["rest"] * rest), *(["changes"] * changes)],
         cwd=yaml_path.parent,
         env=child_env(PYTHONPATH=str(tree)),
         capture_output=True,
@@ -141,6 +168,11 @@ def main() -> None:
         action="store_true",
         help="also time the next run's sync of the rest after a trial's first batch",
     )
+    ap.add_argument(
+        "--changes",
+        action="store_true",
+        help="also time claims (64 a call) and state changes of 4,000 jobs on the recorded state",
+    )
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
     trees = [t.resolve() for t in args.trees]
@@ -156,7 +188,7 @@ def main() -> None:
             path = dataset_manifest(folder, args.captions)
         for _ in range(args.runs):
             for i, tree in enumerate(trees):
-                result = once(tree, path, args.rest)
+                result = once(tree, path, args.rest, args.changes)
                 if args.trial:
                     result["trial"] = trial(tree, path)
                 results.setdefault(i, []).append(result)
@@ -181,6 +213,7 @@ def main() -> None:
                 f"{m('rest'):.1f} s, {m('rest_written') / m('rest_size'):.1f}x"
                 if args.rest
                 else "",
+                f"{m('claim_us'):.0f} / {m('change_us'):.0f}" if args.changes else "",
             ]
         )
     shape = (
@@ -204,13 +237,14 @@ def main() -> None:
                 "written/state",
                 "trial s",
                 "rest after a trial",
+                "claim / change CPU µs",
             ],
             rows,
         )
     )
     print(
         f"reproduce: python bench/plan_recording.py --shape {args.shape} --captions {args.captions} "
-        f"{'--trial ' * args.trial}{'--rest ' * args.rest}--runs {args.runs} "
+        f"{'--trial ' * args.trial}{'--rest ' * args.rest}{'--changes ' * args.changes}--runs {args.runs} "
         + " ".join(map(str, trees))
     )
 

@@ -225,9 +225,12 @@ def test_captions_smoke():
 
 
 def test_plan_recording_smoke():
-    """bench/plan_recording.py records a caption set's plan and reports bytes written against the state's size."""
-    out = _run("bench/plan_recording.py", "--captions", "300", "--runs", "1", str(ROOT))
-    assert "| 0: " in out and "written/state" in out
+    """bench/plan_recording.py records a caption set's plan and reports bytes written against the state's size,
+    and what claims and state changes cost on it."""
+    out = _run(
+        "bench/plan_recording.py", "--captions", "300", "--changes", "--runs", "1", str(ROOT)
+    )
+    assert "| 0: " in out and "written/state" in out and "claim / change CPU µs" in out
     assert "reproduce: python bench/plan_recording.py" in out
 
 

@@ -15,12 +15,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from renderer.manifest.load import load
+from renderer.manifest.table import text_id
 from renderer.models.schemas import SchemaRegistry
 from renderer.plan import planner as plan
 from renderer.plan.jobs import Job
-from renderer.state.migrations import MIGRATIONS, migrate
+from renderer.state.migrations import (
+    CELLS_DDL,
+    JOBS_UPDATE,
+    MIGRATIONS,
+    SQLITE_KEY,
+    SQLITE_PID,
+    SQLITE_TYPES,
+    jobs_view,
+    migrate,
+)
 from renderer.state.postgres import PostgresStore
-from renderer.state.rows import Row, key_blob, key_text
+from renderer.state.rows import Row, coded_id, key_blob, key_text
 from renderer.state.sqlite import SQLiteStore
 from renderer.state.store import Store
 
@@ -39,18 +49,21 @@ _extra = st.one_of(
     ).map(lambda kept: json.dumps(kept, ensure_ascii=False, separators=(",", ":"))),
 )
 
+_ids = st.sampled_from(["own", "text", "like"])
+
 
 @st.composite
 def _jobs(draw: st.DrawFn) -> list[Job]:
     """A plan's jobs as the planner hands them to the state: prompts shared by several seeds or not,
     inputs with the prompt and seed anywhere (or absent), stems and sources of every shape, kept
     values or none."""
-    prompts = draw(st.lists(st.tuples(_text, _text, _extra), min_size=1, max_size=4))
+    prompts = draw(st.lists(st.tuples(_text, _text, _extra, _ids), min_size=1, max_size=4))
     jobs: list[Job] = []
     used: set[str] = set()
     for n in range(draw(st.integers(1, 12))):
-        pid, text, extra = draw(st.sampled_from(prompts))
-        pid = pid or "p"
+        pid, text, extra, how = draw(st.sampled_from(prompts))
+        # An id of its own, derived from the text (m013 stores a number), or one that only looks so.
+        pid = {"own": pid or "p", "text": text_id(text), "like": f"{text[:3]}-0123456789ab"}[how]
         model = draw(st.sampled_from(_MODELS))
         seed = draw(st.one_of(st.none(), st.integers(-5, 10**12), st.just(True)))
         params: list[tuple[str, Any]] = [("prompt", text)]
@@ -152,6 +165,29 @@ def _record_as_m007(db: Any, jobs: list[Job], kept: bool = True) -> None:
         )
 
 
+def _as_m012(store: SQLiteStore, folder: Path) -> None:
+    """A copy of the store's state in `folder` as m012 left it: every prompt id as text in cells that
+    cannot hold a number, a unique index on whole keys, m012's `jobs`."""
+    folder.mkdir()
+    db = sqlite3.connect(folder / "renderer.sqlite")
+    store.db.backup(db)
+    with db:
+        db.execute("DROP VIEW jobs")
+        db.execute("ALTER TABLE cells RENAME TO cells_v13")
+        db.execute(CELLS_DDL.format(name="cells", **SQLITE_TYPES))
+        db.execute(
+            "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, quoted, extra) "
+            f"SELECT id, form, {SQLITE_PID}, prompt, source, stem_head, quoted, extra FROM cells_v13 c"
+        )
+        db.execute("DROP TABLE cells_v13")
+        db.execute("DROP INDEX job_key")
+        db.execute("CREATE UNIQUE INDEX job_key ON job (k)")
+        db.execute(jobs_view(SQLITE_KEY, "j.seed"))
+        db.execute(JOBS_UPDATE)
+        db.execute("DELETE FROM _migrations WHERE name = 'm013_compact'")
+    db.close()
+
+
 def _old_database(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path)
     db.execute("PRAGMA synchronous = OFF")  # a scratch file: no fsync per migration
@@ -212,10 +248,22 @@ def test_every_layout_reads_back_the_plan_byte_for_byte(
     new = SQLiteStore(folder / "new")
     assert new.sync_plan(jobs, "d")
     assert [tuple(r) for r in new.db.execute(everything)] == before
+    m012 = folder / "m012"
+    _as_m012(new, m012)
     new.close()
-    assert migrate(old) == ["m012_forms"]
+    assert migrate(old) == ["m012_forms", "m013_compact"]
     assert old.execute(everything).fetchall() == before
     old.close()
+    # m012's layout (shared forms, every id as text) migrated by m013: the same rows, the ids derived
+    # from the text stored as numbers, and the next recording finds every job as recorded.
+    twelve = SQLiteStore(m012)
+    assert [tuple(r) for r in twelve.db.execute(everything)] == before
+    for text, number, prompt in twelve.db.execute("SELECT prompt_id, pid, prompt FROM cells"):
+        assert (text is None) != (number is None)  # an id derived from the text is a number
+        assert text is None or coded_id(text, prompt) is None
+    assert not twelve.sync_plan(jobs, "e")
+    assert [tuple(r) for r in twelve.db.execute(everything)] == before
+    twelve.close()
     (folder / "run").mkdir()
     (folder / "old.db").rename(folder / "run" / "renderer.sqlite")
     again = SQLiteStore(folder / "run")
@@ -357,22 +405,31 @@ def test_a_state_from_before_the_forms_is_read_as_it_is_when_opened_read_only(tm
 def _store_before(
     open_state: Callable[[], Store], monkeypatch: pytest.MonkeyPatch, step: str, jobs: list[Job]
 ) -> tuple[Store, list[Row]]:
-    """A state as the run before `step` (m011: no kept values; m012: no forms) left it, on either database:
-    `jobs` recorded in m007's cells, the first one finished. The store (closed) and its rows as read then."""
+    """A state as the run before `step` (m011: no kept values; m012: no forms; m013: ids as text) left it,
+    on either database: `jobs` recorded in m007's cells (migrated to m012's forms for m013), the first one
+    finished. The store (closed) and its rows as read then."""
     import renderer.state.migrations as migrations_mod
     import renderer.state.postgres as pg_mod
 
-    twin = {"m011": "p005", "m012": "p006"}[step]
+    twin = {"m011": "p005", "m012": "p006", "m013": "p007"}[step]
+
+    def schema(upto: str, pg_upto: str) -> None:
+        old_schema.setattr(
+            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < upto]
+        )
+        old_schema.setattr(
+            pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < pg_upto]
+        )
+
     with monkeypatch.context() as old_schema:
-        old_schema.setattr(
-            migrations_mod, "MIGRATIONS", [m for m in MIGRATIONS if m.__name__ < step]
-        )
-        old_schema.setattr(
-            pg_mod, "SCHEMA_VERSION", [s for s in pg_mod.SCHEMA_VERSION if s[0] < twin]
-        )
+        schema(min(step, "m012"), min(twin, "p006"))
         store = open_state()
         with store._tx() as db:
             _record_as_m007(db, jobs, kept=step > "m011")
+        if step > "m012":  # (m007's cells, then m012's forms)
+            store.close()
+            schema(step, twin)
+            store = open_state()
         store.downloaded(jobs[0].key, [{"path": "data/x-0.png", "size": 3}])
         rows = store.rows()
         store.close()
@@ -493,3 +550,81 @@ def test_a_state_from_before_kept_columns_opens_and_works(
     again = _read_only(store)  # migrated, read-only: the same
     assert {r.key: r.extra for r in again.rows()} == {k: r.extra for k, r in rows.items()}
     again.close()
+
+
+def test_a_state_from_before_m013_is_read_unmigrated_and_migrated_alike(
+    open_state: Callable[[], Store], monkeypatch: pytest.MonkeyPatch
+):
+    """A run recorded before m013/p007 (ids derived from the text stored as text, a unique index on whole
+    keys): read-only it reads as recorded; migrated, `jobs` gives back the same rows (SQLite's derived ids now
+    numbers, the file without free pages, a second row for a key refused), a finished job stays finished, and the next recording reads the same."""
+    texts = ["A red fox 1", "a red fox 2", 'a "red" fox 3']
+    jobs = [
+        Job(
+            index=n,
+            key="j1-" + hashlib.sha1(str(n).encode()).hexdigest(),
+            endpoint=_MODELS[0],
+            model=_MODELS[0],
+            prompt_id=text_id(text),
+            seed=7,
+            axes={},
+            input={"prompt": text, "seed": 7},
+            stem=f"fal-ai--flux-1--schnell/{text_id(text)}/s7",
+            num_images=1,
+            tags=(),
+            where=f"c.txt:{n + 1}",
+        )
+        for n, text in enumerate(texts)
+    ]
+    old, before = _store_before(open_state, monkeypatch, "m013", jobs)
+    assert [(r.key, r.prompt_id, r.stem) for r in before] == [
+        (j.key, j.prompt_id, j.stem) for j in jobs
+    ]
+    unmigrated = _read_only(old)
+    assert unmigrated.rows() == before
+    assert not _applied(unmigrated) & {"m013_compact", "p007_compact"}
+    unmigrated.close()
+    store = open_state()  # migrates
+    assert _applied(store) & {"m013_compact", "p007_compact"}
+    assert store.rows() == before and store.get(jobs[0].key).state == "downloaded"
+    numbers = store.db.execute("SELECT COUNT(*) FROM cells WHERE pid IS NOT NULL").fetchone()[0]
+    assert numbers == (0 if isinstance(store, PostgresStore) else 2)  # the quoted one stays text
+    if isinstance(store, SQLiteStore):  # the old cells' pages went back to the disk (VACUUM)
+        assert store.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+        # the prefix key index still refuses a second row for a key, as the unique index did
+        with pytest.raises(sqlite3.IntegrityError, match=r"UNIQUE constraint failed: job\.k"):
+            store.db.execute("INSERT INTO job (k, cell) SELECT k, cell FROM job LIMIT 1")
+        store.db.rollback()
+    assert store.sync_plan(jobs, "d")  # (m007's cells had no digest) into shared forms
+    assert store.rows() == before
+    assert not store.sync_plan(jobs, "d")
+    store.close()
+    again = _read_only(store)  # migrated, read-only: the same
+    assert again.rows() == before
+    again.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(),
+        st.lists(st.sampled_from(["A", "b", "Zz9", " ", "  ", "-", "é", "\x00", "İ"])).map("".join),
+    )
+)
+def test_a_derived_id_stored_as_a_number_reads_back_exactly(text: str):
+    """Whatever the caption, the id derived from its text reads back from SQLite as text_id made it, when
+    m013 stores it as a number; a caption of plain words always is stored so."""
+    pid = text_id(text)
+    number = coded_id(pid, text)
+    # (plain words: one space between them, none before the first, which the slug would not hold)
+    plain = all(c.isascii() and (c.isalnum() or c == " ") for c in text)
+    if plain and "  " not in text and text.strip() == text:
+        assert number is not None
+    if number is not None:
+        db = sqlite3.connect(":memory:")
+        (read,) = db.execute(
+            f"SELECT {SQLITE_PID} FROM (SELECT NULL AS prompt_id, ? AS pid, ? AS prompt) c",
+            (number, text),
+        ).fetchone()
+        db.close()
+        assert read == pid

@@ -18,6 +18,7 @@ from renderer.layout import DB_NAME
 from renderer.manifest.load import load
 from renderer.models.schemas import SchemaRegistry
 from renderer.plan import planner as plan
+from renderer.state.keys import drop_key_index
 from renderer.state.lock import RunLock
 from renderer.state.migrations import MIGRATIONS, migrate
 from renderer.state.postgres import PostgresStore
@@ -1011,12 +1012,11 @@ def test_a_recording_cut_short_leaves_a_state_the_next_run_completes(
     assert recorder.error is not None and "the process died here" in recorder.error.message
     assert recorder.recorded == 28 and len(store.rows()) == 28 and store.meta("plan_digest") is None
     store.downloaded(p.jobs[3].key, [{"path": "x"}])
-    store.db.execute(
-        "DROP INDEX IF EXISTS job_key"
-    )  # as a process killed before the recorder built it
+    with store._tx() as db:
+        drop_key_index(db)  # as a process killed before the recorder built them
     store.close()
     again = SQLiteStore(tmp_path)
-    assert again.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_key'").fetchone()
+    assert _key_objects(again.db) == KEY_OBJECTS
     # The rest is recorded as a first run records (appended, the key index built after it).
     assert again.record_plan(p.jobs, p.digest) is None and again.sync_plan(p.jobs, p.digest)
     assert [r.key for r in again.rows()] == [j.key for j in p.jobs] and again.meta(
@@ -1065,3 +1065,212 @@ def test_file_stats_list_every_finished_file_in_whole_jobs(
         assert not {k for k, *_ in page} & {
             k for other in pages if other is not page for k, *_ in other
         }
+
+
+def test_jobs_whose_keys_share_their_first_bytes_are_told_apart(
+    open_state: Callable[[], Store], registry: SchemaRegistry
+):
+    """SQLite indexes a key's first 4 bytes only (m013): jobs whose keys begin alike are each found,
+    changed and recorded as themselves, and a rerun of the same plan moves none of them."""
+    jobs = [
+        dataclasses.replace(j, key=f"j1-deadbeef{n:032x}")
+        for n, j in enumerate(_plan(registry).jobs[:4])
+    ]
+    store = open_state()
+    assert store.sync_plan(jobs, "d")
+    store.join("w", 30)
+    claimed = store.claim(4)
+    assert [c.key for c in claimed] == [j.key for j in jobs]
+    store.submit_started(jobs[1].key)
+    store.submitted(jobs[1].key, "r1", "s", "r", "c")
+    store.downloaded(jobs[2].key, [{"path": "a.png"}])
+    store.hold(jobs[3].key)
+    assert [(r.key, r.state, r.request_id, r.seed) for r in store.rows()] == [
+        (jobs[0].key, "planned", None, jobs[0].seed),
+        (jobs[1].key, "submitted", "r1", jobs[1].seed),
+        (jobs[2].key, "downloaded", None, jobs[2].seed),
+        (jobs[3].key, "planned", None, jobs[3].seed),
+    ]
+    assert store.get(jobs[1].key).request_id == "r1" and store.get(jobs[0].key).attempts == 0
+    assert not store.sync_plan(jobs, "e")
+    assert store.db.execute("SELECT COUNT(*) FROM job").fetchone()[0] == 4
+
+
+KEY_OBJECTS = ["job_key", "job_key_insert", "job_key_update"]
+
+
+def _key_objects(db: sqlite3.Connection) -> list[str]:
+    return [
+        r[0]
+        for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE name LIKE 'job_key%' ORDER BY name"
+        )
+    ]
+
+
+def _refuses_a_second_row(path: Path) -> None:
+    """Through a connection of its own, raw SQL cannot give a stored job key a second row."""
+    db = sqlite3.connect(path)
+    try:
+        (first, k), (second, _) = db.execute("SELECT id, k FROM job ORDER BY id LIMIT 2").fetchall()
+        with pytest.raises(sqlite3.IntegrityError, match=r"UNIQUE constraint failed: job\.k"):
+            db.execute("INSERT INTO job (k, cell) SELECT k, cell FROM job WHERE id = ?", (first,))
+        with pytest.raises(sqlite3.IntegrityError, match=r"UNIQUE constraint failed: job\.k"):
+            db.execute("UPDATE job SET k = ? WHERE id = ?", (k, second))
+        db.rollback()
+        assert db.execute("SELECT COUNT(*) FROM job WHERE k = ?", (k,)).fetchone()[0] == 1
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("path", ["synced", "recorded", "killed before the key index"])
+def test_the_database_refuses_a_second_row_for_a_job_key(
+    tmp_path: Path, registry: SchemaRegistry, path: str
+):
+    """Whichever way a state's jobs were stored (synced, bulk-recorded, or a recording killed before its key index
+    was built, then reopened), SQLite itself refuses a second row for a job key, as a unique index did."""
+    p = _many(registry, 4, tmp_path)
+    store = SQLiteStore(tmp_path)
+    if path == "synced":
+        assert store.sync_plan(p.jobs, p.digest)
+    else:
+        recorder = store.record_plan(p.jobs, p.digest)
+        assert recorder is not None
+        recorder.thread.join(10)
+        assert recorder.error is None and len(store.rows()) == 20
+        if path != "recorded":
+            with store._tx() as db:
+                drop_key_index(db)
+            assert _key_objects(store.db) == []
+            store.close()
+            store = SQLiteStore(tmp_path)
+    assert _key_objects(store.db) == KEY_OBJECTS
+    _refuses_a_second_row(store.path)
+    assert [r.key for r in store.rows()] == [j.key for j in p.jobs]
+    store.close()
+
+
+def test_a_key_stored_twice_while_the_key_index_was_down_fails_the_open_loudly(
+    tmp_path: Path, registry: SchemaRegistry
+):
+    """A state given a duplicate job key while its key index was down (a bulk load) is refused on open with the
+    key named; neither the index nor its triggers are left half made, and the next open says the same."""
+    p = _many(registry, 2, tmp_path)
+    store = SQLiteStore(tmp_path)
+    assert store.sync_plan(p.jobs, p.digest)
+    with store._tx() as db:
+        drop_key_index(db)
+        db.execute("INSERT INTO job (k, cell) SELECT k, cell FROM job WHERE plan_index = 3")
+    store.close()
+    for _ in range(2):
+        with pytest.raises(StateError, match=f"holds job {p.jobs[3].key} twice"):
+            SQLiteStore(tmp_path)
+        db = sqlite3.connect(tmp_path / DB_NAME)
+        assert _key_objects(db) == []
+        db.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    keys=st.lists(
+        st.tuples(
+            st.sampled_from([b"\0\0\0\0", b"abcd", b"\xff\xfe\xfd\xfc"]),
+            st.binary(min_size=0, max_size=2),
+        ),
+        max_size=30,
+    ),
+    moves=st.lists(st.tuples(st.integers(0, 29), st.integers(0, 29)), max_size=10),
+)
+def test_job_keys_sharing_their_first_bytes_are_stored_once_each(
+    keys: list[tuple[bytes, bytes]], moves: list[tuple[int, int]]
+):
+    """Whatever keys are inserted (many sharing the 4 bytes the key index holds), a migrated state keeps a row for
+    each distinct key and refuses every repeat; changing a row's key to another row's is refused, to its own is not."""
+    db = sqlite3.connect(":memory:")
+    migrate(db)
+    stored: list[bytes] = []
+    for head, tail in keys:
+        k = head + tail
+        try:
+            db.execute("INSERT INTO job (k, cell) VALUES (?, 1)", (k,))
+            assert k not in stored
+            stored.append(k)
+        except sqlite3.IntegrityError:
+            assert k in stored
+    for a, b in moves:
+        if a < len(stored) and b < len(stored):
+            try:
+                db.execute("UPDATE job SET k = ? WHERE k = ?", (stored[b], stored[a]))
+                assert a == b
+            except sqlite3.IntegrityError:
+                assert a != b
+    assert sorted(r[0] for r in db.execute("SELECT k FROM job")) == sorted(stored)
+    db.close()
+
+
+_KILLED_MID_RECORDING = """
+import sys, time
+from pathlib import Path
+import yaml
+import renderer.state.plansync as plansync_mod
+import renderer.state.recording as recording_mod
+from renderer.manifest.load import parse
+from renderer.models.schemas import SchemaRegistry
+from renderer.plan import planner
+from renderer.state.sqlite import SQLiteStore
+
+plansync_mod.FIRST_BATCH = recording_mod.RECORD_BATCH = 7
+folder, schemas = Path(sys.argv[1]), Path(sys.argv[2])
+text = yaml.safe_dump({"name": "t", "prompts": [{"id": f"p{i}", "text": f"t{i}"} for i in range(5)],
+                       "models": ["fal-ai/flux-1/schnell"], "seeds": {"start": 1, "count": 4}})
+p = planner.build(parse(text, folder / "m.yaml"), SchemaRegistry(schemas))
+
+class Gated(list):
+    def __iter__(self):
+        for n, job in enumerate(list.__iter__(self)):
+            if n == 14:  # two batches committed, no key index yet: the parent kills the process here
+                print("loaded", flush=True)
+                time.sleep(60)
+            yield job
+
+store = SQLiteStore(folder)
+store.record_plan(Gated(p.jobs), p.digest)
+time.sleep(60)
+"""
+
+
+def test_a_process_killed_between_the_load_and_the_key_index_leaves_a_state_the_next_open_completes(
+    tmp_path: Path, registry: SchemaRegistry
+):
+    """kill -9 while the recorder has loaded jobs but not yet built the key index: the state holds whole batches
+    and neither the index nor its triggers; the next writable open builds both, and a second row for a key is
+    then refused."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import SCHEMAS
+
+    with subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_RECORDING, str(tmp_path), str(SCHEMAS)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "loaded\n"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    assert db.execute("SELECT COUNT(*) FROM job").fetchone()[0] == 14 and _key_objects(db) == []
+    db.close()
+    store = SQLiteStore(tmp_path)
+    assert _key_objects(store.db) == KEY_OBJECTS
+    _refuses_a_second_row(store.path)
+    p = _many(registry, 4, tmp_path)
+    assert store.sync_plan(p.jobs, p.digest) and [r.key for r in store.rows()] == [
+        j.key for j in p.jobs
+    ]
+    store.close()

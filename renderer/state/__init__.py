@@ -13,6 +13,7 @@ Modules:
   postgres     the PostgreSQL backend (shared by workers; psycopg loads only when it is used)
   outage       riding out a lost connection (calls run again whole), the stall watchdog
   migrations   the schema: ordered migrations applied on open, each once
+  keys         SQLite's job-key index and the triggers that refuse a second row for a key
   recording    the background plan recorder
   rows         Row, job states, key encodings, database errors as StateError
   lock         the run lock: one writer per run directory

@@ -2,8 +2,9 @@
 
 A form holds what many cells share (endpoint, model, axes, tags, the input with the prompt and
 the seed cut out, the source file, the stem around the prompt id); a cell what is a prompt's own
-(its id, its text once, its source line, a stem head or JSON text only where they cannot be
-derived, the prompt file's kept columns). The `jobs` view puts them back together, text for text (migrations.jobs_view).
+(its id, or in SQLite a number where the id derives from the text; its text once, its source line,
+a stem head or JSON text only where they cannot be derived, the prompt file's kept columns). The
+`jobs` view puts them back together, text for text (migrations.jobs_view).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from renderer.state.core import StoreCore
 from renderer.state.recording import Memo
-from renderer.state.rows import _dumps
+from renderer.state.rows import _dumps, coded_id
 
 
 class Cells(StoreCore):
@@ -78,8 +79,8 @@ class Cells(StoreCore):
         else:
             cell = int(
                 self.db.execute(
-                    "INSERT INTO cells (form, prompt_id, prompt, source, stem_head, quoted, extra) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    "INSERT INTO cells (form, prompt_id, prompt, source, stem_head, quoted, extra, pid) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     content,
                 ).fetchone()[0]
             )
@@ -145,5 +146,15 @@ class Cells(StoreCore):
         )
         # The prompt's kept columns (`keep:`, a JSON object text, or None) are its cell's: a job
         # whose kept values change gets another cell, its key and path unchanged.
-        cell = (pid, prompt, source, own_stem, quoted, getattr(j, "extra", None))
+        # A prompt id derived from the text is stored as a number where it reads back (m013, SQLite).
+        code = coded_id(pid, prompt) if self.coded_ids else None
+        cell = (
+            None if code is not None else pid,
+            prompt,
+            source,
+            own_stem,
+            quoted,
+            getattr(j, "extra", None),
+            code,
+        )
         return form, cell, None if stem_head is None else f"{stem_head}{seed}"

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from renderer.state.migrations import SQLITE_KEY
+from renderer.state.migrations import SQLITE_KEY, STEM_HEAD_SQL, by_key_sql
 from renderer.state.recording import PlanRecorder
 
 _S = TypeVar("_S", bound="StoreCore")
@@ -34,10 +34,14 @@ class StoreCore:
 
     skip_locked = ""  # PostgreSQL: FOR UPDATE SKIP LOCKED (SQLite has one writer at a time anyway)
 
-    # The id of the job with key ? (given twice): among held jobs first (job_held), then any. While
-    # a recording builds the key index only at its end (PlanRecorder), the jobs the runner looks up
-    # are the ones it holds: found without a scan.
-    BY_KEY = "(SELECT id FROM job WHERE k = ? AND owner IS NOT NULL UNION ALL SELECT id FROM job WHERE k = ? LIMIT 1)"
+    # A job found by its key: the condition (arguments: `_k(blob)`). PostgreSQL has a unique index on
+    # the whole key; SQLite indexes its first 4 bytes only (m013), so it names those, then the key.
+    K = "k = ?"
+
+    # The id of the job whose key is given (arguments: `_k(blob)` twice): among held jobs first
+    # (job_held), then any. While a recording builds the key index only at its end (PlanRecorder),
+    # the jobs the runner looks up are the ones it holds: found without a scan.
+    BY_KEY = by_key_sql(K)
 
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock, epoch seconds
 
@@ -47,8 +51,15 @@ class StoreCore:
 
     seed_text = "j.seed"  # a `job j` row's seed as text, in SQL
 
-    # Recording into an empty state without the unique index on job keys (record_plan builds it
-    # at the end, in one sorted pass): job rows are inserted plainly, no ON CONFLICT (k).
+    # A `cells c` / `forms f` row's stem head, in SQL (with SQLite's prompt ids, m013: SQLiteStore).
+    stem_head_sql = STEM_HEAD_SQL
+
+    # Whether a cell's prompt id derived from its text (table.text_id) is stored as the 8-byte
+    # number cells.pid (m013: SQLite); PostgreSQL keeps every id as text.
+    coded_ids = False
+
+    # Recording into an empty state (SQLite) without the index on job keys (record_plan builds it
+    # at the end, in one sorted pass).
     keyless = False
 
     int_source = (
@@ -78,6 +89,14 @@ class StoreCore:
     grouping = False
     # Told when the shared state rides out an outage (postgres.py); a warning for the run's events.
     on_outage: Callable[[str], None] | None = None
+
+    def _k(self, blob: bytes) -> tuple[bytes, ...]:
+        """The arguments of K for a job key as stored (key_blob)."""
+        return (blob,)
+
+    def _keys_in(self, column: str, blobs: list[bytes]) -> tuple[str, list[bytes]]:
+        """(condition, arguments): `column` (a job's `k`) is one of `blobs`; the index finds them."""
+        return f"{column} IN ({','.join('?' * len(blobs))})", blobs
 
     def __enter__(self: _S) -> _S:
         return self

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from renderer.state.rows import OPEN, key_blob, key_text
+from renderer.state.keys import make_key_index
+from renderer.state.rows import OPEN, coded_id, key_blob, key_text
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
 
@@ -377,23 +378,42 @@ SQLITE_TYPES = {
 STEM_HEAD_SQL = "COALESCE(c.stem_head, f.stem_head || c.prompt_id || f.stem_mid)"
 
 
-def jobs_view(key_sql: str, seed_text: str) -> str:
+# A cell's prompt id from m013 on (SQLite): its text, or (NULL there) the id derived from the prompt's
+# text (table.text_id) rebuilt from cells.pid = slug length << 48 | the 48 bits of the text's hash
+# (rows.coded_id, which stores it only where this gives the id back exactly). SQLite's lower() and
+# substr() agree with Python's on the ASCII head it applies to.
+SQLITE_PID = (
+    "COALESCE(c.prompt_id, CASE WHEN c.pid >= 281474976710656 THEN "
+    "replace(lower(substr(c.prompt, 1, c.pid >> 48)), ' ', '-') || '-' ELSE '' END || "
+    "printf('%012x', c.pid & 281474976710655))"
+)
+SQLITE_STEM_HEAD = STEM_HEAD_SQL.replace("c.prompt_id", SQLITE_PID)
+
+
+def by_key_sql(k: str) -> str:
+    """The id of a job by key (`k`: the dialect's condition): among held jobs first, then any."""
+    return f"(SELECT id FROM job WHERE {k} AND owner IS NOT NULL UNION ALL SELECT id FROM job WHERE {k} LIMIT 1)"
+
+
+def jobs_view(key_sql: str, seed_text: str, pid_sql: str = "c.prompt_id") -> str:
     """`jobs` with the columns and values it has always had, rebuilt from job, cell and form.
 
     input = input_head [|| prompt as JSON text || input_mid] [|| seed || input_tail]: the prompt
     is cut out where the form has a middle (cells.quoted holds its JSON text when escaping changed
     it), the seed where it has a tail. stem = the job's own, or the cell's stem head || seed.
-    extra = the cell's kept columns (m011), last as m011's view had it.
+    extra = the cell's kept columns (m011), last as m011's view had it. `pid_sql`: the cell's
+    prompt id (SQLITE_PID from m013).
     """
     cell_input = (
         "CASE WHEN f.input_mid IS NULL THEN f.input_head "
         "ELSE f.input_head || COALESCE(c.quoted, c.prompt) || f.input_mid END || "
         f"CASE WHEN f.input_tail IS NULL THEN '' ELSE {seed_text} || f.input_tail END"
     )
+    stem_head = STEM_HEAD_SQL.replace("c.prompt_id", pid_sql)
     return f"""
     CREATE VIEW jobs AS SELECT j.id AS id, {key_sql} AS key, j.plan_index AS plan_index, j.in_plan AS in_plan,
-        f.endpoint AS endpoint, f.model AS model, c.prompt_id AS prompt_id, c.prompt AS prompt, j.seed AS seed,
-        f.axes AS axes, COALESCE(j.stem, {STEM_HEAD_SQL} || {seed_text}) AS stem,
+        f.endpoint AS endpoint, f.model AS model, {pid_sql} AS prompt_id, c.prompt AS prompt, j.seed AS seed,
+        f.axes AS axes, COALESCE(j.stem, {stem_head} || {seed_text}) AS stem,
         {cell_input} AS input,
         f.num_images AS num_images, f.tags AS tags, f.source_head || c.source AS source,
         {", ".join(f"j.{name} AS {name}" for name in JOB_COLUMNS.split(", "))}, c.extra AS extra
@@ -476,6 +496,47 @@ def m012_forms(db: sqlite3.Connection) -> None:
     for sql in split_cells_sql(SQLITE_TYPES):
         db.execute(sql)
     db.execute(jobs_view(SQLITE_KEY, "j.seed"))
+    db.execute(JOBS_UPDATE)
+
+
+CELLS_V13_DDL = """
+    CREATE TABLE cells (
+        id INTEGER PRIMARY KEY,
+        form INTEGER NOT NULL,
+        prompt_id TEXT,
+        prompt TEXT NOT NULL,
+        source NOT NULL,
+        stem_head TEXT,
+        quoted TEXT,
+        extra TEXT,
+        pid INTEGER
+    )"""
+
+
+@migration
+def m013_compact(db: sqlite3.Connection) -> None:
+    """Issue 22: a caption set's state at 146 B a job beyond the text at 1M, from 187 (bench/README.md).
+
+    A prompt id derived from the text (`slug-<12 hex>`, 33 bytes) is stored as an 8-byte number
+    (cells.pid, prompt_id NULL; see SQLITE_PID), where it reads back exactly; any other id stays
+    text. The unique index on the 20-byte job keys becomes an index on their first 4 bytes and two
+    triggers that refuse a second row for a key (state/keys.py). The
+    cells are copied (prompt_id may now be NULL), ids and values kept: `jobs` reads the same
+    (SQLiteStore then VACUUMs once, returning the old cells' pages).
+    """
+    db.create_function("renderer_coded_id", 2, coded_id, deterministic=True)
+    db.execute("DROP VIEW jobs")  # (and its trigger)
+    db.execute("ALTER TABLE cells RENAME TO cells_v12")
+    db.execute(CELLS_V13_DDL)
+    db.execute(
+        "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, quoted, extra, pid) "
+        "SELECT id, form, CASE WHEN pid IS NULL THEN prompt_id END, prompt, source, stem_head, quoted, "
+        "extra, pid FROM (SELECT *, renderer_coded_id(prompt_id, prompt) AS pid FROM cells_v12)"
+    )
+    db.execute("DROP TABLE cells_v12")
+    db.execute("DROP INDEX IF EXISTS job_key")
+    make_key_index(db)  # (each key held once: the unique index did until the line above)
+    db.execute(jobs_view(SQLITE_KEY, "j.seed", SQLITE_PID))
     db.execute(JOBS_UPDATE)
 
 

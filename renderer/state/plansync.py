@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, cast
 from renderer.plan.jobs import Jobs
 from renderer.plan.unique import Fingerprints
 from renderer.state.cells import Cells
-from renderer.state.migrations import STEM_HEAD_SQL
-from renderer.state.recording import KEY_INDEX, RECORD_BATCH, Memo, PlanRecorder
+from renderer.state.keys import build_key_index, drop_key_index
+from renderer.state.recording import RECORD_BATCH, Memo, PlanRecorder
 from renderer.state.rows import (
     distinct_stem,
     key_blob,
@@ -70,7 +70,7 @@ class PlanSync(Cells):
         rest = iter(jobs)
         first = list(islice(rest, FIRST_BATCH))
         with self._tx() as db:  # the recorder builds it once the plan is in (PlanRecorder)
-            db.execute("DROP INDEX IF EXISTS job_key")
+            drop_key_index(db)
         # The recorder's last step (the key index, one sorted pass) holds the write lock for a
         # while at a million jobs: this connection's commits wait for it rather than fail.
         self.db.execute("PRAGMA busy_timeout = 120000")
@@ -120,7 +120,7 @@ class PlanSync(Cells):
                         changed |= self._sync_batch(batch, memo, False, stems)
                         batch = []
                     with self._tx() as db:
-                        db.execute("DROP INDEX IF EXISTS job_key")
+                        drop_key_index(db)
                     self.keyless = True
                 batch.append(j)
                 if len(batch) >= (RECORD_BATCH if self.keyless else SYNC_BATCH):
@@ -132,7 +132,7 @@ class PlanSync(Cells):
             if self.keyless:
                 self.keyless = False
                 with self._tx() as db:
-                    db.execute(KEY_INDEX)
+                    build_key_index(db)
         with self._tx() as db:
             if not empty:
                 # (A prefix of the plan has no job out of it, and its rest is not in `seen`.)
@@ -183,15 +183,15 @@ class PlanSync(Cells):
         stored: dict[bytes, tuple[Any, ...]] = {}
         if not empty:
             for at in range(0, len(batch), 500):
-                part = blobs[at : at + 500]
+                where, args = self._keys_in("j.k", blobs[at : at + 500])
                 stored.update(
                     (bytes(r[0]), tuple(r[1:]))
                     for r in self.db.execute(
-                        f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, {STEM_HEAD_SQL} || {self.seed_text}), "
-                        "c.form, c.prompt_id, c.prompt, c.source, c.stem_head, c.quoted, c.extra "
-                        "FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = c.form "
-                        f"WHERE j.k IN ({','.join('?' * len(part))})",
-                        part,
+                        f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, {self.stem_head_sql} || "
+                        f"{self.seed_text}), c.form, c.prompt_id, c.prompt, c.source, c.stem_head, c.quoted, "
+                        f"c.extra, c.pid FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = c.form "
+                        f"WHERE {where}",
+                        args,
                     )
                 )
         if empty and not self.shared:
@@ -235,7 +235,7 @@ class PlanSync(Cells):
                 )
             elif row[:3] != (j.index, 1, cell):
                 # A recorded job keeps its path, whatever its new cell would give it.
-                moved.append((j.index, cell, None if row[3] == natural else row[3], kb))
+                moved.append((j.index, cell, None if row[3] == natural else row[3], *self._k(kb)))
         return new, moved
 
     def _write(
@@ -249,8 +249,8 @@ class PlanSync(Cells):
     ) -> None:
         if made:
             db.executemany(
-                "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, quoted, extra) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO cells (id, form, prompt_id, prompt, source, stem_head, quoted, extra, pid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 made,
             )
         if not empty:
@@ -260,15 +260,16 @@ class PlanSync(Cells):
             )
         if moved:
             db.executemany(
-                "UPDATE job SET plan_index = ?, in_plan = 1, cell = ?, stem = ? WHERE k = ?",
+                f"UPDATE job SET plan_index = ?, in_plan = 1, cell = ?, stem = ? WHERE {self.K}",
                 moved,
             )
         if new:
-            # ON CONFLICT: two workers recording one plan at once insert each job once. (A recording
-            # without the key index has no such second writer, and nothing to name in ON CONFLICT.)
+            # ON CONFLICT: two workers recording one plan at once insert each job once (PostgreSQL,
+            # whose index on keys is unique). SQLite has one writer, which inserts only the jobs its
+            # lookup (`stored`) did not find: each job once, without a unique index to name.
             db.executemany(
                 "INSERT INTO job (k, key_text, cell, seed, plan_index, stem) VALUES (?, ?, ?, ?, ?, ?)"
-                + ("" if self.keyless else " ON CONFLICT (k) DO NOTHING"),
+                + (" ON CONFLICT (k) DO NOTHING" if self.shared else ""),
                 new,
             )
 

@@ -211,6 +211,9 @@ SCHEMA_VERSION = [
     ),
     # store.m012_forms: the prompt stored once, forms shared by cells, kept values carried.
     ("p006_forms", pg_split_cells(jobs_view(PG_KEY, PG_SEED))),
+    # store.m013_compact: the column of a prompt id stored as a number (always NULL here: PostgreSQL
+    # keeps ids as text, and its unique index on keys), so both run one plan sync.
+    ("p007_compact", "ALTER TABLE cells ADD COLUMN pid bigint"),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")

@@ -25,7 +25,7 @@ class Queries(Reading):
 
     def get(self, key: str) -> Row:
         row = self.db.execute(
-            f"SELECT * FROM jobs WHERE id = {self.BY_KEY}", (key_blob(key), key_blob(key))
+            f"SELECT * FROM jobs WHERE id = {self.BY_KEY}", 2 * self._k(key_blob(key))
         ).fetchone()
         if row is None:
             raise StateError(f"job {key} is not in {self.where}")

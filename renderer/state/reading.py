@@ -95,12 +95,11 @@ class Reading(StoreCore):
         def flush() -> Iterator[tuple[Any, str]]:
             nonlocal owned
             blobs = [key_blob(j.key) for j in held]
+            where, args = self._keys_in("j.k", blobs)
             recorded = {
                 bytes(r[0]): r[1]
                 for r in self.db.execute(
-                    f"SELECT j.k, v.stem FROM job j JOIN jobs v ON v.id = j.id "
-                    f"WHERE j.k IN ({','.join('?' * len(blobs))})",
-                    blobs,
+                    f"SELECT j.k, v.stem FROM job j JOIN jobs v ON v.id = j.id WHERE {where}", args
                 )
             }
             for j, blob in zip(held, blobs, strict=True):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from renderer.errors import StateError
 from renderer.plan.unique import Fingerprints
+from renderer.state.keys import build_key_index
 
 if TYPE_CHECKING:
     from renderer.state.store import Store
@@ -38,10 +39,9 @@ class Memo:
     next_cell: int | None = None
 
 
-# The unique index on job keys, as m007 made it: a recording into an empty state goes without
-# it (record_plan drops it) and builds it at the end. Inserting 20-byte random keys into it batch
-# by batch rewrote most of its pages at every commit; built at once, it is written once.
-KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS job_key ON job (k)"
+# The index on job keys and its uniqueness triggers (state/keys.py): a recording into an empty state
+# goes without them (record_plan drops them) and builds them at the end. Inserting random keys into
+# the index batch by batch rewrote most of its pages at every commit; built at once, it is written once.
 
 
 class PlanRecorder:
@@ -83,10 +83,10 @@ class PlanRecorder:
             finally:
                 try:
                     # However the recording ended (done, halted, failed): the key index is built now,
-                    # in one sorted pass over what was recorded (a process killed before this gets it
-                    # from the next open: SQLiteStore makes it when it is missing).
+                    # in one sorted pass over what was recorded, checked for a key loaded twice, and
+                    # its triggers made (a process killed before this gets them from the next open).
                     with store._tx() as db:
-                        db.execute(KEY_INDEX)
+                        build_key_index(db)
                 finally:
                     store.close()
         except StateError as exc:

@@ -170,6 +170,29 @@ def key_text(key: str) -> str | None:
     return None if _KEY.fullmatch(key) else key
 
 
+_HEX12 = re.compile(r"[0-9a-f]{12}")
+_SLUG_HEAD = re.compile(r"[A-Za-z0-9 ]*")  # what lower() and replace() treat alike in both
+
+
+def coded_id(pid: Any, prompt: Any) -> int | None:
+    """A prompt id derived from its text (manifest.table.text_id: `slug-<12 hex>`) as cells.pid
+    stores it (m013): the slug's length << 48 | the 12 hex digits, when the slug is the prompt's
+    ASCII head lower-cased with spaces as '-' (as migrations.SQLITE_PID rebuilds it); else None
+    (also for values that are not text: a prompt that is not a string, a hand-edited database,
+    where raising in m013 would lock the user out of their run).
+    """
+    if not isinstance(pid, str) or not isinstance(prompt, str):
+        return None
+    if len(pid) < 12 or not _HEX12.fullmatch(pid, len(pid) - 12):
+        return None
+    n = max(len(pid) - 13, 0)
+    head = prompt[:n]
+    if n > 255 or len(head) != n or not _SLUG_HEAD.fullmatch(head):
+        return None
+    rebuilt = (head.lower().replace(" ", "-") + "-" if n else "") + pid[-12:]
+    return (n << 48) | int(pid[-12:], 16) if rebuilt == pid else None
+
+
 def blob_key(blob: bytes, text: str | None) -> str:
     return text if text is not None else "j1-" + bytes(blob).hex()
 

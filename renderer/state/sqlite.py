@@ -13,8 +13,15 @@ from typing import Any
 from renderer.errors import StateError
 from renderer.layout import DB_NAME
 from renderer.state import queries
-from renderer.state.migrations import JOB_COLUMNS, SQLITE_KEY, cells_v7_views, migrate
-from renderer.state.recording import KEY_INDEX
+from renderer.state.keys import build_key_index
+from renderer.state.migrations import (
+    JOB_COLUMNS,
+    SQLITE_KEY,
+    SQLITE_STEM_HEAD,
+    by_key_sql,
+    cells_v7_views,
+    migrate,
+)
 from renderer.state.rows import LeaseLost, key_blob, key_text, sql_error
 from renderer.state.store import Store
 
@@ -37,14 +44,18 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA busy_timeout=5000")
-                migrate(self.db)
+                applied = migrate(self.db)
+                if "m013_compact" in applied and "m001_jobs" not in applied:
+                    # m013 copied a state's cells: their old pages are returned to the disk, once
+                    # (VACUUM is atomic; if it fails, the committed migration stays).
+                    self.db.execute("VACUUM")
                 if keyless:  # the recorder's own connection (see PlanRecorder)
                     self.keyless = True
                 elif self.db.execute(
                     "SELECT 1 FROM sqlite_master WHERE name = 'job' AND type = 'table'"
                 ).fetchone():  # a recording killed before its end left the key index out
                     with self.db:
-                        self.db.execute(KEY_INDEX)
+                        build_key_index(self.db)
             elif self.db.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'jobs' AND type = 'table'"
             ).fetchone():
@@ -68,6 +79,25 @@ class SQLiteStore(Store):
         self._identity = (stat.st_dev, stat.st_ino) if stat else (0, 0)
 
     group_commit = True
+
+    # m013: the key index holds the key's first 4 bytes (state/keys.py); a lookup names them.
+    K = "substr(k, 1, 4) = ? AND k = ?"
+
+    BY_KEY = by_key_sql(K)
+
+    stem_head_sql = SQLITE_STEM_HEAD
+
+    coded_ids = True
+
+    def _k(self, blob: bytes) -> tuple[bytes, ...]:
+        return (blob[:4], blob)
+
+    def _keys_in(self, column: str, blobs: list[bytes]) -> tuple[str, list[bytes]]:
+        marks = ",".join("?" * len(blobs))
+        return f"substr({column}, 1, 4) IN ({marks}) AND {column} IN ({marks})", [
+            *(b[:4] for b in blobs),
+            *blobs,
+        ]
 
     def reopen(self, keyless: bool = False) -> SQLiteStore:
         return SQLiteStore(self.run_dir, keyless=keyless)

@@ -8,8 +8,10 @@ Both run the same statements (portable SQL, `?` placeholders) and pass one test 
 dialect differences are class attributes and small overrides.
 
 Invariants:
-  * One row per job key. A job moves planned → submitted → completed → downloaded, or to
-    failed; every move is one committed transaction.
+  * One row per job key: PostgreSQL's index on keys is unique; SQLite's holds the keys' first bytes
+    only (m013), and its one writer inserts only the jobs the plan sync's lookup did not find.
+    A job moves planned → submitted → completed → downloaded, or to failed; every move is one
+    committed transaction.
   * `request_id` is committed before anything else happens after a submit. A submit whose
     outcome was not recorded leaves `submit_started` set with no request id: the rerun counts
     it as an ambiguous resubmission (the only way one input is ever paid twice).

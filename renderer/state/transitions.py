@@ -42,8 +42,8 @@ class Transitions(StoreCore):
         fence, args = self._fence()
         with self._tx(defer) as db:
             cur = db.execute(
-                f"UPDATE job SET {names} WHERE k = ?{fence}",
-                (*fields.values(), key_blob(key), *args),
+                f"UPDATE job SET {names} WHERE {self.K}{fence}",
+                (*fields.values(), *self._k(key_blob(key)), *args),
             )
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
@@ -54,8 +54,8 @@ class Transitions(StoreCore):
         names = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:
             db.execute(
-                f"UPDATE job SET {names} WHERE k = ? AND (owner IS NULL OR lease_until <= {self.NOW})",
-                (*fields.values(), key_blob(key)),
+                f"UPDATE job SET {names} WHERE {self.K} AND (owner IS NULL OR lease_until <= {self.NOW})",
+                (*fields.values(), *self._k(key_blob(key))),
             )
 
     def submit_started(self, key: str) -> None:
@@ -65,8 +65,8 @@ class Transitions(StoreCore):
         with self._tx() as db:
             cur = db.execute(
                 f"UPDATE job SET submit_started = ?, attempts = attempts + 1, updated_at = ? "
-                f"WHERE k = ?{fence}",
-                (now, now, key_blob(key), *args),
+                f"WHERE {self.K}{fence}",
+                (now, now, *self._k(key_blob(key)), *args),
             )
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
@@ -79,7 +79,7 @@ class Transitions(StoreCore):
                 f"""UPDATE job SET submit_started = NULL,
                               attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ?
                           WHERE id = {self.BY_KEY} AND submit_started IS NOT NULL""",
-                (time.time(), key_blob(key), key_blob(key)),
+                (time.time(), *self._k(key_blob(key)), *self._k(key_blob(key))),
             )
 
     def submitted(
@@ -139,7 +139,7 @@ class Transitions(StoreCore):
         if (
             fence
             and self.db.execute(
-                f"SELECT 1 FROM job WHERE k = ?{fence}", (key_blob(key), *args)
+                f"SELECT 1 FROM job WHERE {self.K}{fence}", (*self._k(key_blob(key)), *args)
             ).fetchone()
             is None
         ):
@@ -159,8 +159,8 @@ class Transitions(StoreCore):
                                      response_url = NULL, cancel_url = NULL, account = NULL, result = NULL,
                                      error = ?,
                                      error_kind = 'resubmit', submit_started = NULL, updated_at = ?
-                                 WHERE k = ?{fence}""",
-                (reason, now, key_blob(key), *args),
+                                 WHERE {self.K}{fence}""",
+                (reason, now, *self._k(key_blob(key)), *args),
             )
             if fence and cur.rowcount != 1:
                 raise self._lost(key)
