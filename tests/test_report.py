@@ -237,8 +237,9 @@ def test_the_sheet_count_is_the_sheets_drawn(jobs: list[tuple[int, ...]], side: 
     layout = report_sheets.Layout(
         ["x", "y", "page", "inner"], lambda d, v: f"{d}:{v}", 0, 1, 2, [3]
     )
-    drawn = list(report_sheets.sheets(layout, cols, lambda n: ("pending", None, ""), side))
-    assert report_sheets.count(layout, cols, side) == len(drawn)
+    arranged = report_sheets.arrange(layout, cols)
+    drawn = list(report_sheets.sheets(layout, arranged, lambda n: ("pending", None, ""), side))
+    assert report_sheets.count(arranged, side) == len(drawn)
 
 
 def test_a_dataset_sized_view_gets_no_sheets_unless_asked(
@@ -637,7 +638,8 @@ def test_template_variables_are_dimensions_and_sheets(templated: Path, tmp_path:
     done = report.build(templated, row_axis="shape", col_axis="color")
     assert done["cells"] == 12 and len(done["sheets"]) == 1
     layout = report.layout_of(sp, report.default_view(sp, "shape", "color"))
-    (sheet,) = report_sheets.sheets(layout, sp.cols, lambda n: ("downloaded", None, ""), 4096)
+    arranged = report_sheets.arrange(layout, sp.cols)
+    (sheet,) = report_sheets.sheets(layout, arranged, lambda n: ("downloaded", None, ""), 4096)
     assert sheet.cols == ["red", "blue", "green"]
     assert sorted(tuple(r) for r in sheet.rows) == sorted(
         (f"shape: {s}", f"alt1: {f}") for s in ("cube", "cone") for f in ("matte", "glossy")

@@ -1511,17 +1511,12 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
     assert len(images(tmp_path / "o/t")) == 24
 
 
-@settings(max_examples=4, deadline=None)
-@given(st.sampled_from([1, 2, 3, 5, 8]), st.integers(10, 40))
-def test_concurrency_is_what_the_provider_runs_with_at_most_the_lead_queued(
-    tmp_path_factory: pytest.TempPathFactory, slots: int, jobs: int
-):
-    """concurrency = the account's limit at a provider that holds it (fal's model): the account runs exactly that
-    many at its peak, never more, and at most lead_cap(limit) (the lead at its most) of its requests wait in the provider's queue."""
-    tmp_path = tmp_path_factory.mktemp("lead")
+def _one_account_run(tmp_path: Path, slots: int, jobs: int, seconds: float) -> dict[str, Any]:
+    """`renderer run` of `jobs` one-image jobs with concurrency = `slots` at an emulator that holds
+    one account to `slots` requests of `seconds` each; the account's counts (the run exits 0)."""
     m = write_manifest(tmp_path, seeds=list(range(1, jobs + 1)), limits={"concurrency": slots})
     with background_emulator(
-        service=ServiceTime("fixed", 0.1), workers=64, account_slots=slots, key="k"
+        service=ServiceTime("fixed", seconds), workers=64, account_slots=slots, key="k"
     ) as emu:
         code, out, err = cli(
             "run",
@@ -1533,8 +1528,19 @@ def test_concurrency_is_what_the_provider_runs_with_at_most_the_lead_queued(
             "--quiet",
             env={"FAL_KEY": "k"},
         )
-        account = emu.stats()["accounts"]["key"]
+        account: dict[str, Any] = emu.stats()["accounts"]["key"]
     assert code == 0, out + err
+    return account
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.sampled_from([1, 2, 3, 5, 8]), st.integers(10, 40))
+def test_concurrency_is_what_the_provider_runs_with_at_most_the_lead_queued(
+    tmp_path_factory: pytest.TempPathFactory, slots: int, jobs: int
+):
+    """concurrency = the account's limit at a provider that holds it (fal's model): the account runs exactly that
+    many at its peak, never more, and at most lead_cap(limit) (the lead at its most) of its requests wait in the provider's queue."""
+    account = _one_account_run(tmp_path_factory.mktemp("lead"), slots, jobs, 0.1)
     assert account["submits"] == jobs and account["duplicate_submits"] == 0
     assert account["peak_running"] == min(slots, jobs)
     assert account["peak_queued"] <= lead_cap(slots)
@@ -1544,22 +1550,7 @@ def test_requests_that_finish_together_get_a_queued_request_per_slot(tmp_path: P
     """8 slots of 0.2 s requests that start and finish together: the lead grows past its floor
     (2) to one queued request per slot (8), so a burst of completions restarts every slot at once;
     never more than 8 run and never more than 8 wait (the bound the docs state)."""
-    m = write_manifest(tmp_path, seeds=list(range(1, 81)), limits={"concurrency": 8})
-    with background_emulator(
-        service=ServiceTime("fixed", 0.2), workers=64, account_slots=8, key="k"
-    ) as emu:
-        code, out, err = cli(
-            "run",
-            str(m),
-            "--provider",
-            emu.url,
-            "--output",
-            str(tmp_path / "o"),
-            "--quiet",
-            env={"FAL_KEY": "k"},
-        )
-        account = emu.stats()["accounts"]["key"]
-    assert code == 0, out + err
+    account = _one_account_run(tmp_path, 8, 80, 0.2)
     assert account["submits"] == 80 and account["duplicate_submits"] == 0
     assert account["peak_running"] == 8
     assert lead_for(8) < account["peak_queued"] <= lead_cap(8) == 8

@@ -459,9 +459,10 @@ def _build(
     target.prune("data")
     # Not drawn this time: those of an earlier report are left as they are.
     layout = layout_of(sp, view)
-    planned = report_sheets.count(layout, sp.cols, max_side) if sheets == "auto" else 0
+    arranged = report_sheets.arrange(layout, sp.cols) if sheets != "none" else None
+    planned = report_sheets.count(arranged, max_side) if sheets == "auto" else 0
     draw = sheets == "all" or (sheets == "auto" and planned <= SHEETS_AUTO)
-    drawn, names = _sheets(target, sp, layout, jobs, max_side) if draw else (0, [])
+    drawn, names = _sheets(target, layout, arranged, jobs, max_side) if draw else (0, [])
     pg = sp.index(view.page)
     return {
         "index": target.location("index.html") if target.bucket is not None else index,
@@ -491,7 +492,11 @@ def layout_of(sp: Space, view: View) -> report_sheets.Layout:
 
 
 def _sheets(
-    target: Target, sp: Space, layout: report_sheets.Layout, jobs: _Jobs, max_side: int
+    target: Target,
+    layout: report_sheets.Layout,
+    arranged: report_sheets.Arranged | None,
+    jobs: _Jobs,
+    max_side: int,
 ) -> tuple[int, list[str]]:
     """Draw the sheets whose content changed; remove those an earlier report wrote and this one did not."""
 
@@ -505,7 +510,7 @@ def _sheets(
     names: list[str] = []
 
     def todo() -> Iterator[_Signed]:
-        for sheet in report_sheets.sheets(layout, sp.cols, cell, max_side):
+        for sheet in report_sheets.sheets(layout, arranged, cell, max_side):
             names.append(sheet.name)
             sig = sheet.signature(max_side)
             if known.get(sheet.name) == sig and target.fetch(sheet.name) is not None:

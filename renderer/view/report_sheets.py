@@ -59,7 +59,7 @@ class Layout:
 
 
 @dataclass
-class _Arranged:
+class Arranged:
     """The default view's jobs in sheet order: `order[i]` is the i-th job, with its keys."""
 
     order: np.ndarray
@@ -71,8 +71,12 @@ class _Arranged:
     starts: list[int]  # where each page starts in `order`, and the end
 
 
-def _arrange(layout: Layout, cols: Sequence[np.ndarray]) -> _Arranged:
-    count = len(cols[0])
+def arrange(layout: Layout, cols: Sequence[np.ndarray]) -> Arranged | None:
+    """The default view's jobs in sheet order (one sort); None for no jobs. `cols[d][n]`: job n's
+    value index in dimension d. Counting the sheets and drawing them share it."""
+    count = len(cols[0]) if cols else 0
+    if not count:
+        return None
 
     def key(d: int) -> np.ndarray:
         if d < 0:
@@ -93,7 +97,7 @@ def _arrange(layout: Layout, cols: Sequence[np.ndarray]) -> _Arranged:
         new_row[1:] |= k[1:] != k[:-1]
     row_id = np.cumsum(new_row) - 1
     starts = [*np.flatnonzero(new_page).tolist(), count]
-    return _Arranged(order, page, y, x, inner, row_id, starts)
+    return Arranged(order, page, y, x, inner, row_id, starts)
 
 
 def _capacity(max_side: int) -> tuple[int, int]:
@@ -101,11 +105,10 @@ def _capacity(max_side: int) -> tuple[int, int]:
     return max(1, (max_side - ROW_LABEL) // CELL), max(1, (max_side - LABEL * 3) // CELL)
 
 
-def count(layout: Layout, cols: Sequence[np.ndarray], max_side: int) -> int:
-    """How many sheets `sheets` would yield, without building any (a sort and one pass per page)."""
-    if not cols or not len(cols[0]):
+def count(a: Arranged | None, max_side: int) -> int:
+    """How many sheets `sheets` would yield, without building any (one pass per page)."""
+    if a is None:
         return 0
-    a = _arrange(layout, cols)
     fit_cols, fit_rows = _capacity(max_side)
     total = 0
     for lo, hi in itertools.pairwise(a.starts):
@@ -117,18 +120,17 @@ def count(layout: Layout, cols: Sequence[np.ndarray], max_side: int) -> int:
 
 def sheets(
     layout: Layout,
-    cols: Sequence[np.ndarray],
+    ar: Arranged | None,
     cell: Callable[[int], tuple[str, str | None, str]],
     max_side: int,
 ) -> Iterator[Sheet]:
-    """The sheets of the default view, in order; `cols[d][n]`: job n's value index in dimension d.
+    """The sheets of the default view (`ar`: its jobs arranged), in order.
 
     Rows are Y values × the inner dimensions that vary; a cell shows its first job (the page
     shows all of them); a page's columns are the X values present on that page.
     """
-    if not cols or not len(cols[0]):
+    if ar is None:
         return
-    ar = _arrange(layout, cols)
     order, page, y, x, inner = ar.order, ar.page, ar.y, ar.x, ar.inner
     row_id, starts = ar.row_id, ar.starts
     fit_cols, fit_rows = _capacity(max_side)
