@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec
 
 from renderer.errors import ManifestError, Problem, closest
-from renderer.manifest import backed
+from renderer.manifest import backed, jsonarrow
 from renderer.manifest.reading import MAX_ROW_CHARS, raw_blocks, row_too_long
 
 if TYPE_CHECKING:
@@ -155,7 +155,13 @@ def jsonl_into(
         lines = _block_lines(text)
         # A CRLF line's CR is whitespace after its value (a raw CR inside a JSON string is an
         # error): the same rows without it.
-        bare = _block_lines(text.replace("\r\n", "\n")) if "\r\n" in text else lines
+        lf = text.replace("\r\n", "\n") if "\r\n" in text else text
+        bare = _block_lines(lf) if lf is not text else lines
+        if kept is not None and BATCHED and text_key is not None:
+            whole = _jsonl_arrow(raw, lf, lines, text_key, others, allowed, seen, kept)
+            if whole is not None:
+                table.add_captions(before + 1, None, *whole)
+                continue
         for at in range(0, len(lines), CHUNK):
             first = before + 1 + at
             batch = None
@@ -191,6 +197,33 @@ def _jsonl_records(
                 continue
             if isinstance(row, dict):
                 yield n, row.get(text_key or ""), [row.get(k) for k in names]
+
+
+def _jsonl_arrow(
+    raw: bytes,
+    lf: str,
+    lines: list[str],
+    text_key: str,
+    others: set[str] | None,
+    allowed: set[str],
+    seen: dict[str, None] | None,
+    kept: Kept,
+) -> tuple[list[str], list[str]] | None:
+    """(texts, kept values' stored texts) of a whole block read by Arrow (jsonarrow) when its
+    every line is a caption as _jsonl_batch takes one and its keys are all seen already (the
+    first rows with a key go the chunked way, which notes keys first seen first); else None."""
+    block = jsonarrow.columns(raw, lf, len(lines))
+    if block is None or max(map(len, lines)) > MAX_ROW_CHARS:
+        return None
+    keys = set(block.names)
+    if (keys & others) if others is not None else not keys <= allowed:
+        return None
+    if seen is not None and not keys <= seen.keys():
+        return None
+    texts = block.values(text_key)
+    if not _captions(texts):
+        return None
+    return texts, block.kept(kept)
 
 
 def _jsonl_batch(
