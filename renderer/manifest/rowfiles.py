@@ -12,6 +12,8 @@ below, which are the reference: they alone report problems, so every message (fi
 field, hint) is theirs. The two ways give the same table, the same problems, in the same order
 (tests/test_rowfiles.py compares them on hostile files); `BATCHED = False` turns the first off.
 A file over backed.BACKED_BYTES keeps no text: its rows are found again by line (RowsBacking).
+A JSONL file with kept columns tries each block whole through pyarrow's JSON reader first
+(jsonarrow.py), on the same terms; any doubt and the block goes the chunked way.
 """
 
 from __future__ import annotations
@@ -223,7 +225,10 @@ def _jsonl_arrow(
     texts = block.values(text_key)
     if not _captions(texts):
         return None
-    return texts, block.kept(kept)
+    try:
+        return texts, block.kept(kept)  # kinds noted only once every column is encoded
+    except Exception:  # anything Arrow's compute refuses: the chunked way is the reference
+        return None
 
 
 def _jsonl_batch(
