@@ -62,7 +62,7 @@ def test_a_block_of_plain_values_reads_as_the_json_module_reads_it(
     end = "\r\n" if crlf else "\n"
     raw = "".join(json.dumps(r, ensure_ascii=ascii_) + end for r in rows).encode()
     text = raw.decode().replace("\r\n", "\n")
-    block = jsonarrow.columns(raw, text, len(rows))
+    block = jsonarrow.columns(raw)
     assert block is not None
     expected = [json.loads(line) for line in text[:-1].split("\n")]
     assert block.values("caption") == [r["caption"] for r in expected]
@@ -84,6 +84,9 @@ def test_a_block_of_plain_values_reads_as_the_json_module_reads_it(
         ['{"caption": "a"}', ' {"caption": "b"}'],
         ['{"caption": "a"} {"caption": "b"}'],  # two rows to Arrow
         ['{"caption": "a"}\r{"caption": "b"}'],  # a lone CR: a line break to Arrow
+        ['{"caption": "a"}\r', '{"caption": "b"}\r\r'],
+        ["", '{"caption": "a"}'],
+        ['{"caption": "' + "w" * reading.MAX_ROW_CHARS + '"}'],  # refused where it is
         ['{"caption": "a", "caption": "b"}'],  # json keeps the last
         ['{"caption": "a", "\\u0063aption": "b"}'],
         ['{"caption": "\\ud800"}'],  # json makes a lone surrogate
@@ -102,7 +105,7 @@ def test_a_block_of_plain_values_reads_as_the_json_module_reads_it(
 def test_a_block_arrow_could_misread_is_not_read(lines: list[str]):
     """A block with a line that is not one JSON object of plain values (or that Arrow reads otherwise than json) is left to the json way, never read wrong or crashing."""
     raw = ("\n".join(lines) + "\n").encode("utf-8", "surrogatepass")
-    assert jsonarrow.columns(raw, raw.decode(), len(lines)) is None
+    assert jsonarrow.columns(raw) is None
 
 
 def _parse(folder: Path, body: bytes, entry: str, arrow: bool, batched: bool, patch: Any) -> Any:
@@ -185,9 +188,9 @@ def test_a_caption_set_keeping_columns_is_read_through_arrow(
     accepted: list[int] = []
     original = jsonarrow.columns
 
-    def counting(raw: bytes, text: str, count: int) -> Any:
-        block = original(raw, text, count)
-        accepted.append(count if block is not None else 0)
+    def counting(raw: bytes) -> Any:
+        block = original(raw)
+        accepted.append(raw.count(b"\n") if block is not None else 0)
         return block
 
     monkeypatch.setattr(jsonarrow, "columns", counting)
@@ -212,3 +215,17 @@ def test_a_caption_set_keeping_columns_is_read_through_arrow(
         "original_id": 499,
     }
     assert got[2] == {"source_url": {"string"}, "license": {"string"}, "original_id": {"int64"}}
+
+
+def test_a_row_too_long_is_refused_where_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A .jsonl line over the row cap in a file keeping columns is refused at its line, with Arrow as row by row."""
+    monkeypatch.setattr(reading, "BLOCK", 4096)
+    rows = [json.dumps({"caption": f"a fox {i}", "source_url": f"u{i}"}) for i in range(300)]
+    rows[200] = json.dumps({"caption": "long", "source_url": "w" * reading.MAX_ROW_CHARS})
+    body = ("\n".join(rows) + "\n").encode()
+    entry = "{file: p.jsonl, text: caption, keep: [source_url]}"
+    with monkeypatch.context() as patch:
+        got = _parse(tmp_path, body, entry, True, True, patch)
+        assert got == _parse(tmp_path, body, entry, False, False, patch)
+    assert got[0] == "problems"
+    assert [(p.line, "characters" in p.message) for p in got[1]] == [(201, True)]

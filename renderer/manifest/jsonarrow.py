@@ -21,7 +21,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from renderer.manifest.kept import SEPARATOR
+from renderer.manifest.reading import MAX_ROW_CHARS
 
 if TYPE_CHECKING:
     from renderer.manifest.kept import Kept
@@ -118,23 +121,30 @@ def _constants(modules: Any) -> Any:
 _SCALARS: Any = None
 
 
-def columns(raw: bytes, text: str, count: int) -> Block | None:
-    """The rows of a block of `count` lines (`text`, decoded from `raw`, its CRLFs made LF)
-    when they are JSON objects of plain values as the module's docstring says; else None."""
-    if not ARROW or not count:
+def columns(raw: bytes) -> Block | None:
+    """The rows of a block of whole lines (`raw`, its bytes as read) when they are JSON objects
+    of plain values as the module's docstring says, and none is longer than MAX_ROW_CHARS
+    bytes (a longer line the caller refuses where it is); else None."""
+    if not ARROW:
         return None
     modules = _modules()
     if modules is None:
         return None
     pa, _, pj = modules
-    # Each line starts with "{" (a JSON string holds no raw line break, so each "\n{" is a
-    # line's start): a top-level scalar line would be a row of nulls to Arrow's reader (a first
-    # `null` line even crashes pyarrow 26), and a blank line no row at all. A line with more
-    # than one value is more than one row: the count below.
-    body = text[:-1] if text.endswith("\n") else text
-    if "\r" in body or not body.startswith("{") or body.count("\n{") != count - 1:
+    data = raw[3:] if raw.startswith(_BOM) else raw
+    if not data or (b"\r" in data and data.count(b"\r") != data.count(b"\r\n")):
+        return None  # a lone CR ends a line to Arrow, not to the caller
+    # Each line starts with "{" (a JSON string holds no raw line break): a top-level scalar
+    # line would be a row of nulls to Arrow's reader (a first `null` line even crashes pyarrow
+    # 26), and a blank line no row at all. A line of two values is two rows: the count below.
+    buf = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if not len(ends) or ends[-1] != len(buf) - 1:
+        ends = np.append(ends, len(buf))  # the last line has no line break
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if (buf[starts] != ord("{")).any() or (ends - starts).max() > MAX_ROW_CHARS:
         return None
-    data = memoryview(raw)[3:] if raw.startswith(_BOM) else raw
+    count = len(ends)
     options = pj.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 20))
     try:
         table = pj.read_json(
@@ -148,4 +158,4 @@ def columns(raw: bytes, text: str, count: int) -> Block | None:
         return None
     if len(set(table.column_names)) != table.num_columns:
         return None
-    return Block(table, count, b"\\" in raw, modules)
+    return Block(table, count, b"\\" in data, modules)

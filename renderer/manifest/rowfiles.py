@@ -154,16 +154,15 @@ def jsonl_into(
     for offset, before, raw, text in raw_blocks(path, name):
         if backing is not None:
             backing.block(offset, before, raw, len(table))  # every row added: _prompts flushed
-        lines = _block_lines(text)
-        # A CRLF line's CR is whitespace after its value (a raw CR inside a JSON string is an
-        # error): the same rows without it.
-        lf = text.replace("\r\n", "\n") if "\r\n" in text else text
-        bare = _block_lines(lf) if lf is not text else lines
         if kept is not None and BATCHED and text_key is not None:
-            whole = _jsonl_arrow(raw, lf, lines, text_key, others, allowed, seen, kept)
+            whole = _jsonl_arrow(raw, text_key, others, allowed, seen, kept)
             if whole is not None:
                 table.add_captions(before + 1, None, *whole)
                 continue
+        lines = _block_lines(text)
+        # A CRLF line's CR is whitespace after its value (a raw CR inside a JSON string is an
+        # error): the same rows without it.
+        bare = _block_lines(text.replace("\r\n", "\n")) if "\r\n" in text else lines
         for at in range(0, len(lines), CHUNK):
             first = before + 1 + at
             batch = None
@@ -203,8 +202,6 @@ def _jsonl_records(
 
 def _jsonl_arrow(
     raw: bytes,
-    lf: str,
-    lines: list[str],
     text_key: str,
     others: set[str] | None,
     allowed: set[str],
@@ -214,8 +211,8 @@ def _jsonl_arrow(
     """(texts, kept values' stored texts) of a whole block read by Arrow (jsonarrow) when its
     every line is a caption as _jsonl_batch takes one and its keys are all seen already (the
     first rows with a key go the chunked way, which notes keys first seen first); else None."""
-    block = jsonarrow.columns(raw, lf, len(lines))
-    if block is None or max(map(len, lines)) > MAX_ROW_CHARS:
+    block = jsonarrow.columns(raw)
+    if block is None:
         return None
     keys = set(block.names)
     if (keys & others) if others is not None else not keys <= allowed:
