@@ -229,3 +229,25 @@ def test_a_row_too_long_is_refused_where_it_is(tmp_path: Path, monkeypatch: pyte
         assert got == _parse(tmp_path, body, entry, False, False, patch)
     assert got[0] == "problems"
     assert [(p.line, "characters" in p.message) for p in got[1]] == [(201, True)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'{"caption": "\xff"}', b'{"caption": "a", "source_url": "\xed\xa0\x80"}', b"\x00"],
+)
+def test_bytes_that_are_not_text_are_refused_where_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: bytes
+):
+    """Invalid UTF-8 (or a NUL) in a later block of a .jsonl file keeping columns is the same located refusal with Arrow as row by row."""
+    monkeypatch.setattr(reading, "BLOCK", 512)
+    rows = [
+        json.dumps({"caption": f"a fox {i}", "source_url": f"u{i}"}).encode() for i in range(80)
+    ]
+    rows[60] = bad
+    body = b"\n".join(rows) + b"\n"
+    entry = "{file: p.jsonl, text: caption, keep: [source_url]}"
+    with monkeypatch.context() as patch:
+        got = _parse(tmp_path, body, entry, True, True, patch)
+        assert got == _parse(tmp_path, body, entry, False, False, patch)
+    assert got[0] == "problems"
+    assert [p.line for p in got[1]] == [61]

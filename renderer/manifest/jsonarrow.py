@@ -7,14 +7,14 @@ reader parses the block into columns in ~0.5 µs a line. pyarrow is an extra (`d
 without it (or with ARROW False) every block goes the `json` way, which stays the reference.
 
 Invariant: a block is accepted only where Arrow's reading is the `json` module's, value for
-value, as rowfiles reads it: every line of the block is one JSON object (it starts with `{` and
-ends with `}`, no blank line, no lone CR, and Arrow made exactly one row a line); every column
+value, as rowfiles reads it: every line of the block is one JSON object (it starts with `{`, no
+blank line, no lone CR, none over the row cap, and Arrow made exactly one row a line); every column
 of the block is of strings, int64 integers, booleans or nulls (Arrow reads NaN and Infinity,
 which `json` refuses here, as doubles; an integer beyond int64 as a double; a float's text may
 not be Python's); nested values are refused too. Arrow itself refuses what `json` reads
 differently: a key given twice in an object (`json` keeps the last), a lone surrogate escape
 (`json` makes an unpaired surrogate), a value of another type than the same key's earlier ones.
-Arrow reads an absent key as null, as dict.get does. tests/test_rowfiles.py compares both ways.
+Arrow reads an absent key as null, as dict.get does. tests/test_jsonarrow.py compares both ways.
 """
 
 from __future__ import annotations
