@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from renderer.manifest.kept import SEPARATOR
 from renderer.manifest.reading import MAX_ROW_CHARS
 
@@ -131,6 +129,8 @@ def columns(raw: bytes) -> Block | None:
     if modules is None:
         return None
     pa, _, pj = modules
+    import numpy as np  # here, not at import: importing the manifest stage stays light
+
     data = raw[3:] if raw.startswith(_BOM) else raw
     if not data or (b"\r" in data and data.count(b"\r") != data.count(b"\r\n")):
         return None  # a lone CR ends a line to Arrow, not to the caller
