@@ -12,6 +12,8 @@ below, which are the reference: they alone report problems, so every message (fi
 field, hint) is theirs. The two ways give the same table, the same problems, in the same order
 (tests/test_rowfiles.py compares them on hostile files); `BATCHED = False` turns the first off.
 A file over backed.BACKED_BYTES keeps no text: its rows are found again by line (RowsBacking).
+A JSONL file with kept columns tries each block whole through pyarrow's JSON reader first
+(jsonarrow.py), on the same terms; any doubt and the block goes the chunked way.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec
 
 from renderer.errors import ManifestError, Problem, closest
-from renderer.manifest import backed
+from renderer.manifest import backed, jsonarrow
 from renderer.manifest.reading import MAX_ROW_CHARS, raw_blocks, row_too_long
 
 if TYPE_CHECKING:
@@ -152,6 +154,11 @@ def jsonl_into(
     for offset, before, raw, text in raw_blocks(path, name):
         if backing is not None:
             backing.block(offset, before, raw, len(table))  # every row added: _prompts flushed
+        if kept is not None and BATCHED and text_key is not None:
+            whole = _jsonl_arrow(raw, text_key, others, allowed, seen, kept)
+            if whole is not None:
+                table.add_captions(before + 1, None, *whole)
+                continue
         lines = _block_lines(text)
         # A CRLF line's CR is whitespace after its value (a raw CR inside a JSON string is an
         # error): the same rows without it.
@@ -191,6 +198,34 @@ def _jsonl_records(
                 continue
             if isinstance(row, dict):
                 yield n, row.get(text_key or ""), [row.get(k) for k in names]
+
+
+def _jsonl_arrow(
+    raw: bytes,
+    text_key: str,
+    others: set[str] | None,
+    allowed: set[str],
+    seen: dict[str, None] | None,
+    kept: Kept,
+) -> tuple[list[str], list[str]] | None:
+    """(texts, kept values' stored texts) of a whole block read by Arrow (jsonarrow) when its
+    every line is a caption as _jsonl_batch takes one and its keys are all seen already (the
+    first rows with a key go the chunked way, which notes keys first seen first); else None."""
+    block = jsonarrow.columns(raw)
+    if block is None:
+        return None
+    keys = set(block.names)
+    if (keys & others) if others is not None else not keys <= allowed:
+        return None
+    if seen is not None and not keys <= seen.keys():
+        return None
+    texts = block.values(text_key)
+    if not _captions(texts):
+        return None
+    try:
+        return texts, block.kept(kept)  # kinds noted only once every column is encoded
+    except Exception:  # anything Arrow's compute refuses: the chunked way is the reference
+        return None
 
 
 def _jsonl_batch(
