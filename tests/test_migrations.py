@@ -171,9 +171,10 @@ def _record_as_m007(db: Any, jobs: list[Job], kept: bool = True) -> None:
         )
 
 
-def _unbucket(db: sqlite3.Connection) -> None:
-    """The state's cells and forms as m013 left them: a bucket folder in the form's stem head (a form per
-    bucket, with the digest a recording gave it then), not in the cell's `form`; m013's `jobs`."""
+def _unbucket(db: Any, view: str = "") -> None:
+    """The state's cells and forms as m013 (p007) left them: a bucket folder in the form's stem head (a
+    form per bucket, with the digest a recording gave it then), not in the cell's `form`; m013's `jobs`
+    (`view`: p007's, on PostgreSQL). `db`: SQLite's or a store's (both)."""
     db.execute("DROP VIEW jobs")
     for (coded,) in db.execute("SELECT DISTINCT form FROM cells WHERE form < 0").fetchall():
         row = db.execute(
@@ -187,9 +188,12 @@ def _unbucket(db: sqlite3.Connection) -> None:
         ).fetchone()
         db.execute("UPDATE cells SET form = ? WHERE form = ?", (form, coded))
     db.execute("DELETE FROM forms WHERE id NOT IN (SELECT form FROM cells)")
-    db.execute(jobs_view(SQLITE_KEY, "j.seed", SQLITE_PID))
-    db.execute(JOBS_UPDATE)
-    db.execute("DELETE FROM _migrations WHERE name = 'm014_buckets'")
+    if view:
+        db.execute(view)
+    else:
+        db.execute(jobs_view(SQLITE_KEY, "j.seed", SQLITE_PID))
+        db.execute(JOBS_UPDATE)
+    db.execute("DELETE FROM _migrations WHERE name IN ('m014_buckets', 'p008_buckets')")
 
 
 def _as_m013(store: SQLiteStore, folder: Path) -> None:
