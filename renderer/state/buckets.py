@@ -19,14 +19,12 @@ model.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from typing import Any
 
 from renderer.state.rows import _dumps
 
-# A stem head before the prompt id that ends in a folder of three hex digits: (before it, digits).
-BUCKETED = re.compile(r"(|.*/)([0-9a-f]{3})/", re.S)
+HEX = "0123456789abcdef"
 
 
 def form_of(cells: str) -> str:
@@ -44,16 +42,26 @@ def bucketed_head(form_head: str, bucket: str) -> str:
     return f"{form_head} || CASE WHEN c.form < 0 THEN {bucket} ELSE '' END"
 
 
+def _ends_in_bucket(head: str) -> bool:
+    """Whether `head` ends in a folder of exactly three lowercase hex digits (`…/0ff/` or `0ff/`)."""
+    return (
+        len(head) >= 4
+        and head[-1] == "/"
+        and not head[-4:-1].strip(HEX)
+        and (len(head) == 4 or head[-5] == "/")
+    )
+
+
 def split(pre: str | None) -> tuple[str | None, int | None]:
     """A stem head before the prompt id, cut before a bucket folder: (the rest, the bucket or None).
 
     The rest never ends in such a folder itself (`a/0ff/0ee/` is not cut), so a form m014 makes or
-    keeps is never one it moves (share_buckets relies on it).
+    keeps is never one it moves (share_buckets relies on it). (String tests, not a regular
+    expression: this runs once a job while a plan is recorded.)
     """
-    found = BUCKETED.fullmatch(pre) if pre is not None else None
-    if found is None or BUCKETED.fullmatch(found[1]):
+    if pre is None or not _ends_in_bucket(pre) or _ends_in_bucket(pre[:-4]):
         return pre, None
-    return found[1], int(found[2], 16)
+    return pre[:-4], int(pre[-4:-1], 16)
 
 
 def coded_form(form: int, bucket: int | None) -> int:

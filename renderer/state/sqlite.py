@@ -44,12 +44,15 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA busy_timeout=5000")
                 applied = migrate(self.db)
-                if {"m013_compact", "m014_buckets"} & set(applied) and "m001_jobs" not in applied:
-                    # m013 copied a state's cells, m014 deleted forms: their old pages are returned
-                    # to the disk, once (VACUUM is atomic; if it fails, the committed migration
-                    # stays). m014 alone on a state with nothing to move frees no page: no VACUUM.
-                    if self.db.execute("PRAGMA freelist_count").fetchone()[0]:
-                        self.db.execute("VACUUM")
+                # m013 copied a state's cells, m014 deleted forms: their old pages are returned to
+                # the disk, once (VACUUM is atomic; if it fails, the committed migration stays).
+                # m014 alone on a state with nothing to move frees no page: no VACUUM then.
+                if (
+                    {"m013_compact", "m014_buckets"} & set(applied)
+                    and "m001_jobs" not in applied
+                    and self.db.execute("PRAGMA freelist_count").fetchone()[0]
+                ):
+                    self.db.execute("VACUUM")
                 if keyless:  # the recorder's own connection (see PlanRecorder)
                     self.keyless = True
                 elif self.db.execute(
