@@ -1,7 +1,8 @@
 """A job's cell and form: how the plan's jobs are stored (m012's layout, see migrations.m012_forms).
 
 A form holds what many cells share (endpoint, model, axes, tags, the input with the prompt and
-the seed cut out, the source file, the stem around the prompt id); a cell what is a prompt's own
+the seed cut out, the source file, the stem around the prompt id but for a sharded layout's
+bucket folder, which the cell's `form` holds: state/buckets.py); a cell what is a prompt's own
 (its id, or in SQLite a number where the id derives from the text; its text once, its source line,
 a stem head or JSON text only where they cannot be derived, the prompt file's kept columns). The
 `jobs` view puts them back together, text for text (migrations.jobs_view).
