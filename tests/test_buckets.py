@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from renderer.state.buckets import PG_BUCKET, SQLITE_BUCKET, coded_form, split
 from renderer.state.migrations import jobs_view
 from renderer.state.postgres import PG_KEY, PG_SEED, PostgresStore
 from renderer.state.sqlite import SQLiteStore
+from renderer.state.store import Store
 
 from .test_migrations import PLANNED, _applied, _expected, _read_only, _unbucket, open_state
 
@@ -74,7 +76,7 @@ def _sharded_plan(registry: SchemaRegistry, folder: Path) -> plan.Plan:
 
 
 def test_a_state_of_m013s_layout_is_migrated_alike_on_both_databases(
-    open_state, registry: SchemaRegistry, tmp_path: Path
+    open_state: Callable[[], Store], registry: SchemaRegistry, tmp_path: Path
 ):
     """A sharded run recorded before m014/p008 (a form per bucket folder): read-only it reads as
     recorded; migrated, `jobs` gives back the same rows, kept values and finished job included, with
