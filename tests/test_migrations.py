@@ -19,6 +19,7 @@ from renderer.manifest.table import text_id
 from renderer.models.schemas import SchemaRegistry
 from renderer.plan import planner as plan
 from renderer.plan.jobs import Job
+from renderer.state.buckets import FORM_COLUMNS, form_of, split
 from renderer.state.migrations import (
     CELLS_DDL,
     JOBS_UPDATE,
@@ -81,6 +82,11 @@ def _jobs(draw: st.DrawFn) -> list[Job]:
                 [
                     f"{slug}/{pid}/s{seed}",
                     f"{slug}/ab/{pid}/s{seed}",
+                    # a sharded layout's bucket folder (m014 keeps it in the cell), and look-alikes
+                    f"{slug}/{draw(st.sampled_from(['000', 'e0b', 'fff']))}/{pid}/s{seed}",
+                    f"{slug}/0ff/0ee/{pid}/s{seed}",
+                    f"{slug}/E0B/{pid}/s{seed}",
+                    f"0a1/{pid}/s{seed}",
                     f"{slug}/{pid}/s{seed}_1f2e3d4c",
                     f"{slug}/{pid}{pid}/s{seed}",
                     f"x/{n}",
@@ -165,6 +171,41 @@ def _record_as_m007(db: Any, jobs: list[Job], kept: bool = True) -> None:
         )
 
 
+def _unbucket(db: Any, view: str = "") -> None:
+    """The state's cells and forms as m013 (p007) left them: a bucket folder in the form's stem head (a
+    form per bucket, with the digest a recording gave it then), not in the cell's `form`; m013's `jobs`
+    (`view`: p007's, on PostgreSQL). `db`: SQLite's or a store's (both)."""
+    db.execute("DROP VIEW jobs")
+    for (coded,) in db.execute("SELECT DISTINCT form FROM cells WHERE form < 0").fetchall():
+        row = db.execute(
+            f"SELECT {FORM_COLUMNS} FROM forms WHERE id = ?", (-coded >> 12,)
+        ).fetchone()
+        content = (*row[:9], f"{row[9]}{-coded & 4095:03x}/", row[10])
+        digest = hashlib.sha256(_dumps(content).encode()).digest()[:16]
+        (form,) = db.execute(
+            f"INSERT INTO forms (digest, {FORM_COLUMNS}) VALUES ({', '.join('?' * 12)}) RETURNING id",
+            (digest, *content),
+        ).fetchone()
+        db.execute("UPDATE cells SET form = ? WHERE form = ?", (form, coded))
+    db.execute("DELETE FROM forms WHERE id NOT IN (SELECT form FROM cells)")
+    if view:
+        db.execute(view)
+    else:
+        db.execute(jobs_view(SQLITE_KEY, "j.seed", SQLITE_PID))
+        db.execute(JOBS_UPDATE)
+    db.execute("DELETE FROM _migrations WHERE name IN ('m014_buckets', 'p008_buckets')")
+
+
+def _as_m013(store: SQLiteStore, folder: Path) -> None:
+    """A copy of the store's state in `folder` as m013 left it (see _unbucket)."""
+    folder.mkdir()
+    db = sqlite3.connect(folder / "renderer.sqlite")
+    store.db.backup(db)
+    with db:
+        _unbucket(db)
+    db.close()
+
+
 def _as_m012(store: SQLiteStore, folder: Path) -> None:
     """A copy of the store's state in `folder` as m012 left it: every prompt id as text in cells that
     cannot hold a number, a unique index on whole keys, m012's `jobs`."""
@@ -172,6 +213,7 @@ def _as_m012(store: SQLiteStore, folder: Path) -> None:
     db = sqlite3.connect(folder / "renderer.sqlite")
     store.db.backup(db)
     with db:
+        _unbucket(db)
         db.execute("DROP VIEW jobs")
         db.execute("ALTER TABLE cells RENAME TO cells_v13")
         db.execute(CELLS_DDL.format(name="cells", **SQLITE_TYPES))
@@ -235,7 +277,8 @@ def test_every_layout_reads_back_the_plan_byte_for_byte(
 ):
     """Whatever the prompts, inputs, stems, sources and kept values, the `jobs` rows of a plan recorded in
     m012's forms are those of m007's cells (with m011's kept values), every column; an m011 state migrated
-    to m012 reads the same, and so does it once the next run has recorded the plan into shared forms."""
+    to m012 reads the same, and so does it once the next run has recorded the plan into shared forms; so
+    do m012's and m013's layouts migrated, before and after the next recording."""
     folder = tmp_path_factory.mktemp("layouts")
     old = _old_database(folder / "old.db")
     with old:
@@ -248,10 +291,11 @@ def test_every_layout_reads_back_the_plan_byte_for_byte(
     new = SQLiteStore(folder / "new")
     assert new.sync_plan(jobs, "d")
     assert [tuple(r) for r in new.db.execute(everything)] == before
-    m012 = folder / "m012"
+    m012, m013 = folder / "m012", folder / "m013"
     _as_m012(new, m012)
+    _as_m013(new, m013)
     new.close()
-    assert migrate(old) == ["m012_forms", "m013_compact"]
+    assert migrate(old) == ["m012_forms", "m013_compact", "m014_buckets"]
     assert old.execute(everything).fetchall() == before
     old.close()
     # m012's layout (shared forms, every id as text) migrated by m013: the same rows, the ids derived
@@ -264,6 +308,15 @@ def test_every_layout_reads_back_the_plan_byte_for_byte(
     assert not twelve.sync_plan(jobs, "e")
     assert [tuple(r) for r in twelve.db.execute(everything)] == before
     twelve.close()
+    # m013's layout (a form per bucket folder) migrated by m014: the same rows, no form whose stem head
+    # ends in a bucket folder of its own, and the next recording finds every job as recorded.
+    thirteen = SQLiteStore(m013)
+    assert [tuple(r) for r in thirteen.db.execute(everything)] == before
+    for (head,) in thirteen.db.execute("SELECT stem_head FROM forms WHERE stem_head IS NOT NULL"):
+        assert split(head)[1] is None
+    assert not thirteen.sync_plan(jobs, "e")
+    assert [tuple(r) for r in thirteen.db.execute(everything)] == before
+    thirteen.close()
     (folder / "run").mkdir()
     (folder / "old.db").rename(folder / "run" / "renderer.sqlite")
     again = SQLiteStore(folder / "run")
@@ -279,7 +332,7 @@ def test_every_layout_reads_back_the_plan_byte_for_byte(
     )
     assert (
         again.db.execute(
-            "SELECT COUNT(*) FROM forms WHERE id NOT IN (SELECT form FROM cells)"
+            f"SELECT COUNT(*) FROM forms WHERE id NOT IN (SELECT {form_of('cells')} FROM cells)"
         ).fetchone()[0]
         == 0
     )

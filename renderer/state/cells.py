@@ -1,7 +1,8 @@
 """A job's cell and form: how the plan's jobs are stored (m012's layout, see migrations.m012_forms).
 
 A form holds what many cells share (endpoint, model, axes, tags, the input with the prompt and
-the seed cut out, the source file, the stem around the prompt id); a cell what is a prompt's own
+the seed cut out, the source file, the stem around the prompt id but for a sharded layout's
+bucket folder, which the cell's `form` holds: state/buckets.py); a cell what is a prompt's own
 (its id, or in SQLite a number where the id derives from the text; its text once, its source line,
 a stem head or JSON text only where they cannot be derived, the prompt file's kept columns). The
 `jobs` view puts them back together, text for text (migrations.jobs_view).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from renderer.state.buckets import coded_form, split
 from renderer.state.core import StoreCore
 from renderer.state.recording import Memo
 from renderer.state.rows import _dumps, coded_id
@@ -60,8 +62,8 @@ class Cells(StoreCore):
         earlier in this sync (a cell made twice reads the same, only less compactly).
         """
         cells = memo.cells
-        form, cell_content, natural = self._contents(j)
-        content = (self._form(form, memo.forms), *cell_content)
+        form, bucket, cell_content, natural = self._contents(j)
+        content = (coded_form(self._form(form, memo.forms), bucket), *cell_content)
         found: int | None = cells.get(content)
         if stored is not None and tuple(stored[1:]) == content:
             found = int(stored[0])
@@ -89,8 +91,11 @@ class Cells(StoreCore):
         cells[content] = cell
         return cell, natural
 
-    def _contents(self, j: Any) -> tuple[tuple[Any, ...], tuple[Any, ...], str | None]:
-        """(form content, cell content without its form, the stem the cell gives the job).
+    def _contents(self, j: Any) -> tuple[tuple[Any, ...], int | None, tuple[Any, ...], str | None]:
+        """(form content, bucket, cell content without its form, the stem the cell gives the job).
+
+        The bucket: a sharded layout's folder of three hex digits just before the prompt id, kept
+        in the cell's form column, not in the form (m014, state/buckets.py); None without one.
 
         The input's JSON text is cut where that is exact: around the seed when it holds it once, and
         around the prompt's JSON text when it holds `"prompt":` once before that; the view puts them
@@ -113,12 +118,14 @@ class Cells(StoreCore):
             if head.startswith(body + '"', at):
                 head, mid = head[:at], head[at + len(body) :]
                 quoted = None if body == prompt else body
-        # stem head = form's stem head || prompt id || form's stem middle, where it holds the id.
-        pre = after = own_stem = None
+        # stem head = form's stem head [|| bucket folder] || prompt id || form's stem middle, where it
+        # holds the id.
+        pre = after = own_stem = bucket = None
         pid = j.prompt_id
         if stem_head is not None and pid and pid in stem_head:
             at = stem_head.rindex(pid)
             pre, after = stem_head[:at], stem_head[at + len(pid) :]
+            pre, bucket = split(pre)
         else:
             own_stem = stem_head
         source_head, colon, line = j.where.rpartition(":")
@@ -157,4 +164,4 @@ class Cells(StoreCore):
             getattr(j, "extra", None),
             code,
         )
-        return form, cell, None if stem_head is None else f"{stem_head}{seed}"
+        return form, bucket, cell, None if stem_head is None else f"{stem_head}{seed}"

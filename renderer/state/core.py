@@ -9,7 +9,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from renderer.state.migrations import SQLITE_KEY, STEM_HEAD_SQL, by_key_sql
+from renderer.state.keys import by_key_sql
+from renderer.state.migrations import PG_STEM_HEAD, SQLITE_KEY
 from renderer.state.recording import PlanRecorder
 
 _S = TypeVar("_S", bound="StoreCore")
@@ -51,8 +52,9 @@ class StoreCore:
 
     seed_text = "j.seed"  # a `job j` row's seed as text, in SQL
 
-    # A `cells c` / `forms f` row's stem head, in SQL (with SQLite's prompt ids, m013: SQLiteStore).
-    stem_head_sql = STEM_HEAD_SQL
+    # A `cells c` / `forms f` row's stem head, in SQL, with its bucket folder (p008; SQLite's, with
+    # its prompt ids of m013 and the bucket of m014: SQLiteStore).
+    stem_head_sql = PG_STEM_HEAD
 
     # Whether a cell's prompt id derived from its text (table.text_id) is stored as the 8-byte
     # number cells.pid (m013: SQLite); PostgreSQL keeps every id as text.

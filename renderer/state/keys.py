@@ -78,3 +78,8 @@ def build_key_index(db: sqlite3.Connection) -> None:
         )
     for sql in KEY_TRIGGERS:
         db.execute(sql)
+
+
+def by_key_sql(k: str) -> str:
+    """The id of a job by key (`k`: the dialect's condition): among held jobs first, then any."""
+    return f"(SELECT id FROM job WHERE {k} AND owner IS NOT NULL UNION ALL SELECT id FROM job WHERE {k} LIMIT 1)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from renderer.state.buckets import form_of
 from renderer.state.core import StoreCore
 from renderer.state.rows import (
     OPEN,
@@ -64,7 +65,7 @@ class Leases(StoreCore):
             known.update(
                 (int(r[0]), r[1])
                 for r in self.db.execute(
-                    "SELECT c.id, f.endpoint FROM cells c JOIN forms f ON f.id = c.form "
+                    f"SELECT c.id, f.endpoint FROM cells c JOIN forms f ON f.id = {form_of('c')} "
                     f"WHERE c.id IN ({','.join('?' * len(part))})",
                     part,
                 )

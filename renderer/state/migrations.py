@@ -11,8 +11,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from renderer.state.buckets import (
+    PG_BUCKET,
+    SQLITE_BUCKET,
+    bucketed_head,
+    form_of,
+    share_buckets,
+)
 from renderer.state.keys import make_key_index
-from renderer.state.rows import OPEN, coded_id, key_blob, key_text
+from renderer.state.rows import OPEN, coded_id, file_columns_sql, key_blob, key_text
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
 
@@ -252,23 +259,6 @@ JOBS_UPDATE = f"""CREATE TRIGGER jobs_update INSTEAD OF UPDATE ON jobs BEGIN
     {", ".join(f"{name} = NEW.{name}" for name in JOB_COLUMNS.split(", "))} WHERE id = OLD.id; END"""
 
 
-def file_columns_sql(files: str) -> str:
-    """SET clauses deriving a job's file columns (see m008_file_columns) from the JSON `files`.
-
-    Text that is not a JSON array (never written by renderer; a hand-edited database) and
-    entries that are not objects derive NULLs and count as uncosted instead of raising: a
-    migration that raised would lock the user out of their run.
-    """
-    f = f"CASE WHEN json_valid({files}) THEN CASE WHEN json_type({files}) = 'array' THEN {files} END END"
-    one = f"CASE WHEN json_array_length({f}) = 1 THEN json_extract({f}, '$[0].%s') END"
-    number = "CASE WHEN type = 'object' THEN json_type(value, '$.cost') IN ('integer', 'real') ELSE 0 END"
-    return (
-        f"fpath = {one % 'path'}, fsize = {one % 'size'}, fmtime = {one % 'mtime_ns'}, "
-        f"cost = (SELECT SUM(json_extract(value, '$.cost')) FROM json_each({f}) WHERE {number}), "
-        f"uncosted = (SELECT COUNT(*) FROM json_each({f}) WHERE NOT COALESCE({number}, 0))"
-    )
-
-
 @migration
 def m008_file_columns(db: sqlite3.Connection) -> None:
     """A finished job's file check and cost in columns of its own (issue 15: no-op rerun of 1M jobs).
@@ -387,22 +377,24 @@ SQLITE_PID = (
     "replace(lower(substr(c.prompt, 1, c.pid >> 48)), ' ', '-') || '-' ELSE '' END || "
     "printf('%012x', c.pid & 281474976710655))"
 )
-SQLITE_STEM_HEAD = STEM_HEAD_SQL.replace("c.prompt_id", SQLITE_PID)
+# From m014 (p008) a cell's form may hold its bucket folder (state/buckets.py).
+SQLITE_STEM_HEAD = STEM_HEAD_SQL.replace("c.prompt_id", SQLITE_PID).replace(
+    "f.stem_head", bucketed_head("f.stem_head", SQLITE_BUCKET)
+)
+PG_STEM_HEAD = STEM_HEAD_SQL.replace("f.stem_head", bucketed_head("f.stem_head", PG_BUCKET))
 
 
-def by_key_sql(k: str) -> str:
-    """The id of a job by key (`k`: the dialect's condition): among held jobs first, then any."""
-    return f"(SELECT id FROM job WHERE {k} AND owner IS NOT NULL UNION ALL SELECT id FROM job WHERE {k} LIMIT 1)"
-
-
-def jobs_view(key_sql: str, seed_text: str, pid_sql: str = "c.prompt_id") -> str:
+def jobs_view(
+    key_sql: str, seed_text: str, pid_sql: str = "c.prompt_id", bucket: str | None = None
+) -> str:
     """`jobs` with the columns and values it has always had, rebuilt from job, cell and form.
 
     input = input_head [|| prompt as JSON text || input_mid] [|| seed || input_tail]: the prompt
     is cut out where the form has a middle (cells.quoted holds its JSON text when escaping changed
     it), the seed where it has a tail. stem = the job's own, or the cell's stem head || seed.
     extra = the cell's kept columns (m011), last as m011's view had it. `pid_sql`: the cell's
-    prompt id (SQLITE_PID from m013).
+    prompt id (SQLITE_PID from m013). `bucket`: from m014, the SQL of a cell's bucket folder
+    (buckets.SQLITE_BUCKET, PG_BUCKET): cells.form may then hold one (see state/buckets.py).
     """
     cell_input = (
         "CASE WHEN f.input_mid IS NULL THEN f.input_head "
@@ -410,6 +402,12 @@ def jobs_view(key_sql: str, seed_text: str, pid_sql: str = "c.prompt_id") -> str
         f"CASE WHEN f.input_tail IS NULL THEN '' ELSE {seed_text} || f.input_tail END"
     )
     stem_head = STEM_HEAD_SQL.replace("c.prompt_id", pid_sql)
+    form = "c.form"
+    if bucket is not None:
+        stem_head, form = (
+            stem_head.replace("f.stem_head", bucketed_head("f.stem_head", bucket)),
+            form_of("c"),
+        )
     return f"""
     CREATE VIEW jobs AS SELECT j.id AS id, {key_sql} AS key, j.plan_index AS plan_index, j.in_plan AS in_plan,
         f.endpoint AS endpoint, f.model AS model, {pid_sql} AS prompt_id, c.prompt AS prompt, j.seed AS seed,
@@ -417,7 +415,7 @@ def jobs_view(key_sql: str, seed_text: str, pid_sql: str = "c.prompt_id") -> str
         {cell_input} AS input,
         f.num_images AS num_images, f.tags AS tags, f.source_head || c.source AS source,
         {", ".join(f"j.{name} AS {name}" for name in JOB_COLUMNS.split(", "))}, c.extra AS extra
-    FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = c.form"""
+    FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = {form}"""
 
 
 def cells_v7_views(cells: str, extra: bool, key_sql: str, seed_text: str) -> list[str]:
@@ -537,6 +535,16 @@ def m013_compact(db: sqlite3.Connection) -> None:
     db.execute("DROP INDEX IF EXISTS job_key")
     make_key_index(db)  # (each key held once: the unique index did until the line above)
     db.execute(jobs_view(SQLITE_KEY, "j.seed", SQLITE_PID))
+    db.execute(JOBS_UPDATE)
+
+
+@migration
+def m014_buckets(db: sqlite3.Connection) -> None:
+    """Issue 22: a sharded layout's bucket folder in the cell's `form`, one form a model where there
+    were 4,096 (state/buckets.py); ids, values and every `jobs` row kept."""
+    db.execute("DROP VIEW jobs")  # (and its trigger)
+    share_buckets(db)
+    db.execute(jobs_view(SQLITE_KEY, "j.seed", SQLITE_PID, SQLITE_BUCKET))
     db.execute(JOBS_UPDATE)
 
 

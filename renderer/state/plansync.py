@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from renderer.plan.jobs import Jobs
 from renderer.plan.unique import Fingerprints
+from renderer.state.buckets import form_of
 from renderer.state.cells import Cells
 from renderer.state.keys import build_key_index, drop_key_index
 from renderer.state.recording import RECORD_BATCH, Memo, PlanRecorder
@@ -145,7 +146,9 @@ class PlanSync(Cells):
                 db.execute(f"DELETE FROM {seen}")
                 if changed:  # cells no job points to any more (a job moved), forms no cell does
                     db.execute("DELETE FROM cells WHERE id NOT IN (SELECT cell FROM job)")
-                    db.execute("DELETE FROM forms WHERE id NOT IN (SELECT form FROM cells)")
+                    db.execute(
+                        f"DELETE FROM forms WHERE id NOT IN (SELECT {form_of('cells')} FROM cells)"
+                    )
             if digest:
                 db.execute(
                     "INSERT INTO meta VALUES ('plan_digest', ?) "
@@ -189,7 +192,7 @@ class PlanSync(Cells):
                     for r in self.db.execute(
                         f"SELECT j.k, j.plan_index, j.in_plan, j.cell, COALESCE(j.stem, {self.stem_head_sql} || "
                         f"{self.seed_text}), c.form, c.prompt_id, c.prompt, c.source, c.stem_head, c.quoted, "
-                        f"c.extra, c.pid FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = c.form "
+                        f"c.extra, c.pid FROM job j JOIN cells c ON c.id = j.cell JOIN forms f ON f.id = {form_of('c')} "
                         f"WHERE {where}",
                         args,
                     )

@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from renderer.errors import OutageError, StateError, UsageError
+from renderer.state.buckets import PG_BUCKET, rebucket
 from renderer.state.migrations import (
     JOB_COLUMNS,
     JOB_INDEXES,
@@ -50,7 +51,7 @@ from renderer.state.store import Store
 PG_KEY = "COALESCE(j.key_text, 'j1-' || encode(j.k, 'hex'))"
 PG_SEED = "j.seed::text"
 
-SCHEMA_VERSION = [
+SCHEMA_VERSION: list[tuple[str, str | Callable[[Any], None]]] = [
     (
         "p001_schema",
         """
@@ -214,6 +215,8 @@ SCHEMA_VERSION = [
     # store.m013_compact: the column of a prompt id stored as a number (always NULL here: PostgreSQL
     # keeps ids as text, and its unique index on keys), so both run one plan sync.
     ("p007_compact", "ALTER TABLE cells ADD COLUMN pid bigint"),
+    # store.m014_buckets: a sharded layout's bucket folder in the cell's form, one form a model.
+    ("p008_buckets", rebucket(jobs_view(PG_KEY, PG_SEED, bucket=PG_BUCKET))),
 ]
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -230,9 +233,8 @@ def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (
-        f":{parts.port}" if parts.port else ""
-    )
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -428,7 +430,7 @@ class PostgresStore(Store):
                 done = {r[0] for r in db.execute("SELECT name FROM _migrations")}
                 for name, ddl in SCHEMA_VERSION:
                     if name not in done:
-                        db.execute(ddl)
+                        ddl(db) if callable(ddl) else db.execute(ddl)
                         db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
         self.db.execute(f'SET search_path TO "{self.schema}"')
         if readonly:  # a run from before p006 read as it is (temporary views; see the function)
@@ -479,10 +481,8 @@ class PostgresStore(Store):
         raise self.down
 
     @contextmanager
-    def _tx(
-        self, defer: bool = False
-    ) -> Iterator[_Connection]:  # every change commits at once (no grouping)
-        import psycopg
+    def _tx(self, defer: bool = False) -> Iterator[_Connection]:
+        import psycopg  # (every change commits at once: no grouping)
 
         self.db.watchdog.busy(self.db.socket())  # BEGIN and COMMIT are watched too
         try:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from renderer.errors import StateError
+from renderer.state.buckets import form_of
 from renderer.state.reading import PAGE, Reading
 from renderer.state.rows import (
     OPEN,
@@ -234,7 +235,7 @@ class Queries(Reading):
         return [
             r[0]
             for r in self.db.execute(
-                "SELECT model FROM forms WHERE id IN (SELECT form FROM cells WHERE id IN (SELECT cell FROM job "
+                f"SELECT model FROM forms WHERE id IN (SELECT {form_of('cells')} FROM cells WHERE id IN (SELECT cell FROM job "
                 "WHERE +in_plan = 1 AND +state = 'downloaded' AND uncosted > 0)) GROUP BY model ORDER BY model"
             )
         ]

@@ -212,3 +212,20 @@ class Claimed:
     plan_index: int
     key: str
     endpoint: str
+
+
+def file_columns_sql(files: str) -> str:
+    """SET clauses deriving a job's file columns (see m008_file_columns) from the JSON `files`.
+
+    Text that is not a JSON array (never written by renderer; a hand-edited database) and
+    entries that are not objects derive NULLs and count as uncosted instead of raising: a
+    migration that raised would lock the user out of their run.
+    """
+    f = f"CASE WHEN json_valid({files}) THEN CASE WHEN json_type({files}) = 'array' THEN {files} END END"
+    one = f"CASE WHEN json_array_length({f}) = 1 THEN json_extract({f}, '$[0].%s') END"
+    number = "CASE WHEN type = 'object' THEN json_type(value, '$.cost') IN ('integer', 'real') ELSE 0 END"
+    return (
+        f"fpath = {one % 'path'}, fsize = {one % 'size'}, fmtime = {one % 'mtime_ns'}, "
+        f"cost = (SELECT SUM(json_extract(value, '$.cost')) FROM json_each({f}) WHERE {number}), "
+        f"uncosted = (SELECT COUNT(*) FROM json_each({f}) WHERE NOT COALESCE({number}, 0))"
+    )

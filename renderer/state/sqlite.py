@@ -13,12 +13,11 @@ from typing import Any
 from renderer.errors import StateError
 from renderer.layout import DB_NAME
 from renderer.state import queries
-from renderer.state.keys import build_key_index
+from renderer.state.keys import build_key_index, by_key_sql
 from renderer.state.migrations import (
     JOB_COLUMNS,
     SQLITE_KEY,
     SQLITE_STEM_HEAD,
-    by_key_sql,
     cells_v7_views,
     migrate,
 )
@@ -45,9 +44,14 @@ class SQLiteStore(Store):
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA busy_timeout=5000")
                 applied = migrate(self.db)
-                if "m013_compact" in applied and "m001_jobs" not in applied:
-                    # m013 copied a state's cells: their old pages are returned to the disk, once
-                    # (VACUUM is atomic; if it fails, the committed migration stays).
+                # m013 copied a state's cells, m014 deleted forms: their old pages are returned to
+                # the disk, once (VACUUM is atomic; if it fails, the committed migration stays).
+                # m014 alone on a state with nothing to move frees no page: no VACUUM then.
+                if (
+                    {"m013_compact", "m014_buckets"} & set(applied)
+                    and "m001_jobs" not in applied
+                    and self.db.execute("PRAGMA freelist_count").fetchone()[0]
+                ):
                     self.db.execute("VACUUM")
                 if keyless:  # the recorder's own connection (see PlanRecorder)
                     self.keyless = True
