@@ -166,7 +166,7 @@ def resolve_state(url: str | None) -> str | None:
     """The state URL as given (None: SQLite in the run directory); anything else than PostgreSQL is refused."""
     if not url:
         return None
-    from renderer.state.postgres import is_postgres, redact
+    from renderer.state.pgconn import is_postgres, redact
 
     if not is_postgres(url):
         raise UsageError(

@@ -22,7 +22,7 @@ from renderer.output.source import RunSource, open_source
 from renderer.output.storage import run_location
 from renderer.plan.jobs import Plan
 from renderer.runner import SINGLE_KEY, Event, Summary, iso_time
-from renderer.state.postgres import redact
+from renderer.state.pgconn import redact
 from renderer.state.rows import sql_error
 from renderer.state.store import Store
 

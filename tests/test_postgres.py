@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,61 @@ def test_a_store_call_waits_for_the_server_and_then_gives_up(postgres_url: str) 
         assert time.monotonic() - started < 1  # down: no second wait
     finally:
         store.close()
+
+
+def test_a_connection_cut_while_a_worker_sets_up_its_schema_is_ridden_out(
+    postgres_url: str,
+) -> None:
+    """The connection cut while a worker creates or migrates its run's schema (a restart as it
+    starts): it connects again within the outage window and finishes setting up, never exit 75."""
+    import psycopg
+
+    from renderer.state.postgres import ADVISORY_SCHEMA
+
+    holder = psycopg.connect(postgres_url, autocommit=True)
+    opened: list[PostgresStore | BaseException] = []
+
+    def open_store() -> None:
+        try:
+            opened.append(PostgresStore(postgres_url, Path("unused"), "setup-cut", outage=30))
+        except BaseException as exc:  # (seen by the test below)
+            opened.append(exc)
+
+    def waiting() -> list[int]:
+        """Backends waiting for the schema's advisory lock: the worker inside its set-up."""
+        rows = holder.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
+            (ADVISORY_SCHEMA,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def wait_for(check: Any) -> Any:
+        deadline = time.monotonic() + 20
+        while not (found := check()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return found
+
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_SCHEMA,))
+        thread = threading.Thread(target=open_store)
+        thread.start()
+        first = wait_for(waiting)
+        assert first, "the worker never reached its set-up"
+        holder.execute("SELECT pg_terminate_backend(%s)", (first[0],))
+        # It comes back on a new connection and waits in its set-up again.
+        again = wait_for(lambda: [p for p in waiting() if p != first[0]])
+        assert again, f"the worker did not come back: {opened}"
+        holder.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_SCHEMA,))
+        thread.join(30)
+        [store] = opened
+        assert isinstance(store, PostgresStore), store
+        try:
+            store.set_meta("a", "1")
+            assert store.meta("a") == "1"
+        finally:
+            store.close()
+    finally:
+        holder.close()
 
 
 def _cluster_pids(url: str) -> list[int]:

@@ -22,7 +22,8 @@ def open_store(
     """
     if not state:
         return SQLiteStore(run_dir, readonly=readonly)
-    from renderer.state.postgres import PostgresStore, is_postgres
+    from renderer.state.pgconn import is_postgres
+    from renderer.state.postgres import PostgresStore
 
     if not is_postgres(state):
         from renderer.errors import UsageError

@@ -11,7 +11,7 @@ Invariants (beyond store.py's):
     wait for each other.
   * Account slots (`acquire_slot`) are leased rows too: a worker that dies holds no slot past
     its lease, so N workers never have more requests in flight for an account than it allows.
-  * psycopg's exceptions are translated in this module only; messages never carry a password.
+  * psycopg's exceptions are translated here and in pgconn.py only; messages never carry a password.
   * Outages are ridden out: a call that finds the connection broken (a restart, a failover)
     reconnects with backoff and runs again, whole (each is one transaction or one query), for
     up to `outage` seconds from the first failure; then OutageError (exit 75), and every later
@@ -26,14 +26,11 @@ Invariants (beyond store.py's):
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from renderer.errors import OutageError, StateError, UsageError
 from renderer.state.buckets import PG_BUCKET, rebucket
@@ -45,7 +42,8 @@ from renderer.state.migrations import (
     pg_cells_v7_views,
     pg_split_cells,
 )
-from renderer.state.outage import OUTAGE_HINT, ConnectionLost, Watchdog, ride_out
+from renderer.state.outage import OUTAGE_HINT, ConnectionLost, ride_out
+from renderer.state.pgconn import Connection, records, redact, schema_name, state_error
 from renderer.state.store import Store
 
 PG_KEY = "COALESCE(j.key_text, 'j1-' || encode(j.k, 'hex'))"
@@ -219,128 +217,8 @@ SCHEMA_VERSION: list[tuple[str, str | Callable[[Any], None]]] = [
     ("p008_buckets", rebucket(jobs_view(PG_KEY, PG_SEED, bucket=PG_BUCKET))),
 ]
 
-_PLACEHOLDER = re.compile(r"\?")
 ADVISORY_SCHEMA = 7403112  # serialises schema creation across workers starting at once
 ADVISORY_SYNC = 7403113  # one worker records the plan; the others then find its digest
-
-
-def is_postgres(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and status."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def schema_name(run: str) -> str:
-    """The PostgreSQL schema of a run: readable, a valid identifier, distinct per run name."""
-    slug = re.sub(r"[^a-z0-9_]", "_", run.lower())[:40]
-    return f"run_{slug}_{hashlib.sha256(run.encode()).hexdigest()[:8]}"
-
-
-class _Record(tuple[Any, ...]):
-    """A row read by position (r[0]) or by column name (r['key']), as sqlite3.Row allows."""
-
-    _names: dict[str, int]
-
-    def __new__(cls, values: Sequence[Any], names: dict[str, int]) -> _Record:
-        record = super().__new__(cls, values)
-        record._names = names
-        return record
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, str):
-            index = self._names[index]
-        return tuple.__getitem__(self, index)
-
-    def keys(self) -> list[str]:
-        return list(self._names)
-
-
-def _records(cursor: Any) -> Any:
-    names = {column.name: i for i, column in enumerate(cursor.description or ())}
-    return lambda values: _Record(values, names)
-
-
-class _Connection:
-    """psycopg behind sqlite3's execute/executemany: `?` placeholders, errors as StateError."""
-
-    def __init__(self, conn: Any, where: str) -> None:
-        self.conn = conn
-        self.where = where
-        # A server that stops answering (paused, frozen) would hold a statement forever: see outage.py.
-        self.watchdog = Watchdog()
-
-    def socket(self) -> int:
-        try:
-            return int(self.conn.pgconn.socket)
-        except Exception:  # a closed connection has none (the statement fails at once anyway)
-            return -1
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        import psycopg
-
-        # Waiting for another worker's advisory lock (a long plan sync) is not a stall.
-        watched = "pg_advisory_lock(" not in sql
-        if watched:
-            self.watchdog.busy(self.socket())
-        try:
-            return self.conn.execute(_PLACEHOLDER.sub("%s", sql), tuple(args))
-        except psycopg.Error as exc:
-            raise _state_error(self.where, exc, self.conn) from exc
-        finally:
-            if watched:
-                self.watchdog.idle()
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
-        import psycopg
-
-        self.watchdog.busy(self.socket())
-        try:
-            cursor = self.conn.cursor()
-            cursor.executemany(_PLACEHOLDER.sub("%s", sql), rows)
-            return cursor
-        except psycopg.Error as exc:
-            raise _state_error(self.where, exc, self.conn) from exc
-        finally:
-            self.watchdog.idle()
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _lost(exc: Exception, conn: Any) -> bool:
-    import psycopg
-
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    # A query cancelled or a lock not granted is an answer; a broken connection, a server shutting
-    # down or not yet up is an outage.
-    return bool(
-        conn is None
-        or conn.broken
-        or conn.closed
-        or isinstance(exc, (psycopg.errors.AdminShutdown, psycopg.errors.CannotConnectNow))
-    )
-
-
-def _state_error(where: str, exc: Exception, conn: Any = None) -> StateError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    if _lost(exc, conn):
-        return ConnectionLost(
-            f"the shared state ({where}) is unreachable: {first}", hint=OUTAGE_HINT
-        )
-    return StateError(
-        f"the shared state ({where}) failed: {first}",
-        hint="check that the server is up and reachable (--state, RENDERER_STATE), then rerun the "
-        "same command: what was committed stays committed and is not paid for again",
-    )
 
 
 class PostgresStore(Store):
@@ -373,7 +251,7 @@ class PostgresStore(Store):
         self, url: str, run_dir: Path, run: str, *, readonly: bool = False, outage: float = 0.0
     ) -> None:
         try:
-            import psycopg
+            import psycopg  # noqa: F401  (here: its absence is a clear error before anything else)
         except ImportError as exc:
             raise StateError(
                 "shared state in PostgreSQL needs the psycopg package",
@@ -386,10 +264,31 @@ class PostgresStore(Store):
         self.where = f"{redact(url)} schema {self.schema}"
         self.outage = outage
         deadline = time.monotonic() + outage
+        self.db = Connection(self._first_connection(deadline), self.where)
         while True:
             try:
-                conn = self._connect(deadline)
-                break
+                self._set_up(readonly)
+                return
+            except ConnectionLost as lost:
+                # A restart while this worker sets up (its schema, its migrations: each in one
+                # transaction, so doing it again is safe) is ridden out like one later on.
+                if time.monotonic() >= deadline:
+                    raise OutageError(
+                        f"the shared state ({self.where}) stayed unreachable for the outage "
+                        f"window ({outage:g} s): {lost.message}",
+                        hint=OUTAGE_HINT,
+                    ) from lost
+                with contextlib.suppress(Exception):  # (a broken connection may refuse even this)
+                    self.db.conn.close()
+                self.db.conn = self._first_connection(deadline)
+
+    def _first_connection(self, deadline: float) -> Any:
+        """A connection, retried until `deadline` while the server is down or not yet up."""
+        import psycopg
+
+        while True:
+            try:
+                return self._connect(deadline)
             except psycopg.Error as exc:
                 # libpq's message names host and database, never a password given in the URL.
                 first = (str(exc).strip().splitlines() or ["?"])[0][:300]
@@ -398,23 +297,25 @@ class PostgresStore(Store):
                     continue  # not up yet (a restart, a failover): within the outage window
                 error = (
                     OutageError
-                    if isinstance(exc, psycopg.OperationalError) and outage
+                    if isinstance(exc, psycopg.OperationalError) and self.outage
                     else StateError
                 )
                 raise error(
-                    f"cannot connect to the shared state {redact(url)}: {first}",
+                    f"cannot connect to the shared state {redact(self.url)}: {first}",
                     hint=OUTAGE_HINT
                     if error is OutageError
                     else "check the postgresql://… URL (--state, RENDERER_STATE) and that the server is up",
                 ) from exc
-        self.db = _Connection(conn, self.where)
+
+    def _set_up(self, readonly: bool) -> None:
+        """The run's schema, migrated (a writer), and this connection's search path."""
         exists = self.db.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = ?", (self.schema,)
         ).fetchone()
         if readonly and not exists:
-            conn.close()
+            self.db.conn.close()
             raise UsageError(
-                f"no run {run!r} in the shared state {redact(url)}",
+                f"no run {self.run!r} in the shared state {redact(self.url)}",
                 hint="give the manifest's name (the run directory's last part) of a run started "
                 "with this --state",
             )
@@ -444,9 +345,7 @@ class PostgresStore(Store):
         import psycopg
 
         left = max(1, min(10, int(deadline - time.monotonic())))
-        return psycopg.connect(
-            self.url, autocommit=True, row_factory=_records, connect_timeout=left
-        )
+        return psycopg.connect(self.url, autocommit=True, row_factory=records, connect_timeout=left)
 
     def _reconnect(self, lost: StateError) -> None:
         """Connect again within the outage window that began at the first failure; OutageError past it."""
@@ -481,7 +380,7 @@ class PostgresStore(Store):
         raise self.down
 
     @contextmanager
-    def _tx(self, defer: bool = False) -> Iterator[_Connection]:
+    def _tx(self, defer: bool = False) -> Iterator[Connection]:
         import psycopg  # (every change commits at once: no grouping)
 
         self.db.watchdog.busy(self.db.socket())  # BEGIN and COMMIT are watched too
@@ -489,7 +388,7 @@ class PostgresStore(Store):
             with self.db.conn.transaction():
                 yield self.db
         except psycopg.Error as exc:
-            raise _state_error(self.where, exc, self.db.conn) from exc
+            raise state_error(self.where, exc, self.db.conn) from exc
         finally:
             self.db.watchdog.idle()
 
