@@ -3,13 +3,21 @@ takes, never below its floor nor above one queued request per slot."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from renderer.runner.config import AccountLimit, RunConfig
-from renderer.runner.lead import Lead, lead_cap, lead_for, provider_capacity, run_lead
+from renderer.runner.lead import (
+    FirstRound,
+    Lead,
+    lead_cap,
+    lead_for,
+    provider_capacity,
+    run_lead,
+)
 
 
 class Clock:
@@ -103,3 +111,53 @@ def test_what_the_run_admits_is_its_accounts_leads_or_exactly_a_cap_of_the_users
     assert run_lead(RunConfig(concurrency=12, accounts=accounts)) == 8 + 4
     assert run_lead(RunConfig(concurrency=10, accounts=accounts)) == 0
     assert provider_capacity(RunConfig(concurrency=10, accounts=accounts)) == 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("took"), st.integers(0, 20)),
+            st.tuples(st.just("granted"), st.integers(0, 20)),
+            st.tuples(st.just("answered"), st.integers(0, 20)),
+            st.tuples(st.just("dry"), st.just(0)),
+        ),
+        max_size=60,
+    ),
+)
+def test_the_first_round_is_over_once_its_grants_are_answered(
+    capacity: int, steps: list[tuple[str, int]]
+) -> None:
+    """Follows wait for the first round only while a submit granted in it has no answer, and only
+    until the task pool has handed out as many jobs as there are slots (or run dry); once over it
+    stays over, and it never lasts past FirstRound.LONGEST."""
+
+    async def scenario() -> None:
+        first = FirstRound(lambda: capacity)
+        assert first.over.is_set()  # not armed: nothing waits
+        first.arm()
+        handed, dry, open_, over = 0, False, set(), False
+        for op, key in steps:
+            if op == "took":
+                first.took()
+                handed += 1
+            elif op == "granted":
+                first.granted(f"k{key}")
+                if not over:
+                    open_.add(key)
+            elif op == "answered":
+                first.answered(f"k{key}")
+                open_.discard(key)
+                over = over or (not open_ and (dry or handed >= capacity))
+            else:
+                first.ran_dry()
+                dry = True
+                over = over or (not open_ and handed >= 0)
+            assert first.over.is_set() == over
+        if not over:
+            started = asyncio.get_running_loop().time()
+            await first.wait()
+            assert asyncio.get_running_loop().time() - started <= FirstRound.LONGEST + 0.5
+
+    asyncio.run(scenario())

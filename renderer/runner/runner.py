@@ -189,20 +189,11 @@ def collecting_less() -> Iterator[None]:
 
 async def warm_up_ahead(runner: Runner) -> None:
     """What the first delivery needs (deliver.warm_up: Pillow), loaded in a thread once the
-    first submits are out: the loop then waits for the provider anyway, and the first burst
-    of completions does not pay for it. Tried once; a failure is the first delivery's to meet."""
-    first: float | None = None  # when the first submit went out
-    capacity = provider_capacity(runner.config)
-    # The ramp first (every slot's first submit, or 0.1 s of it): its submits are what the
-    # provider waits for; the loop is idle after it until the first request finishes.
-    while runner.limits.in_flight < capacity:
-        if runner.state.stopping or (runner.state.done and not runner.tasks):
-            return
-        if runner.client.calls["submit"]:
-            first = first or time.monotonic()
-            if time.monotonic() - first >= 0.1:
-                break
-        await asyncio.sleep(0.01)
+    first round's submits are answered (lead.FirstRound): the loop then waits for the provider
+    anyway, and the first burst of completions does not pay for it. (Started at a fixed 0.1 s
+    after the first submit, the thread's import took the GIL from the last of 256 first
+    submits.) Tried once; a failure is the first delivery's to meet."""
+    await runner.limits.first.over.wait()
     with contextlib.suppress(Exception):
         await asyncio.to_thread(warm_up)
 
@@ -250,6 +241,7 @@ class Runner:
             output_check,
         )
         self.claims = Claims(store, config, self.state, self.emit)
+        self.claims.dry = self.limits.first.ran_dry
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.shared = store.shared  # several workers share the state: claims decide who does what
@@ -327,6 +319,7 @@ class Runner:
                 if self.state.stopping:
                     continue  # drain: the feeder ends with one None per worker
                 # The job takes its provider slots itself, just before its submit (JobSteps).
+                self.limits.first.took()
                 task = asyncio.ensure_future(self.jobs.advance(key))
                 self.tasks[key] = task
                 try:
@@ -340,6 +333,7 @@ class Runner:
                     self.state.queued.pop(key, None)
                 self.emit(self.progress())
             drained.set()
+            self.limits.first.ran_dry()
 
         # Enough workers for every provider slot (with its lead), as many jobs again between their
         # COMPLETED and their delivery, and every delivery: when every request finishes at once,
@@ -347,6 +341,9 @@ class Runner:
         # delivery, the jobs queued for a delivery slot held the workers, and a burst of 256
         # completions refilled 96 slots at once and the rest only as deliveries ended).
         size = 2 * provider_capacity(self.config) + delivery_bound(self.config.concurrency)
+        if self.limits.limiter is None and not any(a.limiter for a in self.accounts.all):
+            # (A paced run's first round lasts as long as its rate makes it: nothing waits for it.)
+            self.limits.first.arm()  # the first round: see lead.FirstRound
         workers = [asyncio.ensure_future(worker()) for _ in range(size)]
         helpers = [
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),
