@@ -70,7 +70,10 @@ class Claims:
                 if claimed:
                     continue
                 self.dry()
-                if recording:  # the plan is still being recorded: more jobs come
+                if (
+                    recording and recorder is not None
+                ):  # the plan is still being recorded: more jobs come
+                    recorder.start()  # (never waits for a recording not begun: Runner.run)
                     await asyncio.sleep(0.02)
                     continue
                 if recorder is not None and recorder.error is not None:
@@ -93,6 +96,7 @@ class Claims:
             raise
         finally:
             if recorder is not None:
+                recorder.start()  # (the runner starts it after its first round: maybe not yet)
                 # Stopping, or a --max-jobs trial whose jobs are done: the recording ends after its
                 # batch in hand and the next run records the rest (sync_plan resumes it; the plan's
                 # digest is set only by a recording that got to the end). Otherwise it is waited

@@ -198,6 +198,20 @@ async def warm_up_ahead(runner: Runner) -> None:
         await asyncio.to_thread(warm_up)
 
 
+async def record_after_first_round(runner: Runner) -> None:
+    """A first run's plan beyond its first batch recorded in the background (state/recording.py)
+    from when the first round's submits are answered: the recording's thread, started with the
+    run, took the GIL from the first round's submits in turns (a state read waited 10-20 ms for
+    it at 2,000 jobs), while the loop is idle once the round is out, waiting for the provider.
+    The first batch (plansync.FIRST_BATCH) is recorded already; a first round larger than it ends
+    when the feed runs dry (FirstRound.ran_dry). The feed starts it too, before waiting for it."""
+    recorder = runner.store.recorder
+    if recorder is None:
+        return
+    await runner.limits.first.over.wait()
+    recorder.start()
+
+
 class Runner:
     """One worker's run of a plan: the task pool around the per-job state machine."""
 
@@ -350,6 +364,7 @@ class Runner:
             asyncio.ensure_future(self.claims.renew(self.tasks)),
             asyncio.ensure_future(export_ahead(self, drained)),
             asyncio.ensure_future(warm_up_ahead(self)),
+            asyncio.ensure_future(record_after_first_round(self)),
         ]
         self.store.grouping = self.store.group_commit
         try:
