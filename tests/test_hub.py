@@ -740,7 +740,7 @@ def test_the_commit_a_run_read_is_in_run_json_the_card_and_the_summaries(hub: Hu
     run = tmp_path / "out/t"
     assert json.loads((run / "run.json").read_text())["hub"] == [provenance]
     card = (run / "data/README.md").read_text()
-    assert f"## Prompt source\n\n- the Hugging Face dataset `org/caps`, config `default`" in card
+    assert "## Prompt source\n\n- the Hugging Face dataset `org/caps`, config `default`" in card
     assert f"at commit `{first}`" in card and f"hf://datasets/org/caps@{first}" in card
     code, _, err = cli("export", str(run), "--format", "parquet", "--out", str(tmp_path / "x"))
     assert code == 0, err
