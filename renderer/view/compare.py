@@ -435,8 +435,9 @@ def _pairs_of(
             "band": "pending",
             "reason": "",
         }
-        absent = missing(ha is not None, hb is not None)
-        if absent is not None:
+        if ha is None or hb is None:  # (tested first: the common case costs no call)
+            absent = missing(ha is not None, hb is not None)
+            assert absent is not None
             pair["band"], pair["reason"] = absent
             if absent[0] == NOT_RENDERED and (fa or fb):  # recorded, but the files are gone
                 pair["reason"] = "image missing in A and B"
