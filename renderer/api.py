@@ -6,8 +6,9 @@
     run = renderer.open_run(plan.run_dir)        # rows with paths and metadata
 
 Settings: an argument given here wins over the manifest, which wins over the defaults. The
-environment is read only for the provider's API key (at call time, from `env`, default
-os.environ); the CLI resolves its flags and RENDERER_* variables and passes them in here.
+environment is read only for the provider's API key, where added models live and a `hub:`
+entry's HF_* settings (at call time, from `env`, default os.environ); the CLI resolves its flags
+and RENDERER_* variables and passes them in here.
 Errors are raised as renderer.errors exceptions (ManifestError lists every problem).
 """
 
@@ -59,21 +60,25 @@ def load_manifest(
     output: str | os.PathLike[str] | None = None,
     schemas: str | os.PathLike[str] | None = None,
     models: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Plan:
     """Validate a manifest (a YAML file, or the same structure as a dict) and plan its jobs.
 
     `output` replaces the manifest's output root. Prompt files named in a dict are read
-    relative to the working directory. Raises ManifestError listing every problem.
+    relative to the working directory. `env` (default os.environ, read now): RENDERER_MODELS,
+    and a `hub:` entry's HF_ENDPOINT, HF_HOME / HF_HUB_CACHE and HF_TOKEN. Raises
+    ManifestError listing every problem.
     """
+    environ = os.environ if env is None else env
     if isinstance(source, Mapping):
         text = yaml.safe_dump(dict(source), sort_keys=False, allow_unicode=True)
-        manifest = manifest_mod.parse(text, Path("<manifest>"))
+        manifest = manifest_mod.parse(text, Path("<manifest>"), environ)
     else:
-        manifest = manifest_mod.load(Path(source))
+        manifest = manifest_mod.load(Path(source), environ)
     if output is not None:
         manifest = replace(manifest, output=Path(output))
     manifest_mod.check_plan_size(manifest)  # by arithmetic, before a single job is expanded
-    return plan_mod.build(manifest, _registry(schemas, models))
+    return plan_mod.build(manifest, _registry(schemas, models, environ))
 
 
 def _checked(name: str, value: Any) -> Any:

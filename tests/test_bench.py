@@ -88,10 +88,16 @@ def test_state_scale_smoke():
 
 
 def test_tools_scale_smoke():
-    """bench/tools_scale.py times export (both formats), diff and status on a synthesised run."""
+    """bench/tools_scale.py times export (both formats), diff (of the run, and of it rendered in part) and status on a synthesised run."""
     out = _run("bench/tools_scale.py", "--images", "30", "--runs", "1")
     assert "# reproduce: python bench/tools_scale.py" in out
-    for command in ("export parquet", "export webdataset", "diff RUN RUN", "status"):
+    for command in (
+        "export parquet",
+        "export webdataset",
+        "diff RUN RUN",
+        "diff PART PART",
+        "status",
+    ):
         assert f"| {command} " in out
 
 

@@ -171,3 +171,19 @@ def test_text_from_a_manifest_stays_text(tmp_path: Path):
     assert len(re.findall(r"(?<!\\)\|", row)) == 8  # seven cells
     suite = next(iter(JUnitXml.fromfile(str(ciout.junit(result, tmp_path / "j.xml")))))
     assert suite.failures == 1 and hostile.replace("\n", " ") not in (tmp_path / "s.md").read_text()
+
+
+def test_pairs_rendered_in_neither_run_are_counted_not_cases(tmp_path: Path):
+    """A partial run against itself: JUnit has a case per compared pair only and the unrendered count as a property; the summary says how many were not compared; the gate passes."""
+    from .test_compare import render_seeds
+
+    part = render_seeds(tmp_path / "part", 3, "--max-jobs", "4")
+    code, result = _run((part, part), tmp_path)
+    assert code == 0 and result["counts"]["not_rendered"] == 14
+    suite = next(iter(JUnitXml.fromfile(str(tmp_path / "junit.xml"))))
+    assert suite.tests == 4 and len(list(suite)) == 4
+    properties = {p.name: p.value for p in suite.properties()}
+    assert properties["not_rendered"] == "14" and properties["outcome"] == "pass"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Not rendered in either run: 14 pairs, not compared." in summary
+    assert "| band |" not in summary  # no table: nothing needs a decision

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from renderer.provider.emulator import ServiceTime
@@ -81,6 +83,7 @@ def test_identical_runs_pass_exit_0(baseline: Path, tmp_path: Path):
         "fail": 0,
         "only_in_a": 0,
         "only_in_b": 0,
+        "not_rendered": 0,
     }
     assert all(p["identical"] and p["differs"] == {} for p in result["pairs"])
 
@@ -219,15 +222,21 @@ def test_diff_judges_the_files_on_disk_not_the_recorded_hashes(baseline: Path, t
     assert reasons[1] == "image missing in B" and reasons[0].startswith("SSIM")
 
 
-def test_diff_fails_when_images_are_missing_on_either_side(baseline: Path, tmp_path: Path):
-    """B lacking images exits 1 (a CI gate must not pass), and so does A lacking them."""
+def test_diff_fails_when_b_lacks_images_and_asks_for_review_when_a_does(
+    baseline: Path, tmp_path: Path
+):
+    """B (the candidate) lacking images A has exits 1 (a CI gate must not pass); A lacking images B has exits 4 (nothing to judge B's by)."""
     copy = tmp_path / "b"
     shutil.copytree(baseline, copy)
     for path in _images(copy)[:5]:
         path.unlink()
-    for a, b in ((baseline, copy), (copy, baseline)):
-        code, result = _diff(str(a), str(b))
-        assert code == 1 and result["counts"]["fail"] == 5
+    code, result = _diff(str(baseline), str(copy))
+    assert code == 1 and result["counts"]["fail"] == 5
+    code, result = _diff(str(copy), str(baseline))
+    assert code == 4 and result["counts"]["review"] == 5 and result["counts"]["fail"] == 0
+    assert {p["reason"] for p in result["pairs"] if p["band"] == "review"} == {
+        "image missing in A: nothing to judge B's by"
+    }
 
 
 def test_band_flags_move_the_edges(baseline: Path, tmp_path: Path):
@@ -296,3 +305,131 @@ def test_wrong_run_counts_are_refused(baseline: Path):
     assert code == 2 and "give two runs" in err
     code, _, err = cli("diff", "--baseline", "x", str(baseline), str(baseline))
     assert code == 2 and "give one run" in err
+
+
+# ---------------------------------------------------------------- runs rendered in part
+
+
+def render_seeds(folder: Path, seeds: int, *argv: str) -> Path:
+    """manifests/regression.yaml with `seeds` seeds (6 jobs a seed), run with `argv` (e.g. --max-jobs)."""
+    data = yaml.safe_load((MANIFESTS / "regression.yaml").read_text())
+    data["seeds"] = list(range(1, seeds + 1))
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "m.yaml"
+    manifest.write_text(yaml.safe_dump(data))
+    with background_emulator(service=FAST) as emu:
+        code, _, err = cli(
+            "run",
+            str(manifest),
+            "--provider",
+            emu.url,
+            "--output",
+            str(folder),
+            "--quiet",
+            *argv,
+            env={"FAL_KEY": "k"},
+        )
+    assert code == 0, err
+    return folder / "regression"
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same 180-job plan rendered whole, and rendered 10 jobs of (a --max-jobs trial)."""
+    base = tmp_path_factory.mktemp("partial")
+    return render_seeds(base / "full", 30), render_seeds(base / "part", 30, "--max-jobs", "10")
+
+
+def test_a_partial_run_against_itself_passes_in_a_few_lines(partial: tuple[Path, Path]):
+    """A run rendered in part compared with itself exits 0: the pairs rendered in neither are counted once, not a failure and not a line each; --json lists them all."""
+    _, part = partial
+    code, out, err = cli("diff", str(part), str(part))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("pass: pairs=10  pass=10") and "not_rendered=170" in lines[0]
+    assert "not rendered in either run: 170 pairs, not compared" in lines
+    assert len(lines) == 3
+    code, result = _diff(str(part), str(part))
+    assert code == 0 and result["counts"]["not_rendered"] == 170
+    assert len(result["not_rendered"]) == 170 and len(result["pairs"]) == 10
+    assert {p["reason"] for p in result["not_rendered"]} == {"not rendered in A or B"}
+
+
+def test_b_missing_what_a_has_fails_and_the_listing_is_capped(partial: tuple[Path, Path]):
+    """A whole run against its partial rerun exits 1 (B lost 170 images); the terminal lists DIFF_LISTED of them and says how many more, while --json holds every one."""
+    from renderer.cli.views import DIFF_LISTED
+
+    full, part = partial
+    code, out, _ = cli("diff", str(full), str(part))
+    assert code == 1
+    failed = [line for line in out.splitlines() if line.startswith("fail ")]
+    assert len(failed) == DIFF_LISTED and all("image missing in B" in f for f in failed)
+    assert f"fail: … and {170 - DIFF_LISTED:,} more: --json / --html for all" in out
+    assert len(out.splitlines()) == DIFF_LISTED + 3
+    code, result = _diff(str(full), str(part))
+    assert code == 1 and result["counts"]["fail"] == 170 and result["counts"]["not_rendered"] == 0
+    assert sum(p["band"] == "fail" for p in result["pairs"]) == 170
+    # The other way round: A lacks them; nothing to judge B's images by, a person looks.
+    code, out, _ = cli("diff", str(part), str(full))
+    assert code == 4 and f"review: … and {170 - DIFF_LISTED:,} more" in out
+
+
+# What each side holds at one coordinate: an image on disk, no image recorded (not rendered), or an
+# image recorded whose file is gone.
+HOLDS = ("image", "none", "gone")
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    folder = tmp_path_factory.mktemp("property")
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(buffer, "PNG")
+    return folder, buffer.getvalue()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(st.sampled_from(HOLDS), st.sampled_from(HOLDS)), max_size=12))
+def test_which_images_exist_decides_each_pair_and_the_outcome(
+    picture: tuple[Path, bytes], holds: list[tuple[str, str]]
+):
+    """Absent in B only fails, absent in A only is review, absent in both is not compared (counted, never judged); the outcome is the worst band, and nothing rendered in either is a pass."""
+    from renderer.view import compare
+    from renderer.view.compare import Entry, Side
+
+    root, png = picture
+    sha = hashlib.sha256(png).hexdigest()
+
+    def side(name: str, which: int) -> Side:
+        folder = root / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        entries = []
+        for n, pair in enumerate(holds):
+            files = []
+            if pair[which] != "none":
+                (folder / f"{n}.png").write_bytes(png)
+                files = [{"path": f"{n}.png", "sha256": sha, "size": len(png)}]
+                if pair[which] == "gone":
+                    (folder / f"{n}.png").unlink()
+            entries.append(Entry(f"k{n}", f"p{n}", "m", 1, {}, "fal-ai/x", "t", {}, files))
+        return Side(folder, entries, name=name)
+
+    result = compare.compare(side("a", 0), side("b", 1))
+    has = [(a == "image", b == "image") for a, b in holds]
+    want = ["pass" if a and b else "fail" if a else "review" if b else "none" for a, b in has]
+    bands = {p["prompt_id"]: p["band"] for p in result["pairs"]}
+    unrendered = {p["prompt_id"] for p in result["not_rendered"]}
+    for n, band in enumerate(want):
+        if band == "none":
+            assert f"p{n}" in unrendered and f"p{n}" not in bands
+        else:
+            assert bands[f"p{n}"] == band and f"p{n}" not in unrendered
+    assert result["counts"]["not_rendered"] == want.count("none")
+    assert result["counts"]["pairs"] == len(want) - want.count("none")
+    expected = "fail" if "fail" in want else "review" if "review" in want else "pass"
+    assert (
+        result["outcome"] == expected
+        and compare.EXIT[expected] == {"pass": 0, "review": 4, "fail": 1}[expected]
+    )

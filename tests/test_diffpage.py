@@ -269,3 +269,32 @@ def test_hostile_text_in_a_comparison(tmp_path: Path):
         assert any(h in page.locator("#detail-facts").inner_text() for h in HOSTILE)
         browser.close()
     assert errors == []
+
+
+def test_pairs_rendered_in_neither_run_are_a_band_of_their_own(tmp_path: Path):
+    """A partial run compared with itself: its unrendered pairs are on the page under "not rendered", after what needs a decision and before pass, with no pictures."""
+    folder = tmp_path / "part"
+    folder.mkdir()
+    m = write_manifest(folder, **SPEC)
+    with background_emulator(service=ServiceTime("fixed", 0.005)) as emu:
+        code, _, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(folder / "out"),
+            "--quiet",
+            "--max-jobs",
+            "3",
+            env={"FAL_KEY": "k"},
+        )
+    assert code == 0, err
+    run = folder / "out/t"
+    result = compare.compare(run, run)
+    assert result["outcome"] == "pass" and result["counts"]["not_rendered"] == 13
+    data = _data(diffpage.write(result, tmp_path / "d.html"))
+    assert data["dims"][0]["values"] == ["not rendered", "pass"]
+    assert "not rendered 13" in data["summary"]
+    unrendered = [i for i in data["items"] if i["verdict"] == "not rendered"]
+    assert len(unrendered) == 13 and all(i["a"] is None and i["b"] is None for i in unrendered)

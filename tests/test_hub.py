@@ -6,7 +6,8 @@ size, git blob id and LFS sha256), `/api/datasets/ORG/NAME/refs`, and `HEAD|GET
 /datasets/ORG/NAME/resolve/REV/PATH` (X-Repo-Commit, ETag / X-Linked-Etag, sizes). It can
 misbehave on request: statuses, listed sizes or hashes that are not the served bytes, bodies
 cut short, files that are not what their name says. HF_ENDPOINT points renderer at it and
-HF_HOME at a temporary folder; renderer reads both when a manifest is loaded.
+HF_HOME at a temporary folder, in the environment the CLI is handed (as `renderer` hands it
+the process's) and in os.environ for the Python API, which reads that by default.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -31,12 +33,22 @@ from hypothesis import strategies as st
 
 from renderer.manifest.hubfiles import _by_split_words, _card_configs
 from renderer.manifest.load import load
-from tests.conftest import cli
+from tests import conftest
 from tests.servers import free_port
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("huggingface_hub")
+
+
+def _hf_env() -> dict[str, str]:
+    """The HF_* variables of this process as the fixtures set them."""
+    return {k: v for k, v in os.environ.items() if k.startswith("HF_")}
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """The CLI handed the HF_* variables of this process, as the `renderer` command is."""
+    return conftest.cli(*argv, env=_hf_env())
 
 
 def _parquet(columns: dict[str, list[Any]]) -> bytes:
@@ -476,7 +488,7 @@ def test_a_split_in_shards_is_read_in_order_and_a_bad_row_is_located(hub: Hub, t
     }
     sha = hub.commit("org/caps", files)
     m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption", "keep": ["license"]})
-    read = load(m)
+    read = load(m, _hf_env())
     assert [(p.text, p.extra) for p in read.prompts] == [
         (c, '{"license":"cc0"}') for c in CAPTIONS["caption"]
     ]
@@ -701,3 +713,56 @@ def test_the_python_api_reads_a_hub_entry(hub: Hub, tmp_path: Path):
     with pytest.raises(ManifestError) as caught:
         renderer.load_manifest({**body, "prompts": [{"hub": "org/caps", "split": "tset"}]})
     assert "no split 'tset'" in caught.value.problems[0].message
+
+
+def test_the_commit_a_run_read_is_in_run_json_the_card_and_the_summaries(hub: Hub, tmp_path: Path):
+    """The commit a `hub:` entry resolved to is stated where a user looks: run.json, the dataset card (and an export's), `validate` and `plan` (with no request beyond loading the manifest), and `plan` says when the run was planned from another."""
+    first = hub.commit("org/caps", {"data/train.parquet": _parquet(CAPTIONS)})
+    m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"})
+    said = f"hub: org/caps (config default, split train) at commit {first}"
+    load(m, _hf_env())  # the data file is downloaded into the cache
+    asked = len(hub.requests)
+    load(m, _hf_env())
+    loading = len(hub.requests) - asked
+    code, out, err = cli("validate", str(m))
+    assert code == 0 and f"  {said}\n" in out, err
+    assert len(hub.requests) - asked == 2 * loading  # validate asked what loading asks, no more
+    code, out, _ = cli("validate", str(m), "--json")
+    provenance = {
+        "repo": "org/caps",
+        "config": "default",
+        "split": "train",
+        "revision": None,
+        "commit": first,
+    }
+    assert code == 0 and json.loads(out)["manifests"][0]["hub"] == [provenance]
+    assert cli("run", str(m), "--quiet")[0] == 0
+    run = tmp_path / "out/t"
+    assert json.loads((run / "run.json").read_text())["hub"] == [provenance]
+    card = (run / "data/README.md").read_text()
+    assert "## Prompt source\n\n- the Hugging Face dataset `org/caps`, config `default`" in card
+    assert f"at commit `{first}`" in card and f"hf://datasets/org/caps@{first}" in card
+    code, _, err = cli("export", str(run), "--format", "parquet", "--out", str(tmp_path / "x"))
+    assert code == 0, err
+    assert f"at commit `{first}`" in (tmp_path / "x/README.md").read_text()
+    code, out, _ = cli("plan", str(m))
+    assert code == 0 and said in out and "planned from" not in out
+    second = hub.commit("org/caps", {"data/train.parquet": _parquet(CAPTIONS)})
+    code, out, _ = cli("plan", str(m))
+    assert code == 0 and f"at commit {second}; this run was planned from {first}" in out
+
+
+def test_the_hub_settings_come_from_the_environment_the_cli_is_handed(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """HF_ENDPOINT and HF_HOME are read from the environment handed to the CLI, not from the process's: the handed one names the Hub that answers."""
+    hub.commit("org/caps", {"data/train.parquet": _parquet(CAPTIONS)})
+    m = _manifest(tmp_path, {"hub": "org/caps", "text": "caption"})
+    handed = _hf_env()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    code, out, err = conftest.cli("validate", str(m), env=handed)
+    assert code == 0 and "4 jobs" in out, err
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    dead = {**handed, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    code, _, err = conftest.cli("validate", str(m), env=dead)
+    assert code == 2 and "could not be reached for org/caps" in err

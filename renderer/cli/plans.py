@@ -44,7 +44,7 @@ def load_plans(ctx: Context, paths: list[str]) -> list[plan_mod.Plan]:
     plans, problems = [], []
     for name in paths:
         try:
-            manifest = manifest_mod.load(Path(name))
+            manifest = manifest_mod.load(Path(name), ctx.env)  # HF_* for `hub:` entries
             manifest_mod.check_plan_size(manifest, limit)
             if not getattr(ctx.args, "output", None):
                 check_output(ctx, manifest)  # what `run` would write into, reported by validate too
@@ -97,6 +97,32 @@ def check_output(ctx: Context, m: manifest_mod.Manifest) -> None:
             )
         ]
     )
+
+
+def hub_lines(plan: plan_mod.Plan) -> list[str]:
+    """One line per `- hub:` prompt source: the dataset, config and split, and the commit its rows
+    were read at (what the run records), from the listing loading the manifest already fetched.
+    Where this run's state recorded another commit for the same words, the line says so: `run`
+    refuses that (hub.keep_commits)."""
+    from renderer.manifest.hub import meta_name
+
+    m = plan.manifest
+    recorded: list[str | None] = [None] * len(m.hub)
+    if m.hub and (m.run_dir / DB_NAME).is_file():
+        try:
+            with read_store(m.run_dir) as store:
+                for n, s in enumerate(m.hub):
+                    recorded[n] = store.meta(meta_name(s))
+        except (StateError, sqlite3.Error):
+            pass  # `run` reports a damaged state
+    lines = []
+    for s, before in zip(m.hub, recorded, strict=True):
+        asked = f", revision {s.revision}" if s.revision else ""
+        line = f"hub: {s.repo} (config {s.config}, split {s.split}{asked}) at commit {s.sha}"
+        if before and before != s.sha:
+            line += f"; this run was planned from {before}: pin `revision:` to one (run refuses)"
+        lines.append(line)
+    return lines
 
 
 def _money(value: float | None) -> str:
@@ -153,6 +179,11 @@ def cmd_validate(ctx: Context) -> int:
                             "models": len(p.by_model)
                             if p.by_model
                             else len({j.model for j in p.jobs}),
+                            **(
+                                {"hub": [s.provenance() for s in p.manifest.hub]}
+                                if p.manifest.hub
+                                else {}
+                            ),
                         }
                         for p in plans
                     ],
@@ -167,6 +198,8 @@ def cmd_validate(ctx: Context) -> int:
         ctx.print(
             f"ok: {plan.manifest.file}: {len(plan.jobs)} jobs, {plan.images} images, {models} models"
         )
+        for line in hub_lines(plan):
+            ctx.print(f"  {line}")
     return 0
 
 
@@ -207,6 +240,8 @@ def cmd_plan(ctx: Context) -> int:
             by_model[job.model] = (jobs + 1, images + job.num_images)
     endpoints = {model.name: model.endpoint for model in m.models}
     ctx.print(f"plan for {m.file} → {m.run_dir}/")
+    for line in hub_lines(plan):
+        ctx.print(line)
     rows = []
     for name, (jobs, images) in by_model.items():
         rows.append(

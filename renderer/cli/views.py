@@ -119,6 +119,41 @@ def _folder_exists(flag: str, value: str | None) -> None:
             )
 
 
+DIFF_LISTED = 20  # lines `diff` prints of each kind (fail, review, only in A, only in B)
+
+
+def _listing(ctx: Context, result: dict[str, Any], shown: Any) -> None:
+    """The pairs that are not `pass`, at most DIFF_LISTED of each kind, then how many more: the
+    output of a million-pair diff stays a screen (--json and --html hold every pair). One pass
+    over each list, which stays on disk."""
+    if result["counts"].get("not_rendered"):
+        ctx.print(
+            f"not rendered in either run: {result['counts']['not_rendered']:,} pairs, not compared"
+        )
+    shown_of = {"fail": 0, "review": 0}
+    for pair in result["pairs"]:
+        band = pair["band"]
+        if band == "pass" or shown_of[band] >= DIFF_LISTED:
+            continue
+        shown_of[band] += 1
+        what = "; ".join(
+            f"{k} {shown(va)} → {shown(vb)}" for k, (va, vb) in pair["differs"].items()
+        )
+        ctx.print(
+            f"{band:6} {pair['label']} #{pair['index']}  {pair['reason']}"
+            + (f"  ({what})" if what else "")
+            + f"  id {pair['id']}"
+        )
+    more = [(band, result["counts"][band] - n) for band, n in shown_of.items()]
+    for key, side in (("only_in_a", "A"), ("only_in_b", "B")):
+        for item in result[key][:DIFF_LISTED]:
+            ctx.print(f"only in {side}: {item['label']}  id {item['id']}")
+        more.append((f"only in {side}", len(result[key]) - DIFF_LISTED))
+    for kind, left in more:
+        if left > 0:
+            ctx.print(f"{kind}: … and {left:,} more: --json / --html for all")
+
+
 def cmd_diff(ctx: Context) -> int:
     from renderer.view import baseline, ciout, compare
 
@@ -176,20 +211,7 @@ def cmd_diff(ctx: Context) -> int:
         from renderer.view.bands import Bands
 
         ctx.print("bands: " + Bands.from_json(result["bands"]).describe())
-        for pair in result["pairs"]:
-            if pair["band"] != "pass":
-                what = "; ".join(
-                    f"{k} {ciout.shown(va)} → {ciout.shown(vb)}"
-                    for k, (va, vb) in pair["differs"].items()
-                )
-                ctx.print(
-                    f"{pair['band']:6} {pair['label']} #{pair['index']}  {pair['reason']}"
-                    + (f"  ({what})" if what else "")
-                    + f"  id {pair['id']}"
-                )
-        for key, side in (("only_in_a", "A"), ("only_in_b", "B")):
-            for item in result[key]:
-                ctx.print(f"only in {side}: {item['label']}  id {item['id']}")
+        _listing(ctx, result, ciout.shown)
         for flag, value in (("html", a.html), ("junit", a.junit), ("summary", a.summary)):
             if value:
                 ctx.print(f"{flag}: {value}")

@@ -8,10 +8,11 @@ ids, kept columns, checks and memory bounds. Also owns the reproducibility rule:
 entry resolved to is recorded in the run's state (`keep_commits`), and a later run of that state
 whose same entry resolves to another commit (a branch or tag moved) is refused.
 
-huggingface_hub is imported when a manifest has a `hub:` entry, never at import time, and the
-environment (HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, HF_TOKEN) is read at that call, not by
-huggingface_hub's own import-time constants: each is passed to it explicitly. The token is
-sent to the Hub and never printed.
+huggingface_hub is imported when a manifest has a `hub:` entry, never at import time. Its
+settings (HF_ENDPOINT, HF_HOME / HF_HUB_CACHE / XDG_CACHE_HOME, HF_TOKEN) come from the
+environment the caller resolved and handed in (the CLI's injected environment; the Python API's
+`env`, default os.environ), never from os.environ here nor from huggingface_hub's import-time
+constants: each is passed to it explicitly. The token is sent to the Hub and never printed.
 """
 
 from __future__ import annotations
@@ -45,12 +46,12 @@ def hub_prompts(
     doc: Located,
     index: int,
     item: dict[str, Any],
-    keep: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
+    keep: Sequence[str],
+    env: Mapping[str, str],
 ) -> tuple[list[PromptTable], list[Problem], HubSource | None]:
     """The prompts of one `- hub:` entry: one table per data file of its split, in path order;
     the problems (located at the entry, naming the data file and row); and the source as
-    resolved (None when it could not be). `env` defaults to os.environ."""
+    resolved (None when it could not be). `env`: the HF_* variables as the caller resolved them."""
     at: Path_ = ("prompts", index, "hub")
     try:
         import huggingface_hub  # noqa: F401  # the extra is installed
@@ -66,7 +67,7 @@ def hub_prompts(
             ],
             None,
         )
-    hub = _Hub(os.environ if env is None else env)
+    hub = _Hub(env)
     repo, revision = str(item["hub"]), item.get("revision")
     try:
         info = hub.info(repo, revision)
@@ -152,7 +153,7 @@ class _Hub:
         # False: no token read from a file, only HF_TOKEN (the environment only).
         self.token: str | bool = env.get("HF_TOKEN") or False
         # huggingface_hub's own order: HF_HUB_CACHE, HF_HOME/hub, XDG_CACHE_HOME, ~/.cache.
-        xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        xdg = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
         home = env.get("HF_HOME") or str(Path(xdg) / "huggingface")
         self.cache = Path(env.get("HF_HUB_CACHE") or Path(home) / "hub")
         self.api = HfApi(endpoint=self.endpoint, token=self.token)
@@ -376,6 +377,11 @@ def _forget(path: Path) -> None:
 META = "hub_commit:"
 
 
+def meta_name(s: HubSource) -> str:
+    """The state's meta key an entry's commit is recorded under (what the entry asks, as written)."""
+    return f"{META}{s.repo}/{s.config}/{s.split}@{s.revision or ''}"
+
+
 def keep_commits(
     sources: Sequence[HubSource],
     meta: Callable[[str], str | None],
@@ -389,7 +395,7 @@ def keep_commits(
     user's choice: its commit is recorded beside."""
     problems = []
     for s in sources:
-        name = f"{META}{s.repo}/{s.config}/{s.split}@{s.revision or ''}"
+        name = meta_name(s)
         recorded = meta(name)
         if recorded is None:
             set_meta(name, s.sha)

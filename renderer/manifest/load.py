@@ -9,7 +9,7 @@ collected and raised together as one ManifestError.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,8 +88,12 @@ def _provider(raw: Any, numbers: dict[Path_, int | float]) -> ProviderConfig:
     )
 
 
-def parse(text: str, file: Path) -> Manifest:
-    """Structure-check a manifest and return it typed; raise ManifestError with every problem."""
+def parse(text: str, file: Path, env: Mapping[str, str] | None = None) -> Manifest:
+    """Structure-check a manifest and return it typed; raise ManifestError with every problem.
+
+    `env`: the environment as the caller resolved it, read only for a `hub:` entry's HF_*
+    settings (renderer/manifest/hub.py); None is an empty one (the Hub's defaults, no token).
+    """
     doc = load_yaml(text, str(file))
     if not isinstance(doc.data, dict):
         raise ManifestError(
@@ -158,7 +162,7 @@ def parse(text: str, file: Path) -> Manifest:
         problems += wrong
         columns: dict[str, str] = {k: item[k] for k in ("text", "id", "tags") if k in item}
         if "hub" in item:
-            shards[n], errs, source = hub_prompts(doc, i, item, keep)
+            shards[n], errs, source = hub_prompts(doc, i, item, keep, env or {})
             hub += [source] if source is not None else []
             problems.extend(p for p in errs if p.json_path not in {w.json_path for w in wrong})
             continue
@@ -252,9 +256,10 @@ def parse(text: str, file: Path) -> Manifest:
     return manifest
 
 
-def load(path: Path) -> Manifest:
+def load(path: Path, env: Mapping[str, str] | None = None) -> Manifest:
+    """The manifest file at `path`, parsed (`env`: as for `parse`)."""
     text, _ = read_text_file(path, "manifest", MAX_MANIFEST_BYTES)
-    return parse(text, path)
+    return parse(text, path, env)
 
 
 # ---------------------------------------------------------------- plan size, before expansion

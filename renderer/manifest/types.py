@@ -46,6 +46,16 @@ class HubSource:
     sha: str  # the commit
     path: Path_  # ("prompts", i, "hub")
 
+    def provenance(self) -> dict[str, str | None]:
+        """Where the prompts came from, as run.json and the dataset card state it."""
+        return {
+            "repo": self.repo,
+            "config": self.config,
+            "split": self.split,
+            "revision": self.revision,
+            "commit": self.sha,
+        }
+
 
 @dataclass(frozen=True)
 class Template:

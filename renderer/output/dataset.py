@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +224,8 @@ class CardInfo:
     models: Mapping[str, tuple[str, int]]  # model → (endpoint, images)
     images: int
     size: int = 0  # bytes of the dataset: its images and metadata.jsonl
+    # `- hub:` prompt sources as run.json states them: repo, config, split, revision, commit.
+    sources: tuple[Mapping[str, Any], ...] = ()
 
 
 def _yaml_string(text: str) -> str:
@@ -288,6 +290,16 @@ def card_text(
             "each model provider's terms apply to its images.",
             "",
         ]
+    if info.sources:
+        lines += ["## Prompt source", ""]
+        for src in info.sources:
+            asked = f"`revision: {src['revision']}`" if src.get("revision") else "its main branch"
+            lines.append(
+                f"- the Hugging Face dataset `{src['repo']}`, config `{src['config']}`, split "
+                f"`{src['split']}`, at commit `{src['commit']}` ({asked} when the run was "
+                f"planned): `hf://datasets/{src['repo']}@{src['commit']}`"
+            )
+        lines.append("")
     lines += ["## Models", "", "| model | endpoint | images |", "|---|---|---|"]
     lines += [f"| {m} | `{e}` | {n} |" for m, (e, n) in info.models.items()]
     lines += [
@@ -350,14 +362,11 @@ class Tally:
 
 
 def _card(data_dir: Path, info: CardInfo, columns: Columns, tally: Tally) -> None:
-    info = CardInfo(
-        info.name,
-        info.manifest_file,
-        info.manifest_text,
-        info.license,
-        {m: (e, n) for m, (e, n) in tally.models.items()},
-        tally.rows,
-        tally.image_bytes + _size(data_dir / METADATA),
+    info = replace(
+        info,
+        models={m: (e, n) for m, (e, n) in tally.models.items()},
+        images=tally.rows,
+        size=tally.image_bytes + _size(data_dir / METADATA),
     )
     files.write_atomic(data_dir / CARD, card_text(info, columns).encode())
 

@@ -396,8 +396,15 @@ def _card_info(source: RunSource, models: dict[str, tuple[str, int]], count: int
         loaded = yaml.safe_load(card.split("---\n")[1])
         front = loaded if isinstance(loaded, dict) else {}
     manifest = ""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        manifest = str(json.loads(source.read(RUN_RECORD) or b"null").get("manifest") or "")
+    sources: tuple[dict[str, Any], ...] = ()
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError, KeyError):
+        record = json.loads(source.read(RUN_RECORD) or b"null")
+        manifest = str(record.get("manifest") or "")
+        # `- hub:` sources: the commit the prompts were read at travels with the export.
+        sources = tuple(
+            {k: h[k] for k in ("repo", "config", "split", "revision", "commit")}
+            for h in record.get("hub") or ()
+        )
     license_ = front.get("license")
     return CardInfo(
         str(front.get("pretty_name") or source.name),
@@ -406,6 +413,7 @@ def _card_info(source: RunSource, models: dict[str, tuple[str, int]], count: int
         license_ if isinstance(license_, str) else None,
         models,
         count,
+        sources=sources,
     )
 
 

@@ -116,7 +116,7 @@ def open_source(
         # The manifest itself: its run directory, its output and its `state:` (a flag's wins).
         from renderer.manifest.load import load
 
-        manifest = load(Path(text))
+        manifest = load(Path(text), environ)
         state = state or manifest.state
         if manifest.output_url:
             from renderer.output.storage import run_location

@@ -143,7 +143,15 @@ def write_dataset(
         text: str | None = manifest.file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         text = None  # a manifest given as a dict (the Python API), or gone since
-    info = dataset.CardInfo(manifest.name, str(manifest.file), text, manifest.license, {}, 0)
+    info = dataset.CardInfo(
+        manifest.name,
+        str(manifest.file),
+        text,
+        manifest.license,
+        {},
+        0,
+        sources=tuple(s.provenance() for s in manifest.hub),
+    )
     axes = plan.distinct_axes  # the same columns as every job's axes, without a pass over the plan
     columns = dataset.Columns.from_axes(
         axes if axes is not None else (j.axes for j in plan.jobs)

@@ -113,6 +113,8 @@ def run_record(
         "name": plan.manifest.name,
         "outcome": outcome,
     }
+    if plan.manifest.hub:  # `- hub:` prompt sources: the commit each was read at
+        head["hub"] = [s.provenance() for s in plan.manifest.hub]
     if finalized is not None:
         assert store is not None
         resubmits = store.resubmit_reasons()

@@ -6,6 +6,8 @@ label, name = the rest of the pair's coordinates), so CI shows every pair native
   review  <skipped type="review">: not decided; a person looks at it (exit code 4);
   fail    <failure type="fail">: the metrics or the reason (exit code 1).
 Coordinates only in A are failures ("missing in B"); coordinates only in B are review ("new").
+Pairs rendered in neither run are not test cases (nothing was compared): their count is the
+suite's `not_rendered` property and a sentence of the summary.
 Markdown: the outcome, the counts, the bands and their source (calibration), then a table of
 every pair that is not `pass`, with thumbnails and a link to the viewer page when one was written.
 Both files are written atomically.
@@ -63,6 +65,7 @@ def junit(result: dict[str, Any], path: Path) -> Path:
         ("b", result["run_b"]),
         ("outcome", result["outcome"]),
         ("bands", Bands.from_json(result["bands"]).describe()),
+        ("not_rendered", counts.get("not_rendered", 0)),
     ):
         ET.SubElement(props, "property", {"name": key, "value": str(value)})
     for pair in result["pairs"]:
@@ -138,6 +141,8 @@ def summary(
         "",
         f"Bands: {bands.describe()}.",
     ]
+    if counts.get("not_rendered"):
+        lines += ["", f"Not rendered in either run: {counts['not_rendered']} pairs, not compared."]
     cal = result.get("calibration")
     if cal:
         lines += [

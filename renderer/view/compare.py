@@ -6,8 +6,12 @@ each pair names what differs between the two inputs (`differs`: endpoint, prompt
 parameter). `--map A=B` renames: model A on side A pairs with model B on side B (only the mapped
 models take part). Each matched image is measured (SSIM and pHash, renderer/view/bands.py) and
 put in a band: pass, review or fail. Same bytes (hashed from the files on disk) pass without
-measuring; an image absent or unreadable on either side fails. Coordinates on one side only are
-listed as only_in_a (lost coverage) and only_in_b (new, not yet in the baseline).
+measuring. Where an image is absent (not rendered yet, or its file gone) the rule is the gate's
+(`missing`): absent in B (the candidate) and present in A fails, since B lost what A has; absent in
+A (the baseline) only is review, since there is nothing to judge B's by; absent in both is not a
+pair at all: nothing to compare, so it is counted (`not_rendered`), never judged, and a partial run
+compared with itself passes. An unreadable image fails. Coordinates on one side only are listed as
+only_in_a (lost coverage) and only_in_b (new, not yet in the baseline).
 """
 
 from __future__ import annotations
@@ -323,7 +327,7 @@ def compare(
         key_a, key_b = _mapped_key(mapping, "a"), _mapped_key(mapping, "b")
     else:
         key_a = key_b = _coords
-    pairs, only_a, only_b = Spilled(), Spilled(), Spilled()
+    pairs, only_a, only_b, unrendered = Spilled(), Spilled(), Spilled(), Spilled()
     counts = dict.fromkeys(("pass", "review", "fail"), 0)
     measuring = _Measuring(a, b, judge)
     size = max(_size(a), _size(b))
@@ -340,7 +344,10 @@ def compare(
             else:
                 assert eb is not None
                 for pair in _pairs_of(a, b, coords, ea, eb):
-                    measuring.add(pair)
+                    if pair["band"] == NOT_RENDERED:
+                        unrendered.append(_not_compared(pair))
+                    else:
+                        measuring.add(pair)
             for pair in measuring.ready():
                 counts[pair["band"]] += 1
                 pairs.append(pair)
@@ -349,7 +356,13 @@ def compare(
             pairs.append(pair)
     finally:
         measuring.close()
-    counted = {"pairs": len(pairs), **counts, "only_in_a": len(only_a), "only_in_b": len(only_b)}
+    counted = {
+        "pairs": len(pairs),
+        **counts,
+        "only_in_a": len(only_a),
+        "only_in_b": len(only_b),
+        NOT_RENDERED: len(unrendered),
+    }
     return {
         "run_a": str(a.root),
         "run_b": str(b.root),
@@ -361,7 +374,28 @@ def compare(
         "pairs": pairs,
         "only_in_a": only_a,
         "only_in_b": only_b,
+        NOT_RENDERED: unrendered,
     }
+
+
+# Pairs with no image on either side: counted and listed apart, never judged (module docstring).
+NOT_RENDERED = "not_rendered"
+
+
+def missing(has_a: bool, has_b: bool) -> tuple[str, str] | None:
+    """The band and reason of a pair one or both of whose images are absent (None: both present).
+
+    B is the candidate: B without what A has is a regression (fail). A is the reference: with no
+    image of A's there is nothing to judge B's by, so a person looks (review). Neither: nothing to
+    compare (NOT_RENDERED), so a run rendered in part compared with itself passes.
+    """
+    if has_a and has_b:
+        return None
+    if has_a:
+        return "fail", "image missing in B"
+    if has_b:
+        return "review", "image missing in A: nothing to judge B's by"
+    return NOT_RENDERED, "not rendered in A or B"
 
 
 def _pairs_of(
@@ -401,11 +435,12 @@ def _pairs_of(
             "band": "pending",
             "reason": "",
         }
-        if ha is None or hb is None:
-            pair["band"] = "fail"
-            pair["reason"] = "image missing in " + " and ".join(
-                s for s, h in (("A", ha), ("B", hb)) if h is None
-            )
+        if ha is None or hb is None:  # (tested first: the common case costs no call)
+            absent = missing(ha is not None, hb is not None)
+            assert absent is not None
+            pair["band"], pair["reason"] = absent
+            if absent[0] == NOT_RENDERED and (fa or fb):  # recorded, but the files are gone
+                pair["reason"] = "image missing in A and B"
         elif ha == hb:
             pair.update(identical=True, ssim=1.0, phash=0, band="pass", reason="same bytes")
         yield pair
@@ -457,6 +492,13 @@ class _Measuring:
             self.pool.shutdown()
 
 
+def _not_compared(pair: dict[str, Any]) -> dict[str, Any]:
+    """A pair with no image on either side as it is listed: the pair without its (empty) images
+    and measurements."""
+    gone = ("a", "b", "sha_a", "sha_b", "identical", "ssim", "phash", "band")
+    return {k: v for k, v in pair.items() if k not in gone}
+
+
 def _only(e: Entry, coords: tuple[Any, ...]) -> dict[str, Any]:
     first = e.files[0]["path"] if e.files else None
     return {
@@ -478,7 +520,7 @@ EXIT = {"pass": 0, "fail": 1, "review": 4}
 
 def outcome(counts: dict[str, int]) -> str:
     """fail when any pair fails or a coordinate of A is gone; review when any pair needs a look or
-    B has coordinates A lacks; else pass."""
+    B has coordinates A lacks; else pass. Pairs not rendered on either side do not count."""
     if counts["fail"] or counts["only_in_a"]:
         return "fail"
     if counts["review"] or counts["only_in_b"]:

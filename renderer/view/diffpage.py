@@ -25,8 +25,9 @@ from renderer.view import page as page_mod
 from renderer.view import report
 from renderer.view.bands import Bands
 
-# The band dimension's values, in page order: what needs a decision first.
-VERDICTS = ("fail", "review", "only in A", "only in B", "pass")
+# The band dimension's values, in page order: what needs a decision first; pairs with no image on
+# either side (nothing compared, compare.NOT_RENDERED) are a band of their own, before `pass`.
+VERDICTS = ("fail", "review", "only in A", "only in B", "not rendered", "pass")
 DIFF_SIDE = 512  # difference images are made at most this large: they are for the eye
 
 
@@ -189,6 +190,28 @@ def write(
                     },
                 )
             )
+    for item in result.get("not_rendered", ()):
+        entries.append(
+            (
+                _Coords(item["prompt_id"], item["model"], item["seed"], item["axes"]),
+                {
+                    "id": item["id"],
+                    "verdict": "not rendered",
+                    "label": item["label"],
+                    "index": item["index"],
+                    "key": item["key"],
+                    "ssim": None,
+                    "phash": None,
+                    "reason": item["reason"],
+                    "differs": item["differs"],
+                    "identical": False,
+                    "a": None,
+                    "b": None,
+                    "diff": None,
+                    "diff_thumb": None,
+                },
+            )
+        )
     _run(list(thumbs.values()), report._make_thumb)
     for source, target in copies.values():
         tmp = target.with_name(target.name + ".tmp")

@@ -4,7 +4,7 @@
 // Views: X, Y and an optional page axis from every dimension; every other dimension is a
 // filter, and its selected values share a cell. The view lives in the URL fragment.
 // A comparison (DATA.mode 'diff') shows each pair side by side, overlaid, flickering or as a wipe,
-// with its band (fail, review, pass, only in A/B) as a badge and a filter; review decisions are
+// with its band (fail, review, pass, only in A/B, not rendered) as a badge and a filter; review decisions are
 // kept in the browser and exported as a file for `renderer baseline approve`.
 (function () {
   const DATA = JSON.parse(document.getElementById('renderer-data').textContent);
@@ -787,7 +787,7 @@
     next.addEventListener('click', () => showDetail(open + 1));
     close.addEventListener('click', closeDetail);
     nav.append(prev, next, close, el('span', 'where', (n + 1) + ' of ' + flat.length));
-    if (DIFF && it.verdict !== 'only in A') {  // a coordinate B lacks has no picture to accept
+    if (DIFF && it.verdict !== 'only in A' && it.verdict !== 'not rendered') {  // B has no picture to accept
       for (const [d, text] of [['accept', 'accept into baseline'], ['reject', 'reject']]) {
         const b = el('button', 'decide' + (decisions.get(it.id) === d ? ' on' : ''), text);
         b.name = d;
@@ -874,7 +874,7 @@
   }
 
   window.addEventListener('hashchange', async () => { await readHash(); buildControls(); buildFilters(); applySize(); render(); });
-  if (DIFF) items.forEach((it) => { it.rank = {fail: 0, review: 1, 'only in A': 2, 'only in B': 3, pass: 4}[it.verdict] ?? 5; });
+  if (DIFF) items.forEach((it) => { it.rank = {fail: 0, review: 1, 'only in A': 2, 'only in B': 3, 'not rendered': 4, pass: 5}[it.verdict] ?? 6; });
   document.getElementById('summary').textContent = (DATA.summary || '') + (DIFF && DATA.bands ? ' · bands: ' + DATA.bands : '');
   (async () => {
     await readHash();
