@@ -129,13 +129,13 @@ def test_what_the_run_admits_is_its_accounts_leads_or_exactly_a_cap_of_the_users
 def test_the_first_round_is_over_once_its_grants_are_answered(
     capacity: int, steps: list[tuple[str, int]]
 ) -> None:
-    """Follows wait for the first round only while a submit granted in it has no answer, and only
-    until the task pool has handed out as many jobs as there are slots (or run dry); once over it
-    stays over, and it never lasts past FirstRound.LONGEST."""
+    """Follows wait for the first round while a submit granted in it has no answer, until the
+    task pool has handed out as many jobs as there are slots (or run dry): a follow that starts
+    then waits, and goes on as soon as the round's last answer comes; once over it stays over."""
 
     async def scenario() -> None:
         first = FirstRound(lambda: capacity)
-        first.LONGEST = 0.05  # (the bound itself, made short)
+        first.LONGEST = 60.0  # (this property is about the rule; the bound has its own test)
         assert first.over.is_set()  # not armed: nothing waits
         first.arm()
         handed, dry, open_, over = 0, False, set(), False
@@ -154,11 +154,33 @@ def test_the_first_round_is_over_once_its_grants_are_answered(
             else:
                 first.ran_dry()
                 dry = True
-                over = over or (not open_ and handed >= 0)
+                over = over or not open_
             assert first.over.is_set() == over
-        if not over:
-            started = asyncio.get_running_loop().time()
-            await first.wait()
-            assert asyncio.get_running_loop().time() - started <= first.LONGEST + 0.5
+        if over or (not open_ and (dry or handed >= capacity)):
+            assert await first.wait() == 0.0  # (a follow looks at the rule itself)
+            assert first.over.is_set()
+            return
+        follow = asyncio.ensure_future(first.wait())
+        await asyncio.sleep(0.01)
+        assert not follow.done()  # a follow waits while the round is not over
+        first.ran_dry()
+        for key in sorted(open_):
+            assert not follow.done()
+            first.answered(f"k{key}")
+        assert 0.0 < await asyncio.wait_for(follow, 1.0) < 1.0  # at its last answer
 
     asyncio.run(scenario())
+
+
+def test_nothing_waits_for_the_first_round_past_its_bound() -> None:
+    """A first round that never ends by its rule (a grant never answered) holds follows back at
+    most FirstRound.LONGEST: a follow then goes on."""
+
+    async def scenario() -> float:
+        first = FirstRound(lambda: 4)
+        first.LONGEST = 0.1
+        first.arm()
+        first.granted("k")
+        return await asyncio.wait_for(first.wait(), 5.0)
+
+    assert 0.05 <= asyncio.run(scenario()) < 2.0

@@ -238,7 +238,8 @@ class JobSteps:
                         if row is None:
                             return
                     elif step == "submitted":
-                        await self.limits.first.wait()
+                        # (Waiting for the client's own first round is not the job's time.)
+                        deadline += await self.limits.first.wait()
                         if not await self._hold(row):
                             return
                         account = self.limits.held[key]

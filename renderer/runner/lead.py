@@ -197,8 +197,12 @@ class FirstRound:
         if not self.unanswered and (self.dry or self.handed >= self.capacity()):
             self.over.set()
 
-    async def wait(self) -> None:
-        """Until the first round is over (at once when it is, or when none was armed)."""
-        if not self.over.is_set():
-            self._check()
-            await self.over.wait()
+    async def wait(self) -> float:
+        """Until the first round is over (at once when it is, or when none was armed); the
+        seconds waited (not the job's own time: JobSteps moves its deadline by them)."""
+        self._check()
+        if self.over.is_set():
+            return 0.0
+        started = time.monotonic()
+        await self.over.wait()
+        return time.monotonic() - started

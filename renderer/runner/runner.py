@@ -101,6 +101,21 @@ def trial_outcome(
     return "done", None, None
 
 
+def run_outcome(runner: Runner, counts: dict[str, int]) -> tuple[str, str | None, str | None]:
+    """(outcome, error, hint) of the run that ends now."""
+    fatal = runner.state.fatal
+    if fatal is not None:
+        return "stopped", fatal.message, fatal.hint
+    if runner.state.stopping:
+        return "interrupted", None, None
+    if runner.limits.waiting:
+        # Only an account the user fixes or configures can finish these: the run cannot go on.
+        return "stopped", *runner.limits.waiting_error()
+    if counts["failed"]:
+        return "failed", None, None
+    return trial_outcome(len(runner.plan.jobs), counts, runner.config.max_jobs)
+
+
 def progress_event(state: RunState, limits: Limits) -> Event:
     """The progress event: counts so far, requests at the provider, the allowance."""
     return {
@@ -194,6 +209,9 @@ async def warm_up_ahead(runner: Runner) -> None:
     after the first submit, the thread's import took the GIL from the last of 256 first
     submits.) Tried once; a failure is the first delivery's to meet."""
     await runner.limits.first.over.wait()
+    await asyncio.sleep(0)  # (the jobs the feed just handed out have their tasks)
+    if runner.state.stopping or not runner.tasks:
+        return  # stopped, or nothing to render (a rerun with everything done)
     with contextlib.suppress(Exception):
         await asyncio.to_thread(warm_up)
 
@@ -440,7 +458,7 @@ class Runner:
         if self.finalizer:
             with writing(self.run_dir / DATA_DIR):
                 self.export()
-        outcome, error, hint = self.outcome(counts)
+        outcome, error, hint = run_outcome(self, counts)
         total_cost, unpriced = finished_cost(self.plan, self.store)
         summary = Summary(
             outcome,
@@ -484,20 +502,6 @@ class Runner:
             }
         )
         return summary
-
-    def outcome(self, counts: dict[str, int]) -> tuple[str, str | None, str | None]:
-        """(outcome, error, hint) of the run that ends now."""
-        fatal = self.state.fatal
-        if fatal is not None:
-            return "stopped", fatal.message, fatal.hint
-        if self.state.stopping:
-            return "interrupted", None, None
-        if self.limits.waiting:
-            # Only an account the user fixes or configures can finish these: the run cannot go on.
-            return "stopped", *self.limits.waiting_error()
-        if counts["failed"]:
-            return "failed", None, None
-        return trial_outcome(len(self.plan.jobs), counts, self.config.max_jobs)
 
     def export(self) -> None:
         # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.

@@ -277,9 +277,10 @@ class QueueRoutes:
                 "x-fal-request-id": req.id,
             }
         )
-        await response.prepare(request)
-        # A reader that went away (a killed or cancelled client) is nobody's error.
+        # A reader that went away (a killed or cancelled client) is nobody's error, even before
+        # the headers were written (a stop as many streams open at once).
         with contextlib.suppress(ConnectionResetError):
+            await response.prepare(request)
             await self._stream_events(response, req, logs)
         return response
 
