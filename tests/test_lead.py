@@ -3,13 +3,21 @@ takes, never below its floor nor above one queued request per slot."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from renderer.runner.config import AccountLimit, RunConfig
-from renderer.runner.lead import Lead, lead_cap, lead_for, provider_capacity, run_lead
+from renderer.runner.lead import (
+    FirstRound,
+    Lead,
+    lead_cap,
+    lead_for,
+    provider_capacity,
+    run_lead,
+)
 
 
 class Clock:
@@ -103,3 +111,76 @@ def test_what_the_run_admits_is_its_accounts_leads_or_exactly_a_cap_of_the_users
     assert run_lead(RunConfig(concurrency=12, accounts=accounts)) == 8 + 4
     assert run_lead(RunConfig(concurrency=10, accounts=accounts)) == 0
     assert provider_capacity(RunConfig(concurrency=10, accounts=accounts)) == 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("took"), st.integers(0, 20)),
+            st.tuples(st.just("granted"), st.integers(0, 20)),
+            st.tuples(st.just("answered"), st.integers(0, 20)),
+            st.tuples(st.just("dry"), st.just(0)),
+        ),
+        max_size=60,
+    ),
+)
+def test_the_first_round_is_over_once_its_grants_are_answered(
+    capacity: int, steps: list[tuple[str, int]]
+) -> None:
+    """Follows wait for the first round while a submit granted in it has no answer, until the
+    task pool has handed out as many jobs as there are slots (or run dry): a follow that starts
+    then waits, and goes on as soon as the round's last answer comes; once over it stays over."""
+
+    async def scenario() -> None:
+        first = FirstRound(lambda: capacity)
+        first.LONGEST = 60.0  # (this property is about the rule; the bound has its own test)
+        assert first.over.is_set()  # not armed: nothing waits
+        first.arm()
+        handed, dry, open_, over = 0, False, set(), False
+        for op, key in steps:
+            if op == "took":
+                first.took()
+                handed += 1
+            elif op == "granted":
+                first.granted(f"k{key}")
+                if not over:
+                    open_.add(key)
+            elif op == "answered":
+                first.answered(f"k{key}")
+                open_.discard(key)
+                over = over or (not open_ and (dry or handed >= capacity))
+            else:
+                first.ran_dry()
+                dry = True
+                over = over or not open_
+            assert first.over.is_set() == over
+        if over or (not open_ and (dry or handed >= capacity)):
+            assert await first.wait() == 0.0  # (a follow looks at the rule itself)
+            assert first.over.is_set()
+            return
+        follow = asyncio.ensure_future(first.wait())
+        await asyncio.sleep(0.01)
+        assert not follow.done()  # a follow waits while the round is not over
+        first.ran_dry()
+        for key in sorted(open_):
+            assert not follow.done()
+            first.answered(f"k{key}")
+        assert 0.0 < await asyncio.wait_for(follow, 1.0) < 1.0  # at its last answer
+
+    asyncio.run(scenario())
+
+
+def test_nothing_waits_for_the_first_round_past_its_bound() -> None:
+    """A first round that never ends by its rule (a grant never answered) holds follows back at
+    most FirstRound.LONGEST: a follow then goes on."""
+
+    async def scenario() -> float:
+        first = FirstRound(lambda: 4)
+        first.LONGEST = 0.1
+        first.arm()
+        first.granted("k")
+        return await asyncio.wait_for(first.wait(), 5.0)
+
+    assert 0.05 <= asyncio.run(scenario()) < 2.0

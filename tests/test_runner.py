@@ -1513,7 +1513,7 @@ def test_two_accounts_share_the_work_each_within_its_own_limit(tmp_path: Path):
 
 def _one_account_run(tmp_path: Path, slots: int, jobs: int, seconds: float) -> dict[str, Any]:
     """`renderer run` of `jobs` one-image jobs with concurrency = `slots` at an emulator that holds
-    one account to `slots` requests of `seconds` each; the account's counts (the run exits 0)."""
+    one account to `slots` requests of `seconds` each; the emulator's stats (the run exits 0)."""
     m = write_manifest(tmp_path, seeds=list(range(1, jobs + 1)), limits={"concurrency": slots})
     with background_emulator(
         service=ServiceTime("fixed", seconds), workers=64, account_slots=slots, key="k"
@@ -1528,9 +1528,9 @@ def _one_account_run(tmp_path: Path, slots: int, jobs: int, seconds: float) -> d
             "--quiet",
             env={"FAL_KEY": "k"},
         )
-        account: dict[str, Any] = emu.stats()["accounts"]["key"]
+        stats: dict[str, Any] = emu.stats()
     assert code == 0, out + err
-    return account
+    return stats
 
 
 @settings(max_examples=4, deadline=None)
@@ -1540,7 +1540,7 @@ def test_concurrency_is_what_the_provider_runs_with_at_most_the_lead_queued(
 ):
     """concurrency = the account's limit at a provider that holds it (fal's model): the account runs exactly that
     many at its peak, never more, and at most lead_cap(limit) (the lead at its most) of its requests wait in the provider's queue."""
-    account = _one_account_run(tmp_path_factory.mktemp("lead"), slots, jobs, 0.1)
+    account = _one_account_run(tmp_path_factory.mktemp("lead"), slots, jobs, 0.1)["accounts"]["key"]
     assert account["submits"] == jobs and account["duplicate_submits"] == 0
     assert account["peak_running"] == min(slots, jobs)
     assert account["peak_queued"] <= lead_cap(slots)
@@ -1550,10 +1550,30 @@ def test_requests_that_finish_together_get_a_queued_request_per_slot(tmp_path: P
     """8 slots of 0.2 s requests that start and finish together: the lead grows past its floor
     (2) to one queued request per slot (8), so a burst of completions restarts every slot at once;
     never more than 8 run and never more than 8 wait (the bound the docs state)."""
-    account = _one_account_run(tmp_path, 8, 80, 0.2)
+    account = _one_account_run(tmp_path, 8, 80, 0.2)["accounts"]["key"]
     assert account["submits"] == 80 and account["duplicate_submits"] == 0
     assert account["peak_running"] == 8
     assert lead_for(8) < account["peak_queued"] <= lead_cap(8) == 8
+
+
+@pytest.mark.parametrize("slots", [4, 16, 40])
+def test_every_slots_first_submit_is_answered_before_any_request_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slots: int
+):
+    """At start the account's slots and the lead's floor get their submits before the run follows
+    any request (no slot's first request waits behind the client's work on the first answers);
+    every job is then followed and its image written, once."""
+    from renderer.runner.lead import FirstRound
+
+    # The round must end by its own rule here, not by its time bound (a loaded machine).
+    monkeypatch.setattr(FirstRound, "LONGEST", 60.0)
+    jobs = 3 * slots
+    stats = _one_account_run(tmp_path, slots, jobs, 0.3)
+    first_round = slots + lead_for(slots)
+    assert stats["submits"] == jobs and stats["duplicate_submits"] == 0
+    assert stats["first_follow_at"] is not None
+    assert sorted(stats["submit_times"])[first_round - 1] < stats["first_follow_at"]
+    assert len(images(tmp_path / "o/t")) == jobs
 
 
 def test_slow_downloads_hold_no_provider_slot(tmp_path: Path):

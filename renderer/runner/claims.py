@@ -21,6 +21,13 @@ from renderer.runner.job import RunState
 from renderer.state.rows import LeaseLost
 from renderer.state.store import Store
 
+# Jobs handed out per turn of the loop. Handed out a batch at a time, the run's first S jobs
+# (256 at S = 256) were all prepared (state read, submit recorded, connection opened) before the
+# first of their submits was written: the provider's first slot waited ~0.15 s for the whole
+# ramp, and every slot's round, to the last one, started that late. A few at a time, each
+# group's submits go out while the next group is prepared, and the rounds start as the ramp goes.
+FEED_STEP = 8
+
 
 class Claims:
     """Feeds claimed jobs to the task pool and keeps their leases."""
@@ -32,6 +39,7 @@ class Claims:
         self.config = config
         self.state = state
         self.emit = emit
+        self.dry: Callable[[], None] = lambda: None  # told when a claim finds nothing to hand out
 
     async def feed(self, queue: asyncio.Queue[str | None], consumers: int) -> None:
         """Claim jobs in plan order, a batch at a time, and hand them to the consumers; then one None each.
@@ -53,11 +61,19 @@ class Claims:
                     and (bound is None or recorder.recorded < bound)
                 )
                 claimed = self.store.claim(batch, before=bound)
-                for c in claimed:
+                for n, c in enumerate(claimed, 1):
                     await queue.put(c.key)
+                    if n % FEED_STEP == 0:
+                        # A turn of the loop for the jobs handed out so far: their submits go
+                        # on the wire before the next ones are prepared (see FEED_STEP).
+                        await asyncio.sleep(0)
                 if claimed:
                     continue
-                if recording:  # the plan is still being recorded: more jobs come
+                self.dry()
+                if (
+                    recording and recorder is not None
+                ):  # the plan is still being recorded: more jobs come
+                    recorder.start()  # (never waits for a recording not begun: Runner.run)
                     await asyncio.sleep(0.02)
                     continue
                 if recorder is not None and recorder.error is not None:
@@ -80,6 +96,7 @@ class Claims:
             raise
         finally:
             if recorder is not None:
+                recorder.start()  # (the runner starts it after its first round: maybe not yet)
                 # Stopping, or a --max-jobs trial whose jobs are done: the recording ends after its
                 # batch in hand and the next run records the rest (sync_plan resumes it; the plan's
                 # digest is set only by a recording that got to the end). Otherwise it is waited

@@ -238,6 +238,8 @@ class JobSteps:
                         if row is None:
                             return
                     elif step == "submitted":
+                        # (Waiting for the client's own first round is not the job's time.)
+                        deadline += await self.limits.first.wait()
                         if not await self._hold(row):
                             return
                         account = self.limits.held[key]
@@ -398,6 +400,7 @@ class JobSteps:
         finally:
             self.state.sending.discard(row.key)
             self.limits.deliveries.sent(row.key)
+            self.limits.first.answered(row.key)
 
     async def follow(self, row: Row, deadline: float, account: Account) -> Row | None:
         assert row.request_id and row.status_url and row.response_url and row.cancel_url

@@ -37,6 +37,7 @@ follows it and is followed by the next run, never paid for again.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -132,3 +133,76 @@ class Lead:
             self.work, self._cpu = cpu - self._cpu, cpu
             self._last, self._peak, self._count = self._peak, 0, 0
         self.value = min(self.cap, self.floor + max(self._peak, self._last))
+
+
+class FirstRound:
+    """The run's first round of submits, sent before any request is followed.
+
+    At start every provider slot is free, and a request that has not been sent is a slot that
+    waits. A job whose submit was answered follows it (status stream, result, download) only
+    once every submit granted in the first round has been answered: following the first answers
+    while the other slots' first submits were still being prepared put ~1 ms of work per answer
+    between one slot's submit and the next, and the round's last slots (with every later round
+    of theirs) started a fifth of a second late at S = 256. A request runs at the provider
+    meanwhile; only seeing it finish waits.
+
+    The round is what the task pool hands out up to the slots' capacity (or until the feed runs
+    dry); it is over when each of its grants has been answered (or given up). A grant never waits
+    for a slot (a job waits for its slots before it is granted), so the round never waits for a
+    completion; and whatever happens to it (a rate, 429s, a stop), it is over after LONGEST.
+
+    Armed only by a task pool that tells it what it hands out (`arm`, `took`, `ran_dry`); until
+    then nothing waits (JobSteps alone, the tests that drive it).
+    """
+
+    LONGEST = 1.0  # seconds from arming after which nothing waits for the round any more
+
+    def __init__(self, capacity: Callable[[], int]) -> None:
+        """`capacity`: the provider slots that may be held now (the round's size)."""
+        self.capacity = capacity
+        self.handed = 0  # jobs the task pool took
+        self.dry = False  # the feed had nothing more to hand out
+        self.unanswered: set[str] = set()  # the round's grants whose submit has no answer yet
+        self.over = asyncio.Event()
+        self.over.set()
+
+    def arm(self) -> None:
+        """A task pool starts (on the running loop): its first round is answered before any follow."""
+        self.handed, self.dry = 0, False
+        self.unanswered.clear()
+        self.over.clear()
+        asyncio.get_running_loop().call_later(self.LONGEST, self.over.set)
+
+    def took(self) -> None:
+        """The task pool took a job (a worker's next key)."""
+        self.handed += 1
+
+    def ran_dry(self) -> None:
+        """The feed has nothing to hand out now: the round is what was handed out."""
+        self.dry = True
+        self._check()
+
+    def granted(self, key: str) -> None:
+        """`key` holds its provider slots for a new submit."""
+        if not self.over.is_set():
+            self.unanswered.add(key)
+
+    def answered(self, key: str) -> None:
+        """`key`'s submit was answered, or it gave up sending one."""
+        if not self.over.is_set():
+            self.unanswered.discard(key)
+            self._check()
+
+    def _check(self) -> None:
+        if not self.unanswered and (self.dry or self.handed >= self.capacity()):
+            self.over.set()
+
+    async def wait(self) -> float:
+        """Until the first round is over (at once when it is, or when none was armed); the
+        seconds waited (not the job's own time: JobSteps moves its deadline by them)."""
+        self._check()
+        if self.over.is_set():
+            return 0.0
+        started = time.monotonic()
+        await self.over.wait()
+        return time.monotonic() - started

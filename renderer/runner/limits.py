@@ -47,7 +47,7 @@ from renderer.errors import AccountError
 from renderer.provider.client import Client
 from renderer.runner.config import SINGLE_ACCOUNT, SINGLE_KEY, Event, RunConfig
 from renderer.runner.deliver import Deliveries
-from renderer.runner.lead import Lead, follows_accounts
+from renderer.runner.lead import FirstRound, Lead, follows_accounts
 from renderer.runner.lead import provider_capacity as provider_capacity  # (where it was)
 from renderer.state.rows import Row
 from renderer.state.store import Store
@@ -350,6 +350,8 @@ class Limits:
         # it is the user's own (module docstring).
         self.endpoint_slots = {e: asyncio.Semaphore(n) for e, n in config.per_endpoint.items()}
         self.deliveries = Deliveries(delivery_bound(config.concurrency))  # (deliver.py)
+        # The first round: answered before any request is followed (lead.FirstRound).
+        self.first = FirstRound(lambda: self.slots.capacity)
         # No pacing unless the user sets limits.rate: fal limits what runs, not how fast it is asked.
         self.limiter: AsyncLimiter | SharedRate | None = (
             make_limiter(config.rate) if config.rate else None
@@ -484,6 +486,7 @@ class Limits:
         if row.state == "planned":
             # Its submit goes before new deliveries (deliver.Deliveries).
             self.deliveries.granted(row.key)
+            self.first.granted(row.key)
         return True
 
     async def let_go(self, key: str) -> None:
@@ -492,6 +495,7 @@ class Limits:
         unsent = key in self.deliveries.pending
         account = self.held.pop(key, None)
         self.deliveries.sent(key)
+        self.first.answered(key)
         if account is None:
             return
         gate = self.gates.pop(key, None)

@@ -64,7 +64,8 @@ def reconcile(
     recording = (
         None
         if has_output
-        else store.record_plan(plan.jobs, plan.digest_later(), upto=config.max_jobs)
+        # (its thread is started by the runner, once the first round is out: Runner.run)
+        else store.record_plan(plan.jobs, plan.digest_later(), upto=config.max_jobs, start=False)
     )
     found = Reconciled(recording is not None or store.sync_plan(plan.jobs, plan.digest))
     files.remove_partials(

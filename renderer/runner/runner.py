@@ -101,6 +101,21 @@ def trial_outcome(
     return "done", None, None
 
 
+def run_outcome(runner: Runner, counts: dict[str, int]) -> tuple[str, str | None, str | None]:
+    """(outcome, error, hint) of the run that ends now."""
+    fatal = runner.state.fatal
+    if fatal is not None:
+        return "stopped", fatal.message, fatal.hint
+    if runner.state.stopping:
+        return "interrupted", None, None
+    if runner.limits.waiting:
+        # Only an account the user fixes or configures can finish these: the run cannot go on.
+        return "stopped", *runner.limits.waiting_error()
+    if counts["failed"]:
+        return "failed", None, None
+    return trial_outcome(len(runner.plan.jobs), counts, runner.config.max_jobs)
+
+
 def progress_event(state: RunState, limits: Limits) -> Event:
     """The progress event: counts so far, requests at the provider, the allowance."""
     return {
@@ -189,22 +204,30 @@ def collecting_less() -> Iterator[None]:
 
 async def warm_up_ahead(runner: Runner) -> None:
     """What the first delivery needs (deliver.warm_up: Pillow), loaded in a thread once the
-    first submits are out: the loop then waits for the provider anyway, and the first burst
-    of completions does not pay for it. Tried once; a failure is the first delivery's to meet."""
-    first: float | None = None  # when the first submit went out
-    capacity = provider_capacity(runner.config)
-    # The ramp first (every slot's first submit, or 0.1 s of it): its submits are what the
-    # provider waits for; the loop is idle after it until the first request finishes.
-    while runner.limits.in_flight < capacity:
-        if runner.state.stopping or (runner.state.done and not runner.tasks):
-            return
-        if runner.client.calls["submit"]:
-            first = first or time.monotonic()
-            if time.monotonic() - first >= 0.1:
-                break
-        await asyncio.sleep(0.01)
+    first round's submits are answered (lead.FirstRound): the loop then waits for the provider
+    anyway, and the first burst of completions does not pay for it. (Started at a fixed 0.1 s
+    after the first submit, the thread's import took the GIL from the last of 256 first
+    submits.) Tried once; a failure is the first delivery's to meet."""
+    await runner.limits.first.over.wait()
+    await asyncio.sleep(0)  # (the jobs the feed just handed out have their tasks)
+    if runner.state.stopping or not runner.tasks:
+        return  # stopped, or nothing to render (a rerun with everything done)
     with contextlib.suppress(Exception):
         await asyncio.to_thread(warm_up)
+
+
+async def record_after_first_round(runner: Runner) -> None:
+    """A first run's plan beyond its first batch recorded in the background (state/recording.py)
+    from when the first round's submits are answered: the recording's thread, started with the
+    run, took the GIL from the first round's submits in turns (a state read waited 10-20 ms for
+    it at 2,000 jobs), while the loop is idle once the round is out, waiting for the provider.
+    The first batch (plansync.FIRST_BATCH) is recorded already; a first round larger than it ends
+    when the feed runs dry (FirstRound.ran_dry). The feed starts it too, before waiting for it."""
+    recorder = runner.store.recorder
+    if recorder is None:
+        return
+    await runner.limits.first.over.wait()
+    recorder.start()
 
 
 class Runner:
@@ -250,6 +273,7 @@ class Runner:
             output_check,
         )
         self.claims = Claims(store, config, self.state, self.emit)
+        self.claims.dry = self.limits.first.ran_dry
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.shared = store.shared  # several workers share the state: claims decide who does what
@@ -327,6 +351,7 @@ class Runner:
                 if self.state.stopping:
                     continue  # drain: the feeder ends with one None per worker
                 # The job takes its provider slots itself, just before its submit (JobSteps).
+                self.limits.first.took()
                 task = asyncio.ensure_future(self.jobs.advance(key))
                 self.tasks[key] = task
                 try:
@@ -340,6 +365,7 @@ class Runner:
                     self.state.queued.pop(key, None)
                 self.emit(self.progress())
             drained.set()
+            self.limits.first.ran_dry()
 
         # Enough workers for every provider slot (with its lead), as many jobs again between their
         # COMPLETED and their delivery, and every delivery: when every request finishes at once,
@@ -347,12 +373,16 @@ class Runner:
         # delivery, the jobs queued for a delivery slot held the workers, and a burst of 256
         # completions refilled 96 slots at once and the rest only as deliveries ended).
         size = 2 * provider_capacity(self.config) + delivery_bound(self.config.concurrency)
+        if self.limits.limiter is None and not any(a.limiter for a in self.accounts.all):
+            # (A paced run's first round lasts as long as its rate makes it: nothing waits for it.)
+            self.limits.first.arm()  # the first round: see lead.FirstRound
         workers = [asyncio.ensure_future(worker()) for _ in range(size)]
         helpers = [
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),
             asyncio.ensure_future(self.claims.renew(self.tasks)),
             asyncio.ensure_future(export_ahead(self, drained)),
             asyncio.ensure_future(warm_up_ahead(self)),
+            asyncio.ensure_future(record_after_first_round(self)),
         ]
         self.store.grouping = self.store.group_commit
         try:
@@ -428,7 +458,7 @@ class Runner:
         if self.finalizer:
             with writing(self.run_dir / DATA_DIR):
                 self.export()
-        outcome, error, hint = self.outcome(counts)
+        outcome, error, hint = run_outcome(self, counts)
         total_cost, unpriced = finished_cost(self.plan, self.store)
         summary = Summary(
             outcome,
@@ -472,20 +502,6 @@ class Runner:
             }
         )
         return summary
-
-    def outcome(self, counts: dict[str, int]) -> tuple[str, str | None, str | None]:
-        """(outcome, error, hint) of the run that ends now."""
-        fatal = self.state.fatal
-        if fatal is not None:
-            return "stopped", fatal.message, fatal.hint
-        if self.state.stopping:
-            return "interrupted", None, None
-        if self.limits.waiting:
-            # Only an account the user fixes or configures can finish these: the run cannot go on.
-            return "stopped", *self.limits.waiting_error()
-        if counts["failed"]:
-            return "failed", None, None
-        return trial_outcome(len(self.plan.jobs), counts, self.config.max_jobs)
 
     def export(self) -> None:
         # The dataset is derived from the finished rows alone: unchanged rows, unchanged files.

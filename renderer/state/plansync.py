@@ -51,7 +51,11 @@ class PlanSync(Cells):
             return self._sync_plan(jobs, digest)
 
     def record_plan(
-        self, jobs: Sequence[Any], digest: str | Callable[[], str], upto: int | None = None
+        self,
+        jobs: Sequence[Any],
+        digest: str | Callable[[], str],
+        upto: int | None = None,
+        start: bool = True,
     ) -> PlanRecorder | None:
         """Record a plan into an empty state: the first batch now, the rest in the background.
 
@@ -61,6 +65,8 @@ class PlanSync(Cells):
         call sync_plan as before. `digest` may be a function, called by the recorder at the end.
         `upto`: the run needs only the plan's first `upto` jobs (a --max-jobs trial): the recording
         stops once they are in, and the next run records the rest (sync_plan, as a recording).
+        `start`: begin the background recording now; else the caller starts it (recorder.start)
+        when it chooses, and before it waits for it.
         """
         if (
             self.shared
@@ -86,7 +92,8 @@ class PlanSync(Cells):
         if upto is not None and upto <= len(first):
             self.recorder.halt()  # (the thread only builds the key index)
         self.recorder.upto = upto
-        self.recorder.thread.start()
+        if start:
+            self.recorder.start()
         return self.recorder
 
     def reopen(self, keyless: bool = False) -> Store:

@@ -124,6 +124,11 @@ class PlanRecorder:
                     (digest,),
                 )
 
+    def start(self) -> None:
+        """Begin recording in the thread (once: later calls do nothing)."""
+        if self.thread.ident is None:
+            self.thread.start()
+
     def halt(self) -> None:
         """Stop after the batch being written, if one is (its transaction commits or not, whole); join
         the thread to wait."""

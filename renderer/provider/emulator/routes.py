@@ -71,6 +71,7 @@ class QueueRoutes:
         self.inputs = inputs  # input digest → submits, across accounts
         self.submit_times = submit_times  # time.monotonic() of each accepted submit
         self.stopping = stopping  # the server is shutting down: open event streams end
+        self.first_follow: float | None = None  # time.monotonic() of the first status read
 
     def urls(self, req: ModelRequest) -> dict[str, str]:
         root = f"{req.base}/{req.app}/requests/{req.id}"
@@ -208,6 +209,7 @@ class QueueRoutes:
         req, rest = self.find(request.match_info["tail"], request.headers.get("Authorization", ""))
         if rest in ("status", "status/stream"):
             self.counts["stream_calls" if rest == "status/stream" else "status_calls"] += 1
+            self.first_follow = self.first_follow or time.monotonic()
             if req is None:
                 return web.json_response({"detail": "Request not found"}, status=404)
             logs = truthy(request.query.get("logs"))
@@ -275,9 +277,10 @@ class QueueRoutes:
                 "x-fal-request-id": req.id,
             }
         )
-        await response.prepare(request)
-        # A reader that went away (a killed or cancelled client) is nobody's error.
+        # A reader that went away (a killed or cancelled client) is nobody's error, even before
+        # the headers were written (a stop as many streams open at once).
         with contextlib.suppress(ConnectionResetError):
+            await response.prepare(request)
             await self._stream_events(response, req, logs)
         return response
 

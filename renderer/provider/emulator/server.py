@@ -180,6 +180,8 @@ class Emulator:
             "duplicate_submits": sum(n - 1 for n in self.inputs.values() if n > 1),
             "inputs": dict(self.inputs),
             "submit_times": list(self.submit_times),
+            # When a request was first followed (its status read or streamed), on that clock too.
+            "first_follow_at": self.routes.first_follow,
             "queued": queue.queued,
             "busy": queue.busy,
             "in_flight": accounts.in_flight,
