@@ -27,7 +27,8 @@ SPEC = {
 }
 
 
-def _render(folder: Path, **emulator: Any) -> Path:
+def _render(folder: Path, *flags: str, **emulator: Any) -> Path:
+    """The SPEC manifest rendered into folder/out on an emulator (`flags`: more `run` flags)."""
     folder.mkdir(parents=True, exist_ok=True)
     m = write_manifest(folder, **SPEC)
     with background_emulator(service=ServiceTime("fixed", 0.005), **emulator) as emu:
@@ -39,6 +40,7 @@ def _render(folder: Path, **emulator: Any) -> Path:
             "--output",
             str(folder / "out"),
             "--quiet",
+            *flags,
             env={"FAL_KEY": "k"},
         )
     assert code == 0, err
@@ -273,24 +275,7 @@ def test_hostile_text_in_a_comparison(tmp_path: Path):
 
 def test_pairs_rendered_in_neither_run_are_a_band_of_their_own(tmp_path: Path):
     """A partial run compared with itself: its unrendered pairs are on the page under "not rendered", after what needs a decision and before pass, with no pictures."""
-    folder = tmp_path / "part"
-    folder.mkdir()
-    m = write_manifest(folder, **SPEC)
-    with background_emulator(service=ServiceTime("fixed", 0.005)) as emu:
-        code, _, err = cli(
-            "run",
-            str(m),
-            "--provider",
-            emu.url,
-            "--output",
-            str(folder / "out"),
-            "--quiet",
-            "--max-jobs",
-            "3",
-            env={"FAL_KEY": "k"},
-        )
-    assert code == 0, err
-    run = folder / "out/t"
+    run = _render(tmp_path / "part", "--max-jobs", "3")
     result = compare.compare(run, run)
     assert result["outcome"] == "pass" and result["counts"]["not_rendered"] == 13
     data = _data(diffpage.write(result, tmp_path / "d.html"))

@@ -66,7 +66,7 @@ TINY_PNG = (
 def warm_up() -> None:
     """Pillow imported and its first decode done (files.verify_image of a tiny PNG), once.
 
-    The runner calls it in a thread while its first requests render (runner.warm_up_ahead), so the
+    The runner calls it in a thread while its first requests render (runner.after_first_round), so the
     first completions' deliveries do not pay for it on the loop (~15-30 ms of CPU, taken in the
     middle of the first burst of refills otherwise)."""
     files.verify_image(TINY_PNG, "image/png")

@@ -202,32 +202,26 @@ def collecting_less() -> Iterator[None]:
                 gc.unfreeze()
 
 
-async def warm_up_ahead(runner: Runner) -> None:
-    """What the first delivery needs (deliver.warm_up: Pillow), loaded in a thread once the
-    first round's submits are answered (lead.FirstRound): the loop then waits for the provider
-    anyway, and the first burst of completions does not pay for it. (Started at a fixed 0.1 s
-    after the first submit, the thread's import took the GIL from the last of 256 first
-    submits.) Tried once; a failure is the first delivery's to meet."""
+async def after_first_round(runner: Runner) -> None:
+    """What waits for the first round's submits to be answered (lead.FirstRound), the loop
+    being idle then until the provider finishes a request; each had taken the GIL from the last
+    of 256 first submits when it began with the run:
+      * a first run's plan beyond its first batch, recorded in the background
+        (state/recording.py; a state read waited 10-20 ms for its thread at 2,000 jobs). A first
+        round larger than the first batch (plansync.FIRST_BATCH) ends when the feed runs dry,
+        which starts the recording too;
+      * what the first delivery needs (deliver.warm_up: Pillow), in a thread: the first burst
+        of completions does not pay for it. Not for a stop, nor a run with nothing to render.
+        Tried once; a failure is the first delivery's to meet.
+    """
     await runner.limits.first.over.wait()
+    if runner.store.recorder is not None:
+        runner.store.recorder.start()
     await asyncio.sleep(0)  # (the jobs the feed just handed out have their tasks)
     if runner.state.stopping or not runner.tasks:
-        return  # stopped, or nothing to render (a rerun with everything done)
+        return
     with contextlib.suppress(Exception):
         await asyncio.to_thread(warm_up)
-
-
-async def record_after_first_round(runner: Runner) -> None:
-    """A first run's plan beyond its first batch recorded in the background (state/recording.py)
-    from when the first round's submits are answered: the recording's thread, started with the
-    run, took the GIL from the first round's submits in turns (a state read waited 10-20 ms for
-    it at 2,000 jobs), while the loop is idle once the round is out, waiting for the provider.
-    The first batch (plansync.FIRST_BATCH) is recorded already; a first round larger than it ends
-    when the feed runs dry (FirstRound.ran_dry). The feed starts it too, before waiting for it."""
-    recorder = runner.store.recorder
-    if recorder is None:
-        return
-    await runner.limits.first.over.wait()
-    recorder.start()
 
 
 class Runner:
@@ -365,7 +359,6 @@ class Runner:
                     self.state.queued.pop(key, None)
                 self.emit(self.progress())
             drained.set()
-            self.limits.first.ran_dry()
 
         # Enough workers for every provider slot (with its lead), as many jobs again between their
         # COMPLETED and their delivery, and every delivery: when every request finishes at once,
@@ -381,8 +374,7 @@ class Runner:
             asyncio.ensure_future(self.claims.feed(queue, len(workers))),
             asyncio.ensure_future(self.claims.renew(self.tasks)),
             asyncio.ensure_future(export_ahead(self, drained)),
-            asyncio.ensure_future(warm_up_ahead(self)),
-            asyncio.ensure_future(record_after_first_round(self)),
+            asyncio.ensure_future(after_first_round(self)),
         ]
         self.store.grouping = self.store.group_commit
         try:
