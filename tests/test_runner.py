@@ -118,12 +118,14 @@ def test_rerun_skips_finished_and_never_pays_twice(tmp_path: Path):
 def test_the_dataset_is_written_while_the_last_requests_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A large run writes its dataset while its last requests render and appends the rest at the
-    end (issue 23's tail): every image is in it once, and a rerun finds it exact and keeps it."""
+    """A large run writes its dataset while its last requests render, again between their rounds,
+    and appends the rest at the end (issue 23's tail): every image is in it once, and a rerun
+    finds it exact and keeps it."""
     import renderer.output.dataset as dataset_mod
     import renderer.runner.runner as runner_mod
 
-    monkeypatch.setattr(runner_mod, "EARLY_EXPORT_MIN", 5)  # what counts as large, for 12 jobs
+    monkeypatch.setattr(runner_mod, "EARLY_EXPORT_MIN", 5)  # what counts as large, for 16 jobs
+    monkeypatch.setattr(runner_mod, "EXPORT_STEP", 4)
     writes: list[int] = []
     update = dataset_mod.update
 
@@ -133,18 +135,21 @@ def test_the_dataset_is_written_while_the_last_requests_run(
 
     monkeypatch.setattr(dataset_mod, "update", counted)
     with background_emulator(service=ServiceTime("fixed", 0.4)) as emu:
-        m = write_manifest(tmp_path, seeds=list(range(1, 13)), limits={"concurrency": 4})
+        m = write_manifest(tmp_path, seeds=list(range(1, 17)), limits={"concurrency": 4})
         base = ("run", str(m), "--provider", emu.url, "--output", str(tmp_path / "out"), "--quiet")
         assert cli(*base, env={"FAL_KEY": "k"})[0] == 0
-        assert len(writes) == 2 and 5 <= writes[0] < 12 and writes[1] == 12
+        # Four rounds of 4: written ahead once 5 had finished (after the second round), again
+        # after the third (4 more, none being delivered), the last round appended at the end.
+        assert len(writes) >= 3 and 5 <= writes[0] < 16 and writes[-1] == 16
+        assert writes == sorted(writes) and len(set(writes)) == len(writes)
         run_dir = tmp_path / "out/t"
         assert_all_verified(run_dir)
         metadata = run_dir / "data/metadata.jsonl"
         rows = [json.loads(line) for line in metadata.read_text().splitlines()]
-        assert sorted(r["seed"] for r in rows) == list(range(1, 13))
+        assert sorted(r["seed"] for r in rows) == list(range(1, 17))
         before = metadata.stat().st_mtime_ns
         assert cli(*base, env={"FAL_KEY": "k"})[0] == 0  # nothing to do: the dataset is kept
-        assert metadata.stat().st_mtime_ns == before and emu.stats()["submits"] == 12
+        assert metadata.stat().st_mtime_ns == before and emu.stats()["submits"] == 16
 
 
 def test_a_run_collects_less_garbage_and_gives_the_settings_back(tmp_path: Path):

@@ -132,6 +132,7 @@ def progress_event(state: RunState, limits: Limits) -> Event:
 # Jobs that are at the provider or past it: nothing of theirs is still to be submitted.
 SUBMITTED = frozenset({"submitted", "waiting", "downloading"})
 EARLY_EXPORT_MIN = 1000  # finished jobs below which the dataset is cheap enough to write at the end
+EXPORT_STEP = 100  # rows finished since the last early write that make another one worth it
 
 
 async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
@@ -139,10 +140,12 @@ async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
 
     Once every job has been handed out (`drained`) and all of them have been submitted, the
     rows finished so far are written (whole, for a changed plan) while the provider renders the
-    last ones; the run's end then appends only those last rows (dataset.update), instead of
-    writing ten thousand rows after the last image. Only for a local output of one worker, and
-    only when there is enough to write for it to matter. A failure here is left for the run's
-    own export at the end to meet and report.
+    last ones; then again whenever EXPORT_STEP more have finished and no job is being delivered
+    (the loop is idle: every job left is still at the provider). The run's end then appends only
+    the rows of the last requests (dataset.update), instead of writing ten thousand rows after
+    the last image. Only for a local output of one worker, and only when there is enough to
+    write for it to matter. A failure here is left for the run's own export at the end to meet
+    and report.
     """
     if runner.shared or runner.storage.remote:
         return
@@ -153,17 +156,26 @@ async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
     # way: wait for them (not for the last requests), rather than give up on a count taken too soon.
     while runner.tasks and runner.state.done < EARLY_EXPORT_MIN and not runner.state.stopping:
         await asyncio.sleep(0.05)
-    if not runner.tasks or runner.state.stopping:
-        return
-    with contextlib.suppress(StateError, OSError):
-        write_dataset(
-            runner.plan,
-            runner.store,
-            runner.storage,
-            runner.config.provider or None,
-            append=not runner.plan_changed,
-            record=True,
-        )
+    written = 0
+    while runner.tasks and not runner.state.stopping:
+        if written and (
+            runner.state.done - written < EXPORT_STEP
+            or any(runner.state.phase.get(k) == "downloading" for k in runner.tasks)
+        ):
+            await asyncio.sleep(0.05)
+            continue
+        written = runner.state.done
+        try:
+            write_dataset(
+                runner.plan,
+                runner.store,
+                runner.storage,
+                runner.config.provider or None,
+                append=not runner.plan_changed,
+                record=True,
+            )
+        except (StateError, OSError):
+            return
         runner.plan_changed = False  # the dataset matches this plan now: the end appends to it
 
 
