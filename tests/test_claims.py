@@ -76,3 +76,34 @@ def test_a_feed_that_runs_out_hands_each_consumer_its_end(
     got = asyncio.run(scenario())
     keys = [k for k in got if k is not None]
     assert len(keys) == 5 == len(set(keys)) and got[-3:] == [None, None, None]
+
+
+def test_the_feed_hands_out_its_first_job_alone(tmp_path: Path, registry: SchemaRegistry) -> None:
+    """After the first job, nothing more is handed out until `alone` returns (the first submit
+    is then on the wire), and then every job still comes, in plan order."""
+
+    async def scenario() -> tuple[list[str], list[str | None]]:
+        claims, store = _claims(tmp_path, registry, jobs=6)
+        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=10)
+        release = asyncio.Event()
+        seen: list[str] = []
+
+        async def alone() -> None:
+            seen.extend(k for k in list(queue._queue) if k is not None)  # type: ignore[attr-defined]
+            await release.wait()
+
+        claims.alone = alone
+        feed = asyncio.ensure_future(claims.feed(queue, consumers=1))
+        await asyncio.sleep(0.05)
+        held = queue.qsize()
+        release.set()
+        await asyncio.wait_for(feed, 5)
+        got = [queue.get_nowait() for _ in range(queue.qsize())]
+        store.close()
+        assert held == 1
+        return seen, got
+
+    seen, got = asyncio.run(scenario())
+    keys = [k for k in got if k is not None]
+    assert len(seen) == 1 and keys[0] == seen[0] and len(keys) == 6 == len(set(keys))
+    assert got[-1] is None

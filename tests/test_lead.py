@@ -184,3 +184,30 @@ def test_nothing_waits_for_the_first_round_past_its_bound() -> None:
         return await asyncio.wait_for(first.wait(), 5.0)
 
     assert 0.05 <= asyncio.run(scenario()) < 2.0
+
+
+def test_the_first_submit_goes_out_alone_until_it_is_answered() -> None:
+    """The feed's wait after its first job (FirstRound.alone) ends at the first answer, or after
+    ALONE when none comes; a round that was never armed (a paced run) does not wait at all."""
+
+    async def scenario() -> tuple[bool, bool, float, float]:
+        first = FirstRound(lambda: 4)
+        loop = asyncio.get_running_loop()
+        unarmed = loop.time()
+        await first.alone()
+        unarmed = loop.time() - unarmed
+        first.ALONE = 5.0
+        first.arm()
+        waiting = asyncio.ensure_future(first.alone())
+        await asyncio.sleep(0.02)
+        held = not waiting.done()
+        first.answered("k")
+        await asyncio.wait_for(waiting, 1.0)  # at the answer, not after ALONE
+        first.ALONE = 0.05
+        first.arm()
+        started = loop.time()
+        await asyncio.wait_for(first.alone(), 5.0)
+        return held, first.first.is_set(), unarmed, loop.time() - started
+
+    held, answered, unarmed, bounded = asyncio.run(scenario())
+    assert held and not answered and unarmed < 0.01 and 0.04 <= bounded < 2.0

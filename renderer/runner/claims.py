@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from renderer.errors import OutageError, StateError
 from renderer.runner.config import Event, RunConfig
@@ -40,6 +40,8 @@ class Claims:
         self.state = state
         self.emit = emit
         self.dry: Callable[[], None] = lambda: None  # told when a claim finds nothing to hand out
+        # Waited for once, after the first job is handed out (lead.FirstRound.alone).
+        self.alone: Callable[[], Awaitable[None]] | None = None
 
     async def feed(self, queue: asyncio.Queue[str | None], consumers: int) -> None:
         """Claim jobs in plan order, a batch at a time, and hand them to the consumers; then one None each.
@@ -63,6 +65,9 @@ class Claims:
                 claimed = self.store.claim(batch, before=bound)
                 for n, c in enumerate(claimed, 1):
                     await queue.put(c.key)
+                    if self.alone is not None:  # the run's first job: its submit goes alone
+                        alone, self.alone = self.alone, None
+                        await alone()
                     if n % FEED_STEP == 0:
                         # A turn of the loop for the jobs handed out so far: their submits go
                         # on the wire before the next ones are prepared (see FEED_STEP).

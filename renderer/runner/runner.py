@@ -280,6 +280,7 @@ class Runner:
         )
         self.claims = Claims(store, config, self.state, self.emit)
         self.claims.dry = self.limits.first.ran_dry
+        self.claims.alone = self.limits.first.alone
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.plan_changed = True  # until prepare() finds the stored plan unchanged
         self.shared = store.shared  # several workers share the state: claims decide who does what
