@@ -152,6 +152,42 @@ def test_the_dataset_is_written_while_the_last_requests_run(
         assert metadata.stat().st_mtime_ns == before and emu.stats()["submits"] == 16
 
 
+def test_a_jobs_folder_is_made_while_its_request_runs(tmp_path: Path):
+    """A local run makes each job's folder once its request is submitted, before its delivery
+    (not in the burst of deliveries when a round ends)."""
+    from renderer import api
+    from renderer.layout import job_folder
+
+    prompts = [{"id": f"p{i}", "text": f"picture {i}"} for i in range(4)]  # a folder each
+    plan = api.load_manifest(write_manifest(tmp_path, prompts=prompts, limits={"concurrency": 2}))
+    stems = {j.key: j.stem for j in plan.jobs}
+    submitted: dict[str, float] = {}
+    seen: list[tuple[str, bool]] = []
+    run_dir = tmp_path / "out" / "t"
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "submitted":
+            submitted[event["key"]] = time.monotonic()
+        elif event["type"] == "downloaded" and not seen:
+            # Every other request submitted a while ago (its own prompt, its own folder) and
+            # still running (0.5 s each, 2 at once) has its folder.
+            for key, at in submitted.items():
+                if key != event["key"] and time.monotonic() - at > 0.1:
+                    seen.append((key, (run_dir / job_folder(stems[key])).is_dir()))
+
+    with background_emulator(service=ServiceTime("fixed", 0.5)) as emu:
+        summary = api.run(
+            plan,
+            provider=emu.url,
+            output=tmp_path / "out",
+            on_event=on_event,  # type: ignore[arg-type]
+            env={"FAL_KEY": "k"},
+        )
+    assert summary.outcome == "done"
+    assert seen and all(made for _, made in seen), seen
+    assert_all_verified(run_dir)
+
+
 def test_a_run_collects_less_garbage_and_gives_the_settings_back(tmp_path: Path):
     """During a run the collector skips what existed at its start and runs every GC_YOUNG
     allocations; the caller of the Python API gets its own settings back, nothing left frozen."""

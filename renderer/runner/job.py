@@ -243,6 +243,7 @@ class JobSteps:
                         if not await self._hold(row):
                             return
                         account = self.limits.held[key]
+                        self.delivery.prepare(row)  # its folder, while the request runs
                         followed = row
                         try:
                             row = await self.follow(followed, deadline, account)
