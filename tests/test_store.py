@@ -115,6 +115,35 @@ def test_database_is_wal_and_survives_reopen(tmp_path: Path, registry: SchemaReg
     assert (tmp_path / DB_NAME).is_file()
 
 
+def test_a_checkpoint_leaves_every_committed_change_in_the_database_file(
+    tmp_path: Path, registry: SchemaRegistry
+):
+    """After checkpoint() the database file alone (its log set aside) holds what was committed,
+    while the store stays open and usable; changes still waiting for their group commit are
+    left for the commit (the checkpoint does nothing then)."""
+    import shutil
+
+    store = SQLiteStore(tmp_path / "run")
+    keys = [j.key for j in _plan(registry).jobs]
+    store.sync_plan(_plan(registry).jobs)
+    store.submitted(keys[0], "r1", "s", "r", "c")
+    store.grouping = True
+    store.completed(keys[1], {"images": []})  # deferred: not committed yet
+    store.checkpoint()
+    store.commit()
+    store.grouping = False
+    store.checkpoint()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(tmp_path / "run" / DB_NAME, copy / DB_NAME)  # the file alone, without -wal
+    alone = SQLiteStore(copy, readonly=True)
+    assert alone.get(keys[0]).request_id == "r1" and alone.get(keys[1]).state == "completed"
+    alone.close()
+    store.downloaded(keys[0], [])  # still open and writable
+    assert store.counts()["downloaded"] == 1
+    store.close()
+
+
 def test_the_lock_refuses_a_second_holder(tmp_path: Path):
     """Two runs on one directory: the second is refused with the holder named."""
     with RunLock(tmp_path), pytest.raises(RunLocked) as info, RunLock(tmp_path):

@@ -177,6 +177,7 @@ async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
         except (StateError, OSError):
             return
         runner.plan_changed = False  # the dataset matches this plan now: the end appends to it
+        runner.store.checkpoint()  # (the loop is idle: see StoreCore.checkpoint)
 
 
 # Young objects allocated between two collections of the youngest generation, during a run

@@ -112,6 +112,12 @@ class StoreCore:
     def commit(self) -> None:
         """Commit the deferred changes in one transaction; StateError if they could not be (or were undone)."""
 
+    def checkpoint(self) -> None:
+        """At an idle moment of a run: SQLite folds its write-ahead log into the database, which
+        it otherwise does on the commit that takes the log past 1,000 pages (10-30 ms of the
+        loop, wherever that falls: in the burst of deliveries at a run's end, say) and at the
+        close. PostgreSQL: nothing to do."""
+
     @contextmanager
     def _tx(self, defer: bool = False) -> Iterator[Any]:
         raise NotImplementedError

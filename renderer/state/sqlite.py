@@ -150,6 +150,15 @@ class SQLiteStore(Store):
         if undone is not None:
             raise undone
 
+    def checkpoint(self) -> None:
+        """The write-ahead log folded into the database now (see StoreCore.checkpoint). PASSIVE:
+        it waits for no lock and leaves alone what a reader still uses; a failure changes nothing
+        (the log stays, and is folded in later as usual)."""
+        if self._deferred:  # (changes waiting for their group commit: a checkpoint waits for them)
+            return
+        with suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def meta(self, name: str) -> str | None:
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
             return None  # a read-only open of a database from before migration 4
