@@ -166,17 +166,9 @@ async def export_ahead(runner: Runner, drained: asyncio.Event) -> None:
             continue
         written = runner.state.done
         try:
-            write_dataset(
-                runner.plan,
-                runner.store,
-                runner.storage,
-                runner.config.provider or None,
-                append=not runner.plan_changed,
-                record=True,
-            )
+            runner.write_rows()
         except (StateError, OSError):
             return
-        runner.plan_changed = False  # the dataset matches this plan now: the end appends to it
         runner.store.checkpoint()  # (the loop is idle: see StoreCore.checkpoint)
 
 
@@ -520,7 +512,12 @@ class Runner:
             and (self.run_dir / DATA_DIR / dataset.METADATA).is_file()
         ):
             return
-        # An unchanged plan: this run's finished jobs are appended (a changed one rewrites it whole).
+        self.write_rows()
+
+    def write_rows(self) -> None:
+        """metadata.jsonl and the card now: for an unchanged plan this run's finished jobs are
+        appended (a changed one rewrites it whole); then it matches the plan, so a later write
+        of this run appends to it."""
         write_dataset(
             self.plan,
             self.store,
@@ -529,3 +526,4 @@ class Runner:
             append=not self.plan_changed,
             record=True,
         )
+        self.plan_changed = False
