@@ -62,6 +62,9 @@ def _provider_override(ctx: Context) -> str | None:
 
 def cmd_run(ctx: Context) -> int:
     # Imported here: aiohttp, tqdm and Pillow cost ~0.35 s that validate, plan and models never need.
+    from renderer.provider import tls
+
+    tls.import_aiohttp()  # its CA certificates loaded in a thread, beside the plan and the state
     from renderer import api, console
 
     a = ctx.args

@@ -43,6 +43,7 @@ from renderer.errors import (
     RunnerFailed,
     TransientError,
 )
+from renderer.provider import tls
 from renderer.provider.access import ProviderUrls, Secrets
 from renderer.provider.fal import (
     FAL_QUEUE_ORIGINS,
@@ -134,9 +135,9 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
-        timeout = aiohttp.ClientTimeout(
-            total=self.timeouts.total, connect=self.timeouts.connect, sock_read=self.timeouts.read
-        )
+        await tls.loaded()  # aiohttp's contexts have their CA certificates before any request
+        t = self.timeouts
+        timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_read=t.read)
         connector = aiohttp.TCPConnector(
             limit=self.connections, limit_per_host=0, ttl_dns_cache=300
         )
