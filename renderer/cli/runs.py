@@ -65,6 +65,13 @@ def cmd_run(ctx: Context) -> int:
     from renderer.provider import tls
 
     tls.import_aiohttp()  # its CA certificates loaded in a thread, beside the plan and the state
+    try:
+        return _run(ctx)
+    finally:
+        tls.join()  # (a no-op once a client started: it waited for the load)
+
+
+def _run(ctx: Context) -> int:
     from renderer import api, console
 
     a = ctx.args

@@ -15,7 +15,6 @@ import aiohttp
 from yarl import URL
 
 from renderer.errors import UsageError
-from renderer.provider import tls
 
 MAX_DOCUMENT = 16 * 1024 * 1024  # the largest fal OpenAPI documents are well under 1 MB
 TIMEOUT = 30.0
@@ -31,7 +30,6 @@ def _offline_hint(url: str, endpoint: str) -> str:
 async def _fetch(url: str, endpoint: str, key: str | None) -> bytes:
     origin = URL(url).origin()
     headers = {"Accept": "application/json"}
-    await tls.loaded()  # (see tls.py: the CLI may have deferred aiohttp's CA loading)
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         # Redirects are followed by hand: the key must not travel to another origin.

@@ -3,22 +3,27 @@
 aiohttp builds two default SSL contexts when it is imported (aiohttp.connector), and each loads
 the system's CA bundle: 40-70 ms of OpenSSL parsing PEM on a run's critical path, before the
 first submit, whether or not the run speaks HTTPS (the emulator and a local proxy do not).
-That parsing is C code that releases the GIL, so here it runs in a thread while the main
-thread goes on with the manifest, the plan and the state.
+That parsing is C code that releases the GIL (set_default_verify_paths since CPython 3.10.6),
+so here it runs in a thread while the main thread goes on with the manifest, the plan and the
+state.
 
 How: while `import aiohttp` runs (on the calling thread, as usual), the two methods that load
 CAs into a context (`SSLContext.load_default_certs`, `set_default_verify_paths`) only note
 which context asked for what; a thread then makes those same calls on those same contexts.
-`ready()` waits for it, and the protocol client waits for it before its first request.
+`ready()` waits for it; the protocol client awaits `loaded()` before its first request.
 
 Invariants:
-  * Deferred only when this process has no other thread (nothing else can make an SSL context
-    while the methods are swapped) and aiohttp is not imported yet; otherwise a plain import.
-  * The methods are restored before `import_aiohttp` returns, whatever the import did.
+  * Deferred only when this process has no other thread (nothing but the import itself can make
+    an SSL context while the methods are swapped), aiohttp is not imported yet and the loading
+    releases the GIL; otherwise a plain import.
+  * The methods are restored, and the noted loads started, whatever the import did: an import
+    cut short (Ctrl-C) after aiohttp.connector ran still leaves its contexts loaded.
   * A context's CAs are loaded before any request goes through the client (Client.__aenter__
-    awaits `ready`); a failure to load them is raised there, as the import would have raised it.
-  * Only the CLI defers: a program that imports the Python API keeps aiohttp's own import (its
-    other HTTPS users cannot be made to wait).
+    awaits `loaded`); an error of the load (none for a missing or garbage bundle: OpenSSL then
+    loads no CA, as without deferral) is raised there.
+  * Only `renderer run` defers, and waits for the load before it returns: a program that
+    imports the Python API keeps aiohttp's own import (its other HTTPS users cannot be made to
+    wait), and one that calls the CLI's main() finds the contexts loaded afterwards.
 """
 
 from __future__ import annotations
@@ -41,7 +46,11 @@ _thread: threading.Thread | None = None
 
 def import_aiohttp() -> bool:
     """Import aiohttp with its CA loading in a background thread; True if it was deferred."""
-    if "aiohttp" in sys.modules or threading.active_count() != 1:
+    if (
+        "aiohttp" in sys.modules
+        or threading.active_count() != 1
+        or sys.version_info < (3, 10, 6)  # (the load holds the GIL there: nothing to gain)
+    ):
         # Already imported, or another thread could make a context meanwhile: as usual.
         importlib.import_module("aiohttp")
 
@@ -68,8 +77,8 @@ def import_aiohttp() -> bool:
                 delattr(context_class, name)  # inherited (the C type's): the override goes
             else:
                 setattr(context_class, name, method)
-    if noted:
-        _start(noted)
+        if noted:
+            _start(noted)
     return bool(noted)
 
 
@@ -100,6 +109,11 @@ def _load() -> None:
 def pending() -> bool:
     """Is a deferred CA load still running?"""
     return not _done.is_set()
+
+
+def join() -> None:
+    """Wait for a deferred load to end, whatever it did (its error is `ready()`'s to raise)."""
+    _done.wait()
 
 
 def ready() -> None:
