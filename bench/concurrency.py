@@ -45,6 +45,7 @@ from _common import child_env, machine, median, table
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = "8:0.5:2000,64:0.2:2000,64:0.2:10000,256:1.0:2000,256:1.0:10000"
+IMAGE: list[str] = []  # --image FILE WIDTH HEIGHT: what the server returns instead of 64x64
 
 
 def write_manifest(folder: Path, jobs: int, slots: int) -> Path:
@@ -83,6 +84,7 @@ def certificate() -> Iterator[tuple[str, str]]:
 def server(slots: int, seconds: float, tls: tuple[str, str]) -> Iterator[tuple[str, str]]:
     """(http URL, https URL) of a fresh slot server in its own process."""
     cmd = [sys.executable, str(HERE / "slot_server.py"), str(slots), str(seconds), "--tls", *tls]
+    cmd += ["--image", *IMAGE] if IMAGE else []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -281,6 +283,12 @@ def main() -> None:
     )
     ap.add_argument("--skip-falclient", action="store_true")
     ap.add_argument(
+        "--image",
+        nargs=3,
+        metavar=("FILE", "WIDTH", "HEIGHT"),
+        help="the picture every request returns (default: a 64x64 PNG), e.g. a full-size one",
+    )
+    ap.add_argument(
         "--tree",
         action="append",
         type=Path,
@@ -288,6 +296,7 @@ def main() -> None:
         help="another checkout to run alternately with this one (repeatable)",
     )
     args = ap.parse_args()
+    IMAGE[:] = [str(Path(args.image[0]).resolve()), *args.image[1:]] if args.image else []
     trees = [HERE.parent, *(t.resolve() for t in args.tree)]
     rows = []
     with certificate() as tls:
@@ -307,6 +316,7 @@ def main() -> None:
         + (f" --falclient-max-jobs {args.falclient_max_jobs}" if not args.skip_falclient else "")
         + (" --skip-falclient" if args.skip_falclient else "")
         + "".join(f" --tree {t}" for t in args.tree)
+        + (" --image " + " ".join(args.image) if args.image else "")
     )
     print(
         table(

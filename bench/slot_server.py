@@ -7,16 +7,18 @@ a slot is free, runs L seconds IN_PROGRESS, then is COMPLETED (fal-protocol.md �
 
 Serves: POST /{endpoint} (submit), GET …/requests/{id}/status (202/200; `/stream`: server-sent
 events until COMPLETED), GET …/requests/{id} and …/response (the result, naming one image),
-PUT …/requests/{id}/cancel, GET /files/{id}.png (a fixed 64x64 PNG), GET /_stats (peak running,
+PUT …/requests/{id}/cancel, GET /files/{id}.png (a fixed 64x64 PNG; with --image FILE W H, that
+file, e.g. a full-size picture as a model returns it), GET /_stats (peak running,
 peak queued, slot busy time). Listens on plain HTTP, and on HTTPS too with --tls CERT KEY (fal-client
 only speaks https). Prints `READY http://… https://…` once listening.
 
-Usage: python bench/slot_server.py SLOTS SECONDS [--tls CERT KEY]
+Usage: python bench/slot_server.py SLOTS SECONDS [--tls CERT KEY] [--image FILE WIDTH HEIGHT]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import json
 import ssl
@@ -51,6 +53,9 @@ def png(width: int = 64, height: int = 64) -> bytes:
 
 
 IMAGE = png()
+# What /files/ serves and the result names: (bytes, width, height, content type).
+PICTURE = (IMAGE, 64, 64, "image/png")
+TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
 class Request:
@@ -200,11 +205,12 @@ class Server:
         if rest in ("", "response"):
             if req.state != "COMPLETED":
                 return web.json_response({"detail": "Request is still in progress"}, status=400)
+            _, width, height, kind = PICTURE
             image = {
-                "url": f"{req.origin}/files/{req.id}.png",
-                "width": 64,
-                "height": 64,
-                "content_type": "image/png",
+                "url": f"{req.origin}/files/{req.id}.{kind.split('/')[1]}",
+                "width": width,
+                "height": height,
+                "content_type": kind,
             }
             result = {"images": [image], "seed": req.seed, "has_nsfw_concepts": [False]}
             return web.json_response(result, headers={"x-fal-request-id": req.id})
@@ -239,7 +245,7 @@ class Server:
         return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
 
     async def file(self, request: web.Request) -> web.Response:
-        return web.Response(body=IMAGE, content_type="image/png")
+        return web.Response(body=PICTURE[0], content_type=PICTURE[3])
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.slots.summary())
@@ -274,7 +280,13 @@ def main() -> None:
     ap.add_argument("slots", type=int)
     ap.add_argument("seconds", type=float)
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    ap.add_argument("--image", nargs=3, metavar=("FILE", "WIDTH", "HEIGHT"))
     args = ap.parse_args()
+    if args.image:
+        global PICTURE
+        path, width, height = args.image
+        kind = TYPES[os.path.splitext(path)[1].lower()]
+        PICTURE = (open(path, "rb").read(), int(width), int(height), kind)
     work = serve(args.slots, args.seconds, tuple(args.tls) if args.tls else None)
     try:
         import uvloop  # the server's own cost is not what is measured: the fastest loop there is

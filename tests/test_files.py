@@ -6,6 +6,7 @@ import io
 import json
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from renderer.output.files import (
+    MAX_PIXELS,
     BadImage,
+    decode_image,
     file_intact,
     json_text,
+    open_image,
     remove_partials,
     verify_image,
     write_atomic,
@@ -58,6 +62,46 @@ def test_verify_rejects_damage(damage):
         declared = "image/jpeg"
     with pytest.raises(BadImage):
         verify_image(data, declared, expected)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with one byte of image data (never decoded)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+        )
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_header_checks_refuse_before_anything_is_decoded():
+    """open_image refuses an over-cap pixel count and a mis-declared type from the header alone."""
+    side = int(MAX_PIXELS**0.5) + 1  # over the cap, under Pillow's own bomb limit
+    with pytest.raises(BadImage, match="pixel cap"):
+        open_image(_png_header_only(side, side), "image/png")
+    with pytest.raises(BadImage, match="declared image/jpeg but the bytes are image/png"):
+        open_image(_png_header_only(64, 64), "image/jpeg")
+    opened = open_image(_png_header_only(64, 64), "image/png")  # a header is all it reads
+    assert (opened.width, opened.height, opened.ext) == (64, 64, "png")
+    with pytest.raises(BadImage, match="not a decodable image"):
+        decode_image(opened)  # one byte of data for 64x64 pixels: the decode finds it out
+
+
+def test_the_two_halves_verify_as_one_and_close_the_image():
+    """decode_image(open_image(b)) is verify_image(b), whichever thread decodes; the image is closed after."""
+    data = _png((300, 200), fmt="PNG")
+    with ThreadPoolExecutor(4) as pool:
+        opened = [open_image(data, "image/png") for _ in range(8)]
+        results = list(pool.map(decode_image, opened))
+    assert set(results) == {verify_image(data, "image/png")}
+    assert all(o.image.fp is None for o in opened)
 
 
 _DAMAGED = _png((48, 40))  # with a text chunk after the image data below

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -2170,3 +2171,57 @@ def test_the_warm_up_decodes_a_real_image() -> None:
     assert (checked.width, checked.height, checked.ext) == (1, 1, "png")
     with Image.open(io.BytesIO(TINY_PNG)) as image:
         assert image.format == "PNG" and image.size == (1, 1)
+
+
+def test_full_size_pictures_are_decoded_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A full-size picture's decode (5-25 ms) runs in a worker thread; every image is still verified."""
+    from renderer.output import files
+
+    decoded: list[tuple[int, bool]] = []  # (pixels, on the main thread)
+    decode = files.decode_image
+
+    def recording(opened: files.Opened) -> files.Verified:
+        on_main = threading.current_thread() is threading.main_thread()
+        decoded.append((opened.width * opened.height, on_main))
+        return decode(opened)
+
+    monkeypatch.setattr(files, "decode_image", recording)
+    with background_emulator(service=FAST, max_side=None) as emu:  # full size: 1024x768
+        m = write_manifest(tmp_path, seeds=[1, 2, 3])
+        code, _, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "out"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
+    assert code == 0, err
+    full = [on_main for pixels, on_main in decoded if pixels >= files.DECODE_IN_THREAD]
+    assert len(full) == 3 and not any(full)  # (the warm-up's 1x1 PNG is the other one)
+    assert_all_verified(tmp_path / "out/t")
+
+
+def test_a_damaged_full_size_picture_is_refused_from_the_worker_thread(tmp_path: Path):
+    """A full-size download damaged in the middle fails its (threaded) decode: never written, job failed."""
+    with background_emulator(service=FAST, max_side=None, faults=Faults(corrupt_image=1.0)) as emu:
+        m = write_manifest(tmp_path)
+        code, _, err = cli(
+            "run",
+            str(m),
+            "--provider",
+            emu.url,
+            "--output",
+            str(tmp_path / "out"),
+            "--quiet",
+            env={"FAL_KEY": "k"},
+        )
+    assert code != 0, err
+    with sqlite3.connect(tmp_path / "out/t/renderer.sqlite") as db:
+        (error,) = db.execute("SELECT error FROM job").fetchone()
+    assert "failed verification" in error and "not a decodable image" in error
+    assert images(tmp_path / "out/t") == []

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
 import tempfile
 import time
 from collections import deque
@@ -298,6 +299,9 @@ class Delivery:
         self.redownloads = redownloads
         self.run_dir = store.run_dir
         self.fsyncs = files.GroupFsync()
+        # Decodes of full-size pictures at once, in the loop's default executor: one a core (it
+        # is CPU work), which leaves that executor's other threads (cores + 4) to the fsyncs.
+        self.decodes = asyncio.Semaphore(os.cpu_count() or 2)
 
     def prepare(self, row: Row) -> None:
         """The job's folder made while its request runs, not in its delivery (a local output).
@@ -448,7 +452,20 @@ class Delivery:
         for attempt in range(1, self.config.retry.attempts + 1):
             try:
                 data, declared = await self.client.fetch(url)
-                return files.verify_image(data, declared, expected)
+                opened = files.open_image(data, declared, expected)  # the header: on the loop
+                if opened.width * opened.height < files.DECODE_IN_THREAD:
+                    return files.decode_image(opened)
+                # A full-size picture decodes in a worker thread (Pillow, zlib and hashlib release
+                # the GIL): 5-25 ms each that would otherwise hold up every job's requests. Once
+                # handed over, the thread closes the image, even if this job is cancelled.
+                handed = False
+                try:
+                    async with self.decodes:
+                        handed = True
+                        return await asyncio.to_thread(files.decode_image, opened)
+                finally:
+                    if not handed:
+                        opened.image.close()
             except files.BadImage as exc:
                 if attempt >= self.config.retry.attempts:
                     raise JobRejected(f"download of {url[:80]} failed verification: {exc}") from exc
