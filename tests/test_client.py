@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
@@ -444,3 +444,88 @@ def test_a_64mb_sse_line_ends_the_stream_and_polling_takes_over():
     with background_emulator(service=FAST, faults=Faults(malformed="sse_long_line")) as emu:
         client, data = asyncio.run(_one_job(emu.url))
     assert data and client.calls["status"] >= 1 and client.calls["stream"] == 3
+
+
+# Bodies for read_capped, served over a real socket in the pieces the test chooses.
+BODIES: dict[str, tuple[list[bytes], bool]] = {}
+
+
+async def _pieces(request: Any) -> Any:
+    from aiohttp import web
+
+    pieces, declared = BODIES[request.match_info["name"]]
+    headers = {"Content-Length": str(sum(map(len, pieces)))} if declared else {}
+    response = web.StreamResponse(headers=headers)  # without a length: chunked
+    await response.prepare(request)
+    for piece in pieces:
+        await response.write(piece)
+        await asyncio.sleep(0)  # (each piece its own write: the client sees them apart)
+    await response.write_eof()
+    return response
+
+
+@pytest.fixture(scope="module")
+def piece_server() -> Any:
+    import threading
+
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_get("/{name}", _pieces)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        box["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        box["stop"] = asyncio.Event()
+        ready.set()
+        await box["stop"].wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    yield box["url"]
+    loop.call_soon_threadsafe(box["stop"].set)
+    thread.join(10)
+    loop.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=3000), max_size=8),
+    cap=st.integers(0, 12000),
+    declared=st.booleans(),
+    truncate=st.booleans(),
+)
+def test_read_capped_returns_the_body_or_its_first_cap_bytes_in_any_pieces(
+    piece_server: str, pieces: list[bytes], cap: int, declared: bool, truncate: bool
+) -> None:
+    """However the body arrives: whole up to the cap; past it, its first `cap` bytes (truncate) or JobRejected."""
+    import aiohttp
+
+    from renderer.provider.client import read_capped
+
+    name = f"b{len(BODIES)}"
+    BODIES[name] = (pieces, declared)
+    body = b"".join(pieces)
+
+    async def scenario() -> bytes:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{piece_server}/{name}") as resp,
+        ):
+            return await read_capped("download", resp, cap, truncate=truncate)
+
+    if len(body) <= cap:
+        assert asyncio.run(scenario()) == body
+    elif truncate:
+        assert asyncio.run(scenario()) == body[:cap]
+    else:
+        with pytest.raises(JobRejected, match="cap"):
+            asyncio.run(scenario())
