@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
@@ -497,6 +497,9 @@ def piece_server() -> Any:
 
 
 @settings(max_examples=60, deadline=None)
+@example(pieces=[b"ab", b"cd"], cap=4, declared=False, truncate=False)  # exactly the cap
+@example(pieces=[b"ab", b"cd"], cap=3, declared=False, truncate=False)  # one byte over
+@example(pieces=[b"ab", b"cd"], cap=3, declared=True, truncate=True)
 @given(
     pieces=st.lists(st.binary(min_size=1, max_size=3000), max_size=8),
     cap=st.integers(0, 12000),

@@ -94,14 +94,13 @@ def test_header_checks_refuse_before_anything_is_decoded():
         decode_image(opened)  # one byte of data for 64x64 pixels: the decode finds it out
 
 
-def test_the_two_halves_verify_as_one_and_close_the_image():
-    """decode_image(open_image(b)) is verify_image(b), whichever thread decodes; the image is closed after."""
+def test_the_two_halves_verify_as_one_in_any_thread():
+    """decode_image(open_image(b)) is verify_image(b), with the decodes in threads of their own."""
     data = _png((300, 200), fmt="PNG")
     with ThreadPoolExecutor(4) as pool:
         opened = [open_image(data, "image/png") for _ in range(8)]
         results = list(pool.map(decode_image, opened))
     assert set(results) == {verify_image(data, "image/png")}
-    assert all(o.image.fp is None for o in opened)
 
 
 _DAMAGED = _png((48, 40))  # with a text chunk after the image data below

@@ -2225,3 +2225,51 @@ def test_a_damaged_full_size_picture_is_refused_from_the_worker_thread(tmp_path:
         (error,) = db.execute("SELECT error FROM job").fetchone()
     assert "failed verification" in error and "not a decodable image" in error
     assert images(tmp_path / "out/t") == []
+
+
+def test_downloads_are_checked_on_the_loop_only_when_small(monkeypatch: pytest.MonkeyPatch):
+    """A thumbnail is checked on the loop; a full-size picture, or a 1x1 PNG padded to 300 KB by
+    its host, in a decode thread; each as verify_image would check it."""
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from renderer.output import files
+    from renderer.runner.deliver import TINY_PNG, verify_download
+
+    def png(size: tuple[int, int]) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", size, (10, 200, 30)).save(out, "PNG")
+        return out.getvalue()
+
+    body = b"prVt" + bytes(300 * 1024)  # a private ancillary chunk: readers skip it
+    chunk = (len(body) - 4).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    padded = TINY_PNG[:-12] + chunk + TINY_PNG[-12:]
+    cases = {"thumbnail": png((64, 64)), "full size": png((1024, 768)), "padded": padded}
+    assert len(cases["full size"]) < files.DECODE_IN_THREAD_BYTES <= len(padded)
+
+    threads: list[str] = []
+    decode = files.decode_image
+
+    def recording(opened: files.Opened) -> files.Verified:
+        threads.append(threading.current_thread().name)
+        return decode(opened)
+
+    monkeypatch.setattr(files, "decode_image", recording)
+
+    async def check(pool: ThreadPoolExecutor) -> dict[str, tuple[files.Verified, str]]:
+        got = {}
+        for name, data in cases.items():
+            verified = await verify_download(data, "image/png", len(data), lambda: pool)
+            got[name] = (verified, threads[-1])
+        return got
+
+    with ThreadPoolExecutor(2, thread_name_prefix="decode-test") as pool:
+        got = asyncio.run(check(pool))
+    assert {name: where.startswith("decode-test") for name, (_, where) in got.items()} == {
+        "thumbnail": False,
+        "full size": True,
+        "padded": True,
+    }
+    monkeypatch.setattr(files, "decode_image", decode)
+    for name, data in cases.items():
+        assert got[name][0] == files.verify_image(data, "image/png", len(data))

@@ -87,11 +87,15 @@ def verify_image(
     return decode_image(open_image(data, declared_type, expected_size))
 
 
-# Pixels from which an image's decode is worth a worker thread (Delivery.fetch_verified): a
+# Pixels from which an image's check is worth a worker thread (deliver.verify_download): a
 # full-size picture takes 5-25 ms to decode (1024x768: JPEG ~5 ms, PNG ~12 ms, WebP ~20 ms
 # here), which on the event loop would hold back every other job's requests; a thumbnail's
-# decode costs less than the hand-off.
+# decode costs less than the hand-off. Bytes from which the whole check goes there, header too.
 DECODE_IN_THREAD = 256 * 256
+DECODE_IN_THREAD_BYTES = 256 * 1024
+# Held around the bomb-warning filter below: warnings.catch_warnings swaps the process's filter
+# list, and two checks interleaving (the loop's and a decode thread's) could leave it swapped.
+_FILTERING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,9 @@ class Opened:
 
 
 def open_image(data: bytes, declared_type: str = "", expected_size: int | None = None) -> Opened:
-    """The cheap half of verify_image, on the caller's thread: the announced size, the header's
-    format and pixel count (before anything is decoded), the declared type.
-
-    Pillow's decompression-bomb warning is made an error here; warning filters are the whole
-    process's, so this half stays off worker threads (decode_image may run in one).
-    """
+    """The cheap half of verify_image: the announced size, the header's format and pixel count
+    (before anything is decoded), the declared type. Pillow's decompression-bomb warning is made
+    an error for the header's parse, under _FILTERING (the filters are the process's)."""
     if expected_size is not None and len(data) != expected_size:
         raise BadImage(f"{len(data)} bytes received, {expected_size} announced")
     # Imported here: the Python API and the tools import this module, and only a run that
@@ -120,7 +121,7 @@ def open_image(data: bytes, declared_type: str = "", expected_size: int | None =
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
+        with _FILTERING, warnings.catch_warnings():
             # Pillow warns (and past 2x raises) for decompression bombs: both are a bad image here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
@@ -146,8 +147,7 @@ def open_image(data: bytes, declared_type: str = "", expected_size: int | None =
 def decode_image(opened: Opened) -> Verified:
     """The costly half of verify_image: for a PNG its chunks' checksums, then the full decode
     (catches truncation and damaged compressed data) and the SHA-256. Pillow's decoders, zlib
-    and hashlib release the GIL for large inputs, so a worker thread can do this beside the
-    event loop; the image is closed either way."""
+    and hashlib release the GIL for large inputs."""
     try:
         with opened.image as image:
             if opened.ext == "png":

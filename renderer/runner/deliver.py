@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -71,6 +72,40 @@ def warm_up() -> None:
     first completions' deliveries do not pay for it on the loop (~15-30 ms of CPU, taken in the
     middle of the first burst of refills otherwise)."""
     files.verify_image(TINY_PNG, "image/png")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the platform says), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+DECODERS = 8  # at most, threads checking full-size pictures at once (CPU work: one a core)
+
+
+async def verify_download(
+    data: bytes,
+    declared: str,
+    expected: int | None,
+    decoders: Callable[[], ThreadPoolExecutor],
+) -> files.Verified:
+    """files.verify_image of a download, with the costly part off the event loop.
+
+    A thumbnail is checked on the loop (a thread hand-off would cost more). A full-size picture
+    (files.DECODE_IN_THREAD pixels and up: 5-25 ms to decode) or any large body (its header walk
+    alone can take tens of ms: a hostile host may pad a 1x1 PNG with 60 MB of private chunks) is
+    checked whole in one of `decoders()`'s threads: Pillow's decoders, zlib and hashlib release
+    the GIL there, and every other job's requests go on meanwhile.
+    """
+    if len(data) < files.DECODE_IN_THREAD_BYTES:
+        opened = files.open_image(data, declared, expected)  # a header: cheap
+        if opened.width * opened.height < files.DECODE_IN_THREAD:
+            return files.decode_image(opened)
+        opened.image.close()  # (checked again from the bytes in the thread: ~0.1 ms there)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(decoders(), files.verify_image, data, declared, expected)
 
 
 def disk_hint(exc: OSError) -> str:
@@ -299,9 +334,21 @@ class Delivery:
         self.redownloads = redownloads
         self.run_dir = store.run_dir
         self.fsyncs = files.GroupFsync()
-        # Decodes of full-size pictures at once, in the loop's default executor: one a core (it
-        # is CPU work), which leaves that executor's other threads (cores + 4) to the fsyncs.
-        self.decodes = asyncio.Semaphore(os.cpu_count() or 2)
+        # Threads for full-size pictures' checks (made at the first one): one a usable core, at
+        # most DECODERS; its own pool, so fsync groups never queue behind decodes.
+        self.decoders: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """The decode threads let go (a check still running ends on its own; its job is over)."""
+        if self.decoders is not None:
+            self.decoders.shutdown(wait=False, cancel_futures=True)
+            self.decoders = None
+
+    def decoding(self) -> ThreadPoolExecutor:
+        if self.decoders is None:
+            workers = min(DECODERS, usable_cores())
+            self.decoders = ThreadPoolExecutor(workers, thread_name_prefix="renderer-decode")
+        return self.decoders
 
     def prepare(self, row: Row) -> None:
         """The job's folder made while its request runs, not in its delivery (a local output).
@@ -452,20 +499,7 @@ class Delivery:
         for attempt in range(1, self.config.retry.attempts + 1):
             try:
                 data, declared = await self.client.fetch(url)
-                opened = files.open_image(data, declared, expected)  # the header: on the loop
-                if opened.width * opened.height < files.DECODE_IN_THREAD:
-                    return files.decode_image(opened)
-                # A full-size picture decodes in a worker thread (Pillow, zlib and hashlib release
-                # the GIL): 5-25 ms each that would otherwise hold up every job's requests. Once
-                # handed over, the thread closes the image, even if this job is cancelled.
-                handed = False
-                try:
-                    async with self.decodes:
-                        handed = True
-                        return await asyncio.to_thread(files.decode_image, opened)
-                finally:
-                    if not handed:
-                        opened.image.close()
+                return await verify_download(data, declared, expected, self.decoding)
             except files.BadImage as exc:
                 if attempt >= self.config.retry.attempts:
                     raise JobRejected(f"download of {url[:80]} failed verification: {exc}") from exc

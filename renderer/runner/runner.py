@@ -391,6 +391,7 @@ class Runner:
             for w in workers + helpers:
                 w.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
+            self.delivery.close()
             self.store.grouping = False
             try:
                 self.store.commit()  # anything deferred by a job cancelled while it waited
