@@ -18,9 +18,9 @@ Usage: python bench/slot_server.py SLOTS SECONDS [--tls CERT KEY] [--image FILE 
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import json
+import os
 import ssl
 import struct
 import time
@@ -286,7 +286,8 @@ def main() -> None:
         global PICTURE
         path, width, height = args.image
         kind = TYPES[os.path.splitext(path)[1].lower()]
-        PICTURE = (open(path, "rb").read(), int(width), int(height), kind)
+        with open(path, "rb") as handle:
+            PICTURE = (handle.read(), int(width), int(height), kind)
     work = serve(args.slots, args.seconds, tuple(args.tls) if args.tls else None)
     try:
         import uvloop  # the server's own cost is not what is measured: the fastest loop there is
