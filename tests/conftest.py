@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,6 +96,52 @@ def background_emulator(**settings: Any) -> Iterator[Emulator]:
         loop.call_soon_threadsafe(box["stop"].set)
         thread.join(10)
         loop.close()
+
+
+@contextmanager
+def background_app(app: Any) -> Iterator[str]:
+    """An aiohttp web.Application on 127.0.0.1, served on its own thread and event loop while
+    the block lasts: its base URL (a test server that misbehaves as the test says)."""
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        box["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        box["stop"] = asyncio.Event()
+        ready.set()
+        await box["stop"].wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the test server did not start"
+    try:
+        yield box["url"]
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+        loop.close()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """(cert.pem, key.pem) in `folder`: a one-day certificate for localhost and 127.0.0.1."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes"),
+            *("-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
 
 def write_manifest(folder: Path, **data: Any) -> Path:

@@ -11,7 +11,7 @@ import yaml
 from renderer.models.schemas import SchemaRegistry
 from renderer.provider.emulator.openapi import document
 
-from .conftest import SCHEMAS, background_emulator, cli, write_manifest
+from .conftest import SCHEMAS, background_app, background_emulator, cli, write_manifest
 
 BUNDLED = SchemaRegistry(SCHEMAS)
 
@@ -143,59 +143,31 @@ def test_docs_list_the_current_build_warnings():
 
 def test_models_add_never_sends_the_key_after_a_redirect_elsewhere(tmp_path: Path):
     """A server that redirects the OpenAPI download to another origin: the document is fetched, the key stays home."""
-    import asyncio
-    import threading
 
     from aiohttp import web
 
     seen: list[str | None] = []
     body = json.dumps(document(BUNDLED, "fal-ai/omnigen-v2"))
 
-    async def serve(ready: threading.Event, box: dict[str, object]) -> None:
-        async def other(request: web.Request) -> web.Response:
-            seen.append(request.headers.get("Authorization"))
-            return web.Response(text=body, content_type="application/json")
+    async def other(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(text=body, content_type="application/json")
+
+    second = web.Application()
+    second.add_routes([web.get("/doc.json", other)])
+    with background_app(second) as other_url:
 
         async def first(request: web.Request) -> web.Response:
             seen.append(request.headers.get("Authorization"))
-            raise web.HTTPFound(f"{box['other']}/doc.json")
+            raise web.HTTPFound(f"{other_url}/doc.json")
 
-        runners = []
-        for routes, name in (
-            ([web.get("/doc.json", other)], "other"),
-            ([web.get("/{tail:.*}", first)], "first"),
-        ):
-            app = web.Application()
-            app.add_routes(routes)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            box[name] = f"http://127.0.0.1:{port}"
-            runners.append(runner)
-        ready.set()
-        await box["stop"]  # type: ignore[misc]
-        for runner in runners:
-            await runner.cleanup()
-
-    loop = asyncio.new_event_loop()
-    ready, box = threading.Event(), {}
-    box["stop"] = loop.create_future()
-    thread = threading.Thread(
-        target=loop.run_until_complete, args=(serve(ready, box),), daemon=True
-    )
-    thread.start()
-    assert ready.wait(10)
-    try:
-        env = {"RENDERER_MODELS": str(tmp_path / "m"), "FAL_KEY": "sekrit-key-123"}
-        code, _out, err = cli(
-            "models", "add", "fal-ai/omnigen-v2", "--openapi-url", str(box["first"]), env=env
-        )
-    finally:
-        loop.call_soon_threadsafe(box["stop"].set_result, None)  # type: ignore[attr-defined]
-        thread.join(10)
-        loop.close()
+        redirecting = web.Application()
+        redirecting.add_routes([web.get("/{tail:.*}", first)])
+        with background_app(redirecting) as first_url:
+            env = {"RENDERER_MODELS": str(tmp_path / "m"), "FAL_KEY": "sekrit-key-123"}
+            code, _out, err = cli(
+                "models", "add", "fal-ai/omnigen-v2", "--openapi-url", first_url, env=env
+            )
     assert code == 0, err
     assert seen == [
         "Key sekrit-key-123",

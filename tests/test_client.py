@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from renderer.provider.client import Client, Limits, Timeouts, classify
 from renderer.provider.emulator import Faults, ServiceTime
 from renderer.settings import RetryPolicy
 
-from .conftest import background_emulator
+from .conftest import background_app, background_emulator
 
 H = CIMultiDict
 
@@ -465,35 +466,13 @@ async def _pieces(request: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def piece_server() -> Any:
-    import threading
-
+def piece_server() -> Iterator[str]:
     from aiohttp import web
 
-    loop = asyncio.new_event_loop()
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_get("/{name}", _pieces)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        box["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        box["stop"] = asyncio.Event()
-        ready.set()
-        await box["stop"].wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield box["url"]
-    loop.call_soon_threadsafe(box["stop"].set)
-    thread.join(10)
-    loop.close()
+    app = web.Application()
+    app.router.add_get("/{name}", _pieces)
+    with background_app(app) as url:
+        yield url
 
 
 @settings(max_examples=60, deadline=None)

@@ -24,7 +24,7 @@ from renderer.models.read import parse_file
 from renderer.models.schemas import SchemaRegistry
 from renderer.provider.emulator import Emulator, EmulatorConfig, Faults, ServiceTime
 
-from .conftest import DOCS, ROOT
+from .conftest import DOCS, ROOT, self_signed
 
 Scenario = Callable[[Emulator, aiohttp.ClientSession], Awaitable[Any]]
 FAST = ServiceTime("fixed", 0.01)
@@ -951,29 +951,7 @@ def test_official_fal_client_against_the_emulator(tmp_path: Path):
     TLS with a certificate made here, the client trusts it through SSL_CERT_FILE, and runs in
     its own process with the host pointed at the emulator.
     """
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path)
     env = {**os.environ, "FAL_KEY": "conformance-key", "PYTHONPATH": str(ROOT)}
     with subprocess.Popen(
         [

@@ -12,14 +12,12 @@ the process's) and in os.environ for the Python API, which reads that by default
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
 import os
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -163,31 +161,9 @@ def serving() -> Iterator[Hub]:
     app.router.add_get("/api/datasets" + base + "/revision/{rev}", state.info)
     app.router.add_get("/api/datasets" + base + "/refs", state.refs)
     app.router.add_get("/datasets" + base + "/resolve/{rev}/{path:.+}", state.resolve)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def serve() -> None:
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        state.url = f"http://127.0.0.1:{port}"
-        box["stop"] = asyncio.Event()
-        ready.set()
-        await box["stop"].wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10), "the Hub did not start"
-    try:
+    with conftest.background_app(app) as url:
+        state.url = url
         yield state
-    finally:
-        loop.call_soon_threadsafe(box["stop"].set)
-        thread.join(10)
-        loop.close()
 
 
 @pytest.fixture

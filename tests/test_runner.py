@@ -2173,6 +2173,19 @@ def test_the_warm_up_decodes_a_real_image() -> None:
         assert image.format == "PNG" and image.size == (1, 1)
 
 
+def _render_full_size(
+    tmp_path: Path, seeds: list[int], faults: Faults | None = None
+) -> tuple[int, str]:
+    """`renderer run` of one prompt over `seeds` against an emulator serving 1024x768 pictures."""
+    with background_emulator(service=FAST, max_side=None, faults=faults or Faults()) as emu:
+        m = write_manifest(tmp_path, seeds=seeds)
+        out = str(tmp_path / "out")
+        code, _, err = cli(
+            "run", str(m), "--provider", emu.url, "--output", out, "--quiet", env={"FAL_KEY": "k"}
+        )
+    return code, err
+
+
 def test_full_size_pictures_are_decoded_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -2188,18 +2201,7 @@ def test_full_size_pictures_are_decoded_off_the_event_loop(
         return decode(opened)
 
     monkeypatch.setattr(files, "decode_image", recording)
-    with background_emulator(service=FAST, max_side=None) as emu:  # full size: 1024x768
-        m = write_manifest(tmp_path, seeds=[1, 2, 3])
-        code, _, err = cli(
-            "run",
-            str(m),
-            "--provider",
-            emu.url,
-            "--output",
-            str(tmp_path / "out"),
-            "--quiet",
-            env={"FAL_KEY": "k"},
-        )
+    code, err = _render_full_size(tmp_path, [1, 2, 3])
     assert code == 0, err
     full = [on_main for pixels, on_main in decoded if pixels >= files.DECODE_IN_THREAD]
     assert len(full) == 3 and not any(full)  # (the warm-up's 1x1 PNG is the other one)
@@ -2208,18 +2210,7 @@ def test_full_size_pictures_are_decoded_off_the_event_loop(
 
 def test_a_damaged_full_size_picture_is_refused_from_the_worker_thread(tmp_path: Path):
     """A full-size download damaged in the middle fails its (threaded) decode: never written, job failed."""
-    with background_emulator(service=FAST, max_side=None, faults=Faults(corrupt_image=1.0)) as emu:
-        m = write_manifest(tmp_path)
-        code, _, err = cli(
-            "run",
-            str(m),
-            "--provider",
-            emu.url,
-            "--output",
-            str(tmp_path / "out"),
-            "--quiet",
-            env={"FAL_KEY": "k"},
-        )
+    code, err = _render_full_size(tmp_path, [1], Faults(corrupt_image=1.0))
     assert code != 0, err
     with sqlite3.connect(tmp_path / "out/t/renderer.sqlite") as db:
         (error,) = db.execute("SELECT error FROM job").fetchone()

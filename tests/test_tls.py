@@ -15,7 +15,7 @@ import pytest
 from renderer.provider import tls
 from renderer.provider.client import Client
 
-from .conftest import ROOT
+from .conftest import ROOT, self_signed
 
 # A fresh interpreter (this process imported aiohttp long ago): the deferred import, then what
 # a user of its contexts relies on, as JSON.
@@ -59,7 +59,7 @@ def fresh(script: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_deferred_import_gives_aiohttp_contexts_the_same_certificates(tmp_path: Path):
     """After ready(), aiohttp's two default contexts hold what an undeferred import gives them; ssl is as before."""
     bundle = tmp_path / "ca.pem"
-    make_certificate(tmp_path)  # one CA in the bundle: the comparison is not vacuous
+    self_signed(tmp_path)  # one CA in the bundle: the comparison is not vacuous
     bundle.write_bytes((tmp_path / "cert.pem").read_bytes())
     done = fresh(FRESH, SSL_CERT_FILE=str(bundle))
     assert done.returncode == 0, done.stderr
@@ -171,29 +171,15 @@ print(json.dumps([
 
 def test_an_interrupted_import_still_loads_the_contexts_it_made(tmp_path: Path):
     """Ctrl-C during aiohttp's import: ssl is restored and the contexts already made get their CAs."""
-    cert, _ = make_certificate(tmp_path)
+    cert, _ = self_signed(tmp_path)
     done = fresh(INTERRUPTED, SSL_CERT_FILE=str(cert))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [False, 1]
 
 
-def make_certificate(folder: Path) -> tuple[Path, Path]:
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes"),
-            *("-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"),
-            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def test_cli_run_over_https_verifies_the_server_with_the_deferred_certificates(tmp_path: Path):
     """`renderer run` against an HTTPS provider trusted through SSL_CERT_FILE renders every job."""
-    cert, key = make_certificate(tmp_path)
+    cert, key = self_signed(tmp_path)
     manifest = tmp_path / "m.yaml"
     manifest.write_text(
         "name: tls\nprompts: [{id: cat, text: a cat}, {id: dog, text: a dog}, {id: fox, text: a fox}]\nmodels: [fal-ai/flux-1/schnell]\n"
