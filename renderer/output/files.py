@@ -34,6 +34,7 @@ FORMATS = {
     "WEBP": ("webp", "image/webp"),
 }
 PART_SUFFIX = ".part"
+_PILLOW_FORMATS = tuple(FORMATS)  # Pillow's names of the formats a download may be
 
 
 class BadImage(ValueError):
@@ -124,7 +125,9 @@ def open_image(data: bytes, declared_type: str = "", expected_size: int | None =
         with _FILTERING, warnings.catch_warnings():
             # Pillow warns (and past 2x raises) for decompression bombs: both are a bad image here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            # Only the accepted formats' parsers see the bytes: a hostile host's file is never
+            # parsed as EPS, PSD or any other format Pillow knows but no model returns.
+            image = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"refused a decompression bomb: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

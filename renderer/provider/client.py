@@ -138,6 +138,10 @@ class Client:
         await tls.loaded()  # aiohttp's contexts have their CA certificates before any request
         t = self.timeouts
         timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_read=t.read)
+        # A stream lives as long as the job waits (the caller's deadline); silence is what ends it.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=t.connect, sock_read=t.stream_idle
+        )
         connector = aiohttp.TCPConnector(
             limit=self.connections, limit_per_host=0, ttl_dns_cache=300
         )
@@ -333,14 +337,10 @@ class Client:
 
     async def _stream(self, handle: Handle, on_status: Callable[[Status], None]) -> Status | None:
         self.calls["stream"] += 1
-        # A stream lives as long as the job waits (the caller's deadline); silence is what ends it here.
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=self.timeouts.connect, sock_read=self.timeouts.stream_idle
-        )
         url = self.provider_url(handle.status_url, "the status URL") + "/stream"
         try:
             async with self.session.get(
-                url, headers=self._auth, timeout=timeout, allow_redirects=False
+                url, headers=self._auth, timeout=self._stream_timeout, allow_redirects=False
             ) as resp:
                 is_stream = resp.headers.get("Content-Type", "").startswith("text/event-stream")
                 if resp.status in (404, 405) or (resp.status < 300 and not is_stream):
