@@ -16,7 +16,10 @@ whole process (from the parent's RUSAGE_CHILDREN), per job; the server's peak of
 and queued at once; where the renderer's time went (spawn to the first request running, the span
 of running requests with the share of its slot time left idle, the last completion to exit).
 Medians of --runs; the 1-minute load average is read before each run (the
-machine's 2 cores are shared), and the table shows its range. `--tree DIR` (repeatable) runs
+machine's 2 cores are shared), and the table shows its range. Each run's rows also give its user and
+system CPU apart and two probes taken just before it: the host's speed (a fixed Python loop, ms)
+and the kernel's cost of one new file in the output's file system (us; see create_cost): the
+same tree's CPU a job moves with both, so compare trees only within one A/B. `--tree DIR` (repeatable) runs
 the renderer of other checkouts too (`git worktree add --detach DIR COMMIT`), each with its own
 bench/_run.py and PYTHONPATH, alternating with this one run by run: an A/B under the same load.
 
@@ -105,6 +108,7 @@ def server_stats(url: str, ca: str) -> dict[str, Any]:
 
 
 BREAKDOWN: list[list[str]] = []  # one row per renderer run: where its wall time went
+FALCLIENT_RUNS: list[list[str]] = []  # one row per fal-client run
 
 SPAWNED: list[
     float
@@ -112,7 +116,8 @@ SPAWNED: list[
 
 
 def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall seconds spawn to exit, the child's CPU seconds, its stdout) of one command."""
+    """(wall seconds spawn to exit, the child's CPU seconds, its stdout) of one command; its user
+    and system seconds apart in LAST_CPU."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     SPAWNED[:] = [time.monotonic()]
@@ -122,8 +127,38 @@ def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"{cmd[1]} exited {done.returncode}: {done.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, done.stdout
+    LAST_CPU[:] = [after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime]
+    return wall, sum(LAST_CPU), done.stdout
+
+
+LAST_CPU: list[float] = []  # user, system seconds of the last measured command
+
+
+def host_speed() -> float:
+    """Milliseconds this process takes for a fixed loop of Python: how fast the shared host runs
+    now (~70 quiet here, 110 and more when other machines load it). Read before each run."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(1_500_000):
+        total += i * i
+    return 1000 * (time.perf_counter() - start)
+
+
+def create_cost(folder: Path, files: int = 300) -> float:
+    """Microseconds the kernel takes now to create (and rename) one file in `folder`'s file system.
+
+    On ext4 without a journal (this machine's disk) each new inode is looked for past the inodes
+    freed in the last ~30 s of its block group, one cached-block lookup each: right after 9,000
+    files were deleted, a job's three new inodes (folder, image, sidecar) cost ~430 us instead
+    of ~75 (bench/README.md, session 14). The probe's files stay until the bench ends (deleting
+    them would be such a burst)."""
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    for i in range(files):
+        path = folder / f"f{i}"
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.replace(path, folder / f"g{i}")
+    return 1e6 * (time.perf_counter() - start) / files
 
 
 def run_renderer(m: Path, url: str, out: Path, tree: Path) -> tuple[float, float]:
@@ -173,6 +208,7 @@ def one_config(
             for ti, tree in enumerate(trees):
                 mine, ph = got[tree], phases[tree]
                 mine["load"].append(os.getloadavg()[0])
+                probes = (host_speed(), create_cost(Path(tmp) / f"probe-r{n}-{ti}"))
                 with server(slots, seconds, tls) as (http, _):
                     wall, cpu = run_renderer(m, http, Path(tmp) / f"r{n}-{ti}", tree)
                     stats = server_stats(http, tls[0])
@@ -198,6 +234,9 @@ def one_config(
                         str(n + 1),
                         f"{wall:.2f}",
                         f"{cpu:.2f}",
+                        f"{LAST_CPU[0]:.2f} / {LAST_CPU[1]:.2f}",
+                        f"{probes[0]:.0f}",
+                        f"{probes[1]:.0f}",
                         f"{ph['submit'][-1]:.2f}",
                         f"{ph['first'][-1]:.2f}",
                         f"{ph['ramp'][-1]:.2f}",
@@ -219,8 +258,21 @@ def one_config(
                 )
             if falclient:
                 falc["load"].append(os.getloadavg()[0])
+                probes = (host_speed(), create_cost(Path(tmp) / f"probe-f{n}"))
                 with server(slots, seconds, tls) as (_, https):
                     wall, cpu = run_falclient(https, jobs, slots, Path(tmp) / f"f{n}", tls[0])
+                FALCLIENT_RUNS.append(
+                    [
+                        f"{slots}:{seconds:g}:{jobs}",
+                        str(n + 1),
+                        f"{wall:.2f}",
+                        f"{cpu:.2f}",
+                        f"{LAST_CPU[0]:.2f} / {LAST_CPU[1]:.2f}",
+                        f"{probes[0]:.0f}",
+                        f"{probes[1]:.0f}",
+                        f"{falc['load'][-1]:.2f}",
+                    ]
+                )
                 falc["f_wall"].append(wall)
                 falc["f_cpu"].append(cpu)
                 print(f"# fal-client {wall:.2f} s", file=sys.stderr, flush=True)
@@ -344,7 +396,9 @@ def main() -> None:
     print(
         "\n# where each renderer run's time went: spawn → first submit, → first running; ramp = first "
         "running → S running; span - ideal; refill gaps = slot-seconds idle with nothing queued ÷ S "
-        "(p50/p90/max of one gap, ms); last completion → exit"
+        "(p50/p90/max of one gap, ms); last completion → exit; host ms = a fixed Python loop timed "
+        "before the run (how fast the shared host was); create us = one file created and renamed "
+        "in the output's file system just before (create_cost)"
     )
     print(
         table(
@@ -354,6 +408,9 @@ def main() -> None:
                 "run",
                 "wall s",
                 "CPU s",
+                "user / sys s",
+                "host ms",
+                "create us",
                 "first submit s",
                 "first running s",
                 "ramp s",
@@ -367,6 +424,14 @@ def main() -> None:
             BREAKDOWN,
         )
     )
+    if FALCLIENT_RUNS:
+        print("\n# each fal-client run")
+        print(
+            table(
+                ["S:L:N", "run", "wall s", "CPU s", "user / sys s", "host ms", "create us", "load"],
+                FALCLIENT_RUNS,
+            )
+        )
 
 
 if __name__ == "__main__":

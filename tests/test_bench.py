@@ -39,6 +39,8 @@ def test_concurrency_smoke():
     out = _run("bench/concurrency.py", "--runs", "1", "--configs", "4:0.02:20")
     assert "# reproduce: python bench/concurrency.py" in out
     assert "| 4 " in out and "| 4/" in out  # the server ran its 4 slots at its peak, never more
+    # Each run's CPU split into user and system time, beside the host and file-system probes.
+    assert "user / sys s" in out and "create us" in out and "# each fal-client run" in out
 
 
 def test_requests_per_job_smoke():
