@@ -147,11 +147,12 @@ def host_speed() -> float:
 def create_cost(folder: Path, files: int = 300) -> float:
     """Microseconds the kernel takes now to create (and rename) one file in `folder`'s file system.
 
-    On ext4 without a journal (this machine's disk) each new inode is looked for past the inodes
-    freed in the last ~30 s of its block group, one cached-block lookup each: right after 9,000
-    files were deleted, a job's three new inodes (folder, image, sidecar) cost ~430 us instead
-    of ~75 (bench/README.md, session 14). The probe's files stay until the bench ends (deleting
-    them would be such a burst)."""
+    It moves a lot on this machine's disk (ext4 without a journal): 25-500 us a file from one
+    minute to the next, and a perf profile of a slow run had ~27 % of the renderer's CPU samples
+    in ext4's search for a free inode (find_inode_bit, which steps past inodes freed in the last
+    ~30 s, one cached-block lookup each). A job makes three (its folder, image and sidecar);
+    fal-client's bench makes one a job. The probe's files stay until the bench ends (deleting
+    them mid-bench would add to the next run's cost). bench/README.md, session 14."""
     folder.mkdir(parents=True)
     start = time.perf_counter()
     for i in range(files):
