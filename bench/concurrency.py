@@ -162,6 +162,21 @@ def create_cost(folder: Path, files: int = 300) -> float:
     return 1e6 * (time.perf_counter() - start) / files
 
 
+def run_cells(wall: float, cpu: float, probes: tuple[float, float]) -> list[str]:
+    """What each run's row says of the last measured command, for the renderer's and fal-client's:
+    wall s, CPU s, user / sys s, host ms, create us (the columns RUN_COLUMNS names)."""
+    return [
+        f"{wall:.2f}",
+        f"{cpu:.2f}",
+        f"{LAST_CPU[0]:.2f} / {LAST_CPU[1]:.2f}",
+        f"{probes[0]:.0f}",
+        f"{probes[1]:.0f}",
+    ]
+
+
+RUN_COLUMNS = ["wall s", "CPU s", "user / sys s", "host ms", "create us"]
+
+
 def run_renderer(m: Path, url: str, out: Path, tree: Path) -> tuple[float, float]:
     """`renderer run` of the checkout `tree` (its bench/_run.py puts it first on the path)."""
     cmd = [sys.executable, str(tree / "bench" / "_run.py"), "run", str(m), "--provider", url]
@@ -233,11 +248,7 @@ def one_config(
                         f"{slots}:{seconds:g}:{jobs}",
                         *([label(tree)] if len(trees) > 1 else []),
                         str(n + 1),
-                        f"{wall:.2f}",
-                        f"{cpu:.2f}",
-                        f"{LAST_CPU[0]:.2f} / {LAST_CPU[1]:.2f}",
-                        f"{probes[0]:.0f}",
-                        f"{probes[1]:.0f}",
+                        *run_cells(wall, cpu, probes),
                         f"{ph['submit'][-1]:.2f}",
                         f"{ph['first'][-1]:.2f}",
                         f"{ph['ramp'][-1]:.2f}",
@@ -266,11 +277,7 @@ def one_config(
                     [
                         f"{slots}:{seconds:g}:{jobs}",
                         str(n + 1),
-                        f"{wall:.2f}",
-                        f"{cpu:.2f}",
-                        f"{LAST_CPU[0]:.2f} / {LAST_CPU[1]:.2f}",
-                        f"{probes[0]:.0f}",
-                        f"{probes[1]:.0f}",
+                        *run_cells(wall, cpu, probes),
                         f"{falc['load'][-1]:.2f}",
                     ]
                 )
@@ -407,11 +414,7 @@ def main() -> None:
                 "S:L:N",
                 *(["tree"] if len(trees) > 1 else []),
                 "run",
-                "wall s",
-                "CPU s",
-                "user / sys s",
-                "host ms",
-                "create us",
+                *RUN_COLUMNS,
                 "first submit s",
                 "first running s",
                 "ramp s",
@@ -429,7 +432,7 @@ def main() -> None:
         print("\n# each fal-client run")
         print(
             table(
-                ["S:L:N", "run", "wall s", "CPU s", "user / sys s", "host ms", "create us", "load"],
+                ["S:L:N", "run", *RUN_COLUMNS, "load"],
                 FALCLIENT_RUNS,
             )
         )

@@ -6,10 +6,15 @@ import asyncio
 import io
 import subprocess
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -17,6 +22,8 @@ import yaml
 from renderer.cli import main
 from renderer.models.schemas import SchemaRegistry
 from renderer.provider.emulator import Emulator, EmulatorConfig
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -74,59 +81,52 @@ def registry() -> SchemaRegistry:
 
 
 @contextmanager
-def background_emulator(**settings: Any) -> Iterator[Emulator]:
-    """An emulator on its own thread and event loop, so code under test may call asyncio.run."""
+def in_background(serving: Callable[[], AbstractAsyncContextManager[T]], what: str) -> Iterator[T]:
+    """What `serving()` enters, kept open on its own thread and event loop while the block lasts,
+    so code under test may call asyncio.run beside it."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     box: dict[str, Any] = {}
 
     async def serve() -> None:
         box["stop"] = asyncio.Event()
-        async with Emulator(EmulatorConfig(**settings)) as emu:
-            box["emu"] = emu
+        async with serving() as value:
+            box["value"] = value
             ready.set()
             await box["stop"].wait()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
-    assert ready.wait(10), "emulator did not start"
+    assert ready.wait(10), f"{what} did not start"
     try:
-        yield box["emu"]
+        yield box["value"]
     finally:
         loop.call_soon_threadsafe(box["stop"].set)
         thread.join(10)
         loop.close()
 
 
-@contextmanager
-def background_app(app: Any) -> Iterator[str]:
+def background_emulator(**settings: Any) -> AbstractContextManager[Emulator]:
+    """An emulator on its own thread and event loop, so code under test may call asyncio.run."""
+    return in_background(lambda: Emulator(EmulatorConfig(**settings)), "the emulator")
+
+
+def background_app(app: Any) -> AbstractContextManager[str]:
     """An aiohttp web.Application on 127.0.0.1, served on its own thread and event loop while
     the block lasts: its base URL (a test server that misbehaves as the test says)."""
     from aiohttp import web
 
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def serve() -> None:
+    @asynccontextmanager
+    async def site() -> AsyncIterator[str]:
         runner = web.AppRunner(app)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        box["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        box["stop"] = asyncio.Event()
-        ready.set()
-        await box["stop"].wait()
-        await runner.cleanup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        finally:
+            await runner.cleanup()
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10), "the test server did not start"
-    try:
-        yield box["url"]
-    finally:
-        loop.call_soon_threadsafe(box["stop"].set)
-        thread.join(10)
-        loop.close()
+    return in_background(site, "the test server")
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

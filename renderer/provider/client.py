@@ -124,6 +124,10 @@ class Client:
         self.secrets = Secrets(key)
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
+        # A stream lives as long as the job waits (the caller's deadline); silence is what ends it.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.timeouts.connect, sock_read=self.timeouts.stream_idle
+        )
         self.limits = limits or Limits()
         self.max_download = max_download
         self.connections = connections
@@ -138,10 +142,6 @@ class Client:
         await tls.loaded()  # aiohttp's contexts have their CA certificates before any request
         t = self.timeouts
         timeout = aiohttp.ClientTimeout(total=t.total, connect=t.connect, sock_read=t.read)
-        # A stream lives as long as the job waits (the caller's deadline); silence is what ends it.
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=t.connect, sock_read=t.stream_idle
-        )
         connector = aiohttp.TCPConnector(
             limit=self.connections, limit_per_host=0, ttl_dns_cache=300
         )
