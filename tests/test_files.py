@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +40,18 @@ def test_verify_reads_format_size_and_hash():
     v = verify_image(_png(), "image/png", None)
     assert (v.ext, v.content_type, v.width, v.height) == ("png", "image/png", 8, 4)
     assert verify_image(_png(fmt="JPEG"), "").ext == "jpg"
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "header"])
+def test_other_formats_are_refused_unparsed(fmt):
+    """A body in a format no model returns is refused, and Pillow's parser for that format never
+    runs on it: a damaged TIFF header made Pillow print "Corrupt EXIF data" into the run."""
+    data = b"II*\x00\x08\x00\x00\x00" if fmt == "header" else _png((8, 8), fmt)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with pytest.raises(BadImage, match="not PNG, JPEG or WebP, the formats taken"):
+            verify_image(data, "")
+    assert [str(w.message) for w in said] == []
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "size", "type"])

@@ -130,7 +130,9 @@ def open_image(data: bytes, declared_type: str = "", expected_size: int | None =
             image = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"refused a decompression bomb: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # (Pillow's text names only a BytesIO's address)
+        raise BadImage("not a decodable image: not PNG, JPEG or WebP, the formats taken") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"not a decodable image: {exc}") from exc
     (width, height), known = image.size, FORMATS.get(image.format or "")
     if width * height > MAX_PIXELS:
