@@ -162,12 +162,13 @@ def create_cost(folder: Path, files: int = 300) -> float:
     return 1e6 * (time.perf_counter() - start) / files
 
 
-def run_cells(wall: float, cpu: float, probes: tuple[float, float]) -> list[str]:
+def run_cells(wall: float, probes: tuple[float, float]) -> list[str]:
     """What each run's row says of the last measured command, for the renderer's and fal-client's:
-    wall s, CPU s, user / sys s, host ms, create us (the columns RUN_COLUMNS names)."""
+    wall s, CPU s, user / sys s (its CPU from LAST_CPU, the one source of both), host ms, create
+    us (the columns RUN_COLUMNS names)."""
     return [
         f"{wall:.2f}",
-        f"{cpu:.2f}",
+        f"{sum(LAST_CPU):.2f}",
         f"{LAST_CPU[0]:.2f} / {LAST_CPU[1]:.2f}",
         f"{probes[0]:.0f}",
         f"{probes[1]:.0f}",
@@ -248,7 +249,7 @@ def one_config(
                         f"{slots}:{seconds:g}:{jobs}",
                         *([label(tree)] if len(trees) > 1 else []),
                         str(n + 1),
-                        *run_cells(wall, cpu, probes),
+                        *run_cells(wall, probes),
                         f"{ph['submit'][-1]:.2f}",
                         f"{ph['first'][-1]:.2f}",
                         f"{ph['ramp'][-1]:.2f}",
@@ -277,7 +278,7 @@ def one_config(
                     [
                         f"{slots}:{seconds:g}:{jobs}",
                         str(n + 1),
-                        *run_cells(wall, cpu, probes),
+                        *run_cells(wall, probes),
                         f"{falc['load'][-1]:.2f}",
                     ]
                 )
